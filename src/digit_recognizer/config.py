@@ -1,0 +1,125 @@
+"""Job configuration shared by every job's dataclass: defaults < TOML file < command-line flags.
+
+Each job defines its own dataclass beside the code that consumes it (``TrainConfig`` in
+``train.py``); this module only loads, checks and writes them, so every job gets the same two
+checks (unknown key, wrong type) with the valid keys in the message.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+from digit_recognizer.errors import ConfigError
+from digit_recognizer.fileio import write_text
+
+C = TypeVar("C")
+
+
+def load_config(
+    config_class: type[C],
+    toml_path: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> C:
+    """Build ``config_class`` from its defaults, then a TOML file, then ``overrides`` (flags).
+
+    Overrides whose value is ``None`` are flags the user did not give and are skipped.
+    """
+    values: dict[str, Any] = {}
+    if toml_path is not None:
+        values.update(read_toml(toml_path))
+    values.update({key: value for key, value in (overrides or {}).items() if value is not None})
+    return make_config(config_class, values, source=str(toml_path) if toml_path else "flags")
+
+
+def read_toml(toml_path: str | Path) -> dict[str, Any]:
+    """Read a TOML file into a flat dict; a ``[section]`` table is flattened into its keys."""
+    path = Path(toml_path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path}: not valid TOML ({error})") from None
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        flat.update(value if isinstance(value, dict) else {key: value})
+    return flat
+
+
+def make_config(config_class: type[C], values: Mapping[str, Any], source: str = "config") -> C:
+    """Check every key and value against the dataclass fields, then construct it."""
+    hints = typing.get_type_hints(config_class)
+    names = [field.name for field in dataclasses.fields(config_class)]  # type: ignore[arg-type]
+    checked = {}
+    for key, value in values.items():
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(
+                f"{source}: unknown key '{key}' for {config_class.__name__}{hint} "
+                f"Valid keys: {', '.join(names)}"
+            )
+        checked[key] = _coerce(value, hints[key], key, source)
+    return config_class(**checked)
+
+
+def _coerce(value: Any, annotation: Any, key: str, source: str) -> Any:
+    """Return ``value`` as ``annotation`` (int -> float widening, list -> tuple) or raise."""
+    options = typing.get_args(annotation) if _is_union(annotation) else (annotation,)
+    if value is None and type(None) in options:
+        return None
+    for option in options:
+        if option is float and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        if typing.get_origin(option) is tuple and isinstance(value, list | tuple):
+            return tuple(value)
+        if typing.get_origin(option) is typing.Literal and value in typing.get_args(option):
+            return value
+        if isinstance(option, type) and isinstance(value, option):
+            if option is int and isinstance(value, bool):
+                continue
+            return value
+    expected = " or ".join(_type_name(option) for option in options)
+    raise ConfigError(f"{source}: '{key}' must be {expected}, got {value!r}")
+
+
+def _is_union(annotation: Any) -> bool:
+    return typing.get_origin(annotation) in (typing.Union, types.UnionType)
+
+
+def _type_name(annotation: Any) -> str:
+    if typing.get_origin(annotation) is typing.Literal:
+        return "one of " + ", ".join(repr(v) for v in typing.get_args(annotation))
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def config_to_toml(config: Any) -> str:
+    """Render a flat config dataclass as TOML (``None`` values are omitted: TOML has no null)."""
+    lines = [f"# {type(config).__name__}"]
+    for key, value in dataclasses.asdict(config).items():
+        if value is not None:
+            lines.append(f"{key} = {_toml_value(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
+    if isinstance(value, str | Path):
+        return json.dumps(str(value))  # a JSON string is a valid TOML basic string
+    return repr(value)
+
+
+def save_config(config: Any, path: str | Path) -> None:
+    """Write the resolved config atomically; the file alone reproduces the run."""
+    write_text(path, config_to_toml(config))

@@ -1,0 +1,74 @@
+"""The embedded MNIST: the four IDX files vendored with the package, checksum-verified.
+
+MNIST by Yann LeCun and Corinna Cortes, CC BY-SA 3.0. Kaggle's Digit Recognizer images are
+exactly MNIST's 60,000 training + 10,000 test images, re-split 42,000 / 28,000.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+
+from digit_recognizer.data.idx import read_idx
+from digit_recognizer.errors import DataError
+
+FILES = {
+    "train_images": "train-images-idx3-ubyte.gz",
+    "train_labels": "train-labels-idx1-ubyte.gz",
+    "test_images": "t10k-images-idx3-ubyte.gz",
+    "test_labels": "t10k-labels-idx1-ubyte.gz",
+}
+
+
+@dataclass(frozen=True)
+class Mnist:
+    """All 70,000 images, MNIST's training set first: images uint8 (70000, 28, 28), labels int64."""
+
+    images: NDArray[np.uint8]
+    labels: NDArray[np.int64]
+
+
+def mnist_dir() -> Path:
+    """The folder holding the vendored files: inside an installed wheel, else the source tree."""
+    packaged = Path(__file__).parent / "mnist"
+    source_tree = Path(__file__).resolve().parents[3] / "data" / "mnist"
+    for candidate in (packaged, source_tree):
+        if (candidate / "SHA256SUMS").is_file():
+            return candidate
+    raise DataError(
+        f"embedded MNIST not found in {packaged} or {source_tree}; reinstall the package"
+    )
+
+
+def verify_checksums(folder: Path) -> None:
+    """Check each file against ``SHA256SUMS``; raise ``DataError`` naming the first mismatch."""
+    sums = {}
+    for line in (folder / "SHA256SUMS").read_text().splitlines():
+        digest, name = line.split()
+        sums[name.lstrip("*")] = digest
+    for name in FILES.values():
+        path = folder / name
+        if not path.is_file():
+            raise DataError(f"{path}: embedded MNIST file is missing")
+        actual = hashlib.sha256(path.read_bytes()).hexdigest()
+        if actual != sums.get(name):
+            raise DataError(
+                f"{path}: SHA-256 {actual} does not match SHA256SUMS ({sums.get(name)}); "
+                "the file is corrupt, restore it with `git checkout data/mnist`"
+            )
+
+
+def load_mnist(folder: Path | None = None) -> Mnist:
+    """Load and verify all 70,000 MNIST images and labels."""
+    folder = folder or mnist_dir()
+    verify_checksums(folder)
+    parts = {key: read_idx(folder / name) for key, name in FILES.items()}
+    images = np.concatenate([parts["train_images"], parts["test_images"]])
+    labels = np.concatenate([parts["train_labels"], parts["test_labels"]]).astype(np.int64)
+    if images.shape != (70000, 28, 28) or labels.shape != (70000,):
+        raise DataError(f"{folder}: expected 70,000 28x28 images, got {images.shape}")
+    return Mnist(images=images, labels=labels)

@@ -1,0 +1,24 @@
+"""Stratified train / validation / holdout splits (scikit-learn), reproducible by seed."""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import NDArray
+from sklearn.model_selection import train_test_split
+
+
+def stratified_split(
+    labels: NDArray[np.int64], valid_size: float, seed: int
+) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """Indices of a stratified split: every class keeps its share in both parts.
+
+    Returns ``(train_indices, valid_indices)``; ``valid_size`` is a fraction in (0, 1), or 0 for
+    no validation part (all indices train, an empty validation array).
+    """
+    indices = np.arange(len(labels))
+    if valid_size == 0:
+        return indices, indices[:0]
+    train_indices, valid_indices = train_test_split(
+        indices, test_size=valid_size, stratify=labels, random_state=seed
+    )
+    return np.sort(train_indices), np.sort(valid_indices)

@@ -1,0 +1,21 @@
+"""Errors a user can fix. The CLI prints these as one line and exits non-zero; anything else is a bug."""
+
+
+class DigitsError(Exception):
+    """Base class: the message says where, what was expected, what was found and, if known, the fix."""
+
+
+class DataError(DigitsError):
+    """A data file is missing, corrupt or malformed (the message names file, line and column)."""
+
+
+class ConfigError(DigitsError):
+    """A configuration key or value is invalid."""
+
+
+class UnknownModelError(DigitsError):
+    """A model name is not in the registry."""
+
+
+class ModelFileError(DigitsError):
+    """A saved model or run directory is missing, incomplete or corrupt."""

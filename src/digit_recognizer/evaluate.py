@@ -1,0 +1,142 @@
+"""Evaluation: accuracy, per-class precision/recall/F1, ROC-AUC and confusion matrix
+(scikit-learn), their plots, learning curves, and scoring a submission against a solution.
+
+    digits evaluate runs/cnn labelled.csv
+    digits score solution.csv submission.csv
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from matplotlib.colors import LogNorm
+from matplotlib.figure import Figure
+from numpy.typing import NDArray
+from sklearn import metrics as skm
+
+from digit_recognizer.data.kaggle_csv import read_kaggle_csv, read_submission
+from digit_recognizer.errors import DataError
+from digit_recognizer.fileio import atomic_path, write_text
+from digit_recognizer.predict import PredictConfig, Predictor
+
+CLASSES = list(range(10))
+
+
+@dataclass
+class Metrics:
+    """Scores of predictions against true labels; ``per_class`` rows are for digits 0-9."""
+
+    n_samples: int
+    accuracy: float
+    macro_f1: float
+    roc_auc_ovr: float | None  # None when a class is absent from the labels
+    per_class: list[dict[str, float]]  # digit, precision, recall, f1, support
+    confusion: list[list[int]]  # rows: true digit, columns: predicted digit
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2) + "\n"
+
+
+def compute_metrics(labels: NDArray[np.int64], probas: NDArray[np.floating]) -> Metrics:
+    """Metrics for true ``labels`` (N,) and predicted probabilities ``probas`` (N, 10)."""
+    predicted = probas.argmax(axis=1)
+    precision, recall, f1, support = skm.precision_recall_fscore_support(
+        labels, predicted, labels=CLASSES, zero_division=0
+    )
+    per_class = [
+        {"digit": d, "precision": p, "recall": r, "f1": f, "support": int(s)}
+        for d, p, r, f, s in zip(CLASSES, precision, recall, f1, support, strict=True)
+    ]
+    has_every_class = len(np.unique(labels)) == len(CLASSES)
+    roc_auc = (
+        float(skm.roc_auc_score(labels, probas, multi_class="ovr", labels=CLASSES))
+        if has_every_class
+        else None
+    )
+    return Metrics(
+        n_samples=len(labels),
+        accuracy=float(skm.accuracy_score(labels, predicted)),
+        macro_f1=float(skm.f1_score(labels, predicted, labels=CLASSES, average="macro")),
+        roc_auc_ovr=roc_auc,
+        per_class=[
+            {k: float(v) if k != "digit" else v for k, v in row.items()} for row in per_class
+        ],
+        confusion=skm.confusion_matrix(labels, predicted, labels=CLASSES).tolist(),
+    )
+
+
+def plot_confusion_matrix(confusion: list[list[int]], path: Path) -> None:
+    matrix = np.asarray(confusion)
+    # Figure, not pyplot: no GUI backend and no global state, so plotting is safe on servers.
+    fig = Figure(figsize=(6.4, 5.6))
+    ax = fig.subplots()
+    # Log colour scale: on a good model the diagonal dwarfs the errors, which are the interest.
+    image = ax.imshow(matrix + 1, cmap="Blues", norm=LogNorm())
+    for true, pred in np.ndindex(matrix.shape):
+        if matrix[true, pred]:
+            colour = "white" if true == pred else "black"
+            ax.text(pred, true, str(matrix[true, pred]), ha="center", va="center", fontsize=7,
+                    color=colour)  # fmt: skip
+    ax.set(xticks=CLASSES, yticks=CLASSES, xlabel="predicted digit", ylabel="true digit")
+    ax.set_title(f"Confusion matrix ({matrix.sum():,} images, {np.trace(matrix):,} correct)")
+    fig.colorbar(image, ax=ax, label="images + 1 (log scale)")
+    _save_figure(fig, path)
+
+
+def plot_learning_curves(history: list[dict[str, float]], path: Path) -> None:
+    """Loss, accuracy and learning rate per epoch, train and validation."""
+    epochs = [row["epoch"] for row in history]
+    fig = Figure(figsize=(13, 3.6))
+    axes = fig.subplots(1, 3)
+    for ax, metric in zip(axes[:2], ("loss", "accuracy"), strict=True):
+        ax.plot(
+            epochs, [row[f"train_{metric}"] for row in history], "o-", label="train (augmented)"
+        )
+        if "valid_" + metric in history[0]:
+            ax.plot(epochs, [row[f"valid_{metric}"] for row in history], "o-", label="validation")
+        ax.set(xlabel="epoch", title=metric)
+        ax.legend()
+        ax.grid(alpha=0.3)
+    axes[2].plot(epochs, [row["lr"] for row in history], "o-", color="tab:green")
+    axes[2].set(xlabel="epoch", title="learning rate (end of epoch)")
+    axes[2].grid(alpha=0.3)
+    _save_figure(fig, path)
+
+
+def _save_figure(fig: Figure, path: Path) -> None:
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+
+
+def write_per_class_csv(metrics: Metrics, path: Path) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(metrics.per_class[0]))
+        writer.writeheader()
+        writer.writerows(metrics.per_class)
+
+
+def evaluate_run(
+    run_dirs: list[Path], labelled_csv: Path, out_dir: Path, config: PredictConfig | None = None
+) -> Metrics:
+    """Predict ``labelled_csv`` with the run(s), write metrics.json, per-class CSV and plot."""
+    data = read_kaggle_csv(labelled_csv)
+    if data.labels is None:
+        raise DataError(f"{labelled_csv}: has no label column; evaluation needs labelled data")
+    probas = Predictor.load(run_dirs, config).predict_proba(data.images)
+    metrics = compute_metrics(data.labels, probas)
+    write_text(out_dir / "eval_metrics.json", metrics.to_json())
+    write_per_class_csv(metrics, out_dir / "eval_per_class.csv")
+    plot_confusion_matrix(metrics.confusion, out_dir / "confusion_matrix.png")
+    return metrics
+
+
+def score_submission(solution_csv: Path, submission_csv: Path) -> float:
+    """Kaggle's metric: the fraction of ImageIds whose predicted label matches the solution."""
+    truth = read_submission(solution_csv)
+    predicted = read_submission(submission_csv, expected_rows=len(truth))
+    return float((truth == predicted).mean())

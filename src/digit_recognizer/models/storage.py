@@ -1,0 +1,83 @@
+"""Saving and loading nets: ``model.safetensors`` (weights only, nothing executable) plus
+``model.json`` (registry name, builder arguments, preprocessing, classes, metrics)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from safetensors import SafetensorsError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from digit_recognizer.errors import ModelFileError
+from digit_recognizer.fileio import atomic_path, write_text
+from digit_recognizer.models.nets import MNIST_MEAN, MNIST_STD
+from digit_recognizer.models.registry import build
+
+WEIGHTS_FILE = "model.safetensors"
+META_FILE = "model.json"
+FORMAT_VERSION = 1
+
+PREPROCESSING = {
+    "input": "float32 (N, 1, 28, 28) in [0, 1]: uint8 pixels / 255, white ink on black",
+    "layout": "MNIST: digit fitted in a 20x20 box, centred by centre of mass in 28x28",
+    "normalisation": {"mean": MNIST_MEAN, "std": MNIST_STD, "inside_model": True},
+}
+
+
+def save_net(
+    run_dir: Path, model: nn.Module, name: str, params: dict[str, Any], extra: dict | None = None
+) -> None:
+    """Write weights and metadata atomically; ``params`` are the builder's keyword arguments."""
+    state = {key: value.detach().contiguous().cpu() for key, value in model.state_dict().items()}
+    with atomic_path(run_dir / WEIGHTS_FILE) as tmp:
+        save_file(state, str(tmp))
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "framework": "torch",
+        "model": name,
+        "params": params,
+        "classes": list(range(10)),
+        "preprocessing": PREPROCESSING,
+        "n_parameters": sum(p.numel() for p in model.parameters()),
+        **(extra or {}),
+    }
+    write_text(run_dir / META_FILE, json.dumps(meta, indent=2) + "\n")
+
+
+def read_meta(run_dir: Path) -> dict[str, Any]:
+    """The parsed ``model.json``; ``ModelFileError`` naming the file when absent or invalid."""
+    path = Path(run_dir) / META_FILE
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelFileError(f"{path}: not found; is {run_dir} a trained run directory?") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ModelFileError(f"{path}: not valid JSON ({error})") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("model"), str):
+        raise ModelFileError(f"{path}: missing the 'model' name")
+    return meta
+
+
+def load_net(run_dir: Path) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the net named in ``model.json`` and load its weights; returns (model, meta)."""
+    run_dir = Path(run_dir)
+    meta = read_meta(run_dir)
+    model = build(meta["model"], **meta.get("params", {}))
+    path = run_dir / WEIGHTS_FILE
+    try:
+        state = load_file(str(path))
+    except FileNotFoundError:
+        raise ModelFileError(f"{path}: not found") from None
+    except (SafetensorsError, OSError) as error:
+        raise ModelFileError(f"{path}: not a readable safetensors file ({error})") from None
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        first = str(error).splitlines()[0]
+        raise ModelFileError(
+            f"{path}: weights do not fit model '{meta['model']}' ({first})"
+        ) from None
+    return model.eval(), meta

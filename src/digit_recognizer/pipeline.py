@@ -1,0 +1,146 @@
+"""The jobs behind `digits train` and `digits run`: read, split, train, evaluate, submit, score.
+
+digits run                                     # replica of Kaggle's files from embedded MNIST
+digits run --train train.csv --test test.csv   # Kaggle's real files (no score: no solution)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from rich.progress import Progress
+
+from digit_recognizer.data.kaggle_csv import DigitSet, read_kaggle_csv
+from digit_recognizer.data.replica import build_replica, replica_is_complete
+from digit_recognizer.data.splits import stratified_split
+from digit_recognizer.errors import DataError
+from digit_recognizer.evaluate import (
+    Metrics,
+    compute_metrics,
+    plot_confusion_matrix,
+    plot_learning_curves,
+    score_submission,
+)
+from digit_recognizer.fileio import write_text
+from digit_recognizer.predict import PredictConfig, Predictor, predict_csv
+from digit_recognizer.train import TrainConfig, TrainResult, train
+
+log = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.json"
+
+
+@dataclass
+class TrainJobResult:
+    run_dir: Path
+    train: TrainResult
+    valid_metrics: Metrics | None
+
+
+@dataclass
+class RunSummary:
+    run_dir: Path
+    submission: Path
+    train_seconds: float
+    epochs_run: int
+    valid_accuracy: float | None
+    test_accuracy: float | None  # score against the replica's solution.csv; None on Kaggle's files
+
+
+def default_cache_dir() -> Path:
+    """Where replicas are built: $XDG_CACHE_HOME/digit-recognizer (usually ~/.cache/...)."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "digit-recognizer"
+
+
+def default_run_dir(model: str) -> Path:
+    return Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{model}"
+
+
+def split_for_training(data: DigitSet, valid_size: float, seed: int) -> tuple[DigitSet, DigitSet]:
+    """Stratified (train, validation) subsets of a labelled set."""
+    train_indices, valid_indices = stratified_split(data.labels, valid_size, seed)
+    return (
+        DigitSet(data.images[train_indices], data.labels[train_indices]),
+        DigitSet(data.images[valid_indices], data.labels[valid_indices]),
+    )
+
+
+def read_labelled(path: Path) -> DigitSet:
+    data = read_kaggle_csv(path)
+    if not data.has_labels:
+        raise DataError(f"{path}: has no label column; training needs Kaggle's train.csv format")
+    return data
+
+
+def train_job(
+    config: TrainConfig, train_csv: Path, run_dir: Path, progress: Progress | None = None
+) -> TrainJobResult:
+    """Train on a labelled CSV and write the whole run directory, plots and metrics included."""
+    train_set, valid_set = split_for_training(
+        read_labelled(train_csv), config.valid_size, config.seed
+    )
+    result = train(config, train_set, valid_set, run_dir, progress)
+    plot_learning_curves(result.history, run_dir / "learning_curves.png")
+    valid_metrics = None
+    if len(valid_set):
+        predictor = Predictor.from_models([result.model])
+        valid_metrics = compute_metrics(valid_set.labels, predictor.predict_proba(valid_set.images))
+        plot_confusion_matrix(valid_metrics.confusion, run_dir / "confusion_matrix.png")
+    write_metrics(run_dir, {
+        "train_csv": str(train_csv),
+        "train_seconds": result.train_seconds,
+        "epochs_run": result.epochs_run,
+        "stopped_early": result.stopped_early,
+        "validation": asdict(valid_metrics) if valid_metrics else None,
+    })  # fmt: skip
+    return TrainJobResult(run_dir, result, valid_metrics)
+
+
+def write_metrics(run_dir: Path, updates: dict) -> None:
+    """Merge ``updates`` into the run's metrics.json (later stages add their figures)."""
+    path = run_dir / METRICS_FILE
+    metrics = json.loads(path.read_text()) if path.exists() else {}
+    write_text(path, json.dumps(metrics | updates, indent=2) + "\n")
+
+
+def run_job(
+    config: TrainConfig,
+    train_csv: Path | None = None,
+    test_csv: Path | None = None,
+    run_dir: Path | None = None,
+    replica_seed: int = 0,
+    cache_dir: Path | None = None,
+    predict_config: PredictConfig | None = None,
+    progress: Progress | None = None,
+) -> RunSummary:
+    """The main job: (replica,) train, evaluate, predict the test set, write and score a submission."""
+    solution_csv = None
+    if train_csv is None:
+        replica_dir = (cache_dir or default_cache_dir()) / f"replica-seed{replica_seed}"
+        if not replica_is_complete(replica_dir, replica_seed):
+            log.info("building the Kaggle replica (seed %d) in %s", replica_seed, replica_dir)
+            build_replica(replica_dir, seed=replica_seed)
+        train_csv, solution_csv = replica_dir / "train.csv", replica_dir / "solution.csv"
+        test_csv = test_csv or replica_dir / "test.csv"
+    if test_csv is None:
+        raise DataError("--train was given without --test: give Kaggle's test.csv too")
+    run_dir = run_dir or default_run_dir(config.model)
+    job = train_job(config, train_csv, run_dir, progress)
+    submission = run_dir / "submission.csv"
+    predict_csv([run_dir], test_csv, submission, predict_config)
+    test_accuracy = score_submission(solution_csv, submission) if solution_csv else None
+    write_metrics(run_dir, {"test_csv": str(test_csv), "test_accuracy": test_accuracy})
+    return RunSummary(
+        run_dir=run_dir,
+        submission=submission,
+        train_seconds=job.train.train_seconds,
+        epochs_run=job.train.epochs_run,
+        valid_accuracy=job.valid_metrics.accuracy if job.valid_metrics else None,
+        test_accuracy=test_accuracy,
+    )
