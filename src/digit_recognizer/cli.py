@@ -72,6 +72,7 @@ ValidSize = Annotated[float | None, typer.Option(help="Validation fraction. [def
 Patience = Annotated[int | None, typer.Option(help="Early-stopping patience in epochs.")]
 Seed = Annotated[int | None, typer.Option(help="Random seed. [default: 0]")]
 Device = Annotated[str | None, typer.Option(help="auto | cpu | cuda | mps. [default: auto]")]
+RunDir = Annotated[Path | None, typer.Option(help="Run directory [default: runs/<time>-<model>]")]
 Tta = Annotated[bool, typer.Option("--tta", help="Average predictions over shifted views.")]
 
 
@@ -86,7 +87,7 @@ def train_overrides(**flags: Any) -> dict[str, Any]:
 def run(
     train: Annotated[Path | None, typer.Option(help="Kaggle train.csv (default: replica).")] = None,
     test: Annotated[Path | None, typer.Option(help="Kaggle test.csv to predict.")] = None,
-    out: Annotated[Path | None, typer.Option(help="Run directory [default: runs/<time>-<model>]")] = None,
+    out: RunDir = None,
     replica_seed: Annotated[int, typer.Option(help="Seed of the replica split.")] = 0,
     config: ConfigFile = None, model: Model = None, epochs: Epochs = None,
     time_budget: TimeBudget = None, batch_size: BatchSize = None, optimizer: Optimizer = None,
@@ -123,8 +124,8 @@ def run(
 @handles_errors
 def train_command(
     train: Annotated[Path, typer.Option(help="Labelled CSV (Kaggle train.csv format).")],
-    out: Annotated[Path | None, typer.Option(help="Run directory [default: runs/<time>-<model>]")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint in --out.")] = False,
+    out: RunDir = None,
+    resume: Annotated[bool, typer.Option(help="Continue from --out's last checkpoint.")] = False,
     config: ConfigFile = None, model: Model = None, epochs: Epochs = None,
     time_budget: TimeBudget = None, batch_size: BatchSize = None, optimizer: Optimizer = None,
     lr: LR = None, schedule: Schedule = None, augment: Augment = None,
@@ -141,7 +142,8 @@ def train_command(
         config = out / CONFIG_FILE  # resume with the run's own settings unless told otherwise
     overrides = train_overrides(model=model, epochs=epochs, time_budget=time_budget,
         batch_size=batch_size, optimizer=optimizer, lr=lr, schedule=schedule, augment=augment,
-        valid_size=valid_size, patience=patience, seed=seed, device=device, resume=resume or None)  # fmt: skip
+        valid_size=valid_size, patience=patience, seed=seed, device=device,
+        resume=resume or None)  # fmt: skip
     train_config = load_config(TrainConfig, config, overrides)
     run_dir = out or default_run_dir(train_config.model)
     with progress_bar() as progress:

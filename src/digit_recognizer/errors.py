@@ -1,8 +1,8 @@
-"""Errors a user can fix. The CLI prints these as one line and exits non-zero; anything else is a bug."""
+"""Errors a user can fix. The CLI prints them as one line and exits non-zero; others are bugs."""
 
 
 class DigitsError(Exception):
-    """Base class: the message says where, what was expected, what was found and, if known, the fix."""
+    """Base class: the message says where, what was expected, what was found, and the fix."""
 
 
 class DataError(DigitsError):

@@ -119,7 +119,7 @@ def run_job(
     predict_config: PredictConfig | None = None,
     progress: Progress | None = None,
 ) -> RunSummary:
-    """The main job: (replica,) train, evaluate, predict the test set, write and score a submission."""
+    """The main job: (build a replica,) train, evaluate, predict, write and score a submission."""
     solution_csv = None
     if train_csv is None:
         replica_dir = (cache_dir or default_cache_dir()) / f"replica-seed{replica_seed}"

@@ -207,7 +207,7 @@ def train(
     best_accuracy, best_loss, best_state, epochs_since_best = -1.0, math.inf, None, 0
     history: list[dict[str, float]] = []
 
-    # -- resume: everything the loop needs is in the checkpoint -------------------------------------
+    # -- resume: everything the loop needs is in the checkpoint ----------------------------------
     if config.resume and (run_dir / CHECKPOINT_FILE).exists():
         checkpoint = load_checkpoint(run_dir, device)
         model.load_state_dict(checkpoint["model"])

@@ -45,9 +45,9 @@ def autocast_dtype(device: torch.device, enabled: bool = True) -> torch.dtype | 
         return None
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.bfloat16
-    if device.type == "cpu" and torch.backends.mkldnn.is_available():
-        if torch.ops.mkldnn._is_mkldnn_bf16_supported():
-            return torch.bfloat16
+    mkldnn = torch.backends.mkldnn.is_available()
+    if device.type == "cpu" and mkldnn and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return torch.bfloat16
     return None
 
 

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from safetensors import SafetensorsError
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -71,7 +71,7 @@ def load_net(run_dir: Path) -> tuple[nn.Module, dict[str, Any]]:
         state = load_file(str(path))
     except FileNotFoundError:
         raise ModelFileError(f"{path}: not found") from None
-    except (SafetensorsError, OSError) as error:
+    except (SafetensorError, OSError) as error:
         raise ModelFileError(f"{path}: not a readable safetensors file ({error})") from None
     try:
         model.load_state_dict(state)

@@ -1,0 +1,58 @@
+"""Shared fixtures: small real slices of the embedded MNIST and one tiny trained run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from digit_recognizer.data.kaggle_csv import DigitSet, write_kaggle_csv, write_submission
+from digit_recognizer.data.mnist import Mnist, load_mnist
+from digit_recognizer.train import TrainConfig, train
+
+# A recipe that learns within one short epoch on a few thousand images (tests only).
+TINY_RECIPE = {"epochs": 2, "lr": 0.02, "batch_size": 64, "seed": 0}
+
+
+@pytest.fixture(scope="session")
+def mnist() -> Mnist:
+    return load_mnist()
+
+
+@pytest.fixture(scope="session")
+def small_train(mnist: Mnist) -> DigitSet:
+    """3,000 labelled images from MNIST's training part."""
+    return DigitSet(mnist.images[:3000], mnist.labels[:3000])
+
+
+@pytest.fixture(scope="session")
+def small_test(mnist: Mnist) -> DigitSet:
+    """1,000 labelled images from MNIST's test part (disjoint from small_train)."""
+    return DigitSet(mnist.images[60000:61000], mnist.labels[60000:61000])
+
+
+@pytest.fixture(scope="session")
+def small_csvs(tmp_path_factory: pytest.TempPathFactory, small_train: DigitSet,
+               small_test: DigitSet) -> dict[str, Path]:  # fmt: skip
+    """Kaggle-format train.csv, test.csv and solution.csv of the small slices."""
+    folder = tmp_path_factory.mktemp("kaggle")
+    paths = {name: folder / f"{name}.csv" for name in ("train", "test", "solution")}
+    write_kaggle_csv(paths["train"], small_train.images, small_train.labels)
+    write_kaggle_csv(paths["test"], small_test.images)
+    write_submission(paths["solution"], small_test.labels)
+    return paths
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory, small_train: DigitSet,
+             small_test: DigitSet) -> Path:  # fmt: skip
+    """A run directory of the default CNN trained briefly on small_train."""
+    run_dir = tmp_path_factory.mktemp("tiny_run")
+    config = TrainConfig(**TINY_RECIPE)
+    train(config, small_train, DigitSet(small_test.images[:300], small_test.labels[:300]), run_dir)
+    return run_dir
+
+
+def accuracy(predicted: np.ndarray, labels: np.ndarray) -> float:
+    return float((np.asarray(predicted) == np.asarray(labels)).mean())

@@ -1,0 +1,45 @@
+import numpy as np
+import torch
+
+from digit_recognizer.data.augment import Augmentation, augment_batch
+from digit_recognizer.data.splits import stratified_split
+from digit_recognizer.models.runtime import to_model_input
+
+
+def test_augment_keeps_shape_range_and_is_seeded(small_train):
+    x = to_model_input(torch.as_tensor(small_train.images[:64]), channels_last=False)
+    first = augment_batch(x, Augmentation(), torch.Generator().manual_seed(1))
+    again = augment_batch(x, Augmentation(), torch.Generator().manual_seed(1))
+    other = augment_batch(x, Augmentation(), torch.Generator().manual_seed(2))
+    assert first.shape == x.shape and first.dtype == torch.float32
+    assert first.min() >= 0 and first.max() <= 1
+    torch.testing.assert_close(first, again)
+    assert not torch.equal(first, other)
+    assert not torch.equal(first, x)
+
+
+def test_zero_strength_is_identity(small_train):
+    x = to_model_input(torch.as_tensor(small_train.images[:16]), channels_last=False)
+    out = augment_batch(x, Augmentation().scaled(0), torch.Generator().manual_seed(0))
+    torch.testing.assert_close(out, x, atol=1e-5, rtol=0)
+
+
+def test_augmented_digits_keep_their_ink(small_train):
+    # A random affine within the default ranges moves ink but neither erases nor floods it.
+    x = to_model_input(torch.as_tensor(small_train.images[:256]), channels_last=False)
+    out = augment_batch(x, Augmentation(), torch.Generator().manual_seed(0))
+    ratio = out.sum(dim=(1, 2, 3)) / x.sum(dim=(1, 2, 3))
+    assert ratio.min() > 0.5 and ratio.max() < 2.0
+
+
+def test_stratified_split_keeps_class_shares(mnist):
+    labels = mnist.labels[:10000]
+    train_idx, valid_idx = stratified_split(labels, 0.2, seed=0)
+    assert len(valid_idx) == 2000 and len(np.intersect1d(train_idx, valid_idx)) == 0
+    assert len(train_idx) + len(valid_idx) == len(labels)
+    overall = np.bincount(labels, minlength=10) / len(labels)
+    valid_share = np.bincount(labels[valid_idx], minlength=10) / len(valid_idx)
+    assert np.abs(overall - valid_share).max() < 0.002
+    again, _ = stratified_split(labels, 0.2, seed=0)
+    np.testing.assert_array_equal(train_idx, again)
+    assert len(stratified_split(labels, 0, seed=0)[1]) == 0

@@ -1,0 +1,70 @@
+"""End to end through the real `digits` commands (typer's CliRunner), on small real slices."""
+
+import json
+
+from typer.testing import CliRunner
+
+from digit_recognizer.cli import app
+
+runner = CliRunner()
+SMALL_RECIPE = ["--epochs", "2", "--lr", "0.02", "--batch-size", "64"]
+
+
+def invoke(*args: str):
+    return runner.invoke(app, [str(arg) for arg in args])
+
+
+def test_run_trains_predicts_and_writes_a_run_directory(tmp_path, small_csvs):
+    run_dir = tmp_path / "run"
+    result = invoke("run", "--train", small_csvs["train"], "--test", small_csvs["test"],
+                    "--out", run_dir, *SMALL_RECIPE)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    for name in ("config.toml", "metrics.json", "history.csv", "model.safetensors", "model.json",
+                 "learning_curves.png", "confusion_matrix.png", "submission.csv"):  # fmt: skip
+        assert (run_dir / name).is_file(), name
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["validation"]["accuracy"] > 0.85 and metrics["epochs_run"] == 2
+
+    scored = invoke("score", small_csvs["solution"], run_dir / "submission.csv")
+    assert scored.exit_code == 0
+    assert float(scored.output.split()[-1]) > 0.85  # chance is 0.10
+
+    again = tmp_path / "again.csv"
+    assert invoke("predict", run_dir, small_csvs["test"], "--out", again).exit_code == 0
+    assert again.read_bytes() == (run_dir / "submission.csv").read_bytes()
+
+
+def test_train_then_evaluate(tmp_path, small_csvs):
+    run_dir = tmp_path / "trained"
+    trained = invoke("train", "--train", small_csvs["train"], "--out", run_dir, *SMALL_RECIPE)
+    assert trained.exit_code == 0, trained.output
+    assert "validation accuracy" in trained.output
+    result = invoke("evaluate", run_dir, small_csvs["train"])
+    assert result.exit_code == 0, result.output
+    assert "macro F1" in result.output and "ROC-AUC" in result.output
+
+
+def test_user_errors_are_one_line_without_traceback(tmp_path, small_csvs):
+    bad = tmp_path / "bad.csv"
+    lines = small_csvs["train"].read_text().splitlines()[:4]
+    cells = lines[2].split(",")
+    cells[-1] = "abc"
+    lines[2] = ",".join(cells)
+    bad.write_text("\n".join(lines) + "\n")
+    for args in (("data", "check", bad), ("train", "--train", bad, "--out", tmp_path / "r")):
+        result = invoke(*args)
+        assert result.exit_code == 1
+        assert "line 3, column pixel783: 'abc' is not an integer" in result.output
+        assert "Traceback" not in result.output
+    unknown = invoke("train", "--train", small_csvs["train"], "--model", "cnnn")
+    assert unknown.exit_code == 1 and "Did you mean 'cnn'" in unknown.output
+
+
+def test_data_check_summarises(small_csvs):
+    result = invoke("data", "check", small_csvs["train"])
+    assert result.exit_code == 0 and "3,000 rows" in result.output
+
+
+def test_models_lists_the_registry():
+    result = invoke("models")
+    assert result.exit_code == 0 and "seed-cnn" in result.output and "cnn" in result.output

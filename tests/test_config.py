@@ -1,0 +1,54 @@
+from pathlib import Path
+
+import pytest
+
+from digit_recognizer.config import config_to_toml, load_config, read_toml
+from digit_recognizer.errors import ConfigError, UnknownModelError
+from digit_recognizer.train import TrainConfig
+
+
+def test_precedence_defaults_toml_flags(tmp_path):
+    toml = tmp_path / "c.toml"
+    toml.write_text('epochs = 7\nlr = 0.05\nmodel = "mlp"\n')
+    config = load_config(TrainConfig, toml, {"epochs": 3, "seed": None})
+    assert (config.epochs, config.lr, config.model, config.seed) == (3, 0.05, "mlp", 0)
+
+
+def test_resolved_config_round_trips_through_toml(tmp_path):
+    config = TrainConfig(optimizer="adam", time_budget_s=30, augment=0.5)
+    assert config.lr == 1e-3  # derived once, then written out
+    path = tmp_path / "config.toml"
+    path.write_text(config_to_toml(config))
+    assert load_config(TrainConfig, path) == config
+
+
+def test_unknown_key_lists_valid_keys_and_closest():
+    with pytest.raises(
+        ConfigError, match=r"unknown key 'epoch'.*did you mean 'epochs'.*Valid keys: model"
+    ):
+        load_config(TrainConfig, overrides={"epoch": 3})
+
+
+def test_wrong_type_says_expected_and_got(tmp_path):
+    toml = tmp_path / "c.toml"
+    toml.write_text('epochs = "ten"\n')
+    with pytest.raises(ConfigError, match=r"'epochs' must be int, got 'ten'"):
+        load_config(TrainConfig, toml)
+    with pytest.raises(ConfigError, match=r"'optimizer' must be one of 'sgd', 'adam', 'adamw'"):
+        load_config(TrainConfig, overrides={"optimizer": "rmsprop"})
+
+
+def test_bad_value_and_unknown_model():
+    with pytest.raises(ConfigError, match="valid_size must be in"):
+        TrainConfig(valid_size=1.5)
+    with pytest.raises(UnknownModelError, match=r"unknown model 'cnnn'. Did you mean 'cnn'"):
+        TrainConfig(model="cnnn")
+
+
+def test_bad_toml_and_missing_file(tmp_path: Path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("epochs = = 3")
+    with pytest.raises(ConfigError, match="bad.toml: not valid TOML"):
+        read_toml(bad)
+    with pytest.raises(ConfigError, match="config file not found"):
+        read_toml(tmp_path / "missing.toml")

@@ -1,0 +1,61 @@
+import gzip
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from digit_recognizer.data.idx import read_idx
+from digit_recognizer.data.mnist import FILES, load_mnist, mnist_dir, verify_checksums
+from digit_recognizer.errors import DataError
+
+
+def write_idx(path: Path, array: np.ndarray, compress: bool = False) -> None:
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
+    raw = header + array.astype(np.uint8).tobytes()
+    path.write_bytes(gzip.compress(raw) if compress else raw)
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_read_idx_round_trip(tmp_path, compress):
+    array = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    write_idx(tmp_path / "a.idx", array, compress)
+    np.testing.assert_array_equal(read_idx(tmp_path / "a.idx"), array)
+
+
+def test_read_idx_truncated_names_file(tmp_path):
+    path = tmp_path / "cut.idx"
+    write_idx(path, np.zeros((5, 28, 28), dtype=np.uint8))
+    path.write_bytes(path.read_bytes()[:-10])
+    with pytest.raises(DataError, match=r"cut\.idx: header declares shape \(5, 28, 28\)"):
+        read_idx(path)
+
+
+def test_read_idx_rejects_non_idx(tmp_path):
+    path = tmp_path / "x.idx"
+    path.write_bytes(b"hello world")
+    with pytest.raises(DataError, match="not an IDX file"):
+        read_idx(path)
+    path.write_bytes(b"\x1f\x8bnot gzip at all")
+    with pytest.raises(DataError, match="not a readable gzip file"):
+        read_idx(path)
+
+
+def test_embedded_mnist_is_complete_and_verified(mnist):
+    assert mnist.images.shape == (70000, 28, 28) and mnist.images.dtype == np.uint8
+    assert mnist.labels.dtype == np.int64
+    assert np.bincount(mnist.labels).tolist() == [6903, 7877, 6990, 7141, 6824, 6313, 6876,
+                                                  7293, 6825, 6958]  # fmt: skip
+
+
+def test_checksum_mismatch_names_the_file(tmp_path):
+    for name in [*FILES.values(), "SHA256SUMS"]:
+        shutil.copy(mnist_dir() / name, tmp_path / name)
+    victim = tmp_path / FILES["test_labels"]
+    raw = bytearray(victim.read_bytes())
+    raw[-1] ^= 0xFF
+    victim.write_bytes(bytes(raw))
+    with pytest.raises(DataError, match=r"t10k-labels-idx1-ubyte\.gz: SHA-256 .* does not match"):
+        verify_checksums(tmp_path)
+    with pytest.raises(DataError, match="does not match"):
+        load_mnist(tmp_path)

@@ -1,0 +1,71 @@
+import json
+
+import numpy as np
+import pytest
+
+from digit_recognizer.data.kaggle_csv import read_submission, write_submission
+from digit_recognizer.errors import DataError
+from digit_recognizer.evaluate import compute_metrics, evaluate_run, score_submission
+from digit_recognizer.predict import PredictConfig, Predictor, predict_csv
+
+from .conftest import accuracy
+
+
+def test_probabilities_are_distributions(tiny_run, small_test):
+    probas = Predictor.load([tiny_run]).predict_proba(small_test.images[:50])
+    assert probas.shape == (50, 10) and probas.dtype == np.float32
+    np.testing.assert_allclose(probas.sum(axis=1), 1, atol=1e-5)
+
+
+def test_tta_and_ensemble_average_and_stay_accurate(tiny_run, small_test):
+    images, labels = small_test.images[300:], small_test.labels[300:]
+    plain = Predictor.load([tiny_run]).predict_proba(images)
+    with_tta = Predictor.load([tiny_run], PredictConfig(tta=True)).predict_proba(images)
+    assert not np.allclose(plain, with_tta)
+    assert accuracy(with_tta.argmax(1), labels) > 0.85
+    twice = Predictor.load([tiny_run, tiny_run]).predict_proba(images)
+    np.testing.assert_allclose(twice, plain, atol=1e-6)
+
+
+def test_submission_is_kaggle_format(tmp_path, tiny_run, small_csvs):
+    out = tmp_path / "submission.csv"
+    labels = predict_csv([tiny_run], small_csvs["test"], out)
+    lines = out.read_text().splitlines()
+    assert lines[0] == "ImageId,Label" and len(lines) == 1001
+    assert lines[1] == f"1,{labels[0]}" and lines[-1] == f"1000,{labels[-1]}"
+    np.testing.assert_array_equal(read_submission(out), labels)
+    assert score_submission(small_csvs["solution"], out) > 0.85
+
+
+def test_score_rejects_incomplete_submission(tmp_path, small_csvs):
+    short = tmp_path / "short.csv"
+    write_submission(short, np.zeros(999, dtype=np.int64))
+    with pytest.raises(DataError, match="short.csv"):
+        score_submission(small_csvs["solution"], short)
+
+
+def test_metrics_on_known_predictions():
+    labels = np.array([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 9])
+    predicted = np.array([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 4])
+    probas = np.eye(10, dtype=np.float32)[predicted]
+    metrics = compute_metrics(labels, probas)
+    assert metrics.accuracy == pytest.approx(11 / 12)
+    assert metrics.confusion[9][4] == 1 and metrics.confusion[9][9] == 2
+    assert metrics.per_class[9]["recall"] == pytest.approx(2 / 3)
+    assert metrics.per_class[4]["precision"] == pytest.approx(1 / 2)
+    assert 0.5 < metrics.roc_auc_ovr <= 1
+
+
+def test_evaluate_run_writes_its_files(tmp_path, tiny_run, small_csvs):
+    solution_labels = read_submission(small_csvs["solution"])
+    from digit_recognizer.data.kaggle_csv import read_kaggle_csv, write_kaggle_csv
+
+    labelled = tmp_path / "labelled.csv"
+    write_kaggle_csv(labelled, read_kaggle_csv(small_csvs["test"]).images, solution_labels)
+    metrics = evaluate_run([tiny_run], labelled, tmp_path)
+    assert metrics.accuracy > 0.85 and metrics.n_samples == 1000
+    saved = json.loads((tmp_path / "eval_metrics.json").read_text())
+    assert saved["accuracy"] == metrics.accuracy
+    assert (tmp_path / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(DataError, match="no label column"):
+        evaluate_run([tiny_run], small_csvs["test"], tmp_path)

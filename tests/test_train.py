@@ -1,0 +1,95 @@
+import csv
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from digit_recognizer.data.kaggle_csv import DigitSet
+from digit_recognizer.models.storage import load_net
+from digit_recognizer.pipeline import train_job
+from digit_recognizer.predict import Predictor
+from digit_recognizer.train import TrainConfig, get_lr, load_checkpoint, train
+
+from .conftest import accuracy
+
+
+def test_tiny_run_learns_and_writes_its_directory(tiny_run, small_test):
+    for name in ("config.toml", "history.csv", "checkpoint.pt", "model.safetensors", "model.json"):
+        assert (tiny_run / name).is_file(), name
+    with open(tiny_run / "history.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(row["epoch"]) for row in rows] == [1, 2]
+    predicted = Predictor.load([tiny_run]).predict(small_test.images[300:])
+    assert accuracy(predicted, small_test.labels[300:]) > 0.85  # chance is 0.10
+
+
+def test_same_seed_same_weights(tmp_path, small_train):
+    subset = DigitSet(small_train.images[:512], small_train.labels[:512])
+    config = TrainConfig(epochs=1, batch_size=64, valid_size=0, seed=3)
+    first = train(config, subset, None, tmp_path / "a").model.state_dict()
+    second = train(config, subset, None, tmp_path / "b").model.state_dict()
+    for key in first:
+        torch.testing.assert_close(first[key], second[key], rtol=0, atol=0)
+
+
+def without_timing(history):
+    return [{k: v for k, v in row.items() if k != "elapsed_s"} for row in history]
+
+
+def test_killed_run_resumes_to_the_same_result(tmp_path, small_csvs):
+    """SIGKILL `digits train` during epoch 2, resume it, and match an uninterrupted run."""
+    run_dir = tmp_path / "killed"
+    flags = ["--train", str(small_csvs["train"]), "--out", str(run_dir), "--epochs", "3",
+             "--lr", "0.02", "--batch-size", "64", "--valid-size", "0.1"]  # fmt: skip
+    command = [sys.executable, "-c", "from digit_recognizer.cli import app; app()", "train"]
+    process = subprocess.Popen([*command, *flags], stderr=subprocess.DEVNULL)
+    history = run_dir / "history.csv"
+    deadline = time.monotonic() + 120
+    while not (history.exists() and history.read_text().count("\n") >= 2):
+        assert process.poll() is None and time.monotonic() < deadline, "run ended before epoch 1"
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)  # mid-epoch 2: its checkpoint is epoch 1's
+    process.wait()
+    subprocess.run([*command, *flags, "--resume"], check=True, stderr=subprocess.DEVNULL)
+
+    config = TrainConfig(epochs=3, lr=0.02, batch_size=64, valid_size=0.1)
+    straight = train_job(config, small_csvs["train"], tmp_path / "straight")
+    resumed = load_checkpoint(run_dir, torch.device("cpu"))
+    assert without_timing(resumed["history"]) == without_timing(straight.train.history)
+    a, _ = load_net(tmp_path / "straight")
+    b, _ = load_net(run_dir)
+    for key, value in a.state_dict().items():
+        torch.testing.assert_close(b.state_dict()[key], value, rtol=0, atol=0)
+
+
+def test_early_stopping_restores_the_best_epoch(tmp_path, small_train, small_test):
+    subset = DigitSet(small_train.images[:512], small_train.labels[:512])
+    valid = DigitSet(small_test.images[:200], small_test.labels[:200])
+    # A constant, absurd learning rate makes validation accuracy stall or fall quickly.
+    config = TrainConfig(epochs=8, lr=5.0, schedule="constant", patience=1, batch_size=64)
+    result = train(config, subset, valid, tmp_path)
+    assert result.stopped_early and result.epochs_run < 8
+    best = max(row["valid_accuracy"] for row in result.history)
+    assert result.best_valid_accuracy == best
+
+
+@pytest.mark.parametrize("schedule", ["onecycle", "exponential", "constant", "plateau"])
+def test_schedules_start_and_end_sensibly(schedule):
+    config = TrainConfig(schedule=schedule)
+    assert get_lr(config, 0.0, 0.0, 1.0) <= config.lr
+    if schedule == "onecycle":
+        assert get_lr(config, config.warmup, 1.0, 1.0) == pytest.approx(config.lr)
+        assert get_lr(config, 1.0, 15.0, 1.0) == 0
+    if schedule == "exponential":
+        assert get_lr(config, 0.5, 2.0, 1.0) == pytest.approx(config.lr * config.lr_decay**2)
+    if schedule == "plateau":
+        assert get_lr(config, 0.5, 2.0, 0.25) == pytest.approx(config.lr * 0.25)
+
+
+def test_time_budget_stops_training(tmp_path, small_train):
+    config = TrainConfig(epochs=50, time_budget_s=1.0, valid_size=0, batch_size=64)
+    result = train(config, small_train, None, tmp_path)
+    assert result.epochs_run < 50 and result.train_seconds < 5
