@@ -1,0 +1,78 @@
+"""Time ``read_kaggle_csv`` against plain ``pandas.read_csv``, and ``write_kaggle_csv``.
+
+Run: ``.venv/bin/python benchmarks/csv_read.py`` (builds a replica in a temporary folder), or
+``.venv/bin/python benchmarks/csv_read.py --dir DIR --repeats 10`` to reuse or build one in DIR.
+
+The pandas baseline is what a notebook does: ``pd.read_csv(path).to_numpy().astype(np.uint8)``,
+default C engine, no validation beyond parsing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from digit_recognizer.data.kaggle_csv import read_kaggle_csv, write_kaggle_csv
+from digit_recognizer.data.replica import build_replica, replica_is_complete
+
+
+def time_calls(function: Callable[[], object], repeats: int) -> np.ndarray:
+    """Seconds per call over ``repeats`` calls, after one untimed warm-up (page cache, imports)."""
+    function()
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        seconds.append(time.perf_counter() - start)
+    return np.array(seconds)
+
+
+def read_with_pandas(path: Path) -> np.ndarray:
+    return pd.read_csv(path).to_numpy().astype(np.uint8)
+
+
+def show(name: str, seconds: np.ndarray) -> None:
+    print(f"  {name:<22} {seconds.mean():.3f} s ± {seconds.std():.3f} s  (n={len(seconds)})")
+
+
+def run(replica_dir: Path, repeats: int) -> None:
+    if not replica_is_complete(replica_dir):
+        print(f"building the replica in {replica_dir} ...")
+        build_replica(replica_dir)
+    for name in ("train.csv", "test.csv"):
+        path = replica_dir / name
+        print(f"{name} ({path.stat().st_size / 1e6:.1f} MB)")
+        ours = time_calls(lambda path=path: read_kaggle_csv(path), repeats)
+        baseline = time_calls(lambda path=path: read_with_pandas(path), repeats)
+        show("read_kaggle_csv", ours)
+        show("pandas.read_csv", baseline)
+        print(f"  speed-up               {baseline.mean() / ours.mean():.1f}x")
+    train = read_kaggle_csv(replica_dir / "train.csv")
+    with tempfile.TemporaryDirectory() as scratch:
+        out = Path(scratch) / "train.csv"
+        written = time_calls(lambda: write_kaggle_csv(out, train.images, train.labels), repeats)
+    show("write_kaggle_csv train", written)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--dir", type=Path, help="replica folder to reuse or build (default: temporary)"
+    )
+    parser.add_argument("--repeats", type=int, default=5, help="timed calls per measurement")
+    args = parser.parse_args()
+    if args.dir is not None:
+        run(args.dir, args.repeats)
+        return
+    with tempfile.TemporaryDirectory() as scratch:
+        run(Path(scratch), args.repeats)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,386 @@
+"""Kaggle CSV reader and writer: round trips, exact error messages, fast and reference agree."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from digit_recognizer.data import kaggle_csv
+from digit_recognizer.data.kaggle_csv import (
+    LABELLED_COLUMNS,
+    PIXEL_COLUMNS,
+    check_kaggle_csv,
+    read_kaggle_csv,
+    read_submission,
+    write_kaggle_csv,
+    write_submission,
+)
+from digit_recognizer.errors import DataError
+
+N_ROWS = 10  # lines 2-11 of the file
+HEADER = ",".join(LABELLED_COLUMNS)
+
+
+def random_digits(n_rows: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (n_rows, 28, 28), dtype=np.uint8), rng.integers(0, 10, n_rows)
+
+
+@pytest.fixture
+def train_csv(tmp_path: Path) -> Path:
+    path = tmp_path / "train.csv"
+    write_kaggle_csv(path, *random_digits(N_ROWS))
+    return path
+
+
+def set_cell(path: Path, line_number: int, column: str, text: str) -> None:
+    lines = path.read_text().split("\n")
+    cells = lines[line_number - 1].split(",")
+    cells[LABELLED_COLUMNS.index(column)] = text
+    lines[line_number - 1] = ",".join(cells)
+    path.write_text("\n".join(lines))
+
+
+def read_error(path: Path | str) -> str:
+    with pytest.raises(DataError) as error:
+        read_kaggle_csv(path)
+    return str(error.value)
+
+
+# --- round trips and accepted variants --------------------------------------------------------
+
+
+def test_round_trip_labelled(train_csv: Path) -> None:
+    images, labels = random_digits(N_ROWS)
+    digits = read_kaggle_csv(train_csv)
+    assert digits.has_labels and len(digits) == N_ROWS
+    assert digits.images.dtype == np.uint8 and digits.images.shape == (N_ROWS, 28, 28)
+    assert digits.labels is not None and digits.labels.dtype == np.int64
+    np.testing.assert_array_equal(digits.images, images)
+    np.testing.assert_array_equal(digits.labels, labels)
+
+
+def test_round_trip_unlabelled(tmp_path: Path) -> None:
+    images, _ = random_digits(N_ROWS)
+    write_kaggle_csv(tmp_path / "test.csv", images)
+    digits = read_kaggle_csv(tmp_path / "test.csv")
+    assert not digits.has_labels and digits.labels is None
+    np.testing.assert_array_equal(digits.images, images)
+
+
+def test_writer_format_is_exact_and_deterministic(tmp_path: Path) -> None:
+    images = np.zeros((2, 28, 28), dtype=np.uint8)
+    images[1, 0, 1] = 255
+    write_kaggle_csv(tmp_path / "a.csv", images, np.array([3, 0]))
+    write_kaggle_csv(tmp_path / "b.csv", images, np.array([3, 0]))
+    zeros = ",0" * 784
+    expected = f"{HEADER}\n3{zeros}\n0,0,255{zeros[4:]}\n".encode()
+    assert (tmp_path / "a.csv").read_bytes() == expected
+    assert (tmp_path / "b.csv").read_bytes() == expected
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.csv", "b.csv"]  # no temp files
+
+
+@pytest.mark.parametrize(
+    "transform",
+    [
+        lambda raw: b"\xef\xbb\xbf" + raw,  # UTF-8 byte-order mark, as Excel writes
+        lambda raw: raw.replace(b"\n", b"\r\n"),  # Windows line endings
+        lambda raw: raw.replace(b"\n", b"\r"),  # classic Mac line endings
+        lambda raw: raw.removesuffix(b"\n"),  # no final newline
+        lambda raw: raw.replace(b",", b",00"),  # leading zeros: only the reference parser
+    ],
+    ids=["bom", "crlf", "cr", "no-final-newline", "leading-zeros"],
+)
+def test_accepted_variants_read_the_same_values(train_csv: Path, transform) -> None:
+    expected = read_kaggle_csv(train_csv)
+    train_csv.write_bytes(transform(train_csv.read_bytes()))
+    digits = read_kaggle_csv(train_csv)
+    np.testing.assert_array_equal(digits.images, expected.images)
+    np.testing.assert_array_equal(digits.labels, expected.labels)
+
+
+def test_check_summarises(train_csv: Path, tmp_path: Path) -> None:
+    summary = check_kaggle_csv(train_csv)
+    labels = random_digits(N_ROWS)[1]
+    assert summary.n_rows == N_ROWS and summary.has_labels
+    assert summary.class_counts == {d: int(np.sum(labels == d)) for d in range(10)}
+    counts = " ".join(f"{d}:{n}" for d, n in summary.class_counts.items())
+    assert summary.one_line() == f"{train_csv}: 10 rows, labelled; class counts {counts}"
+    write_kaggle_csv(tmp_path / "test.csv", random_digits(1200)[0])
+    assert check_kaggle_csv(tmp_path / "test.csv").one_line() == (
+        f"{tmp_path / 'test.csv'}: 1,200 rows, unlabelled"
+    )
+
+
+# --- errors: one per kind, with exact line and column ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("line_number", "column", "text", "message"),
+    [
+        (3, "pixel782", "abc", "line 3, column pixel782: 'abc' is not an integer"),
+        (5, "label", "9.5", "line 5, column label: 9.5 is not an integer"),
+        (4, "pixel3", "300", "line 4, column pixel3: 300 is out of range 0-255"),
+        (6, "pixel0", "-1", "line 6, column pixel0: -1 is out of range 0-255"),
+        (9, "label", "12", "line 9, column label: 12 is not a digit label 0-9"),
+        (2, "pixel0", "", "line 2, column pixel0: empty cell"),
+        (11, "pixel783", "", "line 11, column pixel783: empty cell"),
+        (7, "pixel5", " 5", "line 7, column pixel5: ' 5' has whitespace around the value"),
+        (8, "pixel9", "0x1f", "line 8, column pixel9: '0x1f' is not an integer"),
+        (2, "pixel1", '"7"', "line 2, column pixel1: '\"7\"' is not an integer"),
+        (10, "pixel2", "9" * 5000, "line 10, column pixel2: '999999999999999999999999...'"),
+    ],
+)
+def test_bad_cell_names_line_and_column(
+    train_csv: Path, line_number: int, column: str, text: str, message: str
+) -> None:
+    set_cell(train_csv, line_number, column, text)
+    assert read_error(train_csv).startswith(f"{train_csv}, {message}")
+
+
+def test_non_utf8_cell(train_csv: Path) -> None:
+    raw = train_csv.read_bytes()
+    second_line = raw.index(b"\n") + 1
+    train_csv.write_bytes(raw[:second_line] + b"\xff" + raw[raw.index(b",", second_line) :])
+    assert (
+        read_error(train_csv) == f"{train_csv}, line 2, column label: '\\\\xff' is not an integer"
+    )
+
+
+def test_wrong_column_count(train_csv: Path) -> None:
+    lines = train_csv.read_text().split("\n")
+    lines[6] = lines[6].rsplit(",", 1)[0]
+    train_csv.write_text("\n".join(lines))
+    assert read_error(train_csv) == f"{train_csv}, line 7: expected 785 columns, found 784"
+
+
+def blank_line_after_line_3(text: str) -> str:
+    lines = text.split("\n")
+    lines.insert(3, "")
+    return "\n".join(lines)
+
+
+@pytest.mark.parametrize(
+    ("transform", "line_number"),
+    [
+        (blank_line_after_line_3, 4),
+        (lambda text: text + "\n", 12),  # a second final newline
+        (lambda text: text + "\r\n", 12),
+    ],
+)
+def test_blank_line(train_csv: Path, transform, line_number: int) -> None:
+    train_csv.write_text(transform(train_csv.read_text()))
+    assert read_error(train_csv) == f"{train_csv}, line {line_number}: empty line"
+
+
+def test_first_problem_wins(train_csv: Path) -> None:
+    set_cell(train_csv, 9, "pixel1", "x")
+    set_cell(train_csv, 4, "pixel700", "256")
+    assert read_error(train_csv).startswith(f"{train_csv}, line 4, column pixel700: 256 is out")
+
+
+def test_message_uses_the_path_as_given(train_csv: Path, monkeypatch) -> None:
+    set_cell(train_csv, 3, "pixel782", "abc")
+    monkeypatch.chdir(train_csv.parent)
+    message = "line 3, column pixel782: 'abc' is not an integer"
+    assert read_error("train.csv") == f"train.csv, {message}"
+    assert read_error(str(train_csv)) == f"{train_csv}, {message}"
+
+
+# --- errors: header and whole file --------------------------------------------------------------
+
+EXPECTED_HEADERS = "expected 'label,pixel0,...,pixel783' or 'pixel0,...,pixel783'"
+
+
+@pytest.mark.parametrize(
+    ("header", "problem"),
+    [
+        (HEADER.replace("pixel1,", "pix1,"), "header column 3 is 'pix1', not 'pixel1'"),
+        ("Label" + HEADER[5:], "header column 1 is 'Label', not 'label'"),
+        ('"label"' + HEADER[5:], "header column 1 is '\"label\"', not 'label'"),
+        (HEADER + ",extra", "the header 'label,pixel0,pixel1,pixe...' has 786 columns"),
+        ("ImageId,Label", "the header 'ImageId,Label' has 2 columns"),
+    ],
+)
+def test_wrong_header(train_csv: Path, header: str, problem: str) -> None:
+    body = train_csv.read_text().split("\n", 1)[1]
+    train_csv.write_text(f"{header}\n{body}")
+    assert read_error(train_csv) == f"{train_csv}, line 1: {problem}; {EXPECTED_HEADERS}"
+
+
+def test_empty_file(tmp_path: Path) -> None:
+    (tmp_path / "train.csv").write_bytes(b"")
+    assert read_error(tmp_path / "train.csv") == (
+        f"{tmp_path / 'train.csv'}: empty file; "
+        "expected the header 'label,pixel0,...,pixel783' or 'pixel0,...,pixel783'"
+    )
+
+
+@pytest.mark.parametrize("ending", ["\n", "\r\n", ""])
+def test_header_only(tmp_path: Path, ending: str) -> None:
+    (tmp_path / "test.csv").write_text(",".join(PIXEL_COLUMNS) + ending)
+    assert (
+        read_error(tmp_path / "test.csv")
+        == f"{tmp_path / 'test.csv'}: no data rows after the header"
+    )
+
+
+def test_random_bytes(tmp_path: Path) -> None:
+    for seed in range(20):
+        (tmp_path / "junk.csv").write_bytes(np.random.default_rng(seed).bytes(5000))
+        assert read_error(tmp_path / "junk.csv").startswith(f"{tmp_path / 'junk.csv'}, line 1: ")
+
+
+def test_non_utf8_header(tmp_path: Path) -> None:
+    (tmp_path / "train.csv").write_bytes(b"label,\xffpixel0\n1,2\n")
+    assert read_error(tmp_path / "train.csv").startswith(
+        f"{tmp_path / 'train.csv'}, line 1: not UTF-8 text; expected the header 'label,"
+    )
+
+
+def test_missing_file_and_directory(tmp_path: Path) -> None:
+    assert read_error(tmp_path / "nope.csv") == f"{tmp_path / 'nope.csv'}: file not found"
+    assert read_error(tmp_path) == f"{tmp_path}: is a directory, expected a CSV file"
+
+
+def test_fast_path_and_reference_parser_agree(tmp_path: Path, monkeypatch) -> None:
+    """Random corruptions: both parsers return the same values or raise the same message."""
+    rng = np.random.default_rng(0)
+    path = tmp_path / "train.csv"
+    write_kaggle_csv(path, *random_digits(3))
+    clean = path.read_bytes()
+    body_start = clean.index(b"\n") - 2  # a few header bytes too, to cover its line ending
+    alphabet = b'0123456789,\r\n -+.x\xef\xff"\t\x00'
+    for _ in range(300):
+        corrupted = bytearray(clean)
+        for _ in range(rng.integers(1, 4)):
+            position = int(rng.integers(body_start, len(corrupted)))
+            byte = alphabet[int(rng.integers(len(alphabet)))]
+            if rng.random() < 0.5:
+                corrupted.insert(position, byte)
+            else:
+                corrupted[position] = byte
+        path.write_bytes(bytes(corrupted))
+        fast = _outcome(path)
+        with monkeypatch.context() as patch:
+            patch.setattr(kaggle_csv, "_parse_fast", lambda body, columns: None)
+            reference = _outcome(path)
+        assert type(fast) is type(reference) and np.array_equal(fast, reference), bytes(corrupted)
+
+
+def _outcome(path: Path) -> str | np.ndarray:
+    try:
+        digits = read_kaggle_csv(path)
+    except DataError as error:
+        return str(error)
+    return np.concatenate([digits.labels[:, None], digits.images.reshape(len(digits), -1)], axis=1)
+
+
+@pytest.mark.parametrize(
+    ("images", "labels", "message"),
+    [
+        (np.zeros((2, 28, 28), np.int64), None, "images must be uint8 (N, 28, 28)"),
+        (np.zeros((2, 784), np.uint8), None, "images must be uint8 (N, 28, 28)"),
+        (np.zeros((0, 28, 28), np.uint8), None, "no images to write"),
+        (np.zeros((2, 28, 28), np.uint8), np.array([1]), "labels must be integers of shape (2,)"),
+        (np.zeros((2, 28, 28), np.uint8), np.array([1, 10]), "labels must be digits 0-9"),
+    ],
+)
+def test_writer_rejects_bad_arrays(tmp_path: Path, images, labels, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        write_kaggle_csv(tmp_path / "x.csv", images, labels)
+    assert not list(tmp_path.iterdir())
+
+
+# --- submissions --------------------------------------------------------------------------------
+
+
+def submission_error(path: Path, expected_rows: int | None = None) -> str:
+    with pytest.raises(DataError) as error:
+        read_submission(path, expected_rows=expected_rows)
+    return str(error.value)
+
+
+@pytest.fixture
+def submission_csv(tmp_path: Path) -> Path:
+    path = tmp_path / "submission.csv"
+    write_submission(path, np.array([3, 1, 4, 1, 5]))
+    return path
+
+
+def test_submission_round_trip(submission_csv: Path) -> None:
+    assert submission_csv.read_text() == "ImageId,Label\n1,3\n2,1\n3,4\n4,1\n5,5\n"
+    labels = read_submission(submission_csv, expected_rows=5)
+    assert labels.dtype == np.int64
+    np.testing.assert_array_equal(labels, [3, 1, 4, 1, 5])
+
+
+def test_submission_rows_in_any_order(submission_csv: Path) -> None:
+    submission_csv.write_text("\ufeffImageId,Label\r\n5,5\r\n2,1\r\n1,3\r\n4,1\r\n3,4")
+    np.testing.assert_array_equal(read_submission(submission_csv), [3, 1, 4, 1, 5])
+
+
+@pytest.mark.parametrize(
+    ("text", "expected_rows", "message"),
+    [
+        (
+            "ImageId,Label\n1,3\n2,1\n2,4\n",
+            None,
+            "line 4, column ImageId: ImageId 2 repeats line 3",
+        ),
+        (
+            "ImageId,Label\n1,3\n2,1\n4,4\n",
+            None,
+            "line 4, column ImageId: ImageId 4 is out of range; 3 rows need ImageIds 1 to 3",
+        ),
+        (
+            "ImageId,Label\n1,3\n2,1\n3,4\n",
+            2,
+            "line 4, column ImageId: ImageId 3 is extra; expected 2 rows (ImageId 1 to 2)",
+        ),
+        (
+            "ImageId,Label\n1,3\n3,4\n",
+            3,
+            ": ImageId 2 is missing; expected 3 rows (ImageId 1 to 3), found 2",
+        ),
+        ("ImageId,Label\n1,3\n2,10\n", None, "line 3, column Label: 10 is not a digit label 0-9"),
+        (
+            "ImageId,Label\n0,3\n",
+            None,
+            "line 2, column ImageId: 0 is not a valid ImageId (ids start at 1)",
+        ),
+        ("ImageId,Label\n1,3.0\n", None, "line 2, column Label: 3.0 is not an integer"),
+        ("ImageId,Label\n1,3,4\n", None, "line 2: expected 2 columns, found 3"),
+        ("ImageId,Label\n1,3\n\n", None, "line 3: empty line"),
+        ("ImageId,Label\n", None, ": no data rows after the header"),
+        ("", None, ": empty file; expected the header 'ImageId,Label'"),
+        (
+            "id,label\n1,3\n",
+            None,
+            ", line 1: header column 1 is 'id', not 'ImageId'; expected 'ImageId,Label'",
+        ),
+    ],
+)
+def test_submission_errors(
+    submission_csv: Path, text: str, expected_rows: int | None, message: str
+) -> None:
+    submission_csv.write_text(text)
+    error = submission_error(submission_csv, expected_rows)
+    assert error.startswith(f"{submission_csv}{'' if message[0] in ':,' else ', '}{message}")
+
+
+@pytest.mark.parametrize(
+    ("labels", "message"),
+    [
+        (np.array([], dtype=np.int64), "no labels to write"),
+        (np.array([1.0, 2.0]), "labels must be integers of shape (2,)"),
+        (np.array([1, -1]), "labels must be digits 0-9"),
+    ],
+)
+def test_write_submission_rejects_bad_labels(tmp_path: Path, labels, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        write_submission(tmp_path / "submission.csv", labels)
+    assert not list(tmp_path.iterdir())

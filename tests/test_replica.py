@@ -1,0 +1,69 @@
+"""The Kaggle replica: Kaggle's shapes, a seeded permutation of MNIST, same seed same bytes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from digit_recognizer.data.kaggle_csv import read_kaggle_csv, read_submission
+from digit_recognizer.data.mnist import load_mnist
+from digit_recognizer.data.replica import (
+    MANIFEST,
+    ReplicaFiles,
+    build_replica,
+    replica_is_complete,
+)
+
+
+@pytest.fixture(scope="module")
+def replica(tmp_path_factory: pytest.TempPathFactory) -> ReplicaFiles:
+    return build_replica(tmp_path_factory.mktemp("replica"), seed=0)
+
+
+def sha256s(files: ReplicaFiles) -> dict[str, str]:
+    return json.loads((files.train.parent / MANIFEST).read_text())["sha256"]
+
+
+def test_replica_is_the_seeded_permutation_of_mnist(replica: ReplicaFiles) -> None:
+    train, test = read_kaggle_csv(replica.train), read_kaggle_csv(replica.test)
+    solution = read_submission(replica.solution, expected_rows=28_000)
+    assert train.images.shape == (42_000, 28, 28) and train.has_labels
+    assert test.images.shape == (28_000, 28, 28) and not test.has_labels
+    mnist = load_mnist()
+    order = np.random.default_rng(0).permutation(70_000)
+    np.testing.assert_array_equal(train.images, mnist.images[order[:42_000]])
+    np.testing.assert_array_equal(train.labels, mnist.labels[order[:42_000]])
+    np.testing.assert_array_equal(test.images, mnist.images[order[42_000:]])
+    np.testing.assert_array_equal(solution, mnist.labels[order[42_000:]])
+    # Together the two files hold every MNIST digit once.
+    counts = np.bincount(train.labels, minlength=10) + np.bincount(solution, minlength=10)
+    np.testing.assert_array_equal(counts, np.bincount(mnist.labels, minlength=10))
+
+
+def test_same_seed_same_bytes_other_seed_other_bytes(replica: ReplicaFiles, tmp_path: Path) -> None:
+    again = build_replica(tmp_path / "again", seed=0)
+    assert sha256s(again) == sha256s(replica)
+    other = build_replica(tmp_path / "other", seed=1)
+    other_sums, sums = sha256s(other), sha256s(replica)
+    assert all(other_sums[name] != sums[name] for name in sums)
+    assert replica_is_complete(tmp_path / "other", seed=1)
+    assert not replica_is_complete(tmp_path / "other", seed=0)
+
+
+def test_replica_is_complete(replica: ReplicaFiles, tmp_path: Path) -> None:
+    assert replica_is_complete(replica.train.parent, seed=0)
+    assert not replica_is_complete(tmp_path / "nothing-here", seed=0)
+    copy = tmp_path / "copy"
+    shutil.copytree(replica.train.parent, copy)
+    assert replica_is_complete(copy, seed=0)
+    solution = copy / "solution.csv"
+    solution.write_text(solution.read_text().replace("\n1,", "\n1,0", 1))
+    assert not replica_is_complete(copy, seed=0)  # edited by hand
+    (copy / MANIFEST).write_text("{not json")
+    assert not replica_is_complete(copy, seed=0)
+    (copy / MANIFEST).unlink()
+    assert not replica_is_complete(copy, seed=0)  # an interrupted build writes no manifest
