@@ -83,6 +83,11 @@ def test_writer_format_is_exact_and_deterministic(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.csv", "b.csv"]  # no temp files
 
 
+def zero_pad_pixels(raw: bytes) -> bytes:
+    header, body = raw.split(b"\n", 1)
+    return header + b"\n" + body.replace(b",", b",00")
+
+
 @pytest.mark.parametrize(
     "transform",
     [
@@ -90,7 +95,7 @@ def test_writer_format_is_exact_and_deterministic(tmp_path: Path) -> None:
         lambda raw: raw.replace(b"\n", b"\r\n"),  # Windows line endings
         lambda raw: raw.replace(b"\n", b"\r"),  # classic Mac line endings
         lambda raw: raw.removesuffix(b"\n"),  # no final newline
-        lambda raw: raw.replace(b",", b",00"),  # leading zeros: only the reference parser
+        zero_pad_pixels,  # leading zeros, as "007"
     ],
     ids=["bom", "crlf", "cr", "no-final-newline", "leading-zeros"],
 )

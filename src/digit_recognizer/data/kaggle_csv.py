@@ -238,8 +238,8 @@ def _parse_strictly(body: bytes, columns: tuple[str, ...], path: Path) -> NDArra
     for line_number, line in enumerate(lines, start=2):
         if valid_row.fullmatch(line) is None:
             _parse_row(line, columns, path, line_number)
-    # Reached only if the fast path declined a valid file (say, "007" with leading zeros):
-    # slow (~10 s for train.csv) but right.
+    # Reached only if the fast path declined a valid file (say, a cell "-0", which the byte
+    # filter sends here): slow (~10 s for train.csv) but right.
     rows = [_parse_row(line, columns, path, n) for n, line in enumerate(lines, start=2)]
     return np.array(rows, dtype=np.uint8)
 
