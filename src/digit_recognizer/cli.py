@@ -73,6 +73,7 @@ Patience = Annotated[int | None, typer.Option(help="Early-stopping patience in e
 Seed = Annotated[int | None, typer.Option(help="Random seed. [default: 0]")]
 Device = Annotated[str | None, typer.Option(help="auto | cpu | cuda | mps. [default: auto]")]
 RunDir = Annotated[Path | None, typer.Option(help="Run directory [default: runs/<time>-<model>]")]
+Preset = Annotated[str, typer.Option(help="fast | default | best (an ensemble, with TTA).")]
 Tta = Annotated[bool, typer.Option("--tta", help="Average predictions over shifted views.")]
 
 
@@ -89,6 +90,7 @@ def run(
     test: Annotated[Path | None, typer.Option(help="Kaggle test.csv to predict.")] = None,
     out: RunDir = None,
     replica_seed: Annotated[int, typer.Option(help="Seed of the replica split.")] = 0,
+    preset: Preset = "default",
     config: ConfigFile = None, model: Model = None, epochs: Epochs = None,
     time_budget: TimeBudget = None, batch_size: BatchSize = None, optimizer: Optimizer = None,
     lr: LR = None, schedule: Schedule = None, augment: Augment = None,
@@ -96,19 +98,23 @@ def run(
     device: Device = None, tta: Tta = False,
 ) -> None:  # fmt: skip
     """The main job: train, evaluate, predict, write and score a submission."""
-    from digit_recognizer.pipeline import run_job
+    from digit_recognizer.pipeline import get_preset, run_job
     from digit_recognizer.predict import PredictConfig
     from digit_recognizer.train import TrainConfig
 
     overrides = train_overrides(model=model, epochs=epochs, time_budget=time_budget,
         batch_size=batch_size, optimizer=optimizer, lr=lr, schedule=schedule, augment=augment,
         valid_size=valid_size, patience=patience, seed=seed, device=device)  # fmt: skip
-    train_config = load_config(TrainConfig, config, overrides)
+    recipe = get_preset(preset)
+    train_config = load_config(TrainConfig, config, overrides, preset=recipe.overrides)
     with progress_bar() as progress:
         summary = run_job(train_config, train, test, out, replica_seed,
-                          predict_config=PredictConfig(tta=tta), progress=progress)  # fmt: skip
-    table = Table(title="digits run", show_header=False)
-    table.add_row("model", train_config.model)
+                          predict_config=PredictConfig(tta=tta or recipe.tta),
+                          members=recipe.members, progress=progress)  # fmt: skip
+    table = Table(title=f"digits run (preset {preset})", show_header=False)
+    table.add_row(
+        "model", train_config.model + (f" x {summary.n_members}" if recipe.members else "")
+    )
     table.add_row("epochs", str(summary.epochs_run))
     table.add_row("training time", f"{summary.train_seconds:.1f} s")
     if summary.valid_accuracy is not None:
@@ -126,6 +132,7 @@ def train_command(
     train: Annotated[Path, typer.Option(help="Labelled CSV (Kaggle train.csv format).")],
     out: RunDir = None,
     resume: Annotated[bool, typer.Option(help="Continue from --out's last checkpoint.")] = False,
+    preset: Preset = "default",
     config: ConfigFile = None, model: Model = None, epochs: Epochs = None,
     time_budget: TimeBudget = None, batch_size: BatchSize = None, optimizer: Optimizer = None,
     lr: LR = None, schedule: Schedule = None, augment: Augment = None,
@@ -133,7 +140,7 @@ def train_command(
     device: Device = None,
 ) -> None:  # fmt: skip
     """Train a net on a labelled CSV and write a run directory."""
-    from digit_recognizer.pipeline import default_run_dir, train_job
+    from digit_recognizer.pipeline import default_run_dir, get_preset, train_ensemble_job, train_job
     from digit_recognizer.train import CONFIG_FILE, TrainConfig
 
     if resume and out is None:
@@ -144,17 +151,22 @@ def train_command(
         batch_size=batch_size, optimizer=optimizer, lr=lr, schedule=schedule, augment=augment,
         valid_size=valid_size, patience=patience, seed=seed, device=device,
         resume=resume or None)  # fmt: skip
-    train_config = load_config(TrainConfig, config, overrides)
+    recipe = get_preset(preset)
+    train_config = load_config(TrainConfig, config, overrides, preset=recipe.overrides)
     run_dir = out or default_run_dir(train_config.model)
     with progress_bar() as progress:
-        job = train_job(train_config, train, run_dir, progress)
-    accuracy = job.valid_metrics.accuracy if job.valid_metrics else None
-    console.print(
-        f"trained [bold]{train_config.model}[/bold] for {job.train.epochs_run} epochs in "
-        f"{job.train.train_seconds:.1f} s"
-        + (f", validation accuracy [bold]{accuracy:.4f}[/bold]" if accuracy is not None else "")
-        + f" -> {run_dir}"
-    )
+        if recipe.members:
+            jobs = train_ensemble_job(train_config, recipe.members, train, run_dir, progress)
+        else:
+            jobs = [train_job(train_config, train, run_dir, progress)]
+    for job in jobs:
+        accuracy = job.valid_metrics.accuracy if job.valid_metrics else None
+        console.print(
+            f"trained [bold]{job.train.config['model']}[/bold] for {job.train.epochs_run} epochs"
+            f" in {job.train.train_seconds:.1f} s"
+            + (f", validation accuracy [bold]{accuracy:.4f}[/bold]" if accuracy is not None else "")
+            + f" -> {job.run_dir}"
+        )
 
 
 @app.command()
@@ -225,6 +237,127 @@ def score(
     from digit_recognizer.evaluate import score_submission
 
     console.print(f"accuracy [bold]{score_submission(solution, submission):.5f}[/bold]")
+
+
+@app.command()
+@handles_errors
+def eda(
+    csv: Annotated[Path, typer.Argument(help="A Kaggle train.csv or test.csv.")],
+    out: Annotated[Path, typer.Option(help="Folder for the PNGs and eda.html.")] = Path("eda"),
+) -> None:
+    """Explore a CSV: summary table, plots and a self-contained eda.html."""
+    from digit_recognizer.report import EDA_FILE
+    from digit_recognizer.report import eda as run_eda
+
+    summary = run_eda(csv, out)
+    table = Table(title=f"EDA of {csv}", show_header=False)
+    for name, value in summary.rows():
+        table.add_row(name, value)
+    console.print(table)
+    console.print(f"wrote {len(summary.figures)} PNGs and {out / EDA_FILE}")
+
+
+@app.command("augment-preview")
+@handles_errors
+def augment_preview(
+    csv: Annotated[Path, typer.Argument(help="A Kaggle train.csv or test.csv.")],
+    n: Annotated[int, typer.Option("--n", min=1, help="Augmentations per image.")] = 9,
+    augment: Annotated[float, typer.Option(min=0, help="Strength, as train --augment.")] = 1.0,
+    seed: Seed = None,
+    out: Annotated[Path, typer.Option(help="PNG to write.")] = Path("augment_preview.png"),
+) -> None:
+    """A grid of images and their random augmentations, made by training's own code."""
+    from digit_recognizer.report import augment_preview as preview
+
+    console.print(f"wrote {preview(csv, out, n=n, seed=seed or 0, strength=augment)}")
+
+
+@app.command()
+@handles_errors
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory written by train or run.")],
+    data: Annotated[
+        Path | None, typer.Option(help="Labelled CSV [default: the run's validation split].")
+    ] = None,
+) -> None:
+    """Write RUN_DIR/report.html: curves, metrics, mistakes, Grad-CAM, calibration."""
+    from digit_recognizer.report import write_run_report
+
+    console.print(f"wrote {write_run_report(run_dir, data)}")
+
+
+@app.command()
+@handles_errors
+def explain(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory.")],
+    csv: Annotated[Path, typer.Argument(help="A Kaggle CSV holding the image.")],
+    index: Annotated[int, typer.Option(help="Row of the image in CSV, 0-based.")],
+    out: Annotated[Path | None, typer.Option(help="PNG [default: RUN_DIR/explain-I.png].")] = None,
+) -> None:
+    """Grad-CAM (or saliency) and probabilities for one image, as a PNG."""
+    from digit_recognizer.explain import explain_run
+
+    out = out or run_dir / f"explain-{index}.png"
+    explanation = explain_run(run_dir, csv, index, out)
+    known = f", true {explanation.label}" if explanation.label is not None else ""
+    confidence = f"{explanation.probas.max():.1%}{known}"
+    console.print(f"predicted [bold]{explanation.predicted}[/bold] ({confidence}); "
+                  f"{explanation.method} -> {out}")  # fmt: skip
+
+
+@app.command()
+@handles_errors
+def serve(
+    run_dir: Annotated[Path, typer.Argument(help="A trained run directory.")],
+    host: Annotated[str | None, typer.Option(help="Interface; 0.0.0.0 opens it to the network. "
+                                             "[default: 127.0.0.1]")] = None,
+    port: Annotated[int | None, typer.Option(help="TCP port. [default: 8000]")] = None,
+    backend: Annotated[str | None, typer.Option(help="torch | onnx. [default: torch]")] = None,
+    config: Annotated[Path | None, typer.Option("--config",
+                      help="TOML file of ServeConfig keys (limits).")] = None,
+) -> None:  # fmt: skip
+    """Serve the draw-a-digit page and the prediction API (docs at /docs) until Ctrl-C."""
+    from digit_recognizer.serve import ServeConfig, run_server
+
+    flags = {"host": host, "port": port, "backend": backend}
+    serve_config = load_config(ServeConfig, config, flags)
+    url = f"http://{serve_config.host}:{serve_config.port}"
+    console.print(f"serving {run_dir} ({serve_config.backend}) at {url}, API docs at {url}/docs")
+    run_server(run_dir, serve_config)
+
+
+@app.command()
+@handles_errors
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="A trained run directory.")],
+    export_format: Annotated[str, typer.Option("--format", help="Only onnx so far.")] = "onnx",
+    out: Annotated[Path | None, typer.Option(help="[default: RUN_DIR/model.onnx]")] = None,
+) -> None:
+    """Export the run's net for deployment (ONNX: uint8 images in, probabilities out)."""
+    from digit_recognizer.export import export_onnx
+
+    if export_format != "onnx":
+        raise typer.BadParameter(f"unknown format '{export_format}'; the only one is 'onnx'")
+    console.print(f"wrote {export_onnx(run_dir, out)}")
+
+
+@app.command("predict-image")
+@handles_errors
+def predict_image(
+    run_dir: Annotated[Path, typer.Argument(help="A trained run directory.")],
+    files: Annotated[list[Path], typer.Argument(help="Image files (PNG, JPEG, ...) of digits.")],
+) -> None:
+    """Recognise digits in image files, preprocessed as MNIST was (crop, fit 20x20, centre)."""
+    import numpy as np
+
+    from digit_recognizer.data.images import load_image
+    from digit_recognizer.predict import Predictor
+
+    probas = Predictor.load([run_dir]).predict_proba(np.stack([load_image(f) for f in files]))
+    table = Table("file", "digit", "probability")
+    for file, proba in zip(files, probas, strict=True):
+        table.add_row(str(file), f"[bold]{proba.argmax()}[/bold]", f"{proba.max():.3f}")
+    console.print(table)
 
 
 @app.command()

@@ -28,12 +28,13 @@ def load_config(
     config_class: type[C],
     toml_path: str | Path | None = None,
     overrides: Mapping[str, Any] | None = None,
+    preset: Mapping[str, Any] | None = None,
 ) -> C:
-    """Build ``config_class`` from its defaults, then a TOML file, then ``overrides`` (flags).
+    """Build ``config_class`` from its defaults, a preset, a TOML file, then ``overrides`` (flags).
 
     Overrides whose value is ``None`` are flags the user did not give and are skipped.
     """
-    values: dict[str, Any] = {}
+    values: dict[str, Any] = dict(preset or {})
     if toml_path is not None:
         values.update(read_toml(toml_path))
     values.update({key: value for key, value in (overrides or {}).items() if value is not None})

@@ -18,7 +18,7 @@ from torch import nn
 
 from digit_recognizer.data.kaggle_csv import read_kaggle_csv, write_submission
 from digit_recognizer.models.runtime import autocast_dtype, batched_logits, resolve_device
-from digit_recognizer.models.storage import load_net
+from digit_recognizer.models.storage import expand_ensembles, load_net
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ class Predictor:
     def load(cls, run_dirs: list[Path], config: PredictConfig | None = None) -> Predictor:
         config = config or PredictConfig()
         device = resolve_device(config.device)
-        loaded = [load_net(Path(run_dir)) for run_dir in run_dirs]
+        loaded = [load_net(run_dir) for run_dir in expand_ensembles(run_dirs)]
         models = [model.to(device) for model, _ in loaded]
         return cls(models, [meta for _, meta in loaded], device, config)
 

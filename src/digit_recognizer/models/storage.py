@@ -18,6 +18,7 @@ from digit_recognizer.models.registry import build
 
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "model.json"
+ENSEMBLE_FILE = "ensemble.json"  # a run directory of member run directories
 FORMAT_VERSION = 1
 
 PREPROCESSING = {
@@ -81,3 +82,27 @@ def load_net(run_dir: Path) -> tuple[nn.Module, dict[str, Any]]:
             f"{path}: weights do not fit model '{meta['model']}' ({first})"
         ) from None
     return model.eval(), meta
+
+
+def write_ensemble(run_dir: Path, members: list[Path]) -> None:
+    """Mark ``run_dir`` as an ensemble of ``members`` (sub-directories, stored relative)."""
+    names = [str(Path(member).relative_to(run_dir)) for member in members]
+    write_text(Path(run_dir) / ENSEMBLE_FILE, json.dumps({"members": names}, indent=2) + "\n")
+
+
+def expand_ensembles(run_dirs: list[Path]) -> list[Path]:
+    """Replace each ensemble directory by its member run directories, in order."""
+    expanded = []
+    for run_dir in map(Path, run_dirs):
+        manifest = run_dir / ENSEMBLE_FILE
+        if manifest.exists() and not (run_dir / META_FILE).exists():
+            try:
+                members = json.loads(manifest.read_text(encoding="utf-8"))["members"]
+            except (json.JSONDecodeError, KeyError, TypeError) as error:
+                raise ModelFileError(
+                    f"{manifest}: not a valid ensemble manifest ({error})"
+                ) from None
+            expanded += [run_dir / member for member in members]
+        else:
+            expanded.append(run_dir)
+    return expanded

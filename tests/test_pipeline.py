@@ -1,0 +1,45 @@
+import json
+
+import numpy as np
+import pytest
+
+from digit_recognizer.errors import ConfigError, DataError
+from digit_recognizer.evaluate import score_submission
+from digit_recognizer.pipeline import get_preset, run_job, train_ensemble_job
+from digit_recognizer.predict import Predictor
+from digit_recognizer.train import TrainConfig
+
+from .conftest import TINY_RECIPE
+
+
+def test_main_job_on_the_replica_scores_its_submission(tmp_path):
+    """`digits run` with no data arguments: replica build, train, predict 28,000, score."""
+    # A second of training: this checks the plumbing; accuracy is tested on small slices.
+    config = TrainConfig(epochs=1, time_budget_s=1, batch_size=64, lr=0.02)
+    summary = run_job(config, run_dir=tmp_path / "run", cache_dir=tmp_path / "cache")
+    solution = tmp_path / "cache" / "replica-seed0" / "solution.csv"
+    assert summary.test_accuracy == score_submission(solution, summary.submission)
+    lines = summary.submission.read_text().splitlines()
+    assert lines[0] == "ImageId,Label" and len(lines) == 28001
+    metrics = json.loads((summary.run_dir / "metrics.json").read_text())
+    assert metrics["test_accuracy"] == summary.test_accuracy
+
+
+def test_ensemble_directory_predicts_the_members_average(tmp_path, small_csvs, small_test):
+    config = TrainConfig(**TINY_RECIPE)
+    jobs = train_ensemble_job(config, ({"seed": 1}, {"seed": 2}), small_csvs["train"], tmp_path)
+    assert [job.run_dir.name for job in jobs] == ["member-1", "member-2"]
+    images = small_test.images[:200]
+    ensemble = Predictor.load([tmp_path]).predict_proba(images)
+    members = [Predictor.load([job.run_dir]).predict_proba(images) for job in jobs]
+    np.testing.assert_allclose(ensemble, (members[0] + members[1]) / 2, atol=1e-6)
+    assert not np.allclose(members[0], members[1])  # different seeds, different models
+
+
+def test_presets_and_argument_errors(tmp_path, small_csvs):
+    assert get_preset("fast").overrides["model"] == "cnn-small"
+    assert get_preset("best").members and get_preset("best").tta
+    with pytest.raises(ConfigError, match="unknown preset 'quick'; choose one of fast, default"):
+        get_preset("quick")
+    with pytest.raises(DataError, match="give both --train and --test"):
+        run_job(TrainConfig(), train_csv=small_csvs["train"], run_dir=tmp_path)
