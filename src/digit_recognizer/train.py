@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 CHECKPOINT_FILE = "checkpoint.pt"
 HISTORY_FILE = "history.csv"
 CONFIG_FILE = "config.toml"
-DEFAULT_LR = {"sgd": 0.1, "adam": 1e-3, "adamw": 1e-3}
+DEFAULT_LR = {"sgd": 0.05, "adam": 1e-3, "adamw": 1e-3}
 
 
 @dataclass
@@ -56,7 +56,8 @@ class TrainConfig:
     time_budget_s: float | None = None  # stop at this many seconds; the schedule anneals to it
     batch_size: int = 128  # small batches: more steps per second of CPU, better generalisation
     optimizer: Literal["sgd", "adam", "adamw"] = "sgd"  # Nesterov SGD: best accuracy per epoch
-    lr: float | None = None  # peak learning rate; None = 0.1 for SGD, 1e-3 for Adam(W)
+    # Peak lr; None = 0.05 for SGD (0.1 ties it on 42k rows but diverges on 3k), 1e-3 for Adam.
+    lr: float | None = None
     momentum: float = 0.9
     weight_decay: float = 5e-4  # on weights only, not on batch-norm and bias parameters
     schedule: Literal["onecycle", "plateau", "exponential", "constant"] = "onecycle"
@@ -68,6 +69,7 @@ class TrainConfig:
     augment: float = 1.0  # strength of the random affine + contrast (0 = off); see Augmentation
     valid_size: float = 0.05  # stratified validation fraction for model selection (0 = none)
     patience: int | None = None  # early stopping: epochs without a better validation accuracy
+    target_accuracy: float | None = None  # stop once validation accuracy reaches this
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | mps
     amp: bool = True  # bf16 autocast where the hardware supports it natively
@@ -321,6 +323,10 @@ def train(
         write_history(run_dir, history)
         if config.patience is not None and has_valid and epochs_since_best >= config.patience:
             log.info("early stopping: no better validation accuracy for %d epochs", config.patience)
+            stopped_early = True
+            break
+        if config.target_accuracy is not None and best_accuracy >= config.target_accuracy:
+            log.info("target validation accuracy %.4f reached", config.target_accuracy)
             stopped_early = True
             break
 
