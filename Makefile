@@ -23,6 +23,10 @@ run: setup
 test: setup
 	$(BIN)/python -m pytest -q
 
+bench: setup
+	$(BIN)/python benchmarks/csv_read.py
+	$(BIN)/python benchmarks/time_to_accuracy.py
+
 lint: setup
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
