@@ -1,0 +1,205 @@
+"""Explanations: where a net looks. Grad-CAM for the CNNs (any conv layer, default the last) and
+input-gradient saliency for nets without convolutions (the MLP).
+
+    digits explain runs/cnn test.csv --index 7 --out explain.png
+
+    from digit_recognizer.explain import grad_cam
+    heatmaps = grad_cam(model, images)            # (N, 28, 28) float32 in [0, 1]
+
+Grad-CAM: Selvaraju et al. 2017, https://arxiv.org/abs/1610.02391. Each channel of the layer's
+output is weighted by the spatial mean of the target logit's gradient, the weighted sum goes
+through a ReLU and is upsampled to the image. Gradients are taken in fp32 (no autocast): the
+heatmaps are small and bf16 gradients make them blotchy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from numpy.typing import ArrayLike, NDArray
+from torch import nn
+
+from digit_recognizer.data.kaggle_csv import read_kaggle_csv
+from digit_recognizer.errors import DataError
+from digit_recognizer.evaluate import _save_figure
+from digit_recognizer.models.runtime import to_model_input
+from digit_recognizer.models.storage import load_net
+from digit_recognizer.predict import Predictor
+
+BATCH_SIZE = 256  # bounds the memory held by the graph: activations and gradients of a batch
+HEATMAP_CMAP = "jet"  # the Grad-CAM paper's colours: readable on top of a grey digit
+
+
+@torch.enable_grad()  # callers may hold torch.no_grad(), as inference code does
+def grad_cam(
+    model: nn.Module,
+    images: NDArray[np.uint8],
+    target: int | ArrayLike | None = None,
+    layer: nn.Module | str | None = None,
+) -> NDArray[np.float32]:
+    """Grad-CAM heatmaps of ``model`` for ``images``.
+
+    Parameters
+    ----------
+    model : a net taking float (N, 1, 28, 28) in [0, 1] and returning logits (N, 10)
+    images : ndarray of shape (n_images, 28, 28), uint8
+    target : the digit to explain, one for all images or one per image; None = the prediction
+    layer : a conv module of ``model`` or its name in ``model.named_modules()``;
+        None = the last ``nn.Conv2d``. A net without one (the MLP) gets ``saliency`` instead.
+
+    Returns
+    -------
+    ndarray of shape (n_images, 28, 28), float32 in [0, 1] (each map scaled to its maximum)
+    """
+    if layer is None and not any(isinstance(m, nn.Conv2d) for m in model.modules()):
+        return saliency(model, images, target)
+    module = _find_layer(model, layer)
+    captured: dict[str, torch.Tensor] = {}
+    hook = module.register_forward_hook(lambda _m, _i, output: captured.update(output=output))
+    try:
+        heatmaps = []
+        for x, scores in _target_scores(model, images, target):
+            activation = captured["output"]  # (B, C, h, w)
+            (gradient,) = torch.autograd.grad(scores.sum(), activation)
+            weights = gradient.mean(dim=(2, 3), keepdim=True)  # (B, C, 1, 1)
+            cam = F.relu((weights * activation).sum(dim=1, keepdim=True))  # (B, 1, h, w)
+            heatmaps.append(F.interpolate(cam, size=x.shape[2:], mode="bilinear").detach())
+    finally:
+        hook.remove()
+    return _scaled(torch.cat(heatmaps))
+
+
+@torch.enable_grad()
+def saliency(
+    model: nn.Module, images: NDArray[np.uint8], target: int | ArrayLike | None = None
+) -> NDArray[np.float32]:
+    """Input-gradient saliency |d logit[target] / d pixel| for any net (Simonyan et al. 2013).
+
+    Same parameters and result as ``grad_cam``: (n_images, 28, 28) float32 in [0, 1].
+    """
+    heatmaps = []
+    for x, scores in _target_scores(model, images, target):
+        (gradient,) = torch.autograd.grad(scores.sum(), x)
+        heatmaps.append(gradient.abs())
+    return _scaled(torch.cat(heatmaps))
+
+
+def _target_scores(model: nn.Module, images: NDArray[np.uint8], target: int | ArrayLike | None):
+    """Yield (input batch with gradients, target logit per image) in eval mode, batch by batch."""
+    device = next(model.parameters()).device
+    images = torch.as_tensor(np.asarray(images, dtype=np.uint8))
+    targets = None if target is None else np.array(np.broadcast_to(target, len(images)), np.int64)
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(images), BATCH_SIZE):
+            x = to_model_input(images[start : start + BATCH_SIZE].to(device), channels_last=False)
+            x.requires_grad_(True)  # so there is a graph even when the weights are frozen
+            logits = model(x).float()
+            if targets is None:
+                chosen = logits.argmax(dim=1)
+            else:
+                chosen = torch.as_tensor(targets[start : start + BATCH_SIZE], device=device)
+            yield x, logits.gather(1, chosen[:, None])[:, 0]
+    finally:
+        model.train(was_training)
+
+
+def _find_layer(model: nn.Module, layer: nn.Module | str | None) -> nn.Module:
+    modules = dict(model.named_modules())
+    convs = [name for name, module in modules.items() if isinstance(module, nn.Conv2d)]
+    if layer is None:
+        return modules[convs[-1]]
+    if isinstance(layer, nn.Module):
+        if not any(module is layer for module in modules.values()):
+            raise ValueError("layer is not a module of this model")
+        return layer
+    if layer not in modules:
+        raise ValueError(f"no layer named '{layer}' in the model; conv layers: {', '.join(convs)}")
+    return modules[layer]
+
+
+def _scaled(heatmaps: torch.Tensor) -> NDArray[np.float32]:
+    """(N, 1, H, W) -> (N, H, W) numpy, each map divided by its maximum (all-zero stays zero)."""
+    maps = heatmaps[:, 0].float().cpu()
+    peak = maps.amax(dim=(1, 2), keepdim=True)
+    return torch.where(peak > 0, maps / peak.clamp_min(1e-12), 0).numpy().astype(np.float32)
+
+
+# -- one image, explained and plotted -------------------------------------------------------------
+
+
+@dataclass
+class Explanation:
+    """Why a net predicted what it did for one image."""
+
+    image: NDArray[np.uint8]  # (28, 28)
+    heatmap: NDArray[np.float32]  # (28, 28) in [0, 1], for the predicted digit
+    probas: NDArray[np.float32]  # (10,)
+    method: str  # "Grad-CAM" or "saliency"
+    label: int | None = None  # the true digit, when known
+
+    @property
+    def predicted(self) -> int:
+        return int(self.probas.argmax())
+
+
+def explain_image(
+    model: nn.Module, image: NDArray[np.uint8], label: int | None = None
+) -> Explanation:
+    """Probabilities and a heatmap (Grad-CAM, or saliency for nets without convs) for one image."""
+    images = np.asarray(image, dtype=np.uint8)[None]
+    has_conv = any(isinstance(module, nn.Conv2d) for module in model.modules())
+    return Explanation(
+        image=images[0],
+        heatmap=grad_cam(model, images)[0],
+        probas=Predictor.from_models([model]).predict_proba(images)[0],
+        method="Grad-CAM" if has_conv else "saliency",
+        label=label,
+    )
+
+
+def draw_overlay(ax: Axes, image: NDArray[np.uint8], heatmap: NDArray[np.float32]) -> None:
+    """The digit in grey with the heatmap on top; one look shared by every explanation plot."""
+    ax.imshow(image, cmap="gray", vmin=0, vmax=255)
+    # Opacity follows the heat, so the strokes stay visible where the net did not look.
+    ax.imshow(heatmap, cmap=HEATMAP_CMAP, vmin=0, vmax=1, alpha=0.15 + 0.5 * heatmap)
+    ax.set_axis_off()
+
+
+def plot_explanation(explanation: Explanation, path: Path) -> None:
+    """PNG of the image, the heatmap overlay and the probabilities of each digit."""
+    fig = Figure(figsize=(9, 3.2))
+    image_ax, overlay_ax, bar_ax = fig.subplots(1, 3, width_ratios=[1, 1, 1.6])
+    image_ax.imshow(explanation.image, cmap="gray", vmin=0, vmax=255)
+    image_ax.set_axis_off()
+    known = f"true {explanation.label}, " if explanation.label is not None else ""
+    image_ax.set_title(f"image ({known}predicted {explanation.predicted})")
+    draw_overlay(overlay_ax, explanation.image, explanation.heatmap)
+    overlay_ax.set_title(explanation.method)
+    colours = ["tab:blue"] * 10
+    colours[explanation.predicted] = "tab:orange"
+    bar_ax.bar(range(10), explanation.probas, color=colours)
+    bar_ax.set(xticks=range(10), xlabel="digit", ylim=(0, 1), title="probability")
+    bar_ax.grid(axis="y", alpha=0.3)
+    _save_figure(fig, path)
+
+
+def explain_run(run_dir: Path, csv_path: Path, index: int, out: Path) -> Explanation:
+    """Explain row ``index`` (0-based) of a Kaggle CSV with a run's net and write the PNG."""
+    data = read_kaggle_csv(csv_path)
+    if not 0 <= index < len(data):
+        raise DataError(
+            f"{csv_path}: has {len(data):,} rows; --index must be 0 to {len(data) - 1} (0-based)"
+        )
+    model, _ = load_net(run_dir)
+    label = int(data.labels[index]) if data.labels is not None else None
+    explanation = explain_image(model, data.images[index], label)
+    plot_explanation(explanation, out)
+    return explanation

@@ -1,0 +1,65 @@
+"""Grad-CAM and saliency on the trained tiny run; `digits explain` through the CLI."""
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from digit_recognizer.cli import app
+from digit_recognizer.explain import explain_image, grad_cam, saliency
+from digit_recognizer.models.registry import build
+from digit_recognizer.models.storage import load_net
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def model(tiny_run):
+    return load_net(tiny_run)[0]
+
+
+def test_grad_cam_maps_have_the_image_shape_and_vary(model, small_test):
+    images = small_test.images[:12]
+    heatmaps = grad_cam(model, images)
+    assert heatmaps.shape == (12, 28, 28) and heatmaps.dtype == np.float32
+    assert heatmaps.min() >= 0 and np.allclose(heatmaps.max(axis=(1, 2)), 1)
+    assert (heatmaps.std(axis=(1, 2)) > 0.05).all()  # non-constant on a trained net
+    # The heat sits on the digit: more of it on ink than on background.
+    ink = images > 64
+    assert (heatmaps * ink).sum() / ink.sum() > (heatmaps * ~ink).sum() / (~ink).sum()
+
+
+def test_grad_cam_layer_and_target_choices(model, small_test):
+    images = small_test.images[:4]
+    convs = [name for name, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
+    default = grad_cam(model, images)
+    np.testing.assert_allclose(grad_cam(model, images, layer=convs[-1]), default, atol=1e-5)
+    first = grad_cam(model, images, layer=dict(model.named_modules())[convs[0]])
+    assert first.shape == default.shape and not np.allclose(first, default)
+    with torch.no_grad():  # as inference code calls it; gradients are switched back on inside
+        per_image = grad_cam(model, images, target=[0, 1, 2, 3])
+    assert per_image.shape == (4, 28, 28)
+    with pytest.raises(ValueError, match=f"conv layers: {convs[0]}"):
+        grad_cam(model, images, layer="nope")
+    assert not model.training
+
+
+def test_saliency_is_the_fallback_for_nets_without_convs(small_test):
+    torch.manual_seed(0)
+    mlp = build("mlp").eval()
+    maps = saliency(mlp, small_test.images[:3])
+    assert maps.shape == (3, 28, 28) and maps.max() == pytest.approx(1)
+    np.testing.assert_allclose(grad_cam(mlp, small_test.images[:3]), maps)
+    assert explain_image(mlp, small_test.images[0]).method == "saliency"
+
+
+def test_explain_command_writes_a_png(tiny_run, small_csvs, tmp_path):
+    out = tmp_path / "why.png"
+    result = runner.invoke(app, ["explain", str(tiny_run), str(small_csvs["test"]), "--index", "3",
+                                 "--out", str(out)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "Grad-CAM" in result.output and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    wrong = runner.invoke(app, ["explain", str(tiny_run), str(small_csvs["test"]), "--index",
+                                "1000"])  # fmt: skip
+    assert wrong.exit_code == 1
+    assert "has 1,000 rows; --index must be 0 to 999" in wrong.output

@@ -1,0 +1,140 @@
+"""EDA, augmentation preview, run reports (self-contained HTML) and calibration."""
+
+import base64
+import json
+import shutil
+from html.parser import HTMLParser
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from digit_recognizer.cli import app
+from digit_recognizer.data.kaggle_csv import write_kaggle_csv
+from digit_recognizer.models.storage import load_net
+from digit_recognizer.pipeline import train_job
+from digit_recognizer.report import (
+    eda,
+    expected_calibration_error,
+    model_summary,
+    reliability,
+    write_run_report,
+)
+from digit_recognizer.train import TrainConfig
+
+runner = CliRunner()
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+class ImageSources(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.sources: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "img":
+            self.sources.append(dict(attrs).get("src") or "")
+
+
+def inline_pngs(html_path) -> list[bytes]:
+    """Every <img> of the page, decoded; fails unless each is a non-empty PNG data URI."""
+    parser = ImageSources()
+    parser.feed(html_path.read_text(encoding="utf-8"))
+    parser.close()
+    prefix = "data:image/png;base64,"
+    assert parser.sources and all(src.startswith(prefix) for src in parser.sources)
+    images = [base64.b64decode(src[len(prefix) :], validate=True) for src in parser.sources]
+    assert all(image.startswith(PNG) and len(image) > 1000 for image in images)
+    return images
+
+
+def test_eda_summarises_and_writes_a_self_contained_page(tmp_path, small_train):
+    images, labels = small_train.images[:300].copy(), small_train.labels[:300].copy()
+    images[10], images[11] = images[0], images[1]  # two duplicates, one with a different label
+    labels[10], labels[11] = labels[0], (labels[1] + 1) % 10
+    csv_path = tmp_path / "train.csv"
+    write_kaggle_csv(csv_path, images, labels)
+    summary = eda(csv_path, tmp_path / "eda")
+    assert (summary.n_rows, summary.n_columns, summary.n_missing) == (300, 785, 0)
+    assert (summary.n_duplicates, summary.n_conflicting_duplicates) == (2, 1)
+    assert sum(summary.class_counts.values()) == 300
+    assert summary.pixel_mean == pytest.approx(images.mean(), rel=1e-6)
+    assert summary.pixel_std == pytest.approx(images.std(), rel=1e-6)
+    assert len(summary.figures) == 5 and all(path.is_file() for path in summary.figures.values())
+    assert len(inline_pngs(tmp_path / "eda" / "eda.html")) == 5
+
+
+def test_eda_and_augment_preview_commands(tmp_path, small_csvs):
+    result = runner.invoke(app, ["eda", str(small_csvs["test"]), "--out", str(tmp_path / "e")])
+    assert result.exit_code == 0, result.output
+    assert "1,000 x 784" in result.output  # test.csv: unlabelled, no label plots
+    assert len(inline_pngs(tmp_path / "e" / "eda.html")) == 3
+    out = tmp_path / "augmented.png"
+    result = runner.invoke(app, ["augment-preview", str(small_csvs["train"]), "--n", "5",
+                                 "--out", str(out)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert out.read_bytes().startswith(PNG)
+
+
+def test_report_command_with_data_and_without(tmp_path, tiny_run, small_test):
+    labelled = tmp_path / "labelled.csv"
+    write_kaggle_csv(labelled, small_test.images[:400], small_test.labels[:400])
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_run, run_dir)
+    # tiny_run was made by train() alone: no metrics.json names its data, so --data is needed.
+    result = runner.invoke(app, ["report", str(run_dir)])
+    assert result.exit_code == 1 and "give --data LABELLED_CSV" in result.output
+    result = runner.invoke(app, ["report", str(run_dir), "--data", str(labelled)])
+    assert result.exit_code == 0, result.output
+    page = (run_dir / "report.html").read_text()
+    for heading in ("Configuration and model", "Learning curves", "Per-class precision",
+                    "ROC and precision-recall", "Calibration", "Most confident mistakes",
+                    "Grad-CAM"):  # fmt: skip
+        assert heading in page
+    assert f"{labelled}: 400 images" in page
+    assert len(inline_pngs(run_dir / "report.html")) == 6
+
+
+def test_report_rebuilds_the_validation_split(tmp_path, tiny_run, small_csvs):
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_run, run_dir)
+    (run_dir / "metrics.json").write_text(json.dumps({"train_csv": str(small_csvs["train"])}))
+    page = write_run_report(run_dir).read_text()
+    assert f"validation split of {small_csvs['train']} (valid_size 0.05, seed 0): 150" in page
+
+
+def test_train_job_writes_the_report(tmp_path, small_train):
+    csv_path = tmp_path / "train.csv"
+    write_kaggle_csv(csv_path, small_train.images[:640], small_train.labels[:640])
+    config = TrainConfig(epochs=1, batch_size=64, lr=0.02, valid_size=0.25)
+    train_job(config, csv_path, tmp_path / "run")
+    assert len(inline_pngs(tmp_path / "run" / "report.html")) == 6
+
+
+def test_model_summary_lists_layers_with_shapes_and_parameters(tiny_run):
+    model = load_net(tiny_run)[0]
+    rows = model_summary(model)
+    assert rows[-1] == (rows[-1][0], "Linear", "(1, 10)", rows[-1][3])
+    assert ("Conv2d", "(1, 32, 28, 28)") in [(kind, shape) for _, kind, shape, _ in rows]
+    assert sum(row[3] for row in rows) == sum(p.numel() for p in model.parameters())
+
+
+def calibrated_toy(confidence: np.ndarray, accuracy: np.ndarray, rng: np.random.Generator):
+    """Probabilities with top class 0 at ``confidence``; the label is 0 with prob. ``accuracy``."""
+    probas = np.repeat(((1 - confidence) / 9)[:, None], 10, axis=1)
+    probas[:, 0] = confidence
+    correct = rng.random(len(confidence)) < accuracy
+    labels = np.where(correct, 0, rng.integers(1, 10, len(confidence)))
+    return probas, labels
+
+
+def test_expected_calibration_error():
+    rng = np.random.default_rng(0)
+    confidence = rng.uniform(0.15, 1.0, 200_000)
+    probas, labels = calibrated_toy(confidence, confidence, rng)  # accuracy == confidence
+    assert expected_calibration_error(probas, labels) < 0.005
+    overconfident = calibrated_toy(np.full(10_000, 0.99), np.full(10_000, 0.5), rng)
+    assert expected_calibration_error(*overconfident) == pytest.approx(0.49, abs=0.02)
+    diagram = reliability(probas, labels, n_bins=10)
+    assert diagram.counts.sum() == len(labels) and np.isnan(diagram.accuracy[0])  # empty bin
+    np.testing.assert_allclose(diagram.accuracy[2:], diagram.confidence[2:], atol=0.01)
