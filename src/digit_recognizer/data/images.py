@@ -1,0 +1,134 @@
+"""Arbitrary images (drawings, scans, photos) -> MNIST-format uint8 (28, 28) digits.
+
+MNIST itself was made this way (LeCun et al.): each NIST digit was fitted into a 20 x 20 box,
+keeping its aspect ratio, with anti-aliasing, then placed in a 28 x 28 field so that its centre of
+mass sits at the centre. Doing the same to a user's image is what makes a net trained on MNIST
+work on it. `digits predict-image`, the server's uploads and the draw-a-digit page all come here.
+
+    images = np.stack([load_image(path) for path in paths])   # uint8 (N, 28, 28)
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from digit_recognizer.errors import DataError
+
+# Decompression-bomb limit: a 10 kB PNG can declare 50,000 x 50,000 pixels (2.5 GB decoded).
+# 25 M pixels still admits a 24-megapixel phone photo (6000 x 4000).
+MAX_IMAGE_PIXELS = 25_000_000
+BOX = 20  # MNIST fits each digit into 20 x 20 ...
+SIZE = 28  # ... and centres it in 28 x 28
+CENTRE = 14
+# Ink is what stands out from the background by more than this fraction of the contrast range;
+# 0.25 keeps faint pen strokes and drops paper texture and JPEG ringing in photos.
+INK_THRESHOLD = 0.25
+MIN_CONTRAST = 32  # grey levels between background and darkest ink; below it the image is blank
+# JPEG decodes at 1/2, 1/4 or 1/8 scale for free; a digit needs far fewer than 256 pixels.
+DRAFT_SIZE = (256, 256)
+
+
+def load_image(
+    source: str | Path | bytes, name: str | None = None, max_pixels: int = MAX_IMAGE_PIXELS
+) -> NDArray[np.uint8]:
+    """Read an image file (or its bytes) and return the digit as MNIST does, uint8 (28, 28).
+
+    Parameters
+    ----------
+    source : a path, or the bytes of a PNG, JPEG, GIF, BMP, TIFF or WebP file
+    name : how messages refer to the image (default: the path, or "image" for bytes)
+    max_pixels : larger images are refused before decoding (decompression bombs)
+
+    Raises ``DataError`` naming the image when it is unreadable, too large or blank.
+    """
+    if name is None:
+        name = str(source) if isinstance(source, str | Path) else "image"
+    try:
+        with _open(source, name) as image:
+            n_pixels = image.width * image.height
+            if n_pixels > max_pixels:
+                raise DataError(
+                    f"{name}: {image.width} x {image.height} = {n_pixels:,} pixels is over the "
+                    f"limit of {max_pixels:,}; scale the image down"
+                )
+            image.draft("L", DRAFT_SIZE)  # a no-op except for JPEG
+            grey = _to_grey(ImageOps.exif_transpose(image))
+    except (OSError, SyntaxError, ValueError) as error:  # truncated or corrupt data
+        raise DataError(f"{name}: cannot decode the image ({error})") from None
+    return to_mnist(grey, name)
+
+
+def _open(source: str | Path | bytes, name: str) -> Image.Image:
+    """Open lazily (header only); DataError for missing files, non-images and bombs."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            return Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+    except FileNotFoundError:
+        raise DataError(f"{name}: file not found") from None
+    except IsADirectoryError:
+        raise DataError(f"{name}: is a directory, expected an image file") from None
+    except UnidentifiedImageError:
+        raise DataError(f"{name}: not an image file (expected PNG, JPEG, GIF, BMP, ...)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise DataError(f"{name}: too many pixels (decompression bomb?); scale it down") from None
+
+
+def _to_grey(image: Image.Image) -> NDArray[np.uint8]:
+    """Greyscale uint8 (H, W). Transparent pixels take the colour that contrasts with the ink,
+    so dark strokes on a transparent canvas and light ones both survive."""
+    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        alpha = np.asarray(rgba.getchannel("A"), dtype=np.float32) / 255
+        grey = np.asarray(rgba.convert("L"), dtype=np.float32)
+        ink_grey = (grey * alpha).sum() / max(alpha.sum(), 1.0)
+        background = 255.0 if ink_grey < 128 else 0.0
+        return (grey * alpha + background * (1 - alpha)).round().astype(np.uint8)
+    return np.asarray(image.convert("L"), dtype=np.uint8)
+
+
+def to_mnist(grey: NDArray[np.uint8], name: str = "image") -> NDArray[np.uint8]:
+    """MNIST-style digit uint8 (28, 28), white ink on black, from a greyscale image (H, W).
+
+    Inverts when the background (the median of the border pixels) is light, stretches contrast
+    so the background is 0 and the darkest ink 255, crops to the ink, fits it into 20 x 20
+    keeping the aspect ratio (Lanczos, anti-aliased) and centres it by centre of mass.
+    """
+    pixels = grey.astype(np.float32)
+    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
+    background = float(np.median(border))
+    if background > 127:
+        pixels, background = 255 - pixels, 255 - background
+    contrast = float(pixels.max()) - background
+    if contrast < MIN_CONTRAST:
+        raise DataError(f"{name}: no digit found (the image is blank or has too little contrast)")
+    ink = np.clip((pixels - background) / contrast, 0, 1)
+    rows, columns = np.nonzero(ink > INK_THRESHOLD)
+    crop = ink[rows.min() : rows.max() + 1, columns.min() : columns.max() + 1]
+    scale = BOX / max(crop.shape)
+    height, width = (max(1, round(side * scale)) for side in crop.shape)
+    resized = Image.fromarray(crop * 255).resize((width, height), Image.Resampling.LANCZOS)
+    digit = np.clip(np.asarray(resized), 0, 255)
+    return _centre_by_mass(digit)
+
+
+def _centre_by_mass(digit: NDArray[np.float32]) -> NDArray[np.uint8]:
+    """Paste ``digit`` (h, w <= 20) into 28 x 28 with its centre of mass at (14, 14)."""
+    height, width = digit.shape
+    total = digit.sum()
+    mass_row = (digit.sum(axis=1) @ np.arange(height)) / total
+    mass_column = (digit.sum(axis=0) @ np.arange(width)) / total
+    # MNIST's centres of mass sit at pixel (14, 14) (mean 13.99, 14.00 over 5,000 training
+    # images), not at the geometric centre 13.5. The box stays inside the field: a lopsided
+    # digit (a "7") is shifted less than its mass says.
+    top = int(np.clip(round(CENTRE - mass_row), 0, SIZE - height))
+    left = int(np.clip(round(CENTRE - mass_column), 0, SIZE - width))
+    field = np.zeros((SIZE, SIZE), dtype=np.float32)
+    field[top : top + height, left : left + width] = digit
+    return field.round().astype(np.uint8)

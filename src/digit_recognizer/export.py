@@ -1,0 +1,139 @@
+"""ONNX export and an onnxruntime predictor, for deployment without PyTorch.
+
+    digits export runs/cnn --format onnx              # writes runs/cnn/model.onnx
+    digits serve runs/cnn --backend onnx               # serves it (exports first if needed)
+
+The exported graph takes what every stage of this package hands a model, uint8 images
+(N, 28, 28) with N dynamic, and returns probabilities (N, 10): the uint8 -> [0, 1] conversion
+(``to_model_input``) and the MNIST normalisation travel inside the graph, so a deployment feeds
+raw pixels and cannot get the preprocessing wrong. Probabilities match PyTorch in fp32 within
+1e-4 (``tests/test_export.py``).
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from torch import nn
+
+from digit_recognizer.errors import ModelFileError
+from digit_recognizer.models.runtime import to_model_input
+from digit_recognizer.models.storage import WEIGHTS_FILE, load_net, read_meta
+
+log = logging.getLogger(__name__)
+
+ONNX_FILE = "model.onnx"
+INPUT_NAME = "images"
+OUTPUT_NAME = "probas"
+OPSET = 18
+
+
+class ProbabilityNet(nn.Module):
+    """uint8 images (N, 28, 28) -> probabilities (N, 10): the function the ONNX file holds."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(to_model_input(images, channels_last=False)).softmax(dim=1)
+
+
+def export_onnx(run_dir: Path, out: Path | None = None) -> Path:
+    """Export the run's net to ONNX (default ``RUN_DIR/model.onnx``) with a dynamic batch axis."""
+    run_dir = Path(run_dir)
+    out = Path(out) if out is not None else run_dir / ONNX_FILE
+    model, _ = load_net(run_dir)
+    example = torch.zeros(2, 28, 28, dtype=torch.uint8)
+    # The torch.export-based exporter (PyTorch >= 2.9 default, needs onnxscript); the weights are
+    # embedded (external_data=False) so the model is one self-contained file.
+    with _quiet_exporter():
+        program = torch.onnx.export(
+            ProbabilityNet(model).eval(),
+            (example,),
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_shapes={"images": {0: torch.export.Dim("batch")}},
+            opset_version=OPSET,
+            dynamo=True,
+            verbose=False,
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    program.save(out, external_data=False)
+    log.info("exported %s to %s", run_dir, out)
+    return out
+
+
+@contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """Silence the exporter's chatter: ~40 INFO lines of graph passes, warnings about torchvision
+    ops this net does not use, and a FutureWarning from inside torch."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript", "onnx_ir")]
+    levels = [logger.level for logger in loggers]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        for logger in loggers:
+            logger.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for logger, level in zip(loggers, levels, strict=True):
+                logger.setLevel(level)
+
+
+def onnx_is_current(run_dir: Path) -> bool:
+    """Whether ``RUN_DIR/model.onnx`` exists and is newer than the run's weights."""
+    onnx_path, weights = Path(run_dir) / ONNX_FILE, Path(run_dir) / WEIGHTS_FILE
+    return onnx_path.exists() and onnx_path.stat().st_mtime >= weights.stat().st_mtime
+
+
+@dataclass
+class OnnxPredictor:
+    """onnxruntime inference with the interface of ``predict.Predictor`` (fp32, CPU)."""
+
+    session: Any  # onnxruntime.InferenceSession
+    meta: dict[str, Any]
+    batch_size: int = 1024
+
+    @classmethod
+    def load(cls, run_dir: Path, n_threads: int = 0) -> OnnxPredictor:
+        """Load ``RUN_DIR/model.onnx``, exporting it first when missing or older than the weights.
+
+        ``n_threads`` sets onnxruntime's intra-op threads (0: its default, one per core).
+        """
+        import onnxruntime as ort
+
+        run_dir = Path(run_dir)
+        meta = read_meta(run_dir)
+        if not onnx_is_current(run_dir):
+            export_onnx(run_dir)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = n_threads
+        path = run_dir / ONNX_FILE
+        try:
+            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as error:  # onnxruntime raises its own untyped errors on bad files
+            raise ModelFileError(f"{path}: not a loadable ONNX model ({error})") from None
+        return cls(session, meta)
+
+    def predict_proba(self, images: NDArray[np.uint8]) -> NDArray[np.float32]:
+        """Class probabilities (N, 10) for uint8 images (N, 28, 28)."""
+        images = np.ascontiguousarray(images, dtype=np.uint8)
+        batches = [
+            self.session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
+            for batch in np.split(images, range(self.batch_size, len(images), self.batch_size))
+        ]
+        return np.concatenate(batches) if batches else np.empty((0, 10), dtype=np.float32)
+
+    def predict(self, images: NDArray[np.uint8]) -> NDArray[np.int64]:
+        """Predicted digits (N,) for uint8 images (N, 28, 28)."""
+        return self.predict_proba(images).argmax(axis=1).astype(np.int64)

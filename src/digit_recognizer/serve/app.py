@@ -1,0 +1,201 @@
+"""The FastAPI app: configuration, model loading in ``lifespan``, and the request-size limit.
+
+Routes live in ``routes.py``; inference goes through ``predict.Predictor`` (torch) or
+``export.OnnxPredictor`` (onnxruntime), image uploads through ``data.images.load_image``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+from numpy.typing import NDArray
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from digit_recognizer.data.images import MAX_IMAGE_PIXELS
+from digit_recognizer.errors import ConfigError, ModelFileError
+from digit_recognizer.export import OnnxPredictor
+from digit_recognizer.models.storage import read_meta
+from digit_recognizer.predict import PredictConfig, Predictor
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).parent / "static"
+METRICS_FILE = "metrics.json"  # written by pipeline.train_job beside the weights
+CSV_PATH = "/predict/csv"
+
+
+@dataclass
+class ServeConfig:
+    """How to serve a run; the limits turn oversized requests into 413/422 answers."""
+
+    host: str = "127.0.0.1"  # this machine only; "0.0.0.0" exposes the model to the network
+    port: int = 8000
+    backend: Literal["torch", "onnx"] = "torch"  # onnx: ~4x faster per image on CPU
+    # One intra-op thread per inference: on 2 shared cores one image took 1.9 ms with one torch
+    # thread and 160 ms with two, fighting the other processes (benchmarks/serve_load.py).
+    n_threads: int = 1
+    access_log: bool = False  # a log line per request costs throughput; uvicorn's errors still log
+    max_body_bytes: int = 10 * 2**20  # JSON and image uploads; a 24 MP JPEG is ~8 MB
+    max_csv_bytes: int = 64 * 2**20  # CSV uploads to /predict/csv; Kaggle's test.csv is 51 MB
+    max_batch: int = 256  # images per JSON request to /predict
+    max_csv_rows: int = 30_000  # rows per CSV upload; Kaggle's test.csv has 28,000
+    max_image_pixels: int = MAX_IMAGE_PIXELS  # decoded size of an uploaded image (bombs)
+
+    def __post_init__(self) -> None:
+        if self.backend not in ("torch", "onnx"):
+            raise ConfigError(f"backend must be 'torch' or 'onnx', got '{self.backend}'")
+        for name in ("n_threads", "max_body_bytes", "max_csv_bytes", "max_batch",
+                     "max_csv_rows", "max_image_pixels"):  # fmt: skip
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+
+    def limits(self) -> dict[str, int]:
+        """The request limits, as ``GET /model`` reports them."""
+        names = ("max_body_bytes", "max_csv_bytes", "max_batch", "max_csv_rows", "max_image_pixels")
+        return {name: getattr(self, name) for name in names}
+
+
+@dataclass
+class ServedModel:
+    """What the routes need: probabilities, Grad-CAM where the backend allows, and metadata."""
+
+    backend: str
+    predictor: Predictor | OnnxPredictor
+    meta: dict[str, Any]  # model.json
+    metrics: dict[str, Any]  # metrics.json, {} when the run has none
+
+    def predict_proba(self, images: NDArray[np.uint8]) -> NDArray[np.float32]:
+        return self.predictor.predict_proba(images)
+
+    def grad_cam(self, images: NDArray[np.uint8]) -> NDArray[np.float32]:
+        """Heatmaps (N, 28, 28) in [0, 1] for the predicted digits; torch backend only."""
+        from digit_recognizer.explain import grad_cam
+
+        assert isinstance(self.predictor, Predictor), "grad_cam needs the torch backend"
+        return grad_cam(self.predictor.models[0], images)
+
+
+def load_served_model(run_dir: Path, config: ServeConfig) -> ServedModel:
+    """Load the run for ``config.backend``; ``ModelFileError`` if it is not a trained run."""
+    meta = read_meta(run_dir)
+    if config.backend == "onnx":
+        predictor: Predictor | OnnxPredictor = OnnxPredictor.load(run_dir, config.n_threads)
+    else:
+        # fp32: bf16 autocast gains nothing for one image (2.15 vs 2.33 ms, within noise) and
+        # fp32 keeps the two backends' probabilities within 1e-4 of each other.
+        predictor = Predictor.load([run_dir], PredictConfig(amp=False))
+    metrics_path = run_dir / METRICS_FILE
+    try:
+        metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+    except json.JSONDecodeError as error:
+        raise ModelFileError(f"{metrics_path}: not valid JSON ({error})") from None
+    return ServedModel(config.backend, predictor, meta, metrics)
+
+
+class BodySizeLimit:
+    """Answer 413 to request bodies over the limit before they reach memory (pure ASGI).
+
+    A declared Content-Length is checked up front; a chunked body is counted as it streams in.
+    """
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int, max_csv_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.max_csv_bytes = max_csv_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        is_csv = scope["path"] == CSV_PATH
+        limit = self.max_csv_bytes if is_csv else self.max_body_bytes
+        limit_name = "max_csv_bytes" if is_csv else "max_body_bytes"
+        declared = dict(scope["headers"]).get(b"content-length", b"0")
+        if declared.isdigit() and int(declared) > limit:
+            await _send_413(send, limit, limit_name)
+            return
+        received = 0
+        response_started = False
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > limit:
+                raise _BodyTooLargeError
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal response_started
+            response_started = response_started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, tracking_send)
+        except _BodyTooLargeError:
+            if not response_started:
+                await _send_413(send, limit, limit_name)
+
+
+class _BodyTooLargeError(Exception):
+    """Raised inside ``receive`` to abandon a request whose body passed the limit."""
+
+
+async def _send_413(send: Send, limit: int, limit_name: str) -> None:
+    detail = (
+        f"request body is over the limit of {limit:,} bytes (ServeConfig.{limit_name}); "
+        "send a smaller file or split the batch"
+    )
+    body = json.dumps({"detail": detail}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": 413, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def create_app(run_dir: Path, config: ServeConfig | None = None) -> FastAPI:
+    """The app serving ``run_dir``; the model loads at startup (``lifespan``) onto ``app.state``."""
+    from digit_recognizer.serve.routes import api, pages
+
+    run_dir, config = Path(run_dir), config or ServeConfig()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.model = load_served_model(run_dir, config)
+        log.info("serving %s (%s backend)", run_dir, config.backend)
+        yield
+
+    app = FastAPI(
+        title="digit-recognizer",
+        summary="Handwritten digit recognition: draw, upload, or send pixels.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.config = config
+    app.add_middleware(BodySizeLimit, max_body_bytes=config.max_body_bytes,
+                       max_csv_bytes=config.max_csv_bytes)  # fmt: skip
+    app.include_router(api)
+    app.include_router(pages)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    return app
+
+
+def run_server(run_dir: Path, config: ServeConfig | None = None) -> None:
+    """Serve ``run_dir`` with uvicorn until interrupted (``digits serve``)."""
+    import uvicorn
+
+    config = config or ServeConfig()
+    read_meta(Path(run_dir))  # a wrong directory fails here in one line, not in a traceback
+    # The server process owns its threads: set once here, not in create_app, which tests share.
+    torch.set_num_threads(config.n_threads)
+    app = create_app(run_dir, config)
+    uvicorn.run(app, host=config.host, port=config.port, access_log=config.access_log)

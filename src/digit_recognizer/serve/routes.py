@@ -1,0 +1,350 @@
+"""HTTP routes: the prediction API (``api``) and the draw-a-digit page (``pages``).
+
+Every route reads the model that ``lifespan`` put on ``app.state``; bad input gets a 4xx whose
+``detail`` says what to fix, and the server goes on serving.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, HTTPException, Query, Request, Response
+from fastapi.responses import FileResponse
+from numpy.typing import NDArray
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+
+from digit_recognizer.data.images import load_image
+from digit_recognizer.data.kaggle_csv import read_kaggle_csv, write_submission
+from digit_recognizer.errors import DataError
+from digit_recognizer.models.registry import get_spec
+from digit_recognizer.serve.app import STATIC_DIR, ServeConfig, ServedModel
+
+api = APIRouter()
+pages = APIRouter(include_in_schema=False)
+
+IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/bmp", "image/webp", "image/tiff")
+GRAD_CAM_UNAVAILABLE = (
+    "Grad-CAM needs the torch backend (gradients); this server runs onnx. "
+    "Restart it with --backend torch for heatmaps."
+)
+
+
+# --- request and response bodies ---------------------------------------------------------------
+
+
+class DigitInput(BaseModel):
+    """One digit in MNIST format (white ink on black, centred): ``pixels`` or ``image``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pixels: list[StrictInt] | None = Field(
+        None, description="784 values 0-255, row by row (Kaggle's pixel0 ... pixel783)"
+    )
+    image: list[list[StrictInt]] | None = Field(None, description="28 rows of 28 values 0-255")
+
+    @field_validator("pixels")
+    @classmethod
+    def _check_pixels(cls, pixels: list[int] | None) -> list[int] | None:
+        if pixels is not None:
+            if len(pixels) != 784:
+                raise ValueError(f"expected 784 values (28 x 28, row by row), got {len(pixels)}")
+            _check_range(np.asarray(pixels), lambda i: f"index {i[0]}")
+        return pixels
+
+    @field_validator("image")
+    @classmethod
+    def _check_image(cls, image: list[list[int]] | None) -> list[list[int]] | None:
+        if image is not None:
+            if len(image) != 28:
+                raise ValueError(f"expected 28 rows of 28 values, got {len(image)} rows")
+            for row, values in enumerate(image):
+                if len(values) != 28:
+                    raise ValueError(f"row {row} has {len(values)} values, expected 28")
+            _check_range(np.asarray(image), lambda i: f"row {i[0]}, column {i[1]}")
+        return image
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> DigitInput:
+        if (self.pixels is None) == (self.image is None):
+            raise ValueError("give exactly one of 'pixels' (784 values) or 'image' (28 x 28)")
+        return self
+
+    def to_image(self) -> NDArray[np.uint8]:
+        """uint8 (28, 28)."""
+        values = self.pixels if self.pixels is not None else self.image
+        return np.asarray(values, dtype=np.uint8).reshape(28, 28)
+
+
+def _check_range(values: NDArray[Any], where: Any) -> None:
+    bad = np.argwhere((values < 0) | (values > 255))
+    if len(bad):
+        index = tuple(bad[0])
+        raise ValueError(f"{where(index)} is {values[index]}; pixel values must be 0-255")
+
+
+class Prediction(BaseModel):
+    label: int = Field(description="the predicted digit")
+    probabilities: list[float] = Field(description="probability of each digit 0-9")
+    image: list[list[int]] | None = Field(
+        None, description="uploads only: the 28 x 28 image the model saw after preprocessing"
+    )
+    grad_cam: list[list[float]] | None = Field(
+        None, description="with ?explain=true: Grad-CAM heatmap 28 x 28 in [0, 1]"
+    )
+
+
+class PredictResponse(Prediction):
+    latency_ms: float = Field(description="server time: decoding, preprocessing, inference")
+    grad_cam_error: str | None = Field(None, description="why grad_cam is missing, if it is")
+
+
+class BatchResponse(BaseModel):
+    predictions: list[Prediction]
+    latency_ms: float
+    grad_cam_error: str | None = None
+
+
+class ModelInfo(BaseModel):
+    model: str = Field(description="registry name, see `digits models`")
+    description: str
+    backend: str
+    n_parameters: int | None
+    params: dict[str, Any] = Field(description="builder arguments")
+    validation_accuracy: float | None
+    test_accuracy: float | None = Field(description="replica test score, if the run has one")
+    preprocessing: dict[str, Any]
+    limits: dict[str, int] = Field(description="ServeConfig limits on requests")
+
+
+_SINGLE = TypeAdapter(DigitInput)
+_BATCH = TypeAdapter(list[DigitInput])
+_JSON_SCHEMA = {"oneOf": [_SINGLE.json_schema(), {"type": "array", "items": _SINGLE.json_schema()}]}
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+_FILE_FIELD = {"schema": {"type": "object", "properties": {"file": _BINARY["schema"]}}}
+PREDICT_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "JSON digit(s) in MNIST format, or an image file of a digit (any "
+        "background, any size: it is cropped, scaled and centred as MNIST was)",
+        "content": {
+            "application/json": {"schema": _JSON_SCHEMA},
+            "multipart/form-data": _FILE_FIELD,
+            **dict.fromkeys(IMAGE_TYPES, _BINARY),
+        },
+    }
+}
+CSV_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "Kaggle's test.csv (pixel0 ... pixel783), as a form field or raw body",
+        "content": {"multipart/form-data": _FILE_FIELD, "text/csv": _BINARY},
+    }
+}
+
+
+# --- routes ------------------------------------------------------------------------------------
+
+
+@api.get("/health")
+def health(request: Request) -> dict[str, str]:
+    """Liveness: the model is loaded and the server answers."""
+    served: ServedModel = request.app.state.model
+    return {"status": "ok", "model": served.meta["model"], "backend": served.backend}
+
+
+@api.get("/model")
+def model_info(request: Request) -> ModelInfo:
+    """The served model: architecture, size, accuracy from the run, and the request limits."""
+    served: ServedModel = request.app.state.model
+    meta, metrics = served.meta, served.metrics
+    validation = (metrics.get("validation") or {}).get("accuracy", meta.get("valid_accuracy"))
+    return ModelInfo(
+        model=meta["model"],
+        description=get_spec(meta["model"]).description,
+        backend=served.backend,
+        n_parameters=meta.get("n_parameters"),
+        params=meta.get("params", {}),
+        validation_accuracy=validation,
+        test_accuracy=metrics.get("test_accuracy"),
+        preprocessing=meta.get("preprocessing", {}),
+        limits=request.app.state.config.limits(),
+    )
+
+
+@api.post(
+    "/predict",
+    response_model=PredictResponse | BatchResponse,
+    response_model_exclude_none=True,
+    openapi_extra=PREDICT_BODY,
+    responses={413: {"description": "body, batch or image over a ServeConfig limit"},
+               415: {"description": "unsupported Content-Type"},
+               422: {"description": "invalid digit or unreadable image"}},
+)  # fmt: skip
+async def predict(
+    request: Request,
+    explain: bool = Query(False, description="add a Grad-CAM heatmap per digit (torch backend)"),
+) -> PredictResponse | BatchResponse:
+    """Predict digit(s): JSON ``{"pixels": [...]}``, ``{"image": [[...]]}``, a list of those
+    (a batch), or an uploaded PNG/JPEG image (raw body or form field ``file``)."""
+    start = time.perf_counter()
+    served: ServedModel = request.app.state.model
+    config: ServeConfig = request.app.state.config
+    images, is_batch, is_upload = await _read_digits(request, config)
+    probas = await run_in_threadpool(served.predict_proba, images)
+    heatmaps, cam_error = None, None
+    if explain and served.backend == "torch":
+        heatmaps = await run_in_threadpool(served.grad_cam, images)
+    elif explain:
+        cam_error = GRAD_CAM_UNAVAILABLE
+    predictions = [
+        Prediction(
+            label=int(proba.argmax()),
+            probabilities=proba.tolist(),
+            image=images[i].tolist() if is_upload else None,
+            grad_cam=np.round(heatmaps[i], 3).tolist() if heatmaps is not None else None,
+        )
+        for i, proba in enumerate(probas)
+    ]
+    latency_ms = round((time.perf_counter() - start) * 1000, 3)
+    if is_batch:
+        return BatchResponse(
+            predictions=predictions, latency_ms=latency_ms, grad_cam_error=cam_error
+        )
+    return PredictResponse(**dict(predictions[0]), latency_ms=latency_ms, grad_cam_error=cam_error)
+
+
+@api.post(
+    "/predict/csv",
+    response_class=Response,
+    openapi_extra=CSV_BODY,
+    responses={200: {"content": {"text/csv": {}}, "description": "submission.csv"},
+               413: {"description": "over max_csv_bytes or max_csv_rows"},
+               422: {"description": "the CSV is not in Kaggle's format"}},
+)  # fmt: skip
+async def predict_csv(request: Request) -> Response:
+    """Predict every row of a Kaggle ``test.csv``; returns ``submission.csv`` (ImageId,Label)."""
+    content_type = _content_type(request)
+    if content_type not in ("multipart/form-data", "text/csv", "application/octet-stream"):
+        raise HTTPException(
+            415,
+            f"Content-Type '{content_type or 'none'}' is not supported here; upload the CSV "
+            "as multipart/form-data (field 'file') or as text/csv",
+        )
+    data, name = await _read_upload(request, content_type, default_name="test.csv")
+    served: ServedModel = request.app.state.model
+    config: ServeConfig = request.app.state.config
+    submission = await run_in_threadpool(_submission_csv, served, data, name, config.max_csv_rows)
+    headers = {"Content-Disposition": 'attachment; filename="submission.csv"'}
+    return Response(submission, media_type="text/csv", headers=headers)
+
+
+@pages.get("/")
+def draw_page() -> FileResponse:
+    """The draw-a-digit page."""
+    return FileResponse(STATIC_DIR / "index.html")
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+
+def _content_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+async def _read_digits(
+    request: Request, config: ServeConfig
+) -> tuple[NDArray[np.uint8], bool, bool]:
+    """Images uint8 (N, 28, 28) from the request, whether it was a batch and an image upload."""
+    content_type = _content_type(request)
+    if content_type == "application/json":
+        images, is_batch = _parse_json(await request.body(), config.max_batch)
+        return images, is_batch, False
+    if content_type in ("multipart/form-data", "application/octet-stream", *IMAGE_TYPES):
+        data, name = await _read_upload(request, content_type, default_name="image")
+        try:
+            image = await run_in_threadpool(load_image, data, name, config.max_image_pixels)
+        except DataError as error:
+            raise HTTPException(422, str(error)) from None
+        return image[None], False, True
+    raise HTTPException(
+        415,
+        f"Content-Type '{content_type or 'none'}' is not supported; send application/json "
+        "digits, an image/png or image/jpeg body, or multipart/form-data with a field 'file'",
+    )
+
+
+def _parse_json(body: bytes, max_batch: int) -> tuple[NDArray[np.uint8], bool]:
+    is_batch = body.lstrip()[:1] == b"["
+    try:
+        parsed = (_BATCH if is_batch else _SINGLE).validate_json(body)
+    except ValidationError as error:
+        is_json_error = error.errors()[0]["type"] == "json_invalid"
+        raise HTTPException(400 if is_json_error else 422, _describe(error)) from None
+    digits = parsed if is_batch else [parsed]
+    if not digits:
+        raise HTTPException(422, "empty batch: send a list of at least one digit")
+    if len(digits) > max_batch:
+        raise HTTPException(
+            413,
+            f"batch of {len(digits)} digits is over the limit of {max_batch} "
+            "(ServeConfig.max_batch); split it",
+        )
+    return np.stack([digit.to_image() for digit in digits]), is_batch
+
+
+def _describe(error: ValidationError, shown: int = 3) -> str:
+    """``pixels[5]: Input should be a valid integer`` for the first few problems."""
+    problems = []
+    for item in error.errors()[:shown]:
+        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in item["loc"])
+        if item["type"] == "json_invalid":
+            return f"request body is not valid JSON ({item['ctx']['error']})"
+        message = str(item["ctx"]["error"]) if item["type"] == "value_error" else item["msg"]
+        problems.append(f"{where.lstrip('.') or 'body'}: {message}")
+    more = len(error.errors()) - shown
+    return "; ".join(problems) + (f" (and {more} more problems)" if more > 0 else "")
+
+
+async def _read_upload(request: Request, content_type: str, default_name: str) -> tuple[bytes, str]:
+    """The uploaded file's bytes and name: form field ``file`` or the raw body."""
+    if content_type != "multipart/form-data":
+        return await request.body(), default_name
+    async with request.form(max_files=1, max_fields=1) as form:
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise HTTPException(422, "multipart upload without a file: put it in a field 'file'")
+        return await upload.read(), upload.filename or default_name
+
+
+def _submission_csv(served: ServedModel, data: bytes, name: str, max_rows: int) -> bytes:
+    """Read the CSV with the package's strict reader, predict, write it as a submission."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "upload.csv"
+        path.write_bytes(data)
+        try:
+            digits = read_kaggle_csv(path)
+        except DataError as error:  # name the upload, not our temporary file
+            raise HTTPException(422, str(error).replace(str(path), name)) from None
+        if len(digits) > max_rows:
+            raise HTTPException(
+                413,
+                f"{name}: {len(digits):,} rows is over the limit of {max_rows:,} "
+                "(ServeConfig.max_csv_rows); split the file",
+            )
+        write_submission(Path(tmp) / "submission.csv", served.predictor.predict(digits.images))
+        return (Path(tmp) / "submission.csv").read_bytes()

@@ -1,0 +1,180 @@
+// Draw-a-digit page: strokes on a canvas -> PNG -> POST /predict?explain=true -> answer.
+// The server does all preprocessing (crop, 20x20 fit, centre of mass), the same code as
+// `digits predict-image`, and sends back the 28x28 image the model saw.
+"use strict";
+
+const pad = document.getElementById("pad");
+const ctx = pad.getContext("2d");
+const BRUSH = 20; // px on the 280 px canvas: about MNIST's stroke width once scaled to 20x20
+const strokes = []; // each stroke: [[x, y], ...] in canvas pixels
+let uploaded = null; // an uploaded image drawn under the strokes
+let busy = false; // one request in flight at a time ...
+let again = false; // ... and at most one more queued behind it
+
+function redraw() {
+  ctx.fillStyle = "#fff";
+  ctx.fillRect(0, 0, pad.width, pad.height);
+  if (uploaded) {
+    const scale = Math.min(pad.width / uploaded.width, pad.height / uploaded.height);
+    const w = uploaded.width * scale, h = uploaded.height * scale;
+    ctx.drawImage(uploaded, (pad.width - w) / 2, (pad.height - h) / 2, w, h);
+  }
+  ctx.strokeStyle = "#000";
+  ctx.fillStyle = "#000";
+  ctx.lineWidth = BRUSH;
+  ctx.lineCap = "round";
+  ctx.lineJoin = "round";
+  for (const stroke of strokes) {
+    ctx.beginPath();
+    ctx.moveTo(...stroke[0]);
+    for (const point of stroke.slice(1)) ctx.lineTo(...point);
+    if (stroke.length === 1) ctx.arc(...stroke[0], BRUSH / 2, 0, 2 * Math.PI);
+    stroke.length === 1 ? ctx.fill() : ctx.stroke();
+  }
+}
+
+function point(event) {
+  const box = pad.getBoundingClientRect();
+  return [(event.clientX - box.left) * pad.width / box.width,
+          (event.clientY - box.top) * pad.height / box.height];
+}
+
+// Pointer events cover mouse, pen and touch alike; touch-action: none (CSS) stops scrolling.
+pad.addEventListener("pointerdown", (event) => {
+  pad.setPointerCapture(event.pointerId);
+  strokes.push([point(event)]);
+  redraw();
+});
+pad.addEventListener("pointermove", (event) => {
+  if (!pad.hasPointerCapture(event.pointerId)) return;
+  strokes[strokes.length - 1].push(point(event));
+  redraw();
+  requestPrediction();
+});
+pad.addEventListener("pointerup", () => requestPrediction());
+
+document.getElementById("undo").addEventListener("click", () => {
+  if (strokes.length) strokes.pop(); else uploaded = null;
+  redraw();
+  requestPrediction();
+});
+document.getElementById("clear").addEventListener("click", () => {
+  strokes.length = 0;
+  uploaded = null;
+  redraw();
+  requestPrediction();
+});
+document.getElementById("file").addEventListener("change", async (event) => {
+  const file = event.target.files[0];
+  if (!file) return;
+  event.target.value = "";
+  strokes.length = 0;
+  try { uploaded = await createImageBitmap(file); } catch { uploaded = null; }
+  redraw();
+  send(file, file.type || "application/octet-stream");
+});
+
+function requestPrediction() {
+  if (!strokes.length && !uploaded) { showEmpty(); return; }
+  if (busy) { again = true; return; }
+  pad.toBlob((blob) => send(blob, "image/png"), "image/png");
+}
+
+async function send(body, type) {
+  busy = true;
+  try {
+    const response = await fetch("/predict?explain=true", {
+      method: "POST", headers: { "Content-Type": type }, body,
+    });
+    const answer = await response.json();
+    if (response.ok) showAnswer(answer); else showError(answer.detail || response.statusText);
+  } catch (error) {
+    showError(`no answer from the server (${error})`);
+  } finally {
+    busy = false;
+    if (again) { again = false; requestPrediction(); }
+  }
+}
+
+function showAnswer(answer) {
+  document.getElementById("label").textContent = answer.label;
+  const ranked = answer.probabilities.map((p, digit) => [digit, p]).sort((a, b) => b[1] - a[1]);
+  document.getElementById("top3").innerHTML = ranked.slice(0, 3).map(([digit, p]) =>
+    `<li><b>${digit}</b><div class="bar"><span style="width:${(100 * p).toFixed(1)}%"></span>` +
+    `</div><span>${(100 * p).toFixed(1)} %</span></li>`).join("");
+  paintGrey(document.getElementById("seen"), answer.image);
+  const caption = document.getElementById("cam-caption");
+  if (answer.grad_cam) {
+    paintCam(document.getElementById("cam"), answer.image, answer.grad_cam);
+    caption.textContent = "Grad-CAM: where it looked";
+  } else {
+    clearCanvas(document.getElementById("cam"));
+    caption.textContent = answer.grad_cam_error || "Grad-CAM unavailable";
+  }
+  setStatus(`answered in ${answer.latency_ms.toFixed(1)} ms (server time)`);
+}
+
+function showEmpty() {
+  document.getElementById("label").textContent = "?";
+  document.getElementById("top3").innerHTML = "";
+  clearCanvas(document.getElementById("seen"));
+  clearCanvas(document.getElementById("cam"));
+  setStatus("");
+}
+
+function showError(detail) {
+  document.getElementById("label").textContent = "?";
+  document.getElementById("top3").innerHTML = "";
+  setStatus(typeof detail === "string" ? detail : JSON.stringify(detail), true);
+}
+
+function setStatus(text, isError = false) {
+  const status = document.getElementById("status");
+  status.textContent = text;
+  status.classList.toggle("error", isError);
+}
+
+function clearCanvas(canvas) {
+  canvas.getContext("2d").clearRect(0, 0, canvas.width, canvas.height);
+}
+
+// Paint a 28x28 array onto a canvas, each value through colour(i) -> [r, g, b], scaled up.
+function paint(canvas, colour) {
+  const small = new ImageData(28, 28);
+  for (let i = 0; i < 784; i++) small.data.set([...colour(i), 255], 4 * i);
+  const buffer = document.createElement("canvas");
+  buffer.width = buffer.height = 28;
+  buffer.getContext("2d").putImageData(small, 0, 0);
+  const target = canvas.getContext("2d");
+  target.imageSmoothingEnabled = false;
+  target.drawImage(buffer, 0, 0, canvas.width, canvas.height);
+}
+
+function paintGrey(canvas, image) {
+  paint(canvas, (i) => { const v = image[Math.floor(i / 28)][i % 28]; return [v, v, v]; });
+}
+
+// Grad-CAM over the digit: the heat colour blended in proportion to the heat, so the digit
+// stays readable where the model did not look.
+function paintCam(canvas, image, cam) {
+  paint(canvas, (i) => {
+    const grey = image[Math.floor(i / 28)][i % 28] * 0.6;
+    const heat = cam[Math.floor(i / 28)][i % 28];
+    const alpha = 0.25 + 0.6 * heat;
+    return jet(heat).map((c) => Math.round(alpha * c + (1 - alpha) * grey));
+  });
+}
+
+function jet(v) { // the Grad-CAM paper's colour map: blue (cold) -> red (hot)
+  const channel = (offset) => Math.max(0, Math.min(1, 1.5 - Math.abs(4 * v - offset)));
+  return [channel(3), channel(2), channel(1)].map((c) => Math.round(255 * c));
+}
+
+fetch("/model").then((r) => r.json()).then((info) => {
+  const accuracy = info.test_accuracy ?? info.validation_accuracy;
+  const shown = accuracy == null ? "" : `, ${(100 * accuracy).toFixed(2)} % accurate on held-out digits`;
+  document.getElementById("model-info").textContent =
+    `Model: ${info.model} (${info.n_parameters.toLocaleString()} parameters, ${info.backend} backend)${shown}.`;
+});
+
+redraw();

@@ -1,0 +1,112 @@
+"""The draw-a-digit page in a real browser: Debian's headless Chromium driven by Playwright.
+
+Skips (with the reason) only when /usr/bin/chromium or playwright is missing; `make test`
+installs Chromium where it can. Never downloads a browser.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import uvicorn
+
+from digit_recognizer.serve import ServeConfig, create_app
+from tests.test_images import drawing
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+if not CHROMIUM.exists():
+    pytest.skip(
+        f"{CHROMIUM} not found: install Debian's chromium (make test does, as root)",
+        allow_module_level=True,
+    )
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server_url(tiny_run: Path) -> Iterator[str]:
+    """``digits serve`` on 127.0.0.1 and a free port, in a thread, for this module."""
+    port = free_port()
+    app = create_app(tiny_run, ServeConfig(port=port))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            pytest.fail("the server did not start")
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def page(server_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    profile = tmp_path_factory.mktemp("chromium-profile")
+    with sync_api.sync_playwright() as playwright:
+        context = playwright.chromium.launch_persistent_context(
+            profile,
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=CHROMIUM_ARGS,
+            viewport={"width": 800, "height": 640},
+        )
+        page = context.new_page()
+        page.goto(server_url)
+        yield page
+        context.close()
+    shutil.rmtree(profile, ignore_errors=True)
+
+
+def draw_stroke(page: object, points: list[tuple[float, float]]) -> None:
+    """Drag the mouse through ``points`` (fractions of the canvas) with the button held."""
+    box = page.locator("#pad").bounding_box()
+    xy = [(box["x"] + fx * box["width"], box["y"] + fy * box["height"]) for fx, fy in points]
+    page.mouse.move(*xy[0])
+    page.mouse.down()
+    for x, y in xy[1:]:
+        page.mouse.move(x, y, steps=8)
+    page.mouse.up()
+
+
+def test_drawing_a_one_gets_a_prediction(page: object) -> None:
+    expect = sync_api.expect
+    draw_stroke(page, [(0.5, 0.15), (0.5, 0.5), (0.5, 0.85)])
+    expect(page.locator("#label")).to_have_text(re.compile(r"^[0-9]$"), timeout=15_000)
+    expect(page.locator("#top3 li")).to_have_count(3)
+    expect(page.locator("#status")).to_contain_text("answered in")
+    expect(page.locator("#model-info")).to_contain_text("Model: cnn")
+    page.click("#undo")
+    expect(page.locator("#label")).to_have_text("?")
+
+
+def test_uploading_an_image(page: object, tmp_path: Path) -> None:
+    path = tmp_path / "one.png"
+    drawing().save(path)
+    page.click("#clear")
+    page.set_input_files("#file", str(path))
+    sync_api.expect(page.locator("#label")).to_have_text(re.compile(r"^[0-9]$"), timeout=15_000)
+    sync_api.expect(page.locator("#cam-caption")).to_have_text("Grad-CAM: where it looked")

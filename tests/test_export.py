@@ -1,0 +1,82 @@
+"""ONNX export and the onnxruntime predictor (export.py) against PyTorch."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from typer.testing import CliRunner
+
+from digit_recognizer.cli import app as cli_app
+from digit_recognizer.data.kaggle_csv import DigitSet
+from digit_recognizer.errors import ModelFileError
+from digit_recognizer.export import ONNX_FILE, OnnxPredictor, export_onnx, onnx_is_current
+from digit_recognizer.predict import PredictConfig, Predictor
+
+
+@pytest.fixture(scope="module")
+def run_dir(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A private copy of the tiny run with its model.onnx exported once."""
+    run_dir = Path(shutil.copytree(tiny_run, tmp_path_factory.mktemp("export") / "run"))
+    export_onnx(run_dir)
+    return run_dir
+
+
+def test_onnx_matches_torch_within_1e4(run_dir: Path, small_test: DigitSet) -> None:
+    images = small_test.images[:300]
+    expected = Predictor.load([run_dir], PredictConfig(amp=False)).predict_proba(images)
+    onnx_predictor = OnnxPredictor.load(run_dir)
+    probas = onnx_predictor.predict_proba(images)
+    assert probas.dtype == np.float32 and probas.shape == (300, 10)
+    np.testing.assert_allclose(probas, expected, atol=1e-4)
+    np.testing.assert_array_equal(onnx_predictor.predict(images), expected.argmax(axis=1))
+
+
+def test_dynamic_batch_axis(run_dir: Path, small_test: DigitSet) -> None:
+    model = onnx.load(run_dir / ONNX_FILE)
+    onnx.checker.check_model(model)
+    (graph_input,) = model.graph.input
+    dims = graph_input.type.tensor_type.shape.dim
+    assert graph_input.type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [28, 28]
+    predictor = OnnxPredictor(OnnxPredictor.load(run_dir).session, {}, batch_size=7)
+    whole = predictor.predict_proba(small_test.images[:20])  # batches of 7, 7 and 6
+    for n in (1, 3):
+        np.testing.assert_allclose(
+            predictor.predict_proba(small_test.images[:n]), whole[:n], atol=1e-6
+        )
+
+
+def test_load_exports_when_missing_or_stale(run_dir: Path, tmp_path: Path) -> None:
+    fresh = Path(shutil.copytree(run_dir, tmp_path / "run"))
+    (fresh / ONNX_FILE).unlink()
+    assert not onnx_is_current(fresh)
+    OnnxPredictor.load(fresh)
+    assert onnx_is_current(fresh)
+    weights_time = (fresh / "model.safetensors").stat().st_mtime
+    os.utime(fresh / ONNX_FILE, (weights_time - 10, weights_time - 10))
+    assert not onnx_is_current(fresh)  # re-trained weights make the export stale
+
+
+def test_corrupt_onnx_file(run_dir: Path, tmp_path: Path) -> None:
+    broken = Path(shutil.copytree(run_dir, tmp_path / "run"))
+    (broken / ONNX_FILE).write_bytes(b"not a protobuf")
+    with pytest.raises(ModelFileError, match=r"model.onnx: not a loadable ONNX model"):
+        OnnxPredictor.load(broken)
+
+
+def test_cli_export(run_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "digits.onnx"
+    result = CliRunner().invoke(
+        cli_app, ["export", str(run_dir), "--format", "onnx", "--out", str(out)]
+    )
+    assert result.exit_code == 0 and out.stat().st_size > 1_000_000  # weights inside the file
+    assert f"wrote {out}" in " ".join(result.output.split())
+    result = CliRunner().invoke(cli_app, ["export", str(run_dir), "--format", "tflite"])
+    assert result.exit_code == 2 and "unknown format 'tflite'" in result.output
+    result = CliRunner().invoke(cli_app, ["export", str(tmp_path)])
+    assert result.exit_code == 1 and "model.json: not found" in result.output

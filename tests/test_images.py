@@ -1,0 +1,163 @@
+"""MNIST-style preprocessing of arbitrary images (data/images.py)."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from digit_recognizer.data.images import MAX_IMAGE_PIXELS, load_image, to_mnist
+from digit_recognizer.data.kaggle_csv import DigitSet
+from digit_recognizer.errors import DataError
+
+
+def encode(image: Image.Image, image_format: str = "PNG") -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, image_format)
+    return buffer.getvalue()
+
+
+def drawing(
+    size: tuple[int, int] = (300, 400),
+    ink: str | tuple[int, ...] = "black",
+    paper: str | tuple[int, ...] = "white",
+    line: tuple[int, int, int, int] = (150, 60, 170, 340),
+    mode: str = "RGB",
+) -> Image.Image:
+    """A thick pen stroke, as a person draws a "1"."""
+    image = Image.new(mode, size, paper)
+    ImageDraw.Draw(image).line(line, fill=ink, width=24)
+    return image
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A tiny PNG that declares ``width`` x ``height`` pixels: a decompression bomb's header."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data)
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
+
+
+def centre_of_mass(image: np.ndarray) -> tuple[float, float]:
+    rows, columns = np.indices(image.shape)
+    total = image.sum()
+    return (rows * image).sum() / total, (columns * image).sum() / total
+
+
+def test_drawing_becomes_an_mnist_digit() -> None:
+    digit = load_image(encode(drawing()), "one.png")
+    assert digit.dtype == np.uint8 and digit.shape == (28, 28)
+    assert digit.max() == 255 and digit[0].max() == digit[-1].max() == 0  # white ink on black
+    rows = np.flatnonzero(digit.max(axis=1) > 0)
+    assert rows[-1] - rows[0] + 1 <= 21  # the tall side fills the 20-pixel box (+ Lanczos halo)
+    assert rows[-1] - rows[0] + 1 >= 19
+    row, column = centre_of_mass(digit.astype(float))
+    assert abs(row - 14) <= 0.5 and abs(column - 14) <= 0.5  # where MNIST puts it
+
+
+def test_light_and_dark_backgrounds_give_the_same_digit() -> None:
+    dark_on_light = load_image(encode(drawing()))
+    light_on_dark = load_image(encode(drawing(ink="white", paper="black")))
+    np.testing.assert_array_equal(dark_on_light, light_on_dark)
+
+
+def test_aspect_ratio_is_kept() -> None:
+    bar = load_image(encode(drawing(size=(400, 300), line=(40, 150, 360, 150))))
+    rows = np.flatnonzero(bar.max(axis=1) > 64)
+    columns = np.flatnonzero(bar.max(axis=0) > 64)
+    assert len(columns) >= 19 and len(rows) <= 4  # a wide, thin bar stays wide and thin
+
+
+def test_transparent_canvas_and_grey_photo() -> None:
+    reference = load_image(encode(drawing()))
+    transparent = drawing(ink=(0, 0, 0, 255), paper=(0, 0, 0, 0), mode="RGBA")
+    np.testing.assert_allclose(load_image(encode(transparent)), reference, atol=2)
+    # A photo: grey paper, dark-grey pen, JPEG artefacts, then the contrast is stretched.
+    photo = load_image(encode(drawing(ink=(70, 70, 80), paper=(190, 185, 180)), "JPEG"))
+    assert np.corrcoef(photo.ravel(), reference.ravel())[0, 1] > 0.95
+
+
+def test_mnist_digits_survive_the_round_trip(small_test: DigitSet) -> None:
+    """An MNIST digit, enlarged and printed black on white, comes back as itself (give or take
+    a pixel of shift where MNIST rounded its centre of mass the other way)."""
+    correlations = []
+    for original in small_test.images[:20]:
+        printed = Image.fromarray(255 - original).resize((112, 112), Image.Resampling.BICUBIC)
+        again = load_image(encode(printed))
+        correlations.append(np.corrcoef(again.ravel(), original.ravel())[0, 1])
+    assert np.median(correlations) > 0.95 and min(correlations) > 0.6
+
+
+def test_path_and_bytes_agree(tmp_path: Path) -> None:
+    path = tmp_path / "one.jpg"
+    drawing().save(path)
+    np.testing.assert_array_equal(load_image(path), load_image(path.read_bytes()))
+
+
+def test_to_mnist_on_a_grey_array() -> None:
+    grey = np.full((50, 30), 255, dtype=np.uint8)
+    grey[10:40, 12:18] = 0
+    assert to_mnist(grey).shape == (28, 28)
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        (b"hello, not an image", "notes.txt: not an image file (expected PNG, JPEG, GIF, BMP"),
+        (
+            encode(Image.new("L", (50, 50), 255)),
+            "notes.txt: no digit found (the image is blank or has too little contrast)",
+        ),
+        (encode(drawing())[:300], "notes.txt: cannot decode the image"),
+        (
+            png_header(6000, 5000),
+            f"notes.txt: 6000 x 5000 = 30,000,000 pixels is over the limit "
+            f"of {MAX_IMAGE_PIXELS:,}; scale the image down",
+        ),
+        (
+            png_header(100_000, 100_000),
+            "notes.txt: too many pixels (decompression bomb?); scale it down",
+        ),
+    ],
+    ids=["not-an-image", "blank", "truncated", "over-limit", "bomb"],
+)
+def test_bad_images_raise_data_error(source: bytes, message: str) -> None:
+    with pytest.raises(DataError) as error:
+        load_image(source, "notes.txt")
+    assert str(error.value).startswith(message)
+
+
+def test_missing_file_and_directory(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"missing\.png: file not found"):
+        load_image(tmp_path / "missing.png")
+    with pytest.raises(DataError, match="is a directory, expected an image file"):
+        load_image(tmp_path)
+
+
+def test_cli_predict_image(tiny_run: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from digit_recognizer.cli import app
+    from digit_recognizer.predict import Predictor
+
+    one, notes = tmp_path / "one.png", tmp_path / "notes.txt"
+    drawing().save(one)
+    notes.write_text("not an image")
+    expected = Predictor.load([tiny_run]).predict(load_image(one)[None])[0]
+    result = CliRunner().invoke(app, ["predict-image", str(tiny_run), str(one)])
+    assert result.exit_code == 0 and f"│ {expected}" in result.output
+    result = CliRunner().invoke(app, ["predict-image", str(tiny_run), str(one), str(notes)])
+    assert result.exit_code == 1 and "notes.txt: not an image file" in result.output

@@ -1,0 +1,315 @@
+"""The prediction server (serve/): every endpoint, every kind of bad input, with TestClient."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+from typer.testing import CliRunner
+
+from digit_recognizer.cli import app as cli_app
+from digit_recognizer.data.images import MAX_IMAGE_PIXELS, load_image
+from digit_recognizer.data.kaggle_csv import DigitSet, write_kaggle_csv
+from digit_recognizer.errors import ConfigError
+from digit_recognizer.predict import PredictConfig, Predictor
+from digit_recognizer.serve import ServeConfig, create_app
+from digit_recognizer.serve.routes import GRAD_CAM_UNAVAILABLE
+from tests.test_images import drawing, encode, png_header
+
+LIMITS = {"max_body_bytes": 100_000, "max_csv_bytes": 300_000, "max_batch": 4, "max_csv_rows": 50}
+
+
+@pytest.fixture(scope="module")
+def run_dir(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A private copy of the tiny run: the onnx backend writes model.onnx into it."""
+    return Path(shutil.copytree(tiny_run, tmp_path_factory.mktemp("serve") / "run"))
+
+
+@pytest.fixture(scope="module")
+def client(run_dir: Path) -> Iterator[TestClient]:
+    with TestClient(create_app(run_dir, ServeConfig(**LIMITS))) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def predictor(run_dir: Path) -> Predictor:
+    return Predictor.load([run_dir], PredictConfig(amp=False))
+
+
+@pytest.fixture(scope="module")
+def digits(small_test: DigitSet) -> np.ndarray:
+    return small_test.images[:6]
+
+
+def pixels_body(image: np.ndarray) -> dict:
+    return {"pixels": image.ravel().tolist()}
+
+
+# --- endpoints ---------------------------------------------------------------------------------
+
+
+def test_health_and_model(client: TestClient) -> None:
+    assert client.get("/health").json() == {"status": "ok", "model": "cnn", "backend": "torch"}
+    info = client.get("/model").json()
+    assert info["model"] == "cnn" and info["backend"] == "torch"
+    assert info["n_parameters"] == 278_890
+    assert 0 < info["validation_accuracy"] <= 1  # model.json of a run without metrics.json
+    assert info["limits"] == ServeConfig(**LIMITS).limits()
+
+
+def test_page_static_files_and_docs(client: TestClient) -> None:
+    page = client.get("/")
+    assert page.status_code == 200 and '<canvas id="pad"' in page.text
+    assert "pointerdown" in client.get("/static/app.js").text
+    assert client.get("/docs").status_code == 200
+    schema = client.get("/openapi.json").json()
+    assert {"/predict", "/predict/csv", "/health", "/model"} <= set(schema["paths"])
+    content = schema["paths"]["/predict"]["post"]["requestBody"]["content"]
+    assert {"application/json", "multipart/form-data", "image/png"} <= set(content)
+
+
+def test_predict_pixels_and_image(client: TestClient, predictor: Predictor, digits) -> None:
+    expected = predictor.predict_proba(digits[:1])[0]
+    for body in (pixels_body(digits[0]), {"image": digits[0].tolist()}):
+        answer = client.post("/predict", json=body).json()
+        assert answer["label"] == expected.argmax()
+        np.testing.assert_allclose(answer["probabilities"], expected, atol=1e-5)
+        assert answer["latency_ms"] > 0 and "image" not in answer and "grad_cam" not in answer
+
+
+def test_predict_batch(client: TestClient, predictor: Predictor, digits) -> None:
+    body = [pixels_body(digits[0]), {"image": digits[1].tolist()}, pixels_body(digits[2])]
+    answer = client.post("/predict", json=body).json()
+    assert [p["label"] for p in answer["predictions"]] == predictor.predict(digits[:3]).tolist()
+    assert answer["latency_ms"] > 0
+
+
+def test_predict_uploads(client: TestClient, predictor: Predictor) -> None:
+    png = encode(drawing())
+    seen = load_image(png)
+    expected = int(predictor.predict(seen[None])[0])
+    raw = client.post("/predict", content=png, headers={"Content-Type": "image/png"}).json()
+    form = client.post("/predict", files={"file": ("one.png", png, "image/png")}).json()
+    for answer in (raw, form):
+        assert answer["label"] == expected
+        np.testing.assert_array_equal(answer["image"], seen)  # the image the model saw
+
+
+def test_predict_explain(client: TestClient, digits) -> None:
+    answer = client.post("/predict?explain=true", json=pixels_body(digits[0])).json()
+    heatmap = np.array(answer["grad_cam"])
+    assert heatmap.shape == (28, 28) and heatmap.min() >= 0 and heatmap.max() == 1
+    batch = client.post("/predict?explain=true", json=[pixels_body(d) for d in digits[:2]])
+    assert all(np.shape(p["grad_cam"]) == (28, 28) for p in batch.json()["predictions"])
+
+
+def test_predict_csv(client: TestClient, predictor: Predictor, small_test, tmp_path) -> None:
+    path = tmp_path / "test.csv"
+    write_kaggle_csv(path, small_test.images[:30])
+    expected = predictor.predict(small_test.images[:30])
+    form = client.post("/predict/csv", files={"file": ("test.csv", path.read_bytes())})
+    raw = client.post(
+        "/predict/csv", content=path.read_bytes(), headers={"Content-Type": "text/csv"}
+    )
+    for response in (form, raw):
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/csv")
+        assert "submission.csv" in response.headers["content-disposition"]
+        lines = response.text.splitlines()
+        assert lines[0] == "ImageId,Label" and len(lines) == 31
+        assert [int(line.split(",")[1]) for line in lines[1:]] == expected.tolist()
+
+
+def test_onnx_backend(run_dir: Path, predictor: Predictor, digits) -> None:
+    with TestClient(create_app(run_dir, ServeConfig(backend="onnx"))) as onnx_client:
+        assert onnx_client.get("/health").json()["backend"] == "onnx"
+        answer = onnx_client.post("/predict?explain=true", json=pixels_body(digits[0])).json()
+    expected = predictor.predict_proba(digits[:1])[0]
+    assert answer["label"] == expected.argmax()
+    np.testing.assert_allclose(answer["probabilities"], expected, atol=1e-4)
+    assert "grad_cam" not in answer and answer["grad_cam_error"] == GRAD_CAM_UNAVAILABLE
+
+
+# --- bad input: exact status and detail, and the server keeps serving --------------------------
+
+GOOD = list(range(256)) * 3 + [0] * 16  # 784 valid values
+RANGE = "pixel values must be 0-255"
+EXACTLY_ONE = "body: give exactly one of 'pixels' (784 values) or 'image' (28 x 28)"
+NOT_INT = "Input should be a valid integer"
+LENGTH = "expected 784 values (28 x 28, row by row), got 783"
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "detail"),
+    [
+        ({"pixels": GOOD[:-1]}, 422, f"pixels: {LENGTH}"),
+        ({"pixels": [*GOOD[:5], 300, *GOOD[6:]]}, 422, f"pixels: index 5 is 300; {RANGE}"),
+        ({"pixels": [-1, *GOOD[1:]]}, 422, f"pixels: index 0 is -1; {RANGE}"),
+        ({"pixels": [*GOOD[:3], "a", *GOOD[4:]]}, 422, f"pixels[3]: {NOT_INT}"),
+        ({"pixels": [1.5, *GOOD[1:]]}, 422, f"pixels[0]: {NOT_INT}"),
+        ({"image": [[0] * 28] * 27}, 422, "image: expected 28 rows of 28 values, got 27 rows"),
+        (
+            {"image": [[0] * 28] * 2 + [[0] * 29] + [[0] * 28] * 25},
+            422,
+            "image: row 2 has 29 values, expected 28",
+        ),
+        (
+            {"image": [[0] * 28] * 27 + [[0] * 27 + [256]]},
+            422,
+            f"image: row 27, column 27 is 256; {RANGE}",
+        ),
+        ({}, 422, EXACTLY_ONE),
+        ({"pixels": GOOD, "image": [[0] * 28] * 28}, 422, EXACTLY_ONE),
+        ({"pixels": GOOD, "colour": "red"}, 422, "colour: Extra inputs are not permitted"),
+        ("seven", 422, "body: Input should be an object"),
+        ([], 422, "empty batch: send a list of at least one digit"),
+        (
+            [{"pixels": GOOD}] * 5,
+            413,
+            "batch of 5 digits is over the limit of 4 (ServeConfig.max_batch); split it",
+        ),
+        ([{"pixels": GOOD}, {"pixels": GOOD[:-1]}], 422, f"[1].pixels: {LENGTH}"),
+    ],
+    ids=[
+        "short",
+        "over-255",
+        "negative",
+        "string",
+        "float",
+        "27-rows",
+        "long-row",
+        "image-range",
+        "empty-object",
+        "both",
+        "extra-key",
+        "not-an-object",
+        "empty-batch",
+        "batch-over-limit",
+        "bad-batch-item",
+    ],
+)
+def test_bad_json(client: TestClient, body: object, status: int, detail: str) -> None:
+    response = client.post("/predict", json=body)
+    assert (response.status_code, response.json()["detail"]) == (status, detail)
+
+
+def test_many_problems_are_summarised(client: TestClient) -> None:
+    response = client.post("/predict", json=[{"pixels": ["x"] * 784}])
+    assert response.json()["detail"] == (
+        "[0].pixels[0]: Input should be a valid integer; [0].pixels[1]: Input should be a valid "
+        "integer; [0].pixels[2]: Input should be a valid integer (and 781 more problems)"
+    )
+
+
+def test_invalid_json(client: TestClient) -> None:
+    response = client.post(
+        "/predict", content=b'{"pixels": [1, 2', headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 400
+    detail = "request body is not valid JSON (EOF while parsing a list at line 1 column 16)"
+    assert response.json()["detail"] == detail
+
+
+NOT_IMAGE = "not an image file (expected PNG, JPEG, GIF, BMP, ...)"
+
+
+@pytest.mark.parametrize(
+    ("content", "detail"),
+    [
+        (b"GIF89a? no, plain text", f"image: {NOT_IMAGE}"),
+        (
+            encode(Image.new("L", (40, 40), 255)),
+            "image: no digit found (the image is blank or has too little contrast)",
+        ),
+        (
+            png_header(6000, 5000),
+            "image: 6000 x 5000 = 30,000,000 pixels is over the limit of "
+            f"{MAX_IMAGE_PIXELS:,}; scale the image down",
+        ),
+        (
+            png_header(100_000, 100_000),
+            "image: too many pixels (decompression bomb?); scale it down",
+        ),
+    ],
+    ids=["not-an-image", "blank", "over-pixel-limit", "decompression-bomb"],
+)
+def test_bad_image_upload(client: TestClient, content: bytes, detail: str) -> None:
+    response = client.post("/predict", content=content, headers={"Content-Type": "image/png"})
+    assert (response.status_code, response.json()["detail"]) == (422, detail)
+
+
+def test_bad_multipart_and_content_type(client: TestClient) -> None:
+    named = client.post("/predict", files={"file": ("notes.txt", b"just text", "text/plain")})
+    assert (named.status_code, named.json()["detail"]) == (422, f"notes.txt: {NOT_IMAGE}")
+    no_file = client.post("/predict", data={"name": "seven"}, files={"other": ("a", b"x")})
+    assert no_file.status_code == 422
+    assert no_file.json()["detail"] == "multipart upload without a file: put it in a field 'file'"
+    text = client.post("/predict", content=b"7", headers={"Content-Type": "text/plain"})
+    assert (text.status_code, text.json()["detail"]) == (
+        415,
+        (
+            "Content-Type 'text/plain' is not supported; send application/json digits, an "
+            "image/png or image/jpeg body, or multipart/form-data with a field 'file'"
+        ),
+    )
+
+
+def test_huge_bodies_get_413(client: TestClient) -> None:
+    detail = (
+        "request body is over the limit of 100,000 bytes (ServeConfig.max_body_bytes); "
+        "send a smaller file or split the batch"
+    )
+    declared = client.post(
+        "/predict", content=b"0" * 100_001, headers={"Content-Type": "image/png"}
+    )
+    # A generator body goes out chunked, without Content-Length: counted as it arrives.
+    chunked = client.post(
+        "/predict",
+        content=(b"0" * 10_000 for _ in range(20)),
+        headers={"Content-Type": "application/json"},
+    )
+    for response in (declared, chunked):
+        assert (response.status_code, response.json()["detail"]) == (413, detail)
+
+
+def test_bad_csv_uploads(client: TestClient, small_test: DigitSet, tmp_path: Path) -> None:
+    bad = client.post("/predict/csv", files={"file": ("test.csv", b"a,b\n1,2\n")})
+    assert (bad.status_code, bad.json()["detail"]) == (
+        422,
+        (
+            "test.csv, line 1: the header 'a,b' has 2 columns; expected "
+            "'label,pixel0,...,pixel783' or 'pixel0,...,pixel783'"
+        ),
+    )
+    path = tmp_path / "test.csv"
+    write_kaggle_csv(path, small_test.images[:51])
+    rows = client.post("/predict/csv", files={"file": ("big.csv", path.read_bytes())})
+    limit = "big.csv: 51 rows is over the limit of 50 (ServeConfig.max_csv_rows); split the file"
+    assert (rows.status_code, rows.json()["detail"]) == (413, limit)
+    huge = client.post("/predict/csv", content=b"0" * 300_001, headers={"Content-Type": "text/csv"})
+    assert huge.status_code == 413 and "ServeConfig.max_csv_bytes" in huge.json()["detail"]
+    image = client.post("/predict/csv", content=b"x", headers={"Content-Type": "image/png"})
+    assert image.status_code == 415
+
+
+def test_server_keeps_serving_after_bad_input(client: TestClient, digits) -> None:
+    client.post("/predict", content=b"\x00" * 50, headers={"Content-Type": "image/jpeg"})
+    assert client.get("/health").status_code == 200
+    assert client.post("/predict", json=pixels_body(digits[0])).status_code == 200
+
+
+def test_serve_config_and_cli_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="backend must be 'torch' or 'onnx', got 'tf'"):
+        ServeConfig(backend="tf")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="max_batch must be at least 1, got 0"):
+        ServeConfig(max_batch=0)
+    result = CliRunner().invoke(cli_app, ["serve", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "model.json: not found; is" in result.output and "Traceback" not in result.output
+    result = CliRunner().invoke(cli_app, ["serve", str(tmp_path), "--backend", "tf"])
+    assert result.exit_code == 1 and "'backend' must be one of 'torch', 'onnx'" in result.output
