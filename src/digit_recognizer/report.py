@@ -190,7 +190,8 @@ def _plot_class_rows(data: DigitSet, rng: np.random.Generator, path: Path) -> No
 
 
 def _plot_mean_std(data: DigitSet, _rng: np.random.Generator, path: Path) -> None:
-    groups = [data.labels == d for d in CLASSES] if data.labels is not None else [...]
+    everything = np.ones(len(data), dtype=bool)
+    groups = [data.labels == d for d in CLASSES] if data.labels is not None else [everything]
     images = data.images.astype(np.float32)
     means = np.stack([images[g].mean(axis=0) for g in groups])
     stds = np.stack([images[g].std(axis=0) for g in groups])
@@ -366,53 +367,69 @@ def write_run_report(
     config = read_toml(run_dir / CONFIG_FILE)
     data, source = _labelled_data(run_dir, config, data_csv, data)
     predictor = Predictor.load([run_dir])
-    model = predictor.models[0]
     probas = predictor.predict_proba(data.images)
+    with tempfile.TemporaryDirectory() as figures:
+        model = predictor.models[0]
+        sections = _report_sections(run_dir, config, model, data, source, probas, Path(figures))
+        page = _page(f"Run report: {run_dir.name}", str(run_dir.resolve()), sections)
+    write_text(run_dir / REPORT_FILE, page)
+    return run_dir / REPORT_FILE
+
+
+def _report_sections(
+    run_dir: Path,
+    config: dict,
+    model: nn.Module,
+    data: DigitSet,
+    source: str,
+    probas: NDArray[np.float32],
+    figures: Path,
+) -> list[tuple[str, str]]:
+    """The report's (heading, HTML) sections; figures are drawn into ``figures`` first."""
     metrics = compute_metrics(data.labels, probas)
     calibration = reliability(probas, data.labels)
-    layers = model_summary(model)
-    n_parameters = sum(p.numel() for p in model.parameters())
+    n_wrong = int((probas.argmax(axis=1) != data.labels).sum())
     headline = [
         ("evaluated on", f"{source}: {len(data):,} images"),
-        ("accuracy", f"{metrics.accuracy:.4f} ({len(data) - round(metrics.accuracy * len(data))} "
-         "wrong)"),
+        ("accuracy", f"{metrics.accuracy:.4f} ({n_wrong} wrong)"),
         ("macro F1", f"{metrics.macro_f1:.4f}"),
         ("ROC-AUC (one-vs-rest)", f"{metrics.roc_auc_ovr:.5f}" if metrics.roc_auc_ovr else "n/a"),
         ("expected calibration error", f"{calibration.ece:.4f} (15 bins)"),
-        ("model", f"{config.get('model')}: {n_parameters:,} parameters"),
+        ("model", f"{config.get('model')}: {sum(p.numel() for p in model.parameters()):,} "
+         "parameters"),
     ]  # fmt: skip
     per_class = [(str(r["digit"]), f"{r['precision']:.4f}", f"{r['recall']:.4f}",
                   f"{r['f1']:.4f}", f"{r['support']:.0f}") for r in metrics.per_class]  # fmt: skip
+    layers = [(*row[:3], f"{row[3]:,}") for row in model_summary(model)]
     sections = [
         ("Summary", _table(headline)),
         ("Configuration and model", _columns(
             _table([(k, str(v)) for k, v in config.items()], header=("config.toml", "value")),
-            _table([(*row[:3], f"{row[3]:,}") for row in layers],
-                   header=("layer", "type", "output shape", "parameters")))),
+            _table(layers, header=("layer", "type", "output shape", "parameters")))),
     ]  # fmt: skip
-    with tempfile.TemporaryDirectory() as tmp:
-        figures = Path(tmp)
-        if (run_dir / HISTORY_FILE).is_file():
-            plot_learning_curves(_read_history(run_dir / HISTORY_FILE), figures / "curves.png")
-            sections.append(("Learning curves", _img(figures / "curves.png", "learning curves")))
-        plot_confusion_matrix(metrics.confusion, figures / "confusion.png")
-        _plot_roc_pr(data.labels, probas, figures / "roc_pr.png")
-        _plot_reliability(calibration, figures / "calibration.png")
-        _plot_mistakes_and_grad_cam(model, data, probas, figures)
-        sections += [
-            ("Per-class precision, recall and F1; confusion matrix", _columns(
-                _table(per_class, header=("digit", "precision", "recall", "F1", "support")),
-                _img(figures / "confusion.png", "confusion matrix"))),
-            ("ROC and precision-recall, one digit against the rest",
-             _img(figures / "roc_pr.png", "ROC and precision-recall curves")),
-            ("Calibration", _img(figures / "calibration.png", "reliability diagram")),
-            ("Most confident mistakes", _img(figures / "mistakes.png", "most confident mistakes")),
-            ("Grad-CAM: where the net looked",
-             _img(figures / "grad_cam.png", "Grad-CAM overlays")),
-        ]  # fmt: skip
-        page = _page(f"Run report: {run_dir.name}", str(run_dir.resolve()), sections)
-    write_text(run_dir / REPORT_FILE, page)
-    return run_dir / REPORT_FILE
+    if (run_dir / HISTORY_FILE).is_file():
+        plot_learning_curves(_read_history(run_dir / HISTORY_FILE), figures / "curves.png")
+        sections.append(("Learning curves", _img(figures / "curves.png", "learning curves")))
+    plot_confusion_matrix(metrics.confusion, figures / "confusion.png")
+    _plot_roc_pr(data.labels, probas, figures / "roc_pr.png")
+    _plot_reliability(calibration, figures / "calibration.png")
+    _plot_mistakes_and_grad_cam(model, data, probas, figures)
+    return [
+        *sections,
+        ("Per-class precision, recall and F1; confusion matrix", _columns(
+            _table(per_class, header=("digit", "precision", "recall", "F1", "support")),
+            _img(figures / "confusion.png", "confusion matrix"))),
+        ("ROC and precision-recall, one digit against the rest",
+         _img(figures / "roc_pr.png", "ROC and precision-recall curves")),
+        ("Calibration", _img(figures / "calibration.png", "reliability diagram") + _note(
+            "Bars above the diagonal: the net is right more often than its confidence says "
+            "(under-confident, as label smoothing makes it); below: over-confident.")),
+        ("Most confident mistakes", _img(figures / "mistakes.png", "most confident mistakes")),
+        ("Grad-CAM: where the net looked", _img(figures / "grad_cam.png", "Grad-CAM") + _note(
+            "Red: where the predicted digit's score rises most (Grad-CAM on the last conv layer; "
+            "input-gradient saliency for a net without convolutions). "
+            "Run digits explain RUN_DIR CSV --index I to explain any image.")),
+    ]  # fmt: skip
 
 
 def _labelled_data(
@@ -420,7 +437,7 @@ def _labelled_data(
 ) -> tuple[DigitSet, str]:
     """The images to evaluate on and a description of where they came from."""
     if data is not None:
-        return data, "validation split"
+        return data, f"validation split (valid_size {config['valid_size']}, seed {config['seed']})"
     if data_csv is not None:
         data = read_kaggle_csv(data_csv)
         if data.labels is None:
@@ -530,6 +547,7 @@ th, td { padding: 4px 12px; border-bottom: 1px solid #eaeef2; text-align: left; 
 th { background: #f6f8fa; } tr:nth-child(even) td { background: #fbfcfd; }
 img { max-width: 100%; height: auto; border: 1px solid #eaeef2; }
 .columns { display: flex; flex-wrap: wrap; gap: 32px; align-items: flex-start; }
+.note { color: #59636e; margin-top: 4px; }
 """
 
 
@@ -561,3 +579,7 @@ def _img(path: Path, alt: str) -> str:
 def _columns(*blocks: str) -> str:
     """Blocks side by side, wrapping onto new lines on narrow screens."""
     return '<div class="columns">' + "".join(f"<div>{block}</div>" for block in blocks) + "</div>"
+
+
+def _note(text: str) -> str:
+    return f'<p class="note">{html.escape(text)}</p>'
