@@ -4,6 +4,7 @@ and render the result with rich. Errors a user can fix (DigitsError) print one l
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import wraps
@@ -32,10 +33,15 @@ def handles_errors(command: F) -> F:
 
     @wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        # Under torchrun only rank 0 logs progress; other ranks report problems only.
+        is_main_process = os.environ.get("RANK", "0") == "0"
+        handler = RichHandler(console=err_console, show_path=False, show_time=False)
         logging.basicConfig(
-            level=logging.INFO, format="%(message)s", handlers=[RichHandler(console=err_console,
-            show_path=False, show_time=False)], force=True,
-        )  # fmt: skip
+            level=logging.INFO if is_main_process else logging.WARNING,
+            format="%(message)s",
+            handlers=[handler],
+            force=True,
+        )
         try:
             return command(*args, **kwargs)
         except DigitsError as error:
@@ -46,7 +52,10 @@ def handles_errors(command: F) -> F:
 
 
 @contextmanager
-def progress_bar() -> Iterator[Progress]:
+def progress_bar(enabled: bool = True) -> Iterator[Progress | None]:
+    if not enabled:
+        yield None
+        return
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())  # fmt: skip
     with Progress(*columns, console=err_console, transient=True) as progress:
@@ -133,6 +142,7 @@ def train_command(
     out: RunDir = None,
     resume: Annotated[bool, typer.Option(help="Continue from --out's last checkpoint.")] = False,
     preset: Preset = "default",
+    nproc: Annotated[int, typer.Option(help="Processes (DDP through torchrun).")] = 1,
     config: ConfigFile = None, model: Model = None, epochs: Epochs = None,
     time_budget: TimeBudget = None, batch_size: BatchSize = None, optimizer: Optimizer = None,
     lr: LR = None, schedule: Schedule = None, augment: Augment = None,
@@ -140,8 +150,14 @@ def train_command(
     device: Device = None,
 ) -> None:  # fmt: skip
     """Train a net on a labelled CSV and write a run directory."""
-    from digit_recognizer.pipeline import default_run_dir, get_preset, train_ensemble_job, train_job
-    from digit_recognizer.train import CONFIG_FILE, TrainConfig
+    from digit_recognizer.pipeline import (
+        default_run_dir,
+        get_preset,
+        launch_distributed,
+        train_ensemble_job,
+        train_job,
+    )
+    from digit_recognizer.train import CONFIG_FILE, Distributed, TrainConfig
 
     if resume and out is None:
         raise typer.BadParameter("--resume needs --out RUN_DIR")
@@ -154,11 +170,20 @@ def train_command(
     recipe = get_preset(preset)
     train_config = load_config(TrainConfig, config, overrides, preset=recipe.overrides)
     run_dir = out or default_run_dir(train_config.model)
-    with progress_bar() as progress:
+    if nproc > 1:
+        if recipe.members:
+            raise typer.BadParameter("--nproc trains one model, not a --preset best ensemble")
+        launch_distributed(nproc, train_config, train, run_dir)
+        console.print(f"trained with {nproc} processes -> {run_dir}")
+        return
+    is_main_process = Distributed.from_env().is_main_process
+    with progress_bar(enabled=is_main_process) as progress:
         if recipe.members:
             jobs = train_ensemble_job(train_config, recipe.members, train, run_dir, progress)
         else:
             jobs = [train_job(train_config, train, run_dir, progress)]
+    if not is_main_process:
+        return
     for job in jobs:
         accuracy = job.valid_metrics.accuracy if job.valid_metrics else None
         console.print(
@@ -395,3 +420,38 @@ def data_check(
     from digit_recognizer.data.kaggle_csv import check_kaggle_csv
 
     console.print(check_kaggle_csv(csv).one_line(), highlight=False)
+
+
+ShardSource = Annotated[
+    Path, typer.Argument(help="A Kaggle CSV, a shard directory, or a quoted glob of CSVs.")
+]
+ShardOut = Annotated[Path, typer.Argument(help="Folder for the shards and manifest.json.")]
+Parts = Annotated[int, typer.Option(min=1, help="Number of shards to write.")]
+
+
+@data_app.command("shard")
+@handles_errors
+def data_shard(csv: ShardSource, out_dir: ShardOut, parts: Parts) -> None:
+    """Split a CSV into N CSV shards (each with the header) and a manifest.json, streaming."""
+    from digit_recognizer.data.shards import MANIFEST_FILE, shard_csv
+
+    manifest = shard_csv(csv, out_dir, parts)
+    console.print(f"wrote {len(manifest.shards)} shards of {manifest.n_rows:,} rows in all and "
+                  f"{out_dir / MANIFEST_FILE}")  # fmt: skip
+
+
+@data_app.command("expand")
+@handles_errors
+def data_expand(
+    train_csv: ShardSource,
+    out_dir: ShardOut,
+    copies: Annotated[int, typer.Option(min=1, help="Augmented copies of every image.")],
+    parts: Parts,
+    seed: Annotated[int, typer.Option(help="Seed of the augmentation draws.")] = 0,
+) -> None:
+    """Write K augmented copies of every image (training's augmentation) as N CSV shards."""
+    from digit_recognizer.data.shards import MANIFEST_FILE, expand
+
+    manifest = expand(train_csv, out_dir, copies, parts, seed)
+    console.print(f"wrote {len(manifest.shards)} shards of {manifest.n_rows:,} rows in all and "
+                  f"{out_dir / MANIFEST_FILE}")  # fmt: skip

@@ -11,18 +11,23 @@ from __future__ import annotations
 
 import copy
 import csv
+import datetime
 import io
 import logging
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from rich.progress import Progress
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DistributedSampler
 
 from digit_recognizer.config import save_config
 from digit_recognizer.data.augment import Augmentation, augment_batch
@@ -75,6 +80,7 @@ class TrainConfig:
     amp: bool = True  # bf16 autocast where the hardware supports it natively
     channels_last: bool = True  # 1.3x faster convolutions on CPU (oneDNN) and tensor cores
     resume: bool = False  # continue from the run directory's last checkpoint
+    ddp_timeout_s: float = 300  # torchrun jobs: a collective waiting longer than this fails
 
     def __post_init__(self) -> None:
         get_spec(self.model)  # unknown model names fail here, with the valid names
@@ -163,6 +169,58 @@ def write_history(run_dir: Path, history: list[dict[str, float]]) -> None:
     write_text(run_dir / HISTORY_FILE, buffer.getvalue())
 
 
+@dataclass(frozen=True)
+class Distributed:
+    """This process's place in a torchrun job (rank 0 of 1 when run alone)."""
+
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main_process(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def from_env(cls) -> Distributed:
+        # torchrun's own variables are the only environment the package reads.
+        if "RANK" not in os.environ:
+            return cls()
+        return cls(int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]),
+                   int(os.environ["WORLD_SIZE"]))  # fmt: skip
+
+
+def init_distributed(config: TrainConfig) -> tuple[Distributed, torch.device]:
+    """Join the torchrun process group if there is one: gloo on CPU, NCCL with one GPU a rank."""
+    dist_env = Distributed.from_env()
+    device = resolve_device(config.device)
+    if dist_env.world_size > 1 or "RANK" in os.environ:
+        if device.type == "cuda":
+            device = torch.device("cuda", dist_env.local_rank)
+            torch.cuda.set_device(device)
+        if not dist.is_initialized():
+            # A rank that dies makes the others fail at their next collective after this
+            # timeout instead of hanging forever (torchrun then stops the whole job).
+            dist.init_process_group(
+                backend="nccl" if device.type == "cuda" else "gloo",
+                timeout=datetime.timedelta(seconds=config.ddp_timeout_s),
+            )
+    if config.batch_size % dist_env.world_size:
+        raise ConfigError(
+            f"batch_size {config.batch_size} is the global batch and must be divisible by the "
+            f"{dist_env.world_size} processes"
+        )
+    return dist_env, device
+
+
+def all_reduce(
+    tensor: torch.Tensor, op: dist.ReduceOp.RedOpType = dist.ReduceOp.SUM
+) -> torch.Tensor:
+    if dist.is_initialized():
+        dist.all_reduce(tensor, op=op)
+    return tensor
+
+
 def train(
     config: TrainConfig,
     train_set: DigitSet,
@@ -174,36 +232,49 @@ def train(
 
     ``run_dir`` ends up holding config.toml, history.csv, checkpoint.pt (last epoch, for resume)
     and model.safetensors + model.json (the best epoch by validation accuracy, or the last).
+    Under torchrun every rank trains on its share of each epoch; rank 0 alone writes files.
     """
-    # -- setup: seed, device, data on the device ------------------------------------------------
+    # -- setup: processes, device, data on the device ---------------------------------------------
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(config.seed)
-    device = resolve_device(config.device)
+    dist_env, device = init_distributed(config)
+    is_main = dist_env.is_main_process
+    if is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, run_dir / CONFIG_FILE)
     amp_dtype = autocast_dtype(device, config.amp)
-    generator = torch.Generator(device=device).manual_seed(config.seed)
     train_images = torch.as_tensor(train_set.images).to(device)  # uint8 until the batch is drawn
     train_labels = torch.as_tensor(train_set.labels).to(device)
     has_valid = valid_set is not None and len(valid_set) > 0
     if has_valid:
         valid_images = torch.as_tensor(valid_set.images).to(device)
         valid_labels = torch.as_tensor(valid_set.labels).to(device)
-    n_train = len(train_images)
-    steps_per_epoch = max(1, n_train // config.batch_size)  # drop the ragged last batch
+    # The same global batch and lr whatever the process count: each rank takes batch/world.
+    local_batch = config.batch_size // dist_env.world_size
+    sampler = DistributedSampler(
+        range(len(train_images)),
+        dist_env.world_size,
+        dist_env.rank,
+        seed=config.seed,
+        drop_last=True,
+    )
+    steps_per_epoch = max(1, len(sampler) // local_batch)  # drop the ragged last batch
     total_steps = config.epochs * steps_per_epoch
     augmentation = Augmentation().scaled(config.augment)
-    save_config(config, run_dir / CONFIG_FILE)
     log.info(
-        "training %s on %d images (%d validation), device %s, %s, batch %d, %d steps/epoch",
-        config.model, n_train, len(valid_labels) if has_valid else 0, device,
+        "training %s on %d images (%d validation), device %s, %s, %d steps/epoch of batch %d%s",
+        config.model, len(train_images), len(valid_labels) if has_valid else 0, device,
         f"autocast {amp_dtype}".replace("torch.", "") if amp_dtype else "fp32",
-        config.batch_size, steps_per_epoch,
+        steps_per_epoch, config.batch_size,
+        f" ({dist_env.world_size} processes x {local_batch}, lr {config.lr} unscaled: "
+        "the global batch is unchanged)" if dist_env.world_size > 1 else "",
     )  # fmt: skip
 
     # -- model and optimizer ---------------------------------------------------------------------
+    torch.manual_seed(config.seed)  # identical initial weights on every rank
     model = build(config.model).to(device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    raw_model = model  # unwrapped, for evaluation and saving
     optimizer = build_optimizer(model, config)
     step, epoch, elapsed_s, lr_scale = 0, 0, 0.0, 1.0
     best_accuracy, best_loss, best_state, epochs_since_best = -1.0, math.inf, None, 0
@@ -214,8 +285,6 @@ def train(
         checkpoint = load_checkpoint(run_dir, device)
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
-        generator.set_state(checkpoint["generator"].cpu())
-        torch.set_rng_state(checkpoint["torch_rng"].cpu())
         step, epoch, elapsed_s = checkpoint["step"], checkpoint["epoch"], checkpoint["elapsed_s"]
         lr_scale, history = checkpoint["lr_scale"], checkpoint["history"]
         best_accuracy, best_loss = checkpoint["best_accuracy"], checkpoint["best_loss"]
@@ -223,6 +292,10 @@ def train(
         log.info("resumed from %s at epoch %d (step %d)", run_dir / CHECKPOINT_FILE, epoch, step)
     elif config.resume:
         log.warning("--resume: no checkpoint in %s, starting from scratch", run_dir)
+    if dist.is_initialized():
+        model = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
 
     # -- training loop ---------------------------------------------------------------------------
     def run_progress() -> float:
@@ -232,14 +305,21 @@ def train(
     stopped_early = False
     while epoch < config.epochs and run_progress() < 1:
         model.train()
+        # Randomness is a function of (seed, epoch, rank), so resuming at an epoch boundary
+        # needs no RNG state and ranks draw different augmentations.
+        sampler.set_epoch(epoch)
+        generator = torch.Generator(device=device).manual_seed(
+            config.seed * 1_000_003 + epoch * 1_009 + dist_env.rank
+        )
+        torch.manual_seed(config.seed * 1_000_003 + epoch * 1_009 + dist_env.rank)
+        permutation = torch.tensor(list(sampler), device=device)
         epoch_start = time.perf_counter() - elapsed_s
-        permutation = torch.randperm(n_train, device=device, generator=generator)
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device)
         task = progress.add_task(f"epoch {epoch + 1}", total=steps_per_epoch) if progress else None
         n_seen = 0
         for batch in range(steps_per_epoch):
-            indices = permutation[batch * config.batch_size : (batch + 1) * config.batch_size]
+            indices = permutation[batch * local_batch : (batch + 1) * local_batch]
             x = to_model_input(train_images[indices], config.channels_last)
             if config.augment > 0:
                 x = augment_batch(x, augmentation, generator)
@@ -259,6 +339,9 @@ def train(
             n_seen += len(y)
             step += 1
             elapsed_s = time.perf_counter() - epoch_start
+            if config.time_budget_s and dist.is_initialized():
+                # Ranks must agree on time-based lr and stopping: follow the slowest clock.
+                elapsed_s = all_reduce(torch.tensor(elapsed_s), dist.ReduceOp.MAX).item()
             if task is not None:
                 progress.advance(task)
             if run_progress() >= 1:
@@ -268,23 +351,34 @@ def train(
         epoch += 1
 
         # -- evaluate, keep the best, checkpoint, maybe stop ---------------------------------------
+        if dist.is_initialized():
+            # DDP syncs batch-norm statistics from rank 0 before each forward, so after the
+            # last one they differ by a step: sync them so every rank evaluates the same net.
+            for buffer in raw_model.buffers():
+                dist.broadcast(buffer, src=0)
+        totals = all_reduce(torch.stack([loss_sum, correct.float(),
+                                         torch.tensor(float(n_seen), device=device)]))  # fmt: skip
         row = {
             "epoch": epoch,
             "step": step,
             "lr": lr,
-            "train_loss": loss_sum.item() / n_seen,
-            "train_accuracy": correct.item() / n_seen,
+            "train_loss": (totals[0] / totals[2]).item(),
+            "train_accuracy": (totals[1] / totals[2]).item(),
         }
         if has_valid:
+            # Same weights and buffers on every rank: same figures, same decisions everywhere.
             valid_loss, valid_accuracy = evaluate_split(
-                model, valid_images, valid_labels, amp_dtype
+                raw_model, valid_images, valid_labels, amp_dtype
             )
             row |= {"valid_loss": valid_loss, "valid_accuracy": valid_accuracy}
             improved = (valid_accuracy, -valid_loss) > (best_accuracy, -best_loss)
             if improved:
                 best_accuracy, best_loss, epochs_since_best = valid_accuracy, valid_loss, 0
-                best_state = copy.deepcopy(model.state_dict())
-                save_net(run_dir, model, config.model, {}, {"valid_accuracy": valid_accuracy})
+                best_state = copy.deepcopy(raw_model.state_dict())
+                if is_main:
+                    save_net(
+                        run_dir, raw_model, config.model, {}, {"valid_accuracy": valid_accuracy}
+                    )
             else:
                 epochs_since_best += 1
                 if (
@@ -301,26 +395,25 @@ def train(
             if has_valid else "",
             elapsed_s,
         )  # fmt: skip
-        save_checkpoint(
-            run_dir,
-            {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "generator": generator.get_state(),
-                "torch_rng": torch.get_rng_state(),
-                "step": step,
-                "epoch": epoch,
-                "elapsed_s": elapsed_s,
-                "lr_scale": lr_scale,
-                "history": history,
-                "best_accuracy": best_accuracy,
-                "best_loss": best_loss,
-                "best_state": best_state,
-                "epochs_since_best": epochs_since_best,
-                "config": asdict(config),
-            },
-        )
-        write_history(run_dir, history)
+        if is_main:
+            save_checkpoint(
+                run_dir,
+                {
+                    "model": raw_model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "step": step,
+                    "epoch": epoch,
+                    "elapsed_s": elapsed_s,
+                    "lr_scale": lr_scale,
+                    "history": history,
+                    "best_accuracy": best_accuracy,
+                    "best_loss": best_loss,
+                    "best_state": best_state,
+                    "epochs_since_best": epochs_since_best,
+                    "config": asdict(config),
+                },
+            )
+            write_history(run_dir, history)
         if config.patience is not None and has_valid and epochs_since_best >= config.patience:
             log.info("early stopping: no better validation accuracy for %d epochs", config.patience)
             stopped_early = True
@@ -332,12 +425,15 @@ def train(
 
     # -- finish: restore the best weights, write the model ---------------------------------------
     if best_state is not None:
-        model.load_state_dict(best_state)
-    extra = {"valid_accuracy": best_accuracy} if has_valid else {}
-    save_net(run_dir, model, config.model, {}, extra)
+        raw_model.load_state_dict(best_state)
+    if is_main:
+        extra = {"valid_accuracy": best_accuracy} if has_valid else {}
+        save_net(run_dir, raw_model, config.model, {}, extra)
+    if dist.is_initialized():
+        dist.barrier()  # no rank returns (and reads run_dir) before rank 0 has written it
     return TrainResult(
         run_dir=run_dir,
-        model=model,
+        model=raw_model,
         history=history,
         best_valid_accuracy=best_accuracy if has_valid else None,
         train_seconds=elapsed_s,
@@ -345,3 +441,13 @@ def train(
         stopped_early=stopped_early,
         config=asdict(config),
     )
+
+
+if __name__ == "__main__":
+    # `torchrun --nproc-per-node N -m digit_recognizer.train --train ... --out ...` runs the
+    # `digits train` command in every process; train() finds its rank in torchrun's variables.
+    import sys
+
+    from digit_recognizer.cli import app
+
+    app(["train", *sys.argv[1:]])
