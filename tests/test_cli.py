@@ -1,10 +1,12 @@
 """End to end through the real `digits` commands (typer's CliRunner), on small real slices."""
 
 import json
+import os
 
 from typer.testing import CliRunner
 
 from digit_recognizer.cli import app
+from digit_recognizer.fileio import locked_dir
 
 runner = CliRunner()
 SMALL_RECIPE = ["--epochs", "2", "--lr", "0.02", "--batch-size", "64"]
@@ -68,3 +70,12 @@ def test_data_check_summarises(small_csvs):
 def test_models_lists_the_registry():
     result = invoke("models")
     assert result.exit_code == 0 and "seed-cnn" in result.output and "cnn" in result.output
+
+
+def test_second_train_into_a_busy_run_directory_refuses(tmp_path, small_csvs):
+    run_dir = tmp_path / "busy"
+    with locked_dir(run_dir):  # as a first `digits train` holds it while training
+        result = invoke("train", "--train", small_csvs["train"], "--out", run_dir, *SMALL_RECIPE)
+    assert result.exit_code == 1
+    assert f"{run_dir} is in use by process {os.getpid()}" in result.output
+    assert not (run_dir / "config.toml").exists()  # nothing of the first run was touched

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from digit_recognizer.errors import DigitsError
+
+LOCK_FILE = ".lock"
 
 
 @contextmanager
@@ -38,3 +43,31 @@ def write_text(path: str | os.PathLike[str], text: str) -> None:
     """Write ``text`` to ``path`` atomically (UTF-8)."""
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+@contextmanager
+def locked_dir(folder: str | os.PathLike[str]) -> Iterator[Path]:
+    """Hold an exclusive lock on ``folder`` (a run directory) or fail at once with the holder.
+
+    An OS file lock (flock), not a marker file: the kernel releases it when the holder exits,
+    even by SIGKILL, so an interrupted run can be resumed without clearing anything by hand.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / LOCK_FILE, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise DigitsError(
+                f"{folder} is in use by {holder}; wait for it to finish or choose another --out"
+            ) from None
+        handle.truncate(0)
+        handle.write(f"process {os.getpid()}\n")
+        handle.flush()
+        try:
+            yield folder
+        finally:
+            handle.truncate(0)
+            fcntl.flock(handle, fcntl.LOCK_UN)

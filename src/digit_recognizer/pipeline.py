@@ -6,6 +6,7 @@ digits run --train train.csv --test test.csv   # Kaggle's real files (no score: 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -30,7 +31,7 @@ from digit_recognizer.evaluate import (
     plot_learning_curves,
     score_submission,
 )
-from digit_recognizer.fileio import write_text
+from digit_recognizer.fileio import locked_dir, write_text
 from digit_recognizer.models.storage import write_ensemble
 from digit_recognizer.predict import PredictConfig, Predictor, predict_csv
 from digit_recognizer.report import write_run_report
@@ -135,9 +136,20 @@ def train_job(
     train_set, valid_set = split_for_training(
         read_labelled(train_csv), config.valid_size, config.seed
     )
-    result = train(config, train_set, valid_set, run_dir, progress)
-    if not Distributed.from_env().is_main_process:
-        return TrainJobResult(run_dir, result, None)  # rank 0 alone evaluates and writes
+    is_main_process = Distributed.from_env().is_main_process
+    valid_metrics = None
+    # One writer per run directory; under torchrun, rank 0 is that writer.
+    with locked_dir(run_dir) if is_main_process else contextlib.nullcontext():
+        result = train(config, train_set, valid_set, run_dir, progress)
+        if is_main_process:
+            valid_metrics = write_training_outputs(run_dir, result, valid_set, train_csv)
+    return TrainJobResult(run_dir, result, valid_metrics)
+
+
+def write_training_outputs(
+    run_dir: Path, result: TrainResult, valid_set: DigitSet, train_csv: Path
+) -> Metrics | None:
+    """Plots, validation metrics and report of a finished run; the validation metrics."""
     plot_learning_curves(result.history, run_dir / "learning_curves.png")
     valid_metrics = None
     if len(valid_set):
@@ -153,7 +165,7 @@ def train_job(
     })  # fmt: skip
     if len(valid_set):
         write_run_report(run_dir, data=valid_set)  # ~4 s for 2,100 images on 2 busy cores
-    return TrainJobResult(run_dir, result, valid_metrics)
+    return valid_metrics
 
 
 def launch_distributed(nproc: int, config: TrainConfig, train_csv: Path, run_dir: Path) -> None:
