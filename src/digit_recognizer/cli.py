@@ -398,6 +398,62 @@ def models() -> None:
     console.print(table)
 
 
+LabelledCsv = Annotated[Path, typer.Option(help="Labelled CSV (Kaggle train.csv format).")]
+
+
+@app.command()
+@handles_errors
+def compare(
+    train: LabelledCsv,
+    models: Annotated[str, typer.Option(help="Comma-separated names, e.g. logreg,knn,svm,cnn.")],
+    out: Annotated[Path, typer.Option(help="Folder for leaderboard.csv and leaderboard.png.")],
+    test: Annotated[Path | None, typer.Option(help="Labelled CSV to score on.")] = None,
+    valid_size: Annotated[float, typer.Option(help="Held-out fraction (no --test/--cv).")] = 0.2,
+    cv: Annotated[int | None, typer.Option(help="Stratified K-fold instead of one split.")] = None,
+    seed: Seed = None,
+) -> None:
+    """Fit several models on one CSV and rank them by held-out accuracy, with their cost."""
+    from digit_recognizer.compare import compare as compare_models
+
+    names = [name.strip() for name in models.split(",") if name.strip()]
+    board = compare_models(train, names, out, test, valid_size, cv, seed or 0)
+    table = Table(title=f"digits compare ({board.n_folds} fold{'s' * (board.n_folds > 1)})")
+    for column in board.columns:
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for row in board.rows:
+        digits = {c: 2 if "seconds" in c else 4 for c in board.columns}
+        table.add_row(*(f"{row[c]:.{digits[c]}f}" if isinstance(row[c], float) else str(row[c])
+                        for c in board.columns))  # fmt: skip
+    console.print(table)
+    console.print(f"wrote {board.csv_path} and {board.chart_path}")
+
+
+@app.command()
+@handles_errors
+def tune(
+    train: LabelledCsv,
+    model: Annotated[str | None, typer.Option(help="Model to tune. [default: cnn]")] = None,
+    trials: Annotated[int | None, typer.Option(help="Trials to add. [default: 20]")] = None,
+    timeout: Annotated[float | None, typer.Option(help="Seconds before no new trial.")] = None,
+    storage: Annotated[str | None, typer.Option(help="Optuna URL [default: OUT/study.db]")] = None,
+    study_name: Annotated[str | None, typer.Option(help="[default: tune-MODEL]")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Epochs per net trial. [default: 3]")] = None,
+    out: Annotated[Path | None, typer.Option(help="[default: runs/tune-MODEL]")] = None,
+    seed: Seed = None,
+) -> None:  # fmt: skip
+    """Search hyperparameters with Optuna; resumable; writes best_config.toml and plots."""
+    from digit_recognizer.tune import TuneConfig
+    from digit_recognizer.tune import tune as run_tune
+
+    config = load_config(TuneConfig, None, {"model": model, "trials": trials, "timeout_s": timeout,
+        "storage": storage, "study_name": study_name, "epochs": epochs, "seed": seed})  # fmt: skip
+    result = run_tune(config, train, out or Path("runs") / f"tune-{config.model}")
+    console.print(f"study [bold]{result.study_name}[/bold], {result.n_trials} trials in "
+                  f"{result.storage}: best accuracy {result.best_value:.4f}")  # fmt: skip
+    console.print(f"best parameters: {result.best_params}", highlight=False)
+    console.print("wrote " + ", ".join(str(path) for path in result.files))
+
+
 @data_app.command("kaggle")
 @handles_errors
 def data_kaggle(

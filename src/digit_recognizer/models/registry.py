@@ -67,4 +67,4 @@ def available(kind: ModelKind | None = None) -> list[str]:
 def _load_builtin_models() -> None:
     # Importing the modules runs their @register decorators; deferred so that importing the
     # registry alone stays cheap and free of cycles.
-    from digit_recognizer.models import nets  # noqa: F401
+    from digit_recognizer.models import classical, nets  # noqa: F401

@@ -1,0 +1,154 @@
+"""Side-by-side comparison of registered models on one labelled CSV: accuracy, macro F1, fit and
+predict seconds, learned parameters; a leaderboard CSV and a chart of accuracy against time.
+
+    digits compare --train train.csv --valid-size 0.2 --models logreg,knn,svm,random-forest,mlp \
+        --out runs/compare
+    digits compare --train train.csv --models knn,svm --cv 5 --out runs/compare-cv   # K-fold
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+from sklearn.model_selection import StratifiedKFold
+
+from digit_recognizer.data.kaggle_csv import DigitSet
+from digit_recognizer.errors import ConfigError
+from digit_recognizer.estimator import build_estimator, count_parameters
+from digit_recognizer.evaluate import _save_figure, compute_metrics
+from digit_recognizer.fileio import atomic_path
+from digit_recognizer.models.registry import get_spec
+from digit_recognizer.pipeline import read_labelled, split_for_training
+
+log = logging.getLogger(__name__)
+
+LEADERBOARD_FILE = "leaderboard.csv"
+CHART_FILE = "leaderboard.png"
+SCORES = ("accuracy", "macro_f1", "fit_seconds", "predict_seconds")
+
+
+@dataclass
+class Leaderboard:
+    """Rows sorted by accuracy, best first; ``columns`` as in leaderboard.csv."""
+
+    columns: list[str]
+    rows: list[dict[str, float | int | str]]
+    csv_path: Path
+    chart_path: Path
+    n_folds: int
+
+
+def compare(
+    train_csv: Path,
+    models: list[str],
+    out_dir: Path,
+    test_csv: Path | None = None,
+    valid_size: float = 0.2,
+    cv: int | None = None,
+    seed: int = 0,
+) -> Leaderboard:
+    """Fit each model with its defaults and score it on held-out labelled images.
+
+    Held out: ``test_csv`` if given, else stratified ``cv`` folds if given, else a stratified
+    ``valid_size`` split. Writes ``out_dir/leaderboard.csv`` with columns
+    ``model,accuracy,macro_f1,fit_seconds,predict_seconds,parameters`` (with ``cv``: a ``_mean``
+    and a ``_std`` column for each score) and ``out_dir/leaderboard.png``.
+    """
+    for name in models:
+        get_spec(name)  # unknown names fail before any training
+    if cv is not None and cv < 2:
+        raise ConfigError(f"--cv must be at least 2 folds, got {cv}")
+    if test_csv is None and cv is None and not 0 < valid_size < 1:
+        raise ConfigError(f"--valid-size must be in (0, 1), got {valid_size}")
+    data = read_labelled(train_csv)
+    folds = list(_folds(data, test_csv, valid_size, cv, seed))
+    rows = [_score_model(name, folds, cv is not None) for name in models]
+    rows.sort(key=lambda row: -float(row.get("accuracy", row.get("accuracy_mean", 0))))
+    columns = ["model", *(f"{s}_{stat}" for s in SCORES for stat in ("mean", "std"))] if cv else [
+        "model", *SCORES]  # fmt: skip
+    columns.append("parameters")
+    out_dir = Path(out_dir)
+    board = Leaderboard(columns, rows, out_dir / LEADERBOARD_FILE, out_dir / CHART_FILE, len(folds))
+    write_leaderboard(board)
+    plot_leaderboard(board)
+    return board
+
+
+def _folds(
+    data: DigitSet, test_csv: Path | None, valid_size: float, cv: int | None, seed: int
+) -> Iterator[tuple[DigitSet, DigitSet]]:
+    """(fit set, scoring set) pairs."""
+    if test_csv is not None:
+        yield data, read_labelled(test_csv)
+    elif cv is not None:
+        splitter = StratifiedKFold(n_splits=cv, shuffle=True, random_state=seed)
+        for fit_indices, score_indices in splitter.split(data.images, data.labels):
+            yield (DigitSet(data.images[fit_indices], data.labels[fit_indices]),
+                   DigitSet(data.images[score_indices], data.labels[score_indices]))  # fmt: skip
+    else:
+        yield split_for_training(data, valid_size, seed)
+
+
+def _score_model(
+    name: str, folds: list[tuple[DigitSet, DigitSet]], has_cv: bool
+) -> dict[str, float | int | str]:
+    scores: dict[str, list[float]] = {score: [] for score in SCORES}
+    n_parameters = 0
+    for fold, (fit_set, score_set) in enumerate(folds, start=1):
+        estimator = build_estimator(name)
+        start = time.perf_counter()
+        estimator.fit(fit_set.images, fit_set.labels)
+        fit_seconds = time.perf_counter() - start
+        probas = estimator.predict_proba(score_set.images)
+        predict_seconds = time.perf_counter() - start - fit_seconds
+        metrics = compute_metrics(score_set.labels, probas)
+        for score, value in zip(SCORES, (metrics.accuracy, metrics.macro_f1, fit_seconds,
+                                         predict_seconds), strict=True):  # fmt: skip
+            scores[score].append(value)
+        n_parameters = count_parameters(estimator)
+        log.info("%s fold %d/%d: accuracy %.4f, fit %.1f s, predict %.1f s", name, fold,
+                 len(folds), metrics.accuracy, fit_seconds, predict_seconds)  # fmt: skip
+    row: dict[str, float | int | str] = {"model": name}
+    for score, values in scores.items():
+        if has_cv:
+            row[f"{score}_mean"], row[f"{score}_std"] = np.mean(values), np.std(values)
+        else:
+            row[score] = values[0]
+    row["parameters"] = n_parameters
+    return row
+
+
+def write_leaderboard(board: Leaderboard) -> None:
+    with atomic_path(board.csv_path) as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=board.columns, lineterminator="\n")
+        writer.writeheader()
+        for row in board.rows:
+            writer.writerow({key: f"{value:.6g}" if isinstance(value, float) else value
+                             for key, value in row.items()})  # fmt: skip
+
+
+def plot_leaderboard(board: Leaderboard) -> None:
+    """Two bar panels sharing the model axis: accuracy, and fit + predict seconds (log)."""
+    suffix = "_mean" if board.n_folds > 1 and "accuracy_mean" in board.columns else ""
+    names = [str(row["model"]) for row in board.rows][::-1]  # best on top
+    accuracy = [float(row[f"accuracy{suffix}"]) for row in board.rows][::-1]
+    seconds = [float(row[f"fit_seconds{suffix}"]) + float(row[f"predict_seconds{suffix}"])
+               for row in board.rows][::-1]  # fmt: skip
+    fig = Figure(figsize=(10, 0.5 * len(names) + 1.6))
+    ax_accuracy, ax_time = fig.subplots(1, 2, sharey=True)
+    bars = ax_accuracy.barh(names, accuracy, color="tab:blue")
+    ax_accuracy.bar_label(bars, fmt="%.4f", padding=3, fontsize=8)
+    low = min(accuracy)
+    ax_accuracy.set(xlim=(max(0.0, low - (1 - low)), 1.0), xlabel="accuracy (held out)")
+    bars = ax_time.barh(names, seconds, color="tab:orange")
+    ax_time.bar_label(bars, fmt="%.1f s", padding=3, fontsize=8)
+    ax_time.set(xscale="log", xlabel="fit + predict seconds (log scale)")
+    fig.suptitle(f"digits compare ({board.n_folds} fold{'s' if board.n_folds > 1 else ''})")
+    _save_figure(fig, board.chart_path)  # evaluate's writer: tight layout, atomic PNG

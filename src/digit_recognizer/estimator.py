@@ -1,0 +1,193 @@
+"""One scikit-learn interface for every registered model: ``NetClassifier`` wraps ``train()`` for
+any net; classical models already are pipelines. ``build_estimator``, ``save_estimator`` and
+``load_estimator`` treat both alike, which is what ``compare`` and ``tune`` rely on.
+
+    from digit_recognizer.estimator import build_estimator, load_estimator, save_estimator
+    model = build_estimator("cnn", epochs=3).fit(images, labels)      # or "svm", "knn", ...
+    save_estimator(model, "runs/cnn"); load_estimator("runs/cnn").predict(images)
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.pipeline import Pipeline
+from sklearn.utils.validation import check_is_fitted, column_or_1d
+
+from digit_recognizer.config import load_config
+from digit_recognizer.data.kaggle_csv import DigitSet
+from digit_recognizer.models.classical import check_images, load_pipeline, save_pipeline
+from digit_recognizer.models.registry import build, get_spec
+from digit_recognizer.models.storage import load_net, read_meta, save_net
+from digit_recognizer.pipeline import split_for_training
+from digit_recognizer.predict import PredictConfig, Predictor
+from digit_recognizer.train import TrainConfig, train
+
+# NetClassifier parameters that are TrainConfig keys; None means TrainConfig's default.
+TRAIN_KEYS = (
+    "epochs", "time_budget_s", "batch_size", "optimizer", "lr", "weight_decay", "schedule",
+    "label_smoothing", "augment", "valid_size", "patience", "seed", "device",
+)  # fmt: skip
+
+
+class NetClassifier(ClassifierMixin, BaseEstimator):
+    """Any registered net as a scikit-learn classifier; ``fit`` runs ``train()``.
+
+    Parameters
+    ----------
+    model : str, default="cnn"
+        Registry name of a net (``digits models``).
+    epochs, time_budget_s, batch_size, optimizer, lr, weight_decay, schedule, label_smoothing, \
+augment, valid_size, patience, seed, device : optional
+        ``TrainConfig`` keys; ``None`` keeps the recipe default. ``valid_size`` is carved out
+        of the data given to ``fit`` for picking the best epoch.
+    run_dir : str or Path, optional
+        Where ``train()`` writes its run directory; ``None`` trains in a temporary folder.
+
+    Attributes
+    ----------
+    classes_ : ndarray of shape (10,)
+        Always the digits 0-9: the nets have ten outputs.
+    module_ : torch.nn.Module
+        The trained net (best epoch by validation accuracy).
+    history_ : list of dict
+        One row per epoch, as history.csv.
+    config_ : dict
+        The resolved ``TrainConfig``.
+    """
+
+    def __init__(
+        self, model: str = "cnn", *, epochs: int | None = None,
+        time_budget_s: float | None = None, batch_size: int | None = None,
+        optimizer: str | None = None, lr: float | None = None,
+        weight_decay: float | None = None, schedule: str | None = None,
+        label_smoothing: float | None = None, augment: float | None = None,
+        valid_size: float | None = None, patience: int | None = None,
+        seed: int | None = None, device: str | None = None, run_dir: str | Path | None = None,
+    ) -> None:  # fmt: skip
+        self.model = model
+        self.epochs = epochs
+        self.time_budget_s = time_budget_s
+        self.batch_size = batch_size
+        self.optimizer = optimizer
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.schedule = schedule
+        self.label_smoothing = label_smoothing
+        self.augment = augment
+        self.valid_size = valid_size
+        self.patience = patience
+        self.seed = seed
+        self.device = device
+        self.run_dir = run_dir
+
+    def train_config(self) -> TrainConfig:
+        """The ``TrainConfig`` these parameters resolve to (checked: wrong values raise)."""
+        overrides = {key: getattr(self, key) for key in TRAIN_KEYS}
+        return load_config(TrainConfig, None, {"model": self.model, **overrides})
+
+    def fit(self, X: ArrayLike, y: ArrayLike) -> NetClassifier:
+        """Train on uint8 images X (n_samples, 28, 28) or (n_samples, 784) and digits y."""
+        config = self.train_config()
+        images = check_images(X)
+        labels = column_or_1d(y).astype(np.int64)
+        if len(labels) != len(images) or labels.min() < 0 or labels.max() > 9:
+            raise ValueError(f"y must hold one digit 0-9 per image, got {len(labels)} labels")
+        train_set, valid_set = split_for_training(DigitSet(images, labels), config.valid_size,
+                                                  config.seed)  # fmt: skip
+        with tempfile.TemporaryDirectory(prefix="net-") as scratch:
+            result = train(config, train_set, valid_set, Path(self.run_dir or scratch))
+        self.module_ = result.model.eval()
+        self.history_ = result.history
+        self.config_ = result.config
+        self.classes_ = np.arange(10)
+        self.n_features_in_ = 28 * 28
+        return self
+
+    def predict_proba(self, X: ArrayLike) -> NDArray[np.float32]:
+        """Softmax probabilities (n_samples, 10), columns in ``classes_`` order."""
+        check_is_fitted(self)
+        device = self.device or "auto"
+        predictor = Predictor.from_models([self.module_], PredictConfig(device=device))
+        return predictor.predict_proba(check_images(X))
+
+    def predict(self, X: ArrayLike) -> NDArray[np.int64]:
+        """Predicted digits (n_samples,)."""
+        return self.predict_proba(X).argmax(axis=1).astype(np.int64)
+
+
+def build_estimator(name: str, **params: Any) -> NetClassifier | Pipeline:
+    """An unfitted estimator by registry name: ``NetClassifier(name, **params)`` for nets (params
+    are ``TrainConfig`` keys), the registered pipeline for classical models (builder arguments).
+    """
+    if get_spec(name).kind == "net":
+        return NetClassifier(name, **params)
+    return build(name, **params)
+
+
+def save_estimator(
+    estimator: NetClassifier | Pipeline, run_dir: str | Path, name: str | None = None,
+    params: dict[str, Any] | None = None,
+) -> None:  # fmt: skip
+    """Write a fitted estimator to ``run_dir`` (model.json + weights).
+
+    Nets: model.safetensors via ``models/storage.py``. Classical pipelines: fitted arrays as
+    model.safetensors plus JSON, no pickle; a random forest as a skops file that only a
+    matching SHA-256 in model.json lets load (see ``models.classical.save_pipeline``).
+    ``name`` and ``params`` (builder arguments) are needed for pipelines only.
+    """
+    run_dir = Path(run_dir)
+    if isinstance(estimator, NetClassifier):
+        check_is_fitted(estimator)
+        extra = {"estimator_params": estimator.get_params(), "train_config": estimator.config_}
+        extra["estimator_params"]["run_dir"] = None
+        save_net(run_dir, estimator.module_, estimator.model, {}, extra)
+        return
+    if name is None:
+        raise ValueError("save_estimator needs the registry name of a classical pipeline")
+    save_pipeline(run_dir, estimator, name, params or {})
+
+
+def load_estimator(run_dir: str | Path) -> NetClassifier | Pipeline:
+    """Load what ``save_estimator`` (or ``digits train``) wrote, ready to predict."""
+    run_dir = Path(run_dir)
+    if read_meta(run_dir).get("framework") == "sklearn":
+        return load_pipeline(run_dir)[0]
+    module, meta = load_net(run_dir)
+    estimator = NetClassifier(meta["model"])
+    estimator.set_params(**{k: v for k, v in meta.get("estimator_params", {}).items()
+                            if k != "model"})  # fmt: skip
+    estimator.module_ = module
+    estimator.history_ = []
+    estimator.config_ = meta.get("train_config", {})
+    estimator.classes_ = np.arange(10)
+    estimator.n_features_in_ = 28 * 28
+    return estimator
+
+
+def count_parameters(estimator: NetClassifier | Pipeline) -> int:
+    """Learned numbers in a fitted model: net weights; for pipelines every fitted array
+    (PCA components, coefficients, support vectors, k-NN's stored features) and tree nodes."""
+    if isinstance(estimator, NetClassifier):
+        return sum(p.numel() for p in estimator.module_.parameters())
+    total = 0
+    for _, step in estimator.steps:
+        for attribute in _fitted_objects(step):
+            tree = getattr(attribute, "tree_", None)
+            total += tree.node_count if tree is not None else 0
+            for value in vars(attribute).values():
+                total += value.size if isinstance(value, np.ndarray) else 0
+    return total
+
+
+def _fitted_objects(step: Any) -> list[Any]:
+    """The step and the estimators fitted inside it (calibrated SVMs, a forest's trees)."""
+    inner = getattr(step, "estimators_", None) or [
+        calibrated.estimator for calibrated in getattr(step, "calibrated_classifiers_", [])
+    ]
+    return [step, *inner]

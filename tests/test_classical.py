@@ -1,0 +1,74 @@
+import numpy as np
+import pytest
+from sklearn.neighbors import KNeighborsClassifier
+
+from digit_recognizer.errors import ModelFileError
+from digit_recognizer.models import available, build
+from digit_recognizer.models.classical import (
+    TRUSTED_FILE,
+    TorchKNeighborsClassifier,
+    check_images,
+    deskew_images,
+    load_pipeline,
+    save_pipeline,
+)
+
+from .conftest import accuracy
+
+
+@pytest.fixture(scope="module")
+def fitted(small_train):
+    """Every classical model fitted once on 1,500 images (shared by the tests below)."""
+    images, labels = small_train.images[:1500], small_train.labels[:1500]
+    return {name: build(name).fit(images, labels) for name in available("classical")}
+
+
+@pytest.mark.parametrize("name", available("classical"))
+def test_classical_model_learns_and_survives_save_load(tmp_path, fitted, small_test, name):
+    pipeline = fitted[name]
+    probas = pipeline.predict_proba(small_test.images)
+    assert probas.shape == (len(small_test), 10)
+    np.testing.assert_allclose(probas.sum(axis=1), 1, atol=1e-5)
+    assert accuracy(pipeline.predict(small_test.images), small_test.labels) > 0.8  # chance: 0.1
+    save_pipeline(tmp_path, pipeline, name, {})
+    loaded, meta = load_pipeline(tmp_path)
+    assert meta["model"] == name and meta["framework"] == "sklearn"
+    np.testing.assert_array_equal(loaded.predict_proba(small_test.images), probas)
+    # Only the forest needs the trusted-only file; everything else is arrays + JSON.
+    assert (tmp_path / TRUSTED_FILE).exists() == (name == "random-forest")
+
+
+def test_trusted_file_with_another_hash_is_refused(tmp_path, fitted):
+    save_pipeline(tmp_path, fitted["random-forest"], "random-forest", {})
+    path = tmp_path / TRUSTED_FILE
+    path.write_bytes(path.read_bytes() + b"\0")
+    with pytest.raises(ModelFileError, match=r"SHA-256 differs .* refusing"):
+        load_pipeline(tmp_path)
+
+
+def test_torch_knn_agrees_with_scikit_learn():
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(300, 8)).astype(np.float32), rng.integers(0, 3, 300)
+    queries = rng.normal(size=(50, 8)).astype(np.float32)
+    ours = TorchKNeighborsClassifier(n_neighbors=5, batch_size=16).fit(X, y)
+    theirs = KNeighborsClassifier(5, weights="distance", algorithm="brute").fit(X, y)
+    np.testing.assert_array_equal(ours.predict(queries), theirs.predict(queries))
+    np.testing.assert_allclose(ours.predict_proba(queries), theirs.predict_proba(queries),
+                               atol=1e-4)  # fmt: skip
+
+
+def test_deskew_straightens_a_slanted_stroke():
+    image = np.zeros((1, 28, 28), np.uint8)
+    for row in range(6, 22):
+        image[0, row, 8 + (row - 6) // 2 : 11 + (row - 6) // 2] = 255  # leaning right
+    straight = deskew_images(image)[0]
+    columns = [np.average(np.arange(28), weights=r) for r in straight if r.sum() > 1]
+    assert np.ptp(columns) < 1.5  # was 8 columns of drift
+
+
+def test_bad_image_shapes_and_values_say_how_to_fix():
+    with pytest.raises(ValueError, match=r"got shape \(2, 10\); reshape with X.reshape"):
+        check_images(np.zeros((2, 10)))
+    with pytest.raises(ValueError, match=r"integers in 0\.\.255, got dtype float64"):
+        check_images(np.full((1, 784), 0.5))
+    assert check_images(np.zeros((2, 784), np.int64)).shape == (2, 28, 28)

@@ -1,0 +1,51 @@
+import numpy as np
+import pytest
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
+from sklearn.pipeline import Pipeline
+
+from digit_recognizer.errors import ConfigError
+from digit_recognizer.estimator import (
+    NetClassifier,
+    build_estimator,
+    count_parameters,
+    load_estimator,
+    save_estimator,
+)
+
+from .conftest import TINY_RECIPE, accuracy
+
+
+def test_net_classifier_fits_predicts_and_round_trips(tmp_path, small_train, small_test):
+    net = NetClassifier("mlp", **TINY_RECIPE, valid_size=0.1)
+    net.fit(small_train.images.reshape(-1, 784), small_train.labels)  # flat pixels work too
+    probas = net.predict_proba(small_test.images)
+    assert probas.shape == (len(small_test), 10) and list(net.classes_) == list(range(10))
+    assert accuracy(net.predict(small_test.images), small_test.labels) > 0.8
+    assert net.score(small_test.images, small_test.labels) > 0.8
+    assert len(net.history_) == TINY_RECIPE["epochs"] and count_parameters(net) > 100_000
+    save_estimator(net, tmp_path)
+    loaded = load_estimator(tmp_path)
+    assert isinstance(loaded, NetClassifier) and loaded.epochs == TINY_RECIPE["epochs"]
+    np.testing.assert_array_equal(loaded.predict_proba(small_test.images), probas)
+
+
+def test_net_classifier_follows_scikit_learn_conventions():
+    net = NetClassifier("cnn", epochs=2)
+    assert clone(net).get_params() == net.get_params()
+    with pytest.raises(NotFittedError):
+        net.predict(np.zeros((1, 28, 28), np.uint8))
+    with pytest.raises(ConfigError, match="epochs must be >= 1"):
+        NetClassifier("cnn", epochs=0).fit(np.zeros((4, 28, 28), np.uint8), np.arange(4))
+    with pytest.raises(ConfigError, match="'knn' is not a net"):
+        NetClassifier("knn").train_config()
+
+
+def test_build_estimator_covers_every_kind(tmp_path, small_train, small_test):
+    assert isinstance(build_estimator("seed-cnn", epochs=1), NetClassifier)
+    knn = build_estimator("knn", n_neighbors=3)
+    assert isinstance(knn, Pipeline) and knn.get_params()["classifier__n_neighbors"] == 3
+    knn.fit(small_train.images, small_train.labels)
+    save_estimator(knn, tmp_path, "knn", {"n_neighbors": 3})
+    np.testing.assert_array_equal(load_estimator(tmp_path).predict(small_test.images),
+                                  knn.predict(small_test.images))  # fmt: skip
