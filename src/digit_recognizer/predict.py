@@ -16,7 +16,14 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
-from digit_recognizer.data.kaggle_csv import read_kaggle_csv, write_submission
+from digit_recognizer.data.kaggle_csv import (
+    SUBMISSION_COLUMNS,
+    _submission_rows,
+    read_kaggle_csv,
+    write_submission,
+)
+from digit_recognizer.data.stream import ShardStream
+from digit_recognizer.fileio import atomic_path
 from digit_recognizer.models.runtime import autocast_dtype, batched_logits, resolve_device
 from digit_recognizer.models.storage import expand_ensembles, load_net
 
@@ -99,3 +106,24 @@ def predict_csv(
     write_submission(out, labels)
     log.info("wrote %s (%d rows)", out, len(labels))
     return labels
+
+
+def predict_stream(
+    run_dirs: list[Path], source: str | Path, out: Path, config: PredictConfig | None = None
+) -> int:
+    """Predict a CSV, shard directory or glob piece by piece; returns the number of rows.
+
+    Rows go in ImageId order (shards in manifest order), and ``out`` is written as they come,
+    atomically, so memory holds one batch whatever the number of rows.
+    """
+    predictor = Predictor.load(run_dirs, config)
+    stream = ShardStream(source, predictor.config.batch_size, shuffle=False, rank=0, world_size=1)
+    n_rows = 0
+    with atomic_path(out) as tmp, tmp.open("w", encoding="utf-8") as file:
+        file.write(",".join(SUBMISSION_COLUMNS) + "\n")
+        for images, _ in stream:
+            labels = predictor.predict(images.numpy())
+            file.write(_submission_rows(labels, first_image_id=n_rows + 1))
+            n_rows += len(labels)
+    log.info("wrote %s (%d rows)", out, n_rows)
+    return n_rows

@@ -1,0 +1,366 @@
+"""Data bigger than memory: CSV shards with a manifest, augmented expansion, a streaming reader.
+
+    digits data shard train.csv shards/ --parts 8               # 8 CSVs + manifest.json
+    digits data expand train.csv big/ --copies 24 --parts 16    # 1,008,000 augmented rows
+
+A shard is a plain Kaggle CSV, header included, so every tool reads it; ``manifest.json`` lists
+the shards in order with row counts, sizes and SHA-256. Files are read in pieces of about
+``CHUNK_BYTES`` cut after a line end, each validated by the code of ``read_kaggle_csv``, so errors
+name the shard, its own line and the column, and memory stays bounded whatever the data size.
+Wherever a command takes a CSV it also takes a shard directory or a quoted glob of CSVs:
+``resolve_data_source`` turns any of them into a ``Manifest``; ``read_data_source`` loads one in
+memory, ``stream.ShardStream`` streams it, and ``choose_loading`` picks between the two.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import itertools
+import json
+import logging
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from digit_recognizer.data.augment import Augmentation, augment_batch
+from digit_recognizer.data.kaggle_csv import (
+    _FIRST_LINE_END,
+    LABELLED_COLUMNS,
+    N_PIXELS,
+    PIXEL_COLUMNS,
+    DigitSet,
+    _open_binary,
+    _parse_body,
+    _split_header,
+    _to_table,
+    _write_table,
+    read_kaggle_csv,
+)
+from digit_recognizer.errors import ConfigError, DataError
+from digit_recognizer.fileio import atomic_path, write_text
+
+log = logging.getLogger(__name__)
+
+MANIFEST_FILE = "manifest.json"
+# 4 MiB pieces hold ~2,000 rows: large enough that pyarrow's per-call overhead vanishes, small
+# enough that a DataLoader worker holds a few MB.
+CHUNK_BYTES = 4 << 20
+_HEADERS = (LABELLED_COLUMNS, PIXEL_COLUMNS)
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One CSV of a data source: where it is, its data rows, its size and its SHA-256."""
+
+    path: Path
+    n_rows: int
+    n_bytes: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The CSVs of a data source in row order, all labelled or all unlabelled."""
+
+    shards: tuple[Shard, ...]
+    has_labels: bool
+    origin: dict[str, Any] = field(default_factory=dict)  # what wrote it: command and arguments
+
+    @property
+    def n_rows(self) -> int:
+        return sum(shard.n_rows for shard in self.shards)
+
+
+# --- sources: a CSV, a shard directory or a glob -----------------------------------------------
+
+
+def read_manifest(path: str | Path) -> Manifest:
+    """The manifest of a shard directory (or the path of its ``manifest.json``)."""
+    path = Path(path)
+    file = path / MANIFEST_FILE if path.is_dir() else path
+    try:
+        entries = json.loads(file.read_text(encoding="utf-8"))
+        shards = tuple(
+            Shard(file.parent / e["file"], int(e["n_rows"]), int(e["n_bytes"]), str(e["sha256"]))
+            for e in entries["shards"]
+        )
+        return Manifest(shards, bool(entries["has_labels"]), entries.get("origin", {}))
+    except FileNotFoundError:
+        raise DataError(
+            f"{file}: not found; expected a shard directory written by `digits data shard` or "
+            f"`digits data expand`, or give a quoted glob such as '{path}/*.csv'"
+        ) from None
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise DataError(f"{file}: not a valid shard manifest ({error!r}); rebuild it") from None
+
+
+def resolve_data_source(source: str | Path) -> Manifest:
+    """A ``Manifest`` for a CSV file, a shard directory, or a glob of CSVs (in sorted order).
+
+    A CSV or glob has no manifest, so its files are scanned once (header, line count, SHA-256);
+    a shard directory's ``manifest.json`` is trusted, and row counts are checked while reading.
+    """
+    path = Path(source)
+    if path.is_dir() or path.name == MANIFEST_FILE:
+        return read_manifest(path)
+    if path.exists() or not any(char in str(source) for char in "*?["):
+        files = [path]
+    else:
+        files = sorted(Path(match) for match in glob.glob(str(source)))
+        if not files:
+            raise DataError(f"{source}: no file matches this pattern")
+    shards, labelled = zip(*(_describe_csv(file) for file in files), strict=True)
+    for shard, has_labels in zip(shards, labelled, strict=True):
+        if has_labels != labelled[0]:
+            raise DataError(_mixed_labels(shard.path, labelled[0]))
+    return Manifest(tuple(shards), labelled[0])
+
+
+def read_data_source(source: str | Path) -> DigitSet:
+    """All rows of a CSV, shard directory or glob in memory; each file via ``read_kaggle_csv``."""
+    path = Path(source)
+    if path.is_file() and path.name != MANIFEST_FILE:
+        return read_kaggle_csv(path)
+    manifest = resolve_data_source(source)
+    parts = []
+    for shard in manifest.shards:
+        part = read_kaggle_csv(shard.path)
+        if part.has_labels != manifest.has_labels:
+            raise DataError(_mixed_labels(shard.path, manifest.has_labels))
+        if len(part) != shard.n_rows:
+            raise DataError(_changed(shard, len(part)))
+        parts.append(part)
+    return concat_rows(parts)
+
+
+def estimate_memory_bytes(manifest: Manifest) -> int:
+    """Peak bytes of reading ``manifest`` in memory: the largest file's text, plus 3 bytes a pixel.
+
+    ``read_kaggle_csv`` holds a file's text, pyarrow's columns and the stacked values at once, and
+    joining shards copies the images once more, so 3 bytes a pixel bound all of it.
+    """
+    largest = max(shard.n_bytes for shard in manifest.shards)
+    return largest + 3 * manifest.n_rows * N_PIXELS
+
+
+def choose_loading(manifest: Manifest, max_memory_bytes: int) -> Literal["memory", "stream"]:
+    """``memory`` (the default: all images on the device) if it fits the budget, else ``stream``."""
+    needed = estimate_memory_bytes(manifest)
+    choice: Literal["memory", "stream"] = "memory" if needed <= max_memory_bytes else "stream"
+    log.info(
+        "data: %s rows in %d file(s) need ~%.2f GB in memory, budget %.2f GB: %s",
+        f"{manifest.n_rows:,}", len(manifest.shards), needed / 1e9, max_memory_bytes / 1e9,
+        "loading in memory" if choice == "memory" else "streaming from the files",
+    )  # fmt: skip
+    return choice
+
+
+def _describe_csv(path: Path) -> tuple[Shard, bool]:
+    """Scan a CSV: its ``Shard`` entry and whether it is labelled (the header is validated)."""
+    n_rows, has_labels = 0, False
+    for columns, _, piece in _line_pieces(path):
+        n_rows += _count_lines(piece)
+        has_labels = columns == LABELLED_COLUMNS
+    return Shard(path, n_rows, path.stat().st_size, _sha256(path)), has_labels
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        while block := file.read(CHUNK_BYTES):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _mixed_labels(path: Path, has_labels: bool) -> str:
+    expected, found = ("labelled", "unlabelled") if has_labels else ("unlabelled", "labelled")
+    return f"{path}, line 1: the header is {found} but the other files are {expected}"
+
+
+def _changed(shard: Shard, n_found: int) -> str:
+    return (
+        f"{shard.path}: the manifest says {shard.n_rows:,} rows, the file has "
+        f"{'more' if n_found > shard.n_rows else f'{n_found:,}'}; it changed after the manifest "
+        "was written: rebuild the shards"
+    )
+
+
+# --- reading in pieces --------------------------------------------------------------------------
+
+
+def read_chunks(
+    shard: Shard, has_labels: bool, start: int = 0, stop: int | None = None
+) -> Iterator[DigitSet]:
+    """Rows ``start`` to ``stop`` (0-based, default: to the end) of a shard, in validated pieces.
+
+    Pieces before ``start`` are only counted, not parsed. Errors name the shard file, its own
+    1-based line (header = line 1) and the column; a row count other than the manifest's too.
+    """
+    stop = shard.n_rows if stop is None else stop
+    row = 0
+    for columns, first_line, piece in _line_pieces(shard.path):
+        if (columns == LABELLED_COLUMNS) != has_labels:
+            raise DataError(_mixed_labels(shard.path, has_labels))
+        n_lines = _count_lines(piece)
+        if row + n_lines > shard.n_rows:
+            raise DataError(_changed(shard, row + n_lines))
+        if row + n_lines > start and row < stop:
+            data = _parse_body(piece, columns, shard.path, first_line)
+            assert len(data) == n_lines, "pyarrow and _count_lines disagree on line ends"
+            yield take_rows(data, max(start - row, 0), min(stop - row, n_lines))
+        row += n_lines
+        if stop <= row < shard.n_rows:
+            return  # a reader that ends at the shard's end reads on, to catch extra rows
+    if row != shard.n_rows:
+        raise DataError(_changed(shard, row))
+
+
+def _line_pieces(path: Path) -> Iterator[tuple[tuple[str, ...], int, bytes]]:
+    """(header columns, number of the piece's first line, piece) for the body of a CSV.
+
+    Each piece but the last ends with a line end; a ``\\r`` is never cut from a following ``\\n``.
+    """
+    with _open_binary(path) as file:
+        buffer = file.read(CHUNK_BYTES)
+        # The header check needs line 1 whole and a byte after it (a "\r" may precede a "\n").
+        while not ((end := _FIRST_LINE_END.search(buffer)) and end.end() < len(buffer)):
+            block = file.read(CHUNK_BYTES)
+            if not block:
+                break
+            buffer += block
+        columns, pending = _split_header(buffer, path, _HEADERS)
+        first_line = 2
+        while block := file.read(CHUNK_BYTES):
+            pending += block
+            cut = max(pending.rfind(b"\n"), pending.rfind(b"\r", 0, len(pending) - 1)) + 1
+            if cut:
+                piece, pending = pending[:cut], pending[cut:]
+                yield columns, first_line, piece
+                first_line += _count_lines(piece)
+        if pending:
+            yield columns, first_line, pending
+
+
+def _count_lines(piece: bytes) -> int:
+    """Lines as ``bytes.splitlines`` counts them (ends ``\\n``, ``\\r\\n``, ``\\r``), quickly."""
+    line_ends = piece.count(b"\n") + piece.count(b"\r") - piece.count(b"\r\n")
+    return line_ends + (not piece.endswith((b"\n", b"\r")))
+
+
+def take_rows(data: DigitSet, start: int, stop: int) -> DigitSet:
+    """Rows ``start`` to ``stop`` of ``data`` (views, not copies)."""
+    labels = None if data.labels is None else data.labels[start:stop]
+    return DigitSet(data.images[start:stop], labels)
+
+
+def concat_rows(parts: list[DigitSet]) -> DigitSet:
+    """One ``DigitSet`` of all rows of ``parts``, in order."""
+    if len(parts) == 1:
+        return parts[0]
+    labels = None if parts[0].labels is None else np.concatenate([p.labels for p in parts])
+    return DigitSet(np.concatenate([p.images for p in parts]), labels)
+
+
+def _iter_rows(manifest: Manifest) -> Iterator[DigitSet]:
+    for shard in manifest.shards:
+        yield from read_chunks(shard, manifest.has_labels)
+
+
+# --- writing shards -----------------------------------------------------------------------------
+
+
+def shard_csv(source: str | Path, out_dir: str | Path, parts: int) -> Manifest:
+    """Split a CSV (or shard directory, or glob) into ``parts`` CSV shards plus ``manifest.json``.
+
+    Shard i holds rows ``i * n // parts`` up to ``(i + 1) * n // parts`` in the source's order,
+    so concatenating the shards' data rows gives back the source's. Streams: memory is a few
+    pieces of ``CHUNK_BYTES``, whatever the size of the source.
+    """
+    manifest = resolve_data_source(source)
+    origin = {"command": "shard", "source": str(source)}
+    return _write_shards(_iter_rows(manifest), manifest.n_rows, manifest.has_labels, out_dir,
+                         parts, origin)  # fmt: skip
+
+
+def expand(
+    train_csv: str | Path, out_dir: str | Path, copies: int, parts: int, seed: int = 0
+) -> Manifest:
+    """Write ``copies`` augmented copies of every image of ``train_csv`` as ``parts`` shards.
+
+    Training's own ``augment_batch`` with the default ``Augmentation``. Copy-major order (the
+    whole set once per copy, the source read again each time) so that any stretch of rows holds
+    distinct images, which keeps a bounded shuffle buffer effective. Same seed, same bytes.
+    """
+    if copies < 1:
+        raise ConfigError(f"copies must be >= 1, got {copies}")
+    manifest = resolve_data_source(train_csv)
+    origin = {"command": "expand", "source": str(train_csv), "copies": copies, "seed": seed}
+    augmented = _augmented(manifest, copies, torch.Generator().manual_seed(seed))
+    return _write_shards(augmented, manifest.n_rows * copies, manifest.has_labels, out_dir, parts,
+                         origin)  # fmt: skip
+
+
+def _augmented(manifest: Manifest, copies: int, generator: torch.Generator) -> Iterator[DigitSet]:
+    augmentation = Augmentation()
+    for _ in range(copies):
+        for data in _iter_rows(manifest):
+            x = torch.as_tensor(data.images).unsqueeze(1).float().div_(255)  # (B, 1, 28, 28)
+            x = augment_batch(x, augmentation, generator)
+            images = (x[:, 0] * 255).round_().to(torch.uint8).numpy()
+            yield DigitSet(images, data.labels)
+
+
+def _write_shards(
+    rows: Iterable[DigitSet],
+    n_rows: int,
+    has_labels: bool,
+    out_dir: str | Path,
+    parts: int,
+    origin: dict[str, Any],
+) -> Manifest:
+    """Write ``rows`` (``n_rows`` in all) as ``parts`` balanced shards, then the manifest."""
+    if not 1 <= parts <= n_rows:
+        raise ConfigError(f"parts must be from 1 to the number of rows ({n_rows:,}), got {parts}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # Removed first and written last: a directory whose build was interrupted has no manifest.
+    (out_dir / MANIFEST_FILE).unlink(missing_ok=True)
+    bounds = [part * n_rows // parts for part in range(parts + 1)]
+    shards = []
+    for part, pieces in itertools.groupby(_split_at(rows, bounds), key=lambda pair: pair[0]):
+        path = out_dir / f"part-{part:05d}.csv"
+        with atomic_path(path) as tmp, pa.OSFile(str(tmp), "wb") as sink:
+            for number, (_, piece) in enumerate(pieces):
+                _write_table(sink, _to_table(piece.images, piece.labels), number == 0)
+        shard = Shard(path, bounds[part + 1] - bounds[part], path.stat().st_size, _sha256(path))
+        log.info("wrote %s (%s rows)", path, f"{shard.n_rows:,}")
+        shards.append(shard)
+    manifest = Manifest(tuple(shards), has_labels, origin)
+    entries = [
+        {"file": s.path.name, "n_rows": s.n_rows, "n_bytes": s.n_bytes, "sha256": s.sha256}
+        for s in shards
+    ]
+    document = {"has_labels": has_labels, "n_rows": n_rows, "origin": origin, "shards": entries}
+    write_text(out_dir / MANIFEST_FILE, json.dumps(document, indent=2) + "\n")
+    return manifest
+
+
+def _split_at(rows: Iterable[DigitSet], bounds: list[int]) -> Iterator[tuple[int, DigitSet]]:
+    """(part, piece) with each piece of ``rows`` cut where a part ends (part i: bounds[i:i+2])."""
+    part, row = 0, 0
+    for data in rows:
+        start = 0
+        while start < len(data):
+            while row >= bounds[part + 1]:
+                part += 1
+            stop = min(len(data), start + bounds[part + 1] - row)
+            yield part, take_rows(data, start, stop)
+            row += stop - start
+            start = stop
+    assert row == bounds[-1], f"wrote {row} rows, expected {bounds[-1]}"

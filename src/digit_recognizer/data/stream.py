@@ -1,0 +1,178 @@
+"""Streaming CSV shards for training and inference: an ``IterableDataset`` for DDP and workers.
+
+The training loop (train.py) uses it when the data does not fit in memory (``choose_loading``):
+
+    stream = ShardStream("big/", batch_size=128, seed=0)        # rank, world size from DDP
+    loader = DataLoader(stream, batch_size=None, num_workers=1)  # the stream yields batches
+    for epoch in range(n_epochs):
+        stream.set_epoch(epoch)                                  # new shard order and shuffle
+        for images, labels in loader:                            # len(stream) batches per rank
+            ...
+
+Figures (rows/s, peak RSS at 100,000 and 1,000,000 rows): benchmarks/streaming.py.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from numpy.typing import NDArray
+from torch.utils.data import IterableDataset, get_worker_info
+
+from digit_recognizer.data.kaggle_csv import DigitSet
+from digit_recognizer.data.shards import (
+    Manifest,
+    concat_rows,
+    read_chunks,
+    resolve_data_source,
+    take_rows,
+)
+from digit_recognizer.errors import ConfigError
+
+DEFAULT_BUFFER_ROWS = 16_384  # shuffle buffer: 12.8 MB of uint8 images per reader
+
+
+def batches_per_rank(n_rows: int, batch_size: int, world_size: int) -> int:
+    """Optimizer steps per epoch, the same on every rank, with every row used exactly once.
+
+    Steps = ceil(n_rows / (world_size * batch_size)). Each rank gets a contiguous, balanced share
+    of the rows (sizes differ by at most one) and cuts it into full batches plus a last, partial
+    one. If the last step had fewer rows than ranks, some rank's last batch would be empty, so
+    that step is dropped and its rows join the previous batches: at most one row each, B + 1.
+    """
+    if n_rows < world_size:
+        raise ConfigError(f"{n_rows} rows cannot be shared by {world_size} ranks; use fewer")
+    steps = -(-n_rows // (world_size * batch_size))
+    if n_rows - (steps - 1) * world_size * batch_size < world_size:
+        steps -= 1
+    return steps
+
+
+class ShardStream(IterableDataset):
+    """Batches of (images uint8 (B, 28, 28), labels int64 (B,) or None) streamed from CSV shards.
+
+    Every row is yielded exactly once per epoch across all DDP ranks and DataLoader workers. The
+    epoch's row sequence is the shards in an order drawn from (seed, epoch) (in manifest order
+    without ``shuffle``); rank r reads a contiguous share of it, and splits its batches (see
+    ``batches_per_rank``) into contiguous runs, one per worker, so each reader touches only its
+    own files and lines. Each reader shuffles through a buffer of ``buffer_rows``: it holds at
+    most buffer_rows + one piece (~2,000 rows) + one batch of rows, whatever the data size.
+
+    Use it in ``DataLoader(stream, batch_size=None, num_workers=W)`` without
+    ``persistent_workers``, so ``set_epoch`` reaches the workers: they copy the stream each epoch.
+    """
+
+    def __init__(
+        self,
+        source: Manifest | str | Path,
+        batch_size: int,
+        *,
+        shuffle: bool = True,
+        buffer_rows: int = DEFAULT_BUFFER_ROWS,
+        seed: int = 0,
+        rank: int | None = None,
+        world_size: int | None = None,
+    ) -> None:
+        self.manifest = source if isinstance(source, Manifest) else resolve_data_source(source)
+        if rank is None or world_size is None:
+            is_ddp = dist.is_available() and dist.is_initialized()
+            rank, world_size = (dist.get_rank(), dist.get_world_size()) if is_ddp else (0, 1)
+        if batch_size < 1 or buffer_rows < 0 or not 0 <= rank < world_size:
+            raise ConfigError(
+                f"need batch_size >= 1, buffer_rows >= 0 and 0 <= rank < world_size, got "
+                f"{batch_size}, {buffer_rows}, {rank} and {world_size}"
+            )
+        self.batch_size, self.shuffle, self.buffer_rows, self.seed = (
+            batch_size, shuffle, buffer_rows, seed
+        )  # fmt: skip
+        self.rank, self.world_size, self.epoch = rank, world_size, 0
+        self.n_batches = batches_per_rank(self.manifest.n_rows, batch_size, world_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw the next epoch's shard order and shuffle (call before iterating, on every rank)."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        """Batches this rank yields per epoch: ``batches_per_rank``, equal on every rank."""
+        return self.n_batches
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+        info = get_worker_info()
+        worker, n_workers = (info.id, info.num_workers) if info else (0, 1)
+        n_rows = self.manifest.n_rows
+        rank_start = self.rank * n_rows // self.world_size
+        rank_rows = (self.rank + 1) * n_rows // self.world_size - rank_start
+        sizes = [self.batch_size] * (self.n_batches - 1)
+        sizes.append(rank_rows - sum(sizes))
+        first, last = (worker * self.n_batches // n_workers,
+                       (worker + 1) * self.n_batches // n_workers)  # fmt: skip
+        if first == last:
+            return
+        start = rank_start + sum(sizes[:first])
+        pieces = self._read(start, start + sum(sizes[first:last]))
+        if self.shuffle:
+            rng = np.random.default_rng([self.seed, self.epoch, self.rank, worker])
+            batches = shuffled_batches(pieces, sizes[first:last], self.buffer_rows, rng)
+        else:
+            batches = shuffled_batches(pieces, sizes[first:last], 0, None)
+        for images, labels in batches:
+            yield torch.from_numpy(images), None if labels is None else torch.from_numpy(labels)
+
+    def shard_order(self) -> list[int]:
+        """Indices of the manifest's shards in this epoch's order."""
+        if not self.shuffle:
+            return list(range(len(self.manifest.shards)))
+        rng = np.random.default_rng([self.seed, self.epoch])
+        return rng.permutation(len(self.manifest.shards)).tolist()
+
+    def _read(self, start: int, stop: int) -> Iterator[DigitSet]:
+        """Rows ``start`` to ``stop`` of this epoch's row sequence, in pieces."""
+        offset = 0
+        for index in self.shard_order():
+            shard = self.manifest.shards[index]
+            first, last = max(start - offset, 0), min(stop - offset, shard.n_rows)
+            if first < last:
+                yield from read_chunks(shard, self.manifest.has_labels, first, last)
+            offset += shard.n_rows
+
+
+def shuffled_batches(
+    pieces: Iterable[DigitSet],
+    sizes: list[int],
+    buffer_rows: int,
+    rng: np.random.Generator | None,
+) -> Iterator[tuple[NDArray[np.uint8], NDArray[np.int64] | None]]:
+    """Batches of the given ``sizes`` from ``pieces``, shuffled through a bounded buffer.
+
+    A batch leaves once ``buffer_rows`` rows besides it are waiting, drawn at random among all
+    waiting rows; at the end the rest leaves. ``rng=None`` keeps the order. ``sizes`` must sum to
+    the number of rows in ``pieces``.
+    """
+    pool: DigitSet | None = None
+    batch = 0
+    for piece in itertools.chain(pieces, [None]):
+        is_last = piece is None
+        if piece is not None:
+            pool = piece if pool is None else concat_rows([pool, piece])
+        assert batch < len(sizes) or pool is None or len(pool) == 0, "more rows than sizes"
+        if pool is None or (not is_last and len(pool) < buffer_rows + sizes[batch]):
+            continue
+        if rng is not None:
+            pool = _rows_at(pool, rng.permutation(len(pool)))
+        used = 0
+        while batch < len(sizes) and (is_last or len(pool) - used >= buffer_rows + sizes[batch]):
+            out = take_rows(pool, used, used + sizes[batch])
+            used += sizes[batch]
+            batch += 1
+            yield out.images.copy(), None if out.labels is None else out.labels.copy()
+        pool = take_rows(pool, used, len(pool))
+    assert batch == len(sizes) and (pool is None or len(pool) == 0), "sizes do not match the rows"
+
+
+def _rows_at(data: DigitSet, indices: NDArray[np.intp]) -> DigitSet:
+    return DigitSet(data.images[indices], None if data.labels is None else data.labels[indices])

@@ -1,0 +1,318 @@
+"""Shards, manifests, expansion and the streaming reader (data/shards.py, data/stream.py)."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from torch.utils.data import DataLoader
+from typer.testing import CliRunner
+
+from digit_recognizer.cli import app
+from digit_recognizer.data import shards, stream
+from digit_recognizer.data.kaggle_csv import (
+    DigitSet,
+    read_kaggle_csv,
+    write_kaggle_csv,
+)
+from digit_recognizer.data.shards import (
+    MANIFEST_FILE,
+    choose_loading,
+    expand,
+    read_data_source,
+    read_manifest,
+    resolve_data_source,
+    shard_csv,
+)
+from digit_recognizer.data.stream import ShardStream, batches_per_rank, shuffled_batches
+from digit_recognizer.errors import ConfigError, DataError
+from digit_recognizer.predict import predict_csv, predict_stream
+
+
+def numbered(n_rows: int, seed: int = 0) -> DigitSet:
+    """Random images whose first two pixels spell the row index, so every row is recognisable."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, size=(n_rows, 28, 28), dtype=np.uint8)
+    images[:, 0, 0], images[:, 0, 1] = np.arange(n_rows) // 256, np.arange(n_rows) % 256
+    return DigitSet(images, rng.integers(0, 10, size=n_rows).astype(np.int64))
+
+
+def row_ids(images) -> list[int]:
+    images = np.asarray(images, dtype=np.int64)
+    return (images[:, 0, 0] * 256 + images[:, 0, 1]).tolist()
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, DigitSet]:
+    data = numbered(1003)
+    path = tmp_path_factory.mktemp("source") / "train.csv"
+    write_kaggle_csv(path, data.images, data.labels)
+    return path, data
+
+
+@pytest.fixture(scope="module")
+def shard_dir(tmp_path_factory: pytest.TempPathFactory, source) -> Path:
+    out_dir = tmp_path_factory.mktemp("shards")
+    shard_csv(source[0], out_dir, parts=5)
+    return out_dir
+
+
+# --- shards and manifests -----------------------------------------------------------------------
+
+
+def test_shard_round_trip_rows_and_bytes(source, shard_dir: Path) -> None:
+    path, data = source
+    manifest = read_manifest(shard_dir)
+    assert manifest.n_rows == 1003 and manifest.has_labels and len(manifest.shards) == 5
+    assert [shard.n_rows for shard in manifest.shards] == [200, 201, 200, 201, 201]
+    header, bodies = [], []
+    for shard in manifest.shards:
+        raw = shard.path.read_bytes()
+        assert shard.sha256 == hashlib.sha256(raw).hexdigest() and shard.n_bytes == len(raw)
+        first_line, body = raw.split(b"\n", 1)
+        header.append(first_line)
+        bodies.append(body)
+    original_header, original_body = path.read_bytes().split(b"\n", 1)
+    assert set(header) == {original_header} and b"".join(bodies) == original_body
+    back = read_data_source(shard_dir)
+    assert np.array_equal(back.images, data.images) and np.array_equal(back.labels, data.labels)
+    assert resolve_data_source(shard_dir / MANIFEST_FILE) == manifest
+
+
+def test_a_glob_or_a_csv_resolves_like_a_manifest(source, shard_dir: Path) -> None:
+    by_glob = resolve_data_source(f"{shard_dir}/part-*.csv")
+    assert by_glob.shards == read_manifest(shard_dir).shards
+    single = resolve_data_source(source[0])
+    assert single.n_rows == 1003 and single.has_labels and len(single.shards) == 1
+    with pytest.raises(DataError, match="no file matches this pattern"):
+        resolve_data_source(f"{shard_dir}/nothing-*.csv")
+    with pytest.raises(DataError, match=r"manifest.json: not found; expected a shard directory"):
+        resolve_data_source(shard_dir.parent)
+
+
+def test_unlabelled_shards_and_mixed_sources(tmp_path: Path, source, shard_dir: Path) -> None:
+    test_csv = tmp_path / "test.csv"
+    write_kaggle_csv(test_csv, source[1].images[:10])
+    manifest = shard_csv(test_csv, tmp_path / "unlabelled", parts=2)
+    assert not manifest.has_labels and read_data_source(tmp_path / "unlabelled").labels is None
+    (tmp_path / "mixed").mkdir()
+    for name, path in (("a.csv", test_csv), ("b.csv", shard_dir / "part-00000.csv")):
+        (tmp_path / "mixed" / name).write_bytes(path.read_bytes())
+    with pytest.raises(DataError, match=r"b.csv, line 1: the header is labelled but the other"):
+        resolve_data_source(f"{tmp_path}/mixed/*.csv")
+    with pytest.raises(ConfigError, match="parts must be from 1 to the number of rows"):
+        shard_csv(test_csv, tmp_path / "too-many", parts=11)
+
+
+def test_expand_counts_determinism_and_copy_major_order(tmp_path: Path, source) -> None:
+    path, data = source
+    first = expand(path, tmp_path / "a", copies=3, parts=4, seed=7)
+    again = expand(path, tmp_path / "b", copies=3, parts=2, seed=7)
+    other = expand(path, tmp_path / "c", copies=3, parts=4, seed=8)
+    assert first.n_rows == again.n_rows == 3 * 1003 and len(first.shards) == 4
+    assert first.origin == {"command": "expand", "source": str(path), "copies": 3, "seed": 7}
+    rows = read_data_source(tmp_path / "a")
+    assert np.array_equal(rows.images, read_data_source(tmp_path / "b").images)  # parts: only cuts
+    assert not np.array_equal(rows.images, read_data_source(tmp_path / "c").images)
+    assert [shard.sha256 for shard in other.shards] != [shard.sha256 for shard in first.shards]
+    assert np.array_equal(rows.labels, np.tile(data.labels, 3))  # the whole set once per copy
+    assert not np.array_equal(rows.images[:1003], data.images)  # augmented, not copied
+    assert not np.array_equal(rows.images[:1003], rows.images[1003:2006])
+
+
+# --- reading in pieces: the validation of read_kaggle_csv, line numbers of the shard -------------
+
+
+@pytest.mark.parametrize("ending", [b"\n", b"\r\n", b"\r"])
+@pytest.mark.parametrize("final", [True, False])
+def test_pieces_read_what_read_kaggle_csv_reads(tmp_path, monkeypatch, source, ending, final):
+    monkeypatch.setattr(shards, "CHUNK_BYTES", 1000)  # pieces much smaller than one row
+    lines = source[0].read_bytes().splitlines()[:40]
+    path = tmp_path / "variant.csv"
+    path.write_bytes(b"\xef\xbb\xbf" + ending.join(lines) + (ending if final else b""))
+    expected = read_kaggle_csv(path)
+    manifest = resolve_data_source(path)
+    assert manifest.n_rows == 39
+    pieces = list(shards.read_chunks(manifest.shards[0], has_labels=True, start=5, stop=31))
+    assert len(pieces) > 1
+    assert np.array_equal(np.concatenate([p.images for p in pieces]), expected.images[5:31])
+
+
+@pytest.mark.parametrize(
+    ("line_number", "cell", "message"),
+    [
+        (5, "abc", "line 5, column pixel3: 'abc' is not an integer"),
+        (150, "256", "line 150, column pixel3: 256 is out of range 0-255"),
+        (202, " 7", "line 202, column pixel3: ' 7' has whitespace around the value; remove it"),
+    ],
+)
+def test_malformed_shard_reports_its_own_file_and_line(
+    tmp_path, monkeypatch, shard_dir, line_number, cell, message
+) -> None:
+    monkeypatch.setattr(shards, "CHUNK_BYTES", 50_000)
+    copy = tmp_path / "shards"
+    copy.mkdir()
+    for file in shard_dir.iterdir():
+        (copy / file.name).write_bytes(file.read_bytes())
+    bad = copy / "part-00003.csv"
+    lines = bad.read_bytes().split(b"\n")
+    cells = lines[line_number - 1].split(b",")
+    cells[4] = cell.encode()
+    lines[line_number - 1] = b",".join(cells)
+    bad.write_bytes(b"\n".join(lines))
+    with pytest.raises(DataError) as in_memory:
+        read_kaggle_csv(bad)
+    assert str(in_memory.value) == f"{bad}, {message}"
+    for rank in (0, 1):  # the rank whose rows hold the bad line raises the same message
+        try:
+            list(ShardStream(copy, 32, rank=rank, world_size=2, shuffle=False))
+        except DataError as error:
+            assert str(error) == str(in_memory.value)
+            break
+    else:
+        pytest.fail("no rank reported the bad line")
+
+
+def test_a_shard_that_changed_after_its_manifest(tmp_path: Path, shard_dir: Path) -> None:
+    copy = tmp_path / "shards"
+    copy.mkdir()
+    for file in shard_dir.iterdir():
+        (copy / file.name).write_bytes(file.read_bytes())
+    part = copy / "part-00001.csv"
+    part.write_bytes(b"\n".join(part.read_bytes().split(b"\n")[:101]) + b"\n")
+    with pytest.raises(
+        DataError, match=r"part-00001.csv: the manifest says 201 rows, the file has 100"
+    ):
+        list(ShardStream(copy, 64, shuffle=False, rank=0, world_size=1))
+
+
+# --- the streaming reader -----------------------------------------------------------------------
+
+
+def epoch_ids(source: Path, epoch: int, world_size: int, n_workers: int, **kwargs) -> list:
+    """Per rank: the row ids of each batch of one epoch, through a real DataLoader."""
+    per_rank = []
+    for rank in range(world_size):
+        dataset = ShardStream(source, rank=rank, world_size=world_size, **kwargs)
+        dataset.set_epoch(epoch)
+        loader = DataLoader(dataset, batch_size=None, num_workers=n_workers)
+        batches = [row_ids(images) for images, labels in loader]
+        assert len(batches) == len(dataset)
+        per_rank.append(batches)
+    return per_rank
+
+
+def test_each_row_once_per_epoch_across_2_workers_x_2_ranks(shard_dir: Path, source) -> None:
+    kwargs = {"batch_size": 32, "buffer_rows": 100, "seed": 3}
+    epochs = [epoch_ids(shard_dir, epoch, 2, 2, **kwargs) for epoch in (0, 1)]
+    for per_rank in epochs:
+        assert len(per_rank[0]) == len(per_rank[1]) == batches_per_rank(1003, 32, 2) == 16
+        ids = [row for batches in per_rank for batch in batches for row in batch]
+        assert sorted(ids) == list(range(1003))
+    flat = [
+        [row for batches in per_rank for batch in batches for row in batch] for per_rank in epochs
+    ]
+    assert flat[0] != flat[1]  # a new shard order and shuffle each epoch
+    labels = {row: label for row, label in enumerate(source[1].labels)}
+    dataset = ShardStream(shard_dir, 32, rank=0, world_size=1)
+    for images, batch_labels in dataset:
+        assert [labels[row] for row in row_ids(images)] == batch_labels.tolist()
+        assert images.dtype.is_floating_point is False and batch_labels.dtype.itemsize == 8
+
+
+@pytest.mark.parametrize(
+    ("n_rows", "batch_size", "world_size", "n_workers"),
+    [(1003, 32, 2, 3), (129, 64, 2, 2), (257, 128, 2, 1), (9, 4, 3, 4), (6, 1, 4, 2), (5, 8, 5, 2)],
+)
+def test_every_rank_runs_the_same_steps_and_no_batch_is_empty(
+    tmp_path, monkeypatch, n_rows, batch_size, world_size, n_workers
+) -> None:
+    data = numbered(n_rows)
+    write_kaggle_csv(tmp_path / "t.csv", data.images, data.labels)
+    shard_csv(tmp_path / "t.csv", tmp_path / "s", parts=min(3, n_rows))
+    steps = batches_per_rank(n_rows, batch_size, world_size)
+    ids = []
+    for rank in range(world_size):
+        dataset = ShardStream(tmp_path / "s", batch_size, rank=rank, world_size=world_size)
+        sizes = []
+        for worker in range(n_workers):  # what get_worker_info says inside each worker
+            info = SimpleNamespace(id=worker, num_workers=n_workers)
+            monkeypatch.setattr(stream, "get_worker_info", lambda info=info: info)
+            for images, _ in dataset:
+                sizes.append(len(images))
+                ids += row_ids(images)
+        assert len(sizes) == steps == len(dataset)
+        assert min(sizes) >= 1 and max(sizes) <= batch_size + 1
+        assert sum(size != batch_size for size in sizes) <= 1  # only the last one may differ
+    assert sorted(ids) == list(range(n_rows))
+    with pytest.raises(ConfigError, match="cannot be shared by 4 ranks"):
+        batches_per_rank(3, 8, 4)
+
+
+def test_shuffle_buffer_stays_bounded() -> None:
+    pulled = 0
+
+    def pieces():
+        nonlocal pulled
+        for start in range(0, 10_000, 300):
+            data = numbered(10_000)
+            pulled += min(300, 10_000 - start)
+            yield shards.take_rows(data, start, start + 300)
+
+    sizes = [64] * (10_000 // 64) + [10_000 % 64]
+    emitted, order = 0, []
+    for images, _ in shuffled_batches(pieces(), sizes, 500, np.random.default_rng(0)):
+        emitted += len(images)
+        order += row_ids(images)
+        assert pulled - emitted <= 500 + 300 + 64  # buffer + one piece + one batch, at most
+    assert sorted(order) == list(range(10_000)) and order != sorted(order)
+
+
+def test_choose_loading_says_which_and_why(shard_dir: Path, caplog) -> None:
+    manifest = read_manifest(shard_dir)
+    needed = shards.estimate_memory_bytes(manifest)
+    with caplog.at_level(logging.INFO, logger="digit_recognizer.data.shards"):
+        assert choose_loading(manifest, max_memory_bytes=needed) == "memory"
+        assert choose_loading(manifest, max_memory_bytes=needed - 1) == "stream"
+    assert "1,003 rows in 5 file(s)" in caplog.text and "streaming from the files" in caplog.text
+
+
+# --- inference and the command line -------------------------------------------------------------
+
+
+def test_predict_stream_matches_predict_csv(tmp_path: Path, tiny_run: Path, small_csvs) -> None:
+    shard_csv(small_csvs["test"], tmp_path / "shards", parts=3)
+    expected = predict_csv([tiny_run], small_csvs["test"], tmp_path / "in_memory.csv")
+    assert predict_stream([tiny_run], tmp_path / "shards", tmp_path / "streamed.csv") == 1000
+    assert (tmp_path / "streamed.csv").read_bytes() == (tmp_path / "in_memory.csv").read_bytes()
+    assert len(set(expected.tolist())) == 10
+
+
+def test_cli_shard_and_expand(tmp_path: Path, source) -> None:
+    runner = CliRunner()
+    result = runner.invoke(
+        app, ["data", "shard", str(source[0]), str(tmp_path / "s"), "--parts", "2"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "wrote 2 shards of 1,003 rows in all" in result.output
+    args = [
+        "data",
+        "expand",
+        str(tmp_path / "s"),
+        str(tmp_path / "e"),
+        "--copies",
+        "2",
+        "--parts",
+        "3",
+    ]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert read_manifest(tmp_path / "e").n_rows == 2006
+    result = runner.invoke(
+        app, ["data", "shard", str(tmp_path / "nope.csv"), str(tmp_path), "--parts", "2"]
+    )
+    assert result.exit_code == 1 and "nope.csv: file not found" in result.output
