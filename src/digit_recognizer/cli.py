@@ -83,6 +83,7 @@ Seed = Annotated[int | None, typer.Option(help="Random seed. [default: 0]")]
 Device = Annotated[str | None, typer.Option(help="auto | cpu | cuda | mps. [default: auto]")]
 RunDir = Annotated[Path | None, typer.Option(help="Run directory [default: runs/<time>-<model>]")]
 Preset = Annotated[str, typer.Option(help="fast | default | best (an ensemble, with TTA).")]
+Compile = Annotated[bool | None, typer.Option("--compile", help="torch.compile (for GPUs).")]
 Tta = Annotated[bool, typer.Option("--tta", help="Average predictions over shifted views.")]
 
 
@@ -104,7 +105,7 @@ def run(
     time_budget: TimeBudget = None, batch_size: BatchSize = None, optimizer: Optimizer = None,
     lr: LR = None, schedule: Schedule = None, augment: Augment = None,
     valid_size: ValidSize = None, patience: Patience = None, seed: Seed = None,
-    device: Device = None, tta: Tta = False,
+    device: Device = None, compile_model: Compile = None, tta: Tta = False,
 ) -> None:  # fmt: skip
     """The main job: train, evaluate, predict, write and score a submission."""
     from digit_recognizer.pipeline import get_preset, run_job
@@ -113,7 +114,8 @@ def run(
 
     overrides = train_overrides(model=model, epochs=epochs, time_budget=time_budget,
         batch_size=batch_size, optimizer=optimizer, lr=lr, schedule=schedule, augment=augment,
-        valid_size=valid_size, patience=patience, seed=seed, device=device)  # fmt: skip
+        valid_size=valid_size, patience=patience, seed=seed, device=device,
+        compile=compile_model)  # fmt: skip
     recipe = get_preset(preset)
     train_config = load_config(TrainConfig, config, overrides, preset=recipe.overrides)
     with progress_bar() as progress:
@@ -147,7 +149,7 @@ def train_command(
     time_budget: TimeBudget = None, batch_size: BatchSize = None, optimizer: Optimizer = None,
     lr: LR = None, schedule: Schedule = None, augment: Augment = None,
     valid_size: ValidSize = None, patience: Patience = None, seed: Seed = None,
-    device: Device = None,
+    device: Device = None, compile_model: Compile = None,
 ) -> None:  # fmt: skip
     """Train a net on a labelled CSV and write a run directory."""
     from digit_recognizer.pipeline import (
@@ -165,7 +167,7 @@ def train_command(
         config = out / CONFIG_FILE  # resume with the run's own settings unless told otherwise
     overrides = train_overrides(model=model, epochs=epochs, time_budget=time_budget,
         batch_size=batch_size, optimizer=optimizer, lr=lr, schedule=schedule, augment=augment,
-        valid_size=valid_size, patience=patience, seed=seed, device=device,
+        valid_size=valid_size, patience=patience, seed=seed, device=device, compile=compile_model,
         resume=resume or None)  # fmt: skip
     recipe = get_preset(preset)
     train_config = load_config(TrainConfig, config, overrides, preset=recipe.overrides)
