@@ -73,6 +73,7 @@ def page(server_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
             headless=True,
             args=CHROMIUM_ARGS,
             viewport={"width": 800, "height": 640},
+            has_touch=True,
         )
         page = context.new_page()
         page.goto(server_url)
@@ -110,3 +111,23 @@ def test_uploading_an_image(page: object, tmp_path: Path) -> None:
     page.set_input_files("#file", str(path))
     sync_api.expect(page.locator("#label")).to_have_text(re.compile(r"^[0-9]$"), timeout=15_000)
     sync_api.expect(page.locator("#cam-caption")).to_have_text("Grad-CAM: where it looked")
+
+
+def test_drawing_with_a_finger(page: object) -> None:
+    """Touch input through the DevTools protocol: Chromium turns it into touch pointer events."""
+    page.click("#clear")
+    sync_api.expect(page.locator("#label")).to_have_text("?")
+    box = page.locator("#pad").bounding_box()
+    cdp = page.context.new_cdp_session(page)
+    x = box["x"] + box["width"] / 2
+    ys = [box["y"] + box["height"] * f for f in (0.15, 0.3, 0.45, 0.6, 0.75, 0.85)]
+    cdp.send(
+        "Input.dispatchTouchEvent", {"type": "touchStart", "touchPoints": [{"x": x, "y": ys[0]}]}
+    )
+    for y in ys[1:]:
+        cdp.send(
+            "Input.dispatchTouchEvent", {"type": "touchMove", "touchPoints": [{"x": x, "y": y}]}
+        )
+    cdp.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
+    sync_api.expect(page.locator("#label")).to_have_text(re.compile(r"^[0-9]$"), timeout=15_000)
+    assert page.evaluate("strokes.length") == 1 and page.evaluate("strokes[0].length") >= 5

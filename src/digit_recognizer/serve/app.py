@@ -41,8 +41,9 @@ class ServeConfig:
     host: str = "127.0.0.1"  # this machine only; "0.0.0.0" exposes the model to the network
     port: int = 8000
     backend: Literal["torch", "onnx"] = "torch"  # onnx: ~4x faster per image on CPU
-    # One intra-op thread per inference: on 2 shared cores one image took 1.9 ms with one torch
-    # thread and 160 ms with two, fighting the other processes (benchmarks/serve_load.py).
+    # Intra-op threads per inference. Concurrent requests already fill the cores, and on 2 busy
+    # cores one image took 1.9 ms with 1 torch thread but 160 ms with 2 spinning against other
+    # processes; under load (benchmarks/serve_load.py) 1 and 2 measured alike, within noise.
     n_threads: int = 1
     access_log: bool = False  # a log line per request costs throughput; uvicorn's errors still log
     max_body_bytes: int = 10 * 2**20  # JSON and image uploads; a 24 MP JPEG is ~8 MB
@@ -91,8 +92,9 @@ def load_served_model(run_dir: Path, config: ServeConfig) -> ServedModel:
     if config.backend == "onnx":
         predictor: Predictor | OnnxPredictor = OnnxPredictor.load(run_dir, config.n_threads)
     else:
-        # fp32: bf16 autocast gains nothing for one image (2.15 vs 2.33 ms, within noise) and
-        # fp32 keeps the two backends' probabilities within 1e-4 of each other.
+        # fp32: bf16 autocast gains nothing on single images (2.15 vs 2.33 ms per image; under
+        # load 365-500 vs 437-501 requests/s, within noise), and fp32 keeps the two backends'
+        # probabilities within 1e-4 of each other.
         predictor = Predictor.load([run_dir], PredictConfig(amp=False))
     metrics_path = run_dir / METRICS_FILE
     try:

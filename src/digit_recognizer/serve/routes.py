@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +91,8 @@ class DigitInput(BaseModel):
         return np.asarray(values, dtype=np.uint8).reshape(28, 28)
 
 
-def _check_range(values: NDArray[Any], where: Any) -> None:
+def _check_range(values: NDArray[Any], where: Callable[[tuple[int, ...]], str]) -> None:
+    """ValueError naming the first value outside 0-255, ``where(index)`` saying where it is."""
     bad = np.argwhere((values < 0) | (values > 255))
     if len(bad):
         index = tuple(bad[0])
@@ -205,6 +207,8 @@ async def predict(
     served: ServedModel = request.app.state.model
     config: ServeConfig = request.app.state.config
     images, is_batch, is_upload = await _read_digits(request, config)
+    # In a worker thread even for one image: inference releases the GIL, so the event loop parses
+    # the next requests meanwhile (torch: 540 vs 360 requests/s inline, benchmarks/serve_load.py).
     probas = await run_in_threadpool(served.predict_proba, images)
     heatmaps, cam_error = None, None
     if explain and served.backend == "torch":

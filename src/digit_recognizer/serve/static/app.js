@@ -40,18 +40,28 @@ function point(event) {
 }
 
 // Pointer events cover mouse, pen and touch alike; touch-action: none (CSS) stops scrolling.
+// One pointer draws at a time: a second finger is ignored rather than joined into the stroke.
+let pen = null;
 pad.addEventListener("pointerdown", (event) => {
-  pad.setPointerCapture(event.pointerId);
+  if (pen !== null) return;
+  pen = event.pointerId;
+  pad.setPointerCapture(pen); // keep the stroke when the pointer leaves the canvas
   strokes.push([point(event)]);
   redraw();
 });
 pad.addEventListener("pointermove", (event) => {
-  if (!pad.hasPointerCapture(event.pointerId)) return;
+  if (event.pointerId !== pen) return;
   strokes[strokes.length - 1].push(point(event));
   redraw();
   requestPrediction();
 });
-pad.addEventListener("pointerup", () => requestPrediction());
+for (const type of ["pointerup", "pointercancel"]) {
+  pad.addEventListener(type, (event) => {
+    if (event.pointerId !== pen) return;
+    pen = null;
+    requestPrediction();
+  });
+}
 
 document.getElementById("undo").addEventListener("click", () => {
   if (strokes.length) strokes.pop(); else uploaded = null;

@@ -1,0 +1,128 @@
+"""Load test of `digits serve`: single-image POST /predict requests from N concurrent clients.
+
+Run: ``.venv/bin/python benchmarks/serve_load.py RUN_DIR`` (both backends, 8 clients, 3 x 3,000
+requests each), or e.g. ``--backends onnx --clients 16 --requests 5000 --repeats 5``.
+
+For each backend it starts ``digits serve RUN_DIR --backend B`` on 127.0.0.1 (the real entry
+point, as users run it), waits for /health, warms up, then sends a fixed number of requests and
+stops. Each request is one MNIST test digit as JSON ``{"pixels": [784 ints]}``. Reported:
+requests/s and client-side p50/p99 latency, as mean and spread over the repeats.
+
+The clients are a minimal asyncio HTTP/1.1 keep-alive loop rather than httpx: on a 2-core
+machine the load generator shares the CPU with the server, and httpx spends several times more
+CPU per request than this loop, which would be measured as server slowness.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+from digit_recognizer.data.mnist import load_mnist
+
+HOST = "127.0.0.1"
+
+
+def request_bytes(port: int, image: np.ndarray) -> bytes:
+    body = json.dumps({"pixels": image.ravel().tolist()}).encode()
+    head = (f"POST /predict HTTP/1.1\r\nHost: {HOST}:{port}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n")  # fmt: skip
+    return head.encode() + body
+
+
+async def client(port: int, requests: list[bytes], latencies: list[float]) -> None:
+    """Send ``requests`` one after another on one keep-alive connection."""
+    reader, writer = await asyncio.open_connection(HOST, port)
+    try:
+        for request in requests:
+            start = time.perf_counter()
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            status = head.split(b" ", 2)[1]
+            length = next(int(line.split(b":")[1]) for line in head.lower().split(b"\r\n")
+                          if line.startswith(b"content-length:"))  # fmt: skip
+            await reader.readexactly(length)
+            latencies.append(time.perf_counter() - start)
+            if status != b"200":
+                raise RuntimeError(f"server answered {status.decode()}")
+    finally:
+        writer.close()
+
+
+async def load(port: int, requests: list[bytes], n_clients: int) -> tuple[float, list[float]]:
+    """Requests/s and latencies (s) for ``requests`` split over ``n_clients`` connections."""
+    latencies: list[float] = []
+    start = time.perf_counter()
+    shares = [requests[i::n_clients] for i in range(n_clients)]
+    await asyncio.gather(*(client(port, share, latencies) for share in shares))
+    return len(requests) / (time.perf_counter() - start), latencies
+
+
+def start_server(run_dir: Path, backend: str, port: int) -> subprocess.Popen:
+    digits = Path(sys.executable).parent / "digits"
+    command = [str(digits), "serve", str(run_dir), "--backend", backend, "--port", str(port)]
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120  # the onnx backend may export first
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"digits serve exited: {server.stderr.read().decode()[-2000:]}")
+        try:
+            urllib.request.urlopen(f"http://{HOST}:{port}/health", timeout=1).read()
+            return server
+        except OSError:
+            time.sleep(0.2)
+    server.terminate()
+    raise RuntimeError("digits serve did not answer /health within 120 s")
+
+
+def benchmark(args: argparse.Namespace, backend: str, images: np.ndarray) -> dict[str, float]:
+    server = start_server(args.run_dir, backend, args.port)
+    try:
+        requests = [request_bytes(args.port, images[i % len(images)]) for i in range(args.requests)]
+        asyncio.run(load(args.port, requests[: args.requests // 5], args.clients))  # warm-up
+        rates, p50s, p99s = [], [], []
+        for _ in range(args.repeats):
+            rate, latencies = asyncio.run(load(args.port, requests, args.clients))
+            rates.append(rate)
+            p50s.append(1000 * float(np.percentile(latencies, 50)))
+            p99s.append(1000 * float(np.percentile(latencies, 99)))
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    return {"rate": rates, "p50": p50s, "p99": p99s}
+
+
+def spread(values: list[float]) -> str:
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):7.1f} ± {sd:5.1f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", type=Path, help="a trained run directory")
+    parser.add_argument("--backends", nargs="+", default=["torch", "onnx"])
+    parser.add_argument("--clients", type=int, default=8, help="concurrent connections")
+    parser.add_argument("--requests", type=int, default=3000, help="requests per repeat")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--port", type=int, default=8765)
+    args = parser.parse_args()
+    images = load_mnist().images[60000:61000]
+    print(f"{args.requests} single-image requests x {args.repeats} repeats, {args.clients} clients")
+    print(f"{'backend':8} {'requests/s':>16} {'p50 ms':>16} {'p99 ms':>16}")
+    for backend in args.backends:
+        result = benchmark(args, backend, images)
+        print(f"{backend:8} {spread(result['rate']):>16} {spread(result['p50']):>16} "
+              f"{spread(result['p99']):>16}", flush=True)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
