@@ -1,0 +1,72 @@
+"""k-NN and SVM speed-ups against plain scikit-learn, measured in the same run, and each classical
+model's replica accuracy with fit and predict seconds (via ``digit_recognizer.compare``).
+
+Run: ``.venv/bin/python benchmarks/classical_speed.py`` (builds a replica in a temporary folder),
+or ``--dir DIR`` to reuse or build one there; ``--svm-subset N`` sets the training images for the
+SVM pair (plain SVC on all 33,600 raw pixels takes many minutes on 2 cores).
+
+Baselines are what a notebook does: ``KNeighborsClassifier()`` and ``SVC()`` with defaults on
+raw pixels / 255. Ours are the registered ``knn`` and ``svm`` pipelines (deskew, PCA, ...).
+Both sides fit on the same images and predict the same 8,400 validation images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from sklearn.neighbors import KNeighborsClassifier
+from sklearn.svm import SVC
+
+from digit_recognizer.compare import compare
+from digit_recognizer.data.kaggle_csv import DigitSet
+from digit_recognizer.data.replica import build_replica, replica_is_complete
+from digit_recognizer.models import available, build
+from digit_recognizer.pipeline import read_labelled, split_for_training
+
+
+def fit_predict_seconds(model, fit_set: DigitSet, X_fit, X_score, score_set: DigitSet):
+    """(seconds for fit + predict, accuracy) of one model on prepared inputs."""
+    start = time.perf_counter()
+    predicted = model.fit(X_fit, fit_set.labels).predict(X_score)
+    return time.perf_counter() - start, float((predicted == score_set.labels).mean())
+
+
+def pair(name: str, baseline, fit_set: DigitSet, score_set: DigitSet, repeats: int) -> None:
+    flat = [s.images.reshape(len(s), -1).astype(np.float32) / 255 for s in (fit_set, score_set)]
+    ours = [fit_predict_seconds(build(name), fit_set, fit_set.images, score_set.images,
+                                score_set) for _ in range(repeats)]  # fmt: skip
+    theirs = [fit_predict_seconds(baseline, fit_set, *flat, score_set) for _ in range(repeats)]
+    ours_s, theirs_s = np.array([s for s, _ in ours]), np.array([s for s, _ in theirs])
+    print(f"{name:4s} fit {len(fit_set):,} + predict {len(score_set):,}: "
+          f"scikit-learn defaults {theirs_s.mean():6.1f} ± {theirs_s.std():.1f} s "
+          f"(accuracy {theirs[0][1]:.4f}), ours {ours_s.mean():5.1f} ± {ours_s.std():.1f} s "
+          f"(accuracy {ours[0][1]:.4f}): {theirs_s.mean() / ours_s.mean():.1f}x")  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dir", type=Path, help="replica folder (built if missing)")
+    parser.add_argument("--seed", type=int, default=7, help="replica seed")
+    parser.add_argument("--svm-subset", type=int, default=10_000, help="SVM training images")
+    parser.add_argument("--repeats", type=int, default=1)
+    args = parser.parse_args()
+    folder = args.dir or Path(tempfile.mkdtemp(prefix="replica-"))
+    if not replica_is_complete(folder, args.seed):
+        build_replica(folder, seed=args.seed)
+    fit_set, score_set = split_for_training(read_labelled(folder / "train.csv"), 0.2, 0)
+    pair("knn", KNeighborsClassifier(), fit_set, score_set, args.repeats)
+    subset = DigitSet(fit_set.images[: args.svm_subset], fit_set.labels[: args.svm_subset])
+    pair("svm", SVC(), subset, score_set, args.repeats)
+    board = compare(folder / "train.csv", available("classical"), Path(tempfile.mkdtemp()))
+    print("\nclassical models, validation 0.2 of the replica:")
+    print(",".join(board.columns))
+    for row in board.rows:
+        print(",".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row.values()))
+
+
+if __name__ == "__main__":
+    main()
