@@ -23,7 +23,8 @@ import torch
 from digit_recognizer.config import load_config
 from digit_recognizer.data.kaggle_csv import read_kaggle_csv, read_submission
 from digit_recognizer.data.replica import build_replica
-from digit_recognizer.pipeline import get_preset, split_for_training
+from digit_recognizer.data.splits import split_for_training
+from digit_recognizer.pipeline import get_preset
 from digit_recognizer.predict import Predictor
 from digit_recognizer.train import TrainConfig, train
 

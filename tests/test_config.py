@@ -48,7 +48,7 @@ def test_bad_value_and_unknown_model():
 def test_bad_toml_and_missing_file(tmp_path: Path):
     bad = tmp_path / "bad.toml"
     bad.write_text("epochs = = 3")
-    with pytest.raises(ConfigError, match="bad.toml: not valid TOML"):
+    with pytest.raises(ConfigError, match=r"bad\.toml: not valid TOML"):
         read_toml(bad)
     with pytest.raises(ConfigError, match="config file not found"):
         read_toml(tmp_path / "missing.toml")

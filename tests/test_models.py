@@ -19,7 +19,7 @@ def test_seed_cnn_matches_the_notebook_size():
 
 
 def test_unknown_and_duplicate_names():
-    with pytest.raises(UnknownModelError, match="Available: .*cnn"):
+    with pytest.raises(UnknownModelError, match=r"Available: .*cnn"):
         get_spec("resnet-9000")
     with pytest.raises(ValueError, match="already registered"):
         register("cnn", kind="net")(lambda: None)

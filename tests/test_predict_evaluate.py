@@ -40,7 +40,7 @@ def test_submission_is_kaggle_format(tmp_path, tiny_run, small_csvs):
 def test_score_rejects_incomplete_submission(tmp_path, small_csvs):
     short = tmp_path / "short.csv"
     write_submission(short, np.zeros(999, dtype=np.int64))
-    with pytest.raises(DataError, match="short.csv"):
+    with pytest.raises(DataError, match=r"short\.csv"):
         score_submission(small_csvs["solution"], short)
 
 

@@ -20,12 +20,13 @@ from matplotlib.figure import Figure
 from sklearn.model_selection import StratifiedKFold
 
 from digit_recognizer.data.kaggle_csv import DigitSet
+from digit_recognizer.data.splits import split_for_training
 from digit_recognizer.errors import ConfigError
 from digit_recognizer.estimator import build_estimator, count_parameters
-from digit_recognizer.evaluate import _save_figure, compute_metrics
+from digit_recognizer.evaluate import compute_metrics, save_figure
 from digit_recognizer.fileio import atomic_path
 from digit_recognizer.models.registry import get_spec
-from digit_recognizer.pipeline import read_labelled, split_for_training
+from digit_recognizer.pipeline import read_labelled
 
 log = logging.getLogger(__name__)
 
@@ -151,4 +152,4 @@ def plot_leaderboard(board: Leaderboard) -> None:
     ax_time.bar_label(bars, fmt="%.1f s", padding=3, fontsize=8)
     ax_time.set(xscale="log", xlabel="fit + predict seconds (log scale)")
     fig.suptitle(f"digits compare ({board.n_folds} fold{'s' if board.n_folds > 1 else ''})")
-    _save_figure(fig, board.chart_path)  # evaluate's writer: tight layout, atomic PNG
+    save_figure(fig, board.chart_path)  # evaluate's writer: tight layout, atomic PNG

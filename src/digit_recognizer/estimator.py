@@ -21,10 +21,10 @@ from sklearn.utils.validation import check_is_fitted, column_or_1d
 
 from digit_recognizer.config import load_config
 from digit_recognizer.data.kaggle_csv import DigitSet
+from digit_recognizer.data.splits import split_for_training
 from digit_recognizer.models.classical import check_images, load_pipeline, save_pipeline
 from digit_recognizer.models.registry import build, get_spec
 from digit_recognizer.models.storage import load_net, read_meta, save_net
-from digit_recognizer.pipeline import split_for_training
 from digit_recognizer.predict import PredictConfig, Predictor
 from digit_recognizer.train import TrainConfig, train
 

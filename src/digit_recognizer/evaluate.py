@@ -24,6 +24,7 @@ from digit_recognizer.fileio import atomic_path, write_text
 from digit_recognizer.predict import PredictConfig, Predictor
 
 CLASSES = list(range(10))
+METRICS_FILE = "metrics.json"  # a run's figures: training, validation, and the test score
 
 
 @dataclass
@@ -84,7 +85,7 @@ def plot_confusion_matrix(confusion: list[list[int]], path: Path) -> None:
     ax.set(xticks=CLASSES, yticks=CLASSES, xlabel="predicted digit", ylabel="true digit")
     ax.set_title(f"Confusion matrix ({matrix.sum():,} images, {np.trace(matrix):,} correct)")
     fig.colorbar(image, ax=ax, label="images + 1 (log scale)")
-    _save_figure(fig, path)
+    save_figure(fig, path)
 
 
 def plot_learning_curves(history: list[dict[str, float]], path: Path) -> None:
@@ -104,10 +105,10 @@ def plot_learning_curves(history: list[dict[str, float]], path: Path) -> None:
     axes[2].plot(epochs, [row["lr"] for row in history], "o-", color="tab:green")
     axes[2].set(xlabel="epoch", title="learning rate (end of epoch)")
     axes[2].grid(alpha=0.3)
-    _save_figure(fig, path)
+    save_figure(fig, path)
 
 
-def _save_figure(fig: Figure, path: Path) -> None:
+def save_figure(fig: Figure, path: Path) -> None:
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")

@@ -27,7 +27,7 @@ from torch import nn
 
 from digit_recognizer.data.kaggle_csv import read_kaggle_csv
 from digit_recognizer.errors import DataError
-from digit_recognizer.evaluate import _save_figure
+from digit_recognizer.evaluate import save_figure
 from digit_recognizer.models.runtime import to_model_input
 from digit_recognizer.models.storage import load_net
 from digit_recognizer.predict import Predictor
@@ -188,7 +188,7 @@ def plot_explanation(explanation: Explanation, path: Path) -> None:
     bar_ax.bar(range(10), explanation.probas, color=colours)
     bar_ax.set(xticks=range(10), xlabel="digit", ylim=(0, 1), title="probability")
     bar_ax.grid(axis="y", alpha=0.3)
-    _save_figure(fig, path)
+    save_figure(fig, path)
 
 
 def explain_run(run_dir: Path, csv_path: Path, index: int, out: Path) -> Explanation:

@@ -22,9 +22,10 @@ from rich.progress import Progress
 from digit_recognizer.config import save_config
 from digit_recognizer.data.kaggle_csv import DigitSet, read_kaggle_csv
 from digit_recognizer.data.replica import build_replica, replica_is_complete
-from digit_recognizer.data.splits import stratified_split
+from digit_recognizer.data.splits import split_for_training
 from digit_recognizer.errors import ConfigError, DataError, DigitsError
 from digit_recognizer.evaluate import (
+    METRICS_FILE,
     Metrics,
     compute_metrics,
     plot_confusion_matrix,
@@ -38,8 +39,6 @@ from digit_recognizer.report import write_run_report
 from digit_recognizer.train import CONFIG_FILE, Distributed, TrainConfig, TrainResult, train
 
 log = logging.getLogger(__name__)
-
-METRICS_FILE = "metrics.json"
 
 
 @dataclass(frozen=True)
@@ -111,15 +110,6 @@ def default_cache_dir() -> Path:
 
 def default_run_dir(model: str) -> Path:
     return Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{model}"
-
-
-def split_for_training(data: DigitSet, valid_size: float, seed: int) -> tuple[DigitSet, DigitSet]:
-    """Stratified (train, validation) subsets of a labelled set."""
-    train_indices, valid_indices = stratified_split(data.labels, valid_size, seed)
-    return (
-        DigitSet(data.images[train_indices], data.labels[train_indices]),
-        DigitSet(data.images[valid_indices], data.labels[valid_indices]),
-    )
 
 
 def read_labelled(path: Path) -> DigitSet:

@@ -28,14 +28,15 @@ from torch import nn
 from digit_recognizer.config import read_toml
 from digit_recognizer.data.augment import Augmentation, augment_batch
 from digit_recognizer.data.kaggle_csv import DigitSet, read_kaggle_csv
-from digit_recognizer.data.splits import stratified_split
+from digit_recognizer.data.splits import split_for_training
 from digit_recognizer.errors import DataError, ModelFileError
 from digit_recognizer.evaluate import (
     CLASSES,
-    _save_figure,
+    METRICS_FILE,
     compute_metrics,
     plot_confusion_matrix,
     plot_learning_curves,
+    save_figure,
 )
 from digit_recognizer.explain import draw_overlay, grad_cam
 from digit_recognizer.fileio import write_text
@@ -46,7 +47,6 @@ from digit_recognizer.train import CONFIG_FILE, HISTORY_FILE
 
 REPORT_FILE = "report.html"
 EDA_FILE = "eda.html"
-METRICS_FILE = "metrics.json"  # written by pipeline.train_job; names the training CSV
 N_GALLERY = 16  # images per gallery: two rows of eight stay legible at page width
 PREVIEW_ROWS = 4  # augment-preview: this many source images, one per row
 
@@ -163,7 +163,7 @@ def _plot_label_distribution(data: DigitSet, _rng: np.random.Generator, path: Pa
     ax.set(xticks=CLASSES, xlabel="digit", ylabel="images", ylim=(0, counts.max() * 1.2))
     ax.set_title(f"Label distribution ({counts.sum():,} images)")
     ax.legend(loc="lower right")
-    _save_figure(fig, path)
+    save_figure(fig, path)
 
 
 def _plot_samples(data: DigitSet, rng: np.random.Generator, path: Path) -> None:
@@ -186,7 +186,7 @@ def _plot_class_rows(data: DigitSet, rng: np.random.Generator, path: Path) -> No
     ax.imshow(_montage(tiles), cmap="gray", vmin=0, vmax=255)
     ax.set(xticks=[], yticks=np.arange(10) * 30 + 15, yticklabels=CLASSES, ylabel="label")
     ax.set_title(f"{columns} random samples per class")
-    _save_figure(fig, path)
+    save_figure(fig, path)
 
 
 def _plot_mean_std(data: DigitSet, _rng: np.random.Generator, path: Path) -> None:
@@ -206,7 +206,7 @@ def _plot_mean_std(data: DigitSet, _rng: np.random.Generator, path: Path) -> Non
     axes[0].set_title(
         "Mean and standard deviation of each pixel" + (" per class" * (len(groups) > 1))
     )
-    _save_figure(fig, path)
+    save_figure(fig, path)
 
 
 def _plot_pixel_histograms(data: DigitSet, _rng: np.random.Generator, path: Path) -> None:
@@ -224,7 +224,7 @@ def _plot_pixel_histograms(data: DigitSet, _rng: np.random.Generator, path: Path
                       else "pixel value x (uint8)")  # fmt: skip
         ax.set_title(f"{name}: mean {mean:.3f}, std {std:.3f}")
         ax.grid(alpha=0.3)
-    _save_figure(fig, path)
+    save_figure(fig, path)
 
 
 def _montage(tiles: NDArray, pad: int = 2, pad_value: float = 255) -> NDArray:
@@ -256,7 +256,7 @@ def _plot_gallery(
         if i < len(images):
             ax.set_title(titles[i], fontsize=8)
     fig.suptitle(title)
-    _save_figure(fig, path)
+    save_figure(fig, path)
 
 
 # -- augmentation preview -------------------------------------------------------------------------
@@ -454,11 +454,11 @@ def _labelled_data(
             f"{CONFIG_FILE} and the training CSV named in {METRICS_FILE}); give --data LABELLED_CSV"
         )
     full = read_kaggle_csv(train_csv)
-    _, valid_indices = stratified_split(full.labels, valid_size, config.get("seed", 0))
+    _, valid_set = split_for_training(full, valid_size, config.get("seed", 0))
     source = (
         f"validation split of {train_csv} (valid_size {valid_size}, seed {config.get('seed', 0)})"
     )
-    return DigitSet(full.images[valid_indices], full.labels[valid_indices]), source
+    return valid_set, source
 
 
 def _read_history(path: Path) -> list[dict[str, float]]:
@@ -486,7 +486,7 @@ def _plot_roc_pr(labels: NDArray[np.int64], probas: NDArray[np.floating], path: 
     for ax in (roc_ax, pr_ax):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, ncols=2, loc="lower left" if ax is pr_ax else "lower right")
-    _save_figure(fig, path)
+    save_figure(fig, path)
 
 
 def _plot_reliability(calibration: Reliability, path: Path) -> None:
@@ -508,7 +508,7 @@ def _plot_reliability(calibration: Reliability, path: Path) -> None:
                  ylabel="images (log scale)", title="Confidence histogram")  # fmt: skip
     for ax in (diagram_ax, count_ax):
         ax.grid(alpha=0.3)
-    _save_figure(fig, path)
+    save_figure(fig, path)
 
 
 def _plot_mistakes_and_grad_cam(

@@ -27,12 +27,13 @@ from matplotlib.figure import Figure
 
 from digit_recognizer.config import load_config, save_config
 from digit_recognizer.data.kaggle_csv import DigitSet
+from digit_recognizer.data.splits import split_for_training
 from digit_recognizer.errors import ConfigError
 from digit_recognizer.estimator import build_estimator
-from digit_recognizer.evaluate import _save_figure
+from digit_recognizer.evaluate import save_figure
 from digit_recognizer.fileio import write_text
 from digit_recognizer.models.registry import get_spec
-from digit_recognizer.pipeline import read_labelled, split_for_training
+from digit_recognizer.pipeline import read_labelled
 from digit_recognizer.train import TrainConfig, train
 
 log = logging.getLogger(__name__)
@@ -170,7 +171,7 @@ def write_plots(study: optuna.Study, out_dir: Path, has_epochs: bool) -> list[Pa
                 continue
         figure: Figure = axes.figure
         path = out_dir / f"{name}.png"
-        _save_figure(figure, path)
+        save_figure(figure, path)
         plt.close(figure)  # Optuna draws through pyplot, which keeps figures until closed
         written.append(path)
     return written

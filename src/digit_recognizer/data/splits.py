@@ -6,6 +6,8 @@ import numpy as np
 from numpy.typing import NDArray
 from sklearn.model_selection import train_test_split
 
+from digit_recognizer.data.kaggle_csv import DigitSet
+
 
 def stratified_split(
     labels: NDArray[np.int64], valid_size: float, seed: int
@@ -22,3 +24,12 @@ def stratified_split(
         indices, test_size=valid_size, stratify=labels, random_state=seed
     )
     return np.sort(train_indices), np.sort(valid_indices)
+
+
+def split_for_training(data: DigitSet, valid_size: float, seed: int) -> tuple[DigitSet, DigitSet]:
+    """Stratified (train, validation) subsets of a labelled set."""
+    train_indices, valid_indices = stratified_split(data.labels, valid_size, seed)
+    return (
+        DigitSet(data.images[train_indices], data.labels[train_indices]),
+        DigitSet(data.images[valid_indices], data.labels[valid_indices]),
+    )

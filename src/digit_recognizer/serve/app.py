@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from digit_recognizer.data.images import MAX_IMAGE_PIXELS
 from digit_recognizer.errors import ConfigError, ModelFileError
+from digit_recognizer.evaluate import METRICS_FILE
 from digit_recognizer.export import OnnxPredictor
 from digit_recognizer.models.storage import read_meta
 from digit_recognizer.predict import PredictConfig, Predictor
@@ -30,7 +31,6 @@ from digit_recognizer.predict import PredictConfig, Predictor
 log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).parent / "static"
-METRICS_FILE = "metrics.json"  # written by pipeline.train_job beside the weights
 CSV_PATH = "/predict/csv"
 
 
