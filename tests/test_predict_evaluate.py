@@ -69,3 +69,18 @@ def test_evaluate_run_writes_its_files(tmp_path, tiny_run, small_csvs):
     assert (tmp_path / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(DataError, match="no label column"):
         evaluate_run([tiny_run], small_csvs["test"], tmp_path)
+
+
+def test_classical_run_directories_predict_and_mix_with_nets(tmp_path, tiny_run, small_train,
+                                                            small_test):  # fmt: skip
+    from digit_recognizer.estimator import build_estimator, save_estimator
+
+    pipeline = build_estimator("logreg").fit(small_train.images, small_train.labels)
+    save_estimator(pipeline, tmp_path, name="logreg")
+    images, labels = small_test.images[300:], small_test.labels[300:]
+    classical = Predictor.load([tmp_path]).predict_proba(images)
+    np.testing.assert_allclose(classical, pipeline.predict_proba(images), atol=1e-6)
+    assert accuracy(classical.argmax(1), labels) > 0.8
+    mixed = Predictor.load([tmp_path, tiny_run]).predict_proba(images)
+    net = Predictor.load([tiny_run]).predict_proba(images)
+    np.testing.assert_allclose(mixed, (classical + net) / 2, atol=1e-5)

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from numpy.typing import NDArray
+from sklearn.pipeline import Pipeline
 from torch import nn
 
 from digit_recognizer.data.kaggle_csv import (
@@ -24,8 +25,9 @@ from digit_recognizer.data.kaggle_csv import (
 )
 from digit_recognizer.data.stream import ShardStream
 from digit_recognizer.fileio import atomic_path
+from digit_recognizer.models.classical import load_pipeline
 from digit_recognizer.models.runtime import autocast_dtype, batched_logits, resolve_device
-from digit_recognizer.models.storage import expand_ensembles, load_net
+from digit_recognizer.models.storage import expand_ensembles, load_net, read_meta
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +48,12 @@ class PredictConfig:
 
 @dataclass
 class Predictor:
-    """Loaded nets whose softmax outputs are averaged (an ensemble of one is a single model)."""
+    """Loaded models whose probabilities are averaged (an ensemble of one is a single model).
 
-    models: list[nn.Module]
+    Nets and scikit-learn pipelines (``digits compare`` run directories) mix freely.
+    """
+
+    models: list[nn.Module | Pipeline]
     metas: list[dict]
     device: torch.device
     config: PredictConfig
@@ -57,9 +62,13 @@ class Predictor:
     def load(cls, run_dirs: list[Path], config: PredictConfig | None = None) -> Predictor:
         config = config or PredictConfig()
         device = resolve_device(config.device)
-        loaded = [load_net(run_dir) for run_dir in expand_ensembles(run_dirs)]
-        models = [model.to(device) for model, _ in loaded]
-        return cls(models, [meta for _, meta in loaded], device, config)
+        models, metas = [], []
+        for run_dir in expand_ensembles(run_dirs):
+            is_classical = read_meta(run_dir).get("framework") == "sklearn"
+            model, meta = load_pipeline(run_dir) if is_classical else load_net(run_dir)
+            models.append(model if is_classical else model.to(device))
+            metas.append(meta)
+        return cls(models, metas, device, config)
 
     @classmethod
     def from_models(cls, models: list[nn.Module], config: PredictConfig | None = None) -> Predictor:
@@ -74,8 +83,14 @@ class Predictor:
         total = torch.zeros(len(images), 10, device=self.device)
         for model in self.models:
             for view in views:
-                logits = batched_logits(model, view, self.device, self.config.batch_size, amp_dtype)
-                total += logits.softmax(dim=1)
+                if isinstance(model, nn.Module):
+                    logits = batched_logits(model, view, self.device, self.config.batch_size,
+                                            amp_dtype)  # fmt: skip
+                    total += logits.softmax(dim=1)
+                else:
+                    total += torch.as_tensor(
+                        model.predict_proba(np.asarray(view)), device=self.device
+                    )
         return (total / (len(self.models) * len(views))).cpu().numpy()
 
     def predict(self, images: NDArray[np.uint8]) -> NDArray[np.int64]:
