@@ -87,10 +87,13 @@ class ShardStream(IterableDataset):
                 f"need batch_size >= 1, buffer_rows >= 0 and 0 <= rank < world_size, got "
                 f"{batch_size}, {buffer_rows}, {rank} and {world_size}"
             )
-        self.batch_size, self.shuffle, self.buffer_rows, self.seed = (
-            batch_size, shuffle, buffer_rows, seed
-        )  # fmt: skip
-        self.rank, self.world_size, self.epoch = rank, world_size, 0
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.buffer_rows = buffer_rows
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.epoch = 0
         self.n_batches = batches_per_rank(self.manifest.n_rows, batch_size, world_size)
 
     def set_epoch(self, epoch: int) -> None:
@@ -109,8 +112,8 @@ class ShardStream(IterableDataset):
         rank_rows = (self.rank + 1) * n_rows // self.world_size - rank_start
         sizes = [self.batch_size] * (self.n_batches - 1)
         sizes.append(rank_rows - sum(sizes))
-        first, last = (worker * self.n_batches // n_workers,
-                       (worker + 1) * self.n_batches // n_workers)  # fmt: skip
+        first = worker * self.n_batches // n_workers  # this worker's run of the rank's batches
+        last = (worker + 1) * self.n_batches // n_workers
         if first == last:
             return
         start = rank_start + sum(sizes[:first])

@@ -1,0 +1,184 @@
+"""Streaming shards against the in-memory path: rows/s and peak RSS for one epoch at two sizes.
+
+Run: ``.venv/bin/python benchmarks/streaming.py --dir /tmp/streaming`` (a full training epoch at
+1,000,000 rows is ~5 min on 2 idle CPU cores, an hour on 2 busy ones: ``--train-steps 150`` caps
+the training part; the reading epoch stays whole). Builds the Kaggle replica, then for each size
+``digits data expand``'s function writes ``ceil(rows / 42,000)`` augmented copies of train.csv,
+one 42,000-row shard per copy. Each measurement runs in a fresh subprocess, so its peak RSS
+(VmHWM; DataLoader workers by ``RUSAGE_CHILDREN``) is its own:
+
+- expand: writing the shards.
+- stream: one epoch of ``ShardStream`` through a ``DataLoader`` reading only, then one epoch of
+  reading + augmentation + forward/backward/step of the default ``cnn`` (batch 128, bf16 autocast
+  and channels_last where train.py uses them), the work of a training epoch (or its first steps).
+- memory: ``read_data_source`` (all images in memory), then the same steps over a permutation.
+
+Target (issue 8): streaming peak RSS <= 2 GB at 1,000,000 rows, within 20 % of 100,000 rows.
+
+Measured once, ``--rows 100000 1000000 --train-steps 100``, on 2 shared AMD EPYC vCPUs under
+load average 5-7 from other jobs (so rows/s are low and noisy; the RSS figures are not), Python
+3.11, torch 2.13 CPU, pyarrow 26; peak RSS in MB, main process + its one DataLoader worker:
+
+    expand   126,000 rows:  4,961 rows/s (25 s),  peak RSS 478
+    expand 1,008,000 rows:  3,207 rows/s (314 s), peak RSS 486
+    stream   126,000 rows: read 17,311 rows/s, train 129 rows/s, peak RSS 550 + worker 446
+    stream 1,008,000 rows: read 22,274 rows/s, train 345 rows/s, peak RSS 557 + worker 438
+    memory   126,000 rows: read 20,607 rows/s, train  96 rows/s, peak RSS 750
+    memory 1,008,000 rows: read 77,978 rows/s, train 277 rows/s, peak RSS 2,069
+
+Streaming: 995 MB at both sizes (within 1 %); in memory: 2.8x from 126k to 1M rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from digit_recognizer.data.augment import Augmentation, augment_batch
+from digit_recognizer.data.replica import build_replica, replica_is_complete
+from digit_recognizer.data.shards import expand, read_data_source, read_manifest
+from digit_recognizer.data.stream import ShardStream
+from digit_recognizer.models.registry import build
+from digit_recognizer.models.runtime import autocast, autocast_dtype, to_model_input
+
+BATCH_SIZE = 128
+REPLICA_ROWS = 42_000
+
+
+def peak_rss_mb() -> tuple[float, float]:
+    """(this process's peak RSS, the largest waited-for child's peak RSS), in MB."""
+    status = Path("/proc/self/status").read_text()
+    own_kb = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM"))
+    children_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return own_kb / 1024, children_kb / 1024
+
+
+class Step:
+    """One training step of the default cnn, as train.py does it (no DDP, fixed lr)."""
+
+    def __init__(self) -> None:
+        torch.manual_seed(0)
+        self.device = torch.device("cpu")
+        self.amp_dtype = autocast_dtype(self.device)
+        self.model = build("cnn").to(memory_format=torch.channels_last)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.05, momentum=0.9)
+        self.generator = torch.Generator().manual_seed(0)
+        self.augmentation = Augmentation()
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        x = augment_batch(to_model_input(images), self.augmentation, self.generator)
+        with autocast(self.device, self.amp_dtype):
+            loss = F.cross_entropy(self.model(x), labels, label_smoothing=0.1)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+
+
+def child_expand(data_dir: Path, rows: int) -> dict:
+    copies = math.ceil(rows / REPLICA_ROWS)
+    start = time.perf_counter()
+    manifest = expand(data_dir / "train.csv", data_dir / f"expanded-{rows}", copies, copies)
+    seconds = time.perf_counter() - start
+    return {"rows": manifest.n_rows, "seconds": seconds, "rows_per_s": manifest.n_rows / seconds}
+
+
+def child_stream(shard_dir: Path, n_workers: int, n_steps: int) -> dict:
+    stream = ShardStream(shard_dir, BATCH_SIZE, seed=0)
+    loader = DataLoader(stream, batch_size=None, num_workers=n_workers)
+    n_rows = stream.manifest.n_rows
+    start = time.perf_counter()
+    assert sum(len(images) for images, _ in loader) == n_rows
+    read_s = time.perf_counter() - start
+    step = Step()
+    stream.set_epoch(1)
+    n_trained = 0
+    start = time.perf_counter()
+    for images, labels in itertools.islice(loader, n_steps):
+        step(images, labels)
+        n_trained += len(images)
+    train_s = time.perf_counter() - start
+    return {"rows": n_rows, "read_rows_per_s": n_rows / read_s, "trained": n_trained,
+            "train_rows_per_s": n_trained / train_s}  # fmt: skip
+
+
+def child_memory(shard_dir: Path, n_steps: int) -> dict:
+    start = time.perf_counter()
+    data = read_data_source(shard_dir)
+    read_s = time.perf_counter() - start
+    images, labels = torch.as_tensor(data.images), torch.as_tensor(data.labels)
+    step = Step()
+    permutation = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))
+    n_batches = min(len(images) // BATCH_SIZE, n_steps)
+    start = time.perf_counter()
+    for batch in range(n_batches):
+        indices = permutation[batch * BATCH_SIZE : (batch + 1) * BATCH_SIZE]
+        step(images[indices], labels[indices])
+    train_s = time.perf_counter() - start
+    n_rows, n_trained = len(images), n_batches * BATCH_SIZE
+    return {"rows": n_rows, "read_rows_per_s": n_rows / read_s, "trained": n_trained,
+            "train_rows_per_s": n_trained / train_s}  # fmt: skip
+
+
+def run_child(*args: str) -> dict:
+    """Run this script in a fresh interpreter for one measurement; its last line is JSON."""
+    command = [sys.executable, __file__, "--child", *args]
+    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    return json.loads(output.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dir", type=Path, default=Path("/tmp/streaming-benchmark"))
+    parser.add_argument("--rows", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--workers", type=int, default=1, help="DataLoader workers (streaming)")
+    parser.add_argument("--train-steps", type=int, default=10**9, help="cap on training steps")
+    parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        kind, path, *rest = args.child
+        if kind == "expand":
+            result = child_expand(Path(path), int(rest[0]))
+        elif kind == "stream":
+            result = child_stream(Path(path), int(rest[0]), int(rest[1]))
+        else:
+            result = child_memory(Path(path), int(rest[0]))
+        own_mb, children_mb = peak_rss_mb()
+        print(json.dumps(result | {"peak_rss_mb": own_mb, "worker_peak_rss_mb": children_mb}))
+        return
+
+    if not replica_is_complete(args.dir):
+        print(f"building the replica in {args.dir} ...", flush=True)
+        build_replica(args.dir)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {BATCH_SIZE}, "
+          f"{args.workers} DataLoader worker(s); peak RSS in MB", flush=True)  # fmt: skip
+    for rows in args.rows:
+        shard_dir = args.dir / f"expanded-{rows}"
+        if not (shard_dir / "manifest.json").exists():
+            made = run_child("expand", str(args.dir), str(rows))
+            print(f"expand {made['rows']:>9,} rows: {made['rows_per_s']:>8,.0f} rows/s "
+                  f"({made['seconds']:.0f} s), peak RSS {made['peak_rss_mb']:.0f}",
+                  flush=True)  # fmt: skip
+        n_rows = read_manifest(shard_dir).n_rows
+        steps = str(args.train_steps)
+        for kind, extra in (("stream", [str(args.workers), steps]), ("memory", [steps])):
+            got = run_child(kind, str(shard_dir), *extra)
+            workers = f" + worker {got['worker_peak_rss_mb']:.0f}" if kind == "stream" else ""
+            print(f"{kind:<6} {n_rows:>9,} rows: read {got['read_rows_per_s']:>8,.0f} rows/s, "
+                  f"read+augment+train {got['train_rows_per_s']:>6,.0f} rows/s "
+                  f"({got['trained']:,} rows), "
+                  f"peak RSS {got['peak_rss_mb']:.0f}{workers}", flush=True)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
