@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 from pathlib import Path
 from types import SimpleNamespace
@@ -140,6 +141,21 @@ def test_pieces_read_what_read_kaggle_csv_reads(tmp_path, monkeypatch, source, e
     pieces = list(shards.read_chunks(manifest.shards[0], has_labels=True, start=5, stop=31))
     assert len(pieces) > 1
     assert np.array_equal(np.concatenate([p.images for p in pieces]), expected.images[5:31])
+
+
+def test_pieces_cut_only_after_line_ends_and_count_lines_exactly() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(500):
+        text = bytes(rng.choice(list(b"a\r\n"), size=int(rng.integers(1, 40))).tolist())
+        cuts = sorted(rng.integers(0, len(text) + 1, size=int(rng.integers(0, 6))).tolist())
+        blocks = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)], strict=True)]
+        pieces = list(shards._cut_after_line_ends(iter([b for b in blocks if b])))
+        assert b"".join(pieces) == text
+        for piece, after in itertools.pairwise(pieces):
+            assert piece.endswith((b"\n", b"\r")) and not (
+                piece.endswith(b"\r") and after[:1] == b"\n"
+            )
+        assert sum(shards._count_lines(piece) for piece in pieces) == len(text.splitlines())
 
 
 @pytest.mark.parametrize(

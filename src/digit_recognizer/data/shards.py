@@ -229,22 +229,41 @@ def _line_pieces(path: Path) -> Iterator[tuple[tuple[str, ...], int, bytes]]:
     with _open_binary(path) as file:
         buffer = file.read(CHUNK_BYTES)
         # The header check needs line 1 whole and a byte after it (a "\r" may precede a "\n").
-        while not ((end := _FIRST_LINE_END.search(buffer)) and end.end() < len(buffer)):
+        # Each pass searches from the last candidate on, not from the start: a line 1 of many
+        # blocks costs linear time, not quadratic (found by fuzz/csv_reader.py).
+        searched = 0
+        while not ((end := _FIRST_LINE_END.search(buffer, searched)) and end.end() < len(buffer)):
             block = file.read(CHUNK_BYTES)
             if not block:
                 break
+            searched = end.start() if end else max(len(buffer) - 1, 0)
             buffer += block
-        columns, pending = _split_header(buffer, path, _HEADERS)
+        columns, body = _split_header(buffer, path, _HEADERS)
         first_line = 2
-        while block := file.read(CHUNK_BYTES):
-            pending += block
-            cut = max(pending.rfind(b"\n"), pending.rfind(b"\r", 0, len(pending) - 1)) + 1
-            if cut:
-                piece, pending = pending[:cut], pending[cut:]
-                yield columns, first_line, piece
-                first_line += _count_lines(piece)
-        if pending:
-            yield columns, first_line, pending
+        blocks = itertools.chain([body], iter(lambda: file.read(CHUNK_BYTES), b""))
+        for piece in _cut_after_line_ends(blocks):
+            yield columns, first_line, piece
+            first_line += _count_lines(piece)
+
+
+def _cut_after_line_ends(blocks: Iterator[bytes]) -> Iterator[bytes]:
+    """The bytes of ``blocks`` re-cut after the last line end of each block; a ``\\r`` is never
+    cut from a following ``\\n``. Linear time: each block is searched once, and bytes held
+    across blocks (a line longer than a block) are joined once.
+    """
+    held: list[bytes] = []  # no line end in here, except perhaps a final "\r"
+    for block in blocks:
+        cut = max(block.rfind(b"\n"), block.rfind(b"\r", 0, len(block) - 1)) + 1
+        if cut:
+            yield b"".join([*held, block[:cut]])
+            held = [block[cut:]]
+        elif held and held[-1].endswith(b"\r"):  # that "\r" ended a line: no "\n" follows
+            yield b"".join(held)
+            held = [block]
+        else:
+            held.append(block)
+    if any(held):
+        yield b"".join(held)
 
 
 def _count_lines(piece: bytes) -> int:
