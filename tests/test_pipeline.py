@@ -43,3 +43,18 @@ def test_presets_and_argument_errors(tmp_path, small_csvs):
         get_preset("quick")
     with pytest.raises(DataError, match="give both --train and --test"):
         run_job(TrainConfig(), train_csv=small_csvs["train"], run_dir=tmp_path)
+
+
+def test_shards_beyond_the_memory_budget_are_streamed(tmp_path, small_csvs, caplog):
+    from digit_recognizer.data.shards import shard_csv
+    from digit_recognizer.pipeline import train_job
+
+    shard_csv(small_csvs["train"], tmp_path / "shards", parts=3)
+    config = TrainConfig(**TINY_RECIPE, max_memory_gb=1e-6)
+    with caplog.at_level("INFO"):
+        job = train_job(config, tmp_path / "shards", tmp_path / "run")
+    assert "streaming from the files" in caplog.text
+    assert job.valid_metrics.n_samples == 1000  # the last shard validates
+    assert job.valid_metrics.accuracy > 0.8
+    steps = job.train.history[-1]["step"]
+    assert steps == 2 * 32  # 2,000 streamed rows in batches of 64, every row once per epoch

@@ -20,7 +20,11 @@ from rich.table import Table
 from digit_recognizer.config import load_config
 from digit_recognizer.errors import DigitsError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Kaggle's Digit Recognizer end to end: data, training, evaluation, submission, serving.",
+)
 data_app = typer.Typer(no_args_is_help=True, help="Build, check and convert data files.")
 app.add_typer(data_app, name="data")
 console = Console()
@@ -150,6 +154,8 @@ def train_command(
     lr: LR = None, schedule: Schedule = None, augment: Augment = None,
     valid_size: ValidSize = None, patience: Patience = None, seed: Seed = None,
     device: Device = None, compile_model: Compile = None,
+    max_memory: Annotated[float | None, typer.Option(
+        help="GB of data to hold in memory; more streams from the shards. [default: 2]")] = None,
 ) -> None:  # fmt: skip
     """Train a net on a labelled CSV and write a run directory."""
     from digit_recognizer.pipeline import (
@@ -168,6 +174,7 @@ def train_command(
     overrides = train_overrides(model=model, epochs=epochs, time_budget=time_budget,
         batch_size=batch_size, optimizer=optimizer, lr=lr, schedule=schedule, augment=augment,
         valid_size=valid_size, patience=patience, seed=seed, device=device, compile=compile_model,
+        max_memory_gb=max_memory,
         resume=resume or None)  # fmt: skip
     recipe = get_preset(preset)
     train_config = load_config(TrainConfig, config, overrides, preset=recipe.overrides)
@@ -199,17 +206,23 @@ def train_command(
 @app.command()
 @handles_errors
 def predict(
-    paths: Annotated[list[Path], typer.Argument(help="RUN_DIR [RUN_DIR ...] TEST_CSV")],
+    paths: Annotated[
+        list[Path], typer.Argument(help="RUN_DIR [RUN_DIR ...] TEST_CSV (or shard dir, glob)")
+    ],
     out: Annotated[Path, typer.Option(help="Submission file to write.")] = Path("submission.csv"),
     tta: Tta = False,
     device: Device = None,
 ) -> None:
     """Write a Kaggle submission (ImageId,Label); several run directories form an ensemble."""
-    from digit_recognizer.predict import PredictConfig, predict_csv
+    from digit_recognizer.predict import PredictConfig, predict_csv, predict_stream
 
-    run_dirs, test_csv = split_runs_and_csv(paths)
-    labels = predict_csv(run_dirs, test_csv, out, PredictConfig(tta=tta, device=device or "auto"))
-    console.print(f"wrote {out} ({len(labels):,} predictions)")
+    run_dirs, source = split_runs_and_csv(paths)
+    config = PredictConfig(tta=tta, device=device or "auto")
+    if source.is_file():
+        n_rows = len(predict_csv(run_dirs, source, out, config))
+    else:  # a shard directory or glob: streamed in ImageId order, memory bounded
+        n_rows = predict_stream(run_dirs, source, out, config)
+    console.print(f"wrote {out} ({n_rows:,} predictions)")
 
 
 @app.command()

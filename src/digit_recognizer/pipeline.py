@@ -22,6 +22,12 @@ from rich.progress import Progress
 from digit_recognizer.config import save_config
 from digit_recognizer.data.kaggle_csv import DigitSet, read_kaggle_csv
 from digit_recognizer.data.replica import build_replica, replica_is_complete
+from digit_recognizer.data.shards import (
+    Manifest,
+    choose_loading,
+    read_data_source,
+    resolve_data_source,
+)
 from digit_recognizer.data.splits import split_for_training
 from digit_recognizer.errors import ConfigError, DataError, DigitsError
 from digit_recognizer.evaluate import (
@@ -113,19 +119,37 @@ def default_run_dir(model: str) -> Path:
 
 
 def read_labelled(path: Path) -> DigitSet:
-    data = read_kaggle_csv(path)
+    """A labelled CSV, shard directory or glob, in memory."""
+    data = read_data_source(path)
     if not data.has_labels:
         raise DataError(f"{path}: has no label column; training needs Kaggle's train.csv format")
     return data
 
 
+def training_data(config: TrainConfig, source: Path) -> tuple[DigitSet | Manifest, DigitSet]:
+    """(train, validation) sets: in memory when they fit ``max_memory_gb``, else streamed.
+
+    Streamed shards cannot be split by rows cheaply, so the last shard is the validation set.
+    """
+    manifest = resolve_data_source(source)
+    if not manifest.has_labels:
+        raise DataError(f"{source}: has no label column; training needs Kaggle's train.csv format")
+    if choose_loading(manifest, int(config.max_memory_gb * 1e9)) == "memory":
+        return split_for_training(read_labelled(source), config.valid_size, config.seed)
+    if len(manifest.shards) < 2:
+        raise DataError(f"{source}: streaming needs 2 or more shards (the last one validates); "
+                        "split it with `digits data shard`")  # fmt: skip
+    log.info("validation: the last shard, %s", manifest.shards[-1].path)
+    train_shards = replace(manifest, shards=manifest.shards[:-1])
+    return train_shards, read_kaggle_csv(manifest.shards[-1].path)
+
+
 def train_job(
     config: TrainConfig, train_csv: Path, run_dir: Path, progress: Progress | None = None
 ) -> TrainJobResult:
-    """Train on a labelled CSV and write the whole run directory, plots and metrics included."""
-    train_set, valid_set = split_for_training(
-        read_labelled(train_csv), config.valid_size, config.seed
-    )
+    """Train on labelled data (CSV, shard directory or glob) and write the whole run directory,
+    plots and metrics included."""
+    train_set, valid_set = training_data(config, train_csv)
     is_main_process = Distributed.from_env().is_main_process
     valid_metrics = None
     # One writer per run directory; under torchrun, rank 0 is that writer.

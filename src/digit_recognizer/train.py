@@ -16,7 +16,9 @@ import io
 import logging
 import math
 import os
+import pickle  # for pickle.UnpicklingError only: torch.load(weights_only=True) raises it
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -27,12 +29,14 @@ import torch.nn.functional as F
 from rich.progress import Progress
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler
 
 from digit_recognizer.config import save_config
 from digit_recognizer.data.augment import Augmentation, augment_batch
 from digit_recognizer.data.kaggle_csv import DigitSet
-from digit_recognizer.errors import ConfigError
+from digit_recognizer.data.shards import Manifest
+from digit_recognizer.data.stream import ShardStream
+from digit_recognizer.errors import ConfigError, ModelFileError
 from digit_recognizer.fileio import atomic_path, write_text
 from digit_recognizer.models.registry import build, get_spec
 from digit_recognizer.models.runtime import (
@@ -49,6 +53,9 @@ log = logging.getLogger(__name__)
 CHECKPOINT_FILE = "checkpoint.pt"
 HISTORY_FILE = "history.csv"
 CONFIG_FILE = "config.toml"
+# What --resume reads back from checkpoint.pt (besides "config", kept for the record).
+RESUME_KEYS = ("model", "optimizer", "step", "epoch", "elapsed_s", "lr_scale", "history",
+               "best_accuracy", "best_loss", "best_state", "epochs_since_best")  # fmt: skip
 DEFAULT_LR = {"sgd": 0.05, "adam": 1e-3, "adamw": 1e-3}
 
 
@@ -82,6 +89,7 @@ class TrainConfig:
     compile: bool = False  # torch.compile the training model: for GPUs; minutes to compile on CPU
     resume: bool = False  # continue from the run directory's last checkpoint
     ddp_timeout_s: float = 300  # torchrun jobs: a collective waiting longer than this fails
+    max_memory_gb: float = 2.0  # data needing more than this streams from its files (shards)
 
     def __post_init__(self) -> None:
         get_spec(self.model)  # unknown model names fail here, with the valid names
@@ -158,8 +166,44 @@ def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> None:
 
 
 def load_checkpoint(run_dir: Path, device: torch.device) -> dict[str, Any]:
-    # weights_only=True: the checkpoint holds tensors, numbers and strings, nothing executable.
-    return torch.load(run_dir / CHECKPOINT_FILE, map_location=device, weights_only=True)
+    """The last checkpoint; ``ModelFileError`` naming the file if it is corrupt or not ours."""
+    path = run_dir / CHECKPOINT_FILE
+    try:
+        # weights_only=True: the checkpoint holds tensors, numbers and strings, nothing executable.
+        checkpoint = torch.load(path, map_location=device, weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, EOFError, OSError, ValueError) as error:
+        raise ModelFileError(
+            f"{path}: not a readable checkpoint ({_first_line(error)}); delete it to start over"
+        ) from None
+    missing = [
+        key for key in RESUME_KEYS if not isinstance(checkpoint, dict) or key not in checkpoint
+    ]
+    if missing:
+        raise ModelFileError(
+            f"{path}: not a checkpoint of digits train (no {', '.join(missing)}); "
+            "delete it to start over"
+        )
+    return checkpoint
+
+
+def restore_checkpoint(
+    run_dir: Path, checkpoint: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer
+) -> None:
+    """Load the checkpoint's weights and optimizer state; ``ModelFileError`` if they do not fit."""
+    try:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+    except (RuntimeError, ValueError, KeyError, TypeError) as error:
+        raise ModelFileError(
+            f"{run_dir / CHECKPOINT_FILE}: does not fit this model and optimizer "
+            f"({_first_line(error)}); resume with the run's own settings, or delete it"
+        ) from None
+
+
+def _first_line(error: Exception) -> str:
+    """An exception's message, up to 200 characters on one line (torch's run to pages)."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= 200 else text[:200] + "..."
 
 
 def write_history(run_dir: Path, history: list[dict[str, float]]) -> None:
@@ -224,7 +268,7 @@ def all_reduce(
 
 def train(
     config: TrainConfig,
-    train_set: DigitSet,
+    train_set: DigitSet | Manifest,
     valid_set: DigitSet | None,
     run_dir: Path,
     progress: Progress | None = None,
@@ -234,6 +278,8 @@ def train(
     ``run_dir`` ends up holding config.toml, history.csv, checkpoint.pt (last epoch, for resume)
     and model.safetensors + model.json (the best epoch by validation accuracy, or the last).
     Under torchrun every rank trains on its share of each epoch; rank 0 alone writes files.
+    ``train_set`` is a ``DigitSet`` held on the device, or the ``Manifest`` of CSV shards too
+    big for memory, streamed by a ``ShardStream`` (data/stream.py).
     """
     # -- setup: processes, device, data on the device ---------------------------------------------
     run_dir = Path(run_dir)
@@ -243,27 +289,45 @@ def train(
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, run_dir / CONFIG_FILE)
     amp_dtype = autocast_dtype(device, config.amp)
-    train_images = torch.as_tensor(train_set.images).to(device)  # uint8 until the batch is drawn
-    train_labels = torch.as_tensor(train_set.labels).to(device)
     has_valid = valid_set is not None and len(valid_set) > 0
     if has_valid:
         valid_images = torch.as_tensor(valid_set.images).to(device)
         valid_labels = torch.as_tensor(valid_set.labels).to(device)
     # The same global batch and lr whatever the process count: each rank takes batch/world.
     local_batch = config.batch_size // dist_env.world_size
-    sampler = DistributedSampler(
-        range(len(train_images)),
-        dist_env.world_size,
-        dist_env.rank,
-        seed=config.seed,
-        drop_last=True,
-    )
-    steps_per_epoch = max(1, len(sampler) // local_batch)  # drop the ragged last batch
+    if isinstance(train_set, Manifest):
+        n_train = train_set.n_rows
+        stream = ShardStream(train_set, local_batch, seed=config.seed, rank=dist_env.rank,
+                             world_size=dist_env.world_size)  # fmt: skip
+        loader = DataLoader(stream, batch_size=None, num_workers=1)  # parses beside training
+        steps_per_epoch = len(stream)
+    else:
+        n_train = len(train_set)
+        train_images = torch.as_tensor(train_set.images).to(device)  # uint8 until drawn
+        train_labels = torch.as_tensor(train_set.labels).to(device)
+        sampler = DistributedSampler(
+            range(n_train), dist_env.world_size, dist_env.rank, seed=config.seed, drop_last=True
+        )
+        steps_per_epoch = max(1, len(sampler) // local_batch)  # drop the ragged last batch
+
+    def epoch_batches(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """This rank's (uint8 images, labels) batches of one epoch, on the device."""
+        if isinstance(train_set, Manifest):
+            stream.set_epoch(epoch)
+            for images, labels in loader:
+                yield images.to(device), labels.to(device)
+            return
+        sampler.set_epoch(epoch)
+        permutation = torch.tensor(list(sampler), device=device)
+        for batch in range(steps_per_epoch):
+            indices = permutation[batch * local_batch : (batch + 1) * local_batch]
+            yield train_images[indices], train_labels[indices]
+
     total_steps = config.epochs * steps_per_epoch
     augmentation = Augmentation().scaled(config.augment)
     log.info(
         "training %s on %d images (%d validation), device %s, %s, %d steps/epoch of batch %d%s",
-        config.model, len(train_images), len(valid_labels) if has_valid else 0, device,
+        config.model, n_train, len(valid_labels) if has_valid else 0, device,
         f"autocast {amp_dtype}".replace("torch.", "") if amp_dtype else "fp32",
         steps_per_epoch, config.batch_size,
         f" ({dist_env.world_size} processes x {local_batch}, lr {config.lr} unscaled: "
@@ -284,8 +348,7 @@ def train(
     # -- resume: everything the loop needs is in the checkpoint ----------------------------------
     if config.resume and (run_dir / CHECKPOINT_FILE).exists():
         checkpoint = load_checkpoint(run_dir, device)
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
+        restore_checkpoint(run_dir, checkpoint, model, optimizer)
         step, epoch, elapsed_s = checkpoint["step"], checkpoint["epoch"], checkpoint["elapsed_s"]
         lr_scale, history = checkpoint["lr_scale"], checkpoint["history"]
         best_accuracy, best_loss = checkpoint["best_accuracy"], checkpoint["best_loss"]
@@ -310,23 +373,19 @@ def train(
         model.train()
         # Randomness is a function of (seed, epoch, rank), so resuming at an epoch boundary
         # needs no RNG state and ranks draw different augmentations.
-        sampler.set_epoch(epoch)
         generator = torch.Generator(device=device).manual_seed(
             config.seed * 1_000_003 + epoch * 1_009 + dist_env.rank
         )
         torch.manual_seed(config.seed * 1_000_003 + epoch * 1_009 + dist_env.rank)
-        permutation = torch.tensor(list(sampler), device=device)
         epoch_start = time.perf_counter() - elapsed_s
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device)
         task = progress.add_task(f"epoch {epoch + 1}", total=steps_per_epoch) if progress else None
         n_seen = 0
-        for batch in range(steps_per_epoch):
-            indices = permutation[batch * local_batch : (batch + 1) * local_batch]
-            x = to_model_input(train_images[indices], config.channels_last)
+        for batch, (images, y) in enumerate(epoch_batches(epoch)):
+            x = to_model_input(images, config.channels_last)
             if config.augment > 0:
                 x = augment_batch(x, augmentation, generator)
-            y = train_labels[indices]
             lr = get_lr(config, run_progress(), epoch + batch / steps_per_epoch, lr_scale)
             for group in optimizer.param_groups:
                 group["lr"] = lr
