@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test browser lint bench clean
+.PHONY: setup run test browser lint bench fuzz clean
 
 setup: $(STAMP)
 
@@ -34,9 +34,24 @@ bench: setup
 	$(BIN)/python benchmarks/csv_read.py
 	$(BIN)/python benchmarks/time_to_accuracy.py
 
+# Coverage-guided fuzzing (atheris, installed on first use) of the CSV reader and the image
+# preprocessing, FUZZ_SECONDS each. Seeds: fuzz/corpus/<target>; inputs the fuzzer finds go to
+# build/fuzz/<target>, a crashing input to build/fuzz/crash-* (then: a test in test_properties.py).
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := csv_reader image_preprocessing
+
+fuzz: setup
+	@$(BIN)/python -c "import atheris" 2>/dev/null || $(BIN)/pip install --quiet atheris
+	@for target in $(FUZZ_TARGETS); do \
+		mkdir -p build/fuzz/$$target && \
+		$(BIN)/python fuzz/$$target.py build/fuzz/$$target fuzz/corpus/$$target \
+			-max_total_time=$(FUZZ_SECONDS) -max_len=8192 -timeout=30 -rss_limit_mb=4096 \
+			-artifact_prefix=build/fuzz/ -print_final_stats=1 || exit 1; \
+	done
+
 lint: setup
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks fuzz
+	$(BIN)/ruff format --check src tests benchmarks fuzz
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -59,7 +59,9 @@ def load_image(
                 )
             image.draft("L", DRAFT_SIZE)  # a no-op except for JPEG
             grey = _to_grey(ImageOps.exif_transpose(image))
-    except (OSError, SyntaxError, ValueError) as error:  # truncated or corrupt data
+    # Truncated or corrupt data. TypeError too: Pillow 13 raises it while loading a TIFF whose
+    # StripOffsets tag holds text (found by fuzz/image_preprocessing.py).
+    except (OSError, SyntaxError, ValueError, TypeError) as error:
         raise DataError(f"{name}: cannot decode the image ({error})") from None
     return to_mnist(grey, name)
 

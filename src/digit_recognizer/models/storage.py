@@ -14,7 +14,7 @@ from torch import nn
 from digit_recognizer.errors import ModelFileError
 from digit_recognizer.fileio import atomic_path, write_text
 from digit_recognizer.models.nets import MNIST_MEAN, MNIST_STD
-from digit_recognizer.models.registry import build
+from digit_recognizer.models.registry import build, get_spec
 
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "model.json"
@@ -66,7 +66,7 @@ def load_net(run_dir: Path) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the net named in ``model.json`` and load its weights; returns (model, meta)."""
     run_dir = Path(run_dir)
     meta = read_meta(run_dir)
-    model = build(meta["model"], **meta.get("params", {}))
+    model = _build_net(run_dir / META_FILE, meta)
     path = run_dir / WEIGHTS_FILE
     try:
         state = load_file(str(path))
@@ -84,6 +84,22 @@ def load_net(run_dir: Path) -> tuple[nn.Module, dict[str, Any]]:
     return model.eval(), meta
 
 
+def _build_net(meta_path: Path, meta: dict[str, Any]) -> nn.Module:
+    """The untrained net that ``model.json`` describes; ``ModelFileError`` if it names none."""
+    name, params = meta["model"], meta.get("params", {})
+    if get_spec(name).kind != "net":
+        raise ModelFileError(f"{meta_path}: '{name}' is not a net; load it with load_estimator")
+    if not isinstance(params, dict):
+        raise ModelFileError(f"{meta_path}: 'params' must be an object, got {params!r:.40}")
+    try:
+        return build(name, **params)
+    except (TypeError, ValueError, RuntimeError) as error:  # a tampered or foreign model.json
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ModelFileError(
+            f"{meta_path}: cannot build '{name}' from {params} ({first})"
+        ) from None
+
+
 def write_ensemble(run_dir: Path, members: list[Path]) -> None:
     """Mark ``run_dir`` as an ensemble of ``members`` (sub-directories, stored relative)."""
     names = [str(Path(member).relative_to(run_dir)) for member in members]
@@ -98,10 +114,18 @@ def expand_ensembles(run_dirs: list[Path]) -> list[Path]:
         if manifest.exists() and not (run_dir / META_FILE).exists():
             try:
                 members = json.loads(manifest.read_text(encoding="utf-8"))["members"]
-            except (json.JSONDecodeError, KeyError, TypeError) as error:
+            except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as error:
                 raise ModelFileError(
                     f"{manifest}: not a valid ensemble manifest ({error})"
                 ) from None
+            if (
+                not members
+                or not isinstance(members, list)
+                or not all(isinstance(member, str) for member in members)
+            ):
+                raise ModelFileError(
+                    f"{manifest}: 'members' must be a non-empty list of run directory names"
+                )
             expanded += [run_dir / member for member in members]
         else:
             expanded.append(run_dir)
