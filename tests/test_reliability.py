@@ -4,7 +4,9 @@ file's name; nothing in the package can execute code from a file a user was sent
 from __future__ import annotations
 
 import ast
+import hashlib
 import json
+import os
 import random
 import shutil
 import signal
@@ -15,11 +17,14 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import FunctionTransformer
 from typer.testing import CliRunner
 
 from digit_recognizer.cli import app
 from digit_recognizer.data.kaggle_csv import DigitSet, write_kaggle_csv
 from digit_recognizer.errors import ModelFileError
+from digit_recognizer.models.classical import TRUSTED_FILE, load_pipeline
 from digit_recognizer.models.storage import ENSEMBLE_FILE, META_FILE, WEIGHTS_FILE, load_net
 from digit_recognizer.pipeline import read_labelled, split_for_training
 from digit_recognizer.train import CHECKPOINT_FILE, TrainConfig, load_checkpoint, train
@@ -349,6 +354,21 @@ model.eval()
 """
     assert len(unsafe_calls(unsafe)) == 9
     assert unsafe_calls(safe.replace("except", "try: pass\nexcept")) == []
+
+
+def test_a_skops_file_naming_a_function_is_refused(tmp_path: Path) -> None:
+    """A forest's skops file is loaded only if model.json records its SHA-256, and even then
+    only if it names allow-listed types: a file and a model.json both crafted to call
+    os.system are refused before anything is instantiated."""
+    import skops.io
+
+    skops.io.dump(Pipeline([("f", FunctionTransformer(func=os.system))]), tmp_path / TRUSTED_FILE)
+    digest = hashlib.sha256((tmp_path / TRUSTED_FILE).read_bytes()).hexdigest()
+    record = {"path": TRUSTED_FILE, "sha256": digest, "format": "skops"}
+    meta = {"framework": "sklearn", "model": "random-forest", "params": {}, "trusted_file": record}
+    (tmp_path / META_FILE).write_text(json.dumps(meta))
+    with pytest.raises(ModelFileError, match=r"names types outside the allow-list: posix.system"):
+        load_pipeline(tmp_path)
 
 
 def test_package_never_unpickles_or_evaluates() -> None:

@@ -48,15 +48,39 @@ GRAD_CAM_UNAVAILABLE = (
 # --- request and response bodies ---------------------------------------------------------------
 
 
+def _exactly(n_items: int, items: dict[str, Any]) -> Callable[[dict[str, Any]], None]:
+    """Schema only: the array branch of an optional field holds ``n_items`` ``items``. The
+    validators below enforce it with better messages; the schema lets clients (and
+    schemathesis) generate requests the server accepts."""
+
+    def update(schema: dict[str, Any]) -> None:
+        schema["anyOf"][0].update(items=items, minItems=n_items, maxItems=n_items)
+
+    return update
+
+
+_PIXEL = {"type": "integer", "minimum": 0, "maximum": 255}
+
+
 class DigitInput(BaseModel):
     """One digit in MNIST format (white ink on black, centred): ``pixels`` or ``image``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"oneOf": [{"required": ["pixels"]}, {"required": ["image"]}]},
+    )
 
     pixels: list[StrictInt] | None = Field(
-        None, description="784 values 0-255, row by row (Kaggle's pixel0 ... pixel783)"
+        None,
+        description="784 values 0-255, row by row (Kaggle's pixel0 ... pixel783)",
+        json_schema_extra=_exactly(784, _PIXEL),
     )
-    image: list[list[StrictInt]] | None = Field(None, description="28 rows of 28 values 0-255")
+    image: list[list[StrictInt]] | None = Field(
+        None,
+        description="28 rows of 28 values 0-255",
+        json_schema_extra=_exactly(28, {"type": "array", "items": _PIXEL, "minItems": 28,
+                                        "maxItems": 28}),
+    )  # fmt: skip
 
     @field_validator("pixels")
     @classmethod
