@@ -31,7 +31,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from numpy.typing import ArrayLike, NDArray
-from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin
 from sklearn.calibration import CalibratedClassifierCV
@@ -48,7 +47,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from digit_recognizer.errors import ModelFileError
 from digit_recognizer.fileio import atomic_path, write_text
 from digit_recognizer.models.registry import register
-from digit_recognizer.models.storage import META_FILE, read_meta
+from digit_recognizer.models.storage import META_FILE, read_meta, read_safetensors
 
 N_PIXELS = 28 * 28
 
@@ -344,12 +343,7 @@ def load_pipeline(run_dir: Path) -> tuple[Pipeline, dict[str, Any]]:
     if "trusted_file" in meta:
         return _load_trusted(run_dir, meta["trusted_file"]), meta
     path = run_dir / ARRAYS_FILE
-    try:
-        arrays = load_file(str(path))
-    except FileNotFoundError:
-        raise ModelFileError(f"{path}: not found") from None
-    except (SafetensorError, OSError) as error:
-        raise ModelFileError(f"{path}: not a readable safetensors file ({error})") from None
+    arrays = read_safetensors(path, load=load_file)
     try:
         return _decode(meta["pipeline"], arrays), meta
     except (KeyError, TypeError, AttributeError) as error:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,17 @@ def save_net(
     write_text(run_dir / META_FILE, json.dumps(meta, indent=2) + "\n")
 
 
+def read_safetensors(path: Path, load: Callable[[str], dict[str, Any]] = load_file) -> dict:
+    """Tensors of a safetensors file via ``load`` (torch's or numpy's ``load_file``), or a
+    ``ModelFileError`` naming the file when it is missing or not safetensors."""
+    try:
+        return load(str(path))
+    except FileNotFoundError:
+        raise ModelFileError(f"{path}: not found") from None
+    except (SafetensorError, OSError) as error:
+        raise ModelFileError(f"{path}: not a readable safetensors file ({error})") from None
+
+
 def read_meta(run_dir: Path) -> dict[str, Any]:
     """The parsed ``model.json``; ``ModelFileError`` naming the file when absent or invalid."""
     path = Path(run_dir) / META_FILE
@@ -68,12 +80,7 @@ def load_net(run_dir: Path) -> tuple[nn.Module, dict[str, Any]]:
     meta = read_meta(run_dir)
     model = _build_net(run_dir / META_FILE, meta)
     path = run_dir / WEIGHTS_FILE
-    try:
-        state = load_file(str(path))
-    except FileNotFoundError:
-        raise ModelFileError(f"{path}: not found") from None
-    except (SafetensorError, OSError) as error:
-        raise ModelFileError(f"{path}: not a readable safetensors file ({error})") from None
+    state = read_safetensors(path)
     try:
         model.load_state_dict(state)
     except RuntimeError as error:
