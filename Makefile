@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 setup: $(STAMP)
 
 # torch==2.13.0 goes in first: it is the CPU build on local disk, and the project's looser
-# `torch>=2.3` is then already satisfied instead of pulling a multi-GB CUDA build.
+# `torch>=2.6` is then already satisfied instead of pulling a multi-GB CUDA build.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
