@@ -11,10 +11,10 @@ from typer.testing import CliRunner
 
 from digit_recognizer.cli import app
 from digit_recognizer.data.kaggle_csv import write_kaggle_csv
+from digit_recognizer.eda import eda
 from digit_recognizer.models.storage import load_net
 from digit_recognizer.pipeline import train_job
 from digit_recognizer.report import (
-    eda,
     expected_calibration_error,
     model_summary,
     reliability,

@@ -286,8 +286,8 @@ def eda(
     out: Annotated[Path, typer.Option(help="Folder for the PNGs and eda.html.")] = Path("eda"),
 ) -> None:
     """Explore a CSV: summary table, plots and a self-contained eda.html."""
-    from digit_recognizer.report import EDA_FILE
-    from digit_recognizer.report import eda as run_eda
+    from digit_recognizer.eda import EDA_FILE
+    from digit_recognizer.eda import eda as run_eda
 
     summary = run_eda(csv, out)
     table = Table(title=f"EDA of {csv}", show_header=False)
@@ -307,7 +307,7 @@ def augment_preview(
     out: Annotated[Path, typer.Option(help="PNG to write.")] = Path("augment_preview.png"),
 ) -> None:
     """A grid of images and their random augmentations, made by training's own code."""
-    from digit_recognizer.report import augment_preview as preview
+    from digit_recognizer.eda import augment_preview as preview
 
     console.print(f"wrote {preview(csv, out, n=n, seed=seed or 0, strength=augment)}")
 

@@ -1,10 +1,9 @@
-"""Reports people look at: EDA of a Kaggle CSV, augmentation previews, and a run's report.html.
+"""A run's report.html, and the pieces every page shares (galleries, self-contained HTML).
 
-    digits eda train.csv --out eda/                 # terminal summary, PNGs and eda.html
-    digits augment-preview train.csv --n 9          # what training's augmentation does
     digits report runs/cnn [--data labelled.csv]    # runs/cnn/report.html (train writes it too)
 
 Every HTML page is self-contained: figures are inline PNG data URIs, no scripts, no network.
+EDA and augmentation previews: eda.py.
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ import html
 import json
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +25,6 @@ from sklearn import metrics as skm
 from torch import nn
 
 from digit_recognizer.config import read_toml
-from digit_recognizer.data.augment import Augmentation, augment_batch
 from digit_recognizer.data.kaggle_csv import DigitSet, read_kaggle_csv
 from digit_recognizer.data.splits import split_for_training
 from digit_recognizer.errors import DataError, ModelFileError
@@ -40,251 +38,11 @@ from digit_recognizer.evaluate import (
 )
 from digit_recognizer.explain import draw_overlay, grad_cam
 from digit_recognizer.fileio import write_text
-from digit_recognizer.models.nets import MNIST_MEAN, MNIST_STD
-from digit_recognizer.models.runtime import to_model_input
 from digit_recognizer.predict import Predictor
 from digit_recognizer.train import CONFIG_FILE, HISTORY_FILE
 
 REPORT_FILE = "report.html"
-EDA_FILE = "eda.html"
 N_GALLERY = 16  # images per gallery: two rows of eight stay legible at page width
-PREVIEW_ROWS = 4  # augment-preview: this many source images, one per row
-
-
-# -- EDA -------------------------------------------------------------------------------------------
-
-
-@dataclass
-class EdaSummary:
-    """What ``eda`` found in a Kaggle CSV; ``rows()`` is the table both terminal and HTML show."""
-
-    path: Path
-    n_rows: int
-    n_columns: int
-    dtypes: dict[str, str]  # column(s) -> dtype as read
-    memory_bytes: int  # images and labels in memory
-    n_missing: int
-    class_counts: dict[int, int] | None  # None for an unlabelled CSV (test.csv)
-    pixel_mean: float  # over all pixels, 0-255
-    pixel_std: float
-    zero_fraction: float  # share of pixels that are exactly 0 (background)
-    n_duplicates: int  # images identical to an earlier row
-    n_conflicting_duplicates: int  # ... of which carry a different label
-    figures: dict[str, Path] = field(default_factory=dict)
-
-    def rows(self) -> list[tuple[str, str]]:
-        rows = [
-            ("file", str(self.path)),
-            ("rows x columns", f"{self.n_rows:,} x {self.n_columns}"),
-            ("dtypes", ", ".join(f"{k}: {v}" for k, v in self.dtypes.items())),
-            ("memory", f"{self.memory_bytes / 2**20:.1f} MiB"),
-            ("missing values", f"{self.n_missing} (the strict reader rejects empty cells)"),
-            ("pixel mean / std", f"{self.pixel_mean:.2f} / {self.pixel_std:.2f} (0-255)"),
-            ("background pixels", f"{self.zero_fraction:.1%} are exactly 0"),
-            ("duplicate images", f"{self.n_duplicates} ({self.n_conflicting_duplicates} with "
-             "a different label)"),
-        ]  # fmt: skip
-        if self.class_counts:
-            counts = list(self.class_counts.values())
-            rows.append(
-                ("label counts", " ".join(f"{d}:{n}" for d, n in self.class_counts.items()))
-            )
-            rows.append(("balance", f"smallest / largest class = {min(counts) / max(counts):.2f}"))
-        return rows
-
-
-def eda(csv_path: str | Path, out_dir: str | Path) -> EdaSummary:
-    """Summarise a Kaggle CSV; write its PNGs and a self-contained ``eda.html`` to ``out_dir``."""
-    csv_path, out_dir = Path(csv_path), Path(out_dir)
-    data = read_kaggle_csv(csv_path)
-    summary = _summarise(csv_path, data)
-    rng = np.random.default_rng(0)
-    plots = [("samples.png", "Random samples", _plot_samples)]
-    if data.labels is not None:
-        plots = [
-            ("label_distribution.png", "Label distribution", _plot_label_distribution),
-            *plots,
-            ("samples_per_class.png", "Samples per class", _plot_class_rows),
-        ]
-    plots += [
-        ("mean_std_images.png", "Mean and standard deviation images", _plot_mean_std),
-        ("pixel_histograms.png", "Pixel intensities", _plot_pixel_histograms),
-    ]
-    for file, title, plot in plots:
-        plot(data, rng, out_dir / file)
-        summary.figures[title] = out_dir / file
-    sections = [("Summary", _table(summary.rows()))]
-    sections += [(title, _img(path, title)) for title, path in summary.figures.items()]
-    write_text(out_dir / EDA_FILE, _page(f"EDA: {csv_path.name}", str(csv_path), sections))
-    return summary
-
-
-def _summarise(path: Path, data: DigitSet) -> EdaSummary:
-    pixels = data.images.reshape(len(data), -1)
-    counts = np.bincount(pixels.ravel(), minlength=256)  # 256 bins: exact statistics, 0.1 s
-    values = np.arange(256)
-    mean = float(counts @ values / counts.sum())
-    first_row: dict[bytes, int] = {}
-    n_duplicates = n_conflicting = 0
-    for row, image in enumerate(pixels):  # hashing 42,000 rows: ~50 ms
-        first = first_row.setdefault(image.tobytes(), row)
-        if first != row:
-            n_duplicates += 1
-            n_conflicting += data.labels is not None and data.labels[first] != data.labels[row]
-    dtypes = {"pixel0..pixel783": "uint8"}
-    class_counts = None
-    if data.labels is not None:
-        dtypes = {"label": "int64", **dtypes}
-        class_counts = dict(enumerate(np.bincount(data.labels, minlength=10).tolist()))
-    return EdaSummary(
-        path=path,
-        n_rows=len(data),
-        n_columns=pixels.shape[1] + (data.labels is not None),
-        dtypes=dtypes,
-        memory_bytes=data.images.nbytes + (data.labels.nbytes if data.labels is not None else 0),
-        n_missing=0,
-        class_counts=class_counts,
-        pixel_mean=mean,
-        pixel_std=float(np.sqrt(counts @ (values - mean) ** 2 / counts.sum())),
-        zero_fraction=float(counts[0] / counts.sum()),
-        n_duplicates=n_duplicates,
-        n_conflicting_duplicates=int(n_conflicting),
-    )
-
-
-def _plot_label_distribution(data: DigitSet, _rng: np.random.Generator, path: Path) -> None:
-    counts = np.bincount(data.labels, minlength=10)
-    fig = Figure(figsize=(8, 3.6))
-    ax = fig.subplots()
-    bars = ax.bar(CLASSES, counts, color="tab:blue")
-    labels = [f"{n:,}\n{n / counts.sum():.1%}" for n in counts]
-    ax.bar_label(bars, labels, label_type="center", color="white", fontsize=8)
-    ax.axhline(counts.mean(), color="tab:gray", linestyle="--", label="mean")
-    ax.set(xticks=CLASSES, xlabel="digit", ylabel="images", ylim=(0, counts.max() * 1.2))
-    ax.set_title(f"Label distribution ({counts.sum():,} images)")
-    ax.legend(loc="lower right")
-    save_figure(fig, path)
-
-
-def _plot_samples(data: DigitSet, rng: np.random.Generator, path: Path) -> None:
-    rows, columns = 4, 12
-    chosen = rng.choice(len(data), size=min(rows * columns, len(data)), replace=False)
-    titles = [f"#{i}" + (f": {data.labels[i]}" if data.labels is not None else "") for i in chosen]
-    title = "Random samples" + (" (row number: label)" if data.labels is not None else "")
-    _plot_gallery(data.images[chosen], titles, path, columns=columns, title=title)
-
-
-def _plot_class_rows(data: DigitSet, rng: np.random.Generator, path: Path) -> None:
-    columns = 12
-    tiles = np.zeros((10, columns, 28, 28), np.uint8)
-    for digit in CLASSES:
-        members = np.flatnonzero(data.labels == digit)
-        picked = rng.choice(members, size=min(columns, len(members)), replace=False)
-        tiles[digit, : len(picked)] = data.images[picked]
-    fig = Figure(figsize=(7.5, 6.5))
-    ax = fig.subplots()
-    ax.imshow(_montage(tiles), cmap="gray", vmin=0, vmax=255)
-    ax.set(xticks=[], yticks=np.arange(10) * 30 + 15, yticklabels=CLASSES, ylabel="label")
-    ax.set_title(f"{columns} random samples per class")
-    save_figure(fig, path)
-
-
-def _plot_mean_std(data: DigitSet, _rng: np.random.Generator, path: Path) -> None:
-    everything = np.ones(len(data), dtype=bool)
-    groups = [data.labels == d for d in CLASSES] if data.labels is not None else [everything]
-    images = data.images.astype(np.float32)
-    means = np.stack([images[g].mean(axis=0) for g in groups])
-    stds = np.stack([images[g].std(axis=0) for g in groups])
-    fig = Figure(figsize=(1.0 * len(groups) + 1.6, 3.2))
-    axes = fig.subplots(2, 1)
-    for ax, maps, name, cmap in zip(axes, (means, stds), ("mean", "std"), ("gray", "magma"),
-                                    strict=True):  # fmt: skip
-        shown = ax.imshow(_montage(maps[None], pad_value=np.nan), cmap=cmap, vmin=0)
-        ax.set(yticks=[], ylabel=name)
-        ax.set_xticks(np.arange(len(groups)) * 30 + 15, CLASSES if len(groups) == 10 else ["all"])
-        fig.colorbar(shown, ax=ax, fraction=0.02, pad=0.01, label="pixel value")
-    axes[0].set_title(
-        "Mean and standard deviation of each pixel" + (" per class" * (len(groups) > 1))
-    )
-    save_figure(fig, path)
-
-
-def _plot_pixel_histograms(data: DigitSet, _rng: np.random.Generator, path: Path) -> None:
-    counts = np.bincount(data.images.ravel(), minlength=256)
-    raw = np.arange(256)
-    normalised = (raw / 255 - MNIST_MEAN) / MNIST_STD  # what the nets' first layer computes
-    fig = Figure(figsize=(11, 3.4))
-    for ax, x, name in zip(fig.subplots(1, 2), (raw, normalised), ("before normalisation",
-                           "after normalisation"), strict=True):  # fmt: skip
-        mean = counts @ x / counts.sum()
-        std = np.sqrt(counts @ (x - mean) ** 2 / counts.sum())
-        ax.bar(x, counts, width=x[1] - x[0], color="tab:blue")
-        ax.set(yscale="log", ylabel="pixels (log scale)")
-        ax.set_xlabel("(x / 255 - 0.1307) / 0.3081, as the nets' first layer" if x is normalised
-                      else "pixel value x (uint8)")  # fmt: skip
-        ax.set_title(f"{name}: mean {mean:.3f}, std {std:.3f}")
-        ax.grid(alpha=0.3)
-    save_figure(fig, path)
-
-
-def _montage(tiles: NDArray, pad: int = 2, pad_value: float = 255) -> NDArray:
-    """(rows, columns, 28, 28) tiles -> one (rows * 30, columns * 30) image with separators."""
-    rows, columns, height, width = tiles.shape
-    padded = np.full((rows, columns, height + pad, width + pad), pad_value, np.float32)
-    padded[:, :, pad // 2 : pad // 2 + height, pad // 2 : pad // 2 + width] = tiles
-    return padded.transpose(0, 2, 1, 3).reshape(rows * (height + pad), columns * (width + pad))
-
-
-def _plot_gallery(
-    images: NDArray[np.uint8],
-    titles: Sequence[str],
-    path: Path,
-    columns: int = 8,
-    title: str = "",
-    heatmaps: NDArray[np.float32] | None = None,
-) -> None:
-    """Images (or Grad-CAM overlays) in a grid, each with a short caption."""
-    rows = max(1, -(-len(images) // columns))
-    fig = Figure(figsize=(1.15 * columns, 1.6 * rows + 0.4))
-    axes = fig.subplots(rows, columns, squeeze=False).ravel()
-    for i, ax in enumerate(axes):
-        ax.set_axis_off()
-        if i < len(images) and heatmaps is not None:
-            draw_overlay(ax, images[i], heatmaps[i])
-        elif i < len(images):
-            ax.imshow(images[i], cmap="gray", vmin=0, vmax=255)
-        if i < len(images):
-            ax.set_title(titles[i], fontsize=8)
-    fig.suptitle(title)
-    save_figure(fig, path)
-
-
-# -- augmentation preview -------------------------------------------------------------------------
-
-
-def augment_preview(
-    csv_path: str | Path, out_path: str | Path, n: int = 9, seed: int = 0, strength: float = 1.0
-) -> Path:
-    """PNG grid: a few images of the CSV (first column) and ``n`` random augmentations of each.
-
-    Uses ``augment_batch`` with ``Augmentation().scaled(strength)``, exactly as training does
-    with ``--augment strength``.
-    """
-    data = read_kaggle_csv(csv_path)
-    generator = torch.Generator().manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    originals = data.images[rng.choice(len(data), size=min(PREVIEW_ROWS, len(data)), replace=False)]
-    x = to_model_input(torch.as_tensor(originals).repeat_interleave(n, 0), channels_last=False)
-    augmented = augment_batch(x, Augmentation().scaled(strength), generator)
-    augmented = (augmented[:, 0] * 255).round().to(torch.uint8).numpy().reshape(-1, n, 28, 28)
-    tiles = np.concatenate([originals[:, None], augmented], axis=1).reshape(-1, 28, 28)
-    titles = [("original" if c == 0 else f"augmented {c}") for _ in originals for c in range(n + 1)]
-    a = Augmentation().scaled(strength)
-    title = (f"Training augmentation, strength {strength:g}: rotation ±{a.rotation_deg:g}°, zoom "
-             f"±{a.scale:.0%}, shear ±{a.shear:g}, shift ±{a.translate_px:g} px, contrast "
-             f"±{a.contrast:.0%}")  # fmt: skip
-    _plot_gallery(tiles, titles, Path(out_path), columns=n + 1, title=title)
-    return Path(out_path)
 
 
 # -- run report ------------------------------------------------------------------------------------
@@ -371,7 +129,7 @@ def write_run_report(
     with tempfile.TemporaryDirectory() as figures:
         model = predictor.models[0]
         sections = _report_sections(run_dir, config, model, data, source, probas, Path(figures))
-        page = _page(f"Run report: {run_dir.name}", str(run_dir.resolve()), sections)
+        page = html_page(f"Run report: {run_dir.name}", str(run_dir.resolve()), sections)
     write_text(run_dir / REPORT_FILE, page)
     return run_dir / REPORT_FILE
 
@@ -402,30 +160,31 @@ def _report_sections(
                   f"{r['f1']:.4f}", f"{r['support']:.0f}") for r in metrics.per_class]  # fmt: skip
     layers = [(*row[:3], f"{row[3]:,}") for row in model_summary(model)]
     sections = [
-        ("Summary", _table(headline)),
-        ("Configuration and model", _columns(
-            _table([(k, str(v)) for k, v in config.items()], header=("config.toml", "value")),
-            _table(layers, header=("layer", "type", "output shape", "parameters")))),
+        ("Summary", html_table(headline)),
+        ("Configuration and model", html_columns(
+            html_table([(k, str(v)) for k, v in config.items()], header=("config.toml", "value")),
+            html_table(layers, header=("layer", "type", "output shape", "parameters")))),
     ]  # fmt: skip
     if (run_dir / HISTORY_FILE).is_file():
         plot_learning_curves(_read_history(run_dir / HISTORY_FILE), figures / "curves.png")
-        sections.append(("Learning curves", _img(figures / "curves.png", "learning curves")))
+        sections.append(("Learning curves", html_img(figures / "curves.png", "learning curves")))
     plot_confusion_matrix(metrics.confusion, figures / "confusion.png")
     _plot_roc_pr(data.labels, probas, figures / "roc_pr.png")
     _plot_reliability(calibration, figures / "calibration.png")
     _plot_mistakes_and_grad_cam(model, data, probas, figures)
     return [
         *sections,
-        ("Per-class precision, recall and F1; confusion matrix", _columns(
-            _table(per_class, header=("digit", "precision", "recall", "F1", "support")),
-            _img(figures / "confusion.png", "confusion matrix"))),
+        ("Per-class precision, recall and F1; confusion matrix", html_columns(
+            html_table(per_class, header=("digit", "precision", "recall", "F1", "support")),
+            html_img(figures / "confusion.png", "confusion matrix"))),
         ("ROC and precision-recall, one digit against the rest",
-         _img(figures / "roc_pr.png", "ROC and precision-recall curves")),
-        ("Calibration", _img(figures / "calibration.png", "reliability diagram") + _note(
+         html_img(figures / "roc_pr.png", "ROC and precision-recall curves")),
+        ("Calibration", html_img(figures / "calibration.png", "reliability diagram") + html_note(
             "Bars above the diagonal: the net is right more often than its confidence says "
             "(under-confident, as label smoothing makes it); below: over-confident.")),
-        ("Most confident mistakes", _img(figures / "mistakes.png", "most confident mistakes")),
-        ("Grad-CAM: where the net looked", _img(figures / "grad_cam.png", "Grad-CAM") + _note(
+        ("Most confident mistakes", html_img(figures / "mistakes.png", "most confident mistakes")),
+        ("Grad-CAM: where the net looked", html_img(figures / "grad_cam.png", "Grad-CAM")
+         + html_note(
             "Red: where the predicted digit's score rises most (Grad-CAM on the last conv layer; "
             "input-gradient saliency for a net without convolutions). "
             "Run digits explain RUN_DIR CSV --index I to explain any image.")),
@@ -525,14 +284,49 @@ def _plot_mistakes_and_grad_cam(
         return f"true {data.labels[i]} → {predicted[i]}\n{confidence[i]:.1%}"
 
     shown = wrong[:N_GALLERY]
-    _plot_gallery(data.images[shown], [caption(i) for i in shown], figures / "mistakes.png",
+    plot_gallery(data.images[shown], [caption(i) for i in shown], figures / "mistakes.png",
                   title=f"{len(shown)} of {len(wrong)} mistakes, most confident first "
                   "(true → predicted, confidence)")  # fmt: skip
     chosen = np.concatenate([right, wrong[:8]])
     heatmaps = grad_cam(model, data.images[chosen])
-    _plot_gallery(data.images[chosen], [caption(i) for i in chosen], figures / "grad_cam.png",
+    plot_gallery(data.images[chosen], [caption(i) for i in chosen], figures / "grad_cam.png",
                   title="Grad-CAM for the predicted digit: 8 right (first row), the most confident "
                   "mistakes (second row)", heatmaps=heatmaps)  # fmt: skip
+
+
+# -- galleries ------------------------------------------------------------------------------------
+
+
+def montage(tiles: NDArray, pad: int = 2, pad_value: float = 255) -> NDArray:
+    """(rows, columns, 28, 28) tiles -> one (rows * 30, columns * 30) image with separators."""
+    rows, columns, height, width = tiles.shape
+    padded = np.full((rows, columns, height + pad, width + pad), pad_value, np.float32)
+    padded[:, :, pad // 2 : pad // 2 + height, pad // 2 : pad // 2 + width] = tiles
+    return padded.transpose(0, 2, 1, 3).reshape(rows * (height + pad), columns * (width + pad))
+
+
+def plot_gallery(
+    images: NDArray[np.uint8],
+    titles: Sequence[str],
+    path: Path,
+    columns: int = 8,
+    title: str = "",
+    heatmaps: NDArray[np.float32] | None = None,
+) -> None:
+    """Images (or Grad-CAM overlays) in a grid, each with a short caption."""
+    rows = max(1, -(-len(images) // columns))
+    fig = Figure(figsize=(1.15 * columns, 1.6 * rows + 0.4))
+    axes = fig.subplots(rows, columns, squeeze=False).ravel()
+    for i, ax in enumerate(axes):
+        ax.set_axis_off()
+        if i < len(images) and heatmaps is not None:
+            draw_overlay(ax, images[i], heatmaps[i])
+        elif i < len(images):
+            ax.imshow(images[i], cmap="gray", vmin=0, vmax=255)
+        if i < len(images):
+            ax.set_title(titles[i], fontsize=8)
+    fig.suptitle(title)
+    save_figure(fig, path)
 
 
 # -- HTML ------------------------------------------------------------------------------------------
@@ -551,7 +345,7 @@ img { max-width: 100%; height: auto; border: 1px solid #eaeef2; }
 """
 
 
-def _page(title: str, subtitle: str, sections: list[tuple[str, str]]) -> str:
+def html_page(title: str, subtitle: str, sections: list[tuple[str, str]]) -> str:
     body = "\n".join(f"<section><h2>{html.escape(name)}</h2>\n{content}</section>"
                      for name, content in sections)  # fmt: skip
     return (
@@ -563,7 +357,7 @@ def _page(title: str, subtitle: str, sections: list[tuple[str, str]]) -> str:
     )
 
 
-def _table(rows: Sequence[Sequence[str]], header: Sequence[str] | None = None) -> str:
+def html_table(rows: Sequence[Sequence[str]], header: Sequence[str] | None = None) -> str:
     def cells(tag: str, row: Sequence[str]) -> str:
         return "<tr>" + "".join(f"<{tag}>{html.escape(str(c))}</{tag}>" for c in row) + "</tr>"
 
@@ -571,15 +365,15 @@ def _table(rows: Sequence[Sequence[str]], header: Sequence[str] | None = None) -
     return f"<table>{head}{''.join(cells('td', row) for row in rows)}</table>"
 
 
-def _img(path: Path, alt: str) -> str:
+def html_img(path: Path, alt: str) -> str:
     encoded = base64.b64encode(path.read_bytes()).decode("ascii")
     return f'<img src="data:image/png;base64,{encoded}" alt="{html.escape(alt)}">'
 
 
-def _columns(*blocks: str) -> str:
+def html_columns(*blocks: str) -> str:
     """Blocks side by side, wrapping onto new lines on narrow screens."""
     return '<div class="columns">' + "".join(f"<div>{block}</div>" for block in blocks) + "</div>"
 
 
-def _note(text: str) -> str:
+def html_note(text: str) -> str:
     return f'<p class="note">{html.escape(text)}</p>'
