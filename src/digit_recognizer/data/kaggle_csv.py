@@ -10,8 +10,9 @@ naming file, line (header = line 1) and column. The reference parser defines the
 path accepts nothing it rejects, so both always agree (a test fuzzes this).
 
 Accepted: a UTF-8 byte-order mark at the start; ``\\n``, ``\\r\\n`` or ``\\r`` line endings; one
-final line ending or none; leading zeros (``007``). Rejected: whitespace around a value, quotes,
-signs, decimals, empty cells, blank lines (a blank line at the end too), any other header.
+final line ending or none; leading zeros (``007``); ``-0``, read as 0 (a negative sign on any
+other value is "out of range"). Rejected: whitespace around a value, quotes, ``+`` signs,
+decimals, empty cells, blank lines (a blank line at the end too), any other header.
 """
 
 from __future__ import annotations
