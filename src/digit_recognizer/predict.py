@@ -54,7 +54,6 @@ class Predictor:
     """
 
     models: list[nn.Module | Pipeline]
-    metas: list[dict]
     device: torch.device
     config: PredictConfig
 
@@ -62,19 +61,19 @@ class Predictor:
     def load(cls, run_dirs: list[Path], config: PredictConfig | None = None) -> Predictor:
         config = config or PredictConfig()
         device = resolve_device(config.device)
-        models, metas = [], []
+        models = []
         for run_dir in expand_ensembles(run_dirs):
-            is_classical = read_meta(run_dir).get("framework") == "sklearn"
-            model, meta = load_pipeline(run_dir) if is_classical else load_net(run_dir)
-            models.append(model if is_classical else model.to(device))
-            metas.append(meta)
-        return cls(models, metas, device, config)
+            if read_meta(run_dir).get("framework") == "sklearn":
+                models.append(load_pipeline(run_dir)[0])
+            else:
+                models.append(load_net(run_dir)[0].to(device))
+        return cls(models, device, config)
 
     @classmethod
     def from_models(cls, models: list[nn.Module], config: PredictConfig | None = None) -> Predictor:
         """Wrap nets already in memory (e.g. just trained), on the device they live on."""
         device = next(models[0].parameters()).device
-        return cls(models, [{} for _ in models], device, config or PredictConfig())
+        return cls(models, device, config or PredictConfig())
 
     def predict_proba(self, images: NDArray[np.uint8]) -> NDArray[np.float32]:
         """Class probabilities (N, 10) for uint8 images (N, 28, 28)."""
