@@ -1,14 +1,21 @@
-"""Two-process DDP on CPU (gloo), as torchrun would start it, on a small real slice."""
+"""Two-process DDP on CPU (gloo), as torchrun would start it, on a small real slice (resume
+included); and batch inference on two processes through `digits predict --nproc 2` (torchrun on
+this machine)."""
 
 import hashlib
 import json
 import os
 import socket
 
+import pytest
 import torch
 import torch.multiprocessing as mp
+from typer.testing import CliRunner
 
+from digit_recognizer.cli import app
 from digit_recognizer.data.kaggle_csv import DigitSet
+from digit_recognizer.data.shards import shard_csv
+from digit_recognizer.predict import predict_csv
 from digit_recognizer.train import TrainConfig, train
 
 
@@ -25,31 +32,95 @@ def weights_digest(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-def run_rank(rank: int, port: int, data: tuple, run_dir: str, report_dir: str) -> None:
+class RunStoppedError(Exception):
+    """Raised from on_epoch_end to stop a run as a kill would, after a checkpoint."""
+
+
+def run_rank(rank: int, port: int, data: tuple, run_dir: str, report_dir: str,
+             resume: bool = False, stop_after_epoch: int | None = None) -> None:  # fmt: skip
     os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})  # fmt: skip
     torch.set_num_threads(1)
     images, labels, valid_images, valid_labels = data
-    config = TrainConfig(epochs=2, batch_size=64, lr=0.02, ddp_timeout_s=60)
-    result = train(config, DigitSet(images, labels), DigitSet(valid_images, valid_labels), run_dir)
+    config = TrainConfig(epochs=2, batch_size=64, lr=0.02, ddp_timeout_s=60, resume=resume)
+
+    def interrupt(row: dict[str, float]) -> None:
+        if row["epoch"] == stop_after_epoch:
+            raise RunStoppedError
+
+    try:
+        result = train(config, DigitSet(images, labels), DigitSet(valid_images, valid_labels),
+                       run_dir, on_epoch_end=interrupt)  # fmt: skip
+    except RunStoppedError:
+        return
+    finally:
+        torch.distributed.destroy_process_group()
     report = {"digest": weights_digest(result.model), "history": result.history}
     with open(os.path.join(report_dir, f"rank{rank}.json"), "w") as handle:
         json.dump(report, handle)
-    torch.distributed.destroy_process_group()
 
 
-def test_two_ranks_end_with_identical_weights_and_one_run_directory(tmp_path, small_train,
-                                                                   small_test):  # fmt: skip
-    data = (small_train.images[:2048], small_train.labels[:2048],
+def spawn_ranks(data: tuple, run_dir, report_dir, resume: bool = False,
+                stop_after_epoch: int | None = None) -> list[dict]:  # fmt: skip
+    """Train on 2 processes; the reports (weights digest, history) of the ranks that finished."""
+    mp.spawn(run_rank, nprocs=2, args=(free_port(), data, str(run_dir), str(report_dir), resume,
+                                       stop_after_epoch))  # fmt: skip
+    paths = [report_dir / f"rank{rank}.json" for rank in (0, 1)]
+    return [json.loads(path.read_text()) for path in paths if path.exists()]
+
+
+@pytest.fixture(scope="module")
+def ddp_data(small_train, small_test) -> tuple:
+    return (small_train.images[:2048], small_train.labels[:2048],
             small_test.images[:300], small_test.labels[:300])  # fmt: skip
+
+
+def without_timing(history: list[dict]) -> list[dict]:
+    return [{key: value for key, value in row.items() if key != "elapsed_s"} for row in history]
+
+
+def test_two_ranks_end_with_identical_weights_and_one_run_directory(tmp_path, ddp_data):
     run_dir = tmp_path / "run"
-    mp.spawn(run_rank, args=(free_port(), data, str(run_dir), str(tmp_path)), nprocs=2)
-    reports = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    reports = spawn_ranks(ddp_data, run_dir, tmp_path)
     assert reports[0]["digest"] == reports[1]["digest"]
-    histories = [[{k: v for k, v in row.items() if k != "elapsed_s"} for row in report["history"]]
-                 for report in reports]  # fmt: skip
-    assert histories[0] == histories[1]  # metrics reduced across ranks, same decisions
+    # metrics reduced across ranks, so every rank takes the same decisions
+    assert without_timing(reports[0]["history"]) == without_timing(reports[1]["history"])
     assert reports[0]["history"][-1]["valid_accuracy"] > 0.8
     assert sorted(path.name for path in run_dir.iterdir()) == [
         "checkpoint.pt", "config.toml", "history.csv", "model.json", "model.safetensors"
     ]  # fmt: skip
+
+
+def test_an_interrupted_ddp_run_resumes_to_the_same_weights(tmp_path, ddp_data):
+    straight = spawn_ranks(ddp_data, tmp_path / "straight", tmp_path)
+    run_dir, reports = tmp_path / "interrupted", tmp_path / "reports"
+    reports.mkdir()
+    assert spawn_ranks(ddp_data, run_dir, reports, stop_after_epoch=1) == []  # both stopped
+    resumed = spawn_ranks(ddp_data, run_dir, reports, resume=True)
+    assert resumed[0]["digest"] == resumed[1]["digest"] == straight[0]["digest"]
+    assert without_timing(resumed[0]["history"]) == without_timing(straight[0]["history"])
+
+
+def test_predict_on_two_processes_matches_one(tmp_path, tiny_run, small_csvs) -> None:
+    shard_csv(small_csvs["test"], tmp_path / "shards", parts=3)
+    predict_csv([tiny_run], small_csvs["test"], tmp_path / "one.csv")
+    args = ["predict", str(tiny_run), str(tmp_path / "shards"), "--out", str(tmp_path / "two.csv")]
+    result = CliRunner().invoke(app, [*args, "--nproc", "2"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "two.csv").read_bytes() == (tmp_path / "one.csv").read_bytes()
+
+
+def test_a_failing_rank_stops_distributed_predict_with_its_error(tmp_path, capfd, tiny_run,
+                                                                 small_csvs) -> None:  # fmt: skip
+    shard_csv(small_csvs["test"], tmp_path / "shards", parts=2)
+    bad = tmp_path / "shards" / "part-00001.csv"  # the second shard: rank 1's rows
+    lines = bad.read_text().splitlines(keepends=True)
+    lines[9] = lines[9].replace("0,", "x,", 1)
+    bad.write_text("".join(lines))
+    out = tmp_path / "submission.csv"
+    result = CliRunner().invoke(app, ["predict", str(tiny_run), str(tmp_path / "shards"),
+                                      "--out", str(out), "--nproc", "2"])  # fmt: skip
+    assert result.exit_code == 1
+    assert "2 processes of digit_recognizer.predict failed" in result.output
+    assert f"{bad}, line 10, column pixel" in capfd.readouterr().err  # the rank's own message
+    assert not out.exists()

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from digit_recognizer.data.kaggle_csv import DigitSet
+from digit_recognizer.errors import ConfigError
 from digit_recognizer.models.storage import load_net
 from digit_recognizer.pipeline import train_job
 from digit_recognizer.predict import Predictor
@@ -93,3 +94,46 @@ def test_time_budget_stops_training(tmp_path, small_train):
     config = TrainConfig(epochs=50, time_budget_s=1.0, valid_size=0, batch_size=64)
     result = train(config, small_train, None, tmp_path)
     assert result.epochs_run < 50 and result.train_seconds < 5
+
+
+def test_widths_and_dropout_shape_the_net_and_are_saved_with_it(tmp_path, small_train, small_test):
+    subset = DigitSet(small_train.images[:256], small_train.labels[:256])
+    valid = DigitSet(small_test.images[:100], small_test.labels[:100])
+    config = TrainConfig(epochs=1, batch_size=64, widths=(8, 16, 24), dropout=0.3)
+    result = train(config, subset, valid, tmp_path)
+    loaded, meta = load_net(tmp_path)
+    assert meta["params"] == {"widths": [8, 16, 24], "dropout": 0.3}
+    assert loaded[-1].in_features == 24 and loaded[-2].p == 0.3
+    torch.testing.assert_close(
+        Predictor.from_models([loaded]).predict_proba(valid.images),
+        Predictor.from_models([result.model]).predict_proba(valid.images),
+    )
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"model": "seed-cnn", "widths": (8, 16, 24)}, "model 'seed-cnn' has no 'widths' setting"),
+    ({"model": "cnn", "widths": (8, 16)}, "widths must be 3 numbers"),
+])  # fmt: skip
+def test_widths_a_model_cannot_take_are_refused(tmp_path, small_train, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        train(TrainConfig(epochs=1, **overrides), small_train, None, tmp_path)
+
+
+def test_on_epoch_end_sees_every_epoch_and_can_stop_the_run(tmp_path, small_train, small_test):
+    subset = DigitSet(small_train.images[:256], small_train.labels[:256])
+    valid = DigitSet(small_test.images[:100], small_test.labels[:100])
+    seen = []
+
+    class StopError(Exception):
+        pass
+
+    def stop_after_two(row):
+        seen.append(row["epoch"])
+        if row["epoch"] == 2:
+            raise StopError
+
+    with pytest.raises(StopError):
+        train(TrainConfig(epochs=5, batch_size=64), subset, valid, tmp_path,
+              on_epoch_end=stop_after_two)  # fmt: skip
+    assert seen == [1, 2]
+    assert load_checkpoint(tmp_path, torch.device("cpu"))["epoch"] == 2  # resumable from there

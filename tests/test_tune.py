@@ -1,7 +1,10 @@
 import json
+from types import SimpleNamespace
 
+import optuna
 from typer.testing import CliRunner
 
+from digit_recognizer import tune as tune_module
 from digit_recognizer.cli import app
 from digit_recognizer.config import load_config
 from digit_recognizer.train import TrainConfig
@@ -27,3 +30,29 @@ def test_net_study_writes_a_config_that_train_accepts(tmp_path, small_csvs):
     config = load_config(TrainConfig, tmp_path / "best_config.toml")
     assert config.model == "mlp" and 0.02 <= config.lr <= 0.3
     assert (tmp_path / "intermediate_values.png").exists()
+
+
+def test_net_trials_below_the_median_are_pruned_and_share_the_timeout(tmp_path, small_csvs,
+                                                                      monkeypatch):  # fmt: skip
+    # A stand-in for train() with fixed learning curves: what is under test is the wiring of
+    # reports, pruning, time budgets and the best config, not the nets.
+    curves = iter([[0.90, 0.95], [0.91, 0.96], [0.50, 0.55]])
+    budgets = []
+
+    def fake_train(config, train_set, valid_set, run_dir, on_epoch_end):
+        budgets.append(config.time_budget_s)
+        curve = next(curves)
+        for epoch, accuracy in enumerate(curve, start=1):
+            on_epoch_end({"epoch": epoch, "valid_accuracy": accuracy})
+        return SimpleNamespace(best_valid_accuracy=max(curve))
+
+    monkeypatch.setattr(tune_module, "train", fake_train)
+    config = TuneConfig(model="cnn", trials=3, epochs=2, timeout_s=600)
+    result = tune(config, small_csvs["train"], tmp_path)
+    study = optuna.load_study(study_name=result.study_name, storage=result.storage)
+    assert [trial.state.name for trial in study.trials] == ["COMPLETE", "COMPLETE", "PRUNED"]
+    assert 0 < budgets[2] <= budgets[1] <= budgets[0] <= 600
+    best = load_config(TrainConfig, tmp_path / "best_config.toml")
+    scale = study.best_params["width_scale"]
+    assert best.widths == tuple(round(width * scale) for width in (32, 64, 128))
+    assert best.dropout == study.best_params["dropout"] and best.time_budget_s is None

@@ -158,6 +158,7 @@ def train_command(
         help="GB of data to hold in memory; more streams from the shards. [default: 2]")] = None,
 ) -> None:  # fmt: skip
     """Train a net on a labelled CSV and write a run directory."""
+    from digit_recognizer.distributed import Distributed
     from digit_recognizer.pipeline import (
         default_run_dir,
         get_preset,
@@ -165,7 +166,7 @@ def train_command(
         train_ensemble_job,
         train_job,
     )
-    from digit_recognizer.train import CONFIG_FILE, Distributed, TrainConfig
+    from digit_recognizer.train import CONFIG_FILE, TrainConfig
 
     if resume and out is None:
         raise typer.BadParameter("--resume needs --out RUN_DIR")
@@ -212,16 +213,27 @@ def predict(
     out: Annotated[Path, typer.Option(help="Submission file to write.")] = Path("submission.csv"),
     tta: Tta = False,
     device: Device = None,
+    nproc: Annotated[int, typer.Option(help="Processes (torchrun), each a share of the rows.")] = 1,
 ) -> None:
     """Write a Kaggle submission (ImageId,Label); several run directories form an ensemble."""
+    from digit_recognizer.distributed import Distributed, run_torchrun
     from digit_recognizer.predict import PredictConfig, predict_csv, predict_stream
 
     run_dirs, source = split_runs_and_csv(paths)
+    if nproc > 1:
+        options = ["--out", str(out), *(["--tta"] if tta else []),
+                   *(["--device", device] if device else [])]  # fmt: skip
+        run_torchrun(nproc, "digit_recognizer.predict", [*map(str, paths), *options])
+        console.print(f"wrote {out} with {nproc} processes")
+        return
     config = PredictConfig(tta=tta, device=device or "auto")
-    if source.is_file():
+    dist_env = Distributed.from_env()
+    if source.is_file() and dist_env.world_size == 1:
         n_rows = len(predict_csv(run_dirs, source, out, config))
-    else:  # a shard directory or glob: streamed in ImageId order, memory bounded
+    else:  # shards, a glob or torchrun's processes: streamed in ImageId order, memory bounded
         n_rows = predict_stream(run_dirs, source, out, config)
+    if not dist_env.is_main_process:
+        return
     console.print(f"wrote {out} ({n_rows:,} predictions)")
 
 
@@ -449,7 +461,7 @@ def tune(
     train: LabelledCsv,
     model: Annotated[str | None, typer.Option(help="Model to tune. [default: cnn]")] = None,
     trials: Annotated[int | None, typer.Option(help="Trials to add. [default: 20]")] = None,
-    timeout: Annotated[float | None, typer.Option(help="Seconds before no new trial.")] = None,
+    timeout: Annotated[float | None, typer.Option(help="Seconds; trials share them.")] = None,
     storage: Annotated[str | None, typer.Option(help="Optuna URL [default: OUT/study.db]")] = None,
     study_name: Annotated[str | None, typer.Option(help="[default: tune-MODEL]")] = None,
     epochs: Annotated[int | None, typer.Option(help="Epochs per net trial. [default: 3]")] = None,
@@ -463,8 +475,9 @@ def tune(
     config = load_config(TuneConfig, None, {"model": model, "trials": trials, "timeout_s": timeout,
         "storage": storage, "study_name": study_name, "epochs": epochs, "seed": seed})  # fmt: skip
     result = run_tune(config, train, out or Path("runs") / f"tune-{config.model}")
-    console.print(f"study [bold]{result.study_name}[/bold], {result.n_trials} trials in "
-                  f"{result.storage}: best accuracy {result.best_value:.4f}")  # fmt: skip
+    console.print(f"study [bold]{result.study_name}[/bold], {result.n_trials} trials "
+                  f"({result.n_pruned} pruned) in {result.storage}: best accuracy "
+                  f"{result.best_value:.4f}")  # fmt: skip
     console.print(f"best parameters: {result.best_params}", highlight=False)
     console.print("wrote " + ", ".join(str(path) for path in result.files))
 

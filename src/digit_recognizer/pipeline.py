@@ -10,8 +10,6 @@ import contextlib
 import json
 import logging
 import os
-import subprocess
-import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -29,7 +27,8 @@ from digit_recognizer.data.shards import (
     resolve_data_source,
 )
 from digit_recognizer.data.splits import split_for_training
-from digit_recognizer.errors import ConfigError, DataError, DigitsError
+from digit_recognizer.distributed import Distributed, run_torchrun
+from digit_recognizer.errors import ConfigError, DataError
 from digit_recognizer.evaluate import (
     METRICS_FILE,
     Metrics,
@@ -42,7 +41,7 @@ from digit_recognizer.fileio import locked_dir, write_text
 from digit_recognizer.models.storage import write_ensemble
 from digit_recognizer.predict import PredictConfig, Predictor, predict_csv
 from digit_recognizer.report import write_run_report
-from digit_recognizer.train import CONFIG_FILE, Distributed, TrainConfig, TrainResult, train
+from digit_recognizer.train import CONFIG_FILE, TrainConfig, TrainResult, train
 
 log = logging.getLogger(__name__)
 
@@ -190,14 +189,8 @@ def launch_distributed(nproc: int, config: TrainConfig, train_csv: Path, run_dir
     (README, 'Distributed training').
     """
     save_config(config, run_dir / CONFIG_FILE)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc-per-node={nproc}", "-m", "digit_recognizer.train",
-               "--train", str(train_csv), "--out", str(run_dir),
-               "--config", str(run_dir / CONFIG_FILE)]  # fmt: skip
-    log.info("launching %d processes: %s", nproc, " ".join(command))
-    returncode = subprocess.run(command, check=False).returncode
-    if returncode:
-        raise DigitsError(f"distributed training failed (exit status {returncode}); see the log")
+    run_torchrun(nproc, "digit_recognizer.train", ["--train", str(train_csv), "--out",
+                 str(run_dir), "--config", str(run_dir / CONFIG_FILE)])  # fmt: skip
 
 
 def train_ensemble_job(

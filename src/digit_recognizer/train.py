@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import copy
 import csv
-import datetime
+import inspect
 import io
 import logging
 import math
-import os
 import pickle  # for pickle.UnpicklingError only: torch.load(weights_only=True) raises it
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -36,6 +35,7 @@ from digit_recognizer.data.augment import Augmentation, augment_batch
 from digit_recognizer.data.kaggle_csv import DigitSet
 from digit_recognizer.data.shards import Manifest
 from digit_recognizer.data.stream import ShardStream
+from digit_recognizer.distributed import all_reduce, init_distributed
 from digit_recognizer.errors import ConfigError, ModelFileError
 from digit_recognizer.fileio import atomic_path, write_text
 from digit_recognizer.models.registry import build, get_spec
@@ -43,7 +43,6 @@ from digit_recognizer.models.runtime import (
     autocast,
     autocast_dtype,
     batched_logits,
-    resolve_device,
     to_model_input,
 )
 from digit_recognizer.models.storage import save_net
@@ -64,6 +63,8 @@ class TrainConfig:
     """One training run. Defaults are the recommended CPU recipe (README, 'Results')."""
 
     model: str = "cnn"  # registry name: digits models lists them
+    widths: tuple[int, ...] | None = None  # the net's layer widths; None = the model's own
+    dropout: float | None = None  # None = the model's own
     epochs: int = 15  # ~0.997 on the replica in ~3 min on 2 CPU cores
     time_budget_s: float | None = None  # stop at this many seconds; the schedule anneals to it
     batch_size: int = 128  # small batches: more steps per second of CPU, better generalisation
@@ -110,6 +111,15 @@ class TrainConfig:
                 raise ConfigError(message)
         if get_spec(self.model).kind != "net":
             raise ConfigError(f"'{self.model}' is not a net; train it with `digits compare`")
+        settings = inspect.signature(get_spec(self.model).builder).parameters
+        for key in self.model_args():
+            if key not in settings:
+                raise ConfigError(f"model '{self.model}' has no '{key}' setting")
+
+    def model_args(self) -> dict[str, Any]:
+        """The builder's keyword arguments this config sets (model.json records them)."""
+        args = {"widths": self.widths, "dropout": self.dropout}
+        return {key: value for key, value in args.items() if value is not None}
 
 
 @dataclass
@@ -214,64 +224,13 @@ def write_history(run_dir: Path, history: list[dict[str, float]]) -> None:
     write_text(run_dir / HISTORY_FILE, buffer.getvalue())
 
 
-@dataclass(frozen=True)
-class Distributed:
-    """This process's place in a torchrun job (rank 0 of 1 when run alone)."""
-
-    rank: int = 0
-    local_rank: int = 0
-    world_size: int = 1
-
-    @property
-    def is_main_process(self) -> bool:
-        return self.rank == 0
-
-    @classmethod
-    def from_env(cls) -> Distributed:
-        # torchrun's own variables are the only environment the package reads.
-        if "RANK" not in os.environ:
-            return cls()
-        return cls(int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]),
-                   int(os.environ["WORLD_SIZE"]))  # fmt: skip
-
-
-def init_distributed(config: TrainConfig) -> tuple[Distributed, torch.device]:
-    """Join the torchrun process group if there is one: gloo on CPU, NCCL with one GPU a rank."""
-    dist_env = Distributed.from_env()
-    device = resolve_device(config.device)
-    if dist_env.world_size > 1 or "RANK" in os.environ:
-        if device.type == "cuda":
-            device = torch.device("cuda", dist_env.local_rank)
-            torch.cuda.set_device(device)
-        if not dist.is_initialized():
-            # A rank that dies makes the others fail at their next collective after this
-            # timeout instead of hanging forever (torchrun then stops the whole job).
-            dist.init_process_group(
-                backend="nccl" if device.type == "cuda" else "gloo",
-                timeout=datetime.timedelta(seconds=config.ddp_timeout_s),
-            )
-    if config.batch_size % dist_env.world_size:
-        raise ConfigError(
-            f"batch_size {config.batch_size} is the global batch and must be divisible by the "
-            f"{dist_env.world_size} processes"
-        )
-    return dist_env, device
-
-
-def all_reduce(
-    tensor: torch.Tensor, op: dist.ReduceOp.RedOpType = dist.ReduceOp.SUM
-) -> torch.Tensor:
-    if dist.is_initialized():
-        dist.all_reduce(tensor, op=op)
-    return tensor
-
-
 def train(
     config: TrainConfig,
     train_set: DigitSet | Manifest,
     valid_set: DigitSet | None,
     run_dir: Path,
     progress: Progress | None = None,
+    on_epoch_end: Callable[[dict[str, float]], None] | None = None,
 ) -> TrainResult:
     """Train ``config.model`` on ``train_set``, select on ``valid_set``, write ``run_dir``.
 
@@ -279,11 +238,18 @@ def train(
     and model.safetensors + model.json (the best epoch by validation accuracy, or the last).
     Under torchrun every rank trains on its share of each epoch; rank 0 alone writes files.
     ``train_set`` is a ``DigitSet`` held on the device, or the ``Manifest`` of CSV shards too
-    big for memory, streamed by a ``ShardStream`` (data/stream.py).
+    big for memory, streamed by a ``ShardStream`` (data/stream.py). ``on_epoch_end`` sees
+    each epoch's history row after its checkpoint is written (``digits tune`` prunes from it:
+    an exception it raises ends the run, which stays resumable).
     """
     # -- setup: processes, device, data on the device ---------------------------------------------
     run_dir = Path(run_dir)
-    dist_env, device = init_distributed(config)
+    dist_env, device = init_distributed(config.device, config.ddp_timeout_s)
+    if config.batch_size % dist_env.world_size:
+        raise ConfigError(
+            f"batch_size {config.batch_size} is the global batch and must be divisible by the "
+            f"{dist_env.world_size} processes"
+        )
     is_main = dist_env.is_main_process
     if is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -336,7 +302,7 @@ def train(
 
     # -- model and optimizer ---------------------------------------------------------------------
     torch.manual_seed(config.seed)  # identical initial weights on every rank
-    model = build(config.model).to(device)
+    model = build(config.model, **config.model_args()).to(device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     raw_model = model  # unwrapped, for evaluation and saving
@@ -438,9 +404,8 @@ def train(
                 best_accuracy, best_loss, epochs_since_best = valid_accuracy, valid_loss, 0
                 best_state = copy.deepcopy(raw_model.state_dict())
                 if is_main:
-                    save_net(
-                        run_dir, raw_model, config.model, {}, {"valid_accuracy": valid_accuracy}
-                    )
+                    save_net(run_dir, raw_model, config.model, config.model_args(),
+                             {"valid_accuracy": valid_accuracy})  # fmt: skip
             else:
                 epochs_since_best += 1
                 if (
@@ -476,6 +441,8 @@ def train(
                 },
             )
             write_history(run_dir, history)
+        if on_epoch_end is not None:
+            on_epoch_end(row)
         if config.patience is not None and has_valid and epochs_since_best >= config.patience:
             log.info("early stopping: no better validation accuracy for %d epochs", config.patience)
             stopped_early = True
@@ -490,7 +457,7 @@ def train(
         raw_model.load_state_dict(best_state)
     if is_main:
         extra = {"valid_accuracy": best_accuracy} if has_valid else {}
-        save_net(run_dir, raw_model, config.model, {}, extra)
+        save_net(run_dir, raw_model, config.model, config.model_args(), extra)
     if dist.is_initialized():
         dist.barrier()  # no rank returns (and reads run_dir) before rank 0 has written it
     return TrainResult(

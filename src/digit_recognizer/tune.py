@@ -6,15 +6,19 @@ stratified validation split, in a study stored in SQLite so that a later call re
     digits tune --model svm --trials 20 --storage postgresql://user@host/db   # shared study
 
 Writes ``best_params.json``, for nets ``best_config.toml`` (``digits train --config`` reads it)
-and the Optuna plots. Net trials are short runs (``epochs``, default 3); train() has no per-epoch
-hook, so each epoch's validation accuracy is reported to the trial afterwards, for the plots.
+and the Optuna plots. Net trials are short runs (``epochs``, default 3) that report each epoch's
+validation accuracy; a trial below the median of earlier trials at the same epoch is pruned
+(Optuna's MedianPruner). ``--timeout`` bounds the whole call: a net trial gets the time left as
+its training budget, and no trial starts after it.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import tempfile
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -68,6 +72,7 @@ class TuneResult:
     study_name: str
     storage: str
     n_trials: int  # all trials in the study, earlier calls included
+    n_pruned: int  # of those, stopped early by the pruner
     best_value: float
     best_params: dict[str, Any]
     files: list[Path]
@@ -75,14 +80,21 @@ class TuneResult:
 
 def suggest_params(trial: optuna.Trial, model: str) -> dict[str, Any]:
     """The search space: TrainConfig keys for nets, builder arguments for classical models."""
-    if get_spec(model).kind == "net":
-        return {
+    spec = get_spec(model)
+    if spec.kind == "net":
+        params = {
             "lr": trial.suggest_float("lr", 0.02, 0.3, log=True),  # Nesterov SGD peak lr
             "weight_decay": trial.suggest_float("weight_decay", 1e-5, 2e-3, log=True),
             "augment": trial.suggest_float("augment", 0.0, 1.5),
             "batch_size": trial.suggest_categorical("batch_size", [64, 128, 256]),
             "label_smoothing": trial.suggest_float("label_smoothing", 0.0, 0.2),
+            "dropout": trial.suggest_float("dropout", 0.0, 0.4),
         }
+        widths = inspect.signature(spec.builder).parameters.get("widths")
+        if widths is not None:  # scale every layer of the model's own widths alike
+            scale = trial.suggest_categorical("width_scale", [0.5, 0.75, 1.0, 1.5, 2.0])
+            params["widths"] = tuple(max(1, round(width * scale)) for width in widths.default)
+        return params
     spaces: dict[str, Callable[[], dict[str, Any]]] = {
         "logreg": lambda: {"C": trial.suggest_float("C", 1e-3, 10, log=True)},
         "knn": lambda: {"n_neighbors": trial.suggest_int("n_neighbors", 1, 10),
@@ -106,15 +118,22 @@ def tune(config: TuneConfig, train_csv: Path, out_dir: Path) -> TuneResult:
                                               config.seed)  # fmt: skip
     storage = config.storage or f"sqlite:///{(out_dir / 'study.db').resolve()}"
     study_name = config.study_name or f"tune-{config.model}"
+    # Prune from the second epoch, once two trials have finished: short runs are noisy early.
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=2)
     study = optuna.create_study(study_name=study_name, storage=storage, direction="maximize",
-                                load_if_exists=True)  # fmt: skip
+                                pruner=pruner, load_if_exists=True)  # fmt: skip
     # Offset by the stored trials: a resumed study must not redraw its first random samples.
     study.sampler = optuna.samplers.TPESampler(seed=config.seed + len(study.trials))
     study.set_user_attr("model", config.model)
     is_net = get_spec(config.model).kind == "net"
-    objective = _net_objective if is_net else _classical_objective
-    study.optimize(lambda trial: objective(trial, config, train_set, valid_set),
-                   n_trials=config.trials, timeout=config.timeout_s)  # fmt: skip
+    deadline = time.monotonic() + config.timeout_s if config.timeout_s else None
+
+    def objective(trial: optuna.Trial) -> float:
+        if is_net:
+            return _net_objective(trial, config, train_set, valid_set, deadline)
+        return _classical_objective(trial, config, train_set, valid_set)
+
+    study.optimize(objective, n_trials=config.trials, timeout=config.timeout_s)
     completed = study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.COMPLETE])
     if not completed:
         raise ConfigError(f"study '{study_name}' has no completed trial; raise --timeout")
@@ -123,24 +142,39 @@ def tune(config: TuneConfig, train_csv: Path, out_dir: Path) -> TuneResult:
     write_text(files[0], json.dumps(best, indent=2) + "\n")
     if is_net:
         # Recipe keys only; epochs stay at the full-length default the short trials stood in for.
-        best_config = load_config(TrainConfig, None, {"model": config.model, **study.best_params})
+        best_overrides = study.best_trial.user_attrs["train_overrides"]
+        best_config = load_config(TrainConfig, None, {"model": config.model, **best_overrides})
         save_config(best_config, out_dir / BEST_CONFIG_FILE)
         files.append(out_dir / BEST_CONFIG_FILE)
     files += write_plots(study, out_dir, has_epochs=is_net)
-    return TuneResult(study_name, storage, len(study.trials), study.best_value,
+    pruned = study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.PRUNED])
+    return TuneResult(study_name, storage, len(study.trials), len(pruned), study.best_value,
                       study.best_params, files)  # fmt: skip
 
 
 def _net_objective(
-    trial: optuna.Trial, config: TuneConfig, train_set: DigitSet, valid_set: DigitSet
+    trial: optuna.Trial,
+    config: TuneConfig,
+    train_set: DigitSet,
+    valid_set: DigitSet,
+    deadline: float | None,
 ) -> float:
     params = suggest_params(trial, config.model)
+    trial.set_user_attr("train_overrides", params)  # width_scale -> widths: TrainConfig's keys
     overrides = {"model": config.model, "epochs": config.epochs, "seed": config.seed, **params}
+    if deadline is not None:  # the schedule anneals to the time left, so a cut trial still counts
+        overrides["time_budget_s"] = max(deadline - time.monotonic(), 1.0)
     train_config = load_config(TrainConfig, None, overrides)
-    with tempfile.TemporaryDirectory(prefix=f"trial{trial.number}-") as run_dir:
-        result = train(train_config, train_set, valid_set, Path(run_dir))
-    for row in result.history:
+
+    def report(row: dict[str, float]) -> None:
         trial.report(row["valid_accuracy"], step=int(row["epoch"]))
+        if trial.should_prune():
+            raise optuna.TrialPruned(
+                f"epoch {row['epoch']:.0f}: below the median of earlier trials"
+            )
+
+    with tempfile.TemporaryDirectory(prefix=f"trial{trial.number}-") as run_dir:
+        result = train(train_config, train_set, valid_set, Path(run_dir), on_epoch_end=report)
     return float(result.best_valid_accuracy)
 
 

@@ -28,7 +28,7 @@ import pyarrow.csv as pa_csv
 from numpy.typing import NDArray
 
 from digit_recognizer.errors import DataError
-from digit_recognizer.fileio import atomic_path, write_text
+from digit_recognizer.fileio import atomic_path
 
 N_PIXELS = 784
 PIXEL_COLUMNS = tuple(f"pixel{i}" for i in range(N_PIXELS))
@@ -370,17 +370,19 @@ def _write_table(sink: pa.NativeFile, table: pa.Table, include_header: bool) -> 
 
 
 def write_submission(path: str | Path, labels: NDArray[np.integer]) -> None:
-    """Write labels (N,) as ``ImageId,Label`` rows, ImageId 1..N, atomically."""
+    """Write labels (N,) as ``ImageId,Label`` rows, ImageId 1..N, atomically.
+
+    Rows are formatted a million at a time, so the text of a huge submission is never in memory
+    at once.
+    """
     if len(labels) == 0:
         raise ValueError("no labels to write; a submission needs at least one row")
-    write_text(path, f"{','.join(SUBMISSION_COLUMNS)}\n{_submission_rows(labels)}")
-
-
-def _submission_rows(labels: NDArray[np.integer], first_image_id: int = 1) -> str:
-    """``ImageId,Label`` lines for ``labels``, numbered from ``first_image_id``."""
     labels = _checked_labels(labels, len(labels))
-    pairs = enumerate(labels.tolist(), first_image_id)
-    return "".join(f"{image_id},{label}\n" for image_id, label in pairs)
+    with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8") as file:
+        file.write(",".join(SUBMISSION_COLUMNS) + "\n")
+        for start in range(0, len(labels), 1_000_000):
+            pairs = enumerate(labels[start : start + 1_000_000].tolist(), start + 1)
+            file.write("".join(f"{image_id},{label}\n" for image_id, label in pairs))
 
 
 def _checked_labels(labels: NDArray[np.integer], n_rows: int) -> NDArray[np.integer]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from digit_recognizer.errors import ConfigError
 from digit_recognizer.models.registry import register
 
 # MNIST pixel statistics of the 60,000 training images, scaled to [0, 1].
@@ -44,6 +45,8 @@ class CompactCNN(nn.Sequential):
     """
 
     def __init__(self, widths: tuple[int, int, int] = (32, 64, 128), dropout: float = 0.0) -> None:
+        if len(widths) != 3:
+            raise ConfigError(f"the compact CNN has 3 stages: widths must be 3 numbers: {widths}")
         a, b, c = widths
         super().__init__(
             Normalize(),
@@ -123,10 +126,10 @@ def seed_cnn(dropout: float = 0.2) -> nn.Module:
 class MLP(nn.Sequential):
     """Fully connected net on the 784 raw pixels: the notebook's 'dense network' family."""
 
-    def __init__(self, hidden: tuple[int, ...] = (512, 256), dropout: float = 0.2) -> None:
+    def __init__(self, widths: tuple[int, ...] = (512, 256), dropout: float = 0.2) -> None:
         layers: list[nn.Module] = [Normalize(), nn.Flatten()]
         in_features = 28 * 28
-        for width in hidden:
+        for width in widths:
             layers += [nn.Linear(in_features, width), nn.BatchNorm1d(width), nn.GELU()]
             layers.append(nn.Dropout(dropout))
             in_features = width
@@ -135,6 +138,6 @@ class MLP(nn.Sequential):
 
 
 @register("mlp", kind="net")
-def mlp(hidden: tuple[int, ...] = (512, 256), dropout: float = 0.2) -> nn.Module:
-    """Two-hidden-layer MLP with batch norm and dropout."""
-    return MLP(hidden=tuple(hidden), dropout=dropout)
+def mlp(widths: tuple[int, ...] = (512, 256), dropout: float = 0.2) -> nn.Module:
+    """MLP with batch norm and dropout; ``widths`` are the hidden layers' units."""
+    return MLP(widths=tuple(widths), dropout=dropout)
