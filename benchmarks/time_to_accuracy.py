@@ -3,8 +3,8 @@
 For each recipe: train on a replica's train.csv minus a fixed stratified 10 % validation split,
 record the training seconds until validation accuracy first reaches the target, images/s, and
 the final model's accuracy on the replica's 28,000-image test set (never seen in training or
-selection). The seed recipe trains for --seed-budget seconds (default 300, the budget of the
-default recipe), so its time to target and its accuracy under the same budget come from one run.
+selection). The seed recipe trains until it reaches the target or for --seed-budget seconds
+(default 1800: the notebook needed ~1,500 s for 0.9949), whichever comes first.
 Then inference throughput on the 28,000 test images.
 
     .venv/bin/python benchmarks/time_to_accuracy.py                      # default vs seed
@@ -43,7 +43,7 @@ def main() -> None:
     parser.add_argument("--recipes", default="default,seed", help="preset names, comma-separated")
     parser.add_argument("--target", type=float, default=0.994)
     parser.add_argument("--replica-seed", type=int, default=2024)
-    parser.add_argument("--seed-budget", type=float, default=300, help="seed recipe's time (s)")
+    parser.add_argument("--seed-budget", type=float, default=1800, help="seed recipe's time (s)")
     parser.add_argument("--work-dir", type=Path, default=None)
     args = parser.parse_args()
 
@@ -61,11 +61,11 @@ def main() -> None:
     for name in args.recipes.split(","):
         config = load_config(TrainConfig, preset=get_preset(name).overrides)
         if name == "seed":
-            config = replace(config, time_budget_s=args.seed_budget)
+            config = replace(config, time_budget_s=args.seed_budget, target_accuracy=args.target)
         result = train(config, train_set, valid_set, work_dir / name)
         reached = time_to_target(result.history, args.target)
         start = time.perf_counter()
-        predicted = Predictor.from_models([result.model]).predict(test_images)
+        predicted = Predictor.load([result.run_dir]).predict(test_images)  # as `digits predict`
         predict_s = time.perf_counter() - start
         images_per_s = result.history[-1]["step"] * config.batch_size / result.train_seconds
         rows.append((name, config.model, reached, result, images_per_s, predict_s,

@@ -3,6 +3,7 @@ and Kaggle submissions.
 
     digits predict runs/cnn test.csv --out submission.csv
     digits predict runs/a runs/b runs/c test.csv --tta --out submission.csv   # ensemble + TTA
+    digits predict runs/cnn shards/ --nproc 4 --out submission.csv            # 4 processes
 """
 
 from __future__ import annotations
@@ -13,20 +14,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from numpy.typing import NDArray
 from sklearn.pipeline import Pipeline
 from torch import nn
 
-from digit_recognizer.data.kaggle_csv import (
-    SUBMISSION_COLUMNS,
-    _submission_rows,
-    read_kaggle_csv,
-    write_submission,
-)
+from digit_recognizer.data.kaggle_csv import read_kaggle_csv, write_submission
 from digit_recognizer.data.stream import ShardStream
-from digit_recognizer.fileio import atomic_path
+from digit_recognizer.distributed import init_distributed
 from digit_recognizer.models.classical import load_pipeline
-from digit_recognizer.models.runtime import autocast_dtype, batched_logits, resolve_device
+from digit_recognizer.models.runtime import (
+    autocast_dtype,
+    batched_logits,
+    inference_net,
+    resolve_device,
+)
 from digit_recognizer.models.storage import expand_ensembles, load_net, read_meta
 
 log = logging.getLogger(__name__)
@@ -34,6 +36,7 @@ log = logging.getLogger(__name__)
 # Test-time augmentation: the identity plus one-pixel shifts. Shifts are the transform MNIST's
 # centring leaves most residual error in; each view costs one more forward pass.
 TTA_SHIFTS = ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1))
+STREAM_ROWS = 8192  # rows read per step when streaming (6.4 MB of images), batched for the nets
 
 
 @dataclass
@@ -41,9 +44,12 @@ class PredictConfig:
     """How to run inference; the models themselves come from run directories."""
 
     tta: bool = False  # average over the shifted views in TTA_SHIFTS (5x the compute)
-    batch_size: int = 1024
+    # 256: activations stay in the CPU's cache; 1024 was 2x slower on 2 cores (same on GPU).
+    batch_size: int = 256
     device: str = "auto"
     amp: bool = True  # bf16 autocast where native; probabilities agree with fp32 to ~1e-3
+    ddp_timeout_s: float = 300  # torchrun jobs: how long rank 0 waits for the others' labels
+    fuse_batch_norm: bool = True  # fold batch norm into the layers before it (1.25x on CPU)
 
 
 @dataclass
@@ -58,15 +64,22 @@ class Predictor:
     config: PredictConfig
 
     @classmethod
-    def load(cls, run_dirs: list[Path], config: PredictConfig | None = None) -> Predictor:
+    def load(
+        cls,
+        run_dirs: list[Path],
+        config: PredictConfig | None = None,
+        device: torch.device | None = None,
+    ) -> Predictor:
+        """Load run directories (or ensembles of them) onto ``device`` (else ``config.device``)."""
         config = config or PredictConfig()
-        device = resolve_device(config.device)
+        device = device or resolve_device(config.device)
         models = []
         for run_dir in expand_ensembles(run_dirs):
             if read_meta(run_dir).get("framework") == "sklearn":
                 models.append(load_pipeline(run_dir)[0])
             else:
-                models.append(load_net(run_dir)[0].to(device))
+                net = load_net(run_dir)[0].to(device)
+                models.append(inference_net(net, config.fuse_batch_norm))
         return cls(models, device, config)
 
     @classmethod
@@ -127,17 +140,36 @@ def predict_stream(
 ) -> int:
     """Predict a CSV, shard directory or glob piece by piece; returns the number of rows.
 
-    Rows go in ImageId order (shards in manifest order), and ``out`` is written as they come,
-    atomically, so memory holds one batch whatever the number of rows.
+    Memory holds one batch of images whatever the number of rows (plus a byte of label per row).
+    Under torchrun (``digits predict ... --nproc N``) each rank predicts a contiguous share of
+    the rows on its own device, and rank 0 gathers the shares in rank order, which is ImageId
+    order, and alone writes ``out``.
     """
-    predictor = Predictor.load(run_dirs, config)
-    stream = ShardStream(source, predictor.config.batch_size, shuffle=False, rank=0, world_size=1)
-    n_rows = 0
-    with atomic_path(out) as tmp, tmp.open("w", encoding="utf-8") as file:
-        file.write(",".join(SUBMISSION_COLUMNS) + "\n")
-        for images, _ in stream:
-            labels = predictor.predict(images.numpy())
-            file.write(_submission_rows(labels, first_image_id=n_rows + 1))
-            n_rows += len(labels)
-    log.info("wrote %s (%d rows)", out, n_rows)
-    return n_rows
+    config = config or PredictConfig()
+    dist_env, device = init_distributed(config.device, config.ddp_timeout_s)
+    predictor = Predictor.load(run_dirs, config, device)
+    stream = ShardStream(source, STREAM_ROWS, shuffle=False, rank=dist_env.rank,
+                         world_size=dist_env.world_size)  # fmt: skip
+    labels = np.concatenate(
+        [predictor.predict(images.numpy()).astype(np.uint8) for images, _ in stream]
+    )
+    if dist.is_initialized():
+        shares = [None] * dist_env.world_size if dist_env.is_main_process else None
+        dist.gather_object(labels, shares, dst=0)
+        if shares is not None:
+            labels = np.concatenate(shares)
+    if dist_env.is_main_process:
+        write_submission(out, labels)
+        log.info("wrote %s (%d rows, %d processes)", out, len(labels), dist_env.world_size)
+    return stream.manifest.n_rows
+
+
+if __name__ == "__main__":
+    # `torchrun --nproc-per-node N -m digit_recognizer.predict RUN SHARDS --out ...` runs the
+    # `digits predict` command in every process; predict_stream finds its rank in torchrun's
+    # variables.
+    import sys
+
+    from digit_recognizer.cli import app
+
+    app(["predict", *sys.argv[1:]])

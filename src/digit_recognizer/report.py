@@ -38,7 +38,7 @@ from digit_recognizer.evaluate import (
 )
 from digit_recognizer.explain import draw_overlay, grad_cam
 from digit_recognizer.fileio import write_text
-from digit_recognizer.predict import Predictor
+from digit_recognizer.predict import PredictConfig, Predictor
 from digit_recognizer.train import CONFIG_FILE, HISTORY_FILE
 
 REPORT_FILE = "report.html"
@@ -124,7 +124,7 @@ def write_run_report(
         raise ModelFileError(f"{run_dir / CONFIG_FILE}: not found; is {run_dir} a run directory?")
     config = read_toml(run_dir / CONFIG_FILE)
     data, source = _labelled_data(run_dir, config, data_csv, data)
-    predictor = Predictor.load([run_dir])
+    predictor = Predictor.load([run_dir], PredictConfig(fuse_batch_norm=False))  # for Grad-CAM
     probas = predictor.predict_proba(data.images)
     with tempfile.TemporaryDirectory() as figures:
         model = predictor.models[0]

@@ -94,8 +94,8 @@ def load_served_model(run_dir: Path, config: ServeConfig) -> ServedModel:
     else:
         # fp32: bf16 autocast gains nothing on single images (2.15 vs 2.33 ms per image; under
         # load 365-500 vs 437-501 requests/s, within noise), and fp32 keeps the two backends'
-        # probabilities within 1e-4 of each other.
-        predictor = Predictor.load([run_dir], PredictConfig(amp=False))
+        # probabilities within 1e-4 of each other. Unfolded batch norm: Grad-CAM hooks the convs.
+        predictor = Predictor.load([run_dir], PredictConfig(amp=False, fuse_batch_norm=False))
     metrics_path = run_dir / METRICS_FILE
     try:
         metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
