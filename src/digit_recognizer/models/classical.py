@@ -10,7 +10,7 @@ model          accuracy  fit + predict (s)   recipe
 =============  ========  ==================  ==============================================
 logreg         0.949     ~6                  deskew, PCA 100, standardise, L-BFGS
 knn            0.984     ~6                  deskew, PCA 40, torch top-4 distance-weighted
-svm            0.988     ~26                 deskew, PCA 40, RBF C=10, temperature scaling
+svm            0.989     ~5                  deskew, PCA 40, RBF C=10, temperature on 10 %
 random-forest  0.970     ~23                 deskew, 150 trees on half-size bootstraps
 =============  ========  ==================  ==============================================
 
@@ -37,6 +37,7 @@ from sklearn.calibration import CalibratedClassifierCV
 from sklearn.decomposition import PCA
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedShuffleSplit
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
@@ -218,15 +219,16 @@ def knn(n_neighbors: int = 4, n_components: int = 40, deskew: bool = True) -> Pi
 def svm(
     C: float = 10.0, gamma: float | str = "scale", n_components: int = 40, deskew: bool = True
 ) -> Pipeline:
-    """RBF SVM on 40 PCA features of deskewed pixels, temperature-calibrated (~0.988)."""
-    # Probabilities: scikit-learn 1.9 deprecates SVC(probability=True) for this; 3 folds on 2
-    # cores cost ~2x one fit, ~4,400 support vectors each.
-    svc = SVC(C=C, gamma=gamma)
+    """RBF SVM on 40 PCA features of deskewed pixels, temperature-calibrated (~0.989)."""
+    # Probabilities (scikit-learn 1.9 deprecates SVC(probability=True) for this): one SVC fit
+    # on 90 % of the rows, its temperature on the other 10 %. 3-fold calibration plus a refit
+    # on all rows cost 3.7x the time (11.4 s against 3.1 s) for the same accuracy.
+    holdout = StratifiedShuffleSplit(n_splits=1, test_size=0.1, random_state=0)
     return Pipeline([
         ("pixels", DigitPixels(deskew=deskew)),
         ("pca", _pca(n_components)),
-        ("classifier", CalibratedClassifierCV(svc, method="temperature", cv=3, ensemble=False,
-                                              n_jobs=-1)),
+        ("classifier", CalibratedClassifierCV(SVC(C=C, gamma=gamma), method="temperature",
+                                              cv=holdout, ensemble=True)),
     ])  # fmt: skip
 
 
@@ -251,7 +253,7 @@ _SKOPS_TRUSTED = {"sklearn.tree._tree.Tree"}  # a forest's trees: node arrays, n
 _SAFE_CLASSES = {
     f"{cls.__module__}.{cls.__qualname__}": cls
     for cls in (Pipeline, DigitPixels, PCA, StandardScaler, LogisticRegression, SVC,
-                CalibratedClassifierCV, TorchKNeighborsClassifier)
+                CalibratedClassifierCV, StratifiedShuffleSplit, TorchKNeighborsClassifier)
 }  # fmt: skip
 for _name in ("_CalibratedClassifier", "_TemperatureScaling", "_SigmoidCalibration"):
     _SAFE_CLASSES[f"sklearn.calibration.{_name}"] = getattr(
