@@ -44,7 +44,7 @@ class PredictConfig:
     """How to run inference; the models themselves come from run directories."""
 
     tta: bool = False  # average over the shifted views in TTA_SHIFTS (5x the compute)
-    # 256: activations stay in the CPU's cache; 1024 was 2x slower on 2 cores (same on GPU).
+    # 256: activations stay in the CPU cache; 1024 was ~2x slower on 2 cores (GPUs: untested).
     batch_size: int = 256
     device: str = "auto"
     amp: bool = True  # bf16 autocast where native; probabilities agree with fp32 to ~1e-3
