@@ -3,6 +3,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import pytest
 import torch
@@ -137,3 +138,27 @@ def test_on_epoch_end_sees_every_epoch_and_can_stop_the_run(tmp_path, small_trai
               on_epoch_end=stop_after_two)  # fmt: skip
     assert seen == [1, 2]
     assert load_checkpoint(tmp_path, torch.device("cpu"))["epoch"] == 2  # resumable from there
+
+
+def test_ema_run_stopped_and_resumed_matches_a_straight_run(tmp_path, small_train, small_test):
+    subset = DigitSet(small_train.images[:512], small_train.labels[:512])
+    valid = DigitSet(small_test.images[:100], small_test.labels[:100])
+    config = TrainConfig(epochs=3, batch_size=64, ema_decay=0.9)
+    straight = train(config, subset, valid, tmp_path / "straight")
+
+    class StopError(Exception):
+        pass
+
+    def stop_after_one(row):
+        if row["epoch"] == 1:
+            raise StopError
+
+    with pytest.raises(StopError):
+        train(config, subset, valid, tmp_path / "resumed", on_epoch_end=stop_after_one)
+    resumed = train(replace(config, resume=True), subset, valid, tmp_path / "resumed")
+    assert without_timing(resumed.history) == without_timing(straight.history)
+    saved, _ = load_net(tmp_path / "resumed")
+    last = load_checkpoint(tmp_path / "resumed", torch.device("cpu"))["model"]
+    for key, value in saved.state_dict().items():  # the average is saved, not the last weights
+        torch.testing.assert_close(value, straight.model.state_dict()[key], rtol=0, atol=0)
+    assert any(not torch.equal(last[key], value) for key, value in saved.state_dict().items())
