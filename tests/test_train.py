@@ -120,22 +120,29 @@ def test_widths_a_model_cannot_take_are_refused(tmp_path, small_train, overrides
         train(TrainConfig(epochs=1, **overrides), small_train, None, tmp_path)
 
 
+class StopError(Exception):
+    """Stops a run from its on_epoch_end hook, after the epoch's checkpoint, as a kill would."""
+
+
+def stop_after(last_epoch: int, seen: list[float] | None = None):
+    """An on_epoch_end hook that records the epochs it sees and stops after ``last_epoch``."""
+
+    def hook(row: dict[str, float]) -> None:
+        if seen is not None:
+            seen.append(row["epoch"])
+        if row["epoch"] == last_epoch:
+            raise StopError
+
+    return hook
+
+
 def test_on_epoch_end_sees_every_epoch_and_can_stop_the_run(tmp_path, small_train, small_test):
     subset = DigitSet(small_train.images[:256], small_train.labels[:256])
     valid = DigitSet(small_test.images[:100], small_test.labels[:100])
     seen = []
-
-    class StopError(Exception):
-        pass
-
-    def stop_after_two(row):
-        seen.append(row["epoch"])
-        if row["epoch"] == 2:
-            raise StopError
-
     with pytest.raises(StopError):
         train(TrainConfig(epochs=5, batch_size=64), subset, valid, tmp_path,
-              on_epoch_end=stop_after_two)  # fmt: skip
+              on_epoch_end=stop_after(2, seen))  # fmt: skip
     assert seen == [1, 2]
     assert load_checkpoint(tmp_path, torch.device("cpu"))["epoch"] == 2  # resumable from there
 
@@ -145,16 +152,8 @@ def test_ema_run_stopped_and_resumed_matches_a_straight_run(tmp_path, small_trai
     valid = DigitSet(small_test.images[:100], small_test.labels[:100])
     config = TrainConfig(epochs=3, batch_size=64, ema_decay=0.9)
     straight = train(config, subset, valid, tmp_path / "straight")
-
-    class StopError(Exception):
-        pass
-
-    def stop_after_one(row):
-        if row["epoch"] == 1:
-            raise StopError
-
     with pytest.raises(StopError):
-        train(config, subset, valid, tmp_path / "resumed", on_epoch_end=stop_after_one)
+        train(config, subset, valid, tmp_path / "resumed", on_epoch_end=stop_after(1))
     resumed = train(replace(config, resume=True), subset, valid, tmp_path / "resumed")
     assert without_timing(resumed.history) == without_timing(straight.history)
     saved, _ = load_net(tmp_path / "resumed")
