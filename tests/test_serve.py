@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -106,6 +107,16 @@ def test_predict_explain(client: TestClient, digits) -> None:
     assert heatmap.shape == (28, 28) and heatmap.min() >= 0 and heatmap.max() == 1
     batch = client.post("/predict?explain=true", json=[pixels_body(d) for d in digits[:2]])
     assert all(np.shape(p["grad_cam"]) == (28, 28) for p in batch.json()["predictions"])
+
+
+def test_explain_and_predict_requests_at_the_same_time(client: TestClient, digits) -> None:
+    # The server runs requests in a thread pool: Grad-CAM's hook must see its own forward only.
+    urls = ["/predict?explain=true", "/predict"] * 12
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        answers = list(pool.map(lambda url: client.post(url, json=pixels_body(digits[0])), urls))
+    assert [answer.status_code for answer in answers] == [200] * len(urls)
+    maps = [answer.json()["grad_cam"] for answer in answers[::2]]
+    assert all(heatmap == maps[0] for heatmap in maps)
 
 
 def test_predict_csv(client: TestClient, predictor: Predictor, small_test, tmp_path) -> None:

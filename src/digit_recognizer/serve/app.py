@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,7 +26,7 @@ from digit_recognizer.data.images import MAX_IMAGE_PIXELS
 from digit_recognizer.errors import ConfigError, ModelFileError
 from digit_recognizer.evaluate import METRICS_FILE
 from digit_recognizer.export import OnnxPredictor
-from digit_recognizer.models.storage import read_meta
+from digit_recognizer.models.storage import load_net, read_meta
 from digit_recognizer.predict import PredictConfig, Predictor
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,10 @@ class ServedModel:
     predictor: Predictor | OnnxPredictor
     meta: dict[str, Any]  # model.json
     metrics: dict[str, Any]  # metrics.json, {} when the run has none
+    # Grad-CAM's own copy of the net (torch backend): its forward hook must not catch the
+    # forwards of predictions running at the same time in other threads.
+    explain_net: torch.nn.Module | None = None
+    explain_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def predict_proba(self, images: NDArray[np.uint8]) -> NDArray[np.float32]:
         return self.predictor.predict_proba(images)
@@ -82,26 +87,30 @@ class ServedModel:
         """Heatmaps (N, 28, 28) in [0, 1] for the predicted digits; torch backend only."""
         from digit_recognizer.explain import grad_cam
 
-        assert isinstance(self.predictor, Predictor), "grad_cam needs the torch backend"
-        return grad_cam(self.predictor.models[0], images)
+        assert self.explain_net is not None, "grad_cam needs the torch backend"
+        with self.explain_lock:  # one at a time: each adds and removes a hook on the net
+            return grad_cam(self.explain_net, images)
 
 
 def load_served_model(run_dir: Path, config: ServeConfig) -> ServedModel:
     """Load the run for ``config.backend``; ``ModelFileError`` if it is not a trained run."""
     meta = read_meta(run_dir)
+    explain_net = None
     if config.backend == "onnx":
         predictor: Predictor | OnnxPredictor = OnnxPredictor.load(run_dir, config.n_threads)
     else:
         # fp32: bf16 autocast gains nothing on single images (2.15 vs 2.33 ms per image; under
         # load 365-500 vs 437-501 requests/s, within noise), and fp32 keeps the two backends'
-        # probabilities within 1e-4 of each other. Unfolded batch norm: Grad-CAM hooks the convs.
+        # probabilities within 1e-4 of each other. Batch norm unfolded, as README's figures were
+        # measured.
         predictor = Predictor.load([run_dir], PredictConfig(amp=False, fuse_batch_norm=False))
+        explain_net = load_net(run_dir)[0].to(predictor.device)
     metrics_path = run_dir / METRICS_FILE
     try:
         metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
     except json.JSONDecodeError as error:
         raise ModelFileError(f"{metrics_path}: not valid JSON ({error})") from None
-    return ServedModel(config.backend, predictor, meta, metrics)
+    return ServedModel(config.backend, predictor, meta, metrics, explain_net)
 
 
 class BodySizeLimit:
