@@ -1,7 +1,7 @@
 import numpy as np
 import torch
 
-from digit_recognizer.data.augment import Augmentation, augment_batch
+from digit_recognizer.data.augment import Augmentation, augment_batch, elastic_displacement
 from digit_recognizer.data.splits import stratified_split
 from digit_recognizer.models.runtime import to_model_input
 
@@ -30,6 +30,37 @@ def test_augmented_digits_keep_their_ink(small_train):
     out = augment_batch(x, Augmentation(), torch.Generator().manual_seed(0))
     ratio = out.sum(dim=(1, 2, 3)) / x.sum(dim=(1, 2, 3))
     assert ratio.min() > 0.5 and ratio.max() < 2.0
+
+
+def test_elastic_field_is_smooth_and_sized_in_pixels():
+    augmentation = Augmentation(elastic_px=2.0)
+    field = elastic_displacement(512, 28, augmentation, torch.Generator().manual_seed(0), "cpu")
+    assert field.shape == (512, 28, 28, 2)
+    pixels = field * 28 / 2  # grid units -> pixels
+    # The control points (every 9th pixel here, corners included) carry N(0, 2 px) offsets.
+    corners = pixels[:, ::27, ::27]
+    assert 1.8 < corners.std() < 2.2
+    # Smooth: neighbouring pixels move together (Simard's field is low-pass noise, not jitter).
+    # Independent per-pixel noise would give a mean step of 1.4x the mean displacement.
+    step = (pixels[:, 1:] - pixels[:, :-1]).abs().mean()
+    assert step < 0.4 * pixels.abs().mean()
+
+
+def test_elastic_distortion_bends_strokes_but_keeps_the_digit(small_train):
+    x = to_model_input(torch.as_tensor(small_train.images[:256]), channels_last=False)
+    only_elastic = Augmentation(
+        rotation_deg=0, scale=0, shear=0, translate_px=0, contrast=0, elastic_px=1.5
+    )
+    out = augment_batch(x, only_elastic, torch.Generator().manual_seed(0))
+    changed = (out - x).abs().sum(dim=(1, 2, 3)) / x.sum(dim=(1, 2, 3))
+    assert changed.min() > 0.05  # every digit is bent
+    ratio = out.sum(dim=(1, 2, 3)) / x.sum(dim=(1, 2, 3))
+    assert ratio.min() > 0.5 and ratio.max() < 2.0  # ink moved, not erased or smeared out
+    # Bent, not scrambled: most strokes still overlap their old place.
+    overlap = torch.nn.functional.cosine_similarity(out.flatten(1), x.flatten(1))
+    assert overlap.median() > 0.6
+    identity = augment_batch(x, only_elastic.scaled(0), torch.Generator().manual_seed(0))
+    torch.testing.assert_close(identity, x, atol=1e-5, rtol=0)
 
 
 def test_stratified_split_keeps_class_shares(mnist):

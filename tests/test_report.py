@@ -71,7 +71,7 @@ def test_eda_and_augment_preview_commands(tmp_path, small_csvs):
     assert len(inline_pngs(tmp_path / "e" / "eda.html")) == 3
     out = tmp_path / "augmented.png"
     result = runner.invoke(app, ["augment-preview", str(small_csvs["train"]), "--n", "5",
-                                 "--out", str(out)])  # fmt: skip
+                                 "--elastic", "1.5", "--out", str(out)])  # fmt: skip
     assert result.exit_code == 0, result.output
     assert out.read_bytes().startswith(PNG)
 

@@ -81,6 +81,12 @@ Schedule = Annotated[
     typer.Option(help="onecycle | plateau | exponential | constant. [default: onecycle]"),
 ]
 Augment = Annotated[float | None, typer.Option(help="Augmentation strength, 0 = off. [default: 1]")]
+Elastic = Annotated[
+    float | None,
+    typer.Option(
+        help="Elastic distortion: std of the displacement in pixels, 0 = off. [default: 0]"
+    ),
+]
 ValidSize = Annotated[float | None, typer.Option(help="Validation fraction. [default: 0.05]")]
 Patience = Annotated[int | None, typer.Option(help="Early-stopping patience in epochs.")]
 Seed = Annotated[int | None, typer.Option(help="Random seed. [default: 0]")]
@@ -107,7 +113,7 @@ def run(
     preset: Preset = "default",
     config: ConfigFile = None, model: Model = None, epochs: Epochs = None,
     time_budget: TimeBudget = None, batch_size: BatchSize = None, optimizer: Optimizer = None,
-    lr: LR = None, schedule: Schedule = None, augment: Augment = None,
+    lr: LR = None, schedule: Schedule = None, augment: Augment = None, elastic: Elastic = None,
     valid_size: ValidSize = None, patience: Patience = None, seed: Seed = None,
     device: Device = None, compile_model: Compile = None, tta: Tta = False,
 ) -> None:  # fmt: skip
@@ -118,6 +124,7 @@ def run(
 
     overrides = train_overrides(model=model, epochs=epochs, time_budget=time_budget,
         batch_size=batch_size, optimizer=optimizer, lr=lr, schedule=schedule, augment=augment,
+        elastic=elastic,
         valid_size=valid_size, patience=patience, seed=seed, device=device,
         compile=compile_model)  # fmt: skip
     recipe = get_preset(preset)
@@ -151,7 +158,7 @@ def train_command(
     nproc: Annotated[int, typer.Option(help="Processes (DDP through torchrun).")] = 1,
     config: ConfigFile = None, model: Model = None, epochs: Epochs = None,
     time_budget: TimeBudget = None, batch_size: BatchSize = None, optimizer: Optimizer = None,
-    lr: LR = None, schedule: Schedule = None, augment: Augment = None,
+    lr: LR = None, schedule: Schedule = None, augment: Augment = None, elastic: Elastic = None,
     valid_size: ValidSize = None, patience: Patience = None, seed: Seed = None,
     device: Device = None, compile_model: Compile = None,
     max_memory: Annotated[float | None, typer.Option(
@@ -174,6 +181,7 @@ def train_command(
         config = out / CONFIG_FILE  # resume with the run's own settings unless told otherwise
     overrides = train_overrides(model=model, epochs=epochs, time_budget=time_budget,
         batch_size=batch_size, optimizer=optimizer, lr=lr, schedule=schedule, augment=augment,
+        elastic=elastic,
         valid_size=valid_size, patience=patience, seed=seed, device=device, compile=compile_model,
         max_memory_gb=max_memory,
         resume=resume or None)  # fmt: skip
@@ -315,13 +323,15 @@ def augment_preview(
     csv: Annotated[Path, typer.Argument(help="A Kaggle train.csv or test.csv.")],
     n: Annotated[int, typer.Option("--n", min=1, help="Augmentations per image.")] = 9,
     augment: Annotated[float, typer.Option(min=0, help="Strength, as train --augment.")] = 1.0,
+    elastic: Annotated[float, typer.Option(min=0, help="Pixels, as train --elastic.")] = 0.0,
     seed: Seed = None,
     out: Annotated[Path, typer.Option(help="PNG to write.")] = Path("augment_preview.png"),
 ) -> None:
     """A grid of images and their random augmentations, made by training's own code."""
     from digit_recognizer.eda import augment_preview as preview
 
-    console.print(f"wrote {preview(csv, out, n=n, seed=seed or 0, strength=augment)}")
+    path = preview(csv, out, n=n, seed=seed or 0, strength=augment, elastic=elastic)
+    console.print(f"wrote {path}")
 
 
 @app.command()

@@ -211,25 +211,33 @@ def _plot_pixel_histograms(data: DigitSet, _rng: np.random.Generator, path: Path
 
 
 def augment_preview(
-    csv_path: str | Path, out_path: str | Path, n: int = 9, seed: int = 0, strength: float = 1.0
+    csv_path: str | Path,
+    out_path: str | Path,
+    n: int = 9,
+    seed: int = 0,
+    strength: float = 1.0,
+    elastic: float = 0.0,
 ) -> Path:
     """PNG grid: a few images of the CSV (first column) and ``n`` random augmentations of each.
 
-    Uses ``augment_batch`` with ``Augmentation().scaled(strength)``, exactly as training does
-    with ``--augment strength``.
+    Uses ``augment_batch`` with ``Augmentation(elastic_px=elastic).scaled(strength)``, exactly as
+    training does with ``--augment strength --elastic elastic``.
     """
+    augmentation = Augmentation(elastic_px=elastic).scaled(strength)
     data = read_kaggle_csv(csv_path)
     generator = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
     originals = data.images[rng.choice(len(data), size=min(PREVIEW_ROWS, len(data)), replace=False)]
     x = to_model_input(torch.as_tensor(originals).repeat_interleave(n, 0), channels_last=False)
-    augmented = augment_batch(x, Augmentation().scaled(strength), generator)
+    augmented = augment_batch(x, augmentation, generator)
     augmented = (augmented[:, 0] * 255).round().to(torch.uint8).numpy().reshape(-1, n, 28, 28)
     tiles = np.concatenate([originals[:, None], augmented], axis=1).reshape(-1, 28, 28)
     titles = [("original" if c == 0 else f"augmented {c}") for _ in originals for c in range(n + 1)]
-    a = Augmentation().scaled(strength)
+    a = augmentation
     title = (f"Training augmentation, strength {strength:g}: rotation ±{a.rotation_deg:g}°, zoom "
              f"±{a.scale:.0%}, shear ±{a.shear:g}, shift ±{a.translate_px:g} px, contrast "
              f"±{a.contrast:.0%}")  # fmt: skip
+    if a.elastic_px:
+        title += f", elastic {a.elastic_px:g} px"
     plot_gallery(tiles, titles, Path(out_path), columns=n + 1, title=title)
     return Path(out_path)

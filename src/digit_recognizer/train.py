@@ -84,6 +84,7 @@ class TrainConfig:
     # model selection and the saved model use the average instead of the last weights.
     ema_decay: float | None = None
     augment: float = 1.0  # strength of the random affine + contrast (0 = off); see Augmentation
+    elastic: float = 0.0  # elastic distortion, pixels of displacement (std); scaled by augment
     valid_size: float = 0.05  # stratified validation fraction for model selection (0 = none)
     patience: int | None = None  # early stopping: epochs without a better validation accuracy
     target_accuracy: float | None = None  # stop once validation accuracy reaches this
@@ -106,6 +107,7 @@ class TrainConfig:
             (self.lr > 0, "lr must be > 0"),
             (0 <= self.valid_size < 1, "valid_size must be in [0, 1)"),
             (self.augment >= 0, "augment must be >= 0"),
+            (self.elastic >= 0, "elastic must be >= 0"),
             (self.time_budget_s is None or self.time_budget_s > 0, "time_budget_s must be > 0"),
             (0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
             (0 <= self.warmup < 1, "warmup must be in [0, 1)"),
@@ -302,7 +304,7 @@ def train(
             yield train_images[indices], train_labels[indices]
 
     total_steps = config.epochs * steps_per_epoch
-    augmentation = Augmentation().scaled(config.augment)
+    augmentation = Augmentation(elastic_px=config.elastic).scaled(config.augment)
     log.info(
         "training %s on %d images (%d validation), device %s, %s, %d steps/epoch of batch %d%s",
         config.model, n_train, len(valid_labels) if has_valid else 0, device,
