@@ -15,6 +15,8 @@ from digit_recognizer.cli import app as cli_app
 from digit_recognizer.data.kaggle_csv import DigitSet
 from digit_recognizer.errors import ModelFileError
 from digit_recognizer.export import ONNX_FILE, OnnxPredictor, export_onnx, onnx_is_current
+from digit_recognizer.models import build
+from digit_recognizer.models.storage import save_net
 from digit_recognizer.predict import PredictConfig, Predictor
 
 
@@ -34,6 +36,16 @@ def test_onnx_matches_torch_within_1e4(run_dir: Path, small_test: DigitSet) -> N
     assert probas.dtype == np.float32 and probas.shape == (300, 10)
     np.testing.assert_allclose(probas, expected, atol=1e-4)
     np.testing.assert_array_equal(onnx_predictor.predict(images), expected.argmax(axis=1))
+
+
+def test_deskewing_net_exports_too(tmp_path: Path, small_test: DigitSet) -> None:
+    # Its first layer is a per-image grid_sample, which ONNX has had since opset 16.
+    save_net(tmp_path, build("cnn-deskew").eval(), "cnn-deskew", {})
+    export_onnx(tmp_path)
+    images = small_test.images[:100]
+    expected = Predictor.load([tmp_path], PredictConfig(amp=False)).predict_proba(images)
+    np.testing.assert_allclose(OnnxPredictor.load(tmp_path).predict_proba(images), expected,
+                               atol=1e-4)  # fmt: skip
 
 
 def test_dynamic_batch_axis(run_dir: Path, small_test: DigitSet) -> None:

@@ -1,8 +1,10 @@
 import pytest
 import torch
 
+from digit_recognizer.data.augment import Augmentation, augment_batch
 from digit_recognizer.errors import ModelFileError, UnknownModelError
 from digit_recognizer.models import available, build, get_spec, register
+from digit_recognizer.models.nets import Deskew
 from digit_recognizer.models.storage import load_net, save_net
 
 
@@ -16,6 +18,33 @@ def test_every_net_maps_images_to_logits(name):
 def test_seed_cnn_matches_the_notebook_size():
     n_parameters = sum(p.numel() for p in build("seed-cnn").parameters())
     assert 2_680_000 < n_parameters < 2_700_000  # Keras reported ~2.69 M
+
+
+def ink_slant(images: torch.Tensor) -> torch.Tensor:
+    """covariance(x, y) / variance(y) of each image's ink, in pixels: 0 for an upright digit."""
+    ink = images[:, 0]
+    y, x = torch.meshgrid(torch.arange(28.0), torch.arange(28.0), indexing="ij")
+    mass = ink.sum(dim=(1, 2))
+
+    def mean(values: torch.Tensor) -> torch.Tensor:
+        return ((ink * values).sum(dim=(1, 2)) / mass)[:, None, None]
+
+    dx, dy = x - mean(x), y - mean(y)
+    return (mean(dx * dy) / mean(dy * dy)).flatten()
+
+
+def test_deskew_straightens_slanted_digits(mnist):
+    x = torch.as_tensor(mnist.images[:256]).float().div(255).unsqueeze(1)
+    only_shear = Augmentation(rotation_deg=0, scale=0, shear=0.4, translate_px=0, contrast=0)
+    slanted = augment_batch(x, only_shear, torch.Generator().manual_seed(0))
+    assert ink_slant(slanted).abs().mean() > 0.2  # the test data is slanted: it can fail
+    deskew = Deskew()
+    # Upright, but for the odd digit whose sheared ink left the 28 x 28 frame.
+    assert ink_slant(deskew(slanted)).abs().quantile(0.95) < 0.01
+    # The same digit slanted two ways comes out (nearly) the same.
+    assert (deskew(slanted) - deskew(x)).abs().mean() < 0.3 * (slanted - x).abs().mean()
+    blank = deskew(torch.zeros(2, 1, 28, 28))
+    assert torch.equal(blank, torch.zeros_like(blank))
 
 
 def test_unknown_and_duplicate_names():
