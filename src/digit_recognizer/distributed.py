@@ -64,6 +64,17 @@ def init_distributed(device_name: str, timeout_s: float) -> tuple[Distributed, t
     return dist_env, device
 
 
+def close_distributed() -> None:
+    """Leave the process group, if this process joined one.
+
+    A torchrun process that exits with its gloo group still open can abort in the group's
+    teardown ("terminate called without an active exception", SIGABRT) after its work is done,
+    failing a job that succeeded.
+    """
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def all_reduce(
     tensor: torch.Tensor, op: dist.ReduceOp.RedOpType = dist.ReduceOp.SUM
 ) -> torch.Tensor:

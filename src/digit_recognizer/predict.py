@@ -21,7 +21,7 @@ from torch import nn
 
 from digit_recognizer.data.kaggle_csv import read_kaggle_csv, write_submission
 from digit_recognizer.data.stream import ShardStream
-from digit_recognizer.distributed import init_distributed
+from digit_recognizer.distributed import close_distributed, init_distributed
 from digit_recognizer.models.classical import load_pipeline
 from digit_recognizer.models.runtime import (
     autocast_dtype,
@@ -172,4 +172,7 @@ if __name__ == "__main__":
 
     from digit_recognizer.cli import app
 
-    app(["predict", *sys.argv[1:]])
+    try:
+        app(["predict", *sys.argv[1:]])
+    finally:
+        close_distributed()

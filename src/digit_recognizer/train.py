@@ -36,7 +36,7 @@ from digit_recognizer.data.augment import Augmentation, augment_batch
 from digit_recognizer.data.kaggle_csv import DigitSet
 from digit_recognizer.data.shards import Manifest
 from digit_recognizer.data.stream import ShardStream
-from digit_recognizer.distributed import all_reduce, init_distributed
+from digit_recognizer.distributed import all_reduce, close_distributed, init_distributed
 from digit_recognizer.errors import ConfigError, ModelFileError
 from digit_recognizer.fileio import atomic_path, write_text
 from digit_recognizer.models.registry import build, get_spec
@@ -501,4 +501,7 @@ if __name__ == "__main__":
 
     from digit_recognizer.cli import app
 
-    app(["train", *sys.argv[1:]])
+    try:
+        app(["train", *sys.argv[1:]])
+    finally:
+        close_distributed()
