@@ -1,4 +1,5 @@
 import csv
+import logging
 import signal
 import subprocess
 import sys
@@ -91,10 +92,12 @@ def test_schedules_start_and_end_sensibly(schedule):
         assert get_lr(config, 0.5, 2.0, 0.25) == pytest.approx(config.lr * 0.25)
 
 
-def test_time_budget_stops_training(tmp_path, small_train):
+def test_time_budget_stops_training_and_says_so(tmp_path, small_train, caplog):
     config = TrainConfig(epochs=50, time_budget_s=1.0, valid_size=0, batch_size=64)
-    result = train(config, small_train, None, tmp_path)
+    with caplog.at_level(logging.INFO, logger="digit_recognizer.train"):
+        result = train(config, small_train, None, tmp_path)
     assert result.epochs_run < 50 and result.train_seconds < 5
+    assert "time budget of 1 s reached after" in caplog.text and "of 50 epochs" in caplog.text
 
 
 def test_widths_and_dropout_shape_the_net_and_are_saved_with_it(tmp_path, small_train, small_test):

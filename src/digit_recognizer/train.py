@@ -474,6 +474,14 @@ def train(
             stopped_early = True
             break
 
+    if config.time_budget_s and step < total_steps and not stopped_early:
+        log.info(
+            "time budget of %.0f s reached after %.1f of %d epochs (%.0f images/s on this "
+            "hardware): the schedule annealed to the budget",
+            config.time_budget_s, step / steps_per_epoch, config.epochs,
+            step * config.batch_size / max(elapsed_s, 1e-9),
+        )  # fmt: skip
+
     # -- finish: restore the best weights, write the model ---------------------------------------
     if best_state is not None:
         eval_model.load_state_dict(best_state)

@@ -77,6 +77,13 @@ def cnn_small(widths: tuple[int, int, int] = (24, 48, 96), dropout: float = 0.0)
     return CompactCNN(widths=tuple(widths), dropout=dropout)
 
 
+@register("cnn-tiny", kind="net")
+def cnn_tiny(widths: tuple[int, int, int] = (16, 32, 64), dropout: float = 0.0) -> nn.Module:
+    """Compact CNN at a quarter of cnn's cost (70 k parameters): most accuracy per second of a
+    CPU without native bf16, where 60 s are ~3 epochs (README, 'Results')."""
+    return CompactCNN(widths=tuple(widths), dropout=dropout)
+
+
 @register("cnn-wide", kind="net")
 def cnn_wide(widths: tuple[int, int, int] = (64, 128, 256), dropout: float = 0.1) -> nn.Module:
     """Wider compact CNN for accuracy and ensembles: 1.1 M parameters, ~4x the cost of cnn."""
