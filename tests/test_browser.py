@@ -104,6 +104,31 @@ def test_drawing_a_one_gets_a_prediction(page: object) -> None:
     expect(page.locator("#label")).to_have_text("?")
 
 
+def test_an_answer_arriving_after_clear_is_not_shown(page: object) -> None:
+    """A request still in flight when the pad is cleared must not put its digit back."""
+    expect = sync_api.expect
+    page.click("#clear")
+    draw_stroke(page, [(0.5, 0.15), (0.5, 0.5), (0.5, 0.85)])
+    expect(page.locator("#label")).to_have_text(re.compile(r"^[0-9]$"), timeout=15_000)
+    page.wait_for_function("() => !busy && !again")  # every answer so far has arrived
+    held = []
+    page.route("**/predict*", lambda route: held.append(route))  # answered when we say so
+    try:
+        box = page.locator("#pad").bounding_box()
+        page.mouse.click(box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.5)
+        page.wait_for_function("() => busy")
+        while not held:
+            page.wait_for_timeout(20)
+        page.click("#clear")
+        expect(page.locator("#label")).to_have_text("?")
+        with page.expect_response("**/predict*"):
+            held[0].continue_()
+        page.wait_for_function("() => !busy")
+        expect(page.locator("#label")).to_have_text("?")
+    finally:
+        page.unroute("**/predict*")
+
+
 def test_uploading_an_image(page: object, tmp_path: Path) -> None:
     path = tmp_path / "one.png"
     drawing().save(path)

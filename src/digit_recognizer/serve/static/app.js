@@ -10,8 +10,10 @@ const strokes = []; // each stroke: [[x, y], ...] in canvas pixels
 let uploaded = null; // an uploaded image drawn under the strokes
 let busy = false; // one request in flight at a time ...
 let again = false; // ... and at most one more queued behind it
+let version = 0; // bumped by every redraw: an answer can tell that the pad changed since
 
 function redraw() {
+  version += 1;
   ctx.fillStyle = "#fff";
   ctx.fillRect(0, 0, pad.width, pad.height);
   if (uploaded) {
@@ -92,14 +94,18 @@ function requestPrediction() {
 
 async function send(body, type) {
   busy = true;
+  const sentVersion = version;
+  // A late answer for a drawing that was since undone or cleared away is not shown.
+  const clearedSince = () => sentVersion !== version && !strokes.length && !uploaded;
   try {
     const response = await fetch("/predict?explain=true", {
       method: "POST", headers: { "Content-Type": type }, body,
     });
     const answer = await response.json();
+    if (clearedSince()) return;
     if (response.ok) showAnswer(answer); else showError(answer.detail || response.statusText);
   } catch (error) {
-    showError(`no answer from the server (${error})`);
+    if (!clearedSince()) showError(`no answer from the server (${error})`);
   } finally {
     busy = false;
     if (again) { again = false; requestPrediction(); }
