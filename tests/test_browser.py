@@ -116,9 +116,10 @@ def test_an_answer_arriving_after_clear_is_not_shown(page: object) -> None:
     try:
         box = page.locator("#pad").bounding_box()
         page.mouse.click(box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.5)
-        page.wait_for_function("() => busy")
-        while not held:
+        deadline = time.monotonic() + 15
+        while not held and time.monotonic() < deadline:
             page.wait_for_timeout(20)
+        assert held, "the click sent no /predict request"
         page.click("#clear")
         expect(page.locator("#label")).to_have_text("?")
         with page.expect_response("**/predict*"):
