@@ -31,9 +31,20 @@ def test_run_trains_predicts_and_writes_a_run_directory(tmp_path, small_csvs):
     assert scored.exit_code == 0
     assert float(scored.output.split()[-1]) > 0.85  # chance is 0.10
 
+    # The default preset predicts with test-time augmentation; metrics.json says so, and
+    # `digits predict --tta` reproduces the submission.
+    assert metrics["test_tta"] is True and "│ test-time augmentation │ 5 views" in result.output
     again = tmp_path / "again.csv"
-    assert invoke("predict", run_dir, small_csvs["test"], "--out", again).exit_code == 0
+    assert invoke("predict", run_dir, small_csvs["test"], "--out", again, "--tta").exit_code == 0
     assert again.read_bytes() == (run_dir / "submission.csv").read_bytes()
+
+    plain_dir = tmp_path / "plain"
+    result = invoke("run", "--train", small_csvs["train"], "--test", small_csvs["test"],
+                    "--out", plain_dir, *SMALL_RECIPE, "--epochs", "1", "--no-tta")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert json.loads((plain_dir / "metrics.json").read_text())["test_tta"] is False
+    assert invoke("predict", plain_dir, small_csvs["test"], "--out", again).exit_code == 0
+    assert again.read_bytes() == (plain_dir / "submission.csv").read_bytes()
 
 
 def test_train_then_evaluate(tmp_path, small_csvs):

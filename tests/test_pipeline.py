@@ -37,7 +37,8 @@ def test_ensemble_directory_predicts_the_members_average(tmp_path, small_csvs, s
 
 
 def test_presets_and_argument_errors(tmp_path, small_csvs):
-    assert get_preset("fast").overrides["model"] == "cnn-tiny"
+    for name in ("fast", "default"):
+        assert get_preset(name).overrides["model"] == "cnn-tiny" and get_preset(name).tta
     assert get_preset("best").members and get_preset("best").tta
     with pytest.raises(ConfigError, match="unknown preset 'quick'; choose one of fast, default"):
         get_preset("quick")

@@ -95,6 +95,8 @@ RunDir = Annotated[Path | None, typer.Option(help="Run directory [default: runs/
 Preset = Annotated[str, typer.Option(help="fast | default | best (an ensemble, with TTA).")]
 Compile = Annotated[bool | None, typer.Option("--compile", help="torch.compile (for GPUs).")]
 Tta = Annotated[bool, typer.Option("--tta", help="Average predictions over shifted views.")]
+PresetTta = Annotated[bool | None, typer.Option(
+    "--tta/--no-tta", help="Average predictions over shifted views. [default: the preset's]")]
 
 
 def train_overrides(**flags: Any) -> dict[str, Any]:
@@ -115,11 +117,11 @@ def run(
     time_budget: TimeBudget = None, batch_size: BatchSize = None, optimizer: Optimizer = None,
     lr: LR = None, schedule: Schedule = None, augment: Augment = None, elastic: Elastic = None,
     valid_size: ValidSize = None, patience: Patience = None, seed: Seed = None,
-    device: Device = None, compile_model: Compile = None, tta: Tta = False,
+    device: Device = None, compile_model: Compile = None, tta: PresetTta = None,
 ) -> None:  # fmt: skip
     """The main job: train, evaluate, predict, write and score a submission."""
     from digit_recognizer.pipeline import get_preset, run_job
-    from digit_recognizer.predict import PredictConfig
+    from digit_recognizer.predict import TTA_SHIFTS, PredictConfig
     from digit_recognizer.train import TrainConfig
 
     overrides = train_overrides(model=model, epochs=epochs, time_budget=time_budget,
@@ -129,15 +131,17 @@ def run(
         compile=compile_model)  # fmt: skip
     recipe = get_preset(preset)
     train_config = load_config(TrainConfig, config, overrides, preset=recipe.overrides)
+    tta = recipe.tta if tta is None else tta
     with progress_bar() as progress:
         summary = run_job(train_config, train, test, out, replica_seed,
-                          predict_config=PredictConfig(tta=tta or recipe.tta),
+                          predict_config=PredictConfig(tta=tta),
                           members=recipe.members, progress=progress)  # fmt: skip
     table = Table(title=f"digits run (preset {preset})", show_header=False)
     table.add_row(
         "model", train_config.model + (f" x {summary.n_members}" if recipe.members else "")
     )
     table.add_row("epochs", str(summary.epochs_run))
+    table.add_row("test-time augmentation", f"{len(TTA_SHIFTS)} views" if tta else "off")
     table.add_row("training time", f"{summary.train_seconds:.1f} s")
     if summary.valid_accuracy is not None:
         table.add_row("validation accuracy", f"{summary.valid_accuracy:.4f}")
