@@ -92,11 +92,15 @@ Patience = Annotated[int | None, typer.Option(help="Early-stopping patience in e
 Seed = Annotated[int | None, typer.Option(help="Random seed. [default: 0]")]
 Device = Annotated[str | None, typer.Option(help="auto | cpu | cuda | mps. [default: auto]")]
 RunDir = Annotated[Path | None, typer.Option(help="Run directory [default: runs/<time>-<model>]")]
-Preset = Annotated[str, typer.Option(help="fast | default | best (an ensemble, with TTA).")]
+Preset = Annotated[str, typer.Option(help="fast | default (both with TTA) | best (an ensemble).")]
 Compile = Annotated[bool | None, typer.Option("--compile", help="torch.compile (for GPUs).")]
 Tta = Annotated[bool, typer.Option("--tta", help="Average predictions over shifted views.")]
-PresetTta = Annotated[bool | None, typer.Option(
-    "--tta/--no-tta", help="Average predictions over shifted views. [default: the preset's]")]
+PresetTta = Annotated[
+    bool | None,
+    typer.Option(
+        "--tta/--no-tta", help="Average predictions over shifted views. [default: the preset's]"
+    ),
+]
 
 
 def train_overrides(**flags: Any) -> dict[str, Any]:
