@@ -3,8 +3,9 @@
 For each recipe: train on a replica's train.csv minus a fixed stratified 10 % validation split,
 record the training seconds until validation accuracy first reaches the target, images/s, and
 the final model's accuracy on the replica's 28,000-image test set (never seen in training or
-selection). The seed recipe trains until it reaches the target or for --seed-budget seconds
-(default 1800: the notebook needed ~1,500 s for 0.9949), whichever comes first.
+selection), predicted as `digits run` does (with the preset's TTA, if any). The seed recipe
+trains until it reaches the target or for --seed-budget seconds (default 1800: the notebook
+needed ~1,500 s for 0.9949), whichever comes first.
 Then inference throughput on the 28,000 test images.
 
     .venv/bin/python benchmarks/time_to_accuracy.py                      # default vs seed
@@ -26,7 +27,7 @@ from digit_recognizer.data.kaggle_csv import read_kaggle_csv, read_submission
 from digit_recognizer.data.replica import build_replica
 from digit_recognizer.data.splits import split_for_training
 from digit_recognizer.pipeline import get_preset
-from digit_recognizer.predict import Predictor
+from digit_recognizer.predict import PredictConfig, Predictor
 from digit_recognizer.train import TrainConfig, train
 
 
@@ -59,13 +60,16 @@ def main() -> None:
 
     rows = []
     for name in args.recipes.split(","):
-        config = load_config(TrainConfig, preset=get_preset(name).overrides)
+        recipe = get_preset(name)
+        config = load_config(TrainConfig, preset=recipe.overrides)
         if name == "seed":
             config = replace(config, time_budget_s=args.seed_budget, target_accuracy=args.target)
         result = train(config, train_set, valid_set, work_dir / name)
         reached = time_to_target(result.history, args.target)
         start = time.perf_counter()
-        predicted = Predictor.load([result.run_dir]).predict(test_images)  # as `digits predict`
+        # As `digits run` predicts: with the preset's test-time augmentation, if any.
+        predictor = Predictor.load([result.run_dir], PredictConfig(tta=recipe.tta))
+        predicted = predictor.predict(test_images)
         predict_s = time.perf_counter() - start
         images_per_s = result.history[-1]["step"] * config.batch_size / result.train_seconds
         rows.append((name, config.model, reached, result, images_per_s, predict_s,
