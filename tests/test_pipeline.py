@@ -37,8 +37,9 @@ def test_ensemble_directory_predicts_the_members_average(tmp_path, small_csvs, s
 
 
 def test_presets_and_argument_errors(tmp_path, small_csvs):
-    for name in ("fast", "default"):
-        assert get_preset(name).overrides["model"] == "cnn-tiny" and get_preset(name).tta
+    assert get_preset("fast").overrides["model"] == "cnn-tiny"
+    assert get_preset("default").overrides["model"] == "auto"
+    assert get_preset("fast").tta and get_preset("default").tta
     assert get_preset("best").members and get_preset("best").tta
     with pytest.raises(ConfigError, match="unknown preset 'quick'; choose one of fast, default"):
         get_preset("quick")

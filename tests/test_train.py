@@ -79,6 +79,18 @@ def test_early_stopping_restores_the_best_epoch(tmp_path, small_train, small_tes
     assert result.best_valid_accuracy == best
 
 
+@pytest.mark.parametrize(("native_bf16", "expected"), [(True, "cnn"), (False, "cnn-tiny")])
+def test_auto_model_follows_the_hardware(monkeypatch, native_bf16, expected):
+    import digit_recognizer.train as train_module
+
+    def fake_autocast_dtype(device, enabled):
+        return torch.bfloat16 if native_bf16 and enabled else None
+
+    monkeypatch.setattr(train_module, "autocast_dtype", fake_autocast_dtype)
+    assert TrainConfig(model="auto", device="cpu").model == expected  # config.toml names it
+    assert TrainConfig(model="auto", device="cpu", amp=False).model == "cnn-tiny"  # fp32
+
+
 @pytest.mark.parametrize("schedule", ["onecycle", "exponential", "constant", "plateau"])
 def test_schedules_start_and_end_sensibly(schedule):
     config = TrainConfig(schedule=schedule)

@@ -68,7 +68,13 @@ def progress_bar(enabled: bool = True) -> Iterator[Progress | None]:
 
 # -- options shared by `train` and `run`: declared once ----------------------------------------
 ConfigFile = Annotated[Path | None, typer.Option("--config", help="TOML file of TrainConfig keys.")]
-Model = Annotated[str | None, typer.Option(help="Model name (see `digits models`). [default: cnn]")]
+Model = Annotated[
+    str | None,
+    typer.Option(
+        help="Model name (see `digits models`), or auto (cnn; cnn-tiny on fp32-only CPUs). "
+        "[default: the preset's]"
+    ),
+]
 Epochs = Annotated[int | None, typer.Option(help="Maximum epochs. [default: 15]")]
 TimeBudget = Annotated[
     float | None, typer.Option("--time-budget", help="Stop after this many training seconds.")

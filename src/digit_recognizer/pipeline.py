@@ -65,11 +65,12 @@ class Preset:
 PRESETS = {
     # fast and default are bounded in time as well as epochs, so a CPU without native bf16
     # (~5x slower) still finishes in 1 and 5 minutes, with the schedule annealed to the budget;
-    # where the epochs end first the run is deterministic, as TrainConfig() is. cnn-tiny: in
-    # 300 s of fp32 it beat cnn on both replicas tried (12 epochs against 4-5). TTA: +0.0003 to
-    # +0.0006 on all 7 runs tried, for 5x the inference (~22 s for 28,000 images with cnn-tiny).
+    # where the epochs end first the run is deterministic, as TrainConfig() is. "auto" is cnn
+    # with bf16 or a GPU, cnn-tiny on an fp32-only CPU: there, in 300 s, cnn-tiny beat cnn on
+    # both replicas tried (12 epochs against 4-5). TTA: +0.0003 to +0.0006 on all 7 runs tried
+    # (3-12 epochs), for 5x the inference (~22 s for 28,000 images with cnn-tiny on fp32).
     "fast": Preset({"model": "cnn-tiny", "epochs": 8, "time_budget_s": 60}, tta=True),
-    "default": Preset({"model": "cnn-tiny", "time_budget_s": 300}, tta=True),
+    "default": Preset({"model": "auto", "time_budget_s": 300}, tta=True),
     "best": Preset(
         {"epochs": 20, "ema_decay": 0.999},
         members=tuple({"seed": seed} for seed in range(1, 6)),
