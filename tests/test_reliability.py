@@ -26,7 +26,7 @@ from digit_recognizer.data.kaggle_csv import DigitSet, write_kaggle_csv
 from digit_recognizer.errors import ModelFileError
 from digit_recognizer.models.classical import TRUSTED_FILE, load_pipeline
 from digit_recognizer.models.storage import ENSEMBLE_FILE, META_FILE, WEIGHTS_FILE, load_net
-from digit_recognizer.pipeline import read_labelled, split_for_training
+from digit_recognizer.pipeline import get_preset, read_labelled, split_for_training
 from digit_recognizer.train import CHECKPOINT_FILE, TrainConfig, load_checkpoint, train
 
 PACKAGE = Path(__file__).parents[1] / "src" / "digit_recognizer"
@@ -112,7 +112,8 @@ def test_sigkill_mid_checkpoint_and_mid_epoch_then_resume_gives_the_same_run(
     subprocess.run([*DIGITS, *flags, "--resume"], stderr=subprocess.DEVNULL, check=True)
 
     train_set, valid_set = split_for_training(read_labelled(train_csv), 0.1, seed=0)
-    straight = train(TrainConfig(**RECIPE), train_set, valid_set, tmp_path / "straight")
+    config = TrainConfig(**(get_preset("default").overrides | RECIPE))  # as `digits train`
+    straight = train(config, train_set, valid_set, tmp_path / "straight")
     resumed = load_checkpoint(run_dir, torch.device("cpu"))
     assert without_timing(resumed["history"]) == without_timing(straight.history)
     meta = json.loads((run_dir / META_FILE).read_text())

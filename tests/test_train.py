@@ -12,7 +12,7 @@ import torch
 from digit_recognizer.data.kaggle_csv import DigitSet
 from digit_recognizer.errors import ConfigError
 from digit_recognizer.models.storage import load_net
-from digit_recognizer.pipeline import train_job
+from digit_recognizer.pipeline import get_preset, train_job
 from digit_recognizer.predict import Predictor
 from digit_recognizer.train import TrainConfig, get_lr, load_checkpoint, train
 
@@ -58,7 +58,9 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, small_csvs):
     process.wait()
     subprocess.run([*command, *flags, "--resume"], check=True, stderr=subprocess.DEVNULL)
 
-    config = TrainConfig(epochs=3, lr=0.02, batch_size=64, valid_size=0.1)
+    # What `digits train` runs: the default preset under the flags.
+    config = TrainConfig(**get_preset("default").overrides, epochs=3, lr=0.02, batch_size=64,
+                         valid_size=0.1)  # fmt: skip
     straight = train_job(config, small_csvs["train"], tmp_path / "straight")
     resumed = load_checkpoint(run_dir, torch.device("cpu"))
     assert without_timing(resumed["history"]) == without_timing(straight.train.history)
