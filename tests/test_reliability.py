@@ -22,6 +22,7 @@ from sklearn.preprocessing import FunctionTransformer
 from typer.testing import CliRunner
 
 from digit_recognizer.cli import app
+from digit_recognizer.config import load_config
 from digit_recognizer.data.kaggle_csv import DigitSet, write_kaggle_csv
 from digit_recognizer.errors import ModelFileError
 from digit_recognizer.models.classical import TRUSTED_FILE, load_pipeline
@@ -112,7 +113,8 @@ def test_sigkill_mid_checkpoint_and_mid_epoch_then_resume_gives_the_same_run(
     subprocess.run([*DIGITS, *flags, "--resume"], stderr=subprocess.DEVNULL, check=True)
 
     train_set, valid_set = split_for_training(read_labelled(train_csv), 0.1, seed=0)
-    config = TrainConfig(**(get_preset("default").overrides | RECIPE))  # as `digits train`
+    # What `digits train` runs: the default preset under the flags.
+    config = load_config(TrainConfig, overrides=RECIPE, preset=get_preset("default").overrides)
     straight = train(config, train_set, valid_set, tmp_path / "straight")
     resumed = load_checkpoint(run_dir, torch.device("cpu"))
     assert without_timing(resumed["history"]) == without_timing(straight.history)

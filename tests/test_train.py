@@ -9,6 +9,7 @@ from dataclasses import replace
 import pytest
 import torch
 
+from digit_recognizer.config import load_config
 from digit_recognizer.data.kaggle_csv import DigitSet
 from digit_recognizer.errors import ConfigError
 from digit_recognizer.models.storage import load_net
@@ -59,8 +60,8 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, small_csvs):
     subprocess.run([*command, *flags, "--resume"], check=True, stderr=subprocess.DEVNULL)
 
     # What `digits train` runs: the default preset under the flags.
-    config = TrainConfig(**get_preset("default").overrides, epochs=3, lr=0.02, batch_size=64,
-                         valid_size=0.1)  # fmt: skip
+    flag_values = {"epochs": 3, "lr": 0.02, "batch_size": 64, "valid_size": 0.1}
+    config = load_config(TrainConfig, overrides=flag_values, preset=get_preset("default").overrides)
     straight = train_job(config, small_csvs["train"], tmp_path / "straight")
     resumed = load_checkpoint(run_dir, torch.device("cpu"))
     assert without_timing(resumed["history"]) == without_timing(straight.train.history)
