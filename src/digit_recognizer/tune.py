@@ -175,7 +175,7 @@ def _net_objective(
 
     with tempfile.TemporaryDirectory(prefix=f"trial{trial.number}-") as run_dir:
         result = train(train_config, train_set, valid_set, Path(run_dir), on_epoch_end=report)
-    return float(result.best_valid_accuracy)
+    return float(result.valid_accuracy)
 
 
 def _classical_objective(
