@@ -45,7 +45,7 @@ class NetClassifier(ClassifierMixin, BaseEstimator):
     epochs, time_budget_s, batch_size, optimizer, lr, weight_decay, schedule, label_smoothing, \
 augment, valid_size, patience, seed, device : optional
         ``TrainConfig`` keys; ``None`` keeps the recipe default. ``valid_size`` is carved out
-        of the data given to ``fit`` for picking the best epoch.
+        of the data given to ``fit`` for validation (and the best epoch, where one is picked).
     run_dir : str or Path, optional
         Where ``train()`` writes its run directory; ``None`` trains in a temporary folder.
 
@@ -54,7 +54,7 @@ augment, valid_size, patience, seed, device : optional
     classes_ : ndarray of shape (10,)
         Always the digits 0-9: the nets have ten outputs.
     module_ : torch.nn.Module
-        The trained net (best epoch by validation accuracy).
+        The trained net (the epoch ``train()`` keeps).
     history_ : list of dict
         One row per epoch, as history.csv.
     config_ : dict

@@ -264,7 +264,8 @@ def train(
     """Train ``config.model`` on ``train_set``, select on ``valid_set``, write ``run_dir``.
 
     ``run_dir`` ends up holding config.toml, history.csv, checkpoint.pt (last epoch, for resume)
-    and model.safetensors + model.json (the best epoch by validation accuracy, or the last).
+    and model.safetensors + model.json (the last epoch with one-cycle and no early stopping,
+    else the best by validation accuracy).
     Under torchrun every rank trains on its share of each epoch; rank 0 alone writes files.
     ``train_set`` is a ``DigitSet`` held on the device, or the ``Manifest`` of CSV shards too
     big for memory, streamed by a ``ShardStream`` (data/stream.py). ``on_epoch_end`` sees
