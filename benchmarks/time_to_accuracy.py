@@ -79,7 +79,7 @@ def main() -> None:
           f"{'train s':>8} {'img/s':>7} {'test acc':>9} {'predict 28k':>12}")  # fmt: skip
     for name, model, reached, result, images_per_s, predict_s, accuracy in rows:
         to_target = f"{reached[0]:.1f} s (ep {reached[1]})" if reached else "not reached"
-        print(f"{name:<8} {model:<10} {to_target:>14} {result.epochs_run:>7} "
+        print(f"{name:<8} {model:<10} {to_target:>14} {result.epochs_run:>7g} "
               f"{result.train_seconds:>8.1f} {images_per_s:>7.0f} {accuracy:>9.4f} "
               f"{predict_s:>10.2f} s")  # fmt: skip
     by_name = {row[0]: row[2] for row in rows}

@@ -122,6 +122,10 @@ def test_time_budget_stops_training_and_says_so(tmp_path, small_train, caplog):
     with caplog.at_level(logging.INFO, logger="digit_recognizer.train"):
         result = train(config, small_train, None, tmp_path)
     assert result.epochs_run < 50 and result.train_seconds < 5
+    # Epochs of data trained, a fraction when the budget ends one part-way: the log's figure.
+    steps_per_epoch = len(small_train) // 64
+    assert result.epochs_run == round(result.history[-1]["step"] / steps_per_epoch, 1)
+    assert f"reached after {result.epochs_run:.1f} of 50 epochs" in caplog.text
     assert "time budget of 1 s reached after" in caplog.text and "of 50 epochs" in caplog.text
 
 

@@ -150,7 +150,7 @@ def run(
     table.add_row(
         "model", train_config.model + (f" x {summary.n_members}" if recipe.members else "")
     )
-    table.add_row("epochs", str(summary.epochs_run))
+    table.add_row("epochs", f"{summary.epochs_run:g}")
     table.add_row("test-time augmentation", f"{len(TTA_SHIFTS)} views" if tta else "off")
     table.add_row("training time", f"{summary.train_seconds:.1f} s")
     if summary.valid_accuracy is not None:
@@ -219,7 +219,7 @@ def train_command(
     for job in jobs:
         accuracy = job.valid_metrics.accuracy if job.valid_metrics else None
         console.print(
-            f"trained [bold]{job.train.config['model']}[/bold] for {job.train.epochs_run} epochs"
+            f"trained [bold]{job.train.config['model']}[/bold] for {job.train.epochs_run:g} epochs"
             f" in {job.train.train_seconds:.1f} s"
             + (f", validation accuracy [bold]{accuracy:.4f}[/bold]" if accuracy is not None else "")
             + f" -> {job.run_dir}"

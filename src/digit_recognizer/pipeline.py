@@ -120,7 +120,7 @@ class RunSummary:
     submission: Path
     n_members: int  # 1, or the ensemble's size
     train_seconds: float  # summed over members
-    epochs_run: int  # of the (first) member
+    epochs_run: float  # of the (first) member
     valid_accuracy: float | None  # mean over members, each on its own validation split
     test_accuracy: float | None  # score against the replica's solution.csv; None on Kaggle's files
 

@@ -151,7 +151,7 @@ class TrainResult:
     history: list[dict[str, float]]
     valid_accuracy: float | None  # of the model kept: see keep_last in train()
     train_seconds: float
-    epochs_run: int
+    epochs_run: float  # epochs of data trained: a time budget can end one part-way (7.2)
     stopped_early: bool = False
     config: dict[str, Any] = field(default_factory=dict)
 
@@ -519,7 +519,7 @@ def train(
         history=history,
         valid_accuracy=kept_accuracy if has_valid else None,
         train_seconds=elapsed_s,
-        epochs_run=epoch,
+        epochs_run=round(step / steps_per_epoch, 1),
         stopped_early=stopped_early,
         config=asdict(config),
     )
