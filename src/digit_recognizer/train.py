@@ -496,11 +496,12 @@ def train(
             stopped_early = True
             break
 
+    epochs_trained = round(step / steps_per_epoch, 1)  # a time budget can end one part-way
     if config.time_budget_s and step < total_steps and not stopped_early:
         log.info(
             "time budget of %.0f s reached after %.1f of %d epochs (%.0f images/s on this "
             "hardware): the schedule annealed to the budget",
-            config.time_budget_s, step / steps_per_epoch, config.epochs,
+            config.time_budget_s, epochs_trained, config.epochs,
             step * config.batch_size / max(elapsed_s, 1e-9),
         )  # fmt: skip
 
@@ -519,7 +520,7 @@ def train(
         history=history,
         valid_accuracy=kept_accuracy if has_valid else None,
         train_seconds=elapsed_s,
-        epochs_run=round(step / steps_per_epoch, 1),
+        epochs_run=epochs_trained,
         stopped_early=stopped_early,
         config=asdict(config),
     )
