@@ -15,7 +15,7 @@ from digit_recognizer.errors import ConfigError
 from digit_recognizer.models.storage import load_net
 from digit_recognizer.pipeline import get_preset, train_job
 from digit_recognizer.predict import Predictor
-from digit_recognizer.train import TrainConfig, get_lr, load_checkpoint, train
+from digit_recognizer.train import TrainConfig, get_lr, load_checkpoint, train, warmed_up_ema
 
 from .conftest import accuracy
 
@@ -177,6 +177,25 @@ def test_on_epoch_end_sees_every_epoch_and_can_stop_the_run(tmp_path, small_trai
               on_epoch_end=stop_after(2, seen))  # fmt: skip
     assert seen == [1, 2]
     assert load_checkpoint(tmp_path, torch.device("cpu"))["epoch"] == 2  # resumable from there
+
+
+def test_ema_forgets_the_initial_weights_at_once_then_decays_at_the_set_rate():
+    net = torch.nn.BatchNorm1d(1)
+    average = torch.optim.swa_utils.AveragedModel(
+        net, multi_avg_fn=warmed_up_ema(0.999), use_buffers=True
+    )
+    average.update_parameters(net)  # the first update copies the weights: all zero
+    with torch.no_grad():
+        net.bias.fill_(1.0)
+    for _ in range(10):
+        average.update_parameters(net)
+        net.num_batches_tracked += 1
+    # A fixed 0.999 would still hold 99 % of the initial weights after 10 updates.
+    assert average.module.bias.item() > 0.999
+    assert average.module.num_batches_tracked.item() == 9  # integer buffers are copied
+    weights, target = [torch.zeros(1)], [torch.ones(1)]
+    warmed_up_ema(0.999)(weights, target, torch.tensor(100_000))  # long after the ramp
+    torch.testing.assert_close(weights[0], torch.tensor([0.001]))
 
 
 def test_ema_run_stopped_and_resumed_matches_a_straight_run(tmp_path, small_train, small_test):

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from rich.progress import Progress
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader, DistributedSampler
 
 from digit_recognizer.config import save_config
@@ -93,8 +93,9 @@ class TrainConfig:
     plateau_factor: float = 0.5  # plateau: lr factor when validation loss stalls
     plateau_patience: int = 1  # plateau: epochs without improvement before reducing
     label_smoothing: float = 0.1  # softer targets: +0.05 pp on the replica, better calibration
-    # Exponential moving average of the weights per step (e.g. 0.999); when set, validation,
-    # model selection and the saved model use the average instead of the last weights.
+    # Exponential moving average of the weights per step (e.g. 0.999, reached after a ramp: see
+    # warmed_up_ema); when set, validation, model selection and the saved model use the average
+    # instead of the last weights.
     ema_decay: float | None = None
     augment: float = 1.0  # strength of the random affine + contrast (0 = off); see Augmentation
     elastic: float = 0.0  # elastic distortion, pixels of displacement (std); scaled by augment
@@ -165,6 +166,31 @@ def get_lr(config: TrainConfig, progress: float, epoch: float, lr_scale: float) 
     if config.schedule == "exponential":
         return config.lr * config.lr_decay**epoch
     return config.lr * lr_scale  # constant, or plateau with its running reduction
+
+
+def warmed_up_ema(
+    decay: float,
+) -> Callable[[list[torch.Tensor], list[torch.Tensor], torch.Tensor], None]:
+    """AveragedModel's update for an EMA whose decay ramps up: min(decay, (1 + n) / (10 + n)).
+
+    After n updates the average spans about the n steps so far rather than 1 / (1 - decay): a
+    fixed 0.999 keeps the random initial weights in the average for thousands of steps (0.19
+    validation accuracy after the first epoch on replica 2024, where the last weights had 0.987),
+    while the ramped one already beats the last weights there (0.990; 0.994 after epoch 2 against
+    0.988). By the end of a run the decay has reached ``decay``. The ramp is TensorFlow's
+    ExponentialMovingAverage(num_updates=...); n is AveragedModel's update count, which the
+    checkpoint keeps, so a resumed run continues the ramp where it stopped.
+    """
+
+    @torch.no_grad()
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], n: torch.Tensor) -> None:
+        if torch.is_floating_point(averaged[0]):
+            weight = 1 - torch.clamp((1 + n) / (10 + n), max=decay)
+            torch._foreach_lerp_(averaged, current, weight)
+        else:  # integer buffers (batch norm's num_batches_tracked): nothing to average
+            torch._foreach_copy_(averaged, current)
+
+    return update
 
 
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -339,7 +365,7 @@ def train(
     optimizer = build_optimizer(model, config)
     ema = None
     if config.ema_decay is not None:
-        ema = AveragedModel(raw_model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay),
+        ema = AveragedModel(raw_model, multi_avg_fn=warmed_up_ema(config.ema_decay),
                             use_buffers=True)  # fmt: skip
     eval_model = raw_model if ema is None else ema.module  # what is validated and saved
     step, epoch, elapsed_s, lr_scale = 0, 0, 0.0, 1.0
