@@ -74,7 +74,7 @@ def auto_model(device: str = "auto", amp: bool = True) -> str:
 class TrainConfig:
     """One training run. Defaults are the recipe for a CPU with native bf16 (or a GPU);
     `digits run` and `digits train` apply a preset on top: by default a 5-minute budget, batch
-    64 and the net for the hardware (README, 'Results')."""
+    64, the net for the hardware and an EMA of the weights (README, 'Results')."""
 
     model: str = "cnn"  # registry name (digits models lists them), or "auto": see auto_model
     widths: tuple[int, ...] | None = None  # the net's layer widths; None = the model's own
