@@ -30,9 +30,10 @@ def test_tiny_run_learns_and_writes_its_directory(tiny_run, small_test):
     assert accuracy(predicted, small_test.labels[300:]) > 0.85  # chance is 0.10
 
 
-def test_same_seed_same_weights(tmp_path, small_train):
+@pytest.mark.parametrize("time_budget_s", [None, 0])  # 0: no budget, as --time-budget 0 says
+def test_same_seed_same_weights(tmp_path, small_train, time_budget_s):
     subset = DigitSet(small_train.images[:512], small_train.labels[:512])
-    config = TrainConfig(epochs=1, batch_size=64, valid_size=0, seed=3)
+    config = TrainConfig(epochs=1, batch_size=64, valid_size=0, seed=3, time_budget_s=time_budget_s)
     first = train(config, subset, None, tmp_path / "a").model.state_dict()
     second = train(config, subset, None, tmp_path / "b").model.state_dict()
     for key in first:

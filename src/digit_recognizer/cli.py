@@ -77,7 +77,11 @@ Model = Annotated[
 ]
 Epochs = Annotated[int | None, typer.Option(help="Maximum epochs. [default: 15]")]
 TimeBudget = Annotated[
-    float | None, typer.Option("--time-budget", help="Stop after this many training seconds.")
+    float | None,
+    typer.Option(
+        "--time-budget",
+        help="Stop after this many training seconds; 0 = none (the run is then reproducible).",
+    ),
 ]
 BatchSize = Annotated[int | None, typer.Option(help="Batch size. [default: 128]")]
 Optimizer = Annotated[str | None, typer.Option(help="sgd | adam | adamw. [default: sgd]")]

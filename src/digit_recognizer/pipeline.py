@@ -65,8 +65,8 @@ class Preset:
 # member.
 PRESETS = {
     # fast and default are bounded in time as well as epochs, so a CPU without native bf16
-    # (~5x slower) still finishes in 1 and 5 minutes, with the schedule annealed to the budget;
-    # where the epochs end first the run is deterministic, as TrainConfig() is. "auto" is cnn
+    # (~5x slower) still finishes in 1 and 5 minutes, with the schedule annealed to the budget
+    # (the price: no bit-for-bit repeats; see TrainConfig.time_budget_s). "auto" is cnn
     # with bf16 or a GPU, cnn-tiny on an fp32-only CPU: there, in 300 s, cnn-tiny beat cnn on
     # both replicas tried (12 epochs against 4-5). TTA: +0.0003 to +0.0006 on all 7 runs tried
     # (3-12 epochs), for 5x the inference (~22 s for 28,000 images with cnn-tiny on fp32).
