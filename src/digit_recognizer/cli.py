@@ -80,7 +80,7 @@ TimeBudget = Annotated[
     float | None,
     typer.Option(
         "--time-budget",
-        help="Stop after this many training seconds; 0 = none (the run is then reproducible).",
+        help="Stop after this many training seconds; 0 = none (repeatable bit for bit on CPU).",
     ),
 ]
 BatchSize = Annotated[int | None, typer.Option(help="Batch size. [default: 128]")]
