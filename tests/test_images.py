@@ -11,8 +11,15 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from digit_recognizer.data.images import MAX_IMAGE_PIXELS, load_image, to_mnist
+from digit_recognizer.data.images import (
+    MAX_IMAGE_PIXELS,
+    conform_to_mnist,
+    in_mnist_format,
+    load_image,
+    to_mnist,
+)
 from digit_recognizer.data.kaggle_csv import DigitSet
+from digit_recognizer.data.mnist import Mnist
 from digit_recognizer.errors import DataError
 
 
@@ -99,6 +106,52 @@ def test_mnist_digits_survive_the_round_trip(small_test: DigitSet) -> None:
         again = load_image(encode(printed))
         correlations.append(np.corrcoef(again.ravel(), original.ravel())[0, 1])
     assert np.median(correlations) > 0.95 and min(correlations) > 0.6
+
+
+def test_every_mnist_image_is_in_mnist_format(mnist: Mnist) -> None:
+    """The layout test holds for all 70,000 images, so conforming leaves MNIST (and Kaggle's
+    files, which are MNIST) untouched, bit for bit."""
+    assert in_mnist_format(mnist.images).all()
+    conformed, n_redone = conform_to_mnist(mnist.images[:2000])
+    assert n_redone == 0 and np.array_equal(conformed, mnist.images[:2000])
+
+
+def frame_filling(image: np.ndarray) -> np.ndarray:
+    """An MNIST digit as another collection lays it out: cropped to its ink and enlarged to fill
+    the 28 x 28 frame on its long side (as USPS's 16 x 16 digits are when upscaled)."""
+    rows, columns = np.nonzero(image)
+    crop = image[rows.min() : rows.max() + 1, columns.min() : columns.max() + 1]
+    scale = 28 / max(crop.shape)
+    height, width = (round(side * scale) for side in crop.shape)
+    enlarged = np.asarray(Image.fromarray(crop).resize((width, height), Image.Resampling.BILINEAR))
+    frame = np.zeros((28, 28), dtype=np.uint8)
+    frame[:height, (28 - width) // 2 : (28 - width) // 2 + width] = enlarged
+    return frame
+
+
+def test_digits_from_other_layouts_are_redone_as_mnist(small_test: DigitSet) -> None:
+    originals = small_test.images[:50]
+    foreign = np.stack(
+        [frame_filling(originals[0]), 255 - originals[1], np.roll(originals[2], (5, -4), (0, 1))]
+        + [frame_filling(image) for image in originals[3:]]
+    )
+    assert not in_mnist_format(foreign).any()
+    blank = np.zeros((1, 28, 28), dtype=np.uint8)
+    conformed, n_redone = conform_to_mnist(np.concatenate([foreign, blank]))
+    assert n_redone == len(foreign)  # the blank image has no digit to fit: left as it is
+    assert np.array_equal(conformed[-1], blank[0])
+    assert in_mnist_format(conformed[:-1]).all()
+    pairs = zip(conformed[:-1], originals, strict=True)
+    correlations = [np.corrcoef(a.ravel(), b.ravel())[0, 1] for a, b in pairs]
+    assert np.median(correlations) > 0.9 and min(correlations) > 0.6
+
+
+def test_to_mnist_output_is_in_mnist_format(small_test: DigitSet) -> None:
+    printed = [
+        load_image(encode(Image.fromarray(255 - image).resize((90, 90))))
+        for image in small_test.images[:30]
+    ]
+    assert in_mnist_format(np.stack(printed)).all()
 
 
 def test_path_and_bytes_agree(tmp_path: Path) -> None:

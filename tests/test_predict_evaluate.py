@@ -3,12 +3,13 @@ import json
 import numpy as np
 import pytest
 
-from digit_recognizer.data.kaggle_csv import read_submission, write_submission
+from digit_recognizer.data.kaggle_csv import read_submission, write_kaggle_csv, write_submission
 from digit_recognizer.errors import DataError
 from digit_recognizer.evaluate import compute_metrics, evaluate_run, score_submission
-from digit_recognizer.predict import PredictConfig, Predictor, predict_csv
+from digit_recognizer.predict import PredictConfig, Predictor, predict_csv, predict_stream
 
 from .conftest import accuracy
+from .test_images import frame_filling
 
 
 def test_probabilities_are_distributions(tiny_run, small_test):
@@ -35,6 +36,26 @@ def test_submission_is_kaggle_format(tmp_path, tiny_run, small_csvs):
     assert lines[1] == f"1,{labels[0]}" and lines[-1] == f"1000,{labels[-1]}"
     np.testing.assert_array_equal(read_submission(out), labels)
     assert score_submission(small_csvs["solution"], out) > 0.85
+
+
+def test_digits_from_another_layout_are_conformed_before_prediction(
+    tmp_path, tiny_run, small_test, caplog
+):
+    """Frame-filling digits (another collection's layout) in a CSV: predicted as accurately as
+    MNIST's own once conformed, far worse as they are (--as-is)."""
+    images, labels = small_test.images[:300], small_test.labels[:300]
+    foreign_csv = tmp_path / "foreign.csv"
+    write_kaggle_csv(foreign_csv, np.stack([frame_filling(image) for image in images]))
+    with caplog.at_level("WARNING"):
+        conformed = predict_csv([tiny_run], foreign_csv, tmp_path / "a.csv")
+    assert "300 of 300 digits were not laid out as MNIST's" in caplog.text
+    as_is = predict_csv([tiny_run], foreign_csv, tmp_path / "b.csv", PredictConfig(conform=False))
+    original = Predictor.load([tiny_run]).predict(images)
+    assert accuracy(conformed, labels) > accuracy(original, labels) - 0.03
+    assert accuracy(as_is, labels) < accuracy(conformed, labels) - 0.05
+    streamed = tmp_path / "streamed.csv"
+    predict_stream([tiny_run], foreign_csv, streamed)
+    np.testing.assert_array_equal(read_submission(streamed), conformed)
 
 
 def test_score_rejects_incomplete_submission(tmp_path, small_csvs):

@@ -14,13 +14,13 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from digit_recognizer.cli import app as cli_app
-from digit_recognizer.data.images import MAX_IMAGE_PIXELS, load_image
+from digit_recognizer.data.images import MAX_IMAGE_PIXELS, conform_to_mnist, load_image
 from digit_recognizer.data.kaggle_csv import DigitSet, write_kaggle_csv
 from digit_recognizer.errors import ConfigError
 from digit_recognizer.predict import PredictConfig, Predictor
 from digit_recognizer.serve import ServeConfig, create_app
 from digit_recognizer.serve.routes import GRAD_CAM_UNAVAILABLE
-from tests.test_images import drawing, encode, png_header
+from tests.test_images import drawing, encode, frame_filling, png_header
 
 LIMITS = {"max_body_bytes": 100_000, "max_csv_bytes": 300_000, "max_batch": 4, "max_csv_rows": 50}
 
@@ -117,6 +117,28 @@ def test_explain_and_predict_requests_at_the_same_time(client: TestClient, digit
     assert [answer.status_code for answer in answers] == [200] * len(urls)
     maps = [answer.json()["grad_cam"] for answer in answers[::2]]
     assert all(heatmap == maps[0] for heatmap in maps)
+
+
+def test_json_and_csv_digits_in_another_layout_are_conformed(
+    client: TestClient, predictor: Predictor, small_test, tmp_path
+) -> None:
+    """Digits filling the frame (another collection's layout) are redone as MNIST's before
+    prediction, as `digits predict` does, unless ?as_is=true."""
+    foreign = np.stack([frame_filling(digit) for digit in small_test.images[:40]])
+    expected, as_is = predictor.predict(conform_to_mnist(foreign)[0]), predictor.predict(foreign)
+    assert not np.array_equal(expected, as_is)  # the layout matters to this net
+    path = tmp_path / "foreign.csv"
+    write_kaggle_csv(path, foreign)
+    for query, labels in (("", expected), ("?as_is=true", as_is)):
+        batches = [foreign[start : start + 4] for start in range(0, len(foreign), 4)]
+        answers = [
+            client.post(f"/predict{query}", json=[pixels_body(d) for d in batch]).json()
+            for batch in batches
+        ]
+        assert [p["label"] for a in answers for p in a["predictions"]] == labels.tolist()
+        upload = {"file": ("foreign.csv", path.read_bytes())}
+        lines = client.post(f"/predict/csv{query}", files=upload).text.splitlines()
+        assert [int(line.split(",")[1]) for line in lines[1:]] == labels.tolist()
 
 
 def test_predict_csv(client: TestClient, predictor: Predictor, small_test, tmp_path) -> None:

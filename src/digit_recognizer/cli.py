@@ -105,6 +105,14 @@ RunDir = Annotated[Path | None, typer.Option(help="Run directory [default: runs/
 Preset = Annotated[str, typer.Option(help="fast | default (both with TTA) | best (an ensemble).")]
 Compile = Annotated[bool | None, typer.Option("--compile", help="torch.compile (for GPUs).")]
 Tta = Annotated[bool, typer.Option("--tta", help="Average predictions over shifted views.")]
+AsIs = Annotated[
+    bool,
+    typer.Option(
+        "--as-is",
+        help="Predict every row as it is; by default digits not laid out as MNIST's (20 x 20 "
+        "pixels, centred by mass: other collections) are first redone as MNIST made its own.",
+    ),
+]
 PresetTta = Annotated[
     bool | None,
     typer.Option(
@@ -238,6 +246,7 @@ def predict(
     ],
     out: Annotated[Path, typer.Option(help="Submission file to write.")] = Path("submission.csv"),
     tta: Tta = False,
+    as_is: AsIs = False,
     device: Device = None,
     nproc: Annotated[int, typer.Option(help="Processes (torchrun), each a share of the rows.")] = 1,
 ) -> None:
@@ -247,12 +256,12 @@ def predict(
 
     run_dirs, source = split_runs_and_csv(paths)
     if nproc > 1:
-        options = ["--out", str(out), *(["--tta"] if tta else []),
+        options = ["--out", str(out), *(["--tta"] if tta else []), *(["--as-is"] if as_is else []),
                    *(["--device", device] if device else [])]  # fmt: skip
         run_torchrun(nproc, "digit_recognizer.predict", [*map(str, paths), *options])
         console.print(f"wrote {out} with {nproc} processes")
         return
-    config = PredictConfig(tta=tta, device=device or "auto")
+    config = PredictConfig(tta=tta, device=device or "auto", conform=not as_is)
     dist_env = Distributed.from_env()
     if source.is_file() and dist_env.world_size == 1:
         n_rows = len(predict_csv(run_dirs, source, out, config))
@@ -268,6 +277,7 @@ def predict(
 def evaluate(
     paths: Annotated[list[Path], typer.Argument(help="RUN_DIR [RUN_DIR ...] LABELLED_CSV")],
     tta: Tta = False,
+    as_is: AsIs = False,
     device: Device = None,
 ) -> None:
     """Accuracy, per-class precision/recall/F1, ROC-AUC and confusion matrix on labelled data."""
@@ -275,7 +285,7 @@ def evaluate(
     from digit_recognizer.predict import PredictConfig
 
     run_dirs, labelled_csv = split_runs_and_csv(paths)
-    config = PredictConfig(tta=tta, device=device or "auto")
+    config = PredictConfig(tta=tta, device=device or "auto", conform=not as_is)
     metrics = evaluate_run(run_dirs, labelled_csv, run_dirs[0], config)
     table = Table(title=f"{labelled_csv}: {metrics.n_samples:,} images")
     for column in ("digit", "precision", "recall", "F1", "support"):

@@ -21,7 +21,7 @@ from sklearn import metrics as skm
 from digit_recognizer.data.kaggle_csv import read_kaggle_csv, read_submission
 from digit_recognizer.errors import DataError
 from digit_recognizer.fileio import atomic_path, write_text
-from digit_recognizer.predict import PredictConfig, Predictor
+from digit_recognizer.predict import PredictConfig, Predictor, conform_rows
 
 CLASSES = list(range(10))
 METRICS_FILE = "metrics.json"  # a run's figures: training, validation, and the test score
@@ -128,7 +128,9 @@ def evaluate_run(
     data = read_kaggle_csv(labelled_csv)
     if data.labels is None:
         raise DataError(f"{labelled_csv}: has no label column; evaluation needs labelled data")
-    probas = Predictor.load(run_dirs, config).predict_proba(data.images)
+    config = config or PredictConfig()
+    images = conform_rows(data.images, config, labelled_csv)
+    probas = Predictor.load(run_dirs, config).predict_proba(images)
     metrics = compute_metrics(data.labels, probas)
     write_text(out_dir / "eval_metrics.json", metrics.to_json())
     write_per_class_csv(metrics, out_dir / "eval_per_class.csv")

@@ -6,10 +6,12 @@ mass sits at the centre. Doing the same to a user's image is what makes a net tr
 work on it. `digits predict-image`, the server's uploads and the draw-a-digit page all come here.
 
     images = np.stack([load_image(path) for path in paths])   # uint8 (N, 28, 28)
+    images, n_redone = conform_to_mnist(csv_images)          # 28 x 28 digits from elsewhere
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import warnings
 from pathlib import Path
@@ -30,6 +32,10 @@ CENTRE = 14
 # 0.25 keeps faint pen strokes and drops paper texture and JPEG ringing in photos.
 INK_THRESHOLD = 0.25
 MIN_CONTRAST = 32  # grey levels between background and darkest ink; below it the image is blank
+# How far MNIST's own layout goes: across all 70,000 images the ink's bounding box is 20 pixels
+# on its long side (19 for 16 of them) and the centre of mass within 0.52 px of (14, 14).
+MNIST_BOX_SIDES = (19, 20)
+MAX_CENTRE_OFFSET = 1.0
 # JPEG decodes at 1/2, 1/4 or 1/8 scale for free; a digit needs far fewer than 256 pixels.
 DRAFT_SIZE = (256, 256)
 
@@ -134,3 +140,47 @@ def _centre_by_mass(digit: NDArray[np.float32]) -> NDArray[np.uint8]:
     field = np.zeros((SIZE, SIZE), dtype=np.float32)
     field[top : top + height, left : left + width] = digit
     return field.round().astype(np.uint8)
+
+
+def in_mnist_format(images: NDArray[np.uint8]) -> NDArray[np.bool_]:
+    """Which of the images (N, 28, 28) are laid out as MNIST's are: white ink on black, its
+    bounding box 19 or 20 pixels on the long side, its centre of mass within a pixel of (14, 14).
+    Every one of MNIST's 70,000 images is (tests/test_images.py checks the embedded copy)."""
+    pixels = np.asarray(images, dtype=np.float32)
+    ink = pixels > 0
+    long_side = np.maximum(_extent(ink.any(axis=2)), _extent(ink.any(axis=1)))
+    mass = pixels.sum(axis=(1, 2))
+    with np.errstate(invalid="ignore", divide="ignore"):  # blank images: no centre, not MNIST
+        centre_row = pixels.sum(axis=2) @ np.arange(SIZE) / mass
+        centre_column = pixels.sum(axis=1) @ np.arange(SIZE) / mass
+        offset = np.maximum(np.abs(centre_row - CENTRE), np.abs(centre_column - CENTRE))
+    return np.isin(long_side, MNIST_BOX_SIDES) & (offset <= MAX_CENTRE_OFFSET)
+
+
+def _extent(occupied: NDArray[np.bool_]) -> NDArray[np.int64]:
+    """Per row of ``occupied`` (N, L): last occupied index - first + 1 (0 when none is)."""
+    first = occupied.argmax(axis=1)
+    last = occupied.shape[1] - 1 - occupied[:, ::-1].argmax(axis=1)
+    return np.where(occupied.any(axis=1), last - first + 1, 0)
+
+
+def conform_to_mnist(images: NDArray[np.uint8]) -> tuple[NDArray[np.uint8], int]:
+    """The images (N, 28, 28), each one not in MNIST's layout (``in_mnist_format``) redone as
+    MNIST made its digits (``to_mnist``); returns them and how many were redone.
+
+    Digits from other collections arrive filling the frame (USPS, upscaled), framed differently
+    (EMNIST), off-centre or dark on light; a net trained on MNIST reads them best once they look
+    like MNIST. MNIST's own images, Kaggle's included, pass through untouched, and so do blank
+    ones, which have no digit to fit.
+    """
+    images = np.asarray(images, dtype=np.uint8)
+    redo = np.flatnonzero(~in_mnist_format(images))
+    if not len(redo):
+        return images, 0
+    conformed = images.copy()
+    n_redone = 0
+    for index in redo:
+        with contextlib.suppress(DataError):  # blank: left as it is
+            conformed[index] = to_mnist(images[index])
+            n_redone += 1
+    return conformed, n_redone

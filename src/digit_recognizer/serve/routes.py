@@ -29,7 +29,7 @@ from pydantic import (
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from digit_recognizer.data.images import load_image
+from digit_recognizer.data.images import conform_to_mnist, load_image
 from digit_recognizer.data.kaggle_csv import read_kaggle_csv, write_submission
 from digit_recognizer.errors import DataError
 from digit_recognizer.models.registry import get_spec
@@ -224,13 +224,21 @@ def model_info(request: Request) -> ModelInfo:
 async def predict(
     request: Request,
     explain: bool = Query(False, description="add a Grad-CAM heatmap per digit (torch backend)"),
+    as_is: bool = Query(
+        False, description="JSON digits: predict them unchanged, not first redone in MNIST's layout"
+    ),
 ) -> PredictResponse | BatchResponse:
     """Predict digit(s): JSON ``{"pixels": [...]}``, ``{"image": [[...]]}``, a list of those
-    (a batch), or an uploaded PNG/JPEG image (raw body or form field ``file``)."""
+    (a batch), or an uploaded PNG/JPEG image (raw body or form field ``file``).
+
+    JSON digits not laid out as MNIST's (20 x 20 pixels, centred by mass) are first redone as
+    MNIST made its own, as uploads always are (``data.images``), unless ``as_is``."""
     start = time.perf_counter()
     served: ServedModel = request.app.state.model
     config: ServeConfig = request.app.state.config
     images, is_batch, is_upload = await _read_digits(request, config)
+    if not (is_upload or as_is):
+        images, _ = await run_in_threadpool(conform_to_mnist, images)
     # In a worker thread even for one image: inference releases the GIL, so the event loop parses
     # the next requests meanwhile (torch: 540 vs 360 requests/s inline, benchmarks/serve_load.py).
     probas = await run_in_threadpool(served.predict_proba, images)
@@ -264,8 +272,13 @@ async def predict(
                413: {"description": "over max_csv_bytes or max_csv_rows"},
                422: {"description": "the CSV is not in Kaggle's format"}},
 )  # fmt: skip
-async def predict_csv(request: Request) -> Response:
-    """Predict every row of a Kaggle ``test.csv``; returns ``submission.csv`` (ImageId,Label)."""
+async def predict_csv(
+    request: Request,
+    as_is: bool = Query(False, description="predict rows unchanged, not redone in MNIST's layout"),
+) -> Response:
+    """Predict every row of a Kaggle ``test.csv``; returns ``submission.csv`` (ImageId,Label).
+
+    Rows not laid out as MNIST's are first redone as MNIST made its own, unless ``as_is``."""
     content_type = _content_type(request)
     if content_type not in ("multipart/form-data", "text/csv", "application/octet-stream"):
         raise HTTPException(
@@ -276,7 +289,9 @@ async def predict_csv(request: Request) -> Response:
     data, name = await _read_upload(request, content_type, default_name="test.csv")
     served: ServedModel = request.app.state.model
     config: ServeConfig = request.app.state.config
-    submission = await run_in_threadpool(_submission_csv, served, data, name, config.max_csv_rows)
+    submission = await run_in_threadpool(
+        _submission_csv, served, data, name, config.max_csv_rows, not as_is
+    )
     headers = {"Content-Disposition": 'attachment; filename="submission.csv"'}
     return Response(submission, media_type="text/csv", headers=headers)
 
@@ -359,8 +374,11 @@ async def _read_upload(request: Request, content_type: str, default_name: str) -
         return await upload.read(), upload.filename or default_name
 
 
-def _submission_csv(served: ServedModel, data: bytes, name: str, max_rows: int) -> bytes:
-    """Read the CSV with the package's strict reader, predict, write it as a submission."""
+def _submission_csv(
+    served: ServedModel, data: bytes, name: str, max_rows: int, conform: bool
+) -> bytes:
+    """Read the CSV with the package's strict reader, predict (rows conformed to MNIST's
+    layout if ``conform``), write it as a submission."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "upload.csv"
         path.write_bytes(data)
@@ -374,5 +392,6 @@ def _submission_csv(served: ServedModel, data: bytes, name: str, max_rows: int) 
                 f"{name}: {len(digits):,} rows is over the limit of {max_rows:,} "
                 "(ServeConfig.max_csv_rows); split the file",
             )
-        write_submission(Path(tmp) / "submission.csv", served.predictor.predict(digits.images))
+        images = conform_to_mnist(digits.images)[0] if conform else digits.images
+        write_submission(Path(tmp) / "submission.csv", served.predictor.predict(images))
         return (Path(tmp) / "submission.csv").read_bytes()
