@@ -1,7 +1,12 @@
 import numpy as np
 import torch
 
-from digit_recognizer.data.augment import Augmentation, augment_batch, elastic_displacement
+from digit_recognizer.data.augment import (
+    Augmentation,
+    augment_batch,
+    change_stroke_width,
+    elastic_displacement,
+)
 from digit_recognizer.data.splits import stratified_split
 from digit_recognizer.models.runtime import to_model_input
 
@@ -25,11 +30,36 @@ def test_zero_strength_is_identity(small_train):
 
 
 def test_augmented_digits_keep_their_ink(small_train):
-    # A random affine within the default ranges moves ink but neither erases nor floods it.
+    # A random affine within the default ranges moves ink but neither erases nor floods it
+    # (stroke-width changes do, by design: tested below).
     x = to_model_input(torch.as_tensor(small_train.images[:256]), channels_last=False)
-    out = augment_batch(x, Augmentation(), torch.Generator().manual_seed(0))
+    out = augment_batch(x, Augmentation(stroke=0), torch.Generator().manual_seed(0))
     ratio = out.sum(dim=(1, 2, 3)) / x.sum(dim=(1, 2, 3))
     assert ratio.min() > 0.5 and ratio.max() < 2.0
+
+
+def test_stroke_width_change_thickens_and_thins_in_place(small_train):
+    x = to_model_input(torch.as_tensor(small_train.images[:64]), channels_last=False)
+    ink = x.sum(dim=(1, 2, 3))
+    torch.testing.assert_close(change_stroke_width(x, torch.zeros(64, 1, 1, 1)), x)
+    thicker = change_stroke_width(x, torch.full((64, 1, 1, 1), 0.5))
+    thinner = change_stroke_width(x, torch.full((64, 1, 1, 1), -0.5))
+    assert (thicker >= x).all() and (thicker.sum(dim=(1, 2, 3)) > 1.3 * ink).all()
+    assert (thinner <= x).all() and (thinner.sum(dim=(1, 2, 3)) < 0.8 * ink).all()
+    # Strokes grow or shrink where they are: the digit does not move.
+    for changed in (thicker, thinner):
+        assert torch.nn.functional.cosine_similarity(changed.flatten(1), x.flatten(1)).min() > 0.8
+
+
+def test_stroke_augmentation_varies_ink_both_ways(small_train):
+    x = to_model_input(torch.as_tensor(small_train.images[:256]), channels_last=False)
+    only_stroke = Augmentation(rotation_deg=0, scale=0, shear=0, translate_px=0, contrast=0,
+                               stroke=0.5)  # fmt: skip
+    ratio = augment_batch(x, only_stroke, torch.Generator().manual_seed(0)).sum(
+        dim=(1, 2, 3)
+    ) / x.sum(dim=(1, 2, 3))
+    assert (ratio > 1.2).any() and (ratio < 0.85).any()
+    assert ratio.min() > 0.4 and ratio.max() < 2.0
 
 
 def test_elastic_field_is_smooth_and_sized_in_pixels():
@@ -49,7 +79,7 @@ def test_elastic_field_is_smooth_and_sized_in_pixels():
 def test_elastic_distortion_bends_strokes_but_keeps_the_digit(small_train):
     x = to_model_input(torch.as_tensor(small_train.images[:256]), channels_last=False)
     only_elastic = Augmentation(
-        rotation_deg=0, scale=0, shear=0, translate_px=0, contrast=0, elastic_px=1.5
+        rotation_deg=0, scale=0, shear=0, translate_px=0, contrast=0, elastic_px=1.5, stroke=0
     )
     out = augment_batch(x, only_elastic, torch.Generator().manual_seed(0))
     changed = (out - x).abs().sum(dim=(1, 2, 3)) / x.sum(dim=(1, 2, 3))

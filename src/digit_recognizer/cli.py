@@ -97,6 +97,13 @@ Elastic = Annotated[
         help="Elastic distortion: std of the displacement in pixels, 0 = off. [default: 0]"
     ),
 ]
+Stroke = Annotated[
+    float | None,
+    typer.Option(
+        help="Stroke-width change: up to this fraction of a 3x3 dilation (thicker) or erosion "
+        "(thinner), 0 = off. [default: 1]"
+    ),
+]
 ValidSize = Annotated[float | None, typer.Option(help="Validation fraction. [default: 0.05]")]
 Patience = Annotated[int | None, typer.Option(help="Early-stopping patience in epochs.")]
 Seed = Annotated[int | None, typer.Option(help="Random seed. [default: 0]")]
@@ -138,8 +145,9 @@ def run(
     config: ConfigFile = None, model: Model = None, epochs: Epochs = None,
     time_budget: TimeBudget = None, batch_size: BatchSize = None, optimizer: Optimizer = None,
     lr: LR = None, schedule: Schedule = None, augment: Augment = None, elastic: Elastic = None,
-    valid_size: ValidSize = None, patience: Patience = None, seed: Seed = None,
-    device: Device = None, compile_model: Compile = None, tta: PresetTta = None,
+    stroke: Stroke = None, valid_size: ValidSize = None, patience: Patience = None,
+    seed: Seed = None, device: Device = None, compile_model: Compile = None,
+    tta: PresetTta = None,
 ) -> None:  # fmt: skip
     """The main job: train, evaluate, predict, write and score a submission."""
     from digit_recognizer.pipeline import get_preset, run_job
@@ -148,7 +156,7 @@ def run(
 
     overrides = train_overrides(model=model, epochs=epochs, time_budget=time_budget,
         batch_size=batch_size, optimizer=optimizer, lr=lr, schedule=schedule, augment=augment,
-        elastic=elastic,
+        elastic=elastic, stroke=stroke,
         valid_size=valid_size, patience=patience, seed=seed, device=device,
         compile=compile_model)  # fmt: skip
     recipe = get_preset(preset)
@@ -185,8 +193,8 @@ def train_command(
     config: ConfigFile = None, model: Model = None, epochs: Epochs = None,
     time_budget: TimeBudget = None, batch_size: BatchSize = None, optimizer: Optimizer = None,
     lr: LR = None, schedule: Schedule = None, augment: Augment = None, elastic: Elastic = None,
-    valid_size: ValidSize = None, patience: Patience = None, seed: Seed = None,
-    device: Device = None, compile_model: Compile = None,
+    stroke: Stroke = None, valid_size: ValidSize = None, patience: Patience = None,
+    seed: Seed = None, device: Device = None, compile_model: Compile = None,
     max_memory: Annotated[float | None, typer.Option(
         help="GB of data to hold in memory; more streams from the shards. [default: 2]")] = None,
 ) -> None:  # fmt: skip
@@ -207,7 +215,7 @@ def train_command(
         config = out / CONFIG_FILE  # resume with the run's own settings unless told otherwise
     overrides = train_overrides(model=model, epochs=epochs, time_budget=time_budget,
         batch_size=batch_size, optimizer=optimizer, lr=lr, schedule=schedule, augment=augment,
-        elastic=elastic,
+        elastic=elastic, stroke=stroke,
         valid_size=valid_size, patience=patience, seed=seed, device=device, compile=compile_model,
         max_memory_gb=max_memory,
         resume=resume or None)  # fmt: skip
@@ -352,13 +360,14 @@ def augment_preview(
     n: Annotated[int, typer.Option("--n", min=1, help="Augmentations per image.")] = 9,
     augment: Annotated[float, typer.Option(min=0, help="Strength, as train --augment.")] = 1.0,
     elastic: Annotated[float, typer.Option(min=0, help="Pixels, as train --elastic.")] = 0.0,
+    stroke: Annotated[float, typer.Option(min=0, help="Fraction, as train --stroke.")] = 1.0,
     seed: Seed = None,
     out: Annotated[Path, typer.Option(help="PNG to write.")] = Path("augment_preview.png"),
 ) -> None:
     """A grid of images and their random augmentations, made by training's own code."""
     from digit_recognizer.eda import augment_preview as preview
 
-    path = preview(csv, out, n=n, seed=seed or 0, strength=augment, elastic=elastic)
+    path = preview(csv, out, n=n, seed=seed or 0, strength=augment, elastic=elastic, stroke=stroke)
     console.print(f"wrote {path}")
 
 

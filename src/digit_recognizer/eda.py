@@ -217,13 +217,15 @@ def augment_preview(
     seed: int = 0,
     strength: float = 1.0,
     elastic: float = 0.0,
+    stroke: float = 1.0,
 ) -> Path:
     """PNG grid: a few images of the CSV (first column) and ``n`` random augmentations of each.
 
-    Uses ``augment_batch`` with ``Augmentation(elastic_px=elastic).scaled(strength)``, exactly as
-    training does with ``--augment strength --elastic elastic``.
+    Uses ``augment_batch`` with ``Augmentation(elastic_px=elastic, stroke=stroke)
+    .scaled(strength)``, exactly as training does with ``--augment strength --elastic elastic
+    --stroke stroke``.
     """
-    augmentation = Augmentation(elastic_px=elastic).scaled(strength)
+    augmentation = Augmentation(elastic_px=elastic, stroke=stroke).scaled(strength)
     data = read_kaggle_csv(csv_path)
     generator = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -236,7 +238,7 @@ def augment_preview(
     a = augmentation
     title = (f"Training augmentation, strength {strength:g}: rotation ±{a.rotation_deg:g}°, zoom "
              f"±{a.scale:.0%}, shear ±{a.shear:g}, shift ±{a.translate_px:g} px, contrast "
-             f"±{a.contrast:.0%}")  # fmt: skip
+             f"±{a.contrast:.0%}, stroke width ±{a.stroke:g}")  # fmt: skip
     if a.elastic_px:
         title += f", elastic {a.elastic_px:g} px"
     plot_gallery(tiles, titles, Path(out_path), columns=n + 1, title=title)

@@ -103,6 +103,7 @@ class TrainConfig:
     ema_decay: float | None = None
     augment: float = 1.0  # strength of the random affine + contrast (0 = off); see Augmentation
     elastic: float = 0.0  # elastic distortion, pixels of displacement (std); scaled by augment
+    stroke: float = 1.0  # stroke-width change, fraction of a 3x3 dilation/erosion; scaled too
     valid_size: float = 0.05  # stratified validation fraction for model selection (0 = none)
     patience: int | None = None  # early stopping: epochs without a better validation accuracy
     target_accuracy: float | None = None  # stop once validation accuracy reaches this
@@ -128,6 +129,7 @@ class TrainConfig:
             (0 <= self.valid_size < 1, "valid_size must be in [0, 1)"),
             (self.augment >= 0, "augment must be >= 0"),
             (self.elastic >= 0, "elastic must be >= 0"),
+            (self.stroke >= 0, "stroke must be >= 0"),
             (self.time_budget_s is None or self.time_budget_s >= 0, "time_budget_s must be >= 0"),
             (0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
             (0 <= self.warmup < 1, "warmup must be in [0, 1)"),
@@ -350,7 +352,9 @@ def train(
             yield train_images[indices], train_labels[indices]
 
     total_steps = config.epochs * steps_per_epoch
-    augmentation = Augmentation(elastic_px=config.elastic).scaled(config.augment)
+    augmentation = Augmentation(elastic_px=config.elastic, stroke=config.stroke).scaled(
+        config.augment
+    )
     log.info(
         "training %s on %d images (%d validation), device %s, %s, %d steps/epoch of batch %d%s",
         config.model, n_train, len(valid_labels) if has_valid else 0, device,

@@ -1,0 +1,111 @@
+"""Beyond MNIST: how a model reads digits that MNIST's writers, pens and scanner did not make.
+
+Two kinds of test, each printed as accuracy and error count:
+
+- Real digits from another collection: scikit-learn's copy of the UCI optical digits test set,
+  1,797 digits by 13 writers who are not in MNIST, scanned at 32 x 32 and averaged down to 8 x 8
+  with 17 grey levels. Read once as `digits predict-image` reads an image (``to_mnist``), and
+  once as a 28 x 28 CSV might hold them (upscaled to fill the frame), predicted as they are
+  (``--as-is``) and conformed to MNIST's layout (the default).
+- The replica's test images (never trained on) as other pens and scanners would have made them:
+  thicker strokes (a marker: a 3 x 3 dilation, fully or half-way), thinner ones (half-way to a
+  3 x 3 erosion), blurred (3 x 3 box) and faint (ink at 40 %). The stroke changes are the
+  transform that ``--stroke`` augments with, so a model trained with it sees them coming; the
+  UCI digits are the independent check.
+
+    .venv/bin/python benchmarks/beyond_mnist.py runs/cnn                # trained by `digits run`
+    .venv/bin/python benchmarks/beyond_mnist.py runs/a runs/b --tta --replica-seed 4242
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from numpy.typing import NDArray
+from sklearn.datasets import load_digits
+
+from digit_recognizer.data.augment import change_stroke_width
+from digit_recognizer.data.images import conform_to_mnist, to_mnist
+from digit_recognizer.data.kaggle_csv import read_kaggle_csv, read_submission
+from digit_recognizer.data.replica import build_replica, replica_files, replica_is_complete
+from digit_recognizer.pipeline import default_cache_dir
+from digit_recognizer.predict import PredictConfig, Predictor
+
+
+def uci_digits() -> tuple[NDArray[np.uint8], NDArray[np.int64]]:
+    """The 1,797 UCI digits as uint8 (N, 8, 8), ink bright, and their labels."""
+    digits = load_digits()
+    return (digits.images * 255 / 16).round().astype(np.uint8), digits.target
+
+
+def fill_frame(images: NDArray[np.uint8]) -> NDArray[np.uint8]:
+    """Small images upscaled (bilinear) to fill 28 x 28, as a CSV of another collection holds
+    them."""
+    x = torch.as_tensor(images, dtype=torch.float32)[:, None]
+    x = F.interpolate(x, size=(28, 28), mode="bilinear", align_corners=False)
+    return x[:, 0].round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+def scanner_variants(images: NDArray[np.uint8]) -> dict[str, NDArray[np.uint8]]:
+    """MNIST images as other pens and scanners would have made them."""
+    x = torch.as_tensor(images, dtype=torch.float32)[:, None] / 255
+
+    def stroke(amount: float) -> torch.Tensor:
+        return change_stroke_width(x, torch.tensor(amount))
+
+    variants = {
+        "as in MNIST": x,
+        "thicker strokes (marker)": stroke(1.0),
+        "thicker strokes, half-way": stroke(0.5),
+        "thinner strokes, half-way": stroke(-0.5),
+        "blurred (3 x 3)": F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False),
+        "faint ink (40 %)": x * 0.4,
+    }
+    return {
+        name: (v[:, 0] * 255).round().clamp(0, 255).to(torch.uint8).numpy()
+        for name, v in variants.items()
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", type=Path, help="run directories (an ensemble)")
+    parser.add_argument("--tta", action="store_true", help="predict with test-time augmentation")
+    parser.add_argument("--replica-seed", type=int, default=0,
+                        help="the replica the runs trained on (digits run's: 0)")  # fmt: skip
+    args = parser.parse_args()
+
+    predictor = Predictor.load(args.runs, PredictConfig(tta=args.tta))
+    rows = []
+
+    def score(name: str, images: NDArray[np.uint8], labels: NDArray[np.int64]) -> None:
+        errors = int((predictor.predict(images) != labels).sum())
+        rows.append((name, len(labels), 1 - errors / len(labels), errors))
+
+    uci, uci_labels = uci_digits()
+    score("UCI digits, read as images", np.stack([to_mnist(image) for image in uci]), uci_labels)
+    framed = fill_frame(uci)
+    score("UCI digits, 28 x 28 CSV, as-is", framed, uci_labels)
+    score("UCI digits, 28 x 28 CSV, conformed", conform_to_mnist(framed)[0], uci_labels)
+
+    folder = default_cache_dir() / f"replica-seed{args.replica_seed}"
+    if replica_is_complete(folder, args.replica_seed):
+        files = replica_files(folder)
+    else:
+        files = build_replica(folder, seed=args.replica_seed)
+    test = read_kaggle_csv(files.test).images
+    solution = read_submission(files.solution)
+    for name, images in scanner_variants(test).items():
+        score(f"replica test: {name}", images, solution)
+
+    print(f"\n{'test set':<48} {'images':>7} {'accuracy':>9} {'errors':>7}")
+    for name, n_images, accuracy, errors in rows:
+        print(f"{name:<48} {n_images:>7,} {accuracy:>9.4f} {errors:>7,}")
+
+
+if __name__ == "__main__":
+    main()
