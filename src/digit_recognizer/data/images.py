@@ -129,9 +129,7 @@ def to_mnist(grey: NDArray[np.uint8], name: str = "image") -> NDArray[np.uint8]:
 def _centre_by_mass(digit: NDArray[np.float32]) -> NDArray[np.uint8]:
     """Paste ``digit`` (h, w <= 20) into 28 x 28 with its centre of mass at (14, 14)."""
     height, width = digit.shape
-    total = digit.sum()
-    mass_row = (digit.sum(axis=1) @ np.arange(height)) / total
-    mass_column = (digit.sum(axis=0) @ np.arange(width)) / total
+    mass_row, mass_column = _centre_of_mass(digit)
     # MNIST's centres of mass sit at pixel (14, 14) (mean 13.99, 14.00 over 5,000 training
     # images), not at the geometric centre 13.5. The box stays inside the field: a lopsided
     # digit (a "7") is shifted less than its mass says.
@@ -142,6 +140,17 @@ def _centre_by_mass(digit: NDArray[np.float32]) -> NDArray[np.uint8]:
     return field.round().astype(np.uint8)
 
 
+def _centre_of_mass(pixels: NDArray[np.floating]) -> tuple[NDArray[np.floating], ...]:
+    """Row and column of the centre of mass of an image (H, W), or of each of (N, H, W); NaN for
+    a blank image."""
+    height, width = pixels.shape[-2:]
+    mass = pixels.sum(axis=(-2, -1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rows = (pixels.sum(axis=-1) @ np.arange(height)) / mass
+        columns = (pixels.sum(axis=-2) @ np.arange(width)) / mass
+    return rows, columns
+
+
 def in_mnist_format(images: NDArray[np.uint8]) -> NDArray[np.bool_]:
     """Which of the images (N, 28, 28) are laid out as MNIST's are: white ink on black, its
     bounding box 19 or 20 pixels on the long side, its centre of mass within a pixel of (14, 14).
@@ -149,11 +158,9 @@ def in_mnist_format(images: NDArray[np.uint8]) -> NDArray[np.bool_]:
     pixels = np.asarray(images, dtype=np.float32)
     ink = pixels > 0
     long_side = np.maximum(_extent(ink.any(axis=2)), _extent(ink.any(axis=1)))
-    mass = pixels.sum(axis=(1, 2))
-    with np.errstate(invalid="ignore", divide="ignore"):  # blank images: no centre, not MNIST
-        centre_row = pixels.sum(axis=2) @ np.arange(SIZE) / mass
-        centre_column = pixels.sum(axis=1) @ np.arange(SIZE) / mass
-        offset = np.maximum(np.abs(centre_row - CENTRE), np.abs(centre_column - CENTRE))
+    centre_row, centre_column = _centre_of_mass(pixels)
+    offset = np.maximum(np.abs(centre_row - CENTRE), np.abs(centre_column - CENTRE))
+    # A blank image has no centre (NaN), and NaN <= anything is False: not in MNIST's layout.
     return np.isin(long_side, MNIST_BOX_SIDES) & (offset <= MAX_CENTRE_OFFSET)
 
 
