@@ -86,12 +86,11 @@ PRESETS = {
     "default": Preset(
         {"model": "auto", "time_budget_s": 300, "batch_size": 64, "ema_decay": 0.999}, tta=True
     ),
-    # Ten members, not five: on replica 4242 the ensembles of n of twelve 15-40-epoch cnn runs
-    # averaged 69.2 errors at n = 5, 67.4 at 8 and 66.4 at 10 (0.9975 allows 70), and mixing
-    # recipes (stroke, elastic, epochs) bought nothing that more seeds of the best one did not.
+    # Five members: ten bought nothing on unseen replica 271828, where the subsets of five of ten
+    # seeds averaged 83.6 errors and all ten made 83 (README, 'Results').
     "best": Preset(
         {"epochs": 20, "ema_decay": 0.999, "batch_size": 64},
-        members=tuple({"seed": seed} for seed in range(1, 11)),
+        members=tuple({"seed": seed} for seed in range(1, 6)),
         tta=True,
     ),
     # The seed notebook's recipe, for comparison: its Keras CNN, Adam 1e-3, batch 32, L2,
