@@ -32,7 +32,7 @@ from digit_recognizer.data.augment import change_stroke_width
 from digit_recognizer.data.images import conform_to_mnist, to_mnist
 from digit_recognizer.data.kaggle_csv import read_kaggle_csv, read_submission
 from digit_recognizer.data.replica import build_replica, replica_files, replica_is_complete
-from digit_recognizer.models.runtime import to_model_input
+from digit_recognizer.models.runtime import to_model_input, to_uint8_images
 from digit_recognizer.pipeline import default_cache_dir
 from digit_recognizer.predict import PredictConfig, Predictor
 
@@ -43,17 +43,11 @@ def uci_digits() -> tuple[NDArray[np.uint8], NDArray[np.int64]]:
     return (digits.images * 255 / 16).round().astype(np.uint8), digits.target
 
 
-def to_uint8(x: torch.Tensor) -> NDArray[np.uint8]:
-    """Model input (N, 1, H, W) in [0, 1] back to uint8 images (N, H, W): ``to_model_input``'s
-    inverse."""
-    return (x[:, 0] * 255).round().clamp(0, 255).to(torch.uint8).numpy()
-
-
 def fill_frame(images: NDArray[np.uint8]) -> NDArray[np.uint8]:
     """Small images upscaled (bilinear) to fill 28 x 28, as a CSV of another collection holds
     them."""
     x = to_model_input(torch.as_tensor(images), channels_last=False)
-    return to_uint8(F.interpolate(x, size=(28, 28), mode="bilinear", align_corners=False))
+    return to_uint8_images(F.interpolate(x, size=(28, 28), mode="bilinear", align_corners=False))
 
 
 def scanner_variants(images: NDArray[np.uint8]) -> dict[str, NDArray[np.uint8]]:
@@ -71,7 +65,7 @@ def scanner_variants(images: NDArray[np.uint8]) -> dict[str, NDArray[np.uint8]]:
         "blurred (3 x 3)": F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False),
         "faint ink (40 %)": x * 0.4,
     }
-    return {name: to_uint8(variant) for name, variant in variants.items()}
+    return {name: to_uint8_images(variant) for name, variant in variants.items()}
 
 
 def main() -> None:

@@ -18,7 +18,7 @@ from digit_recognizer.data.kaggle_csv import DigitSet, read_kaggle_csv
 from digit_recognizer.evaluate import CLASSES, save_figure
 from digit_recognizer.fileio import write_text
 from digit_recognizer.models.nets import MNIST_MEAN, MNIST_STD
-from digit_recognizer.models.runtime import to_model_input
+from digit_recognizer.models.runtime import to_model_input, to_uint8_images
 from digit_recognizer.report import (
     html_img,
     html_page,
@@ -232,7 +232,7 @@ def augment_preview(
     originals = data.images[rng.choice(len(data), size=min(PREVIEW_ROWS, len(data)), replace=False)]
     x = to_model_input(torch.as_tensor(originals).repeat_interleave(n, 0), channels_last=False)
     augmented = augment_batch(x, augmentation, generator)
-    augmented = (augmented[:, 0] * 255).round().to(torch.uint8).numpy().reshape(-1, n, 28, 28)
+    augmented = to_uint8_images(augmented).reshape(-1, n, 28, 28)
     tiles = np.concatenate([originals[:, None], augmented], axis=1).reshape(-1, 28, 28)
     titles = [("original" if c == 0 else f"augmented {c}") for _ in originals for c in range(n + 1)]
     a = augmentation

@@ -64,6 +64,11 @@ def to_model_input(images: torch.Tensor, channels_last: bool = True) -> torch.Te
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
+def to_uint8_images(x: torch.Tensor) -> NDArray[np.uint8]:
+    """Float images (N, 1, H, W) in [0, 1] -> uint8 (N, H, W): ``to_model_input``'s inverse."""
+    return (x[:, 0] * 255).round().clamp(0, 255).to(torch.uint8).numpy()
+
+
 def inference_net(model: nn.Module, fuse_batch_norm: bool = True) -> nn.Module:
     """``model`` in eval mode, laid out for fast inference: channels_last like the training
     input, and each batch norm that directly follows a convolution or linear layer folded into
