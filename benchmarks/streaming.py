@@ -49,8 +49,9 @@ from digit_recognizer.data.augment import Augmentation, augment_batch
 from digit_recognizer.data.replica import build_replica, replica_is_complete
 from digit_recognizer.data.shards import expand, read_data_source, read_manifest
 from digit_recognizer.data.stream import ShardStream
+from digit_recognizer.data.tensors import to_model_input
 from digit_recognizer.models.registry import build
-from digit_recognizer.models.runtime import autocast, autocast_dtype, to_model_input
+from digit_recognizer.models.runtime import autocast, autocast_dtype
 
 BATCH_SIZE = 128
 REPLICA_ROWS = 42_000

@@ -15,10 +15,10 @@ from matplotlib.figure import Figure
 
 from digit_recognizer.data.augment import Augmentation, augment_batch
 from digit_recognizer.data.kaggle_csv import DigitSet, read_kaggle_csv
+from digit_recognizer.data.tensors import to_model_input, to_uint8_images
 from digit_recognizer.evaluate import CLASSES, save_figure
 from digit_recognizer.fileio import write_text
 from digit_recognizer.models.nets import MNIST_MEAN, MNIST_STD
-from digit_recognizer.models.runtime import to_model_input, to_uint8_images
 from digit_recognizer.report import (
     html_img,
     html_page,

@@ -26,9 +26,9 @@ from numpy.typing import ArrayLike, NDArray
 from torch import nn
 
 from digit_recognizer.data.kaggle_csv import read_kaggle_csv
+from digit_recognizer.data.tensors import to_model_input
 from digit_recognizer.errors import DataError
 from digit_recognizer.evaluate import save_figure
-from digit_recognizer.models.runtime import to_model_input
 from digit_recognizer.models.storage import load_net
 from digit_recognizer.predict import Predictor
 

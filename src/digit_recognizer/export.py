@@ -25,8 +25,8 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
+from digit_recognizer.data.tensors import to_model_input
 from digit_recognizer.errors import ModelFileError
-from digit_recognizer.models.runtime import to_model_input
 from digit_recognizer.models.storage import WEIGHTS_FILE, load_net, read_meta
 
 log = logging.getLogger(__name__)

@@ -36,17 +36,12 @@ from digit_recognizer.data.augment import Augmentation, augment_batch
 from digit_recognizer.data.kaggle_csv import DigitSet
 from digit_recognizer.data.shards import Manifest
 from digit_recognizer.data.stream import ShardStream
+from digit_recognizer.data.tensors import to_model_input
 from digit_recognizer.distributed import all_reduce, close_distributed, init_distributed
 from digit_recognizer.errors import ConfigError, ModelFileError
 from digit_recognizer.fileio import atomic_path, write_text
 from digit_recognizer.models.registry import build, get_spec
-from digit_recognizer.models.runtime import (
-    autocast,
-    autocast_dtype,
-    batched_logits,
-    resolve_device,
-    to_model_input,
-)
+from digit_recognizer.models.runtime import autocast, autocast_dtype, batched_logits, resolve_device
 from digit_recognizer.models.storage import save_net
 
 log = logging.getLogger(__name__)

@@ -42,6 +42,7 @@ from digit_recognizer.data.kaggle_csv import (
     _write_table,
     read_kaggle_csv,
 )
+from digit_recognizer.data.tensors import to_model_input, to_uint8_images
 from digit_recognizer.errors import ConfigError, DataError
 from digit_recognizer.fileio import atomic_path, write_text
 
@@ -329,10 +330,9 @@ def _augmented(manifest: Manifest, copies: int, generator: torch.Generator) -> I
     augmentation = Augmentation()
     for _ in range(copies):
         for data in _iter_rows(manifest):
-            x = torch.as_tensor(data.images).unsqueeze(1).float().div_(255)  # (B, 1, 28, 28)
+            x = to_model_input(torch.as_tensor(data.images), channels_last=False)
             x = augment_batch(x, augmentation, generator)
-            images = (x[:, 0] * 255).round_().to(torch.uint8).numpy()
-            yield DigitSet(images, data.labels)
+            yield DigitSet(to_uint8_images(x), data.labels)
 
 
 def _write_shards(

@@ -1,7 +1,6 @@
 """Running a net: device choice, bf16 autocast, and the one batched inference loop.
 
-Training (validation), prediction, serving and explanation all go through ``batched_logits`` and
-``to_model_input``, so there is one conversion from uint8 images to what the net sees.
+Training (validation), prediction, serving and explanation all go through ``batched_logits``.
 """
 
 from __future__ import annotations
@@ -14,6 +13,7 @@ from numpy.typing import NDArray
 from torch import nn
 from torch.fx.experimental.optimization import fuse
 
+from digit_recognizer.data.tensors import to_model_input
 from digit_recognizer.errors import ConfigError
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -56,17 +56,6 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abst
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=dtype)
-
-
-def to_model_input(images: torch.Tensor, channels_last: bool = True) -> torch.Tensor:
-    """uint8 images (N, 28, 28) -> float (N, 1, 28, 28) in [0, 1], the input every net takes."""
-    x = images.unsqueeze(1).float().div_(255)
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
-
-
-def to_uint8_images(x: torch.Tensor) -> NDArray[np.uint8]:
-    """Float images (N, 1, H, W) in [0, 1] -> uint8 (N, H, W): ``to_model_input``'s inverse."""
-    return (x[:, 0] * 255).round().clamp(0, 255).to(torch.uint8).numpy()
 
 
 def inference_net(model: nn.Module, fuse_batch_norm: bool = True) -> nn.Module:
