@@ -40,7 +40,9 @@ def test_presets_and_argument_errors(tmp_path, small_csvs):
     assert get_preset("fast").overrides["model"] == "cnn-tiny"
     assert get_preset("default").overrides["model"] == "auto"
     assert get_preset("fast").tta and get_preset("default").tta
-    assert get_preset("best").members and get_preset("best").tta
+    best = get_preset("best")
+    assert best.tta and len({member["seed"] for member in best.members}) == len(best.members) > 1
+    assert {member.get("stroke") for member in best.members} == {0.0, None}  # two kinds
     with pytest.raises(ConfigError, match="unknown preset 'quick'; choose one of fast, default"):
         get_preset("quick")
     with pytest.raises(DataError, match="give both --train and --test"):

@@ -109,7 +109,13 @@ Patience = Annotated[int | None, typer.Option(help="Early-stopping patience in e
 Seed = Annotated[int | None, typer.Option(help="Random seed. [default: 0]")]
 Device = Annotated[str | None, typer.Option(help="auto | cpu | cuda | mps. [default: auto]")]
 RunDir = Annotated[Path | None, typer.Option(help="Run directory [default: runs/<time>-<model>]")]
-Preset = Annotated[str, typer.Option(help="fast | default (both with TTA) | best (an ensemble).")]
+Preset = Annotated[
+    str,
+    typer.Option(
+        help="fast | default (both with TTA) | best (an ensemble; its members' seeds "
+        "and strokes override flags)."
+    ),
+]
 Compile = Annotated[bool | None, typer.Option("--compile", help="torch.compile (for GPUs).")]
 Tta = Annotated[bool, typer.Option("--tta", help="Average predictions over shifted views.")]
 AsIs = Annotated[
