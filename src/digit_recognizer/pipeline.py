@@ -56,7 +56,7 @@ class Preset:
 
 
 # Figures in README 'Results'. All presets but seed change stroke widths in training (TrainConfig
-# .stroke): on unseen replica 90210 on a slow day fast scored 0.9950 in 60 s and default 0.9962
+# .stroke; best in three of its five members): on unseen replica 90210 on a slow day fast scored 0.9950 in 60 s and default 0.9962
 # in 300 s (0.9967 without it), for far fewer errors on thick, thin and blurred strokes and
 # other writers' digits (README, 'Beyond MNIST'). The figures that follow predate it.
 # default: cnn scored 0.9973 in 288 s (15 epochs, EMA, TTA) on a
