@@ -58,8 +58,8 @@ class Preset:
 # Figures in README 'Results'. All presets but seed change stroke widths in training (TrainConfig
 # .stroke; best in three of its five members): on unseen replica 90210 on a slow day fast
 # scored 0.9950 in 60 s and default 0.9962 in 300 s (0.9967 without it), for far fewer errors on
-# thick, thin and blurred strokes and other writers' digits (README, 'Beyond MNIST'). The figures that follow predate it.
-# default: cnn scored 0.9973 in 288 s (15 epochs, EMA, TTA) on a
+# thick, thin and blurred strokes and other writers' digits (README, 'Beyond MNIST'). The
+# figures that follow predate it. default: cnn scored 0.9973 in 288 s (15 epochs, EMA, TTA) on a
 # 2-core CPU with native bf16 (Zen 5), but 0.9955 in 300 s on one with fp32 only (AVX2, as most
 # laptops are), where cnn-tiny with TTA scored 0.9956-0.9960 on an unseen replica. best (0.9973 in
 # 1,771 s and in 1,816 s on two replicas with bf16; batch 64: members 0.9970-0.9974 alone, where
