@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from digit_recognizer.data.augment import Augmentation, augment_batch
+from digit_recognizer.data.tensors import to_model_input
 from digit_recognizer.errors import ModelFileError, UnknownModelError
 from digit_recognizer.models import available, build, get_spec, register
 from digit_recognizer.models.nets import Deskew
@@ -34,7 +35,7 @@ def ink_slant(images: torch.Tensor) -> torch.Tensor:
 
 
 def test_deskew_straightens_slanted_digits(mnist):
-    x = torch.as_tensor(mnist.images[:256]).float().div(255).unsqueeze(1)
+    x = to_model_input(torch.as_tensor(mnist.images[:256]), channels_last=False)
     only_shear = Augmentation(
         rotation_deg=0, scale=0, shear=0.4, translate_px=0, contrast=0, stroke=0
     )
