@@ -26,8 +26,8 @@ def test_main_job_on_the_replica_scores_its_submission(tmp_path):
 
 
 def test_ensemble_directory_predicts_the_members_average(tmp_path, small_csvs, small_test):
-    config = TrainConfig(**TINY_RECIPE)
-    jobs = train_ensemble_job(config, ({"seed": 1}, {"seed": 2}), small_csvs["train"], tmp_path)
+    configs = [TrainConfig(**TINY_RECIPE, seed=seed) for seed in (1, 2)]
+    jobs = train_ensemble_job(configs, small_csvs["train"], tmp_path)
     assert [job.run_dir.name for job in jobs] == ["member-1", "member-2"]
     images = small_test.images[:200]
     ensemble = Predictor.load([tmp_path]).predict_proba(images)
@@ -40,13 +40,24 @@ def test_presets_and_argument_errors(tmp_path, small_csvs):
     assert get_preset("fast").overrides["model"] == "cnn-tiny"
     assert get_preset("default").overrides["model"] == "auto"
     assert get_preset("fast").tta and get_preset("default").tta
-    best = get_preset("best")
-    assert best.tta and len({member["seed"] for member in best.members}) == len(best.members) > 1
-    assert {member.get("stroke") for member in best.members} == {0.0, None}  # two kinds
+    assert get_preset("best").tta
     with pytest.raises(ConfigError, match="unknown preset 'quick'; choose one of fast, default"):
         get_preset("quick")
     with pytest.raises(DataError, match="give both --train and --test"):
         run_job(TrainConfig(), train_csv=small_csvs["train"], run_dir=tmp_path)
+
+
+def test_best_members_differ_and_flags_override_them_all(tmp_path):
+    members = get_preset("best").configs()
+    assert [config.seed for config in members] == [1, 2, 3, 4, 5]
+    assert [config.stroke for config in members] == [0.0, 0.0, 1.0, 1.0, 1.0]  # two kinds
+    assert {config.epochs for config in members} == {20}
+    toml = tmp_path / "best.toml"
+    toml.write_text("epochs = 3\nstroke = 0.5\n")
+    moved = get_preset("best").configs(toml, {"seed": 10, "epochs": None, "lr": 0.1})
+    assert [config.seed for config in moved] == [11, 12, 13, 14, 15]
+    assert {(config.epochs, config.stroke, config.lr) for config in moved} == {(3, 0.5, 0.1)}
+    assert get_preset("fast").configs(flags={"seed": 10})[0].seed == 10  # one model: as given
 
 
 def test_shards_beyond_the_memory_budget_are_streamed(tmp_path, small_csvs, caplog):

@@ -11,13 +11,14 @@ import json
 import logging
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from rich.progress import Progress
 
-from digit_recognizer.config import save_config
+from digit_recognizer.config import load_config, save_config
 from digit_recognizer.data.kaggle_csv import DigitSet, read_kaggle_csv
 from digit_recognizer.data.replica import build_replica, replica_files, replica_is_complete
 from digit_recognizer.data.shards import (
@@ -48,11 +49,25 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Preset:
-    """A named recipe: TrainConfig overrides (below TOML and flags), maybe an ensemble."""
+    """A named recipe: TrainConfig values (below TOML and flags), maybe an ensemble."""
 
     overrides: dict[str, Any]
-    members: tuple[dict[str, Any], ...] | None = None  # an ensemble: one run per member
+    members: tuple[dict[str, Any], ...] | None = None  # an ensemble: each member's own values
     tta: bool = False
+
+    def configs(
+        self, toml_path: Path | None = None, flags: Mapping[str, Any] | None = None
+    ) -> list[TrainConfig]:
+        """One TrainConfig per member, or one: the preset's, the member's, TOML, flags, each
+        over the one before. Member n (from 1) trains with the resolved seed + n, so ``--seed``
+        moves the whole ensemble to new seeds and its members still differ."""
+        if not self.members:
+            return [load_config(TrainConfig, toml_path, flags, preset=self.overrides)]
+        configs = []
+        for number, member in enumerate(self.members, start=1):
+            config = load_config(TrainConfig, toml_path, flags, preset=self.overrides | member)
+            configs.append(replace(config, seed=config.seed + number))
+        return configs
 
 
 # Figures in README 'Results'. All presets but seed change stroke widths in training (TrainConfig
@@ -90,14 +105,10 @@ PRESETS = {
     # averaged 83.6 errors and all ten made 83. Two of them train without the stroke change: there
     # members without it made 79-88 errors to the others' 85-97, and subsets of two of them with
     # three of the others 77.9 on average (five without: 76.0), while keeping most of the others'
-    # lead on other writers' digits and pens (README, 'Results'). Member overrides come last, over
-    # TOML and flags: they are what makes the members differ.
+    # lead on other writers' digits and pens (README, 'Results'). Seeds: see Preset.configs.
     "best": Preset(
         {"epochs": 20, "ema_decay": 0.999, "batch_size": 64},
-        members=(
-            *({"seed": seed, "stroke": 0.0} for seed in (1, 2)),
-            *({"seed": seed} for seed in range(3, 6)),
-        ),
+        members=({"stroke": 0.0},) * 2 + ({},) * 3,
         tta=True,
     ),
     # The seed notebook's recipe, for comparison: its Keras CNN, Adam 1e-3, batch 32, L2,
@@ -233,18 +244,17 @@ def launch_distributed(nproc: int, config: TrainConfig, train_csv: Path, run_dir
 
 
 def train_ensemble_job(
-    config: TrainConfig,
-    members: tuple[dict[str, Any], ...],
+    configs: list[TrainConfig],
     train_csv: Path,
     run_dir: Path,
     progress: Progress | None = None,
 ) -> list[TrainJobResult]:
-    """Train one run per member (``config`` with the member's overrides) under ``run_dir``."""
+    """Train one run per config, ``run_dir``/member-1 and on, and mark ``run_dir`` an ensemble."""
     jobs = []
-    for number, overrides in enumerate(members, start=1):
-        log.info("ensemble member %d of %d: %s", number, len(members), overrides)
+    for number, config in enumerate(configs, start=1):
+        log.info("ensemble member %d of %d (seed %d)", number, len(configs), config.seed)
         member_dir = run_dir / f"member-{number}"
-        jobs.append(train_job(replace(config, **overrides), train_csv, member_dir, progress))
+        jobs.append(train_job(config, train_csv, member_dir, progress))
     write_ensemble(run_dir, [job.run_dir for job in jobs])
     write_metrics(run_dir, {
         "train_csv": str(train_csv),
@@ -263,19 +273,18 @@ def write_metrics(run_dir: Path, updates: dict) -> None:
 
 
 def run_job(
-    config: TrainConfig,
+    config: TrainConfig | list[TrainConfig],
     train_csv: Path | None = None,
     test_csv: Path | None = None,
     run_dir: Path | None = None,
     replica_seed: int = 0,
     cache_dir: Path | None = None,
     predict_config: PredictConfig | None = None,
-    members: tuple[dict[str, Any], ...] | None = None,
     progress: Progress | None = None,
 ) -> RunSummary:
     """The main job: (build a replica,) train, evaluate, predict, write and score a submission.
 
-    With ``members``, trains an ensemble (one run per member's overrides) instead of one run.
+    A list of configs trains an ensemble, one member per config (``Preset.configs``).
     """
     if (train_csv is None) != (test_csv is None):
         raise DataError("give both --train and --test (Kaggle's files), or neither (the replica)")
@@ -288,11 +297,12 @@ def run_job(
             log.info("building the Kaggle replica (seed %d) in %s", replica_seed, replica_dir)
             files = build_replica(replica_dir, seed=replica_seed)
         train_csv, test_csv, solution_csv = files.train, files.test, files.solution
-    run_dir = run_dir or default_run_dir(config.model)
-    if members:
-        jobs = train_ensemble_job(config, members, train_csv, run_dir, progress)
-    else:
+    if isinstance(config, TrainConfig):
+        run_dir = run_dir or default_run_dir(config.model)
         jobs = [train_job(config, train_csv, run_dir, progress)]
+    else:
+        run_dir = run_dir or default_run_dir(config[0].model)
+        jobs = train_ensemble_job(config, train_csv, run_dir, progress)
     submission = run_dir / "submission.csv"
     predict_csv([run_dir], test_csv, submission, predict_config)
     test_accuracy = score_submission(solution_csv, submission) if solution_csv else None
