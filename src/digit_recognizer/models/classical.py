@@ -29,7 +29,6 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from numpy.typing import ArrayLike, NDArray
 from safetensors.numpy import load_file, save_file
 from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin
@@ -47,6 +46,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from digit_recognizer.errors import ModelFileError
 from digit_recognizer.fileio import atomic_path, write_text
+from digit_recognizer.models.nets import Deskew
 from digit_recognizer.models.registry import register
 from digit_recognizer.models.storage import META_FILE, read_meta, read_safetensors
 
@@ -74,30 +74,15 @@ def check_images(X: ArrayLike) -> NDArray[np.uint8]:
 
 
 def deskew_images(images: NDArray[np.uint8], batch_size: int = 8192) -> NDArray[np.float32]:
-    """Shear each image so its ink's principal axis is vertical, centred by mass.
-
-    The image moments give the slant ``alpha = cov(row, col) / var(row)``; one batched
-    ``grid_sample`` resamples every image (after Dibya Ghosh's 'Deskewing' note, vectorised).
+    """Shear each image upright and centre it by mass (``nets.Deskew``), in batches.
 
     Returns float32 of shape (N, 28, 28) in [0, 1].
     """
-    out = []
-    rows = torch.arange(28, dtype=torch.float32).view(1, 28, 1)
-    cols = torch.arange(28, dtype=torch.float32).view(1, 1, 28)
-    for start in range(0, len(images), batch_size):
-        x = torch.as_tensor(images[start : start + batch_size]).float().div_(255)
-        mass = x.sum((1, 2)).clamp_min(1e-6)
-        row_mean = ((x * rows).sum((1, 2)) / mass).view(-1, 1, 1)
-        col_mean = ((x * cols).sum((1, 2)) / mass).view(-1, 1, 1)
-        row_var = (x * (rows - row_mean) ** 2).sum((1, 2)) / mass
-        covariance = (x * (rows - row_mean) * (cols - col_mean)).sum((1, 2)) / mass
-        alpha = (covariance / row_var.clamp_min(1e-6)).view(-1, 1, 1)
-        # Output pixel (row, col) reads the input at a sheared position around the mass centre.
-        in_rows = (rows - 14) + row_mean + 0 * cols
-        in_cols = alpha * (rows - 14) + (cols - 14) + col_mean
-        grid = torch.stack([in_cols / 13.5 - 1, in_rows / 13.5 - 1], dim=-1)  # to [-1, 1]
-        out.append(F.grid_sample(x.unsqueeze(1), grid, align_corners=True).squeeze(1))
-    return torch.cat(out).numpy() if out else np.zeros((0, 28, 28), np.float32)
+    deskew = Deskew(centre=True)
+    with torch.no_grad():
+        out = [deskew(torch.as_tensor(images[start : start + batch_size]).unsqueeze(1) / 255.0)
+               for start in range(0, len(images), batch_size)]  # fmt: skip
+    return torch.cat(out)[:, 0].numpy() if out else np.zeros((0, 28, 28), np.float32)
 
 
 class DigitPixels(TransformerMixin, BaseEstimator):

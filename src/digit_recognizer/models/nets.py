@@ -100,9 +100,11 @@ class Deskew(nn.Module):
     is the largest way one writer's digits differ from another's; a net that sees them upright
     makes different mistakes from one that learnt every slant, which is what an ensemble needs.
     Being a layer, it runs wherever the net runs: training, prediction, serving and ONNX.
+    ``centre=True`` also moves each centre of mass to the image centre (the classical models'
+    input: pixel distances need aligned digits; the nets learnt MNIST's own centring).
     """
 
-    def __init__(self, size: int = 28, max_slant: float = 1.0) -> None:
+    def __init__(self, size: int = 28, max_slant: float = 1.0, centre: bool = False) -> None:
         super().__init__()
         centres = (torch.arange(size) * 2 + 1) / size - 1  # pixel centres in grid units
         y, x = torch.meshgrid(centres, centres, indexing="ij")
@@ -110,6 +112,7 @@ class Deskew(nn.Module):
         self.register_buffer("x", x.contiguous(), persistent=False)
         self.register_buffer("y", y.contiguous(), persistent=False)
         self.max_slant = max_slant  # blank or one-dot images have no meaningful slant
+        self.centre = centre
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         ink = images[:, 0]
@@ -118,12 +121,15 @@ class Deskew(nn.Module):
         def mean(values: torch.Tensor) -> torch.Tensor:  # ink-weighted, per image: (B, 1, 1)
             return ((ink * values).sum(dim=(1, 2)) / mass)[:, None, None]
 
-        dx, dy = self.x - mean(self.x), self.y - mean(self.y)
+        x_mean, y_mean = mean(self.x), mean(self.y)
+        dx, dy = self.x - x_mean, self.y - y_mean
         slant = mean(dx * dy) / mean(dy * dy).clamp_min(1e-6)
         slant = slant.clamp(-self.max_slant, self.max_slant)
-        # The upright output's pixel (x, y) comes from (x + slant * (y - mean y), y) in the input.
-        source_x = self.x + slant * dy
-        grid = torch.stack([source_x, self.y.expand_as(source_x)], dim=-1)
+        # The upright output's pixel (x, y) comes from (x + slant * (y - mean y), y) in the input,
+        # each coordinate shifted by its mean when centring.
+        source_y = self.y + y_mean if self.centre else self.y
+        source_x = self.x + (x_mean if self.centre else 0) + slant * (source_y - y_mean)
+        grid = torch.stack([source_x, source_y.expand_as(source_x)], dim=-1)
         return F.grid_sample(images, grid.to(images.dtype), align_corners=False)
 
 
