@@ -100,8 +100,8 @@ class Deskew(nn.Module):
     is the largest way one writer's digits differ from another's; a net that sees them upright
     makes different mistakes from one that learnt every slant, which is what an ensemble needs.
     Being a layer, it runs wherever the net runs: training, prediction, serving and ONNX.
-    ``centre=True`` also moves each centre of mass to the image centre (the classical models'
-    input: pixel distances need aligned digits; the nets learnt MNIST's own centring).
+    ``centre=True`` also moves each centre of mass to pixel (14, 14), where MNIST put it (the
+    classical models' input: pixel distances need aligned digits; nets learn to look anywhere).
     """
 
     def __init__(self, size: int = 28, max_slant: float = 1.0, centre: bool = False) -> None:
@@ -113,6 +113,7 @@ class Deskew(nn.Module):
         self.register_buffer("y", y.contiguous(), persistent=False)
         self.max_slant = max_slant  # blank or one-dot images have no meaningful slant
         self.centre = centre
+        self.mass_centre = float(centres[size // 2])  # pixel 14, half a pixel off the frame's
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         ink = images[:, 0]
@@ -126,9 +127,12 @@ class Deskew(nn.Module):
         slant = mean(dx * dy) / mean(dy * dy).clamp_min(1e-6)
         slant = slant.clamp(-self.max_slant, self.max_slant)
         # The upright output's pixel (x, y) comes from (x + slant * (y - mean y), y) in the input,
-        # each coordinate shifted by its mean when centring.
-        source_y = self.y + y_mean if self.centre else self.y
-        source_x = self.x + (x_mean if self.centre else 0) + slant * (source_y - y_mean)
+        # each coordinate shifted by the distance of its mean from pixel 14 when centring.
+        shift_x, shift_y = (
+            (x_mean - self.mass_centre, y_mean - self.mass_centre) if self.centre else (0, 0)
+        )
+        source_y = self.y + shift_y
+        source_x = self.x + shift_x + slant * (source_y - y_mean)
         grid = torch.stack([source_x, source_y.expand_as(source_x)], dim=-1)
         return F.grid_sample(images, grid.to(images.dtype), align_corners=False)
 
