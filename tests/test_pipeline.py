@@ -26,7 +26,7 @@ def test_main_job_on_the_replica_scores_its_submission(tmp_path):
 
 
 def test_ensemble_directory_predicts_the_members_average(tmp_path, small_csvs, small_test):
-    configs = [TrainConfig(**TINY_RECIPE, seed=seed) for seed in (1, 2)]
+    configs = [TrainConfig(**TINY_RECIPE | {"seed": seed}) for seed in (1, 2)]
     jobs = train_ensemble_job(configs, small_csvs["train"], tmp_path)
     assert [job.run_dir.name for job in jobs] == ["member-1", "member-2"]
     images = small_test.images[:200]
