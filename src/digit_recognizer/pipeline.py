@@ -58,9 +58,12 @@ class Preset:
     def configs(
         self, toml_path: Path | None = None, flags: Mapping[str, Any] | None = None
     ) -> list[TrainConfig]:
-        """One TrainConfig per member, or one: the preset's, the member's, TOML, flags, each
-        over the one before. Member n (from 1) trains with the resolved seed + n, so ``--seed``
-        moves the whole ensemble to new seeds and its members still differ."""
+        """One TrainConfig per member (one for a single model).
+
+        Layers, each over the one before: the preset's values, the member's, TOML, flags. Member
+        n (from 1) trains with the resolved seed + n, so ``--seed`` moves the whole ensemble to
+        new seeds while its members still differ.
+        """
         if not self.members:
             return [load_config(TrainConfig, toml_path, flags, preset=self.overrides)]
         configs = []
