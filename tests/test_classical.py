@@ -64,6 +64,9 @@ def test_deskew_straightens_a_slanted_stroke():
     straight = deskew_images(image)[0]
     columns = [np.average(np.arange(28), weights=r) for r in straight if r.sum() > 1]
     assert np.ptp(columns) < 1.5  # was 8 columns of drift
+    rows, cols = np.indices(straight.shape)  # and centred by mass on pixel 14, as MNIST's are
+    centre = np.average(rows, weights=straight), np.average(cols, weights=straight)
+    np.testing.assert_allclose(centre, (14, 14), atol=0.05)
 
 
 def test_bad_image_shapes_and_values_say_how_to_fix():

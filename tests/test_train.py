@@ -9,7 +9,6 @@ from dataclasses import replace
 import pytest
 import torch
 
-from digit_recognizer.config import load_config
 from digit_recognizer.data.kaggle_csv import DigitSet
 from digit_recognizer.errors import ConfigError
 from digit_recognizer.models.storage import load_net
@@ -62,7 +61,7 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, small_csvs):
 
     # What `digits train` runs: the default preset under the flags.
     flag_values = {"epochs": 3, "lr": 0.02, "batch_size": 64, "valid_size": 0.1}
-    config = load_config(TrainConfig, overrides=flag_values, preset=get_preset("default").overrides)
+    config = get_preset("default").configs(flags=flag_values)[0]
     straight = train_job(config, small_csvs["train"], tmp_path / "straight")
     resumed = load_checkpoint(run_dir, torch.device("cpu"))
     assert without_timing(resumed["history"]) == without_timing(straight.train.history)

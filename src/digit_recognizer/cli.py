@@ -101,7 +101,7 @@ Stroke = Annotated[
     float | None,
     typer.Option(
         help="Stroke-width change: up to this fraction of a 3x3 dilation (thicker) or erosion "
-        "(thinner), 0 = off. [default: 1]"
+        "(thinner), 0 = off. [default: the preset's: 0.5 (default), 1 (fast)]"
     ),
 ]
 ValidSize = Annotated[float | None, typer.Option(help="Validation fraction. [default: 0.05]")]
