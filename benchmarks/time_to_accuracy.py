@@ -22,13 +22,13 @@ from pathlib import Path
 
 import torch
 
-from digit_recognizer.config import load_config
 from digit_recognizer.data.kaggle_csv import read_kaggle_csv, read_submission
 from digit_recognizer.data.replica import build_replica
 from digit_recognizer.data.splits import split_for_training
+from digit_recognizer.errors import ConfigError
 from digit_recognizer.pipeline import get_preset
 from digit_recognizer.predict import PredictConfig, Predictor
-from digit_recognizer.train import TrainConfig, train
+from digit_recognizer.train import train
 
 
 def time_to_target(history: list[dict[str, float]], target: float) -> tuple[float, int] | None:
@@ -47,6 +47,12 @@ def main() -> None:
     parser.add_argument("--seed-budget", type=float, default=1800, help="seed recipe's time (s)")
     parser.add_argument("--work-dir", type=Path, default=None)
     args = parser.parse_args()
+    try:
+        recipes = {name: get_preset(name) for name in args.recipes.split(",")}
+    except ConfigError as error:
+        parser.error(str(error))
+    if ensembles := [name for name, recipe in recipes.items() if recipe.members]:
+        parser.error(f"{', '.join(ensembles)}: an ensemble; this benchmark times single models")
 
     work_dir = args.work_dir or Path(tempfile.mkdtemp(prefix="time_to_accuracy-"))
     files = build_replica(work_dir / "replica", seed=args.replica_seed)
@@ -59,9 +65,8 @@ def main() -> None:
     )
 
     rows = []
-    for name in args.recipes.split(","):
-        recipe = get_preset(name)
-        config = load_config(TrainConfig, preset=recipe.overrides)
+    for name, recipe in recipes.items():
+        (config,) = recipe.configs()
         if name == "seed":
             config = replace(config, time_budget_s=args.seed_budget, target_accuracy=args.target)
         result = train(config, train_set, valid_set, work_dir / name)
