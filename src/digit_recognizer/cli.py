@@ -168,11 +168,10 @@ def run(
     configs = recipe.configs(config, overrides)
     tta = recipe.tta if tta is None else tta
     with progress_bar() as progress:
-        summary = run_job(configs if recipe.members else configs[0], train, test, out,
-                          replica_seed, predict_config=PredictConfig(tta=tta),
-                          progress=progress)  # fmt: skip
+        summary = run_job(configs, train, test, out, replica_seed,
+                          predict_config=PredictConfig(tta=tta), progress=progress)  # fmt: skip
     table = Table(title=f"digits run (preset {preset})", show_header=False)
-    table.add_row("model", configs[0].model + (f" x {summary.n_members}" if recipe.members else ""))
+    table.add_row("model", configs[0].model + (f" x {len(configs)}" if len(configs) > 1 else ""))
     table.add_row("epochs", f"{summary.epochs_run:g}")
     table.add_row("test-time augmentation", f"{len(TTA_SHIFTS)} views" if tta else "off")
     table.add_row("training time", f"{summary.train_seconds:.1f} s")
@@ -207,8 +206,7 @@ def train_command(
         default_run_dir,
         get_preset,
         launch_distributed,
-        train_ensemble_job,
-        train_job,
+        train_jobs,
     )
     from digit_recognizer.train import CONFIG_FILE
 
@@ -222,21 +220,17 @@ def train_command(
         valid_size=valid_size, patience=patience, seed=seed, device=device, compile=compile_model,
         max_memory_gb=max_memory,
         resume=resume or None)  # fmt: skip
-    recipe = get_preset(preset)
-    configs = recipe.configs(config, overrides)
+    configs = get_preset(preset).configs(config, overrides)
     run_dir = out or default_run_dir(configs[0].model)
     if nproc > 1:
-        if recipe.members:
+        if len(configs) > 1:
             raise typer.BadParameter("--nproc trains one model, not a --preset best ensemble")
         launch_distributed(nproc, configs[0], train, run_dir)
         console.print(f"trained with {nproc} processes -> {run_dir}")
         return
     is_main_process = Distributed.from_env().is_main_process
     with progress_bar(enabled=is_main_process) as progress:
-        if recipe.members:
-            jobs = train_ensemble_job(configs, train, run_dir, progress)
-        else:
-            jobs = [train_job(configs[0], train, run_dir, progress)]
+        jobs = train_jobs(configs, train, run_dir, progress)
     if not is_main_process:
         return
     for job in jobs:

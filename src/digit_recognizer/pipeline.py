@@ -279,6 +279,18 @@ def train_ensemble_job(
     return jobs
 
 
+def train_jobs(
+    configs: list[TrainConfig],
+    train_csv: Path,
+    run_dir: Path,
+    progress: Progress | None = None,
+) -> list[TrainJobResult]:
+    """One config trains one run in ``run_dir``; several, an ensemble (``train_ensemble_job``)."""
+    if len(configs) == 1:
+        return [train_job(configs[0], train_csv, run_dir, progress)]
+    return train_ensemble_job(configs, train_csv, run_dir, progress)
+
+
 def write_metrics(run_dir: Path, updates: dict) -> None:
     """Merge ``updates`` into the run's metrics.json (later stages add their figures)."""
     path = run_dir / METRICS_FILE
@@ -298,7 +310,7 @@ def run_job(
 ) -> RunSummary:
     """The main job: (build a replica,) train, evaluate, predict, write and score a submission.
 
-    A list of configs trains an ensemble, one member per config (``Preset.configs``).
+    A list of several configs trains an ensemble, one member per config (``Preset.configs``).
     """
     if (train_csv is None) != (test_csv is None):
         raise DataError("give both --train and --test (Kaggle's files), or neither (the replica)")
@@ -311,12 +323,9 @@ def run_job(
             log.info("building the Kaggle replica (seed %d) in %s", replica_seed, replica_dir)
             files = build_replica(replica_dir, seed=replica_seed)
         train_csv, test_csv, solution_csv = files.train, files.test, files.solution
-    if isinstance(config, TrainConfig):
-        run_dir = run_dir or default_run_dir(config.model)
-        jobs = [train_job(config, train_csv, run_dir, progress)]
-    else:
-        run_dir = run_dir or default_run_dir(config[0].model)
-        jobs = train_ensemble_job(config, train_csv, run_dir, progress)
+    configs = [config] if isinstance(config, TrainConfig) else config
+    run_dir = run_dir or default_run_dir(configs[0].model)
+    jobs = train_jobs(configs, train_csv, run_dir, progress)
     submission = run_dir / "submission.csv"
     predict_csv([run_dir], test_csv, submission, predict_config)
     test_accuracy = score_submission(solution_csv, submission) if solution_csv else None
