@@ -5,7 +5,7 @@ import pytest
 
 from digit_recognizer.errors import ConfigError, DataError
 from digit_recognizer.evaluate import score_submission
-from digit_recognizer.pipeline import get_preset, run_job, train_ensemble_job
+from digit_recognizer.pipeline import get_preset, run_job, train_jobs
 from digit_recognizer.predict import Predictor
 from digit_recognizer.train import TrainConfig
 
@@ -27,8 +27,10 @@ def test_main_job_on_the_replica_scores_its_submission(tmp_path):
 
 def test_ensemble_directory_predicts_the_members_average(tmp_path, small_csvs, small_test):
     configs = [TrainConfig(**TINY_RECIPE | {"seed": seed}) for seed in (1, 2)]
-    jobs = train_ensemble_job(configs, small_csvs["train"], tmp_path)
+    jobs = train_jobs(configs, small_csvs["train"], tmp_path)
     assert [job.run_dir.name for job in jobs] == ["member-1", "member-2"]
+    members_metrics = json.loads((tmp_path / "metrics.json").read_text())["members"]
+    assert [member["run_dir"] for member in members_metrics] == ["member-1", "member-2"]
     images = small_test.images[:200]
     ensemble = Predictor.load([tmp_path]).predict_proba(images)
     members = [Predictor.load([job.run_dir]).predict_proba(images) for job in jobs]

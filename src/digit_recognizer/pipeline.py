@@ -257,18 +257,20 @@ def launch_distributed(nproc: int, config: TrainConfig, train_csv: Path, run_dir
                  str(run_dir), "--config", str(run_dir / CONFIG_FILE)])  # fmt: skip
 
 
-def train_ensemble_job(
+def train_jobs(
     configs: list[TrainConfig],
     train_csv: Path,
     run_dir: Path,
     progress: Progress | None = None,
 ) -> list[TrainJobResult]:
-    """Train one run per config, ``run_dir``/member-1 and on, and mark ``run_dir`` an ensemble."""
+    """One config trains one run in ``run_dir``. Several train an ensemble: one run per config,
+    ``run_dir``/member-1 and on, each resumable on its own, and ``run_dir`` marked an ensemble."""
+    if len(configs) == 1:
+        return [train_job(configs[0], train_csv, run_dir, progress)]
     jobs = []
     for number, config in enumerate(configs, start=1):
         log.info("ensemble member %d of %d (seed %d)", number, len(configs), config.seed)
-        member_dir = run_dir / f"member-{number}"
-        jobs.append(train_job(config, train_csv, member_dir, progress))
+        jobs.append(train_job(config, train_csv, run_dir / f"member-{number}", progress))
     write_ensemble(run_dir, [job.run_dir for job in jobs])
     write_metrics(run_dir, {
         "train_csv": str(train_csv),
@@ -277,18 +279,6 @@ def train_ensemble_job(
                      if job.valid_metrics else None} for job in jobs],
     })  # fmt: skip
     return jobs
-
-
-def train_jobs(
-    configs: list[TrainConfig],
-    train_csv: Path,
-    run_dir: Path,
-    progress: Progress | None = None,
-) -> list[TrainJobResult]:
-    """One config trains one run in ``run_dir``; several, an ensemble (``train_ensemble_job``)."""
-    if len(configs) == 1:
-        return [train_job(configs[0], train_csv, run_dir, progress)]
-    return train_ensemble_job(configs, train_csv, run_dir, progress)
 
 
 def write_metrics(run_dir: Path, updates: dict) -> None:
