@@ -73,7 +73,7 @@ class Preset:
         return configs
 
 
-# Figures in README 'Results'. All presets but seed change stroke widths in training
+# Figures in README 'Results'; the experiments behind them in docs/results.md. All presets but seed change stroke widths in training
 # (TrainConfig.stroke: fast fully, default by half, best in three of its five members), for far
 # fewer errors on thick, thin and blurred strokes and other writers' digits (README, 'Beyond
 # MNIST'): on unseen replicas fast scored 0.9950 and 0.9947 in 60 s (90210, 16180) and default
@@ -119,7 +119,7 @@ PRESETS = {
     # averaged 83.6 errors and all ten made 83. Two of them train without the stroke change: there
     # members without it made 79-88 errors to the others' 85-97, and subsets of two of them with
     # three of the others 77.9 on average (five without: 76.0), while keeping most of the others'
-    # lead on other writers' digits and pens (README, 'Results'). Seeds: see Preset.configs.
+    # lead on other writers' digits and pens (docs/results.md). Seeds: see Preset.configs.
     "best": Preset(
         {"epochs": 20, "ema_decay": 0.999, "batch_size": 64},
         members=({"stroke": 0.0},) * 2 + ({},) * 3,
@@ -250,7 +250,7 @@ def launch_distributed(nproc: int, config: TrainConfig, train_csv: Path, run_dir
 
     The resolved config goes to the run directory first and every process reads it, so the
     processes cannot disagree on a setting. For several machines, call torchrun directly
-    (README, 'Distributed training').
+    (README, 'Data bigger than memory, many processes').
     """
     save_config(config, run_dir / CONFIG_FILE)
     run_torchrun(nproc, "digit_recognizer.train", ["--train", str(train_csv), "--out",

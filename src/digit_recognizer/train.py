@@ -58,7 +58,7 @@ DEFAULT_LR = {"sgd": 0.05, "adam": 1e-3, "adamw": 1e-3}
 def auto_model(device: str = "auto", amp: bool = True) -> str:
     """The net for this hardware (``model = "auto"``, the default preset's): ``cnn`` where it
     trains on a GPU or in native bf16, ``cnn-tiny`` on a CPU with fp32 only, where ``cnn`` is ~5x
-    slower and a quarter of its FLOPs scores higher in 5 minutes (README, 'Results')."""
+    slower and a quarter of its FLOPs scores higher in 5 minutes (docs/results.md)."""
     resolved = resolve_device(device)
     if resolved.type != "cpu" or autocast_dtype(resolved, amp) is not None:
         return "cnn"

@@ -81,7 +81,7 @@ def cnn_small(widths: tuple[int, int, int] = (24, 48, 96), dropout: float = 0.0)
 def cnn_tiny(widths: tuple[int, int, int] = (16, 32, 64), dropout: float = 0.0) -> nn.Module:
     """Compact CNN at a quarter of cnn's cost (70 k parameters): the fast and default presets'.
 
-    The most accuracy per second of a CPU without native bf16 (README, 'Results').
+    The most accuracy per second of a CPU without native bf16 (docs/results.md).
     """
     return CompactCNN(widths=tuple(widths), dropout=dropout)
 
