@@ -86,7 +86,8 @@ def all_reduce(
 def run_torchrun(nproc: int, module: str, args: list[str]) -> None:
     """Run ``python -m module args`` in ``nproc`` processes on this machine (torchrun).
 
-    For several machines, call torchrun directly (README, 'Data bigger than memory, many processes').
+    For several machines, call torchrun directly (README, 'Data bigger than memory, many
+    processes').
     """
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                f"--nproc-per-node={nproc}", "-m", module, *args]  # fmt: skip
