@@ -77,8 +77,8 @@ class Preset:
 # change stroke widths in training (TrainConfig.stroke: fast fully, default by half, best in three
 # of its five members), for far fewer errors on thick, thin and blurred strokes and other writers'
 # digits (README, 'Beyond MNIST'): on unseen replicas fast scored 0.9950 and 0.9947 in 60 s (90210,
-# 16180) and default 0.9964 in 300 s (1618033), best 0.9967 (16180). The figures that follow predate
-# the change.
+# 16180) and default 0.9964 in 300 s (1618033), best 0.9967 and 0.9973 (16180, 141421). The figures
+# that follow predate the change.
 # default: cnn scored 0.9973 in 288 s (15 epochs, EMA, TTA) on a 2-core CPU with native bf16 (Zen
 # 5), but 0.9955 in 300 s on one with fp32 only (AVX2, as most laptops are), where cnn-tiny with TTA
 # scored 0.9956-0.9960 on an unseen replica. best (0.9973 in 1,771 s and in 1,816 s on two replicas
