@@ -171,7 +171,8 @@ def run(
         summary = run_job(configs, train, test, out, replica_seed,
                           predict_config=PredictConfig(tta=tta), progress=progress)  # fmt: skip
     table = Table(title=f"digits run (preset {preset})", show_header=False)
-    table.add_row("model", configs[0].model + (f" x {len(configs)}" if len(configs) > 1 else ""))
+    members = f" x {summary.n_members}" if summary.n_members > 1 else ""
+    table.add_row("model", configs[0].model + members)
     table.add_row("epochs", f"{summary.epochs_run:g}")
     table.add_row("test-time augmentation", f"{len(TTA_SHIFTS)} views" if tta else "off")
     table.add_row("training time", f"{summary.train_seconds:.1f} s")
