@@ -77,15 +77,10 @@ class Preset:
 # change stroke widths in training (TrainConfig.stroke: fast fully, default by half, best in three
 # of its five members), for far fewer errors on thick, thin and blurred strokes and other writers'
 # digits (README, 'Beyond MNIST'): on unseen replicas fast scored 0.9950 and 0.9947 in 60 s (90210,
-# 16180) and default 0.9964 in 300 s (1618033), best 0.9967 and 0.9973 (16180, 141421). The figures
-# that follow predate the change.
-# default: cnn scored 0.9973 in 288 s (15 epochs, EMA, TTA) on a 2-core CPU with native bf16 (Zen
-# 5), but 0.9955 in 300 s on one with fp32 only (AVX2, as most laptops are), where cnn-tiny with TTA
-# scored 0.9956-0.9960 on an unseen replica. best (0.9973 in 1,771 s and in 1,816 s on two replicas
-# with bf16; batch 64: members 0.9970-0.9974 alone, where batch 128's scored 0.9961-0.9968): members
-# differing in seed (weights, augmentation draws and validation split), each evaluated and saved as
-# its EMA, probabilities averaged with test-time augmentation; members are independent runs, so an
-# interrupted ensemble can be resumed member by member.
+# 16180), default 0.9964 in 300 s (1618033), best 0.9967 and 0.9973 (16180, 141421). best's members
+# differ in seed (weights, augmentation draws and validation split), each is evaluated and saved as
+# its EMA, and their probabilities are averaged with test-time augmentation; they are independent
+# runs, so an interrupted ensemble resumes member by member.
 PRESETS = {
     # fast and default are bounded in time as well as epochs, so a CPU without native bf16
     # (~5x slower) still finishes in 1 and 5 minutes, with the schedule annealed to the budget
