@@ -97,6 +97,20 @@ def test_transparent_canvas_and_grey_photo() -> None:
     assert np.corrcoef(photo.ravel(), reference.ravel())[0, 1] > 0.95
 
 
+@pytest.mark.parametrize(
+    ("scale", "dtype", "image_format"),
+    [(257, np.uint16, "PNG"), (257, np.uint16, "TIFF"), (1 / 255, np.float32, "TIFF")],
+    ids=["16-bit PNG", "16-bit TIFF", "float TIFF"],
+)
+def test_scans_deeper_than_8_bits(scale: float, dtype: type, image_format: str) -> None:
+    # Scanners write 16-bit greyscale; Pillow's own conversion to 8 bits clips grey ink to white.
+    scan = drawing(ink=(60, 60, 60), paper=(230, 230, 230)).convert("L")
+    deep = Image.fromarray((np.asarray(scan, dtype=np.float64) * scale).astype(dtype))
+    assert deep.mode in ("I;16", "F")
+    reference = load_image(encode(scan))
+    np.testing.assert_allclose(load_image(encode(deep, image_format)), reference, atol=1)
+
+
 def test_mnist_digits_survive_the_round_trip(small_test: DigitSet) -> None:
     """An MNIST digit, enlarged and printed black on white, comes back as itself (give or take
     a pixel of shift where MNIST rounded its centre of mass the other way)."""

@@ -91,6 +91,8 @@ def _open(source: str | Path | bytes, name: str) -> Image.Image:
 def _to_grey(image: Image.Image) -> NDArray[np.uint8]:
     """Greyscale uint8 (H, W). Transparent pixels take the colour that contrasts with the ink,
     so dark strokes on a transparent canvas and light ones both survive."""
+    if image.mode.startswith("I") or image.mode == "F":
+        return _deep_to_grey(np.asarray(image), image.mode)
     if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
         rgba = image.convert("RGBA")
         alpha = np.asarray(rgba.getchannel("A"), dtype=np.float32) / 255
@@ -99,6 +101,24 @@ def _to_grey(image: Image.Image) -> NDArray[np.uint8]:
         background = 255.0 if ink_grey < 128 else 0.0
         return (grey * alpha + background * (1 - alpha)).round().astype(np.uint8)
     return np.asarray(image.convert("L"), dtype=np.uint8)
+
+
+def _deep_to_grey(values: NDArray[np.generic], mode: str) -> NDArray[np.uint8]:
+    """16-bit, 32-bit integer or float greyscale (scanners' and microscopes' output) -> uint8.
+
+    Pillow's own conversion to "L" clips these to 0-255, which turns a 16-bit scan's paper and
+    ink alike into white. Scaled instead by the format's full range: 65,535 for 16 bits; for
+    32-bit integers and floats, which carry no range, the smallest of 1 (floats), 255 and 65,535
+    that holds the brightest pixel.
+    """
+    values = np.nan_to_num(values.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    brightest = float(values.max(initial=0.0))
+    if mode.startswith("I;16"):
+        full_scale = 65535.0
+    else:
+        ranges = (1.0, 255.0, 65535.0) if mode == "F" else (255.0, 65535.0)
+        full_scale = next((top for top in ranges if brightest <= top), brightest)
+    return np.round(np.clip(values, 0, full_scale) / full_scale * 255).astype(np.uint8)
 
 
 def to_mnist(grey: NDArray[np.uint8], name: str = "image") -> NDArray[np.uint8]:
