@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import bz2
+import gzip
+import lzma
 import re
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +22,7 @@ from digit_recognizer.data.kaggle_csv import (
     write_kaggle_csv,
     write_submission,
 )
+from digit_recognizer.data.shards import resolve_data_source
 from digit_recognizer.errors import DataError
 
 N_ROWS = 10  # lines 2-11 of the file
@@ -244,6 +249,29 @@ def test_non_utf8_header(tmp_path: Path) -> None:
     assert read_error(tmp_path / "train.csv").startswith(
         f"{tmp_path / 'train.csv'}, line 1: not UTF-8 text; expected the header 'label,"
     )
+
+
+@pytest.mark.parametrize(
+    ("suffix", "compress", "message"),
+    [
+        (".zip", None, "a zip archive, not CSV text; unzip it first"),
+        (".gz", gzip.compress, "gzip-compressed, not CSV text; gunzip it first"),
+        (".bz2", bz2.compress, "bzip2-compressed, not CSV text; bunzip2 it first"),
+        (".xz", lzma.compress, "xz-compressed, not CSV text; unxz it first"),
+    ],
+)
+def test_compressed_csv_is_named_as_such(tmp_path: Path, suffix, compress, message) -> None:
+    csv = tmp_path / "train.csv"
+    write_kaggle_csv(csv, *random_digits(2))
+    path = tmp_path / f"train.csv{suffix}"
+    if compress is None:  # as Kaggle's download comes
+        with zipfile.ZipFile(path, "w") as archive:
+            archive.write(csv, "train.csv")
+    else:
+        path.write_bytes(compress(csv.read_bytes()))
+    assert read_error(path) == f"{path}: {message} and pass the CSV"
+    with pytest.raises(DataError, match=message):
+        resolve_data_source(path)  # the streaming reader's scan, too
 
 
 def test_missing_file_and_directory(tmp_path: Path) -> None:

@@ -12,7 +12,8 @@ path accepts nothing it rejects, so both always agree (a test fuzzes this).
 Accepted: a UTF-8 byte-order mark at the start; ``\\n``, ``\\r\\n`` or ``\\r`` line endings; one
 final line ending or none; leading zeros (``007``); ``-0``, read as 0 (a negative sign on any
 other value is "out of range"). Rejected: whitespace around a value, quotes, ``+`` signs,
-decimals, empty cells, blank lines (a blank line at the end too), any other header.
+decimals, empty cells, blank lines (a blank line at the end too), any other header, and
+compressed files (zip, gzip, bzip2, xz, zstd), which the error names as such.
 """
 
 from __future__ import annotations
@@ -48,6 +49,14 @@ _PIXEL = rb"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 _VALID_ROW = {
     LABELLED_COLUMNS: re.compile(rb"[0-9]," + rb"(?:" + _PIXEL + rb",){783}" + _PIXEL),
     PIXEL_COLUMNS: re.compile(rb"(?:" + _PIXEL + rb",){783}" + _PIXEL),
+}
+# What a CSV that arrives compressed starts with: a clear error instead of "line 1: not UTF-8".
+_COMPRESSED = {
+    b"PK\x03\x04": ("a zip archive", "unzip"),
+    b"\x1f\x8b": ("gzip-compressed", "gunzip"),
+    b"BZh": ("bzip2-compressed", "bunzip2"),
+    b"\xfd7zXZ\x00": ("xz-compressed", "unxz"),
+    b"\x28\xb5\x2f\xfd": ("zstd-compressed", "unzstd"),
 }
 _SHOWN_CHARS = 24  # a cell of binary junk can be megabytes long
 
@@ -156,15 +165,22 @@ def _read_bytes(path: Path) -> bytes:
 
 
 def _open_binary(path: Path) -> BinaryIO:
-    """``path`` opened for reading bytes; a missing or unreadable file is a ``DataError``."""
+    """``path`` opened for reading bytes; a missing or unreadable file, or an archive (Kaggle's
+    downloads come zipped), is a ``DataError``."""
     try:
-        return path.open("rb")
+        file = path.open("rb")
+        start = file.peek(max(map(len, _COMPRESSED)))
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except IsADirectoryError:
         raise DataError(f"{path}: is a directory, expected a CSV file") from None
     except OSError as error:
         raise DataError(f"{path}: cannot read ({error.strerror})") from None
+    for magic, (kind, how) in _COMPRESSED.items():
+        if start.startswith(magic):
+            file.close()
+            raise DataError(f"{path}: {kind}, not CSV text; {how} it first and pass the CSV")
+    return file
 
 
 def _split_header(
