@@ -38,6 +38,19 @@ def test_run_trains_predicts_and_writes_a_run_directory(tmp_path, small_csvs):
     assert invoke("predict", run_dir, small_csvs["test"], "--out", again, "--tta").exit_code == 0
     assert again.read_bytes() == (run_dir / "submission.csv").read_bytes()
 
+    # The same command again would train over the run: refused; --resume continues it (here it
+    # had finished: nothing left to train) and writes the same submission.
+    submission = (run_dir / "submission.csv").read_bytes()
+    again_args = ("run", "--train", small_csvs["train"], "--test", small_csvs["test"], "--out",
+                  run_dir, *SMALL_RECIPE)  # fmt: skip
+    refused = invoke(*again_args)
+    assert refused.exit_code == 1
+    assert f"{run_dir} already holds a training run (checkpoint.pt)" in refused.output
+    assert (run_dir / "submission.csv").read_bytes() == submission
+    resumed = invoke(*again_args, "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    assert (run_dir / "submission.csv").read_bytes() == submission
+
     plain_dir = tmp_path / "plain"
     result = invoke("run", "--train", small_csvs["train"], "--test", small_csvs["test"],
                     "--out", plain_dir, *SMALL_RECIPE, "--epochs", "1", "--no-tta")  # fmt: skip

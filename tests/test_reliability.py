@@ -37,26 +37,31 @@ FLAGS = ["--epochs", "3", "--lr", "0.02", "--batch-size", "64", "--valid-size", 
          "--seed", "0"]  # fmt: skip
 DIGITS = [sys.executable, "-c", "from digit_recognizer.cli import app; app()"]
 # `digits` that SIGKILLs its own process at the n-th call of torch.save (after writing half of
-# the file: a checkpoint being written) or of Tensor.backward (mid-epoch, mid-step). A kill at
-# the exact moment chosen, where a timer in the test could only hope to hit it.
+# the file: a checkpoint being written) or of Tensor.backward (mid-epoch, mid-step), or sends
+# itself Ctrl-C's SIGINT there ("ctrl-c:N"). A signal at the exact moment chosen, where a timer in
+# the test could only hope to hit it.
 DYING_DIGITS = [sys.executable, "-c", """
 import os, signal, sys, torch
 from digit_recognizer.cli import app
 where, n = sys.argv.pop(1).split(":")
 calls = []
-def dying(function, half_written=False):
+def dying(function, half_written=False, how=signal.SIGKILL):
     def wrapper(*args, **kwargs):
         calls.append(None)
         if len(calls) == int(n) and not half_written:
-            os.kill(os.getpid(), signal.SIGKILL)
+            os.kill(os.getpid(), how)
         result = function(*args, **kwargs)
-        if len(calls) == int(n):
+        if len(calls) == int(n) and half_written:
             os.truncate(args[1], os.path.getsize(args[1]) // 2)
             os.kill(os.getpid(), signal.SIGKILL)
         return result
     return wrapper
 if where == "save":
     torch.save = dying(torch.save, half_written=True)
+elif where == "ctrl-c":
+    # As in a terminal: a test runner started in the background passes SIGINT on ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    torch.Tensor.backward = dying(torch.Tensor.backward, how=signal.SIGINT)
 else:
     torch.Tensor.backward = dying(torch.Tensor.backward)
 app()
@@ -64,7 +69,7 @@ app()
 runner = CliRunner()
 
 
-# --- (a) SIGKILL at random points, resume, same result --------------------------------------------
+# --- (a) SIGKILL at random points, resume, same result; Ctrl-C -----------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -123,6 +128,26 @@ def test_sigkill_mid_checkpoint_and_mid_epoch_then_resume_gives_the_same_run(
     weights, _ = load_net(run_dir)
     for key, value in straight.model.state_dict().items():
         torch.testing.assert_close(weights.state_dict()[key], value, rtol=0, atol=0)
+
+
+def test_ctrl_c_says_how_to_resume_and_the_run_is_not_overwritten(
+    tmp_path: Path, train_csv: Path
+) -> None:
+    run_dir = tmp_path / "stopped"
+    flags = ["train", "--train", str(train_csv), "--out", str(run_dir), *FLAGS]
+    steps_per_epoch = int(N_ROWS * 0.9) // 64
+    stopped = subprocess.run([*DYING_DIGITS, f"ctrl-c:{steps_per_epoch + 3}", *flags],
+                             capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert stopped.returncode == 130
+    said = " ".join(stopped.stderr.split())  # rich wraps lines
+    assert f"interrupted: the same command with --resume continues {run_dir}" in said
+    assert "Traceback" not in said
+    assert load_checkpoint(run_dir, torch.device("cpu"))["epoch"] == 1
+    again = subprocess.run([*DIGITS, *flags], capture_output=True, text=True, timeout=120)
+    assert again.returncode == 1 and "already holds a training run" in again.stderr
+    assert load_checkpoint(run_dir, torch.device("cpu"))["epoch"] == 1  # epoch 1 kept
+    subprocess.run([*DIGITS, *flags, "--resume"], stderr=subprocess.DEVNULL, check=True)
+    assert len(history_rows(run_dir)) == 3
 
 
 # --- (b) and (d): corrupt or tampered model files, through the CLI --------------------------------

@@ -51,6 +51,9 @@ def handles_errors(command: F) -> F:
         except DigitsError as error:
             err_console.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            err_console.print("interrupted")
+            raise typer.Exit(130) from None  # a shell's code for a command stopped by Ctrl-C
 
     return wrapper  # type: ignore[return-value]
 
@@ -116,6 +119,13 @@ Preset = Annotated[
         "--seed + n). Flags and --config override the preset, in every member."
     ),
 ]
+Resume = Annotated[
+    bool,
+    typer.Option(
+        help="Continue --out's interrupted run (each member of an ensemble) from its "
+        "last checkpoint."
+    ),
+]
 Compile = Annotated[bool | None, typer.Option("--compile", help="torch.compile (for GPUs).")]
 Tta = Annotated[bool, typer.Option("--tta", help="Average predictions over shifted views.")]
 AsIs = Annotated[
@@ -134,6 +144,19 @@ PresetTta = Annotated[
 ]
 
 
+def resumed_config(resume: bool, out: Path | None, config: Path | None) -> Path | None:
+    """The TOML a run starts from: with --resume, the run's own settings unless --config says."""
+    from digit_recognizer.train import CONFIG_FILE
+
+    if not resume:
+        return config
+    if out is None:
+        raise typer.BadParameter("--resume needs --out RUN_DIR")
+    if config is None and (out / CONFIG_FILE).exists():
+        return out / CONFIG_FILE
+    return config
+
+
 def train_overrides(**flags: Any) -> dict[str, Any]:
     """CLI flag names -> TrainConfig keys (time_budget -> time_budget_s)."""
     flags["time_budget_s"] = flags.pop("time_budget", None)
@@ -146,6 +169,7 @@ def run(
     train: Annotated[Path | None, typer.Option(help="Kaggle train.csv (default: replica).")] = None,
     test: Annotated[Path | None, typer.Option(help="Kaggle test.csv to predict.")] = None,
     out: RunDir = None,
+    resume: Resume = False,
     replica_seed: Annotated[int, typer.Option(help="Seed of the replica split.")] = 0,
     preset: Preset = "default",
     config: ConfigFile = None, model: Model = None, epochs: Epochs = None,
@@ -159,11 +183,12 @@ def run(
     from digit_recognizer.pipeline import get_preset, run_job
     from digit_recognizer.predict import TTA_SHIFTS, PredictConfig
 
+    config = resumed_config(resume, out, config)
     overrides = train_overrides(model=model, epochs=epochs, time_budget=time_budget,
         batch_size=batch_size, optimizer=optimizer, lr=lr, schedule=schedule, augment=augment,
         elastic=elastic, stroke=stroke,
         valid_size=valid_size, patience=patience, seed=seed, device=device,
-        compile=compile_model)  # fmt: skip
+        compile=compile_model, resume=resume or None)  # fmt: skip
     recipe = get_preset(preset)
     configs = recipe.configs(config, overrides)
     tta = recipe.tta if tta is None else tta
@@ -190,7 +215,7 @@ def run(
 def train_command(
     train: Annotated[Path, typer.Option(help="Labelled CSV (Kaggle train.csv format).")],
     out: RunDir = None,
-    resume: Annotated[bool, typer.Option(help="Continue from --out's last checkpoint.")] = False,
+    resume: Resume = False,
     preset: Preset = "default",
     nproc: Annotated[int, typer.Option(help="Processes (DDP through torchrun).")] = 1,
     config: ConfigFile = None, model: Model = None, epochs: Epochs = None,
@@ -209,12 +234,8 @@ def train_command(
         launch_distributed,
         train_jobs,
     )
-    from digit_recognizer.train import CONFIG_FILE
 
-    if resume and out is None:
-        raise typer.BadParameter("--resume needs --out RUN_DIR")
-    if resume and config is None and (out / CONFIG_FILE).exists():
-        config = out / CONFIG_FILE  # resume with the run's own settings unless told otherwise
+    config = resumed_config(resume, out, config)
     overrides = train_overrides(model=model, epochs=epochs, time_budget=time_budget,
         batch_size=batch_size, optimizer=optimizer, lr=lr, schedule=schedule, augment=augment,
         elastic=elastic, stroke=stroke,

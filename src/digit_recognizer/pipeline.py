@@ -42,7 +42,7 @@ from digit_recognizer.fileio import locked_dir, write_text
 from digit_recognizer.models.storage import write_ensemble
 from digit_recognizer.predict import PredictConfig, Predictor, predict_csv
 from digit_recognizer.report import write_run_report
-from digit_recognizer.train import CONFIG_FILE, TrainConfig, TrainResult, train
+from digit_recognizer.train import CHECKPOINT_FILE, CONFIG_FILE, TrainConfig, TrainResult, train
 
 log = logging.getLogger(__name__)
 
@@ -208,12 +208,23 @@ def train_job(
 ) -> TrainJobResult:
     """Train on labelled data (CSV, shard directory or glob) and write the whole run directory,
     plots and metrics included."""
+    if not config.resume and (run_dir / CHECKPOINT_FILE).exists():
+        raise ConfigError(
+            f"{run_dir} already holds a training run ({CHECKPOINT_FILE}); continue it with "
+            "--resume, or train into another --out to start over"
+        )
     train_set, valid_set = training_data(config, train_csv)
     is_main_process = Distributed.from_env().is_main_process
     valid_metrics = None
     # One writer per run directory; under torchrun, rank 0 is that writer.
     with locked_dir(run_dir) if is_main_process else contextlib.nullcontext():
-        result = train(config, train_set, valid_set, run_dir, progress)
+        try:
+            result = train(config, train_set, valid_set, run_dir, progress)
+        except KeyboardInterrupt:
+            if is_main_process:
+                log.warning("interrupted: the same command with --resume continues %s from its "
+                            "last finished epoch", run_dir)  # fmt: skip
+            raise
         if is_main_process:
             valid_metrics = write_training_outputs(run_dir, result, valid_set, train_csv)
     return TrainJobResult(run_dir, result, valid_metrics)
