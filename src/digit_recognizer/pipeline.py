@@ -207,7 +207,8 @@ def train_job(
     config: TrainConfig, train_csv: Path, run_dir: Path, progress: Progress | None = None
 ) -> TrainJobResult:
     """Train on labelled data (CSV, shard directory or glob) and write the whole run directory,
-    plots and metrics included."""
+    plots and metrics included. A ``run_dir`` holding a checkpoint is continued with
+    ``config.resume`` and refused without it: a run is never trained over."""
     if not config.resume and (run_dir / CHECKPOINT_FILE).exists():
         raise ConfigError(
             f"{run_dir} already holds a training run ({CHECKPOINT_FILE}); continue it with "
