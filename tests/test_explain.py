@@ -1,14 +1,19 @@
 """Grad-CAM and saliency on the trained tiny run; `digits explain` through the CLI."""
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from typer.testing import CliRunner
 
 from digit_recognizer.cli import app
+from digit_recognizer.data.images import load_image
 from digit_recognizer.explain import explain_image, grad_cam, saliency
 from digit_recognizer.models.registry import build
 from digit_recognizer.models.storage import load_net
+from digit_recognizer.predict import Predictor
 
 runner = CliRunner()
 
@@ -63,3 +68,17 @@ def test_explain_command_writes_a_png(tiny_run, small_csvs, tmp_path):
                                 "1000"])  # fmt: skip
     assert wrong.exit_code == 1
     assert "has 1,000 rows; --index must be 0 to 999" in wrong.output
+
+
+def test_explain_an_image_file(tiny_run, small_test, tmp_path):
+    """A user's own digit: read as predict-image reads it, no --index."""
+    run_dir = shutil.copytree(tiny_run, tmp_path / "run")  # the PNG goes into the run
+    photo = tmp_path / "my digit.png"
+    Image.fromarray(255 - np.kron(small_test.images[3], np.ones((4, 4), np.uint8))).save(photo)
+    result = runner.invoke(app, ["explain", str(run_dir), str(photo)])
+    assert result.exit_code == 0, result.output
+    assert (run_dir / "explain-my digit.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    predicted = int(result.output.split("predicted ")[1].split()[0])
+    assert predicted == Predictor.load([run_dir]).predict(load_image(photo)[None])[0]
+    wrong = runner.invoke(app, ["explain", str(run_dir), str(photo), "--index", "0"])
+    assert wrong.exit_code == 1 and "--index picks a row of a CSV" in wrong.output

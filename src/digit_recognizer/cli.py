@@ -408,15 +408,17 @@ def report(
 @handles_errors
 def explain(
     run_dir: Annotated[Path, typer.Argument(help="A run directory.")],
-    csv: Annotated[Path, typer.Argument(help="A Kaggle CSV holding the image.")],
-    index: Annotated[int, typer.Option(help="Row of the image in CSV, 0-based.")],
-    out: Annotated[Path | None, typer.Option(help="PNG [default: RUN_DIR/explain-I.png].")] = None,
-) -> None:
+    source: Annotated[Path, typer.Argument(
+        help="A Kaggle CSV (with --index), or an image file (PNG, JPEG, ...).")],
+    index: Annotated[int | None, typer.Option(help="Row of the image in the CSV, 0-based.")] = None,
+    out: Annotated[Path | None, typer.Option(
+        help="PNG [default: RUN_DIR/explain-INDEX.png, or explain-NAME.png for an image].")] = None,
+) -> None:  # fmt: skip
     """Grad-CAM (or saliency) and probabilities for one image, as a PNG."""
     from digit_recognizer.explain import explain_run
 
-    out = out or run_dir / f"explain-{index}.png"
-    explanation = explain_run(run_dir, csv, index, out)
+    out = out or run_dir / f"explain-{source.stem if index is None else index}.png"
+    explanation = explain_run(run_dir, source, index, out)
     known = f", true {explanation.label}" if explanation.label is not None else ""
     confidence = f"{explanation.probas.max():.1%}{known}"
     console.print(f"predicted [bold]{explanation.predicted}[/bold] ({confidence}); "

@@ -25,6 +25,7 @@ from matplotlib.figure import Figure
 from numpy.typing import ArrayLike, NDArray
 from torch import nn
 
+from digit_recognizer.data.images import load_image
 from digit_recognizer.data.kaggle_csv import read_kaggle_csv
 from digit_recognizer.data.tensors import to_model_input
 from digit_recognizer.errors import DataError
@@ -191,15 +192,20 @@ def plot_explanation(explanation: Explanation, path: Path) -> None:
     save_figure(fig, path)
 
 
-def explain_run(run_dir: Path, csv_path: Path, index: int, out: Path) -> Explanation:
-    """Explain row ``index`` (0-based) of a Kaggle CSV with a run's net and write the PNG."""
-    data = read_kaggle_csv(csv_path)
-    if not 0 <= index < len(data):
-        raise DataError(
-            f"{csv_path}: has {len(data):,} rows; --index must be 0 to {len(data) - 1} (0-based)"
-        )
+def explain_run(run_dir: Path, source: Path, index: int | None, out: Path) -> Explanation:
+    """Explain an image with a run's net and write the PNG: row ``index`` (0-based) of a Kaggle
+    CSV, or an image file (``index`` None), preprocessed as MNIST was (data/images.py)."""
+    if source.suffix.lower() == ".csv":
+        data = read_kaggle_csv(source)
+        if index is None or not 0 <= index < len(data):
+            raise DataError(f"{source}: has {len(data):,} rows; --index must be 0 to "
+                            f"{len(data) - 1} (0-based)")  # fmt: skip
+        image, label = data.images[index], None if data.labels is None else int(data.labels[index])
+    elif index is not None:
+        raise DataError(f"{source}: --index picks a row of a CSV; an image file holds one digit")
+    else:
+        image, label = load_image(source), None
     model, _ = load_net(run_dir)
-    label = int(data.labels[index]) if data.labels is not None else None
-    explanation = explain_image(model, data.images[index], label)
+    explanation = explain_image(model, image, label)
     plot_explanation(explanation, out)
     return explanation
