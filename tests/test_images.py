@@ -111,6 +111,18 @@ def test_scans_deeper_than_8_bits(scale: float, dtype: type, image_format: str) 
     np.testing.assert_allclose(load_image(encode(deep, image_format)), reference, atol=1)
 
 
+def test_a_shadow_across_the_paper_is_not_ink() -> None:
+    # A phone photo's light falls off across the page: paper from 240 to 140, ink 40.
+    even = load_image(encode(drawing(ink=(40, 40, 40), paper=(240, 240, 240))))
+    page = np.asarray(drawing(ink=(0, 0, 0), paper=(255, 255, 255)).convert("L"), np.float32)
+    light = np.linspace(240, 140, page.shape[1])[None, :]
+    shaded = np.where(page < 128, 40, light).astype(np.uint8)
+    digit = load_image(encode(Image.fromarray(shaded)))
+    columns = np.flatnonzero(digit.max(axis=0) > 64)
+    assert len(columns) <= 8  # a thin stroke, as on even paper, not the shaded half of the page
+    assert np.corrcoef(digit.ravel(), even.ravel())[0, 1] > 0.9
+
+
 def test_mnist_digits_survive_the_round_trip(small_test: DigitSet) -> None:
     """An MNIST digit, enlarged and printed black on white, comes back as itself (give or take
     a pixel of shift where MNIST rounded its centre of mass the other way)."""

@@ -32,6 +32,12 @@ CENTRE = 14
 # 0.25 keeps faint pen strokes and drops paper texture and JPEG ringing in photos.
 INK_THRESHOLD = 0.25
 MIN_CONTRAST = 32  # grey levels between background and darkest ink; below it the image is blank
+# Paper whose border spans more grey levels than that (10th to 90th percentile) is unevenly lit,
+# and its level is taken cell by cell on a grid this many cells a side (_flatten_lighting); in
+# photos and scans only: in a small image (a 28 x 28 digit that fills its frame) a border that
+# varies is ink.
+LIGHTING_GRID = 4
+MIN_PHOTO_SIDE = 64
 # How far MNIST's own layout goes: across all 70,000 images the ink's bounding box is 20 pixels
 # on its long side (19 for 16 of them) and the centre of mass within 0.52 px of (14, 14).
 MNIST_BOX_SIDES = (19, 20)
@@ -133,6 +139,9 @@ def to_mnist(grey: NDArray[np.uint8], name: str = "image") -> NDArray[np.uint8]:
     background = float(np.median(border))
     if background > 127:
         pixels, background = 255 - pixels, 255 - background
+    shaded = np.subtract(*np.percentile(border, [90, 10])) > MIN_CONTRAST
+    if shaded and min(pixels.shape) >= MIN_PHOTO_SIDE:
+        pixels, background = _flatten_lighting(pixels), 0.0
     contrast = float(pixels.max()) - background
     if contrast < MIN_CONTRAST:
         raise DataError(f"{name}: no digit found (the image is blank or has too little contrast)")
@@ -144,6 +153,19 @@ def to_mnist(grey: NDArray[np.uint8], name: str = "image") -> NDArray[np.uint8]:
     resized = Image.fromarray(crop * 255).resize((width, height), Image.Resampling.LANCZOS)
     digit = np.clip(np.asarray(resized), 0, 255)
     return _centre_by_mass(digit)
+
+
+def _flatten_lighting(pixels: NDArray[np.float32]) -> NDArray[np.float32]:
+    """Ink-bright pixels less the paper's own level where it varies (a shadow across a photo,
+    light falling off), taken on a coarse grid and interpolated between its cells. Cells are a
+    quarter of the image a side, wider than a pen stroke, so paper is most of each: its 30th
+    percentile is paper, nearer the cell's middle level than its darkest pixel would be."""
+    rows = np.array_split(pixels, LIGHTING_GRID, axis=0)
+    cells = [np.array_split(row, LIGHTING_GRID, axis=1) for row in rows]
+    paper = np.array([[np.percentile(cell, 30) for cell in row] for row in cells], np.float32)
+    height, width = pixels.shape
+    paper = np.asarray(Image.fromarray(paper).resize((width, height), Image.Resampling.BILINEAR))
+    return np.clip(pixels - paper, 0, None)
 
 
 def _centre_by_mass(digit: NDArray[np.float32]) -> NDArray[np.uint8]:
