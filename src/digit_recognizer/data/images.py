@@ -130,9 +130,10 @@ def _deep_to_grey(values: NDArray[np.generic], mode: str) -> NDArray[np.uint8]:
 def to_mnist(grey: NDArray[np.uint8], name: str = "image") -> NDArray[np.uint8]:
     """MNIST-style digit uint8 (28, 28), white ink on black, from a greyscale image (H, W).
 
-    Inverts when the background (the median of the border pixels) is light, stretches contrast
-    so the background is 0 and the darkest ink 255, crops to the ink, fits it into 20 x 20
-    keeping the aspect ratio (Lanczos, anti-aliased) and centres it by centre of mass.
+    Inverts when the background (the median of the border pixels) is light, levels a photo's
+    uneven lighting (_flatten_lighting), stretches contrast so the background is 0 and the
+    darkest ink 255, crops to the ink, fits it into 20 x 20 keeping the aspect ratio (Lanczos,
+    anti-aliased) and centres it by centre of mass.
     """
     pixels = grey.astype(np.float32)
     border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
