@@ -9,11 +9,14 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from digit_recognizer.cli import app
-from digit_recognizer.data.images import load_image
-from digit_recognizer.explain import explain_image, grad_cam, saliency
+from digit_recognizer.data.images import conform_to_mnist, load_image
+from digit_recognizer.data.kaggle_csv import write_kaggle_csv
+from digit_recognizer.explain import explain_image, explain_run, grad_cam, saliency
 from digit_recognizer.models.registry import build
 from digit_recognizer.models.storage import load_net
 from digit_recognizer.predict import Predictor
+
+from .test_images import frame_filling
 
 runner = CliRunner()
 
@@ -82,3 +85,19 @@ def test_explain_an_image_file(tiny_run, small_test, tmp_path):
     assert predicted == Predictor.load([run_dir]).predict(load_image(photo)[None])[0]
     wrong = runner.invoke(app, ["explain", str(run_dir), str(photo), "--index", "0"])
     assert wrong.exit_code == 1 and "--index picks a row of a CSV" in wrong.output
+
+
+def test_explain_sees_a_csv_row_as_predict_does(tiny_run, small_test, tmp_path):
+    """A row from another collection's layout is explained conformed, as `digits predict` reads
+    it, unless --as-is."""
+    foreign = np.stack([frame_filling(image) for image in small_test.images[:3]])
+    foreign_csv = tmp_path / "foreign.csv"
+    write_kaggle_csv(foreign_csv, foreign)
+    conformed = explain_run(tiny_run, foreign_csv, 2, tmp_path / "a.png")
+    np.testing.assert_array_equal(conformed.image, conform_to_mnist(foreign)[0][2])
+    as_is = explain_run(tiny_run, foreign_csv, 2, tmp_path / "b.png", conform=False)
+    np.testing.assert_array_equal(as_is.image, foreign[2])
+    result = runner.invoke(app, ["explain", str(tiny_run), str(foreign_csv), "--index", "2",
+                                 "--as-is", "--out", str(tmp_path / "c.png")])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert f"predicted {as_is.predicted} " in result.output

@@ -132,7 +132,7 @@ AsIs = Annotated[
     bool,
     typer.Option(
         "--as-is",
-        help="Predict every row as it is; by default digits not laid out as MNIST's (20 x 20 "
+        help="Take CSV rows as they are; by default digits not laid out as MNIST's (20 x 20 "
         "pixels, centred by mass: other collections) are first redone as MNIST made its own.",
     ),
 ]
@@ -413,12 +413,13 @@ def explain(
     index: Annotated[int | None, typer.Option(help="Row of the image in the CSV, 0-based.")] = None,
     out: Annotated[Path | None, typer.Option(
         help="PNG [default: RUN_DIR/explain-INDEX.png, or explain-NAME.png for an image].")] = None,
+    as_is: AsIs = False,
 ) -> None:  # fmt: skip
     """Grad-CAM (or saliency) and probabilities for one image, as a PNG."""
     from digit_recognizer.explain import explain_run
 
     out = out or run_dir / f"explain-{source.stem if index is None else index}.png"
-    explanation = explain_run(run_dir, source, index, out)
+    explanation = explain_run(run_dir, source, index, out, conform=not as_is)
     known = f", true {explanation.label}" if explanation.label is not None else ""
     confidence = f"{explanation.probas.max():.1%}{known}"
     console.print(f"predicted [bold]{explanation.predicted}[/bold] ({confidence}); "

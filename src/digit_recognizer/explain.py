@@ -25,7 +25,7 @@ from matplotlib.figure import Figure
 from numpy.typing import ArrayLike, NDArray
 from torch import nn
 
-from digit_recognizer.data.images import load_image
+from digit_recognizer.data.images import conform_to_mnist, load_image
 from digit_recognizer.data.kaggle_csv import read_kaggle_csv
 from digit_recognizer.data.tensors import to_model_input
 from digit_recognizer.errors import DataError
@@ -192,15 +192,23 @@ def plot_explanation(explanation: Explanation, path: Path) -> None:
     save_figure(fig, path)
 
 
-def explain_run(run_dir: Path, source: Path, index: int | None, out: Path) -> Explanation:
+def explain_run(
+    run_dir: Path, source: Path, index: int | None, out: Path, conform: bool = True
+) -> Explanation:
     """Explain an image with a run's net and write the PNG: row ``index`` (0-based) of a Kaggle
-    CSV, or an image file (``index`` None), preprocessed as MNIST was (data/images.py)."""
+    CSV, or an image file (``index`` None), preprocessed as MNIST was (data/images.py).
+
+    A CSV row is seen as ``digits predict`` sees it: conformed to MNIST's layout if it is not
+    in it (``conform``), so the explanation is of the prediction that command makes.
+    """
     if source.suffix.lower() == ".csv":
         data = read_kaggle_csv(source)
         if index is None or not 0 <= index < len(data):
             raise DataError(f"{source}: has {len(data):,} rows; --index must be 0 to "
                             f"{len(data) - 1} (0-based)")  # fmt: skip
         image, label = data.images[index], None if data.labels is None else int(data.labels[index])
+        if conform:
+            image = conform_to_mnist(image[None])[0][0]
     elif index is not None:
         raise DataError(f"{source}: --index picks a row of a CSV; an image file holds one digit")
     else:
