@@ -169,7 +169,11 @@ def _open_binary(path: Path) -> BinaryIO:
     downloads come zipped), is a ``DataError``."""
     try:
         file = path.open("rb")
-        start = file.peek(max(map(len, _COMPRESSED)))
+        try:
+            start = file.peek(max(map(len, _COMPRESSED)))
+        except OSError:
+            file.close()
+            raise
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except IsADirectoryError:
