@@ -38,6 +38,25 @@ def test_ensemble_directory_predicts_the_members_average(tmp_path, small_csvs, s
     assert not np.allclose(members[0], members[1])  # different seeds, different models
 
 
+def test_resumed_ensemble_keeps_finished_members_and_trains_unstarted_ones(
+    tmp_path, small_csvs, small_test, caplog
+):
+    """Interrupted after member 1: --resume re-reads it and trains member 2, without warning
+    that member 2 had nothing to resume (an --out with no ensemble at all still warns)."""
+    configs = [TrainConfig(**TINY_RECIPE | {"seed": seed, "resume": True}) for seed in (1, 2)]
+    with caplog.at_level("INFO"):
+        first = train_jobs(configs[:1], small_csvs["train"], tmp_path / "member-1")
+    assert "no checkpoint" in caplog.text  # nothing at all to resume: said
+    images = small_test.images[:100]
+    finished = Predictor.load([first[0].run_dir]).predict_proba(images)
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        jobs = train_jobs(configs, small_csvs["train"], tmp_path)
+    assert "member 2 had not started" in caplog.text and "no checkpoint" not in caplog.text
+    np.testing.assert_array_equal(Predictor.load([jobs[0].run_dir]).predict_proba(images), finished)
+    assert (jobs[1].run_dir / "model.safetensors").is_file()
+
+
 def test_presets_and_argument_errors(tmp_path, small_csvs):
     assert get_preset("fast").overrides["model"] == "cnn-tiny"
     assert get_preset("default").overrides["model"] == "auto"

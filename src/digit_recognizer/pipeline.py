@@ -278,7 +278,13 @@ def train_jobs(
     jobs = []
     for number, config in enumerate(configs, start=1):
         log.info("ensemble member %d of %d (seed %d)", number, len(configs), config.seed)
-        jobs.append(train_job(config, train_csv, run_dir / f"member-{number}", progress))
+        member_dir = run_dir / f"member-{number}"
+        if config.resume and number > 1 and not (member_dir / CHECKPOINT_FILE).exists():
+            # Expected when the interruption came before it: no "nothing to resume" warning,
+            # which member 1 still gives for an --out that holds no ensemble at all.
+            log.info("member %d had not started; training it", number)
+            config = replace(config, resume=False)
+        jobs.append(train_job(config, train_csv, member_dir, progress))
     write_ensemble(run_dir, [job.run_dir for job in jobs])
     write_metrics(run_dir, {
         "train_csv": str(train_csv),
