@@ -12,6 +12,9 @@ Two kinds of test, each printed as accuracy and error count:
   3 x 3 erosion), blurred (3 x 3 box) and faint (ink at 40 %). The stroke changes are the
   transform that ``--stroke`` augments with, so a model trained with it sees them coming; the
   UCI digits are the independent check.
+- The replica's test images with dust on the scan (three 2 x 2 specks each, at random places),
+  predicted as they are and conformed as `digits predict` does; conforming drops the specks
+  that would otherwise stretch the crop (``data.images._without_specks``).
 
     .venv/bin/python benchmarks/beyond_mnist.py runs/cnn                # trained by `digits run`
     .venv/bin/python benchmarks/beyond_mnist.py runs/a runs/b --tta --replica-seed 4242
@@ -68,6 +71,16 @@ def scanner_variants(images: NDArray[np.uint8]) -> dict[str, NDArray[np.uint8]]:
     return {name: to_uint8_images(variant) for name, variant in variants.items()}
 
 
+def dusty(images: NDArray[np.uint8], specks: int = 3, seed: int = 0) -> NDArray[np.uint8]:
+    """``images`` with ``specks`` 2 x 2 specks of full ink each, at random places."""
+    rng = np.random.default_rng(seed)
+    dirty = images.copy()
+    rows, columns = rng.integers(0, 27, size=(2, len(images), specks))
+    for offset in np.ndindex(2, 2):
+        dirty[np.arange(len(images))[:, None], rows + offset[0], columns + offset[1]] = 255
+    return dirty
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path, help="run directories (an ensemble)")
@@ -98,6 +111,9 @@ def main() -> None:
     solution = read_submission(files.solution)
     for name, images in scanner_variants(test).items():
         score(f"replica test: {name}", images, solution)
+    dirty = dusty(test)
+    score("replica test: dust specks, as-is", dirty, solution)
+    score("replica test: dust specks, conformed", conform_to_mnist(dirty)[0], solution)
 
     print(f"\n{'test set':<48} {'images':>7} {'accuracy':>9} {'errors':>7}")
     for name, n_images, accuracy, errors in rows:

@@ -123,6 +123,34 @@ def test_a_shadow_across_the_paper_is_not_ink() -> None:
     assert np.corrcoef(digit.ravel(), even.ravel())[0, 1] > 0.9
 
 
+def test_dust_on_the_scan_is_not_part_of_the_digit() -> None:
+    """Specks far from the digit would stretch the crop to them and shrink the digit; a stroke
+    of the digit's own, however detached, stays."""
+    clean = load_image(encode(drawing()))
+    dusty = drawing()
+    pen = ImageDraw.Draw(dusty)
+    for x, y in ((20, 20), (270, 30), (40, 370), (280, 380)):
+        pen.ellipse((x, y, x + 8, y + 8), fill="black")
+    np.testing.assert_allclose(load_image(encode(dusty)), clean, atol=2)
+    # A "7"'s crossbar drawn apart from its stem is a third of its ink: kept, and the crop
+    # widens to it.
+    seven = drawing(line=(150, 60, 150, 340))
+    ImageDraw.Draw(seven).line((100, 200, 200, 200), fill="black", width=24)
+    crossbar = np.flatnonzero(load_image(encode(seven)).max(axis=0) > 64)
+    assert len(crossbar) >= 6
+
+
+def test_specks_in_a_csv_row_are_dropped_when_it_is_conformed(small_test: DigitSet) -> None:
+    originals = small_test.images[:40]
+    dusty = originals.copy()
+    dusty[:, 1:3, 1:3] = dusty[:, 25:27, 24:26] = 255  # two 2 x 2 specks in the corners
+    conformed, n_redone = conform_to_mnist(dusty)
+    assert n_redone == len(dusty)  # the specks took them out of MNIST's layout
+    pairs = zip(conformed, originals, strict=True)
+    correlations = [np.corrcoef(a.ravel(), b.ravel())[0, 1] for a, b in pairs]
+    assert min(correlations) > 0.9
+
+
 def test_mnist_digits_survive_the_round_trip(small_test: DigitSet) -> None:
     """An MNIST digit, enlarged and printed black on white, comes back as itself (give or take
     a pixel of shift where MNIST rounded its centre of mass the other way)."""

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 from PIL import Image, ImageOps, UnidentifiedImageError
+from scipy import ndimage
 
 from digit_recognizer.errors import DataError
 
@@ -31,6 +32,14 @@ CENTRE = 14
 # Ink is what stands out from the background by more than this fraction of the contrast range;
 # 0.25 keeps faint pen strokes and drops paper texture and JPEG ringing in photos.
 INK_THRESHOLD = 0.25
+# Specks (dust, scanner noise) are dropped before the crop (_without_specks): blobs of ink with
+# under 5 % of the largest blob's mass anywhere, or under 15 % of it more than 0.2 of that blob's
+# long side away from it. On 4,000 replica test digits, all forced through to_mnist, errors:
+# clean 9 -> 9, three 2 x 2 specks 40 -> 17, 2 % salt noise 161 -> 18, Gaussian noise (sigma 40)
+# 87 -> 15; the UCI digits read as images 44 -> 44 (15 %: a 6 broken in two kept whole).
+SPECK_FRACTION = 0.05
+STRAY_FRACTION = 0.15
+STRAY_MARGIN = 0.2
 MIN_CONTRAST = 32  # grey levels between background and darkest ink; below it the image is blank
 # Paper whose border spans more grey levels than that (10th to 90th percentile) is unevenly lit,
 # and its level is taken cell by cell on a grid this many cells a side (_flatten_lighting); in
@@ -132,8 +141,8 @@ def to_mnist(grey: NDArray[np.uint8], name: str = "image") -> NDArray[np.uint8]:
 
     Inverts when the background (the median of the border pixels) is light, levels a photo's
     uneven lighting (_flatten_lighting), stretches contrast so the background is 0 and the
-    darkest ink 255, crops to the ink, fits it into 20 x 20 keeping the aspect ratio (Lanczos,
-    anti-aliased) and centres it by centre of mass.
+    darkest ink 255, drops specks (_without_specks), crops to the ink, fits it into 20 x 20
+    keeping the aspect ratio (Lanczos, anti-aliased) and centres it by centre of mass.
     """
     pixels = grey.astype(np.float32)
     border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
@@ -147,7 +156,7 @@ def to_mnist(grey: NDArray[np.uint8], name: str = "image") -> NDArray[np.uint8]:
     contrast = float(pixels.max()) - background
     if contrast < MIN_CONTRAST:
         raise DataError(f"{name}: no digit found (the image is blank or has too little contrast)")
-    ink = np.clip((pixels - background) / contrast, 0, 1)
+    ink = _without_specks(np.clip((pixels - background) / contrast, 0, 1))
     rows, columns = np.nonzero(ink > INK_THRESHOLD)
     crop = ink[rows.min() : rows.max() + 1, columns.min() : columns.max() + 1]
     scale = BOX / max(crop.shape)
@@ -155,6 +164,27 @@ def to_mnist(grey: NDArray[np.uint8], name: str = "image") -> NDArray[np.uint8]:
     resized = Image.fromarray(crop * 255).resize((width, height), Image.Resampling.LANCZOS)
     digit = np.clip(np.asarray(resized), 0, 255)
     return _centre_by_mass(digit)
+
+
+def _without_specks(ink: NDArray[np.float32]) -> NDArray[np.float32]:
+    """``ink`` less its specks (dust, a scanner's noise), which would otherwise stretch the crop
+    and shrink the digit. A speck is a blob of ink with under SPECK_FRACTION of the largest
+    blob's mass, or under STRAY_FRACTION of it and further from that blob than STRAY_MARGIN of
+    its long side: a digit's own detached strokes are large or close to its body."""
+    blobs, n_blobs = ndimage.label(ink > INK_THRESHOLD, structure=np.ones((3, 3)))
+    if n_blobs < 2:
+        return ink
+    masses = np.bincount(blobs.ravel(), weights=ink.ravel())[1:]
+    share = masses / masses.max()
+    is_speck = share < SPECK_FRACTION
+    if ((share < STRAY_FRACTION) & ~is_speck).any():  # blobs whose distance decides (rare)
+        body = int(share.argmax()) + 1
+        long_side = max(side.stop - side.start for side in ndimage.find_objects(blobs)[body - 1])
+        distance_to_body = ndimage.distance_transform_edt(blobs != body)
+        nearest = np.full(n_blobs + 1, np.inf)
+        np.minimum.at(nearest, blobs[blobs > 0], distance_to_body[blobs > 0])
+        is_speck |= (share < STRAY_FRACTION) & (nearest[1:] > STRAY_MARGIN * long_side)
+    return np.where(np.concatenate([[False], is_speck])[blobs], 0, ink)
 
 
 def _flatten_lighting(pixels: NDArray[np.float32]) -> NDArray[np.float32]:
