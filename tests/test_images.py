@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
+from digit_recognizer.data import images
 from digit_recognizer.data.images import (
     MAX_IMAGE_PIXELS,
     conform_to_mnist,
@@ -138,6 +139,43 @@ def test_dust_on_the_scan_is_not_part_of_the_digit() -> None:
     ImageDraw.Draw(seven).line((100, 200, 200, 200), fill="black", width=24)
     crossbar = np.flatnonzero(load_image(encode(seven)).max(axis=0) > 64)
     assert len(crossbar) >= 6
+
+
+def test_a_forms_box_and_ruled_lines_are_not_part_of_the_digit() -> None:
+    """A box around the digit (cropped at its lines, or inside the image), the line it was
+    written on and lines ruled across it would be cropped with it and shrink it."""
+    clean = load_image(encode(drawing()))
+
+    def with_lines(draw_lines) -> np.ndarray:
+        page = drawing()
+        draw_lines(ImageDraw.Draw(page))
+        return load_image(encode(page))
+
+    boxed = with_lines(lambda pen: pen.rectangle((0, 0, 299, 399), outline="black", width=5))
+    inset = with_lines(lambda pen: pen.rectangle((20, 20, 279, 379), outline="black", width=5))
+    underlined = with_lines(lambda pen: pen.line((10, 360, 290, 360), fill="black", width=6))
+    for digit in (boxed, inset, underlined):
+        np.testing.assert_allclose(digit, clean, atol=2)
+
+    def ruled(pen: ImageDraw.ImageDraw) -> None:
+        for y in range(30, 400, 60):
+            pen.line((0, y, 299, y), fill="black", width=3)
+
+    assert np.corrcoef(with_lines(ruled).ravel(), clean.ravel())[0, 1] > 0.9  # cut where crossed
+
+
+def test_digits_cropped_tight_keep_every_stroke(small_test: DigitSet, monkeypatch) -> None:
+    """A tight crop makes a 7's bar or a 4's stem span the image, as a line would: kept."""
+    tight = []
+    for image in small_test.images[:60]:
+        rows, columns = np.nonzero(image)
+        crop = image[rows.min() : rows.max() + 1, columns.min() : columns.max() + 1]
+        size = (crop.shape[1] * 5, crop.shape[0] * 5)
+        tight.append(np.asarray(Image.fromarray(255 - crop).resize(size, Image.Resampling.BICUBIC)))
+    with_line_step = [to_mnist(image) for image in tight]
+    monkeypatch.setattr(images, "_without_lines", lambda ink: ink)
+    for image, digit in zip(tight, with_line_step, strict=True):
+        np.testing.assert_array_equal(to_mnist(image), digit)
 
 
 def test_specks_in_a_csv_row_are_dropped_when_it_is_conformed(small_test: DigitSet) -> None:
