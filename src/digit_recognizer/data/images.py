@@ -32,17 +32,17 @@ CENTRE = 14
 # Ink is what stands out from the background by more than this fraction of the contrast range;
 # 0.25 keeps faint pen strokes and drops paper texture and JPEG ringing in photos.
 INK_THRESHOLD = 0.25
-# Specks (dust, scanner noise) are dropped before the crop (_without_specks): blobs of ink with
-# under 5 % of the largest blob's mass anywhere, or under 15 % of it more than 0.2 of that blob's
-# long side away from it. On 4,000 replica test digits, all forced through to_mnist, errors:
-# clean 9 -> 9, three 2 x 2 specks 40 -> 17, 2 % salt noise 161 -> 18, Gaussian noise (sigma 40)
-# 87 -> 15; the UCI digits read as images 44 -> 44 (15 %: a 6 broken in two kept whole).
 # Lines of a form or ruled paper (_without_lines), in photos and scans: see its docstring.
 LINE_FRACTION = 0.8
 LINE_OVERHANG = 0.1
 LINE_TILT = 0.025  # rows smeared by this fraction of the image: up to ~3 degrees of tilt
 LINE_WIDTH = 0.05  # a line is at most this fraction of the image thick
 LINE_REST = 0.1
+# Specks (dust, scanner noise) are dropped before the crop (_without_specks): blobs of ink with
+# under 5 % of the largest blob's mass anywhere, or under 15 % of it more than 0.2 of that blob's
+# long side away from it. On 4,000 replica test digits, all forced through to_mnist, errors:
+# clean 9 -> 9, three 2 x 2 specks 40 -> 17, 2 % salt noise 161 -> 18, Gaussian noise (sigma 40)
+# 87 -> 15; the UCI digits read as images 44 -> 44 (15 %: a 6 broken in two kept whole).
 SPECK_FRACTION = 0.05
 STRAY_FRACTION = 0.15
 STRAY_MARGIN = 0.2
@@ -193,8 +193,6 @@ def _without_lines(ink: NDArray[np.float32]) -> NDArray[np.float32]:
     a few edge pixels of a bar (under 2 % of their ink) and none changed its prediction.
     """
     mask = ink > INK_THRESHOLD
-    # Rows (columns) are smeared across by a few pixels first, so a line photographed at a
-    # slight tilt still runs along one of them.
     smear = max(1, round(LINE_TILT * min(mask.shape)))
     across_rows, across_columns = _line_runs(mask, smear), _line_runs(mask.T, smear)
     if not len(across_rows[0]) and not len(across_columns[0]):
@@ -214,13 +212,18 @@ def _without_lines(ink: NDArray[np.float32]) -> NDArray[np.float32]:
 Runs = tuple[NDArray[np.intp], NDArray[np.intp], NDArray[np.intp]]  # row, start, end (exclusive)
 
 
+def _runs(mask: NDArray[np.bool_]) -> Runs:
+    """Every run of ``mask`` along its rows."""
+    steps = np.diff(np.pad(mask, ((0, 0), (1, 1))).astype(np.int8), axis=1)
+    rows, starts = np.nonzero(steps == 1)
+    ends = np.nonzero(steps == -1)[1]  # one per start, in the same order
+    return rows, starts, ends
+
+
 def _line_runs(mask: NDArray[np.bool_], smear: int) -> Runs:
     """The runs along the rows of ``mask``, smeared across by ``smear`` pixels either way, at
     least LINE_FRACTION of a row long."""
-    smeared = ndimage.maximum_filter1d(mask.astype(np.uint8), 2 * smear + 1, axis=0)
-    steps = np.diff(np.pad(smeared, ((0, 0), (1, 1))).astype(np.int8), axis=1)
-    rows, starts = np.nonzero(steps == 1)
-    ends = np.nonzero(steps == -1)[1]  # one per start, in the same order
+    rows, starts, ends = _runs(ndimage.maximum_filter1d(mask, 2 * smear + 1, axis=0))
     is_long = ends - starts >= LINE_FRACTION * mask.shape[1]
     return rows[is_long], starts[is_long], ends[is_long]
 
@@ -247,9 +250,7 @@ def _painted(mask: NDArray[np.bool_], runs: Runs, smear: int) -> NDArray[np.bool
 
 def _thin(mask: NDArray[np.bool_]) -> NDArray[np.bool_]:
     """The pixels of ``mask`` in runs along its rows no longer than a line is thick."""
-    steps = np.diff(np.pad(mask, ((0, 0), (1, 1))).astype(np.int8), axis=1)
-    rows, starts = np.nonzero(steps == 1)
-    ends = np.nonzero(steps == -1)[1]
+    rows, starts, ends = _runs(mask)
     is_thin = ends - starts <= LINE_WIDTH * mask.shape[1] + 2
     return _painted(mask, (rows[is_thin], starts[is_thin], ends[is_thin]), smear=0)
 
