@@ -164,6 +164,52 @@ def test_a_forms_box_and_ruled_lines_are_not_part_of_the_digit() -> None:
     assert np.corrcoef(with_lines(ruled).ravel(), clean.ravel())[0, 1] > 0.9  # cut where crossed
 
 
+def test_lines_of_a_page_photographed_askew_are_removed_too() -> None:
+    """A hand-held photo turns the page: its lines run a few degrees off the rows, and ruled
+    lines run out of the image at its corners."""
+
+    def turned(draw_lines, expand: bool) -> np.ndarray:
+        page = drawing()
+        draw_lines(ImageDraw.Draw(page))
+        photo = page.rotate(7, Image.Resampling.BILINEAR, expand=expand, fillcolor="white")
+        return load_image(encode(photo))
+
+    def ruled(pen: ImageDraw.ImageDraw) -> None:
+        for y in range(30, 400, 60):
+            pen.line((0, y, 299, y), fill="black", width=3)
+
+    def boxed(pen: ImageDraw.ImageDraw) -> None:
+        pen.rectangle((10, 10, 289, 389), outline="black", width=8)
+
+    def underlined(pen: ImageDraw.ImageDraw) -> None:
+        pen.line((10, 360, 290, 360), fill="black", width=6)
+
+    for draw_lines, expand in ((ruled, False), (boxed, True), (underlined, True)):
+        clean = turned(lambda pen: None, expand)
+        digit = turned(draw_lines, expand)
+        assert np.corrcoef(digit.ravel(), clean.ravel())[0, 1] > 0.95
+
+
+def test_a_stroke_along_a_line_keeps_its_ink() -> None:
+    """A digit written on the line: its foot runs along it, thicker than the line, and stays."""
+    two = drawing(line=(80, 80, 220, 80))
+    pen = ImageDraw.Draw(two)
+    pen.line((220, 80, 80, 320), fill="black", width=24)
+    pen.line((80, 320, 230, 320), fill="black", width=24)  # the foot, from y = 308 to 332
+    clean = load_image(encode(two))
+    pen.line((0, 330, 299, 330), fill="black", width=4)  # the line, under the foot's lower edge
+    pen.line((0, 150, 299, 150), fill="black", width=4)  # and one crossing the diagonal
+    np.testing.assert_allclose(load_image(encode(two)), clean, atol=40)
+
+
+def test_a_large_image_reads_as_a_small_one() -> None:
+    """Photos are shrunk before they are prepared (as JPEGs are on decoding): a 2400 x 3200
+    drawing comes out as its 300 x 400 original does, in a fraction of the time it would take."""
+    small = drawing()
+    large = small.resize((2400, 3200), Image.Resampling.BILINEAR)
+    np.testing.assert_allclose(load_image(encode(large)), load_image(encode(small)), atol=24)
+
+
 def test_digits_cropped_tight_keep_every_stroke(small_test: DigitSet, monkeypatch) -> None:
     """A tight crop makes a 7's bar or a 4's stem span the image, as a line would: kept (of
     3,000 such digits 7 lose a few edge pixels of a bar; none of these 60)."""
