@@ -1,0 +1,135 @@
+"""Digits on paper: how a model reads replica test digits photographed on a form or ruled page.
+
+Each digit is drawn dark on light paper, 84 pixels high in the middle of a 200 x 200 page, with
+the page's lines: none, a box around it (inset, cropped at its lines, 8 pixels thick), an
+underline, a line it is written on (its lowest ink touches it), or dark lines ruled every
+40 pixels across it; then the page is turned by each angle, as a hand-held photo turns it, and
+read as `digits predict-image` reads a photo (``to_mnist``). Printed: errors per kind and angle.
+
+Two checks that the line removal leaves digits alone (their errors should match the plain
+page's): the same digits cropped tight to their ink and enlarged x6, where a 7's bar spans the
+image as a line would, drawn as they are and with a thin pen (a 9 x 9 erosion).
+
+    .venv/bin/python benchmarks/paper_photos.py runs/cnn --replica-seed 577215 --tta
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+from PIL import Image
+from scipy import ndimage
+
+from digit_recognizer.data.images import to_mnist
+from digit_recognizer.data.kaggle_csv import read_kaggle_csv, read_submission
+from digit_recognizer.data.replica import build_replica, replica_files, replica_is_complete
+from digit_recognizer.pipeline import default_cache_dir
+from digit_recognizer.predict import PredictConfig, Predictor
+
+PAGE = 200
+PAPER, LINE = 235, 20
+DIGIT_SIDE, DIGIT_TOP = 84, 58
+
+
+def boxed(inset: int, thickness: int) -> Callable[[NDArray[np.float32], NDArray[np.uint8]], None]:
+    def draw(page: NDArray[np.float32], digit: NDArray[np.uint8]) -> None:
+        near, far = inset, PAGE - inset - thickness
+        page[near : near + thickness, near : far + thickness] = LINE
+        page[far : far + thickness, near : far + thickness] = LINE
+        page[near : far + thickness, near : near + thickness] = LINE
+        page[near : far + thickness, far : far + thickness] = LINE
+
+    return draw
+
+
+def underlined(page: NDArray[np.float32], digit: NDArray[np.uint8]) -> None:
+    page[150:153, 10:190] = LINE
+
+
+def on_a_line(page: NDArray[np.float32], digit: NDArray[np.uint8]) -> None:
+    lowest = DIGIT_TOP + np.flatnonzero((digit > 128).any(axis=1)).max()
+    page[lowest - 1 : lowest + 2, 10:190] = LINE
+
+
+def ruled(page: NDArray[np.float32], digit: NDArray[np.uint8]) -> None:
+    for y in range(20, PAGE, 40):
+        page[y : y + 2] = 40
+
+
+KINDS = {
+    "plain page": lambda page, digit: None,
+    "box, inset 15 px": boxed(15, 3),
+    "box, cropped at its lines": boxed(0, 3),
+    "box, 8 px thick": boxed(15, 8),
+    "underline": underlined,
+    "written on a line": on_a_line,
+    "ruled every 40 px": ruled,
+}
+
+
+def photo(image: NDArray[np.uint8], draw_lines: Callable, angle: float) -> NDArray[np.uint8]:
+    """An MNIST digit (ink bright) drawn on a page with lines, the page turned by ``angle``."""
+    side = (DIGIT_SIDE, DIGIT_SIDE)
+    digit = np.asarray(Image.fromarray(image).resize(side, Image.Resampling.BILINEAR))
+    page = np.full((PAGE, PAGE), PAPER, dtype=np.float32)
+    spot = page[DIGIT_TOP : DIGIT_TOP + DIGIT_SIDE, DIGIT_TOP : DIGIT_TOP + DIGIT_SIDE]
+    np.minimum(spot, (255 - digit.astype(np.float32)) * PAPER / 255, out=spot)
+    draw_lines(page, digit)
+    turned = Image.fromarray(page.astype(np.uint8)).rotate(
+        angle, Image.Resampling.BILINEAR, fillcolor=PAPER
+    )
+    return np.asarray(turned)
+
+
+def tight_crop(image: NDArray[np.uint8], erosion: int = 0) -> NDArray[np.uint8]:
+    """An MNIST digit cropped to its ink, enlarged x6, dark on light; thinner with ``erosion``."""
+    rows, columns = np.nonzero(image)
+    crop = image[rows.min() : rows.max() + 1, columns.min() : columns.max() + 1]
+    size = (crop.shape[1] * 6, crop.shape[0] * 6)
+    big = np.asarray(Image.fromarray(crop).resize(size, Image.Resampling.BILINEAR))
+    if erosion:
+        big = ndimage.grey_erosion(big, size=erosion)
+    return 255 - big
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", type=Path, help="run directories (an ensemble)")
+    parser.add_argument("--tta", action="store_true", help="predict with test-time augmentation")
+    parser.add_argument("--replica-seed", type=int, default=0,
+                        help="the replica the runs trained on (digits run's: 0)")  # fmt: skip
+    parser.add_argument("--images", type=int, default=300, help="test digits drawn per page kind")
+    parser.add_argument("--angles", default="0,3,5,8,10", help="angles the page is turned by")
+    args = parser.parse_args()
+
+    predictor = Predictor.load(args.runs, PredictConfig(tta=args.tta))
+    folder = default_cache_dir() / f"replica-seed{args.replica_seed}"
+    if replica_is_complete(folder, args.replica_seed):
+        files = replica_files(folder)
+    else:
+        files = build_replica(folder, seed=args.replica_seed)
+    chosen = np.random.default_rng(0).choice(28_000, args.images, replace=False)
+    test = read_kaggle_csv(files.test).images[chosen]
+    labels = read_submission(files.solution)[chosen]
+
+    def errors(photos: list[NDArray[np.uint8]]) -> int:
+        digits = np.stack([to_mnist(image) for image in photos])
+        return int((predictor.predict(digits) != labels).sum())
+
+    angles = [float(angle) for angle in args.angles.split(",")]
+    print(f"errors of {args.images} digits, page turned by (degrees):")
+    print(f"{'page':<28}" + "".join(f"{angle:>7g}" for angle in angles))
+    for name, draw_lines in KINDS.items():
+        counts = [errors([photo(image, draw_lines, angle) for image in test]) for angle in angles]
+        print(f"{name:<28}" + "".join(f"{count:>7}" for count in counts), flush=True)
+    print(f"\n{'cropped tight to the ink':<28}{errors([tight_crop(image) for image in test]):>7}")
+    thin = errors([tight_crop(image, erosion=9) for image in test])
+    print(f"{'  and drawn with a thin pen':<28}{thin:>7}")
+
+
+if __name__ == "__main__":
+    main()
