@@ -34,7 +34,7 @@ from sklearn.datasets import load_digits
 from digit_recognizer.data.augment import change_stroke_width
 from digit_recognizer.data.images import conform_to_mnist, to_mnist
 from digit_recognizer.data.kaggle_csv import read_kaggle_csv, read_submission
-from digit_recognizer.data.replica import build_replica, replica_files, replica_is_complete
+from digit_recognizer.data.replica import ready_replica
 from digit_recognizer.data.tensors import to_model_input, to_uint8_images
 from digit_recognizer.pipeline import default_cache_dir
 from digit_recognizer.predict import PredictConfig, Predictor
@@ -81,12 +81,17 @@ def dusty(images: NDArray[np.uint8], specks: int = 3, seed: int = 0) -> NDArray[
     return dirty
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The models to measure, and the replica they trained on (its test images are unseen)."""
     parser.add_argument("runs", nargs="+", type=Path, help="run directories (an ensemble)")
     parser.add_argument("--tta", action="store_true", help="predict with test-time augmentation")
     parser.add_argument("--replica-seed", type=int, default=0,
                         help="the replica the runs trained on (digits run's: 0)")  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_model_arguments(parser)
     args = parser.parse_args()
 
     predictor = Predictor.load(args.runs, PredictConfig(tta=args.tta))
@@ -102,11 +107,9 @@ def main() -> None:
     score("UCI digits, 28 x 28 CSV, as-is", framed, uci_labels)
     score("UCI digits, 28 x 28 CSV, conformed", conform_to_mnist(framed)[0], uci_labels)
 
-    folder = default_cache_dir() / f"replica-seed{args.replica_seed}"
-    if replica_is_complete(folder, args.replica_seed):
-        files = replica_files(folder)
-    else:
-        files = build_replica(folder, seed=args.replica_seed)
+    files = ready_replica(
+        default_cache_dir() / f"replica-seed{args.replica_seed}", args.replica_seed
+    )
     test = read_kaggle_csv(files.test).images
     solution = read_submission(files.solution)
     for name, images in scanner_variants(test).items():

@@ -17,16 +17,16 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 from scipy import ndimage
 
+from beyond_mnist import add_model_arguments  # run from benchmarks/: its folder is on the path
 from digit_recognizer.data.images import to_mnist
 from digit_recognizer.data.kaggle_csv import read_kaggle_csv, read_submission
-from digit_recognizer.data.replica import build_replica, replica_files, replica_is_complete
+from digit_recognizer.data.replica import ready_replica
 from digit_recognizer.pipeline import default_cache_dir
 from digit_recognizer.predict import PredictConfig, Predictor
 
@@ -98,20 +98,15 @@ def tight_crop(image: NDArray[np.uint8], erosion: int = 0) -> NDArray[np.uint8]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("runs", nargs="+", type=Path, help="run directories (an ensemble)")
-    parser.add_argument("--tta", action="store_true", help="predict with test-time augmentation")
-    parser.add_argument("--replica-seed", type=int, default=0,
-                        help="the replica the runs trained on (digits run's: 0)")  # fmt: skip
+    add_model_arguments(parser)
     parser.add_argument("--images", type=int, default=300, help="test digits drawn per page kind")
     parser.add_argument("--angles", default="0,3,5,8,10", help="angles the page is turned by")
     args = parser.parse_args()
 
     predictor = Predictor.load(args.runs, PredictConfig(tta=args.tta))
-    folder = default_cache_dir() / f"replica-seed{args.replica_seed}"
-    if replica_is_complete(folder, args.replica_seed):
-        files = replica_files(folder)
-    else:
-        files = build_replica(folder, seed=args.replica_seed)
+    files = ready_replica(
+        default_cache_dir() / f"replica-seed{args.replica_seed}", args.replica_seed
+    )
     chosen = np.random.default_rng(0).choice(28_000, args.images, replace=False)
     test = read_kaggle_csv(files.test).images[chosen]
     labels = read_submission(files.solution)[chosen]

@@ -20,7 +20,7 @@ from rich.progress import Progress
 
 from digit_recognizer.config import load_config, save_config
 from digit_recognizer.data.kaggle_csv import DigitSet, read_kaggle_csv
-from digit_recognizer.data.replica import build_replica, replica_files, replica_is_complete
+from digit_recognizer.data.replica import ready_replica
 from digit_recognizer.data.shards import (
     Manifest,
     choose_loading,
@@ -321,11 +321,7 @@ def run_job(
     solution_csv = None
     if train_csv is None:
         replica_dir = (cache_dir or default_cache_dir()) / f"replica-seed{replica_seed}"
-        if replica_is_complete(replica_dir, replica_seed):
-            files = replica_files(replica_dir)
-        else:
-            log.info("building the Kaggle replica (seed %d) in %s", replica_seed, replica_dir)
-            files = build_replica(replica_dir, seed=replica_seed)
+        files = ready_replica(replica_dir, replica_seed)
         train_csv, test_csv, solution_csv = files.train, files.test, files.solution
     configs = [config] if isinstance(config, TrainConfig) else config
     run_dir = run_dir or default_run_dir(configs[0].model)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,8 @@ import numpy as np
 from digit_recognizer.data.kaggle_csv import write_kaggle_csv, write_submission
 from digit_recognizer.data.mnist import load_mnist
 from digit_recognizer.fileio import write_text
+
+log = logging.getLogger(__name__)
 
 N_TRAIN = 42_000  # Kaggle's split of MNIST's 70,000 images
 MANIFEST = "replica.json"
@@ -55,6 +58,14 @@ def build_replica(out_dir: str | Path, seed: int = 0) -> ReplicaFiles:
     write_submission(files.solution, mnist.labels[test])
     write_text(out_dir / MANIFEST, json.dumps(_manifest(files, seed), indent=2) + "\n")
     return files
+
+
+def ready_replica(out_dir: str | Path, seed: int = 0) -> ReplicaFiles:
+    """The replica for ``seed`` in ``out_dir``: the one there if complete, else built there."""
+    if replica_is_complete(out_dir, seed):
+        return replica_files(out_dir)
+    log.info("building the Kaggle replica (seed %d) in %s", seed, out_dir)
+    return build_replica(out_dir, seed)
 
 
 def replica_is_complete(out_dir: str | Path, seed: int = 0) -> bool:
