@@ -15,6 +15,8 @@ from digit_recognizer.data.replica import (
     MANIFEST,
     ReplicaFiles,
     build_replica,
+    ready_replica,
+    replica_files,
     replica_is_complete,
 )
 
@@ -67,3 +69,17 @@ def test_replica_is_complete(replica: ReplicaFiles, tmp_path: Path) -> None:
     assert not replica_is_complete(copy, seed=0)
     (copy / MANIFEST).unlink()
     assert not replica_is_complete(copy, seed=0)  # an interrupted build writes no manifest
+
+
+def test_a_ready_replica_is_reused_and_a_damaged_one_rebuilt(
+    replica: ReplicaFiles, tmp_path: Path
+) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(replica.train.parent, copy)
+    written = {path.name: path.stat().st_mtime_ns for path in copy.iterdir()}
+    assert ready_replica(copy, seed=0) == replica_files(copy)
+    assert {path.name: path.stat().st_mtime_ns for path in copy.iterdir()} == written
+    with (copy / "test.csv").open("r+b") as test_csv:
+        test_csv.truncate(1000)  # an interrupted copy
+    ready_replica(copy, seed=0)
+    assert replica_is_complete(copy, seed=0) and sha256s(replica_files(copy)) == sha256s(replica)
