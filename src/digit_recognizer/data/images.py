@@ -205,14 +205,16 @@ def _without_lines(ink: NDArray[np.float32]) -> NDArray[np.float32]:
     The rows are first straightened to the page's tilt (_tilt: up to MAX_TILT degrees, as a
     hand-held photo turns a page), the columns likewise. A line is then a run of ink along a
     row (or column), smeared across by LINE_TILT of the image (a line's bend, the tilt
-    search's step), at least LINE_FRACTION of the image long, that reaches past the rest of
-    the ink at both ends by LINE_OVERHANG of the rest's extent, where the rest holds at least
-    LINE_REST of the ink. A digit's own strokes are shorter or end where its other strokes do
-    (a 7's bar at its stem), and a 1 is all of its ink. What goes is the lines' own ink, on
-    rows as full as a line's and as thin across as these lines are, so a stroke that crosses
-    a line or runs along it keeps its ink. Of 3,000 MNIST digits cropped tight to their ink
-    and enlarged, none lost any ink; drawn thin as well, 16 lost some and 1 of 1,500 (square
-    crops) changed its prediction (docs/results.md).
+    search's step), at least LINE_FRACTION of the image long (or of what the image holds of
+    its row), that reaches past the rest of the ink at both ends by LINE_OVERHANG of the
+    rest's extent, where the ink beside the lines (off the band they were found in) is at
+    least LINE_REST of all. A digit's own strokes are shorter or end where its other strokes
+    do (a 7's bar at its stem), and a 1 is nearly all on its line. What goes is the lines' own
+    ink, on rows as full as a line's and as thin across as these lines are, so a stroke that
+    crosses a line or runs along it keeps its ink. Of 3,000 MNIST digits cropped tight to
+    their ink and enlarged, none lost any ink; drawn with a thin pen, 16 lost some, and of
+    1,500 such digits cropped square 1 changed its prediction, as before the straightening
+    (benchmarks/paper_photos.py prints the errors on such crops).
     """
     mask = ink > INK_THRESHOLD
     smear = max(1, round(LINE_TILT * min(mask.shape)))
@@ -228,7 +230,8 @@ def _without_lines(ink: NDArray[np.float32]) -> NDArray[np.float32]:
     own |= along_columns.back(along_columns.own(near_columns)).T
     rest = mask & ~ndimage.binary_dilation(own, structure=np.ones((3, 3)))
     rest &= ~(along_rows.back(near_rows) & along_columns.back(near_columns).T)
-    if ink[rest].sum() < LINE_REST * ink[mask].sum():
+    beside = mask & ~along_rows.back(near_rows) & ~along_columns.back(near_columns).T
+    if ink[beside].sum() < LINE_REST * ink[mask].sum():
         return ink
     rows, columns = np.nonzero(rest)
     lines = along_rows.back(along_rows.line_ink(_reaching_past(across_rows, columns), smear))
