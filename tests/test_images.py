@@ -202,6 +202,17 @@ def test_a_stroke_along_a_line_keeps_its_ink() -> None:
     np.testing.assert_allclose(load_image(encode(two)), clean, atol=40)
 
 
+def test_a_thin_one_cropped_tight_is_not_a_line() -> None:
+    """A 1 drawn with a thin pen spans a tight crop as a line would; where the pen pressed, it
+    is thicker. That part lies on the stroke's own line, not beside it: no digit beside a line."""
+    one = Image.new("L", (100, 130), "white")
+    pen = ImageDraw.Draw(one)
+    pen.line((50, 0, 52, 129), fill="black", width=5)
+    pen.line((50, 40, 51, 70), fill="black", width=11)
+    ink = (255 - np.asarray(one, np.float32)) / 255
+    np.testing.assert_array_equal(images._without_lines(ink), ink)
+
+
 def test_a_large_image_reads_as_a_small_one() -> None:
     """Photos are shrunk before they are prepared (as JPEGs are on decoding): a 2400 x 3200
     drawing comes out as its 300 x 400 original does, in a fraction of the time it would take."""
