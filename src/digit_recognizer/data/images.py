@@ -36,7 +36,7 @@ INK_THRESHOLD = 0.25
 LINE_FRACTION = 0.8
 LINE_FRACTION_CUT = 0.4
 LINE_OVERHANG = 0.1
-LINE_TILT = 0.025  # rows smeared by this fraction of the image: up to ~3 degrees of tilt
+LINE_TILT = 0.025  # rows smeared by this fraction of the image: a line's bend, the search's step
 # A photographed page's lines are straightened first (_tilt): their slope is searched in steps of
 # half a degree up to this many degrees either way, on the ink shrunk to this many pixels a side.
 MAX_TILT = 10
@@ -224,16 +224,18 @@ def _without_lines(ink: NDArray[np.float32]) -> NDArray[np.float32]:
         return ink
     near_rows = _painted(along_rows.mask, across_rows, smear)
     near_columns = _painted(along_columns.mask, across_columns, smear)
+    band_rows, band_columns = along_rows.back(near_rows), along_columns.back(near_columns).T
+    if ink[mask & ~band_rows & ~band_columns].sum() < LINE_REST * ink[mask].sum():
+        return ink  # nothing beside the lines: no digit, or a 1 on its own line
     # The rest of the ink is neither the lines' own (with a pixel's rim, where straightening
     # left a line ragged) nor where lines cross (a box's corners).
     own = along_rows.back(along_rows.own(near_rows))
     own |= along_columns.back(along_columns.own(near_columns)).T
     rest = mask & ~ndimage.binary_dilation(own, structure=np.ones((3, 3)))
-    rest &= ~(along_rows.back(near_rows) & along_columns.back(near_columns).T)
-    beside = mask & ~along_rows.back(near_rows) & ~along_columns.back(near_columns).T
-    if ink[beside].sum() < LINE_REST * ink[mask].sum():
-        return ink
+    rest &= ~(band_rows & band_columns)
     rows, columns = np.nonzero(rest)
+    if not len(rows):  # what was beside the lines was their rim
+        return ink
     lines = along_rows.back(along_rows.line_ink(_reaching_past(across_rows, columns), smear))
     lines |= along_columns.back(
         along_columns.line_ink(_reaching_past(across_columns, rows), smear)
