@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import io
 import warnings
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -262,8 +263,19 @@ class _Straightened:
             shifts + height, minlength=n_rows
         )
         self.row_lengths = np.cumsum(covering)[:-1]
-        self.thickness = _run_lengths(self.mask.T).T  # of the ink across the rows, per pixel
         self.height = height
+
+    # Needed only once lines are found, and then by both own() and line_ink().
+    @cached_property
+    def thickness(self) -> NDArray[np.int32]:
+        """Per pixel, how thick the ink is across the rows there."""
+        return _run_lengths(self.mask.T).T
+
+    @cached_property
+    def line_like(self) -> NDArray[np.bool_]:
+        """The ink in rows as full as a line's (_full_rows), no thicker across them than a line
+        can be."""
+        return _full_rows(self.mask) & (self.thickness <= LINE_WIDTH * self.height + 2)
 
     def back(self, straightened: NDArray[np.bool_]) -> NDArray[np.bool_]:
         """A mask of the straightened shape in the original one."""
@@ -281,9 +293,8 @@ class _Straightened:
         return rows[is_long], starts[is_long], ends[is_long]
 
     def own(self, near: NDArray[np.bool_]) -> NDArray[np.bool_]:
-        """The pixels of ``near`` (ink near lines, straightened) that are the lines' own: in
-        rows as full as a line's (_full_rows), no thicker across them than a line can be."""
-        return near & _full_rows(self.mask) & (self.thickness <= LINE_WIDTH * self.height + 2)
+        """The pixels of ``near`` (ink near lines, straightened) that are the lines' own."""
+        return near & self.line_like
 
     def line_ink(self, runs: Runs, smear: int) -> NDArray[np.bool_]:
         """The own ink of ``runs`` (line_runs), no thicker across than these lines are (their
