@@ -34,9 +34,8 @@ from sklearn.datasets import load_digits
 from digit_recognizer.data.augment import change_stroke_width
 from digit_recognizer.data.images import conform_to_mnist, to_mnist
 from digit_recognizer.data.kaggle_csv import read_kaggle_csv, read_submission
-from digit_recognizer.data.replica import ready_replica
 from digit_recognizer.data.tensors import to_model_input, to_uint8_images
-from digit_recognizer.pipeline import default_cache_dir
+from digit_recognizer.pipeline import cached_replica
 from digit_recognizer.predict import PredictConfig, Predictor
 
 
@@ -107,9 +106,7 @@ def main() -> None:
     score("UCI digits, 28 x 28 CSV, as-is", framed, uci_labels)
     score("UCI digits, 28 x 28 CSV, conformed", conform_to_mnist(framed)[0], uci_labels)
 
-    files = ready_replica(
-        default_cache_dir() / f"replica-seed{args.replica_seed}", args.replica_seed
-    )
+    files = cached_replica(args.replica_seed)
     test = read_kaggle_csv(files.test).images
     solution = read_submission(files.solution)
     for name, images in scanner_variants(test).items():

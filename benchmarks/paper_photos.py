@@ -26,8 +26,7 @@ from scipy import ndimage
 from beyond_mnist import add_model_arguments  # run from benchmarks/: its folder is on the path
 from digit_recognizer.data.images import to_mnist
 from digit_recognizer.data.kaggle_csv import read_kaggle_csv, read_submission
-from digit_recognizer.data.replica import ready_replica
-from digit_recognizer.pipeline import default_cache_dir
+from digit_recognizer.pipeline import cached_replica
 from digit_recognizer.predict import PredictConfig, Predictor
 
 PAGE = 200
@@ -104,9 +103,7 @@ def main() -> None:
     args = parser.parse_args()
 
     predictor = Predictor.load(args.runs, PredictConfig(tta=args.tta))
-    files = ready_replica(
-        default_cache_dir() / f"replica-seed{args.replica_seed}", args.replica_seed
-    )
+    files = cached_replica(args.replica_seed)
     chosen = np.random.default_rng(0).choice(28_000, args.images, replace=False)
     test = read_kaggle_csv(files.test).images[chosen]
     labels = read_submission(files.solution)[chosen]

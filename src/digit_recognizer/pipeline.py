@@ -20,7 +20,7 @@ from rich.progress import Progress
 
 from digit_recognizer.config import load_config, save_config
 from digit_recognizer.data.kaggle_csv import DigitSet, read_kaggle_csv
-from digit_recognizer.data.replica import ready_replica
+from digit_recognizer.data.replica import ReplicaFiles, ready_replica
 from digit_recognizer.data.shards import (
     Manifest,
     choose_loading,
@@ -173,6 +173,11 @@ def default_cache_dir() -> Path:
     return Path(base) / "digit-recognizer"
 
 
+def cached_replica(seed: int, cache_dir: Path | None = None) -> ReplicaFiles:
+    """The replica for ``seed`` in the cache (``default_cache_dir``), built there the first time."""
+    return ready_replica((cache_dir or default_cache_dir()) / f"replica-seed{seed}", seed)
+
+
 def default_run_dir(model: str) -> Path:
     return Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{model}"
 
@@ -320,8 +325,7 @@ def run_job(
         raise DataError("give both --train and --test (Kaggle's files), or neither (the replica)")
     solution_csv = None
     if train_csv is None:
-        replica_dir = (cache_dir or default_cache_dir()) / f"replica-seed{replica_seed}"
-        files = ready_replica(replica_dir, replica_seed)
+        files = cached_replica(replica_seed, cache_dir)
         train_csv, test_csv, solution_csv = files.train, files.test, files.solution
     configs = [config] if isinstance(config, TrainConfig) else config
     run_dir = run_dir or default_run_dir(configs[0].model)
