@@ -3,6 +3,7 @@ import torch
 
 from digit_recognizer.data.augment import (
     Augmentation,
+    add_writing_styles,
     augment_batch,
     change_stroke_width,
     elastic_displacement,
@@ -60,6 +61,50 @@ def test_stroke_augmentation_varies_ink_both_ways(small_train):
     ) / x.sum(dim=(1, 2, 3))
     assert (ratio > 1.2).any() and (ratio < 0.85).any()
     assert ratio.min() > 0.4 and ratio.max() < 2.0
+
+
+def test_writing_styles_foot_and_flag_a_one_and_bar_a_seven(small_train):
+    x = to_model_input(torch.as_tensor(small_train.images[:300]), channels_last=False)
+    labels = torch.as_tensor(small_train.labels[:300])
+    styled = add_writing_styles(x, labels, 1.0, torch.Generator().manual_seed(0))
+    ones, sevens = labels == 1, labels == 7
+    others = ~(ones | sevens)
+    assert ones.sum() > 20 and sevens.sum() > 20
+    torch.testing.assert_close(styled[others], x[others], atol=0, rtol=0)
+    assert (styled >= x).all()  # strokes are added, never erased
+    added = (styled - x)[:, 0] > 0.5  # (N, H, W)
+    inked_rows = (x[:, 0] > 0.5).any(dim=2).float()
+    top = inked_rows.argmax(dim=1)
+    bottom = 27 - inked_rows.flip(1).argmax(dim=1)
+    flagged = 0
+    for i in ones.nonzero().squeeze(1):
+        # A foot: the 1's bottom row is at least 4 px wider, on both sides of its stem.
+        before, after = x[i, 0, bottom[i]] > 0.5, styled[i, 0, bottom[i]] > 0.5
+        columns = after.nonzero().squeeze(1)
+        stem = before.nonzero().squeeze(1).float().mean()
+        assert after.sum() >= before.sum() + 4
+        assert columns.min() < stem - 1 and columns.max() > stem + 1
+        flagged += bool(added[i, top[i] : (top[i] + bottom[i]) // 2].any())
+    assert 0.25 < flagged / ones.sum() < 0.75  # half of the 1s get a flag too
+    barred = [i for i in sevens.nonzero().squeeze(1) if added[i].any()]
+    assert len(barred) > 0.9 * sevens.sum()  # the others were crossed already, as some are
+    for i in barred:
+        # A bar: added ink along a row 40-70 % of the way down, spanning at least 4 columns.
+        row = added[i].sum(dim=1).argmax()
+        assert 0.4 <= (row - top[i]) / (bottom[i] - top[i]) <= 0.7
+        assert added[i, row].sum() >= 4
+
+
+def test_writing_styles_need_labels_and_a_share(small_train):
+    x = to_model_input(torch.as_tensor(small_train.images[:128]), channels_last=False)
+    labels = torch.as_tensor(small_train.labels[:128])
+    plain = augment_batch(x, Augmentation(styles=0), torch.Generator().manual_seed(3), labels)
+    unlabelled = augment_batch(x, Augmentation(styles=1), torch.Generator().manual_seed(3))
+    styled = augment_batch(x, Augmentation(styles=1), torch.Generator().manual_seed(3), labels)
+    torch.testing.assert_close(unlabelled, plain)
+    assert not torch.equal(styled, plain)
+    none = add_writing_styles(x, labels, 0.0, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(none, x, atol=0, rtol=0)
 
 
 def test_elastic_field_is_smooth_and_sized_in_pixels():

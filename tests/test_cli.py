@@ -63,11 +63,11 @@ def test_run_trains_predicts_and_writes_a_run_directory(tmp_path, small_csvs):
 def test_train_then_evaluate(tmp_path, small_csvs):
     run_dir = tmp_path / "trained"
     trained = invoke("train", "--train", small_csvs["train"], "--out", run_dir, *SMALL_RECIPE,
-                     "--elastic", "1.5", "--stroke", "0.5")  # fmt: skip
+                     "--elastic", "1.5", "--stroke", "0.5", "--styles", "0.5")  # fmt: skip
     assert trained.exit_code == 0, trained.output
     assert "validation accuracy" in trained.output
     config = (run_dir / "config.toml").read_text()
-    assert "elastic = 1.5" in config and "stroke = 0.5" in config
+    assert "elastic = 1.5" in config and "stroke = 0.5" in config and "styles = 0.5" in config
     result = invoke("evaluate", run_dir, small_csvs["train"])
     assert result.exit_code == 0, result.output
     assert "macro F1" in result.output and "ROC-AUC" in result.output

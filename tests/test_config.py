@@ -41,6 +41,8 @@ def test_wrong_type_says_expected_and_got(tmp_path):
 def test_bad_value_and_unknown_model():
     with pytest.raises(ConfigError, match="valid_size must be in"):
         TrainConfig(valid_size=1.5)
+    with pytest.raises(ConfigError, match=r"styles must be in \[0, 1\]"):
+        TrainConfig(styles=1.5)
     with pytest.raises(UnknownModelError, match=r"unknown model 'cnnn'. Did you mean 'cnn'"):
         TrainConfig(model="cnnn")
 

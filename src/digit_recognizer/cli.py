@@ -107,6 +107,13 @@ Stroke = Annotated[
         "(thinner), 0 = off. [default: the preset's: 0.5 (default), 1 (fast)]"
     ),
 ]
+Styles = Annotated[
+    float | None,
+    typer.Option(
+        help="Share of the 1s given a foot (half of them a long flag too) and of the 7s a bar "
+        "across the stem, as much of Europe writes them; 0 = off. [default: 0.3]"
+    ),
+]
 ValidSize = Annotated[float | None, typer.Option(help="Validation fraction. [default: 0.05]")]
 Patience = Annotated[int | None, typer.Option(help="Early-stopping patience in epochs.")]
 Seed = Annotated[int | None, typer.Option(help="Random seed. [default: 0]")]
@@ -175,7 +182,8 @@ def run(
     config: ConfigFile = None, model: Model = None, epochs: Epochs = None,
     time_budget: TimeBudget = None, batch_size: BatchSize = None, optimizer: Optimizer = None,
     lr: LR = None, schedule: Schedule = None, augment: Augment = None, elastic: Elastic = None,
-    stroke: Stroke = None, valid_size: ValidSize = None, patience: Patience = None,
+    stroke: Stroke = None, styles: Styles = None, valid_size: ValidSize = None,
+    patience: Patience = None,
     seed: Seed = None, device: Device = None, compile_model: Compile = None,
     tta: PresetTta = None,
 ) -> None:  # fmt: skip
@@ -186,7 +194,7 @@ def run(
     config = resumed_config(resume, out, config)
     overrides = train_overrides(model=model, epochs=epochs, time_budget=time_budget,
         batch_size=batch_size, optimizer=optimizer, lr=lr, schedule=schedule, augment=augment,
-        elastic=elastic, stroke=stroke,
+        elastic=elastic, stroke=stroke, styles=styles,
         valid_size=valid_size, patience=patience, seed=seed, device=device,
         compile=compile_model, resume=resume or None)  # fmt: skip
     recipe = get_preset(preset)
@@ -221,7 +229,8 @@ def train_command(
     config: ConfigFile = None, model: Model = None, epochs: Epochs = None,
     time_budget: TimeBudget = None, batch_size: BatchSize = None, optimizer: Optimizer = None,
     lr: LR = None, schedule: Schedule = None, augment: Augment = None, elastic: Elastic = None,
-    stroke: Stroke = None, valid_size: ValidSize = None, patience: Patience = None,
+    stroke: Stroke = None, styles: Styles = None, valid_size: ValidSize = None,
+    patience: Patience = None,
     seed: Seed = None, device: Device = None, compile_model: Compile = None,
     max_memory: Annotated[float | None, typer.Option(
         help="GB of data to hold in memory; more streams from the shards. [default: 2]")] = None,
@@ -238,7 +247,7 @@ def train_command(
     config = resumed_config(resume, out, config)
     overrides = train_overrides(model=model, epochs=epochs, time_budget=time_budget,
         batch_size=batch_size, optimizer=optimizer, lr=lr, schedule=schedule, augment=augment,
-        elastic=elastic, stroke=stroke,
+        elastic=elastic, stroke=stroke, styles=styles,
         valid_size=valid_size, patience=patience, seed=seed, device=device, compile=compile_model,
         max_memory_gb=max_memory,
         resume=resume or None)  # fmt: skip
@@ -380,13 +389,15 @@ def augment_preview(
     augment: Annotated[float, typer.Option(min=0, help="Strength, as train --augment.")] = 1.0,
     elastic: Annotated[float, typer.Option(min=0, help="Pixels, as train --elastic.")] = 0.0,
     stroke: Annotated[float, typer.Option(min=0, help="Fraction, as train --stroke.")] = 1.0,
+    styles: Annotated[float, typer.Option(min=0, max=1, help="Share, as train --styles.")] = 0.3,
     seed: Seed = None,
     out: Annotated[Path, typer.Option(help="PNG to write.")] = Path("augment_preview.png"),
 ) -> None:
     """A grid of images and their random augmentations, made by training's own code."""
     from digit_recognizer.eda import augment_preview as preview
 
-    path = preview(csv, out, n=n, seed=seed or 0, strength=augment, elastic=elastic, stroke=stroke)
+    path = preview(csv, out, n=n, seed=seed or 0, strength=augment, elastic=elastic, stroke=stroke,
+                   styles=styles)  # fmt: skip
     console.print(f"wrote {path}")
 
 

@@ -218,20 +218,25 @@ def augment_preview(
     strength: float = 1.0,
     elastic: float = 0.0,
     stroke: float = 1.0,
+    styles: float = 0.3,
 ) -> Path:
     """PNG grid: a few images of the CSV (first column) and ``n`` random augmentations of each.
 
-    Uses ``augment_batch`` with ``Augmentation(elastic_px=elastic, stroke=stroke)
+    Uses ``augment_batch`` with ``Augmentation(elastic_px=elastic, stroke=stroke, styles=styles)
     .scaled(strength)``, exactly as training does with ``--augment strength --elastic elastic
-    --stroke stroke``.
+    --stroke stroke --styles styles`` (writing styles only where the CSV has labels).
     """
-    augmentation = Augmentation(elastic_px=elastic, stroke=stroke).scaled(strength)
+    augmentation = Augmentation(elastic_px=elastic, stroke=stroke, styles=styles).scaled(strength)
     data = read_kaggle_csv(csv_path)
     generator = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
-    originals = data.images[rng.choice(len(data), size=min(PREVIEW_ROWS, len(data)), replace=False)]
+    shown = rng.choice(len(data), size=min(PREVIEW_ROWS, len(data)), replace=False)
+    originals = data.images[shown]
     x = to_model_input(torch.as_tensor(originals).repeat_interleave(n, 0), channels_last=False)
-    augmented = augment_batch(x, augmentation, generator)
+    labels = None
+    if data.labels is not None:
+        labels = torch.as_tensor(data.labels[shown]).repeat_interleave(n, 0)
+    augmented = augment_batch(x, augmentation, generator, labels)
     augmented = to_uint8_images(augmented).reshape(-1, n, 28, 28)
     tiles = np.concatenate([originals[:, None], augmented], axis=1).reshape(-1, 28, 28)
     titles = [("original" if c == 0 else f"augmented {c}") for _ in originals for c in range(n + 1)]
@@ -241,5 +246,7 @@ def augment_preview(
              f"±{a.contrast:.0%}, stroke width ±{a.stroke:g}")  # fmt: skip
     if a.elastic_px:
         title += f", elastic {a.elastic_px:g} px"
+    if a.styles and labels is not None:
+        title += f", {a.styles:.0%} of 1s and 7s in European styles"
     plot_gallery(tiles, titles, Path(out_path), columns=n + 1, title=title)
     return Path(out_path)

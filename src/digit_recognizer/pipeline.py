@@ -123,7 +123,7 @@ PRESETS = {
     ),
     # The seed notebook's recipe, for comparison: its Keras CNN, Adam 1e-3, batch 32, L2,
     # ReduceLROnPlateau(factor 0.5) and EarlyStopping on validation accuracy; its augmentation
-    # did not change stroke widths.
+    # did not change stroke widths or writing styles.
     "seed": Preset(
         {
             "model": "seed-cnn",
@@ -137,6 +137,7 @@ PRESETS = {
             "patience": 5,
             "label_smoothing": 0.0,
             "stroke": 0.0,
+            "styles": 0.0,
             "epochs": 50,
         }
     ),

@@ -99,6 +99,7 @@ class TrainConfig:
     augment: float = 1.0  # strength of the random affine + contrast (0 = off); see Augmentation
     elastic: float = 0.0  # elastic distortion, pixels of displacement (std); scaled by augment
     stroke: float = 1.0  # stroke-width change, fraction of a 3x3 dilation/erosion; scaled too
+    styles: float = 0.3  # share of 1s and 7s written as much of Europe does; scaled too
     valid_size: float = 0.05  # stratified validation fraction for model selection (0 = none)
     patience: int | None = None  # early stopping: epochs without a better validation accuracy
     target_accuracy: float | None = None  # stop once validation accuracy reaches this
@@ -125,6 +126,7 @@ class TrainConfig:
             (self.augment >= 0, "augment must be >= 0"),
             (self.elastic >= 0, "elastic must be >= 0"),
             (self.stroke >= 0, "stroke must be >= 0"),
+            (0 <= self.styles <= 1, "styles must be in [0, 1]"),
             (self.time_budget_s is None or self.time_budget_s >= 0, "time_budget_s must be >= 0"),
             (0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
             (0 <= self.warmup < 1, "warmup must be in [0, 1)"),
@@ -347,9 +349,9 @@ def train(
             yield train_images[indices], train_labels[indices]
 
     total_steps = config.epochs * steps_per_epoch
-    augmentation = Augmentation(elastic_px=config.elastic, stroke=config.stroke).scaled(
-        config.augment
-    )
+    augmentation = Augmentation(
+        elastic_px=config.elastic, stroke=config.stroke, styles=config.styles
+    ).scaled(config.augment)
     log.info(
         "training %s on %d images (%d validation), device %s, %s, %d steps/epoch of batch %d%s",
         config.model, n_train, len(valid_labels) if has_valid else 0, device,
@@ -420,7 +422,7 @@ def train(
         for batch, (images, y) in enumerate(epoch_batches(epoch)):
             x = to_model_input(images, config.channels_last)
             if config.augment > 0:
-                x = augment_batch(x, augmentation, generator)
+                x = augment_batch(x, augmentation, generator, y)
             lr = get_lr(config, run_progress(), epoch + batch / steps_per_epoch, lr_scale)
             for group in optimizer.param_groups:
                 group["lr"] = lr

@@ -331,7 +331,8 @@ def _augmented(manifest: Manifest, copies: int, generator: torch.Generator) -> I
     for _ in range(copies):
         for data in _iter_rows(manifest):
             x = to_model_input(torch.as_tensor(data.images), channels_last=False)
-            x = augment_batch(x, augmentation, generator)
+            labels = None if data.labels is None else torch.as_tensor(data.labels)
+            x = augment_batch(x, augmentation, generator, labels)
             yield DigitSet(to_uint8_images(x), data.labels)
 
 
