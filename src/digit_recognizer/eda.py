@@ -247,6 +247,6 @@ def augment_preview(
     if a.elastic_px:
         title += f", elastic {a.elastic_px:g} px"
     if a.styles and labels is not None:
-        title += f", {a.styles:.0%} of 1s and 7s in European styles"
+        title += f", styles {a.styles:.0%}"
     plot_gallery(tiles, titles, Path(out_path), columns=n + 1, title=title)
     return Path(out_path)
