@@ -135,7 +135,7 @@ def add_writing_styles(
     drawn_on = torch.rand(n_images, generator=generator, device=device) < share
     styled_digit = drawn_on & ((labels == 1) | (labels == 7))
     n_chosen = min(n_images, math.ceil(share * n_images))
-    chosen = styled_digit.to(torch.int8).topk(n_chosen).indices  # the drawn 1s and 7s first
+    chosen = styled_digit.float().topk(n_chosen).indices  # the drawn 1s and 7s first
 
     def between(low: float, high: float) -> torch.Tensor:
         return low + (high - low) * torch.rand(n_chosen, generator=generator, device=device)
