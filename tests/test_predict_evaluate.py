@@ -1,4 +1,6 @@
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -105,3 +107,20 @@ def test_classical_run_directories_predict_and_mix_with_nets(tmp_path, tiny_run,
     mixed = Predictor.load([tmp_path, tiny_run]).predict_proba(images)
     net = Predictor.load([tiny_run]).predict_proba(images)
     np.testing.assert_allclose(mixed, (classical + net) / 2, atol=1e-5)
+
+
+def test_read_only_images_predict_without_warnings():
+    # torch warns once per process when it wraps a read-only array (what pandas' to_numpy and
+    # memory-mapped files give), so the check runs in a process of its own.
+    script = (
+        "import numpy as np\n"
+        "from digit_recognizer.models.registry import build\n"
+        "from digit_recognizer.predict import PredictConfig, Predictor\n"
+        "images = np.zeros((4, 28, 28), np.uint8)\n"
+        "images.setflags(write=False)\n"
+        "predictor = Predictor.from_models([build('cnn-tiny').eval()], PredictConfig(tta=True))\n"
+        "assert predictor.predict(images).shape == (4,)\n"
+    )
+    done = subprocess.run([sys.executable, "-W", "error::UserWarning", "-c", script],
+                          capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr

@@ -94,6 +94,9 @@ class Predictor:
 
     def predict_proba(self, images: NDArray[np.uint8]) -> NDArray[np.float32]:
         """Class probabilities (N, 10) for uint8 images (N, 28, 28)."""
+        # Read-only arrays (pandas' to_numpy, np.load with mmap) are copied: torch warns of
+        # undefined behaviour when it wraps one, though nothing here writes to it.
+        images = np.require(images, requirements="W")
         views = _tta_views(images) if self.config.tta else [images]
         amp_dtype = autocast_dtype(self.device, self.config.amp)
         total = torch.zeros(len(images), 10, device=self.device)
