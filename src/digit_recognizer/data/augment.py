@@ -207,7 +207,8 @@ def _strokes(ends: torch.Tensor, half_width: torch.Tensor, height: int, width: i
     # Where each pixel's nearest point on the segment lies, 0 at the start and 1 at the end.
     t = ((points - start) * along).sum(-1) / (along * along).sum(-1).clamp(min=1e-6)
     nearest = start + t.clamp(0, 1)[..., None] * along
-    distance = (points - nearest).norm(dim=-1)
+    offset = points - nearest
+    distance = torch.hypot(offset[..., 0], offset[..., 1])
     return (half_width[:, None, None, None] + 0.5 - distance).clamp(0, 1)
 
 
