@@ -87,9 +87,9 @@ def dusty(images: NDArray[np.uint8], specks: int = 3, seed: int = 0) -> NDArray[
 
 def european_styles(
     images: NDArray[np.uint8], labels: NDArray[np.int64]
-) -> dict[str, NDArray[np.uint8]]:
+) -> dict[str, tuple[NDArray[np.uint8], NDArray[np.int64]]]:
     """The 1s with a foot and a flag (40 % of their height, 35 degrees down), and the 7s with a
-    bar (60 % of their width, 55 % of the way down), each drawn 2.2 px wide."""
+    bar (60 % of their width, 55 % of the way down), each drawn 2.2 px wide; with their labels."""
     enlarge = 4
 
     def with_strokes(image: NDArray[np.uint8], strokes: list[tuple[float, ...]]) -> NDArray:
@@ -122,10 +122,12 @@ def european_styles(
         stem = centre(image, row) if (image[row] > 128).any() else columns.mean()
         return with_strokes(image, [(stem - half, row, stem + half, row)])
 
+    ones, sevens = labels == 1, labels == 7
     return {
-        "1s with a foot and a flag": np.stack([european_one(i) for i in images[labels == 1]]),
-        "7s with a bar": np.stack([crossed_seven(i) for i in images[labels == 7]]),
-    }
+        "1s with a foot and a flag": (np.stack([european_one(i) for i in images[ones]]),
+                                      labels[ones]),
+        "7s with a bar": (np.stack([crossed_seven(i) for i in images[sevens]]), labels[sevens]),
+    }  # fmt: skip
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -159,10 +161,8 @@ def main() -> None:
     solution = read_submission(files.solution)
     for name, images in scanner_variants(test).items():
         score(f"replica test: {name}", images, solution)
-    for name, images in european_styles(test, solution).items():
-        digit = int(name[0])
-        score(f"replica test: {name}, conformed", conform_to_mnist(images)[0],
-              np.full(len(images), digit))  # fmt: skip
+    for name, (images, labels) in european_styles(test, solution).items():
+        score(f"replica test: {name}, conformed", conform_to_mnist(images)[0], labels)
     dirty = dusty(test)
     score("replica test: dust specks, as-is", dirty, solution)
     score("replica test: dust specks, conformed", conform_to_mnist(dirty)[0], solution)
