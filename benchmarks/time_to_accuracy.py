@@ -5,11 +5,16 @@ record the training seconds until validation accuracy first reaches the target, 
 the final model's accuracy on the replica's 28,000-image test set (never seen in training or
 selection), predicted as `digits run` does (with the preset's TTA, if any). The seed recipe
 trains until it reaches the target or for --seed-budget seconds (default 1800: the notebook
-needed ~1,500 s for 0.9949), whichever comes first.
-Then inference throughput on the 28,000 test images.
+needed ~1,500 s for 0.9949), whichever comes first. Each row prints as its recipe finishes;
+then each recipe's speed-up over the seed recipe, and inference throughput on the test images.
+
+A recipe is a preset name, or with --recipe a preset followed by TrainConfig keys that
+override it (values in TOML syntax), e.g. a large-batch variant for a GPU:
 
     .venv/bin/python benchmarks/time_to_accuracy.py                      # default vs seed
     .venv/bin/python benchmarks/time_to_accuracy.py --recipes fast,default,seed --replica-seed 7
+    .venv/bin/python benchmarks/time_to_accuracy.py --recipes seed \\
+        --recipe "default batch_size=512 lr=0.2 epochs=6"
 """
 
 from __future__ import annotations
@@ -17,16 +22,18 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+import tomllib
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from digit_recognizer.data.kaggle_csv import read_kaggle_csv, read_submission
-from digit_recognizer.data.replica import build_replica
 from digit_recognizer.data.splits import split_for_training
 from digit_recognizer.errors import ConfigError
-from digit_recognizer.pipeline import get_preset
+from digit_recognizer.models.runtime import resolve_device
+from digit_recognizer.pipeline import Preset, cached_replica, get_preset
 from digit_recognizer.predict import PredictConfig, Predictor
 from digit_recognizer.train import train
 
@@ -39,62 +46,99 @@ def time_to_target(history: list[dict[str, float]], target: float) -> tuple[floa
     return None
 
 
+def parse_recipe(text: str) -> tuple[str, Preset, dict[str, Any]]:
+    """``"PRESET KEY=VALUE ..."`` -> (preset name, preset, overrides); values are TOML."""
+    name, *settings = text.split()
+    overrides = {}
+    for setting in settings:
+        key, equals, value = setting.partition("=")
+        if not equals:
+            raise ConfigError(f"recipe '{text}': '{setting}' is not KEY=VALUE")
+        try:
+            overrides[key] = tomllib.loads(f"value = {value}")["value"]
+        except tomllib.TOMLDecodeError:
+            overrides[key] = value  # a bare word: a string such as a model name
+    preset = get_preset(name)
+    if preset.members:
+        raise ConfigError(f"{name}: an ensemble; this benchmark times single models")
+    return name, preset, overrides
+
+
+def describe_hardware() -> str:
+    device = resolve_device()
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{device.type}, {torch.get_num_threads()} threads"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--recipes", default="default,seed", help="preset names, comma-separated")
+    parser.add_argument("--recipes", default=None, help="preset names, comma-separated "
+                        "(default: default,seed unless --recipe is given)")  # fmt: skip
+    parser.add_argument("--recipe", action="append", default=[], metavar="'PRESET KEY=VALUE ...'",
+                        help="a preset with TrainConfig overrides; repeatable")  # fmt: skip
     parser.add_argument("--target", type=float, default=0.994)
     parser.add_argument("--replica-seed", type=int, default=2024)
     parser.add_argument("--seed-budget", type=float, default=1800, help="seed recipe's time (s)")
-    parser.add_argument("--work-dir", type=Path, default=None)
+    parser.add_argument("--work-dir", type=Path, default=None,
+                        help="for the run directories (default: a new temporary one)")  # fmt: skip
     args = parser.parse_args()
+    texts = args.recipes.split(",") if args.recipes else []
+    texts += args.recipe if args.recipe or args.recipes else ["default", "seed"]
     try:
-        recipes = {name: get_preset(name) for name in args.recipes.split(",")}
+        recipes = [(text, *parse_recipe(text)) for text in texts]
     except ConfigError as error:
         parser.error(str(error))
-    if ensembles := [name for name, recipe in recipes.items() if recipe.members]:
-        parser.error(f"{', '.join(ensembles)}: an ensemble; this benchmark times single models")
 
     work_dir = args.work_dir or Path(tempfile.mkdtemp(prefix="time_to_accuracy-"))
-    files = build_replica(work_dir / "replica", seed=args.replica_seed)
+    files = cached_replica(args.replica_seed)
     train_set, valid_set = split_for_training(read_kaggle_csv(files.train), 0.1, seed=0)
     test_images = read_kaggle_csv(files.test).images
     solution = read_submission(files.solution)
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, replica seed "
-        f"{args.replica_seed}, {len(train_set)} train / {len(valid_set)} validation images"
+        f"torch {torch.__version__}, {describe_hardware()}, replica seed {args.replica_seed}, "
+        f"{len(train_set)} train / {len(valid_set)} validation images\n\n"
+        f"{'to ' + str(args.target):>15} {'epochs':>6} {'train s':>8} {'wall s':>7} "
+        f"{'img/s':>7} {'test acc':>8} {'predict':>8}  recipe (model)",
+        flush=True,
     )
-
-    rows = []
-    for name, recipe in recipes.items():
-        (config,) = recipe.configs()
+    reached_by_recipe = {}
+    predict_seconds = {}
+    for text, name, preset, overrides in recipes:
+        (config,) = preset.configs(flags=overrides)
         if name == "seed":
             config = replace(config, time_budget_s=args.seed_budget, target_accuracy=args.target)
-        result = train(config, train_set, valid_set, work_dir / name)
+        wall_start = time.perf_counter()
+        result = train(config, train_set, valid_set, work_dir / text.replace(" ", "_"))
+        wall_s = time.perf_counter() - wall_start
         reached = time_to_target(result.history, args.target)
         start = time.perf_counter()
         # As `digits run` predicts: with the preset's test-time augmentation, if any.
-        predictor = Predictor.load([result.run_dir], PredictConfig(tta=recipe.tta))
-        predicted = predictor.predict(test_images)
-        predict_s = time.perf_counter() - start
+        predictor = Predictor.load([result.run_dir], PredictConfig(tta=preset.tta))
+        accuracy = float((predictor.predict(test_images) == solution).mean())
+        predict_seconds[text] = time.perf_counter() - start
         images_per_s = result.history[-1]["step"] * config.batch_size / result.train_seconds
-        rows.append((name, config.model, reached, result, images_per_s, predict_s,
-                     float((predicted == solution).mean())))  # fmt: skip
-
-    print(f"\n{'recipe':<8} {'model':<10} {'to ' + str(args.target):>14} {'epochs':>7} "
-          f"{'train s':>8} {'img/s':>7} {'test acc':>9} {'predict 28k':>12}")  # fmt: skip
-    for name, model, reached, result, images_per_s, predict_s, accuracy in rows:
+        reached_by_recipe[text] = reached
         to_target = f"{reached[0]:.1f} s (ep {reached[1]})" if reached else "not reached"
-        print(f"{name:<8} {model:<10} {to_target:>14} {result.epochs_run:>7g} "
-              f"{result.train_seconds:>8.1f} {images_per_s:>7.0f} {accuracy:>9.4f} "
-              f"{predict_s:>10.2f} s")  # fmt: skip
-    by_name = {row[0]: row[2] for row in rows}
-    if by_name.get("seed") and by_name.get("default"):
-        ratio = by_name["seed"][0] / by_name["default"][0]
-        print(f"\ntime to {args.target}: default is {ratio:.1f}x faster than the seed recipe")
-    elif "seed" in by_name and by_name.get("default"):
-        bound = args.seed_budget / by_name["default"][0]
-        print(f"\nseed recipe did not reach {args.target} in {args.seed_budget:.0f} s: "
-              f"default is > {bound:.1f}x faster")  # fmt: skip
+        print(f"{to_target:>15} {result.epochs_run:>6g} {result.train_seconds:>8.1f} "
+              f"{wall_s:>7.1f} {images_per_s:>7.0f} {accuracy:>8.4f} "
+              f"{predict_seconds[text]:>7.2f}s  {text} ({config.model})", flush=True)  # fmt: skip
+
+    seed_time = next((reached[0] for text, reached in reached_by_recipe.items()
+                      if text.split()[0] == "seed" and reached), None)  # fmt: skip
+    print()
+    for text, reached in reached_by_recipe.items():
+        if text.split()[0] == "seed" or not reached:
+            continue
+        if seed_time is not None:
+            print(f"time to {args.target}: {text} is {seed_time / reached[0]:.1f}x faster than "
+                  "the seed recipe")  # fmt: skip
+        elif "seed" in [name for _, name, _, _ in recipes]:
+            print(f"seed recipe did not reach {args.target} in {args.seed_budget:.0f} s: "
+                  f"{text} is > {args.seed_budget / reached[0]:.1f}x faster")  # fmt: skip
+    for text, seconds in predict_seconds.items():
+        print(f"inference, {len(test_images):,} test images: {len(test_images) / seconds:,.0f} "
+              f"images/s ({seconds:.2f} s) for {text}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 
 from typer.testing import CliRunner
 
@@ -106,3 +108,11 @@ def test_second_train_into_a_busy_run_directory_refuses(tmp_path, small_csvs):
     assert result.exit_code == 1
     assert f"{run_dir} is in use by process {os.getpid()}" in result.output
     assert not (run_dir / "config.toml").exists()  # nothing of the first run was touched
+
+
+def test_python_dash_m_runs_the_digits_command(tmp_path):
+    # Where no entry point is installed (a source tree on a GPU machine): `python -m`.
+    done = subprocess.run([sys.executable, "-m", "digit_recognizer", "score", "--help"],
+                          capture_output=True, text=True, check=False, cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "Usage: digits score" in done.stdout

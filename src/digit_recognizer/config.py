@@ -10,13 +10,12 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import tomllib
 import types
 import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
-
-import tomllib
 
 from digit_recognizer.errors import ConfigError
 from digit_recognizer.fileio import write_text

@@ -370,7 +370,8 @@ def train(
     optimizer = build_optimizer(model, config)
     ema = None
     if config.ema_decay is not None:
-        ema = AveragedModel(raw_model, multi_avg_fn=warmed_up_ema(config.ema_decay),
+        # On the device, its update count too (else a CPU tensor): NCCL broadcasts no CPU tensor.
+        ema = AveragedModel(raw_model, device, multi_avg_fn=warmed_up_ema(config.ema_decay),
                             use_buffers=True)  # fmt: skip
     eval_model = raw_model if ema is None else ema.module  # what is validated and saved
     step, epoch, elapsed_s, lr_scale = 0, 0, 0.0, 1.0
@@ -404,6 +405,14 @@ def train(
     def run_progress() -> float:
         by_time = elapsed_s / config.time_budget_s if config.time_budget_s else 0.0
         return max(step / total_steps, by_time)
+
+    def read_clock(epoch_start: float) -> float:
+        seconds = time.perf_counter() - epoch_start
+        if config.time_budget_s and dist.is_initialized():
+            # Ranks must agree on time-based lr and stopping: follow the slowest clock. On the
+            # device: NCCL reduces no CPU tensors.
+            seconds = all_reduce(torch.tensor(seconds, device=device), dist.ReduceOp.MAX).item()
+        return seconds
 
     stopped_early = False
     while epoch < config.epochs and run_progress() < 1:
@@ -439,14 +448,15 @@ def train(
             correct += (logits.argmax(1) == y).sum()
             n_seen += len(y)
             step += 1
-            elapsed_s = time.perf_counter() - epoch_start
-            if config.time_budget_s and dist.is_initialized():
-                # Ranks must agree on time-based lr and stopping: follow the slowest clock.
-                elapsed_s = all_reduce(torch.tensor(elapsed_s), dist.ReduceOp.MAX).item()
+            elapsed_s = read_clock(epoch_start)
             if task is not None:
                 progress.advance(task)
             if run_progress() >= 1:
                 break
+        if device.type == "cuda":
+            # The GPU runs behind the Python loop: the epoch took until its last kernel finished.
+            torch.cuda.synchronize(device)
+            elapsed_s = read_clock(epoch_start)
         if task is not None:
             progress.remove_task(task)
         epoch += 1
