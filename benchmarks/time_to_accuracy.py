@@ -102,8 +102,7 @@ def main() -> None:
         f"{'img/s':>7} {'test acc':>8} {'predict':>8}  recipe (model)",
         flush=True,
     )
-    reached_by_recipe = {}
-    predict_seconds = {}
+    rows = []  # (recipe, preset name, (seconds, epoch) to the target or None, predict seconds)
     for text, name, preset, overrides in recipes:
         (config,) = preset.configs(flags=overrides)
         if name == "seed":
@@ -116,29 +115,28 @@ def main() -> None:
         # As `digits run` predicts: with the preset's test-time augmentation, if any.
         predictor = Predictor.load([result.run_dir], PredictConfig(tta=preset.tta))
         accuracy = float((predictor.predict(test_images) == solution).mean())
-        predict_seconds[text] = time.perf_counter() - start
+        predict_s = time.perf_counter() - start
         images_per_s = result.history[-1]["step"] * config.batch_size / result.train_seconds
-        reached_by_recipe[text] = reached
+        rows.append((text, name, reached, predict_s))
         to_target = f"{reached[0]:.1f} s (ep {reached[1]})" if reached else "not reached"
         print(f"{to_target:>15} {result.epochs_run:>6g} {result.train_seconds:>8.1f} "
               f"{wall_s:>7.1f} {images_per_s:>7.0f} {accuracy:>8.4f} "
-              f"{predict_seconds[text]:>7.2f}s  {text} ({config.model})", flush=True)  # fmt: skip
+              f"{predict_s:>7.2f}s  {text} ({config.model})", flush=True)  # fmt: skip
 
-    seed_time = next((reached[0] for text, reached in reached_by_recipe.items()
-                      if text.split()[0] == "seed" and reached), None)  # fmt: skip
+    seed_reached = [reached for _, name, reached, _ in rows if name == "seed"]
     print()
-    for text, reached in reached_by_recipe.items():
-        if text.split()[0] == "seed" or not reached:
+    for text, name, reached, _ in rows:
+        if name == "seed" or not reached:
             continue
-        if seed_time is not None:
-            print(f"time to {args.target}: {text} is {seed_time / reached[0]:.1f}x faster than "
-                  "the seed recipe")  # fmt: skip
-        elif "seed" in [name for _, name, _, _ in recipes]:
+        if seed_reached and seed_reached[0]:
+            print(f"time to {args.target}: {text} is {seed_reached[0][0] / reached[0]:.1f}x "
+                  "faster than the seed recipe")  # fmt: skip
+        elif seed_reached:
             print(f"seed recipe did not reach {args.target} in {args.seed_budget:.0f} s: "
                   f"{text} is > {args.seed_budget / reached[0]:.1f}x faster")  # fmt: skip
-    for text, seconds in predict_seconds.items():
-        print(f"inference, {len(test_images):,} test images: {len(test_images) / seconds:,.0f} "
-              f"images/s ({seconds:.2f} s) for {text}")  # fmt: skip
+    for text, _, _, predict_s in rows:
+        print(f"inference, {len(test_images):,} test images: {len(test_images) / predict_s:,.0f} "
+              f"images/s ({predict_s:.2f} s) for {text}")  # fmt: skip
 
 
 if __name__ == "__main__":
