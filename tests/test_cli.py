@@ -89,6 +89,8 @@ def test_user_errors_are_one_line_without_traceback(tmp_path, small_csvs):
         assert "Traceback" not in result.output
     unknown = invoke("train", "--train", small_csvs["train"], "--model", "cnnn")
     assert unknown.exit_code == 1 and "Did you mean 'cnn'" in unknown.output
+    one_model = invoke("train", "--train", small_csvs["train"], "--jobs", "2")
+    assert one_model.exit_code == 1 and "one model trains in one process" in one_model.output
 
 
 def test_data_check_summarises(small_csvs):

@@ -2,10 +2,12 @@ import json
 
 import numpy as np
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from digit_recognizer.errors import ConfigError, DataError
 from digit_recognizer.evaluate import score_submission
-from digit_recognizer.pipeline import get_preset, run_job, train_jobs
+from digit_recognizer.pipeline import get_preset, run_job, train_job, train_jobs
 from digit_recognizer.predict import Predictor
 from digit_recognizer.train import TrainConfig
 
@@ -94,3 +96,31 @@ def test_shards_beyond_the_memory_budget_are_streamed(tmp_path, small_csvs, capl
     assert job.valid_metrics.accuracy > 0.8
     steps = job.train.history[-1]["step"]
     assert steps == 2 * 32  # 2,000 streamed rows in batches of 64, every row once per epoch
+
+
+def test_members_trained_side_by_side_are_the_members_trained_in_turn(tmp_path, small_csvs):
+    """--jobs 2: each member in a process of its own, with its share of the threads; the same
+    member, bit for bit, as one trained in this process with that many threads."""
+    configs = [TrainConfig(**TINY_RECIPE | {"seed": seed, "epochs": 1}) for seed in (1, 2)]
+    side_by_side = train_jobs(configs, small_csvs["train"], tmp_path / "parallel", parallel=2)
+    metrics = json.loads((tmp_path / "parallel" / "metrics.json").read_text())
+    assert metrics["parallel"] == 2 and metrics["wall_seconds"] > 0
+    assert [job.run_dir.name for job in side_by_side] == ["member-1", "member-2"]
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, previous_threads // 2))
+    try:  # the second member: its seed and its place in the ensemble both count
+        in_turn = train_job(configs[1], small_csvs["train"], tmp_path / "serial")
+    finally:
+        torch.set_num_threads(previous_threads)
+    assert side_by_side[1].valid_metrics.accuracy == in_turn.valid_metrics.accuracy
+    parallel_weights = load_file(side_by_side[1].run_dir / "model.safetensors")
+    serial_weights = load_file(in_turn.run_dir / "model.safetensors")
+    assert parallel_weights.keys() == serial_weights.keys()
+    for name, weight in parallel_weights.items():
+        torch.testing.assert_close(weight, serial_weights[name], rtol=0, atol=0)
+    # The parent holds each member's model, read back from its run directory.
+    torch.testing.assert_close(
+        side_by_side[1].train.model.state_dict(), in_turn.train.model.state_dict()
+    )
+    with pytest.raises(ConfigError, match="one model trains in one process"):
+        train_jobs(configs[:1], small_csvs["train"], tmp_path / "single", parallel=2)

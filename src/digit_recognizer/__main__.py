@@ -2,4 +2,6 @@
 
 from digit_recognizer.cli import app
 
-app(prog_name="digits")
+# Guarded: processes that `--jobs` spawns import this module again, and must not rerun the command.
+if __name__ == "__main__":
+    app(prog_name="digits")

@@ -9,13 +9,18 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import multiprocessing
 import os
 import time
 from collections.abc import Mapping
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import torch
+from rich.console import Console
+from rich.logging import RichHandler
 from rich.progress import Progress
 
 from digit_recognizer.config import load_config, save_config
@@ -39,7 +44,7 @@ from digit_recognizer.evaluate import (
     score_submission,
 )
 from digit_recognizer.fileio import locked_dir, write_text
-from digit_recognizer.models.storage import write_ensemble
+from digit_recognizer.models.storage import load_net, write_ensemble
 from digit_recognizer.predict import PredictConfig, Predictor, predict_csv
 from digit_recognizer.report import write_run_report
 from digit_recognizer.train import CHECKPOINT_FILE, CONFIG_FILE, TrainConfig, TrainResult, train
@@ -165,6 +170,7 @@ class RunSummary:
     submission: Path
     n_members: int  # 1, or the ensemble's size
     train_seconds: float  # summed over members
+    wall_seconds: float  # training from the first member's start to the last one's end
     epochs_run: float  # of the (first) member
     valid_accuracy: float | None  # mean over members, each on its own validation split
     test_accuracy: float | None  # score against the replica's solution.csv; None on Kaggle's files
@@ -278,29 +284,96 @@ def train_jobs(
     train_csv: Path,
     run_dir: Path,
     progress: Progress | None = None,
+    parallel: int = 1,
 ) -> list[TrainJobResult]:
     """One config trains one run in ``run_dir``. Several train an ensemble: one run per config,
-    ``run_dir``/member-1 and on, each resumable on its own, and ``run_dir`` marked an ensemble."""
+    ``run_dir``/member-1 and on, each resumable on its own, and ``run_dir`` marked an ensemble.
+
+    ``parallel`` members train at once, each in a process of its own (``train_side_by_side``).
+    """
+    if parallel < 1:
+        raise ConfigError(f"parallel must be >= 1: {parallel}")
     if len(configs) == 1:
+        if parallel > 1:
+            raise ConfigError(
+                "--jobs trains an ensemble's members side by side; one model trains in one "
+                "process (in several: `digits train --nproc`)"
+            )
         return [train_job(configs[0], train_csv, run_dir, progress)]
-    jobs = []
+    members = []
     for number, config in enumerate(configs, start=1):
-        log.info("ensemble member %d of %d (seed %d)", number, len(configs), config.seed)
         member_dir = run_dir / f"member-{number}"
         if config.resume and number > 1 and not (member_dir / CHECKPOINT_FILE).exists():
             # Expected when the interruption came before it: no "nothing to resume" warning,
             # which member 1 still gives for an --out that holds no ensemble at all.
             log.info("member %d had not started; training it", number)
             config = replace(config, resume=False)
-        jobs.append(train_job(config, train_csv, member_dir, progress))
+        members.append((config, member_dir))
+    started = time.perf_counter()
+    if parallel > 1:
+        jobs = train_side_by_side(members, train_csv, parallel)
+    else:
+        jobs = []
+        for number, (config, member_dir) in enumerate(members, start=1):
+            log.info("ensemble member %d of %d (seed %d)", number, len(members), config.seed)
+            jobs.append(train_job(config, train_csv, member_dir, progress))
+    wall_seconds = time.perf_counter() - started
     write_ensemble(run_dir, [job.run_dir for job in jobs])
     write_metrics(run_dir, {
         "train_csv": str(train_csv),
         "train_seconds": sum(job.train.train_seconds for job in jobs),
+        "parallel": parallel,
+        "wall_seconds": wall_seconds,  # members' training, validation and reports
         "members": [{"run_dir": job.run_dir.name, "valid_accuracy": job.valid_metrics.accuracy
                      if job.valid_metrics else None} for job in jobs],
     })  # fmt: skip
     return jobs
+
+
+def train_side_by_side(
+    members: list[tuple[TrainConfig, Path]], train_csv: Path, parallel: int
+) -> list[TrainJobResult]:
+    """Train ensemble members ``parallel`` at a time, each in a fresh process.
+
+    The CPU's threads are shared out between them, and a GPU is shared by all: its small-batch
+    steps wait on kernel launches (~6 ms a step of ``cnn`` on an H200, whatever the batch), which
+    one process issues one after another. On 2 CPU cores two 1-thread processes trained 1.13x
+    the images/s of one 2-thread process (docs/results.md); GPUs and many-core CPUs, where one
+    process leaves more idle, are what it is for. Each member is the run it would be alone,
+    except for the thread count (the CPU's sums may round differently with fewer threads).
+    """
+    threads = max(1, torch.get_num_threads() // parallel)
+    log.info("training %d members, %d at a time, each in a process of its own with %d "
+             "thread%s", len(members), parallel, threads, "s" * (threads > 1))  # fmt: skip
+    # spawn: a forked child cannot use CUDA once its parent has. One fresh process per member
+    # frees the member's memory when it ends and gives its log lines their own prefix.
+    context = multiprocessing.get_context("spawn")
+    level = logging.getLogger("digit_recognizer").getEffectiveLevel()
+    with ProcessPoolExecutor(parallel, mp_context=context, max_tasks_per_child=1) as pool:
+        futures = [
+            pool.submit(train_member, number, config, train_csv, member_dir, threads, level)
+            for number, (config, member_dir) in enumerate(members, start=1)
+        ]
+        try:
+            jobs = [future.result() for future in futures]
+        except BaseException:
+            # Members already training finish (each resumable); those not started never start.
+            pool.shutdown(cancel_futures=True)
+            raise
+    return [replace(job, train=replace(job.train, model=load_net(job.run_dir)[0])) for job in jobs]
+
+
+def train_member(
+    number: int, config: TrainConfig, train_csv: Path, member_dir: Path, threads: int, level: int
+) -> TrainJobResult:
+    """One ensemble member in a process of its own (``train_side_by_side``)."""
+    torch.set_num_threads(threads)
+    handler = RichHandler(console=Console(stderr=True), show_path=False, show_time=False)
+    logging.basicConfig(level=level, format=f"member {number}: %(message)s", handlers=[handler])
+    job = train_job(config, train_csv, member_dir)
+    # Tensors would cross to the parent as shared memory that ends with this process: the
+    # parent reads the saved model instead (train_side_by_side).
+    return replace(job, train=replace(job.train, model=None))
 
 
 def write_metrics(run_dir: Path, updates: dict) -> None:
@@ -319,10 +392,12 @@ def run_job(
     cache_dir: Path | None = None,
     predict_config: PredictConfig | None = None,
     progress: Progress | None = None,
+    parallel: int = 1,
 ) -> RunSummary:
     """The main job: (build a replica,) train, evaluate, predict, write and score a submission.
 
-    A list of several configs trains an ensemble, one member per config (``Preset.configs``).
+    A list of several configs trains an ensemble, one member per config (``Preset.configs``),
+    ``parallel`` of them at a time (``train_jobs``).
     """
     if (train_csv is None) != (test_csv is None):
         raise DataError("give both --train and --test (Kaggle's files), or neither (the replica)")
@@ -332,7 +407,9 @@ def run_job(
         train_csv, test_csv, solution_csv = files.train, files.test, files.solution
     configs = [config] if isinstance(config, TrainConfig) else config
     run_dir = run_dir or default_run_dir(configs[0].model)
-    jobs = train_jobs(configs, train_csv, run_dir, progress)
+    started = time.perf_counter()
+    jobs = train_jobs(configs, train_csv, run_dir, progress, parallel)
+    wall_seconds = time.perf_counter() - started
     submission = run_dir / "submission.csv"
     predict_csv([run_dir], test_csv, submission, predict_config)
     test_accuracy = score_submission(solution_csv, submission) if solution_csv else None
@@ -345,6 +422,7 @@ def run_job(
         submission=submission,
         n_members=len(jobs),
         train_seconds=sum(job.train.train_seconds for job in jobs),
+        wall_seconds=wall_seconds,
         epochs_run=jobs[0].train.epochs_run,
         valid_accuracy=sum(valid_accuracies) / len(valid_accuracies) if valid_accuracies else None,
         test_accuracy=test_accuracy,

@@ -41,7 +41,13 @@ from digit_recognizer.distributed import all_reduce, close_distributed, init_dis
 from digit_recognizer.errors import ConfigError, ModelFileError
 from digit_recognizer.fileio import atomic_path, write_text
 from digit_recognizer.models.registry import build, get_spec
-from digit_recognizer.models.runtime import autocast, autocast_dtype, batched_logits, resolve_device
+from digit_recognizer.models.runtime import (
+    autocast,
+    autocast_dtype,
+    batched_logits,
+    resolve_device,
+    synchronize,
+)
 from digit_recognizer.models.storage import save_net
 
 log = logging.getLogger(__name__)
@@ -453,9 +459,9 @@ def train(
                 progress.advance(task)
             if run_progress() >= 1:
                 break
-        if device.type == "cuda":
-            # The GPU runs behind the Python loop: the epoch took until its last kernel finished.
-            torch.cuda.synchronize(device)
+        if device.type != "cpu":
+            # A GPU runs behind the Python loop: the epoch took until its last kernel finished.
+            synchronize(device)
             elapsed_s = read_clock(epoch_start)
         if task is not None:
             progress.remove_task(task)

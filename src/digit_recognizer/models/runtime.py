@@ -52,6 +52,14 @@ def autocast_dtype(device: torch.device, enabled: bool = True) -> torch.dtype | 
     return None
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for the work queued on a GPU (CUDA or Apple MPS); the CPU runs in step already."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
 def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
     if dtype is None:
         return contextlib.nullcontext()

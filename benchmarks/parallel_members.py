@@ -1,0 +1,65 @@
+"""Ensemble members trained in turn against side by side (`--jobs`), same machine, same run.
+
+Trains the first --members members of a preset (best's by default, for --epochs each) twice on
+a replica's train.csv: one after another in this process, with all of its threads, as `digits
+run --preset best` does; then --jobs at a time, each in a process of its own with a share of
+the threads, as `digits run --preset best --jobs N` does. Prints each way's wall time (the
+members' training, validation and reports), the training images per second of it and the
+ratio. On a CPU the question is whether two 1-thread processes beat one 2-thread process on
+nets this small; on a GPU, whether several processes keep it busier than one, whose small steps
+wait on kernel launches.
+
+    .venv/bin/python benchmarks/parallel_members.py                        # 2 members, 2 epochs
+    .venv/bin/python benchmarks/parallel_members.py --members 4 --jobs 2 --epochs 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+from digit_recognizer.pipeline import TrainJobResult, cached_replica, get_preset, train_jobs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--preset", default="best")
+    parser.add_argument("--members", type=int, default=2, help="the preset's first N members")
+    parser.add_argument("--jobs", type=int, default=2, help="members trained at once")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--replica-seed", type=int, default=0)
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args()
+
+    flags = {"epochs": args.epochs, "device": args.device}
+    configs = get_preset(args.preset).configs(flags=flags)[: args.members]
+    if len(configs) < 2:
+        parser.error(f"preset '{args.preset}' with --members {args.members}: not an ensemble")
+    train_csv = cached_replica(args.replica_seed).train
+    print(f"{len(configs)} members of {args.preset} ({configs[0].model}, {args.epochs} epochs "
+          f"each), replica {args.replica_seed}")  # fmt: skip
+    walls = {}
+    with tempfile.TemporaryDirectory(prefix="parallel_members-") as scratch:
+        for jobs in (1, args.jobs):
+            started = time.perf_counter()
+            results = train_jobs(configs, train_csv, Path(scratch) / f"jobs-{jobs}", parallel=jobs)
+            walls[jobs] = time.perf_counter() - started
+            print(f"{jobs} at a time: {walls[jobs]:7.1f} s wall, "
+                  f"{images_trained(results) / walls[jobs]:8,.0f} training images/s, validation "
+                  f"accuracy {', '.join(f'{job.valid_metrics.accuracy:.4f}' for job in results)}",
+                  flush=True)  # fmt: skip
+    print(
+        f"side by side ({args.jobs} at a time) took {walls[args.jobs] / walls[1]:.2f}x "
+        f"the wall time of one at a time: {walls[1] / walls[args.jobs]:.2f}x faster"
+    )
+
+
+def images_trained(results: list[TrainJobResult]) -> int:
+    """The members' training images in all: steps x batch size (the last batch may be short)."""
+    return sum(job.train.history[-1]["step"] * job.train.config["batch_size"] for job in results)
+
+
+if __name__ == "__main__":
+    main()
