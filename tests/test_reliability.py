@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -148,6 +149,36 @@ def test_ctrl_c_says_how_to_resume_and_the_run_is_not_overwritten(
     assert load_checkpoint(run_dir, torch.device("cpu"))["epoch"] == 1  # epoch 1 kept
     subprocess.run([*DIGITS, *flags, "--resume"], stderr=subprocess.DEVNULL, check=True)
     assert len(history_rows(run_dir)) == 3
+
+
+def test_ctrl_c_stops_members_side_by_side_starts_no_other_and_resume_finishes_them(
+    tmp_path: Path, train_csv: Path
+) -> None:
+    """`--preset best --jobs 2`: Ctrl-C, sent to the process group as a terminal sends it, once
+    members 1 and 2 have a checkpoint, stops both and starts none of 3-5; --resume, here in one
+    process, finishes all five."""
+    run_dir = tmp_path / "ensemble"
+    flags = ["train", "--train", str(train_csv), "--out", str(run_dir), "--preset", "best",
+             "--epochs", "4", "--lr", "0.02", "--valid-size", "0.1"]  # fmt: skip
+    # SIGINT's default action in this process and in the members' spawned processes.
+    digits = [sys.executable, "-c", "import signal; signal.signal(signal.SIGINT, signal."
+              "default_int_handler); from digit_recognizer.cli import app; app()"]  # fmt: skip
+    process = subprocess.Popen([*digits, *flags, "--jobs", "2"], stderr=subprocess.PIPE,
+                               text=True, start_new_session=True)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not all((run_dir / f"member-{k}" / CHECKPOINT_FILE).exists() for k in (1, 2)):
+        assert process.poll() is None and time.monotonic() < deadline, "no checkpoints"
+        time.sleep(0.1)
+    os.killpg(process.pid, signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    said = " ".join(stderr.split())  # rich wraps lines
+    assert process.returncode == 130, said
+    assert "interrupted: the same command with --resume continues" in said
+    assert "Traceback" not in said
+    assert [len(history_rows(run_dir / f"member-{k}")) < 4 for k in (1, 2)] == [True, True]
+    assert not (run_dir / "member-3").exists()  # queued members never started
+    subprocess.run([*DIGITS, *flags, "--resume"], stderr=subprocess.DEVNULL, check=True)
+    assert [len(history_rows(run_dir / f"member-{k}")) for k in range(1, 6)] == [4] * 5
 
 
 # --- (b) and (d): corrupt or tampered model files, through the CLI --------------------------------

@@ -13,7 +13,7 @@ import multiprocessing
 import os
 import time
 from collections.abc import Mapping
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -349,18 +349,27 @@ def train_side_by_side(
     # frees the member's memory when it ends and gives its log lines their own prefix.
     context = multiprocessing.get_context("spawn")
     level = logging.getLogger("digit_recognizer").getEffectiveLevel()
+    waiting = list(enumerate(members, start=1))
+    running: dict[Future[TrainJobResult], int] = {}
+    jobs: dict[int, TrainJobResult] = {}
+    # A member is handed to the pool only when a process is free for it: one queued in the pool
+    # would still start after a Ctrl-C or a failed member, and train to its end before the
+    # command could stop. Members already training finish (each resumable on its own).
     with ProcessPoolExecutor(parallel, mp_context=context, max_tasks_per_child=1) as pool:
-        futures = [
-            pool.submit(train_member, number, config, train_csv, member_dir, threads, level)
-            for number, (config, member_dir) in enumerate(members, start=1)
-        ]
-        try:
-            jobs = [future.result() for future in futures]
-        except BaseException:
-            # Members already training finish (each resumable); those not started never start.
-            pool.shutdown(cancel_futures=True)
-            raise
-    return [replace(job, train=replace(job.train, model=load_net(job.run_dir)[0])) for job in jobs]
+        while waiting or running:
+            while waiting and len(running) < parallel:
+                number, (config, member_dir) = waiting.pop(0)
+                future = pool.submit(
+                    train_member, number, config, train_csv, member_dir, threads, level
+                )
+                running[future] = number
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                jobs[running.pop(future)] = future.result()
+    return [
+        replace(job, train=replace(job.train, model=load_net(job.run_dir)[0]))
+        for _, job in sorted(jobs.items())
+    ]
 
 
 def train_member(
