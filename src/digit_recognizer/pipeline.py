@@ -82,12 +82,13 @@ class Preset:
 # change stroke widths in training (TrainConfig.stroke: fast fully, default by half, best in three
 # of its five members) and draw other writers' 1s and 7s (TrainConfig.styles), for far fewer errors
 # on thick, thin and blurred strokes and other writers' digits (README, 'Beyond MNIST'): on unseen
-# replica 1414213 fast scored 0.9953 in 60 s, default 0.9968 in 300 s, best 0.9971 (before the
-# styles: fast 0.9950 and 0.9947 on 90210 and 16180, default 0.9964 on 1618033, best 0.9967 and
-# 0.9973 on 16180 and 141421). best's members differ in seed (weights, augmentation draws and
-# validation split), each is evaluated and saved as its EMA, and their probabilities are averaged
-# with test-time augmentation; they are independent runs, so an interrupted ensemble resumes member
-# by member.
+# replica 1414213 fast scored 0.9953 in 60 s, default 0.9968 in 300 s, best 0.9971 (0.9970 and
+# 0.9974 on unseen 1123581 and 2718281; before the styles: fast 0.9950 and 0.9947 on 90210 and
+# 16180, default 0.9964 on 1618033, best 0.9967 and 0.9973 on 16180 and 141421). best's members
+# differ in seed (weights, augmentation draws and validation split), each is evaluated and saved
+# as its EMA, and their probabilities are averaged with test-time augmentation; they are
+# independent runs, so an interrupted ensemble resumes member by member, and `--jobs` trains
+# several at once.
 PRESETS = {
     # fast and default are bounded in time as well as epochs, so a CPU without native bf16
     # (~5x slower) still finishes in 1 and 5 minutes, with the schedule annealed to the budget
