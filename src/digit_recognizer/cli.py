@@ -131,8 +131,8 @@ Jobs = Annotated[
     typer.Option(
         "--jobs",
         "-j",
-        help="Ensemble members trained at once, each in a process of its own with a share of "
-        "the CPU's threads (on a GPU, side by side on it).",
+        help="Ensemble members trained at once (best: 5), each in a process of its own with a "
+        "share of the CPU's threads (on a GPU, side by side on it).",
     ),
 ]
 Resume = Annotated[

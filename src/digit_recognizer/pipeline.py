@@ -339,8 +339,10 @@ def train_side_by_side(
     The CPU's threads are shared out between them, and a GPU is shared by all: its small-batch
     steps wait on kernel launches (~6 ms a step of ``cnn`` on an H200, whatever the batch), which
     one process issues one after another. On 2 CPU cores two 1-thread processes trained 1.13x
-    the images/s of one 2-thread process (docs/results.md); GPUs and many-core CPUs, where one
-    process leaves more idle, are what it is for. Each member is the run it would be alone,
+    the images/s of one 2-thread process, and best's five members side by side took 1/1.2 of
+    the wall time (docs/results.md); GPUs and many-core CPUs, where one process leaves more
+    idle, are what it is for. Members run in rounds of ``parallel``, so a number that divides
+    the members' leaves no process alone at the end. Each member is the run it would be alone,
     except for the thread count (the CPU's sums may round differently with fewer threads).
     """
     threads = max(1, torch.get_num_threads() // parallel)
