@@ -271,7 +271,8 @@ def train_command(
     run_dir = out or default_run_dir(configs[0].model)
     if nproc > 1:
         if len(configs) > 1 or jobs > 1:
-            raise typer.BadParameter("--nproc trains one model, not a --preset best ensemble")
+            raise typer.BadParameter("--nproc trains one model, not a --preset best ensemble "
+                                     "nor several at once (--jobs)")  # fmt: skip
         launch_distributed(nproc, configs[0], train, run_dir)
         console.print(f"trained with {nproc} processes -> {run_dir}")
         return

@@ -293,7 +293,7 @@ def train_jobs(
     ``parallel`` members train at once, each in a process of its own (``train_side_by_side``).
     """
     if parallel < 1:
-        raise ConfigError(f"parallel must be >= 1: {parallel}")
+        raise ConfigError(f"--jobs must be >= 1: {parallel}")
     if len(configs) == 1:
         if parallel > 1:
             raise ConfigError(
