@@ -340,10 +340,11 @@ def train_side_by_side(
     steps wait on kernel launches (~6 ms a step of ``cnn`` on an H200, whatever the batch), which
     one process issues one after another. On 2 CPU cores two 1-thread processes trained 1.13x
     the images/s of one 2-thread process, and best's five members side by side took 1/1.2 of
-    the wall time (docs/results.md); GPUs and many-core CPUs, where one process leaves more
-    idle, are what it is for. Members run in rounds of ``parallel``, so a number that divides
-    the members' leaves no process alone at the end. Each member is the run it would be alone,
-    except for the thread count (the CPU's sums may round differently with fewer threads).
+    the wall time; on an H200 five side by side took half the wall time of five in turn, and
+    best's five trained in 164 s (docs/results.md). Many-core CPUs are untried. Members run in
+    rounds of ``parallel``, so a number that divides the members' leaves no process alone at
+    the end. Each member is the run it would be alone, except for the thread count (the CPU's
+    sums may round differently with fewer threads).
     """
     threads = max(1, torch.get_num_threads() // parallel)
     log.info("training %d members, %d at a time, each in a process of its own with %d "
