@@ -5,9 +5,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from digit_recognizer import pipeline
 from digit_recognizer.errors import ConfigError, DataError
 from digit_recognizer.evaluate import score_submission
-from digit_recognizer.pipeline import get_preset, run_job, train_job, train_jobs
+from digit_recognizer.pipeline import default_jobs, get_preset, run_job, train_job, train_jobs
 from digit_recognizer.predict import Predictor
 from digit_recognizer.train import TrainConfig
 
@@ -124,3 +125,18 @@ def test_members_trained_side_by_side_are_the_members_trained_in_turn(tmp_path, 
     )
     with pytest.raises(ConfigError, match="one model trains in one process"):
         train_jobs(configs[:1], small_csvs["train"], tmp_path / "single", parallel=2)
+
+
+@pytest.mark.parametrize(("device", "expected"), [("cuda", 5), ("mps", 1), ("cpu", 1)])
+def test_an_ensemble_trains_side_by_side_by_default_on_a_cuda_gpu_only(
+    monkeypatch, device, expected
+):
+    monkeypatch.setattr(pipeline, "resolve_device", lambda name: torch.device(device))
+    best = get_preset("best").configs()
+    assert default_jobs(best) == expected
+    assert default_jobs(get_preset("default").configs()) == 1
+    # Under torchrun each rank is already one process of a job: it spawns no others.
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert default_jobs(best) == 1

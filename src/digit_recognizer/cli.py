@@ -127,12 +127,13 @@ Preset = Annotated[
     ),
 ]
 Jobs = Annotated[
-    int,
+    int | None,
     typer.Option(
         "--jobs",
         "-j",
-        help="Ensemble members trained at once (best: 5), each in a process of its own with a "
-        "share of the CPU's threads (on a GPU, side by side on it).",
+        help="Ensemble members trained at once, each in a process of its own with a share of "
+        "the CPU's threads (on a GPU, side by side on it). [default: all of them on a CUDA GPU, "
+        "else 1]",
     ),
 ]
 Resume = Annotated[
@@ -188,7 +189,7 @@ def run(
     resume: Resume = False,
     replica_seed: Annotated[int, typer.Option(help="Seed of the replica split.")] = 0,
     preset: Preset = "default",
-    jobs: Jobs = 1,
+    jobs: Jobs = None,
     config: ConfigFile = None, model: Model = None, epochs: Epochs = None,
     time_budget: TimeBudget = None, batch_size: BatchSize = None, optimizer: Optimizer = None,
     lr: LR = None, schedule: Schedule = None, augment: Augment = None, elastic: Elastic = None,
@@ -198,7 +199,7 @@ def run(
     tta: PresetTta = None,
 ) -> None:  # fmt: skip
     """The main job: train, evaluate, predict, write and score a submission."""
-    from digit_recognizer.pipeline import get_preset, run_job
+    from digit_recognizer.pipeline import default_jobs, get_preset, run_job
     from digit_recognizer.predict import TTA_SHIFTS, PredictConfig
 
     config = resumed_config(resume, out, config)
@@ -210,6 +211,7 @@ def run(
     recipe = get_preset(preset)
     configs = recipe.configs(config, overrides)
     tta = recipe.tta if tta is None else tta
+    jobs = default_jobs(configs) if jobs is None else jobs
     with progress_bar() as progress:
         summary = run_job(configs, train, test, out, replica_seed,
                           predict_config=PredictConfig(tta=tta), progress=progress,
@@ -241,7 +243,7 @@ def train_command(
     resume: Resume = False,
     preset: Preset = "default",
     nproc: Annotated[int, typer.Option(help="Processes (DDP through torchrun).")] = 1,
-    jobs: Jobs = 1,
+    jobs: Jobs = None,
     config: ConfigFile = None, model: Model = None, epochs: Epochs = None,
     time_budget: TimeBudget = None, batch_size: BatchSize = None, optimizer: Optimizer = None,
     lr: LR = None, schedule: Schedule = None, augment: Augment = None, elastic: Elastic = None,
@@ -254,6 +256,7 @@ def train_command(
     """Train a net on a labelled CSV and write a run directory."""
     from digit_recognizer.distributed import Distributed
     from digit_recognizer.pipeline import (
+        default_jobs,
         default_run_dir,
         get_preset,
         launch_distributed,
@@ -270,13 +273,14 @@ def train_command(
     configs = get_preset(preset).configs(config, overrides)
     run_dir = out or default_run_dir(configs[0].model)
     if nproc > 1:
-        if len(configs) > 1 or jobs > 1:
+        if len(configs) > 1 or (jobs or 1) > 1:
             raise typer.BadParameter("--nproc trains one model, not a --preset best ensemble "
                                      "nor several at once (--jobs)")  # fmt: skip
         launch_distributed(nproc, configs[0], train, run_dir)
         console.print(f"trained with {nproc} processes -> {run_dir}")
         return
     is_main_process = Distributed.from_env().is_main_process
+    jobs = default_jobs(configs) if jobs is None else jobs
     with progress_bar(enabled=is_main_process) as progress:
         results = train_jobs(configs, train, run_dir, progress, parallel=jobs)
     if not is_main_process:
