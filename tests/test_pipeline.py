@@ -1,4 +1,6 @@
 import json
+import logging
+import os
 
 import numpy as np
 import pytest
@@ -8,7 +10,15 @@ from safetensors.torch import load_file
 from digit_recognizer import pipeline
 from digit_recognizer.errors import ConfigError, DataError
 from digit_recognizer.evaluate import score_submission
-from digit_recognizer.pipeline import default_jobs, get_preset, run_job, train_job, train_jobs
+from digit_recognizer.pipeline import (
+    default_jobs,
+    get_preset,
+    run_job,
+    train_job,
+    train_jobs,
+    train_member,
+    visible_gpus,
+)
 from digit_recognizer.predict import Predictor
 from digit_recognizer.train import TrainConfig
 
@@ -140,3 +150,26 @@ def test_an_ensemble_trains_side_by_side_by_default_on_a_cuda_gpu_only(
     monkeypatch.setenv("LOCAL_RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert default_jobs(best) == 1
+
+
+def test_members_side_by_side_share_out_the_gpus_each_process_seeing_its_own(
+    monkeypatch, tmp_path, small_csvs
+):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert visible_gpus() == ["0", "1"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5, 7,9")  # more names than GPUs: CUDA stops early
+    assert visible_gpus() == ["5", "7"]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert visible_gpus() == []
+    # The member's process is then given one of them (here, this process: the CPU trains it).
+    config = TrainConfig(**TINY_RECIPE | {"epochs": 1, "device": "cpu"})
+    threads = torch.get_num_threads()
+    try:
+        job = train_member(2, config, small_csvs["train"], tmp_path / "member-2", threads,
+                           logging.WARNING, gpu="7")  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "7"
+    assert job.train.model is None and (job.run_dir / "model.safetensors").is_file()

@@ -362,6 +362,9 @@ def train_side_by_side(
     threads = max(1, torch.get_num_threads() // parallel)
     log.info("training %d members, %d at a time, each in a process of its own with %d "
              "thread%s", len(members), parallel, threads, "s" * (threads > 1))  # fmt: skip
+    # Several GPUs: member n trains on the n-th, round the GPUs (each process sees only its own).
+    on_gpu = any(resolve_device(config.device).type == "cuda" for config, _ in members)
+    gpus = visible_gpus() if on_gpu else []
     # spawn: a forked child cannot use CUDA once its parent has. One fresh process per member
     # frees the member's memory when it ends and gives its log lines their own prefix.
     context = multiprocessing.get_context("spawn")
@@ -376,8 +379,9 @@ def train_side_by_side(
         while waiting or running:
             while waiting and len(running) < parallel:
                 number, (config, member_dir) = waiting.pop(0)
+                gpu = gpus[(number - 1) % len(gpus)] if len(gpus) > 1 else None
                 future = pool.submit(
-                    train_member, number, config, train_csv, member_dir, threads, level
+                    train_member, number, config, train_csv, member_dir, threads, level, gpu
                 )
                 running[future] = number
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
@@ -389,10 +393,30 @@ def train_side_by_side(
     ]
 
 
+def visible_gpus() -> list[str]:
+    """The CUDA GPUs this process may use, named as ``CUDA_VISIBLE_DEVICES`` names them."""
+    if not torch.cuda.is_available():
+        return []
+    count = torch.cuda.device_count()
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is None:
+        return [str(index) for index in range(count)]
+    return [name.strip() for name in listed.split(",")][:count]
+
+
 def train_member(
-    number: int, config: TrainConfig, train_csv: Path, member_dir: Path, threads: int, level: int
+    number: int,
+    config: TrainConfig,
+    train_csv: Path,
+    member_dir: Path,
+    threads: int,
+    level: int,
+    gpu: str | None = None,
 ) -> TrainJobResult:
-    """One ensemble member in a process of its own (``train_side_by_side``)."""
+    """One ensemble member in a process of its own (``train_side_by_side``), on ``gpu`` alone
+    when given (a ``CUDA_VISIBLE_DEVICES`` name; this process must not have touched CUDA yet)."""
+    if gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
     torch.set_num_threads(threads)
     handler = RichHandler(console=Console(stderr=True), show_path=False, show_time=False)
     logging.basicConfig(level=level, format=f"member {number}: %(message)s", handlers=[handler])
