@@ -336,8 +336,9 @@ def default_jobs(configs: list[TrainConfig]) -> int:
     """Members to train at once when ``--jobs`` is not given: all of an ensemble's on a CUDA GPU,
     one at a time elsewhere and under torchrun.
 
-    On an H200 best's five trained in 164 s side by side, where one after another they took ~6
-    minutes; on 2 CPU cores side by side bought 1.2x and costs the progress bar (docs/results.md).
+    On an H200 best's five trained in 164 s side by side, where one after another they had taken
+    ~6 minutes (another lease's machine; 2.0x on the same one); on 2 CPU cores side by side
+    bought 1.2x and costs the progress bar (docs/results.md).
     """
     if len(configs) == 1 or Distributed.from_env().world_size > 1:
         return 1
