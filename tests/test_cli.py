@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from typer.testing import CliRunner
 
 from digit_recognizer.cli import app
@@ -118,3 +119,12 @@ def test_python_dash_m_runs_the_digits_command(tmp_path):
                           capture_output=True, text=True, check=False, cwd=tmp_path)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "Usage: digits score" in done.stdout
+
+
+@pytest.mark.parametrize("command", ["run", "train", "evaluate", "serve", "export", "tune"])
+def test_help_shows_the_defaults_written_into_it(command):
+    """Options whose default depends on the preset or the run say it in their help text, in
+    brackets that rich would otherwise take for markup and drop."""
+    output = invoke(command, "--help").output
+    assert "default:" in output
+    assert all(before.endswith(("[", "(")) for before in output.split("default:")[:-1]), output

@@ -75,10 +75,10 @@ Model = Annotated[
     str | None,
     typer.Option(
         help="Model name (see `digits models`), or auto (cnn; cnn-tiny on fp32-only CPUs). "
-        "[default: the preset's]"
+        "\\[default: the preset's]"
     ),
 ]
-Epochs = Annotated[int | None, typer.Option(help="Maximum epochs. [default: 15]")]
+Epochs = Annotated[int | None, typer.Option(help="Maximum epochs. \\[default: 15]")]
 TimeBudget = Annotated[
     float | None,
     typer.Option(
@@ -86,39 +86,39 @@ TimeBudget = Annotated[
         help="Stop after this many training seconds; 0 = none (repeatable bit for bit on CPU).",
     ),
 ]
-BatchSize = Annotated[int | None, typer.Option(help="Batch size. [default: 128]")]
-Optimizer = Annotated[str | None, typer.Option(help="sgd | adam | adamw. [default: sgd]")]
+BatchSize = Annotated[int | None, typer.Option(help="Batch size. \\[default: 128]")]
+Optimizer = Annotated[str | None, typer.Option(help="sgd | adam | adamw. \\[default: sgd]")]
 LR = Annotated[float | None, typer.Option("--lr", help="Peak learning rate.")]
 Schedule = Annotated[
     str | None,
-    typer.Option(help="onecycle | plateau | exponential | constant. [default: onecycle]"),
+    typer.Option(help="onecycle | plateau | exponential | constant. \\[default: onecycle]"),
 ]
-Augment = Annotated[float | None, typer.Option(help="Augmentation strength, 0 = off. [default: 1]")]
+Augment = Annotated[float | None, typer.Option(help="Augmentation strength, 0 = off. \\[default: 1]")]
 Elastic = Annotated[
     float | None,
     typer.Option(
-        help="Elastic distortion: std of the displacement in pixels, 0 = off. [default: 0]"
+        help="Elastic distortion: std of the displacement in pixels, 0 = off. \\[default: 0]"
     ),
 ]
 Stroke = Annotated[
     float | None,
     typer.Option(
         help="Stroke-width change: up to this fraction of a 3x3 dilation (thicker) or erosion "
-        "(thinner), 0 = off. [default: the preset's: 0.5 (default), 1 (fast)]"
+        "(thinner), 0 = off. \\[default: the preset's: 0.5 (default), 1 (fast)]"
     ),
 ]
 Styles = Annotated[
     float | None,
     typer.Option(
         help="Share of the 1s given a foot (half of them a long flag too) and of the 7s a bar "
-        "across the stem, as much of Europe writes them; 0 = off. [default: 0.3]"
+        "across the stem, as much of Europe writes them; 0 = off. \\[default: 0.3]"
     ),
 ]
-ValidSize = Annotated[float | None, typer.Option(help="Validation fraction. [default: 0.05]")]
+ValidSize = Annotated[float | None, typer.Option(help="Validation fraction. \\[default: 0.05]")]
 Patience = Annotated[int | None, typer.Option(help="Early-stopping patience in epochs.")]
-Seed = Annotated[int | None, typer.Option(help="Random seed. [default: 0]")]
-Device = Annotated[str | None, typer.Option(help="auto | cpu | cuda | mps. [default: auto]")]
-RunDir = Annotated[Path | None, typer.Option(help="Run directory [default: runs/<time>-<model>]")]
+Seed = Annotated[int | None, typer.Option(help="Random seed. \\[default: 0]")]
+Device = Annotated[str | None, typer.Option(help="auto | cpu | cuda | mps. \\[default: auto]")]
+RunDir = Annotated[Path | None, typer.Option(help="Run directory \\[default: runs/<time>-<model>]")]
 Preset = Annotated[
     str,
     typer.Option(
@@ -132,7 +132,7 @@ Jobs = Annotated[
         "--jobs",
         "-j",
         help="Ensemble members trained at once, each in a process of its own with a share of "
-        "the CPU's threads (on a GPU, side by side on it). [default: all of them on a CUDA GPU, "
+        "the CPU's threads (on a GPU, side by side on it). \\[default: all of them on a CUDA GPU, "
         "else 1]",
     ),
 ]
@@ -156,7 +156,7 @@ AsIs = Annotated[
 PresetTta = Annotated[
     bool | None,
     typer.Option(
-        "--tta/--no-tta", help="Average predictions over shifted views. [default: the preset's]"
+        "--tta/--no-tta", help="Average predictions over shifted views. \\[default: the preset's]"
     ),
 ]
 
@@ -251,7 +251,7 @@ def train_command(
     patience: Patience = None,
     seed: Seed = None, device: Device = None, compile_model: Compile = None,
     max_memory: Annotated[float | None, typer.Option(
-        help="GB of data to hold in memory; more streams from the shards. [default: 2]")] = None,
+        help="GB of data to hold in memory; more streams from the shards. \\[default: 2]")] = None,
 ) -> None:  # fmt: skip
     """Train a net on a labelled CSV and write a run directory."""
     from digit_recognizer.distributed import Distributed
@@ -427,7 +427,7 @@ def augment_preview(
 def report(
     run_dir: Annotated[Path, typer.Argument(help="A run directory written by train or run.")],
     data: Annotated[
-        Path | None, typer.Option(help="Labelled CSV [default: the run's validation split].")
+        Path | None, typer.Option(help="Labelled CSV \\[default: the run's validation split].")
     ] = None,
 ) -> None:
     """Write RUN_DIR/report.html: curves, metrics, mistakes, Grad-CAM, calibration."""
@@ -444,7 +444,7 @@ def explain(
         help="A Kaggle CSV (with --index), or an image file (PNG, JPEG, ...).")],
     index: Annotated[int | None, typer.Option(help="Row of the image in the CSV, 0-based.")] = None,
     out: Annotated[Path | None, typer.Option(
-        help="PNG [default: RUN_DIR/explain-INDEX.png, or explain-NAME.png for an image].")] = None,
+        help="PNG \\[default: RUN_DIR/explain-INDEX.png, or explain-NAME.png for an image].")] = None,
     as_is: AsIs = False,
 ) -> None:  # fmt: skip
     """Grad-CAM (or saliency) and probabilities for one image, as a PNG."""
@@ -463,9 +463,9 @@ def explain(
 def serve(
     run_dir: Annotated[Path, typer.Argument(help="A trained run directory.")],
     host: Annotated[str | None, typer.Option(help="Interface; 0.0.0.0 opens it to the network. "
-                                             "[default: 127.0.0.1]")] = None,
-    port: Annotated[int | None, typer.Option(help="TCP port. [default: 8000]")] = None,
-    backend: Annotated[str | None, typer.Option(help="torch | onnx. [default: torch]")] = None,
+                                             "\\[default: 127.0.0.1]")] = None,
+    port: Annotated[int | None, typer.Option(help="TCP port. \\[default: 8000]")] = None,
+    backend: Annotated[str | None, typer.Option(help="torch | onnx. \\[default: torch]")] = None,
     config: Annotated[Path | None, typer.Option("--config",
                       help="TOML file of ServeConfig keys (limits).")] = None,
 ) -> None:  # fmt: skip
@@ -484,7 +484,7 @@ def serve(
 def export(
     run_dir: Annotated[Path, typer.Argument(help="A trained run directory.")],
     export_format: Annotated[str, typer.Option("--format", help="Only onnx so far.")] = "onnx",
-    out: Annotated[Path | None, typer.Option(help="[default: RUN_DIR/model.onnx]")] = None,
+    out: Annotated[Path | None, typer.Option(help="\\[default: RUN_DIR/model.onnx]")] = None,
 ) -> None:
     """Export the run's net for deployment (ONNX: uint8 images in, probabilities out)."""
     from digit_recognizer.export import export_onnx
@@ -560,13 +560,13 @@ def compare(
 @handles_errors
 def tune(
     train: LabelledCsv,
-    model: Annotated[str | None, typer.Option(help="Model to tune. [default: cnn]")] = None,
-    trials: Annotated[int | None, typer.Option(help="Trials to add. [default: 20]")] = None,
+    model: Annotated[str | None, typer.Option(help="Model to tune. \\[default: cnn]")] = None,
+    trials: Annotated[int | None, typer.Option(help="Trials to add. \\[default: 20]")] = None,
     timeout: Annotated[float | None, typer.Option(help="Seconds; trials share them.")] = None,
-    storage: Annotated[str | None, typer.Option(help="Optuna URL [default: OUT/study.db]")] = None,
-    study_name: Annotated[str | None, typer.Option(help="[default: tune-MODEL]")] = None,
-    epochs: Annotated[int | None, typer.Option(help="Epochs per net trial. [default: 3]")] = None,
-    out: Annotated[Path | None, typer.Option(help="[default: runs/tune-MODEL]")] = None,
+    storage: Annotated[str | None, typer.Option(help="Optuna URL \\[default: OUT/study.db]")] = None,
+    study_name: Annotated[str | None, typer.Option(help="\\[default: tune-MODEL]")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Epochs per net trial. \\[default: 3]")] = None,
+    out: Annotated[Path | None, typer.Option(help="\\[default: runs/tune-MODEL]")] = None,
     seed: Seed = None,
 ) -> None:  # fmt: skip
     """Search hyperparameters with Optuna; resumable; writes best_config.toml and plots."""
