@@ -93,7 +93,9 @@ Schedule = Annotated[
     str | None,
     typer.Option(help="onecycle | plateau | exponential | constant. \\[default: onecycle]"),
 ]
-Augment = Annotated[float | None, typer.Option(help="Augmentation strength, 0 = off. \\[default: 1]")]
+Augment = Annotated[
+    float | None, typer.Option(help="Augmentation strength, 0 = off. \\[default: 1]")
+]
 Elastic = Annotated[
     float | None,
     typer.Option(
@@ -444,7 +446,8 @@ def explain(
         help="A Kaggle CSV (with --index), or an image file (PNG, JPEG, ...).")],
     index: Annotated[int | None, typer.Option(help="Row of the image in the CSV, 0-based.")] = None,
     out: Annotated[Path | None, typer.Option(
-        help="PNG \\[default: RUN_DIR/explain-INDEX.png, or explain-NAME.png for an image].")] = None,
+        help="PNG \\[default: RUN_DIR/explain-INDEX.png, or explain-NAME.png for an "
+             "image].")] = None,
     as_is: AsIs = False,
 ) -> None:  # fmt: skip
     """Grad-CAM (or saliency) and probabilities for one image, as a PNG."""
@@ -563,7 +566,8 @@ def tune(
     model: Annotated[str | None, typer.Option(help="Model to tune. \\[default: cnn]")] = None,
     trials: Annotated[int | None, typer.Option(help="Trials to add. \\[default: 20]")] = None,
     timeout: Annotated[float | None, typer.Option(help="Seconds; trials share them.")] = None,
-    storage: Annotated[str | None, typer.Option(help="Optuna URL \\[default: OUT/study.db]")] = None,
+    storage: Annotated[
+        str | None, typer.Option(help="Optuna URL \\[default: OUT/study.db]")] = None,
     study_name: Annotated[str | None, typer.Option(help="\\[default: tune-MODEL]")] = None,
     epochs: Annotated[int | None, typer.Option(help="Epochs per net trial. \\[default: 3]")] = None,
     out: Annotated[Path | None, typer.Option(help="\\[default: runs/tune-MODEL]")] = None,
