@@ -4,10 +4,11 @@ Trains the first --members members of a preset (best's by default, for --epochs 
 a replica's train.csv: one after another in this process, with all of its threads, as `digits
 run --preset best` does; then --jobs at a time, each in a process of its own with a share of
 the threads, as `digits run --preset best --jobs N` does. Prints each way's wall time (the
-members' training, validation and reports), the training images per second of it and the
-ratio. On a CPU the question is whether two 1-thread processes beat one 2-thread process on
-nets this small; on a GPU, whether several processes keep it busier than one, whose small steps
-wait on kernel launches.
+members' training, validation and reports, and the processes' start-up), the training images
+per second of that wall time and of the members' training alone, and the ratio. On a CPU the
+question is whether two 1-thread processes beat one 2-thread process on nets this small; on a
+GPU, whether several processes keep it busier than one, whose small steps wait on kernel
+launches.
 
     .venv/bin/python benchmarks/parallel_members.py                        # 2 members, 2 epochs
     .venv/bin/python benchmarks/parallel_members.py --members 4 --jobs 2 --epochs 3
@@ -47,8 +48,9 @@ def main() -> None:
             results = train_jobs(configs, train_csv, Path(scratch) / f"jobs-{jobs}", parallel=jobs)
             walls[jobs] = time.perf_counter() - started
             print(f"{jobs} at a time: {walls[jobs]:7.1f} s wall, "
-                  f"{images_trained(results) / walls[jobs]:8,.0f} training images/s, validation "
-                  f"accuracy {', '.join(f'{job.valid_metrics.accuracy:.4f}' for job in results)}",
+                  f"{images_trained(results) / walls[jobs]:8,.0f} training images/s of it, "
+                  f"{training_rate(results, jobs):8,.0f} while training; validation accuracy "
+                  f"{', '.join(f'{job.valid_metrics.accuracy:.4f}' for job in results)}",
                   flush=True)  # fmt: skip
     print(
         f"side by side ({args.jobs} at a time) took {walls[args.jobs] / walls[1]:.2f}x "
@@ -59,6 +61,12 @@ def main() -> None:
 def images_trained(results: list[TrainJobResult]) -> int:
     """The members' training images in all: steps x batch size (the last batch may be short)."""
     return sum(job.train.history[-1]["step"] * job.train.config["batch_size"] for job in results)
+
+
+def training_rate(results: list[TrainJobResult], jobs: int) -> float:
+    """Training images/s while members train, without start-up, validation and reports: each
+    member's clock runs beside those of the jobs - 1 others (exact when jobs divides them)."""
+    return images_trained(results) * jobs / sum(job.train.train_seconds for job in results)
 
 
 if __name__ == "__main__":
