@@ -13,6 +13,7 @@ from digit_recognizer.evaluate import score_submission
 from digit_recognizer.pipeline import (
     default_jobs,
     get_preset,
+    member_gpu,
     run_job,
     train_job,
     train_jobs,
@@ -30,6 +31,7 @@ def test_main_job_on_the_replica_scores_its_submission(tmp_path):
     # A second of training: this checks the plumbing; accuracy is tested on small slices.
     config = TrainConfig(epochs=1, time_budget_s=1, batch_size=64, lr=0.02)
     summary = run_job(config, run_dir=tmp_path / "run", cache_dir=tmp_path / "cache")
+    assert summary.n_members == 1 and summary.parallel == 1
     solution = tmp_path / "cache" / "replica-seed0" / "solution.csv"
     assert summary.test_accuracy == score_submission(solution, summary.submission)
     lines = summary.submission.read_text().splitlines()
@@ -163,6 +165,8 @@ def test_members_side_by_side_share_out_the_gpus_each_process_seeing_its_own(
     assert visible_gpus() == ["5", "7"]
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert visible_gpus() == []
+    assert [member_gpu(number, ["5", "7"]) for number in (1, 2, 3)] == ["5", "7", "5"]
+    assert member_gpu(2, ["5"]) is None and member_gpu(1, []) is None  # nothing to share out
     # The member's process is then given one of them (here, this process: the CPU trains it).
     config = TrainConfig(**TINY_RECIPE | {"epochs": 1, "device": "cpu"})
     threads = torch.get_num_threads()

@@ -201,7 +201,7 @@ def run(
     tta: PresetTta = None,
 ) -> None:  # fmt: skip
     """The main job: train, evaluate, predict, write and score a submission."""
-    from digit_recognizer.pipeline import default_jobs, get_preset, run_job
+    from digit_recognizer.pipeline import get_preset, run_job
     from digit_recognizer.predict import TTA_SHIFTS, PredictConfig
 
     config = resumed_config(resume, out, config)
@@ -213,7 +213,6 @@ def run(
     recipe = get_preset(preset)
     configs = recipe.configs(config, overrides)
     tta = recipe.tta if tta is None else tta
-    jobs = default_jobs(configs) if jobs is None else jobs
     with progress_bar() as progress:
         summary = run_job(configs, train, test, out, replica_seed,
                           predict_config=PredictConfig(tta=tta), progress=progress,
@@ -223,9 +222,9 @@ def run(
     table.add_row("model", configs[0].model + members)
     table.add_row("epochs", f"{summary.epochs_run:g}")
     table.add_row("test-time augmentation", f"{len(TTA_SHIFTS)} views" if tta else "off")
-    if jobs > 1:  # each member's clock ran while the others shared its cores or GPU
+    if summary.parallel > 1:  # each member's clock ran while the others shared its cores or GPU
         table.add_row("training time, members' sum", f"{summary.train_seconds:.1f} s")
-        table.add_row(f"wall time, {jobs} at once", f"{summary.wall_seconds:.1f} s")
+        table.add_row(f"wall time, {summary.parallel} at once", f"{summary.wall_seconds:.1f} s")
     else:
         table.add_row("training time", f"{summary.train_seconds:.1f} s")
     if summary.valid_accuracy is not None:
@@ -258,7 +257,6 @@ def train_command(
     """Train a net on a labelled CSV and write a run directory."""
     from digit_recognizer.distributed import Distributed
     from digit_recognizer.pipeline import (
-        default_jobs,
         default_run_dir,
         get_preset,
         launch_distributed,
@@ -282,7 +280,6 @@ def train_command(
         console.print(f"trained with {nproc} processes -> {run_dir}")
         return
     is_main_process = Distributed.from_env().is_main_process
-    jobs = default_jobs(configs) if jobs is None else jobs
     with progress_bar(enabled=is_main_process) as progress:
         results = train_jobs(configs, train, run_dir, progress, parallel=jobs)
     if not is_main_process:

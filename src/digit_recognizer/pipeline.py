@@ -171,6 +171,7 @@ class RunSummary:
     run_dir: Path
     submission: Path
     n_members: int  # 1, or the ensemble's size
+    parallel: int  # members trained at once
     train_seconds: float  # summed over members
     wall_seconds: float  # training from the first member's start to the last one's end
     epochs_run: float  # of the (first) member
@@ -286,13 +287,15 @@ def train_jobs(
     train_csv: Path,
     run_dir: Path,
     progress: Progress | None = None,
-    parallel: int = 1,
+    parallel: int | None = None,
 ) -> list[TrainJobResult]:
     """One config trains one run in ``run_dir``. Several train an ensemble: one run per config,
     ``run_dir``/member-1 and on, each resumable on its own, and ``run_dir`` marked an ensemble.
 
-    ``parallel`` members train at once, each in a process of its own (``train_side_by_side``).
+    ``parallel`` members train at once, each in a process of its own (``train_side_by_side``);
+    unset, ``default_jobs`` decides.
     """
+    parallel = default_jobs(configs) if parallel is None else parallel
     if parallel < 1:
         raise ConfigError(f"--jobs must be >= 1: {parallel}")
     if len(configs) == 1:
@@ -363,7 +366,6 @@ def train_side_by_side(
     threads = max(1, torch.get_num_threads() // parallel)
     log.info("training %d members, %d at a time, each in a process of its own with %d "
              "thread%s", len(members), parallel, threads, "s" * (threads > 1))  # fmt: skip
-    # Several GPUs: member n trains on the n-th, round the GPUs (each process sees only its own).
     on_gpu = any(resolve_device(config.device).type == "cuda" for config, _ in members)
     gpus = visible_gpus() if on_gpu else []
     # spawn: a forked child cannot use CUDA once its parent has. One fresh process per member
@@ -380,7 +382,7 @@ def train_side_by_side(
         while waiting or running:
             while waiting and len(running) < parallel:
                 number, (config, member_dir) = waiting.pop(0)
-                gpu = gpus[(number - 1) % len(gpus)] if len(gpus) > 1 else None
+                gpu = member_gpu(number, gpus)
                 future = pool.submit(
                     train_member, number, config, train_csv, member_dir, threads, level, gpu
                 )
@@ -403,6 +405,12 @@ def visible_gpus() -> list[str]:
     if listed is None:
         return [str(index) for index in range(count)]
     return [name.strip() for name in listed.split(",")][:count]
+
+
+def member_gpu(number: int, gpus: list[str]) -> str | None:
+    """The GPU ensemble member ``number`` (from 1) trains on: the n-th, round ``gpus``; None,
+    leaving the member every GPU there is, when there are fewer than two to share out."""
+    return gpus[(number - 1) % len(gpus)] if len(gpus) > 1 else None
 
 
 def train_member(
@@ -443,12 +451,12 @@ def run_job(
     cache_dir: Path | None = None,
     predict_config: PredictConfig | None = None,
     progress: Progress | None = None,
-    parallel: int = 1,
+    parallel: int | None = None,
 ) -> RunSummary:
     """The main job: (build a replica,) train, evaluate, predict, write and score a submission.
 
     A list of several configs trains an ensemble, one member per config (``Preset.configs``),
-    ``parallel`` of them at a time (``train_jobs``).
+    ``parallel`` of them at a time (``train_jobs``; unset, ``default_jobs`` decides).
     """
     if (train_csv is None) != (test_csv is None):
         raise DataError("give both --train and --test (Kaggle's files), or neither (the replica)")
@@ -458,6 +466,7 @@ def run_job(
         train_csv, test_csv, solution_csv = files.train, files.test, files.solution
     configs = [config] if isinstance(config, TrainConfig) else config
     run_dir = run_dir or default_run_dir(configs[0].model)
+    parallel = default_jobs(configs) if parallel is None else parallel
     started = time.perf_counter()
     jobs = train_jobs(configs, train_csv, run_dir, progress, parallel)
     wall_seconds = time.perf_counter() - started
@@ -472,6 +481,7 @@ def run_job(
         run_dir=run_dir,
         submission=submission,
         n_members=len(jobs),
+        parallel=parallel,
         train_seconds=sum(job.train.train_seconds for job in jobs),
         wall_seconds=wall_seconds,
         epochs_run=jobs[0].train.epochs_run,
