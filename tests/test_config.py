@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from digit_recognizer.config import config_to_toml, load_config, read_toml
+from digit_recognizer.config import config_to_toml, load_config, read_toml, save_config
 from digit_recognizer.errors import ConfigError, UnknownModelError
 from digit_recognizer.train import TrainConfig
 
@@ -20,6 +20,20 @@ def test_resolved_config_round_trips_through_toml(tmp_path):
     path = tmp_path / "config.toml"
     path.write_text(config_to_toml(config))
     assert load_config(TrainConfig, path) == config
+
+
+def test_saved_config_unsets_what_a_preset_below_it_would_set(tmp_path):
+    """A run without EMA or time budget (a fast run, a tuned trial) stays so when its config.toml
+    is read over a preset that sets them, as `--resume` and `--config` read it."""
+    path = tmp_path / "config.toml"
+    config = TrainConfig(epochs=2)
+    save_config(config, path)
+    assert 'ema_decay = "none"' in path.read_text()
+    preset = {"ema_decay": 0.999, "time_budget_s": 300.0, "widths": [8, 16, 32]}
+    assert load_config(TrainConfig, path, preset=preset) == config
+    path.write_text('epochs = "none"\n')  # only a setting that may be unset takes "none"
+    with pytest.raises(ConfigError, match="'epochs' must be int, got 'none'"):
+        load_config(TrainConfig, path)
 
 
 def test_unknown_key_lists_valid_keys_and_closest():

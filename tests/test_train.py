@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from digit_recognizer.data.kaggle_csv import DigitSet
-from digit_recognizer.errors import ConfigError
+from digit_recognizer.errors import ConfigError, ModelFileError
 from digit_recognizer.models.storage import load_net
 from digit_recognizer.pipeline import get_preset, train_job
 from digit_recognizer.predict import Predictor
@@ -212,3 +212,9 @@ def test_ema_run_stopped_and_resumed_matches_a_straight_run(tmp_path, small_trai
     for key, value in saved.state_dict().items():  # the average is saved, not the last weights
         torch.testing.assert_close(value, straight.model.state_dict()[key], rtol=0, atol=0)
     assert any(not torch.equal(last[key], value) for key, value in saved.state_dict().items())
+    # A resume whose settings do not fit the checkpoint is refused before it touches the record.
+    recorded = (tmp_path / "resumed" / "config.toml").read_text()
+    for mismatch in ({"ema_decay": None}, {"widths": (8, 16, 32)}):
+        with pytest.raises(ModelFileError, match="does not fit this model"):
+            train(replace(config, resume=True, **mismatch), subset, valid, tmp_path / "resumed")
+        assert (tmp_path / "resumed" / "config.toml").read_text() == recorded

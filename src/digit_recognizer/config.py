@@ -22,6 +22,10 @@ from digit_recognizer.fileio import write_text
 
 C = TypeVar("C")
 
+# TOML has no null: an optional setting that is off is written, and read, as this string, so a
+# saved config unsets what a preset below it would set (a fast run's ema_decay stays off).
+NONE = "none"
+
 
 def load_config(
     config_class: type[C],
@@ -73,9 +77,10 @@ def make_config(config_class: type[C], values: Mapping[str, Any], source: str = 
 
 
 def _coerce(value: Any, annotation: Any, key: str, source: str) -> Any:
-    """Return ``value`` as ``annotation`` (int -> float widening, list -> tuple) or raise."""
+    """Return ``value`` as ``annotation`` (int -> float widening, list -> tuple, ``NONE`` -> None
+    where None is allowed) or raise."""
     options = typing.get_args(annotation) if _is_union(annotation) else (annotation,)
-    if value is None and type(None) in options:
+    if type(None) in options and (value is None or (value == NONE and str not in options)):
         return None
     for option in options:
         if option is float and isinstance(value, int) and not isinstance(value, bool):
@@ -103,11 +108,10 @@ def _type_name(annotation: Any) -> str:
 
 
 def config_to_toml(config: Any) -> str:
-    """Render a flat config dataclass as TOML (``None`` values are omitted: TOML has no null)."""
+    """Render a flat config dataclass as TOML, every field: ``None`` as ``NONE``."""
     lines = [f"# {type(config).__name__}"]
     for key, value in dataclasses.asdict(config).items():
-        if value is not None:
-            lines.append(f"{key} = {_toml_value(value)}")
+        lines.append(f"{key} = {_toml_value(NONE if value is None else value)}")
     return "\n".join(lines) + "\n"
 
 

@@ -265,6 +265,10 @@ def restore_checkpoint(
     try:
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
+        if (ema is None) != (checkpoint.get("ema") is None):
+            # Dropping or inventing the average would silently change which weights are kept.
+            raise ValueError("ema_decay: the run kept an average of its weights and this "
+                             "config does not, or the other way round")  # fmt: skip
         if ema is not None:
             ema.load_state_dict(checkpoint["ema"])
     except (RuntimeError, ValueError, KeyError, TypeError) as error:
@@ -316,9 +320,6 @@ def train(
             f"{dist_env.world_size} processes"
         )
     is_main = dist_env.is_main_process
-    if is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(config, run_dir / CONFIG_FILE)
     amp_dtype = autocast_dtype(device, config.amp)
     has_valid = valid_set is not None and len(valid_set) > 0
     if has_valid:
@@ -400,6 +401,9 @@ def train(
         log.info("resumed from %s at epoch %d (step %d)", run_dir / CHECKPOINT_FILE, epoch, step)
     elif config.resume:
         log.warning("--resume: no checkpoint in %s, starting from scratch", run_dir)
+    if is_main:  # after the checkpoint is known to fit: a refused resume leaves the record as it was
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, run_dir / CONFIG_FILE)
     if config.compile:
         model = torch.compile(model)
     if dist.is_initialized():
