@@ -401,7 +401,7 @@ def train(
         log.info("resumed from %s at epoch %d (step %d)", run_dir / CHECKPOINT_FILE, epoch, step)
     elif config.resume:
         log.warning("--resume: no checkpoint in %s, starting from scratch", run_dir)
-    if is_main:  # after the checkpoint is known to fit: a refused resume leaves the record as it was
+    if is_main:  # once the checkpoint is known to fit: a refused resume keeps the record
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, run_dir / CONFIG_FILE)
     if config.compile:
