@@ -1,6 +1,7 @@
 import json
 import logging
 import os
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from digit_recognizer.evaluate import score_submission
 from digit_recognizer.pipeline import (
     default_jobs,
     get_preset,
+    launch_distributed,
     member_gpu,
     run_job,
     train_job,
@@ -51,6 +53,16 @@ def test_ensemble_directory_predicts_the_members_average(tmp_path, small_csvs, s
     members = [Predictor.load([job.run_dir]).predict_proba(images) for job in jobs]
     np.testing.assert_allclose(ensemble, (members[0] + members[1]) / 2, atol=1e-6)
     assert not np.allclose(members[0], members[1])  # different seeds, different models
+    # Neither kind of run is trained over by the other, nor a run's record replaced by a refused
+    # torchrun launch.
+    with pytest.raises(ConfigError, match="holds an ensemble"):
+        train_job(configs[0], small_csvs["train"], tmp_path)
+    with pytest.raises(ConfigError, match="holds a single model's run"):
+        train_jobs(configs, small_csvs["train"], jobs[0].run_dir)
+    recorded = (jobs[0].run_dir / "config.toml").read_text()
+    with pytest.raises(ConfigError, match="already holds a training run"):
+        launch_distributed(2, replace(configs[0], epochs=9), small_csvs["train"], jobs[0].run_dir)
+    assert (jobs[0].run_dir / "config.toml").read_text() == recorded
 
 
 def test_resumed_ensemble_keeps_finished_members_and_trains_unstarted_ones(

@@ -45,7 +45,7 @@ from digit_recognizer.evaluate import (
 )
 from digit_recognizer.fileio import locked_dir, write_text
 from digit_recognizer.models.runtime import resolve_device
-from digit_recognizer.models.storage import load_net, write_ensemble
+from digit_recognizer.models.storage import ENSEMBLE_FILE, META_FILE, load_net, write_ensemble
 from digit_recognizer.predict import PredictConfig, Predictor, predict_csv
 from digit_recognizer.report import write_run_report
 from digit_recognizer.train import CHECKPOINT_FILE, CONFIG_FILE, TrainConfig, TrainResult, train
@@ -226,11 +226,7 @@ def train_job(
     """Train on labelled data (CSV, shard directory or glob) and write the whole run directory,
     plots and metrics included. A ``run_dir`` holding a checkpoint is continued with
     ``config.resume`` and refused without it: a run is never trained over."""
-    if not config.resume and (run_dir / CHECKPOINT_FILE).exists():
-        raise ConfigError(
-            f"{run_dir} already holds a training run ({CHECKPOINT_FILE}); continue it with "
-            "--resume, or train into another --out to start over"
-        )
+    check_out_dir(run_dir, config.resume, ensemble=False)
     train_set, valid_set = training_data(config, train_csv)
     is_main_process = Distributed.from_env().is_main_process
     valid_metrics = None
@@ -246,6 +242,22 @@ def train_job(
         if is_main_process:
             valid_metrics = write_training_outputs(run_dir, result, valid_set, train_csv)
     return TrainJobResult(run_dir, result, valid_metrics)
+
+
+def check_out_dir(run_dir: Path, resume: bool, ensemble: bool) -> None:
+    """Refuse a run directory whose files training would overwrite, or leave contradicting its
+    own (an ensemble's manifest beside a single model: which would predict?)."""
+    if ensemble and any((run_dir / name).exists() for name in (META_FILE, CHECKPOINT_FILE)):
+        raise ConfigError(f"{run_dir} holds a single model's run; train the ensemble into "
+                          "another --out")  # fmt: skip
+    if not ensemble and (run_dir / ENSEMBLE_FILE).exists():
+        raise ConfigError(f"{run_dir} holds an ensemble ({ENSEMBLE_FILE}); train one model into "
+                          "another --out")  # fmt: skip
+    if not resume and (run_dir / CHECKPOINT_FILE).exists():
+        raise ConfigError(
+            f"{run_dir} already holds a training run ({CHECKPOINT_FILE}); continue it with "
+            "--resume, or train into another --out to start over"
+        )
 
 
 def write_training_outputs(
@@ -277,6 +289,7 @@ def launch_distributed(nproc: int, config: TrainConfig, train_csv: Path, run_dir
     processes cannot disagree on a setting. For several machines, call torchrun directly
     (README, 'Data bigger than memory, many processes').
     """
+    check_out_dir(run_dir, config.resume, ensemble=False)  # before its config.toml is replaced
     save_config(config, run_dir / CONFIG_FILE)
     run_torchrun(nproc, "digit_recognizer.train", ["--train", str(train_csv), "--out",
                  str(run_dir), "--config", str(run_dir / CONFIG_FILE)])  # fmt: skip
@@ -305,6 +318,7 @@ def train_jobs(
                 "process (in several: `digits train --nproc`)"
             )
         return [train_job(configs[0], train_csv, run_dir, progress)]
+    check_out_dir(run_dir, configs[0].resume, ensemble=True)
     members = []
     for number, config in enumerate(configs, start=1):
         member_dir = run_dir / f"member-{number}"
