@@ -89,7 +89,7 @@ def test_evaluate_run_writes_its_files(tmp_path, tiny_run, small_csvs):
     assert metrics.accuracy > 0.85 and metrics.n_samples == 1000
     saved = json.loads((tmp_path / "eval_metrics.json").read_text())
     assert saved["accuracy"] == metrics.accuracy
-    assert (tmp_path / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "eval_confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(DataError, match="no label column"):
         evaluate_run([tiny_run], small_csvs["test"], tmp_path)
 

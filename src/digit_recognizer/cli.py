@@ -361,7 +361,7 @@ def evaluate(
     console.print(f"accuracy [bold]{metrics.accuracy:.4f}[/bold]  macro F1 "
                   f"{metrics.macro_f1:.4f}  ROC-AUC (one-vs-rest) {auc}")  # fmt: skip
     console.print(
-        f"saved eval_metrics.json, eval_per_class.csv, confusion_matrix.png in {run_dirs[0]}"
+        f"saved eval_metrics.json, eval_per_class.csv, eval_confusion_matrix.png in {run_dirs[0]}"
     )
 
 

@@ -134,7 +134,7 @@ def evaluate_run(
     metrics = compute_metrics(data.labels, probas)
     write_text(out_dir / "eval_metrics.json", metrics.to_json())
     write_per_class_csv(metrics, out_dir / "eval_per_class.csv")
-    plot_confusion_matrix(metrics.confusion, out_dir / "confusion_matrix.png")
+    plot_confusion_matrix(metrics.confusion, out_dir / "eval_confusion_matrix.png")
     return metrics
 
 
