@@ -89,7 +89,8 @@ class Step:
 def child_expand(data_dir: Path, rows: int) -> dict:
     copies = math.ceil(rows / REPLICA_ROWS)
     start = time.perf_counter()
-    manifest = expand(data_dir / "train.csv", data_dir / f"expanded-{rows}", copies, copies)
+    out_dir = data_dir / f"expanded-{rows}"
+    manifest = expand(data_dir / "train.csv", out_dir, copies, copies, valid_size=0)
     seconds = time.perf_counter() - start
     return {"rows": manifest.n_rows, "seconds": seconds, "rows_per_s": manifest.n_rows / seconds}
 

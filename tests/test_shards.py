@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import logging
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -26,12 +27,15 @@ from digit_recognizer.data.shards import (
     expand,
     read_data_source,
     read_manifest,
+    read_shards,
     resolve_data_source,
     shard_csv,
 )
 from digit_recognizer.data.stream import ShardStream, batches_per_rank, shuffled_batches
 from digit_recognizer.errors import ConfigError, DataError
+from digit_recognizer.pipeline import training_data
 from digit_recognizer.predict import predict_csv, predict_stream
+from digit_recognizer.train import TrainConfig
 
 
 def numbered(n_rows: int, seed: int = 0) -> DigitSet:
@@ -111,11 +115,12 @@ def test_unlabelled_shards_and_mixed_sources(tmp_path: Path, source, shard_dir: 
 
 def test_expand_counts_determinism_and_copy_major_order(tmp_path: Path, source) -> None:
     path, data = source
-    first = expand(path, tmp_path / "a", copies=3, parts=4, seed=7)
-    again = expand(path, tmp_path / "b", copies=3, parts=2, seed=7)
-    other = expand(path, tmp_path / "c", copies=3, parts=4, seed=8)
+    first = expand(path, tmp_path / "a", copies=3, parts=4, seed=7, valid_size=0)
+    again = expand(path, tmp_path / "b", copies=3, parts=2, seed=7, valid_size=0)
+    other = expand(path, tmp_path / "c", copies=3, parts=4, seed=8, valid_size=0)
     assert first.n_rows == again.n_rows == 3 * 1003 and len(first.shards) == 4
-    assert first.origin == {"command": "expand", "source": str(path), "copies": 3, "seed": 7}
+    assert first.origin == {"command": "expand", "source": str(path), "copies": 3, "seed": 7,
+                            "valid_rows": 0}  # fmt: skip
     rows = read_data_source(tmp_path / "a")
     assert np.array_equal(rows.images, read_data_source(tmp_path / "b").images)  # parts: only cuts
     assert not np.array_equal(rows.images, read_data_source(tmp_path / "c").images)
@@ -123,6 +128,35 @@ def test_expand_counts_determinism_and_copy_major_order(tmp_path: Path, source) 
     assert np.array_equal(rows.labels, np.tile(data.labels, 3))  # the whole set once per copy
     assert not np.array_equal(rows.images[:1003], data.images)  # augmented, not copied
     assert not np.array_equal(rows.images[:1003], rows.images[1003:2006])
+
+
+def test_expand_holds_out_images_that_validate_training_and_are_never_copied(
+    tmp_path: Path, source
+) -> None:
+    """Every image of an expanded set is in it `copies` times, so no split of it validates
+    honestly: the images held out, as they are, in a last shard do, in memory or streamed."""
+    path, data = source
+    manifest = expand(path, tmp_path / "e", copies=2, parts=3, seed=7, valid_size=0.1)
+    assert len(manifest.shards) == 4 and manifest.origin["valid_rows"] == 100
+    assert read_manifest(tmp_path / "e").n_rows == 2 * 903 + 100
+    valid = read_kaggle_csv(manifest.shards[-1].path)
+    held = np.zeros(len(data), dtype=bool)
+    held[row_ids(valid.images)] = True
+    assert held.sum() == 100
+    np.testing.assert_array_equal(valid.images, data.images[held])  # unaugmented, in order
+    copies = read_shards(replace(manifest, shards=manifest.shards[:-1]))
+    np.testing.assert_array_equal(copies.labels, np.tile(data.labels[~held], 2))
+    in_memory, valid_set = training_data(TrainConfig(), tmp_path / "e")
+    assert isinstance(in_memory, DigitSet) and len(in_memory) == 2 * 903
+    assert row_ids(valid_set.images) == row_ids(valid.images)
+    streamed, valid_set = training_data(TrainConfig(max_memory_gb=1e-6), tmp_path / "e")
+    assert isinstance(streamed, shards.Manifest) and streamed.n_rows == 2 * 903
+    assert row_ids(valid_set.images) == row_ids(valid.images)
+    expand(path, tmp_path / "all", copies=2, parts=2, valid_size=0)
+    with pytest.raises(DataError, match="validates on copies of training images"):
+        training_data(TrainConfig(), tmp_path / "all")
+    train_set, valid_set = training_data(TrainConfig(valid_size=0), tmp_path / "all")
+    assert len(train_set) == 2 * 1003 and len(valid_set) == 0
 
 
 # --- reading in pieces: the validation of read_kaggle_csv, line numbers of the shard -------------
@@ -327,7 +361,8 @@ def test_cli_shard_and_expand(tmp_path: Path, source) -> None:
     ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
-    assert read_manifest(tmp_path / "e").n_rows == 2006
+    assert read_manifest(tmp_path / "e").n_rows == 2 * 953 + 50  # 5 % held out
+    assert "the last of them holds 50 images out to validate" in " ".join(result.output.split())
     result = runner.invoke(
         app, ["data", "shard", str(tmp_path / "nope.csv"), str(tmp_path), "--parts", "2"]
     )

@@ -633,11 +633,16 @@ def data_expand(
     out_dir: ShardOut,
     copies: Annotated[int, typer.Option(min=1, help="Augmented copies of every image.")],
     parts: Parts,
-    seed: Annotated[int, typer.Option(help="Seed of the augmentation draws.")] = 0,
-) -> None:
+    seed: Annotated[int, typer.Option(help="Seed of the augmentation and hold-out draws.")] = 0,
+    valid_size: Annotated[float, typer.Option(
+        help="Fraction of the images held out, as they are, in a last shard that validates "
+        "training (0: none; then train with --valid-size 0).")] = 0.05,
+) -> None:  # fmt: skip
     """Write K augmented copies of every image (training's augmentation) as N CSV shards."""
     from digit_recognizer.data.shards import MANIFEST_FILE, expand
 
-    manifest = expand(train_csv, out_dir, copies, parts, seed)
+    manifest = expand(train_csv, out_dir, copies, parts, seed, valid_size)
+    held_out = manifest.origin["valid_rows"]
     console.print(f"wrote {len(manifest.shards)} shards of {manifest.n_rows:,} rows in all and "
-                  f"{out_dir / MANIFEST_FILE}")  # fmt: skip
+                  f"{out_dir / MANIFEST_FILE}" + (f"; the last of them holds {held_out:,} images "
+                  "out to validate training" if held_out else ""))  # fmt: skip

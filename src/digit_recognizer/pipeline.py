@@ -30,6 +30,7 @@ from digit_recognizer.data.shards import (
     Manifest,
     choose_loading,
     read_data_source,
+    read_shards,
     resolve_data_source,
 )
 from digit_recognizer.data.splits import split_for_training
@@ -197,27 +198,42 @@ def default_run_dir(model: str) -> Path:
 def read_labelled(path: Path) -> DigitSet:
     """A labelled CSV, shard directory or glob, in memory."""
     data = read_data_source(path)
-    if not data.has_labels:
-        raise DataError(f"{path}: has no label column; training needs Kaggle's train.csv format")
+    require_labels(data.has_labels, path)
     return data
+
+
+def require_labels(has_labels: bool, source: Path) -> None:
+    if not has_labels:
+        raise DataError(f"{source}: has no label column; training needs Kaggle's train.csv format")
 
 
 def training_data(config: TrainConfig, source: Path) -> tuple[DigitSet | Manifest, DigitSet]:
     """(train, validation) sets: in memory when they fit ``max_memory_gb``, else streamed.
 
-    Streamed shards cannot be split by rows cheaply, so the last shard is the validation set.
+    Streamed shards cannot be split by rows cheaply, so the last shard is the validation set;
+    so it is, in memory too, for ``digits data expand``'s output, whose last shard holds the
+    images it left out of its copies.
     """
     manifest = resolve_data_source(source)
-    if not manifest.has_labels:
-        raise DataError(f"{source}: has no label column; training needs Kaggle's train.csv format")
-    if choose_loading(manifest, int(config.max_memory_gb * 1e9)) == "memory":
-        return split_for_training(read_labelled(source), config.valid_size, config.seed)
+    require_labels(manifest.has_labels, source)
+    held_out = manifest.origin.get("valid_rows", 0)
+    if manifest.origin.get("command") == "expand" and not held_out and config.valid_size:
+        raise DataError(
+            f"{source}: every image is in it several times (`digits data expand`), so a split "
+            "of it validates on copies of training images; expand again with a --valid-size "
+            "above 0, or train with --valid-size 0"
+        )
+    in_memory = choose_loading(manifest, int(config.max_memory_gb * 1e9)) == "memory"
+    if in_memory and not held_out:
+        return split_for_training(read_shards(manifest), config.valid_size, config.seed)
     if len(manifest.shards) < 2:
         raise DataError(f"{source}: streaming needs 2 or more shards (the last one validates); "
                         "split it with `digits data shard`")  # fmt: skip
     log.info("validation: the last shard, %s", manifest.shards[-1].path)
     train_shards = replace(manifest, shards=manifest.shards[:-1])
-    return train_shards, read_kaggle_csv(manifest.shards[-1].path)
+    return read_shards(train_shards) if in_memory else train_shards, read_kaggle_csv(
+        manifest.shards[-1].path
+    )
 
 
 def train_job(

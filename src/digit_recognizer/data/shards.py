@@ -1,7 +1,7 @@
 """Data bigger than memory: CSV shards with a manifest, augmented expansion, a streaming reader.
 
     digits data shard train.csv shards/ --parts 8               # 8 CSVs + manifest.json
-    digits data expand train.csv big/ --copies 24 --parts 16    # 1,008,000 augmented rows
+    digits data expand train.csv big/ --copies 24 --parts 16    # 957,600 augmented rows + 2,100
 
 A shard is a plain Kaggle CSV, header included, so every tool reads it; ``manifest.json`` lists
 the shards in order with row counts, sizes and SHA-256. Files are read in pieces of about
@@ -128,7 +128,11 @@ def read_data_source(source: str | Path) -> DigitSet:
     path = Path(source)
     if path.is_file() and path.name != MANIFEST_FILE:
         return read_kaggle_csv(path)
-    manifest = resolve_data_source(source)
+    return read_shards(resolve_data_source(source))
+
+
+def read_shards(manifest: Manifest) -> DigitSet:
+    """All rows of ``manifest``'s files in memory, each checked against its entry."""
     parts = []
     for shard in manifest.shards:
         part = read_kaggle_csv(shard.path)
@@ -309,27 +313,56 @@ def shard_csv(source: str | Path, out_dir: str | Path, parts: int) -> Manifest:
 
 
 def expand(
-    train_csv: str | Path, out_dir: str | Path, copies: int, parts: int, seed: int = 0
+    train_csv: str | Path,
+    out_dir: str | Path,
+    copies: int,
+    parts: int,
+    seed: int = 0,
+    valid_size: float = 0.05,
 ) -> Manifest:
-    """Write ``copies`` augmented copies of every image of ``train_csv`` as ``parts`` shards.
+    """Write ``copies`` augmented copies of every image of ``train_csv`` as ``parts`` shards,
+    after holding out ``valid_size`` of its images, as they are, in one more shard at the end.
 
     Training's own ``augment_batch`` with the default ``Augmentation``. Copy-major order (the
     whole set once per copy, the source read again each time) so that any stretch of rows holds
-    distinct images, which keeps a bounded shuffle buffer effective. Same seed, same bytes.
+    distinct images, which keeps a bounded shuffle buffer effective. Every image is in the
+    training shards ``copies`` times, so no split of them can validate honestly: the held-out
+    shard does (``origin["valid_rows"]``, which training reads). Same seed, same bytes.
     """
     if copies < 1:
         raise ConfigError(f"copies must be >= 1, got {copies}")
+    if not 0 <= valid_size < 1:
+        raise ConfigError(f"valid_size must be in [0, 1), got {valid_size}")
     manifest = resolve_data_source(train_csv)
-    origin = {"command": "expand", "source": str(train_csv), "copies": copies, "seed": seed}
-    augmented = _augmented(manifest, copies, torch.Generator().manual_seed(seed))
-    return _write_shards(augmented, manifest.n_rows * copies, manifest.has_labels, out_dir, parts,
-                         origin)  # fmt: skip
+    n_valid = round(manifest.n_rows * valid_size) if manifest.has_labels else 0
+    held_out = np.zeros(manifest.n_rows, dtype=bool)
+    held_out[np.random.default_rng(seed).choice(manifest.n_rows, n_valid, replace=False)] = True
+    origin = {"command": "expand", "source": str(train_csv), "copies": copies, "seed": seed,
+              "valid_rows": n_valid}  # fmt: skip
+    rows = itertools.chain(
+        _augmented(manifest, ~held_out, copies, torch.Generator().manual_seed(seed)),
+        _selected(manifest, held_out),
+    )
+    n_train = (manifest.n_rows - n_valid) * copies
+    return _write_shards(rows, n_train, manifest.has_labels, out_dir, parts, origin, n_valid)
 
 
-def _augmented(manifest: Manifest, copies: int, generator: torch.Generator) -> Iterator[DigitSet]:
+def _selected(manifest: Manifest, mask: np.ndarray) -> Iterator[DigitSet]:
+    """The rows of ``manifest`` where ``mask`` is true, in order."""
+    start = 0
+    for data in _iter_rows(manifest):
+        keep = mask[start : start + len(data)]
+        start += len(data)
+        if keep.any():
+            yield DigitSet(data.images[keep], None if data.labels is None else data.labels[keep])
+
+
+def _augmented(
+    manifest: Manifest, mask: np.ndarray, copies: int, generator: torch.Generator
+) -> Iterator[DigitSet]:
     augmentation = Augmentation()
     for _ in range(copies):
-        for data in _iter_rows(manifest):
+        for data in _selected(manifest, mask):
             x = to_model_input(torch.as_tensor(data.images), channels_last=False)
             labels = None if data.labels is None else torch.as_tensor(data.labels)
             x = augment_batch(x, augmentation, generator, labels)
@@ -343,8 +376,10 @@ def _write_shards(
     out_dir: str | Path,
     parts: int,
     origin: dict[str, Any],
+    last_rows: int = 0,
 ) -> Manifest:
-    """Write ``rows`` (``n_rows`` in all) as ``parts`` balanced shards, then the manifest."""
+    """Write ``rows`` as ``parts`` balanced shards of their first ``n_rows``, then (if any) one
+    more of the ``last_rows`` after them, then the manifest."""
     if not 1 <= parts <= n_rows:
         raise ConfigError(f"parts must be from 1 to the number of rows ({n_rows:,}), got {parts}")
     out_dir = Path(out_dir)
@@ -352,6 +387,8 @@ def _write_shards(
     # Removed first and written last: a directory whose build was interrupted has no manifest.
     (out_dir / MANIFEST_FILE).unlink(missing_ok=True)
     bounds = [part * n_rows // parts for part in range(parts + 1)]
+    if last_rows:
+        bounds.append(n_rows + last_rows)
     shards = []
     for part, pieces in itertools.groupby(_split_at(rows, bounds), key=lambda pair: pair[0]):
         path = out_dir / f"part-{part:05d}.csv"
@@ -366,7 +403,8 @@ def _write_shards(
         {"file": s.path.name, "n_rows": s.n_rows, "n_bytes": s.n_bytes, "sha256": s.sha256}
         for s in shards
     ]
-    document = {"has_labels": has_labels, "n_rows": n_rows, "origin": origin, "shards": entries}
+    document = {"has_labels": has_labels, "n_rows": bounds[-1], "origin": origin,
+                "shards": entries}  # fmt: skip
     write_text(out_dir / MANIFEST_FILE, json.dumps(document, indent=2) + "\n")
     return manifest
 
