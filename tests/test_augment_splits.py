@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from digit_recognizer.data.augment import (
@@ -9,6 +10,7 @@ from digit_recognizer.data.augment import (
     elastic_displacement,
 )
 from digit_recognizer.data.splits import stratified_split
+from digit_recognizer.errors import ConfigError
 from digit_recognizer.data.tensors import to_model_input
 
 
@@ -151,3 +153,6 @@ def test_stratified_split_keeps_class_shares(mnist):
     again, _ = stratified_split(labels, 0.2, seed=0)
     np.testing.assert_array_equal(train_idx, again)
     assert len(stratified_split(labels, 0, seed=0)[1]) == 0
+    # 5 % of 100 rows cannot hold each of 10 classes: said as a setting to change, not a crash.
+    with pytest.raises(ConfigError, match=r"cannot split 100 labelled rows .* --valid-size 0.05"):
+        stratified_split(np.arange(100) % 10, 0.05, seed=0)

@@ -7,6 +7,7 @@ from numpy.typing import NDArray
 from sklearn.model_selection import train_test_split
 
 from digit_recognizer.data.kaggle_csv import DigitSet
+from digit_recognizer.errors import ConfigError
 
 
 def stratified_split(
@@ -20,9 +21,15 @@ def stratified_split(
     indices = np.arange(len(labels))
     if valid_size == 0:
         return indices, indices[:0]
-    train_indices, valid_indices = train_test_split(
-        indices, test_size=valid_size, stratify=labels, random_state=seed
-    )
+    try:
+        train_indices, valid_indices = train_test_split(
+            indices, test_size=valid_size, stratify=labels, random_state=seed
+        )
+    except ValueError as error:  # too few rows, or a class too rare to be in both parts
+        raise ConfigError(
+            f"cannot split {len(labels):,} labelled rows by class with --valid-size {valid_size} "
+            f"({error}); give more rows, another --valid-size, or 0 for no validation"
+        ) from None
     return np.sort(train_indices), np.sort(valid_indices)
 
 
