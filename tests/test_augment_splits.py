@@ -10,8 +10,8 @@ from digit_recognizer.data.augment import (
     elastic_displacement,
 )
 from digit_recognizer.data.splits import stratified_split
-from digit_recognizer.errors import ConfigError
 from digit_recognizer.data.tensors import to_model_input
+from digit_recognizer.errors import ConfigError
 
 
 def test_augment_keeps_shape_range_and_is_seeded(small_train):

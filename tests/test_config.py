@@ -50,6 +50,9 @@ def test_wrong_type_says_expected_and_got(tmp_path):
         load_config(TrainConfig, toml)
     with pytest.raises(ConfigError, match=r"'optimizer' must be one of 'sgd', 'adam', 'adamw'"):
         load_config(TrainConfig, overrides={"optimizer": "rmsprop"})
+    toml.write_text('widths = [16, "a", 64]\n')  # each item of a list is checked too
+    with pytest.raises(ConfigError, match=r"'widths\[1\]' must be int, got 'a'"):
+        load_config(TrainConfig, toml)
 
 
 def test_bad_value_and_unknown_model():
@@ -57,6 +60,13 @@ def test_bad_value_and_unknown_model():
         TrainConfig(valid_size=1.5)
     with pytest.raises(ConfigError, match=r"styles must be in \[0, 1\]"):
         TrainConfig(styles=1.5)
+    # Values that would crash the loop (a modulo by zero) or end it at once are refused up front.
+    for bad, message in [({"plateau_patience": 0}, "plateau_patience must be >= 1"),
+                         ({"patience": 0}, "patience must be >= 1"),
+                         ({"plateau_factor": 1.0}, r"plateau_factor must be in \(0, 1\)"),
+                         ({"widths": (16, 0, 64)}, "widths must be >= 1")]:  # fmt: skip
+        with pytest.raises(ConfigError, match=message):
+            TrainConfig(**bad)
     with pytest.raises(UnknownModelError, match=r"unknown model 'cnnn'. Did you mean 'cnn'"):
         TrainConfig(model="cnnn")
 

@@ -86,7 +86,10 @@ def _coerce(value: Any, annotation: Any, key: str, source: str) -> Any:
         if option is float and isinstance(value, int) and not isinstance(value, bool):
             return float(value)
         if typing.get_origin(option) is tuple and isinstance(value, list | tuple):
-            return tuple(value)
+            item_type = typing.get_args(option)[0]  # tuple[X, ...]: the configs' only kind
+            return tuple(
+                _coerce(item, item_type, f"{key}[{n}]", source) for n, item in enumerate(value)
+            )
         if typing.get_origin(option) is typing.Literal and value in typing.get_args(option):
             return value
         if isinstance(option, type) and isinstance(value, option):

@@ -137,6 +137,23 @@ class TrainConfig:
             (0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
             (0 <= self.warmup < 1, "warmup must be in [0, 1)"),
             (self.ema_decay is None or 0 < self.ema_decay < 1, "ema_decay must be in (0, 1)"),
+            (0 <= self.momentum < 1, "momentum must be in [0, 1)"),
+            (self.weight_decay >= 0, "weight_decay must be >= 0"),
+            (self.lr_decay > 0, "lr_decay must be > 0"),
+            (0 < self.plateau_factor < 1, "plateau_factor must be in (0, 1)"),
+            (self.plateau_patience >= 1, "plateau_patience must be >= 1"),
+            (self.patience is None or self.patience >= 1, "patience must be >= 1"),
+            (
+                self.target_accuracy is None or 0 < self.target_accuracy <= 1,
+                "target_accuracy must be in (0, 1]",
+            ),
+            (self.dropout is None or 0 <= self.dropout < 1, "dropout must be in [0, 1)"),
+            (
+                self.widths is None or all(width >= 1 for width in self.widths),
+                "widths must be >= 1",
+            ),
+            (self.ddp_timeout_s > 0, "ddp_timeout_s must be > 0"),
+            (self.max_memory_gb > 0, "max_memory_gb must be > 0"),
         ]
         for ok, message in checks:
             if not ok:
