@@ -9,8 +9,9 @@ import torch
 from safetensors.torch import load_file
 
 from digit_recognizer import pipeline
-from digit_recognizer.errors import ConfigError, DataError
+from digit_recognizer.errors import ConfigError, DataError, ModelFileError
 from digit_recognizer.evaluate import score_submission
+from digit_recognizer.models.storage import read_meta
 from digit_recognizer.pipeline import (
     default_jobs,
     get_preset,
@@ -23,6 +24,8 @@ from digit_recognizer.pipeline import (
     visible_gpus,
 )
 from digit_recognizer.predict import Predictor
+from digit_recognizer.report import write_run_report
+from digit_recognizer.serve import run_server
 from digit_recognizer.train import TrainConfig
 
 from .conftest import TINY_RECIPE
@@ -63,6 +66,16 @@ def test_ensemble_directory_predicts_the_members_average(tmp_path, small_csvs, s
     with pytest.raises(ConfigError, match="already holds a training run"):
         launch_distributed(2, replace(configs[0], epochs=9), small_csvs["train"], jobs[0].run_dir)
     assert (jobs[0].run_dir / "config.toml").read_text() == recorded
+    # Commands that take one model say so, before a server announces anything.
+    announced = []
+    for one_model_only in (
+        read_meta,
+        write_run_report,
+        lambda run: run_server(run, None, announced.append),
+    ):
+        with pytest.raises(ModelFileError, match=r"is an ensemble .* such as .*member-1"):
+            one_model_only(tmp_path)
+    assert announced == []
 
 
 def test_resumed_ensemble_keeps_finished_members_and_trains_unstarted_ones(

@@ -473,10 +473,7 @@ def serve(
     from digit_recognizer.serve import ServeConfig, run_server
 
     flags = {"host": host, "port": port, "backend": backend}
-    serve_config = load_config(ServeConfig, config, flags)
-    url = f"http://{serve_config.host}:{serve_config.port}"
-    console.print(f"serving {run_dir} ({serve_config.backend}) at {url}, API docs at {url}/docs")
-    run_server(run_dir, serve_config)
+    run_server(run_dir, load_config(ServeConfig, config, flags), announce=console.print)
 
 
 @app.command()

@@ -38,6 +38,7 @@ from digit_recognizer.evaluate import (
 )
 from digit_recognizer.explain import draw_overlay, grad_cam
 from digit_recognizer.fileio import write_text
+from digit_recognizer.models.storage import refuse_ensemble
 from digit_recognizer.predict import PredictConfig, Predictor
 from digit_recognizer.train import CONFIG_FILE, HISTORY_FILE
 
@@ -120,6 +121,7 @@ def write_run_report(
     ``data_csv``, else from the validation split rebuilt from config.toml and metrics.json.
     """
     run_dir = Path(run_dir)
+    refuse_ensemble(run_dir)
     if not (run_dir / CONFIG_FILE).is_file():
         raise ModelFileError(f"{run_dir / CONFIG_FILE}: not found; is {run_dir} a run directory?")
     config = read_toml(run_dir / CONFIG_FILE)

@@ -66,6 +66,7 @@ def read_meta(run_dir: Path) -> dict[str, Any]:
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
+        refuse_ensemble(Path(run_dir))
         raise ModelFileError(f"{path}: not found; is {run_dir} a trained run directory?") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ModelFileError(f"{path}: not valid JSON ({error})") from None
@@ -111,6 +112,15 @@ def write_ensemble(run_dir: Path, members: list[Path]) -> None:
     """Mark ``run_dir`` as an ensemble of ``members`` (sub-directories, stored relative)."""
     names = [str(Path(member).relative_to(run_dir)) for member in members]
     write_text(Path(run_dir) / ENSEMBLE_FILE, json.dumps({"members": names}, indent=2) + "\n")
+
+
+def refuse_ensemble(run_dir: Path) -> None:
+    """``ModelFileError`` if ``run_dir`` is an ensemble: for commands that take one model."""
+    if (run_dir / ENSEMBLE_FILE).exists() and not (run_dir / META_FILE).exists():
+        raise ModelFileError(
+            f"{run_dir} is an ensemble ({ENSEMBLE_FILE}); this takes one model: give one of its "
+            f"members, such as {run_dir / 'member-1'} (predict and evaluate take the ensemble)"
+        )
 
 
 def expand_ensembles(run_dirs: list[Path]) -> list[Path]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -200,12 +200,17 @@ def create_app(run_dir: Path, config: ServeConfig | None = None) -> FastAPI:
     return app
 
 
-def run_server(run_dir: Path, config: ServeConfig | None = None) -> None:
-    """Serve ``run_dir`` with uvicorn until interrupted (``digits serve``)."""
+def run_server(
+    run_dir: Path, config: ServeConfig | None = None, announce: Callable[[str], None] = log.info
+) -> None:
+    """Serve ``run_dir`` with uvicorn until interrupted (``digits serve``); ``announce`` gets
+    the address once the run is known to load."""
     import uvicorn
 
     config = config or ServeConfig()
     read_meta(Path(run_dir))  # a wrong directory fails here in one line, not in a traceback
+    url = f"http://{config.host}:{config.port}"
+    announce(f"serving {run_dir} ({config.backend}) at {url}, API docs at {url}/docs")
     # The server process owns its threads: set once here, not in create_app, which tests share.
     torch.set_num_threads(config.n_threads)
     app = create_app(run_dir, config)
