@@ -48,6 +48,19 @@ def test_deskewing_net_exports_too(tmp_path: Path, small_test: DigitSet) -> None
                                atol=1e-4)  # fmt: skip
 
 
+def test_exported_and_saved_files_are_whole_and_readable_by_all(tmp_path: Path) -> None:
+    """Written through a temporary file renamed over the target, with a plain open()'s mode
+    (mkstemp's 0600, which safetensors also gives a file it writes, would hide them from a
+    server running as another user)."""
+    save_net(tmp_path, build("cnn-tiny").eval(), "cnn-tiny", {})
+    export_onnx(tmp_path)
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("model.safetensors", "model.json", ONNX_FILE):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
 def test_dynamic_batch_axis(run_dir: Path, small_test: DigitSet) -> None:
     model = onnx.load(run_dir / ONNX_FILE)
     onnx.checker.check_model(model)

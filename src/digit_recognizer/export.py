@@ -27,6 +27,7 @@ from torch import nn
 
 from digit_recognizer.data.tensors import to_model_input
 from digit_recognizer.errors import ModelFileError
+from digit_recognizer.fileio import atomic_path
 from digit_recognizer.models.storage import WEIGHTS_FILE, load_net, read_meta
 
 log = logging.getLogger(__name__)
@@ -67,8 +68,8 @@ def export_onnx(run_dir: Path, out: Path | None = None) -> Path:
             dynamo=True,
             verbose=False,
         )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    program.save(out, external_data=False)
+    with atomic_path(out) as tmp:  # a torn file would pass onnx_is_current's date check
+        program.save(tmp, external_data=False)
     log.info("exported %s to %s", run_dir, out)
     return out
 

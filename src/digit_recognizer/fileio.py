@@ -26,12 +26,13 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     tmp = Path(tmp_name)
-    # mkstemp creates 0600; give the result the permissions a plain open() would have.
     umask = os.umask(0)
     os.umask(umask)
-    tmp.chmod(0o666 & ~umask)
     try:
         yield tmp
+        # mkstemp creates 0600, and some writers make the file anew (safetensors does, 0600
+        # again): give the result the permissions a plain open() would have.
+        tmp.chmod(0o666 & ~umask)
         with open(tmp, "rb+") as written:
             os.fsync(written.fileno())
         os.replace(tmp, path)
