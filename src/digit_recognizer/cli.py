@@ -78,7 +78,12 @@ Model = Annotated[
         "\\[default: the preset's]"
     ),
 ]
-Epochs = Annotated[int | None, typer.Option(help="Maximum epochs. \\[default: 15]")]
+Epochs = Annotated[
+    int | None,
+    typer.Option(
+        help="Maximum epochs. \\[default: the preset's: 8 fast, 15 default, 20 best, 50 seed]"
+    ),
+]
 TimeBudget = Annotated[
     float | None,
     typer.Option(
@@ -86,7 +91,7 @@ TimeBudget = Annotated[
         help="Stop after this many training seconds; 0 = none (repeatable bit for bit on CPU).",
     ),
 ]
-BatchSize = Annotated[int | None, typer.Option(help="Batch size. \\[default: 128]")]
+BatchSize = Annotated[int | None, typer.Option(help="Batch size. \\[default: 64; seed: 32]")]
 Optimizer = Annotated[str | None, typer.Option(help="sgd | adam | adamw. \\[default: sgd]")]
 LR = Annotated[float | None, typer.Option("--lr", help="Peak learning rate.")]
 Schedule = Annotated[
@@ -125,7 +130,8 @@ Preset = Annotated[
     str,
     typer.Option(
         help="fast | default (both with TTA) | best (an ensemble of 5; member n trains with "
-        "--seed + n). Flags and --config override the preset, in every member."
+        "--seed + n) | seed (the seed notebook's recipe). Flags and --config override the "
+        "preset, in every member."
     ),
 ]
 Jobs = Annotated[
@@ -531,10 +537,12 @@ LabelledCsv = Annotated[Path, typer.Option(help="Labelled CSV (Kaggle train.csv 
 def compare(
     train: LabelledCsv,
     models: Annotated[str, typer.Option(help="Comma-separated names, e.g. logreg,knn,svm,cnn.")],
-    out: Annotated[Path, typer.Option(help="Folder for leaderboard.csv and leaderboard.png.")],
     test: Annotated[Path | None, typer.Option(help="Labelled CSV to score on.")] = None,
     valid_size: Annotated[float, typer.Option(help="Held-out fraction (no --test/--cv).")] = 0.2,
     cv: Annotated[int | None, typer.Option(help="Stratified K-fold instead of one split.")] = None,
+    out: Annotated[Path, typer.Option(help="Folder for leaderboard.csv and .png.")] = Path(
+        "runs/compare"
+    ),
     seed: Seed = None,
 ) -> None:
     """Fit several models on one CSV and rank them by held-out accuracy, with their cost."""
