@@ -15,7 +15,6 @@ from digit_recognizer.eda import eda
 from digit_recognizer.models.storage import load_net
 from digit_recognizer.pipeline import train_job
 from digit_recognizer.report import (
-    expected_calibration_error,
     model_summary,
     reliability,
     write_run_report,
@@ -132,9 +131,9 @@ def test_expected_calibration_error():
     rng = np.random.default_rng(0)
     confidence = rng.uniform(0.15, 1.0, 200_000)
     probas, labels = calibrated_toy(confidence, confidence, rng)  # accuracy == confidence
-    assert expected_calibration_error(probas, labels) < 0.005
+    assert reliability(probas, labels).ece < 0.005
     overconfident = calibrated_toy(np.full(10_000, 0.99), np.full(10_000, 0.5), rng)
-    assert expected_calibration_error(*overconfident) == pytest.approx(0.49, abs=0.02)
+    assert reliability(*overconfident).ece == pytest.approx(0.49, abs=0.02)
     diagram = reliability(probas, labels, n_bins=10)
     assert diagram.counts.sum() == len(labels) and np.isnan(diagram.accuracy[0])  # empty bin
     np.testing.assert_allclose(diagram.accuracy[2:], diagram.confidence[2:], atol=0.01)

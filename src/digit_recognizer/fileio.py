@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import tempfile
 from collections.abc import Iterator
@@ -38,6 +39,15 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """The file's SHA-256 (hex), read in blocks: memory stays flat for files of any size."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        while block := file.read(4 << 20):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def write_text(path: str | os.PathLike[str], text: str) -> None:

@@ -80,13 +80,6 @@ def reliability(
     return Reliability(edges, mean_confidence, accuracy, counts, float(gaps @ counts / len(labels)))
 
 
-def expected_calibration_error(
-    probas: NDArray[np.floating], labels: NDArray[np.int64], n_bins: int = 15
-) -> float:
-    """ECE of probabilities (N, 10) against labels (N,): 0 is perfectly calibrated."""
-    return reliability(probas, labels, n_bins).ece
-
-
 def model_summary(model: nn.Module) -> list[tuple[str, str, str, int]]:
     """(name, type, output shape, parameters) of each leaf module, from one 1x1x28x28 forward."""
     rows: list[tuple[str, str, str, int]] = []

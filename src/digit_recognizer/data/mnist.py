@@ -6,7 +6,6 @@ exactly MNIST's 60,000 training + 10,000 test images, re-split 42,000 / 28,000.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from numpy.typing import NDArray
 
 from digit_recognizer.data.idx import read_idx
 from digit_recognizer.errors import DataError
+from digit_recognizer.fileio import sha256_file
 
 FILES = {
     "train_images": "train-images-idx3-ubyte.gz",
@@ -54,7 +54,7 @@ def verify_checksums(folder: Path) -> None:
         path = folder / name
         if not path.is_file():
             raise DataError(f"{path}: embedded MNIST file is missing")
-        actual = hashlib.sha256(path.read_bytes()).hexdigest()
+        actual = sha256_file(path)
         if actual != sums.get(name):
             raise DataError(
                 f"{path}: SHA-256 {actual} does not match SHA256SUMS ({sums.get(name)}); "

@@ -7,7 +7,6 @@ embedded MNIST gives files in exactly Kaggle's format: ``train.csv``, ``test.csv
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ import numpy as np
 
 from digit_recognizer.data.kaggle_csv import write_kaggle_csv, write_submission
 from digit_recognizer.data.mnist import load_mnist
-from digit_recognizer.fileio import write_text
+from digit_recognizer.fileio import sha256_file, write_text
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +83,4 @@ def replica_is_complete(out_dir: str | Path, seed: int = 0) -> bool:
 
 def _manifest(files: ReplicaFiles, seed: int) -> dict[str, object]:
     paths = (files.train, files.test, files.solution)
-    return {"seed": seed, "sha256": {path.name: _sha256(path) for path in paths}}
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    return {"seed": seed, "sha256": {path.name: sha256_file(path) for path in paths}}

@@ -15,7 +15,6 @@ memory, ``stream.ShardStream`` streams it, and ``choose_loading`` picks between 
 from __future__ import annotations
 
 import glob
-import hashlib
 import itertools
 import json
 import logging
@@ -44,7 +43,7 @@ from digit_recognizer.data.kaggle_csv import (
 )
 from digit_recognizer.data.tensors import to_model_input, to_uint8_images
 from digit_recognizer.errors import ConfigError, DataError
-from digit_recognizer.fileio import atomic_path, write_text
+from digit_recognizer.fileio import atomic_path, sha256_file, write_text
 
 log = logging.getLogger(__name__)
 
@@ -172,15 +171,7 @@ def _describe_csv(path: Path) -> tuple[Shard, bool]:
     for columns, _, piece in _line_pieces(path):
         n_rows += _count_lines(piece)
         has_labels = columns == LABELLED_COLUMNS
-    return Shard(path, n_rows, path.stat().st_size, _sha256(path)), has_labels
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        while block := file.read(CHUNK_BYTES):
-            digest.update(block)
-    return digest.hexdigest()
+    return Shard(path, n_rows, path.stat().st_size, sha256_file(path)), has_labels
 
 
 def _mixed_labels(path: Path, has_labels: bool) -> str:
@@ -395,7 +386,7 @@ def _write_shards(
         with atomic_path(path) as tmp, pa.OSFile(str(tmp), "wb") as sink:
             for number, (_, piece) in enumerate(pieces):
                 _write_table(sink, _to_table(piece.images, piece.labels), number == 0)
-        shard = Shard(path, bounds[part + 1] - bounds[part], path.stat().st_size, _sha256(path))
+        shard = Shard(path, bounds[part + 1] - bounds[part], path.stat().st_size, sha256_file(path))
         log.info("wrote %s (%s rows)", path, f"{shard.n_rows:,}")
         shards.append(shard)
     manifest = Manifest(tuple(shards), has_labels, origin)
