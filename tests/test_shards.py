@@ -33,7 +33,7 @@ from digit_recognizer.data.shards import (
 )
 from digit_recognizer.data.stream import ShardStream, batches_per_rank, shuffled_batches
 from digit_recognizer.errors import ConfigError, DataError
-from digit_recognizer.pipeline import training_data
+from digit_recognizer.pipeline import read_labelled, training_data
 from digit_recognizer.predict import predict_csv, predict_stream
 from digit_recognizer.train import TrainConfig
 
@@ -153,8 +153,13 @@ def test_expand_holds_out_images_that_validate_training_and_are_never_copied(
     assert isinstance(streamed, shards.Manifest) and streamed.n_rows == 2 * 903
     assert row_ids(valid_set.images) == row_ids(valid.images)
     expand(path, tmp_path / "all", copies=2, parts=2, valid_size=0)
-    with pytest.raises(DataError, match="validates on copies of training images"):
-        training_data(TrainConfig(), tmp_path / "all")
+    for split_rows in (
+        lambda: training_data(TrainConfig(), tmp_path / "all"),
+        lambda: read_labelled(tmp_path / "e", to_split=True),
+    ):  # tune, compare
+        with pytest.raises(DataError, match="validates on copies of training images"):
+            split_rows()
+    assert len(read_labelled(tmp_path / "e")) == 2 * 903 + 100  # compare --test: no split
     train_set, valid_set = training_data(TrainConfig(valid_size=0), tmp_path / "all")
     assert len(train_set) == 2 * 1003 and len(valid_set) == 0
 

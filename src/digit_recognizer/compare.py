@@ -68,7 +68,7 @@ def compare(
         raise ConfigError(f"--cv must be at least 2 folds, got {cv}")
     if test_csv is None and cv is None and not 0 < valid_size < 1:
         raise ConfigError(f"--valid-size must be in (0, 1), got {valid_size}")
-    data = read_labelled(train_csv)
+    data = read_labelled(train_csv, to_split=test_csv is None)
     folds = list(_folds(data, test_csv, valid_size, cv, seed))
     rows = [_score_model(name, folds, cv is not None) for name in models]
     rows.sort(key=lambda row: -float(row.get("accuracy", row.get("accuracy_mean", 0))))

@@ -29,7 +29,6 @@ from digit_recognizer.data.replica import ReplicaFiles, ready_replica
 from digit_recognizer.data.shards import (
     Manifest,
     choose_loading,
-    read_data_source,
     read_shards,
     resolve_data_source,
 )
@@ -195,16 +194,30 @@ def default_run_dir(model: str) -> Path:
     return Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{model}"
 
 
-def read_labelled(path: Path) -> DigitSet:
-    """A labelled CSV, shard directory or glob, in memory."""
-    data = read_data_source(path)
-    require_labels(data.has_labels, path)
-    return data
+def read_labelled(path: Path, to_split: bool = False) -> DigitSet:
+    """A labelled CSV, shard directory or glob, in memory; ``to_split``: refused if it is an
+    expansion, whose rows no split can hold apart (``refuse_split``)."""
+    manifest = resolve_data_source(path)
+    require_labels(manifest.has_labels, path)
+    if to_split:
+        refuse_split(manifest, path)
+    return read_shards(manifest)
 
 
 def require_labels(has_labels: bool, source: Path) -> None:
     if not has_labels:
         raise DataError(f"{source}: has no label column; training needs Kaggle's train.csv format")
+
+
+def refuse_split(manifest: Manifest, source: Path) -> None:
+    """``DataError`` for an expansion (``digits data expand``): each image is in it several
+    times, so a split of its rows validates on copies of training images."""
+    if manifest.origin.get("command") == "expand":
+        raise DataError(
+            f"{source}: every image is in it several times (`digits data expand`), so a split "
+            "of its rows validates on copies of training images; validate on its held-out last "
+            "shard (digits train does), or split the CSV it was expanded from"
+        )
 
 
 def training_data(config: TrainConfig, source: Path) -> tuple[DigitSet | Manifest, DigitSet]:
@@ -217,12 +230,8 @@ def training_data(config: TrainConfig, source: Path) -> tuple[DigitSet | Manifes
     manifest = resolve_data_source(source)
     require_labels(manifest.has_labels, source)
     held_out = manifest.origin.get("valid_rows", 0)
-    if manifest.origin.get("command") == "expand" and not held_out and config.valid_size:
-        raise DataError(
-            f"{source}: every image is in it several times (`digits data expand`), so a split "
-            "of it validates on copies of training images; expand again with a --valid-size "
-            "above 0, or train with --valid-size 0"
-        )
+    if not held_out and config.valid_size:
+        refuse_split(manifest, source)
     in_memory = choose_loading(manifest, int(config.max_memory_gb * 1e9)) == "memory"
     if in_memory and not held_out:
         return split_for_training(read_shards(manifest), config.valid_size, config.seed)

@@ -114,8 +114,8 @@ def tune(config: TuneConfig, train_csv: Path, out_dir: Path) -> TuneResult:
     """Run ``config.trials`` more trials of the study and write the best settings and plots."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    train_set, valid_set = split_for_training(read_labelled(train_csv), config.valid_size,
-                                              config.seed)  # fmt: skip
+    data = read_labelled(train_csv, to_split=True)
+    train_set, valid_set = split_for_training(data, config.valid_size, config.seed)
     storage = config.storage or f"sqlite:///{(out_dir / 'study.db').resolve()}"
     study_name = config.study_name or f"tune-{config.model}"
     # Prune from the second epoch, once two trials have finished: short runs are noisy early.
