@@ -82,6 +82,24 @@ def test_light_and_dark_backgrounds_give_the_same_digit() -> None:
     np.testing.assert_array_equal(dark_on_light, light_on_dark)
 
 
+def test_dark_ink_on_dim_grey_paper_is_still_the_ink() -> None:
+    """Paper photographed in poor light is darker than mid-grey; the ink is darker still."""
+    reference = load_image(encode(drawing()))
+    for paper in (130, 100, 70):
+        dim = load_image(encode(drawing(ink=(15, 15, 15), paper=(paper, paper, paper))))
+        np.testing.assert_allclose(dim, reference, atol=2, err_msg=f"paper {paper}")
+
+
+def test_a_fine_pen_on_a_large_page_comes_out_at_full_ink() -> None:
+    """Shrunk from a 4,000-pixel page a 12-pixel stroke is a faint trace; MNIST's is 255."""
+    page = Image.new("L", (3000, 4000), "white")
+    ImageDraw.Draw(page).line((1500, 600, 1700, 3400), fill="black", width=12)
+    digit = load_image(encode(page))
+    assert digit.max() == 255
+    rows = np.flatnonzero(digit.max(axis=1) > 64)
+    assert rows[-1] - rows[0] + 1 >= 18  # the whole stroke, not its brightest pixels alone
+
+
 def test_aspect_ratio_is_kept() -> None:
     bar = load_image(encode(drawing(size=(400, 300), line=(40, 150, 360, 150))))
     rows = np.flatnonzero(bar.max(axis=1) > 64)

@@ -4,6 +4,7 @@ import base64
 import json
 import shutil
 from html.parser import HTMLParser
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +13,8 @@ from typer.testing import CliRunner
 from digit_recognizer.cli import app
 from digit_recognizer.data.kaggle_csv import write_kaggle_csv
 from digit_recognizer.eda import eda
+from digit_recognizer.errors import DataError
+from digit_recognizer.fileio import sha256_file
 from digit_recognizer.models.storage import load_net
 from digit_recognizer.pipeline import train_job
 from digit_recognizer.report import (
@@ -97,9 +100,20 @@ def test_report_command_with_data_and_without(tmp_path, tiny_run, small_test):
 def test_report_rebuilds_the_validation_split(tmp_path, tiny_run, small_csvs):
     run_dir = tmp_path / "run"
     shutil.copytree(tiny_run, run_dir)
-    (run_dir / "metrics.json").write_text(json.dumps({"train_csv": str(small_csvs["train"])}))
+    train_csv = tmp_path / "train.csv"
+    shutil.copy(small_csvs["train"], train_csv)
+    recorded = {"train_csv": str(train_csv), "train_sha256": sha256_file(train_csv)}
+    (run_dir / "metrics.json").write_text(json.dumps(recorded))
     page = write_run_report(run_dir).read_text()
-    assert f"validation split of {small_csvs['train']} (valid_size 0.05, seed 0): 150" in page
+    assert f"validation split of {train_csv} (valid_size 0.05, seed 0): 150" in page
+    # Not from another file of that name, nor from the file changed since.
+    with open(train_csv, "a") as changed:
+        changed.write(Path(small_csvs["train"]).read_text().splitlines()[1] + "\n")
+    with pytest.raises(DataError, match=r"changed since .* \(SHA-256 differs\)"):
+        write_run_report(run_dir)
+    train_csv.unlink()
+    with pytest.raises(DataError, match="is not a CSV file here"):
+        write_run_report(run_dir)
 
 
 def test_train_job_writes_the_report(tmp_path, small_train):

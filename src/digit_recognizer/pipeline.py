@@ -43,7 +43,7 @@ from digit_recognizer.evaluate import (
     plot_learning_curves,
     score_submission,
 )
-from digit_recognizer.fileio import locked_dir, write_text
+from digit_recognizer.fileio import locked_dir, sha256_file, write_text
 from digit_recognizer.models.runtime import resolve_device
 from digit_recognizer.models.storage import ENSEMBLE_FILE, META_FILE, load_net, write_ensemble
 from digit_recognizer.predict import PredictConfig, Predictor, predict_csv
@@ -295,8 +295,12 @@ def write_training_outputs(
         predictor = Predictor.from_models([result.model])
         valid_metrics = compute_metrics(valid_set.labels, predictor.predict_proba(valid_set.images))
         plot_confusion_matrix(valid_metrics.confusion, run_dir / "confusion_matrix.png")
+    source = Path(train_csv)
     write_metrics(run_dir, {
-        "train_csv": str(train_csv),
+        # Absolute, with the file's hash: the report rebuilds the validation split from it, in
+        # whatever directory it runs, and must not rebuild it from another file of that name.
+        "train_csv": str(source.resolve()),
+        "train_sha256": sha256_file(source) if source.is_file() else None,
         "train_seconds": result.train_seconds,
         "epochs_run": result.epochs_run,
         "stopped_early": result.stopped_early,

@@ -37,7 +37,7 @@ from digit_recognizer.evaluate import (
     save_figure,
 )
 from digit_recognizer.explain import draw_overlay, grad_cam
-from digit_recognizer.fileio import write_text
+from digit_recognizer.fileio import sha256_file, write_text
 from digit_recognizer.models.storage import refuse_ensemble
 from digit_recognizer.predict import PredictConfig, Predictor
 from digit_recognizer.train import CONFIG_FILE, HISTORY_FILE
@@ -198,14 +198,25 @@ def _labelled_data(
             raise DataError(f"{data_csv}: has no label column; a report needs labelled data")
         return data, str(data_csv)
     metrics_path = run_dir / METRICS_FILE
-    train_csv = (
-        json.loads(metrics_path.read_text()).get("train_csv") if metrics_path.is_file() else None
-    )
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    train_csv, recorded_hash = metrics.get("train_csv"), metrics.get("train_sha256")
     valid_size = config.get("valid_size", 0)
-    if not train_csv or not valid_size or not Path(train_csv).is_file():
+    if not train_csv or not valid_size:
         raise DataError(
             f"{run_dir}: cannot rebuild the validation split (needs valid_size > 0 in "
             f"{CONFIG_FILE} and the training CSV named in {METRICS_FILE}); give --data LABELLED_CSV"
+        )
+    # The split is rebuilt from the very file trained on, or not at all: another file of that
+    # name, or the same one changed, would give other images under the validation split's name.
+    if not Path(train_csv).is_file() or recorded_hash is None:
+        raise DataError(
+            f"{run_dir}: the training data {train_csv} is not a CSV file here (gone, moved, or "
+            "shards), so its validation split cannot be rebuilt; give --data LABELLED_CSV"
+        )
+    if sha256_file(train_csv) != recorded_hash:
+        raise DataError(
+            f"{train_csv}: changed since {run_dir} was trained on it (SHA-256 differs), so its "
+            "validation split cannot be rebuilt; give --data LABELLED_CSV"
         )
     full = read_kaggle_csv(train_csv)
     _, valid_set = split_for_training(full, valid_size, config.get("seed", 0))

@@ -54,6 +54,9 @@ LINE_REST = 0.03
 SPECK_FRACTION = 0.05
 STRAY_FRACTION = 0.15
 STRAY_MARGIN = 0.2
+# Percentile of the pixels taken as the darkest and the brightest when deciding which way the
+# ink goes: ink covers well over 0.1 % of any image with a digit, a speck of dust less.
+INK_PERCENTILE = 0.1
 MIN_CONTRAST = 32  # grey levels between background and darkest ink; below it the image is blank
 # Paper whose border spans more grey levels than that (10th to 90th percentile) is unevenly lit,
 # and its level is taken cell by cell on a grid this many cells a side (_flatten_lighting); in
@@ -169,7 +172,11 @@ def to_mnist(grey: NDArray[np.uint8], name: str = "image") -> NDArray[np.uint8]:
     edges = np.ones(pixels.shape, dtype=bool)
     edges[band:-band, band:-band] = False
     background = float(np.median(pixels[edges]))
-    if background > 127:
+    # Ink lies on the far side of the paper's level from the extremes: dark ink reaches further
+    # below it than anything reaches above. Not "is the paper above mid-grey": dim grey paper
+    # (a photo in poor light) would then make its dark ink the background.
+    darkest, brightest = np.percentile(pixels, [INK_PERCENTILE, 100 - INK_PERCENTILE])
+    if background - darkest > brightest - background:
         pixels, background = 255 - pixels, 255 - background
     # Size first: conform_to_mnist sends every 28 x 28 CSV row it redoes through here.
     is_photo = min(pixels.shape) >= MIN_PHOTO_SIDE
@@ -186,7 +193,9 @@ def to_mnist(grey: NDArray[np.uint8], name: str = "image") -> NDArray[np.uint8]:
     height, width = (max(1, round(side * scale)) for side in crop.shape)
     resized = Image.fromarray(crop * 255).resize((width, height), Image.Resampling.LANCZOS)
     digit = np.clip(np.asarray(resized), 0, 255)
-    return _centre_by_mass(digit)
+    # A fine pen on a large page thins to a faint trace at 20 x 20 (brightest pixel ~50), where
+    # every MNIST digit reaches 254-255: brought up to full ink.
+    return _centre_by_mass(digit * (255 / digit.max()))
 
 
 def _reduced(grey: NDArray[np.uint8]) -> NDArray[np.uint8]:
