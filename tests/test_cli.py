@@ -94,6 +94,19 @@ def test_user_errors_are_one_line_without_traceback(tmp_path, small_csvs):
     assert one_model.exit_code == 1 and "one model trains in one process" in one_model.output
 
 
+def test_an_output_that_cannot_be_written_is_one_line_too(tmp_path, tiny_run, small_csvs):
+    """An --out naming a directory, or a path through a file: said, no traceback."""
+    for args, message in [
+        (("predict", tiny_run, small_csvs["test"], "--out", tmp_path), "cannot be written"),
+        (("augment-preview", small_csvs["train"], "--out", small_csvs["train"] / "x.png"),
+         "cannot be written"),
+        (("data", "kaggle", small_csvs["train"]), "not a directory"),
+    ]:  # fmt: skip
+        result = invoke(*args)
+        assert result.exit_code == 1 and message in result.output, result.output
+        assert "Traceback" not in result.output
+
+
 def test_data_check_summarises(small_csvs):
     result = invoke("data", "check", small_csvs["train"])
     assert result.exit_code == 0 and "3,000 rows" in result.output

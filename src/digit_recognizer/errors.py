@@ -17,5 +17,9 @@ class UnknownModelError(DigitsError):
     """A model name is not in the registry."""
 
 
+class OutputError(DigitsError):
+    """An output file cannot be written where it was asked for (a directory, no permission)."""
+
+
 class ModelFileError(DigitsError):
     """A saved model or run directory is missing, incomplete or corrupt."""

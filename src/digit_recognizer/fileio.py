@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from digit_recognizer.errors import DigitsError
+from digit_recognizer.errors import DigitsError, OutputError
 
 LOCK_FILE = ".lock"
 
@@ -23,8 +23,11 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     POSIX, so readers see either the old file or the complete new one, never a torn write.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as error:
+        raise OutputError(f"{path}: cannot be written ({error.strerror or error})") from None
     os.close(fd)
     tmp = Path(tmp_name)
     umask = os.umask(0)
@@ -36,7 +39,10 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         tmp.chmod(0o666 & ~umask)
         with open(tmp, "rb+") as written:
             os.fsync(written.fileno())
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except OSError as error:  # a directory of that name, most often
+            raise OutputError(f"{path}: cannot be written ({error.strerror or error})") from None
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from digit_recognizer.data.kaggle_csv import write_kaggle_csv, write_submission
 from digit_recognizer.data.mnist import load_mnist
+from digit_recognizer.errors import OutputError
 from digit_recognizer.fileio import sha256_file, write_text
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,8 @@ def build_replica(out_dir: str | Path, seed: int = 0) -> ReplicaFiles:
     is written last, so ``replica_is_complete`` never trusts a build that was interrupted.
     """
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputError(f"{out_dir}: not a directory; the replica's three files go in one")
     files = replica_files(out_dir)
     (out_dir / MANIFEST).unlink(missing_ok=True)
     mnist = load_mnist()
