@@ -336,11 +336,19 @@ def test_server_keeps_serving_after_bad_input(client: TestClient, digits) -> Non
     assert client.post("/predict", json=pixels_body(digits[0])).status_code == 200
 
 
-def test_serve_config_and_cli_errors(tmp_path: Path) -> None:
+def test_serve_config_and_cli_errors(tmp_path: Path, run_dir: Path) -> None:
     with pytest.raises(ConfigError, match="backend must be 'torch' or 'onnx', got 'tf'"):
         ServeConfig(backend="tf")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="max_batch must be at least 1, got 0"):
         ServeConfig(max_batch=0)
+    with pytest.raises(ConfigError, match="port must be from 0 to 65535, got 70000"):
+        ServeConfig(port=70000)
+    # Weights that do not load fail in one line, before the server announces an address.
+    broken = Path(shutil.copytree(run_dir, tmp_path / "broken"))
+    (broken / "model.safetensors").write_bytes(b"not safetensors")
+    result = CliRunner().invoke(cli_app, ["serve", str(broken), "--port", "1"])
+    assert result.exit_code == 1 and "not a readable safetensors file" in result.output
+    assert "serving" not in result.output and "Traceback" not in result.output
     result = CliRunner().invoke(cli_app, ["serve", str(tmp_path)])
     assert result.exit_code == 1
     assert "model.json: not found; is" in result.output and "Traceback" not in result.output

@@ -60,6 +60,8 @@ class ServeConfig:
                      "max_csv_rows", "max_image_pixels"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not 0 <= self.port <= 65535:  # 0: any free port
+            raise ConfigError(f"port must be from 0 to 65535, got {self.port}")
 
     def limits(self) -> dict[str, int]:
         """The request limits, as ``GET /model`` reports them."""
@@ -173,15 +175,18 @@ async def _send_413(send: Send, limit: int, limit_name: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def create_app(run_dir: Path, config: ServeConfig | None = None) -> FastAPI:
-    """The app serving ``run_dir``; the model loads at startup (``lifespan``) onto ``app.state``."""
+def create_app(
+    run_dir: Path, config: ServeConfig | None = None, model: ServedModel | None = None
+) -> FastAPI:
+    """The app serving ``run_dir``: ``model`` if loaded already, else loaded at startup
+    (``lifespan``) onto ``app.state``."""
     from digit_recognizer.serve.routes import api, pages
 
     run_dir, config = Path(run_dir), config or ServeConfig()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.model = load_served_model(run_dir, config)
+        app.state.model = model or load_served_model(run_dir, config)
         log.info("serving %s (%s backend)", run_dir, config.backend)
         yield
 
@@ -208,10 +213,12 @@ def run_server(
     import uvicorn
 
     config = config or ServeConfig()
-    read_meta(Path(run_dir))  # a wrong directory fails here in one line, not in a traceback
+    # Loaded here, not at uvicorn's startup: a run that does not load fails in one line
+    # (ModelFileError) before anything is announced, not in a traceback of the server's.
+    model = load_served_model(Path(run_dir), config)
     url = f"http://{config.host}:{config.port}"
     announce(f"serving {run_dir} ({config.backend}) at {url}, API docs at {url}/docs")
     # The server process owns its threads: set once here, not in create_app, which tests share.
     torch.set_num_threads(config.n_threads)
-    app = create_app(run_dir, config)
+    app = create_app(run_dir, config, model)
     uvicorn.run(app, host=config.host, port=config.port, access_log=config.access_log)
