@@ -164,6 +164,23 @@ def test_expand_holds_out_images_that_validate_training_and_are_never_copied(
     assert len(train_set) == 2 * 1003 and len(valid_set) == 0
 
 
+def test_commands_that_read_digits_take_a_shard_directory_as_they_take_its_csv(
+    tmp_path: Path, source, shard_dir: Path, tiny_run: Path
+) -> None:
+    from digit_recognizer.eda import eda
+    from digit_recognizer.evaluate import evaluate_run
+    from digit_recognizer.explain import explain_run
+
+    csv_path = source[0]
+    by_csv = evaluate_run([tiny_run], csv_path, tmp_path / "csv")
+    assert evaluate_run([tiny_run], shard_dir, tmp_path / "shards") == by_csv
+    assert eda(shard_dir, tmp_path / "eda").rows()[1:] == eda(csv_path, tmp_path / "eda").rows()[1:]
+    from_shards = explain_run(tiny_run, shard_dir, 1002, tmp_path / "a.png")  # the last shard's
+    from_csv = explain_run(tiny_run, csv_path, 1002, tmp_path / "b.png")
+    np.testing.assert_array_equal(from_shards.probas, from_csv.probas)
+    assert from_shards.label == from_csv.label
+
+
 # --- reading in pieces: the validation of read_kaggle_csv, line numbers of the shard -------------
 
 

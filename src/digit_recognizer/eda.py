@@ -14,7 +14,8 @@ import torch
 from matplotlib.figure import Figure
 
 from digit_recognizer.data.augment import Augmentation, augment_batch
-from digit_recognizer.data.kaggle_csv import DigitSet, read_kaggle_csv
+from digit_recognizer.data.kaggle_csv import DigitSet
+from digit_recognizer.data.shards import read_data_source
 from digit_recognizer.data.tensors import to_model_input, to_uint8_images
 from digit_recognizer.evaluate import CLASSES, save_figure
 from digit_recognizer.fileio import write_text
@@ -76,7 +77,7 @@ class EdaSummary:
 def eda(csv_path: str | Path, out_dir: str | Path) -> EdaSummary:
     """Summarise a Kaggle CSV; write its PNGs and a self-contained ``eda.html`` to ``out_dir``."""
     csv_path, out_dir = Path(csv_path), Path(out_dir)
-    data = read_kaggle_csv(csv_path)
+    data = read_data_source(csv_path)
     summary = _summarise(csv_path, data)
     rng = np.random.default_rng(0)
     plots = [("samples.png", "Random samples", _plot_samples)]
@@ -227,7 +228,7 @@ def augment_preview(
     --stroke stroke --styles styles`` (writing styles only where the CSV has labels).
     """
     augmentation = Augmentation(elastic_px=elastic, stroke=stroke, styles=styles).scaled(strength)
-    data = read_kaggle_csv(csv_path)
+    data = read_data_source(csv_path)
     generator = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
     shown = rng.choice(len(data), size=min(PREVIEW_ROWS, len(data)), replace=False)

@@ -18,7 +18,8 @@ from matplotlib.figure import Figure
 from numpy.typing import NDArray
 from sklearn import metrics as skm
 
-from digit_recognizer.data.kaggle_csv import read_kaggle_csv, read_submission
+from digit_recognizer.data.kaggle_csv import read_submission
+from digit_recognizer.data.shards import read_data_source
 from digit_recognizer.errors import DataError
 from digit_recognizer.fileio import atomic_path, write_text
 from digit_recognizer.predict import PredictConfig, Predictor, conform_rows
@@ -125,7 +126,7 @@ def evaluate_run(
     run_dirs: list[Path], labelled_csv: Path, out_dir: Path, config: PredictConfig | None = None
 ) -> Metrics:
     """Predict ``labelled_csv`` with the run(s), write metrics.json, per-class CSV and plot."""
-    data = read_kaggle_csv(labelled_csv)
+    data = read_data_source(labelled_csv)
     if data.labels is None:
         raise DataError(f"{labelled_csv}: has no label column; evaluation needs labelled data")
     config = config or PredictConfig()

@@ -26,7 +26,7 @@ from numpy.typing import ArrayLike, NDArray
 from torch import nn
 
 from digit_recognizer.data.images import conform_to_mnist, load_image
-from digit_recognizer.data.kaggle_csv import read_kaggle_csv
+from digit_recognizer.data.shards import is_data_source, read_data_source
 from digit_recognizer.data.tensors import to_model_input
 from digit_recognizer.errors import DataError
 from digit_recognizer.evaluate import save_figure
@@ -201,8 +201,8 @@ def explain_run(
     A CSV row is seen as ``digits predict`` sees it: conformed to MNIST's layout if it is not
     in it (``conform``), so the explanation is of the prediction that command makes.
     """
-    if source.suffix.lower() == ".csv":
-        data = read_kaggle_csv(source)
+    if is_data_source(source):
+        data = read_data_source(source)
         if index is None or not 0 <= index < len(data):
             raise DataError(f"{source}: has {len(data):,} rows; --index must be 0 to "
                             f"{len(data) - 1} (0-based)")  # fmt: skip

@@ -20,7 +20,8 @@ from sklearn.pipeline import Pipeline
 from torch import nn
 
 from digit_recognizer.data.images import conform_to_mnist
-from digit_recognizer.data.kaggle_csv import read_kaggle_csv, write_submission
+from digit_recognizer.data.kaggle_csv import write_submission
+from digit_recognizer.data.shards import read_data_source
 from digit_recognizer.data.stream import ShardStream
 from digit_recognizer.distributed import close_distributed, init_distributed
 from digit_recognizer.models.classical import load_pipeline
@@ -150,9 +151,10 @@ def conform_rows(
 def predict_csv(
     run_dirs: list[Path], test_csv: Path, out: Path, config: PredictConfig | None = None
 ) -> NDArray[np.int64]:
-    """Predict every row of a Kaggle CSV and write ``out`` as a submission; returns the labels."""
+    """Predict every row of a Kaggle CSV (or shards, in memory: ``predict_stream`` streams them)
+    and write ``out`` as a submission; returns the labels."""
     config = config or PredictConfig()
-    data = read_kaggle_csv(test_csv)
+    data = read_data_source(test_csv)
     labels = Predictor.load(run_dirs, config).predict(conform_rows(data.images, config, test_csv))
     write_submission(out, labels)
     log.info("wrote %s (%d rows)", out, len(labels))

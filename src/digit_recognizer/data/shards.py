@@ -100,6 +100,17 @@ def read_manifest(path: str | Path) -> Manifest:
         raise DataError(f"{file}: not a valid shard manifest ({error!r}); rebuild it") from None
 
 
+def is_data_source(path: str | Path) -> bool:
+    """Whether ``path`` names rows of digits (a CSV, a shard directory, its manifest, a glob)
+    rather than one image file."""
+    path = Path(path)
+    return (
+        path.suffix.lower() in (".csv", ".json")
+        or path.is_dir()
+        or any(char in str(path) for char in "*?[")
+    )
+
+
 def resolve_data_source(source: str | Path) -> Manifest:
     """A ``Manifest`` for a CSV file, a shard directory, or a glob of CSVs (in sorted order).
 
