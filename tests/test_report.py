@@ -14,6 +14,7 @@ from digit_recognizer.cli import app
 from digit_recognizer.data.kaggle_csv import write_kaggle_csv
 from digit_recognizer.eda import eda
 from digit_recognizer.errors import DataError
+from digit_recognizer.evaluate import evaluate_run
 from digit_recognizer.fileio import sha256_file
 from digit_recognizer.models.storage import load_net
 from digit_recognizer.pipeline import train_job
@@ -23,6 +24,7 @@ from digit_recognizer.report import (
     write_run_report,
 )
 from digit_recognizer.train import TrainConfig
+from tests.test_images import frame_filling
 
 runner = CliRunner()
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -95,6 +97,14 @@ def test_report_command_with_data_and_without(tmp_path, tiny_run, small_test):
         assert heading in page
     assert f"{labelled}: 400 images" in page
     assert len(inline_pngs(run_dir / "report.html")) == 6
+    # Digits laid out as another collection's are read as evaluate reads them: redone as MNIST's.
+    filled = tmp_path / "filled.csv"
+    write_kaggle_csv(filled, np.stack([frame_filling(image) for image in small_test.images[:400]]),
+                     small_test.labels[:400])  # fmt: skip
+    evaluated = evaluate_run([run_dir], filled, tmp_path / "eval")
+    write_run_report(run_dir, filled)
+    n_wrong = round((1 - evaluated.accuracy) * 400)
+    assert f"{evaluated.accuracy:.4f} ({n_wrong} wrong)" in (run_dir / "report.html").read_text()
 
 
 def test_report_rebuilds_the_validation_split(tmp_path, tiny_run, small_csvs):

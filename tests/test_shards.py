@@ -364,6 +364,26 @@ def test_predict_stream_matches_predict_csv(tmp_path: Path, tiny_run: Path, smal
     assert len(set(expected.tolist())) == 10
 
 
+def test_streamed_prediction_says_once_how_many_rows_it_redid(
+    tmp_path: Path, tiny_run: Path, small_test: DigitSet, monkeypatch, caplog
+) -> None:
+    """One warning with the total, not one per piece read (nor per process under torchrun)."""
+    from digit_recognizer import predict
+    from tests.test_images import frame_filling
+
+    images = small_test.images[:300].copy()
+    images[:120] = np.stack([frame_filling(image) for image in images[:120]])
+    write_kaggle_csv(tmp_path / "test.csv", images)
+    monkeypatch.setattr(predict, "STREAM_ROWS", 64)
+    with caplog.at_level("WARNING"):
+        predict_stream([tiny_run], tmp_path / "test.csv", tmp_path / "submission.csv")
+    redone = [record.getMessage() for record in caplog.records if "redone" in record.getMessage()]
+    assert len(redone) == 1 and "120 of 300 digits" in redone[0]
+    result = CliRunner().invoke(app, ["predict", str(tiny_run), str(tmp_path / "test.csv"),
+                                      "--nproc", "301"])  # fmt: skip
+    assert result.exit_code == 1 and "300 rows cannot be shared by 301 ranks" in result.output
+
+
 def test_cli_shard_and_expand(tmp_path: Path, source) -> None:
     runner = CliRunner()
     result = runner.invoke(

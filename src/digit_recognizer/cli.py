@@ -318,6 +318,11 @@ def predict(
 
     run_dirs, source = split_runs_and_csv(paths)
     if nproc > 1:
+        # What can be checked here is, before torchrun's pages of output for a failed process.
+        from digit_recognizer.data.shards import resolve_data_source
+        from digit_recognizer.data.stream import batches_per_rank
+
+        batches_per_rank(resolve_data_source(source).n_rows, 1, nproc)
         options = ["--out", str(out), *(["--tta"] if tta else []), *(["--as-is"] if as_is else []),
                    *(["--device", device] if device else [])]  # fmt: skip
         run_torchrun(nproc, "digit_recognizer.predict", [*map(str, paths), *options])

@@ -139,13 +139,17 @@ def conform_rows(
     if not config.conform:
         return images
     images, n_redone = conform_to_mnist(images)
+    warn_redone(source, n_redone, len(images))
+    return images
+
+
+def warn_redone(source: str | Path, n_redone: int, n_rows: int) -> None:
     if n_redone:
         log.warning(
             "%s: %d of %d digits were not laid out as MNIST's (fitted to 20 x 20 pixels, "
             "centred by mass) and were redone as MNIST made its own; --as-is predicts them "
-            "unchanged", source, n_redone, len(images),
+            "unchanged", source, n_redone, n_rows,
         )  # fmt: skip
-    return images
 
 
 def predict_csv(
@@ -176,16 +180,22 @@ def predict_stream(
     predictor = Predictor.load(run_dirs, config, device)
     stream = ShardStream(source, STREAM_ROWS, shuffle=False, rank=dist_env.rank,
                          world_size=dist_env.world_size)  # fmt: skip
-    predicted = (
-        predictor.predict(conform_rows(images.numpy(), config, source)) for images, _ in stream
-    )
-    labels = np.concatenate([chunk.astype(np.uint8) for chunk in predicted])
+    chunks, n_redone = [], 0
+    for images, _ in stream:
+        images = images.numpy()
+        if config.conform:
+            images, redone = conform_to_mnist(images)
+            n_redone += redone
+        chunks.append(predictor.predict(images).astype(np.uint8))
+    labels = np.concatenate(chunks)
     if dist.is_initialized():
         shares = [None] * dist_env.world_size if dist_env.is_main_process else None
-        dist.gather_object(labels, shares, dst=0)
+        dist.gather_object((labels, n_redone), shares, dst=0)
         if shares is not None:
-            labels = np.concatenate(shares)
+            labels = np.concatenate([share_labels for share_labels, _ in shares])
+            n_redone = sum(share_redone for _, share_redone in shares)
     if dist_env.is_main_process:
+        warn_redone(source, n_redone, len(labels))  # once, for all pieces and processes
         write_submission(out, labels)
         log.info("wrote %s (%d rows, %d processes)", out, len(labels), dist_env.world_size)
     return stream.manifest.n_rows

@@ -40,7 +40,7 @@ from digit_recognizer.evaluate import (
 from digit_recognizer.explain import draw_overlay, grad_cam
 from digit_recognizer.fileio import sha256_file, write_text
 from digit_recognizer.models.storage import refuse_ensemble
-from digit_recognizer.predict import PredictConfig, Predictor
+from digit_recognizer.predict import PredictConfig, Predictor, conform_rows
 from digit_recognizer.train import CONFIG_FILE, HISTORY_FILE
 
 REPORT_FILE = "report.html"
@@ -197,7 +197,9 @@ def _labelled_data(
         data = read_data_source(data_csv)
         if data.labels is None:
             raise DataError(f"{data_csv}: has no label column; a report needs labelled data")
-        return data, str(data_csv)
+        # As evaluate and predict see them: other collections' layouts redone as MNIST's.
+        conformed = conform_rows(data.images, PredictConfig(), data_csv)
+        return DigitSet(conformed, data.labels), str(data_csv)
     metrics_path = run_dir / METRICS_FILE
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
     train_csv, recorded_hash = metrics.get("train_csv"), metrics.get("train_sha256")
