@@ -3,6 +3,7 @@
 import base64
 import json
 import shutil
+import warnings
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -66,6 +67,12 @@ def test_eda_summarises_and_writes_a_self_contained_page(tmp_path, small_train):
     assert summary.pixel_std == pytest.approx(images.std(), rel=1e-6)
     assert len(summary.figures) == 5 and all(path.is_file() for path in summary.figures.values())
     assert len(inline_pngs(tmp_path / "eda" / "eda.html")) == 5
+    # A CSV without one of the digits: its tiles stay blank, without numpy's warnings.
+    no_sevens = labels != 7
+    write_kaggle_csv(csv_path, images[no_sevens], labels[no_sevens])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert eda(csv_path, tmp_path / "eda").class_counts[7] == 0
 
 
 def test_eda_and_augment_preview_commands(tmp_path, small_csvs):

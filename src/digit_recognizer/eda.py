@@ -6,12 +6,14 @@ digits augment-preview train.csv --n 9          # what training's augmentation d
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from matplotlib.figure import Figure
+from numpy.typing import NDArray
 
 from digit_recognizer.data.augment import Augmentation, augment_batch
 from digit_recognizer.data.kaggle_csv import DigitSet
@@ -174,8 +176,12 @@ def _plot_mean_std(data: DigitSet, _rng: np.random.Generator, path: Path) -> Non
     everything = np.ones(len(data), dtype=bool)
     groups = [data.labels == d for d in CLASSES] if data.labels is not None else [everything]
     images = data.images.astype(np.float32)
-    means = np.stack([images[g].mean(axis=0) for g in groups])
-    stds = np.stack([images[g].std(axis=0) for g in groups])
+    absent = np.full(images.shape[1:], np.nan)  # a class the CSV lacks: a blank tile
+
+    def per_group(statistic: Callable[..., NDArray[np.float32]]) -> NDArray[np.float32]:
+        return np.stack([statistic(images[g], axis=0) if g.any() else absent for g in groups])
+
+    means, stds = per_group(np.mean), per_group(np.std)
     fig = Figure(figsize=(1.0 * len(groups) + 1.6, 3.2))
     axes = fig.subplots(2, 1)
     for ax, maps, name, cmap in zip(axes, (means, stds), ("mean", "std"), ("gray", "magma"),

@@ -108,9 +108,9 @@ class Predictor:
                                             amp_dtype)  # fmt: skip
                     total += logits.softmax(dim=1)
                 else:
-                    total += torch.as_tensor(
-                        model.predict_proba(np.asarray(view)), device=self.device
-                    )
+                    # float32 before the device: scikit-learn's float64 has no MPS tensor.
+                    probas = model.predict_proba(np.asarray(view)).astype(np.float32)
+                    total += torch.as_tensor(probas, device=self.device)
         return (total / (len(self.models) * len(views))).cpu().numpy()
 
     def predict(self, images: NDArray[np.uint8]) -> NDArray[np.int64]:
