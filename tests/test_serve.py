@@ -231,6 +231,24 @@ def test_bad_json(client: TestClient, body: object, status: int, detail: str) ->
     assert (response.status_code, response.json()["detail"]) == (status, detail)
 
 
+def test_a_bad_query_is_one_sentence_too(client: TestClient) -> None:
+    """As every other 4xx answer is, and as the OpenAPI schema says, not FastAPI's list."""
+    for path in ("/predict", "/predict/csv"):
+        response = client.post(f"{path}?as_is=maybe", content=b"")
+        assert response.status_code == 422
+        assert response.json() == {
+            "detail": "query.as_is: Input should be a valid boolean, unable to interpret input"
+        }
+    schema = client.get("/openapi.json").json()
+    error = {"$ref": "#/components/schemas/ErrorResponse"}
+    assert (
+        schema["paths"]["/predict"]["post"]["responses"]["422"]["content"]["application/json"][
+            "schema"
+        ]
+        == error
+    )
+
+
 def test_many_problems_are_summarised(client: TestClient) -> None:
     response = client.post("/predict", json=[{"pixels": ["x"] * 784}])
     assert response.json()["detail"] == (

@@ -17,7 +17,9 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from numpy.typing import NDArray
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -180,7 +182,7 @@ def create_app(
 ) -> FastAPI:
     """The app serving ``run_dir``: ``model`` if loaded already, else loaded at startup
     (``lifespan``) onto ``app.state``."""
-    from digit_recognizer.serve.routes import api, pages
+    from digit_recognizer.serve.routes import api, describe, pages
 
     run_dir, config = Path(run_dir), config or ServeConfig()
 
@@ -201,6 +203,12 @@ def create_app(
                        max_csv_bytes=config.max_csv_bytes)  # fmt: skip
     app.include_router(api)
     app.include_router(pages)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_query(_request: Request, error: RequestValidationError) -> JSONResponse:
+        # One sentence in "detail", as every other 4xx answer has, not FastAPI's list.
+        return JSONResponse({"detail": describe(error.errors())}, status_code=422)
+
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app
 

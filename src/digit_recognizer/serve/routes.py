@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +134,10 @@ class Prediction(BaseModel):
     )
 
 
+class ErrorResponse(BaseModel):
+    detail: str = Field(description="what was wrong with the request, and how to fix it")
+
+
 class PredictResponse(Prediction):
     latency_ms: float = Field(description="server time: decoding, preprocessing, inference")
     grad_cam_error: str | None = Field(None, description="why grad_cam is missing, if it is")
@@ -217,9 +221,12 @@ def model_info(request: Request) -> ModelInfo:
     response_model=PredictResponse | BatchResponse,
     response_model_exclude_none=True,
     openapi_extra=PREDICT_BODY,
-    responses={413: {"description": "body, batch or image over a ServeConfig limit"},
-               415: {"description": "unsupported Content-Type"},
-               422: {"description": "invalid digit or unreadable image"}},
+    responses={400: {"model": ErrorResponse, "description": "body is not valid JSON"},
+               413: {"model": ErrorResponse,
+                     "description": "body, batch or image over a ServeConfig limit"},
+               415: {"model": ErrorResponse, "description": "unsupported Content-Type"},
+               422: {"model": ErrorResponse,
+                     "description": "invalid digit, query or unreadable image"}},
 )  # fmt: skip
 async def predict(
     request: Request,
@@ -269,8 +276,10 @@ async def predict(
     response_class=Response,
     openapi_extra=CSV_BODY,
     responses={200: {"content": {"text/csv": {}}, "description": "submission.csv"},
-               413: {"description": "over max_csv_bytes or max_csv_rows"},
-               422: {"description": "the CSV is not in Kaggle's format"}},
+               413: {"model": ErrorResponse, "description": "over max_csv_bytes or max_csv_rows"},
+               415: {"model": ErrorResponse, "description": "unsupported Content-Type"},
+               422: {"model": ErrorResponse,
+                     "description": "the CSV is not in Kaggle's format, or an invalid query"}},
 )  # fmt: skip
 async def predict_csv(
     request: Request,
@@ -337,7 +346,7 @@ def _parse_json(body: bytes, max_batch: int) -> tuple[NDArray[np.uint8], bool]:
         parsed = (_BATCH if is_batch else _SINGLE).validate_json(body)
     except ValidationError as error:
         is_json_error = error.errors()[0]["type"] == "json_invalid"
-        raise HTTPException(400 if is_json_error else 422, _describe(error)) from None
+        raise HTTPException(400 if is_json_error else 422, describe(error.errors())) from None
     digits = parsed if is_batch else [parsed]
     if not digits:
         raise HTTPException(422, "empty batch: send a list of at least one digit")
@@ -350,16 +359,17 @@ def _parse_json(body: bytes, max_batch: int) -> tuple[NDArray[np.uint8], bool]:
     return np.stack([digit.to_image() for digit in digits]), is_batch
 
 
-def _describe(error: ValidationError, shown: int = 3) -> str:
-    """``pixels[5]: Input should be a valid integer`` for the first few problems."""
+def describe(errors: Sequence[Any], shown: int = 3) -> str:
+    """``pixels[5]: Input should be a valid integer`` for the first few of pydantic's ``errors``
+    (a body's, or FastAPI's for a query: ``query.explain: ...``)."""
     problems = []
-    for item in error.errors()[:shown]:
+    for item in errors[:shown]:
         where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in item["loc"])
         if item["type"] == "json_invalid":
             return f"request body is not valid JSON ({item['ctx']['error']})"
         message = str(item["ctx"]["error"]) if item["type"] == "value_error" else item["msg"]
         problems.append(f"{where.lstrip('.') or 'body'}: {message}")
-    more = len(error.errors()) - shown
+    more = len(errors) - shown
     return "; ".join(problems) + (f" (and {more} more problems)" if more > 0 else "")
 
 
