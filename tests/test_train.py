@@ -11,10 +11,18 @@ import torch
 
 from digit_recognizer.data.kaggle_csv import DigitSet
 from digit_recognizer.errors import ConfigError, ModelFileError
+from digit_recognizer.models.runtime import autocast_dtype
 from digit_recognizer.models.storage import load_net
 from digit_recognizer.pipeline import get_preset, train_job
 from digit_recognizer.predict import Predictor
-from digit_recognizer.train import TrainConfig, get_lr, load_checkpoint, train, warmed_up_ema
+from digit_recognizer.train import (
+    TrainConfig,
+    evaluate_split,
+    get_lr,
+    load_checkpoint,
+    train,
+    warmed_up_ema,
+)
 
 from .conftest import accuracy
 
@@ -89,7 +97,19 @@ def test_early_stopping_restores_the_best_epoch(tmp_path, small_train, small_tes
     result = train(config, subset, valid, tmp_path)
     assert result.stopped_early and result.epochs_run < 8
     best = max(row["valid_accuracy"] for row in result.history)
-    assert result.valid_accuracy == best
+    assert result.valid_accuracy == best > result.history[-1]["valid_accuracy"]
+    # The model returned and saved is the best epoch's, scored again here, not the last one's.
+    amp = autocast_dtype(torch.device("cpu"), config.amp)
+    images, labels = torch.as_tensor(valid.images), torch.as_tensor(valid.labels)
+    for model in (result.model, load_net(tmp_path)[0]):
+        assert evaluate_split(model, images, labels, amp)[1] == best
+    # Resumed, a run that stopped stays stopped: no more epochs, the same model.
+    resumed = train(replace(config, resume=True), subset, valid, tmp_path)
+    assert resumed.history == result.history and resumed.stopped_early
+    torch.testing.assert_close(resumed.model.state_dict(), result.model.state_dict())
+    # Without a validation set there is nothing to stop on: said, not silently ignored.
+    with pytest.raises(ConfigError, match="act on validation accuracy"):
+        train(config, subset, None, tmp_path / "no-valid")
 
 
 @pytest.mark.parametrize(("native_bf16", "expected"), [(True, "cnn"), (False, "cnn-tiny")])

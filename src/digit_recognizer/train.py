@@ -95,7 +95,7 @@ class TrainConfig:
     schedule: Literal["onecycle", "plateau", "exponential", "constant"] = "onecycle"
     warmup: float = 0.15  # onecycle: fraction of training spent ramping the lr up
     lr_decay: float = 0.8  # exponential: lr factor per epoch
-    plateau_factor: float = 0.5  # plateau: lr factor when validation loss stalls
+    plateau_factor: float = 0.5  # plateau: lr factor when validation accuracy (then loss) stalls
     plateau_patience: int = 1  # plateau: epochs without improvement before reducing
     label_smoothing: float = 0.1  # softer targets: +0.05 pp on the replica, better calibration
     # Exponential moving average of the weights per step (e.g. 0.999, reached after a ramp: see
@@ -339,6 +339,12 @@ def train(
     is_main = dist_env.is_main_process
     amp_dtype = autocast_dtype(device, config.amp)
     has_valid = valid_set is not None and len(valid_set) > 0
+    if not has_valid and (config.patience is not None or config.target_accuracy is not None
+                          or config.schedule == "plateau"):  # fmt: skip
+        raise ConfigError(
+            "patience, target_accuracy and the plateau schedule act on validation accuracy, and "
+            "there is no validation set: give valid_size > 0 (--valid-size)"
+        )
     if has_valid:
         valid_images = torch.as_tensor(valid_set.images).to(device)
         valid_labels = torch.as_tensor(valid_set.labels).to(device)
@@ -405,6 +411,7 @@ def train(
     # 0.9959). Early stopping and the other schedules keep the best epoch.
     keep_last = config.schedule == "onecycle" and config.patience is None
     best_accuracy, best_loss, best_state, epochs_since_best = -1.0, math.inf, None, 0
+    stopped_early = False
     history: list[dict[str, float]] = []
 
     # -- resume: everything the loop needs is in the checkpoint ----------------------------------
@@ -415,6 +422,7 @@ def train(
         lr_scale, history = checkpoint["lr_scale"], checkpoint["history"]
         best_accuracy, best_loss = checkpoint["best_accuracy"], checkpoint["best_loss"]
         best_state, epochs_since_best = checkpoint["best_state"], checkpoint["epochs_since_best"]
+        stopped_early = checkpoint.get("stopped_early", False)  # absent before it was kept
         log.info("resumed from %s at epoch %d (step %d)", run_dir / CHECKPOINT_FILE, epoch, step)
     elif config.resume:
         log.warning("--resume: no checkpoint in %s, starting from scratch", run_dir)
@@ -441,8 +449,7 @@ def train(
             seconds = all_reduce(torch.tensor(seconds, device=device), dist.ReduceOp.MAX).item()
         return seconds
 
-    stopped_early = False
-    while epoch < config.epochs and run_progress() < 1:
+    while not stopped_early and epoch < config.epochs and run_progress() < 1:
         model.train()
         # Randomness is a function of (seed, epoch, rank), so resuming at an epoch boundary
         # needs no RNG state and ranks draw different augmentations.
@@ -533,6 +540,15 @@ def train(
             if has_valid else "",
             elapsed_s,
         )  # fmt: skip
+        # Decided before the checkpoint, which keeps it: a run that stopped stays stopped when
+        # resumed, instead of training on past the epoch it ended at.
+        stop = None
+        if has_valid and config.patience is not None and epochs_since_best >= config.patience:
+            stop = f"early stopping: no better validation accuracy for {config.patience} epochs"
+        target = config.target_accuracy
+        if has_valid and target is not None and best_accuracy >= target:
+            stop = f"target validation accuracy {target:.4f} reached"
+        stopped_early = stop is not None
         if is_main:
             save_checkpoint(
                 run_dir,
@@ -549,19 +565,15 @@ def train(
                     "best_loss": best_loss,
                     "best_state": best_state,
                     "epochs_since_best": epochs_since_best,
+                    "stopped_early": stopped_early,
                     "config": asdict(config),
                 },
             )
             write_history(run_dir, history)
         if on_epoch_end is not None:
             on_epoch_end(row)
-        if config.patience is not None and has_valid and epochs_since_best >= config.patience:
-            log.info("early stopping: no better validation accuracy for %d epochs", config.patience)
-            stopped_early = True
-            break
-        if config.target_accuracy is not None and best_accuracy >= config.target_accuracy:
-            log.info("target validation accuracy %.4f reached", config.target_accuracy)
-            stopped_early = True
+        if stop is not None:
+            log.info(stop)
             break
 
     epochs_trained = round(step / steps_per_epoch, 1)  # a time budget can end one part-way
