@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from digit_recognizer import pipeline
+from digit_recognizer.config import save_config
 from digit_recognizer.errors import ConfigError, DataError, ModelFileError
 from digit_recognizer.evaluate import score_submission
 from digit_recognizer.models.storage import read_meta
@@ -95,6 +96,23 @@ def test_resumed_ensemble_keeps_finished_members_and_trains_unstarted_ones(
     assert "member 2 had not started" in caplog.text and "no checkpoint" not in caplog.text
     np.testing.assert_array_equal(Predictor.load([jobs[0].run_dir]).predict_proba(images), finished)
     assert (jobs[1].run_dir / "model.safetensors").is_file()
+
+
+def test_a_resumed_ensemble_keeps_each_started_members_own_settings(tmp_path):
+    """`digits train --preset best --resume`: members that started go on with what their
+    config.toml recorded (flags over it, but not --seed); the others as the preset makes them."""
+    from digit_recognizer.cli import job_configs
+
+    started = get_preset("best").configs(None, {"epochs": 1, "seed": 10})  # seeds 11-15
+    for number, config in enumerate(started[:2], start=1):
+        save_config(config, tmp_path / f"member-{number}" / "config.toml")
+    flags = {"epochs": None, "seed": 10, "resume": True}  # the same command, --resume added
+    resumed = job_configs("best", True, tmp_path, None, flags)
+    assert resumed[:2] == [replace(config, resume=True) for config in started[:2]]
+    assert [config.seed for config in resumed] == [11, 12, 13, 14, 15]
+    assert [config.epochs for config in resumed] == [1, 1, 20, 20, 20]  # epochs not repeated
+    longer = job_configs("best", True, tmp_path, None, {"epochs": 3, "seed": 99, "resume": True})
+    assert [(config.epochs, config.seed) for config in longer[:2]] == [(3, 11), (3, 12)]
 
 
 def test_presets_and_argument_errors(tmp_path, small_csvs):

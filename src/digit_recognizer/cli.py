@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import wraps
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -19,6 +19,9 @@ from rich.table import Table
 
 from digit_recognizer.config import load_config
 from digit_recognizer.errors import DigitsError
+
+if TYPE_CHECKING:  # the commands import torch-heavy modules only when they run
+    from digit_recognizer.train import TrainConfig
 
 app = typer.Typer(
     add_completion=False,
@@ -169,17 +172,21 @@ PresetTta = Annotated[
 ]
 
 
-def resumed_config(resume: bool, out: Path | None, config: Path | None) -> Path | None:
-    """The TOML a run starts from: with --resume, the run's own settings unless --config says."""
+def job_configs(
+    preset: str, resume: bool, out: Path | None, config: Path | None, flags: dict[str, Any]
+) -> list[TrainConfig]:
+    """What `run` and `train` train: the preset's member(s) under --config and flags; with
+    --resume, the run's own settings (each member's, for an ensemble) unless --config says."""
+    from digit_recognizer.pipeline import get_preset, resumed_members
     from digit_recognizer.train import CONFIG_FILE
 
-    if not resume:
-        return config
-    if out is None:
+    if resume and out is None:
         raise typer.BadParameter("--resume needs --out RUN_DIR")
-    if config is None and (out / CONFIG_FILE).exists():
-        return out / CONFIG_FILE
-    return config
+    own = resume and config is None
+    if own and (out / CONFIG_FILE).exists():
+        config = out / CONFIG_FILE
+    configs = get_preset(preset).configs(config, flags)
+    return resumed_members(configs, out, flags) if own and len(configs) > 1 else configs
 
 
 def train_overrides(**flags: Any) -> dict[str, Any]:
@@ -210,15 +217,13 @@ def run(
     from digit_recognizer.pipeline import get_preset, run_job
     from digit_recognizer.predict import TTA_SHIFTS, PredictConfig
 
-    config = resumed_config(resume, out, config)
     overrides = train_overrides(model=model, epochs=epochs, time_budget=time_budget,
         batch_size=batch_size, optimizer=optimizer, lr=lr, schedule=schedule, augment=augment,
         elastic=elastic, stroke=stroke, styles=styles,
         valid_size=valid_size, patience=patience, seed=seed, device=device,
         compile=compile_model, resume=resume or None)  # fmt: skip
-    recipe = get_preset(preset)
-    configs = recipe.configs(config, overrides)
-    tta = recipe.tta if tta is None else tta
+    configs = job_configs(preset, resume, out, config, overrides)
+    tta = get_preset(preset).tta if tta is None else tta
     with progress_bar() as progress:
         summary = run_job(configs, train, test, out, replica_seed,
                           predict_config=PredictConfig(tta=tta), progress=progress,
@@ -262,21 +267,15 @@ def train_command(
 ) -> None:  # fmt: skip
     """Train a net on a labelled CSV and write a run directory."""
     from digit_recognizer.distributed import Distributed
-    from digit_recognizer.pipeline import (
-        default_run_dir,
-        get_preset,
-        launch_distributed,
-        train_jobs,
-    )
+    from digit_recognizer.pipeline import default_run_dir, launch_distributed, train_jobs
 
-    config = resumed_config(resume, out, config)
     overrides = train_overrides(model=model, epochs=epochs, time_budget=time_budget,
         batch_size=batch_size, optimizer=optimizer, lr=lr, schedule=schedule, augment=augment,
         elastic=elastic, stroke=stroke, styles=styles,
         valid_size=valid_size, patience=patience, seed=seed, device=device, compile=compile_model,
         max_memory_gb=max_memory,
         resume=resume or None)  # fmt: skip
-    configs = get_preset(preset).configs(config, overrides)
+    configs = job_configs(preset, resume, out, config, overrides)
     run_dir = out or default_run_dir(configs[0].model)
     if nproc > 1:
         if len(configs) > 1 or (jobs or 1) > 1:

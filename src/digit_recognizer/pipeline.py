@@ -350,7 +350,7 @@ def train_jobs(
     check_out_dir(run_dir, configs[0].resume, ensemble=True)
     members = []
     for number, config in enumerate(configs, start=1):
-        member_dir = run_dir / f"member-{number}"
+        member_dir = member_run_dir(run_dir, number)
         if config.resume and number > 1 and not (member_dir / CHECKPOINT_FILE).exists():
             # Expected when the interruption came before it: no "nothing to resume" warning,
             # which member 1 still gives for an --out that holds no ensemble at all.
@@ -376,6 +376,27 @@ def train_jobs(
                      if job.valid_metrics else None} for job in jobs],
     })  # fmt: skip
     return jobs
+
+
+def member_run_dir(run_dir: Path, number: int) -> Path:
+    """Where ensemble member ``number`` (from 1) of ``run_dir`` trains."""
+    return run_dir / f"member-{number}"
+
+
+def resumed_members(
+    configs: list[TrainConfig], run_dir: Path, flags: Mapping[str, Any]
+) -> list[TrainConfig]:
+    """An ensemble's configs for --resume: a member that started keeps the settings its own
+    config.toml recorded, with ``flags`` over them but its own seed (``--seed`` moves the whole
+    ensemble; a member's split and draws cannot change mid-run); the others are ``configs``'."""
+    resumed = []
+    for number, config in enumerate(configs, start=1):
+        recorded = member_run_dir(run_dir, number) / CONFIG_FILE
+        if recorded.exists():
+            own_flags = {key: value for key, value in flags.items() if key != "seed"}
+            config = load_config(TrainConfig, recorded, own_flags)
+        resumed.append(config)
+    return resumed
 
 
 def default_jobs(configs: list[TrainConfig]) -> int:
