@@ -67,6 +67,11 @@ def test_ensemble_directory_predicts_the_members_average(tmp_path, small_csvs, s
     with pytest.raises(ConfigError, match="already holds a training run"):
         launch_distributed(2, replace(configs[0], epochs=9), small_csvs["train"], jobs[0].run_dir)
     assert (jobs[0].run_dir / "config.toml").read_text() == recorded
+    with pytest.raises(ConfigError, match="must be divisible by the 2 processes"):
+        launch_distributed(
+            2, replace(configs[0], batch_size=3), small_csvs["train"], tmp_path / "new"
+        )
+    assert not (tmp_path / "new" / "config.toml").exists()  # checked before torchrun starts
     # Commands that take one model say so, before a server announces anything.
     announced = []
     for one_model_only in (

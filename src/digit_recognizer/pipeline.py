@@ -11,6 +11,7 @@ import json
 import logging
 import multiprocessing
 import os
+import tempfile
 import time
 from collections.abc import Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -48,7 +49,14 @@ from digit_recognizer.models.runtime import resolve_device
 from digit_recognizer.models.storage import ENSEMBLE_FILE, META_FILE, load_net, write_ensemble
 from digit_recognizer.predict import PredictConfig, Predictor, predict_csv
 from digit_recognizer.report import write_run_report
-from digit_recognizer.train import CHECKPOINT_FILE, CONFIG_FILE, TrainConfig, TrainResult, train
+from digit_recognizer.train import (
+    CHECKPOINT_FILE,
+    CONFIG_FILE,
+    TrainConfig,
+    TrainResult,
+    check_global_batch,
+    train,
+)
 
 log = logging.getLogger(__name__)
 
@@ -314,14 +322,19 @@ def write_training_outputs(
 def launch_distributed(nproc: int, config: TrainConfig, train_csv: Path, run_dir: Path) -> None:
     """Run ``digits train`` in ``nproc`` processes on this machine through torchrun (DDP).
 
-    The resolved config goes to the run directory first and every process reads it, so the
-    processes cannot disagree on a setting. For several machines, call torchrun directly
-    (README, 'Data bigger than memory, many processes').
+    What can be checked before the launch is, rather than in every process amid torchrun's
+    output. The resolved config goes to a file every process reads, so the processes cannot
+    disagree on a setting; rank 0 writes the run's config.toml as one process does, once the
+    checkpoint is known to fit. For several machines, call torchrun directly (README, 'Data
+    bigger than memory, many processes').
     """
-    check_out_dir(run_dir, config.resume, ensemble=False)  # before its config.toml is replaced
-    save_config(config, run_dir / CONFIG_FILE)
-    run_torchrun(nproc, "digit_recognizer.train", ["--train", str(train_csv), "--out",
-                 str(run_dir), "--config", str(run_dir / CONFIG_FILE)])  # fmt: skip
+    check_out_dir(run_dir, config.resume, ensemble=False)
+    check_global_batch(config.batch_size, nproc)
+    with tempfile.TemporaryDirectory(prefix="digits-torchrun-") as scratch:
+        resolved = Path(scratch) / CONFIG_FILE
+        save_config(config, resolved)
+        run_torchrun(nproc, "digit_recognizer.train", ["--train", str(train_csv), "--out",
+                     str(run_dir), "--config", str(resolved)])  # fmt: skip
 
 
 def train_jobs(

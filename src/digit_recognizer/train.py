@@ -309,6 +309,13 @@ def write_history(run_dir: Path, history: list[dict[str, float]]) -> None:
     write_text(run_dir / HISTORY_FILE, buffer.getvalue())
 
 
+def check_global_batch(batch_size: int, world_size: int) -> None:
+    """``ConfigError`` unless ``world_size`` processes can share the batch evenly."""
+    if batch_size % world_size:
+        raise ConfigError(f"batch_size {batch_size} is the global batch and must be divisible "
+                          f"by the {world_size} processes")  # fmt: skip
+
+
 def train(
     config: TrainConfig,
     train_set: DigitSet | Manifest,
@@ -331,11 +338,7 @@ def train(
     # -- setup: processes, device, data on the device ---------------------------------------------
     run_dir = Path(run_dir)
     dist_env, device = init_distributed(config.device, config.ddp_timeout_s)
-    if config.batch_size % dist_env.world_size:
-        raise ConfigError(
-            f"batch_size {config.batch_size} is the global batch and must be divisible by the "
-            f"{dist_env.world_size} processes"
-        )
+    check_global_batch(config.batch_size, dist_env.world_size)
     is_main = dist_env.is_main_process
     amp_dtype = autocast_dtype(device, config.amp)
     has_valid = valid_set is not None and len(valid_set) > 0
