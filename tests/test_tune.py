@@ -2,11 +2,13 @@ import json
 from types import SimpleNamespace
 
 import optuna
+import pytest
 from typer.testing import CliRunner
 
 from digit_recognizer import tune as tune_module
 from digit_recognizer.cli import app
 from digit_recognizer.config import load_config
+from digit_recognizer.errors import ConfigError
 from digit_recognizer.train import TrainConfig
 from digit_recognizer.tune import TuneConfig, tune
 
@@ -20,6 +22,10 @@ def test_classical_study_resumes_from_its_sqlite_storage(tmp_path, small_csvs):
     assert second.n_trials == 3  # the same study, grown
     best = json.loads((tmp_path / "best_params.json").read_text())
     assert best["model"] == "knn" and (tmp_path / "optimization_history.png").exists()
+    # Another model cannot join the study: its trials would mix two search spaces.
+    shared = TuneConfig(model="logreg", trials=1, study_name="tune-knn")
+    with pytest.raises(ConfigError, match="tunes 'knn', not 'logreg'; give another --study-name"):
+        tune(shared, small_csvs["train"], tmp_path)
 
 
 def test_net_study_writes_a_config_that_train_accepts(tmp_path, small_csvs):

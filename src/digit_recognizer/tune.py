@@ -124,6 +124,11 @@ def tune(config: TuneConfig, train_csv: Path, out_dir: Path) -> TuneResult:
                                 pruner=pruner, load_if_exists=True)  # fmt: skip
     # Offset by the stored trials: a resumed study must not redraw its first random samples.
     study.sampler = optuna.samplers.TPESampler(seed=config.seed + len(study.trials))
+    # A study searches one model's space: trials of another would mix parameters of both.
+    studied = study.user_attrs.get("model", config.model)
+    if studied != config.model:
+        raise ConfigError(f"study '{study_name}' in {storage} tunes '{studied}', not "
+                          f"'{config.model}'; give another --study-name")  # fmt: skip
     study.set_user_attr("model", config.model)
     is_net = get_spec(config.model).kind == "net"
     deadline = time.monotonic() + config.timeout_s if config.timeout_s else None
