@@ -42,13 +42,14 @@ def batches_per_rank(n_rows: int, batch_size: int, world_size: int) -> int:
 
     Steps = ceil(n_rows / (world_size * batch_size)). Each rank gets a contiguous, balanced share
     of the rows (sizes differ by at most one) and cuts it into full batches plus a last, partial
-    one. If the last step had fewer rows than ranks, some rank's last batch would be empty, so
-    that step is dropped and its rows join the previous batches: at most one row each, B + 1.
+    one. If the last step had fewer than two rows a rank, some rank's last batch would hold one
+    row or none (batch norm cannot train on one), so that step is dropped and its rows join the
+    previous batches: at most two rows each, B + 2.
     """
     if n_rows < world_size:
         raise ConfigError(f"{n_rows} rows cannot be shared by {world_size} ranks; use fewer")
     steps = -(-n_rows // (world_size * batch_size))
-    if n_rows - (steps - 1) * world_size * batch_size < world_size:
+    if steps > 1 and n_rows - (steps - 1) * world_size * batch_size < 2 * world_size:
         steps -= 1
     return steps
 
