@@ -12,6 +12,7 @@ from digit_recognizer import pipeline
 from digit_recognizer.config import save_config
 from digit_recognizer.errors import ConfigError, DataError, ModelFileError
 from digit_recognizer.evaluate import score_submission
+from digit_recognizer.fileio import sha256_file
 from digit_recognizer.models.storage import read_meta
 from digit_recognizer.pipeline import (
     default_jobs,
@@ -50,7 +51,10 @@ def test_ensemble_directory_predicts_the_members_average(tmp_path, small_csvs, s
     configs = [TrainConfig(**TINY_RECIPE | {"seed": seed}) for seed in (1, 2)]
     jobs = train_jobs(configs, small_csvs["train"], tmp_path)
     assert [job.run_dir.name for job in jobs] == ["member-1", "member-2"]
-    members_metrics = json.loads((tmp_path / "metrics.json").read_text())["members"]
+    ensemble_metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert ensemble_metrics["train_csv"] == str(small_csvs["train"].resolve())
+    assert ensemble_metrics["train_sha256"] == sha256_file(small_csvs["train"])
+    members_metrics = ensemble_metrics["members"]
     assert [member["run_dir"] for member in members_metrics] == ["member-1", "member-2"]
     images = small_test.images[:200]
     ensemble = Predictor.load([tmp_path]).predict_proba(images)

@@ -293,6 +293,17 @@ def check_out_dir(run_dir: Path, resume: bool, ensemble: bool) -> None:
         )
 
 
+def training_source(train_csv: Path) -> dict[str, str | None]:
+    """metrics.json's record of the training data: absolute, with the file's hash, so the report
+    rebuilds the validation split from it in whatever directory it runs, and never from another
+    file of that name."""
+    source = Path(train_csv)
+    return {
+        "train_csv": str(source.resolve()),
+        "train_sha256": sha256_file(source) if source.is_file() else None,
+    }
+
+
 def write_training_outputs(
     run_dir: Path, result: TrainResult, valid_set: DigitSet, train_csv: Path
 ) -> Metrics | None:
@@ -303,12 +314,7 @@ def write_training_outputs(
         predictor = Predictor.from_models([result.model])
         valid_metrics = compute_metrics(valid_set.labels, predictor.predict_proba(valid_set.images))
         plot_confusion_matrix(valid_metrics.confusion, run_dir / "confusion_matrix.png")
-    source = Path(train_csv)
-    write_metrics(run_dir, {
-        # Absolute, with the file's hash: the report rebuilds the validation split from it, in
-        # whatever directory it runs, and must not rebuild it from another file of that name.
-        "train_csv": str(source.resolve()),
-        "train_sha256": sha256_file(source) if source.is_file() else None,
+    write_metrics(run_dir, training_source(train_csv) | {
         "train_seconds": result.train_seconds,
         "epochs_run": result.epochs_run,
         "stopped_early": result.stopped_early,
@@ -380,8 +386,7 @@ def train_jobs(
             jobs.append(train_job(config, train_csv, member_dir, progress))
     wall_seconds = time.perf_counter() - started
     write_ensemble(run_dir, [job.run_dir for job in jobs])
-    write_metrics(run_dir, {
-        "train_csv": str(train_csv),
+    write_metrics(run_dir, training_source(train_csv) | {
         "train_seconds": sum(job.train.train_seconds for job in jobs),
         "parallel": parallel,
         "wall_seconds": wall_seconds,  # members' training, validation and reports
