@@ -122,6 +122,13 @@ def test_a_resumed_ensemble_keeps_each_started_members_own_settings(tmp_path):
     assert [config.epochs for config in resumed] == [1, 1, 20, 20, 20]  # epochs not repeated
     longer = job_configs("best", True, tmp_path, None, {"epochs": 3, "seed": 99, "resume": True})
     assert [(config.epochs, config.seed) for config in longer[:2]] == [(3, 11), (3, 12)]
+    # train_jobs records every member's settings before any trains: the README's plain
+    # `--resume`, flags not repeated, then rebuilds the unstarted ones as they were begun.
+    configs = get_preset("best").configs(None, {"epochs": 1, "seed": 10})
+    with pytest.raises(DataError):  # stops before member 1 trains, as a Ctrl-C might
+        train_jobs(configs, tmp_path / "missing.csv", tmp_path / "begun")
+    plain = job_configs("best", True, tmp_path / "begun", None, {"seed": None, "resume": True})
+    assert plain == [replace(config, resume=True) for config in configs]
 
 
 def test_presets_and_argument_errors(tmp_path, small_csvs):

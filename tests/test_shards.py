@@ -153,11 +153,11 @@ def test_expand_holds_out_images_that_validate_training_and_are_never_copied(
     assert isinstance(streamed, shards.Manifest) and streamed.n_rows == 2 * 903
     assert row_ids(valid_set.images) == row_ids(valid.images)
     expand(path, tmp_path / "all", copies=2, parts=2, valid_size=0)
-    for split_rows in (
-        lambda: training_data(TrainConfig(), tmp_path / "all"),
-        lambda: read_labelled(tmp_path / "e", to_split=True),
-    ):  # tune, compare
-        with pytest.raises(DataError, match="validates on copies of training images"):
+    for split_rows, remedy in (
+        (lambda: training_data(TrainConfig(), tmp_path / "all"), "with --valid-size 0"),
+        (lambda: read_labelled(tmp_path / "e", to_split=True), "the CSV it was expanded from"),
+    ):  # training; tune and compare
+        with pytest.raises(DataError, match=f"validates on copies of training images; .*{remedy}"):
             split_rows()
     assert len(read_labelled(tmp_path / "e")) == 2 * 903 + 100  # compare --test: no split
     train_set, valid_set = training_data(TrainConfig(valid_size=0), tmp_path / "all")

@@ -208,7 +208,7 @@ def read_labelled(path: Path, to_split: bool = False) -> DigitSet:
     manifest = resolve_data_source(path)
     require_labels(manifest.has_labels, path)
     if to_split:
-        refuse_split(manifest, path)
+        refuse_split(manifest, path, "give the CSV it was expanded from")
     return read_shards(manifest)
 
 
@@ -217,14 +217,13 @@ def require_labels(has_labels: bool, source: Path) -> None:
         raise DataError(f"{source}: has no label column; training needs Kaggle's train.csv format")
 
 
-def refuse_split(manifest: Manifest, source: Path) -> None:
+def refuse_split(manifest: Manifest, source: Path, remedy: str) -> None:
     """``DataError`` for an expansion (``digits data expand``): each image is in it several
     times, so a split of its rows validates on copies of training images."""
     if manifest.origin.get("command") == "expand":
         raise DataError(
             f"{source}: every image is in it several times (`digits data expand`), so a split "
-            "of its rows validates on copies of training images; validate on its held-out last "
-            "shard (digits train does), or split the CSV it was expanded from"
+            f"of its rows validates on copies of training images; {remedy}"
         )
 
 
@@ -239,7 +238,8 @@ def training_data(config: TrainConfig, source: Path) -> tuple[DigitSet | Manifes
     require_labels(manifest.has_labels, source)
     held_out = manifest.origin.get("valid_rows", 0)
     if not held_out and config.valid_size:
-        refuse_split(manifest, source)
+        refuse_split(manifest, source, "train on it with --valid-size 0, or expand again with "
+                     "--valid-size above 0 for a held-out shard to validate on")  # fmt: skip
     in_memory = choose_loading(manifest, int(config.max_memory_gb * 1e9)) == "memory"
     if in_memory and not held_out:
         return split_for_training(read_shards(manifest), config.valid_size, config.seed)
@@ -375,15 +375,24 @@ def train_jobs(
             # which member 1 still gives for an --out that holds no ensemble at all.
             log.info("member %d had not started; training it", number)
             config = replace(config, resume=False)
+        if not config.resume or not (member_dir / CONFIG_FILE).exists():
+            # Recorded before any member trains: --resume rebuilds a member that had not started
+            # from this (resumed_members), not from whatever flags the resuming command repeats.
+            save_config(config, member_dir / CONFIG_FILE)
         members.append((config, member_dir))
     started = time.perf_counter()
-    if parallel > 1:
-        jobs = train_side_by_side(members, train_csv, parallel)
-    else:
-        jobs = []
-        for number, (config, member_dir) in enumerate(members, start=1):
-            log.info("ensemble member %d of %d (seed %d)", number, len(members), config.seed)
-            jobs.append(train_job(config, train_csv, member_dir, progress))
+    try:
+        if parallel > 1:
+            jobs = train_side_by_side(members, train_csv, parallel)
+        else:
+            jobs = []
+            for number, (config, member_dir) in enumerate(members, start=1):
+                log.info("ensemble member %d of %d (seed %d)", number, len(members), config.seed)
+                jobs.append(train_job(config, train_csv, member_dir, progress))
+    except KeyboardInterrupt:
+        log.warning("interrupted: the same command with --resume finishes the ensemble in %s, "
+                    "each member from its last finished epoch", run_dir)  # fmt: skip
+        raise
     wall_seconds = time.perf_counter() - started
     write_ensemble(run_dir, [job.run_dir for job in jobs])
     write_metrics(run_dir, training_source(train_csv) | {
