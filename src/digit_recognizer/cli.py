@@ -172,6 +172,12 @@ PresetTta = Annotated[
 ]
 
 
+def run_command(name: str, module: str, args: list[str]) -> None:
+    """`digits NAME ARGS` as ``python -m MODULE ARGS`` runs it (torchrun's entry points), with a
+    usage line that names the module, not the command's name after it."""
+    typer.main.get_command(app).commands[name].main(args=args, prog_name=f"python -m {module}")
+
+
 def job_configs(
     preset: str, resume: bool, out: Path | None, config: Path | None, flags: dict[str, Any]
 ) -> list[TrainConfig]:
@@ -641,7 +647,8 @@ def data_expand(
     train_csv: ShardSource,
     out_dir: ShardOut,
     copies: Annotated[int, typer.Option(min=1, help="Augmented copies of every image.")],
-    parts: Parts,
+    parts: Annotated[int, typer.Option(
+        min=1, help="Shards of augmented copies to write (the held-out images make one more).")],
     seed: Annotated[int, typer.Option(help="Seed of the augmentation and hold-out draws.")] = 0,
     valid_size: Annotated[float, typer.Option(
         help="Fraction of the images held out, as they are, in a last shard that validates "

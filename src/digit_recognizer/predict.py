@@ -207,9 +207,9 @@ if __name__ == "__main__":
     # variables.
     import sys
 
-    from digit_recognizer.cli import app
+    from digit_recognizer.cli import run_command
 
     try:
-        app(["predict", *sys.argv[1:]])
+        run_command("predict", "digit_recognizer.predict", sys.argv[1:])
     finally:
         close_distributed()

@@ -614,9 +614,9 @@ if __name__ == "__main__":
     # `digits train` command in every process; train() finds its rank in torchrun's variables.
     import sys
 
-    from digit_recognizer.cli import app
+    from digit_recognizer.cli import run_command
 
     try:
-        app(["train", *sys.argv[1:]])
+        run_command("train", "digit_recognizer.train", sys.argv[1:])
     finally:
         close_distributed()
