@@ -361,6 +361,10 @@ def test_serve_config_and_cli_errors(tmp_path: Path, run_dir: Path) -> None:
         ServeConfig(max_batch=0)
     with pytest.raises(ConfigError, match="port must be from 0 to 65535, got 70000"):
         ServeConfig(port=70000)
+    limits = tmp_path / "serve.toml"
+    limits.write_text("max_batch = 0\n")
+    result = CliRunner().invoke(cli_app, ["serve", str(run_dir), "--config", str(limits)])
+    assert result.exit_code == 1 and f"{limits}: max_batch must be at least 1" in result.output
     # Weights that do not load fail in one line, before the server announces an address.
     broken = Path(shutil.copytree(run_dir, tmp_path / "broken"))
     (broken / "model.safetensors").write_bytes(b"not safetensors")

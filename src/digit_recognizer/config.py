@@ -73,7 +73,10 @@ def make_config(config_class: type[C], values: Mapping[str, Any], source: str = 
                 f"Valid keys: {', '.join(names)}"
             )
         checked[key] = _coerce(value, hints[key], key, source)
-    return config_class(**checked)
+    try:
+        return config_class(**checked)
+    except ConfigError as error:  # a value out of range: say where it came from
+        raise ConfigError(f"{source}: {error}") from None
 
 
 def _coerce(value: Any, annotation: Any, key: str, source: str) -> Any:

@@ -161,7 +161,6 @@ def predict_csv(
     data = read_data_source(test_csv)
     labels = Predictor.load(run_dirs, config).predict(conform_rows(data.images, config, test_csv))
     write_submission(out, labels)
-    log.info("wrote %s (%d rows)", out, len(labels))
     return labels
 
 
@@ -197,7 +196,6 @@ def predict_stream(
     if dist_env.is_main_process:
         warn_redone(source, n_redone, len(labels))  # once, for all pieces and processes
         write_submission(out, labels)
-        log.info("wrote %s (%d rows, %d processes)", out, len(labels), dist_env.world_size)
     return stream.manifest.n_rows
 
 
