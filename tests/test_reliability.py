@@ -176,7 +176,10 @@ def test_ctrl_c_stops_members_side_by_side_starts_no_other_and_resume_finishes_t
     assert "interrupted: the same command with --resume continues" in said
     assert "Traceback" not in said
     assert [len(history_rows(run_dir / f"member-{k}")) < 4 for k in (1, 2)] == [True, True]
-    assert not (run_dir / "member-3").exists()  # queued members never started
+    # Queued members never started: only their settings are recorded, for --resume.
+    assert not (run_dir / "member-3" / "checkpoint.pt").exists()
+    assert (run_dir / "member-3" / "config.toml").exists()
+    assert "the same command with --resume finishes the ensemble" in said
     subprocess.run([*DIGITS, *flags, "--resume"], stderr=subprocess.DEVNULL, check=True)
     assert [len(history_rows(run_dir / f"member-{k}")) for k in range(1, 6)] == [4] * 5
 
