@@ -139,6 +139,33 @@ def test_uploading_an_image(page: object, tmp_path: Path) -> None:
     sync_api.expect(page.locator("#cam-caption")).to_have_text("Grad-CAM: where it looked")
 
 
+def test_a_drawings_late_answer_does_not_replace_an_uploads(page: object, tmp_path: Path) -> None:
+    """An upload goes out while a drawing's request is in flight: only the upload's answer shows."""
+    expect = sync_api.expect
+    path = tmp_path / "one.png"
+    drawing().save(path)
+    page.click("#clear")
+    page.wait_for_function("() => !busy && !again")
+    held = []
+    page.route("**/predict*", lambda route: route.continue_() if held else held.append(route))
+    try:
+        draw_stroke(page, [(0.3, 0.3), (0.7, 0.3), (0.4, 0.85)])  # a 7, held back
+        deadline = time.monotonic() + 15
+        while not held and time.monotonic() < deadline:
+            page.wait_for_timeout(20)
+        assert held, "the drawing sent no /predict request"
+        with page.expect_response("**/predict*"):
+            page.set_input_files("#file", str(path))
+        expect(page.locator("#label")).to_have_text(re.compile(r"^[0-9]$"), timeout=15_000)
+        upload_answer = page.locator("#top3").inner_text()
+        with page.expect_response("**/predict*"):
+            held[0].continue_()
+        page.wait_for_timeout(200)
+        assert page.locator("#top3").inner_text() == upload_answer
+    finally:
+        page.unroute("**/predict*")
+
+
 def test_drawing_with_a_finger(page: object) -> None:
     """Touch input through the DevTools protocol: Chromium turns it into touch pointer events."""
     page.click("#clear")

@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 from digit_recognizer.cli import app
 from digit_recognizer.data.images import conform_to_mnist, load_image
 from digit_recognizer.data.kaggle_csv import write_kaggle_csv
+from digit_recognizer.data.tensors import to_model_input
 from digit_recognizer.explain import explain_image, explain_run, grad_cam, saliency
 from digit_recognizer.models.registry import build
 from digit_recognizer.models.storage import load_net
@@ -45,8 +46,11 @@ def test_grad_cam_layer_and_target_choices(model, small_test):
     first = grad_cam(model, images, layer=dict(model.named_modules())[convs[0]])
     assert first.shape == default.shape and not np.allclose(first, default)
     with torch.no_grad():  # as inference code calls it; gradients are switched back on inside
-        per_image = grad_cam(model, images, target=[0, 1, 2, 3])
-    assert per_image.shape == (4, 28, 28)
+        predicted = model(to_model_input(torch.as_tensor(images))).argmax(1).tolist()
+        np.testing.assert_allclose(grad_cam(model, images, target=predicted), default, atol=1e-5)
+        others = [(digit + 1) % 10 for digit in predicted]
+        per_image = grad_cam(model, images, target=others)
+    assert per_image.shape == (4, 28, 28) and not np.allclose(per_image, default)
     with pytest.raises(ValueError, match=f"conv layers: {convs[0]}"):
         grad_cam(model, images, layer="nope")
     assert not model.training

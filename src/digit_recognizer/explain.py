@@ -157,10 +157,13 @@ def explain_image(
     """Probabilities and a heatmap (Grad-CAM, or saliency for nets without convs) for one image."""
     images = np.asarray(image, dtype=np.uint8)[None]
     has_conv = any(isinstance(module, nn.Conv2d) for module in model.modules())
+    probas = Predictor.from_models([model]).predict_proba(images)
     return Explanation(
         image=images[0],
-        heatmap=grad_cam(model, images)[0],
-        probas=Predictor.from_models([model]).predict_proba(images)[0],
+        # The map of the digit the probabilities predict: grad_cam's own fp32 forward pass may
+        # choose the other digit of a near tie than the bf16 one the prediction comes from.
+        heatmap=grad_cam(model, images, target=probas.argmax(axis=1))[0],
+        probas=probas[0],
         method="Grad-CAM" if has_conv else "saliency",
         label=label,
     )

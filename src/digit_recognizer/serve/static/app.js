@@ -11,6 +11,8 @@ let uploaded = null; // an uploaded image drawn under the strokes
 let busy = false; // one request in flight at a time ...
 let again = false; // ... and at most one more queued behind it
 let version = 0; // bumped by every redraw: an answer can tell that the pad changed since
+let sent = 0; // requests sent: an upload goes out even while a drawing's is in flight, and only
+// the latest request's answer is shown
 
 function redraw() {
   version += 1;
@@ -83,6 +85,7 @@ document.getElementById("file").addEventListener("change", async (event) => {
   strokes.length = 0;
   try { uploaded = await createImageBitmap(file); } catch { uploaded = null; }
   redraw();
+  again = false; // a drawing's queued request: the drawing is gone
   send(file, file.type || "application/octet-stream");
 });
 
@@ -94,18 +97,22 @@ function requestPrediction() {
 
 async function send(body, type) {
   busy = true;
+  const id = ++sent;
   const sentVersion = version;
-  // A late answer for a drawing that was since undone or cleared away is not shown.
-  const clearedSince = () => sentVersion !== version && !strokes.length && !uploaded;
+  // A late answer for a drawing that was since undone or cleared away, or overtaken by a later
+  // request (an upload), is not shown.
+  const stale = () => id !== sent || (sentVersion !== version && !strokes.length && !uploaded);
   try {
     const response = await fetch("/predict?explain=true", {
       method: "POST", headers: { "Content-Type": type }, body,
     });
-    const answer = await response.json();
-    if (clearedSince()) return;
+    // Errors the API answers carry JSON; a proxy's or a crash's may be plain text.
+    const isJson = (response.headers.get("Content-Type") || "").includes("json");
+    const answer = isJson ? await response.json() : { detail: await response.text() };
+    if (stale()) return;
     if (response.ok) showAnswer(answer); else showError(answer.detail || response.statusText);
   } catch (error) {
-    if (!clearedSince()) showError(`no answer from the server (${error})`);
+    if (!stale()) showError(`no answer from the server (${error})`);
   } finally {
     busy = false;
     if (again) { again = false; requestPrediction(); }
@@ -186,11 +193,16 @@ function jet(v) { // the Grad-CAM paper's colour map: blue (cold) -> red (hot)
   return [channel(3), channel(2), channel(1)].map((c) => Math.round(255 * c));
 }
 
-fetch("/model").then((r) => r.json()).then((info) => {
+const modelInfo = document.getElementById("model-info");
+fetch("/model").then((r) => {
+  if (!r.ok) throw new Error(`${r.status} ${r.statusText}`);
+  return r.json();
+}).then((info) => {
   const accuracy = info.test_accuracy ?? info.validation_accuracy;
   const shown = accuracy == null ? "" : `, ${(100 * accuracy).toFixed(2)} % accurate on held-out digits`;
-  document.getElementById("model-info").textContent =
-    `Model: ${info.model} (${info.n_parameters.toLocaleString()} parameters, ${info.backend} backend)${shown}.`;
-});
+  const parameters = info.n_parameters?.toLocaleString() ?? "?";
+  modelInfo.textContent =
+    `Model: ${info.model} (${parameters} parameters, ${info.backend} backend)${shown}.`;
+}).catch((error) => { modelInfo.textContent = `Model: unknown (${error.message}).`; });
 
 redraw();
