@@ -248,9 +248,8 @@ def training_data(config: TrainConfig, source: Path) -> tuple[DigitSet | Manifes
                         "split it with `digits data shard`")  # fmt: skip
     log.info("validation: the last shard, %s", manifest.shards[-1].path)
     train_shards = replace(manifest, shards=manifest.shards[:-1])
-    return read_shards(train_shards) if in_memory else train_shards, read_kaggle_csv(
-        manifest.shards[-1].path
-    )
+    valid_set = read_kaggle_csv(manifest.shards[-1].path)
+    return (read_shards(train_shards) if in_memory else train_shards), valid_set
 
 
 def train_job(
@@ -416,11 +415,11 @@ def resumed_members(
     """An ensemble's configs for --resume: a member that started keeps the settings its own
     config.toml recorded, with ``flags`` over them but its own seed (``--seed`` moves the whole
     ensemble; a member's split and draws cannot change mid-run); the others are ``configs``'."""
+    own_flags = {key: value for key, value in flags.items() if key != "seed"}
     resumed = []
     for number, config in enumerate(configs, start=1):
         recorded = member_run_dir(run_dir, number) / CONFIG_FILE
         if recorded.exists():
-            own_flags = {key: value for key, value in flags.items() if key != "seed"}
             config = load_config(TrainConfig, recorded, own_flags)
         resumed.append(config)
     return resumed

@@ -545,11 +545,12 @@ def train(
         )  # fmt: skip
         # Decided before the checkpoint, which keeps it: a run that stopped stays stopped when
         # resumed, instead of training on past the epoch it ended at.
+        # (Both need a validation set, which the set-up checked.)
         stop = None
-        if has_valid and config.patience is not None and epochs_since_best >= config.patience:
+        if config.patience is not None and epochs_since_best >= config.patience:
             stop = f"early stopping: no better validation accuracy for {config.patience} epochs"
         target = config.target_accuracy
-        if has_valid and target is not None and best_accuracy >= target:
+        if target is not None and best_accuracy >= target:
             stop = f"target validation accuracy {target:.4f} reached"
         stopped_early = stop is not None
         if is_main:
@@ -576,8 +577,7 @@ def train(
         if on_epoch_end is not None:
             on_epoch_end(row)
         if stop is not None:
-            log.info(stop)
-            break
+            log.info(stop)  # and the loop's condition ends it
 
     epochs_trained = round(step / steps_per_epoch, 1)  # a time budget can end one part-way
     if config.time_budget_s and step < total_steps and not stopped_early:
