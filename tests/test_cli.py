@@ -95,12 +95,14 @@ def test_user_errors_are_one_line_without_traceback(tmp_path, small_csvs):
 
 
 def test_an_output_that_cannot_be_written_is_one_line_too(tmp_path, tiny_run, small_csvs):
-    """An --out naming a directory, or a path through a file: said, no traceback."""
+    """An --out naming a directory, a path through a file, or files of others: said, no
+    traceback."""
     for args, message in [
         (("predict", tiny_run, small_csvs["test"], "--out", tmp_path), "cannot be written"),
         (("augment-preview", small_csvs["train"], "--out", small_csvs["train"] / "x.png"),
          "cannot be written"),
         (("data", "kaggle", small_csvs["train"]), "not a directory"),
+        (("data", "kaggle", small_csvs["train"].parent), "is not a replica's"),  # kept
     ]:  # fmt: skip
         result = invoke(*args)
         assert result.exit_code == 1 and message in result.output, result.output

@@ -19,6 +19,7 @@ from digit_recognizer.data.replica import (
     replica_files,
     replica_is_complete,
 )
+from digit_recognizer.errors import OutputError
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +69,7 @@ def test_replica_is_complete(replica: ReplicaFiles, tmp_path: Path) -> None:
     (copy / MANIFEST).write_text("{not json")
     assert not replica_is_complete(copy, seed=0)
     (copy / MANIFEST).unlink()
-    assert not replica_is_complete(copy, seed=0)  # an interrupted build writes no manifest
+    assert not replica_is_complete(copy, seed=0)  # the manifest is what a finished build writes
 
 
 def test_a_ready_replica_is_reused_and_a_damaged_one_rebuilt(
@@ -83,3 +84,17 @@ def test_a_ready_replica_is_reused_and_a_damaged_one_rebuilt(
         test_csv.truncate(1000)  # an interrupted copy
     ready_replica(copy, seed=0)
     assert replica_is_complete(copy, seed=0) and sha256s(replica_files(copy)) == sha256s(replica)
+
+
+def test_csvs_no_replica_wrote_are_kept_unless_overwritten(tmp_path: Path) -> None:
+    kaggle = tmp_path / "kaggle"
+    kaggle.mkdir()
+    (kaggle / "train.csv").write_text("label,pixel0\n")  # the user's own download, say
+    with pytest.raises(OutputError, match=r"train\.csv exists and is not a replica's"):
+        build_replica(kaggle, seed=0)
+    assert (kaggle / "train.csv").read_text() == "label,pixel0\n"
+    assert not (kaggle / "test.csv").exists()
+    build_replica(kaggle, seed=0, overwrite=True)
+    assert replica_is_complete(kaggle, seed=0)
+    build_replica(kaggle, seed=1)  # a replica's files may be rebuilt with another seed
+    assert replica_is_complete(kaggle, seed=1)

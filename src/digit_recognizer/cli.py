@@ -604,11 +604,14 @@ def tune(
 def data_kaggle(
     out_dir: Annotated[Path, typer.Argument(help="Folder for train.csv, test.csv, solution.csv.")],
     seed: Annotated[int, typer.Option(help="Seed of the 42,000 / 28,000 split.")] = 0,
+    force: Annotated[
+        bool, typer.Option("--force", help="Overwrite CSVs of these names a replica did not write.")
+    ] = False,
 ) -> None:
     """Write a Kaggle-format replica (train/test/solution) from the embedded MNIST."""
     from digit_recognizer.data.replica import build_replica
 
-    files = build_replica(out_dir, seed=seed)
+    files = build_replica(out_dir, seed=seed, overwrite=force)
     console.print(f"wrote {files.train}, {files.test}, {files.solution}")
 
 

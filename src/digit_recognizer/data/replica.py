@@ -40,18 +40,25 @@ def replica_files(out_dir: str | Path) -> ReplicaFiles:
     return ReplicaFiles(out_dir / "train.csv", out_dir / "test.csv", out_dir / "solution.csv")
 
 
-def build_replica(out_dir: str | Path, seed: int = 0) -> ReplicaFiles:
+def build_replica(out_dir: str | Path, seed: int = 0, overwrite: bool = False) -> ReplicaFiles:
     """Write ``train.csv`` (42,000 labelled), ``test.csv`` (28,000) and ``solution.csv``.
 
     Images are ``np.random.default_rng(seed).permutation(70000)`` of the embedded MNIST: the
     first 42,000 go to train, the rest to test. ``replica.json`` (seed and SHA-256 of each file)
-    is written last, so ``replica_is_complete`` never trusts a build that was interrupted.
+    is written last, so ``replica_is_complete`` never trusts a build that was interrupted: each
+    file is replaced atomically, and until the new manifest is written the old one names other
+    bytes (or, for the same seed, the same ones). Files of the same names that no replica wrote,
+    such as Kaggle's own, are kept unless ``overwrite``.
     """
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputError(f"{out_dir}: not a directory; the replica's three files go in one")
     files = replica_files(out_dir)
-    (out_dir / MANIFEST).unlink(missing_ok=True)
+    if not overwrite and not (out_dir / MANIFEST).is_file():
+        for path in (files.train, files.test, files.solution):
+            if path.exists():
+                raise OutputError(f"{path} exists and is not a replica's: choose another folder "
+                                  "or overwrite it (digits data kaggle --force)")  # fmt: skip
     mnist = load_mnist()
     order = np.random.default_rng(seed).permutation(len(mnist.images))
     train, test = order[:N_TRAIN], order[N_TRAIN:]
@@ -67,7 +74,7 @@ def ready_replica(out_dir: str | Path, seed: int = 0) -> ReplicaFiles:
     if replica_is_complete(out_dir, seed):
         return replica_files(out_dir)
     log.info("building the Kaggle replica (seed %d) in %s", seed, out_dir)
-    return build_replica(out_dir, seed)
+    return build_replica(out_dir, seed, overwrite=True)
 
 
 def replica_is_complete(out_dir: str | Path, seed: int = 0) -> bool:
