@@ -49,3 +49,11 @@ def test_build_estimator_covers_every_kind(tmp_path, small_train, small_test):
     save_estimator(knn, tmp_path, "knn", {"n_neighbors": 3})
     np.testing.assert_array_equal(load_estimator(tmp_path).predict(small_test.images),
                                   knn.predict(small_test.images))  # fmt: skip
+
+
+def test_fit_never_trains_over_a_run_directory_that_holds_a_run(tiny_run):
+    weights = (tiny_run / "model.safetensors").read_bytes()
+    net = NetClassifier("cnn", epochs=1, run_dir=tiny_run)
+    with pytest.raises(ConfigError, match="already holds a training run"):
+        net.fit(np.zeros((20, 28, 28), np.uint8), np.arange(20) % 10)
+    assert (tiny_run / "model.safetensors").read_bytes() == weights

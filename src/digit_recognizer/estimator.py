@@ -25,6 +25,7 @@ from digit_recognizer.data.splits import split_for_training
 from digit_recognizer.models.classical import check_images, load_pipeline, save_pipeline
 from digit_recognizer.models.registry import build, get_spec
 from digit_recognizer.models.storage import load_net, read_meta, save_net
+from digit_recognizer.pipeline import check_out_dir
 from digit_recognizer.predict import PredictConfig, Predictor
 from digit_recognizer.train import TrainConfig, train
 
@@ -47,7 +48,8 @@ augment, valid_size, patience, seed, device : optional
         ``TrainConfig`` keys; ``None`` keeps the recipe default. ``valid_size`` is carved out
         of the data given to ``fit`` for validation (and the best epoch, where one is picked).
     run_dir : str or Path, optional
-        Where ``train()`` writes its run directory; ``None`` trains in a temporary folder.
+        Where ``train()`` writes its run directory, which must not hold a run already (as for
+        ``digits train``: nothing is overwritten); ``None`` trains in a temporary folder.
 
     Attributes
     ----------
@@ -94,6 +96,8 @@ augment, valid_size, patience, seed, device : optional
     def fit(self, X: ArrayLike, y: ArrayLike) -> NetClassifier:
         """Train on uint8 images X (n_samples, 28, 28) or (n_samples, 784) and digits y."""
         config = self.train_config()
+        if self.run_dir is not None:
+            check_out_dir(Path(self.run_dir), resume=False, ensemble=False)
         images = check_images(X)
         labels = column_or_1d(y).astype(np.int64)
         if len(labels) != len(images) or labels.min() < 0 or labels.max() > 9:

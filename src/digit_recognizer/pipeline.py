@@ -281,14 +281,14 @@ def check_out_dir(run_dir: Path, resume: bool, ensemble: bool) -> None:
     own (an ensemble's manifest beside a single model: which would predict?)."""
     if ensemble and any((run_dir / name).exists() for name in (META_FILE, CHECKPOINT_FILE)):
         raise ConfigError(f"{run_dir} holds a single model's run; train the ensemble into "
-                          "another --out")  # fmt: skip
+                          "another directory")  # fmt: skip
     if not ensemble and (run_dir / ENSEMBLE_FILE).exists():
         raise ConfigError(f"{run_dir} holds an ensemble ({ENSEMBLE_FILE}); train one model into "
-                          "another --out")  # fmt: skip
+                          "another directory")  # fmt: skip
     if not resume and (run_dir / CHECKPOINT_FILE).exists():
         raise ConfigError(
-            f"{run_dir} already holds a training run ({CHECKPOINT_FILE}); continue it with "
-            "--resume, or train into another --out to start over"
+            f"{run_dir} already holds a training run ({CHECKPOINT_FILE}); continue it "
+            "(--resume), or train into another directory to start over"
         )
 
 
