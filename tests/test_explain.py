@@ -9,10 +9,12 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from digit_recognizer.cli import app
+from digit_recognizer.data.augment import Augmentation, augment_batch
 from digit_recognizer.data.images import conform_to_mnist, load_image
 from digit_recognizer.data.kaggle_csv import write_kaggle_csv
 from digit_recognizer.data.tensors import to_model_input
 from digit_recognizer.explain import explain_image, explain_run, grad_cam, saliency
+from digit_recognizer.models.nets import Deskew
 from digit_recognizer.models.registry import build
 from digit_recognizer.models.storage import load_net
 from digit_recognizer.predict import Predictor
@@ -105,3 +107,25 @@ def test_explain_sees_a_csv_row_as_predict_does(tiny_run, small_test, tmp_path):
                                  "--as-is", "--out", str(tmp_path / "c.png")])  # fmt: skip
     assert result.exit_code == 0, result.output
     assert f"predicted {as_is.predicted} " in result.output
+
+
+def test_grad_cam_of_a_deskewing_net_lies_over_the_digit_as_written(mnist):
+    only_shear = Augmentation(
+        rotation_deg=0, scale=0, shear=0.4, translate_px=0, contrast=0, stroke=0
+    )
+    x = to_model_input(torch.as_tensor(mnist.images[:16]), channels_last=False)
+    slanted = augment_batch(x, only_shear, torch.Generator().manual_seed(0))
+    images = (slanted[:, 0] * 255).round().to(torch.uint8).numpy()
+    # A net whose Grad-CAM is exactly what its convolution saw: the deskewed digit.
+    conv, head = torch.nn.Conv2d(1, 1, 1, bias=False), torch.nn.Linear(784, 10, bias=False)
+    torch.nn.init.ones_(conv.weight), torch.nn.init.ones_(head.weight)
+    model = torch.nn.Sequential(Deskew(), conv, torch.nn.Flatten(), head)
+    heatmaps = grad_cam(model, images)
+    upright = Deskew()(to_model_input(torch.as_tensor(images), channels_last=False))[:, 0]
+
+    def correlation(a, b) -> float:
+        return float(np.corrcoef(np.ravel(a), np.ravel(b))[0, 1])
+
+    for heatmap, image, straightened in zip(heatmaps, images, upright.numpy(), strict=True):
+        assert correlation(heatmap, image) > 0.95
+        assert correlation(heatmap, image) > correlation(heatmap, straightened)

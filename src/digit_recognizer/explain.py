@@ -1,5 +1,6 @@
 """Explanations: where a net looks. Grad-CAM for the CNNs (any conv layer, default the last) and
-input-gradient saliency for nets without convolutions (the MLP).
+input-gradient saliency for nets without convolutions (the MLP). Heatmaps lie over the image as
+given, also where the net straightens it first (cnn-deskew).
 
     digits explain runs/cnn test.csv --index 7 --out explain.png
 
@@ -62,7 +63,13 @@ def grad_cam(
         return saliency(model, images, target)
     module = _find_layer(model, layer)
     captured: dict[str, torch.Tensor] = {}
-    hook = module.register_forward_hook(lambda _m, _i, output: captured.update(output=output))
+    hooks = [module.register_forward_hook(lambda _m, _i, output: captured.update(output=output))]
+    # Layers that warp the image before the convolutions (cnn-deskew's Deskew) have the heatmap,
+    # drawn on what the net saw, moved back onto the image as given (their to_input_frame).
+    warps = [m for m in model.modules() if hasattr(m, "to_input_frame")]
+    warp_inputs: dict[nn.Module, torch.Tensor] = {}
+    hooks += [warp.register_forward_hook(lambda m, inputs, _o: warp_inputs.update({m: inputs[0]}))
+              for warp in warps]  # fmt: skip
     try:
         heatmaps = []
         for x, scores in _target_scores(model, images, target):
@@ -70,9 +77,13 @@ def grad_cam(
             (gradient,) = torch.autograd.grad(scores.sum(), activation)
             weights = gradient.mean(dim=(2, 3), keepdim=True)  # (B, C, 1, 1)
             cam = F.relu((weights * activation).sum(dim=1, keepdim=True))  # (B, 1, h, w)
-            heatmaps.append(F.interpolate(cam, size=x.shape[2:], mode="bilinear").detach())
+            cam = F.interpolate(cam, size=x.shape[2:], mode="bilinear")
+            for warp in reversed(warps):
+                cam = warp.to_input_frame(cam, warp_inputs[warp])
+            heatmaps.append(cam.detach())
     finally:
-        hook.remove()
+        for hook in hooks:
+            hook.remove()
     return _scaled(torch.cat(heatmaps))
 
 

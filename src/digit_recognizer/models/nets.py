@@ -116,6 +116,24 @@ class Deskew(nn.Module):
         self.mass_centre = float(centres[size // 2])  # pixel 14, half a pixel off the frame's
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        slant, y_mean, shift_x, shift_y = self._shear(images)
+        # The upright output's pixel (x, y) comes from (x + slant * (y - mean y), y) in the input,
+        # each coordinate shifted by the distance of its mean from pixel 14 when centring.
+        source_y = self.y + shift_y
+        source_x = self.x + shift_x + slant * (source_y - y_mean)
+        return self._sample(images, source_x, source_y)
+
+    def to_input_frame(self, maps: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        """``maps`` (N, C, H, W) drawn on ``forward(images)`` moved back onto ``images``: the
+        inverse shear, so that a heatmap of what the net saw lies over the digit as written."""
+        slant, y_mean, shift_x, shift_y = self._shear(images)
+        # forward's map inverted: input pixel (x, y) is output pixel
+        # (x - shift x - slant * (y - mean y), y - shift y).
+        output_x = self.x - shift_x - slant * (self.y - y_mean)
+        return self._sample(maps, output_x, self.y - shift_y)
+
+    def _shear(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Per image (B, 1, 1): the slant, the ink's mean y and, when centring, the shifts."""
         ink = images[:, 0]
         mass = ink.sum(dim=(1, 2)).clamp_min(1e-6)
 
@@ -126,13 +144,15 @@ class Deskew(nn.Module):
         dx, dy = self.x - x_mean, self.y - y_mean
         slant = mean(dx * dy) / mean(dy * dy).clamp_min(1e-6)
         slant = slant.clamp(-self.max_slant, self.max_slant)
-        # The upright output's pixel (x, y) comes from (x + slant * (y - mean y), y) in the input,
-        # each coordinate shifted by the distance of its mean from pixel 14 when centring.
-        shift_x, shift_y = (
-            (x_mean - self.mass_centre, y_mean - self.mass_centre) if self.centre else (0, 0)
-        )
-        source_y = self.y + shift_y
-        source_x = self.x + shift_x + slant * (source_y - y_mean)
+        if self.centre:
+            return slant, y_mean, x_mean - self.mass_centre, y_mean - self.mass_centre
+        zero = torch.zeros_like(slant)
+        return slant, y_mean, zero, zero
+
+    @staticmethod
+    def _sample(
+        images: torch.Tensor, source_x: torch.Tensor, source_y: torch.Tensor
+    ) -> torch.Tensor:
         grid = torch.stack([source_x, source_y.expand_as(source_x)], dim=-1)
         return F.grid_sample(images, grid.to(images.dtype), align_corners=False)
 
