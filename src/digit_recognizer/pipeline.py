@@ -128,14 +128,11 @@ PRESETS = {
         },
         tta=True,
     ),
-    # cnn-wide members: with this recipe one made 69 errors alone on replica 2718281, where the
-    # same seed's cnn made 79 and five cnn together 74; the cnn members' ensembles had stalled at
-    # 0.9967-0.9974 on every unseen replica (docs/results.md). Five members: ten cnn bought
-    # nothing on replica 271828, where the subsets of five of ten seeds averaged 83.6 errors and
-    # all ten made 83. Two of them train without the stroke change: there members without it
-    # made 79-88 errors to the others' 85-97, and subsets of two of them with three of the others
-    # 77.9 on average (five without: 76.0), while keeping most of the others' lead on other
-    # writers' digits and pens (docs/results.md). Seeds: see Preset.configs.
+    # Five members: ten bought nothing on replica 271828, where the subsets of five of ten seeds
+    # averaged 83.6 errors and all ten made 83. Two of them train without the stroke change: there
+    # members without it made 79-88 errors to the others' 85-97, and subsets of two of them with
+    # three of the others 77.9 on average (five without: 76.0), while keeping most of the others'
+    # lead on other writers' digits and pens (docs/results.md). Seeds: see Preset.configs.
     "best": Preset(
         {"model": "cnn-wide", "epochs": 20, "ema_decay": 0.999, "batch_size": 64},
         members=({"stroke": 0.0},) * 2 + ({},) * 3,
