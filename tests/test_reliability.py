@@ -158,10 +158,8 @@ def test_ctrl_c_stops_members_side_by_side_starts_no_other_and_resume_finishes_t
     members 1 and 2 have a checkpoint, stops both and starts none of 3-5; --resume, here in one
     process, finishes all five."""
     run_dir = tmp_path / "ensemble"
-    # The ensemble's mechanics, not its net: cnn is a third of cnn-wide's time, and still slow
-    # enough that Ctrl-C lands before a member's fourth epoch.
     flags = ["train", "--train", str(train_csv), "--out", str(run_dir), "--preset", "best",
-             "--model", "cnn", "--epochs", "4", "--lr", "0.02", "--valid-size", "0.1"]  # fmt: skip
+             "--epochs", "4", "--lr", "0.02", "--valid-size", "0.1"]  # fmt: skip
     # SIGINT's default action in this process and in the members' spawned processes.
     digits = [sys.executable, "-c", "import signal; signal.signal(signal.SIGINT, signal."
               "default_int_handler); from digit_recognizer.cli import app; app()"]  # fmt: skip
