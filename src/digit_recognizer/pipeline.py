@@ -134,7 +134,7 @@ PRESETS = {
     # three of the others 77.9 on average (five without: 76.0), while keeping most of the others'
     # lead on other writers' digits and pens (docs/results.md). Seeds: see Preset.configs.
     "best": Preset(
-        {"model": "cnn-wide", "epochs": 20, "ema_decay": 0.999, "batch_size": 64},
+        {"epochs": 20, "ema_decay": 0.999, "batch_size": 64},
         members=({"stroke": 0.0},) * 2 + ({},) * 3,
         tta=True,
     ),
