@@ -88,7 +88,7 @@ def cnn_tiny(widths: tuple[int, int, int] = (16, 32, 64), dropout: float = 0.0) 
 
 @register("cnn-wide", kind="net")
 def cnn_wide(widths: tuple[int, int, int] = (64, 128, 256), dropout: float = 0.1) -> nn.Module:
-    """Wider compact CNN for accuracy and ensembles: 1.1 M parameters, ~4x the cost of cnn."""
+    """Wider compact CNN: 1.1 M parameters, ~3x cnn's training time on 2 bf16 CPU cores."""
     return CompactCNN(widths=tuple(widths), dropout=dropout)
 
 
