@@ -132,8 +132,10 @@ class Deskew(nn.Module):
         output_x = self.x - shift_x - slant * (self.y - y_mean)
         return self._sample(maps, output_x, self.y - shift_y)
 
-    def _shear(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Per image (B, 1, 1): the slant, the ink's mean y and, when centring, the shifts."""
+    def _shear(
+        self, images: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | float, torch.Tensor | float]:
+        """Per image (B, 1, 1): the slant, the ink's mean y and the shifts (0 unless centring)."""
         ink = images[:, 0]
         mass = ink.sum(dim=(1, 2)).clamp_min(1e-6)
 
@@ -146,8 +148,7 @@ class Deskew(nn.Module):
         slant = slant.clamp(-self.max_slant, self.max_slant)
         if self.centre:
             return slant, y_mean, x_mean - self.mass_centre, y_mean - self.mass_centre
-        zero = torch.zeros_like(slant)
-        return slant, y_mean, zero, zero
+        return slant, y_mean, 0.0, 0.0
 
     @staticmethod
     def _sample(
