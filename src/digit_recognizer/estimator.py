@@ -25,9 +25,8 @@ from digit_recognizer.data.splits import split_for_training
 from digit_recognizer.models.classical import check_images, load_pipeline, save_pipeline
 from digit_recognizer.models.registry import build, get_spec
 from digit_recognizer.models.storage import load_net, read_meta, save_net
-from digit_recognizer.pipeline import check_out_dir
 from digit_recognizer.predict import PredictConfig, Predictor
-from digit_recognizer.train import TrainConfig, train
+from digit_recognizer.train import TrainConfig, check_out_dir, train
 
 # NetClassifier parameters that are TrainConfig keys; None means TrainConfig's default.
 TRAIN_KEYS = (

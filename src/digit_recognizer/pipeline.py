@@ -46,7 +46,7 @@ from digit_recognizer.evaluate import (
 )
 from digit_recognizer.fileio import locked_dir, sha256_file, write_text
 from digit_recognizer.models.runtime import resolve_device
-from digit_recognizer.models.storage import ENSEMBLE_FILE, META_FILE, load_net, write_ensemble
+from digit_recognizer.models.storage import load_net, write_ensemble
 from digit_recognizer.predict import PredictConfig, Predictor, predict_csv
 from digit_recognizer.report import write_run_report
 from digit_recognizer.train import (
@@ -55,6 +55,7 @@ from digit_recognizer.train import (
     TrainConfig,
     TrainResult,
     check_global_batch,
+    check_out_dir,
     train,
 )
 
@@ -274,22 +275,6 @@ def train_job(
         if is_main_process:
             valid_metrics = write_training_outputs(run_dir, result, valid_set, train_csv)
     return TrainJobResult(run_dir, result, valid_metrics)
-
-
-def check_out_dir(run_dir: Path, resume: bool, ensemble: bool) -> None:
-    """Refuse a run directory whose files training would overwrite, or leave contradicting its
-    own (an ensemble's manifest beside a single model: which would predict?)."""
-    if ensemble and any((run_dir / name).exists() for name in (META_FILE, CHECKPOINT_FILE)):
-        raise ConfigError(f"{run_dir} holds a single model's run; train the ensemble into "
-                          "another directory")  # fmt: skip
-    if not ensemble and (run_dir / ENSEMBLE_FILE).exists():
-        raise ConfigError(f"{run_dir} holds an ensemble ({ENSEMBLE_FILE}); train one model into "
-                          "another directory")  # fmt: skip
-    if not resume and (run_dir / CHECKPOINT_FILE).exists():
-        raise ConfigError(
-            f"{run_dir} already holds a training run ({CHECKPOINT_FILE}); continue it "
-            "(--resume), or train into another directory to start over"
-        )
 
 
 def training_source(train_csv: Path) -> dict[str, str | None]:

@@ -48,7 +48,7 @@ from digit_recognizer.models.runtime import (
     resolve_device,
     synchronize,
 )
-from digit_recognizer.models.storage import save_net
+from digit_recognizer.models.storage import ENSEMBLE_FILE, META_FILE, save_net
 
 log = logging.getLogger(__name__)
 
@@ -307,6 +307,22 @@ def write_history(run_dir: Path, history: list[dict[str, float]]) -> None:
     writer.writeheader()
     writer.writerows(history)
     write_text(run_dir / HISTORY_FILE, buffer.getvalue())
+
+
+def check_out_dir(run_dir: Path, resume: bool, ensemble: bool) -> None:
+    """Refuse a run directory whose files training would overwrite, or leave contradicting its
+    own (an ensemble's manifest beside a single model: which would predict?)."""
+    if ensemble and any((run_dir / name).exists() for name in (META_FILE, CHECKPOINT_FILE)):
+        raise ConfigError(f"{run_dir} holds a single model's run; train the ensemble into "
+                          "another directory")  # fmt: skip
+    if not ensemble and (run_dir / ENSEMBLE_FILE).exists():
+        raise ConfigError(f"{run_dir} holds an ensemble ({ENSEMBLE_FILE}); train one model into "
+                          "another directory")  # fmt: skip
+    if not resume and (run_dir / CHECKPOINT_FILE).exists():
+        raise ConfigError(
+            f"{run_dir} already holds a training run ({CHECKPOINT_FILE}); continue it "
+            "(--resume), or train into another directory to start over"
+        )
 
 
 def check_global_batch(batch_size: int, world_size: int) -> None:
