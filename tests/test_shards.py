@@ -113,6 +113,30 @@ def test_unlabelled_shards_and_mixed_sources(tmp_path: Path, source, shard_dir: 
         shard_csv(test_csv, tmp_path / "too-many", parts=11)
 
 
+def test_resharding_leaves_no_stale_shard_and_never_writes_over_its_source(
+    tmp_path: Path, source
+) -> None:
+    out_dir = tmp_path / "shards"
+    shard_csv(source[0], out_dir, parts=5)
+    shard_csv(source[0], out_dir, parts=2)
+    # A glob of the directory reads what its manifest lists, not three shards of the first build.
+    assert sorted(path.name for path in out_dir.glob("part-*.csv")) == [
+        "part-00000.csv", "part-00001.csv"
+    ]  # fmt: skip
+    assert len(read_data_source(f"{out_dir}/*.csv")) == 1003
+    before = {path.name: path.read_bytes() for path in out_dir.iterdir()}
+    for write in (
+        lambda: shard_csv(out_dir, out_dir, parts=5),
+        lambda: expand(out_dir, out_dir, copies=2, parts=4, valid_size=0),
+    ):
+        with pytest.raises(ConfigError, match=r"part-00000\.csv is read and would be overwritten"):
+            write()
+        assert {path.name: path.read_bytes() for path in out_dir.iterdir()} == before
+    # A plain CSV beside the shards is no shard of theirs.
+    (out_dir / "train.csv").write_bytes(source[0].read_bytes())
+    assert shard_csv(out_dir / "train.csv", out_dir, parts=3).n_rows == 1003
+
+
 def test_expand_counts_determinism_and_copy_major_order(tmp_path: Path, source) -> None:
     path, data = source
     first = expand(path, tmp_path / "a", copies=3, parts=4, seed=7, valid_size=0)

@@ -48,6 +48,7 @@ from digit_recognizer.fileio import atomic_path, sha256_file, write_text
 log = logging.getLogger(__name__)
 
 MANIFEST_FILE = "manifest.json"
+SHARD_PATTERN = "part-*.csv"
 # 4 MiB pieces hold ~2,000 rows: large enough that pyarrow's per-call overhead vanishes, small
 # enough that a DataLoader worker holds a few MB.
 CHUNK_BYTES = 4 << 20
@@ -310,8 +311,7 @@ def shard_csv(source: str | Path, out_dir: str | Path, parts: int) -> Manifest:
     """
     manifest = resolve_data_source(source)
     origin = {"command": "shard", "source": str(source)}
-    return _write_shards(_iter_rows(manifest), manifest.n_rows, manifest.has_labels, out_dir,
-                         parts, origin)  # fmt: skip
+    return _write_shards(_iter_rows(manifest), manifest, manifest.n_rows, out_dir, parts, origin)
 
 
 def expand(
@@ -346,7 +346,7 @@ def expand(
         _selected(manifest, held_out),
     )
     n_train = (manifest.n_rows - n_valid) * copies
-    return _write_shards(rows, n_train, manifest.has_labels, out_dir, parts, origin, n_valid)
+    return _write_shards(rows, manifest, n_train, out_dir, parts, origin, n_valid)
 
 
 def _selected(manifest: Manifest, mask: np.ndarray) -> Iterator[DigitSet]:
@@ -373,21 +373,36 @@ def _augmented(
 
 def _write_shards(
     rows: Iterable[DigitSet],
+    source: Manifest,
     n_rows: int,
-    has_labels: bool,
     out_dir: str | Path,
     parts: int,
     origin: dict[str, Any],
     last_rows: int = 0,
 ) -> Manifest:
-    """Write ``rows`` as ``parts`` balanced shards of their first ``n_rows``, then (if any) one
-    more of the ``last_rows`` after them, then the manifest."""
+    """Write ``rows`` (read from ``source``) as ``parts`` balanced shards of their first
+    ``n_rows``, then (if any) one more of the ``last_rows`` after them, then the manifest."""
     if not 1 <= parts <= n_rows:
         raise ConfigError(f"parts must be from 1 to the number of rows ({n_rows:,}), got {parts}")
     out_dir = Path(out_dir)
+    # The shards are written while the source is still being read: a source shard in out_dir
+    # could be replaced before its rows are read, or removed below as a stale one.
+    clashing = [
+        shard.path
+        for shard in source.shards
+        if shard.path.match(SHARD_PATTERN) and shard.path.parent.resolve() == out_dir.resolve()
+    ]
+    if clashing:
+        raise ConfigError(
+            f"{clashing[0]} is read and would be overwritten: write the shards to another "
+            "directory than their source"
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     # Removed first and written last: a directory whose build was interrupted has no manifest.
     (out_dir / MANIFEST_FILE).unlink(missing_ok=True)
+    # Shards of an earlier build with more parts would join a glob of this one ('DIR/*.csv').
+    for stale in out_dir.glob(SHARD_PATTERN):
+        stale.unlink()
     bounds = [part * n_rows // parts for part in range(parts + 1)]
     if last_rows:
         bounds.append(n_rows + last_rows)
@@ -400,12 +415,12 @@ def _write_shards(
         shard = Shard(path, bounds[part + 1] - bounds[part], path.stat().st_size, sha256_file(path))
         log.info("wrote %s (%s rows)", path, f"{shard.n_rows:,}")
         shards.append(shard)
-    manifest = Manifest(tuple(shards), has_labels, origin)
+    manifest = Manifest(tuple(shards), source.has_labels, origin)
     entries = [
         {"file": s.path.name, "n_rows": s.n_rows, "n_bytes": s.n_bytes, "sha256": s.sha256}
         for s in shards
     ]
-    document = {"has_labels": has_labels, "n_rows": bounds[-1], "origin": origin,
+    document = {"has_labels": source.has_labels, "n_rows": bounds[-1], "origin": origin,
                 "shards": entries}  # fmt: skip
     write_text(out_dir / MANIFEST_FILE, json.dumps(document, indent=2) + "\n")
     return manifest
