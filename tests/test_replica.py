@@ -98,3 +98,25 @@ def test_csvs_no_replica_wrote_are_kept_unless_overwritten(tmp_path: Path) -> No
     assert replica_is_complete(kaggle, seed=0)
     build_replica(kaggle, seed=1)  # a replica's files may be rebuilt with another seed
     assert replica_is_complete(kaggle, seed=1)
+    # Their bytes decide, not the manifest beside them: a file copied over a replica's is kept.
+    (kaggle / "test.csv").write_text("pixel0\n")
+    with pytest.raises(OutputError, match=r"test\.csv exists and is not a replica's"):
+        build_replica(kaggle, seed=2)
+    assert (kaggle / "test.csv").read_text() == "pixel0\n"
+
+
+def test_an_interrupted_build_is_incomplete_and_its_own_files_rebuilt(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    build_replica(tmp_path, seed=0)
+
+    def interrupted(*args: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("digit_recognizer.data.replica.write_submission", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        build_replica(tmp_path, seed=1)  # train.csv and test.csv are seed 1's, solution.csv 0's
+    monkeypatch.undo()
+    assert not replica_is_complete(tmp_path, seed=1) and not replica_is_complete(tmp_path, seed=0)
+    build_replica(tmp_path, seed=1)  # no --force: every file there is a replica's
+    assert replica_is_complete(tmp_path, seed=1)

@@ -44,28 +44,31 @@ def build_replica(out_dir: str | Path, seed: int = 0, overwrite: bool = False) -
     """Write ``train.csv`` (42,000 labelled), ``test.csv`` (28,000) and ``solution.csv``.
 
     Images are ``np.random.default_rng(seed).permutation(70000)`` of the embedded MNIST: the
-    first 42,000 go to train, the rest to test. ``replica.json`` (seed and SHA-256 of each file)
-    is written last, so ``replica_is_complete`` never trusts a build that was interrupted: each
-    file is replaced atomically, and until the new manifest is written the old one names other
-    bytes (or, for the same seed, the same ones). Files of the same names that no replica wrote,
+    first 42,000 go to train, the rest to test. ``replica.json`` records the SHA-256 of each file
+    as it is written, and the seed only once all three are, so ``replica_is_complete`` never
+    trusts a build that was interrupted. Files of the same names whose bytes no replica wrote,
     such as Kaggle's own, are kept unless ``overwrite``.
     """
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputError(f"{out_dir}: not a directory; the replica's three files go in one")
     files = replica_files(out_dir)
-    if not overwrite and not (out_dir / MANIFEST).is_file():
+    written = _recorded_hashes(out_dir)
+    if not overwrite:
         for path in (files.train, files.test, files.solution):
-            if path.exists():
+            if path.exists() and sha256_file(path) != written.get(path.name):
                 raise OutputError(f"{path} exists and is not a replica's: choose another folder "
                                   "or overwrite it (digits data kaggle --force)")  # fmt: skip
     mnist = load_mnist()
     order = np.random.default_rng(seed).permutation(len(mnist.images))
     train, test = order[:N_TRAIN], order[N_TRAIN:]
     write_kaggle_csv(files.train, mnist.images[train], mnist.labels[train])
+    _record(files.train, written)
     write_kaggle_csv(files.test, mnist.images[test])
+    _record(files.test, written)
     write_submission(files.solution, mnist.labels[test])
-    write_text(out_dir / MANIFEST, json.dumps(_manifest(files, seed), indent=2) + "\n")
+    _record(files.solution, written)
+    _write_manifest(out_dir, {"seed": seed, "sha256": written})
     return files
 
 
@@ -89,6 +92,24 @@ def replica_is_complete(out_dir: str | Path, seed: int = 0) -> bool:
         return manifest == _manifest(replica_files(out_dir), seed)
     except (OSError, ValueError):
         return False
+
+
+def _recorded_hashes(out_dir: Path) -> dict[str, str]:
+    """The SHA-256 of each file a replica build wrote in ``out_dir``, by name."""
+    try:
+        return dict(json.loads((out_dir / MANIFEST).read_text(encoding="utf-8"))["sha256"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def _record(path: Path, written: dict[str, str]) -> None:
+    """Add a file just written to the manifest, without the seed that would mark it complete."""
+    written[path.name] = sha256_file(path)
+    _write_manifest(path.parent, {"sha256": written})
+
+
+def _write_manifest(out_dir: Path, manifest: dict[str, object]) -> None:
+    write_text(out_dir / MANIFEST, json.dumps(manifest, indent=2) + "\n")
 
 
 def _manifest(files: ReplicaFiles, seed: int) -> dict[str, object]:
