@@ -35,7 +35,7 @@ from digit_recognizer.data.stream import ShardStream, batches_per_rank, shuffled
 from digit_recognizer.errors import ConfigError, DataError
 from digit_recognizer.pipeline import read_labelled, training_data
 from digit_recognizer.predict import predict_csv, predict_stream
-from digit_recognizer.train import TrainConfig
+from digit_recognizer.train import TrainConfig, train
 
 
 def numbered(n_rows: int, seed: int = 0) -> DigitSet:
@@ -271,6 +271,11 @@ def test_malformed_shard_reports_its_own_file_and_line(
             break
     else:
         pytest.fail("no rank reported the bad line")
+    # Training parses in a DataLoader worker, whose errors torch passes on with its traceback.
+    config = TrainConfig(model="cnn-tiny", epochs=1, batch_size=64, valid_size=0, device="cpu")
+    with pytest.raises(DataError) as in_training:
+        train(config, read_manifest(copy), None, tmp_path / "run")
+    assert str(in_training.value) == str(in_memory.value)
 
 
 def test_a_shard_that_changed_after_its_manifest(tmp_path: Path, shard_dir: Path) -> None:

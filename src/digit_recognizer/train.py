@@ -38,7 +38,7 @@ from digit_recognizer.data.shards import Manifest
 from digit_recognizer.data.stream import ShardStream
 from digit_recognizer.data.tensors import to_model_input
 from digit_recognizer.distributed import all_reduce, close_distributed, init_distributed
-from digit_recognizer.errors import ConfigError, ModelFileError
+from digit_recognizer.errors import ConfigError, DigitsError, ModelFileError
 from digit_recognizer.fileio import atomic_path, write_text
 from digit_recognizer.models.registry import build, get_spec
 from digit_recognizer.models.runtime import (
@@ -325,6 +325,13 @@ def check_out_dir(run_dir: Path, resume: bool, ensemble: bool) -> None:
         )
 
 
+def as_raised_in_worker(error: DigitsError) -> DigitsError:
+    """A DataLoader worker's error with the message it was raised with: torch passes it on to
+    the main process with the worker's traceback in front, and a user's error is one line."""
+    raised_as = f"{type(error).__module__}.{type(error).__qualname__}: "
+    return type(error)(str(error).rsplit(raised_as, 1)[-1].rstrip("\n"))
+
+
 def check_global_batch(batch_size: int, world_size: int) -> None:
     """``ConfigError`` unless ``world_size`` processes can share the batch evenly."""
     if batch_size % world_size:
@@ -388,8 +395,11 @@ def train(
         """This rank's (uint8 images, labels) batches of one epoch, on the device."""
         if isinstance(train_set, Manifest):
             stream.set_epoch(epoch)
-            for images, labels in loader:
-                yield images.to(device), labels.to(device)
+            try:
+                for images, labels in loader:
+                    yield images.to(device), labels.to(device)
+            except DigitsError as error:
+                raise as_raised_in_worker(error) from None
             return
         sampler.set_epoch(epoch)
         permutation = torch.tensor(list(sampler), device=device)
