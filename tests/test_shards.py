@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import itertools
 import logging
+import os
+import threading
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -97,6 +99,21 @@ def test_a_glob_or_a_csv_resolves_like_a_manifest(source, shard_dir: Path) -> No
         resolve_data_source(f"{shard_dir}/nothing-*.csv")
     with pytest.raises(DataError, match=r"manifest.json: not found; expected a shard directory"):
         resolve_data_source(shard_dir.parent)
+
+
+def test_a_pipe_is_read_once_or_refused_where_it_would_be_read_twice(
+    tmp_path: Path, source
+) -> None:
+    fifo = tmp_path / "rows"  # what `digits eda <(gzip -dc train.csv.gz)` is given
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=lambda: fifo.write_bytes(source[0].read_bytes()))
+    writer.start()
+    assert np.array_equal(read_data_source(fifo).images, source[1].images)
+    writer.join()
+    with pytest.raises(
+        DataError, match=r"rows: not a regular file \(a pipe\?\), and its rows are read"
+    ):
+        resolve_data_source(fifo)  # scanned, then read: the second read would find it empty
 
 
 def test_unlabelled_shards_and_mixed_sources(tmp_path: Path, source, shard_dir: Path) -> None:

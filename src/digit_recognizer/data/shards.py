@@ -121,6 +121,9 @@ def resolve_data_source(source: str | Path) -> Manifest:
     path = Path(source)
     if path.is_dir() or path.name == MANIFEST_FILE:
         return read_manifest(path)
+    if path.exists() and not path.is_file():
+        raise DataError(f"{path}: not a regular file (a pipe?), and its rows are read more than "
+                        "once here; save them to a file first")  # fmt: skip
     if path.exists() or not any(char in str(source) for char in "*?["):
         files = [path]
     else:
@@ -137,8 +140,8 @@ def resolve_data_source(source: str | Path) -> Manifest:
 def read_data_source(source: str | Path) -> DigitSet:
     """All rows of a CSV, shard directory or glob in memory; each file via ``read_kaggle_csv``."""
     path = Path(source)
-    if path.is_file() and path.name != MANIFEST_FILE:
-        return read_kaggle_csv(path)
+    if path.exists() and not path.is_dir() and path.name != MANIFEST_FILE:
+        return read_kaggle_csv(path)  # a pipe too: read once
     return read_shards(resolve_data_source(source))
 
 
