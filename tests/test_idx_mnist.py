@@ -36,9 +36,15 @@ def test_read_idx_rejects_non_idx(tmp_path):
     path.write_bytes(b"hello world")
     with pytest.raises(DataError, match="not an IDX file"):
         read_idx(path)
-    path.write_bytes(b"\x1f\x8bnot gzip at all")
-    with pytest.raises(DataError, match="not a readable gzip file"):
-        read_idx(path)
+    for corrupt in (b"\x1f\x8bnot gzip at all", _corrupted(gzip.compress(bytes(1000)))):
+        path.write_bytes(corrupt)
+        with pytest.raises(DataError, match="not a readable gzip file"):
+            read_idx(path)
+
+
+def _corrupted(data: bytes) -> bytes:
+    """The first bytes after the 10-byte gzip header flipped: zlib's own error, not gzip's."""
+    return data[:10] + bytes(b ^ 0xFF for b in data[10:12]) + data[12:]
 
 
 def test_embedded_mnist_is_complete_and_verified(mnist):

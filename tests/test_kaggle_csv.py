@@ -375,6 +375,11 @@ def test_submission_rows_in_any_order(submission_csv: Path) -> None:
             "line 4, column ImageId: ImageId 3 is extra; expected 2 rows (ImageId 1 to 2)",
         ),
         (
+            "ImageId,Label\n1,3\n2,1\n99999999999999999999999,4\n",
+            2,
+            "line 4, column ImageId: ImageId 99999999999999999999999 is extra; expected 2 rows",
+        ),
+        (
             "ImageId,Label\n1,3\n3,4\n",
             3,
             ": ImageId 2 is missing; expected 3 rows (ImageId 1 to 3), found 2",

@@ -138,7 +138,8 @@ def read_submission(path: str | Path, expected_rows: int | None = None) -> NDArr
             raise DataError(f"{where}: ImageId {image_id} repeats line {line_of_id[image_id]}")
         if image_id > n_rows:
             where = _where(path, line_number, "ImageId")
-            raise DataError(f"{where}: {_id_problem(image_id, n_rows, expected_rows)}")
+            as_written = line.partition(b",")[0].decode()  # image_id is clamped past 10**18
+            raise DataError(f"{where}: {_id_problem(as_written, n_rows, expected_rows)}")
         line_of_id[image_id] = line_number
         labels[image_id - 1] = label
     if len(lines) < n_rows:
@@ -150,7 +151,7 @@ def read_submission(path: str | Path, expected_rows: int | None = None) -> NDArr
     return labels
 
 
-def _id_problem(image_id: int, n_rows: int, expected_rows: int | None) -> str:
+def _id_problem(image_id: str, n_rows: int, expected_rows: int | None) -> str:
     if expected_rows is None:
         return f"ImageId {image_id} is out of range; {n_rows:,} rows need ImageIds 1 to {n_rows}"
     return f"ImageId {image_id} is extra; expected {n_rows:,} rows (ImageId 1 to {n_rows})"
