@@ -116,6 +116,13 @@ def test_a_pipe_is_read_once_or_refused_where_it_would_be_read_twice(
         resolve_data_source(fifo)  # scanned, then read: the second read would find it empty
 
 
+def test_a_glob_orders_numbered_files_by_their_numbers(tmp_path: Path, source) -> None:
+    for number in (1, 2, 10):
+        write_kaggle_csv(tmp_path / f"test_{number}.csv", source[1].images[number : number + 1])
+    files = [shard.path.name for shard in resolve_data_source(f"{tmp_path}/test_*.csv").shards]
+    assert files == ["test_1.csv", "test_2.csv", "test_10.csv"]  # the rows' ImageIds follow
+
+
 def test_unlabelled_shards_and_mixed_sources(tmp_path: Path, source, shard_dir: Path) -> None:
     test_csv = tmp_path / "test.csv"
     write_kaggle_csv(test_csv, source[1].images[:10])

@@ -18,6 +18,7 @@ import glob
 import itertools
 import json
 import logging
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,7 +114,8 @@ def is_data_source(path: str | Path) -> bool:
 
 
 def resolve_data_source(source: str | Path) -> Manifest:
-    """A ``Manifest`` for a CSV file, a shard directory, or a glob of CSVs (in sorted order).
+    """A ``Manifest`` for a CSV file, a shard directory, or a glob of CSVs (in natural order:
+    test_2.csv before test_10.csv, whose rows' ImageIds follow from it).
 
     A CSV or glob has no manifest, so its files are scanned once (header, line count, SHA-256);
     a shard directory's ``manifest.json`` is trusted, and row counts are checked while reading.
@@ -127,7 +129,7 @@ def resolve_data_source(source: str | Path) -> Manifest:
     if path.exists() or not any(char in str(source) for char in "*?["):
         files = [path]
     else:
-        files = sorted(Path(match) for match in glob.glob(str(source)))
+        files = sorted((Path(match) for match in glob.glob(str(source))), key=_natural_order)
         if not files:
             raise DataError(f"{source}: no file matches this pattern")
     shards, labelled = zip(*(_describe_csv(file) for file in files), strict=True)
@@ -178,6 +180,13 @@ def choose_loading(manifest: Manifest, max_memory_bytes: int) -> Literal["memory
         "loading in memory" if choice == "memory" else "streaming from the files",
     )  # fmt: skip
     return choice
+
+
+def _natural_order(path: Path) -> list[str | int]:
+    """Sort key comparing runs of digits in a path as numbers: part-2 before part-10."""
+    # re.split with a group alternates text and digits, so equal positions hold equal types.
+    runs = re.split(r"(\d+)", str(path))
+    return [int(run) if index % 2 else run for index, run in enumerate(runs)]
 
 
 def _describe_csv(path: Path) -> tuple[Shard, bool]:
