@@ -79,3 +79,9 @@ def test_corrupt_model_files_name_the_file(tmp_path):
         ModelFileError, match=r"nowhere/model.json: not found; is .* a trained run directory"
     ):
         load_net(tmp_path / "nowhere")
+    # `digits predict test.csv RUN`, the arguments swapped: one line, not NotADirectoryError.
+    with pytest.raises(ModelFileError, match=r"model.json: a file, where a trained run directory"):
+        load_net(tmp_path / "model.json")
+    (tmp_path / "model.json").write_text('{"model": "knn"}')
+    with pytest.raises(ModelFileError, match="'knn' is a scikit-learn model, not a net: this"):
+        load_net(tmp_path)

@@ -68,6 +68,8 @@ def read_meta(run_dir: Path) -> dict[str, Any]:
     except FileNotFoundError:
         refuse_ensemble(Path(run_dir))
         raise ModelFileError(f"{path}: not found; is {run_dir} a trained run directory?") from None
+    except NotADirectoryError:
+        raise ModelFileError(f"{run_dir}: a file, where a trained run directory belongs") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ModelFileError(f"{path}: not valid JSON ({error})") from None
     if not isinstance(meta, dict) or not isinstance(meta.get("model"), str):
@@ -96,7 +98,10 @@ def _build_net(meta_path: Path, meta: dict[str, Any]) -> nn.Module:
     """The untrained net that ``model.json`` describes; ``ModelFileError`` if it names none."""
     name, params = meta["model"], meta.get("params", {})
     if get_spec(name).kind != "net":
-        raise ModelFileError(f"{meta_path}: '{name}' is not a net; load it with load_estimator")
+        raise ModelFileError(
+            f"{meta_path}: '{name}' is a scikit-learn model, not a net: this command takes a "
+            "net's run (`digits predict` takes both; in Python, load_estimator)"
+        )
     if not isinstance(params, dict):
         raise ModelFileError(f"{meta_path}: 'params' must be an object, got {params!r:.40}")
     try:
