@@ -85,6 +85,14 @@ def test_load_exports_when_missing_or_stale(run_dir: Path, tmp_path: Path) -> No
     weights_time = (fresh / "model.safetensors").stat().st_mtime
     os.utime(fresh / ONNX_FILE, (weights_time - 10, weights_time - 10))
     assert not onnx_is_current(fresh)  # re-trained weights make the export stale
+    deployed = tmp_path / "deployed"  # model.json and model.onnx, without PyTorch's weights
+    deployed.mkdir()
+    for name in ("model.json", ONNX_FILE):
+        shutil.copy(fresh / name, deployed / name)
+    assert onnx_is_current(deployed)
+    whole = OnnxPredictor.load(fresh).predict_proba(np.zeros((1, 28, 28), np.uint8))
+    alone = OnnxPredictor.load(deployed).predict_proba(np.zeros((1, 28, 28), np.uint8))
+    np.testing.assert_array_equal(alone, whole)
 
 
 def test_corrupt_onnx_file(run_dir: Path, tmp_path: Path) -> None:

@@ -92,9 +92,12 @@ def _quiet_exporter() -> Iterator[None]:
 
 
 def onnx_is_current(run_dir: Path) -> bool:
-    """Whether ``RUN_DIR/model.onnx`` exists and is newer than the run's weights."""
+    """Whether ``RUN_DIR/model.onnx`` exists and is newer than the run's weights, if it has
+    any: model.json and model.onnx alone are a deployment's whole model."""
     onnx_path, weights = Path(run_dir) / ONNX_FILE, Path(run_dir) / WEIGHTS_FILE
-    return onnx_path.exists() and onnx_path.stat().st_mtime >= weights.stat().st_mtime
+    if not onnx_path.exists():
+        return False
+    return not weights.exists() or onnx_path.stat().st_mtime >= weights.stat().st_mtime
 
 
 @dataclass
