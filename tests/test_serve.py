@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -120,12 +121,13 @@ def test_explain_and_predict_requests_at_the_same_time(client: TestClient, digit
 
 
 def test_json_and_csv_digits_in_another_layout_are_conformed(
-    client: TestClient, predictor: Predictor, small_test, tmp_path
+    client: TestClient, predictor: Predictor, small_test, tmp_path, caplog
 ) -> None:
     """Digits filling the frame (another collection's layout) are redone as MNIST's before
     prediction, as `digits predict` does, unless ?as_is=true."""
     foreign = np.stack([frame_filling(digit) for digit in small_test.images[:40]])
-    expected, as_is = predictor.predict(conform_to_mnist(foreign)[0]), predictor.predict(foreign)
+    conformed = conform_to_mnist(foreign)[0]
+    expected, as_is = predictor.predict(conformed), predictor.predict(foreign)
     assert not np.array_equal(expected, as_is)  # the layout matters to this net
     path = tmp_path / "foreign.csv"
     write_kaggle_csv(path, foreign)
@@ -137,8 +139,17 @@ def test_json_and_csv_digits_in_another_layout_are_conformed(
         ]
         assert [p["label"] for a in answers for p in a["predictions"]] == labels.tolist()
         upload = {"file": ("foreign.csv", path.read_bytes())}
-        lines = client.post(f"/predict/csv{query}", files=upload).text.splitlines()
+        with caplog.at_level(logging.WARNING, logger="digit_recognizer"):
+            lines = client.post(f"/predict/csv{query}", files=upload).text.splitlines()
         assert [int(line.split(",")[1]) for line in lines[1:]] == labels.tolist()
+        assert ("foreign.csv: 40 of 40 digits were not laid out" in caplog.text) == (not query)
+        caplog.clear()
+    # A redone digit's answer shows what the model saw (its Grad-CAM's frame); MNIST's own,
+    # passed through untouched, need not.
+    mixed = [pixels_body(foreign[0]), pixels_body(small_test.images[0])]
+    redone, untouched = client.post("/predict?explain=true", json=mixed).json()["predictions"]
+    np.testing.assert_array_equal(redone["image"], conformed[0])
+    assert "image" not in untouched
 
 
 def test_predict_csv(client: TestClient, predictor: Predictor, small_test, tmp_path) -> None:

@@ -29,10 +29,11 @@ from pydantic import (
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from digit_recognizer.data.images import conform_to_mnist, load_image
+from digit_recognizer.data.images import load_image
 from digit_recognizer.data.kaggle_csv import read_kaggle_csv, write_submission
 from digit_recognizer.errors import DataError
 from digit_recognizer.models.registry import get_spec
+from digit_recognizer.predict import PredictConfig, conform_rows
 from digit_recognizer.serve.app import STATIC_DIR, ServeConfig, ServedModel
 
 api = APIRouter()
@@ -127,7 +128,9 @@ class Prediction(BaseModel):
     label: int = Field(description="the predicted digit")
     probabilities: list[float] = Field(description="probability of each digit 0-9")
     image: list[list[int]] | None = Field(
-        None, description="uploads only: the 28 x 28 image the model saw after preprocessing"
+        None,
+        description="the 28 x 28 image the model saw, where it is not the one sent: an upload's, "
+        "or a JSON digit's redone in MNIST's layout (grad_cam lies over it)",
     )
     grad_cam: list[list[float]] | None = Field(
         None, description="with ?explain=true: Grad-CAM heatmap 28 x 28 in [0, 1]"
@@ -244,8 +247,13 @@ async def predict(
     served: ServedModel = request.app.state.model
     config: ServeConfig = request.app.state.config
     images, is_batch, is_upload = await _read_digits(request, config)
+    # What the model sees goes back with the answer where it is not what was sent, so that a
+    # Grad-CAM heatmap can be laid over the image it belongs to.
+    shown = np.full(len(images), is_upload)
     if not (is_upload or as_is):
-        images, _ = await run_in_threadpool(conform_to_mnist, images)
+        sent = images
+        images = await run_in_threadpool(conform_rows, images, PredictConfig(), "/predict")
+        shown = (images != sent).any(axis=(1, 2))
     # In a worker thread even for one image: inference releases the GIL, so the event loop parses
     # the next requests meanwhile (torch: 540 vs 360 requests/s inline, benchmarks/serve_load.py).
     probas = await run_in_threadpool(served.predict_proba, images)
@@ -258,7 +266,7 @@ async def predict(
         Prediction(
             label=int(proba.argmax()),
             probabilities=proba.tolist(),
-            image=images[i].tolist() if is_upload else None,
+            image=images[i].tolist() if shown[i] else None,
             grad_cam=np.round(heatmaps[i], 3).tolist() if heatmaps is not None else None,
         )
         for i, proba in enumerate(probas)
@@ -402,6 +410,6 @@ def _submission_csv(
                 f"{name}: {len(digits):,} rows is over the limit of {max_rows:,} "
                 "(ServeConfig.max_csv_rows); split the file",
             )
-        images = conform_to_mnist(digits.images)[0] if conform else digits.images
+        images = conform_rows(digits.images, PredictConfig(conform=conform), name)
         write_submission(Path(tmp) / "submission.csv", served.predictor.predict(images))
         return (Path(tmp) / "submission.csv").read_bytes()
