@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from collections.abc import Iterator
@@ -177,6 +178,23 @@ def test_onnx_backend(run_dir: Path, predictor: Predictor, digits) -> None:
     assert answer["label"] == expected.argmax()
     np.testing.assert_allclose(answer["probabilities"], expected, atol=1e-4)
     assert "grad_cam" not in answer and answer["grad_cam_error"] == GRAD_CAM_UNAVAILABLE
+
+
+def test_onnx_deployment_of_a_model_this_version_does_not_know(run_dir: Path, tmp_path) -> None:
+    """model.json and model.onnx alone, from a newer version: /model answers, as /predict does."""
+    with TestClient(create_app(run_dir, ServeConfig(backend="onnx"))):
+        pass  # exports model.onnx
+    deployed = tmp_path / "deployed"
+    deployed.mkdir()
+    shutil.copy(run_dir / "model.onnx", deployed)
+    meta = json.loads((run_dir / "model.json").read_text())
+    (deployed / "model.json").write_text(json.dumps(meta | {"model": "cnn-from-the-future"}))
+    (deployed / "metrics.json").write_text('{"test_accuracy": 0.9975, "test_tta": true}')
+    with TestClient(create_app(deployed, ServeConfig(backend="onnx"))) as onnx_client:
+        info = onnx_client.get("/model").json()
+        assert onnx_client.post("/predict", json={"pixels": [0] * 784}).status_code == 200
+    assert info["model"] == "cnn-from-the-future" and info["description"] is None
+    assert info["test_accuracy"] == 0.9975 and info["test_tta"] is True  # not the server's pass
 
 
 # --- bad input: exact status and detail, and the server keeps serving --------------------------

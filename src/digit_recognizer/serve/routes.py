@@ -31,7 +31,7 @@ from starlette.datastructures import UploadFile
 
 from digit_recognizer.data.images import load_image
 from digit_recognizer.data.kaggle_csv import read_kaggle_csv, write_submission
-from digit_recognizer.errors import DataError
+from digit_recognizer.errors import DataError, UnknownModelError
 from digit_recognizer.models.registry import get_spec
 from digit_recognizer.predict import PredictConfig, conform_rows
 from digit_recognizer.serve.app import STATIC_DIR, ServeConfig, ServedModel
@@ -154,12 +154,16 @@ class BatchResponse(BaseModel):
 
 class ModelInfo(BaseModel):
     model: str = Field(description="registry name, see `digits models`")
-    description: str
+    description: str | None = Field(description="null for a model this version does not know")
     backend: str
     n_parameters: int | None
     params: dict[str, Any] = Field(description="builder arguments")
     validation_accuracy: float | None
     test_accuracy: float | None = Field(description="replica test score, if the run has one")
+    test_tta: bool | None = Field(
+        description="whether test_accuracy was scored with test-time augmentation, which the "
+        "server does not use"
+    )
     preprocessing: dict[str, Any]
     limits: dict[str, int] = Field(description="ServeConfig limits on requests")
 
@@ -206,14 +210,19 @@ def model_info(request: Request) -> ModelInfo:
     served: ServedModel = request.app.state.model
     meta, metrics = served.meta, served.metrics
     validation = (metrics.get("validation") or {}).get("accuracy", meta.get("valid_accuracy"))
+    try:
+        description = get_spec(meta["model"]).description
+    except UnknownModelError:  # a model.json from a newer version, served by ONNX
+        description = None
     return ModelInfo(
         model=meta["model"],
-        description=get_spec(meta["model"]).description,
+        description=description,
         backend=served.backend,
         n_parameters=meta.get("n_parameters"),
         params=meta.get("params", {}),
         validation_accuracy=validation,
         test_accuracy=metrics.get("test_accuracy"),
+        test_tta=metrics.get("test_tta"),
         preprocessing=meta.get("preprocessing", {}),
         limits=request.app.state.config.limits(),
     )

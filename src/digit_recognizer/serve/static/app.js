@@ -198,7 +198,8 @@ fetch("/model").then((r) => {
   if (!r.ok) throw new Error(`${r.status} ${r.statusText}`);
   return r.json();
 }).then((info) => {
-  const accuracy = info.test_accuracy ?? info.validation_accuracy;
+  // A TTA score is not what this server's single pass achieves.
+  const accuracy = (info.test_tta ? null : info.test_accuracy) ?? info.validation_accuracy;
   const shown = accuracy == null ? "" : `, ${(100 * accuracy).toFixed(2)} % accurate on held-out digits`;
   const parameters = info.n_parameters?.toLocaleString() ?? "?";
   modelInfo.textContent =
