@@ -28,7 +28,7 @@ from digit_recognizer.pipeline import (
 from digit_recognizer.predict import Predictor
 from digit_recognizer.report import write_run_report
 from digit_recognizer.serve import run_server
-from digit_recognizer.train import TrainConfig
+from digit_recognizer.train import TrainConfig, check_out_dir
 
 from .conftest import TINY_RECIPE
 
@@ -67,6 +67,11 @@ def test_ensemble_directory_predicts_the_members_average(tmp_path, small_csvs, s
         train_job(configs[0], small_csvs["train"], tmp_path)
     with pytest.raises(ConfigError, match="holds a single model's run"):
         train_jobs(configs, small_csvs["train"], jobs[0].run_dir)
+    # The same command again without --resume is refused before it records any member's settings.
+    members_recorded = [(job.run_dir / "config.toml").read_text() for job in jobs]
+    with pytest.raises(ConfigError, match=r"member-1 already holds a training run"):
+        train_jobs([replace(c, epochs=9) for c in configs], small_csvs["train"], tmp_path)
+    assert [(job.run_dir / "config.toml").read_text() for job in jobs] == members_recorded
     recorded = (jobs[0].run_dir / "config.toml").read_text()
     with pytest.raises(ConfigError, match="already holds a training run"):
         launch_distributed(2, replace(configs[0], epochs=9), small_csvs["train"], jobs[0].run_dir)
@@ -129,6 +134,9 @@ def test_a_resumed_ensemble_keeps_each_started_members_own_settings(tmp_path):
         train_jobs(configs, tmp_path / "missing.csv", tmp_path / "begun")
     plain = job_configs("best", True, tmp_path / "begun", None, {"seed": None, "resume": True})
     assert plain == [replace(config, resume=True) for config in configs]
+    # Without --preset best, --resume would train one model in among the members.
+    with pytest.raises(ConfigError, match=r"holds an ensemble or its first members; .* --resume"):
+        check_out_dir(tmp_path / "begun", resume=True, ensemble=False)
 
 
 def test_presets_and_argument_errors(tmp_path, small_csvs):

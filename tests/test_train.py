@@ -238,3 +238,15 @@ def test_ema_run_stopped_and_resumed_matches_a_straight_run(tmp_path, small_trai
         with pytest.raises(ModelFileError, match="does not fit this model"):
             train(replace(config, resume=True, **mismatch), subset, valid, tmp_path / "resumed")
         assert (tmp_path / "resumed" / "config.toml").read_text() == recorded
+    # So is one on other rows or draws: another seed or validation size splits the data anew.
+    other_rows = DigitSet(small_train.images[1:513], small_train.labels[1:513])
+    for mismatch, rows, message in (
+        ({"seed": 1}, subset, "seed"),
+        ({"valid_size": 0.2}, subset, "valid_size"),
+        ({}, other_rows, "training rows"),
+    ):
+        with pytest.raises(ConfigError, match=f"resuming would change the run's {message}; "):
+            train(replace(config, resume=True, **mismatch), rows, valid, tmp_path / "resumed")
+        assert (tmp_path / "resumed" / "config.toml").read_text() == recorded
+    # The record holds settings, not the --resume that continued it: --config on it retrains.
+    assert "resume = false" in recorded

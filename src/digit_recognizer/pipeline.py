@@ -56,6 +56,8 @@ from digit_recognizer.train import (
     TrainResult,
     check_global_batch,
     check_out_dir,
+    member_run_dir,
+    save_run_config,
     train,
 )
 
@@ -359,11 +361,13 @@ def train_jobs(
             # which member 1 still gives for an --out that holds no ensemble at all.
             log.info("member %d had not started; training it", number)
             config = replace(config, resume=False)
+        check_out_dir(member_dir, config.resume, ensemble=False)  # before any config is written
+        members.append((config, member_dir))
+    for config, member_dir in members:
         if not config.resume or not (member_dir / CONFIG_FILE).exists():
             # Recorded before any member trains: --resume rebuilds a member that had not started
             # from this (resumed_members), not from whatever flags the resuming command repeats.
-            save_config(config, member_dir / CONFIG_FILE)
-        members.append((config, member_dir))
+            save_run_config(config, member_dir)
     started = time.perf_counter()
     try:
         if parallel > 1:
@@ -387,11 +391,6 @@ def train_jobs(
                      if job.valid_metrics else None} for job in jobs],
     })  # fmt: skip
     return jobs
-
-
-def member_run_dir(run_dir: Path, number: int) -> Path:
-    """Where ensemble member ``number`` (from 1) of ``run_dir`` trains."""
-    return run_dir / f"member-{number}"
 
 
 def resumed_members(

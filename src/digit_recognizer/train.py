@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import hashlib
 import inspect
 import io
 import logging
@@ -18,10 +19,11 @@ import math
 import pickle  # for pickle.UnpicklingError only: torch.load(weights_only=True) raises it
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -309,19 +311,67 @@ def write_history(run_dir: Path, history: list[dict[str, float]]) -> None:
     write_text(run_dir / HISTORY_FILE, buffer.getvalue())
 
 
+def member_run_dir(run_dir: Path, number: int) -> Path:
+    """Where ensemble member ``number`` (from 1) of ``run_dir`` trains."""
+    return run_dir / f"member-{number}"
+
+
+def save_run_config(config: TrainConfig, run_dir: Path) -> None:
+    """``run_dir``/config.toml: the run's settings without the --resume that continued it, so
+    that ``--config`` on it trains the run again rather than continuing whatever is there."""
+    save_config(replace(config, resume=False), run_dir / CONFIG_FILE)
+
+
 def check_out_dir(run_dir: Path, resume: bool, ensemble: bool) -> None:
     """Refuse a run directory whose files training would overwrite, or leave contradicting its
-    own (an ensemble's manifest beside a single model: which would predict?)."""
+    own (an ensemble's members beside a single model: which would predict?)."""
     if ensemble and any((run_dir / name).exists() for name in (META_FILE, CHECKPOINT_FILE)):
         raise ConfigError(f"{run_dir} holds a single model's run; train the ensemble into "
                           "another directory")  # fmt: skip
-    if not ensemble and (run_dir / ENSEMBLE_FILE).exists():
-        raise ConfigError(f"{run_dir} holds an ensemble ({ENSEMBLE_FILE}); train one model into "
-                          "another directory")  # fmt: skip
+    # An interrupted ensemble has its members' settings recorded but no ensemble.json yet.
+    first_member = member_run_dir(run_dir, 1) / CONFIG_FILE
+    is_ensemble = (run_dir / ENSEMBLE_FILE).exists() or first_member.exists()
+    if not ensemble and is_ensemble:
+        raise ConfigError(f"{run_dir} holds an ensemble or its first members; train one model "
+                          "into another directory, or continue the ensemble (--preset best "
+                          "--resume)")  # fmt: skip
     if not resume and (run_dir / CHECKPOINT_FILE).exists():
         raise ConfigError(
             f"{run_dir} already holds a training run ({CHECKPOINT_FILE}); continue it "
             "(--resume), or train into another directory to start over"
+        )
+
+
+def rows_fingerprint(train_set: DigitSet | Manifest) -> str:
+    """SHA-256 of the training rows (of a manifest's shards' own hashes): a resumed run must
+    train on what it started on, and another file, seed or validation size gives other rows."""
+    digest = hashlib.sha256()
+    if isinstance(train_set, Manifest):
+        for shard in train_set.shards:
+            digest.update(shard.sha256.encode())
+    else:
+        digest.update(np.ascontiguousarray(train_set.images).data)
+        digest.update(np.ascontiguousarray(train_set.labels).data)
+    return digest.hexdigest()
+
+
+def check_same_rows(
+    run_dir: Path, checkpoint: dict[str, Any], config: TrainConfig, rows: str
+) -> None:
+    """Refuse to resume on other training rows or augmentation draws than the run's own."""
+    recorded = checkpoint.get("config", {})
+    changed = [
+        key
+        for key in ("seed", "valid_size")
+        if recorded.get(key) not in (None, getattr(config, key))
+    ]
+    if checkpoint.get("rows", rows) != rows:  # absent from checkpoints before it was kept
+        changed.append("training rows")
+    if changed:
+        raise ConfigError(
+            f"{run_dir / CHECKPOINT_FILE}: resuming would change the run's "
+            f"{' and '.join(changed)}; resume it with its own data and settings (its "
+            f"{CONFIG_FILE}), or train into another directory"
         )
 
 
@@ -408,6 +458,7 @@ def train(
             yield train_images[indices], train_labels[indices]
 
     total_steps = config.epochs * steps_per_epoch
+    rows = rows_fingerprint(train_set)
     augmentation = Augmentation(
         elastic_px=config.elastic, stroke=config.stroke, styles=config.styles
     ).scaled(config.augment)
@@ -446,6 +497,7 @@ def train(
     # -- resume: everything the loop needs is in the checkpoint ----------------------------------
     if config.resume and (run_dir / CHECKPOINT_FILE).exists():
         checkpoint = load_checkpoint(run_dir, device)
+        check_same_rows(run_dir, checkpoint, config, rows)
         restore_checkpoint(run_dir, checkpoint, model, optimizer, ema)
         step, epoch, elapsed_s = checkpoint["step"], checkpoint["epoch"], checkpoint["elapsed_s"]
         lr_scale, history = checkpoint["lr_scale"], checkpoint["history"]
@@ -457,7 +509,7 @@ def train(
         log.warning("--resume: no checkpoint in %s, starting from scratch", run_dir)
     if is_main:  # once the checkpoint is known to fit: a refused resume keeps the record
         run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(config, run_dir / CONFIG_FILE)
+        save_run_config(config, run_dir)
     if config.compile:
         model = torch.compile(model)
     if dist.is_initialized():
@@ -597,6 +649,7 @@ def train(
                     "epochs_since_best": epochs_since_best,
                     "stopped_early": stopped_early,
                     "config": asdict(config),
+                    "rows": rows,
                 },
             )
             write_history(run_dir, history)
