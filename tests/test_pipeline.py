@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from digit_recognizer import pipeline
 from digit_recognizer.config import save_config
-from digit_recognizer.errors import ConfigError, DataError, ModelFileError
+from digit_recognizer.errors import ConfigError, DataError, DigitsError, ModelFileError
 from digit_recognizer.evaluate import score_submission
 from digit_recognizer.fileio import sha256_file
 from digit_recognizer.models.storage import read_meta
@@ -244,3 +244,15 @@ def test_members_side_by_side_share_out_the_gpus_each_process_seeing_its_own(
         torch.set_num_threads(threads)
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "7"
     assert job.train.model is None and (job.run_dir / "model.safetensors").is_file()
+
+
+def killed_member(*args: object) -> None:
+    """A member's process killed mid-training (by the system, for memory, say)."""
+    os._exit(9)
+
+
+def test_a_killed_member_is_named_with_the_way_to_finish(tmp_path, small_csvs, monkeypatch):
+    monkeypatch.setattr(pipeline, "train_member", killed_member)  # the spawned child imports it
+    configs = [TrainConfig(**TINY_RECIPE | {"seed": seed}) for seed in (1, 2)]
+    with pytest.raises(DigitsError, match=r"member \d's process ended without finishing; the same"):
+        train_jobs(configs, small_csvs["train"], tmp_path, parallel=2)

@@ -15,6 +15,7 @@ import tempfile
 import time
 from collections.abc import Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ from digit_recognizer.data.shards import (
 )
 from digit_recognizer.data.splits import split_for_training
 from digit_recognizer.distributed import Distributed, run_torchrun
-from digit_recognizer.errors import ConfigError, DataError
+from digit_recognizer.errors import ConfigError, DataError, DigitsError
 from digit_recognizer.evaluate import (
     METRICS_FILE,
     Metrics,
@@ -463,7 +464,15 @@ def train_side_by_side(
                 running[future] = number
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in finished:
-                jobs[running.pop(future)] = future.result()
+                number = running.pop(future)
+                try:
+                    jobs[number] = future.result()
+                except BrokenProcessPool:  # killed: by the system for memory, say
+                    raise DigitsError(
+                        f"ensemble member {number}'s process ended without finishing; the "
+                        "same command with --resume finishes the ensemble, each member from "
+                        "its last finished epoch"
+                    ) from None
     return [
         replace(job, train=replace(job.train, model=load_net(job.run_dir)[0]))
         for _, job in sorted(jobs.items())
