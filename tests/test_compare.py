@@ -31,3 +31,5 @@ def test_bad_requests_fail_before_training(tmp_path, small_csvs):
         compare(small_csvs["train"], ["knn", "svn"], tmp_path)
     with pytest.raises(ConfigError, match="at least 2 folds"):
         compare(small_csvs["train"], ["knn"], tmp_path, cv=1)
+    with pytest.raises(ConfigError, match="no model to compare: give --models"):
+        compare(small_csvs["train"], [], tmp_path)  # `--models ,`

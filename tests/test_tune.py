@@ -26,6 +26,9 @@ def test_classical_study_resumes_from_its_sqlite_storage(tmp_path, small_csvs):
     shared = TuneConfig(model="logreg", trials=1, study_name="tune-knn")
     with pytest.raises(ConfigError, match="tunes 'knn', not 'logreg'; give another --study-name"):
         tune(shared, small_csvs["train"], tmp_path)
+    for storage in ("foo://bar", f"sqlite:///{tmp_path}/missing/study.db"):
+        with pytest.raises(ConfigError, match=f"--storage {storage}: cannot open the study's"):
+            tune(TuneConfig(model="knn", trials=1, storage=storage), small_csvs["train"], tmp_path)
 
 
 def test_net_study_writes_a_config_that_train_accepts(tmp_path, small_csvs):

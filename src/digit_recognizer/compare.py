@@ -62,6 +62,8 @@ def compare(
     ``model,accuracy,macro_f1,fit_seconds,predict_seconds,parameters`` (with ``cv``: a ``_mean``
     and a ``_std`` column for each score) and ``out_dir/leaderboard.png``.
     """
+    if not models:
+        raise ConfigError("no model to compare: give --models, e.g. logreg,knn,cnn")
     for name in models:
         get_spec(name)  # unknown names fail before any training
     if cv is not None and cv < 2:

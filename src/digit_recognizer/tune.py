@@ -28,6 +28,7 @@ from typing import Any
 import matplotlib.pyplot as plt
 import optuna
 from matplotlib.figure import Figure
+from sqlalchemy.exc import SQLAlchemyError
 
 from digit_recognizer.config import load_config, save_config
 from digit_recognizer.data.kaggle_csv import DigitSet
@@ -120,8 +121,17 @@ def tune(config: TuneConfig, train_csv: Path, out_dir: Path) -> TuneResult:
     study_name = config.study_name or f"tune-{config.model}"
     # Prune from the second epoch, once two trials have finished: short runs are noisy early.
     pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=2)
-    study = optuna.create_study(study_name=study_name, storage=storage, direction="maximize",
-                                pruner=pruner, load_if_exists=True)  # fmt: skip
+    try:
+        study = optuna.create_study(
+            study_name=study_name,
+            storage=storage,
+            direction="maximize",
+            pruner=pruner,
+            load_if_exists=True,
+        )
+    except SQLAlchemyError as error:  # a bad URL, an unreachable database
+        raise ConfigError(f"--storage {storage}: cannot open the study's database "
+                          f"({str(error).splitlines()[0]})") from None  # fmt: skip
     # Offset by the stored trials: a resumed study must not redraw its first random samples.
     study.sampler = optuna.samplers.TPESampler(seed=config.seed + len(study.trials))
     # A study searches one model's space: trials of another would mix parameters of both.
