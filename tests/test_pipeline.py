@@ -2,6 +2,7 @@ import json
 import logging
 import os
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -45,6 +46,10 @@ def test_main_job_on_the_replica_scores_its_submission(tmp_path):
     assert lines[0] == "ImageId,Label" and len(lines) == 28001
     metrics = json.loads((summary.run_dir / "metrics.json").read_text())
     assert metrics["test_accuracy"] == summary.test_accuracy
+    assert metrics["test_csv"] == str(tmp_path / "cache" / "replica-seed0" / "test.csv")
+    # Trained on (`digits train --resume`), the run's metrics no longer claim that test score.
+    train_job(replace(config, resume=True, epochs=2), Path(metrics["train_csv"]), summary.run_dir)
+    assert "test_accuracy" not in json.loads((summary.run_dir / "metrics.json").read_text())
 
 
 def test_ensemble_directory_predicts_the_members_average(tmp_path, small_csvs, small_test):

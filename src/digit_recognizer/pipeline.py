@@ -301,12 +301,13 @@ def write_training_outputs(
         predictor = Predictor.from_models([result.model])
         valid_metrics = compute_metrics(valid_set.labels, predictor.predict_proba(valid_set.images))
         plot_confusion_matrix(valid_metrics.confusion, run_dir / "confusion_matrix.png")
-    write_metrics(run_dir, training_source(train_csv) | {
+    # Written anew, not merged: an earlier test score (digits run) was of other weights.
+    write_text(run_dir / METRICS_FILE, json.dumps(training_source(train_csv) | {
         "train_seconds": result.train_seconds,
         "epochs_run": result.epochs_run,
         "stopped_early": result.stopped_early,
         "validation": asdict(valid_metrics) if valid_metrics else None,
-    })  # fmt: skip
+    }, indent=2) + "\n")  # fmt: skip
     if len(valid_set):
         write_run_report(run_dir, data=valid_set)  # ~4 s for 2,100 images on 2 busy cores
     return valid_metrics
@@ -557,7 +558,7 @@ def run_job(
     predict_csv([run_dir], test_csv, submission, predict_config)
     test_accuracy = score_submission(solution_csv, submission) if solution_csv else None
     tta = bool(predict_config and predict_config.tta)  # `digits predict --tta` reproduces it
-    write_metrics(run_dir, {"test_csv": str(test_csv), "test_tta": tta,
+    write_metrics(run_dir, {"test_csv": str(Path(test_csv).resolve()), "test_tta": tta,
                             "test_accuracy": test_accuracy})  # fmt: skip
     valid_accuracies = [job.valid_metrics.accuracy for job in jobs if job.valid_metrics]
     return RunSummary(
