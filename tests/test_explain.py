@@ -55,6 +55,9 @@ def test_grad_cam_layer_and_target_choices(model, small_test):
     assert per_image.shape == (4, 28, 28) and not np.allclose(per_image, default)
     with pytest.raises(ValueError, match=f"conv layers: {convs[0]}"):
         grad_cam(model, images, layer="nope")
+    for target in (10, -1, 3.7, [1, 2, 3, 12]):  # torch's index error; 3.7 was taken as 3
+        with pytest.raises(ValueError, match="target must be a digit 0-9"):
+            grad_cam(model, images, target=target)
     assert not model.training
 
 
@@ -73,6 +76,13 @@ def test_explain_command_writes_a_png(tiny_run, small_csvs, tmp_path):
                                  "--out", str(out)])  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "Grad-CAM" in result.output and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for suffix, signature in ((".svg", b"<?xml"), (".pdf", b"%PDF")):  # the format it names
+        drawn = runner.invoke(app, ["explain", str(tiny_run), str(small_csvs["test"]), "--index",
+                                    "3", "--out", str(out.with_suffix(suffix))])  # fmt: skip
+        assert drawn.exit_code == 0 and out.with_suffix(suffix).read_bytes().startswith(signature)
+    unknown = runner.invoke(app, ["explain", str(tiny_run), str(small_csvs["test"]), "--index",
+                                  "3", "--out", str(tmp_path / "why.docx")])  # fmt: skip
+    assert unknown.exit_code == 1 and "why.docx: cannot draw a figure as .docx" in unknown.output
     wrong = runner.invoke(app, ["explain", str(tiny_run), str(small_csvs["test"]), "--index",
                                 "1000"])  # fmt: skip
     assert wrong.exit_code == 1

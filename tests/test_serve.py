@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import socket
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -405,3 +406,10 @@ def test_serve_config_and_cli_errors(tmp_path: Path, run_dir: Path) -> None:
     assert "model.json: not found; is" in result.output and "Traceback" not in result.output
     result = CliRunner().invoke(cli_app, ["serve", str(tmp_path), "--backend", "tf"])
     assert result.exit_code == 1 and "'backend' must be one of 'torch', 'onnx'" in result.output
+    # A port in use: one line, and no address announced that another program answers at.
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(cli_app, ["serve", str(run_dir), "--port", str(port)])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert f"cannot serve at 127.0.0.1:{port} (Address already in use)" in result.output
+    assert "serving" not in result.output

@@ -459,8 +459,8 @@ def explain(
         help="A Kaggle CSV (with --index), or an image file (PNG, JPEG, ...).")],
     index: Annotated[int | None, typer.Option(help="Row of the image in the CSV, 0-based.")] = None,
     out: Annotated[Path | None, typer.Option(
-        help="PNG \\[default: RUN_DIR/explain-INDEX.png, or explain-NAME.png for an "
-             "image].")] = None,
+        help="The figure: .png, .svg or .pdf \\[default: RUN_DIR/explain-INDEX.png, or "
+             "explain-NAME.png for an image].")] = None,
     as_is: AsIs = False,
 ) -> None:  # fmt: skip
     """Grad-CAM (or saliency) and probabilities for one image, as a PNG."""

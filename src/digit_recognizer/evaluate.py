@@ -20,7 +20,7 @@ from sklearn import metrics as skm
 
 from digit_recognizer.data.kaggle_csv import read_submission
 from digit_recognizer.data.shards import read_data_source
-from digit_recognizer.errors import DataError
+from digit_recognizer.errors import DataError, OutputError
 from digit_recognizer.fileio import atomic_path, write_text
 from digit_recognizer.predict import PredictConfig, Predictor, conform_rows
 
@@ -110,9 +110,13 @@ def plot_learning_curves(history: list[dict[str, float]], path: Path) -> None:
 
 
 def save_figure(fig: Figure, path: Path) -> None:
+    """Write ``fig`` in the format its file's suffix names (.png, .svg, .pdf, ...; PNG without)."""
+    kind = Path(path).suffix.lower().lstrip(".") or "png"
+    if kind not in fig.canvas.get_supported_filetypes():
+        raise OutputError(f"{path}: cannot draw a figure as .{kind}; name a .png, .svg or .pdf")
     fig.tight_layout()
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
+        fig.savefig(tmp, dpi=110, format=kind)
 
 
 def write_per_class_csv(metrics: Metrics, path: Path) -> None:

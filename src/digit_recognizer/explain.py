@@ -106,7 +106,12 @@ def _target_scores(model: nn.Module, images: NDArray[np.uint8], target: int | Ar
     """Yield (input batch with gradients, target logit per image) in eval mode, batch by batch."""
     device = next(model.parameters()).device
     images = torch.as_tensor(np.asarray(images, dtype=np.uint8))
-    targets = None if target is None else np.array(np.broadcast_to(target, len(images)), np.int64)
+    targets = None
+    if target is not None:
+        asked = np.broadcast_to(np.asarray(target), len(images))
+        if asked.dtype.kind not in "iu" or asked.min(initial=0) < 0 or asked.max(initial=0) > 9:
+            raise ValueError(f"target must be a digit 0-9 (or one per image), got {target!r:.60}")
+        targets = asked.astype(np.int64)
     was_training = model.training
     model.eval()
     try:

@@ -49,7 +49,7 @@ class PredictConfig:
     # 256: activations stay in the CPU cache; 1024 was ~2x slower on 2 cores (GPUs: untested).
     batch_size: int = 256
     device: str = "auto"
-    amp: bool = True  # bf16 autocast where native; probabilities agree with fp32 to ~1e-3
+    amp: bool = True  # bf16 autocast where native; probabilities within ~1e-2 of fp32's
     ddp_timeout_s: float = 300  # torchrun jobs: how long rank 0 waits for the others' labels
     fuse_batch_norm: bool = True  # fold batch norm into the layers before it (1.25x on CPU)
     # Redo digits not laid out as MNIST's (from other collections) as MNIST made its own, before

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
 import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -224,9 +226,20 @@ def run_server(
     # Loaded here, not at uvicorn's startup: a run that does not load fails in one line
     # (ModelFileError) before anything is announced, not in a traceback of the server's.
     model = load_served_model(Path(run_dir), config)
-    url = f"http://{config.host}:{config.port}"
+    # Bound here, so that the address announced is the one served (--port 0: a free one) and a
+    # port in use is a one-line error rather than uvicorn's exit after the announcement.
+    family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
+    try:
+        listening = socket.create_server((config.host, config.port), family=family)
+    except OSError as error:
+        reason = os.strerror(error.errno) if error.errno else str(error)
+        raise ConfigError(f"cannot serve at {config.host}:{config.port} ({reason}); choose "
+                          "another --port or --host") from None  # fmt: skip
+    port = listening.getsockname()[1]
+    url = f"http://{config.host}:{port}"
     announce(f"serving {run_dir} ({config.backend}) at {url}, API docs at {url}/docs")
     # The server process owns its threads: set once here, not in create_app, which tests share.
     torch.set_num_threads(config.n_threads)
     app = create_app(run_dir, config, model)
-    uvicorn.run(app, host=config.host, port=config.port, access_log=config.access_log)
+    server_config = uvicorn.Config(app, host=config.host, port=port, access_log=config.access_log)
+    uvicorn.Server(server_config).run(sockets=[listening])
