@@ -34,7 +34,9 @@ def register(name: str, *, kind: ModelKind) -> Callable[[Callable[..., Any]], Ca
     def decorator(builder: Callable[..., Any]) -> Callable[..., Any]:
         if name in _REGISTRY:
             raise ValueError(f"model name '{name}' is already registered")
-        description = (builder.__doc__ or "").strip().splitlines()[0] if builder.__doc__ else ""
+        summary = (builder.__doc__ or "").strip().splitlines()[:1]
+        # Plain text for `digits models` and the API: the docstring's ``literal`` marks dropped.
+        description = summary[0].replace("``", "") if summary else ""
         _REGISTRY[name] = ModelSpec(name, builder, kind, description)
         return builder
 

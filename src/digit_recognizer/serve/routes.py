@@ -133,7 +133,9 @@ class Prediction(BaseModel):
         "or a JSON digit's redone in MNIST's layout (grad_cam lies over it)",
     )
     grad_cam: list[list[float]] | None = Field(
-        None, description="with ?explain=true: Grad-CAM heatmap 28 x 28 in [0, 1]"
+        None,
+        description="with ?explain=true: Grad-CAM heatmap 28 x 28 in [0, 1] (a saliency map "
+        "for a net without convolutions, such as mlp)",
     )
 
 
