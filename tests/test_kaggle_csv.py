@@ -165,6 +165,13 @@ def test_wrong_column_count(train_csv: Path) -> None:
     lines[6] = lines[6].rsplit(",", 1)[0]
     train_csv.write_text("\n".join(lines))
     assert read_error(train_csv) == f"{train_csv}, line 7: expected 785 columns, found 784"
+    # Every data row ending in a comma (some spreadsheets export so): the error says so.
+    lines = [line + "," if number else line for number, line in enumerate(lines[:7])]
+    train_csv.write_text("\n".join(lines) + "\n")
+    assert read_error(train_csv) == (
+        f"{train_csv}, line 2: expected 785 columns, found 786: an empty one after pixel783 "
+        "(a comma at the end of the line?)"
+    )
 
 
 def blank_line_after_line_3(text: str) -> str:

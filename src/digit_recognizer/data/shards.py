@@ -96,7 +96,7 @@ def read_manifest(path: str | Path) -> Manifest:
     except FileNotFoundError:
         raise DataError(
             f"{file}: not found; expected a shard directory written by `digits data shard` or "
-            f"`digits data expand`, or give a quoted glob such as '{path}/*.csv'"
+            f"`digits data expand`, or give a quoted glob such as '{file.parent}/*.csv'"
         ) from None
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise DataError(f"{file}: not a valid shard manifest ({error!r}); rebuild it") from None
