@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from digit_recognizer.cli import app
 from digit_recognizer.data.kaggle_csv import write_kaggle_csv
-from digit_recognizer.eda import eda
+from digit_recognizer.eda import _mean_and_std, eda
 from digit_recognizer.errors import DataError
 from digit_recognizer.evaluate import evaluate_run
 from digit_recognizer.fileio import sha256_file
@@ -73,6 +73,13 @@ def test_eda_summarises_and_writes_a_self_contained_page(tmp_path, small_train):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert eda(csv_path, tmp_path / "eda").class_counts[7] == 0
+
+
+def test_eda_pixel_maps_are_numpys_mean_and_std_computed_in_chunks(small_train):
+    images = small_train.images[:300]
+    mean, std = _mean_and_std(images, chunk=7)  # chunks that do not divide the rows
+    np.testing.assert_allclose(mean, images.mean(axis=0), rtol=1e-9)
+    np.testing.assert_allclose(std, images.std(axis=0), rtol=1e-6, atol=1e-6)
 
 
 def test_eda_and_augment_preview_commands(tmp_path, small_csvs):
