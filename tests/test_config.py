@@ -60,6 +60,8 @@ def test_bad_value_and_unknown_model():
         TrainConfig(valid_size=1.5)
     with pytest.raises(ConfigError, match=r"styles must be in \[0, 1\]"):
         TrainConfig(styles=1.5)
+    with pytest.raises(ConfigError, match=r"seed must be from 0 to 2\*\*32 - 1"):
+        TrainConfig(seed=-1)  # else refused by the split, in a message about too few rows
     # Values that would crash the loop (a modulo by zero) or end it at once are refused up front.
     for bad, message in [({"plateau_patience": 0}, "plateau_patience must be >= 1"),
                          ({"patience": 0}, "patience must be >= 1"),

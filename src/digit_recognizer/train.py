@@ -128,6 +128,7 @@ class TrainConfig:
             self.lr = DEFAULT_LR[self.optimizer]
         checks = [
             (self.epochs >= 1, "epochs must be >= 1"),
+            (0 <= self.seed < 2**32, "seed must be from 0 to 2**32 - 1"),  # numpy's and sklearn's
             (self.batch_size >= 1, "batch_size must be >= 1"),
             (self.lr > 0, "lr must be > 0"),
             (0 <= self.valid_size < 1, "valid_size must be in [0, 1)"),
