@@ -463,7 +463,7 @@ def explain(
              "explain-NAME.png for an image].")] = None,
     as_is: AsIs = False,
 ) -> None:  # fmt: skip
-    """Grad-CAM (or saliency) and probabilities for one image, as a PNG."""
+    """Grad-CAM (or saliency) and probabilities for one image, as a figure (PNG, SVG, PDF)."""
     from digit_recognizer.explain import explain_run
 
     out = out or run_dir / f"explain-{source.stem if index is None else index}.png"

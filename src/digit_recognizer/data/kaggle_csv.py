@@ -294,13 +294,10 @@ def _parse_row(line: bytes, columns: tuple[str, ...], path: Path, line_number: i
     cells = line.split(b",")
     if len(cells) != len(columns):
         trailing = len(cells) == len(columns) + 1 and not cells[-1].strip()
+        hint = f": an empty one after {columns[-1]} (a comma at the end of the line?)"
         raise DataError(
             f"{path}, line {line_number}: expected {len(columns)} columns, found {len(cells)}"
-            + (
-                f": an empty one after {columns[-1]} (a comma at the end of the line?)"
-                if trailing
-                else ""
-            )
+            f"{hint if trailing else ''}"
         )
     values = []
     for cell, column in zip(cells, columns, strict=True):
