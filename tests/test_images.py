@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
+from scipy import ndimage
 
 from digit_recognizer.data import images
 from digit_recognizer.data.images import (
@@ -140,6 +141,58 @@ def test_a_shadow_across_the_paper_is_not_ink() -> None:
     columns = np.flatnonzero(digit.max(axis=0) > 64)
     assert len(columns) <= 8  # a thin stroke, as on even paper, not the shaded half of the page
     assert np.corrcoef(digit.ravel(), even.ravel())[0, 1] > 0.9
+
+
+def correlation(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.corrcoef(a.ravel(), b.ravel())[0, 1])
+
+
+def test_a_page_with_transparent_margins_is_read_on_its_paper() -> None:
+    """A photo turned in an editor leaves transparent corners, which belong to the paper, where
+    strokes on a transparent canvas take the colour that contrasts with them."""
+    page = drawing(size=(300, 300), line=(150, 50, 160, 250)).convert("RGBA")
+    turned = page.rotate(7, expand=True, fillcolor=(0, 0, 0, 0))
+    on_white = Image.alpha_composite(Image.new("RGBA", turned.size, "white"), turned)
+    assert correlation(load_image(encode(turned)), load_image(encode(on_white))) > 0.95
+
+
+def bold_crop(digit: np.ndarray) -> np.ndarray:
+    """An MNIST digit enlarged to 120 pixels high, written 6 pixels bolder in dark ink on grey
+    paper, and cropped to where its strokes were before: the strokes reach the edges."""
+    rows, columns = np.nonzero(digit)
+    ink = digit[rows.min() : rows.max() + 1, columns.min() : columns.max() + 1]
+    size = (round(ink.shape[1] * 120 / ink.shape[0]), 120)
+    big = np.asarray(Image.fromarray(ink).resize(size, Image.Resampling.BICUBIC), np.float32)
+    big = ndimage.grey_dilation(big, size=(7, 7))
+    return np.clip(235 - big / 255 * 205, 0, 255).astype(np.uint8)
+
+
+def test_a_bold_digit_cropped_tight_to_its_ink_keeps_its_strokes_whole(mnist: Mnist) -> None:
+    """Strokes that reach the image's edges are no uneven lighting: levelling it would take the
+    strokes' own level for the paper's there and hollow them out."""
+    for digit in mnist.images[:10]:
+        crop = bold_crop(digit)
+        with_margin = np.pad(crop, 10, constant_values=235)
+        read = [load_image(encode(Image.fromarray(image))) for image in (crop, with_margin)]
+        assert correlation(*read) > 0.98
+
+
+def test_a_small_scan_of_a_forms_box_loses_the_box() -> None:
+    """A 5 mm box scanned at 200 dpi is 40 pixels a side: its lines go as a photo's do."""
+    plain = Image.new("L", (40, 40), 235)
+    ImageDraw.Draw(plain).line((19, 8, 21, 32), fill=30, width=2)
+    boxed = plain.copy()
+    ImageDraw.Draw(boxed).rectangle((1, 1, 38, 38), outline=30, width=1)
+    assert correlation(load_image(encode(boxed)), load_image(encode(plain))) > 0.99
+
+
+def test_a_fine_pen_on_a_large_page_is_no_blank_page() -> None:
+    """Ink on under 0.1 % of the pixels: the percentiles that judge which way the ink goes see
+    only paper there, and the extremes decide."""
+    page = Image.new("L", (400, 400), 225)
+    ImageDraw.Draw(page).line((200, 170, 200, 206), fill=40, width=3)
+    digit = load_image(encode(page))
+    assert digit.max() == 255 and len(np.flatnonzero(digit.max(axis=0) > 64)) <= 4  # upright
 
 
 def test_dust_on_the_scan_is_not_part_of_the_digit() -> None:

@@ -64,6 +64,10 @@ MIN_CONTRAST = 32  # grey levels between background and darkest ink; below it th
 # varies is ink.
 LIGHTING_GRID = 4
 MIN_PHOTO_SIDE = 64
+RIM_FRACTION = 0.05  # an enlarged stroke's anti-aliased rim, as a fraction of the image
+# A form's box is searched for in images from this size (a 5 mm box scanned at 200 dpi is 40
+# pixels): a 28 x 28 CSV row's digit fills its frame.
+MIN_LINES_SIDE = 32
 # How far MNIST's own layout goes: across all 70,000 images the ink's bounding box is 20 pixels
 # on its long side (19 for 16 of them) and the centre of mass within 0.52 px of (14, 14).
 MNIST_BOX_SIDES = (19, 20)
@@ -131,8 +135,13 @@ def _to_grey(image: Image.Image) -> NDArray[np.uint8]:
         rgba = image.convert("RGBA")
         alpha = np.asarray(rgba.getchannel("A"), dtype=np.float32) / 255
         grey = np.asarray(rgba.convert("L"), dtype=np.float32)
-        ink_grey = (grey * alpha).sum() / max(alpha.sum(), 1.0)
-        background = 255.0 if ink_grey < 128 else 0.0
+        if alpha.mean() > 0.5:
+            # Mostly opaque: a page with transparent margins (a photo turned in an editor),
+            # which are more of the page.
+            background = float(np.median(grey[alpha > 0.5]))
+        else:
+            ink_grey = (grey * alpha).sum() / max(alpha.sum(), 1.0)
+            background = 255.0 if ink_grey < 128 else 0.0
         return (grey * alpha + background * (1 - alpha)).round().astype(np.uint8)
     return np.asarray(image.convert("L"), dtype=np.uint8)
 
@@ -165,7 +174,6 @@ def to_mnist(grey: NDArray[np.uint8], name: str = "image") -> NDArray[np.uint8]:
     (Lanczos, anti-aliased) and centres it by centre of mass.
     """
     pixels = _reduced(grey).astype(np.float32)
-    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
     # The paper's level from a band along the edges, not the outermost pixels alone: a form's
     # box cropped at its lines has a border of ink.
     band = max(1, min(pixels.shape) // 10)
@@ -176,17 +184,21 @@ def to_mnist(grey: NDArray[np.uint8], name: str = "image") -> NDArray[np.uint8]:
     # below it than anything reaches above. Not "is the paper above mid-grey": dim grey paper
     # (a photo in poor light) would then make its dark ink the background.
     darkest, brightest = np.percentile(pixels, [INK_PERCENTILE, 100 - INK_PERCENTILE])
+    if max(background - darkest, brightest - background) < MIN_CONTRAST:
+        # Ink on under INK_PERCENTILE of the image (a fine pen in a large photo): its extremes.
+        darkest, brightest = pixels.min(), pixels.max()
+    ink_contrast = max(background - darkest, brightest - background)
     if background - darkest > brightest - background:
         pixels, background = 255 - pixels, 255 - background
     # Size first: conform_to_mnist sends every 28 x 28 CSV row it redoes through here.
     is_photo = min(pixels.shape) >= MIN_PHOTO_SIDE
-    if is_photo and np.subtract(*np.percentile(border, [90, 10])) > MIN_CONTRAST:
+    if is_photo and _unevenly_lit(pixels, background + 0.75 * ink_contrast):
         pixels, background = _flatten_lighting(pixels), 0.0
     contrast = float(pixels.max()) - background
     if contrast < MIN_CONTRAST:
         raise DataError(f"{name}: no digit found (the image is blank or has too little contrast)")
     ink = np.clip((pixels - background) / contrast, 0, 1)
-    ink = _without_specks(_without_lines(ink) if is_photo else ink)
+    ink = _without_specks(_without_lines(ink) if min(ink.shape) >= MIN_LINES_SIDE else ink)
     rows, columns = np.nonzero(ink > INK_THRESHOLD)
     crop = ink[rows.min() : rows.max() + 1, columns.min() : columns.max() + 1]
     scale = BOX / max(crop.shape)
@@ -406,6 +418,20 @@ def _without_specks(ink: NDArray[np.float32]) -> NDArray[np.float32]:
         np.minimum.at(nearest, blobs[blobs > 0], distance_to_body[blobs > 0])
         is_speck |= (share < STRAY_FRACTION) & (nearest[1:] > STRAY_MARGIN * long_side)
     return np.where(np.concatenate([[False], is_speck])[blobs], 0, ink)
+
+
+def _unevenly_lit(pixels: NDArray[np.float32], ink_level: float) -> bool:
+    """Whether the paper along the image's border spans more than MIN_CONTRAST grey levels
+    (10th to 90th percentile). Only the paper's own pixels count: in a digit cropped tight to
+    its ink, the strokes that reach the border, and their anti-aliased rims, are no shadow.
+    Ink is what reaches ``ink_level`` (ink-bright), most of the way from the paper to the
+    darkest ink: a shadow's edge on the paper stays short of it."""
+    rim = max(1, round(RIM_FRACTION * min(pixels.shape)))
+    near_ink = ndimage.maximum_filter(pixels, size=2 * rim + 1) >= ink_level
+    is_paper = np.concatenate([~near_ink[0], ~near_ink[-1], ~near_ink[:, 0], ~near_ink[:, -1]])
+    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
+    paper = border[is_paper]
+    return len(paper) > 0 and np.ptp(np.percentile(paper, [10, 90])) > MIN_CONTRAST
 
 
 def _flatten_lighting(pixels: NDArray[np.float32]) -> NDArray[np.float32]:
