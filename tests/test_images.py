@@ -433,5 +433,6 @@ def test_cli_predict_image(tiny_run: Path, tmp_path: Path) -> None:
     expected = Predictor.load([tiny_run]).predict(load_image(one)[None])[0]
     result = CliRunner().invoke(app, ["predict-image", str(tiny_run), str(one)])
     assert result.exit_code == 0 and f"│ {expected}" in result.output
-    result = CliRunner().invoke(app, ["predict-image", str(tiny_run), str(one), str(notes)])
+    result = CliRunner().invoke(app, ["predict-image", str(tiny_run), str(notes), str(one)])
     assert result.exit_code == 1 and "notes.txt: not an image file" in result.output
+    assert f"│ {expected}" in result.output  # the other files are predicted all the same

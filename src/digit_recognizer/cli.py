@@ -18,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from digit_recognizer.config import load_config
-from digit_recognizer.errors import DigitsError
+from digit_recognizer.errors import DataError, DigitsError
 
 if TYPE_CHECKING:  # the commands import torch-heavy modules only when they run
     from digit_recognizer.train import TrainConfig
@@ -514,16 +514,20 @@ def predict_image(
     files: Annotated[list[Path], typer.Argument(help="Image files (PNG, JPEG, ...) of digits.")],
 ) -> None:
     """Recognise digits in image files, preprocessed as MNIST was (crop, fit 20x20, centre)."""
-    import numpy as np
+    from digit_recognizer.predict import predict_images
 
-    from digit_recognizer.data.images import load_image
-    from digit_recognizer.predict import Predictor
-
-    probas = Predictor.load([run_dir]).predict_proba(np.stack([load_image(f) for f in files]))
+    results = predict_images([run_dir], files)
     table = Table("file", "digit", "probability")
-    for file, proba in zip(files, probas, strict=True):
-        table.add_row(str(file), f"[bold]{proba.argmax()}[/bold]", f"{proba.max():.3f}")
+    for result in results:
+        if result.probabilities is None:
+            table.add_row(str(result.path), "-", "-")
+        else:
+            proba = result.probabilities
+            table.add_row(str(result.path), f"[bold]{proba.argmax()}[/bold]", f"{proba.max():.3f}")
     console.print(table)
+    unread = [result.error for result in results if result.error]
+    if unread:
+        raise DataError("; ".join(unread))
 
 
 @app.command()

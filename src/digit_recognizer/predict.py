@@ -19,11 +19,12 @@ from numpy.typing import NDArray
 from sklearn.pipeline import Pipeline
 from torch import nn
 
-from digit_recognizer.data.images import conform_to_mnist
+from digit_recognizer.data.images import conform_to_mnist, load_image
 from digit_recognizer.data.kaggle_csv import write_submission
 from digit_recognizer.data.shards import read_data_source
 from digit_recognizer.data.stream import ShardStream
 from digit_recognizer.distributed import close_distributed, init_distributed
+from digit_recognizer.errors import DataError
 from digit_recognizer.models.classical import load_pipeline
 from digit_recognizer.models.runtime import (
     autocast_dtype,
@@ -130,6 +131,34 @@ def _tta_views(images: NDArray[np.uint8]) -> list[torch.Tensor]:
             shifted[:, :, 0 if dx > 0 else -1] = 0
         views.append(shifted)
     return views
+
+
+@dataclass
+class ImagePrediction:
+    """One image file's digit probabilities, or why the file could not be read."""
+
+    path: Path
+    probabilities: NDArray[np.float32] | None = None
+    error: str | None = None
+
+
+def predict_images(
+    run_dirs: list[Path], paths: list[Path], config: PredictConfig | None = None
+) -> list[ImagePrediction]:
+    """Each image file made an MNIST digit as MNIST's were made (``load_image``) and predicted;
+    a file that cannot be read gets its error, and the others are predicted all the same."""
+    results, digits = [], []
+    for path in paths:
+        try:
+            digits.append(load_image(path))
+            results.append(ImagePrediction(Path(path)))
+        except DataError as error:
+            results.append(ImagePrediction(Path(path), error=str(error)))
+    if digits:
+        probas = Predictor.load(run_dirs, config or PredictConfig()).predict_proba(np.stack(digits))
+        for result, proba in zip((r for r in results if r.error is None), probas, strict=True):
+            result.probabilities = proba
+    return results
 
 
 def conform_rows(
