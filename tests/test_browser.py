@@ -139,6 +139,33 @@ def test_uploading_an_image(page: object, tmp_path: Path) -> None:
     sync_api.expect(page.locator("#cam-caption")).to_have_text("Grad-CAM: where it looked")
 
 
+def test_strokes_over_an_upload_keep_its_paper(page: object, tmp_path: Path) -> None:
+    """A light-on-dark upload is not framed in white on the pad (the server would take the
+    white for its paper and the image for ink); undone back to it, the file itself is sent."""
+    expect = sync_api.expect
+    path = tmp_path / "dark.png"
+    drawing(size=(500, 250), ink="white", paper="black", line=(250, 30, 255, 220)).save(path)
+    page.click("#clear")
+    page.set_input_files("#file", str(path))
+    expect(page.locator("#label")).to_have_text(re.compile(r"^[0-9]$"), timeout=15_000)
+    assert page.evaluate("Array.from(ctx.getImageData(0, 0, 1, 1).data)")[:3] == [0, 0, 0]
+    page.wait_for_function("() => !busy && !again")
+    draw_stroke(page, [(0.2, 0.5), (0.3, 0.5)])
+    stroke = page.evaluate("Array.from(ctx.getImageData(70, 140, 1, 1).data)")
+    assert stroke[:3] == [255, 255, 255]  # written in the upload's own ink
+    page.wait_for_function("() => !busy && !again")
+    page.evaluate("""() => {
+        const original = window.fetch;
+        window.fetch = (url, options) => {
+            window.lastBody = options.body;
+            return original(url, options);
+        };
+    }""")  # fmt: skip
+    page.click("#undo")
+    page.wait_for_function("() => window.lastBody !== undefined && !busy")
+    assert page.evaluate("lastBody instanceof File && lastBody.size") == path.stat().st_size
+
+
 def test_a_drawings_late_answer_does_not_replace_an_uploads(page: object, tmp_path: Path) -> None:
     """An upload goes out while a drawing's request is in flight: only the upload's answer shows."""
     expect = sync_api.expect

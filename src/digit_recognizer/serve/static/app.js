@@ -7,7 +7,10 @@ const pad = document.getElementById("pad");
 const ctx = pad.getContext("2d");
 const BRUSH = 20; // px on the 280 px canvas: about MNIST's stroke width once scaled to 20x20
 const strokes = []; // each stroke: [[x, y], ...] in canvas pixels
-let uploaded = null; // an uploaded image drawn under the strokes
+let uploaded = null; // an uploaded image drawn under the strokes ...
+let uploadedFile = null; // ... and its file, sent as it is while no stroke is drawn over it
+let paper = "#fff"; // the pad's colour around an upload: the upload's own paper, so that a
+// light-on-dark image is not framed in white, which the server would take for its paper
 let busy = false; // one request in flight at a time ...
 let again = false; // ... and at most one more queued behind it
 let version = 0; // bumped by every redraw: an answer can tell that the pad changed since
@@ -16,15 +19,16 @@ let sent = 0; // requests sent: an upload goes out even while a drawing's is in 
 
 function redraw() {
   version += 1;
-  ctx.fillStyle = "#fff";
+  ctx.fillStyle = paper;
   ctx.fillRect(0, 0, pad.width, pad.height);
   if (uploaded) {
     const scale = Math.min(pad.width / uploaded.width, pad.height / uploaded.height);
     const w = uploaded.width * scale, h = uploaded.height * scale;
     ctx.drawImage(uploaded, (pad.width - w) / 2, (pad.height - h) / 2, w, h);
   }
-  ctx.strokeStyle = "#000";
-  ctx.fillStyle = "#000";
+  const ink = isDark(paper) ? "#fff" : "#000"; // strokes added to an upload write as its ink
+  ctx.strokeStyle = ink;
+  ctx.fillStyle = ink;
   ctx.lineWidth = BRUSH;
   ctx.lineCap = "round";
   ctx.lineJoin = "round";
@@ -35,6 +39,40 @@ function redraw() {
     if (stroke.length === 1) ctx.arc(...stroke[0], BRUSH / 2, 0, 2 * Math.PI);
     stroke.length === 1 ? ctx.fill() : ctx.stroke();
   }
+}
+
+// The mean colour along an image's edges: its paper, for a digit on a page.
+function edgeColour(image) {
+  const side = 64;
+  const canvas = document.createElement("canvas");
+  canvas.width = side;
+  canvas.height = side;
+  const context = canvas.getContext("2d");
+  context.drawImage(image, 0, 0, side, side);
+  const { data } = context.getImageData(0, 0, side, side);
+  const sum = [0, 0, 0];
+  let count = 0;
+  for (let y = 0; y < side; y += 1) {
+    for (let x = 0; x < side; x += 1) {
+      if (x > 0 && y > 0 && x < side - 1 && y < side - 1) continue;
+      for (let c = 0; c < 3; c += 1) sum[c] += data[4 * (y * side + x) + c];
+      count += 1;
+    }
+  }
+  const [r, g, b] = sum.map((total) => Math.round(total / count));
+  return `rgb(${r}, ${g}, ${b})`;
+}
+
+function isDark(colour) {
+  if (colour === "#fff") return false;
+  const [r, g, b] = colour.match(/\d+/g).map(Number);
+  return 0.299 * r + 0.587 * g + 0.114 * b < 128;
+}
+
+function forgetUpload() {
+  uploaded = null;
+  uploadedFile = null;
+  paper = "#fff";
 }
 
 function point(event) {
@@ -68,13 +106,13 @@ for (const type of ["pointerup", "pointercancel"]) {
 }
 
 document.getElementById("undo").addEventListener("click", () => {
-  if (strokes.length) strokes.pop(); else uploaded = null;
+  if (strokes.length) strokes.pop(); else forgetUpload();
   redraw();
   requestPrediction();
 });
 document.getElementById("clear").addEventListener("click", () => {
   strokes.length = 0;
-  uploaded = null;
+  forgetUpload();
   redraw();
   requestPrediction();
 });
@@ -83,15 +121,25 @@ document.getElementById("file").addEventListener("change", async (event) => {
   if (!file) return;
   event.target.value = "";
   strokes.length = 0;
-  try { uploaded = await createImageBitmap(file); } catch { uploaded = null; }
+  forgetUpload();
+  try {
+    uploaded = await createImageBitmap(file);
+    paper = edgeColour(uploaded);
+  } catch { uploaded = null; } // the server says what is wrong with it
+  uploadedFile = file;
   redraw();
   again = false; // a drawing's queued request: the drawing is gone
-  send(file, file.type || "application/octet-stream");
+  sendUpload();
 });
+
+function sendUpload() {
+  send(uploadedFile, uploadedFile.type || "application/octet-stream");
+}
 
 function requestPrediction() {
   if (!strokes.length && !uploaded) { showEmpty(); return; }
   if (busy) { again = true; return; }
+  if (!strokes.length) { sendUpload(); return; } // undone back to the upload: the file itself
   pad.toBlob((blob) => send(blob, "image/png"), "image/png");
 }
 
