@@ -103,10 +103,26 @@ def test_an_output_that_cannot_be_written_is_one_line_too(tmp_path, tiny_run, sm
          "cannot be written"),
         (("data", "kaggle", small_csvs["train"]), "not a directory"),
         (("data", "kaggle", small_csvs["train"].parent), "is not a replica's"),  # kept
+        (("train", "--train", small_csvs["train"], "--out", small_csvs["test"]),
+         "a file, where the run directory would go"),
+        (("data", "shard", small_csvs["train"], small_csvs["test"], "--parts", "2"),
+         "cannot be made a directory"),
+        (("tune", "--train", small_csvs["train"], "--model", "knn", "--out", small_csvs["test"]),
+         "cannot be made a directory"),
+        (("predict", tiny_run, small_csvs["test"], "--out", small_csvs["test"]),
+         "is the CSV to predict"),
+        (("train", "--train", tmp_path / "missing.csv", "--nproc", "2", "--out", tmp_path / "d"),
+         "missing.csv"),  # checked before torchrun starts
+        (("predict", tmp_path / "no-run", small_csvs["test"], "--nproc", "2"),
+         "no-run/model.json: not found"),
     ]:  # fmt: skip
         result = invoke(*args)
         assert result.exit_code == 1 and message in result.output, result.output
-        assert "Traceback" not in result.output
+        assert "Traceback" not in result.output and "torchrun" not in result.output
+    # Numbers out of range are usage errors, refused before anything runs.
+    for args in (("data", "kaggle", tmp_path / "k", "--seed", "-3"),
+                 ("train", "--train", small_csvs["train"], "--nproc", "0")):  # fmt: skip
+        assert invoke(*args).exit_code == 2
 
 
 def test_data_check_summarises(small_csvs):

@@ -34,6 +34,12 @@ def test_saved_config_unsets_what_a_preset_below_it_would_set(tmp_path):
     path.write_text('epochs = "none"\n')  # only a setting that may be unset takes "none"
     with pytest.raises(ConfigError, match="'epochs' must be int, got 'none'"):
         load_config(TrainConfig, path)
+    # --config given the run's directory, or its weights: one line each.
+    with pytest.raises(ConfigError, match="a directory; give its TOML file"):
+        load_config(TrainConfig, tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"\x89\xff\x00weights")
+    with pytest.raises(ConfigError, match=r"model\.safetensors: not valid TOML"):
+        load_config(TrainConfig, tmp_path / "model.safetensors")
 
 
 def test_unknown_key_lists_valid_keys_and_closest():

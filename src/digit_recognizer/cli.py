@@ -18,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from digit_recognizer.config import load_config
-from digit_recognizer.errors import DataError, DigitsError
+from digit_recognizer.errors import DataError, DigitsError, OutputError
 
 if TYPE_CHECKING:  # the commands import torch-heavy modules only when they run
     from digit_recognizer.train import TrainConfig
@@ -91,7 +91,8 @@ TimeBudget = Annotated[
     float | None,
     typer.Option(
         "--time-budget",
-        help="Stop after this many training seconds; 0 = none (repeatable bit for bit on CPU).",
+        help="Stop after this many training seconds; 0 = none (repeatable bit for bit on CPU). "
+        "\\[default: the preset's: 60 fast, 300 default, none best and seed]",
     ),
 ]
 BatchSize = Annotated[int | None, typer.Option(help="Batch size. \\[default: 64; seed: 32]")]
@@ -126,7 +127,7 @@ Styles = Annotated[
 ]
 ValidSize = Annotated[float | None, typer.Option(help="Validation fraction. \\[default: 0.05]")]
 Patience = Annotated[int | None, typer.Option(help="Early-stopping patience in epochs.")]
-Seed = Annotated[int | None, typer.Option(help="Random seed. \\[default: 0]")]
+Seed = Annotated[int | None, typer.Option(min=0, help="Random seed. \\[default: 0]")]
 Device = Annotated[str | None, typer.Option(help="auto | cpu | cuda | mps. \\[default: auto]")]
 RunDir = Annotated[Path | None, typer.Option(help="Run directory \\[default: runs/<time>-<model>]")]
 Preset = Annotated[
@@ -208,7 +209,7 @@ def run(
     test: Annotated[Path | None, typer.Option(help="Kaggle test.csv to predict.")] = None,
     out: RunDir = None,
     resume: Resume = False,
-    replica_seed: Annotated[int, typer.Option(help="Seed of the replica split.")] = 0,
+    replica_seed: Annotated[int, typer.Option(min=0, help="Seed of the replica split.")] = 0,
     preset: Preset = "default",
     jobs: Jobs = None,
     config: ConfigFile = None, model: Model = None, epochs: Epochs = None,
@@ -260,7 +261,7 @@ def train_command(
     out: RunDir = None,
     resume: Resume = False,
     preset: Preset = "default",
-    nproc: Annotated[int, typer.Option(help="Processes (DDP through torchrun).")] = 1,
+    nproc: Annotated[int, typer.Option(min=1, help="Processes (DDP through torchrun).")] = 1,
     jobs: Jobs = None,
     config: ConfigFile = None, model: Model = None, epochs: Epochs = None,
     time_budget: TimeBudget = None, batch_size: BatchSize = None, optimizer: Optimizer = None,
@@ -315,18 +316,25 @@ def predict(
     tta: Tta = False,
     as_is: AsIs = False,
     device: Device = None,
-    nproc: Annotated[int, typer.Option(help="Processes (torchrun), each a share of the rows.")] = 1,
+    nproc: Annotated[
+        int, typer.Option(min=1, help="Processes (torchrun), each a share of the rows.")
+    ] = 1,
 ) -> None:
     """Write a Kaggle submission (ImageId,Label); several run directories form an ensemble."""
     from digit_recognizer.distributed import Distributed, run_torchrun
     from digit_recognizer.predict import PredictConfig, predict_csv, predict_stream
 
     run_dirs, source = split_runs_and_csv(paths)
+    if out.exists() and out.resolve() == source.resolve():
+        raise OutputError(f"{out}: is the CSV to predict; write the submission to another --out")
     if nproc > 1:
         # What can be checked here is, before torchrun's pages of output for a failed process.
         from digit_recognizer.data.shards import resolve_data_source
         from digit_recognizer.data.stream import batches_per_rank
+        from digit_recognizer.models.storage import expand_ensembles, read_meta
 
+        for run_dir in expand_ensembles(run_dirs):
+            read_meta(run_dir)
         batches_per_rank(resolve_data_source(source).n_rows, 1, nproc)
         options = ["--out", str(out), *(["--tta"] if tta else []), *(["--as-is"] if as_is else []),
                    *(["--device", device] if device else [])]  # fmt: skip
@@ -607,7 +615,7 @@ def tune(
 @handles_errors
 def data_kaggle(
     out_dir: Annotated[Path, typer.Argument(help="Folder for train.csv, test.csv, solution.csv.")],
-    seed: Annotated[int, typer.Option(help="Seed of the 42,000 / 28,000 split.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, help="Seed of the 42,000 / 28,000 split.")] = 0,
     force: Annotated[
         bool, typer.Option("--force", help="Overwrite CSVs of these names a replica did not write.")
     ] = False,
@@ -627,7 +635,7 @@ def data_check(
     """Validate a Kaggle CSV strictly and print a one-line summary."""
     from digit_recognizer.data.kaggle_csv import check_kaggle_csv
 
-    console.print(check_kaggle_csv(csv).one_line(), highlight=False)
+    console.print(check_kaggle_csv(csv).one_line(), highlight=False, soft_wrap=True)
 
 
 ShardSource = Annotated[
@@ -656,7 +664,9 @@ def data_expand(
     copies: Annotated[int, typer.Option(min=1, help="Augmented copies of every image.")],
     parts: Annotated[int, typer.Option(
         min=1, help="Shards of augmented copies to write (the held-out images make one more).")],
-    seed: Annotated[int, typer.Option(help="Seed of the augmentation and hold-out draws.")] = 0,
+    seed: Annotated[
+        int, typer.Option(min=0, help="Seed of the augmentation and hold-out draws.")
+    ] = 0,
     valid_size: Annotated[float, typer.Option(
         help="Fraction of the images held out, as they are, in a last shard that validates "
         "training (0: none; then train with --valid-size 0).")] = 0.05,

@@ -51,7 +51,11 @@ def read_toml(toml_path: str | Path) -> dict[str, Any]:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
-    except tomllib.TOMLDecodeError as error:
+    except IsADirectoryError:
+        raise ConfigError(
+            f"{path}: a directory; give its TOML file (a run's config.toml)"
+        ) from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise ConfigError(f"{path}: not valid TOML ({error})") from None
     flat: dict[str, Any] = {}
     for key, value in data.items():

@@ -15,6 +15,18 @@ from digit_recognizer.errors import DigitsError, OutputError
 LOCK_FILE = ".lock"
 
 
+def make_dir(path: str | os.PathLike[str]) -> Path:
+    """``path`` as a directory, made with its parents if need be; ``OutputError`` when a file
+    stands where it, or a folder above it, would be."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:  # FileExistsError, NotADirectoryError, PermissionError
+        raise OutputError(f"{path}: cannot be made a directory ({error.strerror or error}); "
+                          "give another") from None  # fmt: skip
+    return path
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it is flushed to disk and renamed over it.
@@ -69,8 +81,7 @@ def locked_dir(folder: str | os.PathLike[str]) -> Iterator[Path]:
     An OS file lock (flock), not a marker file: the kernel releases it when the holder exits,
     even by SIGKILL, so an interrupted run can be resumed without clearing anything by hand.
     """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = make_dir(folder)
     with open(folder / LOCK_FILE, "a+") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)

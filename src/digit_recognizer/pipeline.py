@@ -324,6 +324,7 @@ def launch_distributed(nproc: int, config: TrainConfig, train_csv: Path, run_dir
     """
     check_out_dir(run_dir, config.resume, ensemble=False)
     check_global_batch(config.batch_size, nproc)
+    require_labels(resolve_data_source(train_csv).has_labels, train_csv)
     with tempfile.TemporaryDirectory(prefix="digits-torchrun-") as scratch:
         resolved = Path(scratch) / CONFIG_FILE
         save_config(config, resolved)

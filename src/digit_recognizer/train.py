@@ -40,8 +40,8 @@ from digit_recognizer.data.shards import Manifest
 from digit_recognizer.data.stream import ShardStream
 from digit_recognizer.data.tensors import to_model_input
 from digit_recognizer.distributed import all_reduce, close_distributed, init_distributed
-from digit_recognizer.errors import ConfigError, DigitsError, ModelFileError
-from digit_recognizer.fileio import atomic_path, write_text
+from digit_recognizer.errors import ConfigError, DigitsError, ModelFileError, OutputError
+from digit_recognizer.fileio import atomic_path, make_dir, write_text
 from digit_recognizer.models.registry import build, get_spec
 from digit_recognizer.models.runtime import (
     autocast,
@@ -326,6 +326,8 @@ def save_run_config(config: TrainConfig, run_dir: Path) -> None:
 def check_out_dir(run_dir: Path, resume: bool, ensemble: bool) -> None:
     """Refuse a run directory whose files training would overwrite, or leave contradicting its
     own (an ensemble's members beside a single model: which would predict?)."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise OutputError(f"{run_dir}: a file, where the run directory would go; give another")
     if ensemble and any((run_dir / name).exists() for name in (META_FILE, CHECKPOINT_FILE)):
         raise ConfigError(f"{run_dir} holds a single model's run; train the ensemble into "
                           "another directory")  # fmt: skip
@@ -509,7 +511,7 @@ def train(
     elif config.resume:
         log.warning("--resume: no checkpoint in %s, starting from scratch", run_dir)
     if is_main:  # once the checkpoint is known to fit: a refused resume keeps the record
-        run_dir.mkdir(parents=True, exist_ok=True)
+        make_dir(run_dir)
         save_run_config(config, run_dir)
     if config.compile:
         model = torch.compile(model)

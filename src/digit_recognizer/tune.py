@@ -36,7 +36,7 @@ from digit_recognizer.data.splits import split_for_training
 from digit_recognizer.errors import ConfigError
 from digit_recognizer.estimator import build_estimator
 from digit_recognizer.evaluate import save_figure
-from digit_recognizer.fileio import write_text
+from digit_recognizer.fileio import make_dir, write_text
 from digit_recognizer.models.registry import get_spec
 from digit_recognizer.pipeline import read_labelled
 from digit_recognizer.train import TrainConfig, train
@@ -113,8 +113,7 @@ def suggest_params(trial: optuna.Trial, model: str) -> dict[str, Any]:
 
 def tune(config: TuneConfig, train_csv: Path, out_dir: Path) -> TuneResult:
     """Run ``config.trials`` more trials of the study and write the best settings and plots."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = make_dir(out_dir)
     data = read_labelled(train_csv, to_split=True)
     train_set, valid_set = split_for_training(data, config.valid_size, config.seed)
     storage = config.storage or f"sqlite:///{(out_dir / 'study.db').resolve()}"

@@ -44,7 +44,7 @@ from digit_recognizer.data.kaggle_csv import (
 )
 from digit_recognizer.data.tensors import to_model_input, to_uint8_images
 from digit_recognizer.errors import ConfigError, DataError
-from digit_recognizer.fileio import atomic_path, sha256_file, write_text
+from digit_recognizer.fileio import atomic_path, make_dir, sha256_file, write_text
 
 log = logging.getLogger(__name__)
 
@@ -409,7 +409,7 @@ def _write_shards(
             f"{clashing[0]} is read and would be overwritten: write the shards to another "
             "directory than their source"
         )
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_dir(out_dir)
     # Removed first and written last: a directory whose build was interrupted has no manifest.
     (out_dir / MANIFEST_FILE).unlink(missing_ok=True)
     # Shards of an earlier build with more parts would join a glob of this one ('DIR/*.csv').
