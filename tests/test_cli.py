@@ -1,5 +1,6 @@
 """End to end through the real `digits` commands (typer's CliRunner), on small real slices."""
 
+import inspect
 import json
 import os
 import subprocess
@@ -92,6 +93,17 @@ def test_user_errors_are_one_line_without_traceback(tmp_path, small_csvs):
     assert unknown.exit_code == 1 and "Did you mean 'cnn'" in unknown.output
     one_model = invoke("train", "--train", small_csvs["train"], "--jobs", "2")
     assert one_model.exit_code == 1 and "one model trains in one process" in one_model.output
+    both = invoke("run", "--train", small_csvs["train"], "--test", small_csvs["test"],
+                  "--replica-seed", "5")  # fmt: skip
+    assert both.exit_code == 2 and "give one or the other" in both.output  # not silently ignored
+
+
+def test_augment_preview_shows_the_default_presets_stroke():
+    from digit_recognizer.cli import augment_preview
+    from digit_recognizer.pipeline import get_preset
+
+    default = inspect.signature(augment_preview).parameters["stroke"].default
+    assert default == get_preset("default").overrides["stroke"]
 
 
 def test_an_output_that_cannot_be_written_is_one_line_too(tmp_path, tiny_run, small_csvs):

@@ -209,7 +209,9 @@ def run(
     test: Annotated[Path | None, typer.Option(help="Kaggle test.csv to predict.")] = None,
     out: RunDir = None,
     resume: Resume = False,
-    replica_seed: Annotated[int, typer.Option(min=0, help="Seed of the replica split.")] = 0,
+    replica_seed: Annotated[
+        int | None, typer.Option(min=0, help="Seed of the replica split. \\[default: 0]")
+    ] = None,
     preset: Preset = "default",
     jobs: Jobs = None,
     config: ConfigFile = None, model: Model = None, epochs: Epochs = None,
@@ -229,10 +231,13 @@ def run(
         elastic=elastic, stroke=stroke, styles=styles,
         valid_size=valid_size, patience=patience, seed=seed, device=device,
         compile=compile_model, resume=resume or None)  # fmt: skip
+    if replica_seed is not None and train is not None:
+        raise typer.BadParameter("--replica-seed builds a replica; --train and --test are "
+                                 "files of your own: give one or the other")  # fmt: skip
     configs = job_configs(preset, resume, out, config, overrides)
     tta = get_preset(preset).tta if tta is None else tta
     with progress_bar() as progress:
-        summary = run_job(configs, train, test, out, replica_seed,
+        summary = run_job(configs, train, test, out, replica_seed or 0,
                           predict_config=PredictConfig(tta=tta), progress=progress,
                           parallel=jobs)  # fmt: skip
     table = Table(title=f"digits run (preset {preset})", show_header=False)
@@ -432,7 +437,9 @@ def augment_preview(
     n: Annotated[int, typer.Option("--n", min=1, help="Augmentations per image.")] = 9,
     augment: Annotated[float, typer.Option(min=0, help="Strength, as train --augment.")] = 1.0,
     elastic: Annotated[float, typer.Option(min=0, help="Pixels, as train --elastic.")] = 0.0,
-    stroke: Annotated[float, typer.Option(min=0, help="Fraction, as train --stroke.")] = 1.0,
+    stroke: Annotated[
+        float, typer.Option(min=0, help="Fraction, as train --stroke (the default preset's).")
+    ] = 0.5,
     styles: Annotated[float, typer.Option(min=0, max=1, help="Share, as train --styles.")] = 0.3,
     seed: Seed = None,
     out: Annotated[Path, typer.Option(help="PNG to write.")] = Path("augment_preview.png"),
