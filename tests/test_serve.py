@@ -19,9 +19,10 @@ from typer.testing import CliRunner
 from digit_recognizer.cli import app as cli_app
 from digit_recognizer.data.images import MAX_IMAGE_PIXELS, conform_to_mnist, load_image
 from digit_recognizer.data.kaggle_csv import DigitSet, write_kaggle_csv
-from digit_recognizer.errors import ConfigError
+from digit_recognizer.errors import ConfigError, ModelFileError
 from digit_recognizer.predict import PredictConfig, Predictor
 from digit_recognizer.serve import ServeConfig, create_app
+from digit_recognizer.serve.app import load_served_model
 from digit_recognizer.serve.routes import GRAD_CAM_UNAVAILABLE
 from tests.test_images import drawing, encode, frame_filling, png_header
 
@@ -196,6 +197,8 @@ def test_onnx_deployment_of_a_model_this_version_does_not_know(run_dir: Path, tm
         assert onnx_client.post("/predict", json={"pixels": [0] * 784}).status_code == 200
     assert info["model"] == "cnn-from-the-future" and info["description"] is None
     assert info["test_accuracy"] == 0.9975 and info["test_tta"] is True  # not the server's pass
+    with pytest.raises(ModelFileError, match=r"model\.onnx without PyTorch's weights: serve it"):
+        load_served_model(deployed, ServeConfig())  # the torch backend, by default
 
 
 # --- bad input: exact status and detail, and the server keeps serving --------------------------

@@ -177,7 +177,7 @@ def _report_sections(
          html_img(figures / "roc_pr.png", "ROC and precision-recall curves")),
         ("Calibration", html_img(figures / "calibration.png", "reliability diagram") + html_note(
             "Bars above the diagonal: the net is right more often than its confidence says "
-            "(under-confident, as label smoothing makes it); below: over-confident.")),
+            "(under-confident, as label smoothing makes a net); below: over-confident.")),
         ("Most confident mistakes", html_img(figures / "mistakes.png", "most confident mistakes")),
         ("Grad-CAM: where the net looked", html_img(figures / "grad_cam.png", "Grad-CAM")
          + html_note(
@@ -266,7 +266,7 @@ def _plot_reliability(calibration: Reliability, path: Path) -> None:
                    color="tab:blue", label="accuracy in bin")  # fmt: skip
     diagram_ax.plot([0, 1], [0, 1], "--", color="tab:gray", label="perfect calibration")
     diagram_ax.plot(calibration.confidence, calibration.accuracy, "o", color="tab:orange",
-                    label="mean confidence in bin")  # fmt: skip
+                    label="accuracy at the bin's mean confidence")  # fmt: skip
     diagram_ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (top probability)",
                    ylabel="accuracy in bin")  # fmt: skip
     diagram_ax.set_title(f"Reliability diagram, ECE {calibration.ece:.4f}")
