@@ -75,6 +75,12 @@ def test_train_then_evaluate(tmp_path, small_csvs):
     result = invoke("evaluate", run_dir, small_csvs["train"])
     assert result.exit_code == 0, result.output
     assert "macro F1" in result.output and "ROC-AUC" in result.output
+    assert (run_dir / "eval_metrics.json").is_file()
+    # Two runs' average is neither's: its figures go to --out, not into the first run.
+    (run_dir / "eval_metrics.json").unlink()
+    pair = invoke("evaluate", run_dir, run_dir, small_csvs["train"], "--out", tmp_path / "pair")
+    assert pair.exit_code == 0 and (tmp_path / "pair" / "eval_metrics.json").is_file()
+    assert not (run_dir / "eval_metrics.json").exists()
 
 
 def test_user_errors_are_one_line_without_traceback(tmp_path, small_csvs):

@@ -364,14 +364,19 @@ def evaluate(
     tta: Tta = False,
     as_is: AsIs = False,
     device: Device = None,
-) -> None:
+    out: Annotated[Path | None, typer.Option(
+        help="Folder for the eval_* files \\[default: the run directory; for several, "
+             "./evaluation]")] = None,
+) -> None:  # fmt: skip
     """Accuracy, per-class precision/recall/F1, ROC-AUC and confusion matrix on labelled data."""
     from digit_recognizer.evaluate import evaluate_run
     from digit_recognizer.predict import PredictConfig
 
     run_dirs, labelled_csv = split_runs_and_csv(paths)
+    # Several runs' average is none of theirs: its figures do not go into the first one.
+    out = out or (run_dirs[0] if len(run_dirs) == 1 else Path("evaluation"))
     config = PredictConfig(tta=tta, device=device or "auto", conform=not as_is)
-    metrics = evaluate_run(run_dirs, labelled_csv, run_dirs[0], config)
+    metrics = evaluate_run(run_dirs, labelled_csv, out, config)
     table = Table(title=f"{labelled_csv}: {metrics.n_samples:,} images")
     for column in ("digit", "precision", "recall", "F1", "support"):
         table.add_column(column, justify="right")
@@ -390,7 +395,7 @@ def evaluate(
     console.print(f"accuracy [bold]{metrics.accuracy:.4f}[/bold]  macro F1 "
                   f"{metrics.macro_f1:.4f}  ROC-AUC (one-vs-rest) {auc}")  # fmt: skip
     console.print(
-        f"saved eval_metrics.json, eval_per_class.csv, eval_confusion_matrix.png in {run_dirs[0]}"
+        f"saved eval_metrics.json, eval_per_class.csv, eval_confusion_matrix.png in {out}"
     )
 
 
