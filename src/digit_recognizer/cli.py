@@ -304,7 +304,8 @@ def train_command(
     for job in results:
         accuracy = job.valid_metrics.accuracy if job.valid_metrics else None
         console.print(
-            f"trained [bold]{job.train.config['model']}[/bold] for {job.train.epochs_run:g} epochs"
+            f"trained [bold]{job.train.config['model']}[/bold] for {job.train.epochs_run:g} "
+            f"epoch{'s' * (job.train.epochs_run != 1)}"
             f" in {job.train.train_seconds:.1f} s"
             + (f", validation accuracy [bold]{accuracy:.4f}[/bold]" if accuracy is not None else "")
             + f" -> {job.run_dir}"
