@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import shutil
@@ -22,7 +23,7 @@ from digit_recognizer.data.kaggle_csv import DigitSet, write_kaggle_csv
 from digit_recognizer.errors import ConfigError, ModelFileError
 from digit_recognizer.predict import PredictConfig, Predictor
 from digit_recognizer.serve import ServeConfig, create_app
-from digit_recognizer.serve.app import load_served_model
+from digit_recognizer.serve.app import listening_socket, load_served_model
 from digit_recognizer.serve.routes import GRAD_CAM_UNAVAILABLE
 from tests.test_images import drawing, encode, frame_filling, png_header
 
@@ -416,3 +417,26 @@ def test_serve_config_and_cli_errors(tmp_path: Path, run_dir: Path) -> None:
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert f"cannot serve at 127.0.0.1:{port} (Address already in use)" in result.output
     assert "serving" not in result.output
+
+
+def test_connections_to_the_server_socket_are_not_delayed_by_nagle() -> None:
+    """asyncio sets TCP_NODELAY on the connections a socket accepts only when the socket says it
+    is TCP; without it each keep-alive answer waited ~40 ms for the client's delayed ACK."""
+
+    async def nodelay_of_an_accepted_connection() -> int:
+        accepted: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+        def on_connect(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            connection = writer.get_extra_info("socket")
+            accepted.set_result(connection.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            writer.close()
+
+        listening = listening_socket("127.0.0.1", 0)
+        server = await asyncio.start_server(on_connect, sock=listening)
+        _, writer = await asyncio.open_connection(*listening.getsockname())
+        nodelay = await asyncio.wait_for(accepted, 10)
+        writer.close()
+        server.close()
+        return nodelay
+
+    assert asyncio.run(nodelay_of_an_accepted_connection()) == 1
