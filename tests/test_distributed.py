@@ -5,7 +5,13 @@ this machine)."""
 import hashlib
 import json
 import os
+import signal
 import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +21,7 @@ from typer.testing import CliRunner
 from digit_recognizer.cli import app
 from digit_recognizer.data.kaggle_csv import DigitSet
 from digit_recognizer.data.shards import shard_csv
+from digit_recognizer.distributed import run_torchrun
 from digit_recognizer.predict import predict_csv
 from digit_recognizer.train import TrainConfig, train
 
@@ -124,3 +131,38 @@ def test_a_failing_rank_stops_distributed_predict_with_its_error(tmp_path, capfd
     assert "2 processes of digit_recognizer.predict failed" in result.output
     assert f"{bad}, line 10, column pixel" in capfd.readouterr().err  # the rank's own message
     assert not out.exists()
+
+
+def test_torchrun_leaves_no_files_and_no_orphans_behind(tmp_path, monkeypatch):
+    """Its log folder is ours and removed; SIGTERM to the launching process (a scheduler, `kill`)
+    stops torchrun and its workers instead of leaving them running."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    run_torchrun(1, "json.tool", ["--help"])
+    assert list(scratch.iterdir()) == []
+    (tmp_path / "sleeper.py").write_text(
+        "import os, pathlib, sys, time\n"
+        "pathlib.Path(sys.argv[1]).write_text(str(os.getpid()))\n"
+        "time.sleep(600)\n"
+    )
+    worker_pid = tmp_path / "worker.pid"
+    launch = (
+        "import sys; from digit_recognizer.distributed import run_torchrun; "
+        f"run_torchrun(1, 'sleeper', [{str(worker_pid)!r}])"
+    )
+    env = os.environ | {"PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    parent = subprocess.Popen([sys.executable, "-c", launch], env=env, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not worker_pid.exists() or not worker_pid.read_text():
+        assert time.monotonic() < deadline and parent.poll() is None, "the worker did not start"
+        time.sleep(0.1)
+    parent.send_signal(signal.SIGTERM)
+    parent.wait(timeout=60)
+    worker = int(worker_pid.read_text())
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{worker}").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not Path(f"/proc/{worker}").exists(), "the worker outlived its launcher"
+    assert list(scratch.iterdir()) == []

@@ -10,8 +10,10 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+import signal
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 
 import torch
@@ -89,10 +91,28 @@ def run_torchrun(nproc: int, module: str, args: list[str]) -> None:
     For several machines, call torchrun directly (README, 'Data bigger than memory, many
     processes').
     """
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc-per-node={nproc}", "-m", module, *args]  # fmt: skip
-    log.info("launching %d processes: %s", nproc, " ".join(command))
-    returncode = subprocess.run(command, check=False).returncode
+    # torchrun's own files go to a folder of ours, removed afterwards (else a torchelastic_*
+    # folder is left in /tmp by every launch).
+    with tempfile.TemporaryDirectory(prefix="digits-torchrun-logs-") as logs:
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                   f"--nproc-per-node={nproc}", f"--log-dir={logs}",
+                   "-m", module, *args]  # fmt: skip
+        log.info("launching %d processes: %s", nproc, " ".join(command))
+        launcher = subprocess.Popen(command)
+        # SIGTERM (a job scheduler, `kill`) raises here as Ctrl-C does, so that either way the
+        # launcher is stopped, and stops its workers, rather than left training as an orphan.
+        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+        try:
+            returncode = launcher.wait()
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            if launcher.poll() is None:
+                launcher.terminate()
+                launcher.wait()
     if returncode:
         raise DigitsError(f"{nproc} processes of {module} failed (exit status {returncode}); "
                           "see the log above")  # fmt: skip
+
+
+def _raise_interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
