@@ -1,5 +1,8 @@
+import json
+
 import numpy as np
 import pytest
+from safetensors.numpy import load_file, save_file
 from sklearn.neighbors import KNeighborsClassifier
 
 from digit_recognizer.errors import ModelFileError
@@ -44,6 +47,33 @@ def test_trusted_file_with_another_hash_is_refused(tmp_path, fitted):
     path.write_bytes(path.read_bytes() + b"\0")
     with pytest.raises(ModelFileError, match=r"SHA-256 differs .* refusing"):
         load_pipeline(tmp_path)
+
+
+def test_model_files_made_elsewhere_are_refused_in_one_line(tmp_path, fitted, small_train):
+    """model.json is input: a trusted file elsewhere (/dev/zero would be read without end),
+    JSON nested past Python's stack, arrays whose shapes do not fit, labels other than 0-9."""
+    save_pipeline(tmp_path / "forest", fitted["random-forest"], "random-forest", {})
+    meta_path = tmp_path / "forest" / "model.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(
+        json.dumps(meta | {"trusted_file": meta["trusted_file"] | {"path": "/dev/zero"}})
+    )
+    with pytest.raises(ModelFileError, match=r"trusted_file must be model\.trusted\.skops"):
+        load_pipeline(tmp_path / "forest")
+    meta_path.write_text('{"model": "knn", "pipeline": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    with pytest.raises(ModelFileError, match="not valid JSON"):
+        load_pipeline(tmp_path / "forest")
+    save_pipeline(tmp_path / "logreg", fitted["logreg"], "logreg", {})
+    arrays = load_file(str(tmp_path / "logreg" / "model.safetensors"))
+    widest = max(arrays, key=lambda key: arrays[key].size)
+    arrays[widest] = arrays[widest][..., :-1].copy()  # one column cut off
+    save_file(arrays, str(tmp_path / "logreg" / "model.safetensors"))
+    with pytest.raises(ModelFileError, match="corrupt pipeline"):
+        load_pipeline(tmp_path / "logreg")
+    one_to_ten = build("logreg").fit(small_train.images[:500], small_train.labels[:500] + 1)
+    save_pipeline(tmp_path / "shifted", one_to_ten, "logreg", {})
+    with pytest.raises(ModelFileError, match="not a fitted pipeline of the digits 0-9"):
+        load_pipeline(tmp_path / "shifted")  # its columns would be read as digits 0-9
 
 
 def test_torch_knn_agrees_with_scikit_learn():

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import zipfile
 from numbers import Integral
 from pathlib import Path
 from typing import Any, ClassVar
@@ -325,27 +326,48 @@ def save_pipeline(run_dir: Path, pipeline: Pipeline, name: str, params: dict[str
 
 
 def load_pipeline(run_dir: Path) -> tuple[Pipeline, dict[str, Any]]:
-    """Rebuild a pipeline written by ``save_pipeline``; returns (pipeline, meta)."""
+    """Rebuild a pipeline written by ``save_pipeline``; returns (pipeline, meta).
+
+    ``ModelFileError`` for anything else: files edited, truncated or made elsewhere."""
     run_dir = Path(run_dir)
     meta = read_meta(run_dir)
-    if "trusted_file" in meta:
-        return _load_trusted(run_dir, meta["trusted_file"]), meta
-    path = run_dir / ARRAYS_FILE
-    arrays = read_safetensors(path, load=load_file)
     try:
-        return _decode(meta["pipeline"], arrays), meta
-    except (KeyError, TypeError, AttributeError) as error:
-        raise ModelFileError(f"{run_dir / META_FILE}: corrupt pipeline ({error!r})") from None
+        if "trusted_file" in meta:
+            pipeline = _load_trusted(run_dir, meta["trusted_file"])
+        else:
+            pipeline = _decode(meta["pipeline"], read_safetensors(run_dir / ARRAYS_FILE, load_file))
+    except (
+        KeyError,
+        TypeError,
+        AttributeError,
+        ValueError,
+        RecursionError,
+        zipfile.BadZipFile,
+    ) as error:
+        raise ModelFileError(f"{run_dir / META_FILE}: corrupt pipeline ({error!r:.200})") from None
+    # Predictor reads probability columns as the digits 0-9; one blank digit shows that the
+    # fitted arrays fit one another (an edited shape fails here, not amid a prediction).
+    classes = getattr(pipeline, "classes_", None) if isinstance(pipeline, Pipeline) else None
+    if classes is None or list(classes) != list(range(10)):
+        raise ModelFileError(f"{run_dir / META_FILE}: not a fitted pipeline of the digits 0-9")
+    try:
+        pipeline.predict_proba(np.zeros((1, 28, 28), np.uint8))
+    except (ValueError, TypeError, AttributeError, IndexError) as error:
+        raise ModelFileError(f"{run_dir / META_FILE}: corrupt pipeline ({error!r:.200})") from None
+    return pipeline, meta
 
 
 def _load_trusted(run_dir: Path, record: dict[str, str]) -> Pipeline:
     import skops.io
 
-    path = run_dir / record["path"]
-    try:
-        content = path.read_bytes()
-    except FileNotFoundError:
-        raise ModelFileError(f"{path}: not found") from None
+    # Only the file save_pipeline writes, never a path the record names: /dev/zero would be
+    # read without end before its hash could be compared.
+    if record["path"] != TRUSTED_FILE:
+        raise ModelFileError(f"{run_dir / META_FILE}: trusted_file must be {TRUSTED_FILE}")
+    path = run_dir / TRUSTED_FILE
+    if not path.is_file():
+        raise ModelFileError(f"{path}: not found")
+    content = path.read_bytes()
     if hashlib.sha256(content).hexdigest() != record["sha256"]:
         raise ModelFileError(
             f"{path}: SHA-256 differs from the one `digits` recorded in {META_FILE}; refusing "

@@ -56,7 +56,7 @@ def read_safetensors(path: Path, load: Callable[[str], dict[str, Any]] = load_fi
         return load(str(path))
     except FileNotFoundError:
         raise ModelFileError(f"{path}: not found") from None
-    except (SafetensorError, OSError) as error:
+    except (SafetensorError, OSError, TypeError) as error:  # TypeError: bf16 read as numpy
         raise ModelFileError(f"{path}: not a readable safetensors file ({error})") from None
 
 
@@ -70,8 +70,9 @@ def read_meta(run_dir: Path) -> dict[str, Any]:
         raise ModelFileError(f"{path}: not found; is {run_dir} a trained run directory?") from None
     except NotADirectoryError:
         raise ModelFileError(f"{run_dir}: a file, where a trained run directory belongs") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ModelFileError(f"{path}: not valid JSON ({error})") from None
+    # ValueError: also a 5,000-digit number (Python's int limit); RecursionError: deep nesting.
+    except (ValueError, RecursionError) as error:
+        raise ModelFileError(f"{path}: not valid JSON ({error!s:.200})") from None
     if not isinstance(meta, dict) or not isinstance(meta.get("model"), str):
         raise ModelFileError(f"{path}: missing the 'model' name")
     return meta
