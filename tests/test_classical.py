@@ -3,6 +3,7 @@ import json
 import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
+from sklearn.exceptions import NotFittedError
 from sklearn.neighbors import KNeighborsClassifier
 
 from digit_recognizer.errors import ModelFileError
@@ -74,6 +75,11 @@ def test_model_files_made_elsewhere_are_refused_in_one_line(tmp_path, fitted, sm
     save_pipeline(tmp_path / "shifted", one_to_ten, "logreg", {})
     with pytest.raises(ModelFileError, match="not a fitted pipeline of the digits 0-9"):
         load_pipeline(tmp_path / "shifted")  # its columns would be read as digits 0-9
+
+
+def test_unfitted_knn_says_so():
+    with pytest.raises(NotFittedError):
+        TorchKNeighborsClassifier().predict(np.zeros((1, 784), np.float32))
 
 
 def test_torch_knn_agrees_with_scikit_learn():

@@ -33,3 +33,5 @@ def test_bad_requests_fail_before_training(tmp_path, small_csvs):
         compare(small_csvs["train"], ["knn"], tmp_path, cv=1)
     with pytest.raises(ConfigError, match="no model to compare: give --models"):
         compare(small_csvs["train"], [], tmp_path)  # `--models ,`
+    with pytest.raises(ConfigError, match="--cv folds the training CSV and --test scores"):
+        compare(small_csvs["train"], ["knn"], tmp_path, test_csv=small_csvs["train"], cv=3)

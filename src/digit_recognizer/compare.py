@@ -68,6 +68,8 @@ def compare(
         get_spec(name)  # unknown names fail before any training
     if cv is not None and cv < 2:
         raise ConfigError(f"--cv must be at least 2 folds, got {cv}")
+    if cv is not None and test_csv is not None:
+        raise ConfigError("--cv folds the training CSV and --test scores on another: give one")
     if test_csv is None and cv is None and not 0 < valid_size < 1:
         raise ConfigError(f"--valid-size must be in (0, 1), got {valid_size}")
     data = read_labelled(train_csv, to_split=test_csv is None)

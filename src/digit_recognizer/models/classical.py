@@ -169,7 +169,8 @@ class TorchKNeighborsClassifier(ClassifierMixin, BaseEstimator):
         return torch.cat(probas).numpy() if probas else np.zeros((0, len(self.classes_)))
 
     def predict(self, X: ArrayLike) -> NDArray:
-        return self.classes_[self.predict_proba(X).argmax(axis=1)]
+        probas = self.predict_proba(X)  # first: NotFittedError before classes_ is read
+        return self.classes_[probas.argmax(axis=1)]
 
 
 # -- the registered pipelines -------------------------------------------------------------------
