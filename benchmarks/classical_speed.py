@@ -1,9 +1,10 @@
 """k-NN and SVM speed-ups against plain scikit-learn, measured in the same run, and each classical
 model's replica accuracy with fit and predict seconds (via ``digit_recognizer.compare``).
 
-Run: ``.venv/bin/python benchmarks/classical_speed.py`` (builds a replica in a temporary folder),
-or ``--dir DIR`` to reuse or build one there; ``--svm-subset N`` sets the training images for the
-SVM pair (plain SVC on all 33,600 raw pixels takes many minutes on 2 cores).
+Run: ``.venv/bin/python benchmarks/classical_speed.py`` (the replica of ``--seed`` in the cache,
+as ``digits run`` keeps them), or ``--dir DIR`` to reuse or build one there; ``--svm-subset N``
+sets the training images for the SVM pair (plain SVC on all 33,600 raw pixels takes many
+minutes on 2 cores).
 
 Baselines are what a notebook does: ``KNeighborsClassifier()`` and ``SVC()`` with defaults on
 raw pixels / 255. Ours are the registered ``knn`` and ``svm`` pipelines (deskew, PCA, ...).
@@ -23,9 +24,9 @@ from sklearn.svm import SVC
 
 from digit_recognizer.compare import compare
 from digit_recognizer.data.kaggle_csv import DigitSet
-from digit_recognizer.data.replica import build_replica, replica_is_complete
+from digit_recognizer.data.replica import ready_replica
 from digit_recognizer.models import available, build
-from digit_recognizer.pipeline import read_labelled, split_for_training
+from digit_recognizer.pipeline import cached_replica, read_labelled, split_for_training
 
 
 def fit_predict_seconds(model, fit_set: DigitSet, X_fit, X_score, score_set: DigitSet):
@@ -49,19 +50,18 @@ def pair(name: str, baseline, fit_set: DigitSet, score_set: DigitSet, repeats: i
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dir", type=Path, help="replica folder (built if missing)")
+    parser.add_argument("--dir", type=Path, help="replica folder (default: the cache's)")
     parser.add_argument("--seed", type=int, default=7, help="replica seed")
     parser.add_argument("--svm-subset", type=int, default=10_000, help="SVM training images")
     parser.add_argument("--repeats", type=int, default=1)
     args = parser.parse_args()
-    folder = args.dir or Path(tempfile.mkdtemp(prefix="replica-"))
-    if not replica_is_complete(folder, args.seed):
-        build_replica(folder, seed=args.seed)
-    fit_set, score_set = split_for_training(read_labelled(folder / "train.csv"), 0.2, 0)
+    files = ready_replica(args.dir, args.seed) if args.dir else cached_replica(args.seed)
+    fit_set, score_set = split_for_training(read_labelled(files.train), 0.2, 0)
     pair("knn", KNeighborsClassifier(), fit_set, score_set, args.repeats)
     subset = DigitSet(fit_set.images[: args.svm_subset], fit_set.labels[: args.svm_subset])
     pair("svm", SVC(), subset, score_set, args.repeats)
-    board = compare(folder / "train.csv", available("classical"), Path(tempfile.mkdtemp()))
+    with tempfile.TemporaryDirectory() as scratch:
+        board = compare(files.train, available("classical"), Path(scratch))
     print("\nclassical models, validation 0.2 of the replica:")
     print(",".join(board.columns))
     for row in board.rows:

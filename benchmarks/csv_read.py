@@ -1,7 +1,8 @@
 """Time ``read_kaggle_csv`` against plain ``pandas.read_csv``, and ``write_kaggle_csv``.
 
 Run: ``.venv/bin/python benchmarks/csv_read.py`` (builds a replica in a temporary folder), or
-``.venv/bin/python benchmarks/csv_read.py --dir DIR --repeats 10`` to reuse or build one in DIR.
+``.venv/bin/python benchmarks/csv_read.py --dir DIR --seed S --repeats 10`` to reuse or build
+replica S (default 0) in DIR.
 
 The pandas baseline is what a notebook does: ``pd.read_csv(path).to_numpy().astype(np.uint8)``,
 default C engine, no validation beyond parsing.
@@ -24,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from digit_recognizer.data.kaggle_csv import read_kaggle_csv, write_kaggle_csv
-from digit_recognizer.data.replica import build_replica, replica_is_complete
+from digit_recognizer.data.replica import ready_replica
 
 
 def time_calls(function: Callable[[], object], repeats: int) -> np.ndarray:
@@ -46,10 +47,8 @@ def show(name: str, seconds: np.ndarray) -> None:
     print(f"  {name:<22} {seconds.mean():.3f} s ± {seconds.std():.3f} s  (n={len(seconds)})")
 
 
-def run(replica_dir: Path, repeats: int) -> None:
-    if not replica_is_complete(replica_dir):
-        print(f"building the replica in {replica_dir} ...")
-        build_replica(replica_dir)
+def run(replica_dir: Path, repeats: int, seed: int) -> None:
+    ready_replica(replica_dir, seed)  # the one there if it is this seed's, else built
     for name in ("train.csv", "test.csv"):
         path = replica_dir / name
         print(f"{name} ({path.stat().st_size / 1e6:.1f} MB)")
@@ -70,13 +69,14 @@ def main() -> None:
     parser.add_argument(
         "--dir", type=Path, help="replica folder to reuse or build (default: temporary)"
     )
+    parser.add_argument("--seed", type=int, default=0, help="replica seed")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per measurement")
     args = parser.parse_args()
     if args.dir is not None:
-        run(args.dir, args.repeats)
+        run(args.dir, args.repeats, args.seed)
         return
     with tempfile.TemporaryDirectory() as scratch:
-        run(Path(scratch), args.repeats)
+        run(Path(scratch), args.repeats, args.seed)
 
 
 if __name__ == "__main__":

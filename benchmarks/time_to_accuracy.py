@@ -90,7 +90,15 @@ def main() -> None:
     except ConfigError as error:
         parser.error(str(error))
 
-    work_dir = args.work_dir or Path(tempfile.mkdtemp(prefix="time_to_accuracy-"))
+    if args.work_dir:
+        measure(args, recipes, args.work_dir)
+        return
+    with tempfile.TemporaryDirectory(prefix="time_to_accuracy-") as scratch:
+        measure(args, recipes, Path(scratch))
+
+
+def measure(args: argparse.Namespace, recipes: list[tuple], work_dir: Path) -> None:
+    """Train each recipe into ``work_dir`` and print its row, then the ratios to seed's."""
     files = cached_replica(args.replica_seed)
     train_set, valid_set = split_for_training(read_kaggle_csv(files.train), 0.1, seed=0)
     test_images = read_kaggle_csv(files.test).images
