@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -101,11 +102,13 @@ def run_torchrun(nproc: int, module: str, args: list[str]) -> None:
         launcher = subprocess.Popen(command)
         # SIGTERM (a job scheduler, `kill`) raises here as Ctrl-C does, so that either way the
         # launcher is stopped, and stops its workers, rather than left training as an orphan.
-        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+        in_main_thread = threading.current_thread() is threading.main_thread()  # signal's rule
+        previous = signal.signal(signal.SIGTERM, _raise_interrupt) if in_main_thread else None
         try:
             returncode = launcher.wait()
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            if in_main_thread:
+                signal.signal(signal.SIGTERM, previous)
             if launcher.poll() is None:
                 launcher.terminate()
                 launcher.wait()
