@@ -39,6 +39,10 @@ def test_net_classifier_follows_scikit_learn_conventions():
         NetClassifier("cnn", epochs=0).fit(np.zeros((4, 28, 28), np.uint8), np.arange(4))
     with pytest.raises(ConfigError, match="'knn' is not a net"):
         NetClassifier("knn").train_config()
+    images = np.zeros((4, 28, 28), np.uint8)
+    for labels in (np.array(["0", "1", "2", "3"]), np.array([0.0, 1.5, 2.0, 3.0])):
+        with pytest.raises(ValueError, match="y must hold the digits 0-9 as integers"):
+            net.fit(images, labels)  # refused before training, not cast
 
 
 def test_build_estimator_covers_every_kind(tmp_path, small_train, small_test):

@@ -98,7 +98,15 @@ augment, valid_size, patience, seed, device : optional
         if self.run_dir is not None:
             check_out_dir(Path(self.run_dir), resume=False, ensemble=False)
         images = check_images(X)
-        labels = column_or_1d(y).astype(np.int64)
+        given = column_or_1d(y)
+        # Whole numbers only: "7" or 2.7 would be cast silently, and the predictions (integers)
+        # would then not compare equal to such labels in score().
+        is_whole = given.dtype.kind in "iu" or (
+            given.dtype.kind == "f" and np.array_equal(given, np.round(given))
+        )
+        if not is_whole:
+            raise ValueError(f"y must hold the digits 0-9 as integers, got {given.dtype} labels")
+        labels = given.astype(np.int64)
         if len(labels) != len(images) or labels.min() < 0 or labels.max() > 9:
             raise ValueError(f"y must hold one digit 0-9 per image, got {len(labels)} labels")
         train_set, valid_set = split_for_training(DigitSet(images, labels), config.valid_size,
