@@ -187,8 +187,9 @@ def to_mnist(grey: NDArray[np.uint8], name: str = "image") -> NDArray[np.uint8]:
     if max(background - darkest, brightest - background) < MIN_CONTRAST:
         # Ink on under INK_PERCENTILE of the image (a fine pen in a large photo): its extremes.
         darkest, brightest = pixels.min(), pixels.max()
-    ink_contrast = max(background - darkest, brightest - background)
-    if background - darkest > brightest - background:
+    is_dark_ink = background - darkest > brightest - background
+    ink_contrast = background - darkest if is_dark_ink else brightest - background
+    if is_dark_ink:
         pixels, background = 255 - pixels, 255 - background
     # Size first: conform_to_mnist sends every 28 x 28 CSV row it redoes through here.
     is_photo = min(pixels.shape) >= MIN_PHOTO_SIDE

@@ -337,23 +337,21 @@ def load_pipeline(run_dir: Path) -> tuple[Pipeline, dict[str, Any]]:
             pipeline = _load_trusted(run_dir, meta["trusted_file"])
         else:
             pipeline = _decode(meta["pipeline"], read_safetensors(run_dir / ARRAYS_FILE, load_file))
+        # Predictor reads probability columns as the digits 0-9; one blank digit shows that the
+        # fitted arrays fit one another (an edited shape fails here, not amid a prediction).
+        classes = getattr(pipeline, "classes_", None) if isinstance(pipeline, Pipeline) else None
+        if classes is None or list(classes) != list(range(10)):
+            raise ModelFileError(f"{run_dir / META_FILE}: not a fitted pipeline of the digits 0-9")
+        pipeline.predict_proba(np.zeros((1, 28, 28), np.uint8))
     except (
         KeyError,
         TypeError,
         AttributeError,
         ValueError,
+        IndexError,
         RecursionError,
         zipfile.BadZipFile,
     ) as error:
-        raise ModelFileError(f"{run_dir / META_FILE}: corrupt pipeline ({error!r:.200})") from None
-    # Predictor reads probability columns as the digits 0-9; one blank digit shows that the
-    # fitted arrays fit one another (an edited shape fails here, not amid a prediction).
-    classes = getattr(pipeline, "classes_", None) if isinstance(pipeline, Pipeline) else None
-    if classes is None or list(classes) != list(range(10)):
-        raise ModelFileError(f"{run_dir / META_FILE}: not a fitted pipeline of the digits 0-9")
-    try:
-        pipeline.predict_proba(np.zeros((1, 28, 28), np.uint8))
-    except (ValueError, TypeError, AttributeError, IndexError) as error:
         raise ModelFileError(f"{run_dir / META_FILE}: corrupt pipeline ({error!r:.200})") from None
     return pipeline, meta
 

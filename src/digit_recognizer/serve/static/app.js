@@ -9,7 +9,8 @@ const BRUSH = 20; // px on the 280 px canvas: about MNIST's stroke width once sc
 const strokes = []; // each stroke: [[x, y], ...] in canvas pixels
 let uploaded = null; // an uploaded image drawn under the strokes ...
 let uploadedFile = null; // ... and its file, sent as it is while no stroke is drawn over it
-let paper = "#fff"; // the pad's colour around an upload: the upload's own paper, so that a
+const WHITE = "rgb(255, 255, 255)";
+let paper = WHITE; // the pad's colour around an upload: the upload's own paper, so that a
 // light-on-dark image is not framed in white, which the server would take for its paper
 let busy = false; // one request in flight at a time ...
 let again = false; // ... and at most one more queued behind it
@@ -64,7 +65,6 @@ function edgeColour(image) {
 }
 
 function isDark(colour) {
-  if (colour === "#fff") return false;
   const [r, g, b] = colour.match(/\d+/g).map(Number);
   return 0.299 * r + 0.587 * g + 0.114 * b < 128;
 }
@@ -72,7 +72,7 @@ function isDark(colour) {
 function forgetUpload() {
   uploaded = null;
   uploadedFile = null;
-  paper = "#fff";
+  paper = WHITE;
 }
 
 function point(event) {
