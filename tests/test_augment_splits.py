@@ -65,6 +65,28 @@ def test_stroke_augmentation_varies_ink_both_ways(small_train):
     assert ratio.min() > 0.4 and ratio.max() < 2.0
 
 
+def test_strength_above_one_stops_the_stroke_change_at_a_full_erosion(small_train):
+    # Past amount 1 the blend extrapolated below the erosion and blanked faint digits (8.7 % of
+    # MNIST's kept under a tenth of their ink at strength 1.5).
+    x = to_model_input(torch.as_tensor(small_train.images[:256]), channels_last=False)
+    only_stroke = Augmentation(rotation_deg=0, scale=0, shear=0, translate_px=0, contrast=0,
+                               stroke=1.0, styles=0)  # fmt: skip
+    out = augment_batch(x, only_stroke.scaled(1.5), torch.Generator().manual_seed(0))
+    eroded = change_stroke_width(x, torch.full((256, 1, 1, 1), -1.0))
+    dilated = change_stroke_width(x, torch.full((256, 1, 1, 1), 1.0))
+    assert (out >= eroded - 1e-5).all() and (out <= dilated + 1e-5).all()  # grid_sample: ~3e-6
+    assert only_stroke.scaled(1.5).stroke == 1.0
+
+
+def test_ranges_that_would_blank_or_collapse_a_digit_are_refused():
+    for bad in ({"contrast": 1.0}, {"scale": 1.2}, {"stroke": 1.5}, {"stroke": -0.1}):
+        with pytest.raises(ConfigError, match="must be in"):
+            Augmentation(**bad)
+    assert Augmentation().max_strength() == pytest.approx(1 / 0.3)
+    with pytest.raises(ConfigError, match=r"strength must be in \[0, 3.33\).*got 3.4"):
+        Augmentation().scaled(3.4)
+
+
 def test_writing_styles_foot_and_flag_a_one_and_bar_a_seven(small_train):
     x = to_model_input(torch.as_tensor(small_train.images[:300]), channels_last=False)
     labels = torch.as_tensor(small_train.labels[:300])
@@ -109,6 +131,12 @@ def test_writing_styles_need_labels_and_a_share(small_train):
     assert not torch.equal(styled, plain)
     none = add_writing_styles(x, labels, 0.0, torch.Generator().manual_seed(0))
     torch.testing.assert_close(none, x, atol=0, rtol=0)
+    # A faint digit, no pixel past 0.5, has no stem to read: nothing is drawn (not strokes
+    # across the whole frame).
+    faint = x * (0.45 / x.amax(dim=(1, 2, 3), keepdim=True))
+    sevens = torch.full((128,), 7)
+    kept = add_writing_styles(faint, sevens, 1.0, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(kept, faint, atol=0, rtol=0)
 
 
 def test_elastic_field_is_smooth_and_sized_in_pixels():

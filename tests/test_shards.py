@@ -179,7 +179,7 @@ def test_expand_counts_determinism_and_copy_major_order(tmp_path: Path, source) 
 
 
 def test_expand_holds_out_images_that_validate_training_and_are_never_copied(
-    tmp_path: Path, source
+    tmp_path: Path, source, caplog
 ) -> None:
     """Every image of an expanded set is in it `copies` times, so no split of it validates
     honestly: the images held out, as they are, in a last shard do, in memory or streamed."""
@@ -196,6 +196,11 @@ def test_expand_holds_out_images_that_validate_training_and_are_never_copied(
     np.testing.assert_array_equal(copies.labels, np.tile(data.labels[~held], 2))
     in_memory, valid_set = training_data(TrainConfig(), tmp_path / "e")
     assert isinstance(in_memory, DigitSet) and len(in_memory) == 2 * 903
+    # Its copies are augmented already; training would compound the ranges, and says so.
+    assert "augmented copies" in caplog.text and "--augment 0" in caplog.text
+    caplog.clear()
+    training_data(TrainConfig(augment=0), tmp_path / "e")
+    assert "augmented copies" not in caplog.text
     assert row_ids(valid_set.images) == row_ids(valid.images)
     streamed, valid_set = training_data(TrainConfig(max_memory_gb=1e-6), tmp_path / "e")
     assert isinstance(streamed, shards.Manifest) and streamed.n_rows == 2 * 903

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from digit_recognizer.data.kaggle_csv import DigitSet
+from digit_recognizer.distributed import Distributed
 from digit_recognizer.errors import ConfigError, ModelFileError
 from digit_recognizer.models.runtime import autocast_dtype
 from digit_recognizer.models.storage import load_net
@@ -20,6 +21,7 @@ from digit_recognizer.train import (
     evaluate_split,
     get_lr,
     load_checkpoint,
+    row_sampler,
     train,
     warmed_up_ema,
 )
@@ -122,6 +124,20 @@ def test_auto_model_follows_the_hardware(monkeypatch, native_bf16, expected):
     monkeypatch.setattr(train_module, "autocast_dtype", fake_autocast_dtype)
     assert TrainConfig(model="auto", device="cpu").model == expected  # config.toml names it
     assert TrainConfig(model="auto", device="cpu", amp=False).model == "cnn-tiny"  # fp32
+
+
+def test_ensemble_members_do_not_share_a_row_order_an_epoch_apart():
+    # Members train with seeds n, n + 1, ...; the sampler shuffles with seed + epoch, so seeds
+    # taken as they are gave member 2's first epoch member 1's second (with --valid-size 0,
+    # the same rows: the same batches).
+    def order(seed: int, epoch: int) -> list[int]:
+        sampler = row_sampler(1000, Distributed(), seed)
+        sampler.set_epoch(epoch)
+        return list(sampler)
+
+    assert order(1, 0) == order(1, 0) and order(1, 0) != order(1, 1)
+    assert all(order(1, epoch + 1) != order(2, epoch) for epoch in range(3))
+    assert order(1, 4) != order(5, 0)
 
 
 @pytest.mark.parametrize("schedule", ["onecycle", "exponential", "constant", "plateau"])

@@ -240,6 +240,10 @@ def training_data(config: TrainConfig, source: Path) -> tuple[DigitSet | Manifes
     """
     manifest = resolve_data_source(source)
     require_labels(manifest.has_labels, source)
+    if manifest.origin.get("command") == "expand" and config.augment > 0:
+        log.warning("%s: its rows are augmented copies (`digits data expand`), which training "
+                    "augments again, compounding the ranges; --augment 0 trains on them as they "
+                    "are", source)  # fmt: skip
     held_out = manifest.origin.get("valid_rows", 0)
     if not held_out and config.valid_size:
         refuse_split(manifest, source, "train on it with --valid-size 0, or expand again with "

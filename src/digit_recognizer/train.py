@@ -39,7 +39,12 @@ from digit_recognizer.data.kaggle_csv import DigitSet
 from digit_recognizer.data.shards import Manifest
 from digit_recognizer.data.stream import ShardStream
 from digit_recognizer.data.tensors import to_model_input
-from digit_recognizer.distributed import all_reduce, close_distributed, init_distributed
+from digit_recognizer.distributed import (
+    Distributed,
+    all_reduce,
+    close_distributed,
+    init_distributed,
+)
 from digit_recognizer.errors import ConfigError, DigitsError, ModelFileError, OutputError
 from digit_recognizer.fileio import atomic_path, make_dir, write_text
 from digit_recognizer.models.registry import build, get_spec
@@ -134,7 +139,7 @@ class TrainConfig:
             (0 <= self.valid_size < 1, "valid_size must be in [0, 1)"),
             (self.augment >= 0, "augment must be >= 0"),
             (self.elastic >= 0, "elastic must be >= 0"),
-            (self.stroke >= 0, "stroke must be >= 0"),
+            (0 <= self.stroke <= 1, "stroke must be in [0, 1]"),
             (0 <= self.styles <= 1, "styles must be in [0, 1]"),
             (self.time_budget_s is None or self.time_budget_s >= 0, "time_budget_s must be >= 0"),
             (0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
@@ -161,12 +166,19 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        self.augmentation()  # its ranges' own limits
         if get_spec(self.model).kind != "net":
             raise ConfigError(f"'{self.model}' is not a net; train it with `digits compare`")
         settings = inspect.signature(get_spec(self.model).builder).parameters
         for key in self.model_args():
             if key not in settings:
                 raise ConfigError(f"model '{self.model}' has no '{key}' setting")
+
+    def augmentation(self) -> Augmentation:
+        """The ranges training draws from: ``Augmentation``'s, these settings', at ``augment``."""
+        return Augmentation(elastic_px=self.elastic, stroke=self.stroke, styles=self.styles).scaled(
+            self.augment
+        )
 
     def model_args(self) -> dict[str, Any]:
         """The builder's keyword arguments this config sets (model.json records them)."""
@@ -345,6 +357,14 @@ def check_out_dir(run_dir: Path, resume: bool, ensemble: bool) -> None:
         )
 
 
+def row_sampler(n_rows: int, dist_env: Distributed, seed: int) -> DistributedSampler:
+    """This rank's share of each epoch's shuffled rows (``set_epoch`` first, each epoch)."""
+    # DistributedSampler shuffles with seed + epoch: seeds spread apart, ensemble members (seeds
+    # n and n + 1) do not see one order an epoch apart.
+    return DistributedSampler(range(n_rows), dist_env.world_size, dist_env.rank,
+                              seed=seed * 1_000_003, drop_last=True)  # fmt: skip
+
+
 def rows_fingerprint(train_set: DigitSet | Manifest) -> str:
     """SHA-256 of the training rows (of a manifest's shards' own hashes): a resumed run must
     train on what it started on, and another file, seed or validation size gives other rows."""
@@ -439,9 +459,7 @@ def train(
         n_train = len(train_set)
         train_images = torch.as_tensor(train_set.images).to(device)  # uint8 until drawn
         train_labels = torch.as_tensor(train_set.labels).to(device)
-        sampler = DistributedSampler(
-            range(n_train), dist_env.world_size, dist_env.rank, seed=config.seed, drop_last=True
-        )
+        sampler = row_sampler(n_train, dist_env, config.seed)
         steps_per_epoch = max(1, len(sampler) // local_batch)  # drop the ragged last batch
 
     def epoch_batches(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -462,9 +480,7 @@ def train(
 
     total_steps = config.epochs * steps_per_epoch
     rows = rows_fingerprint(train_set)
-    augmentation = Augmentation(
-        elastic_px=config.elastic, stroke=config.stroke, styles=config.styles
-    ).scaled(config.augment)
+    augmentation = config.augmentation()
     log.info(
         "training %s on %d images (%d validation), device %s, %s, %d steps/epoch of batch %d%s",
         config.model, n_train, len(valid_labels) if has_valid else 0, device,
@@ -537,10 +553,11 @@ def train(
         model.train()
         # Randomness is a function of (seed, epoch, rank), so resuming at an epoch boundary
         # needs no RNG state and ranks draw different augmentations.
-        generator = torch.Generator(device=device).manual_seed(
-            config.seed * 1_000_003 + epoch * 1_009 + dist_env.rank
-        )
-        torch.manual_seed(config.seed * 1_000_003 + epoch * 1_009 + dist_env.rank)
+        epoch_seed = config.seed * 1_000_003 + epoch * 1_009 + dist_env.rank
+        generator = torch.Generator(device=device).manual_seed(epoch_seed)
+        # Dropout draws from the global generator: seeded alike, its stream would be the
+        # augmentation's own (one algorithm per device).
+        torch.manual_seed(epoch_seed + 2**62)
         epoch_start = time.perf_counter() - elapsed_s
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device)
