@@ -53,6 +53,11 @@ def test_build_estimator_covers_every_kind(tmp_path, small_train, small_test):
     save_estimator(knn, tmp_path, "knn", {"n_neighbors": 3})
     np.testing.assert_array_equal(load_estimator(tmp_path).predict(small_test.images),
                                   knn.predict(small_test.images))  # fmt: skip
+    # `compare --seed` and `tune --seed` seed the models that draw at random, not only splits.
+    assert build_estimator("seed-cnn", seed=4).get_params()["seed"] == 4
+    forest = build_estimator("random-forest", seed=4)
+    assert forest.get_params()["classifier__random_state"] == 4
+    assert isinstance(build_estimator("knn", seed=4), Pipeline)  # nothing random: no seed
 
 
 def test_fit_never_trains_over_a_run_directory_that_holds_a_run(tiny_run):

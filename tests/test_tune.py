@@ -22,13 +22,30 @@ def test_classical_study_resumes_from_its_sqlite_storage(tmp_path, small_csvs):
     assert second.n_trials == 3  # the same study, grown
     best = json.loads((tmp_path / "best_params.json").read_text())
     assert best["model"] == "knn" and (tmp_path / "optimization_history.png").exists()
-    # Another model cannot join the study: its trials would mix two search spaces.
+    # Another model cannot join the study: its trials would mix two search spaces; nor can other
+    # data or another split, on which the earlier trials' scores would not rank these.
     shared = TuneConfig(model="logreg", trials=1, study_name="tune-knn")
-    with pytest.raises(ConfigError, match="tunes 'knn', not 'logreg'; give another --study-name"):
+    with pytest.raises(ConfigError, match="run with model 'knn', not logreg; give its settings"):
         tune(shared, small_csvs["train"], tmp_path)
+    with pytest.raises(ConfigError, match="run with seed 0, not 1"):
+        tune(TuneConfig(model="knn", trials=1, seed=1), small_csvs["train"], tmp_path)
+    with pytest.raises(ConfigError, match=r"run with valid_size 0\.2, not 0\.3"):
+        tune(TuneConfig(model="knn", trials=1, valid_size=0.3), small_csvs["train"], tmp_path)
+    fewer_rows = tmp_path / "fewer.csv"
+    fewer_rows.write_text("".join(small_csvs["train"].read_text().splitlines(True)[:-5]))
+    with pytest.raises(ConfigError, match="run with other training rows, not these"):
+        tune(TuneConfig(model="knn", trials=1), fewer_rows, tmp_path)
+    assert len(optuna.load_study(study_name="tune-knn", storage=first.storage).trials) == 3
     for storage in ("foo://bar", f"sqlite:///{tmp_path}/missing/study.db"):
         with pytest.raises(ConfigError, match=f"--storage {storage}: cannot open the study's"):
             tune(TuneConfig(model="knn", trials=1, storage=storage), small_csvs["train"], tmp_path)
+
+
+def test_a_zero_timeout_is_none_and_a_negative_one_is_refused(tmp_path, small_csvs):
+    result = tune(TuneConfig(model="knn", trials=1, timeout_s=0), small_csvs["train"], tmp_path)
+    assert result.n_trials == 1
+    with pytest.raises(ConfigError, match="timeout must be >= 0"):
+        TuneConfig(model="knn", timeout_s=-1)
 
 
 def test_net_study_writes_a_config_that_train_accepts(tmp_path, small_csvs):
@@ -45,7 +62,8 @@ def test_net_trials_below_the_median_are_pruned_and_share_the_timeout(tmp_path, 
                                                                       monkeypatch):  # fmt: skip
     # A stand-in for train() with fixed learning curves: what is under test is the wiring of
     # reports, pruning, time budgets and the best config, not the nets.
-    curves = iter([[0.90, 0.95], [0.91, 0.96], [0.50, 0.55]])
+    # The last trial is cut by the deadline after its first epoch: its score is the time's.
+    curves = iter([[0.90, 0.95], [0.91, 0.96], [0.50, 0.55], [0.97]])
     budgets = []
 
     def fake_train(config, train_set, valid_set, run_dir, on_epoch_end):
@@ -53,14 +71,16 @@ def test_net_trials_below_the_median_are_pruned_and_share_the_timeout(tmp_path, 
         curve = next(curves)
         for epoch, accuracy in enumerate(curve, start=1):
             on_epoch_end({"epoch": epoch, "valid_accuracy": accuracy})
-        return SimpleNamespace(valid_accuracy=max(curve))
+        return SimpleNamespace(valid_accuracy=max(curve), epochs_run=len(curve))
 
     monkeypatch.setattr(tune_module, "train", fake_train)
-    config = TuneConfig(model="cnn", trials=3, epochs=2, timeout_s=600)
+    config = TuneConfig(model="cnn", trials=4, epochs=2, timeout_s=600)
     result = tune(config, small_csvs["train"], tmp_path)
     study = optuna.load_study(study_name=result.study_name, storage=result.storage)
-    assert [trial.state.name for trial in study.trials] == ["COMPLETE", "COMPLETE", "PRUNED"]
-    assert 0 < budgets[2] <= budgets[1] <= budgets[0] <= 600
+    states = [trial.state.name for trial in study.trials]
+    assert states == ["COMPLETE", "COMPLETE", "PRUNED", "PRUNED"]
+    assert study.best_value == 0.96 and result.n_pruned == 2
+    assert 0 < budgets[3] <= budgets[2] <= budgets[1] <= budgets[0] <= 600
     best = load_config(TrainConfig, tmp_path / "best_config.toml")
     scale = study.best_params["width_scale"]
     assert best.widths == tuple(round(width * scale) for width in (32, 64, 128))

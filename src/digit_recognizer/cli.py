@@ -602,7 +602,8 @@ def tune(
     train: LabelledCsv,
     model: Annotated[str | None, typer.Option(help="Model to tune. \\[default: cnn]")] = None,
     trials: Annotated[int | None, typer.Option(help="Trials to add. \\[default: 20]")] = None,
-    timeout: Annotated[float | None, typer.Option(help="Seconds; trials share them.")] = None,
+    timeout: Annotated[
+        float | None, typer.Option(help="Seconds; trials share them (0 = none).")] = None,
     storage: Annotated[
         str | None, typer.Option(help="Optuna URL \\[default: OUT/study.db]")] = None,
     study_name: Annotated[str | None, typer.Option(help="\\[default: tune-MODEL]")] = None,

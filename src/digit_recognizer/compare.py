@@ -58,7 +58,8 @@ def compare(
     """Fit each model with its defaults and score it on held-out labelled images.
 
     Held out: ``test_csv`` if given, else stratified ``cv`` folds if given, else a stratified
-    ``valid_size`` split. Writes ``out_dir/leaderboard.csv`` with columns
+    ``valid_size`` split, drawn with ``seed``, which also seeds the models that draw at random
+    (nets, the random forest). Writes ``out_dir/leaderboard.csv`` with columns
     ``model,accuracy,macro_f1,fit_seconds,predict_seconds,parameters`` (with ``cv``: a ``_mean``
     and a ``_std`` column for each score) and ``out_dir/leaderboard.png``.
     """
@@ -74,7 +75,7 @@ def compare(
         raise ConfigError(f"--valid-size must be in (0, 1), got {valid_size}")
     data = read_labelled(train_csv, to_split=test_csv is None)
     folds = list(_folds(data, test_csv, valid_size, cv, seed))
-    rows = [_score_model(name, folds, cv is not None) for name in models]
+    rows = [_score_model(name, folds, cv is not None, seed) for name in models]
     rows.sort(key=lambda row: -float(row.get("accuracy", row.get("accuracy_mean", 0))))
     columns = ["model", *(f"{s}_{stat}" for s in SCORES for stat in ("mean", "std"))] if cv else [
         "model", *SCORES]  # fmt: skip
@@ -102,12 +103,12 @@ def _folds(
 
 
 def _score_model(
-    name: str, folds: list[tuple[DigitSet, DigitSet]], has_cv: bool
+    name: str, folds: list[tuple[DigitSet, DigitSet]], has_cv: bool, seed: int
 ) -> dict[str, float | int | str]:
     scores: dict[str, list[float]] = {score: [] for score in SCORES}
     n_parameters = 0
     for fold, (fit_set, score_set) in enumerate(folds, start=1):
-        estimator = build_estimator(name)
+        estimator = build_estimator(name, seed=seed)
         start = time.perf_counter()
         estimator.fit(fit_set.images, fit_set.labels)
         fit_seconds = time.perf_counter() - start

@@ -10,6 +10,7 @@ any net; classical models already are pipelines. ``build_estimator``, ``save_est
 from __future__ import annotations
 
 import tempfile
+from inspect import signature
 from pathlib import Path
 from typing import Any
 
@@ -132,11 +133,15 @@ augment, valid_size, patience, seed, device : optional
         return self.predict_proba(X).argmax(axis=1).astype(np.int64)
 
 
-def build_estimator(name: str, **params: Any) -> NetClassifier | Pipeline:
+def build_estimator(name: str, seed: int | None = None, **params: Any) -> NetClassifier | Pipeline:
     """An unfitted estimator by registry name: ``NetClassifier(name, **params)`` for nets (params
     are ``TrainConfig`` keys), the registered pipeline for classical models (builder arguments).
+    ``seed`` seeds the models that draw at random (nets, the random forest); others ignore it.
     """
-    if get_spec(name).kind == "net":
+    spec = get_spec(name)
+    if seed is not None and (spec.kind == "net" or "seed" in signature(spec.builder).parameters):
+        params["seed"] = seed
+    if spec.kind == "net":
         return NetClassifier(name, **params)
     return build(name, **params)
 

@@ -9,7 +9,9 @@ Writes ``best_params.json``, for nets ``best_config.toml`` (``digits train --con
 and the Optuna plots. Net trials are short runs (``epochs``, default 3) that report each epoch's
 validation accuracy; a trial below the median of earlier trials at the same epoch is pruned
 (Optuna's MedianPruner). ``--timeout`` bounds the whole call: a net trial gets the time left as
-its training budget, and no trial starts after it.
+its training budget, and no trial starts after it; a trial the deadline cuts short is recorded as
+pruned, since its accuracy is the time's, not its settings'. A resumed study must be given the
+settings and data it was run with: trials are only comparable on one split and run length.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from digit_recognizer.evaluate import save_figure
 from digit_recognizer.fileio import make_dir, write_text
 from digit_recognizer.models.registry import get_spec
 from digit_recognizer.pipeline import read_labelled
-from digit_recognizer.train import TrainConfig, train
+from digit_recognizer.train import TrainConfig, rows_fingerprint, train
 
 log = logging.getLogger(__name__)
 
@@ -58,12 +60,14 @@ class TuneConfig:
     study_name: str | None = None  # None = "tune-<model>"
     epochs: int = 3  # per net trial: short runs rank recipes the way full runs do, mostly
     valid_size: float = 0.2  # stratified validation fraction that scores each trial
-    seed: int = 0
+    seed: int = 0  # of the split, the sampler and the models
 
     def __post_init__(self) -> None:
         get_spec(self.model)
         if self.trials < 1 or self.epochs < 1:
             raise ConfigError("trials and epochs must be >= 1")
+        if self.timeout_s is not None and self.timeout_s < 0:
+            raise ConfigError(f"timeout must be >= 0 (0 = none), got {self.timeout_s}")
         if not 0 < self.valid_size < 1:
             raise ConfigError(f"valid_size must be in (0, 1), got {self.valid_size}")
 
@@ -133,13 +137,8 @@ def tune(config: TuneConfig, train_csv: Path, out_dir: Path) -> TuneResult:
                           f"({str(error).splitlines()[0]})") from None  # fmt: skip
     # Offset by the stored trials: a resumed study must not redraw its first random samples.
     study.sampler = optuna.samplers.TPESampler(seed=config.seed + len(study.trials))
-    # A study searches one model's space: trials of another would mix parameters of both.
-    studied = study.user_attrs.get("model", config.model)
-    if studied != config.model:
-        raise ConfigError(f"study '{study_name}' in {storage} tunes '{studied}', not "
-                          f"'{config.model}'; give another --study-name")  # fmt: skip
-    study.set_user_attr("model", config.model)
     is_net = get_spec(config.model).kind == "net"
+    check_same_study(study, storage, config, rows_fingerprint(data), is_net)
     deadline = time.monotonic() + config.timeout_s if config.timeout_s else None
 
     def objective(trial: optuna.Trial) -> float:
@@ -147,7 +146,7 @@ def tune(config: TuneConfig, train_csv: Path, out_dir: Path) -> TuneResult:
             return _net_objective(trial, config, train_set, valid_set, deadline)
         return _classical_objective(trial, config, train_set, valid_set)
 
-    study.optimize(objective, n_trials=config.trials, timeout=config.timeout_s)
+    study.optimize(objective, n_trials=config.trials, timeout=config.timeout_s or None)
     completed = study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.COMPLETE])
     if not completed:
         raise ConfigError(f"study '{study_name}' has no completed trial; raise --timeout")
@@ -166,6 +165,26 @@ def tune(config: TuneConfig, train_csv: Path, out_dir: Path) -> TuneResult:
                       study.best_params, files)  # fmt: skip
 
 
+def check_same_study(
+    study: optuna.Study, storage: str, config: TuneConfig, rows: str, is_net: bool
+) -> None:
+    """Refuse to add trials to a study run on another model, data, split or run length, whose
+    trials' scores these could not be ranked against; record them in a new study."""
+    settings: dict[str, Any] = {"model": config.model, "rows": rows, "seed": config.seed,
+                                "valid_size": config.valid_size}  # fmt: skip
+    if is_net:
+        settings["epochs"] = config.epochs
+    for key, value in settings.items():
+        recorded = study.user_attrs.get(key, value)  # studies of older versions kept the model
+        if recorded != value:
+            found = "other training rows" if key == "rows" else f"{key} {recorded!r}"
+            raise ConfigError(f"study '{study.study_name}' in {storage} was run with {found}, "
+                              f"not {value if key != 'rows' else 'these'}; give its settings, "
+                              "or another --study-name")  # fmt: skip
+    for key, value in settings.items():
+        study.set_user_attr(key, value)
+
+
 def _net_objective(
     trial: optuna.Trial,
     config: TuneConfig,
@@ -176,7 +195,7 @@ def _net_objective(
     params = suggest_params(trial, config.model)
     trial.set_user_attr("train_overrides", params)  # width_scale -> widths: TrainConfig's keys
     overrides = {"model": config.model, "epochs": config.epochs, "seed": config.seed, **params}
-    if deadline is not None:  # the schedule anneals to the time left, so a cut trial still counts
+    if deadline is not None:  # stops the trial at the deadline
         overrides["time_budget_s"] = max(deadline - time.monotonic(), 1.0)
     train_config = load_config(TrainConfig, None, overrides)
 
@@ -189,13 +208,17 @@ def _net_objective(
 
     with tempfile.TemporaryDirectory(prefix=f"trial{trial.number}-") as run_dir:
         result = train(train_config, train_set, valid_set, Path(run_dir), on_epoch_end=report)
+    if result.epochs_run < config.epochs:
+        raise optuna.TrialPruned(f"cut by --timeout after {result.epochs_run:.1f} of "
+                                 f"{config.epochs} epochs")  # fmt: skip
     return float(result.valid_accuracy)
 
 
 def _classical_objective(
     trial: optuna.Trial, config: TuneConfig, train_set: DigitSet, valid_set: DigitSet
 ) -> float:
-    estimator = build_estimator(config.model, **suggest_params(trial, config.model))
+    estimator = build_estimator(config.model, seed=config.seed,
+                                **suggest_params(trial, config.model))  # fmt: skip
     estimator.fit(train_set.images, train_set.labels)
     return float(estimator.score(valid_set.images, valid_set.labels))
 
