@@ -41,6 +41,35 @@ def test_augmented_digits_keep_their_ink(small_train):
     assert ratio.min() > 0.5 and ratio.max() < 2.0
 
 
+def test_rotation_turns_digits_within_its_range():
+    # A vertical bar, rotated alone: its axis (from second moments) leans both ways, up to 12
+    # degrees, no further.
+    bar = torch.zeros(256, 1, 28, 28)
+    bar[:, :, 4:24, 13:15] = 1
+    only_rotation = Augmentation(scale=0, shear=0, translate_px=0, contrast=0, stroke=0, styles=0)
+    turned = augment_batch(bar, only_rotation, torch.Generator().manual_seed(0))[:, 0]
+    ys, xs = torch.meshgrid(torch.arange(28.0), torch.arange(28.0), indexing="ij")
+    mass = turned.sum(dim=(1, 2))
+    mean_x, mean_y = (turned * xs).sum((1, 2)) / mass, (turned * ys).sum((1, 2)) / mass
+    dx, dy = xs - mean_x[:, None, None], ys - mean_y[:, None, None]
+    cov_xy, cov_yy = (turned * dx * dy).sum((1, 2)), (turned * dy * dy).sum((1, 2))
+    cov_xx = (turned * dx * dx).sum((1, 2))
+    lean = torch.rad2deg(0.5 * torch.atan2(2 * cov_xy, cov_yy - cov_xx))
+    assert lean.abs().max() <= 12.5 and lean.max() > 9 and lean.min() < -9
+
+
+def test_contrast_scales_each_digits_ink_within_its_range(small_train):
+    x = to_model_input(torch.as_tensor(small_train.images[:256]), channels_last=False)
+    only_contrast = Augmentation(rotation_deg=0, scale=0, shear=0, translate_px=0, stroke=0,
+                                 styles=0)  # fmt: skip
+    out = augment_batch(x, only_contrast, torch.Generator().manual_seed(0))
+    # On mid-grey pixels (not clipped at 1) each image is its own ink times one factor.
+    grey = (x > 0.1) & (x < 0.6)
+    factors = torch.stack([(out[i][grey[i]] / x[i][grey[i]]).median() for i in range(256)])
+    assert factors.min() >= 0.7 - 1e-3 and factors.max() <= 1.3 + 1e-3
+    assert factors.min() < 0.75 and factors.max() > 1.25 and factors.std() > 0.12
+
+
 def test_stroke_width_change_thickens_and_thins_in_place(small_train):
     x = to_model_input(torch.as_tensor(small_train.images[:64]), channels_last=False)
     ink = x.sum(dim=(1, 2, 3))

@@ -6,11 +6,17 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from digit_recognizer.cli import app
+from digit_recognizer.data.kaggle_csv import write_kaggle_csv
+from digit_recognizer.evaluate import compute_metrics
 from digit_recognizer.fileio import locked_dir
+from digit_recognizer.predict import PredictConfig, Predictor, conform_rows, predict_csv
+
+from .test_images import frame_filling
 
 runner = CliRunner()
 SMALL_RECIPE = ["--epochs", "2", "--lr", "0.02", "--batch-size", "64"]
@@ -81,6 +87,49 @@ def test_train_then_evaluate(tmp_path, small_csvs):
     pair = invoke("evaluate", run_dir, run_dir, small_csvs["train"], "--out", tmp_path / "pair")
     assert pair.exit_code == 0 and (tmp_path / "pair" / "eval_metrics.json").is_file()
     assert not (run_dir / "eval_metrics.json").exists()
+
+
+@pytest.fixture
+def frame_filling_csvs(tmp_path, small_test):
+    """120 test digits laid out as another collection's (which predict conforms by default):
+    unlabelled and labelled CSVs, and the images and labels themselves."""
+    images = np.stack([frame_filling(image) for image in small_test.images[:120]])
+    labels = small_test.labels[:120]
+    unlabelled, labelled = tmp_path / "filled.csv", tmp_path / "filled-labelled.csv"
+    write_kaggle_csv(unlabelled, images)
+    write_kaggle_csv(labelled, images, labels)
+    return unlabelled, labelled, images, labels
+
+
+def test_predict_as_is_predicts_rows_unconformed(tmp_path, tiny_run, frame_filling_csvs):
+    test_csv = frame_filling_csvs[0]
+    as_is, conformed = tmp_path / "as-is.csv", tmp_path / "conformed.csv"
+    as_is_labels = predict_csv([tiny_run], test_csv, as_is, PredictConfig(conform=False))
+    conformed_labels = predict_csv([tiny_run], test_csv, conformed, PredictConfig())
+    assert (as_is_labels != conformed_labels).any()  # else the flag could not be seen here
+    for flags, expected in (((), conformed), (("--as-is",), as_is)):
+        out = tmp_path / f"submission{''.join(flags)}.csv"
+        result = invoke("predict", tiny_run, test_csv, "--out", out, *flags)
+        assert result.exit_code == 0, result.output
+        assert out.read_bytes() == expected.read_bytes(), flags
+
+
+def test_evaluate_scores_with_tta_and_as_is(tmp_path, tiny_run, frame_filling_csvs):
+    _, labelled, images, labels = frame_filling_csvs
+
+    def scores_line(config):
+        probas = Predictor.load([tiny_run], config).predict_proba(conform_rows(images, config, ""))
+        metrics = compute_metrics(labels, probas)
+        return (f"accuracy {metrics.accuracy:.4f}  macro F1 {metrics.macro_f1:.4f}  "
+                f"ROC-AUC (one-vs-rest) {metrics.roc_auc_ovr:.5f}")  # fmt: skip
+
+    # Both flags at once: the scores differ from those of either flag dropped, or both.
+    expected = scores_line(PredictConfig(tta=True, conform=False))
+    for config in (PredictConfig(), PredictConfig(tta=True), PredictConfig(conform=False)):
+        assert scores_line(config) != expected
+    result = invoke("evaluate", tiny_run, labelled, "--tta", "--as-is", "--out", tmp_path / "e")
+    assert result.exit_code == 0, result.output
+    assert expected in result.output, result.output
 
 
 def test_user_errors_are_one_line_without_traceback(tmp_path, small_csvs):

@@ -1,9 +1,13 @@
 import csv
 
+import numpy as np
 import pytest
+from sklearn.model_selection import StratifiedKFold
 
 from digit_recognizer.compare import compare
+from digit_recognizer.data.kaggle_csv import read_kaggle_csv
 from digit_recognizer.errors import ConfigError, UnknownModelError
+from digit_recognizer.estimator import build_estimator
 
 
 def test_leaderboard_has_one_row_per_model_and_the_documented_columns(tmp_path, small_csvs):
@@ -24,6 +28,18 @@ def test_cross_validation_reports_mean_and_std(tmp_path, small_csvs):
     assert board.n_folds == 2
     assert board.columns[:3] == ["model", "accuracy_mean", "accuracy_std"]
     assert "predict_seconds_std" in board.columns and board.columns[-1] == "parameters"
+    # The mean and spread of every fold's accuracy, each fold fitted and scored afresh here
+    # (the folds differ, so a first fold's score or a zero spread would show).
+    data = read_kaggle_csv(small_csvs["train"])
+    folds = StratifiedKFold(n_splits=2, shuffle=True, random_state=0)
+    fold_accuracies = []
+    for fit, scored in folds.split(data.images, data.labels):
+        knn = build_estimator("knn", seed=0).fit(data.images[fit], data.labels[fit])
+        fold_accuracies.append(np.mean(knn.predict(data.images[scored]) == data.labels[scored]))
+    assert fold_accuracies[0] != fold_accuracies[1]
+    (row,) = board.rows
+    assert row["accuracy_mean"] == pytest.approx(np.mean(fold_accuracies), abs=1e-12)
+    assert row["accuracy_std"] == pytest.approx(np.std(fold_accuracies), abs=1e-12)
 
 
 def test_bad_requests_fail_before_training(tmp_path, small_csvs):

@@ -66,6 +66,17 @@ def test_saliency_is_the_fallback_for_nets_without_convs(small_test):
     mlp = build("mlp").eval()
     maps = saliency(mlp, small_test.images[:3])
     assert maps.shape == (3, 28, 28) and maps.max() == pytest.approx(1)
+    # |d logit[predicted] / d pixel|, by hand one image at a time, each map over its maximum:
+    # the gradient has both signs, and a heatmap has no negative heat.
+    for image, heatmap in zip(small_test.images[:3], maps, strict=True):
+        x = to_model_input(torch.as_tensor(image[None]), channels_last=False).requires_grad_()
+        logits = mlp(x)[0]
+        logits[logits.argmax()].backward()
+        gradient = x.grad[0, 0]
+        assert gradient.min() < 0 < gradient.max()
+        expected = gradient.abs() / gradient.abs().max()
+        assert heatmap.min() >= 0
+        np.testing.assert_allclose(heatmap, expected.numpy(), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(grad_cam(mlp, small_test.images[:3]), maps)
     assert explain_image(mlp, small_test.images[0]).method == "saliency"
 

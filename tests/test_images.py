@@ -436,3 +436,33 @@ def test_cli_predict_image(tiny_run: Path, tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["predict-image", str(tiny_run), str(notes), str(one)])
     assert result.exit_code == 1 and "notes.txt: not an image file" in result.output
     assert f"│ {expected}" in result.output  # the other files are predicted all the same
+
+
+def test_predict_images_gives_each_file_its_own_probabilities(
+    tiny_run: Path, tmp_path: Path, small_test: DigitSet
+) -> None:
+    from digit_recognizer.predict import Predictor, predict_images
+
+    # Unreadable files before, between and after readable ones of different digits: each
+    # readable file's probabilities are its own, whatever the unreadable ones around it.
+    notes, blank = tmp_path / "notes.txt", tmp_path / "blank.png"
+    notes.write_text("not an image")
+    Image.new("L", (50, 50), 255).save(blank)
+    digits = []
+    for i in range(3):
+        digits.append(tmp_path / f"digit{i}.png")
+        Image.fromarray(255 - np.kron(small_test.images[i], np.ones((3, 3), np.uint8))).save(
+            digits[-1]
+        )
+    paths = [notes, digits[0], blank, digits[1], digits[2], notes]
+    expected = Predictor.load([tiny_run]).predict_proba(np.stack([load_image(p) for p in digits]))
+    assert len(set(expected.argmax(axis=1))) == 3  # three different digits predicted
+    results = predict_images([tiny_run], paths)
+    assert [result.path for result in results] == paths
+    for i in (0, 2, 5):
+        assert results[i].error and results[i].probabilities is None
+    assert "not an image file" in results[0].error and "no digit found" in results[2].error
+    for i, proba in zip((1, 3, 4), expected, strict=True):
+        assert results[i].error is None
+        np.testing.assert_allclose(results[i].probabilities, proba, atol=1e-6)
+        assert results[i].probabilities.argmax() == proba.argmax()

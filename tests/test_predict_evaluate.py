@@ -22,10 +22,19 @@ def test_probabilities_are_distributions(tiny_run, small_test):
 
 def test_tta_and_ensemble_average_and_stay_accurate(tiny_run, small_test):
     images, labels = small_test.images[300:], small_test.labels[300:]
-    plain = Predictor.load([tiny_run]).predict_proba(images)
+    predictor = Predictor.load([tiny_run])
+    plain = predictor.predict_proba(images)
     with_tta = Predictor.load([tiny_run], PredictConfig(tta=True)).predict_proba(images)
     assert not np.allclose(plain, with_tta)
     assert accuracy(with_tta.argmax(1), labels) > 0.85
+    # TTA is the mean of the shifted views' distributions, each view's borders left blank.
+    views = [np.zeros_like(images) for _ in range(5)]
+    views[0][:] = images
+    views[1][:, 1:], views[2][:, :-1] = images[:, :-1], images[:, 1:]  # down, up a row
+    views[3][:, :, 1:], views[4][:, :, :-1] = images[:, :, :-1], images[:, :, 1:]  # right, left
+    by_hand = np.mean([predictor.predict_proba(view) for view in views], axis=0)
+    np.testing.assert_allclose(with_tta, by_hand, atol=1e-5)
+    np.testing.assert_allclose(with_tta.sum(axis=1), 1, atol=1e-5)
     twice = Predictor.load([tiny_run, tiny_run]).predict_proba(images)
     np.testing.assert_allclose(twice, plain, atol=1e-6)
 
@@ -76,7 +85,19 @@ def test_metrics_on_known_predictions():
     assert metrics.confusion[9][4] == 1 and metrics.confusion[9][9] == 2
     assert metrics.per_class[9]["recall"] == pytest.approx(2 / 3)
     assert metrics.per_class[4]["precision"] == pytest.approx(1 / 2)
-    assert 0.5 < metrics.roc_auc_ovr <= 1
+    # Macro F1 averages the classes' F1 (eight of 1, the 9's 0.8, the 4's 2/3), not the images'.
+    assert metrics.macro_f1 == pytest.approx((8 + 0.8 + 2 / 3) / 10)
+    # One-vs-rest AUC by hand: the 9s score 1, 1 and 0 against nine 0s (ties count half): 5/6;
+    # the one 4 scores 1 against ten 0s and a 1: 10.5/11; every other digit 1.
+    assert metrics.roc_auc_ovr == pytest.approx((8 + 5 / 6 + 10.5 / 11) / 10)
+    # Without every digit among the labels there is no one-vs-rest AUC: None, still valid JSON.
+    partial = compute_metrics(labels[labels != 7], probas[labels != 7])
+    assert partial.roc_auc_ovr is None
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"{constant} is not JSON")
+
+    assert json.loads(partial.to_json(), parse_constant=refuse)["roc_auc_ovr"] is None
 
 
 def test_evaluate_run_writes_its_files(tmp_path, tiny_run, small_csvs):

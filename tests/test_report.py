@@ -12,13 +12,15 @@ import pytest
 from typer.testing import CliRunner
 
 from digit_recognizer.cli import app
-from digit_recognizer.data.kaggle_csv import write_kaggle_csv
+from digit_recognizer.data.kaggle_csv import read_kaggle_csv, write_kaggle_csv
+from digit_recognizer.data.splits import split_for_training
 from digit_recognizer.eda import _mean_and_std, eda
 from digit_recognizer.errors import DataError
-from digit_recognizer.evaluate import evaluate_run
+from digit_recognizer.evaluate import compute_metrics, evaluate_run
 from digit_recognizer.fileio import sha256_file
 from digit_recognizer.models.storage import load_net
 from digit_recognizer.pipeline import train_job
+from digit_recognizer.predict import PredictConfig, Predictor
 from digit_recognizer.report import (
     model_summary,
     reliability,
@@ -130,6 +132,20 @@ def test_report_rebuilds_the_validation_split(tmp_path, tiny_run, small_csvs):
     (run_dir / "metrics.json").write_text(json.dumps(recorded))
     page = write_run_report(run_dir).read_text()
     assert f"validation split of {train_csv} (valid_size 0.05, seed 0): 150" in page
+    # Scored on that very split (config.toml's valid_size and seed), not on another drawing of
+    # 150 rows, which would score otherwise: the page's figures are those of these images.
+    _, valid = split_for_training(read_kaggle_csv(train_csv), 0.05, 0)
+    probas = Predictor.load([run_dir], PredictConfig(fuse_batch_norm=False)).predict_proba(
+        valid.images
+    )
+    metrics = compute_metrics(valid.labels, probas)
+    n_wrong = int((probas.argmax(axis=1) != valid.labels).sum())
+    ece = reliability(probas, valid.labels).ece
+    for name, value in [("accuracy", f"{metrics.accuracy:.4f} ({n_wrong} wrong)"),
+                        ("macro F1", f"{metrics.macro_f1:.4f}"),
+                        ("ROC-AUC (one-vs-rest)", f"{metrics.roc_auc_ovr:.5f}"),
+                        ("expected calibration error", f"{ece:.4f} (15 bins)")]:  # fmt: skip
+        assert f"<tr><td>{name}</td><td>{value}</td></tr>" in page, name
     # Not from another file of that name, nor from the file changed since.
     with open(train_csv, "a") as changed:
         changed.write(Path(small_csvs["train"]).read_text().splitlines()[1] + "\n")

@@ -347,6 +347,13 @@ def test_each_row_once_per_epoch_across_2_workers_x_2_ranks(shard_dir: Path, sou
         [row for batches in per_rank for batch in batches for row in batch] for per_rank in epochs
     ]
     assert flat[0] != flat[1]  # a new shard order and shuffle each epoch
+    stream = ShardStream(shard_dir, 32, seed=3)
+
+    def shard_order(epoch: int) -> tuple[int, ...]:
+        stream.set_epoch(epoch)
+        return tuple(stream.shard_order())
+
+    assert len({shard_order(epoch) for epoch in range(6)}) > 1  # not only the rows' shuffle
     labels = {row: label for row, label in enumerate(source[1].labels)}
     dataset = ShardStream(shard_dir, 32, rank=0, world_size=1)
     for images, batch_labels in dataset:

@@ -9,6 +9,7 @@ from dataclasses import replace
 import pytest
 import torch
 
+from digit_recognizer.data.augment import augment_batch
 from digit_recognizer.data.kaggle_csv import DigitSet
 from digit_recognizer.distributed import Distributed
 from digit_recognizer.errors import ConfigError, ModelFileError
@@ -114,6 +115,60 @@ def test_early_stopping_restores_the_best_epoch(tmp_path, small_train, small_tes
         train(config, subset, None, tmp_path / "no-valid")
 
 
+def test_plateau_cuts_the_lr_after_each_epoch_without_progress_and_epochs_reshuffle(
+    tmp_path, small_train, small_test, monkeypatch
+):
+    import digit_recognizer.train as train_module
+
+    subset = DigitSet(small_train.images[:512], small_train.labels[:512])
+    valid = DigitSet(small_test.images[:200], small_test.labels[:200])
+    batches = []  # the labels of each batch, in the order training draws them
+
+    def recording_augment(x, augmentation, generator, labels):
+        batches.append(labels.tolist())
+        return augment_batch(x, augmentation, generator, labels)
+
+    monkeypatch.setattr(train_module, "augment_batch", recording_augment)
+    # A constant, absurd learning rate makes validation accuracy stall or fall quickly.
+    config = TrainConfig(epochs=4, lr=5.0, schedule="plateau", plateau_patience=1, batch_size=64)
+    history = train(config, subset, valid, tmp_path).history
+    expected_lr, best = config.lr, (-1.0, 0.0)
+    for row in history:
+        assert row["lr"] == pytest.approx(expected_lr)
+        score = (row["valid_accuracy"], -row["valid_loss"])
+        if score > best:
+            best = score
+        else:
+            expected_lr *= config.plateau_factor
+    assert expected_lr < config.lr  # the run stalled at least once: the rule was exercised
+    # Each epoch draws the rows in a new order.
+    epochs = [[label for batch in batches[epoch * 8 : (epoch + 1) * 8] for label in batch]
+              for epoch in range(4)]  # fmt: skip
+    assert len(batches) == 32 and all(sorted(order) == sorted(epochs[0]) for order in epochs)
+    assert len({tuple(order) for order in epochs}) == 4
+
+
+def test_target_accuracy_stops_the_run_and_label_smoothing_reaches_the_loss(
+    tmp_path, small_train, small_test, monkeypatch
+):
+    smoothing = []
+    cross_entropy = torch.nn.functional.cross_entropy
+
+    def spying_cross_entropy(*args, **kwargs):
+        smoothing.append(kwargs.get("label_smoothing"))
+        return cross_entropy(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "cross_entropy", spying_cross_entropy)
+    subset = DigitSet(small_train.images[:256], small_train.labels[:256])
+    valid = DigitSet(small_test.images[:100], small_test.labels[:100])
+    config = TrainConfig(epochs=5, target_accuracy=0.05, label_smoothing=0.2, batch_size=64)
+    result = train(config, subset, valid, tmp_path)
+    assert result.stopped_early and result.epochs_run == 1 and len(result.history) == 1
+    assert {value for value in smoothing if value is not None} == {0.2}  # None: validation
+    resumed = train(replace(config, resume=True), subset, valid, tmp_path)
+    assert resumed.stopped_early and resumed.history == result.history
+
+
 @pytest.mark.parametrize(("native_bf16", "expected"), [(True, "cnn"), (False, "cnn-tiny")])
 def test_auto_model_follows_the_hardware(monkeypatch, native_bf16, expected):
     import digit_recognizer.train as train_module
@@ -144,7 +199,9 @@ def test_ensemble_members_do_not_share_a_row_order_an_epoch_apart():
 def test_schedules_start_and_end_sensibly(schedule):
     config = TrainConfig(schedule=schedule)
     assert get_lr(config, 0.0, 0.0, 1.0) <= config.lr
-    if schedule == "onecycle":
+    if schedule == "onecycle":  # up from 0 over the warm-up, linearly
+        assert get_lr(config, 0.0, 0.0, 1.0) == 0
+        assert get_lr(config, config.warmup / 2, 0.5, 1.0) == pytest.approx(config.lr / 2)
         assert get_lr(config, config.warmup, 1.0, 1.0) == pytest.approx(config.lr)
         assert get_lr(config, 1.0, 15.0, 1.0) == 0
     if schedule == "exponential":
