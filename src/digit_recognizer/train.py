@@ -139,7 +139,7 @@ class TrainConfig:
             (0 <= self.valid_size < 1, "valid_size must be in [0, 1)"),
             (self.augment >= 0, "augment must be >= 0"),
             (self.elastic >= 0, "elastic must be >= 0"),
-            (0 <= self.stroke <= 1, "stroke must be in [0, 1]"),
+            (self.stroke >= 0, "stroke must be >= 0"),
             (0 <= self.styles <= 1, "styles must be in [0, 1]"),
             (self.time_budget_s is None or self.time_budget_s >= 0, "time_budget_s must be >= 0"),
             (0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
@@ -166,7 +166,7 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
-        self.augmentation()  # its ranges' own limits
+        self.augmentation()  # its ranges' own limits: stroke at most 1, augment under ~3.3
         if get_spec(self.model).kind != "net":
             raise ConfigError(f"'{self.model}' is not a net; train it with `digits compare`")
         settings = inspect.signature(get_spec(self.model).builder).parameters

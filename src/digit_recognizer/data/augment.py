@@ -54,11 +54,11 @@ class Augmentation:
     styles: float = 0.3
 
     def __post_init__(self) -> None:
-        # At 1 a digit's darkness or size could be drawn as 0: a blank image, or a grid of
-        # infinities, trained on with the digit's label.
         if not (0 <= self.contrast < 1 and 0 <= self.scale < 1):
-            raise ConfigError(f"contrast and scale must be in [0, 1), got {self.contrast} and "
-                              f"{self.scale}: raise them less")  # fmt: skip
+            raise ConfigError(
+                f"contrast and scale must be in [0, 1) (at 1 a digit can be drawn blank, or of "
+                f"size 0), got {self.contrast} and {self.scale}"
+            )
         if not 0 <= self.stroke <= 1:
             raise ConfigError(f"stroke must be in [0, 1], got {self.stroke}")
 
