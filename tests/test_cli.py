@@ -186,6 +186,8 @@ def test_an_output_that_cannot_be_written_is_one_line_too(tmp_path, tiny_run, sm
         result = invoke(*args)
         assert result.exit_code == 1 and message in result.output, result.output
         assert "Traceback" not in result.output and "torchrun" not in result.output
+    # The refused writes leave no temporary file behind (the first one was written in full).
+    assert not list(tmp_path.parent.glob(f".{tmp_path.name}.*.tmp"))
     # Numbers out of range are usage errors, refused before anything runs.
     for args in (("data", "kaggle", tmp_path / "k", "--seed", "-3"),
                  ("train", "--train", small_csvs["train"], "--nproc", "0")):  # fmt: skip

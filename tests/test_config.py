@@ -59,6 +59,11 @@ def test_wrong_type_says_expected_and_got(tmp_path):
     toml.write_text('widths = [16, "a", 64]\n')  # each item of a list is checked too
     with pytest.raises(ConfigError, match=r"'widths\[1\]' must be int, got 'a'"):
         load_config(TrainConfig, toml)
+    toml.write_text("epochs = true\n")  # a bool is an int to Python, not to a recipe
+    with pytest.raises(ConfigError, match=r"'epochs' must be int, got True"):
+        load_config(TrainConfig, toml)
+    toml.write_text("[train]\nepochs = 7\n")  # a table's keys count as the file's own
+    assert load_config(TrainConfig, toml).epochs == 7
 
 
 def test_bad_value_and_unknown_model():

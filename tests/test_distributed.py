@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from digit_recognizer.cli import app
 from digit_recognizer.data.kaggle_csv import DigitSet
 from digit_recognizer.data.shards import shard_csv
-from digit_recognizer.distributed import run_torchrun
+from digit_recognizer.distributed import Distributed, run_torchrun
 from digit_recognizer.predict import predict_csv
 from digit_recognizer.train import TrainConfig, train
 
@@ -84,6 +84,16 @@ def ddp_data(small_train, small_test) -> tuple:
 
 def without_timing(history: list[dict]) -> list[dict]:
     return [{key: value for key, value in row.items() if key != "elapsed_s"} for row in history]
+
+
+def test_torchruns_variables_place_the_process(monkeypatch):
+    # The second machine's second process of four: global rank 3, rank 1 on its machine.
+    monkeypatch.delenv("RANK", raising=False)  # run alone: rank 0 of 1
+    assert Distributed.from_env() == Distributed(0, 0, 1)
+    for name, value in {"RANK": "3", "LOCAL_RANK": "1", "WORLD_SIZE": "4"}.items():
+        monkeypatch.setenv(name, value)
+    assert Distributed.from_env() == Distributed(3, 1, 4)
+    assert not Distributed.from_env().is_main_process
 
 
 def test_two_ranks_end_with_identical_weights_and_one_run_directory(tmp_path, ddp_data):

@@ -70,6 +70,10 @@ def test_dynamic_batch_axis(run_dir: Path, small_test: DigitSet) -> None:
     assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [28, 28]
     predictor = OnnxPredictor(OnnxPredictor.load(run_dir).session, {}, batch_size=7)
     whole = predictor.predict_proba(small_test.images[:20])  # batches of 7, 7 and 6
+    assert whole.shape == (20, 10)
+    # Each row as the default batch (all 20 at once) scores it, the ragged last batch's too.
+    at_once = OnnxPredictor.load(run_dir).predict_proba(small_test.images[:20])
+    np.testing.assert_allclose(whole, at_once, atol=1e-6)
     for n in (1, 3):
         np.testing.assert_allclose(
             predictor.predict_proba(small_test.images[:n]), whole[:n], atol=1e-6

@@ -358,6 +358,14 @@ def test_submission_round_trip(submission_csv: Path) -> None:
     np.testing.assert_array_equal(labels, [3, 1, 4, 1, 5])
 
 
+def test_submission_chunks_continue_the_image_ids(tmp_path: Path, monkeypatch) -> None:
+    # Written a chunk of rows at a time (a million; two here): ImageIds run on across chunks.
+    monkeypatch.setattr(kaggle_csv, "SUBMISSION_CHUNK_ROWS", 2)
+    path = tmp_path / "submission.csv"
+    write_submission(path, np.array([3, 1, 4, 1, 5]))
+    assert path.read_text() == "ImageId,Label\n1,3\n2,1\n3,4\n4,1\n5,5\n"
+
+
 def test_submission_rows_in_any_order(submission_csv: Path) -> None:
     submission_csv.write_text("\ufeffImageId,Label\r\n5,5\r\n2,1\r\n1,3\r\n4,1\r\n3,4")
     np.testing.assert_array_equal(read_submission(submission_csv), [3, 1, 4, 1, 5])

@@ -61,6 +61,11 @@ def test_ensemble_directory_predicts_the_members_average(tmp_path, small_csvs, s
     assert ensemble_metrics["train_sha256"] == sha256_file(small_csvs["train"])
     members_metrics = ensemble_metrics["members"]
     assert [member["run_dir"] for member in members_metrics] == ["member-1", "member-2"]
+    # Each member's own validation accuracy (on its own split), as its run directory records it.
+    recorded = [json.loads((job.run_dir / "metrics.json").read_text())["validation"]["accuracy"]
+                for job in jobs]  # fmt: skip
+    assert [member["valid_accuracy"] for member in members_metrics] == recorded
+    assert recorded[0] != recorded[1]  # else a mix-up of members could not show here
     images = small_test.images[:200]
     ensemble = Predictor.load([tmp_path]).predict_proba(images)
     members = [Predictor.load([job.run_dir]).predict_proba(images) for job in jobs]

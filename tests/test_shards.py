@@ -159,6 +159,23 @@ def test_resharding_leaves_no_stale_shard_and_never_writes_over_its_source(
     # A plain CSV beside the shards is no shard of theirs.
     (out_dir / "train.csv").write_bytes(source[0].read_bytes())
     assert shard_csv(out_dir / "train.csv", out_dir, parts=3).n_rows == 1003
+    # A rebuild that fails part-way leaves no manifest: none describing the old shards, which it
+    # has already replaced or removed, for a reader to trust.
+    calls = itertools.count()
+    write_table = shards._write_table
+
+    def failing_write(*args):
+        if next(calls) == 1:
+            raise OSError("disk full")
+        write_table(*args)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(shards, "_write_table", failing_write)
+        with pytest.raises(OSError, match="disk full"):
+            shard_csv(source[0], out_dir, parts=4)
+    assert not (out_dir / MANIFEST_FILE).exists()
+    with pytest.raises(DataError):
+        read_data_source(out_dir)
 
 
 def test_expand_counts_determinism_and_copy_major_order(tmp_path: Path, source) -> None:
@@ -318,6 +335,10 @@ def test_a_shard_that_changed_after_its_manifest(tmp_path: Path, shard_dir: Path
         DataError, match=r"part-00001.csv: the manifest says 201 rows, the file has 100"
     ):
         list(ShardStream(copy, 64, shuffle=False, rank=0, world_size=1))
+    with pytest.raises(  # read in memory too, not only streamed
+        DataError, match=r"part-00001.csv: the manifest says 201 rows, the file has 100"
+    ):
+        read_data_source(copy)
 
 
 # --- the streaming reader -----------------------------------------------------------------------

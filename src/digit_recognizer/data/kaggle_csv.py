@@ -393,19 +393,22 @@ def _write_table(sink: pa.NativeFile, table: pa.Table, include_header: bool) -> 
     pa_csv.write_csv(table, sink, options)
 
 
+SUBMISSION_CHUNK_ROWS = 1_000_000
+
+
 def write_submission(path: str | Path, labels: NDArray[np.integer]) -> None:
     """Write labels (N,) as ``ImageId,Label`` rows, ImageId 1..N, atomically.
 
-    Rows are formatted a million at a time, so the text of a huge submission is never in memory
-    at once.
+    Rows are formatted ``SUBMISSION_CHUNK_ROWS`` at a time, so the text of a huge submission is
+    never in memory at once.
     """
     if len(labels) == 0:
         raise ValueError("no labels to write; a submission needs at least one row")
     labels = _checked_labels(labels, len(labels))
     with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8") as file:
         file.write(",".join(SUBMISSION_COLUMNS) + "\n")
-        for start in range(0, len(labels), 1_000_000):
-            pairs = enumerate(labels[start : start + 1_000_000].tolist(), start + 1)
+        for start in range(0, len(labels), SUBMISSION_CHUNK_ROWS):
+            pairs = enumerate(labels[start : start + SUBMISSION_CHUNK_ROWS].tolist(), start + 1)
             file.write("".join(f"{image_id},{label}\n" for image_id, label in pairs))
 
 
