@@ -352,10 +352,17 @@ def frame_filling(image: np.ndarray) -> np.ndarray:
 
 def test_digits_from_other_layouts_are_redone_as_mnist(small_test: DigitSet) -> None:
     originals = small_test.images[:50]
+    # Moved down 3 rows without wrapping (np.roll wraps ink to the far edge, which only the
+    # size rule catches): the box keeps MNIST's size, so only the centre-of-mass rule rejects it.
+    lowered = np.zeros_like(originals[3])
+    lowered[3:] = originals[3][:-3]
     foreign = np.stack(
         [frame_filling(originals[0]), 255 - originals[1], np.roll(originals[2], (5, -4), (0, 1))]
-        + [frame_filling(image) for image in originals[3:]]
+        + [lowered]
+        + [frame_filling(image) for image in originals[4:]]
     )
+    assert lowered.sum() == originals[3].sum()  # no ink lost off the bottom edge
+    assert in_mnist_format(originals[3:4]).all()
     assert not in_mnist_format(foreign).any()
     blank = np.zeros((1, 28, 28), dtype=np.uint8)
     conformed, n_redone = conform_to_mnist(np.concatenate([foreign, blank]))
@@ -379,6 +386,26 @@ def test_path_and_bytes_agree(tmp_path: Path) -> None:
     path = tmp_path / "one.jpg"
     drawing().save(path)
     np.testing.assert_array_equal(load_image(path), load_image(path.read_bytes()))
+
+
+def test_exif_orientation_is_applied(tmp_path: Path) -> None:
+    # Phones store photos sideways and set the EXIF Orientation tag (6: turn 90 degrees
+    # clockwise to view) instead of rotating the pixels; the digit must be read as seen.
+    upright = drawing()
+    ImageDraw.Draw(upright).line((150, 60, 40, 60), fill="black", width=24)  # a "7": not symmetric
+    upright_path, sideways_path = tmp_path / "upright.jpg", tmp_path / "sideways.jpg"
+    upright.save(upright_path)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    upright.transpose(Image.Transpose.ROTATE_90).save(sideways_path, exif=exif)
+    expected = load_image(upright_path).astype(float)
+    seen = load_image(sideways_path).astype(float)
+    # JPEG blocks fall differently on the turned pixels: close, not equal.
+    np.testing.assert_allclose(seen, expected, atol=10)
+    assert np.abs(seen - expected).mean() < 1
+    # Read without the tag, the "7" lies on its side: far from the upright one.
+    ignored = to_mnist(np.asarray(Image.open(sideways_path).convert("L")))
+    assert np.abs(ignored.astype(float) - expected).mean() > 20
 
 
 def test_to_mnist_on_a_grey_array() -> None:

@@ -1,11 +1,15 @@
+import copy
+
 import pytest
 import torch
+from torch import nn
 
 from digit_recognizer.data.augment import Augmentation, augment_batch
 from digit_recognizer.data.tensors import to_model_input
 from digit_recognizer.errors import ModelFileError, UnknownModelError
 from digit_recognizer.models import available, build, get_spec, register
 from digit_recognizer.models.nets import Deskew
+from digit_recognizer.models.runtime import inference_net
 from digit_recognizer.models.storage import load_net, save_net
 
 
@@ -85,3 +89,36 @@ def test_corrupt_model_files_name_the_file(tmp_path):
     (tmp_path / "model.json").write_text('{"model": "knn"}')
     with pytest.raises(ModelFileError, match="'knn' is a scikit-learn model, not a net: this"):
         load_net(tmp_path)
+
+
+def test_normalize_layer_standardises_mnist_images(mnist):
+    # The first layer carries MNIST's statistics into every saved model: as the nets take them
+    # (to_model_input), MNIST's images come out with mean 0 and std 1.
+    x = to_model_input(torch.as_tensor(mnist.images[:2000]))
+    with torch.no_grad():
+        normalised = build("cnn")[0](x)
+    assert abs(normalised.mean().item()) < 0.05 and abs(normalised.std().item() - 1) < 0.05
+
+
+def test_inference_net_folds_batch_norms_without_changing_outputs(small_test):
+    # Prediction folds each batch norm into its convolution (faster); a fold that were skipped,
+    # or that used the wrong statistics, would go unnoticed in accuracy tests of a fresh net
+    # (identity statistics), so the statistics here are random.
+    torch.manual_seed(0)
+    model = build("cnn").eval()
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+            nn.init.uniform_(module.weight, 0.5, 1.5)
+            nn.init.uniform_(module.bias, -0.5, 0.5)
+    x = to_model_input(torch.as_tensor(small_test.images[:32]))
+    with torch.no_grad():
+        expected = model(x)
+        folded = inference_net(copy.deepcopy(model), True)
+        unfolded = inference_net(copy.deepcopy(model), fuse_batch_norm=False)
+        assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in folded.modules())
+        # Grad-CAM hooks the real modules: unfolded keeps them.
+        assert any(isinstance(m, nn.BatchNorm2d) for m in unfolded.modules())
+        torch.testing.assert_close(folded(x), expected, rtol=0, atol=1e-5)
+        torch.testing.assert_close(unfolded(x), expected, rtol=0, atol=1e-5)

@@ -328,6 +328,31 @@ def test_bad_image_upload(client: TestClient, content: bytes, detail: str) -> No
     assert (response.status_code, response.json()["detail"]) == (422, detail)
 
 
+def test_the_configured_image_pixel_limit_is_applied(run_dir: Path) -> None:
+    # ServeConfig.max_image_pixels, not load_image's default, decides which uploads are decoded:
+    # a server on a small machine lowers it. 10,000 here: 101 x 100 is over, 100 x 100 is not.
+    config = ServeConfig(**LIMITS, max_image_pixels=10_000)
+    over, at_limit = (
+        encode(drawing(size, line=(50, 10, 55, 90))) for size in ((101, 100), (100, 100))
+    )
+    with TestClient(create_app(run_dir, config)) as small:
+        assert small.get("/model").json()["limits"]["max_image_pixels"] == 10_000
+
+        def upload(png: bytes) -> list:
+            raw = small.post("/predict", content=png, headers={"Content-Type": "image/png"})
+            form = small.post("/predict", files={"file": ("one.png", png, "image/png")})
+            return [raw, form]
+
+        raw, form = upload(over)
+        assert raw.status_code == 422, raw.text
+        assert raw.json()["detail"] == (
+            "image: 101 x 100 = 10,100 pixels is over the limit of 10,000; scale the image down"
+        )
+        assert form.status_code == 422 and "over the limit of 10,000" in form.json()["detail"]
+        for response in upload(at_limit):
+            assert response.status_code == 200 and "label" in response.json(), response.text
+
+
 def test_bad_multipart_and_content_type(client: TestClient) -> None:
     named = client.post("/predict", files={"file": ("notes.txt", b"just text", "text/plain")})
     assert (named.status_code, named.json()["detail"]) == (422, f"notes.txt: {NOT_IMAGE}")
