@@ -65,3 +65,22 @@ def test_checksum_mismatch_names_the_file(tmp_path):
         verify_checksums(tmp_path)
     with pytest.raises(DataError, match="does not match"):
         load_mnist(tmp_path)
+
+
+def test_read_idx_refuses_each_header_defect_by_name(tmp_path):
+    path = tmp_path / "bad.idx"
+    good = bytes([0, 0, 0x08, 1]) + (3).to_bytes(4, "big") + bytes(3)
+    # Every byte of the magic number counts, not only the first: 0x0100... is no IDX file.
+    path.write_bytes(b"\x00\x01" + good[2:])
+    with pytest.raises(DataError, match=r"bad\.idx: not an IDX file \(bad magic number 00010801\)"):
+        read_idx(path)
+    # Element type 0x0D (float) would be misread as bytes without this check.
+    path.write_bytes(good[:2] + b"\x0d" + good[3:])
+    with pytest.raises(DataError, match="element type 0x0d is not unsigned byte"):
+        read_idx(path)
+    # Bytes beyond the declared shape are corruption too (say, two files concatenated).
+    path.write_bytes(good + b"\x00")
+    with pytest.raises(DataError, match=r"shape \(3,\) \(11 bytes\) but the file has 12 bytes"):
+        read_idx(path)
+    with pytest.raises(DataError, match=r"missing\.idx: file not found"):
+        read_idx(tmp_path / "missing.idx")

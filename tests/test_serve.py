@@ -21,6 +21,8 @@ from digit_recognizer.cli import app as cli_app
 from digit_recognizer.data.images import MAX_IMAGE_PIXELS, conform_to_mnist, load_image
 from digit_recognizer.data.kaggle_csv import DigitSet, write_kaggle_csv
 from digit_recognizer.errors import ConfigError, ModelFileError
+from digit_recognizer.models.registry import get_spec
+from digit_recognizer.models.storage import PREPROCESSING
 from digit_recognizer.predict import PredictConfig, Predictor
 from digit_recognizer.serve import ServeConfig, create_app
 from digit_recognizer.serve.app import listening_socket, load_served_model
@@ -112,6 +114,35 @@ def test_predict_explain(client: TestClient, digits) -> None:
     assert heatmap.shape == (28, 28) and heatmap.min() >= 0 and heatmap.max() == 1
     batch = client.post("/predict?explain=true", json=[pixels_body(d) for d in digits[:2]])
     assert all(np.shape(p["grad_cam"]) == (28, 28) for p in batch.json()["predictions"])
+
+
+def test_model_describes_the_run_and_prefers_its_evaluated_accuracy(
+    run_dir: Path, tmp_path: Path
+) -> None:
+    """/model reports the run's own model.json, and the accuracy `digits evaluate` measured
+    (metrics.json) over the one training last saw, where the run has both."""
+    meta = json.loads((run_dir / "model.json").read_text())
+    evaluated = Path(shutil.copytree(run_dir, tmp_path / "evaluated"))
+    (evaluated / "metrics.json").write_text('{"validation": {"accuracy": 0.9911}}')
+    with TestClient(create_app(evaluated, ServeConfig())) as evaluated_client:
+        info = evaluated_client.get("/model").json()
+    assert info["validation_accuracy"] == 0.9911 != meta["valid_accuracy"]
+    assert info["description"] == get_spec("cnn").description
+    assert info["params"] == meta["params"] and info["preprocessing"] == PREPROCESSING
+    assert info["test_accuracy"] is None and info["test_tta"] is None
+
+
+def test_each_digit_of_a_batch_gets_its_own_probabilities_and_heatmap(
+    client: TestClient, predictor: Predictor, digits
+) -> None:
+    answer = client.post("/predict?explain=true", json=[pixels_body(d) for d in digits[:3]])
+    predictions = answer.json()["predictions"]
+    np.testing.assert_allclose([p["probabilities"] for p in predictions],
+                               predictor.predict_proba(digits[:3]), atol=1e-5)  # fmt: skip
+    for digit, prediction in zip(digits[:3], predictions, strict=True):
+        alone = client.post("/predict?explain=true", json=pixels_body(digit)).json()
+        np.testing.assert_allclose(prediction["grad_cam"], alone["grad_cam"], atol=2e-3)
+    assert predictions[0]["grad_cam"] != predictions[1]["grad_cam"]
 
 
 def test_explain_and_predict_requests_at_the_same_time(client: TestClient, digits) -> None:

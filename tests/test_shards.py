@@ -505,3 +505,33 @@ def test_cli_shard_and_expand(tmp_path: Path, source) -> None:
         app, ["data", "shard", str(tmp_path / "nope.csv"), str(tmp_path), "--parts", "2"]
     )
     assert result.exit_code == 1 and "nope.csv: file not found" in result.output
+
+
+def test_streamed_pieces_keep_row_order_and_as_is_applies_to_them(
+    tmp_path: Path, tiny_run: Path, small_test: DigitSet, monkeypatch, caplog
+) -> None:
+    """Read in several pieces, conformed or --as-is, the submission is predict_csv's row for
+    row; a warning counts the redone rows among all rows, and MNIST's own rows get none."""
+    from digit_recognizer import predict
+    from digit_recognizer.predict import PredictConfig
+    from tests.test_images import frame_filling
+
+    images = small_test.images[:200].copy()
+    images[:80] = np.stack([frame_filling(image) for image in images[:80]])
+    write_kaggle_csv(tmp_path / "test.csv", images)
+    monkeypatch.setattr(predict, "STREAM_ROWS", 64)  # four pieces, the last one short
+    submissions = []
+    for config in (PredictConfig(), PredictConfig(conform=False)):
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            predict_csv([tiny_run], tmp_path / "test.csv", tmp_path / "in_memory.csv", config)
+        assert ("80 of 200 digits were not laid out" in caplog.text) == config.conform
+        predict_stream([tiny_run], tmp_path / "test.csv", tmp_path / "streamed.csv", config)
+        submissions.append((tmp_path / "streamed.csv").read_bytes())
+        assert submissions[-1] == (tmp_path / "in_memory.csv").read_bytes()
+    assert submissions[0] != submissions[1]  # the layout matters to this net: as-is was obeyed
+    write_kaggle_csv(tmp_path / "mnist.csv", small_test.images[:200])
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        predict_csv([tiny_run], tmp_path / "mnist.csv", tmp_path / "mnist_submission.csv")
+    assert "not laid out" not in caplog.text

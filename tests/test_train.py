@@ -14,7 +14,7 @@ from digit_recognizer.data.kaggle_csv import DigitSet
 from digit_recognizer.distributed import Distributed
 from digit_recognizer.errors import ConfigError, ModelFileError
 from digit_recognizer.models.runtime import autocast_dtype
-from digit_recognizer.models.storage import load_net
+from digit_recognizer.models.storage import load_net, read_meta
 from digit_recognizer.pipeline import get_preset, train_job
 from digit_recognizer.predict import Predictor
 from digit_recognizer.train import (
@@ -323,3 +323,24 @@ def test_ema_run_stopped_and_resumed_matches_a_straight_run(tmp_path, small_trai
         assert (tmp_path / "resumed" / "config.toml").read_text() == recorded
     # The record holds settings, not the --resume that continued it: --config on it retrains.
     assert "resume = false" in recorded
+
+
+def test_checkpoint_keeps_the_time_spent_for_a_budgeted_resume(tiny_run):
+    # A resumed run's time budget and lr schedule go on from the checkpoint's clock: a zero
+    # there would give a resumed run its whole budget again.
+    checkpoint = load_checkpoint(tiny_run, torch.device("cpu"))
+    assert checkpoint["elapsed_s"] == checkpoint["history"][-1]["elapsed_s"] > 0
+    assert checkpoint["history"][0]["elapsed_s"] < checkpoint["elapsed_s"]
+
+
+def test_a_run_without_validation_claims_no_validation_accuracy(tmp_path, small_train):
+    # No validation set, or an empty one (--valid-size 0): nothing was validated, so neither the
+    # result, model.json nor history.csv may carry a validation figure.
+    subset = DigitSet(small_train.images[:256], small_train.labels[:256])
+    empty = DigitSet(small_train.images[:0], small_train.labels[:0])
+    config = TrainConfig(epochs=1, batch_size=64)
+    for name, valid in (("none", None), ("empty", empty)):
+        result = train(config, subset, valid, tmp_path / name)
+        assert result.valid_accuracy is None
+        assert "valid_accuracy" not in read_meta(tmp_path / name)
+        assert not any(key.startswith("valid_") for key in result.history[0])
