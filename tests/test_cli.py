@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from digit_recognizer.cli import app
 from digit_recognizer.data.kaggle_csv import write_kaggle_csv
+from digit_recognizer.data.replica import replica_files
 from digit_recognizer.evaluate import compute_metrics
 from digit_recognizer.fileio import locked_dir
 from digit_recognizer.predict import PredictConfig, Predictor, conform_rows, predict_csv
@@ -233,3 +234,34 @@ def test_help_shows_the_defaults_written_into_it(command):
     output = invoke(command, "--help").output
     assert "default:" in output
     assert all(before.endswith(("[", "(")) for before in output.split("default:")[:-1]), output
+
+
+def test_models_table_shows_each_kind_and_description():
+    """Not only the names: the kind and a description of each, which is what one reads it for."""
+    from digit_recognizer.models import get_spec
+
+    result = invoke("models")
+    assert result.exit_code == 0 and "classical" in result.output and "net" in result.output
+    words = " ".join(result.output.split())
+    assert get_spec("knn").description.split()[0] in words
+
+
+def test_data_kaggle_and_serve_pass_their_options_on(tmp_path, monkeypatch):
+    """--seed and --force reach the replica builder, --host the server's config; both
+    stubbed here, as the options are the CLI's part (the builder writes 70,000 rows)."""
+    calls = {}
+
+    def build_replica(out_dir, **options):
+        calls["replica"] = options
+        return replica_files(out_dir)
+
+    def run_server(_run_dir, config, **_announce):
+        calls["serve"] = config
+
+    monkeypatch.setattr("digit_recognizer.data.replica.build_replica", build_replica)
+    monkeypatch.setattr("digit_recognizer.serve.run_server", run_server)
+    result = invoke("data", "kaggle", tmp_path / "k", "--seed", "7", "--force")
+    assert result.exit_code == 0 and calls["replica"] == {"seed": 7, "overwrite": True}
+    result = invoke("serve", tmp_path, "--host", "0.0.0.0", "--port", "8123")
+    assert result.exit_code == 0, result.output
+    assert (calls["serve"].host, calls["serve"].port) == ("0.0.0.0", 8123)

@@ -150,3 +150,53 @@ def test_grad_cam_of_a_deskewing_net_lies_over_the_digit_as_written(mnist):
     for heatmap, image, straightened in zip(heatmaps, images, upright.numpy(), strict=True):
         assert correlation(heatmap, image) > 0.95
         assert correlation(heatmap, image) > correlation(heatmap, straightened)
+
+
+def test_grad_cam_targets_follow_their_images_across_batches(model, small_test, monkeypatch):
+    """One target per image stays with its image past the first batch (batches of 2 here)."""
+    images = small_test.images[:5]
+    targets = [3, 1, 4, 1, 5]
+    alone = np.concatenate([grad_cam(model, image[None], target=t)
+                            for image, t in zip(images, targets, strict=True)])  # fmt: skip
+    monkeypatch.setattr("digit_recognizer.explain.BATCH_SIZE", 2)
+    np.testing.assert_allclose(grad_cam(model, images, target=targets), alone, atol=1e-5)
+
+
+def test_grad_cam_rejects_a_layer_of_another_model_and_restores_training_mode(small_test):
+    """A conv of another net never runs, so its hook would capture nothing: refused by name.
+    A net in training keeps training after the explanation switched it to eval."""
+    torch.manual_seed(0)
+    net, other = build("cnn-tiny"), build("cnn-tiny")
+    stranger = next(m for m in other.modules() if isinstance(m, torch.nn.Conv2d))
+    with pytest.raises(ValueError, match="layer is not a module of this model"):
+        grad_cam(net, small_test.images[:2], layer=stranger)
+    net.train()
+    grad_cam(net, small_test.images[:2])
+    assert net.training
+
+
+def test_explain_image_maps_the_digit_its_probabilities_predict(model, small_test, monkeypatch):
+    """The heatmap is of the predicted digit even where grad_cam's own fp32 pass would pick
+    another (a near tie): here the probabilities are made to favour a digit it does not."""
+    image = small_test.images[0]
+    with torch.no_grad():
+        own = int(model(to_model_input(torch.as_tensor(image[None]))).argmax())
+    favoured = (own + 1) % 10
+    probas = np.full((1, 10), 0.01, np.float32)
+    probas[0, favoured] = 0.91
+
+    class Fixed:
+        def predict_proba(self, _images):
+            return probas
+
+    monkeypatch.setattr(Predictor, "from_models", staticmethod(lambda _models: Fixed()))
+    explanation = explain_image(model, image)
+    assert explanation.predicted == favoured
+    expected = grad_cam(model, image[None], target=favoured)[0]
+    np.testing.assert_allclose(explanation.heatmap, expected, atol=1e-5)
+
+
+def test_explain_run_keeps_the_label_of_a_labelled_row(tiny_run, small_csvs, small_train, tmp_path):
+    """A train.csv row is explained with its true digit (shown in the title as `true N`)."""
+    explanation = explain_run(tiny_run, small_csvs["train"], 5, tmp_path / "why.png")
+    assert explanation.label == int(small_train.labels[5])

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from digit_recognizer import eda as eda_module
 from digit_recognizer.cli import app
-from digit_recognizer.data.kaggle_csv import read_kaggle_csv, write_kaggle_csv
+from digit_recognizer.data.kaggle_csv import DigitSet, read_kaggle_csv, write_kaggle_csv
 from digit_recognizer.data.splits import split_for_training
 from digit_recognizer.eda import _mean_and_std, eda
 from digit_recognizer.errors import DataError
@@ -75,6 +76,46 @@ def test_eda_summarises_and_writes_a_self_contained_page(tmp_path, small_train):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert eda(csv_path, tmp_path / "eda").class_counts[7] == 0
+
+
+def test_eda_summary_rows_state_the_csvs_own_numbers(tmp_path, small_train):
+    """Each row of the summary table, exactly: the sums above cannot tell a wrong share of
+    background pixels, memory, dtypes, a reordered label count or the wrong balance."""
+    labels = small_train.labels[:300]
+    keep = (labels != 0) | (np.cumsum(labels == 0) <= 2)  # two zeros: the rarest class is 0
+    images, labels = small_train.images[:300][keep], labels[keep]
+    csv_path = tmp_path / "train.csv"
+    write_kaggle_csv(csv_path, images, labels)
+    summary = eda_module._summarise(csv_path, read_kaggle_csv(csv_path))  # eda() less its plots
+    counts = np.bincount(labels, minlength=10)
+    assert counts.argmin() == 0 and list(counts) != sorted(counts)
+    assert summary.zero_fraction == pytest.approx((images == 0).mean(), rel=1e-9)
+    assert summary.memory_bytes == images.nbytes + labels.astype(np.int64).nbytes
+    assert summary.dtypes == {"label": "int64", "pixel0..pixel783": "uint8"}
+    rows = dict(summary.rows())
+    assert rows["rows x columns"] == f"{len(images):,} x 785"
+    assert rows["background pixels"] == f"{(images == 0).mean():.1%} are exactly 0"
+    assert rows["label counts"] == " ".join(f"{d}:{n}" for d, n in enumerate(counts))
+    assert rows["balance"] == f"smallest / largest class = {counts.min() / counts.max():.2f}"
+
+
+def test_eda_plots_draw_the_counts_and_the_nets_normalisation(tmp_path, small_train, monkeypatch):
+    """The figures' own numbers, read off the matplotlib figure before it is saved: bars per
+    digit in digit order, the image count in the title, the histogram's x after normalising."""
+    drawn = []
+    monkeypatch.setattr(eda_module, "save_figure", lambda fig, _path: drawn.append(fig))
+    data = DigitSet(small_train.images[:300], small_train.labels[:300])
+    rng = np.random.default_rng(0)
+    eda_module._plot_label_distribution(data, rng, tmp_path / "labels.png")
+    ax = drawn[-1].axes[0]
+    heights = [patch.get_height() for patch in ax.patches]
+    np.testing.assert_array_equal(heights, np.bincount(data.labels, minlength=10))
+    assert ax.get_title() == "Label distribution (300 images)"
+    eda_module._plot_pixel_histograms(data, rng, tmp_path / "pixels.png")
+    after = drawn[-1].axes[1]
+    x = [patch.get_x() + patch.get_width() / 2 for patch in after.patches]
+    expected = (np.arange(256) / 255 - eda_module.MNIST_MEAN) / eda_module.MNIST_STD
+    np.testing.assert_allclose(x, expected, rtol=1e-9, atol=1e-9)
 
 
 def test_eda_pixel_maps_are_numpys_mean_and_std_computed_in_chunks(small_train):
