@@ -66,6 +66,9 @@ CONFIG_FILE = "config.toml"
 RESUME_KEYS = ("model", "optimizer", "step", "epoch", "elapsed_s", "lr_scale", "history",
                "best_accuracy", "best_loss", "best_state", "epochs_since_best")  # fmt: skip
 DEFAULT_LR = {"sgd": 0.05, "adam": 1e-3, "adamw": 1e-3}
+# Seeds times this, plus epoch and rank: the draws of seed n never meet those of seed n + 1 (an
+# ensemble's next member) at another epoch.
+SEED_STRIDE = 1_000_003
 
 
 def auto_model(device: str = "auto", amp: bool = True) -> str:
@@ -362,7 +365,7 @@ def row_sampler(n_rows: int, dist_env: Distributed, seed: int) -> DistributedSam
     # DistributedSampler shuffles with seed + epoch: seeds spread apart, ensemble members (seeds
     # n and n + 1) do not see one order an epoch apart.
     return DistributedSampler(range(n_rows), dist_env.world_size, dist_env.rank,
-                              seed=seed * 1_000_003, drop_last=True)  # fmt: skip
+                              seed=seed * SEED_STRIDE, drop_last=True)  # fmt: skip
 
 
 def rows_fingerprint(train_set: DigitSet | Manifest) -> str:
@@ -553,7 +556,7 @@ def train(
         model.train()
         # Randomness is a function of (seed, epoch, rank), so resuming at an epoch boundary
         # needs no RNG state and ranks draw different augmentations.
-        epoch_seed = config.seed * 1_000_003 + epoch * 1_009 + dist_env.rank
+        epoch_seed = config.seed * SEED_STRIDE + epoch * 1_009 + dist_env.rank
         generator = torch.Generator(device=device).manual_seed(epoch_seed)
         # Dropout draws from the global generator: seeded alike, its stream would be the
         # augmentation's own (one algorithm per device).
