@@ -1,10 +1,15 @@
-"""Digits on paper: how a model reads replica test digits photographed on a form or ruled page.
+"""Digits on paper: how a model reads replica test digits photographed on a form or ruled page,
+or in uneven light.
 
 Each digit is drawn dark on light paper, 84 pixels high in the middle of a 200 x 200 page, with
 the page's lines: none, a box around it (inset, cropped at its lines, 8 pixels thick), an
 underline, a line it is written on (its lowest ink touches it), or dark lines ruled every
 40 pixels across it; then the page is turned by each angle, as a hand-held photo turns it, and
 read as `digits predict-image` reads a photo (``to_mnist``). Printed: errors per kind and angle.
+
+Then the plain page photographed in uneven light: light falling off across it, and the shadow of
+a phone or a hand, half as bright as the lit paper (the ink too), its edge a straight line at a
+random angle beside the digit or across it, hard (a pixel or two of penumbra) or soft.
 
 Two checks that the line removal leaves digits alone (their errors should match the plain
 page's): the same digits cropped tight to their ink and enlarged x6, where a 7's bar spans the
@@ -31,6 +36,7 @@ from digit_recognizer.predict import PredictConfig, Predictor
 
 PAGE = 200
 PAPER, LINE = 235, 20
+SHADE = 0.5
 DIGIT_SIDE, DIGIT_TOP = 84, 58
 
 
@@ -67,6 +73,24 @@ KINDS = {
     "underline": underlined,
     "written on a line": on_a_line,
     "ruled every 40 px": ruled,
+}
+
+
+def shadow(rng: np.random.Generator, across_digit: bool, penumbra: float) -> NDArray[np.float32]:
+    """The share of light reaching each pixel of a page half in a shadow (SHADE) with a straight
+    edge: through the digit's box, or beside it (clear of the box's corners)."""
+    angle = rng.uniform(0, 2 * np.pi)
+    distance = rng.uniform(-30, 30) if across_digit else rng.uniform(62, 85)
+    rows, columns = np.mgrid[0:PAGE, 0:PAGE] - PAGE / 2
+    beyond_edge = np.cos(angle) * columns + np.sin(angle) * rows > distance
+    return ndimage.gaussian_filter(np.where(beyond_edge, SHADE, 1.0), penumbra)
+
+
+LIGHTS = {
+    "light falling off to 55 %": lambda rng: np.linspace(1, 0.55, PAGE)[None, :],
+    "shadow beside the digit": lambda rng: shadow(rng, across_digit=False, penumbra=1),
+    "shadow across the digit": lambda rng: shadow(rng, across_digit=True, penumbra=1),
+    "  its edge soft": lambda rng: shadow(rng, across_digit=True, penumbra=6),
 }
 
 
@@ -118,6 +142,11 @@ def main() -> None:
     for name, draw_lines in KINDS.items():
         counts = [errors([photo(image, draw_lines, angle) for image in test]) for angle in angles]
         print(f"{name:<28}" + "".join(f"{count:>7}" for count in counts), flush=True)
+    print(f"\n{'plain page, lit unevenly':<28}")
+    for name, light in LIGHTS.items():
+        rng = np.random.default_rng(1)
+        pages = [photo(image, KINDS["plain page"], 0) * light(rng) for image in test]
+        print(f"{name:<28}{errors([page.astype(np.uint8) for page in pages]):>7}", flush=True)
     print(f"\n{'cropped tight to the ink':<28}{errors([tight_crop(image) for image in test]):>7}")
     thin = errors([tight_crop(image, erosion=9) for image in test])
     print(f"{'  and drawn with a thin pen':<28}{thin:>7}")

@@ -493,3 +493,63 @@ def test_predict_images_gives_each_file_its_own_probabilities(
         assert results[i].error is None
         np.testing.assert_allclose(results[i].probabilities, proba, atol=1e-6)
         assert results[i].probabilities.argmax() == proba.argmax()
+
+
+def page_photo(digit: np.ndarray, light: np.ndarray | float) -> np.ndarray:
+    """An MNIST digit written 84 pixels high, dark on light paper, in the middle of a 200 x 200
+    page, photographed under ``light`` (the share of full light reaching each pixel)."""
+    enlarged = np.asarray(Image.fromarray(digit).resize((84, 84), Image.Resampling.BILINEAR))
+    page = np.full((200, 200), 235, dtype=np.float32)
+    page[58:142, 58:142] = np.minimum(235, (255 - enlarged.astype(np.float32)) * 235 / 255)
+    return np.clip(page * light, 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize(
+    ("edge", "shade"),
+    [((1.0, 0.3, 150), 0.5), ((0.2, 1.0, 20), 0.5), ((1.0, -0.6, 100), 0.35)],
+    ids=["most of the page in shadow", "a corner lit", "the edge across the digit"],
+)
+def test_a_hard_edged_shadow_is_neither_ink_nor_paper_s_level(
+    small_test: DigitSet, edge: tuple[float, float, float], shade: float
+) -> None:
+    """A phone's or a hand's shadow across the page: paper at two levels with a sharp edge
+    between them, and the ink in the shadow darker and less contrasted. Neither the edge nor
+    the lit paper is ink (where most of the page is in shadow, the lit paper is the brighter
+    side of it, as light ink would be), and the shadowed strokes are as inked as the others."""
+    across, down, offset = edge
+    rows, columns = np.mgrid[0:200, 0:200]
+    light = np.where(across * columns + down * rows > offset, shade, 1.0)
+    light = ndimage.gaussian_filter(light, 1.0)  # a pixel or two of penumbra
+    correlations = [
+        correlation(to_mnist(page_photo(digit, light)), to_mnist(page_photo(digit, 1.0)))
+        for digit in small_test.images[:10]
+    ]
+    assert np.mean(correlations) > 0.9 and min(correlations) > 0.6  # before: 0.18-0.30, 0.5
+
+
+def test_a_stroke_wider_than_the_levelling_window_is_still_ink() -> None:
+    """A marker's stroke in a small photo can outgrow the window that levels the light: what
+    the window keeps of it is ink, not paper to flood the rest of the digit's strokes with."""
+    page = np.asarray(drawing(size=(160, 160), line=(80, 20, 80, 140)).convert("L"), np.float32)
+    bold = page.copy()
+    bold[20:140, 55:105] = np.minimum(bold[20:140, 55:105], 0)  # 50 pixels wide: window 41
+    light = np.linspace(1.0, 0.55, 160)[None, :]
+    for image in (page, bold):
+        digit = load_image(encode(Image.fromarray((image * 0.92 + 20) * light).convert("L")))
+        even = load_image(encode(Image.fromarray(image * 0.92 + 20).convert("L")))
+        assert correlation(digit, even) > 0.9  # the bold one was "no digit found"
+
+
+def test_a_fine_pen_s_digit_cropped_to_its_ink_is_not_levelled(small_test: DigitSet) -> None:
+    """Grey strokes of a fine pen run to the edges of a tight crop, where they would pass for
+    paper in shadow: the strokes levelled away with it."""
+    correlations = []
+    for digit in small_test.images[:30]:
+        rows, columns = np.nonzero(digit)
+        ink = digit[rows.min() : rows.max() + 1, columns.min() : columns.max() + 1]
+        size = (ink.shape[1] * 6, ink.shape[0] * 6)
+        enlarged = Image.fromarray(ink).resize(size, Image.Resampling.BILINEAR)
+        fine = 255 - ndimage.grey_erosion(np.asarray(enlarged), size=9)
+        framed = np.pad(fine, 30, constant_values=255)  # on its page: evenly lit paper around
+        correlations.append(correlation(to_mnist(fine), to_mnist(framed)))
+    assert np.mean(correlations) > 0.95  # levelled: 0.75

@@ -59,10 +59,10 @@ STRAY_MARGIN = 0.2
 INK_PERCENTILE = 0.1
 MIN_CONTRAST = 32  # grey levels between background and darkest ink; below it the image is blank
 # Paper whose border spans more grey levels than that (10th to 90th percentile) is unevenly lit,
-# and its level is taken cell by cell on a grid this many cells a side (_flatten_lighting); in
-# photos and scans only: in a small image (a 28 x 28 digit that fills its frame) a border that
-# varies is ink.
-LIGHTING_GRID = 4
+# and its level is taken as what a window this fraction of the image a side, wider than a pen
+# stroke, leaves (_flatten_lighting); in photos and scans only: in a small image (a 28 x 28
+# digit that fills its frame) a border that varies is ink.
+STROKE_WINDOW = 0.25
 MIN_PHOTO_SIDE = 64
 RIM_FRACTION = 0.05  # an enlarged stroke's anti-aliased rim, as a fraction of the image
 # A form's box is searched for in images from this size (a 5 mm box scanned at 200 dpi is 40
@@ -168,10 +168,10 @@ def to_mnist(grey: NDArray[np.uint8], name: str = "image") -> NDArray[np.uint8]:
     """MNIST-style digit uint8 (28, 28), white ink on black, from a greyscale image (H, W).
 
     Inverts when the background (the median of a band along the edges) is light, levels a
-    photo's uneven lighting (_flatten_lighting), stretches contrast so the background is 0 and
-    the darkest ink 255, removes a form's or ruled paper's lines (_without_lines) and specks
-    of dust (_without_specks), crops to the ink, fits it into 20 x 20 keeping the aspect ratio
-    (Lanczos, anti-aliased) and centres it by centre of mass.
+    photo's uneven lighting, a shadow's hard edge too (_flatten_lighting), stretches contrast
+    so the background is 0 and the darkest ink 255, removes a form's or ruled paper's lines
+    (_without_lines) and specks of dust (_without_specks), crops to the ink, fits it into
+    20 x 20 keeping the aspect ratio (Lanczos, anti-aliased) and centres it by centre of mass.
     """
     pixels = _reduced(grey).astype(np.float32)
     # The paper's level from a band along the edges, not the outermost pixels alone: a form's
@@ -187,14 +187,24 @@ def to_mnist(grey: NDArray[np.uint8], name: str = "image") -> NDArray[np.uint8]:
     if max(background - darkest, brightest - background) < MIN_CONTRAST:
         # Ink on under INK_PERCENTILE of the image (a fine pen in a large photo): its extremes.
         darkest, brightest = pixels.min(), pixels.max()
-    is_dark_ink = background - darkest > brightest - background
-    ink_contrast = background - darkest if is_dark_ink else brightest - background
+    dark_reach, light_reach = background - darkest, brightest - background
+    is_dark_ink = dark_reach > light_reach
+    is_photo = min(pixels.shape) >= MIN_PHOTO_SIDE
+    if is_photo and min(dark_reach, light_reach) >= MIN_CONTRAST:
+        # Far from the paper's median both ways: a shadow across the page (or glare) puts the
+        # paper at two levels, both along the edges too; the ink goes past them. Unless the
+        # edges hold ink as well (a digit cropped tight to its strokes), where neither does.
+        low, high = np.percentile(pixels[edges], [1, 99])
+        if abs((low - darkest) - (brightest - high)) >= MIN_CONTRAST:
+            is_dark_ink = low - darkest > brightest - high
+    ink_contrast = dark_reach if is_dark_ink else light_reach
     if is_dark_ink:
         pixels, background = 255 - pixels, 255 - background
     # Size first: conform_to_mnist sends every 28 x 28 CSV row it redoes through here.
-    is_photo = min(pixels.shape) >= MIN_PHOTO_SIDE
-    if is_photo and _unevenly_lit(pixels, background + 0.75 * ink_contrast):
-        pixels, background = _flatten_lighting(pixels), 0.0
+    ink_level = background + 0.75 * ink_contrast
+    paper = _paper_along_border(pixels, ink_level) if is_photo else None
+    if paper is not None and _unevenly_lit(pixels, paper):
+        pixels, background = _flatten_lighting(pixels, ink_level, is_dark_ink), 0.0
     contrast = float(pixels.max()) - background
     if contrast < MIN_CONTRAST:
         raise DataError(f"{name}: no digit found (the image is blank or has too little contrast)")
@@ -421,31 +431,86 @@ def _without_specks(ink: NDArray[np.float32]) -> NDArray[np.float32]:
     return np.where(np.concatenate([[False], is_speck])[blobs], 0, ink)
 
 
-def _unevenly_lit(pixels: NDArray[np.float32], ink_level: float) -> bool:
-    """Whether the paper along the image's border spans more than MIN_CONTRAST grey levels
-    (10th to 90th percentile). Only the paper's own pixels count: in a digit cropped tight to
-    its ink, the strokes that reach the border, and their anti-aliased rims, are no shadow.
-    Ink is what reaches ``ink_level`` (ink-bright), most of the way from the paper to the
-    darkest ink: a shadow's edge on the paper stays short of it."""
+def _paper_along_border(pixels: NDArray[np.float32], ink_level: float) -> NDArray[np.bool_]:
+    """The pixels along the image's border that are paper, by which to judge the light. Not
+    strokes that reach the border (a digit cropped tight to its ink) nor their anti-aliased
+    rims: ink is what reaches ``ink_level`` (ink-bright), most of the way from the paper to
+    the darkest ink, which a shadow's edge on the paper stays short of. None at all in an image
+    whose ink runs to its edge (a digit cropped to its ink, or off the page): there is no
+    paper all around to tell by, and the grey of a fine pen's strokes would pass for shadow."""
     rim = max(1, round(RIM_FRACTION * min(pixels.shape)))
-    near_ink = ndimage.maximum_filter(pixels, size=2 * rim + 1) >= ink_level
-    is_paper = np.concatenate([~near_ink[0], ~near_ink[-1], ~near_ink[:, 0], ~near_ink[:, -1]])
-    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
-    paper = border[is_paper]
-    return len(paper) > 0 and np.ptp(np.percentile(paper, [10, 90])) > MIN_CONTRAST
-
-
-def _flatten_lighting(pixels: NDArray[np.float32]) -> NDArray[np.float32]:
-    """Ink-bright pixels less the paper's own level where it varies (a shadow across a photo,
-    light falling off), taken on a coarse grid and interpolated between its cells. Cells are a
-    quarter of the image a side, wider than a pen stroke, so paper is most of each: its 30th
-    percentile is paper, nearer the cell's middle level than its darkest pixel would be."""
-    rows = np.array_split(pixels, LIGHTING_GRID, axis=0)
-    cells = [np.array_split(row, LIGHTING_GRID, axis=1) for row in rows]
-    paper = np.array([[np.percentile(cell, 30) for cell in row] for row in cells], np.float32)
+    rows, columns = np.nonzero(pixels >= ink_level)
     height, width = pixels.shape
-    paper = np.asarray(Image.fromarray(paper).resize((width, height), Image.Resampling.BILINEAR))
-    return np.clip(pixels - paper, 0, None)
+    border = np.zeros(pixels.shape, dtype=bool)
+    if min(rows.min(), columns.min(), height - 1 - rows.max(), width - 1 - columns.max()) < rim:
+        return border
+    border[[0, -1], :] = border[:, [0, -1]] = True
+    return border & (ndimage.maximum_filter(pixels, size=2 * rim + 1) < ink_level)
+
+
+def _unevenly_lit(pixels: NDArray[np.float32], paper: NDArray[np.bool_]) -> bool:
+    """Whether the ``paper`` pixels span more than MIN_CONTRAST grey levels (10th to 90th
+    percentile)."""
+    return paper.any() and np.ptp(np.percentile(pixels[paper], [10, 90])) > MIN_CONTRAST
+
+
+def _flatten_lighting(
+    pixels: NDArray[np.float32], ink_level: float, paper_was_light: bool
+) -> NDArray[np.float32]:
+    """Ink-bright pixels less the paper's own level where it varies (a shadow across a photo,
+    light falling off), 0-255.
+
+    The paper's level is the image's grey opening (a minimum, then a maximum filter) over a
+    window wider than a pen stroke, which drops the strokes and keeps what is wider: a ramp of
+    light, and a shadow's edge where it is, however hard. Where a shadow narrows below the
+    window (its corner, a strip of it along the border) the opening cuts it off, so the
+    paper's level then floods back (_flooded) from what the opening kept and from what an
+    opening along each side of the border keeps (a strip of shadow there is long, a stroke
+    crossing it short); not from ink they kept (below ``ink_level`` only: a bold stroke wider
+    than the window). On light paper the ink is measured against the paper's
+    brightness, not by a difference: light lets a shadowed stroke's darkness through in
+    proportion to the paper around it.
+    """
+    window = _stroke_window(pixels.shape)
+    opened = ndimage.grey_opening(pixels, size=window)
+    for side in (np.s_[0, :], np.s_[-1, :], np.s_[:, 0], np.s_[:, -1]):
+        opened[side] = np.maximum(opened[side], ndimage.grey_opening(pixels[side], size=window))
+    paper = _flooded(np.where(opened < ink_level, opened, 0), pixels)
+    ink = pixels - paper
+    if paper_was_light:
+        ink *= 255 / np.maximum(255 - paper, MIN_CONTRAST)
+    return np.clip(ink, 0, None)
+
+
+def _flooded(level: NDArray[np.float32], pixels: NDArray[np.float32]) -> NDArray[np.float32]:
+    """``level`` (at most ``pixels`` everywhere) raised toward ``pixels`` pixel by pixel from
+    where it is high, as a grey reconstruction by dilation does, but only onto pixels within
+    MIN_CONTRAST of the level arriving: it runs into a shadow's corner, which is at its
+    shadow's level, and not up a stroke, which would then read as paper.
+
+    Each step works on the box around the pixels the previous one raised (a pixel left
+    alone has raised its neighbours already): the flood runs a corner's length, not the
+    image's, at a few milliseconds a photo.
+    """
+    level = level.copy()
+    top, bottom, left, right = 0, level.shape[0], 0, level.shape[1]
+    while True:
+        box = np.s_[top:bottom, left:right]
+        arriving = ndimage.grey_dilation(level[box], size=3)
+        reached = pixels[box] - arriving <= MIN_CONTRAST
+        raised = np.where(reached, np.minimum(arriving, pixels[box]), level[box])
+        rows, columns = np.nonzero(raised > level[box])
+        if not len(rows):
+            return level
+        level[box] = raised
+        height, width = level.shape
+        top, bottom = max(0, top + rows.min() - 1), min(height, top + rows.max() + 2)
+        left, right = max(0, left + columns.min() - 1), min(width, left + columns.max() + 2)
+
+
+def _stroke_window(shape: tuple[int, ...]) -> int:
+    """An odd window side, STROKE_WINDOW of the image's shorter side."""
+    return 2 * round(STROKE_WINDOW * min(shape) / 2) + 1
 
 
 def _centre_by_mass(digit: NDArray[np.float32]) -> NDArray[np.uint8]:
