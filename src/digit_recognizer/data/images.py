@@ -63,7 +63,9 @@ MIN_CONTRAST = 32  # grey levels between background and darkest ink; below it th
 # stroke, leaves (_flatten_lighting); in photos and scans only: in a small image (a 28 x 28
 # digit that fills its frame) a border that varies is ink.
 STROKE_WINDOW = 0.25
+FLOOD_STEP = 16  # grey levels: the paper's level floods on where it rises by more (_flooded)
 MIN_PHOTO_SIDE = 64
+BORDER = (np.s_[0, :], np.s_[-1, :], np.s_[:, 0], np.s_[:, -1])  # the image's four sides
 RIM_FRACTION = 0.05  # an enlarged stroke's anti-aliased rim, as a fraction of the image
 # A form's box is searched for in images from this size (a 5 mm box scanned at 200 dpi is 40
 # pixels): a 28 x 28 CSV row's digit fills its frame.
@@ -432,20 +434,18 @@ def _without_specks(ink: NDArray[np.float32]) -> NDArray[np.float32]:
 
 
 def _paper_along_border(pixels: NDArray[np.float32], ink_level: float) -> NDArray[np.bool_]:
-    """The pixels along the image's border that are paper, by which to judge the light. Not
+    """The pixels along the image's border that are paper, by which to judge the light: not
     strokes that reach the border (a digit cropped tight to its ink) nor their anti-aliased
-    rims: ink is what reaches ``ink_level`` (ink-bright), most of the way from the paper to
-    the darkest ink, which a shadow's edge on the paper stays short of. None at all in an image
-    whose ink runs to its edge (a digit cropped to its ink, or off the page): there is no
-    paper all around to tell by, and the grey of a fine pen's strokes would pass for shadow."""
+    rims. Ink is what reaches ``ink_level`` (ink-bright), most of the way from the paper to
+    the darkest ink, which a shadow's edge on the paper stays short of; and paper is wide
+    along the side, as a shadow's stretch of it is, where a fine pen's grey stroke crossing
+    it is narrow."""
     rim = max(1, round(RIM_FRACTION * min(pixels.shape)))
-    rows, columns = np.nonzero(pixels >= ink_level)
-    height, width = pixels.shape
-    border = np.zeros(pixels.shape, dtype=bool)
-    if min(rows.min(), columns.min(), height - 1 - rows.max(), width - 1 - columns.max()) < rim:
-        return border
-    border[[0, -1], :] = border[:, [0, -1]] = True
-    return border & (ndimage.maximum_filter(pixels, size=2 * rim + 1) < ink_level)
+    window = _stroke_window(pixels.shape)
+    paper = np.zeros(pixels.shape, dtype=bool)
+    for side in BORDER:
+        paper[side] = pixels[side] - ndimage.grey_opening(pixels[side], window) <= MIN_CONTRAST / 2
+    return paper & (ndimage.maximum_filter(pixels, size=2 * rim + 1) < ink_level)
 
 
 def _unevenly_lit(pixels: NDArray[np.float32], paper: NDArray[np.bool_]) -> bool:
@@ -466,43 +466,46 @@ def _flatten_lighting(
     window (its corner, a strip of it along the border) the opening cuts it off, so the
     paper's level then floods back (_flooded) from what the opening kept and from what an
     opening along each side of the border keeps (a strip of shadow there is long, a stroke
-    crossing it short); not from ink they kept (below ``ink_level`` only: a bold stroke wider
-    than the window). On light paper the ink is measured against the paper's
-    brightness, not by a difference: light lets a shadowed stroke's darkness through in
-    proportion to the paper around it.
+    crossing it short), but not from ink they kept (below ``ink_level`` only: a bold stroke
+    wider than the window), and no higher than the image without its strokes (an opening a
+    quarter the window wide), so that a pencil's lit strokes, as grey as the paper in shadow
+    beside them, stay ink. On light paper the ink is measured against the paper's brightness,
+    not by a difference: light lets a shadowed stroke's darkness through in proportion to the
+    paper around it.
     """
     window = _stroke_window(pixels.shape)
     opened = ndimage.grey_opening(pixels, size=window)
-    for side in (np.s_[0, :], np.s_[-1, :], np.s_[:, 0], np.s_[:, -1]):
+    for side in BORDER:
         opened[side] = np.maximum(opened[side], ndimage.grey_opening(pixels[side], size=window))
-    paper = _flooded(np.where(opened < ink_level, opened, 0), pixels)
+    strokeless = ndimage.grey_opening(pixels, size=window // 4 | 1)
+    paper = _flooded(np.where(opened < ink_level, opened, 0), np.maximum(strokeless, opened))
     ink = pixels - paper
     if paper_was_light:
         ink *= 255 / np.maximum(255 - paper, MIN_CONTRAST)
     return np.clip(ink, 0, None)
 
 
-def _flooded(level: NDArray[np.float32], pixels: NDArray[np.float32]) -> NDArray[np.float32]:
-    """``level`` (at most ``pixels`` everywhere) raised toward ``pixels`` pixel by pixel from
-    where it is high, as a grey reconstruction by dilation does, but only onto pixels within
-    MIN_CONTRAST of the level arriving: it runs into a shadow's corner, which is at its
-    shadow's level, and not up a stroke, which would then read as paper.
-
-    Each step works on the box around the pixels the previous one raised (a pixel left
-    alone has raised its neighbours already): the flood runs a corner's length, not the
-    image's, at a few milliseconds a photo.
+def _flooded(level: NDArray[np.float32], ceiling: NDArray[np.float32]) -> NDArray[np.float32]:
+    """``level`` (at most ``ceiling`` everywhere) raised toward ``ceiling`` pixel by pixel from
+    where it is higher, as a grey reconstruction by dilation does, but only onto pixels whose
+    ceiling is at most MIN_CONTRAST above the level arriving: along a shadow's corner, which is
+    at its shadow's level, not up a bold stroke. It moves on only where it rises by more than
+    FLOOD_STEP: a photo's noise or the curve of a vignette would keep it going for nothing.
+    Each step works on the box around the pixels the previous one raised (a pixel left alone
+    has raised its neighbours already).
     """
     level = level.copy()
     top, bottom, left, right = 0, level.shape[0], 0, level.shape[1]
     while True:
         box = np.s_[top:bottom, left:right]
         arriving = ndimage.grey_dilation(level[box], size=3)
-        reached = pixels[box] - arriving <= MIN_CONTRAST
-        raised = np.where(reached, np.minimum(arriving, pixels[box]), level[box])
-        rows, columns = np.nonzero(raised > level[box])
+        reached = ceiling[box] - arriving <= MIN_CONTRAST
+        raised = np.where(reached, np.minimum(arriving, ceiling[box]), level[box])
+        rises = raised > level[box] + FLOOD_STEP
+        rows, columns = np.nonzero(rises)
         if not len(rows):
             return level
-        level[box] = raised
+        level[box] = np.where(rises, raised, level[box])
         height, width = level.shape
         top, bottom = max(0, top + rows.min() - 1), min(height, top + rows.max() + 2)
         left, right = max(0, left + columns.min() - 1), min(width, left + columns.max() + 2)
