@@ -204,8 +204,7 @@ def to_mnist(grey: NDArray[np.uint8], name: str = "image") -> NDArray[np.uint8]:
         pixels, background = 255 - pixels, 255 - background
     # Size first: conform_to_mnist sends every 28 x 28 CSV row it redoes through here.
     ink_level = background + 0.75 * ink_contrast
-    paper = _paper_along_border(pixels, ink_level) if is_photo else None
-    if paper is not None and _unevenly_lit(pixels, paper):
+    if is_photo and _unevenly_lit(pixels, _paper_along_border(pixels, ink_level)):
         pixels, background = _flatten_lighting(pixels, ink_level, is_dark_ink), 0.0
     contrast = float(pixels.max()) - background
     if contrast < MIN_CONTRAST:
