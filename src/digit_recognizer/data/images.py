@@ -204,8 +204,11 @@ def to_mnist(grey: NDArray[np.uint8], name: str = "image") -> NDArray[np.uint8]:
         pixels, background = 255 - pixels, 255 - background
     # Size first: conform_to_mnist sends every 28 x 28 CSV row it redoes through here.
     ink_level = background + 0.75 * ink_contrast
-    if is_photo and _unevenly_lit(pixels, _paper_along_border(pixels, ink_level)):
-        pixels, background = _flatten_lighting(pixels, ink_level, is_dark_ink), 0.0
+    if is_photo:
+        along_sides = _opened_along_sides(pixels)
+        if _unevenly_lit(pixels, _paper_along_border(pixels, along_sides, ink_level)):
+            pixels = _flatten_lighting(pixels, along_sides, ink_level, is_dark_ink)
+            background = 0.0
     contrast = float(pixels.max()) - background
     if contrast < MIN_CONTRAST:
         raise DataError(f"{name}: no digit found (the image is blank or has too little contrast)")
@@ -432,18 +435,29 @@ def _without_specks(ink: NDArray[np.float32]) -> NDArray[np.float32]:
     return np.where(np.concatenate([[False], is_speck])[blobs], 0, ink)
 
 
-def _paper_along_border(pixels: NDArray[np.float32], ink_level: float) -> NDArray[np.bool_]:
+def _opened_along_sides(pixels: NDArray[np.float32]) -> NDArray[np.float32]:
+    """Each of the image's four sides opened along itself (a minimum, then a maximum filter a
+    stroke window long): a strip of shadow along a side is long and stays, a stroke crossing
+    the side is short and goes. A corner keeps the higher of its two sides; -inf off the
+    border."""
+    window = _stroke_window(pixels.shape)
+    along = np.full(pixels.shape, -np.inf, dtype=np.float32)
+    for side in BORDER:
+        along[side] = np.maximum(along[side], ndimage.grey_opening(pixels[side], size=window))
+    return along
+
+
+def _paper_along_border(
+    pixels: NDArray[np.float32], along_sides: NDArray[np.float32], ink_level: float
+) -> NDArray[np.bool_]:
     """The pixels along the image's border that are paper, by which to judge the light: not
     strokes that reach the border (a digit cropped tight to its ink) nor their anti-aliased
     rims. Ink is what reaches ``ink_level`` (ink-bright), most of the way from the paper to
-    the darkest ink, which a shadow's edge on the paper stays short of; and paper is wide
-    along the side, as a shadow's stretch of it is, where a fine pen's grey stroke crossing
-    it is narrow."""
+    the darkest ink, which a shadow's edge on the paper stays short of; and paper is what
+    ``along_sides`` (_opened_along_sides) keeps, where a fine pen's grey stroke crossing a
+    side is narrow."""
     rim = max(1, round(RIM_FRACTION * min(pixels.shape)))
-    window = _stroke_window(pixels.shape)
-    paper = np.zeros(pixels.shape, dtype=bool)
-    for side in BORDER:
-        paper[side] = pixels[side] - ndimage.grey_opening(pixels[side], window) <= MIN_CONTRAST / 2
+    paper = pixels - along_sides <= MIN_CONTRAST / 2
     return paper & (ndimage.maximum_filter(pixels, size=2 * rim + 1) < ink_level)
 
 
@@ -454,7 +468,10 @@ def _unevenly_lit(pixels: NDArray[np.float32], paper: NDArray[np.bool_]) -> bool
 
 
 def _flatten_lighting(
-    pixels: NDArray[np.float32], ink_level: float, paper_was_light: bool
+    pixels: NDArray[np.float32],
+    along_sides: NDArray[np.float32],
+    ink_level: float,
+    paper_was_light: bool,
 ) -> NDArray[np.float32]:
     """Ink-bright pixels less the paper's own level where it varies (a shadow across a photo,
     light falling off), 0-255.
@@ -462,20 +479,17 @@ def _flatten_lighting(
     The paper's level is the image's grey opening (a minimum, then a maximum filter) over a
     window wider than a pen stroke, which drops the strokes and keeps what is wider: a ramp of
     light, and a shadow's edge where it is, however hard. Where a shadow narrows below the
-    window (its corner, a strip of it along the border) the opening cuts it off, so the
-    paper's level then floods back (_flooded) from what the opening kept and from what an
-    opening along each side of the border keeps (a strip of shadow there is long, a stroke
-    crossing it short), but not from ink they kept (below ``ink_level`` only: a bold stroke
-    wider than the window), and no higher than the image without its strokes (an opening a
-    quarter the window wide), so that a pencil's lit strokes, as grey as the paper in shadow
-    beside them, stay ink. On light paper the ink is measured against the paper's brightness,
-    not by a difference: light lets a shadowed stroke's darkness through in proportion to the
-    paper around it.
+    window (its corner, a strip of it along the border) the opening cuts it off, so the paper's
+    level then floods back (_flooded) from what the opening kept and from what the openings
+    along the sides kept (``along_sides``), but not from ink they kept (below ``ink_level``
+    only: a bold stroke wider than the window), and no higher than the image without its strokes
+    (an opening a quarter the window wide), so that a pencil's lit strokes, as grey as the paper
+    in shadow beside them, stay ink. On light paper the ink is measured against the paper's
+    brightness, not by a difference: light lets a shadowed stroke's darkness through in
+    proportion to the paper around it.
     """
     window = _stroke_window(pixels.shape)
-    opened = ndimage.grey_opening(pixels, size=window)
-    for side in BORDER:
-        opened[side] = np.maximum(opened[side], ndimage.grey_opening(pixels[side], size=window))
+    opened = np.maximum(ndimage.grey_opening(pixels, size=window), along_sides)
     strokeless = ndimage.grey_opening(pixels, size=window // 4 | 1)
     paper = _flooded(np.where(opened < ink_level, opened, 0), np.maximum(strokeless, opened))
     ink = pixels - paper
@@ -494,7 +508,8 @@ def _flooded(level: NDArray[np.float32], ceiling: NDArray[np.float32]) -> NDArra
     has raised its neighbours already).
     """
     level = level.copy()
-    top, bottom, left, right = 0, level.shape[0], 0, level.shape[1]
+    height, width = level.shape
+    top, bottom, left, right = 0, height, 0, width
     while True:
         box = np.s_[top:bottom, left:right]
         arriving = ndimage.grey_dilation(level[box], size=3)
@@ -505,7 +520,6 @@ def _flooded(level: NDArray[np.float32], ceiling: NDArray[np.float32]) -> NDArra
         if not len(rows):
             return level
         level[box] = np.where(rises, raised, level[box])
-        height, width = level.shape
         top, bottom = max(0, top + rows.min() - 1), min(height, top + rows.max() + 2)
         left, right = max(0, left + columns.min() - 1), min(width, left + columns.max() + 2)
 
