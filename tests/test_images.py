@@ -156,11 +156,16 @@ def test_a_page_with_transparent_margins_is_read_on_its_paper() -> None:
     assert correlation(load_image(encode(turned)), load_image(encode(on_white))) > 0.95
 
 
+def cropped_to_ink(digit: np.ndarray) -> np.ndarray:
+    """An MNIST digit without the empty rows and columns around its ink."""
+    rows, columns = np.nonzero(digit)
+    return digit[rows.min() : rows.max() + 1, columns.min() : columns.max() + 1]
+
+
 def bold_crop(digit: np.ndarray) -> np.ndarray:
     """An MNIST digit enlarged to 120 pixels high, written 6 pixels bolder in dark ink on grey
     paper, and cropped to where its strokes were before: the strokes reach the edges."""
-    rows, columns = np.nonzero(digit)
-    ink = digit[rows.min() : rows.max() + 1, columns.min() : columns.max() + 1]
+    ink = cropped_to_ink(digit)
     size = (round(ink.shape[1] * 120 / ink.shape[0]), 120)
     big = np.asarray(Image.fromarray(ink).resize(size, Image.Resampling.BICUBIC), np.float32)
     big = ndimage.grey_dilation(big, size=(7, 7))
@@ -297,8 +302,7 @@ def test_digits_cropped_tight_keep_every_stroke(small_test: DigitSet, monkeypatc
     3,000 such digits 7 lose a few edge pixels of a bar; none of these 60)."""
     tight = []
     for image in small_test.images[:60]:
-        rows, columns = np.nonzero(image)
-        crop = image[rows.min() : rows.max() + 1, columns.min() : columns.max() + 1]
+        crop = cropped_to_ink(image)
         size = (crop.shape[1] * 5, crop.shape[0] * 5)
         tight.append(np.asarray(Image.fromarray(255 - crop).resize(size, Image.Resampling.BICUBIC)))
     with_line_step = [to_mnist(image) for image in tight]
@@ -340,8 +344,7 @@ def test_every_mnist_image_is_in_mnist_format(mnist: Mnist) -> None:
 def frame_filling(image: np.ndarray) -> np.ndarray:
     """An MNIST digit as another collection lays it out: cropped to its ink and enlarged to fill
     the 28 x 28 frame on its long side (as USPS's 16 x 16 digits are when upscaled)."""
-    rows, columns = np.nonzero(image)
-    crop = image[rows.min() : rows.max() + 1, columns.min() : columns.max() + 1]
+    crop = cropped_to_ink(image)
     scale = 28 / max(crop.shape)
     height, width = (round(side * scale) for side in crop.shape)
     enlarged = np.asarray(Image.fromarray(crop).resize((width, height), Image.Resampling.BILINEAR))
@@ -549,8 +552,7 @@ def test_a_fine_pen_s_digit_cropped_to_its_ink_keeps_its_strokes(small_test: Dig
     paper's level floods no higher than the image without its strokes)."""
     correlations = []
     for digit in small_test.images[:30]:
-        rows, columns = np.nonzero(digit)
-        ink = digit[rows.min() : rows.max() + 1, columns.min() : columns.max() + 1]
+        ink = cropped_to_ink(digit)
         size = (ink.shape[1] * 6, ink.shape[0] * 6)
         enlarged = Image.fromarray(ink).resize(size, Image.Resampling.BILINEAR)
         fine = 255 - ndimage.grey_erosion(np.asarray(enlarged), size=9)
