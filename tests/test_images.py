@@ -1,4 +1,4 @@
-"""MNIST-style preprocessing of arbitrary images (data/images.py)."""
+"""MNIST-style preprocessing of arbitrary images (data/images.py, lighting.py, form_lines.py)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 
 from digit_recognizer.data import images
+from digit_recognizer.data.form_lines import without_lines
 from digit_recognizer.data.images import (
     MAX_IMAGE_PIXELS,
     conform_to_mnist,
@@ -286,7 +287,7 @@ def test_a_thin_one_cropped_tight_is_not_a_line() -> None:
     pen.line((50, 0, 52, 129), fill="black", width=5)
     pen.line((50, 40, 51, 70), fill="black", width=11)
     ink = (255 - np.asarray(one, np.float32)) / 255
-    np.testing.assert_array_equal(images._without_lines(ink), ink)
+    np.testing.assert_array_equal(without_lines(ink, ink > images.INK_THRESHOLD), ink)
 
 
 def test_a_large_image_reads_as_a_small_one() -> None:
@@ -306,7 +307,7 @@ def test_digits_cropped_tight_keep_every_stroke(small_test: DigitSet, monkeypatc
         size = (crop.shape[1] * 5, crop.shape[0] * 5)
         tight.append(np.asarray(Image.fromarray(255 - crop).resize(size, Image.Resampling.BICUBIC)))
     with_line_step = [to_mnist(image) for image in tight]
-    monkeypatch.setattr(images, "_without_lines", lambda ink: ink)
+    monkeypatch.setattr(images, "without_lines", lambda ink, is_ink: ink)
     for image, digit in zip(tight, with_line_step, strict=True):
         np.testing.assert_array_equal(to_mnist(image), digit)
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import io
 import warnings
-from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +21,15 @@ from numpy.typing import NDArray
 from PIL import Image, ImageOps, UnidentifiedImageError
 from scipy import ndimage
 
+from digit_recognizer.data.form_lines import without_lines
+from digit_recognizer.data.lighting import (
+    MIN_CONTRAST,
+    MIN_PHOTO_SIDE,
+    flatten_lighting,
+    opened_along_sides,
+    paper_along_border,
+    unevenly_lit,
+)
 from digit_recognizer.errors import DataError
 
 # Decompression-bomb limit: a 10 kB PNG can declare 50,000 x 50,000 pixels (2.5 GB decoded).
@@ -33,19 +41,6 @@ CENTRE = 14
 # Ink is what stands out from the background by more than this fraction of the contrast range;
 # 0.25 keeps faint pen strokes and drops paper texture and JPEG ringing in photos.
 INK_THRESHOLD = 0.25
-# Lines of a form or ruled paper (_without_lines), in photos and scans: see its docstring.
-LINE_FRACTION = 0.8
-LINE_FRACTION_CUT = 0.4
-LINE_OVERHANG = 0.1
-LINE_TILT = 0.025  # rows smeared by this fraction of the image: a line's bend, the search's step
-# A photographed page's lines are straightened first (_tilt): their slope is searched in steps of
-# half a degree up to this many degrees either way, on the ink shrunk to this many pixels a side.
-MAX_TILT = 10
-TILT_SIDE = 256
-LINE_WIDTH = 0.05  # a line is at most this fraction of the image thick
-LINE_STRETCH = 0.2  # a line's rows are at least half ink over this fraction of the image
-LINE_SLACK = 1.5  # and a line is at most this many times as thick as the median of the lines
-LINE_REST = 0.03
 # Specks (dust, scanner noise) are dropped before the crop (_without_specks): blobs of ink with
 # under 5 % of the largest blob's mass anywhere, or under 15 % of it more than 0.2 of that blob's
 # long side away from it. On 4,000 replica test digits, all forced through to_mnist, errors:
@@ -57,16 +52,6 @@ STRAY_MARGIN = 0.2
 # Percentile of the pixels taken as the darkest and the brightest when deciding which way the
 # ink goes: ink covers well over 0.1 % of any image with a digit, a speck of dust less.
 INK_PERCENTILE = 0.1
-MIN_CONTRAST = 32  # grey levels between background and darkest ink; below it the image is blank
-# Paper whose border spans more grey levels than that (10th to 90th percentile) is unevenly lit,
-# and its level is taken as what a window this fraction of the image a side, wider than a pen
-# stroke, leaves (_flatten_lighting); in photos and scans only: in a small image (a 28 x 28
-# digit that fills its frame) a border that varies is ink.
-STROKE_WINDOW = 0.25
-FLOOD_STEP = 16  # grey levels: the paper's level floods on where it rises by more (_flooded)
-MIN_PHOTO_SIDE = 64
-BORDER = (np.s_[0, :], np.s_[-1, :], np.s_[:, 0], np.s_[:, -1])  # the image's four sides
-RIM_FRACTION = 0.05  # an enlarged stroke's anti-aliased rim, as a fraction of the image
 # A form's box is searched for in images from this size (a 5 mm box scanned at 200 dpi is 40
 # pixels): a 28 x 28 CSV row's digit fills its frame.
 MIN_LINES_SIDE = 32
@@ -170,9 +155,9 @@ def to_mnist(grey: NDArray[np.uint8], name: str = "image") -> NDArray[np.uint8]:
     """MNIST-style digit uint8 (28, 28), white ink on black, from a greyscale image (H, W).
 
     Inverts when the background (the median of a band along the edges) is light, levels a
-    photo's uneven lighting, a shadow's hard edge too (_flatten_lighting), stretches contrast
+    photo's uneven lighting, a shadow's hard edge too (flatten_lighting), stretches contrast
     so the background is 0 and the darkest ink 255, removes a form's or ruled paper's lines
-    (_without_lines) and specks of dust (_without_specks), crops to the ink, fits it into
+    (without_lines) and specks of dust (_without_specks), crops to the ink, fits it into
     20 x 20 keeping the aspect ratio (Lanczos, anti-aliased) and centres it by centre of mass.
     """
     pixels = _reduced(grey).astype(np.float32)
@@ -205,15 +190,17 @@ def to_mnist(grey: NDArray[np.uint8], name: str = "image") -> NDArray[np.uint8]:
     # Size first: conform_to_mnist sends every 28 x 28 CSV row it redoes through here.
     ink_level = background + 0.75 * ink_contrast
     if is_photo:
-        along_sides = _opened_along_sides(pixels)
-        if _unevenly_lit(pixels, _paper_along_border(pixels, along_sides, ink_level)):
-            pixels = _flatten_lighting(pixels, along_sides, ink_level, is_dark_ink)
+        along_sides = opened_along_sides(pixels)
+        if unevenly_lit(pixels, paper_along_border(pixels, along_sides, ink_level)):
+            pixels = flatten_lighting(pixels, along_sides, ink_level, is_dark_ink)
             background = 0.0
     contrast = float(pixels.max()) - background
     if contrast < MIN_CONTRAST:
         raise DataError(f"{name}: no digit found (the image is blank or has too little contrast)")
     ink = np.clip((pixels - background) / contrast, 0, 1)
-    ink = _without_specks(_without_lines(ink) if min(ink.shape) >= MIN_LINES_SIDE else ink)
+    if min(ink.shape) >= MIN_LINES_SIDE:
+        ink = without_lines(ink, ink > INK_THRESHOLD)
+    ink = _without_specks(ink)
     rows, columns = np.nonzero(ink > INK_THRESHOLD)
     crop = ink[rows.min() : rows.max() + 1, columns.min() : columns.max() + 1]
     scale = BOX / max(crop.shape)
@@ -235,185 +222,6 @@ def _reduced(grey: NDArray[np.uint8]) -> NDArray[np.uint8]:
     return np.asarray(Image.fromarray(grey).reduce(factor))
 
 
-def _without_lines(ink: NDArray[np.float32]) -> NDArray[np.float32]:
-    """``ink`` less the straight lines of a form or ruled paper (a box around the digit, the line
-    it was written on), which would otherwise be cropped with it and shrink it.
-
-    The rows are first straightened to the page's tilt (_tilt: up to MAX_TILT degrees, as a
-    hand-held photo turns a page), the columns likewise. A line is then a run of ink along a
-    row (or column), smeared across by LINE_TILT of the image (a line's bend, the tilt
-    search's step), at least LINE_FRACTION of the image long (or of what the image holds of
-    its row), that reaches past the rest of the ink at both ends by LINE_OVERHANG of the
-    rest's extent, where the ink beside the lines (off the band they were found in) is at
-    least LINE_REST of all. A digit's own strokes are shorter or end where its other strokes
-    do (a 7's bar at its stem), and a 1 is nearly all on its line. What goes is the lines' own
-    ink, on rows as full as a line's and as thin across as these lines are, so a stroke that
-    crosses a line or runs along it keeps its ink. Of 3,000 MNIST digits cropped tight to
-    their ink and enlarged, none lost any ink; drawn with a thin pen, 16 lost some, and of
-    1,500 such digits cropped square 1 changed its prediction, as before the straightening
-    (benchmarks/paper_photos.py prints the errors on such crops).
-    """
-    mask = ink > INK_THRESHOLD
-    smear = max(1, round(LINE_TILT * min(mask.shape)))
-    along_rows, along_columns = _Straightened(mask), _Straightened(mask.T)
-    across_rows, across_columns = along_rows.line_runs(smear), along_columns.line_runs(smear)
-    if not len(across_rows[0]) and not len(across_columns[0]):
-        return ink
-    near_rows = _painted(along_rows.mask, across_rows, smear)
-    near_columns = _painted(along_columns.mask, across_columns, smear)
-    band_rows, band_columns = along_rows.back(near_rows), along_columns.back(near_columns).T
-    if ink[mask & ~band_rows & ~band_columns].sum() < LINE_REST * ink[mask].sum():
-        return ink  # nothing beside the lines: no digit, or a 1 on its own line
-    # The rest of the ink is neither the lines' own (with a pixel's rim, where straightening
-    # left a line ragged) nor where lines cross (a box's corners).
-    own = along_rows.back(along_rows.own(near_rows))
-    own |= along_columns.back(along_columns.own(near_columns)).T
-    rest = mask & ~ndimage.binary_dilation(own, structure=np.ones((3, 3)))
-    rest &= ~(band_rows & band_columns)
-    rows, columns = np.nonzero(rest)
-    if not len(rows):  # what was beside the lines was their rim
-        return ink
-    lines = along_rows.back(along_rows.line_ink(_reaching_past(across_rows, columns), smear))
-    lines |= along_columns.back(
-        along_columns.line_ink(_reaching_past(across_columns, rows), smear)
-    ).T
-    # The lines' anti-aliased rims, a pixel either side, go with them.
-    without = np.where(ndimage.binary_dilation(lines, structure=np.ones((3, 3))), 0, ink)
-    return without if (without > INK_THRESHOLD).any() else ink
-
-
-class _Straightened:
-    """A mask whose columns are shifted up or down so that its lines, tilted with the page,
-    run along its rows (_tilt); whole-pixel shifts, undone exactly by ``back``."""
-
-    def __init__(self, mask: NDArray[np.bool_]) -> None:
-        height, width = mask.shape
-        shifts = np.round(np.arange(width) * _tilt(mask)).astype(np.intp)
-        shifts -= shifts.min()
-        self.rows = np.arange(height)[:, None] + shifts  # each pixel's row once shifted
-        self.mask = np.zeros((height + shifts.max(), width), dtype=bool)
-        self.mask[self.rows, np.arange(width)] = mask
-        # How long each row is inside the image: the columns whose shifted span covers it.
-        n_rows = len(self.mask) + 1
-        covering = np.bincount(shifts, minlength=n_rows) - np.bincount(
-            shifts + height, minlength=n_rows
-        )
-        self.row_lengths = np.cumsum(covering)[:-1]
-        self.height = height
-
-    # Needed only once lines are found, and then by both own() and line_ink().
-    @cached_property
-    def thickness(self) -> NDArray[np.int32]:
-        """Per pixel, how thick the ink is across the rows there."""
-        return _run_lengths(self.mask.T).T
-
-    @cached_property
-    def line_like(self) -> NDArray[np.bool_]:
-        """The ink in rows as full as a line's (_full_rows), no thicker across them than a line
-        can be."""
-        return _full_rows(self.mask) & (self.thickness <= LINE_WIDTH * self.height + 2)
-
-    def back(self, straightened: NDArray[np.bool_]) -> NDArray[np.bool_]:
-        """A mask of the straightened shape in the original one."""
-        return straightened[self.rows, np.arange(straightened.shape[1])]
-
-    def line_runs(self, smear: int) -> Runs:
-        """The runs along the rows, smeared across by ``smear`` pixels either way, at least
-        LINE_FRACTION of the row as far as it lies in the image: of the image's width, or less
-        where a line turned with the page runs out of the image at a corner (down to
-        LINE_FRACTION_CUT of the width)."""
-        rows, starts, ends = _runs(ndimage.maximum_filter1d(self.mask, 2 * smear + 1, axis=0))
-        lengths = ends - starts
-        is_long = lengths >= LINE_FRACTION * self.row_lengths[rows]
-        is_long &= lengths >= LINE_FRACTION_CUT * self.mask.shape[1]
-        return rows[is_long], starts[is_long], ends[is_long]
-
-    def own(self, near: NDArray[np.bool_]) -> NDArray[np.bool_]:
-        """The pixels of ``near`` (ink near lines, straightened) that are the lines' own."""
-        return near & self.line_like
-
-    def line_ink(self, runs: Runs, smear: int) -> NDArray[np.bool_]:
-        """The own ink of ``runs`` (line_runs), no thicker across than these lines are (their
-        median, and slack for a ragged edge): where a stroke crosses a line or runs along it,
-        the ink is thicker and stays."""
-        line = self.own(_painted(self.mask, runs, smear))
-        if not line.any():
-            return line
-        thickness = float(np.median(self.thickness[line]))
-        return line & (self.thickness <= LINE_SLACK * thickness + 1)
-
-
-def _tilt(mask: NDArray[np.bool_]) -> float:
-    """The slope (rows per column) within MAX_TILT degrees along which ``mask`` lines up best:
-    the one whose rows, once its columns are shifted by it, hold the most ink in one row. 0
-    unless another slope lines up strictly more (a level line, or no line at all)."""
-    factor = -(-max(mask.shape) // TILT_SIDE)
-    height, width = (side // factor for side in mask.shape)
-    shrunk = mask[: height * factor, : width * factor].reshape(height, factor, width, factor)
-    rows, columns = np.nonzero(shrunk.any(axis=(1, 3)))
-    if not len(rows):
-        return 0.0
-    # Level first, then by how far from it: the first of equally good slopes is the least tilted.
-    angles = sorted(np.arange(-MAX_TILT, MAX_TILT + 0.25, 0.5), key=abs)
-    slopes = np.tan(np.radians(angles))
-
-    def fullest_row(slope: float) -> int:
-        shifted = rows + np.round(columns * slope).astype(np.intp)
-        return int(np.bincount(shifted - shifted.min()).max())
-
-    return float(max(slopes, key=fullest_row))
-
-
-Runs = tuple[NDArray[np.intp], NDArray[np.intp], NDArray[np.intp]]  # row, start, end (exclusive)
-
-
-def _runs(mask: NDArray[np.bool_]) -> Runs:
-    """Every run of ``mask`` along its rows."""
-    steps = np.diff(np.pad(mask, ((0, 0), (1, 1))).astype(np.int8), axis=1)
-    rows, starts = np.nonzero(steps == 1)
-    ends = np.nonzero(steps == -1)[1]  # one per start, in the same order
-    return rows, starts, ends
-
-
-def _reaching_past(runs: Runs, rest: NDArray[np.intp]) -> Runs:
-    """The ``runs`` that reach past ``rest`` (the other ink's positions along them) at both
-    ends by LINE_OVERHANG of its extent."""
-    rows, starts, ends = runs
-    overhang = LINE_OVERHANG * (rest.max() - rest.min() + 1)
-    keep = (starts <= rest.min() - overhang) & (ends - 1 >= rest.max() + overhang)
-    return rows[keep], starts[keep], ends[keep]
-
-
-def _painted(mask: NDArray[np.bool_], runs: Runs, smear: int) -> NDArray[np.bool_]:
-    """The pixels of ``mask`` that the ``runs`` of its smeared rows (line_runs) came from."""
-    rows, starts, ends = runs
-    height, width = mask.shape
-    edges = np.zeros((height, width + 1), dtype=np.int32)
-    np.add.at(edges, (rows, starts), 1)
-    np.add.at(edges, (rows, ends), -1)
-    painted = (np.cumsum(edges, axis=1)[:, :width] > 0).astype(np.uint8)
-    return mask & (ndimage.maximum_filter1d(painted, 2 * smear + 1, axis=0) > 0)
-
-
-def _full_rows(mask: NDArray[np.bool_]) -> NDArray[np.bool_]:
-    """The pixels of ``mask`` in a stretch of its row, LINE_STRETCH of the image long, that is
-    at least half ink: a line's own rows, ends included, not a stroke's beside it that runs
-    along it for a while."""
-    stretch = max(1, round(LINE_STRETCH * mask.shape[1]))
-    full = ndimage.uniform_filter1d(mask.astype(np.float32), stretch, axis=1) >= 0.5
-    return mask & ndimage.maximum_filter1d(full, stretch, axis=1)
-
-
-def _run_lengths(mask: NDArray[np.bool_]) -> NDArray[np.int32]:
-    """Per pixel of ``mask``, the length of its run along its row (0 off the mask)."""
-    rows, starts, ends = _runs(mask)
-    height, width = mask.shape
-    steps = np.zeros((height, width + 1), dtype=np.int32)
-    steps[rows, starts] = ends - starts  # runs are apart: no two write to one place
-    steps[rows, ends] = starts - ends
-    return np.cumsum(steps, axis=1)[:, :width]
-
-
 def _without_specks(ink: NDArray[np.float32]) -> NDArray[np.float32]:
     """``ink`` less its specks (dust, a scanner's noise), which would otherwise stretch the crop
     and shrink the digit. A speck is a blob of ink with under SPECK_FRACTION of the largest
@@ -433,100 +241,6 @@ def _without_specks(ink: NDArray[np.float32]) -> NDArray[np.float32]:
         np.minimum.at(nearest, blobs[blobs > 0], distance_to_body[blobs > 0])
         is_speck |= (share < STRAY_FRACTION) & (nearest[1:] > STRAY_MARGIN * long_side)
     return np.where(np.concatenate([[False], is_speck])[blobs], 0, ink)
-
-
-def _opened_along_sides(pixels: NDArray[np.float32]) -> NDArray[np.float32]:
-    """Each of the image's four sides opened along itself (a minimum, then a maximum filter a
-    stroke window long): a strip of shadow along a side is long and stays, a stroke crossing
-    the side is short and goes. A corner keeps the higher of its two sides; -inf off the
-    border."""
-    window = _stroke_window(pixels.shape)
-    along = np.full(pixels.shape, -np.inf, dtype=np.float32)
-    for side in BORDER:
-        along[side] = np.maximum(along[side], ndimage.grey_opening(pixels[side], size=window))
-    return along
-
-
-def _paper_along_border(
-    pixels: NDArray[np.float32], along_sides: NDArray[np.float32], ink_level: float
-) -> NDArray[np.bool_]:
-    """The pixels along the image's border that are paper, by which to judge the light: not
-    strokes that reach the border (a digit cropped tight to its ink) nor their anti-aliased
-    rims. Ink is what reaches ``ink_level`` (ink-bright), most of the way from the paper to
-    the darkest ink, which a shadow's edge on the paper stays short of; and paper is what
-    ``along_sides`` (_opened_along_sides) keeps, where a fine pen's grey stroke crossing a
-    side is narrow."""
-    rim = max(1, round(RIM_FRACTION * min(pixels.shape)))
-    paper = pixels - along_sides <= MIN_CONTRAST / 2
-    return paper & (ndimage.maximum_filter(pixels, size=2 * rim + 1) < ink_level)
-
-
-def _unevenly_lit(pixels: NDArray[np.float32], paper: NDArray[np.bool_]) -> bool:
-    """Whether the ``paper`` pixels span more than MIN_CONTRAST grey levels (10th to 90th
-    percentile)."""
-    return paper.any() and np.ptp(np.percentile(pixels[paper], [10, 90])) > MIN_CONTRAST
-
-
-def _flatten_lighting(
-    pixels: NDArray[np.float32],
-    along_sides: NDArray[np.float32],
-    ink_level: float,
-    paper_was_light: bool,
-) -> NDArray[np.float32]:
-    """Ink-bright pixels less the paper's own level where it varies (a shadow across a photo,
-    light falling off), 0-255.
-
-    The paper's level is the image's grey opening (a minimum, then a maximum filter) over a
-    window wider than a pen stroke, which drops the strokes and keeps what is wider: a ramp of
-    light, and a shadow's edge where it is, however hard. Where a shadow narrows below the
-    window (its corner, a strip of it along the border) the opening cuts it off, so the paper's
-    level then floods back (_flooded) from what the opening kept and from what the openings
-    along the sides kept (``along_sides``), but not from ink they kept (below ``ink_level``
-    only: a bold stroke wider than the window), and no higher than the image without its strokes
-    (an opening a quarter the window wide), so that a pencil's lit strokes, as grey as the paper
-    in shadow beside them, stay ink. On light paper the ink is measured against the paper's
-    brightness, not by a difference: light lets a shadowed stroke's darkness through in
-    proportion to the paper around it.
-    """
-    window = _stroke_window(pixels.shape)
-    opened = np.maximum(ndimage.grey_opening(pixels, size=window), along_sides)
-    strokeless = ndimage.grey_opening(pixels, size=window // 4 | 1)
-    paper = _flooded(np.where(opened < ink_level, opened, 0), np.maximum(strokeless, opened))
-    ink = pixels - paper
-    if paper_was_light:
-        ink *= 255 / np.maximum(255 - paper, MIN_CONTRAST)
-    return np.clip(ink, 0, None)
-
-
-def _flooded(level: NDArray[np.float32], ceiling: NDArray[np.float32]) -> NDArray[np.float32]:
-    """``level`` (at most ``ceiling`` everywhere) raised toward ``ceiling`` pixel by pixel from
-    where it is higher, as a grey reconstruction by dilation does, but only onto pixels whose
-    ceiling is at most MIN_CONTRAST above the level arriving: along a shadow's corner, which is
-    at its shadow's level, not up a bold stroke. It moves on only where it rises by more than
-    FLOOD_STEP: a photo's noise or the curve of a vignette would keep it going for nothing.
-    Each step works on the box around the pixels the previous one raised (a pixel left alone
-    has raised its neighbours already).
-    """
-    level = level.copy()
-    height, width = level.shape
-    top, bottom, left, right = 0, height, 0, width
-    while True:
-        box = np.s_[top:bottom, left:right]
-        arriving = ndimage.grey_dilation(level[box], size=3)
-        reached = ceiling[box] - arriving <= MIN_CONTRAST
-        raised = np.where(reached, np.minimum(arriving, ceiling[box]), level[box])
-        rises = raised > level[box] + FLOOD_STEP
-        rows, columns = np.nonzero(rises)
-        if not len(rows):
-            return level
-        level[box] = np.where(rises, raised, level[box])
-        top, bottom = max(0, top + rows.min() - 1), min(height, top + rows.max() + 2)
-        left, right = max(0, left + columns.min() - 1), min(width, left + columns.max() + 2)
-
-
-def _stroke_window(shape: tuple[int, ...]) -> int:
-    """An odd window side, STROKE_WINDOW of the image's shorter side."""
-    return 2 * round(STROKE_WINDOW * min(shape) / 2) + 1
 
 
 def _centre_by_mass(digit: NDArray[np.float32]) -> NDArray[np.uint8]:
