@@ -242,13 +242,14 @@ def test_a_forms_box_and_ruled_lines_are_not_part_of_the_digit() -> None:
 
 
 def test_lines_of_a_page_photographed_askew_are_removed_too() -> None:
-    """A hand-held photo turns the page: its lines run a few degrees off the rows, and ruled
-    lines run out of the image at its corners."""
+    """A hand-held photo turns the page: its lines run a few degrees off the rows, ruled lines
+    run out of the image at its corners, and a box cropped at its lines runs out across the
+    sides it ran along, short of the digit's far side."""
 
-    def turned(draw_lines, expand: bool) -> np.ndarray:
+    def turned(draw_lines, expand: bool, angle: float) -> np.ndarray:
         page = drawing()
         draw_lines(ImageDraw.Draw(page))
-        photo = page.rotate(7, Image.Resampling.BILINEAR, expand=expand, fillcolor="white")
+        photo = page.rotate(angle, Image.Resampling.BILINEAR, expand=expand, fillcolor="white")
         return load_image(encode(photo))
 
     def ruled(pen: ImageDraw.ImageDraw) -> None:
@@ -261,9 +262,15 @@ def test_lines_of_a_page_photographed_askew_are_removed_too() -> None:
     def underlined(pen: ImageDraw.ImageDraw) -> None:
         pen.line((10, 360, 290, 360), fill="black", width=6)
 
-    for draw_lines, expand in ((ruled, False), (boxed, True), (underlined, True)):
-        clean = turned(lambda pen: None, expand)
-        digit = turned(draw_lines, expand)
+    def cropped_at_its_lines(pen: ImageDraw.ImageDraw) -> None:
+        pen.rectangle((0, 0, 299, 399), outline="black", width=5)
+
+    # Turned by -7 degrees, the 1's stroke lies nearer the columns than the box's side lines.
+    cases = [(ruled, False, 7), (boxed, True, 7), (underlined, True, 7)]
+    cases += [(cropped_at_its_lines, False, angle) for angle in (7, -7)]
+    for draw_lines, expand, angle in cases:
+        clean = turned(lambda pen: None, expand, angle)
+        digit = turned(draw_lines, expand, angle)
         assert np.corrcoef(digit.ravel(), clean.ravel())[0, 1] > 0.95
 
 
