@@ -119,7 +119,8 @@ def test_evaluate_scores_with_tta_and_as_is(tmp_path, tiny_run, frame_filling_cs
     _, labelled, images, labels = frame_filling_csvs
 
     def scores_line(config):
-        probas = Predictor.load([tiny_run], config).predict_proba(conform_rows(images, config, ""))
+        predictor = Predictor.load([tiny_run], config)
+        probas = predictor.predict_proba(conform_rows(images, config, "", predictor.predict_proba))
         metrics = compute_metrics(labels, probas)
         return (f"accuracy {metrics.accuracy:.4f}  macro F1 {metrics.macro_f1:.4f}  "
                 f"ROC-AUC (one-vs-rest) {metrics.roc_auc_ovr:.5f}")  # fmt: skip

@@ -69,6 +69,28 @@ def test_digits_from_another_layout_are_conformed_before_prediction(
     np.testing.assert_array_equal(read_submission(streamed), conformed)
 
 
+def test_digits_stored_transposed_are_read_transposed(tmp_path, tiny_run, small_test, caplog):
+    """EMNIST's CSVs store their digits transposed. MNIST's layout check cannot tell (a
+    transposed digit is as well centred); the model can, and reads them as MNIST's own."""
+    images = small_test.images[:300]
+    transposed_csv, original_csv = tmp_path / "transposed.csv", tmp_path / "original.csv"
+    write_kaggle_csv(transposed_csv, images.transpose(0, 2, 1))
+    write_kaggle_csv(original_csv, images)
+    with caplog.at_level("WARNING"):
+        original = predict_csv([tiny_run], original_csv, tmp_path / "a.csv")
+        assert "transposed" not in caplog.text
+        read = predict_csv([tiny_run], transposed_csv, tmp_path / "b.csv")
+    assert "read as digits only transposed" in caplog.text
+    np.testing.assert_array_equal(read, original)
+    streamed = tmp_path / "streamed.csv"
+    predict_stream([tiny_run], transposed_csv, streamed)
+    np.testing.assert_array_equal(read_submission(streamed), original)
+    as_is = predict_csv(
+        [tiny_run], transposed_csv, tmp_path / "c.csv", PredictConfig(conform=False)
+    )
+    assert accuracy(as_is, small_test.labels[:300]) < 0.5
+
+
 def test_score_rejects_incomplete_submission(tmp_path, small_csvs):
     short = tmp_path / "short.csv"
     write_submission(short, np.zeros(999, dtype=np.int64))

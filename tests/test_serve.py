@@ -187,6 +187,23 @@ def test_json_and_csv_digits_in_another_layout_are_conformed(
     assert "image" not in untouched
 
 
+def test_csv_digits_stored_transposed_are_read_transposed(
+    client: TestClient, predictor: Predictor, small_test, tmp_path
+) -> None:
+    """An uploaded CSV of digits stored transposed (as EMNIST's are) is read as MNIST's own,
+    as `digits predict` reads it, unless ?as_is=true."""
+    images = small_test.images[:40]
+    stored = np.ascontiguousarray(images.transpose(0, 2, 1))
+    path = tmp_path / "transposed.csv"
+    write_kaggle_csv(path, stored)
+    expected, as_is = predictor.predict(images), predictor.predict(stored)
+    assert (expected != as_is).mean() > 0.5  # the orientation matters to this net
+    for query, labels in (("", expected), ("?as_is=true", as_is)):
+        upload = {"file": ("transposed.csv", path.read_bytes())}
+        lines = client.post(f"/predict/csv{query}", files=upload).text.splitlines()
+        assert [int(line.split(",")[1]) for line in lines[1:]] == labels.tolist()
+
+
 def test_predict_csv(client: TestClient, predictor: Predictor, small_test, tmp_path) -> None:
     path = tmp_path / "test.csv"
     write_kaggle_csv(path, small_test.images[:30])

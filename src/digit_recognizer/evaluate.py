@@ -134,8 +134,9 @@ def evaluate_run(
     if data.labels is None:
         raise DataError(f"{labelled_csv}: has no label column; evaluation needs labelled data")
     config = config or PredictConfig()
-    images = conform_rows(data.images, config, labelled_csv)
-    probas = Predictor.load(run_dirs, config).predict_proba(images)
+    predictor = Predictor.load(run_dirs, config)
+    images = conform_rows(data.images, config, labelled_csv, predictor.predict_proba)
+    probas = predictor.predict_proba(images)
     metrics = compute_metrics(data.labels, probas)
     write_text(out_dir / "eval_metrics.json", metrics.to_json())
     write_per_class_csv(metrics, out_dir / "eval_per_class.csv")

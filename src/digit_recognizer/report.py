@@ -119,8 +119,8 @@ def write_run_report(
     if not (run_dir / CONFIG_FILE).is_file():
         raise ModelFileError(f"{run_dir / CONFIG_FILE}: not found; is {run_dir} a run directory?")
     config = read_toml(run_dir / CONFIG_FILE)
-    data, source = _labelled_data(run_dir, config, data_csv, data)
     predictor = Predictor.load([run_dir], PredictConfig(fuse_batch_norm=False))  # for Grad-CAM
+    data, source = _labelled_data(run_dir, config, data_csv, data, predictor)
     probas = predictor.predict_proba(data.images)
     with tempfile.TemporaryDirectory() as figures:
         model = predictor.models[0]
@@ -188,7 +188,11 @@ def _report_sections(
 
 
 def _labelled_data(
-    run_dir: Path, config: dict, data_csv: str | Path | None, data: DigitSet | None
+    run_dir: Path,
+    config: dict,
+    data_csv: str | Path | None,
+    data: DigitSet | None,
+    predictor: Predictor,
 ) -> tuple[DigitSet, str]:
     """The images to evaluate on and a description of where they came from."""
     if data is not None:
@@ -198,7 +202,7 @@ def _labelled_data(
         if data.labels is None:
             raise DataError(f"{data_csv}: has no label column; a report needs labelled data")
         # As evaluate and predict see them: other collections' layouts redone as MNIST's.
-        conformed = conform_rows(data.images, PredictConfig(), data_csv)
+        conformed = conform_rows(data.images, PredictConfig(), data_csv, predictor.predict_proba)
         return DigitSet(conformed, data.labels), str(data_csv)
     metrics_path = run_dir / METRICS_FILE
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}

@@ -263,6 +263,7 @@ async def predict(
     shown = np.full(len(images), is_upload)
     if not (is_upload or as_is):
         sent = images
+        # Not judged transposed, as files are: two more passes over a batch would triple its cost.
         images = await run_in_threadpool(conform_rows, images, PredictConfig(), "/predict")
         shown = (images != sent).any(axis=(1, 2))
     # In a worker thread even for one image: inference releases the GIL, so the event loop parses
@@ -421,6 +422,7 @@ def _submission_csv(
                 f"{name}: {len(digits):,} rows is over the limit of {max_rows:,} "
                 "(ServeConfig.max_csv_rows); split the file",
             )
-        images = conform_rows(digits.images, PredictConfig(conform=conform), name)
+        config = PredictConfig(conform=conform)
+        images = conform_rows(digits.images, config, name, served.predict_proba)
         write_submission(Path(tmp) / "submission.csv", served.predictor.predict(images))
         return (Path(tmp) / "submission.csv").read_bytes()
