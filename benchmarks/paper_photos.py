@@ -3,9 +3,10 @@ or in uneven light.
 
 Each digit is drawn dark on light paper, 84 pixels high in the middle of a 200 x 200 page, with
 the page's lines: none, a box around it (inset, cropped at its lines, 8 pixels thick), an
-underline, a line it is written on (its lowest ink touches it), or dark lines ruled every
-40 pixels across it; then the page is turned by each angle, as a hand-held photo turns it, and
-read as `digits predict-image` reads a photo (``to_mnist``). Printed: errors per kind and angle.
+underline, a line it is written on (its lowest ink touches it), dark lines ruled every
+40 pixels across it, or squared paper's grey grid; then the page is turned by each angle, as a
+hand-held photo turns it, and read as `digits predict-image` reads a photo (``to_mnist``).
+Printed: errors per kind and angle.
 
 Then the plain page photographed in uneven light: light falling off across it, and the shadow of
 a phone or a hand, half as bright as the lit paper (the ink too), its edge a straight line at a
@@ -65,6 +66,18 @@ def ruled(page: NDArray[np.float32], digit: NDArray[np.uint8]) -> None:
         page[y : y + 2] = 40
 
 
+def squared(grey: int) -> Callable[[NDArray[np.float32], NDArray[np.uint8]], None]:
+    """Squared paper: one-pixel lines of ``grey`` every 28 pixels both ways (the digit spans
+    three squares), under the ink."""
+
+    def draw(page: NDArray[np.float32], digit: NDArray[np.uint8]) -> None:
+        for position in range(14, PAGE, 28):
+            page[position] = np.minimum(page[position], grey)
+            page[:, position] = np.minimum(page[:, position], grey)
+
+    return draw
+
+
 KINDS = {
     "plain page": lambda page, digit: None,
     "box, inset 15 px": boxed(15, 3),
@@ -73,6 +86,8 @@ KINDS = {
     "underline": underlined,
     "written on a line": on_a_line,
     "ruled every 40 px": ruled,
+    "squared, grey 150 lines": squared(150),
+    "squared, grey 120 lines": squared(120),
 }
 
 

@@ -135,7 +135,7 @@ def evaluate_run(
         raise DataError(f"{labelled_csv}: has no label column; evaluation needs labelled data")
     config = config or PredictConfig()
     predictor = Predictor.load(run_dirs, config)
-    images = conform_rows(data.images, config, labelled_csv, predictor.predict_proba)
+    images = conform_rows(data.images, config, labelled_csv, predictor.orientation_judge)
     probas = predictor.predict_proba(images)
     metrics = compute_metrics(data.labels, probas)
     write_text(out_dir / "eval_metrics.json", metrics.to_json())

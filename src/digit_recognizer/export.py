@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,6 +128,11 @@ class OnnxPredictor:
         except Exception as error:  # onnxruntime raises its own untyped errors on bad files
             raise ModelFileError(f"{path}: not a loadable ONNX model ({error})") from None
         return cls(session, meta)
+
+    @property
+    def orientation_judge(self) -> Callable[[NDArray[np.uint8]], NDArray[np.float32]]:
+        """As ``Predictor.orientation_judge``: an ONNX model is a net, so ``predict_proba``."""
+        return self.predict_proba
 
     def predict_proba(self, images: NDArray[np.uint8]) -> NDArray[np.float32]:
         """Class probabilities (N, 10) for uint8 images (N, 28, 28)."""

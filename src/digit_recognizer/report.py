@@ -202,7 +202,9 @@ def _labelled_data(
         if data.labels is None:
             raise DataError(f"{data_csv}: has no label column; a report needs labelled data")
         # As evaluate and predict see them: other collections' layouts redone as MNIST's.
-        conformed = conform_rows(data.images, PredictConfig(), data_csv, predictor.predict_proba)
+        conformed = conform_rows(
+            data.images, PredictConfig(), data_csv, predictor.orientation_judge
+        )
         return DigitSet(conformed, data.labels), str(data_csv)
     metrics_path = run_dir / METRICS_FILE
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}

@@ -16,8 +16,9 @@ from scipy import ndimage
 LINE_FRACTION = 0.8
 LINE_FRACTION_CUT = 0.4
 LINE_OVERHANG = 0.1
+LINE_CLEARANCE = 0.2  # of the rest's extent: how far a line cut off by the image keeps from it
 LINE_TILT = 0.025  # rows smeared by this fraction of the image: a line's bend, the search's step
-# A photographed page's lines are straightened first (_tilt): their slope is searched in steps of
+# A photographed page's lines are straightened first (_tilts): their slope is searched in steps of
 # half a degree up to this many degrees either way, on the ink shrunk to this many pixels a side.
 MAX_TILT = 10
 TILT_SIDE = 256
@@ -25,7 +26,8 @@ LINE_WIDTH = 0.05  # a line is at most this fraction of the image thick
 LINE_STRETCH = 0.2  # a line's rows are at least half ink over this fraction of the image
 LINE_SLACK = 1.5  # and a line is at most this many times as thick as the median of the lines
 LINE_REST = 0.03
-TIP_FRACTION = 0.05  # of the rest's largest blob: a line's tip is smaller (_without_tips)
+PAGE_LINES = 3  # lines one way, from which they are a page of lines (ruled, squared paper)
+TIP_FRACTION = 0.05  # of the rest's largest blob: a line's debris is smaller (_without_debris)
 
 
 def without_lines(ink: NDArray[np.float32], is_ink: NDArray[np.bool_]) -> NDArray[np.float32]:
@@ -33,43 +35,55 @@ def without_lines(ink: NDArray[np.float32], is_ink: NDArray[np.bool_]) -> NDArra
     the line it was written on), which would otherwise be cropped with it and shrink it;
     ``is_ink`` marks the pixels that count as ink.
 
-    The rows are first straightened to the page's tilt (_tilt: up to MAX_TILT degrees, as a
-    hand-held photo turns a page), the columns likewise. A line is then a run of ink along a
+    The rows are first straightened to the page's tilt (_tilts: up to MAX_TILT degrees, as a
+    hand-held photo turns a page), the columns likewise, each by its own slope or the page's
+    both ways, whichever finds more line (_straightened). A line is then a run of ink along a
     row (or column), smeared across by LINE_TILT of the image (a line's bend, the tilt
     search's step), at least LINE_FRACTION of the image long (or of what the image holds of
     its row), that reaches past the rest of the ink at both ends by LINE_OVERHANG of the
-    rest's extent, where the ink beside the lines (off the band they were found in) is at
-    least LINE_REST of all. An end where a line runs out of the image across the side it runs
-    along (a box cropped at its lines, turned with the page) need only stay as far from the
-    rest. A digit's own strokes are shorter or end where its other strokes do (a 7's bar at
-    its stem), and a 1 is nearly all on its line. What goes is the lines' own ink, on rows as
-    full as a line's and as thin across as these lines are, so a stroke that crosses a line or
-    runs along it keeps its ink. Of 3,000 replica test digits cropped tight to their ink and
-    enlarged x6, none lost any ink, nor when turned 6 degrees either way first; drawn with a
-    thin pen (a 9 x 9 erosion), 7 lost some and 3 were misread for it (a 7's bar and two 4s'
-    taken for lines: 44 errors against 41 left whole; benchmarks/paper_photos.py prints the
-    errors on such crops).
+    rest's extent (or is cut off by the image: reaching_past), where the ink beside the lines
+    (off the band they were found in) is at least LINE_REST of all. A digit's own strokes are
+    shorter or end where its other strokes do (a 7's bar at its stem), and a 1 is nearly all
+    on its line. What goes is the lines' own ink, on rows as full as a line's and as thin
+    across as these lines are, so a stroke that crosses a line or runs along it keeps its
+    ink. Of 3,000 replica test digits cropped tight to their ink and enlarged x6, none lost
+    any ink, nor when turned 6 degrees either way first; drawn with a thin pen (a 9 x 9
+    erosion), 12 lost some and 3 were misread for it (a 7's bar and two 4s' taken for lines:
+    44 errors against 41 left whole; benchmarks/paper_photos.py prints the errors on such
+    crops). Squared paper's thin grey lines turned a few degrees come apart into dashes in
+    ``is_ink`` and stay (benchmarks/paper_photos.py).
     """
     mask = is_ink
     smear = max(1, round(LINE_TILT * min(mask.shape)))
-    slope = _tilt(mask)
-    along_rows, along_columns = _Straightened(mask, slope), _Straightened(mask.T, -slope)
+    rows_slope, columns_slope, page_slope = _tilts(mask)
+    along_rows = _straightened(mask, [rows_slope, page_slope], smear)
+    along_columns = _straightened(mask.T, [-columns_slope, -page_slope], smear)
     across_rows, across_columns = along_rows.line_runs(smear), along_columns.line_runs(smear)
     if not len(across_rows[0]) and not len(across_columns[0]):
         return ink
+    # Where the lines' runs lie (a band `smear` wide either side of each line), and where the
+    # ink they were made from may lie (twice as wide).
+    on_rows = _painted(along_rows.mask, across_rows, 0)
+    on_columns = _painted(along_columns.mask, across_columns, 0)
     near_rows = _painted(along_rows.mask, across_rows, smear)
     near_columns = _painted(along_columns.mask, across_columns, smear)
-    band_rows, band_columns = along_rows.back(near_rows), along_columns.back(near_columns).T
-    if ink[mask & ~band_rows & ~band_columns].sum() < LINE_REST * ink[mask].sum():
+    band_rows, band_columns = along_rows.back(on_rows), along_columns.back(on_columns).T
+    wide_rows, wide_columns = along_rows.back(near_rows), along_columns.back(near_columns).T
+    # Ink beside the lines is off the wide bands; but on a page of lines (ruled or squared
+    # paper) those can cover the page, and the narrow ones decide.
+    if max(_n_lines(across_rows), _n_lines(across_columns)) >= PAGE_LINES:
+        beside = ~band_rows & ~band_columns
+    else:
+        beside = ~wide_rows & ~wide_columns
+    if ink[mask & beside].sum() < LINE_REST * ink[mask].sum():
         return ink  # nothing beside the lines: no digit, or a 1 on its own line
     # The rest of the ink is neither the lines' own (with a pixel's rim, where straightening
-    # left a line ragged) nor where lines cross (a box's corners), nor a line's tip where it
-    # runs out of the image (a sliver the straightening left off its rows).
+    # left a line ragged) nor where lines cross (a box's corners), nor the lines' debris.
     own = along_rows.back(along_rows.own(near_rows))
     own |= along_columns.back(along_columns.own(near_columns)).T
     rest = mask & ~ndimage.binary_dilation(own, structure=np.ones((3, 3)))
     rest &= ~(band_rows & band_columns)
-    rows, columns = np.nonzero(_without_tips(rest, band_rows, band_columns))
+    rows, columns = np.nonzero(_without_debris(rest, wide_rows, wide_columns))
     if not len(rows):  # what was beside the lines was their rim
         return ink
     reaching_rows = along_rows.reaching_past(across_rows, (rows, columns), smear)
@@ -83,7 +97,7 @@ def without_lines(ink: NDArray[np.float32], is_ink: NDArray[np.bool_]) -> NDArra
 
 class _Straightened:
     """A mask whose columns are shifted up or down so that its lines, tilted with the page,
-    run along its rows (_tilt); whole-pixel shifts, undone exactly by ``back``."""
+    run along its rows (_tilts); whole-pixel shifts, undone exactly by ``back``."""
 
     def __init__(self, mask: NDArray[np.bool_], slope: float) -> None:
         height, width = mask.shape
@@ -100,6 +114,7 @@ class _Straightened:
         self.row_lengths = np.cumsum(covering)[:-1]
         self.height = height
         self.shifts = shifts
+        self.slope = slope
         self.image = mask
 
     # Needed only once lines are found, and then by both own() and line_ink().
@@ -135,41 +150,71 @@ class _Straightened:
         """The ``runs`` that reach past ``rest`` (the other ink's rows and columns in the image)
         at both ends by LINE_OVERHANG of its extent along them. An end where the line runs out
         of the image across its top or bottom side (a box cropped at its lines, turned with the
-        page) cannot: it passes if it stays as far from the rest instead (_cut_off)."""
+        page) cannot. Such a line passes where that end keeps LINE_CLEARANCE of the rest's
+        extent clear of the rest (_cut_off), and its other end either does the same or lies
+        on the image's side, as clear of the rest (a 7's bar meets its stem there)."""
         rows, starts, ends = runs
+        width = self.image.shape[1]
         rest_columns = rest[1]
-        overhang = LINE_OVERHANG * (rest_columns.max() - rest_columns.min() + 1)
+        extent = rest_columns.max() - rest_columns.min() + 1
+        overhang, clearance = LINE_OVERHANG * extent, LINE_CLEARANCE * extent
+        cut_start = self._cut_off(rows, starts, -1, rest, clearance, smear)
+        cut_end = self._cut_off(rows, ends - 1, 1, rest, clearance, smear)
+        # The other end: on the image's side, clear of the rest as well (a 7's stem meets its
+        # bar's other end where a box's side line meets its top).
+        side_start = (starts <= smear) & self._clear(rows, starts, rest, clearance)
+        side_end = (ends - 1 >= width - 1 - smear) & self._clear(rows, ends - 1, rest, clearance)
         past_start = starts <= rest_columns.min() - overhang
-        past_start |= self._cut_off(rows, starts, rest, overhang, smear)
         past_end = ends - 1 >= rest_columns.max() + overhang
-        past_end |= self._cut_off(rows, ends - 1, rest, overhang, smear)
         keep = past_start & past_end
+        keep |= (cut_start | side_start) & (cut_end | side_end) & (cut_start | cut_end)
         return rows[keep], starts[keep], ends[keep]
 
     def _cut_off(
         self,
         rows: NDArray[np.intp],
         columns: NDArray[np.intp],
+        outward: int,
         rest: tuple[NDArray[np.intp], NDArray[np.intp]],
         clearance: float,
         smear: int,
     ) -> NDArray[np.bool_]:
-        """Per run end (its straightened row, its last column): whether the line's ink ends
-        there on the image's top or bottom row, away from the corners, and more than
-        ``clearance`` from ``rest`` (a 7's bar in a tight crop ends at its stem)."""
+        """Per run end (its straightened row, its last column, ``outward`` the way past it):
+        whether the line's ink ends there on the image's top or bottom row, away from the
+        corners, where that side crosses the line's rows beyond the end (the page turned so:
+        a level stroke along a tight crop's top is not cut off), and more than ``clearance``
+        from ``rest`` (a 7's bar in a tight crop ends at its stem)."""
         height, width = self.image.shape
         image_rows = rows - self.shifts[columns]
-        at_top = (image_rows <= smear) & self.image[0, columns]
-        at_bottom = (image_rows >= height - 1 - smear) & self.image[-1, columns]
+        # Beyond the end the top side, straightened, comes down into the line's rows (or the
+        # bottom side up): its row there moves the way of the slope times the way out.
+        crossing = np.sign(self.slope) * outward
+        at_top = (image_rows <= smear) & self.image[0, columns] & (crossing > 0)
+        at_bottom = (image_rows >= height - 1 - smear) & self.image[-1, columns] & (crossing < 0)
         cut = (at_top | at_bottom) & (columns >= smear) & (columns < width - smear)
+        return cut & self._clear(rows, columns, rest, clearance)
+
+    def _clear(
+        self,
+        rows: NDArray[np.intp],
+        columns: NDArray[np.intp],
+        rest: tuple[NDArray[np.intp], NDArray[np.intp]],
+        clearance: float,
+    ) -> NDArray[np.bool_]:
+        """Per run end (its straightened row, its last column): whether ``rest`` lies further
+        than ``clearance`` from it (the nearest pixel, along rows or columns, in the image)."""
+        image_rows = np.clip(rows - self.shifts[columns], 0, self.height - 1)
         rest_rows, rest_columns = rest
-        edge_rows = np.where(at_top, 0, height - 1)
-        for index in np.flatnonzero(cut):
-            distance = np.maximum(
-                np.abs(rest_rows - edge_rows[index]), np.abs(rest_columns - columns[index])
-            )
-            cut[index] = distance.min() > clearance
-        return cut
+        clear = np.zeros(len(rows), dtype=bool)
+        for index, (row, column) in enumerate(zip(image_rows, columns, strict=True)):
+            distance = np.maximum(np.abs(rest_rows - row), np.abs(rest_columns - column))
+            clear[index] = distance.min() > clearance
+        return clear
+
+    def run_length(self, smear: int) -> int:
+        """The total length of line_runs."""
+        _, starts, ends = self.line_runs(smear)
+        return int((ends - starts).sum())
 
     def own(self, near: NDArray[np.bool_]) -> NDArray[np.bool_]:
         """The pixels of ``near`` (ink near lines, straightened) that are the lines' own."""
@@ -186,19 +231,18 @@ class _Straightened:
         return line & (self.thickness <= LINE_SLACK * thickness + 1)
 
 
-def _tilt(mask: NDArray[np.bool_]) -> float:
-    """The page's slope (rows per column) within MAX_TILT degrees along which ``mask``'s lines
-    line up best, both ways: the one whose rows, once its columns are shifted by it, hold the
-    most ink in one row, plus its columns in one column once its rows are shifted the other
-    way (a turned page turns its lines both ways alike; a long stroke, a 1, lines up one way
-    only and would outweigh a box's lines run out of the image). 0 unless another slope lines
-    up strictly more (level lines, or no line at all)."""
+def _tilts(mask: NDArray[np.bool_]) -> tuple[float, float, float]:
+    """Slopes (rows per column) within MAX_TILT degrees along which ``mask`` lines up best: its
+    rows (the most ink in one row once its columns are shifted by the slope), its columns (the
+    most in one column once its rows are shifted the other way), and both at once (the sum), as
+    a turned page turns its lines both ways alike. 0 unless another slope lines up strictly
+    more (level lines, or no line at all)."""
     factor = -(-max(mask.shape) // TILT_SIDE)
     height, width = (side // factor for side in mask.shape)
     shrunk = mask[: height * factor, : width * factor].reshape(height, factor, width, factor)
     rows, columns = np.nonzero(shrunk.any(axis=(1, 3)))
     if not len(rows):
-        return 0.0
+        return 0.0, 0.0, 0.0
     # Level first, then by how far from it: the first of equally good slopes is the least tilted.
     angles = sorted(np.arange(-MAX_TILT, MAX_TILT + 0.25, 0.5), key=abs)
     slopes = np.tan(np.radians(angles))
@@ -207,12 +251,20 @@ def _tilt(mask: NDArray[np.bool_]) -> float:
         shifted = positions + shifts
         return int(np.bincount(shifted - shifted.min()).max())
 
-    def lined_up(slope: float) -> int:
-        return fullest(rows, np.round(columns * slope).astype(np.intp)) + fullest(
-            columns, -np.round(rows * slope).astype(np.intp)
-        )
+    along_rows = np.array([fullest(rows, np.round(columns * s).astype(np.intp)) for s in slopes])
+    along_columns = np.array(
+        [fullest(columns, -np.round(rows * s).astype(np.intp)) for s in slopes]
+    )
+    best = (along_rows.argmax(), along_columns.argmax(), (along_rows + along_columns).argmax())
+    return tuple(float(slopes[index]) for index in best)
 
-    return float(max(slopes, key=lined_up))
+
+def _straightened(mask: NDArray[np.bool_], slopes: list[float], smear: int) -> _Straightened:
+    """``mask`` straightened by whichever of ``slopes`` finds the most line (line_runs' total
+    length; the first of equals): a turned page's own slope, or the page's both ways, where a
+    long stroke (a 1) outweighs the lines one way but not both, or the other way round."""
+    candidates = [_Straightened(mask, slope) for slope in dict.fromkeys(slopes)]
+    return max(candidates, key=lambda straightened: straightened.run_length(smear))
 
 
 Runs = tuple[NDArray[np.intp], NDArray[np.intp], NDArray[np.intp]]  # row, start, end (exclusive)
@@ -226,25 +278,33 @@ def _runs(mask: NDArray[np.bool_]) -> Runs:
     return rows, starts, ends
 
 
-def _without_tips(
+def _without_debris(
     rest: NDArray[np.bool_], band_rows: NDArray[np.bool_], band_columns: NDArray[np.bool_]
 ) -> NDArray[np.bool_]:
-    """``rest`` less the tips of lines that run out of the image across the side they run along
-    (a box cropped at its lines, turned with the page), which straightening leaves off their
-    lines' rows: blobs under TIP_FRACTION of the rest's largest on the image's top or bottom
-    row inside a band of lines along the rows (``band_rows``), or on its left or right column
-    inside one along the columns. A fine pen's stroke broken into pieces keeps them."""
+    """``rest`` less the lines' debris, which straightening leaves off their rows: a line's
+    ragged edge, its corner with another, its tip where it runs out of the image across the
+    side it runs along (a box cropped at its lines, turned with the page). Debris is a blob
+    under TIP_FRACTION of the rest's largest, wholly inside a band of lines along the rows
+    (``band_rows``) or the columns, unless it reaches a side those lines run into: there it is
+    where a stroke ends (a 7's bar in a tight crop), which a line must reach past."""
     blobs, n_blobs = ndimage.label(rest, structure=np.ones((3, 3)))
     if n_blobs < 2:
         return rest
-    sizes = np.bincount(blobs.ravel())
-    sizes[0] = 0
-    is_tip = np.zeros(n_blobs + 1, dtype=bool)
-    for sides, band in ((np.s_[[0, -1], :], band_rows), (np.s_[:, [0, -1]], band_columns)):
-        is_tip[blobs[sides][band[sides]]] = True
-    is_tip &= sizes < TIP_FRACTION * sizes.max()
-    is_tip[0] = False
-    return rest & ~is_tip[blobs]
+    sizes = np.bincount(blobs.ravel(), minlength=n_blobs + 1)
+    is_debris = np.zeros(n_blobs + 1, dtype=bool)
+    for band, ends in ((band_rows, np.s_[:, [0, -1]]), (band_columns, np.s_[[0, -1], :])):
+        outside = np.bincount(blobs[~band], minlength=n_blobs + 1)
+        at_ends = np.bincount(blobs[ends].ravel(), minlength=n_blobs + 1)
+        is_debris |= (outside == 0) & (at_ends == 0)
+    is_debris &= sizes < TIP_FRACTION * sizes[1:].max()
+    is_debris[0] = False
+    return rest & ~is_debris[blobs]
+
+
+def _n_lines(runs: Runs) -> int:
+    """How many lines ``runs`` (line_runs) make: groups of consecutive rows."""
+    rows = np.unique(runs[0])
+    return int(len(rows) and 1 + (np.diff(rows) > 1).sum())
 
 
 def _painted(mask: NDArray[np.bool_], runs: Runs, smear: int) -> NDArray[np.bool_]:

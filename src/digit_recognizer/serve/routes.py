@@ -423,6 +423,6 @@ def _submission_csv(
                 "(ServeConfig.max_csv_rows); split the file",
             )
         config = PredictConfig(conform=conform)
-        images = conform_rows(digits.images, config, name, served.predict_proba)
+        images = conform_rows(digits.images, config, name, served.predictor.orientation_judge)
         write_submission(Path(tmp) / "submission.csv", served.predictor.predict(images))
         return (Path(tmp) / "submission.csv").read_bytes()
