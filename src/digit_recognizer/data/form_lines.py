@@ -24,7 +24,7 @@ MAX_TILT = 10
 TILT_SIDE = 256
 LINE_WIDTH = 0.05  # a line is at most this fraction of the image thick
 LINE_STRETCH = 0.2  # a line's rows are at least half ink over this fraction of the image
-LINE_SLACK = 1.5  # and a line is at most this many times as thick as the median of the lines
+LINE_SLACK = 1.5  # and at most this many times as thick as the lines' lower quartile
 LINE_REST = 0.03
 PAGE_LINES = 3  # lines one way, from which they are a page of lines (ruled, squared paper)
 TIP_FRACTION = 0.05  # of the rest's largest blob: a line's debris is smaller (_without_debris)
@@ -50,8 +50,7 @@ def without_lines(ink: NDArray[np.float32], is_ink: NDArray[np.bool_]) -> NDArra
     any ink, nor when turned 6 degrees either way first; drawn with a thin pen (a 9 x 9
     erosion), 12 lost some and 3 were misread for it (a 7's bar and two 4s' taken for lines:
     44 errors against 41 left whole; benchmarks/paper_photos.py prints the errors on such
-    crops). Squared paper's thin grey lines turned a few degrees come apart into dashes in
-    ``is_ink`` and stay (benchmarks/paper_photos.py).
+    crops, and on squared paper).
     """
     mask = is_ink
     smear = max(1, round(LINE_TILT * min(mask.shape)))
@@ -127,7 +126,9 @@ class _Straightened:
     def line_like(self) -> NDArray[np.bool_]:
         """The ink in rows as full as a line's (_full_rows), no thicker across them than a line
         can be."""
-        return _full_rows(self.mask) & (self.thickness <= LINE_WIDTH * self.height + 2)
+        # A dashed line's ink alternates between two rows: each is full with its neighbour's.
+        rows_ink = ndimage.maximum_filter1d(self.mask, 3, axis=0) if self.is_dashed else self.mask
+        return _full_rows(self.mask, rows_ink) & (self.thickness <= LINE_WIDTH * self.height + 2)
 
     def back(self, straightened: NDArray[np.bool_]) -> NDArray[np.bool_]:
         """A mask of the straightened shape in the original one."""
@@ -137,8 +138,22 @@ class _Straightened:
         """The runs along the rows, smeared across by ``smear`` pixels either way, at least
         LINE_FRACTION of the row as far as it lies in the image: of the image's width, or less
         where a line turned with the page runs out of the image at a corner (down to
-        LINE_FRACTION_CUT of the width)."""
-        rows, starts, ends = _runs(ndimage.maximum_filter1d(self.mask, 2 * smear + 1, axis=0))
+        LINE_FRACTION_CUT of the width). Where bridging gaps a smear long along the rows finds
+        a page of lines (PAGE_LINES or more), those are its lines, dashed: squared paper's thin
+        grey lines, turned, fall apart into dashes where their ink is shared between two rows,
+        each under the ink threshold (``is_dashed``; a digit's strokes are seldom that many)."""
+        smeared = ndimage.maximum_filter1d(self.mask, 2 * smear + 1, axis=0)
+        window = 2 * smear + 1
+        bridged = ndimage.minimum_filter1d(
+            ndimage.maximum_filter1d(smeared, window, axis=1), window, axis=1
+        )
+        dashed_runs = self._long(*_runs(bridged))
+        self.is_dashed = _n_lines(dashed_runs) >= PAGE_LINES
+        return dashed_runs if self.is_dashed else self._long(*_runs(smeared))
+
+    def _long(
+        self, rows: NDArray[np.intp], starts: NDArray[np.intp], ends: NDArray[np.intp]
+    ) -> Runs:
         lengths = ends - starts
         is_long = lengths >= LINE_FRACTION * self.row_lengths[rows]
         is_long &= lengths >= LINE_FRACTION_CUT * self.mask.shape[1]
@@ -222,12 +237,13 @@ class _Straightened:
 
     def line_ink(self, runs: Runs, smear: int) -> NDArray[np.bool_]:
         """The own ink of ``runs`` (line_runs), no thicker across than these lines are (their
-        median, and slack for a ragged edge): where a stroke crosses a line or runs along it,
-        the ink is thicker and stays."""
+        lower quartile, and slack for a ragged edge; a stroke lying along a dashed line can
+        outweigh its dashes): where a stroke crosses a line or runs along it, the ink is
+        thicker and stays."""
         line = self.own(_painted(self.mask, runs, smear))
         if not line.any():
             return line
-        thickness = float(np.median(self.thickness[line]))
+        thickness = float(np.percentile(self.thickness[line], 25))
         return line & (self.thickness <= LINE_SLACK * thickness + 1)
 
 
@@ -318,12 +334,12 @@ def _painted(mask: NDArray[np.bool_], runs: Runs, smear: int) -> NDArray[np.bool
     return mask & (ndimage.maximum_filter1d(painted, 2 * smear + 1, axis=0) > 0)
 
 
-def _full_rows(mask: NDArray[np.bool_]) -> NDArray[np.bool_]:
+def _full_rows(mask: NDArray[np.bool_], rows_ink: NDArray[np.bool_]) -> NDArray[np.bool_]:
     """The pixels of ``mask`` in a stretch of its row, LINE_STRETCH of the image long, that is
-    at least half ink: a line's own rows, ends included, not a stroke's beside it that runs
-    along it for a while."""
+    at least half ink (``rows_ink``): a line's own rows, ends included, not a stroke's beside
+    it that runs along it for a while."""
     stretch = max(1, round(LINE_STRETCH * mask.shape[1]))
-    full = ndimage.uniform_filter1d(mask.astype(np.float32), stretch, axis=1) >= 0.5
+    full = ndimage.uniform_filter1d(rows_ink.astype(np.float32), stretch, axis=1) >= 0.5
     return mask & ndimage.maximum_filter1d(full, stretch, axis=1)
 
 
