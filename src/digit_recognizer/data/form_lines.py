@@ -115,6 +115,7 @@ class _Straightened:
         self.shifts = shifts
         self.slope = slope
         self.image = mask
+        self.is_dashed = False  # set by line_runs
 
     # Needed only once lines are found, and then by both own() and line_ink().
     @cached_property
