@@ -220,6 +220,7 @@ EXPECTED_HEADERS = "expected 'label,pixel0,...,pixel783' or 'pixel0,...,pixel783
         ('"label"' + HEADER[5:], "header column 1 is '\"label\"', not 'label'"),
         (HEADER + ",extra", "the header 'label,pixel0,pixel1,pixe...' has 786 columns"),
         ("ImageId,Label", "the header 'ImageId,Label' has 2 columns"),
+        (",".join(["7"] + ["0"] * 784), "a row of numbers, not a header (add one)"),
     ],
 )
 def test_wrong_header(train_csv: Path, header: str, problem: str) -> None:

@@ -212,6 +212,9 @@ def _split_header(
 
 def _header_problem(cells: tuple[str, ...], headers: tuple[tuple[str, ...], ...]) -> str:
     """Say how ``cells``, which matches none of ``headers``, differs from the nearest one."""
+    if all(cell.isascii() and cell.isdigit() for cell in cells):
+        # EMNIST's CSVs and other copies of MNIST come without a header.
+        return "a row of numbers, not a header (add one)"
     same_width = [columns for columns in headers if len(columns) == len(cells)]
     if not same_width:
         return f"the header {_show(','.join(cells))} has {len(cells)} columns"
