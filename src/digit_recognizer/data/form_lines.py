@@ -27,7 +27,7 @@ LINE_STRETCH = 0.2  # a line's rows are at least half ink over this fraction of 
 LINE_SLACK = 1.5  # and at most this many times as thick as the lines' lower quartile
 LINE_REST = 0.03
 PAGE_LINES = 3  # lines one way, from which they are a page of lines (ruled, squared paper)
-TIP_FRACTION = 0.05  # of the rest's largest blob: a line's debris is smaller (_without_debris)
+DEBRIS_FRACTION = 0.05  # of the rest's largest blob: a line's debris is smaller (_without_debris)
 
 
 def without_lines(ink: NDArray[np.float32], is_ink: NDArray[np.bool_]) -> NDArray[np.float32]:
@@ -301,7 +301,7 @@ def _without_debris(
     """``rest`` less the lines' debris, which straightening leaves off their rows: a line's
     ragged edge, its corner with another, its tip where it runs out of the image across the
     side it runs along (a box cropped at its lines, turned with the page). Debris is a blob
-    under TIP_FRACTION of the rest's largest, wholly inside a band of lines along the rows
+    under DEBRIS_FRACTION of the rest's largest, wholly inside a band of lines along the rows
     (``band_rows``) or the columns, unless it reaches a side those lines run into: there it is
     where a stroke ends (a 7's bar in a tight crop), which a line must reach past."""
     blobs, n_blobs = ndimage.label(rest, structure=np.ones((3, 3)))
@@ -313,7 +313,7 @@ def _without_debris(
         outside = np.bincount(blobs[~band], minlength=n_blobs + 1)
         at_ends = np.bincount(blobs[ends].ravel(), minlength=n_blobs + 1)
         is_debris |= (outside == 0) & (at_ends == 0)
-    is_debris &= sizes < TIP_FRACTION * sizes[1:].max()
+    is_debris &= sizes < DEBRIS_FRACTION * sizes[1:].max()
     is_debris[0] = False
     return rest & ~is_debris[blobs]
 
