@@ -57,7 +57,7 @@ def without_lines(ink: NDArray[np.float32], is_ink: NDArray[np.bool_]) -> NDArra
     rows_slope, columns_slope, page_slope = _tilts(mask)
     along_rows = _straightened(mask, [rows_slope, page_slope], smear)
     along_columns = _straightened(mask.T, [-columns_slope, -page_slope], smear)
-    across_rows, across_columns = along_rows.line_runs(smear), along_columns.line_runs(smear)
+    across_rows, across_columns = along_rows.line_runs, along_columns.line_runs
     if not len(across_rows[0]) and not len(across_columns[0]):
         return ink
     # Where the lines' runs lie (a band `smear` wide either side of each line), and where the
@@ -82,13 +82,11 @@ def without_lines(ink: NDArray[np.float32], is_ink: NDArray[np.bool_]) -> NDArra
     own |= along_columns.back(along_columns.own(near_columns)).T
     rest = mask & ~ndimage.binary_dilation(own, structure=np.ones((3, 3)))
     rest &= ~(band_rows & band_columns)
-    rows, columns = np.nonzero(_without_debris(rest, wide_rows, wide_columns))
-    if not len(rows):  # what was beside the lines was their rim
+    rest = _without_debris(rest, wide_rows, wide_columns)
+    if not rest.any():  # what was beside the lines was their rim
         return ink
-    reaching_rows = along_rows.reaching_past(across_rows, (rows, columns), smear)
-    reaching_columns = along_columns.reaching_past(across_columns, (columns, rows), smear)
-    lines = along_rows.back(along_rows.line_ink(reaching_rows, smear))
-    lines |= along_columns.back(along_columns.line_ink(reaching_columns, smear)).T
+    lines = along_rows.back(along_rows.line_ink(along_rows.reaching_past(rest)))
+    lines |= along_columns.back(along_columns.line_ink(along_columns.reaching_past(rest.T))).T
     # The lines' anti-aliased rims, a pixel either side, go with them.
     near_lines = ndimage.binary_dilation(lines, structure=np.ones((3, 3)))
     return np.where(near_lines, 0, ink) if (mask & ~near_lines).any() else ink
@@ -98,7 +96,7 @@ class _Straightened:
     """A mask whose columns are shifted up or down so that its lines, tilted with the page,
     run along its rows (_tilts); whole-pixel shifts, undone exactly by ``back``."""
 
-    def __init__(self, mask: NDArray[np.bool_], slope: float) -> None:
+    def __init__(self, mask: NDArray[np.bool_], slope: float, smear: int) -> None:
         height, width = mask.shape
         shifts = np.round(np.arange(width) * slope).astype(np.intp)
         shifts -= shifts.min()
@@ -115,7 +113,7 @@ class _Straightened:
         self.shifts = shifts
         self.slope = slope
         self.image = mask
-        self.is_dashed = False  # set by line_runs
+        self.smear = smear  # rows either way that a line's runs are smeared across (LINE_TILT)
 
     # Needed only once lines are found, and then by both own() and line_ink().
     @cached_property
@@ -135,22 +133,34 @@ class _Straightened:
         """A mask of the straightened shape in the original one."""
         return straightened[self.rows, np.arange(straightened.shape[1])]
 
-    def line_runs(self, smear: int) -> Runs:
+    @cached_property
+    def _found(self) -> tuple[Runs, bool]:
         """The runs along the rows, smeared across by ``smear`` pixels either way, at least
         LINE_FRACTION of the row as far as it lies in the image: of the image's width, or less
         where a line turned with the page runs out of the image at a corner (down to
         LINE_FRACTION_CUT of the width). Where bridging gaps a smear long along the rows finds
         a page of lines (PAGE_LINES or more), those are its lines, dashed: squared paper's thin
         grey lines, turned, fall apart into dashes where their ink is shared between two rows,
-        each under the ink threshold (``is_dashed``; a digit's strokes are seldom that many)."""
-        smeared = ndimage.maximum_filter1d(self.mask, 2 * smear + 1, axis=0)
-        window = 2 * smear + 1
+        each under the ink threshold (a digit's strokes are seldom that many). Returns the runs
+        and whether they are dashed."""
+        window = 2 * self.smear + 1
+        smeared = ndimage.maximum_filter1d(self.mask, window, axis=0)
         bridged = ndimage.minimum_filter1d(
             ndimage.maximum_filter1d(smeared, window, axis=1), window, axis=1
         )
         dashed_runs = self._long(*_runs(bridged))
-        self.is_dashed = _n_lines(dashed_runs) >= PAGE_LINES
-        return dashed_runs if self.is_dashed else self._long(*_runs(smeared))
+        if _n_lines(dashed_runs) >= PAGE_LINES:
+            return dashed_runs, True
+        return self._long(*_runs(smeared)), False
+
+    @property
+    def line_runs(self) -> Runs:
+        """The lines' runs along the rows (_found)."""
+        return self._found[0]
+
+    @property
+    def is_dashed(self) -> bool:
+        return self._found[1]
 
     def _long(
         self, rows: NDArray[np.intp], starts: NDArray[np.intp], ends: NDArray[np.intp]
@@ -160,26 +170,31 @@ class _Straightened:
         is_long &= lengths >= LINE_FRACTION_CUT * self.mask.shape[1]
         return rows[is_long], starts[is_long], ends[is_long]
 
-    def reaching_past(
-        self, runs: Runs, rest: tuple[NDArray[np.intp], NDArray[np.intp]], smear: int
-    ) -> Runs:
-        """The ``runs`` that reach past ``rest`` (the other ink's rows and columns in the image)
-        at both ends by LINE_OVERHANG of its extent along them. An end where the line runs out
-        of the image across its top or bottom side (a box cropped at its lines, turned with the
-        page) cannot. Such a line passes where that end keeps LINE_CLEARANCE of the rest's
-        extent clear of the rest (_cut_off), and its other end either does the same or lies
-        on the image's side, as clear of the rest (a 7's bar meets its stem there)."""
-        rows, starts, ends = runs
-        width = self.image.shape[1]
-        rest_columns = rest[1]
+    def reaching_past(self, rest: NDArray[np.bool_]) -> Runs:
+        """The line_runs that reach past ``rest`` (the other ink, in the image) at both ends by
+        LINE_OVERHANG of its extent along them. An end where the line runs out of the image
+        across its top or bottom side (a box cropped at its lines, turned with the page)
+        cannot. Such a line passes where that end keeps LINE_CLEARANCE of the rest's extent
+        clear of the rest (_cut_off), and its other end either does the same or lies on the
+        image's side, as clear of the rest (a 7's bar meets its stem there)."""
+        rows, starts, ends = self.line_runs
+        width, smear = self.image.shape[1], self.smear
+        rest_columns = np.flatnonzero(rest.any(axis=0))
         extent = rest_columns.max() - rest_columns.min() + 1
         overhang, clearance = LINE_OVERHANG * extent, LINE_CLEARANCE * extent
-        cut_start = self._cut_off(rows, starts, -1, rest, clearance, smear)
-        cut_end = self._cut_off(rows, ends - 1, 1, rest, clearance, smear)
+        to_rest = ndimage.distance_transform_cdt(~rest, metric="chessboard")
+
+        def clear(columns: NDArray[np.intp]) -> NDArray[np.bool_]:
+            """Per run end (its last column): the rest further than ``clearance`` from it."""
+            image_rows = np.clip(rows - self.shifts[columns], 0, self.height - 1)
+            return to_rest[image_rows, columns] > clearance
+
+        cut_start = self._cut_off(rows, starts, -1) & clear(starts)
+        cut_end = self._cut_off(rows, ends - 1, 1) & clear(ends - 1)
         # The other end: on the image's side, clear of the rest as well (a 7's stem meets its
         # bar's other end where a box's side line meets its top).
-        side_start = (starts <= smear) & self._clear(rows, starts, rest, clearance)
-        side_end = (ends - 1 >= width - 1 - smear) & self._clear(rows, ends - 1, rest, clearance)
+        side_start = (starts <= smear) & clear(starts)
+        side_end = (ends - 1 >= width - 1 - smear) & clear(ends - 1)
         past_start = starts <= rest_columns.min() - overhang
         past_end = ends - 1 >= rest_columns.max() + overhang
         keep = past_start & past_end
@@ -187,61 +202,38 @@ class _Straightened:
         return rows[keep], starts[keep], ends[keep]
 
     def _cut_off(
-        self,
-        rows: NDArray[np.intp],
-        columns: NDArray[np.intp],
-        outward: int,
-        rest: tuple[NDArray[np.intp], NDArray[np.intp]],
-        clearance: float,
-        smear: int,
+        self, rows: NDArray[np.intp], columns: NDArray[np.intp], outward: int
     ) -> NDArray[np.bool_]:
         """Per run end (its straightened row, its last column, ``outward`` the way past it):
         whether the line's ink ends there on the image's top or bottom row, away from the
         corners, where that side crosses the line's rows beyond the end (the page turned so:
-        a level stroke along a tight crop's top is not cut off), and more than ``clearance``
-        from ``rest`` (a 7's bar in a tight crop ends at its stem)."""
+        a level stroke along a tight crop's top is not cut off)."""
         height, width = self.image.shape
+        smear = self.smear
         image_rows = rows - self.shifts[columns]
         # Beyond the end the top side, straightened, comes down into the line's rows (or the
         # bottom side up): its row there moves the way of the slope times the way out.
         crossing = np.sign(self.slope) * outward
         at_top = (image_rows <= smear) & self.image[0, columns] & (crossing > 0)
         at_bottom = (image_rows >= height - 1 - smear) & self.image[-1, columns] & (crossing < 0)
-        cut = (at_top | at_bottom) & (columns >= smear) & (columns < width - smear)
-        return cut & self._clear(rows, columns, rest, clearance)
+        return (at_top | at_bottom) & (columns >= smear) & (columns < width - smear)
 
-    def _clear(
-        self,
-        rows: NDArray[np.intp],
-        columns: NDArray[np.intp],
-        rest: tuple[NDArray[np.intp], NDArray[np.intp]],
-        clearance: float,
-    ) -> NDArray[np.bool_]:
-        """Per run end (its straightened row, its last column): whether ``rest`` lies further
-        than ``clearance`` from it (the nearest pixel, along rows or columns, in the image)."""
-        image_rows = np.clip(rows - self.shifts[columns], 0, self.height - 1)
-        rest_rows, rest_columns = rest
-        clear = np.zeros(len(rows), dtype=bool)
-        for index, (row, column) in enumerate(zip(image_rows, columns, strict=True)):
-            distance = np.maximum(np.abs(rest_rows - row), np.abs(rest_columns - column))
-            clear[index] = distance.min() > clearance
-        return clear
-
-    def run_length(self, smear: int) -> int:
+    @property
+    def run_length(self) -> int:
         """The total length of line_runs."""
-        _, starts, ends = self.line_runs(smear)
+        _, starts, ends = self.line_runs
         return int((ends - starts).sum())
 
     def own(self, near: NDArray[np.bool_]) -> NDArray[np.bool_]:
         """The pixels of ``near`` (ink near lines, straightened) that are the lines' own."""
         return near & self.line_like
 
-    def line_ink(self, runs: Runs, smear: int) -> NDArray[np.bool_]:
+    def line_ink(self, runs: Runs) -> NDArray[np.bool_]:
         """The own ink of ``runs`` (line_runs), no thicker across than these lines are (their
         lower quartile, and slack for a ragged edge; a stroke lying along a dashed line can
         outweigh its dashes): where a stroke crosses a line or runs along it, the ink is
         thicker and stays."""
-        line = self.own(_painted(self.mask, runs, smear))
+        line = self.own(_painted(self.mask, runs, self.smear))
         if not line.any():
             return line
         thickness = float(np.percentile(self.thickness[line], 25))
@@ -280,8 +272,8 @@ def _straightened(mask: NDArray[np.bool_], slopes: list[float], smear: int) -> _
     """``mask`` straightened by whichever of ``slopes`` finds the most line (line_runs' total
     length; the first of equals): a turned page's own slope, or the page's both ways, where a
     long stroke (a 1) outweighs the lines one way but not both, or the other way round."""
-    candidates = [_Straightened(mask, slope) for slope in dict.fromkeys(slopes)]
-    return max(candidates, key=lambda straightened: straightened.run_length(smear))
+    candidates = [_Straightened(mask, slope, smear) for slope in dict.fromkeys(slopes)]
+    return max(candidates, key=lambda straightened: straightened.run_length)
 
 
 Runs = tuple[NDArray[np.intp], NDArray[np.intp], NDArray[np.intp]]  # row, start, end (exclusive)
