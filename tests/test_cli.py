@@ -120,7 +120,8 @@ def test_evaluate_scores_with_tta_and_as_is(tmp_path, tiny_run, frame_filling_cs
 
     def scores_line(config):
         predictor = Predictor.load([tiny_run], config)
-        probas = predictor.predict_proba(conform_rows(images, config, "", predictor.predict_proba))
+        images_seen = conform_rows(images, config, "", predictor.orientation_judge)
+        probas = predictor.predict_proba(images_seen)
         metrics = compute_metrics(labels, probas)
         return (f"accuracy {metrics.accuracy:.4f}  macro F1 {metrics.macro_f1:.4f}  "
                 f"ROC-AUC (one-vs-rest) {metrics.roc_auc_ovr:.5f}")  # fmt: skip
