@@ -15,6 +15,9 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +27,8 @@ from digit_recognizer.errors import DigitsError
 from digit_recognizer.models.runtime import resolve_device
 
 log = logging.getLogger(__name__)
+
+PEER_FAILURE_GRACE_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -67,15 +72,28 @@ def init_distributed(device_name: str, timeout_s: float) -> tuple[Distributed, t
     return dist_env, device
 
 
-def close_distributed() -> None:
-    """Leave the process group, if this process joined one.
+@contextmanager
+def torchrun_worker() -> Iterator[None]:
+    """Run a torchrun worker's command: the entry point of `python -m digit_recognizer.train`
+    and `.predict`.
 
-    A torchrun process that exits with its gloo group still open can abort in the group's
-    teardown ("terminate called without an active exception", SIGABRT) after its work is done,
-    failing a job that succeeded.
+    When one rank fails (a malformed row in its share of the shards), the others fail too, at
+    their next collective ("Connection closed by peer"), and torchrun stops them (SIGTERM) within
+    its monitor interval, 0.1 s. Their tracebacks would only bury the failed rank's message, so a
+    rank waits that out several times over before it prints one.
     """
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    try:
+        yield
+    except Exception:
+        if Distributed.from_env().world_size > 1:
+            time.sleep(PEER_FAILURE_GRACE_S)
+        raise
+    finally:
+        # A torchrun process that exits with its gloo group still open can abort in the group's
+        # teardown ("terminate called without an active exception", SIGABRT) after its work is
+        # done, failing a job that succeeded.
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def all_reduce(
@@ -95,11 +113,13 @@ def run_torchrun(nproc: int, module: str, args: list[str]) -> None:
     # torchrun's own files go to a folder of ours, removed afterwards (else a torchelastic_*
     # folder is left in /tmp by every launch).
     with tempfile.TemporaryDirectory(prefix="digits-torchrun-logs-") as logs:
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                   f"--nproc-per-node={nproc}", f"--log-dir={logs}",
-                   "-m", module, *args]  # fmt: skip
-        log.info("launching %d processes: %s", nproc, " ".join(command))
-        launcher = subprocess.Popen(command)
+        torchrun_args = ["--standalone", f"--nproc-per-node={nproc}", f"--log-dir={logs}",
+                         "-m", module, *args]  # fmt: skip
+        log.info("launching %d processes: torchrun %s", nproc, " ".join(torchrun_args))
+        # The CPU's threads shared out, as `--jobs` does (torchrun would give each process one).
+        threads = os.environ.get("OMP_NUM_THREADS", str(max(1, torch.get_num_threads() // nproc)))
+        launcher = subprocess.Popen([sys.executable, "-c", _LAUNCHER, *torchrun_args],
+                                    env=os.environ | {"OMP_NUM_THREADS": threads})  # fmt: skip
         # SIGTERM (a job scheduler, `kill`) raises here as Ctrl-C does, so that either way the
         # launcher is stopped, and stops its workers, rather than left training as an orphan.
         in_main_thread = threading.current_thread() is threading.main_thread()  # signal's rule
@@ -115,6 +135,22 @@ def run_torchrun(nproc: int, module: str, args: list[str]) -> None:
     if returncode:
         raise DigitsError(f"{nproc} processes of {module} failed (exit status {returncode}); "
                           "see the log above")  # fmt: skip
+
+
+# torchrun's command line, run by a launcher that reports its workers' failure by its exit status
+# alone: each worker has printed its own error (a malformed CSV's file, line and column), and
+# torchrun's main would bury it under its own traceback and table of failed ranks.
+_LAUNCHER = "import sys; from digit_recognizer.distributed import _launch; _launch(sys.argv[1:])"
+
+
+def _launch(torchrun_args: list[str]) -> None:
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    try:
+        run(parse_args(torchrun_args))
+    except ChildFailedError:
+        sys.exit(1)
 
 
 def _raise_interrupt(signum: int, _frame: object) -> None:

@@ -24,7 +24,7 @@ from digit_recognizer.data.images import conform_to_mnist, load_image
 from digit_recognizer.data.kaggle_csv import write_submission
 from digit_recognizer.data.shards import read_data_source
 from digit_recognizer.data.stream import ShardStream
-from digit_recognizer.distributed import all_reduce, close_distributed, init_distributed
+from digit_recognizer.distributed import all_reduce, init_distributed
 from digit_recognizer.errors import DataError
 from digit_recognizer.models.classical import load_pipeline
 from digit_recognizer.models.runtime import (
@@ -304,8 +304,7 @@ if __name__ == "__main__":
     import sys
 
     from digit_recognizer.cli import run_command
+    from digit_recognizer.distributed import torchrun_worker
 
-    try:
+    with torchrun_worker():
         run_command("predict", "digit_recognizer.predict", sys.argv[1:])
-    finally:
-        close_distributed()

@@ -42,7 +42,6 @@ from digit_recognizer.data.tensors import to_model_input
 from digit_recognizer.distributed import (
     Distributed,
     all_reduce,
-    close_distributed,
     init_distributed,
 )
 from digit_recognizer.errors import ConfigError, DigitsError, ModelFileError, OutputError
@@ -717,8 +716,7 @@ if __name__ == "__main__":
     import sys
 
     from digit_recognizer.cli import run_command
+    from digit_recognizer.distributed import torchrun_worker
 
-    try:
+    with torchrun_worker():
         run_command("train", "digit_recognizer.train", sys.argv[1:])
-    finally:
-        close_distributed()
