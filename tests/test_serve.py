@@ -412,9 +412,15 @@ def test_bad_multipart_and_content_type(client: TestClient) -> None:
         415,
         (
             "Content-Type 'text/plain' is not supported; send application/json digits, an "
-            "image/png or image/jpeg body, or multipart/form-data with a field 'file'"
+            "image body (image/png, image/jpeg, ...), or multipart/form-data with a field 'file'"
         ),
     )
+    png = encode(drawing())
+    as_png = client.post("/predict", content=png, headers={"Content-Type": "image/png"}).json()
+    for label in ("image/x-png", "image/jpg", "image/pjpeg", "image/x-ms-bmp"):  # bytes decide
+        response = client.post("/predict", content=png, headers={"Content-Type": label})
+        assert response.status_code == 200 and response.json() == as_png | {
+            "latency_ms": response.json()["latency_ms"]}, label  # fmt: skip
 
 
 def test_huge_bodies_get_413(client: TestClient) -> None:

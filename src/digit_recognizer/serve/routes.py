@@ -346,7 +346,10 @@ async def _read_digits(
     if content_type == "application/json":
         images, is_batch = _parse_json(await request.body(), config.max_batch)
         return images, is_batch, False
-    if content_type in ("multipart/form-data", "application/octet-stream", *IMAGE_TYPES):
+    # Any image/* type: Pillow reads the format from the bytes, and browsers and systems label
+    # one format several ways (image/jpg, image/pjpeg, image/x-png, image/x-ms-bmp).
+    is_image = content_type.startswith("image/")
+    if is_image or content_type in ("multipart/form-data", "application/octet-stream"):
         data, name = await _read_upload(request, content_type, default_name="image")
         try:
             image = await run_in_threadpool(load_image, data, name, config.max_image_pixels)
@@ -356,7 +359,8 @@ async def _read_digits(
     raise HTTPException(
         415,
         f"Content-Type '{content_type or 'none'}' is not supported; send application/json "
-        "digits, an image/png or image/jpeg body, or multipart/form-data with a field 'file'",
+        "digits, an image body (image/png, image/jpeg, ...), or multipart/form-data with a "
+        "field 'file'",
     )
 
 
