@@ -120,11 +120,13 @@ def test_transparent_canvas_and_grey_photo() -> None:
 
 @pytest.mark.parametrize(
     ("scale", "dtype", "image_format"),
-    [(257, np.uint16, "PNG"), (257, np.uint16, "TIFF"), (1 / 255, np.float32, "TIFF")],
-    ids=["16-bit PNG", "16-bit TIFF", "float TIFF"],
-)
+    [(257, np.uint16, "PNG"), (257, np.uint16, "TIFF"), (1 / 255, np.float32, "TIFF"),
+     (4095 / 255, np.uint16, "PNG")],
+    ids=["16-bit PNG", "16-bit TIFF", "float TIFF", "12 bits in a 16-bit PNG"],
+)  # fmt: skip
 def test_scans_deeper_than_8_bits(scale: float, dtype: type, image_format: str) -> None:
     # Scanners write 16-bit greyscale; Pillow's own conversion to 8 bits clips grey ink to white.
+    # A camera's 12 bits in a 16-bit file are scaled by their own range, not 65,535's.
     scan = drawing(ink=(60, 60, 60), paper=(230, 230, 230)).convert("L")
     deep = Image.fromarray((np.asarray(scan, dtype=np.float64) * scale).astype(dtype))
     assert deep.mode in ("I;16", "F")

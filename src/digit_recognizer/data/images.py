@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import warnings
 from pathlib import Path
 
@@ -134,20 +135,20 @@ def _to_grey(image: Image.Image) -> NDArray[np.uint8]:
 
 
 def _deep_to_grey(values: NDArray[np.generic], mode: str) -> NDArray[np.uint8]:
-    """16-bit, 32-bit integer or float greyscale (scanners' and microscopes' output) -> uint8.
+    """16-bit, 32-bit integer or float greyscale (scanners', cameras' and microscopes' output)
+    -> uint8.
 
     Pillow's own conversion to "L" clips these to 0-255, which turns a 16-bit scan's paper and
-    ink alike into white. Scaled instead by the format's full range: 65,535 for 16 bits; for
-    32-bit integers and floats, which carry no range, the smallest of 1 (floats), 255 and 65,535
-    that holds the brightest pixel.
+    ink alike into white. Scaled instead by the range of the smallest bit depth that holds the
+    brightest pixel, from 8 bits up (floats: 0-1 when they fit it): a 16-bit file often holds a
+    sensor's 10, 12 or 14 bits, and dividing 12-bit data by 65,535 would leave 17 grey levels.
     """
     values = np.nan_to_num(values.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
     brightest = float(values.max(initial=0.0))
-    if mode.startswith("I;16"):
-        full_scale = 65535.0
+    if mode == "F" and brightest <= 1:
+        full_scale = 1.0
     else:
-        ranges = (1.0, 255.0, 65535.0) if mode == "F" else (255.0, 65535.0)
-        full_scale = next((top for top in ranges if brightest <= top), brightest)
+        full_scale = max(255.0, 2.0 ** math.ceil(math.log2(brightest + 1)) - 1)
     return np.round(np.clip(values, 0, full_scale) / full_scale * 255).astype(np.uint8)
 
 
