@@ -10,7 +10,9 @@ Printed: errors per kind and angle.
 
 Then the plain page photographed in uneven light: light falling off across it, and the shadow of
 a phone or a hand, half as bright as the lit paper (the ink too), its edge a straight line at a
-random angle beside the digit or across it, hard (a pixel or two of penumbra) or soft.
+random angle beside the digit or across it, hard (a pixel or two of penumbra) or soft. And the
+plain page with what lies around it in a photo: a dark desk filling the photo's border (the page
+turned too), a desk along one side of the photo, a dark strip along its bottom.
 
 Two checks that the line removal leaves digits alone (their errors should match the plain
 page's): the same digits cropped tight to their ink and enlarged x6, where a 7's bar spans the
@@ -109,6 +111,37 @@ LIGHTS = {
 }
 
 
+DESK = 35
+
+
+def on_a_desk(page: NDArray[np.uint8], angle: float = 0) -> NDArray[np.uint8]:
+    """The page photographed on a dark desk that fills the photo's border, turned by ``angle``."""
+    desk = np.full((PAGE + 80, PAGE + 80), DESK, dtype=np.uint8)
+    desk[40:-40, 40:-40] = page
+    return np.asarray(
+        Image.fromarray(desk).rotate(angle, Image.Resampling.BILINEAR, fillcolor=DESK)
+    )
+
+
+def beside(
+    region: tuple[slice, slice], grey: int
+) -> Callable[[NDArray[np.uint8]], NDArray[np.uint8]]:
+    def photograph(page: NDArray[np.uint8]) -> NDArray[np.uint8]:
+        page = page.copy()
+        page[region] = grey
+        return page
+
+    return photograph
+
+
+SURROUNDINGS = {
+    "on a dark desk": on_a_desk,
+    "  turned 10 degrees": lambda page: on_a_desk(page, angle=10),
+    "a desk along one side": beside(np.s_[:, :30], DESK),
+    "dark strip along the bottom": beside(np.s_[-14:, :], 40),
+}
+
+
 def photo(image: NDArray[np.uint8], draw_lines: Callable, angle: float) -> NDArray[np.uint8]:
     """An MNIST digit (ink bright) drawn on a page with lines, the page turned by ``angle``."""
     side = (DIGIT_SIDE, DIGIT_SIDE)
@@ -162,6 +195,10 @@ def main() -> None:
         rng = np.random.default_rng(1)
         pages = [photo(image, KINDS["plain page"], 0) * light(rng) for image in test]
         print(f"{name:<28}{errors([page.astype(np.uint8) for page in pages]):>7}", flush=True)
+    print(f"\n{'plain page, what lies around':<28}")
+    for name, surround in SURROUNDINGS.items():
+        pages = [surround(photo(image, KINDS["plain page"], 0)) for image in test]
+        print(f"{name:<28}{errors(pages):>7}", flush=True)
     print(f"\n{'cropped tight to the ink':<28}{errors([tight_crop(image) for image in test]):>7}")
     thin = errors([tight_crop(image, erosion=9) for image in test])
     print(f"{'  and drawn with a thin pen':<28}{thin:>7}")

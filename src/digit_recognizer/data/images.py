@@ -31,6 +31,7 @@ from digit_recognizer.data.lighting import (
     paper_along_border,
     unevenly_lit,
 )
+from digit_recognizer.data.surroundings import sheet_on_a_desk, without_border_regions
 from digit_recognizer.errors import DataError
 
 # Decompression-bomb limit: a 10 kB PNG can declare 50,000 x 50,000 pixels (2.5 GB decoded).
@@ -157,11 +158,41 @@ def to_mnist(grey: NDArray[np.uint8], name: str = "image") -> NDArray[np.uint8]:
 
     Inverts when the background (the median of a band along the edges) is light, levels a
     photo's uneven lighting, a shadow's hard edge too (flatten_lighting), stretches contrast
-    so the background is 0 and the darkest ink 255, removes a form's or ruled paper's lines
-    (without_lines) and specks of dust (_without_specks), crops to the ink, fits it into
-    20 x 20 keeping the aspect ratio (Lanczos, anti-aliased) and centres it by centre of mass.
+    so the background is 0 and the darkest ink 255 (_ink); reads a sheet photographed on a desk
+    without the desk (sheet_on_a_desk), removes a form's or ruled paper's lines
+    (without_lines), what runs along a side beside the digit (without_border_regions) and
+    specks of dust (_without_specks), crops to the ink, fits it into 20 x 20 keeping the
+    aspect ratio (Lanczos, anti-aliased) and centres it by centre of mass.
     """
     pixels = _reduced(grey).astype(np.float32)
+    ink = _ink(pixels, name)
+    is_photo = min(pixels.shape) >= MIN_PHOTO_SIDE
+    if is_photo:
+        sheet = sheet_on_a_desk(ink > INK_THRESHOLD, pixels)
+        if sheet is not None:
+            # The desk around the sheet filled the border band, so the desk was taken for the
+            # paper and the sheet for the ink: the desk goes, as the sheet's own level.
+            ink = _ink(np.where(sheet, pixels, np.median(pixels[sheet])), name)
+    if min(ink.shape) >= MIN_LINES_SIDE:
+        ink = without_lines(ink, ink > INK_THRESHOLD)
+    if is_photo:
+        ink = without_border_regions(ink, ink > INK_THRESHOLD)
+    ink = _without_specks(ink)
+    rows, columns = np.nonzero(ink > INK_THRESHOLD)
+    crop = ink[rows.min() : rows.max() + 1, columns.min() : columns.max() + 1]
+    scale = BOX / max(crop.shape)
+    height, width = (max(1, round(side * scale)) for side in crop.shape)
+    resized = Image.fromarray(crop * 255).resize((width, height), Image.Resampling.LANCZOS)
+    digit = np.clip(np.asarray(resized), 0, 255)
+    # A fine pen on a large page thins to a faint trace at 20 x 20 (brightest pixel ~50), where
+    # every MNIST digit reaches 254-255: brought up to full ink.
+    return _centre_by_mass(digit * (255 / digit.max()))
+
+
+def _ink(pixels: NDArray[np.float32], name: str) -> NDArray[np.float32]:
+    """How far each pixel stands out from the paper toward the ink, 0-1: the ink's side of the
+    paper's level decided, uneven light levelled, the contrast stretched. DataError when
+    nothing stands out."""
     # The paper's level from a band along the edges, not the outermost pixels alone: a form's
     # box cropped at its lines has a border of ink.
     band = max(1, min(pixels.shape) // 10)
@@ -198,19 +229,7 @@ def to_mnist(grey: NDArray[np.uint8], name: str = "image") -> NDArray[np.uint8]:
     contrast = float(pixels.max()) - background
     if contrast < MIN_CONTRAST:
         raise DataError(f"{name}: no digit found (the image is blank or has too little contrast)")
-    ink = np.clip((pixels - background) / contrast, 0, 1)
-    if min(ink.shape) >= MIN_LINES_SIDE:
-        ink = without_lines(ink, ink > INK_THRESHOLD)
-    ink = _without_specks(ink)
-    rows, columns = np.nonzero(ink > INK_THRESHOLD)
-    crop = ink[rows.min() : rows.max() + 1, columns.min() : columns.max() + 1]
-    scale = BOX / max(crop.shape)
-    height, width = (max(1, round(side * scale)) for side in crop.shape)
-    resized = Image.fromarray(crop * 255).resize((width, height), Image.Resampling.LANCZOS)
-    digit = np.clip(np.asarray(resized), 0, 255)
-    # A fine pen on a large page thins to a faint trace at 20 x 20 (brightest pixel ~50), where
-    # every MNIST digit reaches 254-255: brought up to full ink.
-    return _centre_by_mass(digit * (255 / digit.max()))
+    return np.clip((pixels - background) / contrast, 0, 1)
 
 
 def _reduced(grey: NDArray[np.uint8]) -> NDArray[np.uint8]:
