@@ -311,11 +311,13 @@ def test_ema_run_stopped_and_resumed_matches_a_straight_run(tmp_path, small_trai
         with pytest.raises(ModelFileError, match="does not fit this model"):
             train(replace(config, resume=True, **mismatch), subset, valid, tmp_path / "resumed")
         assert (tmp_path / "resumed" / "config.toml").read_text() == recorded
-    # So is one on other rows or draws: another seed or validation size splits the data anew.
+    # So is one on other rows or draws (another seed or validation size splits the data anew)
+    # or batches.
     other_rows = DigitSet(small_train.images[1:513], small_train.labels[1:513])
     for mismatch, rows, message in (
         ({"seed": 1}, subset, "seed"),
         ({"valid_size": 0.2}, subset, "valid_size"),
+        ({"batch_size": 128}, subset, "batch_size"),  # its steps count batches of 64
         ({}, other_rows, "training rows"),
     ):
         with pytest.raises(ConfigError, match=f"resuming would change the run's {message}; "):

@@ -380,14 +380,16 @@ def rows_fingerprint(train_set: DigitSet | Manifest) -> str:
     return digest.hexdigest()
 
 
-def check_same_rows(
+def check_resume_matches(
     run_dir: Path, checkpoint: dict[str, Any], config: TrainConfig, rows: str
 ) -> None:
-    """Refuse to resume on other training rows or augmentation draws than the run's own."""
+    """Refuse to resume on other training rows, augmentation draws or batch size than the
+    run's own: the checkpoint counts steps in its own batches, and the schedule and the epochs
+    trained are read from that count."""
     recorded = checkpoint.get("config", {})
     changed = [
         key
-        for key in ("seed", "valid_size")
+        for key in ("seed", "valid_size", "batch_size")
         if recorded.get(key) not in (None, getattr(config, key))
     ]
     if checkpoint.get("rows", rows) != rows:  # absent from checkpoints before it was kept
@@ -518,7 +520,7 @@ def train(
     # -- resume: everything the loop needs is in the checkpoint ----------------------------------
     if config.resume and (run_dir / CHECKPOINT_FILE).exists():
         checkpoint = load_checkpoint(run_dir, device)
-        check_same_rows(run_dir, checkpoint, config, rows)
+        check_resume_matches(run_dir, checkpoint, config, rows)
         restore_checkpoint(run_dir, checkpoint, model, optimizer, ema)
         step, epoch, elapsed_s = checkpoint["step"], checkpoint["epoch"], checkpoint["elapsed_s"]
         lr_scale, history = checkpoint["lr_scale"], checkpoint["history"]
