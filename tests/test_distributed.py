@@ -145,6 +145,33 @@ def test_a_failing_rank_stops_distributed_predict_with_its_error(tmp_path, capfd
     assert not out.exists()
 
 
+def test_ctrl_c_stops_torchrun_with_no_traceback(tmp_path):
+    """Ctrl-C reaches the whole process group: the workers stop, then torchrun, which says so by
+    its exit status alone, and the command that launched it raises KeyboardInterrupt."""
+    (tmp_path / "sleeper.py").write_text(
+        "import pathlib, sys, time\n"
+        "pathlib.Path(sys.argv[1]).touch()\n"
+        "try:\n    time.sleep(600)\nexcept KeyboardInterrupt:\n    sys.exit(130)\n"
+    )
+    started = tmp_path / "started"
+    launch = (
+        "import sys; from digit_recognizer.distributed import run_torchrun\n"
+        f"try:\n    run_torchrun(1, 'sleeper', [{str(started)!r}])\n"
+        "except KeyboardInterrupt:\n    sys.exit(130)\n"
+    )
+    env = os.environ | {"PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    parent = subprocess.Popen([sys.executable, "-c", launch], env=env, stderr=subprocess.PIPE,
+                              text=True, start_new_session=True)  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not started.exists():
+        assert time.monotonic() < deadline and parent.poll() is None, "the worker did not start"
+        time.sleep(0.1)
+    os.killpg(parent.pid, signal.SIGINT)
+    _, err = parent.communicate(timeout=60)
+    assert parent.returncode == 130
+    assert "Traceback" not in err
+
+
 def test_torchrun_leaves_no_files_and_no_orphans_behind(tmp_path, monkeypatch):
     """Its log folder is ours and removed; SIGTERM to the launching process (a scheduler, `kill`)
     stops torchrun and its workers instead of leaving them running."""

@@ -7,6 +7,7 @@ process group (gloo on CPU, NCCL with one GPU per rank), and launching torchrun.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import logging
 import os
@@ -29,6 +30,7 @@ from digit_recognizer.models.runtime import resolve_device
 log = logging.getLogger(__name__)
 
 PEER_FAILURE_GRACE_S = 2.0
+LAUNCHER_GRACE_S = 5.0  # for torchrun to stop its workers on Ctrl-C (SIGTERM: they exit at once)
 
 
 @dataclass(frozen=True)
@@ -130,20 +132,29 @@ def run_torchrun(nproc: int, module: str, args: list[str]) -> None:
             if in_main_thread:
                 signal.signal(signal.SIGTERM, previous)
             if launcher.poll() is None:
+                # Ctrl-C reached the launcher too, which is stopping its workers: a SIGTERM now
+                # would break into that shutdown. A signal to this process alone did not.
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    launcher.wait(timeout=LAUNCHER_GRACE_S)
+            if launcher.poll() is None:
                 launcher.terminate()
                 launcher.wait()
+    if returncode in (128 + signal.SIGINT, 128 + signal.SIGTERM):
+        raise KeyboardInterrupt(f"the {nproc} processes of {module} were stopped")
     if returncode:
         raise DigitsError(f"{nproc} processes of {module} failed (exit status {returncode}); "
                           "see the log above")  # fmt: skip
 
 
-# torchrun's command line, run by a launcher that reports its workers' failure by its exit status
-# alone: each worker has printed its own error (a malformed CSV's file, line and column), and
-# torchrun's main would bury it under its own traceback and table of failed ranks.
+# torchrun's command line, run by a launcher that reports its workers' failure, or a signal
+# that stopped them, by its exit status alone: each worker has printed its own error (a
+# malformed CSV's file, line and column), and torchrun's main would bury it under its own
+# traceback and table of failed ranks; the command that launched it says "interrupted".
 _LAUNCHER = "import sys; from digit_recognizer.distributed import _launch; _launch(sys.argv[1:])"
 
 
 def _launch(torchrun_args: list[str]) -> None:
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
@@ -151,6 +162,10 @@ def _launch(torchrun_args: list[str]) -> None:
         run(parse_args(torchrun_args))
     except ChildFailedError:
         sys.exit(1)
+    except SignalException as stop:  # the agent has stopped its workers
+        sys.exit(128 + stop.sigval)
+    except KeyboardInterrupt:
+        sys.exit(128 + signal.SIGINT)
 
 
 def _raise_interrupt(signum: int, _frame: object) -> None:
