@@ -158,6 +158,13 @@ def test_presets_and_argument_errors(tmp_path, small_csvs):
         get_preset("quick")
     with pytest.raises(DataError, match="give both --train and --test"):
         run_job(TrainConfig(), train_csv=small_csvs["train"], run_dir=tmp_path)
+    # A test file that cannot be read stops the job before it trains, not an hour later.
+    bad_test = tmp_path / "test.csv"
+    lines = small_csvs["test"].read_text().splitlines(keepends=True)
+    bad_test.write_text("".join([*lines[:3], lines[3].replace("0", "256", 1), *lines[4:]]))
+    with pytest.raises(DataError, match=f"{bad_test}, line 4, column pixel"):
+        run_job(TrainConfig(), small_csvs["train"], bad_test, run_dir=tmp_path / "run")
+    assert not (tmp_path / "run").exists()
 
 
 def test_best_members_differ_and_flags_override_them_all(tmp_path):

@@ -31,6 +31,7 @@ from digit_recognizer.data.replica import ReplicaFiles, ready_replica
 from digit_recognizer.data.shards import (
     Manifest,
     choose_loading,
+    read_data_source,
     read_shards,
     resolve_data_source,
 )
@@ -557,11 +558,14 @@ def run_job(
     configs = [config] if isinstance(config, TrainConfig) else config
     run_dir = run_dir or default_run_dir(configs[0].model)
     parallel = default_jobs(configs) if parallel is None else parallel
+    # Read before training, which can take an hour: a missing or malformed test file would
+    # otherwise be found only once the models were trained.
+    test_set = read_data_source(test_csv)
     started = time.perf_counter()
     jobs = train_jobs(configs, train_csv, run_dir, progress, parallel)
     wall_seconds = time.perf_counter() - started
     submission = run_dir / "submission.csv"
-    predict_csv([run_dir], test_csv, submission, predict_config)
+    predict_csv([run_dir], test_csv, submission, predict_config, test_set)
     test_accuracy = score_submission(solution_csv, submission) if solution_csv else None
     tta = bool(predict_config and predict_config.tta)  # `digits predict --tta` reproduces it
     write_metrics(run_dir, {"test_csv": str(Path(test_csv).resolve()), "test_tta": tta,

@@ -21,7 +21,7 @@ from sklearn.pipeline import Pipeline
 from torch import nn
 
 from digit_recognizer.data.images import conform_to_mnist, load_image
-from digit_recognizer.data.kaggle_csv import write_submission
+from digit_recognizer.data.kaggle_csv import DigitSet, write_submission
 from digit_recognizer.data.shards import read_data_source
 from digit_recognizer.data.stream import ShardStream
 from digit_recognizer.distributed import all_reduce, init_distributed
@@ -240,12 +240,16 @@ def warn_redone(source: str | Path, n_redone: int, n_rows: int) -> None:
 
 
 def predict_csv(
-    run_dirs: list[Path], test_csv: Path, out: Path, config: PredictConfig | None = None
+    run_dirs: list[Path],
+    test_csv: Path,
+    out: Path,
+    config: PredictConfig | None = None,
+    data: DigitSet | None = None,
 ) -> NDArray[np.int64]:
     """Predict every row of a Kaggle CSV (or shards, in memory: ``predict_stream`` streams them)
-    and write ``out`` as a submission; returns the labels."""
+    and write ``out`` as a submission; returns the labels. ``data``: its rows, if already read."""
     config = config or PredictConfig()
-    data = read_data_source(test_csv)
+    data = read_data_source(test_csv) if data is None else data
     predictor = Predictor.load(run_dirs, config)
     images = conform_rows(data.images, config, test_csv, predictor.orientation_judge)
     labels = predictor.predict(images)
