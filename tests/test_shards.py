@@ -159,8 +159,9 @@ def test_resharding_leaves_no_stale_shard_and_never_writes_over_its_source(
     # A plain CSV beside the shards is no shard of theirs.
     (out_dir / "train.csv").write_bytes(source[0].read_bytes())
     assert shard_csv(out_dir / "train.csv", out_dir, parts=3).n_rows == 1003
-    # A rebuild that fails part-way leaves no manifest: none describing the old shards, which it
-    # has already replaced or removed, for a reader to trust.
+    # A rebuild that fails part-way (a malformed row, a full disk) leaves the earlier build as
+    # it was, and nothing of its own: it writes beside the directory and moves in once whole.
+    earlier = {path.name: path.read_bytes() for path in out_dir.iterdir()}
     calls = itertools.count()
     write_table = shards._write_table
 
@@ -173,9 +174,9 @@ def test_resharding_leaves_no_stale_shard_and_never_writes_over_its_source(
         patch.setattr(shards, "_write_table", failing_write)
         with pytest.raises(OSError, match="disk full"):
             shard_csv(source[0], out_dir, parts=4)
-    assert not (out_dir / MANIFEST_FILE).exists()
-    with pytest.raises(DataError):
-        read_data_source(out_dir)
+    assert {path.name: path.read_bytes() for path in out_dir.iterdir()} == earlier
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["shards"]
+    assert len(read_data_source(out_dir)) == 1003
 
 
 def test_expand_counts_determinism_and_copy_major_order(tmp_path: Path, source) -> None:

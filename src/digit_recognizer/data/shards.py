@@ -18,7 +18,9 @@ import glob
 import itertools
 import json
 import logging
+import os
 import re
+import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -410,23 +412,28 @@ def _write_shards(
             "directory than their source"
         )
     make_dir(out_dir)
-    # Removed first and written last: a directory whose build was interrupted has no manifest.
-    (out_dir / MANIFEST_FILE).unlink(missing_ok=True)
-    # Shards of an earlier build with more parts would join a glob of this one ('DIR/*.csv').
-    for stale in out_dir.glob(SHARD_PATTERN):
-        stale.unlink()
     bounds = [part * n_rows // parts for part in range(parts + 1)]
     if last_rows:
         bounds.append(n_rows + last_rows)
-    shards = []
-    for part, pieces in itertools.groupby(_split_at(rows, bounds), key=lambda pair: pair[0]):
-        path = out_dir / f"part-{part:05d}.csv"
-        with atomic_path(path) as tmp, pa.OSFile(str(tmp), "wb") as sink:
-            for number, (_, piece) in enumerate(pieces):
-                _write_table(sink, _to_table(piece.images, piece.labels), number == 0)
-        shard = Shard(path, bounds[part + 1] - bounds[part], path.stat().st_size, sha256_file(path))
-        log.info("wrote %s (%s rows)", path, f"{shard.n_rows:,}")
-        shards.append(shard)
+    # Built beside out_dir and moved in once whole: a source found malformed half-way (its error
+    # names the line) leaves an earlier build in out_dir as it was.
+    with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}-", dir=out_dir.parent) as building:
+        shards = []
+        for part, pieces in itertools.groupby(_split_at(rows, bounds), key=lambda pair: pair[0]):
+            path = Path(building) / f"part-{part:05d}.csv"
+            with atomic_path(path) as tmp, pa.OSFile(str(tmp), "wb") as sink:
+                for number, (_, piece) in enumerate(pieces):
+                    _write_table(sink, _to_table(piece.images, piece.labels), number == 0)
+            shards.append(Shard(out_dir / path.name, bounds[part + 1] - bounds[part],
+                                path.stat().st_size, sha256_file(path)))  # fmt: skip
+        # The manifest goes first and comes back last: a directory caught in between has none.
+        (out_dir / MANIFEST_FILE).unlink(missing_ok=True)
+        # Shards of an earlier build with more parts would join a glob of this one ('DIR/*.csv').
+        for stale in out_dir.glob(SHARD_PATTERN):
+            stale.unlink()
+        for shard in shards:
+            os.replace(Path(building) / shard.path.name, shard.path)
+            log.info("wrote %s (%s rows)", shard.path, f"{shard.n_rows:,}")
     manifest = Manifest(tuple(shards), source.has_labels, origin)
     entries = [
         {"file": s.path.name, "n_rows": s.n_rows, "n_bytes": s.n_bytes, "sha256": s.sha256}
