@@ -219,7 +219,8 @@ def read_labelled(path: Path, to_split: bool = False) -> DigitSet:
 
 def require_labels(has_labels: bool, source: Path) -> None:
     if not has_labels:
-        raise DataError(f"{source}: has no label column; training needs Kaggle's train.csv format")
+        raise DataError(f"{source}: has no label column; this needs labelled rows, as Kaggle's "
+                        "train.csv has them (label,pixel0,...)")  # fmt: skip
 
 
 def refuse_split(manifest: Manifest, source: Path, remedy: str) -> None:
@@ -277,8 +278,10 @@ def train_job(
             result = train(config, train_set, valid_set, run_dir, progress)
         except KeyboardInterrupt:
             if is_main_process:
-                log.warning("interrupted: the same command with --resume continues %s from its "
-                            "last finished epoch", run_dir)  # fmt: skip
+                since = ("from its last finished epoch" if (run_dir / CHECKPOINT_FILE).exists()
+                         else "from the start (no epoch had finished)")  # fmt: skip
+                log.warning("interrupted: the same command with --resume continues %s %s",
+                            run_dir, since)  # fmt: skip
             raise
         if is_main_process:
             valid_metrics = write_training_outputs(run_dir, result, valid_set, train_csv)
