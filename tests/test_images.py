@@ -201,6 +201,12 @@ def test_a_fine_pen_on_a_large_page_is_no_blank_page() -> None:
     ImageDraw.Draw(page).line((200, 170, 200, 206), fill=40, width=3)
     digit = load_image(encode(page))
     assert digit.max() == 255 and len(np.flatnonzero(digit.max(axis=0) > 64)) <= 4  # upright
+    # A speck on a blank page is no digit: it was enlarged to fill the 20 x 20 box.
+    for side in (1, 4, 8):
+        blank = Image.new("L", (300, 300), 255)
+        ImageDraw.Draw(blank).rectangle((150, 150, 149 + side, 149 + side), fill=0)
+        with pytest.raises(DataError, match="no digit found, only a speck"):
+            load_image(encode(blank))
 
 
 def test_dust_on_the_scan_is_not_part_of_the_digit() -> None:
