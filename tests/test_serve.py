@@ -243,7 +243,7 @@ def test_onnx_deployment_of_a_model_this_version_does_not_know(run_dir: Path, tm
     (deployed / "metrics.json").write_text('{"test_accuracy": 0.9975, "test_tta": true}')
     with TestClient(create_app(deployed, ServeConfig(backend="onnx"))) as onnx_client:
         info = onnx_client.get("/model").json()
-        assert onnx_client.post("/predict", json={"pixels": [0] * 784}).status_code == 200
+        assert onnx_client.post("/predict", json={"pixels": [255] * 784}).status_code == 200
     assert info["model"] == "cnn-from-the-future" and info["description"] is None
     assert info["test_accuracy"] == 0.9975 and info["test_tta"] is True  # not the server's pass
     with pytest.raises(ModelFileError, match=r"model\.onnx without PyTorch's weights: serve it"):
@@ -257,6 +257,8 @@ RANGE = "pixel values must be 0-255"
 EXACTLY_ONE = "body: give exactly one of 'pixels' (784 values) or 'image' (28 x 28)"
 NOT_INT = "Input should be a valid integer"
 LENGTH = "expected 784 values (28 x 28, row by row), got 783"
+NO_INK = ("no digit: its brightest pixel is {}, where MNIST's ink is 255; values are 0-255 with "
+          "the ink bright (scale 0-1 values by 255)")  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -266,7 +268,13 @@ LENGTH = "expected 784 values (28 x 28, row by row), got 783"
         ({"pixels": [*GOOD[:5], 300, *GOOD[6:]]}, 422, f"pixels: index 5 is 300; {RANGE}"),
         ({"pixels": [-1, *GOOD[1:]]}, 422, f"pixels: index 0 is -1; {RANGE}"),
         ({"pixels": [*GOOD[:3], "a", *GOOD[4:]]}, 422, f"pixels[3]: {NOT_INT}"),
-        ({"pixels": [1.5, *GOOD[1:]]}, 422, f"pixels[0]: {NOT_INT}"),
+        (
+            {"pixels": [1.5, *GOOD[1:]]},
+            422,
+            "pixels[0]: 1.5 is not an integer 0-255 (scale 0-1 values by 255)",
+        ),
+        ({"pixels": [0] * 784}, 422, f"body: {NO_INK.format(0)}"),
+        ({"pixels": [int(v > 127) for v in GOOD]}, 422, f"body: {NO_INK.format(1)}"),  # 0-1
         ({"image": [[0] * 28] * 27}, 422, "image: expected 28 rows of 28 values, got 27 rows"),
         (
             {"image": [[0] * 28] * 2 + [[0] * 29] + [[0] * 28] * 25},
@@ -296,6 +304,8 @@ LENGTH = "expected 784 values (28 x 28, row by row), got 783"
         "negative",
         "string",
         "float",
+        "blank",
+        "binarised",
         "27-rows",
         "long-row",
         "image-range",

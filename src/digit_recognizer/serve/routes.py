@@ -31,6 +31,7 @@ from starlette.datastructures import UploadFile
 
 from digit_recognizer.data.images import load_image
 from digit_recognizer.data.kaggle_csv import read_kaggle_csv, write_submission
+from digit_recognizer.data.lighting import MIN_CONTRAST
 from digit_recognizer.errors import DataError, UnknownModelError
 from digit_recognizer.models.registry import get_spec
 from digit_recognizer.predict import PredictConfig, conform_rows
@@ -108,6 +109,14 @@ class DigitInput(BaseModel):
     def _exactly_one(self) -> DigitInput:
         if (self.pixels is None) == (self.image is None):
             raise ValueError("give exactly one of 'pixels' (784 values) or 'image' (28 x 28)")
+        # A blank digit, or one scaled 0-1 (binarised), would get a confident-looking answer;
+        # an image upload without ink gets "no digit found" likewise.
+        brightest = int(self.to_image().max())
+        if brightest < MIN_CONTRAST:
+            raise ValueError(
+                f"no digit: its brightest pixel is {brightest}, where MNIST's ink is 255; "
+                "values are 0-255 with the ink bright (scale 0-1 values by 255)"
+            )
         return self
 
     def to_image(self) -> NDArray[np.uint8]:
@@ -392,6 +401,8 @@ def describe(errors: Sequence[Any], shown: int = 3) -> str:
         if item["type"] == "json_invalid":
             return f"request body is not valid JSON ({item['ctx']['error']})"
         message = str(item["ctx"]["error"]) if item["type"] == "value_error" else item["msg"]
+        if item["type"] == "int_type" and isinstance(item.get("input"), float):
+            message = f"{item['input']} is not an integer 0-255 (scale 0-1 values by 255)"
         problems.append(f"{where.lstrip('.') or 'body'}: {message}")
     more = len(errors) - shown
     return "; ".join(problems) + (f" (and {more} more problems)" if more > 0 else "")
