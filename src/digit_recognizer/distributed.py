@@ -142,8 +142,8 @@ def run_torchrun(nproc: int, module: str, args: list[str]) -> None:
     if returncode in (128 + signal.SIGINT, 128 + signal.SIGTERM):
         raise KeyboardInterrupt(f"the {nproc} processes of {module} were stopped")
     if returncode:
-        raise DigitsError(f"{nproc} processes of {module} failed (exit status {returncode}); "
-                          "see the log above")  # fmt: skip
+        raise DigitsError(f"{module} failed in its job of {nproc} processes (exit status "
+                          f"{returncode}); see the log above")  # fmt: skip
 
 
 # torchrun's command line, run by a launcher that reports its workers' failure, or a signal
