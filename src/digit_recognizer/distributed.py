@@ -18,7 +18,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -30,7 +29,7 @@ from digit_recognizer.models.runtime import resolve_device
 log = logging.getLogger(__name__)
 
 PEER_FAILURE_GRACE_S = 2.0
-LAUNCHER_GRACE_S = 5.0  # for torchrun to stop its workers on Ctrl-C (SIGTERM: they exit at once)
+LAUNCHER_GRACE_S = 5.0  # for torchrun to stop its workers after Ctrl-C (they stop at once)
 
 
 @dataclass(frozen=True)
@@ -74,7 +73,7 @@ def init_distributed(device_name: str, timeout_s: float) -> tuple[Distributed, t
     return dist_env, device
 
 
-@contextmanager
+@contextlib.contextmanager
 def torchrun_worker() -> Iterator[None]:
     """Run a torchrun worker's command: the entry point of `python -m digit_recognizer.train`
     and `.predict`.
