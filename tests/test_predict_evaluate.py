@@ -39,7 +39,7 @@ def test_tta_and_ensemble_average_and_stay_accurate(tiny_run, small_test):
     np.testing.assert_allclose(twice, plain, atol=1e-6)
 
 
-def test_submission_is_kaggle_format(tmp_path, tiny_run, small_csvs):
+def test_submission_is_kaggle_format(tmp_path, tiny_run, small_csvs, caplog):
     out = tmp_path / "submission.csv"
     labels = predict_csv([tiny_run], small_csvs["test"], out)
     lines = out.read_text().splitlines()
@@ -47,6 +47,11 @@ def test_submission_is_kaggle_format(tmp_path, tiny_run, small_csvs):
     assert lines[1] == f"1,{labels[0]}" and lines[-1] == f"1000,{labels[-1]}"
     np.testing.assert_array_equal(read_submission(out), labels)
     assert score_submission(small_csvs["solution"], out) > 0.85
+    assert "label column" not in caplog.text
+    # A labelled file is predicted too, its labels ignored, and the user told so.
+    with caplog.at_level("WARNING"):
+        predict_csv([tiny_run], small_csvs["train"], tmp_path / "train-labels.csv")
+    assert "has a label column, which prediction ignores" in caplog.text
 
 
 def test_digits_from_another_layout_are_conformed_before_prediction(

@@ -230,6 +230,12 @@ def warn_transposed(source: str | Path) -> None:
     )  # fmt: skip
 
 
+def warn_labelled(source: str | Path, has_labels: bool) -> None:
+    if has_labels:
+        log.warning("%s: has a label column, which prediction ignores; `digits evaluate` "
+                    "scores a model on labelled rows", source)  # fmt: skip
+
+
 def warn_redone(source: str | Path, n_redone: int, n_rows: int) -> None:
     if n_redone:
         log.warning(
@@ -250,6 +256,7 @@ def predict_csv(
     and write ``out`` as a submission; returns the labels. ``data``: its rows, if already read."""
     config = config or PredictConfig()
     data = read_data_source(test_csv) if data is None else data
+    warn_labelled(test_csv, data.has_labels)
     predictor = Predictor.load(run_dirs, config)
     images = conform_rows(data.images, config, test_csv, predictor.orientation_judge)
     labels = predictor.predict(images)
@@ -294,6 +301,7 @@ def predict_stream(
             labels = np.concatenate([share_labels for share_labels, _ in shares])
             n_redone = sum(share_redone for _, share_redone in shares)
     if dist_env.is_main_process:
+        warn_labelled(source, stream.manifest.has_labels)
         warn_redone(source, n_redone, len(labels))  # once, for all pieces and processes
         if is_transposed:
             warn_transposed(source)
