@@ -24,6 +24,7 @@ from scipy import ndimage
 
 from digit_recognizer.data.form_lines import without_lines
 from digit_recognizer.data.lighting import (
+    BORDER,
     MIN_CONTRAST,
     MIN_PHOTO_SIDE,
     flatten_lighting,
@@ -204,6 +205,14 @@ def _ink(pixels: NDArray[np.float32], name: str) -> NDArray[np.float32]:
     edges = np.ones(pixels.shape, dtype=bool)
     edges[band:-band, band:-band] = False
     background = float(np.median(pixels[edges]))
+    # A bold digit cropped tight fills half that band with its strokes, and its median is then
+    # the ink's; the image's rim, which its strokes only touch, is still mostly paper. A rim of
+    # one level (a form's box cropped at its lines, plain paper) leaves the band to decide.
+    rim = np.concatenate([pixels[side] for side in BORDER])
+    rim_level = float(np.median(rim))
+    rim_is_mixed = np.ptp(np.percentile(rim, [5, 95])) >= MIN_CONTRAST
+    if rim_is_mixed and abs(rim_level - background) >= MIN_CONTRAST:
+        background = rim_level
     # Ink lies on the far side of the paper's level from the extremes: dark ink reaches further
     # below it than anything reaches above. Not "is the paper above mid-grey": dim grey paper
     # (a photo in poor light) would then make its dark ink the background.
