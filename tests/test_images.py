@@ -223,6 +223,10 @@ def test_a_fine_pen_on_a_large_page_is_no_blank_page() -> None:
         ImageDraw.Draw(blank).rectangle((150, 150, 149 + side, 149 + side), fill=0)
         with pytest.raises(DataError, match="no digit found, only a speck"):
             load_image(encode(blank))
+    # Nor is a blank page's grain, whose extremes stand out from it by ~4.5 sigma.
+    grain = np.random.default_rng(1).normal(230, 8, (300, 300)).clip(0, 255).astype(np.uint8)
+    with pytest.raises(DataError, match=r"no digit found .* but for its grain"):
+        load_image(encode(Image.fromarray(grain)))
 
 
 def test_dust_on_the_scan_is_not_part_of_the_digit() -> None:

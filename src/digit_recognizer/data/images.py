@@ -55,6 +55,9 @@ STRAY_MARGIN = 0.2
 # In a photo, ink spanning under 3 % of its shorter side is a speck on a blank page, not a digit
 # (on a 12-megapixel photo, prepared at 1/8 scale: 11 pixels).
 MIN_DIGIT_SIDE = 0.03
+# Ink on under INK_PERCENTILE of an image is ink only where it stands further from the paper
+# than this many times the paper's own noise (its standard deviation).
+NOISE_SIGMAS = 6
 # Percentile of the pixels taken as the darkest and the brightest when deciding which way the
 # ink goes: ink covers well over 0.1 % of any image with a digit, a speck of dust less.
 INK_PERCENTILE = 0.1
@@ -218,8 +221,12 @@ def _ink(pixels: NDArray[np.float32], name: str) -> NDArray[np.float32]:
     # (a photo in poor light) would then make its dark ink the background.
     darkest, brightest = np.percentile(pixels, [INK_PERCENTILE, 100 - INK_PERCENTILE])
     if max(background - darkest, brightest - background) < MIN_CONTRAST:
-        # Ink on under INK_PERCENTILE of the image (a fine pen in a large photo): its extremes.
+        # Ink on under INK_PERCENTILE of the image (a fine pen in a large photo): its extremes,
+        # unless they are the paper's own grain (a blank page's noise reaches ~4.5 sigma).
         darkest, brightest = pixels.min(), pixels.max()
+        grain = 1.4826 * np.median(np.abs(pixels[edges] - background))  # sigma, robustly
+        if max(background - darkest, brightest - background) < NOISE_SIGMAS * grain:
+            raise DataError(f"{name}: no digit found (the image is blank but for its grain)")
     dark_reach, light_reach = background - darkest, brightest - background
     is_dark_ink = dark_reach > light_reach
     is_photo = min(pixels.shape) >= MIN_PHOTO_SIDE
