@@ -218,8 +218,12 @@ def test_time_budget_stops_training_and_says_so(tmp_path, small_train, caplog):
     # Epochs of data trained, a fraction when the budget ends one part-way: the log's figure.
     steps_per_epoch = len(small_train) // 64
     assert result.epochs_run == round(result.history[-1]["step"] / steps_per_epoch, 1)
-    assert f"reached after {result.epochs_run:.1f} of 50 epochs" in caplog.text
+    assert f"reached after {result.epochs_run:g} of 50 epochs" in caplog.text
     assert "time budget of 1 s reached after" in caplog.text and "of 50 epochs" in caplog.text
+    # A budget spent within a tenth of the first epoch is not reported as 0 epochs.
+    first_steps = train(replace(config, time_budget_s=1e-3), small_train, None, tmp_path / "short")
+    steps = first_steps.history[-1]["step"]
+    assert 0 < first_steps.epochs_run == round(steps / steps_per_epoch, 3) < 0.1
 
 
 def test_widths_and_dropout_shape_the_net_and_are_saved_with_it(tmp_path, small_train, small_test):

@@ -682,10 +682,11 @@ def train(
         if stop is not None:
             log.info(stop)  # and the loop's condition ends it
 
-    epochs_trained = round(step / steps_per_epoch, 1)  # a time budget can end one part-way
+    # A time budget can end one part-way (7.2), or within a tenth of the first (0.02, not 0).
+    epochs_trained = round(step / steps_per_epoch, 1) or round(step / steps_per_epoch, 3)
     if config.time_budget_s and step < total_steps and not stopped_early:
         log.info(
-            "time budget of %.0f s reached after %.1f of %d epochs (%.0f images/s on this "
+            "time budget of %.0f s reached after %g of %d epochs (%.0f images/s on this "
             "hardware): the schedule annealed to the budget",
             config.time_budget_s, epochs_trained, config.epochs,
             step * config.batch_size / max(elapsed_s, 1e-9),
