@@ -52,7 +52,12 @@ def handles_errors(command: F) -> F:
         try:
             return command(*args, **kwargs)
         except DigitsError as error:
-            err_console.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
+            # Under torchrun each rank that fails says so: name it (two ranks may read one bad
+            # line, and their messages would repeat each other unexplained).
+            rank = (
+                f"rank {os.environ['RANK']}: " if os.environ.get("WORLD_SIZE", "1") != "1" else ""
+            )
+            err_console.print(f"[red]error:[/red] {rank}{error}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             err_console.print("interrupted")
