@@ -269,10 +269,11 @@ NO_INK = ("no digit: its brightest pixel is {}, where MNIST's ink is 255; values
         ({"pixels": [-1, *GOOD[1:]]}, 422, f"pixels: index 0 is -1; {RANGE}"),
         ({"pixels": [*GOOD[:3], "a", *GOOD[4:]]}, 422, f"pixels[3]: {NOT_INT}"),
         (
-            {"pixels": [1.5, *GOOD[1:]]},
+            {"pixels": [0.5, *GOOD[1:]]},
             422,
-            "pixels[0]: 1.5 is not an integer 0-255 (scale 0-1 values by 255)",
+            "pixels[0]: 0.5 is not an integer 0-255 (scale 0-1 values by 255)",
         ),
+        ({"pixels": [128.0, *GOOD[1:]]}, 422, "pixels[0]: 128.0 is not an integer 0-255"),
         ({"pixels": [0] * 784}, 422, f"body: {NO_INK.format(0)}"),
         ({"pixels": [int(v > 127) for v in GOOD]}, 422, f"body: {NO_INK.format(1)}"),  # 0-1
         ({"image": [[0] * 28] * 27}, 422, "image: expected 28 rows of 28 values, got 27 rows"),
@@ -304,6 +305,7 @@ NO_INK = ("no digit: its brightest pixel is {}, where MNIST's ink is 255; values
         "negative",
         "string",
         "float",
+        "float-0-255",
         "blank",
         "binarised",
         "27-rows",

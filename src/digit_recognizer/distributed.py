@@ -127,14 +127,16 @@ def run_torchrun(nproc: int, module: str, args: list[str]) -> None:
         previous = signal.signal(signal.SIGTERM, _raise_interrupt) if in_main_thread else None
         try:
             returncode = launcher.wait()
+        except KeyboardInterrupt as stop:
+            if not isinstance(stop, _Terminated):
+                # Ctrl-C reached the launcher too (a terminal signals the whole process group),
+                # which is stopping its workers: a SIGTERM now would break into that shutdown.
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    launcher.wait(timeout=LAUNCHER_GRACE_S)
+            raise
         finally:
             if in_main_thread:
                 signal.signal(signal.SIGTERM, previous)
-            if launcher.poll() is None:
-                # Ctrl-C reached the launcher too, which is stopping its workers: a SIGTERM now
-                # would break into that shutdown. A signal to this process alone did not.
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    launcher.wait(timeout=LAUNCHER_GRACE_S)
             if launcher.poll() is None:
                 launcher.terminate()
                 launcher.wait()
@@ -167,5 +169,9 @@ def _launch(torchrun_args: list[str]) -> None:
         sys.exit(128 + signal.SIGINT)
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM to this process alone (a job scheduler, `kill`), which torchrun did not get."""
+
+
 def _raise_interrupt(signum: int, _frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
+    raise _Terminated(f"signal {signum}")

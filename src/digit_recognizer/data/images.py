@@ -52,9 +52,9 @@ INK_THRESHOLD = 0.25
 SPECK_FRACTION = 0.05
 STRAY_FRACTION = 0.15
 STRAY_MARGIN = 0.2
-# In a photo, ink spanning under 3 % of its shorter side is a speck on a blank page, not a digit
-# (on a 12-megapixel photo, prepared at 1/8 scale: 11 pixels).
-MIN_DIGIT_SIDE = 0.03
+# In a photo, ink spanning under 4 pixels as prepared (a 12-megapixel photo at 1/8 scale: under
+# 32 pixels as taken) is a speck on a blank page, not a digit.
+MIN_DIGIT_PIXELS = 4
 # Ink on under INK_PERCENTILE of an image is ink only where it stands further from the paper
 # than this many times the paper's own noise (its standard deviation).
 NOISE_SIGMAS = 6
@@ -187,7 +187,7 @@ def to_mnist(grey: NDArray[np.uint8], name: str = "image") -> NDArray[np.uint8]:
     ink = _without_specks(ink)
     rows, columns = np.nonzero(ink > INK_THRESHOLD)
     crop = ink[rows.min() : rows.max() + 1, columns.min() : columns.max() + 1]
-    if is_photo and max(crop.shape) < MIN_DIGIT_SIDE * min(ink.shape):
+    if is_photo and max(crop.shape) < MIN_DIGIT_PIXELS:
         raise DataError(f"{name}: no digit found, only a speck (the image is blank but for it)")
     scale = BOX / max(crop.shape)
     height, width = (max(1, round(side * scale)) for side in crop.shape)
@@ -224,7 +224,11 @@ def _ink(pixels: NDArray[np.float32], name: str) -> NDArray[np.float32]:
         # Ink on under INK_PERCENTILE of the image (a fine pen in a large photo): its extremes,
         # unless they are the paper's own grain (a blank page's noise reaches ~4.5 sigma).
         darkest, brightest = pixels.min(), pixels.max()
-        grain = 1.4826 * np.median(np.abs(pixels[edges] - background))  # sigma, robustly
+        # Sigma from neighbours' differences, which a gradient of light across the page does not
+        # widen as it does the paper's spread of levels (robustly: 1.4826 MAD, each step adding
+        # two pixels' noise).
+        steps = np.diff(pixels, axis=1)[edges[:, 1:] & edges[:, :-1]]
+        grain = 1.4826 * np.median(np.abs(steps)) / np.sqrt(2)
         if max(background - darkest, brightest - background) < NOISE_SIGMAS * grain:
             raise DataError(f"{name}: no digit found (the image is blank but for its grain)")
     dark_reach, light_reach = background - darkest, brightest - background

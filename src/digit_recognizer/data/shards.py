@@ -415,9 +415,10 @@ def _write_shards(
     bounds = [part * n_rows // parts for part in range(parts + 1)]
     if last_rows:
         bounds.append(n_rows + last_rows)
-    # Built beside out_dir and moved in once whole: a source found malformed half-way (its error
-    # names the line) leaves an earlier build in out_dir as it was.
-    with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}-", dir=out_dir.parent) as building:
+    # Built in a hidden folder of out_dir (on its filesystem, whatever links lead there) and
+    # moved into place once whole: a source found malformed half-way (its error names the line)
+    # leaves an earlier build in out_dir as it was.
+    with tempfile.TemporaryDirectory(prefix=".building-", dir=out_dir) as building:
         shards = []
         for part, pieces in itertools.groupby(_split_at(rows, bounds), key=lambda pair: pair[0]):
             path = Path(building) / f"part-{part:05d}.csv"

@@ -404,7 +404,8 @@ def describe(errors: Sequence[Any], shown: int = 3) -> str:
             return f"request body is not valid JSON ({item['ctx']['error']})"
         message = str(item["ctx"]["error"]) if item["type"] == "value_error" else item["msg"]
         if item["type"] == "int_type" and isinstance(item.get("input"), float):
-            message = f"{item['input']} is not an integer 0-255 (scale 0-1 values by 255)"
+            scaled = " (scale 0-1 values by 255)" if 0 <= item["input"] <= 1 else ""
+            message = f"{item['input']} is not an integer 0-255{scaled}"
         problems.append(f"{where.lstrip('.') or 'body'}: {message}")
     more = len(errors) - shown
     return "; ".join(problems) + (f" (and {more} more problems)" if more > 0 else "")
