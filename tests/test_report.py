@@ -145,6 +145,10 @@ def test_report_command_with_data_and_without(tmp_path, tiny_run, small_test):
     # tiny_run was made by train() alone: no metrics.json names its data, so --data is needed.
     result = runner.invoke(app, ["report", str(run_dir)])
     assert result.exit_code == 1 and "give --data LABELLED_CSV" in result.output
+    unlabelled = tmp_path / "unlabelled.csv"
+    write_kaggle_csv(unlabelled, small_test.images[:10])
+    result = runner.invoke(app, ["report", str(run_dir), "--data", str(unlabelled)])
+    assert result.exit_code == 1 and "has no label column" in result.output
     result = runner.invoke(app, ["report", str(run_dir), "--data", str(labelled)])
     assert result.exit_code == 0, result.output
     page = (run_dir / "report.html").read_text()

@@ -19,8 +19,8 @@ from numpy.typing import NDArray
 from sklearn import metrics as skm
 
 from digit_recognizer.data.kaggle_csv import read_submission
-from digit_recognizer.data.shards import read_data_source
-from digit_recognizer.errors import DataError, OutputError
+from digit_recognizer.data.shards import read_data_source, require_labels
+from digit_recognizer.errors import OutputError
 from digit_recognizer.fileio import atomic_path, write_text
 from digit_recognizer.predict import PredictConfig, Predictor, conform_rows
 
@@ -131,8 +131,7 @@ def evaluate_run(
 ) -> Metrics:
     """Predict ``labelled_csv`` with the run(s), write metrics.json, per-class CSV and plot."""
     data = read_data_source(labelled_csv)
-    if data.labels is None:
-        raise DataError(f"{labelled_csv}: has no label column; evaluation needs labelled data")
+    require_labels(data.labels is not None, labelled_csv)
     config = config or PredictConfig()
     predictor = Predictor.load(run_dirs, config)
     images = conform_rows(data.images, config, labelled_csv, predictor.orientation_judge)

@@ -33,6 +33,7 @@ from digit_recognizer.data.shards import (
     choose_loading,
     read_data_source,
     read_shards,
+    require_labels,
     resolve_data_source,
 )
 from digit_recognizer.data.splits import split_for_training
@@ -215,12 +216,6 @@ def read_labelled(path: Path, to_split: bool = False) -> DigitSet:
     if to_split:
         refuse_split(manifest, path, "give the CSV it was expanded from")
     return read_shards(manifest)
-
-
-def require_labels(has_labels: bool, source: Path) -> None:
-    if not has_labels:
-        raise DataError(f"{source}: has no label column; this needs labelled rows, as Kaggle's "
-                        "train.csv has them (label,pixel0,...)")  # fmt: skip
 
 
 def refuse_split(manifest: Manifest, source: Path, remedy: str) -> None:

@@ -26,7 +26,7 @@ from torch import nn
 
 from digit_recognizer.config import read_toml
 from digit_recognizer.data.kaggle_csv import DigitSet, read_kaggle_csv
-from digit_recognizer.data.shards import read_data_source
+from digit_recognizer.data.shards import read_data_source, require_labels
 from digit_recognizer.data.splits import split_for_training
 from digit_recognizer.errors import DataError, ModelFileError
 from digit_recognizer.evaluate import (
@@ -199,8 +199,7 @@ def _labelled_data(
         return data, f"validation split (valid_size {config['valid_size']}, seed {config['seed']})"
     if data_csv is not None:
         data = read_data_source(data_csv)
-        if data.labels is None:
-            raise DataError(f"{data_csv}: has no label column; a report needs labelled data")
+        require_labels(data.labels is not None, data_csv)
         # As evaluate and predict see them: other collections' layouts redone as MNIST's.
         conformed = conform_rows(
             data.images, PredictConfig(), data_csv, predictor.orientation_judge

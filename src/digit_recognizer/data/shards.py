@@ -149,6 +149,13 @@ def read_data_source(source: str | Path) -> DigitSet:
     return read_shards(resolve_data_source(source))
 
 
+def require_labels(has_labels: bool, source: str | Path) -> None:
+    """``DataError`` unless ``source`` has a label column (training, evaluation, reports)."""
+    if not has_labels:
+        raise DataError(f"{source}: has no label column; this needs labelled rows, as Kaggle's "
+                        "train.csv has them (label,pixel0,...)")  # fmt: skip
+
+
 def read_shards(manifest: Manifest) -> DigitSet:
     """All rows of ``manifest``'s files in memory, each checked against its entry."""
     parts = []
