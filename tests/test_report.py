@@ -236,3 +236,11 @@ def test_expected_calibration_error():
     diagram = reliability(probas, labels, n_bins=10)
     assert diagram.counts.sum() == len(labels) and np.isnan(diagram.accuracy[0])  # empty bin
     np.testing.assert_allclose(diagram.accuracy[2:], diagram.confidence[2:], atol=0.01)
+
+
+def test_report_names_a_corrupt_metrics_file(tmp_path, tiny_run):
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_run, run_dir)
+    (run_dir / "metrics.json").write_text("{not json")
+    result = runner.invoke(app, ["report", str(run_dir)])
+    assert result.exit_code == 1 and "metrics.json: not valid JSON" in result.output

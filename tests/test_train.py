@@ -216,8 +216,10 @@ def test_time_budget_stops_training_and_says_so(tmp_path, small_train, caplog):
         result = train(config, small_train, None, tmp_path)
     assert result.epochs_run < 50 and result.train_seconds < 5
     # Epochs of data trained, a fraction when the budget ends one part-way: the log's figure.
+    # (Under load the second may end within a tenth of the first epoch: three decimals then.)
     steps_per_epoch = len(small_train) // 64
-    assert result.epochs_run == round(result.history[-1]["step"] / steps_per_epoch, 1)
+    fraction = result.history[-1]["step"] / steps_per_epoch
+    assert result.epochs_run == (round(fraction, 1) or round(fraction, 3))
     assert f"reached after {result.epochs_run:g} of 50 epochs" in caplog.text
     assert "time budget of 1 s reached after" in caplog.text and "of 50 epochs" in caplog.text
     # A budget spent within a tenth of the first epoch is not reported as 0 epochs.

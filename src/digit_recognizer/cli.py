@@ -375,7 +375,7 @@ def evaluate(
              "./evaluation]")] = None,
 ) -> None:  # fmt: skip
     """Accuracy, per-class precision/recall/F1, ROC-AUC and confusion matrix on labelled data."""
-    from digit_recognizer.evaluate import evaluate_run
+    from digit_recognizer.evaluate import EVAL_FILES, evaluate_run
     from digit_recognizer.predict import PredictConfig
 
     run_dirs, labelled_csv = split_runs_and_csv(paths)
@@ -400,9 +400,7 @@ def evaluate(
     auc = f"{metrics.roc_auc_ovr:.5f}" if metrics.roc_auc_ovr is not None else "n/a"
     console.print(f"accuracy [bold]{metrics.accuracy:.4f}[/bold]  macro F1 "
                   f"{metrics.macro_f1:.4f}  ROC-AUC (one-vs-rest) {auc}")  # fmt: skip
-    console.print(
-        f"saved eval_metrics.json, eval_per_class.csv, eval_confusion_matrix.png in {out}"
-    )
+    console.print(f"saved {', '.join(EVAL_FILES)} in {out}")
 
 
 def split_runs_and_csv(paths: list[Path]) -> tuple[list[Path], Path]:

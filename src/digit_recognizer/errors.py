@@ -23,3 +23,10 @@ class OutputError(DigitsError):
 
 class ModelFileError(DigitsError):
     """A saved model or run directory is missing, incomplete or corrupt."""
+
+
+def first_line(error: BaseException) -> str:
+    """An exception's message on one line, up to 200 characters (torch's run to pages), to
+    quote inside one of ours; its type where it has none."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= 200 else text[:200] + "..."

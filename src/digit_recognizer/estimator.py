@@ -21,7 +21,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.utils.validation import check_is_fitted, column_or_1d
 
 from digit_recognizer.config import load_config
-from digit_recognizer.data.kaggle_csv import DigitSet
+from digit_recognizer.data.kaggle_csv import N_PIXELS, DigitSet
 from digit_recognizer.data.splits import split_for_training
 from digit_recognizer.models.classical import check_images, load_pipeline, save_pipeline
 from digit_recognizer.models.registry import build, get_spec
@@ -118,7 +118,7 @@ augment, valid_size, patience, seed, device : optional
         self.history_ = result.history
         self.config_ = result.config
         self.classes_ = np.arange(10)
-        self.n_features_in_ = 28 * 28
+        self.n_features_in_ = N_PIXELS
         return self
 
     def predict_proba(self, X: ArrayLike) -> NDArray[np.float32]:
@@ -182,7 +182,7 @@ def load_estimator(run_dir: str | Path) -> NetClassifier | Pipeline:
     estimator.history_ = []
     estimator.config_ = meta.get("train_config", {})
     estimator.classes_ = np.arange(10)
-    estimator.n_features_in_ = 28 * 28
+    estimator.n_features_in_ = N_PIXELS
     return estimator
 
 

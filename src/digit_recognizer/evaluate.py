@@ -20,12 +20,23 @@ from sklearn import metrics as skm
 
 from digit_recognizer.data.kaggle_csv import read_submission
 from digit_recognizer.data.shards import read_data_source, require_labels
-from digit_recognizer.errors import OutputError
+from digit_recognizer.errors import ModelFileError, OutputError
 from digit_recognizer.fileio import atomic_path, write_text
 from digit_recognizer.predict import PredictConfig, Predictor, conform_rows
 
 CLASSES = list(range(10))
 METRICS_FILE = "metrics.json"  # a run's figures: training, validation, and the test score
+# What `digits evaluate` writes, beside the run's own files and never over them.
+EVAL_FILES = ("eval_metrics.json", "eval_per_class.csv", "eval_confusion_matrix.png")
+
+
+def read_metrics(run_dir: Path) -> dict:
+    """The run's metrics.json, {} where it has none yet."""
+    path = run_dir / METRICS_FILE
+    try:
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ModelFileError(f"{path}: not valid JSON ({error})") from None
 
 
 @dataclass
@@ -129,7 +140,8 @@ def write_per_class_csv(metrics: Metrics, path: Path) -> None:
 def evaluate_run(
     run_dirs: list[Path], labelled_csv: Path, out_dir: Path, config: PredictConfig | None = None
 ) -> Metrics:
-    """Predict ``labelled_csv`` with the run(s), write metrics.json, per-class CSV and plot."""
+    """Predict ``labelled_csv`` with the run(s); write the scores, per-class CSV and confusion
+    matrix (EVAL_FILES) to ``out_dir``."""
     data = read_data_source(labelled_csv)
     require_labels(data.labels is not None, labelled_csv)
     config = config or PredictConfig()
@@ -137,9 +149,10 @@ def evaluate_run(
     images = conform_rows(data.images, config, labelled_csv, predictor.orientation_judge)
     probas = predictor.predict_proba(images)
     metrics = compute_metrics(data.labels, probas)
-    write_text(out_dir / "eval_metrics.json", metrics.to_json())
-    write_per_class_csv(metrics, out_dir / "eval_per_class.csv")
-    plot_confusion_matrix(metrics.confusion, out_dir / "eval_confusion_matrix.png")
+    scores, per_class, confusion = (out_dir / name for name in EVAL_FILES)
+    write_text(scores, metrics.to_json())
+    write_per_class_csv(metrics, per_class)
+    plot_confusion_matrix(metrics.confusion, confusion)
     return metrics
 
 

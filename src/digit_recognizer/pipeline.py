@@ -45,6 +45,7 @@ from digit_recognizer.evaluate import (
     compute_metrics,
     plot_confusion_matrix,
     plot_learning_curves,
+    read_metrics,
     score_submission,
 )
 from digit_recognizer.fileio import locked_dir, sha256_file, write_text
@@ -526,9 +527,8 @@ def train_member(
 def write_metrics(run_dir: Path, updates: dict, merge: bool = True) -> None:
     """Merge ``updates`` into the run's metrics.json (later stages add their figures), or with
     ``merge=False`` write them as all of it."""
-    path = run_dir / METRICS_FILE
-    metrics = json.loads(path.read_text()) if merge and path.exists() else {}
-    write_text(path, json.dumps(metrics | updates, indent=2) + "\n")
+    metrics = read_metrics(run_dir) if merge else {}
+    write_text(run_dir / METRICS_FILE, json.dumps(metrics | updates, indent=2) + "\n")
 
 
 def run_job(

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import csv
 import html
-import json
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from digit_recognizer.evaluate import (
     compute_metrics,
     plot_confusion_matrix,
     plot_learning_curves,
+    read_metrics,
     save_figure,
 )
 from digit_recognizer.explain import draw_overlay, grad_cam
@@ -205,8 +205,7 @@ def _labelled_data(
             data.images, PredictConfig(), data_csv, predictor.orientation_judge
         )
         return DigitSet(conformed, data.labels), str(data_csv)
-    metrics_path = run_dir / METRICS_FILE
-    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    metrics = read_metrics(run_dir)
     train_csv, recorded_hash = metrics.get("train_csv"), metrics.get("train_sha256")
     valid_size = config.get("valid_size", 0)
     if not train_csv or not valid_size:

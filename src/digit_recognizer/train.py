@@ -44,7 +44,13 @@ from digit_recognizer.distributed import (
     all_reduce,
     init_distributed,
 )
-from digit_recognizer.errors import ConfigError, DigitsError, ModelFileError, OutputError
+from digit_recognizer.errors import (
+    ConfigError,
+    DigitsError,
+    ModelFileError,
+    OutputError,
+    first_line,
+)
 from digit_recognizer.fileio import atomic_path, make_dir, write_text
 from digit_recognizer.models.registry import build, get_spec
 from digit_recognizer.models.runtime import (
@@ -61,9 +67,11 @@ log = logging.getLogger(__name__)
 CHECKPOINT_FILE = "checkpoint.pt"
 HISTORY_FILE = "history.csv"
 CONFIG_FILE = "config.toml"
-# What --resume reads back from checkpoint.pt (besides "config", kept for the record).
+# What --resume reads back from checkpoint.pt; "config" and "rows" hold a resumed run to its
+# own settings and data (check_resume_matches).
 RESUME_KEYS = ("model", "optimizer", "step", "epoch", "elapsed_s", "lr_scale", "history",
-               "best_accuracy", "best_loss", "best_state", "epochs_since_best")  # fmt: skip
+               "best_accuracy", "best_loss", "best_state", "epochs_since_best", "stopped_early",
+               "config", "rows")  # fmt: skip
 DEFAULT_LR = {"sgd": 0.05, "adam": 1e-3, "adamw": 1e-3}
 # Seeds times this, plus epoch and rank: the draws of seed n never meet those of seed n + 1 (an
 # ensemble's next member) at another epoch.
@@ -274,7 +282,7 @@ def load_checkpoint(run_dir: Path, device: torch.device) -> dict[str, Any]:
         checkpoint = torch.load(path, map_location=device, weights_only=True)
     except (RuntimeError, pickle.UnpicklingError, EOFError, OSError, ValueError) as error:
         raise ModelFileError(
-            f"{path}: not a readable checkpoint ({_first_line(error)}); delete it to start over"
+            f"{path}: not a readable checkpoint ({first_line(error)}); delete it to start over"
         ) from None
     missing = [
         key for key in RESUME_KEYS if not isinstance(checkpoint, dict) or key not in checkpoint
@@ -308,14 +316,8 @@ def restore_checkpoint(
     except (RuntimeError, ValueError, KeyError, TypeError) as error:
         raise ModelFileError(
             f"{run_dir / CHECKPOINT_FILE}: does not fit this model and optimizer "
-            f"({_first_line(error)}); resume with the run's own settings, or delete it"
+            f"({first_line(error)}); resume with the run's own settings, or delete it"
         ) from None
-
-
-def _first_line(error: Exception) -> str:
-    """An exception's message, up to 200 characters on one line (torch's run to pages)."""
-    text = " ".join(str(error).split()) or type(error).__name__
-    return text if len(text) <= 200 else text[:200] + "..."
 
 
 def write_history(run_dir: Path, history: list[dict[str, float]]) -> None:
@@ -386,13 +388,11 @@ def check_resume_matches(
     """Refuse to resume on other training rows, augmentation draws or batch size than the
     run's own: the checkpoint counts steps in its own batches, and the schedule and the epochs
     trained are read from that count."""
-    recorded = checkpoint.get("config", {})
+    recorded = checkpoint["config"]
     changed = [
-        key
-        for key in ("seed", "valid_size", "batch_size")
-        if recorded.get(key) not in (None, getattr(config, key))
+        key for key in ("seed", "valid_size", "batch_size") if recorded[key] != getattr(config, key)
     ]
-    if checkpoint.get("rows", rows) != rows:  # absent from checkpoints before it was kept
+    if checkpoint["rows"] != rows:
         changed.append("training rows")
     if changed:
         raise ConfigError(
@@ -526,7 +526,7 @@ def train(
         lr_scale, history = checkpoint["lr_scale"], checkpoint["history"]
         best_accuracy, best_loss = checkpoint["best_accuracy"], checkpoint["best_loss"]
         best_state, epochs_since_best = checkpoint["best_state"], checkpoint["epochs_since_best"]
-        stopped_early = checkpoint.get("stopped_early", False)  # absent before it was kept
+        stopped_early = checkpoint["stopped_early"]
         log.info("resumed from %s at epoch %d (step %d)", run_dir / CHECKPOINT_FILE, epoch, step)
     elif config.resume:
         log.warning("--resume: no checkpoint in %s, starting from scratch", run_dir)

@@ -35,7 +35,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from digit_recognizer.config import load_config, save_config
 from digit_recognizer.data.kaggle_csv import DigitSet
 from digit_recognizer.data.splits import split_for_training
-from digit_recognizer.errors import ConfigError
+from digit_recognizer.errors import ConfigError, first_line
 from digit_recognizer.estimator import build_estimator
 from digit_recognizer.evaluate import save_figure
 from digit_recognizer.fileio import make_dir, write_text
@@ -134,7 +134,7 @@ def tune(config: TuneConfig, train_csv: Path, out_dir: Path) -> TuneResult:
         )
     except SQLAlchemyError as error:  # a bad URL, an unreachable database
         raise ConfigError(f"--storage {storage}: cannot open the study's database "
-                          f"({str(error).splitlines()[0]})") from None  # fmt: skip
+                          f"({first_line(error)})") from None  # fmt: skip
     # Offset by the stored trials: a resumed study must not redraw its first random samples.
     study.sampler = optuna.samplers.TPESampler(seed=config.seed + len(study.trials))
     is_net = get_spec(config.model).kind == "net"

@@ -45,13 +45,12 @@ from sklearn.utils._param_validation import Interval
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from digit_recognizer.data.kaggle_csv import N_PIXELS
 from digit_recognizer.errors import ModelFileError
 from digit_recognizer.fileio import atomic_path, write_text
 from digit_recognizer.models.nets import Deskew
 from digit_recognizer.models.registry import register
-from digit_recognizer.models.storage import META_FILE, read_meta, read_safetensors
-
-N_PIXELS = 28 * 28
+from digit_recognizer.models.storage import META_FILE, WEIGHTS_FILE, read_meta, read_safetensors
 
 
 def check_images(X: ArrayLike) -> NDArray[np.uint8]:
@@ -234,7 +233,6 @@ def random_forest(
 
 # -- storage: arrays + JSON, never pickle; forests via skops, trusted-only ----------------------
 
-ARRAYS_FILE = "model.safetensors"
 TRUSTED_FILE = "model.trusted.skops"
 # The only classes a saved pipeline may name; loading instantiates nothing else.
 _SKOPS_TRUSTED = {"sklearn.tree._tree.Tree"}  # a forest's trees: node arrays, no code
@@ -321,7 +319,7 @@ def save_pipeline(run_dir: Path, pipeline: Pipeline, name: str, params: dict[str
             digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
         meta["trusted_file"] = {"path": TRUSTED_FILE, "sha256": digest, "format": "skops"}
     else:
-        with atomic_path(run_dir / ARRAYS_FILE) as tmp:
+        with atomic_path(run_dir / WEIGHTS_FILE) as tmp:
             save_file(arrays, str(tmp))
     write_text(run_dir / META_FILE, json.dumps(meta, indent=2) + "\n")
 
@@ -336,7 +334,9 @@ def load_pipeline(run_dir: Path) -> tuple[Pipeline, dict[str, Any]]:
         if "trusted_file" in meta:
             pipeline = _load_trusted(run_dir, meta["trusted_file"])
         else:
-            pipeline = _decode(meta["pipeline"], read_safetensors(run_dir / ARRAYS_FILE, load_file))
+            pipeline = _decode(
+                meta["pipeline"], read_safetensors(run_dir / WEIGHTS_FILE, load_file)
+            )
         # Predictor reads probability columns as the digits 0-9; one blank digit shows that the
         # fitted arrays fit one another (an edited shape fails here, not amid a prediction).
         classes = getattr(pipeline, "classes_", None) if isinstance(pipeline, Pipeline) else None

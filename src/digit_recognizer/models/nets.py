@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from digit_recognizer.data.kaggle_csv import N_PIXELS
 from digit_recognizer.errors import ConfigError
 from digit_recognizer.models.registry import register
 
@@ -210,7 +211,7 @@ class MLP(nn.Sequential):
 
     def __init__(self, widths: tuple[int, ...] = (512, 256), dropout: float = 0.2) -> None:
         layers: list[nn.Module] = [Normalize(), nn.Flatten()]
-        in_features = 28 * 28
+        in_features = N_PIXELS
         for width in widths:
             layers += [nn.Linear(in_features, width), nn.BatchNorm1d(width), nn.GELU()]
             layers.append(nn.Dropout(dropout))

@@ -12,7 +12,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from digit_recognizer.errors import ModelFileError
+from digit_recognizer.errors import ModelFileError, first_line
 from digit_recognizer.fileio import atomic_path, write_text
 from digit_recognizer.models.nets import MNIST_MEAN, MNIST_STD
 from digit_recognizer.models.registry import build, get_spec
@@ -88,9 +88,8 @@ def load_net(run_dir: Path) -> tuple[nn.Module, dict[str, Any]]:
     try:
         model.load_state_dict(state)
     except RuntimeError as error:
-        first = str(error).splitlines()[0]
         raise ModelFileError(
-            f"{path}: weights do not fit model '{meta['model']}' ({first})"
+            f"{path}: weights do not fit model '{meta['model']}' ({first_line(error)})"
         ) from None
     return model.eval(), meta
 
@@ -108,9 +107,8 @@ def _build_net(meta_path: Path, meta: dict[str, Any]) -> nn.Module:
     try:
         return build(name, **params)
     except (TypeError, ValueError, RuntimeError) as error:  # a tampered or foreign model.json
-        first = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise ModelFileError(
-            f"{meta_path}: cannot build '{name}' from {params} ({first})"
+            f"{meta_path}: cannot build '{name}' from {params} ({first_line(error)})"
         ) from None
 
 

@@ -26,9 +26,10 @@ from fastapi.staticfiles import StaticFiles
 from numpy.typing import NDArray
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from digit_recognizer import __version__
 from digit_recognizer.data.images import MAX_IMAGE_PIXELS
 from digit_recognizer.errors import ConfigError, ModelFileError
-from digit_recognizer.evaluate import METRICS_FILE
+from digit_recognizer.evaluate import read_metrics
 from digit_recognizer.export import ONNX_FILE, OnnxPredictor
 from digit_recognizer.models.storage import WEIGHTS_FILE, load_net, read_meta
 from digit_recognizer.predict import PredictConfig, Predictor
@@ -114,12 +115,7 @@ def load_served_model(run_dir: Path, config: ServeConfig) -> ServedModel:
         # measured.
         predictor = Predictor.load([run_dir], PredictConfig(amp=False, fuse_batch_norm=False))
         explain_net = load_net(run_dir)[0].to(predictor.device)
-    metrics_path = run_dir / METRICS_FILE
-    try:
-        metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
-    except json.JSONDecodeError as error:
-        raise ModelFileError(f"{metrics_path}: not valid JSON ({error})") from None
-    return ServedModel(config.backend, predictor, meta, metrics, explain_net)
+    return ServedModel(config.backend, predictor, meta, read_metrics(run_dir), explain_net)
 
 
 class BodySizeLimit:
@@ -200,7 +196,7 @@ def create_app(
     app = FastAPI(
         title="digit-recognizer",
         summary="Handwritten digit recognition: draw, upload, or send pixels.",
-        version="0.1.0",
+        version=__version__,
         lifespan=lifespan,
     )
     app.state.config = config

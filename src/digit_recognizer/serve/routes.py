@@ -35,7 +35,7 @@ from digit_recognizer.data.lighting import MIN_CONTRAST
 from digit_recognizer.errors import DataError, UnknownModelError
 from digit_recognizer.models.registry import get_spec
 from digit_recognizer.predict import PredictConfig, conform_rows
-from digit_recognizer.serve.app import STATIC_DIR, ServeConfig, ServedModel
+from digit_recognizer.serve.app import CSV_PATH, STATIC_DIR, ServeConfig, ServedModel
 
 api = APIRouter()
 pages = APIRouter(include_in_schema=False)
@@ -302,7 +302,7 @@ async def predict(
 
 
 @api.post(
-    "/predict/csv",
+    CSV_PATH,
     response_class=Response,
     openapi_extra=CSV_BODY,
     responses={200: {"content": {"text/csv": {}}, "description": "submission.csv"},
