@@ -226,11 +226,6 @@ def test_python_dash_m_runs_the_digits_command(tmp_path):
                           capture_output=True, text=True, check=False, cwd=tmp_path)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "Usage: digits score" in done.stdout
-    # torchrun's entry points: their usage line is the command to type, with no "train" after it.
-    done = subprocess.run([sys.executable, "-m", "digit_recognizer.train", "--help"],
-                          capture_output=True, text=True, check=False, cwd=tmp_path)  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    assert "Usage: python -m digit_recognizer.train [OPTIONS]" in done.stdout
 
 
 @pytest.mark.parametrize("command", ["run", "train", "evaluate", "serve", "export", "tune"])

@@ -138,7 +138,7 @@ def test_a_failing_rank_stops_distributed_predict_with_its_error(tmp_path, capfd
     result = CliRunner().invoke(app, ["predict", str(tiny_run), str(tmp_path / "shards"),
                                       "--out", str(out), "--nproc", "2"])  # fmt: skip
     assert result.exit_code == 1
-    assert "digit_recognizer.predict failed in its job of 2 processes" in result.output
+    assert "`python -m digit_recognizer predict` failed in its job of 2 processes" in result.output
     err = capfd.readouterr().err
     assert f"{bad}, line 10, column pixel" in err  # the rank's own message
     assert "Traceback" not in err and "ChildFailedError" not in err  # not torchrun's

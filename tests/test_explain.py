@@ -128,6 +128,11 @@ def test_explain_sees_a_csv_row_as_predict_does(tiny_run, small_test, tmp_path):
                                  "--as-is", "--out", str(tmp_path / "c.png")])  # fmt: skip
     assert result.exit_code == 0, result.output
     assert f"predicted {as_is.predicted} " in result.output
+    # A file stored transposed (EMNIST's layout) is read upright, as predict reads it.
+    transposed_csv = tmp_path / "transposed.csv"
+    write_kaggle_csv(transposed_csv, small_test.images[:300].transpose(0, 2, 1))
+    upright = explain_run(tiny_run, transposed_csv, 7, tmp_path / "d.png")
+    np.testing.assert_array_equal(upright.image, small_test.images[7])
 
 
 def test_grad_cam_of_a_deskewing_net_lies_over_the_digit_as_written(mnist):

@@ -28,6 +28,7 @@ from digit_recognizer.data.shards import (
     choose_loading,
     expand,
     read_data_source,
+    read_labelled,
     read_manifest,
     read_shards,
     resolve_data_source,
@@ -35,7 +36,7 @@ from digit_recognizer.data.shards import (
 )
 from digit_recognizer.data.stream import ShardStream, batches_per_rank, shuffled_batches
 from digit_recognizer.errors import ConfigError, DataError
-from digit_recognizer.pipeline import read_labelled, training_data
+from digit_recognizer.pipeline import training_data
 from digit_recognizer.predict import predict_csv, predict_stream
 from digit_recognizer.train import TrainConfig, train
 
@@ -430,7 +431,7 @@ def test_shuffle_buffer_stays_bounded() -> None:
         for start in range(0, 10_000, 300):
             data = numbered(10_000)
             pulled += min(300, 10_000 - start)
-            yield shards.take_rows(data, start, start + 300)
+            yield data.take(slice(start, start + 300))
 
     sizes = [64] * (10_000 // 64) + [10_000 % 64]
     emitted, order = 0, []

@@ -178,12 +178,6 @@ PresetTta = Annotated[
 ]
 
 
-def run_command(name: str, module: str, args: list[str]) -> None:
-    """`digits NAME ARGS` as ``python -m MODULE ARGS`` runs it (torchrun's entry points), with a
-    usage line that names the module, not the command's name after it."""
-    typer.main.get_command(app).commands[name].main(args=args, prog_name=f"python -m {module}")
-
-
 def job_configs(
     preset: str, resume: bool, out: Path | None, config: Path | None, flags: dict[str, Any]
 ) -> list[TrainConfig]:
@@ -349,7 +343,7 @@ def predict(
         batches_per_rank(resolve_data_source(source).n_rows, 1, nproc)
         options = ["--out", str(out), *(["--tta"] if tta else []), *(["--as-is"] if as_is else []),
                    *(["--device", device] if device else [])]  # fmt: skip
-        run_torchrun(nproc, "digit_recognizer.predict", [*map(str, paths), *options])
+        run_torchrun(nproc, "digit_recognizer", ["predict", *map(str, paths), *options])
         console.print(f"wrote {out} with {nproc} processes")
         return
     config = PredictConfig(tta=tta, device=device or "auto", conform=not as_is)

@@ -20,13 +20,13 @@ from matplotlib.figure import Figure
 from sklearn.model_selection import StratifiedKFold
 
 from digit_recognizer.data.kaggle_csv import DigitSet
+from digit_recognizer.data.shards import read_labelled
 from digit_recognizer.data.splits import split_for_training
 from digit_recognizer.errors import ConfigError
 from digit_recognizer.estimator import build_estimator, count_parameters
 from digit_recognizer.evaluate import compute_metrics, save_figure
 from digit_recognizer.fileio import atomic_path
 from digit_recognizer.models.registry import get_spec
-from digit_recognizer.pipeline import read_labelled
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +96,7 @@ def _folds(
     elif cv is not None:
         splitter = StratifiedKFold(n_splits=cv, shuffle=True, random_state=seed)
         for fit_indices, score_indices in splitter.split(data.images, data.labels):
-            yield (DigitSet(data.images[fit_indices], data.labels[fit_indices]),
-                   DigitSet(data.images[score_indices], data.labels[score_indices]))  # fmt: skip
+            yield data.take(fit_indices), data.take(score_indices)
     else:
         yield split_for_training(data, valid_size, seed)
 

@@ -1,8 +1,8 @@
 """torch.distributed plumbing shared by training and batch inference: this process's rank, the
 process group (gloo on CPU, NCCL with one GPU per rank), and launching torchrun.
 
-    digits train --train train.csv --nproc 2            # = torchrun ... -m digit_recognizer.train
-    digits predict runs/cnn shards/ --nproc 2           # = torchrun ... -m digit_recognizer.predict
+    digits train --train train.csv --nproc 2      # = torchrun ... -m digit_recognizer train ...
+    digits predict runs/cnn shards/ --nproc 2     # = torchrun ... -m digit_recognizer predict ...
 """
 
 from __future__ import annotations
@@ -75,8 +75,8 @@ def init_distributed(device_name: str, timeout_s: float) -> tuple[Distributed, t
 
 @contextlib.contextmanager
 def torchrun_worker() -> Iterator[None]:
-    """Run a torchrun worker's command: the entry point of `python -m digit_recognizer.train`
-    and `.predict`.
+    """Run a command in one of torchrun's processes (`python -m digit_recognizer`, whose
+    commands are all run so; `train` and `predict` join the job's process group).
 
     When one rank fails (a malformed row in its share of the shards), the others fail too, at
     their next collective ("Connection closed by peer"), and torchrun stops them (SIGTERM) within
@@ -106,7 +106,8 @@ def all_reduce(
 
 
 def run_torchrun(nproc: int, module: str, args: list[str]) -> None:
-    """Run ``python -m module args`` in ``nproc`` processes on this machine (torchrun).
+    """Run ``python -m module args`` in ``nproc`` processes on this machine (torchrun): for a
+    command, ``module`` digit_recognizer and ``args`` the command's name and arguments.
 
     For several machines, call torchrun directly (README, 'Data bigger than memory, many
     processes').
@@ -140,10 +141,11 @@ def run_torchrun(nproc: int, module: str, args: list[str]) -> None:
             if launcher.poll() is None:
                 launcher.terminate()
                 launcher.wait()
+    ran = " ".join(["python -m", module, *args[:1]])
     if returncode in (128 + signal.SIGINT, 128 + signal.SIGTERM):
-        raise KeyboardInterrupt(f"the {nproc} processes of {module} were stopped")
+        raise KeyboardInterrupt(f"the {nproc} processes of `{ran}` were stopped")
     if returncode:
-        raise DigitsError(f"{module} failed in its job of {nproc} processes (exit status "
+        raise DigitsError(f"`{ran}` failed in its job of {nproc} processes (exit status "
                           f"{returncode}); see the log above")  # fmt: skip
 
 

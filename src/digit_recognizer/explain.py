@@ -26,13 +26,13 @@ from matplotlib.figure import Figure
 from numpy.typing import ArrayLike, NDArray
 from torch import nn
 
-from digit_recognizer.data.images import conform_to_mnist, load_image
+from digit_recognizer.data.images import load_image
 from digit_recognizer.data.shards import is_data_source, read_data_source
 from digit_recognizer.data.tensors import to_model_input
 from digit_recognizer.errors import DataError
 from digit_recognizer.evaluate import save_figure
 from digit_recognizer.models.storage import load_net
-from digit_recognizer.predict import Predictor
+from digit_recognizer.predict import PredictConfig, Predictor, conform_rows
 
 BATCH_SIZE = 256  # bounds the memory held by the graph: activations and gradients of a batch
 HEATMAP_CMAP = "jet"  # the Grad-CAM paper's colours: readable on top of a grey digit
@@ -217,22 +217,25 @@ def explain_run(
     """Explain an image with a run's net and write the PNG: row ``index`` (0-based) of a Kaggle
     CSV, or an image file (``index`` None), preprocessed as MNIST was (data/images.py).
 
-    A CSV row is seen as ``digits predict`` sees it: conformed to MNIST's layout if it is not
-    in it (``conform``), so the explanation is of the prediction that command makes.
+    A CSV row is seen as ``digits predict`` sees it (conform_rows): conformed to MNIST's layout
+    if it is not in it (``conform``), and the file's rows transposed if the net reads them as
+    digits only so, so the explanation is of the prediction that command makes.
     """
     if is_data_source(source):
         data = read_data_source(source)
         if index is None or not 0 <= index < len(data):
             raise DataError(f"{source}: has {len(data):,} rows; --index must be 0 to "
                             f"{len(data) - 1} (0-based)")  # fmt: skip
-        image, label = data.images[index], None if data.labels is None else int(data.labels[index])
-        if conform:
-            image = conform_to_mnist(image[None])[0][0]
+        model, _ = load_net(run_dir)
+        config = PredictConfig(conform=conform)
+        judge = Predictor.from_models([model], config).orientation_judge
+        image = conform_rows(data.images, config, source, judge)[index]
+        label = None if data.labels is None else int(data.labels[index])
     elif index is not None:
         raise DataError(f"{source}: --index picks a row of a CSV; an image file holds one digit")
     else:
         image, label = load_image(source), None
-    model, _ = load_net(run_dir)
+        model, _ = load_net(run_dir)
     explanation = explain_image(model, image, label)
     plot_explanation(explanation, out)
     return explanation

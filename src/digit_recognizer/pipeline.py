@@ -33,6 +33,7 @@ from digit_recognizer.data.shards import (
     choose_loading,
     read_data_source,
     read_shards,
+    refuse_split,
     require_labels,
     resolve_data_source,
 )
@@ -209,26 +210,6 @@ def default_run_dir(model: str) -> Path:
     return Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{model}"
 
 
-def read_labelled(path: Path, to_split: bool = False) -> DigitSet:
-    """A labelled CSV, shard directory or glob, in memory; ``to_split``: refused if it is an
-    expansion, whose rows no split can hold apart (``refuse_split``)."""
-    manifest = resolve_data_source(path)
-    require_labels(manifest.has_labels, path)
-    if to_split:
-        refuse_split(manifest, path, "give the CSV it was expanded from")
-    return read_shards(manifest)
-
-
-def refuse_split(manifest: Manifest, source: Path, remedy: str) -> None:
-    """``DataError`` for an expansion (``digits data expand``): each image is in it several
-    times, so a split of its rows validates on copies of training images."""
-    if manifest.origin.get("command") == "expand":
-        raise DataError(
-            f"{source}: every image is in it several times (`digits data expand`), so a split "
-            f"of its rows validates on copies of training images; {remedy}"
-        )
-
-
 def training_data(config: TrainConfig, source: Path) -> tuple[DigitSet | Manifest, DigitSet]:
     """(train, validation) sets: in memory when they fit ``max_memory_gb``, else streamed.
 
@@ -332,7 +313,7 @@ def launch_distributed(nproc: int, config: TrainConfig, train_csv: Path, run_dir
     with tempfile.TemporaryDirectory(prefix="digits-torchrun-") as scratch:
         resolved = Path(scratch) / CONFIG_FILE
         save_config(config, resolved)
-        run_torchrun(nproc, "digit_recognizer.train", ["--train", str(train_csv), "--out",
+        run_torchrun(nproc, "digit_recognizer", ["train", "--train", str(train_csv), "--out",
                      str(run_dir), "--config", str(resolved)])  # fmt: skip
 
 

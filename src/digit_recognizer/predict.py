@@ -307,16 +307,3 @@ def predict_stream(
             warn_transposed(source)
         write_submission(out, labels)
     return stream.manifest.n_rows
-
-
-if __name__ == "__main__":
-    # `torchrun --nproc-per-node N -m digit_recognizer.predict RUN SHARDS --out ...` runs the
-    # `digits predict` command in every process; predict_stream finds its rank in torchrun's
-    # variables.
-    import sys
-
-    from digit_recognizer.cli import run_command
-    from digit_recognizer.distributed import torchrun_worker
-
-    with torchrun_worker():
-        run_command("predict", "digit_recognizer.predict", sys.argv[1:])

@@ -711,15 +711,3 @@ def train(
         stopped_early=stopped_early,
         config=asdict(config),
     )
-
-
-if __name__ == "__main__":
-    # `torchrun --nproc-per-node N -m digit_recognizer.train --train ... --out ...` runs the
-    # `digits train` command in every process; train() finds its rank in torchrun's variables.
-    import sys
-
-    from digit_recognizer.cli import run_command
-    from digit_recognizer.distributed import torchrun_worker
-
-    with torchrun_worker():
-        run_command("train", "digit_recognizer.train", sys.argv[1:])

@@ -34,13 +34,13 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from digit_recognizer.config import load_config, save_config
 from digit_recognizer.data.kaggle_csv import DigitSet
+from digit_recognizer.data.shards import read_labelled
 from digit_recognizer.data.splits import split_for_training
 from digit_recognizer.errors import ConfigError, first_line
 from digit_recognizer.estimator import build_estimator
 from digit_recognizer.evaluate import save_figure
 from digit_recognizer.fileio import make_dir, write_text
 from digit_recognizer.models.registry import get_spec
-from digit_recognizer.pipeline import read_labelled
 from digit_recognizer.train import TrainConfig, rows_fingerprint, train
 
 log = logging.getLogger(__name__)

@@ -75,6 +75,10 @@ class DigitSet:
     def __len__(self) -> int:
         return len(self.images)
 
+    def take(self, rows: slice | NDArray[np.intp]) -> DigitSet:
+        """The ``rows`` (a slice: views; indices: copies), labels with their images."""
+        return DigitSet(self.images[rows], None if self.labels is None else self.labels[rows])
+
 
 @dataclass(frozen=True)
 class CsvSummary:

@@ -156,6 +156,26 @@ def require_labels(has_labels: bool, source: str | Path) -> None:
                         "train.csv has them (label,pixel0,...)")  # fmt: skip
 
 
+def read_labelled(path: Path, to_split: bool = False) -> DigitSet:
+    """A labelled CSV, shard directory or glob, in memory; ``to_split``: refused if it is an
+    expansion, whose rows no split can hold apart (``refuse_split``)."""
+    manifest = resolve_data_source(path)
+    require_labels(manifest.has_labels, path)
+    if to_split:
+        refuse_split(manifest, path, "give the CSV it was expanded from")
+    return read_shards(manifest)
+
+
+def refuse_split(manifest: Manifest, source: Path, remedy: str) -> None:
+    """``DataError`` for an expansion (``digits data expand``): each image is in it several
+    times, so a split of its rows validates on copies of training images."""
+    if manifest.origin.get("command") == "expand":
+        raise DataError(
+            f"{source}: every image is in it several times (`digits data expand`), so a split "
+            f"of its rows validates on copies of training images; {remedy}"
+        )
+
+
 def read_shards(manifest: Manifest) -> DigitSet:
     """All rows of ``manifest``'s files in memory, each checked against its entry."""
     parts = []
@@ -242,7 +262,7 @@ def read_chunks(
         if row + n_lines > start and row < stop:
             data = _parse_body(piece, columns, shard.path, first_line)
             assert len(data) == n_lines, "pyarrow and _count_lines disagree on line ends"
-            yield take_rows(data, max(start - row, 0), min(stop - row, n_lines))
+            yield data.take(slice(max(start - row, 0), min(stop - row, n_lines)))
         row += n_lines
         if stop <= row < shard.n_rows:
             return  # a reader that ends at the shard's end reads on, to catch extra rows
@@ -299,12 +319,6 @@ def _count_lines(piece: bytes) -> int:
     """Lines as ``bytes.splitlines`` counts them (ends ``\\n``, ``\\r\\n``, ``\\r``), quickly."""
     line_ends = piece.count(b"\n") + piece.count(b"\r") - piece.count(b"\r\n")
     return line_ends + (not piece.endswith((b"\n", b"\r")))
-
-
-def take_rows(data: DigitSet, start: int, stop: int) -> DigitSet:
-    """Rows ``start`` to ``stop`` of ``data`` (views, not copies)."""
-    labels = None if data.labels is None else data.labels[start:stop]
-    return DigitSet(data.images[start:stop], labels)
 
 
 def concat_rows(parts: list[DigitSet]) -> DigitSet:
@@ -377,7 +391,7 @@ def _selected(manifest: Manifest, mask: np.ndarray) -> Iterator[DigitSet]:
         keep = mask[start : start + len(data)]
         start += len(data)
         if keep.any():
-            yield DigitSet(data.images[keep], None if data.labels is None else data.labels[keep])
+            yield data.take(keep)
 
 
 def _augmented(
@@ -462,7 +476,7 @@ def _split_at(rows: Iterable[DigitSet], bounds: list[int]) -> Iterator[tuple[int
             while row >= bounds[part + 1]:
                 part += 1
             stop = min(len(data), start + bounds[part + 1] - row)
-            yield part, take_rows(data, start, stop)
+            yield part, data.take(slice(start, stop))
             row += stop - start
             start = stop
     assert row == bounds[-1], f"wrote {row} rows, expected {bounds[-1]}"

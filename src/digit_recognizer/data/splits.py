@@ -37,7 +37,4 @@ def stratified_split(
 def split_for_training(data: DigitSet, valid_size: float, seed: int) -> tuple[DigitSet, DigitSet]:
     """Stratified (train, validation) subsets of a labelled set."""
     train_indices, valid_indices = stratified_split(data.labels, valid_size, seed)
-    return (
-        DigitSet(data.images[train_indices], data.labels[train_indices]),
-        DigitSet(data.images[valid_indices], data.labels[valid_indices]),
-    )
+    return data.take(train_indices), data.take(valid_indices)

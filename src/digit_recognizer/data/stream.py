@@ -30,7 +30,6 @@ from digit_recognizer.data.shards import (
     concat_rows,
     read_chunks,
     resolve_data_source,
-    take_rows,
 )
 from digit_recognizer.errors import ConfigError
 
@@ -167,16 +166,12 @@ def shuffled_batches(
         if pool is None or (not is_last and len(pool) < buffer_rows + sizes[batch]):
             continue
         if rng is not None:
-            pool = _rows_at(pool, rng.permutation(len(pool)))
+            pool = pool.take(rng.permutation(len(pool)))
         used = 0
         while batch < len(sizes) and (is_last or len(pool) - used >= buffer_rows + sizes[batch]):
-            out = take_rows(pool, used, used + sizes[batch])
+            out = pool.take(slice(used, used + sizes[batch]))
             used += sizes[batch]
             batch += 1
             yield out.images.copy(), None if out.labels is None else out.labels.copy()
-        pool = take_rows(pool, used, len(pool))
+        pool = pool.take(slice(used, None))
     assert batch == len(sizes) and (pool is None or len(pool) == 0), "sizes do not match the rows"
-
-
-def _rows_at(data: DigitSet, indices: NDArray[np.intp]) -> DigitSet:
-    return DigitSet(data.images[indices], None if data.labels is None else data.labels[indices])
