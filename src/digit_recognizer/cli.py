@@ -18,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from digit_recognizer.config import load_config
-from digit_recognizer.errors import DataError, DigitsError, OutputError
+from digit_recognizer.errors import DataError, DigitsError
 
 if TYPE_CHECKING:  # the commands import torch-heavy modules only when they run
     from digit_recognizer.train import TrainConfig
@@ -326,35 +326,18 @@ def predict(
     ] = 1,
 ) -> None:
     """Write a Kaggle submission (ImageId,Label); several run directories form an ensemble."""
-    from digit_recognizer.distributed import Distributed, run_torchrun
-    from digit_recognizer.predict import PredictConfig, predict_csv, predict_stream
+    from digit_recognizer.distributed import Distributed
+    from digit_recognizer.predict import PredictConfig, launch_distributed, predict_source
 
     run_dirs, source = split_runs_and_csv(paths)
-    if out.exists() and out.resolve() == source.resolve():
-        raise OutputError(f"{out}: is the CSV to predict; write the submission to another --out")
+    config = PredictConfig(tta=tta, device=device or "auto", conform=not as_is)
     if nproc > 1:
-        # What can be checked here is, before torchrun's pages of output for a failed process.
-        from digit_recognizer.data.shards import resolve_data_source
-        from digit_recognizer.data.stream import batches_per_rank
-        from digit_recognizer.models.storage import expand_ensembles, read_meta
-
-        for run_dir in expand_ensembles(run_dirs):
-            read_meta(run_dir)
-        batches_per_rank(resolve_data_source(source).n_rows, 1, nproc)
-        options = ["--out", str(out), *(["--tta"] if tta else []), *(["--as-is"] if as_is else []),
-                   *(["--device", device] if device else [])]  # fmt: skip
-        run_torchrun(nproc, "digit_recognizer", ["predict", *map(str, paths), *options])
+        launch_distributed(nproc, run_dirs, source, out, config)
         console.print(f"wrote {out} with {nproc} processes")
         return
-    config = PredictConfig(tta=tta, device=device or "auto", conform=not as_is)
-    dist_env = Distributed.from_env()
-    if source.is_file() and dist_env.world_size == 1:
-        n_rows = len(predict_csv(run_dirs, source, out, config))
-    else:  # shards, a glob or torchrun's processes: streamed in ImageId order, memory bounded
-        n_rows = predict_stream(run_dirs, source, out, config)
-    if not dist_env.is_main_process:
-        return
-    console.print(f"wrote {out} ({n_rows:,} predictions)")
+    n_rows = predict_source(run_dirs, source, out, config)
+    if Distributed.from_env().is_main_process:
+        console.print(f"wrote {out} ({n_rows:,} predictions)")
 
 
 @app.command()

@@ -22,10 +22,15 @@ from torch import nn
 
 from digit_recognizer.data.images import conform_to_mnist, load_image
 from digit_recognizer.data.kaggle_csv import DigitSet, write_submission
-from digit_recognizer.data.shards import read_data_source
-from digit_recognizer.data.stream import ShardStream
-from digit_recognizer.distributed import all_reduce, init_distributed
-from digit_recognizer.errors import DataError
+from digit_recognizer.data.shards import read_data_source, resolve_data_source
+from digit_recognizer.data.stream import ShardStream, batches_per_rank
+from digit_recognizer.distributed import (
+    Distributed,
+    all_reduce,
+    init_distributed,
+    run_torchrun,
+)
+from digit_recognizer.errors import DataError, OutputError
 from digit_recognizer.models.classical import load_pipeline
 from digit_recognizer.models.runtime import (
     autocast_dtype,
@@ -307,3 +312,41 @@ def predict_stream(
             warn_transposed(source)
         write_submission(out, labels)
     return stream.manifest.n_rows
+
+
+def predict_source(
+    run_dirs: list[Path], source: str | Path, out: Path, config: PredictConfig | None = None
+) -> int:
+    """What `digits predict` does: a CSV file in memory (``predict_csv``); shards, a glob, or
+    any source in torchrun's processes streamed in ImageId order (``predict_stream``). Returns
+    the number of rows predicted."""
+    check_submission_path(out, source)
+    if Path(source).is_file() and Distributed.from_env().world_size == 1:
+        return len(predict_csv(run_dirs, Path(source), out, config))
+    return predict_stream(run_dirs, source, out, config)
+
+
+def launch_distributed(
+    nproc: int,
+    run_dirs: list[Path],
+    source: str | Path,
+    out: Path,
+    config: PredictConfig | None = None,
+) -> None:
+    """Run `digits predict` in ``nproc`` processes on this machine through torchrun, each on a
+    share of the rows (``predict_stream``). What can be checked before the launch is, rather
+    than in every process amid torchrun's output."""
+    config = config or PredictConfig()
+    check_submission_path(out, source)
+    for run_dir in expand_ensembles(run_dirs):
+        read_meta(run_dir)
+    batches_per_rank(resolve_data_source(source).n_rows, 1, nproc)
+    options = ["--out", str(out), "--device", config.device, *(["--tta"] if config.tta else []),
+               *([] if config.conform else ["--as-is"])]  # fmt: skip
+    paths = [*map(str, run_dirs), str(source)]
+    run_torchrun(nproc, "digit_recognizer", ["predict", *paths, *options])
+
+
+def check_submission_path(out: Path, source: str | Path) -> None:
+    if out.exists() and out.resolve() == Path(source).resolve():
+        raise OutputError(f"{out}: is the CSV to predict; write the submission to another --out")
