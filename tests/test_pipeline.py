@@ -18,6 +18,7 @@ from digit_recognizer.models.storage import read_meta
 from digit_recognizer.pipeline import (
     default_jobs,
     get_preset,
+    job_configs,
     launch_distributed,
     member_gpu,
     run_job,
@@ -125,24 +126,22 @@ def test_resumed_ensemble_keeps_finished_members_and_trains_unstarted_ones(
 def test_a_resumed_ensemble_keeps_each_started_members_own_settings(tmp_path):
     """`digits train --preset best --resume`: members that started go on with what their
     config.toml recorded (flags over it, but not --seed); the others as the preset makes them."""
-    from digit_recognizer.cli import job_configs
-
     started = get_preset("best").configs(None, {"epochs": 1, "seed": 10})  # seeds 11-15
     for number, config in enumerate(started[:2], start=1):
         save_config(config, tmp_path / f"member-{number}" / "config.toml")
     flags = {"epochs": None, "seed": 10, "resume": True}  # the same command, --resume added
-    resumed = job_configs("best", True, tmp_path, None, flags)
+    resumed = job_configs("best", None, flags, resumed_run=tmp_path)
     assert resumed[:2] == [replace(config, resume=True) for config in started[:2]]
     assert [config.seed for config in resumed] == [11, 12, 13, 14, 15]
     assert [config.epochs for config in resumed] == [1, 1, 20, 20, 20]  # epochs not repeated
-    longer = job_configs("best", True, tmp_path, None, {"epochs": 3, "seed": 99, "resume": True})
+    longer = job_configs("best", None, {"epochs": 3, "seed": 99, "resume": True}, tmp_path)
     assert [(config.epochs, config.seed) for config in longer[:2]] == [(3, 11), (3, 12)]
     # train_jobs records every member's settings before any trains: the README's plain
     # `--resume`, flags not repeated, then rebuilds the unstarted ones as they were begun.
     configs = get_preset("best").configs(None, {"epochs": 1, "seed": 10})
     with pytest.raises(DataError):  # stops before member 1 trains, as a Ctrl-C might
         train_jobs(configs, tmp_path / "missing.csv", tmp_path / "begun")
-    plain = job_configs("best", True, tmp_path / "begun", None, {"seed": None, "resume": True})
+    plain = job_configs("best", None, {"seed": None, "resume": True}, tmp_path / "begun")
     assert plain == [replace(config, resume=True) for config in configs]
     # Without --preset best, --resume would train one model in among the members.
     with pytest.raises(ConfigError, match=r"holds an ensemble or its first members; .* --resume"):

@@ -178,21 +178,15 @@ PresetTta = Annotated[
 ]
 
 
-def job_configs(
+def resolve_configs(
     preset: str, resume: bool, out: Path | None, config: Path | None, flags: dict[str, Any]
 ) -> list[TrainConfig]:
-    """What `run` and `train` train: the preset's member(s) under --config and flags; with
-    --resume, the run's own settings (each member's, for an ensemble) unless --config says."""
-    from digit_recognizer.pipeline import get_preset, resumed_members
-    from digit_recognizer.train import CONFIG_FILE
+    """What `run` and `train` train (pipeline.job_configs); --resume needs --out."""
+    from digit_recognizer.pipeline import job_configs
 
     if resume and out is None:
         raise typer.BadParameter("--resume needs --out RUN_DIR")
-    own = resume and config is None
-    if own and (out / CONFIG_FILE).exists():
-        config = out / CONFIG_FILE
-    configs = get_preset(preset).configs(config, flags)
-    return resumed_members(configs, out, flags) if own and len(configs) > 1 else configs
+    return job_configs(preset, config, flags, resumed_run=out if resume else None)
 
 
 def train_overrides(**flags: Any) -> dict[str, Any]:
@@ -233,7 +227,7 @@ def run(
     if replica_seed is not None and train is not None:
         raise typer.BadParameter("--replica-seed builds a replica; --train and --test are "
                                  "files of your own: give one or the other")  # fmt: skip
-    configs = job_configs(preset, resume, out, config, overrides)
+    configs = resolve_configs(preset, resume, out, config, overrides)
     tta = get_preset(preset).tta if tta is None else tta
     with progress_bar() as progress:
         summary = run_job(configs, train, test, out, replica_seed or 0,
@@ -286,7 +280,7 @@ def train_command(
         valid_size=valid_size, patience=patience, seed=seed, device=device, compile=compile_model,
         max_memory_gb=max_memory,
         resume=resume or None)  # fmt: skip
-    configs = job_configs(preset, resume, out, config, overrides)
+    configs = resolve_configs(preset, resume, out, config, overrides)
     run_dir = out or default_run_dir(configs[0].model)
     if nproc > 1:
         if len(configs) > 1 or (jobs or 1) > 1:

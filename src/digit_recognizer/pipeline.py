@@ -381,6 +381,23 @@ def train_jobs(
     return jobs
 
 
+def job_configs(
+    preset: str,
+    config_file: Path | None = None,
+    flags: Mapping[str, Any] | None = None,
+    resumed_run: Path | None = None,
+) -> list[TrainConfig]:
+    """What a job trains: ``preset``'s member(s) under ``config_file`` and ``flags``; resuming
+    ``resumed_run``, the run's own settings (each member's, for an ensemble) unless
+    ``config_file`` says."""
+    flags = flags or {}
+    own = resumed_run is not None and config_file is None
+    if own and (resumed_run / CONFIG_FILE).exists():
+        config_file = resumed_run / CONFIG_FILE
+    configs = get_preset(preset).configs(config_file, flags)
+    return resumed_members(configs, resumed_run, flags) if own and len(configs) > 1 else configs
+
+
 def resumed_members(
     configs: list[TrainConfig], run_dir: Path, flags: Mapping[str, Any]
 ) -> list[TrainConfig]:
