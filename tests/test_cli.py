@@ -158,11 +158,14 @@ def test_user_errors_are_one_line_without_traceback(tmp_path, small_csvs):
 
 
 def test_augment_preview_shows_the_default_presets_stroke():
+    """In the command and in the function it calls alike."""
     from digit_recognizer.cli import augment_preview
+    from digit_recognizer.eda import augment_preview as preview
     from digit_recognizer.pipeline import get_preset
 
-    default = inspect.signature(augment_preview).parameters["stroke"].default
-    assert default == get_preset("default").overrides["stroke"]
+    for function in (augment_preview, preview):
+        default = inspect.signature(function).parameters["stroke"].default
+        assert default == get_preset("default").overrides["stroke"]
 
 
 def test_an_output_that_cannot_be_written_is_one_line_too(tmp_path, tiny_run, small_csvs):

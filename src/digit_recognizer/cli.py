@@ -427,7 +427,7 @@ def augment_preview(
     """A grid of images and their random augmentations, made by training's own code."""
     from digit_recognizer.eda import augment_preview as preview
 
-    path = preview(csv, out, n=n, seed=seed or 0, strength=augment, elastic=elastic, stroke=stroke,
+    path = preview(csv, out, n=n, seed=seed or 0, augment=augment, elastic=elastic, stroke=stroke,
                    styles=styles)  # fmt: skip
     console.print(f"wrote {path}")
 

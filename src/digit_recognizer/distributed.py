@@ -46,7 +46,8 @@ class Distributed:
 
     @classmethod
     def from_env(cls) -> Distributed:
-        # torchrun's own variables are the only environment the package reads.
+        # torchrun's own variables: no setting of ours hides in the environment. The others read
+        # are the platform's own (XDG_CACHE_HOME, OMP_NUM_THREADS, CUDA_VISIBLE_DEVICES).
         if "RANK" not in os.environ:
             return cls()
         return cls(int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]),

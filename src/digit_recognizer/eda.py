@@ -229,18 +229,18 @@ def augment_preview(
     out_path: str | Path,
     n: int = 9,
     seed: int = 0,
-    strength: float = 1.0,
+    augment: float = 1.0,
     elastic: float = 0.0,
-    stroke: float = 1.0,
+    stroke: float = 0.5,
     styles: float = 0.3,
 ) -> Path:
     """PNG grid: a few images of the CSV (first column) and ``n`` random augmentations of each.
 
     Uses ``augment_batch`` with ``Augmentation(elastic_px=elastic, stroke=stroke, styles=styles)
-    .scaled(strength)``, exactly as training does with ``--augment strength --elastic elastic
-    --stroke stroke --styles styles`` (writing styles only where the CSV has labels).
+    .scaled(augment)``, exactly as training does with the same settings (TrainConfig's; these
+    defaults are the default preset's), writing styles only where the CSV has labels.
     """
-    augmentation = Augmentation(elastic_px=elastic, stroke=stroke, styles=styles).scaled(strength)
+    augmentation = Augmentation(elastic_px=elastic, stroke=stroke, styles=styles).scaled(augment)
     data = read_data_source(csv_path)
     generator = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -255,7 +255,7 @@ def augment_preview(
     tiles = np.concatenate([originals[:, None], augmented], axis=1).reshape(-1, 28, 28)
     titles = [("original" if c == 0 else f"augmented {c}") for _ in originals for c in range(n + 1)]
     a = augmentation
-    title = (f"Training augmentation, strength {strength:g}: rotation ±{a.rotation_deg:g}°, zoom "
+    title = (f"Training augmentation, strength {augment:g}: rotation ±{a.rotation_deg:g}°, zoom "
              f"±{a.scale:.0%}, shear ±{a.shear:g}, shift ±{a.translate_px:g} px, contrast "
              f"±{a.contrast:.0%}, stroke width ±{a.stroke:g}")  # fmt: skip
     if a.elastic_px:
