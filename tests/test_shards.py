@@ -164,7 +164,7 @@ def test_resharding_leaves_no_stale_shard_and_never_writes_over_its_source(
     # it was, and nothing of its own: it writes beside the directory and moves in once whole.
     earlier = {path.name: path.read_bytes() for path in out_dir.iterdir()}
     calls = itertools.count()
-    write_table = shards._write_table
+    write_table = shards.write_table
 
     def failing_write(*args):
         if next(calls) == 1:
@@ -172,7 +172,7 @@ def test_resharding_leaves_no_stale_shard_and_never_writes_over_its_source(
         write_table(*args)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(shards, "_write_table", failing_write)
+        patch.setattr(shards, "write_table", failing_write)
         with pytest.raises(OSError, match="disk full"):
             shard_csv(source[0], out_dir, parts=4)
     assert {path.name: path.read_bytes() for path in out_dir.iterdir()} == earlier

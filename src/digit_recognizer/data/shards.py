@@ -32,17 +32,17 @@ import torch
 
 from digit_recognizer.data.augment import Augmentation, augment_batch
 from digit_recognizer.data.kaggle_csv import (
-    _FIRST_LINE_END,
+    FIRST_LINE_END,
     LABELLED_COLUMNS,
     N_PIXELS,
     PIXEL_COLUMNS,
     DigitSet,
-    _open_binary,
-    _parse_body,
-    _split_header,
-    _to_table,
-    _write_table,
+    open_binary,
+    parse_body,
     read_kaggle_csv,
+    split_header,
+    to_table,
+    write_table,
 )
 from digit_recognizer.data.tensors import to_model_input, to_uint8_images
 from digit_recognizer.errors import ConfigError, DataError
@@ -260,7 +260,7 @@ def read_chunks(
         if row + n_lines > shard.n_rows:
             raise DataError(_changed(shard, row + n_lines))
         if row + n_lines > start and row < stop:
-            data = _parse_body(piece, columns, shard.path, first_line)
+            data = parse_body(piece, columns, shard.path, first_line)
             assert len(data) == n_lines, "pyarrow and _count_lines disagree on line ends"
             yield data.take(slice(max(start - row, 0), min(stop - row, n_lines)))
         row += n_lines
@@ -275,19 +275,19 @@ def _line_pieces(path: Path) -> Iterator[tuple[tuple[str, ...], int, bytes]]:
 
     Each piece but the last ends with a line end; a ``\\r`` is never cut from a following ``\\n``.
     """
-    with _open_binary(path) as file:
+    with open_binary(path) as file:
         buffer = file.read(CHUNK_BYTES)
         # The header check needs line 1 whole and a byte after it (a "\r" may precede a "\n").
         # Each pass searches from the last candidate on, not from the start: a line 1 of many
         # blocks costs linear time, not quadratic (found by fuzz/csv_reader.py).
         searched = 0
-        while not ((end := _FIRST_LINE_END.search(buffer, searched)) and end.end() < len(buffer)):
+        while not ((end := FIRST_LINE_END.search(buffer, searched)) and end.end() < len(buffer)):
             block = file.read(CHUNK_BYTES)
             if not block:
                 break
             searched = end.start() if end else max(len(buffer) - 1, 0)
             buffer += block
-        columns, body = _split_header(buffer, path, _HEADERS)
+        columns, body = split_header(buffer, path, _HEADERS)
         first_line = 2
         blocks = itertools.chain([body], iter(lambda: file.read(CHUNK_BYTES), b""))
         for piece in _cut_after_line_ends(blocks):
@@ -445,7 +445,7 @@ def _write_shards(
             path = Path(building) / f"part-{part:05d}.csv"
             with atomic_path(path) as tmp, pa.OSFile(str(tmp), "wb") as sink:
                 for number, (_, piece) in enumerate(pieces):
-                    _write_table(sink, _to_table(piece.images, piece.labels), number == 0)
+                    write_table(sink, to_table(piece.images, piece.labels), number == 0)
             shards.append(Shard(out_dir / path.name, bounds[part + 1] - bounds[part],
                                 path.stat().st_size, sha256_file(path)))  # fmt: skip
         # The manifest goes first and comes back last: a directory caught in between has none.
