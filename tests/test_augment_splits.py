@@ -9,7 +9,8 @@ from digit_recognizer.data.augment import (
     change_stroke_width,
     elastic_displacement,
 )
-from digit_recognizer.data.splits import stratified_split
+from digit_recognizer.data.kaggle_csv import DigitSet
+from digit_recognizer.data.splits import split_for_training, stratified_split
 from digit_recognizer.data.tensors import to_model_input
 from digit_recognizer.errors import ConfigError
 
@@ -56,6 +57,24 @@ def test_rotation_turns_digits_within_its_range():
     cov_xx = (turned * dx * dx).sum((1, 2))
     lean = torch.rad2deg(0.5 * torch.atan2(2 * cov_xy, cov_yy - cov_xx))
     assert lean.abs().max() <= 12.5 and lean.max() > 9 and lean.min() < -9
+
+
+def test_translation_moves_digits_within_its_range(small_train):
+    # MNIST's digits sit centred in a 20 x 20 box, so a shift of up to 2.5 px loses no ink and
+    # moves the centre of mass by exactly the shift: along each axis, both ways, up to 2.5 px.
+    x = to_model_input(torch.as_tensor(small_train.images[:256]), channels_last=False)
+    only_translation = Augmentation(rotation_deg=0, scale=0, shear=0, contrast=0, stroke=0,
+                                    styles=0)  # fmt: skip
+    moved = augment_batch(x, only_translation, torch.Generator().manual_seed(0))
+
+    def centre_of_mass(images: torch.Tensor) -> torch.Tensor:  # (N, 2): x, y
+        ys, xs = torch.meshgrid(torch.arange(28.0), torch.arange(28.0), indexing="ij")
+        mass = images[:, 0].sum(dim=(1, 2))
+        return torch.stack([(images[:, 0] * c).sum((1, 2)) / mass for c in (xs, ys)], dim=1)
+
+    shift = centre_of_mass(moved) - centre_of_mass(x)
+    assert shift.abs().max() <= 2.5 + 0.1
+    assert (shift.amax(dim=0) > 2.0).all() and (shift.amin(dim=0) < -2.0).all()
 
 
 def test_contrast_scales_each_digits_ink_within_its_range(small_train):
@@ -213,3 +232,21 @@ def test_stratified_split_keeps_class_shares(mnist):
     # 5 % of 100 rows cannot hold each of 10 classes: said as a setting to change, not a crash.
     with pytest.raises(ConfigError, match=r"cannot split 100 labelled rows .* --valid-size 0.05"):
         stratified_split(np.arange(100) % 10, 0.05, seed=0)
+
+
+def test_split_for_training_keeps_each_image_with_its_label():
+    # Each image carries its row number in two pixels, and its label is that row's: a part whose
+    # labels were taken from other rows (or other indices) shows as an image that disagrees.
+    rows = np.arange(600)
+    images = np.zeros((600, 28, 28), dtype=np.uint8)
+    images[:, 0, 0], images[:, 0, 1] = rows % 256, rows // 256
+    data = DigitSet(images, rows % 10)
+    parts = split_for_training(data, 0.25, seed=0)
+    row_sets = []
+    for part in parts:
+        part_rows = part.images[:, 0, 0] + 256 * part.images[:, 0, 1].astype(int)
+        np.testing.assert_array_equal(part.labels, part_rows % 10)
+        row_sets.append(part_rows)
+    train_rows, valid_rows = row_sets
+    assert len(valid_rows) == 150 and len(np.intersect1d(train_rows, valid_rows)) == 0
+    np.testing.assert_array_equal(np.sort(np.concatenate(row_sets)), rows)

@@ -23,6 +23,7 @@ from digit_recognizer.data.images import (
 )
 from digit_recognizer.data.kaggle_csv import DigitSet
 from digit_recognizer.data.mnist import Mnist
+from digit_recognizer.data.surroundings import sheet_on_a_desk, without_border_regions
 from digit_recognizer.errors import DataError
 
 
@@ -406,6 +407,33 @@ def test_what_lies_around_the_page_is_not_the_digit(small_test: DigitSet, surrou
         assert correlation(load_image(encode(photo_of_a_page(digit, surround))), on_its_own) > 0.9
 
 
+def test_a_strip_along_a_side_goes_only_beside_a_digit_clear_of_the_sides() -> None:
+    """A strip along the left side beside a digit standing clear of every side is a desk's
+    edge; beside a digit that touches a side (written at the page's edge, cropped tight) it may
+    be the digit's own stroke, and nothing goes. The strip itself is no such clear digit."""
+    strip = np.zeros((100, 100), dtype=np.float32)
+    strip[:, :3] = 1
+    for digit_rows, strip_removed in ((np.s_[60:100], False), (np.s_[30:70], True)):
+        ink = strip.copy()
+        ink[digit_rows, 45:52] = 1
+        kept = without_border_regions(ink, ink > 0.5)
+        assert not kept[:, :3].any() if strip_removed else kept[:, :3].all()
+        np.testing.assert_array_equal(kept[:, 3:], ink[:, 3:])  # the digit is never touched
+
+
+def test_a_dark_card_on_light_paper_is_no_sheet_on_a_desk() -> None:
+    """A sheet on a desk is brighter than the desk around it. A dark card with a light digit on
+    it, on white paper, is read as ink of the same shape (large, nearly a rectangle, holes where
+    the digit is) but is darker than what lies around it: no sheet."""
+    pixels = np.full((100, 100), 220, dtype=np.float32)
+    pixels[20:80, 20:80] = 40  # the card
+    pixels[35:65, 45:52] = 220  # its digit
+    assert sheet_on_a_desk(pixels < 128, pixels) is None
+    # The same shapes in the brightness of a sheet on a desk: found.
+    sheet = sheet_on_a_desk(pixels < 128, 255 - pixels)
+    assert sheet is not None and sheet[20:80, 20:80].all() and sheet.sum() == 60 * 60
+
+
 def test_specks_in_a_csv_row_are_dropped_when_it_is_conformed(small_test: DigitSet) -> None:
     originals = small_test.images[:40]
     dusty = originals.copy()
@@ -673,6 +701,18 @@ def test_a_pencil_s_lit_strokes_stay_ink_beside_a_shadow(
         for digit in small_test.images[:10]
     ]
     assert np.mean(correlations) > 0.85  # flooded: 0.46
+
+
+def test_a_moderate_ramp_of_light_is_levelled_too(small_test: DigitSet) -> None:
+    """Light falling off by 45 grey levels across the page (the paper's 10th to 90th
+    percentile along the border): past MIN_CONTRAST, so uneven, though well short of twice it.
+    Left unlevelled, the paper in shade reads as faint ink and pulls the digit off its centre."""
+    ramp = np.linspace(1, 1 - 45 / 235, 200)[None, :]
+    correlations = [
+        correlation(to_mnist(page_photo(digit, ramp)), to_mnist(page_photo(digit, 1.0)))
+        for digit in small_test.images[:10]
+    ]
+    assert min(correlations) > 0.95  # unlevelled: 0.83
 
 
 def test_uneven_light_is_levelled_around_a_speck_or_a_digit_at_the_edge(

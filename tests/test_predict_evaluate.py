@@ -20,7 +20,7 @@ def test_probabilities_are_distributions(tiny_run, small_test):
     np.testing.assert_allclose(probas.sum(axis=1), 1, atol=1e-5)
 
 
-def test_tta_and_ensemble_average_and_stay_accurate(tiny_run, small_test):
+def test_tta_and_ensemble_average_and_stay_accurate(tmp_path, tiny_run, small_train, small_test):
     images, labels = small_test.images[300:], small_test.labels[300:]
     predictor = Predictor.load([tiny_run])
     plain = predictor.predict_proba(images)
@@ -37,6 +37,16 @@ def test_tta_and_ensemble_average_and_stay_accurate(tiny_run, small_test):
     np.testing.assert_allclose(with_tta.sum(axis=1), 1, atol=1e-5)
     twice = Predictor.load([tiny_run, tiny_run]).predict_proba(images)
     np.testing.assert_allclose(twice, plain, atol=1e-6)
+    # Two different models, with TTA: the mean of each one's own TTA, neither one alone.
+    from digit_recognizer.estimator import build_estimator, save_estimator
+
+    logreg = build_estimator("logreg").fit(small_train.images[:1000], small_train.labels[:1000])
+    save_estimator(logreg, tmp_path, name="logreg")
+    few, net = images[:100], with_tta[:100]
+    other = Predictor.load([tmp_path], PredictConfig(tta=True)).predict_proba(few)
+    pair = Predictor.load([tiny_run, tmp_path], PredictConfig(tta=True)).predict_proba(few)
+    np.testing.assert_allclose(pair, (net + other) / 2, atol=1e-5)
+    assert not np.allclose(pair, net, atol=1e-3) and not np.allclose(pair, other, atol=1e-3)
 
 
 def test_submission_is_kaggle_format(tmp_path, tiny_run, small_csvs, caplog):

@@ -97,6 +97,16 @@ def test_predict_batch(client: TestClient, predictor: Predictor, digits) -> None
     assert answer["latency_ms"] > 0
 
 
+def test_a_batch_of_max_batch_digits_is_served_and_one_more_is_refused(
+    client: TestClient, digits
+) -> None:
+    limit = LIMITS["max_batch"]  # the limit is the largest batch served, not the first refused
+    full = client.post("/predict", json=[pixels_body(digit) for digit in digits[:limit]])
+    assert full.status_code == 200 and len(full.json()["predictions"]) == limit
+    over = client.post("/predict", json=[pixels_body(digit) for digit in digits[: limit + 1]])
+    assert over.status_code == 413 and "ServeConfig.max_batch" in over.json()["detail"]
+
+
 def test_predict_uploads(client: TestClient, predictor: Predictor) -> None:
     png = encode(drawing())
     seen = load_image(png)

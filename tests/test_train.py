@@ -148,6 +148,39 @@ def test_plateau_cuts_the_lr_after_each_epoch_without_progress_and_epochs_reshuf
     assert len({tuple(order) for order in epochs}) == 4
 
 
+def test_plateau_cuts_stack_while_validation_stays_stalled(
+    tmp_path, small_train, small_test, monkeypatch
+):
+    import digit_recognizer.train as train_module
+
+    # Validation scores the same every epoch: the first sets the best, each later one stalls,
+    # so the lr is cut after epochs 2 and 3, and the second cut applies on top of the first.
+    monkeypatch.setattr(train_module, "evaluate_split", lambda *args: (1.0, 0.5))
+    subset = DigitSet(small_train.images[:128], small_train.labels[:128])
+    valid = DigitSet(small_test.images[:64], small_test.labels[:64])
+    config = TrainConfig(epochs=4, lr=0.02, schedule="plateau", plateau_factor=0.5,
+                         plateau_patience=1, batch_size=64)  # fmt: skip
+    lrs = [row["lr"] for row in train(config, subset, valid, tmp_path).history]
+    assert lrs == pytest.approx([0.02, 0.02, 0.01, 0.005])
+
+
+def test_each_epoch_draws_new_augmentations(tmp_path, small_train, monkeypatch):
+    import digit_recognizer.train as train_module
+
+    # The augmentation generator is seeded by (seed, epoch, rank): were the epoch left out,
+    # every epoch would shift, turn and thicken each image exactly as the first did.
+    seeds = []
+
+    def recording_augment(x, augmentation, generator, labels):
+        seeds.append(generator.initial_seed())
+        return augment_batch(x, augmentation, generator, labels)
+
+    monkeypatch.setattr(train_module, "augment_batch", recording_augment)
+    subset = DigitSet(small_train.images[:128], small_train.labels[:128])
+    train(TrainConfig(epochs=3, batch_size=64, valid_size=0), subset, None, tmp_path)
+    assert len(seeds) == 6 and seeds[0] == seeds[1] and len(set(seeds)) == 3  # one per epoch
+
+
 def test_target_accuracy_stops_the_run_and_label_smoothing_reaches_the_loss(
     tmp_path, small_train, small_test, monkeypatch
 ):
