@@ -20,6 +20,19 @@ def test_probabilities_are_distributions(tiny_run, small_test):
     np.testing.assert_allclose(probas.sum(axis=1), 1, atol=1e-5)
 
 
+def test_predictor_takes_rows_and_refuses_digits_scaled_to_0_1(tiny_run, small_test):
+    """A notebook's X / 255 (or a binarised X) would otherwise be read as near-black digits
+    and misread without a word."""
+    predictor = Predictor.load([tiny_run], device="cpu")
+    images = small_test.images[:20]
+    labels = predictor.predict(images)
+    np.testing.assert_array_equal(predictor.predict(images.reshape(20, 784)), labels)
+    np.testing.assert_array_equal(predictor.predict(images.astype(np.float64)), labels)
+    for scaled in (images / 255, (images > 128).astype(np.int64)):
+        with pytest.raises(ValueError, match=r"look scaled: pass \(X \* 255\)"):
+            predictor.predict(scaled)
+
+
 def test_tta_and_ensemble_average_and_stay_accurate(tmp_path, tiny_run, small_train, small_test):
     images, labels = small_test.images[300:], small_test.labels[300:]
     predictor = Predictor.load([tiny_run])

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-from numpy.typing import NDArray
+from numpy.typing import ArrayLike, NDArray
 from sklearn.pipeline import Pipeline
 from torch import nn
 
@@ -31,7 +31,7 @@ from digit_recognizer.distributed import (
     run_torchrun,
 )
 from digit_recognizer.errors import DataError, OutputError
-from digit_recognizer.models.classical import load_pipeline
+from digit_recognizer.models.classical import check_images, load_pipeline
 from digit_recognizer.models.runtime import (
     autocast_dtype,
     batched_logits,
@@ -87,11 +87,14 @@ class Predictor:
         cls,
         run_dirs: list[Path],
         config: PredictConfig | None = None,
-        device: torch.device | None = None,
+        device: torch.device | str | None = None,
     ) -> Predictor:
-        """Load run directories (or ensembles of them) onto ``device`` (else ``config.device``)."""
+        """Load run directories (or ensembles of them) onto ``device`` (else ``config.device``):
+        a ``torch.device`` or a name, as ``PredictConfig.device``."""
         config = config or PredictConfig()
-        device = device or resolve_device(config.device)
+        device = (
+            device if isinstance(device, torch.device) else resolve_device(device or config.device)
+        )
         models = []
         for run_dir in expand_ensembles(run_dirs):
             if read_meta(run_dir).get("framework") == "sklearn":
@@ -116,11 +119,12 @@ class Predictor:
         is_all_nets = all(isinstance(model, nn.Module) for model in self.models)
         return self.predict_proba if is_all_nets else None
 
-    def predict_proba(self, images: NDArray[np.uint8]) -> NDArray[np.float32]:
-        """Class probabilities (N, 10) for uint8 images (N, 28, 28)."""
+    def predict_proba(self, images: ArrayLike) -> NDArray[np.float32]:
+        """Class probabilities (N, 10) for images (N, 28, 28) or rows (N, 784) of integers
+        0-255; ``ValueError`` for other shapes or values (0-1 floats: scale them back)."""
         # Read-only arrays (pandas' to_numpy, np.load with mmap) are copied: torch warns of
         # undefined behaviour when it wraps one, though nothing here writes to it.
-        images = np.require(images, requirements="W")
+        images = np.require(check_images(images), requirements="W")
         views = _tta_views(images) if self.config.tta else [images]
         amp_dtype = autocast_dtype(self.device, self.config.amp)
         total = torch.zeros(len(images), 10, device=self.device)
@@ -136,8 +140,8 @@ class Predictor:
                     total += torch.as_tensor(probas, device=self.device)
         return (total / (len(self.models) * len(views))).cpu().numpy()
 
-    def predict(self, images: NDArray[np.uint8]) -> NDArray[np.int64]:
-        """Predicted digits (N,) for uint8 images (N, 28, 28)."""
+    def predict(self, images: ArrayLike) -> NDArray[np.int64]:
+        """Predicted digits (N,) for images as ``predict_proba`` takes them."""
         return self.predict_proba(images).argmax(axis=1).astype(np.int64)
 
 
