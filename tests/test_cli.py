@@ -193,6 +193,12 @@ def test_an_output_that_cannot_be_written_is_one_line_too(tmp_path, tiny_run, sm
         result = invoke(*args)
         assert result.exit_code == 1 and message in result.output, result.output
         assert "Traceback" not in result.output and "torchrun" not in result.output
+    # Nor does a submission go over a file that is none: a run's model.json, a training CSV.
+    model_json = tmp_path / "model.json"
+    model_json.write_text('{"model": "cnn"}\n')
+    result = invoke("predict", tiny_run, small_csvs["test"], "--out", model_json)
+    assert result.exit_code == 1 and "exists and is no submission" in result.output
+    assert model_json.read_text() == '{"model": "cnn"}\n'
     # The refused writes leave no temporary file behind (the first one was written in full).
     assert not list(tmp_path.parent.glob(f".{tmp_path.name}.*.tmp"))
     # Numbers out of range are usage errors, refused before anything runs.

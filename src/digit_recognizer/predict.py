@@ -21,7 +21,7 @@ from sklearn.pipeline import Pipeline
 from torch import nn
 
 from digit_recognizer.data.images import conform_to_mnist, load_image
-from digit_recognizer.data.kaggle_csv import DigitSet, write_submission
+from digit_recognizer.data.kaggle_csv import DigitSet, is_submission, write_submission
 from digit_recognizer.data.shards import read_data_source, resolve_data_source
 from digit_recognizer.data.stream import ShardStream, batches_per_rank
 from digit_recognizer.distributed import (
@@ -352,5 +352,12 @@ def launch_distributed(
 
 
 def check_submission_path(out: Path, source: str | Path) -> None:
-    if out.exists() and out.resolve() == Path(source).resolve():
+    """Refuse to write the submission over the rows predicted, or over any file that is not a
+    submission (a run's model.json, a training CSV): the file would be lost without a word."""
+    if not out.is_file():
+        return
+    if out.resolve() == Path(source).resolve():
         raise OutputError(f"{out}: is the CSV to predict; write the submission to another --out")
+    if not is_submission(out):
+        raise OutputError(f"{out}: exists and is no submission (its first line is not "
+                          "ImageId,Label); write the submission to another --out")  # fmt: skip

@@ -122,6 +122,13 @@ def check_kaggle_csv(path: str | Path) -> CsvSummary:
     return CsvSummary(Path(path), len(digits), digits.has_labels, class_counts)
 
 
+def is_submission(path: Path) -> bool:
+    """Whether the file at ``path`` begins as a submission does (its header ``ImageId,Label``)."""
+    with open(path, "rb") as file:
+        first = FIRST_LINE_END.split(file.read(256), maxsplit=1)[0]
+    return first.removeprefix(_UTF8_BOM).decode("latin-1") == ",".join(SUBMISSION_COLUMNS)
+
+
 def read_submission(path: str | Path, expected_rows: int | None = None) -> NDArray[np.int64]:
     """Read an ``ImageId,Label`` file; returns labels int64 of shape (n_rows,) in ImageId order.
 
