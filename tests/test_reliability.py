@@ -185,6 +185,33 @@ def test_ctrl_c_stops_members_side_by_side_starts_no_other_and_resume_finishes_t
     assert [len(history_rows(run_dir / f"member-{k}")) for k in range(1, 6)] == [4] * 5
 
 
+def test_sigterm_to_the_command_alone_stops_its_members_too(
+    tmp_path: Path, train_csv: Path
+) -> None:
+    """`kill`, `timeout` and job schedulers send SIGTERM to the command's process only: it
+    stops as on Ctrl-C and stops the members it started, rather than leave them training."""
+    run_dir = tmp_path / "ensemble"
+    flags = ["train", "--train", str(train_csv), "--out", str(run_dir), "--preset", "best",
+             "--epochs", "4", "--lr", "0.02", "--valid-size", "0.1", "--jobs", "2"]  # fmt: skip
+    process = subprocess.Popen([*DIGITS, *flags], stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not all((run_dir / f"member-{k}" / CHECKPOINT_FILE).exists() for k in (1, 2)):
+        assert process.poll() is None and time.monotonic() < deadline, "no checkpoints"
+        time.sleep(0.1)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    said = " ".join(stderr.split())  # rich wraps lines
+    assert process.returncode == 128 + signal.SIGTERM, said
+    assert "interrupted: the same command with --resume" in said and "Traceback" not in said
+    deadline = time.monotonic() + 30  # the members' processes, in the command's group, end too
+    with pytest.raises(ProcessLookupError):
+        while time.monotonic() < deadline:
+            os.killpg(process.pid, 0)
+            time.sleep(0.1)
+    assert not (run_dir / "member-3" / CHECKPOINT_FILE).exists()
+
+
 # --- (b) and (d): corrupt or tampered model files, through the CLI --------------------------------
 
 

@@ -18,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from digit_recognizer.config import load_config
-from digit_recognizer.errors import DataError, DigitsError
+from digit_recognizer.errors import DataError, DigitsError, Terminated, sigterm_interrupts
 
 if TYPE_CHECKING:  # the commands import torch-heavy modules only when they run
     from digit_recognizer.train import TrainConfig
@@ -50,7 +50,8 @@ def handles_errors(command: F) -> F:
             force=True,
         )
         try:
-            return command(*args, **kwargs)
+            with sigterm_interrupts():  # `kill`, `timeout` and schedulers stop it as Ctrl-C does
+                return command(*args, **kwargs)
         except DigitsError as error:
             # Under torchrun each rank that fails says so: name it (two ranks may read one bad
             # line, and their messages would repeat each other unexplained).
@@ -59,9 +60,10 @@ def handles_errors(command: F) -> F:
             )
             err_console.print(f"[red]error:[/red] {rank}{error}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as stop:
             err_console.print("interrupted")
-            raise typer.Exit(130) from None  # a shell's code for a command stopped by Ctrl-C
+            # A shell's codes for a command stopped by Ctrl-C (SIGINT) or by SIGTERM.
+            raise typer.Exit(143 if isinstance(stop, Terminated) else 130) from None
 
     return wrapper  # type: ignore[return-value]
 

@@ -15,7 +15,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from digit_recognizer.errors import DigitsError
+from digit_recognizer.errors import DigitsError, Terminated, sigterm_interrupts
 from digit_recognizer.models.runtime import resolve_device
 
 log = logging.getLogger(__name__)
@@ -125,20 +124,17 @@ def run_torchrun(nproc: int, module: str, args: list[str]) -> None:
                                     env=os.environ | {"OMP_NUM_THREADS": threads})  # fmt: skip
         # SIGTERM (a job scheduler, `kill`) raises here as Ctrl-C does, so that either way the
         # launcher is stopped, and stops its workers, rather than left training as an orphan.
-        in_main_thread = threading.current_thread() is threading.main_thread()  # signal's rule
-        previous = signal.signal(signal.SIGTERM, _raise_interrupt) if in_main_thread else None
         try:
-            returncode = launcher.wait()
+            with sigterm_interrupts():
+                returncode = launcher.wait()
         except KeyboardInterrupt as stop:
-            if not isinstance(stop, _Terminated):
+            if not isinstance(stop, Terminated):
                 # Ctrl-C reached the launcher too (a terminal signals the whole process group),
                 # which is stopping its workers: a SIGTERM now would break into that shutdown.
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     launcher.wait(timeout=LAUNCHER_GRACE_S)
             raise
         finally:
-            if in_main_thread:
-                signal.signal(signal.SIGTERM, previous)
             if launcher.poll() is None:
                 launcher.terminate()
                 launcher.wait()
@@ -170,11 +166,3 @@ def _launch(torchrun_args: list[str]) -> None:
         sys.exit(128 + stop.sigval)
     except KeyboardInterrupt:
         sys.exit(128 + signal.SIGINT)
-
-
-class _Terminated(KeyboardInterrupt):
-    """SIGTERM to this process alone (a job scheduler, `kill`), which torchrun did not get."""
-
-
-def _raise_interrupt(signum: int, _frame: object) -> None:
-    raise _Terminated(f"signal {signum}")

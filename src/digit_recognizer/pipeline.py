@@ -11,6 +11,7 @@ import json
 import logging
 import multiprocessing
 import os
+import signal
 import tempfile
 import time
 from collections.abc import Mapping
@@ -39,7 +40,13 @@ from digit_recognizer.data.shards import (
 )
 from digit_recognizer.data.splits import split_for_training
 from digit_recognizer.distributed import Distributed, run_torchrun
-from digit_recognizer.errors import ConfigError, DataError, DigitsError
+from digit_recognizer.errors import (
+    ConfigError,
+    DataError,
+    DigitsError,
+    Terminated,
+    sigterm_interrupts,
+)
 from digit_recognizer.evaluate import (
     METRICS_FILE,
     Metrics,
@@ -457,26 +464,36 @@ def train_side_by_side(
     # A member is handed to the pool only when a process is free for it: one queued in the pool
     # would still start after a Ctrl-C or a failed member, and train to its end before the
     # command could stop. Members already training finish (each resumable on its own).
-    with ProcessPoolExecutor(parallel, mp_context=context, max_tasks_per_child=1) as pool:
-        while waiting or running:
-            while waiting and len(running) < parallel:
-                number, (config, member_dir) = waiting.pop(0)
-                gpu = member_gpu(number, gpus)
-                future = pool.submit(
-                    train_member, number, config, train_csv, member_dir, threads, level, gpu
-                )
-                running[future] = number
-            finished, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in finished:
-                number = running.pop(future)
-                try:
-                    jobs[number] = future.result()
-                except BrokenProcessPool:  # killed: by the system for memory, say
-                    raise DigitsError(
-                        f"ensemble member {number}'s process ended without finishing; the "
-                        "same command with --resume finishes the ensemble, each member from "
-                        "its last finished epoch"
-                    ) from None
+    with (
+        sigterm_interrupts(),
+        ProcessPoolExecutor(parallel, mp_context=context, max_tasks_per_child=1) as pool,
+    ):
+        try:
+            while waiting or running:
+                while waiting and len(running) < parallel:
+                    number, (config, member_dir) = waiting.pop(0)
+                    gpu = member_gpu(number, gpus)
+                    future = pool.submit(
+                        train_member, number, config, train_csv, member_dir, threads, level, gpu
+                    )
+                    running[future] = number
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    number = running.pop(future)
+                    try:
+                        jobs[number] = future.result()
+                    except BrokenProcessPool:  # killed: by the system for memory, say
+                        raise DigitsError(
+                            f"ensemble member {number}'s process ended without finishing; the "
+                            "same command with --resume finishes the ensemble, each member "
+                            "from its last finished epoch"
+                        ) from None
+        except Terminated:
+            # SIGTERM reached this process alone: the members training stop as on Ctrl-C,
+            # which a terminal sends them too, rather than train on as orphans.
+            for member in multiprocessing.active_children():
+                os.kill(member.pid, signal.SIGINT)
+            raise
     return [
         replace(job, train=replace(job.train, model=load_net(job.run_dir)[0]))
         for _, job in sorted(jobs.items())
