@@ -41,6 +41,25 @@ def test_classical_study_resumes_from_its_sqlite_storage(tmp_path, small_csvs):
             tune(TuneConfig(model="knn", trials=1, storage=storage), small_csvs["train"], tmp_path)
 
 
+def test_ctrl_c_ends_the_study_with_the_trial_recorded_as_pruned(tmp_path, small_csvs, monkeypatch,
+                                                                   capfd):  # fmt: skip
+    """Optuna would log the interrupted trial as failed, traceback and all; it is pruned instead,
+    the study stops, and the interruption reaches the caller (the CLI says "interrupted")."""
+    objective = tune_module._classical_objective
+
+    def interrupted_second(trial, *args):
+        if trial.number == 1:
+            raise KeyboardInterrupt
+        return objective(trial, *args)
+
+    monkeypatch.setattr(tune_module, "_classical_objective", interrupted_second)
+    with pytest.raises(KeyboardInterrupt):
+        tune(TuneConfig(model="knn", trials=3), small_csvs["train"], tmp_path)
+    study = optuna.load_study(study_name="tune-knn", storage=f"sqlite:///{tmp_path}/study.db")
+    assert [trial.state.name for trial in study.trials] == ["COMPLETE", "PRUNED"]
+    assert "Traceback" not in capfd.readouterr().err
+
+
 def test_a_zero_timeout_is_none_and_a_negative_one_is_refused(tmp_path, small_csvs):
     result = tune(TuneConfig(model="knn", trials=1, timeout_s=0), small_csvs["train"], tmp_path)
     assert result.n_trials == 1

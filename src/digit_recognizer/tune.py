@@ -141,12 +141,24 @@ def tune(config: TuneConfig, train_csv: Path, out_dir: Path) -> TuneResult:
     check_same_study(study, storage, config, rows_fingerprint(data), is_net)
     deadline = time.monotonic() + config.timeout_s if config.timeout_s else None
 
+    interruptions: list[KeyboardInterrupt] = []
+
     def objective(trial: optuna.Trial) -> float:
-        if is_net:
-            return _net_objective(trial, config, train_set, valid_set, deadline)
-        return _classical_objective(trial, config, train_set, valid_set)
+        try:
+            if is_net:
+                return _net_objective(trial, config, train_set, valid_set, deadline)
+            return _classical_objective(trial, config, train_set, valid_set)
+        except KeyboardInterrupt as stop:
+            # Optuna would log the trial's failure with its traceback. Recorded as pruned (its
+            # score would be the interruption's, not its settings'), it ends the study, and the
+            # interruption goes on from there.
+            interruptions.append(stop)
+            study.stop()
+            raise optuna.TrialPruned("interrupted") from None
 
     study.optimize(objective, n_trials=config.trials, timeout=config.timeout_s or None)
+    if interruptions:
+        raise interruptions[0]
     completed = study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.COMPLETE])
     if not completed:
         raise ConfigError(f"study '{study_name}' has no completed trial; raise --timeout")
