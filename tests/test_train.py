@@ -330,7 +330,9 @@ def test_ema_forgets_the_initial_weights_at_once_then_decays_at_the_set_rate():
     torch.testing.assert_close(weights[0], torch.tensor([0.001]))
 
 
-def test_ema_run_stopped_and_resumed_matches_a_straight_run(tmp_path, small_train, small_test):
+def test_ema_run_stopped_and_resumed_matches_a_straight_run(
+    tmp_path, small_train, small_test, caplog
+):
     subset = DigitSet(small_train.images[:512], small_train.labels[:512])
     valid = DigitSet(small_test.images[:100], small_test.labels[:100])
     config = TrainConfig(epochs=3, batch_size=64, ema_decay=0.9)
@@ -364,6 +366,14 @@ def test_ema_run_stopped_and_resumed_matches_a_straight_run(tmp_path, small_trai
         assert (tmp_path / "resumed" / "config.toml").read_text() == recorded
     # The record holds settings, not the --resume that continued it: --config on it retrains.
     assert "resume = false" in recorded
+    # A finished run resumed with other flags trains nothing, and keeps the record of what it
+    # ran with; the changed settings are named.
+    with caplog.at_level(logging.WARNING, logger="digit_recognizer.train"):
+        again = train(replace(config, resume=True, epochs=2, augment=0.5), subset, valid,
+                      tmp_path / "resumed")  # fmt: skip
+    assert without_timing(again.history) == without_timing(straight.history)
+    assert (tmp_path / "resumed" / "config.toml").read_text() == recorded
+    assert "epochs 3 -> 2, augment 1.0 -> 0.5" in caplog.text
 
 
 def test_checkpoint_keeps_the_time_spent_for_a_budgeted_resume(tiny_run):

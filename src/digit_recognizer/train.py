@@ -402,6 +402,13 @@ def check_resume_matches(
         )
 
 
+def changed_settings(recorded: dict[str, Any], config: TrainConfig) -> list[str]:
+    """The settings ``config`` changes from the ``recorded`` ones, as "key old -> new"."""
+    now = asdict(config)
+    return [f"{key} {recorded[key]!r} -> {now[key]!r}" for key in now
+            if key != "resume" and key in recorded and recorded[key] != now[key]]  # fmt: skip
+
+
 def as_raised_in_worker(error: DigitsError) -> DigitsError:
     """A DataLoader worker's error with the message it was raised with: torch passes it on to
     the main process with the worker's traceback in front, and a user's error is one line."""
@@ -528,9 +535,16 @@ def train(
         best_state, epochs_since_best = checkpoint["best_state"], checkpoint["epochs_since_best"]
         stopped_early = checkpoint["stopped_early"]
         log.info("resumed from %s at epoch %d (step %d)", run_dir / CHECKPOINT_FILE, epoch, step)
+        if changed := changed_settings(checkpoint["config"], config):
+            log.warning("%s: resumed with other settings than its %s epochs so far trained with: "
+                        "%s", run_dir, f"{epoch:g}", ", ".join(changed))  # fmt: skip
     elif config.resume:
         log.warning("--resume: no checkpoint in %s, starting from scratch", run_dir)
-    if is_main:  # once the checkpoint is known to fit: a refused resume keeps the record
+    budget_spent = bool(config.time_budget_s) and elapsed_s >= config.time_budget_s
+    if stopped_early or epoch >= config.epochs or budget_spent:
+        # A finished run resumed: nothing trains, and its record stays the settings it ran with.
+        log.info("%s: finished already (%d epochs); nothing left to train", run_dir, epoch)
+    elif is_main:  # once the checkpoint is known to fit: a refused resume keeps the record
         make_dir(run_dir)
         save_run_config(config, run_dir)
     if config.compile:
