@@ -98,6 +98,20 @@ def test_explain_command_writes_a_png(tiny_run, small_csvs, tmp_path):
                                 "1000"])  # fmt: skip
     assert wrong.exit_code == 1
     assert "has 1,000 rows; --index must be 0 to 999" in wrong.output
+    no_index = runner.invoke(app, ["explain", str(tiny_run), str(small_csvs["test"])])
+    assert (
+        no_index.exit_code == 1 and "holds 1,000 digits; pick one with --index" in no_index.output
+    )
+
+
+def test_a_run_directory_where_the_digits_belong_is_named(tiny_run, small_csvs):
+    """Arguments swapped, or the CSV forgotten after an ensemble's runs: said as such, not as
+    a shard directory without its manifest."""
+    for args in (["predict", tiny_run, tiny_run], ["evaluate", small_csvs["train"], tiny_run],
+                 ["explain", small_csvs["test"], tiny_run, "--index", "3"]):  # fmt: skip
+        result = runner.invoke(app, [str(arg) for arg in args])
+        assert result.exit_code == 1
+        assert f"{tiny_run}: a run directory, where the digits belong" in result.output
 
 
 def test_explain_an_image_file(tiny_run, small_test, tmp_path):

@@ -22,7 +22,7 @@ from digit_recognizer.data.kaggle_csv import read_submission
 from digit_recognizer.data.shards import read_data_source, require_labels
 from digit_recognizer.errors import ModelFileError, OutputError
 from digit_recognizer.fileio import atomic_path, write_text
-from digit_recognizer.predict import PredictConfig, Predictor, conform_rows
+from digit_recognizer.predict import PredictConfig, Predictor, check_data_source, conform_rows
 
 CLASSES = list(range(10))
 METRICS_FILE = "metrics.json"  # a run's figures: training, validation, and the test score
@@ -142,6 +142,7 @@ def evaluate_run(
 ) -> Metrics:
     """Predict ``labelled_csv`` with the run(s); write the scores, per-class CSV and confusion
     matrix (EVAL_FILES) to ``out_dir``."""
+    check_data_source(labelled_csv)
     data = read_data_source(labelled_csv)
     require_labels(data.labels is not None, labelled_csv)
     config = config or PredictConfig()

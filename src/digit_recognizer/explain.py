@@ -32,7 +32,7 @@ from digit_recognizer.data.tensors import to_model_input
 from digit_recognizer.errors import DataError
 from digit_recognizer.evaluate import save_figure
 from digit_recognizer.models.storage import load_net
-from digit_recognizer.predict import PredictConfig, Predictor, conform_rows
+from digit_recognizer.predict import PredictConfig, Predictor, check_data_source, conform_rows
 
 BATCH_SIZE = 256  # bounds the memory held by the graph: activations and gradients of a batch
 HEATMAP_CMAP = "jet"  # the Grad-CAM paper's colours: readable on top of a grey digit
@@ -222,8 +222,12 @@ def explain_run(
     digits only so, so the explanation is of the prediction that command makes.
     """
     if is_data_source(source):
+        check_data_source(source)
         data = read_data_source(source)
-        if index is None or not 0 <= index < len(data):
+        if index is None:
+            raise DataError(f"{source}: holds {len(data):,} digits; pick one with --index ROW "
+                            f"(0 to {len(data) - 1}, 0-based)")  # fmt: skip
+        if not 0 <= index < len(data):
             raise DataError(f"{source}: has {len(data):,} rows; --index must be 0 to "
                             f"{len(data) - 1} (0-based)")  # fmt: skip
         model, _ = load_net(run_dir)

@@ -38,7 +38,13 @@ from digit_recognizer.models.runtime import (
     inference_net,
     resolve_device,
 )
-from digit_recognizer.models.storage import expand_ensembles, load_net, read_meta
+from digit_recognizer.models.storage import (
+    ENSEMBLE_FILE,
+    META_FILE,
+    expand_ensembles,
+    load_net,
+    read_meta,
+)
 
 log = logging.getLogger(__name__)
 
@@ -324,6 +330,7 @@ def predict_source(
     """What `digits predict` does: a CSV file in memory (``predict_csv``); shards, a glob, or
     any source in torchrun's processes streamed in ImageId order (``predict_stream``). Returns
     the number of rows predicted."""
+    check_data_source(source)
     check_submission_path(out, source)
     if Path(source).is_file() and Distributed.from_env().world_size == 1:
         return len(predict_csv(run_dirs, Path(source), out, config))
@@ -341,6 +348,7 @@ def launch_distributed(
     share of the rows (``predict_stream``). What can be checked before the launch is, rather
     than in every process amid torchrun's output."""
     config = config or PredictConfig()
+    check_data_source(source)
     check_submission_path(out, source)
     for run_dir in expand_ensembles(run_dirs):
         read_meta(run_dir)
@@ -349,6 +357,15 @@ def launch_distributed(
                *([] if config.conform else ["--as-is"])]  # fmt: skip
     paths = [*map(str, run_dirs), str(source)]
     run_torchrun(nproc, "digit_recognizer", ["predict", *paths, *options])
+
+
+def check_data_source(source: str | Path) -> None:
+    """Refuse a run directory where the digits to predict belong (arguments swapped, or the
+    CSV forgotten after an ensemble's runs): read as shards, it would be a missing manifest."""
+    path = Path(source)
+    if (path / META_FILE).is_file() or (path / ENSEMBLE_FILE).is_file():
+        raise DataError(f"{source}: a run directory, where the digits belong: give the run "
+                        "directories first and the CSV (shard directory, glob) last")  # fmt: skip
 
 
 def check_submission_path(out: Path, source: str | Path) -> None:
