@@ -183,6 +183,7 @@ def test_an_output_that_cannot_be_written_is_one_line_too(tmp_path, tiny_run, sm
          "cannot be made a directory"),
         (("tune", "--train", small_csvs["train"], "--model", "knn", "--out", small_csvs["test"]),
          "cannot be made a directory"),
+        (("eda", small_csvs["train"], "--out", small_csvs["test"]), "cannot be made a directory"),
         (("predict", tiny_run, small_csvs["test"], "--out", small_csvs["test"]),
          "is the CSV to predict"),
         (("train", "--train", tmp_path / "missing.csv", "--nproc", "2", "--out", tmp_path / "d"),

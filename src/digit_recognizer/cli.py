@@ -456,7 +456,8 @@ def explain(
         help="A Kaggle CSV (with --index), or an image file (PNG, JPEG, ...).")],
     index: Annotated[int | None, typer.Option(help="Row of the image in the CSV, 0-based.")] = None,
     out: Annotated[Path | None, typer.Option(
-        help="The figure: .png, .svg or .pdf \\[default: RUN_DIR/explain-INDEX.png, or "
+        help="The figure, in any format matplotlib writes (.png, .svg, .pdf, .jpg...) "
+             "\\[default: RUN_DIR/explain-INDEX.png, or "
              "explain-NAME.png for an image].")] = None,
     as_is: AsIs = False,
 ) -> None:  # fmt: skip

@@ -19,7 +19,7 @@ from digit_recognizer.data.kaggle_csv import DigitSet
 from digit_recognizer.data.shards import read_data_source
 from digit_recognizer.data.tensors import to_model_input, to_uint8_images
 from digit_recognizer.evaluate import CLASSES, save_figure
-from digit_recognizer.fileio import write_text
+from digit_recognizer.fileio import make_dir, write_text
 from digit_recognizer.models.nets import MNIST_MEAN, MNIST_STD
 from digit_recognizer.report import (
     html_img,
@@ -77,8 +77,9 @@ class EdaSummary:
 
 def eda(csv_path: str | Path, out_dir: str | Path) -> EdaSummary:
     """Summarise a Kaggle CSV; write its PNGs and a self-contained ``eda.html`` to ``out_dir``."""
-    csv_path, out_dir = Path(csv_path), Path(out_dir)
+    csv_path = Path(csv_path)
     data = read_data_source(csv_path)
+    out_dir = make_dir(out_dir)  # a file there is said as such, before any plot
     summary = _summarise(csv_path, data)
     rng = np.random.default_rng(0)
     plots = [("samples.png", "Random samples", _plot_samples)]
