@@ -578,7 +578,12 @@ def run_job(
     jobs = train_jobs(configs, train_csv, run_dir, progress, parallel)
     wall_seconds = time.perf_counter() - started
     submission = run_dir / "submission.csv"
-    predict_csv([run_dir], test_csv, submission, predict_config, test_set)
+    try:
+        predict_csv([run_dir], test_csv, submission, predict_config, test_set)
+    except KeyboardInterrupt:
+        log.warning("interrupted while predicting: the same command with --resume predicts "
+                    "with %s, trained already", run_dir)  # fmt: skip
+        raise
     test_accuracy = score_submission(solution_csv, submission) if solution_csv else None
     tta = bool(predict_config and predict_config.tta)  # `digits predict --tta` reproduces it
     write_metrics(run_dir, {"test_csv": str(Path(test_csv).resolve()), "test_tta": tta,
