@@ -81,7 +81,8 @@ class PredictConfig:
 class Predictor:
     """Loaded models whose probabilities are averaged (an ensemble of one is a single model).
 
-    Nets and scikit-learn pipelines (``digits compare`` run directories) mix freely.
+    Nets and scikit-learn pipelines (run directories of ``estimator.save_estimator``) mix
+    freely.
     """
 
     models: list[nn.Module | Pipeline]
