@@ -236,6 +236,10 @@ def test_python_dash_m_runs_the_digits_command(tmp_path):
                           capture_output=True, text=True, check=False, cwd=tmp_path)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "Usage: digits score" in done.stdout
+    # The modules are no entry points: run so, they say what to run instead of doing nothing.
+    done = subprocess.run([sys.executable, "-m", "digit_recognizer.train", "--train", "x.csv"],
+                          capture_output=True, text=True, check=False, cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 1 and "run `python -m digit_recognizer train ...`" in done.stderr
 
 
 @pytest.mark.parametrize("command", ["run", "train", "evaluate", "serve", "export", "tune"])

@@ -19,9 +19,9 @@ from digit_recognizer.pipeline import (
     default_jobs,
     get_preset,
     job_configs,
-    launch_distributed,
     member_gpu,
     run_job,
+    train_distributed,
     train_job,
     train_jobs,
     train_member,
@@ -85,10 +85,10 @@ def test_ensemble_directory_predicts_the_members_average(tmp_path, small_csvs, s
     assert [(job.run_dir / "config.toml").read_text() for job in jobs] == members_recorded
     recorded = (jobs[0].run_dir / "config.toml").read_text()
     with pytest.raises(ConfigError, match="already holds a training run"):
-        launch_distributed(2, replace(configs[0], epochs=9), small_csvs["train"], jobs[0].run_dir)
+        train_distributed(2, replace(configs[0], epochs=9), small_csvs["train"], jobs[0].run_dir)
     assert (jobs[0].run_dir / "config.toml").read_text() == recorded
     with pytest.raises(ConfigError, match="must be divisible by the 2 processes"):
-        launch_distributed(
+        train_distributed(
             2, replace(configs[0], batch_size=3), small_csvs["train"], tmp_path / "new"
         )
     assert not (tmp_path / "new" / "config.toml").exists()  # checked before torchrun starts

@@ -28,7 +28,8 @@ def test_predictor_takes_rows_and_refuses_digits_scaled_to_0_1(tiny_run, small_t
     labels = predictor.predict(images)
     np.testing.assert_array_equal(predictor.predict(images.reshape(20, 784)), labels)
     np.testing.assert_array_equal(predictor.predict(images.astype(np.float64)), labels)
-    for scaled in (images / 255, (images > 128).astype(np.int64)):
+    binarised = images > 128
+    for scaled in (images / 255, binarised.astype(np.int64), binarised.astype(np.uint8), binarised):
         with pytest.raises(ValueError, match=r"look scaled: pass \(X \* 255\)"):
             predictor.predict(scaled)
 

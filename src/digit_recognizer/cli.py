@@ -18,7 +18,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from digit_recognizer.config import load_config
-from digit_recognizer.errors import DataError, DigitsError, Terminated, sigterm_interrupts
+from digit_recognizer.errors import DataError, DigitsError
+from digit_recognizer.interrupts import Terminated, sigterm_interrupts
 
 if TYPE_CHECKING:  # the commands import torch-heavy modules only when they run
     from digit_recognizer.train import TrainConfig
@@ -274,7 +275,7 @@ def train_command(
 ) -> None:  # fmt: skip
     """Train a net on a labelled CSV and write a run directory."""
     from digit_recognizer.distributed import Distributed
-    from digit_recognizer.pipeline import default_run_dir, launch_distributed, train_jobs
+    from digit_recognizer.pipeline import default_run_dir, train_distributed, train_jobs
 
     overrides = train_overrides(model=model, epochs=epochs, time_budget=time_budget,
         batch_size=batch_size, optimizer=optimizer, lr=lr, schedule=schedule, augment=augment,
@@ -288,7 +289,7 @@ def train_command(
         if len(configs) > 1 or (jobs or 1) > 1:
             raise typer.BadParameter("--nproc trains one model, not a --preset best ensemble "
                                      "nor several at once (--jobs)")  # fmt: skip
-        launch_distributed(nproc, configs[0], train, run_dir)
+        train_distributed(nproc, configs[0], train, run_dir)
         console.print(f"trained with {nproc} processes -> {run_dir}")
         return
     is_main_process = Distributed.from_env().is_main_process
@@ -323,12 +324,12 @@ def predict(
 ) -> None:
     """Write a Kaggle submission (ImageId,Label); several run directories form an ensemble."""
     from digit_recognizer.distributed import Distributed
-    from digit_recognizer.predict import PredictConfig, launch_distributed, predict_source
+    from digit_recognizer.predict import PredictConfig, predict_distributed, predict_source
 
     run_dirs, source = split_runs_and_csv(paths)
     config = PredictConfig(tta=tta, device=device or "auto", conform=not as_is)
     if nproc > 1:
-        launch_distributed(nproc, run_dirs, source, out, config)
+        predict_distributed(nproc, run_dirs, source, out, config)
         console.print(f"wrote {out} with {nproc} processes")
         return
     n_rows = predict_source(run_dirs, source, out, config)

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from digit_recognizer.errors import DigitsError, Terminated, sigterm_interrupts
+from digit_recognizer.errors import DigitsError
+from digit_recognizer.interrupts import Terminated, sigterm_interrupts
 from digit_recognizer.models.runtime import resolve_device
 
 log = logging.getLogger(__name__)

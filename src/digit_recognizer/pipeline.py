@@ -40,13 +40,7 @@ from digit_recognizer.data.shards import (
 )
 from digit_recognizer.data.splits import split_for_training
 from digit_recognizer.distributed import Distributed, run_torchrun
-from digit_recognizer.errors import (
-    ConfigError,
-    DataError,
-    DigitsError,
-    Terminated,
-    sigterm_interrupts,
-)
+from digit_recognizer.errors import ConfigError, DataError, DigitsError
 from digit_recognizer.evaluate import (
     METRICS_FILE,
     Metrics,
@@ -57,6 +51,7 @@ from digit_recognizer.evaluate import (
     score_submission,
 )
 from digit_recognizer.fileio import locked_dir, sha256_file, write_text
+from digit_recognizer.interrupts import Terminated, sigterm_interrupts
 from digit_recognizer.models.runtime import resolve_device
 from digit_recognizer.models.storage import load_net, write_ensemble
 from digit_recognizer.predict import PredictConfig, Predictor, predict_csv
@@ -305,7 +300,7 @@ def write_training_outputs(
     return valid_metrics
 
 
-def launch_distributed(nproc: int, config: TrainConfig, train_csv: Path, run_dir: Path) -> None:
+def train_distributed(nproc: int, config: TrainConfig, train_csv: Path, run_dir: Path) -> None:
     """Run ``digits train`` in ``nproc`` processes on this machine through torchrun (DDP).
 
     What can be checked before the launch is, rather than in every process amid torchrun's

@@ -204,7 +204,10 @@ def conform_rows(
     model (``predict_proba``, for a file's rows: it costs two passes over up to
     ORIENTATION_SAMPLE of them) reads them as digits only so; says what changed."""
     if not config.conform:
-        return images
+        try:
+            return check_images(images)  # as they are: a binarised file's 0/1 would misread
+        except ValueError as error:
+            raise DataError(f"{source}: {error}") from None
     images, n_redone = conform_to_mnist(images)
     warn_redone(source, n_redone, len(images))
     if predict_proba and reads_transposed(orientation_evidence(images, predict_proba)):
@@ -338,7 +341,7 @@ def predict_source(
     return predict_stream(run_dirs, source, out, config)
 
 
-def launch_distributed(
+def predict_distributed(
     nproc: int,
     run_dirs: list[Path],
     source: str | Path,
@@ -372,10 +375,15 @@ def check_data_source(source: str | Path) -> None:
 def check_submission_path(out: Path, source: str | Path) -> None:
     """Refuse to write the submission over the rows predicted, or over any file that is not a
     submission (a run's model.json, a training CSV): the file would be lost without a word."""
-    if not out.is_file():
+    if not out.is_file() or out.stat().st_size == 0:  # new, or made empty for it (mktemp)
         return
     if out.resolve() == Path(source).resolve():
         raise OutputError(f"{out}: is the CSV to predict; write the submission to another --out")
     if not is_submission(out):
         raise OutputError(f"{out}: exists and is no submission (its first line is not "
                           "ImageId,Label); write the submission to another --out")  # fmt: skip
+
+
+if __name__ == "__main__":
+    # The package is the entry point, for torchrun too: `python -m digit_recognizer predict ...`.
+    raise SystemExit("run `python -m digit_recognizer predict ...` (or `digits predict ...`)")

@@ -727,3 +727,8 @@ def train(
         stopped_early=stopped_early,
         config=asdict(config),
     )
+
+
+if __name__ == "__main__":
+    # The package is the entry point, for torchrun too: `python -m digit_recognizer train ...`.
+    raise SystemExit("run `python -m digit_recognizer train ...` (or `digits train ...`)")

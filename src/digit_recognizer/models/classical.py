@@ -66,16 +66,18 @@ def check_images(X: ArrayLike) -> NDArray[np.uint8]:
     # Floats in 0-1 (the usual notebook's X / 255) or 0/1 (binarised) would pass as near-black
     # digits and be misread without a word.
     scaled_hint = "; pixels in 0-1 look scaled: pass (X * 255).round().astype(np.uint8)"
-    is_number = np.issubdtype(images.dtype, np.number)
-    if images.dtype != np.uint8:
+    if images.dtype == np.bool_:
+        images = images.astype(np.uint8)
+    elif images.dtype != np.uint8:
+        is_number = np.issubdtype(images.dtype, np.number)
         lowest, highest = (images.min(initial=0), images.max(initial=0)) if is_number else (0, 0)
         if not is_number or not (np.all(images == np.round(images)) and lowest >= 0
                                  and highest <= 255):  # fmt: skip
             hint = scaled_hint if is_number and lowest >= 0 and highest <= 1 else ""
             raise ValueError(f"pixels must be integers in 0..255, got dtype {images.dtype}{hint}")
-        if highest == 1:
-            raise ValueError(f"pixels reach at most 1, where digits' ink is 255{scaled_hint}")
         images = images.astype(np.uint8)
+    if images.max(initial=0) == 1:
+        raise ValueError(f"pixels reach at most 1, where digits' ink is 255{scaled_hint}")
     return images
 
 

@@ -6,9 +6,11 @@ Routes live in ``routes.py``; inference goes through ``predict.Predictor`` (torc
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import signal
 import socket
 import threading
 from collections.abc import AsyncIterator, Callable
@@ -255,4 +257,9 @@ def run_server(
     torch.set_num_threads(config.n_threads)
     app = create_app(run_dir, config, model)
     server_config = uvicorn.Config(app, host=config.host, port=port, access_log=config.access_log)
+    # uvicorn shuts down on SIGTERM itself, then raises it again: with the default action this
+    # process ends by the signal, the clean stop a service manager expects (systemd counts an
+    # exit status of 143 as a failure), not as the commands' interruption.
+    with contextlib.suppress(ValueError):  # ValueError: not the main thread (tests' servers)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
     uvicorn.Server(server_config).run(sockets=[listening])
