@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from digit_recognizer.errors import OutputError
 from digit_recognizer.fileio import atomic_path
 
 
@@ -21,3 +22,13 @@ def test_a_writer_that_fails_leaves_the_old_file_whole_and_no_temporary_file(
         raise RuntimeError("writer failed")
     assert target.read_bytes() == b'{"accuracy": 0.99}\n'
     assert [path.name for path in tmp_path.iterdir()] == ["metrics.json"]
+
+
+def test_a_device_is_not_replaced_by_the_file_written_over_it(tmp_path: Path) -> None:
+    # Writing atomically renames a new file over the target: /dev/null itself would go.
+    with (
+        pytest.raises(OutputError, match="/dev/null: not a regular file"),
+        atomic_path("/dev/null"),
+    ):
+        pass
+    assert Path("/dev/null").is_char_device()

@@ -34,7 +34,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     Any writer can use it (pyarrow, matplotlib, safetensors, torch.save): the rename is atomic on
     POSIX, so readers see either the old file or the complete new one, never a torn write.
     """
-    path = Path(path)
+    path = refuse_special_file(Path(path))
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -57,6 +57,15 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
             raise OutputError(f"{path}: cannot be written ({error.strerror or error})") from None
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def refuse_special_file(path: Path) -> Path:
+    """``path``, unless it is a device, a pipe or a socket (/dev/stdout, /dev/null): the rename
+    of a new file over it would replace the device node itself (as root, for every process)."""
+    if path.exists() and not path.is_file() and not path.is_dir():
+        raise OutputError(f"{path}: not a regular file (a device or a pipe), which is written "
+                          "by replacing it; give a file's path")  # fmt: skip
+    return path
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:

@@ -31,6 +31,7 @@ from digit_recognizer.distributed import (
     run_torchrun,
 )
 from digit_recognizer.errors import DataError, OutputError
+from digit_recognizer.fileio import refuse_special_file
 from digit_recognizer.models.classical import check_images, load_pipeline
 from digit_recognizer.models.runtime import (
     autocast_dtype,
@@ -375,7 +376,7 @@ def check_data_source(source: str | Path) -> None:
 def check_submission_path(out: Path, source: str | Path) -> None:
     """Refuse to write the submission over the rows predicted, or over any file that is not a
     submission (a run's model.json, a training CSV): the file would be lost without a word."""
-    if not out.is_file() or out.stat().st_size == 0:  # new, or made empty for it (mktemp)
+    if not refuse_special_file(out).is_file() or out.stat().st_size == 0:  # new, or mktemp's
         return
     if out.resolve() == Path(source).resolve():
         raise OutputError(f"{out}: is the CSV to predict; write the submission to another --out")
