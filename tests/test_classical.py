@@ -6,12 +6,12 @@ from safetensors.numpy import load_file, save_file
 from sklearn.exceptions import NotFittedError
 from sklearn.neighbors import KNeighborsClassifier
 
+from digit_recognizer.data.images import check_images
 from digit_recognizer.errors import ModelFileError
 from digit_recognizer.models import available, build
 from digit_recognizer.models.classical import (
     TRUSTED_FILE,
     TorchKNeighborsClassifier,
-    check_images,
     deskew_images,
     load_pipeline,
     save_pipeline,

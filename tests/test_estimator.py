@@ -56,6 +56,11 @@ def test_build_estimator_covers_every_kind(tmp_path, small_train, small_test):
     save_estimator(knn, tmp_path, "knn", {"n_neighbors": 3})
     np.testing.assert_array_equal(load_estimator(tmp_path).predict(small_test.images),
                                   knn.predict(small_test.images))  # fmt: skip
+    # A pipeline fitted on fewer digits is refused when saved, not when loaded as corrupt.
+    few = small_train.labels < 5
+    knn.fit(small_train.images[few], small_train.labels[few])
+    with pytest.raises(ValueError, match="fitted on the digits 0-9, it was on"):
+        save_estimator(knn, tmp_path / "few", "knn", {"n_neighbors": 3})
     # `compare --seed` and `tune --seed` seed the models that draw at random, not only splits.
     assert build_estimator("seed-cnn", seed=4).get_params()["seed"] == 4
     forest = build_estimator("random-forest", seed=4)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from digit_recognizer.data.kaggle_csv import read_submission, write_kaggle_csv, write_submission
-from digit_recognizer.errors import DataError
+from digit_recognizer.errors import DataError, ModelFileError
 from digit_recognizer.evaluate import compute_metrics, evaluate_run, score_submission
 from digit_recognizer.predict import PredictConfig, Predictor, predict_csv, predict_stream
 
@@ -32,6 +32,10 @@ def test_predictor_takes_rows_and_refuses_digits_scaled_to_0_1(tiny_run, small_t
     for scaled in (images / 255, binarised.astype(np.int64), binarised.astype(np.uint8), binarised):
         with pytest.raises(ValueError, match=r"look scaled: pass \(X \* 255\)"):
             predictor.predict(scaled)
+    # One run may be given alone; none at all is no ensemble (the mean of no model is NaN).
+    np.testing.assert_array_equal(Predictor.load(tiny_run).predict(images), labels)
+    with pytest.raises(ModelFileError, match="no run directory given"):
+        Predictor.load([])
 
 
 def test_tta_and_ensemble_average_and_stay_accurate(tmp_path, tiny_run, small_train, small_test):

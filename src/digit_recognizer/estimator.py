@@ -21,9 +21,10 @@ from sklearn.pipeline import Pipeline
 from sklearn.utils.validation import check_is_fitted, column_or_1d
 
 from digit_recognizer.config import load_config
+from digit_recognizer.data.images import check_images
 from digit_recognizer.data.kaggle_csv import N_PIXELS, DigitSet
 from digit_recognizer.data.splits import split_for_training
-from digit_recognizer.models.classical import check_images, load_pipeline, save_pipeline
+from digit_recognizer.models.classical import load_pipeline, save_pipeline
 from digit_recognizer.models.registry import build, get_spec
 from digit_recognizer.models.storage import load_net, read_meta, save_net
 from digit_recognizer.predict import PredictConfig, Predictor
@@ -166,6 +167,11 @@ def save_estimator(
         return
     if name is None:
         raise ValueError("save_estimator needs the registry name of a classical pipeline")
+    check_is_fitted(estimator)
+    # Predictor reads probability columns as the digits 0-9 (load_pipeline refuses others).
+    if not np.array_equal(getattr(estimator, "classes_", None), np.arange(10)):
+        raise ValueError(f"a saved pipeline must be fitted on the digits 0-9, it was on "
+                         f"{getattr(estimator, 'classes_', None)}")  # fmt: skip
     save_pipeline(run_dir, estimator, name, params or {})
 
 
@@ -190,6 +196,7 @@ def count_parameters(estimator: NetClassifier | Pipeline) -> int:
     """Learned numbers in a fitted model: net weights; for pipelines every fitted array
     (PCA components, coefficients, support vectors, k-NN's stored features) and tree nodes."""
     if isinstance(estimator, NetClassifier):
+        check_is_fitted(estimator)
         return sum(p.numel() for p in estimator.module_.parameters())
     total = 0
     for _, step in estimator.steps:

@@ -142,6 +142,7 @@ def evaluate_run(
 ) -> Metrics:
     """Predict ``labelled_csv`` with the run(s); write the scores, per-class CSV and confusion
     matrix (EVAL_FILES) to ``out_dir``."""
+    labelled_csv, out_dir = Path(labelled_csv), Path(out_dir)
     check_data_source(labelled_csv)
     data = read_data_source(labelled_csv)
     require_labels(data.labels is not None, labelled_csv)

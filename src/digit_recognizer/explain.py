@@ -26,7 +26,7 @@ from matplotlib.figure import Figure
 from numpy.typing import ArrayLike, NDArray
 from torch import nn
 
-from digit_recognizer.data.images import load_image
+from digit_recognizer.data.images import check_images, load_image
 from digit_recognizer.data.shards import is_data_source, read_data_source
 from digit_recognizer.data.tensors import to_model_input
 from digit_recognizer.errors import DataError
@@ -105,7 +105,7 @@ def saliency(
 def _target_scores(model: nn.Module, images: NDArray[np.uint8], target: int | ArrayLike | None):
     """Yield (input batch with gradients, target logit per image) in eval mode, batch by batch."""
     device = next(model.parameters()).device
-    images = torch.as_tensor(np.asarray(images, dtype=np.uint8))
+    images = torch.as_tensor(check_images(images))
     targets = None
     if target is not None:
         asked = np.broadcast_to(np.asarray(target), len(images))
@@ -171,7 +171,7 @@ def explain_image(
     model: nn.Module, image: NDArray[np.uint8], label: int | None = None
 ) -> Explanation:
     """Probabilities and a heatmap (Grad-CAM, or saliency for nets without convs) for one image."""
-    images = np.asarray(image, dtype=np.uint8)[None]
+    images = check_images(np.asarray(image)[None])  # one image (28, 28) or row (784,)
     has_conv = any(isinstance(module, nn.Conv2d) for module in model.modules())
     probas = Predictor.from_models([model]).predict_proba(images)
     return Explanation(

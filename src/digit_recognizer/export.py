@@ -22,9 +22,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from numpy.typing import NDArray
+from numpy.typing import ArrayLike, NDArray
 from torch import nn
 
+from digit_recognizer.data.images import check_images
 from digit_recognizer.data.tensors import to_model_input
 from digit_recognizer.errors import ModelFileError
 from digit_recognizer.fileio import atomic_path
@@ -134,9 +135,9 @@ class OnnxPredictor:
         """As ``Predictor.orientation_judge``: an ONNX model is a net, so ``predict_proba``."""
         return self.predict_proba
 
-    def predict_proba(self, images: NDArray[np.uint8]) -> NDArray[np.float32]:
-        """Class probabilities (N, 10) for uint8 images (N, 28, 28)."""
-        images = np.ascontiguousarray(images, dtype=np.uint8)
+    def predict_proba(self, images: ArrayLike) -> NDArray[np.float32]:
+        """Class probabilities (N, 10) for images as ``Predictor.predict_proba`` takes them."""
+        images = np.ascontiguousarray(check_images(images))
         batches = [
             self.session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
             for batch in np.split(images, range(self.batch_size, len(images), self.batch_size))

@@ -242,11 +242,15 @@ def training_data(config: TrainConfig, source: Path) -> tuple[DigitSet | Manifes
 
 
 def train_job(
-    config: TrainConfig, train_csv: Path, run_dir: Path, progress: Progress | None = None
+    config: TrainConfig,
+    train_csv: Path | str,
+    run_dir: Path | str,
+    progress: Progress | None = None,
 ) -> TrainJobResult:
     """Train on labelled data (CSV, shard directory or glob) and write the whole run directory,
     plots and metrics included. A ``run_dir`` holding a checkpoint is continued with
     ``config.resume`` and refused without it: a run is never trained over."""
+    train_csv, run_dir = Path(train_csv), Path(run_dir)
     check_out_dir(run_dir, config.resume, ensemble=False)
     train_set, valid_set = training_data(config, train_csv)
     is_main_process = Distributed.from_env().is_main_process

@@ -20,7 +20,7 @@ from numpy.typing import ArrayLike, NDArray
 from sklearn.pipeline import Pipeline
 from torch import nn
 
-from digit_recognizer.data.images import conform_to_mnist, load_image
+from digit_recognizer.data.images import check_images, conform_to_mnist, load_image
 from digit_recognizer.data.kaggle_csv import DigitSet, is_submission, write_submission
 from digit_recognizer.data.shards import read_data_source, resolve_data_source
 from digit_recognizer.data.stream import ShardStream, batches_per_rank
@@ -30,9 +30,9 @@ from digit_recognizer.distributed import (
     init_distributed,
     run_torchrun,
 )
-from digit_recognizer.errors import DataError, OutputError
+from digit_recognizer.errors import DataError, ModelFileError, OutputError
 from digit_recognizer.fileio import refuse_special_file
-from digit_recognizer.models.classical import check_images, load_pipeline
+from digit_recognizer.models.classical import load_pipeline
 from digit_recognizer.models.runtime import (
     autocast_dtype,
     batched_logits,
@@ -93,12 +93,17 @@ class Predictor:
     @classmethod
     def load(
         cls,
-        run_dirs: list[Path],
+        run_dirs: list[Path] | Path | str,
         config: PredictConfig | None = None,
         device: torch.device | str | None = None,
     ) -> Predictor:
-        """Load run directories (or ensembles of them) onto ``device`` (else ``config.device``):
-        a ``torch.device`` or a name, as ``PredictConfig.device``."""
+        """Load run directories (or ensembles of them; one may be given alone) onto ``device``
+        (else ``config.device``): a ``torch.device`` or a name, as ``PredictConfig.device``."""
+        if isinstance(run_dirs, str | Path):
+            run_dirs = [run_dirs]
+        if not run_dirs:  # a glob that matched nothing: the mean of no model is NaN
+            raise ModelFileError("no run directory given to load")
+        run_dirs = [Path(run_dir) for run_dir in run_dirs]
         config = config or PredictConfig()
         device = (
             device if isinstance(device, torch.device) else resolve_device(device or config.device)
@@ -204,11 +209,12 @@ def conform_rows(
     """``images`` conformed to MNIST's layout if ``config.conform``, and transposed where the
     model (``predict_proba``, for a file's rows: it costs two passes over up to
     ORIENTATION_SAMPLE of them) reads them as digits only so; says what changed."""
+    try:
+        images = check_images(images)  # a binarised file's 0/1 would be misread
+    except ValueError as error:
+        raise DataError(f"{source}: {error}") from None
     if not config.conform:
-        try:
-            return check_images(images)  # as they are: a binarised file's 0/1 would misread
-        except ValueError as error:
-            raise DataError(f"{source}: {error}") from None
+        return images
     images, n_redone = conform_to_mnist(images)
     warn_redone(source, n_redone, len(images))
     if predict_proba and reads_transposed(orientation_evidence(images, predict_proba)):

@@ -18,11 +18,12 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from numpy.typing import NDArray
+from numpy.typing import ArrayLike, NDArray
 from PIL import Image, ImageOps, UnidentifiedImageError
 from scipy import ndimage
 
 from digit_recognizer.data.form_lines import without_lines
+from digit_recognizer.data.kaggle_csv import N_PIXELS
 from digit_recognizer.data.lighting import (
     BORDER,
     MIN_CONTRAST,
@@ -333,7 +334,35 @@ def _extent(occupied: NDArray[np.bool_]) -> NDArray[np.int64]:
     return np.where(occupied.any(axis=1), last - first + 1, 0)
 
 
-def conform_to_mnist(images: NDArray[np.uint8]) -> tuple[NDArray[np.uint8], int]:
+def check_images(X: ArrayLike) -> NDArray[np.uint8]:
+    """Validate digits as uint8 images (N, 28, 28); accepts (N, 28, 28) or (N, 784) in 0..255."""
+    images = np.asarray(X)
+    if images.ndim == 2 and images.shape[1] == N_PIXELS:
+        images = images.reshape(-1, 28, 28)
+    if images.ndim != 3 or images.shape[1:] != (28, 28):
+        raise ValueError(
+            f"expected images of shape (n_samples, 28, 28) or (n_samples, 784), got shape "
+            f"{images.shape}; reshape with X.reshape(-1, 28, 28)"
+        )
+    # Floats in 0-1 (the usual notebook's X / 255) or 0/1 (binarised) would pass as near-black
+    # digits and be misread without a word.
+    scaled_hint = "; pixels in 0-1 look scaled: pass (X * 255).round().astype(np.uint8)"
+    if images.dtype == np.bool_:
+        images = images.astype(np.uint8)
+    elif images.dtype != np.uint8:
+        is_number = np.issubdtype(images.dtype, np.number)
+        lowest, highest = (images.min(initial=0), images.max(initial=0)) if is_number else (0, 0)
+        if not is_number or not (np.all(images == np.round(images)) and lowest >= 0
+                                 and highest <= 255):  # fmt: skip
+            hint = scaled_hint if is_number and lowest >= 0 and highest <= 1 else ""
+            raise ValueError(f"pixels must be integers in 0..255, got dtype {images.dtype}{hint}")
+        images = images.astype(np.uint8)
+    if images.max(initial=0) == 1:
+        raise ValueError(f"pixels reach at most 1, where digits' ink is 255{scaled_hint}")
+    return images
+
+
+def conform_to_mnist(images: ArrayLike) -> tuple[NDArray[np.uint8], int]:
     """The images (N, 28, 28), each one not in MNIST's layout (``in_mnist_format``) redone as
     MNIST made its digits (``to_mnist``); returns them and how many were redone.
 
@@ -342,7 +371,10 @@ def conform_to_mnist(images: NDArray[np.uint8]) -> tuple[NDArray[np.uint8], int]
     like MNIST. MNIST's own images, Kaggle's included, pass through untouched, and so do blank
     ones, which have no digit to fit.
     """
-    images = np.asarray(images, dtype=np.uint8)
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.ndim != 3:  # rows (N, 784), floats: checked
+        images = check_images(images)
+    # (uint8 faint to 0/1, a binarised file's rows, are redone to full ink like any others.)
     redo = np.flatnonzero(~in_mnist_format(images))
     if not len(redo):
         return images, 0

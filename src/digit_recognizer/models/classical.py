@@ -45,40 +45,13 @@ from sklearn.utils._param_validation import Interval
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from digit_recognizer.data.images import check_images
 from digit_recognizer.data.kaggle_csv import N_PIXELS
 from digit_recognizer.errors import ModelFileError
 from digit_recognizer.fileio import atomic_path, write_text
 from digit_recognizer.models.nets import Deskew
 from digit_recognizer.models.registry import register
 from digit_recognizer.models.storage import META_FILE, WEIGHTS_FILE, read_meta, read_safetensors
-
-
-def check_images(X: ArrayLike) -> NDArray[np.uint8]:
-    """Validate digits as uint8 images (N, 28, 28); accepts (N, 28, 28) or (N, 784) in 0..255."""
-    images = np.asarray(X)
-    if images.ndim == 2 and images.shape[1] == N_PIXELS:
-        images = images.reshape(-1, 28, 28)
-    if images.ndim != 3 or images.shape[1:] != (28, 28):
-        raise ValueError(
-            f"expected images of shape (n_samples, 28, 28) or (n_samples, 784), got shape "
-            f"{images.shape}; reshape with X.reshape(-1, 28, 28)"
-        )
-    # Floats in 0-1 (the usual notebook's X / 255) or 0/1 (binarised) would pass as near-black
-    # digits and be misread without a word.
-    scaled_hint = "; pixels in 0-1 look scaled: pass (X * 255).round().astype(np.uint8)"
-    if images.dtype == np.bool_:
-        images = images.astype(np.uint8)
-    elif images.dtype != np.uint8:
-        is_number = np.issubdtype(images.dtype, np.number)
-        lowest, highest = (images.min(initial=0), images.max(initial=0)) if is_number else (0, 0)
-        if not is_number or not (np.all(images == np.round(images)) and lowest >= 0
-                                 and highest <= 255):  # fmt: skip
-            hint = scaled_hint if is_number and lowest >= 0 and highest <= 1 else ""
-            raise ValueError(f"pixels must be integers in 0..255, got dtype {images.dtype}{hint}")
-        images = images.astype(np.uint8)
-    if images.max(initial=0) == 1:
-        raise ValueError(f"pixels reach at most 1, where digits' ink is 255{scaled_hint}")
-    return images
 
 
 def deskew_images(images: NDArray[np.uint8], batch_size: int = 8192) -> NDArray[np.float32]:
