@@ -1,9 +1,12 @@
+from dataclasses import asdict
+
 import numpy as np
 import pytest
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from sklearn.pipeline import Pipeline
 
+from digit_recognizer.config import load_config
 from digit_recognizer.errors import ConfigError
 from digit_recognizer.estimator import (
     NetClassifier,
@@ -12,6 +15,7 @@ from digit_recognizer.estimator import (
     load_estimator,
     save_estimator,
 )
+from digit_recognizer.train import TrainConfig
 
 from .conftest import TINY_RECIPE, accuracy
 
@@ -74,3 +78,11 @@ def test_fit_never_trains_over_a_run_directory_that_holds_a_run(tiny_run):
     with pytest.raises(ConfigError, match="already holds a training run"):
         net.fit(np.zeros((20, 28, 28), np.uint8), np.arange(20) % 10)
     assert (tiny_run / "model.safetensors").read_bytes() == weights
+
+
+def test_a_digits_train_run_loads_with_its_recorded_recipe(tiny_run):
+    """config_ is the run's config.toml, and a clone refits with the settings it takes."""
+    recorded = load_config(TrainConfig, tiny_run / "config.toml")
+    loaded = load_estimator(tiny_run)
+    assert loaded.config_ == asdict(recorded)
+    assert clone(loaded).train_config().batch_size == recorded.batch_size

@@ -10,6 +10,7 @@ any net; classical models already are pipelines. ``build_estimator``, ``save_est
 from __future__ import annotations
 
 import tempfile
+from dataclasses import asdict
 from inspect import signature
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from digit_recognizer.models.classical import load_pipeline, save_pipeline
 from digit_recognizer.models.registry import build, get_spec
 from digit_recognizer.models.storage import load_net, read_meta, save_net
 from digit_recognizer.predict import PredictConfig, Predictor
-from digit_recognizer.train import TrainConfig, check_out_dir, train
+from digit_recognizer.train import CONFIG_FILE, TrainConfig, check_out_dir, train
 
 # NetClassifier parameters that are TrainConfig keys; None means TrainConfig's default.
 TRAIN_KEYS = (
@@ -176,17 +177,27 @@ def save_estimator(
 
 
 def load_estimator(run_dir: str | Path) -> NetClassifier | Pipeline:
-    """Load what ``save_estimator`` (or ``digits train``) wrote, ready to predict."""
+    """Load what ``save_estimator`` (or ``digits train``) wrote, ready to predict.
+
+    A ``digits train`` run's ``config_`` is its config.toml, and its parameters the keys of it
+    that NetClassifier takes (TRAIN_KEYS): a clone refits with those, the rest of the recipe
+    (EMA, stroke change) at TrainConfig's defaults."""
     run_dir = Path(run_dir)
     if read_meta(run_dir).get("framework") == "sklearn":
         return load_pipeline(run_dir)[0]
     module, meta = load_net(run_dir)
+    recorded = meta.get("train_config")
+    if recorded is None and (run_dir / CONFIG_FILE).is_file():
+        recorded = asdict(load_config(TrainConfig, run_dir / CONFIG_FILE))
+    recorded = recorded or {}
+    params = meta.get("estimator_params") or {
+        key: recorded[key] for key in TRAIN_KEYS if recorded.get(key) is not None
+    }
     estimator = NetClassifier(meta["model"])
-    estimator.set_params(**{k: v for k, v in meta.get("estimator_params", {}).items()
-                            if k != "model"})  # fmt: skip
+    estimator.set_params(**{k: v for k, v in params.items() if k != "model"})
     estimator.module_ = module
     estimator.history_ = []
-    estimator.config_ = meta.get("train_config", {})
+    estimator.config_ = recorded
     estimator.classes_ = np.arange(10)
     estimator.n_features_in_ = N_PIXELS
     return estimator
