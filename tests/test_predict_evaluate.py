@@ -124,6 +124,20 @@ def test_digits_stored_transposed_are_read_transposed(tmp_path, tiny_run, small_
     assert accuracy(as_is, small_test.labels[:300]) < 0.5
 
 
+def test_a_binarised_file_is_read_with_full_ink(tmp_path, tiny_run, small_test, caplog):
+    """A CSV of 0/1 pixels (binarised digits, as Semeion's) would be near-black digits read as
+    one class; its ink is made 255, whole or streamed, and the log says so."""
+    images = small_test.images[:300]
+    binarised = tmp_path / "binarised.csv"
+    write_kaggle_csv(binarised, (images > 128).astype(np.uint8))
+    with caplog.at_level("WARNING"):
+        read = predict_csv([tiny_run], binarised, tmp_path / "a.csv")
+    assert "read as binarised digits" in caplog.text
+    assert accuracy(read, small_test.labels[:300]) > 0.85
+    predict_stream([tiny_run], binarised, tmp_path / "b.csv")
+    np.testing.assert_array_equal(read_submission(tmp_path / "b.csv"), read)
+
+
 def test_score_rejects_incomplete_submission(tmp_path, small_csvs):
     short = tmp_path / "short.csv"
     write_submission(short, np.zeros(999, dtype=np.int64))

@@ -209,10 +209,7 @@ def conform_rows(
     """``images`` conformed to MNIST's layout if ``config.conform``, and transposed where the
     model (``predict_proba``, for a file's rows: it costs two passes over up to
     ORIENTATION_SAMPLE of them) reads them as digits only so; says what changed."""
-    try:
-        images = check_images(images)  # a binarised file's 0/1 would be misread
-    except ValueError as error:
-        raise DataError(f"{source}: {error}") from None
+    images = binarised_to_ink(images, source)
     if not config.conform:
         return images
     images, n_redone = conform_to_mnist(images)
@@ -221,6 +218,19 @@ def conform_rows(
         warn_transposed(source)
         images = transposed(images)
     return images
+
+
+def binarised_to_ink(
+    images: NDArray[np.uint8], source: str | Path, warn: bool = True
+) -> NDArray[np.uint8]:
+    """A file's rows whose pixels reach at most 1 are binarised digits (0/1, as Semeion's are):
+    their ink made 255, as MNIST's is, rather than read as near-black digits."""
+    if images.max(initial=0) != 1:
+        return images
+    if warn:
+        log.warning("%s: its pixels reach at most 1, so they are read as binarised digits "
+                    "(1 = ink, 255)", source)  # fmt: skip
+    return images * np.uint8(255)
 
 
 def orientation_evidence(
@@ -305,9 +315,11 @@ def predict_stream(
     predictor = Predictor.load(run_dirs, config, device)
     stream = ShardStream(source, STREAM_ROWS, shuffle=False, rank=dist_env.rank,
                          world_size=dist_env.world_size)  # fmt: skip
-    chunks, n_redone, is_transposed = [], 0, None
-    for images, _ in stream:
-        images = images.numpy()
+    chunks, n_redone, is_transposed, has_warned = [], 0, None, False
+    for piece, _ in stream:
+        pixels = piece.numpy()
+        images = binarised_to_ink(pixels, source, warn=not has_warned)
+        has_warned |= images is not pixels  # once per file, not per piece
         if config.conform:
             images, redone = conform_to_mnist(images)
             n_redone += redone
