@@ -50,6 +50,8 @@ def test_net_classifier_follows_scikit_learn_conventions():
     for labels in (np.arange(3), np.array([0, 1, 2, 10]), np.array([-1, 1, 2, 3])):
         with pytest.raises(ValueError, match="y must hold one digit 0-9 per image"):
             net.fit(images, labels)  # one label short, or not a digit: refused, not trained on
+    with pytest.raises(ValueError, match="fit needs at least one image"):
+        net.fit(images[:0], labels[:0])
 
 
 def test_build_estimator_covers_every_kind(tmp_path, small_train, small_test):

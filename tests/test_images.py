@@ -538,6 +538,11 @@ def test_to_mnist_on_a_grey_array() -> None:
     grey = np.full((50, 30), 255, dtype=np.uint8)
     grey[10:40, 12:18] = 0
     assert to_mnist(grey).shape == (28, 28)
+    # A colour array is named as such, not failed on deep in the preprocessing.
+    with pytest.raises(
+        ValueError, match=r"greyscale image \(height, width\), got shape \(50, 30, 3\)"
+    ):
+        to_mnist(np.stack([grey] * 3, axis=-1))
 
 
 @pytest.mark.parametrize(

@@ -162,6 +162,8 @@ def test_metrics_on_known_predictions():
     # Without every digit among the labels there is no one-vs-rest AUC: None, still valid JSON.
     partial = compute_metrics(labels[labels != 7], probas[labels != 7])
     assert partial.roc_auc_ovr is None
+    with pytest.raises(ValueError, match=r"pass predict_proba's output, not predicted labels"):
+        compute_metrics(labels, predicted)  # scikit-learn's order, labels for probabilities
 
     def refuse(constant: str) -> None:
         raise ValueError(f"{constant} is not JSON")

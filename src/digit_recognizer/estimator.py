@@ -101,6 +101,8 @@ augment, valid_size, patience, seed, device : optional
         if self.run_dir is not None:
             check_out_dir(Path(self.run_dir), resume=False, ensemble=False)
         images = check_images(X)
+        if not len(images):
+            raise ValueError("fit needs at least one image, got none")
         given = column_or_1d(y)
         # Whole numbers only: "7" or 2.7 would be cast silently, and the predictions (integers)
         # would then not compare equal to such labels in score().

@@ -56,6 +56,10 @@ class Metrics:
 
 def compute_metrics(labels: NDArray[np.int64], probas: NDArray[np.floating]) -> Metrics:
     """Metrics for true ``labels`` (N,) and predicted probabilities ``probas`` (N, 10)."""
+    probas = np.asarray(probas)
+    if probas.ndim != 2 or probas.shape[1] != len(CLASSES):
+        raise ValueError(f"probas must be of shape (n_samples, 10), got {probas.shape}: "
+                         "pass predict_proba's output, not predicted labels")  # fmt: skip
     predicted = probas.argmax(axis=1)
     precision, recall, f1, support = skm.precision_recall_fscore_support(
         labels, predicted, labels=CLASSES, zero_division=0

@@ -172,6 +172,10 @@ def to_mnist(grey: NDArray[np.uint8], name: str = "image") -> NDArray[np.uint8]:
     specks of dust (_without_specks), crops to the ink, fits it into 20 x 20 keeping the
     aspect ratio (Lanczos, anti-aliased) and centres it by centre of mass.
     """
+    grey = np.asarray(grey)
+    if grey.ndim != 2:  # a colour array (H, W, 3): load_image converts files of any mode
+        raise ValueError(f"to_mnist takes a greyscale image (height, width), got shape "
+                         f"{grey.shape}; load_image reads colour image files")  # fmt: skip
     pixels = _reduced(grey).astype(np.float32)
     ink = _ink(pixels, name)
     is_photo = min(pixels.shape) >= MIN_PHOTO_SIDE
