@@ -25,7 +25,7 @@ from digit_recognizer.config import load_config
 from digit_recognizer.data.images import check_images
 from digit_recognizer.data.kaggle_csv import N_PIXELS, DigitSet
 from digit_recognizer.data.splits import split_for_training
-from digit_recognizer.models.classical import load_pipeline, save_pipeline
+from digit_recognizer.models.classical import fits_the_digits, load_pipeline, save_pipeline
 from digit_recognizer.models.registry import build, get_spec
 from digit_recognizer.models.storage import load_net, read_meta, save_net
 from digit_recognizer.predict import PredictConfig, Predictor
@@ -171,8 +171,7 @@ def save_estimator(
     if name is None:
         raise ValueError("save_estimator needs the registry name of a classical pipeline")
     check_is_fitted(estimator)
-    # Predictor reads probability columns as the digits 0-9 (load_pipeline refuses others).
-    if not np.array_equal(getattr(estimator, "classes_", None), np.arange(10)):
+    if not fits_the_digits(estimator):  # load_pipeline would refuse it as corrupt
         raise ValueError(f"a saved pipeline must be fitted on the digits 0-9, it was on "
                          f"{getattr(estimator, 'classes_', None)}")  # fmt: skip
     save_pipeline(run_dir, estimator, name, params or {})

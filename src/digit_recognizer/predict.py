@@ -394,7 +394,8 @@ def check_data_source(source: str | Path) -> None:
 def check_submission_path(out: Path, source: str | Path) -> None:
     """Refuse to write the submission over the rows predicted, or over any file that is not a
     submission (a run's model.json, a training CSV): the file would be lost without a word."""
-    if not refuse_special_file(out).is_file() or out.stat().st_size == 0:  # new, or mktemp's
+    refuse_special_file(out)
+    if not out.is_file() or out.stat().st_size == 0:  # new, or made empty for it (mktemp)
         return
     if out.resolve() == Path(source).resolve():
         raise OutputError(f"{out}: is the CSV to predict; write the submission to another --out")

@@ -542,13 +542,6 @@ def train(
                         "%s", run_dir, f"{epoch:g}", ", ".join(changed))  # fmt: skip
     elif config.resume:
         log.warning("--resume: no checkpoint in %s, starting from scratch", run_dir)
-    budget_spent = bool(config.time_budget_s) and elapsed_s >= config.time_budget_s
-    if stopped_early or epoch >= config.epochs or budget_spent:
-        # A finished run resumed: nothing trains, and its record stays the settings it ran with.
-        log.info("%s: finished already (%d epochs); nothing left to train", run_dir, epoch)
-    elif is_main:  # once the checkpoint is known to fit: a refused resume keeps the record
-        make_dir(run_dir)
-        save_run_config(config, run_dir)
     if config.compile:
         model = torch.compile(model)
     if dist.is_initialized():
@@ -569,7 +562,16 @@ def train(
             seconds = all_reduce(torch.tensor(seconds, device=device), dist.ReduceOp.MAX).item()
         return seconds
 
-    while not stopped_early and epoch < config.epochs and run_progress() < 1:
+    def is_finished() -> bool:
+        return stopped_early or epoch >= config.epochs or run_progress() >= 1
+
+    if is_finished():
+        # A finished run resumed: nothing trains, and its record stays the settings it ran with.
+        log.info("%s: finished already (%d epochs); nothing left to train", run_dir, epoch)
+    elif is_main:  # once the checkpoint is known to fit: a refused resume keeps the record
+        make_dir(run_dir)
+        save_run_config(config, run_dir)
+    while not is_finished():
         model.train()
         # Randomness is a function of (seed, epoch, rank), so resuming at an epoch boundary
         # needs no RNG state and ranks draw different augmentations.

@@ -378,7 +378,8 @@ def conform_to_mnist(images: ArrayLike) -> tuple[NDArray[np.uint8], int]:
     images = np.asarray(images)
     if images.dtype != np.uint8 or images.ndim != 3:  # rows (N, 784), floats: checked
         images = check_images(images)
-    # (uint8 faint to 0/1, a binarised file's rows, are redone to full ink like any others.)
+    # uint8 rows pass unchecked: a binarised file's 0/1 (its pixels at most 1) are made full
+    # ink by the predictor's binarised_to_ink, here only those out of MNIST's layout are.
     redo = np.flatnonzero(~in_mnist_format(images))
     if not len(redo):
         return images, 0

@@ -277,6 +277,13 @@ def _decode(tree: Any, arrays: dict[str, np.ndarray]) -> Any:
     return obj
 
 
+def fits_the_digits(pipeline: Any) -> bool:
+    """Whether ``pipeline`` is fitted on the digits 0-9, the probability columns Predictor
+    reads."""
+    classes = getattr(pipeline, "classes_", None) if isinstance(pipeline, Pipeline) else None
+    return classes is not None and list(classes) == list(range(10))
+
+
 def save_pipeline(run_dir: Path, pipeline: Pipeline, name: str, params: dict[str, Any]) -> None:
     """Write a fitted pipeline to ``run_dir``: model.json plus model.safetensors, or plus
     model.trusted.skops for a forest.
@@ -318,11 +325,10 @@ def load_pipeline(run_dir: Path) -> tuple[Pipeline, dict[str, Any]]:
             pipeline = _decode(
                 meta["pipeline"], read_safetensors(run_dir / WEIGHTS_FILE, load_file)
             )
-        # Predictor reads probability columns as the digits 0-9; one blank digit shows that the
-        # fitted arrays fit one another (an edited shape fails here, not amid a prediction).
-        classes = getattr(pipeline, "classes_", None) if isinstance(pipeline, Pipeline) else None
-        if classes is None or list(classes) != list(range(10)):
+        if not fits_the_digits(pipeline):
             raise ModelFileError(f"{run_dir / META_FILE}: not a fitted pipeline of the digits 0-9")
+        # One blank digit shows that the fitted arrays fit one another (an edited shape fails
+        # here, not amid a prediction).
         pipeline.predict_proba(np.zeros((1, 28, 28), np.uint8))
     except (
         KeyError,
