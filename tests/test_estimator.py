@@ -2,11 +2,13 @@ from dataclasses import asdict
 
 import numpy as np
 import pytest
+import torch
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from sklearn.pipeline import Pipeline
 
 from digit_recognizer.config import load_config
+from digit_recognizer.data.kaggle_csv import DigitSet
 from digit_recognizer.errors import ConfigError
 from digit_recognizer.estimator import (
     NetClassifier,
@@ -15,7 +17,8 @@ from digit_recognizer.estimator import (
     load_estimator,
     save_estimator,
 )
-from digit_recognizer.train import TrainConfig
+from digit_recognizer.models.storage import read_meta
+from digit_recognizer.train import TrainConfig, train
 
 from .conftest import TINY_RECIPE, accuracy
 
@@ -88,3 +91,18 @@ def test_a_digits_train_run_loads_with_its_recorded_recipe(tiny_run):
     loaded = load_estimator(tiny_run)
     assert loaded.config_ == asdict(recorded)
     assert clone(loaded).train_config().batch_size == recorded.batch_size
+
+
+def test_a_saved_estimator_names_the_net_it_trained(tmp_path, small_train):
+    """model.json must describe the weights: "auto" as the net it chose, a run's widths as
+    trained, so that what save_estimator writes loads again."""
+    subset = DigitSet(small_train.images[:256], small_train.labels[:256])
+    narrow = TrainConfig(**TINY_RECIPE | {"epochs": 1, "widths": (8, 16, 24)})
+    train(narrow, subset, None, tmp_path / "narrow")
+    auto = NetClassifier("auto", epochs=1, valid_size=0).fit(subset.images, subset.labels)
+    for name, estimator in (("narrow", load_estimator(tmp_path / "narrow")), ("auto", auto)):
+        save_estimator(estimator, tmp_path / f"{name}-again")
+        weights = load_estimator(tmp_path / f"{name}-again").module_.state_dict()
+        for key, value in estimator.module_.state_dict().items():
+            assert torch.equal(weights[key], value.cpu()), key
+    assert read_meta(tmp_path / "auto-again")["model"] == auto.config_["model"] != "auto"

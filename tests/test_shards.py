@@ -232,8 +232,13 @@ def test_expand_holds_out_images_that_validate_training_and_are_never_copied(
         with pytest.raises(DataError, match=f"validates on copies of training images; .*{remedy}"):
             split_rows()
     assert len(read_labelled(tmp_path / "e")) == 2 * 903 + 100  # compare --test: no split
-    train_set, valid_set = training_data(TrainConfig(valid_size=0), tmp_path / "all")
-    assert len(train_set) == 2 * 1003 and len(valid_set) == 0
+    # --valid-size 0: nothing validates, streamed or not, and every shard trains.
+    for directory, n_rows in (("all", 2 * 1003), ("e", 2 * 903 + 100)):
+        for max_memory_gb in (2.0, 1e-6):
+            config = TrainConfig(valid_size=0, max_memory_gb=max_memory_gb)
+            train_set, valid_set = training_data(config, tmp_path / directory)
+            n_train = train_set.n_rows if isinstance(train_set, shards.Manifest) else len(train_set)
+            assert (n_train, len(valid_set)) == (n_rows, 0), (directory, max_memory_gb)
 
 
 def test_commands_that_read_digits_take_a_shard_directory_as_they_take_its_csv(

@@ -202,6 +202,16 @@ def test_target_accuracy_stops_the_run_and_label_smoothing_reaches_the_loss(
     assert resumed.stopped_early and resumed.history == result.history
 
 
+@pytest.mark.parametrize(("capability", "expected"), [
+    ((7, 5), None),  # T4 (Kaggle's, Colab's): torch.cuda.is_bf16_supported() says yes, emulated
+    ((8, 0), torch.bfloat16),  # A100 and later
+])  # fmt: skip
+def test_gpus_autocast_to_bf16_only_where_it_is_native(monkeypatch, capability, expected):
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    assert autocast_dtype(torch.device("cuda"), enabled=True) is expected
+    assert autocast_dtype(torch.device("cuda"), enabled=False) is None
+
+
 @pytest.mark.parametrize(("native_bf16", "expected"), [(True, "cnn"), (False, "cnn-tiny")])
 def test_auto_model_follows_the_hardware(monkeypatch, native_bf16, expected):
     import digit_recognizer.train as train_module
@@ -359,6 +369,7 @@ def test_ema_run_stopped_and_resumed_matches_a_straight_run(
         ({"seed": 1}, subset, "seed"),
         ({"valid_size": 0.2}, subset, "valid_size"),
         ({"batch_size": 128}, subset, "batch_size"),  # its steps count batches of 64
+        ({"optimizer": "adam"}, subset, "optimizer"),  # SGD's momentum is no Adam state
         ({}, other_rows, "training rows"),
     ):
         with pytest.raises(ConfigError, match=f"resuming would change the run's {message}; "):
@@ -374,6 +385,42 @@ def test_ema_run_stopped_and_resumed_matches_a_straight_run(
     assert without_timing(again.history) == without_timing(straight.history)
     assert (tmp_path / "resumed" / "config.toml").read_text() == recorded
     assert "epochs 3 -> 2, augment 1.0 -> 0.5" in caplog.text
+
+
+def test_a_run_resumed_with_other_optimizer_settings_trains_with_them(
+    tmp_path, small_train, monkeypatch
+):
+    """config.toml records the resumed run's weight decay and momentum: they must be the ones
+    its steps take, not the checkpoint's (which load_state_dict brings back)."""
+    subset = DigitSet(small_train.images[:256], small_train.labels[:256])
+    config = TrainConfig(epochs=2, batch_size=64, valid_size=0)
+    with pytest.raises(StopError):
+        train(config, subset, None, tmp_path, on_epoch_end=stop_after(1))
+    used = set()
+    sgd_step = torch.optim.SGD.step
+
+    def recording_step(optimizer, *args, **kwargs):
+        used.update((group["weight_decay"], group["momentum"]) for group in optimizer.param_groups)
+        return sgd_step(optimizer, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.SGD, "step", recording_step)
+    train(replace(config, resume=True, weight_decay=0.05, momentum=0.5), subset, None, tmp_path)
+    assert used == {(0.05, 0.5), (0.0, 0.5)}  # batch-norm and bias parameters: no decay
+
+
+def test_a_run_cut_by_its_budget_and_resumed_with_more_time_anneals_to_the_end(
+    tmp_path, small_train
+):
+    """The budget ends epoch 1 part-way; resumed without one, the run trains the steps it lacks
+    (not just the epochs), so one-cycle ends at a learning rate of zero, as a straight run."""
+    subset = DigitSet(small_train.images[:640], small_train.labels[:640])
+    config = TrainConfig(epochs=2, batch_size=64, valid_size=0, time_budget_s=1e-3)
+    cut = train(config, subset, None, tmp_path)
+    assert cut.cut_by_budget and cut.history[-1]["step"] < 10
+    resumed = train(replace(config, resume=True, time_budget_s=0), subset, None, tmp_path)
+    straight = train(replace(config, time_budget_s=0), subset, None, tmp_path / "straight")
+    assert not resumed.cut_by_budget and resumed.history[-1]["step"] == 2 * 10
+    assert resumed.history[-1]["lr"] == straight.history[-1]["lr"] < 0.1 * config.lr
 
 
 def test_checkpoint_keeps_the_time_spent_for_a_budgeted_resume(tiny_run):

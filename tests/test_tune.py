@@ -90,7 +90,8 @@ def test_net_trials_below_the_median_are_pruned_and_share_the_timeout(tmp_path, 
         curve = next(curves)
         for epoch, accuracy in enumerate(curve, start=1):
             on_epoch_end({"epoch": epoch, "valid_accuracy": accuracy})
-        return SimpleNamespace(valid_accuracy=max(curve), epochs_run=len(curve))
+        cut = len(curve) < config.epochs
+        return SimpleNamespace(valid_accuracy=max(curve), epochs_run=len(curve), cut_by_budget=cut)
 
     monkeypatch.setattr(tune_module, "train", fake_train)
     config = TuneConfig(model="cnn", trials=4, epochs=2, timeout_s=600)

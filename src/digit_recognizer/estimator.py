@@ -29,7 +29,7 @@ from digit_recognizer.models.classical import fits_the_digits, load_pipeline, sa
 from digit_recognizer.models.registry import build, get_spec
 from digit_recognizer.models.storage import load_net, read_meta, save_net
 from digit_recognizer.predict import PredictConfig, Predictor
-from digit_recognizer.train import CONFIG_FILE, TrainConfig, check_out_dir, train
+from digit_recognizer.train import CONFIG_FILE, TrainConfig, check_out_dir, model_args, train
 
 # NetClassifier parameters that are TrainConfig keys; None means TrainConfig's default.
 TRAIN_KEYS = (
@@ -166,7 +166,9 @@ def save_estimator(
         check_is_fitted(estimator)
         extra = {"estimator_params": estimator.get_params(), "train_config": estimator.config_}
         extra["estimator_params"]["run_dir"] = None
-        save_net(run_dir, estimator.module_, estimator.model, {}, extra)
+        # The net as trained ("auto" resolved, its widths), which the parameters may not say.
+        save_net(run_dir, estimator.module_, estimator.config_["model"],
+                 model_args(estimator.config_), extra)  # fmt: skip
         return
     if name is None:
         raise ValueError("save_estimator needs the registry name of a classical pipeline")
@@ -190,7 +192,8 @@ def load_estimator(run_dir: str | Path) -> NetClassifier | Pipeline:
     recorded = meta.get("train_config")
     if recorded is None and (run_dir / CONFIG_FILE).is_file():
         recorded = asdict(load_config(TrainConfig, run_dir / CONFIG_FILE))
-    recorded = recorded or {}
+    # What model.json says of the net, which weights that saving this again needs.
+    recorded = {"model": meta["model"], **meta.get("params", {}), **(recorded or {})}
     params = meta.get("estimator_params") or {
         key: recorded[key] for key in TRAIN_KEYS if recorded.get(key) is not None
     }

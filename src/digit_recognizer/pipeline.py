@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from rich.console import Console
 from rich.logging import RichHandler
@@ -217,7 +218,8 @@ def training_data(config: TrainConfig, source: Path) -> tuple[DigitSet | Manifes
 
     Streamed shards cannot be split by rows cheaply, so the last shard is the validation set;
     so it is, in memory too, for ``digits data expand``'s output, whose last shard holds the
-    images it left out of its copies.
+    images it left out of its copies. With ``valid_size`` 0 nothing validates: every shard
+    trains, and the validation set is empty.
     """
     manifest = resolve_data_source(source)
     require_labels(manifest.has_labels, source)
@@ -230,7 +232,9 @@ def training_data(config: TrainConfig, source: Path) -> tuple[DigitSet | Manifes
         refuse_split(manifest, source, "train on it with --valid-size 0, or expand again with "
                      "--valid-size above 0 for a held-out shard to validate on")  # fmt: skip
     in_memory = choose_loading(manifest, int(config.max_memory_gb * 1e9)) == "memory"
-    if in_memory and not held_out:
+    if not config.valid_size and not in_memory:
+        return manifest, DigitSet(np.zeros((0, 28, 28), np.uint8), np.zeros(0, np.int64))
+    if in_memory and not (held_out and config.valid_size):
         return split_for_training(read_shards(manifest), config.valid_size, config.seed)
     if len(manifest.shards) < 2:
         raise DataError(f"{source}: streaming needs 2 or more shards (the last one validates); "

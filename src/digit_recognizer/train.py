@@ -194,8 +194,7 @@ class TrainConfig:
 
     def model_args(self) -> dict[str, Any]:
         """The builder's keyword arguments this config sets (model.json records them)."""
-        args = {"widths": self.widths, "dropout": self.dropout}
-        return {key: value for key, value in args.items() if value is not None}
+        return model_args(asdict(self))
 
 
 @dataclass
@@ -207,7 +206,13 @@ class TrainResult:
     train_seconds: float
     epochs_run: float  # epochs of data trained: a time budget can end one part-way (7.2)
     stopped_early: bool = False
+    cut_by_budget: bool = False  # the time budget ended it before its epochs' last step
     config: dict[str, Any] = field(default_factory=dict)
+
+
+def model_args(config: dict[str, Any]) -> dict[str, Any]:
+    """The net builder's keyword arguments a config (as a dict: a recorded one) sets."""
+    return {key: config[key] for key in ("widths", "dropout") if config.get(key) is not None}
 
 
 def get_lr(config: TrainConfig, progress: float, epoch: float, lr_scale: float) -> float:
@@ -308,7 +313,13 @@ def restore_checkpoint(
     if they do not fit."""
     try:
         model.load_state_dict(checkpoint["model"])
+        # load_state_dict brings back the hyperparameters the run started with too; from here on
+        # the config's apply, as config.toml will record (the lr is set every step anyway).
+        settings = [{key: value for key, value in group.items() if key != "params"}
+                    for group in optimizer.param_groups]  # fmt: skip
         optimizer.load_state_dict(checkpoint["optimizer"])
+        for group, setting in zip(optimizer.param_groups, settings, strict=True):
+            group.update(setting)
         if (ema is None) != (checkpoint.get("ema") is None):
             # Dropping or inventing the average would silently change which weights are kept.
             raise ValueError("ema_decay: the run kept an average of its weights and this "
@@ -387,13 +398,14 @@ def rows_fingerprint(train_set: DigitSet | Manifest) -> str:
 def check_resume_matches(
     run_dir: Path, checkpoint: dict[str, Any], config: TrainConfig, rows: str
 ) -> None:
-    """Refuse to resume on other training rows, augmentation draws or batch size than the
-    run's own: the checkpoint counts steps in its own batches, and the schedule and the epochs
-    trained are read from that count."""
+    """Refuse to resume on other training rows, augmentation draws, batch size or optimizer
+    than the run's own: the checkpoint counts steps in its own batches, the schedule and the
+    epochs trained are read from that count, and one optimizer's state means nothing to another."""
     recorded = checkpoint["config"]
     changed = [
-        key for key in ("seed", "valid_size", "batch_size") if recorded[key] != getattr(config, key)
-    ]
+        key for key in ("seed", "valid_size", "batch_size", "optimizer")
+        if recorded[key] != getattr(config, key)
+    ]  # fmt: skip
     if checkpoint["rows"] != rows:
         changed.append("training rows")
     if changed:
@@ -563,7 +575,9 @@ def train(
         return seconds
 
     def is_finished() -> bool:
-        return stopped_early or epoch >= config.epochs or run_progress() >= 1
+        # By steps, not epochs: a time budget can end an epoch part-way, and a run resumed with
+        # more time trains the steps it lacks, so that the schedule still anneals.
+        return stopped_early or run_progress() >= 1
 
     if is_finished():
         # A finished run resumed: nothing trains, and its record stays the settings it ran with.
@@ -702,7 +716,8 @@ def train(
 
     # A time budget can end one part-way (7.2), or within a tenth of the first (0.02, not 0).
     epochs_trained = round(step / steps_per_epoch, 1) or round(step / steps_per_epoch, 3)
-    if config.time_budget_s and step < total_steps and not stopped_early:
+    cut_by_budget = bool(config.time_budget_s) and step < total_steps and not stopped_early
+    if cut_by_budget:
         log.info(
             "time budget of %.0f s reached after %g of %d epochs (%.0f images/s on this "
             "hardware): the schedule annealed to the budget",
@@ -727,6 +742,7 @@ def train(
         train_seconds=elapsed_s,
         epochs_run=epochs_trained,
         stopped_early=stopped_early,
+        cut_by_budget=cut_by_budget,
         config=asdict(config),
     )
 

@@ -220,8 +220,8 @@ def _net_objective(
 
     with tempfile.TemporaryDirectory(prefix=f"trial{trial.number}-") as run_dir:
         result = train(train_config, train_set, valid_set, Path(run_dir), on_epoch_end=report)
-    if result.epochs_run < config.epochs:
-        raise optuna.TrialPruned(f"cut by --timeout after {result.epochs_run:.1f} of "
+    if result.cut_by_budget:  # epochs_run is rounded: 2.97 epochs read as 3.0
+        raise optuna.TrialPruned(f"cut by --timeout after {result.epochs_run:g} of "
                                  f"{config.epochs} epochs")  # fmt: skip
     return float(result.valid_accuracy)
 

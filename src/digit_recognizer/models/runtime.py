@@ -44,7 +44,9 @@ def autocast_dtype(device: torch.device, enabled: bool = True) -> torch.dtype | 
     """
     if not enabled:
         return None
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+    # Compute capability 8 (Ampere) on: is_bf16_supported() is also true where bf16 is only
+    # emulated (T4, V100, P100: Kaggle's and Colab's GPUs), slower than fp32 there.
+    if device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8:
         return torch.bfloat16
     mkldnn = torch.backends.mkldnn.is_available()
     if device.type == "cpu" and mkldnn and torch.ops.mkldnn._is_mkldnn_bf16_supported():
