@@ -234,7 +234,7 @@ def test_expand_holds_out_images_that_validate_training_and_are_never_copied(
     assert len(read_labelled(tmp_path / "e")) == 2 * 903 + 100  # compare --test: no split
     # --valid-size 0: nothing validates, streamed or not, and every shard trains.
     for directory, n_rows in (("all", 2 * 1003), ("e", 2 * 903 + 100)):
-        for max_memory_gb in (2.0, 1e-6):
+        for max_memory_gb in (2.0, 0):  # 0: always streamed
             config = TrainConfig(valid_size=0, max_memory_gb=max_memory_gb)
             train_set, valid_set = training_data(config, tmp_path / directory)
             n_train = train_set.n_rows if isinstance(train_set, shards.Manifest) else len(train_set)

@@ -63,7 +63,7 @@ def test_ctrl_c_ends_the_study_with_the_trial_recorded_as_pruned(tmp_path, small
 def test_a_zero_timeout_is_none_and_a_negative_one_is_refused(tmp_path, small_csvs):
     result = tune(TuneConfig(model="knn", trials=1, timeout_s=0), small_csvs["train"], tmp_path)
     assert result.n_trials == 1
-    with pytest.raises(ConfigError, match="timeout must be >= 0"):
+    with pytest.raises(ConfigError, match="timeout_s must be >= 0"):
         TuneConfig(model="knn", timeout_s=-1)
 
 

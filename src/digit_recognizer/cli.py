@@ -1,5 +1,6 @@
 """The `digits` command line: typer commands that parse flags, call one library function each,
-and render the result with rich. Errors a user can fix (DigitsError) print one line, exit 1."""
+and render the result with rich. Errors a user can fix (DigitsError) print one line, exit 1;
+a malformed command line gets typer's usage message, exit 2."""
 
 from __future__ import annotations
 
@@ -99,16 +100,24 @@ TimeBudget = Annotated[
     float | None,
     typer.Option(
         "--time-budget",
+        min=0,
         help="Stop after this many training seconds; 0 = none (repeatable bit for bit on CPU). "
         "\\[default: the preset's: 60 fast, 300 default, none best and seed]",
     ),
 ]
 BatchSize = Annotated[int | None, typer.Option(help="Batch size. \\[default: 64; seed: 32]")]
-Optimizer = Annotated[str | None, typer.Option(help="sgd | adam | adamw. \\[default: sgd]")]
-LR = Annotated[float | None, typer.Option("--lr", help="Peak learning rate.")]
+Optimizer = Annotated[
+    str | None, typer.Option(help="sgd | adam | adamw. \\[default: sgd; seed: adam]")
+]
+LR = Annotated[
+    float | None,
+    typer.Option("--lr", help="Peak learning rate. \\[default: 0.05 for sgd, 1e-3 for adam(w)]"),
+]
 Schedule = Annotated[
     str | None,
-    typer.Option(help="onecycle | plateau | exponential | constant. \\[default: onecycle]"),
+    typer.Option(
+        help="onecycle | plateau | exponential | constant. \\[default: onecycle; seed: plateau]"
+    ),
 ]
 Augment = Annotated[
     float | None, typer.Option(help="Augmentation strength, 0 = off. \\[default: 1]")
@@ -123,27 +132,31 @@ Stroke = Annotated[
     float | None,
     typer.Option(
         help="Stroke-width change: up to this fraction of a 3x3 dilation (thicker) or erosion "
-        "(thinner), 0 = off. \\[default: the preset's: 0.5 (default), 1 (fast)]"
+        "(thinner), 0 = off. \\[default: the preset's: 0.5 default, 1 fast, 0 seed; best: 0 "
+        "in members 1-2, 1 in 3-5]"
     ),
 ]
 Styles = Annotated[
     float | None,
     typer.Option(
         help="Share of the 1s given a foot (half of them a long flag too) and of the 7s a bar "
-        "across the stem, as much of Europe writes them; 0 = off. \\[default: 0.3]"
+        "across the stem, as much of Europe writes them; 0 = off. \\[default: 0.3; seed: 0]"
     ),
 ]
 ValidSize = Annotated[float | None, typer.Option(help="Validation fraction. \\[default: 0.05]")]
-Patience = Annotated[int | None, typer.Option(help="Early-stopping patience in epochs.")]
+Patience = Annotated[
+    int | None,
+    typer.Option(help="Early-stopping patience in epochs. \\[default: none; seed: 5]"),
+]
 Seed = Annotated[int | None, typer.Option(min=0, help="Random seed. \\[default: 0]")]
 Device = Annotated[str | None, typer.Option(help="auto | cpu | cuda | mps. \\[default: auto]")]
 RunDir = Annotated[Path | None, typer.Option(help="Run directory \\[default: runs/<time>-<model>]")]
 Preset = Annotated[
     str,
     typer.Option(
-        help="fast | default (both with TTA) | best (an ensemble of 5; member n trains with "
-        "--seed + n) | seed (the seed notebook's recipe). Flags and --config override the "
-        "preset, in every member."
+        help="fast | default | best (an ensemble of 5; member n trains with --seed + n) | "
+        "seed (the seed notebook's recipe; `digits run` predicts with TTA but for seed). Flags "
+        "and --config override the preset, in every member."
     ),
 ]
 Jobs = Annotated[
@@ -270,8 +283,9 @@ def train_command(
     stroke: Stroke = None, styles: Styles = None, valid_size: ValidSize = None,
     patience: Patience = None,
     seed: Seed = None, device: Device = None, compile_model: Compile = None,
-    max_memory: Annotated[float | None, typer.Option(
-        help="GB of data to hold in memory; more streams from the shards. \\[default: 2]")] = None,
+    max_memory: Annotated[float | None, typer.Option(min=0,
+        help="GB of data to hold in memory; more streams from the shards (0: always). "
+        "\\[default: 2]")] = None,
 ) -> None:  # fmt: skip
     """Train a net on a labelled CSV and write a run directory."""
     from digit_recognizer.distributed import Distributed
@@ -581,7 +595,7 @@ def tune(
     model: Annotated[str | None, typer.Option(help="Model to tune. \\[default: cnn]")] = None,
     trials: Annotated[int | None, typer.Option(help="Trials to add. \\[default: 20]")] = None,
     timeout: Annotated[
-        float | None, typer.Option(help="Seconds; trials share them (0 = none).")] = None,
+        float | None, typer.Option(min=0, help="Seconds; trials share them (0 = none).")] = None,
     storage: Annotated[
         str | None, typer.Option(help="Optuna URL \\[default: OUT/study.db]")] = None,
     study_name: Annotated[str | None, typer.Option(help="\\[default: tune-MODEL]")] = None,

@@ -133,7 +133,7 @@ class TrainConfig:
     compile: bool = False  # torch.compile the training model: for GPUs; minutes to compile on CPU
     resume: bool = False  # continue from the run directory's last checkpoint
     ddp_timeout_s: float = 300  # torchrun jobs: a collective waiting longer than this fails
-    max_memory_gb: float = 2.0  # data needing more than this streams from its files (shards)
+    max_memory_gb: float = 2.0  # data needing more than this streams from its files; 0: all
 
     def __post_init__(self) -> None:
         if self.model == "auto":  # resolved here, so config.toml records the net trained
@@ -171,7 +171,7 @@ class TrainConfig:
                 "widths must be >= 1",
             ),
             (self.ddp_timeout_s > 0, "ddp_timeout_s must be > 0"),
-            (self.max_memory_gb > 0, "max_memory_gb must be > 0"),
+            (self.max_memory_gb >= 0, "max_memory_gb must be >= 0 (0: always stream)"),
         ]
         for ok, message in checks:
             if not ok:

@@ -1,9 +1,9 @@
 """Hyperparameter search with Optuna (TPE): one search space per model, scored by accuracy on a
 stratified validation split, in a study stored in SQLite so that a later call resumes it.
 
-    digits tune --model cnn --trials 3 --timeout 300 --out runs/tune-cnn
-    digits tune --model cnn --trials 10 --out runs/tune-cnn      # resumes: 13 trials in all
-    digits tune --model svm --trials 20 --storage postgresql://user@host/db   # shared study
+    digits tune --train train.csv --model cnn --trials 3 --timeout 300 --out runs/tune-cnn
+    digits tune --train train.csv --model cnn --trials 10 --out runs/tune-cnn  # 13 trials in all
+    digits tune --train train.csv --model svm --trials 20 --storage postgresql://user@host/db
 
 Writes ``best_params.json``, for nets ``best_config.toml`` (``digits train --config`` reads it)
 and the Optuna plots. Net trials are short runs (``epochs``, default 3) that report each epoch's
@@ -67,7 +67,7 @@ class TuneConfig:
         if self.trials < 1 or self.epochs < 1:
             raise ConfigError("trials and epochs must be >= 1")
         if self.timeout_s is not None and self.timeout_s < 0:
-            raise ConfigError(f"timeout must be >= 0 (0 = none), got {self.timeout_s}")
+            raise ConfigError(f"timeout_s must be >= 0 (0 = none), got {self.timeout_s}")
         if not 0 < self.valid_size < 1:
             raise ConfigError(f"valid_size must be in (0, 1), got {self.valid_size}")
 

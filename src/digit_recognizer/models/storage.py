@@ -123,7 +123,8 @@ def refuse_ensemble(run_dir: Path) -> None:
     if (run_dir / ENSEMBLE_FILE).exists() and not (run_dir / META_FILE).exists():
         raise ModelFileError(
             f"{run_dir} is an ensemble ({ENSEMBLE_FILE}); this takes one model: give one of its "
-            f"members, such as {run_dir / 'member-1'} (predict and evaluate take the ensemble)"
+            f"members, such as {run_dir / 'member-1'} (predict, evaluate and predict-image take "
+            "the ensemble)"
         )
 
 
