@@ -192,6 +192,11 @@ def test_shards_beyond_the_memory_budget_are_streamed(tmp_path, small_csvs, capl
     assert job.valid_metrics.accuracy > 0.8
     steps = job.train.history[-1]["step"]
     assert steps == 2 * 32  # 2,000 streamed rows in batches of 64, every row once per epoch
+    # Resumed with room for the shards in memory, it would train on other batches: refused,
+    # and the message names the setting, not only "training rows".
+    more_memory = replace(config, resume=True, epochs=3, max_memory_gb=2.0)
+    with pytest.raises(ConfigError, match=r"training rows \(or whether they stream: max_memory_gb"):
+        train_job(more_memory, tmp_path / "shards", tmp_path / "run")
 
 
 def test_members_trained_side_by_side_are_the_members_trained_in_turn(tmp_path, small_csvs):

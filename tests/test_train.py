@@ -387,8 +387,8 @@ def test_ema_run_stopped_and_resumed_matches_a_straight_run(
     assert "epochs 3 -> 2, augment 1.0 -> 0.5" in caplog.text
 
 
-def test_a_run_resumed_with_other_optimizer_settings_trains_with_them(
-    tmp_path, small_train, monkeypatch
+def test_a_resumed_run_takes_new_optimizer_settings_and_names_a_new_process_count(
+    tmp_path, small_train, monkeypatch, caplog
 ):
     """config.toml records the resumed run's weight decay and momentum: they must be the ones
     its steps take, not the checkpoint's (which load_state_dict brings back)."""
@@ -404,8 +404,14 @@ def test_a_run_resumed_with_other_optimizer_settings_trains_with_them(
         return sgd_step(optimizer, *args, **kwargs)
 
     monkeypatch.setattr(torch.optim.SGD, "step", recording_step)
-    train(replace(config, resume=True, weight_decay=0.05, momentum=0.5), subset, None, tmp_path)
+    # As if the epoch so far had run in 2 processes (torchrun): resuming in 1 is allowed, said.
+    checkpoint = load_checkpoint(tmp_path, torch.device("cpu"))
+    assert checkpoint["world_size"] == 1
+    torch.save(checkpoint | {"world_size": 2}, tmp_path / "checkpoint.pt")
+    with caplog.at_level(logging.WARNING, logger="digit_recognizer.train"):
+        train(replace(config, resume=True, weight_decay=0.05, momentum=0.5), subset, None, tmp_path)
     assert used == {(0.05, 0.5), (0.0, 0.5)}  # batch-norm and bias parameters: no decay
+    assert "trained in 2 processes so far, resumed in 1" in caplog.text
 
 
 def test_a_run_cut_by_its_budget_and_resumed_with_more_time_anneals_to_the_end(

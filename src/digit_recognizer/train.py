@@ -407,7 +407,10 @@ def check_resume_matches(
         if recorded[key] != getattr(config, key)
     ]  # fmt: skip
     if checkpoint["rows"] != rows:
-        changed.append("training rows")
+        # Streamed shards are fingerprinted by their hashes, rows in memory by their bytes:
+        # another max_memory_gb can turn one into the other, and a stream's batches are others.
+        hint = " (or whether they stream: max_memory_gb)"
+        changed.append("training rows" + hint * (recorded["max_memory_gb"] != config.max_memory_gb))
     if changed:
         raise ConfigError(
             f"{run_dir / CHECKPOINT_FILE}: resuming would change the run's "
@@ -549,6 +552,12 @@ def train(
         best_state, epochs_since_best = checkpoint["best_state"], checkpoint["epochs_since_best"]
         stopped_early = checkpoint["stopped_early"]
         log.info("resumed from %s at epoch %d (step %d)", run_dir / CHECKPOINT_FILE, epoch, step)
+        # (Checkpoints written before it was recorded do not say; most runs are one process.)
+        if (trained_in := checkpoint.get("world_size", 1)) != dist_env.world_size:
+            log.warning("%s: trained in %d processes so far, resumed in %d: the epochs from here "
+                        "share out the rows and draw augmentations otherwise than an "
+                        "uninterrupted run would", run_dir, trained_in,
+                        dist_env.world_size)  # fmt: skip
         if changed := changed_settings(checkpoint["config"], config):
             log.warning("%s: resumed with other settings than its %s epochs so far trained with: "
                         "%s", run_dir, f"{epoch:g}", ", ".join(changed))  # fmt: skip
@@ -706,6 +715,7 @@ def train(
                     "stopped_early": stopped_early,
                     "config": asdict(config),
                     "rows": rows,
+                    "world_size": dist_env.world_size,
                 },
             )
             write_history(run_dir, history)
