@@ -120,16 +120,22 @@ def test_transparent_canvas_and_grey_photo() -> None:
 
 
 @pytest.mark.parametrize(
-    ("scale", "dtype", "image_format"),
-    [(257, np.uint16, "PNG"), (257, np.uint16, "TIFF"), (1 / 255, np.float32, "TIFF"),
-     (4095 / 255, np.uint16, "PNG")],
-    ids=["16-bit PNG", "16-bit TIFF", "float TIFF", "12 bits in a 16-bit PNG"],
+    ("scale", "offset", "dtype", "image_format"),
+    [(257, 0, np.uint16, "PNG"), (257, 0, np.uint16, "TIFF"), (1 / 255, 0, np.float32, "TIFF"),
+     (2 / 255, -1, np.float32, "TIFF"), (2 / 255, 0, np.float32, "TIFF"),
+     (4095 / 255, 0, np.uint16, "PNG")],
+    ids=["16-bit PNG", "16-bit TIFF", "float TIFF", "float TIFF -1..1 (USPS)", "float TIFF 0..2",
+         "12 bits in a 16-bit PNG"],
 )  # fmt: skip
-def test_scans_deeper_than_8_bits(scale: float, dtype: type, image_format: str) -> None:
+def test_scans_deeper_than_8_bits(
+    scale: float, offset: float, dtype: type, image_format: str
+) -> None:
     # Scanners write 16-bit greyscale; Pillow's own conversion to 8 bits clips grey ink to white.
-    # A camera's 12 bits in a 16-bit file are scaled by their own range, not 65,535's.
+    # A camera's 12 bits in a 16-bit file are scaled by their own range, not 65,535's; floats,
+    # which have no full scale, by theirs unless they lie in 0-1.
     scan = drawing(ink=(60, 60, 60), paper=(230, 230, 230)).convert("L")
-    deep = Image.fromarray((np.asarray(scan, dtype=np.float64) * scale).astype(dtype))
+    values = np.asarray(scan, dtype=np.float64) * scale + offset
+    deep = Image.fromarray(values.astype(dtype))
     assert deep.mode in ("I;16", "F")
     reference = load_image(encode(scan))
     np.testing.assert_allclose(load_image(encode(deep, image_format)), reference, atol=1)
@@ -443,6 +449,18 @@ def test_specks_in_a_csv_row_are_dropped_when_it_is_conformed(small_test: DigitS
     pairs = zip(conformed, originals, strict=True)
     correlations = [correlation(a, b) for a, b in pairs]
     assert min(correlations) > 0.9
+
+
+def test_a_fine_pens_stroke_broken_into_dashes_is_kept_whole_when_conformed() -> None:
+    """A 1-pixel stroke in a 28 x 28 row falls apart at the ink threshold, its dashes joined by
+    faint ink: they are the digit, not specks, or the 7 would be its bar blown up to 20 px."""
+    seven = np.zeros((28, 28), np.uint8)
+    seven[3:6, 4:24] = 255
+    for step, row in enumerate(range(6, 26)):  # the stem, down to the left
+        seven[row, 22 - row * 2 // 3] = 255 if step % 4 < 2 else 60
+    conformed, n_redone = conform_to_mnist(seven[None])
+    inked_rows = np.flatnonzero(conformed[0].max(axis=1) > 64)
+    assert n_redone == 1 and inked_rows.max() - inked_rows.min() + 1 == 20  # the bar alone: 5
 
 
 def test_mnist_digits_survive_the_round_trip(small_test: DigitSet) -> None:

@@ -32,6 +32,8 @@ def test_predictor_takes_rows_and_refuses_digits_scaled_to_0_1(tiny_run, small_t
     for scaled in (images / 255, binarised.astype(np.int64), binarised.astype(np.uint8), binarised):
         with pytest.raises(ValueError, match=r"look scaled: pass \(X \* 255\)"):
             predictor.predict(scaled)
+    with pytest.raises(ValueError, match=r"at most 16, .* pass \(X \* 255 / 16\)"):
+        predictor.predict(images.astype(np.int64) * 17 // 256)  # UCI's 0-16 scale
     # One run may be given alone; none at all is no ensemble (the mean of no model is NaN).
     np.testing.assert_array_equal(Predictor.load(tiny_run).predict(images), labels)
     with pytest.raises(ModelFileError, match="no run directory given"):
@@ -124,17 +126,23 @@ def test_digits_stored_transposed_are_read_transposed(tmp_path, tiny_run, small_
     assert accuracy(as_is, small_test.labels[:300]) < 0.5
 
 
-def test_a_binarised_file_is_read_with_full_ink(tmp_path, tiny_run, small_test, caplog):
-    """A CSV of 0/1 pixels (binarised digits, as Semeion's) would be near-black digits read as
-    one class; its ink is made 255, whole or streamed, and the log says so."""
-    images = small_test.images[:300]
-    binarised = tmp_path / "binarised.csv"
-    write_kaggle_csv(binarised, (images > 128).astype(np.uint8))
+@pytest.mark.parametrize(("brightest", "said"), [
+    (1, "at most 1, so they are read as binarised digits"),  # 0/1, as Semeion's
+    (16, "at most 16, so they are read as ink on a 0-16 scale"),  # UCI's optical digits
+])  # fmt: skip
+def test_a_file_of_faint_pixels_is_read_with_full_ink(
+    tmp_path, tiny_run, small_test, caplog, brightest, said
+):
+    """A CSV whose pixels stay under 32 (0/1, 0-16) would be near-black digits read as one
+    class; its ink is scaled to 255, whole or streamed, and the log says so."""
+    images, labels = small_test.images[:300], small_test.labels[:300]
+    faint = tmp_path / "faint.csv"
+    write_kaggle_csv(faint, (images.astype(np.int64) * (brightest + 1) // 256).astype(np.uint8))
     with caplog.at_level("WARNING"):
-        read = predict_csv([tiny_run], binarised, tmp_path / "a.csv")
-    assert "read as binarised digits" in caplog.text
-    assert accuracy(read, small_test.labels[:300]) > 0.85
-    predict_stream([tiny_run], binarised, tmp_path / "b.csv")
+        read = predict_csv([tiny_run], faint, tmp_path / "a.csv")
+    assert said in caplog.text
+    assert accuracy(read, labels) > 0.85
+    predict_stream([tiny_run], faint, tmp_path / "b.csv")
     np.testing.assert_array_equal(read_submission(tmp_path / "b.csv"), read)
 
 

@@ -22,6 +22,7 @@ from torch import nn
 
 from digit_recognizer.data.images import check_images, conform_to_mnist, load_image
 from digit_recognizer.data.kaggle_csv import DigitSet, is_submission, write_submission
+from digit_recognizer.data.lighting import MIN_CONTRAST
 from digit_recognizer.data.shards import read_data_source, resolve_data_source
 from digit_recognizer.data.stream import ShardStream, batches_per_rank
 from digit_recognizer.distributed import (
@@ -209,7 +210,7 @@ def conform_rows(
     """``images`` conformed to MNIST's layout if ``config.conform``, and transposed where the
     model (``predict_proba``, for a file's rows: it costs two passes over up to
     ORIENTATION_SAMPLE of them) reads them as digits only so; says what changed."""
-    images = binarised_to_ink(images, source)
+    images = faint_to_full_ink(images, source)
     if not config.conform:
         return images
     images, n_redone = conform_to_mnist(images)
@@ -220,17 +221,21 @@ def conform_rows(
     return images
 
 
-def binarised_to_ink(
+def faint_to_full_ink(
     images: NDArray[np.uint8], source: str | Path, warn: bool = True
 ) -> NDArray[np.uint8]:
-    """A file's rows whose pixels reach at most 1 are binarised digits (0/1, as Semeion's are):
-    their ink made 255, as MNIST's is, rather than read as near-black digits."""
-    if images.max(initial=0) != 1:
+    """A file's rows whose pixels all stay under MIN_CONTRAST hold ink on a scale of their own:
+    0/1 (binarised, as Semeion's), 0-16 (UCI's optical digits), 0-2. Scaled so that their
+    brightest reaches 255, as MNIST's ink does, rather than read as near-black digits."""
+    brightest = int(images.max(initial=0))
+    if not 0 < brightest < MIN_CONTRAST:
         return images
     if warn:
-        log.warning("%s: its pixels reach at most 1, so they are read as binarised digits "
-                    "(1 = ink, 255)", source)  # fmt: skip
-    return images * np.uint8(255)
+        kind = "binarised digits (1 = ink)" if brightest == 1 else f"ink on a 0-{brightest} scale"
+        log.warning("%s: its pixels reach at most %d, so they are read as %s, scaled to "
+                    "MNIST's 0-255", source, brightest, kind)  # fmt: skip
+    scaled = (images.astype(np.uint16) * 255 + brightest // 2) // brightest
+    return scaled.astype(np.uint8)
 
 
 def orientation_evidence(
@@ -318,7 +323,7 @@ def predict_stream(
     chunks, n_redone, is_transposed, has_warned = [], 0, None, False
     for piece, _ in stream:
         pixels = piece.numpy()
-        images = binarised_to_ink(pixels, source, warn=not has_warned)
+        images = faint_to_full_ink(pixels, source, warn=not has_warned)
         has_warned |= images is not pixels  # once per file, not per piece
         if config.conform:
             images, redone = conform_to_mnist(images)
