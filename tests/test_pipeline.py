@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 
 from digit_recognizer import pipeline
 from digit_recognizer.config import save_config
+from digit_recognizer.data.kaggle_csv import write_kaggle_csv
 from digit_recognizer.errors import ConfigError, DataError, DigitsError, ModelFileError
 from digit_recognizer.evaluate import score_submission
 from digit_recognizer.fileio import sha256_file
@@ -277,3 +278,34 @@ def test_a_killed_member_is_named_with_the_way_to_finish(tmp_path, small_csvs, m
     configs = [TrainConfig(**TINY_RECIPE | {"seed": seed}) for seed in (1, 2)]
     with pytest.raises(DigitsError, match=r"member \d's process ended without finishing; the same"):
         train_jobs(configs, small_csvs["train"], tmp_path, parallel=2)
+
+
+def test_training_reads_a_faint_file_as_predict_does_and_warns_of_rows_predict_would_redo(
+    tmp_path, small_train, caplog
+):
+    """0/1 pixels train as full ink (as near-black digits the run had learned nothing, and its
+    report crashed); a net trained on dark-on-light rows is told that predict would conform
+    its test rows, which it never learned to read so. Streamed, a faint file is refused."""
+    from digit_recognizer.data.shards import shard_csv
+    from digit_recognizer.pipeline import train_job, training_data
+
+    images, labels = small_train.images, small_train.labels
+    binarised, inverted = tmp_path / "binarised.csv", tmp_path / "inverted.csv"
+    write_kaggle_csv(binarised, (images > 128).astype(np.uint8), labels)
+    write_kaggle_csv(inverted, 255 - images, labels)
+    config = TrainConfig(**TINY_RECIPE | {"model": "mlp", "valid_size": 0.1})
+    with caplog.at_level(logging.WARNING):
+        job = train_job(config, binarised, tmp_path / "run")
+    assert "read as binarised digits" in caplog.text and "not laid out" not in caplog.text
+    assert job.valid_metrics.accuracy > 0.8  # as near-black digits: 0.17
+    (tmp_path / "run" / "report.html").unlink()
+    write_run_report(tmp_path / "run")  # its validation split rebuilt from the file, as trained
+    assert (tmp_path / "run" / "report.html").is_file()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        training_data(config, inverted)
+    assert "100 % of its digits are not laid out as MNIST's" in caplog.text
+    assert "--as-is" in caplog.text
+    shard_csv(binarised, tmp_path / "shards", parts=2)
+    with pytest.raises(DataError, match="pixels stay under 32, which streamed training"):
+        training_data(replace(config, max_memory_gb=0), tmp_path / "shards")

@@ -28,7 +28,9 @@ from rich.logging import RichHandler
 from rich.progress import Progress
 
 from digit_recognizer.config import load_config, save_config
+from digit_recognizer.data.images import in_mnist_format
 from digit_recognizer.data.kaggle_csv import DigitSet, read_kaggle_csv
+from digit_recognizer.data.lighting import MIN_CONTRAST
 from digit_recognizer.data.replica import ReplicaFiles, ready_replica
 from digit_recognizer.data.shards import (
     Manifest,
@@ -55,7 +57,7 @@ from digit_recognizer.fileio import locked_dir, sha256_file, write_text
 from digit_recognizer.interrupts import Terminated, sigterm_interrupts
 from digit_recognizer.models.runtime import resolve_device
 from digit_recognizer.models.storage import load_net, write_ensemble
-from digit_recognizer.predict import PredictConfig, Predictor, predict_csv
+from digit_recognizer.predict import PredictConfig, Predictor, faint_to_full_ink, predict_csv
 from digit_recognizer.report import write_run_report
 from digit_recognizer.train import (
     CHECKPOINT_FILE,
@@ -232,17 +234,50 @@ def training_data(config: TrainConfig, source: Path) -> tuple[DigitSet | Manifes
         refuse_split(manifest, source, "train on it with --valid-size 0, or expand again with "
                      "--valid-size above 0 for a held-out shard to validate on")  # fmt: skip
     in_memory = choose_loading(manifest, int(config.max_memory_gb * 1e9)) == "memory"
+    is_expansion = manifest.origin.get("command") == "expand"  # augmented: off MNIST's layout
     if not config.valid_size and not in_memory:
+        check_streamed_ink(read_kaggle_csv(manifest.shards[0].path), source)
         return manifest, DigitSet(np.zeros((0, 28, 28), np.uint8), np.zeros(0, np.int64))
     if in_memory and not (held_out and config.valid_size):
-        return split_for_training(read_shards(manifest), config.valid_size, config.seed)
+        data = read_as_predicted(read_shards(manifest), source, is_expansion)
+        return split_for_training(data, config.valid_size, config.seed)
     if len(manifest.shards) < 2:
         raise DataError(f"{source}: streaming needs 2 or more shards (the last one validates); "
                         "split it with `digits data shard`")  # fmt: skip
     log.info("validation: the last shard, %s", manifest.shards[-1].path)
     train_shards = replace(manifest, shards=manifest.shards[:-1])
-    valid_set = read_kaggle_csv(manifest.shards[-1].path)
-    return (read_shards(train_shards) if in_memory else train_shards), valid_set
+    valid_shard = read_kaggle_csv(manifest.shards[-1].path)
+    if in_memory:
+        train_set = read_as_predicted(read_shards(train_shards), source, is_expansion)
+        return train_set, read_as_predicted(valid_shard, source, is_expansion)
+    check_streamed_ink(valid_shard, source)
+    return train_shards, read_as_predicted(valid_shard, source, is_expansion)
+
+
+def read_as_predicted(data: DigitSet, source: Path, is_expansion: bool) -> DigitSet:
+    """Training rows with their ink as `digits predict` reads it: a file whose pixels all stay
+    under 32 (0/1, UCI's 0-16) scaled to 255 (faint_to_full_ink), not trained on as near-black
+    digits. Rows that are mostly not in MNIST's layout (dark on light, filling the frame) are
+    trained on as they are, and a warning says that predict would conform such test rows."""
+    images = faint_to_full_ink(data.images, source)
+    sample = images[:: max(1, len(images) // 2_000)]
+    off_layout = 1 - in_mnist_format(sample).mean() if len(sample) and not is_expansion else 0.0
+    if off_layout > 0.5:
+        log.warning("%s: %.0f %% of its digits are not laid out as MNIST's (dark on light, "
+                    "filling the frame, off-centre); `digits predict` and `evaluate` redo such "
+                    "rows as MNIST's before a net reads them, so predict this net's test rows "
+                    "with --as-is, or conform the training rows first", source,
+                    100 * off_layout)  # fmt: skip
+    return data if images is data.images else DigitSet(images, data.labels)
+
+
+def check_streamed_ink(shard: DigitSet, source: Path) -> None:
+    """Streamed rows are trained on as stored: ``DataError`` for a faint file, whose ink
+    predict would scale (checked on a shard read whole: the validation one or the first)."""
+    if 0 < shard.images.max(initial=0) < MIN_CONTRAST:
+        raise DataError(f"{source}: its pixels stay under 32, which streamed training takes as "
+                        "near-black digits; scale its ink to 0-255, or train it in memory "
+                        "(--max-memory)")  # fmt: skip
 
 
 def train_job(

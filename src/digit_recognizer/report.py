@@ -40,7 +40,7 @@ from digit_recognizer.evaluate import (
 from digit_recognizer.explain import draw_overlay, grad_cam
 from digit_recognizer.fileio import sha256_file, write_text
 from digit_recognizer.models.storage import refuse_ensemble
-from digit_recognizer.predict import PredictConfig, Predictor, conform_rows
+from digit_recognizer.predict import PredictConfig, Predictor, conform_rows, faint_to_full_ink
 from digit_recognizer.train import CONFIG_FILE, HISTORY_FILE
 
 REPORT_FILE = "report.html"
@@ -226,6 +226,8 @@ def _labelled_data(
             "validation split cannot be rebuilt; give --data LABELLED_CSV"
         )
     full = read_kaggle_csv(train_csv)
+    # Its ink as training read it (pipeline.read_as_predicted), for the same split of the same rows.
+    full = DigitSet(faint_to_full_ink(full.images, train_csv, warn=False), full.labels)
     _, valid_set = split_for_training(full, valid_size, config.get("seed", 0))
     source = (
         f"validation split of {train_csv} (valid_size {valid_size}, seed {config.get('seed', 0)})"
