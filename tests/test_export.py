@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from digit_recognizer.cli import app as cli_app
@@ -88,7 +89,15 @@ def test_load_exports_when_missing_or_stale(run_dir: Path, tmp_path: Path) -> No
     assert onnx_is_current(fresh)
     weights_time = (fresh / "model.safetensors").stat().st_mtime
     os.utime(fresh / ONNX_FILE, (weights_time - 10, weights_time - 10))
+    assert onnx_is_current(fresh)  # by the weights it was exported from, not by dates
+    # Other weights, restored with their own (older) date, as `cp -p`, tar or rsync do.
+    weights = fresh / "model.safetensors"
+    shutil.copy2(weights, tmp_path / "kept.safetensors")
+    save_file({key: value + 1 for key, value in load_file(weights).items()}, weights)
+    os.utime(weights, (weights_time - 20, weights_time - 20))
     assert not onnx_is_current(fresh)  # re-trained weights make the export stale
+    shutil.copy2(tmp_path / "kept.safetensors", weights)
+    assert onnx_is_current(fresh)
     deployed = tmp_path / "deployed"  # model.json and model.onnx, without PyTorch's weights
     deployed.mkdir()
     for name in ("model.json", ONNX_FILE):
@@ -100,8 +109,14 @@ def test_load_exports_when_missing_or_stale(run_dir: Path, tmp_path: Path) -> No
 
 
 def test_corrupt_onnx_file(run_dir: Path, tmp_path: Path) -> None:
+    """Beside the weights it came from, a corrupt export is made again; alone (a deployment of
+    model.json and model.onnx), it is named."""
     broken = Path(shutil.copytree(run_dir, tmp_path / "run"))
     (broken / ONNX_FILE).write_bytes(b"not a protobuf")
+    OnnxPredictor.load(broken)
+    assert onnx_is_current(broken)
+    (broken / ONNX_FILE).write_bytes(b"not a protobuf")
+    (broken / "model.safetensors").unlink()
     with pytest.raises(ModelFileError, match=r"model.onnx: not a loadable ONNX model"):
         OnnxPredictor.load(broken)
 
@@ -113,6 +128,10 @@ def test_cli_export(run_dir: Path, tmp_path: Path) -> None:
     )
     assert result.exit_code == 0 and out.stat().st_size > 1_000_000  # weights inside the file
     assert f"wrote {out}" in " ".join(result.output.split())
+    weights = run_dir / "model.safetensors"
+    result = CliRunner().invoke(cli_app, ["export", str(run_dir), "--out", str(weights)])
+    assert result.exit_code == 1 and "exists and is no .onnx file" in result.output
+    assert load_file(weights)  # the run's weights, not replaced by an ONNX file
     result = CliRunner().invoke(cli_app, ["export", str(run_dir), "--format", "tflite"])
     assert result.exit_code == 2 and "unknown format 'tflite'" in result.output
     result = CliRunner().invoke(cli_app, ["export", str(tmp_path)])

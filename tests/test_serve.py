@@ -253,7 +253,8 @@ def test_onnx_deployment_of_a_model_this_version_does_not_know(run_dir: Path, tm
     (deployed / "metrics.json").write_text('{"test_accuracy": 0.9975, "test_tta": true}')
     with TestClient(create_app(deployed, ServeConfig(backend="onnx"))) as onnx_client:
         info = onnx_client.get("/model").json()
-        assert onnx_client.post("/predict", json={"pixels": [255] * 784}).status_code == 200
+        half_inked = {"pixels": [0] * 392 + [255] * 392}
+        assert onnx_client.post("/predict", json=half_inked).status_code == 200
     assert info["model"] == "cnn-from-the-future" and info["description"] is None
     assert info["test_accuracy"] == 0.9975 and info["test_tta"] is True  # not the server's pass
     with pytest.raises(ModelFileError, match=r"model\.onnx without PyTorch's weights: serve it"):
@@ -267,8 +268,8 @@ RANGE = "pixel values must be 0-255"
 EXACTLY_ONE = "body: give exactly one of 'pixels' (784 values) or 'image' (28 x 28)"
 NOT_INT = "Input should be a valid integer"
 LENGTH = "expected 784 values (28 x 28, row by row), got 783"
-NO_INK = ("no digit: its brightest pixel is {}, where MNIST's ink is 255; values are 0-255 with "
-          "the ink bright (scale 0-1 values by 255)")  # fmt: skip
+NO_INK = ("no digit: its pixels range from {} to {}, where MNIST's run from 0 (paper) to 255 "
+          "(ink); values are 0-255 with the ink bright (scale 0-1 values by 255)")  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -284,8 +285,10 @@ NO_INK = ("no digit: its brightest pixel is {}, where MNIST's ink is 255; values
             "pixels[0]: 0.5 is not an integer 0-255 (scale 0-1 values by 255)",
         ),
         ({"pixels": [128.0, *GOOD[1:]]}, 422, "pixels[0]: 128.0 is not an integer 0-255"),
-        ({"pixels": [0] * 784}, 422, f"body: {NO_INK.format(0)}"),
-        ({"pixels": [int(v > 127) for v in GOOD]}, 422, f"body: {NO_INK.format(1)}"),  # 0-1
+        ({"pixels": [0] * 784}, 422, f"body: {NO_INK.format(0, 0)}"),
+        ({"pixels": [255] * 784}, 422, f"body: {NO_INK.format(255, 255)}"),  # a white page
+        ({"pixels": [128] * 783 + [150]}, 422, f"body: {NO_INK.format(128, 150)}"),  # grey
+        ({"pixels": [int(v > 127) for v in GOOD]}, 422, f"body: {NO_INK.format(0, 1)}"),  # 0-1
         ({"image": [[0] * 28] * 27}, 422, "image: expected 28 rows of 28 values, got 27 rows"),
         (
             {"image": [[0] * 28] * 2 + [[0] * 29] + [[0] * 28] * 25},
@@ -317,6 +320,8 @@ NO_INK = ("no digit: its brightest pixel is {}, where MNIST's ink is 255; values
         "float",
         "float-0-255",
         "blank",
+        "white",
+        "grey",
         "binarised",
         "27-rows",
         "long-row",
@@ -370,7 +375,7 @@ def test_invalid_json(client: TestClient) -> None:
     assert response.json()["detail"] == detail
 
 
-NOT_IMAGE = "not an image file (expected PNG, JPEG, GIF, BMP, ...)"
+NOT_IMAGE = "not an image file of a kind read here (PNG, JPEG, GIF, BMP, TIFF, WebP, PBM/PGM/PPM)"
 
 
 @pytest.mark.parametrize(

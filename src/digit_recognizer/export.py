@@ -21,19 +21,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import torch
 from numpy.typing import ArrayLike, NDArray
 from torch import nn
 
 from digit_recognizer.data.images import check_images
 from digit_recognizer.data.tensors import to_model_input
-from digit_recognizer.errors import ModelFileError
-from digit_recognizer.fileio import atomic_path
+from digit_recognizer.errors import ConfigError, ModelFileError
+from digit_recognizer.fileio import atomic_path, sha256_file
 from digit_recognizer.models.storage import WEIGHTS_FILE, load_net, read_meta
 
 log = logging.getLogger(__name__)
 
 ONNX_FILE = "model.onnx"
+WEIGHTS_HASH_KEY = "digit_recognizer.weights_sha256"  # metadata: the weights it was exported from
 INPUT_NAME = "images"
 OUTPUT_NAME = "probas"
 OPSET = 18
@@ -54,6 +56,9 @@ def export_onnx(run_dir: Path, out: Path | None = None) -> Path:
     """Export the run's net to ONNX (default ``RUN_DIR/model.onnx``) with a dynamic batch axis."""
     run_dir = Path(run_dir)
     out = Path(out) if out is not None else run_dir / ONNX_FILE
+    if out.exists() and out.suffix != ".onnx":  # the run's weights, a CSV: not ours to replace
+        raise ConfigError(f"{out} exists and is no .onnx file; give --out a new path or one "
+                          "ending .onnx")  # fmt: skip
     model, _ = load_net(run_dir)
     example = torch.zeros(2, 28, 28, dtype=torch.uint8)
     # The torch.export-based exporter (PyTorch >= 2.9 default, needs onnxscript); the weights are
@@ -69,8 +74,11 @@ def export_onnx(run_dir: Path, out: Path | None = None) -> Path:
             dynamo=True,
             verbose=False,
         )
-    with atomic_path(out) as tmp:  # a torn file would pass onnx_is_current's date check
+    with atomic_path(out) as tmp:  # a torn file would pass onnx_is_current's check
         program.save(tmp, external_data=False)
+        exported = onnx.load(tmp)
+        exported.metadata_props.add(key=WEIGHTS_HASH_KEY, value=sha256_file(run_dir / WEIGHTS_FILE))
+        onnx.save(exported, tmp)
     log.info("exported %s to %s", run_dir, out)
     return out
 
@@ -93,12 +101,19 @@ def _quiet_exporter() -> Iterator[None]:
 
 
 def onnx_is_current(run_dir: Path) -> bool:
-    """Whether ``RUN_DIR/model.onnx`` exists and is newer than the run's weights, if it has
-    any: model.json and model.onnx alone are a deployment's whole model."""
+    """Whether ``RUN_DIR/model.onnx`` exists and was exported from the run's weights, if it has
+    any (model.json and model.onnx alone are a deployment's whole model): by their SHA-256,
+    which the export records, not by dates, which ``cp -p``, tar and rsync carry over."""
     onnx_path, weights = Path(run_dir) / ONNX_FILE, Path(run_dir) / WEIGHTS_FILE
     if not onnx_path.exists():
         return False
-    return not weights.exists() or onnx_path.stat().st_mtime >= weights.stat().st_mtime
+    if not weights.exists():
+        return True
+    try:
+        recorded = {prop.key: prop.value for prop in onnx.load(onnx_path).metadata_props}
+    except Exception:  # onnx raises its own untyped errors on a bad file: export it anew
+        return False
+    return recorded.get(WEIGHTS_HASH_KEY) == sha256_file(weights)
 
 
 @dataclass
@@ -111,7 +126,7 @@ class OnnxPredictor:
 
     @classmethod
     def load(cls, run_dir: Path, n_threads: int = 0) -> OnnxPredictor:
-        """Load ``RUN_DIR/model.onnx``, exporting it first when missing or older than the weights.
+        """Load ``RUN_DIR/model.onnx``, exporting it first when missing or not from the weights.
 
         ``n_threads`` sets onnxruntime's intra-op threads (0: its default, one per core).
         """

@@ -74,6 +74,10 @@ MAX_CENTRE_OFFSET = 1.0
 # Other images are shrunk as much before the rest of to_mnist (_reduced).
 DRAFT_SIZE = (256, 256)
 MAX_REDUCTION = 8
+# What a scan, a phone or a browser writes, and PBM/PGM/PPM. Pillow opens some 40 formats; the
+# rest (DDS, BLP, ...) raised errors of their own on a few hundred bytes (a 500 from the server),
+# and EPS goes to Ghostscript where it is installed.
+IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP", "PPM")
 
 
 def load_image(
@@ -83,7 +87,7 @@ def load_image(
 
     Parameters
     ----------
-    source : a path, or the bytes of a PNG, JPEG, GIF, BMP, TIFF or WebP file
+    source : a path, or the bytes of a PNG, JPEG, GIF, BMP, TIFF, WebP or PBM/PGM/PPM file
     name : how messages refer to the image (default: the path, or "image" for bytes)
     max_pixels : larger images are refused before decoding (decompression bombs)
 
@@ -103,7 +107,8 @@ def load_image(
             grey = _to_grey(ImageOps.exif_transpose(image))
     # Truncated or corrupt data. TypeError too: Pillow 13 raises it while loading a TIFF whose
     # StripOffsets tag holds text (found by fuzz/image_preprocessing.py).
-    except (OSError, SyntaxError, ValueError, TypeError) as error:
+    # NotImplementedError: a mode or compression Pillow's decoders do not handle.
+    except (OSError, SyntaxError, ValueError, TypeError, NotImplementedError) as error:
         raise DataError(f"{name}: cannot decode the image ({error})") from None
     return to_mnist(grey, name)
 
@@ -113,13 +118,15 @@ def _open(source: str | Path | bytes, name: str) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            return Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+            file = io.BytesIO(source) if isinstance(source, bytes) else source
+            return Image.open(file, formats=IMAGE_FORMATS)
     except FileNotFoundError:
         raise DataError(f"{name}: file not found") from None
     except IsADirectoryError:
         raise DataError(f"{name}: is a directory, expected an image file") from None
     except UnidentifiedImageError:
-        raise DataError(f"{name}: not an image file (expected PNG, JPEG, GIF, BMP, ...)") from None
+        raise DataError(f"{name}: not an image file of a kind read here (PNG, JPEG, GIF, BMP, "
+                        "TIFF, WebP, PBM/PGM/PPM)") from None  # fmt: skip
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise DataError(f"{name}: too many pixels (decompression bomb?); scale it down") from None
 

@@ -109,13 +109,15 @@ class DigitInput(BaseModel):
     def _exactly_one(self) -> DigitInput:
         if (self.pixels is None) == (self.image is None):
             raise ValueError("give exactly one of 'pixels' (784 values) or 'image' (28 x 28)")
-        # A blank digit, or one scaled 0-1 (binarised), would get a confident-looking answer;
-        # an image upload without ink gets "no digit found" likewise.
-        brightest = int(self.to_image().max())
-        if brightest < MIN_CONTRAST:
+        # A blank digit (black, white or grey all over), or one scaled 0-1 (binarised), would
+        # get a confident-looking answer; an image upload without ink gets "no digit found".
+        image = self.to_image()
+        brightest, darkest = int(image.max()), int(image.min())
+        if brightest - darkest < MIN_CONTRAST:
             raise ValueError(
-                f"no digit: its brightest pixel is {brightest}, where MNIST's ink is 255; "
-                "values are 0-255 with the ink bright (scale 0-1 values by 255)"
+                f"no digit: its pixels range from {darkest} to {brightest}, where MNIST's run "
+                "from 0 (paper) to 255 (ink); values are 0-255 with the ink bright (scale 0-1 "
+                "values by 255)"
             )
         return self
 
@@ -208,15 +210,17 @@ CSV_BODY = {
 # --- routes ------------------------------------------------------------------------------------
 
 
+# /health and /model run on the event loop, not in the thread pool that predictions fill: a
+# queue of slow requests (heatmaps of 256 digits, big CSVs) kept a health check waiting 8 s.
 @api.get("/health")
-def health(request: Request) -> dict[str, str]:
+async def health(request: Request) -> dict[str, str]:
     """Liveness: the model is loaded and the server answers."""
     served: ServedModel = request.app.state.model
     return {"status": "ok", "model": served.meta["model"], "backend": served.backend}
 
 
 @api.get("/model")
-def model_info(request: Request) -> ModelInfo:
+async def model_info(request: Request) -> ModelInfo:
     """The served model: architecture, size, accuracy from the run, and the request limits."""
     served: ServedModel = request.app.state.model
     meta, metrics = served.meta, served.metrics
