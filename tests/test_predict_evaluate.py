@@ -5,10 +5,19 @@ import sys
 import numpy as np
 import pytest
 
+from digit_recognizer import predict as predict_module
 from digit_recognizer.data.kaggle_csv import read_submission, write_kaggle_csv, write_submission
 from digit_recognizer.errors import DataError, ModelFileError
 from digit_recognizer.evaluate import compute_metrics, evaluate_run, score_submission
-from digit_recognizer.predict import PredictConfig, Predictor, predict_csv, predict_stream
+from digit_recognizer.predict import (
+    PredictConfig,
+    Predictor,
+    orientation_evidence,
+    predict_csv,
+    predict_stream,
+    reads_transposed,
+    transposed,
+)
 
 from .conftest import accuracy
 from .test_images import frame_filling
@@ -126,24 +135,38 @@ def test_digits_stored_transposed_are_read_transposed(tmp_path, tiny_run, small_
     assert accuracy(as_is, small_test.labels[:300]) < 0.5
 
 
-@pytest.mark.parametrize(("brightest", "said"), [
-    (1, "at most 1, so they are read as binarised digits"),  # 0/1, as Semeion's
-    (16, "at most 16, so they are read as ink on a 0-16 scale"),  # UCI's optical digits
-])  # fmt: skip
 def test_a_file_of_faint_pixels_is_read_with_full_ink(
-    tmp_path, tiny_run, small_test, caplog, brightest, said
+    tmp_path, tiny_run, small_test, caplog, monkeypatch
 ):
-    """A CSV whose pixels stay under 32 (0/1, 0-16) would be near-black digits read as one
-    class; its ink is scaled to 255, whole or streamed, and the log says so."""
-    images, labels = small_test.images[:300], small_test.labels[:300]
+    """Rows whose pixels stay under 32 (0/1 as Semeion's, 0-16 as UCI's) would be near-black
+    digits read as one class; each is scaled to 255, row by row, so that the file is read alike
+    whole and streamed (in pieces of STREAM_ROWS) wherever its faint rows are, and the log
+    says how many."""
+    images, labels = small_test.images[:600], small_test.labels[:600]
+    mixed = images.copy()  # as MNIST's, then 0/1, then 0-16
+    mixed[200:400] = images[200:400] > 128
+    mixed[400:] = images[400:].astype(np.int64) * 17 // 256
     faint = tmp_path / "faint.csv"
-    write_kaggle_csv(faint, (images.astype(np.int64) * (brightest + 1) // 256).astype(np.uint8))
+    write_kaggle_csv(faint, mixed)
     with caplog.at_level("WARNING"):
         read = predict_csv([tiny_run], faint, tmp_path / "a.csv")
-    assert said in caplog.text
+    assert "400 of 600 digits' pixels stay under 32" in caplog.text
     assert accuracy(read, labels) > 0.85
+    monkeypatch.setattr(predict_module, "STREAM_ROWS", 256)  # the 0/1 rows in two pieces
     predict_stream([tiny_run], faint, tmp_path / "b.csv")
     np.testing.assert_array_equal(read_submission(tmp_path / "b.csv"), read)
+
+
+def test_too_few_rows_for_one_process_are_judged_by_all_together(tiny_run, small_test):
+    """Under --nproc each process reads a share of the rows; their orientation evidence is
+    summed before the minimum of rows is applied, as one process judges the whole file."""
+    judge = Predictor.load([tiny_run]).orientation_judge
+    rows = transposed(small_test.images[:20])
+    whole = orientation_evidence(rows, judge)
+    shares = orientation_evidence(rows[:10], judge) + orientation_evidence(rows[10:], judge)
+    np.testing.assert_allclose(shares, whole, rtol=1e-5)
+    assert reads_transposed(shares) and reads_transposed(whole)
+    assert not reads_transposed(orientation_evidence(rows[:10], judge))  # too few alone
 
 
 def test_score_rejects_incomplete_submission(tmp_path, small_csvs):

@@ -30,7 +30,6 @@ from rich.progress import Progress
 from digit_recognizer.config import load_config, save_config
 from digit_recognizer.data.images import in_mnist_format
 from digit_recognizer.data.kaggle_csv import DigitSet, read_kaggle_csv
-from digit_recognizer.data.lighting import MIN_CONTRAST
 from digit_recognizer.data.replica import ReplicaFiles, ready_replica
 from digit_recognizer.data.shards import (
     Manifest,
@@ -57,7 +56,13 @@ from digit_recognizer.fileio import locked_dir, sha256_file, write_text
 from digit_recognizer.interrupts import Terminated, sigterm_interrupts
 from digit_recognizer.models.runtime import resolve_device
 from digit_recognizer.models.storage import load_net, write_ensemble
-from digit_recognizer.predict import PredictConfig, Predictor, faint_to_full_ink, predict_csv
+from digit_recognizer.predict import (
+    PredictConfig,
+    Predictor,
+    faint_to_full_ink,
+    predict_csv,
+    warn_faint,
+)
 from digit_recognizer.report import write_run_report
 from digit_recognizer.train import (
     CHECKPOINT_FILE,
@@ -255,11 +260,12 @@ def training_data(config: TrainConfig, source: Path) -> tuple[DigitSet | Manifes
 
 
 def read_as_predicted(data: DigitSet, source: Path, is_expansion: bool) -> DigitSet:
-    """Training rows with their ink as `digits predict` reads it: a file whose pixels all stay
+    """Training rows with their ink as `digits predict` reads it: rows whose pixels all stay
     under 32 (0/1, UCI's 0-16) scaled to 255 (faint_to_full_ink), not trained on as near-black
     digits. Rows that are mostly not in MNIST's layout (dark on light, filling the frame) are
     trained on as they are, and a warning says that predict would conform such test rows."""
-    images = faint_to_full_ink(data.images, source)
+    images, n_faint = faint_to_full_ink(data.images)
+    warn_faint(source, n_faint, len(images))
     sample = images[:: max(1, len(images) // 2_000)]
     off_layout = 1 - in_mnist_format(sample).mean() if len(sample) and not is_expansion else 0.0
     if off_layout > 0.5:
@@ -272,9 +278,9 @@ def read_as_predicted(data: DigitSet, source: Path, is_expansion: bool) -> Digit
 
 
 def check_streamed_ink(shard: DigitSet, source: Path) -> None:
-    """Streamed rows are trained on as stored: ``DataError`` for a faint file, whose ink
-    predict would scale (checked on a shard read whole: the validation one or the first)."""
-    if 0 < shard.images.max(initial=0) < MIN_CONTRAST:
+    """Streamed rows are trained on as stored: ``DataError`` for faint rows, whose ink predict
+    would scale (checked on a shard read whole: the validation one or the first)."""
+    if faint_to_full_ink(shard.images)[1]:
         raise DataError(f"{source}: its pixels stay under 32, which streamed training takes as "
                         "near-black digits; scale its ink to 0-255, or train it in memory "
                         "(--max-memory)")  # fmt: skip

@@ -210,7 +210,8 @@ def conform_rows(
     """``images`` conformed to MNIST's layout if ``config.conform``, and transposed where the
     model (``predict_proba``, for a file's rows: it costs two passes over up to
     ORIENTATION_SAMPLE of them) reads them as digits only so; says what changed."""
-    images = faint_to_full_ink(images, source)
+    images, n_faint = faint_to_full_ink(images)
+    warn_faint(source, n_faint, len(images))
     if not config.conform:
         return images
     images, n_redone = conform_to_mnist(images)
@@ -221,21 +222,27 @@ def conform_rows(
     return images
 
 
-def faint_to_full_ink(
-    images: NDArray[np.uint8], source: str | Path, warn: bool = True
-) -> NDArray[np.uint8]:
-    """A file's rows whose pixels all stay under MIN_CONTRAST hold ink on a scale of their own:
-    0/1 (binarised, as Semeion's), 0-16 (UCI's optical digits), 0-2. Scaled so that their
-    brightest reaches 255, as MNIST's ink does, rather than read as near-black digits."""
-    brightest = int(images.max(initial=0))
-    if not 0 < brightest < MIN_CONTRAST:
-        return images
-    if warn:
-        kind = "binarised digits (1 = ink)" if brightest == 1 else f"ink on a 0-{brightest} scale"
-        log.warning("%s: its pixels reach at most %d, so they are read as %s, scaled to "
-                    "MNIST's 0-255", source, brightest, kind)  # fmt: skip
-    scaled = (images.astype(np.uint16) * 255 + brightest // 2) // brightest
-    return scaled.astype(np.uint8)
+def faint_to_full_ink(images: NDArray[np.uint8]) -> tuple[NDArray[np.uint8], int]:
+    """Rows whose pixels all stay under MIN_CONTRAST hold ink on a scale of their own: 0/1
+    (binarised, as Semeion's), 0-16 (UCI's optical digits), 0-2. Each is scaled so that its
+    brightest pixel is 255, as MNIST's ink is, rather than read as a near-black digit; returns
+    the images and how many were. Row by row, so that a file read whole, in pieces or by
+    several processes is read alike."""
+    brightest = images.max(axis=(1, 2), initial=0)
+    faint = np.flatnonzero((brightest > 0) & (brightest < MIN_CONTRAST))
+    if not len(faint):
+        return images, 0
+    scaled = images.copy()
+    peaks = brightest[faint].astype(np.uint16)[:, None, None]
+    scaled[faint] = ((images[faint].astype(np.uint16) * 255 + peaks // 2) // peaks).astype(np.uint8)
+    return scaled, len(faint)
+
+
+def warn_faint(source: str | Path, n_faint: int, n_rows: int) -> None:
+    if n_faint:
+        log.warning("%s: %d of %d digits' pixels stay under %d (binarised 0/1, or ink on a "
+                    "scale such as UCI's 0-16), so each was scaled to MNIST's 0-255", source,
+                    n_faint, n_rows, MIN_CONTRAST)  # fmt: skip
 
 
 def orientation_evidence(
@@ -244,7 +251,7 @@ def orientation_evidence(
     """How surely the model reads ``images`` as given and transposed: (rows sampled, their top
     probabilities summed as given, and transposed); up to ORIENTATION_SAMPLE rows, spread
     evenly. Sums, so that torchrun's processes can add theirs up."""
-    if len(images) < MIN_ORIENTATION_ROWS:
+    if not len(images):  # too few rows are judged on the sums (reads_transposed): --nproc
         return np.zeros(3, dtype=np.float32)
     n_rows = min(len(images), ORIENTATION_SAMPLE)
     sample = images[np.linspace(0, len(images) - 1, n_rows).astype(np.intp)]
@@ -320,11 +327,10 @@ def predict_stream(
     predictor = Predictor.load(run_dirs, config, device)
     stream = ShardStream(source, STREAM_ROWS, shuffle=False, rank=dist_env.rank,
                          world_size=dist_env.world_size)  # fmt: skip
-    chunks, n_redone, is_transposed, has_warned = [], 0, None, False
+    chunks, n_faint, n_redone, is_transposed = [], 0, 0, None
     for piece, _ in stream:
-        pixels = piece.numpy()
-        images = faint_to_full_ink(pixels, source, warn=not has_warned)
-        has_warned |= images is not pixels  # once per file, not per piece
+        images, faint = faint_to_full_ink(piece.numpy())
+        n_faint += faint
         if config.conform:
             images, redone = conform_to_mnist(images)
             n_redone += redone
@@ -339,12 +345,14 @@ def predict_stream(
     labels = np.concatenate(chunks)
     if dist.is_initialized():
         shares = [None] * dist_env.world_size if dist_env.is_main_process else None
-        dist.gather_object((labels, n_redone), shares, dst=0)
+        dist.gather_object((labels, n_faint, n_redone), shares, dst=0)
         if shares is not None:
-            labels = np.concatenate([share_labels for share_labels, _ in shares])
-            n_redone = sum(share_redone for _, share_redone in shares)
+            labels = np.concatenate([share[0] for share in shares])
+            n_faint = sum(share[1] for share in shares)
+            n_redone = sum(share[2] for share in shares)
     if dist_env.is_main_process:
         warn_labelled(source, stream.manifest.has_labels)
+        warn_faint(source, n_faint, len(labels))
         warn_redone(source, n_redone, len(labels))  # once, for all pieces and processes
         if is_transposed:
             warn_transposed(source)

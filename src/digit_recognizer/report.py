@@ -227,7 +227,7 @@ def _labelled_data(
         )
     full = read_kaggle_csv(train_csv)
     # Its ink as training read it (pipeline.read_as_predicted), for the same split of the same rows.
-    full = DigitSet(faint_to_full_ink(full.images, train_csv, warn=False), full.labels)
+    full = DigitSet(faint_to_full_ink(full.images)[0], full.labels)
     _, valid_set = split_for_training(full, valid_size, config.get("seed", 0))
     source = (
         f"validation split of {train_csv} (valid_size {valid_size}, seed {config.get('seed', 0)})"

@@ -417,7 +417,7 @@ def conform_to_mnist(images: ArrayLike) -> tuple[NDArray[np.uint8], int]:
     images = np.asarray(images)
     if images.dtype != np.uint8 or images.ndim != 3:  # rows (N, 784), floats: checked
         images = check_images(images)
-    # uint8 rows pass unchecked: a file's faint rows (0/1, 0-16) are scaled to full ink by
+    # uint8 rows pass unchecked: faint rows (0/1, 0-16) are scaled to full ink by
     # predict.faint_to_full_ink before they get here.
     redo = np.flatnonzero(~in_mnist_format(images))
     if not len(redo):
