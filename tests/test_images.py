@@ -561,6 +561,9 @@ def test_to_mnist_on_a_grey_array() -> None:
         ValueError, match=r"greyscale image \(height, width\), got shape \(50, 30, 3\)"
     ):
         to_mnist(np.stack([grey] * 3, axis=-1))
+    for scaled in (grey / 255, grey > 128):  # a notebook's X / 255, a mask
+        with pytest.raises(ValueError, match=r"in 0-1; pass \(grey \* 255\)"):
+            to_mnist(scaled)
 
 
 @pytest.mark.parametrize(

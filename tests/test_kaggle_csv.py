@@ -224,6 +224,10 @@ EXPECTED_HEADERS = "expected 'label,pixel0,...,pixel783' or 'pixel0,...,pixel783
         (HEADER + ",extra", "the header 'label,pixel0,pixel1,pixe...' has 786 columns"),
         ("ImageId,Label", "the header 'ImageId,Label' has 2 columns"),
         (",".join(["7"] + ["0"] * 784), "a row of numbers, not a header (add one)"),
+        (  # UCI's optdigits: 8 x 8 and a label
+            ",".join(["0"] * 64 + ["7"]),
+            "a row of 65 numbers, not a header, where rows of 784 or 785 are expected",
+        ),
     ],
 )
 def test_wrong_header(train_csv: Path, header: str, problem: str) -> None:

@@ -201,6 +201,10 @@ def to_mnist(grey: NDArray[np.uint8], name: str = "image") -> NDArray[np.uint8]:
     if grey.ndim != 2:  # a colour array (H, W, 3): load_image converts files of any mode
         raise ValueError(f"to_mnist takes a greyscale image (height, width), got shape "
                          f"{grey.shape}; load_image reads colour image files")  # fmt: skip
+    is_scaled = grey.dtype.kind == "f" and grey.size and grey.min() >= 0 and grey.max() <= 1
+    if grey.dtype == np.bool_ or is_scaled:  # else "no digit found": 0-1 has too little contrast
+        raise ValueError(f"to_mnist takes grey levels 0-255, got {grey.dtype} values in 0-1; "
+                         "pass (grey * 255).round().astype(np.uint8)")  # fmt: skip
     pixels = _reduced(grey).astype(np.float32)
     ink = _ink(pixels, name)
     is_photo = min(pixels.shape) >= MIN_PHOTO_SIDE

@@ -224,8 +224,13 @@ def split_header(
 def _header_problem(cells: tuple[str, ...], headers: tuple[tuple[str, ...], ...]) -> str:
     """Say how ``cells``, which matches none of ``headers``, differs from the nearest one."""
     if all(cell.isascii() and cell.isdigit() for cell in cells):
-        # EMNIST's CSVs and other copies of MNIST come without a header.
-        return "a row of numbers, not a header (add one)"
+        # EMNIST's CSVs and other copies of MNIST come without a header; UCI's optdigits
+        # (8 x 8 and a label: 65 columns) without one and in another size too.
+        widths = sorted({len(columns) for columns in headers})
+        if len(cells) in widths:
+            return "a row of numbers, not a header (add one)"
+        return (f"a row of {len(cells)} numbers, not a header, where rows of "
+                f"{' or '.join(map(str, widths))} are expected")  # fmt: skip
     same_width = [columns for columns in headers if len(columns) == len(cells)]
     if not same_width:
         return f"the header {_show(','.join(cells))} has {len(cells)} columns"
