@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import uvicorn
+from PIL import Image, ImageDraw
 
 from digit_recognizer.serve import ServeConfig, create_app
 from tests.test_images import drawing
@@ -164,6 +165,25 @@ def test_strokes_over_an_upload_keep_its_paper(page: object, tmp_path: Path) -> 
     page.click("#undo")
     page.wait_for_function("() => window.lastBody !== undefined && !busy")
     assert page.evaluate("lastBody instanceof File && lastBody.size") == path.stat().st_size
+
+
+def test_strokes_over_a_transparent_upload_keep_its_ink(page: object, tmp_path: Path) -> None:
+    """A canvas reads transparent pixels as black: taken for the paper, dark ink on nothing
+    was drawn black on black, and the first stroke sent the stroke alone."""
+    expect = sync_api.expect
+    path = tmp_path / "transparent.png"
+    one = Image.new("RGBA", (200, 200), (0, 0, 0, 0))
+    ImageDraw.Draw(one).line((100, 20, 100, 180), fill=(0, 0, 0, 255), width=16)
+    one.save(path)
+    page.click("#clear")
+    page.set_input_files("#file", str(path))
+    expect(page.locator("#label")).to_have_text("1", timeout=15_000)
+    assert page.evaluate("Array.from(ctx.getImageData(0, 0, 1, 1).data)")[:3] == [255, 255, 255]
+    assert page.evaluate("Array.from(ctx.getImageData(140, 140, 1, 1).data)")[:3] == [0, 0, 0]
+    page.wait_for_function("() => !busy && !again")
+    draw_stroke(page, [(0.1, 0.1), (0.15, 0.1)])  # a speck in a corner: the 1 stays
+    page.wait_for_function("() => !busy && !again")
+    expect(page.locator("#label")).to_have_text("1", timeout=15_000)
 
 
 def test_a_drawings_late_answer_does_not_replace_an_uploads(page: object, tmp_path: Path) -> None:

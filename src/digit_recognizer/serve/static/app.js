@@ -42,8 +42,11 @@ function redraw() {
   }
 }
 
-// The mean colour along an image's edges: its paper, for a digit on a page.
-function edgeColour(image) {
+// An upload's paper, as the server reads it (data/images.py, _to_grey): the mean colour along
+// its edges, of their opaque pixels. A canvas reads transparent pixels as black, so an image
+// mostly transparent (strokes on nothing) gets the colour that contrasts with its ink instead:
+// black paper would hide dark strokes, and the pad is drawn on and sent without transparency.
+function paperColour(image) {
   const side = 64;
   const canvas = document.createElement("canvas");
   canvas.width = side;
@@ -51,17 +54,21 @@ function edgeColour(image) {
   const context = canvas.getContext("2d");
   context.drawImage(image, 0, 0, side, side);
   const { data } = context.getImageData(0, 0, side, side);
-  const sum = [0, 0, 0];
-  let count = 0;
+  const edge = [0, 0, 0, 0], all = [0, 0, 0, 0]; // alpha-weighted r, g, b and the weights
   for (let y = 0; y < side; y += 1) {
     for (let x = 0; x < side; x += 1) {
-      if (x > 0 && y > 0 && x < side - 1 && y < side - 1) continue;
-      for (let c = 0; c < 3; c += 1) sum[c] += data[4 * (y * side + x) + c];
-      count += 1;
+      const i = 4 * (y * side + x), alpha = data[i + 3] / 255;
+      const sums = x > 0 && y > 0 && x < side - 1 && y < side - 1 ? [all] : [all, edge];
+      for (const sum of sums) {
+        for (let c = 0; c < 3; c += 1) sum[c] += alpha * data[i + c];
+        sum[3] += alpha;
+      }
     }
   }
-  const [r, g, b] = sum.map((total) => Math.round(total / count));
-  return `rgb(${r}, ${g}, ${b})`;
+  const mean = (sum) => `rgb(${sum.slice(0, 3).map((total) => Math.round(total / sum[3]))})`;
+  if (all[3] > 0.5 * side * side) return mean(edge[3] > 0 ? edge : all); // mostly opaque
+  if (all[3] === 0) return WHITE;
+  return isDark(mean(all)) ? WHITE : "rgb(0, 0, 0)";
 }
 
 function isDark(colour) {
@@ -124,7 +131,7 @@ document.getElementById("file").addEventListener("change", async (event) => {
   forgetUpload();
   try {
     uploaded = await createImageBitmap(file);
-    paper = edgeColour(uploaded);
+    paper = paperColour(uploaded);
   } catch { uploaded = null; } // the server says what is wrong with it
   uploadedFile = file;
   redraw();
