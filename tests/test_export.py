@@ -98,6 +98,14 @@ def test_load_exports_when_missing_or_stale(run_dir: Path, tmp_path: Path) -> No
     assert not onnx_is_current(fresh)  # re-trained weights make the export stale
     shutil.copy2(tmp_path / "kept.safetensors", weights)
     assert onnx_is_current(fresh)
+    # Exported before the hash was recorded: judged by dates, as then (not re-exported at
+    # every start, nor failing where the directory is read-only).
+    older = onnx.load(fresh / ONNX_FILE)
+    del older.metadata_props[:]
+    onnx.save(older, fresh / ONNX_FILE)
+    assert onnx_is_current(fresh)
+    os.utime(fresh / ONNX_FILE, (weights_time - 10, weights_time - 10))
+    assert not onnx_is_current(fresh)
     deployed = tmp_path / "deployed"  # model.json and model.onnx, without PyTorch's weights
     deployed.mkdir()
     for name in ("model.json", ONNX_FILE):

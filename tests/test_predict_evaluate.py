@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from digit_recognizer import predict as predict_module
+from digit_recognizer.data.images import faint_to_full_ink
 from digit_recognizer.data.kaggle_csv import read_submission, write_kaggle_csv, write_submission
 from digit_recognizer.errors import DataError, ModelFileError
 from digit_recognizer.evaluate import compute_metrics, evaluate_run, score_submission
@@ -41,8 +42,11 @@ def test_predictor_takes_rows_and_refuses_digits_scaled_to_0_1(tiny_run, small_t
     for scaled in (images / 255, binarised.astype(np.int64), binarised.astype(np.uint8), binarised):
         with pytest.raises(ValueError, match=r"look scaled: pass \(X \* 255\)"):
             predictor.predict(scaled)
-    with pytest.raises(ValueError, match=r"at most 16, .* pass \(X \* 255 / 16\)"):
-        predictor.predict(images.astype(np.int64) * 17 // 256)  # UCI's 0-16 scale
+    uci = (images.astype(np.int64) * 17 // 256).astype(np.uint8)  # UCI's 0-16 scale
+    with pytest.raises(ValueError, match=r"at most 16, .* pass \(X \* \(255 / 16\)\)"):
+        predictor.predict(uci)
+    fixed = (uci * (255 / 16)).round().astype(np.uint8)  # the fix it gives, as given
+    assert (predictor.predict(fixed) == labels).mean() > 0.8
     # One run may be given alone; none at all is no ensemble (the mean of no model is NaN).
     np.testing.assert_array_equal(Predictor.load(tiny_run).predict(images), labels)
     with pytest.raises(ModelFileError, match="no run directory given"):
@@ -151,6 +155,12 @@ def test_a_file_of_faint_pixels_is_read_with_full_ink(
     with caplog.at_level("WARNING"):
         read = predict_csv([tiny_run], faint, tmp_path / "a.csv")
     assert "400 of 600 digits' pixels stay under 32" in caplog.text
+    # Sensor noise in a blank cell (ink everywhere) or a lone speck is no faint digit.
+    noise = np.random.default_rng(0).integers(0, 9, (2, 28, 28)).astype(np.uint8)
+    speck = np.zeros((1, 28, 28), np.uint8)
+    speck[0, 14, 14] = 3
+    blank = np.concatenate([noise, speck])
+    np.testing.assert_array_equal(faint_to_full_ink(blank)[0], blank)
     assert accuracy(read, labels) > 0.85
     monkeypatch.setattr(predict_module, "STREAM_ROWS", 256)  # the 0/1 rows in two pieces
     predict_stream([tiny_run], faint, tmp_path / "b.csv")

@@ -542,3 +542,12 @@ def test_streamed_pieces_keep_row_order_and_as_is_applies_to_them(
     with caplog.at_level("WARNING"):
         predict_csv([tiny_run], tmp_path / "mnist.csv", tmp_path / "mnist_submission.csv")
     assert "not laid out" not in caplog.text
+
+
+def test_compare_and_tune_read_faint_rows_with_full_ink(tmp_path: Path, small_train) -> None:
+    """`digits compare` and `tune` read labelled data as training does: 0/1 rows as full ink,
+    not as near-black digits (which Predictor also refuses)."""
+    data = small_train
+    write_kaggle_csv(tmp_path / "binarised.csv", (data.images > 128).astype(np.uint8), data.labels)
+    read = read_labelled(tmp_path / "binarised.csv")
+    np.testing.assert_array_equal(read.images, np.where(data.images > 128, 255, 0))

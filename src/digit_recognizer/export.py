@@ -103,7 +103,8 @@ def _quiet_exporter() -> Iterator[None]:
 def onnx_is_current(run_dir: Path) -> bool:
     """Whether ``RUN_DIR/model.onnx`` exists and was exported from the run's weights, if it has
     any (model.json and model.onnx alone are a deployment's whole model): by their SHA-256,
-    which the export records, not by dates, which ``cp -p``, tar and rsync carry over."""
+    which the export records, not by dates, which ``cp -p``, tar and rsync carry over (an
+    export older than that record is judged by dates still)."""
     onnx_path, weights = Path(run_dir) / ONNX_FILE, Path(run_dir) / WEIGHTS_FILE
     if not onnx_path.exists():
         return False
@@ -113,7 +114,9 @@ def onnx_is_current(run_dir: Path) -> bool:
         recorded = {prop.key: prop.value for prop in onnx.load(onnx_path).metadata_props}
     except Exception:  # onnx raises its own untyped errors on a bad file: export it anew
         return False
-    return recorded.get(WEIGHTS_HASH_KEY) == sha256_file(weights)
+    if WEIGHTS_HASH_KEY not in recorded:  # exported before the hash was: by dates, as then
+        return onnx_path.stat().st_mtime >= weights.stat().st_mtime
+    return recorded[WEIGHTS_HASH_KEY] == sha256_file(weights)
 
 
 @dataclass

@@ -20,7 +20,12 @@ from numpy.typing import ArrayLike, NDArray
 from sklearn.pipeline import Pipeline
 from torch import nn
 
-from digit_recognizer.data.images import check_images, conform_to_mnist, load_image
+from digit_recognizer.data.images import (
+    check_images,
+    conform_to_mnist,
+    faint_to_full_ink,
+    load_image,
+)
 from digit_recognizer.data.kaggle_csv import DigitSet, is_submission, write_submission
 from digit_recognizer.data.lighting import MIN_CONTRAST
 from digit_recognizer.data.shards import read_data_source, resolve_data_source
@@ -220,22 +225,6 @@ def conform_rows(
         warn_transposed(source)
         images = transposed(images)
     return images
-
-
-def faint_to_full_ink(images: NDArray[np.uint8]) -> tuple[NDArray[np.uint8], int]:
-    """Rows whose pixels all stay under MIN_CONTRAST hold ink on a scale of their own: 0/1
-    (binarised, as Semeion's), 0-16 (UCI's optical digits), 0-2. Each is scaled so that its
-    brightest pixel is 255, as MNIST's ink is, rather than read as a near-black digit; returns
-    the images and how many were. Row by row, so that a file read whole, in pieces or by
-    several processes is read alike."""
-    brightest = images.max(axis=(1, 2), initial=0)
-    faint = np.flatnonzero((brightest > 0) & (brightest < MIN_CONTRAST))
-    if not len(faint):
-        return images, 0
-    scaled = images.copy()
-    peaks = brightest[faint].astype(np.uint16)[:, None, None]
-    scaled[faint] = ((images[faint].astype(np.uint16) * 255 + peaks // 2) // peaks).astype(np.uint8)
-    return scaled, len(faint)
 
 
 def warn_faint(source: str | Path, n_faint: int, n_rows: int) -> None:

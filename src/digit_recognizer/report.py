@@ -24,6 +24,7 @@ from sklearn import metrics as skm
 from torch import nn
 
 from digit_recognizer.config import read_toml
+from digit_recognizer.data.images import faint_to_full_ink
 from digit_recognizer.data.kaggle_csv import DigitSet, read_kaggle_csv
 from digit_recognizer.data.shards import read_data_source, require_labels
 from digit_recognizer.data.splits import split_for_training
@@ -40,7 +41,7 @@ from digit_recognizer.evaluate import (
 from digit_recognizer.explain import draw_overlay, grad_cam
 from digit_recognizer.fileio import sha256_file, write_text
 from digit_recognizer.models.storage import refuse_ensemble
-from digit_recognizer.predict import PredictConfig, Predictor, conform_rows, faint_to_full_ink
+from digit_recognizer.predict import PredictConfig, Predictor, conform_rows
 from digit_recognizer.train import CONFIG_FILE, HISTORY_FILE
 
 REPORT_FILE = "report.html"

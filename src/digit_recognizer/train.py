@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from digit_recognizer.config import save_config
 from digit_recognizer.data.augment import Augmentation, augment_batch
+from digit_recognizer.data.images import faint_to_full_ink
 from digit_recognizer.data.kaggle_csv import DigitSet
 from digit_recognizer.data.shards import Manifest
 from digit_recognizer.data.stream import ShardStream
@@ -496,6 +497,9 @@ def train(
             stream.set_epoch(epoch)
             try:
                 for images, labels in loader:
+                    # Faint rows (0/1, 0-16) as in memory (pipeline.read_as_predicted): row by
+                    # row, so batch by batch.
+                    images = torch.from_numpy(faint_to_full_ink(images.numpy())[0])
                     yield images.to(device), labels.to(device)
             except DigitsError as error:
                 raise as_raised_in_worker(error) from None

@@ -31,6 +31,7 @@ import pyarrow as pa
 import torch
 
 from digit_recognizer.data.augment import Augmentation, augment_batch
+from digit_recognizer.data.images import faint_to_full_ink
 from digit_recognizer.data.kaggle_csv import (
     FIRST_LINE_END,
     LABELLED_COLUMNS,
@@ -157,13 +158,15 @@ def require_labels(has_labels: bool, source: str | Path) -> None:
 
 
 def read_labelled(path: Path, to_split: bool = False) -> DigitSet:
-    """A labelled CSV, shard directory or glob, in memory; ``to_split``: refused if it is an
-    expansion, whose rows no split can hold apart (``refuse_split``)."""
+    """A labelled CSV, shard directory or glob, in memory, faint rows' ink scaled as every
+    command reads it (``faint_to_full_ink``); ``to_split``: refused if it is an expansion,
+    whose rows no split can hold apart (``refuse_split``)."""
     manifest = resolve_data_source(path)
     require_labels(manifest.has_labels, path)
     if to_split:
         refuse_split(manifest, path, "give the CSV it was expanded from")
-    return read_shards(manifest)
+    data = read_shards(manifest)
+    return DigitSet(faint_to_full_ink(data.images)[0], data.labels)
 
 
 def refuse_split(manifest: Manifest, source: Path, remedy: str) -> None:
@@ -194,9 +197,10 @@ def estimate_memory_bytes(manifest: Manifest) -> int:
 
     ``read_kaggle_csv`` holds a file's text twice at its peak and pyarrow's int64 columns of it
     (8 bytes a pixel of the largest file); the images are a byte a pixel, and joining shards
-    copies them once more. Measured peaks of the process's memory: Kaggle's train.csv 473 MB
-    (this estimate 483 MB), test.csv 295 MB (322 MB); the 3 bytes a pixel estimated before
-    gave 176 and 117 MB.
+    copies them once more. Measured growth of a process's memory reading Kaggle's train.csv:
+    350-473 MB (this estimate 483 MB), test.csv 295 MB (322 MB); the 3 bytes a pixel estimated
+    before gave 176 and 117 MB. One file to be split for validation is read in memory anyway
+    (pipeline.training_data): streaming validates on a last shard.
     """
     largest = max(manifest.shards, key=lambda shard: shard.n_bytes)
     return 2 * largest.n_bytes + 8 * largest.n_rows * N_PIXELS + 2 * manifest.n_rows * N_PIXELS
