@@ -117,11 +117,16 @@ def test_a_pipe_is_read_once_or_refused_where_it_would_be_read_twice(
         resolve_data_source(fifo)  # scanned, then read: the second read would find it empty
 
 
-def test_a_glob_orders_numbered_files_by_their_numbers(tmp_path: Path, source) -> None:
-    for number in (1, 2, 10):
-        write_kaggle_csv(tmp_path / f"test_{number}.csv", source[1].images[number : number + 1])
-    files = [shard.path.name for shard in resolve_data_source(f"{tmp_path}/test_*.csv").shards]
-    assert files == ["test_1.csv", "test_2.csv", "test_10.csv"]  # the rows' ImageIds follow
+def test_a_glob_orders_numbered_files_by_their_numbers(tmp_path: Path, source, monkeypatch) -> None:
+    for name in ("test_1", "test_2", "test_10", "test_01"):
+        write_kaggle_csv(tmp_path / f"{name}.csv", source[1].images[:1])
+    # Equal numbers (01 and 1) are ordered by name, whatever order the directory lists them in.
+    listed = shards.glob.glob(f"{tmp_path}/test_*.csv")
+    for listing in (sorted(listed), sorted(listed, reverse=True)):
+        monkeypatch.setattr(shards.glob, "glob", lambda pattern, listing=listing: listing)
+        files = [shard.path.name for shard in resolve_data_source(f"{tmp_path}/test_*.csv").shards]
+        # the rows' ImageIds follow
+        assert files == ["test_01.csv", "test_1.csv", "test_2.csv", "test_10.csv"]
 
 
 def test_unlabelled_shards_and_mixed_sources(tmp_path: Path, source, shard_dir: Path) -> None:

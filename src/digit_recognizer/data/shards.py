@@ -218,11 +218,12 @@ def choose_loading(manifest: Manifest, max_memory_bytes: int) -> Literal["memory
     return choice
 
 
-def _natural_order(path: Path) -> list[str | int]:
-    """Sort key comparing runs of digits in a path as numbers: part-2 before part-10."""
+def _natural_order(path: Path) -> tuple[list[str | int], str]:
+    """Sort key comparing runs of digits in a path as numbers: part-2 before part-10; the path
+    itself decides between equal numbers (t_1 and t_01), not the directory's listing order."""
     # re.split with a group alternates text and digits, so equal positions hold equal types.
     runs = re.split(r"(\d+)", str(path))
-    return [int(run) if index % 2 else run for index, run in enumerate(runs)]
+    return [int(run) if index % 2 else run for index, run in enumerate(runs)], str(path)
 
 
 def _describe_csv(path: Path) -> tuple[Shard, bool]:
