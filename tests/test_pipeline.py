@@ -281,7 +281,7 @@ def test_a_killed_member_is_named_with_the_way_to_finish(tmp_path, small_csvs, m
 
 
 def test_training_reads_a_faint_file_as_predict_does_and_warns_of_rows_predict_would_redo(
-    tmp_path, small_train, caplog
+    tmp_path, small_train, caplog, monkeypatch
 ):
     """0/1 pixels train as full ink (as near-black digits the run had learned nothing, and its
     report crashed), streamed too; a net trained on dark-on-light rows is told that predict
@@ -314,4 +314,9 @@ def test_training_reads_a_faint_file_as_predict_does_and_warns_of_rows_predict_w
     caplog.clear()
     with caplog.at_level(logging.WARNING):
         train_set, _ = training_data(replace(config, max_memory_gb=0), binarised)
-    assert isinstance(train_set, DigitSet) and "read in memory over the --max-memory" in caplog.text
+    assert isinstance(train_set, DigitSet)
+    assert "read in memory, over the --max-memory" in caplog.text
+    # Unless it would not fit half the memory free: then the error says what to do.
+    monkeypatch.setattr(pipeline, "available_memory_bytes", lambda: 1_000_000)
+    with pytest.raises(DataError, match="split it with `digits data shard`, or train with --val"):
+        training_data(replace(config, max_memory_gb=0), binarised)

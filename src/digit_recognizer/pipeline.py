@@ -34,6 +34,7 @@ from digit_recognizer.data.replica import ReplicaFiles, ready_replica
 from digit_recognizer.data.shards import (
     Manifest,
     choose_loading,
+    estimate_memory_bytes,
     read_data_source,
     read_shards,
     refuse_split,
@@ -243,8 +244,18 @@ def training_data(config: TrainConfig, source: Path) -> tuple[DigitSet | Manifes
     if not config.valid_size and not in_memory:
         return manifest, DigitSet(np.zeros((0, 28, 28), np.uint8), np.zeros(0, np.int64))
     if not in_memory and len(manifest.shards) < 2:
-        log.warning("%s: one file, and streaming validates on a last shard: read in memory over "
-                    "the --max-memory budget; `digits data shard` splits it to stream it",
+        # Streaming validates on a last shard. Over the budget but within half the memory
+        # free, one file is read whole, as it was before the estimate counted pyarrow's columns.
+        needed, free = estimate_memory_bytes(manifest), available_memory_bytes()
+        if free is None or needed > free / 2:
+            raise DataError(
+                f"{source}: needs ~{needed / 1e9:.1f} GB in memory, over --max-memory and half "
+                "of the memory free, and one file cannot be streamed with a validation split "
+                "(the last shard validates): split it with `digits data shard`, or train with "
+                "--valid-size 0"
+            )
+        log.warning("%s: one file, and streaming validates on a last shard: read in memory, "
+                    "over the --max-memory budget; `digits data shard` splits it to stream it",
                     source)  # fmt: skip
         in_memory = True
     if in_memory and not (held_out and config.valid_size):
@@ -257,6 +268,14 @@ def training_data(config: TrainConfig, source: Path) -> tuple[DigitSet | Manifes
         train_set = read_as_predicted(read_shards(train_shards), source, is_expansion)
         return train_set, read_as_predicted(valid_shard, source, is_expansion)
     return train_shards, read_as_predicted(valid_shard, source, is_expansion)
+
+
+def available_memory_bytes() -> int | None:
+    """The memory free now (Linux; None where the system does not say)."""
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def read_as_predicted(data: DigitSet, source: Path, is_expansion: bool) -> DigitSet:

@@ -45,9 +45,6 @@ CENTRE = 14
 # Ink is what stands out from the background by more than this fraction of the contrast range;
 # 0.25 keeps faint pen strokes and drops paper texture and JPEG ringing in photos.
 INK_THRESHOLD = 0.25
-# A digit's ink covers 1-50 % of its 28 x 28 frame (MNIST's, at half its brightest level or more:
-# 1.9-40 % of 42,000 training digits); sensor noise covers more, a speck less.
-FAINT_INK_SHARE = (0.01, 0.5)
 FAINT_INK_THRESHOLD = 0.1  # joins a blob's parts in small images: see _without_specks
 # Specks (dust, scanner noise) are dropped before the crop (_without_specks): blobs of ink with
 # under 5 % of the largest blob's mass anywhere, or under 15 % of it more than 0.2 of that blob's
@@ -417,16 +414,11 @@ def faint_to_full_ink(images: NDArray[np.uint8]) -> tuple[NDArray[np.uint8], int
     (binarised, as Semeion's), 0-16 (UCI's optical digits), 0-2. Each is scaled so that its
     brightest pixel is 255, as MNIST's ink is, rather than read as a near-black digit; returns
     the images (N, 28, 28) and how many were. Row by row, so that a file read whole, in pieces
-    or by several processes is read alike. Only rows whose ink (half their brightest level or
-    more) covers FAINT_INK_SHARE of the frame, as a digit's does: a blank cell's sensor noise
-    (ink everywhere) or a lone speck stays as it is, not blown up into a confident digit."""
+    or by several processes is read alike. A blank cell's faint noise is scaled too: no row
+    that reaches the nets is under MIN_CONTRAST but a black one (check_images refuses such
+    arrays from users), and a blank cell gets a label in a submission either way."""
     brightest = images.max(axis=(1, 2), initial=0)
-    is_faint = (brightest > 0) & (brightest < MIN_CONTRAST)
-    if not is_faint.any():
-        return images, 0
-    ink_share = (images >= ((brightest + 1) // 2)[:, None, None]).mean(axis=(1, 2))
-    low, high = FAINT_INK_SHARE
-    faint = np.flatnonzero(is_faint & (ink_share >= low) & (ink_share <= high))
+    faint = np.flatnonzero((brightest > 0) & (brightest < MIN_CONTRAST))
     if not len(faint):
         return images, 0
     scaled = images.copy()

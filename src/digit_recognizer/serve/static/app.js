@@ -42,10 +42,10 @@ function redraw() {
   }
 }
 
-// An upload's paper, as the server reads it (data/images.py, _to_grey): the mean colour along
-// its edges, of their opaque pixels. A canvas reads transparent pixels as black, so an image
-// mostly transparent (strokes on nothing) gets the colour that contrasts with its ink instead:
-// black paper would hide dark strokes, and the pad is drawn on and sent without transparency.
+// An upload's paper, as the server reads it (data/images.py, _to_grey): for an image mostly
+// opaque, the median colour of its opaque pixels (a page, transparent margins or not); for one
+// mostly transparent (strokes on nothing), the grey that contrasts with its ink. A canvas reads
+// transparent pixels as black: taken for paper, they hid dark strokes under the pad's black.
 function paperColour(image) {
   const side = 64;
   const canvas = document.createElement("canvas");
@@ -54,21 +54,20 @@ function paperColour(image) {
   const context = canvas.getContext("2d");
   context.drawImage(image, 0, 0, side, side);
   const { data } = context.getImageData(0, 0, side, side);
-  const edge = [0, 0, 0, 0], all = [0, 0, 0, 0]; // alpha-weighted r, g, b and the weights
-  for (let y = 0; y < side; y += 1) {
-    for (let x = 0; x < side; x += 1) {
-      const i = 4 * (y * side + x), alpha = data[i + 3] / 255;
-      const sums = x > 0 && y > 0 && x < side - 1 && y < side - 1 ? [all] : [all, edge];
-      for (const sum of sums) {
-        for (let c = 0; c < 3; c += 1) sum[c] += alpha * data[i + c];
-        sum[3] += alpha;
-      }
-    }
+  const opaque = [[], [], []];
+  let alphaSum = 0, inkSum = 0;
+  for (let i = 0; i < data.length; i += 4) {
+    const alpha = data[i + 3] / 255;
+    const grey = Math.round((299 * data[i] + 587 * data[i + 1] + 114 * data[i + 2]) / 1000);
+    alphaSum += alpha;
+    inkSum += alpha * grey;
+    if (alpha > 0.5) for (let c = 0; c < 3; c += 1) opaque[c].push(data[i + c]);
   }
-  const mean = (sum) => `rgb(${sum.slice(0, 3).map((total) => Math.round(total / sum[3]))})`;
-  if (all[3] > 0.5 * side * side) return mean(edge[3] > 0 ? edge : all); // mostly opaque
-  if (all[3] === 0) return WHITE;
-  return isDark(mean(all)) ? WHITE : "rgb(0, 0, 0)";
+  if (alphaSum > 0.5 * side * side) {
+    const median = (values) => values.sort((a, b) => a - b)[values.length >> 1];
+    return `rgb(${opaque.map(median).join(", ")})`;
+  }
+  return alphaSum > 0 && inkSum / alphaSum >= 128 ? "rgb(0, 0, 0)" : WHITE;
 }
 
 function isDark(colour) {
