@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 import torch
 from numpy.typing import ArrayLike, NDArray
 from torch import nn
@@ -74,6 +73,8 @@ def export_onnx(run_dir: Path, out: Path | None = None) -> Path:
             dynamo=True,
             verbose=False,
         )
+    import onnx  # 0.7 s to import: not for the torch backend's server, which imports this
+
     with atomic_path(out) as tmp:  # a torn file would pass onnx_is_current's check
         program.save(tmp, external_data=False)
         exported = onnx.load(tmp)
@@ -110,6 +111,8 @@ def onnx_is_current(run_dir: Path) -> bool:
         return False
     if not weights.exists():
         return True
+    import onnx
+
     try:
         recorded = {prop.key: prop.value for prop in onnx.load(onnx_path).metadata_props}
     except Exception:  # onnx raises its own untyped errors on a bad file: export it anew

@@ -292,7 +292,8 @@ def read_as_predicted(data: DigitSet, source: Path, is_expansion: bool) -> Digit
         log.warning("%s: %.0f %% of its digits are not laid out as MNIST's (dark on light, "
                     "filling the frame, off-centre); `digits predict` and `evaluate` redo such "
                     "rows as MNIST's before a net reads them, so predict this net's test rows "
-                    "with --as-is, or conform the training rows first", source,
+                    "with --as-is (or conform the training rows first: "
+                    "digit_recognizer.data.images.conform_to_mnist)", source,
                     100 * off_layout)  # fmt: skip
     return data if images is data.images else DigitSet(images, data.labels)
 

@@ -240,7 +240,8 @@ def orientation_evidence(
     """How surely the model reads ``images`` as given and transposed: (rows sampled, their top
     probabilities summed as given, and transposed); up to ORIENTATION_SAMPLE rows, spread
     evenly. Sums, so that torchrun's processes can add theirs up."""
-    if not len(images):  # too few rows are judged on the sums (reads_transposed): --nproc
+    # A process's few rows (--nproc) count too: reads_transposed applies its minimum to the sums.
+    if not len(images):
         return np.zeros(3, dtype=np.float32)
     n_rows = min(len(images), ORIENTATION_SAMPLE)
     sample = images[np.linspace(0, len(images) - 1, n_rows).astype(np.intp)]
