@@ -73,13 +73,9 @@ def export_onnx(run_dir: Path, out: Path | None = None) -> Path:
             dynamo=True,
             verbose=False,
         )
-    import onnx  # 0.7 s to import: not for the torch backend's server, which imports this
-
+    program.model.metadata_props[WEIGHTS_HASH_KEY] = sha256_file(run_dir / WEIGHTS_FILE)
     with atomic_path(out) as tmp:  # a torn file would pass onnx_is_current's check
         program.save(tmp, external_data=False)
-        exported = onnx.load(tmp)
-        exported.metadata_props.add(key=WEIGHTS_HASH_KEY, value=sha256_file(run_dir / WEIGHTS_FILE))
-        onnx.save(exported, tmp)
     log.info("exported %s to %s", run_dir, out)
     return out
 
@@ -111,7 +107,7 @@ def onnx_is_current(run_dir: Path) -> bool:
         return False
     if not weights.exists():
         return True
-    import onnx
+    import onnx  # 0.7 s to import: not for the torch backend's server, which imports this module
 
     try:
         recorded = {prop.key: prop.value for prop in onnx.load(onnx_path).metadata_props}

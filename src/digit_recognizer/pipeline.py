@@ -28,7 +28,7 @@ from rich.logging import RichHandler
 from rich.progress import Progress
 
 from digit_recognizer.config import load_config, save_config
-from digit_recognizer.data.images import in_mnist_format
+from digit_recognizer.data.images import faint_to_full_ink, in_mnist_format
 from digit_recognizer.data.kaggle_csv import DigitSet, read_kaggle_csv
 from digit_recognizer.data.replica import ReplicaFiles, ready_replica
 from digit_recognizer.data.shards import (
@@ -57,13 +57,7 @@ from digit_recognizer.fileio import locked_dir, sha256_file, write_text
 from digit_recognizer.interrupts import Terminated, sigterm_interrupts
 from digit_recognizer.models.runtime import resolve_device
 from digit_recognizer.models.storage import load_net, write_ensemble
-from digit_recognizer.predict import (
-    PredictConfig,
-    Predictor,
-    faint_to_full_ink,
-    predict_csv,
-    warn_faint,
-)
+from digit_recognizer.predict import PredictConfig, Predictor, predict_csv, warn_faint
 from digit_recognizer.report import write_run_report
 from digit_recognizer.train import (
     CHECKPOINT_FILE,
