@@ -7,6 +7,7 @@ import json
 import logging
 import shutil
 import socket
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -25,7 +26,7 @@ from digit_recognizer.models.registry import get_spec
 from digit_recognizer.models.storage import PREPROCESSING
 from digit_recognizer.predict import PredictConfig, Predictor
 from digit_recognizer.serve import ServeConfig, create_app
-from digit_recognizer.serve.app import listening_socket, load_served_model
+from digit_recognizer.serve.app import address, listening_socket, load_served_model
 from digit_recognizer.serve.routes import GRAD_CAM_UNAVAILABLE
 from tests.test_images import drawing, encode, frame_filling, png_header
 
@@ -546,3 +547,44 @@ def test_connections_to_the_server_socket_are_not_delayed_by_nagle() -> None:
         return nodelay
 
     assert asyncio.run(nodelay_of_an_accepted_connection()) == 1
+
+
+def test_csv_uploads_beyond_max_csv_jobs_get_503(
+    run_dir: Path, small_test: DigitSet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from digit_recognizer.serve import routes
+
+    predicting, release = threading.Event(), threading.Event()
+    submission_csv = routes._submission_csv
+
+    def held_submission_csv(*args: object) -> bytes:
+        predicting.set()
+        release.wait(timeout=30)
+        return submission_csv(*args)
+
+    monkeypatch.setattr(routes, "_submission_csv", held_submission_csv)
+    path = tmp_path / "test.csv"
+    write_kaggle_csv(path, small_test.images[:3])
+    upload = {"files": {"file": ("test.csv", path.read_bytes())}}
+    with TestClient(create_app(run_dir, ServeConfig(max_csv_jobs=1))) as client:
+        with ThreadPoolExecutor(1) as pool:
+            first = pool.submit(client.post, "/predict/csv", **upload)
+            assert predicting.wait(timeout=30)
+            busy = client.post("/predict/csv", **upload)
+            release.set()
+            assert first.result().status_code == 200
+        assert (busy.status_code, busy.headers["retry-after"]) == (503, "5")
+        assert "ServeConfig.max_csv_jobs" in busy.json()["detail"]
+        assert client.post("/predict/csv", **upload).status_code == 200  # the slot is free again
+
+
+def test_an_ipv6_address_is_written_in_brackets() -> None:
+    assert address("::1", 8000) == "[::1]:8000" and address("127.0.0.1", 80) == "127.0.0.1:80"
+    try:
+        taken = socket.create_server(("::1", 0), family=socket.AF_INET6)
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    with taken:
+        port = taken.getsockname()[1]
+        with pytest.raises(ConfigError, match=rf"cannot serve at \[::1\]:{port} \("):
+            listening_socket("::1", port)

@@ -6,6 +6,7 @@ Routes live in ``routes.py``; inference goes through ``predict.Predictor`` (torc
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -58,13 +59,16 @@ class ServeConfig:
     max_csv_bytes: int = 64 * 2**20  # CSV uploads to /predict/csv; Kaggle's test.csv is 51 MB
     max_batch: int = 256  # images per JSON request to /predict
     max_csv_rows: int = 30_000  # rows per CSV upload; Kaggle's test.csv has 28,000
+    # CSV uploads handled at once; more get 503 before their body is read. Each holds its body,
+    # a temporary copy and its parsed rows (~300 MB for Kaggle's test.csv) until it answers.
+    max_csv_jobs: int = 2
     max_image_pixels: int = MAX_IMAGE_PIXELS  # decoded size of an uploaded image (bombs)
 
     def __post_init__(self) -> None:
         if self.backend not in ("torch", "onnx"):
             raise ConfigError(f"backend must be 'torch' or 'onnx', got '{self.backend}'")
         for name in ("n_threads", "max_body_bytes", "max_csv_bytes", "max_batch",
-                     "max_csv_rows", "max_image_pixels"):  # fmt: skip
+                     "max_csv_rows", "max_csv_jobs", "max_image_pixels"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 0 <= self.port <= 65535:  # 0: any free port
@@ -72,7 +76,8 @@ class ServeConfig:
 
     def limits(self) -> dict[str, int]:
         """The request limits, as ``GET /model`` reports them."""
-        names = ("max_body_bytes", "max_csv_bytes", "max_batch", "max_csv_rows", "max_image_pixels")
+        names = ("max_body_bytes", "max_csv_bytes", "max_batch", "max_csv_rows", "max_csv_jobs",
+                 "max_image_pixels")  # fmt: skip
         return {name: getattr(self, name) for name in names}
 
 
@@ -202,6 +207,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.config = config
+    app.state.csv_slots = asyncio.Semaphore(config.max_csv_jobs)
     app.add_middleware(BodySizeLimit, max_body_bytes=config.max_body_bytes,
                        max_csv_bytes=config.max_csv_bytes)  # fmt: skip
     app.include_router(api)
@@ -214,6 +220,11 @@ def create_app(
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app
+
+
+def address(host: str, port: int) -> str:
+    """``host:port``, an IPv6 host in brackets (``[::1]:8000``) as URLs write it."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
@@ -231,8 +242,8 @@ def listening_socket(host: str, port: int) -> socket.socket:
     except OSError as error:
         listening.close()
         reason = os.strerror(error.errno) if error.errno else str(error)
-        raise ConfigError(f"cannot serve at {host}:{port} ({reason}); choose another --port "
-                          "or --host") from None  # fmt: skip
+        raise ConfigError(f"cannot serve at {address(host, port)} ({reason}); choose another "
+                          "--port or --host") from None  # fmt: skip
     return listening
 
 
@@ -251,7 +262,7 @@ def run_server(
     # port in use is a one-line error rather than uvicorn's exit after the announcement.
     listening = listening_socket(config.host, config.port)
     port = listening.getsockname()[1]
-    url = f"http://{config.host}:{port}"
+    url = f"http://{address(config.host, port)}"
     announce(f"serving {run_dir} ({config.backend}) at {url}, API docs at {url}/docs")
     # The server process owns its threads: set once here, not in create_app, which tests share.
     torch.set_num_threads(config.n_threads)

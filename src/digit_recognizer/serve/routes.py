@@ -6,6 +6,7 @@ Every route reads the model that ``lifespan`` put on ``app.state``; bad input ge
 
 from __future__ import annotations
 
+import asyncio
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -314,7 +315,9 @@ async def predict(
                413: {"model": ErrorResponse, "description": "over max_csv_bytes or max_csv_rows"},
                415: {"model": ErrorResponse, "description": "unsupported Content-Type"},
                422: {"model": ErrorResponse,
-                     "description": "the CSV is not in Kaggle's format, or an invalid query"}},
+                     "description": "the CSV is not in Kaggle's format, or an invalid query"},
+               503: {"model": ErrorResponse,
+                     "description": "max_csv_jobs uploads in progress; retry after a few seconds"}},
 )  # fmt: skip
 async def predict_csv(
     request: Request,
@@ -330,12 +333,21 @@ async def predict_csv(
             f"Content-Type '{content_type or 'none'}' is not supported here; upload the CSV "
             "as multipart/form-data (field 'file') or as text/csv",
         )
-    data, name = await _read_upload(request, content_type, default_name="test.csv")
     served: ServedModel = request.app.state.model
     config: ServeConfig = request.app.state.config
-    submission = await run_in_threadpool(
-        _submission_csv, served, data, name, config.max_csv_rows, not as_is
-    )
+    slots: asyncio.Semaphore = request.app.state.csv_slots
+    if slots.locked():  # answered before the body is read: waiting uploads would hold theirs
+        raise HTTPException(
+            503,
+            f"{config.max_csv_jobs} CSV uploads are being predicted (ServeConfig.max_csv_jobs); "
+            "retry in a few seconds",
+            headers={"Retry-After": "5"},
+        )
+    async with slots:
+        data, name = await _read_upload(request, content_type, default_name="test.csv")
+        submission = await run_in_threadpool(
+            _submission_csv, served, data, name, config.max_csv_rows, not as_is
+        )
     headers = {"Content-Disposition": 'attachment; filename="submission.csv"'}
     return Response(submission, media_type="text/csv", headers=headers)
 
