@@ -10,6 +10,9 @@ import torch
 from safetensors.torch import load_file
 
 from digit_recognizer import pipeline
+from digit_recognizer.checkpoint import (
+    check_out_dir,
+)
 from digit_recognizer.config import save_config
 from digit_recognizer.data.kaggle_csv import DigitSet, write_kaggle_csv
 from digit_recognizer.errors import ConfigError, DataError, DigitsError, ModelFileError
@@ -31,7 +34,7 @@ from digit_recognizer.pipeline import (
 from digit_recognizer.predict import Predictor
 from digit_recognizer.report import write_run_report
 from digit_recognizer.serve import run_server
-from digit_recognizer.train import TrainConfig, check_out_dir
+from digit_recognizer.train import TrainConfig
 
 from .conftest import TINY_RECIPE
 

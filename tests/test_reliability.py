@@ -22,6 +22,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer
 from typer.testing import CliRunner
 
+from digit_recognizer.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from digit_recognizer.cli import app
 from digit_recognizer.config import load_config
 from digit_recognizer.data.kaggle_csv import DigitSet, write_kaggle_csv
@@ -30,7 +31,7 @@ from digit_recognizer.errors import ModelFileError
 from digit_recognizer.models.classical import TRUSTED_FILE, load_pipeline
 from digit_recognizer.models.storage import ENSEMBLE_FILE, META_FILE, WEIGHTS_FILE, load_net
 from digit_recognizer.pipeline import get_preset, split_for_training
-from digit_recognizer.train import CHECKPOINT_FILE, TrainConfig, load_checkpoint, train
+from digit_recognizer.train import TrainConfig, train
 
 PACKAGE = Path(__file__).parents[1] / "src" / "digit_recognizer"
 N_ROWS = 1_000  # 14 steps an epoch: the run's fixed costs (startup, report) dominate anyway

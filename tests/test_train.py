@@ -9,6 +9,7 @@ from dataclasses import replace
 import pytest
 import torch
 
+from digit_recognizer.checkpoint import load_checkpoint
 from digit_recognizer.data.augment import augment_batch
 from digit_recognizer.data.kaggle_csv import DigitSet
 from digit_recognizer.distributed import Distributed
@@ -21,7 +22,6 @@ from digit_recognizer.train import (
     TrainConfig,
     evaluate_split,
     get_lr,
-    load_checkpoint,
     row_sampler,
     train,
     warmed_up_ema,

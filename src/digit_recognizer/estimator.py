@@ -21,6 +21,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.pipeline import Pipeline
 from sklearn.utils.validation import check_is_fitted, column_or_1d
 
+from digit_recognizer.checkpoint import CONFIG_FILE, check_out_dir
 from digit_recognizer.config import load_config
 from digit_recognizer.data.images import check_images
 from digit_recognizer.data.kaggle_csv import N_PIXELS, DigitSet
@@ -29,7 +30,7 @@ from digit_recognizer.models.classical import fits_the_digits, load_pipeline, sa
 from digit_recognizer.models.registry import build, get_spec
 from digit_recognizer.models.storage import load_net, read_meta, save_net
 from digit_recognizer.predict import PredictConfig, Predictor
-from digit_recognizer.train import CONFIG_FILE, TrainConfig, check_out_dir, model_args, train
+from digit_recognizer.train import TrainConfig, model_args, train
 
 # NetClassifier parameters that are TrainConfig keys; None means TrainConfig's default.
 TRAIN_KEYS = (

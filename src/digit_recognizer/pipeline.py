@@ -27,6 +27,13 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import Progress
 
+from digit_recognizer.checkpoint import (
+    CHECKPOINT_FILE,
+    CONFIG_FILE,
+    check_out_dir,
+    member_run_dir,
+    save_run_config,
+)
 from digit_recognizer.config import load_config, save_config
 from digit_recognizer.data.images import faint_to_full_ink, in_mnist_format
 from digit_recognizer.data.kaggle_csv import DigitSet, read_kaggle_csv
@@ -59,17 +66,7 @@ from digit_recognizer.models.runtime import resolve_device
 from digit_recognizer.models.storage import load_net, write_ensemble
 from digit_recognizer.predict import PredictConfig, Predictor, predict_csv, warn_faint
 from digit_recognizer.report import write_run_report
-from digit_recognizer.train import (
-    CHECKPOINT_FILE,
-    CONFIG_FILE,
-    TrainConfig,
-    TrainResult,
-    check_global_batch,
-    check_out_dir,
-    member_run_dir,
-    save_run_config,
-    train,
-)
+from digit_recognizer.train import TrainConfig, TrainResult, check_global_batch, train
 
 log = logging.getLogger(__name__)
 

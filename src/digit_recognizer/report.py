@@ -23,6 +23,7 @@ from numpy.typing import NDArray
 from sklearn import metrics as skm
 from torch import nn
 
+from digit_recognizer.checkpoint import CONFIG_FILE, HISTORY_FILE
 from digit_recognizer.config import read_toml
 from digit_recognizer.data.images import faint_to_full_ink
 from digit_recognizer.data.kaggle_csv import DigitSet, read_kaggle_csv
@@ -42,7 +43,6 @@ from digit_recognizer.explain import draw_overlay, grad_cam
 from digit_recognizer.fileio import sha256_file, write_text
 from digit_recognizer.models.storage import refuse_ensemble
 from digit_recognizer.predict import PredictConfig, Predictor, conform_rows
-from digit_recognizer.train import CONFIG_FILE, HISTORY_FILE
 
 REPORT_FILE = "report.html"
 N_GALLERY = 16  # images per gallery: two rows of eight stay legible at page width

@@ -10,20 +10,15 @@ Recipe and figures: README.md; timings: benchmarks/time_to_accuracy.py.
 from __future__ import annotations
 
 import copy
-import csv
-import hashlib
 import inspect
-import io
 import logging
 import math
-import pickle  # for pickle.UnpicklingError only: torch.load(weights_only=True) raises it
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -33,7 +28,17 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader, DistributedSampler
 
-from digit_recognizer.config import save_config
+from digit_recognizer.checkpoint import (
+    CHECKPOINT_FILE,
+    changed_settings,
+    check_resume_matches,
+    load_checkpoint,
+    restore_checkpoint,
+    rows_fingerprint,
+    save_checkpoint,
+    save_run_config,
+    write_history,
+)
 from digit_recognizer.data.augment import Augmentation, augment_batch
 from digit_recognizer.data.images import faint_to_full_ink
 from digit_recognizer.data.kaggle_csv import DigitSet
@@ -48,11 +53,8 @@ from digit_recognizer.distributed import (
 from digit_recognizer.errors import (
     ConfigError,
     DigitsError,
-    ModelFileError,
-    OutputError,
-    first_line,
 )
-from digit_recognizer.fileio import atomic_path, make_dir, write_text
+from digit_recognizer.fileio import make_dir
 from digit_recognizer.models.registry import build, get_spec
 from digit_recognizer.models.runtime import (
     autocast,
@@ -61,18 +63,10 @@ from digit_recognizer.models.runtime import (
     resolve_device,
     synchronize,
 )
-from digit_recognizer.models.storage import ENSEMBLE_FILE, META_FILE, save_net
+from digit_recognizer.models.storage import save_net
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FILE = "checkpoint.pt"
-HISTORY_FILE = "history.csv"
-CONFIG_FILE = "config.toml"
-# What --resume reads back from checkpoint.pt; "config" and "rows" hold a resumed run to its
-# own settings and data (check_resume_matches).
-RESUME_KEYS = ("model", "optimizer", "step", "epoch", "elapsed_s", "lr_scale", "history",
-               "best_accuracy", "best_loss", "best_state", "epochs_since_best", "stopped_early",
-               "config", "rows")  # fmt: skip
 DEFAULT_LR = {"sgd": 0.05, "adam": 1e-3, "adamw": 1e-3}
 # Seeds times this, plus epoch and rank: the draws of seed n never meet those of seed n + 1 (an
 # ensemble's next member) at another epoch.
@@ -276,155 +270,12 @@ def evaluate_split(
     return loss, accuracy
 
 
-def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> None:
-    # Written atomically each epoch: a kill at any moment leaves the previous one intact.
-    with atomic_path(run_dir / CHECKPOINT_FILE) as tmp:
-        torch.save(state, tmp)
-
-
-def load_checkpoint(run_dir: Path, device: torch.device) -> dict[str, Any]:
-    """The last checkpoint; ``ModelFileError`` naming the file if it is corrupt or not ours."""
-    path = run_dir / CHECKPOINT_FILE
-    try:
-        # weights_only=True: the checkpoint holds tensors, numbers and strings, nothing executable.
-        checkpoint = torch.load(path, map_location=device, weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, EOFError, OSError, ValueError) as error:
-        raise ModelFileError(
-            f"{path}: not a readable checkpoint ({first_line(error)}); delete it to start over"
-        ) from None
-    missing = [
-        key for key in RESUME_KEYS if not isinstance(checkpoint, dict) or key not in checkpoint
-    ]
-    if missing:
-        raise ModelFileError(
-            f"{path}: not a checkpoint of digits train (no {', '.join(missing)}); "
-            "delete it to start over"
-        )
-    return checkpoint
-
-
-def restore_checkpoint(
-    run_dir: Path,
-    checkpoint: dict[str, Any],
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    ema: AveragedModel | None,
-) -> None:
-    """Load the checkpoint's weights, optimizer state and weight average; ``ModelFileError``
-    if they do not fit."""
-    try:
-        model.load_state_dict(checkpoint["model"])
-        # load_state_dict brings back the hyperparameters the run started with too; from here on
-        # the config's apply, as config.toml will record (the lr is set every step anyway).
-        settings = [{key: value for key, value in group.items() if key != "params"}
-                    for group in optimizer.param_groups]  # fmt: skip
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        for group, setting in zip(optimizer.param_groups, settings, strict=True):
-            group.update(setting)
-        if (ema is None) != (checkpoint.get("ema") is None):
-            # Dropping or inventing the average would silently change which weights are kept.
-            raise ValueError("ema_decay: the run kept an average of its weights and this "
-                             "config does not, or the other way round")  # fmt: skip
-        if ema is not None:
-            ema.load_state_dict(checkpoint["ema"])
-    except (RuntimeError, ValueError, KeyError, TypeError) as error:
-        raise ModelFileError(
-            f"{run_dir / CHECKPOINT_FILE}: does not fit this model and optimizer "
-            f"({first_line(error)}); resume with the run's own settings, or delete it"
-        ) from None
-
-
-def write_history(run_dir: Path, history: list[dict[str, float]]) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(history[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(history)
-    write_text(run_dir / HISTORY_FILE, buffer.getvalue())
-
-
-def member_run_dir(run_dir: Path, number: int) -> Path:
-    """Where ensemble member ``number`` (from 1) of ``run_dir`` trains."""
-    return run_dir / f"member-{number}"
-
-
-def save_run_config(config: TrainConfig, run_dir: Path) -> None:
-    """``run_dir``/config.toml: the run's settings without the --resume that continued it, so
-    that ``--config`` on it trains the run again rather than continuing whatever is there."""
-    save_config(replace(config, resume=False), run_dir / CONFIG_FILE)
-
-
-def check_out_dir(run_dir: Path, resume: bool, ensemble: bool) -> None:
-    """Refuse a run directory whose files training would overwrite, or leave contradicting its
-    own (an ensemble's members beside a single model: which would predict?)."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise OutputError(f"{run_dir}: a file, where the run directory would go; give another")
-    if ensemble and any((run_dir / name).exists() for name in (META_FILE, CHECKPOINT_FILE)):
-        raise ConfigError(f"{run_dir} holds a single model's run; train the ensemble into "
-                          "another directory")  # fmt: skip
-    # An interrupted ensemble has its members' settings recorded but no ensemble.json yet.
-    first_member = member_run_dir(run_dir, 1) / CONFIG_FILE
-    is_ensemble = (run_dir / ENSEMBLE_FILE).exists() or first_member.exists()
-    if not ensemble and is_ensemble:
-        raise ConfigError(f"{run_dir} holds an ensemble or its first members; train one model "
-                          "into another directory, or continue the ensemble (--preset best "
-                          "--resume)")  # fmt: skip
-    if not resume and (run_dir / CHECKPOINT_FILE).exists():
-        raise ConfigError(
-            f"{run_dir} already holds a training run ({CHECKPOINT_FILE}); continue it "
-            "(--resume), or train into another directory to start over"
-        )
-
-
 def row_sampler(n_rows: int, dist_env: Distributed, seed: int) -> DistributedSampler:
     """This rank's share of each epoch's shuffled rows (``set_epoch`` first, each epoch)."""
     # DistributedSampler shuffles with seed + epoch: seeds spread apart, ensemble members (seeds
     # n and n + 1) do not see one order an epoch apart.
     return DistributedSampler(range(n_rows), dist_env.world_size, dist_env.rank,
                               seed=seed * SEED_STRIDE, drop_last=True)  # fmt: skip
-
-
-def rows_fingerprint(train_set: DigitSet | Manifest) -> str:
-    """SHA-256 of the training rows (of a manifest's shards' own hashes): a resumed run must
-    train on what it started on, and another file, seed or validation size gives other rows."""
-    digest = hashlib.sha256()
-    if isinstance(train_set, Manifest):
-        for shard in train_set.shards:
-            digest.update(shard.sha256.encode())
-    else:
-        digest.update(np.ascontiguousarray(train_set.images).data)
-        digest.update(np.ascontiguousarray(train_set.labels).data)
-    return digest.hexdigest()
-
-
-def check_resume_matches(
-    run_dir: Path, checkpoint: dict[str, Any], config: TrainConfig, rows: str
-) -> None:
-    """Refuse to resume on other training rows, augmentation draws, batch size or optimizer
-    than the run's own: the checkpoint counts steps in its own batches, the schedule and the
-    epochs trained are read from that count, and one optimizer's state means nothing to another."""
-    recorded = checkpoint["config"]
-    changed = [
-        key for key in ("seed", "valid_size", "batch_size", "optimizer")
-        if recorded[key] != getattr(config, key)
-    ]  # fmt: skip
-    if checkpoint["rows"] != rows:
-        # Streamed shards are fingerprinted by their hashes, rows in memory by their bytes:
-        # another max_memory_gb can turn one into the other, and a stream's batches are others.
-        hint = " (or whether they stream: max_memory_gb)"
-        changed.append("training rows" + hint * (recorded["max_memory_gb"] != config.max_memory_gb))
-    if changed:
-        raise ConfigError(
-            f"{run_dir / CHECKPOINT_FILE}: resuming would change the run's "
-            f"{' and '.join(changed)}; resume it with its own data and settings (its "
-            f"{CONFIG_FILE}), or train into another directory"
-        )
-
-
-def changed_settings(recorded: dict[str, Any], config: TrainConfig) -> list[str]:
-    """The settings ``config`` changes from the ``recorded`` ones, as "key old -> new"."""
-    now = asdict(config)
-    return [f"{key} {recorded[key]!r} -> {now[key]!r}" for key in now
-            if key != "resume" and key in recorded and recorded[key] != now[key]]  # fmt: skip
 
 
 def as_raised_in_worker(error: DigitsError) -> DigitsError:

@@ -32,6 +32,7 @@ import optuna
 from matplotlib.figure import Figure
 from sqlalchemy.exc import SQLAlchemyError
 
+from digit_recognizer.checkpoint import rows_fingerprint
 from digit_recognizer.config import load_config, save_config
 from digit_recognizer.data.kaggle_csv import DigitSet
 from digit_recognizer.data.shards import read_labelled
@@ -41,7 +42,7 @@ from digit_recognizer.estimator import build_estimator
 from digit_recognizer.evaluate import save_figure
 from digit_recognizer.fileio import make_dir, write_text
 from digit_recognizer.models.registry import get_spec
-from digit_recognizer.train import TrainConfig, rows_fingerprint, train
+from digit_recognizer.train import TrainConfig, train
 
 log = logging.getLogger(__name__)
 
