@@ -1,9 +1,11 @@
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from digit_recognizer.config import config_to_toml, load_config, read_toml, save_config
 from digit_recognizer.errors import ConfigError, UnknownModelError
+from digit_recognizer.predict import PredictConfig
 from digit_recognizer.train import TrainConfig
 
 
@@ -93,3 +95,23 @@ def test_bad_toml_and_missing_file(tmp_path: Path):
         read_toml(bad)
     with pytest.raises(ConfigError, match="config file not found"):
         read_toml(tmp_path / "missing.toml")
+
+
+def test_configs_built_in_python_are_checked_as_files_are():
+    """TrainConfig(schedule="cosine") had trained at a constant lr; numpy numbers (a grid of
+    np.arange) were refused; a device "gpu" failed only when training began."""
+    for bad, message in [
+        ({"schedule": "cosine"}, r"'schedule' must be one of 'onecycle'"),
+        ({"optimizer": "Adam"}, r"'optimizer' must be one of 'sgd'"),
+        ({"epochs": "3"}, r"'epochs' must be int, got '3'"),
+        ({"device": "gpu"}, r"'device' must be one of 'auto', 'cpu'"),
+    ]:
+        with pytest.raises(ConfigError, match=rf"TrainConfig: {message}"):
+            TrainConfig(**bad)
+    config = TrainConfig(epochs=np.int64(3), lr=np.float32(0.5), widths=[8, 16, 32])
+    assert (type(config.epochs), type(config.lr), config.widths) == (int, float, (8, 16, 32))
+    assert load_config(TrainConfig, overrides={"batch_size": np.int32(32)}).batch_size == 32
+    with pytest.raises(ConfigError, match="batch_size must be >= 1, got 0"):
+        PredictConfig(batch_size=0)
+    with pytest.raises(ConfigError, match="PredictConfig: 'device' must be one of"):
+        PredictConfig(device="cuda:0")

@@ -50,9 +50,16 @@ def test_net_classifier_follows_scikit_learn_conventions():
     for labels in (np.array(["0", "1", "2", "3"]), np.array([0.0, 1.5, 2.0, 3.0])):
         with pytest.raises(ValueError, match="y must hold the digits 0-9 as integers"):
             net.fit(images, labels)  # refused before training, not cast
-    for labels in (np.arange(3), np.array([0, 1, 2, 10]), np.array([-1, 1, 2, 3])):
-        with pytest.raises(ValueError, match="y must hold one digit 0-9 per image"):
-            net.fit(images, labels)  # one label short, or not a digit: refused, not trained on
+    with pytest.raises(ValueError, match="one label per image: 3 labels for 4 images"):
+        net.fit(images, np.arange(3))
+    for labels, found in (
+        (np.array([0, 1, 2, 10]), "0 to 10"),
+        (np.array([-1, 1, 2, 3]), "-1 to 3"),
+    ):
+        with pytest.raises(
+            ValueError, match=f"y must hold the digits 0-9, got labels from {found}"
+        ):
+            net.fit(images, labels)  # not a digit: refused, not trained on
     with pytest.raises(ValueError, match="fit needs at least one image"):
         net.fit(images[:0], labels[:0])
 

@@ -264,3 +264,11 @@ def test_read_only_images_predict_without_warnings():
     done = subprocess.run([sys.executable, "-W", "error::UserWarning", "-c", script],
                           capture_output=True, text=True)  # fmt: skip
     assert done.returncode == 0, done.stderr
+
+
+def test_reversed_and_flipped_views_predict_as_copies_do(tiny_run, small_test):
+    """torch.as_tensor refuses negative strides: X[::-1] or np.flip(X, 2) had crashed."""
+    predictor = Predictor.load(tiny_run, device="cpu")
+    images = small_test.images[:8]
+    for view in (images[::-1], np.flip(images, 2), np.rot90(images, axes=(1, 2))):
+        np.testing.assert_array_equal(predictor.predict(view), predictor.predict(view.copy()))

@@ -448,3 +448,33 @@ def test_a_run_without_validation_claims_no_validation_accuracy(tmp_path, small_
         assert result.valid_accuracy is None
         assert "valid_accuracy" not in read_meta(tmp_path / name)
         assert not any(key.startswith("valid_") for key in result.history[0])
+
+
+def test_train_checks_a_callers_arrays_and_run_directory(tmp_path, tiny_run, small_train):
+    """train() from Python: 0-1 floats had trained on near-black digits (validation 0.06),
+    labels 1-10 failed in cross_entropy, and a run directory holding a run was overwritten."""
+    config = TrainConfig(model="cnn-tiny", epochs=1, batch_size=64)
+    images, labels = small_train.images[:64], small_train.labels[:64]
+    for digits, message in [(DigitSet(images / 255, labels), r"look scaled: pass \(X \* 255\)"),
+                            (DigitSet(images, labels + 1), "got labels from 1 to 10"),
+                            (DigitSet(images, None), "needs a label per image")]:  # fmt: skip
+        with pytest.raises(ValueError, match=message):
+            train(config, digits, None, tmp_path / "run")
+    with pytest.raises(ValueError, match="one label per image: 63 labels for 64 images"):
+        train(config, DigitSet(images, labels), DigitSet(images, labels[:63]), tmp_path / "run")
+    weights = (tiny_run / "model.safetensors").read_bytes()
+    with pytest.raises(ConfigError, match="already holds a training run"):
+        train(config, DigitSet(images, labels), None, tiny_run)
+    assert (tiny_run / "model.safetensors").read_bytes() == weights
+
+
+def test_training_and_loading_leave_the_callers_random_stream_alone(
+    tmp_path, tiny_run, small_train
+):
+    torch.manual_seed(1)
+    expected = torch.rand(3)
+    torch.manual_seed(1)
+    config = TrainConfig(model="cnn-tiny", epochs=1, batch_size=64, valid_size=0)
+    train(config, DigitSet(small_train.images[:128], small_train.labels[:128]), None, tmp_path)
+    Predictor.load(tiny_run)  # builds a net, drawing initial weights, before loading its own
+    assert torch.equal(torch.rand(3), expected)

@@ -10,12 +10,15 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import numbers
 import tomllib
 import types
 import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
+
+import numpy as np
 
 from digit_recognizer.errors import ConfigError
 from digit_recognizer.fileio import write_text
@@ -83,12 +86,28 @@ def make_config(config_class: type[C], values: Mapping[str, Any], source: str = 
         raise ConfigError(f"{source}: {error}") from None
 
 
+def check_fields(config: Any) -> None:
+    """Check and convert every field of the dataclass ``config`` in place, as ``make_config``
+    does a file's or flags' values: for configs built in Python (``TrainConfig(lr=...)``),
+    whose __post_init__ calls it first. ``ConfigError`` naming the field and what it takes."""
+    hints = typing.get_type_hints(type(config))
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        checked = _coerce(value, hints[field.name], field.name, type(config).__name__)
+        if checked is not value:
+            setattr(config, field.name, checked)
+
+
 def _coerce(value: Any, annotation: Any, key: str, source: str) -> Any:
     """Return ``value`` as ``annotation`` (int -> float widening, list -> tuple, ``NONE`` -> None
     where None is allowed) or raise."""
     options = typing.get_args(annotation) if _is_union(annotation) else (annotation,)
     if type(None) in options and (value is None or (value == NONE and str not in options)):
         return None
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool | np.bool_):
+        value = int(value)  # numpy ints (np.arange grids, scipy.stats.randint)
+    elif isinstance(value, np.floating):
+        value = float(value)
     for option in options:
         if option is float and isinstance(value, int) and not isinstance(value, bool):
             return float(value)

@@ -19,12 +19,12 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.pipeline import Pipeline
-from sklearn.utils.validation import check_is_fitted, column_or_1d
+from sklearn.utils.validation import check_is_fitted
 
 from digit_recognizer.checkpoint import CONFIG_FILE, check_out_dir
 from digit_recognizer.config import load_config
-from digit_recognizer.data.images import check_images
-from digit_recognizer.data.kaggle_csv import N_PIXELS, DigitSet
+from digit_recognizer.data.images import check_digits, check_images
+from digit_recognizer.data.kaggle_csv import N_PIXELS
 from digit_recognizer.data.splits import split_for_training
 from digit_recognizer.models.classical import fits_the_digits, load_pipeline, save_pipeline
 from digit_recognizer.models.registry import build, get_spec
@@ -101,22 +101,10 @@ augment, valid_size, patience, seed, device : optional
         config = self.train_config()
         if self.run_dir is not None:
             check_out_dir(Path(self.run_dir), resume=False, ensemble=False)
-        images = check_images(X)
-        if not len(images):
+        digits = check_digits(X, y)
+        if not len(digits):
             raise ValueError("fit needs at least one image, got none")
-        given = column_or_1d(y)
-        # Whole numbers only: "7" or 2.7 would be cast silently, and the predictions (integers)
-        # would then not compare equal to such labels in score().
-        is_whole = given.dtype.kind in "iu" or (
-            given.dtype.kind == "f" and np.array_equal(given, np.round(given))
-        )
-        if not is_whole:
-            raise ValueError(f"y must hold the digits 0-9 as integers, got {given.dtype} labels")
-        labels = given.astype(np.int64)
-        if len(labels) != len(images) or labels.min() < 0 or labels.max() > 9:
-            raise ValueError(f"y must hold one digit 0-9 per image, got {len(labels)} labels")
-        train_set, valid_set = split_for_training(DigitSet(images, labels), config.valid_size,
-                                                  config.seed)  # fmt: skip
+        train_set, valid_set = split_for_training(digits, config.valid_size, config.seed)
         with tempfile.TemporaryDirectory(prefix="net-") as scratch:
             result = train(config, train_set, valid_set, Path(self.run_dir or scratch))
         self.module_ = result.model.eval()

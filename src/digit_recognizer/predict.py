@@ -20,6 +20,7 @@ from numpy.typing import ArrayLike, NDArray
 from sklearn.pipeline import Pipeline
 from torch import nn
 
+from digit_recognizer.config import check_fields
 from digit_recognizer.data.images import (
     check_images,
     conform_to_mnist,
@@ -36,10 +37,11 @@ from digit_recognizer.distributed import (
     init_distributed,
     run_torchrun,
 )
-from digit_recognizer.errors import DataError, ModelFileError, OutputError
+from digit_recognizer.errors import ConfigError, DataError, ModelFileError, OutputError
 from digit_recognizer.fileio import refuse_special_file
 from digit_recognizer.models.classical import load_pipeline
 from digit_recognizer.models.runtime import (
+    Device,
     autocast_dtype,
     batched_logits,
     inference_net,
@@ -75,13 +77,20 @@ class PredictConfig:
     tta: bool = False  # average over the shifted views in TTA_SHIFTS (5x the compute)
     # 256: activations stay in the CPU cache; 1024 was ~2x slower on 2 cores (GPUs: untested).
     batch_size: int = 256
-    device: str = "auto"
+    device: Device = "auto"
     amp: bool = True  # bf16 autocast where native; probabilities within ~1e-2 of fp32's
     ddp_timeout_s: float = 300  # torchrun jobs: how long rank 0 waits for the others' labels
     fuse_batch_norm: bool = True  # fold batch norm into the layers before it (1.25x on CPU)
     # Redo digits not laid out as MNIST's (from other collections) as MNIST made its own, before
     # predicting CSV rows: data.images.conform_to_mnist. MNIST's and Kaggle's pass untouched.
     conform: bool = True
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.ddp_timeout_s <= 0:
+            raise ConfigError(f"ddp_timeout_s must be > 0, got {self.ddp_timeout_s}")
 
 
 @dataclass

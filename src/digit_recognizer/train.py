@@ -10,6 +10,7 @@ Recipe and figures: README.md; timings: benchmarks/time_to_accuracy.py.
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 import logging
 import math
@@ -17,7 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -31,6 +32,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from digit_recognizer.checkpoint import (
     CHECKPOINT_FILE,
     changed_settings,
+    check_out_dir,
     check_resume_matches,
     load_checkpoint,
     restore_checkpoint,
@@ -39,8 +41,9 @@ from digit_recognizer.checkpoint import (
     save_run_config,
     write_history,
 )
+from digit_recognizer.config import check_fields
 from digit_recognizer.data.augment import Augmentation, augment_batch
-from digit_recognizer.data.images import faint_to_full_ink
+from digit_recognizer.data.images import check_digits, faint_to_full_ink
 from digit_recognizer.data.kaggle_csv import DigitSet
 from digit_recognizer.data.shards import Manifest
 from digit_recognizer.data.stream import ShardStream
@@ -57,6 +60,7 @@ from digit_recognizer.errors import (
 from digit_recognizer.fileio import make_dir
 from digit_recognizer.models.registry import build, get_spec
 from digit_recognizer.models.runtime import (
+    Device,
     autocast,
     autocast_dtype,
     batched_logits,
@@ -66,6 +70,7 @@ from digit_recognizer.models.runtime import (
 from digit_recognizer.models.storage import save_net
 
 log = logging.getLogger(__name__)
+R = TypeVar("R")
 
 DEFAULT_LR = {"sgd": 0.05, "adam": 1e-3, "adamw": 1e-3}
 # Seeds times this, plus epoch and rank: the draws of seed n never meet those of seed n + 1 (an
@@ -122,7 +127,7 @@ class TrainConfig:
     patience: int | None = None  # early stopping: epochs without a better validation accuracy
     target_accuracy: float | None = None  # stop once validation accuracy reaches this
     seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | mps
+    device: Device = "auto"
     amp: bool = True  # bf16 autocast where the hardware supports it natively
     channels_last: bool = True  # 1.3x faster convolutions on CPU (oneDNN) and tensor cores
     compile: bool = False  # torch.compile the training model: for GPUs; minutes to compile on CPU
@@ -131,6 +136,7 @@ class TrainConfig:
     max_memory_gb: float = 2.0  # data needing more than this streams from its files; 0: all
 
     def __post_init__(self) -> None:
+        check_fields(self)  # types and choices, for configs built in Python
         if self.model == "auto":  # resolved here, so config.toml records the net trained
             self.model = auto_model(self.device, self.amp)
         get_spec(self.model)  # unknown model names fail here, with the valid names
@@ -292,6 +298,21 @@ def check_global_batch(batch_size: int, world_size: int) -> None:
                           f"by the {world_size} processes")  # fmt: skip
 
 
+def keeps_callers_random_state(function: Callable[..., R]) -> Callable[..., R]:
+    """Run ``function`` on a fork of torch's random state: its seeded draws (initial weights,
+    dropout) leave the caller's stream as it was, as scikit-learn's estimators do. CUDA's too
+    where the caller had started CUDA; forking every GPU's would start CUDA on each of them."""
+
+    @functools.wraps(function)
+    def forked(*args: Any, **kwargs: Any) -> R:
+        devices = [torch.cuda.current_device()] if torch.cuda.is_initialized() else []
+        with torch.random.fork_rng(devices=devices):
+            return function(*args, **kwargs)
+
+    return forked
+
+
+@keeps_callers_random_state
 def train(
     config: TrainConfig,
     train_set: DigitSet | Manifest,
@@ -313,6 +334,11 @@ def train(
     """
     # -- setup: processes, device, data on the device ---------------------------------------------
     run_dir = Path(run_dir)
+    check_out_dir(run_dir, config.resume, ensemble=False)
+    if isinstance(train_set, DigitSet):  # a caller's arrays: 0-1 floats, labels 1-10, (N, 784)
+        train_set = check_digits(train_set.images, train_set.labels)
+    if valid_set is not None and len(valid_set):
+        valid_set = check_digits(valid_set.images, valid_set.labels)
     dist_env, device = init_distributed(config.device, config.ddp_timeout_s)
     check_global_batch(config.batch_size, dist_env.world_size)
     is_main = dist_env.is_main_process

@@ -33,7 +33,7 @@ from matplotlib.figure import Figure
 from sqlalchemy.exc import SQLAlchemyError
 
 from digit_recognizer.checkpoint import rows_fingerprint
-from digit_recognizer.config import load_config, save_config
+from digit_recognizer.config import check_fields, load_config, save_config
 from digit_recognizer.data.kaggle_csv import DigitSet
 from digit_recognizer.data.shards import read_labelled
 from digit_recognizer.data.splits import split_for_training
@@ -64,6 +64,7 @@ class TuneConfig:
     seed: int = 0  # of the split, the sampler and the models
 
     def __post_init__(self) -> None:
+        check_fields(self)
         get_spec(self.model)
         if self.trials < 1 or self.epochs < 1:
             raise ConfigError("trials and epochs must be >= 1")

@@ -21,9 +21,10 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from PIL import Image, ImageOps, UnidentifiedImageError
 from scipy import ndimage
+from sklearn.utils.validation import column_or_1d
 
 from digit_recognizer.data.form_lines import without_lines
-from digit_recognizer.data.kaggle_csv import N_PIXELS
+from digit_recognizer.data.kaggle_csv import N_PIXELS, DigitSet
 from digit_recognizer.data.lighting import (
     BORDER,
     MIN_CONTRAST,
@@ -406,7 +407,31 @@ def check_images(X: ArrayLike) -> NDArray[np.uint8]:
         rescale = f"(X * (255 / {brightest})).round().astype(np.uint8)"  # a float product
         hint = scaled_hint if brightest == 1 else f"; ink on a 0-{brightest} scale: pass {rescale}"
         raise ValueError(f"pixels reach at most {brightest}, where digits' ink is 255{hint}")
-    return images
+    return np.ascontiguousarray(images)  # torch.as_tensor refuses negative strides (X[::-1])
+
+
+def check_digits(X: ArrayLike, y: ArrayLike | None) -> DigitSet:
+    """Validate labelled digits for training: images as ``check_images``, one whole-number label
+    0-9 per image (``ValueError`` saying which rule ``y`` breaks)."""
+    images = check_images(X)
+    if y is None:
+        raise ValueError("training needs a label per image, got none")
+    given = column_or_1d(y)
+    # Whole numbers only: "7" or 2.7 would be cast silently, and the predictions (integers)
+    # would then not compare equal to such labels in score().
+    is_whole = given.dtype.kind in "iu" or (
+        given.dtype.kind == "f" and np.array_equal(given, np.round(given))
+    )
+    if not is_whole:
+        raise ValueError(f"y must hold the digits 0-9 as integers, got {given.dtype} labels")
+    labels = given.astype(np.int64)
+    if len(labels) != len(images):
+        raise ValueError(f"y must hold one label per image: {len(labels)} labels for "
+                         f"{len(images)} images")  # fmt: skip
+    if len(labels) and (labels.min() < 0 or labels.max() > 9):
+        raise ValueError(f"y must hold the digits 0-9, got labels from {labels.min()} to "
+                         f"{labels.max()}")  # fmt: skip
+    return DigitSet(images, labels)
 
 
 def faint_to_full_ink(images: NDArray[np.uint8]) -> tuple[NDArray[np.uint8], int]:

@@ -6,6 +6,8 @@ Training (validation), prediction, serving and explanation all go through ``batc
 from __future__ import annotations
 
 import contextlib
+import typing
+from typing import Literal
 
 import numpy as np
 import torch
@@ -16,7 +18,8 @@ from torch.fx.experimental.optimization import fuse
 from digit_recognizer.data.tensors import to_model_input
 from digit_recognizer.errors import ConfigError
 
-DEVICES = ("auto", "cpu", "cuda", "mps")
+Device = Literal["auto", "cpu", "cuda", "mps"]  # the configs' device field
+DEVICES: tuple[str, ...] = typing.get_args(Device)
 
 
 def resolve_device(name: str = "auto") -> torch.device:

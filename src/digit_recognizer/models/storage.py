@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -105,7 +106,10 @@ def _build_net(meta_path: Path, meta: dict[str, Any]) -> nn.Module:
     if not isinstance(params, dict):
         raise ModelFileError(f"{meta_path}: 'params' must be an object, got {params!r:.40}")
     try:
-        return build(name, **params)
+        # Its initial weights are replaced by the saved ones: drawn without advancing the
+        # caller's torch random stream (a notebook's seeded draws stay as they were).
+        with torch.random.fork_rng(devices=[]):
+            return build(name, **params)
     except (TypeError, ValueError, RuntimeError) as error:  # a tampered or foreign model.json
         raise ModelFileError(
             f"{meta_path}: cannot build '{name}' from {params} ({first_line(error)})"

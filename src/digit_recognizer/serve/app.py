@@ -30,6 +30,7 @@ from numpy.typing import NDArray
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from digit_recognizer import __version__
+from digit_recognizer.config import check_fields
 from digit_recognizer.data.images import MAX_IMAGE_PIXELS
 from digit_recognizer.errors import ConfigError, ModelFileError
 from digit_recognizer.evaluate import read_metrics
@@ -65,6 +66,7 @@ class ServeConfig:
     max_image_pixels: int = MAX_IMAGE_PIXELS  # decoded size of an uploaded image (bombs)
 
     def __post_init__(self) -> None:
+        check_fields(self)
         if self.backend not in ("torch", "onnx"):
             raise ConfigError(f"backend must be 'torch' or 'onnx', got '{self.backend}'")
         for name in ("n_threads", "max_body_bytes", "max_csv_bytes", "max_batch",
