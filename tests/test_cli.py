@@ -157,6 +157,21 @@ def test_user_errors_are_one_line_without_traceback(tmp_path, small_csvs):
     assert both.exit_code == 2 and "give one or the other" in both.output  # not silently ignored
 
 
+def test_brackets_in_paths_and_cells_are_printed_as_they_are(tmp_path, small_csvs):
+    """Rich read them as markup: "[/]" in a cell crashed the one-line error with a traceback,
+    and a file named bad[red].csv was reported as bad.csv."""
+    lines = small_csvs["train"].read_text().splitlines()[:4]
+    lines[2] = lines[2].rsplit(",", 1)[0] + ",[/]"
+    bad = tmp_path / "bad[red].csv"
+    bad.write_text("\n".join(lines) + "\n")
+    result = invoke("data", "check", bad)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "bad[red].csv, line 3, column pixel783: '[/]' is not an integer" in result.output
+    good = tmp_path / "[test].csv"
+    good.write_text("\n".join(lines[:2]) + "\n")
+    assert f"{good}: 1 rows" in " ".join(invoke("data", "check", good).output.split())
+
+
 def test_augment_preview_shows_the_default_presets_stroke():
     """In the command and in the function it calls alike."""
     from digit_recognizer.cli import augment_preview

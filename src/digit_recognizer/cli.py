@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from digit_recognizer.config import load_config
 from digit_recognizer.errors import DataError, DigitsError
@@ -32,8 +33,10 @@ app = typer.Typer(
 )
 data_app = typer.Typer(no_args_is_help=True, help="Build, check and convert data files.")
 app.add_typer(data_app, name="data")
-console = Console()
-err_console = Console(stderr=True)
+# No console markup: paths, cells and messages printed here may hold "[/]" or "[red]" (a
+# traceback, or another file named), so styles are set with Text, never parsed from strings.
+console = Console(markup=False)
+err_console = Console(stderr=True, markup=False)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -60,7 +63,7 @@ def handles_errors(command: F) -> F:
             rank = (
                 f"rank {os.environ['RANK']}: " if os.environ.get("WORLD_SIZE", "1") != "1" else ""
             )
-            err_console.print(f"[red]error:[/red] {rank}{error}", highlight=False, soft_wrap=True)
+            err_console.print(Text.assemble(("error:", "red"), f" {rank}{error}"), soft_wrap=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt as stop:
             err_console.print("interrupted")
@@ -262,7 +265,7 @@ def run(
     if summary.valid_accuracy is not None:
         table.add_row("validation accuracy", f"{summary.valid_accuracy:.4f}")
     if summary.test_accuracy is not None:
-        table.add_row("replica test score", f"[bold]{summary.test_accuracy:.4f}[/bold]")
+        table.add_row("replica test score", Text(f"{summary.test_accuracy:.4f}", style="bold"))
     table.add_row("submission", str(summary.submission))
     table.add_row("run directory", str(summary.run_dir))
     console.print(table)
@@ -314,12 +317,15 @@ def train_command(
     for job in results:
         accuracy = job.valid_metrics.accuracy if job.valid_metrics else None
         console.print(
-            f"trained [bold]{job.train.config['model']}[/bold] for {job.train.epochs_run:g} "
-            f"epoch{'s' * (job.train.epochs_run != 1)}"
-            f" in {job.train.train_seconds:.1f} s"
-            + (f", validation accuracy [bold]{accuracy:.4f}[/bold]" if accuracy is not None else "")
-            + f" -> {job.run_dir}"
-        )
+            Text.assemble(
+                "trained ", (job.train.config["model"], "bold"),
+                f" for {job.train.epochs_run:g} epoch{'s' * (job.train.epochs_run != 1)}"
+                f" in {job.train.train_seconds:.1f} s",
+                *((", validation accuracy ", (f"{accuracy:.4f}", "bold"))
+                  if accuracy is not None else ()),
+                f" -> {job.run_dir}",
+            )
+        )  # fmt: skip
 
 
 @app.command()
@@ -386,8 +392,8 @@ def evaluate(
         confusion.add_row(str(digit), *(str(n) if n else "." for n in row))
     console.print(confusion)
     auc = f"{metrics.roc_auc_ovr:.5f}" if metrics.roc_auc_ovr is not None else "n/a"
-    console.print(f"accuracy [bold]{metrics.accuracy:.4f}[/bold]  macro F1 "
-                  f"{metrics.macro_f1:.4f}  ROC-AUC (one-vs-rest) {auc}")  # fmt: skip
+    rest = f"  macro F1 {metrics.macro_f1:.4f}  ROC-AUC (one-vs-rest) {auc}"
+    console.print(Text.assemble("accuracy ", (f"{metrics.accuracy:.4f}", "bold"), rest))
     console.print(f"saved {', '.join(EVAL_FILES)} in {out}")
 
 
@@ -406,7 +412,9 @@ def score(
     """Kaggle's score: the accuracy of a submission against a solution file."""
     from digit_recognizer.evaluate import score_submission
 
-    console.print(f"accuracy [bold]{score_submission(solution, submission):.5f}[/bold]")
+    console.print(
+        Text.assemble("accuracy ", (f"{score_submission(solution, submission):.5f}", "bold"))
+    )
 
 
 @app.command()
@@ -483,8 +491,8 @@ def explain(
     explanation = explain_run(run_dir, source, index, out, conform=not as_is)
     known = f", true {explanation.label}" if explanation.label is not None else ""
     confidence = f"{explanation.probas.max():.1%}{known}"
-    console.print(f"predicted [bold]{explanation.predicted}[/bold] ({confidence}); "
-                  f"{explanation.method} -> {out}")  # fmt: skip
+    console.print(Text.assemble("predicted ", (str(explanation.predicted), "bold"),
+                                f" ({confidence}); {explanation.method} -> {out}"))  # fmt: skip
 
 
 @app.command()
@@ -536,7 +544,8 @@ def predict_image(
             table.add_row(str(result.path), "-", "-")
         else:
             proba = result.probabilities
-            table.add_row(str(result.path), f"[bold]{proba.argmax()}[/bold]", f"{proba.max():.3f}")
+            table.add_row(str(result.path), Text(str(proba.argmax()), style="bold"),
+                          f"{proba.max():.3f}")  # fmt: skip
     console.print(table)
     unread = [result.error for result in results if result.error]
     if unread:
@@ -610,9 +619,9 @@ def tune(
     config = load_config(TuneConfig, None, {"model": model, "trials": trials, "timeout_s": timeout,
         "storage": storage, "study_name": study_name, "epochs": epochs, "seed": seed})  # fmt: skip
     result = run_tune(config, train, out or Path("runs") / f"tune-{config.model}")
-    console.print(f"study [bold]{result.study_name}[/bold], {result.n_trials} trials "
-                  f"({result.n_pruned} pruned) in {result.storage}: best accuracy "
-                  f"{result.best_value:.4f}")  # fmt: skip
+    counts = f", {result.n_trials} trials ({result.n_pruned} pruned) in {result.storage}"
+    best = f": best accuracy {result.best_value:.4f}"
+    console.print(Text.assemble("study ", (result.study_name, "bold"), counts, best))
     console.print(f"best parameters: {result.best_params}", highlight=False)
     console.print("wrote " + ", ".join(str(path) for path in result.files))
 
