@@ -185,6 +185,28 @@ def test_resharding_leaves_no_stale_shard_and_never_writes_over_its_source(
     assert len(read_data_source(out_dir)) == 1003
 
 
+def test_sharding_into_a_directory_removes_only_its_own_earlier_shards(
+    tmp_path: Path, source
+) -> None:
+    """Every part-*.csv had been removed as stale: a Spark output's part-00000-c000.csv, a
+    user's part-final-report.csv."""
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    theirs = {name: name.encode() for name in ("part-final-report.csv", "part-00000-c000.csv")}
+    for name, data in theirs.items():
+        (out_dir / name).write_bytes(data)
+    shard_csv(source[0], out_dir, parts=3)
+    shard_csv(source[0], out_dir, parts=2)  # a rebuild removes its own third shard, no other
+    assert {name: (out_dir / name).read_bytes() for name in theirs} == theirs
+    assert not (out_dir / "part-00002.csv").exists()
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "manifest.json").write_text('{"name": "a web app\'s manifest"}')
+    with pytest.raises(ConfigError, match=r"manifest\.json is not a shard manifest"):
+        shard_csv(source[0], other, parts=2)
+    assert sorted(path.name for path in other.iterdir()) == ["manifest.json"]
+
+
 def test_expand_counts_determinism_and_copy_major_order(tmp_path: Path, source) -> None:
     path, data = source
     first = expand(path, tmp_path / "a", copies=3, parts=4, seed=7, valid_size=0)

@@ -53,6 +53,9 @@ log = logging.getLogger(__name__)
 
 MANIFEST_FILE = "manifest.json"
 SHARD_PATTERN = "part-*.csv"
+# The names this module gives shards; only files so named are replaced or removed from an
+# output directory (Spark's part-00000-c000.csv, a user's part-final.csv are left alone).
+SHARD_NAME = re.compile(r"part-\d{5}\.csv")
 # 4 MiB pieces hold ~2,000 rows: large enough that pyarrow's per-call overhead vanishes, small
 # enough that a DataLoader worker holds a few MB.
 CHUNK_BYTES = 4 << 20
@@ -433,13 +436,22 @@ def _write_shards(
     clashing = [
         shard.path
         for shard in source.shards
-        if shard.path.match(SHARD_PATTERN) and shard.path.parent.resolve() == out_dir.resolve()
+        if SHARD_NAME.fullmatch(shard.path.name)
+        and shard.path.parent.resolve() == out_dir.resolve()
     ]
     if clashing:
         raise ConfigError(
             f"{clashing[0]} is read and would be overwritten: write the shards to another "
             "directory than their source"
         )
+    if (out_dir / MANIFEST_FILE).exists():  # an earlier build's is replaced, another's is not
+        try:
+            read_manifest(out_dir)
+        except DataError:
+            raise ConfigError(
+                f"{out_dir / MANIFEST_FILE} is not a shard manifest and would be "
+                "replaced: write the shards to another directory"
+            ) from None
     make_dir(out_dir)
     bounds = [part * n_rows // parts for part in range(parts + 1)]
     if last_rows:
@@ -460,7 +472,8 @@ def _write_shards(
         (out_dir / MANIFEST_FILE).unlink(missing_ok=True)
         # Shards of an earlier build with more parts would join a glob of this one ('DIR/*.csv').
         for stale in out_dir.glob(SHARD_PATTERN):
-            stale.unlink()
+            if SHARD_NAME.fullmatch(stale.name):
+                stale.unlink()
         for shard in shards:
             os.replace(Path(building) / shard.path.name, shard.path)
             log.info("wrote %s (%s rows)", shard.path, f"{shard.n_rows:,}")
