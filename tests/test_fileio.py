@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from digit_recognizer.errors import OutputError
-from digit_recognizer.fileio import atomic_path
+from digit_recognizer.fileio import atomic_path, write_text
 
 
 def test_a_writer_that_fails_leaves_the_old_file_whole_and_no_temporary_file(
@@ -32,3 +32,32 @@ def test_a_device_is_not_replaced_by_the_file_written_over_it(tmp_path: Path) ->
     ):
         pass
     assert Path("/dev/null").is_char_device()
+
+
+def test_a_link_to_stdout_is_refused_and_a_link_to_a_file_stays_a_link(tmp_path: Path) -> None:
+    """`--out /dev/stdout > file`: stdout is then a link to that file, and the rename had
+    replaced the link (as root, /dev/stdout itself)."""
+    to_stdout = tmp_path / "stdout"
+    to_stdout.symlink_to("/proc/self/fd/1")
+    with pytest.raises(OutputError, match="not a regular file"), atomic_path(to_stdout):
+        pass
+    assert to_stdout.is_symlink()
+    target, link = tmp_path / "target.csv", tmp_path / "link.csv"
+    target.write_text("old")
+    link.symlink_to(target)
+    write_text(link, "new")
+    assert link.is_symlink() and target.read_text() == "new"
+
+
+def test_a_read_only_file_is_refused_and_a_files_mode_is_kept(tmp_path: Path) -> None:
+    """The rename had replaced a read-only file, and every file came out 0644 (root ignores
+    a mode, so the check is on the mode bits, not on access)."""
+    locked, private = tmp_path / "locked.csv", tmp_path / "private.csv"
+    for path, mode in ((locked, 0o444), (private, 0o640)):
+        path.write_text("old")
+        path.chmod(mode)
+    with pytest.raises(OutputError, match=r"read-only \(mode 0444\)"):
+        write_text(locked, "new")
+    assert locked.read_text() == "old"
+    write_text(private, "new")
+    assert private.read_text() == "new" and private.stat().st_mode & 0o777 == 0o640

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import os
@@ -35,20 +36,24 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     POSIX, so readers see either the old file or the complete new one, never a torn write.
     """
     path = refuse_special_file(Path(path))
+    if path.is_symlink():  # the file it links to is replaced, and the link stays one
+        path = path.resolve()
     try:
+        mode = path.stat().st_mode & 0o7777 if path.is_file() else 0o666 & ~_umask()
+        if path.is_file() and not mode & 0o222:  # root may rename over it; nobody may write it
+            raise OutputError(f"{path}: read-only (mode {mode:04o}); make it writable or give "
+                              "another path")  # fmt: skip
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as error:
         raise OutputError(f"{path}: cannot be written ({error.strerror or error})") from None
     os.close(fd)
     tmp = Path(tmp_name)
-    umask = os.umask(0)
-    os.umask(umask)
     try:
         yield tmp
         # mkstemp creates 0600, and some writers make the file anew (safetensors does, 0600
-        # again): give the result the permissions a plain open() would have.
-        tmp.chmod(0o666 & ~umask)
+        # again): give the result the old file's permissions, or those open() would give.
+        tmp.chmod(mode)
         with open(tmp, "rb+") as written:
             os.fsync(written.fileno())
         try:
@@ -60,12 +65,37 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
 
 
 def refuse_special_file(path: Path) -> Path:
-    """``path``, unless it is a device, a pipe or a socket (/dev/stdout, /dev/null): the rename
-    of a new file over it would replace the device node itself (as root, for every process)."""
-    if path.exists() and not path.is_file() and not path.is_dir():
-        raise OutputError(f"{path}: not a regular file (a device or a pipe), which is written "
-                          "by replacing it; give a file's path")  # fmt: skip
+    """``path``, unless it is a device, a pipe or a socket (/dev/stdout, /dev/null), or leads
+    into /dev or /proc: the rename of a new file over it would replace the device node or link
+    itself (as root, for every process), and /dev/stdout redirected to a file is a link to it."""
+    is_system = any(str(place).startswith(("/dev/", "/proc/"))
+                    and not str(place).startswith("/dev/shm/")  # memory-backed files
+                    for place in _links_from(path))  # fmt: skip
+    if is_system or (path.exists() and not path.is_file() and not path.is_dir()):
+        raise OutputError(f"{path}: not a regular file (a device, a pipe or /dev/stdout), which "
+                          "is written by replacing it; give a file's path")  # fmt: skip
     return path
+
+
+def _links_from(path: Path) -> list[Path]:
+    """``path`` (absolute) and each link it leads through: /proc/self/fd/1's target is the
+    file stdout was redirected to, or a pipe, so the hops themselves must be looked at."""
+    hops = [path.absolute()]
+    while hops[-1].is_symlink() and len(hops) < 40:  # 40: the kernel's own limit on hops
+        hops.append(hops[-1].parent / os.readlink(hops[-1]))
+    return [*hops, path.resolve()]
+
+
+def _umask() -> int:
+    """The process's umask, read without setting it (os.umask would, for an instant, for every
+    thread); Linux's /proc, else that instant."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
