@@ -5,8 +5,8 @@ import pytest
 from sklearn.model_selection import StratifiedKFold
 
 from digit_recognizer.compare import compare
-from digit_recognizer.data.kaggle_csv import read_kaggle_csv
-from digit_recognizer.errors import ConfigError, UnknownModelError
+from digit_recognizer.data.kaggle_csv import read_kaggle_csv, write_kaggle_csv
+from digit_recognizer.errors import ConfigError, DataError, OutputError, UnknownModelError
 from digit_recognizer.estimator import build_estimator
 
 
@@ -51,3 +51,26 @@ def test_bad_requests_fail_before_training(tmp_path, small_csvs):
         compare(small_csvs["train"], [], tmp_path)  # `--models ,`
     with pytest.raises(ConfigError, match="--cv folds the training CSV and --test scores"):
         compare(small_csvs["train"], ["knn"], tmp_path, test_csv=small_csvs["train"], cv=3)
+
+
+def test_data_lacking_a_digit_or_rows_is_scored_or_refused_in_one_line(tmp_path, small_csvs):
+    """A pipeline fitted without the 9s had crashed (9 columns of probabilities), 14 rows
+    crashed PCA, and more folds than a digit has rows crashed in scikit-learn."""
+    data = read_kaggle_csv(small_csvs["train"])
+    no_nines = tmp_path / "no9.csv"
+    write_kaggle_csv(no_nines, data.images[data.labels != 9], data.labels[data.labels != 9])
+    board = compare(no_nines, ["knn"], tmp_path / "no9", test_csv=small_csvs["train"])
+    (row,) = board.rows
+    is_nine = data.labels == 9
+    assert row["accuracy"] < 1 - is_nine.mean() + 0.02  # every 9 wrong, most others right
+    assert row["accuracy"] > 1 - is_nine.mean() - 0.1
+    tiny = tmp_path / "tiny.csv"
+    write_kaggle_csv(tiny, data.images[:30], data.labels[:30])
+    with pytest.raises(DataError, match=r"knn: cannot be fitted on these 30 rows \("):
+        compare(tiny, ["knn"], tmp_path / "tiny", test_csv=tiny)
+    with pytest.raises(ConfigError, match=r"--cv 20: .*; give fewer folds"):
+        compare(tiny, ["knn"], tmp_path / "tiny", cv=20)
+    taken = tmp_path / "taken"
+    taken.write_text("a file")
+    with pytest.raises(OutputError, match="cannot be made a directory"):
+        compare(no_nines, ["knn", "logreg"], taken)  # before either is fitted

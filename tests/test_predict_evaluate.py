@@ -206,6 +206,9 @@ def test_metrics_on_known_predictions():
     # Without every digit among the labels there is no one-vs-rest AUC: None, still valid JSON.
     partial = compute_metrics(labels[labels != 7], probas[labels != 7])
     assert partial.roc_auc_ovr is None
+    # ... and macro F1 averages over the digits present: a missing 7 is no F1 of 0 (it was).
+    assert partial.macro_f1 == pytest.approx((7 + 0.8 + 2 / 3) / 9)
+    assert partial.per_class[7]["support"] == 0 and isinstance(partial.per_class[7]["support"], int)
     with pytest.raises(ValueError, match=r"pass predict_proba's output, not predicted labels"):
         compute_metrics(labels, predicted)  # scikit-learn's order, labels for probabilities
 

@@ -15,30 +15,33 @@ from digit_recognizer.tune import TuneConfig, tune
 
 def test_classical_study_resumes_from_its_sqlite_storage(tmp_path, small_csvs):
     config = TuneConfig(model="knn", trials=2, seed=0)
-    first = tune(config, small_csvs["train"], tmp_path)
+    out = tmp_path / "tune?x=1 %20"  # a URL's characters: the study.db had gone elsewhere
+    first = tune(config, small_csvs["train"], out)
     assert first.n_trials == 2 and first.storage.startswith("sqlite:///")
+    assert [path.name for path in tmp_path.iterdir()] == [out.name]
+    assert (out / "study.db").is_file()
     assert 0.8 < first.best_value <= 1 and set(first.best_params) == {"n_neighbors", "n_components"}
-    second = tune(TuneConfig(model="knn", trials=1), small_csvs["train"], tmp_path)
+    second = tune(TuneConfig(model="knn", trials=1), small_csvs["train"], out)
     assert second.n_trials == 3  # the same study, grown
-    best = json.loads((tmp_path / "best_params.json").read_text())
-    assert best["model"] == "knn" and (tmp_path / "optimization_history.png").exists()
+    best = json.loads((out / "best_params.json").read_text())
+    assert best["model"] == "knn" and (out / "optimization_history.png").exists()
     # Another model cannot join the study: its trials would mix two search spaces; nor can other
     # data or another split, on which the earlier trials' scores would not rank these.
     shared = TuneConfig(model="logreg", trials=1, study_name="tune-knn")
     with pytest.raises(ConfigError, match="run with model 'knn', not logreg; give its settings"):
-        tune(shared, small_csvs["train"], tmp_path)
+        tune(shared, small_csvs["train"], out)
     with pytest.raises(ConfigError, match="run with seed 0, not 1"):
-        tune(TuneConfig(model="knn", trials=1, seed=1), small_csvs["train"], tmp_path)
+        tune(TuneConfig(model="knn", trials=1, seed=1), small_csvs["train"], out)
     with pytest.raises(ConfigError, match=r"run with valid_size 0\.2, not 0\.3"):
-        tune(TuneConfig(model="knn", trials=1, valid_size=0.3), small_csvs["train"], tmp_path)
-    fewer_rows = tmp_path / "fewer.csv"
+        tune(TuneConfig(model="knn", trials=1, valid_size=0.3), small_csvs["train"], out)
+    fewer_rows = out / "fewer.csv"
     fewer_rows.write_text("".join(small_csvs["train"].read_text().splitlines(True)[:-5]))
     with pytest.raises(ConfigError, match="run with other training rows, not these"):
-        tune(TuneConfig(model="knn", trials=1), fewer_rows, tmp_path)
+        tune(TuneConfig(model="knn", trials=1), fewer_rows, out)
     assert len(optuna.load_study(study_name="tune-knn", storage=first.storage).trials) == 3
     for storage in ("foo://bar", f"sqlite:///{tmp_path}/missing/study.db"):
         with pytest.raises(ConfigError, match=f"--storage {storage}: cannot open the study's"):
-            tune(TuneConfig(model="knn", trials=1, storage=storage), small_csvs["train"], tmp_path)
+            tune(TuneConfig(model="knn", trials=1, storage=storage), small_csvs["train"], out)
 
 
 def test_ctrl_c_ends_the_study_with_the_trial_recorded_as_pruned(tmp_path, small_csvs, monkeypatch,

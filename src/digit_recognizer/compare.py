@@ -22,10 +22,10 @@ from sklearn.model_selection import StratifiedKFold
 from digit_recognizer.data.kaggle_csv import DigitSet
 from digit_recognizer.data.shards import read_labelled
 from digit_recognizer.data.splits import split_for_training
-from digit_recognizer.errors import ConfigError
+from digit_recognizer.errors import ConfigError, DataError, first_line
 from digit_recognizer.estimator import build_estimator, count_parameters
-from digit_recognizer.evaluate import compute_metrics, save_figure
-from digit_recognizer.fileio import atomic_path
+from digit_recognizer.evaluate import CLASSES, compute_metrics, save_figure
+from digit_recognizer.fileio import atomic_path, make_dir
 from digit_recognizer.models.registry import get_spec
 
 log = logging.getLogger(__name__)
@@ -73,6 +73,7 @@ def compare(
         raise ConfigError("--cv folds the training CSV and --test scores on another: give one")
     if test_csv is None and cv is None and not 0 < valid_size < 1:
         raise ConfigError(f"--valid-size must be in (0, 1), got {valid_size}")
+    out_dir = make_dir(out_dir)  # before the fitting, whose work a bad --out would lose
     data = read_labelled(train_csv, to_split=test_csv is None)
     folds = list(_folds(data, test_csv, valid_size, cv, seed))
     rows = [_score_model(name, folds, cv is not None, seed) for name in models]
@@ -80,7 +81,6 @@ def compare(
     columns = ["model", *(f"{s}_{stat}" for s in SCORES for stat in ("mean", "std"))] if cv else [
         "model", *SCORES]  # fmt: skip
     columns.append("parameters")
-    out_dir = Path(out_dir)
     board = Leaderboard(columns, rows, out_dir / LEADERBOARD_FILE, out_dir / CHART_FILE, len(folds))
     write_leaderboard(board)
     plot_leaderboard(board)
@@ -95,7 +95,11 @@ def _folds(
         yield data, read_labelled(test_csv)
     elif cv is not None:
         splitter = StratifiedKFold(n_splits=cv, shuffle=True, random_state=seed)
-        for fit_indices, score_indices in splitter.split(data.images, data.labels):
+        try:
+            folds = list(splitter.split(data.images, data.labels))
+        except ValueError as error:  # more folds than a digit has rows
+            raise ConfigError(f"--cv {cv}: {first_line(error)}; give fewer folds") from None
+        for fit_indices, score_indices in folds:
             yield data.take(fit_indices), data.take(score_indices)
     else:
         yield split_for_training(data, valid_size, seed)
@@ -109,9 +113,15 @@ def _score_model(
     for fold, (fit_set, score_set) in enumerate(folds, start=1):
         estimator = build_estimator(name, seed=seed)
         start = time.perf_counter()
-        estimator.fit(fit_set.images, fit_set.labels)
+        try:
+            estimator.fit(fit_set.images, fit_set.labels)
+        except ValueError as error:  # scikit-learn's: 40 PCA components of 14 rows
+            raise DataError(f"{name}: cannot be fitted on these {len(fit_set):,} rows "
+                            f"({first_line(error)})") from None  # fmt: skip
         fit_seconds = time.perf_counter() - start
-        probas = estimator.predict_proba(score_set.images)
+        # A pipeline fitted without some digit has no column for it: it gets probability 0.
+        probas = np.zeros((len(score_set), len(CLASSES)), np.float32)
+        probas[:, estimator.classes_] = estimator.predict_proba(score_set.images)
         predict_seconds = time.perf_counter() - start - fit_seconds
         metrics = compute_metrics(score_set.labels, probas)
         for score, value in zip(SCORES, (metrics.accuracy, metrics.macro_f1, fit_seconds,
@@ -151,7 +161,8 @@ def plot_leaderboard(board: Leaderboard) -> None:
     bars = ax_accuracy.barh(names, accuracy, color="tab:blue")
     ax_accuracy.bar_label(bars, fmt="%.4f", padding=3, fontsize=8)
     low = min(accuracy)
-    ax_accuracy.set(xlim=(max(0.0, low - (1 - low)), 1.0), xlabel="accuracy (held out)")
+    margin = max(1 - low, 0.01)  # every model at 1.0 would leave no width at all
+    ax_accuracy.set(xlim=(max(0.0, low - margin), 1.0), xlabel="accuracy (held out)")
     bars = ax_time.barh(names, seconds, color="tab:orange")
     ax_time.bar_label(bars, fmt="%.1f s", padding=3, fontsize=8)
     ax_time.set(xscale="log", xlabel="fit + predict seconds (log scale)")

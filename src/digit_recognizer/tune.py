@@ -30,6 +30,7 @@ from typing import Any
 import matplotlib.pyplot as plt
 import optuna
 from matplotlib.figure import Figure
+from sqlalchemy.engine import URL
 from sqlalchemy.exc import SQLAlchemyError
 
 from digit_recognizer.checkpoint import rows_fingerprint
@@ -122,7 +123,9 @@ def tune(config: TuneConfig, train_csv: Path, out_dir: Path) -> TuneResult:
     out_dir = make_dir(out_dir)
     data = read_labelled(train_csv, to_split=True)
     train_set, valid_set = split_for_training(data, config.valid_size, config.seed)
-    storage = config.storage or f"sqlite:///{(out_dir / 'study.db').resolve()}"
+    # Built as a URL, not pasted into one: an --out holding '?' or '%' named another file.
+    database = str((out_dir / "study.db").resolve())
+    storage = config.storage or URL.create("sqlite", database=database).render_as_string()
     study_name = config.study_name or f"tune-{config.model}"
     # Prune from the second epoch, once two trials have finished: short runs are noisy early.
     pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=2)
@@ -135,7 +138,8 @@ def tune(config: TuneConfig, train_csv: Path, out_dir: Path) -> TuneResult:
             load_if_exists=True,
         )
     except SQLAlchemyError as error:  # a bad URL, an unreachable database
-        raise ConfigError(f"--storage {storage}: cannot open the study's database "
+        where = f"--storage {storage}" if config.storage else database
+        raise ConfigError(f"{where}: cannot open the study's database "
                           f"({first_line(error)})") from None  # fmt: skip
     # Offset by the stored trials: a resumed study must not redraw its first random samples.
     study.sampler = optuna.samplers.TPESampler(seed=config.seed + len(study.trials))
