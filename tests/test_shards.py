@@ -268,6 +268,25 @@ def test_expand_holds_out_images_that_validate_training_and_are_never_copied(
             assert (n_train, len(valid_set)) == (n_rows, 0), (directory, max_memory_gb)
 
 
+def test_an_expansion_is_known_through_a_reshard_a_glob_or_a_second_expansion(
+    tmp_path: Path, source
+) -> None:
+    """Re-sharded (origin "shard") or globbed (no manifest), an expansion had been split to
+    validate on copies of training images, and expanded again had held out copies."""
+    expand(source[0], tmp_path / "e", copies=2, parts=2, seed=7, valid_size=0.1)
+    for write in (lambda: shard_csv(tmp_path / "e", tmp_path / "s", parts=3),
+                  lambda: expand(tmp_path / "e", tmp_path / "ee", copies=1, parts=1)):  # fmt: skip
+        with pytest.raises(ConfigError, match=r"an expansion \(`digits data expand`\) cannot"):
+            write()
+    assert not (tmp_path / "s").exists() and not (tmp_path / "ee").exists()
+    for files in (f"{tmp_path}/e/*.csv", tmp_path / "e" / "part-00000.csv"):
+        with pytest.raises(DataError, match="validates on copies of training images"):
+            read_labelled(files, to_split=True)  # compare and tune
+        with pytest.raises(DataError, match="validates on copies of training images"):
+            training_data(TrainConfig(), files)
+    assert resolve_data_source(source[0]).origin == {}  # a plain CSV is no expansion
+
+
 def test_commands_that_read_digits_take_a_shard_directory_as_they_take_its_csv(
     tmp_path: Path, source, shard_dir: Path, tiny_run: Path
 ) -> None:

@@ -142,7 +142,22 @@ def resolve_data_source(source: str | Path) -> Manifest:
     for shard, has_labels in zip(shards, labelled, strict=True):
         if has_labels != labelled[0]:
             raise DataError(_mixed_labels(shard.path, labelled[0]))
-    return Manifest(tuple(shards), labelled[0])
+    return Manifest(tuple(shards), labelled[0], _expansion_of(files))
+
+
+def _expansion_of(files: list[Path]) -> dict[str, Any]:
+    """An expansion's origin where ``files`` are some of its shards, read by name or glob
+    rather than through its manifest: their rows are copies all the same, and which of them
+    holds the images held out is not known (``valid_rows`` 0), so none is split to validate."""
+    for directory in {file.parent for file in files}:
+        try:
+            manifest = read_manifest(directory / MANIFEST_FILE)
+        except DataError:  # none there, or not ours
+            continue
+        names = {shard.path.name for shard in manifest.shards}
+        if manifest.origin.get("command") == "expand" and any(f.name in names for f in files):
+            return {"command": "expand", "source": str(directory), "valid_rows": 0}
+    return {}
 
 
 def read_data_source(source: str | Path) -> DigitSet:
@@ -356,6 +371,9 @@ def shard_csv(source: str | Path, out_dir: str | Path, parts: int) -> Manifest:
     pieces of ``CHUNK_BYTES``, whatever the size of the source.
     """
     manifest = resolve_data_source(source)
+    _refuse_expansion(manifest, source, "shard", "its last shard holds the images it held out, "
+                      "which other shards would mix with copies; expand the CSV again with "
+                      "the --parts you want")  # fmt: skip
     origin = {"command": "shard", "source": str(source)}
     return _write_shards(_iter_rows(manifest), manifest, manifest.n_rows, out_dir, parts, origin)
 
@@ -382,6 +400,9 @@ def expand(
     if not 0 <= valid_size < 1:
         raise ConfigError(f"valid_size must be in [0, 1), got {valid_size}")
     manifest = resolve_data_source(train_csv)
+    _refuse_expansion(manifest, train_csv, "expand", "copies of its copies would train and "
+                      "copies would be held out; expand the CSV it came from with more "
+                      "--copies")  # fmt: skip
     n_valid = round(manifest.n_rows * valid_size) if manifest.has_labels else 0
     held_out = np.zeros(manifest.n_rows, dtype=bool)
     held_out[np.random.default_rng(seed).choice(manifest.n_rows, n_valid, replace=False)] = True
@@ -393,6 +414,12 @@ def expand(
     )
     n_train = (manifest.n_rows - n_valid) * copies
     return _write_shards(rows, manifest, n_train, out_dir, parts, origin, n_valid)
+
+
+def _refuse_expansion(manifest: Manifest, source: str | Path, command: str, why: str) -> None:
+    if manifest.origin.get("command") == "expand":
+        raise ConfigError(f"{source}: an expansion (`digits data expand`) cannot be given to "
+                          f"`digits data {command}`: {why}")  # fmt: skip
 
 
 def _selected(manifest: Manifest, mask: np.ndarray) -> Iterator[DigitSet]:
