@@ -295,3 +295,11 @@ def test_data_kaggle_and_serve_pass_their_options_on(tmp_path, monkeypatch):
     result = invoke("serve", tmp_path, "--host", "0.0.0.0", "--port", "8123")
     assert result.exit_code == 0, result.output
     assert (calls["serve"].host, calls["serve"].port) == ("0.0.0.0", 8123)
+
+
+def test_an_os_error_is_one_line_too(tmp_path, tiny_run):
+    """A name too long (or a folder without permission, which root does not meet) had ended
+    in a traceback from pathlib."""
+    result = invoke("predict", tiny_run, tmp_path / ("a" * 300 + ".csv"))
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "File name too long" in result.output and result.output.count("\n") <= 2

@@ -244,3 +244,19 @@ def test_report_names_a_corrupt_metrics_file(tmp_path, tiny_run):
     (run_dir / "metrics.json").write_text("{not json")
     result = runner.invoke(app, ["report", str(run_dir)])
     assert result.exit_code == 1 and "metrics.json: not valid JSON" in result.output
+
+
+def test_report_reads_a_history_with_a_bom_and_names_a_corrupt_one(tmp_path, tiny_run, small_test):
+    """A history.csv saved by a spreadsheet (a BOM) had raised KeyError 'epoch', a cell
+    short a TypeError: tracebacks, where the file is what to name."""
+    run_dir = Path(shutil.copytree(tiny_run, tmp_path / "run"))
+    labelled = tmp_path / "labelled.csv"
+    write_kaggle_csv(labelled, small_test.images[:100], small_test.labels[:100])
+    history = run_dir / "history.csv"
+    text = history.read_text()
+    history.write_text("\ufeff" + text)
+    assert "Learning curves" in write_run_report(run_dir, labelled).read_text()
+    history.write_text(text.splitlines()[0] + "\n1,2\n")
+    result = runner.invoke(app, ["report", str(run_dir), "--data", str(labelled)])
+    assert result.exit_code == 1
+    assert "history.csv: not a history written by training" in result.output

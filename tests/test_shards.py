@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import logging
 import os
+import shutil
 import threading
 from dataclasses import replace
 from pathlib import Path
@@ -597,3 +599,37 @@ def test_compare_and_tune_read_faint_rows_with_full_ink(tmp_path: Path, small_tr
     write_kaggle_csv(tmp_path / "binarised.csv", (data.images > 128).astype(np.uint8), data.labels)
     read = read_labelled(tmp_path / "binarised.csv")
     np.testing.assert_array_equal(read.images, np.where(data.images > 128, 255, 0))
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        lambda m: m | {"shards": []},
+        lambda m: m | {"has_labels": "false"},
+        lambda m: m | {"shards": [m["shards"][0] | {"n_rows": 0}, *m["shards"][1:]]},
+        lambda m: m | {"shards": [m["shards"][0], *m["shards"]]},
+        lambda m: m | {"shards": [m["shards"][0] | {"file": "../train.csv"}]},
+    ],
+    ids=["no shards", "labels a string", "an empty shard", "a shard twice", "outside"],
+)
+def test_a_tampered_manifest_is_refused_naming_it(shard_dir: Path, tmp_path: Path, tamper) -> None:
+    """An empty list had raised IndexError, "false" read as true, an empty or repeated shard
+    changed the rows silently, and '../' led out of the directory."""
+    copy = Path(shutil.copytree(shard_dir, tmp_path / "copy"))
+    document = json.loads((copy / "manifest.json").read_text())
+    (copy / "manifest.json").write_text(json.dumps(tamper(document)))
+    with pytest.raises(DataError, match=r"manifest\.json: not a valid shard manifest"):
+        read_manifest(copy)
+
+
+def test_a_glob_matching_a_fifo_and_an_expansion_holding_out_all_are_refused(
+    tmp_path: Path, source
+) -> None:
+    folder = tmp_path / "f"
+    folder.mkdir()
+    shutil.copy(source[0], folder / "a.csv")
+    os.mkfifo(folder / "b.csv")  # its scan had waited for a writer forever
+    with pytest.raises(DataError, match=r"b\.csv: matches .* but is not a regular file"):
+        resolve_data_source(f"{folder}/*.csv")
+    with pytest.raises(ConfigError, match="holds out all 1,003 rows"):
+        expand(source[0], tmp_path / "e", copies=1, parts=1, valid_size=0.9996)

@@ -65,6 +65,11 @@ def handles_errors(command: F) -> F:
             )
             err_console.print(Text.assemble(("error:", "red"), f" {rank}{error}"), soft_wrap=True)
             raise typer.Exit(1) from None
+        except OSError as error:  # a folder without permission, a name too long, a full disk
+            where = f"{error.filename}: " if error.filename else ""
+            message = f" {where}{error.strerror or error}"
+            err_console.print(Text.assemble(("error:", "red"), message), soft_wrap=True)
+            raise typer.Exit(1) from None
         except KeyboardInterrupt as stop:
             err_console.print("interrupted")
             # A shell's codes for a command stopped by Ctrl-C (SIGINT) or by SIGTERM.

@@ -29,7 +29,7 @@ from digit_recognizer.data.images import faint_to_full_ink
 from digit_recognizer.data.kaggle_csv import DigitSet, read_kaggle_csv
 from digit_recognizer.data.shards import read_data_source, require_labels
 from digit_recognizer.data.splits import split_for_training
-from digit_recognizer.errors import DataError, ModelFileError
+from digit_recognizer.errors import DataError, ModelFileError, first_line
 from digit_recognizer.evaluate import (
     CLASSES,
     METRICS_FILE,
@@ -237,8 +237,15 @@ def _labelled_data(
 
 
 def _read_history(path: Path) -> list[dict[str, float]]:
-    with open(path, newline="") as handle:
-        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(handle)]
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:  # a spreadsheet's BOM too
+            history = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(handle)]
+        if not history or not {"epoch", "train_loss", "lr"} <= set(history[0]):
+            raise ValueError("no rows of epoch, train_loss, lr, ...")
+    except (ValueError, TypeError, UnicodeDecodeError) as error:  # a cell short: TypeError
+        raise ModelFileError(f"{path}: not a history written by training ({first_line(error)})"
+                             "; delete it to report without learning curves") from None  # fmt: skip
+    return history
 
 
 def _plot_roc_pr(labels: NDArray[np.int64], probas: NDArray[np.floating], path: Path) -> None:

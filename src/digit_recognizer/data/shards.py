@@ -7,7 +7,8 @@ A shard is a plain Kaggle CSV, header included, so every tool reads it; ``manife
 the shards in order with row counts, sizes and SHA-256. Files are read in pieces of about
 ``CHUNK_BYTES`` cut after a line end, each validated by the code of ``read_kaggle_csv``, so errors
 name the shard, its own line and the column, and memory stays bounded whatever the data size.
-Wherever a command takes a CSV it also takes a shard directory or a quoted glob of CSVs:
+Wherever a command takes a CSV it also takes a shard directory or a quoted glob of CSVs (but
+``digits data check``, which checks one file):
 ``resolve_data_source`` turns any of them into a ``Manifest``; ``read_data_source`` loads one in
 memory, ``stream.ShardStream`` streams it, and ``choose_loading`` picks between the two.
 """
@@ -98,7 +99,15 @@ def read_manifest(path: str | Path) -> Manifest:
             Shard(file.parent / e["file"], int(e["n_rows"]), int(e["n_bytes"]), str(e["sha256"]))
             for e in entries["shards"]
         )
-        return Manifest(shards, bool(entries["has_labels"]), entries.get("origin", {}))
+        names = [str(e["file"]) for e in entries["shards"]]
+        # What data shard writes, and nothing a tampered file could lead elsewhere with.
+        if not shards or min(shard.n_rows for shard in shards) < 1:
+            raise ValueError("it must list shards of one row or more")
+        if len(set(names)) < len(names) or any(Path(name).name != name for name in names):
+            raise ValueError("its shards must be distinct files of its own directory")
+        if not isinstance(entries["has_labels"], bool):
+            raise ValueError(f"has_labels must be true or false, got {entries['has_labels']!r}")
+        return Manifest(shards, entries["has_labels"], entries.get("origin", {}))
     except FileNotFoundError:
         raise DataError(
             f"{file}: not found; expected a shard directory written by `digits data shard` or "
@@ -138,6 +147,10 @@ def resolve_data_source(source: str | Path) -> Manifest:
         files = sorted((Path(match) for match in glob.glob(str(source))), key=_natural_order)
         if not files:
             raise DataError(f"{source}: no file matches this pattern")
+        for file in files:  # a FIFO among them would hang the scan
+            if not file.is_file():
+                raise DataError(f"{file}: matches {source} but is not a regular file; give a "
+                                "pattern that matches CSV files only")  # fmt: skip
     shards, labelled = zip(*(_describe_csv(file) for file in files), strict=True)
     for shard, has_labels in zip(shards, labelled, strict=True):
         if has_labels != labelled[0]:
@@ -404,6 +417,9 @@ def expand(
                       "copies would be held out; expand the CSV it came from with more "
                       "--copies")  # fmt: skip
     n_valid = round(manifest.n_rows * valid_size) if manifest.has_labels else 0
+    if n_valid >= manifest.n_rows:
+        raise ConfigError(f"valid_size {valid_size} holds out all {manifest.n_rows:,} rows and "
+                          "leaves none to copy; give a smaller one")  # fmt: skip
     held_out = np.zeros(manifest.n_rows, dtype=bool)
     held_out[np.random.default_rng(seed).choice(manifest.n_rows, n_valid, replace=False)] = True
     origin = {"command": "expand", "source": str(train_csv), "copies": copies, "seed": seed,
