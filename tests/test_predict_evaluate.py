@@ -1,6 +1,8 @@
 import json
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,6 +12,7 @@ from digit_recognizer.data.images import faint_to_full_ink
 from digit_recognizer.data.kaggle_csv import read_submission, write_kaggle_csv, write_submission
 from digit_recognizer.errors import DataError, ModelFileError
 from digit_recognizer.evaluate import compute_metrics, evaluate_run, score_submission
+from digit_recognizer.fileio import sha256_file
 from digit_recognizer.predict import (
     PredictConfig,
     Predictor,
@@ -218,7 +221,7 @@ def test_metrics_on_known_predictions():
     assert json.loads(partial.to_json(), parse_constant=refuse)["roc_auc_ovr"] is None
 
 
-def test_evaluate_run_writes_its_files(tmp_path, tiny_run, small_csvs):
+def test_evaluate_run_writes_its_files(tmp_path, tiny_run, small_csvs, caplog):
     solution_labels = read_submission(small_csvs["solution"])
     from digit_recognizer.data.kaggle_csv import read_kaggle_csv, write_kaggle_csv
 
@@ -231,6 +234,12 @@ def test_evaluate_run_writes_its_files(tmp_path, tiny_run, small_csvs):
     assert (tmp_path / "eval_confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(DataError, match="no label column"):
         evaluate_run([tiny_run], small_csvs["test"], tmp_path)
+    assert "the file the run trained on" not in caplog.text
+    # Scored on its own training file, a run is told so (it had scored 1.0 without a word).
+    run_dir = Path(shutil.copytree(tiny_run, tmp_path / "run"))
+    (run_dir / "metrics.json").write_text(json.dumps({"train_sha256": sha256_file(labelled)}))
+    evaluate_run([run_dir], labelled, tmp_path)
+    assert f"{labelled} is the file the run trained on" in caplog.text
 
 
 def test_classical_run_directories_predict_and_mix_with_nets(tmp_path, tiny_run, small_train,

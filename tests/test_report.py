@@ -166,6 +166,13 @@ def test_report_command_with_data_and_without(tmp_path, tiny_run, small_test):
     write_run_report(run_dir, filled)
     n_wrong = round((1 - evaluated.accuracy) * 400)
     assert f"{evaluated.accuracy:.4f} ({n_wrong} wrong)" in (run_dir / "report.html").read_text()
+    # --as-is, as evaluate --as-is: the rows as they are (the report had always conformed them).
+    as_is = evaluate_run([run_dir], filled, tmp_path / "eval", PredictConfig(conform=False))
+    assert as_is.accuracy < evaluated.accuracy
+    result = runner.invoke(app, ["report", str(run_dir), "--data", str(filled), "--as-is"])
+    n_wrong = round((1 - as_is.accuracy) * 400)
+    assert result.exit_code == 0, result.output
+    assert f"{as_is.accuracy:.4f} ({n_wrong} wrong)" in (run_dir / "report.html").read_text()
 
 
 def test_report_rebuilds_the_validation_split(tmp_path, tiny_run, small_csvs):

@@ -469,11 +469,12 @@ def report(
     data: Annotated[
         Path | None, typer.Option(help="Labelled CSV \\[default: the run's validation split].")
     ] = None,
+    as_is: AsIs = False,
 ) -> None:
     """Write RUN_DIR/report.html: curves, metrics, mistakes, Grad-CAM, calibration."""
     from digit_recognizer.report import write_run_report
 
-    console.print(f"wrote {write_run_report(run_dir, data)}")
+    console.print(f"wrote {write_run_report(run_dir, data, conform=not as_is)}")
 
 
 @app.command()

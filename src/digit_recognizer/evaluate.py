@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -21,8 +22,10 @@ from sklearn import metrics as skm
 from digit_recognizer.data.kaggle_csv import read_submission
 from digit_recognizer.data.shards import read_data_source, require_labels
 from digit_recognizer.errors import ModelFileError, OutputError
-from digit_recognizer.fileio import atomic_path, write_text
+from digit_recognizer.fileio import atomic_path, sha256_file, write_text
 from digit_recognizer.predict import PredictConfig, Predictor, check_data_source, conform_rows
+
+log = logging.getLogger(__name__)
 
 CLASSES = list(range(10))
 METRICS_FILE = "metrics.json"  # a run's figures: training, validation, and the test score
@@ -153,6 +156,7 @@ def evaluate_run(
     matrix (EVAL_FILES) to ``out_dir``."""
     labelled_csv, out_dir = Path(labelled_csv), Path(out_dir)
     check_data_source(labelled_csv)
+    warn_if_trained_on(run_dirs, labelled_csv)
     data = read_data_source(labelled_csv)
     require_labels(data.labels is not None, labelled_csv)
     config = config or PredictConfig()
@@ -165,6 +169,15 @@ def evaluate_run(
     write_per_class_csv(metrics, per_class)
     plot_confusion_matrix(metrics.confusion, confusion)
     return metrics
+
+
+def warn_if_trained_on(run_dirs: list[Path], labelled_csv: Path) -> None:
+    """Warn where ``labelled_csv`` is the very file a run trained on (metrics.json's SHA-256):
+    its score says how well the run fits what it saw, not how it reads digits it has not."""
+    recorded = {read_metrics(Path(run_dir)).get("train_sha256") for run_dir in run_dirs}
+    if labelled_csv.is_file() and recorded - {None} and sha256_file(labelled_csv) in recorded:
+        log.warning("%s is the file the run trained on: this scores images it learned from "
+                    "(and its validation split), not new ones", labelled_csv)  # fmt: skip
 
 
 def score_submission(solution_csv: Path, submission_csv: Path) -> float:

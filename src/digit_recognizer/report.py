@@ -108,12 +108,18 @@ def model_summary(model: nn.Module) -> list[tuple[str, str, str, int]]:
 
 
 def write_run_report(
-    run_dir: str | Path, data_csv: str | Path | None = None, *, data: DigitSet | None = None
+    run_dir: str | Path,
+    data_csv: str | Path | None = None,
+    *,
+    data: DigitSet | None = None,
+    conform: bool = True,
 ) -> Path:
     """Write ``run_dir/report.html``: config, model, curves, metrics, errors, Grad-CAM, calibration.
 
     The labelled images come from ``data`` (train_job passes its validation split), else from
-    ``data_csv``, else from the validation split rebuilt from config.toml and metrics.json.
+    ``data_csv`` (rows not in MNIST's layout redone as MNIST's unless not ``conform``, as
+    ``digits evaluate`` reads them), else from the validation split rebuilt from config.toml and
+    metrics.json.
     """
     run_dir = Path(run_dir)
     refuse_ensemble(run_dir)
@@ -121,7 +127,7 @@ def write_run_report(
         raise ModelFileError(f"{run_dir / CONFIG_FILE}: not found; is {run_dir} a run directory?")
     config = read_toml(run_dir / CONFIG_FILE)
     predictor = Predictor.load([run_dir], PredictConfig(fuse_batch_norm=False))  # for Grad-CAM
-    data, source = _labelled_data(run_dir, config, data_csv, data, predictor)
+    data, source = _labelled_data(run_dir, config, data_csv, data, predictor, conform)
     probas = predictor.predict_proba(data.images)
     with tempfile.TemporaryDirectory() as figures:
         model = predictor.models[0]
@@ -194,6 +200,7 @@ def _labelled_data(
     data_csv: str | Path | None,
     data: DigitSet | None,
     predictor: Predictor,
+    conform: bool,
 ) -> tuple[DigitSet, str]:
     """The images to evaluate on and a description of where they came from."""
     if data is not None:
@@ -203,7 +210,7 @@ def _labelled_data(
         require_labels(data.labels is not None, data_csv)
         # As evaluate and predict see them: other collections' layouts redone as MNIST's.
         conformed = conform_rows(
-            data.images, PredictConfig(), data_csv, predictor.orientation_judge
+            data.images, PredictConfig(conform=conform), data_csv, predictor.orientation_judge
         )
         return DigitSet(conformed, data.labels), str(data_csv)
     metrics = read_metrics(run_dir)
@@ -311,7 +318,8 @@ def _plot_mistakes_and_grad_cam(
                   title=f"{len(shown)} of {len(wrong)} mistakes, most confident first "
                   "(true → predicted, confidence)")  # fmt: skip
     chosen = np.concatenate([right, wrong[:8]])
-    heatmaps = grad_cam(model, data.images[chosen])
+    # The captions' digit, as the predictor (bf16, TTA) chose it, not fp32's argmax again.
+    heatmaps = grad_cam(model, data.images[chosen], target=predicted[chosen])
     plot_gallery(data.images[chosen], [caption(i) for i in chosen], figures / "grad_cam.png",
                   title="Grad-CAM for the predicted digit: 8 right (first row), the most confident "
                   "mistakes (second row)", heatmaps=heatmaps)  # fmt: skip
