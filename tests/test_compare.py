@@ -1,4 +1,5 @@
 import csv
+import json
 
 import numpy as np
 import pytest
@@ -8,6 +9,7 @@ from digit_recognizer.compare import compare
 from digit_recognizer.data.kaggle_csv import read_kaggle_csv, write_kaggle_csv
 from digit_recognizer.errors import ConfigError, DataError, OutputError, UnknownModelError
 from digit_recognizer.estimator import build_estimator
+from digit_recognizer.fileio import sha256_file
 
 
 def test_leaderboard_has_one_row_per_model_and_the_documented_columns(tmp_path, small_csvs):
@@ -21,6 +23,10 @@ def test_leaderboard_has_one_row_per_model_and_the_documented_columns(tmp_path, 
     accuracies = [float(row["accuracy"]) for row in rows]
     assert accuracies == sorted(accuracies, reverse=True)  # best first
     assert (tmp_path / "leaderboard.png").stat().st_size > 1000
+    settings = json.loads((tmp_path / "compare.json").read_text())
+    assert settings["models"] == ["knn", "logreg"] and settings["valid_size"] == 0.2
+    assert settings["train_sha256"] == sha256_file(small_csvs["train"])
+    assert settings["test_csv"] is None and "torch" in settings["versions"]
 
 
 def test_cross_validation_reports_mean_and_std(tmp_path, small_csvs):

@@ -618,7 +618,8 @@ def tune(
     out: Annotated[Path | None, typer.Option(help="\\[default: runs/tune-MODEL]")] = None,
     seed: Seed = None,
 ) -> None:  # fmt: skip
-    """Search hyperparameters with Optuna; resumable; writes best_config.toml and plots."""
+    """Search hyperparameters with Optuna; resumable. Writes best_params.json and plots, and for
+    a net best_config.toml: the best trial's recipe at full length, for `digits train --config`."""
     from digit_recognizer.tune import TuneConfig
     from digit_recognizer.tune import tune as run_tune
 

@@ -9,6 +9,7 @@ predict seconds, learned parameters; a leaderboard CSV and a chart of accuracy a
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import time
 from collections.abc import Iterator
@@ -25,13 +26,14 @@ from digit_recognizer.data.splits import split_for_training
 from digit_recognizer.errors import ConfigError, DataError, first_line
 from digit_recognizer.estimator import build_estimator, count_parameters
 from digit_recognizer.evaluate import CLASSES, compute_metrics, save_figure
-from digit_recognizer.fileio import atomic_path, make_dir
+from digit_recognizer.fileio import atomic_path, make_dir, sha256_file, write_text
 from digit_recognizer.models.registry import get_spec
 
 log = logging.getLogger(__name__)
 
 LEADERBOARD_FILE = "leaderboard.csv"
 CHART_FILE = "leaderboard.png"
+SETTINGS_FILE = "compare.json"  # what produced the leaderboard: data, settings, versions
 SCORES = ("accuracy", "macro_f1", "fit_seconds", "predict_seconds")
 
 
@@ -61,7 +63,8 @@ def compare(
     ``valid_size`` split, drawn with ``seed``, which also seeds the models that draw at random
     (nets, the random forest). Writes ``out_dir/leaderboard.csv`` with columns
     ``model,accuracy,macro_f1,fit_seconds,predict_seconds,parameters`` (with ``cv``: a ``_mean``
-    and a ``_std`` column for each score) and ``out_dir/leaderboard.png``.
+    and a ``_std`` column for each score), ``out_dir/leaderboard.png``, and
+    ``out_dir/compare.json``: the data (paths, SHA-256), the settings and the library versions.
     """
     if not models:
         raise ConfigError("no model to compare: give --models, e.g. logreg,knn,cnn")
@@ -84,7 +87,30 @@ def compare(
     board = Leaderboard(columns, rows, out_dir / LEADERBOARD_FILE, out_dir / CHART_FILE, len(folds))
     write_leaderboard(board)
     plot_leaderboard(board)
+    split = {"valid_size": None if test_csv or cv else valid_size, "cv": cv, "seed": seed}
+    settings = {"models": models, **split, **_file_record("train", train_csv),
+                **_file_record("test", test_csv)}  # fmt: skip
+    write_text(out_dir / SETTINGS_FILE, json.dumps(settings | {"versions": _versions()}, indent=2))
     return board
+
+
+def _file_record(role: str, path: Path | None) -> dict[str, str | None]:
+    """Where the rows came from, and their SHA-256 where they are one file."""
+    is_file = path is not None and Path(path).is_file()
+    return {
+        f"{role}_csv": str(Path(path).resolve()) if path is not None else None,
+        f"{role}_sha256": sha256_file(path) if is_file else None,
+    }
+
+
+def _versions() -> dict[str, str]:
+    import sklearn
+    import torch
+
+    from digit_recognizer import __version__
+
+    return {"digit-recognizer": __version__, "torch": torch.__version__,
+            "scikit-learn": sklearn.__version__, "numpy": np.__version__}  # fmt: skip
 
 
 def _folds(
