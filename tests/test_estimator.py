@@ -98,6 +98,8 @@ def test_a_digits_train_run_loads_with_its_recorded_recipe(tiny_run):
     loaded = load_estimator(tiny_run)
     assert loaded.config_ == asdict(recorded)
     assert clone(loaded).train_config().batch_size == recorded.batch_size
+    # ... and history_ its history.csv (it had been empty), as fit's would be.
+    assert [row["epoch"] for row in loaded.history_] == [1.0, 2.0]
 
 
 def test_a_saved_estimator_names_the_net_it_trained(tmp_path, small_train):

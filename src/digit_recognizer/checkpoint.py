@@ -106,6 +106,20 @@ def write_history(run_dir: Path, history: list[dict[str, float]]) -> None:
     write_text(run_dir / HISTORY_FILE, buffer.getvalue())
 
 
+def read_history(path: Path) -> list[dict[str, float]]:
+    """The rows ``write_history`` wrote; ``ModelFileError`` naming a file it did not write."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:  # a spreadsheet's BOM too
+            history = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(handle)]
+        if not history or not {"epoch", "train_loss", "lr"} <= set(history[0]):
+            raise ValueError("no rows of epoch, train_loss, lr, ...")
+    except (ValueError, TypeError, UnicodeDecodeError) as error:  # a cell short: TypeError
+        raise ModelFileError(f"{path}: not a history written by training ({first_line(error)})"
+                             "; delete it to go without (learning curves are drawn from it)"
+                             ) from None  # fmt: skip
+    return history
+
+
 def member_run_dir(run_dir: Path, number: int) -> Path:
     """Where ensemble member ``number`` (from 1) of ``run_dir`` trains."""
     return run_dir / f"member-{number}"

@@ -21,7 +21,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.pipeline import Pipeline
 from sklearn.utils.validation import check_is_fitted
 
-from digit_recognizer.checkpoint import CONFIG_FILE, check_out_dir
+from digit_recognizer.checkpoint import CONFIG_FILE, HISTORY_FILE, check_out_dir, read_history
 from digit_recognizer.config import load_config
 from digit_recognizer.data.images import check_digits, check_images
 from digit_recognizer.data.kaggle_csv import N_PIXELS
@@ -189,7 +189,8 @@ def load_estimator(run_dir: str | Path) -> NetClassifier | Pipeline:
     estimator = NetClassifier(meta["model"])
     estimator.set_params(**{k: v for k, v in params.items() if k != "model"})
     estimator.module_ = module
-    estimator.history_ = []
+    history = run_dir / HISTORY_FILE  # save_estimator writes none: fit's rows were not kept
+    estimator.history_ = read_history(history) if history.is_file() else []
     estimator.config_ = recorded
     estimator.classes_ = np.arange(10)
     estimator.n_features_in_ = N_PIXELS

@@ -9,7 +9,6 @@ EDA and augmentation previews: eda.py.
 from __future__ import annotations
 
 import base64
-import csv
 import html
 import tempfile
 from collections.abc import Sequence
@@ -23,13 +22,13 @@ from numpy.typing import NDArray
 from sklearn import metrics as skm
 from torch import nn
 
-from digit_recognizer.checkpoint import CONFIG_FILE, HISTORY_FILE
+from digit_recognizer.checkpoint import CONFIG_FILE, HISTORY_FILE, read_history
 from digit_recognizer.config import read_toml
 from digit_recognizer.data.images import faint_to_full_ink
 from digit_recognizer.data.kaggle_csv import DigitSet, read_kaggle_csv
 from digit_recognizer.data.shards import read_data_source, require_labels
 from digit_recognizer.data.splits import split_for_training
-from digit_recognizer.errors import DataError, ModelFileError, first_line
+from digit_recognizer.errors import DataError, ModelFileError
 from digit_recognizer.evaluate import (
     CLASSES,
     METRICS_FILE,
@@ -169,7 +168,7 @@ def _report_sections(
             html_table(layers, header=("layer", "type", "output shape", "parameters")))),
     ]  # fmt: skip
     if (run_dir / HISTORY_FILE).is_file():
-        plot_learning_curves(_read_history(run_dir / HISTORY_FILE), figures / "curves.png")
+        plot_learning_curves(read_history(run_dir / HISTORY_FILE), figures / "curves.png")
         sections.append(("Learning curves", html_img(figures / "curves.png", "learning curves")))
     plot_confusion_matrix(metrics.confusion, figures / "confusion.png")
     _plot_roc_pr(data.labels, probas, figures / "roc_pr.png")
@@ -241,18 +240,6 @@ def _labelled_data(
         f"validation split of {train_csv} (valid_size {valid_size}, seed {config.get('seed', 0)})"
     )
     return valid_set, source
-
-
-def _read_history(path: Path) -> list[dict[str, float]]:
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as handle:  # a spreadsheet's BOM too
-            history = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(handle)]
-        if not history or not {"epoch", "train_loss", "lr"} <= set(history[0]):
-            raise ValueError("no rows of epoch, train_loss, lr, ...")
-    except (ValueError, TypeError, UnicodeDecodeError) as error:  # a cell short: TypeError
-        raise ModelFileError(f"{path}: not a history written by training ({first_line(error)})"
-                             "; delete it to report without learning curves") from None  # fmt: skip
-    return history
 
 
 def _plot_roc_pr(labels: NDArray[np.int64], probas: NDArray[np.floating], path: Path) -> None:

@@ -62,9 +62,9 @@ def verify_checksums(folder: Path) -> None:
             )
 
 
-def load_mnist(folder: Path | None = None) -> Mnist:
+def load_mnist(folder: str | Path | None = None) -> Mnist:
     """Load and verify all 70,000 MNIST images and labels."""
-    folder = folder or mnist_dir()
+    folder = Path(folder) if folder is not None else mnist_dir()
     verify_checksums(folder)
     parts = {key: read_idx(folder / name) for key, name in FILES.items()}
     images = np.concatenate([parts["train_images"], parts["test_images"]])

@@ -62,7 +62,9 @@ def deskew_images(images: NDArray[np.uint8], batch_size: int = 8192) -> NDArray[
     # No cap on the slant: the classical figures were measured without one.
     deskew = Deskew(max_slant=float("inf"), centre=True)
     with torch.no_grad():
-        out = [deskew(torch.as_tensor(images[start : start + batch_size]).unsqueeze(1) / 255.0)
+        # torch.tensor copies a batch: a read-only array (a DataFrame's values) draws a warning
+        # from as_tensor, and the copy costs little beside the deskew.
+        out = [deskew(torch.tensor(images[start : start + batch_size]).unsqueeze(1) / 255.0)
                for start in range(0, len(images), batch_size)]  # fmt: skip
     return torch.cat(out)[:, 0].numpy() if out else np.zeros((0, 28, 28), np.float32)
 
