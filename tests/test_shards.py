@@ -39,7 +39,7 @@ from digit_recognizer.data.shards import (
 from digit_recognizer.data.stream import ShardStream, batches_per_rank, shuffled_batches
 from digit_recognizer.errors import ConfigError, DataError
 from digit_recognizer.pipeline import training_data
-from digit_recognizer.predict import predict_csv, predict_stream
+from digit_recognizer.predict import predict_csv, predict_source, predict_stream
 from digit_recognizer.train import TrainConfig, train
 
 
@@ -117,6 +117,24 @@ def test_a_pipe_is_read_once_or_refused_where_it_would_be_read_twice(
         DataError, match=r"rows: not a regular file \(a pipe\?\), and its rows are read"
     ):
         resolve_data_source(fifo)  # scanned, then read: the second read would find it empty
+
+
+def test_predict_reads_a_pipe_once_and_a_manifests_path_as_its_shards(
+    tmp_path: Path, tiny_run: Path, small_csvs, shard_dir: Path
+) -> None:
+    """`digits predict RUN <(gzip -dc test.csv.gz)` had been refused as a pipe, which eda and
+    evaluate read; a manifest.json given by path had been read as a CSV."""
+    predict_source([tiny_run], small_csvs["test"], tmp_path / "file.csv")
+    fifo = tmp_path / "rows"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=lambda: fifo.write_bytes(small_csvs["test"].read_bytes()))
+    writer.start()
+    predict_source([tiny_run], fifo, tmp_path / "pipe.csv")
+    writer.join()
+    assert (tmp_path / "pipe.csv").read_bytes() == (tmp_path / "file.csv").read_bytes()
+    predict_source([tiny_run], shard_dir, tmp_path / "dir.csv")
+    predict_source([tiny_run], shard_dir / MANIFEST_FILE, tmp_path / "manifest.csv")
+    assert (tmp_path / "manifest.csv").read_bytes() == (tmp_path / "dir.csv").read_bytes()
 
 
 def test_a_glob_orders_numbered_files_by_their_numbers(tmp_path: Path, source, monkeypatch) -> None:
