@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, ParamSpec, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -53,10 +53,7 @@ from digit_recognizer.distributed import (
     all_reduce,
     init_distributed,
 )
-from digit_recognizer.errors import (
-    ConfigError,
-    DigitsError,
-)
+from digit_recognizer.errors import ConfigError, DigitsError
 from digit_recognizer.fileio import make_dir
 from digit_recognizer.models.registry import build, get_spec
 from digit_recognizer.models.runtime import (
@@ -70,6 +67,7 @@ from digit_recognizer.models.runtime import (
 from digit_recognizer.models.storage import save_net
 
 log = logging.getLogger(__name__)
+P = ParamSpec("P")
 R = TypeVar("R")
 
 DEFAULT_LR = {"sgd": 0.05, "adam": 1e-3, "adamw": 1e-3}
@@ -298,13 +296,13 @@ def check_global_batch(batch_size: int, world_size: int) -> None:
                           f"by the {world_size} processes")  # fmt: skip
 
 
-def keeps_callers_random_state(function: Callable[..., R]) -> Callable[..., R]:
+def keeps_callers_random_state(function: Callable[P, R]) -> Callable[P, R]:
     """Run ``function`` on a fork of torch's random state: its seeded draws (initial weights,
     dropout) leave the caller's stream as it was, as scikit-learn's estimators do. CUDA's too
     where the caller had started CUDA; forking every GPU's would start CUDA on each of them."""
 
     @functools.wraps(function)
-    def forked(*args: Any, **kwargs: Any) -> R:
+    def forked(*args: P.args, **kwargs: P.kwargs) -> R:
         devices = [torch.cuda.current_device()] if torch.cuda.is_initialized() else []
         with torch.random.fork_rng(devices=devices):
             return function(*args, **kwargs)
