@@ -59,6 +59,38 @@ def test_rotation_turns_digits_within_its_range():
     assert lean.abs().max() <= 12.5 and lean.max() > 9 and lean.min() < -9
 
 
+def square_batch() -> torch.Tensor:
+    """256 copies of a 10 x 10 white square in the middle of the frame."""
+    square = torch.zeros(256, 1, 28, 28)
+    square[:, :, 9:19, 9:19] = 1
+    return square
+
+
+def test_zoom_scales_the_ink_area_within_its_range():
+    # A square zoomed alone: its area (its ink) scales by the zoom squared, both ways, up to
+    # 88 % and 112 % of its side, no further.
+    only_zoom = Augmentation(rotation_deg=0, shear=0, translate_px=0, contrast=0, stroke=0,
+                             styles=0)  # fmt: skip
+    out = augment_batch(square_batch(), only_zoom, torch.Generator().manual_seed(0))
+    area = out.sum(dim=(1, 2, 3)) / 100  # relative to the 10 x 10 square's
+    assert area.min() > (1 - 0.12) ** 2 - 0.03 and area.max() < (1 + 0.12) ** 2 + 0.03
+    assert area.min() < 0.82 and area.max() > 1.2  # near both ends of the range
+
+
+def test_shear_slants_vertical_edges_within_its_range():
+    # A square sheared alone: its slant (dx/dy, from second moments) is the shear factor drawn,
+    # both ways, up to 0.15, no further.
+    only_shear = Augmentation(rotation_deg=0, scale=0, translate_px=0, contrast=0, stroke=0,
+                              styles=0)  # fmt: skip
+    out = augment_batch(square_batch(), only_shear, torch.Generator().manual_seed(0))[:, 0]
+    ys, xs = torch.meshgrid(torch.arange(28.0), torch.arange(28.0), indexing="ij")
+    mass = out.sum(dim=(1, 2))
+    mean_x, mean_y = (out * xs).sum((1, 2)) / mass, (out * ys).sum((1, 2)) / mass
+    dx, dy = xs - mean_x[:, None, None], ys - mean_y[:, None, None]
+    slant = (out * dx * dy).sum((1, 2)) / (out * dy * dy).sum((1, 2))
+    assert slant.abs().max() <= 0.15 + 0.02 and slant.max() > 0.12 and slant.min() < -0.12
+
+
 def test_translation_moves_digits_within_its_range(small_train):
     # MNIST's digits sit centred in a 20 x 20 box, so a shift of up to 2.5 px loses no ink and
     # moves the centre of mass by exactly the shift: along each axis, both ways, up to 2.5 px.

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+import torch
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
@@ -144,3 +145,23 @@ def test_cli_export(run_dir: Path, tmp_path: Path) -> None:
     assert result.exit_code == 2 and "unknown format 'tflite'" in result.output
     result = CliRunner().invoke(cli_app, ["export", str(tmp_path)])
     assert result.exit_code == 1 and "model.json: not found" in result.output
+
+
+def test_a_failed_export_leaves_the_previous_model_onnx_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Saved straight to model.onnx, an export that failed part-way (a full disk) left a torn
+    file where the last good one was."""
+    save_net(tmp_path, build("cnn-tiny").eval(), "cnn-tiny", {})
+    previous = b"the previous export"
+    (tmp_path / ONNX_FILE).write_bytes(previous)
+
+    def torn_save(self, destination, **kwargs) -> None:
+        Path(destination).write_bytes(b"half an ONNX file")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(torch.onnx.ONNXProgram, "save", torn_save)
+    with pytest.raises(OSError, match="No space left"):
+        export_onnx(tmp_path)
+    assert (tmp_path / ONNX_FILE).read_bytes() == previous
+    assert not list(tmp_path.glob(".*.tmp"))

@@ -61,3 +61,13 @@ def test_a_read_only_file_is_refused_and_a_files_mode_is_kept(tmp_path: Path) ->
     assert locked.read_text() == "old"
     write_text(private, "new")
     assert private.read_text() == "new" and private.stat().st_mode & 0o777 == 0o640
+
+
+def test_write_text_replaces_the_file_rather_than_rewrite_it_in_place(tmp_path: Path) -> None:
+    """Rewritten in place, a reader holding the file open read the new (or torn) text."""
+    path = tmp_path / "metrics.json"
+    write_text(path, "old")
+    with open(path) as reader:
+        write_text(path, "new text")
+        assert reader.read() == "old"
+    assert path.read_text() == "new text"

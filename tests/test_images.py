@@ -17,6 +17,7 @@ from digit_recognizer.data.form_lines import without_lines
 from digit_recognizer.data.images import (
     MAX_IMAGE_PIXELS,
     conform_to_mnist,
+    faint_to_full_ink,
     in_mnist_format,
     load_image,
     to_mnist,
@@ -438,6 +439,22 @@ def test_a_dark_card_on_light_paper_is_no_sheet_on_a_desk() -> None:
     # The same shapes in the brightness of a sheet on a desk: found.
     sheet = sheet_on_a_desk(pixels < 128, 255 - pixels)
     assert sheet is not None and sheet[20:80, 20:80].all() and sheet.sum() == 60 * 60
+
+
+def test_faint_rows_are_scaled_to_full_ink_rounding_to_nearest() -> None:
+    """Truncated, UCI's 0-16 ink came out a shade dark (1 -> 15, not 16) and every level off
+    by up to one: each pixel is v * 255 / peak rounded to the nearest, ties up."""
+    levels = np.zeros((3, 28, 28), np.uint8)
+    for row, peak in enumerate((16, 7, 3)):
+        levels[row, 0, : peak + 1] = np.arange(peak + 1)
+    levels[2, 5, 5] = 40  # not faint: left as it is
+    scaled, n_faint = faint_to_full_ink(levels)
+    assert n_faint == 2
+    for row, peak in enumerate((16, 7)):
+        expected = np.floor(np.arange(peak + 1) * 255 / peak + 0.5).astype(np.uint8)
+        np.testing.assert_array_equal(scaled[row, 0, : peak + 1], expected)
+    assert scaled[0, 0, 1] == 16 and scaled[0, 0, 8] == 128 and scaled[1, 0, 4] == 146
+    np.testing.assert_array_equal(scaled[2], levels[2])
 
 
 def test_specks_in_a_csv_row_are_dropped_when_it_is_conformed(small_test: DigitSet) -> None:

@@ -445,3 +445,26 @@ def test_write_submission_rejects_bad_labels(tmp_path: Path, labels, message: st
     with pytest.raises(ValueError, match=re.escape(message)):
         write_submission(tmp_path / "submission.csv", labels)
     assert not list(tmp_path.iterdir())
+
+
+# --- atomic writes ------------------------------------------------------------------------------
+
+WRITERS = {
+    "submission": lambda path, n: write_submission(path, np.arange(n) % 10),
+    "kaggle_csv": lambda path, n: write_kaggle_csv(path, random_digits(n)[0]),
+}
+
+
+@pytest.mark.parametrize("writer", WRITERS)
+def test_writers_replace_the_file_rather_than_rewrite_it_in_place(
+    tmp_path: Path, writer: str
+) -> None:
+    """A writer that truncated and rewrote the file in place tore it for a reader holding it
+    open (a scorer reading while the next submission lands), and for good on a crash."""
+    path = tmp_path / "out.csv"
+    WRITERS[writer](path, 3)
+    old = path.read_bytes()
+    with open(path, "rb") as reader:
+        WRITERS[writer](path, 5)
+        assert reader.read() == old  # in place, it would read the new (or torn) bytes
+    assert path.read_bytes() != old

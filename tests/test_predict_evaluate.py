@@ -1,3 +1,4 @@
+import csv
 import json
 import shutil
 import subprocess
@@ -11,13 +12,20 @@ from digit_recognizer import predict as predict_module
 from digit_recognizer.data.images import faint_to_full_ink
 from digit_recognizer.data.kaggle_csv import read_submission, write_kaggle_csv, write_submission
 from digit_recognizer.errors import DataError, ModelFileError
-from digit_recognizer.evaluate import compute_metrics, evaluate_run, score_submission
+from digit_recognizer.evaluate import (
+    compute_metrics,
+    evaluate_run,
+    score_submission,
+    write_per_class_csv,
+)
 from digit_recognizer.fileio import sha256_file
 from digit_recognizer.predict import (
     PredictConfig,
     Predictor,
+    conform_rows,
     orientation_evidence,
     predict_csv,
+    predict_distributed,
     predict_stream,
     reads_transposed,
     transposed,
@@ -284,3 +292,49 @@ def test_reversed_and_flipped_views_predict_as_copies_do(tiny_run, small_test):
     images = small_test.images[:8]
     for view in (images[::-1], np.flip(images, 2), np.rot90(images, axes=(1, 2))):
         np.testing.assert_array_equal(predictor.predict(view), predictor.predict(view.copy()))
+
+
+def test_per_class_csv_has_one_row_per_digit_with_its_scores(tmp_path):
+    """eval_per_class.csv: a row per digit 0-9, in order, with that digit's own figures."""
+    labels = np.array([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 9])
+    predicted = np.array([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 4])
+    metrics = compute_metrics(labels, np.eye(10, dtype=np.float32)[predicted])
+    write_per_class_csv(metrics, tmp_path / "per_class.csv")
+    with open(tmp_path / "per_class.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert list(rows[0]) == ["digit", "precision", "recall", "f1", "support"]
+    assert [int(row["digit"]) for row in rows] == list(range(10))
+    assert float(rows[9]["recall"]) == pytest.approx(2 / 3) and float(rows[9]["support"]) == 3
+    assert float(rows[4]["precision"]) == pytest.approx(1 / 2)
+    assert float(rows[4]["f1"]) == pytest.approx(2 / 3) and float(rows[0]["f1"]) == 1
+
+
+def test_evaluate_conforms_rows_of_another_layout_by_default(tmp_path, tiny_run, small_test):
+    """`digits evaluate` without --as-is scores what `digits predict` would submit: the rows
+    conformed to MNIST's layout, not the frame-filling digits as they are."""
+    images = np.stack([frame_filling(image) for image in small_test.images[:120]])
+    labels = small_test.labels[:120]
+    labelled = tmp_path / "filled-labelled.csv"
+    write_kaggle_csv(labelled, images, labels)
+    predictor = Predictor.load([tiny_run])
+    conformed = conform_rows(images, PredictConfig(), "", predictor.orientation_judge)
+    expected = accuracy(predictor.predict(conformed), labels)
+    assert expected != accuracy(predictor.predict(images), labels)  # else it could not be seen
+    assert evaluate_run([tiny_run], labelled, tmp_path).accuracy == pytest.approx(expected)
+
+
+def test_distributed_predict_passes_tta_as_is_and_device_on(tmp_path, tiny_run, small_csvs,
+                                                            monkeypatch):  # fmt: skip
+    """`digits predict --nproc 2 --tta --as-is --device cpu` had each process predict without
+    them: torchrun's command line must carry them."""
+    launched = []
+    monkeypatch.setattr(predict_module, "run_torchrun",
+                        lambda nproc, module, args: launched.append((nproc, args)))  # fmt: skip
+    config = PredictConfig(tta=True, conform=False, device="cpu")
+    predict_distributed(2, [tiny_run], small_csvs["test"], tmp_path / "s.csv", config)
+    predict_distributed(2, [tiny_run], small_csvs["test"], tmp_path / "s.csv")
+    (nproc, args), (_, default_args) = launched
+    assert nproc == 2 and {"--tta", "--as-is"} <= set(args)
+    assert args[args.index("--device") + 1] == "cpu"
+    assert not {"--tta", "--as-is"} & set(default_args)
+    assert default_args[default_args.index("--device") + 1] == "auto"

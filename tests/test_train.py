@@ -9,7 +9,8 @@ from dataclasses import replace
 import pytest
 import torch
 
-from digit_recognizer.checkpoint import load_checkpoint
+import digit_recognizer.train as train_module
+from digit_recognizer.checkpoint import load_checkpoint, rows_fingerprint
 from digit_recognizer.data.augment import augment_batch
 from digit_recognizer.data.kaggle_csv import DigitSet
 from digit_recognizer.distributed import Distributed
@@ -118,8 +119,6 @@ def test_early_stopping_restores_the_best_epoch(tmp_path, small_train, small_tes
 def test_plateau_cuts_the_lr_after_each_epoch_without_progress_and_epochs_reshuffle(
     tmp_path, small_train, small_test, monkeypatch
 ):
-    import digit_recognizer.train as train_module
-
     subset = DigitSet(small_train.images[:512], small_train.labels[:512])
     valid = DigitSet(small_test.images[:200], small_test.labels[:200])
     batches = []  # the labels of each batch, in the order training draws them
@@ -151,8 +150,6 @@ def test_plateau_cuts_the_lr_after_each_epoch_without_progress_and_epochs_reshuf
 def test_plateau_cuts_stack_while_validation_stays_stalled(
     tmp_path, small_train, small_test, monkeypatch
 ):
-    import digit_recognizer.train as train_module
-
     # Validation scores the same every epoch: the first sets the best, each later one stalls,
     # so the lr is cut after epochs 2 and 3, and the second cut applies on top of the first.
     monkeypatch.setattr(train_module, "evaluate_split", lambda *args: (1.0, 0.5))
@@ -165,8 +162,6 @@ def test_plateau_cuts_stack_while_validation_stays_stalled(
 
 
 def test_each_epoch_draws_new_augmentations(tmp_path, small_train, monkeypatch):
-    import digit_recognizer.train as train_module
-
     # The augmentation generator is seeded by (seed, epoch, rank): were the epoch left out,
     # every epoch would shift, turn and thicken each image exactly as the first did.
     seeds = []
@@ -214,8 +209,6 @@ def test_gpus_autocast_to_bf16_only_where_it_is_native(monkeypatch, capability, 
 
 @pytest.mark.parametrize(("native_bf16", "expected"), [(True, "cnn"), (False, "cnn-tiny")])
 def test_auto_model_follows_the_hardware(monkeypatch, native_bf16, expected):
-    import digit_recognizer.train as train_module
-
     def fake_autocast_dtype(device, enabled):
         return torch.bfloat16 if native_bf16 and enabled else None
 
@@ -478,3 +471,93 @@ def test_training_and_loading_leave_the_callers_random_stream_alone(
     train(config, DigitSet(small_train.images[:128], small_train.labels[:128]), None, tmp_path)
     Predictor.load(tiny_run)  # builds a net, drawing initial weights, before loading its own
     assert torch.equal(torch.rand(3), expected)
+
+
+def stopped_after_epoch_1(run_dir, small_train, small_test, config, **checkpoint_changes):
+    """64 training and 32 validation rows, trained for epoch 1 of ``config`` and stopped as a
+    kill would; the checkpoint then says ``checkpoint_changes`` (as if the run had got there)."""
+    subset = DigitSet(small_train.images[:64], small_train.labels[:64])
+    valid = DigitSet(small_test.images[:32], small_test.labels[:32])
+    with pytest.raises(StopError):
+        train(config, subset, valid, run_dir, on_epoch_end=stop_after(1))
+    checkpoint = load_checkpoint(run_dir, torch.device("cpu"))
+    torch.save(checkpoint | checkpoint_changes, run_dir / "checkpoint.pt")
+    return subset, valid
+
+
+def test_resume_goes_on_from_the_checkpoints_clock(tmp_path, small_train, small_test):
+    """A resumed run whose clock started at zero again got its whole time budget once more."""
+    config = TrainConfig(model="cnn-tiny", epochs=3, batch_size=64, time_budget_s=1000)
+    subset, valid = stopped_after_epoch_1(tmp_path, small_train, small_test, config,
+                                          elapsed_s=1000.0)  # fmt: skip
+    resumed = train(replace(config, resume=True), subset, valid, tmp_path)
+    assert len(resumed.history) == 1  # the budget was spent before the kill: nothing trains
+    more_time = train(replace(config, resume=True, time_budget_s=0), subset, valid, tmp_path)
+    assert len(more_time.history) == 3 and more_time.history[-1]["elapsed_s"] > 1000
+
+
+def test_resume_keeps_the_plateau_cuts_so_far(tmp_path, small_train, small_test):
+    """A resumed plateau run must go on at the lr its cuts so far reached, not the peak lr."""
+    config = TrainConfig(model="cnn-tiny", epochs=2, batch_size=64, lr=0.02, schedule="plateau")
+    subset, valid = stopped_after_epoch_1(tmp_path, small_train, small_test, config,
+                                          lr_scale=0.25)  # fmt: skip
+    resumed = train(replace(config, resume=True), subset, valid, tmp_path)
+    assert resumed.history[1]["lr"] == pytest.approx(0.02 * 0.25)
+
+
+def test_resume_keeps_the_epochs_without_progress_so_far(tmp_path, small_train, small_test):
+    """Early stopping counts the stalled epochs before a kill too, against the best so far."""
+    config = TrainConfig(model="cnn-tiny", epochs=4, batch_size=64, lr=0.02, schedule="constant",
+                         patience=2)  # fmt: skip
+    # Epoch 1 was already one without progress, on a best no epoch can beat.
+    subset, valid = stopped_after_epoch_1(tmp_path, small_train, small_test, config,
+                                          epochs_since_best=1, best_accuracy=1.0,
+                                          best_loss=0.0)  # fmt: skip
+    resumed = train(replace(config, resume=True), subset, valid, tmp_path)
+    assert resumed.stopped_early and len(resumed.history) == 2
+
+
+def test_one_cycle_keeps_its_last_epoch_when_an_earlier_one_validated_better(
+    tmp_path, small_train, small_test, monkeypatch
+):
+    """One-cycle keeps the epoch its schedule anneals to, not the best-validating one (which
+    test_one_cycle_keeps_its_last_epoch cannot tell apart when the last epoch is the best)."""
+    scores = iter([(0.1, 0.9), (1.0, 0.5)])  # (loss, accuracy): epoch 1 validates best
+    monkeypatch.setattr(train_module, "evaluate_split", lambda *args: next(scores))
+    subset = DigitSet(small_train.images[:64], small_train.labels[:64])
+    valid = DigitSet(small_test.images[:32], small_test.labels[:32])
+    config = TrainConfig(model="cnn-tiny", epochs=2, batch_size=64, lr=0.02)
+    result = train(config, subset, valid, tmp_path)
+    last = load_checkpoint(tmp_path, torch.device("cpu"))["model"]
+    kept, meta = load_net(tmp_path)
+    for key, value in last.items():
+        torch.testing.assert_close(kept.state_dict()[key], value, rtol=0, atol=0)
+    assert meta["valid_accuracy"] == result.valid_accuracy == 0.5
+
+
+def test_plateau_patience_cuts_once_per_that_many_stalled_epochs(
+    tmp_path, small_train, small_test, monkeypatch
+):
+    """plateau_patience=2 cuts after the 2nd and 4th stalled epochs, not after each from the
+    2nd on (nor after each, as patience 1 does)."""
+    monkeypatch.setattr(train_module, "evaluate_split", lambda *args: (1.0, 0.5))
+    subset = DigitSet(small_train.images[:64], small_train.labels[:64])
+    valid = DigitSet(small_test.images[:32], small_test.labels[:32])
+    config = TrainConfig(model="cnn-tiny", epochs=6, lr=0.02, schedule="plateau",
+                         plateau_factor=0.5, plateau_patience=2, batch_size=64)  # fmt: skip
+    lrs = [row["lr"] for row in train(config, subset, valid, tmp_path).history]
+    assert lrs == pytest.approx([0.02, 0.02, 0.02, 0.01, 0.01, 0.005])
+
+
+def test_rows_fingerprint_tells_other_labels_and_other_images_apart(small_train):
+    """A resume on the same images relabelled (another label column, a fixed-up train.csv)
+    must be refused as other training rows: the fingerprint covers the labels too."""
+    images, labels = small_train.images[:64], small_train.labels[:64]
+    fingerprint = rows_fingerprint(DigitSet(images, labels))
+    assert rows_fingerprint(DigitSet(images.copy(), labels.copy())) == fingerprint
+    relabelled = labels.copy()
+    relabelled[0] = (relabelled[0] + 1) % 10
+    assert rows_fingerprint(DigitSet(images, relabelled)) != fingerprint
+    retouched = images.copy()
+    retouched[0, 0, 0] ^= 1
+    assert rows_fingerprint(DigitSet(retouched, labels)) != fingerprint

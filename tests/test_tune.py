@@ -108,3 +108,52 @@ def test_net_trials_below_the_median_are_pruned_and_share_the_timeout(tmp_path, 
     scale = study.best_params["width_scale"]
     assert best.widths == tuple(round(width * scale) for width in (32, 64, 128))
     assert best.dropout == study.best_params["dropout"] and best.time_budget_s is None
+
+
+def test_net_trials_train_with_the_settings_they_suggest(tmp_path, small_csvs, monkeypatch):
+    """A trial scored on a run that ignored its suggested settings ranks nothing: the study's
+    best params would not be the recipe behind its best score."""
+    trained = []
+
+    def fake_train(config, train_set, valid_set, run_dir, on_epoch_end):
+        trained.append(config)
+        on_epoch_end({"epoch": 1, "valid_accuracy": 0.9})
+        return SimpleNamespace(valid_accuracy=0.9, epochs_run=1, cut_by_budget=False)
+
+    monkeypatch.setattr(tune_module, "train", fake_train)
+    result = tune(TuneConfig(model="cnn", trials=2, epochs=1), small_csvs["train"], tmp_path)
+    trials = optuna.load_study(study_name=result.study_name, storage=result.storage).trials
+    for config, trial in zip(trained, trials, strict=True):
+        for key in ("lr", "weight_decay", "augment", "batch_size", "label_smoothing", "dropout"):
+            assert getattr(config, key) == trial.params[key], key
+        scale = trial.params["width_scale"]
+        assert config.widths == tuple(round(width * scale) for width in (32, 64, 128))
+        assert config.epochs == 1 and config.model == "cnn"
+
+
+def test_classical_trials_fit_their_params_and_score_on_the_validation_split(
+    tmp_path, small_csvs, monkeypatch
+):
+    """Each trial builds the estimator with its own params, fits the training split and is
+    scored on the held-out one: scored on the rows it fit, 1-NN would win every study."""
+    calls = []
+
+    class Spy:
+        def __init__(self, **params):
+            calls.append({"params": params})
+
+        def fit(self, images, labels):
+            calls[-1]["fit_rows"] = len(images)
+            return self
+
+        def score(self, images, labels):
+            calls[-1]["scored_rows"] = len(images)
+            return 0.5
+
+    monkeypatch.setattr(tune_module, "build_estimator", lambda model, seed, **params: Spy(**params))
+    result = tune(TuneConfig(model="knn", trials=2, valid_size=0.2), small_csvs["train"], tmp_path)
+    trials = optuna.load_study(study_name=result.study_name, storage=result.storage).trials
+    for call, trial in zip(calls, trials, strict=True):
+        assert set(trial.params) == {"n_neighbors", "n_components"}
+        # 20 % of the 3,000 rows held out.
+        assert call == {"params": trial.params, "fit_rows": 2400, "scored_rows": 600}
