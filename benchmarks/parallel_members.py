@@ -20,7 +20,9 @@ import argparse
 import tempfile
 import time
 from pathlib import Path
+from typing import get_args
 
+from digit_recognizer.models.runtime import Device
 from digit_recognizer.pipeline import TrainJobResult, cached_replica, get_preset, train_jobs
 
 
@@ -31,7 +33,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2, help="members trained at once")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--replica-seed", type=int, default=0)
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--device", default="auto", choices=get_args(Device))
     args = parser.parse_args()
 
     flags = {"epochs": args.epochs, "device": args.device}

@@ -17,7 +17,8 @@ Target (issue 8): streaming peak RSS <= 2 GB at 1,000,000 rows, within 20 % of 1
 
 Measured once, ``--rows 100000 1000000 --train-steps 100``, on 2 shared AMD EPYC vCPUs under
 load average 5-7 from other jobs (so rows/s are low and noisy; the RSS figures are not), Python
-3.11, torch 2.13 CPU, pyarrow 26; peak RSS in MB, main process + its one DataLoader worker:
+3.11, torch 2.13 CPU, pyarrow 26; peak RSS in MB, main process + its one DataLoader worker
+(abridged: the script now prints "train" as "read+augment+train N rows/s (rows trained)"):
 
     expand   126,000 rows:  4,961 rows/s (25 s),  peak RSS 478
     expand 1,008,000 rows:  3,207 rows/s (314 s), peak RSS 486
@@ -26,7 +27,8 @@ load average 5-7 from other jobs (so rows/s are low and noisy; the RSS figures a
     memory   126,000 rows: read 20,607 rows/s, train  96 rows/s, peak RSS 750
     memory 1,008,000 rows: read 77,978 rows/s, train 277 rows/s, peak RSS 2,069
 
-Streaming: 995 MB at both sizes (within 1 %); in memory: 2.8x from 126k to 1M rows.
+Worked out from those lines, streaming: 995 MB at both sizes (within 1 %); in memory: 2.8x from
+126k to 1M rows.
 """
 
 from __future__ import annotations

@@ -61,6 +61,7 @@ def parse_recipe(text: str) -> tuple[str, Preset, dict[str, Any]]:
     preset = get_preset(name)
     if preset.members:
         raise ConfigError(f"{name}: an ensemble; this benchmark times single models")
+    preset.configs(flags=overrides)  # an unknown key or a wrong type: refused before training
     return name, preset, overrides
 
 
@@ -90,8 +91,10 @@ def main() -> None:
     except ConfigError as error:
         parser.error(str(error))
 
-    if args.work_dir:
-        measure(args, recipes, args.work_dir)
+    if args.work_dir:  # a folder of its own in it: train() refuses a run directory used before
+        args.work_dir.mkdir(parents=True, exist_ok=True)
+        run_dirs = tempfile.mkdtemp(prefix="time_to_accuracy-", dir=args.work_dir)
+        measure(args, recipes, Path(run_dirs))
         return
     with tempfile.TemporaryDirectory(prefix="time_to_accuracy-") as scratch:
         measure(args, recipes, Path(scratch))
@@ -111,12 +114,14 @@ def measure(args: argparse.Namespace, recipes: list[tuple], work_dir: Path) -> N
         flush=True,
     )
     rows = []  # (recipe, preset name, (seconds, epoch) to the target or None, predict s, train s)
-    for text, name, preset, overrides in recipes:
+    for index, (text, name, preset, overrides) in enumerate(recipes):
         (config,) = preset.configs(flags=overrides)
         if name == "seed":
             config = replace(config, time_budget_s=args.seed_budget, target_accuracy=args.target)
         wall_start = time.perf_counter()
-        result = train(config, train_set, valid_set, work_dir / text.replace(" ", "_"))
+        # Its own directory, a recipe given twice too.
+        run_dir = work_dir / f"{index}-{text.replace(' ', '_')}"
+        result = train(config, train_set, valid_set, run_dir)
         wall_s = time.perf_counter() - wall_start
         reached = time_to_target(result.history, args.target)
         # As `digits run` predicts: with the preset's test-time augmentation, if any. Timed
