@@ -111,6 +111,10 @@ def test_configs_built_in_python_are_checked_as_files_are():
     config = TrainConfig(epochs=np.int64(3), lr=np.float32(0.5), widths=[8, 16, 32])
     assert (type(config.epochs), type(config.lr), config.widths) == (int, float, (8, 16, 32))
     assert load_config(TrainConfig, overrides={"batch_size": np.int32(32)}).batch_size == 32
+    assert TrainConfig(amp=np.True_).amp is True and PredictConfig(tta=np.bool_(False)).tta is False
+    assert TrainConfig(widths=np.array([8, 16, 32])).widths == (8, 16, 32)
+    with pytest.raises(ConfigError, match="'epochs' must be int, got True"):
+        TrainConfig(epochs=np.True_)
     with pytest.raises(ConfigError, match="batch_size must be >= 1, got 0"):
         PredictConfig(batch_size=0)
     with pytest.raises(ConfigError, match="PredictConfig: 'device' must be one of"):

@@ -1,4 +1,6 @@
+import shutil
 from dataclasses import asdict
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -50,6 +52,8 @@ def test_net_classifier_follows_scikit_learn_conventions():
     for labels in (np.array(["0", "1", "2", "3"]), np.array([0.0, 1.5, 2.0, 3.0])):
         with pytest.raises(ValueError, match="y must hold the digits 0-9 as integers"):
             net.fit(images, labels)  # refused before training, not cast
+    with pytest.raises(ValueError, match=r"missing \(NaN\) or infinite labels"):
+        net.fit(images, np.array([0.0, np.nan, 2.0, np.inf]))  # had read -9223372036854775808
     with pytest.raises(ValueError, match="one label per image: 3 labels for 4 images"):
         net.fit(images, np.arange(3))
     for labels, found in (
@@ -99,7 +103,18 @@ def test_a_digits_train_run_loads_with_its_recorded_recipe(tiny_run):
     assert loaded.config_ == asdict(recorded)
     assert clone(loaded).train_config().batch_size == recorded.batch_size
     # ... and history_ its history.csv (it had been empty), as fit's would be.
-    assert [row["epoch"] for row in loaded.history_] == [1.0, 2.0]
+    assert [row["epoch"] for row in loaded.history_] == [1, 2]
+    assert all(isinstance(row["step"], int) for row in loaded.history_)  # as fit's rows
+
+
+def test_a_damaged_history_leaves_history_empty_not_the_weights_unloaded(
+    tmp_path, tiny_run, caplog
+):
+    run_dir = Path(shutil.copytree(tiny_run, tmp_path / "run"))
+    (run_dir / "history.csv").write_text("epoch,step\n1\n")
+    loaded = load_estimator(run_dir)
+    assert loaded.history_ == [] and "history.csv: not a history written by training" in caplog.text
+    assert loaded.predict(np.zeros((1, 28, 28), np.uint8)).shape == (1,)
 
 
 def test_a_saved_estimator_names_the_net_it_trained(tmp_path, small_train):

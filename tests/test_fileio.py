@@ -42,6 +42,19 @@ def test_a_link_to_stdout_is_refused_and_a_link_to_a_file_stays_a_link(tmp_path:
     with pytest.raises(OutputError, match="not a regular file"), atomic_path(to_stdout):
         pass
     assert to_stdout.is_symlink()
+    # Reached through a folder's link, or by "..", as the kernel follows them.
+    (tmp_path / "fd").symlink_to("/proc/self/fd")
+    depth = len(tmp_path.parts) - 1
+    for path in (tmp_path / "fd" / "1", Path(str(tmp_path) + "/.." * depth + "/proc/self/fd/1")):
+        with pytest.raises(OutputError, match="not a regular file"), atomic_path(path):
+            pass
+    (tmp_path / "loop1").symlink_to(tmp_path / "loop2")
+    (tmp_path / "loop2").symlink_to(tmp_path / "loop1")
+    with (
+        pytest.raises(OutputError, match="loop1: cannot be followed"),
+        atomic_path(tmp_path / "loop1"),
+    ):
+        pass
     target, link = tmp_path / "target.csv", tmp_path / "link.csv"
     target.write_text("old")
     link.symlink_to(target)
@@ -53,7 +66,8 @@ def test_a_read_only_file_is_refused_and_a_files_mode_is_kept(tmp_path: Path) ->
     """The rename had replaced a read-only file, and every file came out 0644 (root ignores
     a mode, so the check is on the mode bits, not on access)."""
     locked, private = tmp_path / "locked.csv", tmp_path / "private.csv"
-    for path, mode in ((locked, 0o444), (private, 0o640)):
+    setuid = tmp_path / "setuid"
+    for path, mode in ((locked, 0o444), (private, 0o640), (setuid, 0o4755)):
         path.write_text("old")
         path.chmod(mode)
     with pytest.raises(OutputError, match=r"read-only \(mode 0444\)"):
@@ -61,6 +75,8 @@ def test_a_read_only_file_is_refused_and_a_files_mode_is_kept(tmp_path: Path) ->
     assert locked.read_text() == "old"
     write_text(private, "new")
     assert private.read_text() == "new" and private.stat().st_mode & 0o777 == 0o640
+    write_text(setuid, "new")  # permission bits only: a rewrite drops setuid, as write() does
+    assert setuid.stat().st_mode & 0o7777 == 0o755
 
 
 def test_write_text_replaces_the_file_rather_than_rewrite_it_in_place(tmp_path: Path) -> None:

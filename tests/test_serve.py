@@ -496,7 +496,7 @@ def test_server_keeps_serving_after_bad_input(client: TestClient, digits) -> Non
 
 
 def test_serve_config_and_cli_errors(tmp_path: Path, run_dir: Path) -> None:
-    with pytest.raises(ConfigError, match="backend must be 'torch' or 'onnx', got 'tf'"):
+    with pytest.raises(ConfigError, match="'backend' must be one of 'torch', 'onnx', got 'tf'"):
         ServeConfig(backend="tf")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="max_batch must be at least 1, got 0"):
         ServeConfig(max_batch=0)

@@ -27,6 +27,7 @@ from digit_recognizer.data.kaggle_csv import (
 )
 from digit_recognizer.data.shards import (
     MANIFEST_FILE,
+    SHARD_NAME,
     choose_loading,
     expand,
     read_data_source,
@@ -219,6 +220,7 @@ def test_sharding_into_a_directory_removes_only_its_own_earlier_shards(
     shard_csv(source[0], out_dir, parts=2)  # a rebuild removes its own third shard, no other
     assert {name: (out_dir / name).read_bytes() for name in theirs} == theirs
     assert not (out_dir / "part-00002.csv").exists()
+    assert SHARD_NAME.fullmatch("part-100000.csv")  # the 100,001st part's name is ours too
     other = tmp_path / "other"
     other.mkdir()
     (other / "manifest.json").write_text('{"name": "a web app\'s manifest"}')
@@ -305,6 +307,12 @@ def test_an_expansion_is_known_through_a_reshard_a_glob_or_a_second_expansion(
         with pytest.raises(DataError, match="validates on copies of training images"):
             training_data(TrainConfig(), files)
     assert resolve_data_source(source[0]).origin == {}  # a plain CSV is no expansion
+    # A CSV of the expansion's folder that it does not list, beside another folder's
+    # part-00000.csv, is no file of it either.
+    (tmp_path / "e" / "mine.csv").write_bytes(source[0].read_bytes())
+    shard_csv(source[0], tmp_path / "plain", parts=2)
+    mixed = [tmp_path / "e" / "mine.csv", tmp_path / "plain" / "part-00000.csv"]
+    assert shards._expansion_of(mixed) == {}
 
 
 def test_commands_that_read_digits_take_a_shard_directory_as_they_take_its_csv(
@@ -627,8 +635,10 @@ def test_compare_and_tune_read_faint_rows_with_full_ink(tmp_path: Path, small_tr
         lambda m: m | {"shards": [m["shards"][0] | {"n_rows": 0}, *m["shards"][1:]]},
         lambda m: m | {"shards": [m["shards"][0], *m["shards"]]},
         lambda m: m | {"shards": [m["shards"][0] | {"file": "../train.csv"}]},
+        lambda m: m | {"shards": [m["shards"][0] | {"file": ".."}]},
+        lambda m: m | {"shards": [m["shards"][0] | {"file": ""}]},
     ],
-    ids=["no shards", "labels a string", "an empty shard", "a shard twice", "outside"],
+    ids=["no shards", "labels a string", "an empty shard", "a shard twice", "outside", "..", ""],
 )
 def test_a_tampered_manifest_is_refused_naming_it(shard_dir: Path, tmp_path: Path, tamper) -> None:
     """An empty list had raised IndexError, "false" read as true, an empty or repeated shard

@@ -110,7 +110,9 @@ def read_history(path: Path) -> list[dict[str, float]]:
     """The rows ``write_history`` wrote; ``ModelFileError`` naming a file it did not write."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as handle:  # a spreadsheet's BOM too
-            history = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(handle)]
+            # Counts as the loop wrote them (epoch 3, step 1869), the rest as floats.
+            history = [{k: int(v) if k in ("epoch", "step") else float(v) for k, v in row.items()}
+                       for row in csv.DictReader(handle)]  # fmt: skip
         if not history or not {"epoch", "train_loss", "lr"} <= set(history[0]):
             raise ValueError("no rows of epoch, train_loss, lr, ...")
     except (ValueError, TypeError, UnicodeDecodeError) as error:  # a cell short: TypeError

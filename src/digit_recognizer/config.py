@@ -102,12 +102,18 @@ def _coerce(value: Any, annotation: Any, key: str, source: str) -> Any:
     """Return ``value`` as ``annotation`` (int -> float widening, list -> tuple, ``NONE`` -> None
     where None is allowed) or raise."""
     options = typing.get_args(annotation) if _is_union(annotation) else (annotation,)
-    if type(None) in options and (value is None or (value == NONE and str not in options)):
+    is_none_word = isinstance(value, str) and value == NONE and str not in options
+    if type(None) in options and (value is None or is_none_word):
         return None
-    if isinstance(value, numbers.Integral) and not isinstance(value, bool | np.bool_):
-        value = int(value)  # numpy ints (np.arange grids, scipy.stats.randint)
+    # numpy's scalars as Python's (np.arange grids, scipy.stats.randint), arrays as lists
+    if isinstance(value, np.bool_):
+        value = bool(value)
+    elif isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        value = int(value)
     elif isinstance(value, np.floating):
         value = float(value)
+    elif isinstance(value, np.ndarray):
+        value = value.tolist()
     for option in options:
         if option is float and isinstance(value, int) and not isinstance(value, bool):
             return float(value)

@@ -9,6 +9,7 @@ any net; classical models already are pipelines. ``build_estimator``, ``save_est
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from dataclasses import asdict
 from inspect import signature
@@ -26,11 +27,14 @@ from digit_recognizer.config import load_config
 from digit_recognizer.data.images import check_digits, check_images
 from digit_recognizer.data.kaggle_csv import N_PIXELS
 from digit_recognizer.data.splits import split_for_training
+from digit_recognizer.errors import ModelFileError
 from digit_recognizer.models.classical import fits_the_digits, load_pipeline, save_pipeline
 from digit_recognizer.models.registry import build, get_spec
 from digit_recognizer.models.storage import load_net, read_meta, save_net
 from digit_recognizer.predict import PredictConfig, Predictor
 from digit_recognizer.train import TrainConfig, model_args, train
+
+log = logging.getLogger(__name__)
 
 # NetClassifier parameters that are TrainConfig keys; None means TrainConfig's default.
 TRAIN_KEYS = (
@@ -189,12 +193,23 @@ def load_estimator(run_dir: str | Path) -> NetClassifier | Pipeline:
     estimator = NetClassifier(meta["model"])
     estimator.set_params(**{k: v for k, v in params.items() if k != "model"})
     estimator.module_ = module
-    history = run_dir / HISTORY_FILE  # save_estimator writes none: fit's rows were not kept
-    estimator.history_ = read_history(history) if history.is_file() else []
+    estimator.history_ = _saved_history(run_dir / HISTORY_FILE)
     estimator.config_ = recorded
     estimator.classes_ = np.arange(10)
     estimator.n_features_in_ = N_PIXELS
     return estimator
+
+
+def _saved_history(path: Path) -> list[dict[str, float]]:
+    """A run's history.csv; none (save_estimator writes none) or a damaged one: [], as the
+    weights load all the same."""
+    if not path.is_file():
+        return []
+    try:
+        return read_history(path)
+    except ModelFileError as error:
+        log.warning("%s; history_ left empty", error)
+        return []
 
 
 def count_parameters(estimator: NetClassifier | Pipeline) -> int:

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from digit_recognizer.errors import DigitsError, OutputError
+from digit_recognizer.errors import DigitsError, OutputError, first_line
 
 LOCK_FILE = ".lock"
 
@@ -39,7 +39,8 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     if path.is_symlink():  # the file it links to is replaced, and the link stays one
         path = path.resolve()
     try:
-        mode = path.stat().st_mode & 0o7777 if path.is_file() else 0o666 & ~_umask()
+        # Permission bits only: a setuid bit kept on a file root rewrites would hand it out.
+        mode = path.stat().st_mode & 0o777 if path.is_file() else 0o666 & ~_umask()
         if path.is_file() and not mode & 0o222:  # root may rename over it; nobody may write it
             raise OutputError(f"{path}: read-only (mode {mode:04o}); make it writable or give "
                               "another path")  # fmt: skip
@@ -68,9 +69,14 @@ def refuse_special_file(path: Path) -> Path:
     """``path``, unless it is a device, a pipe or a socket (/dev/stdout, /dev/null), or leads
     into /dev or /proc: the rename of a new file over it would replace the device node or link
     itself (as root, for every process), and /dev/stdout redirected to a file is a link to it."""
-    is_system = any(str(place).startswith(("/dev/", "/proc/"))
-                    and not str(place).startswith("/dev/shm/")  # memory-backed files
-                    for place in _links_from(path))  # fmt: skip
+    try:
+        places = [str(place) for place in _links_from(path)]
+    except (RuntimeError, OSError) as error:  # a loop of links: RuntimeError before Python 3.13
+        raise OutputError(f"{path}: cannot be followed ({first_line(error)}); give a file's "
+                          "path") from None  # fmt: skip
+    is_system = any(place.startswith(("/dev/", "/proc/"))
+                    and not place.startswith("/dev/shm/")  # memory-backed files
+                    for place in places)  # fmt: skip
     if is_system or (path.exists() and not path.is_file() and not path.is_dir()):
         raise OutputError(f"{path}: not a regular file (a device, a pipe or /dev/stdout), which "
                           "is written by replacing it; give a file's path")  # fmt: skip
@@ -83,7 +89,11 @@ def _links_from(path: Path) -> list[Path]:
     hops = [path.absolute()]
     while hops[-1].is_symlink() and len(hops) < 40:  # 40: the kernel's own limit on hops
         hops.append(hops[-1].parent / os.readlink(hops[-1]))
-    return [*hops, path.resolve()]
+    # Each as the kernel reaches it: its folders' links followed and ".." taken (the text of
+    # /tmp/../proc/self/fd/1, or of fdlink/1 with fdlink -> /proc/self/fd, starts elsewhere).
+    return [Path(os.path.normpath(hop.parent.resolve() / hop.name)) for hop in hops] + [
+        path.resolve()
+    ]
 
 
 def _umask() -> int:

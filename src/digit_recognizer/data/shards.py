@@ -56,7 +56,7 @@ MANIFEST_FILE = "manifest.json"
 SHARD_PATTERN = "part-*.csv"
 # The names this module gives shards; only files so named are replaced or removed from an
 # output directory (Spark's part-00000-c000.csv, a user's part-final.csv are left alone).
-SHARD_NAME = re.compile(r"part-\d{5}\.csv")
+SHARD_NAME = re.compile(r"part-\d{5,}\.csv")  # 100,000 parts and more: six digits
 # 4 MiB pieces hold ~2,000 rows: large enough that pyarrow's per-call overhead vanishes, small
 # enough that a DataLoader worker holds a few MB.
 CHUNK_BYTES = 4 << 20
@@ -103,7 +103,8 @@ def read_manifest(path: str | Path) -> Manifest:
         # What data shard writes, and nothing a tampered file could lead elsewhere with.
         if not shards or min(shard.n_rows for shard in shards) < 1:
             raise ValueError("it must list shards of one row or more")
-        if len(set(names)) < len(names) or any(Path(name).name != name for name in names):
+        is_plain = [Path(name).name == name and name not in ("", ".", "..") for name in names]
+        if len(set(names)) < len(names) or not all(is_plain):
             raise ValueError("its shards must be distinct files of its own directory")
         if not isinstance(entries["has_labels"], bool):
             raise ValueError(f"has_labels must be true or false, got {entries['has_labels']!r}")
@@ -168,7 +169,8 @@ def _expansion_of(files: list[Path]) -> dict[str, Any]:
         except DataError:  # none there, or not ours
             continue
         names = {shard.path.name for shard in manifest.shards}
-        if manifest.origin.get("command") == "expand" and any(f.name in names for f in files):
+        listed = [file for file in files if file.parent == directory and file.name in names]
+        if manifest.origin.get("command") == "expand" and listed:
             return {"command": "expand", "source": str(directory), "valid_rows": 0}
     return {}
 

@@ -66,9 +66,7 @@ class ServeConfig:
     max_image_pixels: int = MAX_IMAGE_PIXELS  # decoded size of an uploaded image (bombs)
 
     def __post_init__(self) -> None:
-        check_fields(self)
-        if self.backend not in ("torch", "onnx"):
-            raise ConfigError(f"backend must be 'torch' or 'onnx', got '{self.backend}'")
+        check_fields(self)  # the backend among them
         for name in ("n_threads", "max_body_bytes", "max_csv_bytes", "max_batch",
                      "max_csv_rows", "max_csv_jobs", "max_image_pixels"):  # fmt: skip
             if getattr(self, name) < 1:
