@@ -82,7 +82,8 @@ def main() -> None:
     parser.add_argument("--replica-seed", type=int, default=2024)
     parser.add_argument("--seed-budget", type=float, default=1800, help="seed recipe's time (s)")
     parser.add_argument("--work-dir", type=Path, default=None,
-                        help="for the run directories (default: a new temporary one)")  # fmt: skip
+                        help="keeps the run directories, in a new folder of its own in it "
+                        "(default: a temporary one, removed)")  # fmt: skip
     args = parser.parse_args()
     texts = args.recipes.split(",") if args.recipes else []
     texts += args.recipe if args.recipe or args.recipes else ["default", "seed"]
@@ -93,8 +94,9 @@ def main() -> None:
 
     if args.work_dir:  # a folder of its own in it: train() refuses a run directory used before
         args.work_dir.mkdir(parents=True, exist_ok=True)
-        run_dirs = tempfile.mkdtemp(prefix="time_to_accuracy-", dir=args.work_dir)
-        measure(args, recipes, Path(run_dirs))
+        run_dirs = Path(tempfile.mkdtemp(prefix="time_to_accuracy-", dir=args.work_dir))
+        print(f"run directories in {run_dirs}", flush=True)
+        measure(args, recipes, run_dirs)
         return
     with tempfile.TemporaryDirectory(prefix="time_to_accuracy-") as scratch:
         measure(args, recipes, Path(scratch))

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from digit_recognizer.cli import app
+from digit_recognizer.cli import app, one_line
 from digit_recognizer.data.kaggle_csv import write_kaggle_csv
 from digit_recognizer.data.replica import replica_files
 from digit_recognizer.evaluate import compute_metrics
@@ -303,3 +303,11 @@ def test_an_os_error_is_one_line_too(tmp_path, tiny_run):
     result = invoke("predict", tiny_run, tmp_path / ("a" * 300 + ".csv"))
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert "File name too long" in result.output and result.output.count("\n") <= 2
+
+
+def test_os_errors_name_both_paths_or_at_least_their_kind():
+    """A failed rename had named its source only; an OSError without arguments printed
+    "error: " and nothing."""
+    rename = OSError(18, "Invalid cross-device link", "/a", None, "/b")
+    assert one_line(rename) == "/a: /b: Invalid cross-device link"
+    assert one_line(TimeoutError()) == "TimeoutError"

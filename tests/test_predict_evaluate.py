@@ -247,7 +247,9 @@ def test_evaluate_run_writes_its_files(tmp_path, tiny_run, small_csvs, caplog):
     run_dir = Path(shutil.copytree(tiny_run, tmp_path / "run"))
     (run_dir / "metrics.json").write_text(json.dumps({"train_sha256": sha256_file(labelled)}))
     evaluate_run([run_dir], labelled, tmp_path)
-    assert f"{labelled} is the file the run trained on" in caplog.text
+    assert f"{labelled} is the file {run_dir} trained on" in caplog.text
+    (run_dir / "metrics.json").write_text("[1, 2]")  # damaged: no warning, and no stop either
+    assert evaluate_run([run_dir], labelled, tmp_path).accuracy == metrics.accuracy
 
 
 def test_classical_run_directories_predict_and_mix_with_nets(tmp_path, tiny_run, small_train,

@@ -169,6 +169,8 @@ def test_report_command_with_data_and_without(tmp_path, tiny_run, small_test):
     # --as-is, as evaluate --as-is: the rows as they are (the report had always conformed them).
     as_is = evaluate_run([run_dir], filled, tmp_path / "eval", PredictConfig(conform=False))
     assert as_is.accuracy < evaluated.accuracy
+    result = runner.invoke(app, ["report", str(run_dir), "--as-is"])
+    assert result.exit_code == 1 and "without --data" in result.output
     result = runner.invoke(app, ["report", str(run_dir), "--data", str(filled), "--as-is"])
     n_wrong = round((1 - as_is.accuracy) * 400)
     assert result.exit_code == 0, result.output

@@ -578,6 +578,35 @@ def test_csv_uploads_beyond_max_csv_jobs_get_503(
         assert client.post("/predict/csv", **upload).status_code == 200  # the slot is free again
 
 
+def test_a_csv_upload_too_slow_to_arrive_gets_408_and_frees_its_slot(
+    run_dir: Path, small_test: DigitSet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two clients stalled mid-body had held both slots for as long as they liked."""
+    from digit_recognizer.serve import routes
+
+    read_upload = routes._read_upload
+    stalled = iter([True])
+
+    async def stalling_read(*args: object, **kwargs: object) -> tuple[bytes, str]:
+        if next(stalled, False):  # the first upload stalls, as a client gone quiet would
+            await asyncio.sleep(30)
+        return await read_upload(*args, **kwargs)
+
+    monkeypatch.setattr(routes, "_read_upload", stalling_read)
+    path = tmp_path / "test.csv"
+    write_kaggle_csv(path, small_test.images[:3])
+    config = ServeConfig(max_csv_jobs=1, csv_upload_timeout_s=0.5)
+    with TestClient(create_app(run_dir, config)) as client:
+        slow = client.post("/predict/csv", files={"file": ("test.csv", path.read_bytes())})
+        assert slow.status_code == 408 and "csv_upload_timeout_s" in slow.json()["detail"]
+        again = client.post("/predict/csv", files={"file": ("test.csv", path.read_bytes())})
+        assert again.status_code == 200
+
+
+def test_a_host_in_brackets_is_taken_as_its_address() -> None:
+    assert ServeConfig(host="[::1]").host == "::1"
+
+
 def test_an_ipv6_address_is_written_in_brackets() -> None:
     assert address("::1", 8000) == "[::1]:8000" and address("127.0.0.1", 80) == "127.0.0.1:80"
     try:

@@ -128,10 +128,15 @@ def test_predict_reads_a_pipe_once_and_a_manifests_path_as_its_shards(
     predict_source([tiny_run], small_csvs["test"], tmp_path / "file.csv")
     fifo = tmp_path / "rows"
     os.mkfifo(fifo)
-    writer = threading.Thread(target=lambda: fifo.write_bytes(small_csvs["test"].read_bytes()))
+    writer = threading.Thread(
+        target=lambda: fifo.write_bytes(small_csvs["test"].read_bytes()), daemon=True
+    )
     writer.start()
-    predict_source([tiny_run], fifo, tmp_path / "pipe.csv")
-    writer.join()
+    try:
+        predict_source([tiny_run], fifo, tmp_path / "pipe.csv")
+    finally:  # failing before it opened the pipe, it would leave the writer waiting forever
+        os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))
+        writer.join(timeout=30)
     assert (tmp_path / "pipe.csv").read_bytes() == (tmp_path / "file.csv").read_bytes()
     predict_source([tiny_run], shard_dir, tmp_path / "dir.csv")
     predict_source([tiny_run], shard_dir / MANIFEST_FILE, tmp_path / "manifest.csv")

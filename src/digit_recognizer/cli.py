@@ -20,7 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from digit_recognizer.config import load_config
-from digit_recognizer.errors import DataError, DigitsError
+from digit_recognizer.errors import DataError, DigitsError, first_line
 from digit_recognizer.interrupts import Terminated, sigterm_interrupts
 
 if TYPE_CHECKING:  # the commands import torch-heavy modules only when they run
@@ -57,18 +57,9 @@ def handles_errors(command: F) -> F:
         try:
             with sigterm_interrupts():  # `kill`, `timeout` and schedulers stop it as Ctrl-C does
                 return command(*args, **kwargs)
-        except DigitsError as error:
-            # Under torchrun each rank that fails says so: name it (two ranks may read one bad
-            # line, and their messages would repeat each other unexplained).
-            rank = (
-                f"rank {os.environ['RANK']}: " if os.environ.get("WORLD_SIZE", "1") != "1" else ""
-            )
-            err_console.print(Text.assemble(("error:", "red"), f" {rank}{error}"), soft_wrap=True)
-            raise typer.Exit(1) from None
-        except OSError as error:  # a folder without permission, a name too long, a full disk
-            where = f"{error.filename}: " if error.filename else ""
-            message = f" {where}{error.strerror or error}"
-            err_console.print(Text.assemble(("error:", "red"), message), soft_wrap=True)
+        except (DigitsError, OSError) as error:  # OSError: no permission, a full disk, ...
+            err_console.print(Text.assemble(("error:", "red"), f" {one_line(error)}"),
+                              soft_wrap=True)  # fmt: skip
             raise typer.Exit(1) from None
         except KeyboardInterrupt as stop:
             err_console.print("interrupted")
@@ -76,6 +67,16 @@ def handles_errors(command: F) -> F:
             raise typer.Exit(143 if isinstance(stop, Terminated) else 130) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def one_line(error: DigitsError | OSError) -> str:
+    """The error as a user reads it; under torchrun with the rank that failed (two ranks may
+    read one bad line, and their messages would repeat each other unexplained)."""
+    rank = f"rank {os.environ['RANK']}: " if os.environ.get("WORLD_SIZE", "1") != "1" else ""
+    if isinstance(error, DigitsError):
+        return f"{rank}{error}"
+    where = "".join(f"{name}: " for name in (error.filename, error.filename2) if name)
+    return f"{rank}{where}{error.strerror or first_line(error) or type(error).__name__}"
 
 
 @contextmanager
@@ -582,12 +583,13 @@ def compare(
     test: Annotated[Path | None, typer.Option(help="Labelled CSV to score on.")] = None,
     valid_size: Annotated[float, typer.Option(help="Held-out fraction (no --test/--cv).")] = 0.2,
     cv: Annotated[int | None, typer.Option(help="Stratified K-fold instead of one split.")] = None,
-    out: Annotated[Path, typer.Option(help="Folder for leaderboard.csv and .png.")] = Path(
-        "runs/compare"
-    ),
+    out: Annotated[
+        Path, typer.Option(help="Folder for leaderboard.csv, .png and compare.json.")
+    ] = Path("runs/compare"),
     seed: Seed = None,
 ) -> None:
     """Fit several models on one CSV and rank them by held-out accuracy, with their cost."""
+    from digit_recognizer.compare import SETTINGS_FILE
     from digit_recognizer.compare import compare as compare_models
 
     names = [name.strip() for name in models.split(",") if name.strip()]
@@ -600,7 +602,8 @@ def compare(
         table.add_row(*(f"{row[c]:.{digits[c]}f}" if isinstance(row[c], float) else str(row[c])
                         for c in board.columns))  # fmt: skip
     console.print(table)
-    console.print(f"wrote {board.csv_path} and {board.chart_path}")
+    console.print(f"wrote {board.csv_path}, {board.chart_path} and "
+                  f"{board.csv_path.with_name(SETTINGS_FILE)}")  # fmt: skip
 
 
 @app.command()

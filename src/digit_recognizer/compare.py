@@ -124,7 +124,8 @@ def _folds(
         try:
             folds = list(splitter.split(data.images, data.labels))
         except ValueError as error:  # more folds than a digit has rows
-            raise ConfigError(f"--cv {cv}: {first_line(error)}; give fewer folds") from None
+            reason = first_line(error).rstrip(".")
+            raise ConfigError(f"--cv {cv}: {reason}; give fewer folds") from None
         for fit_indices, score_indices in folds:
             yield data.take(fit_indices), data.take(score_indices)
     else:
@@ -142,8 +143,10 @@ def _score_model(
         try:
             estimator.fit(fit_set.images, fit_set.labels)
         except ValueError as error:  # scikit-learn's: 40 PCA components of 14 rows
+            if get_spec(name).kind == "net":  # NetClassifier checked its input: not the data's
+                raise
             raise DataError(f"{name}: cannot be fitted on these {len(fit_set):,} rows "
-                            f"({first_line(error)})") from None  # fmt: skip
+                            f"({first_line(error)})") from error  # fmt: skip
         fit_seconds = time.perf_counter() - start
         # A pipeline fitted without some digit has no column for it: it gets probability 0.
         probas = np.zeros((len(score_set), len(CLASSES)), np.float32)

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import logging
@@ -37,9 +38,12 @@ def read_metrics(run_dir: Path) -> dict:
     """The run's metrics.json, {} where it has none yet."""
     path = run_dir / METRICS_FILE
     try:
-        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        metrics = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ModelFileError(f"{path}: not valid JSON ({error})") from None
+    if not isinstance(metrics, dict):
+        raise ModelFileError(f"{path}: not a run's metrics (a JSON object); delete it")
+    return metrics
 
 
 @dataclass
@@ -174,10 +178,14 @@ def evaluate_run(
 def warn_if_trained_on(run_dirs: list[Path], labelled_csv: Path) -> None:
     """Warn where ``labelled_csv`` is the very file a run trained on (metrics.json's SHA-256):
     its score says how well the run fits what it saw, not how it reads digits it has not."""
-    recorded = {read_metrics(Path(run_dir)).get("train_sha256") for run_dir in run_dirs}
-    if labelled_csv.is_file() and recorded - {None} and sha256_file(labelled_csv) in recorded:
-        log.warning("%s is the file the run trained on: this scores images it learned from "
-                    "(and its validation split), not new ones", labelled_csv)  # fmt: skip
+    recorded = {}
+    for run_dir in run_dirs:
+        with contextlib.suppress(ModelFileError):  # a damaged metrics.json: no warning, no stop
+            recorded[read_metrics(Path(run_dir)).get("train_sha256")] = run_dir
+    recorded.pop(None, None)
+    if recorded and labelled_csv.is_file() and (digest := sha256_file(labelled_csv)) in recorded:
+        log.warning("%s is the file %s trained on: this scores images it learned from (and its "
+                    "validation split), not new ones", labelled_csv, recorded[digest])  # fmt: skip
 
 
 def score_submission(solution_csv: Path, submission_csv: Path) -> float:

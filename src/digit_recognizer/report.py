@@ -28,7 +28,7 @@ from digit_recognizer.data.images import faint_to_full_ink
 from digit_recognizer.data.kaggle_csv import DigitSet, read_kaggle_csv
 from digit_recognizer.data.shards import read_data_source, require_labels
 from digit_recognizer.data.splits import split_for_training
-from digit_recognizer.errors import DataError, ModelFileError
+from digit_recognizer.errors import ConfigError, DataError, ModelFileError
 from digit_recognizer.evaluate import (
     CLASSES,
     METRICS_FILE,
@@ -121,6 +121,9 @@ def write_run_report(
     metrics.json.
     """
     run_dir = Path(run_dir)
+    if not conform and data_csv is None:  # it would do nothing: say so rather than ignore it
+        raise ConfigError("--as-is reads the rows of --data as they are; without --data the "
+                          "report reads images as training did")  # fmt: skip
     refuse_ensemble(run_dir)
     if not (run_dir / CONFIG_FILE).is_file():
         raise ModelFileError(f"{run_dir / CONFIG_FILE}: not found; is {run_dir} a run directory?")

@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import signal
 import socket
 import threading
@@ -63,21 +62,27 @@ class ServeConfig:
     # CSV uploads handled at once; more get 503 before their body is read. Each holds its body,
     # a temporary copy and its parsed rows (~300 MB for Kaggle's test.csv) until it answers.
     max_csv_jobs: int = 2
+    # Seconds a CSV upload may take to arrive once it holds one of those slots: two clients
+    # stalled mid-body would otherwise keep every other upload out (a 51 MB test.csv at 1 MB/s).
+    csv_upload_timeout_s: float = 120
     max_image_pixels: int = MAX_IMAGE_PIXELS  # decoded size of an uploaded image (bombs)
 
     def __post_init__(self) -> None:
         check_fields(self)  # the backend among them
+        self.host = self.host.removeprefix("[").removesuffix("]")  # [::1], as a URL writes it
         for name in ("n_threads", "max_body_bytes", "max_csv_bytes", "max_batch",
                      "max_csv_rows", "max_csv_jobs", "max_image_pixels"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.csv_upload_timeout_s <= 0:
+            raise ConfigError(f"csv_upload_timeout_s must be > 0, got {self.csv_upload_timeout_s}")
         if not 0 <= self.port <= 65535:  # 0: any free port
             raise ConfigError(f"port must be from 0 to 65535, got {self.port}")
 
-    def limits(self) -> dict[str, int]:
+    def limits(self) -> dict[str, int | float]:
         """The request limits, as ``GET /model`` reports them."""
         names = ("max_body_bytes", "max_csv_bytes", "max_batch", "max_csv_rows", "max_csv_jobs",
-                 "max_image_pixels")  # fmt: skip
+                 "csv_upload_timeout_s", "max_image_pixels")  # fmt: skip
         return {name: getattr(self, name) for name in names}
 
 
@@ -241,7 +246,8 @@ def listening_socket(host: str, port: int) -> socket.socket:
         listening.listen(socket.SOMAXCONN)
     except OSError as error:
         listening.close()
-        reason = os.strerror(error.errno) if error.errno else str(error)
+        # strerror: a failed name lookup's errno is negative, which os.strerror cannot name
+        reason = error.strerror or str(error)
         raise ConfigError(f"cannot serve at {address(host, port)} ({reason}); choose another "
                           "--port or --host") from None  # fmt: skip
     return listening

@@ -179,7 +179,7 @@ class ModelInfo(BaseModel):
         "server does not use"
     )
     preprocessing: dict[str, Any]
-    limits: dict[str, int] = Field(description="ServeConfig limits on requests")
+    limits: dict[str, int | float] = Field(description="ServeConfig limits on requests")
 
 
 _SINGLE = TypeAdapter(DigitInput)
@@ -316,6 +316,8 @@ async def predict(
                415: {"model": ErrorResponse, "description": "unsupported Content-Type"},
                422: {"model": ErrorResponse,
                      "description": "the CSV is not in Kaggle's format, or an invalid query"},
+               408: {"model": ErrorResponse,
+                     "description": "the upload took over csv_upload_timeout_s to arrive"},
                503: {"model": ErrorResponse,
                      "description": "max_csv_jobs uploads in progress; retry after a few seconds"}},
 )  # fmt: skip
@@ -344,7 +346,15 @@ async def predict_csv(
             headers={"Retry-After": "5"},
         )
     async with slots:
-        data, name = await _read_upload(request, content_type, default_name="test.csv")
+        try:
+            async with asyncio.timeout(config.csv_upload_timeout_s):
+                data, name = await _read_upload(request, content_type, default_name="test.csv")
+        except TimeoutError:
+            raise HTTPException(
+                408,
+                f"the upload did not arrive within {config.csv_upload_timeout_s:g} s "
+                "(ServeConfig.csv_upload_timeout_s); send it again over a faster link",
+            ) from None
         submission = await run_in_threadpool(
             _submission_csv, served, data, name, config.max_csv_rows, not as_is
         )
