@@ -94,6 +94,18 @@ def test_fit_never_trains_over_a_run_directory_that_holds_a_run(tiny_run):
     with pytest.raises(ConfigError, match="already holds a training run"):
         net.fit(np.zeros((20, 28, 28), np.uint8), np.arange(20) % 10)
     assert (tiny_run / "model.safetensors").read_bytes() == weights
+    # Nor does saving another estimator over it (its config, history, report would stay).
+    with pytest.raises(ConfigError, match="holds a training run"):
+        save_estimator(load_estimator(tiny_run), tiny_run)
+    assert (tiny_run / "model.safetensors").read_bytes() == weights
+
+
+def test_a_net_fitted_into_its_run_dir_saves_there(tmp_path, small_train):
+    run_dir = tmp_path / "run"
+    net = NetClassifier("cnn-tiny", epochs=1, valid_size=0, run_dir=run_dir)
+    net.fit(small_train.images[:128], small_train.labels[:128])
+    save_estimator(net, run_dir)  # its own run: the weights it trained, with its parameters
+    assert load_estimator(run_dir).get_params()["epochs"] == 1
 
 
 def test_a_digits_train_run_loads_with_its_recorded_recipe(tiny_run):

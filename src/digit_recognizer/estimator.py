@@ -22,12 +22,18 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.pipeline import Pipeline
 from sklearn.utils.validation import check_is_fitted
 
-from digit_recognizer.checkpoint import CONFIG_FILE, HISTORY_FILE, check_out_dir, read_history
+from digit_recognizer.checkpoint import (
+    CHECKPOINT_FILE,
+    CONFIG_FILE,
+    HISTORY_FILE,
+    check_out_dir,
+    read_history,
+)
 from digit_recognizer.config import load_config
 from digit_recognizer.data.images import check_digits, check_images
 from digit_recognizer.data.kaggle_csv import N_PIXELS
 from digit_recognizer.data.splits import split_for_training
-from digit_recognizer.errors import ModelFileError
+from digit_recognizer.errors import ConfigError, ModelFileError
 from digit_recognizer.models.classical import fits_the_digits, load_pipeline, save_pipeline
 from digit_recognizer.models.registry import build, get_spec
 from digit_recognizer.models.storage import load_net, read_meta, save_net
@@ -155,6 +161,12 @@ def save_estimator(
     ``name`` and ``params`` (builder arguments) are needed for pipelines only.
     """
     run_dir = Path(run_dir)
+    own_run = isinstance(estimator, NetClassifier) and estimator.run_dir is not None
+    is_own_run = own_run and Path(estimator.run_dir).resolve() == run_dir.resolve()
+    if (run_dir / CHECKPOINT_FILE).exists() and not is_own_run:
+        # Its weights replaced, its config, history and report left: a run contradicting itself.
+        raise ConfigError(f"{run_dir} holds a training run ({CHECKPOINT_FILE}); save the "
+                          "estimator into another directory")  # fmt: skip
     if isinstance(estimator, NetClassifier):
         check_is_fitted(estimator)
         extra = {"estimator_params": estimator.get_params(), "train_config": estimator.config_}
