@@ -309,5 +309,5 @@ def test_os_errors_name_both_paths_or_at_least_their_kind():
     """A failed rename had named its source only; an OSError without arguments printed
     "error: " and nothing."""
     rename = OSError(18, "Invalid cross-device link", "/a", None, "/b")
-    assert one_line(rename) == "/a: /b: Invalid cross-device link"
+    assert one_line(rename) == "/a -> /b: Invalid cross-device link"
     assert one_line(TimeoutError()) == "TimeoutError"

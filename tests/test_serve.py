@@ -599,6 +599,7 @@ def test_a_csv_upload_too_slow_to_arrive_gets_408_and_frees_its_slot(
     with TestClient(create_app(run_dir, config)) as client:
         slow = client.post("/predict/csv", files={"file": ("test.csv", path.read_bytes())})
         assert slow.status_code == 408 and "csv_upload_timeout_s" in slow.json()["detail"]
+        assert slow.headers["connection"] == "close"  # the rest of its body is not waited for
         again = client.post("/predict/csv", files={"file": ("test.csv", path.read_bytes())})
         assert again.status_code == 200
 
@@ -617,3 +618,14 @@ def test_an_ipv6_address_is_written_in_brackets() -> None:
         port = taken.getsockname()[1]
         with pytest.raises(ConfigError, match=rf"cannot serve at \[::1\]:{port} \("):
             listening_socket("::1", port)
+
+
+def test_a_host_left_empty_or_a_timeout_of_nan_is_refused() -> None:
+    """'[]' stripped to "" had listened on every interface; nan passed `<= 0` and turned the
+    upload timeout off (and read null in GET /model)."""
+    for host in ("", "[]"):
+        with pytest.raises(ConfigError, match="host is empty"):
+            ServeConfig(host=host)
+    for timeout in (0, float("nan"), float("inf")):
+        with pytest.raises(ConfigError, match="csv_upload_timeout_s must be > 0 and finite"):
+            ServeConfig(csv_upload_timeout_s=timeout)

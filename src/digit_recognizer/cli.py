@@ -75,7 +75,8 @@ def one_line(error: DigitsError | OSError) -> str:
     rank = f"rank {os.environ['RANK']}: " if os.environ.get("WORLD_SIZE", "1") != "1" else ""
     if isinstance(error, DigitsError):
         return f"{rank}{error}"
-    where = "".join(f"{name}: " for name in (error.filename, error.filename2) if name)
+    where = " -> ".join(str(name) for name in (error.filename, error.filename2) if name)
+    where += ": " if where else ""
     return f"{rank}{where}{error.strerror or first_line(error) or type(error).__name__}"
 
 

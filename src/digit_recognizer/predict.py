@@ -402,7 +402,11 @@ def check_data_source(source: str | Path) -> None:
     """Refuse a run directory where the digits to predict belong (arguments swapped, or the
     CSV forgotten after an ensemble's runs): read as shards, it would be a missing manifest."""
     path = Path(source)
-    if (path / META_FILE).is_file() or (path / ENSEMBLE_FILE).is_file():
+    try:
+        is_run = (path / META_FILE).is_file() or (path / ENSEMBLE_FILE).is_file()
+    except OSError:  # a folder without permission: the reader names the file itself
+        is_run = False
+    if is_run:
         raise DataError(f"{source}: a run directory, where the digits belong: give the run "
                         "directories first and the CSV (shard directory, glob) last")  # fmt: skip
 

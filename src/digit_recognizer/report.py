@@ -121,7 +121,7 @@ def write_run_report(
     metrics.json.
     """
     run_dir = Path(run_dir)
-    if not conform and data_csv is None:  # it would do nothing: say so rather than ignore it
+    if not conform and data_csv is None and data is None:  # it would do nothing: say so
         raise ConfigError("--as-is reads the rows of --data as they are; without --data the "
                           "report reads images as training did")  # fmt: skip
     refuse_ensemble(run_dir)

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import signal
 import socket
 import threading
@@ -69,13 +70,18 @@ class ServeConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)  # the backend among them
-        self.host = self.host.removeprefix("[").removesuffix("]")  # [::1], as a URL writes it
+        if self.host.startswith("[") and self.host.endswith("]"):  # [::1], as a URL writes it
+            self.host = self.host[1:-1]
+        if not self.host:  # binding to "" would listen on every interface
+            raise ConfigError("host is empty; give an address, e.g. 127.0.0.1 (this machine)")
         for name in ("n_threads", "max_body_bytes", "max_csv_bytes", "max_batch",
                      "max_csv_rows", "max_csv_jobs", "max_image_pixels"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.csv_upload_timeout_s <= 0:
-            raise ConfigError(f"csv_upload_timeout_s must be > 0, got {self.csv_upload_timeout_s}")
+        if not 0 < self.csv_upload_timeout_s < math.inf:  # nan too
+            raise ConfigError(
+                f"csv_upload_timeout_s must be > 0 and finite, got {self.csv_upload_timeout_s}"
+            )
         if not 0 <= self.port <= 65535:  # 0: any free port
             raise ConfigError(f"port must be from 0 to 65535, got {self.port}")
 
