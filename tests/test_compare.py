@@ -80,3 +80,13 @@ def test_data_lacking_a_digit_or_rows_is_scored_or_refused_in_one_line(tmp_path,
     taken.write_text("a file")
     with pytest.raises(OutputError, match="cannot be made a directory"):
         compare(no_nines, ["knn", "logreg"], taken)  # before either is fitted
+
+
+def test_too_few_rows_for_a_nets_own_split_is_one_line(tmp_path, small_csvs):
+    """The net's split had named compare's --valid-size (0.2, not the net's 0.05); then, as a
+    ValueError, it was a traceback."""
+    data = read_kaggle_csv(small_csvs["train"])
+    tiny = tmp_path / "tiny.csv"
+    write_kaggle_csv(tiny, data.images[:12], data.labels[:12])
+    with pytest.raises(DataError, match=r"mlp: cannot be fitted on these 12 rows \(12 images"):
+        compare(tiny, ["mlp"], tmp_path / "out", test_csv=tiny)

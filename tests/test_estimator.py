@@ -64,6 +64,8 @@ def test_net_classifier_follows_scikit_learn_conventions():
             ValueError, match=f"y must hold the digits 0-9, got labels from {found}"
         ):
             net.fit(images, labels)  # not a digit: refused, not trained on
+    with pytest.raises(ValueError, match=r"4 images are too few, .* valid_size=0\.05 of them"):
+        net.fit(images, np.arange(4))  # not the CLI's --valid-size, which it had named
     with pytest.raises(ValueError, match="fit needs at least one image"):
         net.fit(images[:0], labels[:0])
 

@@ -114,7 +114,14 @@ augment, valid_size, patience, seed, device : optional
         digits = check_digits(X, y)
         if not len(digits):
             raise ValueError("fit needs at least one image, got none")
-        train_set, valid_set = split_for_training(digits, config.valid_size, config.seed)
+        try:
+            train_set, valid_set = split_for_training(digits, config.valid_size, config.seed)
+        except ConfigError:  # its message names the CLI's --valid-size, not this parameter
+            raise ValueError(
+                f"{len(digits):,} images are too few, or a digit among them too rare, to hold "
+                f"out valid_size={config.valid_size} of them by digit; give more images, or "
+                "valid_size=0 (no validation)"
+            ) from None
         with tempfile.TemporaryDirectory(prefix="net-") as scratch:
             result = train(config, train_set, valid_set, Path(self.run_dir or scratch))
         self.module_ = result.model.eval()
