@@ -10,7 +10,6 @@ Recipe and figures: README.md; timings: benchmarks/time_to_accuracy.py.
 from __future__ import annotations
 
 import copy
-import functools
 import inspect
 import logging
 import math
@@ -18,7 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, ParamSpec, TypeVar
+from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
@@ -61,14 +60,13 @@ from digit_recognizer.models.runtime import (
     autocast,
     autocast_dtype,
     batched_logits,
+    keeps_callers_random_state,
     resolve_device,
     synchronize,
 )
 from digit_recognizer.models.storage import save_net
 
 log = logging.getLogger(__name__)
-P = ParamSpec("P")
-R = TypeVar("R")
 
 DEFAULT_LR = {"sgd": 0.05, "adam": 1e-3, "adamw": 1e-3}
 # Seeds times this, plus epoch and rank: the draws of seed n never meet those of seed n + 1 (an
@@ -294,20 +292,6 @@ def check_global_batch(batch_size: int, world_size: int) -> None:
     if batch_size % world_size:
         raise ConfigError(f"batch_size {batch_size} is the global batch and must be divisible "
                           f"by the {world_size} processes")  # fmt: skip
-
-
-def keeps_callers_random_state(function: Callable[P, R]) -> Callable[P, R]:
-    """Run ``function`` on a fork of torch's random state: its seeded draws (initial weights,
-    dropout) leave the caller's stream as it was, as scikit-learn's estimators do. CUDA's too
-    where the caller had started CUDA; forking every GPU's would start CUDA on each of them."""
-
-    @functools.wraps(function)
-    def forked(*args: P.args, **kwargs: P.kwargs) -> R:
-        devices = [torch.cuda.current_device()] if torch.cuda.is_initialized() else []
-        with torch.random.fork_rng(devices=devices):
-            return function(*args, **kwargs)
-
-    return forked
 
 
 @keeps_callers_random_state

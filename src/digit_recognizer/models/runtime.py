@@ -6,8 +6,10 @@ Training (validation), prediction, serving and explanation all go through ``batc
 from __future__ import annotations
 
 import contextlib
+import functools
 import typing
-from typing import Literal
+from collections.abc import Callable
+from typing import Literal, ParamSpec, TypeVar
 
 import numpy as np
 import torch
@@ -20,6 +22,22 @@ from digit_recognizer.errors import ConfigError
 
 Device = Literal["auto", "cpu", "cuda", "mps"]  # the configs' device field
 DEVICES: tuple[str, ...] = typing.get_args(Device)
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def keeps_callers_random_state(function: Callable[P, R]) -> Callable[P, R]:
+    """Run ``function`` on a fork of torch's random state: its seeded draws (initial weights,
+    dropout) leave the caller's stream as it was, as scikit-learn's estimators do. CUDA's too
+    where the caller had started CUDA; forking every GPU's would start CUDA on each of them."""
+
+    @functools.wraps(function)
+    def forked(*args: P.args, **kwargs: P.kwargs) -> R:
+        devices = [torch.cuda.current_device()] if torch.cuda.is_initialized() else []
+        with torch.random.fork_rng(devices=devices):
+            return function(*args, **kwargs)
+
+    return forked
 
 
 def resolve_device(name: str = "auto") -> torch.device:

@@ -8,7 +8,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -17,6 +16,7 @@ from digit_recognizer.errors import ModelFileError, first_line
 from digit_recognizer.fileio import atomic_path, write_text
 from digit_recognizer.models.nets import MNIST_MEAN, MNIST_STD
 from digit_recognizer.models.registry import build, get_spec
+from digit_recognizer.models.runtime import keeps_callers_random_state
 
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "model.json"
@@ -95,6 +95,9 @@ def load_net(run_dir: Path) -> tuple[nn.Module, dict[str, Any]]:
     return model.eval(), meta
 
 
+# Its initial weights, replaced by the saved ones, are drawn without advancing the caller's torch
+# random stream (a notebook's seeded draws stay as they were).
+@keeps_callers_random_state
 def _build_net(meta_path: Path, meta: dict[str, Any]) -> nn.Module:
     """The untrained net that ``model.json`` describes; ``ModelFileError`` if it names none."""
     name, params = meta["model"], meta.get("params", {})
@@ -106,10 +109,7 @@ def _build_net(meta_path: Path, meta: dict[str, Any]) -> nn.Module:
     if not isinstance(params, dict):
         raise ModelFileError(f"{meta_path}: 'params' must be an object, got {params!r:.40}")
     try:
-        # Its initial weights are replaced by the saved ones: drawn without advancing the
-        # caller's torch random stream (a notebook's seeded draws stay as they were).
-        with torch.random.fork_rng(devices=[]):
-            return build(name, **params)
+        return build(name, **params)
     except (TypeError, ValueError, RuntimeError) as error:  # a tampered or foreign model.json
         raise ModelFileError(
             f"{meta_path}: cannot build '{name}' from {params} ({first_line(error)})"
