@@ -29,7 +29,7 @@ from digit_recognizer.data.images import (
 )
 from digit_recognizer.data.kaggle_csv import DigitSet, is_submission, write_submission
 from digit_recognizer.data.lighting import MIN_CONTRAST
-from digit_recognizer.data.shards import MANIFEST_FILE, read_data_source, resolve_data_source
+from digit_recognizer.data.shards import is_one_file, read_data_source, resolve_data_source
 from digit_recognizer.data.stream import ShardStream, batches_per_rank
 from digit_recognizer.distributed import (
     Distributed,
@@ -367,12 +367,8 @@ def predict_source(
     the number of rows predicted."""
     check_data_source(source)
     check_submission_path(out, source)
-    path = Path(source)
-    # One file (a pipe too: read once) in memory, as read_data_source reads it; a manifest's
-    # path stands for its shards.
-    is_one_file = path.exists() and not path.is_dir() and path.name != MANIFEST_FILE
-    if is_one_file and Distributed.from_env().world_size == 1:
-        return len(predict_csv(run_dirs, path, out, config))
+    if is_one_file(source) and Distributed.from_env().world_size == 1:
+        return len(predict_csv(run_dirs, Path(source), out, config))
     return predict_stream(run_dirs, source, out, config)
 
 

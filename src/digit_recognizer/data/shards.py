@@ -175,11 +175,17 @@ def _expansion_of(files: list[Path]) -> dict[str, Any]:
     return {}
 
 
+def is_one_file(source: str | Path) -> bool:
+    """Whether ``source`` is one file to read whole, a CSV or a pipe (read once), rather than a
+    shard directory, its manifest or a glob."""
+    path = Path(source)
+    return path.exists() and not path.is_dir() and path.name != MANIFEST_FILE
+
+
 def read_data_source(source: str | Path) -> DigitSet:
     """All rows of a CSV, shard directory or glob in memory; each file via ``read_kaggle_csv``."""
-    path = Path(source)
-    if path.exists() and not path.is_dir() and path.name != MANIFEST_FILE:
-        return read_kaggle_csv(path)  # a pipe too: read once
+    if is_one_file(source):
+        return read_kaggle_csv(Path(source))
     return read_shards(resolve_data_source(source))
 
 
