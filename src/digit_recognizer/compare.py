@@ -26,7 +26,7 @@ from digit_recognizer.data.splits import split_for_training
 from digit_recognizer.errors import ConfigError, DataError, first_line
 from digit_recognizer.estimator import build_estimator, count_parameters
 from digit_recognizer.evaluate import CLASSES, compute_metrics, save_figure
-from digit_recognizer.fileio import atomic_path, make_dir, sha256_file, write_text
+from digit_recognizer.fileio import atomic_path, make_dir, source_record, write_text
 from digit_recognizer.models.registry import get_spec
 
 log = logging.getLogger(__name__)
@@ -88,19 +88,10 @@ def compare(
     write_leaderboard(board)
     plot_leaderboard(board)
     split = {"valid_size": None if test_csv or cv else valid_size, "cv": cv, "seed": seed}
-    settings = {"models": models, **split, **_file_record("train", train_csv),
-                **_file_record("test", test_csv)}  # fmt: skip
+    settings = {"models": models, **split, **source_record("train", train_csv),
+                **source_record("test", test_csv)}  # fmt: skip
     write_text(out_dir / SETTINGS_FILE, json.dumps(settings | {"versions": _versions()}, indent=2))
     return board
-
-
-def _file_record(role: str, path: Path | None) -> dict[str, str | None]:
-    """Where the rows came from, and their SHA-256 where they are one file."""
-    is_file = path is not None and Path(path).is_file()
-    return {
-        f"{role}_csv": str(Path(path).resolve()) if path is not None else None,
-        f"{role}_sha256": sha256_file(path) if is_file else None,
-    }
 
 
 def _versions() -> dict[str, str]:

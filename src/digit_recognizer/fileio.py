@@ -117,6 +117,19 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
+def source_record(role: str, path: str | os.PathLike[str] | None) -> dict[str, str | None]:
+    """``{role}_csv`` and ``{role}_sha256``: where rows came from, absolute, and the file's hash
+    where they are one file (None for shards or a glob), so that a run's metrics.json or a
+    leaderboard names its data from whatever directory it is read, and never another file of
+    that name (the report rebuilds a validation split from it)."""
+    if path is None:
+        return {f"{role}_csv": None, f"{role}_sha256": None}
+    return {
+        f"{role}_csv": str(Path(path).resolve()),
+        f"{role}_sha256": sha256_file(path) if Path(path).is_file() else None,
+    }
+
+
 def write_text(path: str | os.PathLike[str], text: str) -> None:
     """Write ``text`` to ``path`` atomically (UTF-8)."""
     with atomic_path(path) as tmp:

@@ -60,7 +60,7 @@ from digit_recognizer.evaluate import (
     read_metrics,
     score_submission,
 )
-from digit_recognizer.fileio import locked_dir, sha256_file, write_text
+from digit_recognizer.fileio import locked_dir, source_record, write_text
 from digit_recognizer.interrupts import Terminated, sigterm_interrupts
 from digit_recognizer.models.runtime import resolve_device
 from digit_recognizer.models.storage import load_net, write_ensemble
@@ -319,17 +319,6 @@ def train_job(
     return TrainJobResult(run_dir, result, valid_metrics)
 
 
-def training_source(train_csv: Path) -> dict[str, str | None]:
-    """metrics.json's record of the training data: absolute, with the file's hash, so the report
-    rebuilds the validation split from it in whatever directory it runs, and never from another
-    file of that name."""
-    source = Path(train_csv)
-    return {
-        "train_csv": str(source.resolve()),
-        "train_sha256": sha256_file(source) if source.is_file() else None,
-    }
-
-
 def write_training_outputs(
     run_dir: Path, result: TrainResult, valid_set: DigitSet, train_csv: Path
 ) -> Metrics | None:
@@ -341,7 +330,7 @@ def write_training_outputs(
         valid_metrics = compute_metrics(valid_set.labels, predictor.predict_proba(valid_set.images))
         plot_confusion_matrix(valid_metrics.confusion, run_dir / "confusion_matrix.png")
     # Written anew, not merged: an earlier test score (digits run) was of other weights.
-    write_metrics(run_dir, training_source(train_csv) | {
+    write_metrics(run_dir, source_record("train", train_csv) | {
         "train_seconds": result.train_seconds,
         "epochs_run": result.epochs_run,
         "stopped_early": result.stopped_early,
@@ -425,7 +414,7 @@ def train_jobs(
         raise
     wall_seconds = time.perf_counter() - started
     write_ensemble(run_dir, [job.run_dir for job in jobs])
-    write_metrics(run_dir, training_source(train_csv) | {
+    write_metrics(run_dir, source_record("train", train_csv) | {
         "train_seconds": sum(job.train.train_seconds for job in jobs),
         "parallel": parallel,
         "wall_seconds": wall_seconds,  # members' training, validation and reports
