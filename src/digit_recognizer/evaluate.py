@@ -72,7 +72,7 @@ def compute_metrics(labels: NDArray[np.int64], probas: NDArray[np.floating]) -> 
         labels, predicted, labels=CLASSES, zero_division=0
     )
     per_class = [
-        {"digit": d, "precision": p, "recall": r, "f1": f, "support": int(s)}
+        {"digit": d, "precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
         for d, p, r, f, s in zip(CLASSES, precision, recall, f1, support, strict=True)
     ]
     has_every_class = len(np.unique(labels)) == len(CLASSES)
@@ -84,16 +84,12 @@ def compute_metrics(labels: NDArray[np.int64], probas: NDArray[np.floating]) -> 
     # Over the digits present (labelled or predicted), as scikit-learn's default: a digit the
     # data lacks and nothing was called would count as an F1 of 0 (all 9s removed: 0.90).
     present = np.union1d(labels, predicted)
-    macro_f1 = skm.f1_score(labels, predicted, labels=present, average="macro", zero_division=0)
     return Metrics(
         n_samples=len(labels),
         accuracy=float(skm.accuracy_score(labels, predicted)),
-        macro_f1=float(macro_f1),
+        macro_f1=float(f1[present].mean()),
         roc_auc_ovr=roc_auc,
-        per_class=[
-            {k: float(v) if k not in ("digit", "support") else v for k, v in row.items()}
-            for row in per_class
-        ],
+        per_class=per_class,
         confusion=skm.confusion_matrix(labels, predicted, labels=CLASSES).tolist(),
     )
 
