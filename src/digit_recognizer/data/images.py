@@ -417,11 +417,11 @@ def check_digits(X: ArrayLike, y: ArrayLike | None) -> DigitSet:
     if y is None:
         raise ValueError("training needs a label per image, got none")
     given = column_or_1d(y)
-    # Whole numbers only: "7" or 2.7 would be cast silently, and the predictions (integers)
-    # would then not compare equal to such labels in score().
     if given.dtype.kind == "f" and not np.isfinite(given).all():  # a missing label reads NaN
         raise ValueError("y must hold a digit 0-9 for every image; it has missing (NaN) or "
                          "infinite labels")  # fmt: skip
+    # Whole numbers only: "7" or 2.7 would be cast silently, and the predictions (integers)
+    # would then not compare equal to such labels in score().
     is_whole = given.dtype.kind in "iu" or (
         given.dtype.kind == "f" and np.array_equal(given, np.round(given))
     )
