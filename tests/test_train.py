@@ -535,6 +535,46 @@ def test_one_cycle_keeps_its_last_epoch_when_an_earlier_one_validated_better(
     assert meta["valid_accuracy"] == result.valid_accuracy == 0.5
 
 
+def test_a_one_cycle_run_resumed_with_patience_keeps_its_best_epoch(
+    tmp_path, small_train, small_test, monkeypatch
+):
+    """One-cycle keeps its last epoch, yet remembers its best: resumed with --patience (which
+    keeps the best epoch), the weights saved are the best epoch's, as model.json says."""
+    scores = iter([(0.1, 0.9), (1.0, 0.5), (1.0, 0.4)])  # (loss, accuracy): epoch 1 is best
+    monkeypatch.setattr(train_module, "evaluate_split", lambda *args: next(scores))
+    subset = DigitSet(small_train.images[:64], small_train.labels[:64])
+    valid = DigitSet(small_test.images[:32], small_test.labels[:32])
+    config = TrainConfig(model="cnn-tiny", epochs=1, batch_size=64, lr=0.02)
+    train(config, subset, valid, tmp_path)
+    best = load_checkpoint(tmp_path, torch.device("cpu"))["model"]
+    resumed = train(replace(config, epochs=3, resume=True, schedule="constant", patience=5),
+                    subset, valid, tmp_path)  # fmt: skip
+    kept, meta = load_net(tmp_path)
+    for key, value in best.items():
+        torch.testing.assert_close(kept.state_dict()[key], value, rtol=0, atol=0)
+    assert meta["valid_accuracy"] == resumed.valid_accuracy == 0.9
+
+
+def test_the_model_returned_predicts_rather_than_trains(tmp_path, small_train):
+    """result.model(x) in a notebook must use the running batch-norm statistics."""
+    subset = DigitSet(small_train.images[:64], small_train.labels[:64])
+    config = TrainConfig(model="cnn-tiny", epochs=1, batch_size=64, valid_size=0)
+    assert not train(config, subset, None, tmp_path).model.training
+
+
+def test_a_budget_cut_run_resumed_follows_the_exponential_schedule_by_steps(tmp_path, small_train):
+    """The pass a budget cut short is not a whole epoch: resumed, the exponential lr is where
+    an uninterrupted run's is after as many steps."""
+    subset = DigitSet(small_train.images[:640], small_train.labels[:640])
+    config = TrainConfig(epochs=2, batch_size=64, valid_size=0, schedule="exponential",
+                         lr_decay=0.5, time_budget_s=1e-3)  # fmt: skip
+    assert train(config, subset, None, tmp_path).cut_by_budget
+    resumed = train(replace(config, resume=True, time_budget_s=0), subset, None, tmp_path)
+    straight = train(replace(config, time_budget_s=0), subset, None, tmp_path / "straight")
+    assert resumed.history[-1]["step"] == straight.history[-1]["step"] == 20
+    assert resumed.history[-1]["lr"] == pytest.approx(straight.history[-1]["lr"])
+
+
 def test_plateau_patience_cuts_once_per_that_many_stalled_epochs(
     tmp_path, small_train, small_test, monkeypatch
 ):

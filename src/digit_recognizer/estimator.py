@@ -124,7 +124,7 @@ augment, valid_size, patience, seed, device : optional
             ) from None
         with tempfile.TemporaryDirectory(prefix="net-") as scratch:
             result = train(config, train_set, valid_set, Path(self.run_dir or scratch))
-        self.module_ = result.model.eval()
+        self.module_ = result.model
         self.history_ = result.history
         self.config_ = result.config
         self.classes_ = np.arange(10)
