@@ -193,6 +193,7 @@ def test_shards_beyond_the_memory_budget_are_streamed(tmp_path, small_csvs, capl
         job = train_job(config, tmp_path / "shards", tmp_path / "run")
     assert "streaming from the files" in caplog.text
     assert job.valid_metrics.n_samples == 1000  # the last shard validates
+    assert "33 % of the rows where --valid-size asks" in caplog.text  # and said to, as rows lost
     assert job.valid_metrics.accuracy > 0.8
     steps = job.train.history[-1]["step"]
     assert steps == 2 * 32  # 2,000 streamed rows in batches of 64, every row once per epoch

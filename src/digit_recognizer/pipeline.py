@@ -191,7 +191,7 @@ class RunSummary:
     n_members: int  # 1, or the ensemble's size
     parallel: int  # members trained at once
     train_seconds: float  # summed over members
-    wall_seconds: float  # training from the first member's start to the last one's end
+    wall_seconds: float  # members' training, validation and reports, first start to last end
     epochs_run: float  # of the (first) member
     valid_accuracy: float | None  # mean over members, each on its own validation split
     test_accuracy: float | None  # score against the replica's solution.csv; None on Kaggle's files
@@ -252,7 +252,14 @@ def training_data(config: TrainConfig, source: Path) -> tuple[DigitSet | Manifes
     if in_memory and not (held_out and config.valid_size):
         data = read_as_predicted(read_shards(manifest), source, is_expansion)
         return split_for_training(data, config.valid_size, config.seed)
-    log.info("validation: the last shard, %s", manifest.shards[-1].path)
+    last = manifest.shards[-1]
+    if not held_out and last.n_rows > 2 * config.valid_size * manifest.n_rows:
+        log.warning("%s: validates on its last shard, %s, %.0f %% of the rows where --valid-size "
+                    "asks %g %%: those rows do not train; more shards (`digits data shard "
+                    "--parts`) make it smaller", source, last.path,
+                    100 * last.n_rows / manifest.n_rows, 100 * config.valid_size)  # fmt: skip
+    else:
+        log.info("validation: the last shard, %s", last.path)
     train_shards = replace(manifest, shards=manifest.shards[:-1])
     valid_shard = read_kaggle_csv(manifest.shards[-1].path)
     if in_memory:
@@ -414,13 +421,14 @@ def train_jobs(
         raise
     wall_seconds = time.perf_counter() - started
     write_ensemble(run_dir, [job.run_dir for job in jobs])
+    # Written anew, as a single run's: an earlier test score was of other members' weights.
     write_metrics(run_dir, source_record("train", train_csv) | {
         "train_seconds": sum(job.train.train_seconds for job in jobs),
         "parallel": parallel,
         "wall_seconds": wall_seconds,  # members' training, validation and reports
         "members": [{"run_dir": job.run_dir.name, "valid_accuracy": job.valid_metrics.accuracy
                      if job.valid_metrics else None} for job in jobs],
-    })  # fmt: skip
+    }, merge=False)  # fmt: skip
     return jobs
 
 
