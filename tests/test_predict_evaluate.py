@@ -7,8 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
 from digit_recognizer import predict as predict_module
+from digit_recognizer.cli import app, predict_config
+from digit_recognizer.config import load_config
 from digit_recognizer.data.images import faint_to_full_ink
 from digit_recognizer.data.kaggle_csv import read_submission, write_kaggle_csv, write_submission
 from digit_recognizer.errors import DataError, ModelFileError
@@ -325,18 +328,45 @@ def test_evaluate_conforms_rows_of_another_layout_by_default(tmp_path, tiny_run,
     assert evaluate_run([tiny_run], labelled, tmp_path).accuracy == pytest.approx(expected)
 
 
-def test_distributed_predict_passes_tta_as_is_and_device_on(tmp_path, tiny_run, small_csvs,
-                                                            monkeypatch):  # fmt: skip
+def test_distributed_predict_hands_every_setting_on(tmp_path, tiny_run, small_csvs, monkeypatch):
     """`digits predict --nproc 2 --tta --as-is --device cpu` had each process predict without
-    them: torchrun's command line must carry them."""
+    them, and a caller's batch size, amp and batch-norm folding were lost: every process must
+    read the whole resolved config."""
     launched = []
-    monkeypatch.setattr(predict_module, "run_torchrun",
-                        lambda nproc, module, args: launched.append((nproc, args)))  # fmt: skip
-    config = PredictConfig(tta=True, conform=False, device="cpu")
+
+    def fake_torchrun(nproc, module, args):
+        config_file = args[args.index("--config") + 1]
+        launched.append((nproc, args, load_config(PredictConfig, config_file)))
+
+    monkeypatch.setattr(predict_module, "run_torchrun", fake_torchrun)
+    config = PredictConfig(tta=True, conform=False, device="cpu", batch_size=17, amp=False,
+                           fuse_batch_norm=False, ddp_timeout_s=9)  # fmt: skip
     predict_distributed(2, [tiny_run], small_csvs["test"], tmp_path / "s.csv", config)
     predict_distributed(2, [tiny_run], small_csvs["test"], tmp_path / "s.csv")
-    (nproc, args), (_, default_args) = launched
-    assert nproc == 2 and {"--tta", "--as-is"} <= set(args)
-    assert args[args.index("--device") + 1] == "cpu"
-    assert not {"--tta", "--as-is"} & set(default_args)
-    assert default_args[default_args.index("--device") + 1] == "auto"
+    (nproc, args, received), (_, _, default) = launched
+    assert nproc == 2 and args[args.index("--out") + 1] == str(tmp_path / "s.csv")
+    assert received == config and default == PredictConfig()
+
+
+def test_predict_and_evaluate_read_a_config_file_that_flags_override(tmp_path, tiny_run,
+                                                                    small_csvs):  # fmt: skip
+    toml = tmp_path / "predict.toml"
+    toml.write_text('tta = true\nbatch_size = 33\ndevice = "cpu"\n')
+    assert predict_config(toml, False, False, None) == PredictConfig(tta=True, batch_size=33,
+                                                                     device="cpu")  # fmt: skip
+    assert predict_config(toml, False, True, "auto").conform is False
+    assert predict_config(None, False, False, None) == PredictConfig()
+    toml.write_text("batch_sise = 33\n")
+    result = CliRunner().invoke(
+        app,
+        [
+            "predict",
+            str(tiny_run),
+            str(small_csvs["test"]),
+            "--config",
+            str(toml),
+            "--out",
+            str(tmp_path / "s.csv"),
+        ],
+    )
+    assert result.exit_code == 1 and "did you mean 'batch_size'?" in result.output

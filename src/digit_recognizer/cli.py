@@ -188,6 +188,9 @@ Resume = Annotated[
 ]
 Compile = Annotated[bool | None, typer.Option("--compile", help="torch.compile (for GPUs).")]
 Tta = Annotated[bool, typer.Option("--tta", help="Average predictions over shifted views.")]
+PredictConfigFile = Annotated[
+    Path | None, typer.Option("--config", help="TOML file of PredictConfig keys (batch size...).")
+]
 AsIs = Annotated[
     bool,
     typer.Option(
@@ -202,6 +205,15 @@ PresetTta = Annotated[
         "--tta/--no-tta", help="Average predictions over shifted views. \\[default: the preset's]"
     ),
 ]
+
+
+def predict_config(config: Path | None, tta: bool, as_is: bool, device: str | None) -> Any:
+    """PredictConfig from its defaults, a TOML file, then the flags given (a flag left off
+    keeps the file's setting)."""
+    from digit_recognizer.predict import PredictConfig
+
+    flags = {"tta": tta or None, "conform": False if as_is else None, "device": device}
+    return load_config(PredictConfig, config, flags)
 
 
 def resolve_configs(
@@ -348,13 +360,14 @@ def predict(
     nproc: Annotated[
         int, typer.Option(min=1, help="Processes (torchrun), each a share of the rows.")
     ] = 1,
+    config_file: PredictConfigFile = None,
 ) -> None:
     """Write a Kaggle submission (ImageId,Label); several run directories form an ensemble."""
     from digit_recognizer.distributed import Distributed
-    from digit_recognizer.predict import PredictConfig, predict_distributed, predict_source
+    from digit_recognizer.predict import predict_distributed, predict_source
 
     run_dirs, source = split_runs_and_csv(paths)
-    config = PredictConfig(tta=tta, device=device or "auto", conform=not as_is)
+    config = predict_config(config_file, tta, as_is, device)
     if nproc > 1:
         predict_distributed(nproc, run_dirs, source, out, config)
         console.print(f"wrote {out} with {nproc} processes")
@@ -374,15 +387,15 @@ def evaluate(
     out: Annotated[Path | None, typer.Option(
         help="Folder for the eval_* files \\[default: the run directory; for several, "
              "./evaluation]")] = None,
+    config_file: PredictConfigFile = None,
 ) -> None:  # fmt: skip
     """Accuracy, per-class precision/recall/F1, ROC-AUC and confusion matrix on labelled data."""
     from digit_recognizer.evaluate import EVAL_FILES, evaluate_run
-    from digit_recognizer.predict import PredictConfig
 
     run_dirs, labelled_csv = split_runs_and_csv(paths)
     # Several runs' average is none of theirs: its figures do not go into the first one.
     out = out or (run_dirs[0] if len(run_dirs) == 1 else Path("evaluation"))
-    config = PredictConfig(tta=tta, device=device or "auto", conform=not as_is)
+    config = predict_config(config_file, tta, as_is, device)
     metrics = evaluate_run(run_dirs, labelled_csv, out, config)
     table = Table(title=f"{labelled_csv}: {metrics.n_samples:,} images")
     for column in ("digit", "precision", "recall", "F1", "support"):
