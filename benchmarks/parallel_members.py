@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import get_args
 
 from digit_recognizer.models.runtime import Device
-from digit_recognizer.pipeline import TrainJobResult, cached_replica, get_preset, train_jobs
+from digit_recognizer.pipeline import TrainJobResult, cached_replica, train_jobs
+from digit_recognizer.presets import get_preset
 
 
 def main() -> None:

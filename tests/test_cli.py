@@ -176,7 +176,7 @@ def test_augment_preview_shows_the_default_presets_stroke():
     """In the command and in the function it calls alike."""
     from digit_recognizer.cli import augment_preview
     from digit_recognizer.eda import augment_preview as preview
-    from digit_recognizer.pipeline import get_preset
+    from digit_recognizer.presets import get_preset
 
     for function in (augment_preview, preview):
         default = inspect.signature(function).parameters["stroke"].default

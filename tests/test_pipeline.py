@@ -21,8 +21,6 @@ from digit_recognizer.fileio import sha256_file
 from digit_recognizer.models.storage import read_meta
 from digit_recognizer.pipeline import (
     default_jobs,
-    get_preset,
-    job_configs,
     member_gpu,
     run_job,
     train_distributed,
@@ -32,6 +30,7 @@ from digit_recognizer.pipeline import (
     visible_gpus,
 )
 from digit_recognizer.predict import Predictor
+from digit_recognizer.presets import get_preset, job_configs
 from digit_recognizer.report import write_run_report
 from digit_recognizer.serve import run_server
 from digit_recognizer.train import TrainConfig

@@ -27,10 +27,11 @@ from digit_recognizer.cli import app
 from digit_recognizer.config import load_config
 from digit_recognizer.data.kaggle_csv import DigitSet, write_kaggle_csv
 from digit_recognizer.data.shards import read_labelled
+from digit_recognizer.data.splits import split_for_training
 from digit_recognizer.errors import ModelFileError
 from digit_recognizer.models.classical import TRUSTED_FILE, load_pipeline
 from digit_recognizer.models.storage import ENSEMBLE_FILE, META_FILE, WEIGHTS_FILE, load_net
-from digit_recognizer.pipeline import get_preset, split_for_training
+from digit_recognizer.presets import get_preset
 from digit_recognizer.train import TrainConfig, train
 
 PACKAGE = Path(__file__).parents[1] / "src" / "digit_recognizer"

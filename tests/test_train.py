@@ -17,8 +17,9 @@ from digit_recognizer.distributed import Distributed
 from digit_recognizer.errors import ConfigError, ModelFileError
 from digit_recognizer.models.runtime import autocast_dtype
 from digit_recognizer.models.storage import load_net, read_meta
-from digit_recognizer.pipeline import get_preset, train_job
+from digit_recognizer.pipeline import train_job
 from digit_recognizer.predict import Predictor
+from digit_recognizer.presets import get_preset
 from digit_recognizer.train import (
     TrainConfig,
     evaluate_split,

@@ -219,8 +219,8 @@ def predict_config(config: Path | None, tta: bool, as_is: bool, device: str | No
 def resolve_configs(
     preset: str, resume: bool, out: Path | None, config: Path | None, flags: dict[str, Any]
 ) -> list[TrainConfig]:
-    """What `run` and `train` train (pipeline.job_configs); --resume needs --out."""
-    from digit_recognizer.pipeline import job_configs
+    """What `run` and `train` train (presets.job_configs); --resume needs --out."""
+    from digit_recognizer.presets import job_configs
 
     if resume and out is None:
         raise typer.BadParameter("--resume needs --out RUN_DIR")
@@ -254,8 +254,9 @@ def run(
     tta: PresetTta = None,
 ) -> None:  # fmt: skip
     """The main job: train, evaluate, predict, write and score a submission."""
-    from digit_recognizer.pipeline import get_preset, run_job
+    from digit_recognizer.pipeline import run_job
     from digit_recognizer.predict import TTA_SHIFTS, PredictConfig
+    from digit_recognizer.presets import get_preset
 
     overrides = train_overrides(model=model, epochs=epochs, time_budget=time_budget,
         batch_size=batch_size, optimizer=optimizer, lr=lr, schedule=schedule, augment=augment,
