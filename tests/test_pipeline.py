@@ -151,13 +151,7 @@ def test_a_resumed_ensemble_keeps_each_started_members_own_settings(tmp_path):
         check_out_dir(tmp_path / "begun", resume=True, ensemble=False)
 
 
-def test_presets_and_argument_errors(tmp_path, small_csvs):
-    assert get_preset("fast").overrides["model"] == "cnn-tiny"
-    assert get_preset("default").overrides["model"] == "auto"
-    assert get_preset("fast").tta and get_preset("default").tta
-    assert get_preset("best").tta
-    with pytest.raises(ConfigError, match="unknown preset 'quick'; choose one of fast, default"):
-        get_preset("quick")
+def test_run_job_argument_errors(tmp_path, small_csvs):
     with pytest.raises(DataError, match="give both --train and --test"):
         run_job(TrainConfig(), train_csv=small_csvs["train"], run_dir=tmp_path)
     # A test file that cannot be read stops the job before it trains, not an hour later.
@@ -167,19 +161,6 @@ def test_presets_and_argument_errors(tmp_path, small_csvs):
     with pytest.raises(DataError, match=f"{bad_test}, line 4, column pixel"):
         run_job(TrainConfig(), small_csvs["train"], bad_test, run_dir=tmp_path / "run")
     assert not (tmp_path / "run").exists()
-
-
-def test_best_members_differ_and_flags_override_them_all(tmp_path):
-    members = get_preset("best").configs()
-    assert [config.seed for config in members] == [1, 2, 3, 4, 5]
-    assert [config.stroke for config in members] == [0.0, 0.0, 1.0, 1.0, 1.0]  # two kinds
-    assert {config.epochs for config in members} == {20}
-    toml = tmp_path / "best.toml"
-    toml.write_text("epochs = 3\nstroke = 0.5\n")
-    moved = get_preset("best").configs(toml, {"seed": 10, "epochs": None, "lr": 0.1})
-    assert [config.seed for config in moved] == [11, 12, 13, 14, 15]
-    assert {(config.epochs, config.stroke, config.lr) for config in moved} == {(3, 0.5, 0.1)}
-    assert get_preset("fast").configs(flags={"seed": 10})[0].seed == 10  # one model: as given
 
 
 def test_shards_beyond_the_memory_budget_are_streamed(tmp_path, small_csvs, caplog):

@@ -1,0 +1,26 @@
+import pytest
+
+from digit_recognizer.errors import ConfigError
+from digit_recognizer.presets import get_preset
+
+
+def test_presets_are_the_recipes_the_readme_names():
+    assert get_preset("fast").overrides["model"] == "cnn-tiny"
+    assert get_preset("default").overrides["model"] == "auto"
+    assert get_preset("fast").tta and get_preset("default").tta
+    assert get_preset("best").tta
+    with pytest.raises(ConfigError, match="unknown preset 'quick'; choose one of fast, default"):
+        get_preset("quick")
+
+
+def test_best_members_differ_and_flags_override_them_all(tmp_path):
+    members = get_preset("best").configs()
+    assert [config.seed for config in members] == [1, 2, 3, 4, 5]
+    assert [config.stroke for config in members] == [0.0, 0.0, 1.0, 1.0, 1.0]  # two kinds
+    assert {config.epochs for config in members} == {20}
+    toml = tmp_path / "best.toml"
+    toml.write_text("epochs = 3\nstroke = 0.5\n")
+    moved = get_preset("best").configs(toml, {"seed": 10, "epochs": None, "lr": 0.1})
+    assert [config.seed for config in moved] == [11, 12, 13, 14, 15]
+    assert {(config.epochs, config.stroke, config.lr) for config in moved} == {(3, 0.5, 0.1)}
+    assert get_preset("fast").configs(flags={"seed": 10})[0].seed == 10  # one model: as given
