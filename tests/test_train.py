@@ -409,14 +409,18 @@ def test_a_resumed_run_takes_new_optimizer_settings_and_names_a_new_process_coun
 
 
 def test_a_run_cut_by_its_budget_and_resumed_with_more_time_anneals_to_the_end(
-    tmp_path, small_train
+    tmp_path, small_train, caplog
 ):
     """The budget ends epoch 1 part-way; resumed without one, the run trains the steps it lacks
     (not just the epochs), so one-cycle ends at a learning rate of zero, as a straight run."""
     subset = DigitSet(small_train.images[:640], small_train.labels[:640])
     config = TrainConfig(epochs=2, batch_size=64, valid_size=0, time_budget_s=1e-3)
-    cut = train(config, subset, None, tmp_path)
+    with caplog.at_level(logging.INFO, logger="digit_recognizer.train"):
+        cut = train(config, subset, None, tmp_path)
+        assert "budget trained under one epoch, far too little" in caplog.text
+        train(replace(config, resume=True), subset, None, tmp_path)  # the same budget: spent
     assert cut.cut_by_budget and cut.history[-1]["step"] < 10
+    assert f"finished already ({cut.epochs_run:g} epochs, its time budget spent" in caplog.text
     resumed = train(replace(config, resume=True, time_budget_s=0), subset, None, tmp_path)
     straight = train(replace(config, time_budget_s=0), subset, None, tmp_path / "straight")
     assert not resumed.cut_by_budget and resumed.history[-1]["step"] == 2 * 10

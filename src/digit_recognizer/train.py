@@ -213,6 +213,12 @@ def model_args(config: dict[str, Any]) -> dict[str, Any]:
     return {key: config[key] for key in ("widths", "dropout") if config.get(key) is not None}
 
 
+def epochs_done(step: int, steps_per_epoch: int) -> float:
+    """Epochs of data trained by ``step``: a time budget can end one part-way (7.2), or within a
+    tenth of the first (0.02, not 0)."""
+    return round(step / steps_per_epoch, 1) or round(step / steps_per_epoch, 3)
+
+
 def get_lr(config: TrainConfig, progress: float, epoch: float, lr_scale: float) -> float:
     """Learning rate at ``progress`` in [0, 1] of the run (by steps or by time budget)."""
     if config.schedule == "onecycle":
@@ -423,8 +429,9 @@ def train(
                         "uninterrupted run would", run_dir, trained_in,
                         dist_env.world_size)  # fmt: skip
         if changed := changed_settings(checkpoint["config"], config):
-            log.warning("%s: resumed with other settings than its %s epochs so far trained with: "
-                        "%s", run_dir, f"{epoch:g}", ", ".join(changed))  # fmt: skip
+            log.warning("%s: resumed with other settings than its first %g epochs trained "
+                        "with: %s", run_dir, epochs_done(step, steps_per_epoch),
+                        ", ".join(changed))  # fmt: skip
     elif config.resume:
         log.warning("--resume: no checkpoint in %s, starting from scratch", run_dir)
     if config.compile:
@@ -454,7 +461,10 @@ def train(
 
     if is_finished():
         # A finished run resumed: nothing trains, and its record stays the settings it ran with.
-        log.info("%s: finished already (%d epochs); nothing left to train", run_dir, epoch)
+        log.info("%s: finished already (%g epochs%s); nothing left to train", run_dir,
+                 epochs_done(step, steps_per_epoch),
+                 ", its time budget spent: a larger --time-budget trains on"
+                 if step < total_steps and not stopped_early else "")  # fmt: skip
     elif is_main:  # once the checkpoint is known to fit: a refused resume keeps the record
         make_dir(run_dir)
         save_run_config(config, run_dir)
@@ -590,8 +600,7 @@ def train(
         if stop is not None:
             log.info(stop)  # and the loop's condition ends it
 
-    # A time budget can end one part-way (7.2), or within a tenth of the first (0.02, not 0).
-    epochs_trained = round(step / steps_per_epoch, 1) or round(step / steps_per_epoch, 3)
+    epochs_trained = epochs_done(step, steps_per_epoch)
     cut_by_budget = bool(config.time_budget_s) and step < total_steps and not stopped_early
     if cut_by_budget:
         log.info(
@@ -600,6 +609,11 @@ def train(
             config.time_budget_s, epochs_trained, config.epochs,
             step * config.batch_size / max(elapsed_s, 1e-9),
         )  # fmt: skip
+        if epochs_trained < 1:  # a busy machine: a preset's 60 s gave 0.3 epochs and 0.976
+            log.warning("%s: its %.0f s of budget trained under one epoch, far too little for "
+                        "the accuracy this recipe reaches on a machine to itself: other jobs on "
+                        "the cores, or a slow machine; --resume with a larger --time-budget "
+                        "trains on", run_dir, config.time_budget_s)  # fmt: skip
 
     # -- finish: restore the best weights, write the model ---------------------------------------
     if best_state is not None and not keep_last:
