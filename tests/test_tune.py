@@ -39,6 +39,10 @@ def test_classical_study_resumes_from_its_sqlite_storage(tmp_path, small_csvs):
     with pytest.raises(ConfigError, match="run with other training rows, not these"):
         tune(TuneConfig(model="knn", trials=1), fewer_rows, out)
     assert len(optuna.load_study(study_name="tune-knn", storage=first.storage).trials) == 3
+    # Another model's study in the same --out would replace this one's results without a word.
+    with pytest.raises(ConfigError, match=r"holds the results of study 'tune-knn' .* another --"):
+        tune(TuneConfig(model="logreg", trials=1), small_csvs["train"], out)
+    assert json.loads((out / "best_params.json").read_text())["study"] == "tune-knn"
     for storage in ("foo://bar", f"sqlite:///{tmp_path}/missing/study.db"):
         with pytest.raises(ConfigError, match=f"--storage {storage}: cannot open the study's"):
             tune(TuneConfig(model="knn", trials=1, storage=storage), small_csvs["train"], out)

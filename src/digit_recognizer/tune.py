@@ -120,13 +120,14 @@ def suggest_params(trial: optuna.Trial, model: str) -> dict[str, Any]:
 
 def tune(config: TuneConfig, train_csv: Path, out_dir: Path) -> TuneResult:
     """Run ``config.trials`` more trials of the study and write the best settings and plots."""
+    study_name = config.study_name or f"tune-{config.model}"
+    check_results_are_the_studys(out_dir, study_name)
     out_dir = make_dir(out_dir)
     data = read_labelled(train_csv, to_split=True)
     train_set, valid_set = split_for_training(data, config.valid_size, config.seed)
     # Built as a URL, not pasted into one: an --out holding '?' or '%' named another file.
     database = str((out_dir / "study.db").resolve())
     storage = config.storage or URL.create("sqlite", database=database).render_as_string()
-    study_name = config.study_name or f"tune-{config.model}"
     # Prune from the second epoch, once two trials have finished: short runs are noisy early.
     pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=2)
     try:
@@ -169,7 +170,12 @@ def tune(config: TuneConfig, train_csv: Path, out_dir: Path) -> TuneResult:
     if not completed:
         raise ConfigError(f"study '{study_name}' has no completed trial; raise --timeout")
     files = [out_dir / BEST_PARAMS_FILE]
-    best = {"model": config.model, "accuracy": study.best_value, "params": study.best_params}
+    best = {
+        "study": study_name,
+        "model": config.model,
+        "accuracy": study.best_value,
+        "params": study.best_params,
+    }
     write_text(files[0], json.dumps(best, indent=2) + "\n")
     if is_net:
         # Recipe keys only; epochs stay at the full-length default the short trials stood in for.
@@ -181,6 +187,24 @@ def tune(config: TuneConfig, train_csv: Path, out_dir: Path) -> TuneResult:
     pruned = study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.PRUNED])
     return TuneResult(study_name, storage, len(study.trials), len(pruned), study.best_value,
                       study.best_params, files)  # fmt: skip
+
+
+def check_results_are_the_studys(out_dir: Path, study_name: str) -> None:
+    """Refuse an ``out_dir`` holding another study's best settings and plots, which this study's
+    would replace without a word (one database holds several studies; its results, one)."""
+    try:
+        best = json.loads((out_dir / BEST_PARAMS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # none yet, or not ours: written over as before
+        return
+    if not isinstance(best, dict):
+        return
+    # Files written before the study was recorded name the model, whose study was tune-<model>.
+    owner = best.get("study", f"tune-{best.get('model')}")
+    if owner != study_name:
+        raise ConfigError(f"{out_dir}: holds the results of study '{owner}' ({BEST_PARAMS_FILE}, "
+                          f"{BEST_CONFIG_FILE}, plots), which this one's would replace; give "
+                          f"another --out, or --study-name {owner} to add trials to that "
+                          "study")  # fmt: skip
 
 
 def check_same_study(
