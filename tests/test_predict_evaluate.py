@@ -245,6 +245,16 @@ def test_evaluate_run_writes_its_files(tmp_path, tiny_run, small_csvs, caplog):
     assert (tmp_path / "eval_confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(DataError, match="no label column"):
         evaluate_run([tiny_run], small_csvs["test"], tmp_path)
+    # A replica's test.csv, labelled by its solution.csv: the same images, the same figures.
+    solved = evaluate_run([tiny_run], small_csvs["test"], tmp_path / "s", None,
+                          small_csvs["solution"])  # fmt: skip
+    assert solved == metrics
+    with pytest.raises(DataError, match="has a label column of its own; give it without --sol"):
+        evaluate_run([tiny_run], labelled, tmp_path / "s", None, small_csvs["solution"])
+    short = tmp_path / "short_solution.csv"
+    short.write_text("".join(small_csvs["solution"].read_text().splitlines(True)[:-1]))
+    with pytest.raises(DataError, match=str(short)):
+        evaluate_run([tiny_run], small_csvs["test"], tmp_path / "s", None, short)
     assert "the file the run trained on" not in caplog.text
     # Scored on its own training file, a run is told so (it had scored 1.0 without a word).
     run_dir = Path(shutil.copytree(tiny_run, tmp_path / "run"))

@@ -388,6 +388,8 @@ def evaluate(
     out: Annotated[Path | None, typer.Option(
         help="Folder for the eval_* files \\[default: the run directory; for several, "
              "./evaluation]")] = None,
+    solution: Annotated[Path | None, typer.Option(
+        help="ImageId,Label file labelling an unlabelled CSV (a replica's solution.csv).")] = None,
     config_file: PredictConfigFile = None,
 ) -> None:  # fmt: skip
     """Accuracy, per-class precision/recall/F1, ROC-AUC and confusion matrix on labelled data."""
@@ -397,7 +399,7 @@ def evaluate(
     # Several runs' average is none of theirs: its figures do not go into the first one.
     out = out or (run_dirs[0] if len(run_dirs) == 1 else Path("evaluation"))
     config = predict_config(config_file, tta, as_is, device)
-    metrics = evaluate_run(run_dirs, labelled_csv, out, config)
+    metrics = evaluate_run(run_dirs, labelled_csv, out, config, solution)
     table = Table(title=f"{labelled_csv}: {metrics.n_samples:,} images")
     for column in ("digit", "precision", "recall", "F1", "support"):
         table.add_column(column, justify="right")

@@ -20,9 +20,9 @@ from matplotlib.figure import Figure
 from numpy.typing import NDArray
 from sklearn import metrics as skm
 
-from digit_recognizer.data.kaggle_csv import read_submission
+from digit_recognizer.data.kaggle_csv import DigitSet, read_submission
 from digit_recognizer.data.shards import read_data_source, require_labels
-from digit_recognizer.errors import ModelFileError, OutputError
+from digit_recognizer.errors import DataError, ModelFileError, OutputError
 from digit_recognizer.fileio import atomic_path, sha256_file, write_text
 from digit_recognizer.predict import PredictConfig, Predictor, check_data_source, conform_rows
 
@@ -150,15 +150,26 @@ def write_per_class_csv(metrics: Metrics, path: Path) -> None:
 
 
 def evaluate_run(
-    run_dirs: list[Path], labelled_csv: Path, out_dir: Path, config: PredictConfig | None = None
+    run_dirs: list[Path],
+    labelled_csv: Path,
+    out_dir: Path,
+    config: PredictConfig | None = None,
+    solution_csv: Path | None = None,
 ) -> Metrics:
     """Predict ``labelled_csv`` with the run(s); write the scores, per-class CSV and confusion
-    matrix (EVAL_FILES) to ``out_dir``."""
+    matrix (EVAL_FILES) to ``out_dir``. With ``solution_csv`` (ImageId,Label, as a replica's
+    solution.csv) the rows are unlabelled and take their labels from it, in ImageId order."""
     labelled_csv, out_dir = Path(labelled_csv), Path(out_dir)
     check_data_source(labelled_csv)
     warn_if_trained_on(run_dirs, labelled_csv)
     data = read_data_source(labelled_csv)
-    require_labels(data.labels is not None, labelled_csv)
+    if solution_csv is None:
+        require_labels(data.labels is not None, labelled_csv)
+    elif data.labels is not None:
+        raise DataError(f"{labelled_csv}: has a label column of its own; give it without "
+                        f"--solution, or its images alone with {solution_csv}")  # fmt: skip
+    else:
+        data = DigitSet(data.images, read_submission(solution_csv, expected_rows=len(data)))
     config = config or PredictConfig()
     predictor = Predictor.load(run_dirs, config)
     images = conform_rows(data.images, config, labelled_csv, predictor.orientation_judge)
