@@ -48,11 +48,11 @@ def handles_errors(command: F) -> F:
         # Under torchrun only rank 0 logs progress; other ranks report problems only.
         is_main_process = os.environ.get("RANK", "0") == "0"
         handler = RichHandler(console=err_console, show_path=False, show_time=False)
-        logging.basicConfig(
-            level=logging.INFO if is_main_process else logging.WARNING,
-            format="%(message)s",
-            handlers=[handler],
-            force=True,
+        # Our progress at INFO; other libraries' warnings only (matplotlib's font cache, ...).
+        logging.basicConfig(level=logging.WARNING, format="%(message)s", handlers=[handler],
+                            force=True)  # fmt: skip
+        logging.getLogger("digit_recognizer").setLevel(
+            logging.INFO if is_main_process else logging.WARNING
         )
         try:
             with sigterm_interrupts():  # `kill`, `timeout` and schedulers stop it as Ctrl-C does

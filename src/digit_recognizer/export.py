@@ -76,7 +76,6 @@ def export_onnx(run_dir: Path, out: Path | None = None) -> Path:
     program.model.metadata_props[WEIGHTS_HASH_KEY] = sha256_file(run_dir / WEIGHTS_FILE)
     with atomic_path(out) as tmp:  # a torn file would pass onnx_is_current's check
         program.save(tmp, external_data=False)
-    log.info("exported %s to %s", run_dir, out)
     return out
 
 
@@ -137,7 +136,8 @@ class OnnxPredictor:
         run_dir = Path(run_dir)
         meta = read_meta(run_dir)
         if not onnx_is_current(run_dir):
-            export_onnx(run_dir)
+            log.info("exported %s to %s (missing, or not from the weights)", run_dir,
+                     export_onnx(run_dir))  # fmt: skip
         options = ort.SessionOptions()
         options.intra_op_num_threads = n_threads
         path = run_dir / ONNX_FILE

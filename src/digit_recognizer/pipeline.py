@@ -435,7 +435,8 @@ def train_member(
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu
     torch.set_num_threads(threads)
     handler = RichHandler(console=Console(stderr=True), show_path=False, show_time=False)
-    logging.basicConfig(level=level, format=f"member {number}: %(message)s", handlers=[handler])
+    logging.basicConfig(format=f"member {number}: %(message)s", handlers=[handler])
+    logging.getLogger("digit_recognizer").setLevel(level)
     job = train_job(config, train_csv, member_dir)
     # Tensors would cross to the parent as shared memory that ends with this process: the
     # parent reads the saved model instead (train_side_by_side).
