@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,15 @@ from digit_recognizer.train import TrainConfig, train
 
 # A recipe that learns within one short epoch on a few thousand images (tests only).
 TINY_RECIPE = {"epochs": 2, "lr": 0.02, "batch_size": 64, "seed": 0}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def own_data_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The installation's files (the key that signs forests' skops files) in a folder of the
+    test session's, not the user's ~/.local/share."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_DATA_HOME", str(tmp_path_factory.mktemp("data_home")))
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -1,3 +1,4 @@
+import hashlib
 import json
 
 import numpy as np
@@ -42,11 +43,39 @@ def test_classical_model_learns_and_survives_save_load(tmp_path, fitted, small_t
     assert (tmp_path / TRUSTED_FILE).exists() == (name == "random-forest")
 
 
-def test_trusted_file_with_another_hash_is_refused(tmp_path, fitted):
+def test_a_forest_loads_only_as_this_installation_signed_it(tmp_path, fitted, monkeypatch):
+    """Its skops file is signed with a key of this installation's: an edited file is refused
+    even where its record is rewritten to match (as a recorded SHA-256 could be), and so is a
+    file another installation wrote."""
     save_pipeline(tmp_path, fitted["random-forest"], "random-forest", {})
-    path = tmp_path / TRUSTED_FILE
-    path.write_bytes(path.read_bytes() + b"\0")
-    with pytest.raises(ModelFileError, match=r"SHA-256 differs .* refusing"):
+    assert load_pipeline(tmp_path)[0].predict(np.zeros((1, 28, 28), np.uint8)).shape == (1,)
+    path, meta_path = tmp_path / TRUSTED_FILE, tmp_path / "model.json"
+    original = path.read_bytes()
+    path.write_bytes(original + b"\0")
+    with pytest.raises(ModelFileError, match=r"not signed by this installation's key"):
+        load_pipeline(tmp_path)
+    meta = json.loads(meta_path.read_text())
+    forged = hashlib.sha256(path.read_bytes()).hexdigest()
+    for field in ("sha256", "hmac_sha256"):
+        record = meta["trusted_file"] | {field: forged}
+        meta_path.write_text(json.dumps(meta | {"trusted_file": record}))
+        with pytest.raises(ModelFileError, match=r"not signed by this installation's key"):
+            load_pipeline(tmp_path)
+    path.write_bytes(original)
+    meta_path.write_text(json.dumps(meta))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "elsewhere"))  # another installation
+    with pytest.raises(ModelFileError, match=r"written elsewhere, or edited"):
+        load_pipeline(tmp_path)
+
+
+def test_a_pipeline_holding_nan_is_refused(tmp_path, fitted):
+    """NaN coefficients had predicted digit 0 for every image, with exit status 0."""
+    save_pipeline(tmp_path, fitted["logreg"], "logreg", {})
+    arrays = load_file(str(tmp_path / "model.safetensors"))
+    largest = max(arrays, key=lambda name: arrays[name].size)
+    save_file(arrays | {largest: np.full_like(arrays[largest], np.nan)},
+              str(tmp_path / "model.safetensors"))  # fmt: skip
+    with pytest.raises(ModelFileError, match=r"model\.safetensors: holds NaN or infinite"):
         load_pipeline(tmp_path)
 
 

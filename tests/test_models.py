@@ -91,6 +91,49 @@ def test_corrupt_model_files_name_the_file(tmp_path):
         load_net(tmp_path)
 
 
+def test_damaged_model_files_are_refused_before_they_predict(tmp_path):
+    """Each of these had predicted digit 0 (or one digit) for every image with exit status 0,
+    hung, or taken gigabytes before failing."""
+    import json
+    import os
+
+    import numpy as np
+    from safetensors.torch import load_file, save_file
+
+    from digit_recognizer.predict import Predictor
+
+    save_net(tmp_path, build("cnn-tiny"), "cnn-tiny", {})
+    weights, meta_path = tmp_path / "model.safetensors", tmp_path / "model.json"
+    state, meta = load_file(str(weights)), json.loads(meta_path.read_text())
+    key = next(key for key, value in state.items() if value.is_floating_point())
+    for damaged in (state[key].clone().fill_(float("nan")), state[key].clone().to(torch.int32)):
+        save_file(state | {key: damaged}, str(weights))
+        with pytest.raises(ModelFileError, match=r"model\.safetensors: holds weights that are not"):
+            load_net(tmp_path)
+    # A negative variance loads as a float, and predicts NaN: stopped at the prediction.
+    variance = next(key for key in state if key.endswith("running_var"))
+    save_file(state | {variance: -state[variance]}, str(weights))
+    with pytest.raises(ModelFileError, match="probabilities are not numbers"):
+        Predictor.load(tmp_path).predict(np.full((2, 28, 28), 255, np.uint8))
+    save_file(state, str(weights))
+    # Widths that would take gigabytes to build are found not to fit the weights first.
+    meta_path.write_text(json.dumps(meta | {"params": {"widths": [1, 1, 30_000]}}))
+    with pytest.raises(ModelFileError, match=r"weights do not fit model 'cnn-tiny' with"):
+        load_net(tmp_path)
+    for edited, message in (
+        ({"format_version": 99}, "format_version 99, where this version"),
+        ({"model": "resnet9000"}, r"model\.json: unknown model 'resnet9000'"),
+    ):
+        meta_path.write_text(json.dumps(meta | edited))
+        with pytest.raises(ModelFileError, match=message):
+            load_net(tmp_path)
+    meta_path.write_text(json.dumps(meta))
+    weights.unlink()
+    os.mkfifo(weights)  # opened, it would be waited on for ever
+    with pytest.raises(ModelFileError, match=r"model\.safetensors: not a regular file"):
+        load_net(tmp_path)
+
+
 def test_normalize_layer_standardises_mnist_images(mnist):
     # The first layer carries MNIST's statistics into every saved model: as the nets take them
     # (to_model_input), MNIST's images come out with mean 0 and std 1.

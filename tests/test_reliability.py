@@ -4,7 +4,6 @@ file's name; nothing in the package can execute code from a file a user was sent
 from __future__ import annotations
 
 import ast
-import hashlib
 import json
 import os
 import random
@@ -450,14 +449,16 @@ model.eval()
 
 
 def test_a_skops_file_naming_a_function_is_refused(tmp_path: Path) -> None:
-    """A forest's skops file is loaded only if model.json records its SHA-256, and even then
-    only if it names allow-listed types: a file and a model.json both crafted to call
-    os.system are refused before anything is instantiated."""
+    """A forest's skops file is loaded only if this installation signed it, and even then only
+    if it names allow-listed types: a file crafted to call os.system, signed with the
+    installation's key, is refused before anything is instantiated."""
     import skops.io
 
+    from digit_recognizer.models.classical import _sign
+
     skops.io.dump(Pipeline([("f", FunctionTransformer(func=os.system))]), tmp_path / TRUSTED_FILE)
-    digest = hashlib.sha256((tmp_path / TRUSTED_FILE).read_bytes()).hexdigest()
-    record = {"path": TRUSTED_FILE, "sha256": digest, "format": "skops"}
+    signature = _sign((tmp_path / TRUSTED_FILE).read_bytes())
+    record = {"path": TRUSTED_FILE, "hmac_sha256": signature, "format": "skops"}
     meta = {"framework": "sklearn", "model": "random-forest", "params": {}, "trusted_file": record}
     (tmp_path / META_FILE).write_text(json.dumps(meta))
     with pytest.raises(ModelFileError, match=r"names types outside the allow-list: posix.system"):

@@ -167,6 +167,10 @@ class Predictor:
                     # float32 before the device: scikit-learn's float64 has no MPS tensor.
                     probas = model.predict_proba(np.asarray(view)).astype(np.float32)
                     total += torch.as_tensor(probas, device=self.device)
+        if not total.isfinite().all():  # else argmax reads NaN as digit 0, for every image
+            raise ModelFileError("a model's probabilities are not numbers (NaN or infinite): "
+                                 "its weights or batch-norm statistics are damaged; retrain "
+                                 "it")  # fmt: skip
         return (total / (len(self.models) * len(views))).cpu().numpy()
 
     def predict(self, images: ArrayLike) -> NDArray[np.int64]:

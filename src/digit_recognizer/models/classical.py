@@ -21,8 +21,11 @@ on the replica it lifts k-NN from 0.976 to 0.984 and the SVM from 0.983 to 0.988
 from __future__ import annotations
 
 import hashlib
+import hmac
 import importlib
 import json
+import os
+import secrets
 import zipfile
 from numbers import Integral
 from pathlib import Path
@@ -47,7 +50,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from digit_recognizer.data.images import check_images
 from digit_recognizer.data.kaggle_csv import N_PIXELS
-from digit_recognizer.errors import ModelFileError
+from digit_recognizer.errors import ModelFileError, first_line
 from digit_recognizer.fileio import atomic_path, write_text
 from digit_recognizer.models.nets import Deskew
 from digit_recognizer.models.registry import register
@@ -217,7 +220,7 @@ def random_forest(
 # -- storage: arrays + JSON, never pickle; forests via skops, trusted-only ----------------------
 
 TRUSTED_FILE = "model.trusted.skops"
-# The only classes a saved pipeline may name; loading instantiates nothing else.
+# The only classes a pipeline saved as JSON may name; decoding instantiates nothing else.
 _SKOPS_TRUSTED = {"sklearn.tree._tree.Tree"}  # a forest's trees: node arrays, no code
 _SAFE_CLASSES = {
     f"{cls.__module__}.{cls.__qualname__}": cls
@@ -292,8 +295,10 @@ def save_pipeline(run_dir: Path, pipeline: Pipeline, name: str, params: dict[str
 
     Fitted arrays (PCA components, scaler statistics, coefficients, support vectors, stored
     k-NN features) go to safetensors and everything else to JSON; nothing is pickled. Trees are
-    Cython objects with no such form: those pipelines go to a skops file whose SHA-256 is
-    recorded in model.json, and ``load_pipeline`` refuses a file that does not match.
+    Cython objects with no such form: those pipelines go to a skops file signed with this
+    installation's key (``_signing_key``), and ``load_pipeline`` refuses a file whose signature
+    does not match: skops trusts every scikit-learn estimator, and a tree's node indices are not
+    bounds-checked, so an edited file could crash the process or compute anything.
     """
     run_dir = Path(run_dir)
     meta: dict[str, Any] = {"format_version": 1, "framework": "sklearn", "model": name,
@@ -306,8 +311,8 @@ def save_pipeline(run_dir: Path, pipeline: Pipeline, name: str, params: dict[str
 
         with atomic_path(run_dir / TRUSTED_FILE) as tmp:
             skops.io.dump(pipeline, tmp)
-            digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
-        meta["trusted_file"] = {"path": TRUSTED_FILE, "sha256": digest, "format": "skops"}
+            signature = _sign(tmp.read_bytes())
+        meta["trusted_file"] = {"path": TRUSTED_FILE, "hmac_sha256": signature, "format": "skops"}
     else:
         with atomic_path(run_dir / WEIGHTS_FILE) as tmp:
             save_file(arrays, str(tmp))
@@ -324,9 +329,11 @@ def load_pipeline(run_dir: Path) -> tuple[Pipeline, dict[str, Any]]:
         if "trusted_file" in meta:
             pipeline = _load_trusted(run_dir, meta["trusted_file"])
         else:
-            pipeline = _decode(
-                meta["pipeline"], read_safetensors(run_dir / WEIGHTS_FILE, load_file)
-            )
+            arrays = read_safetensors(run_dir / WEIGHTS_FILE, load_file)
+            if not all(np.isfinite(array).all() for array in arrays.values()):
+                raise ModelFileError(f"{run_dir / WEIGHTS_FILE}: holds NaN or infinite values: a "
+                                     "damaged file; refit the model")  # fmt: skip
+            pipeline = _decode(meta["pipeline"], arrays)
         if not fits_the_digits(pipeline):
             raise ModelFileError(f"{run_dir / META_FILE}: not a fitted pipeline of the digits 0-9")
         # One blank digit shows that the fitted arrays fit one another (an edited shape fails
@@ -339,10 +346,40 @@ def load_pipeline(run_dir: Path) -> tuple[Pipeline, dict[str, Any]]:
         ValueError,
         IndexError,
         RecursionError,
+        OverflowError,  # an edited scalar too large for its dtype
+        RuntimeError,  # torch's, in the k-NN's search over edited arrays
         zipfile.BadZipFile,
     ) as error:
         raise ModelFileError(f"{run_dir / META_FILE}: corrupt pipeline ({error!r:.200})") from None
     return pipeline, meta
+
+
+def _signing_key() -> bytes:
+    """This installation's secret, made on first use: a file signed with it was written here,
+    which a hash recorded beside the file cannot show (whoever swaps the file rewrites it)."""
+    data_home = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    path = data_home / "digit-recognizer" / "skops.key"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        made = path.with_name(f".skops.key.{os.getpid()}")
+        descriptor = os.open(made, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(secrets.token_hex(32))
+        try:
+            os.link(made, path)  # in one step, and once: of two processes, the first key stays
+        except FileExistsError:
+            pass
+        finally:
+            made.unlink()
+    try:
+        return bytes.fromhex(path.read_text(encoding="ascii").strip())
+    except (OSError, ValueError) as error:
+        raise ModelFileError(f"{path}: this installation's signing key cannot be read "
+                             f"({first_line(error)})") from None  # fmt: skip
+
+
+def _sign(content: bytes) -> str:
+    return hmac.new(_signing_key(), content, hashlib.sha256).hexdigest()
 
 
 def _load_trusted(run_dir: Path, record: dict[str, str]) -> Pipeline:
@@ -356,12 +393,13 @@ def _load_trusted(run_dir: Path, record: dict[str, str]) -> Pipeline:
     if not path.is_file():
         raise ModelFileError(f"{path}: not found")
     content = path.read_bytes()
-    if hashlib.sha256(content).hexdigest() != record["sha256"]:
+    if not hmac.compare_digest(_sign(content), str(record.get("hmac_sha256"))):
         raise ModelFileError(
-            f"{path}: SHA-256 differs from the one `digits` recorded in {META_FILE}; refusing "
-            "to load a model file this installation did not write (retrain it)"
+            f"{path}: not signed by this installation's key (the signature in {META_FILE} does "
+            "not match); refusing to load a model file written elsewhere, or edited (retrain it)"
         )
-    # Types skops does not already trust must be our own; anything else is refused.
+    # Signed, and still: types skops does not already trust (it trusts scikit-learn's
+    # estimators and numpy's functions) must be our own; anything else is refused.
     untrusted = skops.io.get_untrusted_types(data=content)
     unknown = [name for name in untrusted if name not in _SAFE_CLASSES.keys() | _SKOPS_TRUSTED]
     if unknown:

@@ -114,7 +114,7 @@ class Deskew(nn.Module):
         self.register_buffer("y", y.contiguous(), persistent=False)
         self.max_slant = max_slant  # blank or one-dot images have no meaningful slant
         self.centre = centre
-        self.mass_centre = float(centres[size // 2])  # pixel 14, half a pixel off the frame's
+        self.mass_centre = (2 * (size // 2) + 1) / size - 1  # pixel 14, half a pixel off centre
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         slant, y_mean, shift_x, shift_y = self._shear(images)

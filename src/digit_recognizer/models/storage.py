@@ -8,11 +8,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from digit_recognizer.errors import ModelFileError, first_line
+from digit_recognizer.errors import ModelFileError, UnknownModelError, first_line
 from digit_recognizer.fileio import atomic_path, write_text
 from digit_recognizer.models.nets import MNIST_MEAN, MNIST_STD
 from digit_recognizer.models.registry import build, get_spec
@@ -50,11 +51,19 @@ def save_net(
     write_text(run_dir / META_FILE, json.dumps(meta, indent=2) + "\n")
 
 
+def check_regular_file(path: Path) -> Path:
+    """``path``, unless it is there as something else than a regular file: a pipe would be
+    waited on for ever, /dev/zero read without end."""
+    if path.exists() and not path.is_file():
+        raise ModelFileError(f"{path}: not a regular file (a folder, a pipe or a device)")
+    return path
+
+
 def read_safetensors(path: Path, load: Callable[[str], dict[str, Any]] = load_file) -> dict:
     """Tensors of a safetensors file via ``load`` (torch's or numpy's ``load_file``), or a
     ``ModelFileError`` naming the file when it is missing or not safetensors."""
     try:
-        return load(str(path))
+        return load(str(check_regular_file(path)))
     except FileNotFoundError:
         raise ModelFileError(f"{path}: not found") from None
     except (SafetensorError, OSError, TypeError) as error:  # TypeError: bf16 read as numpy
@@ -65,7 +74,7 @@ def read_meta(run_dir: Path) -> dict[str, Any]:
     """The parsed ``model.json``; ``ModelFileError`` naming the file when absent or invalid."""
     path = Path(run_dir) / META_FILE
     try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
+        meta = json.loads(check_regular_file(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         refuse_ensemble(Path(run_dir))
         raise ModelFileError(f"{path}: not found; is {run_dir} a trained run directory?") from None
@@ -76,6 +85,9 @@ def read_meta(run_dir: Path) -> dict[str, Any]:
         raise ModelFileError(f"{path}: not valid JSON ({error!s:.200})") from None
     if not isinstance(meta, dict) or not isinstance(meta.get("model"), str):
         raise ModelFileError(f"{path}: missing the 'model' name")
+    if meta.get("format_version", FORMAT_VERSION) != FORMAT_VERSION:
+        raise ModelFileError(f"{path}: format_version {meta['format_version']!r:.20}, where this "
+                             f"version of digit-recognizer reads {FORMAT_VERSION}")  # fmt: skip
     return meta
 
 
@@ -83,32 +95,61 @@ def load_net(run_dir: Path) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the net named in ``model.json`` and load its weights; returns (model, meta)."""
     run_dir = Path(run_dir)
     meta = read_meta(run_dir)
-    model = _build_net(run_dir / META_FILE, meta)
+    name, params = net_recipe(run_dir / META_FILE, meta)
     path = run_dir / WEIGHTS_FILE
     state = read_safetensors(path)
+    model = _build_net(run_dir / META_FILE, name, params, state)
     try:
         model.load_state_dict(state)
     except RuntimeError as error:
         raise ModelFileError(
             f"{path}: weights do not fit model '{meta['model']}' ({first_line(error)})"
         ) from None
+    # A NaN weight, or an integer one, loads and then predicts 0 (or one digit) for every image.
+    if any(
+        not tensor.is_floating_point() or not tensor.isfinite().all()
+        for tensor in (
+            state[key] for key, value in model.state_dict().items() if value.is_floating_point()
+        )
+    ):
+        raise ModelFileError(f"{path}: holds weights that are not finite floats (NaN, infinite "
+                             "or integers): a damaged file; retrain the run")  # fmt: skip
     return model.eval(), meta
 
 
-# Its initial weights, replaced by the saved ones, are drawn without advancing the caller's torch
-# random stream (a notebook's seeded draws stay as they were).
-@keeps_callers_random_state
-def _build_net(meta_path: Path, meta: dict[str, Any]) -> nn.Module:
-    """The untrained net that ``model.json`` describes; ``ModelFileError`` if it names none."""
+def net_recipe(meta_path: Path, meta: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The registry name and builder arguments ``model.json`` records for a net; a
+    ``ModelFileError`` naming the file for anything else."""
     name, params = meta["model"], meta.get("params", {})
-    if get_spec(name).kind != "net":
+    try:
+        kind = get_spec(name).kind
+    except UnknownModelError as error:
+        raise ModelFileError(f"{meta_path}: {error}") from None
+    if kind != "net":
         raise ModelFileError(
             f"{meta_path}: '{name}' is a scikit-learn model, not a net: this command takes a "
             "net's run (`digits predict` takes both; in Python, load_estimator)"
         )
     if not isinstance(params, dict):
         raise ModelFileError(f"{meta_path}: 'params' must be an object, got {params!r:.40}")
+    return name, params
+
+
+# Its initial weights, replaced by the saved ones, are drawn without advancing the caller's torch
+# random stream (a notebook's seeded draws stay as they were).
+@keeps_callers_random_state
+def _build_net(
+    meta_path: Path, name: str, params: dict[str, Any], state: dict[str, Any]
+) -> nn.Module:
+    """The untrained net ``name`` built with ``params``, if the weights ``state`` fit it."""
     try:
+        # Shapes first, on no memory: widths of 20,000 in an edited model.json would take ~14 GB
+        # before the weights could be found not to fit.
+        with torch.device("meta"):
+            shapes = {key: value.shape for key, value in build(name, **params).state_dict().items()}
+        if shapes != {key: value.shape for key, value in state.items()}:
+            raise ModelFileError(f"{meta_path.parent / WEIGHTS_FILE}: weights do not fit model "
+                                 f"'{name}' with {params}")  # fmt: skip
         return build(name, **params)
     except (TypeError, ValueError, RuntimeError) as error:  # a tampered or foreign model.json
         raise ModelFileError(
