@@ -1,3 +1,4 @@
+import json
 import shutil
 from dataclasses import asdict
 from pathlib import Path
@@ -11,7 +12,7 @@ from sklearn.pipeline import Pipeline
 
 from digit_recognizer.config import load_config
 from digit_recognizer.data.kaggle_csv import DigitSet
-from digit_recognizer.errors import ConfigError
+from digit_recognizer.errors import ConfigError, ModelFileError
 from digit_recognizer.estimator import (
     NetClassifier,
     build_estimator,
@@ -129,6 +130,18 @@ def test_a_damaged_history_leaves_history_empty_not_the_weights_unloaded(
     loaded = load_estimator(run_dir)
     assert loaded.history_ == [] and "history.csv: not a history written by training" in caplog.text
     assert loaded.predict(np.zeros((1, 28, 28), np.uint8)).shape == (1,)
+    (run_dir / "history.csv").write_text("epoch,step\n" + "x" * 200_000 + ",1\n")  # csv's limit
+    assert load_estimator(run_dir).history_ == []
+
+
+@pytest.mark.parametrize("edit", [{"train_config": "x"}, {"estimator_params": {"nope": 1}},
+                                  {"estimator_params": [1, 2]}])  # fmt: skip
+def test_an_edited_model_json_fails_to_load_as_an_estimator_in_one_line(tmp_path, tiny_run, edit):
+    run_dir = Path(shutil.copytree(tiny_run, tmp_path / "run"))
+    meta = json.loads((run_dir / "model.json").read_text())
+    (run_dir / "model.json").write_text(json.dumps(meta | edit))
+    with pytest.raises(ModelFileError, match=r"model\.json: not a net's settings as training"):
+        load_estimator(run_dir)
 
 
 def test_a_saved_estimator_names_the_net_it_trained(tmp_path, small_train):

@@ -376,6 +376,24 @@ def test_load_checkpoint_raises_model_file_error(tmp_path: Path) -> None:
         load_checkpoint(tmp_path, torch.device("cpu"))
 
 
+@pytest.mark.parametrize(
+    ("edit", "named"),
+    [({"step": -(10**12)}, "step -1000000000000"), ({"step": "abc"}, "step 'abc'"),
+     ({"lr_scale": float("nan")}, "lr_scale nan"), ({"config": "x"}, "config not a dict"),
+     ({"config": {}}, "config without seed"), ({"history": "abc"}, "history not a list"),
+     ({"history": [1]}, "history not a list of rows"), ({"epoch": True}, "epoch True")],
+)  # fmt: skip
+def test_a_checkpoint_whose_bookkeeping_training_did_not_write_is_refused(
+    tmp_path, tiny_run, edit, named
+):
+    """A step of -10**12 resumed had trained on for ever at lr 0; a config of {} or a step of
+    'abc' had ended in a traceback, a history of 'abc' only after a whole epoch."""
+    state = torch.load(tiny_run / CHECKPOINT_FILE, weights_only=True)
+    torch.save(state | edit, tmp_path / CHECKPOINT_FILE)
+    with pytest.raises(ModelFileError, match=rf"not a checkpoint of digits train \({named}"):
+        load_checkpoint(tmp_path, torch.device("cpu"))
+
+
 # --- (c) nothing executes code from a file --------------------------------------------------------
 
 

@@ -14,7 +14,7 @@ from digit_recognizer.checkpoint import load_checkpoint, rows_fingerprint
 from digit_recognizer.data.augment import augment_batch
 from digit_recognizer.data.kaggle_csv import DigitSet
 from digit_recognizer.distributed import Distributed
-from digit_recognizer.errors import ConfigError, ModelFileError
+from digit_recognizer.errors import ConfigError, DivergedError, ModelFileError
 from digit_recognizer.models.runtime import autocast_dtype
 from digit_recognizer.models.storage import load_net, read_meta
 from digit_recognizer.pipeline import train_job
@@ -558,6 +558,16 @@ def test_a_one_cycle_run_resumed_with_patience_keeps_its_best_epoch(
     for key, value in best.items():
         torch.testing.assert_close(kept.state_dict()[key], value, rtol=0, atol=0)
     assert meta["valid_accuracy"] == resumed.valid_accuracy == 0.9
+
+
+def test_a_diverging_run_stops_with_the_way_out_before_its_checkpoint(tmp_path, small_train):
+    """A NaN loss had trained on and saved NaN weights, which predicted digit 0 everywhere."""
+    subset = DigitSet(small_train.images[:256], small_train.labels[:256])
+    config = TrainConfig(model="cnn-tiny", epochs=2, batch_size=64, valid_size=0, lr=1e12,
+                         schedule="constant")  # fmt: skip
+    with pytest.raises(DivergedError, match=r"diverged in epoch 1 .* a lower --lr than 1e\+12"):
+        train(config, subset, None, tmp_path)
+    assert not (tmp_path / "checkpoint.pt").exists()
 
 
 def test_the_model_returned_predicts_rather_than_trains(tmp_path, small_train):

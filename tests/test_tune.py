@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 from digit_recognizer import tune as tune_module
 from digit_recognizer.cli import app
 from digit_recognizer.config import load_config
-from digit_recognizer.errors import ConfigError
+from digit_recognizer.errors import ConfigError, DivergedError
 from digit_recognizer.train import TrainConfig
 from digit_recognizer.tune import TuneConfig, tune
 
@@ -112,6 +112,22 @@ def test_net_trials_below_the_median_are_pruned_and_share_the_timeout(tmp_path, 
     scale = study.best_params["width_scale"]
     assert best.widths == tuple(round(width * scale) for width in (32, 64, 128))
     assert best.dropout == study.best_params["dropout"] and best.time_budget_s is None
+
+
+def test_a_trial_whose_training_diverges_is_pruned_and_the_study_goes_on(
+    tmp_path, small_csvs, monkeypatch
+):
+    runs = iter([DivergedError("diverged in epoch 1"), 0.9])
+
+    def fake_train(config, train_set, valid_set, run_dir, on_epoch_end):
+        outcome = next(runs)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return SimpleNamespace(valid_accuracy=outcome, epochs_run=1, cut_by_budget=False)
+
+    monkeypatch.setattr(tune_module, "train", fake_train)
+    result = tune(TuneConfig(model="cnn", trials=2, epochs=1), small_csvs["train"], tmp_path)
+    assert result.n_trials == 2 and result.n_pruned == 1 and result.best_value == 0.9
 
 
 def test_net_trials_train_with_the_settings_they_suggest(tmp_path, small_csvs, monkeypatch):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import math
 import pickle  # for pickle.UnpicklingError only: torch.load(weights_only=True) raises it
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -64,7 +65,34 @@ def load_checkpoint(run_dir: Path, device: torch.device) -> dict[str, Any]:
             f"{path}: not a checkpoint of digits train (no {', '.join(missing)}); "
             "delete it to start over"
         )
+    if wrong := _wrong_counts(checkpoint):
+        raise ModelFileError(f"{path}: not a checkpoint of digits train ({', '.join(wrong)}); "
+                             "delete it to start over")  # fmt: skip
     return checkpoint
+
+
+def _wrong_counts(checkpoint: dict[str, Any]) -> list[str]:
+    """The bookkeeping that is not what training wrote: a step of -10**12 resumed had trained
+    on for ever at lr 0, a config of {} failed on its first key."""
+    counts = {"step": checkpoint["step"], "epoch": checkpoint["epoch"],
+              "epochs_since_best": checkpoint["epochs_since_best"]}  # fmt: skip
+    wrong = [f"{key} {value!r:.20}" for key, value in counts.items()
+             if not isinstance(value, int) or isinstance(value, bool) or value < 0]  # fmt: skip
+    numbers = {"elapsed_s": checkpoint["elapsed_s"], "lr_scale": checkpoint["lr_scale"]}
+    wrong += [f"{key} {value!r:.20}" for key, value in numbers.items()
+              if not isinstance(value, int | float) or not 0 <= value < math.inf]  # fmt: skip
+    kinds = {"history": list, "config": dict, "rows": str, "stopped_early": bool}
+    wrong += [f"{key} not a {kind.__name__}" for key, kind in kinds.items()
+              if not isinstance(checkpoint[key], kind)]  # fmt: skip
+    config = checkpoint["config"]
+    needed = ("seed", "valid_size", "batch_size", "optimizer", "max_memory_gb")
+    if isinstance(config, dict) and (absent := [key for key in needed if key not in config]):
+        wrong.append(f"config without {', '.join(absent)}")
+    if isinstance(checkpoint["history"], list) and not all(
+        isinstance(row, dict) for row in checkpoint["history"]
+    ):
+        wrong.append("history not a list of rows")
+    return wrong
 
 
 def restore_checkpoint(
@@ -115,7 +143,8 @@ def read_history(path: Path) -> list[dict[str, float]]:
                        for row in csv.DictReader(handle)]  # fmt: skip
         if not history or not {"epoch", "train_loss", "lr"} <= set(history[0]):
             raise ValueError("no rows of epoch, train_loss, lr, ...")
-    except (ValueError, TypeError, UnicodeDecodeError) as error:  # a cell short: TypeError
+    # A cell short: TypeError; a field over csv's 128 kB limit: csv.Error.
+    except (ValueError, TypeError, UnicodeDecodeError, csv.Error) as error:
         raise ModelFileError(f"{path}: not a history written by training ({first_line(error)})"
                              "; delete it to go without (learning curves are drawn from it)"
                              ) from None  # fmt: skip

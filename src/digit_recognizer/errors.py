@@ -13,6 +13,10 @@ class ConfigError(DigitsError):
     """A configuration key or value is invalid."""
 
 
+class DivergedError(ConfigError):
+    """The training loss became NaN or infinite: the learning rate is too high for the net."""
+
+
 class UnknownModelError(DigitsError):
     """A model name is not in the registry."""
 

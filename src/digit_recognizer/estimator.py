@@ -33,10 +33,10 @@ from digit_recognizer.config import load_config
 from digit_recognizer.data.images import check_digits, check_images
 from digit_recognizer.data.kaggle_csv import N_PIXELS
 from digit_recognizer.data.splits import split_for_training
-from digit_recognizer.errors import ConfigError, ModelFileError
+from digit_recognizer.errors import ConfigError, ModelFileError, first_line
 from digit_recognizer.models.classical import fits_the_digits, load_pipeline, save_pipeline
 from digit_recognizer.models.registry import build, get_spec
-from digit_recognizer.models.storage import load_net, read_meta, save_net
+from digit_recognizer.models.storage import META_FILE, load_net, read_meta, save_net
 from digit_recognizer.predict import PredictConfig, Predictor
 from digit_recognizer.train import TrainConfig, model_args, train
 
@@ -204,13 +204,17 @@ def load_estimator(run_dir: str | Path) -> NetClassifier | Pipeline:
     recorded = meta.get("train_config")
     if recorded is None and (run_dir / CONFIG_FILE).is_file():
         recorded = asdict(load_config(TrainConfig, run_dir / CONFIG_FILE))
-    # What model.json says of the net, which weights that saving this again needs.
-    recorded = {"model": meta["model"], **meta.get("params", {}), **(recorded or {})}
-    params = meta.get("estimator_params") or {
-        key: recorded[key] for key in TRAIN_KEYS if recorded.get(key) is not None
-    }
-    estimator = NetClassifier(meta["model"])
-    estimator.set_params(**{k: v for k, v in params.items() if k != "model"})
+    try:
+        # What model.json says of the net, which weights that saving this again needs.
+        recorded = {"model": meta["model"], **meta.get("params", {}), **(recorded or {})}
+        params = meta.get("estimator_params") or {
+            key: recorded[key] for key in TRAIN_KEYS if recorded.get(key) is not None
+        }
+        estimator = NetClassifier(meta["model"])
+        estimator.set_params(**{k: v for k, v in params.items() if k != "model"})
+    except (TypeError, ValueError, AttributeError) as error:  # an edited model.json
+        raise ModelFileError(f"{run_dir / META_FILE}: not a net's settings as training wrote "
+                             f"them ({first_line(error)})") from None  # fmt: skip
     estimator.module_ = module
     estimator.history_ = _saved_history(run_dir / HISTORY_FILE)
     estimator.config_ = recorded

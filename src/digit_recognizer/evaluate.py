@@ -39,8 +39,9 @@ def read_metrics(run_dir: Path) -> dict:
     path = run_dir / METRICS_FILE
     try:
         metrics = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ModelFileError(f"{path}: not valid JSON ({error})") from None
+    # ValueError: also a 5,000-digit number (Python's int limit); RecursionError: deep nesting.
+    except (ValueError, RecursionError) as error:
+        raise ModelFileError(f"{path}: not valid JSON ({error!s:.200})") from None
     if not isinstance(metrics, dict):
         raise ModelFileError(f"{path}: not a run's metrics (a JSON object); delete it")
     return metrics

@@ -52,7 +52,7 @@ from digit_recognizer.distributed import (
     all_reduce,
     init_distributed,
 )
-from digit_recognizer.errors import ConfigError, DigitsError
+from digit_recognizer.errors import ConfigError, DigitsError, DivergedError
 from digit_recognizer.fileio import make_dir
 from digit_recognizer.models.registry import build, get_spec
 from digit_recognizer.models.runtime import (
@@ -531,6 +531,11 @@ def train(
             "train_loss": (totals[0] / totals[2]).item(),
             "train_accuracy": (totals[1] / totals[2]).item(),
         }
+        if not math.isfinite(row["train_loss"]):
+            # Before this epoch's checkpoint: --resume goes on from the last sound one.
+            raise DivergedError(f"{run_dir}: training diverged in epoch {epoch} (its loss "
+                                   f"is {row['train_loss']}): a lower --lr than {config.lr:g} "
+                                   "trains; what it saved is from the epochs before")  # fmt: skip
         if has_valid:
             # Same weights and buffers on every rank: same figures, same decisions everywhere.
             valid_loss, valid_accuracy = evaluate_split(

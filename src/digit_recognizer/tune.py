@@ -38,7 +38,7 @@ from digit_recognizer.config import check_fields, load_config, save_config
 from digit_recognizer.data.kaggle_csv import DigitSet
 from digit_recognizer.data.shards import read_labelled
 from digit_recognizer.data.splits import split_for_training
-from digit_recognizer.errors import ConfigError, first_line
+from digit_recognizer.errors import ConfigError, DivergedError, first_line
 from digit_recognizer.estimator import build_estimator
 from digit_recognizer.evaluate import save_figure
 from digit_recognizer.fileio import make_dir, write_text
@@ -249,7 +249,10 @@ def _net_objective(
             )
 
     with tempfile.TemporaryDirectory(prefix=f"trial{trial.number}-") as run_dir:
-        result = train(train_config, train_set, valid_set, Path(run_dir), on_epoch_end=report)
+        try:
+            result = train(train_config, train_set, valid_set, Path(run_dir), on_epoch_end=report)
+        except DivergedError as error:  # its settings' fault: a trial to prune, not the end
+            raise optuna.TrialPruned(first_line(error)) from None
     if result.cut_by_budget:  # epochs_run is rounded: 2.97 epochs read as 3.0
         raise optuna.TrialPruned(f"cut by --timeout after {result.epochs_run:g} of "
                                  f"{config.epochs} epochs")  # fmt: skip

@@ -180,10 +180,12 @@ def expand_ensembles(run_dirs: list[Path]) -> list[Path]:
         manifest = run_dir / ENSEMBLE_FILE
         if manifest.exists() and not (run_dir / META_FILE).exists():
             try:
-                members = json.loads(manifest.read_text(encoding="utf-8"))["members"]
-            except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as error:
+                text = check_regular_file(manifest).read_text(encoding="utf-8")
+                members = json.loads(text)["members"]
+            # ValueError: also a 5,000-digit number; RecursionError: deep nesting.
+            except (ValueError, RecursionError, KeyError, TypeError) as error:
                 raise ModelFileError(
-                    f"{manifest}: not a valid ensemble manifest ({error})"
+                    f"{manifest}: not a valid ensemble manifest ({error!s:.200})"
                 ) from None
             if (
                 not members
