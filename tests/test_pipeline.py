@@ -17,7 +17,7 @@ from digit_recognizer.config import save_config
 from digit_recognizer.data.kaggle_csv import DigitSet, write_kaggle_csv
 from digit_recognizer.errors import ConfigError, DataError, DigitsError, ModelFileError
 from digit_recognizer.evaluate import score_submission
-from digit_recognizer.fileio import sha256_file
+from digit_recognizer.fileio import locked_dir, sha256_file
 from digit_recognizer.models.storage import read_meta
 from digit_recognizer.pipeline import (
     default_jobs,
@@ -262,6 +262,18 @@ def test_a_killed_member_is_named_with_the_way_to_finish(tmp_path, small_csvs, m
     configs = [TrainConfig(**TINY_RECIPE | {"seed": seed}) for seed in (1, 2)]
     with pytest.raises(DigitsError, match=r"member \d's process ended without finishing; the same"):
         train_jobs(configs, small_csvs["train"], tmp_path, parallel=2)
+
+
+def test_a_second_command_on_a_training_ensemble_is_refused_before_it_writes(tmp_path, small_csvs):
+    """It had rewritten the members' config.toml, which the first command's --resume then
+    trained with, before a member's lock refused it."""
+    configs = [TrainConfig(**TINY_RECIPE | {"seed": seed}) for seed in (1, 2)]
+    with (
+        locked_dir(tmp_path / "ensemble"),  # the first command, training
+        pytest.raises(DigitsError, match=r"ensemble is in use by process \d+; wait"),
+    ):
+        train_jobs(configs, small_csvs["train"], tmp_path / "ensemble")
+    assert not list((tmp_path / "ensemble").glob("member-*"))
 
 
 def test_training_reads_a_faint_file_as_predict_does_and_warns_of_rows_predict_would_redo(

@@ -283,45 +283,50 @@ def train_jobs(
             )
         return [train_job(configs[0], train_csv, run_dir, progress)]
     check_out_dir(run_dir, configs[0].resume, ensemble=True)
-    members = []
-    for number, config in enumerate(configs, start=1):
-        member_dir = member_run_dir(run_dir, number)
-        if config.resume and number > 1 and not (member_dir / CHECKPOINT_FILE).exists():
-            # Expected when the interruption came before it: no "nothing to resume" warning,
-            # which member 1 still gives for an --out that holds no ensemble at all.
-            log.info("member %d had not started; training it", number)
-            config = replace(config, resume=False)
-        check_out_dir(member_dir, config.resume, ensemble=False)  # before any config is written
-        members.append((config, member_dir))
-    for config, member_dir in members:
-        if not config.resume or not (member_dir / CONFIG_FILE).exists():
-            # Recorded before any member trains: --resume rebuilds a member that had not started
-            # from this (resumed_members), not from whatever flags the resuming command repeats.
-            save_run_config(config, member_dir)
-    started = time.perf_counter()
-    try:
-        if parallel > 1:
-            jobs = train_side_by_side(members, train_csv, parallel)
-        else:
-            jobs = []
-            for number, (config, member_dir) in enumerate(members, start=1):
-                log.info("ensemble member %d of %d (seed %d)", number, len(members), config.seed)
-                jobs.append(train_job(config, train_csv, member_dir, progress))
-    except KeyboardInterrupt:
-        log.warning("interrupted: the same command with --resume finishes the ensemble in %s, "
-                    "each member from its last finished epoch", run_dir)  # fmt: skip
-        raise
-    wall_seconds = time.perf_counter() - started
-    write_ensemble(run_dir, [job.run_dir for job in jobs])
-    # Written anew, as a single run's: an earlier test score was of other members' weights.
-    write_metrics(run_dir, source_record("train", train_csv) | {
-        "train_seconds": sum(job.train.train_seconds for job in jobs),
-        "parallel": parallel,
-        "wall_seconds": wall_seconds,  # members' training, validation and reports
-        "members": [{"run_dir": job.run_dir.name, "valid_accuracy": job.valid_metrics.accuracy
-                     if job.valid_metrics else None} for job in jobs],
-    }, merge=False)  # fmt: skip
-    return jobs
+    # One command per ensemble: a second one, refused by a member's lock only once it trained,
+    # had already rewritten the other members' config.toml for the first one's --resume.
+    with locked_dir(run_dir):
+        members = []
+        for number, config in enumerate(configs, start=1):
+            member_dir = member_run_dir(run_dir, number)
+            if config.resume and number > 1 and not (member_dir / CHECKPOINT_FILE).exists():
+                # Expected when the interruption came before it: no "nothing to resume" warning,
+                # which member 1 still gives for an --out that holds no ensemble at all.
+                log.info("member %d had not started; training it", number)
+                config = replace(config, resume=False)
+            check_out_dir(member_dir, config.resume, ensemble=False)  # before any config is written
+            members.append((config, member_dir))
+        for config, member_dir in members:
+            if not config.resume or not (member_dir / CONFIG_FILE).exists():
+                # Recorded before any member trains: --resume rebuilds a member that had not started
+                # from this (resumed_members), not from whatever flags the resuming command repeats.
+                save_run_config(config, member_dir)
+        started = time.perf_counter()
+        try:
+            if parallel > 1:
+                jobs = train_side_by_side(members, train_csv, parallel)
+            else:
+                jobs = []
+                for number, (config, member_dir) in enumerate(members, start=1):
+                    log.info(
+                        "ensemble member %d of %d (seed %d)", number, len(members), config.seed
+                    )
+                    jobs.append(train_job(config, train_csv, member_dir, progress))
+        except KeyboardInterrupt:
+            log.warning("interrupted: the same command with --resume finishes the ensemble in %s, "
+                        "each member from its last finished epoch", run_dir)  # fmt: skip
+            raise
+        wall_seconds = time.perf_counter() - started
+        write_ensemble(run_dir, [job.run_dir for job in jobs])
+        # Written anew, as a single run's: an earlier test score was of other members' weights.
+        write_metrics(run_dir, source_record("train", train_csv) | {
+            "train_seconds": sum(job.train.train_seconds for job in jobs),
+            "parallel": parallel,
+            "wall_seconds": wall_seconds,  # members' training, validation and reports
+            "members": [{"run_dir": job.run_dir.name, "valid_accuracy": job.valid_metrics.accuracy
+                         if job.valid_metrics else None} for job in jobs],
+        }, merge=False)  # fmt: skip
+        return jobs
 
 
 def default_jobs(configs: list[TrainConfig]) -> int:
