@@ -14,10 +14,15 @@ import os
 import signal
 import tempfile
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
+import traceback
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
+from multiprocessing import connection
+from multiprocessing.connection import Connection
+from multiprocessing.context import BaseContext
+from multiprocessing.process import BaseProcess
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -48,7 +53,7 @@ from digit_recognizer.data.shards import (
 )
 from digit_recognizer.data.splits import split_for_training
 from digit_recognizer.distributed import Distributed, run_torchrun
-from digit_recognizer.errors import ConfigError, DataError, DigitsError
+from digit_recognizer.errors import ConfigError, DataError, DigitsError, first_line
 from digit_recognizer.evaluate import (
     METRICS_FILE,
     Metrics,
@@ -59,7 +64,7 @@ from digit_recognizer.evaluate import (
     score_submission,
 )
 from digit_recognizer.fileio import locked_dir, source_record, write_text
-from digit_recognizer.interrupts import Terminated, sigterm_interrupts
+from digit_recognizer.interrupts import sigterm_interrupts
 from digit_recognizer.models.runtime import resolve_device
 from digit_recognizer.models.storage import load_net, write_ensemble
 from digit_recognizer.predict import PredictConfig, Predictor, predict_csv, warn_faint
@@ -367,45 +372,117 @@ def train_side_by_side(
     context = multiprocessing.get_context("spawn")
     level = logging.getLogger("digit_recognizer").getEffectiveLevel()
     waiting = list(enumerate(members, start=1))
-    running: dict[Future[TrainJobResult], int] = {}
+    running: dict[int, tuple[BaseProcess, Connection]] = {}
+    outcomes: dict[int, TrainJobResult | str | None] = {}  # a member's result, or what went wrong
     jobs: dict[int, TrainJobResult] = {}
-    # A member is handed to the pool only when a process is free for it: one queued in the pool
-    # would still start after a Ctrl-C or a failed member, and train to its end before the
-    # command could stop. Members already training finish (each resumable on its own).
-    with (
-        sigterm_interrupts(),
-        ProcessPoolExecutor(parallel, mp_context=context, max_tasks_per_child=1) as pool,
-    ):
-        try:
-            while waiting or running:
-                while waiting and len(running) < parallel:
+    failures: list[str] = []
+    try:
+        with sigterm_interrupts():
+            # A member starts only when a process is free for it, and none after a failure.
+            while running or (waiting and not failures):
+                while waiting and not failures and len(running) < parallel:
                     number, (config, member_dir) = waiting.pop(0)
-                    gpu = member_gpu(number, gpus)
-                    future = pool.submit(
-                        train_member, number, config, train_csv, member_dir, threads, level, gpu
-                    )
-                    running[future] = number
-                finished, _ = wait(running, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    number = running.pop(future)
-                    try:
-                        jobs[number] = future.result()
-                    except BrokenProcessPool:  # killed: by the system for memory, say
-                        raise DigitsError(
-                            f"ensemble member {number}'s process ended without finishing; the "
-                            "same command with --resume finishes the ensemble, each member "
-                            "from its last finished epoch"
-                        ) from None
-        except Terminated:
-            # SIGTERM reached this process alone: the members training stop as on Ctrl-C,
-            # which a terminal sends them too, rather than train on as orphans.
-            for member in multiprocessing.active_children():
-                os.kill(member.pid, signal.SIGINT)
-            raise
+                    running[number] = _start_member(
+                        context, train_member, number, config, train_csv, member_dir, threads,
+                        level, member_gpu(number, gpus),
+                    )  # fmt: skip
+                # Results are read as they come (a result larger than the pipe's buffer would
+                # hold its process up), and each process's end is seen the moment it comes.
+                watched = [process.sentinel for process, _ in running.values()]
+                watched += [results for number, (_, results) in running.items()
+                            if number not in outcomes]  # fmt: skip
+                ready = set(connection.wait(watched))
+                for number, (process, results) in list(running.items()):
+                    if results in ready:
+                        try:
+                            outcomes[number] = results.recv()
+                        except EOFError:  # ended without a word: killed
+                            outcomes[number] = None
+                    if process.sentinel in ready:
+                        process.join()
+                        results.close()
+                        del running[number]
+                        outcome = outcomes.pop(number, None)
+                        if isinstance(outcome, TrainJobResult):
+                            jobs[number] = outcome
+                            continue
+                        failures.append(_member_failure(number, outcome, process.exitcode))
+                        log.error("%s%s", failures[-1], "; the members training go on to their "
+                                  "end, and no other starts" if running else "")  # fmt: skip
+    except BaseException:  # Ctrl-C, SIGTERM: the members stop too, rather than train as orphans
+        _stop_members([process for process, _ in running.values()])
+        raise
+    if failures:
+        raise DigitsError(f"{'; '.join(failures)}; the same command with --resume finishes the "
+                          "ensemble, each member from its last finished epoch")  # fmt: skip
     return [
         replace(job, train=replace(job.train, model=load_net(job.run_dir)[0]))
         for _, job in sorted(jobs.items())
     ]
+
+
+def _start_member(
+    context: BaseContext, train: Callable[..., TrainJobResult], number: int, *args: Any
+) -> tuple[BaseProcess, Connection]:
+    """A process training member ``number`` with ``train`` (``train_member``), and the end of
+    a pipe its outcome comes back on."""
+    results, sender = context.Pipe(duplex=False)
+    process = context.Process(target=_run_member, args=(train, number, *args, sender),
+                              name=f"member-{number}")  # fmt: skip
+    # Started ignoring Ctrl-C: one while it imports would end it in a traceback. It takes
+    # Ctrl-C again once it trains (_run_member), where stopping keeps its last epoch.
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        process.start()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    sender.close()
+    return process, results
+
+
+def _run_member(train: Callable[..., TrainJobResult], number: int, *args: Any) -> None:
+    """In a member's process: ``train(number, *args)``, and its outcome sent back on the pipe
+    (the last argument): the result, or what went wrong in a line."""
+    *args, results = args
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        outcome: TrainJobResult | str = train(number, *args)
+    except KeyboardInterrupt:
+        outcome = "it was interrupted"
+    except DigitsError as error:
+        outcome = str(error)
+    except Exception as error:  # a bug, or memory: its traceback once, here, and a line there
+        traceback.print_exc()
+        outcome = f"{type(error).__name__}: {first_line(error)}"
+    results.send(outcome)
+    results.close()
+
+
+def _member_failure(number: int, outcome: str | None, exit_code: int | None) -> str:
+    """What went wrong with member ``number``, in a line."""
+    if outcome is not None:
+        return f"ensemble member {number}: {outcome}"
+    if exit_code is not None and exit_code < 0:
+        how = f"killed by {signal.Signals(-exit_code).name} (by the system for memory, say)"
+    else:
+        how = f"ended with exit status {exit_code}"
+    return f"ensemble member {number}'s process {how} before it finished"
+
+
+def _stop_members(processes: list[BaseProcess]) -> None:
+    """Stop members' processes as Ctrl-C does, each keeping its last finished epoch. A
+    terminal's Ctrl-C reached them already: they get two seconds to end on their own before a
+    SIGINT of their own (a second one could break into their stopping)."""
+    deadline = time.monotonic() + 2
+    for process in processes:
+        process.join(max(0.0, deadline - time.monotonic()))
+    for process in processes:
+        if process.is_alive():
+            os.kill(process.pid, signal.SIGINT)
+    for process in processes:
+        process.join(30)  # one still importing ignores SIGINT (_start_member)
+        if process.is_alive():
+            process.kill()
 
 
 def visible_gpus() -> list[str]:
