@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from digit_recognizer.errors import OutputError
-from digit_recognizer.fileio import atomic_path, write_text
+from digit_recognizer.fileio import atomic_path, check_can_write, write_text
 
 
 def test_a_writer_that_fails_leaves_the_old_file_whole_and_no_temporary_file(
@@ -87,3 +87,17 @@ def test_write_text_replaces_the_file_rather_than_rewrite_it_in_place(tmp_path: 
         write_text(path, "new text")
         assert reader.read() == "old"
     assert path.read_text() == "new text"
+
+
+def test_a_path_that_cannot_be_written_is_refused_before_the_work(tmp_path, tiny_run, small_csvs,
+                                                                  monkeypatch):  # fmt: skip
+    """`digits predict ... --out afile/sub.csv` had predicted every row, then failed."""
+    from digit_recognizer import predict as predict_module
+
+    (tmp_path / "afile").write_text("x")
+    assert check_can_write(tmp_path / "new" / "deeper" / "sub.csv").name == "sub.csv"
+    monkeypatch.setattr(predict_module.Predictor, "load", None)  # never reached
+    with pytest.raises(OutputError, match=r"afile/sub\.csv: cannot be written: .*afile is a file"):
+        predict_module.predict_source(
+            [tiny_run], small_csvs["test"], tmp_path / "afile" / "sub.csv"
+        )

@@ -28,6 +28,21 @@ def make_dir(path: str | os.PathLike[str]) -> Path:
     return path
 
 
+def check_can_write(path: str | os.PathLike[str]) -> Path:
+    """``path``, or ``OutputError`` where it could not be written: a file stands where a folder
+    above it would be, or the nearest folder there is takes no new files. Checked before the
+    work whose result goes there, not after it."""
+    path = Path(path)
+    above = path.absolute().parent
+    while not above.exists() and above != above.parent:
+        above = above.parent
+    if not above.is_dir():
+        raise OutputError(f"{path}: cannot be written: {above} is a file, not a folder")
+    if not os.access(above, os.W_OK | os.X_OK):
+        raise OutputError(f"{path}: cannot be written: no permission to write in {above}")
+    return path
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it is flushed to disk and renamed over it.

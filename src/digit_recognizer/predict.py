@@ -39,7 +39,7 @@ from digit_recognizer.distributed import (
     run_torchrun,
 )
 from digit_recognizer.errors import ConfigError, DataError, ModelFileError, OutputError
-from digit_recognizer.fileio import refuse_special_file
+from digit_recognizer.fileio import check_can_write, refuse_special_file
 from digit_recognizer.models.classical import load_pipeline
 from digit_recognizer.models.runtime import (
     Device,
@@ -416,8 +416,9 @@ def check_data_source(source: str | Path) -> None:
 
 def check_submission_path(out: Path, source: str | Path) -> None:
     """Refuse to write the submission over the rows predicted, or over any file that is not a
-    submission (a run's model.json, a training CSV): the file would be lost without a word."""
-    refuse_special_file(out)
+    submission (a run's model.json, a training CSV): the file would be lost without a word; and
+    a path that cannot be written, before the rows are predicted rather than after."""
+    check_can_write(refuse_special_file(out))
     if not out.is_file() or out.stat().st_size == 0:  # new, or made empty for it (mktemp)
         return
     if out.resolve() == Path(source).resolve():
