@@ -240,8 +240,13 @@ def test_second_train_into_a_busy_run_directory_refuses(tmp_path, small_csvs):
     run_dir = tmp_path / "busy"
     with locked_dir(run_dir):  # as a first `digits train` holds it while training
         result = invoke("train", "--train", small_csvs["train"], "--out", run_dir, *SMALL_RECIPE)
-    assert result.exit_code == 1
+        # --nproc: refused before torchrun starts (its ranks had taken 30 s and two errors).
+        launched = invoke("train", "--train", small_csvs["train"], "--out", run_dir, "--nproc",
+                          "2", *SMALL_RECIPE)  # fmt: skip
+    assert result.exit_code == launched.exit_code == 1
     assert f"{run_dir} is in use by process {os.getpid()}" in result.output
+    assert f"{run_dir} is in use by process {os.getpid()}" in launched.output
+    assert "torchrun" not in launched.output
     assert not (run_dir / "config.toml").exists()  # nothing of the first run was touched
 
 

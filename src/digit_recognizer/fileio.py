@@ -10,6 +10,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 from digit_recognizer.errors import DigitsError, OutputError, first_line
 
@@ -151,6 +152,27 @@ def write_text(path: str | os.PathLike[str], text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
+def check_not_in_use(folder: str | os.PathLike[str]) -> None:
+    """``DigitsError`` naming the holder if a process holds ``folder``'s lock now (``locked_dir``):
+    for a launcher whose processes take the lock themselves, each then refusing in its turn."""
+    folder = Path(folder)
+    if (folder / LOCK_FILE).is_file():
+        with open(folder / LOCK_FILE, "a+") as handle:
+            _lock_or_refuse(folder, handle)
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _lock_or_refuse(folder: Path, handle: IO[str]) -> None:
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        raise DigitsError(
+            f"{folder} is in use by {holder}; wait for it to finish or choose another --out"
+        ) from None
+
+
 @contextmanager
 def locked_dir(folder: str | os.PathLike[str]) -> Iterator[Path]:
     """Hold an exclusive lock on ``folder`` (a run directory) or fail at once with the holder.
@@ -160,14 +182,7 @@ def locked_dir(folder: str | os.PathLike[str]) -> Iterator[Path]:
     """
     folder = make_dir(folder)
     with open(folder / LOCK_FILE, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            raise DigitsError(
-                f"{folder} is in use by {holder}; wait for it to finish or choose another --out"
-            ) from None
+        _lock_or_refuse(folder, handle)
         handle.truncate(0)
         handle.write(f"process {os.getpid()}\n")
         handle.flush()

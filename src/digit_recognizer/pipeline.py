@@ -63,7 +63,7 @@ from digit_recognizer.evaluate import (
     read_metrics,
     score_submission,
 )
-from digit_recognizer.fileio import locked_dir, source_record, write_text
+from digit_recognizer.fileio import check_not_in_use, locked_dir, source_record, write_text
 from digit_recognizer.interrupts import sigterm_interrupts
 from digit_recognizer.models.runtime import resolve_device
 from digit_recognizer.models.storage import load_net, write_ensemble
@@ -255,6 +255,7 @@ def train_distributed(nproc: int, config: TrainConfig, train_csv: Path, run_dir:
     bigger than memory, many processes').
     """
     check_out_dir(run_dir, config.resume, ensemble=False)
+    check_not_in_use(run_dir)  # else rank 0 refuses, and the others wait on it for a while
     check_global_batch(config.batch_size, nproc)
     require_labels(resolve_data_source(train_csv).has_labels, train_csv)
     with tempfile.TemporaryDirectory(prefix="digits-torchrun-") as scratch:
