@@ -137,6 +137,28 @@ def test_eda_and_augment_preview_commands(tmp_path, small_csvs):
     assert out.read_bytes().startswith(PNG)
 
 
+def test_augment_preview_shows_a_1_and_a_7_where_it_draws_styles(tmp_path, small_train,
+                                                                 monkeypatch):  # fmt: skip
+    """The styles draw on 1s and 7s alone: four random rows often held neither."""
+    from digit_recognizer import eda
+
+    shown = []
+    monkeypatch.setattr(eda, "plot_gallery", lambda tiles, *args, **kwargs: shown.append(tiles))
+    labels = small_train.labels
+    others = np.flatnonzero(~np.isin(labels, (1, 7)))[:296]
+    rows = np.concatenate(
+        [others, np.flatnonzero(labels == 1)[:2], np.flatnonzero(labels == 7)[:2]]
+    )
+    images, labels = small_train.images[rows], labels[rows]
+    csv = tmp_path / "train.csv"
+    write_kaggle_csv(csv, images, labels)
+    for seed in range(3):
+        eda.augment_preview(csv, tmp_path / "p.png", n=2, seed=seed)
+        originals = shown[-1][::3]  # each original, then its n augmentations
+        found = {int(labels[(images == image).all(axis=(1, 2))][0]) for image in originals}
+        assert {1, 7} <= found, found
+
+
 def test_report_command_with_data_and_without(tmp_path, tiny_run, small_test):
     labelled = tmp_path / "labelled.csv"
     write_kaggle_csv(labelled, small_test.images[:400], small_test.labels[:400])

@@ -246,6 +246,13 @@ def augment_preview(
     generator = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
     shown = rng.choice(len(data), size=min(PREVIEW_ROWS, len(data)), replace=False)
+    if data.labels is not None and augmentation.styles > 0:
+        # A 1 and a 7 among them, the digits the styles draw on (else they may not show at all).
+        for digit in (1, 7):
+            candidates = np.flatnonzero(data.labels == digit)
+            free = np.flatnonzero(~np.isin(data.labels[shown], (1, 7)))  # slots to give up
+            if len(candidates) and len(free) and digit not in data.labels[shown]:
+                shown[free[0]] = rng.choice(candidates)
     originals = data.images[shown]
     x = to_model_input(torch.as_tensor(originals).repeat_interleave(n, 0), channels_last=False)
     labels = None
