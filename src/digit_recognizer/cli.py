@@ -525,7 +525,8 @@ def serve(
     run_dir: Annotated[Path, typer.Argument(help="A trained run directory.")],
     host: Annotated[str | None, typer.Option(help="Interface; 0.0.0.0 opens it to the network. "
                                              "\\[default: 127.0.0.1]")] = None,
-    port: Annotated[int | None, typer.Option(help="TCP port. \\[default: 8000]")] = None,
+    port: Annotated[int | None, typer.Option(help="TCP port; 0: a free one, announced. "
+                                             "\\[default: 8000]")] = None,
     backend: Annotated[str | None, typer.Option(help="torch | onnx. \\[default: torch]")] = None,
     config: Annotated[Path | None, typer.Option("--config",
                       help="TOML file of ServeConfig keys (limits).")] = None,
@@ -630,7 +631,8 @@ def tune(
     model: Annotated[str | None, typer.Option(help="Model to tune. \\[default: cnn]")] = None,
     trials: Annotated[int | None, typer.Option(help="Trials to add. \\[default: 20]")] = None,
     timeout: Annotated[
-        float | None, typer.Option(min=0, help="Seconds; trials share them (0 = none).")] = None,
+        float | None, typer.Option(min=0, help="Seconds; trials share them (0 = none). "
+                                    "\\[default: none]")] = None,
     storage: Annotated[
         str | None, typer.Option(help="Optuna URL \\[default: OUT/study.db]")] = None,
     study_name: Annotated[str | None, typer.Option(help="\\[default: tune-MODEL]")] = None,
