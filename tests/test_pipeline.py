@@ -1,7 +1,12 @@
 import json
 import logging
+import multiprocessing
+import multiprocessing.synchronize
 import os
 import signal
+import subprocess
+import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -277,6 +282,63 @@ def test_a_killed_member_is_named_at_once_and_no_other_starts(tmp_path, small_cs
     assert said in caplog.text
     assert (tmp_path / "member-1" / "model.safetensors").is_file()  # went on to its end
     assert not (tmp_path / "member-3" / "checkpoint.pt").exists()  # never started
+
+
+def sleeping_member(number: int, *args: object) -> TrainJobResult:
+    time.sleep(120)
+    raise AssertionError("stopped before this")
+
+
+def deaf_importer(deaf: multiprocessing.synchronize.Event) -> None:
+    """A member's process still importing: deaf to Ctrl-C, and not yet saying it trains."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    deaf.set()
+    time.sleep(120)
+
+
+def test_a_member_not_training_yet_is_killed_at_once_when_the_command_stops():
+    """One still importing ignores Ctrl-C: it had been waited on for 30 s, then killed."""
+    context = multiprocessing.get_context("spawn")
+    results, silent = context.Pipe(duplex=False)
+    deaf = context.Event()
+    process = context.Process(target=deaf_importer, args=(deaf,))
+    process.start()
+    assert deaf.wait(60)
+    started = time.monotonic()
+    pipeline._stop_members([pipeline.Member(process, results)])
+    assert not process.is_alive() and time.monotonic() - started < 5
+    silent.close()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the parent-death signal is Linux's")
+def test_a_member_ends_when_its_command_is_killed(tmp_path):
+    """SIGKILL to the command: its members had trained on as orphans, outside its lock."""
+    script = (
+        "import multiprocessing, sys, time\n"
+        "from digit_recognizer import pipeline\n"
+        "from tests.test_pipeline import sleeping_member\n"
+        "if __name__ == '__main__':\n"
+        "    running = {}\n"
+        "    pipeline._start_member(running, multiprocessing.get_context('spawn'), "
+        "sleeping_member, 1)\n"
+        "    print(running[1].process.pid, flush=True)\n"
+        "    time.sleep(120)\n"
+    )
+    command = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                               cwd=Path(__file__).parents[1])  # fmt: skip
+    member_pid = int(command.stdout.readline())
+    time.sleep(1)
+    command.kill()
+    command.wait()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            os.kill(member_pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    os.kill(member_pid, signal.SIGKILL)
+    raise AssertionError("the member outlived its command by 20 s")
 
 
 def failing_member(number: int, *args: object) -> TrainJobResult:

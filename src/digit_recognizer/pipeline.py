@@ -7,11 +7,13 @@ digits run --train train.csv --test test.csv   # Kaggle's real files (no score: 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import logging
 import multiprocessing
 import os
 import signal
+import sys
 import tempfile
 import time
 import traceback
@@ -373,8 +375,7 @@ def train_side_by_side(
     context = multiprocessing.get_context("spawn")
     level = logging.getLogger("digit_recognizer").getEffectiveLevel()
     waiting = list(enumerate(members, start=1))
-    running: dict[int, tuple[BaseProcess, Connection]] = {}
-    outcomes: dict[int, TrainJobResult | str | None] = {}  # a member's result, or what went wrong
+    running: dict[int, Member] = {}
     jobs: dict[int, TrainJobResult] = {}
     failures: list[str] = []
     try:
@@ -383,35 +384,32 @@ def train_side_by_side(
             while running or (waiting and not failures):
                 while waiting and not failures and len(running) < parallel:
                     number, (config, member_dir) = waiting.pop(0)
-                    running[number] = _start_member(
-                        context, train_member, number, config, train_csv, member_dir, threads,
-                        level, member_gpu(number, gpus),
-                    )  # fmt: skip
-                # Results are read as they come (a result larger than the pipe's buffer would
+                    _start_member(running, context, train_member, number, config, train_csv,
+                                  member_dir, threads, level, member_gpu(number, gpus))  # fmt: skip
+                # Messages are read as they come (a result larger than the pipe's buffer would
                 # hold its process up), and each process's end is seen the moment it comes.
-                watched = [process.sentinel for process, _ in running.values()]
-                watched += [results for number, (_, results) in running.items()
-                            if number not in outcomes]  # fmt: skip
+                watched = [member.process.sentinel for member in running.values()]
+                watched += [member.results for member in running.values() if not member.ended]
                 ready = set(connection.wait(watched))
-                for number, (process, results) in list(running.items()):
-                    if results in ready:
-                        try:
-                            outcomes[number] = results.recv()
-                        except EOFError:  # ended without a word: killed
-                            outcomes[number] = None
-                    if process.sentinel in ready:
-                        process.join()
-                        results.close()
-                        del running[number]
-                        outcome = outcomes.pop(number, None)
-                        if isinstance(outcome, TrainJobResult):
-                            jobs[number] = outcome
-                            continue
-                        failures.append(_member_failure(number, outcome, process.exitcode))
-                        log.error("%s%s", failures[-1], "; the members training go on to their "
-                                  "end, and no other starts" if running else "")  # fmt: skip
+                for number, member in list(running.items()):
+                    if member.results in ready:
+                        member.read()
+                    if member.process.sentinel not in ready:
+                        continue
+                    member.process.join()
+                    while not member.ended:  # what it sent before it ended, to the end
+                        member.read()
+                    member.results.close()
+                    del running[number]
+                    if isinstance(member.outcome, TrainJobResult):
+                        jobs[number] = member.outcome
+                        continue
+                    failures.append(_member_failure(number, member.outcome,
+                                                    member.process.exitcode))  # fmt: skip
+                    log.error("%s%s", failures[-1], "; the members training go on to their end, "
+                              "and no other starts" if running else "")  # fmt: skip
     except BaseException:  # Ctrl-C, SIGTERM: the members stop too, rather than train as orphans
-        _stop_members([process for process, _ in running.values()])
+        _stop_members(list(running.values()))
         raise
     if failures:
         raise DigitsError(f"{'; '.join(failures)}; the same command with --resume finishes the "
@@ -422,31 +420,67 @@ def train_side_by_side(
     ]
 
 
+TRAINING = "training"  # what a member's process says once Ctrl-C would stop it cleanly
+
+
+@dataclass
+class Member:
+    """An ensemble member's process and the pipe it reports on: TRAINING, then its outcome (a
+    TrainJobResult, or what went wrong in a line; None where it ended without a word)."""
+
+    process: BaseProcess
+    results: Connection
+    training: bool = False
+    ended: bool = False
+    outcome: TrainJobResult | str | None = None
+
+    def read(self) -> None:
+        try:
+            message = self.results.recv()
+        except EOFError:  # ended without a word: killed
+            self.ended = True
+            return
+        if message == TRAINING:
+            self.training = True
+        else:
+            self.outcome, self.ended = message, True
+
+
 def _start_member(
-    context: BaseContext, train: Callable[..., TrainJobResult], number: int, *args: Any
-) -> tuple[BaseProcess, Connection]:
-    """A process training member ``number`` with ``train`` (``train_member``), and the end of
-    a pipe its outcome comes back on."""
+    running: dict[int, Member],
+    context: BaseContext,
+    train: Callable[..., TrainJobResult],
+    number: int,
+    *args: Any,
+) -> None:
+    """Start member ``number``'s process, training with ``train`` (``train_member``), into
+    ``running``."""
     results, sender = context.Pipe(duplex=False)
-    process = context.Process(target=_run_member, args=(train, number, *args, sender),
-                              name=f"member-{number}")  # fmt: skip
-    # Started ignoring Ctrl-C: one while it imports would end it in a traceback. It takes
-    # Ctrl-C again once it trains (_run_member), where stopping keeps its last epoch.
+    interruptible = signal.getsignal(signal.SIGINT) is not signal.SIG_IGN
+    process = context.Process(
+        target=_run_member, args=(train, number, *args, sender, os.getpid(), interruptible),
+        name=f"member-{number}",
+    )  # fmt: skip
+    # Started ignoring Ctrl-C (a spawned process keeps an ignored signal ignored): one while it
+    # imports would end it in a traceback. It takes Ctrl-C again once it trains (_run_member).
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         process.start()
+        running[number] = Member(process, results)
     finally:
         signal.signal(signal.SIGINT, previous)
     sender.close()
-    return process, results
 
 
 def _run_member(train: Callable[..., TrainJobResult], number: int, *args: Any) -> None:
-    """In a member's process: ``train(number, *args)``, and its outcome sent back on the pipe
-    (the last argument): the result, or what went wrong in a line."""
-    *args, results = args
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    """In a member's process: ``train(number, *args)``, and what came of it sent back on the
+    pipe (the arguments end with the pipe, the parent's pid and whether Ctrl-C may stop it)."""
+    *args, results, parent, interruptible = args
+    _end_with(parent)
+    if interruptible:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
+        results.send(TRAINING)
         outcome: TrainJobResult | str = train(number, *args)
     except KeyboardInterrupt:
         outcome = "it was interrupted"
@@ -459,31 +493,54 @@ def _run_member(train: Callable[..., TrainJobResult], number: int, *args: Any) -
     results.close()
 
 
+def _end_with(parent: int) -> None:
+    """SIGTERM this process when ``parent`` dies (Linux): a member whose command was killed
+    would otherwise train on as an orphan, outside the ensemble's lock. Its last finished
+    epoch stays, as on Ctrl-C."""
+    if sys.platform != "linux":
+        return
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if os.getppid() != parent:  # it died before the request took hold
+        os._exit(1)
+
+
 def _member_failure(number: int, outcome: str | None, exit_code: int | None) -> str:
     """What went wrong with member ``number``, in a line."""
     if outcome is not None:
         return f"ensemble member {number}: {outcome}"
     if exit_code is not None and exit_code < 0:
-        how = f"killed by {signal.Signals(-exit_code).name} (by the system for memory, say)"
+        try:
+            name = signal.Signals(-exit_code).name
+        except ValueError:  # a real-time signal
+            name = f"signal {-exit_code}"
+        how = f"killed by {name} (by the system for memory, say)"
     else:
         how = f"ended with exit status {exit_code}"
     return f"ensemble member {number}'s process {how} before it finished"
 
 
-def _stop_members(processes: list[BaseProcess]) -> None:
-    """Stop members' processes as Ctrl-C does, each keeping its last finished epoch. A
-    terminal's Ctrl-C reached them already: they get two seconds to end on their own before a
-    SIGINT of their own (a second one could break into their stopping)."""
+def _stop_members(members: list[Member]) -> None:
+    """Stop members' processes as Ctrl-C does, each keeping its last finished epoch; one not
+    yet training (still importing, deaf to Ctrl-C) has nothing to keep and is killed. A
+    terminal's Ctrl-C reached the others already: they get two seconds to end on their own
+    before a SIGINT of their own (a second one could break into their stopping)."""
+    for member in members:
+        while not member.ended and member.results.poll():
+            member.read()
+        if not member.training:
+            member.process.kill()
     deadline = time.monotonic() + 2
-    for process in processes:
-        process.join(max(0.0, deadline - time.monotonic()))
-    for process in processes:
-        if process.is_alive():
-            os.kill(process.pid, signal.SIGINT)
-    for process in processes:
-        process.join(30)  # one still importing ignores SIGINT (_start_member)
-        if process.is_alive():
-            process.kill()
+    for member in members:
+        member.process.join(max(0.0, deadline - time.monotonic()))
+    for member in members:
+        if member.process.is_alive():
+            os.kill(member.process.pid, signal.SIGINT)
+    deadline = time.monotonic() + 30
+    for member in members:
+        member.process.join(max(0.0, deadline - time.monotonic()))
+        if member.process.is_alive():
+            member.process.kill()
 
 
 def visible_gpus() -> list[str]:
