@@ -1,5 +1,7 @@
 import hashlib
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -62,10 +64,25 @@ def test_a_forest_loads_only_as_this_installation_signed_it(tmp_path, fitted, mo
         with pytest.raises(ModelFileError, match=r"not signed by this installation's key"):
             load_pipeline(tmp_path)
     path.write_bytes(original)
+    old = {"path": TRUSTED_FILE, "sha256": hashlib.sha256(original).hexdigest()}
+    meta_path.write_text(json.dumps(meta | {"trusted_file": old}))  # saved before signing
+    with pytest.raises(ModelFileError, match=r"saved before digit-recognizer signed .* retrain"):
+        load_pipeline(tmp_path)
     meta_path.write_text(json.dumps(meta))
+    key = Path(os.environ["XDG_DATA_HOME"]) / "digit-recognizer" / "skops.key"
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "elsewhere"))  # another installation
     with pytest.raises(ModelFileError, match=r"written elsewhere, or edited"):
         load_pipeline(tmp_path)
+    damaged = tmp_path / "elsewhere" / "digit-recognizer" / "skops.key"
+    for text in ("", key.read_text()[:10], "not hex"):  # an empty key would sign for anyone
+        damaged.write_text(text)
+        with pytest.raises(ModelFileError, match=r"signing key is damaged .* delete it"):
+            load_pipeline(tmp_path)
+    monkeypatch.setenv("XDG_DATA_HOME", "relative/folder")  # ignored, as the XDG spec says
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    with pytest.raises(ModelFileError, match=r"written elsewhere"):
+        load_pipeline(tmp_path)
+    assert (tmp_path / "home" / ".local" / "share" / "digit-recognizer" / "skops.key").is_file()
 
 
 def test_a_pipeline_holding_nan_is_refused(tmp_path, fitted):

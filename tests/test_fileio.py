@@ -91,11 +91,14 @@ def test_write_text_replaces_the_file_rather_than_rewrite_it_in_place(tmp_path: 
 
 def test_a_path_that_cannot_be_written_is_refused_before_the_work(tmp_path, tiny_run, small_csvs,
                                                                   monkeypatch):  # fmt: skip
-    """`digits predict ... --out afile/sub.csv` had predicted every row, then failed."""
+    """`digits predict ... --out afile/sub.csv` (or --out a folder) had predicted every row,
+    then failed."""
     from digit_recognizer import predict as predict_module
 
     (tmp_path / "afile").write_text("x")
     assert check_can_write(tmp_path / "new" / "deeper" / "sub.csv").name == "sub.csv"
+    with pytest.raises(OutputError, match="a folder, where a file is to be written"):
+        check_can_write(tmp_path)
     monkeypatch.setattr(predict_module.Predictor, "load", None)  # never reached
     with pytest.raises(OutputError, match=r"afile/sub\.csv: cannot be written: .*afile is a file"):
         predict_module.predict_source(

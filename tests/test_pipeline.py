@@ -45,11 +45,12 @@ from digit_recognizer.train import TrainConfig
 from .conftest import TINY_RECIPE
 
 
-def test_main_job_on_the_replica_scores_its_submission(tmp_path):
+def test_main_job_on_the_replica_scores_its_submission(tmp_path, caplog):
     """`digits run` with no data arguments: replica build, train, predict 28,000, score."""
     # A second of training: this checks the plumbing; accuracy is tested on small slices.
     config = TrainConfig(epochs=1, time_budget_s=1, batch_size=64, lr=0.02)
     summary = run_job(config, run_dir=tmp_path / "run", cache_dir=tmp_path / "cache")
+    assert "its 1 s of budget trained under one epoch, far too little" in caplog.text
     assert summary.n_members == 1 and summary.parallel == 1
     solution = tmp_path / "cache" / "replica-seed0" / "solution.csv"
     assert summary.test_accuracy == score_submission(solution, summary.submission)

@@ -417,7 +417,6 @@ def test_a_run_cut_by_its_budget_and_resumed_with_more_time_anneals_to_the_end(
     config = TrainConfig(epochs=2, batch_size=64, valid_size=0, time_budget_s=1e-3)
     with caplog.at_level(logging.INFO, logger="digit_recognizer.train"):
         cut = train(config, subset, None, tmp_path)
-        assert "budget trained under one epoch, far too little" in caplog.text
         train(replace(config, resume=True), subset, None, tmp_path)  # the same budget: spent
     assert cut.cut_by_budget and cut.history[-1]["step"] < 10
     assert f"finished already ({cut.epochs_run:g} epochs, its time budget spent" in caplog.text

@@ -163,8 +163,8 @@ def save_estimator(
     """Write a fitted estimator to ``run_dir`` (model.json + weights).
 
     Nets: model.safetensors via ``models/storage.py``. Classical pipelines: fitted arrays as
-    model.safetensors plus JSON, no pickle; a random forest as a skops file that only a
-    matching SHA-256 in model.json lets load (see ``models.classical.save_pipeline``).
+    model.safetensors plus JSON, no pickle; a random forest as a skops file that loads only
+    where it was written, signed with that installation's key (``models.classical``).
     ``name`` and ``params`` (builder arguments) are needed for pipelines only.
     """
     run_dir = Path(run_dir)

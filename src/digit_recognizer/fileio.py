@@ -34,6 +34,8 @@ def check_can_write(path: str | os.PathLike[str]) -> Path:
     above it would be, or the nearest folder there is takes no new files. Checked before the
     work whose result goes there, not after it."""
     path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"{path}: a folder, where a file is to be written; give a file's path")
     above = path.absolute().parent
     while not above.exists() and above != above.parent:
         above = above.parent

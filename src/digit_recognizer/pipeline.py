@@ -222,6 +222,12 @@ def train_job(
             raise
         if is_main_process:
             valid_metrics = write_training_outputs(run_dir, result, valid_set, train_csv)
+    if is_main_process and result.cut_by_budget and result.epochs_run < 1:
+        # A busy machine: a preset's 60 s had given 0.3 epochs and 0.976, without a word.
+        log.warning("%s: its %.0f s of budget trained under one epoch, far too little for the "
+                    "accuracy this recipe reaches on a machine to itself: other jobs on the "
+                    "cores, or a slow machine; --resume with a larger --time-budget trains on",
+                    run_dir, config.time_budget_s)  # fmt: skip
     return TrainJobResult(run_dir, result, valid_metrics)
 
 

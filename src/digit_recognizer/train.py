@@ -531,7 +531,7 @@ def train(
             "train_loss": (totals[0] / totals[2]).item(),
             "train_accuracy": (totals[1] / totals[2]).item(),
         }
-        if not math.isfinite(row["train_loss"]):
+        if totals[2] > 0 and not math.isfinite(row["train_loss"]):  # no batch: 0 / 0, no loss
             # Before this epoch's checkpoint: --resume goes on from the last sound one.
             raise DivergedError(f"{run_dir}: training diverged in epoch {epoch} (its loss "
                                    f"is {row['train_loss']}): a lower --lr than {config.lr:g} "
@@ -614,11 +614,6 @@ def train(
             config.time_budget_s, epochs_trained, config.epochs,
             step * config.batch_size / max(elapsed_s, 1e-9),
         )  # fmt: skip
-        if epochs_trained < 1:  # a busy machine: a preset's 60 s gave 0.3 epochs and 0.976
-            log.warning("%s: its %.0f s of budget trained under one epoch, far too little for "
-                        "the accuracy this recipe reaches on a machine to itself: other jobs on "
-                        "the cores, or a slow machine; --resume with a larger --time-budget "
-                        "trains on", run_dir, config.time_budget_s)  # fmt: skip
 
     # -- finish: restore the best weights, write the model ---------------------------------------
     if best_state is not None and not keep_last:

@@ -196,15 +196,14 @@ def check_results_are_the_studys(out_dir: Path, study_name: str) -> None:
         best = json.loads((out_dir / BEST_PARAMS_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):  # none yet, or not ours: written over as before
         return
-    if not isinstance(best, dict):
+    if not isinstance(best, dict) or "study" not in best:  # written before studies were named
         return
-    # Files written before the study was recorded name the model, whose study was tune-<model>.
-    owner = best.get("study", f"tune-{best.get('model')}")
+    owner = best["study"]
     if owner != study_name:
         raise ConfigError(f"{out_dir}: holds the results of study '{owner}' ({BEST_PARAMS_FILE}, "
                           f"{BEST_CONFIG_FILE}, plots), which this one's would replace; give "
-                          f"another --out, or --study-name {owner} to add trials to that "
-                          "study")  # fmt: skip
+                          f"another --out (--study-name {owner} adds trials to that study, "
+                          "with its model and data)")  # fmt: skip
 
 
 def check_same_study(

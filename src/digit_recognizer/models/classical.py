@@ -220,6 +220,7 @@ def random_forest(
 # -- storage: arrays + JSON, never pickle; forests via skops, trusted-only ----------------------
 
 TRUSTED_FILE = "model.trusted.skops"
+KEY_BYTES = 32  # of the installation's signing key (HMAC-SHA256)
 # The only classes a pipeline saved as JSON may name; decoding instantiates nothing else.
 _SKOPS_TRUSTED = {"sklearn.tree._tree.Tree"}  # a forest's trees: node arrays, no code
 _SAFE_CLASSES = {
@@ -357,14 +358,18 @@ def load_pipeline(run_dir: Path) -> tuple[Pipeline, dict[str, Any]]:
 def _signing_key() -> bytes:
     """This installation's secret, made on first use: a file signed with it was written here,
     which a hash recorded beside the file cannot show (whoever swaps the file rewrites it)."""
-    data_home = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    data_home = Path(os.environ.get("XDG_DATA_HOME", ""))
+    if not data_home.is_absolute():  # unset, or relative: ignored, as the XDG spec says
+        data_home = Path.home() / ".local" / "share"
     path = data_home / "digit-recognizer" / "skops.key"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         made = path.with_name(f".skops.key.{os.getpid()}")
         descriptor = os.open(made, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(descriptor, "w") as handle:
-            handle.write(secrets.token_hex(32))
+            handle.write(secrets.token_hex(KEY_BYTES))
+            handle.flush()
+            os.fsync(handle.fileno())  # a crash must not leave an empty key behind its name
         try:
             os.link(made, path)  # in one step, and once: of two processes, the first key stays
         except FileExistsError:
@@ -372,10 +377,17 @@ def _signing_key() -> bytes:
         finally:
             made.unlink()
     try:
-        return bytes.fromhex(path.read_text(encoding="ascii").strip())
+        key = bytes.fromhex(path.read_text(encoding="ascii").strip())
     except (OSError, ValueError) as error:
-        raise ModelFileError(f"{path}: this installation's signing key cannot be read "
-                             f"({first_line(error)})") from None  # fmt: skip
+        key = b""
+        why = first_line(error)
+    else:
+        why = f"{len(key)} bytes where it has {KEY_BYTES}"
+    if len(key) != KEY_BYTES:  # an empty key would sign for anyone
+        raise ModelFileError(f"{path}: this installation's signing key is damaged ({why}); "
+                             "delete it, and retrain the random forests it signed (a new key "
+                             "is made on the next save)")  # fmt: skip
+    return key
 
 
 def _sign(content: bytes) -> str:
@@ -393,7 +405,10 @@ def _load_trusted(run_dir: Path, record: dict[str, str]) -> Pipeline:
     if not path.is_file():
         raise ModelFileError(f"{path}: not found")
     content = path.read_bytes()
-    if not hmac.compare_digest(_sign(content), str(record.get("hmac_sha256"))):
+    if "hmac_sha256" not in record:
+        raise ModelFileError(f"{path}: saved before digit-recognizer signed random forests' "
+                             "files, and not loaded unsigned; retrain it")  # fmt: skip
+    if not hmac.compare_digest(_sign(content), str(record["hmac_sha256"])):
         raise ModelFileError(
             f"{path}: not signed by this installation's key (the signature in {META_FILE} does "
             "not match); refusing to load a model file written elsewhere, or edited (retrain it)"
