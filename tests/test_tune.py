@@ -43,13 +43,13 @@ def test_classical_study_resumes_from_its_sqlite_storage(tmp_path, small_csvs):
     with pytest.raises(ConfigError, match=r"holds the results of study 'tune-knn' .* another --"):
         tune(TuneConfig(model="logreg", trials=1), small_csvs["train"], out)
     assert json.loads((out / "best_params.json").read_text())["study"] == "tune-knn"
+    for storage in ("foo://bar", f"sqlite:///{tmp_path}/missing/study.db"):
+        with pytest.raises(ConfigError, match=f"--storage {storage}: cannot open the study's"):
+            tune(TuneConfig(model="knn", trials=1, storage=storage), small_csvs["train"], out)
     legacy = json.loads((out / "best_params.json").read_text())
     del legacy["study"]  # written before studies were recorded: whose, unknown; not refused
     (out / "best_params.json").write_text(json.dumps(legacy))
     assert tune(TuneConfig(model="logreg", trials=1), small_csvs["train"], out).n_trials == 1
-    for storage in ("foo://bar", f"sqlite:///{tmp_path}/missing/study.db"):
-        with pytest.raises(ConfigError, match=f"--storage {storage}: cannot open the study's"):
-            tune(TuneConfig(model="knn", trials=1, storage=storage), small_csvs["train"], out)
 
 
 def test_ctrl_c_ends_the_study_with_the_trial_recorded_as_pruned(tmp_path, small_csvs, monkeypatch,
