@@ -231,3 +231,42 @@ def test_drawing_with_a_finger(page: object) -> None:
     cdp.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
     sync_api.expect(page.locator("#label")).to_have_text(re.compile(r"^[0-9]$"), timeout=15_000)
     assert page.evaluate("strokes.length") == 1 and page.evaluate("strokes[0].length") >= 5
+
+
+PAINTED = """() => { const canvas = document.getElementById("seen");
+  const pixels = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
+  return pixels.some((value) => value !== 0); }"""
+
+
+def test_a_tap_is_a_dot_and_an_error_clears_the_last_digits_views(
+    page: object, tmp_path: Path
+) -> None:
+    """A tap whose pointer reported the same spot twice (a pen's pressure changing) had drawn
+    a zero-length line, nothing, and sent a blank pad; an error had left the last digit's 28x28
+    and Grad-CAM views beside its "?"."""
+    expect = sync_api.expect
+    page.click("#clear")
+    box = page.locator("#pad").bounding_box()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(x, y)
+    page.mouse.down()
+    page.mouse.move(x, y)
+    page.mouse.move(x, y)
+    page.mouse.up()
+    expect(page.locator("#label")).to_have_text(re.compile(r"^[0-9]$"), timeout=15_000)
+    expect(page.locator("#status")).to_contain_text("answered in")
+    assert page.evaluate(PAINTED)
+    blank = tmp_path / "blank.png"
+    Image.new("L", (64, 64), 255).save(blank)
+    page.set_input_files("#file", str(blank))
+    expect(page.locator("#status")).to_contain_text("blank.png: ", timeout=15_000)
+    expect(page.locator("#label")).to_have_text("?")
+    assert not page.evaluate(PAINTED)
+
+
+def test_the_upload_is_reached_with_the_keyboard_and_errors_are_announced(page: object) -> None:
+    page.focus("#clear")
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.id") == "file"
+    assert page.get_attribute("#status", "role") == "status"
+    assert page.get_attribute("#label", "aria-live") is None  # not read out at every move

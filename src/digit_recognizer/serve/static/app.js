@@ -17,6 +17,9 @@ let again = false; // ... and at most one more queued behind it
 let version = 0; // bumped by every redraw: an answer can tell that the pad changed since
 let sent = 0; // requests sent: an upload goes out even while a drawing's is in flight, and only
 // the latest request's answer is shown
+const WAIT_NOTICE_MS = 1000; // after this, "waiting for the server" ...
+const TIMEOUT_MS = 20000; // ... and after this the request is given up, saying so
+const UNSURE = 0.6; // a top probability under this gets a hint to draw again
 
 function redraw() {
   version += 1;
@@ -34,11 +37,19 @@ function redraw() {
   ctx.lineCap = "round";
   ctx.lineJoin = "round";
   for (const stroke of strokes) {
+    // A tap is a dot, however many times the pointer reported the same spot (a pen does, as
+    // its pressure changes): a zero-length line would draw nothing.
+    const [x0, y0] = stroke[0];
+    const isDot = stroke.every(([x, y]) => x === x0 && y === y0);
     ctx.beginPath();
-    ctx.moveTo(...stroke[0]);
-    for (const point of stroke.slice(1)) ctx.lineTo(...point);
-    if (stroke.length === 1) ctx.arc(...stroke[0], BRUSH / 2, 0, 2 * Math.PI);
-    stroke.length === 1 ? ctx.fill() : ctx.stroke();
+    if (isDot) {
+      ctx.arc(x0, y0, BRUSH / 2, 0, 2 * Math.PI);
+      ctx.fill();
+    } else {
+      ctx.moveTo(x0, y0);
+      for (const point of stroke.slice(1)) ctx.lineTo(...point);
+      ctx.stroke();
+    }
   }
 }
 
@@ -91,7 +102,13 @@ function point(event) {
 // One pointer draws at a time: a second finger is ignored rather than joined into the stroke.
 let pen = null;
 pad.addEventListener("pointerdown", (event) => {
-  if (pen !== null) return;
+  if (pen !== null || event.button !== 0) return; // the main button, a pen's tip or a finger
+  if (uploadedFile && !uploaded) {
+    // An upload this browser cannot show (TIFF): strokes could only go on a blank pad, which
+    // is what would be sent, so the drawing starts afresh, and says so.
+    forgetUpload();
+    setStatus("the uploaded image, which this browser cannot show, was set aside for the drawing");
+  }
   pen = event.pointerId;
   pad.setPointerCapture(pen); // keep the stroke when the pointer leaves the canvas
   strokes.push([point(event)]);
@@ -111,10 +128,17 @@ for (const type of ["pointerup", "pointercancel"]) {
   });
 }
 
-document.getElementById("undo").addEventListener("click", () => {
+function undo() {
   if (strokes.length) strokes.pop(); else forgetUpload();
   redraw();
   requestPrediction();
+}
+document.getElementById("undo").addEventListener("click", undo);
+document.addEventListener("keydown", (event) => {
+  if ((event.ctrlKey || event.metaKey) && !event.shiftKey && event.key.toLowerCase() === "z") {
+    event.preventDefault();
+    undo();
+  }
 });
 document.getElementById("clear").addEventListener("click", () => {
   strokes.length = 0;
@@ -131,7 +155,7 @@ document.getElementById("file").addEventListener("change", async (event) => {
   try {
     uploaded = await createImageBitmap(file);
     paper = paperColour(uploaded);
-  } catch { uploaded = null; } // the server says what is wrong with it
+  } catch { uploaded = null; } // not shown here (TIFF); the server reads it, or says why not
   uploadedFile = file;
   redraw();
   again = false; // a drawing's queued request: the drawing is gone
@@ -139,43 +163,65 @@ document.getElementById("file").addEventListener("change", async (event) => {
 });
 
 function sendUpload() {
-  send(uploadedFile, uploadedFile.type || "application/octet-stream");
+  send(uploadedFile, uploadedFile.type || "application/octet-stream", uploadedFile.name);
 }
 
 function requestPrediction() {
-  if (!strokes.length && !uploaded) { showEmpty(); return; }
+  if (!strokes.length && !uploadedFile) { showEmpty(); return; }
   if (busy) { again = true; return; }
   if (!strokes.length) { sendUpload(); return; } // undone back to the upload: the file itself
   pad.toBlob((blob) => send(blob, "image/png"), "image/png");
 }
 
-async function send(body, type) {
+// fileName: an upload's, which its errors name (the server calls any image body "image").
+async function send(body, type, fileName = null) {
   busy = true;
   const id = ++sent;
   const sentVersion = version;
   // A late answer for a drawing that was since undone or cleared away, or overtaken by a later
   // request (an upload), is not shown.
-  const stale = () => id !== sent || (sentVersion !== version && !strokes.length && !uploaded);
+  const stale = () => id !== sent || (sentVersion !== version && !strokes.length && !uploadedFile);
+  const started = performance.now();
+  const abort = new AbortController();
+  const notice = setTimeout(() => { if (!stale()) setStatus("waiting for the server…"); },
+                            WAIT_NOTICE_MS);
+  const timeout = setTimeout(() => abort.abort(), TIMEOUT_MS);
   try {
     const response = await fetch("/predict?explain=true", {
-      method: "POST", headers: { "Content-Type": type }, body,
+      method: "POST", headers: { "Content-Type": type }, body, signal: abort.signal,
     });
     // Errors the API answers carry JSON; a proxy's or a crash's may be plain text.
     const isJson = (response.headers.get("Content-Type") || "").includes("json");
     const answer = isJson ? await response.json() : { detail: await response.text() };
     if (stale()) return;
-    if (response.ok) showAnswer(answer); else showError(answer.detail || response.statusText);
+    if (response.ok) {
+      showAnswer(answer, performance.now() - started);
+    } else {
+      const detail = answer.detail || response.statusText;
+      const text = typeof detail === "string" ? detail : JSON.stringify(detail);
+      showError(fileName ? `${fileName}: ${text.replace(/^image: /, "")}` : text);
+    }
   } catch (error) {
-    if (!stale()) showError(`no answer from the server (${error})`);
+    if (stale()) return;
+    showError(error.name === "AbortError"
+      ? `the server has not answered in ${TIMEOUT_MS / 1000} s; draw again to retry`
+      : "the server is not reachable: is `digits serve` still running?");
   } finally {
+    clearTimeout(notice);
+    clearTimeout(timeout);
     busy = false;
     if (again) { again = false; requestPrediction(); }
   }
 }
 
-function showAnswer(answer) {
+function showAnswer(answer, roundTripMs) {
   document.getElementById("label").textContent = answer.label;
   const ranked = answer.probabilities.map((p, digit) => [digit, p]).sort((a, b) => b[1] - a[1]);
+  if (pen === null) { // a finished stroke's answer, or an upload's: said once, not per move
+    const percent = (p) => `${(100 * p).toFixed(p < 0.1 ? 1 : 0)} %`;
+    document.getElementById("spoken").textContent = `${ranked[0][0]}, ${percent(ranked[0][1])}` +
+      `; then ${ranked[1][0]}, ${percent(ranked[1][1])}`;
+  }
   document.getElementById("top3").innerHTML = ranked.slice(0, 3).map(([digit, p]) =>
     `<li><b>${digit}</b><div class="bar"><span style="width:${(100 * p).toFixed(1)}%"></span>` +
     `</div><span>${(100 * p).toFixed(1)} %</span></li>`).join("");
@@ -188,7 +234,13 @@ function showAnswer(answer) {
     clearCanvas(document.getElementById("cam"));
     caption.textContent = answer.grad_cam_error || "Grad-CAM unavailable";
   }
-  setStatus(`answered in ${answer.latency_ms.toFixed(1)} ms (server time)`);
+  let timing = `answered in ${roundTripMs.toFixed(0)} ms (${answer.latency_ms.toFixed(1)} ms ` +
+    "of it on the server)";
+  if (uploadedFile && !uploaded && !strokes.length) {
+    timing += "; this browser cannot show the image, which was sent as it is";
+  }
+  setStatus(ranked[0][1] < UNSURE
+    ? `${timing}; not sure: draw one digit, large, filling the box` : timing);
 }
 
 function showEmpty() {
@@ -196,13 +248,13 @@ function showEmpty() {
   document.getElementById("top3").innerHTML = "";
   clearCanvas(document.getElementById("seen"));
   clearCanvas(document.getElementById("cam"));
+  document.getElementById("cam-caption").textContent = "Grad-CAM: where it looked";
   setStatus("");
 }
 
-function showError(detail) {
-  document.getElementById("label").textContent = "?";
-  document.getElementById("top3").innerHTML = "";
-  setStatus(typeof detail === "string" ? detail : JSON.stringify(detail), true);
+function showError(text) {
+  showEmpty(); // no earlier digit's views beside the "?"
+  setStatus(text, true); // #status is a live region: read out as it is shown
 }
 
 function setStatus(text, isError = false) {
