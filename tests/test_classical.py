@@ -157,3 +157,23 @@ def test_bad_image_shapes_and_values_say_how_to_fix():
     with pytest.raises(ValueError, match=r"integers in 0\.\.255, got dtype float64"):
         check_images(np.full((1, 784), 0.5))
     assert check_images(np.zeros((2, 784), np.int64)).shape == (2, 28, 28)
+
+
+def test_the_signing_key_is_made_readable_by_its_owner_alone(tmp_path, monkeypatch):
+    """Whoever can read the key can sign a forest this installation then loads."""
+    from digit_recognizer.models import classical
+
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
+    classical._signing_key()
+    key = tmp_path / "digit-recognizer" / "skops.key"
+    assert key.stat().st_mode & 0o077 == 0, oct(key.stat().st_mode)
+
+
+def test_a_pipeline_holding_infinity_is_refused(tmp_path, fitted):
+    save_pipeline(tmp_path, fitted["logreg"], "logreg", {})
+    arrays = load_file(str(tmp_path / "model.safetensors"))
+    largest = max(arrays, key=lambda name: arrays[name].size)
+    save_file(arrays | {largest: np.full_like(arrays[largest], np.inf)},
+              str(tmp_path / "model.safetensors"))  # fmt: skip
+    with pytest.raises(ModelFileError, match=r"model\.safetensors: holds NaN or infinite"):
+        load_pipeline(tmp_path)

@@ -2,6 +2,7 @@
 
 import inspect
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -187,7 +188,8 @@ def test_an_output_that_cannot_be_written_is_one_line_too(tmp_path, tiny_run, sm
     """An --out naming a directory, a path through a file, or files of others: said, no
     traceback."""
     for args, message in [
-        (("predict", tiny_run, small_csvs["test"], "--out", tmp_path), "cannot be written"),
+        (("predict", tiny_run, small_csvs["test"], "--out", tmp_path),
+         "a folder, where a file is to be written"),
         (("augment-preview", small_csvs["train"], "--out", small_csvs["train"] / "x.png"),
          "cannot be written"),
         (("data", "kaggle", small_csvs["train"]), "not a directory"),
@@ -316,3 +318,34 @@ def test_os_errors_name_both_paths_or_at_least_their_kind():
     rename = OSError(18, "Invalid cross-device link", "/a", None, "/b")
     assert one_line(rename) == "/a -> /b: Invalid cross-device link"
     assert one_line(TimeoutError()) == "TimeoutError"
+
+
+def test_evaluate_takes_solution_and_config_on_the_command_line(tmp_path, tiny_run, small_csvs):
+    toml = tmp_path / "predict.toml"
+    toml.write_text("batch_sise = 33\n")
+    args = ("evaluate", tiny_run, small_csvs["test"], "--solution", small_csvs["solution"],
+            "--config", toml, "--out", tmp_path / "e")  # fmt: skip
+    refused = invoke(*args)
+    assert refused.exit_code == 1 and "did you mean 'batch_size'?" in refused.output
+    toml.write_text("batch_size = 33\n")
+    result = invoke(*args)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "e" / "eval_metrics.json").is_file()
+
+
+def test_the_command_logs_our_progress_and_only_other_libraries_warnings(
+    tmp_path, tiny_run, small_csvs, monkeypatch
+):
+    from digit_recognizer import predict as predict_module
+
+    def chatty_predict(*args, **kwargs):
+        logging.getLogger("matplotlib.font_manager").info("generated new fontManager")
+        logging.getLogger("matplotlib").warning("a library's warning")
+        logging.getLogger("digit_recognizer.predict").info("our progress")
+        return 0
+
+    monkeypatch.setattr(predict_module, "predict_source", chatty_predict)
+    result = invoke("predict", tiny_run, small_csvs["test"], "--out", tmp_path / "s.csv")
+    assert result.exit_code == 0, result.output
+    assert "our progress" in result.output and "a library's warning" in result.output
+    assert "fontManager" not in result.output

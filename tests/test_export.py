@@ -137,6 +137,7 @@ def test_cli_export(run_dir: Path, tmp_path: Path) -> None:
     )
     assert result.exit_code == 0 and out.stat().st_size > 1_000_000  # weights inside the file
     assert f"wrote {out}" in " ".join(result.output.split())
+    assert "exported" not in result.output  # said once
     weights = run_dir / "model.safetensors"
     result = CliRunner().invoke(cli_app, ["export", str(run_dir), "--out", str(weights)])
     assert result.exit_code == 1 and "exists and is no .onnx file" in result.output

@@ -1,4 +1,9 @@
 import copy
+import json
+import os
+import threading
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -94,9 +99,6 @@ def test_corrupt_model_files_name_the_file(tmp_path):
 def test_damaged_model_files_are_refused_before_they_predict(tmp_path):
     """Each of these had predicted digit 0 (or one digit) for every image with exit status 0,
     hung, or taken gigabytes before failing."""
-    import json
-    import os
-
     import numpy as np
     from safetensors.torch import load_file, save_file
 
@@ -165,3 +167,43 @@ def test_inference_net_folds_batch_norms_without_changing_outputs(small_test):
         assert any(isinstance(m, nn.BatchNorm2d) for m in unfolded.modules())
         torch.testing.assert_close(folded(x), expected, rtol=0, atol=1e-5)
         torch.testing.assert_close(unfolded(x), expected, rtol=0, atol=1e-5)
+
+
+def feed_if_read(fifo: Path, text: str, seconds: float = 5.0) -> None:
+    """Write ``text`` into ``fifo`` if something opens it to read within ``seconds``: a
+    regression then fails on the text instead of hanging the test."""
+
+    def feed() -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            try:
+                descriptor = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError:  # ENXIO: no reader yet
+                time.sleep(0.05)
+                continue
+            os.write(descriptor, text.encode())
+            os.close(descriptor)
+            return
+
+    threading.Thread(target=feed, daemon=True).start()
+
+
+def test_a_model_json_or_manifest_that_is_a_pipe_or_of_an_older_format_is_refused(tmp_path):
+    from digit_recognizer.models.storage import ENSEMBLE_FILE, expand_ensembles
+
+    save_net(tmp_path / "run", build("cnn-tiny"), "cnn-tiny", {})
+    meta_path = tmp_path / "run" / "model.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps(meta | {"format_version": 0}))  # not only newer ones
+    with pytest.raises(ModelFileError, match="format_version 0, where this version"):
+        load_net(tmp_path / "run")
+    meta_path.unlink()
+    os.mkfifo(meta_path)
+    feed_if_read(meta_path, json.dumps(meta))
+    with pytest.raises(ModelFileError, match=r"model\.json: not a regular file"):
+        load_net(tmp_path / "run")
+    (tmp_path / "ensemble").mkdir()
+    os.mkfifo(tmp_path / "ensemble" / ENSEMBLE_FILE)
+    feed_if_read(tmp_path / "ensemble" / ENSEMBLE_FILE, '{"members": ["run"]}')
+    with pytest.raises(ModelFileError, match=r"ensemble\.json: not a regular file"):
+        expand_ensembles([tmp_path / "ensemble"])

@@ -322,13 +322,13 @@ def test_a_member_ends_when_its_command_is_killed(tmp_path):
         "    running = {}\n"
         "    pipeline._start_member(running, multiprocessing.get_context('spawn'), "
         "sleeping_member, 1)\n"
+        "    assert running[1].results.recv() == pipeline.TRAINING\n"  # killed as it trains
         "    print(running[1].process.pid, flush=True)\n"
         "    time.sleep(120)\n"
     )
     command = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
                                cwd=Path(__file__).parents[1])  # fmt: skip
     member_pid = int(command.stdout.readline())
-    time.sleep(1)
     command.kill()
     command.wait()
     deadline = time.monotonic() + 20
@@ -406,3 +406,67 @@ def test_training_reads_a_faint_file_as_predict_does_and_warns_of_rows_predict_w
     monkeypatch.setattr(pipeline, "available_memory_bytes", lambda: 1_000_000)
     with pytest.raises(DataError, match="split it with `digits data shard`, or train with --val"):
         training_data(replace(config, max_memory_gb=0), binarised)
+
+
+def test_a_last_shard_validating_over_twice_valid_size_is_warned_of_and_a_held_out_one_not(
+    tmp_path, small_csvs, caplog
+):
+    from digit_recognizer.data.shards import expand, shard_csv
+    from digit_recognizer.pipeline import training_data
+
+    shard_csv(small_csvs["train"], tmp_path / "shards", parts=3)  # the last: 33 % of the rows
+    streamed = TrainConfig(max_memory_gb=1e-6, augment=0)
+    for valid_size, warned in ((0.1, True), (0.2, False)):  # 33 % > 2 x 10 %, < 2 x 20 %
+        caplog.clear()
+        with caplog.at_level("INFO"):
+            training_data(replace(streamed, valid_size=valid_size), tmp_path / "shards")
+        assert ("those rows do not train" in caplog.text) == warned, caplog.text
+    expand(small_csvs["train"], tmp_path / "expanded", copies=1, parts=1, valid_size=0.5)
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        training_data(streamed, tmp_path / "expanded")  # held out: half the rows, on purpose
+    assert "those rows do not train" not in caplog.text
+
+
+def test_a_resumed_ensemble_no_longer_claims_its_earlier_test_score(tmp_path, small_csvs):
+    configs = [TrainConfig(**TINY_RECIPE | {"seed": seed, "epochs": 1}) for seed in (1, 2)]
+    train_jobs(configs, small_csvs["train"], tmp_path)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    (tmp_path / "metrics.json").write_text(json.dumps(metrics | {"test_accuracy": 0.5}))
+    resumed = [replace(config, resume=True, epochs=2) for config in configs]
+    train_jobs(resumed, small_csvs["train"], tmp_path)
+    assert "test_accuracy" not in json.loads((tmp_path / "metrics.json").read_text())
+
+
+def test_a_member_ended_by_a_real_time_signal_or_an_exit_status_is_named():
+    assert pipeline._member_failure(2, None, -40) == (
+        "ensemble member 2's process killed by signal 40 (by the system for memory, say) "
+        "before it finished"
+    )
+    assert pipeline._member_failure(3, None, 1) == (
+        "ensemble member 3's process ended with exit status 1 before it finished"
+    )
+
+
+def reporting_member(number: int, *args: object) -> str:
+    return "deaf" if signal.getsignal(signal.SIGINT) is signal.SIG_IGN else "stops"
+
+
+def test_a_member_stays_deaf_to_ctrl_c_where_its_command_is():
+    """A command started deaf to Ctrl-C (`digits ... &` in a script) keeps its members deaf;
+    one that hears it has members that hear it once they train."""
+    context = multiprocessing.get_context("spawn")
+    outcomes = []
+    for handler in (signal.default_int_handler, signal.SIG_IGN):
+        previous = signal.signal(signal.SIGINT, handler)
+        try:
+            running: dict[int, pipeline.Member] = {}
+            pipeline._start_member(running, context, reporting_member, 1)
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        member = running[1]
+        while not member.ended:
+            member.read()
+        member.process.join(60)
+        outcomes.append(member.outcome)
+    assert outcomes == ["stops", "deaf"]

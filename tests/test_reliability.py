@@ -381,7 +381,10 @@ def test_load_checkpoint_raises_model_file_error(tmp_path: Path) -> None:
     [({"step": -(10**12)}, "step -1000000000000"), ({"step": "abc"}, "step 'abc'"),
      ({"lr_scale": float("nan")}, "lr_scale nan"), ({"config": "x"}, "config not a dict"),
      ({"config": {}}, "config without seed"), ({"history": "abc"}, "history not a list"),
-     ({"history": [1]}, "history not a list of rows"), ({"epoch": True}, "epoch True")],
+     ({"history": [1]}, "history not a list of rows"), ({"epoch": True}, "epoch True"),
+     ({"lr_scale": -1.0}, "lr_scale -1.0"), ({"elapsed_s": -5.0}, "elapsed_s -5.0"),
+     ({"stopped_early": "no"}, "stopped_early not a bool"), ({"rows": 5}, "rows not a str"),
+     ({"config": {"seed": 0}}, "config without valid_size, batch_size")],
 )  # fmt: skip
 def test_a_checkpoint_whose_bookkeeping_training_did_not_write_is_refused(
     tmp_path, tiny_run, edit, named

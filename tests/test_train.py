@@ -615,3 +615,25 @@ def test_rows_fingerprint_tells_other_labels_and_other_images_apart(small_train)
     retouched = images.copy()
     retouched[0, 0, 0] ^= 1
     assert rows_fingerprint(DigitSet(retouched, labels)) != fingerprint
+
+
+def test_a_finished_run_resumed_says_so_without_a_budget_it_never_had(tmp_path, small_train,
+                                                                      caplog):  # fmt: skip
+    subset = DigitSet(small_train.images[:128], small_train.labels[:128])
+    config = TrainConfig(model="cnn-tiny", epochs=1, batch_size=64, valid_size=0)
+    train(config, subset, None, tmp_path)
+    with caplog.at_level(logging.INFO, logger="digit_recognizer.train"):
+        train(replace(config, resume=True), subset, None, tmp_path)
+    assert f"{tmp_path}: finished already (1 epochs); nothing left to train" in caplog.text
+
+
+def test_a_budget_cut_run_resumed_with_other_settings_names_its_epochs_by_steps(
+    tmp_path, small_train, caplog
+):
+    subset = DigitSet(small_train.images[:640], small_train.labels[:640])
+    config = TrainConfig(epochs=2, batch_size=64, valid_size=0, time_budget_s=1e-3)
+    cut = train(config, subset, None, tmp_path)
+    assert cut.cut_by_budget and cut.epochs_run < 1
+    with caplog.at_level(logging.WARNING, logger="digit_recognizer.train"):
+        train(replace(config, resume=True, weight_decay=0.05), subset, None, tmp_path)
+    assert f"other settings than its first {cut.epochs_run:g} epochs trained with" in caplog.text
