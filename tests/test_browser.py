@@ -270,3 +270,30 @@ def test_the_upload_is_reached_with_the_keyboard_and_errors_are_announced(page: 
     assert page.evaluate("document.activeElement.id") == "file"
     assert page.get_attribute("#status", "role") == "status"
     assert page.get_attribute("#label", "aria-live") is None  # not read out at every move
+
+
+def test_ctrl_z_mid_stroke_waits_and_a_bad_answer_is_not_called_unreachable(page: object) -> None:
+    """Ctrl+Z while drawing had thrown (the stroke popped under the pen) or joined strokes; a
+    malformed answer had been reported as the server being unreachable."""
+    expect = sync_api.expect
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.click("#clear")
+    box = page.locator("#pad").bounding_box()
+    page.mouse.move(box["x"] + 0.5 * box["width"], box["y"] + 0.2 * box["height"])
+    page.mouse.down()
+    page.mouse.move(box["x"] + 0.5 * box["width"], box["y"] + 0.5 * box["height"], steps=4)
+    page.keyboard.press("Control+z")
+    page.mouse.move(box["x"] + 0.5 * box["width"], box["y"] + 0.8 * box["height"], steps=4)
+    page.mouse.up()
+    assert errors == [] and page.evaluate("strokes.length") == 1
+    page.route(
+        "**/predict*",
+        lambda route: route.fulfill(status=200, body="{not json", content_type="application/json"),
+    )
+    try:
+        draw_stroke(page, [(0.3, 0.3), (0.6, 0.6)])
+        expect(page.locator("#status")).to_contain_text("a bad answer from the server",
+                                                        timeout=15_000)  # fmt: skip
+    finally:
+        page.unroute("**/predict*")

@@ -440,9 +440,9 @@ def test_a_resumed_ensemble_no_longer_claims_its_earlier_test_score(tmp_path, sm
 
 def test_a_member_ended_by_a_real_time_signal_or_an_exit_status_is_named():
     assert pipeline._member_failure(2, None, -40) == (
-        "ensemble member 2's process killed by signal 40 (by the system for memory, say) "
-        "before it finished"
+        "ensemble member 2's process killed by signal 40 before it finished"
     )
+    assert "SIGTERM before" in pipeline._member_failure(2, None, -signal.SIGTERM)  # someone's
     assert pipeline._member_failure(3, None, 1) == (
         "ensemble member 3's process ended with exit status 1 before it finished"
     )
@@ -470,3 +470,20 @@ def test_a_member_stays_deaf_to_ctrl_c_where_its_command_is():
         member.process.join(60)
         outcomes.append(member.outcome)
     assert outcomes == ["stops", "deaf"]
+
+
+def test_a_deaf_commands_members_are_stopped_by_sigterm_not_waited_on():
+    """Started deaf to Ctrl-C, a member ignores the SIGINT that stops the others: it had been
+    waited on for 30 s, then killed."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        running: dict[int, pipeline.Member] = {}
+        pipeline._start_member(running, multiprocessing.get_context("spawn"), sleeping_member, 1)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    member = running[1]
+    member.read()
+    assert member.training
+    started = time.monotonic()
+    pipeline._stop_members([member])
+    assert member.process.exitcode == -signal.SIGTERM and time.monotonic() - started < 10

@@ -436,6 +436,7 @@ class Member:
 
     process: BaseProcess
     results: Connection
+    interruptible: bool = True  # hears Ctrl-C once it trains (its command did)
     training: bool = False
     ended: bool = False
     outcome: TrainJobResult | str | None = None
@@ -472,7 +473,7 @@ def _start_member(
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         process.start()
-        running[number] = Member(process, results)
+        running[number] = Member(process, results, interruptible)
     finally:
         signal.signal(signal.SIGINT, previous)
     sender.close()
@@ -483,9 +484,9 @@ def _run_member(train: Callable[..., TrainJobResult], number: int, *args: Any) -
     pipe (the arguments end with the pipe, the parent's pid and whether Ctrl-C may stop it)."""
     *args, results, parent, interruptible = args
     _end_with(parent)
-    if interruptible:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
+        if interruptible:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
         results.send(TRAINING)
         outcome: TrainJobResult | str = train(number, *args)
     except KeyboardInterrupt:
@@ -520,7 +521,8 @@ def _member_failure(number: int, outcome: str | None, exit_code: int | None) -> 
             name = signal.Signals(-exit_code).name
         except ValueError:  # a real-time signal
             name = f"signal {-exit_code}"
-        how = f"killed by {name} (by the system for memory, say)"
+        # The system's out-of-memory killer sends SIGKILL; other signals are someone's.
+        how = f"killed by {name}" + (" (by the system for memory, say)" * (name == "SIGKILL"))
     else:
         how = f"ended with exit status {exit_code}"
     return f"ensemble member {number}'s process {how} before it finished"
@@ -530,7 +532,8 @@ def _stop_members(members: list[Member]) -> None:
     """Stop members' processes as Ctrl-C does, each keeping its last finished epoch; one not
     yet training (still importing, deaf to Ctrl-C) has nothing to keep and is killed. A
     terminal's Ctrl-C reached the others already: they get two seconds to end on their own
-    before a SIGINT of their own (a second one could break into their stopping)."""
+    before a SIGINT of their own (a second one could break into their stopping), or a SIGTERM
+    where their command was started deaf to Ctrl-C, as they are."""
     for member in members:
         while not member.ended and member.results.poll():
             member.read()
@@ -541,7 +544,8 @@ def _stop_members(members: list[Member]) -> None:
         member.process.join(max(0.0, deadline - time.monotonic()))
     for member in members:
         if member.process.is_alive():
-            os.kill(member.process.pid, signal.SIGINT)
+            stop = signal.SIGINT if member.interruptible else signal.SIGTERM
+            os.kill(member.process.pid, stop)
     deadline = time.monotonic() + 30
     for member in members:
         member.process.join(max(0.0, deadline - time.monotonic()))

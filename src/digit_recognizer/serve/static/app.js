@@ -105,8 +105,10 @@ pad.addEventListener("pointerdown", (event) => {
   if (pen !== null || event.button !== 0) return; // the main button, a pen's tip or a finger
   if (uploadedFile && !uploaded) {
     // An upload this browser cannot show (TIFF): strokes could only go on a blank pad, which
-    // is what would be sent, so the drawing starts afresh, and says so.
+    // is what would be sent, so the drawing starts afresh, and says so; the upload's answer,
+    // if still on its way, is not shown over the drawing.
     forgetUpload();
+    sent += 1;
     setStatus("the uploaded image, which this browser cannot show, was set aside for the drawing");
   }
   pen = event.pointerId;
@@ -129,6 +131,7 @@ for (const type of ["pointerup", "pointercancel"]) {
 }
 
 function undo() {
+  if (pen !== null) return; // mid-stroke (Ctrl+Z): the stroke being drawn is not done yet
   if (strokes.length) strokes.pop(); else forgetUpload();
   redraw();
   requestPrediction();
@@ -163,49 +166,61 @@ document.getElementById("file").addEventListener("change", async (event) => {
 });
 
 function sendUpload() {
-  send(uploadedFile, uploadedFile.type || "application/octet-stream", uploadedFile.name);
+  send(uploadedFile, uploadedFile.type || "application/octet-stream", uploadedFile.name, true);
 }
 
 function requestPrediction() {
   if (!strokes.length && !uploadedFile) { showEmpty(); return; }
   if (busy) { again = true; return; }
   if (!strokes.length) { sendUpload(); return; } // undone back to the upload: the file itself
-  pad.toBlob((blob) => send(blob, "image/png"), "image/png");
+  const finished = pen === null; // a finished stroke's answer is read out; a moving one's not
+  pad.toBlob((blob) => send(blob, "image/png", null, finished), "image/png");
 }
 
-// fileName: an upload's, which its errors name (the server calls any image body "image").
-async function send(body, type, fileName = null) {
+// fileName: an upload's, which its errors name (the server calls any image body "image");
+// announce: whether the answer is read out (a finished stroke's or an upload's).
+async function send(body, type, fileName, announce) {
   busy = true;
   const id = ++sent;
   const sentVersion = version;
   // A late answer for a drawing that was since undone or cleared away, or overtaken by a later
   // request (an upload), is not shown.
   const stale = () => id !== sent || (sentVersion !== version && !strokes.length && !uploadedFile);
+  const named = (text) => (fileName ? `${fileName}: ${text}` : text);
   const started = performance.now();
   const abort = new AbortController();
   const notice = setTimeout(() => { if (!stale()) setStatus("waiting for the server…"); },
                             WAIT_NOTICE_MS);
   const timeout = setTimeout(() => abort.abort(), TIMEOUT_MS);
   try {
-    const response = await fetch("/predict?explain=true", {
-      method: "POST", headers: { "Content-Type": type }, body, signal: abort.signal,
-    });
-    // Errors the API answers carry JSON; a proxy's or a crash's may be plain text.
-    const isJson = (response.headers.get("Content-Type") || "").includes("json");
-    const answer = isJson ? await response.json() : { detail: await response.text() };
+    let response, answer;
+    try {
+      response = await fetch("/predict?explain=true", {
+        method: "POST", headers: { "Content-Type": type }, body, signal: abort.signal,
+      });
+      // Errors the API answers carry JSON; a proxy's or a crash's may be plain text.
+      const isJson = (response.headers.get("Content-Type") || "").includes("json");
+      answer = isJson ? await response.json() : { detail: await response.text() };
+    } catch (error) {
+      if (stale()) return;
+      const retry = fileName ? "choose the file again" : "draw again";
+      if (error.name === "AbortError") {
+        showError(named(`no answer from the server in ${TIMEOUT_MS / 1000} s; ${retry} to retry`));
+      } else if (error instanceof TypeError) { // fetch's own: no connection
+        showError(named("the server is not reachable: is `digits serve` still running?"));
+      } else {
+        showError(named(`a bad answer from the server (${error})`));
+      }
+      return;
+    }
     if (stale()) return;
     if (response.ok) {
-      showAnswer(answer, performance.now() - started);
+      showAnswer(answer, performance.now() - started, announce, fileName !== null);
     } else {
       const detail = answer.detail || response.statusText;
       const text = typeof detail === "string" ? detail : JSON.stringify(detail);
-      showError(fileName ? `${fileName}: ${text.replace(/^image: /, "")}` : text);
+      showError(named(text.replace(/^image: /, "")));
     }
-  } catch (error) {
-    if (stale()) return;
-    showError(error.name === "AbortError"
-      ? `the server has not answered in ${TIMEOUT_MS / 1000} s; draw again to retry`
-      : "the server is not reachable: is `digits serve` still running?");
   } finally {
     clearTimeout(notice);
     clearTimeout(timeout);
@@ -214,10 +229,10 @@ async function send(body, type, fileName = null) {
   }
 }
 
-function showAnswer(answer, roundTripMs) {
+function showAnswer(answer, roundTripMs, announce, isUpload) {
   document.getElementById("label").textContent = answer.label;
   const ranked = answer.probabilities.map((p, digit) => [digit, p]).sort((a, b) => b[1] - a[1]);
-  if (pen === null) { // a finished stroke's answer, or an upload's: said once, not per move
+  if (announce) { // a finished stroke's answer, or an upload's: said once, not per move
     const percent = (p) => `${(100 * p).toFixed(p < 0.1 ? 1 : 0)} %`;
     document.getElementById("spoken").textContent = `${ranked[0][0]}, ${percent(ranked[0][1])}` +
       `; then ${ranked[1][0]}, ${percent(ranked[1][1])}`;
@@ -239,8 +254,8 @@ function showAnswer(answer, roundTripMs) {
   if (uploadedFile && !uploaded && !strokes.length) {
     timing += "; this browser cannot show the image, which was sent as it is";
   }
-  setStatus(ranked[0][1] < UNSURE
-    ? `${timing}; not sure: draw one digit, large, filling the box` : timing);
+  const advice = isUpload ? "is it one digit, cropped close?" : "draw one digit, large, filling the box";
+  setStatus(ranked[0][1] < UNSURE ? `${timing}; not sure: ${advice}` : timing);
 }
 
 function showEmpty() {
@@ -249,6 +264,7 @@ function showEmpty() {
   clearCanvas(document.getElementById("seen"));
   clearCanvas(document.getElementById("cam"));
   document.getElementById("cam-caption").textContent = "Grad-CAM: where it looked";
+  document.getElementById("spoken").textContent = ""; // the next answer is read, even if alike
   setStatus("");
 }
 
