@@ -85,12 +85,13 @@ def test_a_forest_loads_only_as_this_installation_signed_it(tmp_path, fitted, mo
     assert (tmp_path / "home" / ".local" / "share" / "digit-recognizer" / "skops.key").is_file()
 
 
-def test_a_pipeline_holding_nan_is_refused(tmp_path, fitted):
+@pytest.mark.parametrize("damage", [np.nan, np.inf])
+def test_a_pipeline_holding_nan_is_refused(tmp_path, fitted, damage):
     """NaN coefficients had predicted digit 0 for every image, with exit status 0."""
     save_pipeline(tmp_path, fitted["logreg"], "logreg", {})
     arrays = load_file(str(tmp_path / "model.safetensors"))
     largest = max(arrays, key=lambda name: arrays[name].size)
-    save_file(arrays | {largest: np.full_like(arrays[largest], np.nan)},
+    save_file(arrays | {largest: np.full_like(arrays[largest], damage)},
               str(tmp_path / "model.safetensors"))  # fmt: skip
     with pytest.raises(ModelFileError, match=r"model\.safetensors: holds NaN or infinite"):
         load_pipeline(tmp_path)
@@ -167,13 +168,3 @@ def test_the_signing_key_is_made_readable_by_its_owner_alone(tmp_path, monkeypat
     classical._signing_key()
     key = tmp_path / "digit-recognizer" / "skops.key"
     assert key.stat().st_mode & 0o077 == 0, oct(key.stat().st_mode)
-
-
-def test_a_pipeline_holding_infinity_is_refused(tmp_path, fitted):
-    save_pipeline(tmp_path, fitted["logreg"], "logreg", {})
-    arrays = load_file(str(tmp_path / "model.safetensors"))
-    largest = max(arrays, key=lambda name: arrays[name].size)
-    save_file(arrays | {largest: np.full_like(arrays[largest], np.inf)},
-              str(tmp_path / "model.safetensors"))  # fmt: skip
-    with pytest.raises(ModelFileError, match=r"model\.safetensors: holds NaN or infinite"):
-        load_pipeline(tmp_path)
