@@ -297,3 +297,40 @@ def test_ctrl_z_mid_stroke_waits_and_a_bad_answer_is_not_called_unreachable(page
                                                         timeout=15_000)  # fmt: skip
     finally:
         page.unroute("**/predict*")
+
+
+def test_an_upload_the_browser_cannot_show_is_read_and_set_aside_for_a_drawing(
+    page: object, tmp_path: Path
+) -> None:
+    """Chromium shows no TIFF: its pad stayed blank beside the answer, drawing on it sent the
+    strokes alone as if over the image, and an undo lost the image's answer."""
+    expect = sync_api.expect
+    path = tmp_path / "one.tiff"
+    drawing().save(path)
+    page.click("#clear")
+    page.set_input_files("#file", str(path))
+    expect(page.locator("#status")).to_contain_text("this browser cannot show the image",
+                                                    timeout=15_000)  # fmt: skip
+    expect(page.locator("#label")).to_have_text(re.compile(r"^[0-9]$"))
+    draw_stroke(page, [(0.2, 0.2), (0.8, 0.2)])
+    expect(page.locator("#status")).to_contain_text("answered in", timeout=15_000)
+    assert page.evaluate("uploadedFile") is None  # set aside: the drawing is what is sent
+
+
+def test_a_server_that_does_not_answer_is_said_to_be_waited_on_then_given_up(
+    page: object,
+) -> None:
+    expect = sync_api.expect
+    page.click("#clear")
+    page.clock.install()
+    page.route("**/predict*", lambda route: None)  # never answered
+    try:
+        draw_stroke(page, [(0.5, 0.2), (0.5, 0.8)])
+        page.clock.run_for(1_500)
+        expect(page.locator("#status")).to_have_text("waiting for the server…")
+        page.clock.run_for(20_000)
+        expect(page.locator("#status")).to_contain_text("no answer from the server in 20 s; "
+                                                        "draw again to retry")  # fmt: skip
+    finally:
+        page.unroute("**/predict*")
+        page.clock.resume()
