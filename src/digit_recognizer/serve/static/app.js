@@ -166,7 +166,8 @@ document.getElementById("file").addEventListener("change", async (event) => {
 });
 
 function sendUpload() {
-  send(uploadedFile, uploadedFile.type || "application/octet-stream", uploadedFile.name, true);
+  send(uploadedFile, uploadedFile.type || "application/octet-stream", uploadedFile.name, true,
+       version);
 }
 
 function requestPrediction() {
@@ -174,15 +175,20 @@ function requestPrediction() {
   if (busy) { again = true; return; }
   if (!strokes.length) { sendUpload(); return; } // undone back to the upload: the file itself
   const finished = pen === null; // a finished stroke's answer is read out; a moving one's not
-  pad.toBlob((blob) => send(blob, "image/png", null, finished), "image/png");
+  const drawnOver = uploadedFile, drawnAt = version;
+  pad.toBlob((blob) => {
+    // The PNG comes back later: an upload chosen or cleared away meanwhile replaced this pad.
+    if (uploadedFile === drawnOver) send(blob, "image/png", null, finished, drawnAt);
+  }, "image/png");
 }
 
 // fileName: an upload's, which its errors name (the server calls any image body "image");
-// announce: whether the answer is read out (a finished stroke's or an upload's).
-async function send(body, type, fileName, announce) {
+// announce: whether the answer is read out (a finished stroke's or an upload's); drawnAt: the
+// pad's version the body shows.
+async function send(body, type, fileName, announce, drawnAt) {
   busy = true;
   const id = ++sent;
-  const sentVersion = version;
+  const sentVersion = drawnAt;
   // A late answer for a drawing that was since undone or cleared away, or overtaken by a later
   // request (an upload), is not shown.
   const stale = () => id !== sent || (sentVersion !== version && !strokes.length && !uploadedFile);
