@@ -11,7 +11,6 @@ from typer.testing import CliRunner
 
 from digit_recognizer import predict as predict_module
 from digit_recognizer.cli import app, predict_config
-from digit_recognizer.config import load_config
 from digit_recognizer.data.images import faint_to_full_ink
 from digit_recognizer.data.kaggle_csv import read_submission, write_kaggle_csv, write_submission
 from digit_recognizer.errors import DataError, ModelFileError
@@ -344,9 +343,8 @@ def test_distributed_predict_hands_every_setting_on(tmp_path, tiny_run, small_cs
     read the whole resolved config."""
     launched = []
 
-    def fake_torchrun(nproc, module, args):
-        config_file = args[args.index("--config") + 1]
-        launched.append((nproc, args, load_config(PredictConfig, config_file)))
+    def fake_torchrun(nproc, module, args, config):  # run_torchrun writes it for --config
+        launched.append((nproc, args, config))
 
     monkeypatch.setattr(predict_module, "run_torchrun", fake_torchrun)
     config = PredictConfig(tta=True, conform=False, device="cpu", batch_size=17, amp=False,

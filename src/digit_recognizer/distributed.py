@@ -18,10 +18,13 @@ import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
+from digit_recognizer.config import save_config
 from digit_recognizer.errors import DigitsError
 from digit_recognizer.interrupts import Terminated, sigterm_interrupts
 from digit_recognizer.models.runtime import resolve_device
@@ -106,17 +109,23 @@ def all_reduce(
     return tensor
 
 
-def run_torchrun(nproc: int, module: str, args: list[str]) -> None:
+def run_torchrun(nproc: int, module: str, args: list[str], config: Any | None = None) -> None:
     """Run ``python -m module args`` in ``nproc`` processes on this machine (torchrun): for a
-    command, ``module`` digit_recognizer and ``args`` the command's name and arguments.
+    command, ``module`` digit_recognizer and ``args`` the command's name and arguments. A
+    ``config`` (a job's dataclass, resolved) goes to a TOML file that every process reads
+    (``--config``), so that no process can differ from another in a setting.
 
     For several machines, call torchrun directly (README, 'Data bigger than memory, many
     processes').
     """
     # torchrun's own files go to a folder of ours, removed afterwards (else a torchelastic_*
     # folder is left in /tmp by every launch).
-    with tempfile.TemporaryDirectory(prefix="digits-torchrun-logs-") as logs:
-        torchrun_args = ["--standalone", f"--nproc-per-node={nproc}", f"--log-dir={logs}",
+    with tempfile.TemporaryDirectory(prefix="digits-torchrun-") as scratch:
+        if config is not None:
+            resolved = Path(scratch) / "config.toml"
+            save_config(config, resolved)
+            args = [*args, "--config", str(resolved)]
+        torchrun_args = ["--standalone", f"--nproc-per-node={nproc}", f"--log-dir={scratch}",
                          "-m", module, *args]  # fmt: skip
         log.info("launching %d processes: torchrun %s", nproc, " ".join(torchrun_args))
         # The CPU's threads shared out, as `--jobs` does (torchrun would give each process one).

@@ -14,7 +14,6 @@ import multiprocessing
 import os
 import signal
 import sys
-import tempfile
 import time
 import traceback
 from collections.abc import Callable
@@ -39,7 +38,6 @@ from digit_recognizer.checkpoint import (
     member_run_dir,
     save_run_config,
 )
-from digit_recognizer.config import save_config
 from digit_recognizer.data.images import faint_to_full_ink, in_mnist_format
 from digit_recognizer.data.kaggle_csv import DigitSet, read_kaggle_csv
 from digit_recognizer.data.replica import ReplicaFiles, ready_replica
@@ -266,11 +264,12 @@ def train_distributed(nproc: int, config: TrainConfig, train_csv: Path, run_dir:
     check_not_in_use(run_dir)  # else rank 0 refuses, and the others wait on it for a while
     check_global_batch(config.batch_size, nproc)
     require_labels(resolve_data_source(train_csv).has_labels, train_csv)
-    with tempfile.TemporaryDirectory(prefix="digits-torchrun-") as scratch:
-        resolved = Path(scratch) / CONFIG_FILE
-        save_config(config, resolved)
-        run_torchrun(nproc, "digit_recognizer", ["train", "--train", str(train_csv), "--out",
-                     str(run_dir), "--config", str(resolved)])  # fmt: skip
+    run_torchrun(
+        nproc,
+        "digit_recognizer",
+        ["train", "--train", str(train_csv), "--out", str(run_dir)],
+        config,
+    )
 
 
 def train_jobs(

@@ -9,7 +9,6 @@ and Kaggle submissions.
 from __future__ import annotations
 
 import logging
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ from numpy.typing import ArrayLike, NDArray
 from sklearn.pipeline import Pipeline
 from torch import nn
 
-from digit_recognizer.config import check_fields, save_config
+from digit_recognizer.config import check_fields
 from digit_recognizer.data.images import (
     check_images,
     conform_to_mnist,
@@ -394,11 +393,7 @@ def predict_distributed(
         read_meta(run_dir)
     batches_per_rank(resolve_data_source(source).n_rows, 1, nproc)
     paths = [*map(str, run_dirs), str(source)]
-    with tempfile.TemporaryDirectory(prefix="digits-torchrun-") as scratch:
-        resolved = Path(scratch) / "predict.toml"  # every setting, so no process differs
-        save_config(config, resolved)
-        run_torchrun(nproc, "digit_recognizer", ["predict", *paths, "--out", str(out),
-                     "--config", str(resolved)])  # fmt: skip
+    run_torchrun(nproc, "digit_recognizer", ["predict", *paths, "--out", str(out)], config)
 
 
 def check_data_source(source: str | Path) -> None:

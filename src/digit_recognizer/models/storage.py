@@ -99,12 +99,7 @@ def load_net(run_dir: Path) -> tuple[nn.Module, dict[str, Any]]:
     path = run_dir / WEIGHTS_FILE
     state = read_safetensors(path)
     model = _build_net(run_dir / META_FILE, name, params, state)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as error:
-        raise ModelFileError(
-            f"{path}: weights do not fit model '{meta['model']}' ({first_line(error)})"
-        ) from None
+    model.load_state_dict(state)  # the names and shapes fit: _build_net compared them
     # A NaN weight, or an integer one, loads and then predicts 0 (or one digit) for every image.
     if any(
         not tensor.is_floating_point() or not tensor.isfinite().all()
