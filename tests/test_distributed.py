@@ -18,6 +18,7 @@ import torch
 import torch.multiprocessing as mp
 from typer.testing import CliRunner
 
+from digit_recognizer import distributed
 from digit_recognizer.cli import app
 from digit_recognizer.data.kaggle_csv import DigitSet
 from digit_recognizer.data.shards import shard_csv
@@ -94,6 +95,25 @@ def test_torchruns_variables_place_the_process(monkeypatch):
         monkeypatch.setenv(name, value)
     assert Distributed.from_env() == Distributed(3, 1, 4)
     assert not Distributed.from_env().is_main_process
+
+
+def test_a_rank_left_waiting_by_the_others_says_so_in_one_line(monkeypatch):
+    """gloo's timeout is a plain RuntimeError from deep in a collective (its message as torch
+    2.13 words it): it had ended each waiting process in a page of traceback. Other errors
+    keep theirs."""
+    monkeypatch.setattr(distributed, "PEER_FAILURE_GRACE_S", 0)
+    for name, value in {"RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "2"}.items():
+        monkeypatch.setenv(name, value)
+    gloo = RuntimeError("[/__w/pytorch/third_party/gloo/gloo/transport/tcp/unbound_buffer.cc:78]"
+                        " Timed out waiting 300000ms for recv operation to complete")  # fmt: skip
+    with pytest.raises(SystemExit) as stop, distributed.torchrun_worker():
+        raise gloo
+    assert str(stop.value.code).startswith("error: rank 1: no answer from the job's other ")
+    assert "300000ms" in stop.value.code and "ddp_timeout_s" in stop.value.code
+    bug = RuntimeError("shapes do not match")
+    with pytest.raises(RuntimeError) as raised, distributed.torchrun_worker():
+        raise bug
+    assert raised.value is bug
 
 
 def test_two_ranks_end_with_identical_weights_and_one_run_directory(tmp_path, ddp_data):

@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 
 from digit_recognizer.config import save_config
-from digit_recognizer.errors import DigitsError
+from digit_recognizer.errors import DigitsError, first_line
 from digit_recognizer.interrupts import Terminated, sigterm_interrupts
 from digit_recognizer.models.runtime import resolve_device
 
@@ -89,9 +89,17 @@ def torchrun_worker() -> Iterator[None]:
     """
     try:
         yield
-    except Exception:
-        if Distributed.from_env().world_size > 1:
+    except Exception as error:
+        dist_env = Distributed.from_env()
+        if dist_env.world_size > 1:
             time.sleep(PEER_FAILURE_GRACE_S)
+        if isinstance(error, RuntimeError) and "Timed out waiting" in str(error):
+            # gloo's timeout: a plain RuntimeError from deep in a collective, whose page of
+            # traceback says nothing a user can act on.
+            raise SystemExit(f"error: rank {dist_env.rank}: no answer from the job's other "
+                             f"processes in time ({first_line(error)}): one of them hung or "
+                             "stopped; see its own message, or give them longer with "
+                             "ddp_timeout_s") from None  # fmt: skip
         raise
     finally:
         # A torchrun process that exits with its gloo group still open can abort in the group's
