@@ -20,7 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from digit_recognizer.config import load_config
-from digit_recognizer.errors import DataError, DigitsError, first_line, peer_timeout
+from digit_recognizer.errors import DataError, DigitsError, first_line
 from digit_recognizer.interrupts import Terminated, sigterm_interrupts
 
 if TYPE_CHECKING:  # the commands import torch-heavy modules only when they run
@@ -57,10 +57,7 @@ def handles_errors(command: F) -> F:
         try:
             with sigterm_interrupts():  # `kill`, `timeout` and schedulers stop it as Ctrl-C does
                 return command(*args, **kwargs)
-        except (DigitsError, OSError, RuntimeError) as raised:  # OSError: a full disk, ...
-            error = raised if isinstance(raised, DigitsError | OSError) else peer_timeout(raised)
-            if error is None:
-                raise  # a bug: its traceback
+        except (DigitsError, OSError) as error:  # OSError: no permission, a full disk, ...
             err_console.print(Text.assemble(("error:", "red"), f" {one_line(error)}"),
                               soft_wrap=True)  # fmt: skip
             raise typer.Exit(1) from None

@@ -29,17 +29,6 @@ class ModelFileError(DigitsError):
     """A saved model or run directory is missing, incomplete or corrupt."""
 
 
-def peer_timeout(error: BaseException) -> DigitsError | None:
-    """A torchrun process's wait for the others that ran out, as a user's error: gloo raises a
-    plain RuntimeError ("Timed out waiting 300000ms for recv operation to complete") from deep
-    in a collective, whose traceback says nothing a user can act on. None for other errors."""
-    if not isinstance(error, RuntimeError) or "Timed out waiting" not in str(error):
-        return None
-    return DigitsError(f"no answer from the job's other processes in time ({first_line(error)}"
-                       "): one of them hung or stopped; see its own message, or give them "
-                       "longer with ddp_timeout_s")  # fmt: skip
-
-
 def first_line(error: BaseException) -> str:
     """An exception's message on one line, up to 200 characters (torch's run to pages), to
     quote inside one of ours; its type where it has none."""
