@@ -487,3 +487,17 @@ def test_a_deaf_commands_members_are_stopped_by_sigterm_not_waited_on():
     started = time.monotonic()
     pipeline._stop_members([member])
     assert member.process.exitcode == -signal.SIGTERM and time.monotonic() - started < 10
+
+
+def test_the_validating_last_shard_is_checked_as_the_training_shards_are(tmp_path, small_csvs):
+    """The last shard had been read as any CSV: swapped for one without labels, it validated
+    with no labels at all."""
+    from digit_recognizer.data.shards import shard_csv
+    from digit_recognizer.pipeline import training_data
+
+    manifest = shard_csv(small_csvs["train"], tmp_path / "shards", parts=3)
+    last = manifest.shards[-1].path
+    unlabelled = [line.split(",", 1)[1] for line in last.read_text().splitlines(keepends=True)]
+    last.write_text("".join(unlabelled))
+    with pytest.raises(DataError, match=str(last)):
+        training_data(TrainConfig(max_memory_gb=1e-6), tmp_path / "shards")

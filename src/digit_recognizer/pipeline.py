@@ -39,7 +39,7 @@ from digit_recognizer.checkpoint import (
     save_run_config,
 )
 from digit_recognizer.data.images import faint_to_full_ink, in_mnist_format
-from digit_recognizer.data.kaggle_csv import DigitSet, read_kaggle_csv
+from digit_recognizer.data.kaggle_csv import DigitSet
 from digit_recognizer.data.replica import ReplicaFiles, ready_replica
 from digit_recognizer.data.shards import (
     Manifest,
@@ -67,7 +67,7 @@ from digit_recognizer.fileio import check_not_in_use, locked_dir, source_record,
 from digit_recognizer.interrupts import sigterm_interrupts
 from digit_recognizer.models.runtime import resolve_device
 from digit_recognizer.models.storage import load_net, write_ensemble
-from digit_recognizer.predict import PredictConfig, Predictor, predict_csv, warn_faint
+from digit_recognizer.predict import PredictConfig, Predictor, predict_csv, warn_conformed
 from digit_recognizer.report import write_run_report
 from digit_recognizer.train import TrainConfig, TrainResult, check_global_batch, train
 
@@ -119,33 +119,12 @@ def training_data(config: TrainConfig, source: Path) -> tuple[DigitSet | Manifes
     """
     manifest = resolve_data_source(source)
     require_labels(manifest.has_labels, source)
-    if manifest.origin.get("command") == "expand" and config.augment > 0:
-        log.warning("%s: its rows are augmented copies (`digits data expand`), which training "
-                    "augments again, compounding the ranges; --augment 0 trains on them as they "
-                    "are", source)  # fmt: skip
-    held_out = manifest.origin.get("valid_rows", 0)
-    if not held_out and config.valid_size:
-        refuse_split(manifest, source, "train on it with --valid-size 0, or expand again with "
-                     "--valid-size above 0 for a held-out shard to validate on")  # fmt: skip
-    in_memory = choose_loading(manifest, int(config.max_memory_gb * 1e9)) == "memory"
     is_expansion = manifest.origin.get("command") == "expand"  # augmented: off MNIST's layout
+    held_out = manifest.origin.get("valid_rows", 0)
+    _check_expansion(manifest, config, source, is_expansion, held_out)
+    in_memory = _reads_in_memory(manifest, config, source)
     if not config.valid_size and not in_memory:
         return manifest, DigitSet(np.zeros((0, 28, 28), np.uint8), np.zeros(0, np.int64))
-    if not in_memory and len(manifest.shards) < 2:
-        # Streaming validates on a last shard. Over the budget but within half the memory
-        # free, one file is read whole, as it was before the estimate counted pyarrow's columns.
-        needed, free = estimate_memory_bytes(manifest), available_memory_bytes()
-        if free is None or needed > free / 2:
-            raise DataError(
-                f"{source}: needs ~{needed / 1e9:.1f} GB in memory, over --max-memory and half "
-                "of the memory free, and one file cannot be streamed with a validation split "
-                "(the last shard validates): split it with `digits data shard`, or train with "
-                "--valid-size 0"
-            )
-        log.warning("%s: one file, and streaming validates on a last shard: read in memory, "
-                    "over the --max-memory budget; `digits data shard` splits it to stream it",
-                    source)  # fmt: skip
-        in_memory = True
     if in_memory and not (held_out and config.valid_size):
         data = read_as_predicted(read_shards(manifest), source, is_expansion)
         return split_for_training(data, config.valid_size, config.seed)
@@ -158,11 +137,46 @@ def training_data(config: TrainConfig, source: Path) -> tuple[DigitSet | Manifes
     else:
         log.info("validation: the last shard, %s", last.path)
     train_shards = replace(manifest, shards=manifest.shards[:-1])
-    valid_shard = read_kaggle_csv(manifest.shards[-1].path)
+    valid_shard = replace(manifest, shards=manifest.shards[-1:])
+    valid_set = read_as_predicted(read_shards(valid_shard), source, is_expansion)
     if in_memory:
-        train_set = read_as_predicted(read_shards(train_shards), source, is_expansion)
-        return train_set, read_as_predicted(valid_shard, source, is_expansion)
-    return train_shards, read_as_predicted(valid_shard, source, is_expansion)
+        return read_as_predicted(read_shards(train_shards), source, is_expansion), valid_set
+    return train_shards, valid_set
+
+
+def _check_expansion(
+    manifest: Manifest, config: TrainConfig, source: Path, is_expansion: bool, held_out: int
+) -> None:
+    if is_expansion and config.augment > 0:
+        log.warning("%s: its rows are augmented copies (`digits data expand`), which training "
+                    "augments again, compounding the ranges; --augment 0 trains on them as they "
+                    "are", source)  # fmt: skip
+    if not held_out and config.valid_size:
+        refuse_split(manifest, source, "train on it with --valid-size 0, or expand again with "
+                     "--valid-size above 0 for a held-out shard to validate on")  # fmt: skip
+
+
+def _reads_in_memory(manifest: Manifest, config: TrainConfig, source: Path) -> bool:
+    """Within ``max_memory_gb``; or one file to split for validation, within half the memory
+    free (streaming validates on a last shard, which one file has not)."""
+    if choose_loading(manifest, int(config.max_memory_gb * 1e9)) == "memory":
+        return True
+    if not config.valid_size or len(manifest.shards) > 1:
+        return False
+    # Over the budget but within half the memory free, one file is read whole, as it was
+    # before the estimate counted pyarrow's columns.
+    needed, free = estimate_memory_bytes(manifest), available_memory_bytes()
+    if free is None or needed > free / 2:
+        raise DataError(
+            f"{source}: needs ~{needed / 1e9:.1f} GB in memory, over --max-memory and half "
+            "of the memory free, and one file cannot be streamed with a validation split "
+            "(the last shard validates): split it with `digits data shard`, or train with "
+            "--valid-size 0"
+        )
+    log.warning("%s: one file, and streaming validates on a last shard: read in memory, "
+                "over the --max-memory budget; `digits data shard` splits it to stream it",
+                source)  # fmt: skip
+    return True
 
 
 def available_memory_bytes() -> int | None:
@@ -180,7 +194,7 @@ def read_as_predicted(data: DigitSet, source: Path, is_expansion: bool) -> Digit
     trained on as they are, and a warning says that predict would conform such test rows.
     (Streamed rows are scaled batch by batch in train().)"""
     images, n_faint = faint_to_full_ink(data.images)
-    warn_faint(source, n_faint, len(images))
+    warn_conformed(source, len(images), n_faint)
     sample = images[:: max(1, len(images) // 2_000)]
     off_layout = 1 - in_mnist_format(sample).mean() if len(sample) and not is_expansion else 0.0
     if off_layout > 0.5:

@@ -228,23 +228,42 @@ def conform_rows(
     """``images`` conformed to MNIST's layout if ``config.conform``, and transposed where the
     model (``predict_proba``, for a file's rows: it costs two passes over up to
     ORIENTATION_SAMPLE of them) reads them as digits only so; says what changed."""
+    images, n_faint, n_redone = _conformed(images, config.conform)
+    judge = predict_proba if config.conform else None
+    is_transposed = bool(judge and reads_transposed(orientation_evidence(images, judge)))
+    warn_conformed(source, len(images), n_faint, n_redone, is_transposed)
+    return transposed(images) if is_transposed else images
+
+
+def _conformed(images: NDArray[np.uint8], conform: bool) -> tuple[NDArray[np.uint8], int, int]:
+    """Faint rows' ink scaled to full, then (``conform``) rows off MNIST's layout redone; the
+    images, and how many rows were faint and how many redone. A file's rows, or a piece."""
     images, n_faint = faint_to_full_ink(images)
-    warn_faint(source, n_faint, len(images))
-    if not config.conform:
-        return images
-    images, n_redone = conform_to_mnist(images)
-    warn_redone(source, n_redone, len(images))
-    if predict_proba and reads_transposed(orientation_evidence(images, predict_proba)):
-        warn_transposed(source)
-        images = transposed(images)
-    return images
+    n_redone = 0
+    if conform:
+        images, n_redone = conform_to_mnist(images)
+    return images, n_faint, n_redone
 
 
-def warn_faint(source: str | Path, n_faint: int, n_rows: int) -> None:
+def warn_conformed(
+    source: str | Path, n_rows: int, n_faint: int, n_redone: int = 0, is_transposed: bool = False
+) -> None:
+    """One warning per change made to a source's rows (each said once, for all its pieces)."""
     if n_faint:
         log.warning("%s: %d of %d digits' pixels stay under %d (binarised 0/1, or ink on a "
                     "scale such as UCI's 0-16), so each was scaled to MNIST's 0-255", source,
                     n_faint, n_rows, MIN_CONTRAST)  # fmt: skip
+    if n_redone:
+        log.warning(
+            "%s: %d of %d digits were not laid out as MNIST's (fitted to 20 x 20 pixels, "
+            "centred by mass) and were redone as MNIST made its own; --as-is predicts them "
+            "unchanged", source, n_redone, n_rows,
+        )  # fmt: skip
+    if is_transposed:
+        log.warning(
+            "%s: the digits read as digits only transposed (rows and columns swapped, as EMNIST's "
+            "CSVs store them) and were transposed; --as-is predicts them unchanged", source,
+        )  # fmt: skip
 
 
 def orientation_evidence(
@@ -274,26 +293,10 @@ def transposed(images: NDArray[np.uint8]) -> NDArray[np.uint8]:
     return np.ascontiguousarray(images.transpose(0, 2, 1))
 
 
-def warn_transposed(source: str | Path) -> None:
-    log.warning(
-        "%s: the digits read as digits only transposed (rows and columns swapped, as EMNIST's "
-        "CSVs store them) and were transposed; --as-is predicts them unchanged", source,
-    )  # fmt: skip
-
-
 def warn_labelled(source: str | Path, has_labels: bool) -> None:
     if has_labels:
         log.warning("%s: has a label column, which prediction ignores; `digits evaluate` "
                     "scores a model on labelled rows", source)  # fmt: skip
-
-
-def warn_redone(source: str | Path, n_redone: int, n_rows: int) -> None:
-    if n_redone:
-        log.warning(
-            "%s: %d of %d digits were not laid out as MNIST's (fitted to 20 x 20 pixels, "
-            "centred by mass) and were redone as MNIST made its own; --as-is predicts them "
-            "unchanged", source, n_redone, n_rows,
-        )  # fmt: skip
 
 
 def predict_csv(
@@ -332,18 +335,15 @@ def predict_stream(
                          world_size=dist_env.world_size)  # fmt: skip
     chunks, n_faint, n_redone, is_transposed = [], 0, 0, None
     for piece, _ in stream:
-        images, faint = faint_to_full_ink(piece.numpy())
-        n_faint += faint
-        if config.conform:
-            images, redone = conform_to_mnist(images)
-            n_redone += redone
-            if is_transposed is None and predictor.orientation_judge:
-                # Judged on each process's first piece, decided by all of them together.
-                evidence = orientation_evidence(images, predictor.orientation_judge)
-                evidence = all_reduce(torch.as_tensor(evidence, device=device)).cpu().numpy()
-                is_transposed = reads_transposed(evidence)
-            if is_transposed:
-                images = transposed(images)
+        images, faint, redone = _conformed(piece.numpy(), config.conform)
+        n_faint, n_redone = n_faint + faint, n_redone + redone
+        if config.conform and is_transposed is None and predictor.orientation_judge:
+            # Judged on each process's first piece, decided by all of them together.
+            evidence = orientation_evidence(images, predictor.orientation_judge)
+            evidence = all_reduce(torch.as_tensor(evidence, device=device)).cpu().numpy()
+            is_transposed = reads_transposed(evidence)
+        if is_transposed:
+            images = transposed(images)
         chunks.append(predictor.predict(images).astype(np.uint8))
     labels = np.concatenate(chunks)
     if dist.is_initialized():
@@ -355,10 +355,8 @@ def predict_stream(
             n_redone = sum(share[2] for share in shares)
     if dist_env.is_main_process:
         warn_labelled(source, stream.manifest.has_labels)
-        warn_faint(source, n_faint, len(labels))
-        warn_redone(source, n_redone, len(labels))  # once, for all pieces and processes
-        if is_transposed:
-            warn_transposed(source)
+        # Once, for all pieces and processes.
+        warn_conformed(source, len(labels), n_faint, n_redone, bool(is_transposed))
         write_submission(out, labels)
     return stream.manifest.n_rows
 
