@@ -39,8 +39,8 @@ from sklearn.datasets import load_digits
 from digit_recognizer.data.augment import change_stroke_width
 from digit_recognizer.data.images import conform_to_mnist, to_mnist
 from digit_recognizer.data.kaggle_csv import read_kaggle_csv, read_submission
+from digit_recognizer.data.replica import cached_replica
 from digit_recognizer.data.tensors import to_model_input, to_uint8_images
-from digit_recognizer.pipeline import cached_replica
 from digit_recognizer.predict import PredictConfig, Predictor
 
 

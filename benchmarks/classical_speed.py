@@ -24,10 +24,10 @@ from sklearn.svm import SVC
 
 from digit_recognizer.compare import compare
 from digit_recognizer.data.kaggle_csv import DigitSet
-from digit_recognizer.data.replica import ready_replica
+from digit_recognizer.data.replica import cached_replica, ready_replica
 from digit_recognizer.data.shards import read_labelled
+from digit_recognizer.data.splits import split_for_training
 from digit_recognizer.models import available, build
-from digit_recognizer.pipeline import cached_replica, split_for_training
 
 
 def fit_predict_seconds(model, fit_set: DigitSet, X_fit, X_score, score_set: DigitSet):

@@ -35,7 +35,7 @@ from scipy import ndimage
 from beyond_mnist import add_model_arguments  # run from benchmarks/: its folder is on the path
 from digit_recognizer.data.images import to_mnist
 from digit_recognizer.data.kaggle_csv import read_kaggle_csv, read_submission
-from digit_recognizer.pipeline import cached_replica
+from digit_recognizer.data.replica import cached_replica
 from digit_recognizer.predict import PredictConfig, Predictor
 
 PAGE = 200

@@ -22,8 +22,9 @@ import time
 from pathlib import Path
 from typing import get_args
 
+from digit_recognizer.data.replica import cached_replica
 from digit_recognizer.models.runtime import Device
-from digit_recognizer.pipeline import TrainJobResult, cached_replica, train_jobs
+from digit_recognizer.pipeline import TrainJobResult, train_jobs
 from digit_recognizer.presets import get_preset
 
 

@@ -30,10 +30,10 @@ from typing import Any
 import torch
 
 from digit_recognizer.data.kaggle_csv import read_kaggle_csv, read_submission
+from digit_recognizer.data.replica import cached_replica
 from digit_recognizer.data.splits import split_for_training
 from digit_recognizer.errors import ConfigError
 from digit_recognizer.models.runtime import resolve_device
-from digit_recognizer.pipeline import cached_replica
 from digit_recognizer.predict import PredictConfig, Predictor
 from digit_recognizer.presets import Preset, get_preset
 from digit_recognizer.train import train

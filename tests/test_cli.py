@@ -155,7 +155,7 @@ def test_user_errors_are_one_line_without_traceback(tmp_path, small_csvs):
     assert one_model.exit_code == 1 and "one model trains in one process" in one_model.output
     both = invoke("run", "--train", small_csvs["train"], "--test", small_csvs["test"],
                   "--replica-seed", "5")  # fmt: skip
-    assert both.exit_code == 2 and "give one or the other" in both.output  # not silently ignored
+    assert both.exit_code == 1 and "give one or the other" in both.output  # not silently ignored
 
 
 def test_brackets_in_paths_and_cells_are_printed_as_they_are(tmp_path, small_csvs):

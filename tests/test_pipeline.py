@@ -160,8 +160,11 @@ def test_a_resumed_ensemble_keeps_each_started_members_own_settings(tmp_path):
 
 
 def test_run_job_argument_errors(tmp_path, small_csvs):
-    with pytest.raises(DataError, match="give both --train and --test"):
+    with pytest.raises(ConfigError, match="give both --train and --test"):
         run_job(TrainConfig(), train_csv=small_csvs["train"], run_dir=tmp_path)
+    # In Python too: the replica's seed beside one's own files had been ignored.
+    with pytest.raises(ConfigError, match="give one or the other"):
+        run_job(TrainConfig(), small_csvs["train"], small_csvs["test"], tmp_path, replica_seed=3)
     # A test file that cannot be read stops the job before it trains, not an hour later.
     bad_test = tmp_path / "test.csv"
     lines = small_csvs["test"].read_text().splitlines(keepends=True)

@@ -263,13 +263,10 @@ def run(
         elastic=elastic, stroke=stroke, styles=styles,
         valid_size=valid_size, patience=patience, seed=seed, device=device,
         compile=compile_model, resume=resume or None)  # fmt: skip
-    if replica_seed is not None and train is not None:
-        raise typer.BadParameter("--replica-seed builds a replica; --train and --test are "
-                                 "files of your own: give one or the other")  # fmt: skip
     configs = resolve_configs(preset, resume, out, config, overrides)
     tta = get_preset(preset).tta if tta is None else tta
     with progress_bar() as progress:
-        summary = run_job(configs, train, test, out, replica_seed or 0,
+        summary = run_job(configs, train, test, out, replica_seed,
                           predict_config=PredictConfig(tta=tta), progress=progress,
                           parallel=jobs)  # fmt: skip
     table = Table(title=f"digits run (preset {preset})", show_header=False)
@@ -719,7 +716,7 @@ def data_expand(
     from digit_recognizer.data.shards import MANIFEST_FILE, expand
 
     manifest = expand(train_csv, out_dir, copies, parts, seed, valid_size)
-    held_out = manifest.origin["valid_rows"]
+    held_out = manifest.held_out_rows
     console.print(f"wrote {len(manifest.shards)} shards of {manifest.n_rows:,} rows in all and "
                   f"{out_dir / MANIFEST_FILE}" + (f"; the last of them holds {held_out:,} images "
                   "out to validate training" if held_out else ""))  # fmt: skip

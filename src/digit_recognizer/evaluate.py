@@ -47,6 +47,13 @@ def read_metrics(run_dir: Path) -> dict:
     return metrics
 
 
+def write_metrics(run_dir: Path, updates: dict, merge: bool = True) -> None:
+    """Merge ``updates`` into the run's metrics.json (later stages add their figures), or with
+    ``merge=False`` write them as all of it."""
+    metrics = read_metrics(run_dir) if merge else {}
+    write_text(run_dir / METRICS_FILE, json.dumps(metrics | updates, indent=2) + "\n")
+
+
 @dataclass
 class Metrics:
     """Scores of predictions against true labels; ``per_class`` rows are for digits 0-9."""

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import json
 import logging
 import multiprocessing
 import os
@@ -40,7 +39,7 @@ from digit_recognizer.checkpoint import (
 )
 from digit_recognizer.data.images import faint_to_full_ink, in_mnist_format
 from digit_recognizer.data.kaggle_csv import DigitSet
-from digit_recognizer.data.replica import ReplicaFiles, ready_replica
+from digit_recognizer.data.replica import cached_replica
 from digit_recognizer.data.shards import (
     Manifest,
     choose_loading,
@@ -55,15 +54,14 @@ from digit_recognizer.data.splits import split_for_training
 from digit_recognizer.distributed import Distributed, run_torchrun
 from digit_recognizer.errors import ConfigError, DataError, DigitsError, first_line
 from digit_recognizer.evaluate import (
-    METRICS_FILE,
     Metrics,
     compute_metrics,
     plot_confusion_matrix,
     plot_learning_curves,
-    read_metrics,
     score_submission,
+    write_metrics,
 )
-from digit_recognizer.fileio import check_not_in_use, locked_dir, source_record, write_text
+from digit_recognizer.fileio import check_not_in_use, locked_dir, source_record
 from digit_recognizer.interrupts import sigterm_interrupts
 from digit_recognizer.models.runtime import resolve_device
 from digit_recognizer.models.storage import load_net, write_ensemble
@@ -94,17 +92,6 @@ class RunSummary:
     test_accuracy: float | None  # score against the replica's solution.csv; None on Kaggle's files
 
 
-def default_cache_dir() -> Path:
-    """Where replicas are built: $XDG_CACHE_HOME/digit-recognizer (usually ~/.cache/...)."""
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "digit-recognizer"
-
-
-def cached_replica(seed: int, cache_dir: Path | None = None) -> ReplicaFiles:
-    """The replica for ``seed`` in the cache (``default_cache_dir``), built there the first time."""
-    return ready_replica((cache_dir or default_cache_dir()) / f"replica-seed{seed}", seed)
-
-
 def default_run_dir(model: str) -> Path:
     return Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{model}"
 
@@ -119,14 +106,13 @@ def training_data(config: TrainConfig, source: Path) -> tuple[DigitSet | Manifes
     """
     manifest = resolve_data_source(source)
     require_labels(manifest.has_labels, source)
-    is_expansion = manifest.origin.get("command") == "expand"  # augmented: off MNIST's layout
-    held_out = manifest.origin.get("valid_rows", 0)
-    _check_expansion(manifest, config, source, is_expansion, held_out)
+    is_expansion, held_out = manifest.is_expansion, manifest.held_out_rows
+    _check_expansion(manifest, config, source)
     in_memory = _reads_in_memory(manifest, config, source)
     if not config.valid_size and not in_memory:
         return manifest, DigitSet(np.zeros((0, 28, 28), np.uint8), np.zeros(0, np.int64))
     if in_memory and not (held_out and config.valid_size):
-        data = read_as_predicted(read_shards(manifest), source, is_expansion)
+        data = ink_as_predicted(read_shards(manifest), source, is_expansion)
         return split_for_training(data, config.valid_size, config.seed)
     last = manifest.shards[-1]
     if not held_out and last.n_rows > 2 * config.valid_size * manifest.n_rows:
@@ -138,20 +124,18 @@ def training_data(config: TrainConfig, source: Path) -> tuple[DigitSet | Manifes
         log.info("validation: the last shard, %s", last.path)
     train_shards = replace(manifest, shards=manifest.shards[:-1])
     valid_shard = replace(manifest, shards=manifest.shards[-1:])
-    valid_set = read_as_predicted(read_shards(valid_shard), source, is_expansion)
+    valid_set = ink_as_predicted(read_shards(valid_shard), source, is_expansion)
     if in_memory:
-        return read_as_predicted(read_shards(train_shards), source, is_expansion), valid_set
+        return ink_as_predicted(read_shards(train_shards), source, is_expansion), valid_set
     return train_shards, valid_set
 
 
-def _check_expansion(
-    manifest: Manifest, config: TrainConfig, source: Path, is_expansion: bool, held_out: int
-) -> None:
-    if is_expansion and config.augment > 0:
+def _check_expansion(manifest: Manifest, config: TrainConfig, source: Path) -> None:
+    if manifest.is_expansion and config.augment > 0:
         log.warning("%s: its rows are augmented copies (`digits data expand`), which training "
                     "augments again, compounding the ranges; --augment 0 trains on them as they "
                     "are", source)  # fmt: skip
-    if not held_out and config.valid_size:
+    if not manifest.held_out_rows and config.valid_size:
         refuse_split(manifest, source, "train on it with --valid-size 0, or expand again with "
                      "--valid-size above 0 for a held-out shard to validate on")  # fmt: skip
 
@@ -187,7 +171,7 @@ def available_memory_bytes() -> int | None:
         return None
 
 
-def read_as_predicted(data: DigitSet, source: Path, is_expansion: bool) -> DigitSet:
+def ink_as_predicted(data: DigitSet, source: Path, is_expansion: bool) -> DigitSet:
     """Training rows with their ink as `digits predict` reads it: rows whose pixels all stay
     under 32 (0/1, UCI's 0-16) scaled to 255 (faint_to_full_ink), not trained on as near-black
     digits. Rows that are mostly not in MNIST's layout (dark on light, filling the frame) are
@@ -606,19 +590,12 @@ def train_member(
     return replace(job, train=replace(job.train, model=None))
 
 
-def write_metrics(run_dir: Path, updates: dict, merge: bool = True) -> None:
-    """Merge ``updates`` into the run's metrics.json (later stages add their figures), or with
-    ``merge=False`` write them as all of it."""
-    metrics = read_metrics(run_dir) if merge else {}
-    write_text(run_dir / METRICS_FILE, json.dumps(metrics | updates, indent=2) + "\n")
-
-
 def run_job(
     config: TrainConfig | list[TrainConfig],
     train_csv: Path | None = None,
     test_csv: Path | None = None,
     run_dir: Path | None = None,
-    replica_seed: int = 0,
+    replica_seed: int | None = None,
     cache_dir: Path | None = None,
     predict_config: PredictConfig | None = None,
     progress: Progress | None = None,
@@ -626,14 +603,20 @@ def run_job(
 ) -> RunSummary:
     """The main job: (build a replica,) train, evaluate, predict, write and score a submission.
 
-    A list of several configs trains an ensemble, one member per config (``Preset.configs``),
-    ``parallel`` of them at a time (``train_jobs``; unset, ``default_jobs`` decides).
+    Kaggle's ``train_csv`` and ``test_csv``, or neither: the replica built with
+    ``replica_seed`` (default 0). A list of several configs trains an ensemble, one member per
+    config (``Preset.configs``), ``parallel`` of them at a time (``train_jobs``; unset,
+    ``default_jobs`` decides).
     """
     if (train_csv is None) != (test_csv is None):
-        raise DataError("give both --train and --test (Kaggle's files), or neither (the replica)")
+        raise ConfigError("give both --train and --test (Kaggle's files), or neither (the "
+                          "replica)")  # fmt: skip
+    if train_csv is not None and replica_seed is not None:
+        raise ConfigError("--replica-seed builds a replica; --train and --test are files of "
+                          "your own: give one or the other")  # fmt: skip
     solution_csv = None
     if train_csv is None:
-        files = cached_replica(replica_seed, cache_dir)
+        files = cached_replica(replica_seed or 0, cache_dir)
         train_csv, test_csv, solution_csv = files.train, files.test, files.solution
     configs = [config] if isinstance(config, TrainConfig) else config
     run_dir = run_dir or default_run_dir(configs[0].model)

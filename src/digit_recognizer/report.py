@@ -236,7 +236,7 @@ def _labelled_data(
             "validation split cannot be rebuilt; give --data LABELLED_CSV"
         )
     full = read_kaggle_csv(train_csv)
-    # Its ink as training read it (pipeline.read_as_predicted), for the same split of the same rows.
+    # Its ink as training read it (pipeline.ink_as_predicted), for the same split of the same rows.
     full = DigitSet(faint_to_full_ink(full.images)[0], full.labels)
     _, valid_set = split_for_training(full, valid_size, config.get("seed", 0))
     source = (

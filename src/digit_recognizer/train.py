@@ -363,7 +363,7 @@ def train(
             stream.set_epoch(epoch)
             try:
                 for images, labels in loader:
-                    # Faint rows (0/1, 0-16) as in memory (pipeline.read_as_predicted): row by
+                    # Faint rows (0/1, 0-16) as in memory (pipeline.ink_as_predicted): row by
                     # row, so batch by batch.
                     images = torch.from_numpy(faint_to_full_ink(images.numpy())[0])
                     yield images.to(device), labels.to(device)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,6 +79,17 @@ def ready_replica(out_dir: str | Path, seed: int = 0) -> ReplicaFiles:
         return replica_files(out_dir)
     log.info("building the Kaggle replica (seed %d) in %s", seed, out_dir)
     return build_replica(out_dir, seed, overwrite=True)
+
+
+def default_cache_dir() -> Path:
+    """Where replicas are built: $XDG_CACHE_HOME/digit-recognizer (usually ~/.cache/...)."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "digit-recognizer"
+
+
+def cached_replica(seed: int, cache_dir: Path | None = None) -> ReplicaFiles:
+    """The replica for ``seed`` in the cache (``default_cache_dir``), built there the first time."""
+    return ready_replica((cache_dir or default_cache_dir()) / f"replica-seed{seed}", seed)
 
 
 def replica_is_complete(out_dir: str | Path, seed: int = 0) -> bool:

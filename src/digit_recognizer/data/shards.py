@@ -85,6 +85,16 @@ class Manifest:
     def n_rows(self) -> int:
         return sum(shard.n_rows for shard in self.shards)
 
+    @property
+    def is_expansion(self) -> bool:
+        """Written by ``expand``: augmented copies of each image, off MNIST's layout."""
+        return self.origin.get("command") == "expand"
+
+    @property
+    def held_out_rows(self) -> int:
+        """Images an expansion holds out, as they are, in its last shard (0: none, or not known)."""
+        return self.origin.get("valid_rows", 0)
+
 
 # --- sources: a CSV, a shard directory or a glob -----------------------------------------------
 
@@ -170,7 +180,7 @@ def _expansion_of(files: list[Path]) -> dict[str, Any]:
             continue
         names = {shard.path.name for shard in manifest.shards}
         listed = [file for file in files if file.parent == directory and file.name in names]
-        if manifest.origin.get("command") == "expand" and listed:
+        if manifest.is_expansion and listed:
             return {"command": "expand", "source": str(directory), "valid_rows": 0}
     return {}
 
@@ -211,7 +221,7 @@ def read_labelled(path: Path, to_split: bool = False) -> DigitSet:
 def refuse_split(manifest: Manifest, source: Path, remedy: str) -> None:
     """``DataError`` for an expansion (``digits data expand``): each image is in it several
     times, so a split of its rows validates on copies of training images."""
-    if manifest.origin.get("command") == "expand":
+    if manifest.is_expansion:
         raise DataError(
             f"{source}: every image is in it several times (`digits data expand`), so a split "
             f"of its rows validates on copies of training images; {remedy}"
@@ -441,7 +451,7 @@ def expand(
 
 
 def _refuse_expansion(manifest: Manifest, source: str | Path, command: str, why: str) -> None:
-    if manifest.origin.get("command") == "expand":
+    if manifest.is_expansion:
         raise ConfigError(f"{source}: an expansion (`digits data expand`) cannot be given to "
                           f"`digits data {command}`: {why}")  # fmt: skip
 
