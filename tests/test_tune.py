@@ -55,7 +55,9 @@ def test_classical_study_resumes_from_its_sqlite_storage(tmp_path, small_csvs):
 def test_ctrl_c_ends_the_study_with_the_trial_recorded_as_pruned(tmp_path, small_csvs, monkeypatch,
                                                                    capfd):  # fmt: skip
     """Optuna would log the interrupted trial as failed, traceback and all; it is pruned instead,
-    the study stops, and the interruption reaches the caller (the CLI says "interrupted")."""
+    the study stops, the finished trials' results are written (they had not been: `timeout
+    3600 digits tune` wrote none), and the interruption reaches the caller (the CLI says
+    "interrupted")."""
     objective = tune_module._classical_objective
 
     def interrupted_second(trial, *args):
@@ -69,6 +71,8 @@ def test_ctrl_c_ends_the_study_with_the_trial_recorded_as_pruned(tmp_path, small
     study = optuna.load_study(study_name="tune-knn", storage=f"sqlite:///{tmp_path}/study.db")
     assert [trial.state.name for trial in study.trials] == ["COMPLETE", "PRUNED"]
     assert "Traceback" not in capfd.readouterr().err
+    best = json.loads((tmp_path / "best_params.json").read_text())
+    assert best["params"] == study.trials[0].params
 
 
 def test_a_zero_timeout_is_none_and_a_negative_one_is_refused(tmp_path, small_csvs):
@@ -88,34 +92,42 @@ def test_net_study_writes_a_config_that_train_accepts(tmp_path, small_csvs):
     assert (tmp_path / "intermediate_values.png").exists()
 
 
-def test_net_trials_below_the_median_are_pruned_and_share_the_timeout(tmp_path, small_csvs,
-                                                                      monkeypatch):  # fmt: skip
+def test_net_trials_below_the_median_are_pruned_and_the_timeout_stops_a_trial_between_epochs(
+    tmp_path, small_csvs, monkeypatch
+):
     # A stand-in for train() with fixed learning curves: what is under test is the wiring of
-    # reports, pruning, time budgets and the best config, not the nets.
-    # The last trial is cut by the deadline after its first epoch: its score is the time's.
-    curves = iter([[0.90, 0.95], [0.91, 0.96], [0.50, 0.55], [0.97]])
+    # reports, pruning, the deadline and the best config, not the nets. The clock passes the
+    # deadline during the last trial's first epoch: it stops there, pruned, its score the
+    # time's. Trials train without a time budget, which would steer their lr by the clock
+    # (a trial that still finished had scored the time left).
+    curves = iter([[0.90, 0.95], [0.91, 0.96], [0.50, 0.55], [0.97, 0.99]])
+    now = [0.0]
+    monkeypatch.setattr(tune_module, "time", SimpleNamespace(monotonic=lambda: now[0]))
     budgets = []
 
     def fake_train(config, train_set, valid_set, run_dir, on_epoch_end):
         budgets.append(config.time_budget_s)
         curve = next(curves)
         for epoch, accuracy in enumerate(curve, start=1):
+            if accuracy == 0.97:
+                now[0] = 601.0
             on_epoch_end({"epoch": epoch, "valid_accuracy": accuracy})
-        cut = len(curve) < config.epochs
-        return SimpleNamespace(valid_accuracy=max(curve), epochs_run=len(curve), cut_by_budget=cut)
+        return SimpleNamespace(valid_accuracy=max(curve), epochs_run=len(curve))
 
     monkeypatch.setattr(tune_module, "train", fake_train)
-    config = TuneConfig(model="cnn", trials=4, epochs=2, timeout_s=600)
+    config = TuneConfig(model="cnn", trials=4, epochs=2, timeout_s=600, seed=5)
     result = tune(config, small_csvs["train"], tmp_path)
     study = optuna.load_study(study_name=result.study_name, storage=result.storage)
     states = [trial.state.name for trial in study.trials]
     assert states == ["COMPLETE", "COMPLETE", "PRUNED", "PRUNED"]
-    assert study.best_value == 0.96 and result.n_pruned == 2
-    assert 0 < budgets[3] <= budgets[2] <= budgets[1] <= budgets[0] <= 600
+    assert [trial.user_attrs.get("pruned") for trial in study.trials[2:]] == [
+        tune_module.BELOW_MEDIAN, tune_module.CUT_BY_TIMEOUT]  # fmt: skip
+    assert study.best_value == 0.96 and result.n_pruned == 2 and budgets == [None] * 4
     best = load_config(TrainConfig, tmp_path / "best_config.toml")
     scale = study.best_params["width_scale"]
     assert best.widths == tuple(round(width * scale) for width in (32, 64, 128))
     assert best.dropout == study.best_params["dropout"] and best.time_budget_s is None
+    assert best.seed == 5  # the trial's: another seed trains another net than it scored
 
 
 def test_a_trial_whose_training_diverges_is_pruned_and_the_study_goes_on(
@@ -132,6 +144,11 @@ def test_a_trial_whose_training_diverges_is_pruned_and_the_study_goes_on(
     monkeypatch.setattr(tune_module, "train", fake_train)
     result = tune(TuneConfig(model="cnn", trials=2, epochs=1), small_csvs["train"], tmp_path)
     assert result.n_trials == 2 and result.n_pruned == 1 and result.best_value == 0.9
+    # With no trial completed the error says why they were pruned (it had said "raise
+    # --timeout" of trials that diverged, with no timeout given).
+    runs = iter([DivergedError("diverged in epoch 1")] * 2)
+    with pytest.raises(ConfigError, match="no completed trial: 2 trials its training diverged"):
+        tune(TuneConfig(model="cnn", trials=2, epochs=1), small_csvs["train"], tmp_path / "b")
 
 
 def test_net_trials_train_with_the_settings_they_suggest(tmp_path, small_csvs, monkeypatch):
@@ -181,3 +198,42 @@ def test_classical_trials_fit_their_params_and_score_on_the_validation_split(
         assert set(trial.params) == {"n_neighbors", "n_components"}
         # 20 % of the 3,000 rows held out.
         assert call == {"params": trial.params, "fit_rows": 2400, "scored_rows": 600}
+
+
+def test_a_database_of_another_optuna_version_and_a_killed_trial(tmp_path, small_csvs):
+    """A study database set up by another Optuna version ended in a traceback; a trial whose
+    process was killed outright stayed RUNNING for ever, counted in every later call."""
+    import sqlite3
+
+    result = tune(TuneConfig(model="knn", trials=1), small_csvs["train"], tmp_path)
+    study = optuna.load_study(study_name=result.study_name, storage=result.storage)
+    stale = study.ask()  # a trial begun by a process then killed: it never beats its heartbeat
+    database = tmp_path / "study.db"
+    with sqlite3.connect(database) as connection:
+        connection.execute("insert into trial_heartbeats (trial_id, heartbeat) values "
+                           "(?, datetime('now', '-10 minutes'))", (stale._trial_id,))  # fmt: skip
+    assert tune(TuneConfig(model="knn", trials=1), small_csvs["train"], tmp_path).n_trials == 3
+    states = [trial.state.name for trial in optuna.load_study(
+        study_name=result.study_name, storage=result.storage).trials]  # fmt: skip
+    assert states == ["COMPLETE", "FAIL", "COMPLETE"]
+    with sqlite3.connect(database) as connection:
+        connection.execute("update alembic_version set version_num = 'v1.3.0.a'")
+    with pytest.raises(
+        ConfigError,
+        match=rf"{database}: the study's database was written by "
+        r"another version of Optuna .* `optuna storage upgrade --storage sqlite",
+    ):
+        tune(TuneConfig(model="knn", trials=1), small_csvs["train"], tmp_path)
+
+
+def test_one_trial_draws_no_importances_and_a_split_error_names_tunes_flag(tmp_path, small_csvs):
+    result = CliRunner().invoke(app, ["tune", "--train", str(small_csvs["train"]), "--model",
+        "knn", "--trials", "1", "--valid-size", "0.25", "--out", str(tmp_path / "a")])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert {path.name for path in (tmp_path / "a").glob("*.png")} == {"optimization_history.png"}
+    few = tmp_path / "few.csv"
+    few.write_text("".join(small_csvs["train"].read_text().splitlines(True)[:21]))
+    result = CliRunner().invoke(app, ["tune", "--train", str(few), "--model", "knn", "--trials",
+                                      "1", "--out", str(tmp_path / "b")])  # fmt: skip
+    assert result.exit_code == 1 and "--valid-size" in result.output
+    assert not (tmp_path / "b").exists()  # refused before an empty --out was made

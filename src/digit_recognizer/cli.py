@@ -634,16 +634,20 @@ def tune(
         str | None, typer.Option(help="Optuna URL \\[default: OUT/study.db]")] = None,
     study_name: Annotated[str | None, typer.Option(help="\\[default: tune-MODEL]")] = None,
     epochs: Annotated[int | None, typer.Option(help="Epochs per net trial. \\[default: 3]")] = None,
+    valid_size: Annotated[float | None, typer.Option(
+        help="Fraction of the rows that scores each trial. \\[default: 0.2]")] = None,
     out: Annotated[Path | None, typer.Option(help="\\[default: runs/tune-MODEL]")] = None,
     seed: Seed = None,
 ) -> None:  # fmt: skip
     """Search hyperparameters with Optuna; resumable. Writes best_params.json and plots, and for
-    a net best_config.toml: the best trial's recipe at full length, for `digits train --config`."""
+    a net best_config.toml: the best trial's recipe at full length, for `digits train --config`
+    (a classical model's params are build_estimator's arguments, in Python)."""
     from digit_recognizer.tune import TuneConfig
     from digit_recognizer.tune import tune as run_tune
 
     config = load_config(TuneConfig, None, {"model": model, "trials": trials, "timeout_s": timeout,
-        "storage": storage, "study_name": study_name, "epochs": epochs, "seed": seed})  # fmt: skip
+        "storage": storage, "study_name": study_name, "epochs": epochs, "valid_size": valid_size,
+        "seed": seed})  # fmt: skip
     result = run_tune(config, train, out or Path("runs") / f"tune-{config.model}")
     counts = f", {result.n_trials} trials ({result.n_pruned} pruned) in {result.storage}"
     best = f": best accuracy {result.best_value:.4f}"

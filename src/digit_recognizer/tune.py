@@ -8,10 +8,14 @@ stratified validation split, in a study stored in SQLite so that a later call re
 Writes ``best_params.json``, for nets ``best_config.toml`` (``digits train --config`` reads it)
 and the Optuna plots. Net trials are short runs (``epochs``, default 3) that report each epoch's
 validation accuracy; a trial below the median of earlier trials at the same epoch is pruned
-(Optuna's MedianPruner). ``--timeout`` bounds the whole call: a net trial gets the time left as
-its training budget, and no trial starts after it; a trial the deadline cuts short is recorded as
-pruned, since its accuracy is the time's, not its settings'. A resumed study must be given the
-settings and data it was run with: trials are only comparable on one split and run length.
+(Optuna's MedianPruner). ``--timeout`` bounds the whole call: no trial starts after it, and a
+net trial still short of its epochs then stops at the end of the epoch it is in, recorded as
+pruned: its accuracy would be the time's, not its settings'. (A time budget inside training
+would steer its learning rate by the clock, and a trial that still finished would score the
+time left.) Ctrl-C or SIGTERM stops the study, and the results of the trials finished are
+written all the same. A resumed study must be given the settings and data it was run with:
+trials are only comparable on one split and run length. A trial whose process was killed
+outright is marked failed once its heartbeat is two minutes old.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import logging
 import tempfile
 import time
 import warnings
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +36,7 @@ import matplotlib.pyplot as plt
 import optuna
 from matplotlib.figure import Figure
 from sqlalchemy.engine import URL
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from digit_recognizer.checkpoint import rows_fingerprint
 from digit_recognizer.config import check_fields, load_config, save_config
@@ -67,8 +72,10 @@ class TuneConfig:
     def __post_init__(self) -> None:
         check_fields(self)
         get_spec(self.model)
-        if self.trials < 1 or self.epochs < 1:
-            raise ConfigError("trials and epochs must be >= 1")
+        if self.trials < 1:
+            raise ConfigError(f"trials must be >= 1, got {self.trials}")
+        if self.epochs < 1:
+            raise ConfigError(f"epochs must be >= 1, got {self.epochs}")
         if self.timeout_s is not None and self.timeout_s < 0:
             raise ConfigError(f"timeout_s must be >= 0 (0 = none), got {self.timeout_s}")
         if not 0 < self.valid_size < 1:
@@ -119,29 +126,18 @@ def suggest_params(trial: optuna.Trial, model: str) -> dict[str, Any]:
 
 
 def tune(config: TuneConfig, train_csv: Path, out_dir: Path) -> TuneResult:
-    """Run ``config.trials`` more trials of the study and write the best settings and plots."""
+    """Run ``config.trials`` more trials of the study and write the best settings and plots
+    (after Ctrl-C too, for the trials finished, before the interruption goes on)."""
     study_name = config.study_name or f"tune-{config.model}"
     check_results_are_the_studys(out_dir, study_name)
-    out_dir = make_dir(out_dir)
     data = read_labelled(train_csv, to_split=True)
     train_set, valid_set = split_for_training(data, config.valid_size, config.seed)
+    out_dir = make_dir(out_dir)
     # Built as a URL, not pasted into one: an --out holding '?' or '%' named another file.
     database = str((out_dir / "study.db").resolve())
     storage = config.storage or URL.create("sqlite", database=database).render_as_string()
-    # Prune from the second epoch, once two trials have finished: short runs are noisy early.
-    pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=2)
-    try:
-        study = optuna.create_study(
-            study_name=study_name,
-            storage=storage,
-            direction="maximize",
-            pruner=pruner,
-            load_if_exists=True,
-        )
-    except SQLAlchemyError as error:  # a bad URL, an unreachable database
-        where = f"--storage {storage}" if config.storage else database
-        raise ConfigError(f"{where}: cannot open the study's database "
-                          f"({first_line(error)})") from None  # fmt: skip
+    study = open_study(storage, study_name, where=f"--storage {storage}" if config.storage
+                       else database)  # fmt: skip
     # Offset by the stored trials: a resumed study must not redraw its first random samples.
     study.sampler = optuna.samplers.TPESampler(seed=config.seed + len(study.trials))
     is_net = get_spec(config.model).kind == "net"
@@ -153,7 +149,7 @@ def tune(config: TuneConfig, train_csv: Path, out_dir: Path) -> TuneResult:
     def objective(trial: optuna.Trial) -> float:
         try:
             if is_net:
-                return _net_objective(trial, config, train_set, valid_set, deadline)
+                return _net_objective(trial, config, train_set, valid_set, deadline, out_dir)
             return _classical_objective(trial, config, train_set, valid_set)
         except KeyboardInterrupt as stop:
             # Optuna would log the trial's failure with its traceback. Recorded as pruned (its
@@ -161,32 +157,107 @@ def tune(config: TuneConfig, train_csv: Path, out_dir: Path) -> TuneResult:
             # interruption goes on from there.
             interruptions.append(stop)
             study.stop()
-            raise optuna.TrialPruned("interrupted") from None
+            raise pruned(trial, INTERRUPTED) from None
 
     study.optimize(objective, n_trials=config.trials, timeout=config.timeout_s or None)
-    if interruptions:
-        raise interruptions[0]
     completed = study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.COMPLETE])
     if not completed:
-        raise ConfigError(f"study '{study_name}' has no completed trial; raise --timeout")
+        if interruptions:
+            raise interruptions[0]
+        raise ConfigError(f"study '{study_name}' has no completed trial: {why_pruned(study)}")
+    # Again: a worker of another study may have written its results here meanwhile.
+    check_results_are_the_studys(out_dir, study_name)
+    files = write_results(study, config, out_dir, is_net)
+    if interruptions:
+        log.warning("interrupted: wrote the results of the %d trials finished; the same command "
+                    "adds trials to the study", len(completed))  # fmt: skip
+        raise interruptions[0]
+    n_pruned = len(study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.PRUNED]))
+    return TuneResult(study_name, storage, len(study.trials), n_pruned, study.best_value,
+                      study.best_params, files)  # fmt: skip
+
+
+def open_study(storage: str, study_name: str, where: str) -> optuna.Study:
+    """The study ``study_name`` at ``storage``, created there if new; ``ConfigError`` naming
+    ``where`` if the database cannot be used."""
+
+    def create() -> optuna.Study:
+        with warnings.catch_warnings():  # the heartbeat is "experimental" since Optuna 2.9
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            # Trials beat a heartbeat: one whose process was killed outright (kill -9, the
+            # machine's end) would stay RUNNING for ever, counted in every later call; two
+            # minutes after its last beat the next call marks it failed.
+            rdb = optuna.storages.RDBStorage(storage, heartbeat_interval=60, grace_period=120)
+        return optuna.create_study(
+            study_name=study_name,
+            storage=rdb,
+            direction="maximize",
+            # Prune from the second epoch, once two trials have finished: short runs are noisy
+            # early.
+            pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=2),
+            load_if_exists=True,
+        )
+
+    try:
+        try:
+            return create()
+        except IntegrityError:
+            # Workers started at once on a new database both create its tables; the second
+            # finds them made, and loads the study when it tries again.
+            return create()
+    except SQLAlchemyError as error:  # a bad URL, an unreachable database
+        raise ConfigError(f"{where}: cannot open the study's database "
+                          f"({first_line(error)})") from None  # fmt: skip
+    except RuntimeError as error:  # written by another Optuna version
+        raise ConfigError(f"{where}: the study's database was written by another version of "
+                          f"Optuna than {optuna.__version__} ({first_line(error)}); `optuna "
+                          f"storage upgrade --storage {storage}` upgrades it"
+                          ) from None  # fmt: skip
+
+
+# Why a trial was pruned, recorded with it: a study without a completed trial says which.
+BELOW_MEDIAN = "below the median of earlier trials"
+CUT_BY_TIMEOUT = "stopped by --timeout: raise it for whole trials"
+DIVERGED = "its training diverged: the lr range is too high for these rows"
+INTERRUPTED = "interrupted"
+
+
+def pruned(trial: optuna.Trial, reason: str, detail: str = "") -> optuna.TrialPruned:
+    """The exception that prunes ``trial``, with ``reason`` recorded on it."""
+    trial.set_user_attr("pruned", reason)
+    return optuna.TrialPruned(f"{reason}{detail}")
+
+
+def why_pruned(study: optuna.Study) -> str:
+    """What ended a study's trials, counted: "2 trials its training diverged: ..., 1 ..."."""
+    states = (optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
+    # A failed trial's process was killed outright (its heartbeat stopped), or a bug ended it.
+    reasons = Counter(trial.user_attrs.get("pruned", "failed")
+                      for trial in study.get_trials(deepcopy=False, states=states))  # fmt: skip
+    return "; ".join(f"{n} trial{'s' * (n > 1)} {reason}" for reason, n in reasons.items())
+
+
+def write_results(
+    study: optuna.Study, config: TuneConfig, out_dir: Path, is_net: bool
+) -> list[Path]:
+    """best_params.json, for a net best_config.toml, and the plots: the files written."""
     files = [out_dir / BEST_PARAMS_FILE]
     best = {
-        "study": study_name,
+        "study": study.study_name,
         "model": config.model,
         "accuracy": study.best_value,
         "params": study.best_params,
     }
     write_text(files[0], json.dumps(best, indent=2) + "\n")
     if is_net:
-        # Recipe keys only; epochs stay at the full-length default the short trials stood in for.
+        # The trial's recipe and seed; epochs stay at the full-length default the short trials
+        # stood in for.
         best_overrides = study.best_trial.user_attrs["train_overrides"]
-        best_config = load_config(TrainConfig, None, {"model": config.model, **best_overrides})
+        best_config = load_config(TrainConfig, None, {"model": config.model, "seed": config.seed,
+                                                      **best_overrides})  # fmt: skip
         save_config(best_config, out_dir / BEST_CONFIG_FILE)
         files.append(out_dir / BEST_CONFIG_FILE)
-    files += write_plots(study, out_dir, has_epochs=is_net)
-    pruned = study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.PRUNED])
-    return TuneResult(study_name, storage, len(study.trials), len(pruned), study.best_value,
-                      study.best_params, files)  # fmt: skip
+    return files + write_plots(study, out_dir, has_epochs=is_net)
 
 
 def check_results_are_the_studys(out_dir: Path, study_name: str) -> None:
@@ -232,29 +303,28 @@ def _net_objective(
     train_set: DigitSet,
     valid_set: DigitSet,
     deadline: float | None,
+    out_dir: Path,
 ) -> float:
     params = suggest_params(trial, config.model)
     trial.set_user_attr("train_overrides", params)  # width_scale -> widths: TrainConfig's keys
     overrides = {"model": config.model, "epochs": config.epochs, "seed": config.seed, **params}
-    if deadline is not None:  # stops the trial at the deadline
-        overrides["time_budget_s"] = max(deadline - time.monotonic(), 1.0)
     train_config = load_config(TrainConfig, None, overrides)
 
     def report(row: dict[str, float]) -> None:
-        trial.report(row["valid_accuracy"], step=int(row["epoch"]))
+        epoch = int(row["epoch"])
+        trial.report(row["valid_accuracy"], step=epoch)
         if trial.should_prune():
-            raise optuna.TrialPruned(
-                f"epoch {row['epoch']:.0f}: below the median of earlier trials"
-            )
+            raise pruned(trial, BELOW_MEDIAN, f" (epoch {epoch})")
+        if deadline is not None and time.monotonic() > deadline and epoch < config.epochs:
+            raise pruned(trial, CUT_BY_TIMEOUT, f" (after {epoch} of {config.epochs} epochs)")
 
-    with tempfile.TemporaryDirectory(prefix=f"trial{trial.number}-") as run_dir:
+    # In --out, not the system's temporary folder: a trial killed outright leaves its folder
+    # where the study's files are, not in /tmp.
+    with tempfile.TemporaryDirectory(prefix=f"trial{trial.number}-", dir=out_dir) as run_dir:
         try:
             result = train(train_config, train_set, valid_set, Path(run_dir), on_epoch_end=report)
         except DivergedError as error:  # its settings' fault: a trial to prune, not the end
-            raise optuna.TrialPruned(first_line(error)) from None
-    if result.cut_by_budget:  # epochs_run is rounded: 2.97 epochs read as 3.0
-        raise optuna.TrialPruned(f"cut by --timeout after {result.epochs_run:g} of "
-                                 f"{config.epochs} epochs")  # fmt: skip
+            raise pruned(trial, DIVERGED, f" ({first_line(error)})") from None
     return float(result.valid_accuracy)
 
 
@@ -271,8 +341,14 @@ def write_plots(study: optuna.Study, out_dir: Path, has_epochs: bool) -> list[Pa
     """Optuna's matplotlib plots as PNGs; a plot the study cannot support yet is skipped."""
     from optuna.visualization import matplotlib as optuna_plots
 
-    plots = {"optimization_history": optuna_plots.plot_optimization_history,
-             "param_importances": optuna_plots.plot_param_importances}  # fmt: skip
+    plots = {"optimization_history": optuna_plots.plot_optimization_history}
+    completed = study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.COMPLETE])
+    # Importances rank parameters by how the scores vary with them: with one score, or all
+    # alike, Optuna draws equal bars that say nothing (and warns).
+    if len({trial.value for trial in completed}) > 1:
+        plots["param_importances"] = optuna_plots.plot_param_importances
+    else:
+        log.info("skipped the param_importances plot: it needs trials of two scores or more")
     if has_epochs:
         plots["intermediate_values"] = optuna_plots.plot_intermediate_values
     written = []
