@@ -1,12 +1,7 @@
 import json
 import logging
-import multiprocessing
-import multiprocessing.synchronize
 import os
 import signal
-import subprocess
-import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -24,17 +19,16 @@ from digit_recognizer.data.kaggle_csv import DigitSet, write_kaggle_csv
 from digit_recognizer.errors import ConfigError, DataError, DigitsError, ModelFileError
 from digit_recognizer.evaluate import score_submission
 from digit_recognizer.fileio import locked_dir, sha256_file
+from digit_recognizer.members import member_gpu, visible_gpus
 from digit_recognizer.models.storage import read_meta
 from digit_recognizer.pipeline import (
     TrainJobResult,
     default_jobs,
-    member_gpu,
     run_job,
     train_distributed,
     train_job,
     train_jobs,
     train_member,
-    visible_gpus,
 )
 from digit_recognizer.predict import Predictor
 from digit_recognizer.presets import get_preset, job_configs
@@ -288,63 +282,6 @@ def test_a_killed_member_is_named_at_once_and_no_other_starts(tmp_path, small_cs
     assert not (tmp_path / "member-3" / "checkpoint.pt").exists()  # never started
 
 
-def sleeping_member(number: int, *args: object) -> TrainJobResult:
-    time.sleep(120)
-    raise AssertionError("stopped before this")
-
-
-def deaf_importer(deaf: multiprocessing.synchronize.Event) -> None:
-    """A member's process still importing: deaf to Ctrl-C, and not yet saying it trains."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    deaf.set()
-    time.sleep(120)
-
-
-def test_a_member_not_training_yet_is_killed_at_once_when_the_command_stops():
-    """One still importing ignores Ctrl-C: it had been waited on for 30 s, then killed."""
-    context = multiprocessing.get_context("spawn")
-    results, silent = context.Pipe(duplex=False)
-    deaf = context.Event()
-    process = context.Process(target=deaf_importer, args=(deaf,))
-    process.start()
-    assert deaf.wait(60)
-    started = time.monotonic()
-    pipeline._stop_members([pipeline.Member(process, results)])
-    assert not process.is_alive() and time.monotonic() - started < 5
-    silent.close()
-
-
-@pytest.mark.skipif(sys.platform != "linux", reason="the parent-death signal is Linux's")
-def test_a_member_ends_when_its_command_is_killed(tmp_path):
-    """SIGKILL to the command: its members had trained on as orphans, outside its lock."""
-    script = (
-        "import multiprocessing, sys, time\n"
-        "from digit_recognizer import pipeline\n"
-        "from tests.test_pipeline import sleeping_member\n"
-        "if __name__ == '__main__':\n"
-        "    running = {}\n"
-        "    pipeline._start_member(running, multiprocessing.get_context('spawn'), "
-        "sleeping_member, 1)\n"
-        "    assert running[1].results.recv() == pipeline.TRAINING\n"  # killed as it trains
-        "    print(running[1].process.pid, flush=True)\n"
-        "    time.sleep(120)\n"
-    )
-    command = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
-                               cwd=Path(__file__).parents[1])  # fmt: skip
-    member_pid = int(command.stdout.readline())
-    command.kill()
-    command.wait()
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            os.kill(member_pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.1)
-    os.kill(member_pid, signal.SIGKILL)
-    raise AssertionError("the member outlived its command by 20 s")
-
-
 def failing_member(number: int, *args: object) -> TrainJobResult:
     raise RuntimeError("could not create a primitive")  # oneDNN out of memory, say
 
@@ -439,57 +376,6 @@ def test_a_resumed_ensemble_no_longer_claims_its_earlier_test_score(tmp_path, sm
     resumed = [replace(config, resume=True, epochs=2) for config in configs]
     train_jobs(resumed, small_csvs["train"], tmp_path)
     assert "test_accuracy" not in json.loads((tmp_path / "metrics.json").read_text())
-
-
-def test_a_member_ended_by_a_real_time_signal_or_an_exit_status_is_named():
-    assert pipeline._member_failure(2, None, -40) == (
-        "ensemble member 2's process killed by signal 40 before it finished"
-    )
-    assert "SIGTERM before" in pipeline._member_failure(2, None, -signal.SIGTERM)  # someone's
-    assert pipeline._member_failure(3, None, 1) == (
-        "ensemble member 3's process ended with exit status 1 before it finished"
-    )
-
-
-def reporting_member(number: int, *args: object) -> str:
-    return "deaf" if signal.getsignal(signal.SIGINT) is signal.SIG_IGN else "stops"
-
-
-def test_a_member_stays_deaf_to_ctrl_c_where_its_command_is():
-    """A command started deaf to Ctrl-C (`digits ... &` in a script) keeps its members deaf;
-    one that hears it has members that hear it once they train."""
-    context = multiprocessing.get_context("spawn")
-    outcomes = []
-    for handler in (signal.default_int_handler, signal.SIG_IGN):
-        previous = signal.signal(signal.SIGINT, handler)
-        try:
-            running: dict[int, pipeline.Member] = {}
-            pipeline._start_member(running, context, reporting_member, 1)
-        finally:
-            signal.signal(signal.SIGINT, previous)
-        member = running[1]
-        while not member.ended:
-            member.read()
-        member.process.join(60)
-        outcomes.append(member.outcome)
-    assert outcomes == ["stops", "deaf"]
-
-
-def test_a_deaf_commands_members_are_stopped_by_sigterm_not_waited_on():
-    """Started deaf to Ctrl-C, a member ignores the SIGINT that stops the others: it had been
-    waited on for 30 s, then killed."""
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        running: dict[int, pipeline.Member] = {}
-        pipeline._start_member(running, multiprocessing.get_context("spawn"), sleeping_member, 1)
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    member = running[1]
-    member.read()
-    assert member.training
-    started = time.monotonic()
-    pipeline._stop_members([member])
-    assert member.process.exitcode == -signal.SIGTERM and time.monotonic() - started < 10
 
 
 def test_the_validating_last_shard_is_checked_as_the_training_shards_are(tmp_path, small_csvs):

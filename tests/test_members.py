@@ -1,0 +1,123 @@
+"""Members side by side, each in a process of its own: started deaf to Ctrl-C until they
+train, named when they fail, stopped as Ctrl-C stops a run (pipeline's tests train them)."""
+
+import multiprocessing
+import multiprocessing.synchronize
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from digit_recognizer.members import Member, member_failure, start_member, stop_members
+
+
+def sleeping_member(number: int, *args: object) -> object:
+    time.sleep(120)
+    raise AssertionError("stopped before this")
+
+
+def deaf_importer(deaf: multiprocessing.synchronize.Event) -> None:
+    """A member's process still importing: deaf to Ctrl-C, and not yet saying it trains."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    deaf.set()
+    time.sleep(120)
+
+
+def test_a_member_not_training_yet_is_killed_at_once_when_the_command_stops():
+    """One still importing ignores Ctrl-C: it had been waited on for 30 s, then killed."""
+    context = multiprocessing.get_context("spawn")
+    results, silent = context.Pipe(duplex=False)
+    deaf = context.Event()
+    process = context.Process(target=deaf_importer, args=(deaf,))
+    process.start()
+    assert deaf.wait(60)
+    started = time.monotonic()
+    stop_members([Member(process, results)])
+    assert not process.is_alive() and time.monotonic() - started < 5
+    silent.close()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the parent-death signal is Linux's")
+def test_a_member_ends_when_its_command_is_killed(tmp_path):
+    """SIGKILL to the command: its members had trained on as orphans, outside its lock."""
+    script = (
+        "import multiprocessing, sys, time\n"
+        "from digit_recognizer.members import TRAINING, start_member\n"
+        "from tests.test_members import sleeping_member\n"
+        "if __name__ == '__main__':\n"
+        "    running = {}\n"
+        "    start_member(running, multiprocessing.get_context('spawn'), "
+        "sleeping_member, 1)\n"
+        "    assert running[1].results.recv() == TRAINING\n"  # killed as it trains
+        "    print(running[1].process.pid, flush=True)\n"
+        "    time.sleep(120)\n"
+    )
+    command = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                               cwd=Path(__file__).parents[1])  # fmt: skip
+    member_pid = int(command.stdout.readline())
+    command.kill()
+    command.wait()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            os.kill(member_pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    os.kill(member_pid, signal.SIGKILL)
+    raise AssertionError("the member outlived its command by 20 s")
+
+
+def test_a_member_ended_by_a_real_time_signal_or_an_exit_status_is_named():
+    assert member_failure(2, None, -40) == (
+        "ensemble member 2's process killed by signal 40 before it finished"
+    )
+    assert "SIGTERM before" in member_failure(2, None, -signal.SIGTERM)  # someone's
+    assert member_failure(3, None, 1) == (
+        "ensemble member 3's process ended with exit status 1 before it finished"
+    )
+
+
+def reporting_member(number: int, *args: object) -> str:
+    return "deaf" if signal.getsignal(signal.SIGINT) is signal.SIG_IGN else "stops"
+
+
+def test_a_member_stays_deaf_to_ctrl_c_where_its_command_is():
+    """A command started deaf to Ctrl-C (`digits ... &` in a script) keeps its members deaf;
+    one that hears it has members that hear it once they train."""
+    context = multiprocessing.get_context("spawn")
+    outcomes = []
+    for handler in (signal.default_int_handler, signal.SIG_IGN):
+        previous = signal.signal(signal.SIGINT, handler)
+        try:
+            running: dict[int, Member] = {}
+            start_member(running, context, reporting_member, 1)
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        member = running[1]
+        while not member.ended:
+            member.read()
+        member.process.join(60)
+        outcomes.append(member.outcome)
+    assert outcomes == ["stops", "deaf"]
+
+
+def test_a_deaf_commands_members_are_stopped_by_sigterm_not_waited_on():
+    """Started deaf to Ctrl-C, a member ignores the SIGINT that stops the others: it had been
+    waited on for 30 s, then killed."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        running: dict[int, Member] = {}
+        start_member(running, multiprocessing.get_context("spawn"), sleeping_member, 1)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    member = running[1]
+    member.read()
+    assert member.training
+    started = time.monotonic()
+    stop_members([member])
+    assert member.process.exitcode == -signal.SIGTERM and time.monotonic() - started < 10
