@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import logging
 import shutil
@@ -230,6 +231,14 @@ def test_predict_csv(client: TestClient, predictor: Predictor, small_test, tmp_p
         lines = response.text.splitlines()
         assert lines[0] == "ImageId,Label" and len(lines) == 31
         assert [int(line.split(",")[1]) for line in lines[1:]] == expected.tolist()
+    # Errors name the upload (its bytes are parsed as they came, no file of ours between).
+    zipped = client.post("/predict/csv", files={"file": ("test.csv.gz", gzip.compress(b"x"))})
+    assert zipped.status_code == 422
+    assert zipped.json()["detail"] == ("test.csv.gz: gzip-compressed, not CSV text; gunzip it "
+                                       "first and pass the CSV")  # fmt: skip
+    bad = path.read_bytes().replace(b"\n0,", b"\nx,", 1)
+    answer = client.post("/predict/csv", files={"file": ("mine.csv", bad)})
+    assert answer.status_code == 422 and answer.json()["detail"].startswith("mine.csv, line 2, ")
 
 
 def test_onnx_backend(run_dir: Path, predictor: Predictor, digits) -> None:

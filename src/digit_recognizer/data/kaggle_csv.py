@@ -19,6 +19,7 @@ compressed files (zip, gzip, bzip2, xz, zstd), which the error names as such.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -106,10 +107,15 @@ def read_kaggle_csv(path: str | Path) -> DigitSet:
     Returns images uint8 of shape (n_rows, 28, 28) and labels int64 of shape (n_rows,) or None.
     Raises ``DataError`` with file, line and column of the first problem in the file.
     """
-    path = Path(path)
-    raw = _read_bytes(path)
-    columns, body = split_header(raw, path, (LABELLED_COLUMNS, PIXEL_COLUMNS))
-    return parse_body(body, columns, path)
+    return parse_kaggle_csv(_read_bytes(Path(path)), Path(path))
+
+
+def parse_kaggle_csv(raw: bytes, name: str | Path) -> DigitSet:
+    """``read_kaggle_csv`` of a file's bytes (an upload's), its errors naming it ``name``."""
+    name = Path(name)
+    refuse_compressed(raw, name)
+    columns, body = split_header(raw, name, (LABELLED_COLUMNS, PIXEL_COLUMNS))
+    return parse_body(body, columns, name)
 
 
 def check_kaggle_csv(path: str | Path) -> CsvSummary:
@@ -192,11 +198,19 @@ def open_binary(path: Path) -> BinaryIO:
         raise DataError(f"{path}: is a directory, expected a CSV file") from None
     except OSError as error:
         raise DataError(f"{path}: cannot read ({error.strerror})") from None
+    try:
+        refuse_compressed(start, path)
+    except DataError:
+        file.close()
+        raise
+    return file
+
+
+def refuse_compressed(start: bytes, path: Path) -> None:
+    """``DataError`` if a file starting with ``start`` is an archive, not CSV text."""
     for magic, (kind, how) in _COMPRESSED.items():
         if start.startswith(magic):
-            file.close()
             raise DataError(f"{path}: {kind}, not CSV text; {how} it first and pass the CSV")
-    return file
 
 
 def split_header(
@@ -421,14 +435,24 @@ def write_submission(path: str | Path, labels: NDArray[np.integer]) -> None:
     Rows are formatted ``SUBMISSION_CHUNK_ROWS`` at a time, so the text of a huge submission is
     never in memory at once.
     """
+    chunks = submission_chunks(labels)
+    with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8") as file:
+        file.writelines(chunks)
+
+
+def submission_chunks(labels: NDArray[np.integer]) -> Iterator[str]:
+    """A submission's text: the header, then ``SUBMISSION_CHUNK_ROWS`` rows at a time."""
     if len(labels) == 0:
         raise ValueError("no labels to write; a submission needs at least one row")
     labels = _checked_labels(labels, len(labels))
-    with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8") as file:
-        file.write(",".join(SUBMISSION_COLUMNS) + "\n")
-        for start in range(0, len(labels), SUBMISSION_CHUNK_ROWS):
-            pairs = enumerate(labels[start : start + SUBMISSION_CHUNK_ROWS].tolist(), start + 1)
-            file.write("".join(f"{image_id},{label}\n" for image_id, label in pairs))
+    return _submission_text(labels)
+
+
+def _submission_text(labels: NDArray[np.integer]) -> Iterator[str]:
+    yield ",".join(SUBMISSION_COLUMNS) + "\n"
+    for start in range(0, len(labels), SUBMISSION_CHUNK_ROWS):
+        pairs = enumerate(labels[start : start + SUBMISSION_CHUNK_ROWS].tolist(), start + 1)
+        yield "".join(f"{image_id},{label}\n" for image_id, label in pairs)
 
 
 def _checked_labels(labels: NDArray[np.integer], n_rows: int) -> NDArray[np.integer]:

@@ -7,10 +7,8 @@ Every route reads the model that ``lifespan`` put on ``app.state``; bad input ge
 from __future__ import annotations
 
 import asyncio
-import tempfile
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,7 +30,7 @@ from starlette.datastructures import UploadFile
 from starlette.requests import ClientDisconnect
 
 from digit_recognizer.data.images import load_image
-from digit_recognizer.data.kaggle_csv import read_kaggle_csv, write_submission
+from digit_recognizer.data.kaggle_csv import parse_kaggle_csv, submission_chunks
 from digit_recognizer.data.lighting import MIN_CONTRAST
 from digit_recognizer.errors import DataError, UnknownModelError
 from digit_recognizer.models.registry import get_spec
@@ -458,20 +456,16 @@ def _submission_csv(
 ) -> bytes:
     """Read the CSV with the package's strict reader, predict (rows conformed to MNIST's
     layout if ``conform``), write it as a submission."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "upload.csv"
-        path.write_bytes(data)
-        try:
-            digits = read_kaggle_csv(path)
-        except DataError as error:  # name the upload, not our temporary file
-            raise HTTPException(422, str(error).replace(str(path), name)) from None
-        if len(digits) > max_rows:
-            raise HTTPException(
-                413,
-                f"{name}: {len(digits):,} rows is over the limit of {max_rows:,} "
-                "(ServeConfig.max_csv_rows); split the file",
-            )
-        config = PredictConfig(conform=conform)
-        images = conform_rows(digits.images, config, name, served.predictor.orientation_judge)
-        write_submission(Path(tmp) / "submission.csv", served.predictor.predict(images))
-        return (Path(tmp) / "submission.csv").read_bytes()
+    try:
+        digits = parse_kaggle_csv(data, name)
+    except DataError as error:
+        raise HTTPException(422, str(error)) from None
+    if len(digits) > max_rows:
+        raise HTTPException(
+            413,
+            f"{name}: {len(digits):,} rows is over the limit of {max_rows:,} "
+            "(ServeConfig.max_csv_rows); split the file",
+        )
+    config = PredictConfig(conform=conform)
+    images = conform_rows(digits.images, config, name, served.predictor.orientation_judge)
+    return "".join(submission_chunks(served.predictor.predict(images))).encode()
