@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
 from digit_recognizer.errors import OutputError
-from digit_recognizer.fileio import atomic_path, check_can_write, write_text
+from digit_recognizer.fileio import atomic_path, check_can_write, locked_dir, write_text
 
 
 def test_a_writer_that_fails_leaves_the_old_file_whole_and_no_temporary_file(
@@ -104,3 +105,41 @@ def test_a_path_that_cannot_be_written_is_refused_before_the_work(tmp_path, tiny
         predict_module.predict_source(
             [tiny_run], small_csvs["test"], tmp_path / "afile" / "sub.csv"
         )
+
+
+def test_a_full_disk_is_one_line_naming_the_file_whatever_the_writer_raised(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """torch.save on a full disk raises RuntimeError ("unexpected pos ..."), safetensors its own
+    error, Pillow an OSError naming no file: each had ended in a page of traceback."""
+    import errno
+    import shutil
+
+    target = tmp_path / "checkpoint.pt"
+    no_room = OSError(errno.ENOSPC, "No space left on device")  # as Pillow raises it: no file
+    unnamed = OSError(errno.EIO, "Input/output error")
+    for raised, said in ((no_room, "cannot be written: no space left on the device"),
+                         (unnamed, "cannot be written (Input/output error)")):  # fmt: skip
+        with (
+            pytest.raises(OutputError, match=rf"^{re.escape(f'{target}: {said}')}"),
+            atomic_path(target),
+        ):
+            raise raised
+    bug = RuntimeError("unexpected pos 895424 vs 895320")
+    with pytest.raises(RuntimeError) as kept, atomic_path(target):
+        raise bug
+    assert kept.value is bug  # with room on the disk: a bug's, its traceback kept
+    full = shutil.disk_usage(tmp_path)._replace(free=4096)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: full)
+    with pytest.raises(OutputError, match="no space left on the device"), atomic_path(target):
+        raise bug
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_lock_taken_clears_what_a_killed_writer_left(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / ".checkpoint.pt.k3j9.tmp").write_bytes(b"half")
+    (run / "checkpoint.pt").write_bytes(b"whole")
+    with locked_dir(run):
+        assert sorted(path.name for path in run.iterdir()) == [".lock", "checkpoint.pt"]

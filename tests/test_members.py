@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from digit_recognizer.fileio import atomic_path
 from digit_recognizer.members import Member, member_failure, start_member, stop_members
 
 
@@ -108,7 +109,8 @@ def test_a_member_stays_deaf_to_ctrl_c_where_its_command_is():
 
 def test_a_deaf_commands_members_are_stopped_by_sigterm_not_waited_on():
     """Started deaf to Ctrl-C, a member ignores the SIGINT that stops the others: it had been
-    waited on for 30 s, then killed."""
+    waited on for 30 s, then killed. SIGTERM stops it as Ctrl-C stops the others: it ends on
+    its own, having said so."""
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         running: dict[int, Member] = {}
@@ -120,4 +122,31 @@ def test_a_deaf_commands_members_are_stopped_by_sigterm_not_waited_on():
     assert member.training
     started = time.monotonic()
     stop_members([member])
-    assert member.process.exitcode == -signal.SIGTERM and time.monotonic() - started < 10
+    assert member.process.exitcode == 0 and time.monotonic() - started < 10
+    while not member.ended:
+        member.read()
+    assert member.outcome == "it was interrupted"
+
+
+def writing_member(number: int, folder: str) -> None:
+    with atomic_path(Path(folder) / "learning_curves.png") as tmp:
+        tmp.write_bytes(b"half a plot")
+        time.sleep(120)
+
+
+def test_a_member_stopped_by_sigterm_ends_as_on_ctrl_c_leaving_no_temporary_file(tmp_path):
+    """SIGTERM (its command's death, or stop_members for one deaf to Ctrl-C) had ended it where
+    it stood: a plot's temporary file stayed for good."""
+    running: dict[int, Member] = {}
+    start_member(running, multiprocessing.get_context("spawn"), writing_member, 1, str(tmp_path))
+    member = running[1]
+    member.read()
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob(".*.tmp")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.kill(member.process.pid, signal.SIGTERM)
+    while not member.ended:
+        member.read()
+    member.process.join(30)
+    assert (member.succeeded, member.outcome) == (False, "it was interrupted")
+    assert list(tmp_path.iterdir()) == []

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import digit_recognizer.train as train_module
-from digit_recognizer.checkpoint import load_checkpoint, rows_fingerprint
+from digit_recognizer.checkpoint import load_checkpoint, read_history, rows_fingerprint
 from digit_recognizer.data.augment import augment_batch
 from digit_recognizer.data.kaggle_csv import DigitSet
 from digit_recognizer.distributed import Distributed
@@ -637,3 +637,26 @@ def test_a_budget_cut_run_resumed_with_other_settings_names_its_epochs_by_steps(
     with caplog.at_level(logging.WARNING, logger="digit_recognizer.train"):
         train(replace(config, resume=True, weight_decay=0.05), subset, None, tmp_path)
     assert f"other settings than its first {cut.epochs_run:g} epochs trained with" in caplog.text
+
+
+def test_a_finished_run_resumed_rewrites_a_history_its_kill_cut_short(
+    tmp_path, small_train, small_test
+):
+    """A kill between the last checkpoint and history.csv left the history an epoch short for
+    good: the resume, with nothing to train, never wrote it."""
+    config = TrainConfig(model="cnn-tiny", epochs=1, batch_size=64, lr=0.02)
+    subset, valid = stopped_after_epoch_1(tmp_path, small_train, small_test, config)
+    (tmp_path / "history.csv").unlink()
+    train(replace(config, resume=True), subset, valid, tmp_path)
+    assert len(read_history(tmp_path / "history.csv")) == 1
+
+
+def test_a_resume_on_other_validation_rows_is_refused(tmp_path, small_train, small_test):
+    """Its best epoch was chosen, and its figures recorded, on the rows it validated on."""
+    config = TrainConfig(model="cnn-tiny", epochs=2, batch_size=64, lr=0.02)
+    subset, valid = stopped_after_epoch_1(tmp_path, small_train, small_test, config)
+    images = valid.images.copy()
+    images[3, 14, 14] ^= 1  # one pixel of one validation image
+    with pytest.raises(ConfigError, match="would change the run's validation rows"):
+        train(replace(config, resume=True), subset, DigitSet(images, valid.labels), tmp_path)
+    assert len(train(replace(config, resume=True), subset, valid, tmp_path).history) == 2

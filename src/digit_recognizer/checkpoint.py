@@ -198,11 +198,16 @@ def rows_fingerprint(train_set: DigitSet | Manifest) -> str:
 
 
 def check_resume_matches(
-    run_dir: Path, checkpoint: dict[str, Any], config: TrainConfig, rows: str
+    run_dir: Path,
+    checkpoint: dict[str, Any],
+    config: TrainConfig,
+    rows: str,
+    valid_rows: str | None,
 ) -> None:
-    """Refuse to resume on other training rows, augmentation draws, batch size or optimizer
-    than the run's own: the checkpoint counts steps in its own batches, the schedule and the
-    epochs trained are read from that count, and one optimizer's state means nothing to another."""
+    """Refuse to resume on other training or validation rows, augmentation draws, batch size or
+    optimizer than the run's own: the checkpoint counts steps in its own batches, the schedule
+    and the epochs trained are read from that count, one optimizer's state means nothing to
+    another, and the best epoch is chosen, and its figures recorded, on the validation rows."""
     recorded = checkpoint["config"]
     changed = [
         key for key in ("seed", "valid_size", "batch_size", "optimizer")
@@ -213,6 +218,9 @@ def check_resume_matches(
         # another max_memory_gb can turn one into the other, and a stream's batches are others.
         hint = " (or whether they stream: max_memory_gb)"
         changed.append("training rows" + hint * (recorded["max_memory_gb"] != config.max_memory_gb))
+    # (Checkpoints written before it was recorded do not say.)
+    if checkpoint.get("valid_rows", valid_rows) != valid_rows:
+        changed.append("validation rows")
     if changed:
         raise ConfigError(
             f"{run_dir / CHECKPOINT_FILE}: resuming would change the run's "

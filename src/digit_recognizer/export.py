@@ -59,6 +59,11 @@ def export_onnx(run_dir: Path, out: Path | None = None) -> Path:
         raise ConfigError(f"{out} exists and is no .onnx file; give --out a new path or one "
                           "ending .onnx")  # fmt: skip
     model, _ = load_net(run_dir)
+    # Imported whole before the export, which imports it lazily: Ctrl-C during that import left
+    # it half made, and the exporter, reaching for torch._dynamo.exc in its own error handling,
+    # turned the interruption into a page-long TorchExportError.
+    import torch._dynamo
+
     example = torch.zeros(2, 28, 28, dtype=torch.uint8)
     # The torch.export-based exporter (PyTorch >= 2.9 default, needs onnxscript); the weights are
     # embedded (external_data=False) so the model is one self-contained file.

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -69,18 +71,41 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        yield tmp
-        # mkstemp creates 0600, and some writers make the file anew (safetensors does, 0600
-        # again): give the result the old file's permissions, or those open() would give.
-        tmp.chmod(mode)
-        with open(tmp, "rb+") as written:
-            os.fsync(written.fileno())
+        try:
+            yield tmp
+            # mkstemp creates 0600, and some writers make the file anew (safetensors does, 0600
+            # again): give the result the old file's permissions, or those open() would give.
+            tmp.chmod(mode)
+            with open(tmp, "rb+") as written:
+                os.fsync(written.fileno())
+        except DigitsError:
+            raise
+        except Exception as error:
+            if (failure := _write_failure(error, path)) is not None:
+                raise failure from None
+            raise
         try:
             os.replace(tmp, path)
         except OSError as error:  # a directory of that name, most often
             raise OutputError(f"{path}: cannot be written ({error.strerror or error})") from None
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _write_failure(error: Exception, path: Path) -> OutputError | None:
+    """A writer's failure as a user's error naming ``path``, where the disk caused it: a full
+    disk fails torch.save with a RuntimeError ("unexpected pos ..."), safetensors with its own
+    error and Pillow with an OSError naming no file, each of which had ended in a traceback.
+    None for other failures (a bug's)."""
+    full = isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
+    with contextlib.suppress(OSError):  # what is left once the writer gave up
+        full = full or shutil.disk_usage(path.parent).free < 1 << 20
+    if full or "No space left on device" in str(error):
+        return OutputError(f"{path}: cannot be written: no space left on the device; free some, "
+                           "or give a path on another")  # fmt: skip
+    if isinstance(error, OSError) and not error.filename:
+        return OutputError(f"{path}: cannot be written ({error.strerror or first_line(error)})")
+    return None
 
 
 def refuse_special_file(path: Path) -> Path:
@@ -177,7 +202,8 @@ def _lock_or_refuse(folder: Path, handle: IO[str]) -> None:
 
 @contextmanager
 def locked_dir(folder: str | os.PathLike[str]) -> Iterator[Path]:
-    """Hold an exclusive lock on ``folder`` (a run directory) or fail at once with the holder.
+    """Hold an exclusive lock on ``folder`` (a run directory) or fail at once with the holder;
+    temporary files (``atomic_path``'s) that a killed process left there are removed.
 
     An OS file lock (flock), not a marker file: the kernel releases it when the holder exits,
     even by SIGKILL, so an interrupted run can be resumed without clearing anything by hand.
@@ -188,6 +214,10 @@ def locked_dir(folder: str | os.PathLike[str]) -> Iterator[Path]:
         handle.truncate(0)
         handle.write(f"process {os.getpid()}\n")
         handle.flush()
+        # A process killed outright while it wrote (SIGKILL, the machine's end) left its
+        # temporary file; with the lock held, none is being written now.
+        for leftover in folder.glob(".*.tmp"):
+            leftover.unlink(missing_ok=True)
         try:
             yield folder
         finally:

@@ -8,6 +8,7 @@ docs/results.md, 'Members side by side'.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import multiprocessing
@@ -149,7 +150,11 @@ def _run_member(train: Callable[..., Any], number: int, *args: Any) -> None:
         if interruptible:
             signal.signal(signal.SIGINT, signal.default_int_handler)
         results.send(TRAINING)
-        outcome: tuple[bool, Any] = (True, train(number, *args))
+        # SIGTERM (its command's death, or stop_members for a member deaf to Ctrl-C) stops it
+        # as Ctrl-C does: by default it ended the process where it stood, temporary files and
+        # all.
+        with sigterm_interrupts():
+            outcome: tuple[bool, Any] = (True, train(number, *args))
     except KeyboardInterrupt:
         outcome = (False, "it was interrupted")
     except DigitsError as error:
@@ -157,7 +162,8 @@ def _run_member(train: Callable[..., Any], number: int, *args: Any) -> None:
     except Exception as error:  # a bug, or memory: its traceback once, here, and a line there
         traceback.print_exc()
         outcome = (False, f"{type(error).__name__}: {first_line(error)}")
-    results.send(outcome)
+    with contextlib.suppress(OSError):  # its command is gone (killed): no one to tell
+        results.send(outcome)
     results.close()
 
 

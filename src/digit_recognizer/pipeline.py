@@ -198,6 +198,8 @@ def train_job(
     with locked_dir(run_dir) if is_main_process else contextlib.nullcontext():
         try:
             result = train(config, train_set, valid_set, run_dir, progress)
+            if is_main_process:
+                valid_metrics = write_training_outputs(run_dir, result, valid_set, train_csv)
         except KeyboardInterrupt:
             if is_main_process:
                 since = ("from its last finished epoch" if (run_dir / CHECKPOINT_FILE).exists()
@@ -205,8 +207,6 @@ def train_job(
                 log.warning("interrupted: the same command with --resume continues %s %s",
                             run_dir, since)  # fmt: skip
             raise
-        if is_main_process:
-            valid_metrics = write_training_outputs(run_dir, result, valid_set, train_csv)
     if is_main_process and result.cut_by_budget and result.epochs_run < 1:
         # A busy machine: a preset's 60 s had given 0.3 epochs and 0.976, without a word.
         log.warning("%s: its %.0f s of budget trained under one epoch, far too little for the "

@@ -378,6 +378,7 @@ def train(
 
     total_steps = config.epochs * steps_per_epoch
     rows = rows_fingerprint(train_set)
+    valid_rows = rows_fingerprint(valid_set) if has_valid else None
     augmentation = config.augmentation()
     log.info(
         "training %s on %d images (%d validation), device %s, %s, %d steps/epoch of batch %d%s",
@@ -414,7 +415,7 @@ def train(
     # -- resume: everything the loop needs is in the checkpoint ----------------------------------
     if config.resume and (run_dir / CHECKPOINT_FILE).exists():
         checkpoint = load_checkpoint(run_dir, device)
-        check_resume_matches(run_dir, checkpoint, config, rows)
+        check_resume_matches(run_dir, checkpoint, config, rows, valid_rows)
         restore_checkpoint(run_dir, checkpoint, model, optimizer, ema)
         step, epoch, elapsed_s = checkpoint["step"], checkpoint["epoch"], checkpoint["elapsed_s"]
         lr_scale, history = checkpoint["lr_scale"], checkpoint["history"]
@@ -465,6 +466,8 @@ def train(
                  epochs_done(step, steps_per_epoch),
                  ", its time budget spent: a larger --time-budget trains on"
                  if step < total_steps and not stopped_early else "")  # fmt: skip
+        if is_main and history:  # a kill after the last checkpoint had cut its history short
+            write_history(run_dir, history)
     elif is_main:  # once the checkpoint is known to fit: a refused resume keeps the record
         make_dir(run_dir)
         save_run_config(config, run_dir)
@@ -596,6 +599,7 @@ def train(
                     "stopped_early": stopped_early,
                     "config": asdict(config),
                     "rows": rows,
+                    "valid_rows": valid_rows,
                     "world_size": dist_env.world_size,
                 },
             )
