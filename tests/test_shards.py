@@ -38,7 +38,7 @@ from digit_recognizer.data.shards import (
     shard_csv,
 )
 from digit_recognizer.data.stream import ShardStream, batches_per_rank, shuffled_batches
-from digit_recognizer.errors import ConfigError, DataError
+from digit_recognizer.errors import ConfigError, DataError, OutputError
 from digit_recognizer.pipeline import training_data
 from digit_recognizer.predict import predict_csv, predict_source, predict_stream
 from digit_recognizer.train import TrainConfig, train
@@ -204,7 +204,7 @@ def test_resharding_leaves_no_stale_shard_and_never_writes_over_its_source(
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(shards, "write_table", failing_write)
-        with pytest.raises(OSError, match="disk full"):
+        with pytest.raises(OutputError, match=r"part-00001\.csv: cannot be written \(disk full\)"):
             shard_csv(source[0], out_dir, parts=4)
     assert {path.name: path.read_bytes() for path in out_dir.iterdir()} == earlier
     assert sorted(path.name for path in tmp_path.iterdir()) == ["shards"]

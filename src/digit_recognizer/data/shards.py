@@ -492,27 +492,7 @@ def _write_shards(
     if not 1 <= parts <= n_rows:
         raise ConfigError(f"parts must be from 1 to the number of rows ({n_rows:,}), got {parts}")
     out_dir = Path(out_dir)
-    # The shards are written while the source is still being read: a source shard in out_dir
-    # could be replaced before its rows are read, or removed below as a stale one.
-    clashing = [
-        shard.path
-        for shard in source.shards
-        if SHARD_NAME.fullmatch(shard.path.name)
-        and shard.path.parent.resolve() == out_dir.resolve()
-    ]
-    if clashing:
-        raise ConfigError(
-            f"{clashing[0]} is read and would be overwritten: write the shards to another "
-            "directory than their source"
-        )
-    if (out_dir / MANIFEST_FILE).exists():  # an earlier build's is replaced, another's is not
-        try:
-            read_manifest(out_dir)
-        except DataError:
-            raise ConfigError(
-                f"{out_dir / MANIFEST_FILE} is not a shard manifest and would be "
-                "replaced: write the shards to another directory"
-            ) from None
+    _check_shard_dir(out_dir, source)
     make_dir(out_dir)
     bounds = [part * n_rows // parts for part in range(parts + 1)]
     if last_rows:
@@ -547,6 +527,32 @@ def _write_shards(
                 "shards": entries}  # fmt: skip
     write_text(out_dir / MANIFEST_FILE, json.dumps(document, indent=2) + "\n")
     return manifest
+
+
+def _check_shard_dir(out_dir: Path, source: Manifest) -> None:
+    """``ConfigError`` where writing shards to ``out_dir`` would lose a file: one of the source's
+    own shards, or a manifest that is not a shard manifest."""
+    # The shards are written while the source is still being read: a source shard in out_dir
+    # could be replaced before its rows are read, or removed as a stale one.
+    clashing = [
+        shard.path
+        for shard in source.shards
+        if SHARD_NAME.fullmatch(shard.path.name)
+        and shard.path.parent.resolve() == out_dir.resolve()
+    ]
+    if clashing:
+        raise ConfigError(
+            f"{clashing[0]} is read and would be overwritten: write the shards to another "
+            "directory than their source"
+        )
+    if (out_dir / MANIFEST_FILE).exists():  # an earlier build's is replaced, another's is not
+        try:
+            read_manifest(out_dir)
+        except DataError:
+            raise ConfigError(
+                f"{out_dir / MANIFEST_FILE} is not a shard manifest and would be "
+                "replaced: write the shards to another directory"
+            ) from None
 
 
 def _split_at(rows: Iterable[DigitSet], bounds: list[int]) -> Iterator[tuple[int, DigitSet]]:
