@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -137,9 +138,20 @@ def test_a_full_disk_is_one_line_naming_the_file_whatever_the_writer_raised(
 
 
 def test_a_lock_taken_clears_what_a_killed_writer_left(tmp_path: Path) -> None:
+    """Only that: a live writer's temporary file (`digits report` beside a training) and a
+    user's own are left alone."""
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
     run = tmp_path / "run"
     run.mkdir()
-    (run / ".checkpoint.pt.k3j9.tmp").write_bytes(b"half")
-    (run / "checkpoint.pt").write_bytes(b"whole")
+    kept = [f".report.html.{os.getpid()}-k3j9x.tmp", ".notes.tmp", "checkpoint.pt"]
+    for name in [f".checkpoint.pt.{dead}-a8f2q.tmp", *kept]:
+        (run / name).write_bytes(b"bytes")
     with locked_dir(run):
-        assert sorted(path.name for path in run.iterdir()) == [".lock", "checkpoint.pt"]
+        assert sorted(path.name for path in run.iterdir()) == sorted([".lock", *kept])
+    with atomic_path(run / "metrics.json") as tmp:  # named as the pattern expects
+        assert tmp.name.startswith(f".metrics.json.{os.getpid()}-") and tmp.suffix == ".tmp"
+        tmp.write_text("{}")

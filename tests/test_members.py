@@ -11,9 +11,17 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from digit_recognizer.fileio import atomic_path
-from digit_recognizer.members import Member, member_failure, start_member, stop_members
+from digit_recognizer.members import (
+    Member,
+    member_failure,
+    member_gpu,
+    start_member,
+    stop_members,
+    visible_gpus,
+)
 
 
 def sleeping_member(number: int, *args: object) -> object:
@@ -150,3 +158,16 @@ def test_a_member_stopped_by_sigterm_ends_as_on_ctrl_c_leaving_no_temporary_file
     member.process.join(30)
     assert (member.succeeded, member.outcome) == (False, "it was interrupted")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_members_side_by_side_share_out_the_gpus(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert visible_gpus() == ["0", "1"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5, 7,9")  # more names than GPUs: CUDA stops early
+    assert visible_gpus() == ["5", "7"]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert visible_gpus() == []
+    assert [member_gpu(number, ["5", "7"]) for number in (1, 2, 3)] == ["5", "7", "5"]
+    assert member_gpu(2, ["5"]) is None and member_gpu(1, []) is None  # nothing to share out

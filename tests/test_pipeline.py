@@ -19,7 +19,6 @@ from digit_recognizer.data.kaggle_csv import DigitSet, write_kaggle_csv
 from digit_recognizer.errors import ConfigError, DataError, DigitsError, ModelFileError
 from digit_recognizer.evaluate import score_submission
 from digit_recognizer.fileio import locked_dir, sha256_file
-from digit_recognizer.members import member_gpu, visible_gpus
 from digit_recognizer.models.storage import read_meta
 from digit_recognizer.pipeline import (
     TrainJobResult,
@@ -232,20 +231,9 @@ def test_an_ensemble_trains_side_by_side_by_default_on_a_cuda_gpu_only(
     assert default_jobs(best) == 1
 
 
-def test_members_side_by_side_share_out_the_gpus_each_process_seeing_its_own(
-    monkeypatch, tmp_path, small_csvs
-):
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    assert visible_gpus() == ["0", "1"]
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5, 7,9")  # more names than GPUs: CUDA stops early
-    assert visible_gpus() == ["5", "7"]
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert visible_gpus() == []
-    assert [member_gpu(number, ["5", "7"]) for number in (1, 2, 3)] == ["5", "7", "5"]
-    assert member_gpu(2, ["5"]) is None and member_gpu(1, []) is None  # nothing to share out
-    # The member's process is then given one of them (here, this process: the CPU trains it).
+def test_a_member_sees_only_the_gpu_it_is_given(monkeypatch, tmp_path, small_csvs):
+    # A member's process is given the GPU members.member_gpu chose for it (here, this process,
+    # and the CPU trains it).
     config = TrainConfig(**TINY_RECIPE | {"epochs": 1, "device": "cpu"})
     threads = torch.get_num_threads()
     try:

@@ -7,6 +7,7 @@ import errno
 import fcntl
 import hashlib
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -65,7 +66,10 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
             raise OutputError(f"{path}: read-only (mode {mode:04o}); make it writable or give "
                               "another path")  # fmt: skip
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        # Named with the writer's pid: what a killed writer left is told from what a live one
+        # is writing (remove_leftovers).
+        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}-",
+                                        suffix=".tmp")  # fmt: skip
     except OSError as error:
         raise OutputError(f"{path}: cannot be written ({error.strerror or error})") from None
     os.close(fd)
@@ -203,7 +207,7 @@ def _lock_or_refuse(folder: Path, handle: IO[str]) -> None:
 @contextmanager
 def locked_dir(folder: str | os.PathLike[str]) -> Iterator[Path]:
     """Hold an exclusive lock on ``folder`` (a run directory) or fail at once with the holder;
-    temporary files (``atomic_path``'s) that a killed process left there are removed.
+    temporary files that killed writers left there are removed (``remove_leftovers``).
 
     An OS file lock (flock), not a marker file: the kernel releases it when the holder exits,
     even by SIGKILL, so an interrupted run can be resumed without clearing anything by hand.
@@ -214,12 +218,34 @@ def locked_dir(folder: str | os.PathLike[str]) -> Iterator[Path]:
         handle.truncate(0)
         handle.write(f"process {os.getpid()}\n")
         handle.flush()
-        # A process killed outright while it wrote (SIGKILL, the machine's end) left its
-        # temporary file; with the lock held, none is being written now.
-        for leftover in folder.glob(".*.tmp"):
-            leftover.unlink(missing_ok=True)
+        remove_leftovers(folder)
         try:
             yield folder
         finally:
             handle.truncate(0)
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+# atomic_path's temporary files: .NAME.PID-RANDOM.tmp
+_TEMPORARY_FILE = re.compile(r"\..+\.(\d{1,9})-\w+\.tmp")
+
+
+def remove_leftovers(folder: Path) -> None:
+    """Remove the temporary files in ``folder`` whose writer is dead: a process killed outright
+    (SIGKILL, the machine's end) leaves the one it was writing. A live writer's (``digits
+    report`` beside a training, say) and other programs' files are left alone."""
+    for path in folder.glob(".*.tmp"):
+        match = _TEMPORARY_FILE.fullmatch(path.name)
+        if match and not process_is_alive(int(match[1])):
+            path.unlink(missing_ok=True)
+
+
+def process_is_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (on this machine; another user's counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

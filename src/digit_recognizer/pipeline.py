@@ -112,11 +112,14 @@ def training_data(config: TrainConfig, source: Path) -> tuple[DigitSet | Manifes
     else:
         log.info("validation: the last shard, %s", last.path)
     train_shards = replace(manifest, shards=manifest.shards[:-1])
+    # Read before the validation shard, so that the warnings on its rows come in their order.
+    train_set = (
+        ink_as_predicted(read_shards(train_shards), source, is_expansion)
+        if in_memory
+        else train_shards
+    )
     valid_shard = replace(manifest, shards=manifest.shards[-1:])
-    valid_set = ink_as_predicted(read_shards(valid_shard), source, is_expansion)
-    if in_memory:
-        return ink_as_predicted(read_shards(train_shards), source, is_expansion), valid_set
-    return train_shards, valid_set
+    return train_set, ink_as_predicted(read_shards(valid_shard), source, is_expansion)
 
 
 def _check_expansion(manifest: Manifest, config: TrainConfig, source: Path) -> None:

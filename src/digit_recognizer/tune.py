@@ -20,9 +20,13 @@ outright is marked failed once its heartbeat is two minutes old.
 
 from __future__ import annotations
 
+import fcntl
 import inspect
 import json
 import logging
+import os
+import re
+import shutil
 import tempfile
 import time
 import warnings
@@ -36,7 +40,7 @@ import matplotlib.pyplot as plt
 import optuna
 from matplotlib.figure import Figure
 from sqlalchemy.engine import URL
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 
 from digit_recognizer.checkpoint import rows_fingerprint
 from digit_recognizer.config import check_fields, load_config, save_config
@@ -46,7 +50,7 @@ from digit_recognizer.data.splits import split_for_training
 from digit_recognizer.errors import ConfigError, DivergedError, first_line
 from digit_recognizer.estimator import build_estimator
 from digit_recognizer.evaluate import save_figure
-from digit_recognizer.fileio import make_dir, write_text
+from digit_recognizer.fileio import make_dir, process_is_alive, write_text
 from digit_recognizer.models.registry import get_spec
 from digit_recognizer.train import TrainConfig, train
 
@@ -54,6 +58,8 @@ log = logging.getLogger(__name__)
 
 BEST_CONFIG_FILE = "best_config.toml"
 BEST_PARAMS_FILE = "best_params.json"
+STUDY_LOCK_FILE = ".study.lock"
+_TRIAL_FOLDER = re.compile(r"trial\d+\.(\d{1,9})-\w+")  # trialN.PID-RANDOM, a trial's run
 
 
 @dataclass
@@ -136,8 +142,9 @@ def tune(config: TuneConfig, train_csv: Path, out_dir: Path) -> TuneResult:
     # Built as a URL, not pasted into one: an --out holding '?' or '%' named another file.
     database = str((out_dir / "study.db").resolve())
     storage = config.storage or URL.create("sqlite", database=database).render_as_string()
-    study = open_study(storage, study_name, where=f"--storage {storage}" if config.storage
-                       else database)  # fmt: skip
+    where = f"--storage {storage}" if config.storage else database
+    study = open_study(storage, study_name, where, lock=out_dir / STUDY_LOCK_FILE)
+    remove_dead_trials(out_dir)
     # Offset by the stored trials: a resumed study must not redraw its first random samples.
     study.sampler = optuna.samplers.TPESampler(seed=config.seed + len(study.trials))
     is_net = get_spec(config.model).kind == "net"
@@ -177,9 +184,11 @@ def tune(config: TuneConfig, train_csv: Path, out_dir: Path) -> TuneResult:
                       study.best_params, files)  # fmt: skip
 
 
-def open_study(storage: str, study_name: str, where: str) -> optuna.Study:
+def open_study(storage: str, study_name: str, where: str, lock: Path) -> optuna.Study:
     """The study ``study_name`` at ``storage``, created there if new; ``ConfigError`` naming
-    ``where`` if the database cannot be used."""
+    ``where`` if the database cannot be used. Workers started at once on a new database each
+    create its tables, and all but one fail ("table studies already exists"): they take turns,
+    holding ``lock``, a file beside the study's outputs."""
 
     def create() -> optuna.Study:
         with warnings.catch_warnings():  # the heartbeat is "experimental" since Optuna 2.9
@@ -199,11 +208,8 @@ def open_study(storage: str, study_name: str, where: str) -> optuna.Study:
         )
 
     try:
-        try:
-            return create()
-        except IntegrityError:
-            # Workers started at once on a new database both create its tables; the second
-            # finds them made, and loads the study when it tries again.
+        with open(lock, "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)  # released when closed, or the process dies
             return create()
     except SQLAlchemyError as error:  # a bad URL, an unreachable database
         raise ConfigError(f"{where}: cannot open the study's database "
@@ -213,6 +219,15 @@ def open_study(storage: str, study_name: str, where: str) -> optuna.Study:
                           f"Optuna than {optuna.__version__} ({first_line(error)}); `optuna "
                           f"storage upgrade --storage {storage}` upgrades it"
                           ) from None  # fmt: skip
+
+
+def remove_dead_trials(out_dir: Path) -> None:
+    """Remove the folders of trials whose process is dead (killed outright); a live worker's
+    trial goes on."""
+    for folder in out_dir.glob("trial*.*-*"):
+        match = _TRIAL_FOLDER.fullmatch(folder.name)
+        if match and folder.is_dir() and not process_is_alive(int(match[1])):
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 # Why a trial was pruned, recorded with it: a study without a completed trial says which.
@@ -231,8 +246,10 @@ def pruned(trial: optuna.Trial, reason: str, detail: str = "") -> optuna.TrialPr
 def why_pruned(study: optuna.Study) -> str:
     """What ended a study's trials, counted: "2 trials its training diverged: ..., 1 ..."."""
     states = (optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
-    # A failed trial's process was killed outright (its heartbeat stopped), or a bug ended it.
-    reasons = Counter(trial.user_attrs.get("pruned", "failed")
+    # Pruned by an earlier version, which did not say why; failed: its process was killed
+    # outright (its heartbeat stopped), or a bug ended it.
+    reasons = Counter(trial.user_attrs.get("pruned", "pruned" if trial.state == states[0]
+                                           else "failed")
                       for trial in study.get_trials(deepcopy=False, states=states))  # fmt: skip
     return "; ".join(f"{n} trial{'s' * (n > 1)} {reason}" for reason, n in reasons.items())
 
@@ -318,9 +335,10 @@ def _net_objective(
         if deadline is not None and time.monotonic() > deadline and epoch < config.epochs:
             raise pruned(trial, CUT_BY_TIMEOUT, f" (after {epoch} of {config.epochs} epochs)")
 
-    # In --out, not the system's temporary folder: a trial killed outright leaves its folder
-    # where the study's files are, not in /tmp.
-    with tempfile.TemporaryDirectory(prefix=f"trial{trial.number}-", dir=out_dir) as run_dir:
+    # In --out, named with the process's pid: a trial killed outright leaves its folder where
+    # the next call removes it (remove_dead_trials), not in /tmp for good.
+    with tempfile.TemporaryDirectory(prefix=f"trial{trial.number}.{os.getpid()}-",
+                                     dir=out_dir) as run_dir:  # fmt: skip
         try:
             result = train(train_config, train_set, valid_set, Path(run_dir), on_epoch_end=report)
         except DivergedError as error:  # its settings' fault: a trial to prune, not the end
