@@ -10,7 +10,7 @@ from sklearn.exceptions import NotFittedError
 from sklearn.neighbors import KNeighborsClassifier
 
 from digit_recognizer.data.images import check_images
-from digit_recognizer.errors import ModelFileError
+from digit_recognizer.errors import ConfigError, ModelFileError
 from digit_recognizer.models import available, build
 from digit_recognizer.models.classical import (
     TRUSTED_FILE,
@@ -41,8 +41,9 @@ def test_classical_model_learns_and_survives_save_load(tmp_path, fitted, small_t
     loaded, meta = load_pipeline(tmp_path)
     assert meta["model"] == name and meta["framework"] == "sklearn"
     np.testing.assert_array_equal(loaded.predict_proba(small_test.images), probas)
-    # Only the forest needs the trusted-only file; everything else is arrays + JSON.
-    assert (tmp_path / TRUSTED_FILE).exists() == (name == "random-forest")
+    # Only trees need the trusted-only file; everything else is arrays + JSON.
+    holds_trees = any(hasattr(step, "estimators_") for _, step in pipeline.steps)
+    assert (tmp_path / TRUSTED_FILE).exists() == holds_trees
 
 
 def test_a_forest_loads_only_as_this_installation_signed_it(tmp_path, fitted, monkeypatch):
@@ -168,3 +169,20 @@ def test_the_signing_key_is_made_readable_by_its_owner_alone(tmp_path, monkeypat
     classical._signing_key()
     key = tmp_path / "digit-recognizer" / "skops.key"
     assert key.stat().st_mode & 0o077 == 0, oct(key.stat().st_mode)
+
+
+def test_a_pipeline_its_loader_would_refuse_is_not_saved(tmp_path, small_train):
+    """One holding types outside the allow-list (gradient boosting's TreePredictor) had been
+    written as a signed skops file, then refused by load_pipeline: saved, yet no model."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.pipeline import make_pipeline
+
+    images, labels = small_train.images[:300].reshape(300, -1), small_train.labels[:300]
+    pipeline = make_pipeline(HistGradientBoostingClassifier(max_iter=2)).fit(images, labels)
+    with pytest.raises(
+        ConfigError,
+        match=r"^boosted: its pipeline holds types that load_pipeline "
+        r"does not trust \(sklearn\.ensemble\._hist_gradient_boosting",
+    ):
+        save_pipeline(tmp_path, pipeline, "boosted", {})
+    assert list(tmp_path.iterdir()) == []

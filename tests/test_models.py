@@ -21,8 +21,75 @@ from digit_recognizer.models.storage import load_net, save_net
 @pytest.mark.parametrize("name", available("net"))
 def test_every_net_maps_images_to_logits(name):
     model = build(name).eval()
-    logits = model(torch.rand(3, 1, 28, 28))
+    # Channels-last, as training and prediction lay them out: `view` where `reshape` is needed
+    # had passed a test on contiguous images, then failed in `digits train`.
+    images = torch.rand(3, 1, 28, 28).to(memory_format=torch.channels_last)
+    logits = model(images)
     assert logits.shape == (3, 10) and logits.dtype == torch.float32
+
+
+def randomised_batch_norms(model: nn.Module) -> nn.Module:
+    """``model`` with random batch-norm statistics: a fresh net's identity ones would hide a
+    fold that used the wrong ones, or none."""
+    torch.manual_seed(0)
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+            nn.init.uniform_(module.weight, 0.5, 1.5)
+            nn.init.uniform_(module.bias, -0.5, 0.5)
+    return model.eval()
+
+
+@pytest.mark.parametrize("name", available("net"))
+def test_every_net_predicts_folded_as_it_computes_and_is_explained(name, small_test):
+    """What `digits predict` and `digits explain` do with a net, for every registered one (they
+    had been tested on `cnn` alone)."""
+    from digit_recognizer.explain import grad_cam
+
+    model = randomised_batch_norms(build(name))
+    x = to_model_input(torch.as_tensor(small_test.images[:16]))
+    with torch.no_grad():
+        expected = model(x)
+        torch.testing.assert_close(inference_net(copy.deepcopy(model))(x), expected,
+                                   rtol=0, atol=1e-4)  # fmt: skip
+    heatmaps = grad_cam(model, small_test.images[:4])
+    assert heatmaps.shape == (4, 28, 28) and heatmaps.min() >= 0 and heatmaps.max() <= 1
+
+
+class ResidualNet(nn.Module):
+    """A residual block whose 1x1 shortcut is registered after its main path, and a forward that
+    fx cannot trace (``len``)."""
+
+    grad_cam_layer = "conv2"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.shortcut = nn.Conv2d(1, 8, 1)
+        self.head = nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.conv2(torch.relu(self.bn(self.conv1(x)))) + self.shortcut(x)
+        return self.head(features.amax(dim=(2, 3)).reshape(len(x), -1))
+
+
+def test_a_net_names_its_grad_cam_layer_and_one_fx_cannot_trace_predicts_unfolded(small_test):
+    """Grad-CAM had taken the last conv registered (the shortcut, which reads the block's
+    input), and a net with `len(x)` in its forward had crashed `digits predict`."""
+    from digit_recognizer import explain
+
+    model = randomised_batch_norms(ResidualNet())
+    assert explain._find_layer(model, None) is model.conv2
+    wrapped = nn.Sequential(nn.Identity(), model)  # as cnn-deskew wraps cnn
+    assert explain._find_layer(wrapped, None) is model.conv2
+    x = to_model_input(torch.as_tensor(small_test.images[:8]))
+    with torch.no_grad():
+        unfolded = inference_net(copy.deepcopy(model))
+        assert any(isinstance(m, nn.BatchNorm2d) for m in unfolded.modules())
+        torch.testing.assert_close(unfolded(x), model(x))
 
 
 def test_seed_cnn_matches_the_notebook_size():
@@ -149,14 +216,7 @@ def test_inference_net_folds_batch_norms_without_changing_outputs(small_test):
     # Prediction folds each batch norm into its convolution (faster); a fold that were skipped,
     # or that used the wrong statistics, would go unnoticed in accuracy tests of a fresh net
     # (identity statistics), so the statistics here are random.
-    torch.manual_seed(0)
-    model = build("cnn").eval()
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            module.running_mean.uniform_(-0.5, 0.5)
-            module.running_var.uniform_(0.5, 2.0)
-            nn.init.uniform_(module.weight, 0.5, 1.5)
-            nn.init.uniform_(module.bias, -0.5, 0.5)
+    model = randomised_batch_norms(build("cnn"))
     x = to_model_input(torch.as_tensor(small_test.images[:32]))
     with torch.no_grad():
         expected = model(x)

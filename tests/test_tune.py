@@ -287,3 +287,27 @@ def test_a_killed_trials_folder_is_removed_and_pruned_trials_of_before_are_calle
         study.tell(study.ask(), state=optuna.trial.TrialState.PRUNED)
     study.tell(study.ask(), state=optuna.trial.TrialState.FAIL)
     assert tune_module.why_pruned(study) == "2 trials pruned; 1 trial failed"
+
+
+def test_a_model_without_a_search_space_or_a_dropout_setting(monkeypatch, tmp_path, small_csvs):
+    """A classical model without a space had been found out by the first trial, behind a
+    traceback, after the study was made; a net without a dropout setting had every trial fail
+    on the dropout suggested to it."""
+    from digit_recognizer.models import registry
+    from digit_recognizer.models.nets import CompactCNN
+
+    monkeypatch.setitem(registry._REGISTRY, "gnb", registry.ModelSpec(
+        "gnb", lambda: None, "classical", "naive Bayes"))  # fmt: skip
+    with pytest.raises(ConfigError, match=r"no search space for 'gnb'; tunable: nets, logreg"):
+        TuneConfig(model="gnb")
+
+    def without_dropout(widths: tuple[int, int, int] = (8, 16, 32)) -> CompactCNN:
+        return CompactCNN(widths)
+
+    fixed = registry.ModelSpec("cnn-fixed", without_dropout, "net", "no dropout setting")
+    monkeypatch.setitem(registry._REGISTRY, "cnn-fixed", fixed)
+    trial = optuna.create_study().ask()
+    params = tune_module.suggest_params(trial, "cnn-fixed")
+    assert "dropout" not in params and params["widths"] == tuple(
+        round(width * trial.params["width_scale"]) for width in (8, 16, 32))  # fmt: skip
+    load_config(TrainConfig, None, {"model": "cnn-fixed", **params})  # accepted, as trials are

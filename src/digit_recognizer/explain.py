@@ -52,8 +52,9 @@ def grad_cam(
     model : a net taking float (N, 1, 28, 28) in [0, 1] and returning logits (N, 10)
     images : ndarray of shape (n_images, 28, 28), uint8
     target : the digit to explain, one for all images or one per image; None = the prediction
-    layer : a conv module of ``model`` or its name in ``model.named_modules()``;
-        None = the last ``nn.Conv2d``. A net without one (the MLP) gets ``saliency`` instead.
+    layer : a conv module of ``model`` or its name in ``model.named_modules()``; None = the
+        net's ``grad_cam_layer`` if it names one, else the last ``nn.Conv2d``. A net without
+        one (the MLP) gets ``saliency`` instead.
 
     Returns
     -------
@@ -132,7 +133,11 @@ def _find_layer(model: nn.Module, layer: nn.Module | str | None) -> nn.Module:
     modules = dict(model.named_modules())
     convs = [name for name, module in modules.items() if isinstance(module, nn.Conv2d)]
     if layer is None:
-        return modules[convs[-1]]
+        # Named by the net, or by a net inside a wrapper (cnn-deskew's): relative to it.
+        named = [f"{prefix}.{module.grad_cam_layer}".lstrip(".")
+                 for prefix, module in modules.items()
+                 if isinstance(getattr(module, "grad_cam_layer", None), str)]  # fmt: skip
+        layer = named[0] if named else convs[-1]
     if isinstance(layer, nn.Module):
         if not any(module is layer for module in modules.values()):
             raise ValueError("layer is not a module of this model")

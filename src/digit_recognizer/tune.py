@@ -77,7 +77,10 @@ class TuneConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
-        get_spec(self.model)
+        if get_spec(self.model).kind != "net" and self.model not in CLASSICAL_SPACES:
+            # Said before any data is read or a study made, not by the first trial.
+            raise ConfigError(f"no search space for '{self.model}'; tunable: nets, "
+                              f"{', '.join(CLASSICAL_SPACES)} (tune.CLASSICAL_SPACES)")  # fmt: skip
         if self.trials < 1:
             raise ConfigError(f"trials must be >= 1, got {self.trials}")
         if self.epochs < 1:
@@ -109,26 +112,30 @@ def suggest_params(trial: optuna.Trial, model: str) -> dict[str, Any]:
             "augment": trial.suggest_float("augment", 0.0, 1.5),
             "batch_size": trial.suggest_categorical("batch_size", [64, 128, 256]),
             "label_smoothing": trial.suggest_float("label_smoothing", 0.0, 0.2),
-            "dropout": trial.suggest_float("dropout", 0.0, 0.4),
         }
-        widths = inspect.signature(spec.builder).parameters.get("widths")
+        settings = inspect.signature(spec.builder).parameters
+        if "dropout" in settings:  # a builder without the setting refuses it
+            params["dropout"] = trial.suggest_float("dropout", 0.0, 0.4)
+        widths = settings.get("widths")
         if widths is not None:  # scale every layer of the model's own widths alike
             scale = trial.suggest_categorical("width_scale", [0.5, 0.75, 1.0, 1.5, 2.0])
             params["widths"] = tuple(max(1, round(width * scale)) for width in widths.default)
         return params
-    spaces: dict[str, Callable[[], dict[str, Any]]] = {
-        "logreg": lambda: {"C": trial.suggest_float("C", 1e-3, 10, log=True)},
-        "knn": lambda: {"n_neighbors": trial.suggest_int("n_neighbors", 1, 10),
-                        "n_components": trial.suggest_int("n_components", 20, 100, step=10)},
-        "svm": lambda: {"C": trial.suggest_float("C", 1, 100, log=True),
-                        # around 'scale' = 1 / (40 * feature variance) ~ 0.025 on PCA-40
-                        "gamma": trial.suggest_float("gamma", 0.005, 0.1, log=True)},
-        "random-forest": lambda: {"n_estimators": trial.suggest_int("n_estimators", 50, 300),
-                                  "max_samples": trial.suggest_float("max_samples", 0.2, 1.0)},
-    }  # fmt: skip
-    if model not in spaces:
-        raise ConfigError(f"no search space for '{model}'; tunable: nets, {', '.join(spaces)}")
-    return spaces[model]()
+    return CLASSICAL_SPACES[model](trial)
+
+
+# Each classical model's search space, as build_estimator's arguments.
+CLASSICAL_SPACES: dict[str, Callable[[optuna.Trial], dict[str, Any]]] = {
+    "logreg": lambda trial: {"C": trial.suggest_float("C", 1e-3, 10, log=True)},
+    "knn": lambda trial: {"n_neighbors": trial.suggest_int("n_neighbors", 1, 10),
+                          "n_components": trial.suggest_int("n_components", 20, 100, step=10)},
+    "svm": lambda trial: {"C": trial.suggest_float("C", 1, 100, log=True),
+                          # around 'scale' = 1 / (40 * feature variance) ~ 0.025 on PCA-40
+                          "gamma": trial.suggest_float("gamma", 0.005, 0.1, log=True)},
+    "random-forest": lambda trial: {
+        "n_estimators": trial.suggest_int("n_estimators", 50, 300),
+        "max_samples": trial.suggest_float("max_samples", 0.2, 1.0)},
+}  # fmt: skip
 
 
 def tune(config: TuneConfig, train_csv: Path, out_dir: Path) -> TuneResult:

@@ -50,7 +50,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from digit_recognizer.data.images import check_images
 from digit_recognizer.data.kaggle_csv import N_PIXELS
-from digit_recognizer.errors import ModelFileError, first_line
+from digit_recognizer.errors import ConfigError, ModelFileError, first_line
 from digit_recognizer.fileio import atomic_path, write_text
 from digit_recognizer.models.nets import Deskew
 from digit_recognizer.models.registry import register
@@ -312,7 +312,14 @@ def save_pipeline(run_dir: Path, pipeline: Pipeline, name: str, params: dict[str
 
         with atomic_path(run_dir / TRUSTED_FILE) as tmp:
             skops.io.dump(pipeline, tmp)
-            signature = _sign(tmp.read_bytes())
+            content = tmp.read_bytes()
+            # Refused now rather than when loaded: a file the loader would refuse is no model.
+            if unknown := _unknown_types(content):
+                raise ConfigError(f"{name}: its pipeline holds types that load_pipeline does not "
+                                  f"trust ({', '.join(unknown)}); add them to classical."
+                                  "_SAFE_CLASSES if they hold plain data, or leave them out"
+                                  ) from None  # fmt: skip
+            signature = _sign(content)
         meta["trusted_file"] = {"path": TRUSTED_FILE, "hmac_sha256": signature, "format": "skops"}
     else:
         with atomic_path(run_dir / WEIGHTS_FILE) as tmp:
@@ -413,10 +420,16 @@ def _load_trusted(run_dir: Path, record: dict[str, str]) -> Pipeline:
             f"{path}: not signed by this installation's key (the signature in {META_FILE} does "
             "not match); refusing to load a model file written elsewhere, or edited (retrain it)"
         )
-    # Signed, and still: types skops does not already trust (it trusts scikit-learn's
-    # estimators and numpy's functions) must be our own; anything else is refused.
-    untrusted = skops.io.get_untrusted_types(data=content)
-    unknown = [name for name in untrusted if name not in _SAFE_CLASSES.keys() | _SKOPS_TRUSTED]
-    if unknown:
+    if unknown := _unknown_types(content):
         raise ModelFileError(f"{path}: names types outside the allow-list: {', '.join(unknown)}")
-    return skops.io.loads(content, trusted=untrusted)
+    return skops.io.loads(content, trusted=skops.io.get_untrusted_types(data=content))
+
+
+def _unknown_types(content: bytes) -> list[str]:
+    """The types a skops file names that are neither trusted by skops (scikit-learn's
+    estimators, numpy's functions) nor ours (``_SAFE_CLASSES``): even signed, a file naming one
+    is refused."""
+    import skops.io
+
+    untrusted = skops.io.get_untrusted_types(data=content)
+    return [name for name in untrusted if name not in _SAFE_CLASSES.keys() | _SKOPS_TRUSTED]

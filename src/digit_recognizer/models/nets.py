@@ -2,6 +2,14 @@
 
 Normalisation is the first layer of every net, so training, prediction, serving, ONNX export and
 Grad-CAM all share one preprocessing path and a saved model carries its own statistics.
+
+A new net is one builder here under ``@register(name, kind="net")``; tests/test_models.py then
+runs it through everything the commands do with a net. What the commands ask of it: inputs come
+channels-last (``reshape``, not ``view``); ``widths`` and ``dropout`` arguments, where it has
+them, are what ``--config`` and ``digits tune`` set; prediction folds each batch norm into the
+convolution before it where ``torch.fx`` can trace the net; Grad-CAM explains the last
+``nn.Conv2d`` registered, unless the net names another in a ``grad_cam_layer`` attribute (a
+residual block's shortcut, registered last, reads the block's input, not its features).
 """
 
 from __future__ import annotations

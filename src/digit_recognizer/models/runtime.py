@@ -100,7 +100,9 @@ def inference_net(model: nn.Module, fuse_batch_norm: bool = True) -> nn.Module:
     """
     model = model.eval()
     if fuse_batch_norm:
-        with contextlib.suppress(torch.fx.proxy.TraceError):
+        # fx raises TraceError, or RuntimeError for Python on a traced value (len(x)), where a
+        # net's forward cannot be traced: it then predicts unfolded, as it trained.
+        with contextlib.suppress(torch.fx.proxy.TraceError, RuntimeError):
             model = fuse(model)
     return model.to(memory_format=torch.channels_last)
 
