@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,9 +20,15 @@ TINY_RECIPE = {"epochs": 2, "lr": 0.02, "batch_size": 64, "seed": 0}
 @pytest.fixture(scope="session", autouse=True)
 def own_data_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """The installation's files (the key that signs forests' skops files) in a folder of the
-    test session's, not the user's ~/.local/share."""
+    test session's, not the user's ~/.local/share; and this checkout's code in the processes
+    tests start (pyproject's pythonpath reaches this one only: a child had imported whatever
+    checkout the venv had installed)."""
+    source = str(Path(__file__).parents[1] / "src")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("XDG_DATA_HOME", str(tmp_path_factory.mktemp("data_home")))
+        patch.setenv(
+            "PYTHONPATH", os.pathsep.join(filter(None, [source, os.environ.get("PYTHONPATH")]))
+        )
         yield
 
 

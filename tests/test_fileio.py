@@ -139,7 +139,8 @@ def test_a_full_disk_is_one_line_naming_the_file_whatever_the_writer_raised(
 
 def test_a_lock_taken_clears_what_a_killed_writer_left(tmp_path: Path) -> None:
     """Only that: a live writer's temporary file (`digits report` beside a training) and a
-    user's own are left alone."""
+    user's own are left alone; one of this process's pid that it is not writing is a killed
+    run's (a restarted container reuses pids)."""
     import subprocess
     import sys
 
@@ -147,11 +148,13 @@ def test_a_lock_taken_clears_what_a_killed_writer_left(tmp_path: Path) -> None:
                           capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
     run = tmp_path / "run"
     run.mkdir()
-    kept = [f".report.html.{os.getpid()}-k3j9x.tmp", ".notes.tmp", "checkpoint.pt"]
-    for name in [f".checkpoint.pt.{dead}-a8f2q.tmp", *kept]:
+    left = [f".checkpoint.pt.{dead}-a8f2q0zz.tmp", f".history.csv.{os.getpid()}-b7d1k2xx.tmp"]
+    kept = [f".report.html.{os.getppid()}-k3j9x1yy.tmp", ".backup.2024-01.tmp", "checkpoint.pt"]
+    for name in [*left, *kept]:
         (run / name).write_bytes(b"bytes")
-    with locked_dir(run):
-        assert sorted(path.name for path in run.iterdir()) == sorted([".lock", *kept])
-    with atomic_path(run / "metrics.json") as tmp:  # named as the pattern expects
-        assert tmp.name.startswith(f".metrics.json.{os.getpid()}-") and tmp.suffix == ".tmp"
-        tmp.write_text("{}")
+    with atomic_path(run / "metrics.json") as writing:  # this process's, being written
+        assert writing.name.startswith(f".metrics.json.{os.getpid()}-")
+        writing.write_text("{}")
+        with locked_dir(run):
+            assert sorted(path.name for path in run.iterdir()) == sorted(
+                [".lock", writing.name, *kept])  # fmt: skip

@@ -42,17 +42,19 @@ def randomised_batch_norms(model: nn.Module) -> nn.Module:
 
 
 @pytest.mark.parametrize("name", available("net"))
-def test_every_net_predicts_folded_as_it_computes_and_is_explained(name, small_test):
+def test_every_net_predicts_folded_as_it_computes_and_is_explained(name, small_test, caplog):
     """What `digits predict` and `digits explain` do with a net, for every registered one (they
-    had been tested on `cnn` alone)."""
+    had been tested on `cnn` alone). Each shipped net traces: none predicts unfolded, slower,
+    without a test noticing."""
     from digit_recognizer.explain import grad_cam
 
     model = randomised_batch_norms(build(name))
     x = to_model_input(torch.as_tensor(small_test.images[:16]))
-    with torch.no_grad():
+    with torch.no_grad(), caplog.at_level("INFO", logger="digit_recognizer"):
         expected = model(x)
         torch.testing.assert_close(inference_net(copy.deepcopy(model))(x), expected,
                                    rtol=0, atol=1e-4)  # fmt: skip
+    assert "without folding" not in caplog.text
     heatmaps = grad_cam(model, small_test.images[:4])
     assert heatmaps.shape == (4, 28, 28) and heatmaps.min() >= 0 and heatmaps.max() <= 1
 
@@ -76,7 +78,9 @@ class ResidualNet(nn.Module):
         return self.head(features.amax(dim=(2, 3)).reshape(len(x), -1))
 
 
-def test_a_net_names_its_grad_cam_layer_and_one_fx_cannot_trace_predicts_unfolded(small_test):
+def test_a_net_names_its_grad_cam_layer_and_one_fx_cannot_trace_predicts_unfolded(
+    small_test, caplog
+):
     """Grad-CAM had taken the last conv registered (the shortcut, which reads the block's
     input), and a net with `len(x)` in its forward had crashed `digits predict`."""
     from digit_recognizer import explain
@@ -85,11 +89,16 @@ def test_a_net_names_its_grad_cam_layer_and_one_fx_cannot_trace_predicts_unfolde
     assert explain._find_layer(model, None) is model.conv2
     wrapped = nn.Sequential(nn.Identity(), model)  # as cnn-deskew wraps cnn
     assert explain._find_layer(wrapped, None) is model.conv2
+    model.grad_cam_layer = "head"
+    with pytest.raises(ValueError, match="grad_cam_layer, 'head', is not one of its conv"):
+        explain._find_layer(model, None)
+    model.grad_cam_layer = "conv2"
     x = to_model_input(torch.as_tensor(small_test.images[:8]))
-    with torch.no_grad():
+    with torch.no_grad(), caplog.at_level("INFO", logger="digit_recognizer"):
         unfolded = inference_net(copy.deepcopy(model))
         assert any(isinstance(m, nn.BatchNorm2d) for m in unfolded.modules())
         torch.testing.assert_close(unfolded(x), model(x))
+    assert "ResidualNet: predicting without folding its batch norms (torch.fx" in caplog.text
 
 
 def test_seed_cnn_matches_the_notebook_size():

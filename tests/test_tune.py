@@ -3,7 +3,6 @@ import multiprocessing
 import os
 import subprocess
 import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import optuna
@@ -244,24 +243,24 @@ def test_one_trial_draws_no_importances_and_a_split_error_names_tunes_flag(tmp_p
     assert not (tmp_path / "b").exists()  # refused before an empty --out was made
 
 
-def _open_at_once(barrier, storage: str, out: str, failures) -> None:
+def _open_at_once(barrier, storage: str, failures) -> None:
     barrier.wait()
     try:
-        tune_module.open_study(storage, "tune-knn", "here", lock=Path(out) / ".study.lock")
+        tune_module.open_study(storage, "tune-knn", "here")
     except Exception as error:
         failures.put(repr(error))
 
 
 def test_workers_started_at_once_on_a_new_study_all_open_it(tmp_path):
     """Each created the database's tables, and all but one failed ("table studies already
-    exists"): 15 of 45 in a review's run of 15 rounds."""
+    exists"): 15 of 45 in a review's run of 15 rounds. Workers with --out folders of their
+    own share the database's lock, beside it."""
     context = multiprocessing.get_context("fork")
     failures = context.Queue()
     for round_ in range(3):
         storage = f"sqlite:///{tmp_path}/study{round_}.db"
         barrier = context.Barrier(4)
-        workers = [context.Process(target=_open_at_once,
-                                   args=(barrier, storage, str(tmp_path), failures))
+        workers = [context.Process(target=_open_at_once, args=(barrier, storage, failures))
                    for _ in range(4)]  # fmt: skip
         for worker in workers:
             worker.start()
@@ -277,10 +276,11 @@ def test_a_killed_trials_folder_is_removed_and_pruned_trials_of_before_are_calle
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
     (tmp_path / f"trial4.{dead}-x1y2z3ab" / "member").mkdir(parents=True)  # a kill's, with files
-    (tmp_path / f"trial5.{os.getpid()}-q9w8e7rt").mkdir()  # a live worker's
+    (tmp_path / f"trial6.{os.getpid()}-a1b2c3d4").mkdir()  # a killed run's, its pid reused
+    (tmp_path / f"trial5.{os.getppid()}-q9w8e7rt").mkdir()  # another worker's, live
     tune(TuneConfig(model="knn", trials=1), small_csvs["train"], tmp_path)
     assert sorted(path.name for path in tmp_path.glob("trial*")) == [
-        f"trial5.{os.getpid()}-q9w8e7rt"]  # fmt: skip
+        f"trial5.{os.getppid()}-q9w8e7rt"]  # fmt: skip
     # A study an earlier version pruned did not record why: pruned, not "failed".
     study = optuna.create_study(storage=f"sqlite:///{tmp_path}/old.db")
     for _ in range(2):

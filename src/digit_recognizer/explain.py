@@ -137,6 +137,9 @@ def _find_layer(model: nn.Module, layer: nn.Module | str | None) -> nn.Module:
         named = [f"{prefix}.{module.grad_cam_layer}".lstrip(".")
                  for prefix, module in modules.items()
                  if isinstance(getattr(module, "grad_cam_layer", None), str)]  # fmt: skip
+        if named and not isinstance(modules.get(named[0]), nn.Conv2d):
+            raise ValueError(f"the net's grad_cam_layer, '{named[0]}', is not one of its conv "
+                             f"layers: {', '.join(convs)}")  # fmt: skip
         layer = named[0] if named else convs[-1]
     if isinstance(layer, nn.Module):
         if not any(module is layer for module in modules.values()):

@@ -74,6 +74,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         raise OutputError(f"{path}: cannot be written ({error.strerror or error})") from None
     os.close(fd)
     tmp = Path(tmp_name)
+    _WRITING.add(tmp)
     try:
         try:
             yield tmp
@@ -94,6 +95,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
             raise OutputError(f"{path}: cannot be written ({error.strerror or error})") from None
     finally:
         tmp.unlink(missing_ok=True)
+        _WRITING.discard(tmp)
 
 
 def _write_failure(error: Exception, path: Path) -> OutputError | None:
@@ -226,17 +228,23 @@ def locked_dir(folder: str | os.PathLike[str]) -> Iterator[Path]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-# atomic_path's temporary files: .NAME.PID-RANDOM.tmp
-_TEMPORARY_FILE = re.compile(r"\..+\.(\d{1,9})-\w+\.tmp")
+# atomic_path's temporary files: .NAME.PID-RANDOM.tmp (mkstemp's 8 random characters)
+_TEMPORARY_FILE = re.compile(r"\..+\.(\d{1,9})-[a-z0-9_]{8}\.tmp")
+_WRITING: set[Path] = set()  # this process's temporary files, being written
 
 
 def remove_leftovers(folder: Path) -> None:
     """Remove the temporary files in ``folder`` whose writer is dead: a process killed outright
     (SIGKILL, the machine's end) leaves the one it was writing. A live writer's (``digits
-    report`` beside a training, say) and other programs' files are left alone."""
+    report`` beside a training, say) and other programs' files are left alone; one named with
+    this process's pid that it is not writing is a killed run's (a container restarted gives
+    the same pid again)."""
     for path in folder.glob(".*.tmp"):
         match = _TEMPORARY_FILE.fullmatch(path.name)
-        if match and not process_is_alive(int(match[1])):
+        if not match:
+            continue
+        pid = int(match[1])
+        if (path not in _WRITING) if pid == os.getpid() else not process_is_alive(pid):
             path.unlink(missing_ok=True)
 
 

@@ -31,7 +31,8 @@ import tempfile
 import time
 import warnings
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,8 +40,8 @@ from typing import Any
 import matplotlib.pyplot as plt
 import optuna
 from matplotlib.figure import Figure
-from sqlalchemy.engine import URL
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
 from digit_recognizer.checkpoint import rows_fingerprint
 from digit_recognizer.config import check_fields, load_config, save_config
@@ -58,8 +59,8 @@ log = logging.getLogger(__name__)
 
 BEST_CONFIG_FILE = "best_config.toml"
 BEST_PARAMS_FILE = "best_params.json"
-STUDY_LOCK_FILE = ".study.lock"
-_TRIAL_FOLDER = re.compile(r"trial\d+\.(\d{1,9})-\w+")  # trialN.PID-RANDOM, a trial's run
+CREATE_ATTEMPTS = 3
+_TRIAL_FOLDER = re.compile(r"trial\d+\.(\d{1,9})-[a-z0-9_]{8}")  # trialN.PID-RANDOM: a trial's
 
 
 @dataclass
@@ -77,10 +78,7 @@ class TuneConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
-        if get_spec(self.model).kind != "net" and self.model not in CLASSICAL_SPACES:
-            # Said before any data is read or a study made, not by the first trial.
-            raise ConfigError(f"no search space for '{self.model}'; tunable: nets, "
-                              f"{', '.join(CLASSICAL_SPACES)} (tune.CLASSICAL_SPACES)")  # fmt: skip
+        require_search_space(self.model)  # before any data is read or a study made
         if self.trials < 1:
             raise ConfigError(f"trials must be >= 1, got {self.trials}")
         if self.epochs < 1:
@@ -121,7 +119,15 @@ def suggest_params(trial: optuna.Trial, model: str) -> dict[str, Any]:
             scale = trial.suggest_categorical("width_scale", [0.5, 0.75, 1.0, 1.5, 2.0])
             params["widths"] = tuple(max(1, round(width * scale)) for width in widths.default)
         return params
+    require_search_space(model)
     return CLASSICAL_SPACES[model](trial)
+
+
+def require_search_space(model: str) -> None:
+    """``ConfigError`` for a classical model ``CLASSICAL_SPACES`` has no space for."""
+    if get_spec(model).kind != "net" and model not in CLASSICAL_SPACES:
+        raise ConfigError(f"no search space for '{model}'; tunable: nets, "
+                          f"{', '.join(CLASSICAL_SPACES)} (tune.CLASSICAL_SPACES)")  # fmt: skip
 
 
 # Each classical model's search space, as build_estimator's arguments.
@@ -150,7 +156,7 @@ def tune(config: TuneConfig, train_csv: Path, out_dir: Path) -> TuneResult:
     database = str((out_dir / "study.db").resolve())
     storage = config.storage or URL.create("sqlite", database=database).render_as_string()
     where = f"--storage {storage}" if config.storage else database
-    study = open_study(storage, study_name, where, lock=out_dir / STUDY_LOCK_FILE)
+    study = open_study(storage, study_name, where)
     remove_dead_trials(out_dir)
     # Offset by the stored trials: a resumed study must not redraw its first random samples.
     study.sampler = optuna.samplers.TPESampler(seed=config.seed + len(study.trials))
@@ -191,11 +197,14 @@ def tune(config: TuneConfig, train_csv: Path, out_dir: Path) -> TuneResult:
                       study.best_params, files)  # fmt: skip
 
 
-def open_study(storage: str, study_name: str, where: str, lock: Path) -> optuna.Study:
+def open_study(storage: str, study_name: str, where: str) -> optuna.Study:
     """The study ``study_name`` at ``storage``, created there if new; ``ConfigError`` naming
-    ``where`` if the database cannot be used. Workers started at once on a new database each
-    create its tables, and all but one fail ("table studies already exists"): they take turns,
-    holding ``lock``, a file beside the study's outputs."""
+    ``where`` if the database cannot be used.
+
+    Workers started at once on a new database each create its tables, and all but one failed
+    ("table studies already exists", or a duplicate row of Optuna's schema version): on SQLite
+    they take turns, holding a lock file beside the database, and elsewhere (PostgreSQL, for
+    workers on several machines) the losers try again, finding the tables made."""
 
     def create() -> optuna.Study:
         with warnings.catch_warnings():  # the heartbeat is "experimental" since Optuna 2.9
@@ -215,9 +224,17 @@ def open_study(storage: str, study_name: str, where: str, lock: Path) -> optuna.
         )
 
     try:
-        with open(lock, "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)  # released when closed, or the process dies
-            return create()
+        attempt = 1
+        while True:
+            try:
+                with _creation_lock(storage):
+                    return create()
+            except (IntegrityError, OperationalError) as error:
+                lost_race = isinstance(error, IntegrityError) or "already exists" in str(error)
+                if not lost_race or attempt == CREATE_ATTEMPTS:
+                    raise
+            time.sleep(0.2 * attempt)
+            attempt += 1
     except SQLAlchemyError as error:  # a bad URL, an unreachable database
         raise ConfigError(f"{where}: cannot open the study's database "
                           f"({first_line(error)})") from None  # fmt: skip
@@ -228,12 +245,30 @@ def open_study(storage: str, study_name: str, where: str, lock: Path) -> optuna.
                           ) from None  # fmt: skip
 
 
+@contextmanager
+def _creation_lock(storage: str) -> Iterator[None]:
+    """Held while a study is opened: a lock file beside a SQLite database (``study.db.lock``),
+    nothing for other storages."""
+    url = make_url(storage)
+    database = Path(url.database) if url.drivername.startswith("sqlite") and url.database else None
+    if database is None or url.database == ":memory:" or not database.parent.is_dir():
+        yield
+        return
+    with open(f"{database}.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released when closed, or when the process dies
+        yield
+
+
 def remove_dead_trials(out_dir: Path) -> None:
-    """Remove the folders of trials whose process is dead (killed outright); a live worker's
-    trial goes on."""
+    """Remove the folders of trials whose process is dead (killed outright); another live
+    worker's trial goes on. This process has none yet: one named with its pid is a killed
+    run's (a container restarted gives the same pid again)."""
     for folder in out_dir.glob("trial*.*-*"):
         match = _TRIAL_FOLDER.fullmatch(folder.name)
-        if match and folder.is_dir() and not process_is_alive(int(match[1])):
+        if not (match and folder.is_dir()):
+            continue
+        pid = int(match[1])
+        if pid == os.getpid() or not process_is_alive(pid):
             shutil.rmtree(folder, ignore_errors=True)
 
 

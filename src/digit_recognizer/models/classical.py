@@ -316,8 +316,9 @@ def save_pipeline(run_dir: Path, pipeline: Pipeline, name: str, params: dict[str
             # Refused now rather than when loaded: a file the loader would refuse is no model.
             if unknown := _unknown_types(content):
                 raise ConfigError(f"{name}: its pipeline holds types that load_pipeline does not "
-                                  f"trust ({', '.join(unknown)}); add them to classical."
-                                  "_SAFE_CLASSES if they hold plain data, or leave them out"
+                                  f"trust ({', '.join(unknown)}); a type of plain arrays goes "
+                                  "in classical._SAFE_CLASSES, one only a signed file may "
+                                  "hold (a tree's nodes) in _SKOPS_TRUSTED, once read"
                                   ) from None  # fmt: skip
             signature = _sign(content)
         meta["trusted_file"] = {"path": TRUSTED_FILE, "hmac_sha256": signature, "format": "skops"}

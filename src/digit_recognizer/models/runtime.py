@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import typing
 from collections.abc import Callable
 from typing import Literal, ParamSpec, TypeVar
@@ -18,7 +19,9 @@ from torch import nn
 from torch.fx.experimental.optimization import fuse
 
 from digit_recognizer.data.tensors import to_model_input
-from digit_recognizer.errors import ConfigError
+from digit_recognizer.errors import ConfigError, first_line
+
+log = logging.getLogger(__name__)
 
 Device = Literal["auto", "cpu", "cuda", "mps"]  # the configs' device field
 DEVICES: tuple[str, ...] = typing.get_args(Device)
@@ -100,10 +103,14 @@ def inference_net(model: nn.Module, fuse_batch_norm: bool = True) -> nn.Module:
     """
     model = model.eval()
     if fuse_batch_norm:
-        # fx raises TraceError, or RuntimeError for Python on a traced value (len(x)), where a
-        # net's forward cannot be traced: it then predicts unfolded, as it trained.
-        with contextlib.suppress(torch.fx.proxy.TraceError, RuntimeError):
+        try:
             model = fuse(model)
+        # fx fails on forwards it cannot trace (TraceError; RuntimeError for len(x); TypeError
+        # for range(x.shape[0])): such a net predicts unfolded, as it trained. fuse works on a
+        # copy, so nothing is left half folded.
+        except Exception as error:
+            log.info("%s: predicting without folding its batch norms (torch.fx cannot trace "
+                     "it: %s)", type(model).__name__, first_line(error))  # fmt: skip
     return model.to(memory_format=torch.channels_last)
 
 
