@@ -90,3 +90,23 @@ def test_too_few_rows_for_a_nets_own_split_is_one_line(tmp_path, small_csvs):
     write_kaggle_csv(tiny, data.images[:12], data.labels[:12])
     with pytest.raises(DataError, match=r"mlp: cannot be fitted on these 12 rows \(12 images"):
         compare(tiny, ["mlp"], tmp_path / "out", test_csv=tiny)
+
+
+def test_nets_train_the_epochs_asked_and_classical_models_ignore_them(
+    tmp_path, small_csvs, monkeypatch
+):
+    """A net had trained TrainConfig's 15 epochs whatever one wanted of a quick comparison."""
+    from digit_recognizer import compare as compare_module
+
+    built = []
+
+    def recording(name, seed=None, **params):
+        built.append((name, params))
+        return build_estimator(name, seed=seed, **params)
+
+    monkeypatch.setattr(compare_module, "build_estimator", recording)
+    compare(small_csvs["train"], ["mlp", "logreg"], tmp_path, epochs=1)
+    assert built == [("mlp", {"epochs": 1}), ("logreg", {})]
+    assert json.loads((tmp_path / "compare.json").read_text())["epochs"] == 1
+    with pytest.raises(ConfigError, match="--epochs must be >= 1, got 0"):
+        compare(small_csvs["train"], ["mlp"], tmp_path, epochs=0)

@@ -602,13 +602,15 @@ def compare(
         Path, typer.Option(help="Folder for leaderboard.csv, .png and compare.json.")
     ] = Path("runs/compare"),
     seed: Seed = None,
-) -> None:
+    epochs: Annotated[int | None, typer.Option(
+        help="Epochs of each net. \\[default: TrainConfig's, 15]")] = None,
+) -> None:  # fmt: skip
     """Fit several models on one CSV and rank them by held-out accuracy, with their cost."""
     from digit_recognizer.compare import SETTINGS_FILE
     from digit_recognizer.compare import compare as compare_models
 
     names = [name.strip() for name in models.split(",") if name.strip()]
-    board = compare_models(train, names, out, test, valid_size, cv, seed or 0)
+    board = compare_models(train, names, out, test, valid_size, cv, seed or 0, epochs)
     table = Table(title=f"digits compare ({board.n_folds} fold{'s' * (board.n_folds > 1)})")
     for column in board.columns:
         table.add_column(column, justify="left" if column == "model" else "right")

@@ -56,8 +56,10 @@ def compare(
     valid_size: float = 0.2,
     cv: int | None = None,
     seed: int = 0,
+    epochs: int | None = None,
 ) -> Leaderboard:
-    """Fit each model with its defaults and score it on held-out labelled images.
+    """Fit each model with its defaults (nets: ``TrainConfig``'s, trained ``epochs`` if given)
+    and score it on held-out labelled images.
 
     Held out: ``test_csv`` if given, else stratified ``cv`` folds if given, else a stratified
     ``valid_size`` split, drawn with ``seed``, which also seeds the models that draw at random
@@ -76,10 +78,12 @@ def compare(
         raise ConfigError("--cv folds the training CSV and --test scores on another: give one")
     if test_csv is None and cv is None and not 0 < valid_size < 1:
         raise ConfigError(f"--valid-size must be in (0, 1), got {valid_size}")
+    if epochs is not None and epochs < 1:
+        raise ConfigError(f"--epochs must be >= 1, got {epochs}")
     out_dir = make_dir(out_dir)  # before the fitting, whose work a bad --out would lose
     data = read_labelled(train_csv, to_split=test_csv is None)
     folds = list(_folds(data, test_csv, valid_size, cv, seed))
-    rows = [_score_model(name, folds, cv is not None, seed) for name in models]
+    rows = [_score_model(name, folds, cv is not None, seed, epochs) for name in models]
     rows.sort(key=lambda row: -float(row.get("accuracy", row.get("accuracy_mean", 0))))
     columns = ["model", *(f"{s}_{stat}" for s in SCORES for stat in ("mean", "std"))] if cv else [
         "model", *SCORES]  # fmt: skip
@@ -87,7 +91,8 @@ def compare(
     board = Leaderboard(columns, rows, out_dir / LEADERBOARD_FILE, out_dir / CHART_FILE, len(folds))
     write_leaderboard(board)
     plot_leaderboard(board)
-    split = {"valid_size": None if test_csv or cv else valid_size, "cv": cv, "seed": seed}
+    split = {"valid_size": None if test_csv or cv else valid_size, "cv": cv, "seed": seed,
+             "epochs": epochs}  # fmt: skip
     settings = {"models": models, **split, **source_record("train", train_csv),
                 **source_record("test", test_csv)}  # fmt: skip
     write_text(out_dir / SETTINGS_FILE, json.dumps(settings | {"versions": _versions()}, indent=2))
@@ -124,12 +129,17 @@ def _folds(
 
 
 def _score_model(
-    name: str, folds: list[tuple[DigitSet, DigitSet]], has_cv: bool, seed: int
+    name: str,
+    folds: list[tuple[DigitSet, DigitSet]],
+    has_cv: bool,
+    seed: int,
+    epochs: int | None,
 ) -> dict[str, float | int | str]:
     scores: dict[str, list[float]] = {score: [] for score in SCORES}
     n_parameters = 0
+    trains = {"epochs": epochs} if epochs is not None and get_spec(name).kind == "net" else {}
     for fold, (fit_set, score_set) in enumerate(folds, start=1):
-        estimator = build_estimator(name, seed=seed)
+        estimator = build_estimator(name, seed=seed, **trains)
         start = time.perf_counter()
         try:
             estimator.fit(fit_set.images, fit_set.labels)
