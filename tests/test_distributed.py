@@ -102,13 +102,14 @@ def test_a_rank_left_waiting_by_the_others_says_so_in_one_line(monkeypatch):
     2.13 words it): it had ended each waiting process in a page of traceback. Other errors
     keep theirs."""
     monkeypatch.setattr(distributed, "PEER_FAILURE_GRACE_S", 0)
-    for name, value in {"RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "2"}.items():
+    # The second machine's second process: its global rank, not its place on the machine.
+    for name, value in {"RANK": "3", "LOCAL_RANK": "1", "WORLD_SIZE": "4"}.items():
         monkeypatch.setenv(name, value)
     gloo = RuntimeError("[/__w/pytorch/third_party/gloo/gloo/transport/tcp/unbound_buffer.cc:78]"
                         " Timed out waiting 300000ms for recv operation to complete")  # fmt: skip
     with pytest.raises(SystemExit) as stop, distributed.torchrun_worker():
         raise gloo
-    assert str(stop.value.code).startswith("error: rank 1: no answer from the job's other ")
+    assert str(stop.value.code).startswith("error: rank 3: no answer from the job's other ")
     assert "300000ms" in stop.value.code and "ddp_timeout_s" in stop.value.code
     bug = RuntimeError("shapes do not match")
     with pytest.raises(RuntimeError) as raised, distributed.torchrun_worker():

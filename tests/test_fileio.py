@@ -158,3 +158,36 @@ def test_a_lock_taken_clears_what_a_killed_writer_left(tmp_path: Path) -> None:
         with locked_dir(run):
             assert sorted(path.name for path in run.iterdir()) == sorted(
                 [".lock", writing.name, *kept])  # fmt: skip
+
+
+def test_no_room_is_told_by_errno_or_by_the_writers_own_words_with_the_disk_not_full(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A quota, a system speaking another language, safetensors' Rust message: the disk's free
+    space does not show the first, and the other two name no errno a check could read."""
+    import errno
+    import shutil
+    from types import SimpleNamespace
+
+    target = tmp_path / "model.safetensors"
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: SimpleNamespace(free=10 << 30))
+    for raised in (OSError(errno.EDQUOT, "Disk quota exceeded"),
+                   OSError(errno.ENOSPC, "Espace insuffisant sur le disque"),
+                   Exception('Error while serializing: IoError(Os { code: 28, kind: StorageFull, '
+                             'message: "No space left on device" })')):  # fmt: skip
+        with pytest.raises(OutputError, match="no space left on the device"), atomic_path(target):
+            raise raised
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_another_users_process_counts_as_alive(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Signalling it is not permitted: it runs, and its temporary files are its own."""
+    import errno
+
+    from digit_recognizer.fileio import process_is_alive
+
+    def not_permitted(pid: int, signal: int) -> None:
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "kill", not_permitted)
+    assert process_is_alive(1)

@@ -289,6 +289,25 @@ def test_compressed_csv_is_named_as_such(tmp_path: Path, suffix, compress, messa
         resolve_data_source(path)  # the streaming reader's scan, too
 
 
+def test_a_compressed_file_refused_is_closed(tmp_path: Path, monkeypatch) -> None:
+    """A server refusing uploads, or a scan of many shards, would run out of file handles."""
+    from digit_recognizer.data.kaggle_csv import open_binary
+
+    path = tmp_path / "train.csv.gz"
+    path.write_bytes(gzip.compress(b"label,pixel0\n"))
+    opened = []
+    real_open = Path.open
+
+    def recording_open(self: Path, *args, **kwargs):
+        opened.append(real_open(self, *args, **kwargs))
+        return opened[-1]
+
+    monkeypatch.setattr(Path, "open", recording_open)
+    with pytest.raises(DataError, match="gzip-compressed"):
+        open_binary(path)
+    assert len(opened) == 1 and opened[0].closed
+
+
 def test_missing_file_and_directory(tmp_path: Path) -> None:
     assert read_error(tmp_path / "nope.csv") == f"{tmp_path / 'nope.csv'}: file not found"
     assert read_error(tmp_path) == f"{tmp_path}: is a directory, expected a CSV file"

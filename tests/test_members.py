@@ -171,3 +171,15 @@ def test_members_side_by_side_share_out_the_gpus(monkeypatch):
     assert visible_gpus() == []
     assert [member_gpu(number, ["5", "7"]) for number in (1, 2, 3)] == ["5", "7", "5"]
     assert member_gpu(2, ["5"]) is None and member_gpu(1, []) is None  # nothing to share out
+
+
+def test_a_member_whose_command_is_gone_ends_quietly(monkeypatch):
+    """Its command killed, the pipe has no reader: telling it how things went must not end the
+    member in a BrokenPipeError's traceback."""
+    from digit_recognizer import members
+
+    monkeypatch.setattr(members, "_end_with", lambda parent: None)
+    monkeypatch.setattr(signal, "signal", lambda *args: None)  # pytest's handlers stay
+    reader, sender = multiprocessing.Pipe(duplex=False)
+    reader.close()
+    members._run_member(lambda number: "done", 1, sender, os.getpid(), False)

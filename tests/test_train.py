@@ -4,7 +4,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 import pytest
 import torch
@@ -660,3 +660,14 @@ def test_a_resume_on_other_validation_rows_is_refused(tmp_path, small_train, sma
     with pytest.raises(ConfigError, match="would change the run's validation rows"):
         train(replace(config, resume=True), subset, DigitSet(images, valid.labels), tmp_path)
     assert len(train(replace(config, resume=True), subset, valid, tmp_path).history) == 2
+
+
+def test_a_checkpoint_from_before_validation_rows_were_recorded_resumes(tmp_path):
+    from digit_recognizer.checkpoint import check_resume_matches
+
+    config = TrainConfig(model="cnn-tiny")
+    checkpoint = {"config": asdict(config), "rows": "train"}  # no "valid_rows": it cannot say
+    check_resume_matches(tmp_path, checkpoint, config, "train", "valid")
+    with pytest.raises(ConfigError, match="validation rows"):
+        check_resume_matches(tmp_path, checkpoint | {"valid_rows": "other"}, config, "train",
+                             "valid")  # fmt: skip

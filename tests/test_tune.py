@@ -230,10 +230,21 @@ def test_a_database_of_another_optuna_version_and_a_killed_trial(tmp_path, small
         tune(TuneConfig(model="knn", trials=1), small_csvs["train"], tmp_path)
 
 
-def test_one_trial_draws_no_importances_and_a_split_error_names_tunes_flag(tmp_path, small_csvs):
+def test_one_trial_draws_no_importances_and_a_split_error_names_tunes_flag(
+    tmp_path, small_csvs, monkeypatch
+):
+    sizes = []
+    split = tune_module.split_for_training
+
+    def recording_split(data, size, seed):
+        sizes.append(size)
+        return split(data, size, seed)
+
+    monkeypatch.setattr(tune_module, "split_for_training", recording_split)
     result = CliRunner().invoke(app, ["tune", "--train", str(small_csvs["train"]), "--model",
         "knn", "--trials", "1", "--valid-size", "0.25", "--out", str(tmp_path / "a")])  # fmt: skip
     assert result.exit_code == 0, result.output
+    assert sizes == [0.25]  # the flag reached the split
     assert {path.name for path in (tmp_path / "a").glob("*.png")} == {"optimization_history.png"}
     few = tmp_path / "few.csv"
     few.write_text("".join(small_csvs["train"].read_text().splitlines(True)[:21]))
@@ -311,3 +322,46 @@ def test_a_model_without_a_search_space_or_a_dropout_setting(monkeypatch, tmp_pa
     assert "dropout" not in params and params["widths"] == tuple(
         round(width * trial.params["width_scale"]) for width in (8, 16, 32))  # fmt: skip
     load_config(TrainConfig, None, {"model": "cnn-fixed", **params})  # accepted, as trials are
+
+
+def test_a_trial_the_deadline_passes_in_its_last_epoch_completes(tmp_path, small_csvs, monkeypatch):
+    """Its epochs all trained, with the learning rate of its settings: its score is theirs."""
+    now = [0.0]
+    monkeypatch.setattr(tune_module, "time", SimpleNamespace(monotonic=lambda: now[0]))
+    folders = []
+
+    def fake_train(config, train_set, valid_set, run_dir, on_epoch_end):
+        folders.append(run_dir)
+        on_epoch_end({"epoch": 1, "valid_accuracy": 0.9})
+        now[0] = 601.0
+        on_epoch_end({"epoch": 2, "valid_accuracy": 0.95})
+        return SimpleNamespace(valid_accuracy=0.95, epochs_run=2)
+
+    monkeypatch.setattr(tune_module, "train", fake_train)
+    config = TuneConfig(model="cnn", trials=1, epochs=2, timeout_s=600)
+    result = tune(config, small_csvs["train"], tmp_path)
+    study = optuna.load_study(study_name=result.study_name, storage=result.storage)
+    assert [trial.state.name for trial in study.trials] == ["COMPLETE"]
+    assert result.best_value == 0.95
+    # It trained in --out, in a folder named with this process's pid, gone once it ended.
+    assert folders[0].parent == tmp_path and not folders[0].exists()
+    assert tune_module._TRIAL_FOLDER.fullmatch(folders[0].name)[1] == str(os.getpid())
+
+
+def test_ctrl_c_in_the_first_trial_is_the_interruption_and_zero_trials_are_refused(
+    tmp_path, small_csvs, monkeypatch
+):
+    """With no trial finished there is nothing to write: Ctrl-C, not "no completed trial"."""
+
+    def interrupted(trial, *args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tune_module, "_classical_objective", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        tune(TuneConfig(model="knn", trials=2), small_csvs["train"], tmp_path)
+    study = optuna.load_study(study_name="tune-knn", storage=f"sqlite:///{tmp_path}/study.db")
+    assert [trial.user_attrs.get("pruned") for trial in study.trials] == [tune_module.INTERRUPTED]
+    with pytest.raises(ConfigError, match="trials must be >= 1, got 0"):
+        TuneConfig(model="knn", trials=0)
+    with pytest.raises(ConfigError, match="epochs must be >= 1, got 0"):
+        TuneConfig(model="cnn", epochs=0)
