@@ -152,10 +152,11 @@ def test_a_lock_taken_clears_what_a_killed_writer_left(tmp_path: Path) -> None:
     kept = [f".report.html.{os.getppid()}-k3j9x1yy.tmp", ".backup.2024-01.tmp", "checkpoint.pt"]
     for name in [*left, *kept]:
         (run / name).write_bytes(b"bytes")
+    (tmp_path / "link").symlink_to(run)  # the lock taken through a link, the file written not
     with atomic_path(run / "metrics.json") as writing:  # this process's, being written
         assert writing.name.startswith(f".metrics.json.{os.getpid()}-")
         writing.write_text("{}")
-        with locked_dir(run):
+        with locked_dir(tmp_path / "link"):
             assert sorted(path.name for path in run.iterdir()) == sorted(
                 [".lock", writing.name, *kept])  # fmt: skip
 

@@ -74,7 +74,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         raise OutputError(f"{path}: cannot be written ({error.strerror or error})") from None
     os.close(fd)
     tmp = Path(tmp_name)
-    _WRITING.add(tmp)
+    _WRITING.add(tmp.resolve())
     try:
         try:
             yield tmp
@@ -95,7 +95,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
             raise OutputError(f"{path}: cannot be written ({error.strerror or error})") from None
     finally:
         tmp.unlink(missing_ok=True)
-        _WRITING.discard(tmp)
+        _WRITING.discard(tmp.resolve())
 
 
 def _write_failure(error: Exception, path: Path) -> OutputError | None:
@@ -230,7 +230,7 @@ def locked_dir(folder: str | os.PathLike[str]) -> Iterator[Path]:
 
 # atomic_path's temporary files: .NAME.PID-RANDOM.tmp (mkstemp's 8 random characters)
 _TEMPORARY_FILE = re.compile(r"\..+\.(\d{1,9})-[a-z0-9_]{8}\.tmp")
-_WRITING: set[Path] = set()  # this process's temporary files, being written
+_WRITING: set[Path] = set()  # this process's temporary files, being written (resolved)
 
 
 def remove_leftovers(folder: Path) -> None:
@@ -244,7 +244,7 @@ def remove_leftovers(folder: Path) -> None:
         if not match:
             continue
         pid = int(match[1])
-        if (path not in _WRITING) if pid == os.getpid() else not process_is_alive(pid):
+        if (path.resolve() not in _WRITING) if pid == os.getpid() else not process_is_alive(pid):
             path.unlink(missing_ok=True)
 
 
