@@ -365,3 +365,19 @@ def test_ctrl_c_in_the_first_trial_is_the_interruption_and_zero_trials_are_refus
         TuneConfig(model="knn", trials=0)
     with pytest.raises(ConfigError, match="epochs must be >= 1, got 0"):
         TuneConfig(model="cnn", epochs=0)
+
+
+def test_results_another_study_wrote_meanwhile_are_not_replaced(tmp_path, small_csvs, monkeypatch):
+    """Checked at the start only, a worker of another study writing its results into the same
+    --out while this one ran had them replaced without a word."""
+    objective = tune_module._classical_objective
+    foreign = json.dumps({"study": "tune-svm", "model": "svm", "accuracy": 0.9, "params": {}})
+
+    def another_worker_writes_first(trial, *args):
+        (tmp_path / "best_params.json").write_text(foreign)
+        return objective(trial, *args)
+
+    monkeypatch.setattr(tune_module, "_classical_objective", another_worker_writes_first)
+    with pytest.raises(ConfigError, match="holds the results of study 'tune-svm'"):
+        tune(TuneConfig(model="knn", trials=1), small_csvs["train"], tmp_path)
+    assert (tmp_path / "best_params.json").read_text() == foreign
