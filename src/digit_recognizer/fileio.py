@@ -71,7 +71,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}-",
                                         suffix=".tmp")  # fmt: skip
     except OSError as error:
-        raise OutputError(f"{path}: cannot be written ({error.strerror or error})") from None
+        raise _cannot_be_written(path, error) from None
     os.close(fd)
     tmp = Path(tmp_name)
     _WRITING.add(tmp.resolve())
@@ -92,7 +92,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         try:
             os.replace(tmp, path)
         except OSError as error:  # a directory of that name, most often
-            raise OutputError(f"{path}: cannot be written ({error.strerror or error})") from None
+            raise _cannot_be_written(path, error) from None
     finally:
         tmp.unlink(missing_ok=True)
         _WRITING.discard(tmp.resolve())
@@ -110,8 +110,12 @@ def _write_failure(error: Exception, path: Path) -> OutputError | None:
         return OutputError(f"{path}: cannot be written: no space left on the device; free some, "
                            "or give a path on another")  # fmt: skip
     if isinstance(error, OSError) and not error.filename:
-        return OutputError(f"{path}: cannot be written ({error.strerror or first_line(error)})")
+        return _cannot_be_written(path, error)
     return None
+
+
+def _cannot_be_written(path: Path, error: OSError) -> OutputError:
+    return OutputError(f"{path}: cannot be written ({error.strerror or first_line(error)})")
 
 
 def refuse_special_file(path: Path) -> Path:
@@ -241,11 +245,15 @@ def remove_leftovers(folder: Path) -> None:
     the same pid again)."""
     for path in folder.glob(".*.tmp"):
         match = _TEMPORARY_FILE.fullmatch(path.name)
-        if not match:
-            continue
-        pid = int(match[1])
-        if (path.resolve() not in _WRITING) if pid == os.getpid() else not process_is_alive(pid):
+        if match and path.resolve() not in _WRITING and is_leftover_of(int(match[1])):
             path.unlink(missing_ok=True)
+
+
+def is_leftover_of(pid: int) -> bool:
+    """Whether what a process named with its ``pid`` (a temporary file, a trial's folder) was
+    left by one now gone: no process has that pid, or this one does, a restart having given it
+    the pid again (what this process is making now, its caller tells apart)."""
+    return pid == os.getpid() or not process_is_alive(pid)
 
 
 def process_is_alive(pid: int) -> bool:

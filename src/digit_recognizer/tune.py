@@ -51,7 +51,7 @@ from digit_recognizer.data.splits import split_for_training
 from digit_recognizer.errors import ConfigError, DivergedError, first_line
 from digit_recognizer.estimator import build_estimator
 from digit_recognizer.evaluate import save_figure
-from digit_recognizer.fileio import make_dir, process_is_alive, write_text
+from digit_recognizer.fileio import is_leftover_of, make_dir, write_text
 from digit_recognizer.models.registry import get_spec
 from digit_recognizer.train import TrainConfig, train
 
@@ -265,10 +265,7 @@ def remove_dead_trials(out_dir: Path) -> None:
     run's (a container restarted gives the same pid again)."""
     for folder in out_dir.glob("trial*.*-*"):
         match = _TRIAL_FOLDER.fullmatch(folder.name)
-        if not (match and folder.is_dir()):
-            continue
-        pid = int(match[1])
-        if pid == os.getpid() or not process_is_alive(pid):
+        if match and folder.is_dir() and is_leftover_of(int(match[1])):
             shutil.rmtree(folder, ignore_errors=True)
 
 

@@ -314,7 +314,7 @@ def save_pipeline(run_dir: Path, pipeline: Pipeline, name: str, params: dict[str
             skops.io.dump(pipeline, tmp)
             content = tmp.read_bytes()
             # Refused now rather than when loaded: a file the loader would refuse is no model.
-            if unknown := _unknown_types(content):
+            if unknown := _unknown_types(skops.io.get_untrusted_types(data=content)):
                 raise ConfigError(f"{name}: its pipeline holds types that load_pipeline does not "
                                   f"trust ({', '.join(unknown)}); a type of plain arrays goes "
                                   "in classical._SAFE_CLASSES, one only a signed file may "
@@ -421,16 +421,14 @@ def _load_trusted(run_dir: Path, record: dict[str, str]) -> Pipeline:
             f"{path}: not signed by this installation's key (the signature in {META_FILE} does "
             "not match); refusing to load a model file written elsewhere, or edited (retrain it)"
         )
-    if unknown := _unknown_types(content):
-        raise ModelFileError(f"{path}: names types outside the allow-list: {', '.join(unknown)}")
-    return skops.io.loads(content, trusted=skops.io.get_untrusted_types(data=content))
-
-
-def _unknown_types(content: bytes) -> list[str]:
-    """The types a skops file names that are neither trusted by skops (scikit-learn's
-    estimators, numpy's functions) nor ours (``_SAFE_CLASSES``): even signed, a file naming one
-    is refused."""
-    import skops.io
-
     untrusted = skops.io.get_untrusted_types(data=content)
+    if unknown := _unknown_types(untrusted):
+        raise ModelFileError(f"{path}: names types outside the allow-list: {', '.join(unknown)}")
+    return skops.io.loads(content, trusted=untrusted)
+
+
+def _unknown_types(untrusted: list[str]) -> list[str]:
+    """Of the types a skops file names that skops does not trust by itself (it trusts
+    scikit-learn's estimators and numpy's functions), those that are not ours either
+    (``_SAFE_CLASSES``, ``_SKOPS_TRUSTED``): even signed, a file naming one is refused."""
     return [name for name in untrusted if name not in _SAFE_CLASSES.keys() | _SKOPS_TRUSTED]
