@@ -56,12 +56,12 @@ def test_classical_study_resumes_from_its_sqlite_storage(tmp_path, small_csvs):
     assert tune(TuneConfig(model="logreg", trials=1), small_csvs["train"], out).n_trials == 1
 
 
-def test_ctrl_c_ends_the_study_with_the_trial_recorded_as_pruned(tmp_path, small_csvs, monkeypatch,
+def test_ctrl_c_ends_the_study_with_the_trial_recorded_as_failed(tmp_path, small_csvs, monkeypatch,
                                                                    capfd):  # fmt: skip
-    """Optuna would log the interrupted trial as failed, traceback and all; it is pruned instead,
-    the study stops, the finished trials' results are written (they had not been: `timeout
-    3600 digits tune` wrote none), and the interruption reaches the caller (the CLI says
-    "interrupted")."""
+    """The interrupted trial is failed, which TPE leaves out (pruned, it counted as a poor
+    setting), without Optuna's traceback and warnings; the study stops, the finished trials'
+    results are written (they had not been: `timeout 3600 digits tune` wrote none), and the
+    interruption reaches the caller (the CLI says "interrupted")."""
     objective = tune_module._classical_objective
 
     def interrupted_second(trial, *args):
@@ -70,11 +70,34 @@ def test_ctrl_c_ends_the_study_with_the_trial_recorded_as_pruned(tmp_path, small
         return objective(trial, *args)
 
     monkeypatch.setattr(tune_module, "_classical_objective", interrupted_second)
+    verbosity = optuna.logging.get_verbosity()
+    with pytest.raises(KeyboardInterrupt):
+        tune(TuneConfig(model="knn", trials=3), small_csvs["train"], tmp_path)
+    assert optuna.logging.get_verbosity() == verbosity
+    study = optuna.load_study(study_name="tune-knn", storage=f"sqlite:///{tmp_path}/study.db")
+    assert [trial.state.name for trial in study.trials] == ["COMPLETE", "FAIL"]
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "failed" not in err
+    assert tune_module.why_pruned(study) == "1 trial interrupted"
+    best = json.loads((tmp_path / "best_params.json").read_text())
+    assert best["params"] == study.trials[0].params
+
+
+def test_ctrl_c_between_trials_writes_the_results_too(tmp_path, small_csvs, monkeypatch):
+    """Ctrl-C in Optuna's bookkeeping before the second trial (not in an objective) had skipped
+    the finished trial's results."""
+    calls = []
+
+    def stale_trials_check(study):
+        calls.append(study)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(optuna.storages, "fail_stale_trials", stale_trials_check)
     with pytest.raises(KeyboardInterrupt):
         tune(TuneConfig(model="knn", trials=3), small_csvs["train"], tmp_path)
     study = optuna.load_study(study_name="tune-knn", storage=f"sqlite:///{tmp_path}/study.db")
-    assert [trial.state.name for trial in study.trials] == ["COMPLETE", "PRUNED"]
-    assert "Traceback" not in capfd.readouterr().err
+    assert [trial.state.name for trial in study.trials] == ["COMPLETE"]
     best = json.loads((tmp_path / "best_params.json").read_text())
     assert best["params"] == study.trials[0].params
 
@@ -101,9 +124,10 @@ def test_net_trials_below_the_median_are_pruned_and_the_timeout_stops_a_trial_be
 ):
     # A stand-in for train() with fixed learning curves: what is under test is the wiring of
     # reports, pruning, the deadline and the best config, not the nets. The clock passes the
-    # deadline during the last trial's first epoch: it stops there, pruned, its score the
-    # time's. Trials train without a time budget, which would steer their lr by the clock
-    # (a trial that still finished had scored the time left).
+    # deadline during the last trial's first epoch: it stops there, failed (not pruned: its
+    # score is the time's, which TPE must not take for its settings'). Trials train without a
+    # time budget, which would steer their lr by the clock (a trial that still finished had
+    # scored the time left).
     curves = iter([[0.90, 0.95], [0.91, 0.96], [0.50, 0.55], [0.97, 0.99]])
     now = [0.0]
     monkeypatch.setattr(tune_module, "time", SimpleNamespace(monotonic=lambda: now[0]))
@@ -123,10 +147,10 @@ def test_net_trials_below_the_median_are_pruned_and_the_timeout_stops_a_trial_be
     result = tune(config, small_csvs["train"], tmp_path)
     study = optuna.load_study(study_name=result.study_name, storage=result.storage)
     states = [trial.state.name for trial in study.trials]
-    assert states == ["COMPLETE", "COMPLETE", "PRUNED", "PRUNED"]
+    assert states == ["COMPLETE", "COMPLETE", "PRUNED", "FAIL"]
     assert [trial.user_attrs.get("pruned") for trial in study.trials[2:]] == [
         tune_module.BELOW_MEDIAN, tune_module.CUT_BY_TIMEOUT]  # fmt: skip
-    assert study.best_value == 0.96 and result.n_pruned == 2 and budgets == [None] * 4
+    assert study.best_value == 0.96 and result.n_pruned == 1 and budgets == [None] * 4
     best = load_config(TrainConfig, tmp_path / "best_config.toml")
     scale = study.best_params["width_scale"]
     assert best.widths == tuple(round(width * scale) for width in (32, 64, 128))

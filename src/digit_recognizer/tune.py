@@ -24,6 +24,7 @@ import fcntl
 import inspect
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -171,15 +172,22 @@ def tune(config: TuneConfig, train_csv: Path, out_dir: Path) -> TuneResult:
             if is_net:
                 return _net_objective(trial, config, train_set, valid_set, deadline, out_dir)
             return _classical_objective(trial, config, train_set, valid_set)
+        except TrialTimeoutError as cut:
+            log.info("trial %d %s: not counted", trial.number, cut)
+            return not_counted(trial, CUT_BY_TIMEOUT)
         except KeyboardInterrupt as stop:
-            # Optuna would log the trial's failure with its traceback. Recorded as pruned (its
-            # score would be the interruption's, not its settings'), it ends the study, and the
-            # interruption goes on from there.
+            # The study stops, and the interruption goes on once the results are written.
             interruptions.append(stop)
             study.stop()
-            raise pruned(trial, INTERRUPTED) from None
+            return not_counted(trial, INTERRUPTED)
 
-    study.optimize(objective, n_trials=config.trials, timeout=config.timeout_s or None)
+    verbosity = optuna.logging.get_verbosity()
+    try:
+        study.optimize(objective, n_trials=config.trials, timeout=config.timeout_s or None)
+    except KeyboardInterrupt as stop:  # between two trials, in Optuna's own bookkeeping
+        interruptions.append(stop)
+    finally:
+        optuna.logging.set_verbosity(verbosity)
     completed = study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.COMPLETE])
     if not completed:
         if interruptions:
@@ -269,7 +277,8 @@ def remove_dead_trials(out_dir: Path) -> None:
             shutil.rmtree(folder, ignore_errors=True)
 
 
-# Why a trial was pruned, recorded with it: a study without a completed trial says which.
+# Why a trial was pruned or not counted, recorded with it: a study without a completed trial
+# says which.
 BELOW_MEDIAN = "below the median of earlier trials"
 CUT_BY_TIMEOUT = "stopped by --timeout: raise it for whole trials"
 DIVERGED = "its training diverged: the lr range is too high for these rows"
@@ -280,6 +289,21 @@ def pruned(trial: optuna.Trial, reason: str, detail: str = "") -> optuna.TrialPr
     """The exception that prunes ``trial``, with ``reason`` recorded on it."""
     trial.set_user_attr("pruned", reason)
     return optuna.TrialPruned(f"{reason}{detail}")
+
+
+class TrialTimeoutError(Exception):
+    """A net trial stopped short of its epochs by ``--timeout``."""
+
+
+def not_counted(trial: optuna.Trial, reason: str) -> float:
+    """NaN, the objective's value that fails ``trial``, with ``reason`` recorded on it.
+
+    Failed, not pruned: TPE leaves failed trials out, and would take a pruned one for a poor
+    setting, when its score is the clock's, not its settings'. NaN fails it without the
+    traceback Optuna logs for an exception; its warnings are quiet until the study ends."""
+    trial.set_user_attr("pruned", reason)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    return math.nan
 
 
 def why_pruned(study: optuna.Study) -> str:
@@ -372,7 +396,7 @@ def _net_objective(
         if trial.should_prune():
             raise pruned(trial, BELOW_MEDIAN, f" (epoch {epoch})")
         if deadline is not None and time.monotonic() > deadline and epoch < config.epochs:
-            raise pruned(trial, CUT_BY_TIMEOUT, f" (after {epoch} of {config.epochs} epochs)")
+            raise TrialTimeoutError(f"stopped by --timeout after {epoch} of {config.epochs} epochs")
 
     # In --out, named with the process's pid: a trial killed outright leaves its folder where
     # the next call removes it (remove_dead_trials), not in /tmp for good.
