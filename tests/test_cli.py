@@ -1,5 +1,6 @@
 """End to end through the real `digits` commands (typer's CliRunner), on small real slices."""
 
+import importlib.metadata
 import inspect
 import json
 import logging
@@ -27,6 +28,13 @@ SMALL_RECIPE = ["--epochs", "2", "--lr", "0.02", "--batch-size", "64"]
 
 def invoke(*args: str):
     return runner.invoke(app, [str(arg) for arg in args])
+
+
+def test_version_is_the_installed_distributions():
+    """One version, in __init__.py; pyproject.toml reads it from there for the metadata."""
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0
+    assert result.stdout == f"digit-recognizer {importlib.metadata.version('digit-recognizer')}\n"
 
 
 def test_run_trains_predicts_and_writes_a_run_directory(tmp_path, small_csvs):

@@ -1,5 +1,8 @@
 import gzip
 import shutil
+import subprocess
+import sys
+import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +55,27 @@ def test_embedded_mnist_is_complete_and_verified(mnist):
     assert mnist.labels.dtype == np.int64
     assert np.bincount(mnist.labels).tolist() == [6903, 7877, 6990, 7141, 6824, 6313, 6876,
                                                   7293, 6825, 6958]  # fmt: skip
+
+
+def test_an_installed_package_finds_the_files_where_the_wheel_puts_them(tmp_path):
+    """The package laid out as pyproject.toml's wheel build lays it out, away from the
+    checkout: mnist_dir() is the package's own copy, and the licences travel too."""
+    checkout = Path(__file__).resolve().parents[1]
+    project = tomllib.loads((checkout / "pyproject.toml").read_text())
+    wheel = project["tool"]["hatch"]["build"]["targets"]["wheel"]
+    site = tmp_path / "site-packages"
+    for source in wheel["packages"]:
+        shutil.copytree(checkout / source, site / Path(source).name)
+    for source, target in wheel["force-include"].items():
+        shutil.copytree(checkout / source, site / target)
+    found = subprocess.run(
+        [sys.executable, "-c", "from digit_recognizer.data.mnist import mnist_dir, load_mnist; "
+         "load_mnist(); print(mnist_dir())"],
+        env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"}, cwd=tmp_path,
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    assert Path(found).parent == site / "digit_recognizer" / "data"
+    assert all((checkout / name).is_file() for name in project["project"]["license-files"])
 
 
 def test_checksum_mismatch_names_the_file(tmp_path):

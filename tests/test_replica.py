@@ -15,6 +15,7 @@ from digit_recognizer.data.replica import (
     MANIFEST,
     ReplicaFiles,
     build_replica,
+    default_cache_dir,
     ready_replica,
     replica_files,
     replica_is_complete,
@@ -120,3 +121,17 @@ def test_an_interrupted_build_is_incomplete_and_its_own_files_rebuilt(
     assert not replica_is_complete(tmp_path, seed=1) and not replica_is_complete(tmp_path, seed=0)
     build_replica(tmp_path, seed=1)  # no --force: every file there is a replica's
     assert replica_is_complete(tmp_path, seed=1)
+
+
+def test_the_cache_follows_an_absolute_xdg_cache_home_and_ignores_a_relative_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A relative XDG_CACHE_HOME had moved the cache with the working folder, rebuilding
+    replicas anywhere; the XDG spec says to ignore it (as the skops key's XDG_DATA_HOME is)."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert default_cache_dir() == tmp_path / "cache" / "digit-recognizer"
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/cache")
+    assert default_cache_dir() == tmp_path / "home" / ".cache" / "digit-recognizer"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert default_cache_dir() == tmp_path / "home" / ".cache" / "digit-recognizer"

@@ -19,6 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
+from digit_recognizer import __version__
 from digit_recognizer.config import load_config
 from digit_recognizer.errors import DataError, DigitsError, first_line
 from digit_recognizer.interrupts import Terminated, sigterm_interrupts
@@ -26,17 +27,34 @@ from digit_recognizer.interrupts import Terminated, sigterm_interrupts
 if TYPE_CHECKING:  # the commands import torch-heavy modules only when they run
     from digit_recognizer.train import TrainConfig
 
-app = typer.Typer(
-    add_completion=False,
-    no_args_is_help=True,
-    help="Kaggle's Digit Recognizer end to end: data, training, evaluation, submission, serving.",
-)
+app = typer.Typer(add_completion=False, no_args_is_help=True)
 data_app = typer.Typer(no_args_is_help=True, help="Build, check and convert data files.")
+
 app.add_typer(data_app, name="data")
 # No console markup: paths, cells and messages printed here may hold "[/]" or "[red]" (a
 # traceback, or another file named), so styles are set with Text, never parsed from strings.
 console = Console(markup=False)
 err_console = Console(stderr=True, markup=False)
+
+
+def print_version(asked: bool) -> None:
+    if asked:
+        console.print(f"digit-recognizer {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Kaggle's Digit Recognizer end to end: data, training, evaluation, submission, serving."""
+
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 

@@ -183,6 +183,14 @@ def source_record(role: str, path: str | os.PathLike[str] | None) -> dict[str, s
     }
 
 
+def xdg_home(variable: str, default: str) -> Path:
+    """The folder in ``$variable`` (XDG_CACHE_HOME, XDG_DATA_HOME), or ``~/default`` where it is
+    unset or relative: ignored then, as the XDG spec says (a relative one moves with the
+    working folder)."""
+    folder = Path(os.environ.get(variable, ""))
+    return folder if folder.is_absolute() else Path.home() / default
+
+
 def write_text(path: str | os.PathLike[str], text: str) -> None:
     """Write ``text`` to ``path`` atomically (UTF-8)."""
     with atomic_path(path) as tmp:

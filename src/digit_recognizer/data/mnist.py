@@ -34,7 +34,7 @@ class Mnist:
 
 def mnist_dir() -> Path:
     """The folder holding the vendored files: inside an installed wheel, else the source tree."""
-    packaged = Path(__file__).parent / "mnist"
+    packaged = Path(__file__).parent / "mnist_files"  # pyproject.toml's force-include
     source_tree = Path(__file__).resolve().parents[3] / "data" / "mnist"
     for candidate in (packaged, source_tree):
         if (candidate / "SHA256SUMS").is_file():
@@ -58,7 +58,8 @@ def verify_checksums(folder: Path) -> None:
         if actual != sums.get(name):
             raise DataError(
                 f"{path}: SHA-256 {actual} does not match SHA256SUMS ({sums.get(name)}); "
-                "the file is corrupt, restore it with `git checkout data/mnist`"
+                "the file is corrupt: reinstall the package (in a checkout: `git checkout "
+                "data/mnist`)"
             )
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import numpy as np
 from digit_recognizer.data.kaggle_csv import write_kaggle_csv, write_submission
 from digit_recognizer.data.mnist import load_mnist
 from digit_recognizer.errors import OutputError
-from digit_recognizer.fileio import sha256_file, write_text
+from digit_recognizer.fileio import sha256_file, write_text, xdg_home
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +82,7 @@ def ready_replica(out_dir: str | Path, seed: int = 0) -> ReplicaFiles:
 
 def default_cache_dir() -> Path:
     """Where replicas are built: $XDG_CACHE_HOME/digit-recognizer (usually ~/.cache/...)."""
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "digit-recognizer"
+    return xdg_home("XDG_CACHE_HOME", ".cache") / "digit-recognizer"
 
 
 def cached_replica(seed: int, cache_dir: Path | None = None) -> ReplicaFiles:

@@ -51,7 +51,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from digit_recognizer.data.images import check_images
 from digit_recognizer.data.kaggle_csv import N_PIXELS
 from digit_recognizer.errors import ConfigError, ModelFileError, first_line
-from digit_recognizer.fileio import atomic_path, write_text
+from digit_recognizer.fileio import atomic_path, write_text, xdg_home
 from digit_recognizer.models.nets import Deskew
 from digit_recognizer.models.registry import register
 from digit_recognizer.models.storage import META_FILE, WEIGHTS_FILE, read_meta, read_safetensors
@@ -366,10 +366,7 @@ def load_pipeline(run_dir: Path) -> tuple[Pipeline, dict[str, Any]]:
 def _signing_key() -> bytes:
     """This installation's secret, made on first use: a file signed with it was written here,
     which a hash recorded beside the file cannot show (whoever swaps the file rewrites it)."""
-    data_home = Path(os.environ.get("XDG_DATA_HOME", ""))
-    if not data_home.is_absolute():  # unset, or relative: ignored, as the XDG spec says
-        data_home = Path.home() / ".local" / "share"
-    path = data_home / "digit-recognizer" / "skops.key"
+    path = xdg_home("XDG_DATA_HOME", ".local/share") / "digit-recognizer" / "skops.key"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         made = path.with_name(f".skops.key.{os.getpid()}")
