@@ -327,7 +327,7 @@ def test_training_reads_a_faint_file_as_predict_does_and_warns_of_rows_predict_w
     assert streamed.valid_metrics.accuracy > 0.8
     caplog.clear()
     with caplog.at_level(logging.WARNING):
-        train_set, _ = training_data(replace(config, max_memory_gb=0), binarised)
+        train_set, _, _ = training_data(replace(config, max_memory_gb=0), binarised)
     assert isinstance(train_set, DigitSet)
     assert "read in memory, over the --max-memory" in caplog.text
     # Unless it would not fit half the memory free: then the error says what to do.
@@ -354,6 +354,34 @@ def test_a_last_shard_validating_over_twice_valid_size_is_warned_of_and_a_held_o
     with caplog.at_level("INFO"):
         training_data(streamed, tmp_path / "expanded")  # held out: half the rows, on purpose
     assert "those rows do not train" not in caplog.text
+
+
+def test_a_validation_shard_lacking_digits_is_warned_of_and_named_in_the_report(
+    tmp_path, small_csvs, caplog
+):
+    """Rows in label order, sharded, left the 9s alone in the validating last shard: it scored
+    them only, those rows never trained, and the report called it a validation split."""
+    from digit_recognizer.data.shards import shard_csv
+    from digit_recognizer.pipeline import training_data
+
+    header, *rows = small_csvs["train"].read_text().splitlines(keepends=True)
+    ordered = tmp_path / "ordered.csv"
+    ordered.write_text(header + "".join(sorted(rows, key=lambda row: int(row.split(",")[0]))))
+    last = shard_csv(ordered, tmp_path / "ordered", parts=10).shards[-1].path
+    config = TrainConfig(**TINY_RECIPE | {"epochs": 1, "max_memory_gb": 1e-6})
+    with caplog.at_level("INFO"):
+        _, valid_set, valid_source = training_data(config, tmp_path / "ordered")
+    missing = sorted(set(range(10)) - set(valid_set.labels.tolist()))
+    assert missing and valid_source == f"last shard, {last}"
+    assert f"holds no {', '.join(map(str, missing))}: rows in label order?" in caplog.text
+    train_job(config, tmp_path / "ordered", tmp_path / "run")
+    report = (tmp_path / "run" / "report.html").read_text()
+    assert f"last shard, {last}: {len(valid_set)} images" in report
+    caplog.clear()
+    shard_csv(small_csvs["train"], tmp_path / "shuffled", parts=10)
+    with caplog.at_level("INFO"):
+        training_data(config, tmp_path / "shuffled")
+    assert "validation: the last shard" in caplog.text and "holds no" not in caplog.text
 
 
 def test_a_resumed_ensemble_no_longer_claims_its_earlier_test_score(tmp_path, small_csvs):

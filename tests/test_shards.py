@@ -267,7 +267,7 @@ def test_expand_holds_out_images_that_validate_training_and_are_never_copied(
     np.testing.assert_array_equal(valid.images, data.images[held])  # unaugmented, in order
     copies = read_shards(replace(manifest, shards=manifest.shards[:-1]))
     np.testing.assert_array_equal(copies.labels, np.tile(data.labels[~held], 2))
-    in_memory, valid_set = training_data(TrainConfig(), tmp_path / "e")
+    in_memory, valid_set, _ = training_data(TrainConfig(), tmp_path / "e")
     assert isinstance(in_memory, DigitSet) and len(in_memory) == 2 * 903
     # Its copies are augmented already; training would compound the ranges, and says so.
     assert "augmented copies" in caplog.text and "--augment 0" in caplog.text
@@ -275,7 +275,7 @@ def test_expand_holds_out_images_that_validate_training_and_are_never_copied(
     training_data(TrainConfig(augment=0), tmp_path / "e")
     assert "augmented copies" not in caplog.text
     assert row_ids(valid_set.images) == row_ids(valid.images)
-    streamed, valid_set = training_data(TrainConfig(max_memory_gb=1e-6), tmp_path / "e")
+    streamed, valid_set, _ = training_data(TrainConfig(max_memory_gb=1e-6), tmp_path / "e")
     assert isinstance(streamed, shards.Manifest) and streamed.n_rows == 2 * 903
     assert row_ids(valid_set.images) == row_ids(valid.images)
     expand(path, tmp_path / "all", copies=2, parts=2, valid_size=0)
@@ -290,7 +290,7 @@ def test_expand_holds_out_images_that_validate_training_and_are_never_copied(
     for directory, n_rows in (("all", 2 * 1003), ("e", 2 * 903 + 100)):
         for max_memory_gb in (2.0, 0):  # 0: always streamed
             config = TrainConfig(valid_size=0, max_memory_gb=max_memory_gb)
-            train_set, valid_set = training_data(config, tmp_path / directory)
+            train_set, valid_set, _ = training_data(config, tmp_path / directory)
             n_train = train_set.n_rows if isinstance(train_set, shards.Manifest) else len(train_set)
             assert (n_train, len(valid_set)) == (n_rows, 0), (directory, max_memory_gb)
 

@@ -111,14 +111,15 @@ def write_run_report(
     data_csv: str | Path | None = None,
     *,
     data: DigitSet | None = None,
+    data_source: str = "images given",
     conform: bool = True,
 ) -> Path:
     """Write ``run_dir/report.html``: config, model, curves, metrics, errors, Grad-CAM, calibration.
 
-    The labelled images come from ``data`` (train_job passes its validation split), else from
-    ``data_csv`` (rows not in MNIST's layout redone as MNIST's unless not ``conform``, as
-    ``digits evaluate`` reads them), else from the validation split rebuilt from config.toml and
-    metrics.json.
+    The labelled images come from ``data``, named ``data_source`` (train_job passes its
+    validation set: a split, or a last shard), else from ``data_csv`` (rows not in MNIST's
+    layout redone as MNIST's unless not ``conform``, as ``digits evaluate`` reads them), else
+    from the validation split rebuilt from config.toml and metrics.json.
     """
     run_dir = Path(run_dir)
     if not conform and data_csv is None and data is None:  # it would do nothing: say so
@@ -129,7 +130,10 @@ def write_run_report(
         raise ModelFileError(f"{run_dir / CONFIG_FILE}: not found; is {run_dir} a run directory?")
     config = read_toml(run_dir / CONFIG_FILE)
     predictor = Predictor.load([run_dir], PredictConfig(fuse_batch_norm=False))  # for Grad-CAM
-    data, source = _labelled_data(run_dir, config, data_csv, data, predictor, conform)
+    if data is not None:
+        source = data_source
+    else:
+        data, source = _labelled_data(run_dir, config, data_csv, predictor, conform)
     probas = predictor.predict_proba(data.images)
     with tempfile.TemporaryDirectory() as figures:
         model = predictor.models[0]
@@ -200,13 +204,11 @@ def _labelled_data(
     run_dir: Path,
     config: dict,
     data_csv: str | Path | None,
-    data: DigitSet | None,
     predictor: Predictor,
     conform: bool,
 ) -> tuple[DigitSet, str]:
-    """The images to evaluate on and a description of where they came from."""
-    if data is not None:
-        return data, f"validation split (valid_size {config['valid_size']}, seed {config['seed']})"
+    """The images to evaluate on, from ``data_csv`` or the rebuilt validation split, and a
+    description of where they came from."""
     if data_csv is not None:
         data = read_data_source(data_csv)
         require_labels(data.labels is not None, data_csv)
