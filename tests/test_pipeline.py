@@ -369,7 +369,7 @@ def test_a_validation_shard_lacking_digits_is_warned_of_and_named_in_the_report(
     ordered.write_text(header + "".join(sorted(rows, key=lambda row: int(row.split(",")[0]))))
     last = shard_csv(ordered, tmp_path / "ordered", parts=10).shards[-1].path
     config = TrainConfig(**TINY_RECIPE | {"epochs": 1, "max_memory_gb": 1e-6})
-    with caplog.at_level("INFO"):
+    with caplog.at_level("INFO", logger="digit_recognizer"):
         _, valid_set, valid_source = training_data(config, tmp_path / "ordered")
     missing = sorted(set(range(10)) - set(valid_set.labels.tolist()))
     assert missing and valid_source == f"last shard, {last}"
@@ -379,7 +379,7 @@ def test_a_validation_shard_lacking_digits_is_warned_of_and_named_in_the_report(
     assert f"last shard, {last}: {len(valid_set)} images" in report
     caplog.clear()
     shard_csv(small_csvs["train"], tmp_path / "shuffled", parts=10)
-    with caplog.at_level("INFO"):
+    with caplog.at_level("INFO", logger="digit_recognizer"):
         training_data(config, tmp_path / "shuffled")
     assert "validation: the last shard" in caplog.text and "holds no" not in caplog.text
 
