@@ -28,7 +28,9 @@ if TYPE_CHECKING:  # the commands import torch-heavy modules only when they run
     from digit_recognizer.train import TrainConfig
 
 app = typer.Typer(add_completion=False, no_args_is_help=True)
-data_app = typer.Typer(no_args_is_help=True, help="Build, check and convert data files.")
+data_app = typer.Typer(
+    no_args_is_help=True, help="Build (a replica, shards, augmented copies) and check data files."
+)
 
 app.add_typer(data_app, name="data")
 # No console markup: paths, cells and messages printed here may hold "[/]" or "[red]" (a
@@ -519,8 +521,8 @@ def explain(
     index: Annotated[int | None, typer.Option(help="Row of the image in the CSV, 0-based.")] = None,
     out: Annotated[Path | None, typer.Option(
         help="The figure, in any format matplotlib writes (.png, .svg, .pdf, .jpg...) "
-             "\\[default: RUN_DIR/explain-INDEX.png, or "
-             "explain-NAME.png for an image].")] = None,
+             "\\[default: RUN_DIR/explain-INDEX.png, or RUN_DIR/explain-NAME.png for an "
+             "image NAME.ext].")] = None,
     as_is: AsIs = False,
 ) -> None:  # fmt: skip
     """Grad-CAM (or saliency) and probabilities for one image, as a figure (PNG, SVG, PDF)."""
@@ -659,9 +661,11 @@ def tune(
     out: Annotated[Path | None, typer.Option(help="\\[default: runs/tune-MODEL]")] = None,
     seed: Seed = None,
 ) -> None:  # fmt: skip
-    """Search hyperparameters with Optuna; resumable. Writes best_params.json and plots, and for
-    a net best_config.toml: the best trial's recipe at full length, for `digits train --config`
-    (a classical model's params are build_estimator's arguments, in Python)."""
+    """Search hyperparameters with Optuna; resumable. Writes best_params.json and plots.
+
+    For a net also best_config.toml: the best trial's recipe at full length, for `digits train
+    --config`. A classical model's best_params.json holds build_estimator's arguments under
+    "params"."""
     from digit_recognizer.tune import TuneConfig
     from digit_recognizer.tune import tune as run_tune
 

@@ -10,12 +10,13 @@ and the Optuna plots. Net trials are short runs (``epochs``, default 3) that rep
 validation accuracy; a trial below the median of earlier trials at the same epoch is pruned
 (Optuna's MedianPruner). ``--timeout`` bounds the whole call: no trial starts after it, and a
 net trial still short of its epochs then stops at the end of the epoch it is in, recorded as
-pruned: its accuracy would be the time's, not its settings'. (A time budget inside training
-would steer its learning rate by the clock, and a trial that still finished would score the
-time left.) Ctrl-C or SIGTERM stops the study, and the results of the trials finished are
-written all the same. A resumed study must be given the settings and data it was run with:
-trials are only comparable on one split and run length. A trial whose process was killed
-outright is marked failed once its heartbeat is two minutes old.
+failed, which TPE leaves out: its accuracy would be the time's, not its settings'. (A time
+budget inside training would steer its learning rate by the clock, and a trial that still
+finished would score the time left.) Ctrl-C or SIGTERM stops the study, failing the trial it
+cuts likewise, and the results of the trials finished are written all the same. A resumed
+study must be given the settings and data it was run with: trials are only comparable on one
+split and run length. A trial whose process was killed outright is marked failed once its
+heartbeat is two minutes old.
 """
 
 from __future__ import annotations

@@ -50,7 +50,7 @@ class ServeConfig:
 
     host: str = "127.0.0.1"  # this machine only; "0.0.0.0" exposes the model to the network
     port: int = 8000
-    backend: Literal["torch", "onnx"] = "torch"  # onnx: ~4x faster per image on CPU
+    backend: Literal["torch", "onnx"] = "torch"  # onnx: ~3x the throughput on CPU (README)
     # Intra-op threads per inference. Concurrent requests already fill the cores, and on 2 busy
     # cores one image took 1.9 ms with 1 torch thread but 160 ms with 2 spinning against other
     # processes; under load (benchmarks/serve_load.py) 1 and 2 measured alike, within noise.
