@@ -37,6 +37,19 @@ def test_version_is_the_installed_distributions():
     assert result.stdout == f"digit-recognizer {importlib.metadata.version('digit-recognizer')}\n"
 
 
+def test_a_path_the_output_cannot_encode_is_printed_escaped(tmp_path, small_csvs):
+    """Under PYTHONIOENCODING=ascii (or a latin-1 locale) a finished command had failed with a
+    traceback when it printed a path holding 'ä' or '✓'."""
+    csv = tmp_path / "dätä" / "train ✓.csv"
+    csv.parent.mkdir()
+    csv.write_bytes(small_csvs["train"].read_bytes())
+    done = subprocess.run([sys.executable, "-m", "digit_recognizer", "data", "check", str(csv)],
+                          env=os.environ | {"PYTHONIOENCODING": "ascii"}, capture_output=True,
+                          text=True, encoding="ascii")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"{tmp_path}/d\\xe4t\\xe4/train \\u2713.csv: ")
+
+
 def test_run_trains_predicts_and_writes_a_run_directory(tmp_path, small_csvs):
     run_dir = tmp_path / "run"
     result = invoke("run", "--train", small_csvs["train"], "--test", small_csvs["test"],

@@ -1,5 +1,6 @@
 import csv
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -41,6 +42,16 @@ def test_probabilities_are_distributions(tiny_run, small_test):
     probas = Predictor.load([tiny_run]).predict_proba(small_test.images[:50])
     assert probas.shape == (50, 10) and probas.dtype == np.float32
     np.testing.assert_allclose(probas.sum(axis=1), 1, atol=1e-5)
+
+
+def test_a_run_folder_named_in_latin_1_loads(tmp_path, tiny_run, small_test):
+    """safetensors' load_file refuses a path that is not UTF-8: a run trained into such a
+    folder could not be loaded, its report not written, and it blamed the file."""
+    run_dir = tmp_path / os.fsdecode(b"r\xe4n")
+    shutil.copytree(tiny_run, run_dir)
+    images = small_test.images[:20]
+    np.testing.assert_array_equal(Predictor.load([run_dir]).predict(images),
+                                  Predictor.load([tiny_run]).predict(images))  # fmt: skip
 
 
 def test_predictor_takes_rows_and_refuses_digits_scaled_to_0_1(tiny_run, small_test):

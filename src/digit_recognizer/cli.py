@@ -4,8 +4,10 @@ a malformed command line gets typer's usage message, exit 2."""
 
 from __future__ import annotations
 
+import io
 import logging
 import os
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import wraps
@@ -35,8 +37,9 @@ data_app = typer.Typer(
 app.add_typer(data_app, name="data")
 # No console markup: paths, cells and messages printed here may hold "[/]" or "[red]" (a
 # traceback, or another file named), so styles are set with Text, never parsed from strings.
-console = Console(markup=False)
-err_console = Console(stderr=True, markup=False)
+# Soft wrap: a line longer than the terminal (or 80 columns in a pipe) is not broken mid-path.
+console = Console(markup=False, soft_wrap=True)
+err_console = Console(stderr=True, markup=False, soft_wrap=True)
 
 
 def print_version(asked: bool) -> None:
@@ -55,6 +58,10 @@ def main(
     ] = False,
 ) -> None:
     """Kaggle's Digit Recognizer end to end: data, training, evaluation, submission, serving."""
+    # A path the output's encoding cannot write (PYTHONIOENCODING=ascii, a latin-1 locale) is
+    # printed escaped, as stderr does: it had failed finished commands with a traceback.
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(errors="backslashreplace")
 
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -595,6 +602,7 @@ def predict_image(
 
 
 @app.command()
+@handles_errors
 def models() -> None:
     """List the registered models."""
     from digit_recognizer.models import get_spec

@@ -34,7 +34,8 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 from numpy.typing import ArrayLike, NDArray
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load as load_arrays
+from safetensors.numpy import save_file
 from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.decomposition import PCA
@@ -338,7 +339,7 @@ def load_pipeline(run_dir: Path) -> tuple[Pipeline, dict[str, Any]]:
         if "trusted_file" in meta:
             pipeline = _load_trusted(run_dir, meta["trusted_file"])
         else:
-            arrays = read_safetensors(run_dir / WEIGHTS_FILE, load_file)
+            arrays = read_safetensors(run_dir / WEIGHTS_FILE, load_arrays)
             if not all(np.isfinite(array).all() for array in arrays.values()):
                 raise ModelFileError(f"{run_dir / WEIGHTS_FILE}: holds NaN or infinite values: a "
                                      "damaged file; refit the model")  # fmt: skip

@@ -10,7 +10,8 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save_file
 from torch import nn
 
 from digit_recognizer.errors import ModelFileError, UnknownModelError, first_line
@@ -59,11 +60,13 @@ def check_regular_file(path: Path) -> Path:
     return path
 
 
-def read_safetensors(path: Path, load: Callable[[str], dict[str, Any]] = load_file) -> dict:
-    """Tensors of a safetensors file via ``load`` (torch's or numpy's ``load_file``), or a
-    ``ModelFileError`` naming the file when it is missing or not safetensors."""
+def read_safetensors(path: Path, load: Callable[[bytes], dict[str, Any]] = load_tensors) -> dict:
+    """Tensors of a safetensors file via ``load`` (torch's or numpy's), or a ``ModelFileError``
+    naming the file when it is missing or not safetensors."""
     try:
-        return load(str(check_regular_file(path)))
+        # Read here, not by safetensors' load_file, which refuses a path that is not UTF-8 (a
+        # run folder named in latin-1).
+        return load(check_regular_file(path).read_bytes())
     except FileNotFoundError:
         raise ModelFileError(f"{path}: not found") from None
     except (SafetensorError, OSError, TypeError) as error:  # TypeError: bf16 read as numpy
