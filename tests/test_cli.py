@@ -5,8 +5,10 @@ import inspect
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -48,6 +50,28 @@ def test_a_path_the_output_cannot_encode_is_printed_escaped(tmp_path, small_csvs
                           text=True, encoding="ascii")  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith(f"{tmp_path}/d\\xe4t\\xe4/train \\u2713.csv: ")
+
+
+def test_sighup_stops_a_command_as_ctrl_c_does_unless_nohup_ignores_it(monkeypatch):
+    """A closed terminal or ssh session (SIGHUP) had killed a command where it stood, its
+    temporary files and `.lock` left behind; under nohup (SIGHUP ignored) it must go on."""
+    from digit_recognizer.models import registry
+
+    def hung_up():
+        os.kill(os.getpid(), signal.SIGHUP)
+        time.sleep(1)  # the handler runs at the next bytecode, well before this ends
+        return []
+
+    monkeypatch.setattr(registry, "available", hung_up)
+    result = invoke("models")
+    assert result.exit_code == 128 + signal.SIGHUP and "interrupted" in result.output
+    assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL  # restored
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        assert invoke("models").exit_code == 0
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, previous)
 
 
 def test_run_trains_predicts_and_writes_a_run_directory(tmp_path, small_csvs):

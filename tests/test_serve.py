@@ -7,8 +7,13 @@ import gzip
 import json
 import logging
 import shutil
+import signal
 import socket
+import subprocess
+import sys
 import threading
+import time
+import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -638,3 +643,31 @@ def test_a_host_left_empty_or_a_timeout_of_nan_is_refused() -> None:
     for timeout in (0, float("nan"), float("inf")):
         with pytest.raises(ConfigError, match="csv_upload_timeout_s must be > 0 and finite"):
             ServeConfig(csv_upload_timeout_s=timeout)
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGHUP])
+def test_serve_ends_by_the_signal_that_stops_it(run_dir: Path, stop: int) -> None:
+    """SIGTERM: uvicorn's clean shutdown, then the signal's own end, as service managers expect.
+    SIGHUP (a closed terminal), which uvicorn does not handle, had raised the commands'
+    interruption inside uvicorn's loop: a traceback."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "digit_recognizer", "serve", str(run_dir),
+                               "--port", str(port)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert server.stdout.readline().startswith(f"serving {run_dir}")
+        deadline = time.monotonic() + 30
+        while True:  # the announcement comes before uvicorn takes the signals: wait for it
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5):
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, "the server did not start"
+                time.sleep(0.1)
+        server.send_signal(stop)
+        _, stderr = server.communicate(timeout=30)
+    finally:
+        server.kill()
+    assert server.returncode == -stop and "Traceback" not in stderr, stderr

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -24,7 +25,7 @@ from rich.text import Text
 from digit_recognizer import __version__
 from digit_recognizer.config import load_config
 from digit_recognizer.errors import DataError, DigitsError, first_line
-from digit_recognizer.interrupts import Terminated, sigterm_interrupts
+from digit_recognizer.interrupts import Terminated, stop_signals_interrupt
 
 if TYPE_CHECKING:  # the commands import torch-heavy modules only when they run
     from digit_recognizer.train import TrainConfig
@@ -82,7 +83,9 @@ def handles_errors(command: F) -> F:
             logging.INFO if is_main_process else logging.WARNING
         )
         try:
-            with sigterm_interrupts():  # `kill`, `timeout` and schedulers stop it as Ctrl-C does
+            with (
+                stop_signals_interrupt()
+            ):  # `kill`, `timeout` and schedulers stop it as Ctrl-C does
                 return command(*args, **kwargs)
         except (DigitsError, OSError) as error:  # OSError: no permission, a full disk, ...
             err_console.print(Text.assemble(("error:", "red"), f" {one_line(error)}"),
@@ -90,8 +93,9 @@ def handles_errors(command: F) -> F:
             raise typer.Exit(1) from None
         except KeyboardInterrupt as stop:
             err_console.print("interrupted")
-            # A shell's codes for a command stopped by Ctrl-C (SIGINT) or by SIGTERM.
-            raise typer.Exit(143 if isinstance(stop, Terminated) else 130) from None
+            # A shell's codes for a command stopped by a signal: 128 + its number (Ctrl-C 130).
+            raise typer.Exit(128 + (stop.signum if isinstance(stop, Terminated) else
+                                    signal.SIGINT)) from None  # fmt: skip
 
     return wrapper  # type: ignore[return-value]
 

@@ -26,7 +26,7 @@ import torch.distributed as dist
 
 from digit_recognizer.config import save_config
 from digit_recognizer.errors import DigitsError, first_line
-from digit_recognizer.interrupts import Terminated, sigterm_interrupts
+from digit_recognizer.interrupts import Terminated, stop_signals_interrupt
 from digit_recognizer.models.runtime import resolve_device
 
 log = logging.getLogger(__name__)
@@ -143,7 +143,7 @@ def run_torchrun(nproc: int, module: str, args: list[str], config: Any | None = 
         # SIGTERM (a job scheduler, `kill`) raises here as Ctrl-C does, so that either way the
         # launcher is stopped, and stops its workers, rather than left training as an orphan.
         try:
-            with sigterm_interrupts():
+            with stop_signals_interrupt():
                 returncode = launcher.wait()
         except KeyboardInterrupt as stop:
             if not isinstance(stop, Terminated):
@@ -157,7 +157,7 @@ def run_torchrun(nproc: int, module: str, args: list[str], config: Any | None = 
                 launcher.terminate()
                 launcher.wait()
     ran = " ".join(["python -m", module, *args[:1]])
-    if returncode in (128 + signal.SIGINT, 128 + signal.SIGTERM):
+    if returncode in (128 + signal.SIGINT, 128 + signal.SIGTERM, 128 + signal.SIGHUP):
         raise KeyboardInterrupt(f"the {nproc} processes of `{ran}` were stopped")
     if returncode:
         raise DigitsError(f"`{ran}` failed in its job of {nproc} processes (exit status "

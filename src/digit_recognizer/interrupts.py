@@ -1,6 +1,7 @@
-"""SIGTERM (`kill`, `timeout`, a job scheduler) stops a command as Ctrl-C does: work in progress
-is cleaned up (a temporary file, a half-built shard folder) and the processes the command started
-are stopped too, rather than left running as orphans.
+"""SIGTERM (`kill`, `timeout`, a job scheduler) and SIGHUP (the terminal or ssh session closed)
+stop a command as Ctrl-C does: work in progress is cleaned up (a temporary file, a half-built
+shard folder) and the processes the command started are stopped too, rather than left running as
+orphans.
 
 Python runs a signal's handler between bytecodes, so a native call in progress (an SVM's fit, a
 long BLAS or pyarrow call) finishes first; a scheduler's SIGKILL after its grace period still
@@ -16,24 +17,33 @@ from collections.abc import Iterator
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM (`kill`, `timeout`, a job scheduler), raised as Ctrl-C's KeyboardInterrupt so
-    that work stops as it does on Ctrl-C, cleaning up after itself. Unlike Ctrl-C in a
-    terminal, it reached this process alone, not the processes it started."""
+    """SIGTERM or SIGHUP, raised as Ctrl-C's KeyboardInterrupt so that work stops as it does on
+    Ctrl-C, cleaning up after itself. Unlike Ctrl-C in a terminal, SIGTERM reached this process
+    alone, not the processes it started."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"signal {signum}")
+        self.signum = signum
 
 
 @contextlib.contextmanager
-def sigterm_interrupts() -> Iterator[None]:
-    """Within the block, SIGTERM raises ``Terminated`` (in the main thread only, where Python
-    runs signal handlers)."""
+def stop_signals_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM and SIGHUP raise ``Terminated`` (in the main thread only,
+    where Python runs signal handlers). A SIGHUP ignored stays ignored: `nohup` says so."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    previous = {
+        signum: signal.signal(signum, _raise_terminated)
+        for signum in (signal.SIGTERM, signal.SIGHUP)
+        if signal.getsignal(signum) is not signal.SIG_IGN
+    }
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _raise_terminated(signum: int, _frame: object) -> None:
-    raise Terminated(f"signal {signum}")
+    raise Terminated(signum)

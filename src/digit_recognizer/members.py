@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from digit_recognizer.errors import DigitsError, first_line
-from digit_recognizer.interrupts import sigterm_interrupts
+from digit_recognizer.interrupts import stop_signals_interrupt
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def run_side_by_side(
     results: dict[int, Any] = {}
     failures: list[str] = []
     try:
-        with sigterm_interrupts():
+        with stop_signals_interrupt():
             while running or (waiting and not failures):
                 while waiting and not failures and len(running) < parallel:
                     number, arguments = waiting.pop(0)
@@ -153,7 +153,7 @@ def _run_member(train: Callable[..., Any], number: int, *args: Any) -> None:
         # SIGTERM (its command's death, or stop_members for a member deaf to Ctrl-C) stops it
         # as Ctrl-C does: by default it ended the process where it stood, temporary files and
         # all.
-        with sigterm_interrupts():
+        with stop_signals_interrupt():
             outcome: tuple[bool, Any] = (True, train(number, *args))
     except KeyboardInterrupt:
         outcome = (False, "it was interrupted")

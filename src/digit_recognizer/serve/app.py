@@ -282,7 +282,12 @@ def run_server(
     server_config = uvicorn.Config(app, host=config.host, port=port, access_log=config.access_log)
     # uvicorn shuts down on SIGTERM itself, then raises it again: with the default action this
     # process ends by the signal, the clean stop a service manager expects (systemd counts an
-    # exit status of 143 as a failure), not as the commands' interruption.
+    # exit status of 143 as a failure), not as the commands' interruption. A closed terminal's
+    # SIGHUP, which uvicorn does not handle, ends it at once by its default action too, as
+    # nothing is left to clean up (raised in uvicorn's loop, it failed with a traceback), unless
+    # ignored (nohup).
     with contextlib.suppress(ValueError):  # ValueError: not the main thread (tests' servers)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+            signal.signal(signal.SIGHUP, signal.SIG_DFL)
     uvicorn.Server(server_config).run(sockets=[listening])
