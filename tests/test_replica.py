@@ -135,3 +135,18 @@ def test_the_cache_follows_an_absolute_xdg_cache_home_and_ignores_a_relative_one
     assert default_cache_dir() == tmp_path / "home" / ".cache" / "digit-recognizer"
     monkeypatch.delenv("XDG_CACHE_HOME")
     assert default_cache_dir() == tmp_path / "home" / ".cache" / "digit-recognizer"
+
+
+def test_a_killed_builds_temporary_files_are_removed_from_a_complete_replica(
+    replica: ReplicaFiles,
+) -> None:
+    """A build killed while writing left a 30 MB `.test.csv.PID-RANDOM.tmp` in the cache, and a
+    complete cache is never rebuilt: it stayed for good. A live writer's file stays."""
+    folder = replica.train.parent
+    dead = folder / ".test.csv.999999999-abcdefgh.tmp"  # no process has that pid
+    live = folder / ".test.csv.1-abcdefgh.tmp"  # init's
+    for path in (dead, live):
+        path.write_text("partial")
+    assert ready_replica(folder, seed=0) == replica
+    assert not dead.exists() and live.exists()
+    live.unlink()

@@ -17,7 +17,7 @@ import numpy as np
 from digit_recognizer.data.kaggle_csv import write_kaggle_csv, write_submission
 from digit_recognizer.data.mnist import load_mnist
 from digit_recognizer.errors import OutputError
-from digit_recognizer.fileio import sha256_file, write_text, xdg_home
+from digit_recognizer.fileio import remove_leftovers, sha256_file, write_text, xdg_home
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,11 @@ def build_replica(out_dir: str | Path, seed: int = 0, overwrite: bool = False) -
 
 
 def ready_replica(out_dir: str | Path, seed: int = 0) -> ReplicaFiles:
-    """The replica for ``seed`` in ``out_dir``: the one there if complete, else built there."""
+    """The replica for ``seed`` in ``out_dir``: the one there if complete, else built there.
+    A killed build's temporary files there are removed (a complete cache is never rebuilt, and
+    they had stayed for good)."""
+    if Path(out_dir).is_dir():
+        remove_leftovers(Path(out_dir))
     if replica_is_complete(out_dir, seed):
         return replica_files(out_dir)
     log.info("building the Kaggle replica (seed %d) in %s", seed, out_dir)
