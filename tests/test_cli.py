@@ -12,6 +12,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from digit_recognizer.cli import app, one_line
@@ -84,6 +85,7 @@ def test_run_trains_predicts_and_writes_a_run_directory(tmp_path, small_csvs):
         assert (run_dir / name).is_file(), name
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["validation"]["accuracy"] > 0.85 and metrics["epochs_run"] == 2
+    assert metrics["torch_threads"] == torch.get_num_threads()  # a CPU run repeats on as many
 
     scored = invoke("score", small_csvs["solution"], run_dir / "submission.csv")
     assert scored.exit_code == 0

@@ -142,7 +142,8 @@ TimeBudget = Annotated[
     typer.Option(
         "--time-budget",
         min=0,
-        help="Stop after this many training seconds; 0 = none (repeatable bit for bit on CPU). "
+        help="Stop after this many training seconds; 0 = none (repeatable bit for bit on CPU, "
+        "on as many threads). "
         "\\[default: the preset's: 60 fast, 300 default, none best and seed]",
     ),
 ]

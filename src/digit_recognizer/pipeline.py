@@ -259,6 +259,7 @@ def write_training_outputs(
         "train_seconds": result.train_seconds,
         "epochs_run": result.epochs_run,
         "stopped_early": result.stopped_early,
+        "torch_threads": torch.get_num_threads(),  # a CPU run repeats on as many threads
         "validation": asdict(valid_metrics) if valid_metrics else None,
     }, merge=False)  # fmt: skip
     if len(valid_set):
