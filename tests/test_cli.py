@@ -120,6 +120,29 @@ def test_run_trains_predicts_and_writes_a_run_directory(tmp_path, small_csvs):
     assert again.read_bytes() == (plain_dir / "submission.csv").read_bytes()
 
 
+def test_an_ensembles_summary_says_its_validation_accuracy_is_the_members_mean(
+    tmp_path, small_csvs, monkeypatch
+):
+    """Each member validates on its own split: their mean, under "cnn x 5", had read as the
+    ensemble's own validation accuracy."""
+    from digit_recognizer import pipeline
+    from digit_recognizer.pipeline import RunSummary
+
+    def summary(configs, *args, **kwargs):
+        return RunSummary(tmp_path, tmp_path / "submission.csv", n_members=len(configs),
+                          parallel=1, train_seconds=1.0, wall_seconds=1.0, epochs_run=1,
+                          valid_accuracy=0.99, test_accuracy=None)  # fmt: skip
+
+    monkeypatch.setattr(pipeline, "run_job", summary)
+    for preset, label in (("best", "validation accuracy, members' mean"),
+                          ("fast", "validation accuracy ")):  # fmt: skip
+        result = invoke("run", "--train", small_csvs["train"], "--test", small_csvs["test"],
+                        "--preset", preset, "--out", tmp_path / preset)  # fmt: skip
+        assert result.exit_code == 0, result.output
+        assert label in result.output and "0.9900" in result.output
+        assert ("members' mean" in result.output) == (preset == "best")
+
+
 def test_train_then_evaluate(tmp_path, small_csvs):
     run_dir = tmp_path / "trained"
     trained = invoke("train", "--train", small_csvs["train"], "--out", run_dir, *SMALL_RECIPE,

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from digit_recognizer import evaluate as evaluate_module
 from digit_recognizer import predict as predict_module
 from digit_recognizer.cli import app, predict_config
 from digit_recognizer.data.images import faint_to_full_ink
@@ -18,6 +19,7 @@ from digit_recognizer.errors import DataError, ModelFileError
 from digit_recognizer.evaluate import (
     compute_metrics,
     evaluate_run,
+    plot_learning_curves,
     score_submission,
     write_per_class_csv,
 )
@@ -389,3 +391,19 @@ def test_predict_and_evaluate_read_a_config_file_that_flags_override(tmp_path, t
         ],
     )
     assert result.exit_code == 1 and "did you mean 'batch_size'?" in result.output
+
+
+def test_the_learning_curves_say_the_train_loss_is_smoothed(tmp_path, monkeypatch):
+    """With label smoothing 0.1 the train loss cannot fall below ~0.5 while the validation
+    loss (plain cross-entropy) can: drawn on one axis unlabelled, it looked like a gap."""
+    figures = []
+    monkeypatch.setattr(evaluate_module, "save_figure", lambda fig, path: figures.append(fig))
+    history = [{"epoch": epoch, "train_loss": 0.6, "train_accuracy": 0.99, "valid_loss": 0.05,
+                "valid_accuracy": 0.99, "lr": 0.01} for epoch in (1, 2)]  # fmt: skip
+    plot_learning_curves(history, tmp_path / "curves.png", label_smoothing=0.1)
+    plot_learning_curves(history, tmp_path / "curves.png")
+    legends = [[[text.get_text() for text in ax.get_legend().get_texts()] for ax in fig.axes[:2]]
+               for fig in figures]  # fmt: skip
+    assert legends[0] == [["train (augmented, label smoothing 0.1)", "validation"],
+                          ["train (augmented)", "validation"]]  # fmt: skip
+    assert legends[1] == [["train (augmented)", "validation"]] * 2

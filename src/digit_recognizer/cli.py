@@ -311,8 +311,9 @@ def run(
         table.add_row(f"wall time, {summary.parallel} at once", f"{summary.wall_seconds:.1f} s")
     else:
         table.add_row("training time", f"{summary.train_seconds:.1f} s")
-    if summary.valid_accuracy is not None:
-        table.add_row("validation accuracy", f"{summary.valid_accuracy:.4f}")
+    if summary.valid_accuracy is not None:  # an ensemble's: its members', each on its own split
+        mean = ", members' mean" if summary.n_members > 1 else ""
+        table.add_row(f"validation accuracy{mean}", f"{summary.valid_accuracy:.4f}")
     if summary.test_accuracy is not None:
         table.add_row("replica test score", Text(f"{summary.test_accuracy:.4f}", style="bold"))
     table.add_row("submission", str(summary.submission))
@@ -687,7 +688,8 @@ def tune(
         "seed": seed})  # fmt: skip
     result = run_tune(config, train, out or Path("runs") / f"tune-{config.model}")
     counts = f", {result.n_trials} trials ({result.n_pruned} pruned) in {result.storage}"
-    best = f": best accuracy {result.best_value:.4f}"
+    # The best of the trials on the split that chose it: no estimate for new images.
+    best = f": best validation accuracy {result.best_value:.4f}"
     console.print(Text.assemble("study ", (result.study_name, "bold"), counts, best))
     console.print(f"best parameters: {result.best_params}", highlight=False)
     console.print("wrote " + ", ".join(str(path) for path in result.files))

@@ -120,15 +120,19 @@ def plot_confusion_matrix(confusion: list[list[int]], path: Path) -> None:
     save_figure(fig, path)
 
 
-def plot_learning_curves(history: list[dict[str, float]], path: Path) -> None:
-    """Loss, accuracy and learning rate per epoch, train and validation."""
+def plot_learning_curves(
+    history: list[dict[str, float]], path: Path, label_smoothing: float = 0.0
+) -> None:
+    """Loss, accuracy and learning rate per epoch, train and validation. The train loss is the
+    one trained on, with ``label_smoothing``, whose floor is above 0 (0.5 for 0.1): its legend
+    says so, as it lies above the validation loss (plain cross-entropy) for that alone."""
     epochs = [row["epoch"] for row in history]
     fig = Figure(figsize=(13, 3.6))
     axes = fig.subplots(1, 3)
+    smoothed = f", label smoothing {label_smoothing:g}" if label_smoothing else ""
     for ax, metric in zip(axes[:2], ("loss", "accuracy"), strict=True):
-        ax.plot(
-            epochs, [row[f"train_{metric}"] for row in history], "o-", label="train (augmented)"
-        )
+        train_label = f"train (augmented{smoothed if metric == 'loss' else ''})"
+        ax.plot(epochs, [row[f"train_{metric}"] for row in history], "o-", label=train_label)
         if "valid_" + metric in history[0]:
             ax.plot(epochs, [row[f"valid_{metric}"] for row in history], "o-", label="validation")
         ax.set(xlabel="epoch", title=metric)

@@ -248,7 +248,8 @@ def write_training_outputs(
     run_dir: Path, result: TrainResult, valid_set: DigitSet, valid_source: str, train_csv: Path
 ) -> Metrics | None:
     """Plots, validation metrics and report of a finished run; the validation metrics."""
-    plot_learning_curves(result.history, run_dir / "learning_curves.png")
+    plot_learning_curves(result.history, run_dir / "learning_curves.png",
+                         result.config.get("label_smoothing", 0.0))  # fmt: skip
     valid_metrics = None
     if len(valid_set):
         predictor = Predictor.from_models([result.model])

@@ -175,7 +175,8 @@ def _report_sections(
             html_table(layers, header=("layer", "type", "output shape", "parameters")))),
     ]  # fmt: skip
     if (run_dir / HISTORY_FILE).is_file():
-        plot_learning_curves(read_history(run_dir / HISTORY_FILE), figures / "curves.png")
+        plot_learning_curves(read_history(run_dir / HISTORY_FILE), figures / "curves.png",
+                             config.get("label_smoothing", 0.0))  # fmt: skip
         sections.append(("Learning curves", html_img(figures / "curves.png", "learning curves")))
     plot_confusion_matrix(metrics.confusion, figures / "confusion.png")
     _plot_roc_pr(data.labels, probas, figures / "roc_pr.png")
