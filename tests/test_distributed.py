@@ -97,6 +97,18 @@ def test_torchruns_variables_place_the_process(monkeypatch):
     assert not Distributed.from_env().is_main_process
 
 
+def test_a_stray_rank_is_refused_in_one_line(tmp_path, small_csvs):
+    """RANK alone (some launchers set it) had crashed on LOCAL_RANK with a traceback."""
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("LOCAL_RANK", "WORLD_SIZE")} | {"RANK": "0"}  # fmt: skip
+    done = subprocess.run([sys.executable, "-m", "digit_recognizer", "train", "--train",
+                           str(small_csvs["train"]), "--out", str(tmp_path / "run")],
+                          env=env, capture_output=True, text=True)  # fmt: skip
+    said = " ".join(done.stderr.split())
+    assert done.returncode == 1 and "Traceback" not in said, said
+    assert "RANK is set (0) without LOCAL_RANK and WORLD_SIZE: torchrun sets all three" in said
+
+
 def test_a_rank_left_waiting_by_the_others_says_so_in_one_line(monkeypatch):
     """gloo's timeout is a plain RuntimeError from deep in a collective (its message as torch
     2.13 words it): it had ended each waiting process in a page of traceback. Other errors

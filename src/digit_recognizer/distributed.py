@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 
 from digit_recognizer.config import save_config
-from digit_recognizer.errors import DigitsError, first_line
+from digit_recognizer.errors import ConfigError, DigitsError, first_line
 from digit_recognizer.interrupts import Terminated, stop_signals_interrupt
 from digit_recognizer.models.runtime import resolve_device
 
@@ -53,6 +53,11 @@ class Distributed:
         # are the platform's own (XDG_CACHE_HOME, OMP_NUM_THREADS, CUDA_VISIBLE_DEVICES).
         if "RANK" not in os.environ:
             return cls()
+        missing = [name for name in ("LOCAL_RANK", "WORLD_SIZE") if name not in os.environ]
+        if missing:  # a stray RANK (some launchers set it alone): which process is this?
+            raise ConfigError(f"RANK is set ({os.environ['RANK']}) without "
+                              f"{' and '.join(missing)}: torchrun sets all three; unset RANK to "
+                              "run as one process")  # fmt: skip
         return cls(int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]),
                    int(os.environ["WORLD_SIZE"]))  # fmt: skip
 
