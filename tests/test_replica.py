@@ -15,6 +15,7 @@ from digit_recognizer.data.replica import (
     MANIFEST,
     ReplicaFiles,
     build_replica,
+    cached_replica,
     default_cache_dir,
     ready_replica,
     replica_files,
@@ -150,3 +151,12 @@ def test_a_killed_builds_temporary_files_are_removed_from_a_complete_replica(
     assert ready_replica(folder, seed=0) == replica
     assert not dead.exists() and live.exists()
     live.unlink()
+
+
+def test_a_cache_that_cannot_be_written_says_where_it_is_set(tmp_path: Path) -> None:
+    """A read-only home had said only that train.csv could not be written."""
+    blocked = tmp_path / "a file"
+    blocked.write_text("")
+    with pytest.raises(OutputError, match=r"cannot be written .*; the replicas' cache is set by "
+                       r"XDG_CACHE_HOME, or give your own files \(--train, --test\)"):  # fmt: skip
+        cached_replica(0, blocked)

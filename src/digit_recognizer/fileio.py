@@ -45,7 +45,9 @@ def check_can_write(path: str | os.PathLike[str]) -> Path:
     if not above.is_dir():
         raise OutputError(f"{path}: cannot be written: {above} is a file, not a folder")
     if not os.access(above, os.W_OK | os.X_OK):
-        raise OutputError(f"{path}: cannot be written: no permission to write in {above}")
+        why = ("read-only file system" if os.statvfs(above).f_flag & os.ST_RDONLY
+               else "no permission to write")  # fmt: skip
+        raise OutputError(f"{path}: cannot be written: {why} in {above}")
     return path
 
 

@@ -91,7 +91,11 @@ def default_cache_dir() -> Path:
 
 def cached_replica(seed: int, cache_dir: Path | None = None) -> ReplicaFiles:
     """The replica for ``seed`` in the cache (``default_cache_dir``), built there the first time."""
-    return ready_replica((cache_dir or default_cache_dir()) / f"replica-seed{seed}", seed)
+    try:
+        return ready_replica((cache_dir or default_cache_dir()) / f"replica-seed{seed}", seed)
+    except OutputError as error:  # a read-only home, most often
+        raise OutputError(f"{error}; the replicas' cache is set by XDG_CACHE_HOME, or give "
+                          "your own files (--train, --test)") from None  # fmt: skip
 
 
 def replica_is_complete(out_dir: str | Path, seed: int = 0) -> bool:
