@@ -82,14 +82,15 @@ def test_data_lacking_a_digit_or_rows_is_scored_or_refused_in_one_line(tmp_path,
         compare(no_nines, ["knn", "logreg"], taken)  # before either is fitted
 
 
-def test_too_few_rows_for_a_nets_own_split_is_one_line(tmp_path, small_csvs):
-    """The net's split had named compare's --valid-size (0.2, not the net's 0.05); then, as a
-    ValueError, it was a traceback."""
+def test_nets_fit_on_all_the_fit_rows_as_classical_models_do(tmp_path, small_csvs, caplog):
+    """A net had held 5 % of its fit rows out for a validation split that chose nothing (and on
+    12 rows had failed to draw one); it fits on them all, as the classical models do."""
     data = read_kaggle_csv(small_csvs["train"])
     tiny = tmp_path / "tiny.csv"
     write_kaggle_csv(tiny, data.images[:12], data.labels[:12])
-    with pytest.raises(DataError, match=r"mlp: cannot be fitted on these 12 rows \(12 images"):
-        compare(tiny, ["mlp"], tmp_path / "out", test_csv=tiny)
+    with caplog.at_level("INFO", logger="digit_recognizer"):
+        compare(tiny, ["mlp"], tmp_path / "out", test_csv=tiny, epochs=1)
+    assert "training mlp on 12 images (0 validation)" in caplog.text
 
 
 def test_nets_train_the_epochs_asked_and_classical_models_ignore_them(
@@ -106,7 +107,7 @@ def test_nets_train_the_epochs_asked_and_classical_models_ignore_them(
 
     monkeypatch.setattr(compare_module, "build_estimator", recording)
     compare(small_csvs["train"], ["mlp", "logreg"], tmp_path, epochs=1)
-    assert built == [("mlp", {"epochs": 1}), ("logreg", {})]
+    assert built == [("mlp", {"valid_size": 0, "epochs": 1}), ("logreg", {})]
     assert json.loads((tmp_path / "compare.json").read_text())["epochs"] == 1
     with pytest.raises(ConfigError, match="--epochs must be >= 1, got 0"):
         compare(small_csvs["train"], ["mlp"], tmp_path, epochs=0)
