@@ -1,5 +1,7 @@
 """End to end through the real `digits` commands (typer's CliRunner), on small real slices."""
 
+import errno
+import functools
 import importlib.metadata
 import inspect
 import json
@@ -55,21 +57,30 @@ def test_a_path_the_output_cannot_encode_is_printed_escaped(tmp_path, small_csvs
 
 def test_sighup_stops_a_command_as_ctrl_c_does_unless_nohup_ignores_it(monkeypatch):
     """A closed terminal or ssh session (SIGHUP) had killed a command where it stood, its
-    temporary files and `.lock` left behind; under nohup (SIGHUP ignored) it must go on."""
+    temporary files and `.lock` left behind; under nohup (SIGHUP ignored) it must go on. A
+    closed terminal also fails the cleanup's writes to it (EIO): still the interruption."""
     from digit_recognizer.models import registry
 
-    def hung_up():
-        os.kill(os.getpid(), signal.SIGHUP)
-        time.sleep(1)  # the handler runs at the next bytecode, well before this ends
+    def hung_up(closed_terminal: bool):
+        try:
+            os.kill(os.getpid(), signal.SIGHUP)
+            time.sleep(1)  # the handler runs at the next bytecode, well before this ends
+        finally:
+            if closed_terminal:  # a progress bar stopped, writing to it
+                raise OSError(errno.EIO, "Input/output error")
         return []
 
-    monkeypatch.setattr(registry, "available", hung_up)
-    result = invoke("models")
-    assert result.exit_code == 128 + signal.SIGHUP and "interrupted" in result.output
-    assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL  # restored
-    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    previous = signal.signal(signal.SIGHUP, signal.SIG_DFL)  # as in a terminal, not nohup
     try:
-        assert invoke("models").exit_code == 0
+        for closed_terminal in (False, True):
+            monkeypatch.setattr(registry, "available", functools.partial(hung_up, closed_terminal))
+            result = invoke("models")
+            assert result.exit_code == 128 + signal.SIGHUP, result.output
+            assert "interrupted" in result.output and "Input/output" not in result.output
+            assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL  # restored
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        monkeypatch.setattr(registry, "available", functools.partial(hung_up, False))
+        assert invoke("models").exit_code == 0  # the SIGHUP sent is ignored
         assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
     finally:
         signal.signal(signal.SIGHUP, previous)

@@ -97,6 +97,20 @@ def test_torchruns_variables_place_the_process(monkeypatch):
     assert not Distributed.from_env().is_main_process
 
 
+def test_under_nohup_torchrun_leaves_sighup_alone():
+    """torchrun handles SIGHUP whatever its parent ignores and hands it on to the workers:
+    under nohup, closing the terminal had stopped a --nproc run."""
+    from digit_recognizer.distributed import _nohup_args
+
+    previous = signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    try:
+        assert _nohup_args() == []
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        assert _nohup_args() == ["--signals-to-handle=SIGTERM,SIGINT,SIGQUIT"]
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+
+
 def test_a_stray_rank_is_refused_in_one_line(tmp_path, small_csvs):
     """RANK alone (some launchers set it) had crashed on LOCAL_RANK with a traceback."""
     env = {key: value for key, value in os.environ.items()

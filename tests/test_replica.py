@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +15,7 @@ import pytest
 from digit_recognizer.data.kaggle_csv import read_kaggle_csv, read_submission
 from digit_recognizer.data.mnist import load_mnist
 from digit_recognizer.data.replica import (
+    LEFTOVER_AGE_S,
     MANIFEST,
     ReplicaFiles,
     build_replica,
@@ -142,15 +146,25 @@ def test_a_killed_builds_temporary_files_are_removed_from_a_complete_replica(
     replica: ReplicaFiles,
 ) -> None:
     """A build killed while writing left a 30 MB `.test.csv.PID-RANDOM.tmp` in the cache, and a
-    complete cache is never rebuilt: it stayed for good. A live writer's file stays."""
+    complete cache is never rebuilt: it stayed for good. A live writer's file stays, and so
+    does a recent one, which another container's build may be writing."""
     folder = replica.train.parent
-    dead = folder / ".test.csv.999999999-abcdefgh.tmp"  # no process has that pid
-    live = folder / ".test.csv.1-abcdefgh.tmp"  # init's
-    for path in (dead, live):
-        path.write_text("partial")
-    assert ready_replica(folder, seed=0) == replica
-    assert not dead.exists() and live.exists()
-    live.unlink()
+    writer = subprocess.Popen(["sleep", "60"])
+    try:
+        dead = folder / ".test.csv.999999999-abcdefgh.tmp"  # no process has that pid
+        recent = folder / ".train.csv.999999999-abcdefgh.tmp"
+        live = folder / f".test.csv.{writer.pid}-abcdefgh.tmp"
+        for path in (dead, recent, live):
+            path.write_text("partial")
+        long_ago = time.time() - LEFTOVER_AGE_S - 1
+        for path in (dead, live):
+            os.utime(path, (long_ago, long_ago))
+        assert ready_replica(folder, seed=0) == replica
+        assert not dead.exists() and recent.exists() and live.exists()
+    finally:
+        writer.kill()
+        for path in folder.glob(".*.tmp"):
+            path.unlink()
 
 
 def test_a_cache_that_cannot_be_written_says_where_it_is_set(tmp_path: Path) -> None:

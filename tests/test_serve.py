@@ -653,9 +653,14 @@ def test_serve_ends_by_the_signal_that_stops_it(run_dir: Path, stop: int) -> Non
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
+
+    def as_in_a_terminal() -> None:  # not ignored, as under nohup
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
     server = subprocess.Popen([sys.executable, "-m", "digit_recognizer", "serve", str(run_dir),
                                "--port", str(port)], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)  # fmt: skip
+                              stderr=subprocess.PIPE, text=True,
+                              preexec_fn=as_in_a_terminal)  # fmt: skip
     try:
         assert server.stdout.readline().startswith(f"serving {run_dir}")
         deadline = time.monotonic() + 30

@@ -102,6 +102,39 @@ def test_ctrl_c_between_trials_writes_the_results_too(tmp_path, small_csvs, monk
     assert best["params"] == study.trials[0].params
 
 
+def test_ctrl_c_while_optuna_records_a_trial_still_writes_the_results(
+    tmp_path, small_csvs, monkeypatch
+):
+    """Ctrl-C inside Optuna's recording of a trial makes Optuna fail in turn (a name left
+    unbound in its cleanup): that failure had escaped, the finished trial's results unwritten."""
+    from optuna.study import _optimize
+
+    tell = _optimize._tell_with_warning
+    calls = []
+
+    def interrupted_tell(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return tell(*args, **kwargs)
+
+    monkeypatch.setattr(_optimize, "_tell_with_warning", interrupted_tell)
+    with pytest.raises(KeyboardInterrupt):
+        tune(TuneConfig(model="knn", trials=3), small_csvs["train"], tmp_path)
+    study = optuna.load_study(study_name="tune-knn", storage=f"sqlite:///{tmp_path}/study.db")
+    best = json.loads((tmp_path / "best_params.json").read_text())
+    assert best["params"] == study.trials[0].params
+
+
+def test_a_stray_rank_is_refused_before_any_trial(tmp_path, small_csvs, monkeypatch):
+    """RANK alone had failed every net trial, each logged with its traceback."""
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    with pytest.raises(ConfigError, match="RANK is set"):
+        tune(TuneConfig(model="knn", trials=1), small_csvs["train"], tmp_path)
+    assert not (tmp_path / "study.db").exists()
+
+
 def test_a_zero_timeout_is_none_and_a_negative_one_is_refused(tmp_path, small_csvs):
     result = tune(TuneConfig(model="knn", trials=1, timeout_s=0), small_csvs["train"], tmp_path)
     assert result.n_trials == 1

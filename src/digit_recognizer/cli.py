@@ -4,6 +4,7 @@ a malformed command line gets typer's usage message, exit 2."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
@@ -25,7 +26,11 @@ from rich.text import Text
 from digit_recognizer import __version__
 from digit_recognizer.config import load_config
 from digit_recognizer.errors import DataError, DigitsError, first_line
-from digit_recognizer.interrupts import Terminated, stop_signals_interrupt
+from digit_recognizer.interrupts import (
+    Terminated,
+    interruption_behind,
+    stop_signals_interrupt,
+)
 
 if TYPE_CHECKING:  # the commands import torch-heavy modules only when they run
     from digit_recognizer.train import TrainConfig
@@ -83,27 +88,38 @@ def handles_errors(command: F) -> F:
             logging.INFO if is_main_process else logging.WARNING
         )
         try:
-            with (
-                stop_signals_interrupt()
-            ):  # `kill`, `timeout` and schedulers stop it as Ctrl-C does
+            # `kill`, `timeout`, schedulers and a closed terminal stop it as Ctrl-C does.
+            with stop_signals_interrupt():
                 return command(*args, **kwargs)
-        except (DigitsError, OSError) as error:  # OSError: no permission, a full disk, ...
-            err_console.print(Text.assemble(("error:", "red"), f" {one_line(error)}"),
-                              soft_wrap=True)  # fmt: skip
-            raise typer.Exit(1) from None
         except KeyboardInterrupt as stop:
-            err_console.print("interrupted")
-            # A shell's codes for a command stopped by a signal: 128 + its number (Ctrl-C 130).
-            raise typer.Exit(128 + (stop.signum if isinstance(stop, Terminated) else
-                                    signal.SIGINT)) from None  # fmt: skip
+            raise interrupted(stop) from None
+        except (DigitsError, OSError) as error:  # OSError: no permission, a full disk, ...
+            # A closed terminal: stopping on its SIGHUP (a progress bar) wrote to it, and failed.
+            if isinstance(error, OSError) and (stop := interruption_behind(error)) is not None:
+                raise interrupted(stop) from None
+            say(Text.assemble(("error:", "red"), f" {one_line(error)}"))
+            raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def interrupted(stop: KeyboardInterrupt) -> typer.Exit:
+    """The exit of a command stopped by a signal: 128 + its number, as a shell's (Ctrl-C 130)."""
+    say("interrupted")
+    return typer.Exit(128 + (stop.signum if isinstance(stop, Terminated) else signal.SIGINT))
+
+
+def say(message: str | Text) -> None:
+    """A line on stderr, unless stderr is gone with a closed terminal."""
+    with contextlib.suppress(OSError):
+        err_console.print(message, soft_wrap=True)
 
 
 def one_line(error: DigitsError | OSError) -> str:
     """The error as a user reads it; under torchrun with the rank that failed (two ranks may
     read one bad line, and their messages would repeat each other unexplained)."""
-    rank = f"rank {os.environ['RANK']}: " if os.environ.get("WORLD_SIZE", "1") != "1" else ""
+    rank = os.environ.get("RANK")
+    rank = f"rank {rank}: " if rank is not None and os.environ.get("WORLD_SIZE", "1") != "1" else ""
     if isinstance(error, DigitsError):
         return f"{rank}{error}"
     where = " -> ".join(str(name) for name in (error.filename, error.filename2) if name)

@@ -139,7 +139,7 @@ def run_torchrun(nproc: int, module: str, args: list[str], config: Any | None = 
             save_config(config, resolved)
             args = [*args, "--config", str(resolved)]
         torchrun_args = ["--standalone", f"--nproc-per-node={nproc}", f"--log-dir={scratch}",
-                         "-m", module, *args]  # fmt: skip
+                         *_nohup_args(), "-m", module, *args]  # fmt: skip
         log.info("launching %d processes: torchrun %s", nproc, " ".join(torchrun_args))
         # The CPU's threads shared out, as `--jobs` does (torchrun would give each process one).
         threads = os.environ.get("OMP_NUM_THREADS", str(max(1, torch.get_num_threads() // nproc)))
@@ -151,9 +151,10 @@ def run_torchrun(nproc: int, module: str, args: list[str], config: Any | None = 
             with stop_signals_interrupt():
                 returncode = launcher.wait()
         except KeyboardInterrupt as stop:
-            if not isinstance(stop, Terminated):
-                # Ctrl-C reached the launcher too (a terminal signals the whole process group),
-                # which is stopping its workers: a SIGTERM now would break into that shutdown.
+            if not isinstance(stop, Terminated) or stop.signum == signal.SIGHUP:
+                # Ctrl-C or a closed terminal's SIGHUP reached the launcher too (a terminal
+                # signals the whole process group), which is stopping its workers: a SIGTERM
+                # now would break into that shutdown.
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     launcher.wait(timeout=LAUNCHER_GRACE_S)
             raise
@@ -174,6 +175,19 @@ def run_torchrun(nproc: int, module: str, args: list[str], config: Any | None = 
 # malformed CSV's file, line and column), and torchrun's main would bury it under its own
 # traceback and table of failed ranks; the command that launched it says "interrupted".
 _LAUNCHER = "import sys; from digit_recognizer.distributed import _launch; _launch(sys.argv[1:])"
+
+
+def _nohup_args() -> list[str]:
+    """torchrun's flags for a command under nohup: torchrun handles SIGHUP whatever its parent
+    ignores, and hands it on to the workers, which then stop. (Its flag is newer than some
+    torch versions we run on: there, as before.)"""
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+        return []
+    from torch.distributed.run import get_args_parser
+
+    flag = "--signals-to-handle=SIGTERM,SIGINT,SIGQUIT"
+    _, unknown = get_args_parser().parse_known_args([flag, "script.py"])
+    return [] if unknown else [flag]
 
 
 def _launch(torchrun_args: list[str]) -> None:

@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -247,16 +248,20 @@ _TEMPORARY_FILE = re.compile(r"\..+\.(\d{1,9})-[a-z0-9_]{8}\.tmp")
 _WRITING: set[Path] = set()  # this process's temporary files, being written (resolved)
 
 
-def remove_leftovers(folder: Path) -> None:
+def remove_leftovers(folder: Path, min_age_s: float = 0.0) -> None:
     """Remove the temporary files in ``folder`` whose writer is dead: a process killed outright
     (SIGKILL, the machine's end) leaves the one it was writing. A live writer's (``digits
     report`` beside a training, say) and other programs' files are left alone; one named with
     this process's pid that it is not writing is a killed run's (a container restarted gives
-    the same pid again)."""
+    the same pid again). ``min_age_s``: only files untouched that long, where no lock keeps
+    out a writer in another container or on another machine, whose pid says nothing here.
+    Best effort: a folder that cannot be written keeps them."""
     for path in folder.glob(".*.tmp"):
         match = _TEMPORARY_FILE.fullmatch(path.name)
         if match and path.resolve() not in _WRITING and is_leftover_of(int(match[1])):
-            path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                if time.time() - path.stat().st_mtime >= min_age_s:
+                    path.unlink(missing_ok=True)
 
 
 def is_leftover_of(pid: int) -> bool:

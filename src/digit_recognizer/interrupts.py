@@ -29,7 +29,8 @@ class Terminated(KeyboardInterrupt):
 @contextlib.contextmanager
 def stop_signals_interrupt() -> Iterator[None]:
     """Within the block, SIGTERM and SIGHUP raise ``Terminated`` (in the main thread only,
-    where Python runs signal handlers). A SIGHUP ignored stays ignored: `nohup` says so."""
+    where Python runs signal handlers). A signal ignored stays ignored: `nohup` ignores SIGHUP,
+    and a parent that ignores SIGTERM for its children says so."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -43,6 +44,16 @@ def stop_signals_interrupt() -> Iterator[None]:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def interruption_behind(error: BaseException) -> KeyboardInterrupt | None:
+    """The interruption ``error`` was raised while handling, if any: the cleanup after Ctrl-C
+    or SIGHUP can fail in turn (a progress bar written to a closed terminal, Optuna's
+    bookkeeping cut short), and that failure must not hide that the command was stopped."""
+    context = error.__context__
+    while context is not None and not isinstance(context, KeyboardInterrupt):
+        context = context.__context__
+    return context
 
 
 def _raise_terminated(signum: int, _frame: object) -> None:

@@ -50,10 +50,12 @@ from digit_recognizer.config import check_fields, load_config, save_config
 from digit_recognizer.data.kaggle_csv import DigitSet
 from digit_recognizer.data.shards import read_labelled
 from digit_recognizer.data.splits import split_for_training
+from digit_recognizer.distributed import Distributed
 from digit_recognizer.errors import ConfigError, DivergedError, first_line
 from digit_recognizer.estimator import build_estimator
 from digit_recognizer.evaluate import save_figure
 from digit_recognizer.fileio import is_leftover_of, make_dir, write_text
+from digit_recognizer.interrupts import interruption_behind
 from digit_recognizer.models.registry import get_spec
 from digit_recognizer.train import TrainConfig, train
 
@@ -150,6 +152,7 @@ def tune(config: TuneConfig, train_csv: Path, out_dir: Path) -> TuneResult:
     """Run ``config.trials`` more trials of the study and write the best settings and plots
     (after Ctrl-C too, for the trials finished, before the interruption goes on)."""
     study_name = config.study_name or f"tune-{config.model}"
+    Distributed.from_env()  # a stray RANK refused now, not as every net trial's failure
     check_results_are_the_studys(out_dir, study_name)
     data = read_labelled(train_csv, to_split=True)
     train_set, valid_set = split_for_training(data, config.valid_size, config.seed)
@@ -186,6 +189,10 @@ def tune(config: TuneConfig, train_csv: Path, out_dir: Path) -> TuneResult:
     try:
         study.optimize(objective, n_trials=config.trials, timeout=config.timeout_s or None)
     except KeyboardInterrupt as stop:  # between two trials, in Optuna's own bookkeeping
+        interruptions.append(stop)
+    except Exception as error:  # Optuna's bookkeeping failing in turn (a name left unbound)
+        if (stop := interruption_behind(error)) is None:
+            raise
         interruptions.append(stop)
     finally:
         optuna.logging.set_verbosity(verbosity)

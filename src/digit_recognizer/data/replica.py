@@ -72,12 +72,16 @@ def build_replica(out_dir: str | Path, seed: int = 0, overwrite: bool = False) -
     return files
 
 
+LEFTOVER_AGE_S = 600  # a build writes its files in seconds, touching them all along
+
+
 def ready_replica(out_dir: str | Path, seed: int = 0) -> ReplicaFiles:
     """The replica for ``seed`` in ``out_dir``: the one there if complete, else built there.
     A killed build's temporary files there are removed (a complete cache is never rebuilt, and
-    they had stayed for good)."""
+    they had stayed for good) once ``LEFTOVER_AGE_S`` old: no lock keeps out another
+    container's build, sharing the cache, whose pid says nothing here."""
     if Path(out_dir).is_dir():
-        remove_leftovers(Path(out_dir))
+        remove_leftovers(Path(out_dir), min_age_s=LEFTOVER_AGE_S)
     if replica_is_complete(out_dir, seed):
         return replica_files(out_dir)
     log.info("building the Kaggle replica (seed %d) in %s", seed, out_dir)
