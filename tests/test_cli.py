@@ -55,6 +55,18 @@ def test_a_path_the_output_cannot_encode_is_printed_escaped(tmp_path, small_csvs
     assert done.stdout.startswith(f"{tmp_path}/d\\xe4t\\xe4/train \\u2713.csv: ")
 
 
+def test_a_long_path_is_printed_whole_in_a_pipe(tmp_path, small_csvs):
+    """In a pipe rich wraps at 80 columns: a path longer than that, in "wrote PATH", had been
+    broken in two, and could not be copied or grepped."""
+    out = tmp_path / ("a" * 80) / "preview.png"
+    env = {key: value for key, value in os.environ.items() if key != "COLUMNS"}
+    done = subprocess.run([sys.executable, "-m", "digit_recognizer", "augment-preview",
+                           str(small_csvs["train"]), "--n", "1", "--out", str(out)], env=env,
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"wrote {out}\n"
+
+
 def test_sighup_stops_a_command_as_ctrl_c_does_unless_nohup_ignores_it(monkeypatch):
     """A closed terminal or ssh session (SIGHUP) had killed a command where it stood, its
     temporary files and `.lock` left behind; under nohup (SIGHUP ignored) it must go on. A

@@ -123,6 +123,20 @@ def test_a_stray_rank_is_refused_in_one_line(tmp_path, small_csvs):
     assert "RANK is set (0) without LOCAL_RANK and WORLD_SIZE: torchrun sets all three" in said
 
 
+def test_a_stray_rank_does_not_make_the_command_a_torchrun_worker():
+    """Only torchrun's three variables do: with RANK alone, a command's unexpected error had
+    ended its traceback in the worker's own refusal of the stray RANK, not in the error."""
+    crash = (
+        "import runpy, sys\nfrom digit_recognizer.models import registry\n"
+        "registry.available = lambda *args: 1 / 0\nsys.argv = ['digits', 'models']\n"
+        "runpy.run_module('digit_recognizer', run_name='__main__', alter_sys=True)\n"
+    )
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("LOCAL_RANK", "WORLD_SIZE")} | {"RANK": "0"}  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", crash], env=env, capture_output=True, text=True)
+    assert done.stderr.splitlines()[-1] == "ZeroDivisionError: division by zero", done.stderr
+
+
 def test_a_rank_left_waiting_by_the_others_says_so_in_one_line(monkeypatch):
     """gloo's timeout is a plain RuntimeError from deep in a collective (its message as torch
     2.13 words it): it had ended each waiting process in a page of traceback. Other errors
@@ -217,6 +231,24 @@ def test_ctrl_c_stops_torchrun_with_no_traceback(tmp_path):
     _, err = parent.communicate(timeout=60)
     assert parent.returncode == 130
     assert "Traceback" not in err
+
+
+def test_torchrun_ended_by_sighup_is_an_interruption_not_a_failure(monkeypatch):
+    """torchrun exits 128 + the signal that stopped it: SIGHUP's 129 (its terminal closed) had
+    been reported as a job that failed, "see the log above"."""
+
+    class HungUp:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def wait(self, timeout=None):
+            return 128 + signal.SIGHUP
+
+        poll = wait
+
+    monkeypatch.setattr(distributed.subprocess, "Popen", HungUp)
+    with pytest.raises(KeyboardInterrupt, match="were stopped"):
+        run_torchrun(2, "json.tool", ["--help"])
 
 
 def test_torchrun_leaves_no_files_and_no_orphans_behind(tmp_path, monkeypatch):

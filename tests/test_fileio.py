@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -106,6 +107,16 @@ def test_a_path_that_cannot_be_written_is_refused_before_the_work(tmp_path, tiny
         predict_module.predict_source(
             [tiny_run], small_csvs["test"], tmp_path / "afile" / "sub.csv"
         )
+
+
+def test_a_read_only_file_system_is_named_as_such(tmp_path, monkeypatch):
+    """A read-only mount (a container's, a read-only home) had been called 'no permission',
+    which sends one to chmod a folder that no chmod opens."""
+    monkeypatch.setattr(os, "access", lambda *args, **kwargs: False)
+    for flag, why in ((os.ST_RDONLY, "read-only file system"), (0, "no permission to write")):
+        monkeypatch.setattr(os, "statvfs", lambda path, flag=flag: SimpleNamespace(f_flag=flag))
+        with pytest.raises(OutputError, match=f"out.csv: cannot be written: {why} in {tmp_path}$"):
+            check_can_write(tmp_path / "out.csv")
 
 
 def test_a_full_disk_is_one_line_naming_the_file_whatever_the_writer_raised(

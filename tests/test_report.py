@@ -12,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from digit_recognizer import eda as eda_module
+from digit_recognizer import evaluate as evaluate_module
 from digit_recognizer.cli import app
 from digit_recognizer.data.kaggle_csv import DigitSet, read_kaggle_csv, write_kaggle_csv
 from digit_recognizer.data.splits import split_for_training
@@ -232,12 +233,27 @@ def test_report_rebuilds_the_validation_split(tmp_path, tiny_run, small_csvs):
         write_run_report(run_dir)
 
 
-def test_train_job_writes_the_report(tmp_path, small_train):
+def test_train_job_writes_the_report(tmp_path, small_train, monkeypatch):
+    """The report names the split it scored (it had been left to a default wording), and both
+    learning curves, the run's PNG and the report's, say the train loss is label-smoothed
+    (the legend had said so only where plot_learning_curves was called by hand)."""
+    legends = []
+    save_figure = evaluate_module.save_figure
+
+    def recording(fig, path):
+        legends.extend(text.get_text() for ax in fig.axes if ax.get_legend()
+                       for text in ax.get_legend().get_texts())  # fmt: skip
+        save_figure(fig, path)
+
+    monkeypatch.setattr(evaluate_module, "save_figure", recording)
     csv_path = tmp_path / "train.csv"
     write_kaggle_csv(csv_path, small_train.images[:640], small_train.labels[:640])
     config = TrainConfig(epochs=1, batch_size=64, lr=0.02, valid_size=0.25)
     train_job(config, csv_path, tmp_path / "run")
     assert len(inline_pngs(tmp_path / "run" / "report.html")) == 6
+    page = (tmp_path / "run" / "report.html").read_text()
+    assert "validation split (valid_size 0.25, seed 0): 160 images" in page
+    assert legends.count("train (augmented, label smoothing 0.1)") == 2
 
 
 def test_model_summary_lists_layers_with_shapes_and_parameters(tiny_run):

@@ -645,22 +645,22 @@ def test_a_host_left_empty_or_a_timeout_of_nan_is_refused() -> None:
             ServeConfig(csv_upload_timeout_s=timeout)
 
 
-@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGHUP])
-def test_serve_ends_by_the_signal_that_stops_it(run_dir: Path, stop: int) -> None:
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGHUP, "nohup"])
+def test_serve_ends_by_the_signal_that_stops_it(run_dir: Path, stop: int | str) -> None:
     """SIGTERM: uvicorn's clean shutdown, then the signal's own end, as service managers expect.
     SIGHUP (a closed terminal), which uvicorn does not handle, had raised the commands'
-    interruption inside uvicorn's loop: a traceback."""
+    interruption inside uvicorn's loop: a traceback. Under nohup (SIGHUP ignored) it serves on."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
 
-    def as_in_a_terminal() -> None:  # not ignored, as under nohup
-        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    def as_in_a_terminal_or_under_nohup() -> None:  # whatever pytest's own SIGHUP is
+        signal.signal(signal.SIGHUP, signal.SIG_IGN if stop == "nohup" else signal.SIG_DFL)
 
     server = subprocess.Popen([sys.executable, "-m", "digit_recognizer", "serve", str(run_dir),
                                "--port", str(port)], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True,
-                              preexec_fn=as_in_a_terminal)  # fmt: skip
+                              preexec_fn=as_in_a_terminal_or_under_nohup)  # fmt: skip
     try:
         assert server.stdout.readline().startswith(f"serving {run_dir}")
         deadline = time.monotonic() + 30
@@ -671,6 +671,11 @@ def test_serve_ends_by_the_signal_that_stops_it(run_dir: Path, stop: int) -> Non
             except OSError:
                 assert time.monotonic() < deadline, "the server did not start"
                 time.sleep(0.1)
+        if stop == "nohup":
+            server.send_signal(signal.SIGHUP)
+            time.sleep(0.5)
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5):
+                stop = signal.SIGTERM
         server.send_signal(stop)
         _, stderr = server.communicate(timeout=30)
     finally:

@@ -1,4 +1,5 @@
 import json
+import logging
 import multiprocessing
 import os
 import subprocess
@@ -57,7 +58,7 @@ def test_classical_study_resumes_from_its_sqlite_storage(tmp_path, small_csvs):
 
 
 def test_ctrl_c_ends_the_study_with_the_trial_recorded_as_failed(tmp_path, small_csvs, monkeypatch,
-                                                                   capfd):  # fmt: skip
+                                                                   capfd, caplog):  # fmt: skip
     """The interrupted trial is failed, which TPE leaves out (pruned, it counted as a poor
     setting), without Optuna's traceback and warnings; the study stops, the finished trials'
     results are written (they had not been: `timeout 3600 digits tune` wrote none), and the
@@ -78,6 +79,10 @@ def test_ctrl_c_ends_the_study_with_the_trial_recorded_as_failed(tmp_path, small
     assert [trial.state.name for trial in study.trials] == ["COMPLETE", "FAIL"]
     err = capfd.readouterr().err
     assert "Traceback" not in err and "failed" not in err
+    # Optuna's handler writes to the stderr of its import, which capfd misses under pytest's
+    # capture: its records, "Trial 1 failed with value nan.", are looked for here.
+    assert [r.message for r in caplog.records if r.name.startswith("optuna.study")
+            and r.levelno >= logging.WARNING] == []  # fmt: skip
     assert tune_module.why_pruned(study) == "1 trial interrupted"
     best = json.loads((tmp_path / "best_params.json").read_text())
     assert best["params"] == study.trials[0].params
@@ -301,6 +306,8 @@ def test_one_trial_draws_no_importances_and_a_split_error_names_tunes_flag(
     result = CliRunner().invoke(app, ["tune", "--train", str(small_csvs["train"]), "--model",
         "knn", "--trials", "1", "--valid-size", "0.25", "--out", str(tmp_path / "a")])  # fmt: skip
     assert result.exit_code == 0, result.output
+    # The best score of the split that chose it, said so ("best accuracy" read as the model's).
+    assert ": best validation accuracy 0." in result.output
     assert sizes == [0.25]  # the flag reached the split
     assert {path.name for path in (tmp_path / "a").glob("*.png")} == {"optimization_history.png"}
     few = tmp_path / "few.csv"

@@ -45,7 +45,7 @@ app.add_typer(data_app, name="data")
 # traceback, or another file named), so styles are set with Text, never parsed from strings.
 # Soft wrap: a line longer than the terminal (or 80 columns in a pipe) is not broken mid-path.
 console = Console(markup=False, soft_wrap=True)
-err_console = Console(stderr=True, markup=False, soft_wrap=True)
+err_console = Console(stderr=True, markup=False)
 
 
 def print_version(asked: bool) -> None:
