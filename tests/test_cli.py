@@ -22,6 +22,7 @@ from digit_recognizer.data.kaggle_csv import write_kaggle_csv
 from digit_recognizer.data.replica import replica_files
 from digit_recognizer.evaluate import compute_metrics
 from digit_recognizer.fileio import locked_dir
+from digit_recognizer.interrupts import interruption_behind
 from digit_recognizer.models.registry import available
 from digit_recognizer.predict import PredictConfig, Predictor, conform_rows, predict_csv
 
@@ -42,6 +43,11 @@ def test_version_is_the_installed_distributions():
     assert result.stdout == f"digit-recognizer {importlib.metadata.version('digit-recognizer')}\n"
 
 
+# A pipe's output as rich writes it without a terminal: no colour or width forced.
+FORCING = ("COLUMNS", "FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE")
+PLAIN_PIPE = {key: value for key, value in os.environ.items() if key not in FORCING}
+
+
 def test_a_path_the_output_cannot_encode_is_printed_escaped(tmp_path, small_csvs):
     """Under PYTHONIOENCODING=ascii (or a latin-1 locale) a finished command had failed with a
     traceback when it printed a path holding 'ä' or '✓'."""
@@ -49,7 +55,7 @@ def test_a_path_the_output_cannot_encode_is_printed_escaped(tmp_path, small_csvs
     csv.parent.mkdir()
     csv.write_bytes(small_csvs["train"].read_bytes())
     done = subprocess.run([sys.executable, "-m", "digit_recognizer", "data", "check", str(csv)],
-                          env=os.environ | {"PYTHONIOENCODING": "ascii"}, capture_output=True,
+                          env=PLAIN_PIPE | {"PYTHONIOENCODING": "ascii"}, capture_output=True,
                           text=True, encoding="ascii")  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith(f"{tmp_path}/d\\xe4t\\xe4/train \\u2713.csv: ")
@@ -59,12 +65,23 @@ def test_a_long_path_is_printed_whole_in_a_pipe(tmp_path, small_csvs):
     """In a pipe rich wraps at 80 columns: a path longer than that, in "wrote PATH", had been
     broken in two, and could not be copied or grepped."""
     out = tmp_path / ("a" * 80) / "preview.png"
-    env = {key: value for key, value in os.environ.items() if key != "COLUMNS"}
     done = subprocess.run([sys.executable, "-m", "digit_recognizer", "augment-preview",
-                           str(small_csvs["train"]), "--n", "1", "--out", str(out)], env=env,
+                           str(small_csvs["train"]), "--n", "1", "--out", str(out)], env=PLAIN_PIPE,
                           stdin=subprocess.DEVNULL, capture_output=True, text=True)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert done.stdout == f"wrote {out}\n"
+
+
+def test_the_interruption_behind_an_error_is_this_calls_and_found_through_a_loop():
+    """An error raised while handling Ctrl-C is that interruption's; one handled by the
+    caller's callers is not this call's, and contexts looped by hand end the search."""
+    interrupt, failure = KeyboardInterrupt(), OSError(errno.EIO, "Input/output error")
+    failure.__context__ = interrupt
+    assert interruption_behind(failure) is interrupt
+    assert interruption_behind(failure, outer=interrupt) is None
+    first, second = ValueError(), ValueError()
+    first.__context__, second.__context__ = second, first
+    assert interruption_behind(first) is None
 
 
 def test_sighup_stops_a_command_as_ctrl_c_does_unless_nohup_ignores_it(monkeypatch):

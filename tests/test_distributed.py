@@ -2,6 +2,7 @@
 included); and batch inference on two processes through `digits predict --nproc 2` (torchrun on
 this machine)."""
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -100,8 +101,12 @@ def test_torchruns_variables_place_the_process(monkeypatch):
 def test_under_nohup_torchrun_leaves_sighup_alone():
     """torchrun handles SIGHUP whatever its parent ignores and hands it on to the workers:
     under nohup, closing the terminal had stopped a --nproc run."""
+    from torch.distributed.launcher.api import LaunchConfig
+
     from digit_recognizer.distributed import _nohup_args
 
+    if "signals_to_handle" not in {field.name for field in dataclasses.fields(LaunchConfig)}:
+        pytest.skip("torchrun has no --signals-to-handle before torch 2.9")
     previous = signal.signal(signal.SIGHUP, signal.SIG_DFL)
     try:
         assert _nohup_args() == []

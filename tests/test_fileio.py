@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -163,6 +164,8 @@ def test_a_lock_taken_clears_what_a_killed_writer_left(tmp_path: Path) -> None:
     kept = [f".report.html.{os.getppid()}-k3j9x1yy.tmp", ".backup.2024-01.tmp", "checkpoint.pt"]
     for name in [*left, *kept]:
         (run / name).write_bytes(b"bytes")
+    ahead = time.time() + 30  # a clock set back since the kill: still the killed run's
+    os.utime(run / left[0], (ahead, ahead))
     (tmp_path / "link").symlink_to(run)  # the lock taken through a link, the file written not
     with atomic_path(run / "metrics.json") as writing:  # this process's, being written
         assert writing.name.startswith(f".metrics.json.{os.getpid()}-")

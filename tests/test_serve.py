@@ -653,14 +653,15 @@ def test_serve_ends_by_the_signal_that_stops_it(run_dir: Path, stop: int | str) 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-
-    def as_in_a_terminal_or_under_nohup() -> None:  # whatever pytest's own SIGHUP is
-        signal.signal(signal.SIGHUP, signal.SIG_IGN if stop == "nohup" else signal.SIG_DFL)
-
-    server = subprocess.Popen([sys.executable, "-m", "digit_recognizer", "serve", str(run_dir),
-                               "--port", str(port)], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True,
-                              preexec_fn=as_in_a_terminal_or_under_nohup)  # fmt: skip
+    # As in a terminal or under nohup, whatever pytest's own SIGHUP is: an ignored signal is
+    # inherited, a handler is the default action after exec.
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN if stop == "nohup" else signal.SIG_DFL)
+    try:
+        server = subprocess.Popen([sys.executable, "-m", "digit_recognizer", "serve",
+                                   str(run_dir), "--port", str(port)], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)  # fmt: skip
+    finally:
+        signal.signal(signal.SIGHUP, previous)
     try:
         assert server.stdout.readline().startswith(f"serving {run_dir}")
         deadline = time.monotonic() + 30

@@ -8,6 +8,7 @@ process group (gloo on CPU, NCCL with one GPU per rank), and launching torchrun.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import logging
 import os
@@ -179,15 +180,14 @@ _LAUNCHER = "import sys; from digit_recognizer.distributed import _launch; _laun
 
 def _nohup_args() -> list[str]:
     """torchrun's flags for a command under nohup: torchrun handles SIGHUP whatever its parent
-    ignores, and hands it on to the workers, which then stop. (Its flag is newer than some
-    torch versions we run on: there, as before.)"""
+    ignores, and hands it on to the workers, which then stop. (Its flag came with torch 2.9:
+    before, a closed terminal still stops a --nproc run under nohup.)"""
+    from torch.distributed.launcher.api import LaunchConfig
+
     if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
         return []
-    from torch.distributed.run import get_args_parser
-
-    flag = "--signals-to-handle=SIGTERM,SIGINT,SIGQUIT"
-    _, unknown = get_args_parser().parse_known_args([flag, "script.py"])
-    return [] if unknown else [flag]
+    has_flag = "signals_to_handle" in {field.name for field in dataclasses.fields(LaunchConfig)}
+    return ["--signals-to-handle=SIGTERM,SIGINT,SIGQUIT"] if has_flag else []
 
 
 def _launch(torchrun_args: list[str]) -> None:

@@ -46,14 +46,22 @@ def stop_signals_interrupt() -> Iterator[None]:
             signal.signal(signum, handler)
 
 
-def interruption_behind(error: BaseException) -> KeyboardInterrupt | None:
+def interruption_behind(
+    error: BaseException, outer: BaseException | None = None
+) -> KeyboardInterrupt | None:
     """The interruption ``error`` was raised while handling, if any: the cleanup after Ctrl-C
     or SIGHUP can fail in turn (a progress bar written to a closed terminal, Optuna's
-    bookkeeping cut short), and that failure must not hide that the command was stopped."""
+    bookkeeping cut short), and that failure must not hide that the command was stopped. The
+    search stops at ``outer``, what the caller's callers were handling when it began (not this
+    call's), and at a loop of contexts (made by hand: Python's own chaining cuts them)."""
+    seen = set()
     context = error.__context__
-    while context is not None and not isinstance(context, KeyboardInterrupt):
+    while context is not None and context is not outer and id(context) not in seen:
+        if isinstance(context, KeyboardInterrupt):
+            return context
+        seen.add(id(context))
         context = context.__context__
-    return context
+    return None
 
 
 def _raise_terminated(signum: int, _frame: object) -> None:

@@ -29,6 +29,7 @@ import math
 import os
 import re
 import shutil
+import sys
 import tempfile
 import time
 import warnings
@@ -152,6 +153,7 @@ def tune(config: TuneConfig, train_csv: Path, out_dir: Path) -> TuneResult:
     """Run ``config.trials`` more trials of the study and write the best settings and plots
     (after Ctrl-C too, for the trials finished, before the interruption goes on)."""
     study_name = config.study_name or f"tune-{config.model}"
+    handled_outside = sys.exception()  # not an interruption of this call's: see below
     Distributed.from_env()  # a stray RANK refused now, not as every net trial's failure
     check_results_are_the_studys(out_dir, study_name)
     data = read_labelled(train_csv, to_split=True)
@@ -191,7 +193,7 @@ def tune(config: TuneConfig, train_csv: Path, out_dir: Path) -> TuneResult:
     except KeyboardInterrupt as stop:  # between two trials, in Optuna's own bookkeeping
         interruptions.append(stop)
     except Exception as error:  # Optuna's bookkeeping failing in turn (a name left unbound)
-        if (stop := interruption_behind(error)) is None:
+        if (stop := interruption_behind(error, handled_outside)) is None:
             raise
         interruptions.append(stop)
     finally:
