@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +16,13 @@ from digit_recognizer.train import TrainConfig, train
 
 # A recipe that learns within one short epoch on a few thousand images (tests only).
 TINY_RECIPE = {"epochs": 2, "lr": 0.02, "batch_size": 64, "seed": 0}
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -7,7 +7,6 @@ import hashlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,11 +26,7 @@ from digit_recognizer.distributed import Distributed, run_torchrun
 from digit_recognizer.predict import predict_csv
 from digit_recognizer.train import TrainConfig, train
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from .conftest import free_port
 
 
 def weights_digest(model: torch.nn.Module) -> str:

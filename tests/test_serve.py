@@ -34,6 +34,7 @@ from digit_recognizer.predict import PredictConfig, Predictor
 from digit_recognizer.serve import ServeConfig, create_app
 from digit_recognizer.serve.app import address, listening_socket, load_served_model
 from digit_recognizer.serve.routes import GRAD_CAM_UNAVAILABLE
+from tests.conftest import free_port
 from tests.test_images import drawing, encode, frame_filling, png_header
 
 LIMITS = {"max_body_bytes": 100_000, "max_csv_bytes": 300_000, "max_batch": 4, "max_csv_rows": 50}
@@ -650,9 +651,7 @@ def test_serve_ends_by_the_signal_that_stops_it(run_dir: Path, stop: int | str) 
     """SIGTERM: uvicorn's clean shutdown, then the signal's own end, as service managers expect.
     SIGHUP (a closed terminal), which uvicorn does not handle, had raised the commands'
     interruption inside uvicorn's loop: a traceback. Under nohup (SIGHUP ignored) it serves on."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     # As in a terminal or under nohup, whatever pytest's own SIGHUP is: an ignored signal is
     # inherited, a handler is the default action after exec.
     previous = signal.signal(signal.SIGHUP, signal.SIG_IGN if stop == "nohup" else signal.SIG_DFL)

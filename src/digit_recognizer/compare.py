@@ -139,9 +139,9 @@ def _score_model(
     n_parameters = 0
     # A net fits on all the fit rows, as the classical models do: its own validation split
     # would hold 5 % of them out for nothing (one-cycle keeps the last epoch, chosen by none).
-    trains = {"valid_size": 0} if get_spec(name).kind == "net" else {}
-    if trains and epochs is not None:
-        trains["epochs"] = epochs
+    trains: dict[str, int] = {}
+    if get_spec(name).kind == "net":
+        trains = {"valid_size": 0} | ({} if epochs is None else {"epochs": epochs})
     for fold, (fit_set, score_set) in enumerate(folds, start=1):
         estimator = build_estimator(name, seed=seed, **trains)
         start = time.perf_counter()

@@ -182,10 +182,10 @@ def _nohup_args() -> list[str]:
     """torchrun's flags for a command under nohup: torchrun handles SIGHUP whatever its parent
     ignores, and hands it on to the workers, which then stop. (Its flag came with torch 2.9:
     before, a closed terminal still stops a --nproc run under nohup.)"""
-    from torch.distributed.launcher.api import LaunchConfig
-
     if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
         return []
+    from torch.distributed.launcher.api import LaunchConfig
+
     has_flag = "signals_to_handle" in {field.name for field in dataclasses.fields(LaunchConfig)}
     return ["--signals-to-handle=SIGTERM,SIGINT,SIGQUIT"] if has_flag else []
 

@@ -44,6 +44,7 @@ from digit_recognizer.data.splits import split_for_training
 from digit_recognizer.distributed import Distributed, run_torchrun
 from digit_recognizer.errors import ConfigError, DataError
 from digit_recognizer.evaluate import (
+    CLASSES,
     Metrics,
     compute_metrics,
     plot_confusion_matrix,
@@ -138,7 +139,7 @@ def _check_digits_validated(valid_set: DigitSet, shard: Path, source: Path) -> N
     """Warn if the validation shard lacks digits: rows sorted by label before sharding leave
     one or two digits in the last shard, whose accuracy then speaks of those alone (and
     those rows do not train)."""
-    missing = sorted(set(range(10)) - set(np.unique(valid_set.labels).tolist()))
+    missing = sorted(set(CLASSES) - set(np.unique(valid_set.labels).tolist()))
     if missing:
         log.warning("%s: its validation shard, %s, holds no %s: rows in label order? Its "
                     "accuracy says nothing of those digits, and its rows do not train; shuffle "
