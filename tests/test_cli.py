@@ -72,6 +72,19 @@ def test_a_long_path_is_printed_whole_in_a_pipe(tmp_path, small_csvs):
     assert done.stdout == f"wrote {out}\n"
 
 
+def test_the_log_in_a_pipe_is_a_line_a_record(tmp_path, small_csvs):
+    """Rich's log handler wraps and pads records to 80 columns where there is no terminal: a
+    shard's path in "wrote PATH" had been split across lines in a log file."""
+    out = tmp_path / ("s" * 80)
+    done = subprocess.run([sys.executable, "-m", "digit_recognizer", "data", "shard",
+                           str(small_csvs["train"]), str(out), "--parts", "2"], env=PLAIN_PIPE,
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    written = [line for line in done.stderr.splitlines() if "wrote" in line]
+    assert written == [f"INFO     wrote {out / name} (1,500 rows)" for name in
+                       ("part-00000.csv", "part-00001.csv")]  # fmt: skip
+
+
 def test_the_interruption_behind_an_error_is_this_calls_and_found_through_a_loop():
     """An error raised while handling Ctrl-C is that interruption's; one handled by the
     caller's callers is not this call's, and contexts looped by hand end the search."""

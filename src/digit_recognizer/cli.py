@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
-from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
@@ -31,6 +30,7 @@ from digit_recognizer.interrupts import (
     interruption_behind,
     stop_signals_interrupt,
 )
+from digit_recognizer.logs import log_handler
 
 if TYPE_CHECKING:  # the commands import torch-heavy modules only when they run
     from digit_recognizer.train import TrainConfig
@@ -80,10 +80,8 @@ def handles_errors(command: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         # Under torchrun only rank 0 logs progress; other ranks report problems only.
         is_main_process = os.environ.get("RANK", "0") == "0"
-        handler = RichHandler(console=err_console, show_path=False, show_time=False)
         # Our progress at INFO; other libraries' warnings only (matplotlib's font cache, ...).
-        logging.basicConfig(level=logging.WARNING, format="%(message)s", handlers=[handler],
-                            force=True)  # fmt: skip
+        logging.basicConfig(level=logging.WARNING, handlers=[log_handler(err_console)], force=True)
         logging.getLogger("digit_recognizer").setLevel(
             logging.INFO if is_main_process else logging.WARNING
         )

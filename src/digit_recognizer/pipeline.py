@@ -17,7 +17,6 @@ from typing import NamedTuple
 import numpy as np
 import torch
 from rich.console import Console
-from rich.logging import RichHandler
 from rich.progress import Progress
 
 from digit_recognizer.checkpoint import (
@@ -53,6 +52,7 @@ from digit_recognizer.evaluate import (
     write_metrics,
 )
 from digit_recognizer.fileio import check_not_in_use, locked_dir, source_record
+from digit_recognizer.logs import log_handler
 from digit_recognizer.members import member_gpu, run_side_by_side, visible_gpus
 from digit_recognizer.models.runtime import resolve_device
 from digit_recognizer.models.storage import load_net, write_ensemble
@@ -416,8 +416,8 @@ def train_member(
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu
     torch.set_num_threads(threads)
-    handler = RichHandler(console=Console(stderr=True), show_path=False, show_time=False)
-    logging.basicConfig(format=f"member {number}: %(message)s", handlers=[handler])
+    handler = log_handler(Console(stderr=True), f"member {number}: %(message)s")
+    logging.basicConfig(handlers=[handler])
     logging.getLogger("digit_recognizer").setLevel(level)
     job = train_job(config, train_csv, member_dir)
     # Tensors would cross to the parent as shared memory that ends with this process: the
