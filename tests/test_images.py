@@ -535,6 +535,37 @@ def test_digits_from_other_layouts_are_redone_as_mnist(small_test: DigitSet) -> 
     assert np.median(correlations) > 0.9 and min(correlations) > 0.6
 
 
+def semeion_like(image: np.ndarray) -> np.ndarray:
+    """An MNIST digit as Semeion lays its digits out: bold, binarised, stretched on both axes to
+    fill 16 x 16 pixels (here upscaled to 28 x 28), so that its strokes run along the edges."""
+    ink = ndimage.grey_dilation(image, size=(2, 2)) > 127
+    rows, columns = np.nonzero(ink)
+    crop = Image.fromarray(ink[rows.min() : rows.max() + 1, columns.min() : columns.max() + 1])
+    small = crop.convert("L").resize((16, 16), Image.Resampling.NEAREST)
+    return np.asarray(small.resize((28, 28), Image.Resampling.BILINEAR))
+
+
+@pytest.mark.parametrize("ink", ["light", "dark"])
+def test_a_digit_whose_strokes_fill_the_edges_keeps_its_files_ink_side(small_test, ink) -> None:
+    """The paper is read along the edges, which a bold 0 stretched to its frame covers with its
+    strokes: the 0 had become a disc of paper, read as 9 (Semeion's 0s and 8s). Its file's
+    other rows tell the ink's side; alone it still goes by its edges."""
+    canvas = Image.new("L", (28, 28))
+    ImageDraw.Draw(canvas).rounded_rectangle((0, 0, 27, 27), radius=8, outline=255, width=3)
+    ring = np.asarray(canvas)  # a 0 as Semeion's: stretched, its strokes along the edges
+    rows = np.stack([ring] + [semeion_like(image) for image in small_test.images[:40]])
+    if ink == "dark":
+        rows = 255 - rows
+    conformed = conform_to_mnist(rows)[0]
+    # The ring's hole is paper, as in the same 0 given a margin of paper to be read from.
+    framed = np.zeros((40, 40), dtype=np.uint8)
+    framed[6:34, 6:34] = ring
+    assert conformed[0][14, 14] == 0
+    assert correlation(conformed[0], to_mnist(framed)) > 0.9
+    alone = conform_to_mnist(rows[:1])[0][0]
+    assert correlation(alone, conformed[0]) < 0.5
+
+
 def test_to_mnist_output_is_in_mnist_format(small_test: DigitSet) -> None:
     printed = [
         load_image(encode(Image.fromarray(255 - image).resize((90, 90))))

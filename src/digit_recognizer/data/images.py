@@ -71,6 +71,8 @@ MIN_LINES_SIDE = 32
 # on its long side (19 for 16 of them) and the centre of mass within 0.52 px of (14, 14).
 MNIST_BOX_SIDES = (19, 20)
 MAX_CENTRE_OFFSET = 1.0
+# Rows whose ink side their edges settle, at least, before a file's rows are taken to agree on it.
+MIN_SETTLED_ROWS = 8
 # JPEG decodes at 1/2, 1/4 or 1/8 scale for free; a digit needs far fewer than 256 pixels.
 # Other images are shrunk as much before the rest of to_mnist (_reduced).
 DRAFT_SIZE = (256, 256)
@@ -187,10 +189,13 @@ def _deep_to_grey(values: NDArray[np.generic], mode: str) -> NDArray[np.uint8]:
     return np.rint(values, out=values).astype(np.uint8)
 
 
-def to_mnist(grey: NDArray[np.uint8], name: str = "image") -> NDArray[np.uint8]:
+def to_mnist(
+    grey: NDArray[np.uint8], name: str = "image", dark_ink: bool | None = None
+) -> NDArray[np.uint8]:
     """MNIST-style digit uint8 (28, 28), white ink on black, from a greyscale image (H, W).
 
-    Inverts when the background (the median of a band along the edges) is light, levels a
+    Inverts when the background (the median of a band along the edges) is light, or when
+    ``dark_ink`` says the ink is the darker level (None: decided from the image), levels a
     photo's uneven lighting, a shadow's hard edge too (flatten_lighting), stretches contrast
     so the background is 0 and the darkest ink 255 (_ink); reads a sheet photographed on a desk
     without the desk (sheet_on_a_desk), removes a form's or ruled paper's lines
@@ -207,7 +212,7 @@ def to_mnist(grey: NDArray[np.uint8], name: str = "image") -> NDArray[np.uint8]:
         raise ValueError(f"to_mnist takes grey levels 0-255, got {grey.dtype} values in 0-1; "
                          "pass (grey * 255).round().astype(np.uint8)")  # fmt: skip
     pixels = _reduced(grey).astype(np.float32)
-    ink = _ink(pixels, name)
+    ink = _ink(pixels, name, dark_ink)
     is_photo = min(pixels.shape) >= MIN_PHOTO_SIDE
     if is_photo:
         sheet = sheet_on_a_desk(ink > INK_THRESHOLD, pixels)
@@ -233,10 +238,41 @@ def to_mnist(grey: NDArray[np.uint8], name: str = "image") -> NDArray[np.uint8]:
     return _centre_by_mass(digit * (255 / digit.max()))
 
 
-def _ink(pixels: NDArray[np.float32], name: str) -> NDArray[np.float32]:
+def _ink(
+    pixels: NDArray[np.float32], name: str, dark_ink: bool | None = None
+) -> NDArray[np.float32]:
     """How far each pixel stands out from the paper toward the ink, 0-1: the ink's side of the
-    paper's level decided, uneven light levelled, the contrast stretched. DataError when
-    nothing stands out."""
+    paper's level decided (or given: ``dark_ink``), uneven light levelled, the contrast
+    stretched. DataError when nothing stands out."""
+    background, ink_contrast, is_dark_ink = _ink_side(pixels, name)
+    if dark_ink is not None and dark_ink != is_dark_ink:
+        # The paper is the level on the given side of mid-way between the extremes.
+        darkest, brightest = float(pixels.min()), float(pixels.max())
+        middle = (darkest + brightest) / 2
+        paper = pixels > middle if dark_ink else pixels < middle
+        if not paper.any():
+            raise DataError(f"{name}: no digit found (the image is one grey level)")
+        background = float(np.median(pixels[paper]))
+        ink_contrast = background - darkest if dark_ink else brightest - background
+        is_dark_ink = dark_ink
+    if is_dark_ink:
+        pixels, background = 255 - pixels, 255 - background
+    # Size first: conform_to_mnist sends every 28 x 28 CSV row it redoes through here.
+    ink_level = background + 0.75 * ink_contrast
+    if min(pixels.shape) >= MIN_PHOTO_SIDE:
+        along_sides = opened_along_sides(pixels)
+        if unevenly_lit(pixels, paper_along_border(pixels, along_sides, ink_level)):
+            pixels = flatten_lighting(pixels, along_sides, ink_level, is_dark_ink)
+            background = 0.0
+    contrast = float(pixels.max()) - background
+    if contrast < MIN_CONTRAST:
+        raise DataError(f"{name}: no digit found (the image is blank or has too little contrast)")
+    return np.clip((pixels - background) / contrast, 0, 1)
+
+
+def _ink_side(pixels: NDArray[np.float32], name: str) -> tuple[float, float, bool]:
+    """The paper's level, the ink's contrast to it and whether the ink is the darker of the two,
+    read from the image's edges and extremes. DataError when the image is blank."""
     # The paper's level from a band along the edges, not the outermost pixels alone: a form's
     # box cropped at its lines has a border of ink.
     band = max(1, min(pixels.shape) // 10)
@@ -276,20 +312,7 @@ def _ink(pixels: NDArray[np.float32], name: str) -> NDArray[np.float32]:
         low, high = np.percentile(pixels[edges], [1, 99])
         if abs((low - darkest) - (brightest - high)) >= MIN_CONTRAST:
             is_dark_ink = low - darkest > brightest - high
-    ink_contrast = dark_reach if is_dark_ink else light_reach
-    if is_dark_ink:
-        pixels, background = 255 - pixels, 255 - background
-    # Size first: conform_to_mnist sends every 28 x 28 CSV row it redoes through here.
-    ink_level = background + 0.75 * ink_contrast
-    if is_photo:
-        along_sides = opened_along_sides(pixels)
-        if unevenly_lit(pixels, paper_along_border(pixels, along_sides, ink_level)):
-            pixels = flatten_lighting(pixels, along_sides, ink_level, is_dark_ink)
-            background = 0.0
-    contrast = float(pixels.max()) - background
-    if contrast < MIN_CONTRAST:
-        raise DataError(f"{name}: no digit found (the image is blank or has too little contrast)")
-    return np.clip((pixels - background) / contrast, 0, 1)
+    return background, dark_reach if is_dark_ink else light_reach, is_dark_ink
 
 
 def _reduced(grey: NDArray[np.uint8]) -> NDArray[np.uint8]:
@@ -469,13 +492,41 @@ def conform_to_mnist(images: ArrayLike) -> tuple[NDArray[np.uint8], int]:
         images = check_images(images)
     # uint8 rows pass unchecked: faint rows (0/1, 0-16) are scaled to full ink by
     # faint_to_full_ink before they get here.
-    redo = np.flatnonzero(~in_mnist_format(images))
+    is_mnist = in_mnist_format(images)
+    redo = np.flatnonzero(~is_mnist)
     if not len(redo):
         return images, 0
+    sides = {index: _row_ink_side(images[index]) for index in redo}
+    # A digit stretched to fill its frame (Semeion's, USPS's upscaled) runs its strokes along
+    # the edges, where the paper is read: a 0 became a disc of the paper's level. Such a row,
+    # whose edges point to a paper covering under half of it, takes the side of the ink the
+    # file's other rows agree on (MNIST's own count as white ink), else its edges'.
+    settled = [dark for dark, contested in sides.values() if not contested]
+    settled += [False] * int(is_mnist.sum())
+    files_dark_ink = None
+    if len(settled) >= MIN_SETTLED_ROWS and max(np.mean(settled), 1 - np.mean(settled)) >= 0.9:
+        files_dark_ink = bool(np.mean(settled) > 0.5)
     conformed = images.copy()
     n_redone = 0
-    for index in redo:
+    for index, (_, contested) in sides.items():
         with contextlib.suppress(DataError):  # blank: left as it is
-            conformed[index] = to_mnist(images[index])
+            conformed[index] = to_mnist(
+                images[index], dark_ink=files_dark_ink if contested else None
+            )
             n_redone += 1
     return conformed, n_redone
+
+
+def _row_ink_side(row: NDArray[np.uint8]) -> tuple[bool, bool]:
+    """Whether a row's ink is darker than its paper, as its edges tell, and whether that is
+    contested: the paper they point to covers under half the row. A blank row: (False, True)."""
+    pixels = row.astype(np.float32)
+    try:
+        is_dark_ink = _ink_side(pixels, "row")[2]
+    except DataError:
+        return False, True
+    # Mid-way between the extremes, not from the paper's level: the edges of a digit stretched
+    # to its frame are stroke and anti-aliased grey, and put that level half-way up too.
+    middle = (float(pixels.min()) + float(pixels.max())) / 2
+    paper_share = np.mean(pixels > middle) if is_dark_ink else np.mean(pixels < middle)
+    return is_dark_ink, bool(paper_share < 0.5)
