@@ -72,12 +72,15 @@ def test_a_long_path_is_printed_whole_in_a_pipe(tmp_path, small_csvs):
     assert done.stdout == f"wrote {out}\n"
 
 
-def test_the_log_in_a_pipe_is_a_line_a_record(tmp_path, small_csvs):
+@pytest.mark.parametrize("forcing", [{}, {"FORCE_COLOR": "1"}])
+def test_the_log_in_a_pipe_is_a_line_a_record(tmp_path, small_csvs, forcing):
     """Rich's log handler wraps and pads records to 80 columns where there is no terminal: a
-    shard's path in "wrote PATH" had been split across lines in a log file."""
+    shard's path in "wrote PATH" had been split across lines in a log file. Also where CI
+    forces colour, which rich takes for a terminal."""
     out = tmp_path / ("s" * 80)
     done = subprocess.run([sys.executable, "-m", "digit_recognizer", "data", "shard",
-                           str(small_csvs["train"]), str(out), "--parts", "2"], env=PLAIN_PIPE,
+                           str(small_csvs["train"]), str(out), "--parts", "2"],
+                          env=PLAIN_PIPE | forcing,
                           stdin=subprocess.DEVNULL, capture_output=True, text=True)  # fmt: skip
     assert done.returncode == 0, done.stderr
     written = [line for line in done.stderr.splitlines() if "wrote" in line]

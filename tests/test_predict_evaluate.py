@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from digit_recognizer import evaluate as evaluate_module
 from digit_recognizer import predict as predict_module
 from digit_recognizer.cli import app, predict_config
-from digit_recognizer.data.images import faint_to_full_ink
+from digit_recognizer.data.images import MIN_SETTLED_ROWS, conform_to_mnist, faint_to_full_ink
 from digit_recognizer.data.kaggle_csv import read_submission, write_kaggle_csv, write_submission
 from digit_recognizer.errors import DataError, ModelFileError
 from digit_recognizer.evaluate import (
@@ -37,7 +37,7 @@ from digit_recognizer.predict import (
 )
 
 from .conftest import accuracy
-from .test_images import frame_filling
+from .test_images import frame_filling, frame_hugging_zero, semeion_like
 
 
 def test_probabilities_are_distributions(tiny_run, small_test):
@@ -194,6 +194,29 @@ def test_a_file_of_faint_pixels_is_read_with_full_ink(
     monkeypatch.setattr(predict_module, "STREAM_ROWS", 256)  # the 0/1 rows in two pieces
     predict_stream([tiny_run], faint, tmp_path / "b.csv")
     np.testing.assert_array_equal(read_submission(tmp_path / "b.csv"), read)
+
+
+def test_a_files_ink_side_is_voted_once_for_all_its_pieces(
+    tmp_path, tiny_run, small_test, monkeypatch
+):
+    """A stretched 0 whose edges leave the ink's side in doubt takes its file's (data.images.
+    conform_to_mnist); streamed, it had taken its piece's, and in a last piece too short to
+    vote it was inverted where the whole file read it right."""
+    rows = np.stack([semeion_like(image) for image in small_test.images[:35]]
+                    + [frame_hugging_zero()])  # fmt: skip
+    write_kaggle_csv(tmp_path / "stretched.csv", rows)
+    seen = []
+    predict = predict_module.Predictor.predict
+
+    def predict_seen(self, images):
+        seen.append(images)
+        return predict(self, images)
+
+    monkeypatch.setattr(predict_module.Predictor, "predict", predict_seen)
+    monkeypatch.setattr(predict_module, "STREAM_ROWS", 16)  # the 0 in a last piece of 4 rows
+    predict_stream([tiny_run], tmp_path / "stretched.csv", tmp_path / "s.csv")
+    assert len(seen[-1]) < MIN_SETTLED_ROWS  # too few rows to vote alone
+    np.testing.assert_array_equal(np.concatenate(seen), conform_to_mnist(rows)[0])
 
 
 def test_too_few_rows_for_one_process_are_judged_by_all_together(tiny_run, small_test):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import IO
 
 from rich.console import Console
 from rich.logging import RichHandler
@@ -13,10 +14,33 @@ def log_handler(console: Console, message_format: str = "%(message)s") -> loggin
     record is one line, its level in front: rich wraps and pads records to the console's width
     (80 columns where there is no terminal), which had split a path or a figure across lines
     that grep and other programs then missed."""
-    if console.is_terminal:
+    # A terminal's, not rich's is_terminal: FORCE_COLOR (set by many CI systems) makes that true
+    # in a pipe too, and brought the wrapping back.
+    if _is_a_terminal(console.file):
         handler: logging.Handler = RichHandler(console=console, show_path=False, show_time=False)
         handler.setFormatter(logging.Formatter(message_format))
         return handler
-    handler = logging.StreamHandler(console.file)
+    handler = _ConsoleLines(console)
     handler.setFormatter(logging.Formatter(f"%(levelname)-8s {message_format}"))
     return handler
+
+
+class _ConsoleLines(logging.StreamHandler):
+    """Records as lines on the console's stream as it is when each is written, as rich's handler
+    writes them: stderr may have been swapped since (a test's runner, which then closes its
+    own), and a record written to the old one had failed with a traceback."""
+
+    def __init__(self, console: Console) -> None:
+        super().__init__(console.file)
+        self.console = console
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = self.console.file  # emit runs under the handler's lock
+        super().emit(record)
+
+
+def _is_a_terminal(stream: IO[str]) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # no stream (stderr closed), or a closed one
+        return False

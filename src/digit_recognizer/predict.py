@@ -25,6 +25,7 @@ from digit_recognizer.data.images import (
     check_images,
     conform_to_mnist,
     faint_to_full_ink,
+    ink_votes,
     load_image,
 )
 from digit_recognizer.data.kaggle_csv import DigitSet, is_submission, write_submission
@@ -235,13 +236,16 @@ def conform_rows(
     return transposed(images) if is_transposed else images
 
 
-def _conformed(images: NDArray[np.uint8], conform: bool) -> tuple[NDArray[np.uint8], int, int]:
+def _conformed(
+    images: NDArray[np.uint8], conform: bool, votes: NDArray[np.float32] | None = None
+) -> tuple[NDArray[np.uint8], int, int]:
     """Faint rows' ink scaled to full, then (``conform``) rows off MNIST's layout redone; the
-    images, and how many rows were faint and how many redone. A file's rows, or a piece."""
+    images, and how many rows were faint and how many redone. A file's rows, or a piece with
+    the file's ``ink_votes``."""
     images, n_faint = faint_to_full_ink(images)
     n_redone = 0
     if conform:
-        images, n_redone = conform_to_mnist(images)
+        images, n_redone = conform_to_mnist(images, votes)
     return images, n_faint, n_redone
 
 
@@ -333,9 +337,14 @@ def predict_stream(
     predictor = Predictor.load(run_dirs, config, device)
     stream = ShardStream(source, STREAM_ROWS, shuffle=False, rank=dist_env.rank,
                          world_size=dist_env.world_size)  # fmt: skip
-    chunks, n_faint, n_redone, is_transposed = [], 0, 0, None
+    chunks, n_faint, n_redone, is_transposed, votes = [], 0, 0, None, None
     for piece, _ in stream:
-        images, faint, redone = _conformed(piece.numpy(), config.conform)
+        if config.conform and votes is None:
+            # The ink's side of the file's rows, for those whose edges leave it in doubt: voted
+            # on each process's first piece, counted by all of them together.
+            votes = ink_votes(faint_to_full_ink(piece.numpy())[0])
+            votes = all_reduce(torch.as_tensor(votes, device=device)).cpu().numpy()
+        images, faint, redone = _conformed(piece.numpy(), config.conform, votes)
         n_faint, n_redone = n_faint + faint, n_redone + redone
         if config.conform and is_transposed is None and predictor.orientation_judge:
             # Judged on each process's first piece, decided by all of them together.

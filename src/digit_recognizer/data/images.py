@@ -71,7 +71,7 @@ MIN_LINES_SIDE = 32
 # on its long side (19 for 16 of them) and the centre of mass within 0.52 px of (14, 14).
 MNIST_BOX_SIDES = (19, 20)
 MAX_CENTRE_OFFSET = 1.0
-# Rows whose ink side their edges settle, at least, before a file's rows are taken to agree on it.
+# Rows whose ink's side their edges settle, at least, before a file's are taken to agree on it.
 MIN_SETTLED_ROWS = 8
 # JPEG decodes at 1/2, 1/4 or 1/8 scale for free; a digit needs far fewer than 256 pixels.
 # Other images are shrunk as much before the rest of to_mnist (_reduced).
@@ -478,7 +478,9 @@ def faint_to_full_ink(images: NDArray[np.uint8]) -> tuple[NDArray[np.uint8], int
     return scaled, len(faint)
 
 
-def conform_to_mnist(images: ArrayLike) -> tuple[NDArray[np.uint8], int]:
+def conform_to_mnist(
+    images: ArrayLike, votes: ArrayLike | None = None
+) -> tuple[NDArray[np.uint8], int]:
     """The images (N, 28, 28), each one not in MNIST's layout (``in_mnist_format``) redone as
     MNIST made its digits (``to_mnist``); returns them and how many were redone.
 
@@ -486,26 +488,22 @@ def conform_to_mnist(images: ArrayLike) -> tuple[NDArray[np.uint8], int]:
     (EMNIST), off-centre or dark on light; a net trained on MNIST reads them best once they look
     like MNIST. MNIST's own images, Kaggle's included, pass through untouched, and so do blank
     ones, which have no digit to fit.
+
+    A digit stretched to fill its frame (Semeion's) runs its strokes along the edges, where the
+    paper is read: a 0 became a disc of the paper's level. Such a row, whose edges point to a
+    paper covering under half of it, takes the ink's side its file's rows agree on: ``votes``
+    (``ink_votes`` of the file, or of a part of it standing for the whole), else the images'
+    own; where they do not agree (``files_ink_side``), its edges'.
     """
     images = np.asarray(images)
     if images.dtype != np.uint8 or images.ndim != 3:  # rows (N, 784), floats: checked
         images = check_images(images)
     # uint8 rows pass unchecked: faint rows (0/1, 0-16) are scaled to full ink by
     # faint_to_full_ink before they get here.
-    is_mnist = in_mnist_format(images)
-    redo = np.flatnonzero(~is_mnist)
-    if not len(redo):
+    sides = _ink_sides(images)
+    if not sides:
         return images, 0
-    sides = {index: _row_ink_side(images[index]) for index in redo}
-    # A digit stretched to fill its frame (Semeion's, USPS's upscaled) runs its strokes along
-    # the edges, where the paper is read: a 0 became a disc of the paper's level. Such a row,
-    # whose edges point to a paper covering under half of it, takes the side of the ink the
-    # file's other rows agree on (MNIST's own count as white ink), else its edges'.
-    settled = [dark for dark, contested in sides.values() if not contested]
-    settled += [False] * int(is_mnist.sum())
-    files_dark_ink = None
-    if len(settled) >= MIN_SETTLED_ROWS and max(np.mean(settled), 1 - np.mean(settled)) >= 0.9:
-        files_dark_ink = bool(np.mean(settled) > 0.5)
+    files_dark_ink = files_ink_side(_votes(sides) if votes is None else votes)
     conformed = images.copy()
     n_redone = 0
     for index, (_, contested) in sides.items():
@@ -515,6 +513,33 @@ def conform_to_mnist(images: ArrayLike) -> tuple[NDArray[np.uint8], int]:
             )
             n_redone += 1
     return conformed, n_redone
+
+
+def ink_votes(images: NDArray[np.uint8]) -> NDArray[np.float32]:
+    """How many of the rows ``conform_to_mnist`` would redo have their ink's side settled by
+    their edges: (light, dark). Counts, so that a file's pieces and torchrun's processes can add
+    theirs up. MNIST's own rows do not vote: beside a few dark scans, they had turned those."""
+    return _votes(_ink_sides(images))
+
+
+def files_ink_side(votes: ArrayLike) -> bool | None:
+    """Whether a file's ink is dark (True) or light (False) by its rows' ``ink_votes``: None
+    unless MIN_SETTLED_ROWS or more voted, 90 % of them alike."""
+    light, dark = np.asarray(votes, dtype=np.float64)
+    if light + dark < MIN_SETTLED_ROWS or max(light, dark) < 0.9 * (light + dark):
+        return None
+    return bool(dark > light)
+
+
+def _ink_sides(images: NDArray[np.uint8]) -> dict[int, tuple[bool, bool]]:
+    """``_row_ink_side`` of each row not in MNIST's layout, by its index."""
+    return {int(index): _row_ink_side(images[index])
+            for index in np.flatnonzero(~in_mnist_format(images))}  # fmt: skip
+
+
+def _votes(sides: dict[int, tuple[bool, bool]]) -> NDArray[np.float32]:
+    settled = [dark for dark, contested in sides.values() if not contested]
+    return np.array([len(settled) - sum(settled), sum(settled)], dtype=np.float32)
 
 
 def _row_ink_side(row: NDArray[np.uint8]) -> tuple[bool, bool]:
