@@ -4,6 +4,7 @@ import errno
 import functools
 import importlib.metadata
 import inspect
+import io
 import json
 import logging
 import os
@@ -15,6 +16,8 @@ import time
 import numpy as np
 import pytest
 import torch
+from rich.console import Console
+from rich.logging import RichHandler
 from typer.testing import CliRunner
 
 from digit_recognizer.cli import app, one_line
@@ -23,6 +26,7 @@ from digit_recognizer.data.replica import replica_files
 from digit_recognizer.evaluate import compute_metrics
 from digit_recognizer.fileio import locked_dir
 from digit_recognizer.interrupts import interruption_behind
+from digit_recognizer.logs import log_handler
 from digit_recognizer.models.registry import available
 from digit_recognizer.predict import PredictConfig, Predictor, conform_rows, predict_csv
 
@@ -86,6 +90,41 @@ def test_the_log_in_a_pipe_is_a_line_a_record(tmp_path, small_csvs, forcing):
     written = [line for line in done.stderr.splitlines() if "wrote" in line]
     assert written == [f"INFO     wrote {out / name} (1,500 rows)" for name in
                        ("part-00000.csv", "part-00001.csv")]  # fmt: skip
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def progress_record(message: str) -> logging.LogRecord:
+    return logging.makeLogRecord({"msg": message, "levelno": logging.INFO, "levelname": "INFO"})
+
+
+def test_the_log_on_a_terminal_is_riches_in_the_records_format():
+    """On a terminal rich's columns stay, a side-by-side member's prefix in each record; a
+    closed stream is no terminal (stderr closed under a test's runner)."""
+    console = Console(file=_Terminal(), width=200, color_system=None)
+    handler = log_handler(console, "member 2: %(message)s")
+    assert isinstance(handler, RichHandler)
+    handler.handle(progress_record("epoch done"))
+    assert "member 2: epoch done" in console.file.getvalue()
+    closed = io.StringIO()
+    closed.close()
+    assert not isinstance(log_handler(Console(file=closed)), RichHandler)
+
+
+def test_the_log_in_a_pipe_follows_stderr_and_keeps_the_records_format(monkeypatch):
+    """A record goes to stderr as it is when written, not as it was when the handler was made:
+    a test's runner swaps stderr and closes its own, and a later record written there had
+    failed with a traceback. A side-by-side member's prefix follows the level."""
+    first, second = io.StringIO(), io.StringIO()
+    monkeypatch.setattr(sys, "stderr", first)
+    handler = log_handler(Console(stderr=True), "member 2: %(message)s")
+    first.close()
+    monkeypatch.setattr(sys, "stderr", second)
+    handler.handle(progress_record("epoch done"))
+    assert second.getvalue() == "INFO     member 2: epoch done\n"
 
 
 def test_the_interruption_behind_an_error_is_this_calls_and_found_through_a_loop():

@@ -587,6 +587,71 @@ def test_mnist_rows_do_not_vote_a_files_ink_side(small_test) -> None:
     assert files_ink_side([10, 0]) is False
 
 
+def frame_of_ink(width: int, extra: int = 0) -> np.ndarray:
+    """White ink on black along all four edges, ``width`` pixels deep, and ``extra`` pixels of it
+    inside: its edges read it as dark ink on white paper, paper that covers under half of it
+    (width 4: 384 of 784 pixels) or, 8 pixels more, exactly half."""
+    frame = np.full((28, 28), 255, dtype=np.uint8)
+    frame[width:-width, width:-width] = 0
+    frame[width, width : width + extra] = 255
+    return frame
+
+
+def test_a_row_is_in_doubt_while_the_paper_its_edges_point_to_covers_under_half_of_it() -> None:
+    """The share of the row its edges' paper covers decides which rows are in doubt (and take
+    their file's ink side) and which vote: under half, not at half, nor only under 0.4; a blank
+    row, but for its grain, is in doubt and votes for no side."""
+    assert images._row_ink_side(frame_of_ink(4)) == (True, True)  # 49 %
+    assert images._row_ink_side(frame_of_ink(4, extra=8)) == (True, False)  # 50 %
+    grain = np.random.default_rng(0).integers(100, 110, (3, 28, 28), dtype=np.uint8)
+    assert images._row_ink_side(grain[0]) == (False, True)
+    np.testing.assert_array_equal(ink_votes(grain), [0, 0])
+    assert files_ink_side([0, 7]) is None  # 7 rows agree: too few to speak for a file
+
+
+def settled_light_rows(small_test: DigitSet, count: int) -> list[np.ndarray]:
+    """``count`` Semeion-like rows whose edges settle their ink as light."""
+    rows = (semeion_like(image) for image in small_test.images)
+    return [row for row in rows if images._row_ink_side(row) == (False, False)][:count]
+
+
+def test_rows_in_doubt_do_not_vote_a_files_ink_side(small_test) -> None:
+    """Stretched 0s read by their edges as dark ink are in doubt; had they voted, two of them
+    beside nine rows read as light would have left the file's side undecided (9 of 11 is under
+    90 %) and turned the 0s into discs of paper, which the nine rows' side keeps as rings."""
+    ring = frame_hugging_zero()
+    rows = np.stack([*settled_light_rows(small_test, 9), ring, ring])
+    np.testing.assert_array_equal(ink_votes(rows), [9, 0])
+    conformed = conform_to_mnist(rows)[0]
+    assert conformed[-1][14, 14] == 0 and conformed[-2][14, 14] == 0
+
+
+def test_a_row_in_doubt_on_its_files_side_is_redone_as_it_would_be_alone(small_test) -> None:
+    """The paper's level is read anew, mid-way between the extremes, only for a row whose edges
+    point to the other side than its file's: one that agrees keeps its edges' level, as alone."""
+    rows = np.stack([semeion_like(image) for image in small_test.images[:60]])
+    sides = images._ink_sides(rows)
+    assert files_ink_side(ink_votes(rows)) is False
+    agreeing = [index for index, side in sides.items() if side == (False, True)]
+    assert len(agreeing) >= 10
+    conformed = conform_to_mnist(rows)[0]
+    for index in agreeing:
+        np.testing.assert_array_equal(conformed[index], to_mnist(rows[index]))
+
+
+def test_a_row_of_one_grey_level_in_a_file_of_dark_ink_is_left_as_it_is(small_test) -> None:
+    """A row of one grey level has no paper on the file's side of mid-way: a DataError, which
+    leaves the row as it is, rather than a median of no pixels, NaN, and a ValueError that
+    stopped the whole file."""
+    grey = np.full((28, 28), 128, dtype=np.uint8)
+    with pytest.raises(DataError, match="one grey level"):
+        to_mnist(grey, dark_ink=True)
+    rows = np.stack([255 - row for row in settled_light_rows(small_test, 9)] + [grey])
+    assert files_ink_side(ink_votes(rows)) is True
+    conformed, n_redone = conform_to_mnist(rows)
+    assert n_redone == 9 and np.array_equal(conformed[-1], grey)
+
+
 def test_to_mnist_output_is_in_mnist_format(small_test: DigitSet) -> None:
     printed = [
         load_image(encode(Image.fromarray(255 - image).resize((90, 90))))

@@ -8,12 +8,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from digit_recognizer import evaluate as evaluate_module
 from digit_recognizer import predict as predict_module
 from digit_recognizer.cli import app, predict_config
-from digit_recognizer.data.images import MIN_SETTLED_ROWS, conform_to_mnist, faint_to_full_ink
+from digit_recognizer.data.images import (
+    MIN_SETTLED_ROWS,
+    conform_to_mnist,
+    faint_to_full_ink,
+    ink_votes,
+)
 from digit_recognizer.data.kaggle_csv import read_submission, write_kaggle_csv, write_submission
 from digit_recognizer.errors import DataError, ModelFileError
 from digit_recognizer.evaluate import (
@@ -217,6 +223,43 @@ def test_a_files_ink_side_is_voted_once_for_all_its_pieces(
     predict_stream([tiny_run], tmp_path / "stretched.csv", tmp_path / "s.csv")
     assert len(seen[-1]) < MIN_SETTLED_ROWS  # too few rows to vote alone
     np.testing.assert_array_equal(np.concatenate(seen), conform_to_mnist(rows)[0])
+
+
+def streamed_rows_seen(monkeypatch, run: Path, csv: Path, out: Path) -> np.ndarray:
+    """The images predict_stream hands its nets, all pieces together."""
+    seen = []
+    predict = predict_module.Predictor.predict
+
+    def predict_seen(self, images):
+        seen.append(images)
+        return predict(self, images)
+
+    monkeypatch.setattr(predict_module.Predictor, "predict", predict_seen)
+    predict_stream([run], csv, out)
+    return np.concatenate(seen)
+
+
+def test_a_files_ink_side_is_voted_by_all_processes_together(
+    tmp_path, tiny_run, small_test, monkeypatch
+):
+    """Under --nproc each process votes on its first piece and the votes are summed: a share of
+    a few rows, too few to vote alone, takes the side the other processes' rows settle. Here
+    another process's ten light rows are added as all_reduce would add them."""
+    rows = np.stack([semeion_like(image) for image in small_test.images[:3]]
+                    + [frame_hugging_zero()])  # fmt: skip
+    write_kaggle_csv(tmp_path / "share.csv", rows)
+    all_reduce = predict_module.all_reduce
+
+    def with_another_process(tensor):
+        if tensor.shape == (2,):  # the ink votes (light, dark)
+            tensor = tensor + torch.tensor([10.0, 0.0], dtype=tensor.dtype)
+        return all_reduce(tensor)
+
+    monkeypatch.setattr(predict_module, "all_reduce", with_another_process)
+    seen = streamed_rows_seen(monkeypatch, tiny_run, tmp_path / "share.csv", tmp_path / "s.csv")
+    together = conform_to_mnist(rows, np.add(ink_votes(rows), [10, 0]))[0]
+    assert not np.array_equal(together, conform_to_mnist(rows)[0])  # else nothing to see
+    np.testing.assert_array_equal(seen, together)
 
 
 def test_too_few_rows_for_one_process_are_judged_by_all_together(tiny_run, small_test):
