@@ -202,31 +202,8 @@ def test_a_file_of_faint_pixels_is_read_with_full_ink(
     np.testing.assert_array_equal(read_submission(tmp_path / "b.csv"), read)
 
 
-def test_a_files_ink_side_is_voted_once_for_all_its_pieces(
-    tmp_path, tiny_run, small_test, monkeypatch
-):
-    """A stretched 0 whose edges leave the ink's side in doubt takes its file's (data.images.
-    conform_to_mnist); streamed, it had taken its piece's, and in a last piece too short to
-    vote it was inverted where the whole file read it right."""
-    rows = np.stack([semeion_like(image) for image in small_test.images[:35]]
-                    + [frame_hugging_zero()])  # fmt: skip
-    write_kaggle_csv(tmp_path / "stretched.csv", rows)
-    seen = []
-    predict = predict_module.Predictor.predict
-
-    def predict_seen(self, images):
-        seen.append(images)
-        return predict(self, images)
-
-    monkeypatch.setattr(predict_module.Predictor, "predict", predict_seen)
-    monkeypatch.setattr(predict_module, "STREAM_ROWS", 16)  # the 0 in a last piece of 4 rows
-    predict_stream([tiny_run], tmp_path / "stretched.csv", tmp_path / "s.csv")
-    assert len(seen[-1]) < MIN_SETTLED_ROWS  # too few rows to vote alone
-    np.testing.assert_array_equal(np.concatenate(seen), conform_to_mnist(rows)[0])
-
-
-def streamed_rows_seen(monkeypatch, run: Path, csv: Path, out: Path) -> np.ndarray:
-    """The images predict_stream hands its nets, all pieces together."""
+def streamed_pieces_seen(monkeypatch, run: Path, csv: Path, out: Path) -> list[np.ndarray]:
+    """The images predict_stream hands its nets, piece by piece."""
     seen = []
     predict = predict_module.Predictor.predict
 
@@ -236,7 +213,23 @@ def streamed_rows_seen(monkeypatch, run: Path, csv: Path, out: Path) -> np.ndarr
 
     monkeypatch.setattr(predict_module.Predictor, "predict", predict_seen)
     predict_stream([run], csv, out)
-    return np.concatenate(seen)
+    return seen
+
+
+def test_a_files_ink_side_is_voted_once_for_all_its_pieces(
+    tmp_path, tiny_run, small_test, monkeypatch
+):
+    """A stretched 0 whose edges leave the ink's side in doubt takes its file's (data.images.
+    conform_to_mnist); streamed, it had taken its piece's, and in a last piece too short to
+    vote it was inverted where the whole file read it right."""
+    rows = np.stack([semeion_like(image) for image in small_test.images[:35]]
+                    + [frame_hugging_zero()])  # fmt: skip
+    write_kaggle_csv(tmp_path / "stretched.csv", rows)
+    monkeypatch.setattr(predict_module, "STREAM_ROWS", 16)  # the 0 in a last piece of 4 rows
+    seen = streamed_pieces_seen(monkeypatch, tiny_run, tmp_path / "stretched.csv",
+                                tmp_path / "s.csv")  # fmt: skip
+    assert len(seen[-1]) < MIN_SETTLED_ROWS  # too few rows to vote alone
+    np.testing.assert_array_equal(np.concatenate(seen), conform_to_mnist(rows)[0])
 
 
 def test_a_files_ink_side_is_voted_by_all_processes_together(
@@ -256,10 +249,10 @@ def test_a_files_ink_side_is_voted_by_all_processes_together(
         return all_reduce(tensor)
 
     monkeypatch.setattr(predict_module, "all_reduce", with_another_process)
-    seen = streamed_rows_seen(monkeypatch, tiny_run, tmp_path / "share.csv", tmp_path / "s.csv")
+    seen = streamed_pieces_seen(monkeypatch, tiny_run, tmp_path / "share.csv", tmp_path / "s.csv")
     together = conform_to_mnist(rows, np.add(ink_votes(rows), [10, 0]))[0]
     assert not np.array_equal(together, conform_to_mnist(rows)[0])  # else nothing to see
-    np.testing.assert_array_equal(seen, together)
+    np.testing.assert_array_equal(np.concatenate(seen), together)
 
 
 def test_too_few_rows_for_one_process_are_judged_by_all_together(tiny_run, small_test):
