@@ -578,13 +578,20 @@ def test_mnist_rows_do_not_vote_a_files_ink_side(small_test) -> None:
     the scans whose edges were in doubt, which alone were read right. The votes need rows whose
     edges settle it: 8, 90 % of them alike."""
     scans = (255 - semeion_like(image) for image in small_test.images)
-    doubted = next(scan for scan in scans if images._row_ink_side(scan) == (True, True))
+    doubted = next(scan for scan in scans if row_ink_side(scan) == (True, True))
     rows = np.concatenate([small_test.images[:20], doubted[None]])
     assert np.array_equal(conform_to_mnist(rows)[0][-1], to_mnist(doubted))
     assert files_ink_side(ink_votes(rows)) is None
     assert files_ink_side([1, 7]) is None and files_ink_side([0, 8]) is True
     assert files_ink_side([1, 9]) is True and files_ink_side([2, 9]) is None
     assert files_ink_side([10, 0]) is False
+
+
+def row_ink_side(row: np.ndarray) -> tuple[bool, bool]:
+    """Whether a row's edges read its ink as dark, and whether that is in doubt (blank: dark
+    False, in doubt)."""
+    side, in_doubt = images._row_ink_side(row)
+    return side is not None and side.is_dark, in_doubt
 
 
 def frame_of_ink(width: int, extra: int = 0) -> np.ndarray:
@@ -601,10 +608,10 @@ def test_a_row_is_in_doubt_while_the_paper_its_edges_point_to_covers_under_half_
     """The share of the row its edges' paper covers decides which rows are in doubt (and take
     their file's ink side) and which vote: under half, not at half, nor only under 0.4; a blank
     row, but for its grain, is in doubt and votes for no side."""
-    assert images._row_ink_side(frame_of_ink(4)) == (True, True)  # 49 %
-    assert images._row_ink_side(frame_of_ink(4, extra=8)) == (True, False)  # 50 %
+    assert row_ink_side(frame_of_ink(4)) == (True, True)  # 49 %
+    assert row_ink_side(frame_of_ink(4, extra=8)) == (True, False)  # 50 %
     grain = np.random.default_rng(0).integers(100, 110, (3, 28, 28), dtype=np.uint8)
-    assert images._row_ink_side(grain[0]) == (False, True)
+    assert row_ink_side(grain[0]) == (False, True)
     np.testing.assert_array_equal(ink_votes(grain), [0, 0])
     assert files_ink_side([0, 7]) is None  # 7 rows agree: too few to speak for a file
 
@@ -612,7 +619,7 @@ def test_a_row_is_in_doubt_while_the_paper_its_edges_point_to_covers_under_half_
 def settled_light_rows(small_test: DigitSet, count: int) -> list[np.ndarray]:
     """``count`` Semeion-like rows whose edges settle their ink as light."""
     rows = (semeion_like(image) for image in small_test.images)
-    return [row for row in rows if images._row_ink_side(row) == (False, False)][:count]
+    return [row for row in rows if row_ink_side(row) == (False, False)][:count]
 
 
 def test_rows_in_doubt_do_not_vote_a_files_ink_side(small_test) -> None:
@@ -632,7 +639,7 @@ def test_a_row_in_doubt_on_its_files_side_is_redone_as_it_would_be_alone(small_t
     rows = np.stack([semeion_like(image) for image in small_test.images[:60]])
     sides = images._ink_sides(rows)
     assert files_ink_side(ink_votes(rows)) is False
-    agreeing = [index for index, side in sides.items() if side == (False, True)]
+    agreeing = [index for index, (side, in_doubt) in sides.items() if in_doubt and not side.is_dark]
     assert len(agreeing) >= 10
     conformed = conform_to_mnist(rows)[0]
     for index in agreeing:

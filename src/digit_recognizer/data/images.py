@@ -16,6 +16,7 @@ import io
 import math
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -81,6 +82,14 @@ MAX_REDUCTION = 8
 # rest (DDS, BLP, ...) raised errors of their own on a few hundred bytes (a 500 from the server),
 # and EPS goes to Ghostscript where it is installed.
 IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP", "PPM")
+
+
+class _InkSide(NamedTuple):
+    """Where an image's ink lies against its paper."""
+
+    background: float  # the paper's level, 0-255
+    contrast: float  # how far the ink reaches from it
+    is_dark: bool  # whether the ink is darker than the paper
 
 
 def load_image(
@@ -212,14 +221,22 @@ def to_mnist(
         raise ValueError(f"to_mnist takes grey levels 0-255, got {grey.dtype} values in 0-1; "
                          "pass (grey * 255).round().astype(np.uint8)")  # fmt: skip
     pixels = _reduced(grey).astype(np.float32)
-    ink = _ink(pixels, name, dark_ink)
+    side = _ink_side_given(pixels, _ink_side(pixels, name), dark_ink, name)
+    return _to_mnist(pixels, side, name)
+
+
+def _to_mnist(pixels: NDArray[np.float32], side: _InkSide, name: str) -> NDArray[np.uint8]:
+    """``to_mnist`` of an image already reduced, its ink's side read: conform_to_mnist reads
+    each row's side before it knows its file's."""
+    ink = _ink(pixels, side, name)
     is_photo = min(pixels.shape) >= MIN_PHOTO_SIDE
     if is_photo:
         sheet = sheet_on_a_desk(ink > INK_THRESHOLD, pixels)
         if sheet is not None:
             # The desk around the sheet filled the border band, so the desk was taken for the
             # paper and the sheet for the ink: the desk goes, as the sheet's own level.
-            ink = _ink(np.where(sheet, pixels, np.median(pixels[sheet])), name)
+            sheet_pixels = np.where(sheet, pixels, np.median(pixels[sheet]))
+            ink = _ink(sheet_pixels, _ink_side(sheet_pixels, name), name)
     if min(ink.shape) >= MIN_LINES_SIDE:
         ink = without_lines(ink, ink > INK_THRESHOLD)
     if is_photo:
@@ -238,23 +255,10 @@ def to_mnist(
     return _centre_by_mass(digit * (255 / digit.max()))
 
 
-def _ink(
-    pixels: NDArray[np.float32], name: str, dark_ink: bool | None = None
-) -> NDArray[np.float32]:
-    """How far each pixel stands out from the paper toward the ink, 0-1: the ink's side of the
-    paper's level decided (or given: ``dark_ink``), uneven light levelled, the contrast
-    stretched. DataError when nothing stands out."""
-    background, ink_contrast, is_dark_ink = _ink_side(pixels, name)
-    if dark_ink is not None and dark_ink != is_dark_ink:
-        # The paper is the level on the given side of mid-way between the extremes.
-        darkest, brightest = float(pixels.min()), float(pixels.max())
-        middle = (darkest + brightest) / 2
-        paper = pixels > middle if dark_ink else pixels < middle
-        if not paper.any():
-            raise DataError(f"{name}: no digit found (the image is one grey level)")
-        background = float(np.median(pixels[paper]))
-        ink_contrast = background - darkest if dark_ink else brightest - background
-        is_dark_ink = dark_ink
+def _ink(pixels: NDArray[np.float32], side: _InkSide, name: str) -> NDArray[np.float32]:
+    """How far each pixel stands out from the paper toward the ink, 0-1, its ink's ``side``
+    read: uneven light levelled, the contrast stretched. DataError when nothing stands out."""
+    background, ink_contrast, is_dark_ink = side
     if is_dark_ink:
         pixels, background = 255 - pixels, 255 - background
     # Size first: conform_to_mnist sends every 28 x 28 CSV row it redoes through here.
@@ -270,7 +274,7 @@ def _ink(
     return np.clip((pixels - background) / contrast, 0, 1)
 
 
-def _ink_side(pixels: NDArray[np.float32], name: str) -> tuple[float, float, bool]:
+def _ink_side(pixels: NDArray[np.float32], name: str) -> _InkSide:
     """The paper's level, the ink's contrast to it and whether the ink is the darker of the two,
     read from the image's edges and extremes. DataError when the image is blank."""
     # The paper's level from a band along the edges, not the outermost pixels alone: a form's
@@ -312,7 +316,24 @@ def _ink_side(pixels: NDArray[np.float32], name: str) -> tuple[float, float, boo
         low, high = np.percentile(pixels[edges], [1, 99])
         if abs((low - darkest) - (brightest - high)) >= MIN_CONTRAST:
             is_dark_ink = low - darkest > brightest - high
-    return background, dark_reach if is_dark_ink else light_reach, is_dark_ink
+    return _InkSide(background, dark_reach if is_dark_ink else light_reach, is_dark_ink)
+
+
+def _ink_side_given(
+    pixels: NDArray[np.float32], side: _InkSide, dark_ink: bool | None, name: str
+) -> _InkSide:
+    """``side`` as read, unless ``dark_ink`` (None: as read) puts the ink on the other side:
+    then the paper is the level on the given side of mid-way between the extremes."""
+    if dark_ink is None or dark_ink == side.is_dark:
+        return side
+    darkest, brightest = float(pixels.min()), float(pixels.max())
+    middle = (darkest + brightest) / 2
+    paper = pixels > middle if dark_ink else pixels < middle
+    if not paper.any():
+        raise DataError(f"{name}: no digit found (the image is one grey level)")
+    background = float(np.median(pixels[paper]))
+    contrast = background - darkest if dark_ink else brightest - background
+    return _InkSide(background, contrast, dark_ink)
 
 
 def _reduced(grey: NDArray[np.uint8]) -> NDArray[np.uint8]:
@@ -506,11 +527,14 @@ def conform_to_mnist(
     files_dark_ink = files_ink_side(_votes(sides) if votes is None else votes)
     conformed = images.copy()
     n_redone = 0
-    for index, (_, contested) in sides.items():
-        with contextlib.suppress(DataError):  # blank: left as it is
-            conformed[index] = to_mnist(
-                images[index], dark_ink=files_dark_ink if contested else None
-            )
+    for index, (side, contested) in sides.items():
+        if side is None:  # blank: left as it is
+            continue
+        pixels = images[index].astype(np.float32)
+        with contextlib.suppress(DataError):  # no digit found: left as it is
+            if contested:
+                side = _ink_side_given(pixels, side, files_dark_ink, "row")
+            conformed[index] = _to_mnist(pixels, side, "row")
             n_redone += 1
     return conformed, n_redone
 
@@ -531,27 +555,28 @@ def files_ink_side(votes: ArrayLike) -> bool | None:
     return bool(dark > light)
 
 
-def _ink_sides(images: NDArray[np.uint8]) -> dict[int, tuple[bool, bool]]:
+def _ink_sides(images: NDArray[np.uint8]) -> dict[int, tuple[_InkSide | None, bool]]:
     """``_row_ink_side`` of each row not in MNIST's layout, by its index."""
     return {int(index): _row_ink_side(images[index])
             for index in np.flatnonzero(~in_mnist_format(images))}  # fmt: skip
 
 
-def _votes(sides: dict[int, tuple[bool, bool]]) -> NDArray[np.float32]:
-    settled = [dark for dark, contested in sides.values() if not contested]
+def _votes(sides: dict[int, tuple[_InkSide | None, bool]]) -> NDArray[np.float32]:
+    settled = [side.is_dark for side, contested in sides.values() if not contested]
     return np.array([len(settled) - sum(settled), sum(settled)], dtype=np.float32)
 
 
-def _row_ink_side(row: NDArray[np.uint8]) -> tuple[bool, bool]:
-    """Whether a row's ink is darker than its paper, as its edges tell, and whether that is
-    contested: the paper they point to covers under half the row. A blank row: (False, True)."""
+def _row_ink_side(row: NDArray[np.uint8]) -> tuple[_InkSide | None, bool]:
+    """A row's ink's side as its edges tell (``_ink_side``), and whether that is contested:
+    the paper they point to covers under half the row. A blank row: (None, True)."""
     pixels = row.astype(np.float32)
     try:
-        is_dark_ink = _ink_side(pixels, "row")[2]
+        side = _ink_side(pixels, "row")
     except DataError:
-        return False, True
+        return None, True
+    is_dark_ink = side.is_dark
     # Mid-way between the extremes, not from the paper's level: the edges of a digit stretched
     # to its frame are stroke and anti-aliased grey, and put that level half-way up too.
     middle = (float(pixels.min()) + float(pixels.max())) / 2
     paper_share = np.mean(pixels > middle) if is_dark_ink else np.mean(pixels < middle)
-    return is_dark_ink, bool(paper_share < 0.5)
+    return side, bool(paper_share < 0.5)
