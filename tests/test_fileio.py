@@ -14,6 +14,22 @@ from digit_recognizer.errors import OutputError
 from digit_recognizer.fileio import atomic_path, check_can_write, locked_dir, write_text
 
 
+def test_the_rename_is_synced_to_disk_with_the_file(tmp_path: Path, monkeypatch) -> None:
+    """The file is flushed before its rename, and the folder after it: a power cut could
+    otherwise bring back the old file, or none, under the name."""
+    target = tmp_path / "model.json"
+    target.write_text("old")
+    synced = []
+
+    def spy(fd: int) -> None:
+        is_folder = os.path.samestat(os.fstat(fd), tmp_path.stat())
+        synced.append(("folder" if is_folder else "file", target.read_text()))
+
+    monkeypatch.setattr(os, "fsync", spy)
+    write_text(target, "new")
+    assert synced == [("file", "old"), ("folder", "new")]
+
+
 def test_a_writer_that_fails_leaves_the_old_file_whole_and_no_temporary_file(
     tmp_path: Path,
 ) -> None:

@@ -258,17 +258,20 @@ def test_expand_holds_out_images_that_validate_training_and_are_never_copied(
     honestly: the images held out, as they are, in a last shard do, in memory or streamed."""
     path, data = source
     manifest = expand(path, tmp_path / "e", copies=2, parts=3, seed=7, valid_size=0.1)
-    assert len(manifest.shards) == 4 and manifest.origin["valid_rows"] == 100
-    assert read_manifest(tmp_path / "e").n_rows == 2 * 903 + 100
+    assert len(manifest.shards) == 4 and manifest.origin["valid_rows"] == 101
+    assert read_manifest(tmp_path / "e").n_rows == 2 * 902 + 101
     valid = read_kaggle_csv(manifest.shards[-1].path)
     held = np.zeros(len(data), dtype=bool)
     held[row_ids(valid.images)] = True
-    assert held.sum() == 100
+    assert held.sum() == 101
     np.testing.assert_array_equal(valid.images, data.images[held])  # unaugmented, in order
+    # By class, as training's own split: each class's tenth, to the row.
+    share = np.bincount(valid.labels, minlength=10) - 0.1 * np.bincount(data.labels, minlength=10)
+    assert np.abs(share).max() <= 1
     copies = read_shards(replace(manifest, shards=manifest.shards[:-1]))
     np.testing.assert_array_equal(copies.labels, np.tile(data.labels[~held], 2))
     in_memory, valid_set, _ = training_data(TrainConfig(), tmp_path / "e")
-    assert isinstance(in_memory, DigitSet) and len(in_memory) == 2 * 903
+    assert isinstance(in_memory, DigitSet) and len(in_memory) == 2 * 902
     # Its copies are augmented already; training would compound the ranges, and says so.
     assert "augmented copies" in caplog.text and "--augment 0" in caplog.text
     caplog.clear()
@@ -276,7 +279,7 @@ def test_expand_holds_out_images_that_validate_training_and_are_never_copied(
     assert "augmented copies" not in caplog.text
     assert row_ids(valid_set.images) == row_ids(valid.images)
     streamed, valid_set, _ = training_data(TrainConfig(max_memory_gb=1e-6), tmp_path / "e")
-    assert isinstance(streamed, shards.Manifest) and streamed.n_rows == 2 * 903
+    assert isinstance(streamed, shards.Manifest) and streamed.n_rows == 2 * 902
     assert row_ids(valid_set.images) == row_ids(valid.images)
     expand(path, tmp_path / "all", copies=2, parts=2, valid_size=0)
     for split_rows, remedy in (
@@ -285,9 +288,9 @@ def test_expand_holds_out_images_that_validate_training_and_are_never_copied(
     ):  # training; tune and compare
         with pytest.raises(DataError, match=f"validates on copies of training images; .*{remedy}"):
             split_rows()
-    assert len(read_labelled(tmp_path / "e")) == 2 * 903 + 100  # compare --test: no split
+    assert len(read_labelled(tmp_path / "e")) == 2 * 902 + 101  # compare --test: no split
     # --valid-size 0: nothing validates, streamed or not, and every shard trains.
-    for directory, n_rows in (("all", 2 * 1003), ("e", 2 * 903 + 100)):
+    for directory, n_rows in (("all", 2 * 1003), ("e", 2 * 902 + 101)):
         for max_memory_gb in (2.0, 0):  # 0: always streamed
             config = TrainConfig(valid_size=0, max_memory_gb=max_memory_gb)
             train_set, valid_set, _ = training_data(config, tmp_path / directory)
@@ -585,8 +588,8 @@ def test_cli_shard_and_expand(tmp_path: Path, source) -> None:
     ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
-    assert read_manifest(tmp_path / "e").n_rows == 2 * 953 + 50  # 5 % held out
-    assert "the last of them holds 50 images out to validate" in " ".join(result.output.split())
+    assert read_manifest(tmp_path / "e").n_rows == 2 * 952 + 51  # 5 % held out, rounded up
+    assert "the last of them holds 51 images out to validate" in " ".join(result.output.split())
     result = runner.invoke(
         app, ["data", "shard", str(tmp_path / "nope.csv"), str(tmp_path), "--parts", "2"]
     )

@@ -96,9 +96,21 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
             os.replace(tmp, path)
         except OSError as error:  # a directory of that name, most often
             raise _cannot_be_written(path, error) from None
+        _sync_directory(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
         _WRITING.discard(tmp.resolve())
+
+
+def _sync_directory(directory: Path) -> None:
+    """Flush the names in ``directory`` to disk. The file's own fsync leaves its rename in the
+    page cache: a power cut after it can bring back the old file, or none, under the name."""
+    with contextlib.suppress(OSError):  # a file system that cannot sync a directory
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def _write_failure(error: Exception, path: Path) -> OutputError | None:

@@ -19,6 +19,7 @@ import glob
 import itertools
 import json
 import logging
+import math
 import os
 import re
 import tempfile
@@ -46,6 +47,7 @@ from digit_recognizer.data.kaggle_csv import (
     to_table,
     write_table,
 )
+from digit_recognizer.data.splits import stratified_split
 from digit_recognizer.data.tensors import to_model_input, to_uint8_images
 from digit_recognizer.errors import ConfigError, DataError
 from digit_recognizer.fileio import atomic_path, make_dir, sha256_file, write_text
@@ -434,12 +436,15 @@ def expand(
     _refuse_expansion(manifest, train_csv, "expand", "copies of its copies would train and "
                       "copies would be held out; expand the CSV it came from with more "
                       "--copies")  # fmt: skip
-    n_valid = round(manifest.n_rows * valid_size) if manifest.has_labels else 0
+    # As many as scikit-learn's split holds out (rounded up).
+    n_valid = math.ceil(manifest.n_rows * valid_size) if manifest.has_labels else 0
     if n_valid >= manifest.n_rows:
         raise ConfigError(f"valid_size {valid_size} holds out all {manifest.n_rows:,} rows and "
                           "leaves none to copy; give a smaller one")  # fmt: skip
     held_out = np.zeros(manifest.n_rows, dtype=bool)
-    held_out[np.random.default_rng(seed).choice(manifest.n_rows, n_valid, replace=False)] = True
+    if n_valid:  # by class, as training's own validation split is: each keeps its share
+        labels = np.concatenate([data.labels for data in _iter_rows(manifest)])
+        held_out[stratified_split(labels, valid_size, seed)[1]] = True
     origin = {"command": "expand", "source": str(train_csv), "copies": copies, "seed": seed,
               "valid_rows": n_valid}  # fmt: skip
     rows = itertools.chain(
