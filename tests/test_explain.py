@@ -44,7 +44,11 @@ def test_grad_cam_layer_and_target_choices(model, small_test):
     images = small_test.images[:4]
     convs = [name for name, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
     default = grad_cam(model, images)
-    np.testing.assert_allclose(grad_cam(model, images, layer=convs[-1]), default, atol=1e-5)
+    # The last conv read after its batch norm and activation: the features the next layer sees.
+    activated = f"{convs[-1].rsplit('.', 1)[0]}.2"
+    assert isinstance(dict(model.named_modules())[activated], torch.nn.GELU)
+    np.testing.assert_allclose(grad_cam(model, images, layer=activated), default, atol=1e-5)
+    assert not np.allclose(grad_cam(model, images, layer=convs[-1]), default, atol=1e-2)
     first = grad_cam(model, images, layer=dict(model.named_modules())[convs[0]])
     assert first.shape == default.shape and not np.allclose(first, default)
     with torch.no_grad():  # as inference code calls it; gradients are switched back on inside

@@ -8,8 +8,9 @@ runs it through everything the commands do with a net. What the commands ask of 
 channels-last (``reshape``, not ``view``); ``widths`` and ``dropout`` arguments, where it has
 them, are what ``--config`` and ``digits tune`` set; prediction folds each batch norm into the
 convolution before it where ``torch.fx`` can trace the net; Grad-CAM explains the last
-``nn.Conv2d`` registered, unless the net names another in a ``grad_cam_layer`` attribute (a
-residual block's shortcut, registered last, reads the block's input, not its features).
+``nn.Conv2d`` registered (after the activation registered next, if one is), unless the net names
+another in a ``grad_cam_layer`` attribute (a residual block's shortcut, registered last, reads
+the block's input, not its features).
 """
 
 from __future__ import annotations
