@@ -328,3 +328,22 @@ def test_a_server_that_does_not_answer_is_said_to_be_waited_on_then_given_up(
     finally:
         page.unroute("**/predict*")
         page.clock.resume()
+
+
+def test_the_api_docs_render_with_nothing_fetched_from_elsewhere(
+    page: object, server_url: str
+) -> None:
+    """Swagger's page at /docs lists the API's operations with every request to another host
+    refused: its scripts had come from a CDN, and the page stayed blank offline."""
+    docs = page.context.new_page()
+    refused = []
+    docs.route(re.compile(r"^https?://(?!127\.0\.0\.1[:/])"),
+               lambda route: (refused.append(route.request.url), route.abort()))  # fmt: skip
+    try:
+        docs.goto(f"{server_url}/docs")
+        sync_api.expect(docs.locator(".opblock-summary-path").first).to_be_visible(timeout=15_000)
+        paths = docs.locator(".opblock-summary-path").all_inner_texts()
+        assert {"/predict", "/health"} <= {path.strip().replace("\u200b", "") for path in paths}
+        assert refused == []
+    finally:
+        docs.close()

@@ -6,6 +6,7 @@ import asyncio
 import gzip
 import json
 import logging
+import re
 import shutil
 import signal
 import socket
@@ -82,11 +83,22 @@ def test_page_static_files_and_docs(client: TestClient) -> None:
     page = client.get("/")
     assert page.status_code == 200 and '<canvas id="pad"' in page.text
     assert "pointerdown" in client.get("/static/app.js").text
-    assert client.get("/docs").status_code == 200
     schema = client.get("/openapi.json").json()
     assert {"/predict", "/predict/csv", "/health", "/model"} <= set(schema["paths"])
     content = schema["paths"]["/predict"]["post"]["requestBody"]["content"]
     assert {"application/json", "multipart/form-data", "image/png"} <= set(content)
+
+
+def test_the_api_docs_pages_load_nothing_from_elsewhere(client: TestClient) -> None:
+    """FastAPI's /docs and /redoc take their scripts from a CDN, and stayed blank offline: every
+    file they load is the server's own."""
+    for docs in ("/docs", "/redoc"):
+        page = client.get(docs)
+        assert page.status_code == 200
+        loaded = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+        assert any(url.endswith(".js") for url in loaded), loaded
+        for url in loaded:
+            assert url.startswith("/") and client.get(url).status_code == 200, url
 
 
 def test_predict_pixels_and_image(client: TestClient, predictor: Predictor, digits) -> None:

@@ -26,6 +26,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from numpy.typing import NDArray
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -211,7 +212,9 @@ def create_app(
         log.info("serving %s (%s backend)", run_dir, config.backend)
         yield
 
-    app = FastAPI(
+    # /docs and /redoc with their scripts served from here (FastAPI's come from a CDN, and
+    # stay blank offline).
+    app = FastAPIOffline(
         title="digit-recognizer",
         summary="Handwritten digit recognition: draw, upload, or send pixels.",
         version=__version__,
