@@ -140,6 +140,16 @@ def test_a_stray_rank_is_refused_before_any_trial(tmp_path, small_csvs, monkeypa
     assert not (tmp_path / "study.db").exists()
 
 
+def test_a_seed_near_2_32_resumes_and_one_past_it_is_refused(tmp_path, small_csvs):
+    """The sampler's seed grows with the stored trials: past 2**32 - 1 a resumed study had
+    ended in Optuna's traceback."""
+    top = TuneConfig(model="knn", trials=1, seed=2**32 - 1)
+    tune(top, small_csvs["train"], tmp_path)
+    assert tune(top, small_csvs["train"], tmp_path).n_trials == 2
+    with pytest.raises(ConfigError, match=r"seed must be from 0 to 2\*\*32 - 1"):
+        TuneConfig(model="knn", seed=2**32)
+
+
 def test_a_zero_timeout_is_none_and_a_negative_one_is_refused(tmp_path, small_csvs):
     result = tune(TuneConfig(model="knn", trials=1, timeout_s=0), small_csvs["train"], tmp_path)
     assert result.n_trials == 1
@@ -215,6 +225,32 @@ def test_a_trial_whose_training_diverges_is_pruned_and_the_study_goes_on(
     runs = iter([DivergedError("diverged in epoch 1")] * 2)
     with pytest.raises(ConfigError, match="no completed trial: 2 trials its training diverged"):
         tune(TuneConfig(model="cnn", trials=2, epochs=1), small_csvs["train"], tmp_path / "b")
+
+
+def test_classical_settings_the_rows_cannot_fit_prune_their_trial_and_the_study_goes_on(
+    tmp_path, small_csvs, monkeypatch
+):
+    """100 PCA components of 96 rows: scikit-learn's ValueError had ended the study in a
+    traceback, and the trials finished before it were never written."""
+    rows = small_csvs["train"].read_text().splitlines(True)
+    few = tmp_path / "few.csv"
+    few.write_text("".join(rows[:61]))  # logreg's 100 components fit none of 48 rows
+    with pytest.raises(ConfigError, match="no completed trial: 2 trials cannot be fitted on "
+                                          "these rows"):  # fmt: skip
+        tune(TuneConfig(model="logreg", trials=2), few, tmp_path / "few")
+    build = tune_module.build_estimator
+    fits = iter([True, False, True])
+
+    def some_unfit(name, **params):
+        estimator = build(name, **params)
+        if not next(fits):
+            estimator.set_params(pca__n_components=10_000)
+        return estimator
+
+    monkeypatch.setattr(tune_module, "build_estimator", some_unfit)
+    result = tune(TuneConfig(model="knn", trials=3), small_csvs["train"], tmp_path / "knn")
+    assert result.n_trials == 3 and result.n_pruned == 1
+    assert (tmp_path / "knn" / "best_params.json").is_file()
 
 
 def test_net_trials_train_with_the_settings_they_suggest(tmp_path, small_csvs, monkeypatch):
@@ -353,7 +389,9 @@ def test_a_killed_trials_folder_is_removed_and_pruned_trials_of_before_are_calle
     (tmp_path / f"trial4.{dead}-x1y2z3ab" / "member").mkdir(parents=True)  # a kill's, with files
     (tmp_path / f"trial6.{os.getpid()}-a1b2c3d4").mkdir()  # a killed run's, its pid reused
     (tmp_path / f"trial5.{os.getppid()}-q9w8e7rt").mkdir()  # another worker's, live
+    (tmp_path / f".best_params.json.{dead}-abcdefgh.tmp").write_text("{")  # a killed write's
     tune(TuneConfig(model="knn", trials=1), small_csvs["train"], tmp_path)
+    assert not list(tmp_path.glob(".*.tmp"))
     assert sorted(path.name for path in tmp_path.glob("trial*")) == [
         f"trial5.{os.getppid()}-q9w8e7rt"]  # fmt: skip
     # A study an earlier version pruned did not record why: pruned, not "failed".

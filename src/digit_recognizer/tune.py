@@ -55,7 +55,7 @@ from digit_recognizer.distributed import Distributed
 from digit_recognizer.errors import ConfigError, DivergedError, first_line
 from digit_recognizer.estimator import build_estimator
 from digit_recognizer.evaluate import save_figure
-from digit_recognizer.fileio import is_leftover_of, make_dir, write_text
+from digit_recognizer.fileio import is_leftover_of, make_dir, remove_leftovers, write_text
 from digit_recognizer.interrupts import interruption_behind
 from digit_recognizer.models.registry import get_spec
 from digit_recognizer.train import TrainConfig, train
@@ -92,6 +92,8 @@ class TuneConfig:
             raise ConfigError(f"timeout_s must be >= 0 (0 = none), got {self.timeout_s}")
         if not 0 < self.valid_size < 1:
             raise ConfigError(f"valid_size must be in (0, 1), got {self.valid_size}")
+        if not 0 <= self.seed < 2**32:  # numpy's, scikit-learn's and Optuna's range
+            raise ConfigError(f"seed must be from 0 to 2**32 - 1, got {self.seed}")
 
 
 @dataclass
@@ -165,8 +167,9 @@ def tune(config: TuneConfig, train_csv: Path, out_dir: Path) -> TuneResult:
     where = f"--storage {storage}" if config.storage else database
     study = open_study(storage, study_name, where)
     remove_dead_trials(out_dir)
+    remove_leftovers(out_dir)  # what a write killed outright left: best_params.json's, say
     # Offset by the stored trials: a resumed study must not redraw its first random samples.
-    study.sampler = optuna.samplers.TPESampler(seed=config.seed + len(study.trials))
+    study.sampler = optuna.samplers.TPESampler(seed=(config.seed + len(study.trials)) % 2**32)
     is_net = get_spec(config.model).kind == "net"
     check_same_study(study, storage, config, rows_fingerprint(data), is_net)
     deadline = time.monotonic() + config.timeout_s if config.timeout_s else None
@@ -293,6 +296,7 @@ BELOW_MEDIAN = "below the median of earlier trials"
 CUT_BY_TIMEOUT = "stopped by --timeout: raise it for whole trials"
 DIVERGED = "its training diverged: the lr range is too high for these rows"
 INTERRUPTED = "interrupted"
+UNFIT = "cannot be fitted on these rows with its settings: give more rows"
 
 
 def pruned(trial: optuna.Trial, reason: str, detail: str = "") -> optuna.TrialPruned:
@@ -424,7 +428,12 @@ def _classical_objective(
 ) -> float:
     estimator = build_estimator(config.model, seed=config.seed,
                                 **suggest_params(trial, config.model))  # fmt: skip
-    estimator.fit(train_set.images, train_set.labels)
+    # Settings these rows cannot fit (100 PCA components of 96 rows) are the trial's fault, as
+    # a net's diverging is: pruned, not the study's end, which had lost the trials before it.
+    try:
+        estimator.fit(train_set.images, train_set.labels)
+    except ValueError as error:
+        raise pruned(trial, UNFIT, f" ({first_line(error)})") from None
     return float(estimator.score(valid_set.images, valid_set.labels))
 
 
