@@ -27,6 +27,7 @@ def test_leaderboard_has_one_row_per_model_and_the_documented_columns(tmp_path, 
     assert settings["models"] == ["knn", "logreg"] and settings["valid_size"] == 0.2
     assert settings["train_sha256"] == sha256_file(small_csvs["train"])
     assert settings["test_csv"] is None and "torch" in settings["versions"]
+    assert sorted(settings["scored"]) == ["knn", "logreg"]
 
 
 def test_cross_validation_reports_mean_and_std(tmp_path, small_csvs):
@@ -57,6 +58,37 @@ def test_bad_requests_fail_before_training(tmp_path, small_csvs):
         compare(small_csvs["train"], [], tmp_path)  # `--models ,`
     with pytest.raises(ConfigError, match="--cv folds the training CSV and --test scores"):
         compare(small_csvs["train"], ["knn"], tmp_path, test_csv=small_csvs["train"], cv=3)
+    with pytest.raises(ConfigError, match="--models names knn more than once"):
+        compare(small_csvs["train"], ["knn", "logreg", "knn"], tmp_path)
+    with pytest.raises(ConfigError, match=r"--seed must be from 0 to 2\*\*32 - 1"):
+        compare(small_csvs["train"], ["knn"], tmp_path, seed=2**32)
+    # A leaderboard that cannot be replaced is found before the fitting, not after it.
+    (tmp_path / "leaderboard.csv").write_text("model\n")
+    (tmp_path / "leaderboard.csv").chmod(0o444)
+    with pytest.raises(OutputError, match=r"leaderboard\.csv: read-only"):
+        compare(small_csvs["train"], ["knn"], tmp_path)
+    assert not (tmp_path / "compare.json").exists()
+
+
+def test_the_models_scored_before_an_interruption_are_kept(tmp_path, small_csvs, monkeypatch):
+    """Ctrl-C in the third model's fitting had lost the two scored before it."""
+    from digit_recognizer import compare as compare_module
+
+    build = compare_module.build_estimator
+
+    def interrupted_at_svm(name, **params):
+        if name == "svm":
+            raise KeyboardInterrupt
+        return build(name, **params)
+
+    monkeypatch.setattr(compare_module, "build_estimator", interrupted_at_svm)
+    with pytest.raises(KeyboardInterrupt):
+        compare(small_csvs["train"], ["knn", "logreg", "svm"], tmp_path)
+    with open(tmp_path / "leaderboard.csv", newline="") as handle:
+        assert sorted(row["model"] for row in csv.DictReader(handle)) == ["knn", "logreg"]
+    settings = json.loads((tmp_path / "compare.json").read_text())
+    assert settings["models"] == ["knn", "logreg", "svm"]
+    assert sorted(settings["scored"]) == ["knn", "logreg"]
 
 
 def test_data_lacking_a_digit_or_rows_is_scored_or_refused_in_one_line(tmp_path, small_csvs):

@@ -166,3 +166,32 @@ def test_a_failed_export_leaves_the_previous_model_onnx_whole(
         export_onnx(tmp_path)
     assert (tmp_path / ONNX_FILE).read_bytes() == previous
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_weights_replaced_during_the_export_are_not_stamped_current(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A training resumed while the export ran had left an export of the old weights stamped
+    with the new ones' hash: current for good, and served stale."""
+    save_net(tmp_path, build("cnn-tiny").eval(), "cnn-tiny", {})
+    export = torch.onnx.export
+
+    def meanwhile_retrained(*args, **kwargs):
+        save_net(tmp_path, build("cnn-tiny").eval(), "cnn-tiny", {})  # other weights
+        return export(*args, **kwargs)
+
+    monkeypatch.setattr(torch.onnx, "export", meanwhile_retrained)
+    with pytest.raises(OutputError, match=r"model\.safetensors: replaced while it was exported"):
+        export_onnx(tmp_path)
+    assert not (tmp_path / ONNX_FILE).exists()
+
+
+def test_an_output_that_cannot_be_written_is_refused_before_the_export(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    save_net(tmp_path, build("cnn-tiny").eval(), "cnn-tiny", {})
+    (tmp_path / ONNX_FILE).write_bytes(b"an earlier export")
+    (tmp_path / ONNX_FILE).chmod(0o444)
+    monkeypatch.setattr(torch.onnx, "export", lambda *args, **kwargs: pytest.fail("exported"))
+    with pytest.raises(OutputError, match=r"model\.onnx: read-only"):
+        export_onnx(tmp_path)

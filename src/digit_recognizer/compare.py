@@ -26,7 +26,13 @@ from digit_recognizer.data.splits import split_for_training
 from digit_recognizer.errors import ConfigError, DataError, first_line
 from digit_recognizer.estimator import build_estimator, count_parameters
 from digit_recognizer.evaluate import CLASSES, compute_metrics, save_figure
-from digit_recognizer.fileio import atomic_path, make_dir, source_record, write_text
+from digit_recognizer.fileio import (
+    atomic_path,
+    check_can_write,
+    make_dir,
+    source_record,
+    write_text,
+)
 from digit_recognizer.models.registry import get_spec
 
 log = logging.getLogger(__name__)
@@ -67,11 +73,16 @@ def compare(
     ``model,accuracy,macro_f1,fit_seconds,predict_seconds,parameters`` (with ``cv``: a ``_mean``
     and a ``_std`` column for each score), ``out_dir/leaderboard.png``, and
     ``out_dir/compare.json``: the data (paths, SHA-256), the settings and the library versions.
+    All three are written as each model is scored, ``compare.json``'s ``scored`` naming the
+    models in them: Ctrl-C or a later model's failure keeps the scores before it.
     """
     if not models:
         raise ConfigError("no model to compare: give --models, e.g. logreg,knn,cnn")
     for name in models:
         get_spec(name)  # unknown names fail before any training
+    if len(set(models)) < len(models):  # two rows, and two bars on one label of the chart
+        twice = sorted({name for name in models if models.count(name) > 1})
+        raise ConfigError(f"--models names {', '.join(twice)} more than once")
     if cv is not None and cv < 2:
         raise ConfigError(f"--cv must be at least 2 folds, got {cv}")
     if cv is not None and test_csv is not None:
@@ -80,22 +91,33 @@ def compare(
         raise ConfigError(f"--valid-size must be in (0, 1), got {valid_size}")
     if epochs is not None and epochs < 1:
         raise ConfigError(f"--epochs must be >= 1, got {epochs}")
-    out_dir = make_dir(out_dir)  # before the fitting, whose work a bad --out would lose
+    if not 0 <= seed < 2**32:  # scikit-learn's range; its own error had blamed the split
+        raise ConfigError(f"--seed must be from 0 to 2**32 - 1, got {seed}")
+    # Before the fitting, whose work a bad --out would lose.
+    out_dir = make_dir(out_dir)
+    for name in (LEADERBOARD_FILE, CHART_FILE, SETTINGS_FILE):
+        check_can_write(out_dir / name)
     data = read_labelled(train_csv, to_split=test_csv is None)
     folds = list(_folds(data, test_csv, valid_size, cv, seed))
-    rows = [_score_model(name, folds, cv is not None, seed, epochs) for name in models]
-    rows.sort(key=lambda row: -float(row.get("accuracy", row.get("accuracy_mean", 0))))
     columns = ["model", *(f"{s}_{stat}" for s in SCORES for stat in ("mean", "std"))] if cv else [
         "model", *SCORES]  # fmt: skip
     columns.append("parameters")
-    board = Leaderboard(columns, rows, out_dir / LEADERBOARD_FILE, out_dir / CHART_FILE, len(folds))
-    write_leaderboard(board)
-    plot_leaderboard(board)
     split = {"valid_size": None if test_csv or cv else valid_size, "cv": cv, "seed": seed,
              "epochs": epochs}  # fmt: skip
     settings = {"models": models, **split, **source_record("train", train_csv),
                 **source_record("test", test_csv)}  # fmt: skip
-    write_text(out_dir / SETTINGS_FILE, json.dumps(settings | {"versions": _versions()}, indent=2))
+    rows: list[dict[str, float | int | str]] = []
+    for name in models:
+        rows.append(_score_model(name, folds, cv is not None, seed, epochs))
+        # Written as each model is scored: Ctrl-C, a kill or the next model's failure keeps
+        # the scores before it, and compare.json says which models they are.
+        rows.sort(key=lambda row: -float(row.get("accuracy", row.get("accuracy_mean", 0))))
+        board = Leaderboard(columns, list(rows), out_dir / LEADERBOARD_FILE,
+                            out_dir / CHART_FILE, len(folds))  # fmt: skip
+        write_leaderboard(board)
+        plot_leaderboard(board)
+        scored = {"scored": [str(row["model"]) for row in rows], "versions": _versions()}
+        write_text(out_dir / SETTINGS_FILE, json.dumps(settings | scored, indent=2))
     return board
 
 

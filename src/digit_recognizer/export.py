@@ -27,8 +27,8 @@ from torch import nn
 
 from digit_recognizer.data.images import check_images
 from digit_recognizer.data.tensors import to_model_input
-from digit_recognizer.errors import ConfigError, ModelFileError
-from digit_recognizer.fileio import atomic_path, sha256_file
+from digit_recognizer.errors import ConfigError, ModelFileError, OutputError
+from digit_recognizer.fileio import atomic_path, check_can_write, sha256_file
 from digit_recognizer.models.storage import WEIGHTS_FILE, load_net, read_meta
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,11 @@ def export_onnx(run_dir: Path, out: Path | None = None) -> Path:
     if out.exists() and out.suffix != ".onnx":  # the run's weights, a CSV: not ours to replace
         raise ConfigError(f"{out} exists and is no .onnx file; give --out a new path or one "
                           "ending .onnx")  # fmt: skip
+    check_can_write(out)  # before the export's ten seconds
     model, _ = load_net(run_dir)
+    # Hashed as the weights are read and checked once exported: a training resumed meanwhile
+    # would otherwise leave an export of the old weights, stamped current for the new.
+    weights_hash = sha256_file(run_dir / WEIGHTS_FILE)
     # Imported whole before the export, which imports it lazily: Ctrl-C during that import left
     # it half made, and the exporter, reaching for torch._dynamo.exc in its own error handling,
     # turned the interruption into a page-long TorchExportError.
@@ -78,7 +82,10 @@ def export_onnx(run_dir: Path, out: Path | None = None) -> Path:
             dynamo=True,
             verbose=False,
         )
-    program.model.metadata_props[WEIGHTS_HASH_KEY] = sha256_file(run_dir / WEIGHTS_FILE)
+    if sha256_file(run_dir / WEIGHTS_FILE) != weights_hash:
+        raise OutputError(f"{run_dir / WEIGHTS_FILE}: replaced while it was exported (a training "
+                          "writing it?); export again once it is done")  # fmt: skip
+    program.model.metadata_props[WEIGHTS_HASH_KEY] = weights_hash
     with atomic_path(out) as tmp:  # a torn file would pass onnx_is_current's check
         program.save(tmp, external_data=False)
     return out

@@ -49,7 +49,16 @@ def check_can_write(path: str | os.PathLike[str]) -> Path:
         why = ("read-only file system" if os.statvfs(above).f_flag & os.ST_RDONLY
                else "no permission to write")  # fmt: skip
         raise OutputError(f"{path}: cannot be written: {why} in {above}")
+    _refuse_read_only(path)
     return path
+
+
+def _refuse_read_only(path: Path) -> None:
+    """OutputError for a file there without write permission: root may rename over it, and
+    nobody may write it."""
+    if path.is_file() and not (mode := path.stat().st_mode & 0o777) & 0o222:
+        raise OutputError(f"{path}: read-only (mode {mode:04o}); make it writable or give "
+                          "another path")  # fmt: skip
 
 
 @contextmanager
@@ -65,9 +74,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     try:
         # Permission bits only: a setuid bit kept on a file root rewrites would hand it out.
         mode = path.stat().st_mode & 0o777 if path.is_file() else 0o666 & ~_umask()
-        if path.is_file() and not mode & 0o222:  # root may rename over it; nobody may write it
-            raise OutputError(f"{path}: read-only (mode {mode:04o}); make it writable or give "
-                              "another path")  # fmt: skip
+        _refuse_read_only(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         # Named with the writer's pid: what a killed writer left is told from what a live one
         # is writing (remove_leftovers).
