@@ -284,3 +284,41 @@ def test_torchrun_leaves_no_files_and_no_orphans_behind(tmp_path, monkeypatch):
         time.sleep(0.1)
     assert not Path(f"/proc/{worker}").exists(), "the worker outlived its launcher"
     assert list(scratch.iterdir()) == []
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="prctl(PR_SET_PDEATHSIG) is Linux's")
+def test_a_command_killed_outright_takes_torchrun_and_its_workers_with_it(tmp_path):
+    """SIGKILL (the OOM killer, `kill -9`) leaves the command no moment to stop torchrun: its
+    workers had trained on as orphans, holding the run's lock against the --resume."""
+    (tmp_path / "sleeper.py").write_text(
+        "import os, pathlib, sys, time\n"
+        "pathlib.Path(sys.argv[1]).write_text(str(os.getpid()))\n"
+        "time.sleep(600)\n"
+    )
+    worker_pid = tmp_path / "worker.pid"
+    launch = (
+        "import sys; from digit_recognizer.distributed import run_torchrun; "
+        f"run_torchrun(1, 'sleeper', [{str(worker_pid)!r}])"
+    )
+    env = os.environ | {"PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    parent = subprocess.Popen([sys.executable, "-c", launch], env=env, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not worker_pid.exists() or not worker_pid.read_text():
+        assert time.monotonic() < deadline and parent.poll() is None, "the worker did not start"
+        time.sleep(0.1)
+    parent.kill()
+    parent.wait(timeout=60)
+    worker = Path(f"/proc/{worker_pid.read_text()}")
+    deadline = time.monotonic() + 30
+    while worker.exists() and "zombie" not in _state(worker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not worker.exists() or "zombie" in _state(worker), "the worker outlived the command"
+
+
+def _state(process: Path) -> str:
+    """A process's state line in /proc ("" once it is gone)."""
+    try:
+        status = (process / "status").read_text()
+    except OSError:
+        return ""
+    return next(line for line in status.splitlines() if line.startswith("State:"))

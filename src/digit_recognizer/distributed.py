@@ -8,6 +8,7 @@ process group (gloo on CPU, NCCL with one GPU per rank), and launching torchrun.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
 import datetime
 import logging
@@ -144,8 +145,8 @@ def run_torchrun(nproc: int, module: str, args: list[str], config: Any | None = 
         log.info("launching %d processes: torchrun %s", nproc, " ".join(torchrun_args))
         # The CPU's threads shared out, as `--jobs` does (torchrun would give each process one).
         threads = os.environ.get("OMP_NUM_THREADS", str(max(1, torch.get_num_threads() // nproc)))
-        launcher = subprocess.Popen([sys.executable, "-c", _LAUNCHER, *torchrun_args],
-                                    env=os.environ | {"OMP_NUM_THREADS": threads})  # fmt: skip
+        env = os.environ | {"OMP_NUM_THREADS": threads, _PARENT_VARIABLE: str(os.getpid())}
+        launcher = subprocess.Popen([sys.executable, "-c", _LAUNCHER, *torchrun_args], env=env)
         # SIGTERM (a job scheduler, `kill`) raises here as Ctrl-C does, so that either way the
         # launcher is stopped, and stops its workers, rather than left training as an orphan.
         try:
@@ -176,6 +177,8 @@ def run_torchrun(nproc: int, module: str, args: list[str], config: Any | None = 
 # malformed CSV's file, line and column), and torchrun's main would bury it under its own
 # traceback and table of failed ranks; the command that launched it says "interrupted".
 _LAUNCHER = "import sys; from digit_recognizer.distributed import _launch; _launch(sys.argv[1:])"
+_PARENT_VARIABLE = "DIGITS_TORCHRUN_PARENT"  # the launching process's pid
+PR_SET_PDEATHSIG = 1  # prctl's option: a signal for this process when its parent ends
 
 
 def _nohup_args() -> list[str]:
@@ -190,11 +193,22 @@ def _nohup_args() -> list[str]:
     return ["--signals-to-handle=SIGTERM,SIGINT,SIGQUIT"] if has_flag else []
 
 
+def _stop_with_parent(parent: int) -> None:
+    """SIGTERM this launcher when ``parent``, the command that started it, ends, even killed
+    outright (SIGKILL, the OOM killer), as torchrun then stops its workers: they had trained
+    on as orphans, holding the run's lock against the --resume. Linux only (prctl)."""
+    with contextlib.suppress(AttributeError, OSError):  # no prctl: another system
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # it ended before the prctl took hold
+        sys.exit(128 + signal.SIGTERM)
+
+
 def _launch(torchrun_args: list[str]) -> None:
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
+    _stop_with_parent(int(os.environ.get(_PARENT_VARIABLE, os.getppid())))
     try:
         run(parse_args(torchrun_args))
     except ChildFailedError:
