@@ -13,6 +13,7 @@ their box. No model is needed.
 
 from __future__ import annotations
 
+import argparse
 import io
 
 import numpy as np
@@ -41,6 +42,7 @@ def photo(size: tuple[int, int], box_width: int, angle: float) -> np.ndarray:
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()  # --help
     print(f"{'page':<10}{'box':>5}" + "".join(f"{angle:>7}" for angle in ANGLES))
     n_lost = 0
     for size in PAGES:

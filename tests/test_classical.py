@@ -72,9 +72,13 @@ def test_a_forest_loads_only_as_this_installation_signed_it(tmp_path, fitted, mo
     meta_path.write_text(json.dumps(meta))
     key = Path(os.environ["XDG_DATA_HOME"]) / "digit-recognizer" / "skops.key"
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "elsewhere"))  # another installation
-    with pytest.raises(ModelFileError, match=r"written elsewhere, or edited"):
+    with pytest.raises(ModelFileError, match=r"no signing key, so .* written elsewhere"):
         load_pipeline(tmp_path)
     damaged = tmp_path / "elsewhere" / "digit-recognizer" / "skops.key"
+    assert not damaged.parent.exists()  # a load makes no key (it had, then refused anyway)
+    save_pipeline(tmp_path / "here", fitted["random-forest"], "random-forest", {})
+    with pytest.raises(ModelFileError, match=r"written elsewhere, or edited"):
+        load_pipeline(tmp_path)
     for text in ("", key.read_text()[:10], "not hex"):  # an empty key would sign for anyone
         damaged.write_text(text)
         with pytest.raises(ModelFileError, match=r"signing key is damaged .* delete it"):
@@ -83,7 +87,7 @@ def test_a_forest_loads_only_as_this_installation_signed_it(tmp_path, fitted, mo
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     with pytest.raises(ModelFileError, match=r"written elsewhere"):
         load_pipeline(tmp_path)
-    assert (tmp_path / "home" / ".local" / "share" / "digit-recognizer" / "skops.key").is_file()
+    assert not (tmp_path / "home" / ".local" / "share" / "digit-recognizer").exists()
 
 
 @pytest.mark.parametrize("damage", [np.nan, np.inf])

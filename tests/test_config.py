@@ -46,7 +46,7 @@ def test_saved_config_unsets_what_a_preset_below_it_would_set(tmp_path):
 
 def test_unknown_key_lists_valid_keys_and_closest():
     with pytest.raises(
-        ConfigError, match=r"unknown key 'epoch'.*did you mean 'epochs'.*Valid keys: model"
+        ConfigError, match=r"unknown key 'epoch'.*did you mean 'epochs'.*valid keys: model"
     ):
         load_config(TrainConfig, overrides={"epoch": 3})
 

@@ -282,8 +282,10 @@ def train_overrides(**flags: Any) -> dict[str, Any]:
 @app.command()
 @handles_errors
 def run(
-    train: Annotated[Path | None, typer.Option(help="Kaggle train.csv (default: replica).")] = None,
-    test: Annotated[Path | None, typer.Option(help="Kaggle test.csv to predict.")] = None,
+    train: Annotated[Path | None, typer.Option(
+        help="Kaggle train.csv, a shard dir or a quoted glob (default: replica).")] = None,
+    test: Annotated[Path | None, typer.Option(
+        help="Kaggle test.csv (or shard dir, glob) to predict.")] = None,
     out: RunDir = None,
     resume: Resume = False,
     replica_seed: Annotated[
@@ -338,7 +340,8 @@ def run(
 @app.command("train")
 @handles_errors
 def train_command(
-    train: Annotated[Path, typer.Option(help="Labelled CSV (Kaggle train.csv format).")],
+    train: Annotated[Path, typer.Option(
+        help="Labelled CSV (Kaggle train.csv format), a shard dir or a quoted glob.")],
     out: RunDir = None,
     resume: Resume = False,
     preset: Preset = "default",
@@ -425,7 +428,8 @@ def predict(
 @app.command()
 @handles_errors
 def evaluate(
-    paths: Annotated[list[Path], typer.Argument(help="RUN_DIR [RUN_DIR ...] LABELLED_CSV")],
+    paths: Annotated[list[Path], typer.Argument(
+        help="RUN_DIR [RUN_DIR ...] LABELLED_CSV (or shard dir, glob)")],
     tta: Tta = False,
     as_is: AsIs = False,
     device: Device = None,
@@ -487,7 +491,9 @@ def score(
 @app.command()
 @handles_errors
 def eda(
-    csv: Annotated[Path, typer.Argument(help="A Kaggle train.csv or test.csv.")],
+    csv: Annotated[
+        Path, typer.Argument(help="A Kaggle train.csv or test.csv, a shard dir or a quoted glob.")
+    ],
     out: Annotated[Path, typer.Option(help="Folder for the PNGs and eda.html.")] = Path("eda"),
 ) -> None:
     """Explore a CSV: summary table, plots and a self-contained eda.html."""
@@ -505,7 +511,9 @@ def eda(
 @app.command("augment-preview")
 @handles_errors
 def augment_preview(
-    csv: Annotated[Path, typer.Argument(help="A Kaggle train.csv or test.csv.")],
+    csv: Annotated[
+        Path, typer.Argument(help="A Kaggle train.csv or test.csv, a shard dir or a quoted glob.")
+    ],
     n: Annotated[int, typer.Option("--n", min=1, help="Augmentations per image.")] = 9,
     augment: Annotated[float, typer.Option(min=0, help="Strength, as train --augment.")] = 1.0,
     elastic: Annotated[float, typer.Option(min=0, help="Pixels, as train --elastic.")] = 0.0,
@@ -529,7 +537,10 @@ def augment_preview(
 def report(
     run_dir: Annotated[Path, typer.Argument(help="A run directory written by train or run.")],
     data: Annotated[
-        Path | None, typer.Option(help="Labelled CSV \\[default: the run's validation split].")
+        Path | None,
+        typer.Option(
+            help="Labelled CSV, shard dir or glob \\[default: the run's validation split]."
+        ),
     ] = None,
     as_is: AsIs = False,
 ) -> None:
@@ -544,7 +555,7 @@ def report(
 def explain(
     run_dir: Annotated[Path, typer.Argument(help="A run directory.")],
     source: Annotated[Path, typer.Argument(
-        help="A Kaggle CSV (with --index), or an image file (PNG, JPEG, ...).")],
+        help="A Kaggle CSV, shard dir or glob (with --index), or an image file (PNG, JPEG, ...).")],
     index: Annotated[int | None, typer.Option(help="Row of the image in the CSV, 0-based.")] = None,
     out: Annotated[Path | None, typer.Option(
         help="The figure, in any format matplotlib writes (.png, .svg, .pdf, .jpg...) "
@@ -635,7 +646,9 @@ def models() -> None:
     console.print(table)
 
 
-LabelledCsv = Annotated[Path, typer.Option(help="Labelled CSV (Kaggle train.csv format).")]
+LabelledCsv = Annotated[
+    Path, typer.Option(help="Labelled CSV (Kaggle train.csv format), a shard dir or a quoted glob.")
+]
 
 
 @app.command()
@@ -712,17 +725,19 @@ def tune(
 @data_app.command("kaggle")
 @handles_errors
 def data_kaggle(
-    out_dir: Annotated[Path, typer.Argument(help="Folder for train.csv, test.csv, solution.csv.")],
+    out_dir: Annotated[
+        Path, typer.Argument(help="Folder for train.csv, test.csv, solution.csv and replica.json.")
+    ],
     seed: Annotated[int, typer.Option(min=0, help="Seed of the 42,000 / 28,000 split.")] = 0,
     force: Annotated[
         bool, typer.Option("--force", help="Overwrite CSVs of these names a replica did not write.")
     ] = False,
 ) -> None:
     """Write a Kaggle-format replica (train/test/solution) from the embedded MNIST."""
-    from digit_recognizer.data.replica import build_replica
+    from digit_recognizer.data.replica import MANIFEST, build_replica
 
     files = build_replica(out_dir, seed=seed, overwrite=force)
-    console.print(f"wrote {files.train}, {files.test}, {files.solution}")
+    console.print(f"wrote {files.train}, {files.test}, {files.solution} and {out_dir / MANIFEST}")
 
 
 @data_app.command("check")

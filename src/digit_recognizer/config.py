@@ -76,8 +76,8 @@ def make_config(config_class: type[C], values: Mapping[str, Any], source: str = 
             close = difflib.get_close_matches(key, names, n=1)
             hint = f"; did you mean '{close[0]}'?" if close else ""
             raise ConfigError(
-                f"{source}: unknown key '{key}' for {config_class.__name__}{hint} "
-                f"Valid keys: {', '.join(names)}"
+                f"{source}: unknown key '{key}' for {config_class.__name__}{hint}; "
+                f"valid keys: {', '.join(names)}"
             )
         checked[key] = _coerce(value, hints[key], key, source)
     try:

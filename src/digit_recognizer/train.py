@@ -464,8 +464,9 @@ def train(
 
     if is_finished():
         # A finished run resumed: nothing trains, and its record stays the settings it ran with.
-        log.info("%s: finished already (%g epochs%s); nothing left to train", run_dir,
-                 epochs_done(step, steps_per_epoch),
+        done = epochs_done(step, steps_per_epoch)
+        log.info("%s: finished already (%g epoch%s%s); nothing left to train", run_dir, done,
+                 "s" * (done != 1),
                  ", its time budget spent: a larger --time-budget trains on"
                  if step < total_steps and not stopped_early else "")  # fmt: skip
         if is_main and history:  # a kill after the last checkpoint had cut its history short

@@ -69,7 +69,8 @@ INK_PERCENTILE = 0.1
 # pixels): a 28 x 28 CSV row's digit fills its frame.
 MIN_LINES_SIDE = 32
 # How far MNIST's own layout goes: across all 70,000 images the ink's bounding box is 20 pixels
-# on its long side (19 for 16 of them) and the centre of mass within 0.52 px of (14, 14).
+# on its long side (19 for 16 of them) and the centre of mass within 0.52 px of (14, 14) on
+# each axis.
 MNIST_BOX_SIDES = (19, 20)
 MAX_CENTRE_OFFSET = 1.0
 # Rows whose ink's side their edges settle, at least, before a file's are taken to agree on it.

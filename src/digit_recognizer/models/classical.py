@@ -364,10 +364,15 @@ def load_pipeline(run_dir: Path) -> tuple[Pipeline, dict[str, Any]]:
     return pipeline, meta
 
 
-def _signing_key() -> bytes:
-    """This installation's secret, made on first use: a file signed with it was written here,
-    which a hash recorded beside the file cannot show (whoever swaps the file rewrites it)."""
+def _signing_key(make: bool = True) -> bytes:
+    """This installation's secret, made on its first save (``make``): a file signed with it was
+    written here, which a hash recorded beside the file cannot show (whoever swaps the file
+    rewrites it). Without one, a load refuses the file without making one."""
     path = xdg_home("XDG_DATA_HOME", ".local/share") / "digit-recognizer" / "skops.key"
+    if not path.exists() and not make:
+        raise ModelFileError(f"{path}: no signing key, so no random forest was saved on this "
+                             "installation; refusing to load a model file written elsewhere "
+                             "(retrain it here)")  # fmt: skip
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         made = path.with_name(f".skops.key.{os.getpid()}")
@@ -396,8 +401,8 @@ def _signing_key() -> bytes:
     return key
 
 
-def _sign(content: bytes) -> str:
-    return hmac.new(_signing_key(), content, hashlib.sha256).hexdigest()
+def _sign(content: bytes, make_key: bool = True) -> str:
+    return hmac.new(_signing_key(make_key), content, hashlib.sha256).hexdigest()
 
 
 def _load_trusted(run_dir: Path, record: dict[str, str]) -> Pipeline:
@@ -414,7 +419,7 @@ def _load_trusted(run_dir: Path, record: dict[str, str]) -> Pipeline:
     if "hmac_sha256" not in record:
         raise ModelFileError(f"{path}: saved before digit-recognizer signed random forests' "
                              "files, and not loaded unsigned; retrain it")  # fmt: skip
-    if not hmac.compare_digest(_sign(content), str(record["hmac_sha256"])):
+    if not hmac.compare_digest(_sign(content, make_key=False), str(record["hmac_sha256"])):
         raise ModelFileError(
             f"{path}: not signed by this installation's key (the signature in {META_FILE} does "
             "not match); refusing to load a model file written elsewhere, or edited (retrain it)"
