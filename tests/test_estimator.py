@@ -1,4 +1,5 @@
 import json
+import os
 import shutil
 from dataclasses import asdict
 from pathlib import Path
@@ -38,6 +39,26 @@ def test_net_classifier_fits_predicts_and_round_trips(tmp_path, small_train, sma
     loaded = load_estimator(tmp_path)
     assert isinstance(loaded, NetClassifier) and loaded.epochs == TINY_RECIPE["epochs"]
     np.testing.assert_array_equal(loaded.predict_proba(small_test.images), probas)
+
+
+def test_a_fit_killed_outright_leaves_its_scratch_folder_to_the_next_fit(
+    tmp_path, small_train, monkeypatch
+):
+    """A fit without a run_dir trains in a temporary folder; one a kill left (its checkpoints)
+    stayed in /tmp for good. Named with its pid, it goes at the next fit; a live one stays."""
+    import subprocess
+    import sys
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    (tmp_path / f"digits-net.{dead}-x1y2z3ab").mkdir()
+    (tmp_path / f"digits-net.{dead}-x1y2z3ab" / "checkpoint.pt").write_bytes(b"weights")
+    live = tmp_path / f"digits-net.{os.getppid()}-q9w8e7rt"  # another process's, training
+    live.mkdir()
+    NetClassifier("mlp", **TINY_RECIPE, valid_size=0).fit(small_train.images, small_train.labels)
+    assert [path.name for path in tmp_path.iterdir()] == [live.name]
 
 
 def test_net_classifier_follows_scikit_learn_conventions():

@@ -10,6 +10,9 @@ any net; classical models already are pipelines. ``build_estimator``, ``save_est
 from __future__ import annotations
 
 import logging
+import os
+import re
+import shutil
 import tempfile
 from dataclasses import asdict
 from inspect import signature
@@ -34,6 +37,7 @@ from digit_recognizer.data.images import check_digits, check_images
 from digit_recognizer.data.kaggle_csv import N_PIXELS
 from digit_recognizer.data.splits import split_for_training
 from digit_recognizer.errors import ConfigError, ModelFileError, first_line
+from digit_recognizer.fileio import process_is_alive
 from digit_recognizer.models.classical import fits_the_digits, load_pipeline, save_pipeline
 from digit_recognizer.models.registry import build, get_spec
 from digit_recognizer.models.storage import META_FILE, load_net, read_meta, save_net
@@ -47,6 +51,20 @@ TRAIN_KEYS = (
     "epochs", "time_budget_s", "batch_size", "optimizer", "lr", "weight_decay", "schedule",
     "label_smoothing", "augment", "valid_size", "patience", "seed", "device",
 )  # fmt: skip
+
+
+# A fit without a run_dir trains in a temporary folder named with its pid: one a kill left
+# (its checkpoints, megabytes) is removed by the next fit (remove_dead_scratch).
+SCRATCH_PREFIX = "digits-net."
+_SCRATCH = re.compile(re.escape(SCRATCH_PREFIX) + r"(\d{1,9})-[a-z0-9_]{8}")
+
+
+def remove_dead_scratch() -> None:
+    """Remove the temporary training folders of fits whose process is dead (killed outright)."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}*-*"):
+        match = _SCRATCH.fullmatch(folder.name)
+        if match and folder.is_dir() and not process_is_alive(int(match[1])):
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 class NetClassifier(ClassifierMixin, BaseEstimator):
@@ -122,7 +140,8 @@ augment, valid_size, patience, seed, device : optional
                 f"out valid_size={config.valid_size} of them by digit; give more images, or "
                 "valid_size=0 (no validation)"
             ) from None
-        with tempfile.TemporaryDirectory(prefix="net-") as scratch:
+        remove_dead_scratch()
+        with tempfile.TemporaryDirectory(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-") as scratch:
             result = train(config, train_set, valid_set, Path(self.run_dir or scratch))
         self.module_ = result.model
         self.history_ = result.history
