@@ -1,5 +1,4 @@
 import json
-import os
 import shutil
 from dataclasses import asdict
 from pathlib import Path
@@ -21,6 +20,7 @@ from digit_recognizer.estimator import (
     load_estimator,
     save_estimator,
 )
+from digit_recognizer.fileio import locked_dir
 from digit_recognizer.models.storage import read_meta
 from digit_recognizer.train import TrainConfig, train
 
@@ -45,20 +45,20 @@ def test_a_fit_killed_outright_leaves_its_scratch_folder_to_the_next_fit(
     tmp_path, small_train, monkeypatch
 ):
     """A fit without a run_dir trains in a temporary folder; one a kill left (its checkpoints)
-    stayed in /tmp for good. Named with its pid, it goes at the next fit; a live one stays."""
-    import subprocess
-    import sys
+    stayed in /tmp for good. Locked while it trains, it goes at the next fit once no process
+    holds its lock; a live fit's stays."""
     import tempfile
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
-    (tmp_path / f"digits-net.{dead}-x1y2z3ab").mkdir()
-    (tmp_path / f"digits-net.{dead}-x1y2z3ab" / "checkpoint.pt").write_bytes(b"weights")
-    live = tmp_path / f"digits-net.{os.getppid()}-q9w8e7rt"  # another process's, training
-    live.mkdir()
-    NetClassifier("mlp", **TINY_RECIPE, valid_size=0).fit(small_train.images, small_train.labels)
-    assert [path.name for path in tmp_path.iterdir()] == [live.name]
+    killed = tmp_path / "digits-net.x1y2z3ab"
+    killed.mkdir()
+    (killed / ".lock").write_text("process 12345\n")  # its holder gone: the lock is free
+    (killed / "checkpoint.pt").write_bytes(b"weights")
+    with locked_dir(tmp_path / "digits-net.q9w8e7rt"):  # another fit's, training
+        NetClassifier("mlp", **TINY_RECIPE, valid_size=0).fit(
+            small_train.images, small_train.labels
+        )
+    assert [path.name for path in tmp_path.iterdir()] == ["digits-net.q9w8e7rt"]
 
 
 def test_net_classifier_follows_scikit_learn_conventions():

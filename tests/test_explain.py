@@ -175,6 +175,27 @@ def test_grad_cam_of_a_deskewing_net_lies_over_the_digit_as_written(mnist):
         assert correlation(heatmap, image) > correlation(heatmap, straightened)
 
 
+class SharedActivation(torch.nn.Module):
+    """One ReLU module after the conv and after the dense layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 4, 3, padding=1)
+        self.act = torch.nn.ReLU()
+        self.fc = torch.nn.Linear(4, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.act(self.conv(x))
+        return self.act(self.fc(features.amax(dim=(2, 3))))
+
+
+def test_grad_cam_reads_an_activation_module_the_net_calls_twice_after_the_conv(small_test):
+    """Its last call's output, the dense layer's (N, 10), had been taken for the features."""
+    net = SharedActivation().eval()
+    heatmaps = grad_cam(net, small_test.images[:2])
+    assert heatmaps.shape == (2, 28, 28) and np.isfinite(heatmaps).all()
+
+
 def test_grad_cam_targets_follow_their_images_across_batches(model, small_test, monkeypatch):
     """One target per image stays with its image past the first batch (batches of 2 here)."""
     images = small_test.images[:5]

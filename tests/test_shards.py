@@ -669,3 +669,5 @@ def test_a_glob_matching_a_fifo_and_an_expansion_holding_out_all_are_refused(
         resolve_data_source(f"{folder}/*.csv")
     with pytest.raises(ConfigError, match="holds out all 1,003 rows"):
         expand(source[0], tmp_path / "e", copies=1, parts=1, valid_size=0.9996)
+    with pytest.raises(ConfigError, match=r"seed must be from 0 to 2\*\*32 - 1"):
+        expand(source[0], tmp_path / "e", copies=1, parts=1, seed=2**32)

@@ -656,7 +656,9 @@ LabelledCsv = Annotated[
 def compare(
     train: LabelledCsv,
     models: Annotated[str, typer.Option(help="Comma-separated names, e.g. logreg,knn,svm,cnn.")],
-    test: Annotated[Path | None, typer.Option(help="Labelled CSV to score on.")] = None,
+    test: Annotated[
+        Path | None, typer.Option(help="Labelled CSV (or shard dir, glob) to score on.")
+    ] = None,
     valid_size: Annotated[float, typer.Option(help="Held-out fraction (no --test/--cv).")] = 0.2,
     cv: Annotated[int | None, typer.Option(help="Stratified K-fold instead of one split.")] = None,
     out: Annotated[

@@ -108,7 +108,13 @@ def compare(
                 **source_record("test", test_csv)}  # fmt: skip
     rows: list[dict[str, float | int | str]] = []
     for name in models:
-        rows.append(_score_model(name, folds, cv is not None, seed, epochs))
+        try:
+            rows.append(_score_model(name, folds, cv is not None, seed, epochs))
+        except KeyboardInterrupt:
+            if rows:
+                log.warning("%s keeps the %d model%s scored before the interruption", out_dir /
+                            LEADERBOARD_FILE, len(rows), "s" * (len(rows) > 1))  # fmt: skip
+            raise
         # Written as each model is scored: Ctrl-C, a kill or the next model's failure keeps
         # the scores before it, and compare.json says which models they are.
         rows.sort(key=lambda row: -float(row.get("accuracy", row.get("accuracy_mean", 0))))

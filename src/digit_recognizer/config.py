@@ -74,7 +74,7 @@ def make_config(config_class: type[C], values: Mapping[str, Any], source: str = 
     for key, value in values.items():
         if key not in names:
             close = difflib.get_close_matches(key, names, n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise ConfigError(
                 f"{source}: unknown key '{key}' for {config_class.__name__}{hint}; "
                 f"valid keys: {', '.join(names)}"

@@ -197,8 +197,13 @@ def _stop_with_parent(parent: int) -> None:
     """SIGTERM this launcher when ``parent``, the command that started it, ends, even killed
     outright (SIGKILL, the OOM killer), as torchrun then stops its workers: they had trained
     on as orphans, holding the run's lock against the --resume. Linux only (prctl)."""
-    with contextlib.suppress(AttributeError, OSError):  # no prctl: another system
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except AttributeError:  # no prctl: another system than Linux
+        prctl = None
+    if prctl is not None and prctl(PR_SET_PDEATHSIG, ctypes.c_ulong(signal.SIGTERM)) != 0:
+        log.warning("torchrun's launcher will not stop with its command if that is killed "
+                    "outright (prctl: %s)", os.strerror(ctypes.get_errno()))  # fmt: skip
     if os.getppid() != parent:  # it ended before the prctl took hold
         sys.exit(128 + signal.SIGTERM)
 

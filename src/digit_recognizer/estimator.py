@@ -9,9 +9,8 @@ any net; classical models already are pipelines. ``build_estimator``, ``save_est
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import os
-import re
 import shutil
 import tempfile
 from dataclasses import asdict
@@ -36,8 +35,8 @@ from digit_recognizer.config import load_config
 from digit_recognizer.data.images import check_digits, check_images
 from digit_recognizer.data.kaggle_csv import N_PIXELS
 from digit_recognizer.data.splits import split_for_training
-from digit_recognizer.errors import ConfigError, ModelFileError, first_line
-from digit_recognizer.fileio import process_is_alive
+from digit_recognizer.errors import ConfigError, DigitsError, ModelFileError, first_line
+from digit_recognizer.fileio import check_not_in_use, locked_dir
 from digit_recognizer.models.classical import fits_the_digits, load_pipeline, save_pipeline
 from digit_recognizer.models.registry import build, get_spec
 from digit_recognizer.models.storage import META_FILE, load_net, read_meta, save_net
@@ -53,18 +52,18 @@ TRAIN_KEYS = (
 )  # fmt: skip
 
 
-# A fit without a run_dir trains in a temporary folder named with its pid: one a kill left
+# A fit without a run_dir trains in a temporary folder, locked while it does: one a kill left
 # (its checkpoints, megabytes) is removed by the next fit (remove_dead_scratch).
 SCRATCH_PREFIX = "digits-net."
-_SCRATCH = re.compile(re.escape(SCRATCH_PREFIX) + r"(\d{1,9})-[a-z0-9_]{8}")
 
 
 def remove_dead_scratch() -> None:
-    """Remove the temporary training folders of fits whose process is dead (killed outright)."""
-    for folder in Path(tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}*-*"):
-        match = _SCRATCH.fullmatch(folder.name)
-        if match and folder.is_dir() and not process_is_alive(int(match[1])):
-            shutil.rmtree(folder, ignore_errors=True)
+    """Remove the temporary training folders of fits killed outright: those whose lock no
+    process holds (an flock, which the kernel drops as its holder ends, in any container)."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}*"):
+        with contextlib.suppress(DigitsError, OSError):  # in use, or not ours to remove
+            check_not_in_use(folder)
+            shutil.rmtree(folder)
 
 
 class NetClassifier(ClassifierMixin, BaseEstimator):
@@ -140,9 +139,12 @@ augment, valid_size, patience, seed, device : optional
                 f"out valid_size={config.valid_size} of them by digit; give more images, or "
                 "valid_size=0 (no validation)"
             ) from None
-        remove_dead_scratch()
-        with tempfile.TemporaryDirectory(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-") as scratch:
-            result = train(config, train_set, valid_set, Path(self.run_dir or scratch))
+        if self.run_dir is not None:
+            result = train(config, train_set, valid_set, Path(self.run_dir))
+        else:
+            remove_dead_scratch()
+            with tempfile.TemporaryDirectory(prefix=SCRATCH_PREFIX) as scratch, locked_dir(scratch):
+                result = train(config, train_set, valid_set, Path(scratch))
         self.module_ = result.model
         self.history_ = result.history
         self.config_ = result.config

@@ -36,7 +36,8 @@ from digit_recognizer.predict import PredictConfig, Predictor, check_data_source
 
 BATCH_SIZE = 256  # bounds the memory held by the graph: activations and gradients of a batch
 HEATMAP_CMAP = "jet"  # the Grad-CAM paper's colours: readable on top of a grey digit
-ACTIVATIONS = (nn.ReLU, nn.GELU, nn.ELU, nn.SiLU, nn.LeakyReLU, nn.Mish)
+ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.GELU, nn.ELU, nn.SELU, nn.SiLU, nn.Mish, nn.LeakyReLU,
+               nn.PReLU, nn.Hardswish, nn.Tanh)  # fmt: skip
 
 
 @torch.enable_grad()  # callers may hold torch.no_grad(), as inference code does
@@ -66,7 +67,20 @@ def grad_cam(
         return saliency(model, images, target)
     module = _find_layer(model, layer)
     captured: dict[str, torch.Tensor] = {}
-    hooks = [module.register_forward_hook(lambda _m, _i, output: captured.update(output=output))]
+    activation_after = _activation_after(model, module) if layer is None else None
+
+    def on_layer(_module: nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
+        captured["output"] = output
+        captured["armed"] = activation_after is not None
+
+    def on_activation(_module: nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
+        # Its first call after the conv's: a net may call one activation module elsewhere too.
+        if captured.pop("armed", False):
+            captured["output"] = output
+
+    hooks = [module.register_forward_hook(on_layer)]
+    if activation_after is not None:
+        hooks.append(activation_after.register_forward_hook(on_activation))
     # Layers that warp the image before the convolutions (cnn-deskew's Deskew) have the heatmap,
     # drawn on what the net saw, moved back onto the image as given (their to_input_frame).
     warps = [m for m in model.modules() if hasattr(m, "to_input_frame")]
@@ -142,7 +156,7 @@ def _find_layer(model: nn.Module, layer: nn.Module | str | None) -> nn.Module:
         if named and not isinstance(modules.get(named[0]), nn.Conv2d):
             raise ValueError(f"the net's grad_cam_layer, '{named[0]}', is not one of its conv "
                              f"layers: {', '.join(convs)}")  # fmt: skip
-        return _activated(modules, named[0] if named else convs[-1])
+        layer = named[0] if named else convs[-1]
     if isinstance(layer, nn.Module):
         if not any(module is layer for module in modules.values()):
             raise ValueError("layer is not a module of this model")
@@ -152,18 +166,19 @@ def _find_layer(model: nn.Module, layer: nn.Module | str | None) -> nn.Module:
     return modules[layer]
 
 
-def _activated(modules: dict[str, nn.Module], conv: str) -> nn.Module:
-    """The activation registered right after the conv layer named ``conv`` (past its batch
-    norm), else the conv itself: its features as the next layer sees them. On the default
-    model of replica 577215 and 1,000 MNIST digits, 0.71 of the heatmaps' mass lay on the ink
-    (dilated by a pixel) and 93 % of their peaks, where the raw conv output put 0.64 and 85 %."""
-    names = list(modules)
-    for name in names[names.index(conv) + 1 :]:
-        if isinstance(modules[name], ACTIVATIONS):
-            return modules[name]
-        if not isinstance(modules[name], nn.BatchNorm2d | nn.Identity):
-            break
-    return modules[conv]
+def _activation_after(model: nn.Module, conv: nn.Module) -> nn.Module | None:
+    """The activation registered right after ``conv`` (past its batch norm), if any: Grad-CAM
+    reads the conv's features as the next layer sees them, its output after that activation's
+    first call. On the default model of replica 577215 and 1,000 MNIST digits, 0.71 of the
+    heatmaps' mass lay on the ink (dilated by a pixel) and 93 % of their peaks, where the raw
+    conv output put 0.64 and 85 %."""
+    modules = list(model.modules())
+    for module in modules[next(i for i, m in enumerate(modules) if m is conv) + 1 :]:
+        if isinstance(module, ACTIVATIONS):
+            return module
+        if not isinstance(module, nn.BatchNorm2d | nn.Identity):
+            return None
+    return None
 
 
 def _scaled(heatmaps: torch.Tensor) -> NDArray[np.float32]:

@@ -12,6 +12,7 @@ raw pixels and cannot get the preprocessing wrong. Probabilities match PyTorch i
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
 from collections.abc import Callable, Iterator
@@ -59,10 +60,12 @@ def export_onnx(run_dir: Path, out: Path | None = None) -> Path:
         raise ConfigError(f"{out} exists and is no .onnx file; give --out a new path or one "
                           "ending .onnx")  # fmt: skip
     check_can_write(out)  # before the export's ten seconds
+    # Hashed before the weights are read and checked once exported: a training resumed
+    # meanwhile would otherwise leave an export of the old weights, stamped current for the new.
+    weights_hash = None
+    with contextlib.suppress(OSError):  # missing or unreadable: load_net says so, naming it
+        weights_hash = sha256_file(run_dir / WEIGHTS_FILE)
     model, _ = load_net(run_dir)
-    # Hashed as the weights are read and checked once exported: a training resumed meanwhile
-    # would otherwise leave an export of the old weights, stamped current for the new.
-    weights_hash = sha256_file(run_dir / WEIGHTS_FILE)
     # Imported whole before the export, which imports it lazily: Ctrl-C during that import left
     # it half made, and the exporter, reaching for torch._dynamo.exc in its own error handling,
     # turned the interruption into a page-long TorchExportError.

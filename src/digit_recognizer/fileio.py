@@ -19,6 +19,9 @@ from typing import IO
 from digit_recognizer.errors import DigitsError, OutputError, first_line
 
 LOCK_FILE = ".lock"
+# Age past which a temporary file in a folder other machines' processes share is a killed
+# writer's, whatever its pid says here: every writer here finishes a file in seconds.
+LEFTOVER_AGE_S = 600
 
 
 def make_dir(path: str | os.PathLike[str]) -> Path:

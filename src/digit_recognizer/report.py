@@ -195,8 +195,8 @@ def _report_sections(
         ("Most confident mistakes", html_img(figures / "mistakes.png", "most confident mistakes")),
         ("Grad-CAM: where the net looked", html_img(figures / "grad_cam.png", "Grad-CAM")
          + html_note(
-            "Red: where the predicted digit's score rises most (Grad-CAM on the last conv layer; "
-            "input-gradient saliency for a net without convolutions). "
+            "Red: where the predicted digit's score rises most (Grad-CAM on the last conv "
+            "layer's activations; input-gradient saliency for a net without convolutions). "
             "Run digits explain RUN_DIR CSV --index I to explain any image.")),
     ]  # fmt: skip
 

@@ -55,7 +55,13 @@ from digit_recognizer.distributed import Distributed
 from digit_recognizer.errors import ConfigError, DivergedError, first_line
 from digit_recognizer.estimator import build_estimator
 from digit_recognizer.evaluate import save_figure
-from digit_recognizer.fileio import is_leftover_of, make_dir, remove_leftovers, write_text
+from digit_recognizer.fileio import (
+    LEFTOVER_AGE_S,
+    is_leftover_of,
+    make_dir,
+    remove_leftovers,
+    write_text,
+)
 from digit_recognizer.interrupts import interruption_behind
 from digit_recognizer.models.registry import get_spec
 from digit_recognizer.train import TrainConfig, train
@@ -167,7 +173,9 @@ def tune(config: TuneConfig, train_csv: Path, out_dir: Path) -> TuneResult:
     where = f"--storage {storage}" if config.storage else database
     study = open_study(storage, study_name, where)
     remove_dead_trials(out_dir)
-    remove_leftovers(out_dir)  # what a write killed outright left: best_params.json's, say
+    # What a write killed outright left (best_params.json's, say); old enough that no worker
+    # on another machine sharing --out is still writing it.
+    remove_leftovers(out_dir, min_age_s=LEFTOVER_AGE_S)
     # Offset by the stored trials: a resumed study must not redraw its first random samples.
     study.sampler = optuna.samplers.TPESampler(seed=(config.seed + len(study.trials)) % 2**32)
     is_net = get_spec(config.model).kind == "net"
@@ -296,7 +304,7 @@ BELOW_MEDIAN = "below the median of earlier trials"
 CUT_BY_TIMEOUT = "stopped by --timeout: raise it for whole trials"
 DIVERGED = "its training diverged: the lr range is too high for these rows"
 INTERRUPTED = "interrupted"
-UNFIT = "cannot be fitted on these rows with its settings: give more rows"
+UNFIT = "could not be fitted with its settings on these rows"
 
 
 def pruned(trial: optuna.Trial, reason: str, detail: str = "") -> optuna.TrialPruned:

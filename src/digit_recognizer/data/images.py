@@ -248,7 +248,7 @@ def _to_mnist(pixels: NDArray[np.float32], side: _InkSide, name: str) -> NDArray
     if is_photo and max(crop.shape) < MIN_DIGIT_PIXELS:
         raise DataError(f"{name}: no digit found, only a speck (the image is blank but for it)")
     scale = BOX / max(crop.shape)
-    height, width = (max(1, round(side * scale)) for side in crop.shape)
+    height, width = (max(1, round(length * scale)) for length in crop.shape)
     resized = Image.fromarray(crop * 255).resize((width, height), Image.Resampling.LANCZOS)
     digit = np.clip(np.asarray(resized), 0, 255)
     # A fine pen on a large page thins to a faint trace at 20 x 20 (brightest pixel ~50), where

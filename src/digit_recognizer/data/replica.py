@@ -17,7 +17,13 @@ import numpy as np
 from digit_recognizer.data.kaggle_csv import write_kaggle_csv, write_submission
 from digit_recognizer.data.mnist import load_mnist
 from digit_recognizer.errors import OutputError
-from digit_recognizer.fileio import remove_leftovers, sha256_file, write_text, xdg_home
+from digit_recognizer.fileio import (
+    LEFTOVER_AGE_S,
+    remove_leftovers,
+    sha256_file,
+    write_text,
+    xdg_home,
+)
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +76,6 @@ def build_replica(out_dir: str | Path, seed: int = 0, overwrite: bool = False) -
     _record(files.solution, written)
     _write_manifest(out_dir, {"seed": seed, "sha256": written})
     return files
-
-
-LEFTOVER_AGE_S = 600  # a build writes its files in seconds, touching them all along
 
 
 def ready_replica(out_dir: str | Path, seed: int = 0) -> ReplicaFiles:

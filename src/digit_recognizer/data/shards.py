@@ -432,6 +432,8 @@ def expand(
         raise ConfigError(f"copies must be >= 1, got {copies}")
     if not 0 <= valid_size < 1:
         raise ConfigError(f"valid_size must be in [0, 1), got {valid_size}")
+    if not 0 <= seed < 2**32:  # scikit-learn's range; its own error had blamed --valid-size
+        raise ConfigError(f"seed must be from 0 to 2**32 - 1, got {seed}")
     manifest = resolve_data_source(train_csv)
     _refuse_expansion(manifest, train_csv, "expand", "copies of its copies would train and "
                       "copies would be held out; expand the CSV it came from with more "

@@ -364,12 +364,12 @@ def load_pipeline(run_dir: Path) -> tuple[Pipeline, dict[str, Any]]:
     return pipeline, meta
 
 
-def _signing_key(make: bool = True) -> bytes:
-    """This installation's secret, made on its first save (``make``): a file signed with it was
+def _signing_key(make_key: bool = True) -> bytes:
+    """This installation's secret, made on its first save (``make_key``): a file signed with it was
     written here, which a hash recorded beside the file cannot show (whoever swaps the file
     rewrites it). Without one, a load refuses the file without making one."""
     path = xdg_home("XDG_DATA_HOME", ".local/share") / "digit-recognizer" / "skops.key"
-    if not path.exists() and not make:
+    if not path.exists() and not make_key:
         raise ModelFileError(f"{path}: no signing key, so no random forest was saved on this "
                              "installation; refusing to load a model file written elsewhere "
                              "(retrain it here)")  # fmt: skip
