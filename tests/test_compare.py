@@ -62,12 +62,21 @@ def test_bad_requests_fail_before_training(tmp_path, small_csvs):
         compare(small_csvs["train"], ["knn", "logreg", "knn"], tmp_path)
     with pytest.raises(ConfigError, match=r"--seed must be from 0 to 2\*\*32 - 1"):
         compare(small_csvs["train"], ["knn"], tmp_path, seed=2**32)
-    # A leaderboard that cannot be replaced is found before the fitting, not after it.
-    (tmp_path / "leaderboard.csv").write_text("model\n")
-    (tmp_path / "leaderboard.csv").chmod(0o444)
-    with pytest.raises(OutputError, match=r"leaderboard\.csv: read-only"):
+
+
+@pytest.mark.parametrize("name", ["leaderboard.csv", "leaderboard.png", "compare.json"])
+def test_an_output_that_cannot_be_replaced_is_refused_before_any_model_is_fitted(
+    tmp_path, small_csvs, monkeypatch, name
+):
+    """A read-only leaderboard, chart or compare.json had been found only on writing it,
+    after the first model's fitting (every model's, before they were written as scored)."""
+    from digit_recognizer import compare as compare_module
+
+    monkeypatch.setattr(compare_module, "_score_model", lambda *args: pytest.fail("fitted"))
+    (tmp_path / name).write_text("old")
+    (tmp_path / name).chmod(0o444)
+    with pytest.raises(OutputError, match=rf"{name}: read-only"):
         compare(small_csvs["train"], ["knn"], tmp_path)
-    assert not (tmp_path / "compare.json").exists()
 
 
 def test_the_models_scored_before_an_interruption_are_kept(tmp_path, small_csvs, monkeypatch):

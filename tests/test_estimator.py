@@ -61,6 +61,30 @@ def test_a_fit_killed_outright_leaves_its_scratch_folder_to_the_next_fit(
     assert [path.name for path in tmp_path.iterdir()] == ["digits-net.q9w8e7rt"]
 
 
+def test_a_live_fits_scratch_folder_is_not_taken_for_a_killed_ones(
+    tmp_path, small_train, monkeypatch
+):
+    """A fit's scratch folder is locked while it trains: unlocked, another fit starting
+    meanwhile (compare's next model, a second process) took it for a killed fit's and removed
+    it, checkpoints and all, from under the training."""
+    import tempfile
+
+    from digit_recognizer import estimator as estimator_module
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    real_train = estimator_module.train
+    seen = []
+
+    def another_fit_starts_meanwhile(config, train_set, valid_set, run_dir):
+        estimator_module.remove_dead_scratch()
+        seen.append(run_dir.is_dir())
+        return real_train(config, train_set, valid_set, run_dir)
+
+    monkeypatch.setattr(estimator_module, "train", another_fit_starts_meanwhile)
+    NetClassifier("mlp", **TINY_RECIPE, valid_size=0).fit(small_train.images, small_train.labels)
+    assert seen == [True]
+
+
 def test_net_classifier_follows_scikit_learn_conventions():
     net = NetClassifier("cnn", epochs=2)
     assert clone(net).get_params() == net.get_params()

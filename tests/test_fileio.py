@@ -222,3 +222,15 @@ def test_another_users_process_counts_as_alive(monkeypatch: pytest.MonkeyPatch) 
 
     monkeypatch.setattr(os, "kill", not_permitted)
     assert process_is_alive(1)
+
+
+def test_check_can_write_refuses_a_read_only_file_before_the_work(tmp_path: Path) -> None:
+    """check_can_write had passed a 0444 file that atomic_path then refused: compare and export
+    did all their work first (an export's ten seconds, every model's fit) and lost it."""
+    locked = tmp_path / "leaderboard.csv"
+    locked.write_text("old")
+    locked.chmod(0o444)
+    with pytest.raises(OutputError, match=r"leaderboard\.csv: read-only \(mode 0444\)"):
+        check_can_write(locked)
+    locked.chmod(0o644)
+    assert check_can_write(locked) == locked
