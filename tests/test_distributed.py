@@ -260,29 +260,10 @@ def test_torchrun_leaves_no_files_and_no_orphans_behind(tmp_path, monkeypatch):
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     run_torchrun(1, "json.tool", ["--help"])
     assert list(scratch.iterdir()) == []
-    (tmp_path / "sleeper.py").write_text(
-        "import os, pathlib, sys, time\n"
-        "pathlib.Path(sys.argv[1]).write_text(str(os.getpid()))\n"
-        "time.sleep(600)\n"
-    )
-    worker_pid = tmp_path / "worker.pid"
-    launch = (
-        "import sys; from digit_recognizer.distributed import run_torchrun; "
-        f"run_torchrun(1, 'sleeper', [{str(worker_pid)!r}])"
-    )
-    env = os.environ | {"PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    parent = subprocess.Popen([sys.executable, "-c", launch], env=env, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while not worker_pid.exists() or not worker_pid.read_text():
-        assert time.monotonic() < deadline and parent.poll() is None, "the worker did not start"
-        time.sleep(0.1)
+    parent, worker = launch_sleeping_worker(tmp_path)
     parent.send_signal(signal.SIGTERM)
     parent.wait(timeout=60)
-    worker = int(worker_pid.read_text())
-    deadline = time.monotonic() + 30
-    while Path(f"/proc/{worker}").exists() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not Path(f"/proc/{worker}").exists(), "the worker outlived its launcher"
+    assert ends(worker), "the worker outlived its launcher"
     assert list(scratch.iterdir()) == []
 
 
@@ -290,6 +271,15 @@ def test_torchrun_leaves_no_files_and_no_orphans_behind(tmp_path, monkeypatch):
 def test_a_command_killed_outright_takes_torchrun_and_its_workers_with_it(tmp_path):
     """SIGKILL (the OOM killer, `kill -9`) leaves the command no moment to stop torchrun: its
     workers had trained on as orphans, holding the run's lock against the --resume."""
+    parent, worker = launch_sleeping_worker(tmp_path)
+    parent.kill()
+    parent.wait(timeout=60)
+    assert ends(worker), "the worker outlived the command"
+
+
+def launch_sleeping_worker(tmp_path: Path) -> tuple[subprocess.Popen, Path]:
+    """A process calling run_torchrun for one worker that sleeps, once that worker runs: the
+    process, and the worker's folder in /proc."""
     (tmp_path / "sleeper.py").write_text(
         "import os, pathlib, sys, time\n"
         "pathlib.Path(sys.argv[1]).write_text(str(os.getpid()))\n"
@@ -306,19 +296,20 @@ def test_a_command_killed_outright_takes_torchrun_and_its_workers_with_it(tmp_pa
     while not worker_pid.exists() or not worker_pid.read_text():
         assert time.monotonic() < deadline and parent.poll() is None, "the worker did not start"
         time.sleep(0.1)
-    parent.kill()
-    parent.wait(timeout=60)
-    worker = Path(f"/proc/{worker_pid.read_text()}")
-    deadline = time.monotonic() + 30
-    while worker.exists() and "zombie" not in _state(worker) and time.monotonic() < deadline:
+    return parent, Path(f"/proc/{worker_pid.read_text()}")
+
+
+def ends(process: Path, within_s: float = 30) -> bool:
+    """Whether the process of a /proc folder ends (is gone, or a zombie) within ``within_s``."""
+
+    def ended() -> bool:
+        try:
+            status = (process / "status").read_text()
+        except OSError:
+            return True
+        return any(line.startswith("State:") and "zombie" in line for line in status.splitlines())
+
+    deadline = time.monotonic() + within_s
+    while not ended() and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not worker.exists() or "zombie" in _state(worker), "the worker outlived the command"
-
-
-def _state(process: Path) -> str:
-    """A process's state line in /proc ("" once it is gone)."""
-    try:
-        status = (process / "status").read_text()
-    except OSError:
-        return ""
-    return next(line for line in status.splitlines() if line.startswith("State:"))
+    return ended()
