@@ -22,7 +22,7 @@ from sklearn.model_selection import StratifiedKFold
 
 from digit_recognizer.data.kaggle_csv import DigitSet
 from digit_recognizer.data.shards import read_labelled
-from digit_recognizer.data.splits import split_for_training
+from digit_recognizer.data.splits import check_seed, split_for_training
 from digit_recognizer.errors import ConfigError, DataError, first_line
 from digit_recognizer.estimator import build_estimator, count_parameters
 from digit_recognizer.evaluate import CLASSES, compute_metrics, save_figure
@@ -91,8 +91,7 @@ def compare(
         raise ConfigError(f"--valid-size must be in (0, 1), got {valid_size}")
     if epochs is not None and epochs < 1:
         raise ConfigError(f"--epochs must be >= 1, got {epochs}")
-    if not 0 <= seed < 2**32:  # scikit-learn's range; its own error had blamed the split
-        raise ConfigError(f"--seed must be from 0 to 2**32 - 1, got {seed}")
+    check_seed(seed, "--seed")
     # Before the fitting, whose work a bad --out would lose.
     out_dir = make_dir(out_dir)
     for name in (LEADERBOARD_FILE, CHART_FILE, SETTINGS_FILE):
@@ -105,7 +104,7 @@ def compare(
     split = {"valid_size": None if test_csv or cv else valid_size, "cv": cv, "seed": seed,
              "epochs": epochs}  # fmt: skip
     settings = {"models": models, **split, **source_record("train", train_csv),
-                **source_record("test", test_csv)}  # fmt: skip
+                **source_record("test", test_csv), "versions": _versions()}  # fmt: skip
     rows: list[dict[str, float | int | str]] = []
     for name in models:
         try:
@@ -122,7 +121,7 @@ def compare(
                             out_dir / CHART_FILE, len(folds))  # fmt: skip
         write_leaderboard(board)
         plot_leaderboard(board)
-        scored = {"scored": [str(row["model"]) for row in rows], "versions": _versions()}
+        scored = {"scored": [str(row["model"]) for row in rows]}
         write_text(out_dir / SETTINGS_FILE, json.dumps(settings | scored, indent=2))
     return board
 

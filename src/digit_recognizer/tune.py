@@ -50,7 +50,7 @@ from digit_recognizer.checkpoint import rows_fingerprint
 from digit_recognizer.config import check_fields, load_config, save_config
 from digit_recognizer.data.kaggle_csv import DigitSet
 from digit_recognizer.data.shards import read_labelled
-from digit_recognizer.data.splits import split_for_training
+from digit_recognizer.data.splits import check_seed, split_for_training
 from digit_recognizer.distributed import Distributed
 from digit_recognizer.errors import ConfigError, DivergedError, first_line
 from digit_recognizer.estimator import build_estimator
@@ -98,8 +98,7 @@ class TuneConfig:
             raise ConfigError(f"timeout_s must be >= 0 (0 = none), got {self.timeout_s}")
         if not 0 < self.valid_size < 1:
             raise ConfigError(f"valid_size must be in (0, 1), got {self.valid_size}")
-        if not 0 <= self.seed < 2**32:  # numpy's, scikit-learn's and Optuna's range
-            raise ConfigError(f"seed must be from 0 to 2**32 - 1, got {self.seed}")
+        check_seed(self.seed)  # Optuna's range too
 
 
 @dataclass

@@ -47,7 +47,7 @@ from digit_recognizer.data.kaggle_csv import (
     to_table,
     write_table,
 )
-from digit_recognizer.data.splits import stratified_split
+from digit_recognizer.data.splits import check_seed, stratified_split
 from digit_recognizer.data.tensors import to_model_input, to_uint8_images
 from digit_recognizer.errors import ConfigError, DataError
 from digit_recognizer.fileio import atomic_path, make_dir, sha256_file, write_text
@@ -432,8 +432,7 @@ def expand(
         raise ConfigError(f"copies must be >= 1, got {copies}")
     if not 0 <= valid_size < 1:
         raise ConfigError(f"valid_size must be in [0, 1), got {valid_size}")
-    if not 0 <= seed < 2**32:  # scikit-learn's range; its own error had blamed --valid-size
-        raise ConfigError(f"seed must be from 0 to 2**32 - 1, got {seed}")
+    check_seed(seed)
     manifest = resolve_data_source(train_csv)
     _refuse_expansion(manifest, train_csv, "expand", "copies of its copies would train and "
                       "copies would be held out; expand the CSV it came from with more "

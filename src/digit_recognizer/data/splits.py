@@ -10,6 +10,13 @@ from digit_recognizer.data.kaggle_csv import DigitSet
 from digit_recognizer.errors import ConfigError
 
 
+def check_seed(seed: int, flag: str = "seed") -> None:
+    """ConfigError unless ``seed`` is in numpy's and scikit-learn's range: past it their own
+    error, caught as a split's, blamed --valid-size."""
+    if not 0 <= seed < 2**32:
+        raise ConfigError(f"{flag} must be from 0 to 2**32 - 1, got {seed}")
+
+
 def stratified_split(
     labels: NDArray[np.int64], valid_size: float, seed: int
 ) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
