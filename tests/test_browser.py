@@ -187,8 +187,17 @@ def test_a_drawings_late_answer_does_not_replace_an_uploads(page: object, tmp_pa
     drawing().save(path)
     page.click("#clear")
     page.wait_for_function("() => !busy && !again")
-    held = []
-    page.route("**/predict*", lambda route: route.continue_() if held else held.append(route))
+    held, answers = [], []
+
+    def hold_the_first(route: object) -> None:
+        if not held:
+            held.append(route)
+            return
+        response = route.fetch()
+        answers.append(response.json())
+        route.fulfill(response=response)
+
+    page.route("**/predict*", hold_the_first)
     try:
         draw_stroke(page, [(0.3, 0.3), (0.7, 0.3), (0.4, 0.85)])  # a 7, held back
         deadline = time.monotonic() + 15
@@ -197,7 +206,8 @@ def test_a_drawings_late_answer_does_not_replace_an_uploads(page: object, tmp_pa
         assert held, "the drawing sent no /predict request"
         with page.expect_response("**/predict*"):
             page.set_input_files("#file", str(path))
-        expect(page.locator("#label")).to_have_text(re.compile(r"^[0-9]$"), timeout=15_000)
+        expect(page.locator("#label")).to_have_text(str(answers[0]["label"]), timeout=15_000)
+        assert len(answers) == 1  # the upload's: the drawing's moves queued behind its request
         upload_answer = page.locator("#top3").inner_text()
         with page.expect_response("**/predict*"):
             held[0].continue_()
@@ -205,6 +215,33 @@ def test_a_drawings_late_answer_does_not_replace_an_uploads(page: object, tmp_pa
         assert page.locator("#top3").inner_text() == upload_answer
     finally:
         page.unroute("**/predict*")
+
+
+BURST = """() => { const box = pad.getBoundingClientRect();
+  for (let i = 1; i <= 10; i++) pad.dispatchEvent(new PointerEvent("pointermove", {
+    pointerId: pen, clientX: box.x + box.width / 2, clientY: box.y + box.height * (0.15 + 0.07 * i),
+    bubbles: true })); }"""
+
+
+def test_a_burst_of_moves_sends_one_request_at_a_time(page: object) -> None:
+    """Moves arriving while a stroke's PNG is being made queue behind it: the page had set
+    `busy` only once the PNG was ready, so a burst sent a request for each move."""
+    page.click("#clear")
+    page.wait_for_function("() => !busy && !again")
+    held = []
+    page.route("**/predict*", lambda route: held.append(route))
+    try:
+        box = page.locator("#pad").bounding_box()
+        page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] * 0.15)
+        page.mouse.down()
+        page.evaluate(BURST)  # ten moves in one task, as a fast pen's coalesced events come
+        page.mouse.up()
+        page.wait_for_timeout(300)  # any PNG the moves asked for is made and sent
+        assert len(held) == 1
+        assert page.evaluate("again")
+    finally:
+        page.unroute("**/predict*")  # lets the held request go on
+    page.wait_for_function("() => !busy && !again")
 
 
 def test_drawing_with_a_finger(page: object) -> None:

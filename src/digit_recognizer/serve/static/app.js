@@ -176,10 +176,17 @@ function requestPrediction() {
   if (!strokes.length) { sendUpload(); return; } // undone back to the upload: the file itself
   const finished = pen === null; // a finished stroke's answer is read out; a moving one's not
   const drawnOver = uploadedFile, drawnAt = version;
+  busy = true; // from now, not once the PNG is made: moves meanwhile queue behind this one
   pad.toBlob((blob) => {
     // The PNG comes back later: an upload chosen or cleared away meanwhile replaced this pad.
     if (uploadedFile === drawnOver) send(blob, "image/png", null, finished, drawnAt);
+    else settle();
   }, "image/png");
+}
+
+function settle() {
+  busy = false;
+  if (again) { again = false; requestPrediction(); }
 }
 
 // fileName: an upload's, which its errors name (the server calls any image body "image");
@@ -230,8 +237,7 @@ async function send(body, type, fileName, announce, drawnAt) {
   } finally {
     clearTimeout(notice);
     clearTimeout(timeout);
-    busy = false;
-    if (again) { again = false; requestPrediction(); }
+    settle();
   }
 }
 
