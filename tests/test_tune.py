@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 from digit_recognizer import tune as tune_module
 from digit_recognizer.cli import app
 from digit_recognizer.config import load_config
-from digit_recognizer.errors import ConfigError, DivergedError
+from digit_recognizer.errors import ConfigError, DigitsError, DivergedError
+from digit_recognizer.fileio import LOCK_FILE, check_not_in_use, locked_dir
 from digit_recognizer.train import TrainConfig
 from digit_recognizer.tune import TuneConfig, tune
 
@@ -387,20 +388,25 @@ def test_a_killed_trials_folder_is_removed_and_pruned_trials_of_before_are_calle
 ):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
-    (tmp_path / f"trial4.{dead}-x1y2z3ab" / "member").mkdir(parents=True)  # a kill's, with files
-    (tmp_path / f"trial6.{os.getpid()}-a1b2c3d4").mkdir()  # a killed run's, its pid reused
-    (tmp_path / f"trial5.{os.getppid()}-q9w8e7rt").mkdir()  # another worker's, live
+    (tmp_path / "trial4-x1y2z3ab" / "member").mkdir(parents=True)  # a kill's, with files
+    (tmp_path / "trial4-x1y2z3ab" / LOCK_FILE).write_text(f"process {dead}\n")  # not held
+    (tmp_path / "trial-notes").mkdir()  # not a trial's
     killed_write = tmp_path / f".best_params.json.{dead}-abcdefgh.tmp"
     killed_write.write_text("{")  # as a write killed outright leaves it, an hour ago
     os.utime(killed_write, (time.time() - 3600, time.time() - 3600))
     (tmp_path / f".best_params.json.{dead}-ijklmnop.tmp").write_text("{")  # a moment ago:
     # perhaps another machine's worker's, sharing --out, and left alone
-    tune(TuneConfig(model="knn", trials=1), small_csvs["train"], tmp_path)
+    # Another worker's, live, whatever its pid: judged by pid, one training on another
+    # machine sharing --out was taken for a killed one's and removed from under it.
+    with locked_dir(tmp_path / "trial5-q9w8e7rt"):
+        tune(TuneConfig(model="knn", trials=1), small_csvs["train"], tmp_path)
     assert [path.name for path in tmp_path.glob(".*.tmp")] == [
         f".best_params.json.{dead}-ijklmnop.tmp"
     ]
     assert sorted(path.name for path in tmp_path.glob("trial*")) == [
-        f"trial5.{os.getppid()}-q9w8e7rt"]  # fmt: skip
+        "trial-notes",
+        "trial5-q9w8e7rt",
+    ]
     # A study an earlier version pruned did not record why: pruned, not "failed".
     study = optuna.create_study(storage=f"sqlite:///{tmp_path}/old.db")
     for _ in range(2):
@@ -441,6 +447,8 @@ def test_a_trial_the_deadline_passes_in_its_last_epoch_completes(tmp_path, small
 
     def fake_train(config, train_set, valid_set, run_dir, on_epoch_end):
         folders.append(run_dir)
+        with pytest.raises(DigitsError, match="is in use by process"):
+            check_not_in_use(run_dir)
         on_epoch_end({"epoch": 1, "valid_accuracy": 0.9})
         now[0] = 601.0
         on_epoch_end({"epoch": 2, "valid_accuracy": 0.95})
@@ -452,9 +460,9 @@ def test_a_trial_the_deadline_passes_in_its_last_epoch_completes(tmp_path, small
     study = optuna.load_study(study_name=result.study_name, storage=result.storage)
     assert [trial.state.name for trial in study.trials] == ["COMPLETE"]
     assert result.best_value == 0.95
-    # It trained in --out, in a folder named with this process's pid, gone once it ended.
+    # It trained in --out, in a folder locked meanwhile, gone once it ended.
     assert folders[0].parent == tmp_path and not folders[0].exists()
-    assert tune_module._TRIAL_FOLDER.fullmatch(folders[0].name)[1] == str(os.getpid())
+    assert tune_module._TRIAL_FOLDER.fullmatch(folders[0].name)
 
 
 def test_ctrl_c_in_the_first_trial_is_the_interruption_and_zero_trials_are_refused(

@@ -9,9 +9,7 @@ any net; classical models already are pipelines. ``build_estimator``, ``save_est
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import shutil
 import tempfile
 from dataclasses import asdict
 from inspect import signature
@@ -35,8 +33,8 @@ from digit_recognizer.config import load_config
 from digit_recognizer.data.images import check_digits, check_images
 from digit_recognizer.data.kaggle_csv import N_PIXELS
 from digit_recognizer.data.splits import split_for_training
-from digit_recognizer.errors import ConfigError, DigitsError, ModelFileError, first_line
-from digit_recognizer.fileio import check_not_in_use, locked_dir
+from digit_recognizer.errors import ConfigError, ModelFileError, first_line
+from digit_recognizer.fileio import locked_dir, remove_unlocked_dirs
 from digit_recognizer.models.classical import fits_the_digits, load_pipeline, save_pipeline
 from digit_recognizer.models.registry import build, get_spec
 from digit_recognizer.models.storage import META_FILE, load_net, read_meta, save_net
@@ -60,10 +58,7 @@ SCRATCH_PREFIX = "digits-net."
 def remove_dead_scratch() -> None:
     """Remove the temporary training folders of fits killed outright: those whose lock no
     process holds (an flock, which the kernel drops as its holder ends, in any container)."""
-    for folder in Path(tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}*"):
-        with contextlib.suppress(DigitsError, OSError):  # in use, or not ours to remove
-            check_not_in_use(folder)
-            shutil.rmtree(folder)
+    remove_unlocked_dirs(Path(tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}*"))
 
 
 class NetClassifier(ClassifierMixin, BaseEstimator):

@@ -11,7 +11,7 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
@@ -265,6 +265,18 @@ def locked_dir(folder: str | os.PathLike[str]) -> Iterator[Path]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def remove_unlocked_dirs(folders: Iterable[Path]) -> None:
+    """Remove those of ``folders`` (scratch a fit or a trial trains in) whose lock no process
+    holds (``locked_dir``): an flock, which the kernel drops as its holder ends, tells a killed
+    holder from a live one in any container, and on any machine sharing the file system, where
+    a pid says nothing. Best effort: one not ours to remove stays."""
+    for folder in folders:
+        if folder.is_dir():
+            with contextlib.suppress(DigitsError, OSError):
+                check_not_in_use(folder)
+                shutil.rmtree(folder)
+
+
 # atomic_path's temporary files: .NAME.PID-RANDOM.tmp (mkstemp's 8 random characters)
 _TEMPORARY_FILE = re.compile(r"\..+\.(\d{1,9})-[a-z0-9_]{8}\.tmp")
 _WRITING: set[Path] = set()  # this process's temporary files, being written (resolved)
@@ -288,7 +300,7 @@ def remove_leftovers(folder: Path, min_age_s: float = 0.0) -> None:
 
 
 def is_leftover_of(pid: int) -> bool:
-    """Whether what a process named with its ``pid`` (a temporary file, a trial's folder) was
+    """Whether what a process named with its ``pid`` (a temporary file) was
     left by one now gone: no process has that pid, or this one does, a restart having given it
     the pid again (what this process is making now, its caller tells apart)."""
     return pid == os.getpid() or not process_is_alive(pid)

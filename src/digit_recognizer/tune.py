@@ -26,9 +26,7 @@ import inspect
 import json
 import logging
 import math
-import os
 import re
-import shutil
 import sys
 import tempfile
 import time
@@ -57,9 +55,10 @@ from digit_recognizer.estimator import build_estimator
 from digit_recognizer.evaluate import save_figure
 from digit_recognizer.fileio import (
     LEFTOVER_AGE_S,
-    is_leftover_of,
+    locked_dir,
     make_dir,
     remove_leftovers,
+    remove_unlocked_dirs,
     write_text,
 )
 from digit_recognizer.interrupts import interruption_behind
@@ -71,7 +70,7 @@ log = logging.getLogger(__name__)
 BEST_CONFIG_FILE = "best_config.toml"
 BEST_PARAMS_FILE = "best_params.json"
 CREATE_ATTEMPTS = 3
-_TRIAL_FOLDER = re.compile(r"trial\d+\.(\d{1,9})-[a-z0-9_]{8}")  # trialN.PID-RANDOM: a trial's
+_TRIAL_FOLDER = re.compile(r"trial\d+-[a-z0-9_]{8}")  # trialN-RANDOM: a trial's
 
 
 @dataclass
@@ -288,13 +287,10 @@ def _creation_lock(storage: str) -> Iterator[None]:
 
 
 def remove_dead_trials(out_dir: Path) -> None:
-    """Remove the folders of trials whose process is dead (killed outright); another live
-    worker's trial goes on. This process has none yet: one named with its pid is a killed
-    run's (a container restarted gives the same pid again)."""
-    for folder in out_dir.glob("trial*.*-*"):
-        match = _TRIAL_FOLDER.fullmatch(folder.name)
-        if match and folder.is_dir() and is_leftover_of(int(match[1])):
-            shutil.rmtree(folder, ignore_errors=True)
+    """Remove the folders of trials killed outright; another worker's trial, on this machine
+    or another sharing --out, holds its folder's lock and goes on."""
+    remove_unlocked_dirs(path for path in out_dir.glob("trial*-*")
+                         if _TRIAL_FOLDER.fullmatch(path.name))  # fmt: skip
 
 
 # Why a trial was pruned or not counted, recorded with it: a study without a completed trial
@@ -419,12 +415,12 @@ def _net_objective(
         if deadline is not None and time.monotonic() > deadline and epoch < config.epochs:
             raise TrialTimeoutError(f"stopped by --timeout after {epoch} of {config.epochs} epochs")
 
-    # In --out, named with the process's pid: a trial killed outright leaves its folder where
-    # the next call removes it (remove_dead_trials), not in /tmp for good.
-    with tempfile.TemporaryDirectory(prefix=f"trial{trial.number}.{os.getpid()}-",
-                                     dir=out_dir) as run_dir:  # fmt: skip
+    # In --out, locked while it trains: a trial killed outright leaves its folder where the
+    # next call removes it (remove_dead_trials), not in /tmp for good.
+    with tempfile.TemporaryDirectory(prefix=f"trial{trial.number}-", dir=out_dir) as scratch, \
+            locked_dir(scratch) as run_dir:  # fmt: skip
         try:
-            result = train(train_config, train_set, valid_set, Path(run_dir), on_epoch_end=report)
+            result = train(train_config, train_set, valid_set, run_dir, on_epoch_end=report)
         except DivergedError as error:  # its settings' fault: a trial to prune, not the end
             raise pruned(trial, DIVERGED, f" ({first_line(error)})") from None
     return float(result.valid_accuracy)
