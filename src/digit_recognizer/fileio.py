@@ -300,9 +300,9 @@ def remove_leftovers(folder: Path, min_age_s: float = 0.0) -> None:
 
 
 def is_leftover_of(pid: int) -> bool:
-    """Whether what a process named with its ``pid`` (a temporary file) was
-    left by one now gone: no process has that pid, or this one does, a restart having given it
-    the pid again (what this process is making now, its caller tells apart)."""
+    """Whether a temporary file named with its writer's ``pid`` was left by one now gone: no
+    process has that pid, or this one does, a restart having given it the pid again (what this
+    process is writing now, its caller tells apart)."""
     return pid == os.getpid() or not process_is_alive(pid)
 
 
