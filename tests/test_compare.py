@@ -99,6 +99,25 @@ def test_the_models_scored_before_an_interruption_are_kept(tmp_path, small_csvs,
     assert settings["models"] == ["knn", "logreg", "svm"]
     assert sorted(settings["scored"]) == ["knn", "logreg"]
 
+    # --resume fits only the model not scored yet, keeping the others' scores as they were;
+    # other settings are refused, not mixed into one leaderboard.
+    with pytest.raises(ConfigError, match=r"written for other seed; drop --resume"):
+        compare(small_csvs["train"], ["knn", "logreg", "svm"], tmp_path, seed=1, resume=True)
+    fitted = []
+
+    def counted(name, **params):
+        fitted.append(name)
+        return build(name, **params)
+
+    monkeypatch.setattr(compare_module, "build_estimator", counted)
+    board = compare(small_csvs["train"], ["logreg", "svm"], tmp_path, resume=True)
+    assert fitted == ["svm"]
+    assert sorted(row["model"] for row in board.rows) == ["logreg", "svm"]
+    kept = next(row for row in settings["scores"] if row["model"] == "logreg")
+    assert next(row for row in board.rows if row["model"] == "logreg") == kept
+    with open(tmp_path / "leaderboard.csv", newline="") as handle:
+        assert sorted(row["model"] for row in csv.DictReader(handle)) == ["logreg", "svm"]
+
 
 def test_data_lacking_a_digit_or_rows_is_scored_or_refused_in_one_line(tmp_path, small_csvs):
     """A pipeline fitted without the 9s had crashed (9 columns of probabilities), 14 rows

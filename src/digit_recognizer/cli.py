@@ -667,13 +667,16 @@ def compare(
     seed: Seed = None,
     epochs: Annotated[int | None, typer.Option(
         help="Epochs of each net. \\[default: TrainConfig's, 15]")] = None,
+    resume: Annotated[bool, typer.Option(
+        help="Keep the models OUT's compare.json scored with these data and settings; fit "
+             "the others.")] = False,
 ) -> None:  # fmt: skip
     """Fit several models on one CSV and rank them by held-out accuracy, with their cost."""
     from digit_recognizer.compare import SETTINGS_FILE
     from digit_recognizer.compare import compare as compare_models
 
     names = [name.strip() for name in models.split(",") if name.strip()]
-    board = compare_models(train, names, out, test, valid_size, cv, seed or 0, epochs)
+    board = compare_models(train, names, out, test, valid_size, cv, seed or 0, epochs, resume)
     table = Table(title=f"digits compare ({board.n_folds} fold{'s' * (board.n_folds > 1)})")
     for column in board.columns:
         table.add_column(column, justify="left" if column == "model" else "right")

@@ -63,6 +63,7 @@ def compare(
     cv: int | None = None,
     seed: int = 0,
     epochs: int | None = None,
+    resume: bool = False,
 ) -> Leaderboard:
     """Fit each model with its defaults (nets: ``TrainConfig``'s, trained ``epochs`` if given)
     and score it on held-out labelled images.
@@ -74,7 +75,9 @@ def compare(
     and a ``_std`` column for each score), ``out_dir/leaderboard.png``, and
     ``out_dir/compare.json``: the data (paths, SHA-256), the settings and the library versions.
     All three are written as each model is scored, ``compare.json``'s ``scored`` naming the
-    models in them: Ctrl-C or a later model's failure keeps the scores before it.
+    models in them: Ctrl-C or a later model's failure keeps the scores before it, and
+    ``resume`` keeps them and fits only the others, where ``compare.json`` shows the same data
+    and settings (a shard folder's or glob's data is known by its path alone).
     """
     if not models:
         raise ConfigError("no model to compare: give --models, e.g. logreg,knn,cnn")
@@ -105,25 +108,55 @@ def compare(
              "epochs": epochs}  # fmt: skip
     settings = {"models": models, **split, **source_record("train", train_csv),
                 **source_record("test", test_csv), "versions": _versions()}  # fmt: skip
-    rows: list[dict[str, float | int | str]] = []
-    for name in models:
+    rows = _scored_before(out_dir / SETTINGS_FILE, settings) if resume else []
+    rows = [row for row in rows if row["model"] in models]
+    if rows:
+        log.info("--resume: %s scored before, not fitted again",
+                 ", ".join(str(row["model"]) for row in rows))  # fmt: skip
+    board = Leaderboard(columns, rows, out_dir / LEADERBOARD_FILE, out_dir / CHART_FILE,
+                        len(folds))  # fmt: skip
+    to_fit = [name for name in models if name not in {row["model"] for row in rows}]
+    if not to_fit:  # each one resumed: the files show the models asked now
+        _write(board, settings)
+    for name in to_fit:
         try:
             rows.append(_score_model(name, folds, cv is not None, seed, epochs))
         except KeyboardInterrupt:
             if rows:
-                log.warning("%s keeps the %d model%s scored before the interruption", out_dir /
-                            LEADERBOARD_FILE, len(rows), "s" * (len(rows) > 1))  # fmt: skip
+                log.warning("%s keeps the %d model%s scored before the interruption "
+                            "(--resume fits the others)", board.csv_path, len(rows),
+                            "s" * (len(rows) > 1))  # fmt: skip
             raise
         # Written as each model is scored: Ctrl-C, a kill or the next model's failure keeps
         # the scores before it, and compare.json says which models they are.
-        rows.sort(key=lambda row: -float(row.get("accuracy", row.get("accuracy_mean", 0))))
-        board = Leaderboard(columns, list(rows), out_dir / LEADERBOARD_FILE,
-                            out_dir / CHART_FILE, len(folds))  # fmt: skip
-        write_leaderboard(board)
-        plot_leaderboard(board)
-        scored = {"scored": [str(row["model"]) for row in rows]}
-        write_text(out_dir / SETTINGS_FILE, json.dumps(settings | scored, indent=2))
+        _write(board, settings)
     return board
+
+
+def _write(board: Leaderboard, settings: dict[str, object]) -> None:
+    board.rows.sort(key=lambda row: -float(row.get("accuracy", row.get("accuracy_mean", 0))))
+    write_leaderboard(board)
+    plot_leaderboard(board)
+    scored = {"scored": [str(row["model"]) for row in board.rows], "scores": board.rows}
+    write_text(board.csv_path.with_name(SETTINGS_FILE), json.dumps(settings | scored, indent=2))
+
+
+def _scored_before(path: Path, settings: dict[str, object]) -> list[dict[str, float | int | str]]:
+    """The rows an earlier call scored (``compare.json``'s ``scores``), where it had the same
+    data, settings and library versions as this one: those models need no fitting again."""
+    try:
+        before = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return []  # nothing scored yet: --resume starts
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"--resume: cannot read {path} ({first_line(error)}); "
+                          "drop --resume to fit every model") from None  # fmt: skip
+    now = json.loads(json.dumps(settings))  # as it would read back
+    differing = [key for key in now if key != "models" and before.get(key) != now[key]]
+    if differing:
+        raise ConfigError(f"--resume: {path} was written for other {', '.join(differing)}; "
+                          "drop --resume to fit every model again")  # fmt: skip
+    return list(before.get("scores", []))
 
 
 def _versions() -> dict[str, str]:
