@@ -85,6 +85,14 @@ def test_saliency_is_the_fallback_for_nets_without_convs(small_test):
     assert explain_image(mlp, small_test.images[0]).method == "saliency"
 
 
+def test_no_images_get_no_heatmaps_as_they_get_no_probabilities(model):
+    # A filter that kept none (the mistakes of a perfect run): torch.cat of no batches had raised.
+    none = np.zeros((0, 28, 28), np.uint8)
+    assert Predictor.from_models([model]).predict_proba(none).shape == (0, 10)
+    for maps in (grad_cam(model, none), saliency(model, none), grad_cam(build("mlp"), none)):
+        assert maps.shape == (0, 28, 28) and maps.dtype == np.float32
+
+
 def test_explain_command_writes_a_png(tiny_run, small_csvs, tmp_path):
     out = tmp_path / "why.png"
     result = runner.invoke(app, ["explain", str(tiny_run), str(small_csvs["test"]), "--index", "3",

@@ -101,7 +101,7 @@ def grad_cam(
     finally:
         for hook in hooks:
             hook.remove()
-    return _scaled(torch.cat(heatmaps))
+    return _scaled(heatmaps)
 
 
 @torch.enable_grad()
@@ -116,7 +116,7 @@ def saliency(
     for x, scores in _target_scores(model, images, target):
         (gradient,) = torch.autograd.grad(scores.sum(), x)
         heatmaps.append(gradient.abs())
-    return _scaled(torch.cat(heatmaps))
+    return _scaled(heatmaps)
 
 
 def _target_scores(model: nn.Module, images: NDArray[np.uint8], target: int | ArrayLike | None):
@@ -181,9 +181,12 @@ def _activation_after(model: nn.Module, conv: nn.Module) -> nn.Module | None:
     return None
 
 
-def _scaled(heatmaps: torch.Tensor) -> NDArray[np.float32]:
-    """(N, 1, H, W) -> (N, H, W) numpy, each map divided by its maximum (all-zero stays zero)."""
-    maps = heatmaps[:, 0].float().cpu()
+def _scaled(batches: list[torch.Tensor]) -> NDArray[np.float32]:
+    """Batches (B, 1, H, W) -> (N, H, W) numpy, each map divided by its maximum (all-zero stays
+    zero)."""
+    if not batches:  # no images (a filter that kept none), as predict_proba answers (0, 10)
+        return np.zeros((0, 28, 28), dtype=np.float32)
+    maps = torch.cat(batches)[:, 0].float().cpu()
     peak = maps.amax(dim=(1, 2), keepdim=True)
     return torch.where(peak > 0, maps / peak.clamp_min(1e-12), 0).numpy().astype(np.float32)
 
