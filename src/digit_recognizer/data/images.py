@@ -304,7 +304,8 @@ def _ink_side(pixels: NDArray[np.float32], name: str) -> _InkSide:
         # widen as it does the paper's spread of levels (robustly: 1.4826 MAD, each step adding
         # two pixels' noise).
         steps = np.diff(pixels, axis=1)[edges[:, 1:] & edges[:, :-1]]
-        grain = 1.4826 * np.median(np.abs(steps)) / np.sqrt(2)
+        # (An image one pixel wide has no steps, and no grain to tell.)
+        grain = 1.4826 * np.median(np.abs(steps)) / np.sqrt(2) if steps.size else 0.0
         if max(background - darkest, brightest - background) < NOISE_SIGMAS * grain:
             raise DataError(f"{name}: no digit found (the image is blank but for its grain)")
     dark_reach, light_reach = background - darkest, brightest - background
