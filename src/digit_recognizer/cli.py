@@ -241,8 +241,9 @@ AsIs = Annotated[
     bool,
     typer.Option(
         "--as-is",
-        help="Take CSV rows as they are; by default digits not laid out as MNIST's (20 x 20 "
-        "pixels, centred by mass: other collections) are first redone as MNIST made its own.",
+        help="Take CSV rows in their own layout; by default digits not laid out as MNIST's (20 "
+        "x 20 pixels, centred by mass: other collections) are first redone as MNIST made its "
+        "own. Faint ink (0/1, 0-16) is scaled to 0-255 either way, as training reads it.",
     ),
 ]
 PresetTta = Annotated[
