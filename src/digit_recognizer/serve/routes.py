@@ -322,7 +322,11 @@ async def predict(
 )  # fmt: skip
 async def predict_csv(
     request: Request,
-    as_is: bool = Query(False, description="predict rows unchanged, not redone in MNIST's layout"),
+    as_is: bool = Query(
+        False,
+        description="rows in their own layout, not redone in MNIST's (faint ink is "
+        "still scaled to 0-255)",
+    ),
 ) -> Response:
     """Predict every row of a Kaggle ``test.csv``; returns ``submission.csv`` (ImageId,Label).
 
