@@ -12,7 +12,7 @@ from sklearn.pipeline import Pipeline
 
 from digit_recognizer.config import load_config
 from digit_recognizer.data.kaggle_csv import DigitSet
-from digit_recognizer.errors import ConfigError, ModelFileError
+from digit_recognizer.errors import ConfigError, ModelFileError, UnknownModelError
 from digit_recognizer.estimator import (
     NetClassifier,
     build_estimator,
@@ -129,6 +129,14 @@ def test_build_estimator_covers_every_kind(tmp_path, small_train, small_test):
     knn.fit(small_train.images[few], small_train.labels[few])
     with pytest.raises(ValueError, match="fitted on the digits 0-9, it was on"):
         save_estimator(knn, tmp_path / "few", "knn", {"n_neighbors": 3})
+    # Saved under another model's name, it had loaded and predicted as that model.
+    with pytest.raises(ValueError, match="'logreg' in a LogisticRegression: give its own"):
+        save_estimator(knn, tmp_path / "named", "logreg")
+    with pytest.raises(UnknownModelError, match="Did you mean 'knn'"):
+        save_estimator(knn, tmp_path / "named", "KNN")
+    with pytest.raises(ValueError, match="'mlp' is a net"):
+        save_estimator(knn, tmp_path / "named", "mlp")
+    assert not (tmp_path / "named").exists()
     # `compare --seed` and `tune --seed` seed the models that draw at random, not only splits.
     assert build_estimator("seed-cnn", seed=4).get_params()["seed"] == 4
     forest = build_estimator("random-forest", seed=4)

@@ -200,6 +200,14 @@ def save_estimator(
         return
     if name is None:
         raise ValueError("save_estimator needs the registry name of a classical pipeline")
+    if get_spec(name).kind != "classical":  # an unknown name: UnknownModelError, with the names
+        raise ValueError(f"'{name}' is a net; a pipeline is saved under a classical model's name")
+    # The name is what /model, the report and errors call it: a logreg saved as "knn" had
+    # loaded and predicted under the wrong name.
+    registered = type(build(name).steps[-1][1]).__name__
+    if type(estimator.steps[-1][1]).__name__ != registered:
+        raise ValueError(f"the pipeline ends in a {type(estimator.steps[-1][1]).__name__}, "
+                         f"'{name}' in a {registered}: give its own model's name")  # fmt: skip
     check_is_fitted(estimator)
     if not fits_the_digits(estimator):  # load_pipeline would refuse it as corrupt
         raise ValueError(f"a saved pipeline must be fitted on the digits 0-9, it was on "

@@ -47,7 +47,7 @@ def get_spec(name: str) -> ModelSpec:
     """Return the spec for ``name`` or raise ``UnknownModelError`` naming the valid choices."""
     _load_builtin_models()
     if name not in _REGISTRY:
-        close = difflib.get_close_matches(name, _REGISTRY, n=1)
+        close = difflib.get_close_matches(name.lower(), _REGISTRY, n=1)  # names are lower case
         hint = f" Did you mean '{close[0]}'?" if close else ""
         raise UnknownModelError(
             f"unknown model '{name}'.{hint} Available: {', '.join(available())}"
