@@ -559,6 +559,26 @@ def test_a_one_cycle_run_resumed_with_patience_keeps_its_best_epoch(
     assert meta["valid_accuracy"] == resumed.valid_accuracy == 0.9
 
 
+def test_a_finished_run_resumed_with_patience_keeps_the_epoch_it_kept(
+    tmp_path, small_train, small_test, monkeypatch
+):
+    """Nothing trains, so nothing changes: its config.toml keeps one-cycle's last epoch, and so
+    must its weights, which had become the best epoch's (and model.json's figure that one's)."""
+    scores = iter([(0.1, 0.9), (1.0, 0.5)])  # (loss, accuracy): epoch 1 validates best
+    monkeypatch.setattr(train_module, "evaluate_split", lambda *args: next(scores))
+    subset = DigitSet(small_train.images[:64], small_train.labels[:64])
+    valid = DigitSet(small_test.images[:32], small_test.labels[:32])
+    config = TrainConfig(model="cnn-tiny", epochs=2, batch_size=64, lr=0.02)
+    train(config, subset, valid, tmp_path)
+    last = load_checkpoint(tmp_path, torch.device("cpu"))["model"]
+    for changed in ({"patience": 5}, {"schedule": "constant"}):
+        resumed = train(replace(config, resume=True, **changed), subset, valid, tmp_path)
+        kept, meta = load_net(tmp_path)
+        for key, value in last.items():
+            torch.testing.assert_close(kept.state_dict()[key], value, rtol=0, atol=0)
+        assert meta["valid_accuracy"] == resumed.valid_accuracy == 0.5
+
+
 def test_a_diverging_run_stops_with_the_way_out_before_its_checkpoint(tmp_path, small_train):
     """A NaN loss had trained on and saved NaN weights, which predicted digit 0 everywhere."""
     subset = DigitSet(small_train.images[:256], small_train.labels[:256])

@@ -463,7 +463,12 @@ def train(
         return stopped_early or run_progress() >= 1
 
     if is_finished():
-        # A finished run resumed: nothing trains, and its record stays the settings it ran with.
+        # A finished run resumed: nothing trains, and its record stays the settings it ran with,
+        # and so do the weights it kept: resumed with --patience or another schedule, it had
+        # swapped its last epoch for its best under a config.toml that keeps the last.
+        ran_with = checkpoint["config"]  # finished before any step here: resumed
+        keep_last = (ran_with.get("schedule", config.schedule) == "onecycle"
+                     and ran_with.get("patience", config.patience) is None)  # fmt: skip
         done = epochs_done(step, steps_per_epoch)
         log.info("%s: finished already (%g epoch%s%s); nothing left to train", run_dir, done,
                  "s" * (done != 1),
