@@ -88,6 +88,18 @@ def test_bad_value_and_unknown_model():
         TrainConfig(model="cnnn")
 
 
+def test_settings_that_are_not_finite_are_refused(tmp_path):
+    """inf passed every range check: max_memory_gb = inf ended `digits train` in an
+    OverflowError's traceback, lr = inf in a diverged run, time_budget_s = inf in no budget."""
+    toml = tmp_path / "c.toml"
+    for key in ("max_memory_gb", "lr", "time_budget_s", "weight_decay", "ddp_timeout_s"):
+        toml.write_text(f"{key} = inf\n")
+        with pytest.raises(ConfigError, match=rf"c\.toml: {key} must be a finite number, got inf"):
+            load_config(TrainConfig, toml)
+    with pytest.raises(ConfigError, match="lr_decay must be a finite number, got nan"):
+        TrainConfig(lr_decay=float("nan"))
+
+
 def test_bad_toml_and_missing_file(tmp_path: Path):
     bad = tmp_path / "bad.toml"
     bad.write_text("epochs = = 3")

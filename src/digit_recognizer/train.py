@@ -139,6 +139,11 @@ class TrainConfig:
         get_spec(self.model)  # unknown model names fail here, with the valid names
         if self.lr is None:
             self.lr = DEFAULT_LR[self.optimizer]
+        for key, value in asdict(self).items():
+            # inf passes the range checks below: max_memory_gb = inf had ended in an
+            # OverflowError's traceback, lr = inf in a diverged run.
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{key} must be a finite number, got {value}")
         checks = [
             (self.epochs >= 1, "epochs must be >= 1"),
             (0 <= self.seed < 2**32, "seed must be from 0 to 2**32 - 1"),  # numpy's and sklearn's
