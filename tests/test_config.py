@@ -44,6 +44,21 @@ def test_saved_config_unsets_what_a_preset_below_it_would_set(tmp_path):
         load_config(TrainConfig, tmp_path / "model.safetensors")
 
 
+def test_a_bad_value_is_blamed_on_the_flags_or_the_file_that_gave_it(tmp_path):
+    """`digits train --resume --epochs 0` had said the run's config.toml holds epochs 0."""
+    toml = tmp_path / "config.toml"
+    toml.write_text("epochs = 3\nlr = 0.05\n")
+    for flags, message in [({"epochs": 0}, "epochs must be >= 1"),
+                           ({"optimizer": "rmsprop"}, "'optimizer' must be one of"),
+                           ({"epoch": 3}, "unknown key 'epoch'")]:  # fmt: skip
+        with pytest.raises(ConfigError, match=f"^flags: {message}"):
+            load_config(TrainConfig, toml, flags)
+    toml.write_text("epochs = 0\n")
+    with pytest.raises(ConfigError, match=r"config\.toml: epochs must be >= 1"):
+        load_config(TrainConfig, toml, {"lr": -1.0})
+    assert load_config(TrainConfig, toml, {"epochs": 2}).epochs == 2  # a flag mends the file
+
+
 def test_unknown_key_lists_valid_keys_and_closest():
     with pytest.raises(
         ConfigError, match=r"unknown key 'epoch'.*did you mean 'epochs'.*valid keys: model"

@@ -41,10 +41,21 @@ def load_config(
     Overrides whose value is ``None`` are flags the user did not give and are skipped.
     """
     values: dict[str, Any] = dict(preset or {})
-    if toml_path is not None:
-        values.update(read_toml(toml_path))
-    values.update({key: value for key, value in (overrides or {}).items() if value is not None})
-    return make_config(config_class, values, source=str(toml_path) if toml_path else "flags")
+    flags = {key: value for key, value in (overrides or {}).items() if value is not None}
+    if toml_path is None:
+        return make_config(config_class, values | flags, source="flags")
+    values.update(read_toml(toml_path))
+    try:
+        return make_config(config_class, values | flags, source=str(toml_path))
+    except ConfigError:
+        if not flags:
+            raise
+    # The file's values or the flags': `--resume --epochs 0` had blamed the run's config.toml.
+    # The file's, but for those the flags replace, are checked alone; if they pass, the flags
+    # are named.
+    make_config(config_class, {key: value for key, value in values.items() if key not in flags},
+                source=str(toml_path))  # fmt: skip
+    return make_config(config_class, values | flags, source="flags")
 
 
 def read_toml(toml_path: str | Path) -> dict[str, Any]:
