@@ -24,3 +24,13 @@ def test_best_members_differ_and_flags_override_them_all(tmp_path):
     assert [config.seed for config in moved] == [11, 12, 13, 14, 15]
     assert {(config.epochs, config.stroke, config.lr) for config in moved} == {(3, 0.5, 0.1)}
     assert get_preset("fast").configs(flags={"seed": 10})[0].seed == 10  # one model: as given
+
+
+def test_a_seed_that_would_take_a_member_past_the_last_one_says_so():
+    """--preset best --seed 4294967292 had said "seed must be from 0 to 2**32 - 1" of a seed
+    within that range: member 5's seed, 4294967297, was not."""
+    assert get_preset("best").configs(flags={"seed": 2**32 - 6})[-1].seed == 2**32 - 1
+    with pytest.raises(ConfigError, match=r"seed 4294967292: member 4 would train with seed "
+                       r"4294967296, out of range; the members train with seeds 4294967292 "
+                       r"\+ 1 to 5: give a smaller seed"):  # fmt: skip
+        get_preset("best").configs(flags={"seed": 2**32 - 4})

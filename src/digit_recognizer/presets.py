@@ -14,6 +14,7 @@ from typing import Any
 
 from digit_recognizer.checkpoint import CONFIG_FILE, member_run_dir
 from digit_recognizer.config import load_config
+from digit_recognizer.data.splits import check_seed
 from digit_recognizer.errors import ConfigError
 from digit_recognizer.train import TrainConfig
 
@@ -40,6 +41,13 @@ class Preset:
         configs = []
         for number, member in enumerate(self.members, start=1):
             config = load_config(TrainConfig, toml_path, flags, preset=self.overrides | member)
+            try:
+                check_seed(config.seed + number)
+            except ConfigError:  # else refused as if the seed given were out of range
+                raise ConfigError(f"seed {config.seed}: member {number} would train with seed "
+                                  f"{config.seed + number}, out of range; the members train "
+                                  f"with seeds {config.seed} + 1 to {len(self.members)}: give "
+                                  "a smaller seed") from None  # fmt: skip
             configs.append(replace(config, seed=config.seed + number))
         return configs
 
