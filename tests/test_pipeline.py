@@ -52,8 +52,13 @@ def test_main_job_on_the_replica_scores_its_submission(tmp_path, caplog):
     metrics = json.loads((summary.run_dir / "metrics.json").read_text())
     assert metrics["test_accuracy"] == summary.test_accuracy
     assert metrics["test_csv"] == str(tmp_path / "cache" / "replica-seed0" / "test.csv")
-    # Trained on (`digits train --resume`), the run's metrics no longer claim that test score.
-    train_job(replace(config, resume=True, epochs=2), Path(metrics["train_csv"]), summary.run_dir)
+    # Resumed with nothing left to train, its weights and so their test score stay; trained on
+    # (`digits train --resume`), the run's metrics no longer claim that score.
+    train_csv = Path(metrics["train_csv"])
+    train_job(replace(config, resume=True), train_csv, summary.run_dir)
+    metrics = json.loads((summary.run_dir / "metrics.json").read_text())
+    assert metrics["test_accuracy"] == summary.test_accuracy
+    train_job(replace(config, resume=True, epochs=2, time_budget_s=0), train_csv, summary.run_dir)
     assert "test_accuracy" not in json.loads((summary.run_dir / "metrics.json").read_text())
 
 
@@ -389,6 +394,8 @@ def test_a_resumed_ensemble_no_longer_claims_its_earlier_test_score(tmp_path, sm
     train_jobs(configs, small_csvs["train"], tmp_path)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     (tmp_path / "metrics.json").write_text(json.dumps(metrics | {"test_accuracy": 0.5}))
+    train_jobs([replace(config, resume=True) for config in configs], small_csvs["train"], tmp_path)
+    assert json.loads((tmp_path / "metrics.json").read_text())["test_accuracy"] == 0.5  # as was
     resumed = [replace(config, resume=True, epochs=2) for config in configs]
     train_jobs(resumed, small_csvs["train"], tmp_path)
     assert "test_accuracy" not in json.loads((tmp_path / "metrics.json").read_text())

@@ -577,6 +577,10 @@ def test_a_finished_run_resumed_with_patience_keeps_the_epoch_it_kept(
         for key, value in last.items():
             torch.testing.assert_close(kept.state_dict()[key], value, rtol=0, atol=0)
         assert meta["valid_accuracy"] == resumed.valid_accuracy == 0.5
+        # What it reports ran with the settings its epochs had (the curves' labels, the
+        # estimator's config_), and trained nothing now.
+        assert resumed.config["patience"] is None and resumed.config["schedule"] == "onecycle"
+        assert not resumed.trained
 
 
 def test_a_diverging_run_stops_with_the_way_out_before_its_checkpoint(tmp_path, small_train):

@@ -256,14 +256,15 @@ def write_training_outputs(
         predictor = Predictor.from_models([result.model])
         valid_metrics = compute_metrics(valid_set.labels, predictor.predict_proba(valid_set.images))
         plot_confusion_matrix(valid_metrics.confusion, run_dir / "confusion_matrix.png")
-    # Written anew, not merged: an earlier test score (digits run) was of other weights.
+    # Written anew, not merged, unless nothing trained: an earlier test score (digits run) was
+    # of other weights.
     write_metrics(run_dir, source_record("train", train_csv) | {
         "train_seconds": result.train_seconds,
         "epochs_run": result.epochs_run,
         "stopped_early": result.stopped_early,
         "torch_threads": torch.get_num_threads(),  # a CPU run repeats on as many threads
         "validation": asdict(valid_metrics) if valid_metrics else None,
-    }, merge=False)  # fmt: skip
+    }, merge=not result.trained)  # fmt: skip
     if len(valid_set):
         # ~4 s for 2,100 images on 2 busy cores
         write_run_report(run_dir, data=valid_set, data_source=valid_source)
@@ -350,14 +351,15 @@ def train_jobs(
             raise
         wall_seconds = time.perf_counter() - started
         write_ensemble(run_dir, [job.run_dir for job in jobs])
-        # Written anew, as a single run's: an earlier test score was of other members' weights.
+        # Written anew, as a single run's, unless no member trained: an earlier test score was
+        # of other members' weights.
         write_metrics(run_dir, source_record("train", train_csv) | {
             "train_seconds": sum(job.train.train_seconds for job in jobs),
             "parallel": parallel,
             "wall_seconds": wall_seconds,  # members' training, validation and reports
             "members": [{"run_dir": job.run_dir.name, "valid_accuracy": job.valid_metrics.accuracy
                          if job.valid_metrics else None} for job in jobs],
-        }, merge=False)  # fmt: skip
+        }, merge=not any(job.train.trained for job in jobs))  # fmt: skip
         return jobs
 
 

@@ -210,7 +210,10 @@ class TrainResult:
     epochs_run: float  # epochs of data trained: a time budget can end one part-way (7.2)
     stopped_early: bool = False
     cut_by_budget: bool = False  # the time budget ended it before its epochs' last step
-    config: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)  # the settings its epochs trained with
+    # False: a finished run resumed, nothing trained; its weights are the ones it had, and so is
+    # what was scored of them (a test score in metrics.json).
+    trained: bool = True
 
 
 def model_args(config: dict[str, Any]) -> dict[str, Any]:
@@ -467,7 +470,9 @@ def train(
         # more time trains the steps it lacks, so that the schedule still anneals.
         return stopped_early or run_progress() >= 1
 
-    if is_finished():
+    ran_with = asdict(config)
+    finished_before = is_finished()
+    if finished_before:
         # A finished run resumed: nothing trains, and its record stays the settings it ran with,
         # and so do the weights it kept: resumed with --patience or another schedule, it had
         # swapped its last epoch for its best under a config.toml that keeps the last.
@@ -651,7 +656,8 @@ def train(
         epochs_run=epochs_trained,
         stopped_early=stopped_early,
         cut_by_budget=cut_by_budget,
-        config=asdict(config),
+        config=ran_with,
+        trained=not finished_before,
     )
 
 
