@@ -645,12 +645,27 @@ def test_compare_and_tune_read_faint_rows_with_full_ink(tmp_path: Path, small_tr
         lambda m: m | {"shards": [m["shards"][0] | {"file": "../train.csv"}]},
         lambda m: m | {"shards": [m["shards"][0] | {"file": ".."}]},
         lambda m: m | {"shards": [m["shards"][0] | {"file": ""}]},
+        lambda m: m | {"origin": "shard"},
+        lambda m: m | {"origin": {"command": "expand", "valid_rows": "10"}},
+        lambda m: m | {"origin": {"command": "expand", "valid_rows": -1}},
     ],
-    ids=["no shards", "labels a string", "an empty shard", "a shard twice", "outside", "..", ""],
+    ids=[
+        "no shards",
+        "labels a string",
+        "an empty shard",
+        "a shard twice",
+        "outside",
+        "..",
+        "",
+        "origin a string",
+        "valid_rows a string",
+        "valid_rows negative",
+    ],
 )
 def test_a_tampered_manifest_is_refused_naming_it(shard_dir: Path, tmp_path: Path, tamper) -> None:
     """An empty list had raised IndexError, "false" read as true, an empty or repeated shard
-    changed the rows silently, and '../' led out of the directory."""
+    changed the rows silently, '../' led out of the directory, and an origin that is no object
+    raised AttributeError from training."""
     copy = Path(shutil.copytree(shard_dir, tmp_path / "copy"))
     document = json.loads((copy / "manifest.json").read_text())
     (copy / "manifest.json").write_text(json.dumps(tamper(document)))

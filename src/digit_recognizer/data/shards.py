@@ -120,7 +120,16 @@ def read_manifest(path: str | Path) -> Manifest:
             raise ValueError("its shards must be distinct files of its own directory")
         if not isinstance(entries["has_labels"], bool):
             raise ValueError(f"has_labels must be true or false, got {entries['has_labels']!r}")
-        return Manifest(shards, entries["has_labels"], entries.get("origin", {}))
+        # Read as a dict by is_expansion and held_out_rows: a string there had raised
+        # AttributeError from `digits train`.
+        origin = entries.get("origin", {})
+        if not isinstance(origin, dict):
+            raise ValueError(f"origin must be an object, got {origin!r}")
+        valid_rows = origin.get("valid_rows", 0)
+        if type(valid_rows) is not int or not 0 <= valid_rows <= shards[-1].n_rows:
+            raise ValueError(f"origin's valid_rows must be a row count of its last shard, got "
+                             f"{valid_rows!r}")  # fmt: skip
+        return Manifest(shards, entries["has_labels"], origin)
     except FileNotFoundError:
         raise DataError(
             f"{file}: not found; expected a shard directory written by `digits data shard` or "
