@@ -193,6 +193,16 @@ def test_shards_beyond_the_memory_budget_are_streamed(tmp_path, small_csvs, capl
         train_job(more_memory, tmp_path / "shards", tmp_path / "run")
 
 
+def test_a_huge_memory_budget_reads_the_data_in_memory(small_csvs):
+    """--max-memory 1e300: more bytes than a float holds, where turning them into a whole
+    number had raised OverflowError from `digits train` (inf itself is refused)."""
+    from digit_recognizer.pipeline import training_data
+
+    config = TrainConfig(**TINY_RECIPE, max_memory_gb=1e300)
+    train_set, valid_set, _ = training_data(config, small_csvs["train"])
+    assert isinstance(train_set, DigitSet) and len(train_set) + len(valid_set) == 3000
+
+
 def test_members_trained_side_by_side_are_the_members_trained_in_turn(tmp_path, small_csvs):
     """--jobs 2: each member in a process of its own, with its share of the threads; the same
     member, bit for bit, as one trained in this process with that many threads."""

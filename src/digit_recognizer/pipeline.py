@@ -160,7 +160,8 @@ def _check_expansion(manifest: Manifest, config: TrainConfig, source: Path) -> N
 def _reads_in_memory(manifest: Manifest, config: TrainConfig, source: Path) -> bool:
     """Within ``max_memory_gb``; or one file to split for validation, within half the memory
     free (streaming validates on a last shard, which one file has not)."""
-    if choose_loading(manifest, int(config.max_memory_gb * 1e9)) == "memory":
+    # Bytes as a float: --max-memory 1e300 is inf bytes, which no int holds.
+    if choose_loading(manifest, config.max_memory_gb * 1e9) == "memory":
         return True
     if not config.valid_size or len(manifest.shards) > 1:
         return False

@@ -266,7 +266,7 @@ def estimate_memory_bytes(manifest: Manifest) -> int:
     return 2 * largest.n_bytes + 8 * largest.n_rows * N_PIXELS + 2 * manifest.n_rows * N_PIXELS
 
 
-def choose_loading(manifest: Manifest, max_memory_bytes: int) -> Literal["memory", "stream"]:
+def choose_loading(manifest: Manifest, max_memory_bytes: float) -> Literal["memory", "stream"]:
     """``memory`` (the default: all images on the device) if it fits the budget, else ``stream``."""
     needed = estimate_memory_bytes(manifest)
     choice: Literal["memory", "stream"] = "memory" if needed <= max_memory_bytes else "stream"
