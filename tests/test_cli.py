@@ -368,6 +368,9 @@ def test_an_output_that_cannot_be_written_is_one_line_too(tmp_path, tiny_run, sm
         (("eda", small_csvs["train"], "--out", small_csvs["test"]), "cannot be made a directory"),
         (("predict", tiny_run, small_csvs["test"], "--out", small_csvs["test"]),
          "is the CSV to predict"),
+        (("predict", tiny_run, f"{small_csvs['test'].parent}/*.csv", "--out",
+          small_csvs["test"].parent / "submission.csv"), "matches it, and would read the "
+         "submission as rows next time"),  # a second run had read it as a shard
         (("train", "--train", tmp_path / "missing.csv", "--nproc", "2", "--out", tmp_path / "d"),
          "missing.csv"),  # checked before torchrun starts
         (("predict", tmp_path / "no-run", small_csvs["test"], "--nproc", "2"),

@@ -252,8 +252,9 @@ def test_a_fine_pen_on_a_large_page_is_no_blank_page() -> None:
     # A one-pixel image has no grain to tell (it had put numpy's warning in the server's log).
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        with pytest.raises(DataError, match="no digit found"):
-            load_image(encode(Image.fromarray(np.zeros((1, 1), np.uint8))))
+        for shape in ((1, 1), (40, 1)):
+            with pytest.raises(DataError, match="no digit found"):
+                load_image(encode(Image.fromarray(np.zeros(shape, np.uint8))))
 
 
 def test_dust_on_the_scan_is_not_part_of_the_digit() -> None:

@@ -9,6 +9,7 @@ and Kaggle submissions.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -421,6 +422,12 @@ def check_submission_path(out: Path, source: str | Path) -> None:
     submission (a run's model.json, a training CSV): the file would be lost without a word; and
     a path that cannot be written, before the rows are predicted rather than after."""
     check_can_write(refuse_special_file(out))
+    pattern = str(source)
+    if (not Path(pattern).exists() and any(char in pattern for char in "*?[")
+            and Path(os.path.abspath(out)).match(os.path.abspath(pattern))):  # fmt: skip
+        # Written there, the next prediction of the pattern reads the submission as rows.
+        raise OutputError(f"{out}: {pattern} matches it, and would read the submission as "
+                          "rows next time; write it outside the pattern")  # fmt: skip
     if not out.is_file() or out.stat().st_size == 0:  # new, or made empty for it (mktemp)
         return
     if out.resolve() == Path(source).resolve():
