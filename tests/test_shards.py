@@ -39,6 +39,7 @@ from digit_recognizer.data.shards import (
 )
 from digit_recognizer.data.stream import ShardStream, batches_per_rank, shuffled_batches
 from digit_recognizer.errors import ConfigError, DataError, OutputError
+from digit_recognizer.fileio import locked_dir
 from digit_recognizer.pipeline import training_data
 from digit_recognizer.predict import predict_csv, predict_source, predict_stream
 from digit_recognizer.train import TrainConfig, train
@@ -221,8 +222,14 @@ def test_sharding_into_a_directory_removes_only_its_own_earlier_shards(
     theirs = {name: name.encode() for name in ("part-final-report.csv", "part-00000-c000.csv")}
     for name, data in theirs.items():
         (out_dir / name).write_bytes(data)
+    # What a build killed outright left goes; a build going on beside (its folder locked) stays.
+    killed, live = out_dir / ".building-k1ll3d00", out_dir / ".building-l1v3b1d0"
+    killed.mkdir()
+    (killed / "part-00000.csv").write_bytes(b"label,pixel0\n")
     shard_csv(source[0], out_dir, parts=3)
-    shard_csv(source[0], out_dir, parts=2)  # a rebuild removes its own third shard, no other
+    with locked_dir(live):
+        shard_csv(source[0], out_dir, parts=2)  # a rebuild removes its own third shard, no other
+    assert sorted(path.name for path in out_dir.glob(".building-*")) == [live.name]
     assert {name: (out_dir / name).read_bytes() for name in theirs} == theirs
     assert not (out_dir / "part-00002.csv").exists()
     assert SHARD_NAME.fullmatch("part-100000.csv")  # the 100,001st part's name is ours too

@@ -50,7 +50,14 @@ from digit_recognizer.data.kaggle_csv import (
 from digit_recognizer.data.splits import check_seed, stratified_split
 from digit_recognizer.data.tensors import to_model_input, to_uint8_images
 from digit_recognizer.errors import ConfigError, DataError
-from digit_recognizer.fileio import atomic_path, make_dir, sha256_file, write_text
+from digit_recognizer.fileio import (
+    atomic_path,
+    locked_dir,
+    make_dir,
+    remove_unlocked_dirs,
+    sha256_file,
+    write_text,
+)
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +66,7 @@ SHARD_PATTERN = "part-*.csv"
 # The names this module gives shards; only files so named are replaced or removed from an
 # output directory (Spark's part-00000-c000.csv, a user's part-final.csv are left alone).
 SHARD_NAME = re.compile(r"part-\d{5,}\.csv")  # 100,000 parts and more: six digits
+BUILDING_PREFIX = ".building-"  # the hidden folder a build writes its shards in first
 # 4 MiB pieces hold ~2,000 rows: large enough that pyarrow's per-call overhead vanishes, small
 # enough that a DataLoader worker holds a few MB.
 CHUNK_BYTES = 4 << 20
@@ -514,11 +522,14 @@ def _write_shards(
         bounds.append(n_rows + last_rows)
     # Built in a hidden folder of out_dir (on its filesystem, whatever links lead there) and
     # moved into place once whole: a source found malformed half-way (its error names the line)
-    # leaves an earlier build in out_dir as it was.
-    with tempfile.TemporaryDirectory(prefix=".building-", dir=out_dir) as building:
+    # leaves an earlier build in out_dir as it was. Locked meanwhile: what a build killed
+    # outright left (gigabytes of shards, perhaps) the next one removes.
+    remove_unlocked_dirs(out_dir.glob(f"{BUILDING_PREFIX}*"))
+    with tempfile.TemporaryDirectory(prefix=BUILDING_PREFIX, dir=out_dir) as scratch, \
+            locked_dir(scratch) as building:  # fmt: skip
         shards = []
         for part, pieces in itertools.groupby(_split_at(rows, bounds), key=lambda pair: pair[0]):
-            path = Path(building) / f"part-{part:05d}.csv"
+            path = building / f"part-{part:05d}.csv"
             with atomic_path(path) as tmp, pa.OSFile(str(tmp), "wb") as sink:
                 for number, (_, piece) in enumerate(pieces):
                     write_table(sink, to_table(piece.images, piece.labels), number == 0)
@@ -531,7 +542,7 @@ def _write_shards(
             if SHARD_NAME.fullmatch(stale.name):
                 stale.unlink()
         for shard in shards:
-            os.replace(Path(building) / shard.path.name, shard.path)
+            os.replace(building / shard.path.name, shard.path)
             log.info("wrote %s (%s rows)", shard.path, f"{shard.n_rows:,}")
     manifest = Manifest(tuple(shards), source.has_labels, origin)
     entries = [
