@@ -35,8 +35,7 @@ def stratified_split(
     except ValueError as error:  # too few rows, or a class too rare to be in both parts
         raise ConfigError(
             f"cannot split {len(labels):,} labelled rows by class with --valid-size {valid_size} "
-            f"({error}); give more rows or another --valid-size (training also takes 0: "
-            "no validation)"
+            f"({error}); give more rows or another --valid-size (0: none held out)"
         ) from None
     return np.sort(train_indices), np.sort(valid_indices)
 
