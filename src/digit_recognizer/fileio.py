@@ -251,6 +251,7 @@ def locked_dir(folder: str | os.PathLike[str]) -> Iterator[Path]:
     An OS file lock (flock), not a marker file: the kernel releases it when the holder exits,
     even by SIGKILL, so an interrupted run can be resumed without clearing anything by hand.
     """
+    is_new = not Path(folder).exists()
     folder = make_dir(folder)
     with open(folder / LOCK_FILE, "a+") as handle:
         _lock_or_refuse(folder, handle)
@@ -262,6 +263,11 @@ def locked_dir(folder: str | os.PathLike[str]) -> Iterator[Path]:
             yield folder
         finally:
             handle.truncate(0)
+            if is_new and [path.name for path in folder.iterdir()] == [LOCK_FILE]:
+                # Made here and left empty (settings refused once the data was read): gone,
+                # not a folder holding a lone .lock.
+                (folder / LOCK_FILE).unlink()
+                folder.rmdir()
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
