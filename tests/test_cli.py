@@ -501,6 +501,16 @@ def test_evaluate_takes_solution_and_config_on_the_command_line(tmp_path, tiny_r
     assert (tmp_path / "e" / "eval_metrics.json").is_file()
 
 
+def test_a_tomls_switch_is_turned_off_by_its_flag(tmp_path, small_csvs):
+    """`compile = true` in a TOML had no flag to undo it: --compile alone, no --no-compile."""
+    toml = tmp_path / "recipe.toml"
+    toml.write_text('compile = true\nmodel = "cnn-tiny"\nepochs = 1\nbatch_size = 64\n')
+    result = invoke("train", "--train", small_csvs["train"], "--config", toml, "--no-compile",
+                    "--valid-size", "0", "--out", tmp_path / "run")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "compile = false" in (tmp_path / "run" / "config.toml").read_text()
+
+
 def test_the_command_logs_our_progress_and_only_other_libraries_warnings(
     tmp_path, tiny_run, small_csvs, monkeypatch
 ):

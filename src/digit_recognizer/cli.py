@@ -232,7 +232,9 @@ Resume = Annotated[
         "last checkpoint."
     ),
 ]
-Compile = Annotated[bool | None, typer.Option("--compile", help="torch.compile (for GPUs).")]
+Compile = Annotated[
+    bool | None, typer.Option("--compile/--no-compile", help="torch.compile (for GPUs).")
+]
 Tta = Annotated[bool, typer.Option("--tta", help="Average predictions over shifted views.")]
 PredictConfigFile = Annotated[
     Path | None, typer.Option("--config", help="TOML file of PredictConfig keys (batch size...).")
