@@ -59,6 +59,9 @@ def test_grad_cam_layer_and_target_choices(model, small_test):
     assert per_image.shape == (4, 28, 28) and not np.allclose(per_image, default)
     with pytest.raises(ValueError, match=f"conv layers: {convs[0]}"):
         grad_cam(model, images, layer="nope")
+    linear = next(name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear))
+    with pytest.raises(ValueError, match=r"outputs \(10,\) per image, not feature maps"):
+        grad_cam(model, images, layer=linear)  # had been an IndexError from its mean
     for target in (10, -1, 3.7, [1, 2, 3, 12]):  # torch's index error; 3.7 was taken as 3
         with pytest.raises(ValueError, match="target must be a digit 0-9"):
             grad_cam(model, images, target=target)

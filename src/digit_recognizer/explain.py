@@ -91,6 +91,10 @@ def grad_cam(
         heatmaps = []
         for x, scores in _target_scores(model, images, target):
             activation = captured["output"]  # (B, C, h, w)
+            if activation.ndim != 4:  # a Linear's (B, C) had failed on a mean over no axes
+                raise ValueError(f"layer {layer!r} outputs {tuple(activation.shape[1:])} per "
+                                 "image, not feature maps (channels, height, width): Grad-CAM "
+                                 "reads a conv layer's")  # fmt: skip
             (gradient,) = torch.autograd.grad(scores.sum(), activation)
             weights = gradient.mean(dim=(2, 3), keepdim=True)  # (B, C, 1, 1)
             cam = F.relu((weights * activation).sum(dim=1, keepdim=True))  # (B, 1, h, w)
