@@ -198,6 +198,10 @@ def test_report_command_with_data_and_without(tmp_path, tiny_run, small_test):
     n_wrong = round((1 - as_is.accuracy) * 400)
     assert result.exit_code == 0, result.output
     assert f"{as_is.accuracy:.4f} ({n_wrong} wrong)" in (run_dir / "report.html").read_text()
+    # Rows of one digit have no one-vs-rest curve: no legend either, nor matplotlib's warning.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        write_run_report(run_dir, data=DigitSet(small_test.images[:1], small_test.labels[:1]))
 
 
 def test_report_rebuilds_the_validation_split(tmp_path, tiny_run, small_csvs):

@@ -267,7 +267,8 @@ def _plot_roc_pr(labels: NDArray[np.int64], probas: NDArray[np.floating], path: 
     pr_ax.set(xlabel="recall", ylabel="precision", title="precision-recall")
     for ax in (roc_ax, pr_ax):
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, ncols=2, loc="lower left" if ax is pr_ax else "lower right")
+        if ax.lines:  # none where every row is one digit: no curve, and no legend to warn of
+            ax.legend(fontsize=7, ncols=2, loc="lower left" if ax is pr_ax else "lower right")
     save_figure(fig, path)
 
 
