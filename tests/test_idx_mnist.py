@@ -108,3 +108,5 @@ def test_read_idx_refuses_each_header_defect_by_name(tmp_path):
         read_idx(path)
     with pytest.raises(DataError, match=r"missing\.idx: file not found"):
         read_idx(tmp_path / "missing.idx")
+    with pytest.raises(DataError, match=r"cannot be read \(Is a directory\)$"):  # not "gzip"
+        read_idx(tmp_path)

@@ -23,10 +23,13 @@ def read_idx(path: str | Path) -> NDArray[np.uint8]:
     path = Path(path)
     try:
         raw = path.read_bytes()
-        if raw[:2] == _GZIP_MAGIC:
-            raw = gzip.decompress(raw)
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
+    except OSError as error:  # a folder, no permission: not the gzip's fault
+        raise DataError(f"{path}: cannot be read ({error.strerror or error})") from None
+    try:
+        if raw[:2] == _GZIP_MAGIC:
+            raw = gzip.decompress(raw)
     except (OSError, EOFError, zlib.error) as error:
         raise DataError(f"{path}: not a readable gzip file ({error})") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
