@@ -247,6 +247,16 @@ def test_schedules_start_and_end_sensibly(schedule):
         assert get_lr(config, 0.5, 2.0, 0.25) == pytest.approx(config.lr * 0.25)
 
 
+def test_fewer_rows_than_a_batch_train_one_step_an_epoch_and_say_so(tmp_path, small_train, caplog):
+    """Accepted without a word, a --batch-size above the rows trained them all in one step."""
+    few = DigitSet(small_train.images[:40], small_train.labels[:40])
+    config = TrainConfig(model="cnn-tiny", epochs=2, valid_size=0, batch_size=64, lr=0.02)
+    with caplog.at_level(logging.WARNING, logger="digit_recognizer.train"):
+        result = train(config, few, None, tmp_path)
+    assert [row["step"] for row in result.history] == [1, 2]
+    assert "40 training rows, fewer than a batch (64): each step trains on all" in caplog.text
+
+
 def test_time_budget_stops_training_and_says_so(tmp_path, small_train, caplog):
     config = TrainConfig(epochs=50, time_budget_s=1.0, valid_size=0, batch_size=64)
     with caplog.at_level(logging.INFO, logger="digit_recognizer.train"):

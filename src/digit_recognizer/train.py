@@ -364,6 +364,10 @@ def train(
         train_labels = torch.as_tensor(train_set.labels).to(device)
         sampler = row_sampler(n_train, dist_env, config.seed)
         steps_per_epoch = max(1, len(sampler) // local_batch)  # drop the ragged last batch
+        if len(sampler) < local_batch and is_main:
+            log.warning("%d training rows, fewer than a batch (%d): each step trains on all of "
+                        "them, one step an epoch; a smaller --batch-size takes more steps",
+                        len(sampler), local_batch)  # fmt: skip
 
     def epoch_batches(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """This rank's (uint8 images, labels) batches of one epoch, on the device."""
