@@ -656,6 +656,9 @@ def test_compare_and_tune_read_faint_rows_with_full_ink(tmp_path: Path, small_tr
         lambda m: m | {"origin": "shard"},
         lambda m: m | {"origin": {"command": "expand", "valid_rows": "10"}},
         lambda m: m | {"origin": {"command": "expand", "valid_rows": -1}},
+        lambda m: (
+            m | {"shards": m["shards"][-1:], "origin": {"command": "expand", "valid_rows": 1}}
+        ),
     ],
     ids=[
         "no shards",
@@ -668,12 +671,13 @@ def test_compare_and_tune_read_faint_rows_with_full_ink(tmp_path: Path, small_tr
         "origin a string",
         "valid_rows a string",
         "valid_rows negative",
+        "valid_rows of the only shard",
     ],
 )
 def test_a_tampered_manifest_is_refused_naming_it(shard_dir: Path, tmp_path: Path, tamper) -> None:
     """An empty list had raised IndexError, "false" read as true, an empty or repeated shard
-    changed the rows silently, '../' led out of the directory, and an origin that is no object
-    raised AttributeError from training."""
+    changed the rows silently, '../' led out of the directory, and an origin that is no object,
+    or that held out the only shard, raised AttributeError or IndexError from training."""
     copy = Path(shutil.copytree(shard_dir, tmp_path / "copy"))
     document = json.loads((copy / "manifest.json").read_text())
     (copy / "manifest.json").write_text(json.dumps(tamper(document)))

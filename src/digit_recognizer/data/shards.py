@@ -137,6 +137,11 @@ def read_manifest(path: str | Path) -> Manifest:
         if type(valid_rows) is not int or not 0 <= valid_rows <= shards[-1].n_rows:
             raise ValueError(f"origin's valid_rows must be a row count of its last shard, got "
                              f"{valid_rows!r}")  # fmt: skip
+        if valid_rows and len(shards) < 2:
+            # Its last shard validates, and training takes the shards before it: with none,
+            # `digits train` had ended in an IndexError.
+            raise ValueError(f"origin's valid_rows ({valid_rows}) holds out the only shard, "
+                             "leaving none to train on")  # fmt: skip
         return Manifest(shards, entries["has_labels"], origin)
     except FileNotFoundError:
         raise DataError(
