@@ -113,6 +113,11 @@ def test_settings_that_are_not_finite_are_refused(tmp_path):
             load_config(TrainConfig, toml)
     with pytest.raises(ConfigError, match="lr_decay must be a finite number, got nan"):
         TrainConfig(lr_decay=float("nan"))
+    # PredictConfig's too: `digits predict --nproc 2` had ended in every process's OverflowError.
+    for value in ("inf", "nan"):
+        toml.write_text(f"ddp_timeout_s = {value}\n")
+        with pytest.raises(ConfigError, match=r"c\.toml: ddp_timeout_s must be > 0 and finite"):
+            load_config(PredictConfig, toml)
 
 
 def test_bad_toml_and_missing_file(tmp_path: Path):

@@ -9,6 +9,7 @@ and Kaggle submissions.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -91,8 +92,10 @@ class PredictConfig:
         check_fields(self)
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.ddp_timeout_s <= 0:
-            raise ConfigError(f"ddp_timeout_s must be > 0, got {self.ddp_timeout_s}")
+        # inf and nan too, as TrainConfig's: each torchrun process had ended in an OverflowError
+        # (a ValueError for nan) making its timedelta.
+        if not 0 < self.ddp_timeout_s < math.inf:
+            raise ConfigError(f"ddp_timeout_s must be > 0 and finite, got {self.ddp_timeout_s}")
 
 
 @dataclass
