@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from typer.testing import CliRunner
 
-from digit_recognizer.cli import app, one_line
+from digit_recognizer.cli import app, one_line, predict_config
 from digit_recognizer.data.kaggle_csv import write_kaggle_csv
 from digit_recognizer.data.replica import replica_files
 from digit_recognizer.evaluate import compute_metrics
@@ -509,6 +509,17 @@ def test_a_tomls_switch_is_turned_off_by_its_flag(tmp_path, small_csvs):
                     "--valid-size", "0", "--out", tmp_path / "run")  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "compile = false" in (tmp_path / "run" / "config.toml").read_text()
+
+
+def test_a_predict_tomls_tta_is_turned_off_by_its_flag(tmp_path, tiny_run, small_csvs):
+    """`tta = true` in a predict --config had no flag to undo it, as compile had none."""
+    toml = tmp_path / "predict.toml"
+    toml.write_text("tta = true\n")
+    assert predict_config(toml, None, False, None).tta is True  # a flag left off keeps it
+    assert predict_config(toml, False, False, None).tta is False
+    result = invoke("predict", tiny_run, small_csvs["test"], "--config", toml, "--no-tta",
+                    "--out", tmp_path / "submission.csv")  # fmt: skip
+    assert result.exit_code == 0, result.output
 
 
 def test_the_command_logs_our_progress_and_only_other_libraries_warnings(

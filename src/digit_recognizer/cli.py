@@ -235,7 +235,10 @@ Resume = Annotated[
 Compile = Annotated[
     bool | None, typer.Option("--compile/--no-compile", help="torch.compile (for GPUs).")
 ]
-Tta = Annotated[bool, typer.Option("--tta", help="Average predictions over shifted views.")]
+# --no-tta too: a --config TOML's tta = true had no flag to turn it off, as --no-compile does.
+Tta = Annotated[
+    bool | None, typer.Option("--tta/--no-tta", help="Average predictions over shifted views.")
+]
 PredictConfigFile = Annotated[
     Path | None, typer.Option("--config", help="TOML file of PredictConfig keys (batch size...).")
 ]
@@ -256,12 +259,12 @@ PresetTta = Annotated[
 ]
 
 
-def predict_config(config: Path | None, tta: bool, as_is: bool, device: str | None) -> Any:
+def predict_config(config: Path | None, tta: bool | None, as_is: bool, device: str | None) -> Any:
     """PredictConfig from its defaults, a TOML file, then the flags given (a flag left off
     keeps the file's setting)."""
     from digit_recognizer.predict import PredictConfig
 
-    flags = {"tta": tta or None, "conform": False if as_is else None, "device": device}
+    flags = {"tta": tta, "conform": False if as_is else None, "device": device}
     return load_config(PredictConfig, config, flags)
 
 
@@ -405,7 +408,7 @@ def predict(
         list[Path], typer.Argument(help="RUN_DIR [RUN_DIR ...] TEST_CSV (or shard dir, glob)")
     ],
     out: Annotated[Path, typer.Option(help="Submission file to write.")] = Path("submission.csv"),
-    tta: Tta = False,
+    tta: Tta = None,
     as_is: AsIs = False,
     device: Device = None,
     nproc: Annotated[
@@ -433,7 +436,7 @@ def predict(
 def evaluate(
     paths: Annotated[list[Path], typer.Argument(
         help="RUN_DIR [RUN_DIR ...] LABELLED_CSV (or shard dir, glob)")],
-    tta: Tta = False,
+    tta: Tta = None,
     as_is: AsIs = False,
     device: Device = None,
     out: Annotated[Path | None, typer.Option(
