@@ -201,7 +201,15 @@ def test_a_run_refused_in_a_folder_it_made_leaves_no_folder(tmp_path: Path) -> N
     (tmp_path / "there").mkdir()
     with locked_dir(tmp_path / "there"):
         pass
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["kept", "there"]
+    # The folders made above it go too (`--out new/exp/run` had left new/exp), but for one that
+    # got another file meanwhile: the refusal is still what is raised.
+    with pytest.raises(ValueError), locked_dir(tmp_path / "new" / "exp" / "run"):
+        raise ValueError("settings refused")
+    with pytest.raises(ValueError), locked_dir(tmp_path / "shared" / "exp" / "run"):
+        (tmp_path / "shared" / "notes.txt").write_text("another process's")
+        raise ValueError("settings refused")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["kept", "shared", "there"]
+    assert [path.name for path in (tmp_path / "shared").iterdir()] == ["notes.txt"]
 
 
 def test_no_room_is_told_by_errno_or_by_the_writers_own_words_with_the_disk_not_full(

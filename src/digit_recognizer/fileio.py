@@ -251,7 +251,8 @@ def locked_dir(folder: str | os.PathLike[str]) -> Iterator[Path]:
     An OS file lock (flock), not a marker file: the kernel releases it when the holder exits,
     even by SIGKILL, so an interrupted run can be resumed without clearing anything by hand.
     """
-    is_new = not Path(folder).exists()
+    # The folders make_dir makes: the run's own and those missing above it, nearest first.
+    made = [path for path in (Path(folder), *Path(folder).parents) if not path.exists()]
     folder = make_dir(folder)
     with open(folder / LOCK_FILE, "a+") as handle:
         _lock_or_refuse(folder, handle)
@@ -263,11 +264,15 @@ def locked_dir(folder: str | os.PathLike[str]) -> Iterator[Path]:
             yield folder
         finally:
             handle.truncate(0)
-            if is_new and [path.name for path in folder.iterdir()] == [LOCK_FILE]:
+            if made and [path.name for path in folder.iterdir()] == [LOCK_FILE]:
                 # Made here and left empty (settings refused once the data was read): gone,
-                # not a folder holding a lone .lock.
-                (folder / LOCK_FILE).unlink()
-                folder.rmdir()
+                # not a folder holding a lone .lock, and so are the empty folders made above it
+                # (`--out new/exp/run` had left new/exp). One that another process put a file
+                # in meanwhile stays, and the error that refused the run is the one told.
+                with contextlib.suppress(OSError):
+                    (folder / LOCK_FILE).unlink()
+                    for path in made:
+                        path.rmdir()
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
