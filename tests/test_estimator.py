@@ -136,6 +136,8 @@ def test_build_estimator_covers_every_kind(tmp_path, small_train, small_test):
         save_estimator(knn, tmp_path / "named", "KNN")
     with pytest.raises(ValueError, match="'mlp' is a net"):
         save_estimator(knn, tmp_path / "named", "mlp")
+    with pytest.raises(ValueError, match="got a TorchKNeighborsClassifier: build_estimator"):
+        save_estimator(knn[-1], tmp_path / "named", "knn")  # its last step alone, no pipeline
     assert not (tmp_path / "named").exists()
     # `compare --seed` and `tune --seed` seed the models that draw at random, not only splits.
     assert build_estimator("seed-cnn", seed=4).get_params()["seed"] == 4

@@ -202,6 +202,10 @@ def save_estimator(
         raise ValueError("save_estimator needs the registry name of a classical pipeline")
     if get_spec(name).kind != "classical":  # an unknown name: UnknownModelError, with the names
         raise ValueError(f"'{name}' is a net; a pipeline is saved under a classical model's name")
+    if not isinstance(estimator, Pipeline):  # a bare model had raised AttributeError (steps)
+        raise ValueError(f"save_estimator saves a NetClassifier or a fitted pipeline, got a "
+                         f"{type(estimator).__name__}: build_estimator('{name}') makes "
+                         "one")  # fmt: skip
     # The name is what /model, the report and errors call it: a logreg saved as "knn" had
     # loaded and predicted under the wrong name.
     registered = type(build(name).steps[-1][1]).__name__
