@@ -226,6 +226,7 @@ def test_sharding_into_a_directory_removes_only_its_own_earlier_shards(
     killed, live = out_dir / ".building-k1ll3d00", out_dir / ".building-l1v3b1d0"
     killed.mkdir()
     (killed / "part-00000.csv").write_bytes(b"label,pixel0\n")
+    (killed / ".lock").write_text("process 999999999\n")  # its holder's lock gone with it
     shard_csv(source[0], out_dir, parts=3)
     with locked_dir(live):
         shard_csv(source[0], out_dir, parts=2)  # a rebuild removes its own third shard, no other

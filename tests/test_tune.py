@@ -391,6 +391,7 @@ def test_a_killed_trials_folder_is_removed_and_pruned_trials_of_before_are_calle
     (tmp_path / "trial4-x1y2z3ab" / "member").mkdir(parents=True)  # a kill's, with files
     (tmp_path / "trial4-x1y2z3ab" / LOCK_FILE).write_text(f"process {dead}\n")  # not held
     (tmp_path / "trial-notes").mkdir()  # not a trial's
+    (tmp_path / "trial1-baseline").mkdir()  # named as one, but a user's: no lock was taken in it
     killed_write = tmp_path / f".best_params.json.{dead}-abcdefgh.tmp"
     killed_write.write_text("{")  # as a write killed outright leaves it, an hour ago
     os.utime(killed_write, (time.time() - 3600, time.time() - 3600))
@@ -403,6 +404,7 @@ def test_a_killed_trials_folder_is_removed_and_pruned_trials_of_before_are_calle
         # (Inside: once unlocked, the folder locked_dir made and left empty goes.)
         assert sorted(path.name for path in tmp_path.glob("trial*")) == [
             "trial-notes",
+            "trial1-baseline",
             "trial5-q9w8e7rt",
         ]
     assert [path.name for path in tmp_path.glob(".*.tmp")] == [

@@ -280,9 +280,10 @@ def remove_unlocked_dirs(folders: Iterable[Path]) -> None:
     """Remove those of ``folders`` (scratch a fit or a trial trains in) whose lock no process
     holds (``locked_dir``): an flock, which the kernel drops as its holder ends, tells a killed
     holder from a live one in any container, and on any machine sharing the file system, where
-    a pid says nothing. Best effort: one not ours to remove stays."""
+    a pid says nothing. Only folders a lock was taken in (a user's own `trial1-baseline` in a
+    tune --out has none) are removed. Best effort: one not ours to remove stays."""
     for folder in folders:
-        if folder.is_dir():
+        if (folder / LOCK_FILE).is_file():
             with contextlib.suppress(DigitsError, OSError):
                 check_not_in_use(folder)
                 shutil.rmtree(folder)
