@@ -155,8 +155,9 @@ def test_a_seed_near_2_32_resumes_and_one_past_it_is_refused(tmp_path, small_csv
 def test_a_zero_timeout_is_none_and_a_negative_one_is_refused(tmp_path, small_csvs):
     result = tune(TuneConfig(model="knn", trials=1, timeout_s=0), small_csvs["train"], tmp_path)
     assert result.n_trials == 1
-    with pytest.raises(ConfigError, match="timeout_s must be >= 0"):
-        TuneConfig(model="knn", timeout_s=-1)
+    for timeout in (-1, float("nan"), float("inf")):  # nan had meant no timeout, silently
+        with pytest.raises(ConfigError, match="timeout_s must be >= 0"):
+            TuneConfig(model="knn", timeout_s=timeout)
 
 
 def test_net_study_writes_a_config_that_train_accepts(tmp_path, small_csvs):

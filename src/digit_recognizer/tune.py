@@ -93,7 +93,7 @@ class TuneConfig:
             raise ConfigError(f"trials must be >= 1, got {self.trials}")
         if self.epochs < 1:
             raise ConfigError(f"epochs must be >= 1, got {self.epochs}")
-        if self.timeout_s is not None and self.timeout_s < 0:
+        if self.timeout_s is not None and not 0 <= self.timeout_s < math.inf:  # nan too
             raise ConfigError(f"timeout_s must be >= 0 (0 = none), got {self.timeout_s}")
         if not 0 < self.valid_size < 1:
             raise ConfigError(f"valid_size must be in (0, 1), got {self.valid_size}")
