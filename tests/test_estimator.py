@@ -8,7 +8,9 @@ import pytest
 import torch
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
-from sklearn.pipeline import Pipeline
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 from digit_recognizer.config import load_config
 from digit_recognizer.data.kaggle_csv import DigitSet
@@ -139,6 +141,11 @@ def test_build_estimator_covers_every_kind(tmp_path, small_train, small_test):
     with pytest.raises(ValueError, match="got a TorchKNeighborsClassifier: build_estimator"):
         save_estimator(knn[-1], tmp_path / "named", "knn")  # its last step alone, no pipeline
     assert not (tmp_path / "named").exists()
+    # One that cannot read (N, 28, 28) digits had saved, then failed to load as "corrupt".
+    flat = make_pipeline(StandardScaler(), LogisticRegression(max_iter=20)).fit(
+        small_train.images.reshape(len(small_train), -1), small_train.labels)  # fmt: skip
+    with pytest.raises(ValueError, match=r"does not read digits \(N, 28, 28\)"):
+        save_estimator(flat, tmp_path / "flat", "logreg")
     # `compare --seed` and `tune --seed` seed the models that draw at random, not only splits.
     assert build_estimator("seed-cnn", seed=4).get_params()["seed"] == 4
     forest = build_estimator("random-forest", seed=4)

@@ -216,6 +216,12 @@ def save_estimator(
     if not fits_the_digits(estimator):  # load_pipeline would refuse it as corrupt
         raise ValueError(f"a saved pipeline must be fitted on the digits 0-9, it was on "
                          f"{getattr(estimator, 'classes_', None)}")  # fmt: skip
+    try:  # as load_pipeline tries it: a pipeline that had saved, then loaded as "corrupt"
+        estimator.predict_proba(np.zeros((1, 28, 28), np.uint8))
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"the pipeline does not read digits (N, 28, 28) "
+                         f"({first_line(error)}); the registry's begin with "
+                         "models.classical.DigitPixels") from None  # fmt: skip
     save_pipeline(run_dir, estimator, name, params or {})
 
 
