@@ -384,3 +384,62 @@ def test_the_api_docs_render_with_nothing_fetched_from_elsewhere(
         assert refused == []
     finally:
         docs.close()
+
+
+CLEAR_MID_STROKE = """() => { const box = pad.getBoundingClientRect();
+  pad.dispatchEvent(new PointerEvent("pointermove", { pointerId: pen, bubbles: true,
+    clientX: box.x + box.width / 2, clientY: box.y + box.height * 0.8 }));
+  document.getElementById("clear").click(); }"""
+
+
+def test_an_upload_cleared_while_its_strokes_png_is_made_leaves_the_pad_working(
+    page: object, tmp_path: Path
+) -> None:
+    """A stroke over an upload, cleared before its PNG came back: that PNG is not sent, and the
+    request it held the page's turn for must give the turn back, or every later drawing waits
+    behind it for good."""
+    path = tmp_path / "one.png"
+    drawing().save(path)
+    page.click("#clear")
+    page.wait_for_function("() => !busy && !again")
+    with page.expect_response("**/predict*"):
+        page.set_input_files("#file", str(path))
+    page.wait_for_function("() => !busy && !again")
+    box = page.locator("#pad").bounding_box()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] * 0.2)
+    page.mouse.down()
+    page.evaluate(CLEAR_MID_STROKE)  # the move asks for a PNG; the clear comes before it
+    page.mouse.up()
+    page.wait_for_function("() => !busy && !again", timeout=5_000)
+    with page.expect_response("**/predict*", timeout=10_000):
+        draw_stroke(page, [(0.5, 0.15), (0.5, 0.85)])
+    page.wait_for_function("() => !busy && !again")
+
+
+def test_the_drawing_queued_behind_a_request_is_sent_once_that_one_is_answered(
+    page: object,
+) -> None:
+    """Moves and the pen's lift while a request is in flight queue one request behind it; sent
+    once the answer comes, it asks of the digit as finished. Dropped, the answer shown stays
+    the one of the stroke's first moves."""
+    page.click("#clear")
+    page.wait_for_function("() => !busy && !again")
+    held = []
+    page.route("**/predict*", lambda route: held.append(route))
+    try:
+        box = page.locator("#pad").bounding_box()
+        page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] * 0.15)
+        page.mouse.down()
+        page.evaluate(BURST)
+        page.mouse.up()
+        page.wait_for_timeout(300)
+        assert len(held) == 1 and page.evaluate("again")
+        held[0].continue_()
+        deadline = time.monotonic() + 10
+        while len(held) < 2 and time.monotonic() < deadline:
+            page.wait_for_timeout(20)
+        assert len(held) == 2, "the queued drawing was never sent"
+        held[1].continue_()
+    finally:
+        page.unroute("**/predict*")
+    page.wait_for_function("() => !busy && !again")

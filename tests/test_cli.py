@@ -538,3 +538,25 @@ def test_the_command_logs_our_progress_and_only_other_libraries_warnings(
     assert result.exit_code == 0, result.output
     assert "our progress" in result.output and "a library's warning" in result.output
     assert "fontManager" not in result.output
+
+
+def test_compare_resume_fits_only_the_models_not_scored_before(tmp_path, small_csvs, monkeypatch):
+    """`digits compare --resume` passes its flag on: the models compare.json shows scored are
+    kept, not fitted again (a night's nets, after a Ctrl-C in the last one)."""
+    from digit_recognizer import compare as compare_module
+
+    fitted = []
+
+    def scored(name, *args):
+        fitted.append(name)
+        return {"model": name, "accuracy": 0.9, "macro_f1": 0.9, "fit_seconds": 1.0,
+                "predict_seconds": 1.0, "parameters": 10}  # fmt: skip
+
+    monkeypatch.setattr(compare_module, "_score_model", scored)
+    command = ["compare", "--train", small_csvs["train"], "--out", tmp_path / "board"]
+    first = invoke(*command, "--models", "knn")
+    assert first.exit_code == 0, first.output
+    resumed = invoke(*command, "--models", "knn,logreg", "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    assert fitted == ["knn", "logreg"]
+    assert "logreg" in resumed.output and "knn" in resumed.output

@@ -119,6 +119,44 @@ def test_the_models_scored_before_an_interruption_are_kept(tmp_path, small_csvs,
         assert sorted(row["model"] for row in csv.DictReader(handle)) == ["logreg", "svm"]
 
 
+def test_resume_starts_afresh_keeps_what_is_asked_and_refuses_an_unreadable_record(
+    tmp_path, small_csvs, monkeypatch
+):
+    """--resume in a new folder fits every model; with every model scored it fits none, yet the
+    leaderboard shows the models asked now; a damaged compare.json is one line, not a
+    traceback. Scores are stand-ins, so that the ranking, not the models given, orders rows."""
+    from digit_recognizer import compare as compare_module
+
+    accuracy = {"knn": 0.5, "logreg": 0.9, "svm": 0.7}
+    fitted = []
+
+    def scored(name, *args):
+        fitted.append(name)
+        return {"model": name, "accuracy": accuracy[name], "macro_f1": accuracy[name],
+                "fit_seconds": 1.0, "predict_seconds": 1.0, "parameters": 10}  # fmt: skip
+
+    monkeypatch.setattr(compare_module, "_score_model", scored)
+    board = compare(small_csvs["train"], ["knn", "logreg", "svm"], tmp_path, resume=True)
+    assert fitted == ["knn", "logreg", "svm"]  # nothing scored before: every model fits
+    assert [row["model"] for row in board.rows] == ["logreg", "svm", "knn"]  # best first
+    with open(tmp_path / "leaderboard.csv", newline="") as handle:
+        assert [row["model"] for row in csv.DictReader(handle)] == ["logreg", "svm", "knn"]
+
+    fitted.clear()
+    board = compare(small_csvs["train"], ["knn", "svm"], tmp_path, resume=True)
+    assert fitted == []
+    assert [row["model"] for row in board.rows] == ["svm", "knn"]
+    with open(tmp_path / "leaderboard.csv", newline="") as handle:
+        assert [row["model"] for row in csv.DictReader(handle)] == ["svm", "knn"]
+    settings = json.loads((tmp_path / "compare.json").read_text())
+    assert settings["models"] == ["knn", "svm"] and settings["scored"] == ["svm", "knn"]
+
+    (tmp_path / "compare.json").write_text('{"models": ["knn"')  # cut short by a full disk
+    with pytest.raises(ConfigError, match=r"--resume: cannot read .*compare\.json"):
+        compare(small_csvs["train"], ["knn"], tmp_path, resume=True)
+    assert fitted == []
+
+
 def test_data_lacking_a_digit_or_rows_is_scored_or_refused_in_one_line(tmp_path, small_csvs):
     """A pipeline fitted without the 9s had crashed (9 columns of probabilities), 14 rows
     crashed PCA, and more folds than a digit has rows crashed in scikit-learn."""

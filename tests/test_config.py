@@ -57,6 +57,9 @@ def test_a_bad_value_is_blamed_on_the_flags_or_the_file_that_gave_it(tmp_path):
     with pytest.raises(ConfigError, match=r"config\.toml: epochs must be >= 1"):
         load_config(TrainConfig, toml, {"lr": -1.0})
     assert load_config(TrainConfig, toml, {"epochs": 2}).epochs == 2  # a flag mends the file
+    # The file's bad value, replaced by a flag, is not blamed for another flag's.
+    with pytest.raises(ConfigError, match=r"^flags: lr must be > 0"):
+        load_config(TrainConfig, toml, {"epochs": 2, "lr": -1.0})
 
 
 def test_unknown_key_lists_valid_keys_and_closest():

@@ -466,3 +466,18 @@ def test_the_learning_curves_say_the_train_loss_is_smoothed(tmp_path, monkeypatc
     assert legends[0] == [["train (augmented, label smoothing 0.1)", "validation"],
                           ["train (augmented)", "validation"]]  # fmt: skip
     assert legends[1] == [["train (augmented)", "validation"]] * 2
+
+
+def test_an_out_its_glob_matches_is_refused_however_each_is_written(tmp_path, monkeypatch):
+    """`digits predict RUN "$PWD/*.csv" --out submission.csv` writes where the glob reads:
+    refused, though one path is relative and the other not. A file whose name holds brackets
+    is no pattern, and a submission beside it is not refused as one it matches."""
+    from digit_recognizer.errors import OutputError
+    from digit_recognizer.predict import check_submission_path
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(OutputError, match="matches it, and would read the submission as rows"):
+        check_submission_path(Path("submission.csv"), f"{tmp_path}/*.csv")
+    bracketed = tmp_path / "scan[1].csv"
+    bracketed.write_text("pixel0\n0\n")
+    check_submission_path(tmp_path / "scan1.csv", bracketed)  # its own name, matched as written

@@ -212,6 +212,24 @@ def test_resharding_leaves_no_stale_shard_and_never_writes_over_its_source(
     assert len(read_data_source(out_dir)) == 1003
 
 
+def test_a_build_going_on_is_not_taken_for_a_killed_ones(
+    tmp_path: Path, source, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A build's hidden folder is locked while it writes: unlocked, a second `digits data
+    shard` into the same folder, starting meanwhile, took it for a killed build's and removed
+    its shards from under it."""
+    out_dir = tmp_path / "out"
+    write_table = shards.write_table
+
+    def another_build_starts_meanwhile(*args):
+        shards.remove_unlocked_dirs(out_dir.glob(f"{shards.BUILDING_PREFIX}*"))
+        write_table(*args)
+
+    monkeypatch.setattr(shards, "write_table", another_build_starts_meanwhile)
+    manifest = shard_csv(source[0], out_dir, parts=2)
+    assert manifest.n_rows == 1003 and len(read_data_source(out_dir)) == 1003
+
+
 def test_sharding_into_a_directory_removes_only_its_own_earlier_shards(
     tmp_path: Path, source
 ) -> None:
@@ -660,6 +678,8 @@ def test_compare_and_tune_read_faint_rows_with_full_ink(tmp_path: Path, small_tr
         lambda m: (
             m | {"shards": m["shards"][-1:], "origin": {"command": "expand", "valid_rows": 1}}
         ),
+        lambda m: m | {"origin": {"command": "expand", "valid_rows": 1.5}},
+        lambda m: m | {"origin": {"command": "expand", "valid_rows": 10**9}},
     ],
     ids=[
         "no shards",
@@ -673,6 +693,8 @@ def test_compare_and_tune_read_faint_rows_with_full_ink(tmp_path: Path, small_tr
         "valid_rows a string",
         "valid_rows negative",
         "valid_rows of the only shard",
+        "valid_rows a fraction",
+        "valid_rows past its last shard",
     ],
 )
 def test_a_tampered_manifest_is_refused_naming_it(shard_dir: Path, tmp_path: Path, tamper) -> None:
