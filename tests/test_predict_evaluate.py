@@ -432,10 +432,10 @@ def test_predict_and_evaluate_read_a_config_file_that_flags_override(tmp_path, t
                                                                     small_csvs):  # fmt: skip
     toml = tmp_path / "predict.toml"
     toml.write_text('tta = true\nbatch_size = 33\ndevice = "cpu"\n')
-    assert predict_config(toml, False, False, None) == PredictConfig(tta=True, batch_size=33,
-                                                                     device="cpu")  # fmt: skip
-    assert predict_config(toml, False, True, "auto").conform is False
-    assert predict_config(None, False, False, None) == PredictConfig()
+    assert predict_config(toml, None, False, None) == PredictConfig(tta=True, batch_size=33,
+                                                                    device="cpu")  # fmt: skip
+    assert predict_config(toml, None, True, "auto").conform is False
+    assert predict_config(None, None, False, None) == PredictConfig()
     toml.write_text("batch_sise = 33\n")
     result = CliRunner().invoke(
         app,
