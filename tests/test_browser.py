@@ -225,7 +225,8 @@ BURST = """() => { const box = pad.getBoundingClientRect();
 
 def test_a_burst_of_moves_sends_one_request_at_a_time(page: object) -> None:
     """Moves arriving while a stroke's PNG is being made queue behind it: the page had set
-    `busy` only once the PNG was ready, so a burst sent a request for each move."""
+    `busy` only once the PNG was ready, so a burst sent a request for each move. The queued
+    one (the pen's lift among them) goes once the first is answered."""
     page.click("#clear")
     page.wait_for_function("() => !busy && !again")
     held = []
@@ -237,8 +238,13 @@ def test_a_burst_of_moves_sends_one_request_at_a_time(page: object) -> None:
         page.evaluate(BURST)  # ten moves in one task, as a fast pen's coalesced events come
         page.mouse.up()
         page.wait_for_timeout(300)  # any PNG the moves asked for is made and sent
-        assert len(held) == 1
-        assert page.evaluate("again")
+        assert len(held) == 1 and page.evaluate("again")
+        held[0].continue_()
+        deadline = time.monotonic() + 10
+        while len(held) < 2 and time.monotonic() < deadline:
+            page.wait_for_timeout(20)
+        assert len(held) == 2, "the queued drawing was never sent"
+        held[1].continue_()
     finally:
         page.unroute("**/predict*")  # lets the held request go on
     page.wait_for_function("() => !busy && !again")
@@ -413,33 +419,4 @@ def test_an_upload_cleared_while_its_strokes_png_is_made_leaves_the_pad_working(
     page.wait_for_function("() => !busy && !again", timeout=5_000)
     with page.expect_response("**/predict*", timeout=10_000):
         draw_stroke(page, [(0.5, 0.15), (0.5, 0.85)])
-    page.wait_for_function("() => !busy && !again")
-
-
-def test_the_drawing_queued_behind_a_request_is_sent_once_that_one_is_answered(
-    page: object,
-) -> None:
-    """Moves and the pen's lift while a request is in flight queue one request behind it; sent
-    once the answer comes, it asks of the digit as finished. Dropped, the answer shown stays
-    the one of the stroke's first moves."""
-    page.click("#clear")
-    page.wait_for_function("() => !busy && !again")
-    held = []
-    page.route("**/predict*", lambda route: held.append(route))
-    try:
-        box = page.locator("#pad").bounding_box()
-        page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] * 0.15)
-        page.mouse.down()
-        page.evaluate(BURST)
-        page.mouse.up()
-        page.wait_for_timeout(300)
-        assert len(held) == 1 and page.evaluate("again")
-        held[0].continue_()
-        deadline = time.monotonic() + 10
-        while len(held) < 2 and time.monotonic() < deadline:
-            page.wait_for_timeout(20)
-        assert len(held) == 2, "the queued drawing was never sent"
-        held[1].continue_()
-    finally:
-        page.unroute("**/predict*")
     page.wait_for_function("() => !busy && !again")

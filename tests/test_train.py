@@ -549,17 +549,27 @@ def test_one_cycle_keeps_its_last_epoch_when_an_earlier_one_validated_better(
     assert meta["valid_accuracy"] == result.valid_accuracy == 0.5
 
 
+def one_cycle_run(tmp_path, small_train, small_test, monkeypatch, accuracies, epochs):
+    """A one-cycle cnn-tiny run of ``epochs`` whose epochs validate at ``accuracies`` in turn
+    (epoch 1 best, its loss the lowest; the rest for epochs resumed); its (config, rows,
+    validation rows)."""
+    scores = iter([(0.1 if epoch == 0 else 1.0, accuracy) for epoch, accuracy in
+                   enumerate(accuracies)])  # fmt: skip
+    monkeypatch.setattr(train_module, "evaluate_split", lambda *args: next(scores))
+    subset = DigitSet(small_train.images[:64], small_train.labels[:64])
+    valid = DigitSet(small_test.images[:32], small_test.labels[:32])
+    config = TrainConfig(model="cnn-tiny", epochs=epochs, batch_size=64, lr=0.02)
+    train(config, subset, valid, tmp_path)
+    return config, subset, valid
+
+
 def test_a_one_cycle_run_resumed_with_patience_keeps_its_best_epoch(
     tmp_path, small_train, small_test, monkeypatch
 ):
     """One-cycle keeps its last epoch, yet remembers its best: resumed with --patience (which
     keeps the best epoch), the weights saved are the best epoch's, as model.json says."""
-    scores = iter([(0.1, 0.9), (1.0, 0.5), (1.0, 0.4)])  # (loss, accuracy): epoch 1 is best
-    monkeypatch.setattr(train_module, "evaluate_split", lambda *args: next(scores))
-    subset = DigitSet(small_train.images[:64], small_train.labels[:64])
-    valid = DigitSet(small_test.images[:32], small_test.labels[:32])
-    config = TrainConfig(model="cnn-tiny", epochs=1, batch_size=64, lr=0.02)
-    train(config, subset, valid, tmp_path)
+    config, subset, valid = one_cycle_run(tmp_path, small_train, small_test, monkeypatch,
+                                          accuracies=[0.9, 0.5, 0.4], epochs=1)  # fmt: skip
     best = load_checkpoint(tmp_path, torch.device("cpu"))["model"]
     resumed = train(replace(config, epochs=3, resume=True, schedule="constant", patience=5),
                     subset, valid, tmp_path)  # fmt: skip
@@ -574,12 +584,8 @@ def test_a_finished_run_resumed_with_patience_keeps_the_epoch_it_kept(
 ):
     """Nothing trains, so nothing changes: its config.toml keeps one-cycle's last epoch, and so
     must its weights, which had become the best epoch's (and model.json's figure that one's)."""
-    scores = iter([(0.1, 0.9), (1.0, 0.5)])  # (loss, accuracy): epoch 1 validates best
-    monkeypatch.setattr(train_module, "evaluate_split", lambda *args: next(scores))
-    subset = DigitSet(small_train.images[:64], small_train.labels[:64])
-    valid = DigitSet(small_test.images[:32], small_test.labels[:32])
-    config = TrainConfig(model="cnn-tiny", epochs=2, batch_size=64, lr=0.02)
-    train(config, subset, valid, tmp_path)
+    config, subset, valid = one_cycle_run(tmp_path, small_train, small_test, monkeypatch,
+                                          accuracies=[0.9, 0.5], epochs=2)  # fmt: skip
     last = load_checkpoint(tmp_path, torch.device("cpu"))["model"]
     for changed in ({"patience": 5}, {"schedule": "constant"}):
         resumed = train(replace(config, resume=True, **changed), subset, valid, tmp_path)
