@@ -32,7 +32,12 @@ from digit_recognizer.data.images import (
 )
 from digit_recognizer.data.kaggle_csv import DigitSet, is_submission, write_submission
 from digit_recognizer.data.lighting import MIN_CONTRAST
-from digit_recognizer.data.shards import is_one_file, read_data_source, resolve_data_source
+from digit_recognizer.data.shards import (
+    is_glob,
+    is_one_file,
+    read_data_source,
+    resolve_data_source,
+)
 from digit_recognizer.data.stream import ShardStream, batches_per_rank
 from digit_recognizer.distributed import (
     Distributed,
@@ -425,11 +430,9 @@ def check_submission_path(out: Path, source: str | Path) -> None:
     submission (a run's model.json, a training CSV): the file would be lost without a word; and
     a path that cannot be written, before the rows are predicted rather than after."""
     check_can_write(refuse_special_file(out))
-    pattern = str(source)
-    if (not Path(pattern).exists() and any(char in pattern for char in "*?[")
-            and Path(os.path.abspath(out)).match(os.path.abspath(pattern))):  # fmt: skip
+    if is_glob(source) and Path(os.path.abspath(out)).match(os.path.abspath(source)):
         # Written there, the next prediction of the pattern reads the submission as rows.
-        raise OutputError(f"{out}: {pattern} matches it, and would read the submission as "
+        raise OutputError(f"{out}: {source} matches it, and would read the submission as "
                           "rows next time; write it outside the pattern")  # fmt: skip
     if not out.is_file() or out.stat().st_size == 0:  # new, or made empty for it (mktemp)
         return

@@ -163,6 +163,12 @@ def is_data_source(path: str | Path) -> bool:
     )
 
 
+def is_glob(source: str | Path) -> bool:
+    """Whether ``source`` is a pattern of files (a quoted glob), not a path: it names no file
+    and holds ``*``, ``?`` or ``[``."""
+    return not Path(source).exists() and any(char in str(source) for char in "*?[")
+
+
 def resolve_data_source(source: str | Path) -> Manifest:
     """A ``Manifest`` for a CSV file, a shard directory, or a glob of CSVs (in natural order:
     test_2.csv before test_10.csv, whose rows' ImageIds follow from it).
@@ -176,7 +182,7 @@ def resolve_data_source(source: str | Path) -> Manifest:
     if path.exists() and not path.is_file():
         raise DataError(f"{path}: not a regular file (a pipe?), and its rows are read more than "
                         "once here; save them to a file first")  # fmt: skip
-    if path.exists() or not any(char in str(source) for char in "*?["):
+    if not is_glob(source):
         files = [path]
     else:
         files = sorted((Path(match) for match in glob.glob(str(source))), key=_natural_order)
