@@ -417,11 +417,6 @@ def train(
                             use_buffers=True)  # fmt: skip
     eval_model = raw_model if ema is None else ema.module  # what is validated and saved
     step, epoch, elapsed_s, lr_scale = 0, 0, 0.0, 1.0
-    # One-cycle anneals the lr to zero: its last epoch is the one the schedule trains for, and
-    # choosing another by a few thousand validation images chooses noise (replica 60221, 10 %
-    # split, 300 s: the best-validation epoch, 5 of 11, scored 0.9933 on the test set, the last
-    # 0.9959). Early stopping and the other schedules keep the best epoch.
-    keep_last = config.schedule == "onecycle" and config.patience is None
     best_accuracy, best_loss, best_state, epochs_since_best = -1.0, math.inf, None, 0
     stopped_early = False
     history: list[dict[str, float]] = []
@@ -480,9 +475,7 @@ def train(
         # A finished run resumed: nothing trains, and its record stays the settings it ran with,
         # and so do the weights it kept: resumed with --patience or another schedule, it had
         # swapped its last epoch for its best under a config.toml that keeps the last.
-        ran_with = checkpoint["config"]  # finished before any step here: resumed
-        keep_last = (ran_with.get("schedule", config.schedule) == "onecycle"
-                     and ran_with.get("patience", config.patience) is None)  # fmt: skip
+        ran_with |= checkpoint["config"]  # finished before any step here: resumed
         done = epochs_done(step, steps_per_epoch)
         log.info("%s: finished already (%g epoch%s%s); nothing left to train", run_dir, done,
                  "s" * (done != 1),
@@ -493,6 +486,11 @@ def train(
     elif is_main:  # once the checkpoint is known to fit: a refused resume keeps the record
         make_dir(run_dir)
         save_run_config(config, run_dir)
+    # One-cycle anneals the lr to zero: its last epoch is the one the schedule trains for, and
+    # choosing another by a few thousand validation images chooses noise (replica 60221, 10 %
+    # split, 300 s: the best-validation epoch, 5 of 11, scored 0.9933 on the test set, the last
+    # 0.9959). Early stopping and the other schedules keep the best epoch.
+    keep_last = ran_with["schedule"] == "onecycle" and ran_with["patience"] is None
     while not is_finished():
         model.train()
         # Randomness is a function of (seed, epoch, rank), so resuming at an epoch boundary
