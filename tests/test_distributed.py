@@ -2,6 +2,7 @@
 included); and batch inference on two processes through `digits predict --nproc 2` (torchrun on
 this machine)."""
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -251,30 +252,56 @@ def test_torchrun_ended_by_sighup_is_an_interruption_not_a_failure(monkeypatch):
         run_torchrun(2, "json.tool", ["--help"])
 
 
-def test_torchrun_leaves_no_files_and_no_orphans_behind(tmp_path, monkeypatch):
+@pytest.fixture
+def temporary_folders(tmp_path, monkeypatch) -> Path:
+    """A folder of its own for the temporary folders of this process and those it starts."""
+    folder = tmp_path / "tmp"
+    folder.mkdir()
+    monkeypatch.setenv("TMPDIR", str(folder))
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    return folder
+
+
+def test_torchrun_leaves_no_files_and_no_orphans_behind(tmp_path, temporary_folders):
     """Its log folder is ours and removed; SIGTERM to the launching process (a scheduler, `kill`)
     stops torchrun and its workers instead of leaving them running."""
-    scratch = tmp_path / "tmp"
-    scratch.mkdir()
-    monkeypatch.setenv("TMPDIR", str(scratch))
-    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     run_torchrun(1, "json.tool", ["--help"])
-    assert list(scratch.iterdir()) == []
+    assert list(temporary_folders.iterdir()) == []
     parent, worker = launch_sleeping_worker(tmp_path)
     parent.send_signal(signal.SIGTERM)
     parent.wait(timeout=60)
     assert ends(worker), "the worker outlived its launcher"
-    assert list(scratch.iterdir()) == []
+    assert list(temporary_folders.iterdir()) == []
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="prctl(PR_SET_PDEATHSIG) is Linux's")
-def test_a_command_killed_outright_takes_torchrun_and_its_workers_with_it(tmp_path):
+def test_a_command_killed_outright_takes_torchrun_and_its_workers_with_it(
+    tmp_path, temporary_folders
+):
     """SIGKILL (the OOM killer, `kill -9`) leaves the command no moment to stop torchrun: its
-    workers had trained on as orphans, holding the run's lock against the --resume."""
+    workers had trained on as orphans, holding the run's lock against the --resume. Nor to
+    remove torchrun's log folder, which had stayed in /tmp for good: the next launch does."""
     parent, worker = launch_sleeping_worker(tmp_path)
     parent.kill()
     parent.wait(timeout=60)
     assert ends(worker), "the worker outlived the command"
+    [left] = temporary_folders.iterdir()
+    assert left.name.startswith("digits-torchrun-")
+    deadline = time.monotonic() + 30
+    while any(str(left) in command for command in command_lines()):  # the launcher, ending
+        assert time.monotonic() < deadline, "torchrun's launcher outlived the command"
+        time.sleep(0.1)
+    run_torchrun(1, "json.tool", ["--help"])
+    assert list(temporary_folders.iterdir()) == []
+
+
+def command_lines() -> list[str]:
+    """The command lines of this machine's processes (Linux's /proc)."""
+    lines = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            lines.append(cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+    return lines
 
 
 def launch_sleeping_worker(tmp_path: Path) -> tuple[subprocess.Popen, Path]:

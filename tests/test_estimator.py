@@ -22,7 +22,7 @@ from digit_recognizer.estimator import (
     load_estimator,
     save_estimator,
 )
-from digit_recognizer.fileio import locked_dir
+from digit_recognizer.fileio import locked_dir, locked_temporary_dir
 from digit_recognizer.models.storage import read_meta
 from digit_recognizer.train import TrainConfig, train
 
@@ -78,7 +78,8 @@ def test_a_live_fits_scratch_folder_is_not_taken_for_a_killed_ones(
     seen = []
 
     def another_fit_starts_meanwhile(config, train_set, valid_set, run_dir):
-        estimator_module.remove_dead_scratch()
+        with locked_temporary_dir(estimator_module.SCRATCH_PREFIX):
+            pass
         seen.append(run_dir.is_dir())
         return real_train(config, train_set, valid_set, run_dir)
 

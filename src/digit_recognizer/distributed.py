@@ -16,11 +16,9 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -28,6 +26,7 @@ import torch.distributed as dist
 
 from digit_recognizer.config import save_config
 from digit_recognizer.errors import ConfigError, DigitsError, first_line
+from digit_recognizer.fileio import locked_temporary_dir
 from digit_recognizer.interrupts import Terminated, stop_signals_interrupt
 from digit_recognizer.models.runtime import resolve_device
 
@@ -134,10 +133,10 @@ def run_torchrun(nproc: int, module: str, args: list[str], config: Any | None = 
     processes').
     """
     # torchrun's own files go to a folder of ours, removed afterwards (else a torchelastic_*
-    # folder is left in /tmp by every launch).
-    with tempfile.TemporaryDirectory(prefix="digits-torchrun-") as scratch:
+    # folder is left in /tmp by every launch), or by a later launch if this command is killed.
+    with locked_temporary_dir("digits-torchrun-") as scratch:
         if config is not None:
-            resolved = Path(scratch) / "config.toml"
+            resolved = scratch / "config.toml"
             save_config(config, resolved)
             args = [*args, "--config", str(resolved)]
         torchrun_args = ["--standalone", f"--nproc-per-node={nproc}", f"--log-dir={scratch}",

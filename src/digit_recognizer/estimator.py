@@ -10,7 +10,6 @@ any net; classical models already are pipelines. ``build_estimator``, ``save_est
 from __future__ import annotations
 
 import logging
-import tempfile
 from dataclasses import asdict
 from inspect import signature
 from pathlib import Path
@@ -34,7 +33,7 @@ from digit_recognizer.data.images import check_digits, check_images
 from digit_recognizer.data.kaggle_csv import N_PIXELS
 from digit_recognizer.data.splits import split_for_training
 from digit_recognizer.errors import ConfigError, ModelFileError, first_line
-from digit_recognizer.fileio import locked_dir, remove_unlocked_dirs
+from digit_recognizer.fileio import locked_temporary_dir
 from digit_recognizer.models.classical import fits_the_digits, load_pipeline, save_pipeline
 from digit_recognizer.models.registry import build, get_spec
 from digit_recognizer.models.storage import META_FILE, load_net, read_meta, save_net
@@ -51,14 +50,8 @@ TRAIN_KEYS = (
 
 
 # A fit without a run_dir trains in a temporary folder, locked while it does: one a kill left
-# (its checkpoints, megabytes) is removed by the next fit (remove_dead_scratch).
+# (its checkpoints, megabytes) is removed by the next fit (locked_temporary_dir).
 SCRATCH_PREFIX = "digits-net."
-
-
-def remove_dead_scratch() -> None:
-    """Remove the temporary training folders of fits killed outright: those whose lock no
-    process holds (an flock, which the kernel drops as its holder ends, in any container)."""
-    remove_unlocked_dirs(Path(tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}*"))
 
 
 class NetClassifier(ClassifierMixin, BaseEstimator):
@@ -137,9 +130,8 @@ augment, valid_size, patience, seed, device : optional
         if self.run_dir is not None:
             result = train(config, train_set, valid_set, Path(self.run_dir))
         else:
-            remove_dead_scratch()
-            with tempfile.TemporaryDirectory(prefix=SCRATCH_PREFIX) as scratch, locked_dir(scratch):
-                result = train(config, train_set, valid_set, Path(scratch))
+            with locked_temporary_dir(SCRATCH_PREFIX) as scratch:
+                result = train(config, train_set, valid_set, scratch)
         self.module_ = result.model
         self.history_ = result.history
         self.config_ = result.config

@@ -276,6 +276,16 @@ def locked_dir(folder: str | os.PathLike[str]) -> Iterator[Path]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+@contextmanager
+def locked_temporary_dir(prefix: str) -> Iterator[Path]:
+    """A folder of the system's temporary ones, named ``prefix``..., locked while in use
+    (``locked_dir``) and removed afterwards. Those of the same prefix whose process was killed
+    outright, with no moment to remove its own, are removed first (``remove_unlocked_dirs``)."""
+    remove_unlocked_dirs(Path(tempfile.gettempdir()).glob(f"{prefix}*"))
+    with tempfile.TemporaryDirectory(prefix=prefix) as scratch, locked_dir(scratch) as folder:
+        yield folder
+
+
 def remove_unlocked_dirs(folders: Iterable[Path]) -> None:
     """Remove those of ``folders`` (scratch a fit or a trial trains in) whose lock no process
     holds (``locked_dir``): an flock, which the kernel drops as its holder ends, tells a killed
