@@ -189,6 +189,24 @@ def test_predict_on_two_processes_matches_one(tmp_path, tiny_run, small_csvs) ->
     assert (tmp_path / "two.csv").read_bytes() == (tmp_path / "one.csv").read_bytes()
 
 
+def test_the_main_job_trains_on_two_processes(tmp_path, small_csvs) -> None:
+    """`digits run --nproc 2`: torchrun's processes train the model; the command predicts with it
+    and reports it as it does a run of one process (`--nproc` had been `train`'s alone)."""
+    run_dir = tmp_path / "run"
+    args = ["run", "--train", str(small_csvs["train"]), "--test", str(small_csvs["test"]),
+            "--out", str(run_dir), "--model", "mlp", "--epochs", "1", "--time-budget", "0",
+            "--nproc", "2"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    validation = json.loads((run_dir / "metrics.json").read_text())["validation"]
+    assert validation["accuracy"] > 0.8 and f"{validation['accuracy']:.4f}" in result.output
+    assert len((run_dir / "submission.csv").read_text().splitlines()) == 1 + 1000
+    refused = CliRunner().invoke(app, [*args[:6], str(tmp_path / "best"), "--preset", "best",
+                                       "--nproc", "2"])  # fmt: skip
+    assert refused.exit_code == 1 and "--nproc trains one model" in refused.output
+    assert not (tmp_path / "best").exists()
+
+
 def test_a_failing_rank_stops_distributed_predict_with_its_error(tmp_path, capfd, tiny_run,
                                                                  small_csvs) -> None:  # fmt: skip
     shard_csv(small_csvs["test"], tmp_path / "shards", parts=2)

@@ -225,6 +225,18 @@ Jobs = Annotated[
         "else 1]",
     ),
 ]
+TrainNproc = Annotated[
+    int,
+    typer.Option("--nproc", min=1, help="Processes that train one model (DDP through torchrun)."),
+]
+MaxMemory = Annotated[
+    float | None,
+    typer.Option(
+        min=0,
+        help="GB of training data to hold in memory; more streams from the shards (0: always). "
+        "\\[default: 2]",
+    ),
+]
 Resume = Annotated[
     bool,
     typer.Option(
@@ -298,6 +310,7 @@ def run(
         int | None, typer.Option(min=0, help="Seed of the replica split. \\[default: 0]")
     ] = None,
     preset: Preset = "default",
+    nproc: TrainNproc = 1,
     jobs: Jobs = None,
     config: ConfigFile = None, model: Model = None, epochs: Epochs = None,
     time_budget: TimeBudget = None, batch_size: BatchSize = None, optimizer: Optimizer = None,
@@ -305,6 +318,7 @@ def run(
     stroke: Stroke = None, styles: Styles = None, valid_size: ValidSize = None,
     patience: Patience = None,
     seed: Seed = None, device: Device = None, compile_model: Compile = None,
+    max_memory: MaxMemory = None,
     tta: PresetTta = None,
 ) -> None:  # fmt: skip
     """The main job: train, evaluate, predict, write and score a submission."""
@@ -316,13 +330,13 @@ def run(
         batch_size=batch_size, optimizer=optimizer, lr=lr, schedule=schedule, augment=augment,
         elastic=elastic, stroke=stroke, styles=styles,
         valid_size=valid_size, patience=patience, seed=seed, device=device,
-        compile=compile_model, resume=resume or None)  # fmt: skip
+        compile=compile_model, max_memory_gb=max_memory, resume=resume or None)  # fmt: skip
     configs = resolve_configs(preset, resume, out, config, overrides)
     tta = get_preset(preset).tta if tta is None else tta
-    with progress_bar() as progress:
+    with progress_bar(enabled=nproc == 1) as progress:  # torchrun's rank 0 shows its own
         summary = run_job(configs, train, test, out, replica_seed,
                           predict_config=PredictConfig(tta=tta), progress=progress,
-                          parallel=jobs)  # fmt: skip
+                          parallel=jobs, nproc=nproc)  # fmt: skip
     table = Table(title=f"digits run (preset {preset})", show_header=False)
     members = f" x {summary.n_members}" if summary.n_members > 1 else ""
     table.add_row("model", configs[0].model + members)
@@ -351,7 +365,7 @@ def train_command(
     out: RunDir = None,
     resume: Resume = False,
     preset: Preset = "default",
-    nproc: Annotated[int, typer.Option(min=1, help="Processes (DDP through torchrun).")] = 1,
+    nproc: TrainNproc = 1,
     jobs: Jobs = None,
     config: ConfigFile = None, model: Model = None, epochs: Epochs = None,
     time_budget: TimeBudget = None, batch_size: BatchSize = None, optimizer: Optimizer = None,
@@ -359,13 +373,11 @@ def train_command(
     stroke: Stroke = None, styles: Styles = None, valid_size: ValidSize = None,
     patience: Patience = None,
     seed: Seed = None, device: Device = None, compile_model: Compile = None,
-    max_memory: Annotated[float | None, typer.Option(min=0,
-        help="GB of data to hold in memory; more streams from the shards (0: always). "
-        "\\[default: 2]")] = None,
+    max_memory: MaxMemory = None,
 ) -> None:  # fmt: skip
     """Train a net on a labelled CSV and write a run directory."""
     from digit_recognizer.distributed import Distributed
-    from digit_recognizer.pipeline import default_run_dir, train_distributed, train_jobs
+    from digit_recognizer.pipeline import default_run_dir, train_jobs
 
     overrides = train_overrides(model=model, epochs=epochs, time_budget=time_budget,
         batch_size=batch_size, optimizer=optimizer, lr=lr, schedule=schedule, augment=augment,
@@ -375,16 +387,10 @@ def train_command(
         resume=resume or None)  # fmt: skip
     configs = resolve_configs(preset, resume, out, config, overrides)
     run_dir = out or default_run_dir(configs[0].model)
-    if nproc > 1:
-        if len(configs) > 1 or (jobs or 1) > 1:
-            raise typer.BadParameter("--nproc trains one model, not a --preset best ensemble "
-                                     "nor several at once (--jobs)")  # fmt: skip
-        train_distributed(nproc, configs[0], train, run_dir)
-        console.print(f"trained with {nproc} processes -> {run_dir}")
-        return
     is_main_process = Distributed.from_env().is_main_process
-    with progress_bar(enabled=is_main_process) as progress:
-        results = train_jobs(configs, train, run_dir, progress, parallel=jobs)
+    # With --nproc, torchrun's rank 0 shows its own.
+    with progress_bar(enabled=is_main_process and nproc == 1) as progress:
+        results = train_jobs(configs, train, run_dir, progress, parallel=jobs, nproc=nproc)
     if not is_main_process:
         return
     for job in results:

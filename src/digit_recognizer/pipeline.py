@@ -22,10 +22,13 @@ from rich.progress import Progress
 from digit_recognizer.checkpoint import (
     CHECKPOINT_FILE,
     CONFIG_FILE,
+    HISTORY_FILE,
     check_out_dir,
     member_run_dir,
+    read_history,
     save_run_config,
 )
+from digit_recognizer.config import read_toml
 from digit_recognizer.data.images import faint_to_full_ink, in_mnist_format
 from digit_recognizer.data.kaggle_csv import DigitSet
 from digit_recognizer.data.replica import cached_replica
@@ -48,6 +51,7 @@ from digit_recognizer.evaluate import (
     compute_metrics,
     plot_confusion_matrix,
     plot_learning_curves,
+    read_metrics,
     score_submission,
     write_metrics,
 )
@@ -272,8 +276,11 @@ def write_training_outputs(
     return valid_metrics
 
 
-def train_distributed(nproc: int, config: TrainConfig, train_csv: Path, run_dir: Path) -> None:
-    """Run ``digits train`` in ``nproc`` processes on this machine through torchrun (DDP).
+def train_distributed(
+    nproc: int, config: TrainConfig, train_csv: Path, run_dir: Path
+) -> TrainJobResult:
+    """Run ``digits train`` in ``nproc`` processes on this machine through torchrun (DDP), and
+    read back what they trained, as ``train_job`` returns it.
 
     What can be checked before the launch is, rather than in every process amid torchrun's
     output. The resolved config goes to a file every process reads, so the processes cannot
@@ -291,6 +298,24 @@ def train_distributed(nproc: int, config: TrainConfig, train_csv: Path, run_dir:
         ["train", "--train", str(train_csv), "--out", str(run_dir)],
         config,
     )
+    return trained_job(run_dir)
+
+
+def trained_job(run_dir: Path) -> TrainJobResult:
+    """A run that other processes trained (torchrun's), read back from the files they wrote."""
+    metrics = read_metrics(run_dir)
+    validation = metrics.get("validation")
+    result = TrainResult(
+        run_dir=run_dir,
+        model=load_net(run_dir)[0],
+        history=read_history(run_dir / HISTORY_FILE),
+        valid_accuracy=validation["accuracy"] if validation else None,
+        train_seconds=metrics["train_seconds"],
+        epochs_run=metrics["epochs_run"],
+        stopped_early=metrics["stopped_early"],
+        config=read_toml(run_dir / CONFIG_FILE),
+    )
+    return TrainJobResult(run_dir, result, Metrics(**validation) if validation else None)
 
 
 def train_jobs(
@@ -299,9 +324,11 @@ def train_jobs(
     run_dir: Path,
     progress: Progress | None = None,
     parallel: int | None = None,
+    nproc: int = 1,
 ) -> list[TrainJobResult]:
-    """One config trains one run in ``run_dir``. Several train an ensemble: one run per config,
-    ``run_dir``/member-1 and on, each resumable on its own, and ``run_dir`` marked an ensemble.
+    """One config trains one run in ``run_dir``, in ``nproc`` processes (DDP) if more than one.
+    Several train an ensemble: one run per config, ``run_dir``/member-1 and on, each resumable
+    on its own, and ``run_dir`` marked an ensemble.
 
     ``parallel`` members train at once, each in a process of its own (``train_side_by_side``);
     unset, ``default_jobs`` decides.
@@ -309,12 +336,17 @@ def train_jobs(
     parallel = default_jobs(configs) if parallel is None else parallel
     if parallel < 1:
         raise ConfigError(f"--jobs must be >= 1: {parallel}")
+    if nproc > 1 and len(configs) > 1:
+        raise ConfigError("--nproc trains one model in several processes, not an ensemble "
+                          "(--preset best): --jobs trains its members side by side")  # fmt: skip
     if len(configs) == 1:
         if parallel > 1:
             raise ConfigError(
                 "--jobs trains an ensemble's members side by side; one model trains in one "
-                "process (in several: `digits train --nproc`)"
+                "process (in several: --nproc)"
             )
+        if nproc > 1:
+            return [train_distributed(nproc, configs[0], train_csv, run_dir)]
         return [train_job(configs[0], train_csv, run_dir, progress)]
     check_out_dir(run_dir, configs[0].resume, ensemble=True)
     # One command per ensemble: a second one, refused by a member's lock only once it trained,
@@ -438,13 +470,14 @@ def run_job(
     predict_config: PredictConfig | None = None,
     progress: Progress | None = None,
     parallel: int | None = None,
+    nproc: int = 1,
 ) -> RunSummary:
     """The main job: (build a replica,) train, evaluate, predict, write and score a submission.
 
     Kaggle's ``train_csv`` and ``test_csv``, or neither: the replica built with
     ``replica_seed`` (default 0). A list of several configs trains an ensemble, one member per
     config (``Preset.configs``), ``parallel`` of them at a time (``train_jobs``; unset,
-    ``default_jobs`` decides).
+    ``default_jobs`` decides); one config trains in ``nproc`` processes (DDP).
     """
     if (train_csv is None) != (test_csv is None):
         raise ConfigError("give both --train and --test (Kaggle's files), or neither (the "
@@ -463,7 +496,7 @@ def run_job(
     # otherwise be found only once the models were trained.
     test_set = read_data_source(test_csv)
     started = time.perf_counter()
-    jobs = train_jobs(configs, train_csv, run_dir, progress, parallel)
+    jobs = train_jobs(configs, train_csv, run_dir, progress, parallel, nproc)
     wall_seconds = time.perf_counter() - started
     submission = run_dir / "submission.csv"
     try:
