@@ -303,6 +303,19 @@ def test_metrics_on_known_predictions():
     assert json.loads(partial.to_json(), parse_constant=refuse)["roc_auc_ovr"] is None
 
 
+def test_metrics_take_whole_float_labels_and_refuse_labels_that_are_not_digits():
+    labels = np.array([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 9])
+    probas = np.eye(10, dtype=np.float32)[[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 4]]
+    # np.loadtxt reads a CSV's labels as floats: the same figures (it had raised IndexError).
+    assert compute_metrics(labels.astype(np.float64), probas) == compute_metrics(labels, probas)
+    # A -1 had been scored as a second 9 in the macro F1 and left out of the confusion matrix.
+    for wrong, found in ((-1, "-1 to 9"), (10, "0 to 10")):
+        with pytest.raises(ValueError, match=f"labels must hold the digits 0-9, got .* {found}"):
+            compute_metrics(np.append(labels[:-1], wrong), probas)
+    with pytest.raises(ValueError, match="labels must hold one label per image: 11 labels for 12"):
+        compute_metrics(labels[:-1], probas)
+
+
 def test_evaluate_run_writes_its_files(tmp_path, tiny_run, small_csvs, caplog):
     solution_labels = read_submission(small_csvs["solution"])
     from digit_recognizer.data.kaggle_csv import read_kaggle_csv, write_kaggle_csv

@@ -17,9 +17,10 @@ from pathlib import Path
 import numpy as np
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
-from numpy.typing import NDArray
+from numpy.typing import ArrayLike, NDArray
 from sklearn import metrics as skm
 
+from digit_recognizer.data.images import check_labels
 from digit_recognizer.data.kaggle_csv import DigitSet, read_submission
 from digit_recognizer.data.shards import read_data_source, require_labels
 from digit_recognizer.errors import DataError, ModelFileError, OutputError
@@ -69,12 +70,16 @@ class Metrics:
         return json.dumps(asdict(self), indent=2) + "\n"
 
 
-def compute_metrics(labels: NDArray[np.int64], probas: NDArray[np.floating]) -> Metrics:
-    """Metrics for true ``labels`` (N,) and predicted probabilities ``probas`` (N, 10)."""
+def compute_metrics(labels: ArrayLike, probas: NDArray[np.floating]) -> Metrics:
+    """Metrics for true ``labels`` (N,), digits 0-9, and predicted probabilities ``probas``
+    (N, 10)."""
     probas = np.asarray(probas)
     if probas.ndim != 2 or probas.shape[1] != len(CLASSES):
         raise ValueError(f"probas must be of shape (n_samples, 10), got {probas.shape}: "
                          "pass predict_proba's output, not predicted labels")  # fmt: skip
+    # Indices into the per-class scores below: float labels (np.loadtxt's) had failed there,
+    # and a -1 had been read as a 9 in the macro F1 and left out of the confusion matrix.
+    labels = check_labels(labels, len(probas), "labels")
     predicted = probas.argmax(axis=1)
     precision, recall, f1, support = skm.precision_recall_fscore_support(
         labels, predicted, labels=CLASSES, zero_division=0

@@ -462,25 +462,31 @@ def check_digits(X: ArrayLike, y: ArrayLike | None) -> DigitSet:
     images = check_images(X)
     if y is None:
         raise ValueError("training needs a label per image, got none")
+    return DigitSet(images, check_labels(y, len(images)))
+
+
+def check_labels(y: ArrayLike, n_images: int, name: str = "y") -> NDArray[np.int64]:
+    """``y`` as int64 digits of shape (n_images,): one whole-number label 0-9 per image, else a
+    ``ValueError`` saying which rule the parameter ``name`` breaks."""
     given = column_or_1d(y)
     if given.dtype.kind == "f" and not np.isfinite(given).all():  # a missing label reads NaN
-        raise ValueError("y must hold a digit 0-9 for every image; it has missing (NaN) or "
-                         "infinite labels")  # fmt: skip
+        raise ValueError(f"{name} must hold a digit 0-9 for every image; it has missing (NaN) "
+                         "or infinite labels")  # fmt: skip
     # Whole numbers only: "7" or 2.7 would be cast silently, and the predictions (integers)
     # would then not compare equal to such labels in score().
     is_whole = given.dtype.kind in "iu" or (
         given.dtype.kind == "f" and np.array_equal(given, np.round(given))
     )
     if not is_whole:
-        raise ValueError(f"y must hold the digits 0-9 as integers, got {given.dtype} labels")
+        raise ValueError(f"{name} must hold the digits 0-9 as integers, got {given.dtype} labels")
     labels = given.astype(np.int64)
-    if len(labels) != len(images):
-        raise ValueError(f"y must hold one label per image: {len(labels)} labels for "
-                         f"{len(images)} images")  # fmt: skip
+    if len(labels) != n_images:
+        raise ValueError(f"{name} must hold one label per image: {len(labels)} labels for "
+                         f"{n_images} images")  # fmt: skip
     if len(labels) and (labels.min() < 0 or labels.max() > 9):
-        raise ValueError(f"y must hold the digits 0-9, got labels from {labels.min()} to "
+        raise ValueError(f"{name} must hold the digits 0-9, got labels from {labels.min()} to "
                          f"{labels.max()}")  # fmt: skip
-    return DigitSet(images, labels)
+    return labels
 
 
 def faint_to_full_ink(images: NDArray[np.uint8]) -> tuple[NDArray[np.uint8], int]:
