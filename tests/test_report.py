@@ -18,6 +18,7 @@ from digit_recognizer.data.kaggle_csv import DigitSet, read_kaggle_csv, write_ka
 from digit_recognizer.data.splits import split_for_training
 from digit_recognizer.eda import _mean_and_std, eda
 from digit_recognizer.errors import DataError
+from digit_recognizer.estimator import build_estimator, save_estimator
 from digit_recognizer.evaluate import compute_metrics, evaluate_run
 from digit_recognizer.fileio import sha256_file
 from digit_recognizer.models.storage import load_net
@@ -311,3 +312,13 @@ def test_report_reads_a_history_with_a_bom_and_names_a_corrupt_one(tmp_path, tin
     result = runner.invoke(app, ["report", str(run_dir), "--data", str(labelled)])
     assert result.exit_code == 1
     assert "history.csv: not a history written by training" in result.output
+
+
+def test_a_classical_models_directory_is_named_as_one(tmp_path, small_train):
+    """It has no config.toml, which the report had named, asking whether it was a run."""
+    logreg = build_estimator("logreg", n_components=20).fit(small_train.images[:300],
+                                                            small_train.labels[:300])  # fmt: skip
+    save_estimator(logreg, tmp_path / "logreg", name="logreg")
+    result = runner.invoke(app, ["report", str(tmp_path / "logreg")])
+    assert result.exit_code == 1
+    assert "'logreg' is a scikit-learn model, not a net" in result.output

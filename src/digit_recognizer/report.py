@@ -40,7 +40,7 @@ from digit_recognizer.evaluate import (
 )
 from digit_recognizer.explain import draw_overlay, grad_cam
 from digit_recognizer.fileio import sha256_file, write_text
-from digit_recognizer.models.storage import refuse_ensemble
+from digit_recognizer.models.storage import META_FILE, net_recipe, read_meta, refuse_ensemble
 from digit_recognizer.predict import PredictConfig, Predictor, conform_rows
 
 REPORT_FILE = "report.html"
@@ -126,6 +126,8 @@ def write_run_report(
         raise ConfigError("--as-is reads the rows of --data as they are; without --data the "
                           "report reads images as training did")  # fmt: skip
     refuse_ensemble(run_dir)
+    # A classical model's directory, which has no config.toml either: said to be one.
+    net_recipe(run_dir / META_FILE, read_meta(run_dir))
     if not (run_dir / CONFIG_FILE).is_file():
         raise ModelFileError(f"{run_dir / CONFIG_FILE}: not found; is {run_dir} a run directory?")
     config = read_toml(run_dir / CONFIG_FILE)
