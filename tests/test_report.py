@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from digit_recognizer import eda as eda_module
 from digit_recognizer import evaluate as evaluate_module
+from digit_recognizer import report as report_module
 from digit_recognizer.cli import app
 from digit_recognizer.data.kaggle_csv import DigitSet, read_kaggle_csv, write_kaggle_csv
 from digit_recognizer.data.splits import split_for_training
@@ -21,10 +22,12 @@ from digit_recognizer.errors import DataError
 from digit_recognizer.estimator import build_estimator, save_estimator
 from digit_recognizer.evaluate import compute_metrics, evaluate_run
 from digit_recognizer.fileio import sha256_file
+from digit_recognizer.models.registry import build
 from digit_recognizer.models.storage import load_net
 from digit_recognizer.pipeline import train_job
 from digit_recognizer.predict import PredictConfig, Predictor
 from digit_recognizer.report import (
+    _plot_mistakes_and_grad_cam,
     model_summary,
     reliability,
     write_run_report,
@@ -322,3 +325,23 @@ def test_a_classical_models_directory_is_named_as_one(tmp_path, small_train):
     result = runner.invoke(app, ["report", str(tmp_path / "logreg")])
     assert result.exit_code == 1
     assert "'logreg' is a scikit-learn model, not a net" in result.output
+
+
+def test_the_grad_cam_gallery_title_counts_the_right_and_wrong_it_shows(tmp_path, small_test,
+                                                                         monkeypatch):  # fmt: skip
+    """With fewer than 8 right it had claimed '8 right (first row)', mistakes filling that row."""
+    titles = {}
+
+    def record(
+        images: np.ndarray, captions: list[str], path: Path, title: str, **_: object
+    ) -> None:
+        titles[path.name] = title
+
+    monkeypatch.setattr(report_module, "plot_gallery", record)
+    data = DigitSet(small_test.images[:11], small_test.labels[:11])
+    predicted = np.where(np.arange(11) < 3, data.labels, (data.labels + 1) % 10)
+    probas = np.eye(10, dtype=np.float32)[predicted] * 0.9 + 0.01
+    _plot_mistakes_and_grad_cam(build("cnn-tiny").eval(), data, probas, tmp_path)
+    assert titles["grad_cam.png"] == (
+        "Grad-CAM for the predicted digit: 3 right, then the 8 most confident mistakes"
+    )

@@ -299,7 +299,8 @@ def _plot_reliability(calibration: Reliability, path: Path) -> None:
 def _plot_mistakes_and_grad_cam(
     model: nn.Module, data: DigitSet, probas: NDArray[np.floating], figures: Path
 ) -> None:
-    """mistakes.png (most confident errors) and grad_cam.png (8 right, 8 wrong) in ``figures``."""
+    """mistakes.png (most confident errors) and grad_cam.png (up to 8 right, then up to 8 of the
+    most confident errors) in ``figures``."""
     predicted, confidence = probas.argmax(axis=1), probas.max(axis=1)
     wrong = np.flatnonzero(predicted != data.labels)
     wrong = wrong[np.argsort(-confidence[wrong], kind="stable")]
@@ -317,8 +318,10 @@ def _plot_mistakes_and_grad_cam(
     # The captions' digit, as the predictor (bf16, TTA) chose it, not fp32's argmax again.
     heatmaps = grad_cam(model, data.images[chosen], target=predicted[chosen])
     plot_gallery(data.images[chosen], [caption(i) for i in chosen], figures / "grad_cam.png",
-                  title="Grad-CAM for the predicted digit: 8 right (first row), the most confident "
-                  "mistakes (second row)", heatmaps=heatmaps)  # fmt: skip
+                  # Counted: with fewer than 8 right, mistakes fill the first row too.
+                  title=f"Grad-CAM for the predicted digit: {len(right)} right, then the "
+                  f"{len(chosen) - len(right)} most confident mistakes",
+                  heatmaps=heatmaps)  # fmt: skip
 
 
 # -- galleries ------------------------------------------------------------------------------------
