@@ -45,6 +45,13 @@ def test_read_idx_rejects_non_idx(tmp_path):
             read_idx(path)
 
 
+def test_read_idx_refuses_a_shape_whose_size_overflows_int64(tmp_path):
+    path = tmp_path / "huge.idx"
+    path.write_bytes(bytes([0, 0, 0x08, 4]) + (65536).to_bytes(4, "big") * 4)  # 2**64 bytes
+    with pytest.raises(DataError, match=r"huge\.idx: header declares shape \(65536, 65536, "):
+        read_idx(path)
+
+
 def _corrupted(data: bytes) -> bytes:
     """The first bytes after the 10-byte gzip header flipped: zlib's own error, not gzip's."""
     return data[:10] + bytes(b ^ 0xFF for b in data[10:12]) + data[12:]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import math
 import zlib
 from pathlib import Path
 
@@ -39,7 +40,9 @@ def read_idx(path: str | Path) -> NDArray[np.uint8]:
     n_dims = raw[3]
     header_size = 4 + 4 * n_dims
     shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(n_dims))
-    expected = header_size + int(np.prod(shape))
+    # math.prod, not np.prod: a forged shape (65536,) * 4 wraps int64 to 0 bytes, which an empty
+    # body then matched, and reshape raised a ValueError instead of this DataError.
+    expected = header_size + math.prod(shape)
     if len(raw) != expected:
         raise DataError(
             f"{path}: header declares shape {shape} ({expected} bytes) but the file has "
