@@ -5,6 +5,7 @@ from __future__ import annotations
 import bz2
 import gzip
 import lzma
+import os
 import re
 import zipfile
 from pathlib import Path
@@ -74,6 +75,13 @@ def test_round_trip_unlabelled(tmp_path: Path) -> None:
     digits = read_kaggle_csv(tmp_path / "test.csv")
     assert not digits.has_labels and digits.labels is None
     np.testing.assert_array_equal(digits.images, images)
+
+
+def test_a_path_whose_name_is_not_utf8_is_written_and_read(tmp_path: Path) -> None:
+    images, labels = random_digits(N_ROWS)
+    path = tmp_path / os.fsdecode(b"train-\xff.csv")  # a Latin-1 name on a Linux disk
+    write_kaggle_csv(path, images, labels)
+    np.testing.assert_array_equal(read_kaggle_csv(path).images, images)
 
 
 def test_writer_format_is_exact_and_deterministic(tmp_path: Path) -> None:

@@ -95,6 +95,12 @@ def test_shard_round_trip_rows_and_bytes(source, shard_dir: Path) -> None:
     assert resolve_data_source(shard_dir / MANIFEST_FILE) == manifest
 
 
+def test_shards_go_to_a_folder_whose_name_is_not_utf8(source, tmp_path: Path) -> None:
+    out_dir = tmp_path / os.fsdecode(b"shards-\xff")  # a Latin-1 name on a Linux disk
+    shard_csv(source[0], out_dir, parts=2)
+    assert np.array_equal(read_data_source(out_dir).labels, source[1].labels)
+
+
 def test_a_glob_or_a_csv_resolves_like_a_manifest(source, shard_dir: Path) -> None:
     by_glob = resolve_data_source(f"{shard_dir}/part-*.csv")
     assert by_glob.shards == read_manifest(shard_dir).shards

@@ -18,6 +18,7 @@ compressed files (zip, gzip, bzip2, xz, zstd), which the error names as such.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -398,8 +399,14 @@ def write_kaggle_csv(
     deterministic: no quotes, ``\\n`` line endings, plain integers.
     """
     table = to_table(images, labels)
-    with atomic_path(path) as tmp, pa.OSFile(str(tmp), "wb") as sink:
+    with atomic_path(path) as tmp, open_sink(tmp) as sink:
         write_table(sink, table, include_header=True)
+
+
+def open_sink(path: Path) -> pa.NativeFile:
+    """``path`` opened for pyarrow to write, named by its bytes: pyarrow encodes a str path as
+    UTF-8, which a name that is not (Latin-1 bytes on a Linux disk) fails with a traceback."""
+    return pa.OSFile(os.fsencode(path), "wb")
 
 
 def to_table(images: NDArray[np.uint8], labels: NDArray[np.integer] | None) -> pa.Table:

@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import pyarrow as pa
 import torch
 
 from digit_recognizer.data.augment import Augmentation, augment_batch
@@ -41,6 +40,7 @@ from digit_recognizer.data.kaggle_csv import (
     PIXEL_COLUMNS,
     DigitSet,
     open_binary,
+    open_sink,
     parse_body,
     read_kaggle_csv,
     split_header,
@@ -541,7 +541,7 @@ def _write_shards(
         shards = []
         for part, pieces in itertools.groupby(_split_at(rows, bounds), key=lambda pair: pair[0]):
             path = building / f"part-{part:05d}.csv"
-            with atomic_path(path) as tmp, pa.OSFile(str(tmp), "wb") as sink:
+            with atomic_path(path) as tmp, open_sink(tmp) as sink:
                 for number, (_, piece) in enumerate(pieces):
                     write_table(sink, to_table(piece.images, piece.labels), number == 0)
             shards.append(Shard(out_dir / path.name, bounds[part + 1] - bounds[part],
