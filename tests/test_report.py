@@ -2,6 +2,7 @@
 
 import base64
 import json
+import os
 import shutil
 import warnings
 from html.parser import HTMLParser
@@ -81,6 +82,13 @@ def test_eda_summarises_and_writes_a_self_contained_page(tmp_path, small_train):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert eda(csv_path, tmp_path / "eda").class_counts[7] == 0
+
+
+def test_eda_of_a_file_whose_name_is_not_utf8_writes_its_page(tmp_path, small_train):
+    csv_path = tmp_path / os.fsdecode(b"train-\xff.csv")  # a Latin-1 name on a Linux disk
+    write_kaggle_csv(csv_path, small_train.images[:20], small_train.labels[:20])
+    eda(csv_path, tmp_path / "eda")
+    assert "train-\\udcff.csv" in (tmp_path / "eda" / "eda.html").read_text(encoding="utf-8")
 
 
 def test_eda_summary_rows_state_the_csvs_own_numbers(tmp_path, small_train):

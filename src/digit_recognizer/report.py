@@ -378,13 +378,17 @@ img { max-width: 100%; height: auto; border: 1px solid #eaeef2; }
 def html_page(title: str, subtitle: str, sections: list[tuple[str, str]]) -> str:
     body = "\n".join(f"<section><h2>{html.escape(name)}</h2>\n{content}</section>"
                      for name, content in sections)  # fmt: skip
-    return (
+    page = (
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">\n'
         f'<meta name="viewport" content="width=device-width, initial-scale=1">\n'
         f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head>\n<body>\n"
         f'<h1>{html.escape(title)}</h1><p class="subtitle">{html.escape(subtitle)}</p>\n'
         f"{body}\n</body></html>\n"
     )
+    # A path whose name is not UTF-8 holds its bytes as lone surrogates, which no UTF-8 page
+    # can encode: `digits eda` of such a file ended in a traceback. Shown as \udcff, as the
+    # terminal's messages show them.
+    return page.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def html_table(rows: Sequence[Sequence[str]], header: Sequence[str] | None = None) -> str:
