@@ -678,6 +678,7 @@ def test_compare_and_tune_read_faint_rows_with_full_ink(tmp_path: Path, small_tr
         lambda m: m | {"shards": [m["shards"][0] | {"file": "../train.csv"}]},
         lambda m: m | {"shards": [m["shards"][0] | {"file": ".."}]},
         lambda m: m | {"shards": [m["shards"][0] | {"file": ""}]},
+        lambda m: m | {"shards": [m["shards"][0] | {"file": "part-00000.csv\0"}]},
         lambda m: m | {"origin": "shard"},
         lambda m: m | {"origin": {"command": "expand", "valid_rows": "10"}},
         lambda m: m | {"origin": {"command": "expand", "valid_rows": -1}},
@@ -695,6 +696,7 @@ def test_compare_and_tune_read_faint_rows_with_full_ink(tmp_path: Path, small_tr
         "outside",
         "..",
         "",
+        "a NUL byte",
         "origin a string",
         "valid_rows a string",
         "valid_rows negative",
@@ -705,8 +707,9 @@ def test_compare_and_tune_read_faint_rows_with_full_ink(tmp_path: Path, small_tr
 )
 def test_a_tampered_manifest_is_refused_naming_it(shard_dir: Path, tmp_path: Path, tamper) -> None:
     """An empty list had raised IndexError, "false" read as true, an empty or repeated shard
-    changed the rows silently, '../' led out of the directory, and an origin that is no object,
-    or that held out the only shard, raised AttributeError or IndexError from training."""
+    changed the rows silently, '../' led out of the directory, a NUL byte in a name raised
+    ValueError from open(), and an origin that is no object, or that held out the only shard,
+    raised AttributeError or IndexError from training."""
     copy = Path(shutil.copytree(shard_dir, tmp_path / "copy"))
     document = json.loads((copy / "manifest.json").read_text())
     (copy / "manifest.json").write_text(json.dumps(tamper(document)))

@@ -123,7 +123,9 @@ def read_manifest(path: str | Path) -> Manifest:
         # What data shard writes, and nothing a tampered file could lead elsewhere with.
         if not shards or min(shard.n_rows for shard in shards) < 1:
             raise ValueError("it must list shards of one row or more")
-        is_plain = [Path(name).name == name and name not in ("", ".", "..") for name in names]
+        # A NUL byte too: no file can be named with one, and opening it raised ValueError.
+        is_plain = [Path(name).name == name and name not in ("", ".", "..") and "\0" not in name
+                    for name in names]  # fmt: skip
         if len(set(names)) < len(names) or not all(is_plain):
             raise ValueError("its shards must be distinct files of its own directory")
         if not isinstance(entries["has_labels"], bool):
