@@ -25,6 +25,7 @@ from digit_recognizer.data.kaggle_csv import (
     read_kaggle_csv,
     write_kaggle_csv,
 )
+from digit_recognizer.data.lighting import MIN_CONTRAST
 from digit_recognizer.data.shards import (
     MANIFEST_FILE,
     SHARD_NAME,
@@ -329,6 +330,17 @@ def test_expand_holds_out_images_that_validate_training_and_are_never_copied(
             train_set, valid_set, _ = training_data(config, tmp_path / directory)
             n_train = train_set.n_rows if isinstance(train_set, shards.Manifest) else len(train_set)
             assert (n_train, len(valid_set)) == (n_rows, 0), (directory, max_memory_gb)
+
+
+def test_expand_copies_faint_rows_as_training_augments_them(tmp_path: Path, small_train) -> None:
+    """0/1 rows are scaled to full ink before they are augmented, as training scales them:
+    augmented as 0/1 and rounded back, the copies had kept two levels, and some no ink at all."""
+    binarised = (small_train.images[:100] > 128).astype(np.uint8)
+    write_kaggle_csv(tmp_path / "binarised.csv", binarised, small_train.labels[:100])
+    manifest = expand(tmp_path / "binarised.csv", tmp_path / "big", copies=1, parts=1,
+                      valid_size=0)  # fmt: skip
+    copies = read_kaggle_csv(manifest.shards[0].path).images
+    assert (copies.max(axis=(1, 2)) >= MIN_CONTRAST).all() and len(np.unique(copies)) > 100
 
 
 def test_an_expansion_is_known_through_a_reshard_a_glob_or_a_second_expansion(
