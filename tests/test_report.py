@@ -172,6 +172,19 @@ def test_augment_preview_shows_a_1_and_a_7_where_it_draws_styles(tmp_path, small
         assert {1, 7} <= found, found
 
 
+def test_augment_preview_shows_faint_rows_at_full_ink_as_training_augments_them(
+    tmp_path, small_train, monkeypatch
+):
+    """A 0/1 CSV's rows were drawn as they are on a 0-255 scale: black tiles."""
+    shown = []
+    monkeypatch.setattr(eda_module, "plot_gallery", lambda tiles, *_, **__: shown.append(tiles))
+    csv = tmp_path / "binarised.csv"
+    write_kaggle_csv(csv, (small_train.images[:50] > 128).astype(np.uint8), small_train.labels[:50])
+    eda_module.augment_preview(csv, tmp_path / "p.png", n=2)
+    originals = shown[-1][::3]  # each original, then its n augmentations
+    assert set(np.unique(originals)) == {0, 255} and shown[-1].max(axis=(1, 2)).min() >= 32
+
+
 def test_report_command_with_data_and_without(tmp_path, tiny_run, small_test):
     labelled = tmp_path / "labelled.csv"
     write_kaggle_csv(labelled, small_test.images[:400], small_test.labels[:400])
