@@ -1,5 +1,6 @@
 import csv
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -62,6 +63,13 @@ def test_bad_requests_fail_before_training(tmp_path, small_csvs):
         compare(small_csvs["train"], ["knn", "logreg", "knn"], tmp_path)
     with pytest.raises(ConfigError, match=r"--seed must be from 0 to 2\*\*32 - 1"):
         compare(small_csvs["train"], ["knn"], tmp_path, seed=2**32)
+
+
+def test_scoring_on_the_images_fitted_is_warned_of(tmp_path, small_csvs, caplog):
+    """--test naming the training CSV: k-NN scored 1.0 on the rows it had stored, silently."""
+    with caplog.at_level(logging.WARNING):
+        compare(small_csvs["train"], ["knn"], tmp_path, test_csv=small_csvs["train"])
+    assert "3,000 of its 3,000 images are also among those trained on" in caplog.text
 
 
 @pytest.mark.parametrize("name", ["leaderboard.csv", "leaderboard.png", "compare.json"])

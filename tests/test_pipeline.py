@@ -1,6 +1,7 @@
 import json
 import logging
 import os
+import re
 import signal
 from dataclasses import replace
 from pathlib import Path
@@ -16,6 +17,7 @@ from digit_recognizer.checkpoint import (
 )
 from digit_recognizer.config import save_config
 from digit_recognizer.data.kaggle_csv import DigitSet, write_kaggle_csv
+from digit_recognizer.data.shards import shard_csv
 from digit_recognizer.errors import ConfigError, DataError, DigitsError, ModelFileError
 from digit_recognizer.evaluate import score_submission
 from digit_recognizer.fileio import locked_dir, sha256_file
@@ -173,7 +175,6 @@ def test_run_job_argument_errors(tmp_path, small_csvs):
 
 
 def test_shards_beyond_the_memory_budget_are_streamed(tmp_path, small_csvs, caplog):
-    from digit_recognizer.data.shards import shard_csv
     from digit_recognizer.pipeline import train_job
 
     shard_csv(small_csvs["train"], tmp_path / "shards", parts=3)
@@ -201,6 +202,24 @@ def test_a_huge_memory_budget_reads_the_data_in_memory(small_csvs):
     config = TrainConfig(**TINY_RECIPE, max_memory_gb=1e300)
     train_set, valid_set, _ = training_data(config, small_csvs["train"])
     assert isinstance(train_set, DigitSet) and len(train_set) + len(valid_set) == 3000
+
+
+def test_validation_images_that_also_train_are_warned_of(tmp_path, small_csvs, caplog):
+    """A glob matching a CSV and its own shards reads every row twice, and the validation split
+    then scored copies of training images, without a word."""
+    from digit_recognizer.pipeline import training_data
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "train.csv").write_bytes(small_csvs["train"].read_bytes())
+    shard_csv(folder / "train.csv", folder, parts=2)
+    config = TrainConfig(**TINY_RECIPE)
+    with caplog.at_level(logging.WARNING):
+        training_data(config, folder / "train.csv")
+        assert "pixel for pixel" not in caplog.text
+        training_data(config, Path(f"{folder}/*.csv"))
+    assert re.search(r"\*\.csv's validation split: [\d,]+ of its 300 images are also among "
+                     "those trained on, pixel for pixel", caplog.text)  # fmt: skip
 
 
 def test_members_trained_side_by_side_are_the_members_trained_in_turn(tmp_path, small_csvs):

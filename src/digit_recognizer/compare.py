@@ -22,7 +22,7 @@ from sklearn.model_selection import StratifiedKFold
 
 from digit_recognizer.data.kaggle_csv import DigitSet
 from digit_recognizer.data.shards import read_labelled
-from digit_recognizer.data.splits import check_seed, split_for_training
+from digit_recognizer.data.splits import check_seed, split_for_training, warn_shared_images
 from digit_recognizer.errors import ConfigError, DataError, first_line
 from digit_recognizer.estimator import build_estimator, count_parameters
 from digit_recognizer.evaluate import CLASSES, compute_metrics, save_figure
@@ -101,6 +101,7 @@ def compare(
         check_can_write(out_dir / name)
     data = read_labelled(train_csv, to_split=test_csv is None)
     folds = list(_folds(data, test_csv, valid_size, cv, seed))
+    warn_shared_images(*folds[0], str(test_csv or f"{train_csv}'s held-out rows"))
     columns = ["model", *(f"{s}_{stat}" for s in SCORES for stat in ("mean", "std"))] if cv else [
         "model", *SCORES]  # fmt: skip
     columns.append("parameters")

@@ -42,7 +42,7 @@ from digit_recognizer.data.shards import (
     require_labels,
     resolve_data_source,
 )
-from digit_recognizer.data.splits import split_for_training
+from digit_recognizer.data.splits import split_for_training, warn_shared_images
 from digit_recognizer.distributed import Distributed, run_torchrun
 from digit_recognizer.errors import ConfigError, DataError
 from digit_recognizer.evaluate import (
@@ -116,6 +116,7 @@ def training_data(config: TrainConfig, source: Path) -> TrainingData:
     if in_memory and not (held_out and config.valid_size):
         data = ink_as_predicted(read_shards(manifest), source, is_expansion)
         train_set, valid_set = split_for_training(data, config.valid_size, config.seed)
+        warn_shared_images(train_set, valid_set, f"{source}'s validation split")
         split = f"validation split (valid_size {config.valid_size}, seed {config.seed})"
         return TrainingData(train_set, valid_set, split)
     last = manifest.shards[-1]

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 from numpy.typing import NDArray
 from sklearn.model_selection import train_test_split
 
 from digit_recognizer.data.kaggle_csv import DigitSet
 from digit_recognizer.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+# Above this share of the images scored, those also fitted are warned of: a few repeats (blank
+# digits, say) happen in any collection; MNIST's 70,000 have none.
+SHARED_IMAGES_WARNED = 0.01
 
 
 def check_seed(seed: int, flag: str = "seed") -> None:
@@ -44,3 +52,18 @@ def split_for_training(data: DigitSet, valid_size: float, seed: int) -> tuple[Di
     """Stratified (train, validation) subsets of a labelled set."""
     train_indices, valid_indices = stratified_split(data.labels, valid_size, seed)
     return data.take(train_indices), data.take(valid_indices)
+
+
+def warn_shared_images(fitted: DigitSet, scored: DigitSet, scored_name: str) -> int:
+    """Warn where more than ``SHARED_IMAGES_WARNED`` of the images a model is scored on are also
+    images it is fitted on, pixel for pixel; returns how many are. Rows read twice (a glob that
+    matches a CSV and its own shards, a test CSV that is the training one) split into both
+    parts, and the score then says how well the model recalls them, not how it reads new ones."""
+    fitted_rows = {hash(row.tobytes()) for row in fitted.images}
+    shared = sum(hash(row.tobytes()) in fitted_rows for row in scored.images)
+    if shared > SHARED_IMAGES_WARNED * len(scored):
+        log.warning("%s: %s of its %s images are also among those trained on, pixel for pixel "
+                    "(rows read twice? a glob matching a CSV and its own shards, say): their "
+                    "score overstates the model's", scored_name, f"{shared:,}",
+                    f"{len(scored):,}")  # fmt: skip
+    return shared
