@@ -208,6 +208,9 @@ def test_json_and_csv_digits_in_another_layout_are_conformed(
             lines = client.post(f"/predict/csv{query}", files=upload).text.splitlines()
         assert [int(line.split(",")[1]) for line in lines[1:]] == labels.tolist()
         assert ("foreign.csv: 40 of 40 digits were not laid out" in caplog.text) == (not query)
+        # The server's switch, not the CLI's --as-is, which `digits serve` does not have.
+        assert ("?as_is=true predicts them unchanged" in caplog.text) == (not query)
+        assert "--as-is" not in caplog.text
         caplog.clear()
     # A redone digit's answer shows what the model saw (its Grad-CAM's frame); MNIST's own,
     # passed through untouched, need not.

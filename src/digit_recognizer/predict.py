@@ -234,14 +234,16 @@ def conform_rows(
     config: PredictConfig,
     source: str | Path,
     predict_proba: Callable[[NDArray[np.uint8]], NDArray[np.float32]] | None = None,
+    as_is: str = "--as-is",
 ) -> NDArray[np.uint8]:
     """``images`` conformed to MNIST's layout if ``config.conform``, and transposed where the
     model (``predict_proba``, for a file's rows: it costs two passes over up to
-    ORIENTATION_SAMPLE of them) reads them as digits only so; says what changed."""
+    ORIENTATION_SAMPLE of them) reads them as digits only so; says what changed, and that
+    ``as_is`` (the caller's switch: a flag, the server's query) would have left them."""
     images, n_faint, n_redone = _conformed(images, config.conform)
     judge = predict_proba if config.conform else None
     is_transposed = bool(judge and reads_transposed(orientation_evidence(images, judge)))
-    warn_conformed(source, len(images), n_faint, n_redone, is_transposed)
+    warn_conformed(source, len(images), n_faint, n_redone, is_transposed, as_is)
     return transposed(images) if is_transposed else images
 
 
@@ -259,9 +261,15 @@ def _conformed(
 
 
 def warn_conformed(
-    source: str | Path, n_rows: int, n_faint: int, n_redone: int = 0, is_transposed: bool = False
+    source: str | Path,
+    n_rows: int,
+    n_faint: int,
+    n_redone: int = 0,
+    is_transposed: bool = False,
+    as_is: str = "--as-is",
 ) -> None:
-    """One warning per change made to a source's rows (each said once, for all its pieces)."""
+    """One warning per change made to a source's rows (each said once, for all its pieces);
+    ``as_is`` names the switch that predicts them unchanged."""
     if n_faint:
         log.warning("%s: %d of %d digits' pixels stay under %d (binarised 0/1, or ink on a "
                     "scale such as UCI's 0-16), so each was scaled to MNIST's 0-255", source,
@@ -269,13 +277,13 @@ def warn_conformed(
     if n_redone:
         log.warning(
             "%s: %d of %d digits were not laid out as MNIST's (fitted to 20 x 20 pixels, "
-            "centred by mass) and were redone as MNIST made its own; --as-is predicts them "
-            "unchanged", source, n_redone, n_rows,
+            "centred by mass) and were redone as MNIST made its own; %s predicts them "
+            "unchanged", source, n_redone, n_rows, as_is,
         )  # fmt: skip
     if is_transposed:
         log.warning(
             "%s: the digits read as digits only transposed (rows and columns swapped, as EMNIST's "
-            "CSVs store them) and were transposed; --as-is predicts them unchanged", source,
+            "CSVs store them) and were transposed; %s predicts them unchanged", source, as_is,
         )  # fmt: skip
 
 

@@ -41,6 +41,7 @@ api = APIRouter()
 pages = APIRouter(include_in_schema=False)
 
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/bmp", "image/webp", "image/tiff")
+AS_IS_QUERY = "?as_is=true"  # a client's --as-is, as the warnings of redone digits name it
 GRAD_CAM_UNAVAILABLE = (
     "Grad-CAM needs the torch backend (gradients); this server runs onnx. "
     "Restart it with --backend torch for heatmaps."
@@ -278,7 +279,9 @@ async def predict(
     if not (is_upload or as_is):
         sent = images
         # Not judged transposed, as files are: two more passes over a batch would triple its cost.
-        images = await run_in_threadpool(conform_rows, images, PredictConfig(), "/predict")
+        images = await run_in_threadpool(
+            conform_rows, images, PredictConfig(), "/predict", as_is=AS_IS_QUERY
+        )
         shown = (images != sent).any(axis=(1, 2))
     # In a worker thread even for one image: inference releases the GIL, so the event loop parses
     # the next requests meanwhile (torch: 540 vs 360 requests/s inline, benchmarks/serve_load.py).
@@ -471,5 +474,7 @@ def _submission_csv(
             "(ServeConfig.max_csv_rows); split the file",
         )
     config = PredictConfig(conform=conform)
-    images = conform_rows(digits.images, config, name, served.predictor.orientation_judge)
+    images = conform_rows(
+        digits.images, config, name, served.predictor.orientation_judge, as_is=AS_IS_QUERY
+    )
     return "".join(submission_chunks(served.predictor.predict(images))).encode()
