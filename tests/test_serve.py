@@ -292,6 +292,25 @@ def test_onnx_deployment_of_a_model_this_version_does_not_know(run_dir: Path, tm
         load_served_model(deployed, ServeConfig())  # the torch backend, by default
 
 
+def test_figures_of_the_wrong_type_in_the_run_s_files_are_refused_as_it_loads(
+    run_dir: Path, tmp_path: Path
+) -> None:
+    """GET /model reports them: a hand-edited one had made it answer 500 to every request."""
+    meta = json.loads((run_dir / "model.json").read_text())
+    for index, (name, figures, message) in enumerate([
+        ("metrics.json", {"test_accuracy": "high"}, "'test_accuracy' is 'high': Input should be "
+         "a valid number, unable to parse string as a number; correct it or delete the key"),
+        ("metrics.json", {"validation": [0.99]}, "'validation' is [0.99]: should be an object"),
+        ("model.json", meta | {"n_parameters": "many"}, "'n_parameters' is 'many': Input should "
+         "be a valid integer"),
+    ]):  # fmt: skip
+        edited = Path(shutil.copytree(run_dir, tmp_path / f"edited-{index}"))
+        (edited / name).write_text(json.dumps(figures))
+        with pytest.raises(ModelFileError) as error:
+            load_served_model(edited, ServeConfig())
+        assert str(error.value).startswith(f"{edited / name}: {message}")
+
+
 # --- bad input: exact status and detail, and the server keeps serving --------------------------
 
 GOOD = list(range(256)) * 3 + [0] * 16  # 784 valid values

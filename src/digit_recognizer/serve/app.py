@@ -28,15 +28,16 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from numpy.typing import NDArray
+from pydantic import BaseModel, ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from digit_recognizer import __version__
 from digit_recognizer.config import check_fields
 from digit_recognizer.data.images import MAX_IMAGE_PIXELS
 from digit_recognizer.errors import ConfigError, ModelFileError
-from digit_recognizer.evaluate import read_metrics
+from digit_recognizer.evaluate import METRICS_FILE, read_metrics
 from digit_recognizer.export import ONNX_FILE, OnnxPredictor
-from digit_recognizer.models.storage import WEIGHTS_FILE, load_net, read_meta
+from digit_recognizer.models.storage import META_FILE, WEIGHTS_FILE, load_net, read_meta
 from digit_recognizer.predict import PredictConfig, Predictor
 
 log = logging.getLogger(__name__)
@@ -134,7 +135,47 @@ def load_served_model(run_dir: Path, config: ServeConfig) -> ServedModel:
         # measured.
         predictor = Predictor.load([run_dir], PredictConfig(amp=False, fuse_batch_norm=False))
         explain_net = load_net(run_dir)[0].to(predictor.device)
-    return ServedModel(config.backend, predictor, meta, read_metrics(run_dir), explain_net)
+    metrics = read_metrics(run_dir)
+    check_reported_figures(run_dir, meta, metrics)
+    return ServedModel(config.backend, predictor, meta, metrics, explain_net)
+
+
+class _MetaFigures(BaseModel):  # other keys are not reported, and go unchecked
+    n_parameters: int | None = None
+    params: dict[str, Any] = {}
+    preprocessing: dict[str, Any] = {}
+    valid_accuracy: float | None = None
+
+
+class _Validation(BaseModel):
+    accuracy: float | None = None
+
+
+class _MetricsFigures(BaseModel):
+    validation: _Validation | None = None
+    test_accuracy: float | None = None
+    test_tta: bool | None = None
+
+
+_REPORTED_FIGURES = {META_FILE: _MetaFigures, METRICS_FILE: _MetricsFigures}
+
+
+def check_reported_figures(run_dir: Path, meta: dict[str, Any], metrics: dict[str, Any]) -> None:
+    """``ModelFileError`` naming the file and key where a figure that ``GET /model`` reports has
+    the wrong type: a hand-edited model.json or metrics.json would otherwise fail every request
+    to /model (500) while predictions were served."""
+    for name, record in ((META_FILE, meta), (METRICS_FILE, metrics)):
+        try:
+            _REPORTED_FIGURES[name].model_validate(record)
+        except ValidationError as error:
+            problem = error.errors()[0]
+            key = ".".join(map(str, problem["loc"]))
+            # not pydantic's "or instance of _Validation"
+            message = "should be an object" if problem["type"] == "model_type" else problem["msg"]
+            raise ModelFileError(
+                f"{run_dir / name}: '{key}' is {problem['input']!r:.40}: {message}; correct "
+                "it or delete the key"
+            ) from None
 
 
 class BodySizeLimit:
