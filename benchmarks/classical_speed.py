@@ -50,7 +50,7 @@ def pair(name: str, baseline, fit_set: DigitSet, score_set: DigitSet, repeats: i
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dir", type=Path, help="replica folder (default: the cache's)")
     parser.add_argument("--seed", type=int, default=7, help="replica seed")
     parser.add_argument("--svm-subset", type=int, default=10_000, help="SVM training images")

@@ -65,7 +65,7 @@ def run(replica_dir: Path, repeats: int, seed: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--dir", type=Path, help="replica folder to reuse or build (default: temporary)"
     )

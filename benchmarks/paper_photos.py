@@ -172,7 +172,7 @@ def tight_crop(image: NDArray[np.uint8], erosion: int = 0, dilation: int = 0) ->
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_model_arguments(parser)
     parser.add_argument("--images", type=int, default=300, help="test digits drawn per page kind")
     parser.add_argument("--angles", default="0,3,5,8,10", help="angles the page is turned by")

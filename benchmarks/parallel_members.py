@@ -29,7 +29,7 @@ from digit_recognizer.presets import get_preset
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", default="best")
     parser.add_argument("--members", type=int, default=2, help="the preset's first N members")
     parser.add_argument("--jobs", type=int, default=2, help="members trained at once")

@@ -107,7 +107,7 @@ def spread(values: list[float]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", type=Path, help="a trained run directory")
     parser.add_argument("--backends", nargs="+", default=["torch", "onnx"])
     parser.add_argument("--clients", type=int, default=8, help="concurrent connections")

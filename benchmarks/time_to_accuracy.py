@@ -74,7 +74,7 @@ def describe_hardware() -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--recipes", default=None, help="preset names, comma-separated "
                         "(default: default,seed unless --recipe is given)")  # fmt: skip
     parser.add_argument("--recipe", action="append", default=[], metavar="'PRESET KEY=VALUE ...'",

@@ -42,7 +42,7 @@ def photo(size: tuple[int, int], box_width: int, angle: float) -> np.ndarray:
 
 
 def main() -> None:
-    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()  # --help
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()  # --help
     print(f"{'page':<10}{'box':>5}" + "".join(f"{angle:>7}" for angle in ANGLES))
     n_lost = 0
     for size in PAGES:
