@@ -57,7 +57,9 @@ def test_main_job_on_the_replica_scores_its_submission(tmp_path, caplog):
     # Resumed with nothing left to train, its weights and so their test score stay; trained on
     # (`digits train --resume`), the run's metrics no longer claim that score.
     train_csv = Path(metrics["train_csv"])
+    caplog.clear()
     train_job(replace(config, resume=True), train_csv, summary.run_dir)
+    assert "far too little" not in caplog.text  # nothing trained this time: said once, above
     metrics = json.loads((summary.run_dir / "metrics.json").read_text())
     assert metrics["test_accuracy"] == summary.test_accuracy
     # One second more than it used: a busy machine's first steps can take more than the 1 s given.

@@ -430,6 +430,7 @@ def test_a_run_cut_by_its_budget_and_resumed_with_more_time_anneals_to_the_end(
         train(replace(config, resume=True), subset, None, tmp_path)  # the same budget: spent
     assert cut.cut_by_budget and cut.history[-1]["step"] < 10
     assert f"finished already ({cut.epochs_run:g} epochs, its time budget spent" in caplog.text
+    assert caplog.text.count("time budget of") == 1  # the resume that trained nothing: not again
     resumed = train(replace(config, resume=True, time_budget_s=0), subset, None, tmp_path)
     straight = train(replace(config, time_budget_s=0), subset, None, tmp_path / "straight")
     assert not resumed.cut_by_budget and resumed.history[-1]["step"] == 2 * 10

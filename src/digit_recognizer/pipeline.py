@@ -242,7 +242,8 @@ def train_job(
                 log.warning("interrupted: the same command with --resume continues %s %s",
                             run_dir, since)  # fmt: skip
             raise
-    if is_main_process and result.cut_by_budget and result.epochs_run < 1:
+    # Not for a finished run resumed: nothing trained now, and train() said it had its budget.
+    if is_main_process and result.trained and result.cut_by_budget and result.epochs_run < 1:
         # A busy machine: a preset's 60 s had given 0.3 epochs and 0.976, without a word.
         log.warning("%s: its %.0f s of budget trained under one epoch, far too little for the "
                     "accuracy this recipe reaches on a machine to itself: other jobs on the "

@@ -631,7 +631,7 @@ def train(
 
     epochs_trained = epochs_done(step, steps_per_epoch)
     cut_by_budget = bool(config.time_budget_s) and step < total_steps and not stopped_early
-    if cut_by_budget:
+    if cut_by_budget and not finished_before:  # else said above: finished already
         log.info(
             "time budget of %.0f s reached after %g of %d epochs (%.0f images/s on this "
             "hardware): the schedule annealed to the budget",
