@@ -349,6 +349,14 @@ def test_augment_preview_shows_the_default_presets_stroke():
         assert default == get_preset("default").overrides["stroke"]
 
 
+def test_augment_preview_states_the_stroke_range_it_takes(tmp_path):
+    """Training's stroke change stops at a full dilation or erosion (1): --help says so, and a
+    larger --stroke is refused as a flag out of its range, naming it, before any file is read."""
+    result = invoke("augment-preview", tmp_path / "train.csv", "--stroke", "1.5")
+    assert result.exit_code == 2 and "--stroke" in result.output
+    assert "0<=x<=1" in invoke("augment-preview", "--help").output.split("--stroke")[1]
+
+
 def test_an_output_that_cannot_be_written_is_one_line_too(tmp_path, tiny_run, small_csvs):
     """An --out naming a directory, a path through a file, or files of others: said, no
     traceback."""

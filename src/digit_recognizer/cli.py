@@ -530,7 +530,8 @@ def augment_preview(
     augment: Annotated[float, typer.Option(min=0, help="Strength, as train --augment.")] = 1.0,
     elastic: Annotated[float, typer.Option(min=0, help="Pixels, as train --elastic.")] = 0.0,
     stroke: Annotated[
-        float, typer.Option(min=0, help="Fraction, as train --stroke (the default preset's).")
+        float,
+        typer.Option(min=0, max=1, help="Fraction, as train --stroke (the default preset's)."),
     ] = 0.5,
     styles: Annotated[float, typer.Option(min=0, max=1, help="Share, as train --styles.")] = 0.3,
     seed: Seed = None,
