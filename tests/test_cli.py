@@ -349,12 +349,15 @@ def test_augment_preview_shows_the_default_presets_stroke():
         assert default == get_preset("default").overrides["stroke"]
 
 
-def test_augment_preview_states_the_stroke_range_it_takes(tmp_path):
+def test_the_stroke_range_is_stated_and_held_by_the_flag(tmp_path):
     """Training's stroke change stops at a full dilation or erosion (1): --help says so, and a
-    larger --stroke is refused as a flag out of its range, naming it, before any file is read."""
-    result = invoke("augment-preview", tmp_path / "train.csv", "--stroke", "1.5")
-    assert result.exit_code == 2 and "--stroke" in result.output
-    assert "0<=x<=1" in invoke("augment-preview", "--help").output.split("--stroke")[1]
+    larger --stroke is refused as a flag out of its range, naming it, before any file is read
+    (train's had said "flags: stroke must be in [0, 1]", augment-preview's not even that)."""
+    csv = tmp_path / "train.csv"
+    for command in (("augment-preview", csv), ("train", "--train", csv), ("run",)):
+        result = invoke(*command, "--stroke", "1.5")
+        assert result.exit_code == 2 and "--stroke" in result.output, command
+        assert "0<=x<=1" in invoke(command[0], "--help").output.split("--stroke")[1], command
 
 
 def test_an_output_that_cannot_be_written_is_one_line_too(tmp_path, tiny_run, small_csvs):

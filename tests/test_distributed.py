@@ -180,13 +180,15 @@ def test_an_interrupted_ddp_run_resumes_to_the_same_weights(tmp_path, ddp_data):
     assert without_timing(resumed[0]["history"]) == without_timing(straight[0]["history"])
 
 
-def test_predict_on_two_processes_matches_one(tmp_path, tiny_run, small_csvs) -> None:
+def test_predict_on_two_processes_matches_one(tmp_path, capfd, tiny_run, small_csvs) -> None:
     shard_csv(small_csvs["test"], tmp_path / "shards", parts=3)
     predict_csv([tiny_run], small_csvs["test"], tmp_path / "one.csv")
     args = ["predict", str(tiny_run), str(tmp_path / "shards"), "--out", str(tmp_path / "two.csv")]
     result = CliRunner().invoke(app, [*args, "--nproc", "2"])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "two.csv").read_bytes() == (tmp_path / "one.csv").read_bytes()
+    # Said by rank 0 alone: the command had said it again ("wrote ... with 2 processes").
+    assert (result.output + capfd.readouterr().out).count("wrote ") == 1
 
 
 def test_the_main_job_trains_on_two_processes(tmp_path, small_csvs) -> None:

@@ -176,27 +176,32 @@ Schedule = Annotated[
     ),
 ]
 Augment = Annotated[
-    float | None, typer.Option(help="Augmentation strength, 0 = off. \\[default: 1]")
+    float | None, typer.Option(min=0, help="Augmentation strength, 0 = off. \\[default: 1]")
 ]
 Elastic = Annotated[
     float | None,
     typer.Option(
-        help="Elastic distortion: std of the displacement in pixels, 0 = off. \\[default: 0]"
+        min=0,
+        help="Elastic distortion: std of the displacement in pixels, 0 = off. \\[default: 0]",
     ),
 ]
 Stroke = Annotated[
     float | None,
     typer.Option(
+        min=0,
+        max=1,
         help="Stroke-width change: up to this fraction of a 3x3 dilation (thicker) or erosion "
         "(thinner), 0 = off. \\[default: the preset's: 0.5 default, 1 fast, 0 seed; best: 0 "
-        "in members 1-2, 1 in 3-5]"
+        "in members 1-2, 1 in 3-5]",
     ),
 ]
 Styles = Annotated[
     float | None,
     typer.Option(
+        min=0,
+        max=1,
         help="Share of the 1s given a foot (half of them a long flag too) and of the 7s a bar "
-        "across the stem, as much of Europe writes them; 0 = off. \\[default: 0.3; seed: 0]"
+        "across the stem, as much of Europe writes them; 0 = off. \\[default: 0.3; seed: 0]",
     ),
 ]
 ValidSize = Annotated[float | None, typer.Option(help="Validation fraction. \\[default: 0.05]")]
@@ -391,7 +396,7 @@ def train_command(
     # With --nproc, torchrun's rank 0 shows its own.
     with progress_bar(enabled=is_main_process and nproc == 1) as progress:
         results = train_jobs(configs, train, run_dir, progress, parallel=jobs, nproc=nproc)
-    if not is_main_process:
+    if not is_main_process or nproc > 1:  # torchrun's rank 0 has said what it trained
         return
     for job in results:
         accuracy = job.valid_metrics.accuracy if job.valid_metrics else None
@@ -429,8 +434,7 @@ def predict(
     run_dirs, source = split_runs_and_csv(paths)
     config = predict_config(config_file, tta, as_is, device)
     if nproc > 1:
-        predict_distributed(nproc, run_dirs, source, out, config)
-        console.print(f"wrote {out} with {nproc} processes")
+        predict_distributed(nproc, run_dirs, source, out, config)  # its rank 0 says what it wrote
         return
     n_rows = predict_source(run_dirs, source, out, config)
     if Distributed.from_env().is_main_process:

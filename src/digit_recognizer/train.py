@@ -152,7 +152,7 @@ class TrainConfig:
             (0 <= self.valid_size < 1, "valid_size must be in [0, 1)"),
             (self.augment >= 0, "augment must be >= 0"),
             (self.elastic >= 0, "elastic must be >= 0"),
-            (self.stroke >= 0, "stroke must be >= 0"),
+            (0 <= self.stroke <= 1, "stroke must be in [0, 1]"),
             (0 <= self.styles <= 1, "styles must be in [0, 1]"),
             (self.time_budget_s is None or self.time_budget_s >= 0, "time_budget_s must be >= 0"),
             (0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
