@@ -5,8 +5,14 @@ from digit_recognizer.presets import get_preset
 
 
 def test_presets_are_the_recipes_the_readme_names():
-    assert get_preset("fast").overrides["model"] == "cnn-tiny"
-    assert get_preset("default").overrides["model"] == "auto"
+    # Through configs(), what a job trains: the values in the preset alone say nothing of
+    # whether they reach the TrainConfig.
+    fast = get_preset("fast").configs()[0]
+    assert (fast.model, fast.epochs, fast.time_budget_s, fast.batch_size) == ("cnn-tiny", 8, 60, 64)
+    default = get_preset("default").configs()[0]
+    assert (default.time_budget_s, default.batch_size) == (300, 64)
+    assert (default.ema_decay, default.stroke) == (0.999, 0.5)
+    assert get_preset("default").overrides["model"] == "auto"  # configs resolve it: see auto_model
     assert get_preset("fast").tta and get_preset("default").tta
     assert get_preset("best").tta
     with pytest.raises(ConfigError, match="unknown preset 'quick'; choose one of fast, default"):
