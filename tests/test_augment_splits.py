@@ -28,8 +28,12 @@ def test_augment_keeps_shape_range_and_is_seeded(small_train):
 
 
 def test_zero_strength_is_identity(small_train):
-    x = to_model_input(torch.as_tensor(small_train.images[:16]), channels_last=False)
-    out = augment_batch(x, Augmentation().scaled(0), torch.Generator().manual_seed(0))
+    # Every range scales, the elastic distortion's and the writing styles' share too (these
+    # drawn only where labels are given).
+    x = to_model_input(torch.as_tensor(small_train.images[:64]), channels_last=False)
+    labels = torch.as_tensor(small_train.labels[:64])
+    every_transform = Augmentation(elastic_px=2.0, styles=1.0).scaled(0)
+    out = augment_batch(x, every_transform, torch.Generator().manual_seed(0), labels)
     torch.testing.assert_close(out, x, atol=1e-5, rtol=0)
 
 
