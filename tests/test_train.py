@@ -1,10 +1,12 @@
 import csv
+import itertools
 import logging
 import signal
 import subprocess
 import sys
 import time
 from dataclasses import asdict, replace
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -435,6 +437,21 @@ def test_a_run_cut_by_its_budget_and_resumed_with_more_time_anneals_to_the_end(
     straight = train(replace(config, time_budget_s=0), subset, None, tmp_path / "straight")
     assert not resumed.cut_by_budget and resumed.history[-1]["step"] == 2 * 10
     assert resumed.history[-1]["lr"] == straight.history[-1]["lr"] < 0.1 * config.lr
+
+
+def test_one_cycle_anneals_to_the_time_budget_not_to_the_epochs(tmp_path, small_train, monkeypatch):
+    """The presets' budgets: a run its budget ends after 5 of 40 steps must have annealed by
+    then, not still be near the peak lr that a schedule by steps gives its 5th step."""
+    clock = itertools.count()  # 1 s a step, whatever the machine: each step reads it once
+    monkeypatch.setattr(train_module, "time", SimpleNamespace(perf_counter=lambda: next(clock)))
+    subset = DigitSet(small_train.images[:640], small_train.labels[:640])
+    config = TrainConfig(model="cnn-tiny", epochs=4, batch_size=64, valid_size=0,
+                         time_budget_s=5)  # fmt: skip
+    result = train(config, subset, None, tmp_path)
+    assert result.cut_by_budget and result.history[-1]["step"] == 5
+    # Step 5 trains at 4 s of 5: progress 0.8, under a quarter of the peak lr (by steps, 5 of 40
+    # would still be warming up).
+    assert result.history[-1]["lr"] == pytest.approx(config.lr * 0.2 / (1 - config.warmup))
 
 
 def test_checkpoint_keeps_the_time_spent_for_a_budgeted_resume(tiny_run):
