@@ -111,6 +111,8 @@ def test_translation_moves_digits_within_its_range(small_train):
     shift = centre_of_mass(moved) - centre_of_mass(x)
     assert shift.abs().max() <= 2.5 + 0.1
     assert (shift.amax(dim=0) > 2.0).all() and (shift.amin(dim=0) < -2.0).all()
+    # Drawn apart for each axis: one draw for both would shift digits along a diagonal only.
+    assert torch.corrcoef(shift.T)[0, 1].abs() < 0.3
 
 
 def test_contrast_scales_each_digits_ink_within_its_range(small_train):
@@ -221,6 +223,10 @@ def test_writing_styles_need_labels_and_a_share(small_train):
     sevens = torch.full((128,), 7)
     kept = add_writing_styles(faint, sevens, 1.0, torch.Generator().manual_seed(0))
     torch.testing.assert_close(kept, faint, atol=0, rtol=0)
+    # Strokes are drawn as dark as the digit's own darkest ink, not black on a grey digit.
+    grey = x * (0.6 / x.amax(dim=(1, 2, 3), keepdim=True))
+    barred = add_writing_styles(grey, sevens, 1.0, torch.Generator().manual_seed(0))
+    assert not torch.equal(barred, grey) and barred.amax() <= 0.6 + 1e-6
 
 
 def test_elastic_field_is_smooth_and_sized_in_pixels():
