@@ -1,7 +1,9 @@
 import pytest
 
+from digit_recognizer.config import save_config
 from digit_recognizer.errors import ConfigError
-from digit_recognizer.presets import get_preset
+from digit_recognizer.presets import get_preset, job_configs
+from digit_recognizer.train import TrainConfig
 
 
 def test_presets_are_the_recipes_the_readme_names():
@@ -40,3 +42,15 @@ def test_a_seed_that_would_take_a_member_past_the_last_one_says_so():
                        r"4294967296, out of range; the members train with seeds 4294967292 "
                        r"\+ 1 to 5: give a smaller seed"):  # fmt: skip
         get_preset("best").configs(flags={"seed": 2**32 - 4})
+
+
+def test_a_resume_trains_from_the_runs_config_toml_unless_given_one(tmp_path):
+    """`digits train --resume` goes on with what the run recorded; `--config` given with it
+    is the user's word over that record (the preset stays under both)."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    save_config(TrainConfig(model="cnn-tiny", epochs=2), run_dir / "config.toml")
+    mine = tmp_path / "mine.toml"
+    mine.write_text("epochs = 3\n")
+    assert job_configs("fast", None, {}, resumed_run=run_dir)[0].epochs == 2
+    assert job_configs("fast", mine, {}, resumed_run=run_dir)[0].epochs == 3
