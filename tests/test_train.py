@@ -13,7 +13,7 @@ import torch
 
 import digit_recognizer.train as train_module
 from digit_recognizer.checkpoint import load_checkpoint, read_history, rows_fingerprint
-from digit_recognizer.data.augment import augment_batch
+from digit_recognizer.data.augment import Augmentation, augment_batch
 from digit_recognizer.data.kaggle_csv import DigitSet
 from digit_recognizer.distributed import Distributed
 from digit_recognizer.errors import ConfigError, DivergedError, ModelFileError
@@ -164,19 +164,25 @@ def test_plateau_cuts_stack_while_validation_stays_stalled(
     assert lrs == pytest.approx([0.02, 0.02, 0.01, 0.005])
 
 
-def test_each_epoch_draws_new_augmentations(tmp_path, small_train, monkeypatch):
+def test_each_epoch_draws_new_augmentations_in_the_configs_ranges(
+    tmp_path, small_train, monkeypatch
+):
     # The augmentation generator is seeded by (seed, epoch, rank): were the epoch left out,
     # every epoch would shift, turn and thicken each image exactly as the first did.
-    seeds = []
+    seeds, ranges = [], set()
 
     def recording_augment(x, augmentation, generator, labels):
         seeds.append(generator.initial_seed())
+        ranges.add(augmentation)
         return augment_batch(x, augmentation, generator, labels)
 
     monkeypatch.setattr(train_module, "augment_batch", recording_augment)
     subset = DigitSet(small_train.images[:128], small_train.labels[:128])
-    train(TrainConfig(epochs=3, batch_size=64, valid_size=0), subset, None, tmp_path)
+    config = TrainConfig(epochs=3, batch_size=64, valid_size=0, augment=0.5, elastic=1.0,
+                         stroke=0.4, styles=0.2)  # fmt: skip
+    train(config, subset, None, tmp_path)
     assert len(seeds) == 6 and seeds[0] == seeds[1] and len(set(seeds)) == 3  # one per epoch
+    assert ranges == {Augmentation(elastic_px=1.0, stroke=0.4, styles=0.2).scaled(0.5)}
 
 
 def test_target_accuracy_stops_the_run_and_label_smoothing_reaches_the_loss(
