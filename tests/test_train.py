@@ -573,6 +573,22 @@ def test_one_cycle_keeps_its_last_epoch_when_an_earlier_one_validated_better(
     assert meta["valid_accuracy"] == result.valid_accuracy == 0.5
 
 
+def test_one_cycle_with_patience_keeps_its_best_epoch(tmp_path, small_train, small_test,
+                                                     monkeypatch):  # fmt: skip
+    """Early stopping keeps the best epoch whatever the schedule, one-cycle's too: --patience
+    on the default schedule would otherwise keep the last, worse, epoch."""
+    scores = iter([(0.1, 0.9), (1.0, 0.5), (1.0, 0.4)])  # (loss, accuracy): epoch 1 best
+    monkeypatch.setattr(train_module, "evaluate_split", lambda *args: next(scores))
+    subset = DigitSet(small_train.images[:64], small_train.labels[:64])
+    valid = DigitSet(small_test.images[:32], small_test.labels[:32])
+    config = TrainConfig(model="cnn-tiny", epochs=3, batch_size=64, lr=0.02, patience=5)
+    result = train(config, subset, valid, tmp_path)
+    last = load_checkpoint(tmp_path, torch.device("cpu"))["model"]
+    kept, meta = load_net(tmp_path)
+    assert any(not torch.equal(kept.state_dict()[key], value) for key, value in last.items())
+    assert meta["valid_accuracy"] == result.valid_accuracy == 0.9
+
+
 def one_cycle_run(tmp_path, small_train, small_test, monkeypatch, accuracies, epochs):
     """A one-cycle cnn-tiny run of ``epochs`` whose epochs validate at ``accuracies`` in turn
     (epoch 1 best, its loss the lowest; the rest for epochs resumed); its (config, rows,
