@@ -412,7 +412,8 @@ def test_a_resumed_run_takes_new_optimizer_settings_and_names_a_new_process_coun
     sgd_step = torch.optim.SGD.step
 
     def recording_step(optimizer, *args, **kwargs):
-        used.update((group["weight_decay"], group["momentum"]) for group in optimizer.param_groups)
+        used.update((group["weight_decay"], group["momentum"], group["nesterov"])
+                    for group in optimizer.param_groups)  # fmt: skip
         return sgd_step(optimizer, *args, **kwargs)
 
     monkeypatch.setattr(torch.optim.SGD, "step", recording_step)
@@ -422,7 +423,8 @@ def test_a_resumed_run_takes_new_optimizer_settings_and_names_a_new_process_coun
     torch.save(checkpoint | {"world_size": 2}, tmp_path / "checkpoint.pt")
     with caplog.at_level(logging.WARNING, logger="digit_recognizer.train"):
         train(replace(config, resume=True, weight_decay=0.05, momentum=0.5), subset, None, tmp_path)
-    assert used == {(0.05, 0.5), (0.0, 0.5)}  # batch-norm and bias parameters: no decay
+    # Batch-norm and bias parameters: no decay. Nesterov momentum: the recipe's (TrainConfig).
+    assert used == {(0.05, 0.5, True), (0.0, 0.5, True)}
     assert "trained in 2 processes so far, resumed in 1" in caplog.text
 
 
