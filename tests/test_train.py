@@ -685,6 +685,23 @@ def test_plateau_patience_cuts_once_per_that_many_stalled_epochs(
     assert lrs == pytest.approx([0.02, 0.02, 0.02, 0.01, 0.01, 0.005])
 
 
+def test_as_accurate_with_a_lower_loss_is_progress_and_a_target_reached_exactly_stops(
+    tmp_path, small_train, small_test, monkeypatch
+):
+    """Ties in accuracy are common on a validation split of a few thousand images: a lower
+    loss then counts as progress, for the plateau schedule and the best epoch alike. And a
+    target accuracy is reached when met, so target_accuracy = 1.0 can stop a run."""
+    scores = iter([(0.5, 0.9), (0.3, 0.9), (0.2, 0.9), (0.1, 1.0), (0.1, 1.0)])  # (loss, accuracy)
+    monkeypatch.setattr(train_module, "evaluate_split", lambda *args: next(scores))
+    subset = DigitSet(small_train.images[:64], small_train.labels[:64])
+    valid = DigitSet(small_test.images[:32], small_test.labels[:32])
+    config = TrainConfig(model="cnn-tiny", epochs=5, lr=0.02, schedule="plateau",
+                         plateau_patience=1, target_accuracy=1.0, batch_size=64)  # fmt: skip
+    result = train(config, subset, valid, tmp_path)
+    assert [row["lr"] for row in result.history] == [0.02] * 4  # never cut
+    assert result.stopped_early and len(result.history) == 4
+
+
 def test_rows_fingerprint_tells_other_labels_and_other_images_apart(small_train):
     """A resume on the same images relabelled (another label column, a fixed-up train.csv)
     must be refused as other training rows: the fingerprint covers the labels too."""
