@@ -525,6 +525,17 @@ def stopped_after_epoch_1(run_dir, small_train, small_test, config, **checkpoint
     return subset, valid
 
 
+def test_a_run_with_dropout_resumed_matches_a_straight_run(tmp_path, small_train, small_test):
+    """Dropout draws from the global generator, reseeded each epoch: a resumed epoch drops
+    the units an uninterrupted run's would (cnn-wide and seed-cnn have dropout)."""
+    config = TrainConfig(model="cnn-tiny", epochs=2, batch_size=64, lr=0.02, dropout=0.5)
+    subset, valid = stopped_after_epoch_1(tmp_path / "resumed", small_train, small_test, config)
+    resumed = train(replace(config, resume=True), subset, valid, tmp_path / "resumed")
+    straight = train(config, subset, valid, tmp_path / "straight")
+    torch.testing.assert_close(resumed.model.state_dict(), straight.model.state_dict(),
+                               rtol=0, atol=0)  # fmt: skip
+
+
 def test_resume_goes_on_from_the_checkpoints_clock(tmp_path, small_train, small_test):
     """A resumed run whose clock started at zero again got its whole time budget once more."""
     config = TrainConfig(model="cnn-tiny", epochs=3, batch_size=64, time_budget_s=1000)
