@@ -460,6 +460,9 @@ def test_one_cycle_anneals_to_the_time_budget_not_to_the_epochs(tmp_path, small_
     # Step 5 trains at 4 s of 5: progress 0.8, under a quarter of the peak lr (by steps, 5 of 40
     # would still be warming up).
     assert result.history[-1]["lr"] == pytest.approx(config.lr * 0.2 / (1 - config.warmup))
+    # A run that trains all its steps within its budget was not cut by it.
+    finished = train(replace(config, epochs=1, time_budget_s=1000), subset, None, tmp_path / "all")
+    assert not finished.cut_by_budget and finished.history[-1]["step"] == 10
 
 
 def test_checkpoint_keeps_the_time_spent_for_a_budgeted_resume(tiny_run):
