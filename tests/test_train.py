@@ -17,6 +17,7 @@ from digit_recognizer.data.augment import Augmentation, augment_batch
 from digit_recognizer.data.kaggle_csv import DigitSet
 from digit_recognizer.distributed import Distributed
 from digit_recognizer.errors import ConfigError, DivergedError, ModelFileError
+from digit_recognizer.models.registry import build
 from digit_recognizer.models.runtime import autocast_dtype
 from digit_recognizer.models.storage import load_net, read_meta
 from digit_recognizer.pipeline import train_job
@@ -350,6 +351,24 @@ def test_ema_forgets_the_initial_weights_at_once_then_decays_at_the_set_rate():
     weights, target = [torch.zeros(1)], [torch.ones(1)]
     warmed_up_ema(0.999)(weights, target, torch.tensor(100_000))  # long after the ramp
     torch.testing.assert_close(weights[0], torch.tensor([0.001]))
+
+
+def test_the_weight_average_kept_follows_the_steps_trained(tmp_path, small_train):
+    """With ema_decay the model saved is the average of the weights each step reached: near
+    the last ones after the ramp's first steps, far from the initial (random) ones."""
+    subset = DigitSet(small_train.images[:128], small_train.labels[:128])
+    config = TrainConfig(model="cnn-tiny", epochs=1, batch_size=64, valid_size=0, ema_decay=0.9)
+    averaged = train(config, subset, None, tmp_path).model.state_dict()
+    last = load_checkpoint(tmp_path, torch.device("cpu"))["model"]
+    torch.manual_seed(config.seed)  # as train() draws the initial weights
+    initial = build(config.model).state_dict()
+    distances = {  # over kernels, matrices and batch-norm gains, which every step moves
+        name: sum(
+            (averaged[key] - weights[key]).norm() for key in averaged if key.endswith("weight")
+        )
+        for name, weights in (("initial", initial), ("last", last))
+    }
+    assert distances["last"] < 0.5 * distances["initial"]
 
 
 def test_ema_run_stopped_and_resumed_matches_a_straight_run(
