@@ -757,6 +757,7 @@ def test_a_finished_run_resumed_says_so_without_a_budget_it_never_had(tmp_path, 
     with caplog.at_level(logging.INFO, logger="digit_recognizer.train"):
         train(replace(config, resume=True), subset, None, tmp_path)
     assert f"{tmp_path}: finished already (1 epoch); nothing left to train" in caplog.text
+    assert "other settings" not in caplog.text  # --resume itself is no change of settings
 
 
 def test_a_budget_cut_run_resumed_with_other_settings_names_its_epochs_by_steps(
