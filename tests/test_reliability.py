@@ -374,6 +374,10 @@ def test_load_checkpoint_raises_model_file_error(tmp_path: Path) -> None:
     (tmp_path / CHECKPOINT_FILE).write_bytes(b"PK\x03\x04 not really a zip")
     with pytest.raises(ModelFileError, match=rf"{CHECKPOINT_FILE}: not a readable checkpoint"):
         load_checkpoint(tmp_path, torch.device("cpu"))
+    # Readable, but not ours (weights saved under its name): the keys it lacks are named.
+    torch.save({"weight": torch.zeros(2)}, tmp_path / CHECKPOINT_FILE)
+    with pytest.raises(ModelFileError, match=r"not a checkpoint of digits train \(no model, optim"):
+        load_checkpoint(tmp_path, torch.device("cpu"))
 
 
 @pytest.mark.parametrize(
