@@ -29,12 +29,17 @@ from digit_recognizer.cli import app as cli_app
 from digit_recognizer.data.images import MAX_IMAGE_PIXELS, conform_to_mnist, load_image
 from digit_recognizer.data.kaggle_csv import DigitSet, write_kaggle_csv
 from digit_recognizer.errors import ConfigError, ModelFileError
+from digit_recognizer.estimator import build_estimator, save_estimator
 from digit_recognizer.models.registry import get_spec
 from digit_recognizer.models.storage import PREPROCESSING
 from digit_recognizer.predict import PredictConfig, Predictor
 from digit_recognizer.serve import ServeConfig, create_app
-from digit_recognizer.serve.app import address, listening_socket, load_served_model
-from digit_recognizer.serve.routes import GRAD_CAM_UNAVAILABLE
+from digit_recognizer.serve.app import (
+    GRAD_CAM_NEEDS_TORCH,
+    address,
+    listening_socket,
+    load_served_model,
+)
 from tests.conftest import free_port
 from tests.test_images import drawing, encode, frame_filling, png_header
 
@@ -269,7 +274,7 @@ def test_onnx_backend(run_dir: Path, predictor: Predictor, digits) -> None:
     expected = predictor.predict_proba(digits[:1])[0]
     assert answer["label"] == expected.argmax()
     np.testing.assert_allclose(answer["probabilities"], expected, atol=1e-4)
-    assert "grad_cam" not in answer and answer["grad_cam_error"] == GRAD_CAM_UNAVAILABLE
+    assert "grad_cam" not in answer and answer["grad_cam_error"] == GRAD_CAM_NEEDS_TORCH
 
 
 def test_onnx_deployment_of_a_model_this_version_does_not_know(run_dir: Path, tmp_path) -> None:
@@ -290,6 +295,30 @@ def test_onnx_deployment_of_a_model_this_version_does_not_know(run_dir: Path, tm
     assert info["test_accuracy"] == 0.9975 and info["test_tta"] is True  # not the server's pass
     with pytest.raises(ModelFileError, match=r"model\.onnx without PyTorch's weights: serve it"):
         load_served_model(deployed, ServeConfig())  # the torch backend, by default
+
+
+def test_a_classical_model_is_served_without_grad_cam(
+    small_train: DigitSet, digits, tmp_path: Path
+) -> None:
+    """A scikit-learn model's directory, which Predictor loads, is served as the onnx backend
+    is: predictions, and why there is no heatmap (loading Grad-CAM's net had failed)."""
+    logreg = build_estimator("logreg").fit(small_train.images[:300], small_train.labels[:300])
+    save_estimator(logreg, tmp_path, "logreg")
+    with TestClient(create_app(tmp_path)) as classical_client:
+        assert classical_client.get("/model").json()["model"] == "logreg"
+        answer = classical_client.post("/predict?explain=true", json=pixels_body(digits[0]))
+        batch = classical_client.post("/predict?explain=true", json=[pixels_body(digits[1])])
+    expected = logreg.predict_proba(digits[:2])
+    assert answer.status_code == 200 and "grad_cam" not in answer.json()
+    np.testing.assert_allclose(answer.json()["probabilities"], expected[0], atol=1e-6)
+    assert (
+        answer.json()["grad_cam_error"]
+        == batch.json()["grad_cam_error"]
+        == (
+            "Grad-CAM needs a net (gradients); this server runs 'logreg', a scikit-learn model. "
+            "Serve a net's run directory for heatmaps."
+        )
+    )
 
 
 def test_figures_of_the_wrong_type_in_the_run_s_files_are_refused_as_it_loads(

@@ -44,6 +44,10 @@ log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).parent / "static"
 CSV_PATH = "/predict/csv"
+GRAD_CAM_NEEDS_TORCH = (
+    "Grad-CAM needs the torch backend (gradients); this server runs onnx. "
+    "Restart it with --backend torch for heatmaps."
+)
 
 
 @dataclass
@@ -102,19 +106,32 @@ class ServedModel:
     predictor: Predictor | OnnxPredictor
     meta: dict[str, Any]  # model.json
     metrics: dict[str, Any]  # metrics.json, {} when the run has none
-    # Grad-CAM's own copy of the net (torch backend): its forward hook must not catch the
-    # forwards of predictions running at the same time in other threads.
+    # Grad-CAM's own copy of the net (a net on the torch backend): its forward hook must not
+    # catch the forwards of predictions running at the same time in other threads.
     explain_net: torch.nn.Module | None = None
     explain_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def grad_cam_error(self) -> str | None:
+        """Why ``grad_cam`` gives no heatmaps here, as answers say it; None where it does."""
+        if self.backend == "onnx":
+            return GRAD_CAM_NEEDS_TORCH
+        if self.explain_net is None:  # loaded without one: a scikit-learn pipeline
+            return (
+                f"Grad-CAM needs a net (gradients); this server runs '{self.meta['model']}', a "
+                "scikit-learn model. Serve a net's run directory for heatmaps."
+            )
+        return None
 
     def predict_proba(self, images: NDArray[np.uint8]) -> NDArray[np.float32]:
         return self.predictor.predict_proba(images)
 
     def grad_cam(self, images: NDArray[np.uint8]) -> NDArray[np.float32]:
-        """Heatmaps (N, 28, 28) in [0, 1] for the predicted digits; torch backend only."""
+        """Heatmaps (N, 28, 28) in [0, 1] for the predicted digits; where ``grad_cam_error`` is
+        None only."""
         from digit_recognizer.explain import grad_cam
 
-        assert self.explain_net is not None, "grad_cam needs the torch backend"
+        assert self.explain_net is not None, self.grad_cam_error
         with self.explain_lock:  # one at a time: each adds and removes a hook on the net
             return grad_cam(self.explain_net, images)
 
@@ -134,7 +151,8 @@ def load_served_model(run_dir: Path, config: ServeConfig) -> ServedModel:
         # probabilities within 1e-4 of each other. Batch norm unfolded, as README's figures were
         # measured.
         predictor = Predictor.load([run_dir], PredictConfig(amp=False, fuse_batch_norm=False))
-        explain_net = load_net(run_dir)[0].to(predictor.device)
+        if meta.get("framework") != "sklearn":  # a pipeline predicts, but has no gradients
+            explain_net = load_net(run_dir)[0].to(predictor.device)
     metrics = read_metrics(run_dir)
     check_reported_figures(run_dir, meta, metrics)
     return ServedModel(config.backend, predictor, meta, metrics, explain_net)

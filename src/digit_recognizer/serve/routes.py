@@ -42,10 +42,6 @@ pages = APIRouter(include_in_schema=False)
 
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/bmp", "image/webp", "image/tiff")
 AS_IS_QUERY = "?as_is=true"  # a client's --as-is, as the warnings of redone digits name it
-GRAD_CAM_UNAVAILABLE = (
-    "Grad-CAM needs the torch backend (gradients); this server runs onnx. "
-    "Restart it with --backend torch for heatmaps."
-)
 
 
 # --- request and response bodies ---------------------------------------------------------------
@@ -259,7 +255,9 @@ async def model_info(request: Request) -> ModelInfo:
 )  # fmt: skip
 async def predict(
     request: Request,
-    explain: bool = Query(False, description="add a Grad-CAM heatmap per digit (torch backend)"),
+    explain: bool = Query(
+        False, description="add a Grad-CAM heatmap per digit (a net, torch backend)"
+    ),
     as_is: bool = Query(
         False, description="JSON digits: predict them unchanged, not first redone in MNIST's layout"
     ),
@@ -286,11 +284,10 @@ async def predict(
     # In a worker thread even for one image: inference releases the GIL, so the event loop parses
     # the next requests meanwhile (torch: 540 vs 360 requests/s inline, benchmarks/serve_load.py).
     probas = await run_in_threadpool(served.predict_proba, images)
-    heatmaps, cam_error = None, None
-    if explain and served.backend == "torch":
+    cam_error = served.grad_cam_error if explain else None
+    heatmaps = None
+    if explain and cam_error is None:
         heatmaps = await run_in_threadpool(served.grad_cam, images)
-    elif explain:
-        cam_error = GRAD_CAM_UNAVAILABLE
     predictions = [
         Prediction(
             label=int(proba.argmax()),
