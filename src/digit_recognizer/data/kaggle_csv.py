@@ -248,12 +248,12 @@ def _header_problem(cells: tuple[str, ...], headers: tuple[tuple[str, ...], ...]
                 f"{' or '.join(map(str, widths))} are expected")  # fmt: skip
     same_width = [columns for columns in headers if len(columns) == len(cells)]
     if not same_width:
-        return f"the header {_show(','.join(cells))} has {len(cells)} columns"
+        return f"the header {show_value(','.join(cells))} has {len(cells)} columns"
     expected = same_width[0]
     index = next(
         i for i, (cell, name) in enumerate(zip(cells, expected, strict=True)) if cell != name
     )
-    return f"header column {index + 1} is {_show(cells[index])}, not '{expected[index]}'"
+    return f"header column {index + 1} is {show_value(cells[index])}, not '{expected[index]}'"
 
 
 def _abbreviate(columns: tuple[str, ...]) -> str:
@@ -348,16 +348,16 @@ def _cell_problem(text: str, column: str) -> str | None:
     if not text:
         return "empty cell"
     if text.strip() != text:
-        return f"{_show(text)} has whitespace around the value; remove it"
+        return f"{show_value(text)} has whitespace around the value; remove it"
     if not _INTEGER.fullmatch(text):
-        return f"{_show(text)} is not an integer"
+        return f"{show_value(text)} is not an integer"
     value = _to_int(text)
     if column in ("label", "Label") and not 0 <= value <= 9:
-        return f"{_show(text)} is not a digit label 0-9"
+        return f"{show_value(text)} is not a digit label 0-9"
     if column == "ImageId" and value < 1:
-        return f"{_show(text)} is not a valid ImageId (ids start at 1)"
+        return f"{show_value(text)} is not a valid ImageId (ids start at 1)"
     if column.startswith("pixel") and not 0 <= value <= 255:
-        return f"{_show(text)} is out of range 0-255"
+        return f"{show_value(text)} is out of range 0-255"
     return None
 
 
@@ -376,8 +376,9 @@ def _where(path: Path, line_number: int, column: str) -> str:
     return f"{path}, line {line_number}, column {column}"
 
 
-def _show(text: str) -> str:
-    """A cell as a message shows it: numbers bare (``9.5``), anything else quoted (``'abc'``)."""
+def show_value(text: str) -> str:
+    """A value as a message shows it: numbers bare (``9.5``), anything else quoted (``'abc'``),
+    cut short past ``_SHOWN_CHARS``. For CSV cells, and for the server's JSON values."""
     if len(text) > _SHOWN_CHARS:
         return repr(text[:_SHOWN_CHARS] + "...")
     try:

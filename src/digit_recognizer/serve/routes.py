@@ -30,7 +30,7 @@ from starlette.datastructures import UploadFile
 from starlette.requests import ClientDisconnect
 
 from digit_recognizer.data.images import load_image
-from digit_recognizer.data.kaggle_csv import parse_kaggle_csv, submission_chunks
+from digit_recognizer.data.kaggle_csv import parse_kaggle_csv, show_value, submission_chunks
 from digit_recognizer.data.lighting import MIN_CONTRAST
 from digit_recognizer.errors import DataError, UnknownModelError
 from digit_recognizer.models.registry import get_spec
@@ -129,7 +129,9 @@ def _check_range(values: NDArray[Any], where: Callable[[tuple[int, ...]], str]) 
     bad = np.argwhere((values < 0) | (values > 255))
     if len(bad):
         index = tuple(bad[0])
-        raise ValueError(f"{where(index)} is {values[index]}; pixel values must be 0-255")
+        # Cut short: JSON allows integers of thousands of digits, all echoed back otherwise.
+        shown = show_value(str(values[index]))
+        raise ValueError(f"{where(index)} is {shown}; pixel values must be 0-255")
 
 
 class Prediction(BaseModel):
