@@ -146,6 +146,13 @@ def test_cli_export(run_dir: Path, tmp_path: Path) -> None:
     assert result.exit_code == 2 and "unknown format 'tflite'" in result.output
     result = CliRunner().invoke(cli_app, ["export", str(tmp_path)])
     assert result.exit_code == 1 and "model.json: not found" in result.output
+    # A file where the run belongs, named as the other commands name it (not as an unwritable
+    # FILE/model.onnx).
+    result = CliRunner().invoke(cli_app, ["export", str(weights)])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert f"{weights}: a file, where a trained run directory belongs" in " ".join(
+        result.output.split()
+    )
 
 
 def test_a_failed_export_leaves_the_previous_model_onnx_whole(

@@ -59,13 +59,15 @@ def export_onnx(run_dir: Path, out: Path | None = None) -> Path:
     if out.exists() and out.suffix != ".onnx":  # the run's weights, a CSV: not ours to replace
         raise ConfigError(f"{out} exists and is no .onnx file; give --out a new path or one "
                           "ending .onnx")  # fmt: skip
-    check_can_write(out)  # before the export's ten seconds
     # Hashed before the weights are read and checked once exported: a training resumed
     # meanwhile would otherwise leave an export of the old weights, stamped current for the new.
     weights_hash = None
     with contextlib.suppress(OSError):  # missing or unreadable: load_net says so, naming it
         weights_hash = sha256_file(run_dir / WEIGHTS_FILE)
+    # The run first, as every command checks it: a file given as RUN_DIR had been named as a
+    # model.onnx that cannot be written inside it.
     model, _ = load_net(run_dir)
+    check_can_write(out)  # before the export's ten seconds
     # Imported whole before the export, which imports it lazily: Ctrl-C during that import left
     # it half made, and the exporter, reaching for torch._dynamo.exc in its own error handling,
     # turned the interruption into a page-long TorchExportError.
