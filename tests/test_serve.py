@@ -301,7 +301,8 @@ def test_a_classical_model_is_served_without_grad_cam(
     small_train: DigitSet, digits, tmp_path: Path
 ) -> None:
     """A scikit-learn model's directory, which Predictor loads, is served as the onnx backend
-    is: predictions, and why there is no heatmap (loading Grad-CAM's net had failed)."""
+    is: predictions, and why there is no heatmap (loading Grad-CAM's net had failed). The onnx
+    backend, which has no export of it, names the backend that serves it."""
     logreg = build_estimator("logreg").fit(small_train.images[:300], small_train.labels[:300])
     save_estimator(logreg, tmp_path, "logreg")
     with TestClient(create_app(tmp_path)) as classical_client:
@@ -311,14 +312,12 @@ def test_a_classical_model_is_served_without_grad_cam(
     expected = logreg.predict_proba(digits[:2])
     assert answer.status_code == 200 and "grad_cam" not in answer.json()
     np.testing.assert_allclose(answer.json()["probabilities"], expected[0], atol=1e-6)
-    assert (
-        answer.json()["grad_cam_error"]
-        == batch.json()["grad_cam_error"]
-        == (
-            "Grad-CAM needs a net (gradients); this server runs 'logreg', a scikit-learn model. "
-            "Serve a net's run directory for heatmaps."
-        )
-    )
+    reason = ("Grad-CAM needs a net (gradients); this server runs 'logreg', a scikit-learn "
+              "model. Serve a net's run directory for heatmaps.")  # fmt: skip
+    assert answer.json()["grad_cam_error"] == batch.json()["grad_cam_error"] == reason
+    with pytest.raises(ModelFileError, match="'logreg' is a scikit-learn model, which exports to "
+                       "no ONNX: serve it with --backend torch"):  # fmt: skip
+        load_served_model(tmp_path, ServeConfig(backend="onnx"))
 
 
 def test_figures_of_the_wrong_type_in_the_run_s_files_are_refused_as_it_loads(

@@ -139,7 +139,12 @@ class ServedModel:
 def load_served_model(run_dir: Path, config: ServeConfig) -> ServedModel:
     """Load the run for ``config.backend``; ``ModelFileError`` if it is not a trained run."""
     meta = read_meta(run_dir)
+    is_pipeline = meta.get("framework") == "sklearn"
     explain_net = None
+    # Not load_net's "this command takes a net's run": the torch backend serves a pipeline.
+    if config.backend == "onnx" and is_pipeline:
+        raise ModelFileError(f"{run_dir}: '{meta['model']}' is a scikit-learn model, which "
+                             "exports to no ONNX: serve it with --backend torch")  # fmt: skip
     if config.backend == "onnx":
         predictor: Predictor | OnnxPredictor = OnnxPredictor.load(run_dir, config.n_threads)
     elif not (run_dir / WEIGHTS_FILE).exists() and (run_dir / ONNX_FILE).exists():
@@ -151,7 +156,7 @@ def load_served_model(run_dir: Path, config: ServeConfig) -> ServedModel:
         # probabilities within 1e-4 of each other. Batch norm unfolded, as README's figures were
         # measured.
         predictor = Predictor.load([run_dir], PredictConfig(amp=False, fuse_batch_norm=False))
-        if meta.get("framework") != "sklearn":  # a pipeline predicts, but has no gradients
+        if not is_pipeline:  # a pipeline predicts, but has no gradients
             explain_net = load_net(run_dir)[0].to(predictor.device)
     metrics = read_metrics(run_dir)
     check_reported_figures(run_dir, meta, metrics)
