@@ -502,3 +502,33 @@ def test_results_another_study_wrote_meanwhile_are_not_replaced(tmp_path, small_
     with pytest.raises(ConfigError, match="holds the results of study 'tune-svm'"):
         tune(TuneConfig(model="knn", trials=1), small_csvs["train"], tmp_path)
     assert (tmp_path / "best_params.json").read_text() == foreign
+
+
+def test_workers_that_open_a_study_at_once_draw_different_settings(tmp_path, small_csvs,
+                                                                   monkeypatch):  # fmt: skip
+    # Worker B opens the study after worker A has opened it but before A's first trial: both
+    # find the same trials stored, as workers started at once on several machines do.
+    config = TuneConfig(model="logreg", trials=2)
+    check_same_study = tune_module.check_same_study
+    other_workers = [lambda: tune(config, small_csvs["train"], tmp_path)]
+
+    def open_another_worker_meanwhile(*args, **kwargs):
+        check_same_study(*args, **kwargs)
+        if other_workers:
+            other_workers.pop()()
+
+    def drawn_settings(result):
+        study = optuna.load_study(study_name="tune-logreg", storage=result.storage)
+        return [trial.params["C"] for trial in study.trials]
+
+    def score_nothing(trial, config, train_set, valid_set):  # what is drawn matters, not fits
+        return tune_module.suggest_params(trial, config.model)["C"]
+
+    monkeypatch.setattr(tune_module, "_classical_objective", score_nothing)
+    monkeypatch.setattr(tune_module, "write_plots", lambda *args, **kwargs: [])
+    monkeypatch.setattr(tune_module, "check_same_study", open_another_worker_meanwhile)
+    drawn = drawn_settings(tune(config, small_csvs["train"], tmp_path))
+    assert len(drawn) == 4 and len(set(drawn)) == 4, drawn
+    # One worker draws them too, by the seed and the trials' numbers, whoever ran which.
+    alone = tune(TuneConfig(model="logreg", trials=4), small_csvs["train"], tmp_path / "alone")
+    assert drawn_settings(alone) == drawn

@@ -32,15 +32,17 @@ import tempfile
 import time
 import warnings
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
+import numpy as np
 import optuna
 from matplotlib.figure import Figure
+from optuna.distributions import BaseDistribution
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
@@ -174,8 +176,7 @@ def tune(config: TuneConfig, train_csv: Path, out_dir: Path) -> TuneResult:
     # What a write killed outright left (best_params.json's, say); old enough that no worker
     # on another machine sharing --out is still writing it.
     remove_leftovers(out_dir, min_age_s=LEFTOVER_AGE_S)
-    # Offset by the stored trials: a resumed study must not redraw its first random samples.
-    study.sampler = optuna.samplers.TPESampler(seed=(config.seed + len(study.trials)) % 2**32)
+    study.sampler = TrialSeededSampler(config.seed)
     is_net = get_spec(config.model).kind == "net"
     check_same_study(study, storage, config, rows_fingerprint(data), is_net)
     deadline = time.monotonic() + config.timeout_s if config.timeout_s else None
@@ -270,6 +271,53 @@ def open_study(storage: str, study_name: str, where: str) -> optuna.Study:
                           f"Optuna than {optuna.__version__} ({first_line(error)}); `optuna "
                           f"storage upgrade --storage {storage}` upgrades it"
                           ) from None  # fmt: skip
+
+
+class TrialSeededSampler(optuna.samplers.BaseSampler):
+    """TPE drawing each trial's settings from ``seed`` and the trial's number: a study replays
+    by its seed, resumed or not, and workers sharing it draw apart, since the storage numbers
+    their trials apart. (Seeded once per call, by the trials stored, workers started at once
+    drew the same settings, trial for trial.)"""
+
+    def __init__(self, seed: int) -> None:
+        self._seed = seed
+        self._tpe = optuna.samplers.TPESampler(seed=seed)
+
+    def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        trial_seed = np.random.SeedSequence((self._seed, trial.number)).generate_state(1)[0]
+        self._tpe = optuna.samplers.TPESampler(seed=int(trial_seed))
+        self._tpe.before_trial(study, trial)
+
+    def infer_relative_search_space(
+        self, study: optuna.Study, trial: optuna.trial.FrozenTrial
+    ) -> dict[str, BaseDistribution]:
+        return self._tpe.infer_relative_search_space(study, trial)
+
+    def sample_relative(
+        self,
+        study: optuna.Study,
+        trial: optuna.trial.FrozenTrial,
+        search_space: dict[str, BaseDistribution],
+    ) -> dict[str, Any]:
+        return self._tpe.sample_relative(study, trial, search_space)
+
+    def sample_independent(
+        self,
+        study: optuna.Study,
+        trial: optuna.trial.FrozenTrial,
+        param_name: str,
+        param_distribution: BaseDistribution,
+    ) -> Any:
+        return self._tpe.sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(
+        self,
+        study: optuna.Study,
+        trial: optuna.trial.FrozenTrial,
+        state: optuna.trial.TrialState,
+        values: Sequence[float] | None,
+    ) -> None:
+        self._tpe.after_trial(study, trial, state, values)
 
 
 @contextmanager
