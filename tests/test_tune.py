@@ -37,8 +37,13 @@ def test_classical_study_resumes_from_its_sqlite_storage(tmp_path, small_csvs):
     shared = TuneConfig(model="logreg", trials=1, study_name="tune-knn")
     with pytest.raises(ConfigError, match="run with model 'knn', not logreg; give its settings"):
         tune(shared, small_csvs["train"], out)
-    with pytest.raises(ConfigError, match="run with seed 0, not 1"):
+    with pytest.raises(ConfigError, match=r"run with seed 0, not 1; .* or another --out for a"):
         tune(TuneConfig(model="knn", trials=1, seed=1), small_csvs["train"], out)
+    # What it says to do works: another --study-name alone was refused for the results in --out.
+    assert tune(TuneConfig(model="knn", trials=1, seed=1), small_csvs["train"], tmp_path / "new")
+    everywhere = TuneConfig(model="knn", trials=1, seed=1, storage=first.storage)  # any --out
+    with pytest.raises(ConfigError, match="or another --study-name and --out for a new study"):
+        tune(everywhere, small_csvs["train"], tmp_path / "new")
     with pytest.raises(ConfigError, match=r"run with valid_size 0\.2, not 0\.3"):
         tune(TuneConfig(model="knn", trials=1, valid_size=0.3), small_csvs["train"], out)
     fewer_rows = out / "fewer.csv"

@@ -427,6 +427,9 @@ def check_same_study(
 ) -> None:
     """Refuse to add trials to a study run on another model, data, split or run length, whose
     trials' scores these could not be ranked against; record them in a new study."""
+    # A new study needs another --out, whose results would not replace the study's there, and
+    # in a shared --storage another name too.
+    new_study = "another --out" if config.storage is None else "another --study-name and --out"
     settings: dict[str, Any] = {"model": config.model, "rows": rows, "seed": config.seed,
                                 "valid_size": config.valid_size}  # fmt: skip
     if is_net:
@@ -437,7 +440,7 @@ def check_same_study(
             found = "other training rows" if key == "rows" else f"{key} {recorded!r}"
             raise ConfigError(f"study '{study.study_name}' in {storage} was run with {found}, "
                               f"not {value if key != 'rows' else 'these'}; give its settings, "
-                              "or another --study-name")  # fmt: skip
+                              f"or {new_study} for a new study")  # fmt: skip
     for key, value in settings.items():
         study.set_user_attr(key, value)
 
