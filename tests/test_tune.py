@@ -20,7 +20,7 @@ from digit_recognizer.train import TrainConfig
 from digit_recognizer.tune import TuneConfig, tune
 
 
-def test_classical_study_resumes_from_its_sqlite_storage(tmp_path, small_csvs):
+def test_classical_study_resumes_from_its_sqlite_storage(tmp_path, small_csvs, monkeypatch):
     config = TuneConfig(model="knn", trials=2, seed=0)
     out = tmp_path / "tune?x=1 %20"  # a URL's characters: the study.db had gone elsewhere
     first = tune(config, small_csvs["train"], out)
@@ -58,6 +58,11 @@ def test_classical_study_resumes_from_its_sqlite_storage(tmp_path, small_csvs):
     for storage in ("foo://bar", f"sqlite:///{tmp_path}/missing/study.db"):
         with pytest.raises(ConfigError, match=f"--storage {storage}: cannot open the study's"):
             tune(TuneConfig(model="knn", trials=1, storage=storage), small_csvs["train"], out)
+    with monkeypatch.context() as patch:  # a PostgreSQL URL without its driver: a traceback
+        patch.setitem(sys.modules, "psycopg2", None)
+        postgres = TuneConfig(model="knn", trials=1, storage="postgresql+psycopg2://user@host/db")
+        with pytest.raises(ConfigError, match="the Python module psycopg2 that SQLAlchemy"):
+            tune(postgres, small_csvs["train"], out)
     legacy = json.loads((out / "best_params.json").read_text())
     del legacy["study"]  # written before studies were recorded: whose, unknown; not refused
     (out / "best_params.json").write_text(json.dumps(legacy))

@@ -266,6 +266,11 @@ def open_study(storage: str, study_name: str, where: str) -> optuna.Study:
     except SQLAlchemyError as error:  # a bad URL, an unreachable database
         raise ConfigError(f"{where}: cannot open the study's database "
                           f"({first_line(error)})") from None  # fmt: skip
+    except ImportError as error:  # Optuna's, for the URL's driver missing (psycopg2, say)
+        driver = getattr(error.__cause__, "name", None) or "its driver"
+        raise ConfigError(f"{where}: cannot open the study's database: the Python module "
+                          f"{driver} that SQLAlchemy reaches it with is not installed; install "
+                          "it") from None  # fmt: skip
     except RuntimeError as error:  # written by another Optuna version
         raise ConfigError(f"{where}: the study's database was written by another version of "
                           f"Optuna than {optuna.__version__} ({first_line(error)}); `optuna "
