@@ -60,9 +60,9 @@ def test_classical_study_resumes_from_its_sqlite_storage(tmp_path, small_csvs, m
             tune(TuneConfig(model="knn", trials=1, storage=storage), small_csvs["train"], out)
     with monkeypatch.context() as patch:  # a PostgreSQL URL without its driver: a traceback
         patch.setitem(sys.modules, "psycopg2", None)
-        postgres = TuneConfig(model="knn", trials=1, storage="postgresql+psycopg2://user@host/db")
-        with pytest.raises(ConfigError, match="the Python module psycopg2 that SQLAlchemy"):
-            tune(postgres, small_csvs["train"], out)
+        postgres = "postgresql+psycopg2://user:secret@host/db"  # shown in job logs: masked
+        with pytest.raises(ConfigError, match=r"user:\*\*\*@host/db: .* module psycopg2 that SQLA"):
+            tune(TuneConfig(model="knn", trials=1, storage=postgres), small_csvs["train"], out)
     legacy = json.loads((out / "best_params.json").read_text())
     del legacy["study"]  # written before studies were recorded: whose, unknown; not refused
     (out / "best_params.json").write_text(json.dumps(legacy))

@@ -729,14 +729,16 @@ def tune(
     For a net also best_config.toml: the best trial's recipe at full length, for `digits train
     --config`. A classical model's best_params.json holds build_estimator's arguments under
     "params"."""
-    from digit_recognizer.tune import TuneConfig
+    from digit_recognizer.tune import TuneConfig, shown_storage
     from digit_recognizer.tune import tune as run_tune
 
     config = load_config(TuneConfig, None, {"model": model, "trials": trials, "timeout_s": timeout,
         "storage": storage, "study_name": study_name, "epochs": epochs, "valid_size": valid_size,
         "seed": seed})  # fmt: skip
     result = run_tune(config, train, out or Path("runs") / f"tune-{config.model}")
-    counts = f", {result.n_trials} trials ({result.n_pruned} pruned) in {result.storage}"
+    counts = (
+        f", {result.n_trials} trials ({result.n_pruned} pruned) in {shown_storage(result.storage)}"
+    )
     # The best of the trials on the split that chose it: no estimate for new images.
     best = f": best validation accuracy {result.best_value:.4f}"
     console.print(Text.assemble("study ", (result.study_name, "bold"), counts, best))

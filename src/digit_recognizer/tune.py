@@ -44,7 +44,7 @@ import optuna
 from matplotlib.figure import Figure
 from optuna.distributions import BaseDistribution
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, SQLAlchemyError
 
 from digit_recognizer.checkpoint import rows_fingerprint
 from digit_recognizer.config import check_fields, load_config, save_config
@@ -170,7 +170,7 @@ def tune(config: TuneConfig, train_csv: Path, out_dir: Path) -> TuneResult:
     # Built as a URL, not pasted into one: an --out holding '?' or '%' named another file.
     database = str((out_dir / "study.db").resolve())
     storage = config.storage or URL.create("sqlite", database=database).render_as_string()
-    where = f"--storage {storage}" if config.storage else database
+    where = f"--storage {shown_storage(storage)}" if config.storage else database
     study = open_study(storage, study_name, where)
     remove_dead_trials(out_dir)
     # What a write killed outright left (best_params.json's, say); old enough that no worker
@@ -274,7 +274,7 @@ def open_study(storage: str, study_name: str, where: str) -> optuna.Study:
     except RuntimeError as error:  # written by another Optuna version
         raise ConfigError(f"{where}: the study's database was written by another version of "
                           f"Optuna than {optuna.__version__} ({first_line(error)}); `optuna "
-                          f"storage upgrade --storage {storage}` upgrades it"
+                          f"storage upgrade --storage {shown_storage(storage)}` upgrades it"
                           ) from None  # fmt: skip
 
 
@@ -323,6 +323,14 @@ class TrialSeededSampler(optuna.samplers.BaseSampler):
         values: Sequence[float] | None,
     ) -> None:
         self._tpe.after_trial(study, trial, state, values)
+
+
+def shown_storage(storage: str) -> str:
+    """``storage`` as messages show it, its password masked: they end up in job logs."""
+    try:
+        return make_url(storage).render_as_string(hide_password=True)
+    except ArgumentError:  # not a URL, which opening it says
+        return storage
 
 
 @contextmanager
@@ -443,7 +451,8 @@ def check_same_study(
         recorded = study.user_attrs.get(key, value)  # studies of older versions kept the model
         if recorded != value:
             found = "other training rows" if key == "rows" else f"{key} {recorded!r}"
-            raise ConfigError(f"study '{study.study_name}' in {storage} was run with {found}, "
+            raise ConfigError(f"study '{study.study_name}' in {shown_storage(storage)} was run "
+                              f"with {found}, "
                               f"not {value if key != 'rows' else 'these'}; give its settings, "
                               f"or {new_study} for a new study")  # fmt: skip
     for key, value in settings.items():
