@@ -276,3 +276,29 @@ def test_a_model_json_or_manifest_that_is_a_pipe_or_of_an_older_format_is_refuse
     feed_if_read(tmp_path / "ensemble" / ENSEMBLE_FILE, '{"members": ["run"]}')
     with pytest.raises(ModelFileError, match=r"ensemble\.json: not a regular file"):
         expand_ensembles([tmp_path / "ensemble"])
+
+
+def test_an_ensemble_of_ensembles_expands_to_its_runs_and_a_loop_names_the_manifest(tmp_path):
+    # Each ensemble member was read as one model: "inner is an ensemble; this takes one model
+    # (predict ... take the ensemble)", said by predict itself.
+    from digit_recognizer.models.storage import ENSEMBLE_FILE, expand_ensembles
+
+    for name in ("inner/member-1", "inner/member-2", "single"):
+        save_net(tmp_path / name, build("cnn-tiny"), "cnn-tiny", {})
+    (tmp_path / "inner" / ENSEMBLE_FILE).write_text('{"members": ["member-1", "member-2"]}')
+    (tmp_path / ENSEMBLE_FILE).write_text('{"members": ["inner", "single"]}')
+    assert expand_ensembles([tmp_path]) == [
+        tmp_path / "inner/member-1", tmp_path / "inner/member-2", tmp_path / "single"
+    ]  # fmt: skip
+    for loop in ("", ".", "inner/.."):
+        (tmp_path / ENSEMBLE_FILE).write_text(json.dumps({"members": ["single", loop]}))
+        with pytest.raises(ModelFileError, match=f"{tmp_path / ENSEMBLE_FILE}: member '{loop}' "
+                           "is this ensemble or one that lists it"):  # fmt: skip
+            expand_ensembles([tmp_path])
+    (tmp_path / "inner" / ENSEMBLE_FILE).write_text('{"members": ["member-1", ".."]}')
+    (tmp_path / ENSEMBLE_FILE).write_text('{"members": ["inner"]}')
+    with pytest.raises(ModelFileError, match=r"inner/ensemble\.json: member '\.\.'"):
+        expand_ensembles([tmp_path])
+    (tmp_path / ENSEMBLE_FILE).write_text('{"members": ["single\\u0000"]}')
+    with pytest.raises(ModelFileError, match="'members' must be a non-empty list"):
+        expand_ensembles([tmp_path])

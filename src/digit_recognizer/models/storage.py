@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -172,28 +173,39 @@ def refuse_ensemble(run_dir: Path) -> None:
 
 
 def expand_ensembles(run_dirs: list[Path]) -> list[Path]:
-    """Replace each ensemble directory by its member run directories, in order."""
+    """Replace each ensemble directory by its member run directories, in order; a member that is
+    an ensemble itself by its own members (each model listed weighs the same in the average)."""
+    return [member for run_dir in map(Path, run_dirs) for member in _members(run_dir, ())]
+
+
+def _members(run_dir: Path, within: tuple[str, ...]) -> list[Path]:
+    """``run_dir``'s run directories: itself, or an ensemble's members; ``within``: the
+    ensembles listing it, as real paths, to refuse a loop (a member "." or "", say)."""
+    manifest = run_dir / ENSEMBLE_FILE
+    if not manifest.exists() or (run_dir / META_FILE).exists():
+        return [run_dir]
+    try:
+        text = check_regular_file(manifest).read_text(encoding="utf-8")
+        members = json.loads(text)["members"]
+    # ValueError: also a 5,000-digit number; RecursionError: deep nesting.
+    except (ValueError, RecursionError, KeyError, TypeError) as error:
+        raise ModelFileError(
+            f"{manifest}: not a valid ensemble manifest ({error!s:.200})"
+        ) from None
+    if (
+        not members
+        or not isinstance(members, list)
+        or not all(isinstance(member, str) and "\0" not in member for member in members)
+    ):
+        raise ModelFileError(
+            f"{manifest}: 'members' must be a non-empty list of run directory names"
+        )
+    # realpath, not resolve(): a member that is a symlink loop is found out by read_meta.
+    within = (*within, os.path.realpath(run_dir))
     expanded = []
-    for run_dir in map(Path, run_dirs):
-        manifest = run_dir / ENSEMBLE_FILE
-        if manifest.exists() and not (run_dir / META_FILE).exists():
-            try:
-                text = check_regular_file(manifest).read_text(encoding="utf-8")
-                members = json.loads(text)["members"]
-            # ValueError: also a 5,000-digit number; RecursionError: deep nesting.
-            except (ValueError, RecursionError, KeyError, TypeError) as error:
-                raise ModelFileError(
-                    f"{manifest}: not a valid ensemble manifest ({error!s:.200})"
-                ) from None
-            if (
-                not members
-                or not isinstance(members, list)
-                or not all(isinstance(member, str) for member in members)
-            ):
-                raise ModelFileError(
-                    f"{manifest}: 'members' must be a non-empty list of run directory names"
-                )
-            expanded += [run_dir / member for member in members]
-        else:
-            expanded.append(run_dir)
+    for member in members:
+        if os.path.realpath(run_dir / member) in within:
+            raise ModelFileError(f"{manifest}: member {member!r} is this ensemble or one that "
+                                 "lists it, a loop; list run directories")  # fmt: skip
+        expanded += _members(run_dir / member, within)
     return expanded
