@@ -21,7 +21,8 @@ from digit_recognizer.data.shards import shard_csv
 from digit_recognizer.errors import ConfigError, DataError, DigitsError, ModelFileError
 from digit_recognizer.evaluate import score_submission
 from digit_recognizer.fileio import locked_dir, sha256_file
-from digit_recognizer.models.storage import read_meta
+from digit_recognizer.models import build
+from digit_recognizer.models.storage import read_meta, save_net
 from digit_recognizer.pipeline import (
     TrainJobResult,
     default_jobs,
@@ -35,7 +36,7 @@ from digit_recognizer.predict import Predictor
 from digit_recognizer.presets import get_preset, job_configs
 from digit_recognizer.report import write_run_report
 from digit_recognizer.serve import run_server
-from digit_recognizer.train import TrainConfig
+from digit_recognizer.train import TrainConfig, TrainResult
 
 from .conftest import TINY_RECIPE
 
@@ -446,3 +447,26 @@ def test_the_validating_last_shard_is_checked_as_the_training_shards_are(tmp_pat
     last.write_text("".join(unlabelled))
     with pytest.raises(DataError, match=str(last)):
         training_data(TrainConfig(max_memory_gb=1e-6), tmp_path / "shards")
+
+
+def test_more_jobs_than_members_share_the_threads_between_the_members(
+    tmp_path, small_csvs, monkeypatch
+):
+    # --jobs 8 for 2 members gave each of the 2 processes 1/8 of the threads, and metrics.json
+    # and `digits run`'s table said "8 at once".
+    started = {}
+
+    def untrained(train, members, parallel):  # each member's run as its process leaves it
+        started.update(threads={member[3] for member in members}, parallel=parallel)
+        for _, _, member_dir, *_ in members:
+            save_net(member_dir, build("cnn-tiny"), "cnn-tiny", {})
+        return [TrainJobResult(member_dir, TrainResult(member_dir, None, [], None, 1.0, 1.0), None)
+                for _, _, member_dir, *_ in members]  # fmt: skip
+
+    monkeypatch.setattr(pipeline, "run_side_by_side", untrained)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 8)
+    configs = [TrainConfig(**TINY_RECIPE | {"seed": seed}) for seed in (1, 2)]
+    summary = run_job(configs, small_csvs["train"], small_csvs["test"], tmp_path, parallel=8)
+    assert started == {"threads": {4}, "parallel": 2}
+    assert summary.parallel == 2
+    assert json.loads((tmp_path / "metrics.json").read_text())["parallel"] == 2

@@ -350,6 +350,8 @@ def train_jobs(
         if nproc > 1:
             return [train_distributed(nproc, configs[0], train_csv, run_dir)]
         return [train_job(configs[0], train_csv, run_dir, progress)]
+    # --jobs 8 for 5 members: the threads are shared out between the 5 processes there can be.
+    parallel = min(parallel, len(configs))
     check_out_dir(run_dir, configs[0].resume, ensemble=True)
     # One command per ensemble: a second one, refused by a member's lock only once it trained,
     # had already rewritten the other members' config.toml for the first one's --resume.
@@ -516,7 +518,7 @@ def run_job(
         run_dir=run_dir,
         submission=submission,
         n_members=len(jobs),
-        parallel=parallel,
+        parallel=min(parallel, len(jobs)),
         train_seconds=sum(job.train.train_seconds for job in jobs),
         wall_seconds=wall_seconds,
         epochs_run=jobs[0].train.epochs_run,
