@@ -349,6 +349,24 @@ def test_evaluate_run_writes_its_files(tmp_path, tiny_run, small_csvs, caplog):
     assert evaluate_run([run_dir], labelled, tmp_path).accuracy == metrics.accuracy
 
 
+def test_an_ensemble_put_together_by_hand_scored_on_its_members_training_file_is_told_so(
+    tmp_path, small_csvs, caplog
+):
+    # Its ensemble.json alone, no metrics.json: its members' training file went unnoticed.
+    ensemble = tmp_path / "ensemble"
+    (ensemble / "member-1").mkdir(parents=True)
+    (ensemble / "member-1" / "metrics.json").write_text(
+        json.dumps({"train_sha256": sha256_file(small_csvs["train"])})
+    )
+    (ensemble / "ensemble.json").write_text('{"members": ["member-1"]}')
+    evaluate_module.warn_if_trained_on([ensemble], small_csvs["train"])
+    assert f"{small_csvs['train']} is the file {ensemble / 'member-1'} trained on" in caplog.text
+    caplog.clear()
+    (ensemble / "ensemble.json").write_text('{"members": []}')  # Predictor.load names it
+    evaluate_module.warn_if_trained_on([ensemble], small_csvs["train"])
+    assert "trained on" not in caplog.text
+
+
 def test_classical_run_directories_predict_and_mix_with_nets(tmp_path, tiny_run, small_train,
                                                             small_test):  # fmt: skip
     from digit_recognizer.estimator import build_estimator, save_estimator

@@ -25,6 +25,7 @@ from digit_recognizer.data.kaggle_csv import DigitSet, read_submission
 from digit_recognizer.data.shards import read_data_source, require_labels
 from digit_recognizer.errors import DataError, ModelFileError, OutputError
 from digit_recognizer.fileio import atomic_path, sha256_file, write_text
+from digit_recognizer.models.storage import expand_ensembles
 from digit_recognizer.predict import PredictConfig, Predictor, check_data_source, conform_rows
 
 log = logging.getLogger(__name__)
@@ -203,9 +204,13 @@ def warn_if_trained_on(run_dirs: list[Path], labelled_csv: Path) -> None:
     """Warn where ``labelled_csv`` is the very file a run trained on (metrics.json's SHA-256):
     its score says how well the run fits what it saw, not how it reads digits it has not."""
     recorded = {}
+    with contextlib.suppress(ModelFileError):  # a damaged ensemble.json: Predictor.load says so
+        # An ensemble put together by hand records no training file of its own: its members do.
+        run_dirs = [*run_dirs, *expand_ensembles(run_dirs)]
     for run_dir in run_dirs:
         with contextlib.suppress(ModelFileError):  # a damaged metrics.json: no warning, no stop
-            recorded[read_metrics(Path(run_dir)).get("train_sha256")] = run_dir
+            # The first to record it named: the directory given rather than its members.
+            recorded.setdefault(read_metrics(Path(run_dir)).get("train_sha256"), run_dir)
     recorded.pop(None, None)
     if recorded and labelled_csv.is_file() and (digest := sha256_file(labelled_csv)) in recorded:
         log.warning("%s is the file %s trained on: this scores images it learned from (and its "
