@@ -23,7 +23,7 @@ from digit_recognizer.estimator import (
     save_estimator,
 )
 from digit_recognizer.fileio import locked_dir, locked_temporary_dir
-from digit_recognizer.models.storage import read_meta
+from digit_recognizer.models.storage import ENSEMBLE_FILE, read_meta
 from digit_recognizer.train import TrainConfig, train
 
 from .conftest import TINY_RECIPE, accuracy
@@ -164,6 +164,17 @@ def test_fit_never_trains_over_a_run_directory_that_holds_a_run(tiny_run):
     with pytest.raises(ConfigError, match="holds a training run"):
         save_estimator(load_estimator(tiny_run), tiny_run)
     assert (tiny_run / "model.safetensors").read_bytes() == weights
+
+
+def test_an_estimator_is_not_saved_over_an_ensemble(tmp_path, tiny_run):
+    # Its model.json had made the ensemble directory a single model's: predict read it alone.
+    shutil.copytree(tiny_run, tmp_path / "member-1")
+    (tmp_path / ENSEMBLE_FILE).write_text('{"members": ["member-1"]}')
+    with pytest.raises(
+        ConfigError, match=r"holds a training run or an ensemble \(ensemble\.json\)"
+    ):
+        save_estimator(load_estimator(tiny_run), tmp_path)
+    assert not (tmp_path / "model.json").exists()
 
 
 def test_a_net_fitted_into_its_run_dir_saves_there(tmp_path, small_train):

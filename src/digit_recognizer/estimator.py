@@ -36,7 +36,13 @@ from digit_recognizer.errors import ConfigError, ModelFileError, first_line
 from digit_recognizer.fileio import locked_temporary_dir
 from digit_recognizer.models.classical import fits_the_digits, load_pipeline, save_pipeline
 from digit_recognizer.models.registry import build, get_spec
-from digit_recognizer.models.storage import META_FILE, load_net, read_meta, save_net
+from digit_recognizer.models.storage import (
+    ENSEMBLE_FILE,
+    META_FILE,
+    load_net,
+    read_meta,
+    save_net,
+)
 from digit_recognizer.predict import PredictConfig, Predictor
 from digit_recognizer.train import TrainConfig, model_args, train
 
@@ -178,9 +184,11 @@ def save_estimator(
     run_dir = Path(run_dir)
     own_run = isinstance(estimator, NetClassifier) and estimator.run_dir is not None
     is_own_run = own_run and Path(estimator.run_dir).resolve() == run_dir.resolve()
-    if (run_dir / CHECKPOINT_FILE).exists() and not is_own_run:
-        # Its weights replaced, its config, history and report left: a run contradicting itself.
-        raise ConfigError(f"{run_dir} holds a training run ({CHECKPOINT_FILE}); save the "
+    # A run's weights replaced, its config, history and report left: a run contradicting
+    # itself; an ensemble's model.json would be read instead of its members, without a word.
+    held = [name for name in (CHECKPOINT_FILE, ENSEMBLE_FILE) if (run_dir / name).exists()]
+    if held and not is_own_run:
+        raise ConfigError(f"{run_dir} holds a training run or an ensemble ({held[0]}); save the "
                           "estimator into another directory")  # fmt: skip
     if isinstance(estimator, NetClassifier):
         check_is_fitted(estimator)
