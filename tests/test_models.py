@@ -302,3 +302,11 @@ def test_an_ensemble_of_ensembles_expands_to_its_runs_and_a_loop_names_the_manif
     (tmp_path / ENSEMBLE_FILE).write_text('{"members": ["single\\u0000"]}')
     with pytest.raises(ModelFileError, match="'members' must be a non-empty list"):
         expand_ensembles([tmp_path])
+
+
+def test_an_ensemble_stopped_before_its_manifest_is_named_so(tmp_path):
+    # It had been "model.json: not found; is it a trained run directory?", after a Ctrl-C.
+    save_net(tmp_path / "member-1", build("cnn-tiny"), "cnn-tiny", {})
+    with pytest.raises(ModelFileError, match=f"{tmp_path} holds an ensemble's members but no "
+                       r"ensemble\.json: .* with --resume, finishes it"):  # fmt: skip
+        load_net(tmp_path)

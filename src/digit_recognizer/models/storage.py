@@ -81,6 +81,12 @@ def read_meta(run_dir: Path) -> dict[str, Any]:
         meta = json.loads(check_regular_file(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         refuse_ensemble(Path(run_dir))
+        if (Path(run_dir) / "member-1").is_dir():  # ensemble.json is written once all trained
+            raise ModelFileError(
+                f"{run_dir} holds an ensemble's members but no {ENSEMBLE_FILE}: its training "
+                "was stopped; the command that trained it, with --resume, finishes it, or give "
+                f"its finished members, such as {Path(run_dir) / 'member-1'}"
+            ) from None
         raise ModelFileError(f"{path}: not found; is {run_dir} a trained run directory?") from None
     except NotADirectoryError:
         raise ModelFileError(f"{run_dir}: a file, where a trained run directory belongs") from None
