@@ -22,7 +22,7 @@ from digit_recognizer.errors import ConfigError, DataError, DigitsError, ModelFi
 from digit_recognizer.evaluate import score_submission
 from digit_recognizer.fileio import locked_dir, sha256_file
 from digit_recognizer.models import build
-from digit_recognizer.models.storage import read_meta, save_net
+from digit_recognizer.models.storage import read_meta, save_net, write_ensemble
 from digit_recognizer.pipeline import (
     TrainJobResult,
     default_jobs,
@@ -433,6 +433,24 @@ def test_a_resumed_ensemble_no_longer_claims_its_earlier_test_score(tmp_path, sm
     resumed = [replace(config, resume=True, epochs=2) for config in configs]
     train_jobs(resumed, small_csvs["train"], tmp_path)
     assert "test_accuracy" not in json.loads((tmp_path / "metrics.json").read_text())
+
+
+def test_an_ensemble_whose_member_trains_on_alone_no_longer_claims_its_test_score(
+    tmp_path, small_csvs
+):
+    # `digits train --out OUT/member-1 --resume` left OUT's metrics.json claiming the test score
+    # of the weights the member had.
+    config = TrainConfig(**TINY_RECIPE | {"epochs": 1, "valid_size": 0, "model": "mlp"})  # fast
+    member = tmp_path / "member-1"
+    train_jobs([config], small_csvs["train"], member)
+    write_ensemble(tmp_path, [member])
+    trained = {"train_seconds": 1.0}
+    scored = trained | {"test_accuracy": 0.5, "test_csv": "test.csv", "test_tta": False}
+    (tmp_path / "metrics.json").write_text(json.dumps(scored))
+    train_jobs([replace(config, resume=True)], small_csvs["train"], member)  # nothing left
+    assert json.loads((tmp_path / "metrics.json").read_text()) == scored
+    train_jobs([replace(config, resume=True, epochs=2)], small_csvs["train"], member)
+    assert json.loads((tmp_path / "metrics.json").read_text()) == trained
 
 
 def test_the_validating_last_shard_is_checked_as_the_training_shards_are(tmp_path, small_csvs):

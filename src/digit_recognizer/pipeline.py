@@ -44,7 +44,7 @@ from digit_recognizer.data.shards import (
 )
 from digit_recognizer.data.splits import split_for_training, warn_shared_images
 from digit_recognizer.distributed import Distributed, run_torchrun
-from digit_recognizer.errors import ConfigError, DataError
+from digit_recognizer.errors import ConfigError, DataError, ModelFileError
 from digit_recognizer.evaluate import (
     CLASSES,
     Metrics,
@@ -59,7 +59,12 @@ from digit_recognizer.fileio import check_not_in_use, locked_dir, source_record
 from digit_recognizer.logs import log_handler
 from digit_recognizer.members import member_gpu, run_side_by_side, visible_gpus
 from digit_recognizer.models.runtime import resolve_device
-from digit_recognizer.models.storage import load_net, write_ensemble
+from digit_recognizer.models.storage import (
+    ENSEMBLE_FILE,
+    expand_ensembles,
+    load_net,
+    write_ensemble,
+)
 from digit_recognizer.predict import PredictConfig, Predictor, predict_csv, warn_conformed
 from digit_recognizer.report import write_run_report
 from digit_recognizer.train import TrainConfig, TrainResult, check_global_batch, train
@@ -348,8 +353,12 @@ def train_jobs(
                 "process (in several: --nproc)"
             )
         if nproc > 1:
-            return [train_distributed(nproc, configs[0], train_csv, run_dir)]
-        return [train_job(configs[0], train_csv, run_dir, progress)]
+            job = train_distributed(nproc, configs[0], train_csv, run_dir)
+        else:
+            job = train_job(configs[0], train_csv, run_dir, progress)
+        if job.train.trained and Distributed.from_env().is_main_process:  # torchrun's rank 0
+            forget_ensemble_test_score(run_dir)
+        return [job]
     # --jobs 8 for 5 members: the threads are shared out between the 5 processes there can be.
     parallel = min(parallel, len(configs))
     check_out_dir(run_dir, configs[0].resume, ensemble=True)
@@ -398,6 +407,22 @@ def train_jobs(
                          if job.valid_metrics else None} for job in jobs],
         }, merge=not any(job.train.trained for job in jobs))  # fmt: skip
         return jobs
+
+
+def forget_ensemble_test_score(member_dir: Path) -> None:
+    """An ensemble one of whose members trained on alone (``digits train --out OUT/member-2
+    --resume``) no longer claims the test score its members had (``digits run``'s)."""
+    ensemble = member_dir.parent
+    if not (ensemble / ENSEMBLE_FILE).is_file():
+        return
+    try:
+        metrics = read_metrics(ensemble)
+        members = {member.resolve() for member in expand_ensembles([ensemble])}
+    except ModelFileError:  # predict and evaluate name the damaged file
+        return
+    if member_dir.resolve() in members and "test_accuracy" in metrics:
+        kept = {key: value for key, value in metrics.items() if not key.startswith("test_")}
+        write_metrics(ensemble, kept, merge=False)
 
 
 def default_jobs(configs: list[TrainConfig]) -> int:
