@@ -238,6 +238,19 @@ def test_an_ensembles_summary_says_its_validation_accuracy_is_the_members_mean(
         assert ("members' mean" in result.output) == (preset == "best")
 
 
+def test_the_main_job_predicts_rows_as_they_are_with_as_is(tmp_path, small_csvs, monkeypatch):
+    """Training on rows not in MNIST's layout warns to predict them with --as-is, which `digits
+    run` lacked: it predicted its test rows redone as MNIST's, whatever the net had seen."""
+    from digit_recognizer import pipeline
+
+    conformed = []
+    monkeypatch.setattr(pipeline, "run_job", lambda *args, predict_config, **kwargs:
+                        conformed.append(predict_config.conform))  # fmt: skip
+    for flags in ((), ("--as-is",)):
+        invoke("run", "--train", small_csvs["train"], "--test", small_csvs["test"], *flags)
+    assert conformed == [True, False]
+
+
 def test_train_then_evaluate(tmp_path, small_csvs):
     run_dir = tmp_path / "trained"
     trained = invoke("train", "--train", small_csvs["train"], "--out", run_dir, *SMALL_RECIPE,

@@ -325,6 +325,7 @@ def run(
     seed: Seed = None, device: Device = None, compile_model: Compile = None,
     max_memory: MaxMemory = None,
     tta: PresetTta = None,
+    as_is: AsIs = False,
 ) -> None:  # fmt: skip
     """The main job: train, evaluate, predict, write and score a submission."""
     from digit_recognizer.pipeline import run_job
@@ -340,7 +341,8 @@ def run(
     tta = get_preset(preset).tta if tta is None else tta
     with progress_bar(enabled=nproc == 1) as progress:  # torchrun's rank 0 shows its own
         summary = run_job(configs, train, test, out, replica_seed,
-                          predict_config=PredictConfig(tta=tta), progress=progress,
+                          predict_config=PredictConfig(tta=tta, conform=not as_is),
+                          progress=progress,
                           parallel=jobs, nproc=nproc)  # fmt: skip
     table = Table(title=f"digits run (preset {preset})", show_header=False)
     members = f" x {summary.n_members}" if summary.n_members > 1 else ""

@@ -535,9 +535,11 @@ def run_job(
                     "with %s, trained already", run_dir)  # fmt: skip
         raise
     test_accuracy = score_submission(solution_csv, submission) if solution_csv else None
-    tta = bool(predict_config and predict_config.tta)  # `digits predict --tta` reproduces it
+    # What `digits predict` reproduces it with: --tta, --as-is.
+    tta = bool(predict_config and predict_config.tta)
+    as_is = bool(predict_config and not predict_config.conform)
     write_metrics(run_dir, {"test_csv": str(Path(test_csv).resolve()), "test_tta": tta,
-                            "test_accuracy": test_accuracy})  # fmt: skip
+                            "test_as_is": as_is, "test_accuracy": test_accuracy})  # fmt: skip
     valid_accuracies = [job.valid_metrics.accuracy for job in jobs if job.valid_metrics]
     return RunSummary(
         run_dir=run_dir,
