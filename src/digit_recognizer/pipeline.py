@@ -24,7 +24,6 @@ from digit_recognizer.checkpoint import (
     CONFIG_FILE,
     HISTORY_FILE,
     check_out_dir,
-    member_run_dir,
     read_history,
     save_run_config,
 )
@@ -63,6 +62,7 @@ from digit_recognizer.models.storage import (
     ENSEMBLE_FILE,
     expand_ensembles,
     load_net,
+    member_run_dir,
     write_ensemble,
 )
 from digit_recognizer.predict import PredictConfig, Predictor, predict_csv, warn_conformed
@@ -338,20 +338,13 @@ def train_jobs(
     on its own, and ``run_dir`` marked an ensemble.
 
     ``parallel`` members train at once, each in a process of its own (``train_side_by_side``);
-    unset, ``default_jobs`` decides.
+    unset, ``default_jobs`` decides (``members_at_once``).
     """
-    parallel = default_jobs(configs) if parallel is None else parallel
-    if parallel < 1:
-        raise ConfigError(f"--jobs must be >= 1: {parallel}")
+    parallel = members_at_once(configs, parallel)
     if nproc > 1 and len(configs) > 1:
         raise ConfigError("--nproc trains one model in several processes, not an ensemble "
                           "(--preset best): --jobs trains its members side by side")  # fmt: skip
     if len(configs) == 1:
-        if parallel > 1:
-            raise ConfigError(
-                "--jobs trains an ensemble's members side by side; one model trains in one "
-                "process (in several: --nproc)"
-            )
         if nproc > 1:
             job = train_distributed(nproc, configs[0], train_csv, run_dir)
         else:
@@ -359,8 +352,6 @@ def train_jobs(
         if job.train.trained and Distributed.from_env().is_main_process:  # torchrun's rank 0
             forget_ensemble_test_score(run_dir)
         return [job]
-    # --jobs 8 for 5 members: the threads are shared out between the 5 processes there can be.
-    parallel = min(parallel, len(configs))
     check_out_dir(run_dir, configs[0].resume, ensemble=True)
     # One command per ensemble: a second one, refused by a member's lock only once it trained,
     # had already rewritten the other members' config.toml for the first one's --resume.
@@ -423,6 +414,19 @@ def forget_ensemble_test_score(member_dir: Path) -> None:
     if member_dir.resolve() in members and "test_accuracy" in metrics:
         kept = {key: value for key, value in metrics.items() if not key.startswith("test_")}
         write_metrics(ensemble, kept, merge=False)
+
+
+def members_at_once(configs: list[TrainConfig], parallel: int | None) -> int:
+    """How many of ``configs``' members train at once: ``parallel`` (--jobs), or
+    ``default_jobs``' choice where it is None; at most as many as there are members (--jobs 8
+    for 5 shares the threads out between the 5 processes there can be)."""
+    parallel = default_jobs(configs) if parallel is None else parallel
+    if parallel < 1:
+        raise ConfigError(f"--jobs must be >= 1: {parallel}")
+    if len(configs) == 1 and parallel > 1:
+        raise ConfigError("--jobs trains an ensemble's members side by side; one model trains "
+                          "in one process (in several: --nproc)")  # fmt: skip
+    return min(parallel, len(configs))
 
 
 def default_jobs(configs: list[TrainConfig]) -> int:
@@ -520,7 +524,7 @@ def run_job(
         train_csv, test_csv, solution_csv = files.train, files.test, files.solution
     configs = [config] if isinstance(config, TrainConfig) else config
     run_dir = run_dir or default_run_dir(configs[0].model)
-    parallel = default_jobs(configs) if parallel is None else parallel
+    parallel = members_at_once(configs, parallel)
     # Read before training, which can take an hour: a missing or malformed test file would
     # otherwise be found only once the models were trained.
     test_set = read_data_source(test_csv)
@@ -545,7 +549,7 @@ def run_job(
         run_dir=run_dir,
         submission=submission,
         n_members=len(jobs),
-        parallel=min(parallel, len(jobs)),
+        parallel=parallel,
         train_seconds=sum(job.train.train_seconds for job in jobs),
         wall_seconds=wall_seconds,
         epochs_run=jobs[0].train.epochs_run,
