@@ -26,7 +26,7 @@ from digit_recognizer.data.kaggle_csv import DigitSet
 from digit_recognizer.data.shards import Manifest
 from digit_recognizer.errors import ConfigError, ModelFileError, OutputError, first_line
 from digit_recognizer.fileio import atomic_path, write_text
-from digit_recognizer.models.storage import ENSEMBLE_FILE, META_FILE
+from digit_recognizer.models.storage import ENSEMBLE_FILE, META_FILE, member_run_dir
 
 if TYPE_CHECKING:  # for annotations only: train imports this module
     from digit_recognizer.train import TrainConfig
@@ -149,11 +149,6 @@ def read_history(path: Path) -> list[dict[str, float]]:
                              "; delete it to go without (learning curves are drawn from it)"
                              ) from None  # fmt: skip
     return history
-
-
-def member_run_dir(run_dir: Path, number: int) -> Path:
-    """Where ensemble member ``number`` (from 1) of ``run_dir`` trains."""
-    return run_dir / f"member-{number}"
 
 
 def save_run_config(config: TrainConfig, run_dir: Path) -> None:

@@ -34,7 +34,12 @@ from digit_recognizer.data.kaggle_csv import N_PIXELS
 from digit_recognizer.data.splits import split_for_training
 from digit_recognizer.errors import ConfigError, ModelFileError, first_line
 from digit_recognizer.fileio import locked_temporary_dir
-from digit_recognizer.models.classical import fits_the_digits, load_pipeline, save_pipeline
+from digit_recognizer.models.classical import (
+    fits_the_digits,
+    is_pipeline,
+    load_pipeline,
+    save_pipeline,
+)
 from digit_recognizer.models.registry import build, get_spec
 from digit_recognizer.models.storage import (
     ENSEMBLE_FILE,
@@ -232,7 +237,7 @@ def load_estimator(run_dir: str | Path) -> NetClassifier | Pipeline:
     that NetClassifier takes (TRAIN_KEYS): a clone refits with those, the rest of the recipe
     (EMA, stroke change) at TrainConfig's defaults."""
     run_dir = Path(run_dir)
-    if read_meta(run_dir).get("framework") == "sklearn":
+    if is_pipeline(read_meta(run_dir)):
         return load_pipeline(run_dir)[0]
     module, meta = load_net(run_dir)
     recorded = meta.get("train_config")

@@ -47,7 +47,7 @@ from digit_recognizer.distributed import (
 )
 from digit_recognizer.errors import ConfigError, DataError, ModelFileError, OutputError
 from digit_recognizer.fileio import check_can_write, refuse_special_file
-from digit_recognizer.models.classical import load_pipeline
+from digit_recognizer.models.classical import is_pipeline, load_pipeline
 from digit_recognizer.models.runtime import (
     Device,
     autocast_dtype,
@@ -135,7 +135,7 @@ class Predictor:
         )
         models = []
         for run_dir in expand_ensembles(run_dirs):
-            if read_meta(run_dir).get("framework") == "sklearn":
+            if is_pipeline(read_meta(run_dir)):
                 models.append(load_pipeline(run_dir)[0])
             else:
                 net = load_net(run_dir)[0].to(device)

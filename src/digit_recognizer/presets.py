@@ -12,10 +12,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from digit_recognizer.checkpoint import CONFIG_FILE, member_run_dir
+from digit_recognizer.checkpoint import CONFIG_FILE
 from digit_recognizer.config import load_config
 from digit_recognizer.data.splits import check_seed
 from digit_recognizer.errors import ConfigError
+from digit_recognizer.models.storage import member_run_dir
 from digit_recognizer.train import TrainConfig
 
 

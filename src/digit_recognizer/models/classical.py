@@ -291,6 +291,11 @@ def fits_the_digits(pipeline: Any) -> bool:
     return classes is not None and list(classes) == list(range(10))
 
 
+def is_pipeline(meta: dict[str, Any]) -> bool:
+    """Whether a model.json (``read_meta``) is a pipeline's, as ``save_pipeline`` writes it."""
+    return meta.get("framework") == "sklearn"
+
+
 def save_pipeline(run_dir: Path, pipeline: Pipeline, name: str, params: dict[str, Any]) -> None:
     """Write a fitted pipeline to ``run_dir``: model.json plus model.safetensors, or plus
     model.trusted.skops for a forest.

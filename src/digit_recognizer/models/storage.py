@@ -81,11 +81,11 @@ def read_meta(run_dir: Path) -> dict[str, Any]:
         meta = json.loads(check_regular_file(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         refuse_ensemble(Path(run_dir))
-        if (Path(run_dir) / "member-1").is_dir():  # ensemble.json is written once all trained
+        if member_run_dir(run_dir, 1).is_dir():  # ensemble.json is written once all trained
             raise ModelFileError(
                 f"{run_dir} holds an ensemble's members but no {ENSEMBLE_FILE}: its training "
                 "was stopped; the command that trained it, with --resume, finishes it, or give "
-                f"its finished members, such as {Path(run_dir) / 'member-1'}"
+                f"its finished members, such as {member_run_dir(run_dir, 1)}"
             ) from None
         raise ModelFileError(f"{path}: not found; is {run_dir} a trained run directory?") from None
     except NotADirectoryError:
@@ -160,6 +160,11 @@ def _build_net(
         raise ModelFileError(
             f"{meta_path}: cannot build '{name}' from {params} ({first_line(error)})"
         ) from None
+
+
+def member_run_dir(run_dir: Path, number: int) -> Path:
+    """Where ensemble member ``number`` (from 1) of ``run_dir`` trains."""
+    return Path(run_dir) / f"member-{number}"
 
 
 def write_ensemble(run_dir: Path, members: list[Path]) -> None:

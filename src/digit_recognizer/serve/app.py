@@ -37,6 +37,7 @@ from digit_recognizer.data.images import MAX_IMAGE_PIXELS
 from digit_recognizer.errors import ConfigError, ModelFileError
 from digit_recognizer.evaluate import METRICS_FILE, read_metrics
 from digit_recognizer.export import ONNX_FILE, OnnxPredictor
+from digit_recognizer.models.classical import is_pipeline
 from digit_recognizer.models.storage import META_FILE, WEIGHTS_FILE, load_net, read_meta
 from digit_recognizer.predict import PredictConfig, Predictor
 
@@ -139,10 +140,10 @@ class ServedModel:
 def load_served_model(run_dir: Path, config: ServeConfig) -> ServedModel:
     """Load the run for ``config.backend``; ``ModelFileError`` if it is not a trained run."""
     meta = read_meta(run_dir)
-    is_pipeline = meta.get("framework") == "sklearn"
+    is_classical = is_pipeline(meta)
     explain_net = None
     # Not load_net's "this command takes a net's run": the torch backend serves a pipeline.
-    if config.backend == "onnx" and is_pipeline:
+    if config.backend == "onnx" and is_classical:
         raise ModelFileError(f"{run_dir}: '{meta['model']}' is a scikit-learn model, which "
                              "exports to no ONNX: serve it with --backend torch")  # fmt: skip
     if config.backend == "onnx":
@@ -156,7 +157,7 @@ def load_served_model(run_dir: Path, config: ServeConfig) -> ServedModel:
         # probabilities within 1e-4 of each other. Batch norm unfolded, as README's figures were
         # measured.
         predictor = Predictor.load([run_dir], PredictConfig(amp=False, fuse_batch_norm=False))
-        if not is_pipeline:  # a pipeline predicts, but has no gradients
+        if not is_classical:  # a pipeline predicts, but has no gradients
             explain_net = load_net(run_dir)[0].to(predictor.device)
     metrics = read_metrics(run_dir)
     check_reported_figures(run_dir, meta, metrics)
