@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 from numpy.typing import NDArray
 
 from digit_recognizer.data.augment import Augmentation, augment_batch
-from digit_recognizer.data.images import faint_to_full_ink
+from digit_recognizer.data.images import at_full_ink
 from digit_recognizer.data.kaggle_csv import DigitSet
 from digit_recognizer.data.shards import read_data_source
 from digit_recognizer.data.tensors import to_model_input, to_uint8_images
@@ -245,7 +245,7 @@ def augment_preview(
     augmentation = Augmentation(elastic_px=elastic, stroke=stroke, styles=styles).scaled(augment)
     data = read_data_source(csv_path)
     # Faint rows (0/1, 0-16) at full ink, as training augments them: else black tiles.
-    data = DigitSet(faint_to_full_ink(data.images)[0], data.labels)
+    data = at_full_ink(data)
     generator = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
     shown = rng.choice(len(data), size=min(PREVIEW_ROWS, len(data)), replace=False)

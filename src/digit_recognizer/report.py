@@ -24,7 +24,7 @@ from torch import nn
 
 from digit_recognizer.checkpoint import CONFIG_FILE, HISTORY_FILE, read_history
 from digit_recognizer.config import read_toml
-from digit_recognizer.data.images import faint_to_full_ink
+from digit_recognizer.data.images import at_full_ink
 from digit_recognizer.data.kaggle_csv import DigitSet, read_kaggle_csv
 from digit_recognizer.data.shards import read_data_source, require_labels
 from digit_recognizer.data.splits import split_for_training
@@ -242,7 +242,7 @@ def _labelled_data(
         )
     full = read_kaggle_csv(train_csv)
     # Its ink as training read it (pipeline.ink_as_predicted), for the same split of the same rows.
-    full = DigitSet(faint_to_full_ink(full.images)[0], full.labels)
+    full = at_full_ink(full)
     _, valid_set = split_for_training(full, valid_size, config.get("seed", 0))
     source = (
         f"validation split of {train_csv} (valid_size {valid_size}, seed {config.get('seed', 0)})"

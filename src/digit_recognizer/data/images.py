@@ -507,6 +507,12 @@ def faint_to_full_ink(images: NDArray[np.uint8]) -> tuple[NDArray[np.uint8], int
     return scaled, len(faint)
 
 
+def at_full_ink(data: DigitSet) -> DigitSet:
+    """``data`` with its faint rows scaled to MNIST's ink (``faint_to_full_ink``), as every
+    command reads digits."""
+    return DigitSet(faint_to_full_ink(data.images)[0], data.labels)
+
+
 def conform_to_mnist(
     images: ArrayLike, votes: ArrayLike | None = None
 ) -> tuple[NDArray[np.uint8], int]:

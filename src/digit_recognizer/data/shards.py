@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from digit_recognizer.data.augment import Augmentation, augment_batch
-from digit_recognizer.data.images import faint_to_full_ink
+from digit_recognizer.data.images import at_full_ink, faint_to_full_ink
 from digit_recognizer.data.kaggle_csv import (
     FIRST_LINE_END,
     LABELLED_COLUMNS,
@@ -247,7 +247,7 @@ def read_labelled(path: Path, to_split: bool = False) -> DigitSet:
     if to_split:
         refuse_split(manifest, path, "give the CSV it was expanded from")
     data = read_shards(manifest)
-    return DigitSet(faint_to_full_ink(data.images)[0], data.labels)
+    return at_full_ink(data)
 
 
 def refuse_split(manifest: Manifest, source: Path, remedy: str) -> None:
