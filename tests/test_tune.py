@@ -542,3 +542,17 @@ def test_workers_that_open_a_study_at_once_draw_different_settings(tmp_path, sma
     # One worker draws them too, by the seed and the trials' numbers, whoever ran which.
     alone = tune(TuneConfig(model="logreg", trials=4), small_csvs["train"], tmp_path / "alone")
     assert drawn_settings(alone) == drawn
+
+
+def test_an_out_made_for_a_study_at_storage_that_is_refused_is_not_left_behind(
+    tmp_path, small_csvs
+):
+    """Made before the study at --storage was opened and checked, it had stayed, empty, with
+    the folders made above it."""
+    storage = f"sqlite:///{tmp_path}/shared.db"
+    tune(TuneConfig(model="knn", trials=1, storage=storage), small_csvs["train"], tmp_path / "a")
+    for config in (TuneConfig(model="knn", trials=1, seed=1, storage=storage),  # other settings
+                   TuneConfig(model="knn", trials=1, storage="foo://bar")):  # fmt: skip
+        with pytest.raises(ConfigError, match=r"give its settings|cannot open the study's"):
+            tune(config, small_csvs["train"], tmp_path / "new" / "out")
+        assert not (tmp_path / "new").exists()

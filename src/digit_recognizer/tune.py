@@ -166,19 +166,22 @@ def tune(config: TuneConfig, train_csv: Path, out_dir: Path) -> TuneResult:
     check_results_are_the_studys(out_dir, study_name)
     data = read_labelled(train_csv, to_split=True)
     train_set, valid_set = split_for_training(data, config.valid_size, config.seed)
-    out_dir = make_dir(out_dir)
     # Built as a URL, not pasted into one: an --out holding '?' or '%' named another file.
     database = str((out_dir / "study.db").resolve())
     storage = config.storage or URL.create("sqlite", database=database).render_as_string()
     where = f"--storage {shown_storage(storage)}" if config.storage else database
+    if config.storage is None:
+        make_dir(out_dir)  # the study's database goes in it
     study = open_study(storage, study_name, where)
+    study.sampler = TrialSeededSampler(config.seed)
+    is_net = get_spec(config.model).kind == "net"
+    check_same_study(study, storage, config, rows_fingerprint(data), is_net)
+    # Made once the study takes these trials: one at --storage refused had left it, empty.
+    out_dir = make_dir(out_dir)
     remove_dead_trials(out_dir)
     # What a write killed outright left (best_params.json's, say); old enough that no worker
     # on another machine sharing --out is still writing it.
     remove_leftovers(out_dir, min_age_s=LEFTOVER_AGE_S)
-    study.sampler = TrialSeededSampler(config.seed)
-    is_net = get_spec(config.model).kind == "net"
-    check_same_study(study, storage, config, rows_fingerprint(data), is_net)
     deadline = time.monotonic() + config.timeout_s if config.timeout_s else None
 
     interruptions: list[KeyboardInterrupt] = []
