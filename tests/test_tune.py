@@ -43,7 +43,7 @@ def test_classical_study_resumes_from_its_sqlite_storage(tmp_path, small_csvs, m
     assert tune(TuneConfig(model="knn", trials=1, seed=1), small_csvs["train"], tmp_path / "new")
     everywhere = TuneConfig(model="knn", trials=1, seed=1, storage=first.storage)  # any --out
     with pytest.raises(ConfigError, match="or another --study-name and --out for a new study"):
-        tune(everywhere, small_csvs["train"], tmp_path / "new")
+        tune(everywhere, small_csvs["train"], tmp_path / "elsewhere")
     with pytest.raises(ConfigError, match=r"run with valid_size 0\.2, not 0\.3"):
         tune(TuneConfig(model="knn", trials=1, valid_size=0.3), small_csvs["train"], out)
     fewer_rows = out / "fewer.csv"
@@ -55,14 +55,15 @@ def test_classical_study_resumes_from_its_sqlite_storage(tmp_path, small_csvs, m
     with pytest.raises(ConfigError, match=r"holds the results of study 'tune-knn' .* another --"):
         tune(TuneConfig(model="logreg", trials=1), small_csvs["train"], out)
     assert json.loads((out / "best_params.json").read_text())["study"] == "tune-knn"
+    fresh = tmp_path / "fresh"  # out holds the results of the study in its study.db
     for storage in ("foo://bar", f"sqlite:///{tmp_path}/missing/study.db"):
         with pytest.raises(ConfigError, match=f"--storage {storage}: cannot open the study's"):
-            tune(TuneConfig(model="knn", trials=1, storage=storage), small_csvs["train"], out)
+            tune(TuneConfig(model="knn", trials=1, storage=storage), small_csvs["train"], fresh)
     with monkeypatch.context() as patch:  # a PostgreSQL URL without its driver: a traceback
         patch.setitem(sys.modules, "psycopg2", None)
         postgres = "postgresql+psycopg2://user:secret@host/db"  # shown in job logs: masked
         with pytest.raises(ConfigError, match=r"user:\*\*\*@host/db: .* module psycopg2 that SQLA"):
-            tune(TuneConfig(model="knn", trials=1, storage=postgres), small_csvs["train"], out)
+            tune(TuneConfig(model="knn", trials=1, storage=postgres), small_csvs["train"], fresh)
     legacy = json.loads((out / "best_params.json").read_text())
     del legacy["study"]  # written before studies were recorded: whose, unknown; not refused
     (out / "best_params.json").write_text(json.dumps(legacy))
@@ -556,3 +557,23 @@ def test_an_out_made_for_a_study_at_storage_that_is_refused_is_not_left_behind(
         with pytest.raises(ConfigError, match=r"give its settings|cannot open the study's"):
             tune(config, small_csvs["train"], tmp_path / "new" / "out")
         assert not (tmp_path / "new").exists()
+
+
+def test_results_of_a_study_of_the_same_name_in_another_storage_are_not_replaced(
+    tmp_path, small_csvs
+):
+    """Matched by name alone, tune-knn at another --storage wrote over the results of the
+    tune-knn in OUT/study.db without a word; the same study, moved or named by its URL, is
+    still accepted."""
+    out = tmp_path / "out"
+    tune(TuneConfig(model="knn", trials=1), small_csvs["train"], out)
+    elsewhere = TuneConfig(model="knn", trials=1, storage=f"sqlite:///{tmp_path}/other.db")
+    with pytest.raises(ConfigError) as refused:
+        tune(elsewhere, small_csvs["train"], out)
+    assert f"results of study 'tune-knn' in {out / 'study.db'} (" in str(refused.value)
+    assert "(--study-name tune-knn without --storage adds trials" in str(refused.value)
+    assert json.loads((out / "best_params.json").read_text())["storage"] is None
+    moved = out.rename(tmp_path / "moved")
+    by_url = TuneConfig(model="knn", trials=1, storage=f"sqlite:///{moved}/study.db")
+    assert tune(by_url, small_csvs["train"], moved).n_trials == 2
+    assert not (tmp_path / "other.db").exists()  # refused before it was opened

@@ -21,6 +21,7 @@ heartbeat is two minutes old.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import inspect
 import json
@@ -163,13 +164,13 @@ def tune(config: TuneConfig, train_csv: Path, out_dir: Path) -> TuneResult:
     study_name = config.study_name or f"tune-{config.model}"
     handled_outside = sys.exception()  # not an interruption of this call's: see below
     Distributed.from_env()  # a stray RANK refused now, not as every net trial's failure
-    check_results_are_the_studys(out_dir, study_name)
-    data = read_labelled(train_csv, to_split=True)
-    train_set, valid_set = split_for_training(data, config.valid_size, config.seed)
     # Built as a URL, not pasted into one: an --out holding '?' or '%' named another file.
     database = str((out_dir / "study.db").resolve())
     storage = config.storage or URL.create("sqlite", database=database).render_as_string()
     where = f"--storage {shown_storage(storage)}" if config.storage else database
+    check_results_are_the_studys(out_dir, study_name, storage)
+    data = read_labelled(train_csv, to_split=True)
+    train_set, valid_set = split_for_training(data, config.valid_size, config.seed)
     if config.storage is None:
         make_dir(out_dir)  # the study's database goes in it
     study = open_study(storage, study_name, where)
@@ -217,8 +218,8 @@ def tune(config: TuneConfig, train_csv: Path, out_dir: Path) -> TuneResult:
             raise interruptions[0]
         raise ConfigError(f"study '{study_name}' has no completed trial: {why_pruned(study)}")
     # Again: a worker of another study may have written its results here meanwhile.
-    check_results_are_the_studys(out_dir, study_name)
-    files = write_results(study, config, out_dir, is_net)
+    check_results_are_the_studys(out_dir, study_name, storage)
+    files = write_results(study, storage, config, out_dir, is_net)
     if interruptions:
         log.warning("interrupted: wrote the results of the %d trials finished; the same command "
                     "adds trials to the study", len(completed))  # fmt: skip
@@ -336,13 +337,33 @@ def shown_storage(storage: str) -> str:
         return storage
 
 
+def results_storage(storage: str, out_dir: Path) -> str | None:
+    """The study's storage as ``out_dir``'s best_params.json records it: None for the study.db
+    in ``out_dir``, which moves with the folder; else the URL as shown (``shown_storage``), a
+    SQLite file's path absolute (a relative one is the working folder's)."""
+    with contextlib.suppress(ArgumentError):  # not a URL, which opening it says
+        url = make_url(storage)
+        if (database := sqlite_file(url)) is not None:
+            database = database.resolve()
+            if database == (out_dir / "study.db").resolve():
+                return None
+            storage = url.set(database=str(database)).render_as_string(hide_password=False)
+    return shown_storage(storage)
+
+
+def sqlite_file(url: URL) -> Path | None:
+    """The database file of a SQLite URL; None for another database, or SQLite's in memory."""
+    if url.drivername.startswith("sqlite") and url.database not in (None, "", ":memory:"):
+        return Path(url.database)
+    return None
+
+
 @contextmanager
 def _creation_lock(storage: str) -> Iterator[None]:
     """Held while a study is opened: a lock file beside a SQLite database (``study.db.lock``),
     nothing for other storages."""
-    url = make_url(storage)
-    database = Path(url.database) if url.drivername.startswith("sqlite") and url.database else None
-    if database is None or url.database == ":memory:" or not database.parent.is_dir():
+    database = sqlite_file(make_url(storage))
+    if database is None or not database.parent.is_dir():
         yield
         return
     with open(f"{database}.lock", "a") as handle:
@@ -399,12 +420,13 @@ def why_pruned(study: optuna.Study) -> str:
 
 
 def write_results(
-    study: optuna.Study, config: TuneConfig, out_dir: Path, is_net: bool
+    study: optuna.Study, storage: str, config: TuneConfig, out_dir: Path, is_net: bool
 ) -> list[Path]:
     """best_params.json, for a net best_config.toml, and the plots: the files written."""
     files = [out_dir / BEST_PARAMS_FILE]
     best = {
         "study": study.study_name,
+        "storage": results_storage(storage, out_dir),
         "model": config.model,
         "accuracy": study.best_value,
         "params": study.best_params,
@@ -421,21 +443,26 @@ def write_results(
     return files + write_plots(study, out_dir, has_epochs=is_net)
 
 
-def check_results_are_the_studys(out_dir: Path, study_name: str) -> None:
+def check_results_are_the_studys(out_dir: Path, study_name: str, storage: str) -> None:
     """Refuse an ``out_dir`` holding another study's best settings and plots, which this study's
-    would replace without a word (one database holds several studies; its results, one)."""
+    would replace without a word (one database holds several studies, and studies of one name
+    live in several databases; its results, one)."""
     try:
         best = json.loads((out_dir / BEST_PARAMS_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):  # none yet, or not ours: written over as before
         return
     if not isinstance(best, dict) or "study" not in best:  # written before studies were named
         return
-    owner = best["study"]
-    if owner != study_name:
-        raise ConfigError(f"{out_dir}: holds the results of study '{owner}' ({BEST_PARAMS_FILE}, "
-                          f"{BEST_CONFIG_FILE}, plots), which this one's would replace; give "
-                          f"another --out (--study-name {owner} adds trials to that study, "
-                          "with its model and data)")  # fmt: skip
+    owner, here = best["study"], results_storage(storage, out_dir)
+    owner_storage = best.get("storage", here)  # written before storages were recorded: this one
+    if owner != study_name or owner_storage != here:
+        where = owner_storage or out_dir / "study.db"
+        with_storage = f"--storage {owner_storage}" if owner_storage else "without --storage"
+        raise ConfigError(f"{out_dir}: holds the results of study '{owner}' in {where} "
+                          f"({BEST_PARAMS_FILE}, {BEST_CONFIG_FILE}, plots), which this one's "
+                          f"would replace; give another --out (--study-name {owner} "
+                          f"{with_storage} adds trials to that study, with its model and "
+                          "data)")  # fmt: skip
 
 
 def check_same_study(
