@@ -404,9 +404,17 @@ def test_a_killed_trials_folder_is_removed_and_pruned_trials_of_before_are_calle
     (tmp_path / "trial4-x1y2z3ab" / LOCK_FILE).write_text(f"process {dead}\n")  # not held
     (tmp_path / "trial-notes").mkdir()  # not a trial's
     (tmp_path / "trial1-baseline").mkdir()  # named as one, but a user's: no lock was taken in it
+    # Earlier versions named a trial's folder by its pid and locked none: never removed, they
+    # had stayed for good. One a moment old may be another machine's live worker's.
+    (tmp_path / f"trial2.{dead}-a1b2c3d4" / "member").mkdir(parents=True)
+    hour_ago = time.time() - 3600
+    os.utime(tmp_path / f"trial2.{dead}-a1b2c3d4", (hour_ago, hour_ago))
+    (tmp_path / f"trial3.{dead}-e5f6g7h8").mkdir()
+    (tmp_path / f"trial6.{os.getppid()}-i9j0k1l2").mkdir()  # a live process's, an hour old
+    os.utime(tmp_path / f"trial6.{os.getppid()}-i9j0k1l2", (hour_ago, hour_ago))
     killed_write = tmp_path / f".best_params.json.{dead}-abcdefgh.tmp"
     killed_write.write_text("{")  # as a write killed outright leaves it, an hour ago
-    os.utime(killed_write, (time.time() - 3600, time.time() - 3600))
+    os.utime(killed_write, (hour_ago, hour_ago))
     (tmp_path / f".best_params.json.{dead}-ijklmnop.tmp").write_text("{")  # a moment ago:
     # perhaps another machine's worker's, sharing --out, and left alone
     # Another worker's, live, whatever its pid: judged by pid, one training on another
@@ -417,7 +425,9 @@ def test_a_killed_trials_folder_is_removed_and_pruned_trials_of_before_are_calle
         assert sorted(path.name for path in tmp_path.glob("trial*")) == [
             "trial-notes",
             "trial1-baseline",
+            f"trial3.{dead}-e5f6g7h8",
             "trial5-q9w8e7rt",
+            f"trial6.{os.getppid()}-i9j0k1l2",
         ]
     assert [path.name for path in tmp_path.glob(".*.tmp")] == [
         f".best_params.json.{dead}-ijklmnop.tmp"

@@ -28,6 +28,7 @@ import json
 import logging
 import math
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -58,6 +59,7 @@ from digit_recognizer.estimator import build_estimator
 from digit_recognizer.evaluate import save_figure
 from digit_recognizer.fileio import (
     LEFTOVER_AGE_S,
+    is_leftover_of,
     locked_dir,
     make_dir,
     remove_leftovers,
@@ -74,6 +76,8 @@ BEST_CONFIG_FILE = "best_config.toml"
 BEST_PARAMS_FILE = "best_params.json"
 CREATE_ATTEMPTS = 3
 _TRIAL_FOLDER = re.compile(r"trial\d+-[a-z0-9_]{8}")  # trialN-RANDOM: a trial's
+# trialN.PID-RANDOM: a trial's folder as versions before the lock named it, without one
+_PID_TRIAL_FOLDER = re.compile(r"trial\d+\.(\d{1,9})-[a-z0-9_]{8}")
 
 
 @dataclass
@@ -376,6 +380,17 @@ def remove_dead_trials(out_dir: Path) -> None:
     or another sharing --out, holds its folder's lock and goes on."""
     remove_unlocked_dirs(path for path in out_dir.glob("trial*-*")
                          if _TRIAL_FOLDER.fullmatch(path.name))  # fmt: skip
+    # Those of earlier versions, locked by none, are told by their pid, as those versions told
+    # them, and by age (LEFTOVER_AGE_S), as a pid says nothing of another machine sharing --out.
+    for folder in out_dir.glob("trial*.*-*"):
+        match = _PID_TRIAL_FOLDER.fullmatch(folder.name)
+        with contextlib.suppress(OSError):
+            if (
+                match
+                and is_leftover_of(int(match[1]))
+                and (time.time() - folder.stat().st_mtime >= LEFTOVER_AGE_S)
+            ):
+                shutil.rmtree(folder)
 
 
 # Why a trial was pruned or not counted, recorded with it: a study without a completed trial
