@@ -587,3 +587,57 @@ def test_results_of_a_study_of_the_same_name_in_another_storage_are_not_replaced
     by_url = TuneConfig(model="knn", trials=1, storage=f"sqlite:///{moved}/study.db")
     assert tune(by_url, small_csvs["train"], moved).n_trials == 2
     assert not (tmp_path / "other.db").exists()  # refused before it was opened
+
+
+def _fail_as_stale(trial, database) -> None:
+    """What another worker starting a trial does to ``trial`` once its heartbeat is two minutes
+    old (this process suspended meanwhile): marks it failed."""
+    import sqlite3
+
+    with sqlite3.connect(database) as connection:
+        connection.execute("update trial_heartbeats set heartbeat = datetime('now', '-10 minutes') "
+                           "where trial_id = ?", (trial._trial_id,))  # fmt: skip
+    storage = optuna.storages.RDBStorage(f"sqlite:///{database}", heartbeat_interval=60,
+                                         grace_period=120)  # fmt: skip
+    other = optuna.load_study(study_name=trial.study.study_name, storage=storage)
+    optuna.storages.fail_stale_trials(other)
+    assert other.trials[trial.number].state == optuna.trial.TrialState.FAIL
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")  # the heartbeat's
+def test_a_trial_failed_by_another_worker_for_its_lapsed_heartbeat_ends_in_one_line(
+    tmp_path, small_csvs, monkeypatch, capfd, caplog
+):
+    """Optuna could not record a trial failed meanwhile and ended in its traceback ("Cannot tell
+    a FAIL trial", then "Should not reach"); the trials finished are written all the same."""
+    objective = tune_module._classical_objective
+
+    def lapsed_second(trial, *args):
+        value = objective(trial, *args)
+        if trial.number == 1:
+            _fail_as_stale(trial, tmp_path / "knn" / "study.db")
+        return value
+
+    monkeypatch.setattr(tune_module, "_classical_objective", lapsed_second)
+    with pytest.raises(DigitsError, match=r"trial 1 was marked failed by another worker .* its "
+                                          "heartbeat had stopped"):  # fmt: skip
+        tune(TuneConfig(model="knn", trials=3), small_csvs["train"], tmp_path / "knn")
+    assert json.loads((tmp_path / "knn" / "best_params.json").read_text())["accuracy"] > 0.8
+
+    def fake_train(config, train_set, valid_set, run_dir, on_epoch_end):  # a net's report fails
+        on_epoch_end({"epoch": 1, "valid_accuracy": 0.9})
+        _fail_as_stale(fake_train.trial, tmp_path / "cnn" / "study.db")
+        on_epoch_end({"epoch": 2, "valid_accuracy": 0.95})
+
+    suggest_params = tune_module.suggest_params
+
+    def remembered_trial(trial, model):
+        fake_train.trial = trial
+        return suggest_params(trial, model)
+
+    monkeypatch.setattr(tune_module, "train", fake_train)
+    monkeypatch.setattr(tune_module, "suggest_params", remembered_trial)
+    with pytest.raises(DigitsError, match="trial 0 was marked failed by another worker"):
+        tune(TuneConfig(model="cnn", trials=2, epochs=2), small_csvs["train"], tmp_path / "cnn")
+    assert "Traceback" not in capfd.readouterr().err
+    assert not [record for record in caplog.records if record.exc_info]

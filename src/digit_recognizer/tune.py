@@ -54,7 +54,7 @@ from digit_recognizer.data.kaggle_csv import DigitSet
 from digit_recognizer.data.shards import read_labelled
 from digit_recognizer.data.splits import check_seed, split_for_training
 from digit_recognizer.distributed import Distributed
-from digit_recognizer.errors import ConfigError, DivergedError, first_line
+from digit_recognizer.errors import ConfigError, DigitsError, DivergedError, first_line
 from digit_recognizer.estimator import build_estimator
 from digit_recognizer.evaluate import save_figure
 from digit_recognizer.fileio import (
@@ -190,8 +190,18 @@ def tune(config: TuneConfig, train_csv: Path, out_dir: Path) -> TuneResult:
     deadline = time.monotonic() + config.timeout_s if config.timeout_s else None
 
     interruptions: list[KeyboardInterrupt] = []
+    lapsed: list[int] = []  # trials another worker failed while they ran here
 
     def objective(trial: optuna.Trial) -> float:
+        try:
+            value = scored_or_not_counted(trial)
+        except optuna.exceptions.UpdateFinishedTrialError:  # its report, once failed
+            value = math.nan
+        if heartbeat_lapsed(study, trial):
+            lapsed.append(trial.number)  # Optuna's record of it fails next, ending the study
+        return value
+
+    def scored_or_not_counted(trial: optuna.Trial) -> float:
         try:
             if is_net:
                 return _net_objective(trial, config, train_set, valid_set, deadline, out_dir)
@@ -211,23 +221,27 @@ def tune(config: TuneConfig, train_csv: Path, out_dir: Path) -> TuneResult:
     except KeyboardInterrupt as stop:  # between two trials, in Optuna's own bookkeeping
         interruptions.append(stop)
     except Exception as error:  # Optuna's bookkeeping failing in turn (a name left unbound)
-        if (stop := interruption_behind(error, handled_outside)) is None:
+        if (stop := interruption_behind(error, handled_outside)) is not None:
+            interruptions.append(stop)
+        elif not lapsed:  # not its failing to record a trial another worker failed
             raise
-        interruptions.append(stop)
     finally:
         optuna.logging.set_verbosity(verbosity)
+    # What stopped the study early, raised once the finished trials' results are written.
+    stopped_by = interruptions[0] if interruptions else heartbeat_lapse(lapsed)
     completed = study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.COMPLETE])
     if not completed:
-        if interruptions:
-            raise interruptions[0]
+        if stopped_by is not None:
+            raise stopped_by
         raise ConfigError(f"study '{study_name}' has no completed trial: {why_pruned(study)}")
     # Again: a worker of another study may have written its results here meanwhile.
     check_results_are_the_studys(out_dir, study_name, storage)
     files = write_results(study, storage, config, out_dir, is_net)
-    if interruptions:
-        log.warning("interrupted: wrote the results of the %d trials finished; the same command "
-                    "adds trials to the study", len(completed))  # fmt: skip
-        raise interruptions[0]
+    if stopped_by is not None:
+        log.warning("%s: wrote the results of the %d trials finished; the same command adds "
+                    "trials to the study", "interrupted" if interruptions else "stopped",
+                    len(completed))  # fmt: skip
+        raise stopped_by
     n_pruned = len(study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.PRUNED]))
     return TuneResult(study_name, storage, len(study.trials), n_pruned, study.best_value,
                       study.best_params, files)  # fmt: skip
@@ -406,6 +420,22 @@ def pruned(trial: optuna.Trial, reason: str, detail: str = "") -> optuna.TrialPr
     """The exception that prunes ``trial``, with ``reason`` recorded on it."""
     trial.set_user_attr("pruned", reason)
     return optuna.TrialPruned(f"{reason}{detail}")
+
+
+def heartbeat_lapsed(study: optuna.Study, trial: optuna.Trial) -> bool:
+    """Whether ``trial``, running here, was failed meanwhile by another worker of the study, who
+    found its heartbeat over two minutes old: this process had stopped that long (suspended,
+    or its machine asleep). Optuna cannot record it then, and ends in a traceback."""
+    return study._storage.get_trial(trial._trial_id).state.is_finished()
+
+
+def heartbeat_lapse(lapsed: list[int]) -> DigitsError | None:
+    """The error that ends a call whose trials ``lapsed`` (``heartbeat_lapsed``); None if none."""
+    if not lapsed:
+        return None
+    return DigitsError(f"trial {lapsed[0]} was marked failed by another worker of the study "
+                       "while it ran here: its heartbeat had stopped for over two minutes (was "
+                       "this process suspended?), so its score could not be recorded")  # fmt: skip
 
 
 class TrialTimeoutError(Exception):
