@@ -641,3 +641,50 @@ def test_a_trial_failed_by_another_worker_for_its_lapsed_heartbeat_ends_in_one_l
         tune(TuneConfig(model="cnn", trials=2, epochs=2), small_csvs["train"], tmp_path / "cnn")
     assert "Traceback" not in capfd.readouterr().err
     assert not [record for record in caplog.records if record.exc_info]
+
+
+def _tune_at_once(seed: int, out, csv, results) -> None:
+    try:
+        tune(TuneConfig(model="knn", trials=1, seed=seed), csv, out)
+        results.put((seed, "tuned"))
+    except Exception as error:
+        results.put((seed, repr(error)))
+
+
+def test_workers_creating_a_new_study_at_once_with_other_seeds_do_not_both_join_it(
+    tmp_path, small_csvs, monkeypatch
+):
+    """Each found no settings recorded and took the study for its own, so its trials mixed two
+    seeds' splits. Held here at the moment they differ: the creator about to record its
+    settings, the other reading them (before, also about to record its own)."""
+    context = multiprocessing.get_context("fork")
+    barrier = context.Barrier(2)
+    held = []
+
+    def hold_once():
+        if not held:
+            held.append(True)
+            barrier.wait(30)
+
+    set_user_attr = optuna.Study.set_user_attr
+    monkeypatch.setattr(optuna.Study, "set_user_attr",
+                        lambda *args: hold_once() or set_user_attr(*args))  # fmt: skip
+    wait_for_settings = getattr(tune_module, "wait_for_settings", None)
+    monkeypatch.setattr(tune_module, "wait_for_settings",
+                        lambda study: hold_once() or wait_for_settings(study),
+                        raising=False)  # fmt: skip
+    monkeypatch.setattr(tune_module, "_classical_objective", lambda *args: 0.5)  # no fit
+    monkeypatch.setattr(tune_module, "write_plots", lambda *args, **kwargs: [])
+    results = context.Queue()
+    workers = [context.Process(target=_tune_at_once,
+                               args=(seed, tmp_path, small_csvs["train"], results))
+               for seed in (0, 1)]  # fmt: skip
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+    outcomes = sorted(results.get(timeout=1)[1] for _ in workers)
+    assert (
+        outcomes[0].startswith("ConfigError(\"study 'tune-knn'") and "run with seed" in outcomes[0]
+    )
+    assert outcomes[1] == "tuned"

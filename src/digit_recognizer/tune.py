@@ -75,6 +75,7 @@ log = logging.getLogger(__name__)
 BEST_CONFIG_FILE = "best_config.toml"
 BEST_PARAMS_FILE = "best_params.json"
 CREATE_ATTEMPTS = 3
+SETTINGS_WAIT_S = 10  # for a new study's creator to record its settings: a few round trips
 _TRIAL_FOLDER = re.compile(r"trial\d+-[a-z0-9_]{8}")  # trialN-RANDOM: a trial's
 # trialN.PID-RANDOM: a trial's folder as versions before the lock named it, without one
 _PID_TRIAL_FOLDER = re.compile(r"trial\d+\.(\d{1,9})-[a-z0-9_]{8}")
@@ -177,10 +178,10 @@ def tune(config: TuneConfig, train_csv: Path, out_dir: Path) -> TuneResult:
     train_set, valid_set = split_for_training(data, config.valid_size, config.seed)
     if config.storage is None:
         make_dir(out_dir)  # the study's database goes in it
-    study = open_study(storage, study_name, where)
+    study, is_new = open_study(storage, study_name, where)
     study.sampler = TrialSeededSampler(config.seed)
     is_net = get_spec(config.model).kind == "net"
-    check_same_study(study, storage, config, rows_fingerprint(data), is_net)
+    check_same_study(study, is_new, storage, config, rows_fingerprint(data), is_net)
     # Made once the study takes these trials: one at --storage refused had left it, empty.
     out_dir = make_dir(out_dir)
     remove_dead_trials(out_dir)
@@ -247,31 +248,31 @@ def tune(config: TuneConfig, train_csv: Path, out_dir: Path) -> TuneResult:
                       study.best_params, files)  # fmt: skip
 
 
-def open_study(storage: str, study_name: str, where: str) -> optuna.Study:
-    """The study ``study_name`` at ``storage``, created there if new; ``ConfigError`` naming
-    ``where`` if the database cannot be used.
+def open_study(storage: str, study_name: str, where: str) -> tuple[optuna.Study, bool]:
+    """The study ``study_name`` at ``storage``, created there if new, and whether this call
+    created it; ``ConfigError`` naming ``where`` if the database cannot be used.
 
     Workers started at once on a new database each create its tables, and all but one failed
     ("table studies already exists", or a duplicate row of Optuna's schema version): on SQLite
     they take turns, holding a lock file beside the database, and elsewhere (PostgreSQL, for
     workers on several machines) the losers try again, finding the tables made."""
 
-    def create() -> optuna.Study:
+    def create() -> tuple[optuna.Study, bool]:
         with warnings.catch_warnings():  # the heartbeat is "experimental" since Optuna 2.9
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             # Trials beat a heartbeat: one whose process was killed outright (kill -9, the
             # machine's end) would stay RUNNING for ever, counted in every later call; two
             # minutes after its last beat the next call marks it failed.
             rdb = optuna.storages.RDBStorage(storage, heartbeat_interval=60, grace_period=120)
-        return optuna.create_study(
-            study_name=study_name,
-            storage=rdb,
-            direction="maximize",
-            # Prune from the second epoch, once two trials have finished: short runs are noisy
-            # early.
-            pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=2),
-            load_if_exists=True,
-        )
+        # Prune from the second epoch, once two trials have finished: short runs are noisy early.
+        pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=2)
+        try:  # the storage makes one worker the creator of a new study, whoever comes at once
+            study = optuna.create_study(
+                study_name=study_name, storage=rdb, direction="maximize", pruner=pruner
+            )
+        except optuna.exceptions.DuplicatedStudyError:
+            return optuna.load_study(study_name=study_name, storage=rdb, pruner=pruner), False
+        return study, True
 
     try:
         attempt = 1
@@ -511,10 +512,11 @@ def check_results_are_the_studys(out_dir: Path, study_name: str, storage: str) -
 
 
 def check_same_study(
-    study: optuna.Study, storage: str, config: TuneConfig, rows: str, is_net: bool
+    study: optuna.Study, is_new: bool, storage: str, config: TuneConfig, rows: str, is_net: bool
 ) -> None:
     """Refuse to add trials to a study run on another model, data, split or run length, whose
-    trials' scores these could not be ranked against; record them in a new study."""
+    trials' scores these could not be ranked against; record them for later calls. A study
+    another worker has just created (not ``is_new``) is checked once it has recorded its own."""
     # A new study needs another --out, whose results would not replace the study's there, and
     # in a shared --storage another name too.
     new_study = "another --out" if config.storage is None else "another --study-name and --out"
@@ -522,8 +524,11 @@ def check_same_study(
                                 "valid_size": config.valid_size}  # fmt: skip
     if is_net:
         settings["epochs"] = config.epochs
+    if not is_new:
+        wait_for_settings(study)
+    recorded_settings = study.user_attrs
     for key, value in settings.items():
-        recorded = study.user_attrs.get(key, value)  # studies of older versions kept the model
+        recorded = recorded_settings.get(key, value)  # studies of older versions kept the model
         if recorded != value:
             found = "other training rows" if key == "rows" else f"{key} {recorded!r}"
             raise ConfigError(f"study '{study.study_name}' in {shown_storage(storage)} was run "
@@ -531,7 +536,20 @@ def check_same_study(
                               f"not {value if key != 'rows' else 'these'}; give its settings, "
                               f"or {new_study} for a new study")  # fmt: skip
     for key, value in settings.items():
-        study.set_user_attr(key, value)
+        if key != "model":
+            study.set_user_attr(key, value)
+    study.set_user_attr("model", config.model)  # last: the settings are all recorded
+
+
+def wait_for_settings(study: optuna.Study) -> None:
+    """Wait, up to ``SETTINGS_WAIT_S``, for the worker that has just created ``study`` to record
+    its settings (``model`` last): workers started at once on a new study had each found none
+    recorded and taken it for theirs, whatever their --seed. A study with trials has them."""
+    deadline = time.monotonic() + SETTINGS_WAIT_S
+    while "model" not in study.user_attrs and not study.get_trials(deepcopy=False):
+        if time.monotonic() > deadline:  # its creator was killed: the study is this call's
+            return
+        time.sleep(0.1)
 
 
 def _net_objective(
