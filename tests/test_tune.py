@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from digit_recognizer import tune as tune_module
 from digit_recognizer.cli import app
 from digit_recognizer.config import load_config
-from digit_recognizer.errors import ConfigError, DigitsError, DivergedError
+from digit_recognizer.errors import ConfigError, DigitsError, DivergedError, OutputError
 from digit_recognizer.fileio import LOCK_FILE, check_not_in_use, locked_dir
 from digit_recognizer.train import TrainConfig
 from digit_recognizer.tune import TuneConfig, tune
@@ -567,6 +567,12 @@ def test_an_out_made_for_a_study_at_storage_that_is_refused_is_not_left_behind(
         with pytest.raises(ConfigError, match=r"give its settings|cannot open the study's"):
             tune(config, small_csvs["train"], tmp_path / "new" / "out")
         assert not (tmp_path / "new").exists()
+    # Nor is a study made at --storage for an --out that cannot be one.
+    (tmp_path / "a-file").touch()
+    config = TuneConfig(model="logreg", trials=1, storage=storage)
+    with pytest.raises(OutputError, match="a-file"):
+        tune(config, small_csvs["train"], tmp_path / "a-file")
+    assert optuna.get_all_study_names(storage) == ["tune-knn"]
 
 
 def test_results_of_a_study_of_the_same_name_in_another_storage_are_not_replaced(

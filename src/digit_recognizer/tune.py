@@ -59,6 +59,7 @@ from digit_recognizer.estimator import build_estimator
 from digit_recognizer.evaluate import save_figure
 from digit_recognizer.fileio import (
     LEFTOVER_AGE_S,
+    check_can_write,
     is_leftover_of,
     locked_dir,
     make_dir,
@@ -174,6 +175,8 @@ def tune(config: TuneConfig, train_csv: Path, out_dir: Path) -> TuneResult:
     storage = config.storage or URL.create("sqlite", database=database).render_as_string()
     where = f"--storage {shown_storage(storage)}" if config.storage else database
     check_results_are_the_studys(out_dir, study_name, storage)
+    # Before a study at --storage is made, for trials whose results could go nowhere.
+    check_can_write(out_dir / BEST_PARAMS_FILE)
     data = read_labelled(train_csv, to_split=True)
     train_set, valid_set = split_for_training(data, config.valid_size, config.seed)
     if config.storage is None:
