@@ -694,3 +694,12 @@ def test_workers_creating_a_new_study_at_once_with_other_seeds_do_not_both_join_
         outcomes[0].startswith("ConfigError(\"study 'tune-knn'") and "run with seed" in outcomes[0]
     )
     assert outcomes[1] == "tuned"
+
+
+@pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_study_in_memory_runs_without_the_heartbeats_traceback(tmp_path, small_csvs):
+    """The heartbeat's thread, with a connection of its own to a SQLite database in memory,
+    found another one there, empty, and printed its traceback ("no such table")."""
+    result = tune(TuneConfig(model="knn", trials=1, storage="sqlite://"), small_csvs["train"],
+                  tmp_path)  # fmt: skip
+    assert result.n_trials == 1 and (tmp_path / "best_params.json").is_file()

@@ -265,8 +265,13 @@ def open_study(storage: str, study_name: str, where: str) -> tuple[optuna.Study,
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             # Trials beat a heartbeat: one whose process was killed outright (kill -9, the
             # machine's end) would stay RUNNING for ever, counted in every later call; two
-            # minutes after its last beat the next call marks it failed.
-            rdb = optuna.storages.RDBStorage(storage, heartbeat_interval=60, grace_period=120)
+            # minutes after its last beat the next call marks it failed. Not in a SQLite
+            # database in memory, which ends with its process: the heartbeat's thread, with a
+            # connection of its own, found another database there, empty, and its traceback.
+            url = make_url(storage)
+            in_memory = url.drivername.startswith("sqlite") and sqlite_file(url) is None
+            beat = {} if in_memory else {"heartbeat_interval": 60, "grace_period": 120}
+            rdb = optuna.storages.RDBStorage(storage, **beat)
         # Prune from the second epoch, once two trials have finished: short runs are noisy early.
         pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=2)
         try:  # the storage makes one worker the creator of a new study, whoever comes at once
