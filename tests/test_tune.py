@@ -52,7 +52,9 @@ def test_classical_study_resumes_from_its_sqlite_storage(tmp_path, small_csvs, m
         tune(TuneConfig(model="knn", trials=1), fewer_rows, out)
     assert len(optuna.load_study(study_name="tune-knn", storage=first.storage).trials) == 3
     # Another model's study in the same --out would replace this one's results without a word.
-    with pytest.raises(ConfigError, match=r"holds the results of study 'tune-knn' .* another --"):
+    # (a classical study writes no best_config.toml, and the message does not list one)
+    owned = r"holds the results of study 'tune-knn' in .*study.db \(best_params.json, plots\)"
+    with pytest.raises(ConfigError, match=owned + r".* another --"):
         tune(TuneConfig(model="logreg", trials=1), small_csvs["train"], out)
     assert json.loads((out / "best_params.json").read_text())["study"] == "tune-knn"
     fresh = tmp_path / "fresh"  # out holds the results of the study in its study.db
@@ -166,6 +168,9 @@ def test_a_seed_near_2_32_resumes_and_one_past_it_is_refused(tmp_path, small_csv
 def test_a_zero_timeout_is_none_and_a_negative_one_is_refused(tmp_path, small_csvs):
     result = tune(TuneConfig(model="knn", trials=1, timeout_s=0), small_csvs["train"], tmp_path)
     assert result.n_trials == 1
+    # Over before the first trial began: said so (the message had ended in "trial: ").
+    with pytest.raises(ConfigError, match=r"no completed trial: none began within --timeout 1e-09"):
+        tune(TuneConfig(model="knn", trials=1, timeout_s=1e-9), small_csvs["train"], tmp_path / "b")
     for timeout in (-1, float("nan"), float("inf")):  # nan had meant no timeout, silently
         with pytest.raises(ConfigError, match="timeout_s must be >= 0"):
             TuneConfig(model="knn", timeout_s=timeout)

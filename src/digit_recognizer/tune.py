@@ -237,7 +237,9 @@ def tune(config: TuneConfig, train_csv: Path, out_dir: Path) -> TuneResult:
     if not completed:
         if stopped_by is not None:
             raise stopped_by
-        raise ConfigError(f"study '{study_name}' has no completed trial: {why_pruned(study)}")
+        # No trial ended at all: --timeout ran out before the first began.
+        why = why_pruned(study) or f"none began within --timeout {config.timeout_s:g}"
+        raise ConfigError(f"study '{study_name}' has no completed trial: {why}")
     # Again: a worker of another study may have written its results here meanwhile.
     check_results_are_the_studys(out_dir, study_name, storage)
     files = write_results(study, storage, config, out_dir, is_net)
@@ -512,8 +514,9 @@ def check_results_are_the_studys(out_dir: Path, study_name: str, storage: str) -
     if owner != study_name or owner_storage != here:
         where = owner_storage or out_dir / "study.db"
         with_storage = f"--storage {owner_storage}" if owner_storage else "without --storage"
+        held = [name for name in (BEST_PARAMS_FILE, BEST_CONFIG_FILE) if (out_dir / name).exists()]
         raise ConfigError(f"{out_dir}: holds the results of study '{owner}' in {where} "
-                          f"({BEST_PARAMS_FILE}, {BEST_CONFIG_FILE}, plots), which this one's "
+                          f"({', '.join(held)}, plots), which this one's "
                           f"would replace; give another --out (--study-name {owner} "
                           f"{with_storage} adds trials to that study, with its model and "
                           "data)")  # fmt: skip
