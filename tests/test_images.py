@@ -127,20 +127,20 @@ def test_transparent_canvas_and_grey_photo() -> None:
     ("scale", "offset", "dtype", "image_format"),
     [(257, 0, np.uint16, "PNG"), (257, 0, np.uint16, "TIFF"), (1 / 255, 0, np.float32, "TIFF"),
      (2 / 255, -1, np.float32, "TIFF"), (2 / 255, 0, np.float32, "TIFF"),
-     (4095 / 255, 0, np.uint16, "PNG")],
+     (4095 / 255, 0, np.uint16, "PNG"), (4, -1020, np.int32, "TIFF")],
     ids=["16-bit PNG", "16-bit TIFF", "float TIFF", "float TIFF -1..1 (USPS)", "float TIFF 0..2",
-         "12 bits in a 16-bit PNG"],
+         "12 bits in a 16-bit PNG", "signed 32-bit TIFF below 0"],
 )  # fmt: skip
 def test_scans_deeper_than_8_bits(
     scale: float, offset: float, dtype: type, image_format: str
 ) -> None:
     # Scanners write 16-bit greyscale; Pillow's own conversion to 8 bits clips grey ink to white.
     # A camera's 12 bits in a 16-bit file are scaled by their own range, not 65,535's; floats,
-    # which have no full scale, by theirs unless they lie in 0-1.
+    # which have no full scale, by theirs unless they lie in 0-1, and so are integers below 0.
     scan = drawing(ink=(60, 60, 60), paper=(230, 230, 230)).convert("L")
     values = np.asarray(scan, dtype=np.float64) * scale + offset
     deep = Image.fromarray(values.astype(dtype))
-    assert deep.mode in ("I;16", "F")
+    assert deep.mode in ("I;16", "I", "F")
     reference = load_image(encode(scan))
     np.testing.assert_allclose(load_image(encode(deep, image_format)), reference, atol=1)
 

@@ -178,23 +178,21 @@ def _deep_to_grey(values: NDArray[np.generic], mode: str) -> NDArray[np.uint8]:
     ink alike into white. Scaled instead by the range of the smallest bit depth that holds the
     brightest pixel, from 8 bits up (floats: 0-1 when they fit it): a 16-bit file often holds a
     sensor's 10, 12 or 14 bits, and dividing 12-bit data by 65,535 would leave 17 grey levels.
-    Floats outside 0-1 are scaled from their lowest value to their highest.
+    Floats outside 0-1, and integers below 0, are scaled from their lowest value to their highest.
     """
     # One float32 copy, worked on in place: an upload of 25 megapixels is 100 MB so, where
     # float64 and a temporary per step took 600 MB of a server's memory for a 50 kB PNG.
     values = np.array(values, dtype=np.float32)
     np.nan_to_num(values, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
-    if mode == "F":
-        lowest, highest = float(values.min()), float(values.max())
-        if lowest < 0 or highest > 1:
-            # Floats have no full scale (USPS's -1..1, 0..2, z-scores): their own range is theirs.
-            values -= lowest
-            values /= (highest - lowest) or 1.0
-    else:
-        brightest = float(values.max(initial=0.0))
-        full_scale = max(255.0, 2.0 ** math.ceil(math.log2(brightest + 1)) - 1)
-        np.clip(values, 0, full_scale, out=values)
-        values /= full_scale
+    lowest, highest = float(values.min()), float(values.max())
+    if lowest < 0 or (mode == "F" and highest > 1):
+        # Floats have no full scale (USPS's -1..1, 0..2, z-scores), nor do signed integers (a
+        # signed 32-bit TIFF, ink at -1,000 on paper at 0, came out blank when clipped at 0):
+        # their own range is theirs.
+        values -= lowest
+        values /= (highest - lowest) or 1.0
+    elif mode != "F":
+        values /= max(255.0, 2.0 ** math.ceil(math.log2(highest + 1)) - 1)
     values *= 255
     return np.rint(values, out=values).astype(np.uint8)
 
