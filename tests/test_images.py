@@ -123,6 +123,16 @@ def test_transparent_canvas_and_grey_photo() -> None:
     assert correlation(photo, reference) > 0.95
 
 
+def test_a_16_bit_png_s_transparent_level_takes_the_contrasting_colour() -> None:
+    """A 16-bit greyscale PNG marks a transparent level in its tRNS chunk, as an 8-bit one does:
+    light-grey strokes on a canvas transparent at white are read on black, not on the white."""
+    strokes = np.asarray(drawing().convert("L")) < 128
+    canvas = Image.fromarray(np.where(strokes, 60000, 65535).astype(np.uint16))
+    canvas.info["transparency"] = 65535
+    assert canvas.mode == "I;16"
+    np.testing.assert_allclose(load_image(encode(canvas)), load_image(encode(drawing())), atol=1)
+
+
 @pytest.mark.parametrize(
     ("scale", "offset", "dtype", "image_format"),
     [(257, 0, np.uint16, "PNG"), (257, 0, np.uint16, "TIFF"), (1 / 255, 0, np.float32, "TIFF"),

@@ -148,26 +148,38 @@ def _to_grey(image: Image.Image) -> NDArray[np.uint8]:
     """Greyscale uint8 (H, W). Transparent pixels take the colour that contrasts with the ink,
     so dark strokes on a transparent canvas and light ones both survive."""
     if image.mode.startswith("I") or image.mode == "F":
-        return _deep_to_grey(np.asarray(image), image.mode)
+        values = np.asarray(image)
+        grey = _deep_to_grey(values, image.mode)
+        if "transparency" not in image.info:
+            return grey
+        # A 16-bit greyscale PNG's tRNS chunk: the pixels at that one level are transparent.
+        opaque = np.not_equal(values, image.info["transparency"]).astype(np.float32)
+        return _over_background(grey.astype(np.float32), opaque)
     if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
         rgba = image.convert("RGBA")
         alpha = np.array(rgba.getchannel("A"), dtype=np.float32)
         alpha /= 255
         grey = np.array(rgba.convert("L"), dtype=np.float32)
         del rgba
-        if alpha.mean() > 0.5:
-            # Mostly opaque: a page with transparent margins (a photo turned in an editor),
-            # which are more of the page.
-            background = float(np.median(grey[alpha > 0.5]))
-        else:
-            ink_grey = np.dot(grey.ravel(), alpha.ravel()) / max(float(alpha.sum()), 1.0)
-            background = 255.0 if ink_grey < 128 else 0.0
-        # grey * alpha + background * (1 - alpha), in place (uploads up to 25 megapixels).
-        grey -= background
-        grey *= alpha
-        grey += background
-        return np.rint(grey, out=grey).astype(np.uint8)
+        return _over_background(grey, alpha)
     return np.asarray(image.convert("L"), dtype=np.uint8)
+
+
+def _over_background(grey: NDArray[np.float32], alpha: NDArray[np.float32]) -> NDArray[np.uint8]:
+    """``grey`` (0-255) laid by its ``alpha`` (0-1) over the background its ink calls for, uint8;
+    ``grey`` is worked on in place (uploads up to 25 megapixels)."""
+    if alpha.mean() > 0.5:
+        # Mostly opaque: a page with transparent margins (a photo turned in an editor), which
+        # are more of the page.
+        background = float(np.median(grey[alpha > 0.5]))
+    else:
+        ink_grey = np.dot(grey.ravel(), alpha.ravel()) / max(float(alpha.sum()), 1.0)
+        background = 255.0 if ink_grey < 128 else 0.0
+    # grey * alpha + background * (1 - alpha)
+    grey -= background
+    grey *= alpha
+    grey += background
+    return np.rint(grey, out=grey).astype(np.uint8)
 
 
 def _deep_to_grey(values: NDArray[np.generic], mode: str) -> NDArray[np.uint8]:

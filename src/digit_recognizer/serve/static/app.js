@@ -53,9 +53,9 @@ function redraw() {
   }
 }
 
-// An upload's paper, as the server reads it (data/images.py, _to_grey): for an image mostly
-// opaque, the median colour of its opaque pixels (a page, transparent margins or not); for one
-// mostly transparent (strokes on nothing), the grey that contrasts with its ink. A canvas reads
+// An upload's paper, as the server reads it (data/images.py, _over_background): for an image
+// mostly opaque, the median colour of its opaque pixels (a page, transparent margins or not); for
+// one mostly transparent (strokes on nothing), the grey that contrasts with its ink. A canvas reads
 // transparent pixels as black: taken for paper, they hid dark strokes under the pad's black.
 function paperColour(image) {
   const side = 64;
