@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from digit_recognizer import evaluate as evaluate_module
 from digit_recognizer import predict as predict_module
 from digit_recognizer.cli import app, predict_config
+from digit_recognizer.data import images as images_module
 from digit_recognizer.data.images import (
     MIN_SETTLED_ROWS,
     conform_to_mnist,
@@ -253,6 +254,20 @@ def test_a_files_ink_side_is_voted_by_all_processes_together(
     together = conform_to_mnist(rows, np.add(ink_votes(rows), [10, 0]))[0]
     assert not np.array_equal(together, conform_to_mnist(rows)[0])  # else nothing to see
     np.testing.assert_array_equal(np.concatenate(seen), together)
+
+
+def test_a_streamed_files_rows_are_each_sided_once(tmp_path, tiny_run, small_test, monkeypatch):
+    """The first piece's votes come from the reading of its rows' ink's side that conforms
+    them: read twice, it cost a second pass over the piece's rows off MNIST's layout."""
+    rows = np.stack([semeion_like(image) for image in small_test.images[:24]])
+    write_kaggle_csv(tmp_path / "stretched.csv", rows)
+    monkeypatch.setattr(predict_module, "STREAM_ROWS", 16)
+    sided = []
+    row_ink_side = images_module._row_ink_side
+    monkeypatch.setattr(images_module, "_row_ink_side",
+                        lambda row: sided.append(row) or row_ink_side(row))  # fmt: skip
+    predict_stream([tiny_run], tmp_path / "stretched.csv", tmp_path / "s.csv")
+    assert len(sided) == len(rows)
 
 
 def test_too_few_rows_for_one_process_are_judged_by_all_together(tiny_run, small_test):

@@ -27,7 +27,6 @@ from digit_recognizer.data.images import (
     check_images,
     conform_to_mnist,
     faint_to_full_ink,
-    ink_votes,
     load_image,
 )
 from digit_recognizer.data.kaggle_csv import DigitSet, is_submission, write_submission
@@ -248,11 +247,13 @@ def conform_rows(
 
 
 def _conformed(
-    images: NDArray[np.uint8], conform: bool, votes: NDArray[np.float32] | None = None
+    images: NDArray[np.uint8],
+    conform: bool,
+    votes: NDArray[np.float32] | Callable[[NDArray[np.float32]], NDArray[np.float32]] | None = None,
 ) -> tuple[NDArray[np.uint8], int, int]:
     """Faint rows' ink scaled to full, then (``conform``) rows off MNIST's layout redone; the
     images, and how many rows were faint and how many redone. A file's rows, or a piece with
-    the file's ``ink_votes``."""
+    the file's ``ink_votes`` (``votes``, as conform_to_mnist takes them)."""
     images, n_faint = faint_to_full_ink(images)
     n_redone = 0
     if conform:
@@ -355,13 +356,17 @@ def predict_stream(
     stream = ShardStream(source, STREAM_ROWS, shuffle=False, rank=dist_env.rank,
                          world_size=dist_env.world_size)  # fmt: skip
     chunks, n_faint, n_redone, is_transposed, votes = [], 0, 0, None, None
+
+    def files_votes(first_pieces_votes: NDArray[np.float32]) -> NDArray[np.float32]:
+        # The ink's side of the file's rows, for those whose edges leave it in doubt: voted
+        # on each process's first piece, counted by all of them together.
+        nonlocal votes
+        votes = all_reduce(torch.as_tensor(first_pieces_votes, device=device)).cpu().numpy()
+        return votes
+
     for piece, _ in stream:
-        if config.conform and votes is None:
-            # The ink's side of the file's rows, for those whose edges leave it in doubt: voted
-            # on each process's first piece, counted by all of them together.
-            votes = ink_votes(faint_to_full_ink(piece.numpy())[0])
-            votes = all_reduce(torch.as_tensor(votes, device=device)).cpu().numpy()
-        images, faint, redone = _conformed(piece.numpy(), config.conform, votes)
+        file_votes = files_votes if votes is None else votes
+        images, faint, redone = _conformed(piece.numpy(), config.conform, file_votes)
         n_faint, n_redone = n_faint + faint, n_redone + redone
         if config.conform and is_transposed is None and predictor.orientation_judge:
             # Judged on each process's first piece, decided by all of them together.

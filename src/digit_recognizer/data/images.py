@@ -15,6 +15,7 @@ import contextlib
 import io
 import math
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -524,7 +525,8 @@ def at_full_ink(data: DigitSet) -> DigitSet:
 
 
 def conform_to_mnist(
-    images: ArrayLike, votes: ArrayLike | None = None
+    images: ArrayLike,
+    votes: ArrayLike | Callable[[NDArray[np.float32]], ArrayLike] | None = None,
 ) -> tuple[NDArray[np.uint8], int]:
     """The images (N, 28, 28), each one not in MNIST's layout (``in_mnist_format``) redone as
     MNIST made its digits (``to_mnist``); returns them and how many were redone.
@@ -537,18 +539,22 @@ def conform_to_mnist(
     A digit stretched to fill its frame (Semeion's) runs its strokes along the edges, where the
     paper is read: a 0 became a disc of the paper's level. Such a row, whose edges point to a
     paper covering under half of it, takes the ink's side its file's rows agree on: ``votes``
-    (``ink_votes`` of the file, or of a part of it standing for the whole), else the images'
-    own; where they do not agree (``files_ink_side``), its edges'.
+    (``ink_votes`` of the file, or of a part of it standing for the whole, or a function that
+    makes them of the images' own: predict_stream adds up its processes' first pieces'), else
+    the images' own; where they do not agree (``files_ink_side``), its edges'.
     """
     images = np.asarray(images)
     if images.dtype != np.uint8 or images.ndim != 3:  # rows (N, 784), floats: checked
         images = check_images(images)
     # uint8 rows pass unchecked: faint rows (0/1, 0-16) are scaled to full ink by
     # faint_to_full_ink before they get here.
-    sides = _ink_sides(images)
+    sides = _ink_sides(images)  # read once, for the votes too
+    if votes is None or callable(votes):
+        # Called even when no row is redone: under torchrun every process adds up its votes.
+        votes = _votes(sides) if votes is None else votes(_votes(sides))
     if not sides:
         return images, 0
-    files_dark_ink = files_ink_side(_votes(sides) if votes is None else votes)
+    files_dark_ink = files_ink_side(votes)
     conformed = images.copy()
     n_redone = 0
     for index, (side, contested) in sides.items():
