@@ -332,6 +332,16 @@ def test_expand_holds_out_images_that_validate_training_and_are_never_copied(
             assert (n_train, len(valid_set)) == (n_rows, 0), (directory, max_memory_gb)
 
 
+def test_an_expansion_of_one_copy_is_split_like_any_csv(tmp_path: Path, source) -> None:
+    """With --copies 1 each image is in the expansion once, so a split of its rows holds
+    training and validation images apart: it had been refused as if they were there twice."""
+    expand(source[0], tmp_path / "one", copies=1, parts=2, valid_size=0)
+    train_set, valid_set, _ = training_data(TrainConfig(), tmp_path / "one")
+    assert len(train_set) + len(valid_set) == 1003 and len(valid_set) > 0
+    for files in (tmp_path / "one", f"{tmp_path}/one/*.csv"):
+        assert len(read_labelled(files, to_split=True)) == 1003  # compare and tune
+
+
 def test_expand_copies_faint_rows_as_training_augments_them(tmp_path: Path, small_train) -> None:
     """0/1 rows are scaled to full ink before they are augmented, as training scales them:
     augmented as 0/1 and rounded back, the copies had kept two levels, and some no ink at all."""

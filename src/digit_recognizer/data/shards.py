@@ -101,6 +101,12 @@ class Manifest:
         return self.origin.get("command") == "expand"
 
     @property
+    def repeats_images(self) -> bool:
+        """Whether an image is in it more than once: an expansion of two copies or more (or of
+        a number not known), which no split of its rows can hold apart."""
+        return self.is_expansion and self.origin.get("copies") != 1
+
+    @property
     def held_out_rows(self) -> int:
         """Images an expansion holds out, as they are, in its last shard (0: none, or not known)."""
         return self.origin.get("valid_rows", 0)
@@ -213,7 +219,8 @@ def _expansion_of(files: list[Path]) -> dict[str, Any]:
         names = {shard.path.name for shard in manifest.shards}
         listed = [file for file in files if file.parent == directory and file.name in names]
         if manifest.is_expansion and listed:
-            return {"command": "expand", "source": str(directory), "valid_rows": 0}
+            return {"command": "expand", "source": str(directory), "valid_rows": 0,
+                    "copies": manifest.origin.get("copies")}  # fmt: skip
     return {}
 
 
@@ -240,8 +247,8 @@ def require_labels(has_labels: bool, source: str | Path) -> None:
 
 def read_labelled(path: Path, to_split: bool = False) -> DigitSet:
     """A labelled CSV, shard directory or glob, in memory, faint rows' ink scaled as every
-    command reads it (``faint_to_full_ink``); ``to_split``: refused if it is an expansion,
-    whose rows no split can hold apart (``refuse_split``)."""
+    command reads it (``faint_to_full_ink``); ``to_split``: refused if it is an expansion
+    whose images are in it several times, which no split can hold apart (``refuse_split``)."""
     manifest = resolve_data_source(path)
     require_labels(manifest.has_labels, path)
     if to_split:
@@ -251,9 +258,9 @@ def read_labelled(path: Path, to_split: bool = False) -> DigitSet:
 
 
 def refuse_split(manifest: Manifest, source: Path, remedy: str) -> None:
-    """``DataError`` for an expansion (``digits data expand``): each image is in it several
+    """``DataError`` for an expansion (``digits data expand``) whose images are in it several
     times, so a split of its rows validates on copies of training images."""
-    if manifest.is_expansion:
+    if manifest.repeats_images:
         raise DataError(
             f"{source}: every image is in it several times (`digits data expand`), so a split "
             f"of its rows validates on copies of training images; {remedy}"
