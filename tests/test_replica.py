@@ -128,6 +128,27 @@ def test_an_interrupted_build_is_incomplete_and_its_own_files_rebuilt(
     assert replica_is_complete(tmp_path, seed=1)
 
 
+def test_a_build_stopped_as_a_file_takes_its_name_knows_it_for_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its hash had been recorded only after train.csv took its name: stopped in between, the
+    rerun refused the file as the user's and asked for --force."""
+    replace = os.replace
+
+    def stopped_once_placed(source: str, target: str) -> None:
+        replace(source, target)
+        if Path(target).name == "train.csv":
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", stopped_once_placed)
+    with pytest.raises(KeyboardInterrupt):
+        build_replica(tmp_path, seed=0)
+    monkeypatch.undo()
+    assert (tmp_path / "train.csv").exists() and not (tmp_path / "test.csv").exists()
+    build_replica(tmp_path, seed=0)  # no --force
+    assert replica_is_complete(tmp_path, seed=0)
+
+
 def test_the_cache_follows_an_absolute_xdg_cache_home_and_ignores_a_relative_one(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

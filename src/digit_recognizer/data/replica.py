@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from digit_recognizer.data.mnist import load_mnist
 from digit_recognizer.errors import OutputError
 from digit_recognizer.fileio import (
     LEFTOVER_AGE_S,
+    atomic_path,
     remove_leftovers,
     sha256_file,
     write_text,
@@ -68,12 +70,13 @@ def build_replica(out_dir: str | Path, seed: int = 0, overwrite: bool = False) -
     mnist = load_mnist()
     order = np.random.default_rng(seed).permutation(len(mnist.images))
     train, test = order[:N_TRAIN], order[N_TRAIN:]
-    write_kaggle_csv(files.train, mnist.images[train], mnist.labels[train])
-    _record(files.train, written)
-    write_kaggle_csv(files.test, mnist.images[test])
-    _record(files.test, written)
-    write_submission(files.solution, mnist.labels[test])
-    _record(files.solution, written)
+    _write_recorded(
+        files.train,
+        written,
+        lambda tmp: write_kaggle_csv(tmp, mnist.images[train], mnist.labels[train]),
+    )
+    _write_recorded(files.test, written, lambda tmp: write_kaggle_csv(tmp, mnist.images[test]))
+    _write_recorded(files.solution, written, lambda tmp: write_submission(tmp, mnist.labels[test]))
     _write_manifest(out_dir, {"seed": seed, "sha256": written})
     return files
 
@@ -127,10 +130,15 @@ def _recorded_hashes(out_dir: Path) -> dict[str, str]:
         return {}
 
 
-def _record(path: Path, written: dict[str, str]) -> None:
-    """Add a file just written to the manifest, without the seed that would mark it complete."""
-    written[path.name] = sha256_file(path)
-    _write_manifest(path.parent, {"sha256": written})
+def _write_recorded(path: Path, written: dict[str, str], write: Callable[[Path], None]) -> None:
+    """``write`` a file to ``path``, its SHA-256 added to the manifest (without the seed that
+    would mark the build complete) before the file takes its name: recorded after, a build
+    stopped in between (0.3 s of hashing) left a file that its rerun took for the user's.
+    ``write`` writes atomically too, so the file is on disk by then and the rename follows."""
+    with atomic_path(path) as tmp:
+        write(tmp)
+        written[path.name] = sha256_file(tmp)
+        _write_manifest(path.parent, {"sha256": written})
 
 
 def _write_manifest(out_dir: Path, manifest: dict[str, object]) -> None:
