@@ -722,6 +722,22 @@ def test_to_mnist_on_a_grey_array() -> None:
     for scaled in (grey / 255, grey > 128):  # a notebook's X / 255, a mask
         with pytest.raises(ValueError, match=r"in 0-1; pass \(grey \* 255\)"):
             to_mnist(scaled)
+    with pytest.raises(ValueError, match=r"NaN or infinite"):
+        to_mnist(np.where(grey == 0, np.nan, 255.0))
+    with pytest.raises(ValueError, match=r"one pixel or more, got shape \(0, 30\)"):
+        to_mnist(grey[:0])
+
+
+def test_to_mnist_takes_a_large_array_of_any_number_type() -> None:
+    """Images of 512 pixels a side and more are shrunk by Pillow first (_reduced), which takes
+    uint8 and float32 arrays alone: a photo's int64 or uint16 array had raised Pillow's
+    TypeError or ValueError."""
+    page = np.asarray(drawing(size=(600, 800), line=(300, 120, 340, 680)).convert("L"))
+    expected = cropped_to_ink(to_mnist(page))
+    for dtype in (np.int64, np.uint16, np.float64):
+        # Shrunk as floats, not rounded to bytes: the same ink, placed a pixel apart at most.
+        digit = cropped_to_ink(to_mnist(page.astype(dtype)))
+        np.testing.assert_allclose(digit, expected, atol=16)
 
 
 @pytest.mark.parametrize(

@@ -228,10 +228,18 @@ def to_mnist(
     if grey.ndim != 2:  # a colour array (H, W, 3): load_image converts files of any mode
         raise ValueError(f"to_mnist takes a greyscale image (height, width), got shape "
                          f"{grey.shape}; load_image reads colour image files")  # fmt: skip
-    is_scaled = grey.dtype.kind == "f" and grey.size and grey.min() >= 0 and grey.max() <= 1
+    if not grey.size:
+        raise ValueError(f"to_mnist takes an image of one pixel or more, got shape {grey.shape}")
+    is_scaled = grey.dtype.kind == "f" and grey.min() >= 0 and grey.max() <= 1
     if grey.dtype == np.bool_ or is_scaled:  # else "no digit found": 0-1 has too little contrast
         raise ValueError(f"to_mnist takes grey levels 0-255, got {grey.dtype} values in 0-1; "
                          "pass (grey * 255).round().astype(np.uint8)")  # fmt: skip
+    if grey.dtype != np.uint8:
+        # Pillow shrinks (_reduced) uint8 and float32 arrays alone: a photo's int64 or uint16
+        # array raised a TypeError of Pillow's, and NaN failed deep in the preprocessing.
+        grey = grey.astype(np.float32)
+        if not np.isfinite(grey).all():
+            raise ValueError("to_mnist takes grey levels 0-255, got NaN or infinite values")
     pixels = _reduced(grey).astype(np.float32)
     side = _ink_side_given(pixels, _ink_side(pixels, name), dark_ink, name)
     return _to_mnist(pixels, side, name)
@@ -349,7 +357,7 @@ def _ink_side_given(
     return _InkSide(background, contrast, dark_ink)
 
 
-def _reduced(grey: NDArray[np.uint8]) -> NDArray[np.uint8]:
+def _reduced(grey: NDArray[np.uint8 | np.float32]) -> NDArray[np.uint8 | np.float32]:
     """``grey`` shrunk as JPEG's draft mode shrinks on decoding (load_image): by a whole factor,
     up to MAX_REDUCTION, that keeps both sides at least DRAFT_SIZE; each pixel the average of
     those it replaces. A 12-megapixel photo is then prepared in a tenth of the time."""
