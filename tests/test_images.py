@@ -123,6 +123,14 @@ def test_transparent_canvas_and_grey_photo() -> None:
     assert correlation(photo, reference) > 0.95
 
 
+@pytest.mark.parametrize("mode", ["1", "P", "CMYK", "YCbCr", "LAB"])
+def test_a_tiff_of_any_colour_mode_reads_as_its_rgb_does(mode: str) -> None:
+    """Pillow converts a Lab image to no other mode: a Lab TIFF was refused as undecodable."""
+    reference = load_image(encode(drawing()))
+    np.testing.assert_allclose(load_image(encode(drawing().convert(mode), "TIFF")), reference,
+                               atol=2)  # fmt: skip
+
+
 def test_a_16_bit_png_s_transparent_level_takes_the_contrasting_colour() -> None:
     """A 16-bit greyscale PNG marks a transparent level in its tRNS chunk, as an 8-bit one does:
     light-grey strokes on a canvas transparent at white are read on black, not on the white."""

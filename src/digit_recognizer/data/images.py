@@ -163,6 +163,8 @@ def _to_grey(image: Image.Image) -> NDArray[np.uint8]:
         grey = np.array(rgba.convert("L"), dtype=np.float32)
         del rgba
         return _over_background(grey, alpha)
+    if image.mode == "LAB":  # a Lab TIFF: Pillow converts Lab to no other mode, and L is grey
+        return np.asarray(image.getchannel("L"), dtype=np.uint8)
     return np.asarray(image.convert("L"), dtype=np.uint8)
 
 
