@@ -31,6 +31,7 @@ from digit_recognizer.data.shards import (
     SHARD_NAME,
     choose_loading,
     expand,
+    is_data_source,
     read_data_source,
     read_labelled,
     read_manifest,
@@ -111,6 +112,16 @@ def test_a_glob_or_a_csv_resolves_like_a_manifest(source, shard_dir: Path) -> No
         resolve_data_source(f"{shard_dir}/nothing-*.csv")
     with pytest.raises(DataError, match=r"manifest.json: not found; expected a shard directory"):
         resolve_data_source(shard_dir.parent)
+
+
+def test_an_image_named_with_glob_characters_is_no_data_source(tmp_path: Path) -> None:
+    """`digits explain RUN 'scan [1].png'` had read the photo as a CSV ("line 1: not UTF-8
+    text"): a name is a pattern only where no file has it."""
+    photo = tmp_path / "scan [1].png"
+    photo.write_bytes(b"\x89PNG")
+    assert not is_data_source(photo)
+    assert is_data_source(tmp_path / "scan [2].png")  # no such file: a pattern
+    assert is_data_source(f"{tmp_path}/*.csv") and is_data_source(tmp_path / "rows [1].csv")
 
 
 def test_a_pipe_is_read_once_or_refused_where_it_would_be_read_twice(

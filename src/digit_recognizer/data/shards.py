@@ -164,11 +164,8 @@ def is_data_source(path: str | Path) -> bool:
     """Whether ``path`` names rows of digits (a CSV, a shard directory, its manifest, a glob)
     rather than one image file."""
     path = Path(path)
-    return (
-        path.suffix.lower() in (".csv", ".json")
-        or path.is_dir()
-        or any(char in str(path) for char in "*?[")
-    )
+    # A glob only where no file has that name: `scan [1].png` is a photo (it was read as a CSV).
+    return path.suffix.lower() in (".csv", ".json") or path.is_dir() or is_glob(path)
 
 
 def is_glob(source: str | Path) -> bool:
