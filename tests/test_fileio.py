@@ -212,6 +212,25 @@ def test_a_run_refused_in_a_folder_it_made_leaves_no_folder(tmp_path: Path) -> N
     assert [path.name for path in (tmp_path / "shared").iterdir()] == ["notes.txt"]
 
 
+def test_a_lock_taken_on_a_full_disk_names_the_lock_file_and_leaves_no_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Writing the holder's pid was the first write of `digits train`, `run` and `data shard`:
+    on a full disk it had ended in "error: No space left on device", naming no path, and had
+    left the run folder it made holding a lone .lock."""
+    import errno
+
+    def no_room(fd: int, data: bytes) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", no_room)
+    run = tmp_path / "new" / "run"
+    said = f"{run / '.lock'}: cannot be written: no space left on the device"
+    with pytest.raises(OutputError, match=f"^{re.escape(said)}"), locked_dir(run):
+        pytest.fail("the lock was taken with no room to name its holder")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_no_room_is_told_by_errno_or_by_the_writers_own_words_with_the_disk_not_full(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -243,6 +243,16 @@ def _lock_or_refuse(folder: Path, handle: IO[str]) -> None:
         ) from None
 
 
+def _write_holder(folder: Path, handle: IO[str]) -> None:
+    """This process's pid in the lock file, for a refused second command to name. Written
+    unbuffered: a full disk fails here, naming the file, rather than again as it closes."""
+    try:
+        os.ftruncate(handle.fileno(), 0)
+        os.write(handle.fileno(), f"process {os.getpid()}\n".encode())
+    except OSError as error:  # a full disk had been "error: No space left on device", no path
+        raise _write_failure(error, folder / LOCK_FILE) or error from None
+
+
 @contextmanager
 def locked_dir(folder: str | os.PathLike[str]) -> Iterator[Path]:
     """Hold an exclusive lock on ``folder`` (a run directory) or fail at once with the holder;
@@ -256,11 +266,9 @@ def locked_dir(folder: str | os.PathLike[str]) -> Iterator[Path]:
     folder = make_dir(folder)
     with open(folder / LOCK_FILE, "a+") as handle:
         _lock_or_refuse(folder, handle)
-        handle.truncate(0)
-        handle.write(f"process {os.getpid()}\n")
-        handle.flush()
-        remove_leftovers(folder)
         try:
+            _write_holder(folder, handle)
+            remove_leftovers(folder)
             yield folder
         finally:
             handle.truncate(0)
