@@ -25,7 +25,7 @@ from digit_recognizer.data.replica import (
     replica_files,
     replica_is_complete,
 )
-from digit_recognizer.errors import OutputError
+from digit_recognizer.errors import DigitsError, OutputError
 
 
 @pytest.fixture(scope="module")
@@ -161,6 +161,26 @@ def test_the_cache_follows_an_absolute_xdg_cache_home_and_ignores_a_relative_one
     assert default_cache_dir() == tmp_path / "home" / ".cache" / "digit-recognizer"
     monkeypatch.delenv("XDG_CACHE_HOME")
     assert default_cache_dir() == tmp_path / "home" / ".cache" / "digit-recognizer"
+
+
+def test_digits_data_kaggle_run_again_removes_what_its_killed_build_left(tmp_path: Path) -> None:
+    """`digits data kaggle DIR` killed while writing train.csv, then run again, had kept the
+    killed build's 30 MB `.train.csv.PID-RANDOM.tmp` in DIR for good. A build that another
+    process is making there is refused."""
+    import fcntl
+
+    kaggle = tmp_path / "kaggle"
+    kaggle.mkdir()
+    (kaggle / "train.csv").write_text("label,pixel0\n")  # refused: the quick way to a build's end
+    killed = kaggle / ".train.csv.999999999-abcdefgh.tmp"  # no process has that pid
+    killed.write_text("partial")
+    with pytest.raises(OutputError, match="is not a replica's"):
+        build_replica(kaggle, seed=0)
+    assert sorted(path.name for path in kaggle.iterdir()) == [".lock", "train.csv"]
+    with open(kaggle / ".lock", "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # another build, under way
+        with pytest.raises(DigitsError, match=f"{kaggle} is in use"):
+            build_replica(kaggle, seed=0, overwrite=True)
 
 
 def test_a_killed_builds_temporary_files_are_removed_from_a_complete_replica(

@@ -21,6 +21,7 @@ from digit_recognizer.errors import OutputError
 from digit_recognizer.fileio import (
     LEFTOVER_AGE_S,
     atomic_path,
+    locked_dir,
     remove_leftovers,
     sha256_file,
     write_text,
@@ -55,11 +56,18 @@ def build_replica(out_dir: str | Path, seed: int = 0, overwrite: bool = False) -
     first 42,000 go to train, the rest to test. ``replica.json`` records the SHA-256 of each file
     as it is written, and the seed only once all three are, so ``replica_is_complete`` never
     trusts a build that was interrupted. Files of the same names whose bytes no replica wrote,
-    such as Kaggle's own, are kept unless ``overwrite``.
+    such as Kaggle's own, are kept unless ``overwrite``. ``out_dir`` is locked meanwhile
+    (``locked_dir``): a second build into it is refused, and the temporary file a build killed
+    there left (30 MB of train.csv, which the build run again had kept for good) is removed.
     """
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputError(f"{out_dir}: not a directory; the replica's three files go in one")
+    with locked_dir(out_dir):
+        return _write_replica(out_dir, seed, overwrite)
+
+
+def _write_replica(out_dir: Path, seed: int, overwrite: bool) -> ReplicaFiles:
     files = replica_files(out_dir)
     written = _recorded_hashes(out_dir)
     if not overwrite:
@@ -91,7 +99,9 @@ def ready_replica(out_dir: str | Path, seed: int = 0) -> ReplicaFiles:
     if replica_is_complete(out_dir, seed):
         return replica_files(out_dir)
     log.info("building the Kaggle replica (seed %d) in %s", seed, out_dir)
-    return build_replica(out_dir, seed, overwrite=True)
+    # Not locked as build_replica is: commands sharing the cache build it side by side, rather
+    # than all but one being refused.
+    return _write_replica(Path(out_dir), seed, overwrite=True)
 
 
 def default_cache_dir() -> Path:
