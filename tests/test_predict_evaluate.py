@@ -22,7 +22,7 @@ from digit_recognizer.data.images import (
     ink_votes,
 )
 from digit_recognizer.data.kaggle_csv import read_submission, write_kaggle_csv, write_submission
-from digit_recognizer.errors import DataError, ModelFileError
+from digit_recognizer.errors import DataError, ModelFileError, OutputError
 from digit_recognizer.evaluate import (
     compute_metrics,
     evaluate_run,
@@ -329,6 +329,19 @@ def test_metrics_take_whole_float_labels_and_refuse_labels_that_are_not_digits()
             compute_metrics(np.append(labels[:-1], wrong), probas)
     with pytest.raises(ValueError, match="labels must hold one label per image: 11 labels for 12"):
         compute_metrics(labels[:-1], probas)
+
+
+def test_an_evaluation_whose_folder_cannot_take_its_files_is_refused_before_it_predicts(
+    tmp_path, tiny_run, small_csvs, monkeypatch
+):
+    """`digits evaluate RUN test.csv --out afile` (or a read-only run directory) had predicted
+    every row, minutes of them with TTA, then failed as "cannot be written (File exists)"."""
+    (tmp_path / "afile").write_text("x")
+    monkeypatch.setattr(predict_module.Predictor, "load", None)  # never reached
+    with pytest.raises(OutputError, match=r"afile/eval_metrics\.json: cannot be written: .*afile "
+                       "is a file, not a folder"):  # fmt: skip
+        evaluate_run([tiny_run], small_csvs["test"], tmp_path / "afile", None,
+                     small_csvs["solution"])  # fmt: skip
 
 
 def test_evaluate_run_writes_its_files(tmp_path, tiny_run, small_csvs, caplog):

@@ -19,7 +19,7 @@ from digit_recognizer.cli import app
 from digit_recognizer.data.kaggle_csv import DigitSet, read_kaggle_csv, write_kaggle_csv
 from digit_recognizer.data.splits import split_for_training
 from digit_recognizer.eda import _mean_and_std, eda
-from digit_recognizer.errors import DataError
+from digit_recognizer.errors import DataError, OutputError
 from digit_recognizer.estimator import build_estimator, save_estimator
 from digit_recognizer.evaluate import compute_metrics, evaluate_run
 from digit_recognizer.fileio import sha256_file
@@ -312,6 +312,19 @@ def test_expected_calibration_error():
     diagram = reliability(probas, labels, n_bins=10)
     assert diagram.counts.sum() == len(labels) and np.isnan(diagram.accuracy[0])  # empty bin
     np.testing.assert_allclose(diagram.accuracy[2:], diagram.confidence[2:], atol=0.01)
+
+
+def test_a_report_that_cannot_be_written_is_refused_before_its_figures(
+    tmp_path, tiny_run, monkeypatch
+):
+    """`digits report` of a run on a read-only mount (or whose report.html is read-only) had
+    predicted its images and drawn every figure, then failed writing the page."""
+    run_dir = Path(shutil.copytree(tiny_run, tmp_path / "run"))
+    (run_dir / "report.html").write_text("an earlier report")
+    (run_dir / "report.html").chmod(0o444)
+    monkeypatch.setattr(report_module.Predictor, "load", None)  # never reached
+    with pytest.raises(OutputError, match=r"report\.html: read-only \(mode 0444\)"):
+        write_run_report(run_dir)
 
 
 def test_report_names_a_corrupt_metrics_file(tmp_path, tiny_run):

@@ -24,7 +24,7 @@ from digit_recognizer.data.images import check_labels
 from digit_recognizer.data.kaggle_csv import DigitSet, read_submission
 from digit_recognizer.data.shards import read_data_source, require_labels
 from digit_recognizer.errors import DataError, ModelFileError, OutputError
-from digit_recognizer.fileio import atomic_path, sha256_file, write_text
+from digit_recognizer.fileio import atomic_path, check_can_write, sha256_file, write_text
 from digit_recognizer.models.storage import expand_ensembles
 from digit_recognizer.predict import PredictConfig, Predictor, check_data_source, conform_rows
 
@@ -178,6 +178,8 @@ def evaluate_run(
     matrix (EVAL_FILES) to ``out_dir``. With ``solution_csv`` (ImageId,Label, as a replica's
     solution.csv) the rows are unlabelled and take their labels from it, in ImageId order."""
     labelled_csv, out_dir = Path(labelled_csv), Path(out_dir)
+    # Before the predictions, which an --out that cannot take the files would lose.
+    scores, per_class, confusion = (check_can_write(out_dir / name) for name in EVAL_FILES)
     check_data_source(labelled_csv)
     warn_if_trained_on(run_dirs, labelled_csv)
     data = read_data_source(labelled_csv)
@@ -193,7 +195,6 @@ def evaluate_run(
     images = conform_rows(data.images, config, labelled_csv, predictor.orientation_judge)
     probas = predictor.predict_proba(images)
     metrics = compute_metrics(data.labels, probas)
-    scores, per_class, confusion = (out_dir / name for name in EVAL_FILES)
     write_text(scores, metrics.to_json())
     write_per_class_csv(metrics, per_class)
     plot_confusion_matrix(metrics.confusion, confusion)

@@ -39,7 +39,7 @@ from digit_recognizer.evaluate import (
     save_figure,
 )
 from digit_recognizer.explain import draw_overlay, grad_cam
-from digit_recognizer.fileio import sha256_file, write_text
+from digit_recognizer.fileio import check_can_write, sha256_file, write_text
 from digit_recognizer.models.storage import META_FILE, net_recipe, read_meta, refuse_ensemble
 from digit_recognizer.predict import PredictConfig, Predictor, conform_rows
 
@@ -131,6 +131,7 @@ def write_run_report(
     if not (run_dir / CONFIG_FILE).is_file():
         raise ModelFileError(f"{run_dir / CONFIG_FILE}: not found; is {run_dir} a run directory?")
     config = read_toml(run_dir / CONFIG_FILE)
+    check_can_write(run_dir / REPORT_FILE)  # before the predictions and figures it would lose
     predictor = Predictor.load([run_dir], PredictConfig(fuse_batch_norm=False))  # for Grad-CAM
     if data is not None:
         source = data_source
