@@ -87,6 +87,26 @@ def test_an_output_that_cannot_be_replaced_is_refused_before_any_model_is_fitted
         compare(small_csvs["train"], ["knn"], tmp_path)
 
 
+def test_what_a_compare_killed_outright_left_is_removed_by_the_next(tmp_path, small_csvs):
+    """`digits compare` killed while drawing its chart left `.leaderboard.png.PID-RANDOM.tmp`
+    in --out, and no later compare there removed it. One written lately stays: a compare on
+    another machine sharing --out, whose pid says nothing here, may be writing it."""
+    import os
+    import time
+
+    from digit_recognizer.fileio import LEFTOVER_AGE_S
+
+    killed = tmp_path / ".leaderboard.png.999999999-abcdefgh.tmp"  # no process has that pid
+    recent = tmp_path / ".compare.json.999999999-ijklmnop.tmp"
+    for path in (killed, recent):
+        path.write_text("partial")
+    long_ago = time.time() - LEFTOVER_AGE_S - 1
+    os.utime(killed, (long_ago, long_ago))
+    with pytest.raises(DataError, match=r"missing\.csv"):
+        compare(tmp_path / "missing.csv", ["knn"], tmp_path)
+    assert not killed.exists() and recent.exists()
+
+
 def test_the_models_scored_before_an_interruption_are_kept(tmp_path, small_csvs, monkeypatch):
     """Ctrl-C in the third model's fitting had lost the two scored before it."""
     from digit_recognizer import compare as compare_module

@@ -27,9 +27,11 @@ from digit_recognizer.errors import ConfigError, DataError, first_line
 from digit_recognizer.estimator import build_estimator, count_parameters
 from digit_recognizer.evaluate import CLASSES, compute_metrics, save_figure
 from digit_recognizer.fileio import (
+    LEFTOVER_AGE_S,
     atomic_path,
     check_can_write,
     make_dir,
+    remove_leftovers,
     source_record,
     write_text,
 )
@@ -99,6 +101,9 @@ def compare(
     out_dir = make_dir(out_dir)
     for name in (LEADERBOARD_FILE, CHART_FILE, SETTINGS_FILE):
         check_can_write(out_dir / name)
+    # What a write killed outright left (a chart's 30 kB), as tune's --out has it removed: old
+    # enough that no compare on another machine sharing --out is still writing it.
+    remove_leftovers(out_dir, min_age_s=LEFTOVER_AGE_S)
     data = read_labelled(train_csv, to_split=test_csv is None)
     folds = list(_folds(data, test_csv, valid_size, cv, seed))
     warn_shared_images(*folds[0], str(test_csv or f"{train_csv}'s held-out rows"))
