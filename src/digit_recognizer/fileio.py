@@ -232,14 +232,14 @@ def check_not_in_use(folder: str | os.PathLike[str]) -> None:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _lock_or_refuse(folder: Path, handle: IO[str]) -> None:
+def _lock_or_refuse(folder: Path, handle: IO[str], elsewhere: str = "another --out") -> None:
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         handle.seek(0)
         holder = handle.read().strip() or "another process"
         raise DigitsError(
-            f"{folder} is in use by {holder}; wait for it to finish or choose another --out"
+            f"{folder} is in use by {holder}; wait for it to finish or choose {elsewhere}"
         ) from None
 
 
@@ -254,9 +254,10 @@ def _write_holder(folder: Path, handle: IO[str]) -> None:
 
 
 @contextmanager
-def locked_dir(folder: str | os.PathLike[str]) -> Iterator[Path]:
-    """Hold an exclusive lock on ``folder`` (a run directory) or fail at once with the holder;
-    temporary files that killed writers left there are removed (``remove_leftovers``).
+def locked_dir(folder: str | os.PathLike[str], elsewhere: str = "another --out") -> Iterator[Path]:
+    """Hold an exclusive lock on ``folder`` (a run directory) or fail at once with the holder,
+    saying to choose ``elsewhere``; temporary files that killed writers left there are removed
+    (``remove_leftovers``).
 
     An OS file lock (flock), not a marker file: the kernel releases it when the holder exits,
     even by SIGKILL, so an interrupted run can be resumed without clearing anything by hand.
@@ -265,7 +266,7 @@ def locked_dir(folder: str | os.PathLike[str]) -> Iterator[Path]:
     made = [path for path in (Path(folder), *Path(folder).parents) if not path.exists()]
     folder = make_dir(folder)
     with open(folder / LOCK_FILE, "a+") as handle:
-        _lock_or_refuse(folder, handle)
+        _lock_or_refuse(folder, handle, elsewhere)
         try:
             _write_holder(folder, handle)
             remove_leftovers(folder)

@@ -63,7 +63,7 @@ def build_replica(out_dir: str | Path, seed: int = 0, overwrite: bool = False) -
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputError(f"{out_dir}: not a directory; the replica's three files go in one")
-    with locked_dir(out_dir):
+    with locked_dir(out_dir, elsewhere="another folder"):
         return _write_replica(out_dir, seed, overwrite)
 
 
