@@ -191,6 +191,28 @@ def test_a_lock_taken_clears_what_a_killed_writer_left(tmp_path: Path) -> None:
                 [".lock", writing.name, *kept])  # fmt: skip
 
 
+def test_the_next_write_of_a_file_clears_what_a_killed_write_of_it_left(tmp_path: Path) -> None:
+    """A killed `digits predict --out sub.csv` (no locked folder around it) had left its
+    temporary file for good. Once it is old enough to be no live writer's on another machine,
+    the next write of the file removes it; another file's, and a fresh one, stay."""
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    killed, fresh, other = (tmp_path / f".sub.csv.{dead}-a8f2q0zz.tmp",
+                            tmp_path / f".sub.csv.{dead}-b7d1k2xx.tmp",
+                            tmp_path / f".other.csv.{dead}-c6e3m4ww.tmp")  # fmt: skip
+    for path in (killed, fresh, other):
+        path.write_bytes(b"partial")
+    hour_ago = time.time() - 3600
+    for path in (killed, other):
+        os.utime(path, (hour_ago, hour_ago))
+    write_text(tmp_path / "sub.csv", "ImageId,Label\n")
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(
+        ["sub.csv", fresh.name, other.name])  # fmt: skip
+
+
 def test_a_run_refused_in_a_folder_it_made_leaves_no_folder(tmp_path: Path) -> None:
     """`digits train --valid-size 0 --patience 3 --out X`, refused once the data was read, had
     left X holding a lone .lock; a folder that was there, or that got files, stays."""

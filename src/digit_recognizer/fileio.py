@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import glob
 import hashlib
 import os
 import re
@@ -80,7 +81,9 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         _refuse_read_only(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         # Named with the writer's pid: what a killed writer left is told from what a live one
-        # is writing (remove_leftovers).
+        # is writing (remove_leftovers), and the next writer of the file removes it: outputs
+        # outside a locked folder (predict's, export's) had kept a killed write's for good.
+        remove_leftovers(path.parent, min_age_s=LEFTOVER_AGE_S, of=path.name)
         fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}-",
                                         suffix=".tmp")  # fmt: skip
     except OSError as error:
@@ -313,15 +316,16 @@ _TEMPORARY_FILE = re.compile(r"\..+\.(\d{1,9})-[a-z0-9_]{8}\.tmp")
 _WRITING: set[Path] = set()  # this process's temporary files, being written (resolved)
 
 
-def remove_leftovers(folder: Path, min_age_s: float = 0.0) -> None:
-    """Remove the temporary files in ``folder`` whose writer is dead: a process killed outright
-    (SIGKILL, the machine's end) leaves the one it was writing. A live writer's (``digits
-    report`` beside a training, say) and other programs' files are left alone; one named with
-    this process's pid that it is not writing is a killed run's (a container restarted gives
-    the same pid again). ``min_age_s``: only files untouched that long, where no lock keeps
-    out a writer in another container or on another machine, whose pid says nothing here.
-    Best effort: a folder that cannot be written keeps them."""
-    for path in folder.glob(".*.tmp"):
+def remove_leftovers(folder: Path, min_age_s: float = 0.0, of: str | None = None) -> None:
+    """Remove the temporary files in ``folder`` (those of file ``of`` only, if given) whose
+    writer is dead: a process killed outright (SIGKILL, the machine's end) leaves the one it was
+    writing. A live writer's (``digits report`` beside a training, say) and other programs'
+    files are left alone; one named with this process's pid that it is not writing is a killed
+    run's (a container restarted gives the same pid again). ``min_age_s``: only files
+    untouched that long, where no lock keeps out a writer in another container or on another
+    machine, whose pid says nothing here. Best effort: a folder that cannot be written keeps
+    them."""
+    for path in folder.glob(f".{glob.escape(of)}.*.tmp" if of else ".*.tmp"):
         match = _TEMPORARY_FILE.fullmatch(path.name)
         if match and path.resolve() not in _WRITING and is_leftover_of(int(match[1])):
             with contextlib.suppress(OSError):
