@@ -251,6 +251,24 @@ def test_the_main_job_predicts_rows_as_they_are_with_as_is(tmp_path, small_csvs,
     assert conformed == [True, False]
 
 
+def test_the_main_job_predicts_on_the_device_it_trains_on(tmp_path, small_csvs, monkeypatch):
+    """`digits run --device cpu` (or a --config's device and amp) had trained as asked and then
+    predicted the test rows on the default device, auto: the GPU, where there was one."""
+    from digit_recognizer import pipeline
+
+    predicted_with = []
+
+    def run_job(*args, predict_config, **kwargs):
+        predicted_with.append((predict_config.device, predict_config.amp))
+
+    monkeypatch.setattr(pipeline, "run_job", run_job)
+    toml = tmp_path / "recipe.toml"
+    toml.write_text("amp = false\n")
+    for flags in ((), ("--device", "cpu"), ("--config", toml)):
+        invoke("run", "--train", small_csvs["train"], "--test", small_csvs["test"], *flags)
+    assert predicted_with == [("auto", True), ("cpu", True), ("auto", False)]
+
+
 def test_train_then_evaluate(tmp_path, small_csvs):
     run_dir = tmp_path / "trained"
     trained = invoke("train", "--train", small_csvs["train"], "--out", run_dir, *SMALL_RECIPE,

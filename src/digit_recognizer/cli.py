@@ -339,9 +339,12 @@ def run(
         compile=compile_model, max_memory_gb=max_memory, resume=resume or None)  # fmt: skip
     configs = resolve_configs(preset, resume, out, config, overrides)
     tta = get_preset(preset).tta if tta is None else tta
+    # The test rows are predicted where, and as, the run trained: `--device cpu` had predicted
+    # on the GPU (the default, auto).
+    predict_settings = PredictConfig(tta=tta, conform=not as_is, device=configs[0].device,
+                                     amp=configs[0].amp)  # fmt: skip
     with progress_bar(enabled=nproc == 1) as progress:  # torchrun's rank 0 shows its own
-        summary = run_job(configs, train, test, out, replica_seed,
-                          predict_config=PredictConfig(tta=tta, conform=not as_is),
+        summary = run_job(configs, train, test, out, replica_seed, predict_config=predict_settings,
                           progress=progress,
                           parallel=jobs, nproc=nproc)  # fmt: skip
     table = Table(title=f"digits run (preset {preset})", show_header=False)
