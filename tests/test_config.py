@@ -132,6 +132,23 @@ def test_bad_toml_and_missing_file(tmp_path: Path):
         read_toml(tmp_path / "missing.toml")
 
 
+def test_a_key_set_in_two_sections_is_refused(tmp_path):
+    """Sections are flattened into their keys: a key set in two of them (or in one and before
+    them all) had taken the last value without a word."""
+    toml = tmp_path / "c.toml"
+    toml.write_text("lr = 0.1\n[optimizer]\nmomentum = 0.8\n[schedule]\nlr = 0.01\n")
+    with pytest.raises(ConfigError, match=r"c\.toml: 'lr' is set twice \(before any \[section\] "
+                                          r"and in \[schedule\]\); keep one"):  # fmt: skip
+        load_config(TrainConfig, toml)
+    toml.write_text("[optimizer]\nlr = 0.1\n[schedule]\nlr = 0.01\n")
+    with pytest.raises(
+        ConfigError, match=r"'lr' is set twice \(in \[optimizer\] and in \[schedule"
+    ):
+        read_toml(toml)
+    toml.write_text("lr = 0.1\n[optimizer]\nmomentum = 0.8\n")
+    assert read_toml(toml) == {"lr": 0.1, "momentum": 0.8}
+
+
 def test_configs_built_in_python_are_checked_as_files_are():
     """TrainConfig(schedule="cosine") had trained at a constant lr; numpy numbers (a grid of
     np.arange) were refused; a device "gpu" failed only when training began."""

@@ -59,7 +59,8 @@ def load_config(
 
 
 def read_toml(toml_path: str | Path) -> dict[str, Any]:
-    """Read a TOML file into a flat dict; a ``[section]`` table is flattened into its keys."""
+    """Read a TOML file into a flat dict; a ``[section]`` table is flattened into its keys,
+    which must not repeat one set elsewhere in the file (the last had silently won)."""
     path = Path(toml_path)
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -72,8 +73,14 @@ def read_toml(toml_path: str | Path) -> dict[str, Any]:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise ConfigError(f"{path}: not valid TOML ({error})") from None
     flat: dict[str, Any] = {}
+    set_in: dict[str, str] = {}  # key -> where in the file it was set
     for key, value in data.items():
-        flat.update(value if isinstance(value, dict) else {key: value})
+        where = f"in [{key}]" if isinstance(value, dict) else "before any [section]"
+        for name, item in (value if isinstance(value, dict) else {key: value}).items():
+            if name in flat:
+                raise ConfigError(f"{path}: '{name}' is set twice ({set_in[name]} and {where}); "
+                                  "keep one")  # fmt: skip
+            flat[name], set_in[name] = item, where
     return flat
 
 
