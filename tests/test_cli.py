@@ -553,6 +553,26 @@ def test_a_tomls_switch_is_turned_off_by_its_flag(tmp_path, small_csvs):
     assert "compile = false" in (tmp_path / "run" / "config.toml").read_text()
 
 
+def test_a_tomls_resume_is_turned_off_by_its_flag(tmp_path, small_csvs, monkeypatch):
+    """`resume = true` in a TOML had no flag to undo it: --no-resume, shown in the help, was
+    read as no flag at all, and the run in --out was continued."""
+    from digit_recognizer import pipeline
+
+    resumed = []
+
+    def train_jobs(configs, *args, **kwargs):
+        resumed.append(configs[0].resume)
+        return []
+
+    monkeypatch.setattr(pipeline, "train_jobs", train_jobs)
+    toml = tmp_path / "recipe.toml"
+    toml.write_text("resume = true\n")
+    for flags in ((), ("--no-resume",), ("--resume",)):
+        invoke("train", "--train", small_csvs["train"], "--config", toml,
+               "--out", tmp_path / "run", *flags)  # fmt: skip
+    assert resumed == [True, False, True]
+
+
 def test_a_predict_tomls_tta_is_turned_off_by_its_flag(tmp_path, tiny_run, small_csvs):
     """`tta = true` in a predict --config had no flag to undo it, as compile had none."""
     toml = tmp_path / "predict.toml"

@@ -242,11 +242,13 @@ MaxMemory = Annotated[
         "\\[default: 2]",
     ),
 ]
+# --no-resume too: a --config TOML's resume = true had no flag to turn it off.
 Resume = Annotated[
-    bool,
+    bool | None,
     typer.Option(
+        "--resume/--no-resume",
         help="Continue --out's interrupted run (each member of an ensemble) from its "
-        "last checkpoint."
+        "last checkpoint. \\[default: the --config's resume, else no-resume]",
     ),
 ]
 Compile = Annotated[
@@ -286,7 +288,7 @@ def predict_config(config: Path | None, tta: bool | None, as_is: bool, device: s
 
 
 def resolve_configs(
-    preset: str, resume: bool, out: Path | None, config: Path | None, flags: dict[str, Any]
+    preset: str, resume: bool | None, out: Path | None, config: Path | None, flags: dict[str, Any]
 ) -> list[TrainConfig]:
     """What `run` and `train` train (presets.job_configs); --resume needs --out."""
     from digit_recognizer.presets import job_configs
@@ -310,7 +312,7 @@ def run(
     test: Annotated[Path | None, typer.Option(
         help="Kaggle test.csv (or shard dir, glob) to predict.")] = None,
     out: RunDir = None,
-    resume: Resume = False,
+    resume: Resume = None,
     replica_seed: Annotated[
         int | None, typer.Option(min=0, help="Seed of the replica split. \\[default: 0]")
     ] = None,
@@ -336,7 +338,7 @@ def run(
         batch_size=batch_size, optimizer=optimizer, lr=lr, schedule=schedule, augment=augment,
         elastic=elastic, stroke=stroke, styles=styles,
         valid_size=valid_size, patience=patience, seed=seed, device=device,
-        compile=compile_model, max_memory_gb=max_memory, resume=resume or None)  # fmt: skip
+        compile=compile_model, max_memory_gb=max_memory, resume=resume)  # fmt: skip
     configs = resolve_configs(preset, resume, out, config, overrides)
     tta = get_preset(preset).tta if tta is None else tta
     # The test rows are predicted where, and as, the run trained: `--device cpu` had predicted
@@ -373,7 +375,7 @@ def train_command(
     train: Annotated[Path, typer.Option(
         help="Labelled CSV (Kaggle train.csv format), a shard dir or a quoted glob.")],
     out: RunDir = None,
-    resume: Resume = False,
+    resume: Resume = None,
     preset: Preset = "default",
     nproc: TrainNproc = 1,
     jobs: Jobs = None,
@@ -394,7 +396,7 @@ def train_command(
         elastic=elastic, stroke=stroke, styles=styles,
         valid_size=valid_size, patience=patience, seed=seed, device=device, compile=compile_model,
         max_memory_gb=max_memory,
-        resume=resume or None)  # fmt: skip
+        resume=resume)  # fmt: skip
     configs = resolve_configs(preset, resume, out, config, overrides)
     run_dir = out or default_run_dir(configs[0].model)
     is_main_process = Distributed.from_env().is_main_process
