@@ -21,6 +21,14 @@ def test_presets_are_the_recipes_the_readme_names():
         get_preset("quick")
 
 
+def test_the_seed_presets_lr_is_its_optimizers_default():
+    """`--preset seed --optimizer sgd` had trained SGD at the preset's Adam lr, 1e-3, where
+    --lr's help promises 0.05 for sgd."""
+    seed = get_preset("seed").configs()[0]
+    assert (seed.optimizer, seed.lr) == ("adam", 1e-3)  # the notebook's
+    assert get_preset("seed").configs(flags={"optimizer": "sgd"})[0].lr == 0.05
+
+
 def test_best_members_differ_and_flags_override_them_all(tmp_path):
     members = get_preset("best").configs()
     assert [config.seed for config in members] == [1, 2, 3, 4, 5]
