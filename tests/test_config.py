@@ -106,6 +106,17 @@ def test_bad_value_and_unknown_model():
         TrainConfig(model="cnnn")
 
 
+def test_an_unknown_model_is_blamed_on_the_file_or_the_flag_that_named_it(tmp_path):
+    """Other bad values named their TOML file or the flags; an unknown model named neither."""
+    toml = tmp_path / "c.toml"
+    toml.write_text('model = "cnnn"\n')
+    with pytest.raises(UnknownModelError, match=r"^\S*c\.toml: unknown model 'cnnn'"):
+        load_config(TrainConfig, toml, {"epochs": 3})
+    toml.write_text('model = "cnn"\n')
+    with pytest.raises(UnknownModelError, match=r"^flags: unknown model 'cnnn'"):
+        load_config(TrainConfig, toml, {"model": "cnnn"})
+
+
 def test_settings_that_are_not_finite_are_refused(tmp_path):
     """inf passed every range check: max_memory_gb = inf ended `digits train` in an
     OverflowError's traceback, lr = inf in a diverged run, time_budget_s = inf in no budget."""

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from digit_recognizer.errors import ConfigError
+from digit_recognizer.errors import ConfigError, UnknownModelError
 from digit_recognizer.fileio import write_text
 
 C = TypeVar("C")
@@ -47,7 +47,7 @@ def load_config(
     values.update(read_toml(toml_path))
     try:
         return make_config(config_class, values | flags, source=str(toml_path))
-    except ConfigError:
+    except (ConfigError, UnknownModelError):
         if not flags:
             raise
     # The file's values or the flags': `--resume --epochs 0` had blamed the run's config.toml.
@@ -102,6 +102,8 @@ def make_config(config_class: type[C], values: Mapping[str, Any], source: str = 
         return config_class(**checked)
     except ConfigError as error:  # a value out of range: say where it came from
         raise ConfigError(f"{source}: {error}") from None
+    except UnknownModelError as error:  # a TOML's model = "cnnn" had not named the file
+        raise UnknownModelError(f"{source}: {error}") from None
 
 
 def check_fields(config: Any) -> None:
