@@ -160,7 +160,9 @@ class TrainConfig:
             (self.ema_decay is None or 0 < self.ema_decay < 1, "ema_decay must be in (0, 1)"),
             (0 <= self.momentum < 1, "momentum must be in [0, 1)"),
             (self.weight_decay >= 0, "weight_decay must be >= 0"),
-            (self.lr_decay > 0, "lr_decay must be > 0"),
+            # A decay: above 1 the lr grows every epoch without bound (1e300 had ended in a
+            # traceback, SGD's step overflowing float32).
+            (0 < self.lr_decay <= 1, "lr_decay must be in (0, 1]"),
             (0 < self.plateau_factor < 1, "plateau_factor must be in (0, 1)"),
             (self.plateau_patience >= 1, "plateau_patience must be >= 1"),
             (self.patience is None or self.patience >= 1, "patience must be >= 1"),
