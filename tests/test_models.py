@@ -304,6 +304,16 @@ def test_an_ensemble_of_ensembles_expands_to_its_runs_and_a_loop_names_the_manif
         expand_ensembles([tmp_path])
 
 
+def test_a_command_taking_one_model_names_a_member_the_ensemble_lists(tmp_path):
+    # "give one of its members, such as ENSEMBLE/member-1", of a hand-made one without it.
+    from digit_recognizer.models.storage import ENSEMBLE_FILE
+
+    save_net(tmp_path / "small-cnn", build("cnn-tiny"), "cnn-tiny", {})
+    (tmp_path / ENSEMBLE_FILE).write_text('{"members": ["small-cnn"]}')
+    with pytest.raises(ModelFileError, match=f"such as {tmp_path / 'small-cnn'} "):
+        load_net(tmp_path)
+
+
 def test_an_ensemble_stopped_before_its_manifest_is_named_so(tmp_path):
     # It had been "model.json: not found; is it a trained run directory?", after a Ctrl-C.
     save_net(tmp_path / "member-1", build("cnn-tiny"), "cnn-tiny", {})

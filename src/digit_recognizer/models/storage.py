@@ -176,10 +176,11 @@ def write_ensemble(run_dir: Path, members: list[Path]) -> None:
 def refuse_ensemble(run_dir: Path) -> None:
     """``ModelFileError`` if ``run_dir`` is an ensemble: for commands that take one model."""
     if (run_dir / ENSEMBLE_FILE).exists() and not (run_dir / META_FILE).exists():
+        # A member it really lists: one put together by hand need not have a member-1.
         raise ModelFileError(
             f"{run_dir} is an ensemble ({ENSEMBLE_FILE}); this takes one model: give one of its "
-            f"members, such as {run_dir / 'member-1'} (predict, evaluate and predict-image take "
-            "the ensemble)"
+            f"members, such as {expand_ensembles([run_dir])[0]} (predict, evaluate and "
+            "predict-image take the ensemble)"
         )
 
 
