@@ -1,6 +1,7 @@
 import copy
 import json
 import os
+import re
 import threading
 import time
 from pathlib import Path
@@ -302,6 +303,25 @@ def test_an_ensemble_of_ensembles_expands_to_its_runs_and_a_loop_names_the_manif
     (tmp_path / ENSEMBLE_FILE).write_text('{"members": ["single\\u0000"]}')
     with pytest.raises(ModelFileError, match="'members' must be a non-empty list"):
         expand_ensembles([tmp_path])
+
+
+def test_a_run_listed_twice_in_an_ensemble_is_refused_naming_the_manifest(tmp_path):
+    # It was averaged in twice, weighing double, with no word: a slip in a hand-made manifest.
+    from digit_recognizer.models.storage import ENSEMBLE_FILE, expand_ensembles
+
+    for name in ("inner/a", "b"):
+        save_net(tmp_path / name, build("cnn-tiny"), "cnn-tiny", {})
+    (tmp_path / "inner" / ENSEMBLE_FILE).write_text('{"members": ["a"]}')
+    for members in (["b", "./b"], ["inner", "inner/a"]):
+        (tmp_path / ENSEMBLE_FILE).write_text(json.dumps({"members": members}))
+        listed_twice = tmp_path / members[1]
+        with pytest.raises(ModelFileError, match=f"{tmp_path / ENSEMBLE_FILE}: member "
+                           f"{listed_twice} is listed twice.*list each run once"):  # fmt: skip
+            expand_ensembles([tmp_path])
+    again = tmp_path / "inner" / ".." / "b"
+    with pytest.raises(ModelFileError, match=re.escape(f"run directory {again} is listed twice "
+                       f"(also as {tmp_path / 'b'})")):  # fmt: skip
+        expand_ensembles([tmp_path / "b", again])
 
 
 def test_a_command_taking_one_model_names_a_member_the_ensemble_lists(tmp_path):

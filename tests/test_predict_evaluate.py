@@ -101,7 +101,8 @@ def test_tta_and_ensemble_average_and_stay_accurate(tmp_path, tiny_run, small_tr
     by_hand = np.mean([predictor.predict_proba(view) for view in views], axis=0)
     np.testing.assert_allclose(with_tta, by_hand, atol=1e-5)
     np.testing.assert_allclose(with_tta.sum(axis=1), 1, atol=1e-5)
-    twice = Predictor.load([tiny_run, tiny_run]).predict_proba(images)
+    twin = shutil.copytree(tiny_run, tmp_path / "twin")  # the same run twice is refused
+    twice = Predictor.load([tiny_run, twin]).predict_proba(images)
     np.testing.assert_allclose(twice, plain, atol=1e-6)
     # Two different models, with TTA: the mean of each one's own TTA, neither one alone.
     from digit_recognizer.estimator import build_estimator, save_estimator

@@ -186,16 +186,27 @@ def refuse_ensemble(run_dir: Path) -> None:
 
 def expand_ensembles(run_dirs: list[Path]) -> list[Path]:
     """Replace each ensemble directory by its member run directories, in order; a member that is
-    an ensemble itself by its own members (each model listed weighs the same in the average)."""
-    return [member for run_dir in map(Path, run_dirs) for member in _members(run_dir, ())]
+    an ensemble itself by its own members (each model listed weighs the same in the average).
+    A run listed twice, which would weigh double, is refused, naming where it was listed."""
+    listed: dict[str, Path] = {}  # by real path: "a", "./a" and a symlink to it are one run
+    for run, manifest in (pair for run_dir in run_dirs for pair in _members(Path(run_dir), ())):
+        if (first := listed.setdefault(os.path.realpath(run), run)) is not run:
+            where = f"{manifest}: member" if manifest else "run directory"
+            also = f" (also as {first})" if first != run else ""
+            raise ModelFileError(
+                f"{where} {run} is listed twice{also}, directly or through an ensemble: it "
+                "would weigh double in the average; list each run once"
+            )
+    return list(listed.values())
 
 
-def _members(run_dir: Path, within: tuple[str, ...]) -> list[Path]:
-    """``run_dir``'s run directories: itself, or an ensemble's members; ``within``: the
-    ensembles listing it, as real paths, to refuse a loop (a member "." or "", say)."""
+def _members(run_dir: Path, within: tuple[str, ...]) -> list[tuple[Path, Path | None]]:
+    """``run_dir``'s run directories, each with the manifest listing it: itself (None), or an
+    ensemble's members; ``within``: the ensembles listing it, as real paths, to refuse a loop
+    (a member "." or "", say)."""
     manifest = run_dir / ENSEMBLE_FILE
     if not manifest.exists() or (run_dir / META_FILE).exists():
-        return [run_dir]
+        return [(run_dir, None)]
     try:
         text = check_regular_file(manifest).read_text(encoding="utf-8")
         members = json.loads(text)["members"]
@@ -219,5 +230,7 @@ def _members(run_dir: Path, within: tuple[str, ...]) -> list[Path]:
         if os.path.realpath(run_dir / member) in within:
             raise ModelFileError(f"{manifest}: member {member!r} is this ensemble or one that "
                                  "lists it, a loop; list run directories")  # fmt: skip
-        expanded += _members(run_dir / member, within)
+        expanded += [
+            (run, listed_in or manifest) for run, listed_in in _members(run_dir / member, within)
+        ]
     return expanded
