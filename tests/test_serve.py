@@ -307,6 +307,9 @@ def test_a_classical_model_is_served_without_grad_cam(
     save_estimator(logreg, tmp_path, "logreg")
     with TestClient(create_app(tmp_path)) as classical_client:
         assert classical_client.get("/model").json()["model"] == "logreg"
+        # It said backend torch, which has no part in a pipeline's answers.
+        assert classical_client.get("/model").json()["backend"] == "scikit-learn"
+        assert classical_client.get("/health").json()["backend"] == "scikit-learn"
         answer = classical_client.post("/predict?explain=true", json=pixels_body(digits[0]))
         batch = classical_client.post("/predict?explain=true", json=[pixels_body(digits[1])])
     expected = logreg.predict_proba(digits[:2])

@@ -103,7 +103,7 @@ class ServeConfig:
 class ServedModel:
     """What the routes need: probabilities, Grad-CAM where the backend allows, and metadata."""
 
-    backend: str
+    backend: str  # what computes the answers: torch, onnx, or scikit-learn (under torch's flag)
     predictor: Predictor | OnnxPredictor
     meta: dict[str, Any]  # model.json
     metrics: dict[str, Any]  # metrics.json, {} when the run has none
@@ -161,7 +161,9 @@ def load_served_model(run_dir: Path, config: ServeConfig) -> ServedModel:
             explain_net = load_net(run_dir)[0].to(predictor.device)
     metrics = read_metrics(run_dir)
     check_reported_figures(run_dir, meta, metrics)
-    return ServedModel(config.backend, predictor, meta, metrics, explain_net)
+    # A pipeline is served under --backend torch, but torch has no part in its answers.
+    backend = "scikit-learn" if is_classical else config.backend
+    return ServedModel(backend, predictor, meta, metrics, explain_net)
 
 
 class _MetaFigures(BaseModel):  # other keys are not reported, and go unchecked
@@ -274,7 +276,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.model = model or load_served_model(run_dir, config)
-        log.info("serving %s (%s backend)", run_dir, config.backend)
+        log.info("serving %s (%s backend)", run_dir, app.state.model.backend)
         yield
 
     # /docs and /redoc with their scripts served from here (FastAPI's come from a CDN, and
@@ -343,7 +345,7 @@ def run_server(
     listening = listening_socket(config.host, config.port)
     port = listening.getsockname()[1]
     url = f"http://{address(config.host, port)}"
-    announce(f"serving {run_dir} ({config.backend}) at {url}, API docs at {url}/docs")
+    announce(f"serving {run_dir} ({model.backend}) at {url}, API docs at {url}/docs")
     # The server process owns its threads: set once here, not in create_app, which tests share.
     torch.set_num_threads(config.n_threads)
     app = create_app(run_dir, config, model)

@@ -167,7 +167,7 @@ class BatchResponse(BaseModel):
 class ModelInfo(BaseModel):
     model: str = Field(description="registry name, see `digits models`")
     description: str | None = Field(description="null for a model this version does not know")
-    backend: str
+    backend: str = Field(description="torch, onnx, or scikit-learn (a classical model)")
     n_parameters: int | None
     params: dict[str, Any] = Field(description="builder arguments")
     validation_accuracy: float | None
