@@ -409,6 +409,8 @@ def test_classical_run_directories_predict_and_mix_with_nets(tmp_path, tiny_run,
     mixed = Predictor.load([tmp_path, tiny_run]).predict_proba(images)
     net = Predictor.load([tiny_run]).predict_proba(images)
     np.testing.assert_allclose(mixed, (classical + net) / 2, atol=1e-5)
+    # No images (a filter that kept none): no rows, as of nets, not PCA's "0 sample(s)" error.
+    assert Predictor.load([tmp_path]).predict_proba(images[:0]).shape == (0, 10)
     # Only nets judge whether a file is stored transposed: an SVM is surer of transposed digits.
     assert Predictor.load([tmp_path]).orientation_judge is None
     assert Predictor.load([tmp_path, tiny_run]).orientation_judge is None

@@ -162,6 +162,8 @@ class Predictor:
         # Read-only arrays (pandas' to_numpy, np.load with mmap) are copied: torch warns of
         # undefined behaviour when it wraps one, though nothing here writes to it.
         images = np.require(check_images(images), requirements="W")
+        if not len(images):  # a filter that kept none; scikit-learn's steps refuse 0 samples
+            return np.zeros((0, 10), np.float32)
         views = _tta_views(images) if self.config.tta else [images]
         amp_dtype = autocast_dtype(self.device, self.config.amp)
         total = torch.zeros(len(images), 10, device=self.device)
