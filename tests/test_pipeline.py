@@ -436,7 +436,7 @@ def test_a_resumed_ensemble_no_longer_claims_its_earlier_test_score(tmp_path, sm
 
 
 def test_an_ensemble_whose_member_trains_on_alone_no_longer_claims_its_test_score(
-    tmp_path, small_csvs
+    tmp_path, small_csvs, monkeypatch
 ):
     # `digits train --out OUT/member-1 --resume` left OUT's metrics.json claiming the test score
     # of the weights the member had.
@@ -448,6 +448,11 @@ def test_an_ensemble_whose_member_trains_on_alone_no_longer_claims_its_test_scor
     scored = trained | {"test_accuracy": 0.5, "test_csv": "test.csv", "test_tta": False}
     (tmp_path / "metrics.json").write_text(json.dumps(scored))
     train_jobs([replace(config, resume=True)], small_csvs["train"], member)  # nothing left
+    assert json.loads((tmp_path / "metrics.json").read_text()) == scored
+    # Under --nproc (torchrun's processes as one, here), read back as trained, it lost it too.
+    monkeypatch.setattr(pipeline, "run_torchrun", lambda _nproc, _module, _args, resumed:
+                        train_job(resumed, small_csvs["train"], member))  # fmt: skip
+    train_jobs([replace(config, resume=True)], small_csvs["train"], member, nproc=2)
     assert json.loads((tmp_path / "metrics.json").read_text()) == scored
     train_jobs([replace(config, resume=True, epochs=2)], small_csvs["train"], member)
     assert json.loads((tmp_path / "metrics.json").read_text()) == trained

@@ -299,17 +299,30 @@ def train_distributed(
     check_not_in_use(run_dir)  # else rank 0 refuses, and the others wait on it for a while
     check_global_batch(config.batch_size, nproc)
     require_labels(resolve_data_source(train_csv).has_labels, train_csv)
+    before = checkpoint_stamp(run_dir)
     run_torchrun(
         nproc,
         "digit_recognizer",
         ["train", "--train", str(train_csv), "--out", str(run_dir)],
         config,
     )
-    return trained_job(run_dir)
+    # Each finished epoch replaces the checkpoint: one left as it was, a finished run resumed,
+    # trained nothing, and its test score (an ensemble's too) still holds.
+    return trained_job(run_dir, trained=checkpoint_stamp(run_dir) != before)
 
 
-def trained_job(run_dir: Path) -> TrainJobResult:
-    """A run that other processes trained (torchrun's), read back from the files they wrote."""
+def checkpoint_stamp(run_dir: Path) -> tuple[int, int] | None:
+    """The checkpoint file's identity (inode, modification time), None where there is none."""
+    try:
+        stat = (run_dir / CHECKPOINT_FILE).stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns
+
+
+def trained_job(run_dir: Path, trained: bool) -> TrainJobResult:
+    """A run that other processes trained (torchrun's), read back from the files they wrote;
+    ``trained``: False for a finished run resumed, which trained nothing."""
     metrics = read_metrics(run_dir)
     validation = metrics.get("validation")
     result = TrainResult(
@@ -321,6 +334,7 @@ def trained_job(run_dir: Path) -> TrainJobResult:
         epochs_run=metrics["epochs_run"],
         stopped_early=metrics["stopped_early"],
         config=read_toml(run_dir / CONFIG_FILE),
+        trained=trained,
     )
     return TrainJobResult(run_dir, result, Metrics(**validation) if validation else None)
 
