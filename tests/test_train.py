@@ -684,6 +684,23 @@ def test_a_diverging_run_stops_with_the_way_out_before_its_checkpoint(tmp_path, 
     assert not (tmp_path / "checkpoint.pt").exists()
 
 
+def test_weights_broken_by_an_epochs_last_step_stop_the_run_too(tmp_path, small_train, monkeypatch):
+    """Each loss is taken before its step: weights the last step of the last epoch made NaN
+    had been saved (one-cycle keeps its last epoch) and refused only at prediction."""
+    subset = DigitSet(small_train.images[:64], small_train.labels[:64])  # one step an epoch
+    sgd_step = torch.optim.SGD.step
+
+    def breaking_step(self, closure=None):
+        sgd_step(self, closure)
+        self.param_groups[0]["params"][0].data.fill_(float("nan"))
+
+    monkeypatch.setattr(torch.optim.SGD, "step", breaking_step)
+    config = TrainConfig(model="cnn-tiny", epochs=1, batch_size=64, valid_size=0)
+    with pytest.raises(DivergedError, match=r"epoch 1 \(its weights are not all numbers\)"):
+        train(config, subset, None, tmp_path)
+    assert not (tmp_path / "model.safetensors").exists()
+
+
 def test_the_model_returned_predicts_rather_than_trains(tmp_path, small_train):
     """result.model(x) in a notebook must use the running batch-norm statistics."""
     subset = DigitSet(small_train.images[:64], small_train.labels[:64])

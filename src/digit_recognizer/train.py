@@ -556,11 +556,19 @@ def train(
             "train_loss": (totals[0] / totals[2]).item(),
             "train_accuracy": (totals[1] / totals[2]).item(),
         }
-        if totals[2] > 0 and not math.isfinite(row["train_loss"]):  # no batch: 0 / 0, no loss
-            # Before this epoch's checkpoint: --resume goes on from the last sound one.
-            raise DivergedError(f"{run_dir}: training diverged in epoch {epoch} (its loss "
-                                   f"is {row['train_loss']}): a lower --lr than {config.lr:g} "
-                                   "trains; what it saved is from the epochs before")  # fmt: skip
+        # Each loss is taken before its step: the epoch's last step can break the weights
+        # with every loss finite, and a one-cycle run saves its last epoch whatever it scores.
+        weights_finite = torch.stack([tensor.isfinite().all()
+                                      for tensor in eval_model.state_dict().values()
+                                      if tensor.is_floating_point()]).all().item()  # fmt: skip
+        if totals[2] > 0 and not (math.isfinite(row["train_loss"]) and weights_finite):
+            # (no batch: 0 / 0, no loss.) Before this epoch's checkpoint: --resume goes on from
+            # the last sound one.
+            broken = (f"its loss is {row['train_loss']}" if weights_finite
+                      else "its weights are not all numbers")  # fmt: skip
+            raise DivergedError(f"{run_dir}: training diverged in epoch {epoch} ({broken}): a "
+                                f"lower --lr than {config.lr:g} trains; what it saved is from "
+                                "the epochs before")  # fmt: skip
         if has_valid:
             # Same weights and buffers on every rank: same figures, same decisions everywhere.
             valid_loss, valid_accuracy = evaluate_split(
