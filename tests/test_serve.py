@@ -29,7 +29,7 @@ from digit_recognizer.cli import app as cli_app
 from digit_recognizer.data.images import MAX_IMAGE_PIXELS, conform_to_mnist, load_image
 from digit_recognizer.data.kaggle_csv import DigitSet, write_kaggle_csv
 from digit_recognizer.errors import ConfigError, ModelFileError
-from digit_recognizer.estimator import build_estimator, save_estimator
+from digit_recognizer.estimator import build_estimator, count_parameters, save_estimator
 from digit_recognizer.models.registry import get_spec
 from digit_recognizer.models.storage import PREPROCESSING
 from digit_recognizer.predict import PredictConfig, Predictor
@@ -306,7 +306,10 @@ def test_a_classical_model_is_served_without_grad_cam(
     logreg = build_estimator("logreg").fit(small_train.images[:300], small_train.labels[:300])
     save_estimator(logreg, tmp_path, "logreg")
     with TestClient(create_app(tmp_path)) as classical_client:
-        assert classical_client.get("/model").json()["model"] == "logreg"
+        info = classical_client.get("/model").json()
+        # Its size as compare counts it (PCA's components, the coefficients): the page had "?"
+        assert (info["model"], info["n_parameters"]) == ("logreg", count_parameters(logreg))
+        assert info["n_parameters"] > 10_000
         # It said backend torch, which has no part in a pipeline's answers.
         assert classical_client.get("/model").json()["backend"] == "scikit-learn"
         assert classical_client.get("/health").json()["backend"] == "scikit-learn"

@@ -35,6 +35,7 @@ from digit_recognizer.data.splits import split_for_training
 from digit_recognizer.errors import ConfigError, ModelFileError, first_line
 from digit_recognizer.fileio import locked_temporary_dir
 from digit_recognizer.models.classical import (
+    count_pipeline_parameters,
     fits_the_digits,
     is_pipeline,
     load_pipeline,
@@ -280,19 +281,4 @@ def count_parameters(estimator: NetClassifier | Pipeline) -> int:
     if isinstance(estimator, NetClassifier):
         check_is_fitted(estimator)
         return sum(p.numel() for p in estimator.module_.parameters())
-    total = 0
-    for _, step in estimator.steps:
-        for attribute in _fitted_objects(step):
-            tree = getattr(attribute, "tree_", None)
-            total += tree.node_count if tree is not None else 0
-            for value in vars(attribute).values():
-                total += value.size if isinstance(value, np.ndarray) else 0
-    return total
-
-
-def _fitted_objects(step: Any) -> list[Any]:
-    """The step and the estimators fitted inside it (calibrated SVMs, a forest's trees)."""
-    inner = getattr(step, "estimators_", None) or [
-        calibrated.estimator for calibrated in getattr(step, "calibrated_classifiers_", [])
-    ]
-    return [step, *inner]
+    return count_pipeline_parameters(estimator)

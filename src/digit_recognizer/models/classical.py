@@ -296,6 +296,27 @@ def is_pipeline(meta: dict[str, Any]) -> bool:
     return meta.get("framework") == "sklearn"
 
 
+def count_pipeline_parameters(pipeline: Pipeline) -> int:
+    """Learned numbers in a fitted pipeline: every fitted array (PCA components, coefficients,
+    support vectors, k-NN's stored features) and tree nodes."""
+    total = 0
+    for _, step in pipeline.steps:
+        for attribute in _fitted_objects(step):
+            tree = getattr(attribute, "tree_", None)
+            total += tree.node_count if tree is not None else 0
+            for value in vars(attribute).values():
+                total += value.size if isinstance(value, np.ndarray) else 0
+    return total
+
+
+def _fitted_objects(step: Any) -> list[Any]:
+    """The step and the estimators fitted inside it (calibrated SVMs, a forest's trees)."""
+    inner = getattr(step, "estimators_", None) or [
+        calibrated.estimator for calibrated in getattr(step, "calibrated_classifiers_", [])
+    ]
+    return [step, *inner]
+
+
 def save_pipeline(run_dir: Path, pipeline: Pipeline, name: str, params: dict[str, Any]) -> None:
     """Write a fitted pipeline to ``run_dir``: model.json plus model.safetensors, or plus
     model.trusted.skops for a forest.
@@ -309,7 +330,8 @@ def save_pipeline(run_dir: Path, pipeline: Pipeline, name: str, params: dict[str
     """
     run_dir = Path(run_dir)
     meta: dict[str, Any] = {"format_version": 1, "framework": "sklearn", "model": name,
-                            "params": params, "classes": pipeline.classes_.tolist()}  # fmt: skip
+                            "params": params, "classes": pipeline.classes_.tolist(),
+                            "n_parameters": count_pipeline_parameters(pipeline)}  # fmt: skip
     arrays: dict[str, np.ndarray] = {}
     try:
         meta["pipeline"] = _encode(pipeline, arrays)
