@@ -684,6 +684,18 @@ def test_a_diverging_run_stops_with_the_way_out_before_its_checkpoint(tmp_path, 
     assert not (tmp_path / "checkpoint.pt").exists()
 
 
+def test_a_net_whose_weights_overflow_under_a_finite_loss_stops_as_diverged(tmp_path, small_train):
+    """At lr 1e4 batch norm's running variances overflowed while the loss stayed finite
+    (2.6e16): the run finished and saved a model that `digits predict` refused as damaged."""
+    subset = DigitSet(small_train.images[:256], small_train.labels[:256])
+    config = TrainConfig(model="cnn-tiny", epochs=1, batch_size=64, valid_size=0, lr=1e4,
+                         schedule="constant", augment=0)  # fmt: skip
+    with pytest.raises(DivergedError, match=r"epoch 1 \(its weights are not all numbers\)"):
+        train(config, subset, None, tmp_path)
+    assert not (tmp_path / "checkpoint.pt").exists()
+    assert not (tmp_path / "model.safetensors").exists()
+
+
 def test_weights_broken_by_an_epochs_last_step_stop_the_run_too(tmp_path, small_train, monkeypatch):
     """Each loss is taken before its step: weights the last step of the last epoch made NaN
     had been saved (one-cycle keeps its last epoch) and refused only at prediction."""

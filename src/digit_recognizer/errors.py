@@ -14,7 +14,8 @@ class ConfigError(DigitsError):
 
 
 class DivergedError(ConfigError):
-    """The training loss became NaN or infinite: the learning rate is too high for the net."""
+    """The training loss or the net's weights became NaN or infinite: the learning rate is too
+    high for the net."""
 
 
 class UnknownModelError(DigitsError):
