@@ -445,6 +445,13 @@ def test_a_resumed_run_takes_new_optimizer_settings_and_names_a_new_process_coun
     # Batch-norm and bias parameters: no decay. Nesterov momentum: the recipe's (TrainConfig).
     assert used == {(0.05, 0.5, True), (0.0, 0.5, True)}
     assert "trained in 2 processes so far, resumed in 1" in caplog.text
+    # Finished, nothing is left to train: no "epochs from here" to warn of, nor settings.
+    finished = load_checkpoint(tmp_path, torch.device("cpu"))
+    torch.save(finished | {"world_size": 2}, tmp_path / "checkpoint.pt")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="digit_recognizer.train"):
+        train(replace(config, resume=True, momentum=0.8), subset, None, tmp_path)
+    assert "processes so far" not in caplog.text and "other settings" not in caplog.text
 
 
 def test_a_run_cut_by_its_budget_and_resumed_with_more_time_anneals_to_the_end(
@@ -797,7 +804,9 @@ def test_a_budget_cut_run_resumed_with_other_settings_names_its_epochs_by_steps(
     cut = train(config, subset, None, tmp_path)
     assert cut.cut_by_budget and cut.epochs_run < 1
     with caplog.at_level(logging.WARNING, logger="digit_recognizer.train"):
-        train(replace(config, resume=True, weight_decay=0.05), subset, None, tmp_path)
+        # (With more time: a run whose budget is spent trains nothing, and is not warned of.)
+        train(replace(config, resume=True, weight_decay=0.05, time_budget_s=0), subset, None,
+              tmp_path)  # fmt: skip
     assert f"other settings than its first {cut.epochs_run:g} epochs trained with" in caplog.text
 
 
