@@ -356,7 +356,8 @@ def test_evaluate_run_writes_its_files(tmp_path, tiny_run, small_csvs, caplog):
     saved = json.loads((tmp_path / "eval_metrics.json").read_text())
     assert saved["accuracy"] == metrics.accuracy
     assert (tmp_path / "eval_confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
-    with pytest.raises(DataError, match="no label column"):
+    # Unlabelled rows are told of --solution, which labels them (the message had not said so).
+    with pytest.raises(DataError, match=r"no label column; .*, or their labels with --solution"):
         evaluate_run([tiny_run], small_csvs["test"], tmp_path)
     # A replica's test.csv, labelled by its solution.csv: the same images, the same figures.
     solved = evaluate_run([tiny_run], small_csvs["test"], tmp_path / "s", None,

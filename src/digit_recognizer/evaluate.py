@@ -184,7 +184,8 @@ def evaluate_run(
     warn_if_trained_on(run_dirs, labelled_csv)
     data = read_data_source(labelled_csv)
     if solution_csv is None:
-        require_labels(data.labels is not None, labelled_csv)
+        solution = ", or their labels with --solution (ImageId,Label: a replica's solution.csv)"
+        require_labels(data.labels is not None, labelled_csv, solution)
     elif data.labels is not None:
         raise DataError(f"{labelled_csv}: has a label column of its own; give it without "
                         f"--solution, or its images alone with {solution_csv}")  # fmt: skip

@@ -235,11 +235,12 @@ def read_data_source(source: str | Path) -> DigitSet:
     return read_shards(resolve_data_source(source))
 
 
-def require_labels(has_labels: bool, source: str | Path) -> None:
-    """``DataError`` unless ``source`` has a label column (training, evaluation, reports)."""
+def require_labels(has_labels: bool, source: str | Path, elsewhere: str = "") -> None:
+    """``DataError`` unless ``source`` has a label column (training, evaluation, reports);
+    ``elsewhere`` names where a command can take the labels of unlabelled rows instead."""
     if not has_labels:
         raise DataError(f"{source}: has no label column; this needs labelled rows, as Kaggle's "
-                        "train.csv has them (label,pixel0,...)")  # fmt: skip
+                        f"train.csv has them (label,pixel0,...){elsewhere}")  # fmt: skip
 
 
 def read_labelled(path: Path, to_split: bool = False) -> DigitSet:
