@@ -199,15 +199,19 @@ def check_resume_matches(
     rows: str,
     valid_rows: str | None,
 ) -> None:
-    """Refuse to resume on other training or validation rows, augmentation draws, batch size or
-    optimizer than the run's own: the checkpoint counts steps in its own batches, the schedule
-    and the epochs trained are read from that count, one optimizer's state means nothing to
-    another, and the best epoch is chosen, and its figures recorded, on the validation rows."""
+    """Refuse to resume on other training or validation rows, augmentation draws, batch size,
+    optimizer or net than the run's own: the checkpoint counts steps in its own batches, the
+    schedule and the epochs trained are read from that count, one optimizer's state means
+    nothing to another, nor one net's weights to another (refused here, not by
+    load_state_dict's list of mismatched tensors), and the best epoch is chosen, and its
+    figures recorded, on the validation rows."""
     recorded = checkpoint["config"]
     changed = [
-        key for key in ("seed", "valid_size", "batch_size", "optimizer")
+        key for key in ("model", "seed", "valid_size", "batch_size", "optimizer")
         if recorded[key] != getattr(config, key)
     ]  # fmt: skip
+    if list(recorded["widths"] or []) != list(config.widths or []):
+        changed.append("widths")
     if checkpoint["rows"] != rows:
         # Streamed shards are fingerprinted by their hashes, rows in memory by their bytes:
         # another max_memory_gb can turn one into the other, and a stream's batches are others.

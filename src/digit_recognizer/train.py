@@ -435,6 +435,11 @@ def train(
         best_state, epochs_since_best = checkpoint["best_state"], checkpoint["epochs_since_best"]
         stopped_early = checkpoint["stopped_early"]
         log.info("resumed from %s at epoch %d (step %d)", run_dir / CHECKPOINT_FILE, epoch, step)
+        if is_main and (changed := changed_settings(checkpoint["config"], config)):
+            # Said of a finished run too: the flags given change nothing there.
+            log.warning("%s: resumed with other settings than its first %g epochs trained "
+                        "with: %s", run_dir, epochs_done(step, steps_per_epoch),
+                        ", ".join(changed))  # fmt: skip
     elif config.resume:
         log.warning("--resume: no checkpoint in %s, starting from scratch", run_dir)
     if config.compile:
@@ -477,17 +482,15 @@ def train(
         if is_main and history:  # a kill after the last checkpoint had cut its history short
             write_history(run_dir, history)
     elif is_main:  # once the checkpoint is known to fit: a refused resume keeps the record
-        if checkpoint is not None:  # resumed, with epochs left to train: said once, and only then
-            # (Checkpoints written before it was recorded do not say; most runs are one process.)
-            if (trained_in := checkpoint.get("world_size", 1)) != dist_env.world_size:
-                log.warning("%s: trained in %d processes so far, resumed in %d: the epochs from "
-                            "here share out the rows and draw augmentations otherwise than an "
-                            "uninterrupted run would", run_dir, trained_in,
-                            dist_env.world_size)  # fmt: skip
-            if changed := changed_settings(checkpoint["config"], config):
-                log.warning("%s: resumed with other settings than its first %g epochs trained "
-                            "with: %s", run_dir, epochs_done(step, steps_per_epoch),
-                            ", ".join(changed))  # fmt: skip
+        # Resumed with epochs left to train, in another number of processes. (Checkpoints
+        # written before it was recorded do not say; most runs are one process.)
+        if checkpoint is not None and (trained_in := checkpoint.get("world_size", 1)) != (
+            dist_env.world_size
+        ):
+            log.warning("%s: trained in %d processes so far, resumed in %d: the epochs from here "
+                        "share out the rows and draw augmentations otherwise than an "
+                        "uninterrupted run would", run_dir, trained_in,
+                        dist_env.world_size)  # fmt: skip
         make_dir(run_dir)
         save_run_config(config, run_dir)
     # One-cycle anneals the lr to zero: its last epoch is the one the schedule trains for, and
