@@ -100,7 +100,14 @@ def test_bad_value_and_unknown_model():
                          ({"lr_decay": 1.5}, r"lr_decay must be in \(0, 1\]"),
                          ({"widths": (16, 0, 64)}, "widths must be >= 1"),
                          ({"stroke": 1.5}, r"stroke must be in \[0, 1\]"),
-                         ({"augment": 3.4}, r"strength must be in \[0, 3.33\)")]:  # fmt: skip
+                         ({"augment": 3.4}, r"strength must be in \[0, 3.33\)"),
+                         # At 1: momentum never fades; no target left; a division by zero in
+                         # get_lr; an average that ever less follows the weights trained.
+                         ({"momentum": 1.0}, r"momentum must be in \[0, 1\)"),
+                         ({"label_smoothing": 1.0}, r"label_smoothing must be in \[0, 1\)"),
+                         ({"warmup": 1.0}, r"warmup must be in \[0, 1\)"),
+                         ({"ema_decay": 1.0}, r"ema_decay must be in \(0, 1\)"),
+                         ({"lr_decay": 0.0}, "lr_decay must be > 0")]:  # fmt: skip
         with pytest.raises(ConfigError, match=message):
             TrainConfig(**bad)
     with pytest.raises(UnknownModelError, match=r"unknown model 'cnnn'. Did you mean 'cnn'"):

@@ -113,13 +113,16 @@ def test_explain_command_writes_a_png(tiny_run, small_csvs, tmp_path):
                                 "1000"])  # fmt: skip
     assert wrong.exit_code == 1
     assert "has 1,000 rows; --index must be 0 to 999" in wrong.output
+    from_the_end = runner.invoke(app, ["explain", str(tiny_run), str(small_csvs["test"]),
+                                       "--index", "-1"])  # fmt: skip
+    assert from_the_end.exit_code == 1 and "--index must be 0 to 999" in from_the_end.output
     no_index = runner.invoke(app, ["explain", str(tiny_run), str(small_csvs["test"])])
     assert (
         no_index.exit_code == 1 and "holds 1,000 digits; pick one with --index" in no_index.output
     )
 
 
-def test_a_run_directory_where_the_digits_belong_is_named(tiny_run, small_csvs):
+def test_a_run_directory_where_the_digits_belong_is_named(tiny_run, small_csvs, tmp_path):
     """Arguments swapped, or the CSV forgotten after an ensemble's runs: said as such, not as
     a shard directory without its manifest."""
     for args in (["predict", tiny_run, tiny_run], ["evaluate", small_csvs["train"], tiny_run],
@@ -127,6 +130,12 @@ def test_a_run_directory_where_the_digits_belong_is_named(tiny_run, small_csvs):
         result = runner.invoke(app, [str(arg) for arg in args])
         assert result.exit_code == 1
         assert f"{tiny_run}: a run directory, where the digits belong" in result.output
+    ensemble = tmp_path / "ensemble"  # its ensemble.json alone, no model.json
+    ensemble.mkdir()
+    (ensemble / "ensemble.json").write_text(f'{{"members": ["{tiny_run}"]}}')
+    result = runner.invoke(app, ["predict", str(tiny_run), str(ensemble)])
+    assert result.exit_code == 1
+    assert f"{ensemble}: a run directory, where the digits belong" in result.output
 
 
 def test_explain_an_image_file(tiny_run, small_test, tmp_path):
@@ -205,6 +214,29 @@ def test_grad_cam_reads_an_activation_module_the_net_calls_twice_after_the_conv(
     net = SharedActivation().eval()
     heatmaps = grad_cam(net, small_test.images[:2])
     assert heatmaps.shape == (2, 28, 28) and np.isfinite(heatmaps).all()
+
+
+def test_grad_cam_reads_the_activation_past_an_identity_after_the_conv(small_test):
+    """A net whose conv is followed by an nn.Identity (a switched-off norm) and then its
+    activation: the features are read after the activation, as with a batch norm there."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.Identity(),
+                              torch.nn.ReLU(), torch.nn.Flatten(),
+                              torch.nn.Linear(4 * 28 * 28, 10)).eval()  # fmt: skip
+    images = small_test.images[:3]
+    np.testing.assert_allclose(grad_cam(net, images), grad_cam(net, images, layer="2"), atol=1e-6)
+    assert not np.allclose(grad_cam(net, images, layer="0"), grad_cam(net, images), atol=1e-2)
+
+
+def test_a_net_that_looks_nowhere_gets_blank_heatmaps(small_test):
+    """All-zero maps stay zero when scaled to their maximum, not 0 / 0 = NaN."""
+    torch.manual_seed(0)
+    net = build("cnn-tiny").eval()
+    with torch.no_grad():
+        for conv in (m for m in net.modules() if isinstance(m, torch.nn.Conv2d)):
+            conv.weight.zero_()
+    heatmaps = grad_cam(net, small_test.images[:2])
+    assert heatmaps.shape == (2, 28, 28) and not heatmaps.any()
 
 
 def test_grad_cam_targets_follow_their_images_across_batches(model, small_test, monkeypatch):

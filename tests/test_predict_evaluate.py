@@ -27,7 +27,9 @@ from digit_recognizer.evaluate import (
     compute_metrics,
     evaluate_run,
     plot_learning_curves,
+    read_metrics,
     score_submission,
+    write_metrics,
     write_per_class_csv,
 )
 from digit_recognizer.fileio import sha256_file
@@ -151,7 +153,9 @@ def test_digits_from_another_layout_are_conformed_before_prediction(
     np.testing.assert_array_equal(read_submission(streamed), conformed)
 
 
-def test_digits_stored_transposed_are_read_transposed(tmp_path, tiny_run, small_test, caplog):
+def test_digits_stored_transposed_are_read_transposed(
+    tmp_path, tiny_run, small_test, caplog, monkeypatch
+):
     """EMNIST's CSVs store their digits transposed. MNIST's layout check cannot tell (a
     transposed digit is as well centred); the model can, and reads them as MNIST's own."""
     images = small_test.images[:300]
@@ -165,6 +169,10 @@ def test_digits_stored_transposed_are_read_transposed(tmp_path, tiny_run, small_
     assert "read as digits only transposed" in caplog.text
     np.testing.assert_array_equal(read, original)
     streamed = tmp_path / "streamed.csv"
+    predict_stream([tiny_run], transposed_csv, streamed)
+    np.testing.assert_array_equal(read_submission(streamed), original)
+    # Judged once for the file: a last piece of 10 rows, too few to judge alone, is transposed.
+    monkeypatch.setattr(predict_module, "STREAM_ROWS", 145)
     predict_stream([tiny_run], transposed_csv, streamed)
     np.testing.assert_array_equal(read_submission(streamed), original)
     as_is = predict_csv(
@@ -283,6 +291,23 @@ def test_too_few_rows_for_one_process_are_judged_by_all_together(tiny_run, small
     assert not reads_transposed(orientation_evidence(rows[:10], judge))  # too few alone
 
 
+def test_rows_read_transposed_by_a_margin_on_average_not_in_all():
+    """ORIENTATION_MARGIN is of each row's top probability: 256 rows read surer transposed by
+    0.04 each on average are not transposed, by 0.4 each they are."""
+    assert not reads_transposed(np.array([256, 200.0, 210.0], dtype=np.float32))
+    assert reads_transposed(np.array([256, 100.0, 200.0], dtype=np.float32))
+
+
+def test_an_empty_out_made_for_the_submission_is_written(tmp_path, small_csvs):
+    """`--out "$(mktemp)"` makes the file before predicting: it is no other file to keep."""
+    out = tmp_path / "made.csv"
+    out.touch()
+    predict_module.check_submission_path(out, small_csvs["test"])
+    out.write_text("notes\n")
+    with pytest.raises(OutputError, match="exists and is no submission"):
+        predict_module.check_submission_path(out, small_csvs["test"])
+
+
 def test_score_rejects_incomplete_submission(tmp_path, small_csvs):
     short = tmp_path / "short.csv"
     write_submission(short, np.zeros(999, dtype=np.int64))
@@ -345,6 +370,22 @@ def test_an_evaluation_whose_folder_cannot_take_its_files_is_refused_before_it_p
                      small_csvs["solution"])  # fmt: skip
 
 
+def test_a_metrics_file_that_is_json_but_no_object_is_named(tmp_path):
+    """A list had ended the report in an AttributeError and train_job's merge in a TypeError."""
+    (tmp_path / "metrics.json").write_text("[0.99]")
+    with pytest.raises(ModelFileError, match=r"metrics\.json: not a run's metrics"):
+        read_metrics(tmp_path)
+
+
+def test_a_runs_later_figures_replace_its_earlier_ones_and_keep_the_rest(tmp_path):
+    """A run scored again (train_job's test score after a resume) records the new score."""
+    write_metrics(tmp_path, {"test_accuracy": 0.9, "train_csv": "train.csv"})
+    write_metrics(tmp_path, {"test_accuracy": 0.95})
+    assert read_metrics(tmp_path) == {"test_accuracy": 0.95, "train_csv": "train.csv"}
+    write_metrics(tmp_path, {"test_accuracy": 0.97}, merge=False)
+    assert read_metrics(tmp_path) == {"test_accuracy": 0.97}
+
+
 def test_evaluate_run_writes_its_files(tmp_path, tiny_run, small_csvs, caplog):
     solution_labels = read_submission(small_csvs["solution"])
     from digit_recognizer.data.kaggle_csv import read_kaggle_csv, write_kaggle_csv
@@ -395,6 +436,12 @@ def test_an_ensemble_put_together_by_hand_scored_on_its_members_training_file_is
     (ensemble / "ensemble.json").write_text('{"members": []}')  # Predictor.load names it
     evaluate_module.warn_if_trained_on([ensemble], small_csvs["train"])
     assert "trained on" not in caplog.text
+    # An ensemble trained as one (`--preset best`) records the file itself: it is named,
+    # as given, rather than one of its members.
+    (ensemble / "ensemble.json").write_text('{"members": ["member-1"]}')
+    (ensemble / "metrics.json").write_text((ensemble / "member-1" / "metrics.json").read_text())
+    evaluate_module.warn_if_trained_on([ensemble], small_csvs["train"])
+    assert f"{small_csvs['train']} is the file {ensemble} trained on" in caplog.text
 
 
 def test_classical_run_directories_predict_and_mix_with_nets(tmp_path, tiny_run, small_train,

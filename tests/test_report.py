@@ -16,6 +16,7 @@ from digit_recognizer import eda as eda_module
 from digit_recognizer import evaluate as evaluate_module
 from digit_recognizer import report as report_module
 from digit_recognizer.cli import app
+from digit_recognizer.data.images import at_full_ink
 from digit_recognizer.data.kaggle_csv import DigitSet, read_kaggle_csv, write_kaggle_csv
 from digit_recognizer.data.splits import split_for_training
 from digit_recognizer.eda import _mean_and_std, eda
@@ -29,6 +30,7 @@ from digit_recognizer.pipeline import train_job
 from digit_recognizer.predict import PredictConfig, Predictor
 from digit_recognizer.report import (
     _plot_mistakes_and_grad_cam,
+    html_table,
     model_summary,
     reliability,
     write_run_report,
@@ -236,11 +238,13 @@ def test_report_rebuilds_the_validation_split(tmp_path, tiny_run, small_csvs):
     shutil.copy(small_csvs["train"], train_csv)
     recorded = {"train_csv": str(train_csv), "train_sha256": sha256_file(train_csv)}
     (run_dir / "metrics.json").write_text(json.dumps(recorded))
+    config_toml = run_dir / "config.toml"  # a run of seed 3: its split is not seed 0's
+    config_toml.write_text(config_toml.read_text().replace("\nseed = 0\n", "\nseed = 3\n"))
     page = write_run_report(run_dir).read_text()
-    assert f"validation split of {train_csv} (valid_size 0.05, seed 0): 150" in page
+    assert f"validation split of {train_csv} (valid_size 0.05, seed 3): 150" in page
     # Scored on that very split (config.toml's valid_size and seed), not on another drawing of
     # 150 rows, which would score otherwise: the page's figures are those of these images.
-    _, valid = split_for_training(read_kaggle_csv(train_csv), 0.05, 0)
+    _, valid = split_for_training(read_kaggle_csv(train_csv), 0.05, 3)
     probas = Predictor.load([run_dir], PredictConfig(fuse_batch_norm=False)).predict_proba(
         valid.images
     )
@@ -260,6 +264,25 @@ def test_report_rebuilds_the_validation_split(tmp_path, tiny_run, small_csvs):
     train_csv.unlink()
     with pytest.raises(DataError, match="is not a CSV file here"):
         write_run_report(run_dir)
+
+
+def test_the_split_of_a_faint_csv_is_scored_at_full_ink_as_it_trained(tmp_path, tiny_run,
+                                                                      small_train):  # fmt: skip
+    """A training CSV of 0/1 pixels trains at full ink (pipeline.ink_as_predicted): its rebuilt
+    validation split is scored so too, not as near-blank images."""
+    run_dir = Path(shutil.copytree(tiny_run, tmp_path / "run"))
+    faint_csv = tmp_path / "faint.csv"
+    write_kaggle_csv(faint_csv, (small_train.images > 127).astype(np.uint8), small_train.labels)
+    recorded = {"train_csv": str(faint_csv), "train_sha256": sha256_file(faint_csv)}
+    (run_dir / "metrics.json").write_text(json.dumps(recorded))
+    page = write_run_report(run_dir).read_text()
+    _, valid = split_for_training(at_full_ink(read_kaggle_csv(faint_csv)), 0.05, 0)
+    probas = Predictor.load([run_dir], PredictConfig(fuse_batch_norm=False)).predict_proba(
+        valid.images
+    )
+    metrics = compute_metrics(valid.labels, probas)
+    n_wrong = int((probas.argmax(axis=1) != valid.labels).sum())
+    assert f"<td>accuracy</td><td>{metrics.accuracy:.4f} ({n_wrong} wrong)</td>" in page
 
 
 def test_train_job_writes_the_report(tmp_path, small_train, monkeypatch):
@@ -291,6 +314,16 @@ def test_model_summary_lists_layers_with_shapes_and_parameters(tiny_run):
     assert rows[-1] == (rows[-1][0], "Linear", "(1, 10)", rows[-1][3])
     assert ("Conv2d", "(1, 32, 28, 28)") in [(kind, shape) for _, kind, shape, _ in rows]
     assert sum(row[3] for row in rows) == sum(p.numel() for p in model.parameters())
+    model.train()  # a net in training (train_job reports on the net it trained) keeps training
+    model_summary(model)
+    assert model.training
+
+
+def test_table_cells_are_text_not_markup():
+    """A CSV named ``a<b>&c.csv`` (the report's "evaluated on") shows as named, not as a tag."""
+    cells = html_table([("evaluated on", "a<b>&c.csv")], header=("<key>", "value"))
+    assert cells == ("<table><tr><th>&lt;key&gt;</th><th>value</th></tr><tr><td>evaluated on"
+                     "</td><td>a&lt;b&gt;&amp;c.csv</td></tr></table>")  # fmt: skip
 
 
 def calibrated_toy(confidence: np.ndarray, accuracy: np.ndarray, rng: np.random.Generator):
@@ -312,6 +345,10 @@ def test_expected_calibration_error():
     diagram = reliability(probas, labels, n_bins=10)
     assert diagram.counts.sum() == len(labels) and np.isnan(diagram.accuracy[0])  # empty bin
     np.testing.assert_allclose(diagram.accuracy[2:], diagram.confidence[2:], atol=0.01)
+    # Bins are closed on the right, as the paper's: a top probability of 0.5 (a tie between two
+    # digits) is in (0.4, 0.5], the bin of confidence 0.5 and under.
+    tie = np.array([[0.5, 0.5] + [0.0] * 8])
+    assert reliability(tie, np.array([0]), n_bins=10).counts.tolist() == [0] * 4 + [1] + [0] * 5
 
 
 def test_a_report_that_cannot_be_written_is_refused_before_its_figures(

@@ -25,6 +25,7 @@ from digit_recognizer.predict import Predictor
 from digit_recognizer.presets import get_preset
 from digit_recognizer.train import (
     TrainConfig,
+    build_optimizer,
     evaluate_split,
     get_lr,
     row_sampler,
@@ -239,6 +240,18 @@ def test_ensemble_members_do_not_share_a_row_order_an_epoch_apart():
     assert order(1, 0) == order(1, 0) and order(1, 0) != order(1, 1)
     assert all(order(1, epoch + 1) != order(2, epoch) for epoch in range(3))
     assert order(1, 4) != order(5, 0)
+
+
+@pytest.mark.parametrize(("name", "optimizer_class", "lr"),
+                         [("sgd", torch.optim.SGD, 0.05), ("adam", torch.optim.Adam, 1e-3),
+                          ("adamw", torch.optim.AdamW, 1e-3)])  # fmt: skip
+def test_each_optimizer_trains_as_named_at_the_lr_its_help_gives(name, optimizer_class, lr):
+    """--lr's help: "default: 0.05 for sgd, 1e-3 for adam(w)"; Adam and AdamW differ in how
+    they decay the weights (coupled to the gradient, or decoupled)."""
+    config = TrainConfig(model="mlp", optimizer=name)
+    optimizer = build_optimizer(build("mlp"), config)
+    assert type(optimizer) is optimizer_class
+    assert [group["lr"] for group in optimizer.param_groups] == [lr, lr]
 
 
 @pytest.mark.parametrize("schedule", ["onecycle", "exponential", "constant", "plateau"])
