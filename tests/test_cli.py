@@ -8,6 +8,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -283,7 +284,8 @@ def test_train_then_evaluate(tmp_path, small_csvs):
     assert (run_dir / "eval_metrics.json").is_file()
     # Two runs' average is neither's: its figures go to --out, not into the first run.
     (run_dir / "eval_metrics.json").unlink()
-    pair = invoke("evaluate", run_dir, run_dir, small_csvs["train"], "--out", tmp_path / "pair")
+    twin = shutil.copytree(run_dir, tmp_path / "twin")  # one run twice is refused: weighs double
+    pair = invoke("evaluate", run_dir, twin, small_csvs["train"], "--out", tmp_path / "pair")
     assert pair.exit_code == 0 and (tmp_path / "pair" / "eval_metrics.json").is_file()
     assert not (run_dir / "eval_metrics.json").exists()
 
@@ -406,7 +408,7 @@ def test_an_output_that_cannot_be_written_is_one_line_too(tmp_path, tiny_run, sm
         (("data", "shard", small_csvs["train"], small_csvs["test"], "--parts", "2"),
          "cannot be made a directory"),
         (("tune", "--train", small_csvs["train"], "--model", "knn", "--out", small_csvs["test"]),
-         "cannot be made a directory"),
+         "test.csv is a file, not a folder"),
         (("eda", small_csvs["train"], "--out", small_csvs["test"]), "cannot be made a directory"),
         (("predict", tiny_run, small_csvs["test"], "--out", small_csvs["test"]),
          "is the CSV to predict"),
