@@ -2,13 +2,16 @@ import json
 import logging
 import multiprocessing
 import os
+import sqlite3
 import subprocess
 import sys
 import time
 from types import SimpleNamespace
+from unittest.mock import Mock
 
 import optuna
 import pytest
+import sqlalchemy
 from typer.testing import CliRunner
 
 from digit_recognizer import tune as tune_module
@@ -558,6 +561,21 @@ def test_workers_that_open_a_study_at_once_draw_different_settings(tmp_path, sma
     # One worker draws them too, by the seed and the trials' numbers, whoever ran which.
     alone = tune(TuneConfig(model="logreg", trials=4), small_csvs["train"], tmp_path / "alone")
     assert drawn_settings(alone) == drawn
+
+
+def test_a_full_disk_is_told_in_one_short_line_naming_the_database(tmp_path, monkeypatch):
+    """SQLAlchemy's message carries the SQL statement that failed (CREATE TABLE ..., cut at 200
+    characters), which had filled the one line of the error."""
+    database = tmp_path / "study.db"
+    statement = "CREATE TABLE trial_intermediate_values (trial_intermediate_value_id INTEGER)"
+    full = sqlalchemy.exc.OperationalError(
+        statement, {}, sqlite3.OperationalError("database or disk is full")
+    )
+    monkeypatch.setattr(tune_module.optuna, "create_study", Mock(side_effect=full))
+    with pytest.raises(ConfigError) as refused:
+        tune_module.open_study(f"sqlite:///{database}", "tune-knn", str(database))
+    said = f"{database}: cannot open the study's database (database or disk is full)"
+    assert str(refused.value) == said
 
 
 def test_an_out_made_for_a_study_at_storage_that_is_refused_is_not_left_behind(

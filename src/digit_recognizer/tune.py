@@ -296,9 +296,11 @@ def open_study(storage: str, study_name: str, where: str) -> tuple[optuna.Study,
                     raise
             time.sleep(0.2 * attempt)
             attempt += 1
-    except SQLAlchemyError as error:  # a bad URL, an unreachable database
+    except SQLAlchemyError as error:  # a bad URL, an unreachable database, a full disk
+        # The driver's own words: SQLAlchemy's add the whole SQL statement that failed.
+        said = getattr(error, "orig", None) or error
         raise ConfigError(f"{where}: cannot open the study's database "
-                          f"({first_line(error)})") from None  # fmt: skip
+                          f"({first_line(said)})") from None  # fmt: skip
     except ImportError as error:  # Optuna's, for the URL's driver missing (psycopg2, say)
         driver = getattr(error.__cause__, "name", None) or "its driver"
         raise ConfigError(f"{where}: cannot open the study's database: the Python module "
