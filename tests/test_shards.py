@@ -248,6 +248,36 @@ def test_a_build_going_on_is_not_taken_for_a_killed_ones(
     assert manifest.n_rows == 1003 and len(read_data_source(out_dir)) == 1003
 
 
+def test_a_rebuild_stopped_while_moving_its_shards_in_is_refused_until_run_again(
+    tmp_path: Path, source, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stopped after its first shard replaced the old one, a rebuild had left no manifest, and
+    the error then suggested the glob 'DIR/*.csv', which read one new shard and two old ones
+    as one set of rows."""
+    out_dir = tmp_path / "shards"
+    shard_csv(source[0], out_dir, parts=3)
+    other = tmp_path / "other.csv"
+    rows = numbered(600, seed=1)
+    write_kaggle_csv(other, rows.images, rows.labels)
+    replace = os.replace
+
+    def stopped_at_the_second_shard(src, dst) -> None:
+        if Path(dst) == out_dir / "part-00001.csv":
+            raise KeyboardInterrupt
+        replace(src, dst)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(shards.os, "replace", stopped_at_the_second_shard)
+        with pytest.raises(KeyboardInterrupt):
+            shard_csv(other, out_dir, parts=3)
+    said = f"{out_dir}: `digits data shard` was stopped while moving its shards in"
+    for half_replaced in (out_dir, f"{out_dir}/*.csv"):
+        with pytest.raises(DataError, match=said):
+            read_data_source(half_replaced)
+    shard_csv(other, out_dir, parts=3)  # run again, it ends the swap
+    assert row_ids(read_data_source(f"{out_dir}/*.csv").images) == list(range(600))
+
+
 def test_sharding_into_a_directory_removes_only_its_own_earlier_shards(
     tmp_path: Path, source
 ) -> None:

@@ -15,6 +15,7 @@ memory, ``stream.ShardStream`` streams it, and ``choose_loading`` picks between 
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import itertools
 import json
@@ -67,6 +68,9 @@ SHARD_PATTERN = "part-*.csv"
 # output directory (Spark's part-00000-c000.csv, a user's part-final.csv are left alone).
 SHARD_NAME = re.compile(r"part-\d{5,}\.csv")  # 100,000 parts and more: six digits
 BUILDING_PREFIX = ".building-"  # the hidden folder a build writes its shards in first
+# The key of the manifest.json that stands while a build moves its shards in, one by one: a
+# build stopped then leaves some old shards and some new, which no reader may take for a set.
+REPLACING_KEY = "replacing_shards"
 # 4 MiB pieces hold ~2,000 rows: large enough that pyarrow's per-call overhead vanishes, small
 # enough that a DataLoader worker holds a few MB.
 CHUNK_BYTES = 4 << 20
@@ -121,6 +125,8 @@ def read_manifest(path: str | Path) -> Manifest:
     file = path / MANIFEST_FILE if path.is_dir() else path
     try:
         entries = json.loads(file.read_text(encoding="utf-8"))
+        if isinstance(entries, dict) and REPLACING_KEY in entries:
+            raise DataError(_half_replaced(file.parent, entries[REPLACING_KEY]))
         shards = tuple(
             Shard(file.parent / e["file"], int(e["n_rows"]), int(e["n_bytes"]), str(e["sha256"]))
             for e in entries["shards"]
@@ -158,6 +164,22 @@ def read_manifest(path: str | Path) -> Manifest:
         ) from None
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise DataError(f"{file}: not a valid shard manifest ({error!r}); rebuild it") from None
+
+
+def _half_replaced(directory: Path, origin: Any) -> str:
+    command = origin.get("command") if isinstance(origin, dict) else None
+    build = f"`digits data {command}`" if command in ("shard", "expand") else "a build"
+    return (f"{directory}: {build} was stopped while moving its shards in, and left some old, "
+            "some new; run it again")  # fmt: skip
+
+
+def _is_half_replaced(directory: Path) -> bool:
+    """Whether ``directory``'s manifest is the one a build stopped while moving its shards in
+    left (``REPLACING_KEY``)."""
+    with contextlib.suppress(OSError, ValueError):
+        entries = json.loads((directory / MANIFEST_FILE).read_text(encoding="utf-8"))
+        return isinstance(entries, dict) and REPLACING_KEY in entries
+    return False
 
 
 def is_data_source(path: str | Path) -> bool:
@@ -212,6 +234,8 @@ def _expansion_of(files: list[Path]) -> dict[str, Any]:
         try:
             manifest = read_manifest(directory / MANIFEST_FILE)
         except DataError:  # none there, or not ours
+            if _is_half_replaced(directory):  # a glob of its files would mix two builds
+                raise
             continue
         names = {shard.path.name for shard in manifest.shards}
         listed = [file for file in files if file.parent == directory and file.name in names]
@@ -556,8 +580,9 @@ def _write_shards(
                     write_table(sink, to_table(piece.images, piece.labels), number == 0)
             shards.append(Shard(out_dir / path.name, bounds[part + 1] - bounds[part],
                                 path.stat().st_size, sha256_file(path)))  # fmt: skip
-        # The manifest goes first and comes back last: a directory caught in between has none.
-        (out_dir / MANIFEST_FILE).unlink(missing_ok=True)
+        # The manifest goes first and comes back last: a directory caught in between has one
+        # that readers of the directory, or of a glob of its files, refuse until a build ends.
+        write_text(out_dir / MANIFEST_FILE, json.dumps({REPLACING_KEY: origin}) + "\n")
         # Shards of an earlier build with more parts would join a glob of this one ('DIR/*.csv').
         for stale in out_dir.glob(SHARD_PATTERN):
             if SHARD_NAME.fullmatch(stale.name):
@@ -592,7 +617,8 @@ def _check_shard_dir(out_dir: Path, source: Manifest) -> None:
             f"{clashing[0]} is read and would be overwritten: write the shards to another "
             "directory than their source"
         )
-    if (out_dir / MANIFEST_FILE).exists():  # an earlier build's is replaced, another's is not
+    # An earlier build's manifest is replaced (a stopped one's too), another's is not.
+    if (out_dir / MANIFEST_FILE).exists() and not _is_half_replaced(out_dir):
         try:
             read_manifest(out_dir)
         except DataError:
