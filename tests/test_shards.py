@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import itertools
 import json
@@ -228,6 +229,33 @@ def test_resharding_leaves_no_stale_shard_and_never_writes_over_its_source(
     assert {path.name: path.read_bytes() for path in out_dir.iterdir()} == earlier
     assert sorted(path.name for path in tmp_path.iterdir()) == ["shards"]
     assert len(read_data_source(out_dir)) == 1003
+
+
+def test_a_first_build_on_a_full_disk_names_its_directory_and_leaves_none_behind(
+    tmp_path: Path, source, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The error had named the hidden folder the shards are built in (out/.building-x1y2z3/
+    part-00001.csv), which is gone once it is told, and the directory made for the build, and
+    those above it, had stayed behind, empty."""
+    out_dir = tmp_path / "new" / "shards"
+    write_table = shards.write_table
+
+    def full_at_the_second_shard(*args) -> None:
+        if next(calls) == 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        write_table(*args)
+
+    monkeypatch.setattr(shards, "write_table", full_at_the_second_shard)
+    for build in (
+        lambda: shard_csv(source[0], out_dir, parts=4),
+        lambda: expand(source[0], out_dir, copies=2, parts=4, valid_size=0),
+    ):
+        calls = itertools.count()  # each build's second shard
+        with pytest.raises(OutputError) as failed:
+            build()
+        said = f"{out_dir / 'part-00001.csv'}: cannot be written: no space left on the device"
+        assert str(failed.value).startswith(said)
+        assert list(tmp_path.iterdir()) == []
 
 
 def test_a_build_going_on_is_not_taken_for_a_killed_ones(

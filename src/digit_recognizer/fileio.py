@@ -37,6 +37,21 @@ def make_dir(path: str | os.PathLike[str]) -> Path:
     return path
 
 
+def missing_dirs(folder: str | os.PathLike[str]) -> list[Path]:
+    """The folders ``make_dir(folder)`` would make: ``folder`` and those missing above it,
+    nearest first, for ``remove_empty_dirs`` to take back."""
+    return [path for path in (Path(folder), *Path(folder).parents) if not path.exists()]
+
+
+def remove_empty_dirs(made: list[Path]) -> None:
+    """Remove the folders of ``made`` (``missing_dirs``'), nearest first, while each is empty:
+    those a command made for output it then did not write. One that another process put a
+    file in meanwhile stays, and those above it."""
+    with contextlib.suppress(OSError):
+        for path in made:
+            path.rmdir()
+
+
 def check_can_write(path: str | os.PathLike[str]) -> Path:
     """``path``, or ``OutputError`` where it could not be written: a file stands where a folder
     above it would be, or the nearest folder there is takes no new files. Checked before the
@@ -265,8 +280,7 @@ def locked_dir(folder: str | os.PathLike[str], elsewhere: str = "another --out")
     An OS file lock (flock), not a marker file: the kernel releases it when the holder exits,
     even by SIGKILL, so an interrupted run can be resumed without clearing anything by hand.
     """
-    # The folders make_dir makes: the run's own and those missing above it, nearest first.
-    made = [path for path in (Path(folder), *Path(folder).parents) if not path.exists()]
+    made = missing_dirs(folder)
     folder = make_dir(folder)
     with open(folder / LOCK_FILE, "a+") as handle:
         _lock_or_refuse(folder, handle, elsewhere)
@@ -279,12 +293,11 @@ def locked_dir(folder: str | os.PathLike[str], elsewhere: str = "another --out")
             if made and [path.name for path in folder.iterdir()] == [LOCK_FILE]:
                 # Made here and left empty (settings refused once the data was read): gone,
                 # not a folder holding a lone .lock, and so are the empty folders made above it
-                # (`--out new/exp/run` had left new/exp). One that another process put a file
-                # in meanwhile stays, and the error that refused the run is the one told.
+                # (`--out new/exp/run` had left new/exp). The error that refused the run is
+                # the one told.
                 with contextlib.suppress(OSError):
                     (folder / LOCK_FILE).unlink()
-                    for path in made:
-                        path.rmdir()
+                    remove_empty_dirs(made)
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 

@@ -50,11 +50,13 @@ from digit_recognizer.data.kaggle_csv import (
 )
 from digit_recognizer.data.splits import check_seed, stratified_split
 from digit_recognizer.data.tensors import to_model_input, to_uint8_images
-from digit_recognizer.errors import ConfigError, DataError
+from digit_recognizer.errors import ConfigError, DataError, OutputError
 from digit_recognizer.fileio import (
     atomic_path,
     locked_dir,
     make_dir,
+    missing_dirs,
+    remove_empty_dirs,
     remove_unlocked_dirs,
     sha256_file,
     write_text,
@@ -561,35 +563,16 @@ def _write_shards(
         raise ConfigError(f"parts must be from 1 to the number of rows ({n_rows:,}), got {parts}")
     out_dir = Path(out_dir)
     _check_shard_dir(out_dir, source)
+    made = missing_dirs(out_dir)
     make_dir(out_dir)
     bounds = [part * n_rows // parts for part in range(parts + 1)]
     if last_rows:
         bounds.append(n_rows + last_rows)
-    # Built in a hidden folder of out_dir (on its filesystem, whatever links lead there) and
-    # moved into place once whole: a source found malformed half-way (its error names the line)
-    # leaves an earlier build in out_dir as it was. Locked meanwhile: what a build killed
-    # outright left (gigabytes of shards, perhaps) the next one removes.
-    remove_unlocked_dirs(out_dir.glob(f"{BUILDING_PREFIX}*"))
-    with tempfile.TemporaryDirectory(prefix=BUILDING_PREFIX, dir=out_dir) as scratch, \
-            locked_dir(scratch) as building:  # fmt: skip
-        shards = []
-        for part, pieces in itertools.groupby(_split_at(rows, bounds), key=lambda pair: pair[0]):
-            path = building / f"part-{part:05d}.csv"
-            with atomic_path(path) as tmp, open_sink(tmp) as sink:
-                for number, (_, piece) in enumerate(pieces):
-                    write_table(sink, to_table(piece.images, piece.labels), number == 0)
-            shards.append(Shard(out_dir / path.name, bounds[part + 1] - bounds[part],
-                                path.stat().st_size, sha256_file(path)))  # fmt: skip
-        # The manifest goes first and comes back last: a directory caught in between has one
-        # that readers of the directory, or of a glob of its files, refuse until a build ends.
-        write_text(out_dir / MANIFEST_FILE, json.dumps({REPLACING_KEY: origin}) + "\n")
-        # Shards of an earlier build with more parts would join a glob of this one ('DIR/*.csv').
-        for stale in out_dir.glob(SHARD_PATTERN):
-            if SHARD_NAME.fullmatch(stale.name):
-                stale.unlink()
-        for shard in shards:
-            os.replace(building / shard.path.name, shard.path)
-            log.info("wrote %s (%s rows)", shard.path, f"{shard.n_rows:,}")
+    try:
+        shards = _build_and_move_in(rows, bounds, out_dir, origin)
+    except BaseException:  # Ctrl-C too: a first build stopped leaves no empty folder behind
+        remove_empty_dirs(made)
+        raise
     manifest = Manifest(tuple(shards), source.has_labels, origin)
     entries = [
         {"file": s.path.name, "n_rows": s.n_rows, "n_bytes": s.n_bytes, "sha256": s.sha256}
@@ -599,6 +582,44 @@ def _write_shards(
                 "shards": entries}  # fmt: skip
     write_text(out_dir / MANIFEST_FILE, json.dumps(document, indent=2) + "\n")
     return manifest
+
+
+def _build_and_move_in(
+    rows: Iterable[DigitSet], bounds: list[int], out_dir: Path, origin: dict[str, Any]
+) -> list[Shard]:
+    """Write ``rows`` as shards cut at ``bounds`` in a hidden folder of ``out_dir``, then move
+    them into it, in place of an earlier build's, and leave the manifest to the caller."""
+    # Built in a hidden folder of out_dir (on its filesystem, whatever links lead there) and
+    # moved into place once whole: a source found malformed half-way (its error names the line)
+    # leaves an earlier build in out_dir as it was. Locked meanwhile: what a build killed
+    # outright left (gigabytes of shards, perhaps) the next one removes.
+    remove_unlocked_dirs(out_dir.glob(f"{BUILDING_PREFIX}*"))
+    pieces_by_part = itertools.groupby(_split_at(rows, bounds), key=lambda pair: pair[0])
+    try:
+        with tempfile.TemporaryDirectory(prefix=BUILDING_PREFIX, dir=out_dir) as scratch, \
+                locked_dir(scratch) as building:  # fmt: skip
+            shards = []
+            for part, pieces in pieces_by_part:
+                path = building / f"part-{part:05d}.csv"
+                with atomic_path(path) as tmp, open_sink(tmp) as sink:
+                    for number, (_, piece) in enumerate(pieces):
+                        write_table(sink, to_table(piece.images, piece.labels), number == 0)
+                shards.append(Shard(out_dir / path.name, bounds[part + 1] - bounds[part],
+                                    path.stat().st_size, sha256_file(path)))  # fmt: skip
+            # The manifest goes first and comes back last: a directory caught in between has
+            # one that readers of the directory, or of a glob of its files, refuse until a
+            # build ends.
+            write_text(out_dir / MANIFEST_FILE, json.dumps({REPLACING_KEY: origin}) + "\n")
+            # Shards of an earlier build with more parts would join a glob of this one.
+            for stale in out_dir.glob(SHARD_PATTERN):
+                if SHARD_NAME.fullmatch(stale.name):
+                    stale.unlink()
+            for shard in shards:
+                os.replace(building / shard.path.name, shard.path)
+                log.info("wrote %s (%s rows)", shard.path, f"{shard.n_rows:,}")
+    except OutputError as error:  # a full disk: named as in out_dir, which the user gave
+        raise OutputError(str(error).replace(scratch, str(out_dir))) from None
+    return shards
 
 
 def _check_shard_dir(out_dir: Path, source: Manifest) -> None:
