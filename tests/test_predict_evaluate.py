@@ -1,4 +1,5 @@
 import csv
+import errno
 import json
 import os
 import shutil
@@ -9,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from matplotlib.figure import Figure
 from typer.testing import CliRunner
 
 from digit_recognizer import evaluate as evaluate_module
@@ -24,6 +26,7 @@ from digit_recognizer.data.images import (
 from digit_recognizer.data.kaggle_csv import read_submission, write_kaggle_csv, write_submission
 from digit_recognizer.errors import DataError, ModelFileError, OutputError
 from digit_recognizer.evaluate import (
+    EVAL_FILES,
     compute_metrics,
     evaluate_run,
     plot_learning_curves,
@@ -418,6 +421,26 @@ def test_evaluate_run_writes_its_files(tmp_path, tiny_run, small_csvs, caplog):
     assert f"{labelled} is the file {run_dir} trained on" in caplog.text
     (run_dir / "metrics.json").write_text("[1, 2]")  # damaged: no warning, and no stop either
     assert evaluate_run([run_dir], labelled, tmp_path).accuracy == metrics.accuracy
+
+
+def test_an_evaluation_that_cannot_write_all_its_files_leaves_the_earlier_ones_as_they_were(
+    tmp_path, tiny_run, small_csvs, small_train, monkeypatch
+):
+    """Written one after another, a full disk at the confusion matrix had left the new
+    evaluation's eval_metrics.json and per-class CSV beside the earlier one's matrix."""
+    evaluate_run([tiny_run], small_csvs["test"], tmp_path, None, small_csvs["solution"])
+    earlier = {path.name: path.read_bytes() for path in tmp_path.iterdir()}
+    assert sorted(earlier) == sorted(EVAL_FILES)
+    other = tmp_path.parent / f"{tmp_path.name}-other.csv"
+    write_kaggle_csv(other, small_train.images[:200], small_train.labels[:200])
+
+    def disk_full(*args, **kwargs) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Figure, "savefig", disk_full)
+    with pytest.raises(OutputError, match=r"eval_confusion_matrix\.png: cannot be written: no sp"):
+        evaluate_run([tiny_run], other, tmp_path)
+    assert {path.name: path.read_bytes() for path in tmp_path.iterdir()} == earlier
 
 
 def test_an_ensemble_put_together_by_hand_scored_on_its_members_training_file_is_told_so(

@@ -24,7 +24,13 @@ from digit_recognizer.data.images import check_labels
 from digit_recognizer.data.kaggle_csv import DigitSet, read_submission
 from digit_recognizer.data.shards import read_data_source, require_labels
 from digit_recognizer.errors import DataError, ModelFileError, OutputError
-from digit_recognizer.fileio import atomic_path, check_can_write, sha256_file, write_text
+from digit_recognizer.fileio import (
+    atomic_path,
+    check_can_write,
+    sha256_file,
+    write_text,
+    write_together,
+)
 from digit_recognizer.models.storage import expand_ensembles
 from digit_recognizer.predict import PredictConfig, Predictor, check_data_source, conform_rows
 
@@ -109,6 +115,10 @@ def compute_metrics(labels: ArrayLike, probas: NDArray[np.floating]) -> Metrics:
 
 
 def plot_confusion_matrix(confusion: list[list[int]], path: Path) -> None:
+    save_figure(confusion_figure(confusion), path)
+
+
+def confusion_figure(confusion: list[list[int]]) -> Figure:
     matrix = np.asarray(confusion)
     # Figure, not pyplot: no GUI backend and no global state, so plotting is safe on servers.
     fig = Figure(figsize=(6.4, 5.6))
@@ -123,7 +133,7 @@ def plot_confusion_matrix(confusion: list[list[int]], path: Path) -> None:
     ax.set(xticks=CLASSES, yticks=CLASSES, xlabel="predicted digit", ylabel="true digit")
     ax.set_title(f"Confusion matrix ({matrix.sum():,} images, {np.trace(matrix):,} correct)")
     fig.colorbar(image, ax=ax, label="images + 1 (log scale)")
-    save_figure(fig, path)
+    return fig
 
 
 def plot_learning_curves(
@@ -155,13 +165,19 @@ def save_figure(fig: Figure, path: Path) -> None:
     kind = Path(path).suffix.lower().lstrip(".") or "png"
     if kind not in fig.canvas.get_supported_filetypes():
         raise OutputError(f"{path}: cannot draw a figure as .{kind}; name a .png, .svg or .pdf")
-    fig.tight_layout()
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format=kind)
+        draw_figure(fig, tmp, kind)
 
 
-def write_per_class_csv(metrics: Metrics, path: Path) -> None:
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
+def draw_figure(fig: Figure, file: Path, kind: str) -> None:
+    """Draw ``fig`` into ``file`` as ``kind`` (png, svg, pdf, ...), laid out as every figure is."""
+    fig.tight_layout()
+    fig.savefig(file, dpi=110, format=kind)
+
+
+def write_per_class_csv(metrics: Metrics, file: Path) -> None:
+    """Write the per-class scores to ``file`` as it is (``evaluate_run`` gives atomic_path's)."""
+    with open(file, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(metrics.per_class[0]))
         writer.writeheader()
         writer.writerows(metrics.per_class)
@@ -196,9 +212,12 @@ def evaluate_run(
     images = conform_rows(data.images, config, labelled_csv, predictor.orientation_judge)
     probas = predictor.predict_proba(images)
     metrics = compute_metrics(data.labels, probas)
-    write_text(scores, metrics.to_json())
-    write_per_class_csv(metrics, per_class)
-    plot_confusion_matrix(metrics.confusion, confusion)
+    # Together: a full disk at the matrix had left a new eval_metrics.json beside older others.
+    write_together([
+        (scores, lambda file: file.write_text(metrics.to_json(), encoding="utf-8")),
+        (per_class, lambda file: write_per_class_csv(metrics, file)),
+        (confusion, lambda file: draw_figure(confusion_figure(metrics.confusion), file, "png")),
+    ])  # fmt: skip
     return metrics
 
 

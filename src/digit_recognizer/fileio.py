@@ -12,7 +12,7 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
@@ -128,6 +128,15 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     finally:
         tmp.unlink(missing_ok=True)
         _WRITING.discard(tmp.resolve())
+
+
+def write_together(writers: Iterable[tuple[Path, Callable[[Path], object]]]) -> None:
+    """Write files that belong together, each by its writer into ``atomic_path``'s temporary
+    file, all in full before any replaces its older one: written one at a time, a full disk or
+    a failure part-way had left new files beside older ones of another result."""
+    with contextlib.ExitStack() as replaced_together:
+        for path, write in writers:  # entered then written: a failure names its own file
+            write(replaced_together.enter_context(atomic_path(path)))
 
 
 def _sync_directory(directory: Path) -> None:
