@@ -1,9 +1,11 @@
 import csv
+import errno
 import json
 import logging
 
 import numpy as np
 import pytest
+from matplotlib.figure import Figure
 from sklearn.model_selection import StratifiedKFold
 
 from digit_recognizer.compare import compare
@@ -105,6 +107,23 @@ def test_what_a_compare_killed_outright_left_is_removed_by_the_next(tmp_path, sm
     with pytest.raises(DataError, match=r"missing\.csv"):
         compare(tmp_path / "missing.csv", ["knn"], tmp_path)
     assert not killed.exists() and recent.exists()
+
+
+def test_a_compare_that_cannot_write_all_its_files_leaves_the_earlier_ones_as_they_were(
+    tmp_path, small_csvs, monkeypatch
+):
+    """Written one after another, a full disk at the chart had left the new leaderboard.csv
+    beside the earlier compare's chart and compare.json."""
+    compare(small_csvs["train"], ["knn"], tmp_path)
+    earlier = {path.name: path.read_bytes() for path in tmp_path.iterdir()}
+
+    def disk_full(*args, **kwargs) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Figure, "savefig", disk_full)
+    with pytest.raises(OutputError, match=r"leaderboard\.png: cannot be written: no space left"):
+        compare(small_csvs["train"], ["knn", "logreg"], tmp_path)
+    assert {path.name: path.read_bytes() for path in tmp_path.iterdir()} == earlier
 
 
 def test_the_models_scored_before_an_interruption_are_kept(tmp_path, small_csvs, monkeypatch):

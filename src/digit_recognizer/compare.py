@@ -25,15 +25,14 @@ from digit_recognizer.data.shards import read_labelled
 from digit_recognizer.data.splits import check_seed, split_for_training, warn_shared_images
 from digit_recognizer.errors import ConfigError, DataError, first_line
 from digit_recognizer.estimator import build_estimator, count_parameters
-from digit_recognizer.evaluate import CLASSES, compute_metrics, save_figure
+from digit_recognizer.evaluate import CLASSES, compute_metrics, draw_figure
 from digit_recognizer.fileio import (
     LEFTOVER_AGE_S,
-    atomic_path,
     check_can_write,
     make_dir,
     remove_leftovers,
     source_record,
-    write_text,
+    write_together,
 )
 from digit_recognizer.models.registry import get_spec
 
@@ -141,10 +140,15 @@ def compare(
 
 def _write(board: Leaderboard, settings: dict[str, object]) -> None:
     board.rows.sort(key=lambda row: -float(row.get("accuracy", row.get("accuracy_mean", 0))))
-    write_leaderboard(board)
-    plot_leaderboard(board)
     scored = {"scored": [str(row["model"]) for row in board.rows], "scores": board.rows}
-    write_text(board.csv_path.with_name(SETTINGS_FILE), json.dumps(settings | scored, indent=2))
+    record = json.dumps(settings | scored, indent=2)
+    # Together: a full disk at the chart had left a new leaderboard.csv beside older others.
+    write_together([
+        (board.csv_path, lambda file: write_leaderboard(board, file)),
+        (board.chart_path, lambda file: draw_figure(leaderboard_figure(board), file, "png")),
+        (board.csv_path.with_name(SETTINGS_FILE),
+         lambda file: file.write_text(record, encoding="utf-8")),
+    ])  # fmt: skip
 
 
 def _scored_before(path: Path, settings: dict[str, object]) -> list[dict[str, float | int | str]]:
@@ -238,8 +242,9 @@ def _score_model(
     return row
 
 
-def write_leaderboard(board: Leaderboard) -> None:
-    with atomic_path(board.csv_path) as tmp, open(tmp, "w", newline="") as handle:
+def write_leaderboard(board: Leaderboard, file: Path) -> None:
+    """Write ``board``'s rows to ``file`` as it is (``_write`` gives atomic_path's)."""
+    with open(file, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=board.columns, lineterminator="\n")
         writer.writeheader()
         for row in board.rows:
@@ -247,7 +252,7 @@ def write_leaderboard(board: Leaderboard) -> None:
                              for key, value in row.items()})  # fmt: skip
 
 
-def plot_leaderboard(board: Leaderboard) -> None:
+def leaderboard_figure(board: Leaderboard) -> Figure:
     """Two bar panels sharing the model axis: accuracy, and fit + predict seconds (log)."""
     suffix = "_mean" if board.n_folds > 1 and "accuracy_mean" in board.columns else ""
     names = [str(row["model"]) for row in board.rows][::-1]  # best on top
@@ -265,4 +270,4 @@ def plot_leaderboard(board: Leaderboard) -> None:
     ax_time.bar_label(bars, fmt="%.1f s", padding=3, fontsize=8)
     ax_time.set(xscale="log", xlabel="fit + predict seconds (log scale)")
     fig.suptitle(f"digits compare ({board.n_folds} fold{'s' if board.n_folds > 1 else ''})")
-    save_figure(fig, board.chart_path)  # evaluate's writer: tight layout, atomic PNG
+    return fig
