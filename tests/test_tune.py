@@ -1,3 +1,4 @@
+import errno
 import json
 import logging
 import multiprocessing
@@ -6,6 +7,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from pathlib import Path
 from types import SimpleNamespace
 from unittest.mock import Mock
 
@@ -576,6 +578,32 @@ def test_a_full_disk_is_told_in_one_short_line_naming_the_database(tmp_path, mon
         tune_module.open_study(f"sqlite:///{database}", "tune-knn", str(database))
     said = f"{database}: cannot open the study's database (database or disk is full)"
     assert str(refused.value) == said
+
+
+def test_the_best_settings_and_their_config_are_written_together(tmp_path, monkeypatch):
+    """Written one after another, a full disk at best_config.toml had left the new best's
+    best_params.json beside an older best's config, which `digits train --config` reads."""
+
+    def study_with_best(lr: float) -> SimpleNamespace:
+        best_trial = SimpleNamespace(user_attrs={"train_overrides": {"lr": lr}})
+        return SimpleNamespace(study_name="tune-cnn", best_value=0.99, best_params={"lr": lr},
+                               best_trial=best_trial)  # fmt: skip
+
+    monkeypatch.setattr(tune_module, "write_plots", lambda *args, **kwargs: [])
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    tune_module.write_results(study_with_best(0.01), storage, TuneConfig(), tmp_path, True)
+    earlier = {path.name: path.read_bytes() for path in tmp_path.iterdir()}
+    write_text = Path.write_text
+
+    def full_at_the_config(path: Path, *args, **kwargs) -> int:
+        if path.name.startswith(f".{tune_module.BEST_CONFIG_FILE}."):  # its temporary file
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return write_text(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", full_at_the_config)
+    with pytest.raises(OutputError, match=r"best_config\.toml: cannot be written: no space"):
+        tune_module.write_results(study_with_best(0.05), storage, TuneConfig(), tmp_path, True)
+    assert {path.name: path.read_bytes() for path in tmp_path.iterdir()} == earlier
 
 
 def test_an_out_made_for_a_study_at_storage_that_is_refused_is_not_left_behind(

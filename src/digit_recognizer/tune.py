@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import inspect
 import json
 import logging
@@ -49,7 +50,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, SQLAlchemyError
 
 from digit_recognizer.checkpoint import rows_fingerprint
-from digit_recognizer.config import check_fields, load_config, save_config
+from digit_recognizer.config import check_fields, config_to_toml, load_config
 from digit_recognizer.data.kaggle_csv import DigitSet
 from digit_recognizer.data.shards import read_labelled
 from digit_recognizer.data.splits import check_seed, split_for_training
@@ -65,7 +66,7 @@ from digit_recognizer.fileio import (
     make_dir,
     remove_leftovers,
     remove_unlocked_dirs,
-    write_text,
+    write_together,
 )
 from digit_recognizer.interrupts import interruption_behind
 from digit_recognizer.models.registry import get_spec
@@ -481,7 +482,6 @@ def write_results(
     study: optuna.Study, storage: str, config: TuneConfig, out_dir: Path, is_net: bool
 ) -> list[Path]:
     """best_params.json, for a net best_config.toml, and the plots: the files written."""
-    files = [out_dir / BEST_PARAMS_FILE]
     best = {
         "study": study.study_name,
         "storage": results_storage(storage, out_dir),
@@ -489,16 +489,19 @@ def write_results(
         "accuracy": study.best_value,
         "params": study.best_params,
     }
-    write_text(files[0], json.dumps(best, indent=2) + "\n")
+    texts = {out_dir / BEST_PARAMS_FILE: json.dumps(best, indent=2) + "\n"}
     if is_net:
         # The trial's recipe and seed; epochs stay at the full-length default the short trials
         # stood in for.
         best_overrides = study.best_trial.user_attrs["train_overrides"]
         best_config = load_config(TrainConfig, None, {"model": config.model, "seed": config.seed,
                                                       **best_overrides})  # fmt: skip
-        save_config(best_config, out_dir / BEST_CONFIG_FILE)
-        files.append(out_dir / BEST_CONFIG_FILE)
-    return files + write_plots(study, out_dir, has_epochs=is_net)
+        texts[out_dir / BEST_CONFIG_FILE] = config_to_toml(best_config)
+    # Together: a full disk at best_config.toml had left it an older best's beside the new
+    # best_params.json.
+    write_together([(path, functools.partial(Path.write_text, data=text, encoding="utf-8"))
+                    for path, text in texts.items()])  # fmt: skip
+    return [*texts, *write_plots(study, out_dir, has_epochs=is_net)]
 
 
 def check_results_are_the_studys(out_dir: Path, study_name: str, storage: str) -> None:
