@@ -194,9 +194,9 @@ def evaluate_run(
     matrix (EVAL_FILES) to ``out_dir``. With ``solution_csv`` (ImageId,Label, as a replica's
     solution.csv) the rows are unlabelled and take their labels from it, in ImageId order."""
     labelled_csv, out_dir = Path(labelled_csv), Path(out_dir)
+    check_data_source(labelled_csv)  # first: arguments swapped are said as such
     # Before the predictions, which an --out that cannot take the files would lose.
     scores, per_class, confusion = (check_can_write(out_dir / name) for name in EVAL_FILES)
-    check_data_source(labelled_csv)
     warn_if_trained_on(run_dirs, labelled_csv)
     data = read_data_source(labelled_csv)
     if solution_csv is None:
