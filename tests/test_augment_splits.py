@@ -1,3 +1,5 @@
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -10,7 +12,11 @@ from digit_recognizer.data.augment import (
     elastic_displacement,
 )
 from digit_recognizer.data.kaggle_csv import DigitSet
-from digit_recognizer.data.splits import split_for_training, stratified_split
+from digit_recognizer.data.splits import (
+    split_for_training,
+    stratified_split,
+    warn_shared_images,
+)
 from digit_recognizer.data.tensors import to_model_input
 from digit_recognizer.errors import ConfigError
 
@@ -113,6 +119,15 @@ def test_translation_moves_digits_within_its_range(small_train):
     assert (shift.amax(dim=0) > 2.0).all() and (shift.amin(dim=0) < -2.0).all()
     # Drawn apart for each axis: one draw for both would shift digits along a diagonal only.
     assert torch.corrcoef(shift.T)[0, 1].abs() < 0.3
+
+
+def test_what_a_shift_brings_into_the_frame_is_paper_not_its_edge_drawn_out():
+    # A digit touching its frame (a conformed one can) would otherwise have its edge's strokes
+    # stretched out to the frame's side.
+    white = torch.ones(16, 1, 28, 28)
+    shift_only = Augmentation(rotation_deg=0, scale=0, shear=0, contrast=0, stroke=0, styles=0)
+    out = augment_batch(white, shift_only, torch.Generator().manual_seed(0))
+    assert out.amin(dim=(1, 2, 3)).max() < 1
 
 
 def test_contrast_scales_each_digits_ink_within_its_range(small_train):
@@ -292,3 +307,17 @@ def test_split_for_training_keeps_each_image_with_its_label():
     train_rows, valid_rows = row_sets
     assert len(valid_rows) == 150 and len(np.intersect1d(train_rows, valid_rows)) == 0
     np.testing.assert_array_equal(np.sort(np.concatenate(row_sets)), rows)
+
+
+def test_shared_images_are_warned_of_past_one_in_a_hundred(caplog):
+    # 1 % of repeats happen in any collection (blank digits); past it, rows were read twice.
+    images = np.zeros((100, 28, 28), dtype=np.uint8)
+    images[:, 0, 0], images[:, 0, 1] = np.arange(100), 1
+    scored = DigitSet(images, None)
+    for n_shared, is_warned in ((1, False), (2, True)):
+        caplog.clear()
+        fitted = DigitSet(np.concatenate([images[:n_shared], images[:50] + 2]), None)
+        with caplog.at_level(logging.WARNING):
+            assert warn_shared_images(fitted, scored, "test.csv") == n_shared
+        assert ("images are also among those trained on" in caplog.text) == is_warned
+    assert "test.csv: 2 of its 100 images are also among those trained on" in caplog.text

@@ -18,6 +18,7 @@ from digit_recognizer.data.kaggle_csv import (
     LABELLED_COLUMNS,
     PIXEL_COLUMNS,
     check_kaggle_csv,
+    is_submission,
     read_kaggle_csv,
     read_submission,
     write_kaggle_csv,
@@ -153,6 +154,8 @@ def test_check_summarises(train_csv: Path, tmp_path: Path) -> None:
         (8, "pixel9", "0x1f", "line 8, column pixel9: '0x1f' is not an integer"),
         (2, "pixel1", '"7"', "line 2, column pixel1: '\"7\"' is not an integer"),
         (10, "pixel2", "9" * 5000, "line 10, column pixel2: '999999999999999999999999...'"),
+        # Shown to 24 characters: a cell of binary junk can be megabytes long.
+        (4, "pixel2", "x" * 25, f"line 4, column pixel2: '{'x' * 24}...' is not an integer"),
     ],
 )
 def test_bad_cell_names_line_and_column(
@@ -183,6 +186,9 @@ def test_wrong_column_count(train_csv: Path) -> None:
         f"{train_csv}, line 2: expected 785 columns, found 786: an empty one after pixel783 "
         "(a comma at the end of the line?)"
     )
+    # Two more cells are no comma at the end, and the error does not say they are.
+    train_csv.write_text("\n".join([lines[0], *(line + "," for line in lines[1:])]) + "\n")
+    assert read_error(train_csv) == f"{train_csv}, line 2: expected 785 columns, found 787"
 
 
 def blank_line_after_line_3(text: str) -> str:
@@ -404,6 +410,16 @@ def test_submission_chunks_continue_the_image_ids(tmp_path: Path, monkeypatch) -
 def test_submission_rows_in_any_order(submission_csv: Path) -> None:
     submission_csv.write_text("\ufeffImageId,Label\r\n5,5\r\n2,1\r\n1,3\r\n4,1\r\n3,4")
     np.testing.assert_array_equal(read_submission(submission_csv), [3, 1, 4, 1, 5])
+
+
+def test_a_submission_is_known_by_its_header_as_a_spreadsheet_saves_it_too(
+    submission_csv: Path, train_csv: Path
+) -> None:
+    # A submission opened and saved in Excel (a BOM, CRLF) is still one that predict replaces.
+    assert is_submission(submission_csv)
+    submission_csv.write_text("\ufeffImageId,Label\r\n1,3\r\n")
+    assert is_submission(submission_csv)
+    assert not is_submission(train_csv)
 
 
 @pytest.mark.parametrize(

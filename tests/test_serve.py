@@ -250,7 +250,13 @@ def test_predict_csv(client: TestClient, predictor: Predictor, small_test, tmp_p
     raw = client.post(
         "/predict/csv", content=path.read_bytes(), headers={"Content-Type": "text/csv"}
     )
-    for response in (form, raw):
+    # Bytes of no declared kind are taken too, and media types are case-insensitive (RFC 9110).
+    octets = client.post(
+        "/predict/csv",
+        content=path.read_bytes(),
+        headers={"Content-Type": "Application/Octet-Stream"},
+    )
+    for response in (form, raw, octets):
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/csv")
         assert "submission.csv" in response.headers["content-disposition"]

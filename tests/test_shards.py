@@ -125,6 +125,13 @@ def test_an_image_named_with_glob_characters_is_no_data_source(tmp_path: Path) -
     assert is_data_source(f"{tmp_path}/*.csv") and is_data_source(tmp_path / "rows [1].csv")
 
 
+def test_a_csv_named_in_capitals_is_a_data_source(tmp_path: Path) -> None:
+    """`digits explain RUN TEST.CSV` reads rows, as of test.csv, not one image."""
+    rows = tmp_path / "TEST.CSV"
+    rows.write_text("pixel0\n")
+    assert is_data_source(rows)
+
+
 def test_a_pipe_is_read_once_or_refused_where_it_would_be_read_twice(
     tmp_path: Path, source
 ) -> None:
@@ -470,16 +477,20 @@ def test_commands_that_read_digits_take_a_shard_directory_as_they_take_its_csv(
 @pytest.mark.parametrize("ending", [b"\n", b"\r\n", b"\r"])
 @pytest.mark.parametrize("final", [True, False])
 def test_pieces_read_what_read_kaggle_csv_reads(tmp_path, monkeypatch, source, ending, final):
-    monkeypatch.setattr(shards, "CHUNK_BYTES", 1000)  # pieces much smaller than one row
     lines = source[0].read_bytes().splitlines()[:40]
     path = tmp_path / "variant.csv"
     path.write_bytes(b"\xef\xbb\xbf" + ending.join(lines) + (ending if final else b""))
     expected = read_kaggle_csv(path)
     manifest = resolve_data_source(path)
     assert manifest.n_rows == 39
-    pieces = list(shards.read_chunks(manifest.shards[0], has_labels=True, start=5, stop=31))
-    assert len(pieces) > 1
-    assert np.array_equal(np.concatenate([p.images for p in pieces]), expected.images[5:31])
+    # Pieces much smaller than one row, and of a few rows each: a piece after the one that
+    # holds row `start` is read from its own first row, wherever `start` falls in its piece.
+    for chunk_bytes, start in itertools.product((1000, 10_000), range(5, 9)):
+        monkeypatch.setattr(shards, "CHUNK_BYTES", chunk_bytes)
+        pieces = list(shards.read_chunks(manifest.shards[0], True, start=start, stop=31))
+        assert len(pieces) > 1
+        read = np.concatenate([p.images for p in pieces])
+        assert np.array_equal(read, expected.images[start:31])
 
 
 def test_pieces_cut_only_after_line_ends_and_count_lines_exactly() -> None:
@@ -552,6 +563,20 @@ def test_a_shard_that_changed_after_its_manifest(tmp_path: Path, shard_dir: Path
         DataError, match=r"part-00001.csv: the manifest says 201 rows, the file has 100"
     ):
         read_data_source(copy)
+
+
+def test_rows_added_to_a_shard_in_a_later_piece_are_found_when_it_is_streamed(
+    tmp_path: Path, shard_dir: Path, monkeypatch
+) -> None:
+    """A reader that ends at the shard's end reads on, to catch rows past it."""
+    copy = Path(shutil.copytree(shard_dir, tmp_path / "shards"))
+    part = copy / "part-00001.csv"
+    part.write_bytes(part.read_bytes() + part.read_bytes().split(b"\n")[1] + b"\n")
+    monkeypatch.setattr(shards, "CHUNK_BYTES", 1000)  # pieces of about a row
+    with pytest.raises(
+        DataError, match=r"part-00001.csv: the manifest says 201 rows, the file has more"
+    ):
+        list(ShardStream(copy, 64, shuffle=False, rank=0, world_size=1))
 
 
 # --- the streaming reader -----------------------------------------------------------------------
@@ -821,3 +846,6 @@ def test_a_glob_matching_a_fifo_and_an_expansion_holding_out_all_are_refused(
         expand(source[0], tmp_path / "e", copies=1, parts=1, valid_size=0.9996)
     with pytest.raises(ConfigError, match=r"seed must be from 0 to 2\*\*32 - 1"):
         expand(source[0], tmp_path / "e", copies=1, parts=1, seed=2**32)
+    # Not a "parts must be from 1 to the number of rows (0)" of the copies' shards.
+    with pytest.raises(ConfigError, match="copies must be >= 1, got 0"):
+        expand(source[0], tmp_path / "e", copies=0, parts=1)
