@@ -184,7 +184,7 @@ def test_ranges_that_would_blank_or_collapse_a_digit_are_refused():
         with pytest.raises(ConfigError, match="must be in"):
             Augmentation(**bad)
     assert Augmentation().max_strength() == pytest.approx(1 / 0.3)
-    with pytest.raises(ConfigError, match=r"strength must be in \[0, 3.33\).*got 3.4"):
+    with pytest.raises(ConfigError, match=r"augment \(the strength\) must be in \[0, 3.33\).*3.4"):
         Augmentation().scaled(3.4)
 
 

@@ -1,3 +1,4 @@
+import math
 from pathlib import Path
 
 import numpy as np
@@ -6,7 +7,9 @@ import pytest
 from digit_recognizer.config import config_to_toml, load_config, read_toml, save_config
 from digit_recognizer.errors import ConfigError, UnknownModelError
 from digit_recognizer.predict import PredictConfig
+from digit_recognizer.serve import ServeConfig
 from digit_recognizer.train import TrainConfig
+from digit_recognizer.tune import TuneConfig
 
 
 def test_precedence_defaults_toml_flags(tmp_path):
@@ -44,22 +47,38 @@ def test_saved_config_unsets_what_a_preset_below_it_would_set(tmp_path):
         load_config(TrainConfig, tmp_path / "model.safetensors")
 
 
-def test_a_bad_value_is_blamed_on_the_flags_or_the_file_that_gave_it(tmp_path):
-    """`digits train --resume --epochs 0` had said the run's config.toml holds epochs 0."""
+def test_a_bad_value_is_blamed_on_the_flag_or_the_file_that_gave_it(tmp_path):
+    """`digits train --resume --epochs 0` had said the run's config.toml holds epochs 0; and a
+    flag's value was blamed on its setting's name ("flags: valid_size must be in [0, 1)"), not on
+    the flag typed, as `digits compare` names it."""
     toml = tmp_path / "config.toml"
     toml.write_text("epochs = 3\nlr = 0.05\n")
-    for flags, message in [({"epochs": 0}, "epochs must be >= 1"),
-                           ({"optimizer": "rmsprop"}, "'optimizer' must be one of"),
-                           ({"epoch": 3}, "unknown key 'epoch'")]:  # fmt: skip
-        with pytest.raises(ConfigError, match=f"^flags: {message}"):
-            load_config(TrainConfig, toml, flags)
+    for flags, message in [({"epochs": 0}, "--epochs must be >= 1"),
+                           ({"valid_size": 1.5}, r"--valid-size must be in \[0, 1\)"),
+                           ({"time_budget_s": -1.0}, "--time-budget must be >= 0"),
+                           ({"max_memory_gb": math.inf}, "--max-memory must be a finite number"),
+                           ({"augment": 5.0}, r"--augment \(the strength\) must be in \[0, 3.33\)"),
+                           ({"optimizer": "rmsprop"}, "--optimizer must be one of"),
+                           ({"epoch": 3}, "flags: unknown key 'epoch'")]:  # fmt: skip
+        for toml_path in (toml, None):
+            with pytest.raises(ConfigError, match=f"^{message}"):
+                load_config(TrainConfig, toml_path, flags)
     toml.write_text("epochs = 0\n")
     with pytest.raises(ConfigError, match=r"config\.toml: epochs must be >= 1"):
         load_config(TrainConfig, toml, {"lr": -1.0})
     assert load_config(TrainConfig, toml, {"epochs": 2}).epochs == 2  # a flag mends the file
     # The file's bad value, replaced by a flag, is not blamed for another flag's.
-    with pytest.raises(ConfigError, match=r"^flags: lr must be > 0"):
+    with pytest.raises(ConfigError, match=r"^--lr must be > 0"):
         load_config(TrainConfig, toml, {"epochs": 2, "lr": -1.0})
+    # A flag's value that fails with the file's: the flag.
+    toml.write_text("widths = [8, 16]\n")
+    with pytest.raises(ConfigError, match=r"^--model 'seed-cnn' has no 'widths' setting"):
+        load_config(TrainConfig, toml, {"model": "seed-cnn"})
+    # Other jobs' flags too: tune's --timeout sets timeout_s, serve's --port port.
+    with pytest.raises(ConfigError, match=r"^--valid-size must be in \(0, 1\), got 2.0"):
+        load_config(TuneConfig, None, {"valid_size": 2.0})
+    with pytest.raises(ConfigError, match=r"^--port must be from 0 to 65535"):
+        load_config(ServeConfig, None, {"port": 70000})
 
 
 def test_unknown_key_lists_valid_keys_and_closest():
@@ -75,7 +94,7 @@ def test_wrong_type_says_expected_and_got(tmp_path):
     with pytest.raises(ConfigError, match=r"'epochs' must be int, got 'ten'"):
         load_config(TrainConfig, toml)
     with pytest.raises(ConfigError, match=r"'optimizer' must be one of 'sgd', 'adam', 'adamw'"):
-        load_config(TrainConfig, overrides={"optimizer": "rmsprop"})
+        TrainConfig(optimizer="rmsprop")
     toml.write_text('widths = [16, "a", 64]\n')  # each item of a list is checked too
     with pytest.raises(ConfigError, match=r"'widths\[1\]' must be int, got 'a'"):
         load_config(TrainConfig, toml)
@@ -100,7 +119,7 @@ def test_bad_value_and_unknown_model():
                          ({"lr_decay": 1.5}, r"lr_decay must be in \(0, 1\]"),
                          ({"widths": (16, 0, 64)}, "widths must be >= 1"),
                          ({"stroke": 1.5}, r"stroke must be in \[0, 1\]"),
-                         ({"augment": 3.4}, r"strength must be in \[0, 3.33\)"),
+                         ({"augment": 3.4}, r"augment \(the strength\) must be in \[0, 3.33\)"),
                          # At 1: momentum never fades; no target left; a division by zero in
                          # get_lr; an average that ever less follows the weights trained.
                          ({"momentum": 1.0}, r"momentum must be in \[0, 1\)"),
@@ -121,7 +140,7 @@ def test_an_unknown_model_is_blamed_on_the_file_or_the_flag_that_named_it(tmp_pa
     with pytest.raises(UnknownModelError, match=r"^\S*c\.toml: unknown model 'cnnn'"):
         load_config(TrainConfig, toml, {"epochs": 3})
     toml.write_text('model = "cnn"\n')
-    with pytest.raises(UnknownModelError, match=r"^flags: unknown model 'cnnn'"):
+    with pytest.raises(UnknownModelError, match=r"^--model: unknown model 'cnnn'"):
         load_config(TrainConfig, toml, {"model": "cnnn"})
 
 

@@ -617,7 +617,7 @@ def test_serve_config_and_cli_errors(tmp_path: Path, run_dir: Path) -> None:
     assert result.exit_code == 1
     assert "model.json: not found; is" in result.output and "Traceback" not in result.output
     result = CliRunner().invoke(cli_app, ["serve", str(tmp_path), "--backend", "tf"])
-    assert result.exit_code == 1 and "'backend' must be one of 'torch', 'onnx'" in result.output
+    assert result.exit_code == 1 and "--backend must be one of 'torch', 'onnx'" in result.output
     # A port in use: one line, and no address announced that another program answers at.
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]

@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import json
 import numbers
+import re
 import tomllib
 import types
 import typing
@@ -38,12 +39,13 @@ def load_config(
 ) -> C:
     """Build ``config_class`` from its defaults, a preset, a TOML file, then ``overrides`` (flags).
 
-    Overrides whose value is ``None`` are flags the user did not give and are skipped.
+    Overrides whose value is ``None`` are flags the user did not give and are skipped. A value
+    out of range is blamed on its flag (``--epochs must be >= 1``) or on the file that gave it.
     """
     values: dict[str, Any] = dict(preset or {})
     flags = {key: value for key, value in (overrides or {}).items() if value is not None}
     if toml_path is None:
-        return make_config(config_class, values | flags, source="flags")
+        return _make_from_flags(config_class, values, flags)
     values.update(read_toml(toml_path))
     try:
         return make_config(config_class, values | flags, source=str(toml_path))
@@ -55,7 +57,34 @@ def load_config(
     # are named.
     make_config(config_class, {key: value for key, value in values.items() if key not in flags},
                 source=str(toml_path))  # fmt: skip
-    return make_config(config_class, values | flags, source="flags")
+    return _make_from_flags(config_class, values, flags)
+
+
+def flag_name(key: str) -> str:
+    """The command-line flag that sets ``key``: its words without their unit (``time_budget_s``:
+    ``--time-budget``, ``max_memory_gb``: ``--max-memory``)."""
+    return "--" + re.sub(r"_(s|gb)$", "", key).replace("_", "-")
+
+
+def _make_from_flags(
+    config_class: type[C], values: Mapping[str, Any], flags: Mapping[str, Any]
+) -> C:
+    """``make_config`` of ``values`` under ``flags``; an error about a flag's value names the flag
+    as it is typed (``--valid-size must be in [0, 1)``, not ``flags: valid_size must be ...``)."""
+    try:
+        return make_config(config_class, {**values, **flags}, source="flags")
+    except (ConfigError, UnknownModelError) as error:
+        message = str(error).removeprefix("flags: ")
+        if isinstance(error, UnknownModelError):
+            if "model" in flags:
+                raise UnknownModelError(f"--model: {message}") from None
+            raise
+        # Range checks begin with their key ("epochs must be >= 1"), type checks quote it.
+        quoted_key, _, rest = message.partition(" ")
+        key = quoted_key.strip("'")
+        if key not in flags:
+            raise
+        raise ConfigError(f"{flag_name(key)} {rest}") from None
 
 
 def read_toml(toml_path: str | Path) -> dict[str, Any]:

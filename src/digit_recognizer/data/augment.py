@@ -72,8 +72,8 @@ class Augmentation:
         MNIST's digits with under a tenth of their ink."""
         if not 0 <= strength < self.max_strength():
             raise ConfigError(
-                f"augmentation strength must be in [0, {self.max_strength():.3g}) "
-                f"(there the contrast or zoom range reaches 1), got {strength}"
+                f"augment (the strength) must be in [0, {self.max_strength():.3g}) (there the "
+                f"contrast or zoom range reaches 1), got {strength}"
             )
         return Augmentation(
             rotation_deg=self.rotation_deg * strength,
