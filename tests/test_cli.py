@@ -382,6 +382,19 @@ def test_augment_preview_shows_the_default_presets_stroke():
         assert default == get_preset("default").overrides["stroke"]
 
 
+def test_every_seed_flag_refuses_what_numpy_and_sklearn_refuse(tmp_path):
+    """augment-preview and data kaggle took seeds past 2**32 - 1 (torch failed at 2**64 with a
+    traceback), and run --replica-seed built such a replica, where every other command refuses."""
+    csv = tmp_path / "train.csv"
+    for command, flag in [(("augment-preview", csv, "--out", tmp_path / "p.png"), "--seed"),
+                          (("data", "kaggle", tmp_path / "replica"), "--seed"),
+                          (("run", "--out", tmp_path / "run"), "--replica-seed")]:  # fmt: skip
+        result = invoke(*command, flag, 2**32)
+        assert result.exit_code == 1, command
+        assert f"{flag} must be from 0 to 2**32 - 1, got 4294967296" in result.output, command
+    assert list(tmp_path.iterdir()) == []  # refused before anything was read or written
+
+
 def test_the_stroke_range_is_stated_and_held_by_the_flag(tmp_path):
     """Training's stroke change stops at a full dilation or erosion (1): --help says so, and a
     larger --stroke is refused as a flag out of its range, naming it, before any file is read

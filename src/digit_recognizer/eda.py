@@ -18,6 +18,7 @@ from digit_recognizer.data.augment import Augmentation, augment_batch
 from digit_recognizer.data.images import at_full_ink
 from digit_recognizer.data.kaggle_csv import DigitSet
 from digit_recognizer.data.shards import read_data_source
+from digit_recognizer.data.splits import check_seed
 from digit_recognizer.data.tensors import to_model_input, to_uint8_images
 from digit_recognizer.evaluate import CLASSES, save_figure
 from digit_recognizer.fileio import make_dir, write_text
@@ -242,6 +243,7 @@ def augment_preview(
     .scaled(augment)``, exactly as training does with the same settings (TrainConfig's; these
     defaults are the default preset's), writing styles only where the CSV has labels.
     """
+    check_seed(seed, "--seed")  # torch's generator had taken 2**32 and failed at 2**64
     augmentation = Augmentation(elastic_px=elastic, stroke=stroke, styles=styles).scaled(augment)
     data = read_data_source(csv_path)
     # Faint rows (0/1, 0-16) at full ink, as training augments them: else black tiles.

@@ -41,7 +41,7 @@ from digit_recognizer.data.shards import (
     require_labels,
     resolve_data_source,
 )
-from digit_recognizer.data.splits import split_for_training, warn_shared_images
+from digit_recognizer.data.splits import check_seed, split_for_training, warn_shared_images
 from digit_recognizer.distributed import Distributed, run_torchrun
 from digit_recognizer.errors import ConfigError, DataError, ModelFileError
 from digit_recognizer.evaluate import (
@@ -534,6 +534,7 @@ def run_job(
                           "your own: give one or the other")  # fmt: skip
     solution_csv = None
     if train_csv is None:
+        check_seed(replica_seed or 0, "--replica-seed")
         files = cached_replica(replica_seed or 0, cache_dir)
         train_csv, test_csv, solution_csv = files.train, files.test, files.solution
     configs = [config] if isinstance(config, TrainConfig) else config

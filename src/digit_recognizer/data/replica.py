@@ -17,6 +17,7 @@ import numpy as np
 
 from digit_recognizer.data.kaggle_csv import write_kaggle_csv, write_submission
 from digit_recognizer.data.mnist import load_mnist
+from digit_recognizer.data.splits import check_seed
 from digit_recognizer.errors import OutputError
 from digit_recognizer.fileio import (
     LEFTOVER_AGE_S,
@@ -60,6 +61,7 @@ def build_replica(out_dir: str | Path, seed: int = 0, overwrite: bool = False) -
     (``locked_dir``): a second build into it is refused, and the temporary file a build killed
     there left (30 MB of train.csv, which the build run again had kept for good) is removed.
     """
+    check_seed(seed, "--seed")  # as every other command's: numpy's would take any size
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputError(f"{out_dir}: not a directory; the replica's three files go in one")
