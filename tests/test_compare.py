@@ -61,6 +61,11 @@ def test_bad_requests_fail_before_training(tmp_path, small_csvs):
         compare(small_csvs["train"], [], tmp_path)  # `--models ,`
     with pytest.raises(ConfigError, match="--cv folds the training CSV and --test scores"):
         compare(small_csvs["train"], ["knn"], tmp_path, test_csv=small_csvs["train"], cv=3)
+    # --valid-size had been ignored there: the scores came from another hold-out than asked.
+    for held_out, flag in [({"test_csv": small_csvs["train"]}, "--test"), ({"cv": 3}, "--cv")]:
+        with pytest.raises(ConfigError, match=f"--valid-size holds out part of --train, and "
+                                              f"{flag} scores instead: give one"):  # fmt: skip
+            compare(small_csvs["train"], ["knn"], tmp_path, valid_size=0.3, **held_out)
     with pytest.raises(ConfigError, match="--models names knn more than once"):
         compare(small_csvs["train"], ["knn", "logreg", "knn"], tmp_path)
     with pytest.raises(ConfigError, match=r"--seed must be from 0 to 2\*\*32 - 1"):

@@ -683,7 +683,8 @@ def compare(
     test: Annotated[
         Path | None, typer.Option(help="Labelled CSV (or shard dir, glob) to score on.")
     ] = None,
-    valid_size: Annotated[float, typer.Option(help="Held-out fraction (no --test/--cv).")] = 0.2,
+    valid_size: Annotated[float | None, typer.Option(
+        help="Held-out fraction (no --test/--cv). \\[default: 0.2]")] = None,
     cv: Annotated[int | None, typer.Option(help="Stratified K-fold instead of one split.")] = None,
     out: Annotated[
         Path, typer.Option(help="Folder for leaderboard.csv, .png and compare.json.")

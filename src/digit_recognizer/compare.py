@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 LEADERBOARD_FILE = "leaderboard.csv"
 CHART_FILE = "leaderboard.png"
 SETTINGS_FILE = "compare.json"  # what produced the leaderboard: data, settings, versions
+DEFAULT_VALID_SIZE = 0.2  # without --test or --cv: 8,400 of Kaggle's rows score each model
 SCORES = ("accuracy", "macro_f1", "fit_seconds", "predict_seconds")
 
 
@@ -60,7 +61,7 @@ def compare(
     models: list[str],
     out_dir: Path,
     test_csv: Path | None = None,
-    valid_size: float = 0.2,
+    valid_size: float | None = None,
     cv: int | None = None,
     seed: int = 0,
     epochs: int | None = None,
@@ -70,8 +71,9 @@ def compare(
     and score it on held-out labelled images.
 
     Held out: ``test_csv`` if given, else stratified ``cv`` folds if given, else a stratified
-    ``valid_size`` split, drawn with ``seed``, which also seeds the models that draw at random
-    (nets, the random forest). Writes ``out_dir/leaderboard.csv`` with columns
+    ``valid_size`` split (default 0.2; refused with the other two), drawn with ``seed``, which
+    also seeds the models that draw at random (nets, the random forest). Writes
+    ``out_dir/leaderboard.csv`` with columns
     ``model,accuracy,macro_f1,fit_seconds,predict_seconds,parameters`` (with ``cv``: a ``_mean``
     and a ``_std`` column for each score), ``out_dir/leaderboard.png``, and
     ``out_dir/compare.json``: the data (paths, SHA-256), the settings and the library versions.
@@ -91,7 +93,13 @@ def compare(
         raise ConfigError(f"--cv must be at least 2 folds, got {cv}")
     if cv is not None and test_csv is not None:
         raise ConfigError("--cv folds the training CSV and --test scores on another: give one")
-    if test_csv is None and cv is None and not 0 < valid_size < 1:
+    if valid_size is not None and (test_csv is not None or cv is not None):
+        # Else ignored: the scores came from another hold-out than the one asked for.
+        raise ConfigError(f"--valid-size holds out part of --train, and "
+                          f"{'--test' if test_csv is not None else '--cv'} scores instead: give "
+                          "one")  # fmt: skip
+    valid_size = DEFAULT_VALID_SIZE if valid_size is None else valid_size
+    if not 0 < valid_size < 1:
         raise ConfigError(f"--valid-size must be in (0, 1), got {valid_size}")
     if epochs is not None and epochs < 1:
         raise ConfigError(f"--epochs must be >= 1, got {epochs}")
