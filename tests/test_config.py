@@ -71,7 +71,7 @@ def test_a_bad_value_is_blamed_on_the_flag_or_the_file_that_gave_it(tmp_path):
     with pytest.raises(ConfigError, match=r"^--lr must be > 0"):
         load_config(TrainConfig, toml, {"epochs": 2, "lr": -1.0})
     # A flag's value that fails with the file's: the flag.
-    toml.write_text("widths = [8, 16]\n")
+    toml.write_text("widths = [8, 16, 32]\n")
     with pytest.raises(ConfigError, match=r"^--model 'seed-cnn' has no 'widths' setting"):
         load_config(TrainConfig, toml, {"model": "seed-cnn"})
     # Other jobs' flags too: tune's --timeout sets timeout_s, serve's --port port.
@@ -142,6 +142,22 @@ def test_an_unknown_model_is_blamed_on_the_file_or_the_flag_that_named_it(tmp_pa
     toml.write_text('model = "cnn"\n')
     with pytest.raises(UnknownModelError, match=r"^--model: unknown model 'cnnn'"):
         load_config(TrainConfig, toml, {"model": "cnnn"})
+
+
+def test_widths_no_net_can_take_are_refused_with_the_file_before_any_data_is_read(tmp_path):
+    """widths = [8] for a 3-stage CNN had failed once the data had loaded, naming no file, and a
+    width past int64 ended training in torch's C++ traceback."""
+    toml = tmp_path / "c.toml"
+    too_large = rf"widths \[{10**20}, 1, 1\]: too large for torch to build a 'cnn-tiny'; give"
+    cases = [
+        ("[8]", "the compact CNN has 3 stages: widths must be 3 numbers"),
+        (f"[{10**20}, 1, 1]", rf"{too_large} widths like its own, \[16, 32, 64\]"),
+    ]
+    for widths, message in cases:
+        toml.write_text(f'model = "cnn-tiny"\nwidths = {widths}\n')
+        with pytest.raises(ConfigError, match=rf"^{toml}: {message}"):
+            load_config(TrainConfig, toml)
+    assert load_config(TrainConfig, None, {"model": "mlp", "widths": (8,)}).widths == (8,)
 
 
 def test_settings_that_are_not_finite_are_refused(tmp_path):

@@ -190,6 +190,20 @@ class TrainConfig:
         for key in self.model_args():
             if key not in settings:
                 raise ConfigError(f"model '{self.model}' has no '{key}' setting")
+        if self.widths is not None:
+            self._check_widths(settings["widths"].default)
+
+    def _check_widths(self, own_widths: tuple[int, ...]) -> None:
+        """Build the net on the meta device (no memory, milliseconds): a wrong number of widths
+        had been found only once the data had loaded, and a width past int64 ended training in
+        torch's C++ traceback."""
+        try:
+            with torch.device("meta"):
+                build(self.model, **self.model_args())
+        except (TypeError, RuntimeError):  # torch's: a size that overflows its int64 sizes
+            raise ConfigError(f"widths {list(self.widths or ())}: too large for torch to build "
+                              f"a '{self.model}'; give widths like its own, "
+                              f"{list(own_widths)}") from None  # fmt: skip
 
     def augmentation(self) -> Augmentation:
         """The ranges training draws from: ``Augmentation``'s, these settings', at ``augment``."""
