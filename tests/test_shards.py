@@ -192,7 +192,7 @@ def test_unlabelled_shards_and_mixed_sources(tmp_path: Path, source, shard_dir: 
         (tmp_path / "mixed" / name).write_bytes(path.read_bytes())
     with pytest.raises(DataError, match=r"b.csv, line 1: the header is labelled but the other"):
         resolve_data_source(f"{tmp_path}/mixed/*.csv")
-    with pytest.raises(ConfigError, match="parts must be from 1 to the number of rows"):
+    with pytest.raises(ConfigError, match=r"^--parts must be from 1 to the number of rows"):
         shard_csv(test_csv, tmp_path / "too-many", parts=11)
 
 
@@ -844,8 +844,12 @@ def test_a_glob_matching_a_fifo_and_an_expansion_holding_out_all_are_refused(
         resolve_data_source(f"{folder}/*.csv")
     with pytest.raises(ConfigError, match="holds out all 1,003 rows"):
         expand(source[0], tmp_path / "e", copies=1, parts=1, valid_size=0.9996)
-    with pytest.raises(ConfigError, match=r"seed must be from 0 to 2\*\*32 - 1"):
+    # Named as `digits data expand` takes them, as the other commands name theirs: the messages
+    # had said "valid_size" and "seed".
+    with pytest.raises(ConfigError, match=r"^--seed must be from 0 to 2\*\*32 - 1"):
         expand(source[0], tmp_path / "e", copies=1, parts=1, seed=2**32)
     # Not a "parts must be from 1 to the number of rows (0)" of the copies' shards.
     with pytest.raises(ConfigError, match="copies must be >= 1, got 0"):
         expand(source[0], tmp_path / "e", copies=0, parts=1)
+    with pytest.raises(ConfigError, match=r"^--valid-size must be in \[0, 1\), got 1"):
+        expand(source[0], tmp_path / "e", copies=1, parts=1, valid_size=1.0)

@@ -490,10 +490,10 @@ def expand(
     shard does (``origin["valid_rows"]``, which training reads). Same seed, same bytes.
     """
     if copies < 1:
-        raise ConfigError(f"copies must be >= 1, got {copies}")
+        raise ConfigError(f"--copies must be >= 1, got {copies}")
     if not 0 <= valid_size < 1:
-        raise ConfigError(f"valid_size must be in [0, 1), got {valid_size}")
-    check_seed(seed)
+        raise ConfigError(f"--valid-size must be in [0, 1), got {valid_size}")
+    check_seed(seed, "--seed")
     manifest = resolve_data_source(train_csv)
     _refuse_expansion(manifest, train_csv, "expand", "copies of its copies would train and "
                       "copies would be held out; expand the CSV it came from with more "
@@ -560,7 +560,7 @@ def _write_shards(
     """Write ``rows`` (read from ``source``) as ``parts`` balanced shards of their first
     ``n_rows``, then (if any) one more of the ``last_rows`` after them, then the manifest."""
     if not 1 <= parts <= n_rows:
-        raise ConfigError(f"parts must be from 1 to the number of rows ({n_rows:,}), got {parts}")
+        raise ConfigError(f"--parts must be from 1 to the number of rows ({n_rows:,}), got {parts}")
     out_dir = Path(out_dir)
     _check_shard_dir(out_dir, source)
     made = missing_dirs(out_dir)
