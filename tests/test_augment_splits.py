@@ -1,4 +1,5 @@
 import logging
+import math
 
 import numpy as np
 import pytest
@@ -183,6 +184,9 @@ def test_ranges_that_would_blank_or_collapse_a_digit_are_refused():
     for bad in ({"contrast": 1.0}, {"scale": 1.2}, {"stroke": 1.5}, {"stroke": -0.1}):
         with pytest.raises(ConfigError, match="must be in"):
             Augmentation(**bad)
+    # augment-preview --elastic inf had drawn every augmented tile blank.
+    with pytest.raises(ConfigError, match=r"^elastic_px must be a finite number, got inf"):
+        Augmentation(elastic_px=math.inf)
     assert Augmentation().max_strength() == pytest.approx(1 / 0.3)
     with pytest.raises(ConfigError, match=r"augment \(the strength\) must be in \[0, 3.33\).*3.4"):
         Augmentation().scaled(3.4)

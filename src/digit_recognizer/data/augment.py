@@ -12,7 +12,7 @@ drives training, ``digits data expand`` and augmentation previews.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -54,6 +54,10 @@ class Augmentation:
     styles: float = 0.3
 
     def __post_init__(self) -> None:
+        # As TrainConfig refuses them: augment-preview --elastic inf had drawn only blank tiles.
+        for field, value in zip(fields(self), astuple(self), strict=True):
+            if not math.isfinite(value):
+                raise ConfigError(f"{field.name} must be a finite number, got {value}")
         if not (0 <= self.contrast < 1 and 0 <= self.scale < 1):
             raise ConfigError(
                 f"contrast and scale must be in [0, 1) (at 1 a digit can be drawn blank, or of "
