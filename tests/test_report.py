@@ -416,3 +416,20 @@ def test_the_grad_cam_gallery_title_counts_the_right_and_wrong_it_shows(tmp_path
     assert titles["grad_cam.png"] == (
         "Grad-CAM for the predicted digit: 3 right, then the 8 most confident mistakes"
     )
+
+
+def test_a_gallery_title_wider_than_its_columns_wraps_inside_the_figure(tmp_path, monkeypatch):
+    """augment-preview --n 2 (or any --elastic) had cut its title off at both sides."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.text import Text
+
+    figures = []
+    monkeypatch.setattr(report_module, "save_figure", lambda fig, path: figures.append(fig))
+    title = "Training augmentation, strength 1: rotation ±12°, zoom ±12%, shear ±0.15, shift ±2.5"
+    images = np.zeros((3, 28, 28), np.uint8)
+    report_module.plot_gallery(images, ["a", "b", "c"], tmp_path / "g.png", columns=3, title=title)
+    canvas = FigureCanvasAgg(figures[0])
+    canvas.draw()
+    [shown] = [text for text in figures[0].findobj(Text) if text.get_text() == title]
+    extent = shown.get_window_extent(canvas.get_renderer())
+    assert extent.x0 >= 0 and extent.x1 <= figures[0].bbox.width

@@ -356,7 +356,7 @@ def plot_gallery(
             ax.imshow(images[i], cmap="gray", vmin=0, vmax=255)
         if i < len(images):
             ax.set_title(titles[i], fontsize=8)
-    fig.suptitle(title)
+    fig.suptitle(title, wrap=True)  # a title wider than few columns had been cut at both sides
     save_figure(fig, path)
 
 
