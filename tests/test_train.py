@@ -279,6 +279,15 @@ def test_fewer_rows_than_a_batch_train_one_step_an_epoch_and_say_so(tmp_path, sm
     assert "40 training rows, fewer than a batch (64): each step trains on all" in caplog.text
 
 
+def test_the_log_counts_one_cpu_thread_in_the_singular(tmp_path, small_train, monkeypatch, caplog):
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    few = DigitSet(small_train.images[:64], small_train.labels[:64])
+    config = TrainConfig(model="cnn-tiny", epochs=1, valid_size=0, batch_size=64)
+    with caplog.at_level(logging.INFO, logger="digit_recognizer.train"):
+        train(config, few, None, tmp_path)
+    assert "device cpu (1 thread), " in caplog.text
+
+
 def test_time_budget_stops_training_and_says_so(tmp_path, small_train, caplog):
     config = TrainConfig(epochs=50, time_budget_s=1.0, valid_size=0, batch_size=64)
     with caplog.at_level(logging.INFO, logger="digit_recognizer.train"):

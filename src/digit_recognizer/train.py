@@ -408,11 +408,13 @@ def train(
     rows = rows_fingerprint(train_set)
     valid_rows = rows_fingerprint(valid_set) if has_valid else None
     augmentation = config.augmentation()
+    n_threads = torch.get_num_threads()
     log.info(
         "training %s on %d images (%d validation), device %s, %s, %d steps/epoch of batch %d%s",
         # The threads on a CPU: with another count its sums round otherwise, other weights.
         config.model, n_train, len(valid_labels) if has_valid else 0,
-        f"{device} ({torch.get_num_threads()} threads)" if device.type == "cpu" else device,
+        f"{device} ({n_threads} thread{'s' if n_threads > 1 else ''})"
+        if device.type == "cpu" else device,
         f"autocast {amp_dtype}".replace("torch.", "") if amp_dtype else "fp32",
         steps_per_epoch, config.batch_size,
         f" ({dist_env.world_size} processes x {local_batch}, lr {config.lr} unscaled: "
