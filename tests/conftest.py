@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -81,3 +83,22 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory, small_train: DigitSet,
 
 def accuracy(predicted: np.ndarray, labels: np.ndarray) -> float:
     return float((np.asarray(predicted) == np.asarray(labels)).mean())
+
+
+def feed_if_read(fifo: Path, text: str, seconds: float = 5.0) -> None:
+    """Write ``text`` into ``fifo`` if something opens it to read within ``seconds``: a
+    regression then fails on the text instead of hanging the test."""
+
+    def feed() -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            try:
+                descriptor = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError:  # ENXIO: no reader yet
+                time.sleep(0.05)
+                continue
+            os.write(descriptor, text.encode())
+            os.close(descriptor)
+            return
+
+    threading.Thread(target=feed, daemon=True).start()

@@ -2,9 +2,6 @@ import copy
 import json
 import os
 import re
-import threading
-import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,6 +14,8 @@ from digit_recognizer.models import available, build, get_spec, register
 from digit_recognizer.models.nets import Deskew
 from digit_recognizer.models.runtime import inference_net
 from digit_recognizer.models.storage import load_net, save_net
+
+from .conftest import feed_if_read
 
 
 @pytest.mark.parametrize("name", available("net"))
@@ -237,25 +236,6 @@ def test_inference_net_folds_batch_norms_without_changing_outputs(small_test):
         assert any(isinstance(m, nn.BatchNorm2d) for m in unfolded.modules())
         torch.testing.assert_close(folded(x), expected, rtol=0, atol=1e-5)
         torch.testing.assert_close(unfolded(x), expected, rtol=0, atol=1e-5)
-
-
-def feed_if_read(fifo: Path, text: str, seconds: float = 5.0) -> None:
-    """Write ``text`` into ``fifo`` if something opens it to read within ``seconds``: a
-    regression then fails on the text instead of hanging the test."""
-
-    def feed() -> None:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            try:
-                descriptor = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
-            except OSError:  # ENXIO: no reader yet
-                time.sleep(0.05)
-                continue
-            os.write(descriptor, text.encode())
-            os.close(descriptor)
-            return
-
-    threading.Thread(target=feed, daemon=True).start()
 
 
 def test_a_model_json_or_manifest_that_is_a_pipe_or_of_an_older_format_is_refused(tmp_path):

@@ -27,6 +27,8 @@ from digit_recognizer.data.replica import (
 )
 from digit_recognizer.errors import DigitsError, OutputError
 
+from .conftest import feed_if_read
+
 
 @pytest.fixture(scope="module")
 def replica(tmp_path_factory: pytest.TempPathFactory) -> ReplicaFiles:
@@ -109,6 +111,22 @@ def test_csvs_no_replica_wrote_are_kept_unless_overwritten(tmp_path: Path) -> No
     with pytest.raises(OutputError, match=r"test\.csv exists and is not a replica's"):
         build_replica(kaggle, seed=2)
     assert (kaggle / "test.csv").read_text() == "pixel0\n"
+
+
+def test_a_pipe_named_test_csv_is_refused_not_hashed_until_a_writer_comes(tmp_path: Path) -> None:
+    kaggle = tmp_path / "kaggle"
+    kaggle.mkdir()
+    os.mkfifo(kaggle / "test.csv")
+    for build in (build_replica, ready_replica):
+        feed_if_read(kaggle / "test.csv", "pixel0\n")
+        with pytest.raises(OutputError, match=r"test\.csv: not a regular file"):
+            build(kaggle, seed=0)
+        # The cache's check hashes the files its manifest names: the pipe is not read either.
+        (kaggle / "train.csv").write_text("label,pixel0\n")
+        (kaggle / "solution.csv").write_text("ImageId,Label\n")
+        (kaggle / MANIFEST).write_text(json.dumps({"seed": 0, "sha256": {}}))
+    assert (kaggle / "test.csv").is_fifo()
+    assert (kaggle / "train.csv").read_text() == "label,pixel0\n"  # refused before writing
 
 
 def test_an_interrupted_build_is_incomplete_and_its_own_files_rebuilt(

@@ -23,6 +23,7 @@ from digit_recognizer.fileio import (
     LEFTOVER_AGE_S,
     atomic_path,
     locked_dir,
+    refuse_special_file,
     remove_leftovers,
     sha256_file,
     write_text,
@@ -72,11 +73,12 @@ def build_replica(out_dir: str | Path, seed: int = 0, overwrite: bool = False) -
 def _write_replica(out_dir: Path, seed: int, overwrite: bool) -> ReplicaFiles:
     files = replica_files(out_dir)
     written = _recorded_hashes(out_dir)
-    if not overwrite:
-        for path in (files.train, files.test, files.solution):
-            if path.exists() and sha256_file(path) != written.get(path.name):
-                raise OutputError(f"{path} exists and is not a replica's: choose another folder "
-                                  "or overwrite it (digits data kaggle --force)")  # fmt: skip
+    for path in (files.train, files.test, files.solution):
+        # Before hashing it: a pipe is read until a writer comes, which may be never.
+        refuse_special_file(path)
+        if not overwrite and path.exists() and sha256_file(path) != written.get(path.name):
+            raise OutputError(f"{path} exists and is not a replica's: choose another folder "
+                              "or overwrite it (digits data kaggle --force)")  # fmt: skip
     mnist = load_mnist()
     order = np.random.default_rng(seed).permutation(len(mnist.images))
     train, test = order[:N_TRAIN], order[N_TRAIN:]
@@ -127,9 +129,12 @@ def replica_is_complete(out_dir: str | Path, seed: int = 0) -> bool:
     edited or truncated by hand.
     """
     out_dir = Path(out_dir)
+    files = replica_files(out_dir)
+    if not all(path.is_file() for path in (files.train, files.test, files.solution)):
+        return False  # a pipe among them would be hashed until a writer came
     try:
         manifest = json.loads((out_dir / MANIFEST).read_text(encoding="utf-8"))
-        return manifest == _manifest(replica_files(out_dir), seed)
+        return manifest == _manifest(files, seed)
     except (OSError, ValueError):
         return False
 
