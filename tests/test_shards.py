@@ -416,6 +416,13 @@ def test_an_expansion_of_one_copy_is_split_like_any_csv(tmp_path: Path, source) 
     assert len(train_set) + len(valid_set) == 1003 and len(valid_set) > 0
     for files in (tmp_path / "one", f"{tmp_path}/one/*.csv"):
         assert len(read_labelled(files, to_split=True)) == 1003  # compare and tune
+    # Its re-sharding is refused for what it is, not for copies the held-out images would mix with.
+    expand(source[0], tmp_path / "out", copies=1, parts=2, valid_size=0.1)
+    lost = "would not record that its rows are augmented copies already"
+    with pytest.raises(ConfigError, match=f"{lost}, nor which 101 images it held out to validate;"):
+        shard_csv(tmp_path / "out", tmp_path / "s", parts=3)
+    with pytest.raises(ConfigError, match=f"{lost}; expand the CSV again"):
+        shard_csv(tmp_path / "one", tmp_path / "s", parts=3)
 
 
 def test_expand_copies_faint_rows_as_training_augments_them(tmp_path: Path, small_train) -> None:

@@ -465,9 +465,8 @@ def shard_csv(source: str | Path, out_dir: str | Path, parts: int) -> Manifest:
     pieces of ``CHUNK_BYTES``, whatever the size of the source.
     """
     manifest = resolve_data_source(source)
-    _refuse_expansion(manifest, source, "shard", "its last shard holds the images it held out, "
-                      "which other shards would mix with copies; expand the CSV again with "
-                      "the --parts you want")  # fmt: skip
+    _refuse_expansion(manifest, source, "shard", f"{_lost_in_reshard(manifest)}; expand the "
+                      "CSV again with the --parts you want")  # fmt: skip
     origin = {"command": "shard", "source": str(source)}
     return _write_shards(_iter_rows(manifest), manifest, manifest.n_rows, out_dir, parts, origin)
 
@@ -521,6 +520,17 @@ def _refuse_expansion(manifest: Manifest, source: str | Path, command: str, why:
     if manifest.is_expansion:
         raise ConfigError(f"{source}: an expansion (`digits data expand`) cannot be given to "
                           f"`digits data {command}`: {why}")  # fmt: skip
+
+
+def _lost_in_reshard(manifest: Manifest) -> str:
+    """What new shards of an expansion would no longer say: said of one that holds nothing out,
+    or each image once (``--copies 1``), the held-out images mixing with copies was untrue."""
+    lost = ["that its rows are augmented copies already"]
+    if manifest.repeats_images:
+        lost.append("that each image is in it several times (a split would validate on copies)")
+    if manifest.held_out_rows:
+        lost.append(f"which {manifest.held_out_rows:,} images it held out to validate")
+    return "new shards would not record " + ", nor ".join(lost)
 
 
 def _selected(manifest: Manifest, mask: np.ndarray) -> Iterator[DigitSet]:
