@@ -325,6 +325,10 @@ def test_a_compressed_file_refused_is_closed(tmp_path: Path, monkeypatch) -> Non
 def test_missing_file_and_directory(tmp_path: Path) -> None:
     assert read_error(tmp_path / "nope.csv") == f"{tmp_path / 'nope.csv'}: file not found"
     assert read_error(tmp_path) == f"{tmp_path}: is a directory, expected a CSV file"
+    # `digits data check "dir/*.csv"`: a pattern of files, said to be no file at all.
+    assert read_error(tmp_path / "*.csv") == (f"{tmp_path / '*.csv'}: no file of that name; this "
+                                              "reads one CSV, not a pattern of them: give each "
+                                              "file's path")  # fmt: skip
 
 
 def test_fast_path_and_reference_parser_agree(tmp_path: Path, monkeypatch) -> None:

@@ -213,6 +213,12 @@ def _umask() -> int:
     return umask
 
 
+def is_glob(source: str | Path) -> bool:
+    """Whether ``source`` is a pattern of files (a quoted glob), not a path: it names no file
+    and holds ``*``, ``?`` or ``[``."""
+    return not Path(source).exists() and any(char in str(source) for char in "*?[")
+
+
 def sha256_file(path: str | os.PathLike[str]) -> str:
     """The file's SHA-256 (hex), read in blocks: memory stays flat for files of any size."""
     digest = hashlib.sha256()

@@ -32,7 +32,6 @@ from digit_recognizer.data.images import (
 from digit_recognizer.data.kaggle_csv import DigitSet, is_submission, write_submission
 from digit_recognizer.data.lighting import MIN_CONTRAST
 from digit_recognizer.data.shards import (
-    is_glob,
     is_one_file,
     read_data_source,
     resolve_data_source,
@@ -45,7 +44,7 @@ from digit_recognizer.distributed import (
     run_torchrun,
 )
 from digit_recognizer.errors import ConfigError, DataError, ModelFileError, OutputError
-from digit_recognizer.fileio import check_can_write, refuse_special_file
+from digit_recognizer.fileio import check_can_write, is_glob, refuse_special_file
 from digit_recognizer.models.classical import is_pipeline, load_pipeline
 from digit_recognizer.models.runtime import (
     Device,

@@ -31,7 +31,7 @@ import pyarrow.csv as pa_csv
 from numpy.typing import NDArray
 
 from digit_recognizer.errors import DataError
-from digit_recognizer.fileio import atomic_path
+from digit_recognizer.fileio import atomic_path, is_glob
 
 N_PIXELS = 784
 PIXEL_COLUMNS = tuple(f"pixel{i}" for i in range(N_PIXELS))
@@ -194,6 +194,9 @@ def open_binary(path: Path) -> BinaryIO:
             file.close()
             raise
     except FileNotFoundError:
+        if is_glob(path):
+            raise DataError(f"{path}: no file of that name; this reads one CSV, not a pattern "
+                            "of them: give each file's path") from None  # fmt: skip
         raise DataError(f"{path}: file not found") from None
     except IsADirectoryError:
         raise DataError(f"{path}: is a directory, expected a CSV file") from None

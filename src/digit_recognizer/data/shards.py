@@ -53,6 +53,7 @@ from digit_recognizer.data.tensors import to_model_input, to_uint8_images
 from digit_recognizer.errors import ConfigError, DataError, OutputError
 from digit_recognizer.fileio import (
     atomic_path,
+    is_glob,
     locked_dir,
     make_dir,
     missing_dirs,
@@ -190,12 +191,6 @@ def is_data_source(path: str | Path) -> bool:
     path = Path(path)
     # A glob only where no file has that name: `scan [1].png` is a photo (it was read as a CSV).
     return path.suffix.lower() in (".csv", ".json") or path.is_dir() or is_glob(path)
-
-
-def is_glob(source: str | Path) -> bool:
-    """Whether ``source`` is a pattern of files (a quoted glob), not a path: it names no file
-    and holds ``*``, ``?`` or ``[``."""
-    return not Path(source).exists() and any(char in str(source) for char in "*?[")
 
 
 def resolve_data_source(source: str | Path) -> Manifest:
