@@ -216,7 +216,7 @@ def test_run_trains_predicts_and_writes_a_run_directory(tmp_path, small_csvs):
     assert again.read_bytes() == (plain_dir / "submission.csv").read_bytes()
 
 
-def test_an_ensembles_summary_says_its_validation_accuracy_is_the_members_mean(
+def test_an_ensembles_summary_gives_its_members_mean_accuracy_and_each_ones_epochs(
     tmp_path, small_csvs, monkeypatch
 ):
     """Each member validates on its own split: their mean, under "cnn x 5", had read as the
@@ -226,8 +226,9 @@ def test_an_ensembles_summary_says_its_validation_accuracy_is_the_members_mean(
 
     def summary(configs, *args, **kwargs):
         return RunSummary(tmp_path, tmp_path / "submission.csv", n_members=len(configs),
-                          parallel=1, train_seconds=1.0, wall_seconds=1.0, epochs_run=1,
-                          valid_accuracy=0.99, test_accuracy=None)  # fmt: skip
+                          parallel=1, train_seconds=1.0, wall_seconds=1.0,
+                          epochs_run=(3, 2.5, 3, 3, 3)[: len(configs)], valid_accuracy=0.99,
+                          test_accuracy=None)  # fmt: skip
 
     monkeypatch.setattr(pipeline, "run_job", summary)
     for preset, label in (("best", "validation accuracy, members' mean"),
@@ -237,6 +238,9 @@ def test_an_ensembles_summary_says_its_validation_accuracy_is_the_members_mean(
         assert result.exit_code == 0, result.output
         assert label in result.output and "0.9900" in result.output
         assert ("members' mean" in result.output) == (preset == "best")
+        # Patience or a time budget stops members apart: the first one's epochs were all shown.
+        each_ones = "epochs, each member's" in result.output and "3, 2.5, 3, 3, 3" in result.output
+        assert each_ones == (preset == "best")
 
 
 def test_the_main_job_predicts_rows_as_they_are_with_as_is(tmp_path, small_csvs, monkeypatch):

@@ -352,7 +352,10 @@ def run(
     table = Table(title=f"digits run (preset {preset})", show_header=False)
     members = f" x {summary.n_members}" if summary.n_members > 1 else ""
     table.add_row("model", configs[0].model + members)
-    table.add_row("epochs", f"{summary.epochs_run:g}")
+    if len(set(summary.epochs_run)) == 1:
+        table.add_row("epochs", f"{summary.epochs_run[0]:g}")
+    else:
+        table.add_row("epochs, each member's", ", ".join(f"{n:g}" for n in summary.epochs_run))
     table.add_row("test-time augmentation", f"{len(TTA_SHIFTS)} views" if tta else "off")
     if summary.parallel > 1:  # each member's clock ran while the others shared its cores or GPU
         table.add_row("training time, members' sum", f"{summary.train_seconds:.1f} s")

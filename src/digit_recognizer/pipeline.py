@@ -87,7 +87,7 @@ class RunSummary:
     parallel: int  # members trained at once
     train_seconds: float  # summed over members
     wall_seconds: float  # members' training, validation and reports, first start to last end
-    epochs_run: float  # of the (first) member
+    epochs_run: tuple[float, ...]  # each member's: patience or a time budget can stop one early
     valid_accuracy: float | None  # mean over members, each on its own validation split
     test_accuracy: float | None  # score against the replica's solution.csv; None on Kaggle's files
 
@@ -567,7 +567,7 @@ def run_job(
         parallel=parallel,
         train_seconds=sum(job.train.train_seconds for job in jobs),
         wall_seconds=wall_seconds,
-        epochs_run=jobs[0].train.epochs_run,
+        epochs_run=tuple(job.train.epochs_run for job in jobs),
         valid_accuracy=sum(valid_accuracies) / len(valid_accuracies) if valid_accuracies else None,
         test_accuracy=test_accuracy,
     )
