@@ -17,7 +17,7 @@ from digit_recognizer.explain import explain_image, explain_run, grad_cam, salie
 from digit_recognizer.models.nets import Deskew
 from digit_recognizer.models.registry import build
 from digit_recognizer.models.storage import load_net
-from digit_recognizer.predict import Predictor
+from digit_recognizer.predict import PredictConfig, Predictor, conform_rows
 
 from .test_images import frame_filling
 
@@ -171,6 +171,34 @@ def test_explain_sees_a_csv_row_as_predict_does(tiny_run, small_test, tmp_path):
     write_kaggle_csv(transposed_csv, small_test.images[:300].transpose(0, 2, 1))
     upright = explain_run(tiny_run, transposed_csv, 7, tmp_path / "d.png")
     np.testing.assert_array_equal(upright.image, small_test.images[7])
+
+
+def test_explain_conforms_the_row_it_shows_and_a_sample_not_the_whole_file(
+    tiny_run, small_test, tmp_path, monkeypatch
+):
+    """Every row of the CSV had been conformed to show one: minutes for a large file off
+    MNIST's layout. A file's ink votes come from a sample, its orientation from another."""
+    import digit_recognizer.predict as predict_module
+
+    foreign = np.stack([frame_filling(image) for image in small_test.images[:60]]).transpose(
+        0, 2, 1
+    )
+    foreign_csv = tmp_path / "foreign.csv"
+    write_kaggle_csv(foreign_csv, foreign)
+    model = load_net(tiny_run)[0]
+    judge = Predictor.from_models([model], PredictConfig()).orientation_judge
+    expected = conform_rows(foreign, PredictConfig(), foreign_csv, judge)[7]
+    monkeypatch.setattr(predict_module, "ORIENTATION_SAMPLE", 16)
+    n_conformed = []
+
+    def counted(images, votes=None):
+        n_conformed.append(len(images))
+        return conform_to_mnist(images, votes)
+
+    monkeypatch.setattr(predict_module, "conform_to_mnist", counted)
+    explanation = explain_run(tiny_run, foreign_csv, 7, tmp_path / "a.png")
+    assert sorted(n_conformed) == [1, 16]  # the row shown, and the orientation's sample
+    np.testing.assert_array_equal(explanation.image, expected)
 
 
 def test_grad_cam_of_a_deskewing_net_lies_over_the_digit_as_written(mnist):

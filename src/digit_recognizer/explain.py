@@ -32,7 +32,7 @@ from digit_recognizer.data.tensors import to_model_input
 from digit_recognizer.errors import DataError
 from digit_recognizer.evaluate import save_figure
 from digit_recognizer.models.storage import load_net
-from digit_recognizer.predict import PredictConfig, Predictor, check_data_source, conform_rows
+from digit_recognizer.predict import PredictConfig, Predictor, check_data_source, conform_row
 
 BATCH_SIZE = 256  # bounds the memory held by the graph: activations and gradients of a batch
 HEATMAP_CMAP = "jet"  # the Grad-CAM paper's colours: readable on top of a grey digit
@@ -263,7 +263,7 @@ def explain_run(
     """Explain an image with a run's net and write the PNG: row ``index`` (0-based) of a Kaggle
     CSV, or an image file (``index`` None), preprocessed as MNIST was (data/images.py).
 
-    A CSV row is seen as ``digits predict`` sees it (conform_rows): conformed to MNIST's layout
+    A CSV row is seen as ``digits predict`` sees it (conform_row): conformed to MNIST's layout
     if it is not in it (``conform``), and the file's rows transposed if the net reads them as
     digits only so, so the explanation is of the prediction that command makes.
     """
@@ -279,7 +279,7 @@ def explain_run(
         model, _ = load_net(run_dir)
         config = PredictConfig(conform=conform)
         judge = Predictor.from_models([model], config).orientation_judge
-        image = conform_rows(data.images, config, source, judge)[index]
+        image = conform_row(data.images, index, config, source, judge)
         label = None if data.labels is None else int(data.labels[index])
     elif index is not None:
         raise DataError(f"{source}: --index picks a row of a CSV; an image file holds one digit")

@@ -27,6 +27,7 @@ from digit_recognizer.data.images import (
     check_images,
     conform_to_mnist,
     faint_to_full_ink,
+    ink_votes,
     load_image,
 )
 from digit_recognizer.data.kaggle_csv import DigitSet, is_submission, write_submission
@@ -247,6 +248,34 @@ def conform_rows(
     return transposed(images) if is_transposed else images
 
 
+def conform_row(
+    images: NDArray[np.uint8],
+    index: int,
+    config: PredictConfig,
+    source: str | Path,
+    predict_proba: Callable[[NDArray[np.uint8]], NDArray[np.float32]] | None = None,
+) -> NDArray[np.uint8]:
+    """Row ``index`` of a file's ``images`` as ``conform_rows`` makes it, without redoing every
+    row (minutes for a large file off MNIST's layout): the file's ink votes come from up to
+    STREAM_ROWS rows spread through it, as predict_stream takes its first piece's (all of them
+    in a smaller file: the same row as conform_rows's), its orientation from the rows
+    orientation_evidence samples. Warns of what changed in that row."""
+    votes = ink_votes(faint_to_full_ink(images[spread_rows(len(images), STREAM_ROWS)])[0])
+    row, n_faint, n_redone = _conformed(images[index : index + 1], config.conform, votes)
+    is_transposed = False
+    if config.conform and predict_proba:
+        sample = images[spread_rows(len(images), ORIENTATION_SAMPLE)]
+        evidence = orientation_evidence(_conformed(sample, True, votes)[0], predict_proba)
+        is_transposed = reads_transposed(evidence)
+    warn_conformed(f"{source}, row {index}", 1, n_faint, n_redone, is_transposed)
+    return (transposed(row) if is_transposed else row)[0]
+
+
+def spread_rows(n_rows: int, n_picked: int) -> NDArray[np.intp]:
+    """The indices of up to ``n_picked`` of ``n_rows`` rows, spread evenly from first to last."""
+    return np.linspace(0, n_rows - 1, min(n_rows, n_picked)).astype(np.intp)
+
+
 def _conformed(
     images: NDArray[np.uint8],
     conform: bool,
@@ -298,11 +327,10 @@ def orientation_evidence(
     # A process's few rows (--nproc) count too: reads_transposed applies its minimum to the sums.
     if not len(images):
         return np.zeros(3, dtype=np.float32)
-    n_rows = min(len(images), ORIENTATION_SAMPLE)
-    sample = images[np.linspace(0, len(images) - 1, n_rows).astype(np.intp)]
+    sample = images[spread_rows(len(images), ORIENTATION_SAMPLE)]
     given = predict_proba(sample).max(axis=1).sum()
     flipped = predict_proba(transposed(sample)).max(axis=1).sum()
-    return np.array([n_rows, given, flipped], dtype=np.float32)  # MPS has no float64
+    return np.array([len(sample), given, flipped], dtype=np.float32)  # MPS has no float64
 
 
 def reads_transposed(evidence: NDArray[np.float32]) -> bool:
