@@ -113,7 +113,9 @@ def test_csvs_no_replica_wrote_are_kept_unless_overwritten(tmp_path: Path) -> No
     assert (kaggle / "test.csv").read_text() == "pixel0\n"
 
 
-def test_a_pipe_named_test_csv_is_refused_not_hashed_until_a_writer_comes(tmp_path: Path) -> None:
+def test_a_pipe_or_folder_named_test_csv_is_refused_before_any_file_is_written(
+    tmp_path: Path,
+) -> None:
     kaggle = tmp_path / "kaggle"
     kaggle.mkdir()
     os.mkfifo(kaggle / "test.csv")
@@ -127,6 +129,11 @@ def test_a_pipe_named_test_csv_is_refused_not_hashed_until_a_writer_comes(tmp_pa
         (kaggle / MANIFEST).write_text(json.dumps({"seed": 0, "sha256": {}}))
     assert (kaggle / "test.csv").is_fifo()
     assert (kaggle / "train.csv").read_text() == "label,pixel0\n"  # refused before writing
+    (kaggle / "test.csv").unlink()
+    (kaggle / "test.csv").mkdir()
+    with pytest.raises(OutputError, match=r"test\.csv: a directory, where the replica writes"):
+        build_replica(kaggle, seed=0, overwrite=True)
+    assert (kaggle / "train.csv").read_text() == "label,pixel0\n"
 
 
 def test_an_interrupted_build_is_incomplete_and_its_own_files_rebuilt(

@@ -76,6 +76,9 @@ def _write_replica(out_dir: Path, seed: int, overwrite: bool) -> ReplicaFiles:
     for path in (files.train, files.test, files.solution):
         # Before hashing it: a pipe is read until a writer comes, which may be never.
         refuse_special_file(path)
+        if path.is_dir():  # refused before a file is written, not after train.csv
+            raise OutputError(f"{path}: a directory, where the replica writes a file; move it "
+                              "or choose another folder")  # fmt: skip
         if not overwrite and path.exists() and sha256_file(path) != written.get(path.name):
             raise OutputError(f"{path} exists and is not a replica's: choose another folder "
                               "or overwrite it (digits data kaggle --force)")  # fmt: skip
