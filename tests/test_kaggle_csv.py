@@ -132,6 +132,11 @@ def test_check_summarises(train_csv: Path, tmp_path: Path) -> None:
     assert check_kaggle_csv(tmp_path / "test.csv").one_line() == (
         f"{tmp_path / 'test.csv'}: 1,200 rows, unlabelled"
     )
+    write_kaggle_csv(tmp_path / "one.csv", random_digits(1)[0])
+    assert (
+        check_kaggle_csv(tmp_path / "one.csv").one_line()
+        == f"{tmp_path / 'one.csv'}: 1 row, unlabelled"
+    )
 
 
 # --- errors: one per kind, with exact line and column ------------------------------------------

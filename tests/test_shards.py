@@ -732,6 +732,10 @@ def test_cli_shard_and_expand(tmp_path: Path, source) -> None:
     )
     assert result.exit_code == 0, result.output
     assert "wrote 2 shards of 1,003 rows in all" in result.output
+    result = runner.invoke(
+        app, ["data", "shard", str(source[0]), str(tmp_path / "1"), "--parts", "1"]
+    )
+    assert "wrote 1 shard of 1,003 rows in all" in result.output  # not "1 shards"
     args = [
         "data",
         "expand",

@@ -24,7 +24,7 @@ from rich.text import Text
 
 from digit_recognizer import __version__
 from digit_recognizer.config import load_config
-from digit_recognizer.errors import DataError, DigitsError, first_line
+from digit_recognizer.errors import DataError, DigitsError, counted, first_line
 from digit_recognizer.interrupts import (
     Terminated,
     interruption_behind,
@@ -33,6 +33,7 @@ from digit_recognizer.interrupts import (
 from digit_recognizer.logs import log_handler
 
 if TYPE_CHECKING:  # the commands import torch-heavy modules only when they run
+    from digit_recognizer.data.shards import Manifest
     from digit_recognizer.train import TrainConfig
 
 app = typer.Typer(add_completion=False, no_args_is_help=True)
@@ -793,6 +794,10 @@ ShardOut = Annotated[Path, typer.Argument(help="Folder for the shards and manife
 Parts = Annotated[int, typer.Option(min=1, help="Number of shards to write.")]
 
 
+def shards_written(manifest: Manifest) -> str:
+    return f"{counted(len(manifest.shards), 'shard')} of {counted(manifest.n_rows, 'row')} in all"
+
+
 @data_app.command("shard")
 @handles_errors
 def data_shard(csv: ShardSource, out_dir: ShardOut, parts: Parts) -> None:
@@ -800,8 +805,7 @@ def data_shard(csv: ShardSource, out_dir: ShardOut, parts: Parts) -> None:
     from digit_recognizer.data.shards import MANIFEST_FILE, shard_csv
 
     manifest = shard_csv(csv, out_dir, parts)
-    console.print(f"wrote {len(manifest.shards)} shards of {manifest.n_rows:,} rows in all and "
-                  f"{out_dir / MANIFEST_FILE}")  # fmt: skip
+    console.print(f"wrote {shards_written(manifest)} and {out_dir / MANIFEST_FILE}")
 
 
 @data_app.command("expand")
@@ -824,6 +828,6 @@ def data_expand(
 
     manifest = expand(train_csv, out_dir, copies, parts, seed, valid_size)
     held_out = manifest.held_out_rows
-    console.print(f"wrote {len(manifest.shards)} shards of {manifest.n_rows:,} rows in all and "
-                  f"{out_dir / MANIFEST_FILE}" + (f"; the last of them holds {held_out:,} images "
-                  "out to validate training" if held_out else ""))  # fmt: skip
+    console.print(f"wrote {shards_written(manifest)} and {out_dir / MANIFEST_FILE}"
+                  + (f"; the last of them holds {counted(held_out, 'image')} out to validate "
+                     "training" if held_out else ""))  # fmt: skip

@@ -30,6 +30,11 @@ class ModelFileError(DigitsError):
     """A saved model or run directory is missing, incomplete or corrupt."""
 
 
+def counted(n: int, noun: str) -> str:
+    """``n`` (thousands separated) and ``noun``, plural unless one: "1 shard", "42,000 rows"."""
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
 def first_line(error: BaseException) -> str:
     """An exception's message on one line, up to 200 characters (torch's run to pages), to
     quote inside one of ours; its type where it has none."""

@@ -52,7 +52,7 @@ from digit_recognizer.distributed import (
     all_reduce,
     init_distributed,
 )
-from digit_recognizer.errors import ConfigError, DigitsError, DivergedError
+from digit_recognizer.errors import ConfigError, DigitsError, DivergedError, counted
 from digit_recognizer.fileio import make_dir
 from digit_recognizer.models.registry import build, get_spec
 from digit_recognizer.models.runtime import (
@@ -408,12 +408,11 @@ def train(
     rows = rows_fingerprint(train_set)
     valid_rows = rows_fingerprint(valid_set) if has_valid else None
     augmentation = config.augmentation()
-    n_threads = torch.get_num_threads()
     log.info(
         "training %s on %d images (%d validation), device %s, %s, %d steps/epoch of batch %d%s",
         # The threads on a CPU: with another count its sums round otherwise, other weights.
         config.model, n_train, len(valid_labels) if has_valid else 0,
-        f"{device} ({n_threads} thread{'s' if n_threads > 1 else ''})"
+        f"{device} ({counted(torch.get_num_threads(), 'thread')})"
         if device.type == "cpu" else device,
         f"autocast {amp_dtype}".replace("torch.", "") if amp_dtype else "fp32",
         steps_per_epoch, config.batch_size,

@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 from numpy.typing import NDArray
 
-from digit_recognizer.errors import DataError
+from digit_recognizer.errors import DataError, counted
 from digit_recognizer.fileio import atomic_path, is_glob
 
 N_PIXELS = 784
@@ -94,9 +94,9 @@ class CsvSummary:
     def one_line(self) -> str:
         """E.g. ``train.csv: 42,000 rows, labelled; class counts 0:4132 1:4684 ...``."""
         if self.class_counts is None:
-            return f"{self.path}: {self.n_rows:,} rows, unlabelled"
+            return f"{self.path}: {counted(self.n_rows, 'row')}, unlabelled"
         counts = " ".join(f"{digit}:{count}" for digit, count in self.class_counts.items())
-        return f"{self.path}: {self.n_rows:,} rows, labelled; class counts {counts}"
+        return f"{self.path}: {counted(self.n_rows, 'row')}, labelled; class counts {counts}"
 
 
 # --- reading ----------------------------------------------------------------------------------

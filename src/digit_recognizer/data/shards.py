@@ -50,7 +50,7 @@ from digit_recognizer.data.kaggle_csv import (
 )
 from digit_recognizer.data.splits import check_seed, stratified_split
 from digit_recognizer.data.tensors import to_model_input, to_uint8_images
-from digit_recognizer.errors import ConfigError, DataError, OutputError
+from digit_recognizer.errors import ConfigError, DataError, OutputError, counted
 from digit_recognizer.fileio import (
     atomic_path,
     is_glob,
@@ -621,7 +621,7 @@ def _build_and_move_in(
                     stale.unlink()
             for shard in shards:
                 os.replace(building / shard.path.name, shard.path)
-                log.info("wrote %s (%s rows)", shard.path, f"{shard.n_rows:,}")
+                log.info("wrote %s (%s)", shard.path, counted(shard.n_rows, "row"))
     except OutputError as error:  # a full disk: named as in out_dir, which the user gave
         raise OutputError(str(error).replace(scratch, str(out_dir))) from None
     return shards
