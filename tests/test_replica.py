@@ -130,6 +130,13 @@ def test_a_pipe_or_folder_named_test_csv_is_refused_before_any_file_is_written(
     assert (kaggle / "test.csv").is_fifo()
     assert (kaggle / "train.csv").read_text() == "label,pixel0\n"  # refused before writing
     (kaggle / "test.csv").unlink()
+    (kaggle / MANIFEST).unlink()
+    os.mkfifo(kaggle / MANIFEST)  # read for the hashes it records
+    for build in (build_replica, ready_replica):
+        feed_if_read(kaggle / MANIFEST, "{}")
+        with pytest.raises(OutputError, match=r"replica\.json: not a regular file"):
+            build(kaggle, seed=0)
+    (kaggle / MANIFEST).unlink()
     (kaggle / "test.csv").mkdir()
     with pytest.raises(OutputError, match=r"test\.csv: a directory, where the replica writes"):
         build_replica(kaggle, seed=0, overwrite=True)

@@ -72,13 +72,14 @@ def build_replica(out_dir: str | Path, seed: int = 0, overwrite: bool = False) -
 
 def _write_replica(out_dir: Path, seed: int, overwrite: bool) -> ReplicaFiles:
     files = replica_files(out_dir)
-    written = _recorded_hashes(out_dir)
-    for path in (files.train, files.test, files.solution):
-        # Before hashing it: a pipe is read until a writer comes, which may be never.
+    for path in (out_dir / MANIFEST, files.train, files.test, files.solution):
+        # Before reading or hashing any: a pipe is read until a writer comes, which may be never.
         refuse_special_file(path)
         if path.is_dir():  # refused before a file is written, not after train.csv
             raise OutputError(f"{path}: a directory, where the replica writes a file; move it "
                               "or choose another folder")  # fmt: skip
+    written = _recorded_hashes(out_dir)
+    for path in (files.train, files.test, files.solution):
         if not overwrite and path.exists() and sha256_file(path) != written.get(path.name):
             raise OutputError(f"{path} exists and is not a replica's: choose another folder "
                               "or overwrite it (digits data kaggle --force)")  # fmt: skip
@@ -133,8 +134,9 @@ def replica_is_complete(out_dir: str | Path, seed: int = 0) -> bool:
     """
     out_dir = Path(out_dir)
     files = replica_files(out_dir)
-    if not all(path.is_file() for path in (files.train, files.test, files.solution)):
-        return False  # a pipe among them would be hashed until a writer came
+    paths = (out_dir / MANIFEST, files.train, files.test, files.solution)
+    if not all(path.is_file() for path in paths):
+        return False  # a pipe among them would be read until a writer came
     try:
         manifest = json.loads((out_dir / MANIFEST).read_text(encoding="utf-8"))
         return manifest == _manifest(files, seed)
