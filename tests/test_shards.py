@@ -47,6 +47,8 @@ from digit_recognizer.pipeline import training_data
 from digit_recognizer.predict import predict_csv, predict_source, predict_stream
 from digit_recognizer.train import TrainConfig, train
 
+from .conftest import feed_if_read
+
 
 def numbered(n_rows: int, seed: int = 0) -> DigitSet:
     """Random images whose first two pixels spell the row index, so every row is recognisable."""
@@ -853,6 +855,17 @@ def test_a_glob_matching_a_fifo_and_an_expansion_holding_out_all_are_refused(
     os.mkfifo(folder / "b.csv")  # its scan had waited for a writer forever
     with pytest.raises(DataError, match=r"b\.csv: matches .* but is not a regular file"):
         resolve_data_source(f"{folder}/*.csv")
+    # A manifest.json that is a pipe, in the source, the output or a glob's folder, hung too.
+    (folder / "b.csv").unlink()
+    os.mkfifo(folder / "manifest.json")
+    feed_if_read(folder / "manifest.json", "{}")  # a regression fails, rather than hangs
+    with pytest.raises(DataError, match=r"manifest\.json: not a regular file \(a pipe or a"):
+        resolve_data_source(folder)
+    feed_if_read(folder / "manifest.json", "{}")
+    assert resolve_data_source(f"{folder}/*.csv").n_rows == 1003  # no expansion's shards
+    feed_if_read(folder / "manifest.json", "{}")
+    with pytest.raises(ConfigError, match=r"manifest\.json is not a shard manifest"):
+        shard_csv(source[0], folder, parts=2)
     with pytest.raises(ConfigError, match="holds out all 1,003 rows"):
         expand(source[0], tmp_path / "e", copies=1, parts=1, valid_size=0.9996)
     # Named as `digits data expand` takes them, as the other commands name theirs: the messages

@@ -126,6 +126,9 @@ def read_manifest(path: str | Path) -> Manifest:
     """The manifest of a shard directory (or the path of its ``manifest.json``)."""
     path = Path(path)
     file = path / MANIFEST_FILE if path.is_dir() else path
+    if file.exists() and not file.is_file():  # a pipe: read, it is waited on for good
+        raise DataError(f"{file}: not a regular file (a pipe or a folder), where a shard "
+                        "directory has the manifest.json its build wrote; rebuild it")  # fmt: skip
     try:
         entries = json.loads(file.read_text(encoding="utf-8"))
         if isinstance(entries, dict) and REPLACING_KEY in entries:
