@@ -372,7 +372,7 @@ def test_brackets_in_paths_and_cells_are_printed_as_they_are(tmp_path, small_csv
     assert "bad[red].csv, line 3, column pixel783: '[/]' is not an integer" in result.output
     good = tmp_path / "[test].csv"
     good.write_text("\n".join(lines[:2]) + "\n")
-    assert f"{good}: 1 rows" in " ".join(invoke("data", "check", good).output.split())
+    assert f"{good}: 1 row," in " ".join(invoke("data", "check", good).output.split())
 
 
 def test_augment_preview_shows_the_default_presets_stroke():

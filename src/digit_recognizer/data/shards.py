@@ -181,7 +181,9 @@ def _half_replaced(directory: Path, origin: Any) -> str:
 
 def _is_half_replaced(directory: Path) -> bool:
     """Whether ``directory``'s manifest is the one a build stopped while moving its shards in
-    left (``REPLACING_KEY``)."""
+    left (``REPLACING_KEY``). A pipe is none, and not read: it waited for a writer forever."""
+    if not (directory / MANIFEST_FILE).is_file():
+        return False
     with contextlib.suppress(OSError, ValueError):
         entries = json.loads((directory / MANIFEST_FILE).read_text(encoding="utf-8"))
         return isinstance(entries, dict) and REPLACING_KEY in entries
