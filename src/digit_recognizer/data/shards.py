@@ -15,7 +15,6 @@ memory, ``stream.ShardStream`` streams it, and ``choose_loading`` picks between 
 
 from __future__ import annotations
 
-import contextlib
 import glob
 import itertools
 import json
@@ -132,7 +131,7 @@ def read_manifest(path: str | Path) -> Manifest:
     try:
         entries = json.loads(file.read_text(encoding="utf-8"))
         if isinstance(entries, dict) and REPLACING_KEY in entries:
-            raise DataError(_half_replaced(file.parent, entries[REPLACING_KEY]))
+            raise _HalfReplacedError(_half_replaced(file.parent, entries[REPLACING_KEY]))
         shards = tuple(
             Shard(file.parent / e["file"], int(e["n_rows"]), int(e["n_bytes"]), str(e["sha256"]))
             for e in entries["shards"]
@@ -172,22 +171,16 @@ def read_manifest(path: str | Path) -> Manifest:
         raise DataError(f"{file}: not a valid shard manifest ({error!r}); rebuild it") from None
 
 
+class _HalfReplacedError(DataError):
+    """``read_manifest`` of a directory a build was stopped in while moving its shards in
+    (``REPLACING_KEY``): no set of shards, which the next build replaces."""
+
+
 def _half_replaced(directory: Path, origin: Any) -> str:
     command = origin.get("command") if isinstance(origin, dict) else None
     build = f"`digits data {command}`" if command in ("shard", "expand") else "a build"
     return (f"{directory}: {build} was stopped while moving its shards in, and left some old, "
             "some new; run it again")  # fmt: skip
-
-
-def _is_half_replaced(directory: Path) -> bool:
-    """Whether ``directory``'s manifest is the one a build stopped while moving its shards in
-    left (``REPLACING_KEY``). A pipe is none, and not read: it waited for a writer forever."""
-    if not (directory / MANIFEST_FILE).is_file():
-        return False
-    with contextlib.suppress(OSError, ValueError):
-        entries = json.loads((directory / MANIFEST_FILE).read_text(encoding="utf-8"))
-        return isinstance(entries, dict) and REPLACING_KEY in entries
-    return False
 
 
 def is_data_source(path: str | Path) -> bool:
@@ -235,9 +228,9 @@ def _expansion_of(files: list[Path]) -> dict[str, Any]:
     for directory in {file.parent for file in files}:
         try:
             manifest = read_manifest(directory / MANIFEST_FILE)
+        except _HalfReplacedError:  # a glob of its files would mix two builds
+            raise
         except DataError:  # none there, or not ours
-            if _is_half_replaced(directory):  # a glob of its files would mix two builds
-                raise
             continue
         names = {shard.path.name for shard in manifest.shards}
         listed = [file for file in files if file.parent == directory and file.name in names]
@@ -649,9 +642,11 @@ def _check_shard_dir(out_dir: Path, source: Manifest) -> None:
             "directory than their source"
         )
     # An earlier build's manifest is replaced (a stopped one's too), another's is not.
-    if (out_dir / MANIFEST_FILE).exists() and not _is_half_replaced(out_dir):
+    if (out_dir / MANIFEST_FILE).exists():
         try:
             read_manifest(out_dir)
+        except _HalfReplacedError:
+            pass
         except DataError:
             raise ConfigError(
                 f"{out_dir / MANIFEST_FILE} is not a shard manifest and would be "
