@@ -260,7 +260,9 @@ def conform_row(
     STREAM_ROWS rows spread through it, as predict_stream takes its first piece's (all of them
     in a smaller file: the same row as conform_rows's), its orientation from the rows
     orientation_evidence samples. Warns of what changed in that row."""
-    votes = ink_votes(faint_to_full_ink(images[spread_rows(len(images), STREAM_ROWS)])[0])
+    votes = None  # read only where the row is conformed
+    if config.conform:
+        votes = ink_votes(faint_to_full_ink(images[spread_rows(len(images), STREAM_ROWS)])[0])
     row, n_faint, n_redone = _conformed(images[index : index + 1], config.conform, votes)
     is_transposed = False
     if config.conform and predict_proba:
