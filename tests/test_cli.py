@@ -459,6 +459,29 @@ def test_data_check_summarises(small_csvs):
     assert result.exit_code == 0 and "3,000 rows" in result.output
 
 
+def test_data_check_checks_a_submission_against_its_test_file(tmp_path, small_csvs):
+    n_test = len(small_csvs["test"].read_text().splitlines()) - 1
+    submission = tmp_path / "submission.csv"
+    submission.write_text("ImageId,Label\n" + "".join(f"{i},7\n" for i in range(1, n_test + 1)))
+    result = invoke("data", "check", submission, "--test", small_csvs["test"])
+    assert result.exit_code == 0
+    assert " ".join(result.output.split()) == (
+        f"{submission}: {n_test:,} rows, labels of ImageIds 1 to {n_test}; "
+        f"class counts 0:0 1:0 2:0 3:0 4:0 5:0 6:0 7:{n_test} 8:0 9:0"
+    )
+    submission.write_text("ImageId,Label\n" + "".join(f"{i},7\n" for i in range(1, n_test)))
+    short = invoke("data", "check", submission, "--test", small_csvs["test"])
+    assert short.exit_code == 1
+    missing = f"ImageId {n_test} is missing; expected {n_test:,} rows"
+    assert missing in " ".join(short.output.split())
+    # A blank line ending the test file is its own error, not one row more of it.
+    broken_test = tmp_path / "test.csv"
+    broken_test.write_text(small_csvs["test"].read_text() + "\n")
+    broken = invoke("data", "check", submission, "--test", broken_test)
+    assert broken.exit_code == 1
+    assert f"{broken_test}, line {n_test + 2}: empty line" in " ".join(broken.output.split())
+
+
 def test_models_lists_the_registry():
     result = invoke("models")
     assert result.exit_code == 0

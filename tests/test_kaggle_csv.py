@@ -485,6 +485,44 @@ def test_submission_errors(
     assert error.startswith(f"{submission_csv}{'' if message[0] in ':,' else ', '}{message}")
 
 
+def test_check_summarises_a_submission_as_a_spreadsheet_saves_it_too(submission_csv: Path) -> None:
+    # `digits data check submission.csv` had said only "the header has 2 columns".
+    submission_csv.write_text("\ufeffImageId,Label\r\n5,5\r\n2,1\r\n1,3\r\n4,1\r\n3,4")
+    summary = check_kaggle_csv(submission_csv, expected_rows=5)
+    assert summary.is_submission and summary.n_rows == 5
+    assert summary.one_line() == (
+        f"{submission_csv}: 5 rows, labels of ImageIds 1 to 5; "
+        "class counts 0:0 1:2 2:0 3:1 4:1 5:1 6:0 7:0 8:0 9:0"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "expected_rows", "message"),
+    [
+        ("ImageId,Label\n1,3\n2,1\n2,4\n", None, ", line 4, column ImageId: ImageId 2 repeats"),
+        ("ImageId,Label\n1,3\n2,1\n", 3, ": ImageId 3 is missing; expected 3 rows"),
+        ("ImageId,Label,\n1,3\n", None, ", line 1: the header 'ImageId,Label,' has 3 columns; "
+         "expected 'label,pixel0,...,pixel783' or 'pixel0,...,pixel783' or 'ImageId,Label'"),
+    ],
+)  # fmt: skip
+def test_check_names_a_submissions_first_problem(
+    submission_csv: Path, text: str, expected_rows: int | None, message: str
+) -> None:
+    submission_csv.write_text(text)
+    with pytest.raises(DataError) as error:
+        check_kaggle_csv(submission_csv, expected_rows)
+    assert str(error.value).startswith(f"{submission_csv}{message}")
+
+
+def test_check_refuses_a_row_count_for_a_file_not_a_submission(train_csv: Path) -> None:
+    with pytest.raises(DataError) as error:
+        check_kaggle_csv(train_csv, expected_rows=N_ROWS)
+    assert str(error.value) == (
+        f"{train_csv}: its header is 'label,pixel0,...,pixel783', not a submission's "
+        "(ImageId,Label); only a submission's rows are counted against a test file"
+    )
+
+
 @pytest.mark.parametrize(
     ("labels", "message"),
     [

@@ -84,19 +84,24 @@ class DigitSet:
 
 @dataclass(frozen=True)
 class CsvSummary:
-    """What ``check_kaggle_csv`` found: row count, whether labelled, images per digit 0-9."""
+    """What ``check_kaggle_csv`` found: row count, whether labelled, labels per digit 0-9, and
+    whether the file is a submission (``ImageId,Label``, whose labels are the predictions)."""
 
     path: Path
     n_rows: int
     has_labels: bool
     class_counts: dict[int, int] | None
+    is_submission: bool = False
 
     def one_line(self) -> str:
-        """E.g. ``train.csv: 42,000 rows, labelled; class counts 0:4132 1:4684 ...``."""
+        """E.g. ``train.csv: 42,000 rows, labelled; class counts 0:4132 1:4684 ...``, or
+        ``submission.csv: 28,000 rows, labels of ImageIds 1 to 28000; class counts ...``."""
+        rows = f"{self.path}: {counted(self.n_rows, 'row')}"
         if self.class_counts is None:
-            return f"{self.path}: {counted(self.n_rows, 'row')}, unlabelled"
+            return f"{rows}, unlabelled"
         counts = " ".join(f"{digit}:{count}" for digit, count in self.class_counts.items())
-        return f"{self.path}: {counted(self.n_rows, 'row')}, labelled; class counts {counts}"
+        kind = f"labels of ImageIds 1 to {self.n_rows}" if self.is_submission else "labelled"
+        return f"{rows}, {kind}; class counts {counts}"
 
 
 # --- reading ----------------------------------------------------------------------------------
@@ -119,14 +124,30 @@ def parse_kaggle_csv(raw: bytes, name: str | Path) -> DigitSet:
     return parse_body(body, columns, name)
 
 
-def check_kaggle_csv(path: str | Path) -> CsvSummary:
-    """Validate a Kaggle CSV with ``read_kaggle_csv`` and summarise it."""
-    digits = read_kaggle_csv(path)
+def check_kaggle_csv(path: str | Path, expected_rows: int | None = None) -> CsvSummary:
+    """Validate a Kaggle CSV, as ``read_kaggle_csv`` or ``read_submission`` reads it by its
+    header, and summarise it. ``expected_rows``: the rows a submission must have (its test
+    file's); a train or test file given one is refused, as nothing would check it."""
+    path = Path(path)
+    columns, body = split_header(
+        _read_bytes(path), path, (LABELLED_COLUMNS, PIXEL_COLUMNS, SUBMISSION_COLUMNS)
+    )
+    is_submission_file = columns == SUBMISSION_COLUMNS
+    if is_submission_file:
+        labels = _submission_labels(body, path, expected_rows)
+        n_rows = len(labels)
+    else:
+        if expected_rows is not None:
+            raise DataError(f"{path}: its header is '{_abbreviate(columns)}', not a "
+                            "submission's (ImageId,Label); only a submission's rows are counted "
+                            "against a test file")  # fmt: skip
+        digits = parse_body(body, columns, path)
+        labels, n_rows = digits.labels, len(digits)
     class_counts = None
-    if digits.labels is not None:
-        counts = np.bincount(digits.labels, minlength=10)
+    if labels is not None:
+        counts = np.bincount(labels, minlength=10)
         class_counts = {digit: int(count) for digit, count in enumerate(counts)}
-    return CsvSummary(Path(path), len(digits), digits.has_labels, class_counts)
+    return CsvSummary(path, n_rows, labels is not None, class_counts, is_submission_file)
 
 
 def is_submission(path: Path) -> bool:
@@ -143,8 +164,12 @@ def read_submission(path: str | Path, expected_rows: int | None = None) -> NDArr
     given, else the number of rows), each once. Raises ``DataError`` naming file, line and column.
     """
     path = Path(path)
-    raw = _read_bytes(path)
-    _, body = split_header(raw, path, (SUBMISSION_COLUMNS,))
+    _, body = split_header(_read_bytes(path), path, (SUBMISSION_COLUMNS,))
+    return _submission_labels(body, path, expected_rows)
+
+
+def _submission_labels(body: bytes, path: Path, expected_rows: int | None) -> NDArray[np.int64]:
+    """``read_submission`` of the bytes after a submission's header."""
     lines = body.splitlines()
     n_rows = len(lines) if expected_rows is None else expected_rows
     labels = np.full(n_rows, -1, dtype=np.int64)

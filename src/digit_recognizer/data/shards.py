@@ -254,6 +254,12 @@ def read_data_source(source: str | Path) -> DigitSet:
     return read_shards(resolve_data_source(source))
 
 
+def count_rows(source: str | Path) -> int:
+    """The rows of a CSV, shard directory or glob, each validated as ``read_data_source`` reads
+    it, a piece at a time: a file that predict would refuse is refused, not miscounted."""
+    return sum(len(piece) for piece in _iter_rows(resolve_data_source(source)))
+
+
 def require_labels(has_labels: bool, source: str | Path, elsewhere: str = "") -> None:
     """``DataError`` unless ``source`` has a label column (training, evaluation, reports);
     ``elsewhere`` names where a command can take the labels of unlabelled rows instead."""
