@@ -455,6 +455,12 @@ def test_a_submission_is_known_by_its_header_as_a_spreadsheet_saves_it_too(
             "line 4, column ImageId: ImageId 99999999999999999999999 is extra; expected 2 rows",
         ),
         (
+            "ImageId,Label\n1,3\n1" + "0" * 100_000 + ",4\n",
+            2,
+            "line 3, column ImageId: ImageId '100000000000000000000000...' is extra; expected 2 "
+            "rows (ImageId 1 to 2)",
+        ),
+        (
             "ImageId,Label\n1,3\n3,4\n",
             3,
             ": ImageId 2 is missing; expected 3 rows (ImageId 1 to 3), found 2",

@@ -181,7 +181,8 @@ def _submission_labels(body: bytes, path: Path, expected_rows: int | None) -> ND
             raise DataError(f"{where}: ImageId {image_id} repeats line {line_of_id[image_id]}")
         if image_id > n_rows:
             where = _where(path, line_number, "ImageId")
-            as_written = line.partition(b",")[0].decode()  # image_id is clamped past 10**18
+            # image_id is clamped past 10**18; the cell, of any length, is shown cut short.
+            as_written = show_value(line.partition(b",")[0].decode())
             raise DataError(f"{where}: {_id_problem(as_written, n_rows, expected_rows)}")
         line_of_id[image_id] = line_number
         labels[image_id - 1] = label
