@@ -150,6 +150,25 @@ def test_eda_statistics_take_little_memory_beside_the_rows(tmp_path):
     assert peak < data.images.nbytes / 2
 
 
+def test_eda_draws_a_binarised_files_digits_at_full_ink(tmp_path, small_train, monkeypatch):
+    """Drawn on 0-255 as they are, the 0/1 digits of a binarised file were black tiles."""
+    drawn = []
+    monkeypatch.setattr(
+        eda_module, "plot_gallery", lambda tiles, *args, **kwargs: drawn.append(tiles)
+    )
+    monkeypatch.setattr(eda_module, "save_figure", lambda fig, _path: drawn.append(fig))
+    binarised = (small_train.images[:100] > 127).astype(np.uint8)
+    data = DigitSet(binarised, small_train.labels[:100])
+    rng = np.random.default_rng(0)
+    eda_module._plot_samples(data, rng, tmp_path / "samples.png")
+    eda_module._plot_class_rows(data, rng, tmp_path / "per_class.png")
+    samples, per_class = drawn[0], drawn[1].axes[0].images[0].get_array()
+    assert set(np.unique(samples)) == {0, 255}
+    first_tile = per_class[1:29, 1:29]  # inside montage's 255 separators
+    assert set(np.unique(first_tile)) == {0, 255}
+    assert eda_module._summarise(tmp_path / "b.csv", data).pixel_mean < 1  # the file's own values
+
+
 def test_eda_pixel_maps_are_numpys_mean_and_std_computed_in_chunks(small_train):
     images = small_train.images[:300]
     mean, std = _mean_and_std(images, chunk=7)  # chunks that do not divide the rows

@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 from numpy.typing import NDArray
 
 from digit_recognizer.data.augment import Augmentation, augment_batch
-from digit_recognizer.data.images import at_full_ink
+from digit_recognizer.data.images import at_full_ink, faint_to_full_ink
 from digit_recognizer.data.kaggle_csv import DigitSet
 from digit_recognizer.data.shards import read_data_source
 from digit_recognizer.data.splits import check_seed
@@ -160,7 +160,7 @@ def _plot_samples(data: DigitSet, rng: np.random.Generator, path: Path) -> None:
     chosen = rng.choice(len(data), size=min(rows * columns, len(data)), replace=False)
     titles = [f"#{i}" + (f": {data.labels[i]}" if data.labels is not None else "") for i in chosen]
     title = "Random samples" + (" (row number: label)" if data.labels is not None else "")
-    plot_gallery(data.images[chosen], titles, path, columns=columns, title=title)
+    plot_gallery(_drawable(data.images[chosen]), titles, path, columns=columns, title=title)
 
 
 def _plot_class_rows(data: DigitSet, rng: np.random.Generator, path: Path) -> None:
@@ -169,13 +169,19 @@ def _plot_class_rows(data: DigitSet, rng: np.random.Generator, path: Path) -> No
     for digit in CLASSES:
         members = np.flatnonzero(data.labels == digit)
         picked = rng.choice(members, size=min(columns, len(members)), replace=False)
-        tiles[digit, : len(picked)] = data.images[picked]
+        tiles[digit, : len(picked)] = _drawable(data.images[picked])
     fig = Figure(figsize=(7.5, 6.5))
     ax = fig.subplots()
     ax.imshow(montage(tiles), cmap="gray", vmin=0, vmax=255)
     ax.set(xticks=[], yticks=np.arange(10) * 30 + 15, yticklabels=CLASSES, ylabel="label")
     ax.set_title(f"{columns} random samples per class")
     save_figure(fig, path)
+
+
+def _drawable(images: NDArray[np.uint8]) -> NDArray[np.uint8]:
+    """Images to draw on 0-255: faint rows (0/1, 0-16) at full ink, as every command reads them
+    (the summary keeps the file's own values); drawn as they are, such a file's were black."""
+    return faint_to_full_ink(images)[0]
 
 
 def _plot_mean_std(data: DigitSet, _rng: np.random.Generator, path: Path) -> None:
