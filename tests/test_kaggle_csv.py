@@ -242,6 +242,7 @@ EXPECTED_HEADERS = "expected 'label,pixel0,...,pixel783' or 'pixel0,...,pixel783
         ('"label"' + HEADER[5:], "header column 1 is '\"label\"', not 'label'"),
         (HEADER + ",extra", "the header 'label,pixel0,pixel1,pixe...' has 786 columns"),
         ("ImageId,Label", "the header 'ImageId,Label' has 2 columns"),
+        ("label;pixel0;pixel1", "the header 'label;pixel0;pixel1' has 1 column"),
         (",".join(["7"] + ["0"] * 784), "a row of numbers, not a header (add one)"),
         (  # UCI's optdigits: 8 x 8 and a label
             ",".join(["0"] * 64 + ["7"]),
@@ -442,12 +443,17 @@ def test_a_submission_is_known_by_its_header_as_a_spreadsheet_saves_it_too(
         (
             "ImageId,Label\n1,3\n2,1\n4,4\n",
             None,
-            "line 4, column ImageId: ImageId 4 is out of range; 3 rows need ImageIds 1 to 3",
+            "line 4, column ImageId: ImageId 4 is out of range; for 3 rows, ImageIds run 1 to 3",
         ),
         (
             "ImageId,Label\n1,3\n2,1\n3,4\n",
             2,
             "line 4, column ImageId: ImageId 3 is extra; expected 2 rows (ImageId 1 to 2)",
+        ),
+        (
+            "ImageId,Label\n1,3\n2,4\n",
+            1,
+            "line 3, column ImageId: ImageId 2 is extra; expected 1 row (ImageId 1 to 1)",
         ),
         (
             "ImageId,Label\n1,3\n2,1\n99999999999999999999999,4\n",

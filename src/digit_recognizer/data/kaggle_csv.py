@@ -189,7 +189,7 @@ def _submission_labels(body: bytes, path: Path, expected_rows: int | None) -> ND
     if len(lines) < n_rows:
         missing = int(np.flatnonzero(labels < 0)[0]) + 1
         raise DataError(
-            f"{path}: ImageId {missing} is missing; expected {n_rows:,} rows "
+            f"{path}: ImageId {missing} is missing; expected {counted(n_rows, 'row')} "
             f"(ImageId 1 to {n_rows}), found {len(lines):,}"
         )
     return labels
@@ -197,8 +197,9 @@ def _submission_labels(body: bytes, path: Path, expected_rows: int | None) -> ND
 
 def _id_problem(image_id: str, n_rows: int, expected_rows: int | None) -> str:
     if expected_rows is None:
-        return f"ImageId {image_id} is out of range; {n_rows:,} rows need ImageIds 1 to {n_rows}"
-    return f"ImageId {image_id} is extra; expected {n_rows:,} rows (ImageId 1 to {n_rows})"
+        rows = counted(n_rows, "row")
+        return f"ImageId {image_id} is out of range; for {rows}, ImageIds run 1 to {n_rows}"
+    return f"ImageId {image_id} is extra; expected {counted(n_rows, 'row')} (ImageId 1 to {n_rows})"
 
 
 def _read_bytes(path: Path) -> bytes:
@@ -277,7 +278,7 @@ def _header_problem(cells: tuple[str, ...], headers: tuple[tuple[str, ...], ...]
                 f"{' or '.join(map(str, widths))} are expected")  # fmt: skip
     same_width = [columns for columns in headers if len(columns) == len(cells)]
     if not same_width:
-        return f"the header {show_value(','.join(cells))} has {len(cells)} columns"
+        return f"the header {show_value(','.join(cells))} has {counted(len(cells), 'column')}"
     expected = same_width[0]
     index = next(
         i for i, (cell, name) in enumerate(zip(cells, expected, strict=True)) if cell != name
