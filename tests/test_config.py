@@ -177,6 +177,18 @@ def test_settings_that_are_not_finite_are_refused(tmp_path):
             load_config(PredictConfig, toml)
 
 
+def test_an_lr_or_weight_decay_past_float32_is_refused(tmp_path):
+    """`digits train --lr 1e39` passed the finite check and ended in torch's traceback at the
+    first step (SGD's update overflowing float32); weight_decay = 1e39 too."""
+    with pytest.raises(ConfigError, match=r"^--lr must be at most 3\.4e\+38 \(float32's largest\)"):
+        load_config(TrainConfig, None, {"lr": 1e39})
+    toml = tmp_path / "c.toml"
+    toml.write_text("weight_decay = 1e39\n")
+    with pytest.raises(ConfigError, match=r"c\.toml: weight_decay must be at most 3\.4e\+38"):
+        load_config(TrainConfig, toml)
+    assert TrainConfig(lr=3e38, weight_decay=3e38).lr == 3e38  # diverges, and says so
+
+
 def test_bad_toml_and_missing_file(tmp_path: Path):
     bad = tmp_path / "bad.toml"
     bad.write_text("epochs = = 3")

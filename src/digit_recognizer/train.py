@@ -72,6 +72,8 @@ DEFAULT_LR = {"sgd": 0.05, "adam": 1e-3, "adamw": 1e-3}
 # Seeds times this, plus epoch and rank: the draws of seed n never meet those of seed n + 1 (an
 # ensemble's next member) at another epoch.
 SEED_STRIDE = 1_000_003
+# The weights' type: torch's optimizers cannot apply an lr or weight decay past its largest value.
+FLOAT32_MAX = torch.finfo(torch.float32).max
 
 
 def auto_model(device: str = "auto", amp: bool = True) -> str:
@@ -160,6 +162,13 @@ class TrainConfig:
             (self.ema_decay is None or 0 < self.ema_decay < 1, "ema_decay must be in (0, 1)"),
             (0 <= self.momentum < 1, "momentum must be in [0, 1)"),
             (self.weight_decay >= 0, "weight_decay must be >= 0"),
+            # Past float32's largest, the optimizer's first step had ended in torch's traceback
+            # (lr 1e39); below it, a run that diverges stops as diverged, saying so.
+            (self.lr <= FLOAT32_MAX, f"lr must be at most {FLOAT32_MAX:.2g} (float32's largest)"),
+            (
+                self.weight_decay <= FLOAT32_MAX,
+                f"weight_decay must be at most {FLOAT32_MAX:.2g} (float32's largest)",
+            ),
             # A decay: above 1 the lr grows every epoch without bound (1e300 had ended in a
             # traceback, SGD's step overflowing float32).
             (0 < self.lr_decay <= 1, "lr_decay must be in (0, 1]"),
