@@ -4,6 +4,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import digit_recognizer.train as train_module
 from digit_recognizer.config import config_to_toml, load_config, read_toml, save_config
 from digit_recognizer.errors import ConfigError, UnknownModelError
 from digit_recognizer.predict import PredictConfig
@@ -158,6 +159,20 @@ def test_widths_no_net_can_take_are_refused_with_the_file_before_any_data_is_rea
         with pytest.raises(ConfigError, match=rf"^{toml}: {message}"):
             load_config(TrainConfig, toml)
     assert load_config(TrainConfig, None, {"model": "mlp", "widths": (8,)}).widths == (8,)
+
+
+def test_widths_whose_weights_outgrow_the_memory_are_refused_with_their_size(tmp_path, monkeypatch):
+    """widths = [4000000000, 1, 1] built on the meta device and ended training in the CPU
+    allocator's traceback (its first layer's weights alone: 144 GB)."""
+    monkeypatch.setattr(train_module, "memory_bytes", lambda: 16 * 10**9)
+    toml = tmp_path / "c.toml"
+    toml.write_text('model = "cnn-tiny"\nwidths = [4000000000, 1, 1]\n')
+    with pytest.raises(ConfigError, match=rf"^{toml}: widths \[4000000000, 1, 1\]: a 'cnn-tiny' of "
+                       r"80,000,000,055 weights needs 640 GB to train \(float32, with their "
+                       r"gradients\), more than this machine's 16 GB; give widths like its own, "
+                       r"\[16, 32, 64\]$"):  # fmt: skip
+        load_config(TrainConfig, toml)
+    assert load_config(TrainConfig, None, {"model": "mlp", "widths": (4096,)}).widths == (4096,)
 
 
 def test_settings_that_are_not_finite_are_refused(tmp_path):

@@ -370,7 +370,7 @@ def test_training_reads_a_faint_file_as_predict_does_and_warns_of_rows_predict_w
     assert isinstance(train_set, DigitSet)
     assert "read in memory, over the --max-memory" in caplog.text
     # Unless it would not fit half the memory free: then the error says what to do.
-    monkeypatch.setattr(pipeline, "available_memory_bytes", lambda: 1_000_000)
+    monkeypatch.setattr(pipeline, "memory_bytes", lambda free: 1_000_000)
     with pytest.raises(DataError, match="split it with `digits data shard`, or train with --val"):
         training_data(replace(config, max_memory_gb=0), binarised)
 

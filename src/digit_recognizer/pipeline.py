@@ -57,7 +57,7 @@ from digit_recognizer.evaluate import (
 from digit_recognizer.fileio import check_not_in_use, locked_dir, source_record
 from digit_recognizer.logs import log_handler
 from digit_recognizer.members import member_gpu, run_side_by_side, visible_gpus
-from digit_recognizer.models.runtime import resolve_device
+from digit_recognizer.models.runtime import memory_bytes, resolve_device
 from digit_recognizer.models.storage import (
     ENSEMBLE_FILE,
     expand_ensembles,
@@ -177,7 +177,7 @@ def _reads_in_memory(manifest: Manifest, config: TrainConfig, source: Path) -> b
         return False
     # Over the budget but within half the memory free, one file is read whole, as it was
     # before the estimate counted pyarrow's columns.
-    needed, free = estimate_memory_bytes(manifest), available_memory_bytes()
+    needed, free = estimate_memory_bytes(manifest), memory_bytes(free=True)
     if free is None or needed > free / 2:
         raise DataError(
             f"{source}: needs ~{needed / 1e9:.1f} GB in memory, over --max-memory and half "
@@ -189,14 +189,6 @@ def _reads_in_memory(manifest: Manifest, config: TrainConfig, source: Path) -> b
                 "over the --max-memory budget; `digits data shard` splits it to stream it",
                 source)  # fmt: skip
     return True
-
-
-def available_memory_bytes() -> int | None:
-    """The memory free now (Linux; None where the system does not say)."""
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
 
 
 def ink_as_predicted(data: DigitSet, source: Path, is_expansion: bool) -> DigitSet:

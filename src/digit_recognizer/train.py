@@ -61,6 +61,7 @@ from digit_recognizer.models.runtime import (
     autocast_dtype,
     batched_logits,
     keeps_callers_random_state,
+    memory_bytes,
     resolve_device,
     synchronize,
 )
@@ -204,15 +205,24 @@ class TrainConfig:
 
     def _check_widths(self, own_widths: tuple[int, ...]) -> None:
         """Build the net on the meta device (no memory, milliseconds): a wrong number of widths
-        had been found only once the data had loaded, and a width past int64 ended training in
-        torch's C++ traceback."""
+        had been found only once the data had loaded, a width past int64 ended training in
+        torch's C++ traceback, and weights past the machine's memory in its allocator's."""
         try:
             with torch.device("meta"):
-                build(self.model, **self.model_args())
+                net = build(self.model, **self.model_args())
         except (TypeError, RuntimeError):  # torch's: a size that overflows its int64 sizes
-            raise ConfigError(f"widths {list(self.widths or ())}: too large for torch to build "
-                              f"a '{self.model}'; give widths like its own, "
-                              f"{list(own_widths)}") from None  # fmt: skip
+            problem = f"too large for torch to build a '{self.model}'"
+        else:
+            n_weights = sum(parameter.numel() for parameter in net.parameters())
+            # float32 weights and their gradients: the least any optimizer holds.
+            needed, memory = 8 * n_weights, memory_bytes()
+            if memory is None or needed <= memory:
+                return
+            problem = (f"a '{self.model}' of {n_weights:,} weights needs {needed / 1e9:,.0f} GB "
+                       "to train (float32, with their gradients), more than this machine's "
+                       f"{memory / 1e9:,.0f} GB")  # fmt: skip
+        raise ConfigError(f"widths {list(self.widths or ())}: {problem}; give widths like its "
+                          f"own, {list(own_widths)}")  # fmt: skip
 
     def augmentation(self) -> Augmentation:
         """The ranges training draws from: ``Augmentation``'s, these settings', at ``augment``."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 import typing
 from collections.abc import Callable
 from typing import Literal, ParamSpec, TypeVar
@@ -76,6 +77,16 @@ def autocast_dtype(device: torch.device, enabled: bool = True) -> torch.dtype | 
     if device.type == "cpu" and mkldnn and torch.ops.mkldnn._is_mkldnn_bf16_supported():
         return torch.bfloat16
     return None
+
+
+def memory_bytes(free: bool = False) -> int | None:
+    """This machine's memory, or only what is free now (Linux; None where the system does not
+    say)."""
+    try:
+        pages = os.sysconf("SC_AVPHYS_PAGES" if free else "SC_PHYS_PAGES")
+        return pages * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def synchronize(device: torch.device) -> None:
