@@ -615,6 +615,50 @@ def test_a_tomls_resume_is_turned_off_by_its_flag(tmp_path, small_csvs, monkeypa
     assert resumed == [True, False, True]
 
 
+def test_a_tomls_or_presets_patience_is_turned_off_by_patience_0(tmp_path, small_csvs, monkeypatch):
+    """`patience = 3` in a TOML (or the seed preset's 5) had no flag to undo it: --patience
+    took only a number of epochs, and 0 was refused."""
+    from digit_recognizer import pipeline
+
+    patiences = []
+
+    def train_jobs(configs, *args, **kwargs):
+        patiences.append(configs[0].patience)
+        return []
+
+    monkeypatch.setattr(pipeline, "train_jobs", train_jobs)
+    toml = tmp_path / "recipe.toml"
+    toml.write_text("patience = 3\n")
+    for flags in ((), ("--patience", "0"), ("--patience", "2"), ("--preset", "seed"),
+                  ("--preset", "seed", "--patience", "0")):  # fmt: skip
+        result = invoke("train", "--train", small_csvs["train"], "--config", toml,
+                        "--out", tmp_path / "run", *flags)  # fmt: skip
+        assert result.exit_code == 0, result.output
+    assert patiences == [3, None, 2, 3, None]
+    result = invoke("train", "--train", small_csvs["train"], "--patience", "-1")
+    assert result.exit_code == 2 and "Invalid value for '--patience'" in result.output
+
+
+def test_a_predict_tomls_conform_is_turned_back_on_by_its_flag(tmp_path, small_csvs, monkeypatch):
+    """`conform = false` in a predict --config had no flag to undo it: --as-is only turns
+    it off."""
+    from digit_recognizer import predict as predict_module
+
+    conforms = []
+
+    def predict_source(run_dirs, source, out, config):
+        conforms.append(config.conform)
+        return 0
+
+    monkeypatch.setattr(predict_module, "predict_source", predict_source)
+    toml = tmp_path / "predict.toml"
+    toml.write_text("conform = false\n")
+    for flags in ((), ("--conform",), ("--as-is",)):
+        result = invoke("predict", tmp_path, small_csvs["test"], "--config", toml, *flags)
+        assert result.exit_code == 0, result.output
+    assert conforms == [False, True, False]
+
+
 def test_a_predict_tomls_tta_is_turned_off_by_its_flag(tmp_path, tiny_run, small_csvs):
     """`tta = true` in a predict --config had no flag to undo it, as compile had none."""
     toml = tmp_path / "predict.toml"

@@ -23,7 +23,7 @@ from rich.table import Table
 from rich.text import Text
 
 from digit_recognizer import __version__
-from digit_recognizer.config import load_config
+from digit_recognizer.config import NONE, load_config
 from digit_recognizer.errors import DataError, DigitsError, counted, first_line
 from digit_recognizer.interrupts import (
     Terminated,
@@ -208,7 +208,10 @@ Styles = Annotated[
 ValidSize = Annotated[float | None, typer.Option(help="Validation fraction. \\[default: 0.05]")]
 Patience = Annotated[
     int | None,
-    typer.Option(help="Early-stopping patience in epochs. \\[default: none; seed: 5]"),
+    typer.Option(
+        min=0,
+        help="Early-stopping patience in epochs; 0 = none. \\[default: none; seed: 5]",
+    ),
 ]
 Seed = Annotated[int | None, typer.Option(min=0, help="Random seed. \\[default: 0]")]
 Device = Annotated[str | None, typer.Option(help="auto | cpu | cuda | mps. \\[default: auto]")]
@@ -262,13 +265,15 @@ Tta = Annotated[
 PredictConfigFile = Annotated[
     Path | None, typer.Option("--config", help="TOML file of PredictConfig keys (batch size...).")
 ]
+# --conform too: a predict --config's conform = false had no flag to undo it.
 AsIs = Annotated[
-    bool,
+    bool | None,
     typer.Option(
-        "--as-is",
+        "--as-is/--conform",
         help="Take CSV rows in their own layout; by default digits not laid out as MNIST's (20 "
         "x 20 pixels, centred by mass: other collections) are first redone as MNIST made its "
-        "own. Faint ink (0/1, 0-16) is scaled to 0-255 either way, as training reads it.",
+        "own. Faint ink (0/1, 0-16) is scaled to 0-255 either way, as training reads it. "
+        "\\[default: conform; predict and evaluate: the --config's conform]",
     ),
 ]
 PresetTta = Annotated[
@@ -279,12 +284,14 @@ PresetTta = Annotated[
 ]
 
 
-def predict_config(config: Path | None, tta: bool | None, as_is: bool, device: str | None) -> Any:
+def predict_config(
+    config: Path | None, tta: bool | None, as_is: bool | None, device: str | None
+) -> Any:
     """PredictConfig from its defaults, a TOML file, then the flags given (a flag left off
     keeps the file's setting)."""
     from digit_recognizer.predict import PredictConfig
 
-    flags = {"tta": tta, "conform": False if as_is else None, "device": device}
+    flags = {"tta": tta, "conform": None if as_is is None else not as_is, "device": device}
     return load_config(PredictConfig, config, flags)
 
 
@@ -300,8 +307,11 @@ def resolve_configs(
 
 
 def train_overrides(**flags: Any) -> dict[str, Any]:
-    """CLI flag names -> TrainConfig keys (time_budget -> time_budget_s)."""
+    """CLI flag names -> TrainConfig keys (time_budget -> time_budget_s), --patience 0 -> no
+    early stopping (a --config's or preset's patience had no flag to undo it)."""
     flags["time_budget_s"] = flags.pop("time_budget", None)
+    if flags["patience"] == 0:
+        flags["patience"] = NONE
     return flags
 
 
@@ -328,7 +338,7 @@ def run(
     seed: Seed = None, device: Device = None, compile_model: Compile = None,
     max_memory: MaxMemory = None,
     tta: PresetTta = None,
-    as_is: AsIs = False,
+    as_is: AsIs = None,
 ) -> None:  # fmt: skip
     """The main job: train, evaluate, predict, write and score a submission."""
     from digit_recognizer.pipeline import run_job
@@ -431,7 +441,7 @@ def predict(
     ],
     out: Annotated[Path, typer.Option(help="Submission file to write.")] = Path("submission.csv"),
     tta: Tta = None,
-    as_is: AsIs = False,
+    as_is: AsIs = None,
     device: Device = None,
     nproc: Annotated[
         int, typer.Option(min=1, help="Processes (torchrun), each a share of the rows.")
@@ -458,7 +468,7 @@ def evaluate(
     paths: Annotated[list[Path], typer.Argument(
         help="RUN_DIR [RUN_DIR ...] LABELLED_CSV (or shard dir, glob)")],
     tta: Tta = None,
-    as_is: AsIs = False,
+    as_is: AsIs = None,
     device: Device = None,
     out: Annotated[Path | None, typer.Option(
         help="Folder for the eval_* files \\[default: the run directory; for several, "
@@ -570,7 +580,7 @@ def report(
             help="Labelled CSV, shard dir or glob \\[default: the run's validation split]."
         ),
     ] = None,
-    as_is: AsIs = False,
+    as_is: AsIs = None,
 ) -> None:
     """Write RUN_DIR/report.html: curves, metrics, mistakes, Grad-CAM, calibration."""
     from digit_recognizer.report import write_run_report
@@ -589,7 +599,7 @@ def explain(
         help="The figure, in any format matplotlib writes (.png, .svg, .pdf, .jpg...) "
              "\\[default: RUN_DIR/explain-INDEX.png, or RUN_DIR/explain-NAME.png for an "
              "image NAME.ext].")] = None,
-    as_is: AsIs = False,
+    as_is: AsIs = None,
 ) -> None:  # fmt: skip
     """Grad-CAM (or saliency) and probabilities for one image, as a figure (PNG, SVG, PDF)."""
     from digit_recognizer.explain import explain_run
