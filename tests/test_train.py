@@ -707,6 +707,40 @@ def test_a_finished_run_resumed_with_patience_keeps_the_epoch_it_kept(
         assert not resumed.trained
 
 
+def test_batches_no_process_can_train_on_are_refused_before_training(
+    tmp_path, small_train, monkeypatch
+):
+    """Fewer training rows than processes had given each an epoch of no batches, ending in an
+    IndexError's traceback; a batch of one row, with an MLP (BatchNorm1d), in torch's
+    ValueError's (--batch-size 1, or one row a process)."""
+    run_dir = tmp_path / "run"
+
+    def refused(config: TrainConfig, n_rows: int) -> str:
+        rows = DigitSet(small_train.images[:n_rows], small_train.labels[:n_rows])
+        with pytest.raises(ConfigError) as raised:
+            train(config, rows, None, run_dir)
+        assert not run_dir.exists()
+        return str(raised.value)
+
+    mlp = TrainConfig(model="mlp", epochs=1, valid_size=0)
+    assert refused(replace(mlp, batch_size=1), 64) == (
+        "'mlp' normalises over each batch's rows (batch norm) and cannot train on batches of "
+        "one row: give --batch-size 2 or more"
+    )
+    # As one of two torchrun processes (each the same, and refused alike).
+    two_processes = (Distributed(rank=0, local_rank=0, world_size=2), torch.device("cpu"))
+    monkeypatch.setattr(train_module, "init_distributed", lambda *args: two_processes)
+    assert refused(replace(mlp, batch_size=2), 64).endswith("give --batch-size 4 or more")
+    assert refused(mlp, 3).endswith(
+        "a process gets one of the 3 training rows: give more rows or train with fewer "
+        "processes (--nproc)"
+    )
+    assert refused(replace(mlp, model="cnn-tiny"), 1) == (
+        "1 training row cannot be shared by 2 processes: give more rows or train with fewer "
+        "processes (--nproc)"
+    )
+
+
 def test_a_diverging_run_stops_with_the_way_out_before_its_checkpoint(tmp_path, small_train):
     """A NaN loss had trained on and saved NaN weights, which predicted digit 0 everywhere."""
     subset = DigitSet(small_train.images[:256], small_train.labels[:256])

@@ -344,6 +344,27 @@ def check_global_batch(batch_size: int, world_size: int) -> None:
                           f"by the {world_size} processes")  # fmt: skip
 
 
+def check_batch_rows(model: nn.Module, config: TrainConfig, n_train: int, world_size: int) -> None:
+    """``ConfigError`` where a process would train on batches of one row with a net whose batch
+    norm normalises over a batch's rows (an MLP's BatchNorm1d): torch's ValueError had ended
+    such a run in a traceback. A process's smallest batch is its batch or its share of the
+    rows, whichever is smaller (in memory and streamed alike: see batches_per_rank)."""
+    local_batch = config.batch_size // world_size
+    if min(local_batch, n_train // world_size) >= 2 or not any(
+        isinstance(module, nn.BatchNorm1d) for module in model.modules()
+    ):
+        return
+    if local_batch < 2:
+        fix = f"give --batch-size {2 * world_size} or more"
+    elif world_size > 1:
+        fix = (f"a process gets one of the {n_train} training rows: give more rows or train "
+               "with fewer processes (--nproc)")  # fmt: skip
+    else:
+        fix = "there is one training row: give more"
+    raise ConfigError(f"'{config.model}' normalises over each batch's rows (batch norm) and "
+                      f"cannot train on batches of one row: {fix}")  # fmt: skip
+
+
 @keeps_callers_random_state
 def train(
     config: TrainConfig,
@@ -385,16 +406,19 @@ def train(
     if has_valid:
         valid_images = torch.as_tensor(valid_set.images).to(device)
         valid_labels = torch.as_tensor(valid_set.labels).to(device)
+    n_train = train_set.n_rows if isinstance(train_set, Manifest) else len(train_set)
+    if n_train < dist_env.world_size:  # in memory, an epoch of no batches: an IndexError
+        raise ConfigError(f"{counted(n_train, 'training row')} cannot be shared by "
+                          f"{dist_env.world_size} processes: give more rows or train with "
+                          "fewer processes (--nproc)")  # fmt: skip
     # The same global batch and lr whatever the process count: each rank takes batch/world.
     local_batch = config.batch_size // dist_env.world_size
     if isinstance(train_set, Manifest):
-        n_train = train_set.n_rows
         stream = ShardStream(train_set, local_batch, seed=config.seed, rank=dist_env.rank,
                              world_size=dist_env.world_size)  # fmt: skip
         loader = DataLoader(stream, batch_size=None, num_workers=1)  # parses beside training
         steps_per_epoch = len(stream)
     else:
-        n_train = len(train_set)
         train_images = torch.as_tensor(train_set.images).to(device)  # uint8 until drawn
         train_labels = torch.as_tensor(train_set.labels).to(device)
         sampler = row_sampler(n_train, dist_env, config.seed)
@@ -442,6 +466,7 @@ def train(
     # -- model and optimizer ---------------------------------------------------------------------
     torch.manual_seed(config.seed)  # identical initial weights on every rank
     model = build(config.model, **config.model_args()).to(device)
+    check_batch_rows(model, config, n_train, dist_env.world_size)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     raw_model = model  # unwrapped
