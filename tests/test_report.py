@@ -3,6 +3,7 @@
 import base64
 import json
 import os
+import re
 import shutil
 import tracemalloc
 import warnings
@@ -186,6 +187,21 @@ def test_eda_and_augment_preview_commands(tmp_path, small_csvs):
                                  "--elastic", "1.5", "--out", str(out)])  # fmt: skip
     assert result.exit_code == 0, result.output
     assert out.read_bytes().startswith(PNG)
+
+
+def test_augment_preview_names_the_flag_a_bad_setting_came_from(tmp_path, small_csvs):
+    """`--elastic inf` had been refused as "elastic_px must be a finite number", the name of
+    no flag; the settings are now checked as training checks its flags."""
+    refusals = [
+        (("--elastic", "inf"), "--elastic must be a finite number, got inf"),
+        (("--augment", "5"), r"--augment \(the strength\) must be in \[0, 3.33\)"),
+    ]
+    for flags, said in refusals:
+        result = runner.invoke(app, ["augment-preview", str(small_csvs["train"]),
+                                     "--out", str(tmp_path / "p.png"), *flags])  # fmt: skip
+        assert result.exit_code == 1
+        assert re.match(rf"error: {said}", result.output), result.output
+    assert not (tmp_path / "p.png").exists()
 
 
 def test_augment_preview_shows_a_1_and_a_7_where_it_draws_styles(tmp_path, small_train,

@@ -15,7 +15,8 @@ import torch
 from matplotlib.figure import Figure
 from numpy.typing import NDArray
 
-from digit_recognizer.data.augment import Augmentation, augment_batch
+from digit_recognizer.config import load_config
+from digit_recognizer.data.augment import augment_batch
 from digit_recognizer.data.images import at_full_ink, faint_to_full_ink
 from digit_recognizer.data.kaggle_csv import DigitSet
 from digit_recognizer.data.shards import read_data_source
@@ -31,6 +32,7 @@ from digit_recognizer.report import (
     montage,
     plot_gallery,
 )
+from digit_recognizer.train import TrainConfig
 
 EDA_FILE = "eda.html"
 PREVIEW_ROWS = 4  # augment-preview: this many source images, one per row
@@ -258,12 +260,14 @@ def augment_preview(
 ) -> Path:
     """PNG grid: a few images of the CSV (first column) and ``n`` random augmentations of each.
 
-    Uses ``augment_batch`` with ``Augmentation(elastic_px=elastic, stroke=stroke, styles=styles)
-    .scaled(augment)``, exactly as training does with the same settings (TrainConfig's; these
-    defaults are the default preset's), writing styles only where the CSV has labels.
+    Uses ``augment_batch`` with the ``TrainConfig(...).augmentation()`` of these settings,
+    exactly as training does (these defaults are the default preset's), writing styles only
+    where the CSV has labels.
     """
     check_seed(seed, "--seed")  # torch's generator had taken 2**32 and failed at 2**64
-    augmentation = Augmentation(elastic_px=elastic, stroke=stroke, styles=styles).scaled(augment)
+    # Checked as training's flags, and named so: Augmentation's own errors had said elastic_px.
+    settings = {"augment": augment, "elastic": elastic, "stroke": stroke, "styles": styles}
+    augmentation = load_config(TrainConfig, None, settings).augmentation()
     data = read_data_source(csv_path)
     # Faint rows (0/1, 0-16) at full ink, as training augments them: else black tiles.
     data = at_full_ink(data)
