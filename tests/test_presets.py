@@ -42,14 +42,19 @@ def test_best_members_differ_and_flags_override_them_all(tmp_path):
     assert get_preset("fast").configs(flags={"seed": 10})[0].seed == 10  # one model: as given
 
 
-def test_a_seed_that_would_take_a_member_past_the_last_one_says_so():
+def test_a_seed_that_would_take_a_member_past_the_last_one_says_so(tmp_path):
     """--preset best --seed 4294967292 had said "seed must be from 0 to 2**32 - 1" of a seed
-    within that range: member 5's seed, 4294967297, was not."""
+    within that range: member 5's seed, 4294967297, was not. The way out names the flag, which
+    also overrides a TOML's seed (it had said "give a smaller seed", naming neither)."""
     assert get_preset("best").configs(flags={"seed": 2**32 - 6})[-1].seed == 2**32 - 1
-    with pytest.raises(ConfigError, match=r"seed 4294967292: member 4 would train with seed "
-                       r"4294967296, out of range; the members train with seeds 4294967292 "
-                       r"\+ 1 to 5: give a smaller seed"):  # fmt: skip
-        get_preset("best").configs(flags={"seed": 2**32 - 4})
+    toml = tmp_path / "best.toml"
+    toml.write_text(f"seed = {2**32 - 4}\n")
+    for toml_path, flags in ((None, {"seed": 2**32 - 4}), (toml, {})):
+        with pytest.raises(ConfigError, match=r"^seed 4294967292: member 4 would train with seed "
+                           r"4294967296, out of range; the members train with seeds 4294967292 "
+                           r"\+ 1 to 5: give a --seed of at most 4294967290$"):  # fmt: skip
+            get_preset("best").configs(toml_path, flags)
+    assert get_preset("best").configs(toml, {"seed": 2**32 - 6})[-1].seed == 2**32 - 1
 
 
 def test_a_resume_trains_from_the_runs_config_toml_unless_given_one(tmp_path):

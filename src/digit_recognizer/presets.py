@@ -45,10 +45,12 @@ class Preset:
             try:
                 check_seed(config.seed + number)
             except ConfigError:  # else refused as if the seed given were out of range
+                # --seed, whether a flag or a TOML gave it: the flag overrides the file.
                 raise ConfigError(f"seed {config.seed}: member {number} would train with seed "
                                   f"{config.seed + number}, out of range; the members train "
                                   f"with seeds {config.seed} + 1 to {len(self.members)}: give "
-                                  "a smaller seed") from None  # fmt: skip
+                                  f"a --seed of at most {2**32 - 1 - len(self.members)}"
+                                  ) from None  # fmt: skip
             configs.append(replace(config, seed=config.seed + number))
         return configs
 
