@@ -127,7 +127,9 @@ def test_bad_value_and_unknown_model():
                          ({"label_smoothing": 1.0}, r"label_smoothing must be in \[0, 1\)"),
                          ({"warmup": 1.0}, r"warmup must be in \[0, 1\)"),
                          ({"ema_decay": 1.0}, r"ema_decay must be in \(0, 1\)"),
-                         ({"lr_decay": 0.0}, r"lr_decay must be in \(0, 1\]")]:  # fmt: skip
+                         ({"lr_decay": 0.0}, r"lr_decay must be in \(0, 1\]"),
+                         # Past the image's size, blank digits; from 1e38, NaN ones.
+                         ({"elastic": 1e38}, r"elastic must be in \[0, 28\]")]:  # fmt: skip
         with pytest.raises(ConfigError, match=message):
             TrainConfig(**bad)
     with pytest.raises(UnknownModelError, match=r"unknown model 'cnnn'. Did you mean 'cnn'"):

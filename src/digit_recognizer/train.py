@@ -154,7 +154,9 @@ class TrainConfig:
             (self.lr > 0, "lr must be > 0"),
             (0 <= self.valid_size < 1, "valid_size must be in [0, 1)"),
             (self.augment >= 0, "augment must be >= 0"),
-            (self.elastic >= 0, "elastic must be >= 0"),
+            # A displacement's std in pixels: past the image's 28 the digits are moved off it,
+            # and from 1e38 the field overflowed into NaN images, a run "diverged" at any --lr.
+            (0 <= self.elastic <= 28, "elastic must be in [0, 28] (pixels: the image's size)"),
             (0 <= self.stroke <= 1, "stroke must be in [0, 1]"),
             (0 <= self.styles <= 1, "styles must be in [0, 1]"),
             (self.time_budget_s is None or self.time_budget_s >= 0, "time_budget_s must be >= 0"),
