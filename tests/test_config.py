@@ -60,6 +60,8 @@ def test_a_bad_value_is_blamed_on_the_flag_or_the_file_that_gave_it(tmp_path):
                            ({"max_memory_gb": math.inf}, "--max-memory must be a finite number"),
                            ({"augment": 5.0}, r"--augment \(the strength\) must be in \[0, 3.33\)"),
                            ({"optimizer": "rmsprop"}, "--optimizer must be one of"),
+                           # It had said "flags: 'logreg' is not a net".
+                           ({"model": "logreg"}, "--model 'logreg' is not a net: `digits compare`"),
                            ({"epoch": 3}, "flags: unknown key 'epoch'")]:  # fmt: skip
         for toml_path in (toml, None):
             with pytest.raises(ConfigError, match=f"^{message}"):

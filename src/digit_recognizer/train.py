@@ -195,8 +195,8 @@ class TrainConfig:
                 raise ConfigError(message)
         self.augmentation()  # its ranges' own limits: stroke at most 1, augment under ~3.3
         if get_spec(self.model).kind != "net":
-            raise ConfigError(f"'{self.model}' is not a net: `digits compare` scores it, and in "
-                              "Python build_estimator, fit and save_estimator make a run "
+            raise ConfigError(f"model '{self.model}' is not a net: `digits compare` scores it, and "
+                              "in Python build_estimator, fit and save_estimator make a run "
                               "directory of it that `digits predict` takes")  # fmt: skip
         settings = inspect.signature(get_spec(self.model).builder).parameters
         for key in self.model_args():
