@@ -189,11 +189,15 @@ def test_settings_that_are_not_finite_are_refused(tmp_path):
             load_config(TrainConfig, toml)
     with pytest.raises(ConfigError, match="lr_decay must be a finite number, got nan"):
         TrainConfig(lr_decay=float("nan"))
-    # PredictConfig's too: `digits predict --nproc 2` had ended in every process's OverflowError.
-    for value in ("inf", "nan"):
+    # PredictConfig's too: `digits predict --nproc 2` had ended in every process's OverflowError;
+    # and a finite 1e300 in both (1e13 in gloo's "Invalid timeout").
+    for value in ("inf", "nan", "1e13"):
         toml.write_text(f"ddp_timeout_s = {value}\n")
-        with pytest.raises(ConfigError, match=r"c\.toml: ddp_timeout_s must be > 0 and finite"):
+        with pytest.raises(ConfigError, match=r"c\.toml: ddp_timeout_s must be in \(0, 1e\+09\]"):
             load_config(PredictConfig, toml)
+    toml.write_text("ddp_timeout_s = 1e300\n")
+    with pytest.raises(ConfigError, match=r"c\.toml: ddp_timeout_s must be in \(0, 1e\+09\]"):
+        load_config(TrainConfig, toml)
 
 
 def test_an_lr_or_weight_decay_past_float32_is_refused(tmp_path):

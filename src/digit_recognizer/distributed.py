@@ -34,6 +34,10 @@ log = logging.getLogger(__name__)
 
 PEER_FAILURE_GRACE_S = 2.0
 LAUNCHER_GRACE_S = 5.0  # for torchrun to stop its workers after Ctrl-C (they stop at once)
+# The longest ddp_timeout_s (31 years): torch's process groups count the timeout in int64
+# nanoseconds, and past ~292 years failed in a traceback (1e13 s: gloo's "Invalid timeout";
+# 1e300: an OverflowError).
+MAX_DDP_TIMEOUT_S = 1e9
 
 
 @dataclass(frozen=True)

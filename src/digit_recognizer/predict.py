@@ -9,7 +9,6 @@ and Kaggle submissions.
 from __future__ import annotations
 
 import logging
-import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from digit_recognizer.data.shards import (
 )
 from digit_recognizer.data.stream import ShardStream, batches_per_rank
 from digit_recognizer.distributed import (
+    MAX_DDP_TIMEOUT_S,
     Distributed,
     all_reduce,
     init_distributed,
@@ -98,8 +98,9 @@ class PredictConfig:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
         # inf and nan too, as TrainConfig's: each torchrun process had ended in an OverflowError
         # (a ValueError for nan) making its timedelta.
-        if not 0 < self.ddp_timeout_s < math.inf:
-            raise ConfigError(f"ddp_timeout_s must be > 0 and finite, got {self.ddp_timeout_s}")
+        if not 0 < self.ddp_timeout_s <= MAX_DDP_TIMEOUT_S:
+            raise ConfigError(f"ddp_timeout_s must be in (0, {MAX_DDP_TIMEOUT_S:g}] seconds, "
+                              f"got {self.ddp_timeout_s}")  # fmt: skip
 
 
 @dataclass

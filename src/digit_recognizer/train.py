@@ -48,6 +48,7 @@ from digit_recognizer.data.shards import Manifest
 from digit_recognizer.data.stream import ShardStream
 from digit_recognizer.data.tensors import to_model_input
 from digit_recognizer.distributed import (
+    MAX_DDP_TIMEOUT_S,
     Distributed,
     all_reduce,
     init_distributed,
@@ -187,7 +188,10 @@ class TrainConfig:
                 self.widths is None or all(width >= 1 for width in self.widths),
                 "widths must be >= 1",
             ),
-            (self.ddp_timeout_s > 0, "ddp_timeout_s must be > 0"),
+            (
+                0 < self.ddp_timeout_s <= MAX_DDP_TIMEOUT_S,
+                f"ddp_timeout_s must be in (0, {MAX_DDP_TIMEOUT_S:g}] seconds",
+            ),
             (self.max_memory_gb >= 0, "max_memory_gb must be >= 0 (0: always stream)"),
         ]
         for ok, message in checks:
