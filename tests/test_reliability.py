@@ -388,7 +388,10 @@ def test_load_checkpoint_raises_model_file_error(tmp_path: Path) -> None:
      ({"history": [1]}, "history not a list of rows"), ({"epoch": True}, "epoch True"),
      ({"lr_scale": -1.0}, "lr_scale -1.0"), ({"elapsed_s": -5.0}, "elapsed_s -5.0"),
      ({"stopped_early": "no"}, "stopped_early not a bool"), ({"rows": 5}, "rows not a str"),
-     ({"config": {"seed": 0}}, "config without valid_size, batch_size")],
+     ({"config": {"seed": 0}}, "config without valid_size, batch_size"),
+     # Resumed, it had ended in a KeyError's traceback.
+     ({"config": {"seed": 0, "valid_size": 0.05, "batch_size": 64, "optimizer": "sgd",
+                  "max_memory_gb": 2.0}}, "config without model, widths\\)")],
 )  # fmt: skip
 def test_a_checkpoint_whose_bookkeeping_training_did_not_write_is_refused(
     tmp_path, tiny_run, edit, named

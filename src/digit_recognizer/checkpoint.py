@@ -85,7 +85,8 @@ def _wrong_counts(checkpoint: dict[str, Any]) -> list[str]:
     wrong += [f"{key} not a {kind.__name__}" for key, kind in kinds.items()
               if not isinstance(checkpoint[key], kind)]  # fmt: skip
     config = checkpoint["config"]
-    needed = ("seed", "valid_size", "batch_size", "optimizer", "max_memory_gb")
+    # What check_resume_matches reads of it.
+    needed = ("seed", "valid_size", "batch_size", "optimizer", "max_memory_gb", "model", "widths")
     if isinstance(config, dict) and (absent := [key for key in needed if key not in config]):
         wrong.append(f"config without {', '.join(absent)}")
     if isinstance(checkpoint["history"], list) and not all(
