@@ -14,7 +14,8 @@ import torch
 import digit_recognizer.train as train_module
 from digit_recognizer.checkpoint import load_checkpoint, read_history, rows_fingerprint
 from digit_recognizer.data.augment import Augmentation, augment_batch
-from digit_recognizer.data.kaggle_csv import DigitSet
+from digit_recognizer.data.kaggle_csv import DigitSet, write_kaggle_csv
+from digit_recognizer.data.shards import shard_csv
 from digit_recognizer.distributed import Distributed
 from digit_recognizer.errors import ConfigError, DivergedError, ModelFileError
 from digit_recognizer.models.registry import build
@@ -715,8 +716,11 @@ def test_batches_no_process_can_train_on_are_refused_before_training(
     ValueError's (--batch-size 1, or one row a process)."""
     run_dir = tmp_path / "run"
 
-    def refused(config: TrainConfig, n_rows: int) -> str:
+    def refused(config: TrainConfig, n_rows: int, streamed: bool = False) -> str:
         rows = DigitSet(small_train.images[:n_rows], small_train.labels[:n_rows])
+        if streamed:  # from CSV shards, as data larger than --max-memory trains
+            write_kaggle_csv(tmp_path / "train.csv", rows.images, rows.labels)
+            rows = shard_csv(tmp_path / "train.csv", tmp_path / f"shards-{n_rows}", parts=1)
         with pytest.raises(ConfigError) as raised:
             train(config, rows, None, run_dir)
         assert not run_dir.exists()
@@ -731,14 +735,15 @@ def test_batches_no_process_can_train_on_are_refused_before_training(
     two_processes = (Distributed(rank=0, local_rank=0, world_size=2), torch.device("cpu"))
     monkeypatch.setattr(train_module, "init_distributed", lambda *args: two_processes)
     assert refused(replace(mlp, batch_size=2), 64).endswith("give --batch-size 4 or more")
-    assert refused(mlp, 3).endswith(
-        "a process gets one of the 3 training rows: give more rows or train with fewer "
-        "processes (--nproc)"
-    )
-    assert refused(replace(mlp, model="cnn-tiny"), 1) == (
-        "1 training row cannot be shared by 2 processes: give more rows or train with fewer "
-        "processes (--nproc)"
-    )
+    for streamed in (False, True):  # streamed: a ValueError on one rank, a gloo error on the other
+        assert refused(mlp, 3, streamed).endswith(
+            "a process gets one of the 3 training rows: give more rows or train with fewer "
+            "processes (--nproc)"
+        )
+        assert refused(replace(mlp, model="cnn-tiny"), 1, streamed) == (
+            "1 training row cannot be shared by 2 processes: give more rows or train with fewer "
+            "processes (--nproc)"
+        )
 
 
 def test_a_diverging_run_stops_with_the_way_out_before_its_checkpoint(tmp_path, small_train):
