@@ -257,6 +257,20 @@ def test_each_optimizer_trains_as_named_at_the_lr_its_help_gives(name, optimizer
     assert [group["lr"] for group in optimizer.param_groups] == [lr, lr]
 
 
+def test_sgd_without_momentum_trains_as_plain_sgd():
+    """momentum = 0 passed the config's check and ended training in torch's ValueError
+    ("Nesterov momentum requires a momentum")."""
+    model = build("mlp")
+    optimizer = build_optimizer(model, TrainConfig(model="mlp", momentum=0.0))
+    assert optimizer.defaults["momentum"] == 0 and not optimizer.defaults["nesterov"]
+    before = [parameter.detach().clone() for parameter in model.parameters()]
+    model(torch.rand(4, 1, 28, 28)).sum().backward()
+    optimizer.step()
+    after = list(model.parameters())
+    assert any(not torch.equal(old, new) for old, new in zip(before, after, strict=True))
+    assert build_optimizer(model, TrainConfig(model="mlp")).defaults["nesterov"]
+
+
 @pytest.mark.parametrize("schedule", ["onecycle", "exponential", "constant", "plateau"])
 def test_schedules_start_and_end_sensibly(schedule):
     config = TrainConfig(schedule=schedule)

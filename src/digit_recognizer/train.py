@@ -313,7 +313,10 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
         {"params": no_decay, "weight_decay": 0.0},
     ]
     if config.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=True)
+        # momentum = 0 is plain SGD: Nesterov's needs a momentum (torch had refused it in a
+        # traceback).
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum,
+                               nesterov=config.momentum > 0)  # fmt: skip
     optimizer_class = torch.optim.Adam if config.optimizer == "adam" else torch.optim.AdamW
     return optimizer_class(groups, lr=config.lr)
 
