@@ -219,6 +219,9 @@ def test_bad_toml_and_missing_file(tmp_path: Path):
         read_toml(bad)
     with pytest.raises(ConfigError, match="config file not found"):
         read_toml(tmp_path / "missing.toml")
+    # A byte-order mark, as Notepad wrote UTF-8 before 2019: it had been "not valid TOML".
+    bad.write_text("epochs = 5\n", encoding="utf-8-sig")
+    assert read_toml(bad) == {"epochs": 5}
 
 
 def test_a_key_set_in_two_sections_is_refused(tmp_path):

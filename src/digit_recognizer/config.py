@@ -92,7 +92,9 @@ def read_toml(toml_path: str | Path) -> dict[str, Any]:
     which must not repeat one set elsewhere in the file (the last had silently won)."""
     path = Path(toml_path)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        # utf-8-sig: a byte-order mark (Windows Notepad's, before 2019) had made a valid file
+        # "not valid TOML (Invalid statement (at line 1, column 1))".
+        data = tomllib.loads(path.read_text(encoding="utf-8-sig"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
     except IsADirectoryError:
