@@ -745,6 +745,7 @@ def test_batches_no_process_can_train_on_are_refused_before_training(
         "'mlp' normalises over each batch's rows (batch norm) and cannot train on batches of "
         "one row: give --batch-size 2 or more"
     )
+    assert refused(mlp, 0) == "no training rows: give some"  # an IndexError, as below
     # As one of two torchrun processes (each the same, and refused alike).
     two_processes = (Distributed(rank=0, local_rank=0, world_size=2), torch.device("cpu"))
     monkeypatch.setattr(train_module, "init_distributed", lambda *args: two_processes)
@@ -755,8 +756,8 @@ def test_batches_no_process_can_train_on_are_refused_before_training(
             "processes (--nproc)"
         )
         assert refused(replace(mlp, model="cnn-tiny"), 1, streamed) == (
-            "1 training row cannot be shared by 2 processes: give more rows or train with fewer "
-            "processes (--nproc)"
+            "1 training row for 2 processes: each needs one at least; give more rows or train "
+            "with fewer processes (--nproc)"
         )
 
 

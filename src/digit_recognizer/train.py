@@ -417,8 +417,10 @@ def train(
         valid_labels = torch.as_tensor(valid_set.labels).to(device)
     n_train = train_set.n_rows if isinstance(train_set, Manifest) else len(train_set)
     if n_train < dist_env.world_size:  # in memory, an epoch of no batches: an IndexError
-        raise ConfigError(f"{counted(n_train, 'training row')} cannot be shared by "
-                          f"{dist_env.world_size} processes: give more rows or train with "
+        if dist_env.world_size == 1:
+            raise ConfigError("no training rows: give some")
+        raise ConfigError(f"{counted(n_train, 'training row')} for {dist_env.world_size} "
+                          "processes: each needs one at least; give more rows or train with "
                           "fewer processes (--nproc)")  # fmt: skip
     # The same global batch and lr whatever the process count: each rank takes batch/world.
     local_batch = config.batch_size // dist_env.world_size
