@@ -184,6 +184,30 @@ def test_digits_stored_transposed_are_read_transposed(
     assert accuracy(as_is, small_test.labels[:300]) < 0.5
 
 
+def test_a_file_is_judged_on_its_first_piece_whole_streamed_and_explained(
+    tmp_path, tiny_run, small_test, caplog, monkeypatch
+):
+    """A file whose first piece is stored transposed and the rest not: read whole, its
+    orientation had been judged on rows spread through it (upright), streamed on its first
+    piece (transposed), so the same file got two submissions. Both judge the first piece, and
+    so does explain's conform_row."""
+    images = small_test.images[:300]
+    rows = np.concatenate([transposed(images[:64]), images[64:]])
+    write_kaggle_csv(tmp_path / "mixed.csv", rows)
+    monkeypatch.setattr(predict_module, "STREAM_ROWS", 64)
+    with caplog.at_level("WARNING"):
+        whole = predict_csv([tiny_run], tmp_path / "mixed.csv", tmp_path / "whole.csv")
+    assert "read as digits only transposed" in caplog.text
+    predict_stream([tiny_run], tmp_path / "mixed.csv", tmp_path / "streamed.csv")
+    assert (tmp_path / "streamed.csv").read_bytes() == (tmp_path / "whole.csv").read_bytes()
+    judge = Predictor.load([tiny_run]).orientation_judge
+    conformed = conform_rows(rows, PredictConfig(), "mixed.csv", judge)
+    np.testing.assert_array_equal(conformed[100], images[100].T)
+    row = predict_module.conform_row(rows, 100, PredictConfig(), "mixed.csv", judge)
+    np.testing.assert_array_equal(row, conformed[100])
+    np.testing.assert_array_equal(Predictor.load([tiny_run]).predict(conformed), whole)
+
+
 def test_a_file_of_faint_pixels_is_read_with_full_ink(
     tmp_path, tiny_run, small_test, caplog, monkeypatch
 ):

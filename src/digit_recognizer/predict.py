@@ -72,7 +72,7 @@ STREAM_ROWS = 8192  # rows read per step when streaming (6.4 MB of images), batc
 # cannot see: a transposed digit is as well centred. The model can. The default model's mean top
 # probability on replica test rows was 0.91 as given and 0.53 transposed (accuracy 100 % and
 # 16 %), on the UCI digits 0.83 and 0.49, and 0.18 or more apart on any 16 of those.
-ORIENTATION_SAMPLE = 256  # rows, spread through the file
+ORIENTATION_SAMPLE = 256  # rows, spread through its first piece (PieceConformer)
 MIN_ORIENTATION_ROWS = 16
 ORIENTATION_MARGIN = 0.1
 
@@ -241,12 +241,59 @@ def conform_rows(
     """``images`` conformed to MNIST's layout if ``config.conform``, and transposed where the
     model (``predict_proba``, for a file's rows: it costs two passes over up to
     ORIENTATION_SAMPLE of them) reads them as digits only so; says what changed, and that
-    ``as_is`` (the caller's switch: a flag, the server's query) would have left them."""
-    images, n_faint, n_redone = _conformed(images, config.conform)
-    judge = predict_proba if config.conform else None
-    is_transposed = bool(judge and reads_transposed(orientation_evidence(images, judge)))
-    warn_conformed(source, len(images), n_faint, n_redone, is_transposed, as_is)
-    return transposed(images) if is_transposed else images
+    ``as_is`` (the caller's switch: a flag, the server's query) would have left them. In
+    pieces of STREAM_ROWS, judged as ``PieceConformer`` judges a streamed file: alike."""
+    conformer = PieceConformer(config, predict_proba)
+    starts = range(0, len(images), STREAM_ROWS)
+    pieces = [conformer(images[start : start + STREAM_ROWS]) for start in starts]
+    conformer.warn(source, as_is)
+    return np.concatenate(pieces) if pieces else images
+
+
+class PieceConformer:
+    """``conform_rows`` for a file's rows in pieces of up to STREAM_ROWS, in order (under
+    torchrun, each process its share's): the file's ink votes and orientation are judged on
+    the first piece, every process's added up, and apply to every piece; a file read whole,
+    streamed or shared by processes is conformed alike. Counts what it changed."""
+
+    def __init__(
+        self,
+        config: PredictConfig,
+        predict_proba: Callable[[NDArray[np.uint8]], NDArray[np.float32]] | None = None,
+        device: torch.device | None = None,
+    ) -> None:
+        self.conform = config.conform
+        self.judge = predict_proba if config.conform else None
+        self.device = device  # where torchrun's collectives add up the processes' judgements
+        self.votes: NDArray[np.float32] | None = None
+        self.is_transposed: bool | None = None
+        self.n_rows = self.n_faint = self.n_redone = 0
+
+    def __call__(self, images: NDArray[np.uint8]) -> NDArray[np.uint8]:
+        """The next piece's images, conformed (N, 28, 28)."""
+        votes = self._files_votes if self.votes is None else self.votes
+        images, n_faint, n_redone = _conformed(images, self.conform, votes)
+        self.n_rows += len(images)
+        self.n_faint += n_faint
+        self.n_redone += n_redone
+        if self.is_transposed is None:
+            self.is_transposed = self.judge is not None and reads_transposed(
+                self._summed(orientation_evidence(images, self.judge))
+            )
+        return transposed(images) if self.is_transposed else images
+
+    def warn(self, source: str | Path, as_is: str = "--as-is") -> None:
+        """``warn_conformed`` of the pieces conformed so far."""
+        warn_conformed(source, self.n_rows, self.n_faint, self.n_redone,
+                       bool(self.is_transposed), as_is)  # fmt: skip
+
+    def _files_votes(self, first_pieces_votes: NDArray[np.float32]) -> NDArray[np.float32]:
+        # The ink's side of the file's rows, for those whose edges leave it in doubt.
+        self.votes = self._summed(first_pieces_votes)
+        return self.votes
+
+    def _summed(self, counts: NDArray[np.float32]) -> NDArray[np.float32]:
+        return all_reduce(torch.as_tensor(counts, device=self.device)).cpu().numpy()
 
 
 def conform_row(
@@ -257,17 +304,17 @@ def conform_row(
     predict_proba: Callable[[NDArray[np.uint8]], NDArray[np.float32]] | None = None,
 ) -> NDArray[np.uint8]:
     """Row ``index`` of a file's ``images`` as ``conform_rows`` makes it, without redoing every
-    row (minutes for a large file off MNIST's layout): the file's ink votes come from up to
-    STREAM_ROWS rows spread through it, as predict_stream takes its first piece's (all of them
-    in a smaller file: the same row as conform_rows's), its orientation from the rows
-    orientation_evidence samples. Warns of what changed in that row."""
+    row (minutes for a large file off MNIST's layout): the file's ink votes and orientation are
+    judged on its first STREAM_ROWS rows, as ``PieceConformer`` judges them, its orientation on
+    the rows of them that orientation_evidence samples. Warns of what changed in that row."""
+    first_piece = images[:STREAM_ROWS]
     votes = None  # read only where the row is conformed
     if config.conform:
-        votes = ink_votes(faint_to_full_ink(images[spread_rows(len(images), STREAM_ROWS)])[0])
+        votes = ink_votes(faint_to_full_ink(first_piece)[0])
     row, n_faint, n_redone = _conformed(images[index : index + 1], config.conform, votes)
     is_transposed = False
     if config.conform and predict_proba:
-        sample = images[spread_rows(len(images), ORIENTATION_SAMPLE)]
+        sample = first_piece[spread_rows(len(first_piece), ORIENTATION_SAMPLE)]
         evidence = orientation_evidence(_conformed(sample, True, votes)[0], predict_proba)
         is_transposed = reads_transposed(evidence)
     warn_conformed(f"{source}, row {index}", 1, n_faint, n_redone, is_transposed)
@@ -387,27 +434,9 @@ def predict_stream(
     predictor = Predictor.load(run_dirs, config, device)
     stream = ShardStream(source, STREAM_ROWS, shuffle=False, rank=dist_env.rank,
                          world_size=dist_env.world_size)  # fmt: skip
-    chunks, n_faint, n_redone, is_transposed, votes = [], 0, 0, None, None
-
-    def files_votes(first_pieces_votes: NDArray[np.float32]) -> NDArray[np.float32]:
-        # The ink's side of the file's rows, for those whose edges leave it in doubt: voted
-        # on each process's first piece, counted by all of them together.
-        nonlocal votes
-        votes = all_reduce(torch.as_tensor(first_pieces_votes, device=device)).cpu().numpy()
-        return votes
-
-    for piece, _ in stream:
-        file_votes = files_votes if votes is None else votes
-        images, faint, redone = _conformed(piece.numpy(), config.conform, file_votes)
-        n_faint, n_redone = n_faint + faint, n_redone + redone
-        if config.conform and is_transposed is None and predictor.orientation_judge:
-            # Judged on each process's first piece, decided by all of them together.
-            evidence = orientation_evidence(images, predictor.orientation_judge)
-            evidence = all_reduce(torch.as_tensor(evidence, device=device)).cpu().numpy()
-            is_transposed = reads_transposed(evidence)
-        if is_transposed:
-            images = transposed(images)
-        chunks.append(predictor.predict(images).astype(np.uint8))
+    conformer = PieceConformer(config, predictor.orientation_judge, device)
+    chunks = [predictor.predict(conformer(piece.numpy())).astype(np.uint8) for piece, _ in stream]
+    n_faint, n_redone = conformer.n_faint, conformer.n_redone
     labels = np.concatenate(chunks)
     if dist.is_initialized():
         shares = [None] * dist_env.world_size if dist_env.is_main_process else None
@@ -419,7 +448,7 @@ def predict_stream(
     if dist_env.is_main_process:
         warn_labelled(source, stream.manifest.has_labels)
         # Once, for all pieces and processes.
-        warn_conformed(source, len(labels), n_faint, n_redone, bool(is_transposed))
+        warn_conformed(source, len(labels), n_faint, n_redone, bool(conformer.is_transposed))
         write_submission(out, labels)
     return stream.manifest.n_rows
 
