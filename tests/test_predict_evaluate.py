@@ -43,6 +43,7 @@ from digit_recognizer.predict import (
     orientation_evidence,
     predict_csv,
     predict_distributed,
+    predict_source,
     predict_stream,
     reads_transposed,
     transposed,
@@ -445,6 +446,32 @@ def test_evaluate_run_writes_its_files(tmp_path, tiny_run, small_csvs, caplog):
     assert f"{labelled} is the file {run_dir} trained on" in caplog.text
     (run_dir / "metrics.json").write_text("[1, 2]")  # damaged: no warning, and no stop either
     assert evaluate_run([run_dir], labelled, tmp_path).accuracy == metrics.accuracy
+
+
+def test_a_csv_past_stream_file_bytes_streams_in_predict_and_evaluate(
+    tmp_path, tiny_run, small_csvs, small_test, monkeypatch
+):
+    """`digits predict` and `evaluate` had read any one CSV whole: 3.0 GB of memory for a
+    562 MB file of 308,000 rows. Past STREAM_FILE_BYTES it streams, as shards do, never read
+    whole, with the same submission and the same scores."""
+    labelled = tmp_path / "labelled.csv"
+    write_kaggle_csv(labelled, small_test.images, small_test.labels)
+    predict_csv([tiny_run], small_csvs["test"], tmp_path / "whole.csv")
+    read_whole = evaluate_run([tiny_run], labelled, tmp_path / "whole")
+    assert small_csvs["test"].stat().st_size > 1_000_000
+    monkeypatch.setattr(predict_module, "STREAM_FILE_BYTES", 1_000_000)
+    monkeypatch.setattr(predict_module, "STREAM_ROWS", 512)  # two pieces, of whole batches
+
+    def refused(source):
+        raise AssertionError(f"{source} was read whole")
+
+    monkeypatch.setattr(predict_module, "read_data_source", refused)
+    assert predict_source([tiny_run], small_csvs["test"], tmp_path / "streamed.csv") == 1000
+    assert (tmp_path / "streamed.csv").read_bytes() == (tmp_path / "whole.csv").read_bytes()
+    assert evaluate_run([tiny_run], labelled, tmp_path / "streamed") == read_whole
+    solved = evaluate_run([tiny_run], small_csvs["test"], tmp_path / "solved", None,
+                          small_csvs["solution"])  # fmt: skip
+    assert solved == read_whole
 
 
 def test_an_evaluation_that_cannot_write_all_its_files_leaves_the_earlier_ones_as_they_were(

@@ -21,8 +21,8 @@ from numpy.typing import ArrayLike, NDArray
 from sklearn import metrics as skm
 
 from digit_recognizer.data.images import check_labels
-from digit_recognizer.data.kaggle_csv import DigitSet, read_submission
-from digit_recognizer.data.shards import read_data_source, require_labels
+from digit_recognizer.data.kaggle_csv import read_submission
+from digit_recognizer.data.shards import require_labels
 from digit_recognizer.errors import DataError, ModelFileError, OutputError
 from digit_recognizer.fileio import (
     atomic_path,
@@ -32,7 +32,13 @@ from digit_recognizer.fileio import (
     write_together,
 )
 from digit_recognizer.models.storage import expand_ensembles
-from digit_recognizer.predict import PredictConfig, Predictor, check_data_source, conform_rows
+from digit_recognizer.predict import (
+    PieceConformer,
+    PredictConfig,
+    Predictor,
+    check_data_source,
+    read_in_pieces,
+)
 
 log = logging.getLogger(__name__)
 
@@ -192,26 +198,34 @@ def evaluate_run(
 ) -> Metrics:
     """Predict ``labelled_csv`` with the run(s); write the scores, per-class CSV and confusion
     matrix (EVAL_FILES) to ``out_dir``. With ``solution_csv`` (ImageId,Label, as a replica's
-    solution.csv) the rows are unlabelled and take their labels from it, in ImageId order."""
+    solution.csv) the rows are unlabelled and take their labels from it, in ImageId order.
+    Rows are read as `digits predict` reads them: a CSV larger than STREAM_FILE_BYTES, shards
+    and globs streamed (``read_in_pieces``)."""
     labelled_csv, out_dir = Path(labelled_csv), Path(out_dir)
     check_data_source(labelled_csv)  # first: arguments swapped are said as such
     # Before the predictions, which an --out that cannot take the files would lose.
     scores, per_class, confusion = (check_can_write(out_dir / name) for name in EVAL_FILES)
     warn_if_trained_on(run_dirs, labelled_csv)
-    data = read_data_source(labelled_csv)
+    n_rows, has_labels, pieces = read_in_pieces(labelled_csv)
+    solution_labels = None
     if solution_csv is None:
         solution = ", or their labels with --solution (ImageId,Label: a replica's solution.csv)"
-        require_labels(data.labels is not None, labelled_csv, solution)
-    elif data.labels is not None:
+        require_labels(has_labels, labelled_csv, solution)
+    elif has_labels:
         raise DataError(f"{labelled_csv}: has a label column of its own; give it without "
                         f"--solution, or its images alone with {solution_csv}")  # fmt: skip
     else:
-        data = DigitSet(data.images, read_submission(solution_csv, expected_rows=len(data)))
+        solution_labels = read_submission(solution_csv, expected_rows=n_rows)
     config = config or PredictConfig()
     predictor = Predictor.load(run_dirs, config)
-    images = conform_rows(data.images, config, labelled_csv, predictor.orientation_judge)
-    probas = predictor.predict_proba(images)
-    metrics = compute_metrics(data.labels, probas)
+    conformer = PieceConformer(config, predictor.orientation_judge)
+    probas, piece_labels = [], []
+    for piece in pieces:
+        probas.append(predictor.predict_proba(conformer(piece.images)))
+        piece_labels.append(piece.labels)
+    conformer.warn(labelled_csv)
+    labels = np.concatenate(piece_labels) if solution_labels is None else solution_labels
+    metrics = compute_metrics(labels, np.concatenate(probas))
     # Together: a full disk at the matrix had left a new eval_metrics.json beside older others.
     write_together([
         (scores, lambda file: file.write_text(metrics.to_json(), encoding="utf-8")),
