@@ -574,6 +574,23 @@ def test_a_shard_that_changed_after_its_manifest(tmp_path: Path, shard_dir: Path
         read_data_source(copy)
 
 
+def test_a_csv_that_changed_while_streamed_is_not_said_to_have_a_manifest(
+    tmp_path: Path, source
+) -> None:
+    """A CSV (now streamed by predict and evaluate past 64 MiB) scanned, then grown or cut
+    before it was read, as a download still arriving: the error had spoken of its manifest,
+    which it has none of, and told to rebuild shards."""
+    csv_path = tmp_path / "test.csv"
+    csv_path.write_bytes(source[0].read_bytes())
+    manifest = resolve_data_source(csv_path)
+    csv_path.write_bytes(b"\n".join(csv_path.read_bytes().split(b"\n")[:101]) + b"\n")
+    with pytest.raises(DataError) as error:
+        list(ShardStream(manifest, 64, shuffle=False, rank=0, world_size=1))
+    expected = (f"{csv_path}: had 1,003 rows when first read, 100 when read again: it changed "
+                "meanwhile; give it once it is complete")  # fmt: skip
+    assert str(error.value) == expected
+
+
 def test_rows_added_to_a_shard_in_a_later_piece_are_found_when_it_is_streamed(
     tmp_path: Path, shard_dir: Path, monkeypatch
 ) -> None:

@@ -87,6 +87,9 @@ class Shard:
     n_rows: int
     n_bytes: int
     sha256: str
+    # Counted by reading it (a CSV or a glob's), not listed by a manifest: how it was found,
+    # not what it is, so not compared.
+    is_scanned: bool = field(default=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -343,7 +346,7 @@ def _describe_csv(path: Path) -> tuple[Shard, bool]:
     for columns, _, piece in _line_pieces(path):
         n_rows += _count_lines(piece)
         has_labels = columns == LABELLED_COLUMNS
-    return Shard(path, n_rows, path.stat().st_size, sha256_file(path)), has_labels
+    return Shard(path, n_rows, path.stat().st_size, sha256_file(path), is_scanned=True), has_labels
 
 
 def _mixed_labels(path: Path, has_labels: bool) -> str:
@@ -352,11 +355,12 @@ def _mixed_labels(path: Path, has_labels: bool) -> str:
 
 
 def _changed(shard: Shard, n_found: int) -> str:
-    return (
-        f"{shard.path}: the manifest says {shard.n_rows:,} rows, the file has "
-        f"{'more' if n_found > shard.n_rows else f'{n_found:,}'}; it changed after the manifest "
-        "was written: rebuild the shards"
-    )
+    found = "more" if n_found > shard.n_rows else f"{n_found:,}"
+    if shard.is_scanned:  # no manifest to rebuild: a file still being written or copied
+        return (f"{shard.path}: had {shard.n_rows:,} rows when first read, {found} when read "
+                "again: it changed meanwhile; give it once it is complete")  # fmt: skip
+    return (f"{shard.path}: the manifest says {shard.n_rows:,} rows, the file has {found}; it "
+            "changed after the manifest was written: rebuild the shards")  # fmt: skip
 
 
 # --- reading in pieces --------------------------------------------------------------------------
