@@ -290,7 +290,8 @@ def test_a_rebuild_stopped_while_moving_its_shards_in_is_refused_until_run_again
 ) -> None:
     """Stopped after its first shard replaced the old one, a rebuild had left no manifest, and
     the error then suggested the glob 'DIR/*.csv', which read one new shard and two old ones
-    as one set of rows."""
+    as one set of rows. A CSV of the user's beside them is no shard, and is read (a large one,
+    which `digits predict` streams, had been refused)."""
     out_dir = tmp_path / "shards"
     shard_csv(source[0], out_dir, parts=3)
     other = tmp_path / "other.csv"
@@ -308,9 +309,12 @@ def test_a_rebuild_stopped_while_moving_its_shards_in_is_refused_until_run_again
         with pytest.raises(KeyboardInterrupt):
             shard_csv(other, out_dir, parts=3)
     said = f"{out_dir}: `digits data shard` was stopped while moving its shards in"
-    for half_replaced in (out_dir, f"{out_dir}/*.csv"):
+    (out_dir / "test.csv").write_bytes(other.read_bytes())  # no shard: its own rows
+    assert resolve_data_source(out_dir / "test.csv").n_rows == 600
+    for half_replaced in (out_dir, f"{out_dir}/*.csv", f"{out_dir}/part-*.csv"):
         with pytest.raises(DataError, match=said):
             read_data_source(half_replaced)
+    (out_dir / "test.csv").unlink()
     shard_csv(other, out_dir, parts=3)  # run again, it ends the swap
     assert row_ids(read_data_source(f"{out_dir}/*.csv").images) == list(range(600))
 

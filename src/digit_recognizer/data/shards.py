@@ -231,8 +231,12 @@ def _expansion_of(files: list[Path]) -> dict[str, Any]:
     for directory in {file.parent for file in files}:
         try:
             manifest = read_manifest(directory / MANIFEST_FILE)
-        except _HalfReplacedError:  # a glob of its files would mix two builds
-            raise
+        except _HalfReplacedError:
+            # A glob of its shards would mix two builds; a CSV of the user's beside them
+            # (a large one: predict streams it) is read as it is.
+            if any(file.parent == directory and SHARD_NAME.fullmatch(file.name) for file in files):
+                raise
+            continue
         except DataError:  # none there, or not ours
             continue
         names = {shard.path.name for shard in manifest.shards}
