@@ -420,3 +420,25 @@ def test_an_upload_cleared_while_its_strokes_png_is_made_leaves_the_pad_working(
     with page.expect_response("**/predict*", timeout=10_000):
         draw_stroke(page, [(0.5, 0.15), (0.5, 0.85)])
     page.wait_for_function("() => !busy && !again")
+
+
+def test_a_stroke_on_a_pad_inside_a_text_selection_is_drawn_whole(page: object) -> None:
+    """A stroke begun above the pad selects the page down through it; the next stroke's press
+    then started dragging that selection, which cancelled the pointer after its first move."""
+    page.click("#clear")
+    box = page.locator("#pad").bounding_box()
+    x = box["x"] + box["width"] / 2
+    page.mouse.move(x, box["y"] - 50)  # on the header's text
+    page.mouse.down()
+    page.mouse.move(x, box["y"] + box["height"] + 200, steps=10)
+    page.mouse.up()
+    page.wait_for_function("() => !busy && !again")
+    page.focus("#clear")
+    assert page.evaluate("window.getSelection().containsNode(pad, true)")
+    draw_stroke(page, [(0.5, 0.15), (0.5, 0.85)])
+    assert page.evaluate("strokes.length") == 1
+    assert page.evaluate("strokes[0].at(-1)[1]") == pytest.approx(0.85 * 280)
+    # The press still takes the focus off a button clicked before, which Space would press.
+    assert page.evaluate("document.activeElement === document.body")
+    page.evaluate("window.getSelection().removeAllRanges()")
+    page.wait_for_function("() => !busy && !again")

@@ -122,6 +122,11 @@ pad.addEventListener("pointermove", (event) => {
   redraw();
   requestPrediction();
 });
+// A press on a pad inside a text selection (a stroke begun above the box selects the page down
+// through it) would drag the selection, cancelling the pointer: every stroke ended after its first
+// move. Not the whole press's default: that would keep the focus on a button clicked before, which
+// Space or Enter would then press.
+pad.addEventListener("dragstart", (event) => event.preventDefault());
 for (const type of ["pointerup", "pointercancel"]) {
   pad.addEventListener(type, (event) => {
     if (event.pointerId !== pen) return;
