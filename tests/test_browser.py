@@ -442,3 +442,36 @@ def test_a_stroke_on_a_pad_inside_a_text_selection_is_drawn_whole(page: object) 
     assert page.evaluate("document.activeElement === document.body")
     page.evaluate("window.getSelection().removeAllRanges()")
     page.wait_for_function("() => !busy && !again")
+
+
+HOLD_DECODING = """() => { window.decode = window.createImageBitmap;
+  window.createImageBitmap = (file) => new Promise((resolve, reject) => {
+    window.finishDecoding = () => decode(file).then(resolve, reject); }); }"""
+
+
+def test_an_upload_cleared_while_it_decodes_stays_cleared(page: object, tmp_path: Path) -> None:
+    """A photo takes a while to decode: Clear pressed meanwhile had the upload come back once
+    decoded, and sent, as if chosen after the Clear."""
+    path = tmp_path / "one.png"
+    drawing().save(path)
+    page.click("#clear")
+    page.wait_for_function("() => !busy && !again")
+    sent = []
+
+    def note(request: object) -> None:
+        if "/predict" in request.url:
+            sent.append(request.url)
+
+    page.on("request", note)
+    page.evaluate(HOLD_DECODING)
+    try:
+        page.set_input_files("#file", str(path))
+        page.wait_for_function("() => window.finishDecoding !== undefined")
+        page.click("#clear")
+        page.evaluate("finishDecoding()")
+        page.wait_for_timeout(300)
+        assert page.evaluate("uploadedFile") is None and sent == []
+        sync_api.expect(page.locator("#label")).to_have_text("?")
+    finally:
+        page.evaluate("() => { window.createImageBitmap = decode; delete window.finishDecoding; }")
+        page.remove_listener("request", note)

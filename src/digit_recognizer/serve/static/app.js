@@ -160,10 +160,17 @@ document.getElementById("file").addEventListener("change", async (event) => {
   event.target.value = "";
   strokes.length = 0;
   forgetUpload();
+  redraw();
+  const chosenAt = version;
+  let image = null;
   try {
-    uploaded = await createImageBitmap(file);
-    paper = paperColour(uploaded);
-  } catch { uploaded = null; } // not shown here (TIFF); the server reads it, or says why not
+    image = await createImageBitmap(file);
+  } catch {} // not shown here (TIFF); the server reads it, or says why not
+  // Decoding a photo takes a while: a pad cleared, drawn on or given another upload meanwhile
+  // is the one the user wants (a big upload had come back after Clear, and been sent).
+  if (version !== chosenAt) return;
+  uploaded = image;
+  if (image) paper = paperColour(image);
   uploadedFile = file;
   redraw();
   again = false; // a drawing's queued request: the drawing is gone
