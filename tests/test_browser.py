@@ -475,3 +475,25 @@ def test_an_upload_cleared_while_it_decodes_stays_cleared(page: object, tmp_path
     finally:
         page.evaluate("() => { window.createImageBitmap = decode; delete window.finishDecoding; }")
         page.remove_listener("request", note)
+
+
+DROP = """async (bytes) => {
+  const files = new DataTransfer();
+  files.items.add(new File([new Uint8Array(bytes)], "dropped.png", { type: "image/png" }));
+  const options = { dataTransfer: files, bubbles: true, cancelable: true };
+  const over = new DragEvent("dragover", options);
+  pad.dispatchEvent(over);
+  pad.dispatchEvent(new DragEvent("drop", options));
+  return over.defaultPrevented; }"""
+
+
+def test_an_image_dropped_on_the_page_is_uploaded(page: object, tmp_path: Path) -> None:
+    """Left to the browser, a dropped file replaced the page, losing the drawing."""
+    path = tmp_path / "one.png"
+    drawing().save(path)
+    page.click("#clear")
+    page.wait_for_function("() => !busy && !again")
+    with page.expect_response("**/predict*"):
+        assert page.evaluate(DROP, list(path.read_bytes()))  # the browser's own drop is off
+    sync_api.expect(page.locator("#label")).to_have_text(re.compile(r"^[0-9]$"), timeout=15_000)
+    assert page.evaluate("uploadedFile.name") == "dropped.png"

@@ -154,10 +154,25 @@ document.getElementById("clear").addEventListener("click", () => {
   redraw();
   requestPrediction();
 });
-document.getElementById("file").addEventListener("change", async (event) => {
+document.getElementById("file").addEventListener("change", (event) => {
   const file = event.target.files[0];
   if (!file) return;
   event.target.value = "";
+  upload(file);
+});
+// A file dropped anywhere on the page is uploaded: left to the browser, it replaced the page with
+// the file, and the drawing was lost.
+document.addEventListener("dragover", (event) => {
+  if (event.dataTransfer.types.includes("Files")) event.preventDefault();
+});
+document.addEventListener("drop", (event) => {
+  const file = event.dataTransfer.files[0];
+  if (!file) return;
+  event.preventDefault();
+  upload(file);
+});
+
+async function upload(file) {
   strokes.length = 0;
   forgetUpload();
   redraw();
@@ -175,7 +190,7 @@ document.getElementById("file").addEventListener("change", async (event) => {
   redraw();
   again = false; // a drawing's queued request: the drawing is gone
   sendUpload();
-});
+}
 
 function sendUpload() {
   send(uploadedFile, uploadedFile.type || "application/octet-stream", uploadedFile.name, true,
