@@ -477,6 +477,20 @@ def test_invalid_json(client: TestClient) -> None:
     assert response.json()["detail"] == detail
 
 
+def test_json_saved_with_a_byte_order_mark_is_read(client: TestClient, digits) -> None:
+    """Windows PowerShell 5's `Out-File -Encoding utf8` starts its files with a UTF-8 BOM, which
+    CSV uploads skip; JSON had got 400, 'not valid JSON ... at line 1 column 1'."""
+    for body in (pixels_body(digits[0]), [pixels_body(digits[0])] * 2):
+        plain = client.post("/predict", json=body).json()
+        response = client.post(
+            "/predict",
+            content=b"\xef\xbb\xbf" + json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        assert response.status_code == 200, response.text
+        assert response.json().keys() == plain.keys()  # a batch is still read as one
+
+
 NOT_IMAGE = "not an image file of a kind read here (PNG, JPEG, GIF, BMP, TIFF, WebP, PBM/PGM/PPM)"
 
 

@@ -7,6 +7,7 @@ Every route reads the model that ``lifespan`` put on ``app.state``; bad input ge
 from __future__ import annotations
 
 import asyncio
+import codecs
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -411,6 +412,9 @@ async def _read_digits(
 
 
 def _parse_json(body: bytes, max_batch: int) -> tuple[NDArray[np.uint8], bool]:
+    # RFC 8259 lets a parser ignore a BOM, which Windows PowerShell 5 writes into UTF-8 files
+    # (CSV uploads skip it too); pydantic calls it invalid JSON at line 1 column 1.
+    body = body.removeprefix(codecs.BOM_UTF8)
     is_batch = body.lstrip()[:1] == b"["
     try:
         parsed = (_BATCH if is_batch else _SINGLE).validate_json(body)
