@@ -604,6 +604,18 @@ def test_bad_csv_uploads(client: TestClient, small_test: DigitSet, tmp_path: Pat
     assert image.status_code == 415
 
 
+def test_a_csv_posted_with_a_trailing_slash_gets_the_csv_limit(client: TestClient) -> None:
+    """/predict/csv/ is redirected to /predict/csv; a file over max_body_bytes had got 413
+    naming that limit instead, though within max_csv_bytes."""
+    body = b"pixel0\n" + b"0\n" * 60_000  # 120 kB: over max_body_bytes, within max_csv_bytes
+    plain, slashed = (
+        client.post(path, content=body, headers={"Content-Type": "text/csv"})
+        for path in ("/predict/csv", "/predict/csv/")
+    )
+    assert plain.status_code == 422  # read: a header of one column
+    assert (slashed.status_code, slashed.json()) == (plain.status_code, plain.json())
+
+
 def test_server_keeps_serving_after_bad_input(client: TestClient, digits) -> None:
     client.post("/predict", content=b"\x00" * 50, headers={"Content-Type": "image/jpeg"})
     assert client.get("/health").status_code == 200

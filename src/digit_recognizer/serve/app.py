@@ -219,7 +219,8 @@ class BodySizeLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        is_csv = scope["path"] == CSV_PATH
+        # /predict/csv/ too, which the router redirects there
+        is_csv = scope["path"].rstrip("/") == CSV_PATH
         limit = self.max_csv_bytes if is_csv else self.max_body_bytes
         limit_name = "max_csv_bytes" if is_csv else "max_body_bytes"
         declared = dict(scope["headers"]).get(b"content-length", b"0")
