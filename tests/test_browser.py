@@ -131,7 +131,7 @@ def test_uploading_an_image(page: object, tmp_path: Path) -> None:
     page.click("#clear")
     page.set_input_files("#file", str(path))
     sync_api.expect(page.locator("#label")).to_have_text(re.compile(r"^[0-9]$"), timeout=15_000)
-    sync_api.expect(page.locator("#cam-caption")).to_have_text("Grad-CAM: where it looked")
+    sync_api.expect(page.locator("#cam-caption")).to_have_text("Heat map: where it looked")
 
 
 def test_strokes_over_an_upload_keep_its_paper(page: object, tmp_path: Path) -> None:

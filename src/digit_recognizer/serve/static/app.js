@@ -283,10 +283,10 @@ function showAnswer(answer, roundTripMs, announce, isUpload) {
   const caption = document.getElementById("cam-caption");
   if (answer.grad_cam) {
     paintCam(document.getElementById("cam"), answer.image, answer.grad_cam);
-    caption.textContent = "Grad-CAM: where it looked";
+    caption.textContent = "Heat map: where it looked";
   } else {
     clearCanvas(document.getElementById("cam"));
-    caption.textContent = answer.grad_cam_error || "Grad-CAM unavailable";
+    caption.textContent = answer.grad_cam_error || "Heat map unavailable";
   }
   let timing = `answered in ${roundTripMs.toFixed(0)} ms (${answer.latency_ms.toFixed(1)} ms ` +
     "of it on the server)";
@@ -302,7 +302,7 @@ function showEmpty() {
   document.getElementById("top3").innerHTML = "";
   clearCanvas(document.getElementById("seen"));
   clearCanvas(document.getElementById("cam"));
-  document.getElementById("cam-caption").textContent = "Grad-CAM: where it looked";
+  document.getElementById("cam-caption").textContent = "Heat map: where it looked";
   document.getElementById("spoken").textContent = ""; // the next answer is read, even if alike
   setStatus("");
 }
