@@ -104,6 +104,9 @@ def test_wrong_type_says_expected_and_got(tmp_path):
     toml.write_text("epochs = true\n")  # a bool is an int to Python, not to a recipe
     with pytest.raises(ConfigError, match=r"'epochs' must be int, got True"):
         load_config(TrainConfig, toml)
+    toml.write_text('lr = "fast"\n')  # an optional setting's way to be off is named as written
+    with pytest.raises(ConfigError, match=r"'lr' must be float or 'none', got 'fast'$"):
+        load_config(TrainConfig, toml)
     toml.write_text("[train]\nepochs = 7\n")  # a table's keys count as the file's own
     assert load_config(TrainConfig, toml).epochs == 7
 

@@ -188,6 +188,8 @@ def _is_union(annotation: Any) -> bool:
 
 
 def _type_name(annotation: Any) -> str:
+    if annotation is type(None):  # as a file or a flag says it, not Python's NoneType
+        return repr(NONE)
     if typing.get_origin(annotation) is typing.Literal:
         return "one of " + ", ".join(repr(v) for v in typing.get_args(annotation))
     return getattr(annotation, "__name__", str(annotation))
