@@ -24,6 +24,7 @@ from typer.testing import CliRunner
 from digit_recognizer.cli import app, one_line, predict_config
 from digit_recognizer.data.kaggle_csv import write_kaggle_csv
 from digit_recognizer.data.replica import replica_files
+from digit_recognizer.errors import DigitsError
 from digit_recognizer.evaluate import compute_metrics
 from digit_recognizer.fileio import locked_dir
 from digit_recognizer.interrupts import interruption_behind
@@ -358,6 +359,11 @@ def test_user_errors_are_one_line_without_traceback(tmp_path, small_csvs):
     both = invoke("run", "--train", small_csvs["train"], "--test", small_csvs["test"],
                   "--replica-seed", "5")  # fmt: skip
     assert both.exit_code == 1 and "give one or the other" in both.output  # not silently ignored
+    no_csv = invoke("predict", small_csvs["test"])
+    assert no_csv.exit_code == 2 and "at least one run directory and then a CSV" in no_csv.output
+    # Nothing to continue: a new runs/<time>-<model> would have trained from scratch.
+    no_run = invoke("train", "--train", bad, "--resume", "--epochs", "1", "--time-budget", "1")
+    assert no_run.exit_code == 2 and "--resume needs --out RUN_DIR" in no_run.output
 
 
 def test_brackets_in_paths_and_cells_are_printed_as_they_are(tmp_path, small_csvs):
@@ -570,6 +576,17 @@ def test_os_errors_name_both_paths_or_at_least_their_kind():
     rename = OSError(18, "Invalid cross-device link", "/a", None, "/b")
     assert one_line(rename) == "/a -> /b: Invalid cross-device link"
     assert one_line(TimeoutError()) == "TimeoutError"
+
+
+def test_an_error_names_its_rank_only_among_several(monkeypatch):
+    """Under torchrun two ranks may fail on one line; a process alone has no rank to name."""
+    error = DigitsError("train.csv, line 3: bad")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert one_line(error) == "train.csv, line 3: bad"
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert one_line(error) == "rank 1: train.csv, line 3: bad"
 
 
 def test_evaluate_takes_solution_and_config_on_the_command_line(tmp_path, tiny_run, small_csvs):

@@ -16,9 +16,11 @@ from digit_recognizer.fileio import sha256_file
 
 
 def test_leaderboard_has_one_row_per_model_and_the_documented_columns(tmp_path, small_csvs):
-    compare(small_csvs["train"], ["knn", "logreg"], tmp_path, valid_size=0.2)
+    board = compare(small_csvs["train"], ["knn", "logreg"], tmp_path, valid_size=0.2)
     with open(tmp_path / "leaderboard.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
+    for row, scored in zip(rows, board.rows, strict=True):  # as scored, not rounded to 3 digits
+        assert float(row["accuracy"]) == pytest.approx(scored["accuracy"], abs=1e-6)
     assert list(rows[0]) == ["model", "accuracy", "macro_f1", "fit_seconds", "predict_seconds",
                              "parameters"]  # fmt: skip
     assert sorted(row["model"] for row in rows) == ["knn", "logreg"]
@@ -66,6 +68,8 @@ def test_bad_requests_fail_before_training(tmp_path, small_csvs):
         with pytest.raises(ConfigError, match=f"--valid-size holds out part of --train, and "
                                               f"{flag} scores instead: give one"):  # fmt: skip
             compare(small_csvs["train"], ["knn"], tmp_path, valid_size=0.3, **held_out)
+    with pytest.raises(ConfigError, match=r"--valid-size must be in \(0, 1\), got 0"):
+        compare(small_csvs["train"], ["knn"], tmp_path, valid_size=0)  # nothing left to score
     with pytest.raises(ConfigError, match="--models names knn more than once"):
         compare(small_csvs["train"], ["knn", "logreg", "knn"], tmp_path)
     with pytest.raises(ConfigError, match=r"--seed must be from 0 to 2\*\*32 - 1"):
@@ -261,3 +265,15 @@ def test_nets_train_the_epochs_asked_and_classical_models_ignore_them(
     assert json.loads((tmp_path / "compare.json").read_text())["epochs"] == 1
     with pytest.raises(ConfigError, match="--epochs must be >= 1, got 0"):
         compare(small_csvs["train"], ["mlp"], tmp_path, epochs=0)
+
+
+def test_predict_seconds_leave_out_the_fitting(tmp_path, small_csvs, monkeypatch):
+    """The chart's and the leaderboard's cost columns: fit and predict each timed alone."""
+    from types import SimpleNamespace
+
+    from digit_recognizer import compare as compare_module
+
+    clock = iter([100.0, 110.0, 113.0])  # fitting starts, fitting ends, predicting ends
+    monkeypatch.setattr(compare_module, "time", SimpleNamespace(perf_counter=lambda: next(clock)))
+    (row,) = compare(small_csvs["train"], ["knn"], tmp_path).rows
+    assert (row["fit_seconds"], row["predict_seconds"]) == (10.0, 3.0)

@@ -107,6 +107,9 @@ def test_wrong_type_says_expected_and_got(tmp_path):
     toml.write_text('lr = "fast"\n')  # an optional setting's way to be off is named as written
     with pytest.raises(ConfigError, match=r"'lr' must be float or 'none', got 'fast'$"):
         load_config(TrainConfig, toml)
+    toml.write_text("augment = true\n")  # nor a float, which an int widens to
+    with pytest.raises(ConfigError, match=r"'augment' must be float, got True"):
+        load_config(TrainConfig, toml)
     toml.write_text("[train]\nepochs = 7\n")  # a table's keys count as the file's own
     assert load_config(TrainConfig, toml).epochs == 7
 
@@ -266,3 +269,10 @@ def test_configs_built_in_python_are_checked_as_files_are():
         PredictConfig(batch_size=0)
     with pytest.raises(ConfigError, match="PredictConfig: 'device' must be one of"):
         PredictConfig(device="cuda:0")
+
+
+def test_none_unsets_an_optional_setting_but_names_a_study_where_a_name_goes():
+    """'none' is TOML's stand-in for None (config_to_toml), but where a string is also allowed
+    it is that string: `digits tune --study-name none` names a study "none", not tune-MODEL."""
+    assert load_config(TrainConfig, overrides={"ema_decay": "none"}).ema_decay is None
+    assert load_config(TuneConfig, overrides={"study_name": "none"}).study_name == "none"

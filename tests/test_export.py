@@ -82,6 +82,17 @@ def test_dynamic_batch_axis(run_dir: Path, small_test: DigitSet) -> None:
         )
 
 
+def test_the_server_gets_the_threads_it_asks_for_and_an_empty_batch(tmp_path: Path) -> None:
+    """`digits serve --backend onnx` runs on ServeConfig's n_threads (1), not one per core;
+    a request of no images is answered with no rows."""
+    save_net(tmp_path, build("cnn-tiny").eval(), "cnn-tiny", {})
+    for n_threads in (1, 3):
+        predictor = OnnxPredictor.load(tmp_path, n_threads)
+        assert predictor.session.get_session_options().intra_op_num_threads == n_threads
+    probas = predictor.predict_proba(np.zeros((0, 28, 28), np.uint8))
+    assert probas.shape == (0, 10) and probas.dtype == np.float32
+
+
 def test_load_exports_when_missing_or_stale(run_dir: Path, tmp_path: Path) -> None:
     fresh = Path(shutil.copytree(run_dir, tmp_path / "run"))
     (fresh / ONNX_FILE).unlink()

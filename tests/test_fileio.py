@@ -54,6 +54,30 @@ def test_a_device_is_not_replaced_by_the_file_written_over_it(tmp_path: Path) ->
     assert Path("/dev/null").is_char_device()
 
 
+@pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="no /dev/shm")
+def test_a_file_in_dev_shm_is_written_as_any_other(tmp_path: Path) -> None:
+    """/dev/shm holds memory-backed files, not devices: refusing all of /dev had refused them."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(dir="/dev/shm") as folder:
+        write_text(Path(folder) / "submission.csv", "ImageId,Label\n")
+        assert (Path(folder) / "submission.csv").read_text() == "ImageId,Label\n"
+
+
+def test_a_source_is_recorded_by_its_absolute_path(tmp_path: Path, monkeypatch) -> None:
+    """metrics.json and compare.json name their data wherever they are read from, not relative
+    to the folder the command ran in."""
+    from digit_recognizer.fileio import sha256_file, source_record
+
+    monkeypatch.chdir(tmp_path)
+    Path("train.csv").write_text("label\n")
+    assert source_record("train", Path("train.csv")) == {
+        "train_csv": str(tmp_path.resolve() / "train.csv"),
+        "train_sha256": sha256_file(tmp_path / "train.csv"),
+    }
+    assert source_record("test", None) == {"test_csv": None, "test_sha256": None}
+
+
 def test_a_link_to_stdout_is_refused_and_a_link_to_a_file_stays_a_link(tmp_path: Path) -> None:
     """`--out /dev/stdout > file`: stdout is then a link to that file, and the rename had
     replaced the link (as root, /dev/stdout itself)."""

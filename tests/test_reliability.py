@@ -387,6 +387,7 @@ def test_load_checkpoint_raises_model_file_error(tmp_path: Path) -> None:
      ({"config": {}}, "config without seed"), ({"history": "abc"}, "history not a list"),
      ({"history": [1]}, "history not a list of rows"), ({"epoch": True}, "epoch True"),
      ({"lr_scale": -1.0}, "lr_scale -1.0"), ({"elapsed_s": -5.0}, "elapsed_s -5.0"),
+     ({"elapsed_s": float("inf")}, "elapsed_s inf"),
      ({"stopped_early": "no"}, "stopped_early not a bool"), ({"rows": 5}, "rows not a str"),
      ({"config": {"seed": 0}}, "config without valid_size, batch_size"),
      # Resumed, it had ended in a KeyError's traceback.

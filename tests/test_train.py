@@ -920,3 +920,23 @@ def test_a_checkpoint_from_before_validation_rows_were_recorded_resumes(tmp_path
     with pytest.raises(ConfigError, match="validation rows"):
         check_resume_matches(tmp_path, checkpoint | {"valid_rows": "other"}, config, "train",
                              "valid")  # fmt: skip
+
+
+def test_the_rows_fingerprint_covers_the_labels_too(small_train):
+    """A resume on the same images relabelled (a corrected train.csv) trains on other rows."""
+    images, labels = small_train.images[:50], small_train.labels[:50]
+    relabelled = labels.copy()
+    relabelled[0] = (relabelled[0] + 1) % 10
+    assert rows_fingerprint(DigitSet(images, labels)) == rows_fingerprint(DigitSet(images, labels))
+    assert rows_fingerprint(DigitSet(images, labels)) != rows_fingerprint(
+        DigitSet(images, relabelled)
+    )
+
+
+def test_a_resumes_changed_settings_are_named_without_its_resume():
+    """The --resume that continues a run is no setting of the run's."""
+    from digit_recognizer.checkpoint import changed_settings
+
+    recorded = asdict(TrainConfig(model="cnn-tiny"))
+    resumed = TrainConfig(model="cnn-tiny", resume=True, epochs=2)
+    assert changed_settings(recorded, resumed) == ["epochs 15 -> 2"]

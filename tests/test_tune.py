@@ -296,6 +296,10 @@ def test_net_trials_train_with_the_settings_they_suggest(tmp_path, small_csvs, m
         scale = trial.params["width_scale"]
         assert config.widths == tuple(round(width * scale) for width in (32, 64, 128))
         assert config.epochs == 1 and config.model == "cnn"
+    # Trials one epoch long are not ranked against trials two long: the study is refused.
+    with pytest.raises(ConfigError, match=r"run with epochs 1, not 2; give its settings"):
+        tune(TuneConfig(model="cnn", trials=1, epochs=2), small_csvs["train"], tmp_path)
+    assert len(trained) == 2
 
 
 def test_classical_trials_fit_their_params_and_score_on_the_validation_split(
@@ -517,6 +521,8 @@ def test_ctrl_c_in_the_first_trial_is_the_interruption_and_zero_trials_are_refus
         TuneConfig(model="knn", trials=0)
     with pytest.raises(ConfigError, match="epochs must be >= 1, got 0"):
         TuneConfig(model="cnn", epochs=0)
+    with pytest.raises(ConfigError, match=r"valid_size must be in \(0, 1\), got 0"):
+        TuneConfig(model="knn", valid_size=0)  # no rows would score a trial
 
 
 def test_results_another_study_wrote_meanwhile_are_not_replaced(tmp_path, small_csvs, monkeypatch):
