@@ -1,7 +1,9 @@
 import copy
+import errno
 import json
 import os
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,7 +11,7 @@ from torch import nn
 
 from digit_recognizer.data.augment import Augmentation, augment_batch
 from digit_recognizer.data.tensors import to_model_input
-from digit_recognizer.errors import ModelFileError, UnknownModelError
+from digit_recognizer.errors import ModelFileError, OutputError, UnknownModelError
 from digit_recognizer.models import available, build, get_spec, register
 from digit_recognizer.models.nets import Deskew
 from digit_recognizer.models.runtime import inference_net
@@ -150,6 +152,24 @@ def test_save_load_round_trip_gives_identical_outputs(tmp_path, name):
     x = torch.rand(4, 1, 28, 28)
     torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
     assert meta["model"] == name and meta["classes"] == list(range(10))
+
+
+def test_weights_and_model_json_are_replaced_together(tmp_path, monkeypatch):
+    """Written one after the other, a full disk at model.json had left a new net's weights
+    beside the older net's model.json, which they do not fit."""
+    save_net(tmp_path, build("mlp"), "mlp", {})
+    earlier = {path.name: path.read_bytes() for path in tmp_path.iterdir()}
+    write_text = Path.write_text
+
+    def full_at_model_json(path: Path, *args, **kwargs) -> int:
+        if path.name.startswith(".model.json."):  # its temporary file
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return write_text(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", full_at_model_json)
+    with pytest.raises(OutputError, match=r"model\.json: cannot be written: no space left"):
+        save_net(tmp_path, build("cnn-tiny"), "cnn-tiny", {})
+    assert {path.name: path.read_bytes() for path in tmp_path.iterdir()} == earlier
 
 
 def test_corrupt_model_files_name_the_file(tmp_path):

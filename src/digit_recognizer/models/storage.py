@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from digit_recognizer.errors import ModelFileError, UnknownModelError, first_line
-from digit_recognizer.fileio import atomic_path, write_text
+from digit_recognizer.fileio import write_text, write_together
 from digit_recognizer.models.nets import MNIST_MEAN, MNIST_STD
 from digit_recognizer.models.registry import build, get_spec
 from digit_recognizer.models.runtime import keeps_callers_random_state
@@ -36,10 +36,10 @@ PREPROCESSING = {
 def save_net(
     run_dir: Path, model: nn.Module, name: str, params: dict[str, Any], extra: dict | None = None
 ) -> None:
-    """Write weights and metadata atomically; ``params`` are the builder's keyword arguments."""
+    """Write weights and metadata atomically, and together (``write_together``): a kill or a
+    full disk between the two had left new weights beside an older ``model.json``, whose
+    architecture may not fit them. ``params`` are the builder's keyword arguments."""
     state = {key: value.detach().contiguous().cpu() for key, value in model.state_dict().items()}
-    with atomic_path(run_dir / WEIGHTS_FILE) as tmp:
-        save_file(state, str(tmp))
     meta = {
         "format_version": FORMAT_VERSION,
         "framework": "torch",
@@ -50,7 +50,11 @@ def save_net(
         "n_parameters": sum(p.numel() for p in model.parameters()),
         **(extra or {}),
     }
-    write_text(run_dir / META_FILE, json.dumps(meta, indent=2) + "\n")
+    text = json.dumps(meta, indent=2) + "\n"
+    write_together([
+        (run_dir / WEIGHTS_FILE, lambda file: save_file(state, str(file))),
+        (run_dir / META_FILE, lambda file: file.write_text(text, encoding="utf-8")),
+    ])  # fmt: skip
 
 
 def check_regular_file(path: Path) -> Path:
