@@ -258,12 +258,13 @@ def test_a_run_refused_in_a_folder_it_made_leaves_no_folder(tmp_path: Path) -> N
     assert [path.name for path in (tmp_path / "shared").iterdir()] == ["notes.txt"]
 
 
-def test_a_lock_taken_on_a_full_disk_names_the_lock_file_and_leaves_no_folder(
+def test_a_lock_taken_on_a_full_disk_names_the_folder_and_leaves_no_folder(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Writing the holder's pid was the first write of `digits train`, `run` and `data shard`:
     on a full disk it had ended in "error: No space left on device", naming no path, and had
-    left the run folder it made holding a lone .lock."""
+    left the run folder it made holding a lone .lock; then it named that .lock, which for
+    `data shard DIR` was DIR/.lock, a file nothing had tried to write."""
     import errno
 
     def no_room(fd: int, data: bytes) -> int:
@@ -271,7 +272,7 @@ def test_a_lock_taken_on_a_full_disk_names_the_lock_file_and_leaves_no_folder(
 
     monkeypatch.setattr(os, "write", no_room)
     run = tmp_path / "new" / "run"
-    said = f"{run / '.lock'}: cannot be written: no space left on the device"
+    said = f"{run}: cannot be written: no space left on the device"
     with pytest.raises(OutputError, match=f"^{re.escape(said)}"), locked_dir(run):
         pytest.fail("the lock was taken with no room to name its holder")
     assert list(tmp_path.iterdir()) == []

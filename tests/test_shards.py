@@ -267,6 +267,22 @@ def test_a_first_build_on_a_full_disk_names_its_directory_and_leaves_none_behind
         assert list(tmp_path.iterdir()) == []
 
 
+def test_a_build_on_a_disk_full_from_the_start_names_its_directory(
+    tmp_path: Path, source, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hidden build folder's lock, its first write, had been told as DIR/.lock, a file
+    nothing had tried to write."""
+
+    def no_room(fd: int, data: bytes) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", no_room)
+    out_dir = tmp_path / "shards"
+    with pytest.raises(OutputError) as failed:
+        shard_csv(source[0], out_dir, parts=2)
+    assert str(failed.value).startswith(f"{out_dir}: cannot be written: no space left on the")
+
+
 def test_a_build_going_on_is_not_taken_for_a_killed_ones(
     tmp_path: Path, source, monkeypatch: pytest.MonkeyPatch
 ) -> None:

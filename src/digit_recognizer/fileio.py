@@ -278,12 +278,14 @@ def _lock_or_refuse(folder: Path, handle: IO[str], elsewhere: str = "another --o
 
 def _write_holder(folder: Path, handle: IO[str]) -> None:
     """This process's pid in the lock file, for a refused second command to name. Written
-    unbuffered: a full disk fails here, naming the file, rather than again as it closes."""
+    unbuffered: a full disk fails here, naming the folder, rather than again as it closes."""
     try:
         os.ftruncate(handle.fileno(), 0)
         os.write(handle.fileno(), f"process {os.getpid()}\n".encode())
     except OSError as error:  # a full disk had been "error: No space left on device", no path
-        raise _write_failure(error, folder / LOCK_FILE) or error from None
+        # The folder, which the user gave: its .lock is ours, and `data shard`'s was that of
+        # a hidden build folder, told as DIR/.lock, a file no command had tried to write.
+        raise _write_failure(error, folder) or error from None
 
 
 @contextmanager
