@@ -586,6 +586,18 @@ def test_a_full_disk_is_told_in_one_short_line_naming_the_database(tmp_path, mon
     assert str(refused.value) == said
 
 
+def test_a_database_that_is_a_folder_is_refused_leaving_no_lock_beside_it(tmp_path):
+    """SQLite's "unable to open database file" had named no folder, and left folder.lock."""
+    folder = tmp_path / "studies"
+    folder.mkdir()
+    where = f"--storage sqlite:///{folder}"
+    with pytest.raises(ConfigError) as refused:
+        tune_module.open_study(f"sqlite:///{folder}", "tune-knn", where)
+    said = f"{where}: a folder, where the study's SQLite database file belongs; move it, or"
+    assert str(refused.value).startswith(said)
+    assert [path.name for path in tmp_path.iterdir()] == ["studies"]
+
+
 def test_the_best_settings_and_their_config_are_written_together(tmp_path, monkeypatch):
     """Written one after another, a full disk at best_config.toml had left the new best's
     best_params.json beside an older best's config, which `digits train --config` reads."""

@@ -289,7 +289,7 @@ def open_study(storage: str, study_name: str, where: str) -> tuple[optuna.Study,
         attempt = 1
         while True:
             try:
-                with _creation_lock(storage):
+                with _creation_lock(storage, where):
                     return create()
             except (IntegrityError, OperationalError) as error:
                 lost_race = isinstance(error, IntegrityError) or "already exists" in str(error)
@@ -391,10 +391,15 @@ def sqlite_file(url: URL) -> Path | None:
 
 
 @contextmanager
-def _creation_lock(storage: str) -> Iterator[None]:
+def _creation_lock(storage: str, where: str) -> Iterator[None]:
     """Held while a study is opened: a lock file beside a SQLite database (``study.db.lock``),
-    nothing for other storages."""
+    nothing for other storages. ``ConfigError`` naming ``where`` for a database that is a
+    folder: SQLite's own "unable to open database file" had come after the lock file was
+    made, and left it beside the folder."""
     database = sqlite_file(make_url(storage))
+    if database is not None and database.is_dir():
+        raise ConfigError(f"{where}: a folder, where the study's SQLite database file belongs; "
+                          "move it, or name a file")  # fmt: skip
     if database is None or not database.parent.is_dir():
         yield
         return
