@@ -586,6 +586,25 @@ def test_a_full_disk_is_told_in_one_short_line_naming_the_database(tmp_path, mon
     assert str(refused.value) == said
 
 
+def test_a_first_call_on_a_full_disk_leaves_no_database_nor_out_behind(
+    tmp_path, small_csvs, monkeypatch
+):
+    """The database file, tables half made, had stayed in the --out made for it, with its
+    lock file; a database that was there stays."""
+    full = sqlalchemy.exc.OperationalError(
+        "INSERT INTO studies", {}, sqlite3.OperationalError("database or disk is full")
+    )
+    monkeypatch.setattr(tune_module.optuna, "create_study", Mock(side_effect=full))
+    with pytest.raises(ConfigError, match="cannot open the study's database"):
+        tune(TuneConfig(model="knn", trials=1), small_csvs["train"], tmp_path / "new" / "out")
+    assert list(tmp_path.iterdir()) == []
+    database = tmp_path / "study.db"
+    database.touch()
+    with pytest.raises(ConfigError, match="cannot open the study's database"):
+        tune_module.open_study(f"sqlite:///{database}", "tune-knn", str(database))
+    assert database.is_file()
+
+
 def test_a_database_that_is_a_folder_is_refused_leaving_no_lock_beside_it(tmp_path):
     """SQLite's "unable to open database file" had named no folder, and left folder.lock."""
     folder = tmp_path / "studies"

@@ -64,6 +64,8 @@ from digit_recognizer.fileio import (
     is_leftover_of,
     locked_dir,
     make_dir,
+    missing_dirs,
+    remove_empty_dirs,
     remove_leftovers,
     remove_unlocked_dirs,
     write_together,
@@ -180,9 +182,19 @@ def tune(config: TuneConfig, train_csv: Path, out_dir: Path) -> TuneResult:
     check_can_write(out_dir / BEST_PARAMS_FILE)
     data = read_labelled(train_csv, to_split=True)
     train_set, valid_set = split_for_training(data, config.valid_size, config.seed)
+    made = []
     if config.storage is None:
+        made = missing_dirs(out_dir)
         make_dir(out_dir)  # the study's database goes in it
-    study, is_new = open_study(storage, study_name, where)
+    try:
+        study, is_new = open_study(storage, study_name, where)
+    except ConfigError:
+        # The folder made for a database that could not be made (a full disk): gone with it.
+        if made:
+            with contextlib.suppress(OSError):
+                Path(f"{database}.lock").unlink()
+            remove_empty_dirs(made)
+        raise
     study.sampler = TrialSeededSampler(config.seed)
     is_net = get_spec(config.model).kind == "net"
     check_same_study(study, is_new, storage, config, rows_fingerprint(data), is_net)
@@ -292,8 +304,7 @@ def open_study(storage: str, study_name: str, where: str) -> tuple[optuna.Study,
                 with _creation_lock(storage, where):
                     return create()
             except (IntegrityError, OperationalError) as error:
-                lost_race = isinstance(error, IntegrityError) or "already exists" in str(error)
-                if not lost_race or attempt == CREATE_ATTEMPTS:
+                if not _lost_race(error) or attempt == CREATE_ATTEMPTS:
                     raise
             time.sleep(0.2 * attempt)
             attempt += 1
@@ -395,7 +406,10 @@ def _creation_lock(storage: str, where: str) -> Iterator[None]:
     """Held while a study is opened: a lock file beside a SQLite database (``study.db.lock``),
     nothing for other storages. ``ConfigError`` naming ``where`` for a database that is a
     folder: SQLite's own "unable to open database file" had come after the lock file was
-    made, and left it beside the folder."""
+    made, and left it beside the folder.
+
+    A database file that was not there when the lock was taken, and that the opening failed
+    to fill (a full disk), is removed: it had stayed, tables half made, after the error."""
     database = sqlite_file(make_url(storage))
     if database is not None and database.is_dir():
         raise ConfigError(f"{where}: a folder, where the study's SQLite database file belongs; "
@@ -405,7 +419,21 @@ def _creation_lock(storage: str, where: str) -> Iterator[None]:
         return
     with open(f"{database}.lock", "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)  # released when closed, or when the process dies
-        yield
+        is_made_here = not database.exists()
+        try:
+            yield
+        except BaseException as error:
+            # Not one another worker, taking no lock (an older version), has just made.
+            if is_made_here and not _lost_race(error):
+                database.unlink(missing_ok=True)
+            raise
+
+
+def _lost_race(error: BaseException) -> bool:
+    """Whether creating a study's tables failed for another worker's having made them."""
+    return isinstance(error, IntegrityError) or (
+        isinstance(error, OperationalError) and "already exists" in str(error)
+    )
 
 
 def remove_dead_trials(out_dir: Path) -> None:
