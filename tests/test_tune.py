@@ -579,11 +579,16 @@ def test_a_full_disk_is_told_in_one_short_line_naming_the_database(tmp_path, mon
     full = sqlalchemy.exc.OperationalError(
         statement, {}, sqlite3.OperationalError("database or disk is full")
     )
-    monkeypatch.setattr(tune_module.optuna, "create_study", Mock(side_effect=full))
-    with pytest.raises(ConfigError) as refused:
-        tune_module.open_study(f"sqlite:///{database}", "tune-knn", str(database))
     said = f"{database}: cannot open the study's database (database or disk is full)"
-    assert str(refused.value) == said
+    # Full at the study's row, Optuna's commit raises its own error, from SQLAlchemy's: it had
+    # ended in a traceback.
+    at_commit = optuna.exceptions.StorageInternalError("An exception is raised during the commit")
+    at_commit.__cause__ = full
+    for raised in (full, at_commit):
+        monkeypatch.setattr(tune_module.optuna, "create_study", Mock(side_effect=raised))
+        with pytest.raises(ConfigError) as refused:
+            tune_module.open_study(f"sqlite:///{database}", "tune-knn", str(database))
+        assert str(refused.value) == said
 
 
 def test_a_first_call_on_a_full_disk_leaves_no_database_nor_out_behind(

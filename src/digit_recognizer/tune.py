@@ -308,9 +308,14 @@ def open_study(storage: str, study_name: str, where: str) -> tuple[optuna.Study,
                     raise
             time.sleep(0.2 * attempt)
             attempt += 1
-    except SQLAlchemyError as error:  # a bad URL, an unreachable database, a full disk
-        # The driver's own words: SQLAlchemy's add the whole SQL statement that failed.
-        said = getattr(error, "orig", None) or error
+    # StorageInternalError: Optuna's for a commit that failed (a full disk, the study's row),
+    # raised from SQLAlchemy's: it had ended in a traceback.
+    except (SQLAlchemyError, optuna.exceptions.StorageInternalError) as error:
+        # A bad URL, an unreachable database, a full disk. The driver's own words: SQLAlchemy's
+        # add the whole SQL statement that failed.
+        is_optunas = isinstance(error, optuna.exceptions.StorageInternalError)
+        failed = error.__cause__ if is_optunas and error.__cause__ else error
+        said = getattr(failed, "orig", None) or failed
         raise ConfigError(f"{where}: cannot open the study's database "
                           f"({first_line(said)})") from None  # fmt: skip
     except ImportError as error:  # Optuna's, for the URL's driver missing (psycopg2, say)
