@@ -571,6 +571,16 @@ def test_workers_that_open_a_study_at_once_draw_different_settings(tmp_path, sma
     assert drawn_settings(alone) == drawn
 
 
+def full_at_commit() -> optuna.exceptions.StorageInternalError:
+    """What Optuna raises where a full disk fails its commit: its own error, from SQLAlchemy's."""
+    full = sqlalchemy.exc.OperationalError(
+        "INSERT INTO trials", {}, sqlite3.OperationalError("database or disk is full")
+    )
+    at_commit = optuna.exceptions.StorageInternalError("An exception is raised during the commit")
+    at_commit.__cause__ = full
+    return at_commit
+
+
 def test_a_full_disk_is_told_in_one_short_line_naming_the_database(tmp_path, monkeypatch):
     """SQLAlchemy's message carries the SQL statement that failed (CREATE TABLE ..., cut at 200
     characters), which had filled the one line of the error."""
@@ -582,13 +592,20 @@ def test_a_full_disk_is_told_in_one_short_line_naming_the_database(tmp_path, mon
     said = f"{database}: cannot open the study's database (database or disk is full)"
     # Full at the study's row, Optuna's commit raises its own error, from SQLAlchemy's: it had
     # ended in a traceback.
-    at_commit = optuna.exceptions.StorageInternalError("An exception is raised during the commit")
-    at_commit.__cause__ = full
-    for raised in (full, at_commit):
+    for raised in (full, full_at_commit()):
         monkeypatch.setattr(tune_module.optuna, "create_study", Mock(side_effect=raised))
         with pytest.raises(ConfigError) as refused:
             tune_module.open_study(f"sqlite:///{database}", "tune-knn", str(database))
         assert str(refused.value) == said
+
+
+def test_a_disk_filling_up_under_the_trials_is_told_in_one_line(tmp_path, small_csvs, monkeypatch):
+    """Optuna's StorageInternalError, at a trial's row, had ended in a traceback."""
+    monkeypatch.setattr(optuna.Study, "optimize", Mock(side_effect=full_at_commit()))
+    with pytest.raises(OutputError) as failed:
+        tune(TuneConfig(model="knn", trials=1), small_csvs["train"], tmp_path)
+    said = f"{tmp_path / 'study.db'}: cannot record the study's trials (database or disk is full)"
+    assert str(failed.value) == said
 
 
 def test_a_first_call_on_a_full_disk_leaves_no_database_nor_out_behind(

@@ -55,7 +55,13 @@ from digit_recognizer.data.kaggle_csv import DigitSet
 from digit_recognizer.data.shards import read_labelled
 from digit_recognizer.data.splits import check_seed, split_for_training
 from digit_recognizer.distributed import Distributed
-from digit_recognizer.errors import ConfigError, DigitsError, DivergedError, first_line
+from digit_recognizer.errors import (
+    ConfigError,
+    DigitsError,
+    DivergedError,
+    OutputError,
+    first_line,
+)
 from digit_recognizer.estimator import build_estimator
 from digit_recognizer.evaluate import save_figure
 from digit_recognizer.fileio import (
@@ -241,6 +247,9 @@ def tune(config: TuneConfig, train_csv: Path, out_dir: Path) -> TuneResult:
         if (stop := interruption_behind(error, handled_outside)) is not None:
             interruptions.append(stop)
         elif not lapsed:  # not its failing to record a trial another worker failed
+            if isinstance(error, STORAGE_ERRORS):  # a full disk under the trials
+                raise OutputError(f"{where}: cannot record the study's trials "
+                                  f"({said_by_driver(error)})") from None  # fmt: skip
             raise
     finally:
         optuna.logging.set_verbosity(verbosity)
@@ -308,16 +317,9 @@ def open_study(storage: str, study_name: str, where: str) -> tuple[optuna.Study,
                     raise
             time.sleep(0.2 * attempt)
             attempt += 1
-    # StorageInternalError: Optuna's for a commit that failed (a full disk, the study's row),
-    # raised from SQLAlchemy's: it had ended in a traceback.
-    except (SQLAlchemyError, optuna.exceptions.StorageInternalError) as error:
-        # A bad URL, an unreachable database, a full disk. The driver's own words: SQLAlchemy's
-        # add the whole SQL statement that failed.
-        is_optunas = isinstance(error, optuna.exceptions.StorageInternalError)
-        failed = error.__cause__ if is_optunas and error.__cause__ else error
-        said = getattr(failed, "orig", None) or failed
+    except STORAGE_ERRORS as error:  # a bad URL, an unreachable database, a full disk
         raise ConfigError(f"{where}: cannot open the study's database "
-                          f"({first_line(said)})") from None  # fmt: skip
+                          f"({said_by_driver(error)})") from None  # fmt: skip
     except ImportError as error:  # Optuna's, for the URL's driver missing (psycopg2, say)
         driver = getattr(error.__cause__, "name", None) or "its driver"
         raise ConfigError(f"{where}: cannot open the study's database: the Python module "
@@ -328,6 +330,19 @@ def open_study(storage: str, study_name: str, where: str) -> tuple[optuna.Study,
                           f"Optuna than {optuna.__version__} ({first_line(error)}); `optuna "
                           f"storage upgrade --storage {shown_storage(storage)}` upgrades it"
                           ) from None  # fmt: skip
+
+
+# StorageInternalError: Optuna's for a commit that failed (a full disk), raised from
+# SQLAlchemy's; it had ended in a traceback.
+STORAGE_ERRORS = (SQLAlchemyError, optuna.exceptions.StorageInternalError)
+
+
+def said_by_driver(error: Exception) -> str:
+    """A storage's failure (``STORAGE_ERRORS``) in its driver's own words: SQLAlchemy's add
+    the whole SQL statement that failed, and Optuna's say only that a commit did."""
+    if isinstance(error, optuna.exceptions.StorageInternalError) and error.__cause__:
+        error = error.__cause__
+    return first_line(getattr(error, "orig", None) or error)
 
 
 class TrialSeededSampler(optuna.samplers.BaseSampler):
