@@ -47,6 +47,7 @@ from digit_recognizer.predict import (
     predict_stream,
     reads_transposed,
     transposed,
+    warn_conformed,
 )
 
 from .conftest import accuracy
@@ -209,6 +210,25 @@ def test_a_file_is_judged_on_its_first_piece_whole_streamed_and_explained(
     np.testing.assert_array_equal(Predictor.load([tiny_run]).predict(conformed), whole)
 
 
+def test_what_was_changed_is_told_in_words_that_agree_with_the_count(caplog):
+    """explain's one row had been "1 of 1 digits were not laid out as MNIST's ... and were
+    redone ...; --as-is predicts them unchanged"."""
+    with caplog.at_level("WARNING"):
+        warn_conformed("a.csv, row 4", 1, n_faint=1, n_redone=1)
+        warn_conformed("b.csv", 2000, n_faint=1, n_redone=1500)
+    assert [record.getMessage() for record in caplog.records] == [
+        "a.csv, row 4: the digit was faint (pixels all under 32: binarised 0/1, or ink on a "
+        "scale such as UCI's 0-16) and was scaled to MNIST's 0-255",
+        "a.csv, row 4: the digit was not laid out as MNIST's (fitted to 20 x 20 pixels, centred "
+        "by mass) and was redone as MNIST made its own; --as-is predicts it unchanged",
+        "b.csv: 1 of 2,000 digits was faint (pixels all under 32: binarised 0/1, or ink on a "
+        "scale such as UCI's 0-16) and was scaled to MNIST's 0-255",
+        "b.csv: 1,500 of 2,000 digits were not laid out as MNIST's (fitted to 20 x 20 pixels, "
+        "centred by mass) and were redone as MNIST made its own; --as-is predicts them "
+        "unchanged",
+    ]
+
+
 def test_a_file_of_faint_pixels_is_read_with_full_ink(
     tmp_path, tiny_run, small_test, caplog, monkeypatch
 ):
@@ -224,7 +244,7 @@ def test_a_file_of_faint_pixels_is_read_with_full_ink(
     write_kaggle_csv(faint, mixed)
     with caplog.at_level("WARNING"):
         read = predict_csv([tiny_run], faint, tmp_path / "a.csv")
-    assert "400 of 600 digits' pixels stay under 32" in caplog.text
+    assert "400 of 600 digits were faint (pixels all under 32" in caplog.text
     # Whatever faint rows a file holds, none reaches the net under full ink: a file of thin
     # binarised 1s and of a blank cell's noise is predicted, not refused as Predictor's faint
     # arrays are.

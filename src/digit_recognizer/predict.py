@@ -44,7 +44,7 @@ from digit_recognizer.distributed import (
     init_distributed,
     run_torchrun,
 )
-from digit_recognizer.errors import ConfigError, DataError, ModelFileError, OutputError
+from digit_recognizer.errors import ConfigError, DataError, ModelFileError, OutputError, counted
 from digit_recognizer.fileio import check_can_write, is_glob, refuse_special_file
 from digit_recognizer.models.classical import is_pipeline, load_pipeline
 from digit_recognizer.models.runtime import (
@@ -356,20 +356,30 @@ def warn_conformed(
     """One warning per change made to a source's rows (each said once, for all its pieces);
     ``as_is`` names the switch that predicts them unchanged."""
     if n_faint:
-        log.warning("%s: %d of %d digits' pixels stay under %d (binarised 0/1, or ink on a "
-                    "scale such as UCI's 0-16), so each was scaled to MNIST's 0-255", source,
-                    n_faint, n_rows, MIN_CONTRAST)  # fmt: skip
+        digits, were, _ = _some_digits(n_faint, n_rows)
+        log.warning("%s: %s %s faint (pixels all under %d: binarised 0/1, or ink on a scale such "
+                    "as UCI's 0-16) and %s scaled to MNIST's 0-255", source, digits, were,
+                    MIN_CONTRAST, were)  # fmt: skip
     if n_redone:
+        digits, were, them = _some_digits(n_redone, n_rows)
         log.warning(
-            "%s: %d of %d digits were not laid out as MNIST's (fitted to 20 x 20 pixels, "
-            "centred by mass) and were redone as MNIST made its own; %s predicts them "
-            "unchanged", source, n_redone, n_rows, as_is,
+            "%s: %s %s not laid out as MNIST's (fitted to 20 x 20 pixels, centred by mass) and "
+            "%s redone as MNIST made its own; %s predicts %s unchanged",
+            source, digits, were, were, as_is, them,
         )  # fmt: skip
     if is_transposed:
         log.warning(
             "%s: the digits read as digits only transposed (rows and columns swapped, as EMNIST's "
             "CSVs store them) and were transposed; %s predicts them unchanged", source, as_is,
         )  # fmt: skip
+
+
+def _some_digits(n: int, n_rows: int) -> tuple[str, str, str]:
+    """``n`` of ``n_rows`` digits as warn_conformed's sentences name them, with the verb and
+    pronoun that agree: ("3 of 40 digits", "were", "them"), ("1 of 40 digits", "was", "it"),
+    and "the digit" of a single row (explain's), which had read "1 of 1 digits were"."""
+    digits = "the digit" if n_rows == 1 else f"{n:,} of {counted(n_rows, 'digit')}"
+    return (digits, "was", "it") if n == 1 else (digits, "were", "them")
 
 
 def orientation_evidence(
