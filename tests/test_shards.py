@@ -914,3 +914,10 @@ def test_a_glob_matching_a_fifo_and_an_expansion_holding_out_all_are_refused(
         expand(source[0], tmp_path / "e", copies=0, parts=1)
     with pytest.raises(ConfigError, match=r"^--valid-size must be in \[0, 1\), got 1"):
         expand(source[0], tmp_path / "e", copies=1, parts=1, valid_size=1.0)
+    # The count says how it was reached: "the number of rows (1,904)" of a 1,003-row file.
+    with pytest.raises(ConfigError) as refused:
+        expand(source[0], tmp_path / "e", copies=2, parts=5000)
+    assert str(refused.value) == (
+        "--parts must be from 1 to the number of rows to shard (1,904: the 1,003 rows less the "
+        "51 that --valid-size 0.05 holds out, times --copies 2), got 5000"
+    )

@@ -474,6 +474,7 @@ def shard_csv(source: str | Path, out_dir: str | Path, parts: int) -> Manifest:
     manifest = resolve_data_source(source)
     _refuse_expansion(manifest, source, "shard", f"{_lost_in_reshard(manifest)}; expand the "
                       "CSV again with the --parts you want")  # fmt: skip
+    _check_parts(parts, manifest.n_rows)
     origin = {"command": "shard", "source": str(source)}
     return _write_shards(_iter_rows(manifest), manifest, manifest.n_rows, out_dir, parts, origin)
 
@@ -509,6 +510,10 @@ def expand(
     if n_valid >= manifest.n_rows:
         raise ConfigError(f"valid_size {valid_size} holds out all {manifest.n_rows:,} rows and "
                           "leaves none to copy; give a smaller one")  # fmt: skip
+    n_train = (manifest.n_rows - n_valid) * copies
+    # Counted as it is: "the number of rows (950)" of a 1,000-row file had left 50 unexplained.
+    less = f" less the {n_valid:,} that --valid-size {valid_size:g} holds out" if n_valid else ""
+    _check_parts(parts, n_train, f"the {manifest.n_rows:,} rows{less}, times --copies {copies}")
     held_out = np.zeros(manifest.n_rows, dtype=bool)
     if n_valid:  # by class, as training's own validation split is: each keeps its share
         labels = np.concatenate([data.labels for data in _iter_rows(manifest)])
@@ -519,8 +524,16 @@ def expand(
         _augmented(manifest, ~held_out, copies, torch.Generator().manual_seed(seed)),
         _selected(manifest, held_out),
     )
-    n_train = (manifest.n_rows - n_valid) * copies
     return _write_shards(rows, manifest, n_train, out_dir, parts, origin, n_valid)
+
+
+def _check_parts(parts: int, n_rows: int, counted_from: str = "") -> None:
+    """``ConfigError`` unless there are from 1 to ``n_rows`` shards, ``counted_from`` saying how
+    ``n_rows`` was reached where it is not the source's own count."""
+    if not 1 <= parts <= n_rows:
+        how = f": {counted_from}" if counted_from else ""
+        raise ConfigError(f"--parts must be from 1 to the number of rows to shard ({n_rows:,}"
+                          f"{how}), got {parts}")  # fmt: skip
 
 
 def _refuse_expansion(manifest: Manifest, source: str | Path, command: str, why: str) -> None:
@@ -576,8 +589,6 @@ def _write_shards(
 ) -> Manifest:
     """Write ``rows`` (read from ``source``) as ``parts`` balanced shards of their first
     ``n_rows``, then (if any) one more of the ``last_rows`` after them, then the manifest."""
-    if not 1 <= parts <= n_rows:
-        raise ConfigError(f"--parts must be from 1 to the number of rows ({n_rows:,}), got {parts}")
     out_dir = Path(out_dir)
     _check_shard_dir(out_dir, source)
     made = missing_dirs(out_dir)
