@@ -141,6 +141,19 @@ def test_corrupt_onnx_file(run_dir: Path, tmp_path: Path) -> None:
         OnnxPredictor.load(broken)
 
 
+def test_probabilities_that_are_not_numbers_are_refused_as_torchs_are(tmp_path: Path) -> None:
+    """A negative batch-norm variance loads, and predicts NaN: Predictor refuses it, and the
+    onnx backend had served digit 0 with null probabilities."""
+    net = build("cnn-tiny").eval()
+    next(m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)).running_var.fill_(-1)
+    save_net(tmp_path, net, "cnn-tiny", {})
+    images = np.zeros((2, 28, 28), np.uint8)
+    images[:, 8:20, 12:16] = 255
+    for predictor in (Predictor.load([tmp_path]), OnnxPredictor.load(tmp_path)):
+        with pytest.raises(ModelFileError, match="probabilities are not numbers"):
+            predictor.predict_proba(images)
+
+
 def test_cli_export(run_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "digits.onnx"
     result = CliRunner().invoke(

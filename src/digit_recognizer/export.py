@@ -31,6 +31,7 @@ from digit_recognizer.data.tensors import to_model_input
 from digit_recognizer.errors import ConfigError, ModelFileError, OutputError
 from digit_recognizer.fileio import atomic_path, check_can_write, sha256_file
 from digit_recognizer.models.storage import WEIGHTS_FILE, load_net, read_meta
+from digit_recognizer.predict import check_probabilities
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +177,9 @@ class OnnxPredictor:
             self.session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
             for batch in np.split(images, range(self.batch_size, len(images), self.batch_size))
         ]
-        return np.concatenate(batches) if batches else np.empty((0, 10), dtype=np.float32)
+        # Checked as Predictor's are: served, NaN had answered digit 0 with null probabilities.
+        probas = np.concatenate(batches) if batches else np.empty((0, 10), dtype=np.float32)
+        return check_probabilities(probas)
 
     def predict(self, images: NDArray[np.uint8]) -> NDArray[np.int64]:
         """Predicted digits (N,) for uint8 images (N, 28, 28)."""

@@ -182,15 +182,21 @@ class Predictor:
                     # float32 before the device: scikit-learn's float64 has no MPS tensor.
                     probas = model.predict_proba(np.asarray(view)).astype(np.float32)
                     total += torch.as_tensor(probas, device=self.device)
-        if not total.isfinite().all():  # else argmax reads NaN as digit 0, for every image
-            raise ModelFileError("a model's probabilities are not numbers (NaN or infinite): "
-                                 "its weights or batch-norm statistics are damaged; retrain "
-                                 "it")  # fmt: skip
-        return (total / (len(self.models) * len(views))).cpu().numpy()
+        return check_probabilities((total / (len(self.models) * len(views))).cpu().numpy())
 
     def predict(self, images: ArrayLike) -> NDArray[np.int64]:
         """Predicted digits (N,) for images as ``predict_proba`` takes them."""
         return self.predict_proba(images).argmax(axis=1).astype(np.int64)
+
+
+def check_probabilities(probas: NDArray[np.float32]) -> NDArray[np.float32]:
+    """``probas``, or ``ModelFileError`` where some are not numbers: argmax reads NaN as digit
+    0, for every image (a negative batch-norm variance loads, and predicts NaN)."""
+    if not np.isfinite(probas).all():
+        raise ModelFileError("a model's probabilities are not numbers (NaN or infinite): its "
+                             "weights or batch-norm statistics are damaged; retrain "
+                             "it")  # fmt: skip
+    return probas
 
 
 def _tta_views(images: NDArray[np.uint8]) -> list[torch.Tensor]:
