@@ -1,3 +1,4 @@
+import errno
 import hashlib
 import json
 import os
@@ -10,7 +11,7 @@ from sklearn.exceptions import NotFittedError
 from sklearn.neighbors import KNeighborsClassifier
 
 from digit_recognizer.data.images import check_images
-from digit_recognizer.errors import ConfigError, ModelFileError
+from digit_recognizer.errors import ConfigError, ModelFileError, OutputError
 from digit_recognizer.models import available, build
 from digit_recognizer.models.classical import (
     TRUSTED_FILE,
@@ -190,3 +191,28 @@ def test_a_pipeline_its_loader_would_refuse_is_not_saved(tmp_path, small_train):
     ):
         save_pipeline(tmp_path, pipeline, "boosted", {})
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("before", "after"), [("knn", "logreg"), ("random-forest", "random-forest")]
+)
+def test_a_pipelines_files_are_replaced_together(tmp_path, fitted, small_test, monkeypatch, before,
+                                                 after):  # fmt: skip
+    """Written one after the other, a full disk at model.json had left the new model's weights
+    beside the older model's model.json: a 'corrupt pipeline' from then on, or a forest 'not
+    signed by this installation's key', the model saved before lost."""
+    save_pipeline(tmp_path, fitted[before], before, {})
+    earlier = {path.name: path.read_bytes() for path in tmp_path.iterdir()}
+    write_text = Path.write_text
+
+    def full_at_model_json(path: Path, *args, **kwargs) -> int:
+        if path.name.startswith(".model.json."):  # its temporary file
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return write_text(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", full_at_model_json)
+    refitted = build(after).fit(small_test.images, small_test.labels)
+    with pytest.raises(OutputError, match=r"model\.json: cannot be written: no space left"):
+        save_pipeline(tmp_path, refitted, after, {})
+    assert {path.name: path.read_bytes() for path in tmp_path.iterdir()} == earlier
+    assert load_pipeline(tmp_path)[1]["model"] == before

@@ -52,7 +52,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from digit_recognizer.data.images import check_images
 from digit_recognizer.data.kaggle_csv import N_PIXELS
 from digit_recognizer.errors import ConfigError, ModelFileError, first_line
-from digit_recognizer.fileio import atomic_path, write_text, xdg_home
+from digit_recognizer.fileio import write_together, xdg_home
 from digit_recognizer.models.nets import Deskew
 from digit_recognizer.models.registry import register
 from digit_recognizer.models.storage import META_FILE, WEIGHTS_FILE, read_meta, read_safetensors
@@ -338,22 +338,24 @@ def save_pipeline(run_dir: Path, pipeline: Pipeline, name: str, params: dict[str
     except _NotPlainDataError:
         import skops.io
 
-        with atomic_path(run_dir / TRUSTED_FILE) as tmp:
-            skops.io.dump(pipeline, tmp)
-            content = tmp.read_bytes()
-            # Refused now rather than when loaded: a file the loader would refuse is no model.
-            if unknown := _unknown_types(skops.io.get_untrusted_types(data=content)):
-                raise ConfigError(f"{name}: its pipeline holds types that load_pipeline does not "
-                                  f"trust ({', '.join(unknown)}); a type of plain arrays goes "
-                                  "in classical._SAFE_CLASSES, one only a signed file may "
-                                  "hold (a tree's nodes) in _SKOPS_TRUSTED, once read"
-                                  ) from None  # fmt: skip
-            signature = _sign(content)
-        meta["trusted_file"] = {"path": TRUSTED_FILE, "hmac_sha256": signature, "format": "skops"}
+        content = skops.io.dumps(pipeline)
+        # Refused now rather than when loaded: a file the loader would refuse is no model.
+        if unknown := _unknown_types(skops.io.get_untrusted_types(data=content)):
+            raise ConfigError(f"{name}: its pipeline holds types that load_pipeline does not "
+                              f"trust ({', '.join(unknown)}); a type of plain arrays goes in "
+                              "classical._SAFE_CLASSES, one only a signed file may hold (a "
+                              "tree's nodes) in _SKOPS_TRUSTED, once read") from None  # fmt: skip
+        meta["trusted_file"] = {"path": TRUSTED_FILE, "hmac_sha256": _sign(content),
+                                "format": "skops"}  # fmt: skip
+        weights = (run_dir / TRUSTED_FILE, lambda file: file.write_bytes(content))
     else:
-        with atomic_path(run_dir / WEIGHTS_FILE) as tmp:
-            save_file(arrays, str(tmp))
-    write_text(run_dir / META_FILE, json.dumps(meta, indent=2) + "\n")
+        weights = (run_dir / WEIGHTS_FILE, lambda file: save_file(arrays, str(file)))
+    text = json.dumps(meta, indent=2) + "\n"
+    # Together, as a net's: a full disk at model.json had left another model's model.json
+    # beside the new weights, a "corrupt pipeline" (or a forest "not signed" here) from then on.
+    write_together(
+        [weights, (run_dir / META_FILE, lambda file: file.write_text(text, encoding="utf-8"))]
+    )
 
 
 def load_pipeline(run_dir: Path) -> tuple[Pipeline, dict[str, Any]]:
