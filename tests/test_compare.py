@@ -207,9 +207,18 @@ def test_resume_starts_afresh_keeps_what_is_asked_and_refuses_an_unreadable_reco
     settings = json.loads((tmp_path / "compare.json").read_text())
     assert settings["models"] == ["knn", "svm"] and settings["scored"] == ["svm", "knn"]
 
+    record = json.loads((tmp_path / "compare.json").read_text())
     (tmp_path / "compare.json").write_text('{"models": ["knn"')  # cut short by a full disk
     with pytest.raises(ConfigError, match=r"--resume: cannot read .*compare\.json"):
         compare(small_csvs["train"], ["knn"], tmp_path, resume=True)
+    # JSON, yet not compare's record: each had ended in a traceback (AttributeError, KeyError).
+    (tmp_path / "compare.json").write_text("[]")
+    with pytest.raises(ConfigError, match=r"compare\.json is not the record compare writes"):
+        compare(small_csvs["train"], ["knn"], tmp_path, resume=True)
+    for scores in ([{"accuracy": 0.5}], [{**record["scores"][0], "accuracy": "high"}], {}):
+        (tmp_path / "compare.json").write_text(json.dumps(record | {"scores": scores}))
+        with pytest.raises(ConfigError, match=r"scores are not rows of model, accuracy, "):
+            compare(small_csvs["train"], ["knn"], tmp_path, resume=True)
     assert fitted == []
 
 

@@ -121,7 +121,7 @@ def compare(
              "epochs": epochs}  # fmt: skip
     settings = {"models": models, **split, **source_record("train", train_csv),
                 **source_record("test", test_csv), "versions": _versions()}  # fmt: skip
-    rows = _scored_before(out_dir / SETTINGS_FILE, settings) if resume else []
+    rows = _scored_before(out_dir / SETTINGS_FILE, settings, columns) if resume else []
     rows = [row for row in rows if row["model"] in models]
     if rows:
         log.info("--resume: %s scored before, not fitted again",
@@ -159,9 +159,12 @@ def _write(board: Leaderboard, settings: dict[str, object]) -> None:
     ])  # fmt: skip
 
 
-def _scored_before(path: Path, settings: dict[str, object]) -> list[dict[str, float | int | str]]:
-    """The rows an earlier call scored (``compare.json``'s ``scores``), where it had the same
-    data, settings and library versions as this one: those models need no fitting again."""
+def _scored_before(
+    path: Path, settings: dict[str, object], columns: list[str]
+) -> list[dict[str, float | int | str]]:
+    """The rows an earlier call scored (``compare.json``'s ``scores``, of ``columns``), where it
+    had the same data, settings and library versions as this one: those models need no fitting
+    again."""
     try:
         before = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -169,12 +172,25 @@ def _scored_before(path: Path, settings: dict[str, object]) -> list[dict[str, fl
     except (OSError, ValueError) as error:
         raise ConfigError(f"--resume: cannot read {path} ({first_line(error)}); "
                           "drop --resume to fit every model") from None  # fmt: skip
+    if not isinstance(before, dict):  # JSON, yet no record of compare's (had: AttributeError)
+        raise ConfigError(f"--resume: {path} is not the record compare writes (a JSON "
+                          "object); drop --resume to fit every model")  # fmt: skip
     now = json.loads(json.dumps(settings))  # as it would read back
     differing = [key for key in now if key != "models" and before.get(key) != now[key]]
     if differing:
         raise ConfigError(f"--resume: {path} was written for other {', '.join(differing)}; "
                           "drop --resume to fit every model again")  # fmt: skip
-    return list(before.get("scores", []))
+    scores = before.get("scores", [])
+    if not isinstance(scores, list) or not all(_is_row(row, columns) for row in scores):
+        raise ConfigError(f"--resume: {path}'s scores are not rows of {', '.join(columns)} as "
+                          "compare writes them; drop --resume to fit every model")  # fmt: skip
+    return scores
+
+
+def _is_row(row: object, columns: list[str]) -> bool:
+    """Whether ``row`` is a leaderboard row of ``columns``: a model's name, then numbers."""
+    return (isinstance(row, dict) and list(row) == columns and isinstance(row["model"], str)
+            and all(isinstance(row[column], int | float) for column in columns[1:]))  # fmt: skip
 
 
 def _versions() -> dict[str, str]:
