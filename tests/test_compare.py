@@ -70,6 +70,11 @@ def test_bad_requests_fail_before_training(tmp_path, small_csvs):
             compare(small_csvs["train"], ["knn"], tmp_path, valid_size=0.3, **held_out)
     with pytest.raises(ConfigError, match=r"--valid-size must be in \(0, 1\), got 0"):
         compare(small_csvs["train"], ["knn"], tmp_path, valid_size=0)  # nothing left to score
+    # The split's own remedy, "(0: none held out)", is the value refused just above.
+    with pytest.raises(ConfigError, match=r"^3,000 labelled rows are too few, .* --valid-size "
+                       r"0\.001 of them by digit; give more rows, another --valid-size, or "
+                       r"--test$"):  # fmt: skip
+        compare(small_csvs["train"], ["knn"], tmp_path, valid_size=0.001)
     with pytest.raises(ConfigError, match="--models names knn more than once"):
         compare(small_csvs["train"], ["knn", "logreg", "knn"], tmp_path)
     with pytest.raises(ConfigError, match=r"--seed must be from 0 to 2\*\*32 - 1"):

@@ -219,7 +219,14 @@ def _folds(
         for fit_indices, score_indices in folds:
             yield data.take(fit_indices), data.take(score_indices)
     else:
-        yield split_for_training(data, valid_size, seed)
+        try:
+            fit_set, score_set = split_for_training(data, valid_size, seed)
+        except ConfigError:  # its remedy, --valid-size 0, leaves compare nothing to score on
+            raise ConfigError(f"{len(data):,} labelled rows are too few, or a digit among them "
+                              f"too rare, to hold out --valid-size {valid_size} of them by "
+                              "digit; give more rows, another --valid-size, or --test"
+                              ) from None  # fmt: skip
+        yield fit_set, score_set
 
 
 def _score_model(
