@@ -42,6 +42,7 @@ from digit_recognizer.data.kaggle_csv import read_kaggle_csv, read_submission
 from digit_recognizer.data.replica import cached_replica
 from digit_recognizer.data.tensors import to_model_input, to_uint8_images
 from digit_recognizer.predict import PredictConfig, Predictor
+from script import run_script  # run from benchmarks/: its folder is on the path
 
 
 def uci_digits() -> tuple[NDArray[np.uint8], NDArray[np.int64]]:
@@ -173,4 +174,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -28,6 +28,7 @@ from digit_recognizer.data.replica import cached_replica, ready_replica
 from digit_recognizer.data.shards import read_labelled
 from digit_recognizer.data.splits import split_for_training
 from digit_recognizer.models import available, build
+from script import run_script  # run from benchmarks/: its folder is on the path
 
 
 def fit_predict_seconds(model, fit_set: DigitSet, X_fit, X_score, score_set: DigitSet):
@@ -70,4 +71,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

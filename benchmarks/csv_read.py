@@ -26,6 +26,7 @@ import pandas as pd
 
 from digit_recognizer.data.kaggle_csv import read_kaggle_csv, write_kaggle_csv
 from digit_recognizer.data.replica import ready_replica
+from script import run_script  # run from benchmarks/: its folder is on the path
 
 
 def time_calls(function: Callable[[], object], repeats: int) -> np.ndarray:
@@ -80,4 +81,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

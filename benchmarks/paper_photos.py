@@ -37,6 +37,7 @@ from digit_recognizer.data.images import to_mnist
 from digit_recognizer.data.kaggle_csv import read_kaggle_csv, read_submission
 from digit_recognizer.data.replica import cached_replica
 from digit_recognizer.predict import PredictConfig, Predictor
+from script import run_script  # run from benchmarks/: its folder is on the path
 
 PAGE = 200
 PAPER, LINE = 235, 20
@@ -211,4 +212,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -26,6 +26,7 @@ from digit_recognizer.data.replica import cached_replica
 from digit_recognizer.models.runtime import Device
 from digit_recognizer.pipeline import TrainJobResult, train_jobs
 from digit_recognizer.presets import get_preset
+from script import run_script  # run from benchmarks/: its folder is on the path
 
 
 def main() -> None:
@@ -74,4 +75,4 @@ def training_rate(results: list[TrainJobResult], jobs: int) -> float:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -28,8 +28,14 @@ from pathlib import Path
 import numpy as np
 
 from digit_recognizer.data.mnist import load_mnist
+from digit_recognizer.errors import DigitsError
+from script import run_script  # run from benchmarks/: its folder is on the path
 
 HOST = "127.0.0.1"
+
+
+class ServerError(DigitsError):
+    """`digits serve` did not come up: its own error (a run directory that is not one, ...)."""
 
 
 def request_bytes(port: int, image: np.ndarray) -> bytes:
@@ -74,14 +80,15 @@ def start_server(run_dir: Path, backend: str, port: int) -> subprocess.Popen:
     deadline = time.monotonic() + 120  # the onnx backend may export first
     while time.monotonic() < deadline:
         if server.poll() is not None:
-            raise RuntimeError(f"digits serve exited: {server.stderr.read().decode()[-2000:]}")
+            reason = server.stderr.read().decode()[-2000:].strip()
+            raise ServerError(f"digits serve exited: {reason}")
         try:
             urllib.request.urlopen(f"http://{HOST}:{port}/health", timeout=1).read()
             return server
         except OSError:
             time.sleep(0.2)
     server.terminate()
-    raise RuntimeError("digits serve did not answer /health within 120 s")
+    raise ServerError("digits serve did not answer /health within 120 s")
 
 
 def benchmark(args: argparse.Namespace, backend: str, images: np.ndarray) -> dict[str, float]:
@@ -125,4 +132,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -54,6 +54,7 @@ from digit_recognizer.data.stream import ShardStream
 from digit_recognizer.data.tensors import to_model_input
 from digit_recognizer.models.registry import build
 from digit_recognizer.models.runtime import autocast, autocast_dtype
+from script import run_script  # run from benchmarks/: its folder is on the path
 
 BATCH_SIZE = 128
 REPLICA_ROWS = 42_000
@@ -185,4 +186,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -37,6 +37,7 @@ from digit_recognizer.models.runtime import resolve_device
 from digit_recognizer.predict import PredictConfig, Predictor
 from digit_recognizer.presets import Preset, get_preset
 from digit_recognizer.train import train
+from script import run_script  # run from benchmarks/: its folder is on the path
 
 
 def time_to_target(history: list[dict[str, float]], target: float) -> tuple[float, int] | None:
@@ -158,4 +159,4 @@ def measure(args: argparse.Namespace, recipes: list[tuple], work_dir: Path) -> N
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)
