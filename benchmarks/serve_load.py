@@ -29,6 +29,7 @@ import numpy as np
 
 from digit_recognizer.data.mnist import load_mnist
 from digit_recognizer.errors import DigitsError
+from digit_recognizer.serve.app import listening_socket
 from script import run_script  # run from benchmarks/: its folder is on the path
 
 HOST = "127.0.0.1"
@@ -74,6 +75,9 @@ async def load(port: int, requests: list[bytes], n_clients: int) -> tuple[float,
 
 
 def start_server(run_dir: Path, backend: str, port: int) -> subprocess.Popen:
+    # Refused while another server holds the port: it would answer /health while this one was
+    # still loading (to fail then), and be measured in its place, under this backend's name.
+    listening_socket(HOST, port).close()
     digits = Path(sys.executable).parent / "digits"
     command = [str(digits), "serve", str(run_dir), "--backend", backend, "--port", str(port)]
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
