@@ -40,15 +40,20 @@ def main() -> None:
     args = parser.parse_args()
 
     flags = {"epochs": args.epochs, "device": args.device}
-    configs = get_preset(args.preset).configs(flags=flags)[: args.members]
+    configs = get_preset(args.preset).configs(flags=flags)[: max(args.members, 0)]
     if len(configs) < 2:
         parser.error(f"preset '{args.preset}' with --members {args.members}: not an ensemble")
+    if args.jobs < 2:  # one at a time is the baseline, measured beside it
+        parser.error(f"--jobs {args.jobs}: side by side is at least 2 at a time")
+    # train_jobs starts no more processes than there are members: each clock runs beside that
+    # many others, not --jobs.
+    at_once = min(args.jobs, len(configs))
     train_csv = cached_replica(args.replica_seed).train
     print(f"{len(configs)} members of {args.preset} ({configs[0].model}, {args.epochs} epochs "
           f"each), replica {args.replica_seed}")  # fmt: skip
     walls = {}
     with tempfile.TemporaryDirectory(prefix="parallel_members-") as scratch:
-        for jobs in (1, args.jobs):
+        for jobs in (1, at_once):
             started = time.perf_counter()
             results = train_jobs(configs, train_csv, Path(scratch) / f"jobs-{jobs}", parallel=jobs)
             walls[jobs] = time.perf_counter() - started
@@ -58,8 +63,8 @@ def main() -> None:
                   f"{', '.join(f'{job.valid_metrics.accuracy:.4f}' for job in results)}",
                   flush=True)  # fmt: skip
     print(
-        f"side by side ({args.jobs} at a time) took {walls[args.jobs] / walls[1]:.2f}x "
-        f"the wall time of one at a time: {walls[1] / walls[args.jobs]:.2f}x faster"
+        f"side by side ({at_once} at a time) took {walls[at_once] / walls[1]:.2f}x "
+        f"the wall time of one at a time: {walls[1] / walls[at_once]:.2f}x faster"
     )
 
 

@@ -10,7 +10,7 @@ import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
 
 import pytest
 
@@ -63,3 +63,59 @@ def test_serve_load_refuses_a_port_another_server_holds(
     finally:
         other.shutdown()
         other.server_close()
+
+
+@pytest.fixture
+def parallel_members(
+    import_script: Callable[[str], ModuleType], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> list[int]:
+    """parallel_members.py with trainings that take no time: each member 100 steps of 64
+    images in 10 s of training. Returns the --jobs each train_jobs call was given."""
+    module = import_script("parallel_members")
+    calls: list[int] = []
+
+    def train_jobs(configs: list, train_csv: Path, run_dir: Path, parallel: int) -> list:
+        calls.append(parallel)
+        member = SimpleNamespace(history=[{"step": 100}], config={"batch_size": 64},
+                                 train_seconds=10.0)  # fmt: skip
+        job = SimpleNamespace(train=member, valid_metrics=SimpleNamespace(accuracy=0.9))
+        return [job] * len(configs)
+
+    monkeypatch.setattr(module, "train_jobs", train_jobs)
+    monkeypatch.setattr(module, "cached_replica", lambda seed: SimpleNamespace(train=tmp_path))
+    return calls
+
+
+def run_main(name: str, *argv: str) -> None:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sys, "argv", [f"{name}.py", *argv])
+        importlib.import_module(name).main()
+
+
+def test_parallel_members_counts_the_processes_there_are(
+    parallel_members: list[int], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--jobs 4 for 2 members runs 2 processes: its rate while training had been counted as
+    if each member's clock ran beside 3 others (2,560 images/s for 1,280), and printed as '4 at
+    a time'."""
+    run_main("parallel_members", "--members", "2", "--jobs", "4", "--device", "cpu")
+    out = capsys.readouterr().out
+    assert parallel_members == [1, 2]
+    assert "2 at a time:" in out and "   1,280 while training" in out.splitlines()[2]
+    assert "side by side (2 at a time)" in out
+
+
+@pytest.mark.parametrize("members, jobs, refusal", [
+    ("2", "1", "--jobs 1: side by side is at least 2 at a time"),
+    ("-1", "2", "preset 'best' with --members -1: not an ensemble"),
+])  # fmt: skip
+def test_parallel_members_refuses_what_it_cannot_compare(
+    parallel_members: list[int], capsys: pytest.CaptureFixture[str], members: str, jobs: str,
+    refusal: str,
+) -> None:  # fmt: skip
+    """--jobs 1 had trained every member twice into one folder, to be refused the second time;
+    --members -1 had taken all members but the last."""
+    with pytest.raises(SystemExit) as stop:
+        run_main("parallel_members", "--members", members, "--jobs", jobs, "--device", "cpu")
+    assert stop.value.code == 2 and parallel_members == []
+    assert capsys.readouterr().err.endswith(f"error: {refusal}\n")
