@@ -23,7 +23,6 @@ import argparse
 import tempfile
 import time
 import tomllib
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +35,7 @@ from digit_recognizer.errors import ConfigError
 from digit_recognizer.models.runtime import resolve_device
 from digit_recognizer.predict import PredictConfig, Predictor
 from digit_recognizer.presets import Preset, get_preset
-from digit_recognizer.train import train
+from digit_recognizer.train import TrainConfig, train
 from script import run_script  # run from benchmarks/: its folder is on the path
 
 
@@ -48,10 +47,13 @@ def time_to_target(history: list[dict[str, float]], target: float) -> tuple[floa
     return None
 
 
-def parse_recipe(text: str) -> tuple[str, Preset, dict[str, Any]]:
-    """``"PRESET KEY=VALUE ..."`` -> (preset name, preset, overrides); values are TOML."""
+def parse_recipe(text: str, seed_settings: dict[str, Any]) -> tuple[str, Preset, TrainConfig]:
+    """``"PRESET KEY=VALUE ..."`` -> (preset name, preset, its config); values are TOML. The
+    seed recipe's KEY=VALUEs go over ``seed_settings`` (its time budget and target)."""
+    if not text.split():
+        raise ConfigError("an empty recipe: give a preset name, e.g. --recipes default,seed")
     name, *settings = text.split()
-    overrides = {}
+    overrides = seed_settings.copy() if name == "seed" else {}
     for setting in settings:
         key, equals, value = setting.partition("=")
         if not equals:
@@ -63,8 +65,10 @@ def parse_recipe(text: str) -> tuple[str, Preset, dict[str, Any]]:
     preset = get_preset(name)
     if preset.members:
         raise ConfigError(f"{name}: an ensemble; this benchmark times single models")
-    preset.configs(flags=overrides)  # an unknown key or a wrong type: refused before training
-    return name, preset, overrides
+    # Resolved now: an unknown key, a wrong type or a value out of range is refused before any
+    # recipe trains, not once the recipes before it have.
+    (config,) = preset.configs(flags=overrides)
+    return name, preset, config
 
 
 def describe_hardware() -> str:
@@ -82,15 +86,21 @@ def main() -> None:
                         help="a preset with TrainConfig overrides; repeatable")  # fmt: skip
     parser.add_argument("--target", type=float, default=0.994)
     parser.add_argument("--replica-seed", type=int, default=2024)
-    parser.add_argument("--seed-budget", type=float, default=1800, help="seed recipe's time (s)")
+    parser.add_argument("--seed-budget", type=float, default=1800, help="seed recipe's time (s), "
+                        "unless it gives time_budget_s")  # fmt: skip
     parser.add_argument("--work-dir", type=Path, default=None,
                         help="keeps the run directories, in a new folder of its own in it "
                         "(default: a temporary one, removed)")  # fmt: skip
     args = parser.parse_args()
+    if not 0 < args.target <= 1:
+        parser.error(f"--target must be in (0, 1], got {args.target}")
+    if args.seed_budget < 0:
+        parser.error(f"--seed-budget must be >= 0 (0: none), got {args.seed_budget}")
     texts = args.recipes.split(",") if args.recipes else []
     texts += args.recipe if args.recipe or args.recipes else ["default", "seed"]
+    seed_settings = {"time_budget_s": args.seed_budget, "target_accuracy": args.target}
     try:
-        recipes = [(text, *parse_recipe(text)) for text in texts]
+        recipes = [(text, *parse_recipe(text, seed_settings)) for text in texts]
     except ConfigError as error:
         parser.error(str(error))
 
@@ -118,10 +128,7 @@ def measure(args: argparse.Namespace, recipes: list[tuple], work_dir: Path) -> N
         flush=True,
     )
     rows = []  # (recipe, preset name, (seconds, epoch) to the target or None, predict s, train s)
-    for index, (text, name, preset, overrides) in enumerate(recipes):
-        (config,) = preset.configs(flags=overrides)
-        if name == "seed":
-            config = replace(config, time_budget_s=args.seed_budget, target_accuracy=args.target)
+    for index, (text, name, preset, config) in enumerate(recipes):
         wall_start = time.perf_counter()
         # Its own directory, a recipe given twice too.
         run_dir = work_dir / f"{index}-{text.replace(' ', '_')}"

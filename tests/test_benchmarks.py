@@ -119,3 +119,42 @@ def test_parallel_members_refuses_what_it_cannot_compare(
         run_main("parallel_members", "--members", members, "--jobs", jobs, "--device", "cpu")
     assert stop.value.code == 2 and parallel_members == []
     assert capsys.readouterr().err.endswith(f"error: {refusal}\n")
+
+
+@pytest.fixture
+def time_to_accuracy(
+    import_script: Callable[[str], ModuleType], monkeypatch: pytest.MonkeyPatch
+) -> list[list[tuple]]:
+    """time_to_accuracy.py up to its measurements, which are recorded instead of run."""
+    module = import_script("time_to_accuracy")
+    measured: list[list[tuple]] = []
+    monkeypatch.setattr(module, "measure", lambda args, recipes, work_dir: measured.append(recipes))
+    return measured
+
+
+@pytest.mark.parametrize("argv, refusal", [
+    (["--recipes", "default,"], "an empty recipe: give a preset name, e.g. --recipes default,seed"),
+    (["--target", "1.5"], "--target must be in (0, 1], got 1.5"),
+    (["--seed-budget", "-60"], "--seed-budget must be >= 0 (0: none), got -60.0"),
+])  # fmt: skip
+def test_time_to_accuracy_refuses_a_bad_setting_before_any_recipe_trains(
+    time_to_accuracy: list[list[tuple]], capsys: pytest.CaptureFixture[str], argv: list[str],
+    refusal: str,
+) -> None:  # fmt: skip
+    """A trailing comma had ended in ValueError's traceback; a --target or --seed-budget out of
+    range had been refused by the seed recipe's config only once the default had trained."""
+    with pytest.raises(SystemExit) as stop:
+        run_main("time_to_accuracy", *argv)
+    assert stop.value.code == 2 and time_to_accuracy == []
+    assert capsys.readouterr().err.endswith(f"error: {refusal}\n")
+
+
+def test_time_to_accuracy_seed_recipe_keeps_its_own_time_budget(
+    time_to_accuracy: list[list[tuple]],
+) -> None:
+    """--recipe 'seed time_budget_s=60' had trained for --seed-budget's 1800 s."""
+    run_main("time_to_accuracy", "--recipes", "seed", "--recipe", "seed time_budget_s=60",
+             "--target", "0.99")  # fmt: skip
+    ((_, _, _, by_flags), (_, _, _, its_own)) = time_to_accuracy[0]
+    assert (by_flags.time_budget_s, by_flags.target_accuracy) == (1800, 0.99)
+    assert (its_own.time_budget_s, its_own.target_accuracy) == (60, 0.99)
