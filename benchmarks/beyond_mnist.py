@@ -42,7 +42,7 @@ from digit_recognizer.data.kaggle_csv import read_kaggle_csv, read_submission
 from digit_recognizer.data.replica import cached_replica
 from digit_recognizer.data.tensors import to_model_input, to_uint8_images
 from digit_recognizer.predict import PredictConfig, Predictor
-from script import run_script  # run from benchmarks/: its folder is on the path
+from script import replica_seed, run_script  # run from benchmarks/: its folder is on the path
 
 
 def uci_digits() -> tuple[NDArray[np.uint8], NDArray[np.int64]]:
@@ -135,7 +135,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """The models to measure, and the replica they trained on (its test images are unseen)."""
     parser.add_argument("runs", nargs="+", type=Path, help="run directories (an ensemble)")
     parser.add_argument("--tta", action="store_true", help="predict with test-time augmentation")
-    parser.add_argument("--replica-seed", type=int, default=0,
+    parser.add_argument("--replica-seed", type=replica_seed, default=0,
                         help="the replica the runs trained on (digits run's: 0)")  # fmt: skip
 
 

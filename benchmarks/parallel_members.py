@@ -26,7 +26,7 @@ from digit_recognizer.data.replica import cached_replica
 from digit_recognizer.models.runtime import Device
 from digit_recognizer.pipeline import TrainJobResult, train_jobs
 from digit_recognizer.presets import get_preset
-from script import run_script  # run from benchmarks/: its folder is on the path
+from script import replica_seed, run_script  # run from benchmarks/: its folder is on the path
 
 
 def main() -> None:
@@ -35,7 +35,7 @@ def main() -> None:
     parser.add_argument("--members", type=int, default=2, help="the preset's first N members")
     parser.add_argument("--jobs", type=int, default=2, help="members trained at once")
     parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--replica-seed", type=int, default=0)
+    parser.add_argument("--replica-seed", type=replica_seed, default=0)
     parser.add_argument("--device", default="auto", choices=get_args(Device))
     args = parser.parse_args()
 

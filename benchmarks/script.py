@@ -1,14 +1,16 @@
 """How each benchmark script ends on a mistake of its user's (a run directory that is not one,
-an unknown preset, a port in use): one line on stderr and exit status 1, as `digits` does, not
-a traceback. Anything else is a bug and keeps its traceback."""
+an unknown preset, a port in use, a seed out of range): one line on stderr and a non-zero exit
+status, as `digits` does, not a traceback. Anything else is a bug and keeps its traceback."""
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from digit_recognizer.errors import DigitsError
+from digit_recognizer.data.splits import check_seed
+from digit_recognizer.errors import ConfigError, DigitsError
 
 
 def run_script(main: Callable[[], None]) -> None:
@@ -16,3 +18,14 @@ def run_script(main: Callable[[], None]) -> None:
         main()
     except (DigitsError, OSError) as error:  # OSError: no permission, a full disk, ...
         sys.exit(f"{Path(sys.argv[0]).name}: error: {error}")
+
+
+def replica_seed(text: str) -> int:
+    """argparse's type for a replica's seed: 0 to 2**32 - 1, as every `digits` command checks
+    its seeds (numpy had refused a negative one in a traceback, and taken any larger one)."""
+    seed = int(text)
+    try:
+        check_seed(seed)
+    except ConfigError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return seed

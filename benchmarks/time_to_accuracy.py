@@ -36,7 +36,7 @@ from digit_recognizer.models.runtime import resolve_device
 from digit_recognizer.predict import PredictConfig, Predictor
 from digit_recognizer.presets import Preset, get_preset
 from digit_recognizer.train import TrainConfig, train
-from script import run_script  # run from benchmarks/: its folder is on the path
+from script import replica_seed, run_script  # run from benchmarks/: its folder is on the path
 
 
 def time_to_target(history: list[dict[str, float]], target: float) -> tuple[float, int] | None:
@@ -85,7 +85,7 @@ def main() -> None:
     parser.add_argument("--recipe", action="append", default=[], metavar="'PRESET KEY=VALUE ...'",
                         help="a preset with TrainConfig overrides; repeatable")  # fmt: skip
     parser.add_argument("--target", type=float, default=0.994)
-    parser.add_argument("--replica-seed", type=int, default=2024)
+    parser.add_argument("--replica-seed", type=replica_seed, default=2024)
     parser.add_argument("--seed-budget", type=float, default=1800, help="seed recipe's time (s), "
                         "unless it gives time_budget_s")  # fmt: skip
     parser.add_argument("--work-dir", type=Path, default=None,

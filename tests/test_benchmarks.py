@@ -136,13 +136,15 @@ def time_to_accuracy(
     (["--recipes", "default,"], "an empty recipe: give a preset name, e.g. --recipes default,seed"),
     (["--target", "1.5"], "--target must be in (0, 1], got 1.5"),
     (["--seed-budget", "-60"], "--seed-budget must be >= 0 (0: none), got -60.0"),
+    (["--replica-seed", "-1"], "argument --replica-seed: seed must be from 0 to 2**32 - 1, got -1"),
 ])  # fmt: skip
 def test_time_to_accuracy_refuses_a_bad_setting_before_any_recipe_trains(
     time_to_accuracy: list[list[tuple]], capsys: pytest.CaptureFixture[str], argv: list[str],
     refusal: str,
 ) -> None:  # fmt: skip
     """A trailing comma had ended in ValueError's traceback; a --target or --seed-budget out of
-    range had been refused by the seed recipe's config only once the default had trained."""
+    range had been refused by the seed recipe's config only once the default had trained; a
+    negative --replica-seed had ended in numpy's traceback."""
     with pytest.raises(SystemExit) as stop:
         run_main("time_to_accuracy", *argv)
     assert stop.value.code == 2 and time_to_accuracy == []
