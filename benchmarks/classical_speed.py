@@ -28,7 +28,11 @@ from digit_recognizer.data.replica import cached_replica, ready_replica
 from digit_recognizer.data.shards import read_labelled
 from digit_recognizer.data.splits import split_for_training
 from digit_recognizer.models import available, build
-from script import replica_seed, run_script  # run from benchmarks/: its folder is on the path
+from script import (  # run from benchmarks/: its folder is on the path
+    count,
+    replica_seed,
+    run_script,
+)
 
 
 def fit_predict_seconds(model, fit_set: DigitSet, X_fit, X_score, score_set: DigitSet):
@@ -54,8 +58,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dir", type=Path, help="replica folder (default: the cache's)")
     parser.add_argument("--seed", type=replica_seed, default=7, help="replica seed")
-    parser.add_argument("--svm-subset", type=int, default=10_000, help="SVM training images")
-    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--svm-subset", type=count, default=10_000, help="SVM training images")
+    parser.add_argument("--repeats", type=count, default=1)
     args = parser.parse_args()
     files = ready_replica(args.dir, args.seed) if args.dir else cached_replica(args.seed)
     fit_set, score_set = split_for_training(read_labelled(files.train), 0.2, 0)

@@ -26,7 +26,11 @@ import pandas as pd
 
 from digit_recognizer.data.kaggle_csv import read_kaggle_csv, write_kaggle_csv
 from digit_recognizer.data.replica import ready_replica
-from script import replica_seed, run_script  # run from benchmarks/: its folder is on the path
+from script import (  # run from benchmarks/: its folder is on the path
+    count,
+    replica_seed,
+    run_script,
+)
 
 
 def time_calls(function: Callable[[], object], repeats: int) -> np.ndarray:
@@ -71,7 +75,7 @@ def main() -> None:
         "--dir", type=Path, help="replica folder to reuse or build (default: temporary)"
     )
     parser.add_argument("--seed", type=replica_seed, default=0, help="replica seed")
-    parser.add_argument("--repeats", type=int, default=5, help="timed calls per measurement")
+    parser.add_argument("--repeats", type=count, default=5, help="timed calls per measurement")
     args = parser.parse_args()
     if args.dir is not None:
         run(args.dir, args.repeats, args.seed)

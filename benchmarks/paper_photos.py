@@ -37,7 +37,7 @@ from digit_recognizer.data.images import to_mnist
 from digit_recognizer.data.kaggle_csv import read_kaggle_csv, read_submission
 from digit_recognizer.data.replica import cached_replica
 from digit_recognizer.predict import PredictConfig, Predictor
-from script import run_script  # run from benchmarks/: its folder is on the path
+from script import count, run_script  # run from benchmarks/: its folder is on the path
 
 PAGE = 200
 PAPER, LINE = 235, 20
@@ -175,7 +175,7 @@ def tight_crop(image: NDArray[np.uint8], erosion: int = 0, dilation: int = 0) ->
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_model_arguments(parser)
-    parser.add_argument("--images", type=int, default=300, help="test digits drawn per page kind")
+    parser.add_argument("--images", type=count, default=300, help="test digits drawn per page kind")
     parser.add_argument("--angles", default="0,3,5,8,10", help="angles the page is turned by")
     args = parser.parse_args()
 

@@ -29,3 +29,12 @@ def replica_seed(text: str) -> int:
     except ConfigError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
     return seed
+
+
+def count(text: str) -> int:
+    """argparse's type for a count that must be at least 1 (repeats, clients, images...): 0 had
+    ended in a traceback, an empty sample's, or a figure of nothing (nan)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value

@@ -30,7 +30,7 @@ import numpy as np
 from digit_recognizer.data.mnist import load_mnist
 from digit_recognizer.errors import DigitsError
 from digit_recognizer.serve.app import listening_socket
-from script import run_script  # run from benchmarks/: its folder is on the path
+from script import count, run_script  # run from benchmarks/: its folder is on the path
 
 HOST = "127.0.0.1"
 
@@ -121,9 +121,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", type=Path, help="a trained run directory")
     parser.add_argument("--backends", nargs="+", default=["torch", "onnx"])
-    parser.add_argument("--clients", type=int, default=8, help="concurrent connections")
-    parser.add_argument("--requests", type=int, default=3000, help="requests per repeat")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--clients", type=count, default=8, help="concurrent connections")
+    parser.add_argument("--requests", type=count, default=3000, help="requests per repeat")
+    parser.add_argument("--repeats", type=count, default=3)
     parser.add_argument("--port", type=int, default=8765)
     args = parser.parse_args()
     images = load_mnist().images[60000:61000]

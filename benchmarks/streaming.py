@@ -54,7 +54,7 @@ from digit_recognizer.data.stream import ShardStream
 from digit_recognizer.data.tensors import to_model_input
 from digit_recognizer.models.registry import build
 from digit_recognizer.models.runtime import autocast, autocast_dtype
-from script import run_script  # run from benchmarks/: its folder is on the path
+from script import count, run_script  # run from benchmarks/: its folder is on the path
 
 BATCH_SIZE = 128
 REPLICA_ROWS = 42_000
@@ -145,9 +145,9 @@ def run_child(*args: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dir", type=Path, default=Path("/tmp/streaming-benchmark"))
-    parser.add_argument("--rows", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--rows", type=count, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--workers", type=int, default=1, help="DataLoader workers (streaming)")
-    parser.add_argument("--train-steps", type=int, default=10**9, help="cap on training steps")
+    parser.add_argument("--train-steps", type=count, default=10**9, help="cap on training steps")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:

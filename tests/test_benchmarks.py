@@ -160,3 +160,19 @@ def test_time_to_accuracy_seed_recipe_keeps_its_own_time_budget(
     ((_, _, _, by_flags), (_, _, _, its_own)) = time_to_accuracy[0]
     assert (by_flags.time_budget_s, by_flags.target_accuracy) == (1800, 0.99)
     assert (its_own.time_budget_s, its_own.target_accuracy) == (60, 0.99)
+
+
+@pytest.mark.parametrize("flag", ["--clients", "--requests", "--repeats"])
+def test_serve_load_refuses_a_count_of_zero(
+    import_script: Callable[[str], ModuleType], monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, flag: str,
+) -> None:  # fmt: skip
+    """Each had started the server and ended in a traceback (no latencies to take a percentile
+    of, or no rates to average)."""
+    served = []
+    monkeypatch.setattr(import_script("serve_load"), "benchmark",
+                        lambda args, backend, images: served.append(backend))  # fmt: skip
+    with pytest.raises(SystemExit) as stop:
+        run_main("serve_load", str(tmp_path), flag, "0")
+    assert stop.value.code == 2 and served == []
+    assert capsys.readouterr().err.endswith(f"error: argument {flag}: must be at least 1, got 0\n")
