@@ -27,6 +27,7 @@ from digit_recognizer.presets import get_preset
 from digit_recognizer.train import (
     TrainConfig,
     build_optimizer,
+    divergence_advice,
     evaluate_split,
     get_lr,
     row_sampler,
@@ -769,6 +770,34 @@ def test_a_diverging_run_stops_with_the_way_out_before_its_checkpoint(tmp_path, 
     with pytest.raises(DivergedError, match=r"diverged in epoch 1 .* a lower --lr than 1e\+12"):
         train(config, subset, None, tmp_path)
     assert not (tmp_path / "checkpoint.pt").exists()
+
+
+def test_a_run_diverged_by_its_weight_decay_names_the_weight_decay(tmp_path, small_train):
+    """weight_decay 1e6 had diverged with 'a lower --lr than 0.05 trains', the lr blamed."""
+    subset = DigitSet(small_train.images[:256], small_train.labels[:256])
+    config = TrainConfig(model="cnn-tiny", epochs=1, batch_size=64, valid_size=0,
+                         weight_decay=1e6, schedule="constant")  # fmt: skip
+    with pytest.raises(DivergedError) as raised:
+        train(config, subset, None, tmp_path)
+    assert str(raised.value).endswith(
+        "(its weights are not all numbers) with sgd at lr 0.05, momentum 0.9, weight_decay 1e+06: "
+        "each step's decay, lr x weight_decay = 5e+04, throws the weights past zero; give a "
+        "weight_decay below 20 (1 / lr) in the --config file; what it saved is from the epochs "
+        "before"
+    )
+
+
+def test_divergence_advice_names_a_momentum_near_one_and_else_the_lr():
+    near_one = TrainConfig(model="cnn-tiny", momentum=0.999, lr=0.1)
+    assert divergence_advice(near_one) == (
+        "with sgd at lr 0.1, momentum 0.999, weight_decay 0.0005: the momentum sums up to "
+        "1 / (1 - momentum) = 1e+03 steps into each; give a lower momentum in the --config file, "
+        "or a lower --lr"
+    )
+    adam = TrainConfig(model="cnn-tiny", optimizer="adam", lr=10.0, weight_decay=1.0)
+    assert divergence_advice(adam) == (
+        "with adam at lr 10, weight_decay 1: a lower --lr than 10 trains"
+    )
 
 
 def test_a_net_whose_weights_overflow_under_a_finite_loss_stops_as_diverged(tmp_path, small_train):

@@ -321,6 +321,33 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
     return optimizer_class(groups, lr=config.lr)
 
 
+def divergence_advice(config: TrainConfig) -> str:
+    """The settings a diverged run trained with, and the one of them that plausibly broke it:
+    the one furthest above its default (lr 1e12 breaks the weight decay too, 1e6 the lr)."""
+    settings = f"with {config.optimizer} at lr {config.lr:g}"
+    if config.optimizer == "sgd":
+        settings += f", momentum {config.momentum:g}"
+    settings += f", weight_decay {config.weight_decay:g}"
+    lr_excess = config.lr / DEFAULT_LR[config.optimizer]
+    # SGD and AdamW take lr x weight_decay of each weight off it every step: from 1 on, the
+    # decay alone throws the weights past zero. Adam's decay is a gradient, normalised away.
+    decay_per_step = config.lr * config.weight_decay
+    decay_excess = config.weight_decay / TrainConfig.weight_decay
+    if config.optimizer != "adam" and decay_per_step >= 1 and decay_excess > lr_excess:
+        return (f"{settings}: each step's decay, lr x weight_decay = {decay_per_step:.3g}, "
+                f"throws the weights past zero; give a weight_decay below {1 / config.lr:.3g} "
+                "(1 / lr) in the --config file")  # fmt: skip
+    # Nesterov SGD moves the weights by up to 1 / (1 - momentum) times lr x gradient a step.
+    momentum_gain = 1 / (1 - config.momentum)
+    momentum_excess = momentum_gain * (1 - TrainConfig.momentum)
+    if config.optimizer == "sgd" and momentum_excess > lr_excess:
+        return (
+            f"{settings}: the momentum sums up to 1 / (1 - momentum) = {momentum_gain:.3g} "
+            "steps into each; give a lower momentum in the --config file, or a lower --lr"
+        )
+    return f"{settings}: a lower --lr than {config.lr:g} trains"
+
+
 def evaluate_split(
     model: nn.Module, images: torch.Tensor, labels: torch.Tensor, amp_dtype: torch.dtype | None
 ) -> tuple[float, float]:
@@ -641,9 +668,9 @@ def train(
             # the last sound one.
             broken = (f"its loss is {row['train_loss']}" if weights_finite
                       else "its weights are not all numbers")  # fmt: skip
-            raise DivergedError(f"{run_dir}: training diverged in epoch {epoch} ({broken}): a "
-                                f"lower --lr than {config.lr:g} trains; what it saved is from "
-                                "the epochs before")  # fmt: skip
+            raise DivergedError(f"{run_dir}: training diverged in epoch {epoch} ({broken}) "
+                                f"{divergence_advice(config)}; what it saved is from the "
+                                "epochs before")  # fmt: skip
         if has_valid:
             # Same weights and buffers on every rank: same figures, same decisions everywhere.
             valid_loss, valid_accuracy = evaluate_split(
