@@ -364,6 +364,13 @@ def test_user_errors_are_one_line_without_traceback(tmp_path, small_csvs):
     # Nothing to continue: a new runs/<time>-<model> would have trained from scratch.
     no_run = invoke("train", "--train", bad, "--resume", "--epochs", "1", "--time-budget", "1")
     assert no_run.exit_code == 2 and "--resume needs --out RUN_DIR" in no_run.output
+    resuming = tmp_path / "resume.toml"
+    resuming.write_text("resume = true\n")
+    no_out = invoke("train", "--train", bad, "--config", resuming, "--epochs", "1")
+    assert no_out.exit_code == 2 and (
+        f"{resuming} sets resume = true, which needs --out RUN_DIR (the run to continue); give "
+        "it, or --no-resume"
+    ) in " ".join(no_out.output.replace("│", " ").split()), no_out.output
 
 
 def test_brackets_in_paths_and_cells_are_printed_as_they_are(tmp_path, small_csvs):

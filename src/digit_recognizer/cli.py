@@ -298,12 +298,17 @@ def predict_config(
 def resolve_configs(
     preset: str, resume: bool | None, out: Path | None, config: Path | None, flags: dict[str, Any]
 ) -> list[TrainConfig]:
-    """What `run` and `train` train (presets.job_configs); --resume needs --out."""
+    """What `run` and `train` train (presets.job_configs); resuming needs --out."""
     from digit_recognizer.presets import job_configs
 
     if resume and out is None:
         raise typer.BadParameter("--resume needs --out RUN_DIR")
-    return job_configs(preset, config, flags, resumed_run=out if resume else None)
+    configs = job_configs(preset, config, flags, resumed_run=out if resume else None)
+    if configs[0].resume and out is None:
+        # Else a new runs/<time>-<model> had trained from scratch, warning of --resume.
+        raise typer.BadParameter(f"{config} sets resume = true, which needs --out RUN_DIR (the "
+                                 "run to continue); give it, or --no-resume")  # fmt: skip
+    return configs
 
 
 def train_overrides(**flags: Any) -> dict[str, Any]:
