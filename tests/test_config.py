@@ -77,6 +77,13 @@ def test_a_bad_value_is_blamed_on_the_flag_or_the_file_that_gave_it(tmp_path):
     toml.write_text("widths = [8, 16, 32]\n")
     with pytest.raises(ConfigError, match=r"^--model 'seed-cnn' has no 'widths' setting"):
         load_config(TrainConfig, toml, {"model": "seed-cnn"})
+    # The file's widths, too large for the file's own model: that model, not the default's.
+    toml.write_text(f'model = "cnn-tiny"\nwidths = [{10**20}, 1, 1]\n')
+    with pytest.raises(ConfigError, match=r"config\.toml: widths .* to build a 'cnn-tiny'; give"):
+        load_config(TrainConfig, toml, {"model": "seed-cnn"})
+    toml.write_text('model = "cnnn"\n')  # mended by --model: the other flag is named
+    with pytest.raises(ConfigError, match=r"^--lr must be > 0"):
+        load_config(TrainConfig, toml, {"model": "cnn", "lr": -1.0})
     # Other jobs' flags too: tune's --timeout sets timeout_s, serve's --port port.
     with pytest.raises(ConfigError, match=r"^--valid-size must be in \(0, 1\), got 2.0"):
         load_config(TuneConfig, None, {"valid_size": 2.0})

@@ -54,9 +54,16 @@ def load_config(
             raise
     # The file's values or the flags': `--resume --epochs 0` had blamed the run's config.toml.
     # The file's, but for those the flags replace, are checked alone; if they pass, the flags
-    # are named.
-    make_config(config_class, {key: value for key, value in values.items() if key not in flags},
-                source=str(toml_path))  # fmt: skip
+    # are named. Its model stays, whatever --model says: its widths are written for it (without
+    # it they were checked against the default net, an error naming a 'cnn' nobody had chosen).
+    alone = {key: value for key, value in values.items() if key not in flags or key == "model"}
+    try:
+        make_config(config_class, alone, source=str(toml_path))
+    except UnknownModelError:
+        if "model" not in flags:
+            raise
+        del alone["model"]  # a name --model replaces is not blamed for another flag's value
+        make_config(config_class, alone, source=str(toml_path))
     return _make_from_flags(config_class, values, flags)
 
 
