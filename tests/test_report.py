@@ -177,6 +177,30 @@ def test_eda_pixel_maps_are_numpys_mean_and_std_computed_in_chunks(small_train):
     np.testing.assert_allclose(std, images.std(axis=0), rtol=1e-6, atol=1e-6)
 
 
+def test_eda_of_an_unlabelled_file_leaves_no_label_plots_nor_label_counts(tmp_path, small_train):
+    """An unlabelled file's eda into the folder of a labelled one's had left its label plots
+    there, and its summary said "(0 with a different label)" of rows without labels."""
+    labelled, unlabelled = tmp_path / "train.csv", tmp_path / "test.csv"
+    write_kaggle_csv(labelled, small_train.images[:50], small_train.labels[:50])
+    write_kaggle_csv(unlabelled, np.concatenate([small_train.images[:50]] * 2))
+    eda(labelled, tmp_path / "eda")
+    summary = eda(unlabelled, tmp_path / "eda")
+    assert sorted(path.name for path in (tmp_path / "eda").iterdir()) == [
+        "eda.html", "mean_std_images.png", "pixel_histograms.png", "samples.png"
+    ]  # fmt: skip
+    assert dict(summary.rows())["duplicate images"] == "50"
+
+
+def test_eda_sample_captions_say_their_rows_count_from_0(tmp_path, small_train, monkeypatch):
+    """ "#3" had read as a line of the file, which counts from 1 and has a header above."""
+    drawn = []
+    monkeypatch.setattr(eda_module, "plot_gallery", lambda *args, **kwargs: drawn.append(args))
+    data = DigitSet(small_train.images[:5], small_train.labels[:5])
+    eda_module._plot_samples(data, np.random.default_rng(0), tmp_path / "samples.png")
+    _, titles, _ = drawn[0]
+    assert sorted(titles) == [f"row {i}: {small_train.labels[i]}" for i in range(5)]
+
+
 def test_eda_and_augment_preview_commands(tmp_path, small_csvs):
     result = runner.invoke(app, ["eda", str(small_csvs["test"]), "--out", str(tmp_path / "e")])
     assert result.exit_code == 0, result.output

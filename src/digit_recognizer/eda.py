@@ -35,6 +35,7 @@ from digit_recognizer.report import (
 from digit_recognizer.train import TrainConfig
 
 EDA_FILE = "eda.html"
+LABEL_FIGURES = ("label_distribution.png", "samples_per_class.png")  # a labelled file's alone
 PREVIEW_ROWS = 4  # augment-preview: this many source images, one per row
 
 
@@ -60,6 +61,10 @@ class EdaSummary:
     figures: dict[str, Path] = field(default_factory=dict)
 
     def rows(self) -> list[tuple[str, str]]:
+        duplicates = str(self.n_duplicates)
+        # An unlabelled file's had said "(0 with a different label)".
+        if self.class_counts is not None:
+            duplicates += f" ({self.n_conflicting_duplicates} with a different label)"
         rows = [
             ("file", str(self.path)),
             ("rows x columns", f"{self.n_rows:,} x {self.n_columns}"),
@@ -68,9 +73,8 @@ class EdaSummary:
             ("missing values", f"{self.n_missing} (the strict reader rejects empty cells)"),
             ("pixel mean / std", f"{self.pixel_mean:.2f} / {self.pixel_std:.2f} (0-255)"),
             ("background pixels", f"{self.zero_fraction:.1%} are exactly 0"),
-            ("duplicate images", f"{self.n_duplicates} ({self.n_conflicting_duplicates} with "
-             "a different label)"),
-        ]  # fmt: skip
+            ("duplicate images", duplicates),
+        ]
         if self.class_counts:
             counts = list(self.class_counts.values())
             rows.append(
@@ -90,9 +94,9 @@ def eda(csv_path: str | Path, out_dir: str | Path) -> EdaSummary:
     plots = [("samples.png", "Random samples", _plot_samples)]
     if data.labels is not None:
         plots = [
-            ("label_distribution.png", "Label distribution", _plot_label_distribution),
+            (LABEL_FIGURES[0], "Label distribution", _plot_label_distribution),
             *plots,
-            ("samples_per_class.png", "Samples per class", _plot_class_rows),
+            (LABEL_FIGURES[1], "Samples per class", _plot_class_rows),
         ]
     plots += [
         ("mean_std_images.png", "Mean and standard deviation images", _plot_mean_std),
@@ -101,6 +105,9 @@ def eda(csv_path: str | Path, out_dir: str | Path) -> EdaSummary:
     for file, title, plot in plots:
         plot(data, rng, out_dir / file)
         summary.figures[title] = out_dir / file
+    if data.labels is None:  # a labelled file's eda there before had left its label plots
+        for file in LABEL_FIGURES:
+            (out_dir / file).unlink(missing_ok=True)
     sections = [("Summary", html_table(summary.rows()))]
     sections += [(title, html_img(path, title)) for title, path in summary.figures.items()]
     write_text(out_dir / EDA_FILE, html_page(f"EDA: {csv_path.name}", str(csv_path), sections))
@@ -160,8 +167,13 @@ def _plot_label_distribution(data: DigitSet, _rng: np.random.Generator, path: Pa
 def _plot_samples(data: DigitSet, rng: np.random.Generator, path: Path) -> None:
     rows, columns = 4, 12
     chosen = rng.choice(len(data), size=min(rows * columns, len(data)), replace=False)
-    titles = [f"#{i}" + (f": {data.labels[i]}" if data.labels is not None else "") for i in chosen]
-    title = "Random samples" + (" (row number: label)" if data.labels is not None else "")
+    # 0-based, as explain --index takes them: "#i" had read as the file's line, which is i + 2.
+    titles = [
+        f"row {i}" + (f": {data.labels[i]}" if data.labels is not None else "") for i in chosen
+    ]
+    title = "Random samples: row from 0, as explain --index" + (
+        ": label" if data.labels is not None else ""
+    )
     plot_gallery(_drawable(data.images[chosen]), titles, path, columns=columns, title=title)
 
 
