@@ -23,6 +23,7 @@ from digit_recognizer.cli import app
 from digit_recognizer.data import shards, stream
 from digit_recognizer.data.kaggle_csv import (
     DigitSet,
+    check_kaggle_csv,
     read_kaggle_csv,
     write_kaggle_csv,
 )
@@ -30,6 +31,7 @@ from digit_recognizer.data.lighting import MIN_CONTRAST
 from digit_recognizer.data.shards import (
     MANIFEST_FILE,
     SHARD_NAME,
+    check_kaggle_source,
     choose_loading,
     expand,
     is_data_source,
@@ -98,6 +100,28 @@ def test_shard_round_trip_rows_and_bytes(source, shard_dir: Path) -> None:
     back = read_data_source(shard_dir)
     assert np.array_equal(back.images, data.images) and np.array_equal(back.labels, data.labels)
     assert resolve_data_source(shard_dir / MANIFEST_FILE) == manifest
+
+
+def test_data_check_of_shards_checks_their_rows_and_their_manifests_hashes(source, tmp_path):
+    """`digits data check DIR` had said only "is a directory, expected a CSV file"."""
+    path = source[0]
+    out_dir = tmp_path / "shards"
+    shard_csv(path, out_dir, parts=3)
+    expected = check_kaggle_csv(path)
+    for given in (out_dir, out_dir / MANIFEST_FILE, f"{out_dir}/part-*.csv"):
+        summary = check_kaggle_source(given)
+        assert (summary.path, summary.n_rows) == (Path(given), 1003)
+        assert summary.class_counts == expected.class_counts
+    with pytest.raises(DataError, match="not a submission; only a submission's rows"):
+        check_kaggle_source(out_dir, expected_rows=1003)
+    last = read_manifest(out_dir).shards[-1].path
+    last.write_bytes(last.read_bytes().replace(b"\n1,", b"\n2,", 1))  # one label, rows kept
+    with pytest.raises(DataError) as raised:
+        check_kaggle_source(out_dir)
+    assert str(raised.value) == (
+        f"{last}: its SHA-256 is not the one the manifest lists; it changed after the manifest "
+        "was written: rebuild the shards"
+    )
 
 
 def test_shards_go_to_a_folder_whose_name_is_not_utf8(source, tmp_path: Path) -> None:

@@ -794,22 +794,18 @@ def data_kaggle(
 @data_app.command("check")
 @handles_errors
 def data_check(
-    csv: Annotated[
-        Path, typer.Argument(help="A Kaggle train.csv or test.csv, or a submission.csv.")
-    ],
+    csv: Annotated[Path, typer.Argument(
+        help="A Kaggle train.csv or test.csv (or a shard dir, a quoted glob), or a "
+        "submission.csv.")],
     test: Annotated[Path | None, typer.Option(
         help="For a submission: the test CSV (a shard dir or a quoted glob) it predicts, "
         "whose row count it must match.")] = None,
 ) -> None:  # fmt: skip
-    """Validate a Kaggle CSV strictly and print a one-line summary."""
-    from digit_recognizer.data.kaggle_csv import check_kaggle_csv
+    """Validate a Kaggle CSV (or shards) strictly and print a one-line summary."""
+    from digit_recognizer.data.shards import check_kaggle_source, count_rows
 
-    expected_rows = None
-    if test is not None:
-        from digit_recognizer.data.shards import count_rows
-
-        expected_rows = count_rows(test)
-    summary = check_kaggle_csv(csv, expected_rows)
+    expected_rows = None if test is None else count_rows(test)
+    summary = check_kaggle_source(csv, expected_rows)
     console.print(summary.one_line(), highlight=False, soft_wrap=True)
 
 

@@ -38,7 +38,9 @@ from digit_recognizer.data.kaggle_csv import (
     LABELLED_COLUMNS,
     N_PIXELS,
     PIXEL_COLUMNS,
+    CsvSummary,
     DigitSet,
+    check_kaggle_csv,
     open_binary,
     open_sink,
     parse_body,
@@ -265,6 +267,30 @@ def count_rows(source: str | Path) -> int:
     """The rows of a CSV, shard directory or glob, each validated as ``read_data_source`` reads
     it, a piece at a time: a file that predict would refuse is refused, not miscounted."""
     return sum(len(piece) for piece in _iter_rows(resolve_data_source(source)))
+
+
+def check_kaggle_source(source: str | Path, expected_rows: int | None = None) -> CsvSummary:
+    """``check_kaggle_csv`` of a CSV; of a shard directory or a glob, every shard's rows as
+    ``read_data_source`` reads them, and each of a directory's shards against the SHA-256 its
+    manifest lists (a shard edited, its row count kept, would train unnoticed)."""
+    if is_one_file(source):
+        return check_kaggle_csv(source, expected_rows)
+    manifest = resolve_data_source(source)
+    if expected_rows is not None:
+        raise DataError(f"{source}: rows of digits in {counted(len(manifest.shards), 'file')}, "
+                        "not a submission; only a submission's rows are counted against a test "
+                        "file")  # fmt: skip
+    counts = np.zeros(10, np.int64)
+    for piece in _iter_rows(manifest):
+        if piece.labels is not None:
+            counts += np.bincount(piece.labels, minlength=10)
+    for shard in manifest.shards:
+        if not shard.is_scanned and sha256_file(shard.path) != shard.sha256:
+            raise DataError(f"{shard.path}: its SHA-256 is not the one the manifest lists; "
+                            "it changed after the manifest was written: rebuild the "
+                            "shards")  # fmt: skip
+    class_counts = dict(enumerate(counts.tolist())) if manifest.has_labels else None
+    return CsvSummary(Path(source), manifest.n_rows, manifest.has_labels, class_counts)
 
 
 def require_labels(has_labels: bool, source: str | Path, elsewhere: str = "") -> None:
