@@ -133,6 +133,13 @@ def test_eda_plots_draw_the_counts_and_the_nets_normalisation(tmp_path, small_tr
     x = [patch.get_x() + patch.get_width() / 2 for patch in after.patches]
     expected = (np.arange(256) / 255 - eda_module.MNIST_MEAN) / eda_module.MNIST_STD
     np.testing.assert_allclose(x, expected, rtol=1e-9, atol=1e-9)
+    # A binarised file: its own 0/1 before, the full ink the nets read after normalising (its
+    # ink had been drawn at 1 / 255, near the background).
+    binarised = (data.images > 127).astype(np.uint8)
+    eda_module._plot_pixel_histograms(DigitSet(binarised, data.labels), rng, tmp_path / "b.png")
+    before, after = ([patch.get_height() for patch in ax.patches] for ax in drawn[-1].axes)
+    n_ink = int(binarised.sum())
+    assert (before[1], before[255]) == (n_ink, 0) and (after[1], after[255]) == (0, n_ink)
 
 
 def test_eda_statistics_take_little_memory_beside_the_rows(tmp_path):

@@ -230,22 +230,30 @@ def _mean_and_std(images: NDArray[np.uint8], chunk: int = 8192) -> NDArray[np.fl
     return np.stack([mean, np.sqrt(np.maximum(squares / len(images) - mean**2, 0))])
 
 
-def _pixel_value_counts(images: NDArray[np.uint8], chunk: int = 1024) -> NDArray[np.int64]:
+def _pixel_value_counts(
+    images: NDArray[np.uint8], chunk: int = 1024, full_ink: bool = False
+) -> NDArray[np.int64]:
     """How many pixels take each value 0-255, in chunks: ``bincount`` of all pixels at once
-    makes an int64 copy of them, 8 bytes a pixel (6 GB beside a million rows' 0.8 GB)."""
+    makes an int64 copy of them, 8 bytes a pixel (6 GB beside a million rows' 0.8 GB).
+    ``full_ink``: of the images as the nets read them, faint rows scaled (``_drawable``)."""
     counts = np.zeros(256, np.int64)
     for start in range(0, len(images), chunk):
-        counts += np.bincount(images[start : start + chunk].ravel(), minlength=256)
+        block = images[start : start + chunk]
+        counts += np.bincount((_drawable(block) if full_ink else block).ravel(), minlength=256)
     return counts
 
 
 def _plot_pixel_histograms(data: DigitSet, _rng: np.random.Generator, path: Path) -> None:
-    counts = _pixel_value_counts(data.images)
     raw = np.arange(256)
     normalised = (raw / 255 - MNIST_MEAN) / MNIST_STD  # what the nets' first layer computes
+    # The file's own values, then what the nets read: a binarised file's ink had been drawn
+    # at (1 / 255 - mean) / std, where the nets see it at full ink.
     fig = Figure(figsize=(11, 3.4))
-    for ax, x, name in zip(fig.subplots(1, 2), (raw, normalised), ("before normalisation",
-                           "after normalisation"), strict=True):  # fmt: skip
+    for ax, x, counts, name in zip(fig.subplots(1, 2), (raw, normalised),
+                                   (_pixel_value_counts(data.images),
+                                    _pixel_value_counts(data.images, full_ink=True)),
+                                   ("before normalisation", "after normalisation"),
+                                   strict=True):  # fmt: skip
         mean = counts @ x / counts.sum()
         std = np.sqrt(counts @ (x - mean) ** 2 / counts.sum())
         ax.bar(x, counts, width=x[1] - x[0], color="tab:blue")
