@@ -499,6 +499,10 @@ def test_the_grad_cam_gallery_title_counts_the_right_and_wrong_it_shows(tmp_path
     assert titles["grad_cam.png"] == (
         "Grad-CAM for the predicted digit: 3 right, then the 8 most confident mistakes"
     )
+    # None wrong: no "then the 0 most confident mistakes", no blank "0 of 0 mistakes" figure.
+    titles.clear()
+    _plot_mistakes_and_grad_cam(build("cnn-tiny").eval(), data, np.eye(10)[data.labels], tmp_path)
+    assert titles == {"grad_cam.png": "Grad-CAM for the predicted digit: 8 right"}
 
 
 def test_a_gallery_title_wider_than_its_columns_wraps_inside_the_figure(tmp_path, monkeypatch):

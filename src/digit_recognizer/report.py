@@ -195,7 +195,9 @@ def _report_sections(
         ("Calibration", html_img(figures / "calibration.png", "reliability diagram") + html_note(
             "Bars above the diagonal: the net is right more often than its confidence says "
             "(under-confident, as label smoothing makes a net); below: over-confident.")),
-        ("Most confident mistakes", html_img(figures / "mistakes.png", "most confident mistakes")),
+        ("Most confident mistakes",
+         html_img(figures / "mistakes.png", "most confident mistakes") if n_wrong
+         else html_note(f"None: all {len(data):,} images are predicted right.")),
         ("Grad-CAM: where the net looked", html_img(figures / "grad_cam.png", "Grad-CAM")
          + html_note(
             "Red: where the predicted digit's score rises most (Grad-CAM on the last conv "
@@ -300,8 +302,8 @@ def _plot_reliability(calibration: Reliability, path: Path) -> None:
 def _plot_mistakes_and_grad_cam(
     model: nn.Module, data: DigitSet, probas: NDArray[np.floating], figures: Path
 ) -> None:
-    """mistakes.png (most confident errors) and grad_cam.png (up to 8 right, then up to 8 of the
-    most confident errors) in ``figures``."""
+    """mistakes.png (most confident errors; none without any) and grad_cam.png (up to 8 right,
+    then up to 8 of the most confident errors) in ``figures``."""
     predicted, confidence = probas.argmax(axis=1), probas.max(axis=1)
     wrong = np.flatnonzero(predicted != data.labels)
     wrong = wrong[np.argsort(-confidence[wrong], kind="stable")]
@@ -312,17 +314,19 @@ def _plot_mistakes_and_grad_cam(
         return f"true {data.labels[i]} → {predicted[i]}\n{confidence[i]:.1%}"
 
     shown = wrong[:N_GALLERY]
-    plot_gallery(data.images[shown], [caption(i) for i in shown], figures / "mistakes.png",
-                  title=f"{len(shown)} of {len(wrong)} mistakes, most confident first "
-                  "(true → predicted, confidence)")  # fmt: skip
+    if len(wrong):  # none: the report says so, where a blank "0 of 0 mistakes" figure had been
+        plot_gallery(data.images[shown], [caption(i) for i in shown], figures / "mistakes.png",
+                      title=f"{len(shown)} of {len(wrong)} mistakes, most confident first "
+                      "(true → predicted, confidence)")  # fmt: skip
     chosen = np.concatenate([right, wrong[:8]])
     # The captions' digit, as the predictor (bf16, TTA) chose it, not fp32's argmax again.
     heatmaps = grad_cam(model, data.images[chosen], target=predicted[chosen])
+    # Counted: with fewer than 8 right, mistakes fill the first row too.
+    title = f"Grad-CAM for the predicted digit: {len(right)} right"
+    if len(chosen) > len(right):
+        title += f", then the {len(chosen) - len(right)} most confident mistakes"
     plot_gallery(data.images[chosen], [caption(i) for i in chosen], figures / "grad_cam.png",
-                  # Counted: with fewer than 8 right, mistakes fill the first row too.
-                  title=f"Grad-CAM for the predicted digit: {len(right)} right, then the "
-                  f"{len(chosen) - len(right)} most confident mistakes",
-                  heatmaps=heatmaps)  # fmt: skip
+                 title=title, heatmaps=heatmaps)  # fmt: skip
 
 
 # -- galleries ------------------------------------------------------------------------------------
