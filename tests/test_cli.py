@@ -423,6 +423,18 @@ def test_the_stroke_range_is_stated_and_held_by_the_flag(tmp_path):
         assert "0<=x<=1" in invoke(command[0], "--help").output.split("--stroke")[1], command
 
 
+def test_augment_preview_draws_at_most_40_augmentations_an_image(tmp_path):
+    """--n 300 had taken minutes to draw a PNG 33,000 pixels wide; past 40 it is refused
+    before the file is read."""
+    result = invoke("augment-preview", tmp_path / "train.csv", "--n", "41")
+    assert (
+        result.exit_code == 2
+        and "--n" in result.output
+        and "less than or equal to 40" in result.output
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_an_output_that_cannot_be_written_is_one_line_too(tmp_path, tiny_run, small_csvs):
     """An --out naming a directory, a path through a file, or files of others: said, no
     traceback."""

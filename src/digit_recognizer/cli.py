@@ -556,7 +556,8 @@ def augment_preview(
     csv: Annotated[
         Path, typer.Argument(help="A Kaggle train.csv or test.csv, a shard dir or a quoted glob.")
     ],
-    n: Annotated[int, typer.Option("--n", min=1, help="Augmentations per image.")] = 9,
+    # At most 40: a row of tiles each, and --n 300 had taken minutes to draw 33,000 pixels wide.
+    n: Annotated[int, typer.Option("--n", min=1, max=40, help="Augmentations per image.")] = 9,
     augment: Annotated[float, typer.Option(min=0, help="Strength, as train --augment.")] = 1.0,
     elastic: Annotated[float, typer.Option(min=0, help="Pixels, as train --elastic.")] = 0.0,
     stroke: Annotated[
