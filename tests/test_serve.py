@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 from typer.testing import CliRunner
@@ -30,12 +31,14 @@ from digit_recognizer.data.images import MAX_IMAGE_PIXELS, conform_to_mnist, loa
 from digit_recognizer.data.kaggle_csv import DigitSet, write_kaggle_csv
 from digit_recognizer.errors import ConfigError, ModelFileError
 from digit_recognizer.estimator import build_estimator, count_parameters, save_estimator
+from digit_recognizer.models import build
 from digit_recognizer.models.registry import get_spec
-from digit_recognizer.models.storage import PREPROCESSING
+from digit_recognizer.models.storage import PREPROCESSING, read_meta, save_net
 from digit_recognizer.predict import PredictConfig, Predictor
 from digit_recognizer.serve import ServeConfig, create_app
 from digit_recognizer.serve.app import (
     GRAD_CAM_NEEDS_TORCH,
+    ServedModel,
     address,
     listening_socket,
     load_served_model,
@@ -330,6 +333,29 @@ def test_a_classical_model_is_served_without_grad_cam(
     with pytest.raises(ModelFileError, match="'logreg' is a scikit-learn model, which exports to "
                        "no ONNX: serve it with --backend torch"):  # fmt: skip
         load_served_model(tmp_path, ServeConfig(backend="onnx"))
+
+
+def test_a_run_whose_probabilities_are_not_numbers_is_refused_as_it_loads(
+    tmp_path: Path, digits
+) -> None:
+    """A negative batch-norm variance loads, and predicts NaN for every digit: served, /health
+    had said "ok" while /predict answered a bare "Internal Server Error", on both backends. A
+    model damaged for some digits only, past that check, answers 500 saying what is wrong."""
+    net = build("cnn-tiny").eval()
+    next(m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)).running_var.fill_(-1)
+    save_net(tmp_path, net, "cnn-tiny", {})
+    damaged = "a model's probabilities are not numbers (NaN or infinite)"
+    # Checked whatever the backend (onnx's export alone would take 20 s here).
+    with pytest.raises(ModelFileError, match=rf"^{tmp_path}: {re.escape(damaged)}"):
+        load_served_model(tmp_path, ServeConfig())
+    unchecked = ServedModel("torch", Predictor.load([tmp_path]), read_meta(tmp_path), {})
+    write_kaggle_csv(tmp_path / "test.csv", digits[:1])
+    csv_body = (tmp_path / "test.csv").read_bytes()
+    with TestClient(create_app(tmp_path, model=unchecked)) as damaged_client:
+        answer = damaged_client.post("/predict", json=pixels_body(digits[0]))
+        csv_answer = damaged_client.post("/predict/csv", files={"file": ("test.csv", csv_body)})
+    for response in (answer, csv_answer):
+        assert response.status_code == 500 and response.json()["detail"].startswith(damaged)
 
 
 def test_figures_of_the_wrong_type_in_the_run_s_files_are_refused_as_it_loads(

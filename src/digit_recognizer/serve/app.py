@@ -159,6 +159,12 @@ def load_served_model(run_dir: Path, config: ServeConfig) -> ServedModel:
         predictor = Predictor.load([run_dir], PredictConfig(amp=False, fuse_batch_norm=False))
         if not is_classical:  # a pipeline predicts, but has no gradients
             explain_net = load_net(run_dir)[0].to(predictor.device)
+    # A damaged net (a negative batch-norm variance) predicts NaN for every digit: refused here,
+    # as `digits serve` starts, not served with a /health of "ok" and a 500 for each prediction.
+    try:
+        predictor.predict_proba(np.zeros((1, 28, 28), np.uint8))
+    except ModelFileError as error:
+        raise ModelFileError(f"{run_dir}: {error}") from None
     metrics = read_metrics(run_dir)
     check_reported_figures(run_dir, meta, metrics)
     # A pipeline is served under --backend torch, but torch has no part in its answers.
@@ -294,6 +300,12 @@ def create_app(
                        max_csv_bytes=config.max_csv_bytes)  # fmt: skip
     app.include_router(api)
     app.include_router(pages)
+
+    @app.exception_handler(ModelFileError)
+    async def damaged_model(_request: Request, error: ModelFileError) -> JSONResponse:
+        # Probabilities that are not numbers for some digits only, past the load's check: the
+        # model's fault, not the request's, and said as a bare "Internal Server Error" had not.
+        return JSONResponse({"detail": str(error)}, status_code=500)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_query(_request: Request, error: RequestValidationError) -> JSONResponse:
