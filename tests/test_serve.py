@@ -97,6 +97,20 @@ def test_page_static_files_and_docs(client: TestClient) -> None:
     assert {"application/json", "multipart/form-data", "image/png"} <= set(content)
 
 
+def test_head_is_answered_wherever_get_is(client: TestClient) -> None:
+    """Uptime monitors probe with HEAD: /, /health and /model had answered 405. It gets GET's
+    status and headers, no body, and is not listed beside the GETs in the schema."""
+    for path in ("/", "/health", "/model", "/docs", "/static/app.js"):
+        head, get = client.head(path), client.get(path)
+        assert (head.status_code, head.content) == (200, b""), path
+        assert head.headers["content-length"] == get.headers["content-length"], path
+        assert head.headers["content-type"] == get.headers["content-type"], path
+    refused = client.head("/predict")
+    assert (refused.status_code, refused.headers["allow"]) == (405, "POST")
+    schema = client.get("/openapi.json").json()
+    assert {method for path in schema["paths"].values() for method in path} == {"get", "post"}
+
+
 def test_the_api_docs_pages_load_nothing_from_elsewhere(client: TestClient) -> None:
     """FastAPI's /docs and /redoc take their scripts from a CDN, and stayed blank offline: every
     file they load is the server's own."""

@@ -256,6 +256,27 @@ class BodySizeLimit:
                 await _send_413(send, limit, limit_name)
 
 
+class HeadAsGet:
+    """Answer HEAD wherever GET is answered, with GET's status and headers and no body (RFC
+    9110), as Starlette's own routes do: FastAPI's answered 405, and uptime monitors probe with
+    HEAD. The OpenAPI schema lists the GETs alone, HEAD being implied by HTTP (pure ASGI)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_without_body(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                message = {**message, "body": b""}
+            await send(message)
+
+        await self.app({**scope, "method": "GET"}, receive, send_without_body)
+
+
 class _BodyTooLargeError(Exception):
     """Raised inside ``receive`` to abandon a request whose body passed the limit."""
 
@@ -298,6 +319,7 @@ def create_app(
     app.state.csv_slots = asyncio.Semaphore(config.max_csv_jobs)
     app.add_middleware(BodySizeLimit, max_body_bytes=config.max_body_bytes,
                        max_csv_bytes=config.max_csv_bytes)  # fmt: skip
+    app.add_middleware(HeadAsGet)
     app.include_router(api)
     app.include_router(pages)
 
