@@ -419,7 +419,8 @@ NO_INK = ("no digit: its pixels range from {} to {}, where MNIST's run from 0 (p
             422,
             "pixels[0]: 0.5 is not an integer 0-255 (scale 0-1 values by 255)",
         ),
-        ({"pixels": [128.0, *GOOD[1:]]}, 422, "pixels[0]: 128.0 is not an integer 0-255"),
+        ({"pixels": [128.5, *GOOD[1:]]}, 422, "pixels[0]: 128.5 is not an integer 0-255"),
+        ({"pixels": [256.0, *GOOD[1:]]}, 422, f"pixels: index 0 is 256; {RANGE}"),
         ({"pixels": [0] * 784}, 422, f"body: {NO_INK.format(0, 0)}"),
         ({"pixels": [255] * 784}, 422, f"body: {NO_INK.format(255, 255)}"),  # a white page
         ({"pixels": [128] * 783 + [150]}, 422, f"body: {NO_INK.format(128, 150)}"),  # grey
@@ -460,6 +461,7 @@ NO_INK = ("no digit: its pixels range from {} to {}, where MNIST's run from 0 (p
         "string",
         "float",
         "float-0-255",
+        "whole-float-over-255",
         "blank",
         "white",
         "grey",
@@ -480,6 +482,28 @@ NO_INK = ("no digit: its pixels range from {} to {}, where MNIST's run from 0 (p
 def test_bad_json(client: TestClient, body: object, status: int, detail: str) -> None:
     response = client.post("/predict", json=body)
     assert (response.status_code, response.json()["detail"]) == (status, detail)
+
+
+def test_pixels_that_are_whole_numbers_written_as_floats_are_read(
+    client: TestClient, digits
+) -> None:
+    """numpy's tolist() of a float array writes 255.0, and 1e2 is JSON for 100 too: they had been
+    refused as "not an integer 0-255". 0.5, NaN and infinity still are."""
+    expected = client.post("/predict", json={"image": digits[0].tolist()}).json()
+    as_floats = digits[0].astype(np.float32)
+    for body in ({"image": as_floats.tolist()}, {"pixels": as_floats.ravel().tolist()}):
+        answer = client.post("/predict", json=body)
+        assert answer.status_code == 200
+        assert answer.json()["probabilities"] == expected["probabilities"]
+    for value, detail in [("1e2", None), ("NaN", "nan is not an integer 0-255"),
+                          ("-Infinity", "-inf is not an integer 0-255")]:  # fmt: skip
+        values = ", ".join([value, *map(str, digits[0].ravel()[1:])])
+        answer = client.post("/predict", content=f'{{"pixels": [{values}]}}',
+                             headers={"Content-Type": "application/json"})  # fmt: skip
+        if detail is None:
+            assert answer.status_code == 200
+        else:
+            assert answer.json()["detail"] == f"pixels[0]: {detail}"
 
 
 def test_a_bad_query_is_one_sentence_too(client: TestClient) -> None:

@@ -23,6 +23,7 @@ from pydantic import (
     StrictInt,
     TypeAdapter,
     ValidationError,
+    ValidatorFunctionWrapHandler,
     field_validator,
     model_validator,
 )
@@ -82,6 +83,17 @@ class DigitInput(BaseModel):
                                         "maxItems": 28}),
     )  # fmt: skip
 
+    @field_validator("pixels", "image", mode="wrap")
+    @classmethod
+    def _accept_whole_numbers(cls, values: Any, strict: ValidatorFunctionWrapHandler) -> Any:
+        """255.0 and 1e2 as the integers they are: numpy's ``tolist()`` of a float array writes
+        them so (and JSON Schema's "integer" takes them). Converted only where the strict
+        integers fail, which keeps integer bodies off a Python loop over every value."""
+        try:
+            return strict(values)
+        except ValidationError:
+            return strict(_whole_numbers_as_ints(values))  # 0.5, NaN: refused as floats
+
     @field_validator("pixels")
     @classmethod
     def _check_pixels(cls, pixels: list[int] | None) -> list[int] | None:
@@ -123,6 +135,16 @@ class DigitInput(BaseModel):
         """uint8 (28, 28)."""
         values = self.pixels if self.pixels is not None else self.image
         return np.asarray(values, dtype=np.uint8).reshape(28, 28)
+
+
+def _whole_numbers_as_ints(values: Any) -> Any:
+    """``values`` with each float that is a whole number (not NaN, not infinite) as an int,
+    through nested lists."""
+    if isinstance(values, list):
+        return [_whole_numbers_as_ints(value) for value in values]
+    if isinstance(values, float) and values.is_integer():
+        return int(values)
+    return values
 
 
 def _check_range(values: NDArray[Any], where: Callable[[tuple[int, ...]], str]) -> None:
