@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -70,6 +71,13 @@ def test_dynamic_batch_axis(run_dir: Path, small_test: DigitSet) -> None:
     dims = graph_input.type.tensor_type.shape.dim
     assert graph_input.type.tensor_type.elem_type == onnx.TensorProto.UINT8
     assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [28, 28]
+    # The file says so itself: model.json beside it describes the net's float32 (N, 1, 28, 28).
+    recorded = OnnxPredictor.load(run_dir).session.get_modelmeta().custom_metadata_map
+    contract = json.loads(recorded["digit_recognizer.preprocessing"])
+    assert contract["input"] == "images: uint8 (N, 28, 28), pixels 0-255, white ink on black"
+    assert contract["output"] == "probas: float32 (N, 10), the probabilities of digits 0-9"
+    meta = json.loads((run_dir / "model.json").read_text())
+    assert contract["layout"] == meta["preprocessing"]["layout"]
     predictor = OnnxPredictor(OnnxPredictor.load(run_dir).session, {}, batch_size=7)
     whole = predictor.predict_proba(small_test.images[:20])  # batches of 7, 7 and 6
     assert whole.shape == (20, 10)

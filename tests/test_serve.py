@@ -293,6 +293,9 @@ def test_predict_csv(client: TestClient, predictor: Predictor, small_test, tmp_p
 def test_onnx_backend(run_dir: Path, predictor: Predictor, digits) -> None:
     with TestClient(create_app(run_dir, ServeConfig(backend="onnx"))) as onnx_client:
         assert onnx_client.get("/health").json()["backend"] == "onnx"
+        # What the served graph takes, not the torch net's float32 (N, 1, 28, 28)
+        input_described = onnx_client.get("/model").json()["preprocessing"]["input"]
+        assert input_described.startswith("images: uint8 (N, 28, 28)")
         answer = onnx_client.post("/predict?explain=true", json=pixels_body(digits[0])).json()
     expected = predictor.predict_proba(digits[:1])[0]
     assert answer["label"] == expected.argmax()

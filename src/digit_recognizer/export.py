@@ -13,6 +13,7 @@ raw pixels and cannot get the preprocessing wrong. Probabilities match PyTorch i
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import warnings
 from collections.abc import Callable, Iterator
@@ -30,7 +31,7 @@ from digit_recognizer.data.images import check_images
 from digit_recognizer.data.tensors import to_model_input
 from digit_recognizer.errors import ConfigError, ModelFileError, OutputError
 from digit_recognizer.fileio import atomic_path, check_can_write, sha256_file
-from digit_recognizer.models.storage import WEIGHTS_FILE, load_net, read_meta
+from digit_recognizer.models.storage import PREPROCESSING, WEIGHTS_FILE, load_net, read_meta
 from digit_recognizer.predict import check_probabilities
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,16 @@ WEIGHTS_HASH_KEY = "digit_recognizer.weights_sha256"  # metadata: the weights it
 INPUT_NAME = "images"
 OUTPUT_NAME = "probas"
 OPSET = 18
+# What the exported graph takes and returns, as model.json's "preprocessing" says it for the
+# net (float32 (N, 1, 28, 28)): kept in the file's metadata under PREPROCESSING_KEY, where a
+# deployment holding model.onnx finds it (onnxruntime's get_modelmeta().custom_metadata_map).
+PREPROCESSING_KEY = "digit_recognizer.preprocessing"
+ONNX_PREPROCESSING = {
+    "input": f"{INPUT_NAME}: uint8 (N, 28, 28), pixels 0-255, white ink on black",
+    "output": f"{OUTPUT_NAME}: float32 (N, 10), the probabilities of digits 0-9",
+    "layout": PREPROCESSING["layout"],
+    "normalisation": PREPROCESSING["normalisation"],  # the /255 inside the graph too
+}
 
 
 class ProbabilityNet(nn.Module):
@@ -92,6 +103,7 @@ def export_onnx(run_dir: Path, out: Path | None = None) -> Path:
         raise OutputError(f"{run_dir / WEIGHTS_FILE}: replaced while it was exported (a training "
                           "writing it?); export again once it is done")  # fmt: skip
     program.model.metadata_props[WEIGHTS_HASH_KEY] = weights_hash
+    program.model.metadata_props[PREPROCESSING_KEY] = json.dumps(ONNX_PREPROCESSING)
     with atomic_path(out) as tmp:  # a torn file would pass onnx_is_current's check
         program.save(tmp, external_data=False)
     return out

@@ -36,7 +36,7 @@ from digit_recognizer.config import check_fields
 from digit_recognizer.data.images import MAX_IMAGE_PIXELS
 from digit_recognizer.errors import ConfigError, ModelFileError
 from digit_recognizer.evaluate import METRICS_FILE, read_metrics
-from digit_recognizer.export import ONNX_FILE, OnnxPredictor
+from digit_recognizer.export import ONNX_FILE, ONNX_PREPROCESSING, OnnxPredictor
 from digit_recognizer.models.classical import is_pipeline
 from digit_recognizer.models.storage import META_FILE, WEIGHTS_FILE, load_net, read_meta
 from digit_recognizer.predict import PredictConfig, Predictor
@@ -148,6 +148,7 @@ def load_served_model(run_dir: Path, config: ServeConfig) -> ServedModel:
                              "exports to no ONNX: serve it with --backend torch")  # fmt: skip
     if config.backend == "onnx":
         predictor: Predictor | OnnxPredictor = OnnxPredictor.load(run_dir, config.n_threads)
+        meta = meta | {"preprocessing": ONNX_PREPROCESSING}  # GET /model: what it serves takes
     elif not (run_dir / WEIGHTS_FILE).exists() and (run_dir / ONNX_FILE).exists():
         raise ModelFileError(f"{run_dir} holds model.onnx without PyTorch's weights: serve it "
                              "with --backend onnx")  # fmt: skip
