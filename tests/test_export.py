@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
+from digit_recognizer import export
 from digit_recognizer.cli import app as cli_app
 from digit_recognizer.data.kaggle_csv import DigitSet
 from digit_recognizer.errors import ModelFileError, OutputError
@@ -149,16 +150,25 @@ def test_corrupt_onnx_file(run_dir: Path, tmp_path: Path) -> None:
         OnnxPredictor.load(broken)
 
 
-def test_probabilities_that_are_not_numbers_are_refused_as_torchs_are(tmp_path: Path) -> None:
+def test_probabilities_that_are_not_numbers_are_refused_as_torchs_are(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A negative batch-norm variance loads, and predicts NaN: Predictor refuses it, and the
-    onnx backend had served digit 0 with null probabilities."""
+    onnx backend had served digit 0 with null probabilities. The export refuses it (it had
+    written a model.onnx answering NaN for every digit, exit status 0), before its seconds of
+    work; one exported before that check is refused as it predicts."""
     net = build("cnn-tiny").eval()
     next(m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)).running_var.fill_(-1)
     save_net(tmp_path, net, "cnn-tiny", {})
+    damaged = "a model's probabilities are not numbers"
+    with pytest.raises(ModelFileError, match=rf"^{tmp_path}: {damaged}"):
+        export_onnx(tmp_path)
+    assert not (tmp_path / ONNX_FILE).exists()
+    monkeypatch.setattr(export, "check_predicts_numbers", lambda *_: None)  # an older export
     images = np.zeros((2, 28, 28), np.uint8)
     images[:, 8:20, 12:16] = 255
     for predictor in (Predictor.load([tmp_path]), OnnxPredictor.load(tmp_path)):
-        with pytest.raises(ModelFileError, match="probabilities are not numbers"):
+        with pytest.raises(ModelFileError, match=damaged):
             predictor.predict_proba(images)
 
 

@@ -32,7 +32,7 @@ from digit_recognizer.data.tensors import to_model_input
 from digit_recognizer.errors import ConfigError, ModelFileError, OutputError
 from digit_recognizer.fileio import atomic_path, check_can_write, sha256_file
 from digit_recognizer.models.storage import PREPROCESSING, WEIGHTS_FILE, load_net, read_meta
-from digit_recognizer.predict import check_probabilities
+from digit_recognizer.predict import check_predicts_numbers, check_probabilities
 
 log = logging.getLogger(__name__)
 
@@ -85,12 +85,17 @@ def export_onnx(run_dir: Path, out: Path | None = None) -> Path:
     # turned the interruption into a page-long TorchExportError.
     import torch._dynamo
 
+    net = ProbabilityNet(model).eval()
+    # Not exported to answer NaN for every digit wherever it is deployed (a damaged net)
+    check_predicts_numbers(
+        lambda images: check_probabilities(net(torch.as_tensor(images)).detach().numpy()), run_dir
+    )
     example = torch.zeros(2, 28, 28, dtype=torch.uint8)
     # The torch.export-based exporter (PyTorch >= 2.9 default, needs onnxscript); the weights are
     # embedded (external_data=False) so the model is one self-contained file.
     with _quiet_exporter():
         program = torch.onnx.export(
-            ProbabilityNet(model).eval(),
+            net,
             (example,),
             input_names=[INPUT_NAME],
             output_names=[OUTPUT_NAME],

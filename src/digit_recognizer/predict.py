@@ -199,6 +199,18 @@ def check_probabilities(probas: NDArray[np.float32]) -> NDArray[np.float32]:
     return probas
 
 
+def check_predicts_numbers(
+    predict_proba: Callable[[NDArray[np.uint8]], NDArray[np.float32]], run_dir: Path
+) -> None:
+    """``ModelFileError`` naming ``run_dir`` where ``predict_proba`` (which checks its
+    probabilities) finds a blank digit's not numbers: a damaged net (a negative batch-norm
+    variance) predicts NaN for every digit, so one tells before it is served or exported."""
+    try:
+        predict_proba(np.zeros((1, 28, 28), np.uint8))
+    except ModelFileError as error:
+        raise ModelFileError(f"{run_dir}: {error}") from None
+
+
 def _tta_views(images: NDArray[np.uint8]) -> list[torch.Tensor]:
     tensor = torch.as_tensor(images)
     views = []

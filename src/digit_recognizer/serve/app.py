@@ -39,7 +39,7 @@ from digit_recognizer.evaluate import METRICS_FILE, read_metrics
 from digit_recognizer.export import ONNX_FILE, ONNX_PREPROCESSING, OnnxPredictor
 from digit_recognizer.models.classical import is_pipeline
 from digit_recognizer.models.storage import META_FILE, WEIGHTS_FILE, load_net, read_meta
-from digit_recognizer.predict import PredictConfig, Predictor
+from digit_recognizer.predict import PredictConfig, Predictor, check_predicts_numbers
 
 log = logging.getLogger(__name__)
 
@@ -160,12 +160,9 @@ def load_served_model(run_dir: Path, config: ServeConfig) -> ServedModel:
         predictor = Predictor.load([run_dir], PredictConfig(amp=False, fuse_batch_norm=False))
         if not is_classical:  # a pipeline predicts, but has no gradients
             explain_net = load_net(run_dir)[0].to(predictor.device)
-    # A damaged net (a negative batch-norm variance) predicts NaN for every digit: refused here,
-    # as `digits serve` starts, not served with a /health of "ok" and a 500 for each prediction.
-    try:
-        predictor.predict_proba(np.zeros((1, 28, 28), np.uint8))
-    except ModelFileError as error:
-        raise ModelFileError(f"{run_dir}: {error}") from None
+    # Refused as `digits serve` starts, not served with a /health of "ok" and a 500 for each
+    # prediction.
+    check_predicts_numbers(predictor.predict_proba, run_dir)
     metrics = read_metrics(run_dir)
     check_reported_figures(run_dir, meta, metrics)
     # A pipeline is served under --backend torch, but torch has no part in its answers.
