@@ -352,7 +352,7 @@ def test_training_reads_a_faint_file_as_predict_does_and_warns_of_rows_predict_w
     config = TrainConfig(**TINY_RECIPE | {"model": "mlp", "valid_size": 0.1})
     with caplog.at_level(logging.WARNING):
         job = train_job(config, binarised, tmp_path / "run")
-    assert "stay under 32" in caplog.text and "not laid out" not in caplog.text
+    assert "pixels all under 32" in caplog.text and "not laid out" not in caplog.text
     assert job.valid_metrics.accuracy > 0.8  # as near-black digits: 0.17
     (tmp_path / "run" / "report.html").unlink()
     write_run_report(tmp_path / "run")  # its validation split rebuilt from the file, as trained
