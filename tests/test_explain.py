@@ -1,6 +1,8 @@
 """Grad-CAM and saliency on the trained tiny run; `digits explain` through the CLI."""
 
+import os
 import shutil
+import threading
 
 import numpy as np
 import pytest
@@ -315,3 +317,45 @@ def test_explain_run_keeps_the_label_of_a_labelled_row(tiny_run, small_csvs, sma
     """A train.csv row is explained with its true digit (shown in the title as `true N`)."""
     explanation = explain_run(tiny_run, small_csvs["train"], 5, tmp_path / "why.png")
     assert explanation.label == int(small_train.labels[5])
+
+
+def test_explain_parses_the_first_rows_and_the_row_shown_not_the_whole_file(
+    tiny_run, small_test, tmp_path, monkeypatch
+):
+    """A 562 MB CSV had been read whole (3 GB at the peak) to show one row: only the rows that
+    judge the file's layout and the piece holding the row are parsed, and the row is shown as
+    when the whole file was read. A pipe, read once, is read whole."""
+    import digit_recognizer.data.kaggle_csv as kaggle_csv_module
+    import digit_recognizer.data.shards as shards_module
+    import digit_recognizer.predict as predict_module
+
+    foreign = np.stack([frame_filling(image) for image in small_test.images[:400]])
+    foreign_csv = tmp_path / "foreign.csv"
+    write_kaggle_csv(foreign_csv, foreign)
+    monkeypatch.setattr(predict_module, "STREAM_ROWS", 64)
+    monkeypatch.setattr(shards_module, "CHUNK_BYTES", 16 << 10)  # pieces of ~10 rows
+    judge = Predictor.load([tiny_run]).orientation_judge
+    expected = conform_rows(foreign, PredictConfig(), foreign_csv, judge)[350]
+    parsed, parse_body = [], kaggle_csv_module.parse_body
+
+    def counted(body, *args, **kwargs):
+        parsed.append(len(data := parse_body(body, *args, **kwargs)))
+        return data
+
+    for module in (kaggle_csv_module, shards_module):  # a file read whole, or in pieces
+        monkeypatch.setattr(module, "parse_body", counted)
+    explanation = explain_run(tiny_run, foreign_csv, 350, tmp_path / "a.png")
+    np.testing.assert_array_equal(explanation.image, expected)
+    assert 64 < sum(parsed) < 100  # the first 64 rows, and the pieces holding them and row 350
+    fifo = tmp_path / "rows.csv"  # what `digits explain RUN <(gzip -dc test.csv.gz)` is given
+    os.mkfifo(fifo)
+    writer = threading.Thread(
+        target=lambda: fifo.write_bytes(foreign_csv.read_bytes()), daemon=True
+    )
+    writer.start()
+    try:
+        from_a_pipe = explain_run(tiny_run, fifo, 350, tmp_path / "b.png")
+    finally:  # failing before it opened the pipe, it would leave the writer waiting forever
+        os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))
+        writer.join(timeout=30)
+    np.testing.assert_array_equal(from_a_pipe.image, expected)

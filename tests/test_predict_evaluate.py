@@ -205,7 +205,7 @@ def test_a_file_is_judged_on_its_first_piece_whole_streamed_and_explained(
     judge = Predictor.load([tiny_run]).orientation_judge
     conformed = conform_rows(rows, PredictConfig(), "mixed.csv", judge)
     np.testing.assert_array_equal(conformed[100], images[100].T)
-    row = predict_module.conform_row(rows, 100, PredictConfig(), "mixed.csv", judge)
+    row = predict_module.conform_row(rows, rows[100], 100, PredictConfig(), "mixed.csv", judge)
     np.testing.assert_array_equal(row, conformed[100])
     np.testing.assert_array_equal(Predictor.load([tiny_run]).predict(conformed), whole)
 

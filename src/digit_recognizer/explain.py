@@ -27,12 +27,18 @@ from numpy.typing import ArrayLike, NDArray
 from torch import nn
 
 from digit_recognizer.data.images import check_images, load_image
-from digit_recognizer.data.shards import is_data_source, read_data_source
+from digit_recognizer.data.shards import is_data_source
 from digit_recognizer.data.tensors import to_model_input
 from digit_recognizer.errors import DataError
 from digit_recognizer.evaluate import save_figure
 from digit_recognizer.models.storage import load_net
-from digit_recognizer.predict import PredictConfig, Predictor, check_data_source, conform_row
+from digit_recognizer.predict import (
+    PredictConfig,
+    Predictor,
+    check_data_source,
+    conform_row,
+    read_first_rows_and_row,
+)
 
 BATCH_SIZE = 256  # bounds the memory held by the graph: activations and gradients of a batch
 HEATMAP_CMAP = "jet"  # the Grad-CAM paper's colours: readable on top of a grey digit
@@ -269,18 +275,12 @@ def explain_run(
     """
     if is_data_source(source):
         check_data_source(source)
-        data = read_data_source(source)
-        if index is None:
-            raise DataError(f"{source}: holds {len(data):,} digits; pick one with --index ROW "
-                            f"(0 to {len(data) - 1}, 0-based)")  # fmt: skip
-        if not 0 <= index < len(data):
-            raise DataError(f"{source}: has {len(data):,} rows; --index must be 0 to "
-                            f"{len(data) - 1} (0-based)")  # fmt: skip
+        first_rows, row = read_first_rows_and_row(source, index)
         model, _ = load_net(run_dir)
         config = PredictConfig(conform=conform)
         judge = Predictor.from_models([model], config).orientation_judge
-        image = conform_row(data.images, index, config, source, judge)
-        label = None if data.labels is None else int(data.labels[index])
+        image = conform_row(first_rows.images, row.images[0], index, config, source, judge)
+        label = None if row.labels is None else int(row.labels[0])
     elif index is not None:
         raise DataError(f"{source}: --index picks a row of a CSV; an image file holds one digit")
     else:

@@ -32,8 +32,10 @@ from digit_recognizer.data.images import (
 from digit_recognizer.data.kaggle_csv import DigitSet, is_submission, write_submission
 from digit_recognizer.data.lighting import MIN_CONTRAST
 from digit_recognizer.data.shards import (
+    concat_rows,
     is_one_file,
     read_data_source,
+    read_rows,
     resolve_data_source,
 )
 from digit_recognizer.data.stream import ShardStream
@@ -319,21 +321,23 @@ class PieceConformer:
 
 
 def conform_row(
-    images: NDArray[np.uint8],
+    first_rows: NDArray[np.uint8],
+    image: NDArray[np.uint8],
     index: int,
     config: PredictConfig,
     source: str | Path,
     predict_proba: Callable[[NDArray[np.uint8]], NDArray[np.float32]] | None = None,
 ) -> NDArray[np.uint8]:
-    """Row ``index`` of a file's ``images`` as ``conform_rows`` makes it, without redoing every
-    row (minutes for a large file off MNIST's layout): the file's ink votes and orientation are
-    judged on its first STREAM_ROWS rows, as ``PieceConformer`` judges them, its orientation on
-    the rows of them that orientation_evidence samples. Warns of what changed in that row."""
-    first_piece = images[:STREAM_ROWS]
+    """Row ``index`` of a file, ``image`` (28, 28), as ``conform_rows`` makes it, without
+    reading or redoing every row (minutes for a large file off MNIST's layout): the file's ink
+    votes and orientation are judged on its first STREAM_ROWS rows (of ``first_rows``, its
+    first rows, as many or all), as ``PieceConformer`` judges them, its orientation on the rows
+    of them that orientation_evidence samples. Warns of what changed in that row."""
+    first_piece = first_rows[:STREAM_ROWS]
     votes = None  # read only where the row is conformed
     if config.conform:
         votes = ink_votes(faint_to_full_ink(first_piece)[0])
-    row, n_faint, n_redone = _conformed(images[index : index + 1], config.conform, votes)
+    row, n_faint, n_redone = _conformed(image[None], config.conform, votes)
     is_transposed = False
     if config.conform and predict_proba:
         sample = first_piece[spread_rows(len(first_piece), ORIENTATION_SAMPLE)]
@@ -341,6 +345,30 @@ def conform_row(
         is_transposed = reads_transposed(evidence)
     warn_conformed(f"{source}, row {index}", 1, n_faint, n_redone, is_transposed)
     return (transposed(row) if is_transposed else row)[0]
+
+
+def read_first_rows_and_row(source: Path, index: int | None) -> tuple[DigitSet, DigitSet]:
+    """The first STREAM_ROWS rows of a CSV (shard directory, glob), which judge how its rows are
+    conformed (``conform_row``), and its row ``index`` (`digits explain --index`): those alone
+    are parsed, a piece at a time (a 562 MB CSV had been read whole, 3 GB at the peak, to show
+    one row); a pipe, which can be read only once, is read whole."""
+    if is_one_file(source) and not source.is_file():
+        data = read_data_source(source)
+        _check_index(source, index, len(data))
+        return data.take(slice(0, STREAM_ROWS)), data.take(slice(index, index + 1))
+    manifest = resolve_data_source(source)
+    _check_index(source, index, manifest.n_rows)
+    first_rows = concat_rows(list(read_rows(manifest, 0, STREAM_ROWS)))
+    return first_rows, concat_rows(list(read_rows(manifest, index, index + 1)))
+
+
+def _check_index(source: Path, index: int | None, n_rows: int) -> None:
+    if index is None:
+        raise DataError(f"{source}: holds {n_rows:,} digits; pick one with --index ROW "
+                        f"(0 to {n_rows - 1}, 0-based)")  # fmt: skip
+    if not 0 <= index < n_rows:
+        raise DataError(f"{source}: has {n_rows:,} rows; --index must be 0 to {n_rows - 1} "
+                        "(0-based)")  # fmt: skip
 
 
 def spread_rows(n_rows: int, n_picked: int) -> NDArray[np.intp]:

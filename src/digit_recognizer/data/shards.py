@@ -423,6 +423,21 @@ def read_chunks(
         raise DataError(_changed(shard, row))
 
 
+def read_rows(
+    manifest: Manifest, start: int, stop: int, order: Iterable[int] | None = None
+) -> Iterator[DigitSet]:
+    """Rows ``start`` to ``stop`` (0-based) of ``manifest``'s shards taken in ``order`` (their
+    indices; default the manifest's), in validated pieces (``read_chunks``): shards and pieces
+    before ``start`` are only counted, and reading stops at ``stop``, so memory holds a piece."""
+    offset = 0
+    for index in range(len(manifest.shards)) if order is None else order:
+        shard = manifest.shards[index]
+        first, last = max(start - offset, 0), min(stop - offset, shard.n_rows)
+        if first < last:
+            yield from read_chunks(shard, manifest.has_labels, first, last)
+        offset += shard.n_rows
+
+
 def _line_pieces(path: Path) -> Iterator[tuple[tuple[str, ...], int, bytes]]:
     """(header columns, number of the piece's first line, piece) for the body of a CSV.
 

@@ -28,7 +28,7 @@ from digit_recognizer.data.kaggle_csv import DigitSet
 from digit_recognizer.data.shards import (
     Manifest,
     concat_rows,
-    read_chunks,
+    read_rows,
     resolve_data_source,
 )
 from digit_recognizer.errors import ConfigError
@@ -135,13 +135,7 @@ class ShardStream(IterableDataset):
 
     def _read(self, start: int, stop: int) -> Iterator[DigitSet]:
         """Rows ``start`` to ``stop`` of this epoch's row sequence, in pieces."""
-        offset = 0
-        for index in self.shard_order():
-            shard = self.manifest.shards[index]
-            first, last = max(start - offset, 0), min(stop - offset, shard.n_rows)
-            if first < last:
-                yield from read_chunks(shard, self.manifest.has_labels, first, last)
-            offset += shard.n_rows
+        return read_rows(self.manifest, start, stop, self.shard_order())
 
 
 def shuffled_batches(
