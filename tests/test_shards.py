@@ -151,6 +151,23 @@ def test_an_image_named_with_glob_characters_is_no_data_source(tmp_path: Path) -
     assert is_data_source(f"{tmp_path}/*.csv") and is_data_source(tmp_path / "rows [1].csv")
 
 
+def test_a_scanned_csv_is_hashed_once_and_only_when_its_hash_is_asked(
+    source, shard_dir: Path, monkeypatch
+) -> None:
+    """Each scan had hashed the CSV for a hash that predict and evaluate never read: `digits
+    predict --nproc 2 big.csv` in the parent and in every process (4 s each for 562 MB), and
+    `digits evaluate` besides its own check that the run did not train on it."""
+    hashed = []
+    monkeypatch.setattr(shards, "sha256_file", lambda path: hashed.append(path) or "digest")
+    manifest = resolve_data_source(source[0])
+    assert manifest.n_rows == 1003 and hashed == []
+    assert [manifest.shards[0].sha256, manifest.shards[0].sha256] == ["digest", "digest"]
+    assert hashed == [source[0]]
+    listed = read_manifest(shard_dir).shards[0]  # a manifest's hash, as it lists it
+    assert listed.sha256 == hashlib.sha256(listed.path.read_bytes()).hexdigest()
+    assert hashed == [source[0]]
+
+
 def test_a_csv_named_in_capitals_is_a_data_source(tmp_path: Path) -> None:
     """`digits explain RUN TEST.CSV` reads rows, as of test.csv, not one image."""
     rows = tmp_path / "TEST.CSV"

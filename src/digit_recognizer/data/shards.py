@@ -25,6 +25,7 @@ import re
 import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -81,17 +82,35 @@ CHUNK_BYTES = 4 << 20
 _HEADERS = (LABELLED_COLUMNS, PIXEL_COLUMNS)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Shard:
-    """One CSV of a data source: where it is, its data rows, its size and its SHA-256."""
+    """One CSV of a data source: where it is, its data rows, its size and its SHA-256; equal to
+    another of the same file, rows, size and SHA-256, whether listed or scanned."""
 
     path: Path
     n_rows: int
     n_bytes: int
-    sha256: str
-    # Counted by reading it (a CSV or a glob's), not listed by a manifest: how it was found,
-    # not what it is, so not compared.
-    is_scanned: bool = field(default=False, compare=False)
+    # None for a CSV counted by reading it (``is_scanned``): hashed when first asked (sha256),
+    # as training's resume check asks; predict and evaluate never do, and 562 MB took 4 s more.
+    listed_sha256: str | None
+    # Counted by reading it (a CSV or a glob's), not listed by a manifest.
+    is_scanned: bool = False
+
+    @cached_property
+    def sha256(self) -> str:
+        return self.listed_sha256 or sha256_file(self.path)
+
+    # What it is, not how it was found: a scanned one is hashed only where the rest agrees.
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Shard):
+            return NotImplemented
+        return self._place() == other._place() and self.sha256 == other.sha256
+
+    def __hash__(self) -> int:
+        return hash(self._place())
+
+    def _place(self) -> tuple[Path, int, int]:
+        return self.path, self.n_rows, self.n_bytes
 
 
 @dataclass(frozen=True)
@@ -371,12 +390,13 @@ def _natural_order(path: Path) -> tuple[list[str | int], str]:
 
 
 def _describe_csv(path: Path) -> tuple[Shard, bool]:
-    """Scan a CSV: its ``Shard`` entry and whether it is labelled (the header is validated)."""
+    """Scan a CSV: its ``Shard`` entry (its SHA-256 read when asked) and whether it is labelled
+    (the header is validated)."""
     n_rows, has_labels = 0, False
     for columns, _, piece in _line_pieces(path):
         n_rows += _count_lines(piece)
         has_labels = columns == LABELLED_COLUMNS
-    return Shard(path, n_rows, path.stat().st_size, sha256_file(path), is_scanned=True), has_labels
+    return Shard(path, n_rows, path.stat().st_size, None, is_scanned=True), has_labels
 
 
 def _mixed_labels(path: Path, has_labels: bool) -> str:
