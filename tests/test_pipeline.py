@@ -182,6 +182,29 @@ def test_run_job_argument_errors(tmp_path, small_csvs):
         pipeline.members_at_once([TrainConfig(seed=1), TrainConfig(seed=2)], 0)
 
 
+def test_the_test_rows_are_checked_before_training_and_not_held_through_it(
+    tmp_path, small_csvs, small_test, monkeypatch
+):
+    """`digits run --test big.csv` had held the test file's images through training, read
+    early to catch a bad file: checked a piece at a time, and read again to predict."""
+    import gc
+
+    test_csv = tmp_path / "test.csv"
+    write_kaggle_csv(test_csv, small_test.images[:37])
+
+    class TrainingReachedError(Exception):
+        pass
+
+    def train_jobs(*args, **kwargs):
+        held = [o for o in gc.get_objects() if isinstance(o, DigitSet) and len(o) == 37]
+        assert held == []
+        raise TrainingReachedError
+
+    monkeypatch.setattr(pipeline, "train_jobs", train_jobs)
+    with pytest.raises(TrainingReachedError):
+        run_job(TrainConfig(), small_csvs["train"], test_csv, run_dir=tmp_path / "run")
+
+
 def test_shards_beyond_the_memory_budget_are_streamed(tmp_path, small_csvs, caplog):
     from digit_recognizer.pipeline import train_job
 

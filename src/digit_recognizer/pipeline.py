@@ -34,7 +34,9 @@ from digit_recognizer.data.replica import cached_replica
 from digit_recognizer.data.shards import (
     Manifest,
     choose_loading,
+    count_rows,
     estimate_memory_bytes,
+    is_one_file,
     read_data_source,
     read_shards,
     refuse_split,
@@ -533,8 +535,13 @@ def run_job(
     run_dir = run_dir or default_run_dir(configs[0].model)
     parallel = members_at_once(configs, parallel)
     # Read before training, which can take an hour: a missing or malformed test file would
-    # otherwise be found only once the models were trained.
-    test_set = read_data_source(test_csv)
+    # otherwise be found only once the models were trained. A piece at a time, and read again
+    # to predict: its images had been held through training. A pipe can be read once: now.
+    test_set = None
+    if is_one_file(test_csv) and not Path(test_csv).is_file():
+        test_set = read_data_source(test_csv)
+    else:
+        count_rows(test_csv)
     started = time.perf_counter()
     jobs = train_jobs(configs, train_csv, run_dir, progress, parallel, nproc)
     wall_seconds = time.perf_counter() - started
