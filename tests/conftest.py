@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import threading
@@ -102,3 +103,16 @@ def feed_if_read(fifo: Path, text: str, seconds: float = 5.0) -> None:
             return
 
     threading.Thread(target=feed, daemon=True).start()
+
+
+def disk_full_at(monkeypatch: pytest.MonkeyPatch, prefix: str) -> None:
+    """``Path.write_text`` fails as a full disk does for files named ``prefix``... (an atomic
+    write's temporary file, ``.model.json.``), and writes every other file."""
+    write_text = Path.write_text
+
+    def full_at(path: Path, *args, **kwargs) -> int:
+        if path.name.startswith(prefix):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return write_text(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", full_at)

@@ -1,4 +1,3 @@
-import errno
 import hashlib
 import json
 import os
@@ -21,7 +20,7 @@ from digit_recognizer.models.classical import (
     save_pipeline,
 )
 
-from .conftest import accuracy
+from .conftest import accuracy, disk_full_at
 
 
 @pytest.fixture(scope="module")
@@ -214,14 +213,7 @@ def test_a_pipelines_files_are_replaced_together(tmp_path, fitted, small_test, m
     signed by this installation's key', the model saved before lost."""
     save_pipeline(tmp_path, fitted[before], before, {})
     earlier = {path.name: path.read_bytes() for path in tmp_path.iterdir()}
-    write_text = Path.write_text
-
-    def full_at_model_json(path: Path, *args, **kwargs) -> int:
-        if path.name.startswith(".model.json."):  # its temporary file
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return write_text(path, *args, **kwargs)
-
-    monkeypatch.setattr(Path, "write_text", full_at_model_json)
+    disk_full_at(monkeypatch, ".model.json.")  # its temporary file
     refitted = build(after).fit(small_test.images, small_test.labels)
     with pytest.raises(OutputError, match=r"model\.json: cannot be written: no space left"):
         save_pipeline(tmp_path, refitted, after, {})

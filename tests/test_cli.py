@@ -631,18 +631,24 @@ def test_a_tomls_switch_is_turned_off_by_its_flag(tmp_path, small_csvs):
     assert "compile = false" in (tmp_path / "run" / "config.toml").read_text()
 
 
-def test_a_tomls_resume_is_turned_off_by_its_flag(tmp_path, small_csvs, monkeypatch):
-    """`resume = true` in a TOML had no flag to undo it: --no-resume, shown in the help, was
-    read as no flag at all, and the run in --out was continued."""
+def trained_settings(monkeypatch: pytest.MonkeyPatch, key: str) -> list:
+    """The ``key`` setting of each training the commands then start, which train none."""
     from digit_recognizer import pipeline
 
-    resumed = []
+    settings = []
 
     def train_jobs(configs, *args, **kwargs):
-        resumed.append(configs[0].resume)
+        settings.append(getattr(configs[0], key))
         return []
 
     monkeypatch.setattr(pipeline, "train_jobs", train_jobs)
+    return settings
+
+
+def test_a_tomls_resume_is_turned_off_by_its_flag(tmp_path, small_csvs, monkeypatch):
+    """`resume = true` in a TOML had no flag to undo it: --no-resume, shown in the help, was
+    read as no flag at all, and the run in --out was continued."""
+    resumed = trained_settings(monkeypatch, "resume")
     toml = tmp_path / "recipe.toml"
     toml.write_text("resume = true\n")
     for flags in ((), ("--no-resume",), ("--resume",)):
@@ -654,15 +660,7 @@ def test_a_tomls_resume_is_turned_off_by_its_flag(tmp_path, small_csvs, monkeypa
 def test_a_tomls_or_presets_patience_is_turned_off_by_patience_0(tmp_path, small_csvs, monkeypatch):
     """`patience = 3` in a TOML (or the seed preset's 5) had no flag to undo it: --patience
     took only a number of epochs, and 0 was refused."""
-    from digit_recognizer import pipeline
-
-    patiences = []
-
-    def train_jobs(configs, *args, **kwargs):
-        patiences.append(configs[0].patience)
-        return []
-
-    monkeypatch.setattr(pipeline, "train_jobs", train_jobs)
+    patiences = trained_settings(monkeypatch, "patience")
     toml = tmp_path / "recipe.toml"
     toml.write_text("patience = 3\n")
     for flags in ((), ("--patience", "0"), ("--patience", "2"), ("--preset", "seed"),

@@ -1,9 +1,7 @@
 import copy
-import errno
 import json
 import os
 import re
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,7 +15,7 @@ from digit_recognizer.models.nets import Deskew
 from digit_recognizer.models.runtime import inference_net
 from digit_recognizer.models.storage import load_net, save_net
 
-from .conftest import feed_if_read
+from .conftest import disk_full_at, feed_if_read
 
 
 @pytest.mark.parametrize("name", available("net"))
@@ -159,14 +157,7 @@ def test_weights_and_model_json_are_replaced_together(tmp_path, monkeypatch):
     beside the older net's model.json, which they do not fit."""
     save_net(tmp_path, build("mlp"), "mlp", {})
     earlier = {path.name: path.read_bytes() for path in tmp_path.iterdir()}
-    write_text = Path.write_text
-
-    def full_at_model_json(path: Path, *args, **kwargs) -> int:
-        if path.name.startswith(".model.json."):  # its temporary file
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return write_text(path, *args, **kwargs)
-
-    monkeypatch.setattr(Path, "write_text", full_at_model_json)
+    disk_full_at(monkeypatch, ".model.json.")  # its temporary file
     with pytest.raises(OutputError, match=r"model\.json: cannot be written: no space left"):
         save_net(tmp_path, build("cnn-tiny"), "cnn-tiny", {})
     assert {path.name: path.read_bytes() for path in tmp_path.iterdir()} == earlier
