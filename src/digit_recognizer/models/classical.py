@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import importlib
-import json
 import os
 import secrets
 import zipfile
@@ -52,10 +51,16 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from digit_recognizer.data.images import check_images
 from digit_recognizer.data.kaggle_csv import N_PIXELS
 from digit_recognizer.errors import ConfigError, ModelFileError, first_line
-from digit_recognizer.fileio import write_together, xdg_home
+from digit_recognizer.fileio import xdg_home
 from digit_recognizer.models.nets import Deskew
 from digit_recognizer.models.registry import register
-from digit_recognizer.models.storage import META_FILE, WEIGHTS_FILE, read_meta, read_safetensors
+from digit_recognizer.models.storage import (
+    META_FILE,
+    WEIGHTS_FILE,
+    read_meta,
+    read_safetensors,
+    write_model_files,
+)
 
 
 def deskew_images(images: NDArray[np.uint8], batch_size: int = 8192) -> NDArray[np.float32]:
@@ -354,12 +359,9 @@ def save_pipeline(run_dir: Path, pipeline: Pipeline, name: str, params: dict[str
         weights = (run_dir / TRUSTED_FILE, lambda file: file.write_bytes(content))
     else:
         weights = (run_dir / WEIGHTS_FILE, lambda file: save_file(arrays, str(file)))
-    text = json.dumps(meta, indent=2) + "\n"
     # Together, as a net's: a full disk at model.json had left another model's model.json
     # beside the new weights, a "corrupt pipeline" (or a forest "not signed" here) from then on.
-    write_together(
-        [weights, (run_dir / META_FILE, lambda file: file.write_text(text, encoding="utf-8"))]
-    )
+    write_model_files(*weights, meta)
 
 
 def load_pipeline(run_dir: Path) -> tuple[Pipeline, dict[str, Any]]:

@@ -36,9 +36,8 @@ PREPROCESSING = {
 def save_net(
     run_dir: Path, model: nn.Module, name: str, params: dict[str, Any], extra: dict | None = None
 ) -> None:
-    """Write weights and metadata atomically, and together (``write_together``): a kill or a
-    full disk between the two had left new weights beside an older ``model.json``, whose
-    architecture may not fit them. ``params`` are the builder's keyword arguments."""
+    """Write weights and metadata (``write_model_files``); ``params`` are the builder's keyword
+    arguments."""
     state = {key: value.detach().contiguous().cpu() for key, value in model.state_dict().items()}
     meta = {
         "format_version": FORMAT_VERSION,
@@ -50,10 +49,20 @@ def save_net(
         "n_parameters": sum(p.numel() for p in model.parameters()),
         **(extra or {}),
     }
+    write_model_files(run_dir / WEIGHTS_FILE, lambda file: save_file(state, str(file)), meta)
+
+
+def write_model_files(
+    weights: Path, write_weights: Callable[[Path], object], meta: dict[str, Any]
+) -> None:
+    """A model's weights file (``write_weights`` writes it to the path it is given) and the
+    ``model.json`` of ``meta`` beside it, atomically and together (``write_together``): a kill
+    or a full disk between the two had left new weights beside an older model's model.json,
+    which they do not fit (a net's architecture, a pipeline's format)."""
     text = json.dumps(meta, indent=2) + "\n"
     write_together([
-        (run_dir / WEIGHTS_FILE, lambda file: save_file(state, str(file))),
-        (run_dir / META_FILE, lambda file: file.write_text(text, encoding="utf-8")),
+        (weights, write_weights),
+        (weights.parent / META_FILE, lambda file: file.write_text(text, encoding="utf-8")),
     ])  # fmt: skip
 
 
