@@ -27,17 +27,25 @@ from numpy.typing import ArrayLike, NDArray
 from torch import nn
 
 from digit_recognizer.data.images import check_images, load_image
-from digit_recognizer.data.shards import is_data_source
+from digit_recognizer.data.kaggle_csv import DigitSet
+from digit_recognizer.data.shards import (
+    concat_rows,
+    is_data_source,
+    is_read_once,
+    read_data_source,
+    read_rows,
+    resolve_data_source,
+)
 from digit_recognizer.data.tensors import to_model_input
 from digit_recognizer.errors import DataError
 from digit_recognizer.evaluate import save_figure
 from digit_recognizer.models.storage import load_net
 from digit_recognizer.predict import (
+    STREAM_ROWS,
     PredictConfig,
     Predictor,
     check_data_source,
     conform_row,
-    read_first_rows_and_row,
 )
 
 BATCH_SIZE = 256  # bounds the memory held by the graph: activations and gradients of a batch
@@ -275,7 +283,7 @@ def explain_run(
     """
     if is_data_source(source):
         check_data_source(source)
-        first_rows, row = read_first_rows_and_row(source, index)
+        first_rows, row = _first_rows_and_row(source, index)
         model, _ = load_net(run_dir)
         config = PredictConfig(conform=conform)
         judge = Predictor.from_models([model], config).orientation_judge
@@ -289,3 +297,27 @@ def explain_run(
     explanation = explain_image(model, image, label)
     plot_explanation(explanation, out)
     return explanation
+
+
+def _first_rows_and_row(source: Path, index: int | None) -> tuple[DigitSet, DigitSet]:
+    """The first STREAM_ROWS rows of a CSV (shard directory, glob), which judge how its rows are
+    conformed (``conform_row``), and its row ``index`` (`digits explain --index`): those alone
+    are parsed, a piece at a time (a 562 MB CSV had been read whole, 3 GB at the peak, to show
+    one row); a pipe, which can be read only once, is read whole."""
+    if is_read_once(source):
+        data = read_data_source(source)
+        _check_row_index(source, index, len(data))
+        return data.take(slice(0, STREAM_ROWS)), data.take(slice(index, index + 1))
+    manifest = resolve_data_source(source)
+    _check_row_index(source, index, manifest.n_rows)
+    first_rows = concat_rows(list(read_rows(manifest, 0, STREAM_ROWS)))
+    return first_rows, concat_rows(list(read_rows(manifest, index, index + 1)))
+
+
+def _check_row_index(source: Path, index: int | None, n_rows: int) -> None:
+    if index is None:
+        raise DataError(f"{source}: holds {n_rows:,} digits; pick one with --index ROW "
+                        f"(0 to {n_rows - 1}, 0-based)")  # fmt: skip
+    if not 0 <= index < n_rows:
+        raise DataError(f"{source}: has {n_rows:,} rows; --index must be 0 to {n_rows - 1} "
+                        "(0-based)")  # fmt: skip

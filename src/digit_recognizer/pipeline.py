@@ -36,7 +36,7 @@ from digit_recognizer.data.shards import (
     choose_loading,
     count_rows,
     estimate_memory_bytes,
-    is_one_file,
+    is_read_once,
     read_data_source,
     read_shards,
     refuse_split,
@@ -538,7 +538,7 @@ def run_job(
     # otherwise be found only once the models were trained. A piece at a time, and read again
     # to predict: its images had been held through training. A pipe can be read once: now.
     test_set = None
-    if is_one_file(test_csv) and not Path(test_csv).is_file():
+    if is_read_once(test_csv):
         test_set = read_data_source(test_csv)
     else:
         count_rows(test_csv)

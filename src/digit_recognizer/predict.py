@@ -32,10 +32,8 @@ from digit_recognizer.data.images import (
 from digit_recognizer.data.kaggle_csv import DigitSet, is_submission, write_submission
 from digit_recognizer.data.lighting import MIN_CONTRAST
 from digit_recognizer.data.shards import (
-    concat_rows,
     is_one_file,
     read_data_source,
-    read_rows,
     resolve_data_source,
 )
 from digit_recognizer.data.stream import ShardStream
@@ -345,30 +343,6 @@ def conform_row(
         is_transposed = reads_transposed(evidence)
     warn_conformed(f"{source}, row {index}", 1, n_faint, n_redone, is_transposed)
     return (transposed(row) if is_transposed else row)[0]
-
-
-def read_first_rows_and_row(source: Path, index: int | None) -> tuple[DigitSet, DigitSet]:
-    """The first STREAM_ROWS rows of a CSV (shard directory, glob), which judge how its rows are
-    conformed (``conform_row``), and its row ``index`` (`digits explain --index`): those alone
-    are parsed, a piece at a time (a 562 MB CSV had been read whole, 3 GB at the peak, to show
-    one row); a pipe, which can be read only once, is read whole."""
-    if is_one_file(source) and not source.is_file():
-        data = read_data_source(source)
-        _check_index(source, index, len(data))
-        return data.take(slice(0, STREAM_ROWS)), data.take(slice(index, index + 1))
-    manifest = resolve_data_source(source)
-    _check_index(source, index, manifest.n_rows)
-    first_rows = concat_rows(list(read_rows(manifest, 0, STREAM_ROWS)))
-    return first_rows, concat_rows(list(read_rows(manifest, index, index + 1)))
-
-
-def _check_index(source: Path, index: int | None, n_rows: int) -> None:
-    if index is None:
-        raise DataError(f"{source}: holds {n_rows:,} digits; pick one with --index ROW "
-                        f"(0 to {n_rows - 1}, 0-based)")  # fmt: skip
-    if not 0 <= index < n_rows:
-        raise DataError(f"{source}: has {n_rows:,} rows; --index must be 0 to {n_rows - 1} "
-                        "(0-based)")  # fmt: skip
 
 
 def spread_rows(n_rows: int, n_picked: int) -> NDArray[np.intp]:

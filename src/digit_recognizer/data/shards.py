@@ -275,6 +275,12 @@ def is_one_file(source: str | Path) -> bool:
     return path.exists() and not path.is_dir() and path.name != MANIFEST_FILE
 
 
+def is_read_once(source: str | Path) -> bool:
+    """Whether ``source`` is one file that is no regular file (a pipe, ``<(...)``): its rows
+    can be read only once, so a command that reads a file twice holds them instead."""
+    return is_one_file(source) and not Path(source).is_file()
+
+
 def read_data_source(source: str | Path) -> DigitSet:
     """All rows of a CSV, shard directory or glob in memory; each file via ``read_kaggle_csv``."""
     if is_one_file(source):
