@@ -1,4 +1,5 @@
 import errno
+import fcntl
 import json
 import logging
 import multiprocessing
@@ -6,6 +7,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -625,6 +627,48 @@ def test_a_first_call_on_a_full_disk_leaves_no_database_nor_out_behind(
     with pytest.raises(ConfigError, match="cannot open the study's database"):
         tune_module.open_study(f"sqlite:///{database}", "tune-knn", str(database))
     assert database.is_file()
+
+
+def test_a_first_call_failing_hands_the_database_lock_to_one_worker_at_a_time(
+    tmp_path, small_csvs, monkeypatch
+):
+    """A first call failing on a full disk removed study.db.lock after letting go of it: a
+    worker waiting then held the lock of a file no longer there, while one starting next made
+    the file anew and locked that, and both created the study's tables at once."""
+    out_dir = tmp_path / "out"
+    storage = f"sqlite:///{out_dir / 'study.db'}"
+    holders, most_at_once = [], []
+    worker_is_waiting = threading.Event()
+
+    def hold_the_lock(name: str) -> None:
+        with tune_module._creation_lock(storage, "here"):
+            holders.append(name)
+            most_at_once.append(len(holders))
+            time.sleep(0.5)
+            holders.remove(name)
+
+    def announcing_flock(handle, operation: int) -> None:
+        if threading.current_thread() is waiting_worker:
+            worker_is_waiting.set()  # its lock file open, as a worker started meanwhile has it
+        fcntl.flock(handle, operation)
+
+    def create_while_a_worker_waits(**_options):
+        waiting_worker.start()
+        assert worker_is_waiting.wait(10)
+        raise sqlalchemy.exc.OperationalError(
+            "INSERT INTO studies", {}, sqlite3.OperationalError("database or disk is full")
+        )
+
+    waiting_worker = threading.Thread(target=hold_the_lock, args=("waiting",))
+    monkeypatch.setattr(tune_module, "fcntl", SimpleNamespace(flock=announcing_flock,
+                                                              LOCK_EX=fcntl.LOCK_EX))  # fmt: skip
+    monkeypatch.setattr(tune_module.optuna, "create_study", create_while_a_worker_waits)
+    with pytest.raises(ConfigError, match="cannot open the study's database"):
+        tune(TuneConfig(model="knn", trials=1), small_csvs["train"], out_dir)
+    out_dir.mkdir(exist_ok=True)  # as the next call's tune() makes its --out
+    hold_the_lock("next")
+    waiting_worker.join(10)
+    assert len(most_at_once) == 2 and max(most_at_once) == 1
 
 
 def test_a_database_that_is_a_folder_is_refused_leaving_no_lock_beside_it(tmp_path):

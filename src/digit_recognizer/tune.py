@@ -28,6 +28,7 @@ import inspect
 import json
 import logging
 import math
+import os
 import re
 import shutil
 import sys
@@ -39,7 +40,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -195,11 +196,9 @@ def tune(config: TuneConfig, train_csv: Path, out_dir: Path) -> TuneResult:
     try:
         study, is_new = open_study(storage, study_name, where)
     except ConfigError:
-        # The folder made for a database that could not be made (a full disk): gone with it.
-        if made:
-            with contextlib.suppress(OSError):
-                Path(f"{database}.lock").unlink()
-            remove_empty_dirs(made)
+        # The folder made for a database that could not be made (a full disk): gone with it
+        # (_creation_lock removed the database and its lock file).
+        remove_empty_dirs(made)
         raise
     study.sampler = TrialSeededSampler(config.seed)
     is_net = get_spec(config.model).kind == "net"
@@ -429,7 +428,8 @@ def _creation_lock(storage: str, where: str) -> Iterator[None]:
     made, and left it beside the folder.
 
     A database file that was not there when the lock was taken, and that the opening failed
-    to fill (a full disk), is removed: it had stayed, tables half made, after the error."""
+    to fill (a full disk), is removed with the lock file: they had stayed, tables half made,
+    after the error."""
     database = sqlite_file(make_url(storage))
     if database is not None and database.is_dir():
         raise ConfigError(f"{where}: a folder, where the study's SQLite database file belongs; "
@@ -437,16 +437,42 @@ def _creation_lock(storage: str, where: str) -> Iterator[None]:
     if database is None or not database.parent.is_dir():
         yield
         return
-    with open(f"{database}.lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)  # released when closed, or when the process dies
-        is_made_here = not database.exists()
-        try:
-            yield
-        except BaseException as error:
-            # Not one another worker, taking no lock (an older version), has just made.
-            if is_made_here and not _lost_race(error):
-                database.unlink(missing_ok=True)
-            raise
+    lock = Path(f"{database}.lock")
+    while True:
+        with _open_lock_file(lock) as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)  # released when closed, or when the process dies
+            # A failed first call removes the lock file as it holds it: one who waited on it
+            # holds the lock of no file, which the next comer makes anew, and tries again.
+            if not _is_file_at(handle, lock):
+                continue
+            is_made_here = not database.exists()
+            try:
+                yield
+            except BaseException as error:
+                # Not one another worker, taking no lock (an older version), has just made.
+                if is_made_here and not _lost_race(error):
+                    database.unlink(missing_ok=True)
+                    lock.unlink(missing_ok=True)
+                raise
+            return
+
+
+def _open_lock_file(lock: Path) -> IO[str]:
+    """``lock`` opened to append; its folder, there a moment before, made again if a failed
+    first call has just removed it (``tune`` removes the --out it made)."""
+    try:
+        return open(lock, "a")
+    except FileNotFoundError:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        return open(lock, "a")
+
+
+def _is_file_at(handle: IO[str], path: Path) -> bool:
+    """Whether the open file ``handle`` is the one at ``path`` now (not removed or replaced)."""
+    try:
+        return os.path.samestat(os.fstat(handle.fileno()), path.stat())
+    except FileNotFoundError:
+        return False
 
 
 def _lost_race(error: BaseException) -> bool:
