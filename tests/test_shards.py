@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import builtins
 import errno
 import hashlib
+import io
 import itertools
 import json
 import logging
@@ -122,6 +124,25 @@ def test_data_check_of_shards_checks_their_rows_and_their_manifests_hashes(sourc
         f"{last}: its SHA-256 is not the one the manifest lists; it changed after the manifest "
         "was written: rebuild the shards"
     )
+
+
+def test_data_check_of_shards_reads_each_shard_once(source, tmp_path, monkeypatch) -> None:
+    """`digits data check DIR` had read every shard twice: its rows, then again for its SHA-256."""
+    out_dir = tmp_path / "shards"
+    shard_csv(source[0], out_dir, parts=3)
+    opened = []
+    real_open = io.open
+
+    def recording_open(file, *args, **kwargs):
+        opened.append(Path(file).name)
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(io, "open", recording_open)
+    monkeypatch.setattr(builtins, "open", recording_open)
+    assert check_kaggle_source(out_dir).n_rows == 1003
+    assert sorted(name for name in opened if name != MANIFEST_FILE) == [
+        "part-00000.csv", "part-00001.csv", "part-00002.csv"
+    ]  # fmt: skip
 
 
 def test_shards_go_to_a_folder_whose_name_is_not_utf8(source, tmp_path: Path) -> None:

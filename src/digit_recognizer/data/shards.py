@@ -16,6 +16,7 @@ memory, ``stream.ShardStream`` streams it, and ``choose_loading`` picks between 
 from __future__ import annotations
 
 import glob
+import hashlib
 import itertools
 import json
 import logging
@@ -306,11 +307,13 @@ def check_kaggle_source(source: str | Path, expected_rows: int | None = None) ->
                         "not a submission; only a submission's rows are counted against a test "
                         "file")  # fmt: skip
     counts = np.zeros(10, np.int64)
-    for piece in _iter_rows(manifest):
-        if piece.labels is not None:
-            counts += np.bincount(piece.labels, minlength=10)
     for shard in manifest.shards:
-        if not shard.is_scanned and sha256_file(shard.path) != shard.sha256:
+        # Hashed as its rows are read, in one pass: a scanned CSV has no hash to compare.
+        digest = None if shard.is_scanned else hashlib.sha256()
+        for piece in read_chunks(shard, manifest.has_labels, digest=digest):
+            if piece.labels is not None:
+                counts += np.bincount(piece.labels, minlength=10)
+        if digest is not None and digest.hexdigest() != shard.sha256:
             raise DataError(f"{shard.path}: its SHA-256 is not the one the manifest lists; "
                             "it changed after the manifest was written: rebuild the "
                             "shards")  # fmt: skip
@@ -423,16 +426,21 @@ def _changed(shard: Shard, n_found: int) -> str:
 
 
 def read_chunks(
-    shard: Shard, has_labels: bool, start: int = 0, stop: int | None = None
+    shard: Shard,
+    has_labels: bool,
+    start: int = 0,
+    stop: int | None = None,
+    digest: hashlib._Hash | None = None,
 ) -> Iterator[DigitSet]:
     """Rows ``start`` to ``stop`` (0-based, default: to the end) of a shard, in validated pieces.
 
     Pieces before ``start`` are only counted, not parsed. Errors name the shard file, its own
     1-based line (header = line 1) and the column; a row count other than the manifest's too.
+    ``digest`` is updated with every byte read: a read to the end hashes the whole file.
     """
     stop = shard.n_rows if stop is None else stop
     row = 0
-    for columns, first_line, piece in _line_pieces(shard.path):
+    for columns, first_line, piece in _line_pieces(shard.path, digest):
         if (columns == LABELLED_COLUMNS) != has_labels:
             raise DataError(_mixed_labels(shard.path, has_labels))
         n_lines = _count_lines(piece)
@@ -464,26 +472,36 @@ def read_rows(
         offset += shard.n_rows
 
 
-def _line_pieces(path: Path) -> Iterator[tuple[tuple[str, ...], int, bytes]]:
-    """(header columns, number of the piece's first line, piece) for the body of a CSV.
+def _line_pieces(
+    path: Path, digest: hashlib._Hash | None = None
+) -> Iterator[tuple[tuple[str, ...], int, bytes]]:
+    """(header columns, number of the piece's first line, piece) for the body of a CSV, with
+    ``digest`` (if given) updated with each block read.
 
     Each piece but the last ends with a line end; a ``\\r`` is never cut from a following ``\\n``.
     """
     with open_binary(path) as file:
-        buffer = file.read(CHUNK_BYTES)
+
+        def read_block() -> bytes:
+            block = file.read(CHUNK_BYTES)
+            if digest is not None:
+                digest.update(block)
+            return block
+
+        buffer = read_block()
         # The header check needs line 1 whole and a byte after it (a "\r" may precede a "\n").
         # Each pass searches from the last candidate on, not from the start: a line 1 of many
         # blocks costs linear time, not quadratic (found by fuzz/csv_reader.py).
         searched = 0
         while not ((end := FIRST_LINE_END.search(buffer, searched)) and end.end() < len(buffer)):
-            block = file.read(CHUNK_BYTES)
+            block = read_block()
             if not block:
                 break
             searched = end.start() if end else max(len(buffer) - 1, 0)
             buffer += block
         columns, body = split_header(buffer, path, _HEADERS)
         first_line = 2
-        blocks = itertools.chain([body], iter(lambda: file.read(CHUNK_BYTES), b""))
+        blocks = itertools.chain([body], iter(read_block, b""))
         for piece in _cut_after_line_ends(blocks):
             yield columns, first_line, piece
             first_line += _count_lines(piece)
