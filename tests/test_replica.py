@@ -36,7 +36,7 @@ def replica(tmp_path_factory: pytest.TempPathFactory) -> ReplicaFiles:
 
 
 def sha256s(files: ReplicaFiles) -> dict[str, str]:
-    return json.loads((files.train.parent / MANIFEST).read_text())["sha256"]
+    return json.loads(files.manifest.read_text())["sha256"]
 
 
 def test_replica_is_the_seeded_permutation_of_mnist(replica: ReplicaFiles) -> None:

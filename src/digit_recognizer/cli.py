@@ -786,10 +786,10 @@ def data_kaggle(
     ] = False,
 ) -> None:
     """Write a Kaggle-format replica (train/test/solution) from the embedded MNIST."""
-    from digit_recognizer.data.replica import MANIFEST, build_replica
+    from digit_recognizer.data.replica import build_replica
 
     files = build_replica(out_dir, seed=seed, overwrite=force)
-    console.print(f"wrote {files.train}, {files.test}, {files.solution} and {out_dir / MANIFEST}")
+    console.print("wrote " + ", ".join(str(path) for path in files.csvs) + f" and {files.manifest}")
 
 
 @data_app.command("check")

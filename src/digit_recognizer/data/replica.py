@@ -38,17 +38,30 @@ MANIFEST = "replica.json"
 
 @dataclass(frozen=True)
 class ReplicaFiles:
-    """Paths of the three replica files."""
+    """Paths of the three replica CSVs and of the manifest that records their hashes."""
 
     train: Path
     test: Path
     solution: Path
+    manifest: Path
+
+    @property
+    def csvs(self) -> tuple[Path, Path, Path]:
+        """The three CSVs, in the order a build writes them."""
+        return self.train, self.test, self.solution
+
+    @property
+    def all_files(self) -> tuple[Path, Path, Path, Path]:
+        """The manifest and the three CSVs."""
+        return self.manifest, *self.csvs
 
 
 def replica_files(out_dir: str | Path) -> ReplicaFiles:
     """Where ``build_replica`` puts its files in ``out_dir``."""
     out_dir = Path(out_dir)
-    return ReplicaFiles(out_dir / "train.csv", out_dir / "test.csv", out_dir / "solution.csv")
+    return ReplicaFiles(
+        out_dir / "train.csv", out_dir / "test.csv", out_dir / "solution.csv", out_dir / MANIFEST
+    )
 
 
 def build_replica(out_dir: str | Path, seed: int = 0, overwrite: bool = False) -> ReplicaFiles:
@@ -72,14 +85,14 @@ def build_replica(out_dir: str | Path, seed: int = 0, overwrite: bool = False) -
 
 def _write_replica(out_dir: Path, seed: int, overwrite: bool) -> ReplicaFiles:
     files = replica_files(out_dir)
-    for path in (out_dir / MANIFEST, files.train, files.test, files.solution):
+    for path in files.all_files:
         # Before reading or hashing any: a pipe is read until a writer comes, which may be never.
         refuse_special_file(path)
         if path.is_dir():  # refused before a file is written, not after train.csv
             raise OutputError(f"{path}: a directory, where the replica writes a file; move it "
                               "or choose another folder")  # fmt: skip
-    written = _recorded_hashes(out_dir)
-    for path in (files.train, files.test, files.solution):
+    written = _recorded_hashes(files.manifest)
+    for path in files.csvs:
         if not overwrite and path.exists() and sha256_file(path) != written.get(path.name):
             raise OutputError(f"{path} exists and is not a replica's: choose another folder "
                               "or overwrite it (digits data kaggle --force)")  # fmt: skip
@@ -93,7 +106,7 @@ def _write_replica(out_dir: Path, seed: int, overwrite: bool) -> ReplicaFiles:
     )
     _write_recorded(files.test, written, lambda tmp: write_kaggle_csv(tmp, mnist.images[test]))
     _write_recorded(files.solution, written, lambda tmp: write_submission(tmp, mnist.labels[test]))
-    _write_manifest(out_dir, {"seed": seed, "sha256": written})
+    _write_manifest(files.manifest, {"seed": seed, "sha256": written})
     return files
 
 
@@ -132,22 +145,20 @@ def replica_is_complete(out_dir: str | Path, seed: int = 0) -> bool:
     Hashing the three files (~120 MB) takes ~0.3 s, a tenth of a rebuild, and catches a file
     edited or truncated by hand.
     """
-    out_dir = Path(out_dir)
     files = replica_files(out_dir)
-    paths = (out_dir / MANIFEST, files.train, files.test, files.solution)
-    if not all(path.is_file() for path in paths):
+    if not all(path.is_file() for path in files.all_files):
         return False  # a pipe among them would be read until a writer came
     try:
-        manifest = json.loads((out_dir / MANIFEST).read_text(encoding="utf-8"))
+        manifest = json.loads(files.manifest.read_text(encoding="utf-8"))
         return manifest == _manifest(files, seed)
     except (OSError, ValueError):
         return False
 
 
-def _recorded_hashes(out_dir: Path) -> dict[str, str]:
-    """The SHA-256 of each file a replica build wrote in ``out_dir``, by name."""
+def _recorded_hashes(manifest: Path) -> dict[str, str]:
+    """The SHA-256 of each file a replica build wrote, by name, as its ``manifest`` records."""
     try:
-        return dict(json.loads((out_dir / MANIFEST).read_text(encoding="utf-8"))["sha256"])
+        return dict(json.loads(manifest.read_text(encoding="utf-8"))["sha256"])
     except (OSError, ValueError, KeyError, TypeError):
         return {}
 
@@ -160,13 +171,12 @@ def _write_recorded(path: Path, written: dict[str, str], write: Callable[[Path],
     with atomic_path(path) as tmp:
         write(tmp)
         written[path.name] = sha256_file(tmp)
-        _write_manifest(path.parent, {"sha256": written})
+        _write_manifest(path.parent / MANIFEST, {"sha256": written})
 
 
-def _write_manifest(out_dir: Path, manifest: dict[str, object]) -> None:
-    write_text(out_dir / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+def _write_manifest(path: Path, manifest: dict[str, object]) -> None:
+    write_text(path, json.dumps(manifest, indent=2) + "\n")
 
 
 def _manifest(files: ReplicaFiles, seed: int) -> dict[str, object]:
-    paths = (files.train, files.test, files.solution)
-    return {"seed": seed, "sha256": {path.name: sha256_file(path) for path in paths}}
+    return {"seed": seed, "sha256": {path.name: sha256_file(path) for path in files.csvs}}
