@@ -34,6 +34,20 @@ def test_read_idx_truncated_names_file(tmp_path):
         read_idx(path)
 
 
+def test_read_idx_cut_within_its_header_says_so(tmp_path):
+    """An images file cut after 10 bytes had been said to declare shape (60000, 0, 0): the sizes
+    cut off read as 0."""
+    path = tmp_path / "cut.idx"
+    write_idx(path, np.zeros((60000, 28, 28), dtype=np.uint8))
+    path.write_bytes(path.read_bytes()[:10])
+    with pytest.raises(DataError) as refused:
+        read_idx(path)
+    assert str(refused.value) == (
+        f"{path}: the header's 3 dimension sizes end at byte 16 but the file has 10 bytes; the "
+        "file is truncated or corrupt"
+    )
+
+
 def test_read_idx_rejects_non_idx(tmp_path):
     path = tmp_path / "x.idx"
     path.write_bytes(b"hello world")

@@ -39,6 +39,11 @@ def read_idx(path: str | Path) -> NDArray[np.uint8]:
         raise DataError(f"{path}: IDX element type 0x{raw[2]:02x} is not unsigned byte (0x08)")
     n_dims = raw[3]
     header_size = 4 + 4 * n_dims
+    if len(raw) < header_size:  # else the sizes cut off read as 0, or as a part of a size
+        raise DataError(
+            f"{path}: the header's {n_dims} dimension sizes end at byte {header_size} but the "
+            f"file has {len(raw)} bytes; the file is truncated or corrupt"
+        )
     shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(n_dims))
     # math.prod, not np.prod: a forged shape (65536,) * 4 wraps int64 to 0 bytes, which an empty
     # body then matched, and reshape raised a ValueError instead of this DataError.
