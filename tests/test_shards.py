@@ -45,7 +45,7 @@ from digit_recognizer.data.shards import (
     shard_csv,
 )
 from digit_recognizer.data.stream import ShardStream, batches_per_rank, shuffled_batches
-from digit_recognizer.errors import ConfigError, DataError, OutputError
+from digit_recognizer.errors import ConfigError, DataError, DigitsError, OutputError
 from digit_recognizer.fileio import locked_dir
 from digit_recognizer.pipeline import training_data
 from digit_recognizer.predict import predict_csv, predict_source, predict_stream
@@ -361,6 +361,36 @@ def test_a_build_going_on_is_not_taken_for_a_killed_ones(
     monkeypatch.setattr(shards, "write_table", another_build_starts_meanwhile)
     manifest = shard_csv(source[0], out_dir, parts=2)
     assert manifest.n_rows == 1003 and len(read_data_source(out_dir)) == 1003
+
+
+def test_a_second_build_into_a_folder_being_built_is_refused(
+    tmp_path: Path, source, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two builds into one folder at once had both moved their shards in: `digits data shard
+    a.csv out` and `digits data shard b.csv out` left a's manifest over one shard of b's, which
+    read_data_source took for a's rows."""
+    out_dir = tmp_path / "shards"
+    other = tmp_path / "other.csv"
+    rows = numbered(600, seed=1)
+    write_kaggle_csv(other, rows.images, rows.labels)
+    replace = os.replace
+    refusals = []
+
+    def another_build_starts_meanwhile(src, dst) -> None:
+        if Path(dst) == out_dir / "part-00001.csv" and not refusals:
+            refusals.append("none")  # the second build's own moves pass
+            with pytest.raises(DigitsError) as refused:
+                shard_csv(other, out_dir, parts=2)
+            refusals[0] = str(refused.value)
+        replace(src, dst)
+
+    monkeypatch.setattr(shards.os, "replace", another_build_starts_meanwhile)
+    shard_csv(source[0], out_dir, parts=2)
+    assert refusals == [
+        f"{out_dir} is in use by process {os.getpid()}; wait for it to finish or choose "
+        "another folder"
+    ]
+    assert row_ids(read_data_source(out_dir).images) == list(range(1003))
 
 
 def test_a_rebuild_stopped_while_moving_its_shards_in_is_refused_until_run_again(

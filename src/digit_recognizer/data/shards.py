@@ -58,9 +58,6 @@ from digit_recognizer.fileio import (
     atomic_path,
     is_glob,
     locked_dir,
-    make_dir,
-    missing_dirs,
-    remove_empty_dirs,
     remove_unlocked_dirs,
     sha256_file,
     write_text,
@@ -676,25 +673,22 @@ def _write_shards(
     ``n_rows``, then (if any) one more of the ``last_rows`` after them, then the manifest."""
     out_dir = Path(out_dir)
     _check_shard_dir(out_dir, source)
-    made = missing_dirs(out_dir)
-    make_dir(out_dir)
     bounds = [part * n_rows // parts for part in range(parts + 1)]
     if last_rows:
         bounds.append(n_rows + last_rows)
-    try:
+    # Locked while built: a second build into it at once had moved its shards in among this
+    # one's, under this one's manifest. A first build stopped (Ctrl-C too) leaves no empty
+    # folder behind: locked_dir removes the folders it made, left holding its lock alone.
+    with locked_dir(out_dir, elsewhere="another folder"):
         shards = _build_and_move_in(rows, bounds, out_dir, origin)
-    except BaseException:  # Ctrl-C too: a first build stopped leaves no empty folder behind
-        remove_empty_dirs(made)
-        raise
-    manifest = Manifest(tuple(shards), source.has_labels, origin)
-    entries = [
-        {"file": s.path.name, "n_rows": s.n_rows, "n_bytes": s.n_bytes, "sha256": s.sha256}
-        for s in shards
-    ]
-    document = {"has_labels": source.has_labels, "n_rows": bounds[-1], "origin": origin,
-                "shards": entries}  # fmt: skip
-    write_text(out_dir / MANIFEST_FILE, json.dumps(document, indent=2) + "\n")
-    return manifest
+        entries = [
+            {"file": s.path.name, "n_rows": s.n_rows, "n_bytes": s.n_bytes, "sha256": s.sha256}
+            for s in shards
+        ]
+        document = {"has_labels": source.has_labels, "n_rows": bounds[-1], "origin": origin,
+                    "shards": entries}  # fmt: skip
+        write_text(out_dir / MANIFEST_FILE, json.dumps(document, indent=2) + "\n")
+    return Manifest(tuple(shards), source.has_labels, origin)
 
 
 def _build_and_move_in(
