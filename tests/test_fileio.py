@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
+from digit_recognizer import fileio
 from digit_recognizer.errors import OutputError
 from digit_recognizer.fileio import atomic_path, check_can_write, locked_dir, write_text
 
@@ -256,6 +258,28 @@ def test_a_run_refused_in_a_folder_it_made_leaves_no_folder(tmp_path: Path) -> N
         raise ValueError("settings refused")
     assert sorted(path.name for path in tmp_path.iterdir()) == ["kept", "shared", "there"]
     assert [path.name for path in (tmp_path / "shared").iterdir()] == ["notes.txt"]
+
+
+def test_a_lock_whose_folder_a_refused_first_command_removed_is_taken_anew(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second command that opened DIR/.lock just before a refused first one removed the
+    folder it made had locked a removed file, and written into a removed folder."""
+    run = tmp_path / "run"
+    lock_or_refuse = fileio._lock_or_refuse
+    removals = []
+
+    def first_command_ends_between_open_and_lock(folder: Path, *args: object) -> None:
+        if not removals:  # the first command, refused, removes its folder as it holds the lock
+            removals.append(folder)
+            shutil.rmtree(folder)
+        lock_or_refuse(folder, *args)
+
+    monkeypatch.setattr(fileio, "_lock_or_refuse", first_command_ends_between_open_and_lock)
+    with locked_dir(run) as folder:
+        (folder / "model.json").write_text("{}")
+    assert removals == [run]
+    assert (run / "model.json").read_text() == "{}"
 
 
 def test_a_lock_taken_on_a_full_disk_names_the_folder_and_leaves_no_folder(

@@ -297,25 +297,40 @@ def locked_dir(folder: str | os.PathLike[str], elsewhere: str = "another --out")
     An OS file lock (flock), not a marker file: the kernel releases it when the holder exits,
     even by SIGKILL, so an interrupted run can be resumed without clearing anything by hand.
     """
-    made = missing_dirs(folder)
-    folder = make_dir(folder)
-    with open(folder / LOCK_FILE, "a+") as handle:
-        _lock_or_refuse(folder, handle, elsewhere)
-        try:
-            _write_holder(folder, handle)
-            remove_leftovers(folder)
-            yield folder
-        finally:
-            handle.truncate(0)
-            if made and [path.name for path in folder.iterdir()] == [LOCK_FILE]:
-                # Made here and left empty (settings refused once the data was read): gone,
-                # not a folder holding a lone .lock, and so are the empty folders made above it
-                # (`--out new/exp/run` had left new/exp). The error that refused the run is
-                # the one told.
-                with contextlib.suppress(OSError):
-                    (folder / LOCK_FILE).unlink()
-                    remove_empty_dirs(made)
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    while True:
+        made = missing_dirs(folder)
+        path = make_dir(folder)
+        with open(path / LOCK_FILE, "a+") as handle:
+            _lock_or_refuse(path, handle, elsewhere)
+            # A refused first command removes the folder it made as it holds the lock: one
+            # who opened the lock file a moment before holds the lock of no file, and tries
+            # again, making the folder anew.
+            if not is_file_at(handle, path / LOCK_FILE):
+                continue
+            try:
+                _write_holder(path, handle)
+                remove_leftovers(path)
+                yield path
+            finally:
+                handle.truncate(0)
+                if made and [entry.name for entry in path.iterdir()] == [LOCK_FILE]:
+                    # Made here and left empty (settings refused once the data was read): gone,
+                    # not a folder holding a lone .lock, and so are the empty folders made
+                    # above it (`--out new/exp/run` had left new/exp). The error that refused
+                    # the run is the one told.
+                    with contextlib.suppress(OSError):
+                        (path / LOCK_FILE).unlink()
+                        remove_empty_dirs(made)
+                fcntl.flock(handle, fcntl.LOCK_UN)
+            return
+
+
+def is_file_at(handle: IO[str], path: Path) -> bool:
+    """Whether the open file ``handle`` is the one at ``path`` now (not removed or replaced)."""
+    try:
+        return os.path.samestat(os.fstat(handle.fileno()), path.stat())
+    except FileNotFoundError:
+        return False
 
 
 @contextmanager

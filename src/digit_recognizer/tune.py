@@ -28,7 +28,6 @@ import inspect
 import json
 import logging
 import math
-import os
 import re
 import shutil
 import sys
@@ -68,6 +67,7 @@ from digit_recognizer.evaluate import save_figure
 from digit_recognizer.fileio import (
     LEFTOVER_AGE_S,
     check_can_write,
+    is_file_at,
     is_leftover_of,
     locked_dir,
     make_dir,
@@ -443,7 +443,7 @@ def _creation_lock(storage: str, where: str) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_EX)  # released when closed, or when the process dies
             # A failed first call removes the lock file as it holds it: one who waited on it
             # holds the lock of no file, which the next comer makes anew, and tries again.
-            if not _is_file_at(handle, lock):
+            if not is_file_at(handle, lock):
                 continue
             is_made_here = not database.exists()
             try:
@@ -465,14 +465,6 @@ def _open_lock_file(lock: Path) -> IO[str]:
     except FileNotFoundError:
         lock.parent.mkdir(parents=True, exist_ok=True)
         return open(lock, "a")
-
-
-def _is_file_at(handle: IO[str], path: Path) -> bool:
-    """Whether the open file ``handle`` is the one at ``path`` now (not removed or replaced)."""
-    try:
-        return os.path.samestat(os.fstat(handle.fileno()), path.stat())
-    except FileNotFoundError:
-        return False
 
 
 def _lost_race(error: BaseException) -> bool:
