@@ -11,7 +11,7 @@ from sklearn.model_selection import StratifiedKFold
 from digit_recognizer.compare import compare
 from digit_recognizer.data.kaggle_csv import read_kaggle_csv, write_kaggle_csv
 from digit_recognizer.errors import ConfigError, DataError, OutputError, UnknownModelError
-from digit_recognizer.estimator import build_estimator
+from digit_recognizer.estimator import build_estimator, count_parameters
 from digit_recognizer.fileio import sha256_file
 
 
@@ -52,6 +52,26 @@ def test_cross_validation_reports_mean_and_std(tmp_path, small_csvs):
     (row,) = board.rows
     assert row["accuracy_mean"] == pytest.approx(np.mean(fold_accuracies), abs=1e-12)
     assert row["accuracy_std"] == pytest.approx(np.std(fold_accuracies), abs=1e-12)
+
+
+def test_cross_validation_parameters_describe_every_fold(tmp_path, small_csvs, monkeypatch):
+    """The parameters column had shown the last fold's count alone: k-NN stores its fold's
+    rows, so folds of 151 and 150 rows give two counts, and both are shown; logreg's folds
+    agree, and their one count is shown. --resume reads the description back."""
+    from digit_recognizer import compare as compare_module
+
+    data = read_kaggle_csv(small_csvs["train"]).take(np.arange(301))
+    odd = tmp_path / "odd.csv"
+    write_kaggle_csv(odd, data.images, data.labels)
+    board = compare(odd, ["knn", "logreg"], tmp_path / "out", cv=2)
+    folds = StratifiedKFold(n_splits=2, shuffle=True, random_state=0)
+    counts = sorted(count_parameters(build_estimator("knn").fit(data.images[fit], data.labels[fit]))
+                    for fit, _ in folds.split(data.images, data.labels))  # fmt: skip
+    rows = {row["model"]: row for row in board.rows}
+    assert rows["knn"]["parameters"] == f"{counts[0]} (1 fold); {counts[1]} (1 fold)"
+    assert counts[0] != counts[1] and isinstance(rows["logreg"]["parameters"], int)
+    monkeypatch.setattr(compare_module, "_score_model", lambda *args: pytest.fail("fitted"))
+    assert compare(odd, ["knn", "logreg"], tmp_path / "out", cv=2, resume=True).rows == board.rows
 
 
 def test_bad_requests_fail_before_training(tmp_path, small_csvs):

@@ -12,6 +12,7 @@ import csv
 import json
 import logging
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,7 +76,8 @@ def compare(
     also seeds the models that draw at random (nets, the random forest). Writes
     ``out_dir/leaderboard.csv`` with columns
     ``model,accuracy,macro_f1,fit_seconds,predict_seconds,parameters`` (with ``cv``: a ``_mean``
-    and a ``_std`` column for each score), ``out_dir/leaderboard.png``, and
+    and a ``_std`` column for each score, and the parameters the folds' models agree on, else
+    each count with its number of folds), ``out_dir/leaderboard.png``, and
     ``out_dir/compare.json``: the data (paths, SHA-256), the settings and the library versions.
     All three are written as each model is scored, ``compare.json``'s ``scored`` naming the
     models in them: Ctrl-C or a later model's failure keeps the scores before it, and
@@ -188,9 +190,11 @@ def _scored_before(
 
 
 def _is_row(row: object, columns: list[str]) -> bool:
-    """Whether ``row`` is a leaderboard row of ``columns``: a model's name, then numbers."""
+    """Whether ``row`` is a leaderboard row of ``columns``: a model's name, numbers, then its
+    parameters (a count, or the folds' counts described)."""
     return (isinstance(row, dict) and list(row) == columns and isinstance(row["model"], str)
-            and all(isinstance(row[column], int | float) for column in columns[1:]))  # fmt: skip
+            and all(isinstance(row[column], int | float) for column in columns[1:-1])
+            and isinstance(row["parameters"], int | str))  # fmt: skip
 
 
 def _versions() -> dict[str, str]:
@@ -237,7 +241,7 @@ def _score_model(
     epochs: int | None,
 ) -> dict[str, float | int | str]:
     scores: dict[str, list[float]] = {score: [] for score in SCORES}
-    n_parameters = 0
+    n_parameters: list[int] = []
     # A net fits on all the fit rows, as the classical models do: its own validation split
     # would hold 5 % of them out for nothing (one-cycle keeps the last epoch, chosen by none).
     trains: dict[str, int] = {}
@@ -260,7 +264,7 @@ def _score_model(
         for score, value in zip(SCORES, (metrics.accuracy, metrics.macro_f1, fit_seconds,
                                          predict_seconds), strict=True):  # fmt: skip
             scores[score].append(value)
-        n_parameters = count_parameters(estimator)
+        n_parameters.append(count_parameters(estimator))
         log.info("%s fold %d/%d: accuracy %.4f, fit %.1f s, predict %.1f s", name, fold,
                  len(folds), metrics.accuracy, fit_seconds, predict_seconds)  # fmt: skip
     row: dict[str, float | int | str] = {"model": name}
@@ -269,8 +273,19 @@ def _score_model(
             row[f"{score}_mean"], row[f"{score}_std"] = np.mean(values), np.std(values)
         else:
             row[score] = values[0]
-    row["parameters"] = n_parameters
+    row["parameters"] = _describe_counts(n_parameters)
     return row
+
+
+def _describe_counts(n_parameters: list[int]) -> int | str:
+    """Each fold's parameter count: the count where all agree, else each count with its folds
+    (k-NN stores its fold's rows, a forest grows its own trees), "73274 (1 fold); 73290 (2
+    folds)"."""
+    counts = Counter(n_parameters)
+    if len(counts) == 1:
+        return n_parameters[0]
+    return "; ".join(f"{value} ({n_folds} fold{'s' * (n_folds > 1)})"
+                     for value, n_folds in sorted(counts.items()))  # fmt: skip
 
 
 def write_leaderboard(board: Leaderboard, file: Path) -> None:
