@@ -8,6 +8,7 @@ import pytest
 from safetensors.numpy import load_file, save_file
 from sklearn.exceptions import NotFittedError
 from sklearn.neighbors import KNeighborsClassifier
+from sklearn.pipeline import Pipeline
 
 from digit_recognizer.data.images import check_images
 from digit_recognizer.errors import ConfigError, ModelFileError, OutputError
@@ -44,6 +45,18 @@ def test_classical_model_learns_and_survives_save_load(tmp_path, fitted, small_t
     # Only trees need the trusted-only file; everything else is arrays + JSON.
     holds_trees = any(hasattr(step, "estimators_") for _, step in pipeline.steps)
     assert (tmp_path / TRUSTED_FILE).exists() == holds_trees
+
+
+@pytest.mark.parametrize("name", available("classical"))
+def test_every_classical_model_gives_float32_probabilities(tmp_path, fitted, small_test, name):
+    """As a net's: the calibrated SVM's and the forest's had been float64, the others' float32;
+    a pipeline saved before they were made alike loads float32 too."""
+    images = small_test.images[:5]
+    assert fitted[name].predict_proba(images).dtype == np.float32
+    save_pipeline(tmp_path, Pipeline(fitted[name].steps), name, {})  # as saved before
+    loaded = load_pipeline(tmp_path)[0]
+    assert loaded.predict_proba(images).dtype == np.float32
+    np.testing.assert_array_equal(loaded.predict_proba(images), fitted[name].predict_proba(images))
 
 
 def test_a_forest_loads_only_as_this_installation_signed_it(tmp_path, fitted, monkeypatch):

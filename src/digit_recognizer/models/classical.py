@@ -168,6 +168,15 @@ class TorchKNeighborsClassifier(ClassifierMixin, BaseEstimator):
         return self.classes_[probas.argmax(axis=1)]
 
 
+class DigitPipeline(Pipeline):
+    """Every classical model's pipeline: scikit-learn's, its probabilities float32 as a net's
+    are, whatever its last step's (the calibrated SVM's and the forest's are float64)."""
+
+    def predict_proba(self, X: ArrayLike, **params: Any) -> NDArray[np.float32]:
+        """Class probabilities (n_samples, n_classes), columns in ``classes_`` order."""
+        return super().predict_proba(X, **params).astype(np.float32, copy=False)
+
+
 # -- the registered pipelines -------------------------------------------------------------------
 
 
@@ -180,7 +189,7 @@ def _pca(n_components: int) -> PCA:
 def logreg(C: float = 1.0, n_components: int = 100, deskew: bool = True) -> Pipeline:
     """Logistic regression on 100 standardised PCA features of deskewed pixels (~0.95)."""
     # On all 784 pixels L-BFGS needs ~80 s for 0.92; PCA + scaling converge in 40 iterations.
-    return Pipeline([
+    return DigitPipeline([
         ("pixels", DigitPixels(deskew=deskew)),
         ("pca", _pca(n_components)),
         ("scale", StandardScaler()),
@@ -191,7 +200,7 @@ def logreg(C: float = 1.0, n_components: int = 100, deskew: bool = True) -> Pipe
 @register("knn", kind="classical")
 def knn(n_neighbors: int = 4, n_components: int = 40, deskew: bool = True) -> Pipeline:
     """k-NN (PyTorch distances) on 40 PCA features of deskewed pixels (~0.984)."""
-    return Pipeline([
+    return DigitPipeline([
         ("pixels", DigitPixels(deskew=deskew)),
         ("pca", _pca(n_components)),
         ("classifier", TorchKNeighborsClassifier(n_neighbors=n_neighbors)),
@@ -207,7 +216,7 @@ def svm(
     # on 90 % of the rows, its temperature on the other 10 %. 3-fold calibration plus a refit
     # on all rows cost 3.7x the time (11.4 s against 3.1 s) for the same accuracy.
     holdout = StratifiedShuffleSplit(n_splits=1, test_size=0.1, random_state=0)
-    return Pipeline([
+    return DigitPipeline([
         ("pixels", DigitPixels(deskew=deskew)),
         ("pca", _pca(n_components)),
         ("classifier", CalibratedClassifierCV(SVC(C=C, gamma=gamma), method="temperature",
@@ -224,7 +233,7 @@ def random_forest(
     forest = RandomForestClassifier(
         n_estimators=n_estimators, max_samples=max_samples, n_jobs=-1, random_state=seed
     )
-    return Pipeline([("pixels", DigitPixels(deskew=deskew)), ("classifier", forest)])
+    return DigitPipeline([("pixels", DigitPixels(deskew=deskew)), ("classifier", forest)])
 
 
 # -- storage: arrays + JSON, never pickle; forests via skops, trusted-only ----------------------
@@ -235,8 +244,8 @@ KEY_BYTES = 32  # of the installation's signing key (HMAC-SHA256)
 _SKOPS_TRUSTED = {"sklearn.tree._tree.Tree"}  # a forest's trees: node arrays, no code
 _SAFE_CLASSES = {
     f"{cls.__module__}.{cls.__qualname__}": cls
-    for cls in (Pipeline, DigitPixels, PCA, StandardScaler, LogisticRegression, SVC,
-                CalibratedClassifierCV, StratifiedShuffleSplit, TorchKNeighborsClassifier)
+    for cls in (DigitPipeline, Pipeline, DigitPixels, PCA, StandardScaler, LogisticRegression,
+                SVC, CalibratedClassifierCV, StratifiedShuffleSplit, TorchKNeighborsClassifier)
 }  # fmt: skip
 for _name in ("_CalibratedClassifier", "_TemperatureScaling", "_SigmoidCalibration"):
     _SAFE_CLASSES[f"sklearn.calibration.{_name}"] = getattr(
@@ -379,6 +388,8 @@ def load_pipeline(run_dir: Path) -> tuple[Pipeline, dict[str, Any]]:
                 raise ModelFileError(f"{run_dir / WEIGHTS_FILE}: holds NaN or infinite values: a "
                                      "damaged file; refit the model")  # fmt: skip
             pipeline = _decode(meta["pipeline"], arrays)
+        if type(pipeline) is Pipeline:  # saved before DigitPipeline: float64 from SVMs, forests
+            pipeline = DigitPipeline(pipeline.steps)
         if not fits_the_digits(pipeline):
             raise ModelFileError(f"{run_dir / META_FILE}: not a fitted pipeline of the digits 0-9")
         # One blank digit shows that the fitted arrays fit one another (an edited shape fails
