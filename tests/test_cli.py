@@ -742,3 +742,30 @@ def test_compare_resume_fits_only_the_models_not_scored_before(tmp_path, small_c
     assert resumed.exit_code == 0, resumed.output
     assert fitted == ["knn", "logreg"]
     assert "logreg" in resumed.output and "knn" in resumed.output
+
+
+def test_a_classical_run_is_refused_naming_every_command_that_takes_it(tmp_path, small_train,
+                                                                        small_csvs):  # fmt: skip
+    """report, explain and export had said "`digits predict` takes both", though evaluate,
+    predict-image and serve take a classical model's run too; each command named takes it."""
+    from PIL import Image
+
+    from digit_recognizer.estimator import build_estimator, save_estimator
+    from digit_recognizer.serve import ServeConfig
+    from digit_recognizer.serve.app import load_served_model
+
+    run = tmp_path / "logreg"
+    logreg = build_estimator("logreg", n_components=20)
+    save_estimator(logreg.fit(small_train.images[:300], small_train.labels[:300]), run, "logreg")
+    for command in (["report", run], ["explain", run, small_csvs["train"], "--index", "0"],
+                    ["export", run], ["train", "--train", small_csvs["train"], "--model",
+                                      "logreg"]):  # fmt: skip
+        result = invoke(*command)
+        assert result.exit_code == 1
+        assert ("`digits predict`, `predict-image`, `evaluate` and `serve` take"
+                in " ".join(result.output.split()))  # fmt: skip
+    Image.fromarray(255 - small_train.images[0]).save(tmp_path / "digit.png")
+    assert invoke("predict", run, small_csvs["test"], "--out", tmp_path / "sub.csv").exit_code == 0
+    assert invoke("predict-image", run, tmp_path / "digit.png").exit_code == 0
+    assert invoke("evaluate", run, small_csvs["train"]).exit_code == 0
+    assert load_served_model(run, ServeConfig()).backend == "scikit-learn"

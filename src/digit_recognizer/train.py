@@ -66,7 +66,7 @@ from digit_recognizer.models.runtime import (
     resolve_device,
     synchronize,
 )
-from digit_recognizer.models.storage import save_net
+from digit_recognizer.models.storage import PIPELINE_COMMANDS, save_net
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +201,7 @@ class TrainConfig:
         if get_spec(self.model).kind != "net":
             raise ConfigError(f"model '{self.model}' is not a net: `digits compare` scores it, and "
                               "in Python build_estimator, fit and save_estimator make a run "
-                              "directory of it that `digits predict` takes")  # fmt: skip
+                              f"directory of it that {PIPELINE_COMMANDS} take")  # fmt: skip
         settings = inspect.signature(get_spec(self.model).builder).parameters
         for key in self.model_args():
             if key not in settings:

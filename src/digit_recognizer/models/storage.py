@@ -25,6 +25,9 @@ WEIGHTS_FILE = "model.safetensors"
 META_FILE = "model.json"
 ENSEMBLE_FILE = "ensemble.json"  # a run directory of member run directories
 FORMAT_VERSION = 1
+# The commands that take a classical model's run directory as well as a net's, which the
+# refusals of the others name: report, explain and export need a net's layers and gradients.
+PIPELINE_COMMANDS = "`digits predict`, `predict-image`, `evaluate` and `serve`"
 
 PREPROCESSING = {
     "input": "float32 (N, 1, 28, 28) in [0, 1]: uint8 pixels / 255, white ink on black",
@@ -146,7 +149,7 @@ def net_recipe(meta_path: Path, meta: dict[str, Any]) -> tuple[str, dict[str, An
     if kind != "net":
         raise ModelFileError(
             f"{meta_path}: '{name}' is a scikit-learn model, not a net: this command takes a "
-            "net's run (`digits predict` takes both; in Python, load_estimator)"
+            f"net's run ({PIPELINE_COMMANDS} take both; in Python, load_estimator)"
         )
     if not isinstance(params, dict):
         raise ModelFileError(f"{meta_path}: 'params' must be an object, got {params!r:.40}")
