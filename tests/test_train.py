@@ -572,6 +572,27 @@ def test_train_checks_a_callers_arrays_and_run_directory(tmp_path, tiny_run, sma
     assert (tiny_run / "model.safetensors").read_bytes() == weights
 
 
+@pytest.mark.parametrize("resume", [False, True])
+def test_training_never_replaces_a_saved_classical_model(tmp_path, small_train, small_csvs,
+                                                         resume):  # fmt: skip
+    """A logreg saved by save_estimator has no checkpoint.pt: `digits train --out` there (with
+    --resume too, "no checkpoint, starting from scratch") had trained a net over it."""
+    from digit_recognizer.estimator import NetClassifier, build_estimator, save_estimator
+
+    logreg = build_estimator("logreg", n_components=20)
+    saved = tmp_path / "logreg"
+    save_estimator(logreg.fit(small_train.images[:300], small_train.labels[:300]), saved, "logreg")
+    files = {path.name: path.read_bytes() for path in saved.iterdir()}
+    config = TrainConfig(model="cnn-tiny", epochs=1, batch_size=64, resume=resume)
+    message = r"logreg holds a saved model \(model\.json\) that no training made there"
+    with pytest.raises(ConfigError, match=message):
+        train_job(config, small_csvs["train"], saved)
+    with pytest.raises(ConfigError, match=message):
+        NetClassifier("cnn-tiny", epochs=1, run_dir=saved).fit(small_train.images[:64],
+                                                               small_train.labels[:64])  # fmt: skip
+    assert {path.name: path.read_bytes() for path in saved.iterdir()} == files
+
+
 def test_training_and_loading_leave_the_callers_random_stream_alone(
     tmp_path, tiny_run, small_train
 ):

@@ -178,6 +178,12 @@ def check_out_dir(run_dir: Path, resume: bool, ensemble: bool) -> None:
             f"{run_dir} already holds a training run ({CHECKPOINT_FILE}); continue it "
             "(--resume), or train into another directory to start over"
         )
+    # Training records its config.toml before its first model.json: a model.json without one is
+    # a model saved there (a classical model's, save_estimator's), which training had replaced.
+    if (run_dir / META_FILE).exists() and not (run_dir / CONFIG_FILE).exists():
+        raise ConfigError(f"{run_dir} holds a saved model ({META_FILE}) that no training made "
+                          "there, which training would replace; train into another "
+                          "directory")  # fmt: skip
 
 
 def rows_fingerprint(train_set: DigitSet | Manifest) -> str:
