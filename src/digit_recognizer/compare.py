@@ -254,7 +254,9 @@ def _score_model(
             estimator.fit(fit_set.images, fit_set.labels)
         except ValueError as error:  # 40 PCA components of 14 rows
             raise DataError(f"{name}: cannot be fitted on these {len(fit_set):,} rows "
-                            f"({first_line(error)})") from error  # fmt: skip
+                            f"({first_line(error)}); give more rows, or leave {name} out of "
+                            "--models (--resume keeps the models scored before it)"
+                            ) from error  # fmt: skip
         fit_seconds = time.perf_counter() - start
         # A pipeline fitted without some digit has no column for it: it gets probability 0.
         probas = np.zeros((len(score_set), len(CLASSES)), np.float32)
