@@ -4,11 +4,13 @@ model's replica accuracy with fit and predict seconds (via ``digit_recognizer.co
 Run: ``.venv/bin/python benchmarks/classical_speed.py`` (the replica of ``--seed`` in the cache,
 as ``digits run`` keeps them), or ``--dir DIR`` to reuse or build one there; ``--svm-subset N``
 sets the training images for the SVM pair (plain SVC on all 33,600 raw pixels takes many
-minutes on 2 cores).
+minutes on 2 cores); ``--models knn,logreg`` measures only those classical models (a pair for
+knn and svm alone), ``--rows N`` only the replica's first N rows.
 
 Baselines are what a notebook does: ``KNeighborsClassifier()`` and ``SVC()`` with defaults on
 raw pixels / 255. Ours are the registered ``knn`` and ``svm`` pipelines (deskew, PCA, ...).
-Both sides fit on the same images and predict the same 8,400 validation images.
+Both sides fit on the same images and predict the same validation images (8,400 of the whole
+replica: 0.2 of its rows, the split ``digits compare`` holds out).
 """
 
 from __future__ import annotations
@@ -23,11 +25,12 @@ from sklearn.base import clone
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.svm import SVC
 
-from digit_recognizer.compare import compare
-from digit_recognizer.data.kaggle_csv import DigitSet
+from digit_recognizer.compare import compare, parse_model_names
+from digit_recognizer.data.kaggle_csv import DigitSet, write_kaggle_csv
 from digit_recognizer.data.replica import cached_replica, ready_replica
 from digit_recognizer.data.shards import read_labelled
 from digit_recognizer.data.splits import split_for_training
+from digit_recognizer.errors import DigitsError
 from digit_recognizer.models import available, build
 from script import (  # run from benchmarks/: its folder is on the path
     count,
@@ -60,21 +63,47 @@ def pair(name: str, baseline, fit_set: DigitSet, score_set: DigitSet, repeats: i
           f"(accuracy {ours[0][1]:.4f}): {theirs_s.mean() / ours_s.mean():.1f}x")  # fmt: skip
 
 
+def classical_models(text: str) -> list[str]:
+    """argparse's type for --models: names as `digits compare --models` takes and checks them,
+    of classical models only (a net would train for its 15 epochs)."""
+    try:
+        names = parse_model_names(text)
+    except DigitsError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    nets = [name for name in names if name not in available("classical")]
+    if nets:
+        raise argparse.ArgumentTypeError(f"{', '.join(nets)}: not a classical model; choose "
+                                         f"from {','.join(available('classical'))}")  # fmt: skip
+    return names
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dir", type=Path, help="replica folder (default: the cache's)")
     parser.add_argument("--seed", type=replica_seed, default=7, help="replica seed")
+    parser.add_argument("--models", type=classical_models, default=available("classical"),
+                        help="comma-separated classical models (default: all)")  # fmt: skip
+    parser.add_argument("--rows", type=count, help="the replica's first N rows (default: all)")
     parser.add_argument("--svm-subset", type=count, default=10_000, help="SVM training images")
     parser.add_argument("--repeats", type=count, default=1)
     args = parser.parse_args()
     files = ready_replica(args.dir, args.seed) if args.dir else cached_replica(args.seed)
-    fit_set, score_set = split_for_training(read_labelled(files.train), 0.2, 0)
-    pair("knn", KNeighborsClassifier(), fit_set, score_set, args.repeats)
-    subset = DigitSet(fit_set.images[: args.svm_subset], fit_set.labels[: args.svm_subset])
-    pair("svm", SVC(), subset, score_set, args.repeats)
     with tempfile.TemporaryDirectory() as scratch:
-        board = compare(files.train, available("classical"), Path(scratch))
-    print("\nclassical models, validation 0.2 of the replica:")
+        train_csv, data = files.train, read_labelled(files.train)
+        if args.rows is not None and args.rows < len(data):
+            # A CSV of its own: compare reads one, and holds out the split the pairs score on.
+            data = data.take(slice(0, args.rows))
+            train_csv = Path(scratch) / "train.csv"
+            write_kaggle_csv(train_csv, data.images, data.labels)
+        fit_set, score_set = split_for_training(data, 0.2, 0)
+        if "knn" in args.models:
+            pair("knn", KNeighborsClassifier(), fit_set, score_set, args.repeats)
+        if "svm" in args.models:
+            subset = fit_set.take(slice(0, args.svm_subset))
+            pair("svm", SVC(), subset, score_set, args.repeats)
+        board = compare(train_csv, args.models, Path(scratch) / "compare")
+    print(f"\nclassical models, fit on {len(fit_set):,} rows, scored on {len(score_set):,} "
+          f"(0.2 of {len(data):,} replica rows):")  # fmt: skip
     print(",".join(board.columns))
     for row in board.rows:
         print(",".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row.values()))

@@ -13,6 +13,7 @@ from types import ModuleType, SimpleNamespace
 
 import pytest
 
+from digit_recognizer.data.kaggle_csv import DigitSet, read_kaggle_csv
 from digit_recognizer.errors import ConfigError
 
 BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
@@ -178,3 +179,54 @@ def test_serve_load_refuses_a_count_of_zero(
         run_main("serve_load", str(tmp_path), flag, "0")
     assert stop.value.code == 2 and served == []
     assert capsys.readouterr().err.endswith(f"error: argument {flag}: must be at least 1, got 0\n")
+
+
+@pytest.fixture
+def classical_speed(
+    import_script: Callable[[str], ModuleType], monkeypatch: pytest.MonkeyPatch,
+    small_csvs: dict[str, Path],
+) -> dict[str, list]:  # fmt: skip
+    """classical_speed.py on the small train.csv as its replica, its pairs and its compare call
+    recorded instead of run: {"pairs": [(name, fit rows, scored rows)], "compare": [(rows of
+    its CSV, models)]}."""
+    module = import_script("classical_speed")
+    calls: dict[str, list] = {"pairs": [], "compare": []}
+
+    def pair(name: str, baseline: object, fit_set: DigitSet, score_set: DigitSet,
+             repeats: int) -> None:  # fmt: skip
+        calls["pairs"].append((name, len(fit_set), len(score_set)))
+
+    def compare(train_csv: Path, models: list[str], out_dir: Path) -> SimpleNamespace:
+        calls["compare"].append((len(read_kaggle_csv(train_csv)), models))
+        return SimpleNamespace(columns=["model"], rows=[])
+
+    monkeypatch.setattr(module, "pair", pair)
+    monkeypatch.setattr(module, "compare", compare)
+    monkeypatch.setattr(module, "cached_replica", lambda seed: SimpleNamespace(
+        train=small_csvs["train"]))  # fmt: skip
+    return calls
+
+
+def test_classical_speed_measures_the_models_and_rows_asked(
+    classical_speed: dict[str, list],
+) -> None:
+    """It had always fitted all four classical models on the whole replica (minutes each on 2
+    cores): no --models, no --rows."""
+    run_main("classical_speed", "--models", "knn, logreg", "--rows", "500")
+    assert classical_speed == {"pairs": [("knn", 400, 100)], "compare": [(500, ["knn", "logreg"])]}
+
+
+@pytest.mark.parametrize("models, refusal", [
+    ("knn,cnn", "cnn: not a classical model; choose from logreg,knn,svm,random-forest"),
+    ("knn,knn", "--models names knn more than once"),
+    ("knm", "unknown model 'knm'. Did you mean 'knn'?"),
+    (",", "no model to compare: give --models, e.g. logreg,knn,cnn"),
+])  # fmt: skip
+def test_classical_speed_refuses_models_as_compare_does(
+    classical_speed: dict[str, list], capsys: pytest.CaptureFixture[str], models: str,
+    refusal: str,
+) -> None:  # fmt: skip
+    with pytest.raises(SystemExit) as stop:
+        run_main("classical_speed", "--models", models)
+    assert stop.value.code == 2 and classical_speed == {"pairs": [], "compare": []}
+    assert f"error: argument --models: {refusal}" in capsys.readouterr().err

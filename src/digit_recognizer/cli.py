@@ -717,11 +717,11 @@ def compare(
              "the others.")] = False,
 ) -> None:  # fmt: skip
     """Fit several models on one CSV and rank them by held-out accuracy, with their cost."""
-    from digit_recognizer.compare import SETTINGS_FILE
+    from digit_recognizer.compare import SETTINGS_FILE, parse_model_names
     from digit_recognizer.compare import compare as compare_models
 
-    names = [name.strip() for name in models.split(",") if name.strip()]
-    board = compare_models(train, names, out, test, valid_size, cv, seed or 0, epochs, resume)
+    board = compare_models(train, parse_model_names(models), out, test, valid_size, cv,
+                           seed or 0, epochs, resume)  # fmt: skip
     table = Table(title=f"digits compare ({board.n_folds} fold{'s' * (board.n_folds > 1)})")
     for column in board.columns:
         table.add_column(column, justify="left" if column == "model" else "right")

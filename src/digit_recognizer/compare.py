@@ -57,6 +57,26 @@ class Leaderboard:
     n_folds: int
 
 
+def parse_model_names(text: str) -> list[str]:
+    """``--models``' comma-separated names (blanks around them and empty ones dropped), checked
+    by ``check_model_names``."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    check_model_names(names)
+    return names
+
+
+def check_model_names(models: list[str]) -> None:
+    """Refuse no model, an unknown one (``UnknownModelError``) or one named twice, before any
+    training."""
+    if not models:
+        raise ConfigError("no model to compare: give --models, e.g. logreg,knn,cnn")
+    for name in models:
+        get_spec(name)
+    if len(set(models)) < len(models):  # two rows, and two bars on one label of the chart
+        twice = sorted({name for name in models if models.count(name) > 1})
+        raise ConfigError(f"--models names {', '.join(twice)} more than once")
+
+
 def compare(
     train_csv: Path,
     models: list[str],
@@ -84,13 +104,7 @@ def compare(
     ``resume`` keeps them and fits only the others, where ``compare.json`` shows the same data
     and settings (a shard folder's or glob's data is known by its path alone).
     """
-    if not models:
-        raise ConfigError("no model to compare: give --models, e.g. logreg,knn,cnn")
-    for name in models:
-        get_spec(name)  # unknown names fail before any training
-    if len(set(models)) < len(models):  # two rows, and two bars on one label of the chart
-        twice = sorted({name for name in models if models.count(name) > 1})
-        raise ConfigError(f"--models names {', '.join(twice)} more than once")
+    check_model_names(models)
     if cv is not None and cv < 2:
         raise ConfigError(f"--cv must be at least 2 folds, got {cv}")
     if cv is not None and test_csv is not None:
