@@ -25,6 +25,7 @@ image as a line would, drawn as they are, with a thin pen (a 9 x 9 erosion) and 
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -36,6 +37,7 @@ from beyond_mnist import add_model_arguments  # run from benchmarks/: its folder
 from digit_recognizer.data.images import to_mnist
 from digit_recognizer.data.kaggle_csv import read_kaggle_csv, read_submission
 from digit_recognizer.data.replica import cached_replica
+from digit_recognizer.errors import ConfigError
 from digit_recognizer.predict import PredictConfig, Predictor
 from script import count, run_script  # run from benchmarks/: its folder is on the path
 
@@ -43,6 +45,7 @@ PAGE = 200
 PAPER, LINE = 235, 20
 SHADE = 0.5
 DIGIT_SIDE, DIGIT_TOP = 84, 58
+TEST_DIGITS = 28_000  # in a replica's test.csv, as in Kaggle's
 
 
 def boxed(inset: int, thickness: int) -> Callable[[NDArray[np.float32], NDArray[np.uint8]], None]:
@@ -172,16 +175,36 @@ def tight_crop(image: NDArray[np.uint8], erosion: int = 0, dilation: int = 0) ->
     return 255 - big
 
 
+def parse_angles(text: str) -> list[float]:
+    """--angles' comma-separated degrees; ``ConfigError`` names the first that is not a finite
+    number (an empty one, "0,,3", had ended in float()'s traceback)."""
+    angles = []
+    for part in text.split(","):
+        try:
+            angle = float(part)
+        except ValueError:
+            angle = math.nan
+        if not math.isfinite(angle):
+            raise ConfigError(f"--angles '{text}': '{part}' is not a number of degrees; give "
+                              "numbers separated by commas, e.g. 0,3,5")  # fmt: skip
+        angles.append(angle)
+    return angles
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_model_arguments(parser)
     parser.add_argument("--images", type=count, default=300, help="test digits drawn per page kind")
     parser.add_argument("--angles", default="0,3,5,8,10", help="angles the page is turned by")
     args = parser.parse_args()
+    angles = parse_angles(args.angles)  # before the model loads
+    if args.images > TEST_DIGITS:  # had ended in numpy's traceback, drawing them
+        raise ConfigError(f"--images must be at most {TEST_DIGITS:,}, the replica's test "
+                          f"digits, got {args.images:,}")  # fmt: skip
 
     predictor = Predictor.load(args.runs, PredictConfig(tta=args.tta))
     files = cached_replica(args.replica_seed)
-    chosen = np.random.default_rng(0).choice(28_000, args.images, replace=False)
+    chosen = np.random.default_rng(0).choice(TEST_DIGITS, args.images, replace=False)
     test = read_kaggle_csv(files.test).images[chosen]
     labels = read_submission(files.solution)[chosen]
 
@@ -189,7 +212,6 @@ def main() -> None:
         digits = np.stack([to_mnist(image) for image in photos])
         return int((predictor.predict(digits) != labels).sum())
 
-    angles = [float(angle) for angle in args.angles.split(",")]
     print(f"errors of {args.images} digits, page turned by (degrees):")
     print(f"{'page':<28}" + "".join(f"{angle:>7g}" for angle in angles))
     for name, draw_lines in KINDS.items():

@@ -38,6 +38,29 @@ def test_a_user_error_is_one_line_not_a_traceback(
                                f"is {tmp_path} a trained run directory?")  # fmt: skip
 
 
+@pytest.mark.parametrize("name, argv, refusal", [
+    ("paper_photos", ["--angles", "0,,3"], "--angles '0,,3': '' is not a number of degrees; "
+                                           "give numbers separated by commas, e.g. 0,3,5"),
+    ("paper_photos", ["--angles", "5,inf"], "--angles '5,inf': 'inf' is not a number of degrees; "
+                                            "give numbers separated by commas, e.g. 0,3,5"),
+    ("paper_photos", ["--images", "28001"], "--images must be at most 28,000, the replica's test "
+                                            "digits, got 28,001"),
+    ("serve_load", ["--port", "70000"], "--port must be from 1 to 65535, got 70000"),
+    ("serve_load", ["--port", "0"], "--port must be from 1 to 65535, got 0"),
+])  # fmt: skip
+def test_a_bad_flag_is_one_line_before_any_work(
+    import_script: Callable[[str], ModuleType], monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+    name: str, argv: list[str], refusal: str,
+) -> None:  # fmt: skip
+    """Each had ended in a traceback once the model had loaded (float(''), numpy's sample
+    larger than its population) or the server was to start (bind()'s OverflowError); --port 0
+    in 'did not answer /health within 120 s', asked of port 0 while the server took another."""
+    monkeypatch.setattr(sys, "argv", [f"{name}.py", str(tmp_path), *argv])
+    with pytest.raises(SystemExit) as stop:
+        import_script("script").run_script(import_script(name).main)
+    assert stop.value.code == f"{name}.py: error: {refusal}"
+
+
 class Healthy(BaseHTTPRequestHandler):
     """Another server on the port: answers /health as `digits serve` does."""
 
