@@ -148,10 +148,15 @@ def child_memory(shard_dir: Path, n_steps: int) -> dict:
 
 
 def run_child(*args: str) -> dict:
-    """Run this script in a fresh interpreter for one measurement; its last line is JSON."""
+    """Run this script in a fresh interpreter for one measurement; its last line is JSON. A
+    child that fails has said why on this process's stderr, which it shares (captured, its
+    error had been lost behind CalledProcessError's traceback); this process exits with its
+    status."""
     command = [sys.executable, __file__, "--child", *args]
-    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-    return json.loads(output.strip().splitlines()[-1])
+    child = subprocess.run(command, stdout=subprocess.PIPE, text=True)
+    if child.returncode != 0:
+        sys.exit(child.returncode)
+    return json.loads(child.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -163,6 +168,9 @@ def main() -> None:
                         help="cap on timed training steps (after one untimed)")  # fmt: skip
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.workers < 0:  # the child's DataLoader would refuse it, once the shards are written
+        parser.error(f"--workers must be >= 0 (0: read in the training process), got "
+                     f"{args.workers}")  # fmt: skip
     if args.child:
         kind, path, *rest = args.child
         if kind == "expand":

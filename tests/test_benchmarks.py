@@ -4,6 +4,7 @@ figures are counted. Their timings are never run here (benchmarks/ measures; tes
 from __future__ import annotations
 
 import importlib
+import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -273,3 +274,34 @@ def test_streaming_rates_leave_out_the_first_batch(
 
     rows, rate = module.steady_rate(batches(), lambda images, labels: steps.append(len(images)))
     assert (rows, rate, steps) == (192, 96.0, [128, 128, 64])
+
+
+def test_streaming_passes_on_a_failed_measurement(
+    import_script: Callable[[str], ModuleType], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A measurement's process that failed (a full disk, shards that do not read) had its
+    stderr captured and dropped: CalledProcessError's traceback, without the reason."""
+    runs = []
+
+    def run(command: list[str], **kwargs: object) -> subprocess.CompletedProcess:
+        runs.append(kwargs)
+        return subprocess.CompletedProcess(command, 3, stdout="")
+
+    module = import_script("streaming")
+    monkeypatch.setattr(module.subprocess, "run", run)
+    with pytest.raises(SystemExit) as stop:
+        module.run_child("memory", "shards", "1")
+    assert stop.value.code == 3 and runs == [{"stdout": subprocess.PIPE, "text": True}]
+
+
+def test_streaming_refuses_negative_workers(
+    import_script: Callable[[str], ModuleType], monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str], tmp_path: Path,
+) -> None:  # fmt: skip
+    """The child's DataLoader had refused it in a traceback, after the shards were written."""
+    module = import_script("streaming")
+    monkeypatch.setattr(module, "replica_is_complete", lambda folder: pytest.fail("measured"))
+    with pytest.raises(SystemExit) as stop:
+        run_main("streaming", "--dir", str(tmp_path), "--workers", "-1")
+    refusal = "error: --workers must be >= 0 (0: read in the training process), got -1\n"
+    assert stop.value.code == 2 and capsys.readouterr().err.endswith(refusal)
