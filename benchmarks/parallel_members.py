@@ -26,7 +26,11 @@ from digit_recognizer.data.replica import cached_replica
 from digit_recognizer.models.runtime import Device
 from digit_recognizer.pipeline import TrainJobResult, train_jobs
 from digit_recognizer.presets import get_preset
-from script import replica_seed, run_script  # run from benchmarks/: its folder is on the path
+from script import (  # run from benchmarks/: its folder is on the path
+    replica_seed,
+    run_script,
+    times_faster,
+)
 
 
 def main() -> None:
@@ -62,10 +66,8 @@ def main() -> None:
                   f"{training_rate(results, jobs):8,.0f} while training; validation accuracy "
                   f"{', '.join(f'{job.valid_metrics.accuracy:.4f}' for job in results)}",
                   flush=True)  # fmt: skip
-    print(
-        f"side by side ({at_once} at a time) took {walls[at_once] / walls[1]:.2f}x "
-        f"the wall time of one at a time: {walls[1] / walls[at_once]:.2f}x faster"
-    )
+    print(f"side by side ({at_once} at a time) took {walls[at_once] / walls[1]:.2f}x the wall "
+          f"time of one at a time: {times_faster(walls[1], walls[at_once])}")  # fmt: skip
 
 
 def images_trained(results: list[TrainJobResult]) -> int:

@@ -36,7 +36,11 @@ from digit_recognizer.models.runtime import resolve_device
 from digit_recognizer.predict import PredictConfig, Predictor
 from digit_recognizer.presets import Preset, get_preset
 from digit_recognizer.train import TrainConfig, train
-from script import replica_seed, run_script  # run from benchmarks/: its folder is on the path
+from script import (  # run from benchmarks/: its folder is on the path
+    replica_seed,
+    run_script,
+    times_faster,
+)
 
 
 def time_to_target(history: list[dict[str, float]], target: float) -> tuple[float, int] | None:
@@ -155,11 +159,17 @@ def measure(args: argparse.Namespace, recipes: list[tuple], work_dir: Path) -> N
             continue
         for seed_reached, seed_seconds in seed_runs:
             if seed_reached:
-                print(f"time to {args.target}: {text} is {seed_reached[0] / reached[0]:.1f}x "
-                      "faster than the seed recipe")  # fmt: skip
-            else:  # its early stopping may have ended it before the budget: its own time
-                print(f"seed recipe did not reach {args.target} in its {seed_seconds:.0f} s of "
-                      f"training: {text} is > {seed_seconds / reached[0]:.1f}x faster")  # fmt: skip
+                ratio = times_faster(seed_reached[0], reached[0])
+                print(f"time to {args.target}: {text} is {ratio} than the seed recipe")
+                continue
+            # Its early stopping may have ended it before the budget: its own time, a bound
+            # where it trained longer than this recipe took to reach the target.
+            unreached = (f"seed recipe did not reach {args.target} in its {seed_seconds:.0f} s "
+                         "of training")  # fmt: skip
+            if seed_seconds > reached[0]:
+                print(f"{unreached}: {text} is > {times_faster(seed_seconds, reached[0])}")
+            else:
+                print(f"{unreached}, {text} reached it in {reached[0]:.0f} s")
     for text, _, _, predict_s, _ in rows:
         print(f"inference, {len(test_images):,} test images: {len(test_images) / predict_s:,.0f} "
               f"images/s ({predict_s:.2f} s) for {text}")  # fmt: skip

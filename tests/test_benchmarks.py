@@ -133,6 +133,37 @@ def test_parallel_members_counts_the_processes_there_are(
     assert "side by side (2 at a time)" in out
 
 
+def test_parallel_members_says_slower_when_side_by_side_is(
+    import_script: Callable[[str], ModuleType], parallel_members: list[int],
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    """Side by side taking 12.5 s to one at a time's 10 s had read '0.80x faster'."""
+    module = import_script("parallel_members")
+    clock, train_jobs = [0.0], module.train_jobs
+
+    def timed_train_jobs(configs: list, train_csv: Path, run_dir: Path, parallel: int) -> list:
+        clock[0] += {1: 10.0, 2: 12.5}[parallel]
+        return train_jobs(configs, train_csv, run_dir, parallel)
+
+    monkeypatch.setattr(module, "train_jobs", timed_train_jobs)
+    monkeypatch.setattr(module.time, "perf_counter", lambda: clock[0])
+    run_main("parallel_members", "--members", "2", "--device", "cpu")
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        "side by side (2 at a time) took 1.25x the wall time of one at a time: 1.2x slower"
+    )
+
+
+@pytest.mark.parametrize("baseline_s, ours_s, said", [
+    (4.4, 1.2, "3.7x faster"), (10.0, 10.0, "1.0x faster"), (1.2, 36.0, "30.0x slower"),
+])  # fmt: skip
+def test_times_faster_says_which_way(
+    import_script: Callable[[str], ModuleType], baseline_s: float, ours_s: float, said: str
+) -> None:
+    """classical_speed.py's k-NN on 1,000 rows, 30x slower than scikit-learn's, had read
+    '0.0x'; time_to_accuracy.py's recipe slower than the seed's, '0.8x faster'."""
+    assert import_script("script").times_faster(baseline_s, ours_s) == said
+
+
 @pytest.mark.parametrize("members, jobs, refusal", [
     ("2", "1", "--jobs 1: side by side is at least 2 at a time"),
     ("-1", "2", "preset 'best' with --members -1: not an ensemble"),
