@@ -34,6 +34,7 @@ from digit_recognizer.errors import DigitsError
 from digit_recognizer.models import available, build
 from script import (  # run from benchmarks/: its folder is on the path
     count,
+    mean_and_spread,
     replica_seed,
     run_script,
     times_faster,
@@ -60,8 +61,8 @@ def pair(name: str, baseline, fit_set: DigitSet, score_set: DigitSet, repeats: i
     ours_s, theirs_s = np.array([s for s, _ in ours]), np.array([s for s, _ in theirs])
     print(
         f"{name:4s} fit {len(fit_set):,} + predict {len(score_set):,}: "
-        f"scikit-learn defaults {theirs_s.mean():6.1f} ± {theirs_s.std():.1f} s "
-        f"(accuracy {theirs[0][1]:.4f}), ours {ours_s.mean():5.1f} ± {ours_s.std():.1f} s "
+        f"scikit-learn defaults {mean_and_spread(theirs_s, 1)} s "
+        f"(accuracy {theirs[0][1]:.4f}), ours {mean_and_spread(ours_s, 1)} s "
         f"(accuracy {ours[0][1]:.4f}): ours {times_faster(theirs_s.mean(), ours_s.mean())}"
     )
 

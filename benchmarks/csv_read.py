@@ -28,6 +28,7 @@ from digit_recognizer.data.kaggle_csv import read_kaggle_csv, write_kaggle_csv
 from digit_recognizer.data.replica import ready_replica
 from script import (  # run from benchmarks/: its folder is on the path
     count,
+    mean_and_spread,
     replica_seed,
     run_script,
     times_faster,
@@ -50,7 +51,7 @@ def read_with_pandas(path: Path) -> np.ndarray:
 
 
 def show(name: str, seconds: np.ndarray) -> None:
-    print(f"  {name:<22} {seconds.mean():.3f} s ± {seconds.std():.3f} s  (n={len(seconds)})")
+    print(f"  {name:<22} {mean_and_spread(seconds, 3)} s  (n={len(seconds)})")
 
 
 def run(replica_dir: Path, repeats: int, seed: int) -> None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import statistics
 import subprocess
 import sys
 import time
@@ -30,7 +29,11 @@ import numpy as np
 from digit_recognizer.data.mnist import load_mnist
 from digit_recognizer.errors import ConfigError, DigitsError
 from digit_recognizer.serve.app import listening_socket
-from script import count, run_script  # run from benchmarks/: its folder is on the path
+from script import (  # run from benchmarks/: its folder is on the path
+    count,
+    mean_and_spread,
+    run_script,
+)
 
 HOST = "127.0.0.1"
 
@@ -112,11 +115,6 @@ def benchmark(args: argparse.Namespace, backend: str, images: np.ndarray) -> dic
     return {"rate": rates, "p50": p50s, "p99": p99s}
 
 
-def spread(values: list[float]) -> str:
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):7.1f} ± {sd:5.1f}"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", type=Path, help="a trained run directory")
@@ -133,8 +131,8 @@ def main() -> None:
     print(f"{'backend':8} {'requests/s':>16} {'p50 ms':>16} {'p99 ms':>16}")
     for backend in args.backends:
         result = benchmark(args, backend, images)
-        print(f"{backend:8} {spread(result['rate']):>16} {spread(result['p50']):>16} "
-              f"{spread(result['p99']):>16}", flush=True)  # fmt: skip
+        columns = (mean_and_spread(result[key], 1) for key in ("rate", "p50", "p99"))
+        print(f"{backend:8}" + "".join(f" {column:>16}" for column in columns), flush=True)
 
 
 if __name__ == "__main__":

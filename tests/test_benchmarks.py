@@ -336,3 +336,26 @@ def test_streaming_refuses_negative_workers(
         run_main("streaming", "--dir", str(tmp_path), "--workers", "-1")
     refusal = "error: --workers must be >= 0 (0: read in the training process), got -1\n"
     assert stop.value.code == 2 and capsys.readouterr().err.endswith(refusal)
+
+
+def test_serve_load_shows_a_spread_only_where_repeats_have_one(
+    import_script: Callable[[str], ModuleType], monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str], tmp_path: Path,
+) -> None:  # fmt: skip
+    """One repeat had shown '± 0.0' beside each figure, a spread it never measured."""
+    measured = {"torch": {"rate": [500.0, 520.0], "p50": [2.0, 2.0], "p99": [4.6, 5.0]},
+                "onnx": {"rate": [1672.0], "p50": [1.0], "p99": [4.6]}}  # fmt: skip
+    monkeypatch.setattr(import_script("serve_load"), "benchmark",
+                        lambda args, backend, images: measured[backend])  # fmt: skip
+    run_main("serve_load", str(tmp_path))
+    torch_row, onnx_row = capsys.readouterr().out.splitlines()[-2:]
+    assert " ".join(torch_row.split()) == "torch 510.0 ± 14.1 2.0 ± 0.0 4.8 ± 0.3"
+    assert " ".join(onnx_row.split()) == "onnx 1672.0 1.0 4.6"
+
+
+@pytest.mark.parametrize("seconds, shown", [([1, 2, 3, 4, 5], "3.00 ± 1.58"), ([2.5], "2.50")])
+def test_mean_and_spread_is_the_sample_spread(
+    import_script: Callable[[str], ModuleType], seconds: list[float], shown: str
+) -> None:
+    """numpy's std had shown '1.41' for these five (the population's), '0.00' for one."""
+    assert import_script("script").mean_and_spread(seconds, 2) == shown
