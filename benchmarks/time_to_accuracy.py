@@ -33,7 +33,7 @@ from digit_recognizer.data.replica import cached_replica
 from digit_recognizer.data.splits import split_for_training
 from digit_recognizer.errors import ConfigError
 from digit_recognizer.models.runtime import resolve_device
-from digit_recognizer.predict import PredictConfig, Predictor
+from digit_recognizer.predict import TTA_SHIFTS, PredictConfig, Predictor
 from digit_recognizer.presets import Preset, get_preset
 from digit_recognizer.train import TrainConfig, train
 from script import (  # run from benchmarks/: its folder is on the path
@@ -131,7 +131,8 @@ def measure(args: argparse.Namespace, recipes: list[tuple], work_dir: Path) -> N
         f"{'img/s':>7} {'test acc':>8} {'predict':>8}  recipe (model)",
         flush=True,
     )
-    rows = []  # (recipe, preset name, (seconds, epoch) to the target or None, predict s, train s)
+    # (recipe, preset name, (seconds, epoch) to the target or None, predict s, train s, TTA)
+    rows = []
     for index, (text, name, preset, config) in enumerate(recipes):
         wall_start = time.perf_counter()
         # Its own directory, a recipe given twice too.
@@ -146,15 +147,15 @@ def measure(args: argparse.Namespace, recipes: list[tuple], work_dir: Path) -> N
         accuracy = float((predictor.predict(test_images) == solution).mean())
         predict_s = time.perf_counter() - start
         images_per_s = result.history[-1]["step"] * config.batch_size / result.train_seconds
-        rows.append((text, name, reached, predict_s, result.train_seconds))
+        rows.append((text, name, reached, predict_s, result.train_seconds, preset.tta))
         to_target = f"{reached[0]:.1f} s (ep {reached[1]})" if reached else "not reached"
         print(f"{to_target:>15} {result.epochs_run:>6g} {result.train_seconds:>8.1f} "
               f"{wall_s:>7.1f} {images_per_s:>7.0f} {accuracy:>8.4f} "
               f"{predict_s:>7.2f}s  {text} ({config.model})", flush=True)  # fmt: skip
 
-    seed_runs = [(reached, seconds) for _, name, reached, _, seconds in rows if name == "seed"]
+    seed_runs = [(reached, seconds) for _, name, reached, _, seconds, _ in rows if name == "seed"]
     print()
-    for text, name, reached, _, _ in rows:
+    for text, name, reached, _, _, _ in rows:
         if name == "seed" or not reached:
             continue
         for seed_reached, seed_seconds in seed_runs:
@@ -170,9 +171,12 @@ def measure(args: argparse.Namespace, recipes: list[tuple], work_dir: Path) -> N
                 print(f"{unreached}: {text} is > {times_faster(seed_seconds, reached[0])}")
             else:
                 print(f"{unreached}, {text} reached it in {reached[0]:.0f} s")
-    for text, _, _, predict_s, _ in rows:
-        print(f"inference, {len(test_images):,} test images: {len(test_images) / predict_s:,.0f} "
-              f"images/s ({predict_s:.2f} s) for {text}")  # fmt: skip
+    for text, _, _, predict_s, _, tta in rows:
+        # A recipe with TTA predicts each image in TTA_SHIFTS' views: 5x the work of one without
+        views = f", {len(TTA_SHIFTS)} views each (TTA)" if tta else ""
+        print(f"inference, {len(test_images):,} test images{views}: "
+              f"{len(test_images) / predict_s:,.0f} images/s ({predict_s:.2f} s) for "
+              f"{text}")  # fmt: skip
 
 
 if __name__ == "__main__":
