@@ -294,6 +294,20 @@ def test_classical_speed_measures_the_models_and_rows_asked(
     assert classical_speed == {"pairs": [("knn", 400, 100)], "compare": [(500, ["knn", "logreg"])]}
 
 
+@pytest.mark.parametrize("models, warmed", [("logreg,random-forest", ["logreg"]), ("svm", [])])
+def test_classical_speed_warms_up_before_compare_fits(
+    import_script: Callable[[str], ModuleType], monkeypatch: pytest.MonkeyPatch,
+    classical_speed: dict[str, list], models: str, warmed: list[str],
+) -> None:  # fmt: skip
+    """--models logreg,random-forest, no pair run first, had timed logreg's fit in compare with
+    torch's one-time start-up (the pairs pay it, untimed)."""
+    warm_ups = []
+    monkeypatch.setattr(import_script("classical_speed"), "warm_up",
+                        lambda name, fit_set, score_set: warm_ups.append(name))  # fmt: skip
+    run_main("classical_speed", "--models", models, "--rows", "500")
+    assert warm_ups == warmed and len(classical_speed["compare"]) == 1
+
+
 @pytest.mark.parametrize("models, refusal", [
     ("knn,cnn", "cnn: not a classical model; choose from logreg,knn,svm,random-forest"),
     ("knn,knn", "--models names knn more than once"),
