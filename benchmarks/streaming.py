@@ -147,6 +147,17 @@ def child_memory(shard_dir: Path, n_steps: int) -> dict:
             "train_rows_per_s": train_rows_per_s}  # fmt: skip
 
 
+def worker_rss(n_workers: int, peak_mb: float) -> str:
+    """The DataLoader workers' part of a peak RSS line. ``RUSAGE_CHILDREN`` holds the largest
+    worker's peak alone: with 2 or more it is each one's bound, not their sum; with none (the
+    process reads itself) it is no worker's."""
+    if n_workers == 0:
+        return ""
+    if n_workers == 1:
+        return f" + worker {peak_mb:.0f}"
+    return f" + {n_workers} workers of up to {peak_mb:.0f} each"
+
+
 def run_child(*args: str) -> dict:
     """Run this script in a fresh interpreter for one measurement; its last line is JSON. A
     child that fails has said why on this process's stderr, which it shares (captured, its
@@ -201,7 +212,8 @@ def main() -> None:
         steps = str(args.train_steps)
         for kind, extra in (("stream", [str(args.workers), steps]), ("memory", [steps])):
             got = run_child(kind, str(shard_dir), *extra)
-            workers = f" + worker {got['worker_peak_rss_mb']:.0f}" if kind == "stream" else ""
+            workers = worker_rss(args.workers if kind == "stream" else 0,
+                                 got["worker_peak_rss_mb"])  # fmt: skip
             print(f"{kind:<6} {n_rows:>9,} rows: read {got['read_rows_per_s']:>8,.0f} rows/s, "
                   f"read+augment+train {got['train_rows_per_s']:>6,.0f} rows/s "
                   f"({got['trained']:,} rows), "

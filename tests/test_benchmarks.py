@@ -395,3 +395,27 @@ def test_mean_and_spread_is_the_sample_spread(
 ) -> None:
     """numpy's std had shown '1.41' for these five (the population's), '0.00' for one."""
     assert import_script("script").mean_and_spread(seconds, 2) == shown
+
+
+@pytest.mark.parametrize("workers, rss", [
+    ("0", "peak RSS 561"), ("1", "peak RSS 561 + worker 369"),
+    ("2", "peak RSS 561 + 2 workers of up to 369 each"),
+])  # fmt: skip
+def test_streaming_names_the_workers_its_rss_counts(
+    import_script: Callable[[str], ModuleType], monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, workers: str, rss: str,
+) -> None:  # fmt: skip
+    """RUSAGE_CHILDREN holds the largest worker's peak: --workers 2 had printed it as '+ worker',
+    as if the only one, and --workers 0 '+ worker 0'."""
+    module = import_script("streaming")
+    (tmp_path / "expanded-42000").mkdir()
+    (tmp_path / "expanded-42000" / "manifest.json").touch()
+    measured = {"rows": 42_000, "read_rows_per_s": 9124.0, "trained": 640,
+                "train_rows_per_s": 76.0, "peak_rss_mb": 561.0,
+                "worker_peak_rss_mb": 369.0}  # fmt: skip
+    monkeypatch.setattr(module, "replica_is_complete", lambda folder: True)
+    monkeypatch.setattr(module, "read_manifest", lambda folder: SimpleNamespace(n_rows=42_000))
+    monkeypatch.setattr(module, "run_child", lambda *args: measured)
+    run_main("streaming", "--dir", str(tmp_path), "--rows", "42000", "--workers", workers)
+    stream, memory = capsys.readouterr().out.splitlines()[-2:]
+    assert stream.endswith(f"(640 rows), {rss}") and memory.endswith("(640 rows), peak RSS 561")
