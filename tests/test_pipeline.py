@@ -231,7 +231,7 @@ def test_a_huge_memory_budget_reads_the_data_in_memory(small_csvs):
     from digit_recognizer.pipeline import training_data
 
     config = TrainConfig(**TINY_RECIPE, max_memory_gb=1e300)
-    train_set, valid_set, _ = training_data(config, small_csvs["train"])
+    train_set, valid_set, *_ = training_data(config, small_csvs["train"])
     assert isinstance(train_set, DigitSet) and len(train_set) + len(valid_set) == 3000
 
 
@@ -392,7 +392,7 @@ def test_training_reads_a_faint_file_as_predict_does_and_warns_of_rows_predict_w
     assert streamed.valid_metrics.accuracy > 0.8
     caplog.clear()
     with caplog.at_level(logging.WARNING):
-        train_set, _, _ = training_data(replace(config, max_memory_gb=0), binarised)
+        train_set, *_ = training_data(replace(config, max_memory_gb=0), binarised)
     assert isinstance(train_set, DigitSet)
     assert "read in memory, over the --max-memory" in caplog.text
     # Unless it would not fit half the memory free: then the error says what to do.
@@ -435,13 +435,15 @@ def test_a_validation_shard_lacking_digits_is_warned_of_and_named_in_the_report(
     last = shard_csv(ordered, tmp_path / "ordered", parts=10).shards[-1].path
     config = TrainConfig(**TINY_RECIPE | {"epochs": 1, "max_memory_gb": 1e-6})
     with caplog.at_level("INFO", logger="digit_recognizer"):
-        _, valid_set, valid_source = training_data(config, tmp_path / "ordered")
+        _, valid_set, valid_source, _ = training_data(config, tmp_path / "ordered")
     missing = sorted(set(range(10)) - set(valid_set.labels.tolist()))
     assert missing and valid_source == f"last shard, {last}"
     assert f"holds no {', '.join(map(str, missing))}: rows in label order?" in caplog.text
     train_job(config, tmp_path / "ordered", tmp_path / "run")
     report = (tmp_path / "run" / "report.html").read_text()
     assert f"last shard, {last}: {len(valid_set)} images" in report
+    # Its captions' rows are the shard's own, which `digits explain SHARD --index` reads.
+    assert f"row of {last}, counted from 0: digits explain {tmp_path / 'run'} {last}" in report
     caplog.clear()
     shard_csv(small_csvs["train"], tmp_path / "shuffled", parts=10)
     with caplog.at_level("INFO", logger="digit_recognizer"):

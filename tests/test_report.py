@@ -44,6 +44,30 @@ runner = CliRunner()
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
+def recorded_galleries(monkeypatch) -> dict[str, tuple[np.ndarray, list[str]]]:
+    """The report's galleries as drawn, by file name: (images, captions)."""
+    galleries = {}
+    plot_gallery = report_module.plot_gallery
+
+    def recording(images, captions, path, *args, **kwargs):
+        galleries[path.name] = (images, captions)
+        plot_gallery(images, captions, path, *args, **kwargs)
+
+    monkeypatch.setattr(report_module, "plot_gallery", recording)
+    return galleries
+
+
+def assert_captions_name_their_rows(galleries, csv: Path) -> None:
+    """Each caption's row (`row N`, first line) is the row of ``csv`` holding its image, as
+    `digits explain CSV --index N` reads it."""
+    rows = read_kaggle_csv(csv).images
+    assert {"mistakes.png", "grad_cam.png"} <= set(galleries)
+    for images, captions in galleries.values():
+        for image, caption in zip(images, captions, strict=True):
+            row = int(caption.split("\n")[0].removeprefix("row "))
+            np.testing.assert_array_equal(rows[row], image, err_msg=caption)
+
+
 class ImageSources(HTMLParser):
     def __init__(self) -> None:
         super().__init__()
@@ -290,6 +314,7 @@ def test_report_command_with_data_and_without(tmp_path, tiny_run, small_test):
                     "Grad-CAM"):  # fmt: skip
         assert heading in page
     assert f"{labelled}: 400 images" in page
+    assert f"row of {labelled}, counted from 0: digits explain {run_dir} {labelled} --index" in page
     assert len(inline_pngs(run_dir / "report.html")) == 6
     # Digits laid out as another collection's are read as evaluate reads them: redone as MNIST's.
     filled = tmp_path / "filled.csv"
@@ -314,7 +339,8 @@ def test_report_command_with_data_and_without(tmp_path, tiny_run, small_test):
         write_run_report(run_dir, data=DigitSet(small_test.images[:1], small_test.labels[:1]))
 
 
-def test_report_rebuilds_the_validation_split(tmp_path, tiny_run, small_csvs):
+def test_report_rebuilds_the_validation_split(tmp_path, tiny_run, small_csvs, monkeypatch):
+    galleries = recorded_galleries(monkeypatch)
     run_dir = tmp_path / "run"
     shutil.copytree(tiny_run, run_dir)
     train_csv = tmp_path / "train.csv"
@@ -325,6 +351,10 @@ def test_report_rebuilds_the_validation_split(tmp_path, tiny_run, small_csvs):
     config_toml.write_text(config_toml.read_text().replace("\nseed = 0\n", "\nseed = 3\n"))
     page = write_run_report(run_dir).read_text()
     assert f"validation split of {train_csv} (valid_size 0.05, seed 3): 150" in page
+    # The captions' rows are train.csv's, which the note tells `digits explain` to read (they
+    # had given none; the split's own order is no row of any file).
+    assert_captions_name_their_rows(galleries, train_csv)
+    assert f"digits explain {run_dir} {train_csv} --index ROW explains it" in page
     # Scored on that very split (config.toml's valid_size and seed), not on another drawing of
     # 150 rows, which would score otherwise: the page's figures are those of these images.
     _, valid = split_for_training(read_kaggle_csv(train_csv), 0.05, 3)
@@ -371,7 +401,9 @@ def test_the_split_of_a_faint_csv_is_scored_at_full_ink_as_it_trained(tmp_path, 
 def test_train_job_writes_the_report(tmp_path, small_train, monkeypatch):
     """The report names the split it scored (it had been left to a default wording), and both
     learning curves, the run's PNG and the report's, say the train loss is label-smoothed
-    (the legend had said so only where plot_learning_curves was called by hand)."""
+    (the legend had said so only where plot_learning_curves was called by hand). Its captions
+    give each image's row of the training CSV, for `digits explain --index`."""
+    galleries = recorded_galleries(monkeypatch)
     legends = []
     save_figure = evaluate_module.save_figure
 
@@ -389,6 +421,8 @@ def test_train_job_writes_the_report(tmp_path, small_train, monkeypatch):
     page = (tmp_path / "run" / "report.html").read_text()
     assert "validation split (valid_size 0.25, seed 0): 160 images" in page
     assert legends.count("train (augmented, label smoothing 0.1)") == 2
+    assert_captions_name_their_rows(galleries, csv_path)
+    assert f"digits explain {tmp_path / 'run'} {csv_path} --index ROW" in page
 
 
 def test_model_summary_lists_layers_with_shapes_and_parameters(tiny_run):
@@ -495,13 +529,14 @@ def test_the_grad_cam_gallery_title_counts_the_right_and_wrong_it_shows(tmp_path
     data = DigitSet(small_test.images[:11], small_test.labels[:11])
     predicted = np.where(np.arange(11) < 3, data.labels, (data.labels + 1) % 10)
     probas = np.eye(10, dtype=np.float32)[predicted] * 0.9 + 0.01
-    _plot_mistakes_and_grad_cam(build("cnn-tiny").eval(), data, probas, tmp_path)
+    _plot_mistakes_and_grad_cam(build("cnn-tiny").eval(), data, probas, tmp_path, np.arange(11))
     assert titles["grad_cam.png"] == (
         "Grad-CAM for the predicted digit: 3 right, then the 8 most confident mistakes"
     )
     # None wrong: no "then the 0 most confident mistakes", no blank "0 of 0 mistakes" figure.
     titles.clear()
-    _plot_mistakes_and_grad_cam(build("cnn-tiny").eval(), data, np.eye(10)[data.labels], tmp_path)
+    _plot_mistakes_and_grad_cam(build("cnn-tiny").eval(), data, np.eye(10)[data.labels], tmp_path,
+                                np.arange(11))  # fmt: skip
     assert titles == {"grad_cam.png": "Grad-CAM for the predicted digit: 8 right"}
 
 

@@ -494,7 +494,7 @@ def test_expand_holds_out_images_that_validate_training_and_are_never_copied(
     assert np.abs(share).max() <= 1
     copies = read_shards(replace(manifest, shards=manifest.shards[:-1]))
     np.testing.assert_array_equal(copies.labels, np.tile(data.labels[~held], 2))
-    in_memory, valid_set, _ = training_data(TrainConfig(), tmp_path / "e")
+    in_memory, valid_set, *_ = training_data(TrainConfig(), tmp_path / "e")
     assert isinstance(in_memory, DigitSet) and len(in_memory) == 2 * 902
     # Its copies are augmented already; training would compound the ranges, and says so.
     assert "augmented copies" in caplog.text and "--augment 0" in caplog.text
@@ -502,7 +502,7 @@ def test_expand_holds_out_images_that_validate_training_and_are_never_copied(
     training_data(TrainConfig(augment=0), tmp_path / "e")
     assert "augmented copies" not in caplog.text
     assert row_ids(valid_set.images) == row_ids(valid.images)
-    streamed, valid_set, _ = training_data(TrainConfig(max_memory_gb=1e-6), tmp_path / "e")
+    streamed, valid_set, *_ = training_data(TrainConfig(max_memory_gb=1e-6), tmp_path / "e")
     assert isinstance(streamed, shards.Manifest) and streamed.n_rows == 2 * 902
     assert row_ids(valid_set.images) == row_ids(valid.images)
     expand(path, tmp_path / "all", copies=2, parts=2, valid_size=0)
@@ -517,7 +517,7 @@ def test_expand_holds_out_images_that_validate_training_and_are_never_copied(
     for directory, n_rows in (("all", 2 * 1003), ("e", 2 * 902 + 101)):
         for max_memory_gb in (2.0, 0):  # 0: always streamed
             config = TrainConfig(valid_size=0, max_memory_gb=max_memory_gb)
-            train_set, valid_set, _ = training_data(config, tmp_path / directory)
+            train_set, valid_set, *_ = training_data(config, tmp_path / directory)
             n_train = train_set.n_rows if isinstance(train_set, shards.Manifest) else len(train_set)
             assert (n_train, len(valid_set)) == (n_rows, 0), (directory, max_memory_gb)
 
@@ -526,7 +526,7 @@ def test_an_expansion_of_one_copy_is_split_like_any_csv(tmp_path: Path, source) 
     """With --copies 1 each image is in the expansion once, so a split of its rows holds
     training and validation images apart: it had been refused as if they were there twice."""
     expand(source[0], tmp_path / "one", copies=1, parts=2, valid_size=0)
-    train_set, valid_set, _ = training_data(TrainConfig(), tmp_path / "one")
+    train_set, valid_set, *_ = training_data(TrainConfig(), tmp_path / "one")
     assert len(train_set) + len(valid_set) == 1003 and len(valid_set) > 0
     for files in (tmp_path / "one", f"{tmp_path}/one/*.csv"):
         assert len(read_labelled(files, to_split=True)) == 1003  # compare and tune

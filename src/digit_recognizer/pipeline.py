@@ -43,7 +43,7 @@ from digit_recognizer.data.shards import (
     require_labels,
     resolve_data_source,
 )
-from digit_recognizer.data.splits import check_seed, split_for_training, warn_shared_images
+from digit_recognizer.data.splits import check_seed, stratified_split, warn_shared_images
 from digit_recognizer.distributed import Distributed, run_torchrun
 from digit_recognizer.errors import ConfigError, DataError, ModelFileError
 from digit_recognizer.evaluate import (
@@ -68,7 +68,7 @@ from digit_recognizer.models.storage import (
     write_ensemble,
 )
 from digit_recognizer.predict import PredictConfig, Predictor, predict_csv, warn_conformed
-from digit_recognizer.report import write_run_report
+from digit_recognizer.report import SourceRows, write_run_report
 from digit_recognizer.train import TrainConfig, TrainResult, check_global_batch, train
 
 log = logging.getLogger(__name__)
@@ -102,6 +102,7 @@ class TrainingData(NamedTuple):
     train: DigitSet | Manifest
     valid: DigitSet
     valid_source: str  # where the validation images come from, as the report names them
+    valid_rows: SourceRows  # the file rows they are, which the report's captions give
 
 
 def training_data(config: TrainConfig, source: Path) -> TrainingData:
@@ -119,13 +120,15 @@ def training_data(config: TrainConfig, source: Path) -> TrainingData:
     in_memory = _reads_in_memory(manifest, config, source)
     if not config.valid_size and not in_memory:
         return TrainingData(manifest, DigitSet(np.zeros((0, 28, 28), np.uint8),
-                                               np.zeros(0, np.int64)), "")  # fmt: skip
+                                               np.zeros(0, np.int64)), "",
+                            SourceRows(source, np.zeros(0, np.int64)))  # fmt: skip
     if in_memory and not (held_out and config.valid_size):
         data = ink_as_predicted(read_shards(manifest), source, is_expansion)
-        train_set, valid_set = split_for_training(data, config.valid_size, config.seed)
+        train_rows, valid_rows = stratified_split(data.labels, config.valid_size, config.seed)
+        train_set, valid_set = data.take(train_rows), data.take(valid_rows)
         warn_shared_images(train_set, valid_set, f"{source}'s validation split")
         split = f"validation split (valid_size {config.valid_size}, seed {config.seed})"
-        return TrainingData(train_set, valid_set, split)
+        return TrainingData(train_set, valid_set, split, SourceRows(source, valid_rows))
     last = manifest.shards[-1]
     if not held_out and last.n_rows > 2 * config.valid_size * manifest.n_rows:
         log.warning("%s: validates on its last shard, %s, %.0f %% of the rows where --valid-size "
@@ -144,7 +147,8 @@ def training_data(config: TrainConfig, source: Path) -> TrainingData:
     valid_shard = replace(manifest, shards=manifest.shards[-1:])
     valid_set = ink_as_predicted(read_shards(valid_shard), source, is_expansion)
     _check_digits_validated(valid_set, last.path, source)
-    return TrainingData(train_set, valid_set, f"last shard, {last.path}")
+    return TrainingData(train_set, valid_set, f"last shard, {last.path}",
+                        SourceRows(last.path, np.arange(len(valid_set))))  # fmt: skip
 
 
 def _check_digits_validated(valid_set: DigitSet, shard: Path, source: Path) -> None:
@@ -224,7 +228,7 @@ def train_job(
     ``config.resume`` and refused without it: a run is never trained over."""
     train_csv, run_dir = Path(train_csv), Path(run_dir)
     check_out_dir(run_dir, config.resume, ensemble=False)
-    train_set, valid_set, valid_source = training_data(config, train_csv)
+    train_set, valid_set, valid_source, valid_rows = training_data(config, train_csv)
     is_main_process = Distributed.from_env().is_main_process
     valid_metrics = None
     # One writer per run directory; under torchrun, rank 0 is that writer.
@@ -233,7 +237,7 @@ def train_job(
             result = train(config, train_set, valid_set, run_dir, progress)
             if is_main_process:
                 valid_metrics = write_training_outputs(run_dir, result, valid_set, valid_source,
-                                                       train_csv)  # fmt: skip
+                                                       valid_rows, train_csv)  # fmt: skip
         except KeyboardInterrupt:
             if is_main_process:
                 since = ("from its last finished epoch" if (run_dir / CHECKPOINT_FILE).exists()
@@ -252,7 +256,12 @@ def train_job(
 
 
 def write_training_outputs(
-    run_dir: Path, result: TrainResult, valid_set: DigitSet, valid_source: str, train_csv: Path
+    run_dir: Path,
+    result: TrainResult,
+    valid_set: DigitSet,
+    valid_source: str,
+    valid_rows: SourceRows,
+    train_csv: Path,
 ) -> Metrics | None:
     """Plots, validation metrics and report of a finished run; the validation metrics."""
     plot_learning_curves(result.history, run_dir / "learning_curves.png",
@@ -273,7 +282,7 @@ def write_training_outputs(
     }, merge=not result.trained)  # fmt: skip
     if len(valid_set):
         # ~4 s for 2,100 images on 2 busy cores
-        write_run_report(run_dir, data=valid_set, data_source=valid_source)
+        write_run_report(run_dir, data=valid_set, data_source=valid_source, data_rows=valid_rows)
     return valid_metrics
 
 

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import base64
 import html
+import shlex
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -27,7 +29,7 @@ from digit_recognizer.config import read_toml
 from digit_recognizer.data.images import at_full_ink
 from digit_recognizer.data.kaggle_csv import DigitSet, read_kaggle_csv
 from digit_recognizer.data.shards import read_data_source, require_labels
-from digit_recognizer.data.splits import split_for_training
+from digit_recognizer.data.splits import stratified_split
 from digit_recognizer.errors import ConfigError, DataError, ModelFileError
 from digit_recognizer.evaluate import (
     CLASSES,
@@ -48,6 +50,14 @@ N_GALLERY = 16  # images per gallery: two rows of eight stay legible at page wid
 
 
 # -- run report ------------------------------------------------------------------------------------
+
+
+class SourceRows(NamedTuple):
+    """Where a report's images are rows of one file, as `digits explain SOURCE --index ROW`
+    counts them: image i is row ``rows[i]`` (0-based) of ``source``."""
+
+    source: Path  # a CSV, shard directory or glob
+    rows: NDArray[np.int64]  # (N,)
 
 
 @dataclass
@@ -112,14 +122,16 @@ def write_run_report(
     *,
     data: DigitSet | None = None,
     data_source: str = "images given",
+    data_rows: SourceRows | None = None,
     conform: bool = True,
 ) -> Path:
     """Write ``run_dir/report.html``: config, model, curves, metrics, errors, Grad-CAM, calibration.
 
     The labelled images come from ``data``, named ``data_source`` (train_job passes its
-    validation set: a split, or a last shard), else from ``data_csv`` (rows not in MNIST's
-    layout redone as MNIST's unless not ``conform``, as ``digits evaluate`` reads them), else
-    from the validation split rebuilt from config.toml and metrics.json.
+    validation set: a split, or a last shard), with the file rows they are in ``data_rows``
+    (captions give them, for `digits explain --index`), else from ``data_csv`` (rows not in
+    MNIST's layout redone as MNIST's unless not ``conform``, as ``digits evaluate`` reads them),
+    else from the validation split rebuilt from config.toml and metrics.json.
     """
     run_dir = Path(run_dir)
     if not conform and data_csv is None and data is None:  # it would do nothing: say so
@@ -136,11 +148,12 @@ def write_run_report(
     if data is not None:
         source = data_source
     else:
-        data, source = _labelled_data(run_dir, config, data_csv, predictor, conform)
+        data, source, data_rows = _labelled_data(run_dir, config, data_csv, predictor, conform)
     probas = predictor.predict_proba(data.images)
     with tempfile.TemporaryDirectory() as figures:
         model = predictor.models[0]
-        sections = _report_sections(run_dir, config, model, data, source, probas, Path(figures))
+        sections = _report_sections(run_dir, config, model, data, source, data_rows, probas,
+                                    Path(figures))  # fmt: skip
         page = html_page(f"Run report: {run_dir.name}", str(run_dir.resolve()), sections)
     write_text(run_dir / REPORT_FILE, page)
     return run_dir / REPORT_FILE
@@ -152,6 +165,7 @@ def _report_sections(
     model: nn.Module,
     data: DigitSet,
     source: str,
+    data_rows: SourceRows | None,
     probas: NDArray[np.float32],
     figures: Path,
 ) -> list[tuple[str, str]]:
@@ -184,7 +198,8 @@ def _report_sections(
     plot_confusion_matrix(metrics.confusion, figures / "confusion.png")
     _plot_roc_pr(data.labels, probas, figures / "roc_pr.png")
     _plot_reliability(calibration, figures / "calibration.png")
-    _plot_mistakes_and_grad_cam(model, data, probas, figures)
+    rows = np.arange(len(data)) if data_rows is None else data_rows.rows
+    _plot_mistakes_and_grad_cam(model, data, probas, figures, rows)
     return [
         *sections,
         ("Per-class precision, recall and F1; confusion matrix", html_columns(
@@ -202,8 +217,18 @@ def _report_sections(
          + html_note(
             "Red: where the predicted digit's score rises most (Grad-CAM on the last conv "
             "layer's activations; input-gradient saliency for a net without convolutions). "
-            "Run digits explain RUN_DIR CSV --index I to explain any image.")),
+            + _explain_hint(run_dir, data_rows))),
     ]  # fmt: skip
+
+
+def _explain_hint(run_dir: Path, data_rows: SourceRows | None) -> str:
+    """How to explain an image shown: the command, with the file its caption's row is of."""
+    if data_rows is None:  # images handed over in Python, from no file the report knows of
+        return ("Each caption's row counts the images evaluated from 0; digits explain RUN_DIR "
+                "CSV --index ROW explains row ROW of a CSV.")  # fmt: skip
+    command = f"digits explain {shlex.quote(str(run_dir))} {shlex.quote(str(data_rows.source))}"
+    return (f"Each caption's row is the image's row of {data_rows.source}, counted from 0: "
+            f"{command} --index ROW explains it.")  # fmt: skip
 
 
 def _labelled_data(
@@ -212,9 +237,9 @@ def _labelled_data(
     data_csv: str | Path | None,
     predictor: Predictor,
     conform: bool,
-) -> tuple[DigitSet, str]:
-    """The images to evaluate on, from ``data_csv`` or the rebuilt validation split, and a
-    description of where they came from."""
+) -> tuple[DigitSet, str, SourceRows]:
+    """The images to evaluate on, from ``data_csv`` or the rebuilt validation split, a
+    description of where they came from, and the rows of that file they are."""
     if data_csv is not None:
         data = read_data_source(data_csv)
         require_labels(data.labels is not None, data_csv)
@@ -222,7 +247,8 @@ def _labelled_data(
         conformed = conform_rows(
             data.images, PredictConfig(conform=conform), data_csv, predictor.orientation_judge
         )
-        return DigitSet(conformed, data.labels), str(data_csv)
+        rows = SourceRows(Path(data_csv), np.arange(len(data)))
+        return DigitSet(conformed, data.labels), str(data_csv), rows
     metrics = read_metrics(run_dir)
     train_csv, recorded_hash = metrics.get("train_csv"), metrics.get("train_sha256")
     valid_size = config.get("valid_size", 0)
@@ -246,11 +272,11 @@ def _labelled_data(
     full = read_kaggle_csv(train_csv)
     # Its ink as training read it (pipeline.ink_as_predicted), for the same split of the same rows.
     full = at_full_ink(full)
-    _, valid_set = split_for_training(full, valid_size, config.get("seed", 0))
+    _, valid_rows = stratified_split(full.labels, valid_size, config.get("seed", 0))
     source = (
         f"validation split of {train_csv} (valid_size {valid_size}, seed {config.get('seed', 0)})"
     )
-    return valid_set, source
+    return full.take(valid_rows), source, SourceRows(Path(train_csv), valid_rows)
 
 
 def _plot_roc_pr(labels: NDArray[np.int64], probas: NDArray[np.floating], path: Path) -> None:
@@ -300,10 +326,15 @@ def _plot_reliability(calibration: Reliability, path: Path) -> None:
 
 
 def _plot_mistakes_and_grad_cam(
-    model: nn.Module, data: DigitSet, probas: NDArray[np.floating], figures: Path
+    model: nn.Module,
+    data: DigitSet,
+    probas: NDArray[np.floating],
+    figures: Path,
+    rows: NDArray[np.int64],
 ) -> None:
     """mistakes.png (most confident errors; none without any) and grad_cam.png (up to 8 right,
-    then up to 8 of the most confident errors) in ``figures``."""
+    then up to 8 of the most confident errors) in ``figures``, each image captioned with its
+    row of ``rows`` (as `digits explain --index` takes it)."""
     predicted, confidence = probas.argmax(axis=1), probas.max(axis=1)
     wrong = np.flatnonzero(predicted != data.labels)
     wrong = wrong[np.argsort(-confidence[wrong], kind="stable")]
@@ -311,13 +342,13 @@ def _plot_mistakes_and_grad_cam(
     right = np.random.default_rng(0).choice(right, size=min(8, len(right)), replace=False)
 
     def caption(i: int) -> str:
-        return f"true {data.labels[i]} → {predicted[i]}\n{confidence[i]:.1%}"
+        return f"row {rows[i]}\ntrue {data.labels[i]} → {predicted[i]}\n{confidence[i]:.1%}"
 
     shown = wrong[:N_GALLERY]
     if len(wrong):  # none: the report says so, where a blank "0 of 0 mistakes" figure had been
         plot_gallery(data.images[shown], [caption(i) for i in shown], figures / "mistakes.png",
                       title=f"{len(shown)} of {len(wrong)} mistakes, most confident first "
-                      "(true → predicted, confidence)")  # fmt: skip
+                      "(row, true → predicted, confidence)")  # fmt: skip
     chosen = np.concatenate([right, wrong[:8]])
     # The captions' digit, as the predictor (bf16, TTA) chose it, not fp32's argmax again.
     heatmaps = grad_cam(model, data.images[chosen], target=predicted[chosen])
