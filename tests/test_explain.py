@@ -15,7 +15,13 @@ from digit_recognizer.data.augment import Augmentation, augment_batch
 from digit_recognizer.data.images import conform_to_mnist, load_image
 from digit_recognizer.data.kaggle_csv import write_kaggle_csv
 from digit_recognizer.data.tensors import to_model_input
-from digit_recognizer.explain import explain_image, explain_run, grad_cam, saliency
+from digit_recognizer.explain import (
+    explain_image,
+    explain_run,
+    explanation_path,
+    grad_cam,
+    saliency,
+)
 from digit_recognizer.models.nets import Deskew
 from digit_recognizer.models.registry import build
 from digit_recognizer.models.storage import load_net
@@ -152,6 +158,25 @@ def test_explain_an_image_file(tiny_run, small_test, tmp_path):
     assert predicted == Predictor.load([run_dir]).predict(load_image(photo)[None])[0]
     wrong = runner.invoke(app, ["explain", str(run_dir), str(photo), "--index", "0"])
     assert wrong.exit_code == 1 and "--index picks a row of a CSV" in wrong.output
+
+
+def test_explain_names_its_figure_after_the_csv_and_row(tiny_run, small_test, tmp_path):
+    """Row 3 of two CSVs had both been drawn to RUN_DIR/explain-3.png, the second over the
+    first; the path printed is the one written."""
+    run_dir = shutil.copytree(tiny_run, tmp_path / "run")
+    written = {}
+    for name, rows in (("valid", slice(0, 10)), ("test", slice(10, 20))):
+        csv = tmp_path / f"{name}.csv"
+        write_kaggle_csv(csv, small_test.images[rows], small_test.labels[rows])
+        result = runner.invoke(app, ["explain", str(run_dir), str(csv), "--index", "3"])
+        assert result.exit_code == 0, result.output
+        written[name] = run_dir / f"explain-{name}-row3.png"
+        assert result.output.rstrip().endswith(f" -> {written[name]}")
+    assert written["valid"].read_bytes() != written["test"].read_bytes()
+    assert explanation_path(run_dir, tmp_path / "shards" / "manifest.json", 3) == (
+        run_dir / "explain-shards-row3.png"
+    )
+    assert explanation_path(run_dir, tmp_path / "part-*.csv", 0).name == "explain-part-_-row0.png"
 
 
 def test_explain_sees_a_csv_row_as_predict_does(tiny_run, small_test, tmp_path):

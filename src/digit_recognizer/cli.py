@@ -603,14 +603,14 @@ def explain(
     index: Annotated[int | None, typer.Option(help="Row of the image in the CSV, 0-based.")] = None,
     out: Annotated[Path | None, typer.Option(
         help="The figure, in any format matplotlib writes (.png, .svg, .pdf, .jpg...) "
-             "\\[default: RUN_DIR/explain-INDEX.png, or RUN_DIR/explain-NAME.png for an "
-             "image NAME.ext].")] = None,
+             "\\[default: RUN_DIR/explain-NAME-rowINDEX.png for a CSV NAME.csv, "
+             "RUN_DIR/explain-NAME.png for an image NAME.ext].")] = None,
     as_is: AsIs = None,
 ) -> None:  # fmt: skip
     """Grad-CAM (or saliency) and probabilities for one image, as a figure (PNG, SVG, PDF)."""
-    from digit_recognizer.explain import explain_run
+    from digit_recognizer.explain import explain_run, explanation_path
 
-    out = out or run_dir / f"explain-{source.stem if index is None else index}.png"
+    out = out or explanation_path(run_dir, source, index)
     explanation = explain_run(run_dir, source, index, out, conform=not as_is)
     known = f", true {explanation.label}" if explanation.label is not None else ""
     confidence = f"{explanation.probas.max():.1%}{known}"

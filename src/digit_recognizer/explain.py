@@ -15,6 +15,7 @@ heatmaps are small and bf16 gradients make them blotchy.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from torch import nn
 from digit_recognizer.data.images import check_images, load_image
 from digit_recognizer.data.kaggle_csv import DigitSet
 from digit_recognizer.data.shards import (
+    MANIFEST_FILE,
     concat_rows,
     is_data_source,
     is_read_once,
@@ -297,6 +299,17 @@ def explain_run(
     explanation = explain_image(model, image, label)
     plot_explanation(explanation, out)
     return explanation
+
+
+def explanation_path(run_dir: Path, source: Path, index: int | None) -> Path:
+    """Where `digits explain` draws without --out: RUN_DIR/explain-NAME.png for an image
+    NAME.ext, RUN_DIR/explain-NAME-rowINDEX.png for row INDEX of NAME.csv (or of the shard
+    directory NAME, a glob's wildcards written as _): row 3 of two CSVs are two figures."""
+    if index is None:
+        return run_dir / f"explain-{source.stem}.png"
+    named = source.parent if source.name == MANIFEST_FILE else source
+    name = named.resolve().name if named.is_dir() else re.sub(r"[*?[\]]", "_", named.stem)
+    return run_dir / f"explain-{name}-row{index}.png"
 
 
 def _first_rows_and_row(source: Path, index: int | None) -> tuple[DigitSet, DigitSet]:
