@@ -158,6 +158,10 @@ def test_explain_an_image_file(tiny_run, small_test, tmp_path):
     assert predicted == Predictor.load([run_dir]).predict(load_image(photo)[None])[0]
     wrong = runner.invoke(app, ["explain", str(run_dir), str(photo), "--index", "0"])
     assert wrong.exit_code == 1 and "--index picks a row of a CSV" in wrong.output
+    # --as-is had been ignored: the photo explained redone as MNIST's, as if it were not given.
+    as_is = runner.invoke(app, ["explain", str(run_dir), str(photo), "--as-is"])
+    assert as_is.exit_code == 1
+    assert f"{photo}: --as-is takes a CSV's rows in their own layout" in as_is.output
 
 
 def test_explain_names_its_figure_after_the_csv_and_row(tiny_run, small_test, tmp_path):

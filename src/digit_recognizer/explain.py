@@ -39,7 +39,7 @@ from digit_recognizer.data.shards import (
     resolve_data_source,
 )
 from digit_recognizer.data.tensors import to_model_input
-from digit_recognizer.errors import DataError
+from digit_recognizer.errors import ConfigError, DataError
 from digit_recognizer.evaluate import save_figure
 from digit_recognizer.models.storage import load_net
 from digit_recognizer.predict import (
@@ -293,6 +293,10 @@ def explain_run(
         label = None if row.labels is None else int(row.labels[0])
     elif index is not None:
         raise DataError(f"{source}: --index picks a row of a CSV; an image file holds one digit")
+    elif not conform:  # it would be redone as MNIST's all the same: say so
+        raise ConfigError(f"{source}: --as-is takes a CSV's rows in their own layout; an "
+                          "image file is always redone as MNIST's, as predict-image reads "
+                          "it")  # fmt: skip
     else:
         image, label = load_image(source), None
         model, _ = load_net(run_dir)
