@@ -333,10 +333,14 @@ def test_report_command_with_data_and_without(tmp_path, tiny_run, small_test):
     n_wrong = round((1 - as_is.accuracy) * 400)
     assert result.exit_code == 0, result.output
     assert f"{as_is.accuracy:.4f} ({n_wrong} wrong)" in (run_dir / "report.html").read_text()
-    # Rows of one digit have no one-vs-rest curve: no legend either, nor matplotlib's warning.
+    # Rows of one digit have no one-vs-rest curve: a note says so (the figure had been two blank
+    # axes), and no legend warns of nothing to show.
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        write_run_report(run_dir, data=DigitSet(small_test.images[:1], small_test.labels[:1]))
+        one_digit = DigitSet(small_test.images[:1], small_test.labels[:1])
+        page = write_run_report(run_dir, data=one_digit).read_text()
+    assert f"None: every image is a {one_digit.labels[0]}, and a digit&#x27;s curves" in page
+    assert len(inline_pngs(run_dir / "report.html")) == 4  # no ROC, no mistakes: right
 
 
 def test_report_rebuilds_the_validation_split(tmp_path, tiny_run, small_csvs, monkeypatch):

@@ -196,7 +196,9 @@ def _report_sections(
                              config.get("label_smoothing", 0.0))  # fmt: skip
         sections.append(("Learning curves", html_img(figures / "curves.png", "learning curves")))
     plot_confusion_matrix(metrics.confusion, figures / "confusion.png")
-    _plot_roc_pr(data.labels, probas, figures / "roc_pr.png")
+    digits = np.unique(data.labels)
+    if len(digits) > 1:  # a digit's curve against the rest needs images of both
+        _plot_roc_pr(data.labels, probas, figures / "roc_pr.png")
     _plot_reliability(calibration, figures / "calibration.png")
     rows = np.arange(len(data)) if data_rows is None else data_rows.rows
     _plot_mistakes_and_grad_cam(model, data, probas, figures, rows)
@@ -206,7 +208,9 @@ def _report_sections(
             html_table(per_class, header=("digit", "precision", "recall", "F1", "support")),
             html_img(figures / "confusion.png", "confusion matrix"))),
         ("ROC and precision-recall, one digit against the rest",
-         html_img(figures / "roc_pr.png", "ROC and precision-recall curves")),
+         html_img(figures / "roc_pr.png", "ROC and precision-recall curves") if len(digits) > 1
+         else html_note(f"None: every image is a {digits[0]}, and a digit's curves against the "
+                        "rest need images of other digits too.")),
         ("Calibration", html_img(figures / "calibration.png", "reliability diagram") + html_note(
             "Bars above the diagonal: the net is right more often than its confidence says "
             "(under-confident, as label smoothing makes a net); below: over-confident.")),
@@ -298,8 +302,7 @@ def _plot_roc_pr(labels: NDArray[np.int64], probas: NDArray[np.floating], path: 
     pr_ax.set(xlabel="recall", ylabel="precision", title="precision-recall")
     for ax in (roc_ax, pr_ax):
         ax.grid(alpha=0.3)
-        if ax.lines:  # none where every row is one digit: no curve, and no legend to warn of
-            ax.legend(fontsize=7, ncols=2, loc="lower left" if ax is pr_ax else "lower right")
+        ax.legend(fontsize=7, ncols=2, loc="lower left" if ax is pr_ax else "lower right")
     save_figure(fig, path)
 
 
