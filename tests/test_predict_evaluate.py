@@ -29,6 +29,7 @@ from digit_recognizer.evaluate import (
     EVAL_FILES,
     compute_metrics,
     evaluate_run,
+    per_class_cells,
     plot_learning_curves,
     read_metrics,
     score_submission,
@@ -383,6 +384,13 @@ def test_metrics_on_known_predictions():
     # ... and macro F1 averages over the digits present: a missing 7 is no F1 of 0 (it was).
     assert partial.macro_f1 == pytest.approx((7 + 0.8 + 2 / 3) / 9)
     assert partial.per_class[7]["support"] == 0 and isinstance(partial.per_class[7]["support"], int)
+    # Shown (report, `digits evaluate`), a score of no images is n/a, not a 0 read as failure:
+    # the 7, neither labelled nor predicted, has none; the 4's recall is of the one 4 labelled.
+    cells = per_class_cells(partial)
+    assert cells[7] == ("7", "n/a", "n/a", "n/a", "0")
+    assert cells[4] == ("4", "0.5000", "1.0000", "0.6667", "1")
+    never_predicted = compute_metrics([3, 3, 5], np.eye(10, dtype=np.float32)[[5, 5, 5]])
+    assert per_class_cells(never_predicted)[3] == ("3", "n/a", "0.0000", "0.0000", "2")
     with pytest.raises(ValueError, match=r"pass predict_proba's output, not predicted labels"):
         compute_metrics(labels, predicted)  # scikit-learn's order, labels for probabilities
 

@@ -341,6 +341,9 @@ def test_report_command_with_data_and_without(tmp_path, tiny_run, small_test):
         page = write_run_report(run_dir, data=one_digit).read_text()
     assert f"None: every image is a {one_digit.labels[0]}, and a digit&#x27;s curves" in page
     assert len(inline_pngs(run_dir / "report.html")) == 4  # no ROC, no mistakes: right
+    # A digit neither labelled nor predicted has no scores, which had shown as 0.0000 each.
+    absent = (one_digit.labels[0] + 1) % 10
+    assert f"<tr><td>{absent}</td><td>n/a</td><td>n/a</td><td>n/a</td><td>0</td></tr>" in page
 
 
 def test_report_rebuilds_the_validation_split(tmp_path, tiny_run, small_csvs, monkeypatch):

@@ -483,7 +483,7 @@ def evaluate(
     config_file: PredictConfigFile = None,
 ) -> None:  # fmt: skip
     """Accuracy, per-class precision/recall/F1, ROC-AUC and confusion matrix on labelled data."""
-    from digit_recognizer.evaluate import EVAL_FILES, evaluate_run
+    from digit_recognizer.evaluate import EVAL_FILES, evaluate_run, per_class_cells
 
     run_dirs, labelled_csv = split_runs_and_csv(paths)
     # Several runs' average is none of theirs: its figures do not go into the first one.
@@ -493,9 +493,8 @@ def evaluate(
     table = Table(title=f"{labelled_csv}: {metrics.n_samples:,} images")
     for column in ("digit", "precision", "recall", "F1", "support"):
         table.add_column(column, justify="right")
-    for row in metrics.per_class:
-        table.add_row(str(row["digit"]), f"{row['precision']:.4f}", f"{row['recall']:.4f}",
-                      f"{row['f1']:.4f}", f"{row['support']:.0f}")  # fmt: skip
+    for row in per_class_cells(metrics):
+        table.add_row(*row)
     console.print(table)
     confusion = Table(title="confusion matrix (rows: true, columns: predicted)")
     confusion.add_column("")

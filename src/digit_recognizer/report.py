@@ -35,6 +35,7 @@ from digit_recognizer.evaluate import (
     CLASSES,
     METRICS_FILE,
     compute_metrics,
+    per_class_cells,
     plot_confusion_matrix,
     plot_learning_curves,
     read_metrics,
@@ -182,8 +183,7 @@ def _report_sections(
         ("model", f"{config.get('model')}: {sum(p.numel() for p in model.parameters()):,} "
          "parameters"),
     ]  # fmt: skip
-    per_class = [(str(r["digit"]), f"{r['precision']:.4f}", f"{r['recall']:.4f}",
-                  f"{r['f1']:.4f}", f"{r['support']:.0f}") for r in metrics.per_class]  # fmt: skip
+    per_class = per_class_cells(metrics)
     layers = [(*row[:3], f"{row[3]:,}") for row in model_summary(model)]
     sections = [
         ("Summary", html_table(headline)),
