@@ -150,6 +150,37 @@ def test_corrupt_onnx_file(run_dir: Path, tmp_path: Path) -> None:
         OnnxPredictor.load(broken)
 
 
+@pytest.mark.parametrize(
+    ("name", "pixels", "shape", "described"),
+    [("input", onnx.TensorProto.FLOAT, ["N", 1, 28, 28], "tensor(float) ['N', 1, 28, 28]"),
+     ("images", onnx.TensorProto.UINT8, [1, 28, 28], "tensor(uint8) [1, 28, 28]")],
+)  # fmt: skip
+def test_a_graph_that_is_not_an_export_of_ours_is_refused_naming_what_it_takes(
+    tmp_path: Path, name: str, pixels: int, shape: list[str | int], described: str
+) -> None:
+    """A deployment's model.onnx from another exporter (float32 (N, 1, 28, 28), or a fixed
+    batch) had been served, and failed on its first prediction with onnxruntime's traceback.
+    An export older than the metadata that describes the graph is served (above)."""
+    save_net(tmp_path, build("cnn-tiny").eval(), "cnn-tiny", {})
+    (tmp_path / "model.safetensors").unlink()  # model.json and model.onnx alone
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Identity", [name], ["probas"])], "another exporter's",
+        [onnx.helper.make_tensor_value_info(name, pixels, shape)],
+        [onnx.helper.make_tensor_value_info("probas", pixels, shape)],
+    )  # fmt: skip
+    opset = onnx.helper.make_opsetid("", export.OPSET)
+    path = tmp_path / ONNX_FILE
+    onnx.save(onnx.helper.make_model(graph, opset_imports=[opset], ir_version=9), path)
+    with pytest.raises(ModelFileError) as refused:
+        OnnxPredictor.load(tmp_path)
+    assert str(refused.value) == (
+        f"{path}: takes {name}: {described} and returns probas: {described}, where an export "
+        "of `digits export` takes images: uint8 (N, 28, 28), pixels 0-255, white ink on black "
+        "and returns probas: float32 (N, 10), the probabilities of digits 0-9; export it from "
+        f"its run: digits export RUN_DIR --out {path}"
+    )
+
+
 def test_probabilities_that_are_not_numbers_are_refused_as_torchs_are(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

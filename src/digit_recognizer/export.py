@@ -152,6 +152,32 @@ def onnx_is_current(run_dir: Path) -> bool:
     return recorded[WEIGHTS_HASH_KEY] == sha256_file(weights)
 
 
+def _check_signature(session: Any, path: Path) -> None:
+    """``ModelFileError`` unless the graph in ``path`` takes and returns what
+    ``ONNX_PREPROCESSING`` says, as ``GET /model`` reports it: one from another exporter
+    (float32 (N, 1, 28, 28), its input named otherwise, a fixed batch) failed on its first
+    prediction with onnxruntime's traceback.
+
+    The graph is checked, not the metadata that describes it: every version of ``export_onnx``
+    wrote this graph, and a file exported before the metadata was is served as it is, neither
+    made again (a read-only directory, as in ``onnx_is_current``) nor refused (a deployment
+    without the weights could not export it again)."""
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    # onnxruntime gives a named dimension as its name: any size, as the batch axis must be
+    found = [(arg.name, arg.type, [None if isinstance(d, str) else d for d in arg.shape])
+             for arg in [*inputs, *outputs]]  # fmt: skip
+    expected = [(INPUT_NAME, "tensor(uint8)", [None, 28, 28]),
+                (OUTPUT_NAME, "tensor(float)", [None, 10])]  # fmt: skip
+    if found != expected:
+        takes, returns = (", ".join(f"{arg.name}: {arg.type} {arg.shape}" for arg in args)
+                          for args in (inputs, outputs))  # fmt: skip
+        raise ModelFileError(
+            f"{path}: takes {takes} and returns {returns}, where an export of `digits export` "
+            f"takes {ONNX_PREPROCESSING['input']} and returns {ONNX_PREPROCESSING['output']}; "
+            f"export it from its run: digits export RUN_DIR --out {path}"
+        )
+
+
 @dataclass
 class OnnxPredictor:
     """onnxruntime inference with the interface of ``predict.Predictor`` (fp32, CPU)."""
@@ -180,6 +206,7 @@ class OnnxPredictor:
             session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as error:  # onnxruntime raises its own untyped errors on bad files
             raise ModelFileError(f"{path}: not a loadable ONNX model ({error})") from None
+        _check_signature(session, path)
         return cls(session, meta)
 
     @property
