@@ -798,6 +798,36 @@ def test_a_csv_upload_too_slow_to_arrive_gets_408_and_frees_its_slot(
         assert again.status_code == 200
 
 
+def test_a_client_gone_mid_upload_is_no_logged_traceback(client: TestClient) -> None:
+    """A client that disconnected mid-body (a tab closed, the page giving up a slow upload)
+    raised out of /predict, which uvicorn logs as "Exception in ASGI application" with a
+    traceback; /predict/csv alone answered it 499."""
+
+    async def statuses_answered(path: str, content_type: bytes) -> list[int]:
+        body = [{"type": "http.request", "body": b"0" * 100, "more_body": True}]
+
+        async def receive() -> dict:  # 100 of the 1,000 bytes declared, then gone
+            return body.pop() if body else {"type": "http.disconnect"}
+
+        answered = []
+
+        async def send(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                answered.append(message["status"])
+
+        headers = [(b"content-type", content_type), (b"content-length", b"1000")]
+        scope = {"type": "http", "http_version": "1.1", "method": "POST", "scheme": "http",
+                 "path": path, "raw_path": path.encode(), "root_path": "", "query_string": b"",
+                 "headers": headers, "client": ("127.0.0.1", 1),
+                 "server": ("127.0.0.1", 80)}  # fmt: skip
+        await client.app(scope, receive, send)
+        return answered
+
+    for path, content_type in [("/predict", b"image/png"), ("/predict", b"application/json"),
+                               ("/predict/csv", b"text/csv")]:  # fmt: skip
+        assert asyncio.run(statuses_answered(path, content_type)) == [499], content_type
+
+
 def test_a_host_in_brackets_is_taken_as_its_address() -> None:
     assert ServeConfig(host="[::1]").host == "::1"
 

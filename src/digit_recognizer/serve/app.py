@@ -24,11 +24,12 @@ import numpy as np
 import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from numpy.typing import NDArray
 from pydantic import BaseModel, ValidationError
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from digit_recognizer import __version__
@@ -326,6 +327,13 @@ def create_app(
         # Probabilities that are not numbers for some digits only, past the load's check: the
         # model's fault, not the request's, and said as a bare "Internal Server Error" had not.
         return JSONResponse({"detail": str(error)}, status_code=500)
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_gone(_request: Request, _error: ClientDisconnect) -> Response:
+        # Gone mid-upload (a tab closed, the page giving up): nobody to answer, and no
+        # traceback to log, on every route that reads a body. 499: nginx's "client closed
+        # request", for an access log.
+        return Response(status_code=499)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_query(_request: Request, error: RequestValidationError) -> JSONResponse:

@@ -29,7 +29,6 @@ from pydantic import (
 )
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
-from starlette.requests import ClientDisconnect
 
 from digit_recognizer.data.images import load_image
 from digit_recognizer.data.kaggle_csv import parse_kaggle_csv, show_value, submission_chunks
@@ -385,8 +384,6 @@ async def predict_csv(
                 # RFC 9110: the rest of the body would otherwise keep the connection open
                 headers={"Connection": "close"},
             ) from None
-        except ClientDisconnect:  # gone mid-upload: nobody to answer, nothing to log
-            return Response(status_code=499)
         submission = await run_in_threadpool(
             _submission_csv, served, data, name, config.max_csv_rows, not as_is
         )
