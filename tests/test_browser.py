@@ -150,10 +150,10 @@ def test_strokes_over_an_upload_keep_its_paper(page: object, tmp_path: Path) -> 
     assert stroke[:3] == [255, 255, 255]  # written in the upload's own ink
     page.wait_for_function("() => !busy && !again")
     page.evaluate("""() => {
-        const original = window.fetch;
-        window.fetch = (url, options) => {
-            window.lastBody = options.body;
-            return original(url, options);
+        const original = XMLHttpRequest.prototype.send;
+        XMLHttpRequest.prototype.send = function (body) {
+            window.lastBody = body;
+            return original.call(this, body);
         };
     }""")  # fmt: skip
     page.click("#undo")
@@ -193,7 +193,8 @@ def test_a_drawings_late_answer_does_not_replace_an_uploads(page: object, tmp_pa
         if not held:
             held.append(route)
             return
-        response = route.fetch()
+        # The file sent: an XMLHttpRequest's file body reaches a route empty
+        response = route.fetch(post_data=path.read_bytes())
         answers.append(response.json())
         route.fulfill(response=response)
 
@@ -370,6 +371,33 @@ def test_a_server_that_does_not_answer_is_said_to_be_waited_on_then_given_up(
                                                         "draw again to retry")  # fmt: skip
     finally:
         page.unroute("**/predict*")
+        page.clock.resume()
+
+
+def test_a_slow_upload_is_waited_for_while_it_goes_out(page: object, tmp_path: Path) -> None:
+    """The 20 s given to a request counted its upload: a photo of a few MB over a slow uplink
+    was given up while it was still arriving, at every retry. Here 600 kB go out at 250 kB/s
+    while the page's clock runs 3 s for every 0.15 s: over 20 s of its time."""
+    path = tmp_path / "one.bmp"  # uncompressed: as big as a photo, for its size
+    drawing(size=(780, 780), mode="L", line=(390, 100, 390, 680)).save(path)
+    page.click("#clear")
+    page.wait_for_function("() => !busy && !again")
+    network = page.context.new_cdp_session(page)
+    slow = {"offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": 250_000}
+    network.send("Network.emulateNetworkConditions", slow)
+    page.clock.install()
+    try:
+        page.set_input_files("#file", str(path))
+        page.wait_for_function("() => busy")
+        sent_at = page.evaluate("performance.now()")
+        while page.evaluate("busy"):
+            page.clock.run_for(3_000)
+            time.sleep(0.15)
+        assert page.evaluate("performance.now()") - sent_at > 20_000  # it took longer than that
+        sync_api.expect(page.locator("#label")).to_have_text("1")
+    finally:
+        network.send("Network.emulateNetworkConditions", slow | {"uploadThroughput": -1})
+        network.detach()
         page.clock.resume()
 
 

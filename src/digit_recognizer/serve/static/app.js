@@ -18,7 +18,7 @@ let version = 0; // bumped by every redraw: an answer can tell that the pad chan
 let sent = 0; // requests sent: an upload goes out even while a drawing's is in flight, and only
 // the latest request's answer is shown
 const WAIT_NOTICE_MS = 1000; // after this, "waiting for the server" ...
-const TIMEOUT_MS = 20000; // ... and after this the request is given up, saying so
+const TIMEOUT_MS = 20000; // ... and after this without progress, the request is given up
 const UNSURE = 0.6; // a top probability under this gets a hint to draw again
 
 function redraw() {
@@ -228,25 +228,21 @@ async function send(body, type, fileName, announce, drawnAt) {
   const stale = () => id !== sent || (sentVersion !== version && !strokes.length && !uploadedFile);
   const named = (text) => (fileName ? `${fileName}: ${text}` : text);
   const started = performance.now();
-  const abort = new AbortController();
   const notice = setTimeout(() => { if (!stale()) setStatus("waiting for the server…"); },
                             WAIT_NOTICE_MS);
-  const timeout = setTimeout(() => abort.abort(), TIMEOUT_MS);
   try {
     let response, answer;
     try {
-      response = await fetch("/predict?explain=true", {
-        method: "POST", headers: { "Content-Type": type }, body, signal: abort.signal,
-      });
+      response = await post("/predict?explain=true", body, type);
       // Errors the API answers carry JSON; a proxy's or a crash's may be plain text.
-      const isJson = (response.headers.get("Content-Type") || "").includes("json");
-      answer = isJson ? await response.json() : { detail: await response.text() };
+      const isJson = (response.getResponseHeader("Content-Type") || "").includes("json");
+      answer = isJson ? JSON.parse(response.responseText) : { detail: response.responseText };
     } catch (error) {
       if (stale()) return;
       const retry = fileName ? "choose the file again" : "draw again";
-      if (error.name === "AbortError") {
+      if (error.name === "TimeoutError") {
         showError(named(`no answer from the server in ${TIMEOUT_MS / 1000} s; ${retry} to retry`));
-      } else if (error instanceof TypeError) { // fetch's own: no connection
+      } else if (error instanceof TypeError) { // post's: no connection
         showError(named("the server is not reachable: is `digits serve` still running?"));
       } else {
         showError(named(`a bad answer from the server (${error})`));
@@ -254,7 +250,7 @@ async function send(body, type, fileName, announce, drawnAt) {
       return;
     }
     if (stale()) return;
-    if (response.ok) {
+    if (response.status >= 200 && response.status < 300) {
       showAnswer(answer, performance.now() - started, announce, fileName !== null);
     } else {
       const detail = answer.detail || response.statusText;
@@ -263,9 +259,39 @@ async function send(body, type, fileName, announce, drawnAt) {
     }
   } finally {
     clearTimeout(notice);
-    clearTimeout(timeout);
     settle();
   }
+}
+
+// POST body; resolves with the answered XMLHttpRequest, rejects with a TimeoutError after
+// TIMEOUT_MS without progress, or a TypeError without a connection (as fetch's). Not fetch,
+// which reports no upload progress: its timeout counted the upload, and a photo of a few MB
+// over a slow uplink was given up while it was still arriving, at every retry. The wait starts
+// again as each part of the body goes out, and once all of it has.
+function post(url, body, type) {
+  return new Promise((resolve, reject) => {
+    const request = new XMLHttpRequest();
+    let timeout = null;
+    const wait = () => {
+      clearTimeout(timeout);
+      timeout = setTimeout(() => {
+        request.abort();
+        reject(new DOMException(`no progress in ${TIMEOUT_MS} ms`, "TimeoutError"));
+      }, TIMEOUT_MS);
+    };
+    // Listened to before send(), or the browser reports no upload events at all
+    request.upload.addEventListener("progress", wait);
+    request.upload.addEventListener("load", wait);
+    request.addEventListener("load", () => { clearTimeout(timeout); resolve(request); });
+    request.addEventListener("error", () => {
+      clearTimeout(timeout);
+      reject(new TypeError("no connection"));
+    });
+    request.open("POST", url);
+    request.setRequestHeader("Content-Type", type);
+    request.send(body);
+    wait();
+  });
 }
 
 function showAnswer(answer, roundTripMs, announce, isUpload) {
