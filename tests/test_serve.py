@@ -207,6 +207,33 @@ def test_explain_and_predict_requests_at_the_same_time(client: TestClient, digit
     assert all(heatmap == maps[0] for heatmap in maps)
 
 
+def test_health_answers_while_a_json_batch_is_validated(
+    client: TestClient, digits, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Validated on the event loop, a batch held every other request until it was done (256
+    digits: 0.5 s on 2 busy cores; the 3,000 of a 10 MB body: 6 s, then refused by max_batch)."""
+    from digit_recognizer.serve import routes
+
+    parse_json = routes._parse_json
+    started, go_on, done = threading.Event(), threading.Event(), threading.Event()
+
+    def slow_parse_json(*args: object) -> tuple[np.ndarray, bool]:
+        started.set()
+        go_on.wait(timeout=5)  # a big batch, still being validated
+        done.set()
+        return parse_json(*args)
+
+    monkeypatch.setattr(routes, "_parse_json", slow_parse_json)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        posted = pool.submit(client.post, "/predict", json=pixels_body(digits[0]))
+        assert started.wait(timeout=30)
+        health = client.get("/health")
+        answered_meanwhile = not done.is_set()
+        go_on.set()
+        assert posted.result().status_code == 200
+    assert health.status_code == 200 and answered_meanwhile
+
+
 def test_json_and_csv_digits_in_another_layout_are_conformed(
     client: TestClient, predictor: Predictor, small_test, tmp_path, caplog
 ) -> None:
