@@ -644,6 +644,13 @@ def test_bad_multipart_and_content_type(client: TestClient) -> None:
     no_file = client.post("/predict", data={"name": "seven"}, files={"other": ("a", b"x")})
     assert no_file.status_code == 422
     assert no_file.json()["detail"] == "multipart upload without a file: put it in a field 'file'"
+    # In field 'file', but as text (no filename): it had been told to put it in a field 'file'
+    as_text = client.post("/predict/csv", files={"file": (None, b"pixel0\n0\n")})
+    assert (as_text.status_code, as_text.json()["detail"]) == (
+        422,
+        "multipart upload: field 'file' is a text field, not a file; send it as a file (a part "
+        "with a filename: curl -F file=@test.csv)",
+    )
     text = client.post("/predict", content=b"7", headers={"Content-Type": "text/plain"})
     assert (text.status_code, text.json()["detail"]) == (
         415,

@@ -479,6 +479,12 @@ async def _read_upload(request: Request, content_type: str, default_name: str) -
         return await request.body(), default_name
     async with request.form(max_files=1, max_fields=1) as form:
         upload = form.get("file")
+        if isinstance(upload, str):  # a part without a filename, which forms take for text
+            raise HTTPException(
+                422,
+                "multipart upload: field 'file' is a text field, not a file; send it as a file "
+                f"(a part with a filename: curl -F file=@{default_name})",
+            )
         if not isinstance(upload, UploadFile):
             raise HTTPException(422, "multipart upload without a file: put it in a field 'file'")
         return await upload.read(), upload.filename or default_name
