@@ -22,10 +22,21 @@ def test_precedence_defaults_toml_flags(tmp_path):
 
 def test_resolved_config_round_trips_through_toml(tmp_path):
     config = TrainConfig(optimizer="adam", time_budget_s=30, augment=0.5)
-    assert config.lr == 1e-3  # derived once, then written out
     path = tmp_path / "config.toml"
     path.write_text(config_to_toml(config))
     assert load_config(TrainConfig, path) == config
+
+
+def test_an_lr_left_unset_stays_unset_for_another_optimizer(tmp_path):
+    """A run's config.toml had recorded the lr resolved for its optimizer, SGD's 0.05: `digits
+    train --config RUN/config.toml --optimizer adam` then trained Adam at 0.05, not its 1e-3."""
+    path = tmp_path / "config.toml"
+    save_config(TrainConfig(epochs=2), path)
+    assert 'lr = "none"' in path.read_text()
+    assert load_config(TrainConfig, path).peak_lr() == 0.05  # unchanged, the run again
+    assert load_config(TrainConfig, path, {"optimizer": "adam"}).peak_lr() == 1e-3
+    save_config(TrainConfig(lr=0.02), path)  # one set stays set, whatever the optimizer
+    assert load_config(TrainConfig, path, {"optimizer": "adam"}).peak_lr() == 0.02
 
 
 def test_saved_config_unsets_what_a_preset_below_it_would_set(tmp_path):

@@ -25,8 +25,8 @@ def test_the_seed_presets_lr_is_its_optimizers_default():
     """`--preset seed --optimizer sgd` had trained SGD at the preset's Adam lr, 1e-3, where
     --lr's help promises 0.05 for sgd."""
     seed = get_preset("seed").configs()[0]
-    assert (seed.optimizer, seed.lr) == ("adam", 1e-3)  # the notebook's
-    assert get_preset("seed").configs(flags={"optimizer": "sgd"})[0].lr == 0.05
+    assert (seed.optimizer, seed.peak_lr()) == ("adam", 1e-3)  # the notebook's
+    assert get_preset("seed").configs(flags={"optimizer": "sgd"})[0].peak_lr() == 0.05
 
 
 def test_best_members_differ_and_flags_override_them_all(tmp_path):

@@ -275,16 +275,17 @@ def test_sgd_without_momentum_trains_as_plain_sgd():
 @pytest.mark.parametrize("schedule", ["onecycle", "exponential", "constant", "plateau"])
 def test_schedules_start_and_end_sensibly(schedule):
     config = TrainConfig(schedule=schedule)
-    assert get_lr(config, 0.0, 0.0, 1.0) <= config.lr
+    peak_lr = config.peak_lr()
+    assert get_lr(config, 0.0, 0.0, 1.0) <= peak_lr
     if schedule == "onecycle":  # up from 0 over the warm-up, linearly
         assert get_lr(config, 0.0, 0.0, 1.0) == 0
-        assert get_lr(config, config.warmup / 2, 0.5, 1.0) == pytest.approx(config.lr / 2)
-        assert get_lr(config, config.warmup, 1.0, 1.0) == pytest.approx(config.lr)
+        assert get_lr(config, config.warmup / 2, 0.5, 1.0) == pytest.approx(peak_lr / 2)
+        assert get_lr(config, config.warmup, 1.0, 1.0) == pytest.approx(peak_lr)
         assert get_lr(config, 1.0, 15.0, 1.0) == 0
     if schedule == "exponential":
-        assert get_lr(config, 0.5, 2.0, 1.0) == pytest.approx(config.lr * config.lr_decay**2)
+        assert get_lr(config, 0.5, 2.0, 1.0) == pytest.approx(peak_lr * config.lr_decay**2)
     if schedule == "plateau":
-        assert get_lr(config, 0.5, 2.0, 0.25) == pytest.approx(config.lr * 0.25)
+        assert get_lr(config, 0.5, 2.0, 0.25) == pytest.approx(peak_lr * 0.25)
 
 
 def test_fewer_rows_than_a_batch_train_one_step_an_epoch_and_say_so(tmp_path, small_train, caplog):
@@ -512,7 +513,7 @@ def test_a_run_cut_by_its_budget_and_resumed_with_more_time_anneals_to_the_end(
     resumed = train(replace(config, resume=True, time_budget_s=0), subset, None, tmp_path)
     straight = train(replace(config, time_budget_s=0), subset, None, tmp_path / "straight")
     assert not resumed.cut_by_budget and resumed.history[-1]["step"] == 2 * 10
-    assert resumed.history[-1]["lr"] == straight.history[-1]["lr"] < 0.1 * config.lr
+    assert resumed.history[-1]["lr"] == straight.history[-1]["lr"] < 0.1 * config.peak_lr()
 
 
 def test_one_cycle_anneals_to_the_time_budget_not_to_the_epochs(tmp_path, small_train, monkeypatch):
@@ -527,7 +528,7 @@ def test_one_cycle_anneals_to_the_time_budget_not_to_the_epochs(tmp_path, small_
     assert result.cut_by_budget and result.history[-1]["step"] == 5
     # Step 5 trains at 4 s of 5: progress 0.8, under a quarter of the peak lr (by steps, 5 of 40
     # would still be warming up).
-    assert result.history[-1]["lr"] == pytest.approx(config.lr * 0.2 / (1 - config.warmup))
+    assert result.history[-1]["lr"] == pytest.approx(config.peak_lr() * 0.2 / (1 - config.warmup))
     # A run that trains all its steps within its budget was not cut by it.
     finished = train(replace(config, epochs=1, time_budget_s=1000), subset, None, tmp_path / "all")
     assert not finished.cut_by_budget and finished.history[-1]["step"] == 10

@@ -106,7 +106,8 @@ class TrainConfig:
     time_budget_s: float | None = None
     batch_size: int = 128  # small batches: more steps per second of CPU, better generalisation
     optimizer: Literal["sgd", "adam", "adamw"] = "sgd"  # Nesterov SGD: best accuracy per epoch
-    # Peak lr; None = 0.05 for SGD (0.1 ties it on 42k rows but diverges on 3k), 1e-3 for Adam.
+    # Peak lr; None = the optimizer's (peak_lr): 0.05 for SGD (0.1 ties it on 42k rows but
+    # diverges on 3k), 1e-3 for Adam.
     lr: float | None = None
     momentum: float = 0.9
     weight_decay: float = 5e-4  # on weights only, not on batch-norm and bias parameters
@@ -141,8 +142,6 @@ class TrainConfig:
         if self.model == "auto":  # resolved here, so config.toml records the net trained
             self.model = auto_model(self.device, self.amp)
         get_spec(self.model)  # unknown model names fail here, with the valid names
-        if self.lr is None:
-            self.lr = DEFAULT_LR[self.optimizer]
         for key, value in asdict(self).items():
             # inf passes the range checks below: max_memory_gb = inf had ended in an
             # OverflowError's traceback, lr = inf in a diverged run.
@@ -152,7 +151,7 @@ class TrainConfig:
             (self.epochs >= 1, "epochs must be >= 1"),
             (0 <= self.seed < 2**32, "seed must be from 0 to 2**32 - 1"),  # numpy's and sklearn's
             (self.batch_size >= 1, "batch_size must be >= 1"),
-            (self.lr > 0, "lr must be > 0"),
+            (self.peak_lr() > 0, "lr must be > 0"),
             (0 <= self.valid_size < 1, "valid_size must be in [0, 1)"),
             (self.augment >= 0, "augment must be >= 0"),
             # A displacement's std in pixels: past the image's 28 the digits are moved off it,
@@ -168,7 +167,10 @@ class TrainConfig:
             (self.weight_decay >= 0, "weight_decay must be >= 0"),
             # Past float32's largest, the optimizer's first step had ended in torch's traceback
             # (lr 1e39); below it, a run that diverges stops as diverged, saying so.
-            (self.lr <= FLOAT32_MAX, f"lr must be at most {FLOAT32_MAX:.2g} (float32's largest)"),
+            (
+                self.peak_lr() <= FLOAT32_MAX,
+                f"lr must be at most {FLOAT32_MAX:.2g} (float32's largest)",
+            ),
             (
                 self.weight_decay <= FLOAT32_MAX,
                 f"weight_decay must be at most {FLOAT32_MAX:.2g} (float32's largest)",
@@ -230,6 +232,12 @@ class TrainConfig:
         raise ConfigError(f"widths {list(self.widths or ())}: {problem}; give widths like its "
                           f"own, {list(own_widths)}")  # fmt: skip
 
+    def peak_lr(self) -> float:
+        """The lr set, else the optimizer's default. Left unset, not resolved into ``lr``: a
+        run's config.toml had recorded SGD's 0.05, which its `--config` with `--optimizer adam`
+        then trained Adam at."""
+        return DEFAULT_LR[self.optimizer] if self.lr is None else self.lr
+
     def augmentation(self) -> Augmentation:
         """The ranges training draws from: ``Augmentation``'s, these settings', at ``augment``."""
         return Augmentation(elastic_px=self.elastic, stroke=self.stroke, styles=self.styles).scaled(
@@ -270,13 +278,14 @@ def epochs_done(step: int, steps_per_epoch: int) -> float:
 
 def get_lr(config: TrainConfig, progress: float, epoch: float, lr_scale: float) -> float:
     """Learning rate at ``progress`` in [0, 1] of the run (by steps or by time budget)."""
+    peak_lr = config.peak_lr()
     if config.schedule == "onecycle":
         if progress < config.warmup:
-            return config.lr * progress / config.warmup
-        return config.lr * max(0.0, 1 - progress) / (1 - config.warmup)
+            return peak_lr * progress / config.warmup
+        return peak_lr * max(0.0, 1 - progress) / (1 - config.warmup)
     if config.schedule == "exponential":
-        return config.lr * config.lr_decay**epoch
-    return config.lr * lr_scale  # constant, or plateau with its running reduction
+        return peak_lr * config.lr_decay**epoch
+    return peak_lr * lr_scale  # constant, or plateau with its running reduction
 
 
 def warmed_up_ema(
@@ -315,27 +324,28 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
     if config.optimizer == "sgd":
         # momentum = 0 is plain SGD: Nesterov's needs a momentum (torch had refused it in a
         # traceback).
-        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum,
+        return torch.optim.SGD(groups, lr=config.peak_lr(), momentum=config.momentum,
                                nesterov=config.momentum > 0)  # fmt: skip
     optimizer_class = torch.optim.Adam if config.optimizer == "adam" else torch.optim.AdamW
-    return optimizer_class(groups, lr=config.lr)
+    return optimizer_class(groups, lr=config.peak_lr())
 
 
 def divergence_advice(config: TrainConfig) -> str:
     """The settings a diverged run trained with, and the one of them that plausibly broke it:
     the one furthest above its default (lr 1e12 breaks the weight decay too, 1e6 the lr)."""
-    settings = f"with {config.optimizer} at lr {config.lr:g}"
+    lr = config.peak_lr()
+    settings = f"with {config.optimizer} at lr {lr:g}"
     if config.optimizer == "sgd":
         settings += f", momentum {config.momentum:g}"
     settings += f", weight_decay {config.weight_decay:g}"
-    lr_excess = config.lr / DEFAULT_LR[config.optimizer]
+    lr_excess = lr / DEFAULT_LR[config.optimizer]
     # SGD and AdamW take lr x weight_decay of each weight off it every step: from 1 on, the
     # decay alone throws the weights past zero. Adam's decay is a gradient, normalised away.
-    decay_per_step = config.lr * config.weight_decay
+    decay_per_step = lr * config.weight_decay
     decay_excess = config.weight_decay / TrainConfig.weight_decay
     if config.optimizer != "adam" and decay_per_step >= 1 and decay_excess > lr_excess:
         return (f"{settings}: each step's decay, lr x weight_decay = {decay_per_step:.3g}, "
-                f"throws the weights past zero; give a weight_decay below {1 / config.lr:.3g} "
+                f"throws the weights past zero; give a weight_decay below {1 / lr:.3g} "
                 "(1 / lr) in the --config file")  # fmt: skip
     # Nesterov SGD moves the weights by up to 1 / (1 - momentum) times lr x gradient a step.
     momentum_gain = 1 / (1 - config.momentum)
@@ -345,7 +355,7 @@ def divergence_advice(config: TrainConfig) -> str:
             f"{settings}: the momentum sums up to 1 / (1 - momentum) = {momentum_gain:.3g} "
             "steps into each; give a lower momentum in the --config file, or a lower --lr"
         )
-    return f"{settings}: a lower --lr than {config.lr:g} trains"
+    return f"{settings}: a lower --lr than {lr:g} trains"
 
 
 def evaluate_split(
@@ -497,7 +507,7 @@ def train(
         if device.type == "cpu" else device,
         f"autocast {amp_dtype}".replace("torch.", "") if amp_dtype else "fp32",
         steps_per_epoch, config.batch_size,
-        f" ({dist_env.world_size} processes x {local_batch}, lr {config.lr} unscaled: "
+        f" ({dist_env.world_size} processes x {local_batch}, lr {config.peak_lr()} unscaled: "
         "the global batch is unchanged)" if dist_env.world_size > 1 else "",
     )  # fmt: skip
 
