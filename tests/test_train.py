@@ -778,9 +778,10 @@ def test_batches_no_process_can_train_on_are_refused_before_training(
             "a process gets one of the 3 training rows: give more rows or train with fewer "
             "processes (--nproc)"
         )
+        # In the words `digits predict --nproc` refuses in (check_rows_per_process).
         assert refused(replace(mlp, model="cnn-tiny"), 1, streamed) == (
-            "1 training row for 2 processes: each needs one at least; give more rows or train "
-            "with fewer processes (--nproc)"
+            "1 training row for 2 processes, each of which needs one at least; give --nproc 1 "
+            "or fewer"
         )
 
 

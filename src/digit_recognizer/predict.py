@@ -36,7 +36,7 @@ from digit_recognizer.data.shards import (
     read_data_source,
     resolve_data_source,
 )
-from digit_recognizer.data.stream import ShardStream
+from digit_recognizer.data.stream import ShardStream, check_rows_per_process
 from digit_recognizer.distributed import (
     MAX_DDP_TIMEOUT_S,
     Distributed,
@@ -538,11 +538,7 @@ def predict_distributed(
     check_submission_path(out, source)
     for run_dir in expand_ensembles(run_dirs):
         read_meta(run_dir)
-    n_rows = resolve_data_source(source).n_rows
-    if n_rows < nproc:  # a process without rows: ShardStream's "ranks" named no flag
-        raise ConfigError(f"{source}: {counted(n_rows, 'row')} for {nproc} processes, each of "
-                          f"which needs one at least; give --nproc {n_rows} or "
-                          "fewer")  # fmt: skip
+    check_rows_per_process(resolve_data_source(source).n_rows, nproc, source=source)
     paths = [*map(str, run_dirs), str(source)]
     run_torchrun(nproc, "digit_recognizer", ["predict", *paths, "--out", str(out)], config)
 

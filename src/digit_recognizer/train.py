@@ -45,7 +45,7 @@ from digit_recognizer.data.augment import Augmentation, augment_batch
 from digit_recognizer.data.images import check_digits, faint_to_full_ink
 from digit_recognizer.data.kaggle_csv import DigitSet
 from digit_recognizer.data.shards import Manifest
-from digit_recognizer.data.stream import ShardStream
+from digit_recognizer.data.stream import ShardStream, check_rows_per_process
 from digit_recognizer.data.tensors import to_model_input
 from digit_recognizer.distributed import (
     MAX_DDP_TIMEOUT_S,
@@ -453,12 +453,8 @@ def train(
         valid_images = torch.as_tensor(valid_set.images).to(device)
         valid_labels = torch.as_tensor(valid_set.labels).to(device)
     n_train = train_set.n_rows if isinstance(train_set, Manifest) else len(train_set)
-    if n_train < dist_env.world_size:  # in memory, an epoch of no batches: an IndexError
-        if dist_env.world_size == 1:
-            raise ConfigError("no training rows: give some")
-        raise ConfigError(f"{counted(n_train, 'training row')} for {dist_env.world_size} "
-                          "processes: each needs one at least; give more rows or train with "
-                          "fewer processes (--nproc)")  # fmt: skip
+    # In memory, a process without rows had an epoch of no batches: an IndexError.
+    check_rows_per_process(n_train, dist_env.world_size, "training row")
     # The same global batch and lr whatever the process count: each rank takes batch/world.
     local_batch = config.batch_size // dist_env.world_size
     if isinstance(train_set, Manifest):

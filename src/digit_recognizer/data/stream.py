@@ -31,9 +31,24 @@ from digit_recognizer.data.shards import (
     read_rows,
     resolve_data_source,
 )
-from digit_recognizer.errors import ConfigError
+from digit_recognizer.errors import ConfigError, counted
 
 DEFAULT_BUFFER_ROWS = 16_384  # shuffle buffer: 12.8 MB of uint8 images per reader
+
+
+def check_rows_per_process(
+    n_rows: int, n_processes: int, rows: str = "row", source: str | Path | None = None
+) -> None:
+    """``ConfigError`` (naming ``source``, where given) unless each of ``n_processes`` (--nproc,
+    torchrun's) gets one of the ``n_rows`` ``rows`` at least: training and prediction refuse in
+    the same words."""
+    if n_rows >= n_processes:
+        return
+    where = f"{source}: " if source is not None else ""
+    if not n_rows:
+        raise ConfigError(f"{where}no {rows}s: give some")
+    raise ConfigError(f"{where}{counted(n_rows, rows)} for {n_processes} processes, each of "
+                      f"which needs one at least; give --nproc {n_rows} or fewer")  # fmt: skip
 
 
 def batches_per_rank(n_rows: int, batch_size: int, world_size: int) -> int:
@@ -45,8 +60,7 @@ def batches_per_rank(n_rows: int, batch_size: int, world_size: int) -> int:
     row or none (batch norm cannot train on one), so that step is dropped and its rows join the
     previous batches: at most two rows each, B + 2.
     """
-    if n_rows < world_size:
-        raise ConfigError(f"{n_rows} rows cannot be shared by {world_size} ranks; use fewer")
+    check_rows_per_process(n_rows, world_size)
     steps = -(-n_rows // (world_size * batch_size))
     if steps > 1 and n_rows - (steps - 1) * world_size * batch_size < 2 * world_size:
         steps -= 1
