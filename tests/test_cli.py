@@ -7,6 +7,7 @@ import inspect
 import io
 import json
 import logging
+import operator
 import os
 import shutil
 import signal
@@ -631,14 +632,15 @@ def test_a_tomls_switch_is_turned_off_by_its_flag(tmp_path, small_csvs):
     assert "compile = false" in (tmp_path / "run" / "config.toml").read_text()
 
 
-def trained_settings(monkeypatch: pytest.MonkeyPatch, key: str) -> list:
-    """The ``key`` setting of each training the commands then start, which train none."""
+def trained_settings(monkeypatch: pytest.MonkeyPatch, *keys: str) -> list:
+    """The ``keys`` settings (a tuple of several) of each training the commands then start,
+    which train none."""
     from digit_recognizer import pipeline
 
     settings = []
 
     def train_jobs(configs, *args, **kwargs):
-        settings.append(getattr(configs[0], key))
+        settings.append(operator.attrgetter(*keys)(configs[0]))
         return []
 
     monkeypatch.setattr(pipeline, "train_jobs", train_jobs)
@@ -671,6 +673,35 @@ def test_a_tomls_or_presets_patience_is_turned_off_by_patience_0(tmp_path, small
     assert patiences == [3, None, 2, 3, None]
     result = invoke("train", "--train", small_csvs["train"], "--patience", "-1")
     assert result.exit_code == 2 and "Invalid value for '--patience'" in result.output
+
+
+def test_settings_once_only_in_a_toml_have_flags_checked_as_the_tomls(
+    tmp_path, small_csvs, monkeypatch
+):
+    """amp, channels_last, ema_decay, widths and dropout could be set only in a --config TOML:
+    no flag undid the default preset's EMA, or a TOML's widths."""
+    keys = ("amp", "channels_last", "ema_decay", "widths", "dropout")
+    settings = trained_settings(monkeypatch, *keys)
+    toml = tmp_path / "recipe.toml"
+    toml.write_text('model = "mlp"\nwidths = [64]\ndropout = 0.3\n')
+    flags = ("--no-amp", "--no-channels-last", "--ema-decay", "0.99", "--widths", "32,16",
+             "--dropout", "0.1")  # fmt: skip
+    csvs = ("--train", small_csvs["train"], "--test", small_csvs["test"])
+    invoke("train", *csvs[:2], "--config", toml, "--out", tmp_path / "run", *flags)
+    invoke("run", *csvs, "--config", toml, "--out", tmp_path / "run", *flags)  # trains nothing
+    invoke("train", *csvs[:2], "--config", toml, "--ema-decay", "0", "--widths", "none")
+    assert settings == [(False, False, 0.99, (32, 16), 0.1)] * 2 + [(True, True, None, None, 0.3)]
+    # Refused in the TOML's words, naming the flag.
+    for flags, message in [(("--ema-decay", "1"), "--ema-decay must be in (0, 1)"),
+                           (("--dropout", "-0.5"), "--dropout must be in [0, 1)"),
+                           (("--widths", "8"), "--widths [8]: the compact CNN has 3 stages"),
+                           (("--preset", "seed", "--widths", "8,16,32"),
+                            "--widths: model 'seed-cnn' has no 'widths' setting")]:  # fmt: skip
+        result = invoke("train", *csvs[:2], *flags)
+        assert result.exit_code == 1 and f"error: {message}" in result.output, flags
+    result = invoke("train", *csvs[:2], "--widths", "8,x")
+    assert result.exit_code == 2 and "Invalid value for '--widths'" in result.output
+    assert len(settings) == 3  # nothing trained for the refused
 
 
 def test_a_predict_tomls_conform_is_turned_back_on_by_its_flag(tmp_path, small_csvs, monkeypatch):

@@ -179,7 +179,7 @@ def test_widths_no_net_can_take_are_refused_with_the_file_before_any_data_is_rea
     toml = tmp_path / "c.toml"
     too_large = rf"widths \[{10**20}, 1, 1\]: too large for torch to build a 'cnn-tiny'; give"
     cases = [
-        ("[8]", "the compact CNN has 3 stages: widths must be 3 numbers"),
+        ("[8]", r"widths \[8\]: the compact CNN has 3 stages; give 3 widths, one a stage"),
         (f"[{10**20}, 1, 1]", rf"{too_large} widths like its own, \[16, 32, 64\]"),
     ]
     for widths, message in cases:

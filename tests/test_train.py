@@ -341,7 +341,7 @@ def test_widths_and_dropout_shape_the_net_and_are_saved_with_it(tmp_path, small_
 
 @pytest.mark.parametrize(("overrides", "message"), [
     ({"model": "seed-cnn", "widths": (8, 16, 24)}, "model 'seed-cnn' has no 'widths' setting"),
-    ({"model": "cnn", "widths": (8, 16)}, "widths must be 3 numbers"),
+    ({"model": "cnn", "widths": (8, 16)}, r"widths \[8, 16\]: the compact CNN has 3 stages"),
 ])  # fmt: skip
 def test_widths_a_model_cannot_take_are_refused(tmp_path, small_train, overrides, message):
     with pytest.raises(ConfigError, match=message):

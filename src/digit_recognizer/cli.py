@@ -206,6 +206,52 @@ Styles = Annotated[
     ),
 ]
 ValidSize = Annotated[float | None, typer.Option(help="Validation fraction. \\[default: 0.05]")]
+
+
+def parse_widths(text: str | None) -> tuple[int, ...] | str | None:
+    """--widths 32,64,128 as TrainConfig's widths; "none" as the TOML's, the model's own."""
+    if text is None or text.strip() == NONE:
+        return None if text is None else NONE
+    try:
+        return tuple(int(width) for width in text.split(","))
+    except ValueError:
+        raise typer.BadParameter(f"{text!r}: give whole numbers separated by commas (32,64,128), "
+                                 f"or {NONE} for the model's own") from None  # fmt: skip
+
+
+Widths = Annotated[
+    str | None,
+    typer.Option(
+        callback=parse_widths,
+        help="The net's layer widths, comma-separated: a CNN's 3 stages (32,64,128), an MLP's "
+        "hidden layers; none: the model's own. \\[default: the model's own]",
+    ),
+]
+Dropout = Annotated[
+    float | None, typer.Option(help="Dropout probability. \\[default: the model's own]")
+]
+EmaDecay = Annotated[
+    float | None,
+    typer.Option(
+        help="Decay of a moving average of the weights, which is validated and saved instead of "
+        "them (0.999); 0 = none. \\[default: the preset's: 0.999 default and best, none fast "
+        "and seed]"
+    ),
+]
+Amp = Annotated[
+    bool | None,
+    typer.Option(
+        "--amp/--no-amp", help="bf16 autocast where the hardware has it natively. \\[default: amp]"
+    ),
+]
+ChannelsLast = Annotated[
+    bool | None,
+    typer.Option(
+        "--channels-last/--no-channels-last",
+        help="Channels-last memory: faster convolutions on CPU and tensor cores. "
+        "\\[default: channels-last]",
+    ),
+]
 Patience = Annotated[
     int | None,
     typer.Option(
@@ -313,10 +359,12 @@ def resolve_configs(
 
 def train_overrides(**flags: Any) -> dict[str, Any]:
     """CLI flag names -> TrainConfig keys (time_budget -> time_budget_s), --patience 0 -> no
-    early stopping (a --config's or preset's patience had no flag to undo it)."""
+    early stopping (a --config's or preset's patience had no flag to undo it), and --ema-decay
+    0 -> no average (the default preset's 0.999)."""
     flags["time_budget_s"] = flags.pop("time_budget", None)
-    if flags["patience"] == 0:
-        flags["patience"] = NONE
+    for key in ("patience", "ema_decay"):
+        if flags[key] == 0:
+            flags[key] = NONE
     return flags
 
 
@@ -341,7 +389,8 @@ def run(
     stroke: Stroke = None, styles: Styles = None, valid_size: ValidSize = None,
     patience: Patience = None,
     seed: Seed = None, device: Device = None, compile_model: Compile = None,
-    max_memory: MaxMemory = None,
+    max_memory: MaxMemory = None, widths: Widths = None, dropout: Dropout = None,
+    ema_decay: EmaDecay = None, amp: Amp = None, channels_last: ChannelsLast = None,
     tta: PresetTta = None,
     as_is: AsIs = None,
 ) -> None:  # fmt: skip
@@ -354,7 +403,8 @@ def run(
         batch_size=batch_size, optimizer=optimizer, lr=lr, schedule=schedule, augment=augment,
         elastic=elastic, stroke=stroke, styles=styles,
         valid_size=valid_size, patience=patience, seed=seed, device=device,
-        compile=compile_model, max_memory_gb=max_memory, resume=resume)  # fmt: skip
+        compile=compile_model, max_memory_gb=max_memory, resume=resume, widths=widths,
+        dropout=dropout, ema_decay=ema_decay, amp=amp, channels_last=channels_last)  # fmt: skip
     configs = resolve_configs(preset, resume, out, config, overrides)
     tta = get_preset(preset).tta if tta is None else tta
     # The test rows are predicted where, and as, the run trained: `--device cpu` had predicted
@@ -404,7 +454,8 @@ def train_command(
     stroke: Stroke = None, styles: Styles = None, valid_size: ValidSize = None,
     patience: Patience = None,
     seed: Seed = None, device: Device = None, compile_model: Compile = None,
-    max_memory: MaxMemory = None,
+    max_memory: MaxMemory = None, widths: Widths = None, dropout: Dropout = None,
+    ema_decay: EmaDecay = None, amp: Amp = None, channels_last: ChannelsLast = None,
 ) -> None:  # fmt: skip
     """Train a net on a labelled CSV and write a run directory."""
     from digit_recognizer.distributed import Distributed
@@ -414,8 +465,8 @@ def train_command(
         batch_size=batch_size, optimizer=optimizer, lr=lr, schedule=schedule, augment=augment,
         elastic=elastic, stroke=stroke, styles=styles,
         valid_size=valid_size, patience=patience, seed=seed, device=device, compile=compile_model,
-        max_memory_gb=max_memory,
-        resume=resume)  # fmt: skip
+        max_memory_gb=max_memory, resume=resume, widths=widths, dropout=dropout,
+        ema_decay=ema_decay, amp=amp, channels_last=channels_last)  # fmt: skip
     configs = resolve_configs(preset, resume, out, config, overrides)
     run_dir = out or default_run_dir(configs[0].model)
     is_main_process = Distributed.from_env().is_main_process

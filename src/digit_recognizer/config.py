@@ -86,12 +86,18 @@ def _make_from_flags(
             if "model" in flags:
                 raise UnknownModelError(f"--model: {message}") from None
             raise
-        # Range checks begin with their key ("epochs must be >= 1"), type checks quote it.
+        # Range checks begin with their key ("epochs must be >= 1"), type checks quote it; a
+        # check of one setting against another quotes that one ("model 'seed-cnn' has no
+        # 'widths' setting": --widths under the seed preset's model).
         quoted_key, _, rest = message.partition(" ")
         key = quoted_key.strip("'")
-        if key not in flags:
+        if key in flags:
+            raise ConfigError(f"{flag_name(key)} {rest}") from None
+        keys = {field.name for field in dataclasses.fields(config_class)}  # type: ignore[arg-type]
+        quoted = [name for name in flags if name in keys and f"'{name}'" in message]
+        if not quoted:
             raise
-        raise ConfigError(f"{flag_name(key)} {rest}") from None
+        raise ConfigError(f"{flag_name(quoted[0])}: {message}") from None
 
 
 def read_toml(toml_path: str | Path) -> dict[str, Any]:

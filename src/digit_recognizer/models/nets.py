@@ -57,7 +57,8 @@ class CompactCNN(nn.Sequential):
 
     def __init__(self, widths: tuple[int, int, int] = (32, 64, 128), dropout: float = 0.0) -> None:
         if len(widths) != 3:
-            raise ConfigError(f"the compact CNN has 3 stages: widths must be 3 numbers: {widths}")
+            raise ConfigError(f"widths {list(widths)}: the compact CNN has 3 stages; give 3 "
+                              "widths, one a stage")  # fmt: skip
         a, b, c = widths
         super().__init__(
             Normalize(),
