@@ -120,6 +120,18 @@ def test_ensemble_directory_predicts_the_members_average(tmp_path, small_csvs, s
     assert announced == []
 
 
+def test_too_few_rows_for_the_processes_are_refused_before_torchrun_starts(
+    tmp_path, small_train, monkeypatch
+):
+    """`digits train --nproc 4` on 3 rows had launched torchrun, each process refusing alone,
+    where `digits predict --nproc 4` refuses once, before the launch, in these words."""
+    write_kaggle_csv(tmp_path / "train.csv", small_train.images[:3], small_train.labels[:3])
+    monkeypatch.setattr(pipeline, "run_torchrun", lambda *args: pytest.fail("launched"))
+    refusal = "train.csv: 3 rows for 4 processes, each of which needs one at least; give --nproc 3"
+    with pytest.raises(ConfigError, match=rf"{refusal} or fewer$"):
+        train_distributed(4, TrainConfig(batch_size=64), tmp_path / "train.csv", tmp_path / "run")
+
+
 def test_resumed_ensemble_keeps_finished_members_and_trains_unstarted_ones(
     tmp_path, small_csvs, small_test, caplog
 ):

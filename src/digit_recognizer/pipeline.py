@@ -44,6 +44,7 @@ from digit_recognizer.data.shards import (
     resolve_data_source,
 )
 from digit_recognizer.data.splits import check_seed, stratified_split, warn_shared_images
+from digit_recognizer.data.stream import check_rows_per_process
 from digit_recognizer.distributed import Distributed, run_torchrun
 from digit_recognizer.errors import ConfigError, DataError, ModelFileError
 from digit_recognizer.evaluate import (
@@ -301,7 +302,10 @@ def train_distributed(
     check_out_dir(run_dir, config.resume, ensemble=False)
     check_not_in_use(run_dir)  # else rank 0 refuses, and the others wait on it for a while
     check_global_batch(config.batch_size, nproc)
-    require_labels(resolve_data_source(train_csv).has_labels, train_csv)
+    manifest = resolve_data_source(train_csv)
+    require_labels(manifest.has_labels, train_csv)
+    # The rows before the validation split: each process checks its share of those left.
+    check_rows_per_process(manifest.n_rows, nproc, source=train_csv)
     before = checkpoint_stamp(run_dir)
     run_torchrun(
         nproc,
