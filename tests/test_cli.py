@@ -406,7 +406,9 @@ def test_every_seed_flag_refuses_what_numpy_and_sklearn_refuse(tmp_path):
     csv = tmp_path / "train.csv"
     for command, flag in [(("augment-preview", csv, "--out", tmp_path / "p.png"), "--seed"),
                           (("data", "kaggle", tmp_path / "replica"), "--seed"),
-                          (("run", "--out", tmp_path / "run"), "--replica-seed")]:  # fmt: skip
+                          (("run", "--out", tmp_path / "run"), "--replica-seed"),
+                          # Its own words had left out the seed given.
+                          (("train", "--train", csv), "--seed")]:  # fmt: skip
         result = invoke(*command, flag, 2**32)
         assert result.exit_code == 1, command
         assert f"{flag} must be from 0 to 2**32 - 1, got 4294967296" in result.output, command

@@ -45,6 +45,7 @@ from digit_recognizer.data.augment import Augmentation, augment_batch
 from digit_recognizer.data.images import check_digits, faint_to_full_ink
 from digit_recognizer.data.kaggle_csv import DigitSet
 from digit_recognizer.data.shards import Manifest
+from digit_recognizer.data.splits import check_seed
 from digit_recognizer.data.stream import ShardStream, check_rows_per_process
 from digit_recognizer.data.tensors import to_model_input
 from digit_recognizer.distributed import (
@@ -147,9 +148,9 @@ class TrainConfig:
             # OverflowError's traceback, lr = inf in a diverged run.
             if isinstance(value, float) and not math.isfinite(value):
                 raise ConfigError(f"{key} must be a finite number, got {value}")
+        check_seed(self.seed)  # numpy's and sklearn's range, as every seed's
         checks = [
             (self.epochs >= 1, "epochs must be >= 1"),
-            (0 <= self.seed < 2**32, "seed must be from 0 to 2**32 - 1"),  # numpy's and sklearn's
             (self.batch_size >= 1, "batch_size must be >= 1"),
             (self.peak_lr() > 0, "lr must be > 0"),
             (0 <= self.valid_size < 1, "valid_size must be in [0, 1)"),
