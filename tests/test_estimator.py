@@ -93,9 +93,10 @@ def test_net_classifier_follows_scikit_learn_conventions():
     assert clone(net).get_params() == net.get_params()
     with pytest.raises(NotFittedError):
         net.predict(np.zeros((1, 28, 28), np.uint8))
-    with pytest.raises(ConfigError, match="epochs must be >= 1"):
+    # Named as its parameters, not as the command line's flags ("--epochs must be >= 1").
+    with pytest.raises(ConfigError, match=r"^NetClassifier: epochs must be >= 1"):
         NetClassifier("cnn", epochs=0).fit(np.zeros((4, 28, 28), np.uint8), np.arange(4))
-    with pytest.raises(ConfigError, match="'knn' is not a net"):
+    with pytest.raises(ConfigError, match=r"^NetClassifier: model 'knn' is not a net"):
         NetClassifier("knn").train_config()
     images = np.zeros((4, 28, 28), np.uint8)
     for labels in (np.array(["0", "1", "2", "3"]), np.array([0.0, 1.5, 2.0, 3.0])):

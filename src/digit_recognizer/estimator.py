@@ -28,7 +28,7 @@ from digit_recognizer.checkpoint import (
     check_out_dir,
     read_history,
 )
-from digit_recognizer.config import load_config
+from digit_recognizer.config import load_config, make_config
 from digit_recognizer.data.images import check_digits, check_images
 from digit_recognizer.data.kaggle_csv import N_PIXELS
 from digit_recognizer.data.splits import split_for_training
@@ -120,8 +120,11 @@ augment, valid_size, patience, seed, device : optional
 
     def train_config(self) -> TrainConfig:
         """The ``TrainConfig`` these parameters resolve to (checked: wrong values raise)."""
-        overrides = {key: getattr(self, key) for key in TRAIN_KEYS}
-        return load_config(TrainConfig, None, {"model": self.model, **overrides})
+        params = {key: getattr(self, key) for key in ("model", *TRAIN_KEYS)}
+        # Named as parameters of this class: as flags (load_config's), NetClassifier(epochs=0)
+        # had said "--epochs must be >= 1".
+        given = {key: value for key, value in params.items() if value is not None}
+        return make_config(TrainConfig, given, source=type(self).__name__)
 
     def fit(self, X: ArrayLike, y: ArrayLike) -> NetClassifier:
         """Train on uint8 images X (n_samples, 28, 28) or (n_samples, 784) and digits y."""
