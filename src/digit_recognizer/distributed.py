@@ -40,6 +40,15 @@ LAUNCHER_GRACE_S = 5.0  # for torchrun to stop its workers after Ctrl-C (they st
 MAX_DDP_TIMEOUT_S = 1e9
 
 
+def check_ddp_timeout(timeout_s: float) -> None:
+    """``ConfigError`` unless ``timeout_s`` (a job's ddp_timeout_s) is one torch's process
+    groups take: nan and inf had ended every torchrun process in an OverflowError (a ValueError
+    for nan) making its timedelta."""
+    if not 0 < timeout_s <= MAX_DDP_TIMEOUT_S:
+        raise ConfigError(f"ddp_timeout_s must be in (0, {MAX_DDP_TIMEOUT_S:g}] seconds, got "
+                          f"{timeout_s}")  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Distributed:
     """This process's place in a torchrun job (rank 0 of 1 when run alone)."""

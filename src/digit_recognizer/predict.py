@@ -38,9 +38,9 @@ from digit_recognizer.data.shards import (
 )
 from digit_recognizer.data.stream import ShardStream, check_rows_per_process
 from digit_recognizer.distributed import (
-    MAX_DDP_TIMEOUT_S,
     Distributed,
     all_reduce,
+    check_ddp_timeout,
     init_distributed,
     run_torchrun,
 )
@@ -100,11 +100,7 @@ class PredictConfig:
         check_fields(self)
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
-        # inf and nan too, as TrainConfig's: each torchrun process had ended in an OverflowError
-        # (a ValueError for nan) making its timedelta.
-        if not 0 < self.ddp_timeout_s <= MAX_DDP_TIMEOUT_S:
-            raise ConfigError(f"ddp_timeout_s must be in (0, {MAX_DDP_TIMEOUT_S:g}] seconds, "
-                              f"got {self.ddp_timeout_s}")  # fmt: skip
+        check_ddp_timeout(self.ddp_timeout_s)
 
 
 @dataclass

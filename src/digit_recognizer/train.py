@@ -49,9 +49,9 @@ from digit_recognizer.data.splits import check_seed
 from digit_recognizer.data.stream import ShardStream, check_rows_per_process
 from digit_recognizer.data.tensors import to_model_input
 from digit_recognizer.distributed import (
-    MAX_DDP_TIMEOUT_S,
     Distributed,
     all_reduce,
+    check_ddp_timeout,
     init_distributed,
 )
 from digit_recognizer.errors import ConfigError, DigitsError, DivergedError, counted
@@ -149,6 +149,7 @@ class TrainConfig:
             if isinstance(value, float) and not math.isfinite(value):
                 raise ConfigError(f"{key} must be a finite number, got {value}")
         check_seed(self.seed)  # numpy's and sklearn's range, as every seed's
+        check_ddp_timeout(self.ddp_timeout_s)  # as PredictConfig's
         checks = [
             (self.epochs >= 1, "epochs must be >= 1"),
             (self.batch_size >= 1, "batch_size must be >= 1"),
@@ -190,10 +191,6 @@ class TrainConfig:
             (
                 self.widths is None or all(width >= 1 for width in self.widths),
                 "widths must be >= 1",
-            ),
-            (
-                0 < self.ddp_timeout_s <= MAX_DDP_TIMEOUT_S,
-                f"ddp_timeout_s must be in (0, {MAX_DDP_TIMEOUT_S:g}] seconds",
             ),
             (self.max_memory_gb >= 0, "max_memory_gb must be >= 0 (0: always stream)"),
         ]
