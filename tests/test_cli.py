@@ -706,6 +706,20 @@ def test_settings_once_only_in_a_toml_have_flags_checked_as_the_tomls(
     assert len(settings) == 3  # nothing trained for the refused
 
 
+def test_a_tomls_lr_is_turned_back_to_the_optimizers_by_lr_none(tmp_path, small_csvs, monkeypatch):
+    """tune's best_config.toml sets an lr tuned for SGD: `--config it --optimizer adam` had no
+    flag to give Adam its own, and trained it at SGD's."""
+    settings = trained_settings(monkeypatch, "optimizer", "lr")
+    toml = tmp_path / "best_config.toml"
+    toml.write_text("lr = 0.2\n")
+    for flags in ((), ("--optimizer", "adam", "--lr", "none"), ("--lr", "0.01")):
+        result = invoke("train", "--train", small_csvs["train"], "--config", toml, *flags)
+        assert result.exit_code == 0, result.output
+    assert settings == [("sgd", 0.2), ("adam", None), ("sgd", 0.01)]
+    result = invoke("train", "--train", small_csvs["train"], "--lr", "fast")
+    assert result.exit_code == 2 and "'fast': give a number (0.05), or none" in result.output
+
+
 def test_a_predict_tomls_conform_is_turned_back_on_by_its_flag(tmp_path, small_csvs, monkeypatch):
     """`conform = false` in a predict --config had no flag to undo it: --as-is only turns
     it off."""

@@ -166,10 +166,6 @@ BatchSize = Annotated[int | None, typer.Option(help="Batch size. \\[default: 64;
 Optimizer = Annotated[
     str | None, typer.Option(help="sgd | adam | adamw. \\[default: sgd; seed: adam]")
 ]
-LR = Annotated[
-    float | None,
-    typer.Option("--lr", help="Peak learning rate. \\[default: 0.05 for sgd, 1e-3 for adam(w)]"),
-]
 Schedule = Annotated[
     str | None,
     typer.Option(
@@ -208,15 +204,42 @@ Styles = Annotated[
 ValidSize = Annotated[float | None, typer.Option(help="Validation fraction. \\[default: 0.05]")]
 
 
-def parse_widths(text: str | None) -> tuple[int, ...] | str | None:
-    """--widths 32,64,128 as TrainConfig's widths; "none" as the TOML's, the model's own."""
+def _parsed_or_none(text: str | None, parse: Callable[[str], Any], example: str, own: str) -> Any:
+    """A flag's ``text`` parsed; "none" kept, as a TOML's "none" (``own``, the default), so the
+    flag can undo a --config's value."""
     if text is None or text.strip() == NONE:
         return None if text is None else NONE
     try:
-        return tuple(int(width) for width in text.split(","))
+        return parse(text)
     except ValueError:
-        raise typer.BadParameter(f"{text!r}: give whole numbers separated by commas (32,64,128), "
-                                 f"or {NONE} for the model's own") from None  # fmt: skip
+        raise typer.BadParameter(f"{text!r}: give {example}, or {NONE} for {own}") from None
+
+
+def parse_widths(text: str | None) -> tuple[int, ...] | str | None:
+    """--widths 32,64,128 as TrainConfig's widths; "none" as the TOML's, the model's own."""
+    return _parsed_or_none(
+        text,
+        lambda widths: tuple(int(width) for width in widths.split(",")),
+        "whole numbers separated by commas (32,64,128)",
+        "the model's own",
+    )
+
+
+def parse_lr(text: str | None) -> float | str | None:
+    """--lr 0.05 as TrainConfig's lr; "none" as the TOML's, the optimizer's own (a --config's
+    lr, tune's best_config.toml's say, had no flag to undo it)."""
+    return _parsed_or_none(text, float, "a number (0.05)", "the optimizer's own")
+
+
+LR = Annotated[
+    str | None,
+    typer.Option(
+        "--lr",
+        callback=parse_lr,
+        help="Peak learning rate; none: the optimizer's own. "
+        "\\[default: 0.05 for sgd, 1e-3 for adam(w)]",
+    ),
+]
 
 
 Widths = Annotated[
