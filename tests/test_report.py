@@ -299,6 +299,8 @@ def test_report_command_with_data_and_without(tmp_path, tiny_run, small_test):
     write_kaggle_csv(labelled, small_test.images[:400], small_test.labels[:400])
     run_dir = tmp_path / "run"
     shutil.copytree(tiny_run, run_dir)
+    config_toml = run_dir / "config.toml"  # an lr left to the optimizer, as runs now record it
+    config_toml.write_text(config_toml.read_text().replace("\nlr = 0.02\n", '\nlr = "none"\n'))
     # tiny_run was made by train() alone: no metrics.json names its data, so --data is needed.
     result = runner.invoke(app, ["report", str(run_dir)])
     assert result.exit_code == 1 and "give --data LABELLED_CSV" in result.output
@@ -314,6 +316,7 @@ def test_report_command_with_data_and_without(tmp_path, tiny_run, small_test):
                     "Grad-CAM"):  # fmt: skip
         assert heading in page
     assert f"{labelled}: 400 images" in page
+    assert "<td>lr</td><td>none: 0.05, sgd&#x27;s default</td>" in page  # not "lr none"
     assert f"row of {labelled}, counted from 0: digits explain {run_dir} {labelled} --index" in page
     assert len(inline_pngs(run_dir / "report.html")) == 6
     # Digits laid out as another collection's are read as evaluate reads them: redone as MNIST's.

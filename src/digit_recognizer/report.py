@@ -15,7 +15,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -25,7 +25,7 @@ from sklearn import metrics as skm
 from torch import nn
 
 from digit_recognizer.checkpoint import CONFIG_FILE, HISTORY_FILE, read_history
-from digit_recognizer.config import read_toml
+from digit_recognizer.config import NONE, read_toml
 from digit_recognizer.data.images import at_full_ink
 from digit_recognizer.data.kaggle_csv import DigitSet, read_kaggle_csv
 from digit_recognizer.data.shards import read_data_source, require_labels
@@ -45,6 +45,7 @@ from digit_recognizer.explain import draw_overlay, grad_cam
 from digit_recognizer.fileio import check_can_write, sha256_file, write_text
 from digit_recognizer.models.storage import META_FILE, net_recipe, read_meta, refuse_ensemble
 from digit_recognizer.predict import PredictConfig, Predictor, conform_rows
+from digit_recognizer.train import DEFAULT_LR
 
 REPORT_FILE = "report.html"
 N_GALLERY = 16  # images per gallery: two rows of eight stay legible at page width
@@ -188,7 +189,7 @@ def _report_sections(
     sections = [
         ("Summary", html_table(headline)),
         ("Configuration and model", html_columns(
-            html_table([(k, str(v)) for k, v in config.items()], header=("config.toml", "value")),
+            html_table(_config_rows(config), header=("config.toml", "value")),
             html_table(layers, header=("layer", "type", "output shape", "parameters")))),
     ]  # fmt: skip
     if (run_dir / HISTORY_FILE).is_file():
@@ -223,6 +224,16 @@ def _report_sections(
             "layer's activations; input-gradient saliency for a net without convolutions). "
             + _explain_hint(run_dir, data_rows))),
     ]  # fmt: skip
+
+
+def _config_rows(config: dict[str, Any]) -> list[tuple[str, str]]:
+    """config.toml's settings as written, an lr left to the optimizer with the value it takes
+    (the table had said "lr none")."""
+    rows = [(key, str(value)) for key, value in config.items()]
+    if config.get("lr") == NONE and config.get("optimizer") in DEFAULT_LR:
+        lr = f"{NONE}: {DEFAULT_LR[config['optimizer']]:g}, {config['optimizer']}'s default"
+        rows[list(config).index("lr")] = ("lr", lr)
+    return rows
 
 
 def _explain_hint(run_dir: Path, data_rows: SourceRows | None) -> str:
