@@ -17,6 +17,7 @@ from digit_recognizer import evaluate as evaluate_module
 from digit_recognizer import predict as predict_module
 from digit_recognizer.cli import app, predict_config
 from digit_recognizer.data import images as images_module
+from digit_recognizer.data import shards as shards_module
 from digit_recognizer.data.images import (
     MIN_SETTLED_ROWS,
     conform_to_mnist,
@@ -487,7 +488,7 @@ def test_a_csv_past_stream_file_bytes_streams_in_predict_and_evaluate(
     predict_csv([tiny_run], small_csvs["test"], tmp_path / "whole.csv")
     read_whole = evaluate_run([tiny_run], labelled, tmp_path / "whole")
     assert small_csvs["test"].stat().st_size > 1_000_000
-    monkeypatch.setattr(predict_module, "STREAM_FILE_BYTES", 1_000_000)
+    monkeypatch.setattr(shards_module, "STREAM_FILE_BYTES", 1_000_000)
     monkeypatch.setattr(predict_module, "STREAM_ROWS", 512)  # two pieces, of whole batches
 
     def refused(source):

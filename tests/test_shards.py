@@ -28,6 +28,7 @@ from digit_recognizer.data.kaggle_csv import (
     check_kaggle_csv,
     read_kaggle_csv,
     write_kaggle_csv,
+    write_submission,
 )
 from digit_recognizer.data.lighting import MIN_CONTRAST
 from digit_recognizer.data.shards import (
@@ -143,6 +144,43 @@ def test_data_check_of_shards_reads_each_shard_once(source, tmp_path, monkeypatc
     assert sorted(name for name in opened if name != MANIFEST_FILE) == [
         "part-00000.csv", "part-00001.csv", "part-00002.csv"
     ]  # fmt: skip
+
+
+def test_data_check_of_a_csv_past_stream_file_bytes_reads_it_a_piece_at_a_time(
+    source, tmp_path, monkeypatch
+):
+    """`digits data check big.csv` had read a CSV of digits whole (0.87 GB of memory for one of
+    153 MB), where `digits predict` streams it: now a piece at a time, with the same summary
+    and the same messages. A submission, whose ImageIds are checked together, is read whole."""
+    path, data = source
+    lines = path.read_bytes().splitlines(keepends=True)
+    bad_cell = tmp_path / "bad_cell.csv"  # line 901: in a late piece
+    bad_cell.write_bytes(b"".join([*lines[:900], lines[900].replace(b",", b",x", 1), *lines[901:]]))
+    bad_header = tmp_path / "bad_header.csv"  # said against the three headers data check takes
+    bad_header.write_bytes(b"".join([b"ImageId,Labels\n", *lines[1:]]))
+    submission = tmp_path / "submission.csv"
+    write_submission(submission, data.labels)
+    expected = {(file, None): check_kaggle_csv(file) for file in (path, submission)}
+    for file, rows in ((bad_cell, None), (bad_header, None), (path, 1003)):
+        with pytest.raises(DataError) as raised:
+            check_kaggle_csv(file, rows)
+        expected[file, rows] = str(raised.value)
+    monkeypatch.setattr(shards, "STREAM_FILE_BYTES", 1000)
+    monkeypatch.setattr(shards, "CHUNK_BYTES", 100_000)
+
+    def whole_if_a_submission(file, expected_rows=None):
+        assert Path(file) == submission, f"{file} was read whole"
+        return check_kaggle_csv(file, expected_rows)
+
+    monkeypatch.setattr(shards, "check_kaggle_csv", whole_if_a_submission)
+    assert submission.stat().st_size > 1000
+    for (file, rows), outcome in expected.items():
+        if isinstance(outcome, str):
+            with pytest.raises(DataError) as raised:
+                check_kaggle_source(file, rows)
+            assert str(raised.value) == outcome
+        else:
+            assert check_kaggle_source(file, rows) == outcome
 
 
 def test_shards_go_to_a_folder_whose_name_is_not_utf8(source, tmp_path: Path) -> None:

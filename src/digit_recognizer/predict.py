@@ -32,7 +32,7 @@ from digit_recognizer.data.images import (
 from digit_recognizer.data.kaggle_csv import DigitSet, is_submission, write_submission
 from digit_recognizer.data.lighting import MIN_CONTRAST
 from digit_recognizer.data.shards import (
-    is_one_file,
+    is_read_whole,
     read_data_source,
     resolve_data_source,
 )
@@ -68,10 +68,6 @@ log = logging.getLogger(__name__)
 # centring leaves most residual error in; each view costs one more forward pass.
 TTA_SHIFTS = ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1))
 STREAM_ROWS = 8192  # rows read per step when streaming (6.4 MB of images), batched for the nets
-# A CSV larger than this streams, as shards do. Read whole, a 562 MB file of 308,000 rows had
-# taken 2.6 GB more memory than a small one (3.0 GB in all), streamed 0.1 GB; reading it in
-# pieces costs one more pass over the file (SHA-256, line count): 0.2 s for Kaggle's test.csv.
-STREAM_FILE_BYTES = 64 << 20
 # Some collections store their digits transposed (EMNIST's CSVs), which MNIST's layout check
 # cannot see: a transposed digit is as well centred. The model can. The default model's mean top
 # probability on replica test rows was 0.91 as given and 0.53 transposed (accuracy 100 % and
@@ -494,14 +490,6 @@ def predict_source(
     if is_read_whole(source) and Distributed.from_env().world_size == 1:
         return len(predict_csv(run_dirs, Path(source), out, config))
     return predict_stream(run_dirs, source, out, config)
-
-
-def is_read_whole(source: str | Path) -> bool:
-    """Whether `digits predict` (in one process) and `digits evaluate` read ``source`` whole:
-    a CSV of up to STREAM_FILE_BYTES, or a pipe, which can be read only once. Shards, globs and
-    larger CSVs stream."""
-    path = Path(source)
-    return is_one_file(path) and not (path.is_file() and path.stat().st_size > STREAM_FILE_BYTES)
 
 
 def read_in_pieces(source: str | Path) -> tuple[int, bool, Iterator[DigitSet]]:

@@ -37,6 +37,7 @@ N_PIXELS = 784
 PIXEL_COLUMNS = tuple(f"pixel{i}" for i in range(N_PIXELS))
 LABELLED_COLUMNS = ("label", *PIXEL_COLUMNS)
 SUBMISSION_COLUMNS = ("ImageId", "Label")
+CHECKED_HEADERS = (LABELLED_COLUMNS, PIXEL_COLUMNS, SUBMISSION_COLUMNS)  # `digits data check`'s
 
 _UTF8_BOM = b"\xef\xbb\xbf"
 FIRST_LINE_END = re.compile(rb"\r\n?|\n")
@@ -129,18 +130,13 @@ def check_kaggle_csv(path: str | Path, expected_rows: int | None = None) -> CsvS
     header, and summarise it. ``expected_rows``: the rows a submission must have (its test
     file's); a train or test file given one is refused, as nothing would check it."""
     path = Path(path)
-    columns, body = split_header(
-        _read_bytes(path), path, (LABELLED_COLUMNS, PIXEL_COLUMNS, SUBMISSION_COLUMNS)
-    )
+    columns, body = split_header(_read_bytes(path), path, CHECKED_HEADERS)
     is_submission_file = columns == SUBMISSION_COLUMNS
     if is_submission_file:
         labels = _submission_labels(body, path, expected_rows)
         n_rows = len(labels)
     else:
-        if expected_rows is not None:
-            raise DataError(f"{path}: its header is '{_abbreviate(columns)}', not a "
-                            "submission's (ImageId,Label); only a submission's rows are counted "
-                            "against a test file")  # fmt: skip
+        refuse_row_count(columns, path, expected_rows)
         digits = parse_body(body, columns, path)
         labels, n_rows = digits.labels, len(digits)
     class_counts = None
@@ -148,6 +144,15 @@ def check_kaggle_csv(path: str | Path, expected_rows: int | None = None) -> CsvS
         counts = np.bincount(labels, minlength=10)
         class_counts = {digit: int(count) for digit, count in enumerate(counts)}
     return CsvSummary(path, n_rows, labels is not None, class_counts, is_submission_file)
+
+
+def refuse_row_count(columns: tuple[str, ...], path: Path, expected_rows: int | None) -> None:
+    """``DataError`` where a file of digits (its header ``columns``) is given a submission's
+    ``expected_rows``, which nothing would check."""
+    if expected_rows is not None and columns != SUBMISSION_COLUMNS:
+        raise DataError(f"{path}: its header is '{_abbreviate(columns)}', not a submission's "
+                        "(ImageId,Label); only a submission's rows are counted against a test "
+                        "file")  # fmt: skip
 
 
 def is_submission(path: Path) -> bool:

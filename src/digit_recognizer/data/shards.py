@@ -15,6 +15,7 @@ memory, ``stream.ShardStream`` streams it, and ``choose_loading`` picks between 
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
 import itertools
@@ -36,10 +37,12 @@ import torch
 from digit_recognizer.data.augment import Augmentation, augment_batch
 from digit_recognizer.data.images import at_full_ink, faint_to_full_ink
 from digit_recognizer.data.kaggle_csv import (
+    CHECKED_HEADERS,
     FIRST_LINE_END,
     LABELLED_COLUMNS,
     N_PIXELS,
     PIXEL_COLUMNS,
+    SUBMISSION_COLUMNS,
     CsvSummary,
     DigitSet,
     check_kaggle_csv,
@@ -47,6 +50,7 @@ from digit_recognizer.data.kaggle_csv import (
     open_sink,
     parse_body,
     read_kaggle_csv,
+    refuse_row_count,
     split_header,
     to_table,
     write_table,
@@ -279,6 +283,20 @@ def is_read_once(source: str | Path) -> bool:
     return is_one_file(source) and not Path(source).is_file()
 
 
+# A CSV larger than this streams, as shards do. Read whole, a 562 MB file of 308,000 rows had
+# taken 2.6 GB more memory than a small one (3.0 GB in all), streamed 0.1 GB; reading it in
+# pieces costs one more pass over the file (SHA-256, line count): 0.2 s for Kaggle's test.csv.
+STREAM_FILE_BYTES = 64 << 20
+
+
+def is_read_whole(source: str | Path) -> bool:
+    """Whether the commands that can stream (`digits predict` in one process, `evaluate`, `run`'s
+    prediction, `eda`, `data check`) read ``source`` whole: a CSV of up to STREAM_FILE_BYTES, or
+    a pipe, which can be read only once. Shards, globs and larger CSVs stream."""
+    path = Path(source)
+    return is_one_file(path) and not (path.is_file() and path.stat().st_size > STREAM_FILE_BYTES)
+
+
 def read_data_source(source: str | Path) -> DigitSet:
     """All rows of a CSV, shard directory or glob in memory; each file via ``read_kaggle_csv``."""
     if is_one_file(source):
@@ -295,9 +313,16 @@ def count_rows(source: str | Path) -> int:
 def check_kaggle_source(source: str | Path, expected_rows: int | None = None) -> CsvSummary:
     """``check_kaggle_csv`` of a CSV; of a shard directory or a glob, every shard's rows as
     ``read_data_source`` reads them, and each of a directory's shards against the SHA-256 its
-    manifest lists (a shard edited, its row count kept, would train unnoticed)."""
-    if is_one_file(source):
+    manifest lists (a shard edited, its row count kept, would train unnoticed). A CSV of digits
+    larger than STREAM_FILE_BYTES is checked a piece at a time too, as one shard, with
+    ``check_kaggle_csv``'s messages; a submission is read whole."""
+    if is_read_whole(source):
         return check_kaggle_csv(source, expected_rows)
+    if is_one_file(source):
+        columns = _first_line(Path(source))
+        if columns == SUBMISSION_COLUMNS:  # its ImageIds are checked against each other
+            return check_kaggle_csv(source, expected_rows)
+        refuse_row_count(columns, Path(source), expected_rows)
     manifest = resolve_data_source(source)
     if expected_rows is not None:
         raise DataError(f"{source}: rows of digits in {counted(len(manifest.shards), 'file')}, "
@@ -395,6 +420,12 @@ def _natural_order(path: Path) -> tuple[list[str | int], str]:
     return [int(run) if index % 2 else run for index, run in enumerate(runs)], str(path)
 
 
+def _first_line(path: Path) -> tuple[str, ...]:
+    """The header of a CSV ``check_kaggle_csv`` would take, checked as it checks it, read alone."""
+    with contextlib.closing(_line_pieces(path, CHECKED_HEADERS)) as pieces:
+        return next(pieces)[0]
+
+
 def _describe_csv(path: Path) -> tuple[Shard, bool]:
     """Scan a CSV: its ``Shard`` entry (its SHA-256 read when asked) and whether it is labelled
     (the header is validated)."""
@@ -437,7 +468,7 @@ def read_chunks(
     """
     stop = shard.n_rows if stop is None else stop
     row = 0
-    for columns, first_line, piece in _line_pieces(shard.path, digest):
+    for columns, first_line, piece in _line_pieces(shard.path, digest=digest):
         if (columns == LABELLED_COLUMNS) != has_labels:
             raise DataError(_mixed_labels(shard.path, has_labels))
         n_lines = _count_lines(piece)
@@ -470,10 +501,12 @@ def read_rows(
 
 
 def _line_pieces(
-    path: Path, digest: hashlib._Hash | None = None
+    path: Path,
+    headers: tuple[tuple[str, ...], ...] = _HEADERS,
+    digest: hashlib._Hash | None = None,
 ) -> Iterator[tuple[tuple[str, ...], int, bytes]]:
-    """(header columns, number of the piece's first line, piece) for the body of a CSV, with
-    ``digest`` (if given) updated with each block read.
+    """(header columns, one of ``headers``; number of the piece's first line, piece) for the
+    body of a CSV, with ``digest`` (if given) updated with each block read.
 
     Each piece but the last ends with a line end; a ``\\r`` is never cut from a following ``\\n``.
     """
@@ -496,7 +529,7 @@ def _line_pieces(
                 break
             searched = end.start() if end else max(len(buffer) - 1, 0)
             buffer += block
-        columns, body = split_header(buffer, path, _HEADERS)
+        columns, body = split_header(buffer, path, headers)
         first_line = 2
         blocks = itertools.chain([body], iter(read_block, b""))
         for piece in _cut_after_line_ends(blocks):
