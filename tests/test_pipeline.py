@@ -2,6 +2,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import signal
 from dataclasses import replace
 from pathlib import Path
@@ -12,10 +13,12 @@ import torch
 from safetensors.torch import load_file
 
 from digit_recognizer import pipeline
+from digit_recognizer import predict as predict_module
 from digit_recognizer.checkpoint import (
     check_out_dir,
 )
 from digit_recognizer.config import save_config
+from digit_recognizer.data import shards as shards_module
 from digit_recognizer.data.kaggle_csv import DigitSet, write_kaggle_csv
 from digit_recognizer.data.shards import shard_csv
 from digit_recognizer.errors import ConfigError, DataError, DigitsError, ModelFileError
@@ -215,6 +218,30 @@ def test_the_test_rows_are_checked_before_training_and_not_held_through_it(
     monkeypatch.setattr(pipeline, "train_jobs", train_jobs)
     with pytest.raises(TrainingReachedError):
         run_job(TrainConfig(), small_csvs["train"], test_csv, run_dir=tmp_path / "run")
+
+
+def test_a_test_csv_past_stream_file_bytes_is_predicted_in_pieces_after_training(
+    tmp_path, tiny_run, small_csvs, monkeypatch
+):
+    """`digits run --test big.csv` had read the test file whole to predict it once trained (3 GB
+    of memory for a 562 MB file), where `digits predict` streams it: now it streams too, and
+    writes the submission `digits predict` writes."""
+    predict_module.predict_csv([tiny_run], small_csvs["test"], tmp_path / "whole.csv")
+
+    def train_jobs(configs, train_csv, run_dir, *args):
+        shutil.copytree(tiny_run, run_dir)
+        result = TrainResult(run_dir, None, [], None, train_seconds=1.0, epochs_run=1.0)
+        return [TrainJobResult(run_dir, result, None)]
+
+    def refused(source):
+        raise AssertionError(f"{source} was read whole")
+
+    monkeypatch.setattr(pipeline, "train_jobs", train_jobs)
+    assert small_csvs["test"].stat().st_size > 1_000_000
+    monkeypatch.setattr(shards_module, "STREAM_FILE_BYTES", 1_000_000)
+    monkeypatch.setattr(predict_module, "read_data_source", refused)
+    summary = run_job(TrainConfig(), small_csvs["train"], small_csvs["test"], tmp_path / "run")
+    assert summary.submission.read_bytes() == (tmp_path / "whole.csv").read_bytes()
 
 
 def test_shards_beyond_the_memory_budget_are_streamed(tmp_path, small_csvs, caplog):

@@ -68,7 +68,7 @@ from digit_recognizer.models.storage import (
     member_run_dir,
     write_ensemble,
 )
-from digit_recognizer.predict import PredictConfig, Predictor, predict_csv, warn_conformed
+from digit_recognizer.predict import PredictConfig, Predictor, predict_source, warn_conformed
 from digit_recognizer.report import SourceRows, write_run_report
 from digit_recognizer.train import TrainConfig, TrainResult, check_global_batch, train
 
@@ -560,7 +560,7 @@ def run_job(
     wall_seconds = time.perf_counter() - started
     submission = run_dir / "submission.csv"
     try:
-        predict_csv([run_dir], test_csv, submission, predict_config, test_set)
+        predict_source([run_dir], test_csv, submission, predict_config, test_set)
     except KeyboardInterrupt:
         log.warning("interrupted while predicting: the same command with --resume predicts "
                     "with %s, trained already", run_dir)  # fmt: skip

@@ -480,15 +480,20 @@ def predict_stream(
 
 
 def predict_source(
-    run_dirs: list[Path], source: str | Path, out: Path, config: PredictConfig | None = None
+    run_dirs: list[Path],
+    source: str | Path,
+    out: Path,
+    config: PredictConfig | None = None,
+    data: DigitSet | None = None,
 ) -> int:
     """What `digits predict` does: a CSV file in memory (``predict_csv``); shards, a glob, a
     CSV larger than STREAM_FILE_BYTES, or any source in torchrun's processes streamed in ImageId
-    order (``predict_stream``). Returns the number of rows predicted."""
+    order (``predict_stream``). Returns the number of rows predicted. ``data``: its rows, if
+    already read (a pipe's, which cannot be read again)."""
     check_data_source(source)
     check_submission_path(out, source)
-    if is_read_whole(source) and Distributed.from_env().world_size == 1:
-        return len(predict_csv(run_dirs, Path(source), out, config))
+    if data is not None or (is_read_whole(source) and Distributed.from_env().world_size == 1):
+        return len(predict_csv(run_dirs, Path(source), out, config, data))
     return predict_stream(run_dirs, source, out, config)
 
 
