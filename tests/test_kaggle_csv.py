@@ -591,6 +591,7 @@ def test_a_valid_file_the_fast_path_declines_is_read_without_a_list_of_every_cel
     finally:
         tracemalloc.stop()
     assert np.array_equal(data.images, images) and np.array_equal(data.labels, labels)
-    # The file's bytes, its body, its lines and the values: 3.3 times the file; the lists had
-    # taken 6.3 MB more (5.8 times).
-    assert peak < 4 * path.stat().st_size
+    # The file's bytes, its body, its lines and the values had been 3.3 times the file (the
+    # lists 6.3 MB more: 5.8 times); the bytes go once the body is cut from them and the lines
+    # come one at a time: twice the file, while the body is cut.
+    assert peak < 2.5 * path.stat().st_size

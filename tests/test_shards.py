@@ -26,6 +26,7 @@ from digit_recognizer.data import shards, stream
 from digit_recognizer.data.kaggle_csv import (
     DigitSet,
     check_kaggle_csv,
+    count_lines,
     read_kaggle_csv,
     write_kaggle_csv,
     write_submission,
@@ -664,7 +665,7 @@ def test_pieces_cut_only_after_line_ends_and_count_lines_exactly() -> None:
             assert piece.endswith((b"\n", b"\r")) and not (
                 piece.endswith(b"\r") and after[:1] == b"\n"
             )
-        assert sum(shards._count_lines(piece) for piece in pieces) == len(text.splitlines())
+        assert sum(count_lines(piece) for piece in pieces) == len(text.splitlines())
 
 
 @pytest.mark.parametrize(

@@ -46,6 +46,7 @@ from digit_recognizer.data.kaggle_csv import (
     CsvSummary,
     DigitSet,
     check_kaggle_csv,
+    count_lines,
     open_binary,
     open_sink,
     parse_body,
@@ -431,7 +432,7 @@ def _describe_csv(path: Path) -> tuple[Shard, bool]:
     (the header is validated)."""
     n_rows, has_labels = 0, False
     for columns, _, piece in _line_pieces(path):
-        n_rows += _count_lines(piece)
+        n_rows += count_lines(piece)
         has_labels = columns == LABELLED_COLUMNS
     return Shard(path, n_rows, path.stat().st_size, None, is_scanned=True), has_labels
 
@@ -471,12 +472,12 @@ def read_chunks(
     for columns, first_line, piece in _line_pieces(shard.path, digest=digest):
         if (columns == LABELLED_COLUMNS) != has_labels:
             raise DataError(_mixed_labels(shard.path, has_labels))
-        n_lines = _count_lines(piece)
+        n_lines = count_lines(piece)
         if row + n_lines > shard.n_rows:
             raise DataError(_changed(shard, row + n_lines))
         if row + n_lines > start and row < stop:
             data = parse_body(piece, columns, shard.path, first_line)
-            assert len(data) == n_lines, "pyarrow and _count_lines disagree on line ends"
+            assert len(data) == n_lines, "pyarrow and count_lines disagree on line ends"
             yield data.take(slice(max(start - row, 0), min(stop - row, n_lines)))
         row += n_lines
         if stop <= row < shard.n_rows:
@@ -534,7 +535,7 @@ def _line_pieces(
         blocks = itertools.chain([body], iter(read_block, b""))
         for piece in _cut_after_line_ends(blocks):
             yield columns, first_line, piece
-            first_line += _count_lines(piece)
+            first_line += count_lines(piece)
 
 
 def _cut_after_line_ends(blocks: Iterator[bytes]) -> Iterator[bytes]:
@@ -555,12 +556,6 @@ def _cut_after_line_ends(blocks: Iterator[bytes]) -> Iterator[bytes]:
             held.append(block)
     if any(held):
         yield b"".join(held)
-
-
-def _count_lines(piece: bytes) -> int:
-    """Lines as ``bytes.splitlines`` counts them (ends ``\\n``, ``\\r\\n``, ``\\r``), quickly."""
-    line_ends = piece.count(b"\n") + piece.count(b"\r") - piece.count(b"\r\n")
-    return line_ends + (not piece.endswith((b"\n", b"\r")))
 
 
 def concat_rows(parts: list[DigitSet]) -> DigitSet:
