@@ -16,8 +16,10 @@ from typer.testing import CliRunner
 
 from digit_recognizer import eda as eda_module
 from digit_recognizer import evaluate as evaluate_module
+from digit_recognizer import predict as predict_module
 from digit_recognizer import report as report_module
 from digit_recognizer.cli import app
+from digit_recognizer.data import shards as shards_module
 from digit_recognizer.data.images import at_full_ink
 from digit_recognizer.data.kaggle_csv import DigitSet, read_kaggle_csv, write_kaggle_csv
 from digit_recognizer.data.splits import split_for_training
@@ -110,6 +112,34 @@ def test_eda_summarises_and_writes_a_self_contained_page(tmp_path, small_train):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert eda(csv_path, tmp_path / "eda").class_counts[7] == 0
+
+
+def test_eda_of_a_csv_past_stream_file_bytes_parses_it_a_piece_at_a_time(
+    tmp_path, small_train, monkeypatch
+):
+    """`digits eda big.csv` and `augment-preview` had read the file whole (eda: 0.96 GB of
+    memory for one of 153 MB), where `digits predict` streams it: parsed a piece at a time now,
+    the same summary and figures."""
+    csv_path = tmp_path / "train.csv"
+    write_kaggle_csv(csv_path, small_train.images[:300], small_train.labels[:300])
+    whole = eda(csv_path, tmp_path / "whole")
+
+    def refused(source):
+        raise AssertionError(f"{source} was read whole")
+
+    monkeypatch.setattr(shards_module, "STREAM_FILE_BYTES", 1000)
+    monkeypatch.setattr(predict_module, "STREAM_ROWS", 64)  # five pieces
+    monkeypatch.setattr(shards_module, "read_kaggle_csv", refused)
+    streamed = eda(csv_path, tmp_path / "streamed")
+    assert streamed.rows() == whole.rows()
+    for title, path in whole.figures.items():
+        assert streamed.figures[title].read_bytes() == path.read_bytes(), title
+    # augment-preview too: it shows four of the rows.
+    preview = eda_module.augment_preview(csv_path, tmp_path / "streamed.png", n=2)
+    monkeypatch.undo()
+    assert eda_module.augment_preview(csv_path, tmp_path / "whole.png", n=2).read_bytes() == (
+        preview.read_bytes()
+    )
 
 
 def test_eda_of_a_file_whose_name_is_not_utf8_writes_its_page(tmp_path, small_train):
