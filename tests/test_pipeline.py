@@ -21,7 +21,7 @@ from digit_recognizer.config import save_config
 from digit_recognizer.data import shards as shards_module
 from digit_recognizer.data.kaggle_csv import DigitSet, write_kaggle_csv
 from digit_recognizer.data.shards import shard_csv
-from digit_recognizer.errors import ConfigError, DataError, DigitsError, ModelFileError
+from digit_recognizer.errors import ConfigError, DataError, DigitsError, ModelFileError, OutputError
 from digit_recognizer.evaluate import score_submission
 from digit_recognizer.fileio import locked_dir, sha256_file
 from digit_recognizer.models import build
@@ -218,6 +218,19 @@ def test_the_test_rows_are_checked_before_training_and_not_held_through_it(
     monkeypatch.setattr(pipeline, "train_jobs", train_jobs)
     with pytest.raises(TrainingReachedError):
         run_job(TrainConfig(), small_csvs["train"], test_csv, run_dir=tmp_path / "run")
+
+
+def test_a_test_glob_matching_the_runs_submission_is_refused_before_training(
+    tmp_path, small_csvs, monkeypatch
+):
+    """`digits run --test 'DIR/*.csv' --out DIR`, whose submission.csv the glob would read as
+    rows the next time, had been refused once the models were trained."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    shutil.copy(small_csvs["test"], run_dir / "test.csv")
+    monkeypatch.setattr(pipeline, "train_jobs", lambda *args: pytest.fail("trained"))
+    with pytest.raises(OutputError, match="matches it, and would read the submission as rows"):
+        run_job(TrainConfig(), small_csvs["train"], str(run_dir / "*.csv"), run_dir=run_dir)
 
 
 def test_a_test_csv_past_stream_file_bytes_is_predicted_in_pieces_after_training(

@@ -68,7 +68,13 @@ from digit_recognizer.models.storage import (
     member_run_dir,
     write_ensemble,
 )
-from digit_recognizer.predict import PredictConfig, Predictor, predict_source, warn_conformed
+from digit_recognizer.predict import (
+    PredictConfig,
+    Predictor,
+    check_submission_path,
+    predict_source,
+    warn_conformed,
+)
 from digit_recognizer.report import SourceRows, write_run_report
 from digit_recognizer.train import TrainConfig, TrainResult, check_global_batch, train
 
@@ -555,10 +561,11 @@ def run_job(
         test_set = read_data_source(test_csv)
     else:
         count_rows(test_csv)
+    submission = run_dir / "submission.csv"
+    check_submission_path(submission, test_csv)  # before training: a --test glob matching it
     started = time.perf_counter()
     jobs = train_jobs(configs, train_csv, run_dir, progress, parallel, nproc)
     wall_seconds = time.perf_counter() - started
-    submission = run_dir / "submission.csv"
     try:
         predict_source([run_dir], test_csv, submission, predict_config, test_set)
     except KeyboardInterrupt:
