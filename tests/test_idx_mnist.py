@@ -53,7 +53,12 @@ def test_read_idx_rejects_non_idx(tmp_path):
     path.write_bytes(b"hello world")
     with pytest.raises(DataError, match="not an IDX file"):
         read_idx(path)
-    for corrupt in (b"\x1f\x8bnot gzip at all", _corrupted(gzip.compress(bytes(1000)))):
+    # Three bytes are a magic number without its count of dimensions, not an IndexError.
+    path.write_bytes(bytes([0, 0, 0x08]))
+    with pytest.raises(DataError, match=r"not an IDX file \(bad magic number 000008\)"):
+        read_idx(path)
+    cut_gzip = gzip.compress(bytes(1000))[:-20]  # a download stopped short: EOFError, not zlib's
+    for corrupt in (b"\x1f\x8bnot gzip at all", _corrupted(gzip.compress(bytes(1000))), cut_gzip):
         path.write_bytes(corrupt)
         with pytest.raises(DataError, match="not a readable gzip file"):
             read_idx(path)
