@@ -14,6 +14,7 @@ from digit_recognizer.data.augment import (
 )
 from digit_recognizer.data.kaggle_csv import DigitSet
 from digit_recognizer.data.splits import (
+    check_seed,
     split_for_training,
     stratified_split,
     warn_shared_images,
@@ -289,10 +290,23 @@ def test_stratified_split_keeps_class_shares(mnist):
     assert np.abs(overall - valid_share).max() < 0.002
     again, _ = stratified_split(labels, 0.2, seed=0)
     np.testing.assert_array_equal(train_idx, again)
+    # --seed draws another split, and each part keeps the file's row order.
+    assert not np.array_equal(stratified_split(labels, 0.2, seed=1)[1], valid_idx)
+    assert (np.diff(train_idx) > 0).all() and (np.diff(valid_idx) > 0).all()
     assert len(stratified_split(labels, 0, seed=0)[1]) == 0
     # 5 % of 100 rows cannot hold each of 10 classes: said as a setting to change, not a crash.
     with pytest.raises(ConfigError, match=r"cannot split 100 labelled rows .* --valid-size 0.05"):
         stratified_split(np.arange(100) % 10, 0.05, seed=0)
+
+
+def test_check_seed_takes_numpys_whole_range_and_names_the_flag():
+    for seed in (0, 2**32 - 1):
+        check_seed(seed)
+    for seed in (-1, 2**32):
+        with pytest.raises(
+            ConfigError, match=rf"^--seed must be from 0 to 2\*\*32 - 1, got {seed}$"
+        ):
+            check_seed(seed, "--seed")
 
 
 def test_split_for_training_keeps_each_image_with_its_label():
