@@ -54,21 +54,28 @@ def test_augmented_digits_keep_their_ink(small_train):
     assert ratio.min() > 0.5 and ratio.max() < 2.0
 
 
-def test_rotation_turns_digits_within_its_range():
-    # A vertical bar, rotated alone: its axis (from second moments) leans both ways, up to 12
-    # degrees, no further.
-    bar = torch.zeros(256, 1, 28, 28)
-    bar[:, :, 4:24, 13:15] = 1
-    only_rotation = Augmentation(scale=0, shear=0, translate_px=0, contrast=0, stroke=0, styles=0)
-    turned = augment_batch(bar, only_rotation, torch.Generator().manual_seed(0))[:, 0]
+def lean_deg(turned: torch.Tensor) -> torch.Tensor:
+    """The lean from vertical, in degrees, of the ink's axis (from second moments) of (B, H, W)."""
     ys, xs = torch.meshgrid(torch.arange(28.0), torch.arange(28.0), indexing="ij")
     mass = turned.sum(dim=(1, 2))
     mean_x, mean_y = (turned * xs).sum((1, 2)) / mass, (turned * ys).sum((1, 2)) / mass
     dx, dy = xs - mean_x[:, None, None], ys - mean_y[:, None, None]
     cov_xy, cov_yy = (turned * dx * dy).sum((1, 2)), (turned * dy * dy).sum((1, 2))
     cov_xx = (turned * dx * dx).sum((1, 2))
-    lean = torch.rad2deg(0.5 * torch.atan2(2 * cov_xy, cov_yy - cov_xx))
+    return torch.rad2deg(0.5 * torch.atan2(2 * cov_xy, cov_yy - cov_xx))
+
+
+def test_rotation_turns_digits_within_its_range():
+    # A vertical bar, rotated alone: its axis leans both ways, up to 12 degrees, no further.
+    bar = torch.zeros(256, 1, 28, 28)
+    bar[:, :, 4:24, 13:15] = 1
+    only_rotation = Augmentation(scale=0, shear=0, translate_px=0, contrast=0, stroke=0, styles=0)
+    lean = lean_deg(augment_batch(bar, only_rotation, torch.Generator().manual_seed(0))[:, 0])
     assert lean.abs().max() <= 12.5 and lean.max() > 9 and lean.min() < -9
+    # A horizontal bar turns the same way by the same angle: a rotation, not a symmetric stretch
+    # (which slants the two bars toward each other). Transposed back, its lean is the mirror's.
+    lying = augment_batch(bar.mT, only_rotation, torch.Generator().manual_seed(0))[:, 0]
+    torch.testing.assert_close(lean_deg(lying.mT), -lean, atol=0.5, rtol=0)
 
 
 def square_batch() -> torch.Tensor:
@@ -191,6 +198,16 @@ def test_ranges_that_would_blank_or_collapse_a_digit_are_refused():
     assert Augmentation().max_strength() == pytest.approx(1 / 0.3)
     with pytest.raises(ConfigError, match=r"augment \(the strength\) must be in \[0, 3.33\).*3.4"):
         Augmentation().scaled(3.4)
+    # At the bound itself the contrast range reaches 1: refused as a strength, not as a contrast.
+    with pytest.raises(ConfigError, match=r"augment \(the strength\) must be in"):
+        Augmentation().scaled(Augmentation().max_strength())
+
+
+def test_scaled_multiplies_every_range_and_keeps_the_elastic_grid():
+    halved = Augmentation(elastic_px=2.0, elastic_cells=8).scaled(0.5)
+    assert halved == Augmentation(rotation_deg=6.0, scale=0.06, shear=0.075, translate_px=1.25,
+                                  contrast=0.15, elastic_px=1.0, elastic_cells=8, stroke=0.5,
+                                  styles=0.15)  # fmt: skip
 
 
 def test_writing_styles_foot_and_flag_a_one_and_bar_a_seven(small_train):
@@ -227,6 +244,16 @@ def test_writing_styles_foot_and_flag_a_one_and_bar_a_seven(small_train):
         assert added[i, row].sum() >= 4
 
 
+def test_writing_styles_are_drawn_on_their_share_of_the_ones_and_sevens(small_train):
+    x = to_model_input(torch.as_tensor(small_train.images), channels_last=False)
+    labels = torch.as_tensor(small_train.labels)
+    styled = add_writing_styles(x, labels, 0.3, torch.Generator().manual_seed(0))
+    changed = (styled != x).flatten(1).any(dim=1)
+    ones_and_sevens = (labels == 1) | (labels == 7)
+    assert not changed[~ones_and_sevens].any()
+    assert 0.2 < changed[ones_and_sevens].float().mean() < 0.4  # 30 %, give or take chance
+
+
 def test_writing_styles_need_labels_and_a_share(small_train):
     x = to_model_input(torch.as_tensor(small_train.images[:128]), channels_last=False)
     labels = torch.as_tensor(small_train.labels[:128])
@@ -261,6 +288,11 @@ def test_elastic_field_is_smooth_and_sized_in_pixels():
     # Independent per-pixel noise would give a mean step of 1.4x the mean displacement.
     step = (pixels[:, 1:] - pixels[:, :-1]).abs().mean()
     assert step < 0.4 * pixels.abs().mean()
+    # One cell per side has four control points, one at each corner, each moved on its own:
+    # the field bends across the frame, it does not only shift it.
+    one_cell = Augmentation(elastic_px=2.0, elastic_cells=1)
+    field = elastic_displacement(64, 28, one_cell, torch.Generator().manual_seed(0), "cpu")
+    assert (field[:, 0, 0] - field[:, -1, -1]).abs().mean() > 0.1  # grid units, ~0.2 expected
 
 
 def test_elastic_distortion_bends_strokes_but_keeps_the_digit(small_train):
