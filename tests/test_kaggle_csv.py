@@ -19,6 +19,7 @@ from digit_recognizer.data.kaggle_csv import (
     PIXEL_COLUMNS,
     check_kaggle_csv,
     is_submission,
+    parse_kaggle_csv,
     read_kaggle_csv,
     read_submission,
     write_kaggle_csv,
@@ -194,6 +195,9 @@ def test_wrong_column_count(train_csv: Path) -> None:
     # Two more cells are no comma at the end, and the error does not say they are.
     train_csv.write_text("\n".join([lines[0], *(line + "," for line in lines[1:])]) + "\n")
     assert read_error(train_csv) == f"{train_csv}, line 2: expected 785 columns, found 787"
+    # Nor is one more cell with a value in it: an extra column, not a trailing comma.
+    train_csv.write_text("\n".join([lines[0], *(line + "0" for line in lines[1:])]) + "\n")
+    assert read_error(train_csv) == f"{train_csv}, line 2: expected 785 columns, found 786"
 
 
 def blank_line_after_line_3(text: str) -> str:
@@ -307,6 +311,8 @@ def test_compressed_csv_is_named_as_such(tmp_path: Path, suffix, compress, messa
     assert read_error(path) == f"{path}: {message} and pass the CSV"
     with pytest.raises(DataError, match=message):
         resolve_data_source(path)  # the streaming reader's scan, too
+    with pytest.raises(DataError, match=f"^upload.csv: {message}"):  # the server's upload, too
+        parse_kaggle_csv(path.read_bytes(), "upload.csv")
 
 
 def test_a_compressed_file_refused_is_closed(tmp_path: Path, monkeypatch) -> None:
