@@ -392,8 +392,19 @@ def test_metrics_on_known_predictions():
     assert cells[4] == ("4", "0.5000", "1.0000", "0.6667", "1")
     never_predicted = compute_metrics([3, 3, 5], np.eye(10, dtype=np.float32)[[5, 5, 5]])
     assert per_class_cells(never_predicted)[3] == ("3", "n/a", "0.0000", "0.0000", "2")
+    # A digit predicted but absent from the labels is present too: its F1 of 0 counts in the
+    # mean, as in scikit-learn's f1_score (a 9 called a 7 in a set without 7s: 0.88, not 0.98).
+    wrongly_seven = np.eye(10, dtype=np.float32)[[0, 1, 2, 3, 4, 5, 6, 8, 9, 9, 7]]
+    no_sevens = np.array([0, 1, 2, 3, 4, 5, 6, 8, 9, 9, 9])
+    assert compute_metrics(no_sevens, wrongly_seven).macro_f1 == pytest.approx((8 + 0.8) / 10)
     with pytest.raises(ValueError, match=r"pass predict_proba's output, not predicted labels"):
         compute_metrics(labels, predicted)  # scikit-learn's order, labels for probabilities
+    for n_columns in (9, 11):  # a model of other classes: no column of a digit, or one extra
+        wrong_width = np.eye(n_columns, dtype=np.float32)[np.minimum(predicted, n_columns - 1)]
+        with pytest.raises(
+            ValueError, match=rf"of shape \(n_samples, 10\), got \(12, {n_columns}\)"
+        ):
+            compute_metrics(labels, wrong_width)
 
     def refuse(constant: str) -> None:
         raise ValueError(f"{constant} is not JSON")
