@@ -70,7 +70,8 @@ def test_grad_cam_layer_and_target_choices(model, small_test):
     linear = next(name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear))
     with pytest.raises(ValueError, match=r"outputs \(10,\) per image, not feature maps"):
         grad_cam(model, images, layer=linear)  # had been an IndexError from its mean
-    for target in (10, -1, 3.7, [1, 2, 3, 12]):  # torch's index error; 3.7 was taken as 3
+    # torch's index error; 3.7 was taken as 3; True is no digit, though numpy would cast it to 1
+    for target in (10, -1, 3.7, [1, 2, 3, 12], True):
         with pytest.raises(ValueError, match="target must be a digit 0-9"):
             grad_cam(model, images, target=target)
     assert not model.training
@@ -296,6 +297,21 @@ def test_a_net_that_looks_nowhere_gets_blank_heatmaps(small_test):
             conv.weight.zero_()
     heatmaps = grad_cam(net, small_test.images[:2])
     assert heatmaps.shape == (2, 28, 28) and not heatmaps.any()
+
+
+def test_grad_cam_shows_features_for_the_digit_not_those_against_it(small_test):
+    """Grad-CAM's ReLU (Selvaraju et al.): where the weighted features lower the target's logit
+    there is no heat, rather than heat as for those that raise it. Here they are 0.5 less the
+    ink (0-1), and every one adds to digit 0's logit: the paper is for a 0, full ink against."""
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 1, 1), torch.nn.Flatten(),
+                              torch.nn.Linear(784, 10, bias=False))  # fmt: skip
+    with torch.no_grad():
+        net[0].weight.fill_(-1)
+        net[0].bias.fill_(0.5)
+        net[2].weight.fill_(1)
+    images = small_test.images[:2]
+    heatmaps = grad_cam(net, images, target=0, layer="0")
+    assert (heatmaps[images == 0] == 1).all() and (heatmaps[images == 255] == 0).all()
 
 
 def test_grad_cam_targets_follow_their_images_across_batches(model, small_test, monkeypatch):
