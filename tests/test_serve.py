@@ -436,6 +436,7 @@ NO_INK = ("no digit: its pixels range from {} to {}, where MNIST's run from 0 (p
     ("body", "status", "detail"),
     [
         ({"pixels": GOOD[:-1]}, 422, f"pixels: {LENGTH}"),
+        ({"pixels": [*GOOD, 0]}, 422, f"pixels: {LENGTH.replace('783', '785')}"),
         ({"pixels": [*GOOD[:5], 300, *GOOD[6:]]}, 422, f"pixels: index 5 is 300; {RANGE}"),
         ({"pixels": [-1, *GOOD[1:]]}, 422, f"pixels: index 0 is -1; {RANGE}"),
         (  # JSON's integers may run to 4,300 digits: cut short, as CSV cells are
@@ -462,6 +463,11 @@ NO_INK = ("no digit: its pixels range from {} to {}, where MNIST's run from 0 (p
             "image: row 2 has 29 values, expected 28",
         ),
         (
+            {"image": [[0] * 28] * 2 + [[0] * 27] + [[0] * 28] * 25},
+            422,
+            "image: row 2 has 27 values, expected 28",
+        ),
+        (
             {"image": [[0] * 28] * 27 + [[0] * 27 + [256]]},
             422,
             f"image: row 27, column 27 is 256; {RANGE}",
@@ -485,6 +491,7 @@ NO_INK = ("no digit: its pixels range from {} to {}, where MNIST's run from 0 (p
     ],
     ids=[
         "short",
+        "long",
         "over-255",
         "negative",
         "huge",
@@ -498,6 +505,7 @@ NO_INK = ("no digit: its pixels range from {} to {}, where MNIST's run from 0 (p
         "binarised",
         "27-rows",
         "long-row",
+        "short-row",
         "image-range",
         "image-huge",
         "empty-object",
