@@ -619,9 +619,11 @@ def test_per_class_csv_has_one_row_per_digit_with_its_scores(tmp_path):
     assert float(rows[4]["f1"]) == pytest.approx(2 / 3) and float(rows[0]["f1"]) == 1
 
 
-def test_evaluate_conforms_rows_of_another_layout_by_default(tmp_path, tiny_run, small_test):
+def test_evaluate_conforms_rows_of_another_layout_by_default(
+    tmp_path, tiny_run, small_test, caplog
+):
     """`digits evaluate` without --as-is scores what `digits predict` would submit: the rows
-    conformed to MNIST's layout, not the frame-filling digits as they are."""
+    conformed to MNIST's layout, not the frame-filling digits as they are, and says so."""
     images = np.stack([frame_filling(image) for image in small_test.images[:120]])
     labels = small_test.labels[:120]
     labelled = tmp_path / "filled-labelled.csv"
@@ -631,6 +633,7 @@ def test_evaluate_conforms_rows_of_another_layout_by_default(tmp_path, tiny_run,
     expected = accuracy(predictor.predict(conformed), labels)
     assert expected != accuracy(predictor.predict(images), labels)  # else it could not be seen
     assert evaluate_run([tiny_run], labelled, tmp_path).accuracy == pytest.approx(expected)
+    assert f"{labelled}: 120 of 120 digits were not laid out as MNIST's" in caplog.text
 
 
 def test_distributed_predict_hands_every_setting_on(tmp_path, tiny_run, small_csvs, monkeypatch):
