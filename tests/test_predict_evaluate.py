@@ -708,3 +708,29 @@ def test_an_out_its_glob_matches_is_refused_however_each_is_written(tmp_path, mo
     bracketed = tmp_path / "scan[1].csv"
     bracketed.write_text("pixel0\n0\n")
     check_submission_path(tmp_path / "scan1.csv", bracketed)  # its own name, matched as written
+
+
+def test_evaluate_names_the_labelled_digits_the_model_never_trained_on(
+    tmp_path, tiny_run, small_test, caplog
+):
+    """A run trained on 0-4 and scored on all ten had reported a low accuracy alone."""
+    labelled = tmp_path / "labelled.csv"
+    write_kaggle_csv(labelled, small_test.images[:200], small_test.labels[:200])
+    run_dir = Path(shutil.copytree(tiny_run, tmp_path / "low"))
+    meta = json.loads((run_dir / "model.json").read_text())
+    meta["train_class_counts"] = [100] * 5 + [0] * 5
+    (run_dir / "model.json").write_text(json.dumps(meta))
+    n_high = int((small_test.labels[:200] >= 5).sum())
+    evaluate_run([run_dir], labelled, tmp_path / "low-eval")
+    assert (f"{labelled}: {n_high} of its images are of 5, 6, 7, 8, 9, which the model never "
+            "trained on") in caplog.text  # fmt: skip
+    # One member of an ensemble that saw them, a run that does not say (trained before the
+    # counts were recorded), or all ten trained on: nothing to say.
+    for runs in ([run_dir, tiny_run], [tiny_run]):
+        caplog.clear()
+        evaluate_run(runs, labelled, tmp_path / "eval")
+        assert "never trained on" not in caplog.text
+    del meta["train_class_counts"]
+    (run_dir / "model.json").write_text(json.dumps(meta))
+    evaluate_run([run_dir], labelled, tmp_path / "eval")
+    assert "never trained on" not in caplog.text

@@ -595,3 +595,16 @@ def test_a_gallery_title_wider_than_its_columns_wraps_inside_the_figure(tmp_path
     [shown] = [text for text in figures[0].findobj(Text) if text.get_text() == title]
     extent = shown.get_window_extent(canvas.get_renderer())
     assert extent.x0 >= 0 and extent.x1 <= figures[0].bbox.width
+
+
+def test_report_names_the_digits_the_run_never_trained_on(tmp_path, tiny_run, small_test):
+    """As `digits evaluate` does: a run of 0-4 scored on all ten had shown a low accuracy alone."""
+    run_dir = Path(shutil.copytree(tiny_run, tmp_path / "run"))
+    meta = json.loads((run_dir / "model.json").read_text())
+    (run_dir / "model.json").write_text(json.dumps(meta | {"train_class_counts": [9] * 9 + [0]}))
+    data = DigitSet(small_test.images[:60], small_test.labels[:60])
+    assert 9 in data.labels
+    page = write_run_report(run_dir, data=data).read_text()
+    assert "<td>never trained on</td><td>9: the model reads each as another digit" in page
+    (run_dir / "model.json").write_text(json.dumps(meta))  # as trained: on all ten
+    assert "never trained on" not in write_run_report(run_dir, data=data).read_text()

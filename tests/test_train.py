@@ -16,6 +16,7 @@ from digit_recognizer.checkpoint import load_checkpoint, read_history, rows_fing
 from digit_recognizer.data.augment import Augmentation, augment_batch
 from digit_recognizer.data.kaggle_csv import DigitSet, write_kaggle_csv
 from digit_recognizer.data.shards import shard_csv
+from digit_recognizer.data.splits import count_classes, warn_missing_digits
 from digit_recognizer.distributed import Distributed
 from digit_recognizer.errors import ConfigError, DivergedError, ModelFileError
 from digit_recognizer.models.registry import build
@@ -992,3 +993,27 @@ def test_a_resumes_changed_settings_are_named_without_its_resume():
     recorded = asdict(TrainConfig(model="cnn-tiny"))
     resumed = TrainConfig(model="cnn-tiny", resume=True, epochs=2)
     assert changed_settings(recorded, resumed) == ["epochs 15 -> 2"]
+
+
+def test_training_rows_lacking_digits_are_warned_of_once_and_recorded(tmp_path, small_train,
+                                                                      caplog):  # fmt: skip
+    """Rows of 0-4 alone trained without a word, and no run said which digits it had seen:
+    `digits evaluate` on all ten could only report a low accuracy. Streamed rows (counted as
+    their first epoch reads them) alike."""
+    low = small_train.labels < 5
+    subset = DigitSet(small_train.images[low][:128], small_train.labels[low][:128])
+    config = TrainConfig(model="mlp", epochs=2, batch_size=64, valid_size=0, lr=0.02)
+    write_kaggle_csv(tmp_path / "train.csv", subset.images, subset.labels)
+    shards = shard_csv(tmp_path / "train.csv", tmp_path / "shards", parts=2)
+    expected = [int((subset.labels == digit).sum()) for digit in range(10)]
+    for name, rows in (("memory", subset), ("streamed", shards)):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="digit_recognizer"):
+            train(config, rows, None, tmp_path / name)
+        assert caplog.text.count("the training rows hold no 5, 6, 7, 8, 9 (5 of the 10 digits): "
+                                 "the model never learns them") == 1, name  # fmt: skip
+        assert read_meta(tmp_path / name)["train_class_counts"] == expected, name
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="digit_recognizer"):
+        warn_missing_digits(count_classes(small_train.labels), "the training rows")
+    assert not caplog.text

@@ -23,6 +23,7 @@ from sklearn import metrics as skm
 from digit_recognizer.data.images import check_labels
 from digit_recognizer.data.kaggle_csv import read_submission
 from digit_recognizer.data.shards import require_labels
+from digit_recognizer.data.splits import missing_digits
 from digit_recognizer.errors import DataError, ModelFileError, OutputError
 from digit_recognizer.fileio import (
     atomic_path,
@@ -31,7 +32,7 @@ from digit_recognizer.fileio import (
     write_text,
     write_together,
 )
-from digit_recognizer.models.storage import expand_ensembles
+from digit_recognizer.models.storage import expand_ensembles, read_meta
 from digit_recognizer.predict import (
     PieceConformer,
     PredictConfig,
@@ -243,6 +244,7 @@ def evaluate_run(
     conformer.warn(labelled_csv)
     labels = np.concatenate(piece_labels) if solution_labels is None else solution_labels
     metrics = compute_metrics(labels, np.concatenate(probas))
+    warn_untrained_digits(run_dirs, metrics, labelled_csv)
     # Together: a full disk at the matrix had left a new eval_metrics.json beside older others.
     write_together([
         (scores, lambda file: file.write_text(metrics.to_json(), encoding="utf-8")),
@@ -250,6 +252,33 @@ def evaluate_run(
         (confusion, lambda file: draw_figure(confusion_figure(metrics.confusion), file, "png")),
     ])  # fmt: skip
     return metrics
+
+
+def untrained_digits(run_dirs: list[Path], metrics: Metrics) -> list[int]:
+    """The digits among ``metrics``' labels that none of the runs (an ensemble's members) trained
+    on, by the counts model.json records (``train_class_counts``); [] where a run does not say
+    (trained before they were recorded, a classical model): nothing is known of its digits."""
+    totals = np.zeros(len(CLASSES), np.int64)
+    for run_dir in expand_ensembles(run_dirs):
+        counts = read_meta(run_dir).get("train_class_counts")
+        is_counts = isinstance(counts, list) and len(counts) == len(CLASSES)
+        if not is_counts or not all(isinstance(n, int) and n >= 0 for n in counts):
+            return []
+        totals += counts
+    never_trained = set(missing_digits(totals.tolist()))
+    return [row["digit"] for row in metrics.per_class
+            if row["support"] and row["digit"] in never_trained]  # fmt: skip
+
+
+def warn_untrained_digits(run_dirs: list[Path], metrics: Metrics, source: str | Path) -> None:
+    """Warn where ``source``'s labels hold digits the model never trained on: every such image
+    is read as another digit, which a low accuracy alone does not tell."""
+    if untrained := untrained_digits(run_dirs, metrics):
+        support = sum(metrics.per_class[digit]["support"] for digit in untrained)
+        log.warning("%s: %s of its images are of %s, which the model never trained on "
+                    "(model.json's train_class_counts): it reads each as another digit, and its "
+                    "accuracy counts them wrong; train on rows of every digit scored",
+                    source, f"{support:,}", ", ".join(map(str, untrained)))  # fmt: skip
 
 
 def warn_if_trained_on(run_dirs: list[Path], labelled_csv: Path) -> None:

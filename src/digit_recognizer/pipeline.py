@@ -43,12 +43,17 @@ from digit_recognizer.data.shards import (
     require_labels,
     resolve_data_source,
 )
-from digit_recognizer.data.splits import check_seed, stratified_split, warn_shared_images
+from digit_recognizer.data.splits import (
+    check_seed,
+    count_classes,
+    missing_digits,
+    stratified_split,
+    warn_shared_images,
+)
 from digit_recognizer.data.stream import check_rows_per_process
 from digit_recognizer.distributed import Distributed, run_torchrun
 from digit_recognizer.errors import ConfigError, DataError, ModelFileError
 from digit_recognizer.evaluate import (
-    CLASSES,
     Metrics,
     compute_metrics,
     plot_confusion_matrix,
@@ -162,7 +167,7 @@ def _check_digits_validated(valid_set: DigitSet, shard: Path, source: Path) -> N
     """Warn if the validation shard lacks digits: rows sorted by label before sharding leave
     one or two digits in the last shard, whose accuracy then speaks of those alone (and
     those rows do not train)."""
-    missing = sorted(set(CLASSES) - set(np.unique(valid_set.labels).tolist()))
+    missing = missing_digits(count_classes(valid_set.labels))
     if missing:
         log.warning("%s: its validation shard, %s, holds no %s: rows in label order? Its "
                     "accuracy says nothing of those digits, and its rows do not train; shuffle "

@@ -40,6 +40,7 @@ from digit_recognizer.evaluate import (
     plot_learning_curves,
     read_metrics,
     save_figure,
+    untrained_digits,
 )
 from digit_recognizer.explain import draw_overlay, grad_cam
 from digit_recognizer.fileio import check_can_write, sha256_file, write_text
@@ -184,6 +185,10 @@ def _report_sections(
         ("model", f"{config.get('model')}: {sum(p.numel() for p in model.parameters()):,} "
          "parameters"),
     ]  # fmt: skip
+    if untrained := untrained_digits([run_dir], metrics):
+        never_seen = ", ".join(map(str, untrained))
+        headline.append(("never trained on", f"{never_seen}: the model reads each as another "
+                         "digit (model.json's train_class_counts)"))  # fmt: skip
     per_class = per_class_cells(metrics)
     layers = [(*row[:3], f"{row[3]:,}") for row in model_summary(model)]
     sections = [

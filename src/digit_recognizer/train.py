@@ -45,7 +45,7 @@ from digit_recognizer.data.augment import Augmentation, augment_batch
 from digit_recognizer.data.images import check_digits, faint_to_full_ink
 from digit_recognizer.data.kaggle_csv import DigitSet
 from digit_recognizer.data.shards import Manifest
-from digit_recognizer.data.splits import check_seed
+from digit_recognizer.data.splits import check_seed, count_classes, warn_missing_digits
 from digit_recognizer.data.stream import ShardStream, check_rows_per_process
 from digit_recognizer.data.tensors import to_model_input
 from digit_recognizer.distributed import (
@@ -453,6 +453,11 @@ def train(
     n_train = train_set.n_rows if isinstance(train_set, Manifest) else len(train_set)
     # In memory, a process without rows had an epoch of no batches: an IndexError.
     check_rows_per_process(n_train, dist_env.world_size, "training row")
+    # Recorded in model.json, where `digits evaluate` finds the digits a run never saw; rows
+    # streamed are counted as the first epoch reads them (every row once, across the ranks).
+    class_counts = count_classes(train_set.labels) if isinstance(train_set, DigitSet) else None
+    if class_counts is not None and is_main:
+        warn_missing_digits(class_counts, "the training rows")
     # The same global batch and lr whatever the process count: each rank takes batch/world.
     local_batch = config.batch_size // dist_env.world_size
     if isinstance(train_set, Manifest):
@@ -535,6 +540,7 @@ def train(
         best_accuracy, best_loss = checkpoint["best_accuracy"], checkpoint["best_loss"]
         best_state, epochs_since_best = checkpoint["best_state"], checkpoint["epochs_since_best"]
         stopped_early = checkpoint["stopped_early"]
+        class_counts = class_counts or checkpoint.get("class_counts")  # older ones: counted anew
         log.info("resumed from %s at epoch %d (step %d)", run_dir / CHECKPOINT_FILE, epoch, step)
         if is_main and (changed := changed_settings(checkpoint["config"], config)):
             # Said of a finished run too: the flags given change nothing there.
@@ -613,6 +619,7 @@ def train(
         correct = torch.zeros((), device=device)
         task = progress.add_task(f"epoch {epoch + 1}", total=steps_per_epoch) if progress else None
         n_seen = 0
+        digits_seen = torch.zeros(10, dtype=torch.int64, device=device)
         for images, y in epoch_batches(epoch):
             x = to_model_input(images, config.channels_last)
             if config.augment > 0:
@@ -633,6 +640,8 @@ def train(
             loss_sum += loss.detach() * len(y)
             correct += (logits.argmax(1) == y).sum()
             n_seen += len(y)
+            if class_counts is None:
+                digits_seen += torch.bincount(y, minlength=10)
             step += 1
             elapsed_s = read_clock(epoch_start)
             if task is not None:
@@ -655,6 +664,10 @@ def train(
                 dist.broadcast(buffer, src=0)
         totals = all_reduce(torch.stack([loss_sum, correct.float(),
                                          torch.tensor(float(n_seen), device=device)]))  # fmt: skip
+        if class_counts is None:
+            class_counts = all_reduce(digits_seen).tolist()
+            if is_main:
+                warn_missing_digits(class_counts, "the training rows")
         row = {
             "epoch": epoch,
             "step": step,
@@ -687,7 +700,8 @@ def train(
                 best_state = copy.deepcopy(eval_model.state_dict())
             if is_main and (improved or keep_last):
                 save_net(run_dir, eval_model, config.model, config.model_args(),
-                         {"valid_accuracy": valid_accuracy})  # fmt: skip
+                         {"valid_accuracy": valid_accuracy,
+                          "train_class_counts": class_counts})  # fmt: skip
             if improved:
                 best_accuracy, best_loss, epochs_since_best = valid_accuracy, valid_loss, 0
             else:
@@ -737,6 +751,7 @@ def train(
                     "rows": rows,
                     "valid_rows": valid_rows,
                     "world_size": dist_env.world_size,
+                    "class_counts": class_counts,
                 },
             )
             write_history(run_dir, history)
@@ -762,6 +777,7 @@ def train(
     kept_accuracy = history[-1]["valid_accuracy"] if keep_last and has_valid else best_accuracy
     if is_main:
         extra = {"valid_accuracy": kept_accuracy} if has_valid else {}
+        extra["train_class_counts"] = class_counts  # None: a streamed run resumed, finished
         save_net(run_dir, eval_model, config.model, config.model_args(), extra)
     if dist.is_initialized():
         dist.barrier()  # no rank returns (and reads run_dir) before rank 0 has written it

@@ -18,6 +18,27 @@ log = logging.getLogger(__name__)
 SHARED_IMAGES_WARNED = 0.01
 
 
+def count_classes(labels: NDArray[np.int64]) -> list[int]:
+    """Rows of each digit 0-9 among ``labels``, indexed by digit."""
+    return np.bincount(labels, minlength=10).tolist()
+
+
+def missing_digits(class_counts: list[int]) -> list[int]:
+    """The digits 0-9 that ``class_counts`` (``count_classes``') has no rows of."""
+    return [digit for digit, count in enumerate(class_counts) if not count]
+
+
+def warn_missing_digits(class_counts: list[int], rows_name: str) -> None:
+    """Warn where the training rows, ``rows_name``, lack digits: a net never shown a digit
+    reads every image of it as another, and nothing else says so (a CSV of 0-4 trains
+    silently). Not refused: training on some digits can be meant."""
+    if missing := missing_digits(class_counts):
+        log.warning("%s hold no %s (%d of the 10 digits): the model never learns %s and reads "
+                    "every such image as another digit; train on rows of all ten unless that is "
+                    "meant", rows_name, ", ".join(map(str, missing)), len(missing),
+                    "it" if len(missing) == 1 else "them")  # fmt: skip
+
+
 def check_seed(seed: int, flag: str = "seed") -> None:
     """ConfigError unless ``seed`` is in numpy's and scikit-learn's range: past it their own
     error, caught as a split's, blamed --valid-size."""
