@@ -341,6 +341,21 @@ def test_check_seed_takes_numpys_whole_range_and_names_the_flag():
             check_seed(seed, "--seed")
 
 
+def test_a_digit_of_one_row_trains_and_the_rest_split_by_digit(mnist, caplog):
+    """One row of a digit had refused the split of any number of rows at any --valid-size but
+    0 (scikit-learn cannot stratify on it), telling the user to try another --valid-size."""
+    labels = mnist.labels[:2000].copy()
+    nines = np.flatnonzero(labels == 9)
+    labels = np.delete(labels, nines[1:])  # one 9 left
+    with caplog.at_level(logging.WARNING, logger="digit_recognizer"):
+        train_idx, valid_idx = stratified_split(labels, 0.1, seed=0)
+    assert "digit 9: one labelled row, which trains and cannot also validate" in caplog.text
+    assert 9 in labels[train_idx] and 9 not in labels[valid_idx]
+    assert len(train_idx) + len(valid_idx) == len(labels)
+    assert len(np.union1d(train_idx, valid_idx)) == len(labels)
+    assert np.bincount(labels[valid_idx], minlength=10)[:9].min() >= 15  # the others: by digit
+
+
 def test_split_for_training_keeps_each_image_with_its_label():
     # Each image carries its row number in two pixels, and its label is that row's: a part whose
     # labels were taken from other rows (or other indices) shows as an image that disagrees.

@@ -49,7 +49,8 @@ def check_seed(seed: int, flag: str = "seed") -> None:
 def stratified_split(
     labels: NDArray[np.int64], valid_size: float, seed: int
 ) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
-    """Indices of a stratified split: every class keeps its share in both parts.
+    """Indices of a stratified split: every class keeps its share in both parts, but a class
+    of one row, which trains.
 
     Returns ``(train_indices, valid_indices)``; ``valid_size`` is a fraction in (0, 1), or 0 for
     no validation part (all indices train, an empty validation array).
@@ -57,10 +58,23 @@ def stratified_split(
     indices = np.arange(len(labels))
     if valid_size == 0:
         return indices, indices[:0]
+    # A digit of one row cannot be in both parts, and scikit-learn refuses to stratify on it,
+    # whatever the rows and the size: 60,000 rows and one drawn 9 could not train with any
+    # --valid-size but 0. That row trains; the rest split by digit.
+    digits, counts = np.unique(labels, return_counts=True)
+    is_single = np.isin(labels, digits[counts == 1])
+    if is_single.any():
+        is_one = is_single.sum() == 1
+        log.warning("digit%s %s: one labelled row%s, which trains and cannot also validate: the "
+                    "validation accuracy says nothing of %s", "" if is_one else "s",
+                    ", ".join(map(str, labels[is_single])), "" if is_one else " each",
+                    "it" if is_one else "them")  # fmt: skip
     try:
         train_indices, valid_indices = train_test_split(
-            indices, test_size=valid_size, stratify=labels, random_state=seed
-        )
+            indices[~is_single], test_size=valid_size, stratify=labels[~is_single],
+            random_state=seed,
+        )  # fmt: skip
+        train_indices = np.concatenate([train_indices, indices[is_single]])
     except ValueError as error:  # too few rows, or a class too rare to be in both parts
         raise ConfigError(
             f"cannot split {len(labels):,} labelled rows by class with --valid-size {valid_size} "
