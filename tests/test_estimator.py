@@ -232,3 +232,8 @@ def test_a_saved_estimator_names_the_net_it_trained(tmp_path, small_train):
         for key, value in estimator.module_.state_dict().items():
             assert torch.equal(weights[key], value.cpu()), key
     assert read_meta(tmp_path / "auto-again")["model"] == auto.config_["model"] != "auto"
+    # And the digits it trained on, which `digits evaluate` names the unseen of: saved again, a
+    # net had dropped them.
+    for name in ("narrow", "auto"):
+        counts = read_meta(tmp_path / f"{name}-again").get("train_class_counts")
+        assert counts == np.bincount(subset.labels, minlength=10).tolist(), name

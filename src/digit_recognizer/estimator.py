@@ -91,6 +91,9 @@ augment, valid_size, patience, seed, device : optional
         One row per epoch, as history.csv.
     config_ : dict
         The resolved ``TrainConfig``.
+    class_counts_ : list of int or None
+        Rows of each digit 0-9 trained on (model.json's ``train_class_counts``, from which
+        `digits evaluate` names the digits scored that the net never saw); None where not known.
     """
 
     def __init__(
@@ -150,6 +153,7 @@ augment, valid_size, patience, seed, device : optional
         self.module_ = result.model
         self.history_ = result.history
         self.config_ = result.config
+        self.class_counts_ = result.class_counts
         self.classes_ = np.arange(10)
         self.n_features_in_ = N_PIXELS
         return self
@@ -201,7 +205,8 @@ def save_estimator(
                           "estimator into another directory")  # fmt: skip
     if isinstance(estimator, NetClassifier):
         check_is_fitted(estimator)
-        extra = {"estimator_params": estimator.get_params(), "train_config": estimator.config_}
+        extra = {"estimator_params": estimator.get_params(), "train_config": estimator.config_,
+                 "train_class_counts": estimator.class_counts_}  # fmt: skip
         extra["estimator_params"]["run_dir"] = None
         # The net as trained ("auto" resolved, its widths), which the parameters may not say.
         save_net(run_dir, estimator.module_, estimator.config_["model"],
@@ -261,6 +266,7 @@ def load_estimator(run_dir: str | Path) -> NetClassifier | Pipeline:
     estimator.module_ = module
     estimator.history_ = _saved_history(run_dir / HISTORY_FILE)
     estimator.config_ = recorded
+    estimator.class_counts_ = meta.get("train_class_counts")
     estimator.classes_ = np.arange(10)
     estimator.n_features_in_ = N_PIXELS
     return estimator

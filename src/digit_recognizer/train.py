@@ -261,6 +261,8 @@ class TrainResult:
     # False: a finished run resumed, nothing trained; its weights are the ones it had, and so is
     # what was scored of them (a test score in metrics.json).
     trained: bool = True
+    # Rows of each digit 0-9 trained on, as model.json records them; None where not known.
+    class_counts: list[int] | None = None
 
 
 def model_args(config: dict[str, Any]) -> dict[str, Any]:
@@ -792,6 +794,7 @@ def train(
         cut_by_budget=cut_by_budget,
         config=ran_with,
         trained=not finished_before,
+        class_counts=class_counts,
     )
 
 
