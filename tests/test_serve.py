@@ -408,6 +408,27 @@ def test_a_classical_model_is_served_without_grad_cam(
         load_served_model(tmp_path, ServeConfig(backend="onnx"))
 
 
+def test_grad_cam_explains_the_net_that_predicts(
+    run_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Grad-CAM's net had been read from the run a second time: where a training rewrote the
+    weights between the two reads, the heatmaps explained another net than the one predicting."""
+    from digit_recognizer.models import storage
+
+    read_safetensors, n_reads = storage.read_safetensors, []
+
+    def read_then_retrained(*args: object) -> dict[str, torch.Tensor]:
+        state = read_safetensors(*args)
+        n_reads.append(1)  # each read after the first finds the weights of a later training
+        return {key: value + len(n_reads) - 1 for key, value in state.items()}
+
+    monkeypatch.setattr(storage, "read_safetensors", read_then_retrained)
+    served = load_served_model(run_dir, ServeConfig())
+    predicting = served.predictor.models[0].state_dict()
+    explained = served.explain_net.state_dict()
+    assert all(torch.equal(explained[key], value) for key, value in predicting.items())
+
+
 def test_a_run_whose_probabilities_are_not_numbers_is_refused_as_it_loads(
     tmp_path: Path, digits
 ) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import json
 import logging
 import math
@@ -39,7 +40,7 @@ from digit_recognizer.errors import ConfigError, ModelFileError
 from digit_recognizer.evaluate import METRICS_FILE, read_metrics
 from digit_recognizer.export import ONNX_FILE, ONNX_PREPROCESSING, OnnxPredictor
 from digit_recognizer.models.classical import is_pipeline
-from digit_recognizer.models.storage import META_FILE, WEIGHTS_FILE, load_net, read_meta
+from digit_recognizer.models.storage import META_FILE, WEIGHTS_FILE, read_meta
 from digit_recognizer.predict import PredictConfig, Predictor, check_predicts_numbers
 
 log = logging.getLogger(__name__)
@@ -160,7 +161,9 @@ def load_served_model(run_dir: Path, config: ServeConfig) -> ServedModel:
         # measured.
         predictor = Predictor.load([run_dir], PredictConfig(amp=False, fuse_batch_norm=False))
         if not is_classical:  # a pipeline predicts, but has no gradients
-            explain_net = load_net(run_dir)[0].to(predictor.device)
+            # Copied, not read again: a training rewriting the run between two reads had the
+            # heatmaps explain another net than the one predicting.
+            explain_net = copy.deepcopy(predictor.models[0])
     # Refused as `digits serve` starts, not served with a /health of "ok" and a 500 for each
     # prediction.
     check_predicts_numbers(predictor.predict_proba, run_dir)
