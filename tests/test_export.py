@@ -137,6 +137,24 @@ def test_load_exports_when_missing_or_stale(run_dir: Path, tmp_path: Path) -> No
     np.testing.assert_array_equal(alone, whole)
 
 
+def test_an_out_of_date_model_onnx_that_cannot_be_rewritten_is_refused_saying_why(
+    run_dir: Path, tmp_path: Path
+) -> None:
+    """A read-only run whose model.onnx is not from its weights: export's 'model.onnx: read-only'
+    had not said that it was out of date, nor why serving it was to write it."""
+    run = Path(shutil.copytree(run_dir, tmp_path / "run"))
+    weights = run / "model.safetensors"
+    save_file({key: value + 1 for key, value in load_file(weights).items()}, weights)  # retrained
+    (run / ONNX_FILE).chmod(0o444)
+    with pytest.raises(OutputError) as error:
+        OnnxPredictor.load(run)
+    assert str(error.value) == (
+        f"{run / ONNX_FILE} is out of date (not exported from the weights model.safetensors "
+        "holds now) and cannot be exported as the run loads: read-only (mode 0444); make the "
+        f"run writable and run `digits export {run}`, or serve with --backend torch"
+    )
+
+
 def test_corrupt_onnx_file(run_dir: Path, tmp_path: Path) -> None:
     """Beside the weights it came from, a corrupt export is made again; alone (a deployment of
     model.json and model.onnx), it is named."""

@@ -152,6 +152,24 @@ def onnx_is_current(run_dir: Path) -> bool:
     return recorded[WEIGHTS_HASH_KEY] == sha256_file(weights)
 
 
+def _export_anew(run_dir: Path, path: Path) -> None:
+    """Export the run to ``path`` for ``OnnxPredictor.load``; where it cannot be written (a
+    read-only run, most often), ``OutputError`` says why it was to be, which export's had not."""
+    state = (f"out of date (not exported from the weights {WEIGHTS_FILE} holds now)"
+             if path.exists() else "missing")  # fmt: skip
+    try:
+        log.info("exported %s to %s (%s)", run_dir, export_onnx(run_dir), state)
+    except OutputError as error:
+        if not str(error).startswith(f"{path}: "):  # the weights replaced meanwhile, say
+            raise
+        # Its fix ("give another path") is not this one's.
+        cannot = str(error).removeprefix(f"{path}: ").split("; ")[0]
+        raise OutputError(
+            f"{path} is {state} and cannot be exported as the run loads: {cannot}; make the run "
+            f"writable and run `digits export {run_dir}`, or serve with --backend torch"
+        ) from None
+
+
 def _check_signature(session: Any, path: Path) -> None:
     """``ModelFileError`` unless the graph in ``path`` takes and returns what
     ``ONNX_PREPROCESSING`` says, as ``GET /model`` reports it: one from another exporter
@@ -196,12 +214,11 @@ class OnnxPredictor:
 
         run_dir = Path(run_dir)
         meta = read_meta(run_dir)
+        path = run_dir / ONNX_FILE
         if not onnx_is_current(run_dir):
-            log.info("exported %s to %s (missing, or not from the weights)", run_dir,
-                     export_onnx(run_dir))  # fmt: skip
+            _export_anew(run_dir, path)
         options = ort.SessionOptions()
         options.intra_op_num_threads = n_threads
-        path = run_dir / ONNX_FILE
         try:
             session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as error:  # onnxruntime raises its own untyped errors on bad files
