@@ -725,6 +725,22 @@ def test_bad_multipart_and_content_type(client: TestClient) -> None:
             "latency_ms": response.json()["latency_ms"]}, label  # fmt: skip
 
 
+def test_a_text_part_over_1_mb_is_told_to_be_sent_as_a_file(
+    client: TestClient, run_dir: Path
+) -> None:
+    """Starlette refuses text parts over 1 MB itself: a test.csv sent so had been answered its
+    400 'Part exceeded maximum size of 1024KB', not how to send it."""
+    over_1_mb = b"pixel0\n" + b"0\n" * 600_000
+    with TestClient(create_app(run_dir, model=client.app.state.model)) as default_limits:
+        for path, default_name in (("/predict/csv", "test.csv"), ("/predict", "image")):
+            answer = default_limits.post(path, files={"file": (None, over_1_mb)})
+            assert (answer.status_code, answer.json()["detail"]) == (
+                422,
+                "multipart upload: field 'file' is a text field, not a file; send it as a "
+                f"file (a part with a filename: curl -F file=@{default_name})",
+            )
+
+
 def test_huge_bodies_get_413(client: TestClient) -> None:
     detail = (
         "request body is over the limit of 100,000 bytes (ServeConfig.max_body_bytes); "

@@ -362,7 +362,9 @@ async def predict_csv(
     async with slots:
         try:
             async with asyncio.timeout(config.csv_upload_timeout_s):
-                data, name = await _read_upload(request, content_type, default_name="test.csv")
+                data, name = await _read_upload(
+                    request, content_type, "test.csv", config.max_csv_bytes
+                )
         except TimeoutError:
             raise HTTPException(
                 408,
@@ -407,7 +409,7 @@ async def _read_digits(
     # one format several ways (image/jpg, image/pjpeg, image/x-png, image/x-ms-bmp).
     is_image = content_type.startswith("image/")
     if is_image or content_type in ("multipart/form-data", "application/octet-stream"):
-        data, name = await _read_upload(request, content_type, default_name="image")
+        data, name = await _read_upload(request, content_type, "image", config.max_body_bytes)
         try:
             image = await run_in_threadpool(load_image, data, name, config.max_image_pixels)
         except DataError as error:
@@ -494,11 +496,16 @@ def describe(errors: Sequence[Any], shown: int = 3) -> str:
     return "; ".join(problems) + (f" (and {more} more problems)" if more > 0 else "")
 
 
-async def _read_upload(request: Request, content_type: str, default_name: str) -> tuple[bytes, str]:
-    """The uploaded file's bytes and name: form field ``file`` or the raw body."""
+async def _read_upload(
+    request: Request, content_type: str, default_name: str, max_bytes: int
+) -> tuple[bytes, str]:
+    """The uploaded file's bytes and name: form field ``file`` or the raw body; ``max_bytes``:
+    the body's limit (``BodySizeLimit`` holds it)."""
     if content_type != "multipart/form-data":
         return await request.body(), default_name
-    async with request.form(max_files=1, max_fields=1) as form:
+    # A text part as large as the body may be: one over Starlette's 1 MB for text had been
+    # refused with its 400 "Part exceeded maximum size of 1024KB", not told to send a file.
+    async with request.form(max_files=1, max_fields=1, max_part_size=max_bytes) as form:
         upload = form.get("file")
         if isinstance(upload, str):  # a part without a filename, which forms take for text
             raise HTTPException(
