@@ -717,6 +717,13 @@ def test_bad_multipart_and_content_type(client: TestClient) -> None:
             "image body (image/png, image/jpeg, ...), or multipart/form-data with a field 'file'"
         ),
     )
+    csv = client.post("/predict", content=b"pixel0\n0\n", headers={"Content-Type": "text/csv"})
+    assert (csv.status_code, csv.json()["detail"]) == (
+        415,
+        "Content-Type 'text/csv' is not supported (a CSV of digits goes to /predict/csv); send "
+        "application/json digits, an image body (image/png, image/jpeg, ...), or "
+        "multipart/form-data with a field 'file'",
+    )
     png = encode(drawing())
     as_png = client.post("/predict", content=png, headers={"Content-Type": "image/png"}).json()
     for label in ("image/x-png", "image/jpg", "image/pjpeg", "image/x-ms-bmp"):  # bytes decide

@@ -415,11 +415,13 @@ async def _read_digits(
         except DataError as error:
             raise HTTPException(422, str(error)) from None
         return image[None], False, True
+    # A CSV sent here had been told to send JSON or an image, not where a CSV goes.
+    csv_route = f" (a CSV of digits goes to {CSV_PATH})" if content_type == "text/csv" else ""
     raise HTTPException(
         415,
-        f"Content-Type '{content_type or 'none'}' is not supported; send application/json "
-        "digits, an image body (image/png, image/jpeg, ...), or multipart/form-data with a "
-        "field 'file'",
+        f"Content-Type '{content_type or 'none'}' is not supported{csv_route}; send "
+        "application/json digits, an image body (image/png, image/jpeg, ...), or "
+        "multipart/form-data with a field 'file'",
     )
 
 
