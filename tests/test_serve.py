@@ -158,6 +158,14 @@ def test_predict_uploads(client: TestClient, predictor: Predictor) -> None:
     for answer in (raw, form):
         assert answer["label"] == expected
         np.testing.assert_array_equal(answer["image"], seen)  # the image the model saw
+    # Ignored, the upload had been redone as MNIST's as if ?as_is=true were not given.
+    as_is = client.post("/predict?as_is=true", content=png, headers={"Content-Type": "image/png"})
+    assert (as_is.status_code, as_is.json()["detail"]) == (
+        422,
+        "query.as_is applies to JSON digits; an uploaded image is always redone as MNIST's "
+        "(cropped, scaled and centred): send its 28 x 28 pixels as JSON to predict them as they "
+        "are",
+    )
 
 
 def test_predict_explain(client: TestClient, digits) -> None:

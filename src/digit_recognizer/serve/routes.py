@@ -295,6 +295,13 @@ async def predict(
     served: ServedModel = request.app.state.model
     config: ServeConfig = request.app.state.config
     images, is_batch, is_upload = await _read_digits(request, config)
+    if is_upload and as_is:  # refused as `digits explain --as-is` refuses an image file
+        raise HTTPException(
+            422,
+            "query.as_is applies to JSON digits; an uploaded image is always redone as MNIST's "
+            "(cropped, scaled and centred): send its 28 x 28 pixels as JSON to predict them as "
+            "they are",
+        )
     # What the model sees goes back with the answer where it is not what was sent, so that a
     # Grad-CAM heatmap can be laid over the image it belongs to.
     shown = np.full(len(images), is_upload)
