@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import torch
@@ -215,31 +216,42 @@ def test_explain_and_predict_requests_at_the_same_time(client: TestClient, digit
     assert all(heatmap == maps[0] for heatmap in maps)
 
 
+def health_answered_while_held(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch, step: str, url: str, body: dict
+) -> tuple[bool, httpx.Response]:
+    """Whether /health answered while ``routes.<step>``, a step of answering the POST of
+    ``body`` to ``url``, was held; and that answer."""
+    from digit_recognizer.serve import routes
+
+    real_step = getattr(routes, step)
+    started, go_on, done = threading.Event(), threading.Event(), threading.Event()
+
+    def held_step(*args: object, **kwargs: object) -> object:
+        started.set()
+        go_on.wait(timeout=5)  # a big batch, still being worked on
+        done.set()
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(routes, step, held_step)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        posted = pool.submit(client.post, url, json=body)
+        assert started.wait(timeout=30)
+        health = client.get("/health")
+        answered_meanwhile = not done.is_set()
+        go_on.set()
+        answer = posted.result()
+    return health.status_code == 200 and answered_meanwhile, answer
+
+
 def test_health_answers_while_a_json_batch_is_validated(
     client: TestClient, digits, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Validated on the event loop, a batch held every other request until it was done (256
     digits: 0.5 s on 2 busy cores; the 3,000 of a 10 MB body: 6 s, then refused by max_batch)."""
-    from digit_recognizer.serve import routes
-
-    parse_json = routes._parse_json
-    started, go_on, done = threading.Event(), threading.Event(), threading.Event()
-
-    def slow_parse_json(*args: object) -> tuple[np.ndarray, bool]:
-        started.set()
-        go_on.wait(timeout=5)  # a big batch, still being validated
-        done.set()
-        return parse_json(*args)
-
-    monkeypatch.setattr(routes, "_parse_json", slow_parse_json)
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        posted = pool.submit(client.post, "/predict", json=pixels_body(digits[0]))
-        assert started.wait(timeout=30)
-        health = client.get("/health")
-        answered_meanwhile = not done.is_set()
-        go_on.set()
-        assert posted.result().status_code == 200
-    assert health.status_code == 200 and answered_meanwhile
+    answered, answer = health_answered_while_held(
+        client, monkeypatch, "_parse_json", "/predict", pixels_body(digits[0])
+    )
+    assert answered and answer.status_code == 200
 
 
 def test_health_answers_while_a_prediction_is_answered(
@@ -247,27 +259,11 @@ def test_health_answers_while_a_prediction_is_answered(
 ) -> None:
     """Built and serialised on the event loop, an answer held every other request until it was
     done (256 digits with heatmaps: 0.2-0.7 s on 2 busy cores)."""
-    from digit_recognizer.serve import routes
-
-    prediction = routes.Prediction
-    started, go_on, done = threading.Event(), threading.Event(), threading.Event()
-
-    def slow_prediction(**fields: object) -> routes.Prediction:
-        started.set()
-        go_on.wait(timeout=5)  # the heatmaps of a big batch, still being written
-        done.set()
-        return prediction(**fields)
-
-    monkeypatch.setattr(routes, "Prediction", slow_prediction)
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        posted = pool.submit(client.post, "/predict?explain=true", json=pixels_body(digits[0]))
-        assert started.wait(timeout=30)
-        health = client.get("/health")
-        answered_meanwhile = not done.is_set()
-        go_on.set()
-        answer = posted.result()
-    assert health.status_code == 200 and answered_meanwhile
-    assert answer.status_code == 200 and np.shape(answer.json()["grad_cam"]) == (28, 28)
+    answered, answer = health_answered_while_held(
+        client, monkeypatch, "Prediction", "/predict?explain=true", pixels_body(digits[0])
+    )
+    assert answered and answer.status_code == 200
+    assert np.shape(answer.json()["grad_cam"]) == (28, 28)
     assert answer.headers["content-type"] == "application/json"
 
 
