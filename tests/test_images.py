@@ -752,6 +752,7 @@ def test_to_mnist_takes_a_large_array_of_any_number_type() -> None:
     ("source", "message"),
     [
         (b"hello, not an image", "notes.txt: not an image file of a kind read here (PNG, JPEG"),
+        (b"", "notes.txt: an empty file (0 bytes); give the image's file"),
         # Formats Pillow opens and a scan never is: their decoders raised errors of their own
         # (a 500 from the server), and EPS would go to Ghostscript.
         (encode(Image.new("RGB", (28, 28)), "DDS"), "notes.txt: not an image file of a kind"),
@@ -771,7 +772,7 @@ def test_to_mnist_takes_a_large_array_of_any_number_type() -> None:
             "notes.txt: too many pixels (decompression bomb?); scale it down",
         ),
     ],
-    ids=["not-an-image", "dds", "eps", "blank", "truncated", "over-limit", "bomb"],
+    ids=["not-an-image", "empty", "dds", "eps", "blank", "truncated", "over-limit", "bomb"],
 )
 def test_bad_images_raise_data_error(source: bytes, message: str) -> None:
     with pytest.raises(DataError) as error:

@@ -675,6 +675,18 @@ def test_bad_image_upload(client: TestClient, content: bytes, detail: str) -> No
     assert (response.status_code, response.json()["detail"]) == (422, detail)
 
 
+def test_a_csv_uploaded_as_an_image_is_pointed_to_the_csv_route(client: TestClient) -> None:
+    """`curl -F file=@test.csv .../predict` had been told only that test.csv is no image."""
+    csv = b"pixel0,pixel1\n0,0\n"
+    response = client.post("/predict", files={"file": ("test.csv", csv, "text/csv")})
+    assert response.status_code == 422
+    assert (
+        response.json()["detail"] == f"test.csv: {NOT_IMAGE}; a CSV of digits goes to /predict/csv"
+    )
+    response = client.post("/predict", files={"file": ("one.png", b"", "image/png")})
+    assert response.json()["detail"] == "one.png: an empty file (0 bytes); give the image's file"
+
+
 def test_the_configured_image_pixel_limit_is_applied(run_dir: Path) -> None:
     # ServeConfig.max_image_pixels, not load_image's default, decides which uploads are decoded:
     # a server on a small machine lowers it. 10,000 here: 101 x 100 is over, 100 x 100 is not.

@@ -139,10 +139,16 @@ def _open(source: str | Path | bytes, name: str) -> Image.Image:
     except IsADirectoryError:
         raise DataError(f"{name}: is a directory, expected an image file") from None
     except UnidentifiedImageError:
+        if _is_empty(source):  # an upload of nothing had been "not an image file"
+            raise DataError(f"{name}: an empty file (0 bytes); give the image's file") from None
         raise DataError(f"{name}: not an image file of a kind read here (PNG, JPEG, GIF, BMP, "
                         "TIFF, WebP, PBM/PGM/PPM)") from None  # fmt: skip
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise DataError(f"{name}: too many pixels (decompression bomb?); scale it down") from None
+
+
+def _is_empty(source: str | Path | bytes) -> bool:
+    return len(source) == 0 if isinstance(source, bytes) else Path(source).stat().st_size == 0
 
 
 def _to_grey(image: Image.Image) -> NDArray[np.uint8]:

@@ -420,7 +420,9 @@ async def _read_digits(
         try:
             image = await run_in_threadpool(load_image, data, name, config.max_image_pixels)
         except DataError as error:
-            raise HTTPException(422, str(error)) from None
+            # A CSV uploaded here as a file had been told only that it is no image.
+            csv_route = f"; a CSV of digits goes to {CSV_PATH}" if _is_csv_name(name) else ""
+            raise HTTPException(422, f"{error}{csv_route}") from None
         return image[None], False, True
     # A CSV sent here had been told to send JSON or an image, not where a CSV goes.
     csv_route = f" (a CSV of digits goes to {CSV_PATH})" if content_type == "text/csv" else ""
@@ -430,6 +432,10 @@ async def _read_digits(
         "application/json digits, an image body (image/png, image/jpeg, ...), or "
         "multipart/form-data with a field 'file'",
     )
+
+
+def _is_csv_name(name: str) -> bool:
+    return name.lower().endswith((".csv", ".csv.gz"))
 
 
 def _parse_json(body: bytes, max_batch: int) -> tuple[NDArray[np.uint8], bool]:
