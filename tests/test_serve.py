@@ -86,6 +86,9 @@ def test_health_and_model(client: TestClient) -> None:
     assert info["n_parameters"] == 278_890
     assert 0 < info["validation_accuracy"] <= 1  # model.json of a run without metrics.json
     assert info["limits"] == ServeConfig(**LIMITS).limits()
+    # The digits it trained on: a client sees a model that never learnt some of them.
+    counts = info["train_class_counts"]
+    assert len(counts) == 10 and min(counts) > 0 and sum(counts) > 1000
 
 
 def test_page_static_files_and_docs(client: TestClient) -> None:

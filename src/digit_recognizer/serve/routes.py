@@ -199,6 +199,10 @@ class ModelInfo(BaseModel):
         "server does not use"
     )
     preprocessing: dict[str, Any]
+    train_class_counts: list[int] | None = Field(
+        description="rows of each digit 0-9 the model trained on (a digit of none it never "
+        "predicts right); null where the run does not say"
+    )
     limits: dict[str, int | float] = Field(description="ServeConfig limits on requests")
 
 
@@ -260,6 +264,7 @@ async def model_info(request: Request) -> ModelInfo:
         test_accuracy=metrics.get("test_accuracy"),
         test_tta=metrics.get("test_tta"),
         preprocessing=meta.get("preprocessing", {}),
+        train_class_counts=meta.get("train_class_counts"),
         limits=request.app.state.config.limits(),
     )
 
