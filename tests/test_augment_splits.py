@@ -35,6 +35,19 @@ def test_augment_keeps_shape_range_and_is_seeded(small_train):
     assert not torch.equal(first, x)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_augment_keeps_a_half_precision_batch_in_its_dtype(small_train, dtype):
+    # The contrast and stroke factors, drawn in float32, had promoted the batch to float32.
+    x = to_model_input(torch.as_tensor(small_train.images[:64]), channels_last=False)
+    labels = torch.as_tensor(small_train.labels[:64])
+    every_transform = Augmentation(elastic_px=1.5, styles=1.0)
+    full = augment_batch(x, every_transform, torch.Generator().manual_seed(0), labels)
+    half = augment_batch(x.to(dtype), every_transform, torch.Generator().manual_seed(0), labels)
+    assert half.dtype == dtype and half.min() >= 0 and half.max() <= 1
+    # The same draws, resampled at lower precision: close to the float32 batch on average.
+    assert (half.float() - full).abs().mean() < 0.02
+
+
 def test_zero_strength_is_identity(small_train):
     # Every range scales, the elastic distortion's and the writing styles' share too (these
     # drawn only where labels are given).

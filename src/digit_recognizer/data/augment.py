@@ -102,20 +102,22 @@ def augment_batch(
 
     Parameters
     ----------
-    images : float tensor of shape (B, 1, H, W), values in [0, 1]
+    images : float tensor of shape (B, 1, H, W), values in [0, 1], of any float dtype
     augmentation : the ranges to draw from
     generator : a seeded generator on the images' device, so runs are reproducible
     labels : int tensor of shape (B,); without it no writing styles are drawn
 
     Returns
     -------
-    float tensor of shape (B, 1, H, W), values in [0, 1]
+    tensor of the images' shape and dtype, values in [0, 1]
     """
     n_images, _, height, _ = images.shape
 
     def uniform(*shape: int) -> torch.Tensor:  # in [-1, 1]
+        # Drawn in float32 whatever the images' dtype, so a seed draws the same transforms in
+        # half precision; cast to it, as float32 factors would promote a half batch to float32.
         random = torch.rand(*shape, generator=generator, device=images.device)
-        return random * 2 - 1
+        return (random * 2 - 1).to(images.dtype)
 
     if labels is not None and augmentation.styles > 0:
         images = add_writing_styles(images, labels, augmentation.styles, generator)
