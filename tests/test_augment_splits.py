@@ -308,6 +308,13 @@ def test_elastic_field_is_smooth_and_sized_in_pixels():
     assert (field[:, 0, 0] - field[:, -1, -1]).abs().mean() > 0.1  # grid units, ~0.2 expected
 
 
+@pytest.mark.parametrize("cells", [0, -2, 2.5, True])
+def test_elastic_cells_must_be_a_whole_number_from_one(cells):
+    # Built from Python, 0 had drawn one control point (a shift), -1 and 2.5 a torch traceback.
+    with pytest.raises(ConfigError, match=rf"elastic_cells .* whole number >= 1, got {cells!r}"):
+        Augmentation(elastic_px=1.5, elastic_cells=cells)
+
+
 def test_elastic_distortion_bends_strokes_but_keeps_the_digit(small_train):
     x = to_model_input(torch.as_tensor(small_train.images[:256]), channels_last=False)
     only_elastic = Augmentation(

@@ -12,6 +12,7 @@ drives training, ``digits data expand`` and augmentation previews.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import astuple, dataclass, fields
 
 import torch
@@ -65,6 +66,13 @@ class Augmentation:
             )
         if not 0 <= self.stroke <= 1:
             raise ConfigError(f"stroke must be in [0, 1], got {self.stroke}")
+        # 0 cells is a single control point, which moves the whole frame alike: a shift, no bend.
+        cells = self.elastic_cells
+        if isinstance(cells, bool) or not isinstance(cells, numbers.Integral) or cells < 1:
+            raise ConfigError(
+                f"elastic_cells (grid cells per side of the elastic distortion's control points) "
+                f"must be a whole number >= 1, got {cells!r}"
+            )
 
     def max_strength(self) -> float:
         """The strength ``scaled`` accepts up to (excluded): the contrast or zoom range's 1."""
