@@ -117,6 +117,23 @@ def test_checksum_mismatch_names_the_file(tmp_path):
         load_mnist(tmp_path)
 
 
+def test_checksum_list_tolerates_blank_lines_and_names_a_malformed_one(tmp_path):
+    for name in FILES.values():
+        (tmp_path / name).symlink_to(mnist_dir() / name)
+    listing = (mnist_dir() / "SHA256SUMS").read_text().splitlines()
+    sums = tmp_path / "SHA256SUMS"
+    # A blank line had raised ValueError (not enough values to unpack) from load_mnist.
+    edited = ["", listing[0] + "  ", "   ", *listing[1:], ""]
+    sums.write_bytes("\r\n".join(edited).encode())
+    verify_checksums(tmp_path)
+    sums.write_text("\n".join([listing[0], "", "not a checksum line", *listing[1:]]))
+    with pytest.raises(DataError, match=r"SHA256SUMS, line 3: expected .* 'not a checksum line'"):
+        load_mnist(tmp_path)
+    sums.unlink()
+    with pytest.raises(DataError, match=r"SHA256SUMS: embedded MNIST checksum list is missing"):
+        load_mnist(tmp_path)
+
+
 def test_read_idx_refuses_each_header_defect_by_name(tmp_path):
     path = tmp_path / "bad.idx"
     good = bytes([0, 0, 0x08, 1]) + (3).to_bytes(4, "big") + bytes(3)

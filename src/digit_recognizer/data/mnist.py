@@ -6,6 +6,7 @@ exactly MNIST's 60,000 training + 10,000 test images, re-split 42,000 / 28,000.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,12 +45,29 @@ def mnist_dir() -> Path:
     )
 
 
+def read_checksums(path: Path) -> dict[str, str]:
+    """File name -> SHA-256 (lowercase hex) from a ``sha256sum`` listing: ``<digest>  <name>``,
+    or ``<digest> *<name>`` as its binary mode writes it. Blank lines (an editor's extra newline)
+    are skipped, as are Windows line ends and a byte-order mark."""
+    if not path.is_file():
+        raise DataError(f"{path}: embedded MNIST checksum list is missing; reinstall the package")
+    sums = {}
+    for number, line in enumerate(path.read_text("utf-8-sig", "replace").splitlines(), start=1):
+        if not line.strip():
+            continue
+        match = re.fullmatch(r"\s*([0-9a-fA-F]{64})\s+\*?(.*\S)\s*", line)
+        if match is None:
+            raise DataError(
+                f"{path}, line {number}: expected '<64 hex digits>  <file name>', got {line!r}; "
+                "reinstall the package (in a checkout: `git checkout data/mnist`)"
+            )
+        sums[match[2]] = match[1].lower()
+    return sums
+
+
 def verify_checksums(folder: Path) -> None:
     """Check each file against ``SHA256SUMS``; raise ``DataError`` naming the first mismatch."""
-    sums = {}
-    for line in (folder / "SHA256SUMS").read_text().splitlines():
-        digest, name = line.split()
-        sums[name.lstrip("*")] = digest
+    sums = read_checksums(folder / "SHA256SUMS")
     for name in FILES.values():
         path = folder / name
         if not path.is_file():
