@@ -131,6 +131,34 @@ def test_explain_command_writes_a_png(tiny_run, small_csvs, tmp_path):
     )
 
 
+def test_explain_refuses_its_out_before_reading_the_net_and_rows(
+    small_csvs, small_test, tmp_path, monkeypatch
+):
+    """--out had been checked only when the figure was drawn, after the net and the rows were
+    read (minutes for a large CSV), and drawn over the very image it explained."""
+
+    def unread(*_args, **_kwargs):
+        raise AssertionError("read before --out was checked")
+
+    for reader in ("load_net", "load_image", "_first_rows_and_row"):
+        monkeypatch.setattr(f"digit_recognizer.explain.{reader}", unread)
+    photo = tmp_path / "digit.png"
+    Image.fromarray(small_test.images[3]).save(photo)
+    (tmp_path / "notes").write_text("")
+    refused = {
+        tmp_path / "why.docx": "why.docx: cannot draw a figure as .docx",
+        tmp_path / "notes" / "why.png": f"cannot be written: {tmp_path / 'notes'} is a file",
+        photo: "digit.png: is the image to explain; write the figure to another --out",
+    }
+    for out, message in refused.items():
+        source = photo if out == photo else small_csvs["test"]
+        index = [] if out == photo else ["--index", "3"]
+        result = runner.invoke(app, ["explain", str(tmp_path / "run"), str(source), *index,
+                                     "--out", str(out)])  # fmt: skip
+        assert result.exit_code == 1 and message in " ".join(result.output.split()), out
+    assert np.array_equal(np.asarray(Image.open(photo)), small_test.images[3])
+
+
 def test_a_run_directory_where_the_digits_belong_is_named(tiny_run, small_csvs, tmp_path):
     """Arguments swapped, or the CSV forgotten after an ensemble's runs: said as such, not as
     a shard directory without its manifest."""

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from matplotlib.backend_bases import FigureCanvasBase
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from numpy.typing import ArrayLike, NDArray
@@ -184,11 +185,18 @@ def plot_learning_curves(
     save_figure(fig, path)
 
 
+def figure_kind(path: Path) -> str:
+    """The format ``path``'s suffix names (.png, .svg, .pdf, ...; PNG without), or OutputError
+    for one matplotlib cannot draw: a command may check it before the work its figure shows."""
+    kind = Path(path).suffix.lower().lstrip(".") or "png"
+    if kind not in FigureCanvasBase.get_supported_filetypes():
+        raise OutputError(f"{path}: cannot draw a figure as .{kind}; name a .png, .svg or .pdf")
+    return kind
+
+
 def save_figure(fig: Figure, path: Path) -> None:
     """Write ``fig`` in the format its file's suffix names (.png, .svg, .pdf, ...; PNG without)."""
-    kind = Path(path).suffix.lower().lstrip(".") or "png"
-    if kind not in fig.canvas.get_supported_filetypes():
-        raise OutputError(f"{path}: cannot draw a figure as .{kind}; name a .png, .svg or .pdf")
+    kind = figure_kind(path)
     with atomic_path(path) as tmp:
         draw_figure(fig, tmp, kind)
 

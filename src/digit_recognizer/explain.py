@@ -39,8 +39,9 @@ from digit_recognizer.data.shards import (
     resolve_data_source,
 )
 from digit_recognizer.data.tensors import to_model_input
-from digit_recognizer.errors import ConfigError, DataError
-from digit_recognizer.evaluate import save_figure
+from digit_recognizer.errors import ConfigError, DataError, OutputError
+from digit_recognizer.evaluate import figure_kind, save_figure
+from digit_recognizer.fileio import check_can_write, refuse_special_file
 from digit_recognizer.models.storage import load_net
 from digit_recognizer.predict import (
     STREAM_ROWS,
@@ -283,8 +284,9 @@ def explain_run(
     if it is not in it (``conform``), and the file's rows transposed if the net reads them as
     digits only so, so the explanation is of the prediction that command makes.
     """
+    check_data_source(source)  # swapped arguments said as such, not as the --out they imply
+    check_explanation_path(out, source)
     if is_data_source(source):
-        check_data_source(source)
         first_rows, row = _first_rows_and_row(source, index)
         model, _ = load_net(run_dir)
         config = PredictConfig(conform=conform)
@@ -303,6 +305,15 @@ def explain_run(
     explanation = explain_image(model, image, label)
     plot_explanation(explanation, out)
     return explanation
+
+
+def check_explanation_path(out: Path, source: Path) -> None:
+    """Refuse an ``out`` that cannot be drawn to or written, or that is the image explained
+    (the figure would replace it), before the net and the rows are read rather than after."""
+    figure_kind(out)
+    check_can_write(refuse_special_file(out))
+    if out.is_file() and out.resolve() == source.resolve():
+        raise OutputError(f"{out}: is the image to explain; write the figure to another --out")
 
 
 def explanation_path(run_dir: Path, source: Path, index: int | None) -> Path:
