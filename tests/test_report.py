@@ -33,6 +33,8 @@ from digit_recognizer.models.storage import load_net
 from digit_recognizer.pipeline import train_job
 from digit_recognizer.predict import PredictConfig, Predictor
 from digit_recognizer.report import (
+    SourceRows,
+    _explain_hint,
     _plot_mistakes_and_grad_cam,
     html_table,
     model_summary,
@@ -463,6 +465,16 @@ def test_train_job_writes_the_report(tmp_path, small_train, monkeypatch):
     assert legends.count("train (augmented, label smoothing 0.1)") == 2
     assert_captions_name_their_rows(galleries, csv_path)
     assert f"digits explain {tmp_path / 'run'} {csv_path} --index ROW" in page
+
+
+def test_the_explain_command_suggested_runs_from_any_folder(tmp_path, monkeypatch):
+    """Trained as `digits train data/train.csv --out runs/cnn`, the report had suggested
+    `digits explain runs/cnn data/train.csv`, which fails from any folder but that one."""
+    monkeypatch.chdir(tmp_path)
+    rows = SourceRows(Path("data/my train.csv"), np.arange(3))
+    hint = _explain_hint(Path("runs/cnn"), rows)
+    command = f"digits explain {tmp_path / 'runs/cnn'} '{tmp_path / 'data/my train.csv'}'"
+    assert f"{command} --index ROW explains it" in hint
 
 
 def test_model_summary_lists_layers_with_shapes_and_parameters(tiny_run):

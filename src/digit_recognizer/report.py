@@ -246,7 +246,10 @@ def _explain_hint(run_dir: Path, data_rows: SourceRows | None) -> str:
     if data_rows is None:  # images handed over in Python, from no file the report knows of
         return ("Each caption's row counts the images evaluated from 0; digits explain RUN_DIR "
                 "CSV --index ROW explains row ROW of a CSV.")  # fmt: skip
-    command = f"digits explain {shlex.quote(str(run_dir))} {shlex.quote(str(data_rows.source))}"
+    # Absolute: the page is read in a browser, and the command pasted into a shell in any
+    # folder; paths as typed had worked only from the folder the run was trained or reported in.
+    paths = (run_dir.absolute(), data_rows.source.absolute())
+    command = "digits explain " + " ".join(shlex.quote(str(path)) for path in paths)
     return (f"Each caption's row is the image's row of {data_rows.source}, counted from 0: "
             f"{command} --index ROW explains it.")  # fmt: skip
 
