@@ -48,6 +48,15 @@ def test_augment_keeps_a_half_precision_batch_in_its_dtype(small_train, dtype):
     assert (half.float() - full).abs().mean() < 0.02
 
 
+def test_augment_takes_a_batch_of_no_images():
+    # As grad_cam and predict_proba take one: affine_grid had raised on it.
+    none = torch.zeros(0, 1, 28, 28)
+    every_transform = Augmentation(elastic_px=1.5, styles=1.0)
+    labels = torch.zeros(0, dtype=torch.int64)
+    out = augment_batch(none, every_transform, torch.Generator().manual_seed(0), labels)
+    assert out.shape == none.shape and out.dtype == none.dtype
+
+
 def test_zero_strength_is_identity(small_train):
     # Every range scales, the elastic distortion's and the writing styles' share too (these
     # drawn only where labels are given).

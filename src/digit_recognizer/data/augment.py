@@ -120,6 +120,8 @@ def augment_batch(
     tensor of the images' shape and dtype, values in [0, 1]
     """
     n_images, _, height, _ = images.shape
+    if n_images == 0:  # affine_grid refuses a grid of no images
+        return images.clone()
 
     def uniform(*shape: int) -> torch.Tensor:  # in [-1, 1]
         # Drawn in float32 whatever the images' dtype, so a seed draws the same transforms in
