@@ -12,6 +12,7 @@ from sklearn.pipeline import Pipeline
 
 from digit_recognizer.data.images import check_images
 from digit_recognizer.errors import ConfigError, ModelFileError, OutputError
+from digit_recognizer.estimator import build_estimator
 from digit_recognizer.models import available, build
 from digit_recognizer.models.classical import (
     TRUSTED_FILE,
@@ -140,6 +141,31 @@ def test_model_files_made_elsewhere_are_refused_in_one_line(tmp_path, fitted, sm
     save_pipeline(tmp_path / "shifted", one_to_ten, "logreg", {})
     with pytest.raises(ModelFileError, match="not a fitted pipeline of the digits 0-9"):
         load_pipeline(tmp_path / "shifted")  # its columns would be read as digits 0-9
+
+
+@pytest.mark.parametrize("n_rows, single_digit", [(60, None), (300, 5)])
+def test_the_svm_calibrates_on_few_rows_and_on_a_digit_of_one_row(small_train, n_rows,
+                                                                  single_digit):  # fmt: skip
+    """Its 10 % holdout (StratifiedShuffleSplit) had refused fewer rows than ~91 (a holdout of
+    fewer rows than digits) and a digit of one row: `digits compare` could not score it."""
+    images, labels = small_train.images[:n_rows], small_train.labels[:n_rows]
+    if single_digit is not None:
+        keep = (labels != single_digit) | (np.cumsum(labels == single_digit) == 1)
+        images, labels = images[keep], labels[keep]
+    svm = build("svm").fit(images, labels)
+    assert svm.predict_proba(images).shape == (len(labels), 10)
+    (calibrated,) = svm.named_steps["classifier"].calibrated_classifiers_
+    assert calibrated.estimator.classes_.tolist() == list(range(10))  # the single row fitted
+
+
+def test_the_svm_holds_out_by_its_seed(small_train):
+    """Its holdout had been drawn with random_state=0 whatever `--seed` said."""
+    images, labels = small_train.images[:300], small_train.labels[:300]
+    holdouts = [next(build_estimator("svm", seed=seed).named_steps["classifier"].cv
+                     .split(images, labels))[1] for seed in (1, 1, 2)]  # fmt: skip
+    np.testing.assert_array_equal(holdouts[0], holdouts[1])
+    assert not np.array_equal(holdouts[1], holdouts[2])
+    assert len(holdouts[0]) == 30 and set(labels[holdouts[0]]) == set(range(10))  # 10 %, by digit
 
 
 def test_unfitted_knn_says_so():

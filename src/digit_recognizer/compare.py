@@ -93,8 +93,8 @@ def compare(
 
     Held out: ``test_csv`` if given, else stratified ``cv`` folds if given, else a stratified
     ``valid_size`` split (default 0.2; refused with the other two), drawn with ``seed``, which
-    also seeds the models that draw at random (nets, the random forest). Writes
-    ``out_dir/leaderboard.csv`` with columns
+    also seeds the models that draw at random (nets, the random forest, the SVM's calibration
+    holdout). Writes ``out_dir/leaderboard.csv`` with columns
     ``model,accuracy,macro_f1,fit_seconds,predict_seconds,parameters`` (with ``cv``: a ``_mean``
     and a ``_std`` column for each score, and the parameters the folds' models agree on, else
     each count with its number of folds), ``out_dir/leaderboard.png``, and

@@ -173,7 +173,8 @@ augment, valid_size, patience, seed, device : optional
 def build_estimator(name: str, seed: int | None = None, **params: Any) -> NetClassifier | Pipeline:
     """An unfitted estimator by registry name: ``NetClassifier(name, **params)`` for nets (params
     are ``TrainConfig`` keys), the registered pipeline for classical models (builder arguments).
-    ``seed`` seeds the models that draw at random (nets, the random forest); others ignore it.
+    ``seed`` seeds the models that draw at random (nets, the random forest, the SVM's
+    calibration holdout); others ignore it.
     """
     spec = get_spec(name)
     if seed is not None and (spec.kind == "net" or "seed" in signature(spec.builder).parameters):
