@@ -173,6 +173,13 @@ def test_unfitted_knn_says_so():
         TorchKNeighborsClassifier().predict(np.zeros((1, 784), np.float32))
 
 
+def test_knn_refuses_no_queries_as_scikit_learn_does():
+    """What predict_proba's batches rely on: at least one query row, else no batch to join."""
+    knn = TorchKNeighborsClassifier().fit(np.eye(3, dtype=np.float32), [0, 1, 2])
+    with pytest.raises(ValueError, match=r"Found array with 0 sample\(s\)"):
+        knn.predict_proba(np.zeros((0, 3), np.float32))
+
+
 def test_torch_knn_agrees_with_scikit_learn():
     rng = np.random.default_rng(0)
     X, y = rng.normal(size=(300, 8)).astype(np.float32), rng.integers(0, 3, 300)

@@ -162,7 +162,7 @@ class TorchKNeighborsClassifier(ClassifierMixin, BaseEstimator):
             votes = torch.zeros(len(query), len(self.classes_))
             votes.scatter_add_(1, labels[indices], weights)
             probas.append(votes / votes.sum(1, keepdim=True))
-        return torch.cat(probas).numpy() if probas else np.zeros((0, len(self.classes_)))
+        return torch.cat(probas).numpy()  # validate_data refuses 0 rows: never empty
 
     def predict(self, X: ArrayLike) -> NDArray:
         probas = self.predict_proba(X)  # first: NotFittedError before classes_ is read
