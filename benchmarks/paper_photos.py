@@ -39,7 +39,7 @@ from digit_recognizer.data.kaggle_csv import read_kaggle_csv, read_submission
 from digit_recognizer.data.replica import cached_replica
 from digit_recognizer.errors import ConfigError
 from digit_recognizer.predict import PredictConfig, Predictor
-from script import count, run_script  # run from benchmarks/: its folder is on the path
+from script import count, flag_checks, run_script  # run from benchmarks/: its folder is on the path
 
 PAGE = 200
 PAPER, LINE = 235, 20
@@ -197,10 +197,11 @@ def main() -> None:
     parser.add_argument("--images", type=count, default=300, help="test digits drawn per page kind")
     parser.add_argument("--angles", default="0,3,5,8,10", help="angles the page is turned by")
     args = parser.parse_args()
-    angles = parse_angles(args.angles)  # before the model loads
-    if args.images > TEST_DIGITS:  # had ended in numpy's traceback, drawing them
-        raise ConfigError(f"--images must be at most {TEST_DIGITS:,}, the replica's test "
-                          f"digits, got {args.images:,}")  # fmt: skip
+    with flag_checks(parser):  # before the model loads
+        angles = parse_angles(args.angles)
+        if args.images > TEST_DIGITS:  # had ended in numpy's traceback, drawing them
+            raise ConfigError(f"--images must be at most {TEST_DIGITS:,}, the replica's test "
+                              f"digits, got {args.images:,}")  # fmt: skip
 
     predictor = Predictor.load(args.runs, PredictConfig(tta=args.tta))
     files = cached_replica(args.replica_seed)

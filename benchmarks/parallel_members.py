@@ -27,6 +27,7 @@ from digit_recognizer.models.runtime import Device
 from digit_recognizer.pipeline import TrainJobResult, train_jobs
 from digit_recognizer.presets import get_preset
 from script import (  # run from benchmarks/: its folder is on the path
+    flag_checks,
     replica_seed,
     run_script,
     times_faster,
@@ -44,7 +45,8 @@ def main() -> None:
     args = parser.parse_args()
 
     flags = {"epochs": args.epochs, "device": args.device}
-    configs = get_preset(args.preset).configs(flags=flags)[: max(args.members, 0)]
+    with flag_checks(parser):  # an unknown preset, --epochs 0
+        configs = get_preset(args.preset).configs(flags=flags)[: max(args.members, 0)]
     if len(configs) < 2:
         parser.error(f"preset '{args.preset}' with --members {args.members}: not an ensemble")
     if args.jobs < 2:  # one at a time is the baseline, measured beside it

@@ -1,13 +1,16 @@
 """How each benchmark script ends on a mistake of its user's (a run directory that is not one,
 an unknown preset, a port in use, a seed out of range): one line on stderr and a non-zero exit
-status, as `digits` does, not a traceback. Anything else is a bug and keeps its traceback."""
+status, as `digits` does, not a traceback. A mistake in the command line exits 2, argparse's
+status for its own refusals (``flag_checks``); any other, 1. Anything else is a bug and keeps
+its traceback."""
 
 from __future__ import annotations
 
 import argparse
 import statistics
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from digit_recognizer.data.splits import check_seed
@@ -19,6 +22,17 @@ def run_script(main: Callable[[], None]) -> None:
         main()
     except (DigitsError, OSError) as error:  # OSError: no permission, a full disk, ...
         sys.exit(f"{Path(sys.argv[0]).name}: error: {error}")
+
+
+@contextmanager
+def flag_checks(parser: argparse.ArgumentParser) -> Iterator[None]:
+    """Around the checks of a script's flags after ``parse_args``: a ``ConfigError`` raised
+    there ends as argparse's own refusals do, usage and one line, exit status 2 (run_script's
+    exit 1 had made '--port 0' look like a failed run, '--port x' a usage error)."""
+    try:
+        yield
+    except ConfigError as error:
+        parser.error(str(error))
 
 
 def replica_seed(text: str) -> int:

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from digit_recognizer.data.mnist import load_mnist
-from digit_recognizer.errors import ConfigError, DigitsError
+from digit_recognizer.errors import DigitsError
 from digit_recognizer.serve.app import listening_socket
 from script import (  # run from benchmarks/: its folder is on the path
     count,
@@ -125,7 +125,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8765)
     args = parser.parse_args()
     if not 1 <= args.port <= 65535:  # 0, a free port to `digits serve`, is one not known here
-        raise ConfigError(f"--port must be from 1 to 65535, got {args.port}")
+        parser.error(f"--port must be from 1 to 65535, got {args.port}")
     images = load_mnist().images[60000:61000]
     print(f"{args.requests} single-image requests x {args.repeats} repeats, {args.clients} clients")
     print(f"{'backend':8} {'requests/s':>16} {'p50 ms':>16} {'p99 ms':>16}")

@@ -37,6 +37,7 @@ from digit_recognizer.predict import TTA_SHIFTS, PredictConfig, Predictor
 from digit_recognizer.presets import Preset, get_preset
 from digit_recognizer.train import TrainConfig, train
 from script import (  # run from benchmarks/: its folder is on the path
+    flag_checks,
     replica_seed,
     run_script,
     times_faster,
@@ -103,10 +104,8 @@ def main() -> None:
     texts = args.recipes.split(",") if args.recipes else []
     texts += args.recipe if args.recipe or args.recipes else ["default", "seed"]
     seed_settings = {"time_budget_s": args.seed_budget, "target_accuracy": args.target}
-    try:
+    with flag_checks(parser):
         recipes = [(text, *parse_recipe(text, seed_settings)) for text in texts]
-    except ConfigError as error:
-        parser.error(str(error))
 
     if args.work_dir:  # a folder of its own in it: train() refuses a run directory used before
         args.work_dir.mkdir(parents=True, exist_ok=True)

@@ -52,16 +52,18 @@ def test_a_user_error_is_one_line_not_a_traceback(
     ("serve_load", ["--port", "0"], "--port must be from 1 to 65535, got 0"),
 ])  # fmt: skip
 def test_a_bad_flag_is_one_line_before_any_work(
-    import_script: Callable[[str], ModuleType], monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
-    name: str, argv: list[str], refusal: str,
+    import_script: Callable[[str], ModuleType], monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, name: str, argv: list[str], refusal: str,
 ) -> None:  # fmt: skip
     """Each had ended in a traceback once the model had loaded (float(''), numpy's sample
     larger than its population) or the server was to start (bind()'s OverflowError); --port 0
-    in 'did not answer /health within 120 s', asked of port 0 while the server took another."""
+    in 'did not answer /health within 120 s', asked of port 0 while the server took another.
+    Then in exit status 1, where argparse's own refusals of a flag (--port x) exit 2."""
     monkeypatch.setattr(sys, "argv", [f"{name}.py", str(tmp_path), *argv])
     with pytest.raises(SystemExit) as stop:
         import_script("script").run_script(import_script(name).main)
-    assert stop.value.code == f"{name}.py: error: {refusal}"
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.endswith(f"{name}.py: error: {refusal}\n")
 
 
 class Healthy(BaseHTTPRequestHandler):
@@ -165,20 +167,23 @@ def test_times_faster_says_which_way(
     assert import_script("script").times_faster(baseline_s, ours_s) == said
 
 
-@pytest.mark.parametrize("members, jobs, refusal", [
-    ("2", "1", "--jobs 1: side by side is at least 2 at a time"),
-    ("-1", "2", "preset 'best' with --members -1: not an ensemble"),
+@pytest.mark.parametrize("argv, refusal", [
+    (["--jobs", "1"], "--jobs 1: side by side is at least 2 at a time"),
+    (["--members", "-1"], "preset 'best' with --members -1: not an ensemble"),
+    (["--preset", "bets"], "unknown preset 'bets'; choose one of "),
+    (["--epochs", "0"], "--epochs must be >= 1"),
 ])  # fmt: skip
 def test_parallel_members_refuses_what_it_cannot_compare(
-    parallel_members: list[int], capsys: pytest.CaptureFixture[str], members: str, jobs: str,
+    parallel_members: list[int], capsys: pytest.CaptureFixture[str], argv: list[str],
     refusal: str,
 ) -> None:  # fmt: skip
     """--jobs 1 had trained every member twice into one folder, to be refused the second time;
-    --members -1 had taken all members but the last."""
+    --members -1 had taken all members but the last; an unknown --preset or --epochs 0 had
+    exited 1, where argparse's own refusals of a flag exit 2."""
     with pytest.raises(SystemExit) as stop:
-        run_main("parallel_members", "--members", members, "--jobs", jobs, "--device", "cpu")
+        run_main("parallel_members", *argv, "--device", "cpu")
     assert stop.value.code == 2 and parallel_members == []
-    assert capsys.readouterr().err.endswith(f"error: {refusal}\n")
+    assert f"error: {refusal}" in capsys.readouterr().err
 
 
 @pytest.fixture
