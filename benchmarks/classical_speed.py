@@ -16,6 +16,7 @@ replica: 0.2 of its rows, the split ``digits compare`` holds out).
 from __future__ import annotations
 
 import argparse
+import math
 import tempfile
 import time
 from pathlib import Path
@@ -30,10 +31,12 @@ from digit_recognizer.data.kaggle_csv import DigitSet, write_kaggle_csv
 from digit_recognizer.data.replica import cached_replica, ready_replica
 from digit_recognizer.data.shards import read_labelled
 from digit_recognizer.data.splits import split_for_training
-from digit_recognizer.errors import DigitsError
+from digit_recognizer.errors import ConfigError, DigitsError
+from digit_recognizer.evaluate import CLASSES
 from digit_recognizer.models import available, build
 from script import (  # run from benchmarks/: its folder is on the path
     count,
+    flag_checks,
     mean_and_spread,
     replica_seed,
     run_script,
@@ -49,6 +52,7 @@ def fit_predict_seconds(model, fit_set: DigitSet, X_fit, X_score, score_set: Dig
 
 
 WARM_UP = slice(0, 1000)  # the images of an untimed fit and predict
+HELD_OUT = 0.2  # of the rows, scored: the split `digits compare` holds out by default
 
 
 def warm_up(name: str, fit_set: DigitSet, score_set: DigitSet) -> None:
@@ -89,6 +93,25 @@ def classical_models(text: str) -> list[str]:
     return names
 
 
+def check_rows(rows: int | None, svm_subset: int, models: list[str]) -> None:
+    """``ConfigError`` where --rows or --svm-subset leave a model too few rows: the split holds
+    out HELD_OUT of the rows, at least one of each digit, and a PCA of N components fits on N
+    rows at least. The split's refusal had named compare's --valid-size, and a model's
+    scikit-learn's traceback."""
+    least_fit = {name: build(name).get_params().get("pca__n_components", 1) for name in models}
+    if rows is not None:
+        least = math.ceil(max(len(CLASSES) / HELD_OUT,
+                              *(n / (1 - HELD_OUT) for n in least_fit.values())))  # fmt: skip
+        if rows < least:
+            raise ConfigError(f"--rows {rows}: too few to hold out {HELD_OUT} of them, a row of "
+                              f"each digit at least, and fit {','.join(models)} on the rest; "
+                              f"give --rows {least} or more")  # fmt: skip
+    if "svm" in models and svm_subset < least_fit["svm"]:
+        raise ConfigError(f"--svm-subset {svm_subset}: svm's PCA keeps {least_fit['svm']} "
+                          f"features, which takes as many rows; give --svm-subset "
+                          f"{least_fit['svm']} or more")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dir", type=Path, help="replica folder (default: the cache's)")
@@ -99,6 +122,8 @@ def main() -> None:
     parser.add_argument("--svm-subset", type=count, default=10_000, help="SVM training images")
     parser.add_argument("--repeats", type=count, default=1)
     args = parser.parse_args()
+    with flag_checks(parser):
+        check_rows(args.rows, args.svm_subset, args.models)
     files = ready_replica(args.dir, args.seed) if args.dir else cached_replica(args.seed)
     with tempfile.TemporaryDirectory() as scratch:
         train_csv, data = files.train, read_labelled(files.train)
@@ -107,7 +132,7 @@ def main() -> None:
             data = data.take(slice(0, args.rows))
             train_csv = Path(scratch) / "train.csv"
             write_kaggle_csv(train_csv, data.images, data.labels)
-        fit_set, score_set = split_for_training(data, 0.2, 0)
+        fit_set, score_set = split_for_training(data, HELD_OUT, 0)
         if "knn" in args.models:
             pair("knn", KNeighborsClassifier(), fit_set, score_set, args.repeats)
         if "svm" in args.models:
@@ -117,7 +142,7 @@ def main() -> None:
             warm_up(args.models[0], fit_set, score_set)
         board = compare(train_csv, args.models, Path(scratch) / "compare")
     print(f"\nclassical models, fit on {len(fit_set):,} rows, scored on {len(score_set):,} "
-          f"(0.2 of {len(data):,} replica rows):")  # fmt: skip
+          f"({HELD_OUT} of {len(data):,} replica rows):")  # fmt: skip
     print(",".join(board.columns))
     for row in board.rows:
         print(",".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row.values()))

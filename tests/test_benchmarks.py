@@ -329,6 +329,29 @@ def test_classical_speed_refuses_models_as_compare_does(
     assert f"error: argument --models: {refusal}" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv, refusal", [
+    (["--rows", "5"], "--rows 5: too few to hold out 0.2 of them, a row of each digit at least, "
+                      "and fit logreg,knn,svm,random-forest on the rest; give --rows 125 or more"),
+    (["--rows", "49", "--models", "knn"], "--rows 49: too few to hold out 0.2 of them, a row of "
+                                          "each digit at least, and fit knn on the rest; give "
+                                          "--rows 50 or more"),
+    (["--models", "svm", "--svm-subset", "39"], "--svm-subset 39: svm's PCA keeps 40 features, "
+                                                "which takes as many rows; give --svm-subset 40 "
+                                                "or more"),
+])  # fmt: skip
+def test_classical_speed_refuses_too_few_rows_naming_its_own_flags(
+    classical_speed: dict[str, list], capsys: pytest.CaptureFixture[str], argv: list[str],
+    refusal: str,
+) -> None:  # fmt: skip
+    """--rows 5 had been refused by the split with advice to change --valid-size, a flag of
+    `digits compare`'s this script lacks; --rows 49 --models knn, and an --svm-subset below the
+    PCA's 40 components, had ended in scikit-learn's traceback."""
+    with pytest.raises(SystemExit) as stop:
+        run_main("classical_speed", *argv)
+    assert stop.value.code == 2 and classical_speed == {"pairs": [], "compare": []}
+    assert capsys.readouterr().err.endswith(f"classical_speed.py: error: {refusal}\n")
+
+
 def test_streaming_rates_leave_out_the_first_batch(
     import_script: Callable[[str], ModuleType], monkeypatch: pytest.MonkeyPatch
 ) -> None:
