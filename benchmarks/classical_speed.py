@@ -144,8 +144,8 @@ def main() -> None:
     print(f"\nclassical models, fit on {len(fit_set):,} rows, scored on {len(score_set):,} "
           f"({HELD_OUT} of {len(data):,} replica rows):")  # fmt: skip
     print(",".join(board.columns))
-    for row in board.rows:
-        print(",".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row.values()))
+    for cells in board.printed_rows():
+        print(",".join(cells))
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+from digit_recognizer.compare import Leaderboard
 from digit_recognizer.data.kaggle_csv import DigitSet, read_kaggle_csv
 from digit_recognizer.errors import ConfigError
 
@@ -279,9 +280,9 @@ def classical_speed(
              repeats: int) -> None:  # fmt: skip
         calls["pairs"].append((name, len(fit_set), len(score_set)))
 
-    def compare(train_csv: Path, models: list[str], out_dir: Path) -> SimpleNamespace:
+    def compare(train_csv: Path, models: list[str], out_dir: Path) -> Leaderboard:
         calls["compare"].append((len(read_kaggle_csv(train_csv)), models))
-        return SimpleNamespace(columns=["model"], rows=[])
+        return Leaderboard(["model"], [], out_dir / "leaderboard.csv", out_dir / "chart.png", 1)
 
     monkeypatch.setattr(module, "pair", pair)
     monkeypatch.setattr(module, "compare", compare)
@@ -327,6 +328,19 @@ def test_classical_speed_refuses_models_as_compare_does(
         run_main("classical_speed", "--models", models)
     assert stop.value.code == 2 and classical_speed == {"pairs": [], "compare": []}
     assert f"error: argument --models: {refusal}" in capsys.readouterr().err
+
+
+def test_classical_speed_prints_scores_as_digits_compare_does(
+    import_script: Callable[[str], ModuleType], monkeypatch: pytest.MonkeyPatch,
+    classical_speed: dict[str, list], capsys: pytest.CaptureFixture[str], tmp_path: Path,
+) -> None:  # fmt: skip
+    """Its leaderboard had printed 4 significant digits: 0.99 beside 0.9912, 0.1235 s."""
+    row = {"model": "svm", "accuracy": 0.99, "fit_seconds": 3.14159, "parameters": 278986}
+    board = Leaderboard(list(row), [row], tmp_path / "leaderboard.csv", tmp_path / "chart.png", 1)
+    monkeypatch.setattr(import_script("classical_speed"), "compare",
+                        lambda train_csv, models, out_dir: board)  # fmt: skip
+    run_main("classical_speed", "--models", "knn", "--rows", "500")
+    assert capsys.readouterr().out.splitlines()[-1] == "svm,0.9900,3.14,278986"
 
 
 @pytest.mark.parametrize("argv, refusal", [

@@ -798,10 +798,8 @@ def compare(
     table = Table(title=f"digits compare ({board.n_folds} fold{'s' * (board.n_folds > 1)})")
     for column in board.columns:
         table.add_column(column, justify="left" if column == "model" else "right")
-    for row in board.rows:
-        digits = {c: 2 if "seconds" in c else 4 for c in board.columns}
-        table.add_row(*(f"{row[c]:.{digits[c]}f}" if isinstance(row[c], float) else str(row[c])
-                        for c in board.columns))  # fmt: skip
+    for cells in board.printed_rows():
+        table.add_row(*cells)
     console.print(table)
     console.print(f"wrote {board.csv_path}, {board.chart_path} and "
                   f"{board.csv_path.with_name(SETTINGS_FILE)}")  # fmt: skip

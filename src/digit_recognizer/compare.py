@@ -56,6 +56,14 @@ class Leaderboard:
     chart_path: Path
     n_folds: int
 
+    def printed_rows(self) -> list[list[str]]:
+        """Each row's cells, in ``columns`` order, as `digits compare` prints them: seconds to
+        2 decimals, accuracy and macro F1 (and their spreads) to 4 (leaderboard.csv keeps 6
+        significant digits)."""
+        return [[f"{row[column]:.{2 if 'seconds' in column else 4}f}"
+                 if isinstance(row[column], float) else str(row[column])
+                 for column in self.columns] for row in self.rows]  # fmt: skip
+
 
 def parse_model_names(text: str) -> list[str]:
     """``--models``' comma-separated names (blanks around them and empty ones dropped), checked
