@@ -19,18 +19,18 @@ out, and ``--train-steps`` counts the timed steps after it. memory's read is the
 
 Target (issue 8): streaming peak RSS <= 2 GB at 1,000,000 rows, within 20 % of 100,000 rows.
 
-Measured once, ``--rows 100000 1000000 --train-steps 100``, on 2 shared AMD EPYC vCPUs under
-load average 5-7 from other jobs (so rows/s are low and noisy; the RSS figures are not), Python
-3.11, torch 2.13 CPU, pyarrow 26; peak RSS in MB, main process + its one DataLoader worker
-(abridged: the script now prints "train" as "read+augment+train N rows/s (rows trained)"; the
-rows/s were timed from the first batch, worker start-up included, before the steady state):
+Peak RSS in MB, main process + its one DataLoader worker, measured once, ``--rows 100000
+1000000 --train-steps 100``, on 2 shared AMD EPYC vCPUs, Python 3.11, torch 2.13 CPU, pyarrow
+26 (its rows/s are left out: timed from the first batch, worker start-up included, before the
+steady state was, and under load average 5-7 from other jobs; README's "Data" paragraph has a
+streamed training epoch's rate):
 
-    expand   126,000 rows:  4,961 rows/s (25 s),  peak RSS 478
-    expand 1,008,000 rows:  3,207 rows/s (314 s), peak RSS 486
-    stream   126,000 rows: read 17,311 rows/s, train 129 rows/s, peak RSS 550 + worker 446
-    stream 1,008,000 rows: read 22,274 rows/s, train 345 rows/s, peak RSS 557 + worker 438
-    memory   126,000 rows: read 20,607 rows/s, train  96 rows/s, peak RSS 750
-    memory 1,008,000 rows: read 77,978 rows/s, train 277 rows/s, peak RSS 2,069
+    expand   126,000 rows: peak RSS 478
+    expand 1,008,000 rows: peak RSS 486
+    stream   126,000 rows: peak RSS 550 + worker 446
+    stream 1,008,000 rows: peak RSS 557 + worker 438
+    memory   126,000 rows: peak RSS 750
+    memory 1,008,000 rows: peak RSS 2,069
 
 Worked out from those lines, streaming: 995 MB at both sizes (within 1 %); in memory: 2.8x from
 126k to 1M rows.
