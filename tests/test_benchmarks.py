@@ -51,6 +51,8 @@ def test_a_user_error_is_one_line_not_a_traceback(
                                             "digits, got 28,001"),
     ("serve_load", ["--port", "70000"], "--port must be from 1 to 65535, got 70000"),
     ("serve_load", ["--port", "0"], "--port must be from 1 to 65535, got 0"),
+    ("serve_load", ["--backends", "torch", "tf"], "argument --backends: invalid choice: 'tf' "
+                                                  "(choose from 'torch', 'onnx')"),
 ])  # fmt: skip
 def test_a_bad_flag_is_one_line_before_any_work(
     import_script: Callable[[str], ModuleType], monkeypatch: pytest.MonkeyPatch,
@@ -58,8 +60,9 @@ def test_a_bad_flag_is_one_line_before_any_work(
 ) -> None:  # fmt: skip
     """Each had ended in a traceback once the model had loaded (float(''), numpy's sample
     larger than its population) or the server was to start (bind()'s OverflowError); --port 0
-    in 'did not answer /health within 120 s', asked of port 0 while the server took another.
-    Then in exit status 1, where argparse's own refusals of a flag (--port x) exit 2."""
+    in 'did not answer /health within 120 s', asked of port 0 while the server took another;
+    --backends tf in the error of its server, once torch's had been measured. Then in exit
+    status 1, where argparse's own refusals of a flag (--port x) exit 2."""
     monkeypatch.setattr(sys, "argv", [f"{name}.py", str(tmp_path), *argv])
     with pytest.raises(SystemExit) as stop:
         import_script("script").run_script(import_script(name).main)
