@@ -166,6 +166,7 @@ def test_the_svm_holds_out_by_its_seed(small_train):
     np.testing.assert_array_equal(holdouts[0], holdouts[1])
     assert not np.array_equal(holdouts[1], holdouts[2])
     assert len(holdouts[0]) == 30 and set(labels[holdouts[0]]) == set(range(10))  # 10 %, by digit
+    assert "cv=CalibrationHoldout(seed=2, test_size=0.1)" in repr(build_estimator("svm", seed=2))
 
 
 def test_unfitted_knn_says_so():

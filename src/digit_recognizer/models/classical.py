@@ -41,7 +41,11 @@ from sklearn.calibration import CalibratedClassifierCV
 from sklearn.decomposition import PCA
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import StratifiedShuffleSplit, train_test_split
+from sklearn.model_selection import (
+    BaseCrossValidator,
+    StratifiedShuffleSplit,
+    train_test_split,
+)
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
@@ -208,7 +212,7 @@ def knn(n_neighbors: int = 4, n_components: int = 40, deskew: bool = True) -> Pi
     ])  # fmt: skip
 
 
-class CalibrationHoldout:
+class CalibrationHoldout(BaseCrossValidator):
     """The SVM's one calibration split, a scikit-learn splitter: ``test_size`` of each digit's
     rows held out, drawn with ``seed``, but at least one row of each digit of two or more rows,
     and never a digit's only row, which the SVC must fit to predict that digit at all.
