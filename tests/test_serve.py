@@ -718,9 +718,12 @@ def test_the_configured_image_pixel_limit_is_applied(run_dir: Path) -> None:
 def test_bad_multipart_and_content_type(client: TestClient) -> None:
     named = client.post("/predict", files={"file": ("notes.txt", b"just text", "text/plain")})
     assert (named.status_code, named.json()["detail"]) == (422, f"notes.txt: {NOT_IMAGE}")
-    no_file = client.post("/predict", data={"name": "seven"}, files={"other": ("a", b"x")})
-    assert no_file.status_code == 422
-    assert no_file.json()["detail"] == "multipart upload without a file: put it in a field 'file'"
+    no_file = client.post("/predict", files={"other": ("a", b"x")})
+    assert (no_file.status_code, no_file.json()["detail"]) == (
+        422,
+        "multipart upload: unexpected field 'other'; send the file alone, in a field 'file' "
+        "(curl -F file=@image)",
+    )
     # In field 'file', but as text (no filename): it had been told to put it in a field 'file'
     as_text = client.post("/predict/csv", files={"file": (None, b"pixel0\n0\n")})
     assert (as_text.status_code, as_text.json()["detail"]) == (
@@ -749,6 +752,43 @@ def test_bad_multipart_and_content_type(client: TestClient) -> None:
         response = client.post("/predict", content=png, headers={"Content-Type": label})
         assert response.status_code == 200 and response.json() == as_png | {
             "latency_ms": response.json()["latency_ms"]}, label  # fmt: skip
+
+
+def test_a_form_with_more_than_its_one_file_names_what_else_came(client: TestClient) -> None:
+    """Starlette had answered a second file with its bare 400 'Too many files. Maximum number
+    of files is 1.', and a second text field beside the file with 'Too many fields ...' (one
+    was ignored), naming neither the field nor what to send."""
+    png = ("seven.png", encode(drawing()), "image/png")
+    alone = "send the file alone, in a field 'file' (curl -F file=@"
+    forms = [
+        ({"files": [("file", png), ("file", png)]},
+         "multipart upload: 2 parts in field 'file'; send one file per request"),
+        ({"files": [("file", png), ("other", png)]},
+         f"multipart upload: unexpected field 'other'; {alone}image)"),
+        ({"files": {"file": png}, "data": {"name": "seven"}},
+         f"multipart upload: unexpected field 'name'; {alone}image)"),
+        ({"files": {"file": png}, "data": {"name": "seven", "note": "x"}},
+         f"multipart upload: unexpected field 'name'; {alone}image)"),
+    ]  # fmt: skip
+    for form, detail in forms:
+        answer = client.post("/predict", **form)
+        assert (answer.status_code, answer.json()["detail"]) == (422, detail), detail
+    csv = client.post("/predict/csv", files=[("file", png), ("extra", png)])
+    assert csv.json()["detail"] == f"multipart upload: unexpected field 'extra'; {alone}test.csv)"
+    # Past the parts Starlette takes, or malformed: its reason, and what to send.
+    many = client.post("/predict", files=[("file", png)] * 20)
+    assert (many.status_code, many.json()["detail"]) == (
+        400,
+        f"multipart upload: Too many files. Maximum number of files is 8; {alone}image)",
+    )
+    no_boundary = client.post(
+        "/predict", content=b"x", headers={"Content-Type": "multipart/form-data"}
+    )
+    assert (no_boundary.status_code, no_boundary.json()["detail"]) == (
+        400,
+        f"multipart upload: Missing boundary in multipart; {alone}image)",
+    )
+    assert client.post("/predict", files={"file": png}).status_code == 200
 
 
 def test_a_text_part_over_1_mb_is_told_to_be_sent_as_a_file(

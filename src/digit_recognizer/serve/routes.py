@@ -28,7 +28,8 @@ from pydantic import (
     model_validator,
 )
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import UploadFile
+from starlette.datastructures import FormData, UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from digit_recognizer.data.images import load_image
 from digit_recognizer.data.kaggle_csv import parse_kaggle_csv, show_value, submission_chunks
@@ -43,6 +44,9 @@ pages = APIRouter(include_in_schema=False)
 
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/bmp", "image/webp", "image/tiff")
 AS_IS_QUERY = "?as_is=true"  # a client's --as-is, as the warnings of redone digits name it
+# Files, and text fields, a form may hold before Starlette refuses it with its own 400: enough
+# for the answer to name what a client sent beside its one file. The body's limit bounds bytes.
+MAX_FORM_PARTS = 8
 
 
 # --- request and response bodies ---------------------------------------------------------------
@@ -210,7 +214,14 @@ _SINGLE = TypeAdapter(DigitInput)
 _BATCH = TypeAdapter(list[DigitInput])
 _JSON_SCHEMA = {"oneOf": [_SINGLE.json_schema(), {"type": "array", "items": _SINGLE.json_schema()}]}
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
-_FILE_FIELD = {"schema": {"type": "object", "properties": {"file": _BINARY["schema"]}}}
+_FILE_FIELD = {
+    "schema": {
+        "type": "object",
+        "properties": {"file": _BINARY["schema"]},
+        "required": ["file"],
+        "additionalProperties": False,
+    }
+}
 PREDICT_BODY = {
     "requestBody": {
         "required": True,
@@ -523,19 +534,51 @@ async def _read_upload(
     the body's limit (``BodySizeLimit`` holds it)."""
     if content_type != "multipart/form-data":
         return await request.body(), default_name
-    # A text part as large as the body may be: one over Starlette's 1 MB for text had been
-    # refused with its 400 "Part exceeded maximum size of 1024KB", not told to send a file.
-    async with request.form(max_files=1, max_fields=1, max_part_size=max_bytes) as form:
-        upload = form.get("file")
-        if isinstance(upload, str):  # a part without a filename, which forms take for text
-            raise HTTPException(
-                422,
-                "multipart upload: field 'file' is a text field, not a file; send it as a file "
-                f"(a part with a filename: curl -F file=@{default_name})",
-            )
-        if not isinstance(upload, UploadFile):
-            raise HTTPException(422, "multipart upload without a file: put it in a field 'file'")
+    try:
+        # A text part as large as the body may be: one over Starlette's 1 MB for text had been
+        # refused with its 400 "Part exceeded maximum size of 1024KB", not told to send a file.
+        form = await request.form(
+            max_files=MAX_FORM_PARTS, max_fields=MAX_FORM_PARTS, max_part_size=max_bytes
+        )
+    except StarletteHTTPException as error:  # malformed, or past MAX_FORM_PARTS: its 400
+        reason = str(error.detail).rstrip(".")
+        raise HTTPException(
+            error.status_code, f"multipart upload: {reason}; {_send_alone(default_name)}"
+        ) from None
+    try:
+        upload = _the_file(form, default_name)
         return await upload.read(), upload.filename or default_name
+    finally:
+        await form.close()
+
+
+def _the_file(form: FormData, default_name: str) -> UploadFile:
+    """The form's one part, a file in field ``file``; 422 naming any other part."""
+    unexpected = next((name for name in form if name != "file"), None)
+    if unexpected is not None:
+        raise HTTPException(
+            422,
+            f"multipart upload: unexpected field {show_value(unexpected)}; "
+            f"{_send_alone(default_name)}",
+        )
+    parts = form.getlist("file")
+    if len(parts) > 1:
+        raise HTTPException(
+            422, f"multipart upload: {len(parts)} parts in field 'file'; send one file per request"
+        )
+    if not parts:
+        raise HTTPException(422, "multipart upload without a file: put it in a field 'file'")
+    if isinstance(parts[0], str):  # a part without a filename, which forms take for text
+        raise HTTPException(
+            422,
+            "multipart upload: field 'file' is a text field, not a file; send it as a file "
+            f"(a part with a filename: curl -F file=@{default_name})",
+        )
+    return parts[0]
+
+
+def _send_alone(default_name: str) -> str:
+    return f"send the file alone, in a field 'file' (curl -F file=@{default_name})"
 
 
 def _submission_csv(
