@@ -972,6 +972,50 @@ def test_a_csv_upload_too_slow_to_arrive_gets_408_and_frees_its_slot(
         assert again.status_code == 200
 
 
+def test_a_body_too_slow_to_arrive_at_predict_gets_408(client: TestClient, run_dir: Path) -> None:
+    """uvicorn bounds no body's arrival: a client that sent its headers and part of a body, then
+    went quiet, held its connection and the part buffered for ever."""
+    png = encode(drawing())
+    boundary = b"b0undary"
+    form = (b"--" + boundary + b'\r\nContent-Disposition: form-data; name="file"; '
+            b'filename="seven.png"\r\nContent-Type: image/png\r\n\r\n' + png)  # fmt: skip
+    config = ServeConfig(body_timeout_s=0.2)
+    with TestClient(create_app(run_dir, config, model=client.app.state.model)) as quick:
+
+        async def answer_to_a_stalled_body(content_type: bytes, sent: bytes) -> tuple[int, dict]:
+            pending = [{"type": "http.request", "body": sent, "more_body": True}]
+
+            async def receive() -> dict:  # part of the body, then nothing more
+                if pending:
+                    return pending.pop()
+                await asyncio.Event().wait()
+                raise AssertionError("unreachable")
+
+            answer: dict = {}
+
+            async def send(message: dict) -> None:
+                answer.update(message)
+
+            headers = [(b"content-type", content_type), (b"content-length", b"9999999")]
+            scope = {"type": "http", "http_version": "1.1", "method": "POST", "scheme": "http",
+                     "path": "/predict", "raw_path": b"/predict", "root_path": "",
+                     "query_string": b"", "headers": headers, "client": ("127.0.0.1", 1),
+                     "server": ("127.0.0.1", 80)}  # fmt: skip
+            await asyncio.wait_for(quick.app(scope, receive, send), 10)  # no answer: fails
+            return answer["status"], json.loads(answer["body"])
+
+        stalled = [(b"image/png", png), (b"application/json", b'{"pixels": ['),
+                   (b"multipart/form-data; boundary=" + boundary, form)]  # fmt: skip
+        for content_type, sent in stalled:
+            status, body = asyncio.run(answer_to_a_stalled_body(content_type, sent))
+            assert (status, body["detail"]) == (
+                408,
+                "the upload did not arrive within 0.2 s (ServeConfig.body_timeout_s); send it "
+                "again over a faster link",
+            ), content_type
+        assert quick.get("/model").json()["limits"]["body_timeout_s"] == 0.2
+
+
 def test_a_client_gone_mid_upload_is_no_logged_traceback(client: TestClient) -> None:
     """A client that disconnected mid-body (a tab closed, the page giving up a slow upload)
     raised out of /predict, which uvicorn logs as "Exception in ASGI application" with a
@@ -1024,9 +1068,10 @@ def test_a_host_left_empty_or_a_timeout_of_nan_is_refused() -> None:
     for host in ("", "[]"):
         with pytest.raises(ConfigError, match="host is empty"):
             ServeConfig(host=host)
-    for timeout in (0, float("nan"), float("inf")):
-        with pytest.raises(ConfigError, match="csv_upload_timeout_s must be > 0 and finite"):
-            ServeConfig(csv_upload_timeout_s=timeout)
+    for name in ("csv_upload_timeout_s", "body_timeout_s"):
+        for timeout in (0, float("nan"), float("inf")):
+            with pytest.raises(ConfigError, match=f"{name} must be > 0 and finite"):
+                ServeConfig(**{name: timeout})
 
 
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGHUP, "nohup"])

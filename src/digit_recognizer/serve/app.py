@@ -75,6 +75,10 @@ class ServeConfig:
     # Seconds a CSV upload may take to arrive once it holds one of those slots: two clients
     # stalled mid-body would otherwise keep every other upload out (a 51 MB test.csv at 1 MB/s).
     csv_upload_timeout_s: float = 120
+    # Seconds a JSON or image body to /predict may take to arrive: uvicorn bounds none, and a
+    # client gone quiet mid-body held its connection and up to max_body_bytes for ever. 10 MiB
+    # at 1 Mbit/s take 84 s.
+    body_timeout_s: float = 120
     max_image_pixels: int = MAX_IMAGE_PIXELS  # decoded size of an uploaded image (bombs)
 
     def __post_init__(self) -> None:
@@ -87,17 +91,16 @@ class ServeConfig:
                      "max_csv_rows", "max_csv_jobs", "max_image_pixels"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if not 0 < self.csv_upload_timeout_s < math.inf:  # nan too
-            raise ConfigError(
-                f"csv_upload_timeout_s must be > 0 and finite, got {self.csv_upload_timeout_s}"
-            )
+        for name in ("csv_upload_timeout_s", "body_timeout_s"):
+            if not 0 < getattr(self, name) < math.inf:  # nan too
+                raise ConfigError(f"{name} must be > 0 and finite, got {getattr(self, name)}")
         if not 0 <= self.port <= 65535:  # 0: any free port
             raise ConfigError(f"port must be from 0 to 65535, got {self.port}")
 
     def limits(self) -> dict[str, int | float]:
         """The request limits, as ``GET /model`` reports them."""
         names = ("max_body_bytes", "max_csv_bytes", "max_batch", "max_csv_rows", "max_csv_jobs",
-                 "csv_upload_timeout_s", "max_image_pixels")  # fmt: skip
+                 "csv_upload_timeout_s", "body_timeout_s", "max_image_pixels")  # fmt: skip
         return {name: getattr(self, name) for name in names}
 
 

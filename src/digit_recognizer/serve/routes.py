@@ -9,8 +9,8 @@ from __future__ import annotations
 import asyncio
 import codecs
 import time
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 from fastapi import APIRouter, HTTPException, Query, Request, Response
@@ -47,6 +47,8 @@ AS_IS_QUERY = "?as_is=true"  # a client's --as-is, as the warnings of redone dig
 # Files, and text fields, a form may hold before Starlette refuses it with its own 400: enough
 # for the answer to name what a client sent beside its one file. The body's limit bounds bytes.
 MAX_FORM_PARTS = 8
+
+T = TypeVar("T")
 
 
 # --- request and response bodies ---------------------------------------------------------------
@@ -287,6 +289,8 @@ async def model_info(request: Request) -> ModelInfo:
     openapi_extra=PREDICT_BODY,
     responses={400: {"model": ErrorResponse,
                      "description": "body is not valid JSON, or a malformed multipart form"},
+               408: {"model": ErrorResponse,
+                     "description": "the body took over body_timeout_s to arrive"},
                413: {"model": ErrorResponse,
                      "description": "body, batch or image over a ServeConfig limit"},
                415: {"model": ErrorResponse, "description": "unsupported Content-Type"},
@@ -383,19 +387,11 @@ async def predict_csv(
             headers={"Retry-After": "5"},
         )
     async with slots:
-        try:
-            async with asyncio.timeout(config.csv_upload_timeout_s):
-                data, name = await _read_upload(
-                    request, content_type, "test.csv", config.max_csv_bytes
-                )
-        except TimeoutError:
-            raise HTTPException(
-                408,
-                f"the upload did not arrive within {config.csv_upload_timeout_s:g} s "
-                "(ServeConfig.csv_upload_timeout_s); send it again over a faster link",
-                # RFC 9110: the rest of the body would otherwise keep the connection open
-                headers={"Connection": "close"},
-            ) from None
+        data, name = await _arrived_within(
+            _read_upload(request, content_type, "test.csv", config.max_csv_bytes),
+            config.csv_upload_timeout_s,
+            "csv_upload_timeout_s",
+        )
         submission = await run_in_threadpool(
             _submission_csv, served, data, name, config.max_csv_rows, not as_is
         )
@@ -425,14 +421,18 @@ async def _read_digits(
         # In a worker thread: validating a batch of 256 digits took 0.5 s on 2 busy cores, and
         # the 3,000 a 10 MB body holds 6 s before max_batch refused them, all of which /health
         # and every other request had waited on the event loop.
-        body = await request.body()
+        body = await _arrived_within(request.body(), config.body_timeout_s, "body_timeout_s")
         images, is_batch = await run_in_threadpool(_parse_json, body, config.max_batch)
         return images, is_batch, False
     # Any image/* type: Pillow reads the format from the bytes, and browsers and systems label
     # one format several ways (image/jpg, image/pjpeg, image/x-png, image/x-ms-bmp).
     is_image = content_type.startswith("image/")
     if is_image or content_type in ("multipart/form-data", "application/octet-stream"):
-        data, name = await _read_upload(request, content_type, "image", config.max_body_bytes)
+        data, name = await _arrived_within(
+            _read_upload(request, content_type, "image", config.max_body_bytes),
+            config.body_timeout_s,
+            "body_timeout_s",
+        )
         try:
             image = await run_in_threadpool(load_image, data, name, config.max_image_pixels)
         except DataError as error:
@@ -448,6 +448,22 @@ async def _read_digits(
         "application/json digits, an image body (image/png, image/jpeg, ...), or "
         "multipart/form-data with a field 'file'",
     )
+
+
+async def _arrived_within(reading: Awaitable[T], timeout_s: float, limit_name: str) -> T:
+    """What ``reading`` (of a request's body) returns, or 408 naming the ServeConfig field
+    ``limit_name`` where it takes over ``timeout_s``."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await reading
+    except TimeoutError:
+        raise HTTPException(
+            408,
+            f"the upload did not arrive within {timeout_s:g} s (ServeConfig.{limit_name}); "
+            "send it again over a faster link",
+            # RFC 9110: the rest of the body would otherwise keep the connection open
+            headers={"Connection": "close"},
+        ) from None
 
 
 def _is_csv_name(name: str) -> bool:
