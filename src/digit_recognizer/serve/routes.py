@@ -606,6 +606,9 @@ def _submission_csv(
         digits = parse_kaggle_csv(data, name)
     except DataError as error:
         raise HTTPException(422, str(error)) from None
+    # Counted after the parse, not before: the header's and the compression's checks come first
+    # (a gzip or binary upload counted by its line ends would be told to split the file), and
+    # max_csv_bytes bounds the parse (64 MiB hold at most 42,794 rows, 1.4x max_csv_rows).
     if len(digits) > max_rows:
         raise HTTPException(
             413,
