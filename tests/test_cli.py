@@ -418,12 +418,40 @@ def test_every_seed_flag_refuses_what_numpy_and_sklearn_refuse(tmp_path):
 def test_the_stroke_range_is_stated_and_held_by_the_flag(tmp_path):
     """Training's stroke change stops at a full dilation or erosion (1): --help says so, and a
     larger --stroke is refused as a flag out of its range, naming it, before any file is read
-    (train's had said "flags: stroke must be in [0, 1]", augment-preview's not even that)."""
+    (augment-preview's had not even said which; train's and run's: the test below)."""
     csv = tmp_path / "train.csv"
-    for command in (("augment-preview", csv), ("train", "--train", csv), ("run",)):
-        result = invoke(*command, "--stroke", "1.5")
-        assert result.exit_code == 2 and "--stroke" in result.output, command
-        assert "0<=x<=1" in invoke(command[0], "--help").output.split("--stroke")[1], command
+    result = invoke("augment-preview", csv, "--stroke", "1.5")
+    assert result.exit_code == 2 and "--stroke" in result.output
+    assert "0<=x<=1" in invoke("augment-preview", "--help").output.split("--stroke")[1]
+    for command in ("train", "run"):  # TrainConfig checks it, and help says its range
+        stated = " ".join(invoke(command, "--help").output.split("--stroke")[1].split())
+        assert "in [0, 1]" in stated, command
+
+
+@pytest.mark.parametrize(
+    ("flag", "key", "value", "problem"),
+    [
+        ("--augment", "augment", -1, "must be >= 0"),
+        ("--elastic", "elastic", -1, "must be in [0, 28] (pixels: the image's size)"),
+        ("--stroke", "stroke", 1.5, "must be in [0, 1]"),
+        ("--styles", "styles", -0.5, "must be in [0, 1]"),
+        ("--time-budget", "time_budget_s", -1, "must be >= 0"),
+        ("--max-memory", "max_memory_gb", -1, "must be >= 0 (0: always stream)"),
+    ],
+)
+def test_a_training_setting_out_of_range_is_refused_alike_as_a_flag_or_a_toml_key(
+    tmp_path, flag, key, value, problem
+):
+    """TrainConfig checks the range, whichever gave the value: --stroke 1.5 had been typer's
+    usage error (exit 2, in its own words), stroke = 1.5 in a --config a ConfigError (exit 1)."""
+    toml = tmp_path / "recipe.toml"
+    toml.write_text(f"{key} = {float(value)}\n")
+    for command in (("train", "--train", tmp_path / "train.csv"), ("run",)):
+        as_flag = invoke(*command, flag, value)
+        assert (as_flag.exit_code, as_flag.output) == (1, f"error: {flag} {problem}\n"), command
+        in_toml = invoke(*command, "--config", toml)
+        assert (in_toml.exit_code, in_toml.output) == (1, f"error: {toml}: {key} {problem}\n")
+    assert [path.name for path in tmp_path.iterdir()] == ["recipe.toml"]  # nothing read
 
 
 def test_augment_preview_draws_at_most_40_augmentations_an_image(tmp_path):

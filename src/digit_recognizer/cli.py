@@ -156,9 +156,8 @@ TimeBudget = Annotated[
     float | None,
     typer.Option(
         "--time-budget",
-        min=0,
-        help="Stop after this many training seconds; 0 = none (repeatable bit for bit on CPU, "
-        "on as many threads). "
+        help="Stop after this many training seconds (>= 0); 0 = none (repeatable bit for bit "
+        "on CPU, on as many threads). "
         "\\[default: the preset's: 60 fast, 300 default, none best and seed]",
     ),
 ]
@@ -173,32 +172,29 @@ Schedule = Annotated[
     ),
 ]
 Augment = Annotated[
-    float | None, typer.Option(min=0, help="Augmentation strength, 0 = off. \\[default: 1]")
+    float | None, typer.Option(help="Augmentation strength (>= 0), 0 = off. \\[default: 1]")
 ]
 Elastic = Annotated[
     float | None,
     typer.Option(
-        min=0,
-        help="Elastic distortion: std of the displacement in pixels, 0 = off. \\[default: 0]",
+        help="Elastic distortion: std of the displacement in pixels, in [0, 28]; 0 = off. "
+        "\\[default: 0]",
     ),
 ]
 Stroke = Annotated[
     float | None,
     typer.Option(
-        min=0,
-        max=1,
         help="Stroke-width change: up to this fraction of a 3x3 dilation (thicker) or erosion "
-        "(thinner), 0 = off. \\[default: the preset's: 0.5 default, 1 fast, 0 seed; best: 0 "
-        "in members 1-2, 1 in 3-5]",
+        "(thinner), in [0, 1]; 0 = off. \\[default: the preset's: 0.5 default, 1 fast, 0 "
+        "seed; best: 0 in members 1-2, 1 in 3-5]",
     ),
 ]
 Styles = Annotated[
     float | None,
     typer.Option(
-        min=0,
-        max=1,
         help="Share of the 1s given a foot (half of them a long flag too) and of the 7s a bar "
-        "across the stem, as much of Europe writes them; 0 = off. \\[default: 0.3; seed: 0]",
+        "across the stem, as much of Europe writes them, in [0, 1]; 0 = off. "
+        "\\[default: 0.3; seed: 0]",
     ),
 ]
 ValidSize = Annotated[float | None, typer.Option(help="Validation fraction. \\[default: 0.05]")]
@@ -310,8 +306,8 @@ TrainNproc = Annotated[
 MaxMemory = Annotated[
     float | None,
     typer.Option(
-        min=0,
-        help="GB of training data to hold in memory; more streams from the shards (0: always). "
+        help="GB of training data to hold in memory (>= 0); more streams from the shards (0: "
+        "always). "
         "\\[default: 2]",
     ),
 ]
