@@ -120,6 +120,26 @@ def test_net_classifier_follows_scikit_learn_conventions():
         net.fit(images[:0], labels[:0])
 
 
+def test_net_classifier_sets_the_nets_widths_dropout_ema_and_amp(tmp_path, small_train):
+    """widths, dropout, ema_decay and amp, which `digits train` sets by flag, had no parameter:
+    a net of other widths, or one without bf16, could not be fitted from Python."""
+    recipe = {"widths": (48, 24), "dropout": 0.3, "ema_decay": 0.9, "amp": False}
+    net = NetClassifier("mlp", **recipe, epochs=1, batch_size=64, valid_size=0)
+    assert clone(net).get_params() == net.get_params()
+    assert {key: getattr(net.train_config(), key) for key in recipe} == recipe
+    net.set_params(widths=(16,))
+    with pytest.raises(ConfigError, match=r"^NetClassifier: dropout must be in \[0, 1\)"):
+        clone(net).set_params(dropout=1.5).train_config()
+    subset = DigitSet(small_train.images[:256], small_train.labels[:256])
+    net.fit(subset.images, subset.labels)
+    assert [layer.out_features for layer in net.module_.modules()
+            if isinstance(layer, torch.nn.Linear)] == [16, 10]  # fmt: skip
+    assert {key: net.config_[key] for key in recipe} == recipe | {"widths": (16,)}
+    save_estimator(net, tmp_path / "net")
+    loaded = load_estimator(tmp_path / "net")
+    assert clone(loaded).train_config() == net.train_config()
+
+
 def test_build_estimator_covers_every_kind(tmp_path, small_train, small_test):
     assert isinstance(build_estimator("seed-cnn", epochs=1), NetClassifier)
     knn = build_estimator("knn", n_neighbors=3)

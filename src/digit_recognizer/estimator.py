@@ -56,8 +56,9 @@ log = logging.getLogger(__name__)
 
 # NetClassifier parameters that are TrainConfig keys; None means TrainConfig's default.
 TRAIN_KEYS = (
-    "epochs", "time_budget_s", "batch_size", "optimizer", "lr", "weight_decay", "schedule",
-    "label_smoothing", "augment", "valid_size", "patience", "seed", "device",
+    "widths", "dropout", "epochs", "time_budget_s", "batch_size", "optimizer", "lr",
+    "weight_decay", "schedule", "label_smoothing", "ema_decay", "augment", "valid_size",
+    "patience", "seed", "device", "amp",
 )  # fmt: skip
 
 
@@ -73,10 +74,11 @@ class NetClassifier(ClassifierMixin, BaseEstimator):
     ----------
     model : str, default="cnn"
         Registry name of a net (``digits models``).
-    epochs, time_budget_s, batch_size, optimizer, lr, weight_decay, schedule, label_smoothing, \
-augment, valid_size, patience, seed, device : optional
-        ``TrainConfig`` keys; ``None`` keeps the recipe default. ``valid_size`` is carved out
-        of the data given to ``fit`` for validation (and the best epoch, where one is picked).
+    widths, dropout, epochs, time_budget_s, batch_size, optimizer, lr, weight_decay, schedule, \
+label_smoothing, ema_decay, augment, valid_size, patience, seed, device, amp : optional
+        ``TrainConfig`` keys, as `digits train`'s flags; ``None`` keeps the recipe default.
+        ``valid_size`` is carved out of the data given to ``fit`` for validation (and the best
+        epoch, where one is picked). ``amp`` and ``device`` hold for ``predict`` too.
     run_dir : str or Path, optional
         Where ``train()`` writes its run directory, which must not hold a run already (as for
         ``digits train``: nothing is overwritten); ``None`` trains in a temporary folder.
@@ -97,15 +99,19 @@ augment, valid_size, patience, seed, device : optional
     """
 
     def __init__(
-        self, model: str = "cnn", *, epochs: int | None = None,
+        self, model: str = "cnn", *, widths: tuple[int, ...] | None = None,
+        dropout: float | None = None, epochs: int | None = None,
         time_budget_s: float | None = None, batch_size: int | None = None,
         optimizer: str | None = None, lr: float | None = None,
         weight_decay: float | None = None, schedule: str | None = None,
-        label_smoothing: float | None = None, augment: float | None = None,
-        valid_size: float | None = None, patience: int | None = None,
-        seed: int | None = None, device: str | None = None, run_dir: str | Path | None = None,
+        label_smoothing: float | None = None, ema_decay: float | None = None,
+        augment: float | None = None, valid_size: float | None = None,
+        patience: int | None = None, seed: int | None = None, device: str | None = None,
+        amp: bool | None = None, run_dir: str | Path | None = None,
     ) -> None:  # fmt: skip
         self.model = model
+        self.widths = widths
+        self.dropout = dropout
         self.epochs = epochs
         self.time_budget_s = time_budget_s
         self.batch_size = batch_size
@@ -114,11 +120,13 @@ augment, valid_size, patience, seed, device : optional
         self.weight_decay = weight_decay
         self.schedule = schedule
         self.label_smoothing = label_smoothing
+        self.ema_decay = ema_decay
         self.augment = augment
         self.valid_size = valid_size
         self.patience = patience
         self.seed = seed
         self.device = device
+        self.amp = amp
         self.run_dir = run_dir
 
     def train_config(self) -> TrainConfig:
@@ -161,8 +169,10 @@ augment, valid_size, patience, seed, device : optional
     def predict_proba(self, X: ArrayLike) -> NDArray[np.float32]:
         """Softmax probabilities (n_samples, 10), columns in ``classes_`` order."""
         check_is_fitted(self)
-        device = self.device or "auto"
-        predictor = Predictor.from_models([self.module_], PredictConfig(device=device))
+        # As `digits run` predicts: where, and as, the net trained.
+        given = {key: getattr(self, key) for key in ("device", "amp")}
+        settings = {key: value for key, value in given.items() if value is not None}
+        predictor = Predictor.from_models([self.module_], PredictConfig(**settings))
         return predictor.predict_proba(check_images(X))
 
     def predict(self, X: ArrayLike) -> NDArray[np.int64]:
@@ -245,7 +255,7 @@ def load_estimator(run_dir: str | Path) -> NetClassifier | Pipeline:
 
     A ``digits train`` run's ``config_`` is its config.toml, and its parameters the keys of it
     that NetClassifier takes (TRAIN_KEYS): a clone refits with those, the rest of the recipe
-    (EMA, stroke change) at TrainConfig's defaults."""
+    (stroke change, styles) at TrainConfig's defaults."""
     run_dir = Path(run_dir)
     if is_pipeline(read_meta(run_dir)):
         return load_pipeline(run_dir)[0]
