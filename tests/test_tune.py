@@ -304,6 +304,36 @@ def test_net_trials_train_with_the_settings_they_suggest(tmp_path, small_csvs, m
     assert len(trained) == 2
 
 
+def test_net_trials_train_with_the_ema_amp_and_channels_last_flags(
+    tmp_path, small_csvs, monkeypatch
+):
+    """`digits train` sets ema_decay, amp and channels_last by flag, tune had no way to: its
+    trials, and the best_config.toml they chose, trained as TrainConfig's defaults."""
+    trained = []
+
+    def fake_train(config, train_set, valid_set, run_dir, on_epoch_end):
+        trained.append((config.ema_decay, config.amp, config.channels_last))
+        on_epoch_end({"epoch": 1, "valid_accuracy": 0.9})
+        return SimpleNamespace(valid_accuracy=0.9, epochs_run=1, cut_by_budget=False)
+
+    monkeypatch.setattr(tune_module, "train", fake_train)
+    tune_flags = ("tune", "--train", small_csvs["train"], "--model", "mlp", "--trials", "1",
+                  "--epochs", "1", "--out", tmp_path / "ema")  # fmt: skip
+    flags = ("--ema-decay", "0.9", "--no-amp", "--no-channels-last")
+    result = CliRunner().invoke(app, [str(arg) for arg in (*tune_flags, *flags)])
+    assert result.exit_code == 0, result.output
+    best = load_config(TrainConfig, tmp_path / "ema" / "best_config.toml")
+    assert trained == [(0.9, False, False)] == [(best.ema_decay, best.amp, best.channels_last)]
+    # Trials with an average are not ranked against trials without: the study is refused.
+    result = CliRunner().invoke(app, [str(arg) for arg in (*tune_flags, "--ema-decay", "0")])
+    assert result.exit_code == 1 and "run with ema_decay 0.9, not None" in result.output
+    # Out of its range: refused before any data is read, in train's words.
+    result = CliRunner().invoke(app, [str(arg) for arg in (*tune_flags[:-1], tmp_path / "x",
+                                                           "--ema-decay", "1")])  # fmt: skip
+    assert result.output == "error: --ema-decay must be in (0, 1)\n" and result.exit_code == 1
+    assert not (tmp_path / "x").exists() and len(trained) == 1
+
+
 def test_classical_trials_fit_their_params_and_score_on_the_validation_split(
     tmp_path, small_csvs, monkeypatch
 ):

@@ -238,6 +238,12 @@ LR = Annotated[
 ]
 
 
+def zero_as_none(value: float | None) -> float | str | None:
+    """A flag's 0 as a TOML's "none": --patience 0 and --ema-decay 0 undo a --config's or a
+    preset's value (the default preset's EMA), which no flag had undone."""
+    return NONE if value == 0 else value
+
+
 Widths = Annotated[
     str | None,
     typer.Option(
@@ -252,9 +258,10 @@ Dropout = Annotated[
 EmaDecay = Annotated[
     float | None,
     typer.Option(
+        callback=zero_as_none,
         help="Decay of a moving average of the weights, which is validated and saved instead of "
         "them (0.999); 0 = none. \\[default: the preset's: 0.999 default and best, none fast "
-        "and seed]"
+        "and seed; tune: none]",
     ),
 ]
 Amp = Annotated[
@@ -275,6 +282,7 @@ Patience = Annotated[
     int | None,
     typer.Option(
         min=0,
+        callback=zero_as_none,
         help="Early-stopping patience in epochs; 0 = none. \\[default: none; seed: 5]",
     ),
 ]
@@ -377,13 +385,8 @@ def resolve_configs(
 
 
 def train_overrides(**flags: Any) -> dict[str, Any]:
-    """CLI flag names -> TrainConfig keys (time_budget -> time_budget_s), --patience 0 -> no
-    early stopping (a --config's or preset's patience had no flag to undo it), and --ema-decay
-    0 -> no average (the default preset's 0.999)."""
+    """CLI flag names -> TrainConfig keys (time_budget -> time_budget_s)."""
     flags["time_budget_s"] = flags.pop("time_budget", None)
-    for key in ("patience", "ema_decay"):
-        if flags[key] == 0:
-            flags[key] = NONE
     return flags
 
 
@@ -818,6 +821,7 @@ def tune(
         help="Fraction of the rows that scores each trial. \\[default: 0.2]")] = None,
     out: Annotated[Path | None, typer.Option(help="\\[default: runs/tune-MODEL]")] = None,
     seed: Seed = None,
+    ema_decay: EmaDecay = None, amp: Amp = None, channels_last: ChannelsLast = None,
 ) -> None:  # fmt: skip
     """Search hyperparameters with Optuna; resumable. Writes best_params.json and plots.
 
@@ -829,7 +833,8 @@ def tune(
 
     config = load_config(TuneConfig, None, {"model": model, "trials": trials, "timeout_s": timeout,
         "storage": storage, "study_name": study_name, "epochs": epochs, "valid_size": valid_size,
-        "seed": seed})  # fmt: skip
+        "seed": seed, "ema_decay": ema_decay, "amp": amp,
+        "channels_last": channels_last})  # fmt: skip
     result = run_tune(config, train, out or Path("runs") / f"tune-{config.model}")
     counts = (
         f", {result.n_trials} trials ({result.n_pruned} pruned) in {shown_storage(result.storage)}"

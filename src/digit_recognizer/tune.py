@@ -104,6 +104,10 @@ class TuneConfig:
     epochs: int = 3  # per net trial: short runs rank recipes the way full runs do, mostly
     valid_size: float = 0.2  # stratified validation fraction that scores each trial
     seed: int = 0  # of the split, the sampler and the models
+    # Net trials train with these, as `digits train`'s flags set them; TrainConfig's defaults.
+    ema_decay: float | None = TrainConfig.ema_decay
+    amp: bool = TrainConfig.amp
+    channels_last: bool = TrainConfig.channels_last
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -117,6 +121,13 @@ class TuneConfig:
         if not 0 < self.valid_size < 1:
             raise ConfigError(f"valid_size must be in (0, 1), got {self.valid_size}")
         check_seed(self.seed)  # Optuna's range too
+        if get_spec(self.model).kind == "net":
+            TrainConfig(**self.net_settings())  # its ranges (ema_decay's), before any trial
+
+    def net_settings(self) -> dict[str, Any]:
+        """The TrainConfig keys every net trial trains with, and best_config.toml keeps."""
+        return {"model": self.model, "seed": self.seed, "ema_decay": self.ema_decay,
+                "amp": self.amp, "channels_last": self.channels_last}  # fmt: skip
 
 
 @dataclass
@@ -565,8 +576,7 @@ def write_results(
         # The trial's recipe and seed; epochs stay at the full-length default the short trials
         # stood in for.
         best_overrides = study.best_trial.user_attrs["train_overrides"]
-        best_config = load_config(TrainConfig, None, {"model": config.model, "seed": config.seed,
-                                                      **best_overrides})  # fmt: skip
+        best_config = load_config(TrainConfig, None, config.net_settings() | best_overrides)
         texts[out_dir / BEST_CONFIG_FILE] = config_to_toml(best_config)
     # Together: a full disk at best_config.toml had left it an older best's beside the new
     # best_params.json.
@@ -609,8 +619,8 @@ def check_same_study(
     new_study = "another --out" if config.storage is None else "another --study-name and --out"
     settings: dict[str, Any] = {"model": config.model, "rows": rows, "seed": config.seed,
                                 "valid_size": config.valid_size}  # fmt: skip
-    if is_net:
-        settings["epochs"] = config.epochs
+    if is_net:  # an EMA validates other weights: its trials score otherwise
+        settings |= {"epochs": config.epochs, "ema_decay": config.ema_decay}
     if not is_new:
         wait_for_settings(study)
     recorded_settings = study.user_attrs
@@ -649,7 +659,7 @@ def _net_objective(
 ) -> float:
     params = suggest_params(trial, config.model)
     trial.set_user_attr("train_overrides", params)  # width_scale -> widths: TrainConfig's keys
-    overrides = {"model": config.model, "epochs": config.epochs, "seed": config.seed, **params}
+    overrides = {**config.net_settings(), "epochs": config.epochs, **params}
     train_config = load_config(TrainConfig, None, overrides)
 
     def report(row: dict[str, float]) -> None:
