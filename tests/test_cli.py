@@ -400,18 +400,25 @@ def test_augment_preview_shows_the_default_presets_stroke():
         assert default == get_preset("default").overrides["stroke"]
 
 
-def test_every_seed_flag_refuses_what_numpy_and_sklearn_refuse(tmp_path):
+@pytest.mark.parametrize("seed", [2**32, -1])
+def test_every_seed_flag_refuses_what_numpy_and_sklearn_refuse(tmp_path, seed):
     """augment-preview and data kaggle took seeds past 2**32 - 1 (torch failed at 2**64 with a
-    traceback), and run --replica-seed built such a replica, where every other command refuses."""
+    traceback), and run --replica-seed built such a replica, where every other command refuses.
+    One check says it of both ends: -1 had been typer's usage error (exit 2), in other words."""
     csv = tmp_path / "train.csv"
     for command, flag in [(("augment-preview", csv, "--out", tmp_path / "p.png"), "--seed"),
                           (("data", "kaggle", tmp_path / "replica"), "--seed"),
+                          (("data", "expand", csv, tmp_path / "x", "--copies", 1, "--parts", 1),
+                           "--seed"),
                           (("run", "--out", tmp_path / "run"), "--replica-seed"),
+                          (("compare", "--train", csv, "--models", "knn", "--out",
+                            tmp_path / "compare"), "--seed"),
+                          (("tune", "--train", csv, "--out", tmp_path / "tune"), "--seed"),
                           # Its own words had left out the seed given.
                           (("train", "--train", csv), "--seed")]:  # fmt: skip
-        result = invoke(*command, flag, 2**32)
+        result = invoke(*command, flag, seed)
         assert result.exit_code == 1, command
-        assert f"{flag} must be from 0 to 2**32 - 1, got 4294967296" in result.output, command
+        assert f"error: {flag} must be from 0 to 2**32 - 1, got {seed}\n" in result.output, command
     assert list(tmp_path.iterdir()) == []  # refused before anything was read or written
 
 
@@ -504,10 +511,11 @@ def test_an_output_that_cannot_be_written_is_one_line_too(tmp_path, tiny_run, sm
     assert model_json.read_text() == '{"model": "cnn"}\n'
     # The refused writes leave no temporary file behind (the first one was written in full).
     assert not list(tmp_path.parent.glob(f".{tmp_path.name}.*.tmp"))
-    # Numbers out of range are usage errors, refused before anything runs.
-    for args in (("data", "kaggle", tmp_path / "k", "--seed", "-3"),
-                 ("train", "--train", small_csvs["train"], "--nproc", "0")):  # fmt: skip
-        assert invoke(*args).exit_code == 2
+    # Numbers out of range are refused before anything runs: a usage error where typer alone
+    # checks the flag, the command's own error where its settings check it.
+    assert invoke("train", "--train", small_csvs["train"], "--nproc", "0").exit_code == 2
+    assert invoke("data", "kaggle", tmp_path / "k", "--seed", "-3").exit_code == 1
+    assert not (tmp_path / "k").exists()
 
 
 def test_data_check_summarises(small_csvs):

@@ -286,7 +286,7 @@ Patience = Annotated[
         help="Early-stopping patience in epochs; 0 = none. \\[default: none; seed: 5]",
     ),
 ]
-Seed = Annotated[int | None, typer.Option(min=0, help="Random seed. \\[default: 0]")]
+Seed = Annotated[int | None, typer.Option(help="Random seed, from 0 to 2**32 - 1. \\[default: 0]")]
 Device = Annotated[str | None, typer.Option(help="auto | cpu | cuda | mps. \\[default: auto]")]
 RunDir = Annotated[Path | None, typer.Option(help="Run directory \\[default: runs/<time>-<model>]")]
 Preset = Annotated[
@@ -400,7 +400,7 @@ def run(
     out: RunDir = None,
     resume: Resume = None,
     replica_seed: Annotated[
-        int | None, typer.Option(min=0, help="Seed of the replica split. \\[default: 0]")
+        int | None, typer.Option(help="Seed of the replica split. \\[default: 0]")
     ] = None,
     preset: Preset = "default",
     nproc: TrainNproc = 1,
@@ -852,7 +852,7 @@ def data_kaggle(
     out_dir: Annotated[
         Path, typer.Argument(help="Folder for train.csv, test.csv, solution.csv and replica.json.")
     ],
-    seed: Annotated[int, typer.Option(min=0, help="Seed of the 42,000 / 28,000 split.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the 42,000 / 28,000 split.")] = 0,
     force: Annotated[
         bool, typer.Option("--force", help="Overwrite CSVs of these names a replica did not write.")
     ] = False,
@@ -912,7 +912,7 @@ def data_expand(
     parts: Annotated[int, typer.Option(
         min=1, help="Shards of augmented copies to write (the held-out images make one more).")],
     seed: Annotated[
-        int, typer.Option(min=0, help="Seed of the augmentation and hold-out draws.")
+        int, typer.Option(help="Seed of the augmentation and hold-out draws.")
     ] = 0,
     valid_size: Annotated[float, typer.Option(
         help="Fraction of the images held out, as they are, in a last shard that validates "
