@@ -181,6 +181,11 @@ def test_a_zero_timeout_is_none_and_a_negative_one_is_refused(tmp_path, small_cs
     for timeout in (-1, float("nan"), float("inf")):  # nan had meant no timeout, silently
         with pytest.raises(ConfigError, match="timeout_s must be >= 0"):
             TuneConfig(model="knn", timeout_s=timeout)
+        # The flag in the same words, not typer's usage error (exit 2) for -1 alone.
+        result = CliRunner().invoke(app, ["tune", "--train", str(small_csvs["train"]),
+                                          "--timeout", str(timeout)])  # fmt: skip
+        assert result.exit_code == 1, result.output
+        assert result.output == f"error: --timeout must be >= 0 (0 = none), got {float(timeout)}\n"
 
 
 def test_net_study_writes_a_config_that_train_accepts(tmp_path, small_csvs):

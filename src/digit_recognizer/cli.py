@@ -811,7 +811,7 @@ def tune(
     model: Annotated[str | None, typer.Option(help="Model to tune. \\[default: cnn]")] = None,
     trials: Annotated[int | None, typer.Option(help="Trials to add. \\[default: 20]")] = None,
     timeout: Annotated[
-        float | None, typer.Option(min=0, help="Seconds; trials share them (0 = none). "
+        float | None, typer.Option(help="Seconds (>= 0); trials share them (0 = none). "
                                     "\\[default: none]")] = None,
     storage: Annotated[
         str | None, typer.Option(help="Optuna URL \\[default: OUT/study.db]")] = None,
