@@ -424,15 +424,18 @@ def test_every_seed_flag_refuses_what_numpy_and_sklearn_refuse(tmp_path, seed):
 
 def test_the_stroke_range_is_stated_and_held_by_the_flag(tmp_path):
     """Training's stroke change stops at a full dilation or erosion (1): --help says so, and a
-    larger --stroke is refused as a flag out of its range, naming it, before any file is read
-    (augment-preview's had not even said which; train's and run's: the test below)."""
+    larger --stroke is refused, naming the flag, in training's words, before any file is read
+    (train's had said "flags: stroke must be in [0, 1]", augment-preview's not even that, then
+    both typer's usage error, where --elastic 30 was training's error)."""
     csv = tmp_path / "train.csv"
-    result = invoke("augment-preview", csv, "--stroke", "1.5")
-    assert result.exit_code == 2 and "--stroke" in result.output
-    assert "0<=x<=1" in invoke("augment-preview", "--help").output.split("--stroke")[1]
-    for command in ("train", "run"):  # TrainConfig checks it, and help says its range
-        stated = " ".join(invoke(command, "--help").output.split("--stroke")[1].split())
+    for command in (("augment-preview", csv), ("train", "--train", csv), ("run",)):
+        for flag, value, problem in (("--stroke", 1.5, "must be in [0, 1]"),
+                                     ("--elastic", 30, "must be in [0, 28]")):  # fmt: skip
+            result = invoke(*command, flag, value)
+            assert result.exit_code == 1 and f"error: {flag} {problem}" in result.output, command
+        stated = " ".join(invoke(command[0], "--help").output.split("--stroke")[1].split())
         assert "in [0, 1]" in stated, command
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize(

@@ -630,13 +630,14 @@ def augment_preview(
     ],
     # At most 40: a row of tiles each, and --n 300 had taken minutes to draw 33,000 pixels wide.
     n: Annotated[int, typer.Option("--n", min=1, max=40, help="Augmentations per image.")] = 9,
-    augment: Annotated[float, typer.Option(min=0, help="Strength, as train --augment.")] = 1.0,
-    elastic: Annotated[float, typer.Option(min=0, help="Pixels, as train --elastic.")] = 0.0,
+    # Ranges checked as training's (TrainConfig), in its words: see train's options.
+    augment: Annotated[float, typer.Option(help="Strength (>= 0), as train --augment.")] = 1.0,
+    elastic: Annotated[float, typer.Option(help="Pixels, in [0, 28], as train --elastic.")] = 0.0,
     stroke: Annotated[
         float,
-        typer.Option(min=0, max=1, help="Fraction, as train --stroke (the default preset's)."),
+        typer.Option(help="Fraction, in [0, 1], as train --stroke (the default preset's)."),
     ] = 0.5,
-    styles: Annotated[float, typer.Option(min=0, max=1, help="Share, as train --styles.")] = 0.3,
+    styles: Annotated[float, typer.Option(help="Share, in [0, 1], as train --styles.")] = 0.3,
     seed: Seed = None,
     out: Annotated[Path, typer.Option(help="PNG to write.")] = Path("augment_preview.png"),
 ) -> None:
