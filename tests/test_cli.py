@@ -458,9 +458,10 @@ def test_a_training_setting_out_of_range_is_refused_alike_as_a_flag_or_a_toml_ke
     toml.write_text(f"{key} = {float(value)}\n")
     for command in (("train", "--train", tmp_path / "train.csv"), ("run",)):
         as_flag = invoke(*command, flag, value)
-        assert (as_flag.exit_code, as_flag.output) == (1, f"error: {flag} {problem}\n"), command
+        refused = f"{problem}, got {float(value)}\n"  # the value given, as typer had said it
+        assert (as_flag.exit_code, as_flag.output) == (1, f"error: {flag} {refused}"), command
         in_toml = invoke(*command, "--config", toml)
-        assert (in_toml.exit_code, in_toml.output) == (1, f"error: {toml}: {key} {problem}\n")
+        assert (in_toml.exit_code, in_toml.output) == (1, f"error: {toml}: {key} {refused}")
     assert [path.name for path in tmp_path.iterdir()] == ["recipe.toml"]  # nothing read
 
 

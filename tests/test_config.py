@@ -143,8 +143,8 @@ def test_bad_value_and_unknown_model():
     for bad, message in [({"plateau_patience": 0}, "plateau_patience must be >= 1"),
                          ({"patience": 0}, "patience must be >= 1"),
                          ({"plateau_factor": 1.0}, r"plateau_factor must be in \(0, 1\)"),
-                         ({"lr_decay": 1.5}, r"lr_decay must be in \(0, 1\]"),
-                         ({"widths": (16, 0, 64)}, "widths must be >= 1"),
+                         ({"lr_decay": 1.5}, r"lr_decay must be in \(0, 1\], got 1.5$"),
+                         ({"widths": (16, 0, 64)}, r"widths must be >= 1, got \(16, 0, 64\)"),
                          ({"stroke": 1.5}, r"stroke must be in \[0, 1\]"),
                          ({"augment": 3.4}, r"augment \(the strength\) must be in \[0, 3.33\)"),
                          # At 1: momentum never fades; no target left; a division by zero in

@@ -335,7 +335,8 @@ def test_net_trials_train_with_the_ema_amp_and_channels_last_flags(
     # Out of its range: refused before any data is read, in train's words.
     result = CliRunner().invoke(app, [str(arg) for arg in (*tune_flags[:-1], tmp_path / "x",
                                                            "--ema-decay", "1")])  # fmt: skip
-    assert result.output == "error: --ema-decay must be in (0, 1)\n" and result.exit_code == 1
+    assert result.exit_code == 1
+    assert result.output == "error: --ema-decay must be in (0, 1), got 1.0\n"
     assert not (tmp_path / "x").exists() and len(trained) == 1
 
 

@@ -150,53 +150,62 @@ class TrainConfig:
                 raise ConfigError(f"{key} must be a finite number, got {value}")
         check_seed(self.seed)  # numpy's and sklearn's range, as every seed's
         check_ddp_timeout(self.ddp_timeout_s)  # as PredictConfig's
+        # (key, holds, rule): the message says the value given, as the seed's and --lr's do.
         checks = [
-            (self.epochs >= 1, "epochs must be >= 1"),
-            (self.batch_size >= 1, "batch_size must be >= 1"),
-            (self.peak_lr() > 0, "lr must be > 0"),
-            (0 <= self.valid_size < 1, "valid_size must be in [0, 1)"),
-            (self.augment >= 0, "augment must be >= 0"),
+            ("epochs", self.epochs >= 1, "must be >= 1"),
+            ("batch_size", self.batch_size >= 1, "must be >= 1"),
+            ("lr", self.peak_lr() > 0, "must be > 0"),
+            ("valid_size", 0 <= self.valid_size < 1, "must be in [0, 1)"),
+            ("augment", self.augment >= 0, "must be >= 0"),
             # A displacement's std in pixels: past the image's 28 the digits are moved off it,
             # and from 1e38 the field overflowed into NaN images, a run "diverged" at any --lr.
-            (0 <= self.elastic <= 28, "elastic must be in [0, 28] (pixels: the image's size)"),
-            (0 <= self.stroke <= 1, "stroke must be in [0, 1]"),
-            (0 <= self.styles <= 1, "styles must be in [0, 1]"),
-            (self.time_budget_s is None or self.time_budget_s >= 0, "time_budget_s must be >= 0"),
-            (0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
-            (0 <= self.warmup < 1, "warmup must be in [0, 1)"),
-            (self.ema_decay is None or 0 < self.ema_decay < 1, "ema_decay must be in (0, 1)"),
-            (0 <= self.momentum < 1, "momentum must be in [0, 1)"),
-            (self.weight_decay >= 0, "weight_decay must be >= 0"),
+            ("elastic", 0 <= self.elastic <= 28, "must be in [0, 28] (pixels: the image's size)"),
+            ("stroke", 0 <= self.stroke <= 1, "must be in [0, 1]"),
+            ("styles", 0 <= self.styles <= 1, "must be in [0, 1]"),
+            (
+                "time_budget_s",
+                self.time_budget_s is None or self.time_budget_s >= 0,
+                "must be >= 0",
+            ),
+            ("label_smoothing", 0 <= self.label_smoothing < 1, "must be in [0, 1)"),
+            ("warmup", 0 <= self.warmup < 1, "must be in [0, 1)"),
+            ("ema_decay", self.ema_decay is None or 0 < self.ema_decay < 1, "must be in (0, 1)"),
+            ("momentum", 0 <= self.momentum < 1, "must be in [0, 1)"),
+            ("weight_decay", self.weight_decay >= 0, "must be >= 0"),
             # Past float32's largest, the optimizer's first step had ended in torch's traceback
             # (lr 1e39); below it, a run that diverges stops as diverged, saying so.
             (
+                "lr",
                 self.peak_lr() <= FLOAT32_MAX,
-                f"lr must be at most {FLOAT32_MAX:.2g} (float32's largest)",
+                f"must be at most {FLOAT32_MAX:.2g} (float32's largest)",
             ),
             (
+                "weight_decay",
                 self.weight_decay <= FLOAT32_MAX,
-                f"weight_decay must be at most {FLOAT32_MAX:.2g} (float32's largest)",
+                f"must be at most {FLOAT32_MAX:.2g} (float32's largest)",
             ),
             # A decay: above 1 the lr grows every epoch without bound (1e300 had ended in a
             # traceback, SGD's step overflowing float32).
-            (0 < self.lr_decay <= 1, "lr_decay must be in (0, 1]"),
-            (0 < self.plateau_factor < 1, "plateau_factor must be in (0, 1)"),
-            (self.plateau_patience >= 1, "plateau_patience must be >= 1"),
-            (self.patience is None or self.patience >= 1, "patience must be >= 1"),
+            ("lr_decay", 0 < self.lr_decay <= 1, "must be in (0, 1]"),
+            ("plateau_factor", 0 < self.plateau_factor < 1, "must be in (0, 1)"),
+            ("plateau_patience", self.plateau_patience >= 1, "must be >= 1"),
+            ("patience", self.patience is None or self.patience >= 1, "must be >= 1"),
             (
+                "target_accuracy",
                 self.target_accuracy is None or 0 < self.target_accuracy <= 1,
-                "target_accuracy must be in (0, 1]",
+                "must be in (0, 1]",
             ),
-            (self.dropout is None or 0 <= self.dropout < 1, "dropout must be in [0, 1)"),
+            ("dropout", self.dropout is None or 0 <= self.dropout < 1, "must be in [0, 1)"),
             (
+                "widths",
                 self.widths is None or all(width >= 1 for width in self.widths),
-                "widths must be >= 1",
+                "must be >= 1",
             ),
-            (self.max_memory_gb >= 0, "max_memory_gb must be >= 0 (0: always stream)"),
+            ("max_memory_gb", self.max_memory_gb >= 0, "must be >= 0 (0: always stream)"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(message)
+        for key, holds, rule in checks:
+            if not holds:
+                raise ConfigError(f"{key} {rule}, got {getattr(self, key)}")
         self.augmentation()  # its ranges' own limits: stroke at most 1, augment under ~3.3
         if get_spec(self.model).kind != "net":
             raise ConfigError(f"model '{self.model}' is not a net: `digits compare` scores it, and "
