@@ -400,14 +400,12 @@ def test_explain_parses_the_first_rows_and_the_row_shown_not_the_whole_file(
     when the whole file was read. A pipe, read once, is read whole."""
     import digit_recognizer.data.kaggle_csv as kaggle_csv_module
     import digit_recognizer.data.shards as shards_module
-    import digit_recognizer.explain as explain_module
-    import digit_recognizer.predict as predict_module
+    import digit_recognizer.data.stream as stream_module
 
     foreign = np.stack([frame_filling(image) for image in small_test.images[:400]])
     foreign_csv = tmp_path / "foreign.csv"
     write_kaggle_csv(foreign_csv, foreign)
-    for module in (predict_module, explain_module):  # the rows judging it, and those read
-        monkeypatch.setattr(module, "STREAM_ROWS", 64)
+    monkeypatch.setattr(stream_module, "STREAM_ROWS", 64)  # the rows judging it, and those read
     monkeypatch.setattr(shards_module, "CHUNK_BYTES", 16 << 10)  # pieces of ~10 rows
     judge = Predictor.load([tiny_run]).orientation_judge
     expected = conform_rows(foreign, PredictConfig(), foreign_csv, judge)[350]

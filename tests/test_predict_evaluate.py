@@ -18,6 +18,7 @@ from digit_recognizer import predict as predict_module
 from digit_recognizer.cli import app, predict_config
 from digit_recognizer.data import images as images_module
 from digit_recognizer.data import shards as shards_module
+from digit_recognizer.data import stream as stream_module
 from digit_recognizer.data.images import (
     MIN_SETTLED_ROWS,
     conform_to_mnist,
@@ -179,7 +180,7 @@ def test_digits_stored_transposed_are_read_transposed(
     predict_stream([tiny_run], transposed_csv, streamed)
     np.testing.assert_array_equal(read_submission(streamed), original)
     # Judged once for the file: a last piece of 10 rows, too few to judge alone, is transposed.
-    monkeypatch.setattr(predict_module, "STREAM_ROWS", 145)
+    monkeypatch.setattr(stream_module, "STREAM_ROWS", 145)
     predict_stream([tiny_run], transposed_csv, streamed)
     np.testing.assert_array_equal(read_submission(streamed), original)
     as_is = predict_csv(
@@ -198,7 +199,7 @@ def test_a_file_is_judged_on_its_first_piece_whole_streamed_and_explained(
     images = small_test.images[:300]
     rows = np.concatenate([transposed(images[:64]), images[64:]])
     write_kaggle_csv(tmp_path / "mixed.csv", rows)
-    monkeypatch.setattr(predict_module, "STREAM_ROWS", 64)
+    monkeypatch.setattr(stream_module, "STREAM_ROWS", 64)
     with caplog.at_level("WARNING"):
         whole = predict_csv([tiny_run], tmp_path / "mixed.csv", tmp_path / "whole.csv")
     assert "read as digits only transposed" in caplog.text
@@ -257,7 +258,7 @@ def test_a_file_of_faint_pixels_is_read_with_full_ink(
     assert len(predict_csv([tiny_run], tmp_path / "thin.csv", tmp_path / "c.csv")) == 2
     assert faint_to_full_ink(np.stack([thin_one]))[0].max() == 255
     assert accuracy(read, labels) > 0.85
-    monkeypatch.setattr(predict_module, "STREAM_ROWS", 256)  # the 0/1 rows in two pieces
+    monkeypatch.setattr(stream_module, "STREAM_ROWS", 256)  # the 0/1 rows in two pieces
     predict_stream([tiny_run], faint, tmp_path / "b.csv")
     np.testing.assert_array_equal(read_submission(tmp_path / "b.csv"), read)
 
@@ -285,7 +286,7 @@ def test_a_files_ink_side_is_voted_once_for_all_its_pieces(
     rows = np.stack([semeion_like(image) for image in small_test.images[:35]]
                     + [frame_hugging_zero()])  # fmt: skip
     write_kaggle_csv(tmp_path / "stretched.csv", rows)
-    monkeypatch.setattr(predict_module, "STREAM_ROWS", 16)  # the 0 in a last piece of 4 rows
+    monkeypatch.setattr(stream_module, "STREAM_ROWS", 16)  # the 0 in a last piece of 4 rows
     seen = streamed_pieces_seen(monkeypatch, tiny_run, tmp_path / "stretched.csv",
                                 tmp_path / "s.csv")  # fmt: skip
     assert len(seen[-1]) < MIN_SETTLED_ROWS  # too few rows to vote alone
@@ -320,7 +321,7 @@ def test_a_streamed_files_rows_are_each_sided_once(tmp_path, tiny_run, small_tes
     them: read twice, it cost a second pass over the piece's rows off MNIST's layout."""
     rows = np.stack([semeion_like(image) for image in small_test.images[:24]])
     write_kaggle_csv(tmp_path / "stretched.csv", rows)
-    monkeypatch.setattr(predict_module, "STREAM_ROWS", 16)
+    monkeypatch.setattr(stream_module, "STREAM_ROWS", 16)
     sided = []
     row_ink_side = images_module._row_ink_side
     monkeypatch.setattr(images_module, "_row_ink_side",
@@ -500,12 +501,12 @@ def test_a_csv_past_stream_file_bytes_streams_in_predict_and_evaluate(
     read_whole = evaluate_run([tiny_run], labelled, tmp_path / "whole")
     assert small_csvs["test"].stat().st_size > 1_000_000
     monkeypatch.setattr(shards_module, "STREAM_FILE_BYTES", 1_000_000)
-    monkeypatch.setattr(predict_module, "STREAM_ROWS", 512)  # two pieces, of whole batches
+    monkeypatch.setattr(stream_module, "STREAM_ROWS", 512)  # two pieces, of whole batches
 
     def refused(source):
         raise AssertionError(f"{source} was read whole")
 
-    monkeypatch.setattr(predict_module, "read_data_source", refused)
+    monkeypatch.setattr(shards_module, "read_kaggle_csv", refused)
     assert predict_source([tiny_run], small_csvs["test"], tmp_path / "streamed.csv") == 1000
     assert (tmp_path / "streamed.csv").read_bytes() == (tmp_path / "whole.csv").read_bytes()
     assert evaluate_run([tiny_run], labelled, tmp_path / "streamed") == read_whole

@@ -16,10 +16,10 @@ from typer.testing import CliRunner
 
 from digit_recognizer import eda as eda_module
 from digit_recognizer import evaluate as evaluate_module
-from digit_recognizer import predict as predict_module
 from digit_recognizer import report as report_module
 from digit_recognizer.cli import app
 from digit_recognizer.data import shards as shards_module
+from digit_recognizer.data import stream as stream_module
 from digit_recognizer.data.images import at_full_ink
 from digit_recognizer.data.kaggle_csv import DigitSet, read_kaggle_csv, write_kaggle_csv
 from digit_recognizer.data.splits import split_for_training
@@ -130,7 +130,7 @@ def test_eda_of_a_csv_past_stream_file_bytes_parses_it_a_piece_at_a_time(
         raise AssertionError(f"{source} was read whole")
 
     monkeypatch.setattr(shards_module, "STREAM_FILE_BYTES", 1000)
-    monkeypatch.setattr(predict_module, "STREAM_ROWS", 64)  # five pieces
+    monkeypatch.setattr(stream_module, "STREAM_ROWS", 64)  # five pieces
     monkeypatch.setattr(shards_module, "read_kaggle_csv", refused)
     streamed = eda(csv_path, tmp_path / "streamed")
     assert streamed.rows() == whole.rows()

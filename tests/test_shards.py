@@ -881,13 +881,12 @@ def test_streamed_prediction_says_once_how_many_rows_it_redid(
     tmp_path: Path, tiny_run: Path, small_test: DigitSet, monkeypatch, caplog
 ) -> None:
     """One warning with the total, not one per piece read (nor per process under torchrun)."""
-    from digit_recognizer import predict
     from tests.test_images import frame_filling
 
     images = small_test.images[:300].copy()
     images[:120] = np.stack([frame_filling(image) for image in images[:120]])
     write_kaggle_csv(tmp_path / "test.csv", images)
-    monkeypatch.setattr(predict, "STREAM_ROWS", 64)
+    monkeypatch.setattr(stream, "STREAM_ROWS", 64)
     with caplog.at_level("WARNING"):
         predict_stream([tiny_run], tmp_path / "test.csv", tmp_path / "submission.csv")
     redone = [record.getMessage() for record in caplog.records if "redone" in record.getMessage()]
@@ -936,14 +935,13 @@ def test_streamed_pieces_keep_row_order_and_as_is_applies_to_them(
 ) -> None:
     """Read in several pieces, conformed or --as-is, the submission is predict_csv's row for
     row; a warning counts the redone rows among all rows, and MNIST's own rows get none."""
-    from digit_recognizer import predict
     from digit_recognizer.predict import PredictConfig
     from tests.test_images import frame_filling
 
     images = small_test.images[:200].copy()
     images[:80] = np.stack([frame_filling(image) for image in images[:80]])
     write_kaggle_csv(tmp_path / "test.csv", images)
-    monkeypatch.setattr(predict, "STREAM_ROWS", 64)  # four pieces, the last one short
+    monkeypatch.setattr(stream, "STREAM_ROWS", 64)  # four pieces, the last one short
     submissions = []
     for config in (PredictConfig(), PredictConfig(conform=False)):
         caplog.clear()

@@ -21,11 +21,11 @@ from digit_recognizer.data.images import at_full_ink, faint_to_full_ink
 from digit_recognizer.data.kaggle_csv import DigitSet
 from digit_recognizer.data.shards import concat_rows
 from digit_recognizer.data.splits import check_seed
+from digit_recognizer.data.stream import read_in_pieces
 from digit_recognizer.data.tensors import to_model_input, to_uint8_images
 from digit_recognizer.evaluate import CLASSES, save_figure
 from digit_recognizer.fileio import make_dir, write_text
 from digit_recognizer.models.nets import MNIST_MEAN, MNIST_STD
-from digit_recognizer.predict import read_in_pieces
 from digit_recognizer.report import (
     html_img,
     html_page,

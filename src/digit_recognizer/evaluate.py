@@ -25,6 +25,7 @@ from digit_recognizer.data.images import check_labels
 from digit_recognizer.data.kaggle_csv import read_submission
 from digit_recognizer.data.shards import require_labels
 from digit_recognizer.data.splits import missing_digits
+from digit_recognizer.data.stream import read_in_pieces
 from digit_recognizer.errors import DataError, ModelFileError, OutputError
 from digit_recognizer.fileio import (
     atomic_path,
@@ -39,7 +40,6 @@ from digit_recognizer.predict import (
     PredictConfig,
     Predictor,
     check_data_source,
-    read_in_pieces,
 )
 
 log = logging.getLogger(__name__)

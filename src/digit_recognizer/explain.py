@@ -27,6 +27,7 @@ from matplotlib.figure import Figure
 from numpy.typing import ArrayLike, NDArray
 from torch import nn
 
+from digit_recognizer.data import stream  # its STREAM_ROWS read at each use, as predict's
 from digit_recognizer.data.images import check_images, load_image
 from digit_recognizer.data.kaggle_csv import DigitSet
 from digit_recognizer.data.shards import (
@@ -44,7 +45,6 @@ from digit_recognizer.evaluate import figure_kind, save_figure
 from digit_recognizer.fileio import check_can_write, refuse_special_file
 from digit_recognizer.models.storage import load_net
 from digit_recognizer.predict import (
-    STREAM_ROWS,
     PredictConfig,
     Predictor,
     check_data_source,
@@ -335,10 +335,10 @@ def _first_rows_and_row(source: Path, index: int | None) -> tuple[DigitSet, Digi
     if is_read_once(source):
         data = read_data_source(source)
         _check_row_index(source, index, len(data))
-        return data.take(slice(0, STREAM_ROWS)), data.take(slice(index, index + 1))
+        return data.take(slice(0, stream.STREAM_ROWS)), data.take(slice(index, index + 1))
     manifest = resolve_data_source(source)
     _check_row_index(source, index, manifest.n_rows)
-    first_rows = concat_rows(list(read_rows(manifest, 0, STREAM_ROWS)))
+    first_rows = concat_rows(list(read_rows(manifest, 0, stream.STREAM_ROWS)))
     return first_rows, concat_rows(list(read_rows(manifest, index, index + 1)))
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +22,7 @@ from sklearn.pipeline import Pipeline
 from torch import nn
 
 from digit_recognizer.config import check_fields
+from digit_recognizer.data import stream  # its STREAM_ROWS read at each use: one value for all
 from digit_recognizer.data.images import (
     check_images,
     conform_to_mnist,
@@ -67,7 +68,6 @@ log = logging.getLogger(__name__)
 # Test-time augmentation: the identity plus one-pixel shifts. Shifts are the transform MNIST's
 # centring leaves most residual error in; each view costs one more forward pass.
 TTA_SHIFTS = ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1))
-STREAM_ROWS = 8192  # rows read per step when streaming (6.4 MB of images), batched for the nets
 # Some collections store their digits transposed (EMNIST's CSVs), which MNIST's layout check
 # cannot see: a transposed digit is as well centred. The model can. The default model's mean top
 # probability on replica test rows was 0.91 as given and 0.53 transposed (accuracy 100 % and
@@ -258,8 +258,8 @@ def conform_rows(
     ``as_is`` (the caller's switch: a flag, the server's query) would have left them. In
     pieces of STREAM_ROWS, judged as ``PieceConformer`` judges a streamed file: alike."""
     conformer = PieceConformer(config, predict_proba)
-    starts = range(0, len(images), STREAM_ROWS)
-    pieces = [conformer(images[start : start + STREAM_ROWS]) for start in starts]
+    starts = range(0, len(images), stream.STREAM_ROWS)
+    pieces = [conformer(images[start : start + stream.STREAM_ROWS]) for start in starts]
     conformer.warn(source, as_is)
     return np.concatenate(pieces) if pieces else images
 
@@ -323,7 +323,7 @@ def conform_row(
     votes and orientation are judged on its first STREAM_ROWS rows (of ``first_rows``, its
     first rows, as many or all), as ``PieceConformer`` judges them, its orientation on the rows
     of them that orientation_evidence samples. Warns of what changed in that row."""
-    first_piece = first_rows[:STREAM_ROWS]
+    first_piece = first_rows[: stream.STREAM_ROWS]
     votes = None  # read only where the row is conformed
     if config.conform:
         votes = ink_votes(faint_to_full_ink(first_piece)[0])
@@ -458,10 +458,12 @@ def predict_stream(
     config = config or PredictConfig()
     dist_env, device = init_distributed(config.device, config.ddp_timeout_s)
     predictor = Predictor.load(run_dirs, config, device)
-    stream = ShardStream(source, STREAM_ROWS, shuffle=False, rank=dist_env.rank,
-                         world_size=dist_env.world_size)  # fmt: skip
+    shard_stream = ShardStream(source, stream.STREAM_ROWS, shuffle=False, rank=dist_env.rank,
+                               world_size=dist_env.world_size)  # fmt: skip
     conformer = PieceConformer(config, predictor.orientation_judge, device)
-    chunks = [predictor.predict(conformer(piece.numpy())).astype(np.uint8) for piece, _ in stream]
+    chunks = [
+        predictor.predict(conformer(piece.numpy())).astype(np.uint8) for piece, _ in shard_stream
+    ]
     n_faint, n_redone = conformer.n_faint, conformer.n_redone
     labels = np.concatenate(chunks)
     if dist.is_initialized():
@@ -472,11 +474,11 @@ def predict_stream(
             n_faint = sum(share[1] for share in shares)
             n_redone = sum(share[2] for share in shares)
     if dist_env.is_main_process:
-        warn_labelled(source, stream.manifest.has_labels)
+        warn_labelled(source, shard_stream.manifest.has_labels)
         # Once, for all pieces and processes.
         warn_conformed(source, len(labels), n_faint, n_redone, bool(conformer.is_transposed))
         write_submission(out, labels)
-    return stream.manifest.n_rows
+    return shard_stream.manifest.n_rows
 
 
 def predict_source(
@@ -495,21 +497,6 @@ def predict_source(
     if data is not None or (is_read_whole(source) and Distributed.from_env().world_size == 1):
         return len(predict_csv(run_dirs, Path(source), out, config, data))
     return predict_stream(run_dirs, source, out, config)
-
-
-def read_in_pieces(source: str | Path) -> tuple[int, bool, Iterator[DigitSet]]:
-    """A CSV's (shard directory's, glob's) number of rows, whether they are labelled, and the
-    rows in pieces of up to STREAM_ROWS, in order: read whole where ``is_read_whole``, else
-    streamed, its rows checked piece by piece as they come."""
-    if is_read_whole(source):
-        data = read_data_source(source)
-        starts = range(0, len(data), STREAM_ROWS)
-        pieces = (data.take(slice(start, start + STREAM_ROWS)) for start in starts)
-        return len(data), data.has_labels, pieces
-    stream = ShardStream(source, STREAM_ROWS, shuffle=False, rank=0, world_size=1)
-    pieces = (DigitSet(images.numpy(), None if labels is None else labels.numpy())
-              for images, labels in stream)  # fmt: skip
-    return stream.manifest.n_rows, stream.manifest.has_labels, pieces
 
 
 def predict_distributed(

@@ -28,12 +28,15 @@ from digit_recognizer.data.kaggle_csv import DigitSet
 from digit_recognizer.data.shards import (
     Manifest,
     concat_rows,
+    is_read_whole,
+    read_data_source,
     read_rows,
     resolve_data_source,
 )
 from digit_recognizer.errors import ConfigError, counted
 
 DEFAULT_BUFFER_ROWS = 16_384  # shuffle buffer: 12.8 MB of uint8 images per reader
+STREAM_ROWS = 8192  # rows read per step when streaming (6.4 MB of images), batched for the nets
 
 
 def check_rows_per_process(
@@ -150,6 +153,21 @@ class ShardStream(IterableDataset):
     def _read(self, start: int, stop: int) -> Iterator[DigitSet]:
         """Rows ``start`` to ``stop`` of this epoch's row sequence, in pieces."""
         return read_rows(self.manifest, start, stop, self.shard_order())
+
+
+def read_in_pieces(source: str | Path) -> tuple[int, bool, Iterator[DigitSet]]:
+    """A CSV's (shard directory's, glob's) number of rows, whether they are labelled, and the
+    rows in pieces of up to STREAM_ROWS, in order: read whole where ``is_read_whole``, else
+    streamed, its rows checked piece by piece as they come."""
+    if is_read_whole(source):
+        data = read_data_source(source)
+        starts = range(0, len(data), STREAM_ROWS)
+        pieces = (data.take(slice(start, start + STREAM_ROWS)) for start in starts)
+        return len(data), data.has_labels, pieces
+    stream = ShardStream(source, STREAM_ROWS, shuffle=False, rank=0, world_size=1)
+    pieces = (DigitSet(images.numpy(), None if labels is None else labels.numpy())
+              for images, labels in stream)  # fmt: skip
+    return stream.manifest.n_rows, stream.manifest.has_labels, pieces
 
 
 def shuffled_batches(
