@@ -144,6 +144,24 @@ def test_eda_of_a_csv_past_stream_file_bytes_parses_it_a_piece_at_a_time(
     )
 
 
+def test_eda_of_a_csv_read_whole_does_not_copy_its_images(tmp_path, small_train, monkeypatch):
+    """A file read whole had been cut into pieces of STREAM_ROWS and joined again, every image
+    copied once more (22 MB for Kaggle's test.csv): eda works on the images as read."""
+    csv_path = tmp_path / "train.csv"
+    write_kaggle_csv(csv_path, small_train.images[:200], small_train.labels[:200])
+    read, read_kaggle_csv = [], shards_module.read_kaggle_csv
+
+    def recorded(path):
+        read.append(read_kaggle_csv(path))
+        return read[-1]
+
+    monkeypatch.setattr(shards_module, "read_kaggle_csv", recorded)
+    monkeypatch.setattr(stream_module, "STREAM_ROWS", 64)  # four pieces, had it been cut
+    data = eda_module._read_rows(csv_path)
+    assert len(read) == 1 and np.shares_memory(data.images, read[0].images)
+    np.testing.assert_array_equal(data.labels, small_train.labels[:200])
+
+
 def test_eda_of_a_file_whose_name_is_not_utf8_writes_its_page(tmp_path, small_train):
     csv_path = tmp_path / os.fsdecode(b"train-\xff.csv")  # a Latin-1 name on a Linux disk
     write_kaggle_csv(csv_path, small_train.images[:20], small_train.labels[:20])
