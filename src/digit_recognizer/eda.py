@@ -20,7 +20,7 @@ from digit_recognizer.data.augment import augment_batch
 from digit_recognizer.data.images import at_full_ink, faint_to_full_ink
 from digit_recognizer.data.kaggle_csv import DigitSet
 from digit_recognizer.data.shards import concat_rows, is_read_whole, read_data_source
-from digit_recognizer.data.splits import check_seed
+from digit_recognizer.data.splits import check_seed, count_classes
 from digit_recognizer.data.stream import read_in_pieces
 from digit_recognizer.data.tensors import to_model_input, to_uint8_images
 from digit_recognizer.evaluate import CLASSES, save_figure
@@ -144,7 +144,7 @@ def _summarise(path: Path, data: DigitSet) -> EdaSummary:
     class_counts = None
     if data.labels is not None:
         dtypes = {"label": "int64", **dtypes}
-        class_counts = dict(enumerate(np.bincount(data.labels, minlength=10).tolist()))
+        class_counts = dict(enumerate(count_classes(data.labels)))
     return EdaSummary(
         path=path,
         n_rows=len(data),

@@ -56,7 +56,7 @@ from digit_recognizer.data.kaggle_csv import (
     to_table,
     write_table,
 )
-from digit_recognizer.data.splits import check_seed, stratified_split
+from digit_recognizer.data.splits import check_seed, count_classes, stratified_split
 from digit_recognizer.data.tensors import to_model_input, to_uint8_images
 from digit_recognizer.errors import ConfigError, DataError, OutputError, counted
 from digit_recognizer.fileio import (
@@ -335,7 +335,7 @@ def check_kaggle_source(source: str | Path, expected_rows: int | None = None) ->
         digest = None if shard.is_scanned else hashlib.sha256()
         for piece in read_chunks(shard, manifest.has_labels, digest=digest):
             if piece.labels is not None:
-                counts += np.bincount(piece.labels, minlength=10)
+                counts += count_classes(piece.labels)
         if digest is not None and digest.hexdigest() != shard.sha256:
             raise DataError(f"{shard.path}: its SHA-256 is not the one the manifest lists; "
                             "it changed after the manifest was written: rebuild the "
