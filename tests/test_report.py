@@ -399,6 +399,29 @@ def test_report_command_with_data_and_without(tmp_path, tiny_run, small_test):
     assert f"<tr><td>{absent}</td><td>n/a</td><td>n/a</td><td>n/a</td><td>0</td></tr>" in page
 
 
+def test_report_of_a_csv_past_stream_file_bytes_parses_it_a_piece_at_a_time(
+    tmp_path, tiny_run, small_test, monkeypatch, caplog
+):
+    """`digits report RUN --data big.csv` had read the file whole, where evaluate streams it:
+    parsed a piece at a time now, its rows conformed as evaluate conforms them, the same page."""
+    run_dir = Path(shutil.copytree(tiny_run, tmp_path / "run"))
+    labelled = tmp_path / "labelled.csv"
+    images = small_test.images[:200].copy()
+    images[:80] = np.stack([frame_filling(image) for image in images[:80]])
+    write_kaggle_csv(labelled, images, small_test.labels[:200])
+    monkeypatch.setattr(stream_module, "STREAM_ROWS", 64)  # four pieces, the last one short
+    whole = write_run_report(run_dir, labelled).read_bytes()
+
+    def refused(source):
+        raise AssertionError(f"{source} was read whole")
+
+    monkeypatch.setattr(shards_module, "STREAM_FILE_BYTES", 1000)
+    monkeypatch.setattr(shards_module, "read_kaggle_csv", refused)
+    with caplog.at_level("WARNING"):
+        assert write_run_report(run_dir, labelled).read_bytes() == whole
+    assert "80 of 200 digits were not laid out" in caplog.text
+
+
 def test_report_rebuilds_the_validation_split(tmp_path, tiny_run, small_csvs, monkeypatch):
     galleries = recorded_galleries(monkeypatch)
     run_dir = tmp_path / "run"

@@ -28,8 +28,9 @@ from digit_recognizer.checkpoint import CONFIG_FILE, HISTORY_FILE, read_history
 from digit_recognizer.config import NONE, read_toml
 from digit_recognizer.data.images import at_full_ink
 from digit_recognizer.data.kaggle_csv import DigitSet, read_kaggle_csv
-from digit_recognizer.data.shards import read_data_source, require_labels
+from digit_recognizer.data.shards import concat_rows, require_labels
 from digit_recognizer.data.splits import stratified_split
+from digit_recognizer.data.stream import read_in_pieces
 from digit_recognizer.errors import ConfigError, DataError, ModelFileError
 from digit_recognizer.evaluate import (
     CLASSES,
@@ -45,7 +46,7 @@ from digit_recognizer.evaluate import (
 from digit_recognizer.explain import draw_overlay, grad_cam
 from digit_recognizer.fileio import check_can_write, sha256_file, write_text
 from digit_recognizer.models.storage import META_FILE, net_recipe, read_meta, refuse_ensemble
-from digit_recognizer.predict import PredictConfig, Predictor, conform_rows
+from digit_recognizer.predict import PieceConformer, PredictConfig, Predictor
 from digit_recognizer.train import DEFAULT_LR
 
 REPORT_FILE = "report.html"
@@ -264,14 +265,14 @@ def _labelled_data(
     """The images to evaluate on, from ``data_csv`` or the rebuilt validation split, a
     description of where they came from, and the rows of that file they are."""
     if data_csv is not None:
-        data = read_data_source(data_csv)
-        require_labels(data.labels is not None, data_csv)
-        # As evaluate and predict see them: other collections' layouts redone as MNIST's.
-        conformed = conform_rows(
-            data.images, PredictConfig(conform=conform), data_csv, predictor.orientation_judge
-        )
-        rows = SourceRows(Path(data_csv), np.arange(len(data)))
-        return DigitSet(conformed, data.labels), str(data_csv), rows
+        # Read as evaluate reads it: a file past STREAM_FILE_BYTES in pieces, never whole, and
+        # other collections' layouts redone as MNIST's, piece by piece.
+        n_rows, has_labels, pieces = read_in_pieces(data_csv)
+        require_labels(has_labels, data_csv)
+        conformer = PieceConformer(PredictConfig(conform=conform), predictor.orientation_judge)
+        data = concat_rows([DigitSet(conformer(piece.images), piece.labels) for piece in pieces])
+        conformer.warn(data_csv)
+        return data, str(data_csv), SourceRows(Path(data_csv), np.arange(n_rows))
     metrics = read_metrics(run_dir)
     train_csv, recorded_hash = metrics.get("train_csv"), metrics.get("train_sha256")
     valid_size = config.get("valid_size", 0)
