@@ -344,6 +344,22 @@ def test_augment_preview_shows_faint_rows_at_full_ink_as_training_augments_them(
     assert set(np.unique(originals)) == {0, 255} and shown[-1].max(axis=(1, 2)).min() >= 32
 
 
+def test_augment_preview_scales_the_faint_rows_it_shows_alone(tmp_path, monkeypatch):
+    """The preview had scaled every faint row of the file to full ink, a copy of all of a
+    binarised file's images, to show four of them."""
+    rng = np.random.default_rng(0)
+    binarised = rng.integers(0, 2, (20_000, 28, 28), np.uint8)
+    data = DigitSet(binarised, rng.integers(0, 10, 20_000))
+    monkeypatch.setattr(eda_module, "_read_rows", lambda _source: data)
+    tracemalloc.start()
+    try:
+        eda_module.augment_preview(tmp_path / "binarised.csv", tmp_path / "p.png", n=2)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < binarised.nbytes / 2
+
+
 def test_report_command_with_data_and_without(tmp_path, tiny_run, small_test):
     labelled = tmp_path / "labelled.csv"
     write_kaggle_csv(labelled, small_test.images[:400], small_test.labels[:400])

@@ -17,7 +17,7 @@ from numpy.typing import NDArray
 
 from digit_recognizer.config import load_config
 from digit_recognizer.data.augment import augment_batch
-from digit_recognizer.data.images import at_full_ink, faint_to_full_ink
+from digit_recognizer.data.images import faint_to_full_ink
 from digit_recognizer.data.kaggle_csv import DigitSet
 from digit_recognizer.data.shards import concat_rows, is_read_whole, read_data_source
 from digit_recognizer.data.splits import check_seed, count_classes
@@ -300,8 +300,6 @@ def augment_preview(
     settings = {"augment": augment, "elastic": elastic, "stroke": stroke, "styles": styles}
     augmentation = load_config(TrainConfig, None, settings).augmentation()
     data = _read_rows(Path(csv_path))
-    # Faint rows (0/1, 0-16) at full ink, as training augments them: else black tiles.
-    data = at_full_ink(data)
     generator = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
     shown = rng.choice(len(data), size=min(PREVIEW_ROWS, len(data)), replace=False)
@@ -312,7 +310,9 @@ def augment_preview(
             free = np.flatnonzero(~np.isin(data.labels[shown], (1, 7)))  # slots to give up
             if len(candidates) and len(free) and digit not in data.labels[shown]:
                 shown[free[0]] = rng.choice(candidates)
-    originals = data.images[shown]
+    # Faint rows (0/1, 0-16) at full ink, as training augments them: else black tiles. The
+    # shown rows alone: all of a binarised file's had been copied to show four.
+    originals = _drawable(data.images[shown])
     x = to_model_input(torch.as_tensor(originals).repeat_interleave(n, 0), channels_last=False)
     labels = None
     if data.labels is not None:
