@@ -18,6 +18,7 @@ from digit_recognizer import eda as eda_module
 from digit_recognizer import evaluate as evaluate_module
 from digit_recognizer import report as report_module
 from digit_recognizer.cli import app
+from digit_recognizer.data import kaggle_csv as kaggle_csv_module
 from digit_recognizer.data import shards as shards_module
 from digit_recognizer.data import stream as stream_module
 from digit_recognizer.data.images import at_full_ink
@@ -82,6 +83,17 @@ class ImageSources(HTMLParser):
             self.sources.append(dict(attrs).get("src") or "")
 
 
+def stream_every_file(monkeypatch) -> None:
+    """Every CSV past STREAM_FILE_BYTES, read a piece at a time: reading one whole (all its
+    bytes at once, as every whole-file reader does) fails."""
+
+    def refused(path):
+        raise AssertionError(f"{path} was read whole")
+
+    monkeypatch.setattr(shards_module, "STREAM_FILE_BYTES", 1000)
+    monkeypatch.setattr(kaggle_csv_module, "_read_bytes", refused)
+
+
 def inline_pngs(html_path) -> list[bytes]:
     """Every <img> of the page, decoded; fails unless each is a non-empty PNG data URI."""
     parser = ImageSources()
@@ -125,13 +137,8 @@ def test_eda_of_a_csv_past_stream_file_bytes_parses_it_a_piece_at_a_time(
     csv_path = tmp_path / "train.csv"
     write_kaggle_csv(csv_path, small_train.images[:300], small_train.labels[:300])
     whole = eda(csv_path, tmp_path / "whole")
-
-    def refused(source):
-        raise AssertionError(f"{source} was read whole")
-
-    monkeypatch.setattr(shards_module, "STREAM_FILE_BYTES", 1000)
+    stream_every_file(monkeypatch)
     monkeypatch.setattr(stream_module, "STREAM_ROWS", 64)  # five pieces
-    monkeypatch.setattr(shards_module, "read_kaggle_csv", refused)
     streamed = eda(csv_path, tmp_path / "streamed")
     assert streamed.rows() == whole.rows()
     for title, path in whole.figures.items():
@@ -142,24 +149,6 @@ def test_eda_of_a_csv_past_stream_file_bytes_parses_it_a_piece_at_a_time(
     assert eda_module.augment_preview(csv_path, tmp_path / "whole.png", n=2).read_bytes() == (
         preview.read_bytes()
     )
-
-
-def test_eda_of_a_csv_read_whole_does_not_copy_its_images(tmp_path, small_train, monkeypatch):
-    """A file read whole had been cut into pieces of STREAM_ROWS and joined again, every image
-    copied once more (22 MB for Kaggle's test.csv): eda works on the images as read."""
-    csv_path = tmp_path / "train.csv"
-    write_kaggle_csv(csv_path, small_train.images[:200], small_train.labels[:200])
-    read, read_kaggle_csv = [], shards_module.read_kaggle_csv
-
-    def recorded(path):
-        read.append(read_kaggle_csv(path))
-        return read[-1]
-
-    monkeypatch.setattr(shards_module, "read_kaggle_csv", recorded)
-    monkeypatch.setattr(stream_module, "STREAM_ROWS", 64)  # four pieces, had it been cut
-    data = eda_module._read_rows(csv_path)
-    assert len(read) == 1 and np.shares_memory(data.images, read[0].images)
-    np.testing.assert_array_equal(data.labels, small_train.labels[:200])
 
 
 def test_eda_of_a_file_whose_name_is_not_utf8_writes_its_page(tmp_path, small_train):
@@ -350,7 +339,7 @@ def test_augment_preview_scales_the_faint_rows_it_shows_alone(tmp_path, monkeypa
     rng = np.random.default_rng(0)
     binarised = rng.integers(0, 2, (20_000, 28, 28), np.uint8)
     data = DigitSet(binarised, rng.integers(0, 10, 20_000))
-    monkeypatch.setattr(eda_module, "_read_rows", lambda _source: data)
+    monkeypatch.setattr(eda_module, "read_all_rows", lambda _source: data)
     tracemalloc.start()
     try:
         eda_module.augment_preview(tmp_path / "binarised.csv", tmp_path / "p.png", n=2)
@@ -427,12 +416,7 @@ def test_report_of_a_csv_past_stream_file_bytes_parses_it_a_piece_at_a_time(
     write_kaggle_csv(labelled, images, small_test.labels[:200])
     monkeypatch.setattr(stream_module, "STREAM_ROWS", 64)  # four pieces, the last one short
     whole = write_run_report(run_dir, labelled).read_bytes()
-
-    def refused(source):
-        raise AssertionError(f"{source} was read whole")
-
-    monkeypatch.setattr(shards_module, "STREAM_FILE_BYTES", 1000)
-    monkeypatch.setattr(shards_module, "read_kaggle_csv", refused)
+    stream_every_file(monkeypatch)
     with caplog.at_level("WARNING"):
         assert write_run_report(run_dir, labelled).read_bytes() == whole
     assert "80 of 200 digits were not laid out" in caplog.text
@@ -468,6 +452,11 @@ def test_report_rebuilds_the_validation_split(tmp_path, tiny_run, small_csvs, mo
                         ("ROC-AUC (one-vs-rest)", f"{metrics.roc_auc_ovr:.5f}"),
                         ("expected calibration error", f"{ece:.4f} (15 bins)")]:  # fmt: skip
         assert f"<tr><td>{name}</td><td>{value}</td></tr>" in page, name
+    # Kaggle's train.csv is past STREAM_FILE_BYTES: read a piece at a time (it had been read
+    # whole), the same page.
+    with monkeypatch.context() as streamed:
+        stream_every_file(streamed)
+        assert write_run_report(run_dir).read_text() == page
     # Not from another file of that name, nor from the file changed since.
     with open(train_csv, "a") as changed:
         changed.write(Path(small_csvs["train"]).read_text().splitlines()[1] + "\n")

@@ -877,6 +877,24 @@ def test_predict_stream_matches_predict_csv(tmp_path: Path, tiny_run: Path, smal
     assert len(set(expected.tolist())) == 10
 
 
+def test_all_rows_of_a_csv_read_whole_are_handed_on_uncopied(tmp_path, small_train, monkeypatch):
+    """`digits eda` of a file read whole had cut it into pieces of STREAM_ROWS and joined them
+    again, every image copied once more (22 MB for Kaggle's test.csv)."""
+    csv_path = tmp_path / "train.csv"
+    write_kaggle_csv(csv_path, small_train.images[:200], small_train.labels[:200])
+    read, read_kaggle_csv = [], shards.read_kaggle_csv
+
+    def recorded(path):
+        read.append(read_kaggle_csv(path))
+        return read[-1]
+
+    monkeypatch.setattr(shards, "read_kaggle_csv", recorded)
+    monkeypatch.setattr(stream, "STREAM_ROWS", 64)  # four pieces, had it been cut
+    data = stream.read_all_rows(csv_path)
+    assert len(read) == 1 and np.shares_memory(data.images, read[0].images)
+    np.testing.assert_array_equal(data.labels, small_train.labels[:200])
+
+
 def test_streamed_prediction_says_once_how_many_rows_it_redid(
     tmp_path: Path, tiny_run: Path, small_test: DigitSet, monkeypatch, caplog
 ) -> None:

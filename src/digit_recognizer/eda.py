@@ -19,9 +19,8 @@ from digit_recognizer.config import load_config
 from digit_recognizer.data.augment import augment_batch
 from digit_recognizer.data.images import faint_to_full_ink
 from digit_recognizer.data.kaggle_csv import DigitSet
-from digit_recognizer.data.shards import concat_rows, is_read_whole, read_data_source
 from digit_recognizer.data.splits import check_seed, count_classes
-from digit_recognizer.data.stream import read_in_pieces
+from digit_recognizer.data.stream import read_all_rows
 from digit_recognizer.data.tensors import to_model_input, to_uint8_images
 from digit_recognizer.evaluate import CLASSES, save_figure
 from digit_recognizer.fileio import make_dir, write_text
@@ -88,7 +87,7 @@ class EdaSummary:
 def eda(csv_path: str | Path, out_dir: str | Path) -> EdaSummary:
     """Summarise a Kaggle CSV; write its PNGs and a self-contained ``eda.html`` to ``out_dir``."""
     csv_path = Path(csv_path)
-    data = _read_rows(csv_path)
+    data = read_all_rows(csv_path)
     out_dir = make_dir(out_dir)  # a file there is said as such, before any plot
     summary = _summarise(csv_path, data)
     rng = np.random.default_rng(0)
@@ -113,16 +112,6 @@ def eda(csv_path: str | Path, out_dir: str | Path) -> EdaSummary:
     sections += [(title, html_img(path, title)) for title, path in summary.figures.items()]
     write_text(out_dir / EDA_FILE, html_page(f"EDA: {csv_path.name}", str(csv_path), sections))
     return summary
-
-
-def _read_rows(source: Path) -> DigitSet:
-    """All rows of a CSV (shard directory, glob), one past STREAM_FILE_BYTES parsed a piece at
-    a time (``read_in_pieces``): `digits eda` of a 153 MB train CSV had peaked at 1.12 GB read
-    whole, 0.67 GB so (its images take 66 MB). A file read whole is handed on as read: its
-    pieces joined had copied every image once more (22 MB for Kaggle's test.csv)."""
-    if is_read_whole(source):
-        return read_data_source(source)
-    return concat_rows(list(read_in_pieces(source)[2]))
 
 
 def _summarise(path: Path, data: DigitSet) -> EdaSummary:
@@ -299,7 +288,7 @@ def augment_preview(
     # Checked as training's flags, and named so: Augmentation's own errors had said elastic_px.
     settings = {"augment": augment, "elastic": elastic, "stroke": stroke, "styles": styles}
     augmentation = load_config(TrainConfig, None, settings).augmentation()
-    data = _read_rows(Path(csv_path))
+    data = read_all_rows(Path(csv_path))
     generator = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
     shown = rng.choice(len(data), size=min(PREVIEW_ROWS, len(data)), replace=False)

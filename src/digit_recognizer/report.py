@@ -27,10 +27,10 @@ from torch import nn
 from digit_recognizer.checkpoint import CONFIG_FILE, HISTORY_FILE, read_history
 from digit_recognizer.config import NONE, read_toml
 from digit_recognizer.data.images import at_full_ink
-from digit_recognizer.data.kaggle_csv import DigitSet, read_kaggle_csv
+from digit_recognizer.data.kaggle_csv import DigitSet
 from digit_recognizer.data.shards import concat_rows, require_labels
 from digit_recognizer.data.splits import stratified_split
-from digit_recognizer.data.stream import read_in_pieces
+from digit_recognizer.data.stream import read_all_rows, read_in_pieces
 from digit_recognizer.errors import ConfigError, DataError, ModelFileError
 from digit_recognizer.evaluate import (
     CLASSES,
@@ -293,14 +293,15 @@ def _labelled_data(
             f"{train_csv}: changed since {run_dir} was trained on it (SHA-256 differs), so its "
             "validation split cannot be rebuilt; give --data LABELLED_CSV"
         )
-    full = read_kaggle_csv(train_csv)
-    # Its ink as training read it (pipeline.ink_as_predicted), for the same split of the same rows.
-    full = at_full_ink(full)
+    # Kaggle's train.csv (76 MB) is past STREAM_FILE_BYTES: parsed a piece at a time.
+    full = read_all_rows(train_csv)
     _, valid_rows = stratified_split(full.labels, valid_size, config.get("seed", 0))
     source = (
         f"validation split of {train_csv} (valid_size {valid_size}, seed {config.get('seed', 0)})"
     )
-    return full.take(valid_rows), source, SourceRows(Path(train_csv), valid_rows)
+    # Its ink as training read it (pipeline.ink_as_predicted), row by row: its rows alone.
+    valid = at_full_ink(full.take(valid_rows))
+    return valid, source, SourceRows(Path(train_csv), valid_rows)
 
 
 def _plot_roc_pr(labels: NDArray[np.int64], probas: NDArray[np.floating], path: Path) -> None:
