@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 import torch
 from matplotlib.figure import Figure
+from PIL import Image
+from torch import nn
 from typer.testing import CliRunner
 
 from digit_recognizer import evaluate as evaluate_module
@@ -42,10 +44,12 @@ from digit_recognizer.fileio import sha256_file
 from digit_recognizer.predict import (
     PredictConfig,
     Predictor,
+    check_probabilities,
     conform_rows,
     orientation_evidence,
     predict_csv,
     predict_distributed,
+    predict_images,
     predict_source,
     predict_stream,
     reads_transposed,
@@ -347,6 +351,25 @@ def test_rows_read_transposed_by_a_margin_on_average_not_in_all():
     0.04 each on average are not transposed, by 0.4 each they are."""
     assert not reads_transposed(np.array([256, 200.0, 210.0], dtype=np.float32))
     assert reads_transposed(np.array([256, 100.0, 200.0], dtype=np.float32))
+    # MIN_ORIENTATION_ROWS rows are enough, one fewer is not.
+    assert reads_transposed(np.array([16, 4.0, 12.0], dtype=np.float32))
+    assert not reads_transposed(np.array([15, 4.0, 12.0], dtype=np.float32))
+
+
+def test_a_large_pieces_orientation_is_judged_on_the_rows_it_samples():
+    """orientation_evidence counts the ORIENTATION_SAMPLE rows it judged, not the piece's:
+    counted as 1,000 rows, 256 rows' sums could never clear the margin."""
+    rows = np.zeros((1000, 28, 28), np.uint8)
+    rows[:, 5:20, 5] = 255  # a stroke down column 5: transposed, along row 5
+
+    def surer_of_a_stroke_along_row_5(images: np.ndarray) -> np.ndarray:
+        probas = np.full((len(images), 10), 0.05, np.float32)
+        probas[:, 0] = np.where(images[:, 5, 10] > 0, 0.9, 0.2)
+        return probas
+
+    evidence = orientation_evidence(rows, surer_of_a_stroke_along_row_5)
+    np.testing.assert_allclose(evidence, [256, 256 * 0.2, 256 * 0.9], rtol=1e-5)
+    assert reads_transposed(evidence)
 
 
 def test_an_empty_out_made_for_the_submission_is_written(tmp_path, small_csvs):
@@ -578,6 +601,44 @@ def test_classical_run_directories_predict_and_mix_with_nets(tmp_path, tiny_run,
     assert Predictor.load([tmp_path]).orientation_judge is None
     assert Predictor.load([tmp_path, tiny_run]).orientation_judge is None
     assert Predictor.load([tiny_run]).orientation_judge is not None
+
+
+def test_batch_norm_folding_follows_the_config(tiny_run):
+    """Grad-CAM hooks the net's own convolutions and batch norms: with fuse_batch_norm=False
+    they must stay, where the default folds each batch norm into the layer before it."""
+
+    def n_batch_norms(config: PredictConfig) -> int:
+        net = Predictor.load([tiny_run], config).models[0]
+        return sum(isinstance(module, nn.BatchNorm2d) for module in net.modules())
+
+    assert n_batch_norms(PredictConfig(fuse_batch_norm=False)) > 0
+    assert n_batch_norms(PredictConfig()) == 0
+
+
+def test_probabilities_not_numbers_for_some_images_alone_are_refused():
+    """A net overflowing on a few images predicts digit 0 for them (argmax of NaN), unless
+    refused: one row of NaN among numbers is as damaged as all."""
+    probas = np.full((3, 10), 0.1, np.float32)
+    assert check_probabilities(probas) is probas
+    probas[1, 4] = np.nan
+    with pytest.raises(ModelFileError, match="probabilities are not numbers"):
+        check_probabilities(probas)
+    probas[1, 4] = np.inf
+    with pytest.raises(ModelFileError, match="probabilities are not numbers"):
+        check_probabilities(probas)
+
+
+def test_image_files_are_predicted_with_the_callers_settings(tmp_path, tiny_run, small_test):
+    """predict_images takes a PredictConfig, as predict_csv does: TTA asked for applies to
+    image files too."""
+    path = tmp_path / "digit.png"
+    Image.fromarray(255 - np.kron(small_test.images[0], np.ones((3, 3), np.uint8))).save(path)
+    digit = images_module.load_image(path)[None]
+    with_tta = PredictConfig(tta=True)
+    expected = Predictor.load([tiny_run], with_tta).predict_proba(digit)[0]
+    assert not np.allclose(expected, Predictor.load([tiny_run]).predict_proba(digit)[0])
+    [result] = predict_images([tiny_run], [path], with_tta)
+    np.testing.assert_allclose(result.probabilities, expected, atol=1e-6)
 
 
 def test_read_only_images_predict_without_warnings():
