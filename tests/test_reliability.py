@@ -371,9 +371,10 @@ def test_corrupt_checkpoint_on_resume_names_the_file(tmp_path, tiny_run, train_c
 
 
 def test_load_checkpoint_raises_model_file_error(tmp_path: Path) -> None:
-    (tmp_path / CHECKPOINT_FILE).write_bytes(b"PK\x03\x04 not really a zip")
-    with pytest.raises(ModelFileError, match=rf"{CHECKPOINT_FILE}: not a readable checkpoint"):
-        load_checkpoint(tmp_path, torch.device("cpu"))
+    for damaged in (b"PK\x03\x04 not really a zip", b""):  # torch: RuntimeError, EOFError
+        (tmp_path / CHECKPOINT_FILE).write_bytes(damaged)
+        with pytest.raises(ModelFileError, match=rf"{CHECKPOINT_FILE}: not a readable checkpoint"):
+            load_checkpoint(tmp_path, torch.device("cpu"))
     # Readable, but not ours (weights saved under its name): the keys it lacks are named.
     torch.save({"weight": torch.zeros(2)}, tmp_path / CHECKPOINT_FILE)
     with pytest.raises(ModelFileError, match=r"not a checkpoint of digits train \(no model, optim"):
@@ -387,7 +388,8 @@ def test_load_checkpoint_raises_model_file_error(tmp_path: Path) -> None:
      ({"config": {}}, "config without seed"), ({"history": "abc"}, "history not a list"),
      ({"history": [1]}, "history not a list of rows"), ({"epoch": True}, "epoch True"),
      ({"lr_scale": -1.0}, "lr_scale -1.0"), ({"elapsed_s": -5.0}, "elapsed_s -5.0"),
-     ({"elapsed_s": float("inf")}, "elapsed_s inf"),
+     ({"elapsed_s": float("inf")}, "elapsed_s inf"), ({"step": -1}, "step -1"),
+     ({"epochs_since_best": -1}, "epochs_since_best -1"),
      ({"stopped_early": "no"}, "stopped_early not a bool"), ({"rows": 5}, "rows not a str"),
      ({"config": {"seed": 0}}, "config without valid_size, batch_size"),
      # Resumed, it had ended in a KeyError's traceback.

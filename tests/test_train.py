@@ -6,13 +6,19 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict, replace
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 
 import digit_recognizer.train as train_module
-from digit_recognizer.checkpoint import load_checkpoint, read_history, rows_fingerprint
+from digit_recognizer.checkpoint import (
+    load_checkpoint,
+    read_history,
+    rows_fingerprint,
+    write_history,
+)
 from digit_recognizer.data.augment import Augmentation, augment_batch
 from digit_recognizer.data.kaggle_csv import DigitSet, write_kaggle_csv
 from digit_recognizer.data.shards import shard_csv
@@ -953,6 +959,20 @@ def test_a_finished_run_resumed_rewrites_a_history_its_kill_cut_short(
     assert len(read_history(tmp_path / "history.csv")) == 1
 
 
+def test_a_history_reads_back_as_written_and_another_csv_is_named(tmp_path):
+    """Epochs and steps come back as the counts training wrote (epoch 3, not 3.0). Another
+    program's CSV saved as history.csv is refused where it is read, naming it, rather than read
+    as rows the learning curves then find no epoch or lr in."""
+    history = [{"epoch": 1, "step": 47, "train_loss": 0.5, "lr": 0.02}]
+    write_history(tmp_path, history)
+    read = read_history(tmp_path / "history.csv")
+    assert read == history and type(read[0]["epoch"]) is type(read[0]["step"]) is int
+    path = tmp_path / "history.csv"
+    path.write_text("accuracy,loss\n0.9,0.3\n")
+    with pytest.raises(ModelFileError, match=r"history.csv: not a history .* \(no rows of epoch"):
+        read_history(path)
+
+
 def test_a_resume_on_other_validation_rows_is_refused(tmp_path, small_train, small_test):
     """Its best epoch was chosen, and its figures recorded, on the rows it validated on."""
     config = TrainConfig(model="cnn-tiny", epochs=2, batch_size=64, lr=0.02)
@@ -973,6 +993,33 @@ def test_a_checkpoint_from_before_validation_rows_were_recorded_resumes(tmp_path
     with pytest.raises(ConfigError, match="validation rows"):
         check_resume_matches(tmp_path, checkpoint | {"valid_rows": "other"}, config, "train",
                              "valid")  # fmt: skip
+
+
+def test_a_resume_on_other_training_rows_names_the_memory_budget_where_it_changed(tmp_path):
+    """Another max_memory_gb can stream rows that were in memory (fingerprinted another way):
+    the refusal says so then, and only then."""
+    from digit_recognizer.checkpoint import check_resume_matches
+
+    config = TrainConfig(model="cnn-tiny")
+    checkpoint = {"config": asdict(config), "rows": "in memory"}
+    streamed = replace(config, max_memory_gb=0.01)
+    with pytest.raises(ConfigError, match=r"rows \(or whether they stream: max_memory_gb\);"):
+        check_resume_matches(tmp_path, checkpoint, streamed, "streamed", None)
+    with pytest.raises(ConfigError, match=r"change the run's training rows; "):
+        check_resume_matches(tmp_path, checkpoint, config, "other rows", None)
+
+
+def test_the_fingerprint_of_streamed_shards_follows_their_hashes_and_order():
+    """Streamed rows are fingerprinted by their shards' SHA-256s: other shards, or the same in
+    another order, are other training rows."""
+    from digit_recognizer.data.shards import Manifest, Shard
+
+    def fingerprint(*hashes: str) -> str:
+        shards = [Shard(Path(f"{h}.csv"), 10, 100, h * 64) for h in hashes]
+        return rows_fingerprint(Manifest(tuple(shards), has_labels=True))
+
+    assert fingerprint("a", "b") == fingerprint("a", "b")
+    assert len({fingerprint("a", "b"), fingerprint("a", "c"), fingerprint("b", "a")}) == 3
 
 
 def test_the_rows_fingerprint_covers_the_labels_too(small_train):
