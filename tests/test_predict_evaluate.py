@@ -217,6 +217,27 @@ def test_a_file_is_judged_on_its_first_piece_whole_streamed_and_explained(
     np.testing.assert_array_equal(Predictor.load([tiny_run]).predict(conformed), whole)
 
 
+def test_one_row_is_judged_on_the_same_conformed_rows_as_its_file(small_test):
+    """explain's conform_row judges a file's orientation as conform_rows does, on its rows
+    once conformed: judged as given, a file off MNIST's layout could be read transposed in
+    one and not the other."""
+    rows = np.stack([frame_filling(image) for image in small_test.images[:40]])
+    seen = {"file": [], "row": []}
+
+    def judge_seeing(name: str):
+        def predict_proba(images: np.ndarray) -> np.ndarray:
+            seen[name].append(images.copy())
+            return np.full((len(images), 10), 0.1, np.float32)
+
+        return predict_proba
+
+    conform_rows(rows, PredictConfig(), "f.csv", judge_seeing("file"))
+    predict_module.conform_row(rows, rows[3], 3, PredictConfig(), "f.csv", judge_seeing("row"))
+    assert len(seen["row"]) == 2  # as given and transposed
+    for row_images, file_images in zip(seen["row"], seen["file"], strict=True):
+        np.testing.assert_array_equal(row_images, file_images)
+
+
 def test_what_was_changed_is_told_in_words_that_agree_with_the_count(caplog):
     """explain's one row had been "1 of 1 digits were not laid out as MNIST's ... and were
     redone ...; --as-is predicts them unchanged"."""
