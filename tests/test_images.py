@@ -804,6 +804,18 @@ def test_cli_predict_image(tiny_run: Path, tmp_path: Path) -> None:
     assert f"│ {expected}" in result.output  # the other files are predicted all the same
 
 
+def test_predict_image_points_a_csv_to_digits_predict(tiny_run: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from digit_recognizer.cli import app
+
+    digits = tmp_path / "test.csv"
+    digits.write_text("pixel0\n0\n")
+    result = CliRunner().invoke(app, ["predict-image", str(tiny_run), str(digits)])
+    assert result.exit_code == 1
+    assert f"a CSV of digits: digits predict {tiny_run} {digits}" in " ".join(result.output.split())
+
+
 def test_predict_images_gives_each_file_its_own_probabilities(
     tiny_run: Path, tmp_path: Path, small_test: DigitSet
 ) -> None:

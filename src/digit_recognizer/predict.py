@@ -30,7 +30,12 @@ from digit_recognizer.data.images import (
     ink_votes,
     load_image,
 )
-from digit_recognizer.data.kaggle_csv import DigitSet, is_submission, write_submission
+from digit_recognizer.data.kaggle_csv import (
+    DigitSet,
+    is_csv_name,
+    is_submission,
+    write_submission,
+)
 from digit_recognizer.data.lighting import MIN_CONTRAST
 from digit_recognizer.data.shards import (
     is_read_whole,
@@ -237,7 +242,11 @@ def predict_images(
             digits.append(load_image(path))
             results.append(ImagePrediction(Path(path)))
         except DataError as error:
-            results.append(ImagePrediction(Path(path), error=str(error)))
+            message = str(error)
+            if is_csv_name(path):  # a CSV of digits had been told only that it is no image
+                runs = " ".join(str(run_dir) for run_dir in run_dirs)
+                message += f"; a CSV of digits: digits predict {runs} {path}"
+            results.append(ImagePrediction(Path(path), error=message))
     if digits:
         probas = Predictor.load(run_dirs, config or PredictConfig()).predict_proba(np.stack(digits))
         for result, proba in zip((r for r in results if r.error is None), probas, strict=True):

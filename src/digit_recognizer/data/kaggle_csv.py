@@ -167,6 +167,11 @@ def is_submission(path: Path) -> bool:
     return first.removeprefix(_UTF8_BOM).decode("latin-1") == ",".join(SUBMISSION_COLUMNS)
 
 
+def is_csv_name(name: str | Path) -> bool:
+    """Whether a file's name says CSV (``.csv``, gzipped too): one given where an image goes."""
+    return str(name).lower().endswith((".csv", ".csv.gz"))
+
+
 def read_submission(path: str | Path, expected_rows: int | None = None) -> NDArray[np.int64]:
     """Read an ``ImageId,Label`` file; returns labels int64 of shape (n_rows,) in ImageId order.
 

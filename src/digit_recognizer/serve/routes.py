@@ -32,7 +32,12 @@ from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from digit_recognizer.data.images import load_image
-from digit_recognizer.data.kaggle_csv import parse_kaggle_csv, show_value, submission_chunks
+from digit_recognizer.data.kaggle_csv import (
+    is_csv_name,
+    parse_kaggle_csv,
+    show_value,
+    submission_chunks,
+)
 from digit_recognizer.data.lighting import MIN_CONTRAST
 from digit_recognizer.errors import DataError, UnknownModelError
 from digit_recognizer.models.registry import get_spec
@@ -437,7 +442,7 @@ async def _read_digits(
             image = await run_in_threadpool(load_image, data, name, config.max_image_pixels)
         except DataError as error:
             # A CSV uploaded here as a file had been told only that it is no image.
-            csv_route = f"; a CSV of digits goes to {CSV_PATH}" if _is_csv_name(name) else ""
+            csv_route = f"; a CSV of digits goes to {CSV_PATH}" if is_csv_name(name) else ""
             raise HTTPException(422, f"{error}{csv_route}") from None
         return image[None], False, True
     # A CSV sent here had been told to send JSON or an image, not where a CSV goes.
@@ -464,10 +469,6 @@ async def _arrived_within(reading: Awaitable[T], timeout_s: float, limit_name: s
             # RFC 9110: the rest of the body would otherwise keep the connection open
             headers={"Connection": "close"},
         ) from None
-
-
-def _is_csv_name(name: str) -> bool:
-    return name.lower().endswith((".csv", ".csv.gz"))
 
 
 def _parse_json(body: bytes, max_batch: int) -> tuple[NDArray[np.uint8], bool]:
