@@ -20,6 +20,7 @@ import pytest
 import torch
 from rich.console import Console
 from rich.logging import RichHandler
+from typer.main import get_command
 from typer.testing import CliRunner
 
 from digit_recognizer.cli import app, one_line, predict_config
@@ -591,6 +592,15 @@ def test_help_shows_the_defaults_written_into_it(command):
     output = invoke(command, "--help").output
     assert "default:" in output
     assert all(before.endswith(("[", "(")) for before in output.split("default:")[:-1]), output
+
+
+@pytest.mark.parametrize("command", ["predict", "evaluate"])
+def test_tta_help_says_it_is_off_unless_asked(command):
+    """`digits run` predicts with TTA, predict and evaluate only when asked: their --tta says
+    so (it had named no default, where run's names the preset's)."""
+    options = {param.name: param for param in get_command(app).commands[command].params}
+    help_text = options["tta"].help.replace("\\[", "[")  # the escape rich's markup needs
+    assert help_text.endswith("[default: the --config's tta, else no-tta]")
 
 
 def test_models_table_shows_each_kind_and_description():

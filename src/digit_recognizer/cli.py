@@ -333,7 +333,12 @@ Compile = Annotated[
 ]
 # --no-tta too: a --config TOML's tta = true had no flag to turn it off, as --no-compile does.
 Tta = Annotated[
-    bool | None, typer.Option("--tta/--no-tta", help="Average predictions over shifted views.")
+    bool | None,
+    typer.Option(
+        "--tta/--no-tta",
+        help="Average predictions over shifted views (5x the compute). "
+        "\\[default: the --config's tta, else no-tta]",
+    ),
 ]
 PredictConfigFile = Annotated[
     Path | None, typer.Option("--config", help="TOML file of PredictConfig keys (batch size...).")
