@@ -410,6 +410,7 @@ def test_one_trial_draws_no_importances_and_a_split_error_names_tunes_flag(
     assert result.exit_code == 0, result.output
     # The best score of the split that chose it, said so ("best accuracy" read as the model's).
     assert ": best validation accuracy 0." in result.output
+    assert ", 1 trial (0 pruned) in " in result.output  # not "1 trials"
     assert sizes == [0.25]  # the flag reached the split
     assert {path.name for path in (tmp_path / "a").glob("*.png")} == {"optimization_history.png"}
     few = tmp_path / "few.csv"

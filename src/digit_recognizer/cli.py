@@ -842,9 +842,8 @@ def tune(
         "seed": seed, "ema_decay": ema_decay, "amp": amp,
         "channels_last": channels_last})  # fmt: skip
     result = run_tune(config, train, out or Path("runs") / f"tune-{config.model}")
-    counts = (
-        f", {result.n_trials} trials ({result.n_pruned} pruned) in {shown_storage(result.storage)}"
-    )
+    trials = counted(result.n_trials, "trial")
+    counts = f", {trials} ({result.n_pruned} pruned) in {shown_storage(result.storage)}"
     # The best of the trials on the split that chose it: no estimate for new images.
     best = f": best validation accuracy {result.best_value:.4f}"
     console.print(Text.assemble("study ", (result.study_name, "bold"), counts, best))
