@@ -84,8 +84,8 @@ def classical_models(text: str) -> list[str]:
     of classical models only (a net would train for its 15 epochs)."""
     try:
         names = parse_model_names(text)
-    except DigitsError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
+    except DigitsError as error:  # argparse names the flag itself
+        raise argparse.ArgumentTypeError(str(error).removeprefix("--models: ")) from None
     nets = [name for name in names if name not in available("classical")]
     if nets:
         raise argparse.ArgumentTypeError(f"{', '.join(nets)}: not a classical model; choose "

@@ -75,7 +75,7 @@ def test_cross_validation_parameters_describe_every_fold(tmp_path, small_csvs, m
 
 
 def test_bad_requests_fail_before_training(tmp_path, small_csvs):
-    with pytest.raises(UnknownModelError, match="Did you mean 'svm'"):
+    with pytest.raises(UnknownModelError, match=r"^--models: unknown model 'svn'\. Did you mean"):
         compare(small_csvs["train"], ["knn", "svn"], tmp_path)
     with pytest.raises(ConfigError, match="at least 2 folds"):
         compare(small_csvs["train"], ["knn"], tmp_path, cv=1)

@@ -24,7 +24,7 @@ from sklearn.model_selection import StratifiedKFold
 from digit_recognizer.data.kaggle_csv import DigitSet
 from digit_recognizer.data.shards import read_labelled
 from digit_recognizer.data.splits import check_seed, split_for_training, warn_shared_images
-from digit_recognizer.errors import ConfigError, DataError, first_line
+from digit_recognizer.errors import ConfigError, DataError, UnknownModelError, first_line
 from digit_recognizer.estimator import build_estimator, count_parameters
 from digit_recognizer.evaluate import CLASSES, compute_metrics, draw_figure
 from digit_recognizer.fileio import (
@@ -79,7 +79,10 @@ def check_model_names(models: list[str]) -> None:
     if not models:
         raise ConfigError("no model to compare: give --models, e.g. logreg,knn,cnn")
     for name in models:
-        get_spec(name)
+        try:
+            get_spec(name)
+        except UnknownModelError as error:  # named as train names its --model
+            raise UnknownModelError(f"--models: {error}") from None
     if len(set(models)) < len(models):  # two rows, and two bars on one label of the chart
         twice = sorted({name for name in models if models.count(name) > 1})
         raise ConfigError(f"--models names {', '.join(twice)} more than once")
