@@ -603,6 +603,18 @@ def test_tta_help_says_it_is_off_unless_asked(command):
     assert help_text.endswith("[default: the --config's tta, else no-tta]")
 
 
+@pytest.mark.parametrize("command, default", [
+    ("predict", "the --config's conform, else conform"),
+    ("evaluate", "the --config's conform, else conform"),
+    ("run", "conform"), ("report", "conform"), ("explain", "conform"),
+])  # fmt: skip
+def test_as_is_help_names_the_default_of_its_own_command(command, default):
+    """run, report and explain take no PredictConfig: their --as-is had named predict's and
+    evaluate's default, "the --config's conform", beside run's --config of TrainConfig keys."""
+    options = {param.name: param for param in get_command(app).commands[command].params}
+    assert options["as_is"].help.replace("\\[", "[").endswith(f"[default: {default}]")
+
+
 def test_models_table_shows_each_kind_and_description():
     """Not only the names: the kind and a description of each, which is what one reads it for."""
     from digit_recognizer.models import get_spec

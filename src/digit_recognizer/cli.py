@@ -343,15 +343,20 @@ Tta = Annotated[
 PredictConfigFile = Annotated[
     Path | None, typer.Option("--config", help="TOML file of PredictConfig keys (batch size...).")
 ]
-# --conform too: a predict --config's conform = false had no flag to undo it.
+AS_IS_HELP = (
+    "Take CSV rows in their own layout; by default digits not laid out as MNIST's (20 x 20 "
+    "pixels, centred by mass: other collections) are first redone as MNIST made its own. Faint "
+    "ink (0/1, 0-16) is scaled to 0-255 either way, as training reads it. "
+)
 AsIs = Annotated[
+    bool | None, typer.Option("--as-is/--conform", help=AS_IS_HELP + "\\[default: conform]")
+]
+# --conform too: a predict --config's conform = false had no flag to undo it.
+ConfiguredAsIs = Annotated[
     bool | None,
     typer.Option(
         "--as-is/--conform",
-        help="Take CSV rows in their own layout; by default digits not laid out as MNIST's (20 "
-        "x 20 pixels, centred by mass: other collections) are first redone as MNIST made its "
-        "own. Faint ink (0/1, 0-16) is scaled to 0-255 either way, as training reads it. "
-        "\\[default: conform; predict and evaluate: the --config's conform]",
+        help=AS_IS_HELP + "\\[default: the --config's conform, else conform]",
     ),
 ]
 PresetTta = Annotated[
@@ -524,7 +529,7 @@ def predict(
     ],
     out: Annotated[Path, typer.Option(help="Submission file to write.")] = Path("submission.csv"),
     tta: Tta = None,
-    as_is: AsIs = None,
+    as_is: ConfiguredAsIs = None,
     device: Device = None,
     nproc: Annotated[
         int, typer.Option(min=1, help="Processes (torchrun), each a share of the rows.")
@@ -551,7 +556,7 @@ def evaluate(
     paths: Annotated[list[Path], typer.Argument(
         help="RUN_DIR [RUN_DIR ...] LABELLED_CSV (or shard dir, glob)")],
     tta: Tta = None,
-    as_is: AsIs = None,
+    as_is: ConfiguredAsIs = None,
     device: Device = None,
     out: Annotated[Path | None, typer.Option(
         help="Folder for the eval_* files \\[default: the run directory; for several, "
