@@ -9,6 +9,7 @@ import json
 import logging
 import operator
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -613,6 +614,23 @@ def test_as_is_help_names_the_default_of_its_own_command(command, default):
     evaluate's default, "the --config's conform", beside run's --config of TrainConfig keys."""
     options = {param.name: param for param in get_command(app).commands[command].params}
     assert options["as_is"].help.replace("\\[", "[").endswith(f"[default: {default}]")
+
+
+def test_every_option_says_what_it_is_besides_its_default():
+    """export --out, tune --out and --study-name had shown a default alone."""
+    bare = []
+    groups = [("", get_command(app))]
+    while groups:
+        prefix, group = groups.pop()
+        for name, command in group.commands.items():
+            if hasattr(command, "commands"):
+                groups.append((f"{prefix}{name} ", command))
+                continue
+            for param in command.params:
+                said = re.sub(r"\\\[default: [^]]*\]", "", getattr(param, "help", None) or "")
+                if not said.strip():
+                    bare.append(f"{prefix}{name} {param.name}")
+    assert not bare
 
 
 def test_models_table_shows_each_kind_and_description():

@@ -725,7 +725,9 @@ def serve(
 def export(
     run_dir: Annotated[Path, typer.Argument(help="A trained run directory.")],
     export_format: Annotated[str, typer.Option("--format", help="Only onnx so far.")] = "onnx",
-    out: Annotated[Path | None, typer.Option(help="\\[default: RUN_DIR/model.onnx]")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="The ONNX file to write. \\[default: RUN_DIR/model.onnx]")
+    ] = None,
 ) -> None:
     """Export the run's net for deployment (ONNX: uint8 images in, probabilities out)."""
     from digit_recognizer.export import export_onnx
@@ -826,11 +828,14 @@ def tune(
                                     "\\[default: none]")] = None,
     storage: Annotated[
         str | None, typer.Option(help="Optuna URL \\[default: OUT/study.db]")] = None,
-    study_name: Annotated[str | None, typer.Option(help="\\[default: tune-MODEL]")] = None,
+    study_name: Annotated[str | None, typer.Option(
+        help="The study's name in the storage. \\[default: tune-MODEL]")] = None,
     epochs: Annotated[int | None, typer.Option(help="Epochs per net trial. \\[default: 3]")] = None,
     valid_size: Annotated[float | None, typer.Option(
         help="Fraction of the rows that scores each trial. \\[default: 0.2]")] = None,
-    out: Annotated[Path | None, typer.Option(help="\\[default: runs/tune-MODEL]")] = None,
+    out: Annotated[Path | None, typer.Option(
+        help="Folder for best_params.json, best_config.toml, the plots and (without --storage) "
+        "study.db. \\[default: runs/tune-MODEL]")] = None,
     seed: Seed = None,
     ema_decay: EmaDecay = None, amp: Amp = None, channels_last: ChannelsLast = None,
 ) -> None:  # fmt: skip
