@@ -80,6 +80,16 @@ def test_a_source_is_recorded_by_its_absolute_path(tmp_path: Path, monkeypatch) 
     assert source_record("test", None) == {"test_csv": None, "test_sha256": None}
 
 
+def test_a_dash_for_stdout_is_refused_not_written_as_a_file_so_named(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """`digits predict RUN test.csv --out -` had written a file named "-", nothing to stdout."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(OutputError, match=r"^-: stdout is not written to"), atomic_path("-"):
+        pass
+    assert not list(tmp_path.iterdir())
+
+
 def test_a_link_to_stdout_is_refused_and_a_link_to_a_file_stays_a_link(tmp_path: Path) -> None:
     """`--out /dev/stdout > file`: stdout is then a link to that file, and the rename had
     replaced the link (as root, /dev/stdout itself)."""
