@@ -90,6 +90,14 @@ def test_a_dash_for_stdout_is_refused_not_written_as_a_file_so_named(
     assert not list(tmp_path.iterdir())
 
 
+def test_the_check_before_the_work_refuses_what_the_write_would(tmp_path: Path) -> None:
+    """`digits export RUN --out -` (or a link to stdout) had been refused only once exported."""
+    (tmp_path / "stdout").symlink_to("/proc/self/fd/1")
+    for path in ("-", "/dev/stdout", tmp_path / "stdout"):
+        with pytest.raises(OutputError, match="stdout"):
+            check_can_write(path)
+
+
 def test_a_link_to_stdout_is_refused_and_a_link_to_a_file_stays_a_link(tmp_path: Path) -> None:
     """`--out /dev/stdout > file`: stdout is then a link to that file, and the rename had
     replaced the link (as root, /dev/stdout itself)."""

@@ -53,10 +53,11 @@ def remove_empty_dirs(made: list[Path]) -> None:
 
 
 def check_can_write(path: str | os.PathLike[str]) -> Path:
-    """``path``, or ``OutputError`` where it could not be written: a file stands where a folder
-    above it would be, or the nearest folder there is takes no new files. Checked before the
-    work whose result goes there, not after it."""
-    path = Path(path)
+    """``path``, or ``OutputError`` where it could not be written: a device, a pipe or "-"
+    (``refuse_special_file``), a file stands where a folder above it would be, or the nearest
+    folder there is takes no new files. Checked before the work whose result goes there, not
+    after it."""
+    path = refuse_special_file(Path(path))  # export --out - had been refused once exported
     if path.is_dir():
         raise OutputError(f"{path}: a folder, where a file is to be written; give a file's path")
     above = path.absolute().parent

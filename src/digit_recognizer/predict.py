@@ -51,7 +51,7 @@ from digit_recognizer.distributed import (
     run_torchrun,
 )
 from digit_recognizer.errors import ConfigError, DataError, ModelFileError, OutputError, counted
-from digit_recognizer.fileio import check_can_write, is_glob, refuse_special_file
+from digit_recognizer.fileio import check_can_write, is_glob
 from digit_recognizer.models.classical import is_pipeline, load_pipeline
 from digit_recognizer.models.runtime import (
     Device,
@@ -545,7 +545,7 @@ def check_submission_path(out: Path, source: str | Path) -> None:
     """Refuse to write the submission over the rows predicted, or over any file that is not a
     submission (a run's model.json, a training CSV): the file would be lost without a word; and
     a path that cannot be written, before the rows are predicted rather than after."""
-    check_can_write(refuse_special_file(out))
+    check_can_write(out)
     if is_glob(source) and Path(os.path.abspath(out)).match(os.path.abspath(source)):
         # Written there, the next prediction of the pattern reads the submission as rows.
         raise OutputError(f"{out}: {source} matches it, and would read the submission as "
