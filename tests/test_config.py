@@ -7,6 +7,7 @@ import pytest
 import digit_recognizer.train as train_module
 from digit_recognizer.config import config_to_toml, load_config, read_toml, save_config
 from digit_recognizer.errors import ConfigError, UnknownModelError
+from digit_recognizer.models.registry import available
 from digit_recognizer.predict import PredictConfig
 from digit_recognizer.serve import ServeConfig
 from digit_recognizer.train import TrainConfig
@@ -160,6 +161,11 @@ def test_bad_value_and_unknown_model():
             TrainConfig(**bad)
     with pytest.raises(UnknownModelError, match=r"unknown model 'cnnn'. Did you mean 'cnn'"):
         TrainConfig(model="cnnn")
+    # Training takes nets alone: a classical model is neither suggested nor listed.
+    with pytest.raises(UnknownModelError) as refused:
+        TrainConfig(model="logrg")
+    assert str(refused.value) == f"unknown model 'logrg'. Available: {', '.join(available('net'))}"
+    assert "logreg" not in str(refused.value)
 
 
 def test_an_unknown_model_is_blamed_on_the_file_or_the_flag_that_named_it(tmp_path):

@@ -142,7 +142,7 @@ class TrainConfig:
         check_fields(self)  # types and choices, for configs built in Python
         if self.model == "auto":  # resolved here, so config.toml records the net trained
             self.model = auto_model(self.device, self.amp)
-        get_spec(self.model)  # unknown model names fail here, with the valid names
+        get_spec(self.model, kind="net")  # unknown names fail here, naming the nets
         for key, value in asdict(self).items():
             # inf passes the range checks below: max_memory_gb = inf had ended in an
             # OverflowError's traceback, lr = inf in a diverged run.

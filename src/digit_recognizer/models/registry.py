@@ -43,15 +43,16 @@ def register(name: str, *, kind: ModelKind) -> Callable[[Callable[..., Any]], Ca
     return decorator
 
 
-def get_spec(name: str) -> ModelSpec:
-    """Return the spec for ``name`` or raise ``UnknownModelError`` naming the valid choices."""
+def get_spec(name: str, kind: ModelKind | None = None) -> ModelSpec:
+    """Return the spec for ``name`` or raise ``UnknownModelError`` naming the valid choices, those
+    of ``kind`` where the caller takes one kind only (training's nets: ``logrg`` had been
+    answered "Did you mean 'logreg'?", which training then refused as not a net)."""
     _load_builtin_models()
     if name not in _REGISTRY:
-        close = difflib.get_close_matches(name.lower(), _REGISTRY, n=1)  # names are lower case
+        choices = available(kind)
+        close = difflib.get_close_matches(name.lower(), choices, n=1)  # names are lower case
         hint = f" Did you mean '{close[0]}'?" if close else ""
-        raise UnknownModelError(
-            f"unknown model '{name}'.{hint} Available: {', '.join(available())}"
-        )
+        raise UnknownModelError(f"unknown model '{name}'.{hint} Available: {', '.join(choices)}")
     return _REGISTRY[name]
 
 
