@@ -245,7 +245,10 @@ EXPECTED_HEADERS = "expected 'label,pixel0,...,pixel783' or 'pixel0,...,pixel783
         ("Label" + HEADER[5:], "header column 1 is 'Label', not 'label'"),
         ('"label"' + HEADER[5:], "header column 1 is '\"label\"', not 'label'"),
         (HEADER + ",extra", "the header 'label,pixel0,pixel1,pixe...' has 786 columns"),
-        ("ImageId,Label", "the header 'ImageId,Label' has 2 columns"),
+        (
+            "ImageId,Label",
+            "the header 'ImageId,Label' is a submission's (predicted labels, no pixels)",
+        ),
         ("label;pixel0;pixel1", "the header 'label;pixel0;pixel1' has 1 column"),
         (",".join(["7"] + ["0"] * 784), "a row of numbers, not a header (add one)"),
         (  # UCI's optdigits: 8 x 8 and a label

@@ -291,6 +291,8 @@ def _header_problem(cells: tuple[str, ...], headers: tuple[tuple[str, ...], ...]
             return "a row of numbers, not a header (add one)"
         return (f"a row of {len(cells)} numbers, not a header, where rows of "
                 f"{' or '.join(map(str, widths))} are expected")  # fmt: skip
+    if cells == SUBMISSION_COLUMNS:  # a submission given where its test.csv was meant
+        return "the header 'ImageId,Label' is a submission's (predicted labels, no pixels)"
     same_width = [columns for columns in headers if len(columns) == len(cells)]
     if not same_width:
         return f"the header {show_value(','.join(cells))} has {counted(len(cells), 'column')}"
