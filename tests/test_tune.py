@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 from digit_recognizer import tune as tune_module
 from digit_recognizer.cli import app
 from digit_recognizer.config import load_config
+from digit_recognizer.data.kaggle_csv import write_kaggle_csv
 from digit_recognizer.errors import ConfigError, DigitsError, DivergedError, OutputError
 from digit_recognizer.fileio import LOCK_FILE, check_not_in_use, locked_dir
 from digit_recognizer.train import TrainConfig
@@ -212,7 +213,7 @@ def test_net_trials_below_the_median_are_pruned_and_the_timeout_stops_a_trial_be
     monkeypatch.setattr(tune_module, "time", SimpleNamespace(monotonic=lambda: now[0]))
     budgets = []
 
-    def fake_train(config, train_set, valid_set, run_dir, on_epoch_end):
+    def fake_train(config, train_set, valid_set, run_dir, on_epoch_end, rows_name):
         budgets.append(config.time_budget_s)
         curve = next(curves)
         for epoch, accuracy in enumerate(curve, start=1):
@@ -242,7 +243,7 @@ def test_a_trial_whose_training_diverges_is_pruned_and_the_study_goes_on(
 ):
     runs = iter([DivergedError("diverged in epoch 1"), 0.9])
 
-    def fake_train(config, train_set, valid_set, run_dir, on_epoch_end):
+    def fake_train(config, train_set, valid_set, run_dir, on_epoch_end, rows_name):
         outcome = next(runs)
         if isinstance(outcome, Exception):
             raise outcome
@@ -289,7 +290,7 @@ def test_net_trials_train_with_the_settings_they_suggest(tmp_path, small_csvs, m
     best params would not be the recipe behind its best score."""
     trained = []
 
-    def fake_train(config, train_set, valid_set, run_dir, on_epoch_end):
+    def fake_train(config, train_set, valid_set, run_dir, on_epoch_end, rows_name):
         trained.append(config)
         on_epoch_end({"epoch": 1, "valid_accuracy": 0.9})
         return SimpleNamespace(valid_accuracy=0.9, epochs_run=1, cut_by_budget=False)
@@ -523,7 +524,7 @@ def test_a_trial_the_deadline_passes_in_its_last_epoch_completes(tmp_path, small
     monkeypatch.setattr(tune_module, "time", SimpleNamespace(monotonic=lambda: now[0]))
     folders = []
 
-    def fake_train(config, train_set, valid_set, run_dir, on_epoch_end):
+    def fake_train(config, train_set, valid_set, run_dir, on_epoch_end, rows_name):
         folders.append(run_dir)
         with pytest.raises(DigitsError, match="is in use by process"):
             check_not_in_use(run_dir)
@@ -821,7 +822,8 @@ def test_a_trial_failed_by_another_worker_for_its_lapsed_heartbeat_ends_in_one_l
         tune(TuneConfig(model="knn", trials=3), small_csvs["train"], tmp_path / "knn")
     assert json.loads((tmp_path / "knn" / "best_params.json").read_text())["accuracy"] > 0.8
 
-    def fake_train(config, train_set, valid_set, run_dir, on_epoch_end):  # a net's report fails
+    # A net's report fails.
+    def fake_train(config, train_set, valid_set, run_dir, on_epoch_end, rows_name):
         on_epoch_end({"epoch": 1, "valid_accuracy": 0.9})
         _fail_as_stale(fake_train.trial, tmp_path / "cnn" / "study.db")
         on_epoch_end({"epoch": 2, "valid_accuracy": 0.95})
@@ -894,3 +896,17 @@ def test_a_study_in_memory_runs_without_the_heartbeats_traceback(tmp_path, small
     result = tune(TuneConfig(model="knn", trials=1, storage="sqlite://"), small_csvs["train"],
                   tmp_path)  # fmt: skip
     assert result.n_trials == 1 and (tmp_path / "best_params.json").is_file()
+
+
+@pytest.mark.parametrize("model", ["mlp", "logreg"])
+def test_rows_lacking_digits_are_warned_of_once_for_all_trials(
+    tmp_path, small_train, caplog, model
+):
+    """Every trial's train() had said it again; a classical study (no train()) had said
+    nothing."""
+    low = small_train.labels < 5
+    write_kaggle_csv(tmp_path / "low.csv", small_train.images[low][:300],
+                     small_train.labels[low][:300])  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="digit_recognizer"):
+        tune(TuneConfig(model=model, trials=2, epochs=1), tmp_path / "low.csv", tmp_path / "out")
+    assert caplog.text.count("hold no 5, 6, 7, 8, 9 (5 of the 10 digits)") == 1

@@ -234,10 +234,13 @@ def train_job(
     train_csv: Path | str,
     run_dir: Path | str,
     progress: Progress | None = None,
+    warns_of_rows: bool = True,
 ) -> TrainJobResult:
     """Train on labelled data (CSV, shard directory or glob) and write the whole run directory,
     plots and metrics included. A ``run_dir`` holding a checkpoint is continued with
-    ``config.resume`` and refused without it: a run is never trained over."""
+    ``config.resume`` and refused without it: a run is never trained over. ``warns_of_rows``
+    is False for an ensemble's members after the first: the first's warnings on the rows
+    lacking digits are not said again."""
     train_csv, run_dir = Path(train_csv), Path(run_dir)
     check_out_dir(run_dir, config.resume, ensemble=False)
     train_set, valid_set, valid_source, valid_rows = training_data(config, train_csv)
@@ -246,7 +249,8 @@ def train_job(
     # One writer per run directory; under torchrun, rank 0 is that writer.
     with locked_dir(run_dir) if is_main_process else contextlib.nullcontext():
         try:
-            result = train(config, train_set, valid_set, run_dir, progress)
+            rows_name = "the training rows" if warns_of_rows else None
+            result = train(config, train_set, valid_set, run_dir, progress, rows_name=rows_name)
             if is_main_process:
                 valid_metrics = write_training_outputs(run_dir, result, valid_set, valid_source,
                                                        valid_rows, train_csv)  # fmt: skip
@@ -413,7 +417,8 @@ def train_jobs(
                     log.info(
                         "ensemble member %d of %d (seed %d)", number, len(members), config.seed
                     )
-                    jobs.append(train_job(config, train_csv, member_dir, progress))
+                    jobs.append(train_job(config, train_csv, member_dir, progress,
+                                          warns_of_rows=number == 1))  # fmt: skip
         except KeyboardInterrupt:
             log.warning("interrupted: the same command with --resume finishes the ensemble in %s, "
                         "each member from its last finished epoch", run_dir)  # fmt: skip
@@ -519,7 +524,7 @@ def train_member(
     handler = log_handler(Console(stderr=True), f"member {number}: %(message)s")
     logging.basicConfig(handlers=[handler])
     logging.getLogger("digit_recognizer").setLevel(level)
-    job = train_job(config, train_csv, member_dir)
+    job = train_job(config, train_csv, member_dir, warns_of_rows=number == 1)
     # Tensors would cross to the parent as shared memory that ends with this process: the
     # parent reads the saved model instead (train_side_by_side).
     return replace(job, train=replace(job.train, model=None))

@@ -428,6 +428,7 @@ def train(
     run_dir: Path,
     progress: Progress | None = None,
     on_epoch_end: Callable[[dict[str, float]], None] | None = None,
+    rows_name: str | None = "the training rows",
 ) -> TrainResult:
     """Train ``config.model`` on ``train_set``, select on ``valid_set``, write ``run_dir``.
 
@@ -438,7 +439,10 @@ def train(
     ``train_set`` is a ``DigitSet`` held on the device, or the ``Manifest`` of CSV shards too
     big for memory, streamed by a ``ShardStream`` (data/stream.py). ``on_epoch_end`` sees
     each epoch's history row after its checkpoint is written (``digits tune`` prunes from it:
-    an exception it raises ends the run, which stays resumable).
+    an exception it raises ends the run, which stays resumable). ``rows_name`` names
+    ``train_set``'s rows where they lack digits (``"train.csv: its training rows"``); None
+    where the caller said so already, once for its command (tune's trials, an ensemble's
+    members after the first: the same rows).
     """
     # -- setup: processes, device, data on the device ---------------------------------------------
     run_dir = Path(run_dir)
@@ -467,8 +471,9 @@ def train(
     # Recorded in model.json, where `digits evaluate` finds the digits a run never saw; rows
     # streamed are counted as the first epoch reads them (every row once, across the ranks).
     class_counts = count_classes(train_set.labels) if isinstance(train_set, DigitSet) else None
-    if class_counts is not None and is_main:
-        warn_missing_digits(class_counts, "the training rows")
+    rows_name = rows_name if is_main else None  # said by one process of many
+    if class_counts is not None and rows_name is not None:
+        warn_missing_digits(class_counts, rows_name)
     # The same global batch and lr whatever the process count: each rank takes batch/world.
     local_batch = config.batch_size // dist_env.world_size
     if isinstance(train_set, Manifest):
@@ -677,8 +682,8 @@ def train(
                                          torch.tensor(float(n_seen), device=device)]))  # fmt: skip
         if class_counts is None:
             class_counts = all_reduce(digits_seen).tolist()
-            if is_main:
-                warn_missing_digits(class_counts, "the training rows")
+            if rows_name is not None:
+                warn_missing_digits(class_counts, rows_name)
         row = {
             "epoch": epoch,
             "step": step,

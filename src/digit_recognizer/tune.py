@@ -53,7 +53,12 @@ from digit_recognizer.checkpoint import rows_fingerprint
 from digit_recognizer.config import check_fields, config_to_toml, load_config
 from digit_recognizer.data.kaggle_csv import DigitSet
 from digit_recognizer.data.shards import read_labelled
-from digit_recognizer.data.splits import check_seed, split_for_training
+from digit_recognizer.data.splits import (
+    check_seed,
+    count_classes,
+    split_for_training,
+    warn_missing_digits,
+)
 from digit_recognizer.distributed import Distributed
 from digit_recognizer.errors import (
     ConfigError,
@@ -200,6 +205,8 @@ def tune(config: TuneConfig, train_csv: Path, out_dir: Path) -> TuneResult:
     check_can_write(out_dir / BEST_PARAMS_FILE)
     data = read_labelled(train_csv, to_split=True)
     train_set, valid_set = split_for_training(data, config.valid_size, config.seed)
+    # Said once here, not by each trial's train(): every trial trains on these rows.
+    warn_missing_digits(count_classes(train_set.labels), "the training rows")
     made = []
     if config.storage is None:
         made = missing_dirs(out_dir)
@@ -675,7 +682,10 @@ def _net_objective(
     with tempfile.TemporaryDirectory(prefix=f"trial{trial.number}-", dir=out_dir) as scratch, \
             locked_dir(scratch) as run_dir:  # fmt: skip
         try:
-            result = train(train_config, train_set, valid_set, run_dir, on_epoch_end=report)
+            # rows_name None: tune warned of these rows once, for all its trials.
+            result = train(
+                train_config, train_set, valid_set, run_dir, on_epoch_end=report, rows_name=None
+            )
         except DivergedError as error:  # its settings' fault: a trial to prune, not the end
             raise pruned(trial, DIVERGED, f" ({first_line(error)})") from None
     return float(result.valid_accuracy)
