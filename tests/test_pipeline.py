@@ -334,8 +334,8 @@ def test_members_trained_side_by_side_are_the_members_trained_in_turn(tmp_path, 
 
 
 def test_an_ensembles_rows_lacking_digits_are_warned_of_once(tmp_path, small_train, caplog):
-    """Each member had said it again; a member after the first, in a process of its own
-    (--jobs), says nothing of the rows the first warned of."""
+    """Each member had said it again, of "the training rows", not the file; a member after
+    the first, in a process of its own (--jobs), says nothing of the rows the first warned of."""
     low = small_train.labels < 5
     train_csv = tmp_path / "low.csv"
     write_kaggle_csv(train_csv, small_train.images[low][:300], small_train.labels[low][:300])
@@ -344,7 +344,8 @@ def test_an_ensembles_rows_lacking_digits_are_warned_of_once(tmp_path, small_tra
                                             "valid_size": 0}) for seed in (1, 2)]  # fmt: skip
     with caplog.at_level(logging.WARNING, logger="digit_recognizer"):
         train_jobs(configs, train_csv, tmp_path / "ensemble")
-    assert caplog.text.count("hold no 5, 6, 7, 8, 9 (5 of the 10 digits)") == 1
+    said = f"{train_csv}: its training rows hold no 5, 6, 7, 8, 9 (5 of the 10 digits)"
+    assert caplog.text.count(said) == 1
     caplog.clear()
     threads = torch.get_num_threads()
     try:

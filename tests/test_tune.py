@@ -902,11 +902,12 @@ def test_a_study_in_memory_runs_without_the_heartbeats_traceback(tmp_path, small
 def test_rows_lacking_digits_are_warned_of_once_for_all_trials(
     tmp_path, small_train, caplog, model
 ):
-    """Every trial's train() had said it again; a classical study (no train()) had said
-    nothing."""
+    """Every trial's train() had said it again, of "the training rows", not the file; a
+    classical study (no train()) had said nothing."""
     low = small_train.labels < 5
     write_kaggle_csv(tmp_path / "low.csv", small_train.images[low][:300],
                      small_train.labels[low][:300])  # fmt: skip
     with caplog.at_level(logging.WARNING, logger="digit_recognizer"):
         tune(TuneConfig(model=model, trials=2, epochs=1), tmp_path / "low.csv", tmp_path / "out")
-    assert caplog.text.count("hold no 5, 6, 7, 8, 9 (5 of the 10 digits)") == 1
+    said = f"{tmp_path / 'low.csv'}: its training rows hold no 5, 6, 7, 8, 9 (5 of the 10 digits)"
+    assert caplog.text.count(said) == 1

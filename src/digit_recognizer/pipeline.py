@@ -249,7 +249,7 @@ def train_job(
     # One writer per run directory; under torchrun, rank 0 is that writer.
     with locked_dir(run_dir) if is_main_process else contextlib.nullcontext():
         try:
-            rows_name = "the training rows" if warns_of_rows else None
+            rows_name = f"{train_csv}: its training rows" if warns_of_rows else None
             result = train(config, train_set, valid_set, run_dir, progress, rows_name=rows_name)
             if is_main_process:
                 valid_metrics = write_training_outputs(run_dir, result, valid_set, valid_source,

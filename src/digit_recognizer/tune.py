@@ -206,7 +206,7 @@ def tune(config: TuneConfig, train_csv: Path, out_dir: Path) -> TuneResult:
     data = read_labelled(train_csv, to_split=True)
     train_set, valid_set = split_for_training(data, config.valid_size, config.seed)
     # Said once here, not by each trial's train(): every trial trains on these rows.
-    warn_missing_digits(count_classes(train_set.labels), "the training rows")
+    warn_missing_digits(count_classes(train_set.labels), f"{train_csv}: its training rows")
     made = []
     if config.storage is None:
         made = missing_dirs(out_dir)
