@@ -385,6 +385,20 @@ def test_a_digit_of_one_row_trains_and_the_rest_split_by_digit(mnist, caplog):
     assert np.bincount(labels[valid_idx], minlength=10)[:9].min() >= 15  # the others: by digit
 
 
+@pytest.mark.parametrize("valid_size", [0.2, 0.9])
+def test_a_digit_of_two_rows_validates_and_trains_one_each(mnist, valid_size):
+    """scikit-learn's rounding had put both rows in one part without a word: at 0.2 the
+    validation accuracy said nothing of the digit, at 0.9 the net never learnt it."""
+    labels = mnist.labels[:300].copy()
+    nines = np.flatnonzero(labels == 9)
+    labels = np.delete(labels, nines[2:])  # two 9s left
+    train_idx, valid_idx = stratified_split(labels, valid_size, seed=0)
+    assert (labels[train_idx] == 9).sum() == 1 and (labels[valid_idx] == 9).sum() == 1
+    assert len(valid_idx) == math.ceil(valid_size * len(labels))  # the size asked for
+    assert len(np.union1d(train_idx, valid_idx)) == len(labels)
+    assert set(labels[train_idx]) == set(labels[valid_idx]) == set(range(10))
+
+
 def test_split_for_training_keeps_each_image_with_its_label():
     # Each image carries its row number in two pixels, and its label is that row's: a part whose
     # labels were taken from other rows (or other indices) shows as an image that disagrees.
