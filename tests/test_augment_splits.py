@@ -381,6 +381,8 @@ def test_a_digit_of_one_row_trains_and_the_rest_split_by_digit(mnist, caplog):
     assert "digit 9: one labelled row, which trains and cannot also validate" in caplog.text
     assert 9 in labels[train_idx] and 9 not in labels[valid_idx]
     assert len(train_idx) + len(valid_idx) == len(labels)
+    # A tenth of all the rows, as expand counts the rows it holds out: not of those but the 9.
+    assert len(valid_idx) == math.ceil(0.1 * len(labels))
     assert len(np.union1d(train_idx, valid_idx)) == len(labels)
     assert np.bincount(labels[valid_idx], minlength=10)[:9].min() >= 15  # the others: by digit
 

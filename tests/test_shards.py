@@ -561,6 +561,22 @@ def test_expand_holds_out_images_that_validate_training_and_are_never_copied(
             assert (n_train, len(valid_set)) == (n_rows, 0), (directory, max_memory_gb)
 
 
+def test_expand_holds_out_its_count_where_a_digit_has_one_row(tmp_path: Path) -> None:
+    """A row of one, which trains, had left the split a row short of the count the shards
+    were cut at: with --copies 2 an IndexError, with 1 an augmented copy that validated."""
+    data = numbered(101)
+    data.labels[:] = np.arange(101) % 9  # no 9 ...
+    data.labels[50] = 9  # ... but this one
+    write_kaggle_csv(tmp_path / "train.csv", data.images, data.labels)
+    for copies in (1, 2):
+        manifest = expand(tmp_path / "train.csv", tmp_path / f"e{copies}", copies=copies,
+                          parts=2, valid_size=0.1)  # fmt: skip
+        assert manifest.origin["valid_rows"] == manifest.shards[-1].n_rows == 11
+        held = read_kaggle_csv(manifest.shards[-1].path).images
+        np.testing.assert_array_equal(held, data.images[sorted(row_ids(held))])  # as they are
+        assert 50 not in row_ids(held)
+
+
 def test_an_expansion_of_one_copy_is_split_like_any_csv(tmp_path: Path, source) -> None:
     """With --copies 1 each image is in the expansion once, so a split of its rows holds
     training and validation images apart: it had been refused as if they were there twice."""
