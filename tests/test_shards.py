@@ -104,6 +104,14 @@ def test_shard_round_trip_rows_and_bytes(source, shard_dir: Path) -> None:
     back = read_data_source(shard_dir)
     assert np.array_equal(back.images, data.images) and np.array_equal(back.labels, data.labels)
     assert resolve_data_source(shard_dir / MANIFEST_FILE) == manifest
+    # Each shard's rows of each digit, listed for training to warn before it streams them.
+    starts = np.cumsum([0] + [shard.n_rows for shard in manifest.shards])
+    assert [list(shard.class_counts) for shard in manifest.shards] == [
+        np.bincount(data.labels[start:stop], minlength=10).tolist()
+        for start, stop in itertools.pairwise(starts)
+    ]
+    assert manifest.class_counts == np.bincount(data.labels, minlength=10).tolist()
+    assert resolve_data_source(path).class_counts is None  # a CSV: not counted to resolve it
 
 
 def test_data_check_of_shards_checks_their_rows_and_their_manifests_hashes(source, tmp_path):
@@ -1021,6 +1029,9 @@ def test_compare_and_tune_read_faint_rows_with_full_ink(tmp_path: Path, small_tr
         ),
         lambda m: m | {"origin": {"command": "expand", "valid_rows": 1.5}},
         lambda m: m | {"origin": {"command": "expand", "valid_rows": 10**9}},
+        lambda m: m | {"shards": [m["shards"][0] | {"class_counts": [200] + [0] * 8}]},
+        lambda m: m | {"shards": [m["shards"][0] | {"class_counts": [201] + [0] * 9}]},
+        lambda m: m | {"shards": [m["shards"][0] | {"class_counts": [201, -1] + [0] * 8}]},
     ],
     ids=[
         "no shards",
@@ -1037,6 +1048,9 @@ def test_compare_and_tune_read_faint_rows_with_full_ink(tmp_path: Path, small_tr
         "valid_rows of the only shard",
         "valid_rows a fraction",
         "valid_rows past its last shard",
+        "class_counts of 9 digits",
+        "class_counts past its rows",
+        "class_counts negative",
     ],
 )
 def test_a_tampered_manifest_is_refused_naming_it(shard_dir: Path, tmp_path: Path, tamper) -> None:

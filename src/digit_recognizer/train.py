@@ -468,9 +468,11 @@ def train(
     n_train = train_set.n_rows if isinstance(train_set, Manifest) else len(train_set)
     # In memory, a process without rows had an epoch of no batches: an IndexError.
     check_rows_per_process(n_train, dist_env.world_size, "training row")
-    # Recorded in model.json, where `digits evaluate` finds the digits a run never saw; rows
-    # streamed are counted as the first epoch reads them (every row once, across the ranks).
-    class_counts = count_classes(train_set.labels) if isinstance(train_set, DigitSet) else None
+    # Recorded in model.json, where `digits evaluate` finds the digits a run never saw. Rows
+    # streamed: as their manifest lists them (`digits data shard` and `expand` count them),
+    # else counted as the first epoch reads them (every row once, across the ranks).
+    class_counts = (count_classes(train_set.labels) if isinstance(train_set, DigitSet)
+                    else train_set.class_counts)  # fmt: skip
     rows_name = rows_name if is_main else None  # said by one process of many
     if class_counts is not None and rows_name is not None:
         warn_missing_digits(class_counts, rows_name)

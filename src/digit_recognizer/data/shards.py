@@ -98,6 +98,9 @@ class Shard:
     listed_sha256: str | None
     # Counted by reading it (a CSV or a glob's), not listed by a manifest.
     is_scanned: bool = False
+    # Rows of each digit 0-9, as the build that wrote it counted them: None for unlabelled
+    # rows, a scanned CSV and a manifest written before builds counted them.
+    class_counts: tuple[int, ...] | None = None
 
     @cached_property
     def sha256(self) -> str:
@@ -127,6 +130,14 @@ class Manifest:
     @property
     def n_rows(self) -> int:
         return sum(shard.n_rows for shard in self.shards)
+
+    @property
+    def class_counts(self) -> list[int] | None:
+        """Rows of each digit 0-9 in all its shards, where the manifest lists every shard's:
+        training warns of digits streamed rows lack before its first epoch reads them."""
+        if any(shard.class_counts is None for shard in self.shards):
+            return None
+        return np.sum([shard.class_counts for shard in self.shards], axis=0).tolist()
 
     @property
     def is_expansion(self) -> bool:
@@ -160,7 +171,13 @@ def read_manifest(path: str | Path) -> Manifest:
         if isinstance(entries, dict) and REPLACING_KEY in entries:
             raise _HalfReplacedError(_half_replaced(file.parent, entries[REPLACING_KEY]))
         shards = tuple(
-            Shard(file.parent / e["file"], int(e["n_rows"]), int(e["n_bytes"]), str(e["sha256"]))
+            Shard(
+                file.parent / e["file"],
+                int(e["n_rows"]),
+                int(e["n_bytes"]),
+                str(e["sha256"]),
+                class_counts=_listed_class_counts(e),
+            )
             for e in entries["shards"]
         )
         names = [str(e["file"]) for e in entries["shards"]]
@@ -196,6 +213,20 @@ def read_manifest(path: str | Path) -> Manifest:
         ) from None
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise DataError(f"{file}: not a valid shard manifest ({error!r}); rebuild it") from None
+
+
+def _listed_class_counts(entry: dict[str, Any]) -> tuple[int, ...] | None:
+    """A manifest entry's rows of each digit 0-9 (None where it lists none, as manifests
+    written before builds counted them do)."""
+    counts = entry.get("class_counts")
+    if counts is None:
+        return None
+    if not (isinstance(counts, list) and len(counts) == 10
+            and all(type(count) is int and count >= 0 for count in counts)
+            and sum(counts) == int(entry["n_rows"])):  # fmt: skip
+        raise ValueError(f"a shard's class_counts must be its rows of each digit 0-9, 10 "
+                         f"counts summing to its n_rows, got {counts!r}")  # fmt: skip
+    return tuple(counts)
 
 
 class _HalfReplacedError(DataError):
@@ -711,6 +742,7 @@ def _write_shards(
         shards = _build_and_move_in(rows, bounds, out_dir, origin)
         entries = [
             {"file": s.path.name, "n_rows": s.n_rows, "n_bytes": s.n_bytes, "sha256": s.sha256}
+            | ({} if s.class_counts is None else {"class_counts": list(s.class_counts)})
             for s in shards
         ]
         document = {"has_labels": source.has_labels, "n_rows": bounds[-1], "origin": origin,
@@ -736,11 +768,17 @@ def _build_and_move_in(
             shards = []
             for part, pieces in pieces_by_part:
                 path = building / f"part-{part:05d}.csv"
+                class_counts = np.zeros(10, dtype=np.int64)
                 with atomic_path(path) as tmp, open_sink(tmp) as sink:
                     for number, (_, piece) in enumerate(pieces):
                         write_table(sink, to_table(piece.images, piece.labels), number == 0)
+                        if piece.has_labels:
+                            class_counts += np.bincount(piece.labels, minlength=10)
+                # Listed in the manifest, for training to warn of digits streamed rows lack.
+                listed_counts = tuple(class_counts.tolist()) if piece.has_labels else None
                 shards.append(Shard(out_dir / path.name, bounds[part + 1] - bounds[part],
-                                    path.stat().st_size, sha256_file(path)))  # fmt: skip
+                                    path.stat().st_size, sha256_file(path),
+                                    class_counts=listed_counts))  # fmt: skip
             # The manifest goes first and comes back last: a directory caught in between has
             # one that readers of the directory, or of a glob of its files, refuse until a
             # build ends.
