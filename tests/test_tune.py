@@ -317,7 +317,7 @@ def test_net_trials_train_with_the_ema_amp_and_channels_last_flags(
     trials, and the best_config.toml they chose, trained as TrainConfig's defaults."""
     trained = []
 
-    def fake_train(config, train_set, valid_set, run_dir, on_epoch_end):
+    def fake_train(config, train_set, valid_set, run_dir, on_epoch_end, rows_name):
         trained.append((config.ema_decay, config.amp, config.channels_last))
         on_epoch_end({"epoch": 1, "valid_accuracy": 0.9})
         return SimpleNamespace(valid_accuracy=0.9, epochs_run=1, cut_by_budget=False)
