@@ -334,11 +334,13 @@ def test_members_trained_side_by_side_are_the_members_trained_in_turn(tmp_path, 
 
 
 def test_an_ensembles_rows_lacking_digits_are_warned_of_once(tmp_path, small_train, caplog):
-    """Each member had said it again, of "the training rows", not the file; a member after
-    the first, in a process of its own (--jobs), says nothing of the rows the first warned of."""
+    """Each member had said it again, of "the training rows", not the file, and each had said
+    again that the rows are faint; a member after the first, in a process of its own (--jobs),
+    says nothing of the rows the first warned of."""
     low = small_train.labels < 5
     train_csv = tmp_path / "low.csv"
-    write_kaggle_csv(train_csv, small_train.images[low][:300], small_train.labels[low][:300])
+    binarised = (small_train.images[low][:300] > 128).astype(np.uint8)
+    write_kaggle_csv(train_csv, binarised, small_train.labels[low][:300])
     # An mlp, and valid_size 0 (no report to write): seconds less each.
     configs = [TrainConfig(**TINY_RECIPE | {"model": "mlp", "seed": seed, "epochs": 1,
                                             "valid_size": 0}) for seed in (1, 2)]  # fmt: skip
@@ -346,15 +348,17 @@ def test_an_ensembles_rows_lacking_digits_are_warned_of_once(tmp_path, small_tra
         train_jobs(configs, train_csv, tmp_path / "ensemble")
     said = f"{train_csv}: its training rows hold no 5, 6, 7, 8, 9 (5 of the 10 digits)"
     assert caplog.text.count(said) == 1
+    assert caplog.text.count("pixels all under 32") == 1
     caplog.clear()
     threads = torch.get_num_threads()
     try:
         with caplog.at_level(logging.WARNING, logger="digit_recognizer"):
             train_member(2, configs[1], train_csv, tmp_path / "member-2", threads,
                          logging.WARNING)  # fmt: skip
+            assert logging.getLogger("digit_recognizer").level == logging.WARNING  # as it was
     finally:
         torch.set_num_threads(threads)
-    assert "hold no" not in caplog.text
+    assert "hold no" not in caplog.text and "faint" not in caplog.text
 
 
 @pytest.mark.parametrize(("device", "expected"), [("cuda", 5), ("mps", 1), ("cpu", 1)])

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from typing import IO
 
 from rich.console import Console
@@ -44,3 +46,17 @@ def _is_a_terminal(stream: IO[str]) -> bool:
         return stream.isatty()
     except (AttributeError, ValueError):  # no stream (stderr closed), or a closed one
         return False
+
+
+@contextlib.contextmanager
+def hushed() -> Iterator[None]:
+    """The package's warnings and notes hushed in the block, whose messages an earlier step
+    gave: an ensemble's members after the first read the rows the first read and warned of
+    (faint rows, digits lacking, a large last shard), each member had said them again."""
+    package = logging.getLogger("digit_recognizer")
+    level = package.level
+    package.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        package.setLevel(level)

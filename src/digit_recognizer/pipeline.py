@@ -63,7 +63,7 @@ from digit_recognizer.evaluate import (
     write_metrics,
 )
 from digit_recognizer.fileio import check_not_in_use, locked_dir, source_record
-from digit_recognizer.logs import log_handler
+from digit_recognizer.logs import hushed, log_handler
 from digit_recognizer.members import member_gpu, run_side_by_side, visible_gpus
 from digit_recognizer.models.runtime import memory_bytes, resolve_device
 from digit_recognizer.models.storage import (
@@ -239,11 +239,13 @@ def train_job(
     """Train on labelled data (CSV, shard directory or glob) and write the whole run directory,
     plots and metrics included. A ``run_dir`` holding a checkpoint is continued with
     ``config.resume`` and refused without it: a run is never trained over. ``warns_of_rows``
-    is False for an ensemble's members after the first: the first's warnings on the rows
-    lacking digits are not said again."""
+    is False for an ensemble's members after the first: what the first said of the rows
+    (digits lacking, faint or re-laid-out rows, images shared by the two parts) is not said
+    again."""
     train_csv, run_dir = Path(train_csv), Path(run_dir)
     check_out_dir(run_dir, config.resume, ensemble=False)
-    train_set, valid_set, valid_source, valid_rows = training_data(config, train_csv)
+    with contextlib.nullcontext() if warns_of_rows else hushed():
+        train_set, valid_set, valid_source, valid_rows = training_data(config, train_csv)
     is_main_process = Distributed.from_env().is_main_process
     valid_metrics = None
     # One writer per run directory; under torchrun, rank 0 is that writer.
