@@ -773,7 +773,7 @@ def _build_and_move_in(
                     for number, (_, piece) in enumerate(pieces):
                         write_table(sink, to_table(piece.images, piece.labels), number == 0)
                         if piece.has_labels:
-                            class_counts += np.bincount(piece.labels, minlength=10)
+                            class_counts += count_classes(piece.labels)
                 # Listed in the manifest, for training to warn of digits streamed rows lack.
                 listed_counts = tuple(class_counts.tolist()) if piece.has_labels else None
                 shards.append(Shard(out_dir / path.name, bounds[part + 1] - bounds[part],
