@@ -152,6 +152,25 @@ def test_translation_moves_digits_within_its_range(small_train):
     assert torch.corrcoef(shift.T)[0, 1].abs() < 0.3
 
 
+@pytest.mark.parametrize("crop", [(slice(4, 24), slice(None)), (slice(None), slice(4, 24))])
+def test_a_frame_of_other_height_and_width_is_augmented_as_the_square_one_it_is_cut_from(crop):
+    # Its rotation, zoom, shear and shift in pixels as on 28 x 28: the grid's units (half the
+    # width along x, half the height along y) had been taken for the same, so a 20 x 28 frame's
+    # digits came out shifted 1.4x as far across and stretched as they turned.
+    rows, columns = crop
+    square = torch.zeros(64, 1, 28, 28)  # grey inside, black edges
+    square[:, :, 11:17, 11:17] = 1
+    square[:, :, 12:16, 12:16] = 0.5
+    no_styles = Augmentation(styles=0)  # elastic is 0: its field is drawn for the frame's size
+    whole = augment_batch(square, no_styles, torch.Generator().manual_seed(0))
+    cut = augment_batch(square[:, :, rows, columns], no_styles, torch.Generator().manual_seed(0))
+    outside = whole.clone()
+    outside[:, :, rows, columns] = 0
+    assert outside.abs().max() == 0  # every digit stays inside the cut frame
+    assert cut.shape[2] != cut.shape[3]
+    torch.testing.assert_close(cut, whole[:, :, rows, columns], atol=1e-5, rtol=0)
+
+
 def test_what_a_shift_brings_into_the_frame_is_paper_not_its_edge_drawn_out():
     # A digit touching its frame (a conformed one can) would otherwise have its edge's strokes
     # stretched out to the frame's side.
@@ -300,7 +319,7 @@ def test_writing_styles_need_labels_and_a_share(small_train):
 
 def test_elastic_field_is_smooth_and_sized_in_pixels():
     augmentation = Augmentation(elastic_px=2.0)
-    field = elastic_displacement(512, 28, augmentation, torch.Generator().manual_seed(0), "cpu")
+    field = elastic_displacement(512, 28, 28, augmentation, torch.Generator().manual_seed(0), "cpu")
     assert field.shape == (512, 28, 28, 2)
     pixels = field * 28 / 2  # grid units -> pixels
     # The control points (every 9th pixel here, corners included) carry N(0, 2 px) offsets.
@@ -313,8 +332,23 @@ def test_elastic_field_is_smooth_and_sized_in_pixels():
     # One cell per side has four control points, one at each corner, each moved on its own:
     # the field bends across the frame, it does not only shift it.
     one_cell = Augmentation(elastic_px=2.0, elastic_cells=1)
-    field = elastic_displacement(64, 28, one_cell, torch.Generator().manual_seed(0), "cpu")
+    field = elastic_displacement(64, 28, 28, one_cell, torch.Generator().manual_seed(0), "cpu")
     assert (field[:, 0, 0] - field[:, -1, -1]).abs().mean() > 0.1  # grid units, ~0.2 expected
+
+
+def test_elastic_field_of_a_frame_of_other_height_and_width_is_sized_in_its_pixels():
+    # Sized for a square frame, it had not matched a 20 x 28 one's grid (a torch traceback).
+    augmentation = Augmentation(elastic_px=2.0)
+    field = elastic_displacement(512, 20, 28, augmentation, torch.Generator().manual_seed(0), "cpu")
+    assert field.shape == (512, 20, 28, 2)
+    # Both axes N(0, 2 px) at the control points (the corners among them), in their own units.
+    corners = field[:, ::19, ::27]
+    assert 1.8 < (corners[..., 0] * 28 / 2).std() < 2.2
+    assert 1.8 < (corners[..., 1] * 20 / 2).std() < 2.2
+    wide = torch.zeros(8, 1, 20, 28)
+    wide[:, :, 6:14, 10:18] = 1
+    out = augment_batch(wide, augmentation, torch.Generator().manual_seed(0))
+    assert out.shape == wide.shape and out.sum() > 0
 
 
 @pytest.mark.parametrize("cells", [0, -2, 2.5, True])

@@ -119,7 +119,7 @@ def augment_batch(
     -------
     tensor of the images' shape and dtype, values in [0, 1]
     """
-    n_images, _, height, _ = images.shape
+    n_images, _, height, width = images.shape
     if n_images == 0:  # affine_grid refuses a grid of no images
         return images.clone()
 
@@ -134,20 +134,25 @@ def augment_batch(
     angle = uniform(n_images) * math.radians(augmentation.rotation_deg)
     zoom = 1 + uniform(n_images) * augmentation.scale
     shear = uniform(n_images) * augmentation.shear
-    shift = uniform(n_images, 2) * (2 * augmentation.translate_px / height)  # grid units: [-1, 1]
+    shift = uniform(n_images, 2)  # x then y, times translate_px below
     cos, sin = torch.cos(angle), torch.sin(angle)
     # affine_grid maps output coordinates to input ones, so dividing by zoom enlarges the digit.
+    # Its units are half the frame's width along x and half its height along y: the map, drawn
+    # in pixels, is rescaled to them, else a frame of H != W had its digits stretched as they
+    # turned and shifted W / H times as far across.
+    x_shift = shift[:, 0] * (2 * augmentation.translate_px / width)
+    y_shift = shift[:, 1] * (2 * augmentation.translate_px / height)
     theta = torch.stack(
         [
-            torch.stack([cos / zoom, (shear - sin) / zoom, shift[:, 0]], dim=1),
-            torch.stack([sin / zoom, cos / zoom, shift[:, 1]], dim=1),
+            torch.stack([cos / zoom, (shear - sin) / zoom * (height / width), x_shift], dim=1),
+            torch.stack([sin / zoom * (width / height), cos / zoom, y_shift], dim=1),
         ],
         dim=1,
     )
     grid = F.affine_grid(theta.to(images.dtype), list(images.shape), align_corners=False)
     if augmentation.elastic_px > 0:
         grid = grid + elastic_displacement(
-            n_images, height, augmentation, generator, images.device
+            n_images, height, width, augmentation, generator, images.device
         ).to(images.dtype)
     warped = F.grid_sample(images, grid, align_corners=False, padding_mode="zeros")
     if augmentation.stroke > 0:
@@ -265,12 +270,14 @@ def change_stroke_width(images: torch.Tensor, amount: torch.Tensor) -> torch.Ten
 
 def elastic_displacement(
     n_images: int,
-    size: int,
+    height: int,
+    width: int,
     augmentation: Augmentation,
     generator: torch.Generator,
     device: torch.device,
 ) -> torch.Tensor:
-    """A smooth random displacement per image, in ``grid_sample`` units: shape (B, size, size, 2).
+    """A smooth random displacement per image, in ``grid_sample`` units: shape (B, H, W, 2), x
+    then y, each of standard deviation ``elastic_px`` pixels at the control points.
 
     Gaussian offsets on a (cells + 1)^2 grid of control points, bicubically upsampled to every
     pixel: the same smooth-noise field as Simard's Gaussian-filtered noise, at a fraction of the
@@ -278,6 +285,9 @@ def elastic_displacement(
     """
     points = augmentation.elastic_cells + 1
     offsets = torch.randn(n_images, 2, points, points, generator=generator, device=device)
-    offsets = offsets * (2 * augmentation.elastic_px / size)  # pixels -> grid units
-    field = F.interpolate(offsets, size=(size, size), mode="bicubic", align_corners=True)
+    # Pixels -> grid units: half the frame's width along x, half its height along y.
+    px = augmentation.elastic_px
+    to_grid = torch.tensor([2 * px / width, 2 * px / height], device=device)
+    offsets = offsets * to_grid[:, None, None]
+    field = F.interpolate(offsets, size=(height, width), mode="bicubic", align_corners=True)
     return field.permute(0, 2, 3, 1)
