@@ -244,6 +244,14 @@ def test_ranges_that_would_blank_or_collapse_a_digit_are_refused():
         Augmentation().scaled(Augmentation().max_strength())
 
 
+@pytest.mark.parametrize("field", ["rotation_deg", "shear", "translate_px", "elastic_px", "styles"])
+def test_a_negative_range_is_refused_naming_it(field):
+    # Built from Python, a negative elastic_px or styles had turned them off without a word, and
+    # the others drawn as their size: each range is a magnitude, drawn both ways.
+    with pytest.raises(ConfigError, match=rf"^{field} must be >= 0, got -0.3$"):
+        Augmentation(**{field: -0.3})
+
+
 def test_scaled_multiplies_every_range_and_keeps_the_elastic_grid():
     halved = Augmentation(elastic_px=2.0, elastic_cells=8).scaled(0.5)
     assert halved == Augmentation(rotation_deg=6.0, scale=0.06, shear=0.075, translate_px=1.25,

@@ -73,6 +73,11 @@ class Augmentation:
                 f"elastic_cells (grid cells per side of the elastic distortion's control points) "
                 f"must be a whole number >= 1, got {cells!r}"
             )
+        # Each range is a magnitude, drawn both ways: a negative elastic_px or styles had turned
+        # them off without a word, a negative rotation, shear or shift drawn as its size.
+        for field, value in zip(fields(self), astuple(self), strict=True):
+            if value < 0:
+                raise ConfigError(f"{field.name} must be >= 0, got {value}")
 
     def max_strength(self) -> float:
         """The strength ``scaled`` accepts up to (excluded): the contrast or zoom range's 1."""
