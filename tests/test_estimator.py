@@ -140,6 +140,34 @@ def test_net_classifier_sets_the_nets_widths_dropout_ema_and_amp(tmp_path, small
     assert clone(loaded).train_config() == net.train_config()
 
 
+def test_net_classifier_sets_the_training_recipe_that_digits_train_does(
+    tmp_path, small_train, monkeypatch
+):
+    """momentum, warmup and the elastic, stroke and styles augmentations had no parameter: a net
+    could not be fitted from Python with the recipe `digits train` sets by flag or config."""
+    from digit_recognizer import estimator as estimator_module
+
+    recipe = {"momentum": 0.8, "warmup": 0.3, "elastic": 1.5, "stroke": 0.4, "styles": 0.2}
+    net = NetClassifier("mlp", **recipe, epochs=1, batch_size=64, valid_size=0,
+                        run_dir=tmp_path / "run")  # fmt: skip
+    assert clone(net).get_params() == net.get_params()
+    real_train, trained_with = estimator_module.train, []
+
+    def recording_train(config, train_set, valid_set, run_dir):
+        trained_with.append(config)
+        return real_train(config, train_set, valid_set, run_dir)
+
+    monkeypatch.setattr(estimator_module, "train", recording_train)
+    net.fit(small_train.images[:64], small_train.labels[:64])
+    assert {key: getattr(trained_with[0], key) for key in recipe} == recipe
+    assert {key: net.config_[key] for key in recipe} == recipe
+    # A run loaded from its directory refits with the recipe it recorded.
+    refit = clone(load_estimator(tmp_path / "run")).train_config()
+    assert {key: getattr(refit, key) for key in recipe} == recipe
+    with pytest.raises(ConfigError, match=r"^NetClassifier: styles must be in \[0, 1\], got -0.3"):
+        clone(net).set_params(styles=-0.3).train_config()
+
+
 def test_build_estimator_covers_every_kind(tmp_path, small_train, small_test):
     assert isinstance(build_estimator("seed-cnn", epochs=1), NetClassifier)
     knn = build_estimator("knn", n_neighbors=3)

@@ -56,9 +56,9 @@ log = logging.getLogger(__name__)
 
 # NetClassifier parameters that are TrainConfig keys; None means TrainConfig's default.
 TRAIN_KEYS = (
-    "widths", "dropout", "epochs", "time_budget_s", "batch_size", "optimizer", "lr",
-    "weight_decay", "schedule", "label_smoothing", "ema_decay", "augment", "valid_size",
-    "patience", "seed", "device", "amp",
+    "widths", "dropout", "epochs", "time_budget_s", "batch_size", "optimizer", "lr", "momentum",
+    "weight_decay", "schedule", "warmup", "label_smoothing", "ema_decay", "augment", "elastic",
+    "stroke", "styles", "valid_size", "patience", "seed", "device", "amp",
 )  # fmt: skip
 
 
@@ -74,8 +74,9 @@ class NetClassifier(ClassifierMixin, BaseEstimator):
     ----------
     model : str, default="cnn"
         Registry name of a net (``digits models``).
-    widths, dropout, epochs, time_budget_s, batch_size, optimizer, lr, weight_decay, schedule, \
-label_smoothing, ema_decay, augment, valid_size, patience, seed, device, amp : optional
+    widths, dropout, epochs, time_budget_s, batch_size, optimizer, lr, momentum, weight_decay, \
+schedule, warmup, label_smoothing, ema_decay, augment, elastic, stroke, styles, valid_size, \
+patience, seed, device, amp : optional
         ``TrainConfig`` keys, as `digits train`'s flags; ``None`` keeps the recipe default.
         ``valid_size`` is carved out of the data given to ``fit`` for validation (and the best
         epoch, where one is picked). ``amp`` and ``device`` hold for ``predict`` too.
@@ -102,10 +103,12 @@ label_smoothing, ema_decay, augment, valid_size, patience, seed, device, amp : o
         self, model: str = "cnn", *, widths: tuple[int, ...] | None = None,
         dropout: float | None = None, epochs: int | None = None,
         time_budget_s: float | None = None, batch_size: int | None = None,
-        optimizer: str | None = None, lr: float | None = None,
+        optimizer: str | None = None, lr: float | None = None, momentum: float | None = None,
         weight_decay: float | None = None, schedule: str | None = None,
-        label_smoothing: float | None = None, ema_decay: float | None = None,
-        augment: float | None = None, valid_size: float | None = None,
+        warmup: float | None = None, label_smoothing: float | None = None,
+        ema_decay: float | None = None, augment: float | None = None,
+        elastic: float | None = None, stroke: float | None = None, styles: float | None = None,
+        valid_size: float | None = None,
         patience: int | None = None, seed: int | None = None, device: str | None = None,
         amp: bool | None = None, run_dir: str | Path | None = None,
     ) -> None:  # fmt: skip
@@ -117,11 +120,16 @@ label_smoothing, ema_decay, augment, valid_size, patience, seed, device, amp : o
         self.batch_size = batch_size
         self.optimizer = optimizer
         self.lr = lr
+        self.momentum = momentum
         self.weight_decay = weight_decay
         self.schedule = schedule
+        self.warmup = warmup
         self.label_smoothing = label_smoothing
         self.ema_decay = ema_decay
         self.augment = augment
+        self.elastic = elastic
+        self.stroke = stroke
+        self.styles = styles
         self.valid_size = valid_size
         self.patience = patience
         self.seed = seed
@@ -254,8 +262,8 @@ def load_estimator(run_dir: str | Path) -> NetClassifier | Pipeline:
     """Load what ``save_estimator`` (or ``digits train``) wrote, ready to predict.
 
     A ``digits train`` run's ``config_`` is its config.toml, and its parameters the keys of it
-    that NetClassifier takes (TRAIN_KEYS): a clone refits with those, the rest of the recipe
-    (stroke change, styles) at TrainConfig's defaults."""
+    that NetClassifier takes (TRAIN_KEYS): a clone refits with those, the rest (the schedules'
+    decay factors, channels_last, compile, ...) at TrainConfig's defaults."""
     run_dir = Path(run_dir)
     if is_pipeline(read_meta(run_dir)):
         return load_pipeline(run_dir)[0]
