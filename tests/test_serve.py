@@ -1,12 +1,16 @@
-"""The prediction server (serve/): every endpoint, every kind of bad input, with TestClient."""
+"""The prediction server (serve/): every endpoint, every kind of bad input, with TestClient;
+uvicorn's part (connections, timeouts) over real sockets."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import gzip
 import json
 import logging
 import re
+import select
 import shutil
 import signal
 import socket
@@ -43,6 +47,7 @@ from digit_recognizer.serve.app import (
     address,
     listening_socket,
     load_served_model,
+    make_server,
 )
 from tests.conftest import free_port
 from tests.test_images import drawing, encode, frame_filling, png_header
@@ -917,6 +922,71 @@ def test_connections_to_the_server_socket_are_not_delayed_by_nagle() -> None:
     assert asyncio.run(nodelay_of_an_accepted_connection()) == 1
 
 
+@contextlib.contextmanager
+def served(run_dir: Path, config: ServeConfig, model: ServedModel) -> Iterator[int]:
+    """``model`` served as ``digits serve`` serves it (``make_server``) on a free port of
+    127.0.0.1, in a thread; yields the port."""
+    listening = listening_socket("127.0.0.1", 0)
+    server = make_server(create_app(run_dir, config, model), config, listening.getsockname()[1])
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listening]})
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started:
+            assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.02)
+        yield listening.getsockname()[1]
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        listening.close()
+
+
+def read_until_closed(connection: socket.socket) -> bytes:
+    """All the server sends on ``connection`` until it closes it; fails after 10 s open."""
+    connection.settimeout(10)
+    received = b""
+    try:
+        while chunk := connection.recv(65536):
+            received += chunk
+    except TimeoutError:
+        raise AssertionError(f"the server kept the connection open; it sent {received!r}") from None
+    except ConnectionResetError:  # closed with bytes of ours unread
+        pass
+    return received
+
+
+def test_a_connection_slow_to_send_its_headers_is_closed(client: TestClient, run_dir: Path) -> None:
+    """uvicorn times a connection only from an answer to its next byte: one that connected and
+    sent nothing, or sent its headers slowly, was held open for ever (slowloris)."""
+    health = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+    config = ServeConfig(header_timeout_s=0.5)
+    with served(run_dir, config, client.app.state.model) as port:
+        connect = functools.partial(socket.create_connection, ("127.0.0.1", port), timeout=10)
+        silent, partial, after_an_answer, trickling = connect(), connect(), connect(), connect()
+        partial.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Le")
+        after_an_answer.sendall(health)
+        assert after_an_answer.recv(65536).startswith(b"HTTP/1.1 200")
+        after_an_answer.sendall(b"GET /health HTTP/1.1\r\nHo")
+        head = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Padding: " + b"a" * 200
+        for byte in head:  # a byte every 50 ms: the deadline is not renewed
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                trickling.sendall(bytes([byte]))
+            if select.select([trickling], [], [], 0.05)[0]:  # readable: closed
+                break
+        else:
+            raise AssertionError("the server read 200 bytes of headers over 10 s")
+        for connection in (silent, partial, after_an_answer, trickling):
+            with connection:
+                read_until_closed(connection)  # fails if it is still open 10 s on
+        # Requests sent at once are answered, two in one packet too.
+        with connect() as pipelining:
+            pipelining.sendall(
+                health + health.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n")
+            )
+            assert read_until_closed(pipelining).count(b"HTTP/1.1 200 OK") == 2
+
+
 def test_csv_uploads_beyond_max_csv_jobs_get_503(
     run_dir: Path, small_test: DigitSet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1068,7 +1138,7 @@ def test_a_host_left_empty_or_a_timeout_of_nan_is_refused() -> None:
     for host in ("", "[]"):
         with pytest.raises(ConfigError, match="host is empty"):
             ServeConfig(host=host)
-    for name in ("csv_upload_timeout_s", "body_timeout_s"):
+    for name in ("csv_upload_timeout_s", "body_timeout_s", "header_timeout_s"):
         for timeout in (0, float("nan"), float("inf")):
             with pytest.raises(ConfigError, match=f"{name} must be > 0 and finite"):
                 ServeConfig(**{name: timeout})

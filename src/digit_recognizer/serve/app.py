@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import functools
 import json
 import logging
 import math
@@ -23,6 +24,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -32,6 +34,7 @@ from numpy.typing import NDArray
 from pydantic import BaseModel, ValidationError
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from digit_recognizer import __version__
 from digit_recognizer.config import check_fields
@@ -79,6 +82,11 @@ class ServeConfig:
     # client gone quiet mid-body held its connection and up to max_body_bytes for ever. 10 MiB
     # at 1 Mbit/s take 84 s.
     body_timeout_s: float = 120
+    # Seconds a connection may take to send a request's headers, from its opening or the last
+    # answer: uvicorn times neither, and a client that connected and sent nothing, or sent its
+    # headers a byte at a time, held its connection for ever. A connection that sends nothing
+    # after an answer is closed sooner, by uvicorn's timeout_keep_alive (5 s).
+    header_timeout_s: float = 10
     max_image_pixels: int = MAX_IMAGE_PIXELS  # decoded size of an uploaded image (bombs)
 
     def __post_init__(self) -> None:
@@ -91,7 +99,7 @@ class ServeConfig:
                      "max_csv_rows", "max_csv_jobs", "max_image_pixels"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("csv_upload_timeout_s", "body_timeout_s"):
+        for name in ("csv_upload_timeout_s", "body_timeout_s", "header_timeout_s"):
             if not 0 < getattr(self, name) < math.inf:  # nan too
                 raise ConfigError(f"{name} must be > 0 and finite, got {getattr(self, name)}")
         if not 0 <= self.port <= 65535:  # 0: any free port
@@ -100,7 +108,8 @@ class ServeConfig:
     def limits(self) -> dict[str, int | float]:
         """The request limits, as ``GET /model`` reports them."""
         names = ("max_body_bytes", "max_csv_bytes", "max_batch", "max_csv_rows", "max_csv_jobs",
-                 "csv_upload_timeout_s", "body_timeout_s", "max_image_pixels")  # fmt: skip
+                 "csv_upload_timeout_s", "body_timeout_s", "header_timeout_s",
+                 "max_image_pixels")  # fmt: skip
         return {name: getattr(self, name) for name in names}
 
 
@@ -376,13 +385,68 @@ def listening_socket(host: str, port: int) -> socket.socket:
     return listening
 
 
+class HeaderDeadlineProtocol(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol (h11) with a deadline on each request's headers, counted from
+    the connection's opening or the previous answer, however the bytes trickle in meanwhile.
+
+    uvicorn times a connection only from an answer to the next byte (timeout_keep_alive), and
+    h11 bounds the headers' size (16 KiB), not their time: a connection opened and left silent,
+    or sending its headers a byte at a time (slowloris), was held for ever."""
+
+    def __init__(self, *args: Any, header_timeout_s: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.header_timeout_s = header_timeout_s
+        self.header_deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._await_headers()
+
+    def on_response_complete(self) -> None:
+        # Before uvicorn's: it parses a request pipelined behind this one, which disarms it.
+        self._await_headers()
+        super().on_response_complete()
+
+    def handle_events(self) -> None:
+        scope = self.scope
+        super().handle_events()
+        # A request's headers arrived: h11 parses no other before this one is answered.
+        if self.scope is not scope:
+            self._stop_awaiting_headers()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_awaiting_headers()
+        super().connection_lost(exc)
+
+    def _await_headers(self) -> None:
+        self._stop_awaiting_headers()
+        # Closed without an answer, as uvicorn closes an idle keep-alive connection: a client
+        # that sent nothing had no request to answer.
+        self.header_deadline = self.loop.call_later(self.header_timeout_s, self.transport.close)
+
+    def _stop_awaiting_headers(self) -> None:
+        if self.header_deadline is not None:
+            self.header_deadline.cancel()
+            self.header_deadline = None
+
+
+def make_server(app: ASGIApp, config: ServeConfig, port: int) -> uvicorn.Server:
+    """uvicorn serving ``app`` under ``config``'s limits on connections; run it with
+    ``server.run(sockets=[listening])``, ``listening`` bound to ``port`` (``listening_socket``)."""
+    # h11, which the deadline extends, even where httptools is installed (uvicorn's pick then;
+    # this package does not require it).
+    protocol = functools.partial(HeaderDeadlineProtocol, header_timeout_s=config.header_timeout_s)
+    server_config = uvicorn.Config(
+        app, host=config.host, port=port, access_log=config.access_log, http=protocol
+    )
+    return uvicorn.Server(server_config)
+
+
 def run_server(
     run_dir: Path, config: ServeConfig | None = None, announce: Callable[[str], None] = log.info
 ) -> None:
     """Serve ``run_dir`` with uvicorn until interrupted (``digits serve``); ``announce`` gets
     the address once the run is known to load."""
-    import uvicorn
-
     config = config or ServeConfig()
     # Loaded here, not at uvicorn's startup: a run that does not load fails in one line
     # (ModelFileError) before anything is announced, not in a traceback of the server's.
@@ -396,7 +460,7 @@ def run_server(
     # The server process owns its threads: set once here, not in create_app, which tests share.
     torch.set_num_threads(config.n_threads)
     app = create_app(run_dir, config, model)
-    server_config = uvicorn.Config(app, host=config.host, port=port, access_log=config.access_log)
+    server = make_server(app, config, port)
     # uvicorn shuts down on SIGTERM itself, then raises it again: with the default action this
     # process ends by the signal, the clean stop a service manager expects (systemd counts an
     # exit status of 143 as a failure), not as the commands' interruption. A closed terminal's
@@ -407,4 +471,4 @@ def run_server(
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
             signal.signal(signal.SIGHUP, signal.SIG_DFL)
-    uvicorn.Server(server_config).run(sockets=[listening])
+    server.run(sockets=[listening])
