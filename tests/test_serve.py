@@ -1086,6 +1086,24 @@ def test_a_body_too_slow_to_arrive_at_predict_gets_408(client: TestClient, run_d
         assert quick.get("/model").json()["limits"]["body_timeout_s"] == 0.2
 
 
+def test_a_body_too_slow_to_arrive_gets_408_and_its_connection_is_closed(
+    client: TestClient, run_dir: Path
+) -> None:
+    """Over a real socket, as uvicorn sends it: the rest of the body is not waited for."""
+    config = ServeConfig(body_timeout_s=0.5)
+    with (
+        served(run_dir, config, client.app.state.model) as port,
+        socket.create_connection(("127.0.0.1", port), timeout=10) as connection,
+    ):
+        connection.sendall(
+            b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 1000\r\n\r\n{"pixels": ['
+        )
+        head, _, body = read_until_closed(connection).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 ") and b"\r\nconnection: close" in head.lower()
+    assert b"ServeConfig.body_timeout_s" in body
+
+
 def test_a_client_gone_mid_upload_is_no_logged_traceback(client: TestClient) -> None:
     """A client that disconnected mid-body (a tab closed, the page giving up a slow upload)
     raised out of /predict, which uvicorn logs as "Exception in ASGI application" with a
