@@ -1,5 +1,5 @@
 """The prediction server (serve/): every endpoint, every kind of bad input, with TestClient;
-uvicorn's part (connections, timeouts) over real sockets."""
+uvicorn's part (connections, timeouts, its log) over real sockets."""
 
 from __future__ import annotations
 
@@ -1102,6 +1102,25 @@ def test_a_body_too_slow_to_arrive_gets_408_and_its_connection_is_closed(
         head, _, body = read_until_closed(connection).partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 408 ") and b"\r\nconnection: close" in head.lower()
     assert b"ServeConfig.body_timeout_s" in body
+
+
+def test_a_malformed_form_is_answered_without_the_form_parser_s_warnings(
+    client: TestClient, run_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """python-multipart logged a WARNING for each malformed form ("Did not find CR at end of
+    boundary (10)"): a line the server's operator can do nothing about, as many as a client
+    likes, for a request already answered 400 with what to fix."""
+    with (
+        served(run_dir, ServeConfig(), client.app.state.model) as port,
+        caplog.at_level(logging.WARNING),  # as `digits serve` logs
+    ):
+        response = httpx.post(
+            f"http://127.0.0.1:{port}/predict",
+            content=b"--b0undaryX",
+            headers={"Content-Type": "multipart/form-data; boundary=b0undary"},
+        )
+    assert response.status_code == 400 and "Invalid multipart data" in response.json()["detail"]
+    assert [record.getMessage() for record in caplog.records if "multipart" in record.name] == []
 
 
 def test_a_client_gone_mid_upload_is_no_logged_traceback(client: TestClient) -> None:

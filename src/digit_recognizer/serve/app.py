@@ -433,6 +433,11 @@ class HeaderDeadlineProtocol(H11Protocol):
 def make_server(app: ASGIApp, config: ServeConfig, port: int) -> uvicorn.Server:
     """uvicorn serving ``app`` under ``config``'s limits on connections; run it with
     ``server.run(sockets=[listening])``, ``listening`` bound to ``port`` (``listening_socket``)."""
+    # python-multipart logs a WARNING for each malformed form ("Did not find CR at end of
+    # boundary (10)"), which the client is answered 400 for: a line its operator can do nothing
+    # about, as many as any client likes. Its module is python_multipart since 0.0.13.
+    for name in ("python_multipart", "multipart"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     # h11, which the deadline extends, even where httptools is installed (uvicorn's pick then;
     # this package does not require it).
     protocol = functools.partial(HeaderDeadlineProtocol, header_timeout_s=config.header_timeout_s)
