@@ -314,3 +314,27 @@ def test_predict_seconds_leave_out_the_fitting(tmp_path, small_csvs, monkeypatch
     monkeypatch.setattr(compare_module, "time", SimpleNamespace(perf_counter=lambda: next(clock)))
     (row,) = compare(small_csvs["train"], ["knn"], tmp_path).rows
     assert (row["fit_seconds"], row["predict_seconds"]) == (10.0, 3.0)
+
+
+def test_digits_the_fitted_rows_lack_are_warned_of_once_naming_the_csv(
+    tmp_path, small_csvs, caplog
+):
+    """A net had warned, naming no file, once per fold ("the training rows hold no 9"), and the
+    classical models not at all: one warning for the command, whichever models run."""
+    data = read_kaggle_csv(small_csvs["train"]).take(np.arange(300))
+    no_nines = tmp_path / "no9.csv"
+    write_kaggle_csv(no_nines, data.images[data.labels != 9], data.labels[data.labels != 9])
+    with caplog.at_level("WARNING", logger="digit_recognizer"):
+        compare(no_nines, ["mlp", "logreg"], tmp_path / "no9", cv=2, epochs=1)
+    (warning,) = [record.getMessage() for record in caplog.records if "hold no" in record.message]
+    assert warning.startswith(f"{no_nines}: its rows fitted hold no 9 (1 of the 10 digits)")
+
+    # One 7 among the rows: the fold scoring it fits none, the other fold does.
+    caplog.clear()
+    is_kept = (data.labels != 7) | (np.cumsum(data.labels == 7) == 1)
+    one_seven = tmp_path / "one7.csv"
+    write_kaggle_csv(one_seven, data.images[is_kept], data.labels[is_kept])
+    with caplog.at_level("WARNING", logger="digit_recognizer"):
+        compare(one_seven, ["knn"], tmp_path / "one7", cv=2)
+    (warning,) = [record.getMessage() for record in caplog.records if "hold no" in record.message]
+    assert warning.startswith(f"{one_seven}: its rows fitted in some of the 2 folds hold no 7 ")

@@ -23,7 +23,13 @@ from sklearn.model_selection import StratifiedKFold
 
 from digit_recognizer.data.kaggle_csv import DigitSet
 from digit_recognizer.data.shards import read_labelled
-from digit_recognizer.data.splits import check_seed, split_for_training, warn_shared_images
+from digit_recognizer.data.splits import (
+    check_seed,
+    count_classes,
+    split_for_training,
+    warn_missing_digits,
+    warn_shared_images,
+)
 from digit_recognizer.errors import ConfigError, DataError, UnknownModelError, first_line
 from digit_recognizer.estimator import build_estimator, count_parameters
 from digit_recognizer.evaluate import CLASSES, compute_metrics, draw_figure
@@ -35,6 +41,7 @@ from digit_recognizer.fileio import (
     source_record,
     write_together,
 )
+from digit_recognizer.logs import hushed
 from digit_recognizer.models.registry import get_spec
 
 log = logging.getLogger(__name__)
@@ -141,6 +148,7 @@ def compare(
     data = read_labelled(train_csv, to_split=test_csv is None)
     folds = list(_folds(data, test_csv, valid_size, cv, seed))
     warn_shared_images(*folds[0], str(test_csv or f"{train_csv}'s held-out rows"))
+    _warn_missing_digits(folds, train_csv)
     columns = ["model", *(f"{s}_{stat}" for s in SCORES for stat in ("mean", "std"))] if cv else [
         "model", *SCORES]  # fmt: skip
     columns.append("parameters")
@@ -258,6 +266,17 @@ def _folds(
         yield fit_set, score_set
 
 
+def _warn_missing_digits(folds: list[tuple[DigitSet, DigitSet]], train_csv: Path) -> None:
+    """Warn once, naming ``train_csv``, where the rows fitted lack digits: in every fold, or
+    in some of them (a digit with fewer rows than --cv folds). Every model, classical or net,
+    fits the same rows, and a net's own warning, unnamed, had come once per net and fold."""
+    counts = np.array([count_classes(fit_set.labels) for fit_set, _ in folds])  # fold x digit
+    fewest = counts.min(axis=0)
+    is_lacking_everywhere = np.array_equal(fewest == 0, counts.max(axis=0) == 0)
+    where = "" if is_lacking_everywhere else f" in some of the {len(folds)} folds"
+    warn_missing_digits(fewest.tolist(), f"{train_csv}: its rows fitted{where}")
+
+
 def _score_model(
     name: str,
     folds: list[tuple[DigitSet, DigitSet]],
@@ -276,7 +295,9 @@ def _score_model(
         estimator = build_estimator(name, seed=seed, **trains)
         start = time.perf_counter()
         try:
-            estimator.fit(fit_set.images, fit_set.labels)
+            # Said once for the command, naming the file (_warn_missing_digits).
+            with hushed(warn_missing_digits.__module__):
+                estimator.fit(fit_set.images, fit_set.labels)
         except ValueError as error:  # 40 PCA components of 14 rows
             raise DataError(f"{name}: cannot be fitted on these {len(fit_set):,} rows "
                             f"({first_line(error)}); give more rows, or leave {name} out of "

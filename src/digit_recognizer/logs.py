@@ -49,14 +49,15 @@ def _is_a_terminal(stream: IO[str]) -> bool:
 
 
 @contextlib.contextmanager
-def hushed() -> Iterator[None]:
-    """The package's warnings and notes hushed in the block, whose messages an earlier step
-    gave: an ensemble's members after the first read the rows the first read and warned of
-    (faint rows, digits lacking, a large last shard), each member had said them again."""
-    package = logging.getLogger("digit_recognizer")
-    level = package.level
-    package.setLevel(logging.ERROR)
+def hushed(logger_name: str = "digit_recognizer") -> Iterator[None]:
+    """The warnings and notes of ``logger_name`` (the package's, or one module's) hushed in the
+    block, whose messages an earlier step gave: an ensemble's members after the first read the
+    rows the first read and warned of (faint rows, digits lacking, a large last shard), each
+    member had said them again."""
+    logger = logging.getLogger(logger_name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
     try:
         yield
     finally:
-        package.setLevel(level)
+        logger.setLevel(level)
