@@ -338,3 +338,70 @@ def test_digits_the_fitted_rows_lack_are_warned_of_once_naming_the_csv(
         compare(one_seven, ["knn"], tmp_path / "one7", cv=2)
     (warning,) = [record.getMessage() for record in caplog.records if "hold no" in record.message]
     assert warning.startswith(f"{one_seven}: its rows fitted in some of the 2 folds hold no 7 ")
+
+
+def test_resume_refuses_other_rows_split_or_test_rows(tmp_path, small_csvs, monkeypatch):
+    """--resume keeps scores of the same rows, fitted and scored alike, alone: --seed,
+    --valid-size, --cv, --test, or rows changed in --train's or --test's file are refused,
+    naming what changed. A glob's (or a shard folder's) data had been known by its path alone:
+    rows changed under it kept the scores of the rows before."""
+    from typer.testing import CliRunner
+
+    from digit_recognizer import compare as compare_module
+    from digit_recognizer.cli import app
+
+    def scored(name, folds, has_cv, *args):  # a stand-in, of the columns with and without --cv
+        stats = ("_mean", "_std") if has_cv else ("",)
+        scores = {f"{score}{stat}": 0.5 for score in compare_module.SCORES for stat in stats}
+        return {"model": name, **scores, "parameters": 10}
+
+    monkeypatch.setattr(compare_module, "_score_model", scored)
+    monkeypatch.setattr(compare_module, "draw_figure", lambda figure, file, kind: file.touch())
+    data = read_kaggle_csv(small_csvs["train"])
+
+    def write_parts(folder, rows):
+        folder.mkdir(exist_ok=True)
+        for part in range(2):
+            write_kaggle_csv(folder / f"part{part}.csv", data.images[rows[part::2]],
+                             data.labels[rows[part::2]])  # fmt: skip
+
+    train_csv, test_csv = tmp_path / "train.csv", tmp_path / "test.csv"
+    write_kaggle_csv(train_csv, data.images[:400], data.labels[:400])
+    write_kaggle_csv(test_csv, data.images[400:600], data.labels[400:600])
+    write_parts(tmp_path / "train", np.arange(400))
+    write_parts(tmp_path / "test", np.arange(400, 600))
+    train_glob, test_glob = tmp_path / "train" / "*.csv", tmp_path / "test" / "*.csv"
+
+    def digits_compare(*flags):
+        args = ["compare", "--models", "knn", "--out", tmp_path / "out", *flags]
+        return CliRunner().invoke(app, [str(arg) for arg in args])
+
+    def refused(*flags):
+        result = digits_compare(*flags)
+        assert result.exit_code == 1, result.output
+        return result.output
+
+    assert digits_compare("--train", train_csv).exit_code == 0
+    for flags, changed in [
+        (("--seed", "1"), "seed"),
+        (("--valid-size", "0.3"), "valid_size"),
+        (("--cv", "2"), "valid_size, cv"),
+        (("--test", test_csv), "valid_size, test_csv, test_sha256, test_rows"),
+    ]:
+        said = refused("--train", train_csv, "--resume", *flags)
+        assert f"written for other {changed}; drop --resume" in said
+    write_kaggle_csv(train_csv, data.images[:399], data.labels[:399])  # its rows, one fewer
+    said = refused("--train", train_csv, "--resume")
+    assert "written for other train_sha256, train_rows; drop --resume" in said
+    assert digits_compare("--train", train_csv, "--cv", "2").exit_code == 0
+    assert "other cv; drop" in refused("--train", train_csv, "--cv", "3", "--resume")
+
+    assert digits_compare("--train", train_glob, "--test", test_glob).exit_code == 0
+    for role, glob in (("test", test_glob), ("train", train_glob)):
+        third = np.arange(600, 650) if role == "train" else np.arange(650, 700)
+        write_kaggle_csv(glob.parent / "part2.csv", data.images[third], data.labels[third])
+        said = refused("--train", train_glob, "--test", test_glob, "--resume")
+        assert f"written for other {role}_rows; drop --resume" in said
+        (glob.parent / "part2.csv").unlink()
+    result = digits_compare("--train", train_glob, "--test", test_glob, "--resume")
+    assert result.exit_code == 0, result.output

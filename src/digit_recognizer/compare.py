@@ -21,6 +21,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from sklearn.model_selection import StratifiedKFold
 
+from digit_recognizer.checkpoint import rows_fingerprint
 from digit_recognizer.data.kaggle_csv import DigitSet
 from digit_recognizer.data.shards import read_labelled
 from digit_recognizer.data.splits import (
@@ -116,11 +117,11 @@ def compare(
     ``model,accuracy,macro_f1,fit_seconds,predict_seconds,parameters`` (with ``cv``: a ``_mean``
     and a ``_std`` column for each score, and the parameters the folds' models agree on, else
     each count with its number of folds), ``out_dir/leaderboard.png``, and
-    ``out_dir/compare.json``: the data (paths, SHA-256), the settings and the library versions.
-    All three are written as each model is scored, ``compare.json``'s ``scored`` naming the
-    models in them: Ctrl-C or a later model's failure keeps the scores before it, and
-    ``resume`` keeps them and fits only the others, where ``compare.json`` shows the same data
-    and settings (a shard folder's or glob's data is known by its path alone).
+    ``out_dir/compare.json``: the data (paths, SHA-256, a fingerprint of the rows read), the
+    settings and the library versions. All three are written as each model is scored,
+    ``compare.json``'s ``scored`` naming the models in them: Ctrl-C or a later model's failure
+    keeps the scores before it, and ``resume`` keeps them and fits only the others, where
+    ``compare.json`` shows the same data and settings.
     """
     check_model_names(models)
     if cv is not None and cv < 2:
@@ -154,8 +155,13 @@ def compare(
     columns.append("parameters")
     split = {"valid_size": None if test_csv or cv else valid_size, "cv": cv, "seed": seed,
              "epochs": epochs}  # fmt: skip
+    # The rows read, not only the files' hashes: a shard folder's or a glob's rows change
+    # under the same path, and --resume had kept scores of other rows.
+    fingerprints = {"train_rows": rows_fingerprint(data),
+                    "test_rows": rows_fingerprint(folds[0][1]) if test_csv else None}  # fmt: skip
     settings = {"models": models, **split, **source_record("train", train_csv),
-                **source_record("test", test_csv), "versions": _versions()}  # fmt: skip
+                **source_record("test", test_csv), **fingerprints,
+                "versions": _versions()}  # fmt: skip
     rows = _scored_before(out_dir / SETTINGS_FILE, settings, columns) if resume else []
     rows = [row for row in rows if row["model"] in models]
     if rows:
