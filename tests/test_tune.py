@@ -341,6 +341,27 @@ def test_net_trials_train_with_the_ema_amp_and_channels_last_flags(
     assert not (tmp_path / "x").exists() and len(trained) == 1
 
 
+def test_net_only_flags_given_with_a_classical_model_are_refused_naming_the_flag(tmp_path):
+    """`digits tune --model knn --ema-decay 0.99` had tuned knn as if the flag were not given;
+    the net-only flags at their defaults (as a script passes them all) are not refused."""
+    for flags, flag in [(("--ema-decay", "0.99"), "--ema-decay"), (("--no-amp",), "--amp"),
+                        (("--no-channels-last",), "--channels-last"),
+                        (("--epochs", "5"), "--epochs")]:  # fmt: skip
+        args = ["tune", "--train", tmp_path / "unread.csv", "--model", "knn", "--out",
+                tmp_path / "out", *flags]  # fmt: skip
+        result = CliRunner().invoke(app, [str(arg) for arg in args])
+        assert result.exit_code == 1
+        assert result.output == (f"error: {flag} applies to net trials alone; 'knn' is a "
+                                 "classical model, whose trials it would not change: leave it "
+                                 "out\n")  # fmt: skip
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(ConfigError, match=r"^ema_decay applies to net trials alone; 'logreg'"):
+        TuneConfig(model="logreg", ema_decay=0.99)
+    defaults = TuneConfig(model="knn", epochs=3, ema_decay=None, amp=True, channels_last=True)
+    assert (defaults.epochs, defaults.ema_decay, defaults.amp) == (3, None, True)
+    assert TuneConfig(model="mlp", epochs=5, ema_decay=0.99, amp=False).epochs == 5
+
+
 def test_classical_trials_fit_their_params_and_score_on_the_validation_split(
     tmp_path, small_csvs, monkeypatch
 ):
@@ -908,6 +929,7 @@ def test_rows_lacking_digits_are_warned_of_once_for_all_trials(
     write_kaggle_csv(tmp_path / "low.csv", small_train.images[low][:300],
                      small_train.labels[low][:300])  # fmt: skip
     with caplog.at_level(logging.WARNING, logger="digit_recognizer"):
-        tune(TuneConfig(model=model, trials=2, epochs=1), tmp_path / "low.csv", tmp_path / "out")
+        epochs = {"epochs": 1} if model == "mlp" else {}  # refused for a classical model
+        tune(TuneConfig(model=model, trials=2, **epochs), tmp_path / "low.csv", tmp_path / "out")
     said = f"{tmp_path / 'low.csv'}: its training rows hold no 5, 6, 7, 8, 9 (5 of the 10 digits)"
     assert caplog.text.count(said) == 1

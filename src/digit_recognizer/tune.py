@@ -37,7 +37,7 @@ import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import IO, Any
 
@@ -89,6 +89,7 @@ from digit_recognizer.train import TrainConfig, train
 log = logging.getLogger(__name__)
 
 BEST_CONFIG_FILE = "best_config.toml"
+NET_ONLY = ("epochs", "ema_decay", "amp", "channels_last")  # TuneConfig's settings of net trials
 BEST_PARAMS_FILE = "best_params.json"
 CREATE_ATTEMPTS = 3
 SETTINGS_WAIT_S = 10  # for a new study's creator to record its settings: a few round trips
@@ -110,6 +111,7 @@ class TuneConfig:
     valid_size: float = 0.2  # stratified validation fraction that scores each trial
     seed: int = 0  # of the split, the sampler and the models
     # Net trials train with these, as `digits train`'s flags set them; TrainConfig's defaults.
+    # With epochs, NET_ONLY: refused away from their defaults for a classical model.
     ema_decay: float | None = TrainConfig.ema_decay
     amp: bool = TrainConfig.amp
     channels_last: bool = TrainConfig.channels_last
@@ -128,6 +130,19 @@ class TuneConfig:
         check_seed(self.seed)  # Optuna's range too
         if get_spec(self.model).kind == "net":
             TrainConfig(**self.net_settings())  # its ranges (ema_decay's), before any trial
+        else:
+            self._refuse_net_only()
+
+    def _refuse_net_only(self) -> None:
+        """``ConfigError`` naming a ``NET_ONLY`` setting given away from its default with a
+        classical model: ``--model knn --ema-decay 0.99`` had tuned as if it were not given."""
+        defaults = {field.name: field.default for field in fields(self)}
+        for name in NET_ONLY:
+            if getattr(self, name) != defaults[name]:
+                # Begins with the setting: load_config names it as a flag (--ema-decay ...).
+                raise ConfigError(f"{name} applies to net trials alone; '{self.model}' is a "
+                                  "classical model, whose trials it would not change: leave it "
+                                  "out")  # fmt: skip
 
     def net_settings(self) -> dict[str, Any]:
         """The TrainConfig keys every net trial trains with, and best_config.toml keeps."""
