@@ -176,8 +176,8 @@ def refuse_special_file(path: Path) -> Path:
     into /dev or /proc: the rename of a new file over it would replace the device node or link
     itself (as root, for every process), and /dev/stdout redirected to a file is a link to it."""
     if str(path) == "-":  # stdout by the shell's convention: a file named "-" had been written
-        raise OutputError("-: stdout is not written to, as outputs are files replaced whole; give "
-                          "a file's path")  # fmt: skip
+        raise OutputError("output path '-': writing to standard output is not supported (every "
+                          "output is a file, written whole); give a file path")  # fmt: skip
     try:
         places = [str(place) for place in _links_from(path)]
     except (RuntimeError, OSError) as error:  # a loop of links: RuntimeError before Python 3.13
