@@ -535,6 +535,30 @@ def test_check_names_a_submissions_first_problem(
     assert str(error.value).startswith(f"{submission_csv}{message}")
 
 
+@pytest.mark.parametrize(
+    ("kept_ids", "missing"),
+    [
+        (range(1, 27_001), "ImageIds 27001 to 28000 are missing (1,000 rows)"),
+        ([*range(1, 101), *range(201, 28_001)], "ImageIds 101 to 200 are missing (100 rows)"),
+        ([i for i in range(1, 28_001) if i not in (5, 9, 10, 11)],
+         "ImageIds 5 and 9 to 11 are missing (4 rows)"),
+        (range(1, 28_001, 2),
+         "ImageIds 2, 4, 6 and 13,997 more ranges are missing (14,000 rows)"),
+    ],
+)  # fmt: skip
+def test_check_names_every_run_of_a_short_submissions_missing_ids(
+    submission_csv: Path, kept_ids: range | list[int], missing: str
+) -> None:
+    """`digits data check` of a submission cut short had named its first missing ImageId alone."""
+    submission_csv.write_text("ImageId,Label\n" + "".join(f"{i},7\n" for i in kept_ids))
+    with pytest.raises(DataError) as error:
+        check_kaggle_csv(submission_csv, expected_rows=28_000)
+    assert str(error.value) == (
+        f"{submission_csv}: {missing}; expected 28,000 rows (ImageId 1 to 28000), "
+        f"found {len(kept_ids):,}"
+    )
+
+
 def test_check_refuses_a_row_count_for_a_file_not_a_submission(train_csv: Path) -> None:
     with pytest.raises(DataError) as error:
         check_kaggle_csv(train_csv, expected_rows=N_ROWS)

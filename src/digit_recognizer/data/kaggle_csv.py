@@ -63,6 +63,7 @@ _COMPRESSED = {
     b"\x28\xb5\x2f\xfd": ("zstd-compressed", "unzstd"),
 }
 _SHOWN_CHARS = 24  # a cell of binary junk can be megabytes long
+_SHOWN_RUNS = 3  # of a submission's missing ImageIds; one with every other row gone has 14,000
 
 
 @dataclass(frozen=True)
@@ -202,12 +203,28 @@ def _submission_labels(body: bytes, path: Path, expected_rows: int | None) -> ND
         line_of_id[image_id] = line_number
         labels[image_id - 1] = label
     if len(lines) < n_rows:
-        missing = int(np.flatnonzero(labels < 0)[0]) + 1
         raise DataError(
-            f"{path}: ImageId {missing} is missing; expected {counted(n_rows, 'row')} "
+            f"{path}: {_missing_ids(labels < 0)}; expected {counted(n_rows, 'row')} "
             f"(ImageId 1 to {n_rows}), found {len(lines):,}"
         )
     return labels
+
+
+def _missing_ids(is_missing: NDArray[np.bool_]) -> str:
+    """E.g. ``ImageIds 27001 to 28000 are missing (1,000 rows)``: the runs of ImageIds that
+    ``is_missing`` (indexed from ImageId 1) marks, the first ``_SHOWN_RUNS`` named and the rest
+    counted. A submission cut short had been told of its first missing ImageId alone."""
+    ids = np.flatnonzero(is_missing) + 1
+    if len(ids) == 1:
+        return f"ImageId {ids[0]} is missing"
+    breaks = np.diff(ids) > 1
+    starts, ends = ids[np.r_[True, breaks]], ids[np.r_[breaks, True]]
+    shown = zip(starts[:_SHOWN_RUNS], ends[:_SHOWN_RUNS], strict=True)
+    runs = [str(start) if start == end else f"{start} to {end}" for start, end in shown]
+    if len(starts) > _SHOWN_RUNS:
+        runs.append(counted(len(starts) - _SHOWN_RUNS, "more range"))
+    listed = runs[0] if len(runs) == 1 else f"{', '.join(runs[:-1])} and {runs[-1]}"
+    return f"ImageIds {listed} are missing ({counted(len(ids), 'row')})"
 
 
 def _id_problem(image_id: str, n_rows: int, expected_rows: int | None) -> str:
