@@ -18,6 +18,7 @@ from digit_recognizer.data.kaggle_csv import (
     LABELLED_COLUMNS,
     PIXEL_COLUMNS,
     check_kaggle_csv,
+    count_classes,
     is_submission,
     parse_kaggle_csv,
     read_kaggle_csv,
@@ -138,6 +139,14 @@ def test_check_summarises(train_csv: Path, tmp_path: Path) -> None:
         check_kaggle_csv(tmp_path / "one.csv").one_line()
         == f"{tmp_path / 'one.csv'}: 1 row, unlabelled"
     )
+
+
+def test_data_check_counts_digits_with_the_one_counter_training_uses(train_csv: Path) -> None:
+    """check_kaggle_csv had a bincount of its own: splits.py's count_classes, which training
+    and shard builds count with, could not be imported here (splits.py imports this module)."""
+    assert count_classes(np.array([3, 3, 9, 0])) == [1, 0, 0, 2, 0, 0, 0, 0, 0, 1]
+    class_counts = check_kaggle_csv(train_csv).class_counts
+    assert list(class_counts.values()) == count_classes(read_kaggle_csv(train_csv).labels)
 
 
 # --- errors: one per kind, with exact line and column ------------------------------------------

@@ -22,9 +22,9 @@ from digit_recognizer.checkpoint import (
     write_history,
 )
 from digit_recognizer.data.augment import Augmentation, augment_batch
-from digit_recognizer.data.kaggle_csv import DigitSet, write_kaggle_csv
+from digit_recognizer.data.kaggle_csv import DigitSet, count_classes, write_kaggle_csv
 from digit_recognizer.data.shards import read_manifest, shard_csv
-from digit_recognizer.data.splits import count_classes, warn_missing_digits
+from digit_recognizer.data.splits import warn_missing_digits
 from digit_recognizer.distributed import Distributed
 from digit_recognizer.errors import ConfigError, DivergedError, ModelFileError
 from digit_recognizer.models.registry import build

@@ -18,8 +18,8 @@ from numpy.typing import NDArray
 from digit_recognizer.config import load_config
 from digit_recognizer.data.augment import augment_batch
 from digit_recognizer.data.images import faint_to_full_ink
-from digit_recognizer.data.kaggle_csv import DigitSet
-from digit_recognizer.data.splits import check_seed, count_classes
+from digit_recognizer.data.kaggle_csv import DigitSet, count_classes
+from digit_recognizer.data.splits import check_seed
 from digit_recognizer.data.stream import read_all_rows
 from digit_recognizer.data.tensors import to_model_input, to_uint8_images
 from digit_recognizer.evaluate import CLASSES, save_figure

@@ -29,7 +29,7 @@ from digit_recognizer.checkpoint import (
 )
 from digit_recognizer.config import read_toml
 from digit_recognizer.data.images import faint_to_full_ink, in_mnist_format
-from digit_recognizer.data.kaggle_csv import DigitSet
+from digit_recognizer.data.kaggle_csv import DigitSet, count_classes
 from digit_recognizer.data.replica import cached_replica
 from digit_recognizer.data.shards import (
     Manifest,
@@ -45,7 +45,6 @@ from digit_recognizer.data.shards import (
 )
 from digit_recognizer.data.splits import (
     check_seed,
-    count_classes,
     missing_digits,
     stratified_split,
     warn_shared_images,

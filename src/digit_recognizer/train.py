@@ -43,9 +43,9 @@ from digit_recognizer.checkpoint import (
 from digit_recognizer.config import check_fields
 from digit_recognizer.data.augment import Augmentation, augment_batch
 from digit_recognizer.data.images import check_digits, faint_to_full_ink
-from digit_recognizer.data.kaggle_csv import DigitSet
+from digit_recognizer.data.kaggle_csv import DigitSet, count_classes
 from digit_recognizer.data.shards import Manifest
-from digit_recognizer.data.splits import check_seed, count_classes, warn_missing_digits
+from digit_recognizer.data.splits import check_seed, warn_missing_digits
 from digit_recognizer.data.stream import ShardStream, check_rows_per_process
 from digit_recognizer.data.tensors import to_model_input
 from digit_recognizer.distributed import (

@@ -51,14 +51,9 @@ from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, SQLA
 
 from digit_recognizer.checkpoint import rows_fingerprint
 from digit_recognizer.config import check_fields, config_to_toml, load_config
-from digit_recognizer.data.kaggle_csv import DigitSet
+from digit_recognizer.data.kaggle_csv import DigitSet, count_classes
 from digit_recognizer.data.shards import read_labelled
-from digit_recognizer.data.splits import (
-    check_seed,
-    count_classes,
-    split_for_training,
-    warn_missing_digits,
-)
+from digit_recognizer.data.splits import check_seed, split_for_training, warn_missing_digits
 from digit_recognizer.distributed import Distributed
 from digit_recognizer.errors import (
     ConfigError,

@@ -107,6 +107,12 @@ class CsvSummary:
         return f"{rows}, {kind}; class counts {counts}"
 
 
+def count_classes(labels: NDArray[np.int64]) -> list[int]:
+    """Rows of each digit 0-9 among ``labels``, indexed by digit. Here, not in splits.py, which
+    reads ``DigitSet`` from this module: ``check_kaggle_csv`` counts with it too."""
+    return np.bincount(labels, minlength=10).tolist()
+
+
 # --- reading ----------------------------------------------------------------------------------
 
 
@@ -145,10 +151,7 @@ def check_kaggle_csv(path: str | Path, expected_rows: int | None = None) -> CsvS
         refuse_row_count(columns, path, expected_rows)
         digits = parse_body(body, columns, path)
         labels, n_rows = digits.labels, len(digits)
-    class_counts = None
-    if labels is not None:
-        counts = np.bincount(labels, minlength=10)
-        class_counts = {digit: int(count) for digit, count in enumerate(counts)}
+    class_counts = None if labels is None else dict(enumerate(count_classes(labels)))
     return CsvSummary(path, n_rows, labels is not None, class_counts, is_submission_file)
 
 

@@ -46,6 +46,7 @@ from digit_recognizer.data.kaggle_csv import (
     CsvSummary,
     DigitSet,
     check_kaggle_csv,
+    count_classes,
     count_lines,
     open_binary,
     open_sink,
@@ -56,7 +57,7 @@ from digit_recognizer.data.kaggle_csv import (
     to_table,
     write_table,
 )
-from digit_recognizer.data.splits import check_seed, count_classes, stratified_split
+from digit_recognizer.data.splits import check_seed, stratified_split
 from digit_recognizer.data.tensors import to_model_input, to_uint8_images
 from digit_recognizer.errors import ConfigError, DataError, OutputError, counted
 from digit_recognizer.fileio import (

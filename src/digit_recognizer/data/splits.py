@@ -19,11 +19,6 @@ log = logging.getLogger(__name__)
 SHARED_IMAGES_WARNED = 0.01
 
 
-def count_classes(labels: NDArray[np.int64]) -> list[int]:
-    """Rows of each digit 0-9 among ``labels``, indexed by digit."""
-    return np.bincount(labels, minlength=10).tolist()
-
-
 def missing_digits(class_counts: list[int]) -> list[int]:
     """The digits 0-9 that ``class_counts`` (``count_classes``') has no rows of."""
     return [digit for digit, count in enumerate(class_counts) if not count]
