@@ -27,7 +27,12 @@ from digit_recognizer.data.images import (
     faint_to_full_ink,
     ink_votes,
 )
-from digit_recognizer.data.kaggle_csv import read_submission, write_kaggle_csv, write_submission
+from digit_recognizer.data.kaggle_csv import (
+    DigitSet,
+    read_submission,
+    write_kaggle_csv,
+    write_submission,
+)
 from digit_recognizer.errors import DataError, ModelFileError, OutputError
 from digit_recognizer.evaluate import (
     EVAL_FILES,
@@ -42,6 +47,7 @@ from digit_recognizer.evaluate import (
 )
 from digit_recognizer.fileio import sha256_file
 from digit_recognizer.predict import (
+    PieceConformer,
     PredictConfig,
     Predictor,
     check_probabilities,
@@ -215,6 +221,30 @@ def test_a_file_is_judged_on_its_first_piece_whole_streamed_and_explained(
     row = predict_module.conform_row(rows, rows[100], 100, PredictConfig(), "mixed.csv", judge)
     np.testing.assert_array_equal(row, conformed[100])
     np.testing.assert_array_equal(Predictor.load([tiny_run]).predict(conformed), whole)
+
+
+def test_a_files_pieces_are_conformed_labels_kept_and_told_of_once_the_last_has_passed(
+    small_test, caplog
+):
+    """evaluate and report each conformed a file's pieces and warned of them, in lines of their
+    own; PieceConformer.conformed does it for both, as conform_rows does for rows in memory."""
+    images, labels = small_test.images[:100].copy(), small_test.labels[:100]
+    images[:30] = np.stack([frame_filling(image) for image in images[:30]])
+    pieces = [DigitSet(images[rows], labels[rows]) for rows in (slice(0, 64), slice(64, 100))]
+    with caplog.at_level("WARNING"):
+        conformed = PieceConformer(PredictConfig()).conformed(pieces, "f.csv")
+        first = next(conformed)
+        assert not caplog.records  # said of the whole file, not of its first piece
+        rest = list(conformed)
+    assert [len(piece) for piece in (first, *rest)] == [64, 36]
+    np.testing.assert_array_equal(np.concatenate([first.labels, rest[0].labels]), labels)
+    told = [record.getMessage() for record in caplog.records]
+    assert len(told) == 1 and told[0].startswith("f.csv: 30 of 100 digits were not laid out")
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        in_memory = conform_rows(images, PredictConfig(), "f.csv")
+    assert [record.getMessage() for record in caplog.records] == told
+    np.testing.assert_array_equal(np.concatenate([first.images, rest[0].images]), in_memory)
 
 
 def test_one_row_is_judged_on_the_same_conformed_rows_as_its_file(small_test):

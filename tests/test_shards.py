@@ -919,6 +919,23 @@ def test_all_rows_of_a_csv_read_whole_are_handed_on_uncopied(tmp_path, small_tra
     np.testing.assert_array_equal(data.labels, small_train.labels[:200])
 
 
+def test_rows_read_whole_go_on_in_pieces_as_streamed_rows_come(tmp_path, small_train, monkeypatch):
+    """read_in_pieces and conform_rows had each cut rows held in memory into pieces of their own
+    making; both take piece_slices'."""
+    monkeypatch.setattr(stream, "STREAM_ROWS", 64)
+    assert list(stream.piece_slices(200)) == [slice(0, 64), slice(64, 128), slice(128, 192),
+                                              slice(192, 256)]  # fmt: skip
+    assert not list(stream.piece_slices(0))
+    csv_path = tmp_path / "train.csv"
+    write_kaggle_csv(csv_path, small_train.images[:200], small_train.labels[:200])
+    n_rows, has_labels, pieces = stream.read_in_pieces(csv_path)
+    pieces = list(pieces)
+    assert (n_rows, has_labels, [len(piece) for piece in pieces]) == (200, True, [64, 64, 64, 8])
+    np.testing.assert_array_equal(
+        np.concatenate([p.labels for p in pieces]), small_train.labels[:200]
+    )
+
+
 def test_streamed_prediction_says_once_how_many_rows_it_redid(
     tmp_path: Path, tiny_run: Path, small_test: DigitSet, monkeypatch, caplog
 ) -> None:

@@ -246,10 +246,9 @@ def evaluate_run(
     predictor = Predictor.load(run_dirs, config)
     conformer = PieceConformer(config, predictor.orientation_judge)
     probas, piece_labels = [], []
-    for piece in pieces:
-        probas.append(predictor.predict_proba(conformer(piece.images)))
+    for piece in conformer.conformed(pieces, labelled_csv):
+        probas.append(predictor.predict_proba(piece.images))
         piece_labels.append(piece.labels)
-    conformer.warn(labelled_csv)
     labels = np.concatenate(piece_labels) if solution_labels is None else solution_labels
     metrics = compute_metrics(labels, np.concatenate(probas))
     warn_untrained_digits(run_dirs, metrics, labelled_csv)

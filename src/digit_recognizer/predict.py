@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -267,8 +267,7 @@ def conform_rows(
     ``as_is`` (the caller's switch: a flag, the server's query) would have left them. In
     pieces of STREAM_ROWS, judged as ``PieceConformer`` judges a streamed file: alike."""
     conformer = PieceConformer(config, predict_proba)
-    starts = range(0, len(images), stream.STREAM_ROWS)
-    pieces = [conformer(images[start : start + stream.STREAM_ROWS]) for start in starts]
+    pieces = [conformer(images[rows]) for rows in stream.piece_slices(len(images))]
     conformer.warn(source, as_is)
     return np.concatenate(pieces) if pieces else images
 
@@ -309,6 +308,13 @@ class PieceConformer:
         """``warn_conformed`` of the pieces conformed so far."""
         warn_conformed(source, self.n_rows, self.n_faint, self.n_redone,
                        bool(self.is_transposed), as_is)  # fmt: skip
+
+    def conformed(self, pieces: Iterable[DigitSet], source: str | Path) -> Iterator[DigitSet]:
+        """``source``'s ``pieces`` (``read_in_pieces``'), each with its images conformed and its
+        labels kept, one at a time; once the last has passed, what changed is said (``warn``)."""
+        for piece in pieces:
+            yield DigitSet(self(piece.images), piece.labels)
+        self.warn(source)
 
     def _files_votes(self, first_pieces_votes: NDArray[np.float32]) -> NDArray[np.float32]:
         # The ink's side of the file's rows, for those whose edges leave it in doubt.

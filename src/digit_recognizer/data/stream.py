@@ -161,13 +161,20 @@ def read_in_pieces(source: str | Path) -> tuple[int, bool, Iterator[DigitSet]]:
     streamed, its rows checked piece by piece as they come."""
     if is_read_whole(source):
         data = read_data_source(source)
-        starts = range(0, len(data), STREAM_ROWS)
-        pieces = (data.take(slice(start, start + STREAM_ROWS)) for start in starts)
+        pieces = (data.take(rows) for rows in piece_slices(len(data)))
         return len(data), data.has_labels, pieces
     stream = ShardStream(source, STREAM_ROWS, shuffle=False, rank=0, world_size=1)
     pieces = (DigitSet(images.numpy(), None if labels is None else labels.numpy())
               for images, labels in stream)  # fmt: skip
     return stream.manifest.n_rows, stream.manifest.has_labels, pieces
+
+
+def piece_slices(n_rows: int) -> Iterator[slice]:
+    """The slices that cut ``n_rows`` rows held in memory into pieces of up to STREAM_ROWS, in
+    order: rows read whole go on a piece at a time, as streamed ones come."""
+    piece_rows = STREAM_ROWS  # read once: every piece of one file cut alike
+    for start in range(0, n_rows, piece_rows):
+        yield slice(start, start + piece_rows)
 
 
 def read_all_rows(source: str | Path) -> DigitSet:
