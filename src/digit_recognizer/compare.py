@@ -22,11 +22,10 @@ from matplotlib.figure import Figure
 from sklearn.model_selection import StratifiedKFold
 
 from digit_recognizer.checkpoint import rows_fingerprint
-from digit_recognizer.data.kaggle_csv import DigitSet
+from digit_recognizer.data.kaggle_csv import DigitSet, count_classes
 from digit_recognizer.data.shards import read_labelled
 from digit_recognizer.data.splits import (
     check_seed,
-    count_classes,
     split_for_training,
     warn_missing_digits,
     warn_shared_images,
