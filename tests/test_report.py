@@ -333,20 +333,51 @@ def test_augment_preview_shows_faint_rows_at_full_ink_as_training_augments_them(
     assert set(np.unique(originals)) == {0, 255} and shown[-1].max(axis=(1, 2)).min() >= 32
 
 
-def test_augment_preview_scales_the_faint_rows_it_shows_alone(tmp_path, monkeypatch):
-    """The preview had scaled every faint row of the file to full ink, a copy of all of a
-    binarised file's images, to show four of them."""
-    rng = np.random.default_rng(0)
-    binarised = rng.integers(0, 2, (20_000, 28, 28), np.uint8)
-    data = DigitSet(binarised, rng.integers(0, 10, 20_000))
-    monkeypatch.setattr(eda_module, "read_all_rows", lambda _source: data)
+def test_augment_preview_holds_the_rows_it_shows_alone(tmp_path, small_train, monkeypatch):
+    """The preview had held every image of the file to show four (and a binarised file's had
+    been scaled to full ink, all of them): it reads the pieces of the rows it shows alone, and
+    where it seeks a 1 and a 7 to draw the styles on, it holds every row's label, not its image."""
+    monkeypatch.setattr(eda_module, "plot_gallery", lambda *_, **__: None)
+    stream_every_file(monkeypatch)
+    monkeypatch.setattr(shards_module, "CHUNK_BYTES", 1 << 16)  # the file's scan, in small reads
+    binarised = DigitSet((small_train.images > 128).astype(np.uint8), small_train.labels)
+    csv = tmp_path / "binarised.csv"
+    write_kaggle_csv(csv, binarised.images, binarised.labels)
+    read = []
+
+    def pieces_of_100_rows(_shard, _has_labels, start, stop):
+        """The file's rows, as views of ``binarised``: parsing costs seconds, and memory."""
+        for first in range(start, stop, 100):
+            read.append(piece := binarised.take(slice(first, min(first + 100, stop))))
+            yield piece
+
+    monkeypatch.setattr(shards_module, "read_chunks", pieces_of_100_rows)
+    eda_module.augment_preview(csv, tmp_path / "p.png", n=2, styles=0)
+    assert 0 < sum(map(len, read)) <= eda_module.PREVIEW_ROWS * 100
+    read.clear()
     tracemalloc.start()
     try:
-        eda_module.augment_preview(tmp_path / "binarised.csv", tmp_path / "p.png", n=2)
+        eda_module.augment_preview(csv, tmp_path / "p.png", n=2)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert peak < binarised.nbytes / 2
+    assert sum(map(len, read)) > len(binarised)  # every label, then the rows shown
+    assert peak < binarised.images.nbytes / 2, peak
+
+
+def test_augment_preview_shows_the_rows_it_showed_when_it_held_them_all(
+    tmp_path, small_train, monkeypatch
+):
+    """Read a piece at a time, a seed draws the same rows as when the file was held whole, the
+    1 and the 7 put in where the styles draw on them included."""
+    shown = []
+    monkeypatch.setattr(eda_module, "plot_gallery", lambda tiles, *_, **__: shown.append(tiles))
+    csv = tmp_path / "train.csv"
+    write_kaggle_csv(csv, small_train.images[:300], small_train.labels[:300])
+    for seed, styles, rows in ((0, 0.3, [15, 152, 252, 189]), (0, 0.0, [80, 152, 252, 189]),
+                               (2, 0.3, [38, 248, 32, 77])):  # fmt: skip
+        eda_module.augment_preview(csv, tmp_path / "p.png", n=2, seed=seed, styles=styles)
+        np.testing.assert_array_equal(shown[-1][::3], small_train.images[rows])
 
 
 def test_report_command_with_data_and_without(tmp_path, tiny_run, small_test):

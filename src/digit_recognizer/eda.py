@@ -19,6 +19,13 @@ from digit_recognizer.config import load_config
 from digit_recognizer.data.augment import augment_batch
 from digit_recognizer.data.images import faint_to_full_ink
 from digit_recognizer.data.kaggle_csv import DigitSet, count_classes
+from digit_recognizer.data.shards import (
+    concat_rows,
+    is_read_once,
+    read_data_source,
+    read_rows,
+    resolve_data_source,
+)
 from digit_recognizer.data.splits import check_seed
 from digit_recognizer.data.stream import read_all_rows
 from digit_recognizer.data.tensors import to_model_input, to_uint8_images
@@ -288,24 +295,14 @@ def augment_preview(
     # Checked as training's flags, and named so: Augmentation's own errors had said elastic_px.
     settings = {"augment": augment, "elastic": elastic, "stroke": stroke, "styles": styles}
     augmentation = load_config(TrainConfig, None, settings).augmentation()
-    data = read_all_rows(Path(csv_path))
     generator = torch.Generator().manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    shown = rng.choice(len(data), size=min(PREVIEW_ROWS, len(data)), replace=False)
-    if data.labels is not None and augmentation.styles > 0:
-        # A 1 and a 7 among them, the digits the styles draw on (else they may not show at all).
-        for digit in (1, 7):
-            candidates = np.flatnonzero(data.labels == digit)
-            free = np.flatnonzero(~np.isin(data.labels[shown], (1, 7)))  # slots to give up
-            if len(candidates) and len(free) and digit not in data.labels[shown]:
-                shown[free[0]] = rng.choice(candidates)
-    # Faint rows (0/1, 0-16) at full ink, as training augments them: else black tiles. The
-    # shown rows alone: all of a binarised file's had been copied to show four.
-    originals = _drawable(data.images[shown])
+    shown = _preview_rows(Path(csv_path), np.random.default_rng(seed), augmentation.styles > 0)
+    # Faint rows (0/1, 0-16) at full ink, as training augments them: else black tiles.
+    originals = _drawable(shown.images)
     x = to_model_input(torch.as_tensor(originals).repeat_interleave(n, 0), channels_last=False)
     labels = None
-    if data.labels is not None:
-        labels = torch.as_tensor(data.labels[shown]).repeat_interleave(n, 0)
+    if shown.labels is not None:
+        labels = torch.as_tensor(shown.labels).repeat_interleave(n, 0)
     augmented = augment_batch(x, augmentation, generator, labels)
     augmented = to_uint8_images(augmented).reshape(-1, n, 28, 28)
     tiles = np.concatenate([originals[:, None], augmented], axis=1).reshape(-1, 28, 28)
@@ -320,3 +317,39 @@ def augment_preview(
         title += f", styles {a.styles:.0%}"
     plot_gallery(tiles, titles, Path(out_path), columns=n + 1, title=title)
     return Path(out_path)
+
+
+def _preview_rows(source: Path, rng: np.random.Generator, styles: bool) -> DigitSet:
+    """The rows augment-preview shows: PREVIEW_ROWS drawn from all of ``source``'s, with a 1
+    and a 7 among them where the ``styles`` are drawn on a labelled file (they draw on those
+    digits alone, which four random rows often lack).
+
+    Read a piece at a time: every row's label where a 1 and a 7 are sought, then the images of
+    the rows shown alone (all of a file's had been held to show four). A pipe, which can be
+    read only once, is read whole.
+    """
+    if is_read_once(source):
+        data = read_data_source(source)
+        return data.take(_choose_preview_rows(len(data), data.labels if styles else None, rng))
+    manifest = resolve_data_source(source)
+    labels = None
+    if manifest.has_labels and styles:
+        pieces = read_rows(manifest, 0, manifest.n_rows)
+        labels = np.concatenate([piece.labels for piece in pieces])
+    rows = _choose_preview_rows(manifest.n_rows, labels, rng)
+    return concat_rows([piece for row in rows for piece in read_rows(manifest, row, row + 1)])
+
+
+def _choose_preview_rows(
+    n_rows: int, labels: NDArray[np.int64] | None, rng: np.random.Generator
+) -> NDArray[np.int64]:
+    """PREVIEW_ROWS of ``n_rows`` at random; where ``labels`` are given, a 1 and a 7 among them
+    (each in the place of a row that is neither), where the file has them."""
+    shown = rng.choice(n_rows, size=min(PREVIEW_ROWS, n_rows), replace=False)
+    if labels is not None:
+        for digit in (1, 7):
+            candidates = np.flatnonzero(labels == digit)
+            free = np.flatnonzero(~np.isin(labels[shown], (1, 7)))  # slots to give up
+            if len(candidates) and len(free) and digit not in labels[shown]:
+                shown[free[0]] = rng.choice(candidates)
+    return shown
