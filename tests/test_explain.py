@@ -182,7 +182,7 @@ def test_explain_an_image_file(tiny_run, small_test, tmp_path):
     Image.fromarray(255 - np.kron(small_test.images[3], np.ones((4, 4), np.uint8))).save(photo)
     result = runner.invoke(app, ["explain", str(run_dir), str(photo)])
     assert result.exit_code == 0, result.output
-    assert (run_dir / "explain-my digit.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (run_dir / "explain-my digit-png.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     predicted = int(result.output.split("predicted ")[1].split()[0])
     assert predicted == Predictor.load([run_dir]).predict(load_image(photo)[None])[0]
     wrong = runner.invoke(app, ["explain", str(run_dir), str(photo), "--index", "0"])
@@ -191,6 +191,23 @@ def test_explain_an_image_file(tiny_run, small_test, tmp_path):
     as_is = runner.invoke(app, ["explain", str(run_dir), str(photo), "--as-is"])
     assert as_is.exit_code == 1
     assert f"{photo}: --as-is takes a CSV's rows in their own layout" in as_is.output
+
+
+def test_explain_names_the_figures_of_two_images_of_one_name_apart(tiny_run, small_test, tmp_path):
+    """photo.png and photo.jpg had both been drawn to RUN_DIR/explain-photo.png, the second
+    over the first."""
+    run_dir = shutil.copytree(tiny_run, tmp_path / "run")
+    written = {}
+    for suffix, row in ((".png", 3), (".jpg", 4)):
+        photo = tmp_path / f"photo{suffix}"  # a white sheet, as a scan or a photo is
+        digit = 255 - np.kron(small_test.images[row], np.ones((4, 4), np.uint8))
+        Image.fromarray(digit).save(photo)
+        result = runner.invoke(app, ["explain", str(run_dir), str(photo)])
+        assert result.exit_code == 0, result.output
+        written[suffix] = run_dir / f"explain-photo-{suffix[1:]}.png"
+        assert result.output.rstrip().endswith(f" -> {written[suffix]}")
+    assert written[".png"].read_bytes() != written[".jpg"].read_bytes()
+    assert explanation_path(run_dir, tmp_path / "photo", None).name == "explain-photo.png"
 
 
 def test_explain_names_its_figure_after_the_csv_and_row(tiny_run, small_test, tmp_path):

@@ -317,11 +317,12 @@ def check_explanation_path(out: Path, source: Path) -> None:
 
 
 def explanation_path(run_dir: Path, source: Path, index: int | None) -> Path:
-    """Where `digits explain` draws without --out: RUN_DIR/explain-NAME.png for an image
-    NAME.ext, RUN_DIR/explain-NAME-rowINDEX.png for row INDEX of NAME.csv (or of the shard
-    directory NAME, a glob's wildcards written as _): row 3 of two CSVs are two figures."""
+    """Where `digits explain` draws without --out: RUN_DIR/explain-NAME-EXT.png for an image
+    NAME.EXT (photo.png and photo.jpg are two figures), RUN_DIR/explain-NAME-rowINDEX.png for
+    row INDEX of NAME.csv (or of the shard directory NAME, a glob's wildcards written as _):
+    row 3 of two CSVs are two figures."""
     if index is None:
-        return run_dir / f"explain-{source.stem}.png"
+        return run_dir / f"explain-{source.stem}{source.suffix.replace('.', '-')}.png"
     named = source.parent if source.name == MANIFEST_FILE else source
     name = named.resolve().name if named.is_dir() else re.sub(r"[*?[\]]", "_", named.stem)
     return run_dir / f"explain-{name}-row{index}.png"
