@@ -182,7 +182,7 @@ def test_explain_an_image_file(tiny_run, small_test, tmp_path):
     Image.fromarray(255 - np.kron(small_test.images[3], np.ones((4, 4), np.uint8))).save(photo)
     result = runner.invoke(app, ["explain", str(run_dir), str(photo)])
     assert result.exit_code == 0, result.output
-    assert (run_dir / "explain-my digit-png.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (run_dir / "explain-my_digit-png.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     predicted = int(result.output.split("predicted ")[1].split()[0])
     assert predicted == Predictor.load([run_dir]).predict(load_image(photo)[None])[0]
     wrong = runner.invoke(app, ["explain", str(run_dir), str(photo), "--index", "0"])
@@ -227,6 +227,35 @@ def test_explain_names_its_figure_after_the_csv_and_row(tiny_run, small_test, tm
         run_dir / "explain-shards-row3.png"
     )
     assert explanation_path(run_dir, tmp_path / "part-*.csv", 0).name == "explain-part-_-row0.png"
+
+
+def test_explain_names_a_figure_with_no_character_a_shell_or_a_glob_reads(tmp_path):
+    """A CSV's name with a space, a quote or a glob's wildcard had gone into the figure's
+    (explain-my digits-row3.png, one to quote in a shell); the glob of a directory's CSVs had
+    been drawn to explain-_-row3.png, a name of nothing."""
+    run_dir = tmp_path / "run"
+    named = {
+        "my digits.csv": "explain-my_digits-row3.png",
+        "it's.csv": "explain-it_s-row3.png",
+        'say "3".csv': "explain-say_3_-row3.png",
+        "a*b.csv": "explain-a_b-row3.png",
+        "scan [1].csv": "explain-scan_1_-row3.png",
+        "-.csv": "explain---row3.png",
+        "données.csv": "explain-données-row3.png",
+        "part-*.csv": "explain-part-_-row3.png",
+        "*.csv": "explain-kaggle-row3.png",  # a glob of the folder's CSVs: named after it
+    }
+    folder = tmp_path / "kaggle"
+    folder.mkdir()
+    for source, figure in named.items():
+        assert explanation_path(run_dir, folder / source, 3) == run_dir / figure
+    (folder / "my digits").mkdir()  # a shard directory
+    assert explanation_path(run_dir, folder / "my digits" / "manifest.json", 3).name == (
+        "explain-my_digits-row3.png"
+    )
+    assert explanation_path(run_dir, folder / "my digit.png", None).name == (
+        "explain-my_digit-png.png"
+    )
 
 
 def test_explain_sees_a_csv_row_as_predict_does(tiny_run, small_test, tmp_path):

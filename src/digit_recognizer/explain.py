@@ -42,7 +42,7 @@ from digit_recognizer.data.shards import (
 from digit_recognizer.data.tensors import to_model_input
 from digit_recognizer.errors import ConfigError, DataError, OutputError
 from digit_recognizer.evaluate import figure_kind, save_figure
-from digit_recognizer.fileio import check_can_write, refuse_special_file
+from digit_recognizer.fileio import check_can_write, is_glob, refuse_special_file
 from digit_recognizer.models.storage import load_net
 from digit_recognizer.predict import (
     PredictConfig,
@@ -319,13 +319,22 @@ def check_explanation_path(out: Path, source: Path) -> None:
 def explanation_path(run_dir: Path, source: Path, index: int | None) -> Path:
     """Where `digits explain` draws without --out: RUN_DIR/explain-NAME-EXT.png for an image
     NAME.EXT (photo.png and photo.jpg are two figures), RUN_DIR/explain-NAME-rowINDEX.png for
-    row INDEX of NAME.csv (or of the shard directory NAME, a glob's wildcards written as _):
-    row 3 of two CSVs are two figures."""
+    row INDEX of NAME.csv, of the shard directory NAME, or of a glob of directory NAME's CSVs
+    whose pattern is wildcards alone ('NAME/*.csv'): row 3 of two CSVs are two figures. In
+    NAME each run of characters other than letters, digits, ``.``, ``-`` and ``_`` (spaces,
+    quotes, a glob's wildcards) is written as one ``_``: the path is typed in a shell unquoted,
+    and no command reads it as a glob."""
     if index is None:
-        return run_dir / f"explain-{source.stem}{source.suffix.replace('.', '-')}.png"
+        return run_dir / f"explain-{_safe_name(source.stem + source.suffix.replace('.', '-'))}.png"
     named = source.parent if source.name == MANIFEST_FILE else source
-    name = named.resolve().name if named.is_dir() else re.sub(r"[*?[\]]", "_", named.stem)
+    name = _safe_name(named.resolve().name if named.is_dir() else named.stem)
+    if is_glob(named) and not any(char.isalnum() for char in name):  # "data/*.csv": "data"
+        name = _safe_name(named.parent.resolve().name)
     return run_dir / f"explain-{name}-row{index}.png"
+
+
+def _safe_name(name: str) -> str:
+    return re.sub(r"[^\w.-]+", "_", name)
 
 
 def _first_rows_and_row(source: Path, index: int | None) -> tuple[DigitSet, DigitSet]:
