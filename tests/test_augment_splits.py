@@ -252,6 +252,19 @@ def test_a_negative_range_is_refused_naming_it(field):
         Augmentation(**{field: -0.3})
 
 
+@pytest.mark.parametrize(
+    ("field", "limit"), [("rotation_deg", 180), ("translate_px", 28), ("elastic_px", 28)]
+)
+def test_a_range_past_what_the_frame_holds_is_refused_naming_it(field, limit):
+    # Built from Python, elastic_px 1e38 or rotation_deg 1e300 had drawn NaN images, and a shift
+    # or distortion past the frame's 28 px moves the digit clean off it.
+    assert getattr(Augmentation(**{field: limit}), field) == limit
+    with pytest.raises(ConfigError, match=rf"^{field} must be in \[0, {limit}\] \(.*got 1e\+38$"):
+        Augmentation(**{field: 1e38})
+    with pytest.raises(ConfigError, match=rf"^{field} must be in \[0, {limit}\]"):
+        Augmentation(**{field: limit + 0.5})
+
+
 def test_scaled_multiplies_every_range_and_keeps_the_elastic_grid():
     halved = Augmentation(elastic_px=2.0, elastic_cells=8).scaled(0.5)
     assert halved == Augmentation(rotation_deg=6.0, scale=0.06, shear=0.075, translate_px=1.25,

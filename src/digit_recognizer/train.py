@@ -41,7 +41,7 @@ from digit_recognizer.checkpoint import (
     write_history,
 )
 from digit_recognizer.config import check_fields
-from digit_recognizer.data.augment import Augmentation, augment_batch
+from digit_recognizer.data.augment import MAX_DISPLACEMENT_PX, Augmentation, augment_batch
 from digit_recognizer.data.images import check_digits, faint_to_full_ink
 from digit_recognizer.data.kaggle_csv import DigitSet, count_classes
 from digit_recognizer.data.shards import Manifest
@@ -157,9 +157,13 @@ class TrainConfig:
             ("lr", self.peak_lr() > 0, "must be > 0"),
             ("valid_size", 0 <= self.valid_size < 1, "must be in [0, 1)"),
             ("augment", self.augment >= 0, "must be >= 0"),
-            # A displacement's std in pixels: past the image's 28 the digits are moved off it,
-            # and from 1e38 the field overflowed into NaN images, a run "diverged" at any --lr.
-            ("elastic", 0 <= self.elastic <= 28, "must be in [0, 28] (pixels: the image's size)"),
+            # Augmentation's bound on the distortion it draws (elastic_px; why, there), checked
+            # on the flag too so that its message names the flag.
+            (
+                "elastic",
+                0 <= self.elastic <= MAX_DISPLACEMENT_PX,
+                f"must be in [0, {MAX_DISPLACEMENT_PX}] (pixels: the image's size)",
+            ),
             ("stroke", 0 <= self.stroke <= 1, "must be in [0, 1]"),
             ("styles", 0 <= self.styles <= 1, "must be in [0, 1]"),
             (

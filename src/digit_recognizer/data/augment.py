@@ -18,7 +18,16 @@ from dataclasses import astuple, dataclass, fields
 import torch
 import torch.nn.functional as F
 
+from digit_recognizer.data.images import SIZE
 from digit_recognizer.errors import ConfigError
+
+# A displacement's range in pixels (translate_px, elastic_px): past the frame's side (MNIST's 28)
+# a draw near the range's end moves the digit clean off the frame, and elastic_px from 1e38 had
+# overflowed float32 into NaN images.
+MAX_DISPLACEMENT_PX = SIZE
+# Past a half turn each way a rotation range holds every turn already; from 1e300 degrees its
+# angle had overflowed float32 into NaN images.
+MAX_ROTATION_DEG = 180
 
 
 @dataclass(frozen=True)
@@ -78,6 +87,16 @@ class Augmentation:
         for field, value in zip(fields(self), astuple(self), strict=True):
             if value < 0:
                 raise ConfigError(f"{field.name} must be >= 0, got {value}")
+        limits = {
+            "rotation_deg": (MAX_ROTATION_DEG, "degrees: a half turn each way"),
+            "translate_px": (MAX_DISPLACEMENT_PX, "pixels: the frame's side"),
+            "elastic_px": (MAX_DISPLACEMENT_PX, "pixels: the frame's side"),
+        }
+        for name, (limit, unit) in limits.items():
+            if getattr(self, name) > limit:
+                raise ConfigError(
+                    f"{name} must be in [0, {limit}] ({unit}), got {getattr(self, name)}"
+                )
 
     def max_strength(self) -> float:
         """The strength ``scaled`` accepts up to (excluded): the contrast or zoom range's 1."""
