@@ -143,12 +143,16 @@ def test_net_classifier_sets_the_nets_widths_dropout_ema_and_amp(tmp_path, small
 def test_net_classifier_sets_the_training_recipe_that_digits_train_does(
     tmp_path, small_train, monkeypatch
 ):
-    """momentum, warmup and the elastic, stroke and styles augmentations had no parameter: a net
-    could not be fitted from Python with the recipe `digits train` sets by flag or config."""
+    """momentum, warmup, the schedules' decay settings, target_accuracy and the elastic, stroke
+    and styles augmentations had no parameter: a net could not be fitted from Python with the
+    recipe `digits train` sets by flag or config."""
     from digit_recognizer import estimator as estimator_module
 
-    recipe = {"momentum": 0.8, "warmup": 0.3, "elastic": 1.5, "stroke": 0.4, "styles": 0.2}
-    net = NetClassifier("mlp", **recipe, epochs=1, batch_size=64, valid_size=0,
+    recipe = {"momentum": 0.8, "warmup": 0.3, "lr_decay": 0.7, "plateau_factor": 0.3,
+              "plateau_patience": 2, "target_accuracy": 0.995, "elastic": 1.5, "stroke": 0.4,
+              "styles": 0.2}  # fmt: skip
+    # target_accuracy acts on validation accuracy: a validation set, a share of 160 rows.
+    net = NetClassifier("mlp", **recipe, epochs=1, batch_size=64, valid_size=0.2,
                         run_dir=tmp_path / "run")  # fmt: skip
     assert clone(net).get_params() == net.get_params()
     real_train, trained_with = estimator_module.train, []
@@ -158,7 +162,7 @@ def test_net_classifier_sets_the_training_recipe_that_digits_train_does(
         return real_train(config, train_set, valid_set, run_dir)
 
     monkeypatch.setattr(estimator_module, "train", recording_train)
-    net.fit(small_train.images[:64], small_train.labels[:64])
+    net.fit(small_train.images[:160], small_train.labels[:160])
     assert {key: getattr(trained_with[0], key) for key in recipe} == recipe
     assert {key: net.config_[key] for key in recipe} == recipe
     # A run loaded from its directory refits with the recipe it recorded.

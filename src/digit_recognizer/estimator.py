@@ -57,8 +57,9 @@ log = logging.getLogger(__name__)
 # NetClassifier parameters that are TrainConfig keys; None means TrainConfig's default.
 TRAIN_KEYS = (
     "widths", "dropout", "epochs", "time_budget_s", "batch_size", "optimizer", "lr", "momentum",
-    "weight_decay", "schedule", "warmup", "label_smoothing", "ema_decay", "augment", "elastic",
-    "stroke", "styles", "valid_size", "patience", "seed", "device", "amp",
+    "weight_decay", "schedule", "warmup", "lr_decay", "plateau_factor", "plateau_patience",
+    "label_smoothing", "ema_decay", "augment", "elastic", "stroke", "styles", "valid_size",
+    "patience", "target_accuracy", "seed", "device", "amp",
 )  # fmt: skip
 
 
@@ -75,9 +76,11 @@ class NetClassifier(ClassifierMixin, BaseEstimator):
     model : str, default="cnn"
         Registry name of a net (``digits models``).
     widths, dropout, epochs, time_budget_s, batch_size, optimizer, lr, momentum, weight_decay, \
-schedule, warmup, label_smoothing, ema_decay, augment, elastic, stroke, styles, valid_size, \
-patience, seed, device, amp : optional
-        ``TrainConfig`` keys, as `digits train`'s flags; ``None`` keeps the recipe default.
+schedule, warmup, lr_decay, plateau_factor, plateau_patience, label_smoothing, ema_decay, \
+augment, elastic, stroke, styles, valid_size, patience, target_accuracy, seed, device, amp : \
+optional
+        ``TrainConfig`` keys, as `digits train` takes them (flags or config.toml); ``None`` keeps
+        the recipe default.
         ``valid_size`` is carved out of the data given to ``fit`` for validation (and the best
         epoch, where one is picked). ``amp`` and ``device`` hold for ``predict`` too.
     run_dir : str or Path, optional
@@ -105,11 +108,13 @@ patience, seed, device, amp : optional
         time_budget_s: float | None = None, batch_size: int | None = None,
         optimizer: str | None = None, lr: float | None = None, momentum: float | None = None,
         weight_decay: float | None = None, schedule: str | None = None,
-        warmup: float | None = None, label_smoothing: float | None = None,
+        warmup: float | None = None, lr_decay: float | None = None,
+        plateau_factor: float | None = None, plateau_patience: int | None = None,
+        label_smoothing: float | None = None,
         ema_decay: float | None = None, augment: float | None = None,
         elastic: float | None = None, stroke: float | None = None, styles: float | None = None,
-        valid_size: float | None = None,
-        patience: int | None = None, seed: int | None = None, device: str | None = None,
+        valid_size: float | None = None, patience: int | None = None,
+        target_accuracy: float | None = None, seed: int | None = None, device: str | None = None,
         amp: bool | None = None, run_dir: str | Path | None = None,
     ) -> None:  # fmt: skip
         self.model = model
@@ -124,6 +129,9 @@ patience, seed, device, amp : optional
         self.weight_decay = weight_decay
         self.schedule = schedule
         self.warmup = warmup
+        self.lr_decay = lr_decay
+        self.plateau_factor = plateau_factor
+        self.plateau_patience = plateau_patience
         self.label_smoothing = label_smoothing
         self.ema_decay = ema_decay
         self.augment = augment
@@ -132,6 +140,7 @@ patience, seed, device, amp : optional
         self.styles = styles
         self.valid_size = valid_size
         self.patience = patience
+        self.target_accuracy = target_accuracy
         self.seed = seed
         self.device = device
         self.amp = amp
@@ -262,8 +271,8 @@ def load_estimator(run_dir: str | Path) -> NetClassifier | Pipeline:
     """Load what ``save_estimator`` (or ``digits train``) wrote, ready to predict.
 
     A ``digits train`` run's ``config_`` is its config.toml, and its parameters the keys of it
-    that NetClassifier takes (TRAIN_KEYS): a clone refits with those, the rest (the schedules'
-    decay factors, channels_last, compile, ...) at TrainConfig's defaults."""
+    that NetClassifier takes (TRAIN_KEYS): a clone refits with those, the rest (channels_last,
+    compile, ...) at TrainConfig's defaults."""
     run_dir = Path(run_dir)
     if is_pipeline(read_meta(run_dir)):
         return load_pipeline(run_dir)[0]
