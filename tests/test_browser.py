@@ -8,18 +8,17 @@ from __future__ import annotations
 
 import re
 import shutil
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import uvicorn
 from PIL import Image, ImageDraw
 
-from digit_recognizer.serve import ServeConfig, create_app
-from tests.conftest import free_port
+from digit_recognizer.serve import ServeConfig
+from digit_recognizer.serve.app import load_served_model
 from tests.test_images import drawing
+from tests.test_serve import served
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -42,20 +41,11 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not 
 
 @pytest.fixture(scope="module")
 def server_url(tiny_run: Path) -> Iterator[str]:
-    """``digits serve`` on 127.0.0.1 and a free port, in a thread, for this module."""
-    port = free_port()
-    app = create_app(tiny_run, ServeConfig(port=port))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            pytest.fail("the server did not start")
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    """The tiny run served as ``digits serve`` serves it (the model loaded first, then
+    ``make_server``'s uvicorn) on 127.0.0.1 and a free port, in a thread, for this module."""
+    config = ServeConfig()
+    with served(tiny_run, config, load_served_model(tiny_run, config)) as port:
+        yield f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture(scope="module")
