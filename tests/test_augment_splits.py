@@ -36,6 +36,24 @@ def test_augment_keeps_shape_range_and_is_seeded(small_train):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_a_half_precision_batch_laid_out_image_innermost_is_augmented_as_a_contiguous_one(
+    small_train, dtype
+):
+    # As a Fortran-ordered numpy array arrives (pandas' .values): CPU grid_sample had read such
+    # a bfloat16 or float16 batch into NaN or other pixels' values.
+    images = np.asfortranarray(small_train.images[:64])
+    x = to_model_input(torch.from_numpy(images), channels_last=False).to(dtype)
+    assert x.stride()[0] == 1
+    labels = torch.as_tensor(small_train.labels[:64])
+    every_transform = Augmentation(elastic_px=1.5, styles=1.0)
+    strided = augment_batch(x, every_transform, torch.Generator().manual_seed(0), labels)
+    contiguous = augment_batch(
+        x.contiguous(), every_transform, torch.Generator().manual_seed(0), labels
+    )
+    assert torch.equal(strided, contiguous)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_augment_keeps_a_half_precision_batch_in_its_dtype(small_train, dtype):
     # The contrast and stroke factors, drawn in float32, had promoted the batch to float32.
     x = to_model_input(torch.as_tensor(small_train.images[:64]), channels_last=False)

@@ -178,7 +178,10 @@ def augment_batch(
         grid = grid + elastic_displacement(
             n_images, height, width, augmentation, generator, images.device
         ).to(images.dtype)
-    warped = F.grid_sample(images, grid, align_corners=False, padding_mode="zeros")
+    # Made contiguous: torch's CPU grid_sample reads a bfloat16 or float16 batch laid out image
+    # index innermost (an F-ordered numpy array's strides, kept by .float() and .to()) wrongly,
+    # into NaN or other pixels' values (torch 2.13); float32 and contiguous batches read right.
+    warped = F.grid_sample(images.contiguous(), grid, align_corners=False, padding_mode="zeros")
     if augmentation.stroke > 0:
         warped = change_stroke_width(warped, uniform(n_images, 1, 1, 1) * augmentation.stroke)
     darkness = 1 + uniform(n_images, 1, 1, 1) * augmentation.contrast
