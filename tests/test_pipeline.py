@@ -531,6 +531,37 @@ def test_a_validation_shard_lacking_digits_is_warned_of_and_named_in_the_report(
     assert "validation: the last shard" in caplog.text and "holds no" not in caplog.text
 
 
+def test_a_digit_the_source_lacks_is_not_blamed_on_the_order_of_its_rows(
+    tmp_path, small_train, caplog
+):
+    """A source with no 9 at all had been asked of its validation shard's missing 9s "rows in
+    label order?", and told to shuffle them: training warns of a digit no row holds, and the
+    hint names the digits the training shards hold, streamed or (an expansion's) in memory."""
+    from digit_recognizer.data.shards import expand
+    from digit_recognizer.pipeline import training_data
+
+    some = small_train.take(slice(1000))
+    kept = some.labels != 9
+    order = np.argsort(some.labels[kept], kind="stable")
+    streamed = TrainConfig(**TINY_RECIPE | {"max_memory_gb": 1e-6})
+    for name, rows in (("shuffled", slice(None)), ("ordered", order)):
+        csv = tmp_path / f"{name}.csv"
+        write_kaggle_csv(csv, some.images[kept][rows], some.labels[kept][rows])
+        shard_csv(csv, tmp_path / name, parts=10)
+        caplog.clear()
+        with caplog.at_level("INFO", logger="digit_recognizer"):
+            valid_set = training_data(streamed, tmp_path / name).valid
+        lacking = sorted(set(range(8)) - set(valid_set.labels.tolist()))
+        assert 9 not in valid_set.labels and bool(lacking) == (name == "ordered")
+        hint = f"holds no {', '.join(map(str, lacking))}: rows in label order?"
+        assert ("holds no" in caplog.text, hint in caplog.text) == (bool(lacking),) * 2, name
+    expand(tmp_path / "shuffled.csv", tmp_path / "expanded", copies=1, parts=1, valid_size=0.1)
+    caplog.clear()
+    with caplog.at_level("INFO", logger="digit_recognizer"):
+        training_data(TrainConfig(**TINY_RECIPE | {"augment": 0}), tmp_path / "expanded")
+    assert "validation: the last shard" in caplog.text and "holds no" not in caplog.text
+
+
 def test_a_resumed_ensemble_no_longer_claims_its_earlier_test_score(tmp_path, small_csvs):
     configs = [TrainConfig(**TINY_RECIPE | {"seed": seed, "epochs": 1}) for seed in (1, 2)]
     train_jobs(configs, small_csvs["train"], tmp_path)

@@ -157,16 +157,25 @@ def training_data(config: TrainConfig, source: Path) -> TrainingData:
     )
     valid_shard = replace(manifest, shards=manifest.shards[-1:])
     valid_set = ink_as_predicted(read_shards(valid_shard), source, is_expansion)
-    _check_digits_validated(valid_set, last.path, source)
+    trained_counts = (count_classes(train_set.labels) if isinstance(train_set, DigitSet)
+                      else train_set.class_counts)  # fmt: skip
+    _check_digits_validated(valid_set, trained_counts, last.path, source)
     return TrainingData(train_set, valid_set, f"last shard, {last.path}",
                         SourceRows(last.path, np.arange(len(valid_set))))  # fmt: skip
 
 
-def _check_digits_validated(valid_set: DigitSet, shard: Path, source: Path) -> None:
-    """Warn if the validation shard lacks digits: rows sorted by label before sharding leave
-    one or two digits in the last shard, whose accuracy then speaks of those alone (and
-    those rows do not train)."""
-    missing = missing_digits(count_classes(valid_set.labels))
+def _check_digits_validated(
+    valid_set: DigitSet, trained_counts: list[int] | None, shard: Path, source: Path
+) -> None:
+    """Warn if the validation shard lacks digits the training shards hold (``trained_counts``;
+    None: not known, every digit it lacks): rows sorted by label before sharding leave one or
+    two digits in the last shard, whose accuracy then speaks of those alone (and those rows do
+    not train). A digit the source has no row of is training's warning, not a matter of order."""
+    missing = [
+        digit
+        for digit in missing_digits(count_classes(valid_set.labels))
+        if trained_counts is None or trained_counts[digit]
+    ]
     if missing:
         log.warning("%s: its validation shard, %s, holds no %s: rows in label order? Its "
                     "accuracy says nothing of those digits, and its rows do not train; shuffle "
