@@ -467,6 +467,24 @@ def test_a_training_setting_out_of_range_is_refused_alike_as_a_flag_or_a_toml_ke
     assert [path.name for path in tmp_path.iterdir()] == ["recipe.toml"]  # nothing read
 
 
+@pytest.mark.parametrize(
+    ("command", "flag", "value"),
+    [("train", "--nproc", 0), ("run", "--nproc", -2), ("predict", "--nproc", 0),
+     ("train", "--jobs", 0), ("run", "--jobs", -1), ("run", "--patience", -1)],
+)  # fmt: skip
+def test_a_count_out_of_range_is_the_commands_error_naming_its_flag(tmp_path, command, flag, value):
+    """--nproc and --patience had kept typer's minimum, a usage error (exit 2) in its words
+    ("Invalid value for '--nproc': 0 is not in the range x>=1") where every other range is the
+    command's error, naming the flag, "must be ..., got X"; before any file is read."""
+    before = {"train": ("--train", tmp_path / "train.csv"), "run": (),
+              "predict": (tmp_path / "run", tmp_path / "test.csv")}[command]  # fmt: skip
+    result = invoke(command, *before, flag, value)
+    # (stripped: --jobs is refused once the progress bar has started, which leaves a blank line)
+    refused = f"error: {flag} must be >= 1, got {value}"
+    assert (result.exit_code, result.output.strip()) == (1, refused)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_augment_preview_draws_at_most_40_augmentations_an_image(tmp_path):
     """--n 300 had taken minutes to draw a PNG 33,000 pixels wide; past 40 it is refused
     before the file is read."""
@@ -517,9 +535,7 @@ def test_an_output_that_cannot_be_written_is_one_line_too(tmp_path, tiny_run, sm
     assert model_json.read_text() == '{"model": "cnn"}\n'
     # The refused writes leave no temporary file behind (the first one was written in full).
     assert not list(tmp_path.parent.glob(f".{tmp_path.name}.*.tmp"))
-    # Numbers out of range are refused before anything runs: a usage error where typer alone
-    # checks the flag, the command's own error where its settings check it.
-    assert invoke("train", "--train", small_csvs["train"], "--nproc", "0").exit_code == 2
+    # Numbers out of range are refused before anything runs, the command's own error.
     assert invoke("data", "kaggle", tmp_path / "k", "--seed", "-3").exit_code == 1
     assert not (tmp_path / "k").exists()
 
@@ -753,8 +769,14 @@ def test_a_tomls_or_presets_patience_is_turned_off_by_patience_0(tmp_path, small
                         "--out", tmp_path / "run", *flags)  # fmt: skip
         assert result.exit_code == 0, result.output
     assert patiences == [3, None, 2, 3, None]
+    # Below 0, refused as TrainConfig refuses it in a TOML (typer's usage error had said it).
+    refused = "patience must be >= 1, got -1\n"
     result = invoke("train", "--train", small_csvs["train"], "--patience", "-1")
-    assert result.exit_code == 2 and "Invalid value for '--patience'" in result.output
+    assert (result.exit_code, result.output) == (1, f"error: --{refused}")
+    toml.write_text("patience = -1\n")
+    result = invoke("train", "--train", small_csvs["train"], "--config", toml)
+    assert (result.exit_code, result.output) == (1, f"error: {toml}: {refused}")
+    assert len(patiences) == 5  # nothing trained for the refused
 
 
 def test_settings_once_only_in_a_toml_have_flags_checked_as_the_tomls(

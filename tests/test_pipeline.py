@@ -193,7 +193,7 @@ def test_run_job_argument_errors(tmp_path, small_csvs):
         run_job(TrainConfig(), small_csvs["train"], bad_test, run_dir=tmp_path / "run")
     assert not (tmp_path / "run").exists()
     # --jobs 0 had trained the ensemble's members one after another, without a word.
-    with pytest.raises(ConfigError, match="--jobs must be >= 1: 0"):
+    with pytest.raises(ConfigError, match="--jobs must be >= 1, got 0"):
         pipeline.members_at_once([TrainConfig(seed=1), TrainConfig(seed=2)], 0)
 
 

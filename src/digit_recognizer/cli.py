@@ -281,7 +281,6 @@ ChannelsLast = Annotated[
 Patience = Annotated[
     int | None,
     typer.Option(
-        min=0,
         callback=zero_as_none,
         help="Early-stopping patience in epochs; 0 = none. \\[default: none; seed: 5]",
     ),
@@ -309,7 +308,7 @@ Jobs = Annotated[
 ]
 TrainNproc = Annotated[
     int,
-    typer.Option("--nproc", min=1, help="Processes that train one model (DDP through torchrun)."),
+    typer.Option("--nproc", help="Processes that train one model (DDP through torchrun)."),
 ]
 MaxMemory = Annotated[
     float | None,
@@ -531,9 +530,7 @@ def predict(
     tta: Tta = None,
     as_is: ConfiguredAsIs = None,
     device: Device = None,
-    nproc: Annotated[
-        int, typer.Option(min=1, help="Processes (torchrun), each a share of the rows.")
-    ] = 1,
+    nproc: Annotated[int, typer.Option(help="Processes (torchrun), each a share of the rows.")] = 1,
     config_file: PredictConfigFile = None,
 ) -> None:
     """Write a Kaggle submission (ImageId,Label); several run directories form an ensemble."""
@@ -542,7 +539,7 @@ def predict(
 
     run_dirs, source = split_runs_and_csv(paths)
     config = predict_config(config_file, tta, as_is, device)
-    if nproc > 1:
+    if nproc != 1:  # 0 and less: refused there, as train and run refuse them
         predict_distributed(nproc, run_dirs, source, out, config)  # its rank 0 says what it wrote
         return
     n_rows = predict_source(run_dirs, source, out, config)

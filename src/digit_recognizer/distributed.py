@@ -49,6 +49,12 @@ def check_ddp_timeout(timeout_s: float) -> None:
                           f"{timeout_s}")  # fmt: skip
 
 
+def check_nproc(nproc: int) -> None:
+    """``ConfigError`` unless ``nproc`` (--nproc) is a number of processes: 1 at least."""
+    if nproc < 1:
+        raise ConfigError(f"--nproc must be >= 1, got {nproc}")
+
+
 @dataclass(frozen=True)
 class Distributed:
     """This process's place in a torchrun job (rank 0 of 1 when run alone)."""

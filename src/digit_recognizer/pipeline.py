@@ -50,7 +50,7 @@ from digit_recognizer.data.splits import (
     warn_shared_images,
 )
 from digit_recognizer.data.stream import check_rows_per_process
-from digit_recognizer.distributed import Distributed, run_torchrun
+from digit_recognizer.distributed import Distributed, check_nproc, run_torchrun
 from digit_recognizer.errors import ConfigError, DataError, ModelFileError
 from digit_recognizer.evaluate import (
     Metrics,
@@ -387,6 +387,7 @@ def train_jobs(
     unset, ``default_jobs`` decides (``members_at_once``).
     """
     parallel = members_at_once(configs, parallel)
+    check_nproc(nproc)
     if nproc > 1 and len(configs) > 1:
         raise ConfigError("--nproc trains one model in several processes, not an ensemble "
                           "(--preset best): --jobs trains its members side by side")  # fmt: skip
@@ -469,7 +470,7 @@ def members_at_once(configs: list[TrainConfig], parallel: int | None) -> int:
     for 5 shares the threads out between the 5 processes there can be)."""
     parallel = default_jobs(configs) if parallel is None else parallel
     if parallel < 1:
-        raise ConfigError(f"--jobs must be >= 1: {parallel}")
+        raise ConfigError(f"--jobs must be >= 1, got {parallel}")
     if len(configs) == 1 and parallel > 1:
         raise ConfigError("--jobs trains an ensemble's members side by side; one model trains "
                           "in one process (in several: --nproc)")  # fmt: skip
@@ -565,14 +566,15 @@ def run_job(
     if train_csv is not None and replica_seed is not None:
         raise ConfigError("--replica-seed builds a replica; --train and --test are files of "
                           "your own: give one or the other")  # fmt: skip
+    configs = [config] if isinstance(config, TrainConfig) else config
+    parallel = members_at_once(configs, parallel)  # before a replica is built
+    check_nproc(nproc)
     solution_csv = None
     if train_csv is None:
         check_seed(replica_seed or 0, "--replica-seed")
         files = cached_replica(replica_seed or 0, cache_dir)
         train_csv, test_csv, solution_csv = files.train, files.test, files.solution
-    configs = [config] if isinstance(config, TrainConfig) else config
     run_dir = run_dir or default_run_dir(configs[0].model)
-    parallel = members_at_once(configs, parallel)
     # Read before training, which can take an hour: a missing or malformed test file would
     # otherwise be found only once the models were trained. A piece at a time, and read again
     # to predict: its images had been held through training. A pipe can be read once: now.

@@ -47,6 +47,7 @@ from digit_recognizer.distributed import (
     Distributed,
     all_reduce,
     check_ddp_timeout,
+    check_nproc,
     init_distributed,
     run_torchrun,
 )
@@ -524,6 +525,7 @@ def predict_distributed(
     """Run `digits predict` in ``nproc`` processes on this machine through torchrun, each on a
     share of the rows (``predict_stream``). What can be checked before the launch is, rather
     than in every process amid torchrun's output."""
+    check_nproc(nproc)
     config = config or PredictConfig()
     check_data_source(source)
     check_submission_path(out, source)
