@@ -485,6 +485,24 @@ def test_a_count_out_of_range_is_the_commands_error_naming_its_flag(tmp_path, co
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_data_commands_count_out_of_range_is_its_own_error_naming_the_flag(tmp_path, small_csvs):
+    """`data shard --parts 0` and `data expand --copies 0` had been typer's usage error, where
+    `--parts 5000` (past the rows) was the command's, in other words."""
+    csv = small_csvs["train"]
+    for args, problem in [
+        (("shard", csv, tmp_path / "s", "--parts", "0"),
+         "--parts must be from 1 to the number of rows to shard (3,000), got 0"),
+        (("expand", csv, tmp_path / "e", "--copies", "0", "--parts", "1"),
+         "--copies must be >= 1, got 0"),
+        (("expand", csv, tmp_path / "e", "--copies", "1", "--parts", "-1", "--valid-size", "0"),
+         "--parts must be from 1 to the number of rows to shard (3,000: the 3,000 rows, times "
+         "--copies 1), got -1"),
+    ]:  # fmt: skip
+        result = invoke("data", *args)
+        assert (result.exit_code, result.output) == (1, f"error: {problem}\n"), args
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_augment_preview_draws_at_most_40_augmentations_an_image(tmp_path):
     """--n 300 had taken minutes to draw a PNG 33,000 pixels wide; past 40 it is refused
     before the file is read."""

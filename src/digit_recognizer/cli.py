@@ -899,7 +899,7 @@ ShardSource = Annotated[
     Path, typer.Argument(help="A Kaggle CSV, a shard directory, or a quoted glob of CSVs.")
 ]
 ShardOut = Annotated[Path, typer.Argument(help="Folder for the shards and manifest.json.")]
-Parts = Annotated[int, typer.Option(min=1, help="Number of shards to write.")]
+Parts = Annotated[int, typer.Option(help="Number of shards to write.")]
 
 
 def shards_written(manifest: Manifest) -> str:
@@ -921,9 +921,9 @@ def data_shard(csv: ShardSource, out_dir: ShardOut, parts: Parts) -> None:
 def data_expand(
     train_csv: ShardSource,
     out_dir: ShardOut,
-    copies: Annotated[int, typer.Option(min=1, help="Augmented copies of every image.")],
+    copies: Annotated[int, typer.Option(help="Augmented copies of every image.")],
     parts: Annotated[int, typer.Option(
-        min=1, help="Shards of augmented copies to write (the held-out images make one more).")],
+        help="Shards of augmented copies to write (the held-out images make one more).")],
     seed: Annotated[
         int, typer.Option(help="Seed of the augmentation and hold-out draws.")
     ] = 0,
