@@ -29,6 +29,7 @@ from digit_recognizer.data.shards import (
 from digit_recognizer.data.splits import check_seed
 from digit_recognizer.data.stream import read_all_rows
 from digit_recognizer.data.tensors import to_model_input, to_uint8_images
+from digit_recognizer.errors import ConfigError
 from digit_recognizer.evaluate import CLASSES, save_figure
 from digit_recognizer.fileio import make_dir, write_text
 from digit_recognizer.models.nets import MNIST_MEAN, MNIST_STD
@@ -44,6 +45,9 @@ from digit_recognizer.train import TrainConfig
 EDA_FILE = "eda.html"
 LABEL_FIGURES = ("label_distribution.png", "samples_per_class.png")  # a labelled file's alone
 PREVIEW_ROWS = 4  # augment-preview: this many source images, one per row
+# augment-preview: at most this many augmentations a row (--n 300 had taken minutes to draw a
+# PNG 33,000 pixels wide).
+MAX_PREVIEW_AUGMENTATIONS = 40
 
 
 # -- EDA -------------------------------------------------------------------------------------------
@@ -292,6 +296,8 @@ def augment_preview(
     where the CSV has labels.
     """
     check_seed(seed, "--seed")  # torch's generator had taken 2**32 and failed at 2**64
+    if not 1 <= n <= MAX_PREVIEW_AUGMENTATIONS:
+        raise ConfigError(f"--n must be from 1 to {MAX_PREVIEW_AUGMENTATIONS}, got {n}")
     # Checked as training's flags, and named so: Augmentation's own errors had said elastic_px.
     settings = {"augment": augment, "elastic": elastic, "stroke": stroke, "styles": styles}
     augmentation = load_config(TrainConfig, None, settings).augmentation()
