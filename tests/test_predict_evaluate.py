@@ -792,6 +792,35 @@ def test_predict_and_evaluate_read_a_config_file_that_flags_override(tmp_path, t
     assert result.exit_code == 1 and "did you mean 'batch_size'?" in result.output
 
 
+def test_predict_and_evaluate_take_batch_size_and_amp_flags_over_the_toml(
+    tmp_path, small_csvs, monkeypatch
+):
+    """batch_size and amp had been set by a --config TOML alone: predict and evaluate take
+    --batch-size and --amp/--no-amp, as train does, over the TOML's, refused in its words."""
+    loaded = []
+
+    def load(run_dirs, config, device=None):
+        loaded.append((config.batch_size, config.amp))
+        raise ModelFileError("stopped where the models load")
+
+    monkeypatch.setattr(Predictor, "load", load)
+    toml = tmp_path / "predict.toml"
+    toml.write_text("batch_size = 33\namp = false\n")
+    run_dir = tmp_path / "run"
+    for command, data, out in (("predict", small_csvs["test"], tmp_path / "s.csv"),
+                               ("evaluate", small_csvs["train"], tmp_path / "eval")):  # fmt: skip
+        for flags in ((), ("--batch-size", "7", "--amp"), ("--no-amp",), ("--batch-size", "9")):
+            args = [command, run_dir, data, "--out", out, "--config", toml, *flags]
+            result = CliRunner().invoke(app, [str(arg) for arg in args])
+            assert result.exit_code == 1 and "stopped where the models load" in result.output
+        for flag, value in (("--batch-size", "0"), ("--batch-size", "-3")):
+            result = CliRunner().invoke(app, [command, str(run_dir), str(data), flag, value])
+            refused = f"error: {flag} must be >= 1, got {value}\n"
+            assert (result.exit_code, result.output) == (1, refused), command
+    assert loaded == [(33, False), (7, True), (33, False), (9, False)] * 2
+    assert not (tmp_path / "s.csv").exists() and not (tmp_path / "eval").exists()
+
+
 def test_the_learning_curves_say_the_train_loss_is_smoothed(tmp_path, monkeypatch):
     """With label smoothing 0.1 the train loss cannot fall below ~0.5 while the validation
     loss (plain cross-entropy) can: drawn on one axis unlabelled, it looked like a gap."""

@@ -264,12 +264,8 @@ EmaDecay = Annotated[
         "and seed; tune: none]",
     ),
 ]
-Amp = Annotated[
-    bool | None,
-    typer.Option(
-        "--amp/--no-amp", help="bf16 autocast where the hardware has it natively. \\[default: amp]"
-    ),
-]
+AMP_HELP = "bf16 autocast where the hardware has it natively. "
+Amp = Annotated[bool | None, typer.Option("--amp/--no-amp", help=AMP_HELP + "\\[default: amp]")]
 ChannelsLast = Annotated[
     bool | None,
     typer.Option(
@@ -358,6 +354,15 @@ ConfiguredAsIs = Annotated[
         help=AS_IS_HELP + "\\[default: the --config's conform, else conform]",
     ),
 ]
+# predict's and evaluate's: batch_size and amp had been set by a --config TOML alone.
+PredictBatchSize = Annotated[
+    int | None,
+    typer.Option(help="Images per forward pass. \\[default: the --config's batch_size, else 256]"),
+]
+ConfiguredAmp = Annotated[
+    bool | None,
+    typer.Option("--amp/--no-amp", help=AMP_HELP + "\\[default: the --config's amp, else amp]"),
+]
 PresetTta = Annotated[
     bool | None,
     typer.Option(
@@ -367,13 +372,19 @@ PresetTta = Annotated[
 
 
 def predict_config(
-    config: Path | None, tta: bool | None, as_is: bool | None, device: str | None
+    config: Path | None,
+    tta: bool | None,
+    as_is: bool | None,
+    device: str | None,
+    batch_size: int | None = None,
+    amp: bool | None = None,
 ) -> Any:
-    """PredictConfig from its defaults, a TOML file, then the flags given (a flag left off
-    keeps the file's setting)."""
+    """PredictConfig from its defaults, a TOML file, then the flags given (a flag left off,
+    None, keeps the file's setting)."""
     from digit_recognizer.predict import PredictConfig
 
-    flags = {"tta": tta, "conform": None if as_is is None else not as_is, "device": device}
+    flags = {"tta": tta, "conform": None if as_is is None else not as_is, "device": device,
+             "batch_size": batch_size, "amp": amp}  # fmt: skip
     return load_config(PredictConfig, config, flags)
 
 
@@ -530,6 +541,8 @@ def predict(
     tta: Tta = None,
     as_is: ConfiguredAsIs = None,
     device: Device = None,
+    batch_size: PredictBatchSize = None,
+    amp: ConfiguredAmp = None,
     nproc: Annotated[int, typer.Option(help="Processes (torchrun), each a share of the rows.")] = 1,
     config_file: PredictConfigFile = None,
 ) -> None:
@@ -538,7 +551,7 @@ def predict(
     from digit_recognizer.predict import predict_distributed, predict_source
 
     run_dirs, source = split_runs_and_csv(paths)
-    config = predict_config(config_file, tta, as_is, device)
+    config = predict_config(config_file, tta, as_is, device, batch_size, amp)
     if nproc != 1:  # 0 and less: refused there, as train and run refuse them
         predict_distributed(nproc, run_dirs, source, out, config)  # its rank 0 says what it wrote
         return
@@ -555,6 +568,8 @@ def evaluate(
     tta: Tta = None,
     as_is: ConfiguredAsIs = None,
     device: Device = None,
+    batch_size: PredictBatchSize = None,
+    amp: ConfiguredAmp = None,
     out: Annotated[Path | None, typer.Option(
         help="Folder for the eval_* files \\[default: the run directory; for several, "
              "./evaluation]")] = None,
@@ -568,7 +583,7 @@ def evaluate(
     run_dirs, labelled_csv = split_runs_and_csv(paths)
     # Several runs' average is none of theirs: its figures do not go into the first one.
     out = out or (run_dirs[0] if len(run_dirs) == 1 else Path("evaluation"))
-    config = predict_config(config_file, tta, as_is, device)
+    config = predict_config(config_file, tta, as_is, device, batch_size, amp)
     metrics = evaluate_run(run_dirs, labelled_csv, out, config, solution)
     table = Table(title=f"{labelled_csv}: {metrics.n_samples:,} images")
     for column in ("digit", "precision", "recall", "F1", "support"):
