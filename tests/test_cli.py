@@ -447,7 +447,7 @@ def test_the_stroke_range_is_stated_and_held_by_the_flag(tmp_path):
         ("--elastic", "elastic", -1, "must be in [0, 28] (pixels: the image's size)"),
         ("--stroke", "stroke", 1.5, "must be in [0, 1]"),
         ("--styles", "styles", -0.5, "must be in [0, 1]"),
-        ("--time-budget", "time_budget_s", -1, "must be >= 0"),
+        ("--time-budget", "time_budget_s", -1, "must be >= 0 (0: no budget)"),
         ("--max-memory", "max_memory_gb", -1, "must be >= 0 (0: always stream)"),
     ],
 )
@@ -470,7 +470,7 @@ def test_a_training_setting_out_of_range_is_refused_alike_as_a_flag_or_a_toml_ke
 @pytest.mark.parametrize(
     ("command", "flag", "value"),
     [("train", "--nproc", 0), ("run", "--nproc", -2), ("predict", "--nproc", 0),
-     ("train", "--jobs", 0), ("run", "--jobs", -1), ("run", "--patience", -1)],
+     ("train", "--jobs", 0), ("run", "--jobs", -1)],
 )  # fmt: skip
 def test_a_count_out_of_range_is_the_commands_error_naming_its_flag(tmp_path, command, flag, value):
     """--nproc and --patience had kept typer's minimum, a usage error (exit 2) in its words
@@ -786,7 +786,7 @@ def test_a_tomls_or_presets_patience_is_turned_off_by_patience_0(tmp_path, small
         assert result.exit_code == 0, result.output
     assert patiences == [3, None, 2, 3, None]
     # Below 0, refused as TrainConfig refuses it in a TOML (typer's usage error had said it).
-    refused = "patience must be >= 1, got -1\n"
+    refused = "patience must be >= 0 (0: no early stopping), got -1\n"
     result = invoke("train", "--train", small_csvs["train"], "--patience", "-1")
     assert (result.exit_code, result.output) == (1, f"error: --{refused}")
     toml.write_text("patience = -1\n")
@@ -812,7 +812,7 @@ def test_settings_once_only_in_a_toml_have_flags_checked_as_the_tomls(
     invoke("train", *csvs[:2], "--config", toml, "--ema-decay", "0", "--widths", "none")
     assert settings == [(False, False, 0.99, (32, 16), 0.1)] * 2 + [(True, True, None, None, 0.3)]
     # Refused in the TOML's words, naming the flag.
-    for flags, message in [(("--ema-decay", "1"), "--ema-decay must be in (0, 1)"),
+    for flags, message in [(("--ema-decay", "1"), "--ema-decay must be in [0, 1) (0: no average)"),
                            (("--dropout", "-0.5"), "--dropout must be in [0, 1)"),
                            (("--widths", "8"), "--widths [8]: the compact CNN has 3 stages"),
                            (("--preset", "seed", "--widths", "8,16,32"),
@@ -934,3 +934,17 @@ def test_a_classical_run_is_refused_naming_every_command_that_takes_it(tmp_path,
     assert invoke("predict-image", run, tmp_path / "digit.png").exit_code == 0
     assert invoke("evaluate", run, small_csvs["train"]).exit_code == 0
     assert load_served_model(run, ServeConfig()).backend == "scikit-learn"
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "problem"),
+    [("--patience", -1, "must be >= 0 (0: no early stopping)"),
+     ("--ema-decay", -1.0, "must be in [0, 1) (0: no average)")],
+)  # fmt: skip
+def test_a_flag_whose_0_is_off_says_so_when_refused(tmp_path, flag, value, problem):
+    """--patience -1 had said "must be >= 1", --ema-decay -1 "must be in (0, 1)": their 0, off,
+    was left out of what they take. Refused before any file is read."""
+    for command in (("train", "--train", tmp_path / "train.csv"), ("run",)):
+        result = invoke(*command, flag, value)
+        assert (result.exit_code, result.output) == (1, f"error: {flag} {problem}, got {value}\n")
+    assert list(tmp_path.iterdir()) == []

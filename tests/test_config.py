@@ -142,7 +142,7 @@ def test_bad_value_and_unknown_model():
         TrainConfig(seed=-1)  # else refused by the split, in a message about too few rows
     # Values that would crash the loop (a modulo by zero) or end it at once are refused up front.
     for bad, message in [({"plateau_patience": 0}, "plateau_patience must be >= 1"),
-                         ({"patience": 0}, "patience must be >= 1"),
+                         ({"patience": -1}, "patience must be >= 0"),
                          ({"plateau_factor": 1.0}, r"plateau_factor must be in \(0, 1\)"),
                          ({"lr_decay": 1.5}, r"lr_decay must be in \(0, 1\], got 1.5$"),
                          ({"widths": (16, 0, 64)}, r"widths must be >= 1, got \(16, 0, 64\)"),
@@ -153,7 +153,7 @@ def test_bad_value_and_unknown_model():
                          ({"momentum": 1.0}, r"momentum must be in \[0, 1\)"),
                          ({"label_smoothing": 1.0}, r"label_smoothing must be in \[0, 1\)"),
                          ({"warmup": 1.0}, r"warmup must be in \[0, 1\)"),
-                         ({"ema_decay": 1.0}, r"ema_decay must be in \(0, 1\)"),
+                         ({"ema_decay": 1.0}, r"ema_decay must be in \[0, 1\)"),
                          ({"lr_decay": 0.0}, r"lr_decay must be in \(0, 1\]"),
                          # Past the image's size, blank digits; from 1e38, NaN ones.
                          ({"elastic": 1e38}, r"elastic must be in \[0, 28\]")]:  # fmt: skip
@@ -303,3 +303,25 @@ def test_none_unsets_an_optional_setting_but_names_a_study_where_a_name_goes():
     it is that string: `digits tune --study-name none` names a study "none", not tune-MODEL."""
     assert load_config(TrainConfig, overrides={"ema_decay": "none"}).ema_decay is None
     assert load_config(TuneConfig, overrides={"study_name": "none"}).study_name == "none"
+
+
+def test_a_setting_whose_0_is_off_says_so_when_refused(tmp_path):
+    """--patience -1 had said "must be >= 1" and --ema-decay -1 "must be in (0, 1)", though
+    their 0 is off; and patience = 0 in a TOML was refused where the flag's 0 was taken."""
+    for bad, message in [
+        ({"patience": -1}, "patience must be >= 0 (0: no early stopping), got -1"),
+        ({"ema_decay": -1.0}, "ema_decay must be in [0, 1) (0: no average), got -1.0"),
+        ({"time_budget_s": -1.0}, "time_budget_s must be >= 0 (0: no budget), got -1.0"),
+        (
+            {"target_accuracy": 0.0},
+            "target_accuracy must be in (0, 1], or none (no target), got 0.0",
+        ),
+    ]:
+        with pytest.raises(ConfigError) as refused:
+            TrainConfig(**bad)
+        assert str(refused.value) == message
+    # 0 is off wherever it is given, and recorded as None: one way for a run to say it.
+    toml = tmp_path / "off.toml"
+    toml.write_text("patience = 0\nema_decay = 0\n")
+    for config in (TrainConfig(patience=0, ema_decay=0), load_config(TrainConfig, toml)):
+        assert (config.patience, config.ema_decay) == (None, None)

@@ -337,7 +337,7 @@ def test_net_trials_train_with_the_ema_amp_and_channels_last_flags(
     result = CliRunner().invoke(app, [str(arg) for arg in (*tune_flags[:-1], tmp_path / "x",
                                                            "--ema-decay", "1")])  # fmt: skip
     assert result.exit_code == 1
-    assert result.output == "error: --ema-decay must be in (0, 1), got 1.0\n"
+    assert result.output == "error: --ema-decay must be in [0, 1) (0: no average), got 1.0\n"
     assert not (tmp_path / "x").exists() and len(trained) == 1
 
 

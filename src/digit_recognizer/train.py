@@ -121,13 +121,14 @@ class TrainConfig:
     # Exponential moving average of the weights per step (e.g. 0.999, reached after a ramp: see
     # warmed_up_ema); when set, validation, model selection and the saved model use the average
     # instead of the last weights.
-    ema_decay: float | None = None
+    ema_decay: float | None = None  # None or 0: no average
     augment: float = 1.0  # strength of the random affine + contrast (0 = off); see Augmentation
     elastic: float = 0.0  # elastic distortion, pixels of displacement (std); scaled by augment
     stroke: float = 1.0  # stroke-width change, fraction of a 3x3 dilation/erosion; scaled too
     styles: float = 0.3  # share of 1s and 7s written as much of Europe does; scaled too
     valid_size: float = 0.05  # stratified validation fraction for model selection (0 = none)
-    patience: int | None = None  # early stopping: epochs without a better validation accuracy
+    # Early stopping: epochs without a better validation accuracy; None or 0: no early stopping.
+    patience: int | None = None
     target_accuracy: float | None = None  # stop once validation accuracy reaches this
     seed: int = 0
     device: Device = "auto"
@@ -140,6 +141,11 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)  # types and choices, for configs built in Python
+        # 0 is off, as --patience 0 and --ema-decay 0 are: patience = 0 in a TOML had been refused
+        # as "must be >= 1". Kept as None, so that a run records off one way.
+        for key in ("patience", "ema_decay"):
+            if getattr(self, key) == 0:
+                setattr(self, key, None)
         if self.model == "auto":  # resolved here, so config.toml records the net trained
             self.model = auto_model(self.device, self.amp)
         get_spec(self.model, kind="net")  # unknown names fail here, naming the nets
@@ -169,11 +175,15 @@ class TrainConfig:
             (
                 "time_budget_s",
                 self.time_budget_s is None or self.time_budget_s >= 0,
-                "must be >= 0",
+                "must be >= 0 (0: no budget)",
             ),
             ("label_smoothing", 0 <= self.label_smoothing < 1, "must be in [0, 1)"),
             ("warmup", 0 <= self.warmup < 1, "must be in [0, 1)"),
-            ("ema_decay", self.ema_decay is None or 0 < self.ema_decay < 1, "must be in (0, 1)"),
+            (
+                "ema_decay",
+                self.ema_decay is None or 0 < self.ema_decay < 1,
+                "must be in [0, 1) (0: no average)",
+            ),
             ("momentum", 0 <= self.momentum < 1, "must be in [0, 1)"),
             ("weight_decay", self.weight_decay >= 0, "must be >= 0"),
             # Past float32's largest, the optimizer's first step had ended in torch's traceback
@@ -193,11 +203,15 @@ class TrainConfig:
             ("lr_decay", 0 < self.lr_decay <= 1, "must be in (0, 1]"),
             ("plateau_factor", 0 < self.plateau_factor < 1, "must be in (0, 1)"),
             ("plateau_patience", self.plateau_patience >= 1, "must be >= 1"),
-            ("patience", self.patience is None or self.patience >= 1, "must be >= 1"),
+            (
+                "patience",
+                self.patience is None or self.patience >= 1,
+                "must be >= 0 (0: no early stopping)",
+            ),
             (
                 "target_accuracy",
                 self.target_accuracy is None or 0 < self.target_accuracy <= 1,
-                "must be in (0, 1]",
+                "must be in (0, 1], or none (no target)",
             ),
             ("dropout", self.dropout is None or 0 <= self.dropout < 1, "must be in [0, 1)"),
             (
