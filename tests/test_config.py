@@ -325,3 +325,14 @@ def test_a_setting_whose_0_is_off_says_so_when_refused(tmp_path):
     toml.write_text("patience = 0\nema_decay = 0\n")
     for config in (TrainConfig(patience=0, ema_decay=0), load_config(TrainConfig, toml)):
         assert (config.patience, config.ema_decay) == (None, None)
+
+
+def test_a_switch_refused_is_named_as_typed_off_or_on():
+    """`digits tune --model knn --no-amp` had been told "--amp applies to net trials alone":
+    the flag's positive form, which the user had not typed."""
+    for flags, flag in [({"amp": False}, "--no-amp"),
+                        ({"channels_last": False}, "--no-channels-last"),
+                        ({"ema_decay": 0.99}, "--ema-decay")]:  # fmt: skip
+        with pytest.raises(ConfigError) as refused:
+            load_config(TuneConfig, None, {"model": "knn", **flags})
+        assert str(refused.value).startswith(f"{flag} applies to net trials alone; 'knn' ")

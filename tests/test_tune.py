@@ -344,8 +344,8 @@ def test_net_trials_train_with_the_ema_amp_and_channels_last_flags(
 def test_net_only_flags_given_with_a_classical_model_are_refused_naming_the_flag(tmp_path):
     """`digits tune --model knn --ema-decay 0.99` had tuned knn as if the flag were not given;
     the net-only flags at their defaults (as a script passes them all) are not refused."""
-    for flags, flag in [(("--ema-decay", "0.99"), "--ema-decay"), (("--no-amp",), "--amp"),
-                        (("--no-channels-last",), "--channels-last"),
+    for flags, flag in [(("--ema-decay", "0.99"), "--ema-decay"), (("--no-amp",), "--no-amp"),
+                        (("--no-channels-last",), "--no-channels-last"),
                         (("--epochs", "5"), "--epochs")]:  # fmt: skip
         args = ["tune", "--train", tmp_path / "unread.csv", "--model", "knn", "--out",
                 tmp_path / "out", *flags]  # fmt: skip

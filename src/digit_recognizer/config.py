@@ -67,10 +67,13 @@ def load_config(
     return _make_from_flags(config_class, values, flags)
 
 
-def flag_name(key: str) -> str:
-    """The command-line flag that sets ``key``: its words without their unit (``time_budget_s``:
-    ``--time-budget``, ``max_memory_gb``: ``--max-memory``)."""
-    return "--" + re.sub(r"_(s|gb)$", "", key).replace("_", "-")
+def flag_name(key: str, value: Any = None) -> str:
+    """The command-line flag that sets ``key`` to ``value``: its words without their unit
+    (``time_budget_s``: ``--time-budget``, ``max_memory_gb``: ``--max-memory``), a switch's
+    negative form where it is off (``amp`` False: ``--no-amp``, the flag typed, where
+    ``digits tune --model knn --no-amp`` had been told of ``--amp``)."""
+    negation = "no-" if value is False else ""
+    return f"--{negation}" + re.sub(r"_(s|gb)$", "", key).replace("_", "-")
 
 
 def _make_from_flags(
@@ -92,12 +95,12 @@ def _make_from_flags(
         quoted_key, _, rest = message.partition(" ")
         key = quoted_key.strip("'")
         if key in flags:
-            raise ConfigError(f"{flag_name(key)} {rest}") from None
+            raise ConfigError(f"{flag_name(key, flags[key])} {rest}") from None
         keys = {field.name for field in dataclasses.fields(config_class)}  # type: ignore[arg-type]
         quoted = [name for name in flags if name in keys and f"'{name}'" in message]
         if not quoted:
             raise
-        raise ConfigError(f"{flag_name(quoted[0])}: {message}") from None
+        raise ConfigError(f"{flag_name(quoted[0], flags[quoted[0]])}: {message}") from None
 
 
 def read_toml(toml_path: str | Path) -> dict[str, Any]:
