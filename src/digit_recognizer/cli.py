@@ -437,7 +437,7 @@ def run(
     as_is: AsIs = None,
 ) -> None:  # fmt: skip
     """The main job: train, evaluate, predict, write and score a submission."""
-    from digit_recognizer.pipeline import run_job
+    from digit_recognizer.pipeline import members_at_once, run_job
     from digit_recognizer.predict import TTA_SHIFTS, PredictConfig
     from digit_recognizer.presets import get_preset
 
@@ -453,10 +453,12 @@ def run(
     # on the GPU (the default, auto).
     predict_settings = PredictConfig(tta=tta, conform=not as_is, device=configs[0].device,
                                      amp=configs[0].amp)  # fmt: skip
+    # Refused before the progress bar starts: --jobs 0 had left a blank line above its error.
+    parallel = members_at_once(configs, jobs)
     with progress_bar(enabled=nproc == 1) as progress:  # torchrun's rank 0 shows its own
         summary = run_job(configs, train, test, out, replica_seed, predict_config=predict_settings,
                           progress=progress,
-                          parallel=jobs, nproc=nproc)  # fmt: skip
+                          parallel=parallel, nproc=nproc)  # fmt: skip
     table = Table(title=f"digits run (preset {preset})", show_header=False)
     members = f" x {summary.n_members}" if summary.n_members > 1 else ""
     table.add_row("model", configs[0].model + members)
@@ -501,7 +503,7 @@ def train_command(
 ) -> None:  # fmt: skip
     """Train a net on a labelled CSV and write a run directory."""
     from digit_recognizer.distributed import Distributed
-    from digit_recognizer.pipeline import default_run_dir, train_jobs
+    from digit_recognizer.pipeline import default_run_dir, members_at_once, train_jobs
 
     overrides = train_overrides(model=model, epochs=epochs, time_budget=time_budget,
         batch_size=batch_size, optimizer=optimizer, lr=lr, schedule=schedule, augment=augment,
@@ -512,9 +514,10 @@ def train_command(
     configs = resolve_configs(preset, resume, out, config, overrides)
     run_dir = out or default_run_dir(configs[0].model)
     is_main_process = Distributed.from_env().is_main_process
+    parallel = members_at_once(configs, jobs)  # before the progress bar, as run's
     # With --nproc, torchrun's rank 0 shows its own.
     with progress_bar(enabled=is_main_process and nproc == 1) as progress:
-        results = train_jobs(configs, train, run_dir, progress, parallel=jobs, nproc=nproc)
+        results = train_jobs(configs, train, run_dir, progress, parallel=parallel, nproc=nproc)
     if not is_main_process or nproc > 1:  # torchrun's rank 0 has said what it trained
         return
     for job in results:
