@@ -2,6 +2,7 @@ import csv
 import errno
 import json
 import logging
+import warnings
 
 import numpy as np
 import pytest
@@ -405,3 +406,19 @@ def test_resume_refuses_other_rows_split_or_test_rows(tmp_path, small_csvs, monk
         (glob.parent / "part2.csv").unlink()
     result = digits_compare("--train", train_glob, "--test", test_glob, "--resume")
     assert result.exit_code == 0, result.output
+
+
+def test_a_digit_rarer_than_the_folds_is_warned_of_by_compare_alone(tmp_path, small_csvs, caplog):
+    """--cv 2 on rows holding one 7 had printed scikit-learn's own warning ("The least
+    populated class in y has only 1 members") beside compare's, which names the CSV."""
+    data = read_kaggle_csv(small_csvs["train"]).take(np.arange(300))
+    is_kept = (data.labels != 7) | (np.cumsum(data.labels == 7) == 1)
+    one_seven = tmp_path / "one7.csv"
+    write_kaggle_csv(one_seven, data.images[is_kept], data.labels[is_kept])
+    with warnings.catch_warnings(record=True) as raised, caplog.at_level("WARNING"):
+        warnings.simplefilter("always")
+        compare(one_seven, ["knn"], tmp_path / "one7", cv=2)
+    assert [
+        str(warning.message) for warning in raised if "least populated" in str(warning.message)
+    ] == []
+    assert f"{one_seven}: its rows fitted in some of the 2 folds hold no 7 " in caplog.text

@@ -12,6 +12,7 @@ import csv
 import json
 import logging
 import time
+import warnings
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -254,7 +255,13 @@ def _folds(
     elif cv is not None:
         splitter = StratifiedKFold(n_splits=cv, shuffle=True, random_state=seed)
         try:
-            folds = list(splitter.split(data.images, data.labels))
+            with warnings.catch_warnings():
+                # A digit with fewer rows than folds: _warn_missing_digits says so, naming the
+                # CSV, where scikit-learn's own ("The least populated class in y ...") had come too.
+                warnings.filterwarnings(
+                    "ignore", "The least populated class in y has only", UserWarning
+                )
+                folds = list(splitter.split(data.images, data.labels))
         except ValueError as error:  # more folds than a digit has rows
             reason = first_line(error).rstrip(".")
             raise ConfigError(f"--cv {cv}: {reason}; give fewer folds") from None
