@@ -336,3 +336,21 @@ def test_a_switch_refused_is_named_as_typed_off_or_on():
         with pytest.raises(ConfigError) as refused:
             load_config(TuneConfig, None, {"model": "knn", **flags})
         assert str(refused.value).startswith(f"{flag} applies to net trials alone; 'knn' ")
+
+
+def test_elastic_scaled_past_the_image_by_augment_is_refused_naming_both(tmp_path):
+    """--elastic 20 --augment 1.5 (30 px, past Augmentation's 28) had been refused as
+    "flags: elastic_px must be in [0, 28]": a name no flag or TOML key has."""
+    past = "20 scaled by {} 1.5 is 30 px, past 28 (pixels: the image's size); lower either"
+    with pytest.raises(ConfigError) as refused:
+        TrainConfig(elastic=20, augment=1.5)
+    assert str(refused.value) == "elastic " + past.format("'augment'")
+    with pytest.raises(ConfigError) as refused:
+        load_config(TrainConfig, None, {"elastic": 20.0, "augment": 1.5})
+    assert str(refused.value) == "--elastic " + past.format("--augment")
+    toml = tmp_path / "recipe.toml"
+    toml.write_text("augment = 1.5\n")  # a flag's elastic at the file's augment
+    with pytest.raises(ConfigError) as refused:
+        load_config(TrainConfig, toml, {"elastic": 20.0})
+    assert str(refused.value) == "--elastic " + past.format("'augment'")
+    assert TrainConfig(elastic=20, augment=1.4).augmentation().elastic_px == 28

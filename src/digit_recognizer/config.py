@@ -95,6 +95,10 @@ def _make_from_flags(
         quoted_key, _, rest = message.partition(" ")
         key = quoted_key.strip("'")
         if key in flags:
+            # Another setting it quotes is named as its flag too, where a flag gave it:
+            # "--elastic 20 scaled by --augment 1.5 is 30 px", not "by 'augment' 1.5".
+            for other, value in flags.items():
+                rest = rest.replace(f"'{other}'", flag_name(other, value))
             raise ConfigError(f"{flag_name(key, flags[key])} {rest}") from None
         keys = {field.name for field in dataclasses.fields(config_class)}  # type: ignore[arg-type]
         quoted = [name for name in flags if name in keys and f"'{name}'" in message]

@@ -224,6 +224,13 @@ class TrainConfig:
         for key, holds, rule in checks:
             if not holds:
                 raise ConfigError(f"{key} {rule}, got {getattr(self, key)}")
+        # The same bound on elastic once augment scales it (Augmentation's elastic_px), checked
+        # here so that the message names the settings given: it had named elastic_px alone.
+        scaled_elastic = self.elastic * self.augment
+        if scaled_elastic > MAX_DISPLACEMENT_PX:
+            raise ConfigError(f"elastic {self.elastic:g} scaled by 'augment' {self.augment:g} is "
+                              f"{scaled_elastic:g} px, past {MAX_DISPLACEMENT_PX} (pixels: the "
+                              "image's size); lower either")  # fmt: skip
         self.augmentation()  # its ranges' own limits: stroke at most 1, augment under ~3.3
         if get_spec(self.model).kind != "net":
             raise ConfigError(f"model '{self.model}' is not a net: `digits compare` scores it, and "
