@@ -632,3 +632,46 @@ def test_more_jobs_than_members_share_the_threads_between_the_members(
     assert started == {"threads": {4}, "parallel": 2}
     assert summary.parallel == 2
     assert json.loads((tmp_path / "metrics.json").read_text())["parallel"] == 2
+
+
+def test_an_expansions_held_out_shard_lacking_a_digit_its_copies_hold_is_warned_of(
+    tmp_path, small_train, caplog
+):
+    """An expansion's copies are read in memory, their digits counted from their rows: a
+    held-out shard without the source's lone 9 (which trains) is warned of as a streamed
+    source's last shard is, the 9 being a digit the training rows hold."""
+    from digit_recognizer.data.shards import expand
+    from digit_recognizer.pipeline import training_data
+
+    some = small_train.take(slice(300))
+    nines = np.flatnonzero(some.labels == 9)
+    kept = np.setdiff1d(np.arange(len(some)), nines[1:])
+    csv = tmp_path / "one-nine.csv"
+    write_kaggle_csv(csv, some.images[kept], some.labels[kept])
+    expand(csv, tmp_path / "expanded", copies=1, parts=1, valid_size=0.1)
+    with caplog.at_level("INFO", logger="digit_recognizer"):
+        data = training_data(TrainConfig(**TINY_RECIPE | {"augment": 0}), tmp_path / "expanded")
+    assert 9 in data.train.labels and 9 not in data.valid.labels
+    assert "holds no 9: rows in label order?" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("counts", "refused"),
+    [
+        ({"nproc": 0}, "--nproc must be >= 1, got 0"),
+        ({"parallel": 0}, "--jobs must be >= 1, got 0"),
+    ],
+)
+def test_run_job_refuses_a_count_out_of_range_before_building_a_replica(
+    tmp_path, monkeypatch, counts, refused
+):
+    """A replica takes a minute to build the first time: `digits run --nproc 0` had built it,
+    then been refused by training."""
+
+    def built(*_args: object) -> None:
+        raise AssertionError("a replica was built")
+
+    monkeypatch.setattr(pipeline, "cached_replica", built)
+    with pytest.raises(ConfigError) as error:
+        run_job([TrainConfig(), TrainConfig(seed=1)], cache_dir=tmp_path / "cache", **counts)
+    assert str(error.value) == refused
