@@ -637,3 +637,22 @@ def test_a_valid_file_the_fast_path_declines_is_read_without_a_list_of_every_cel
     # lists 6.3 MB more: 5.8 times); the bytes go once the body is cut from them and the lines
     # come one at a time: twice the file, while the body is cut.
     assert peak < 2.5 * path.stat().st_size
+
+
+@pytest.mark.parametrize(
+    ("kept_ids", "missing"),
+    [
+        ([1, 3, 5, 7, 8, 9, 10], "ImageIds 2, 4 and 6 are missing (3 rows)"),
+        ([1, 3, 5, 7, 9, 10], "ImageIds 2, 4, 6 and 1 more range are missing (4 rows)"),
+    ],
+)
+def test_check_names_up_to_three_runs_of_missing_ids_and_counts_the_rest(
+    submission_csv: Path, kept_ids: list[int], missing: str
+) -> None:
+    """Three runs are named, none counted ("and 0 more ranges" is no range); a fourth is counted."""
+    submission_csv.write_text("ImageId,Label\n" + "".join(f"{i},7\n" for i in kept_ids))
+    with pytest.raises(DataError) as error:
+        check_kaggle_csv(submission_csv, expected_rows=10)
+    assert str(error.value) == (
+        f"{submission_csv}: {missing}; expected 10 rows (ImageId 1 to 10), found {len(kept_ids)}"
+    )
