@@ -876,3 +876,12 @@ def test_evaluate_names_the_labelled_digits_the_model_never_trained_on(
     (run_dir / "model.json").write_text(json.dumps(meta))
     evaluate_run([run_dir], labelled, tmp_path / "eval")
     assert "never trained on" not in caplog.text
+
+
+def test_rows_one_past_a_whole_piece_are_all_conformed(small_test, monkeypatch):
+    """The row past the last whole piece (STREAM_ROWS + 1 rows) is a piece of its own: none of
+    the rows in memory is left out of what conform_rows returns."""
+    monkeypatch.setattr(stream_module, "STREAM_ROWS", 64)
+    images = small_test.images[:65]
+    conformed = conform_rows(images, PredictConfig(), "f.csv")
+    np.testing.assert_array_equal(conformed, images)
