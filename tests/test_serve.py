@@ -1216,3 +1216,51 @@ def test_serve_ends_by_the_signal_that_stops_it(run_dir: Path, stop: int | str) 
     finally:
         server.kill()
     assert server.returncode == -stop and "Traceback" not in stderr, stderr
+
+
+def test_the_header_deadline_ends_with_the_headers(client: TestClient, run_dir: Path) -> None:
+    """header_timeout_s bounds a request's headers alone: a body that takes longer to arrive
+    (within body_timeout_s) is answered, behind a pipelined request too, whose answer arms the
+    deadline for headers already read."""
+    boundary = b"b0undary"
+    form = (b"--" + boundary + b'\r\nContent-Disposition: form-data; name="file"; '
+            b'filename="seven.png"\r\nContent-Type: image/png\r\n\r\n' + encode(drawing())
+            + b"\r\n--" + boundary + b"--\r\n")  # fmt: skip
+    head = (b"POST /predict HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: "
+            b"multipart/form-data; boundary=" + boundary + b"\r\nContent-Length: "
+            + str(len(form)).encode() + b"\r\n\r\n")  # fmt: skip
+    health = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+    with served(run_dir, ServeConfig(header_timeout_s=0.3), client.app.state.model) as port:
+        alone, pipelined = (socket.create_connection(("127.0.0.1", port)) for _ in range(2))
+        with alone, pipelined:
+            alone.sendall(head + form[:10])
+            pipelined.sendall(health + head + form[:10])
+            time.sleep(1)  # the body's rest comes past the header deadline
+            for connection in (alone, pipelined):
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                    connection.sendall(form[10:])
+            answers = [read_until_closed(connection) for connection in (alone, pipelined)]
+    assert [answer.count(b"HTTP/1.1 200 OK") for answer in answers] == [1, 2]
+
+
+def test_a_malformed_form_logs_no_warning_from_the_multipart_parser(
+    client: TestClient, run_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """python-multipart logged a WARNING for each malformed form the client is answered 400 for
+    ("Did not find CR at end of boundary"): as many lines as a client likes, none the operator
+    can act on. The server `digits serve` runs (make_server) leaves them out."""
+    make_server(client.app, ServeConfig(), 0)
+    body = b"--b0undaryX"  # no CR after the boundary
+    with caplog.at_level(logging.WARNING):
+        answer = client.post(
+            "/predict",
+            content=body,
+            headers={"Content-Type": "multipart/form-data; boundary=b0undary"},
+        )
+    assert answer.status_code == 400
+    assert not [record for record in caplog.records if "multipart" in record.name]
+
+
+def test_model_reports_the_header_deadline_among_its_limits(run_dir: Path) -> None:
+    with TestClient(create_app(run_dir, ServeConfig(header_timeout_s=3))) as client:
+        assert client.get("/model").json()["limits"]["header_timeout_s"] == 3
