@@ -478,3 +478,23 @@ def test_explain_parses_the_first_rows_and_the_row_shown_not_the_whole_file(
         os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))
         writer.join(timeout=30)
     np.testing.assert_array_equal(from_a_pipe.image, expected)
+
+
+def test_explain_keeps_a_names_dots_and_names_a_relative_glob_after_its_folder(
+    tmp_path, monkeypatch
+):
+    """A name's dots are kept (no shell or glob reads them); '*.csv' typed inside the folder
+    of its CSVs is named after that folder, as 'kaggle/*.csv' is, not drawn to an empty name."""
+    from pathlib import Path
+
+    run_dir = tmp_path / "run"
+    assert explanation_path(run_dir, tmp_path / "mnist.v2.csv", 3).name == (
+        "explain-mnist.v2-row3.png"
+    )
+    assert explanation_path(run_dir, tmp_path / "scan.2.png", None).name == (
+        "explain-scan.2-png.png"
+    )
+    folder = tmp_path / "kaggle"
+    folder.mkdir()
+    monkeypatch.chdir(folder)
+    assert explanation_path(run_dir, Path("*.csv"), 3) == run_dir / "explain-kaggle-row3.png"
