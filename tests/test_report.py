@@ -697,3 +697,56 @@ def test_report_names_the_digits_the_run_never_trained_on(tmp_path, tiny_run, sm
     assert "<td>never trained on</td><td>9: the model reads each as another digit" in page
     (run_dir / "model.json").write_text(json.dumps(meta))  # as trained: on all ten
     assert "never trained on" not in write_run_report(run_dir, data=data).read_text()
+
+
+def test_augment_preview_of_a_pipe_shows_the_rows_of_the_file_it_carries(
+    tmp_path, small_train, monkeypatch
+):
+    """A pipe is read whole, once: its rows are drawn as a file's are, a 1 and a 7 put in where
+    the styles draw on them alone, not where they are off."""
+    import threading
+
+    shown = []
+    monkeypatch.setattr(eda_module, "plot_gallery", lambda tiles, *_, **__: shown.append(tiles))
+    csv = tmp_path / "train.csv"
+    write_kaggle_csv(csv, small_train.images[:300], small_train.labels[:300])
+    for styles in (0.0, 0.3):
+        eda_module.augment_preview(csv, tmp_path / "p.png", n=1, styles=styles)
+        from_file = shown[-1][::2]
+        pipe = tmp_path / f"pipe-{styles}"
+        os.mkfifo(pipe)
+        # A daemon: were the pipe never opened, its writer would block the test run's end.
+        writer = threading.Thread(
+            target=lambda path=pipe: path.write_bytes(csv.read_bytes()), daemon=True
+        )
+        writer.start()
+        eda_module.augment_preview(pipe, tmp_path / "p.png", n=1, styles=styles)
+        writer.join(timeout=30)
+        np.testing.assert_array_equal(shown[-1][::2], from_file)
+
+
+def test_augment_preview_draws_up_to_40_augmentations_an_image(tmp_path, small_csvs, monkeypatch):
+    shown = []
+    monkeypatch.setattr(eda_module, "plot_gallery", lambda tiles, *_, **__: shown.append(tiles))
+    eda_module.augment_preview(small_csvs["train"], tmp_path / "p.png", n=40)
+    assert len(shown[-1]) == eda_module.PREVIEW_ROWS * 41
+
+
+def test_augment_preview_keeps_a_7_it_drew_where_it_puts_in_a_1(tmp_path, small_train, monkeypatch):
+    """Where the styles are drawn, the 1 sought goes in the place of a row that is neither: a 7
+    among the rows drawn stays."""
+    shown = []
+    monkeypatch.setattr(eda_module, "plot_gallery", lambda tiles, *_, **__: shown.append(tiles))
+    labels = small_train.labels
+    seven, one = np.flatnonzero(labels == 7)[0], np.flatnonzero(labels == 1)[:50]
+    zeros = np.flatnonzero(labels == 0)[:250]
+    drawn = np.random.default_rng(0).choice(300, size=eda_module.PREVIEW_ROWS, replace=False)
+    rows = np.concatenate([one, zeros])  # 1s and 0s, the 7 where the seed's first draw falls
+    rows = np.insert(rows[: 300 - 1], drawn[0], seven)
+    rows[np.setdiff1d(drawn[1:], drawn[0])] = zeros[0]  # the other rows drawn: 0s
+    csv = tmp_path / "train.csv"
+    write_kaggle_csv(csv, small_train.images[rows], labels[rows])
+    eda_module.augment_preview(csv, tmp_path / "p.png", n=1, seed=0, styles=0.3)
+    originals = shown[-1][::2]
+    np.testing.assert_array_equal(originals[0], small_train.images[seven])
+    assert any((originals == small_train.images[row]).all(axis=(1, 2)).any() for row in one)
