@@ -3,6 +3,7 @@
 import os
 import shutil
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -485,8 +486,6 @@ def test_explain_keeps_a_names_dots_and_names_a_relative_glob_after_its_folder(
 ):
     """A name's dots are kept (no shell or glob reads them); '*.csv' typed inside the folder
     of its CSVs is named after that folder, as 'kaggle/*.csv' is, not drawn to an empty name."""
-    from pathlib import Path
-
     run_dir = tmp_path / "run"
     assert explanation_path(run_dir, tmp_path / "mnist.v2.csv", 3).name == (
         "explain-mnist.v2-row3.png"

@@ -5,6 +5,7 @@ import json
 import os
 import re
 import shutil
+import threading
 import tracemalloc
 import warnings
 from html.parser import HTMLParser
@@ -704,8 +705,6 @@ def test_augment_preview_of_a_pipe_shows_the_rows_of_the_file_it_carries(
 ):
     """A pipe is read whole, once: its rows are drawn as a file's are, a 1 and a 7 put in where
     the styles draw on them alone, not where they are off."""
-    import threading
-
     shown = []
     monkeypatch.setattr(eda_module, "plot_gallery", lambda tiles, *_, **__: shown.append(tiles))
     csv = tmp_path / "train.csv"
