@@ -26,6 +26,12 @@ from digit_recognizer.data.images import (
     to_mnist,
 )
 from digit_recognizer.data.kaggle_csv import DigitSet
+from digit_recognizer.data.lighting import (
+    flatten_lighting,
+    opened_along_sides,
+    paper_along_border,
+    unevenly_lit,
+)
 from digit_recognizer.data.mnist import Mnist
 from digit_recognizer.data.surroundings import sheet_on_a_desk, without_border_regions
 from digit_recognizer.errors import DataError
@@ -953,3 +959,70 @@ def test_uneven_light_is_levelled_around_a_speck_or_a_digit_at_the_edge(
         assert correlation(to_mnist(speck), even) > 0.9
         at_edge = to_mnist(page_photo(digit, falloff, top=116))
         assert correlation(at_edge, to_mnist(page_photo(digit, 1.0, top=116))) > 0.9
+
+
+def test_a_grainy_photo_of_evenly_lit_paper_is_not_unevenly_lit() -> None:
+    """A phone's sensor noise spreads the paper's levels along the border (sigma 14 grey levels,
+    39 from its darkest to its brightest) with no light falling off: nothing to level. The same
+    grain on light falling off by 60 levels is."""
+    grainy = (60 + np.random.default_rng(0).normal(0, 14, (200, 200))).astype(np.float32)
+    ramp = grainy + np.linspace(0, 60, 200, dtype=np.float32)
+    for pixels, uneven in ((grainy, False), (ramp, True)):
+        paper = paper_along_border(pixels, opened_along_sides(pixels), ink_level=191)
+        assert unevenly_lit(pixels, paper) == uneven
+
+
+def test_a_fine_pen_s_grey_stroke_running_off_the_image_is_not_paper() -> None:
+    """A fine pen's stroke crossing the border is greyer than ink (under ink_level) but no paper
+    to judge the light by; the paper either side of it is."""
+    pixels = np.zeros((100, 100), np.float32)  # ink-bright: the paper is 0
+    pixels[:, 48:51] = 50
+    paper = paper_along_border(pixels, opened_along_sides(pixels), ink_level=191)
+    assert not paper[[0, -1], 48:51].any()
+    assert paper[[0, -1], :40].all() and paper[:, 0].all()
+
+
+def test_a_shadow_strip_along_a_side_is_kept_to_its_corners() -> None:
+    """The strip along the top side is the top side's level at its corners too, where the left
+    and right sides, opened along themselves, see only its end."""
+    strip = np.zeros((100, 100), np.float32)
+    strip[:3] = 100
+    along = opened_along_sides(strip)
+    assert along[0].min() == 100 and along[3:, [0, -1]].max() == 0
+
+
+def level(pixels: np.ndarray) -> np.ndarray:
+    """``flatten_lighting`` of ink-bright ``pixels`` on dark paper, the ink's level 187."""
+    return flatten_lighting(
+        pixels, opened_along_sides(pixels), ink_level=187, paper_was_light=False
+    )
+
+
+@pytest.mark.parametrize(
+    "finger", [np.s_[140:160, 30:130], np.s_[30:130, 140:160]], ids=["across", "down"]
+)
+def test_a_shadow_narrower_than_the_levelling_window_is_levelled_along_its_length(
+    finger: tuple[slice, slice],
+) -> None:
+    """A shadow in a corner reaching out a finger 20 pixels wide (the window is 51): the
+    opening cuts the finger off, and the paper's level floods along it from the corner, 50
+    grey levels up, whichever way it runs."""
+    pixels = np.zeros((200, 200), np.float32)  # ink-bright: lit paper 0, the shadow 50
+    pixels[130:, 130:] = 50
+    pixels[finger] = 50
+    assert level(pixels).max() == 0
+
+
+def test_a_shadow_strip_along_a_side_is_paper_and_a_bold_stroke_beside_a_shadow_is_ink() -> None:
+    """A shadow strip along the left side, narrower than the window, is levelled away (the
+    openings along the sides keep it); a bold stroke (50 pixels wide, wider than the window)
+    beside a shadow stays ink at its full contrast, the shadow's level not flooding up it."""
+    strip = np.zeros((200, 200), np.float32)
+    strip[:, :8] = 100
+    strip[60:140, 95:102] = 250  # a stroke, to be left as it is
+    flat = level(strip)
+    assert flat[:, :8].max() == 0 and (flat[60:140, 95:102] == 250).all()
+    bold = np.zeros((160, 160), np.float32)
+    bold[:, :60] = 120
+    bold[20:140, 60:110] = 250
+    assert (level(bold)[20:140, 60:110] == 250).all()  # flooded to the shadow's level: 130
