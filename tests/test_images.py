@@ -1026,3 +1026,60 @@ def test_a_shadow_strip_along_a_side_is_paper_and_a_bold_stroke_beside_a_shadow_
     bold[:, :60] = 120
     bold[20:140, 60:110] = 250
     assert (level(bold)[20:140, 60:110] == 250).all()  # flooded to the shadow's level: 130
+
+
+def test_light_ink_that_is_no_sheet_on_a_desk_is_not_taken_for_one() -> None:
+    """A sheet on a desk leaves the desk around it, holds a digit in holes that are a small
+    part of it, and is nearly a rectangle. Light ink over the whole frame but for a dark digit,
+    a bold white bar with nothing in it, a white square 0 whose hole is a quarter of it, and a
+    card with its corners cut (88 % of the square around it, 50 pixels a side) are none."""
+    frame = np.full((100, 100), 200, np.float32)
+    frame[35:65, 45:52] = 20
+    bar = np.full((100, 100), 30, np.float32)
+    bar[10:90, 35:65] = 230
+    square_zero = np.full((100, 100), 30, np.float32)
+    square_zero[20:80, 20:80] = 220
+    square_zero[35:65, 35:65] = 30
+    cut_card = np.full((100, 100), 30, np.float32)
+    rows, columns = np.mgrid[0:50, 0:50]
+    corners = np.minimum(rows, 49 - rows) + np.minimum(columns, 49 - columns) < 12
+    cut_card[25:75, 25:75] = np.where(corners, 30, 220)
+    cut_card[40:60, 48:52] = 30  # its digit
+    for pixels in (frame, bar, square_zero, cut_card):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # not the mean of no desk
+            assert sheet_on_a_desk(pixels > 128, pixels) is None
+
+
+def test_a_bold_white_0_on_a_blackboard_is_no_sheet_on_a_desk() -> None:
+    """A marker's 0 in chalk white is a large bright blob with a hole, but round (79 % of the
+    rectangle around it), not a sheet: its hole stays the paper, not the digit."""
+    board = Image.new("L", (200, 200), 30)
+    ImageDraw.Draw(board).ellipse((40, 40, 160, 160), fill=230)
+    ImageDraw.Draw(board).ellipse((80, 80, 120, 120), fill=30)
+    assert sheet_on_a_desk(np.asarray(board) > 128, np.asarray(board, np.float32)) is None
+    digit = to_mnist(np.asarray(board))
+    assert digit[14, 14] == 0 and digit[14, 6] == 255  # the ring, and its hole
+
+
+def test_without_border_regions_keeps_what_is_no_strip_beside_a_clear_digit() -> None:
+    """Nothing goes but a blob along most of a side beside a digit clear of the sides: not two
+    digits' faint rims, nor a blob along half a side, nor a digit's stroke along a side beside
+    a speck of dust (no digit). A thin slanted stroke, its pixels touching at their corners,
+    is one digit, beside which a strip along a side goes."""
+    two_digits = np.zeros((100, 100), np.float32)
+    two_digits[30:70, [30, 60]] = 1
+    two_digits[30:70, [29, 31, 59, 61]] = 0.3
+    half_a_side = two_digits.copy()
+    half_a_side[:50, :3] = 1
+    with_dust = np.zeros((100, 100), np.float32)
+    with_dust[:, :3] = 1
+    with_dust[:, 3:20] = np.eye(100, 17)  # the digit's stroke along the side, and away from it
+    with_dust[50:52, 70:72] = 1
+    for ink in (two_digits, half_a_side, with_dust):
+        np.testing.assert_array_equal(without_border_regions(ink, ink > 0.5), ink)
+    slanted = np.zeros((100, 100), np.float32)
+    slanted[:, :3] = 1
+    slanted[range(30, 70), range(40, 80)] = 1
+    kept = without_border_regions(slanted, slanted > 0.5)
+    assert not kept[:, :3].any() and kept[:, 3:].sum() == 40
