@@ -331,3 +331,53 @@ def test_an_ensemble_stopped_before_its_manifest_is_named_so(tmp_path):
     with pytest.raises(ModelFileError, match=f"{tmp_path} holds an ensemble's members but no "
                        r"ensemble\.json: .* with --resume, finishes it"):  # fmt: skip
         load_net(tmp_path)
+
+
+def test_a_net_laid_out_channels_last_saves_and_loads(tmp_path):
+    """Training lays a net out channels_last, whose convolution weights are not contiguous:
+    safetensors refuses such tensors unless they are packed first."""
+    model = build("cnn-tiny").to(memory_format=torch.channels_last).eval()
+    save_net(tmp_path, model, "cnn-tiny", {})
+    loaded, _ = load_net(tmp_path)
+    x = torch.rand(4, 1, 28, 28)
+    torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=1e-6)
+
+
+def test_params_that_are_not_an_object_are_refused_naming_the_file(tmp_path):
+    save_net(tmp_path, build("cnn-tiny"), "cnn-tiny", {})
+    meta_path = tmp_path / "model.json"
+    meta_path.write_text(json.dumps(json.loads(meta_path.read_text()) | {"params": [4, 8]}))
+    with pytest.raises(ModelFileError, match=r"model\.json: 'params' must be an object, got \[4"):
+        load_net(tmp_path)
+
+
+def test_an_ensemble_manifest_listing_no_members_is_refused(tmp_path):
+    # Expanded to no runs, it would have left predict averaging nothing.
+    from digit_recognizer.models.storage import ENSEMBLE_FILE, expand_ensembles
+
+    (tmp_path / ENSEMBLE_FILE).write_text('{"members": []}')
+    with pytest.raises(ModelFileError, match=r"ensemble\.json: 'members' must be a non-empty"):
+        expand_ensembles([tmp_path])
+
+
+def test_a_run_with_a_model_json_is_one_model_beside_an_ensemble_json(tmp_path):
+    # Its model.json decides: a command taking one model takes it, and an ensemble listing it
+    # (or the run given itself) averages it, not the members its ensemble.json names.
+    from digit_recognizer.models.storage import ENSEMBLE_FILE, expand_ensembles, refuse_ensemble
+
+    for name in ("run", "run/member-1"):
+        save_net(tmp_path / name, build("cnn-tiny"), "cnn-tiny", {})
+    (tmp_path / "run" / ENSEMBLE_FILE).write_text('{"members": ["member-1"]}')
+    refuse_ensemble(tmp_path / "run")
+    assert expand_ensembles([tmp_path / "run"]) == [tmp_path / "run"]
+
+
+def test_a_run_listed_twice_in_an_inner_ensemble_names_the_inner_manifest(tmp_path):
+    from digit_recognizer.models.storage import ENSEMBLE_FILE, expand_ensembles
+
+    save_net(tmp_path / "inner" / "a", build("cnn-tiny"), "cnn-tiny", {})
+    (tmp_path / "inner" / ENSEMBLE_FILE).write_text('{"members": ["a", "./a"]}')
+    (tmp_path / ENSEMBLE_FILE).write_text('{"members": ["inner"]}')
+    inner_manifest = tmp_path / "inner" / ENSEMBLE_FILE
+    with pytest.raises(ModelFileError, match=re.escape(f"{inner_manifest}: member ")):
+        expand_ensembles([tmp_path])
