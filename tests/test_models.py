@@ -381,3 +381,53 @@ def test_a_run_listed_twice_in_an_inner_ensemble_names_the_inner_manifest(tmp_pa
     inner_manifest = tmp_path / "inner" / ENSEMBLE_FILE
     with pytest.raises(ModelFileError, match=re.escape(f"{inner_manifest}: member ")):
         expand_ensembles([tmp_path])
+
+
+def test_a_device_is_checked_and_auto_prefers_cuda_then_mps_then_the_cpu(monkeypatch):
+    from digit_recognizer.errors import ConfigError
+    from digit_recognizer.models.runtime import resolve_device
+
+    with pytest.raises(ConfigError, match="device must be one of auto, cpu, cuda, mps, got 'gpu'"):
+        resolve_device("gpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="'cuda' requested but no CUDA GPU is available"):
+        resolve_device("cuda")
+    with pytest.raises(ConfigError, match="'mps' requested but Apple MPS is not available"):
+        resolve_device("mps")
+    assert resolve_device("auto") == resolve_device("cpu") == torch.device("cpu")
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert resolve_device("auto") == torch.device("mps")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == torch.device("cuda")
+
+
+def test_a_cpu_without_native_bf16_runs_in_fp32(monkeypatch):
+    # Emulated bf16 would be slower than fp32 there.
+    from digit_recognizer.models.runtime import autocast_dtype
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    assert autocast_dtype(torch.device("cpu")) is None
+
+
+def test_free_memory_is_at_most_the_machine_s():
+    from digit_recognizer.models.runtime import memory_bytes
+
+    total, free = memory_bytes(), memory_bytes(free=True)
+    assert total is None or 0 < free <= total
+
+
+def test_batched_logits_are_the_net_s_in_batches_of_any_size_and_leave_its_mode(small_test):
+    from digit_recognizer.models.runtime import batched_logits
+
+    model = randomised_batch_norms(build("cnn-tiny"))
+    images = small_test.images[:7]
+    with torch.no_grad():
+        expected = model.eval()(to_model_input(torch.as_tensor(images)))
+    model.train()  # as validation finds it, mid-training
+    cpu = torch.device("cpu")
+    for batch_size in (1, 3, 7, 100):
+        logits = batched_logits(model, images, cpu, batch_size=batch_size)
+        torch.testing.assert_close(logits, expected, rtol=0, atol=1e-5)
+        assert model.training
+    assert batched_logits(model, images[:0], cpu).shape == (0, 10)
