@@ -1083,3 +1083,15 @@ def test_without_border_regions_keeps_what_is_no_strip_beside_a_clear_digit() ->
     slanted[range(30, 70), range(40, 80)] = 1
     kept = without_border_regions(slanted, slanted > 0.5)
     assert not kept[:, :3].any() and kept[:, 3:].sum() == 40
+
+
+def test_a_line_s_anti_aliased_rims_go_with_it() -> None:
+    """The grey pixel either side of a ruled line, under the ink threshold, would otherwise
+    stay behind as a faint line under the digit."""
+    ink = np.zeros((100, 100), np.float32)
+    ink[20:80, 45:52] = 1  # the digit
+    ink[90] = 1
+    ink[[89, 91]] = 0.2
+    kept = without_lines(ink, ink > images.INK_THRESHOLD)
+    assert kept[85:].max() == 0
+    np.testing.assert_array_equal(kept[:85], ink[:85])
