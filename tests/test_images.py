@@ -17,6 +17,7 @@ from digit_recognizer.data import images
 from digit_recognizer.data.form_lines import without_lines
 from digit_recognizer.data.images import (
     MAX_IMAGE_PIXELS,
+    check_images,
     conform_to_mnist,
     faint_to_full_ink,
     files_ink_side,
@@ -1095,3 +1096,47 @@ def test_a_line_s_anti_aliased_rims_go_with_it() -> None:
     kept = without_lines(ink, ink > images.INK_THRESHOLD)
     assert kept[85:].max() == 0
     np.testing.assert_array_equal(kept[:85], ink[:85])
+
+
+def test_a_page_turned_15_degrees_has_its_transparent_margins_read_as_paper() -> None:
+    """Turned 15 degrees, its transparent corners are a third of the image: the page is still
+    most of it, and they take its paper's colour, not the one that contrasts with its ink. (A
+    small crop, 62 pixels a side: in a photo, corners read dark would pass for a desk.)"""
+    page = Image.new("RGBA", (50, 50), "white")
+    ImageDraw.Draw(page).line((25, 8, 27, 42), fill="black", width=4)
+    turned = page.rotate(15, expand=True, fillcolor=(0, 0, 0, 0))
+    on_white = Image.alpha_composite(Image.new("RGBA", turned.size, "white"), turned)
+    assert correlation(load_image(encode(turned)), load_image(encode(on_white))) > 0.95  # 0.21
+
+
+def test_an_image_of_exactly_max_pixels_is_read() -> None:
+    image = Image.new("L", (30, 40), 255)
+    ImageDraw.Draw(image).line((15, 5, 15, 35), fill=0, width=3)
+    assert load_image(encode(image), max_pixels=1200).max() == 255
+    with pytest.raises(DataError, match="1,200 pixels is over the limit of 1,199"):
+        load_image(encode(image), max_pixels=1199)
+
+
+def test_a_small_digit_in_a_very_large_photo_is_shrunk_no_more_than_8_times() -> None:
+    """A 16-megapixel photo is prepared at 1/8 scale, as a JPEG's draft mode decodes it, not
+    at 1/16: a digit 40 pixels high there is then 5, no speck."""
+    photo = np.full((4096, 4096), 225, np.uint8)
+    photo[2000:2040, 2000:2008] = 40
+    assert to_mnist(photo).max() == 255
+
+
+def test_a_digit_up_to_a_pixel_off_centre_is_in_mnist_s_layout() -> None:
+    """MNIST's centres of mass lie within 0.52 px of (14, 14), and up to a pixel off counts:
+    a bar 20 pixels long, its centre of mass 0.8 px right of centre, is left as it is; 1.33 px,
+    it is redone."""
+    bars = np.zeros((2, 28, 28), np.uint8)
+    bars[0, 4:24, 14:16] = 50, 200  # centre of mass (13.5, 14.8)
+    bars[1, 4:24, 15:17] = 200, 100  # (13.5, 15.33)
+    assert in_mnist_format(bars).tolist() == [True, False]
+
+
+def test_blank_images_are_valid_digits_to_predict() -> None:
+    # A blank cell of a form gets a label like any other; only faint ink is refused.
+    np.testing.assert_array_equal(check_images(np.zeros((2, 784))), np.zeros((2, 28, 28)))
+    with pytest.raises(ValueError, match="pixels reach at most 1"):
+        check_images(np.ones((2, 28, 28), np.uint8))
