@@ -183,3 +183,38 @@ def test_a_member_whose_command_is_gone_ends_quietly(monkeypatch):
     reader, sender = multiprocessing.Pipe(duplex=False)
     reader.close()
     members._run_member(lambda number: "done", 1, sender, os.getpid(), False)
+
+
+def test_a_member_killed_for_memory_or_ended_without_a_word_is_named():
+    assert member_failure(1, None, -signal.SIGKILL) == (
+        "ensemble member 1's process killed by SIGKILL (by the system for memory, say) before "
+        "it finished"
+    )
+    assert member_failure(1, None, 0) == (
+        "ensemble member 1's process ended with exit status 0 before it finished"
+    )
+
+
+def test_a_member_tells_what_went_wrong_in_a_line(monkeypatch, capsys):
+    """A refusal of the project's says itself; a bug is named by its kind (its traceback goes
+    to the member's stderr once)."""
+    from digit_recognizer import members
+    from digit_recognizer.errors import DigitsError
+
+    monkeypatch.setattr(members, "_end_with", lambda parent: None)
+    monkeypatch.setattr(signal, "signal", lambda *args: None)  # pytest's handlers stay
+
+    def failing(error: Exception):
+        def train(number: int) -> None:
+            raise error
+
+        return train
+
+    for error, told in (
+        (DigitsError("train.csv: no rows"), "train.csv: no rows"),
+        (ValueError("a bug"), "ValueError: a bug"),
+    ):
+        reader, sender = multiprocessing.Pipe(duplex=False)
+        members._run_member(failing(error), 1, sender, os.getpid(), False)
+        assert reader.recv() == members.TRAINING and reader.recv() == (False, told)
+    assert capsys.readouterr().err.count("Traceback") == 1
