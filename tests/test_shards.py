@@ -1120,3 +1120,17 @@ def test_a_glob_matching_a_fifo_and_an_expansion_holding_out_all_are_refused(
         "--parts must be from 1 to the number of rows to shard (1,904: the 1,003 rows less the "
         "51 that --valid-size 0.05 holds out, times --copies 2), got 5000"
     )
+
+
+# --- a hand mutation audit's survivors ----------------------------------------------------------
+
+
+def test_as_many_parts_as_rows_shard_a_row_each(tmp_path: Path) -> None:
+    data = numbered(3)
+    path = tmp_path / "train.csv"
+    write_kaggle_csv(path, data.images, data.labels)
+    manifest = shard_csv(path, tmp_path / "shards", parts=3)
+    assert [shard.n_rows for shard in manifest.shards] == [1, 1, 1]
+    assert row_ids(read_shards(manifest).images) == [0, 1, 2]
+    with pytest.raises(ConfigError, match=r"from 1 to the number of rows to shard \(3\), got 4"):
+        shard_csv(path, tmp_path / "more", parts=4)
