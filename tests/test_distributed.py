@@ -4,6 +4,7 @@ this machine)."""
 
 import contextlib
 import dataclasses
+import datetime
 import hashlib
 import json
 import os
@@ -13,6 +14,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import torch
@@ -24,6 +26,7 @@ from digit_recognizer.cli import app
 from digit_recognizer.data.kaggle_csv import DigitSet
 from digit_recognizer.data.shards import shard_csv
 from digit_recognizer.distributed import Distributed, run_torchrun
+from digit_recognizer.errors import ConfigError
 from digit_recognizer.predict import predict_csv
 from digit_recognizer.train import TrainConfig, train
 
@@ -360,3 +363,144 @@ def ends(process: Path, within_s: float = 30) -> bool:
     while not ended() and time.monotonic() < deadline:
         time.sleep(0.1)
     return ended()
+
+
+def test_ddp_timeout_is_refused_at_zero_and_taken_at_its_longest():
+    """The range's two ends: no timeout at all is no answer in time, and the longest one
+    (31 years) is still one torch's process groups count."""
+    with pytest.raises(ConfigError, match=r"ddp_timeout_s must be in \(0, 1e\+09\] seconds, got 0"):
+        distributed.check_ddp_timeout(0)
+    distributed.check_ddp_timeout(distributed.MAX_DDP_TIMEOUT_S)
+
+
+def test_the_main_process_is_the_jobs_rank_0_not_each_machines(monkeypatch):
+    """The second machine's first process is rank 0 on its machine alone: were it a main
+    process too, two would write the run's files."""
+    for name, value in {"RANK": "2", "LOCAL_RANK": "0", "WORLD_SIZE": "4"}.items():
+        monkeypatch.setenv(name, value)
+    assert not Distributed.from_env().is_main_process
+
+
+@pytest.mark.parametrize(("device_name", "backend"), [("cpu", "gloo"), ("cuda", "nccl")])
+def test_a_rank_joins_its_group_on_its_machines_gpu_with_the_jobs_timeout(
+    monkeypatch, device_name, backend
+):
+    """NCCL on its own GPU (its place on the machine: the machine's second process of its
+    second, cuda:1), gloo on CPU; a rank whose peers died fails after ddp_timeout_s."""
+    for name, value in {"RANK": "3", "LOCAL_RANK": "1", "WORLD_SIZE": "4"}.items():
+        monkeypatch.setenv(name, value)
+    joined, gpus_set = [], []
+    monkeypatch.setattr(distributed, "resolve_device", torch.device)
+    monkeypatch.setattr(distributed.torch.cuda, "set_device", gpus_set.append)
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(
+        distributed.dist, "init_process_group", lambda **kwargs: joined.append(kwargs)
+    )
+    dist_env, device = distributed.init_distributed(device_name, 42.0)
+    assert dist_env == Distributed(3, 1, 4)
+    expected = torch.device("cuda", 1) if device_name == "cuda" else torch.device("cpu")
+    assert device == expected and gpus_set == ([expected] if device_name == "cuda" else [])
+    assert joined == [{"backend": backend, "timeout": datetime.timedelta(seconds=42.0)}]
+
+
+def test_a_torchrun_worker_leaves_its_process_group_closed(monkeypatch):
+    """A gloo group left open can abort the process in its teardown (SIGABRT) after the work
+    is done, failing a job that succeeded: closed whether the command ends well or not."""
+    for name, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1"}.items():
+        monkeypatch.setenv(name, value)
+    for failure in (None, ValueError("a malformed row")):
+        store = torch.distributed.HashStore()
+        with contextlib.suppress(ValueError), distributed.torchrun_worker():
+            torch.distributed.init_process_group("gloo", store=store, rank=0, world_size=1)
+            if failure:
+                raise failure
+        assert not torch.distributed.is_initialized()
+
+
+def test_a_process_alone_fails_without_waiting_for_peers(monkeypatch):
+    """The wait for torchrun to stop the other ranks is for a job of several: one process
+    alone (no torchrun, or --nproc 1) has no peers' tracebacks to wait out."""
+    waits = []
+    monkeypatch.setattr(distributed.time, "sleep", waits.append)
+    monkeypatch.delenv("RANK", raising=False)
+    with pytest.raises(ValueError), distributed.torchrun_worker():
+        raise ValueError("a malformed row")
+    assert waits == []
+    for name, value in {"RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "2"}.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError), distributed.torchrun_worker():
+        raise ValueError("a malformed row")
+    assert waits == [distributed.PEER_FAILURE_GRACE_S]
+
+
+class FinishedLauncher:
+    """subprocess.Popen for torchrun's launcher, ended at once with ``returncode``."""
+
+    returncode = 0
+    launched_envs: ClassVar[list[dict]] = []
+
+    def __init__(self, args, env):
+        self.launched_envs.append(env)
+
+    def wait(self, timeout=None):
+        return self.returncode
+
+    poll = wait
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_torchrun_ended_by_a_stop_signal_is_an_interruption(monkeypatch, signum):
+    """As SIGHUP's: Ctrl-C or a scheduler's SIGTERM to torchrun alone is no failed job."""
+    monkeypatch.setattr(FinishedLauncher, "returncode", 128 + signum)
+    monkeypatch.setattr(distributed.subprocess, "Popen", FinishedLauncher)
+    with pytest.raises(
+        KeyboardInterrupt, match=r"^the 2 processes of `python -m json\.tool --help` were stopped$"
+    ):
+        run_torchrun(2, "json.tool", ["--help"])
+
+
+def test_torchrun_shares_the_cpus_threads_among_its_processes(monkeypatch):
+    """Each process gets its share of the threads (torchrun would give each one), one at
+    least; an OMP_NUM_THREADS of the user's is kept."""
+    monkeypatch.setattr(FinishedLauncher, "launched_envs", [])
+    monkeypatch.setattr(distributed.subprocess, "Popen", FinishedLauncher)
+    monkeypatch.setattr(distributed.torch, "get_num_threads", lambda: 8)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    run_torchrun(2, "json.tool", ["--help"])
+    run_torchrun(16, "json.tool", ["--help"])
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    run_torchrun(2, "json.tool", ["--help"])
+    assert [env["OMP_NUM_THREADS"] for env in FinishedLauncher.launched_envs] == ["4", "1", "3"]
+
+
+def test_all_reduce_combines_the_ranks_values_by_the_callers_op(monkeypatch):
+    """The time budget takes the slowest rank's seconds (MAX): summed, a job of several
+    processes would stop that many times too early. Alone, the value is its own."""
+    alone = torch.tensor([3.0])
+    assert distributed.all_reduce(alone, torch.distributed.ReduceOp.MAX) is alone
+    assert alone.tolist() == [3.0]
+    peers_value = torch.tensor([5.0])
+
+    def reduce_with_a_peer(tensor, op):
+        combine = torch.maximum if op == torch.distributed.ReduceOp.MAX else torch.add
+        tensor.copy_(combine(tensor, peers_value))
+
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(distributed.dist, "all_reduce", reduce_with_a_peer)
+    assert distributed.all_reduce(torch.tensor([3.0]), torch.distributed.ReduceOp.MAX).item() == 5
+    assert distributed.all_reduce(torch.tensor([3.0])).item() == 8
+
+
+def test_torchruns_processes_all_read_the_jobs_settings(monkeypatch):
+    """The command's resolved settings reach every process through one file (--config): each
+    would otherwise run with its defaults (another model, another number of epochs)."""
+    settings_read = []
+
+    class Launcher(FinishedLauncher):
+        def __init__(self, args, env):
+            settings_read.append(Path(args[args.index("--config") + 1]).read_text())
+
+    monkeypatch.setattr(distributed.subprocess, "Popen", Launcher)
+    run_torchrun(2, "digit_recognizer", ["train"], TrainConfig(model="mlp", epochs=3))
+    [settings] = settings_read
+    assert 'model = "mlp"' in settings and "epochs = 3" in settings
