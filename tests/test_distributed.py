@@ -234,9 +234,13 @@ def test_ctrl_c_stops_torchrun_with_no_traceback(tmp_path):
     """Ctrl-C reaches the whole process group: the workers stop, then torchrun, which says so by
     its exit status alone, and the command that launched it raises KeyboardInterrupt."""
     (tmp_path / "sleeper.py").write_text(
-        "import pathlib, sys, time\n"
+        "import pathlib, signal, sys, time\n"
         "pathlib.Path(sys.argv[1]).touch()\n"
-        "try:\n    time.sleep(600)\nexcept KeyboardInterrupt:\n    sys.exit(130)\n"
+        "try:\n    time.sleep(600)\nexcept KeyboardInterrupt:\n"
+        "    signal.signal(signal.SIGINT, signal.SIG_IGN)  # torchrun hands Ctrl-C on again\n"
+        "    time.sleep(1)  # its last checkpoint, say\n"
+        "    pathlib.Path(sys.argv[1]).with_name('stopped').touch()\n"
+        "    sys.exit(130)\n"
     )
     started = tmp_path / "started"
     launch = (
@@ -255,6 +259,7 @@ def test_ctrl_c_stops_torchrun_with_no_traceback(tmp_path):
     _, err = parent.communicate(timeout=60)
     assert parent.returncode == 130
     assert "Traceback" not in err
+    assert (tmp_path / "stopped").exists(), "the worker was stopped before it had stopped itself"
 
 
 def test_torchrun_ended_by_sighup_is_an_interruption_not_a_failure(monkeypatch):
