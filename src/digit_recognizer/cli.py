@@ -238,12 +238,6 @@ LR = Annotated[
 ]
 
 
-def zero_as_none(value: float | None) -> float | str | None:
-    """A flag's 0 as a TOML's "none": --patience 0 and --ema-decay 0 undo a --config's or a
-    preset's value (the default preset's EMA), which no flag had undone."""
-    return NONE if value == 0 else value
-
-
 Widths = Annotated[
     str | None,
     typer.Option(
@@ -258,7 +252,6 @@ Dropout = Annotated[
 EmaDecay = Annotated[
     float | None,
     typer.Option(
-        callback=zero_as_none,
         help="Decay of a moving average of the weights, which is validated and saved instead of "
         "them (0.999); 0 = none. \\[default: the preset's: 0.999 default and best, none fast "
         "and seed; tune: none]",
@@ -277,7 +270,6 @@ ChannelsLast = Annotated[
 Patience = Annotated[
     int | None,
     typer.Option(
-        callback=zero_as_none,
         help="Early-stopping patience in epochs; 0 = none. \\[default: none; seed: 5]",
     ),
 ]

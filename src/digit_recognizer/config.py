@@ -15,7 +15,7 @@ import re
 import tomllib
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -29,6 +29,15 @@ C = TypeVar("C")
 # TOML has no null: an optional setting that is off is written, and read, as this string, so a
 # saved config unsets what a preset below it would set (a fast run's ema_decay stays off).
 NONE = "none"
+
+
+def zeros_as_none(config: Any, keys: Iterable[str]) -> None:
+    """Each of ``keys`` that is 0 in ``config`` made None: settings whose 0 is off, from a
+    flag (--patience 0 undoes a preset's or a --config's value, as a TOML's none does), a TOML
+    or Python, recorded one way (patience = 0 in a TOML had been refused as "must be >= 1")."""
+    for key in keys:
+        if getattr(config, key) == 0:
+            setattr(config, key, None)
 
 
 def load_config(

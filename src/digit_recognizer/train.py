@@ -40,7 +40,7 @@ from digit_recognizer.checkpoint import (
     save_run_config,
     write_history,
 )
-from digit_recognizer.config import check_fields
+from digit_recognizer.config import check_fields, zeros_as_none
 from digit_recognizer.data.augment import MAX_DISPLACEMENT_PX, Augmentation, augment_batch
 from digit_recognizer.data.images import check_digits, faint_to_full_ink
 from digit_recognizer.data.kaggle_csv import DigitSet, count_classes
@@ -141,11 +141,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)  # types and choices, for configs built in Python
-        # 0 is off, as --patience 0 and --ema-decay 0 are: patience = 0 in a TOML had been refused
-        # as "must be >= 1". Kept as None, so that a run records off one way.
-        for key in ("patience", "ema_decay"):
-            if getattr(self, key) == 0:
-                setattr(self, key, None)
+        zeros_as_none(self, ("patience", "ema_decay"))
         if self.model == "auto":  # resolved here, so config.toml records the net trained
             self.model = auto_model(self.device, self.amp)
         get_spec(self.model, kind="net")  # unknown names fail here, naming the nets

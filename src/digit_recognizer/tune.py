@@ -50,7 +50,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, SQLAlchemyError
 
 from digit_recognizer.checkpoint import rows_fingerprint
-from digit_recognizer.config import check_fields, config_to_toml, load_config
+from digit_recognizer.config import check_fields, config_to_toml, load_config, zeros_as_none
 from digit_recognizer.data.kaggle_csv import DigitSet, count_classes
 from digit_recognizer.data.shards import read_labelled
 from digit_recognizer.data.splits import check_seed, split_for_training, warn_missing_digits
@@ -113,6 +113,7 @@ class TuneConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
+        zeros_as_none(self, ("ema_decay",))  # as TrainConfig's: --ema-decay 0 is no average
         require_search_space(self.model)  # before any data is read or a study made
         if self.trials < 1:
             raise ConfigError(f"trials must be >= 1, got {self.trials}")
