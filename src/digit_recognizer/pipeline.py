@@ -34,6 +34,7 @@ from digit_recognizer.data.replica import cached_replica
 from digit_recognizer.data.shards import (
     Manifest,
     choose_loading,
+    class_counts_of,
     count_rows,
     estimate_memory_bytes,
     is_read_once,
@@ -157,9 +158,7 @@ def training_data(config: TrainConfig, source: Path) -> TrainingData:
     )
     valid_shard = replace(manifest, shards=manifest.shards[-1:])
     valid_set = ink_as_predicted(read_shards(valid_shard), source, is_expansion)
-    trained_counts = (count_classes(train_set.labels) if isinstance(train_set, DigitSet)
-                      else train_set.class_counts)  # fmt: skip
-    _check_digits_validated(valid_set, trained_counts, last.path, source)
+    _check_digits_validated(valid_set, class_counts_of(train_set), last.path, source)
     return TrainingData(train_set, valid_set, f"last shard, {last.path}",
                         SourceRows(last.path, np.arange(len(valid_set))))  # fmt: skip
 

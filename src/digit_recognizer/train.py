@@ -43,8 +43,8 @@ from digit_recognizer.checkpoint import (
 from digit_recognizer.config import check_fields, zeros_as_none
 from digit_recognizer.data.augment import MAX_DISPLACEMENT_PX, Augmentation, augment_batch
 from digit_recognizer.data.images import check_digits, faint_to_full_ink
-from digit_recognizer.data.kaggle_csv import DigitSet, count_classes
-from digit_recognizer.data.shards import Manifest
+from digit_recognizer.data.kaggle_csv import DigitSet
+from digit_recognizer.data.shards import Manifest, class_counts_of
 from digit_recognizer.data.splits import check_seed, warn_missing_digits
 from digit_recognizer.data.stream import ShardStream, check_rows_per_process
 from digit_recognizer.data.tensors import to_model_input
@@ -492,8 +492,7 @@ def train(
     # Recorded in model.json, where `digits evaluate` finds the digits a run never saw. Rows
     # streamed: as their manifest lists them (`digits data shard` and `expand` count them),
     # else counted as the first epoch reads them (every row once, across the ranks).
-    class_counts = (count_classes(train_set.labels) if isinstance(train_set, DigitSet)
-                    else train_set.class_counts)  # fmt: skip
+    class_counts = class_counts_of(train_set)
     rows_name = rows_name if is_main else None  # said by one process of many
     if class_counts is not None and rows_name is not None:
         warn_missing_digits(class_counts, rows_name)

@@ -160,6 +160,12 @@ class Manifest:
 # --- sources: a CSV, a shard directory or a glob -----------------------------------------------
 
 
+def class_counts_of(rows: DigitSet | Manifest) -> list[int] | None:
+    """Rows of each digit 0-9 in ``rows``: counted where they are in memory, as the manifest
+    lists them where they stream (None where it lists none: counted as they are read)."""
+    return count_classes(rows.labels) if isinstance(rows, DigitSet) else rows.class_counts
+
+
 def read_manifest(path: str | Path) -> Manifest:
     """The manifest of a shard directory (or the path of its ``manifest.json``)."""
     path = Path(path)
