@@ -172,9 +172,8 @@ def read_in_pieces(source: str | Path) -> tuple[int, bool, Iterator[DigitSet]]:
 def piece_slices(n_rows: int) -> Iterator[slice]:
     """The slices that cut ``n_rows`` rows held in memory into pieces of up to STREAM_ROWS, in
     order: rows read whole go on a piece at a time, as streamed ones come."""
-    piece_rows = STREAM_ROWS  # read once: every piece of one file cut alike
-    for start in range(0, n_rows, piece_rows):
-        yield slice(start, start + piece_rows)
+    for start in range(0, n_rows, STREAM_ROWS):
+        yield slice(start, start + STREAM_ROWS)
 
 
 def read_all_rows(source: str | Path) -> DigitSet:
