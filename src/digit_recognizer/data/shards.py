@@ -746,7 +746,7 @@ def _write_shards(
     # one's, under this one's manifest. A first build stopped (Ctrl-C too) leaves no empty
     # folder behind: locked_dir removes the folders it made, left holding its lock alone.
     with locked_dir(out_dir, elsewhere="another folder"):
-        shards = _build_and_move_in(rows, bounds, out_dir, origin)
+        shards = _build_and_move_in(rows, bounds, out_dir, origin, source.has_labels)
         entries = [
             {"file": s.path.name, "n_rows": s.n_rows, "n_bytes": s.n_bytes, "sha256": s.sha256}
             | ({} if s.class_counts is None else {"class_counts": list(s.class_counts)})
@@ -759,10 +759,15 @@ def _write_shards(
 
 
 def _build_and_move_in(
-    rows: Iterable[DigitSet], bounds: list[int], out_dir: Path, origin: dict[str, Any]
+    rows: Iterable[DigitSet],
+    bounds: list[int],
+    out_dir: Path,
+    origin: dict[str, Any],
+    has_labels: bool,
 ) -> list[Shard]:
     """Write ``rows`` as shards cut at ``bounds`` in a hidden folder of ``out_dir``, then move
-    them into it, in place of an earlier build's, and leave the manifest to the caller."""
+    them into it, in place of an earlier build's, and leave the manifest to the caller (which
+    records ``has_labels``, the source's; labelled shards list their class counts)."""
     # Built in a hidden folder of out_dir (on its filesystem, whatever links lead there) and
     # moved into place once whole: a source found malformed half-way (its error names the line)
     # leaves an earlier build in out_dir as it was. Locked meanwhile: what a build killed
@@ -779,10 +784,10 @@ def _build_and_move_in(
                 with atomic_path(path) as tmp, open_sink(tmp) as sink:
                     for number, (_, piece) in enumerate(pieces):
                         write_table(sink, to_table(piece.images, piece.labels), number == 0)
-                        if piece.has_labels:
+                        if has_labels:
                             class_counts += count_classes(piece.labels)
                 # Listed in the manifest, for training to warn of digits streamed rows lack.
-                listed_counts = tuple(class_counts.tolist()) if piece.has_labels else None
+                listed_counts = tuple(class_counts.tolist()) if has_labels else None
                 shards.append(Shard(out_dir / path.name, bounds[part + 1] - bounds[part],
                                     path.stat().st_size, sha256_file(path),
                                     class_counts=listed_counts))  # fmt: skip
