@@ -271,11 +271,12 @@ def test_a_negative_range_is_refused_naming_it(field):
 
 
 @pytest.mark.parametrize(
-    ("field", "limit"), [("rotation_deg", 180), ("translate_px", 28), ("elastic_px", 28)]
+    ("field", "limit"),
+    [("rotation_deg", 180), ("shear", 2), ("translate_px", 28), ("elastic_px", 28)],
 )
 def test_a_range_past_what_the_frame_holds_is_refused_naming_it(field, limit):
-    # Built from Python, elastic_px 1e38 or rotation_deg 1e300 had drawn NaN images, and a shift
-    # or distortion past the frame's 28 px moves the digit clean off it.
+    # Built from Python, elastic_px or shear 1e38 or rotation_deg 1e300 had drawn NaN images, and
+    # a shift, distortion or slant past the frame's 28 px moves the digit clean off it.
     assert getattr(Augmentation(**{field: limit}), field) == limit
     with pytest.raises(ConfigError, match=rf"^{field} must be in \[0, {limit}\] \(.*got 1e\+38$"):
         Augmentation(**{field: 1e38})

@@ -25,6 +25,10 @@ from digit_recognizer.errors import ConfigError
 # a draw near the range's end moves the digit clean off the frame, and elastic_px from 1e38 had
 # overflowed float32 into NaN images.
 MAX_DISPLACEMENT_PX = SIZE
+# A shear moves each row sideways by the factor times its height off the centre: past 2 the
+# frame's top and bottom rows move by more than MAX_DISPLACEMENT_PX, and shear 1e38 had
+# overflowed float32 into NaN images.
+MAX_SHEAR = MAX_DISPLACEMENT_PX / (SIZE / 2)
 # Past a half turn each way a rotation range holds every turn already; from 1e300 degrees its
 # angle had overflowed float32 into NaN images.
 MAX_ROTATION_DEG = 180
@@ -89,13 +93,14 @@ class Augmentation:
                 raise ConfigError(f"{field.name} must be >= 0, got {value}")
         limits = {
             "rotation_deg": (MAX_ROTATION_DEG, "degrees: a half turn each way"),
+            "shear": (MAX_SHEAR, "a factor: the frame's top and bottom rows moved by its side"),
             "translate_px": (MAX_DISPLACEMENT_PX, "pixels: the frame's side"),
             "elastic_px": (MAX_DISPLACEMENT_PX, "pixels: the frame's side"),
         }
         for name, (limit, unit) in limits.items():
             if getattr(self, name) > limit:
                 raise ConfigError(
-                    f"{name} must be in [0, {limit}] ({unit}), got {getattr(self, name)}"
+                    f"{name} must be in [0, {limit:g}] ({unit}), got {getattr(self, name)}"
                 )
 
     def max_strength(self) -> float:
