@@ -1,6 +1,7 @@
 """Grad-CAM and saliency on the trained tiny run; `digits explain` through the CLI."""
 
 import os
+import re
 import shutil
 import threading
 from pathlib import Path
@@ -183,7 +184,8 @@ def test_explain_an_image_file(tiny_run, small_test, tmp_path):
     Image.fromarray(255 - np.kron(small_test.images[3], np.ones((4, 4), np.uint8))).save(photo)
     result = runner.invoke(app, ["explain", str(run_dir), str(photo)])
     assert result.exit_code == 0, result.output
-    assert (run_dir / "explain-my_digit-png.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    (figure,) = run_dir.glob("explain-my_digit-png-*.png")
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     predicted = int(result.output.split("predicted ")[1].split()[0])
     assert predicted == Predictor.load([run_dir]).predict(load_image(photo)[None])[0]
     wrong = runner.invoke(app, ["explain", str(run_dir), str(photo), "--index", "0"])
@@ -227,36 +229,71 @@ def test_explain_names_its_figure_after_the_csv_and_row(tiny_run, small_test, tm
     assert explanation_path(run_dir, tmp_path / "shards" / "manifest.json", 3) == (
         run_dir / "explain-shards-row3.png"
     )
-    assert explanation_path(run_dir, tmp_path / "part-*.csv", 0).name == "explain-part-_-row0.png"
+    assert re.fullmatch(
+        r"explain-part-_-[0-9a-f]{8}-row0\.png",
+        explanation_path(run_dir, tmp_path / "part-*.csv", 0).name,
+    )
 
 
 def test_explain_names_a_figure_with_no_character_a_shell_or_a_glob_reads(tmp_path):
     """A CSV's name with a space, a quote or a glob's wildcard had gone into the figure's
     (explain-my digits-row3.png, one to quote in a shell); the glob of a directory's CSVs had
-    been drawn to explain-_-row3.png, a name of nothing."""
+    been drawn to explain-_-row3.png, a name of nothing. A name so rewritten is followed by 8
+    hex digits of a hash of the name as given, which tell it from the name typed with _."""
     run_dir = tmp_path / "run"
+    hashed = "-[0-9a-f]{8}"
     named = {
-        "my digits.csv": "explain-my_digits-row3.png",
-        "it's.csv": "explain-it_s-row3.png",
-        'say "3".csv': "explain-say_3_-row3.png",
-        "a*b.csv": "explain-a_b-row3.png",
-        "scan [1].csv": "explain-scan_1_-row3.png",
+        "my digits.csv": f"explain-my_digits{hashed}-row3.png",
+        "it's.csv": f"explain-it_s{hashed}-row3.png",
+        'say "3".csv': f"explain-say_3_{hashed}-row3.png",
+        "a*b.csv": f"explain-a_b{hashed}-row3.png",
+        "scan [1].csv": f"explain-scan_1_{hashed}-row3.png",
         "-.csv": "explain---row3.png",
         "données.csv": "explain-données-row3.png",
-        "part-*.csv": "explain-part-_-row3.png",
+        "part-*.csv": f"explain-part-_{hashed}-row3.png",
         "*.csv": "explain-kaggle-row3.png",  # a glob of the folder's CSVs: named after it
     }
     folder = tmp_path / "kaggle"
     folder.mkdir()
     for source, figure in named.items():
-        assert explanation_path(run_dir, folder / source, 3) == run_dir / figure
+        path = explanation_path(run_dir, folder / source, 3)
+        assert path.parent == run_dir and re.fullmatch(figure.replace(".", r"\."), path.name)
     (folder / "my digits").mkdir()  # a shard directory
-    assert explanation_path(run_dir, folder / "my digits" / "manifest.json", 3).name == (
-        "explain-my_digits-row3.png"
+    assert re.fullmatch(
+        rf"explain-my_digits{hashed}-row3\.png",
+        explanation_path(run_dir, folder / "my digits" / "manifest.json", 3).name,
     )
-    assert explanation_path(run_dir, folder / "my digit.png", None).name == (
-        "explain-my_digit-png.png"
+    assert re.fullmatch(
+        rf"explain-my_digit-png{hashed}\.png",
+        explanation_path(run_dir, folder / "my digit.png", None).name,
     )
+
+
+def test_explain_draws_two_names_that_differ_only_in_characters_written_as_an_underscore_apart(
+    tiny_run, small_test, tmp_path
+):
+    """'my digit.png' and 'my_digit.png' had both been drawn to explain-my_digit-png.png, the
+    second over the first without a word; so had row 3 of 'a b.csv', 'a  b.csv' and 'a_b.csv'.
+    A name that needs no rewriting keeps its figure's name."""
+    run_dir = shutil.copytree(tiny_run, tmp_path / "run")
+    written = []
+    for name, row in (("my digit.png", 3), ("my_digit.png", 4)):
+        photo = tmp_path / name
+        Image.fromarray(255 - np.kron(small_test.images[row], np.ones((4, 4), np.uint8))).save(
+            photo
+        )
+        result = runner.invoke(app, ["explain", str(run_dir), str(photo)])
+        assert result.exit_code == 0, result.output
+        written.append(Path(result.output.rstrip().rsplit(" -> ", 1)[1]))
+    assert written[1] == run_dir / "explain-my_digit-png.png"
+    assert written[0] != written[1] and written[0].name.startswith("explain-my_digit-")
+    assert written[0].read_bytes() != written[1].read_bytes()  # the first was not drawn over
+    rows = {
+        explanation_path(run_dir, tmp_path / name, 3) for name in ("a b.csv", "a  b.csv", "a_b.csv")
+    }
+    assert len(rows) == 3 and run_dir / "explain-a_b-row3.png" in rows
+    # The same name is the same figure each time: explaining it again replaces its own.
+    assert explanation_path(run_dir, tmp_path / "my digit.png", None) == written[0]
 
 
 def test_explain_sees_a_csv_row_as_predict_does(tiny_run, small_test, tmp_path):

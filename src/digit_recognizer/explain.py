@@ -15,6 +15,8 @@ heatmaps are small and bf16 gradients make them blotchy.
 
 from __future__ import annotations
 
+import hashlib
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -323,18 +325,24 @@ def explanation_path(run_dir: Path, source: Path, index: int | None) -> Path:
     whose pattern is wildcards alone ('NAME/*.csv'): row 3 of two CSVs are two figures. In
     NAME each run of characters other than letters, digits, ``.``, ``-`` and ``_`` (spaces,
     quotes, a glob's wildcards) is written as one ``_``: the path is typed in a shell unquoted,
-    and no command reads it as a glob."""
+    and no command reads it as a glob. A NAME so rewritten ends in 8 hex digits of a hash of
+    the name as given (my digit.png: explain-my_digit-png-18549a71.png), or it would be
+    my_digit.png's figure, drawn over without a word."""
     if index is None:
         return run_dir / f"explain-{_safe_name(source.stem + source.suffix.replace('.', '-'))}.png"
     named = source.parent if source.name == MANIFEST_FILE else source
-    name = _safe_name(named.resolve().name if named.is_dir() else named.stem)
+    name = named.resolve().name if named.is_dir() else named.stem
     if is_glob(named) and not any(char.isalnum() for char in name):  # "data/*.csv": "data"
-        name = _safe_name(named.parent.resolve().name)
-    return run_dir / f"explain-{name}-row{index}.png"
+        name = named.parent.resolve().name
+    return run_dir / f"explain-{_safe_name(name)}-row{index}.png"
 
 
 def _safe_name(name: str) -> str:
-    return re.sub(r"[^\w.-]+", "_", name)
+    safe = re.sub(r"[^\w.-]+", "_", name)
+    if safe == name:
+        return name
+    # fsencode: a name that is no UTF-8 (its bytes held as surrogates) hashes as its bytes
+    return f"{safe}-{hashlib.sha256(os.fsencode(name)).hexdigest()[:8]}"
 
 
 def _first_rows_and_row(source: Path, index: int | None) -> tuple[DigitSet, DigitSet]:
