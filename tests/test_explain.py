@@ -1,5 +1,6 @@
 """Grad-CAM and saliency on the trained tiny run; `digits explain` through the CLI."""
 
+import gzip
 import os
 import re
 import shutil
@@ -315,6 +316,29 @@ def test_explain_sees_a_csv_row_as_predict_does(tiny_run, small_test, tmp_path):
     write_kaggle_csv(transposed_csv, small_test.images[:300].transpose(0, 2, 1))
     upright = explain_run(tiny_run, transposed_csv, 7, tmp_path / "d.png")
     np.testing.assert_array_equal(upright.image, small_test.images[7])
+
+
+def test_explain_reads_a_file_whose_name_says_csv_as_rows_as_the_other_commands_do(
+    tiny_run, small_test, tmp_path
+):
+    """A CSV named '.csv' or '.CSV' (Path.suffix '') had been read as an image ("--index picks
+    a row of a CSV"), and a gzipped 'rows.csv.gz' been told only that it is no image; now the
+    first two are explained as rows, and the third is refused as `digits predict` refuses it."""
+    for name in (".csv", ".CSV"):
+        csv = tmp_path / name.lstrip(".") / name
+        csv.parent.mkdir()
+        write_kaggle_csv(csv, small_test.images[:5], small_test.labels[:5])
+        explanation = explain_run(tiny_run, csv, 3, tmp_path / f"{name[1:]}.png")
+        np.testing.assert_array_equal(explanation.image, small_test.images[3])
+        assert explanation.label == small_test.labels[3]
+    gzipped = tmp_path / "rows.csv.gz"
+    gzipped.write_bytes(gzip.compress((tmp_path / "csv" / ".csv").read_bytes()))
+    predicted = runner.invoke(app, ["predict", str(tiny_run), str(gzipped)])
+    explained = runner.invoke(app, ["explain", str(tiny_run), str(gzipped), "--index", "3",
+                                    "--out", str(tmp_path / "gz.png")])  # fmt: skip
+    refusal = f"{gzipped}: gzip-compressed, not CSV text; gunzip it first"
+    assert predicted.exit_code == explained.exit_code == 1
+    assert refusal in predicted.output and refusal in explained.output
 
 
 def test_explain_conforms_the_row_it_shows_and_a_sample_not_the_whole_file(

@@ -48,6 +48,7 @@ from digit_recognizer.data.kaggle_csv import (
     check_kaggle_csv,
     count_classes,
     count_lines,
+    is_csv_name,
     open_binary,
     open_sink,
     parse_body,
@@ -253,7 +254,8 @@ def is_data_source(path: str | Path) -> bool:
     rather than one image file."""
     path = Path(path)
     # A glob only where no file has that name: `scan [1].png` is a photo (it was read as a CSV).
-    return path.suffix.lower() in (".csv", ".json") or path.is_dir() or is_glob(path)
+    # By name, not suffix: '.csv' has none, and 'x.csv.gz' is refused as gzip, as predict does.
+    return is_csv_name(path) or path.suffix.lower() == ".json" or path.is_dir() or is_glob(path)
 
 
 def resolve_data_source(source: str | Path) -> Manifest:
