@@ -25,6 +25,7 @@ from digit_recognizer.explain import (
     grad_cam,
     saliency,
 )
+from digit_recognizer.fileio import MAX_NAME_BYTES
 from digit_recognizer.models.nets import Deskew
 from digit_recognizer.models.registry import build
 from digit_recognizer.models.storage import load_net
@@ -295,6 +296,33 @@ def test_explain_draws_two_names_that_differ_only_in_characters_written_as_an_un
     assert len(rows) == 3 and run_dir / "explain-a_b-row3.png" in rows
     # The same name is the same figure each time: explaining it again replaces its own.
     assert explanation_path(run_dir, tmp_path / "my digit.png", None) == written[0]
+
+
+def test_explain_cuts_a_long_name_to_a_figure_name_the_file_system_takes(
+    tiny_run, small_test, tmp_path
+):
+    """An image or CSV whose name was over ~210 bytes had a default figure name too long for
+    the file system, or for the temporary file the figure is written to first, and explain
+    failed to write it. Cut, at a whole character of a name in UTF-8, the name ends in a hash
+    of the name given: two names alike up to the cut are two figures. A name that fits is kept
+    whole."""
+    run_dir = shutil.copytree(tiny_run, tmp_path / "run")
+    photo = tmp_path / f"{'a' * 240}.png"
+    Image.fromarray(255 - np.kron(small_test.images[3], np.ones((4, 4), np.uint8))).save(photo)
+    result = runner.invoke(app, ["explain", str(run_dir), str(photo)])
+    assert result.exit_code == 0, result.output
+    (figure,) = run_dir.glob("explain-aaaa*.png")
+    assert figure.read_bytes()[:4] == b"\x89PNG"
+    assert re.fullmatch(r"explain-a{200,}-[0-9a-f]{8}\.png", figure.name)
+    for long in ("字" * 80, "é" * 119, "b" * 250):  # 3- and 2-byte characters, cut in two
+        paths = {explanation_path(run_dir, tmp_path / f"{long}{end}.csv", 123) for end in "xy"}
+        assert len(paths) == 2
+        for path in paths:
+            assert len(path.name.encode()) <= MAX_NAME_BYTES
+            assert path.name.startswith(f"explain-{long[:50]}")
+            assert re.search(r"-[0-9a-f]{8}-row123\.png$", path.name)
+    fits = "c" * (MAX_NAME_BYTES - len("explain--row3.png"))
+    assert explanation_path(run_dir, tmp_path / f"{fits}.csv", 3).name == f"explain-{fits}-row3.png"
 
 
 def test_explain_sees_a_csv_row_as_predict_does(tiny_run, small_test, tmp_path):

@@ -694,7 +694,8 @@ def explain(
         help="The figure, in any format matplotlib writes (.png, .svg, .pdf, .jpg...) "
              "\\[default: RUN_DIR/explain-NAME-rowINDEX.png for a CSV NAME.csv, "
              "RUN_DIR/explain-NAME-EXT.png for an image NAME.EXT; spaces, quotes and "
-             "wildcards in NAME written as _, then a short hash of the name added].")] = None,
+             "wildcards in NAME written as _ and a long NAME cut, then a short hash of the "
+             "name added].")] = None,
     as_is: AsIs = None,
 ) -> None:  # fmt: skip
     """Grad-CAM (or saliency) and probabilities for one image, as a figure (PNG, SVG, PDF)."""

@@ -44,7 +44,12 @@ from digit_recognizer.data.shards import (
 from digit_recognizer.data.tensors import to_model_input
 from digit_recognizer.errors import ConfigError, DataError, OutputError
 from digit_recognizer.evaluate import figure_kind, save_figure
-from digit_recognizer.fileio import check_can_write, is_glob, refuse_special_file
+from digit_recognizer.fileio import (
+    MAX_NAME_BYTES,
+    check_can_write,
+    is_glob,
+    refuse_special_file,
+)
 from digit_recognizer.models.storage import load_net
 from digit_recognizer.predict import (
     PredictConfig,
@@ -325,24 +330,29 @@ def explanation_path(run_dir: Path, source: Path, index: int | None) -> Path:
     whose pattern is wildcards alone ('NAME/*.csv'): row 3 of two CSVs are two figures. In
     NAME each run of characters other than letters, digits, ``.``, ``-`` and ``_`` (spaces,
     quotes, a glob's wildcards) is written as one ``_``: the path is typed in a shell unquoted,
-    and no command reads it as a glob. A NAME so rewritten ends in 8 hex digits of a hash of
-    the name as given (my digit.png: explain-my_digit-png-18549a71.png), or it would be
-    my_digit.png's figure, drawn over without a word."""
+    and no command reads it as a glob. A NAME so rewritten, or cut to fit MAX_NAME_BYTES (a
+    name over ~210 bytes), ends in 8 hex digits of a hash of the name as given (my digit.png:
+    explain-my_digit-png-18549a71.png), or it would be another name's figure (my_digit.png's),
+    drawn over without a word."""
     if index is None:
-        return run_dir / f"explain-{_safe_name(source.stem + source.suffix.replace('.', '-'))}.png"
+        return run_dir / _figure_name(source.stem + source.suffix.replace(".", "-"))
     named = source.parent if source.name == MANIFEST_FILE else source
     name = named.resolve().name if named.is_dir() else named.stem
     if is_glob(named) and not any(char.isalnum() for char in name):  # "data/*.csv": "data"
         name = named.parent.resolve().name
-    return run_dir / f"explain-{_safe_name(name)}-row{index}.png"
+    return run_dir / _figure_name(name, f"-row{index}")
 
 
-def _safe_name(name: str) -> str:
+def _figure_name(name: str, tail: str = "") -> str:
     safe = re.sub(r"[^\w.-]+", "_", name)
-    if safe == name:
-        return name
+    figure = f"explain-{safe}{tail}.png"
+    if safe == name and len(figure.encode()) <= MAX_NAME_BYTES:
+        return figure
     # fsencode: a name that is no UTF-8 (its bytes held as surrogates) hashes as its bytes
-    return f"{safe}-{hashlib.sha256(os.fsencode(name)).hexdigest()[:8]}"
+    digest = f"-{hashlib.sha256(os.fsencode(name)).hexdigest()[:8]}"
+    room = max(MAX_NAME_BYTES - len(f"explain-{digest}{tail}.png".encode()), 0)
+    kept = safe.encode()[:room].decode(errors="ignore")  # a character cut in two is dropped
+    return f"explain-{kept}{digest}{tail}.png"
 
 
 def _first_rows_and_row(source: Path, index: int | None) -> tuple[DigitSet, DigitSet]:

@@ -23,6 +23,9 @@ LOCK_FILE = ".lock"
 # Age past which a temporary file in a folder other machines' processes share is a killed
 # writer's, whatever its pid says here: every writer here finishes a file in seconds.
 LEFTOVER_AGE_S = 600
+# The longest file name atomic_path writes: its temporary file's, ".NAME.PID-XXXXXXXX.tmp" with a
+# pid of up to 7 digits (Linux's pid_max), must fit the 255 bytes of ext4, XFS, Btrfs or APFS.
+MAX_NAME_BYTES = 255 - len("..4194304-XXXXXXXX.tmp")
 
 
 def make_dir(path: str | os.PathLike[str]) -> Path:
