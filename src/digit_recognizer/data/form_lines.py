@@ -39,8 +39,8 @@ def without_lines(ink: NDArray[np.float32], is_ink: NDArray[np.bool_]) -> NDArra
     hand-held photo turns a page), the columns likewise, each by its own slope or the page's
     both ways, whichever finds more line (_straightened). A line is then a run of ink along a
     row (or column), smeared across by LINE_TILT of the image (a line's bend, the tilt
-    search's step), at least LINE_FRACTION of the image long (or of what the image holds of
-    its row), that reaches past the rest of the ink at both ends by LINE_OVERHANG of the
+    search's step), at least LINE_FRACTION of the image long (or of its row on the page,
+    _page), that reaches past the rest of the ink at both ends by LINE_OVERHANG of the
     rest's extent (or is cut off by the image: reaching_past), where the ink beside the lines
     (off the band they were found in) is at least LINE_REST of all. A digit's own strokes are
     shorter or end where its other strokes do (a 7's bar at its stem), and a 1 is nearly all
@@ -55,8 +55,9 @@ def without_lines(ink: NDArray[np.float32], is_ink: NDArray[np.bool_]) -> NDArra
     mask = is_ink
     smear = max(1, round(LINE_TILT * min(mask.shape)))
     rows_slope, columns_slope, page_slope = _tilts(mask)
-    along_rows = _straightened(mask, [rows_slope, page_slope], smear)
-    along_columns = _straightened(mask.T, [-columns_slope, -page_slope], smear)
+    page = _page(mask, page_slope, smear)
+    along_rows = _straightened(mask, page, [rows_slope, page_slope], smear)
+    along_columns = _straightened(mask.T, page.T, [-columns_slope, -page_slope], smear)
     across_rows, across_columns = along_rows.line_runs, along_columns.line_runs
     if not len(across_rows[0]) and not len(across_columns[0]):
         return ink
@@ -98,19 +99,19 @@ class _Straightened:
     """A mask whose columns are shifted up or down so that its lines, tilted with the page,
     run along its rows (_tilts); whole-pixel shifts, undone exactly by ``back``."""
 
-    def __init__(self, mask: NDArray[np.bool_], slope: float, smear: int) -> None:
+    def __init__(
+        self, mask: NDArray[np.bool_], page: NDArray[np.bool_], slope: float, smear: int
+    ) -> None:
         height, width = mask.shape
         shifts = np.round(np.arange(width) * slope).astype(np.intp)
         shifts -= shifts.min()
         self.rows = np.arange(height)[:, None] + shifts  # each pixel's row once shifted
         self.mask = np.zeros((height + shifts.max(), width), dtype=bool)
         self.mask[self.rows, np.arange(width)] = mask
-        # How long each row is inside the image: the columns whose shifted span covers it.
-        n_rows = len(self.mask) + 1
-        covering = np.bincount(shifts, minlength=n_rows) - np.bincount(
-            shifts + height, minlength=n_rows
-        )
-        self.row_lengths = np.cumsum(covering)[:-1]
+        # How long each row is on the page (_page).
+        on_page = np.zeros_like(self.mask)
+        on_page[self.rows, np.arange(width)] = page
+        self.row_lengths = on_page.sum(axis=1)
         self.height = height
         self.shifts = shifts
         self.slope = slope
@@ -138,13 +139,14 @@ class _Straightened:
     @cached_property
     def _found(self) -> tuple[Runs, bool]:
         """The runs along the rows, smeared across by ``smear`` pixels either way, at least
-        LINE_FRACTION of the row as far as it lies in the image: of the image's width, or less
-        where a line turned with the page runs out of the image at a corner (down to
-        LINE_FRACTION_CUT of the width). Where bridging gaps a smear long along the rows finds
-        a page of lines (PAGE_LINES or more), those are its lines, dashed: squared paper's thin
-        grey lines, turned, fall apart into dashes where their ink is shared between two rows,
-        each under the ink threshold (a digit's strokes are seldom that many). Returns the runs
-        and whether they are dashed."""
+        LINE_FRACTION of the row as far as it lies in the image and on the page (_page): of the
+        image's width, or less where a line turned with the page runs out of the image at a
+        corner, or the turned page leaves the image's corners blank (down to LINE_FRACTION_CUT
+        of the width). Where bridging gaps a smear long along the rows finds a page of lines
+        (PAGE_LINES or more), those are its lines, dashed: squared paper's thin grey lines,
+        turned, fall apart into dashes where their ink is shared between two rows, each under
+        the ink threshold (a digit's strokes are seldom that many). Returns the runs and whether
+        they are dashed."""
         window = 2 * self.smear + 1
         smeared = ndimage.maximum_filter1d(self.mask, window, axis=0)
         bridged = ndimage.minimum_filter1d(
@@ -270,11 +272,37 @@ def _tilts(mask: NDArray[np.bool_]) -> tuple[float, float, float]:
     return tuple(float(slopes[index]) for index in best)
 
 
-def _straightened(mask: NDArray[np.bool_], slopes: list[float], smear: int) -> _Straightened:
+def _page(mask: NDArray[np.bool_], slope: float, margin: int) -> NDArray[np.bool_]:
+    """Where the page lies in the image, which a line's length is measured against (_found):
+    all of the image, unless all its ink lies on the page turned by ``slope`` that the image
+    just holds, its corners on the image's sides (give or take ``margin`` pixels, the slope's
+    error). A page photographed whole so, turned 10 degrees, has rows a quarter longer in the
+    image than on the page: a box's side or an underline spanning the page fell short."""
+    height, width = mask.shape
+    cos, sin = np.cos(np.arctan(slope)), np.sin(np.arctan(slope))
+    # The image is the turned page's bounding box: width = page_width cos + page_height |sin|.
+    page_width = (width * cos - height * abs(sin)) / (cos**2 - sin**2)
+    page_height = (height * cos - width * abs(sin)) / (cos**2 - sin**2)
+    whole = np.ones_like(mask)
+    if not slope or min(page_width, page_height) <= 0:
+        return whole
+    # From the image's centre, along the page's lines (a line's row falls by ``slope`` a
+    # column: _tilts) and across them.
+    rows, columns = np.mgrid[:height, :width]
+    right, down = columns - (width - 1) / 2, rows - (height - 1) / 2
+    within_width = np.abs(right * cos - down * sin) <= page_width / 2 + margin
+    within_height = np.abs(right * sin + down * cos) <= page_height / 2 + margin
+    page = within_width & within_height
+    return whole if (mask & ~page).any() else page
+
+
+def _straightened(
+    mask: NDArray[np.bool_], page: NDArray[np.bool_], slopes: list[float], smear: int
+) -> _Straightened:
     """``mask`` straightened by whichever of ``slopes`` finds the most line (line_runs' total
     length; the first of equals): a turned page's own slope, or the page's both ways, where a
     long stroke (a 1) outweighs the lines one way but not both, or the other way round."""
-    candidates = [_Straightened(mask, slope, smear) for slope in dict.fromkeys(slopes)]
+    candidates = [_Straightened(mask, page, slope, smear) for slope in dict.fromkeys(slopes)]
     return max(candidates, key=lambda straightened: straightened.run_length)
 
 
