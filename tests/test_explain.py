@@ -301,11 +301,10 @@ def test_explain_draws_two_names_that_differ_only_in_characters_written_as_an_un
 def test_explain_cuts_a_long_name_to_a_figure_name_the_file_system_takes(
     tiny_run, small_test, tmp_path
 ):
-    """An image or CSV whose name was over ~210 bytes had a default figure name too long for
-    the file system, or for the temporary file the figure is written to first, and explain
-    failed to write it. Cut, at a whole character of a name in UTF-8, the name ends in a hash
-    of the name given: two names alike up to the cut are two figures. A name that fits is kept
-    whole."""
+    """An image or CSV whose name was over ~240 bytes had a default figure name too long for
+    the file system, and explain failed to write it. Cut, at a whole character of a name in
+    UTF-8, the name ends in a hash of the name given: two names alike up to the cut are two
+    figures. A name that fits the file system's 255 bytes is kept whole."""
     run_dir = shutil.copytree(tiny_run, tmp_path / "run")
     photo = tmp_path / f"{'a' * 240}.png"
     Image.fromarray(255 - np.kron(small_test.images[3], np.ones((4, 4), np.uint8))).save(photo)
@@ -314,6 +313,7 @@ def test_explain_cuts_a_long_name_to_a_figure_name_the_file_system_takes(
     (figure,) = run_dir.glob("explain-aaaa*.png")
     assert figure.read_bytes()[:4] == b"\x89PNG"
     assert re.fullmatch(r"explain-a{200,}-[0-9a-f]{8}\.png", figure.name)
+    assert len(figure.name) == MAX_NAME_BYTES == 255
     for long in ("字" * 80, "é" * 119, "b" * 250):  # 3- and 2-byte characters, cut in two
         paths = {explanation_path(run_dir, tmp_path / f"{long}{end}.csv", 123) for end in "xy"}
         assert len(paths) == 2

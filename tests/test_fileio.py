@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -210,15 +212,19 @@ def test_a_full_disk_is_one_line_naming_the_file_whatever_the_writer_raised(
     assert list(tmp_path.iterdir()) == []
 
 
+def _dead_pid() -> int:
+    """The pid of a process that has ended: what its temporary files are named with is a
+    killed writer's."""
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                           capture_output=True, text=True, check=True)  # fmt: skip
+    return int(ended.stdout)
+
+
 def test_a_lock_taken_clears_what_a_killed_writer_left(tmp_path: Path) -> None:
     """Only that: a live writer's temporary file (`digits report` beside a training) and a
     user's own are left alone; one of this process's pid that it is not writing is a killed
     run's (a restarted container reuses pids)."""
-    import subprocess
-    import sys
-
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    dead = _dead_pid()
     run = tmp_path / "run"
     run.mkdir()
     left = [f".checkpoint.pt.{dead}-a8f2q0zz.tmp", f".history.csv.{os.getpid()}-b7d1k2xx.tmp"]
@@ -240,11 +246,7 @@ def test_the_next_write_of_a_file_clears_what_a_killed_write_of_it_left(tmp_path
     """A killed `digits predict --out sub.csv` (no locked folder around it) had left its
     temporary file for good. Once it is old enough to be no live writer's on another machine,
     the next write of the file removes it; another file's, and a fresh one, stay."""
-    import subprocess
-    import sys
-
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    dead = _dead_pid()
     killed, fresh, other = (tmp_path / f".sub.csv.{dead}-a8f2q0zz.tmp",
                             tmp_path / f".sub.csv.{dead}-b7d1k2xx.tmp",
                             tmp_path / f".other.csv.{dead}-c6e3m4ww.tmp")  # fmt: skip
@@ -256,6 +258,48 @@ def test_the_next_write_of_a_file_clears_what_a_killed_write_of_it_left(tmp_path
     write_text(tmp_path / "sub.csv", "ImageId,Label\n")
     assert sorted(path.name for path in tmp_path.iterdir()) == sorted(
         ["sub.csv", fresh.name, other.name])  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("name", "cut"),
+    [("a" * 251 + ".csv", "a" * 233), ("é" * 127, "é" * 116), ("字" * 85, "字" * 77)],
+)
+def test_a_name_of_up_to_255_bytes_is_written_and_clears_what_a_killed_write_left(
+    tmp_path: Path, name: str, cut: str
+) -> None:
+    """A file named over ~233 bytes, which the file system takes up to 255, had been refused:
+    its temporary file's name, 22 bytes longer, was too long ("File name too long"). That name
+    keeps the file's cut at a whole UTF-8 character, and the next write still removes what a
+    killed writer of the file left."""
+    killed = tmp_path / f".{cut}.{_dead_pid()}-a8f2q0zz.tmp"
+    killed.write_bytes(b"partial")
+    hour_ago = time.time() - 3600
+    os.utime(killed, (hour_ago, hour_ago))
+    with atomic_path(tmp_path / name) as tmp:
+        assert tmp.name.startswith(f".{cut}.{os.getpid()}-")
+        assert len(tmp.name.encode()) <= fileio.MAX_NAME_BYTES
+        tmp.write_text("ImageId,Label\n")
+    assert [path.name for path in tmp_path.iterdir()] == [name]
+    assert (tmp_path / name).read_text() == "ImageId,Label\n"
+
+
+def test_a_long_name_clears_a_killed_write_of_a_name_alike_up_to_the_cut_and_no_live_one(
+    tmp_path: Path,
+) -> None:
+    """Names alike up to the cut share the start of their temporary files' names: writing one
+    removes what a killed writer of the other left, which is no one's, and never what a live
+    writer of it, this process or another, is writing."""
+    alike, hour_ago = "d" * 240, time.time() - 3600
+    killed = tmp_path / f".{'d' * 233}.{_dead_pid()}-a8f2q0zz.tmp"
+    elsewhere = tmp_path / f".{'d' * 233}.{os.getppid()}-k3j9x1yy.tmp"
+    with atomic_path(tmp_path / f"{alike}-second.csv") as writing:  # this process's, being written
+        writing.write_text("second")
+        for path in (killed, elsewhere, writing):
+            path.write_bytes(b"partial")
+            os.utime(path, (hour_ago, hour_ago))
+        write_text(tmp_path / f"{alike}-first.csv", "first")
+        assert sorted(path.name for path in tmp_path.iterdir()) == sorted(
+            [f"{alike}-first.csv", writing.name, elsewhere.name])  # fmt: skip
 
 
 def test_a_run_refused_in_a_folder_it_made_leaves_no_folder(tmp_path: Path) -> None:

@@ -331,7 +331,7 @@ def explanation_path(run_dir: Path, source: Path, index: int | None) -> Path:
     NAME each run of characters other than letters, digits, ``.``, ``-`` and ``_`` (spaces,
     quotes, a glob's wildcards) is written as one ``_``: the path is typed in a shell unquoted,
     and no command reads it as a glob. A NAME so rewritten, or cut to fit MAX_NAME_BYTES (a
-    name over ~210 bytes), ends in 8 hex digits of a hash of the name as given (my digit.png:
+    name over ~240 bytes), ends in 8 hex digits of a hash of the name as given (my digit.png:
     explain-my_digit-png-18549a71.png), or it would be another name's figure (my_digit.png's),
     drawn over without a word."""
     if index is None:

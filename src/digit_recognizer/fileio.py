@@ -23,9 +23,8 @@ LOCK_FILE = ".lock"
 # Age past which a temporary file in a folder other machines' processes share is a killed
 # writer's, whatever its pid says here: every writer here finishes a file in seconds.
 LEFTOVER_AGE_S = 600
-# The longest file name atomic_path writes: its temporary file's, ".NAME.PID-XXXXXXXX.tmp" with a
-# pid of up to 7 digits (Linux's pid_max), must fit the 255 bytes of ext4, XFS, Btrfs or APFS.
-MAX_NAME_BYTES = 255 - len("..4194304-XXXXXXXX.tmp")
+# The longest file name ext4, XFS, Btrfs and APFS take, in bytes (UTF-8 on APFS).
+MAX_NAME_BYTES = 255
 
 
 def make_dir(path: str | os.PathLike[str]) -> Path:
@@ -103,8 +102,8 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         # is writing (remove_leftovers), and the next writer of the file removes it: outputs
         # outside a locked folder (predict's, export's) had kept a killed write's for good.
         remove_leftovers(path.parent, min_age_s=LEFTOVER_AGE_S, of=path.name)
-        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}-",
-                                        suffix=".tmp")  # fmt: skip
+        prefix = f"{_temporary_prefix(path.name)}{os.getpid()}-"
+        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=".tmp")
     except OSError as error:
         raise _cannot_be_written(path, error) from None
     os.close(fd)
@@ -363,7 +362,9 @@ def remove_unlocked_dirs(folders: Iterable[Path]) -> None:
                 shutil.rmtree(folder)
 
 
-# atomic_path's temporary files: .NAME.PID-RANDOM.tmp (mkstemp's 8 random characters)
+# atomic_path's temporary files: .NAME.PID-RANDOM.tmp (mkstemp's 8 random characters), NAME cut
+# to leave room for the rest with a pid of up to 7 digits (Linux's pid_max)
+_TEMPORARY_NAME_BYTES = MAX_NAME_BYTES - len("..4194304-XXXXXXXX.tmp")
 _TEMPORARY_FILE = re.compile(r"\..+\.(\d{1,9})-[a-z0-9_]{8}\.tmp")
 _WRITING: set[Path] = set()  # this process's temporary files, being written (resolved)
 
@@ -377,13 +378,27 @@ def remove_leftovers(folder: Path, min_age_s: float = 0.0, of: str | None = None
     untouched that long, where no lock keeps out a writer in another container or on another
     machine, whose pid says nothing here. Best effort: a folder that cannot be written keeps
     them."""
-    for path in folder.glob(f".{glob.escape(of)}.*.tmp" if of else ".*.tmp"):
+    for path in folder.glob(f"{glob.escape(_temporary_prefix(of))}*.tmp" if of else ".*.tmp"):
         match = _TEMPORARY_FILE.fullmatch(path.name)
         if match and path.resolve() not in _WRITING and is_leftover_of(int(match[1])):
             with contextlib.suppress(OSError):
                 # (A file dated ahead by a clock set back is old enough when no age is asked.)
                 if min_age_s <= 0 or time.time() - path.stat().st_mtime >= min_age_s:
                     path.unlink(missing_ok=True)
+
+
+def _temporary_prefix(name: str) -> str:
+    """``.NAME.``, which begins the name of each temporary file of file ``name`` (atomic_path's,
+    and those remove_leftovers looks for). NAME is cut, at a whole UTF-8 character, to fit the
+    temporary file's name in MAX_NAME_BYTES: a file named over ~233 bytes, which the file
+    system takes, had been refused ("File name too long"). Two names alike up to the cut share
+    it: writing one removes what a killed writer of the other left, never what a live one is
+    writing (remove_leftovers tells them apart by pid)."""
+    encoded = os.fsencode(name)
+    cut = _TEMPORARY_NAME_BYTES
+    while 0 < cut < len(encoded) and encoded[cut] & 0b1100_0000 == 0b1000_0000:
+        cut -= 1  # a UTF-8 continuation byte at the cut: its character goes whole
+    return f".{os.fsdecode(encoded[:cut])}."
 
 
 def is_leftover_of(pid: int) -> bool:
