@@ -47,6 +47,7 @@ from digit_recognizer.evaluate import figure_kind, save_figure
 from digit_recognizer.fileio import (
     MAX_NAME_BYTES,
     check_can_write,
+    cut_name,
     is_glob,
     refuse_special_file,
 )
@@ -351,8 +352,7 @@ def _figure_name(name: str, tail: str = "") -> str:
     # fsencode: a name that is no UTF-8 (its bytes held as surrogates) hashes as its bytes
     digest = f"-{hashlib.sha256(os.fsencode(name)).hexdigest()[:8]}"
     room = max(MAX_NAME_BYTES - len(f"explain-{digest}{tail}.png".encode()), 0)
-    kept = safe.encode()[:room].decode(errors="ignore")  # a character cut in two is dropped
-    return f"explain-{kept}{digest}{tail}.png"
+    return f"explain-{cut_name(safe, room)}{digest}{tail}.png"
 
 
 def _first_rows_and_row(source: Path, index: int | None) -> tuple[DigitSet, DigitSet]:

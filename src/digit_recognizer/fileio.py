@@ -389,16 +389,22 @@ def remove_leftovers(folder: Path, min_age_s: float = 0.0, of: str | None = None
 
 def _temporary_prefix(name: str) -> str:
     """``.NAME.``, which begins the name of each temporary file of file ``name`` (atomic_path's,
-    and those remove_leftovers looks for). NAME is cut, at a whole UTF-8 character, to fit the
-    temporary file's name in MAX_NAME_BYTES: a file named over ~233 bytes, which the file
-    system takes, had been refused ("File name too long"). Two names alike up to the cut share
-    it: writing one removes what a killed writer of the other left, never what a live one is
-    writing (remove_leftovers tells them apart by pid)."""
+    and those remove_leftovers looks for). NAME is cut to fit the temporary file's name in
+    MAX_NAME_BYTES: a file named over ~233 bytes, which the file system takes, had been refused
+    ("File name too long"). Two names alike up to the cut share it: writing one removes what a
+    killed writer of the other left, never what a live one is writing (remove_leftovers tells
+    them apart by pid)."""
+    return f".{cut_name(name, _TEMPORARY_NAME_BYTES)}."
+
+
+def cut_name(name: str, max_bytes: int) -> str:
+    """``name`` cut to at most ``max_bytes`` bytes as the file system stores it, at a whole
+    UTF-8 character (a name that is no UTF-8, its bytes held as surrogates, keeps them)."""
     encoded = os.fsencode(name)
-    cut = _TEMPORARY_NAME_BYTES
+    cut = max_bytes
     while 0 < cut < len(encoded) and encoded[cut] & 0b1100_0000 == 0b1000_0000:
         cut -= 1  # a UTF-8 continuation byte at the cut: its character goes whole
-    return f".{os.fsdecode(encoded[:cut])}."
+    return os.fsdecode(encoded[:cut])
 
 
 def is_leftover_of(pid: int) -> bool:
