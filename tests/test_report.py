@@ -180,6 +180,18 @@ def test_eda_summary_rows_state_the_csvs_own_numbers(tmp_path, small_train):
     assert rows["balance"] == f"smallest / largest class = {counts.min() / counts.max():.2f}"
 
 
+def test_eda_counts_as_conflicting_only_the_duplicates_with_another_label(tmp_path, small_train):
+    """Two copies of a row under its own label and one under another: one conflict, not two."""
+    images, labels = small_train.images[:5], small_train.labels[:5]
+    other_label = (labels[1] + 1) % 10
+    data = DigitSet(
+        images[[0, 1, 2, 3, 4, 0, 0, 1]], np.append(labels, [labels[0], labels[0], other_label])
+    )
+    summary = eda_module._summarise(tmp_path / "train.csv", data)
+    assert (summary.n_duplicates, summary.n_conflicting_duplicates) == (3, 1)
+    assert dict(summary.rows())["duplicate images"] == "3 (1 with a different label)"
+
+
 def test_eda_plots_draw_the_counts_and_the_nets_normalisation(tmp_path, small_train, monkeypatch):
     """The figures' own numbers, read off the matplotlib figure before it is saved: bars per
     digit in digit order, the image count in the title, the histogram's x after normalising."""
@@ -729,6 +741,35 @@ def test_augment_preview_draws_up_to_40_augmentations_an_image(tmp_path, small_c
     monkeypatch.setattr(eda_module, "plot_gallery", lambda tiles, *_, **__: shown.append(tiles))
     eda_module.augment_preview(small_csvs["train"], tmp_path / "p.png", n=40)
     assert len(shown[-1]) == eda_module.PREVIEW_ROWS * 41
+
+
+def test_augment_preview_of_a_file_of_fewer_rows_than_it_shows_shows_them_all(
+    tmp_path, small_train, monkeypatch
+):
+    shown = []
+    monkeypatch.setattr(eda_module, "plot_gallery", lambda tiles, *_, **__: shown.append(tiles))
+    csv = tmp_path / "train.csv"
+    write_kaggle_csv(csv, small_train.images[:3], small_train.labels[:3])
+    eda_module.augment_preview(csv, tmp_path / "p.png", n=1)
+    originals = shown[-1][::2]
+    assert sorted(map(bytes, originals)) == sorted(map(bytes, small_train.images[:3]))
+
+
+def test_augment_preview_titles_the_elastic_distortion_and_styles_it_draws(
+    tmp_path, small_csvs, monkeypatch
+):
+    """The styles only where the file has the labels they are drawn by; the elastic distortion
+    where it is on."""
+    titles = []
+    monkeypatch.setattr(eda_module, "plot_gallery", lambda *_, title, **__: titles.append(title))
+    for csv in (small_csvs["train"], small_csvs["test"]):
+        for elastic in (0.0, 1.5):
+            eda_module.augment_preview(csv, tmp_path / "p.png", n=1, elastic=elastic, styles=0.3)
+    labelled, labelled_elastic, unlabelled, unlabelled_elastic = titles
+    assert labelled.endswith(", styles 30%") and "elastic" not in labelled
+    assert labelled_elastic.endswith(", elastic 1.5 px, styles 30%")
+    assert "styles" not in unlabelled and "elastic" not in unlabelled
+    assert unlabelled_elastic.endswith(", elastic 1.5 px")
 
 
 def test_augment_preview_keeps_a_7_it_drew_where_it_puts_in_a_1(tmp_path, small_train, monkeypatch):
