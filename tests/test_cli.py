@@ -31,7 +31,7 @@ from digit_recognizer.errors import DigitsError
 from digit_recognizer.evaluate import compute_metrics
 from digit_recognizer.fileio import locked_dir
 from digit_recognizer.interrupts import interruption_behind
-from digit_recognizer.logs import log_handler
+from digit_recognizer.logs import hushed, log_handler
 from digit_recognizer.models.registry import available
 from digit_recognizer.predict import PredictConfig, Predictor, conform_rows, predict_csv
 
@@ -130,6 +130,23 @@ def test_the_log_in_a_pipe_follows_stderr_and_keeps_the_records_format(monkeypat
     monkeypatch.setattr(sys, "stderr", second)
     handler.handle(progress_record("epoch done"))
     assert second.getvalue() == "INFO     member 2: epoch done\n"
+
+
+def test_hushed_keeps_the_errors_of_its_logger_alone_and_restores_its_level():
+    """An ensemble's later members hush the warnings the first gave: that logger's errors still
+    show, the package's other loggers are untouched, and the level comes back after the block,
+    also where it ends in an exception."""
+    module = logging.getLogger("digit_recognizer.hushed_by_a_test")
+    package_level = logging.getLogger("digit_recognizer").level
+    module.setLevel(logging.INFO)
+    try:
+        with pytest.raises(ValueError), hushed(module.name):
+            assert not module.isEnabledFor(logging.WARNING) and module.isEnabledFor(logging.ERROR)
+            assert logging.getLogger("digit_recognizer").level == package_level
+            raise ValueError
+        assert module.level == logging.INFO
+    finally:
+        module.setLevel(logging.NOTSET)
 
 
 def test_the_interruption_behind_an_error_is_this_calls_and_found_through_a_loop():
