@@ -30,7 +30,7 @@ from digit_recognizer.data.replica import replica_files
 from digit_recognizer.errors import DigitsError
 from digit_recognizer.evaluate import compute_metrics
 from digit_recognizer.fileio import locked_dir
-from digit_recognizer.interrupts import interruption_behind
+from digit_recognizer.interrupts import Terminated, interruption_behind, stop_signals_interrupt
 from digit_recognizer.logs import hushed, log_handler
 from digit_recognizer.models.registry import available
 from digit_recognizer.predict import PredictConfig, Predictor, conform_rows, predict_csv
@@ -190,6 +190,25 @@ def test_sighup_stops_a_command_as_ctrl_c_does_unless_nohup_ignores_it(monkeypat
         assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
     finally:
         signal.signal(signal.SIGHUP, previous)
+
+
+def test_sigterm_stops_the_block_as_ctrl_c_does_and_its_handler_comes_back():
+    """`kill`, `timeout` and job schedulers send SIGTERM: within the block it raises the
+    interruption, naming the signal (the exit status is 128 + it); outside, the handler that
+    was there before runs again."""
+    before = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, _frame: before.append(signum))
+    try:
+        with pytest.raises(Terminated) as raised, stop_signals_interrupt():
+            signal.raise_signal(signal.SIGTERM)
+            time.sleep(1)  # the handler runs at the next bytecode, well before this ends
+        assert raised.value.signum == signal.SIGTERM and not before
+        assert isinstance(raised.value, KeyboardInterrupt)
+        signal.raise_signal(signal.SIGTERM)
+        time.sleep(0)
+        assert before == [signal.SIGTERM]
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def test_run_trains_predicts_and_writes_a_run_directory(tmp_path, small_csvs):
