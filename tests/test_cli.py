@@ -27,7 +27,7 @@ from typer.testing import CliRunner
 from digit_recognizer.cli import app, one_line, predict_config
 from digit_recognizer.data.kaggle_csv import write_kaggle_csv
 from digit_recognizer.data.replica import replica_files
-from digit_recognizer.errors import DigitsError
+from digit_recognizer.errors import DigitsError, counted, first_line
 from digit_recognizer.evaluate import compute_metrics
 from digit_recognizer.fileio import locked_dir
 from digit_recognizer.interrupts import Terminated, interruption_behind, stop_signals_interrupt
@@ -745,6 +745,23 @@ def test_os_errors_name_both_paths_or_at_least_their_kind():
     rename = OSError(18, "Invalid cross-device link", "/a", None, "/b")
     assert one_line(rename) == "/a -> /b: Invalid cross-device link"
     assert one_line(TimeoutError()) == "TimeoutError"
+
+
+def test_counts_are_plural_unless_one_and_thousands_separated():
+    assert [counted(n, "row") for n in (0, 1, 2, 42_000)] == [
+        "0 rows", "1 row", "2 rows", "42,000 rows"
+    ]  # fmt: skip
+
+
+def test_a_quoted_error_is_one_line_of_200_characters_at_most():
+    """torch's messages run to pages and over lines; one without a message is named by type."""
+    assert first_line(RuntimeError("shapes\n  cannot be\tmultiplied ")) == (
+        "shapes cannot be multiplied"
+    )
+    assert first_line(ValueError("x" * 200)) == "x" * 200
+    assert first_line(ValueError("x" * 201)) == "x" * 200 + "..."
+    assert first_line(KeyError()) == "KeyError"
+    assert first_line(ValueError(" \n ")) == "ValueError"
 
 
 def test_an_error_names_its_rank_only_among_several(monkeypatch):
