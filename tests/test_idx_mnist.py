@@ -9,8 +9,15 @@ import numpy as np
 import pytest
 
 from digit_recognizer.data.idx import read_idx
-from digit_recognizer.data.mnist import FILES, load_mnist, mnist_dir, verify_checksums
+from digit_recognizer.data.mnist import (
+    FILES,
+    load_mnist,
+    mnist_dir,
+    read_checksums,
+    verify_checksums,
+)
 from digit_recognizer.errors import DataError
+from digit_recognizer.fileio import sha256_file
 
 
 def write_idx(path: Path, array: np.ndarray, compress: bool = False) -> None:
@@ -131,6 +138,47 @@ def test_checksum_list_tolerates_blank_lines_and_names_a_malformed_one(tmp_path)
         load_mnist(tmp_path)
     sums.unlink()
     with pytest.raises(DataError, match=r"SHA256SUMS: embedded MNIST checksum list is missing"):
+        load_mnist(tmp_path)
+
+
+def test_embedded_mnist_puts_its_training_set_first(mnist):
+    """The replica's permutation and the small test slices take rows by index: 60,000 training
+    images, then MNIST's 10,000 test images."""
+    assert np.bincount(mnist.labels[:60000]).tolist() == [5923, 6742, 5958, 6131, 5842, 5421,
+                                                          5918, 6265, 5851, 5949]  # fmt: skip
+
+
+def test_checksum_list_reads_sha256sums_binary_mode_uppercase_digests_and_a_bom(tmp_path):
+    """`sha256sum -b` writes "<digest> *<name>"; a Windows editor may write uppercase hex and a
+    byte-order mark."""
+    expected = read_checksums(mnist_dir() / "SHA256SUMS")
+    sums = tmp_path / "SHA256SUMS"
+    lines = [f"{digest.upper()} *{name}" for name, digest in expected.items()]
+    sums.write_text("\ufeff" + "\n".join(lines) + "\n", encoding="utf-8")
+    assert read_checksums(sums) == expected
+    for name in FILES.values():
+        (tmp_path / name).symlink_to(mnist_dir() / name)
+    verify_checksums(tmp_path)
+
+
+def test_a_missing_mnist_file_is_named(tmp_path):
+    """Not pathlib's FileNotFoundError from hashing it."""
+    shutil.copy(mnist_dir() / "SHA256SUMS", tmp_path / "SHA256SUMS")
+    for name in FILES.values():
+        if name != FILES["test_images"]:
+            (tmp_path / name).symlink_to(mnist_dir() / name)
+    with pytest.raises(DataError, match=r"t10k-images-idx3-ubyte\.gz: embedded MNIST file is miss"):
+        load_mnist(tmp_path)
+
+
+def test_mnist_files_whose_checksums_match_but_not_mnists_shape_are_refused(tmp_path):
+    """A folder given to load_mnist with its own files and SHA256SUMS: not 70,000 images."""
+    for key, name in FILES.items():
+        shape = (3, 28, 28) if key.endswith("images") else (3,)
+        write_idx(tmp_path / name, np.zeros(shape, np.uint8), compress=True)
+    listing = [f"{sha256_file(tmp_path / name)}  {name}" for name in FILES.values()]
+    (tmp_path / "SHA256SUMS").write_text("\n".join(listing) + "\n")
+    with pytest.raises(DataError, match=r"expected 70,000 28x28 images, got \(6, 28, 28\)"):
         load_mnist(tmp_path)
 
 
