@@ -119,6 +119,16 @@ def test_the_log_on_a_terminal_is_riches_in_the_records_format():
     assert not isinstance(log_handler(Console(file=closed)), RichHandler)
 
 
+def test_the_log_on_a_terminal_shows_the_level_and_message_alone():
+    """No time column (the progress bars time the work) and no column naming the module's
+    file and line, which mean nothing to a user."""
+    console = Console(file=_Terminal(), width=200, color_system=None)
+    record = logging.LogRecord("digit_recognizer.train", logging.INFO, "/src/train.py", 12,
+                               "epoch done", None, None)  # fmt: skip
+    log_handler(console).handle(record)
+    assert console.file.getvalue().split() == ["INFO", "epoch", "done"]
+
+
 def test_the_log_in_a_pipe_follows_stderr_and_keeps_the_records_format(monkeypatch):
     """A record goes to stderr as it is when written, not as it was when the handler was made:
     a test's runner swaps stderr and closes its own, and a later record written there had
