@@ -113,6 +113,17 @@ def test_csvs_no_replica_wrote_are_kept_unless_overwritten(tmp_path: Path) -> No
     assert (kaggle / "test.csv").read_text() == "pixel0\n"
 
 
+@pytest.mark.parametrize("manifest", ["[]", '{"sha256": 5}', '{"sha256": ["a"]}', "{"])
+def test_a_manifest_no_replica_wrote_records_no_file(tmp_path: Path, manifest: str) -> None:
+    """A replica.json of another tool's shape, or cut short: the CSVs beside it are the user's,
+    kept as such, not a TypeError from reading it."""
+    (tmp_path / MANIFEST).write_text(manifest)
+    (tmp_path / "train.csv").write_text("label,pixel0\n")
+    with pytest.raises(OutputError, match=r"train\.csv exists and is not a replica's"):
+        build_replica(tmp_path, seed=0)
+    assert not replica_is_complete(tmp_path, seed=0)
+
+
 def test_a_pipe_or_folder_named_test_csv_is_refused_before_any_file_is_written(
     tmp_path: Path,
 ) -> None:
