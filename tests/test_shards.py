@@ -832,6 +832,7 @@ def test_each_row_once_per_epoch_across_2_workers_x_2_ranks(shard_dir: Path, sou
         (5, 8, 5, 2),
         (130, 64, 1, 1),
         (131, 64, 2, 1),
+        (256, 32, 1, 3),  # 8 batches, 3 workers: the third starts at 8 * 2 // 3, not 8 // 3 * 2
     ],
 )
 def test_every_rank_runs_the_same_steps_and_no_batch_is_empty(
@@ -860,6 +861,38 @@ def test_every_rank_runs_the_same_steps_and_no_batch_is_empty(
     with pytest.raises(ConfigError, match=r"^3 rows for 4 processes, each of which needs one at "
                        r"least; give --nproc 3 or fewer$"):  # fmt: skip
         batches_per_rank(3, 8, 4)
+
+
+def test_a_stream_without_shuffle_yields_the_rows_in_order(shard_dir: Path) -> None:
+    """What `digits predict` streams: the shards in manifest order, each row where it stands,
+    in every epoch."""
+    dataset = ShardStream(shard_dir, 64, shuffle=False, rank=0, world_size=1)
+    for epoch in (0, 1):
+        dataset.set_epoch(epoch)
+        assert [row for images, _ in dataset for row in row_ids(images)] == list(range(1003))
+
+
+def test_each_epoch_shuffles_the_rows_of_a_single_file_anew(source) -> None:
+    """One shard has one order: the rows' own shuffle must change with the epoch."""
+    dataset = ShardStream(source[0], 64, buffer_rows=100, seed=3, rank=0, world_size=1)
+    orders = []
+    for epoch in (0, 1):
+        dataset.set_epoch(epoch)
+        orders.append([row for images, _ in dataset for row in row_ids(images)])
+    assert sorted(orders[0]) == sorted(orders[1]) == list(range(1003))
+    assert orders[0] != orders[1]
+
+
+@pytest.mark.parametrize(
+    ("batch_size", "buffer_rows", "rank", "world_size"),
+    [(0, 100, 0, 1), (64, -1, 0, 1), (64, 100, 2, 2), (64, 100, -1, 2)],
+)
+def test_a_stream_refuses_a_batch_size_buffer_or_rank_out_of_range(
+    shard_dir: Path, batch_size, buffer_rows, rank, world_size
+) -> None:
+    with pytest.raises(ConfigError, match=r"need batch_size >= 1, buffer_rows >= 0 and 0 <= rank"):
+        ShardStream(shard_dir, batch_size, buffer_rows=buffer_rows, rank=rank,
+                    world_size=world_size)  # fmt: skip
 
 
 def test_shuffle_buffer_stays_bounded() -> None:
