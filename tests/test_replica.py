@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -152,6 +153,22 @@ def test_a_pipe_or_folder_named_test_csv_is_refused_before_any_file_is_written(
     with pytest.raises(OutputError, match=r"test\.csv: a directory, where the replica writes"):
         build_replica(kaggle, seed=0, overwrite=True)
     assert (kaggle / "train.csv").read_text() == "label,pixel0\n"
+
+
+def test_a_pipe_among_the_replicas_files_is_not_read_for_its_hash(tmp_path: Path) -> None:
+    """A pipe is read until a writer comes, which may be never: the files that match the
+    manifest but for a pipe named test.csv are no complete replica, its bytes unread."""
+    texts = {"train.csv": "label,pixel0\n1,0\n", "test.csv": "pixel0\n0\n",
+             "solution.csv": "ImageId,Label\n1,1\n"}  # fmt: skip
+    sums = {name: hashlib.sha256(text.encode()).hexdigest() for name, text in texts.items()}
+    (tmp_path / MANIFEST).write_text(json.dumps({"seed": 0, "sha256": sums}))
+    for name, text in texts.items():
+        (tmp_path / name).write_text(text)
+    assert replica_is_complete(tmp_path, seed=0)
+    (tmp_path / "test.csv").unlink()
+    os.mkfifo(tmp_path / "test.csv")
+    feed_if_read(tmp_path / "test.csv", texts["test.csv"])  # the very bytes, were it read
+    assert not replica_is_complete(tmp_path, seed=0)
 
 
 def test_an_interrupted_build_is_incomplete_and_its_own_files_rebuilt(
