@@ -2,7 +2,7 @@ import pytest
 
 from digit_recognizer.config import save_config
 from digit_recognizer.errors import ConfigError
-from digit_recognizer.presets import get_preset, job_configs
+from digit_recognizer.presets import Preset, get_preset, job_configs
 from digit_recognizer.train import TrainConfig
 
 
@@ -67,3 +67,21 @@ def test_a_resume_trains_from_the_runs_config_toml_unless_given_one(tmp_path):
     mine.write_text("epochs = 3\n")
     assert job_configs("fast", None, {}, resumed_run=run_dir)[0].epochs == 2
     assert job_configs("fast", mine, {}, resumed_run=run_dir)[0].epochs == 3
+
+
+def test_the_seed_preset_is_the_notebooks_whole_recipe():
+    """`--preset seed` is the baseline every figure is compared against: each of its settings,
+    not just its optimizer, must reach the TrainConfig."""
+    seed = get_preset("seed").configs()[0]
+    assert (seed.model, seed.batch_size, seed.epochs) == ("seed-cnn", 32, 50)
+    assert seed.weight_decay == 1e-4  # the notebook's L2
+    assert (seed.schedule, seed.plateau_factor, seed.plateau_patience) == ("plateau", 0.5, 2)
+    assert (seed.patience, seed.label_smoothing, seed.stroke, seed.styles) == (5, 0.0, 0.0, 0.0)
+    assert not get_preset("seed").tta
+
+
+def test_a_members_own_values_override_the_presets():
+    """Preset.configs layers a member's values over the preset's (best's shared values and its
+    members' do not overlap today, so only a preset built here can show the order)."""
+    preset = Preset({"epochs": 20, "stroke": 1.0}, members=({"stroke": 0.0}, {"epochs": 3}))
+    assert [(config.epochs, config.stroke) for config in preset.configs()] == [(20, 0.0), (3, 1.0)]
