@@ -189,6 +189,35 @@ def test_unknown_and_duplicate_names():
         register("cnn", kind="net")(lambda: None)
 
 
+def test_a_registered_builder_is_described_by_its_docstrings_first_line(monkeypatch):
+    """`digits models` and the API show the description as plain text; the decorator hands the
+    builder back unchanged, so the module's own name for it still builds."""
+    from digit_recognizer.models import registry
+
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+
+    def builder() -> nn.Module:
+        """A ``probe`` net: the summary.
+
+        Details that are no part of it.
+        """
+        return nn.Identity()
+
+    assert register("probe", kind="net")(builder) is builder
+    assert get_spec("probe").description == "A probe net: the summary."
+
+    def undocumented() -> None:
+        pass
+
+    register("bare", kind="classical")(undocumented)
+    assert get_spec("bare").description == "" and get_spec("bare").kind == "classical"
+
+
+def test_an_unknown_name_in_capitals_is_offered_its_lower_case_model():
+    with pytest.raises(UnknownModelError, match=r"^unknown model 'CNN'\. Did you mean 'cnn'\?"):
+        get_spec("CNN")
+
+
 @pytest.mark.parametrize("name", available("net"))
 def test_save_load_round_trip_gives_identical_outputs(tmp_path, name):
     model = build(name).eval()
