@@ -16,7 +16,10 @@ from digit_recognizer.estimator import build_estimator
 from digit_recognizer.models import available, build
 from digit_recognizer.models.classical import (
     TRUSTED_FILE,
+    CalibrationHoldout,
+    DigitPixels,
     TorchKNeighborsClassifier,
+    count_pipeline_parameters,
     deskew_images,
     load_pipeline,
     save_pipeline,
@@ -266,3 +269,61 @@ def test_a_pipelines_files_are_replaced_together(tmp_path, fitted, small_test, m
         save_pipeline(tmp_path, refitted, after, {})
     assert {path.name: path.read_bytes() for path in tmp_path.iterdir()} == earlier
     assert load_pipeline(tmp_path)[1]["model"] == before
+
+
+# Each builder setting (what `digits tune` and `build_estimator` set) and where in the pipeline it
+# must land (the SVM's seed: test_the_svm_holds_out_by_its_seed).
+BUILDER_SETTINGS = {
+    "logreg": {"C": ("classifier__C", 0.3), "n_components": ("pca__n_components", 20),
+               "deskew": ("pixels__deskew", False)},
+    "knn": {"n_neighbors": ("classifier__n_neighbors", 7),
+            "n_components": ("pca__n_components", 20), "deskew": ("pixels__deskew", False)},
+    "svm": {"C": ("classifier__estimator__C", 3.0), "gamma": ("classifier__estimator__gamma", 0.02),
+            "n_components": ("pca__n_components", 20), "deskew": ("pixels__deskew", False)},
+    "random-forest": {"n_estimators": ("classifier__n_estimators", 7),
+                      "max_samples": ("classifier__max_samples", 0.25),
+                      "deskew": ("pixels__deskew", False), "seed": ("classifier__random_state", 5)},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", available("classical"))
+def test_every_classical_builder_setting_reaches_its_step(name):
+    settings = BUILDER_SETTINGS[name]
+    params = build(name, **{key: value for key, (_, value) in settings.items()}).get_params()
+    for key, (where, value) in settings.items():
+        assert params[where] == value, key
+
+
+def test_digit_pixels_scale_to_0_1_and_deskew_only_when_asked(small_test):
+    images = small_test.images[:8]
+    plain = DigitPixels(deskew=False).fit(images).transform(images)
+    np.testing.assert_array_equal(plain, images.reshape(8, 784).astype(np.float32) / 255)
+    deskewed = DigitPixels().fit(images).transform(images)
+    np.testing.assert_array_equal(deskewed, deskew_images(images).reshape(8, 784))
+    none = DigitPixels().fit(images).transform(np.zeros((0, 28, 28), np.uint8))
+    assert none.shape == (0, 784) and none.dtype == np.float32
+
+
+def test_knn_with_fewer_stored_rows_than_neighbours_lets_them_all_vote():
+    """A small cross-validation fold or `digits tune`'s n_neighbors can ask for more neighbours
+    than rows: all of them vote, rather than topk failing."""
+    knn = TorchKNeighborsClassifier(n_neighbors=4).fit(np.eye(3, dtype=np.float32), [0, 1, 1])
+    probas = knn.predict_proba(np.array([[1, 0, 0]], np.float32))
+    assert probas[0, 0] > 0.99 and probas[0, 1] > 0  # the exact match all but decides
+
+
+def test_the_calibration_holdout_holds_out_its_test_size():
+    labels = np.repeat(np.arange(10), 30)
+    _, held = next(CalibrationHoldout(test_size=0.5).split(labels, labels))
+    assert len(held) == 150 and set(np.bincount(labels[held])) == {15}
+
+
+def test_the_parameter_count_includes_a_forests_nodes_and_a_calibrated_svms_support_vectors(
+    fitted,
+):
+    """What `digits compare` and the API report as a classical model's size."""
+    forest = fitted["random-forest"].named_steps["classifier"]
+    nodes = sum(tree.tree_.node_count for tree in forest.estimators_)
+    assert count_pipeline_parameters(fitted["random-forest"]) >= nodes
+    (calibrated,) = fitted["svm"].named_steps["classifier"].calibrated_classifiers_
+    assert count_pipeline_parameters(fitted["svm"]) >= calibrated.estimator.support_vectors_.size
