@@ -23,7 +23,8 @@ from digit_recognizer.estimator import (
     save_estimator,
 )
 from digit_recognizer.fileio import locked_dir, locked_temporary_dir
-from digit_recognizer.models.storage import ENSEMBLE_FILE, read_meta
+from digit_recognizer.models import build
+from digit_recognizer.models.storage import ENSEMBLE_FILE, read_meta, save_net
 from digit_recognizer.train import TrainConfig, train
 
 from .conftest import TINY_RECIPE, accuracy
@@ -289,3 +290,48 @@ def test_a_saved_estimator_names_the_net_it_trained(tmp_path, small_train):
     for name in ("narrow", "auto"):
         counts = read_meta(tmp_path / f"{name}-again").get("train_class_counts")
         assert counts == np.bincount(subset.labels, minlength=10).tolist(), name
+
+
+def test_a_net_predicts_on_the_device_and_with_the_amp_it_was_given(tiny_run, monkeypatch):
+    """`amp` and `device` hold for predict too (the class says so): amp=False must predict in
+    fp32, not in bf16 as prediction's default would."""
+    from digit_recognizer import estimator as estimator_module
+
+    real_from_models, used = estimator_module.Predictor.from_models, []
+
+    def recording_from_models(models, config):
+        used.append(config)
+        return real_from_models(models, config)
+
+    monkeypatch.setattr(estimator_module.Predictor, "from_models", recording_from_models)
+    net = load_estimator(tiny_run).set_params(amp=False, device="cpu")
+    net.predict(np.zeros((1, 28, 28), np.uint8))
+    assert (used[0].amp, used[0].device) == (False, "cpu")
+    load_estimator(tiny_run).predict(np.zeros((1, 28, 28), np.uint8))  # neither given
+    assert (used[1].amp, used[1].device) == (True, "auto")
+
+
+def test_a_net_saved_without_a_training_record_loads_as_its_model_json_describes(tmp_path):
+    """A run directory holding only model.json and the weights (save_net's, no config.toml):
+    its widths come from model.json, and saving it again keeps them, as the weights need."""
+    save_net(tmp_path / "bare", build("cnn", widths=(8, 16, 24)), "cnn", {"widths": [8, 16, 24]})
+    loaded = load_estimator(tmp_path / "bare")
+    assert tuple(loaded.get_params()["widths"]) == (8, 16, 24)
+    save_estimator(loaded, tmp_path / "again")
+    assert read_meta(tmp_path / "again")["params"]["widths"] == [8, 16, 24]
+    assert load_estimator(tmp_path / "again").predict(np.zeros((1, 28, 28), np.uint8)).shape == (1,)
+
+
+def test_a_net_is_saved_into_its_own_run_dir_however_the_path_is_spelled(
+    tmp_path, tiny_run, monkeypatch
+):
+    run_dir = Path(shutil.copytree(tiny_run, tmp_path / "run"))
+    monkeypatch.chdir(tmp_path)
+    net = load_estimator(run_dir).set_params(run_dir="run")  # relative; saved to the absolute
+    save_estimator(net, run_dir)
+    assert load_estimator(run_dir).predict(np.zeros((1, 28, 28), np.uint8)).shape == (1,)
+
+
+def test_an_unfitted_nets_parameters_are_not_counted():
+    with pytest.raises(NotFittedError):
+        count_parameters(NetClassifier("cnn"))
