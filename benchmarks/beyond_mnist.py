@@ -54,13 +54,13 @@ def uci_digits() -> tuple[NDArray[np.uint8], NDArray[np.int64]]:
 def fill_frame(images: NDArray[np.uint8]) -> NDArray[np.uint8]:
     """Small images upscaled (bilinear) to fill 28 x 28, as a CSV of another collection holds
     them."""
-    x = to_model_input(torch.as_tensor(images), channels_last=False)
+    x = to_model_input(torch.as_tensor(images))
     return to_uint8_images(F.interpolate(x, size=(28, 28), mode="bilinear", align_corners=False))
 
 
 def scanner_variants(images: NDArray[np.uint8]) -> dict[str, NDArray[np.uint8]]:
     """MNIST images as other pens and scanners would have made them."""
-    x = to_model_input(torch.as_tensor(images), channels_last=False)
+    x = to_model_input(torch.as_tensor(images))
 
     def stroke(amount: float) -> torch.Tensor:
         return change_stroke_width(x, torch.tensor(amount))

@@ -24,7 +24,7 @@ from digit_recognizer.errors import ConfigError
 
 
 def test_augment_keeps_shape_range_and_is_seeded(small_train):
-    x = to_model_input(torch.as_tensor(small_train.images[:64]), channels_last=False)
+    x = to_model_input(torch.as_tensor(small_train.images[:64]))
     first = augment_batch(x, Augmentation(), torch.Generator().manual_seed(1))
     again = augment_batch(x, Augmentation(), torch.Generator().manual_seed(1))
     other = augment_batch(x, Augmentation(), torch.Generator().manual_seed(2))
@@ -42,7 +42,7 @@ def test_a_half_precision_batch_laid_out_image_innermost_is_augmented_as_a_conti
     # As a Fortran-ordered numpy array arrives (pandas' .values): CPU grid_sample had read such
     # a bfloat16 or float16 batch into NaN or other pixels' values.
     images = np.asfortranarray(small_train.images[:64])
-    x = to_model_input(torch.from_numpy(images), channels_last=False).to(dtype)
+    x = to_model_input(torch.from_numpy(images)).to(dtype)
     assert x.stride()[0] == 1
     labels = torch.as_tensor(small_train.labels[:64])
     every_transform = Augmentation(elastic_px=1.5, styles=1.0)
@@ -56,7 +56,7 @@ def test_a_half_precision_batch_laid_out_image_innermost_is_augmented_as_a_conti
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_augment_keeps_a_half_precision_batch_in_its_dtype(small_train, dtype):
     # The contrast and stroke factors, drawn in float32, had promoted the batch to float32.
-    x = to_model_input(torch.as_tensor(small_train.images[:64]), channels_last=False)
+    x = to_model_input(torch.as_tensor(small_train.images[:64]))
     labels = torch.as_tensor(small_train.labels[:64])
     every_transform = Augmentation(elastic_px=1.5, styles=1.0)
     full = augment_batch(x, every_transform, torch.Generator().manual_seed(0), labels)
@@ -78,7 +78,7 @@ def test_augment_takes_a_batch_of_no_images():
 def test_zero_strength_is_identity(small_train):
     # Every range scales, the elastic distortion's and the writing styles' share too (these
     # drawn only where labels are given).
-    x = to_model_input(torch.as_tensor(small_train.images[:64]), channels_last=False)
+    x = to_model_input(torch.as_tensor(small_train.images[:64]))
     labels = torch.as_tensor(small_train.labels[:64])
     every_transform = Augmentation(elastic_px=2.0, styles=1.0).scaled(0)
     out = augment_batch(x, every_transform, torch.Generator().manual_seed(0), labels)
@@ -88,7 +88,7 @@ def test_zero_strength_is_identity(small_train):
 def test_augmented_digits_keep_their_ink(small_train):
     # A random affine within the default ranges moves ink but neither erases nor floods it
     # (stroke-width changes do, by design: tested below).
-    x = to_model_input(torch.as_tensor(small_train.images[:256]), channels_last=False)
+    x = to_model_input(torch.as_tensor(small_train.images[:256]))
     out = augment_batch(x, Augmentation(stroke=0), torch.Generator().manual_seed(0))
     ratio = out.sum(dim=(1, 2, 3)) / x.sum(dim=(1, 2, 3))
     assert ratio.min() > 0.5 and ratio.max() < 2.0
@@ -153,7 +153,7 @@ def test_shear_slants_vertical_edges_within_its_range():
 def test_translation_moves_digits_within_its_range(small_train):
     # MNIST's digits sit centred in a 20 x 20 box, so a shift of up to 2.5 px loses no ink and
     # moves the centre of mass by exactly the shift: along each axis, both ways, up to 2.5 px.
-    x = to_model_input(torch.as_tensor(small_train.images[:256]), channels_last=False)
+    x = to_model_input(torch.as_tensor(small_train.images[:256]))
     only_translation = Augmentation(rotation_deg=0, scale=0, shear=0, contrast=0, stroke=0,
                                     styles=0)  # fmt: skip
     moved = augment_batch(x, only_translation, torch.Generator().manual_seed(0))
@@ -199,7 +199,7 @@ def test_what_a_shift_brings_into_the_frame_is_paper_not_its_edge_drawn_out():
 
 
 def test_contrast_scales_each_digits_ink_within_its_range(small_train):
-    x = to_model_input(torch.as_tensor(small_train.images[:256]), channels_last=False)
+    x = to_model_input(torch.as_tensor(small_train.images[:256]))
     only_contrast = Augmentation(rotation_deg=0, scale=0, shear=0, translate_px=0, stroke=0,
                                  styles=0)  # fmt: skip
     out = augment_batch(x, only_contrast, torch.Generator().manual_seed(0))
@@ -211,7 +211,7 @@ def test_contrast_scales_each_digits_ink_within_its_range(small_train):
 
 
 def test_stroke_width_change_thickens_and_thins_in_place(small_train):
-    x = to_model_input(torch.as_tensor(small_train.images[:64]), channels_last=False)
+    x = to_model_input(torch.as_tensor(small_train.images[:64]))
     ink = x.sum(dim=(1, 2, 3))
     torch.testing.assert_close(change_stroke_width(x, torch.zeros(64, 1, 1, 1)), x)
     thicker = change_stroke_width(x, torch.full((64, 1, 1, 1), 0.5))
@@ -224,7 +224,7 @@ def test_stroke_width_change_thickens_and_thins_in_place(small_train):
 
 
 def test_stroke_augmentation_varies_ink_both_ways(small_train):
-    x = to_model_input(torch.as_tensor(small_train.images[:256]), channels_last=False)
+    x = to_model_input(torch.as_tensor(small_train.images[:256]))
     only_stroke = Augmentation(rotation_deg=0, scale=0, shear=0, translate_px=0, contrast=0,
                                stroke=0.5)  # fmt: skip
     ratio = augment_batch(x, only_stroke, torch.Generator().manual_seed(0)).sum(
@@ -237,7 +237,7 @@ def test_stroke_augmentation_varies_ink_both_ways(small_train):
 def test_strength_above_one_stops_the_stroke_change_at_a_full_erosion(small_train):
     # Past amount 1 the blend extrapolated below the erosion and blanked faint digits (8.7 % of
     # MNIST's kept under a tenth of their ink at strength 1.5).
-    x = to_model_input(torch.as_tensor(small_train.images[:256]), channels_last=False)
+    x = to_model_input(torch.as_tensor(small_train.images[:256]))
     only_stroke = Augmentation(rotation_deg=0, scale=0, shear=0, translate_px=0, contrast=0,
                                stroke=1.0, styles=0)  # fmt: skip
     out = augment_batch(x, only_stroke.scaled(1.5), torch.Generator().manual_seed(0))
@@ -292,7 +292,7 @@ def test_scaled_multiplies_every_range_and_keeps_the_elastic_grid():
 
 
 def test_writing_styles_foot_and_flag_a_one_and_bar_a_seven(small_train):
-    x = to_model_input(torch.as_tensor(small_train.images[:300]), channels_last=False)
+    x = to_model_input(torch.as_tensor(small_train.images[:300]))
     labels = torch.as_tensor(small_train.labels[:300])
     styled = add_writing_styles(x, labels, 1.0, torch.Generator().manual_seed(0))
     ones, sevens = labels == 1, labels == 7
@@ -326,7 +326,7 @@ def test_writing_styles_foot_and_flag_a_one_and_bar_a_seven(small_train):
 
 
 def test_writing_styles_are_drawn_on_their_share_of_the_ones_and_sevens(small_train):
-    x = to_model_input(torch.as_tensor(small_train.images), channels_last=False)
+    x = to_model_input(torch.as_tensor(small_train.images))
     labels = torch.as_tensor(small_train.labels)
     styled = add_writing_styles(x, labels, 0.3, torch.Generator().manual_seed(0))
     changed = (styled != x).flatten(1).any(dim=1)
@@ -336,7 +336,7 @@ def test_writing_styles_are_drawn_on_their_share_of_the_ones_and_sevens(small_tr
 
 
 def test_writing_styles_need_labels_and_a_share(small_train):
-    x = to_model_input(torch.as_tensor(small_train.images[:128]), channels_last=False)
+    x = to_model_input(torch.as_tensor(small_train.images[:128]))
     labels = torch.as_tensor(small_train.labels[:128])
     plain = augment_batch(x, Augmentation(styles=0), torch.Generator().manual_seed(3), labels)
     unlabelled = augment_batch(x, Augmentation(styles=1), torch.Generator().manual_seed(3))
@@ -399,7 +399,7 @@ def test_elastic_cells_must_be_a_whole_number_from_one(cells):
 
 
 def test_elastic_distortion_bends_strokes_but_keeps_the_digit(small_train):
-    x = to_model_input(torch.as_tensor(small_train.images[:256]), channels_last=False)
+    x = to_model_input(torch.as_tensor(small_train.images[:256]))
     only_elastic = Augmentation(
         rotation_deg=0, scale=0, shear=0, translate_px=0, contrast=0, elastic_px=1.5, stroke=0
     )

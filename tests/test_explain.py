@@ -89,7 +89,7 @@ def test_saliency_is_the_fallback_for_nets_without_convs(small_test):
     # |d logit[predicted] / d pixel|, by hand one image at a time, each map over its maximum:
     # the gradient has both signs, and a heatmap has no negative heat.
     for image, heatmap in zip(small_test.images[:3], maps, strict=True):
-        x = to_model_input(torch.as_tensor(image[None]), channels_last=False).requires_grad_()
+        x = to_model_input(torch.as_tensor(image[None])).requires_grad_()
         logits = mlp(x)[0]
         logits[logits.argmax()].backward()
         gradient = x.grad[0, 0]
@@ -401,7 +401,7 @@ def test_grad_cam_of_a_deskewing_net_lies_over_the_digit_as_written(mnist):
     only_shear = Augmentation(
         rotation_deg=0, scale=0, shear=0.4, translate_px=0, contrast=0, stroke=0
     )
-    x = to_model_input(torch.as_tensor(mnist.images[:16]), channels_last=False)
+    x = to_model_input(torch.as_tensor(mnist.images[:16]))
     slanted = augment_batch(x, only_shear, torch.Generator().manual_seed(0))
     images = (slanted[:, 0] * 255).round().to(torch.uint8).numpy()
     # A net whose Grad-CAM is exactly what its convolution saw: the deskewed digit.
@@ -409,7 +409,7 @@ def test_grad_cam_of_a_deskewing_net_lies_over_the_digit_as_written(mnist):
     torch.nn.init.ones_(conv.weight), torch.nn.init.ones_(head.weight)
     model = torch.nn.Sequential(Deskew(), conv, torch.nn.Flatten(), head)
     heatmaps = grad_cam(model, images)
-    upright = Deskew()(to_model_input(torch.as_tensor(images), channels_last=False))[:, 0]
+    upright = Deskew()(to_model_input(torch.as_tensor(images)))[:, 0]
 
     def correlation(a, b) -> float:
         return float(np.corrcoef(np.ravel(a), np.ravel(b))[0, 1])

@@ -149,7 +149,7 @@ def ink_slant(images: torch.Tensor) -> torch.Tensor:
 
 
 def test_deskew_straightens_slanted_digits(mnist):
-    x = to_model_input(torch.as_tensor(mnist.images[:256]), channels_last=False)
+    x = to_model_input(torch.as_tensor(mnist.images[:256]))
     only_shear = Augmentation(
         rotation_deg=0, scale=0, shear=0.4, translate_px=0, contrast=0, stroke=0
     )

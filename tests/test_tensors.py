@@ -17,7 +17,7 @@ def test_uint8_images_round_trip_through_the_model_input_exactly():
 
 def test_the_model_input_is_float32_each_net_takes():
     """Nets' weights are float32: a double input fails at their first layer."""
-    x = to_model_input(torch.zeros(2, 28, 28, dtype=torch.uint8), channels_last=False)
+    x = to_model_input(torch.zeros(2, 28, 28, dtype=torch.uint8))
     assert x.dtype == torch.float32 and x.shape == (2, 1, 28, 28)
 
 

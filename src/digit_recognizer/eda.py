@@ -305,7 +305,7 @@ def augment_preview(
     shown = _preview_rows(Path(csv_path), np.random.default_rng(seed), augmentation.styles > 0)
     # Faint rows (0/1, 0-16) at full ink, as training augments them: else black tiles.
     originals = _drawable(shown.images)
-    x = to_model_input(torch.as_tensor(originals).repeat_interleave(n, 0), channels_last=False)
+    x = to_model_input(torch.as_tensor(originals).repeat_interleave(n, 0))
     labels = None
     if shown.labels is not None:
         labels = torch.as_tensor(shown.labels).repeat_interleave(n, 0)

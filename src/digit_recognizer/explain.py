@@ -162,7 +162,7 @@ def _target_scores(model: nn.Module, images: NDArray[np.uint8], target: int | Ar
     model.eval()
     try:
         for start in range(0, len(images), BATCH_SIZE):
-            x = to_model_input(images[start : start + BATCH_SIZE].to(device), channels_last=False)
+            x = to_model_input(images[start : start + BATCH_SIZE].to(device))
             x.requires_grad_(True)  # so there is a graph even when the weights are frozen
             logits = model(x).float()
             if targets is None:

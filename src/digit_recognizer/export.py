@@ -61,7 +61,7 @@ class ProbabilityNet(nn.Module):
         self.model = model
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model(to_model_input(images, channels_last=False)).softmax(dim=1)
+        return self.model(to_model_input(images)).softmax(dim=1)
 
 
 def export_onnx(run_dir: Path, out: Path | None = None) -> Path:

@@ -659,7 +659,7 @@ def train(
         n_seen = 0
         digits_seen = torch.zeros(10, dtype=torch.int64, device=device)
         for images, y in epoch_batches(epoch):
-            x = to_model_input(images, config.channels_last)
+            x = to_model_input(images)
             if config.augment > 0:
                 x = augment_batch(x, augmentation, generator, y)
             # Epochs by steps, not passes: a pass cut short by a budget and resumed is not one.

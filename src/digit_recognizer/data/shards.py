@@ -722,7 +722,7 @@ def _augmented(
             # Full ink first, as training has it before it augments (faint_to_full_ink): copies
             # of 0/1 rows turned and rounded back to 0/1 had lost their edges, some all their ink.
             images, _ = faint_to_full_ink(data.images)
-            x = to_model_input(torch.as_tensor(images), channels_last=False)
+            x = to_model_input(torch.as_tensor(images))
             labels = None if data.labels is None else torch.as_tensor(data.labels)
             x = augment_batch(x, augmentation, generator, labels)
             yield DigitSet(to_uint8_images(x), data.labels)

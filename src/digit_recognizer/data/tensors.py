@@ -12,10 +12,11 @@ import torch
 from numpy.typing import NDArray
 
 
-def to_model_input(images: torch.Tensor, channels_last: bool = True) -> torch.Tensor:
-    """uint8 images (N, 28, 28) -> float (N, 1, 28, 28) in [0, 1], the input every net takes."""
-    x = images.unsqueeze(1).float().div_(255)
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+def to_model_input(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images (N, 28, 28) -> float (N, 1, 28, 28) in [0, 1], the input every net takes.
+    One channel is laid out alike contiguous and channels-last: a net in channels-last
+    (TrainConfig.channels_last) takes it as it is."""
+    return images.unsqueeze(1).float().div_(255)
 
 
 def to_uint8_images(x: torch.Tensor) -> NDArray[np.uint8]:
