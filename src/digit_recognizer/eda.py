@@ -31,7 +31,7 @@ from digit_recognizer.data.stream import read_all_rows
 from digit_recognizer.data.tensors import to_model_input, to_uint8_images
 from digit_recognizer.errors import ConfigError
 from digit_recognizer.evaluate import CLASSES, save_figure
-from digit_recognizer.fileio import make_dir, write_text
+from digit_recognizer.fileio import check_can_write, make_dir, write_text
 from digit_recognizer.models.nets import MNIST_MEAN, MNIST_STD
 from digit_recognizer.report import (
     html_img,
@@ -301,6 +301,8 @@ def augment_preview(
     # Checked as training's flags, and named so: Augmentation's own errors had said elastic_px.
     settings = {"augment": augment, "elastic": elastic, "stroke": stroke, "styles": styles}
     augmentation = load_config(TrainConfig, None, settings).augmentation()
+    # A file where a folder above --out would be had been "cannot be written (File exists)".
+    check_can_write(out_path)
     generator = torch.Generator().manual_seed(seed)
     shown = _preview_rows(Path(csv_path), np.random.default_rng(seed), augmentation.styles > 0)
     # Faint rows (0/1, 0-16) at full ink, as training augments them: else black tiles.
