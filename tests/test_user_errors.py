@@ -33,3 +33,13 @@ def test_augment_preview_out_a_folder_asks_for_a_files_path(tmp_path, small_csvs
         result.output
         == f"error: {tmp_path}: a folder, where a file is to be written; give a file's path\n"
     )
+
+
+def test_tune_refuses_an_empty_storage(tmp_path, small_csvs):
+    """tune --storage "" had been taken for OUT/study.db without OUT made: "unable to open
+    database file", naming a database the user never gave."""
+    result = invoke("tune", "--train", small_csvs["train"], "--model", "logreg", "--storage", "",
+                    "--out", tmp_path / "tune")  # fmt: skip
+    assert result.exit_code == 1
+    assert result.output.startswith("error: --storage is empty; give an Optuna URL")
+    assert list(tmp_path.iterdir()) == []

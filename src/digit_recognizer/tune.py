@@ -123,6 +123,10 @@ class TuneConfig:
             raise ConfigError(f"timeout_s must be >= 0 (0 = none), got {self.timeout_s}")
         if not 0 < self.valid_size < 1:
             raise ConfigError(f"valid_size must be in (0, 1), got {self.valid_size}")
+        # Else tune() had taken "" for OUT/study.db without making OUT, and failed to open it.
+        if self.storage is not None and not self.storage.strip():
+            raise ConfigError("storage is empty; give an Optuna URL (sqlite:///study.db, "
+                              "postgresql://...), or leave it out for OUT/study.db")  # fmt: skip
         check_seed(self.seed)  # Optuna's range too
         if get_spec(self.model).kind == "net":
             TrainConfig(**self.net_settings())  # its ranges (ema_decay's), before any trial
