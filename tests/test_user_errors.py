@@ -1,9 +1,13 @@
 """Mistakes a user makes on the command line: each is one line naming the file or flag and the
 fix, exit status 1, no traceback."""
 
+import json
+
 from typer.testing import CliRunner
 
 from digit_recognizer.cli import app
+from digit_recognizer.models import build
+from digit_recognizer.models.storage import save_net
 
 runner = CliRunner()
 
@@ -43,3 +47,18 @@ def test_tune_refuses_an_empty_storage(tmp_path, small_csvs):
     assert result.exit_code == 1
     assert result.output.startswith("error: --storage is empty; give an Optuna URL")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_predict_names_model_json_whose_params_its_net_refuses(tmp_path):
+    """A model.json whose params the net's builder refuses (2 widths for 3 stages) had said
+    "widths [1, 2]: ... give 3 widths", as if a flag were wrong, naming no file."""
+    save_net(tmp_path, build("cnn-tiny"), "cnn-tiny", {})
+    meta_path = tmp_path / "model.json"
+    meta_path.write_text(
+        json.dumps(json.loads(meta_path.read_text()) | {"params": {"widths": [1, 2]}})
+    )
+    csv = tmp_path / "test.csv"
+    csv.write_text(",".join(f"pixel{i}" for i in range(784)) + "\n" + ",".join(["0"] * 784) + "\n")
+    result = invoke("predict", tmp_path, csv, "--out", tmp_path / "submission.csv")
+    assert result.exit_code == 1
+    assert result.output.startswith(f"error: {meta_path}: cannot build 'cnn-tiny' from")

@@ -15,7 +15,7 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save_file
 from torch import nn
 
-from digit_recognizer.errors import ModelFileError, UnknownModelError, first_line
+from digit_recognizer.errors import ConfigError, ModelFileError, UnknownModelError, first_line
 from digit_recognizer.fileio import write_text, write_together
 from digit_recognizer.models.nets import MNIST_MEAN, MNIST_STD
 from digit_recognizer.models.registry import build, get_spec
@@ -172,7 +172,9 @@ def _build_net(
             raise ModelFileError(f"{meta_path.parent / WEIGHTS_FILE}: weights do not fit model "
                                  f"'{name}' with {params}")  # fmt: skip
         return build(name, **params)
-    except (TypeError, ValueError, RuntimeError) as error:  # a tampered or foreign model.json
+    # ConfigError: a builder's refusal of its arguments ("give 3 widths"), which had named
+    # neither the file nor that it is the run's, not a flag, that is wrong.
+    except (TypeError, ValueError, RuntimeError, ConfigError) as error:  # a tampered model.json
         raise ModelFileError(
             f"{meta_path}: cannot build '{name}' from {params} ({first_line(error)})"
         ) from None
