@@ -288,6 +288,8 @@ def test_damaged_model_files_are_refused_before_they_predict(tmp_path):
     for edited, message in (
         ({"format_version": 99}, "format_version 99, where this version"),
         ({"model": "resnet9000"}, r"model\.json: unknown model 'resnet9000'"),
+        # The builder's own refusal ("give 3 widths") had named neither the file nor the run.
+        ({"params": {"widths": [1, 2]}}, r"model\.json: cannot build 'cnn-tiny' from"),
     ):
         meta_path.write_text(json.dumps(meta | edited))
         with pytest.raises(ModelFileError, match=message):

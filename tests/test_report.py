@@ -790,3 +790,28 @@ def test_augment_preview_keeps_a_7_it_drew_where_it_puts_in_a_1(tmp_path, small_
     originals = shown[-1][::2]
     np.testing.assert_array_equal(originals[0], small_train.images[seven])
     assert any((originals == small_train.images[row]).all(axis=(1, 2)).any() for row in one)
+
+
+def test_augment_preview_out_under_a_file_names_the_file(tmp_path, small_csvs):
+    """augment-preview --out under a regular file had said "cannot be written (File exists)",
+    after the augmentations were drawn; other commands name the file in the way, up front."""
+    in_the_way = tmp_path / "notes.txt"
+    in_the_way.write_text("")
+    out = in_the_way / "preview.png"
+    result = runner.invoke(app, ["augment-preview", str(small_csvs["train"]), "--out", str(out)])
+    assert result.exit_code == 1
+    assert (
+        result.output == f"error: {out}: cannot be written: {in_the_way} is a file, not a folder\n"
+    )
+
+
+def test_augment_preview_out_a_folder_asks_for_a_files_path(tmp_path, small_csvs):
+    """A folder as --out had been "cannot be written (Is a directory)", leaving the fix out."""
+    result = runner.invoke(
+        app, ["augment-preview", str(small_csvs["train"]), "--out", str(tmp_path)]
+    )
+    assert result.exit_code == 1
+    assert (
+        result.output
+        == f"error: {tmp_path}: a folder, where a file is to be written; give a file's path\n"
+    )

@@ -933,3 +933,14 @@ def test_rows_lacking_digits_are_warned_of_once_for_all_trials(
         tune(TuneConfig(model=model, trials=2, **epochs), tmp_path / "low.csv", tmp_path / "out")
     said = f"{tmp_path / 'low.csv'}: its training rows hold no 5, 6, 7, 8, 9 (5 of the 10 digits)"
     assert caplog.text.count(said) == 1
+
+
+def test_tune_refuses_an_empty_storage(tmp_path, small_csvs):
+    """tune --storage "" had been taken for OUT/study.db without OUT made: "unable to open
+    database file", naming a database the user never gave."""
+    flags = ("tune", "--train", small_csvs["train"], "--model", "logreg", "--storage", "",
+             "--out", tmp_path / "tune")  # fmt: skip
+    result = CliRunner().invoke(app, [str(flag) for flag in flags])
+    assert result.exit_code == 1
+    assert result.output.startswith("error: --storage is empty; give an Optuna URL")
+    assert list(tmp_path.iterdir()) == []
