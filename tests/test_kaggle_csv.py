@@ -80,6 +80,23 @@ def test_round_trip_unlabelled(tmp_path: Path) -> None:
     np.testing.assert_array_equal(digits.images, images)
 
 
+def test_pyarrows_reader_threads_read_a_copy_arrow_owns_not_the_callers_bytes(
+    train_csv: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Handed the file's Python bytes, a reader thread could drop their last reference after
+    Ctrl-C had ended the interpreter, and the process died in std::terminate (exit 134)."""
+    read_by_arrow = []
+    reader = kaggle_csv.pa.BufferReader
+    monkeypatch.setattr(kaggle_csv.pa, "BufferReader",
+                        lambda source: read_by_arrow.append(source) or reader(source))  # fmt: skip
+    body = train_csv.read_bytes().split(b"\n", 1)[1]  # the rows below the header
+    digits = kaggle_csv.parse_body(body, kaggle_csv.LABELLED_COLUMNS, train_csv)
+    np.testing.assert_array_equal(digits.images, random_digits(N_ROWS)[0])
+    [source] = read_by_arrow
+    assert isinstance(source, kaggle_csv.pa.Buffer) and source.to_pybytes() == body
+    assert source.address != np.frombuffer(body, np.uint8).ctypes.data
+
+
 def test_a_path_whose_name_is_not_utf8_is_written_and_read(tmp_path: Path) -> None:
     images, labels = random_digits(N_ROWS)
     path = tmp_path / os.fsdecode(b"train-\xff.csv")  # a Latin-1 name on a Linux disk
