@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import h11
 import numpy as np
 import torch
 import uvicorn
@@ -420,9 +421,26 @@ class HeaderDeadlineProtocol(H11Protocol):
 
     def _await_headers(self) -> None:
         self._stop_awaiting_headers()
-        # Closed without an answer, as uvicorn closes an idle keep-alive connection: a client
-        # that sent nothing had no request to answer.
-        self.header_deadline = self.loop.call_later(self.header_timeout_s, self.transport.close)
+        self.header_deadline = self.loop.call_later(self.header_timeout_s, self._headers_too_slow)
+
+    def _headers_too_slow(self) -> None:
+        # As nginx and Apache do: 408 to a client that sent part of a request, and no answer to
+        # one that sent nothing (as uvicorn closes an idle keep-alive connection), such as a
+        # browser's preconnected socket, which could read an unasked 408 as the answer to the
+        # request it sends next. h11 holds the bytes of headers still arriving; IDLE: no answer
+        # begun since the last one ended.
+        if self.conn.our_state is h11.IDLE and self.conn.trailing_data[0]:
+            detail = (
+                f"the request's headers did not arrive within {self.header_timeout_s:g} s "
+                "(ServeConfig.header_timeout_s); send it again over a faster link"
+            )
+            body = json.dumps({"detail": detail}).encode()
+            headers = [("content-type", "application/json"), ("content-length", str(len(body))),
+                       ("connection", "close")]  # fmt: skip
+            for event in (h11.Response(status_code=408, headers=headers, reason="Request Timeout"),
+                          h11.Data(data=body), h11.EndOfMessage()):  # fmt: skip
+                self.transport.write(self.conn.send(event))
+        self.transport.close()
 
     def _stop_awaiting_headers(self) -> None:
         if self.header_deadline is not None:
