@@ -944,3 +944,15 @@ def test_tune_refuses_an_empty_storage(tmp_path, small_csvs):
     assert result.exit_code == 1
     assert result.output.startswith("error: --storage is empty; give an Optuna URL")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("study_name", ["", "  "])
+def test_tune_refuses_an_empty_study_name(tmp_path, small_csvs, study_name):
+    """tune --study-name "" had quietly tuned the study tune-MODEL, one the user never named."""
+    flags = ("tune", "--train", small_csvs["train"], "--model", "logreg", "--study-name",
+             study_name, "--out", tmp_path / "tune")  # fmt: skip
+    result = CliRunner().invoke(app, [str(flag) for flag in flags])
+    assert result.exit_code == 1
+    assert result.output.startswith("error: --study-name is empty; give the study's name")
+    assert len(result.output.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []

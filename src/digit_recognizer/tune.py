@@ -127,6 +127,10 @@ class TuneConfig:
         if self.storage is not None and not self.storage.strip():
             raise ConfigError("storage is empty; give an Optuna URL (sqlite:///study.db, "
                               "postgresql://...), or leave it out for OUT/study.db")  # fmt: skip
+        # Else tune() had taken "" for tune-MODEL, tuning a study the user never named.
+        if self.study_name is not None and not self.study_name.strip():
+            raise ConfigError("study_name is empty; give the study's name in the storage, or "
+                              f"leave it out for tune-{self.model}")  # fmt: skip
         check_seed(self.seed)  # Optuna's range too
         if get_spec(self.model).kind == "net":
             TrainConfig(**self.net_settings())  # its ranges (ema_decay's), before any trial
