@@ -585,6 +585,28 @@ def test_expand_holds_out_its_count_where_a_digit_has_one_row(tmp_path: Path) ->
         assert 50 not in row_ids(held)
 
 
+def test_expand_refuses_copies_the_disk_has_no_room_for(tmp_path: Path, source, monkeypatch):
+    """`digits data expand --copies 99999999999` had written until stopped: an expansion its
+    file system has no room for is refused before a row is written, stating both sizes."""
+    path, _ = source
+    room = shutil.disk_usage(tmp_path)._replace(free=int(1.5 * path.stat().st_size))
+    monkeypatch.setattr(shutil, "disk_usage", lambda folder: room)
+    room_said = f"{room.free / 1e6:,.1f} MB"
+    with pytest.raises(OutputError, match=rf"^{tmp_path / 'two'}: --copies 2 would write about "
+                       rf"5\.\d MB \(2,006 rows\), and its file system has {room_said} free; "
+                       "give fewer --copies, or a folder on another disk$"):  # fmt: skip
+        expand(path, tmp_path / "two", copies=2, parts=2, valid_size=0)
+    assert list(tmp_path.iterdir()) == []
+    assert expand(path, tmp_path / "one", copies=1, parts=2, valid_size=0).n_rows == 1003
+    monkeypatch.undo()
+    result = CliRunner().invoke(app, ["data", "expand", str(path), str(tmp_path / "huge"),
+                                      "--copies", "99999999999", "--parts", "4"])  # fmt: skip
+    assert result.exit_code == 1
+    assert "--copies 99999999999 would write about" in result.output
+    assert "(95,199,999,999,099 rows" in result.output  # 952 rows copied, 51 held out
+    assert not (tmp_path / "huge").exists()
+
+
 def test_an_expansion_of_one_copy_is_split_like_any_csv(tmp_path: Path, source) -> None:
     """With --copies 1 each image is in the expansion once, so a split of its rows holds
     training and validation images apart: it had been refused as if they were there twice."""

@@ -62,9 +62,7 @@ def check_can_write(path: str | os.PathLike[str]) -> Path:
     path = refuse_special_file(Path(path))  # export --out - had been refused once exported
     if path.is_dir():
         raise OutputError(f"{path}: a folder, where a file is to be written; give a file's path")
-    above = path.absolute().parent
-    while not above.exists() and above != above.parent:
-        above = above.parent
+    above = _nearest_existing(path.absolute().parent)
     if not above.is_dir():
         raise OutputError(f"{path}: cannot be written: {above} is a file, not a folder")
     if not os.access(above, os.W_OK | os.X_OK):
@@ -73,6 +71,18 @@ def check_can_write(path: str | os.PathLike[str]) -> Path:
         raise OutputError(f"{path}: cannot be written: {why} in {above}")
     _refuse_read_only(path)
     return path
+
+
+def _nearest_existing(path: Path) -> Path:
+    """``path``, or the nearest folder above it that exists (a file, perhaps)."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def free_bytes(folder: str | os.PathLike[str]) -> int:
+    """Bytes free to this user on the file system ``folder`` is on, or would be made on."""
+    return shutil.disk_usage(_nearest_existing(Path(folder).absolute())).free
 
 
 def _refuse_read_only(path: Path) -> None:
