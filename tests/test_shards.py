@@ -243,6 +243,12 @@ def test_a_csv_named_in_capitals_is_a_data_source(tmp_path: Path) -> None:
     assert is_data_source(rows)
 
 
+def test_a_shard_directory_s_manifest_named_is_a_data_source(shard_dir: Path) -> None:
+    """`digits explain RUN shards/manifest.json` reads the shards' rows, as of the folder, not
+    the manifest as one image."""
+    assert is_data_source(shard_dir / MANIFEST_FILE)
+
+
 def test_a_pipe_is_read_once_or_refused_where_it_would_be_read_twice(
     tmp_path: Path, source
 ) -> None:
