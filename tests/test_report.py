@@ -792,9 +792,12 @@ def test_augment_preview_keeps_a_7_it_drew_where_it_puts_in_a_1(tmp_path, small_
     assert any((originals == small_train.images[row]).all(axis=(1, 2)).any() for row in one)
 
 
-def test_augment_preview_out_under_a_file_names_the_file(tmp_path, small_csvs):
+def test_augment_preview_out_under_a_file_names_the_file(tmp_path, small_csvs, monkeypatch):
     """augment-preview --out under a regular file had said "cannot be written (File exists)",
-    after the augmentations were drawn; other commands name the file in the way, up front."""
+    after the augmentations were drawn; other commands name the file in the way, up front:
+    before a row of the CSV is read."""
+    read = []
+    monkeypatch.setattr(eda_module, "_preview_rows", lambda *args: read.append(args))
     in_the_way = tmp_path / "notes.txt"
     in_the_way.write_text("")
     out = in_the_way / "preview.png"
@@ -803,6 +806,7 @@ def test_augment_preview_out_under_a_file_names_the_file(tmp_path, small_csvs):
     assert (
         result.output == f"error: {out}: cannot be written: {in_the_way} is a file, not a folder\n"
     )
+    assert read == []
 
 
 def test_augment_preview_out_a_folder_asks_for_a_files_path(tmp_path, small_csvs):
