@@ -935,10 +935,11 @@ def test_rows_lacking_digits_are_warned_of_once_for_all_trials(
     assert caplog.text.count(said) == 1
 
 
-def test_tune_refuses_an_empty_storage(tmp_path, small_csvs):
+@pytest.mark.parametrize("storage", ["", "  "])
+def test_tune_refuses_an_empty_storage(tmp_path, small_csvs, storage):
     """tune --storage "" had been taken for OUT/study.db without OUT made: "unable to open
-    database file", naming a database the user never gave."""
-    flags = ("tune", "--train", small_csvs["train"], "--model", "logreg", "--storage", "",
+    database file", naming a database the user never gave. Blanks alone are as empty."""
+    flags = ("tune", "--train", small_csvs["train"], "--model", "logreg", "--storage", storage,
              "--out", tmp_path / "tune")  # fmt: skip
     result = CliRunner().invoke(app, [str(flag) for flag in flags])
     assert result.exit_code == 1
