@@ -283,6 +283,19 @@ def test_a_name_of_up_to_255_bytes_is_written_and_clears_what_a_killed_write_lef
     assert (tmp_path / name).read_text() == "ImageId,Label\n"
 
 
+@pytest.mark.parametrize("name", ["a" * 233, os.fsdecode(b"\xb5" * 240)])
+def test_a_name_ending_at_the_cut_or_no_utf8_up_to_it_is_written(tmp_path: Path, name: str) -> None:
+    """The cut steps back to a UTF-8 character's first byte, and stops at either end of the
+    name: one exactly as long as its temporary file's name keeps (233 bytes), and one that is
+    no UTF-8 whose bytes all look like the middle of a character (Latin-1's 'µ', 0xB5), are
+    written, not refused for reading past them."""
+    with atomic_path(tmp_path / name) as tmp:
+        assert len(os.fsencode(tmp.name)) <= fileio.MAX_NAME_BYTES
+        tmp.write_text("ImageId,Label\n")
+    assert [path.name for path in tmp_path.iterdir()] == [name]
+    assert (tmp_path / name).read_text() == "ImageId,Label\n"
+
+
 def test_a_long_name_clears_a_killed_write_of_a_name_alike_up_to_the_cut_and_no_live_one(
     tmp_path: Path,
 ) -> None:
