@@ -404,6 +404,9 @@ def test_a_line_reaches_past_the_digit_along_itself_not_along_the_columns(
     the image at its sides go on past it: those ends are still compared by column."""
     cases = [(10, underlined, -10, True), (11, underlined, -10, True), (7, boxed, 7, True)]
     cases += [(1, ruled, 10, False), (8, ruled, 10, False)]  # a 0, a 6, a 9; a 2, a 5
+    # A line's start is compared as its end is (by column on the image's side, else along the
+    # line): the two swapped at the start, this 5's underline and box stayed (0.35-0.40).
+    cases += [(8, underlined, 10, True), (8, boxed, -10, True)]
     for index, draw_lines, angle, whole in cases:
         digit = small_test.images[index]
         clean = form_photo(digit, lambda pen: None, angle, whole)
