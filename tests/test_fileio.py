@@ -288,9 +288,12 @@ def test_a_name_ending_at_the_cut_or_no_utf8_up_to_it_is_written(tmp_path: Path,
     """The cut steps back to a UTF-8 character's first byte, and stops at either end of the
     name: one exactly as long as its temporary file's name keeps (233 bytes), and one that is
     no UTF-8 whose bytes all look like the middle of a character (Latin-1's 'µ', 0xB5), are
-    written, not refused for reading past them."""
+    written, not refused for reading past them; the second keeps all but 3 of its 233 in its
+    temporary file's name, where it had been cut to nothing (its leftovers then matched no
+    writer's pattern, and stayed)."""
     with atomic_path(tmp_path / name) as tmp:
         assert len(os.fsencode(tmp.name)) <= fileio.MAX_NAME_BYTES
+        assert tmp.name.startswith(f".{name[:230]}")
         tmp.write_text("ImageId,Label\n")
     assert [path.name for path in tmp_path.iterdir()] == [name]
     assert (tmp_path / name).read_text() == "ImageId,Label\n"

@@ -412,8 +412,11 @@ def cut_name(name: str, max_bytes: int) -> str:
     UTF-8 character (a name that is no UTF-8, its bytes held as surrogates, keeps them)."""
     encoded = os.fsencode(name)
     cut = max_bytes
-    while 0 < cut < len(encoded) and encoded[cut] & 0b1100_0000 == 0b1000_0000:
-        cut -= 1  # a UTF-8 continuation byte at the cut: its character goes whole
+    # A UTF-8 character is 4 bytes at most: a name of continuation-like bytes (no UTF-8) is
+    # cut so too, where stepping back over all of them had left nothing of it.
+    for _ in range(3):
+        if 0 < cut < len(encoded) and encoded[cut] & 0b1100_0000 == 0b1000_0000:
+            cut -= 1  # a UTF-8 continuation byte at the cut: its character goes whole
     return os.fsdecode(encoded[:cut])
 
 
