@@ -600,10 +600,17 @@ def test_expand_refuses_copies_the_disk_has_no_room_for(tmp_path: Path, source, 
     room_said = f"{room.free / 1e6:,.1f} MB"
     with pytest.raises(OutputError, match=rf"^{tmp_path / 'two'}: --copies 2 would write about "
                        rf"5\.\d MB \(2,006 rows\), and its file system has {room_said} free; "
-                       "give fewer --copies, or a folder on another disk$"):  # fmt: skip
+                       "give fewer --copies, or give a folder on another disk$"):  # fmt: skip
         expand(path, tmp_path / "two", copies=2, parts=2, valid_size=0)
     assert list(tmp_path.iterdir()) == []
     assert expand(path, tmp_path / "one", copies=1, parts=2, valid_size=0).n_rows == 1003
+    # Sharding writes about its source's size: refused where less is free, named so.
+    room = room._replace(free=int(0.5 * path.stat().st_size))
+    with pytest.raises(OutputError, match=rf"^{tmp_path / 'parts'}: its shards would write about "
+                       r"2\.\d MB \(1,003 rows\), and its file system has .* free; free some "
+                       "space there, or give a folder on another disk$"):  # fmt: skip
+        shard_csv(path, tmp_path / "parts", parts=2)
+    assert not (tmp_path / "parts").exists()
     monkeypatch.undo()
     result = CliRunner().invoke(app, ["data", "expand", str(path), str(tmp_path / "huge"),
                                       "--copies", "99999999999", "--parts", "4"])  # fmt: skip

@@ -626,6 +626,7 @@ def shard_csv(source: str | Path, out_dir: str | Path, parts: int) -> Manifest:
     _refuse_expansion(manifest, source, "shard", f"{_lost_in_reshard(manifest)}; expand the "
                       "CSV again with the --parts you want")  # fmt: skip
     _check_parts(parts, manifest.n_rows)
+    _check_room(out_dir, manifest, manifest.n_rows, parts, "its shards", "free some space there")
     origin = {"command": "shard", "source": str(source)}
     return _write_shards(_iter_rows(manifest), manifest, manifest.n_rows, out_dir, parts, origin)
 
@@ -666,7 +667,8 @@ def expand(
     less = f" less the {n_valid:,} that --valid-size {valid_size:g} holds out" if n_valid else ""
     _check_parts(parts, n_train, f"the {manifest.n_rows:,} rows{less}, times --copies {copies}")
     # Before a row is written: --copies 99999999999 had written until stopped.
-    _check_room(out_dir, manifest, n_train + n_valid, parts + bool(n_valid), f"--copies {copies}")
+    _check_room(out_dir, manifest, n_train + n_valid, parts + bool(n_valid), f"--copies {copies}",
+                "give fewer --copies")  # fmt: skip
     held_out = np.zeros(manifest.n_rows, dtype=bool)
     if n_valid:  # by class, as training's own validation split is: each keeps its share
         labels = np.concatenate([data.labels for data in _iter_rows(manifest)])
@@ -681,10 +683,11 @@ def expand(
 
 
 def _check_room(
-    out_dir: str | Path, source: Manifest, n_rows: int, n_files: int, asked: str
+    out_dir: str | Path, source: Manifest, n_rows: int, n_files: int, asked: str, fix: str
 ) -> None:
     """``OutputError`` where ``n_rows`` rows of ``source`` in ``n_files`` shards would not fit
-    the free space of ``out_dir``'s file system, ``asked`` saying what made them so many.
+    the free space of ``out_dir``'s file system, ``asked`` saying what made them so many and
+    ``fix`` what else than another disk would do.
     Each row is reckoned at the mean size of the source's: augmented copies of MNIST's digits
     came out 4 % larger (their ink spread): for digits the estimate errs short, and an
     expansion that fits is not refused."""
@@ -698,8 +701,8 @@ def _check_room(
         return
     if needed > free:
         raise OutputError(f"{out_dir}: {asked} would write about {_shown_size(needed)} ({n_rows:,} "
-                          f"rows), and its file system has {_shown_size(free)} free; give fewer "
-                          "--copies, or a folder on another disk")  # fmt: skip
+                          f"rows), and its file system has {_shown_size(free)} free; {fix}, "
+                          "or give a folder on another disk")  # fmt: skip
 
 
 def _shown_size(n_bytes: float) -> str:
