@@ -123,14 +123,17 @@ class TuneConfig:
             raise ConfigError(f"timeout_s must be >= 0 (0 = none), got {self.timeout_s}")
         if not 0 < self.valid_size < 1:
             raise ConfigError(f"valid_size must be in (0, 1), got {self.valid_size}")
-        # Else tune() had taken "" for OUT/study.db without making OUT, and failed to open it.
-        if self.storage is not None and not self.storage.strip():
-            raise ConfigError("storage is empty; give an Optuna URL (sqlite:///study.db, "
-                              "postgresql://...), or leave it out for OUT/study.db")  # fmt: skip
-        # Else tune() had taken "" for tune-MODEL, tuning a study the user never named.
-        if self.study_name is not None and not self.study_name.strip():
-            raise ConfigError("study_name is empty; give the study's name in the storage, or "
-                              f"leave it out for tune-{self.model}")  # fmt: skip
+        # Else tune() had taken "" for its default: OUT/study.db, without making OUT, and failed
+        # to open it; tune-MODEL, tuning a study the user never named.
+        for key, advice in (
+            ("storage", "give an Optuna URL (sqlite:///study.db, postgresql://...), or leave it "
+                        "out for OUT/study.db"),
+            ("study_name", f"give the study's name in the storage, or leave it out for "
+                           f"tune-{self.model}"),
+        ):  # fmt: skip
+            value = getattr(self, key)
+            if value is not None and not value.strip():
+                raise ConfigError(f"{key} is empty; {advice}")
         check_seed(self.seed)  # Optuna's range too
         if get_spec(self.model).kind == "net":
             TrainConfig(**self.net_settings())  # its ranges (ema_decay's), before any trial
