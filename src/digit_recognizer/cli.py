@@ -66,7 +66,7 @@ def main(
 ) -> None:
     """Kaggle's Digit Recognizer end to end: data, training, evaluation, submission, serving."""
     # A path the output's encoding cannot write (PYTHONIOENCODING=ascii, a latin-1 locale) is
-    # printed escaped, as stderr does: it had failed finished commands with a traceback.
+    # printed escaped, as stderr does, else a finished command fails with a traceback.
     if isinstance(sys.stdout, io.TextIOWrapper):
         sys.stdout.reconfigure(errors="backslashreplace")
 
@@ -222,8 +222,8 @@ def parse_widths(text: str | None) -> tuple[int, ...] | str | None:
 
 
 def parse_lr(text: str | None) -> float | str | None:
-    """--lr 0.05 as TrainConfig's lr; "none" as the TOML's, the optimizer's own (a --config's
-    lr, tune's best_config.toml's say, had no flag to undo it)."""
+    """--lr 0.05 as TrainConfig's lr; "none" as the TOML's, the optimizer's own, so that a flag
+    can undo a --config's lr (tune's best_config.toml's, say)."""
     return _parsed_or_none(text, float, "a number (0.05)", "the optimizer's own")
 
 
@@ -306,7 +306,7 @@ MaxMemory = Annotated[
         "\\[default: 2]",
     ),
 ]
-# --no-resume too: a --config TOML's resume = true had no flag to turn it off.
+# --no-resume too, so that a --config TOML's resume = true can be turned off.
 Resume = Annotated[
     bool | None,
     typer.Option(
@@ -318,7 +318,7 @@ Resume = Annotated[
 Compile = Annotated[
     bool | None, typer.Option("--compile/--no-compile", help="torch.compile (for GPUs).")
 ]
-# --no-tta too: a --config TOML's tta = true had no flag to turn it off, as --no-compile does.
+# --no-tta too, so that a --config TOML's tta = true can be turned off, as compile = true can.
 Tta = Annotated[
     bool | None,
     typer.Option(
@@ -338,7 +338,7 @@ AS_IS_HELP = (
 AsIs = Annotated[
     bool | None, typer.Option("--as-is/--conform", help=AS_IS_HELP + "\\[default: conform]")
 ]
-# --conform too: a predict --config's conform = false had no flag to undo it.
+# --conform too, so that a predict --config's conform = false can be undone.
 ConfiguredAsIs = Annotated[
     bool | None,
     typer.Option(
@@ -346,7 +346,7 @@ ConfiguredAsIs = Annotated[
         help=AS_IS_HELP + "\\[default: the --config's conform, else conform]",
     ),
 ]
-# predict's and evaluate's: batch_size and amp had been set by a --config TOML alone.
+# predict's and evaluate's, so that batch_size and amp are not a --config TOML's alone to set.
 PredictBatchSize = Annotated[
     int | None,
     typer.Option(help="Images per forward pass. \\[default: the --config's batch_size, else 256]"),
@@ -390,7 +390,7 @@ def resolve_configs(
         raise typer.BadParameter("--resume needs --out RUN_DIR")
     configs = job_configs(preset, config, flags, resumed_run=out if resume else None)
     if configs[0].resume and out is None:
-        # Else a new runs/<time>-<model> had trained from scratch, warning of --resume.
+        # Else a new runs/<time>-<model> would train from scratch, warning of --resume.
         raise typer.BadParameter(f"{config} sets resume = true, which needs --out RUN_DIR (the "
                                  "run to continue); give it, or --no-resume")  # fmt: skip
     return configs
@@ -441,11 +441,11 @@ def run(
         dropout=dropout, ema_decay=ema_decay, amp=amp, channels_last=channels_last)  # fmt: skip
     configs = resolve_configs(preset, resume, out, config, overrides)
     tta = get_preset(preset).tta if tta is None else tta
-    # The test rows are predicted where, and as, the run trained: `--device cpu` had predicted
-    # on the GPU (the default, auto).
+    # The test rows are predicted where, and as, the run trained, else `--device cpu` would
+    # predict on the GPU (the default, auto).
     predict_settings = PredictConfig(tta=tta, conform=not as_is, device=configs[0].device,
                                      amp=configs[0].amp)  # fmt: skip
-    # Refused before the progress bar starts: --jobs 0 had left a blank line above its error.
+    # Refused before the progress bar starts, else --jobs 0 leaves a blank line above its error.
     parallel = members_at_once(configs, jobs)
     with progress_bar(enabled=nproc == 1) as progress:  # torchrun's rank 0 shows its own
         summary = run_job(configs, train, test, out, replica_seed, predict_config=predict_settings,

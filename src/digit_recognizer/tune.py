@@ -123,7 +123,7 @@ class TuneConfig:
             raise ConfigError(f"timeout_s must be >= 0 (0 = none), got {self.timeout_s}")
         if not 0 < self.valid_size < 1:
             raise ConfigError(f"valid_size must be in (0, 1), got {self.valid_size}")
-        # Else tune() had taken "" for its default: OUT/study.db, without making OUT, and failed
+        # Else tune() would take "" for its default: OUT/study.db, without making OUT, and fail
         # to open it; tune-MODEL, tuning a study the user never named.
         for key, advice in (
             ("storage", "give an Optuna URL (sqlite:///study.db, postgresql://...), or leave it "
@@ -142,7 +142,7 @@ class TuneConfig:
 
     def _refuse_net_only(self) -> None:
         """``ConfigError`` naming a ``NET_ONLY`` setting given away from its default with a
-        classical model: ``--model knn --ema-decay 0.99`` had tuned as if it were not given."""
+        classical model, where ``--model knn --ema-decay 0.99`` would tune as if not given."""
         defaults = {field.name: field.default for field in fields(self)}
         for name in NET_ONLY:
             if getattr(self, name) != defaults[name]:
@@ -243,7 +243,7 @@ def tune(config: TuneConfig, train_csv: Path, out_dir: Path) -> TuneResult:
     study.sampler = TrialSeededSampler(config.seed)
     is_net = get_spec(config.model).kind == "net"
     check_same_study(study, is_new, storage, config, rows_fingerprint(data), is_net)
-    # Made once the study takes these trials: one at --storage refused had left it, empty.
+    # Made once the study takes these trials, else one at --storage refused leaves it, empty.
     out_dir = make_dir(out_dir)
     remove_dead_trials(out_dir)
     # What a write killed outright left (best_params.json's, say); old enough that no worker
@@ -318,7 +318,7 @@ def open_study(storage: str, study_name: str, where: str) -> tuple[optuna.Study,
     """The study ``study_name`` at ``storage``, created there if new, and whether this call
     created it; ``ConfigError`` naming ``where`` if the database cannot be used.
 
-    Workers started at once on a new database each create its tables, and all but one failed
+    Workers started at once on a new database each create its tables, and all but one fail
     ("table studies already exists", or a duplicate row of Optuna's schema version): on SQLite
     they take turns, holding a lock file beside the database, and elsewhere (PostgreSQL, for
     workers on several machines) the losers try again, finding the tables made."""
@@ -330,7 +330,7 @@ def open_study(storage: str, study_name: str, where: str) -> tuple[optuna.Study,
             # machine's end) would stay RUNNING for ever, counted in every later call; two
             # minutes after its last beat the next call marks it failed. Not in a SQLite
             # database in memory, which ends with its process: the heartbeat's thread, with a
-            # connection of its own, found another database there, empty, and its traceback.
+            # connection of its own, would find another database there, empty, and fail.
             url = make_url(storage)
             in_memory = url.drivername.startswith("sqlite") and sqlite_file(url) is None
             beat = {} if in_memory else {"heartbeat_interval": 60, "grace_period": 120}
@@ -372,7 +372,7 @@ def open_study(storage: str, study_name: str, where: str) -> tuple[optuna.Study,
 
 
 # StorageInternalError: Optuna's for a commit that failed (a full disk), raised from
-# SQLAlchemy's; it had ended in a traceback.
+# SQLAlchemy's; uncaught, it ends in a traceback.
 STORAGE_ERRORS = (SQLAlchemyError, optuna.exceptions.StorageInternalError)
 
 
@@ -388,7 +388,7 @@ class TrialSeededSampler(optuna.samplers.BaseSampler):
     """TPE drawing each trial's settings from ``seed`` and the trial's number: a study replays
     by its seed, resumed or not, and workers sharing it draw apart, since the storage numbers
     their trials apart. (Seeded once per call, by the trials stored, workers started at once
-    drew the same settings, trial for trial.)"""
+    would draw the same settings, trial for trial.)"""
 
     def __init__(self, seed: int) -> None:
         self._seed = seed
@@ -464,11 +464,11 @@ def sqlite_file(url: URL) -> Path | None:
 def _creation_lock(storage: str, where: str) -> Iterator[None]:
     """Held while a study is opened: a lock file beside a SQLite database (``study.db.lock``),
     nothing for other storages. ``ConfigError`` naming ``where`` for a database that is a
-    folder: SQLite's own "unable to open database file" had come after the lock file was
-    made, and left it beside the folder.
+    folder, before the lock file is made: SQLite's own "unable to open database file" comes
+    after it, and leaves it beside the folder.
 
     A database file that was not there when the lock was taken, and that the opening failed
-    to fill (a full disk), is removed with the lock file: they had stayed, tables half made,
+    to fill (a full disk), is removed with the lock file, else they stay, tables half made,
     after the error."""
     database = sqlite_file(make_url(storage))
     if database is not None and database.is_dir():
@@ -607,7 +607,7 @@ def write_results(
         best_overrides = study.best_trial.user_attrs["train_overrides"]
         best_config = load_config(TrainConfig, None, config.net_settings() | best_overrides)
         texts[out_dir / BEST_CONFIG_FILE] = config_to_toml(best_config)
-    # Together: a full disk at best_config.toml had left it an older best's beside the new
+    # Together, else a full disk at best_config.toml leaves it an older best's beside the new
     # best_params.json.
     write_together([(path, functools.partial(Path.write_text, data=text, encoding="utf-8"))
                     for path, text in texts.items()])  # fmt: skip
@@ -669,8 +669,8 @@ def check_same_study(
 
 def wait_for_settings(study: optuna.Study) -> None:
     """Wait, up to ``SETTINGS_WAIT_S``, for the worker that has just created ``study`` to record
-    its settings (``model`` last): workers started at once on a new study had each found none
-    recorded and taken it for theirs, whatever their --seed. A study with trials has them."""
+    its settings (``model`` last), else workers started at once on a new study each find none
+    recorded and take it for theirs, whatever their --seed. A study with trials has them."""
     deadline = time.monotonic() + SETTINGS_WAIT_S
     while "model" not in study.user_attrs and not study.get_trials(deepcopy=False):
         if time.monotonic() > deadline:  # its creator was killed: the study is this call's
@@ -719,7 +719,7 @@ def _classical_objective(
     estimator = build_estimator(config.model, seed=config.seed,
                                 **suggest_params(trial, config.model))  # fmt: skip
     # Settings these rows cannot fit (100 PCA components of 96 rows) are the trial's fault, as
-    # a net's diverging is: pruned, not the study's end, which had lost the trials before it.
+    # a net's diverging is: pruned, not the study's end, which would lose the trials before it.
     try:
         estimator.fit(train_set.images, train_set.labels)
     except ValueError as error:
