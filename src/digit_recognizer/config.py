@@ -34,7 +34,7 @@ NONE = "none"
 def zeros_as_none(config: Any, keys: Iterable[str]) -> None:
     """Each of ``keys`` that is 0 in ``config`` made None: settings whose 0 is off, from a
     flag (--patience 0 undoes a preset's or a --config's value, as a TOML's none does), a TOML
-    or Python, recorded one way (patience = 0 in a TOML had been refused as "must be >= 1")."""
+    or Python, recorded one way, else patience = 0 in a TOML is refused as "must be >= 1"."""
     for key in keys:
         if getattr(config, key) == 0:
             setattr(config, key, None)
@@ -61,10 +61,10 @@ def load_config(
     except (ConfigError, UnknownModelError):
         if not flags:
             raise
-    # The file's values or the flags': `--resume --epochs 0` had blamed the run's config.toml.
+    # The file's values or the flags', else `--resume --epochs 0` blames the run's config.toml.
     # The file's, but for those the flags replace, are checked alone; if they pass, the flags
     # are named. Its model stays, whatever --model says: its widths are written for it (without
-    # it they were checked against the default net, an error naming a 'cnn' nobody had chosen).
+    # it they would be checked against the default net, an error naming a 'cnn' nobody chose).
     alone = {key: value for key, value in values.items() if key not in flags or key == "model"}
     try:
         make_config(config_class, alone, source=str(toml_path))
@@ -79,8 +79,8 @@ def load_config(
 def flag_name(key: str, value: Any = None) -> str:
     """The command-line flag that sets ``key`` to ``value``: its words without their unit
     (``time_budget_s``: ``--time-budget``, ``max_memory_gb``: ``--max-memory``), a switch's
-    negative form where it is off (``amp`` False: ``--no-amp``, the flag typed, where
-    ``digits tune --model knn --no-amp`` had been told of ``--amp``)."""
+    negative form where it is off (``amp`` False: ``--no-amp``, the flag typed, so that
+    ``digits tune --model knn --no-amp`` is not told of ``--amp``)."""
     negation = "no-" if value is False else ""
     return f"--{negation}" + re.sub(r"_(s|gb)$", "", key).replace("_", "-")
 
@@ -118,10 +118,10 @@ def _make_from_flags(
 
 def read_toml(toml_path: str | Path) -> dict[str, Any]:
     """Read a TOML file into a flat dict; a ``[section]`` table is flattened into its keys,
-    which must not repeat one set elsewhere in the file (the last had silently won)."""
+    which must not repeat one set elsewhere in the file (else the last would silently win)."""
     path = Path(toml_path)
     try:
-        # utf-8-sig: a byte-order mark (Windows Notepad's, before 2019) had made a valid file
+        # utf-8-sig, else a byte-order mark (Windows Notepad's, before 2019) makes a valid file
         # "not valid TOML (Invalid statement (at line 1, column 1))".
         data = tomllib.loads(path.read_text(encoding="utf-8-sig"))
     except FileNotFoundError:
@@ -162,7 +162,7 @@ def make_config(config_class: type[C], values: Mapping[str, Any], source: str = 
         return config_class(**checked)
     except ConfigError as error:  # a value out of range: say where it came from
         raise ConfigError(f"{source}: {error}") from None
-    except UnknownModelError as error:  # a TOML's model = "cnnn" had not named the file
+    except UnknownModelError as error:  # so that a TOML's model = "cnnn" names the file
         raise UnknownModelError(f"{source}: {error}") from None
 
 

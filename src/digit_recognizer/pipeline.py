@@ -200,8 +200,8 @@ def _reads_in_memory(manifest: Manifest, config: TrainConfig, source: Path) -> b
         return True
     if not config.valid_size or len(manifest.shards) > 1:
         return False
-    # Over the budget but within half the memory free, one file is read whole, as it was
-    # before the estimate counted pyarrow's columns.
+    # Over the budget but within half the memory free, one file is read whole: one that fitted
+    # before the estimate counted pyarrow's columns still trains.
     needed, free = estimate_memory_bytes(manifest), memory_bytes(free=True)
     if free is None or needed > free / 2:
         raise DataError(
@@ -272,7 +272,7 @@ def train_job(
             raise
     # Not for a finished run resumed: nothing trained now, and train() said it had its budget.
     if is_main_process and result.trained and result.cut_by_budget and result.epochs_run < 1:
-        # A busy machine: a preset's 60 s had given 0.3 epochs and 0.976, without a word.
+        # Said, as a busy machine can cut a preset's 60 s to 0.3 epochs and 0.976 without a word.
         log.warning("%s: its %.0f s of budget trained under one epoch, far too little for the "
                     "accuracy this recipe reaches on a machine to itself: other jobs on the "
                     "cores, or a slow machine; --resume with a larger --time-budget trains on",
@@ -399,8 +399,8 @@ def train_jobs(
             forget_ensemble_test_score(run_dir)
         return [job]
     check_out_dir(run_dir, configs[0].resume, ensemble=True)
-    # One command per ensemble: a second one, refused by a member's lock only once it trained,
-    # had already rewritten the other members' config.toml for the first one's --resume.
+    # One command per ensemble, else a second one, refused by a member's lock only once it
+    # trains, has already rewritten the other members' config.toml for the first one's --resume.
     with locked_dir(run_dir):
         members = []
         for number, config in enumerate(configs, start=1):
@@ -576,7 +576,7 @@ def run_job(
     run_dir = run_dir or default_run_dir(configs[0].model)
     # Read before training, which can take an hour: a missing or malformed test file would
     # otherwise be found only once the models were trained. A piece at a time, and read again
-    # to predict: its images had been held through training. A pipe can be read once: now.
+    # to predict, rather than its images held through training. A pipe can be read once: now.
     test_set = None
     if is_read_once(test_csv):
         test_set = read_data_source(test_csv)
