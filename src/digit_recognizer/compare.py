@@ -129,7 +129,7 @@ def compare(
     if cv is not None and test_csv is not None:
         raise ConfigError("--cv folds the training CSV and --test scores on another: give one")
     if valid_size is not None and (test_csv is not None or cv is not None):
-        # Else ignored: the scores came from another hold-out than the one asked for.
+        # Else ignored: the scores would come from another hold-out than the one asked for.
         raise ConfigError(f"--valid-size holds out part of --train, and "
                           f"{'--test' if test_csv is not None else '--cv'} scores instead: give "
                           "one")  # fmt: skip
@@ -156,7 +156,7 @@ def compare(
     split = {"valid_size": None if test_csv or cv else valid_size, "cv": cv, "seed": seed,
              "epochs": epochs}  # fmt: skip
     # The rows read, not only the files' hashes: a shard folder's or a glob's rows change
-    # under the same path, and --resume had kept scores of other rows.
+    # under the same path, and --resume would keep scores of other rows.
     fingerprints = {"train_rows": rows_fingerprint(data),
                     "test_rows": rows_fingerprint(folds[0][1]) if test_csv else None}  # fmt: skip
     settings = {"models": models, **split, **source_record("train", train_csv),
@@ -191,7 +191,7 @@ def _write(board: Leaderboard, settings: dict[str, object]) -> None:
     board.rows.sort(key=lambda row: -float(row.get("accuracy", row.get("accuracy_mean", 0))))
     scored = {"scored": [str(row["model"]) for row in board.rows], "scores": board.rows}
     record = json.dumps(settings | scored, indent=2)
-    # Together: a full disk at the chart had left a new leaderboard.csv beside older others.
+    # Together, else a full disk at the chart leaves a new leaderboard.csv beside older others.
     write_together([
         (board.csv_path, lambda file: write_leaderboard(board, file)),
         (board.chart_path, lambda file: draw_figure(leaderboard_figure(board), file, "png")),
@@ -213,7 +213,7 @@ def _scored_before(
     except (OSError, ValueError) as error:
         raise ConfigError(f"--resume: cannot read {path} ({first_line(error)}); "
                           "drop --resume to fit every model") from None  # fmt: skip
-    if not isinstance(before, dict):  # JSON, yet no record of compare's (had: AttributeError)
+    if not isinstance(before, dict):  # JSON, yet no record of compare's (else AttributeError)
         raise ConfigError(f"--resume: {path} is not the record compare writes (a JSON "
                           "object); drop --resume to fit every model")  # fmt: skip
     now = json.loads(json.dumps(settings))  # as it would read back
@@ -257,7 +257,7 @@ def _folds(
         try:
             with warnings.catch_warnings():
                 # A digit with fewer rows than folds: _warn_missing_digits says so, naming the
-                # CSV, where scikit-learn's own ("The least populated class in y ...") had come too.
+                # CSV, where scikit-learn's own ("The least populated class in y ...") comes too.
                 warnings.filterwarnings(
                     "ignore", "The least populated class in y has only", UserWarning
                 )
@@ -281,7 +281,7 @@ def _folds(
 def _warn_missing_digits(folds: list[tuple[DigitSet, DigitSet]], train_csv: Path) -> None:
     """Warn once, naming ``train_csv``, where the rows fitted lack digits: in every fold, or
     in some of them (a digit with fewer rows than --cv folds). Every model, classical or net,
-    fits the same rows, and a net's own warning, unnamed, had come once per net and fold."""
+    fits the same rows, and a net's own warning, unnamed, would come once per net and fold."""
     counts = np.array([count_classes(fit_set.labels) for fit_set, _ in folds])  # fold x digit
     fewest = counts.min(axis=0)
     is_lacking_everywhere = np.array_equal(fewest == 0, counts.max(axis=0) == 0)

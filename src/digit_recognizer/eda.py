@@ -45,7 +45,7 @@ from digit_recognizer.train import TrainConfig
 EDA_FILE = "eda.html"
 LABEL_FIGURES = ("label_distribution.png", "samples_per_class.png")  # a labelled file's alone
 PREVIEW_ROWS = 4  # augment-preview: this many source images, one per row
-# augment-preview: at most this many augmentations a row (--n 300 had taken minutes to draw a
+# augment-preview: at most this many augmentations a row (--n 300 would take minutes to draw a
 # PNG 33,000 pixels wide).
 MAX_PREVIEW_AUGMENTATIONS = 40
 
@@ -73,7 +73,7 @@ class EdaSummary:
 
     def rows(self) -> list[tuple[str, str]]:
         duplicates = str(self.n_duplicates)
-        # An unlabelled file's had said "(0 with a different label)".
+        # A labelled file's alone: an unlabelled one's would say "(0 with a different label)".
         if self.class_counts is not None:
             duplicates += f" ({self.n_conflicting_duplicates} with a different label)"
         rows = [
@@ -116,7 +116,7 @@ def eda(csv_path: str | Path, out_dir: str | Path) -> EdaSummary:
     for file, title, plot in plots:
         plot(data, rng, out_dir / file)
         summary.figures[title] = out_dir / file
-    if data.labels is None:  # a labelled file's eda there before had left its label plots
+    if data.labels is None:  # else a labelled file's eda there before leaves its label plots
         for file in LABEL_FIGURES:
             (out_dir / file).unlink(missing_ok=True)
     sections = [("Summary", html_table(summary.rows()))]
@@ -133,7 +133,7 @@ def _summarise(path: Path, data: DigitSet) -> EdaSummary:
     first_row: dict[bytes, int] = {}
     n_duplicates = n_conflicting = 0
     # Keyed by a 128-bit digest (no collision in any dataset), not by the row's 784 bytes,
-    # which had held a second copy of every image: 0.9 GB beside a million rows. 42,000 rows
+    # which would hold a second copy of every image: 0.9 GB beside a million rows. 42,000 rows
     # take 0.15 s (0.09 s keyed by their bytes).
     for row, image in enumerate(pixels):
         first = first_row.setdefault(hashlib.blake2b(image, digest_size=16).digest(), row)
@@ -178,7 +178,7 @@ def _plot_label_distribution(data: DigitSet, _rng: np.random.Generator, path: Pa
 def _plot_samples(data: DigitSet, rng: np.random.Generator, path: Path) -> None:
     rows, columns = 4, 12
     chosen = rng.choice(len(data), size=min(rows * columns, len(data)), replace=False)
-    # 0-based, as explain --index takes them: "#i" had read as the file's line, which is i + 2.
+    # 0-based, as explain --index takes them: "#i" would read as the file's line, which is i + 2.
     titles = [
         f"row {i}" + (f": {data.labels[i]}" if data.labels is not None else "") for i in chosen
     ]
@@ -205,7 +205,7 @@ def _plot_class_rows(data: DigitSet, rng: np.random.Generator, path: Path) -> No
 
 def _drawable(images: NDArray[np.uint8]) -> NDArray[np.uint8]:
     """Images to draw on 0-255: faint rows (0/1, 0-16) at full ink, as every command reads them
-    (the summary keeps the file's own values); drawn as they are, such a file's were black."""
+    (the summary keeps the file's own values); drawn as they are, such a file's would be black."""
     return faint_to_full_ink(images)[0]
 
 
@@ -257,8 +257,8 @@ def _pixel_value_counts(
 def _plot_pixel_histograms(data: DigitSet, _rng: np.random.Generator, path: Path) -> None:
     raw = np.arange(256)
     normalised = (raw / 255 - MNIST_MEAN) / MNIST_STD  # what the nets' first layer computes
-    # The file's own values, then what the nets read: a binarised file's ink had been drawn
-    # at (1 / 255 - mean) / std, where the nets see it at full ink.
+    # The file's own values, then what the nets read: a binarised file's ink would otherwise be
+    # drawn at (1 / 255 - mean) / std, where the nets see it at full ink.
     fig = Figure(figsize=(11, 3.4))
     for ax, x, counts, name in zip(fig.subplots(1, 2), (raw, normalised),
                                    (_pixel_value_counts(data.images),
@@ -295,13 +295,13 @@ def augment_preview(
     exactly as training does (these defaults are the default preset's), writing styles only
     where the CSV has labels.
     """
-    check_seed(seed, "--seed")  # torch's generator had taken 2**32 and failed at 2**64
+    check_seed(seed, "--seed")  # else torch's generator takes 2**32 and fails at 2**64
     if not 1 <= n <= MAX_PREVIEW_AUGMENTATIONS:
         raise ConfigError(f"--n must be from 1 to {MAX_PREVIEW_AUGMENTATIONS}, got {n}")
-    # Checked as training's flags, and named so: Augmentation's own errors had said elastic_px.
+    # Checked as training's flags, and named so: Augmentation's own errors would say elastic_px.
     settings = {"augment": augment, "elastic": elastic, "stroke": stroke, "styles": styles}
     augmentation = load_config(TrainConfig, None, settings).augmentation()
-    # A file where a folder above --out would be had been "cannot be written (File exists)".
+    # Else a file where a folder above --out would be says "cannot be written (File exists)".
     check_can_write(out_path)
     generator = torch.Generator().manual_seed(seed)
     shown = _preview_rows(Path(csv_path), np.random.default_rng(seed), augmentation.styles > 0)
@@ -333,7 +333,7 @@ def _preview_rows(source: Path, rng: np.random.Generator, styles: bool) -> Digit
     digits alone, which four random rows often lack).
 
     Read a piece at a time: every row's label where a 1 and a 7 are sought, then the images of
-    the rows shown alone (all of a file's had been held to show four). A pipe, which can be
+    the rows shown alone, rather than all of a file's held to show four. A pipe, which can be
     read only once, is read whole.
     """
     if is_read_once(source):

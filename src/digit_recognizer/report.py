@@ -234,7 +234,7 @@ def _report_sections(
 
 def _config_rows(config: dict[str, Any]) -> list[tuple[str, str]]:
     """config.toml's settings as written, an lr left to the optimizer with the value it takes
-    (the table had said "lr none")."""
+    (else the table would say "lr none")."""
     rows = [(key, str(value)) for key, value in config.items()]
     if config.get("lr") == NONE and config.get("optimizer") in DEFAULT_LR:
         lr = f"{NONE}: {DEFAULT_LR[config['optimizer']]:g}, {config['optimizer']}'s default"
@@ -248,7 +248,7 @@ def _explain_hint(run_dir: Path, data_rows: SourceRows | None) -> str:
         return ("Each caption's row counts the images evaluated from 0; digits explain RUN_DIR "
                 "CSV --index ROW explains row ROW of a CSV.")  # fmt: skip
     # Absolute: the page is read in a browser, and the command pasted into a shell in any
-    # folder; paths as typed had worked only from the folder the run was trained or reported in.
+    # folder; paths as typed would work only from the folder the run was trained or reported in.
     paths = (run_dir.absolute(), data_rows.source.absolute())
     command = "digits explain " + " ".join(shlex.quote(str(path)) for path in paths)
     return (f"Each caption's row is the image's row of {data_rows.source}, counted from 0: "
@@ -368,7 +368,7 @@ def _plot_mistakes_and_grad_cam(
         return f"row {rows[i]}\ntrue {data.labels[i]} → {predicted[i]}\n{confidence[i]:.1%}"
 
     shown = wrong[:N_GALLERY]
-    if len(wrong):  # none: the report says so, where a blank "0 of 0 mistakes" figure had been
+    if len(wrong):  # none: the report says so, rather than draw a blank "0 of 0 mistakes" figure
         plot_gallery(data.images[shown], [caption(i) for i in shown], figures / "mistakes.png",
                       title=f"{len(shown)} of {len(wrong)} mistakes, most confident first "
                       "(row, true → predicted, confidence)")  # fmt: skip
@@ -414,7 +414,7 @@ def plot_gallery(
             ax.imshow(images[i], cmap="gray", vmin=0, vmax=255)
         if i < len(images):
             ax.set_title(titles[i], fontsize=8)
-    fig.suptitle(title, wrap=True)  # a title wider than few columns had been cut at both sides
+    fig.suptitle(title, wrap=True)  # else a title wider than few columns is cut at both sides
     save_figure(fig, path)
 
 
@@ -445,8 +445,8 @@ def html_page(title: str, subtitle: str, sections: list[tuple[str, str]]) -> str
         f"{body}\n</body></html>\n"
     )
     # A path whose name is not UTF-8 holds its bytes as lone surrogates, which no UTF-8 page
-    # can encode: `digits eda` of such a file ended in a traceback. Shown as \udcff, as the
-    # terminal's messages show them.
+    # can encode, and `digits eda` of such a file would end in a traceback. Shown as \udcff, as
+    # the terminal's messages show them.
     return page.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
