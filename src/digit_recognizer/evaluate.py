@@ -92,8 +92,8 @@ def compute_metrics(labels: ArrayLike, probas: NDArray[np.floating]) -> Metrics:
     if probas.ndim != 2 or probas.shape[1] != len(CLASSES):
         raise ValueError(f"probas must be of shape (n_samples, 10), got {probas.shape}: "
                          "pass predict_proba's output, not predicted labels")  # fmt: skip
-    # Indices into the per-class scores below: float labels (np.loadtxt's) had failed there,
-    # and a -1 had been read as a 9 in the macro F1 and left out of the confusion matrix.
+    # Checked, as they index the per-class scores below: float labels (np.loadtxt's) would fail
+    # there, and a -1 would be read as a 9 in the macro F1 and left out of the confusion matrix.
     labels = check_labels(labels, len(probas), "labels")
     predicted = probas.argmax(axis=1)
     precision, recall, f1, support = skm.precision_recall_fscore_support(
@@ -252,7 +252,7 @@ def evaluate_run(
     labels = np.concatenate(piece_labels) if solution_labels is None else solution_labels
     metrics = compute_metrics(labels, np.concatenate(probas))
     warn_untrained_digits(run_dirs, metrics, labelled_csv)
-    # Together: a full disk at the matrix had left a new eval_metrics.json beside older others.
+    # Together, else a full disk at the matrix leaves a new eval_metrics.json beside older others.
     write_together([
         (scores, lambda file: file.write_text(metrics.to_json(), encoding="utf-8")),
         (per_class, lambda file: write_per_class_csv(metrics, file)),

@@ -116,7 +116,7 @@ def grad_cam(
         heatmaps = []
         for x, scores in _target_scores(model, images, target):
             activation = captured["output"]  # (B, C, h, w)
-            if activation.ndim != 4:  # a Linear's (B, C) had failed on a mean over no axes
+            if activation.ndim != 4:  # else a Linear's (B, C) fails on a mean over no axes
                 raise ValueError(f"layer {layer!r} outputs {tuple(activation.shape[1:])} per "
                                  "image, not feature maps (channels, height, width): Grad-CAM "
                                  "reads a conv layer's")  # fmt: skip
@@ -358,8 +358,8 @@ def _figure_name(name: str, tail: str = "") -> str:
 def _first_rows_and_row(source: Path, index: int | None) -> tuple[DigitSet, DigitSet]:
     """The first STREAM_ROWS rows of a CSV (shard directory, glob), which judge how its rows are
     conformed (``conform_row``), and its row ``index`` (`digits explain --index`): those alone
-    are parsed, a piece at a time (a 562 MB CSV had been read whole, 3 GB at the peak, to show
-    one row); a pipe, which can be read only once, is read whole."""
+    are parsed, a piece at a time (read whole, a 562 MB CSV took 3 GB at the peak to show one
+    row); a pipe, which can be read only once, is read whole."""
     if is_read_once(source):
         data = read_data_source(source)
         _check_row_index(source, index, len(data))

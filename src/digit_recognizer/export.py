@@ -76,13 +76,13 @@ def export_onnx(run_dir: Path, out: Path | None = None) -> Path:
     weights_hash = None
     with contextlib.suppress(OSError):  # missing or unreadable: load_net says so, naming it
         weights_hash = sha256_file(run_dir / WEIGHTS_FILE)
-    # The run first, as every command checks it: a file given as RUN_DIR had been named as a
+    # The run first, as every command checks it, else a file given as RUN_DIR is named as a
     # model.onnx that cannot be written inside it.
     model, _ = load_net(run_dir)
     check_can_write(out)  # before the export's ten seconds
-    # Imported whole before the export, which imports it lazily: Ctrl-C during that import left
+    # Imported whole before the export, which imports it lazily: Ctrl-C during that import leaves
     # it half made, and the exporter, reaching for torch._dynamo.exc in its own error handling,
-    # turned the interruption into a page-long TorchExportError.
+    # turns the interruption into a page-long TorchExportError.
     import torch._dynamo
 
     net = ProbabilityNet(model).eval()
@@ -154,7 +154,7 @@ def onnx_is_current(run_dir: Path) -> bool:
 
 def _export_anew(run_dir: Path, path: Path) -> None:
     """Export the run to ``path`` for ``OnnxPredictor.load``; where it cannot be written (a
-    read-only run, most often), ``OutputError`` says why it was to be, which export's had not."""
+    read-only run, most often), ``OutputError`` says why it was to be, which export's does not."""
     state = (f"out of date (not exported from the weights {WEIGHTS_FILE} holds now)"
              if path.exists() else "missing")  # fmt: skip
     try:
@@ -173,7 +173,7 @@ def _export_anew(run_dir: Path, path: Path) -> None:
 def _check_signature(session: Any, path: Path) -> None:
     """``ModelFileError`` unless the graph in ``path`` takes and returns what
     ``ONNX_PREPROCESSING`` says, as ``GET /model`` reports it: one from another exporter
-    (float32 (N, 1, 28, 28), its input named otherwise, a fixed batch) failed on its first
+    (float32 (N, 1, 28, 28), its input named otherwise, a fixed batch) would fail on its first
     prediction with onnxruntime's traceback.
 
     The graph is checked, not the metadata that describes it: every version of ``export_onnx``
@@ -238,7 +238,7 @@ class OnnxPredictor:
             self.session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
             for batch in np.split(images, range(self.batch_size, len(images), self.batch_size))
         ]
-        # Checked as Predictor's are: served, NaN had answered digit 0 with null probabilities.
+        # Checked as Predictor's are, else NaN served answers digit 0 with null probabilities.
         return check_probabilities(np.concatenate(batches))  # np.split gives 1 batch at least
 
     def predict(self, images: NDArray[np.uint8]) -> NDArray[np.int64]:

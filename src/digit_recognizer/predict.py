@@ -244,7 +244,7 @@ def predict_images(
             results.append(ImagePrediction(Path(path)))
         except DataError as error:
             message = str(error)
-            if is_csv_name(path):  # a CSV of digits had been told only that it is no image
+            if is_csv_name(path):  # else a CSV of digits is told only that it is no image
                 runs = " ".join(str(run_dir) for run_dir in run_dirs)
                 message += f"; a CSV of digits: digits predict {runs} {path}"
             results.append(ImagePrediction(Path(path), error=message))
@@ -405,7 +405,7 @@ def warn_conformed(
 def _some_digits(n: int, n_rows: int) -> tuple[str, str, str]:
     """``n`` of ``n_rows`` digits as warn_conformed's sentences name them, with the verb and
     pronoun that agree: ("3 of 40 digits", "were", "them"), ("1 of 40 digits", "was", "it"),
-    and "the digit" of a single row (explain's), which had read "1 of 1 digits were"."""
+    and "the digit" of a single row (explain's), which would read "1 of 1 digits were"."""
     digits = "the digit" if n_rows == 1 else f"{n:,} of {counted(n_rows, 'digit')}"
     return (digits, "was", "it") if n == 1 else (digits, "were", "them")
 
