@@ -72,8 +72,8 @@ def load_checkpoint(run_dir: Path, device: torch.device) -> dict[str, Any]:
 
 
 def _wrong_counts(checkpoint: dict[str, Any]) -> list[str]:
-    """The bookkeeping that is not what training wrote: a step of -10**12 resumed had trained
-    on for ever at lr 0, a config of {} failed on its first key."""
+    """The bookkeeping that is not what training wrote: a step of -10**12 resumed would train
+    on for ever at lr 0, a config of {} fail on its first key."""
     counts = {"step": checkpoint["step"], "epoch": checkpoint["epoch"],
               "epochs_since_best": checkpoint["epochs_since_best"]}  # fmt: skip
     wrong = [f"{key} {value!r:.20}" for key, value in counts.items()
@@ -179,7 +179,7 @@ def check_out_dir(run_dir: Path, resume: bool, ensemble: bool) -> None:
             "(--resume), or train into another directory to start over"
         )
     # Training records its config.toml before its first model.json: a model.json without one is
-    # a model saved there (a classical model's, save_estimator's), which training had replaced.
+    # a model saved there (a classical model's, save_estimator's), which training would replace.
     if (run_dir / META_FILE).exists() and not (run_dir / CONFIG_FILE).exists():
         raise ConfigError(f"{run_dir} holds a saved model ({META_FILE}) that no training made "
                           "there, which training would replace; train into another "

@@ -35,14 +35,14 @@ log = logging.getLogger(__name__)
 PEER_FAILURE_GRACE_S = 2.0
 LAUNCHER_GRACE_S = 5.0  # for torchrun to stop its workers after Ctrl-C (they stop at once)
 # The longest ddp_timeout_s (31 years): torch's process groups count the timeout in int64
-# nanoseconds, and past ~292 years failed in a traceback (1e13 s: gloo's "Invalid timeout";
+# nanoseconds, and past ~292 years fail in a traceback (1e13 s: gloo's "Invalid timeout";
 # 1e300: an OverflowError).
 MAX_DDP_TIMEOUT_S = 1e9
 
 
 def check_ddp_timeout(timeout_s: float) -> None:
     """``ConfigError`` unless ``timeout_s`` (a job's ddp_timeout_s) is one torch's process
-    groups take: nan and inf had ended every torchrun process in an OverflowError (a ValueError
+    groups take: nan and inf would end every torchrun process in an OverflowError (a ValueError
     for nan) making its timedelta."""
     if not 0 < timeout_s <= MAX_DDP_TIMEOUT_S:
         raise ConfigError(f"ddp_timeout_s must be in (0, {MAX_DDP_TIMEOUT_S:g}] seconds, got "
@@ -213,7 +213,7 @@ def _nohup_args() -> list[str]:
 
 def _stop_with_parent(parent: int) -> None:
     """SIGTERM this launcher when ``parent``, the command that started it, ends, even killed
-    outright (SIGKILL, the OOM killer), as torchrun then stops its workers: they had trained
+    outright (SIGKILL, the OOM killer), as torchrun then stops its workers, which would train
     on as orphans, holding the run's lock against the --resume. Linux only (prctl)."""
     try:
         prctl = ctypes.CDLL(None, use_errno=True).prctl

@@ -150,7 +150,7 @@ optional
         """The ``TrainConfig`` these parameters resolve to (checked: wrong values raise)."""
         params = {key: getattr(self, key) for key in ("model", *TRAIN_KEYS)}
         # Named as parameters of this class: as flags (load_config's), NetClassifier(epochs=0)
-        # had said "--epochs must be >= 1".
+        # would say "--epochs must be >= 1".
         given = {key: value for key, value in params.items() if value is not None}
         return make_config(TrainConfig, given, source=type(self).__name__)
 
@@ -244,12 +244,12 @@ def save_estimator(
         raise ValueError("save_estimator needs the registry name of a classical pipeline")
     if get_spec(name).kind != "classical":  # an unknown name: UnknownModelError, with the names
         raise ValueError(f"'{name}' is a net; a pipeline is saved under a classical model's name")
-    if not isinstance(estimator, Pipeline):  # a bare model had raised AttributeError (steps)
+    if not isinstance(estimator, Pipeline):  # else a bare model raises AttributeError (steps)
         raise ValueError(f"save_estimator saves a NetClassifier or a fitted pipeline, got a "
                          f"{type(estimator).__name__}: build_estimator('{name}') makes "
                          "one")  # fmt: skip
-    # The name is what /model, the report and errors call it: a logreg saved as "knn" had
-    # loaded and predicted under the wrong name.
+    # The name is what /model, the report and errors call it: a logreg saved as "knn" would
+    # load and predict under the wrong name.
     registered = type(build(name).steps[-1][1]).__name__
     if type(estimator.steps[-1][1]).__name__ != registered:
         raise ValueError(f"the pipeline ends in a {type(estimator.steps[-1][1]).__name__}, "
@@ -258,7 +258,7 @@ def save_estimator(
     if not fits_the_digits(estimator):  # load_pipeline would refuse it as corrupt
         raise ValueError(f"a saved pipeline must be fitted on the digits 0-9, it was on "
                          f"{getattr(estimator, 'classes_', None)}")  # fmt: skip
-    try:  # as load_pipeline tries it: a pipeline that had saved, then loaded as "corrupt"
+    try:  # as load_pipeline tries it, else a pipeline saves, then loads as "corrupt"
         estimator.predict_proba(np.zeros((1, 28, 28), np.uint8))
     except (ValueError, TypeError) as error:
         raise ValueError(f"the pipeline does not read digits (N, 28, 28) "

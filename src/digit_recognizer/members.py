@@ -151,7 +151,7 @@ def _run_member(train: Callable[..., Any], number: int, *args: Any) -> None:
             signal.signal(signal.SIGINT, signal.default_int_handler)
         results.send(TRAINING)
         # SIGTERM (its command's death, or stop_members for a member deaf to Ctrl-C) stops it
-        # as Ctrl-C does: by default it ended the process where it stood, temporary files and
+        # as Ctrl-C does: by default it ends the process where it stands, temporary files and
         # all.
         with stop_signals_interrupt():
             outcome: tuple[bool, Any] = (True, train(number, *args))

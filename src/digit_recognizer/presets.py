@@ -109,7 +109,7 @@ PRESETS = {
     # The seed notebook's recipe, for comparison: its Keras CNN, Adam 1e-3, batch 32, L2,
     # ReduceLROnPlateau(factor 0.5) and EarlyStopping on validation accuracy; its augmentation
     # did not change stroke widths or writing styles. Its lr is Adam's default, not set here:
-    # set, `--optimizer sgd` had trained SGD at Adam's 1e-3, not at SGD's 0.05 as --lr says.
+    # set, `--optimizer sgd` would train SGD at Adam's 1e-3, not at SGD's 0.05 as --lr says.
     "seed": Preset(
         {
             "model": "seed-cnn",
