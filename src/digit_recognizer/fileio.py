@@ -59,7 +59,7 @@ def check_can_write(path: str | os.PathLike[str]) -> Path:
     (``refuse_special_file``), a file stands where a folder above it would be, or the nearest
     folder there is takes no new files. Checked before the work whose result goes there, not
     after it."""
-    path = refuse_special_file(Path(path))  # export --out - had been refused once exported
+    path = refuse_special_file(Path(path))  # here: else export --out - is refused once exported
     if path.is_dir():
         raise OutputError(f"{path}: a folder, where a file is to be written; give a file's path")
     above = _nearest_existing(path.absolute().parent)
@@ -109,8 +109,8 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         _refuse_read_only(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         # Named with the writer's pid: what a killed writer left is told from what a live one
-        # is writing (remove_leftovers), and the next writer of the file removes it: outputs
-        # outside a locked folder (predict's, export's) had kept a killed write's for good.
+        # is writing (remove_leftovers), and the next writer of the file removes it: outside a
+        # locked folder (predict's, export's) nothing else removes a killed write's.
         remove_leftovers(path.parent, min_age_s=LEFTOVER_AGE_S, of=path.name)
         prefix = f"{_temporary_prefix(path.name)}{os.getpid()}-"
         fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=".tmp")
@@ -146,7 +146,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
 def write_together(writers: Iterable[tuple[Path, Callable[[Path], object]]]) -> None:
     """Write files that belong together, each by its writer into ``atomic_path``'s temporary
     file, all in full before any replaces its older one: written one at a time, a full disk or
-    a failure part-way had left new files beside older ones of another result."""
+    a failure part-way would leave new files beside older ones of another result."""
     with contextlib.ExitStack() as replaced_together:
         for path, write in writers:  # entered then written: a failure names its own file
             write(replaced_together.enter_context(atomic_path(path)))
@@ -166,7 +166,7 @@ def _sync_directory(directory: Path) -> None:
 def _write_failure(error: Exception, path: Path) -> OutputError | None:
     """A writer's failure as a user's error naming ``path``, where the disk caused it: a full
     disk fails torch.save with a RuntimeError ("unexpected pos ..."), safetensors with its own
-    error and Pillow with an OSError naming no file, each of which had ended in a traceback.
+    error and Pillow with an OSError naming no file, each of which would end in a traceback.
     None for other failures (a bug's)."""
     full = isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
     with contextlib.suppress(OSError):  # what is left once the writer gave up
@@ -187,7 +187,7 @@ def refuse_special_file(path: Path) -> Path:
     """``path``, unless it is a device, a pipe or a socket (/dev/stdout, /dev/null), or leads
     into /dev or /proc: the rename of a new file over it would replace the device node or link
     itself (as root, for every process), and /dev/stdout redirected to a file is a link to it."""
-    if str(path) == "-":  # stdout by the shell's convention: a file named "-" had been written
+    if str(path) == "-":  # stdout by the shell's convention, not a file to be named "-"
         raise OutputError("output path '-': writing to standard output is not supported (every "
                           "output is a file, written whole); give a file path")  # fmt: skip
     try:
@@ -298,9 +298,9 @@ def _write_holder(folder: Path, handle: IO[str]) -> None:
     try:
         os.ftruncate(handle.fileno(), 0)
         os.write(handle.fileno(), f"process {os.getpid()}\n".encode())
-    except OSError as error:  # a full disk had been "error: No space left on device", no path
-        # The folder, which the user gave: its .lock is ours, and `data shard`'s was that of
-        # a hidden build folder, told as DIR/.lock, a file no command had tried to write.
+    except OSError as error:  # a full disk: its path told, not a bare "No space left on device"
+        # The folder, which the user gave: its .lock is ours, and `data shard`'s is that of a
+        # hidden build folder, which told as DIR/.lock names a file no command tried to write.
         raise _write_failure(error, folder) or error from None
 
 
@@ -332,7 +332,7 @@ def locked_dir(folder: str | os.PathLike[str], elsewhere: str = "another --out")
                 if made and [entry.name for entry in path.iterdir()] == [LOCK_FILE]:
                     # Made here and left empty (settings refused once the data was read): gone,
                     # not a folder holding a lone .lock, and so are the empty folders made
-                    # above it (`--out new/exp/run` had left new/exp). The error that refused
+                    # above it (`--out new/exp/run` leaves no new/exp). The error that refused
                     # the run is the one told.
                     with contextlib.suppress(OSError):
                         (path / LOCK_FILE).unlink()
@@ -400,7 +400,7 @@ def remove_leftovers(folder: Path, min_age_s: float = 0.0, of: str | None = None
 def _temporary_prefix(name: str) -> str:
     """``.NAME.``, which begins the name of each temporary file of file ``name`` (atomic_path's,
     and those remove_leftovers looks for). NAME is cut to fit the temporary file's name in
-    MAX_NAME_BYTES: a file named over ~233 bytes, which the file system takes, had been refused
+    MAX_NAME_BYTES, else a file named over ~233 bytes, which the file system takes, is refused
     ("File name too long"). Two names alike up to the cut share it: writing one removes what a
     killed writer of the other left, never what a live one is writing (remove_leftovers tells
     them apart by pid)."""
@@ -413,7 +413,7 @@ def cut_name(name: str, max_bytes: int) -> str:
     encoded = os.fsencode(name)
     cut = max_bytes
     # A UTF-8 character is 4 bytes at most: a name of continuation-like bytes (no UTF-8) is
-    # cut so too, where stepping back over all of them had left nothing of it.
+    # cut so too, where stepping back over all of them would leave nothing of it.
     for _ in range(3):
         if 0 < cut < len(encoded) and encoded[cut] & 0b1100_0000 == 0b1000_0000:
             cut -= 1  # a UTF-8 continuation byte at the cut: its character goes whole

@@ -146,7 +146,7 @@ class TrainConfig:
             self.model = auto_model(self.device, self.amp)
         get_spec(self.model, kind="net")  # unknown names fail here, naming the nets
         for key, value in asdict(self).items():
-            # inf passes the range checks below: max_memory_gb = inf had ended in an
+            # inf passes the range checks below: max_memory_gb = inf would end in an
             # OverflowError's traceback, lr = inf in a diverged run.
             if isinstance(value, float) and not math.isfinite(value):
                 raise ConfigError(f"{key} must be a finite number, got {value}")
@@ -182,7 +182,7 @@ class TrainConfig:
             ),
             ("momentum", 0 <= self.momentum < 1, "must be in [0, 1)"),
             ("weight_decay", self.weight_decay >= 0, "must be >= 0"),
-            # Past float32's largest, the optimizer's first step had ended in torch's traceback
+            # Past float32's largest, the optimizer's first step would end in torch's traceback
             # (lr 1e39); below it, a run that diverges stops as diverged, saying so.
             (
                 "lr",
@@ -194,7 +194,7 @@ class TrainConfig:
                 self.weight_decay <= FLOAT32_MAX,
                 f"must be at most {FLOAT32_MAX:.2g} (float32's largest)",
             ),
-            # A decay: above 1 the lr grows every epoch without bound (1e300 had ended in a
+            # A decay: above 1 the lr grows every epoch without bound (1e300 would end in a
             # traceback, SGD's step overflowing float32).
             ("lr_decay", 0 < self.lr_decay <= 1, "must be in (0, 1]"),
             ("plateau_factor", 0 < self.plateau_factor < 1, "must be in (0, 1)"),
@@ -221,7 +221,7 @@ class TrainConfig:
             if not holds:
                 raise ConfigError(f"{key} {rule}, got {getattr(self, key)}")
         # The same bound on elastic once augment scales it (Augmentation's elastic_px), checked
-        # here so that the message names the settings given: it had named elastic_px alone.
+        # here so that the message names the settings given, not elastic_px alone.
         scaled_elastic = self.elastic * self.augment
         if scaled_elastic > MAX_DISPLACEMENT_PX:
             raise ConfigError(f"elastic {self.elastic:g} scaled by 'augment' {self.augment:g} is "
@@ -240,9 +240,9 @@ class TrainConfig:
             self._check_widths(settings["widths"].default)
 
     def _check_widths(self, own_widths: tuple[int, ...]) -> None:
-        """Build the net on the meta device (no memory, milliseconds): a wrong number of widths
-        had been found only once the data had loaded, a width past int64 ended training in
-        torch's C++ traceback, and weights past the machine's memory in its allocator's."""
+        """Build the net on the meta device (no memory, milliseconds), before the data loads: a
+        wrong number of widths is found at once, a width past int64 before it ends training in
+        torch's C++ traceback, and weights past the machine's memory before its allocator's."""
         try:
             with torch.device("meta"):
                 net = build(self.model, **self.model_args())
@@ -261,9 +261,9 @@ class TrainConfig:
                           f"own, {list(own_widths)}")  # fmt: skip
 
     def peak_lr(self) -> float:
-        """The lr set, else the optimizer's default. Left unset, not resolved into ``lr``: a
-        run's config.toml had recorded SGD's 0.05, which its `--config` with `--optimizer adam`
-        then trained Adam at."""
+        """The lr set, else the optimizer's default. Left unset, not resolved into ``lr``, else a
+        run's config.toml records SGD's 0.05, which its `--config` with `--optimizer adam` then
+        trains Adam at."""
         return DEFAULT_LR[self.optimizer] if self.lr is None else self.lr
 
     def augmentation(self) -> Augmentation:
@@ -352,8 +352,8 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
         {"params": no_decay, "weight_decay": 0.0},
     ]
     if config.optimizer == "sgd":
-        # momentum = 0 is plain SGD: Nesterov's needs a momentum (torch had refused it in a
-        # traceback).
+        # momentum = 0 is plain SGD: Nesterov's needs a momentum (torch refuses it without one,
+        # in a traceback).
         return torch.optim.SGD(groups, lr=config.peak_lr(), momentum=config.momentum,
                                nesterov=config.momentum > 0)  # fmt: skip
     optimizer_class = torch.optim.Adam if config.optimizer == "adam" else torch.optim.AdamW
@@ -422,7 +422,7 @@ def check_global_batch(batch_size: int, world_size: int) -> None:
 
 def check_batch_rows(model: nn.Module, config: TrainConfig, n_train: int, world_size: int) -> None:
     """``ConfigError`` where a process would train on batches of one row with a net whose batch
-    norm normalises over a batch's rows (an MLP's BatchNorm1d): torch's ValueError had ended
+    norm normalises over a batch's rows (an MLP's BatchNorm1d): torch's ValueError would end
     such a run in a traceback. A process's smallest batch is its batch or its share of the
     rows, whichever is smaller (in memory and streamed alike: see batches_per_rank)."""
     local_batch = config.batch_size // world_size
@@ -487,7 +487,7 @@ def train(
         valid_images = torch.as_tensor(valid_set.images).to(device)
         valid_labels = torch.as_tensor(valid_set.labels).to(device)
     n_train = train_set.n_rows if isinstance(train_set, Manifest) else len(train_set)
-    # In memory, a process without rows had an epoch of no batches: an IndexError.
+    # In memory, a process without rows would have an epoch of no batches: an IndexError.
     check_rows_per_process(n_train, dist_env.world_size, "training row")
     # Recorded in model.json, where `digits evaluate` finds the digits a run never saw. Rows
     # streamed: as their manifest lists them (`digits data shard` and `expand` count them),
@@ -616,15 +616,15 @@ def train(
     finished_before = is_finished()
     if finished_before:
         # A finished run resumed: nothing trains, and its record stays the settings it ran with,
-        # and so do the weights it kept: resumed with --patience or another schedule, it had
-        # swapped its last epoch for its best under a config.toml that keeps the last.
+        # and so do the weights it kept, else one resumed with --patience or another schedule
+        # swaps its last epoch for its best under a config.toml that keeps the last.
         ran_with |= checkpoint["config"]  # finished before any step here: resumed
         done = epochs_done(step, steps_per_epoch)
         log.info("%s: finished already (%g epoch%s%s); nothing left to train", run_dir, done,
                  "s" * (done != 1),
                  ", its time budget spent: a larger --time-budget trains on"
                  if step < total_steps and not stopped_early else "")  # fmt: skip
-        if is_main and history:  # a kill after the last checkpoint had cut its history short
+        if is_main and history:  # a kill after the last checkpoint can cut its history short
             write_history(run_dir, history)
     elif is_main:  # once the checkpoint is known to fit: a refused resume keeps the record
         # Resumed with epochs left to train, in another number of processes. (Checkpoints
