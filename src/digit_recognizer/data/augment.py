@@ -22,15 +22,15 @@ from digit_recognizer.data.images import SIZE
 from digit_recognizer.errors import ConfigError
 
 # A displacement's range in pixels (translate_px, elastic_px): past the frame's side (MNIST's 28)
-# a draw near the range's end moves the digit clean off the frame, and elastic_px from 1e38 had
-# overflowed float32 into NaN images.
+# a draw near the range's end moves the digit clean off the frame, and elastic_px from 1e38
+# overflows float32 into NaN images.
 MAX_DISPLACEMENT_PX = SIZE
 # A shear moves each row sideways by the factor times its height off the centre: past 2 the
-# frame's top and bottom rows move by more than MAX_DISPLACEMENT_PX, and shear 1e38 had
-# overflowed float32 into NaN images.
+# frame's top and bottom rows move by more than MAX_DISPLACEMENT_PX, and shear 1e38 overflows
+# float32 into NaN images.
 MAX_SHEAR = MAX_DISPLACEMENT_PX / (SIZE / 2)
 # Past a half turn each way a rotation range holds every turn already; from 1e300 degrees its
-# angle had overflowed float32 into NaN images.
+# angle overflows float32 into NaN images.
 MAX_ROTATION_DEG = 180
 
 
@@ -68,7 +68,7 @@ class Augmentation:
     styles: float = 0.3
 
     def __post_init__(self) -> None:
-        # As TrainConfig refuses them: augment-preview --elastic inf had drawn only blank tiles.
+        # As TrainConfig refuses them, else augment-preview --elastic inf draws only blank tiles.
         for field, value in zip(fields(self), astuple(self), strict=True):
             if not math.isfinite(value):
                 raise ConfigError(f"{field.name} must be a finite number, got {value}")
@@ -86,8 +86,8 @@ class Augmentation:
                 f"elastic_cells (grid cells per side of the elastic distortion's control points) "
                 f"must be a whole number >= 1, got {cells!r}"
             )
-        # Each range is a magnitude, drawn both ways: a negative elastic_px or styles had turned
-        # them off without a word, a negative rotation, shear or shift drawn as its size.
+        # Each range is a magnitude, drawn both ways: a negative elastic_px or styles would turn
+        # them off without a word, a negative rotation, shear or shift be drawn as its size.
         for field, value in zip(fields(self), astuple(self), strict=True):
             if value < 0:
                 raise ConfigError(f"{field.name} must be >= 0, got {value}")
@@ -109,7 +109,7 @@ class Augmentation:
 
     def scaled(self, strength: float) -> Augmentation:
         """All ranges multiplied by ``strength`` (0 disables augmentation), the stroke change's
-        at most 1: past a full erosion the blend extrapolates, and at 1.5 it left 8.7 % of
+        at most 1: past a full erosion the blend extrapolates, and at 1.5 it leaves 8.7 % of
         MNIST's digits with under a tenth of their ink."""
         if not 0 <= strength < self.max_strength():
             raise ConfigError(
@@ -167,8 +167,8 @@ def augment_batch(
     cos, sin = torch.cos(angle), torch.sin(angle)
     # affine_grid maps output coordinates to input ones, so dividing by zoom enlarges the digit.
     # Its units are half the frame's width along x and half its height along y: the map, drawn
-    # in pixels, is rescaled to them, else a frame of H != W had its digits stretched as they
-    # turned and shifted W / H times as far across.
+    # in pixels, is rescaled to them, else a frame of H != W has its digits stretched as they
+    # turn and shifted W / H times as far across.
     x_shift = shift[:, 0] * (2 * augmentation.translate_px / width)
     y_shift = shift[:, 1] * (2 * augmentation.translate_px / height)
     theta = torch.stack(

@@ -46,7 +46,7 @@ def read_idx(path: str | Path) -> NDArray[np.uint8]:
         )
     shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(n_dims))
     # math.prod, not np.prod: a forged shape (65536,) * 4 wraps int64 to 0 bytes, which an empty
-    # body then matched, and reshape raised a ValueError instead of this DataError.
+    # body then matches, and reshape raises a ValueError instead of this DataError.
     expected = header_size + math.prod(shape)
     if len(raw) != expected:
         raise DataError(

@@ -124,7 +124,7 @@ def read_kaggle_csv(path: str | Path) -> DigitSet:
     """
     path = Path(path)
     # Not parse_kaggle_csv(raw): the file's bytes, held through the parse beside the body cut
-    # from them, had been one more copy of the file. open_binary refuses archives.
+    # from them, would be one more copy of the file. open_binary refuses archives.
     columns, body = split_header(_read_bytes(path), path, (LABELLED_COLUMNS, PIXEL_COLUMNS))
     return parse_body(body, columns, path)
 
@@ -216,7 +216,7 @@ def _submission_labels(body: bytes, path: Path, expected_rows: int | None) -> ND
 def _missing_ids(is_missing: NDArray[np.bool_]) -> str:
     """E.g. ``ImageIds 27001 to 28000 are missing (1,000 rows)``: the runs of ImageIds that
     ``is_missing`` (indexed from ImageId 1) marks, the first ``_SHOWN_RUNS`` named and the rest
-    counted. A submission cut short had been told of its first missing ImageId alone."""
+    counted: a submission cut short is told all it lacks, not its first missing ImageId alone."""
     ids = np.flatnonzero(is_missing) + 1
     if len(ids) == 1:
         return f"ImageId {ids[0]} is missing"
@@ -395,7 +395,7 @@ def _parse_strictly(
             _parse_row(line, columns, path, line_number)
     # Reached only if the fast path declined a valid file (say, a cell "-0", which the byte
     # filter sends here): slow (~10 s for train.csv) but right. Row by row into the array: a
-    # list of every row's ints had taken 8 bytes a cell, 6 GB for a million rows.
+    # list of every row's ints would take 8 bytes a cell, 6 GB for a million rows.
     values = np.empty((count_lines(body), len(columns)), dtype=np.uint8)
     for row, line in enumerate(_lines(body)):
         values[row] = _parse_row(line, columns, path, first_line + row)
@@ -403,7 +403,7 @@ def _parse_strictly(
 
 
 def _lines(body: bytes) -> Iterator[bytes]:
-    """``body.splitlines()`` one line at a time: the list of them had been one more copy of the
+    """``body.splitlines()`` one line at a time: the list of them would be one more copy of the
     file beside it."""
     for line in _LINE.finditer(body):
         if line[0]:  # the empty match at the end

@@ -73,7 +73,7 @@ def build_replica(out_dir: str | Path, seed: int = 0, overwrite: bool = False) -
     trusts a build that was interrupted. Files of the same names whose bytes no replica wrote,
     such as Kaggle's own, are kept unless ``overwrite``. ``out_dir`` is locked meanwhile
     (``locked_dir``): a second build into it is refused, and the temporary file a build killed
-    there left (30 MB of train.csv, which the build run again had kept for good) is removed.
+    there left (30 MB of train.csv) is removed at once.
     """
     check_seed(seed, "--seed")  # as every other command's: numpy's would take any size
     out_dir = Path(out_dir)
@@ -112,8 +112,8 @@ def _write_replica(out_dir: Path, seed: int, overwrite: bool) -> ReplicaFiles:
 
 def ready_replica(out_dir: str | Path, seed: int = 0) -> ReplicaFiles:
     """The replica for ``seed`` in ``out_dir``: the one there if complete, else built there.
-    A killed build's temporary files there are removed (a complete cache is never rebuilt, and
-    they had stayed for good) once ``LEFTOVER_AGE_S`` old: no lock keeps out another
+    A killed build's temporary files there are removed (a complete cache is never rebuilt, so
+    nothing else removes them) once ``LEFTOVER_AGE_S`` old: no lock keeps out another
     container's build, sharing the cache, whose pid says nothing here."""
     if Path(out_dir).is_dir():
         remove_leftovers(Path(out_dir), min_age_s=LEFTOVER_AGE_S)
@@ -166,7 +166,7 @@ def _recorded_hashes(manifest: Path) -> dict[str, str]:
 def _write_recorded(path: Path, written: dict[str, str], write: Callable[[Path], None]) -> None:
     """``write`` a file to ``path``, its SHA-256 added to the manifest (without the seed that
     would mark the build complete) before the file takes its name: recorded after, a build
-    stopped in between (0.3 s of hashing) left a file that its rerun took for the user's.
+    stopped in between (0.3 s of hashing) would leave a file that its rerun takes for the user's.
     ``write`` writes atomically too, so the file is on disk by then and the rename follows."""
     with atomic_path(path) as tmp:
         write(tmp)

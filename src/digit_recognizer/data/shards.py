@@ -97,7 +97,7 @@ class Shard:
     n_rows: int
     n_bytes: int
     # None for a CSV counted by reading it (``is_scanned``): hashed when first asked (sha256),
-    # as training's resume check asks; predict and evaluate never do, and 562 MB took 4 s more.
+    # as training's resume check asks; predict and evaluate never do, and 562 MB takes 4 s more.
     listed_sha256: str | None
     # Counted by reading it (a CSV or a glob's), not listed by a manifest.
     is_scanned: bool = False
@@ -193,14 +193,14 @@ def read_manifest(path: str | Path) -> Manifest:
         # What data shard writes, and nothing a tampered file could lead elsewhere with.
         if not shards or min(shard.n_rows for shard in shards) < 1:
             raise ValueError("it must list shards of one row or more")
-        # A NUL byte too: no file can be named with one, and opening it raised ValueError.
+        # A NUL byte too: no file can be named with one, and opening it raises ValueError.
         is_plain = [Path(name).name == name and name not in ("", ".", "..") and "\0" not in name
                     for name in names]  # fmt: skip
         if len(set(names)) < len(names) or not all(is_plain):
             raise ValueError("its shards must be distinct files of its own directory")
         if not isinstance(entries["has_labels"], bool):
             raise ValueError(f"has_labels must be true or false, got {entries['has_labels']!r}")
-        # Read as a dict by is_expansion and held_out_rows: a string there had raised
+        # Read as a dict by is_expansion and held_out_rows: a string there would raise
         # AttributeError from `digits train`.
         origin = entries.get("origin", {})
         if not isinstance(origin, dict):
@@ -211,7 +211,7 @@ def read_manifest(path: str | Path) -> Manifest:
                              f"{valid_rows!r}")  # fmt: skip
         if valid_rows and len(shards) < 2:
             # Its last shard validates, and training takes the shards before it: with none,
-            # `digits train` had ended in an IndexError.
+            # `digits train` would end in an IndexError.
             raise ValueError(f"origin's valid_rows ({valid_rows}) holds out the only shard, "
                              "leaving none to train on")  # fmt: skip
         return Manifest(shards, entries["has_labels"], origin)
@@ -254,7 +254,7 @@ def is_data_source(path: str | Path) -> bool:
     """Whether ``path`` names rows of digits (a CSV, a shard directory, its manifest, a glob)
     rather than one image file."""
     path = Path(path)
-    # A glob only where no file has that name: `scan [1].png` is a photo (it was read as a CSV).
+    # A glob only where no file has that name: `scan [1].png` is a photo, not a pattern of CSVs.
     # By name, not suffix: '.csv' has none, and 'x.csv.gz' is refused as gzip, as predict does.
     return is_csv_name(path) or path.suffix.lower() == ".json" or path.is_dir() or is_glob(path)
 
@@ -325,8 +325,8 @@ def is_read_once(source: str | Path) -> bool:
     return is_one_file(source) and not Path(source).is_file()
 
 
-# A CSV larger than this streams, as shards do. Read whole, a 562 MB file of 308,000 rows had
-# taken 2.6 GB more memory than a small one (3.0 GB in all), streamed 0.1 GB; reading it in
+# A CSV larger than this streams, as shards do. Read whole, a 562 MB file of 308,000 rows
+# takes 2.6 GB more memory than a small one (3.0 GB in all), streamed 0.1 GB; reading it in
 # pieces costs one more pass over the file (SHA-256, line count): 0.2 s for Kaggle's test.csv.
 STREAM_FILE_BYTES = 64 << 20
 
@@ -434,8 +434,8 @@ def estimate_memory_bytes(manifest: Manifest) -> int:
     ``read_kaggle_csv`` holds a file's text twice at its peak and pyarrow's int64 columns of it
     (8 bytes a pixel of the largest file); the images are a byte a pixel, and joining shards
     copies them once more. Measured growth of a process's memory reading Kaggle's train.csv:
-    350-473 MB (this estimate 483 MB), test.csv 295 MB (322 MB); the 3 bytes a pixel estimated
-    before gave 176 and 117 MB. One file to be split for validation is read in memory anyway
+    350-473 MB (this estimate 483 MB), test.csv 295 MB (322 MB); an estimate of 3 bytes a
+    pixel would give 176 and 117 MB. One file to be split for validation is read in memory anyway
     (pipeline.training_data): streaming validates on a last shard.
     """
     largest = max(manifest.shards, key=lambda shard: shard.n_bytes)
@@ -663,10 +663,10 @@ def expand(
         raise ConfigError(f"valid_size {valid_size} holds out all {manifest.n_rows:,} rows and "
                           "leaves none to copy; give a smaller one")  # fmt: skip
     n_train = (manifest.n_rows - n_valid) * copies
-    # Counted as it is: "the number of rows (950)" of a 1,000-row file had left 50 unexplained.
+    # Counted as it is: "the number of rows (950)" of a 1,000-row file leaves 50 unexplained.
     less = f" less the {n_valid:,} that --valid-size {valid_size:g} holds out" if n_valid else ""
     _check_parts(parts, n_train, f"the {manifest.n_rows:,} rows{less}, times --copies {copies}")
-    # Before a row is written: --copies 99999999999 had written until stopped.
+    # Before a row is written, else --copies 99999999999 writes until stopped.
     _check_room(out_dir, manifest, n_train + n_valid, parts + bool(n_valid), f"--copies {copies}",
                 "give fewer --copies")  # fmt: skip
     held_out = np.zeros(manifest.n_rows, dtype=bool)
@@ -689,7 +689,7 @@ def _check_room(
     the free space of ``out_dir``'s file system, ``asked`` saying what made them so many and
     ``fix`` what else than another disk would do.
     Each row is reckoned at the mean size of the source's: augmented copies of MNIST's digits
-    came out 4 % larger (their ink spread): for digits the estimate errs short, and an
+    come out 4 % larger (their ink spread): for digits the estimate errs short, and an
     expansion that fits is not refused."""
     header_bytes = len(",".join(LABELLED_COLUMNS if source.has_labels else PIXEL_COLUMNS)) + 1
     source_bytes = sum(shard.n_bytes for shard in source.shards)
@@ -727,8 +727,9 @@ def _refuse_expansion(manifest: Manifest, source: str | Path, command: str, why:
 
 
 def _lost_in_reshard(manifest: Manifest) -> str:
-    """What new shards of an expansion would no longer say: said of one that holds nothing out,
-    or each image once (``--copies 1``), the held-out images mixing with copies was untrue."""
+    """What new shards of an expansion would no longer say, each only where it is so: of one
+    that holds nothing out, or each image once (``--copies 1``), one fixed reason (the held-out
+    images mixing with copies) would be untrue."""
     lost = ["that its rows are augmented copies already"]
     if manifest.repeats_images:
         lost.append("that each image is in it several times (a split would validate on copies)")
@@ -754,7 +755,7 @@ def _augmented(
     for _ in range(copies):
         for data in _selected(manifest, mask):
             # Full ink first, as training has it before it augments (faint_to_full_ink): copies
-            # of 0/1 rows turned and rounded back to 0/1 had lost their edges, some all their ink.
+            # of 0/1 rows turned and rounded back to 0/1 would lose their edges, some all their ink.
             images, _ = faint_to_full_ink(data.images)
             x = to_model_input(torch.as_tensor(images))
             labels = None if data.labels is None else torch.as_tensor(data.labels)
@@ -778,7 +779,7 @@ def _write_shards(
     bounds = [part * n_rows // parts for part in range(parts + 1)]
     if last_rows:
         bounds.append(n_rows + last_rows)
-    # Locked while built: a second build into it at once had moved its shards in among this
+    # Locked while built, else a second build into it at once moves its shards in among this
     # one's, under this one's manifest. A first build stopped (Ctrl-C too) leaves no empty
     # folder behind: locked_dir removes the folders it made, left holding its lock alone.
     with locked_dir(out_dir, elsewhere="another folder"):

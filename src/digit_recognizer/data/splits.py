@@ -55,8 +55,8 @@ def stratified_split(
     if valid_size == 0:
         return indices, indices[:0]
     # A digit of one row cannot be in both parts, and scikit-learn refuses to stratify on it,
-    # whatever the rows and the size: 60,000 rows and one drawn 9 could not train with any
-    # --valid-size but 0. That row trains; the rest split by digit.
+    # whatever the rows and the size (60,000 rows and one drawn 9 would train with no
+    # --valid-size but 0). That row trains; the rest split by digit.
     digits, counts = np.unique(labels, return_counts=True)
     is_single = np.isin(labels, digits[counts == 1])
     if is_single.any():
@@ -66,8 +66,8 @@ def stratified_split(
                     ", ".join(map(str, labels[is_single])), "" if is_one else " each",
                     "it" if is_one else "them")  # fmt: skip
     # valid_size of all the rows, rounded up as scikit-learn rounds it: `digits data expand`
-    # counts the rows it holds out so, and its shards had cut a row off where a row of one
-    # shrank the part (an augmented copy validated, or an IndexError).
+    # counts the rows it holds out so, else its shards cut a row off where a row of one
+    # shrinks the part (an augmented copy validated, or an IndexError).
     n_valid = math.ceil(valid_size * len(labels))
     try:
         train_indices, valid_indices = train_test_split(
@@ -89,9 +89,9 @@ def _each_digit_in_both(
 ) -> tuple[NDArray[np.intp], NDArray[np.intp]]:
     """The split with each digit in both parts (of two rows or more: one row trains), and
     each part of the size scikit-learn gave it. scikit-learn rounds each digit's share, so a
-    rare digit could land in one part whole, without a word: 2 rows at valid_size 0.2 both
-    trained, and the validation accuracy said nothing of that digit; at 0.9 both validated,
-    and the net never learnt it."""
+    rare digit can land in one part whole, without a word: 2 rows at valid_size 0.2 both
+    train, and the validation accuracy says nothing of that digit; at 0.9 both validate, and
+    the net never learns it."""
     train_indices, valid_indices = _swap_in_missing_digits(labels, train_indices, valid_indices)
     valid_indices, train_indices = _swap_in_missing_digits(labels, valid_indices, train_indices)
     return train_indices, valid_indices

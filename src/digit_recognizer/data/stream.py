@@ -178,9 +178,9 @@ def piece_slices(n_rows: int) -> Iterator[slice]:
 
 def read_all_rows(source: str | Path) -> DigitSet:
     """All rows of a CSV (shard directory, glob) in memory, one past STREAM_FILE_BYTES parsed a
-    piece at a time (``read_in_pieces``): `digits eda` of a 153 MB train CSV had peaked at
-    1.12 GB read whole, 0.67 GB so (its images take 66 MB). A file read whole is handed on as
-    read: its pieces joined had copied every image once more (22 MB for Kaggle's test.csv)."""
+    piece at a time (``read_in_pieces``): `digits eda` of a 153 MB train CSV peaks at 1.12 GB
+    read whole, 0.67 GB so (its images take 66 MB). A file read whole is handed on as read:
+    its pieces joined would copy every image once more (22 MB for Kaggle's test.csv)."""
     if is_read_whole(source):
         return read_data_source(source)
     return concat_rows(list(read_in_pieces(source)[2]))
