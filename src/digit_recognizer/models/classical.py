@@ -159,8 +159,8 @@ class TorchKNeighborsClassifier(ClassifierMixin, BaseEstimator):
             squared = torch.addmm(train_sq, query, train.T, alpha=-2).add_(query_sq)
             indices = squared.topk(k, dim=1, largest=False).indices
             # From the differences, not the expansion, whose float32 rounding moves with the
-            # other queries in the batch: a stored row's 0 came out as 0 or 1e-5, and its
-            # probabilities moved by up to 0.02 between queried alone and amid others.
+            # other queries in the batch: there a stored row's 0 comes out as 0 or 1e-5, and its
+            # probabilities move by up to 0.02 between queried alone and amid others.
             distances = (train[indices] - query[:, None]).square().sum(2).sqrt()
             weights = 1 / distances.clamp_min(1e-6)  # an exact match all but decides
             votes = torch.zeros(len(query), len(self.classes_))
@@ -408,7 +408,7 @@ def save_pipeline(run_dir: Path, pipeline: Pipeline, name: str, params: dict[str
         weights = (run_dir / TRUSTED_FILE, lambda file: file.write_bytes(content))
     else:
         weights = (run_dir / WEIGHTS_FILE, lambda file: save_file(arrays, str(file)))
-    # Together, as a net's: a full disk at model.json had left another model's model.json
+    # Together, as a net's, else a full disk at model.json leaves another model's model.json
     # beside the new weights, a "corrupt pipeline" (or a forest "not signed" here) from then on.
     write_model_files(*weights, meta)
 

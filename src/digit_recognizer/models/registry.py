@@ -45,8 +45,8 @@ def register(name: str, *, kind: ModelKind) -> Callable[[Callable[..., Any]], Ca
 
 def get_spec(name: str, kind: ModelKind | None = None) -> ModelSpec:
     """Return the spec for ``name`` or raise ``UnknownModelError`` naming the valid choices, those
-    of ``kind`` where the caller takes one kind only (training's nets: ``logrg`` had been
-    answered "Did you mean 'logreg'?", which training then refused as not a net)."""
+    of ``kind`` where the caller takes one kind only (training's nets, else ``logrg`` is
+    answered "Did you mean 'logreg'?", which training then refuses as not a net)."""
     _load_builtin_models()
     if name not in _REGISTRY:
         choices = available(kind)

@@ -60,7 +60,7 @@ def write_model_files(
 ) -> None:
     """A model's weights file (``write_weights`` writes it to the path it is given) and the
     ``model.json`` of ``meta`` beside it, atomically and together (``write_together``): a kill
-    or a full disk between the two had left new weights beside an older model's model.json,
+    or a full disk between the two would leave new weights beside an older model's model.json,
     which they do not fit (a net's architecture, a pipeline's format)."""
     text = json.dumps(meta, indent=2) + "\n"
     write_together([
@@ -172,7 +172,7 @@ def _build_net(
             raise ModelFileError(f"{meta_path.parent / WEIGHTS_FILE}: weights do not fit model "
                                  f"'{name}' with {params}")  # fmt: skip
         return build(name, **params)
-    # ConfigError: a builder's refusal of its arguments ("give 3 widths"), which had named
+    # ConfigError: a builder's refusal of its arguments ("give 3 widths"), which names
     # neither the file nor that it is the run's, not a flag, that is wrong.
     except (TypeError, ValueError, RuntimeError, ConfigError) as error:  # a tampered model.json
         raise ModelFileError(
