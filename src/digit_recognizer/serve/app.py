@@ -80,12 +80,12 @@ class ServeConfig:
     # stalled mid-body would otherwise keep every other upload out (a 51 MB test.csv at 1 MB/s).
     csv_upload_timeout_s: float = 120
     # Seconds a JSON or image body to /predict may take to arrive: uvicorn bounds none, and a
-    # client gone quiet mid-body held its connection and up to max_body_bytes for ever. 10 MiB
-    # at 1 Mbit/s take 84 s.
+    # client gone quiet mid-body would hold its connection and up to max_body_bytes for ever.
+    # 10 MiB at 1 Mbit/s take 84 s.
     body_timeout_s: float = 120
     # Seconds a connection may take to send a request's headers, from its opening or the last
-    # answer: uvicorn times neither, and a client that connected and sent nothing, or sent its
-    # headers a byte at a time, held its connection for ever. A connection that sends nothing
+    # answer: uvicorn times neither, and a client that connects and sends nothing, or sends its
+    # headers a byte at a time, would hold its connection for ever. A connection that sends nothing
     # after an answer is closed sooner, by uvicorn's timeout_keep_alive (5 s).
     header_timeout_s: float = 10
     max_image_pixels: int = MAX_IMAGE_PIXELS  # decoded size of an uploaded image (bombs)
@@ -174,8 +174,8 @@ def load_served_model(run_dir: Path, config: ServeConfig) -> ServedModel:
         # measured.
         predictor = Predictor.load([run_dir], PredictConfig(amp=False, fuse_batch_norm=False))
         if not is_classical:  # a pipeline predicts, but has no gradients
-            # Copied, not read again: a training rewriting the run between two reads had the
-            # heatmaps explain another net than the one predicting.
+            # Copied, not read again, else a training rewriting the run between two reads has
+            # the heatmaps explain another net than the one predicting.
             explain_net = copy.deepcopy(predictor.models[0])
     # Refused as `digits serve` starts, not served with a /health of "ok" and a 500 for each
     # prediction.
@@ -210,7 +210,7 @@ _REPORTED_FIGURES = {META_FILE: _MetaFigures, METRICS_FILE: _MetricsFigures}
 def check_reported_figures(run_dir: Path, meta: dict[str, Any], metrics: dict[str, Any]) -> None:
     """``ModelFileError`` naming the file and key where a figure that ``GET /model`` reports has
     the wrong type: a hand-edited model.json or metrics.json would otherwise fail every request
-    to /model (500) while predictions were served."""
+    to /model (500) while predictions are served."""
     for name, record in ((META_FILE, meta), (METRICS_FILE, metrics)):
         try:
             _REPORTED_FIGURES[name].model_validate(record)
@@ -273,7 +273,7 @@ class BodySizeLimit:
 
 class HeadAsGet:
     """Answer HEAD wherever GET is answered, with GET's status and headers and no body (RFC
-    9110), as Starlette's own routes do: FastAPI's answered 405, and uptime monitors probe with
+    9110), as Starlette's own routes do: FastAPI's answer 405, and uptime monitors probe with
     HEAD. The OpenAPI schema lists the GETs alone, HEAD being implied by HTTP (pure ASGI)."""
 
     def __init__(self, app: ASGIApp) -> None:
@@ -341,7 +341,7 @@ def create_app(
     @app.exception_handler(ModelFileError)
     async def damaged_model(_request: Request, error: ModelFileError) -> JSONResponse:
         # Probabilities that are not numbers for some digits only, past the load's check: the
-        # model's fault, not the request's, and said as a bare "Internal Server Error" had not.
+        # model's fault, not the request's, which a bare "Internal Server Error" does not say.
         return JSONResponse({"detail": str(error)}, status_code=500)
 
     @app.exception_handler(ClientDisconnect)
@@ -392,7 +392,7 @@ class HeaderDeadlineProtocol(H11Protocol):
 
     uvicorn times a connection only from an answer to the next byte (timeout_keep_alive), and
     h11 bounds the headers' size (16 KiB), not their time: a connection opened and left silent,
-    or sending its headers a byte at a time (slowloris), was held for ever."""
+    or sending its headers a byte at a time (slowloris), would be held for ever."""
 
     def __init__(self, *args: Any, header_timeout_s: float, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -488,7 +488,7 @@ def run_server(
     # process ends by the signal, the clean stop a service manager expects (systemd counts an
     # exit status of 143 as a failure), not as the commands' interruption. A closed terminal's
     # SIGHUP, which uvicorn does not handle, ends it at once by its default action too, as
-    # nothing is left to clean up (raised in uvicorn's loop, it failed with a traceback), unless
+    # nothing is left to clean up (raised in uvicorn's loop, it would fail with a traceback), unless
     # ignored (nohup).
     with contextlib.suppress(ValueError):  # ValueError: not the main thread (tests' servers)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)

@@ -254,7 +254,7 @@ CSV_BODY = {
 
 
 # /health and /model run on the event loop, not in the thread pool that predictions fill: a
-# queue of slow requests (heatmaps of 256 digits, big CSVs) kept a health check waiting 8 s.
+# queue of slow requests (heatmaps of 256 digits, big CSVs) would keep a health check waiting 8 s.
 @api.get("/health")
 async def health(request: Request) -> dict[str, str]:
     """Liveness: the model is loaded and the server answers."""
@@ -339,9 +339,9 @@ async def predict(
         shown = (images != sent).any(axis=(1, 2))
     # In a worker thread even for one image: inference releases the GIL, so the event loop parses
     # the next requests meanwhile (torch: 540 vs 360 requests/s inline, benchmarks/serve_load.py).
-    # The answer is written there too: 256 digits with heatmaps took 0.2-0.7 s to build and
-    # serialise through FastAPI's response model on the event loop, which held /health and every
-    # other request meanwhile, where pydantic's model_dump_json writes the same bytes in 0.03 s.
+    # The answer is written there too: 256 digits with heatmaps take 0.2-0.7 s to build and
+    # serialise through FastAPI's response model, which on the event loop would hold /health and
+    # every other request meanwhile; pydantic's model_dump_json writes the same bytes in 0.03 s.
     answer = await run_in_threadpool(
         _predict_answer, served, images, shown, explain, is_batch, start
     )
@@ -423,9 +423,9 @@ async def _read_digits(
     """Images uint8 (N, 28, 28) from the request, whether it was a batch and an image upload."""
     content_type = _content_type(request)
     if content_type == "application/json":
-        # In a worker thread: validating a batch of 256 digits took 0.5 s on 2 busy cores, and
-        # the 3,000 a 10 MB body holds 6 s before max_batch refused them, all of which /health
-        # and every other request had waited on the event loop.
+        # In a worker thread: validating a batch of 256 digits takes 0.5 s on 2 busy cores, and
+        # the 3,000 a 10 MB body holds 6 s before max_batch refuses them, all of which /health
+        # and every other request would wait on the event loop.
         body = await _arrived_within(request.body(), config.body_timeout_s, "body_timeout_s")
         images, is_batch = await run_in_threadpool(_parse_json, body, config.max_batch)
         return images, is_batch, False
@@ -441,11 +441,11 @@ async def _read_digits(
         try:
             image = await run_in_threadpool(load_image, data, name, config.max_image_pixels)
         except DataError as error:
-            # A CSV uploaded here as a file had been told only that it is no image.
+            # A CSV uploaded here as a file is told where it goes, not only that it is no image.
             csv_route = f"; a CSV of digits goes to {CSV_PATH}" if is_csv_name(name) else ""
             raise HTTPException(422, f"{error}{csv_route}") from None
         return image[None], False, True
-    # A CSV sent here had been told to send JSON or an image, not where a CSV goes.
+    # A CSV sent here is told where a CSV goes, not only to send JSON or an image.
     csv_route = f" (a CSV of digits goes to {CSV_PATH})" if content_type == "text/csv" else ""
     raise HTTPException(
         415,
@@ -552,7 +552,7 @@ async def _read_upload(
     if content_type != "multipart/form-data":
         return await request.body(), default_name
     try:
-        # A text part as large as the body may be: one over Starlette's 1 MB for text had been
+        # A text part as large as the body may be: one over Starlette's 1 MB for text would be
         # refused with its 400 "Part exceeded maximum size of 1024KB", not told to send a file.
         form = await request.form(
             max_files=MAX_FORM_PARTS, max_fields=MAX_FORM_PARTS, max_part_size=max_bytes

@@ -56,7 +56,7 @@ function redraw() {
 // An upload's paper, as the server reads it (data/images.py, _over_background): for an image
 // mostly opaque, the median colour of its opaque pixels (a page, transparent margins or not); for
 // one mostly transparent (strokes on nothing), the grey that contrasts with its ink. A canvas reads
-// transparent pixels as black: taken for paper, they hid dark strokes under the pad's black.
+// transparent pixels as black: taken for paper, they would hide dark strokes under the pad's black.
 function paperColour(image) {
   const side = 64;
   const canvas = document.createElement("canvas");
@@ -123,9 +123,9 @@ pad.addEventListener("pointermove", (event) => {
   requestPrediction();
 });
 // A press on a pad inside a text selection (a stroke begun above the box selects the page down
-// through it) would drag the selection, cancelling the pointer: every stroke ended after its first
-// move. Not the whole press's default: that would keep the focus on a button clicked before, which
-// Space or Enter would then press.
+// through it) would drag the selection, cancelling the pointer: every stroke would end after its
+// first move. Not the whole press's default: that would keep the focus on a button clicked before,
+// which Space or Enter would then press.
 pad.addEventListener("dragstart", (event) => event.preventDefault());
 for (const type of ["pointerup", "pointercancel"]) {
   pad.addEventListener(type, (event) => {
@@ -160,8 +160,8 @@ document.getElementById("file").addEventListener("change", (event) => {
   event.target.value = "";
   upload(file);
 });
-// A file dropped anywhere on the page is uploaded: left to the browser, it replaced the page with
-// the file, and the drawing was lost.
+// A file dropped anywhere on the page is uploaded: left to the browser, it would replace the page
+// with the file, and the drawing be lost.
 document.addEventListener("dragover", (event) => {
   if (event.dataTransfer.types.includes("Files")) event.preventDefault();
 });
@@ -182,7 +182,7 @@ async function upload(file) {
     image = await createImageBitmap(file);
   } catch {} // not shown here (TIFF); the server reads it, or says why not
   // Decoding a photo takes a while: a pad cleared, drawn on or given another upload meanwhile
-  // is the one the user wants (a big upload had come back after Clear, and been sent).
+  // is the one the user wants (else a big upload comes back after Clear, and is sent).
   if (version !== chosenAt) return;
   uploaded = image;
   if (image) paper = paperColour(image);
@@ -265,8 +265,8 @@ async function send(body, type, fileName, announce, drawnAt) {
 
 // POST body; resolves with the answered XMLHttpRequest, rejects with a TimeoutError after
 // TIMEOUT_MS without progress, or a TypeError without a connection (as fetch's). Not fetch,
-// which reports no upload progress: its timeout counted the upload, and a photo of a few MB
-// over a slow uplink was given up while it was still arriving, at every retry. The wait starts
+// which reports no upload progress: its timeout would count the upload, and a photo of a few MB
+// over a slow uplink be given up while it was still arriving, at every retry. The wait starts
 // again as each part of the body goes out, and once all of it has.
 function post(url, body, type) {
   return new Promise((resolve, reject) => {
