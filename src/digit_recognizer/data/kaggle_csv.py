@@ -375,9 +375,9 @@ def _parse_fast(body: bytes, columns: tuple[str, ...]) -> NDArray[np.uint8] | No
 
 def _arrow_owned(body: bytes) -> pa.Buffer:
     """``body`` copied into memory Arrow owns, for its reader threads: handed the Python bytes, a
-    reader thread could hold the last reference to them past read_csv's return, and Ctrl-C
-    mid-read ended the interpreter before that thread let go; the bytes' release then waited
-    for the gone interpreter's GIL inside a C++ destructor, and the process died in
+    reader thread can hold the last reference to them past read_csv's return, and Ctrl-C
+    mid-read can end the interpreter before that thread lets go; the bytes' release then waits
+    for the gone interpreter's GIL inside a C++ destructor, and the process dies in
     std::terminate ("terminate called without an active exception", exit 134, in ~1 of 10
     interrupts; a copy of train.csv costs ~20 ms)."""
     buffer = pa.allocate_buffer(len(body))
