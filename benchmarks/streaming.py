@@ -22,7 +22,7 @@ Target (issue 8): streaming peak RSS <= 2 GB at 1,000,000 rows, within 20 % of 1
 Peak RSS in MB, main process + its one DataLoader worker, measured once, ``--rows 100000
 1000000 --train-steps 100``, on 2 shared AMD EPYC vCPUs, Python 3.11, torch 2.13 CPU, pyarrow
 26 (its rows/s are left out: timed from the first batch, worker start-up included, before the
-steady state was, and under load average 5-7 from other jobs; README's "Data" paragraph has a
+steady state was, and under load average 5-7 from other jobs; docs/scaling.md has a
 streamed training epoch's rate):
 
     expand   126,000 rows: peak RSS 478

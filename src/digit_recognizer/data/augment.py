@@ -57,7 +57,7 @@ class Augmentation:
     # (thinner) by a fraction drawn in [-stroke, stroke], as markers, fine pens and scanners
     # differ. 0 = off. At 1 against 0 (benchmarks/beyond_mnist.py; cnn, 15 epochs, replica
     # 4242): errors on marker-thick digits 384 -> 170, blurred 144 -> 97, UCI digits in a
-    # conformed CSV 51 -> 44, the replica's own 87 -> 81 (README, 'Beyond MNIST').
+    # conformed CSV 51 -> 44, the replica's own 87 -> 81 (docs/beyond-mnist.md).
     stroke: float = 1.0
     # Writing styles MNIST barely holds (its writers were American): the share of 1s given a foot
     # (and half of those a long flag too) and of 7s given a bar across the stem, as much of Europe
