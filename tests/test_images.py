@@ -23,6 +23,7 @@ from digit_recognizer.data.images import (
     files_ink_side,
     in_mnist_format,
     ink_votes,
+    is_image_name,
     load_image,
     to_mnist,
 )
@@ -879,6 +880,26 @@ def test_predict_image_points_a_csv_to_digits_predict(tiny_run: Path, tmp_path: 
     result = CliRunner().invoke(app, ["predict-image", str(tiny_run), str(digits)])
     assert result.exit_code == 1
     assert f"a CSV of digits: digits predict {tiny_run} {digits}" in " ".join(result.output.split())
+
+
+def test_digits_predict_and_evaluate_point_an_image_to_predict_image(
+    tiny_run: Path, tmp_path: Path
+) -> None:
+    """Read as a CSV, a PNG had been "not UTF-8 text; expected the header ..."."""
+    from typer.testing import CliRunner
+
+    from digit_recognizer.cli import app
+
+    photo = tmp_path / "Scan.JPG"
+    drawing().convert("RGB").save(photo, format="JPEG")
+    for command in ("predict", "evaluate"):
+        result = CliRunner().invoke(app, [command, str(tiny_run), str(photo)])
+        assert result.exit_code == 1, command
+        assert (f"{photo}: an image file, where a CSV of digits (shard directory, glob) belongs; "
+                f"images are read by digits predict-image RUN_DIR {photo}"
+                in " ".join(result.output.split())), command  # fmt: skip
+    names = ("a.png", "b.TIF", "c.csv", "d.csv.gz", "-", "e.pdf")  # Pillow writes PDFs, reads none
+    assert [is_image_name(name) for name in names] == [True, True, False, False, False, False]
 
 
 def test_predict_images_gives_each_file_its_own_probabilities(

@@ -292,7 +292,8 @@ def explain_run(
     if it is not in it (``conform``), and the file's rows transposed if the net reads them as
     digits only so, so the explanation is of the prediction that command makes.
     """
-    check_data_source(source)  # swapped arguments said as such, not as the --out they imply
+    # Swapped arguments said as such, not as the --out they imply.
+    check_data_source(source, takes_images=True)
     check_explanation_path(out, source)
     if is_data_source(source):
         first_rows, row = _first_rows_and_row(source, index)

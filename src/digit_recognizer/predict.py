@@ -28,6 +28,7 @@ from digit_recognizer.data.images import (
     conform_to_mnist,
     faint_to_full_ink,
     ink_votes,
+    is_image_name,
     load_image,
 )
 from digit_recognizer.data.kaggle_csv import (
@@ -536,10 +537,17 @@ def predict_distributed(
     run_torchrun(nproc, "digit_recognizer", ["predict", *paths, "--out", str(out)], config)
 
 
-def check_data_source(source: str | Path) -> None:
+def check_data_source(source: str | Path, takes_images: bool = False) -> None:
     """Refuse a run directory where the digits to predict belong (arguments swapped, or the
-    CSV forgotten after an ensemble's runs): read as shards, it would be a missing manifest."""
+    CSV forgotten after an ensemble's runs): read as shards, it would be a missing manifest.
+    Unless the command ``takes_images``, refuse an image file too, pointing at predict-image:
+    read as a CSV, a PNG is "not UTF-8 text"."""
     path = Path(source)
+    if not takes_images and is_image_name(path) and not path.is_dir():
+        raise DataError(
+            f"{source}: an image file, where a CSV of digits (shard directory, glob) "
+            f"belongs; images are read by digits predict-image RUN_DIR {source}"
+        )
     try:
         is_run = (path / META_FILE).is_file() or (path / ENSEMBLE_FILE).is_file()
     except OSError:  # a folder without permission: the reader names the file itself

@@ -147,6 +147,11 @@ def _open(source: str | Path | bytes, name: str) -> Image.Image:
         raise DataError(f"{name}: too many pixels (decompression bomb?); scale it down") from None
 
 
+def is_image_name(name: str | Path) -> bool:
+    """Whether ``name`` ends as a file Pillow opens does (.png, .jpg, .tif, ...)."""
+    return Image.registered_extensions().get(Path(name).suffix.lower()) in Image.OPEN
+
+
 def _is_empty(source: str | Path | bytes) -> bool:
     return len(source) == 0 if isinstance(source, bytes) else Path(source).stat().st_size == 0
 
