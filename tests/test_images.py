@@ -857,7 +857,7 @@ def test_cli_predict_image(tiny_run: Path, tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
     from digit_recognizer.cli import app
-    from digit_recognizer.predict import Predictor
+    from digit_recognizer.predict import PredictConfig, Predictor
 
     one, notes = tmp_path / "one.png", tmp_path / "notes.txt"
     drawing().save(one)
@@ -868,6 +868,14 @@ def test_cli_predict_image(tiny_run: Path, tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["predict-image", str(tiny_run), str(notes), str(one)])
     assert result.exit_code == 1 and "notes.txt: not an image file" in result.output
     assert f"│ {expected}" in result.output  # the other files are predicted all the same
+    # --tta as predict's: the probability of the shifted views' average, not of the image alone.
+    averaged = Predictor.load([tiny_run], PredictConfig(tta=True)).predict_proba(
+        load_image(one)[None]
+    )
+    plain = Predictor.load([tiny_run]).predict_proba(load_image(one)[None])
+    assert f"{plain.max():.3f}" != f"{averaged.max():.3f}"  # else the check below tells nothing
+    result = CliRunner().invoke(app, ["predict-image", str(tiny_run), str(one), "--tta"])
+    assert result.exit_code == 0 and f"│ {averaged.max():.3f}" in result.output
 
 
 def test_predict_image_points_a_csv_to_digits_predict(tiny_run: Path, tmp_path: Path) -> None:

@@ -750,11 +750,13 @@ def export(
 def predict_image(
     run_dir: Annotated[Path, typer.Argument(help="A trained run directory.")],
     files: Annotated[list[Path], typer.Argument(help="Image files (PNG, JPEG, ...) of digits.")],
-) -> None:
+    tta: Annotated[bool, typer.Option(
+        "--tta/--no-tta", help="Average predictions over shifted views, as predict.")] = False,
+) -> None:  # fmt: skip
     """Recognise digits in image files, preprocessed as MNIST was (crop, fit 20x20, centre)."""
-    from digit_recognizer.predict import predict_images
+    from digit_recognizer.predict import PredictConfig, predict_images
 
-    results = predict_images([run_dir], files)
+    results = predict_images([run_dir], files, PredictConfig(tta=tta))
     table = Table("file", "digit", "probability")
     for result in results:
         if result.probabilities is None:
