@@ -414,6 +414,21 @@ def test_a_line_reaches_past_the_digit_along_itself_not_along_the_columns(
         assert correlation(form_photo(digit, draw_lines, angle, whole), clean) > 0.95
 
 
+def test_a_box_and_an_underline_around_a_digit_as_wide_as_its_page_are_removed(
+    small_test: DigitSet,
+) -> None:
+    """A 2 whose base runs to the page's right side, a 6 as wide: the box's top and bottom and
+    the underline reach past the digit by less than LINE_OVERHANG, and were kept at every
+    angle (correlation 0.07-0.37 with the page without them). Their own ink lies along all of
+    them, a fifth as thick as the digit's strokes: a form's lines, not a stroke of the digit."""
+    for index, lines in ((1, (boxed, underlined)), (54, (boxed,))):  # MNIST test 60001, 60054
+        digit = small_test.images[index]
+        for angle in (0, -10):
+            clean = form_photo(digit, lambda pen: None, angle)
+            for draw_lines in lines:
+                assert correlation(form_photo(digit, draw_lines, angle), clean) > 0.95
+
+
 def test_squared_paper_photographed_askew_loses_its_grid() -> None:
     """Squared paper's lines lie closer together than a single line's band, and thin grey ones,
     turned, fall apart into dashes under the ink threshold: still found, and removed."""

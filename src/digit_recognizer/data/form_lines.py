@@ -25,6 +25,10 @@ TILT_SIDE = 256
 LINE_WIDTH = 0.05  # a line is at most this fraction of the image thick
 LINE_STRETCH = 0.2  # a line's rows are at least half ink over this fraction of the image
 LINE_SLACK = 1.5  # and at most this many times as thick as the lines' lower quartile
+# A line that falls short of the overhang is still a form's where its own ink lies along this
+# fraction of its length, at most LINE_THIN as thick as the rest's strokes (_Straightened.thin).
+LINE_PRESENCE = 0.9
+LINE_THIN = 0.4
 LINE_REST = 0.03
 PAGE_LINES = 3  # lines one way, from which they are a page of lines (ruled, squared paper)
 DEBRIS_FRACTION = 0.05  # of the rest's largest blob: a line's debris is smaller (_without_debris)
@@ -41,16 +45,17 @@ def without_lines(ink: NDArray[np.float32], is_ink: NDArray[np.bool_]) -> NDArra
     row (or column), smeared across by LINE_TILT of the image (a line's bend, the tilt
     search's step), at least LINE_FRACTION of the image long (or of its row on the page,
     _page), that reaches past the rest of the ink at both ends by LINE_OVERHANG of the
-    rest's extent (or is cut off by the image: reaching_past), where the ink beside the lines
-    (off the band they were found in) is at least LINE_REST of all. A digit's own strokes are
-    shorter or end where its other strokes do (a 7's bar at its stem), and a 1 is nearly all
-    on its line. What goes is the lines' own ink, on rows as full as a line's and as thin
-    across as these lines are, so a stroke that crosses a line or runs along it keeps its
-    ink. Of 3,000 replica test digits cropped tight to their ink and enlarged x6, none lost
-    any ink, nor when turned 6 degrees either way first; drawn with a thin pen (a 9 x 9
-    erosion), 12 lost some and 3 were misread for it (a 7's bar and two 4s' taken for lines:
-    44 errors against 41 left whole; benchmarks/paper_photos.py prints the errors on such
-    crops, and on squared paper).
+    rest's extent (or is cut off by the image, or is drawn thin along all its length with both
+    ends clear of the rest, as a box's or an underline's around a digit as wide as its page:
+    reaching_past), where the ink beside the lines (off the band they were found in) is at
+    least LINE_REST of all. A digit's own strokes are shorter or end where its other strokes
+    do (a 7's bar at its stem), and a 1 is nearly all on its line. What goes is the lines' own
+    ink, on rows as full as a line's and as thin across as these lines are, so a stroke that
+    crosses a line or runs along it keeps its ink. Of 3,000 replica test digits cropped tight
+    to their ink and enlarged x6, none lost any ink, nor when turned 6 degrees either way
+    first; drawn with a thin pen (a 9 x 9 erosion), 12 lost some and 3 were misread for it (a
+    7's bar and two 4s' taken for lines: 44 errors against 41 left whole;
+    benchmarks/paper_photos.py prints the errors on such crops, and on squared paper).
     """
     mask = is_ink
     smear = max(1, round(LINE_TILT * min(mask.shape)))
@@ -180,7 +185,10 @@ class _Straightened:
         across its top or bottom side (a box cropped at its lines, turned with the page)
         cannot. Such a line passes where that end keeps LINE_CLEARANCE of the rest's extent
         clear of the rest (_cut_off), and its other end either does the same or lies on the
-        image's side, as clear of the rest (a 7's bar meets its stem there)."""
+        image's side, as clear of the rest (a 7's bar meets its stem there). A digit as wide as
+        its page comes within the overhang of its box's or underline's end: a line passes too
+        where it is drawn thin, as a form's, and every run of it ends as clear of the rest
+        (``thin``)."""
         rows, starts, ends = self.line_runs
         width, smear = self.image.shape[1], self.smear
 
@@ -220,7 +228,31 @@ class _Straightened:
         past_start, past_end = before_rest >= overhang, after_rest >= overhang
         keep = past_start & past_end
         keep |= (cut_start | side_start) & (cut_end | side_end) & (cut_start | cut_end)
+        keep |= self.thin(rest, clear(starts) & clear(ends - 1))
         return rows[keep], starts[keep], ends[keep]
+
+    def thin(self, rest: NDArray[np.bool_], free: NDArray[np.bool_]) -> NDArray[np.bool_]:
+        """Per run of line_runs: whether its line (_line_numbers) has every run ``free`` (a 7's
+        bar, thin, turned with its corner out of a tight crop, ends clear of the stem in some
+        rows only) and is drawn as a form's is, not as a digit's stroke: its own ink lies along
+        LINE_PRESENCE of its length or more (where a pen's stroke swells, it is thicker than a
+        line's), at most LINE_THIN as thick as the strokes of ``rest`` (the other ink, in the
+        image) are (_stroke_width). Of 300 MNIST test digits cropped tight, as drawn, with a
+        thin pen and with a marker, no stroke spanning the crop lies along more than 0.88 of its
+        length, and those along 0.8 are half as thick as the strokes or thicker; a box's lines
+        and an underline a fifth to a third as thick as the digit's strokes lie along 0.94-1."""
+        numbers = _line_numbers(self.line_runs)
+        strokes = _stroke_width(rest)
+        is_thin = np.bincount(numbers, weights=~free) == 0
+        for number in np.flatnonzero(is_thin):
+            runs = tuple(part[numbers == number] for part in self.line_runs)
+            line = self.own(_painted(self.mask, runs, self.smear))
+            length = _painted(np.ones_like(self.mask), runs, 0).any(axis=0)
+            presence = line.any(axis=0)[length].mean()
+            is_thin[number] = presence >= LINE_PRESENCE and (
+                self._thickness(line) <= LINE_THIN * strokes
+            )
+        return is_thin[numbers]
 
     def _cut_off(
         self, rows: NDArray[np.intp], columns: NDArray[np.intp], outward: int
@@ -257,8 +289,12 @@ class _Straightened:
         line = self.own(_painted(self.mask, runs, self.smear))
         if not line.any():
             return line
-        thickness = float(np.percentile(self.thickness[line], 25))
-        return line & (self.thickness <= LINE_SLACK * thickness + 1)
+        return line & (self.thickness <= LINE_SLACK * self._thickness(line) + 1)
+
+    def _thickness(self, line: NDArray[np.bool_]) -> float:
+        """How thick ``line`` (own ink, some) is across the rows: the lower quartile, as a
+        stroke crossing it or running along it is thicker."""
+        return float(np.percentile(self.thickness[line], 25))
 
 
 def _tilts(mask: NDArray[np.bool_]) -> tuple[float, float, float]:
@@ -357,10 +393,25 @@ def _without_debris(
     return rest & ~is_debris[blobs]
 
 
-def _n_lines(runs: Runs) -> int:
-    """How many lines ``runs`` (line_runs) make: groups of consecutive rows."""
+def _line_numbers(runs: Runs) -> NDArray[np.intp]:
+    """Per run of ``runs`` (line_runs), which of their lines it is in, from 0: the lines are
+    groups of consecutive rows."""
     rows = np.unique(runs[0])
-    return int(len(rows) and 1 + (np.diff(rows) > 1).sum())
+    numbers = np.cumsum(np.diff(rows, prepend=rows[:1]) > 1)
+    return numbers[np.searchsorted(rows, runs[0])]
+
+
+def _n_lines(runs: Runs) -> int:
+    """How many lines ``runs`` (line_runs) make (_line_numbers)."""
+    return int(_line_numbers(runs).max(initial=-1) + 1)
+
+
+def _stroke_width(ink: NDArray[np.bool_]) -> float:
+    """How thick the strokes of ``ink`` (some) are: twice the median distance from their
+    middles (where it is greatest around them) to their edges."""
+    to_edge = ndimage.distance_transform_edt(ink)
+    middles = ink & (to_edge >= ndimage.maximum_filter(to_edge, size=3))
+    return 2 * float(np.median(to_edge[middles]))
 
 
 def _painted(mask: NDArray[np.bool_], runs: Runs, smear: int) -> NDArray[np.bool_]:
