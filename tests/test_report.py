@@ -485,9 +485,7 @@ def test_report_rebuilds_the_validation_split(tmp_path, tiny_run, small_csvs, mo
     # Scored on that very split (config.toml's valid_size and seed), not on another drawing of
     # 150 rows, which would score otherwise: the page's figures are those of these images.
     _, valid = split_for_training(read_kaggle_csv(train_csv), 0.05, 3)
-    probas = Predictor.load([run_dir], PredictConfig(fuse_batch_norm=False)).predict_proba(
-        valid.images
-    )
+    probas = Predictor.load([run_dir]).predict_proba(valid.images)  # as `digits evaluate`
     metrics = compute_metrics(valid.labels, probas)
     n_wrong = int((probas.argmax(axis=1) != valid.labels).sum())
     ece = reliability(probas, valid.labels).ece
@@ -522,9 +520,7 @@ def test_the_split_of_a_faint_csv_is_scored_at_full_ink_as_it_trained(tmp_path, 
     (run_dir / "metrics.json").write_text(json.dumps(recorded))
     page = write_run_report(run_dir).read_text()
     _, valid = split_for_training(at_full_ink(read_kaggle_csv(faint_csv)), 0.05, 0)
-    probas = Predictor.load([run_dir], PredictConfig(fuse_batch_norm=False)).predict_proba(
-        valid.images
-    )
+    probas = Predictor.load([run_dir]).predict_proba(valid.images)  # as `digits evaluate`
     metrics = compute_metrics(valid.labels, probas)
     n_wrong = int((probas.argmax(axis=1) != valid.labels).sum())
     assert f"<td>accuracy</td><td>{metrics.accuracy:.4f} ({n_wrong} wrong)</td>" in page

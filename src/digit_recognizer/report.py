@@ -148,14 +148,16 @@ def write_run_report(
         raise ModelFileError(f"{run_dir / CONFIG_FILE}: not found; is {run_dir} a run directory?")
     config = read_toml(run_dir / CONFIG_FILE)
     check_can_write(run_dir / REPORT_FILE)  # before the predictions and figures it would lose
-    predictor = Predictor.load([run_dir], PredictConfig(fuse_batch_norm=False))  # for Grad-CAM
+    # Predicted as `digits evaluate` predicts (batch norms folded), so the two give one accuracy:
+    # unfolded, a near tie can fall the other way. Grad-CAM's net keeps them unfolded.
+    predictor = Predictor.load([run_dir])
     if data is not None:
         source = data_source
     else:
         data, source, data_rows = _labelled_data(run_dir, config, data_csv, predictor, conform)
     probas = predictor.predict_proba(data.images)
     with tempfile.TemporaryDirectory() as figures:
-        model = predictor.models[0]
+        model = Predictor.load([run_dir], PredictConfig(fuse_batch_norm=False)).models[0]
         sections = _report_sections(run_dir, config, model, data, source, data_rows, probas,
                                     Path(figures))  # fmt: skip
         page = html_page(f"Run report: {run_dir.name}", str(run_dir.resolve()), sections)
