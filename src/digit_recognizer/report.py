@@ -45,6 +45,7 @@ from digit_recognizer.evaluate import (
 )
 from digit_recognizer.explain import draw_overlay, grad_cam
 from digit_recognizer.fileio import check_can_write, sha256_file, write_text
+from digit_recognizer.models.runtime import inference_net
 from digit_recognizer.models.storage import META_FILE, net_recipe, read_meta, refuse_ensemble
 from digit_recognizer.predict import PieceConformer, PredictConfig, Predictor
 from digit_recognizer.train import DEFAULT_LR
@@ -148,16 +149,18 @@ def write_run_report(
         raise ModelFileError(f"{run_dir / CONFIG_FILE}: not found; is {run_dir} a run directory?")
     config = read_toml(run_dir / CONFIG_FILE)
     check_can_write(run_dir / REPORT_FILE)  # before the predictions and figures it would lose
-    # Predicted as `digits evaluate` predicts (batch norms folded), so the two give one accuracy:
-    # unfolded, a near tie can fall the other way. Grad-CAM's net keeps them unfolded.
-    predictor = Predictor.load([run_dir])
+    # Read once, else a training rewriting the run between two reads has Grad-CAM explain
+    # another net than the one scored. Scored as `digits evaluate` scores (batch norms folded,
+    # in a copy), so the two give one accuracy: unfolded, a near tie can fall the other way.
+    # Grad-CAM hooks the unfolded net.
+    model = Predictor.load([run_dir], PredictConfig(fuse_batch_norm=False)).models[0]
+    predictor = Predictor.from_models([inference_net(model)])
     if data is not None:
         source = data_source
     else:
         data, source, data_rows = _labelled_data(run_dir, config, data_csv, predictor, conform)
     probas = predictor.predict_proba(data.images)
     with tempfile.TemporaryDirectory() as figures:
-        model = Predictor.load([run_dir], PredictConfig(fuse_batch_norm=False)).models[0]
         sections = _report_sections(run_dir, config, model, data, source, data_rows, probas,
                                     Path(figures))  # fmt: skip
         page = html_page(f"Run report: {run_dir.name}", str(run_dir.resolve()), sections)
