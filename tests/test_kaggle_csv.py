@@ -344,6 +344,27 @@ def test_compressed_csv_is_named_as_such(tmp_path: Path, suffix, compress, messa
         parse_kaggle_csv(path.read_bytes(), "upload.csv")
 
 
+@pytest.mark.parametrize(
+    ("pillow_format", "kind"),
+    [("PNG", "a PNG image"), ("JPEG", "a JPEG image"), ("GIF", "a GIF image"),
+     ("TIFF", "a TIFF image"), ("BMP", "a BMP image")],
+)  # fmt: skip
+def test_an_image_given_as_rows_of_digits_is_named_as_such(
+    tmp_path: Path, pillow_format: str, kind: str
+) -> None:
+    """`digits train --train scan.png` and `digits data check scan.png` had said "line 1: not
+    UTF-8 text; expected the header ...", leaving the user to work out what went wrong."""
+    from PIL import Image
+
+    path = tmp_path / f"scan.{pillow_format.lower()}"
+    Image.new("L", (28, 28), 255).save(path, format=pillow_format)
+    assert read_error(path) == f"{path}: {kind}, not CSV text"
+    with pytest.raises(DataError, match=f"^{re.escape(str(path))}: {kind}, not CSV text$"):
+        resolve_data_source(path)
+    with pytest.raises(DataError, match=f"^upload.csv: {kind}, not CSV text$"):
+        parse_kaggle_csv(path.read_bytes(), "upload.csv")
+
+
 def test_a_compressed_file_refused_is_closed(tmp_path: Path, monkeypatch) -> None:
     """A server refusing uploads, or a scan of many shards, would run out of file handles."""
     from digit_recognizer.data.kaggle_csv import open_binary

@@ -54,7 +54,7 @@ _VALID_ROW = {
     LABELLED_COLUMNS: re.compile(rb"[0-9]," + rb"(?:" + _PIXEL + rb",){783}" + _PIXEL),
     PIXEL_COLUMNS: re.compile(rb"(?:" + _PIXEL + rb",){783}" + _PIXEL),
 }
-# What a CSV that arrives compressed starts with: a clear error instead of "line 1: not UTF-8".
+# What a file given as a CSV may start with instead: a clear error, not "line 1: not UTF-8".
 _COMPRESSED = {
     b"PK\x03\x04": ("a zip archive", "unzip"),
     b"\x1f\x8b": ("gzip-compressed", "gunzip"),
@@ -62,6 +62,19 @@ _COMPRESSED = {
     b"\xfd7zXZ\x00": ("xz-compressed", "unxz"),
     b"\x28\xb5\x2f\xfd": ("zstd-compressed", "unzstd"),
 }
+_IMAGES = {  # a scan or a drawing given where rows of digits belong
+    b"\x89PNG": "a PNG image",
+    b"\xff\xd8\xff": "a JPEG image",
+    b"GIF8": "a GIF image",
+    b"II*\x00": "a TIFF image",
+    b"MM\x00*": "a TIFF image",
+    b"BM": "a BMP image",
+}
+_NOT_CSV = {
+    **{magic: f"{kind}, not CSV text; {how} it first and pass the CSV"
+       for magic, (kind, how) in _COMPRESSED.items()},
+    **{magic: f"{kind}, not CSV text" for magic, kind in _IMAGES.items()},
+}  # fmt: skip
 _SHOWN_CHARS = 24  # a cell of binary junk can be megabytes long
 _SHOWN_RUNS = 3  # of a submission's missing ImageIds; one with every other row gone has 14,000
 
@@ -124,7 +137,7 @@ def read_kaggle_csv(path: str | Path) -> DigitSet:
     """
     path = Path(path)
     # Not parse_kaggle_csv(raw): the file's bytes, held through the parse beside the body cut
-    # from them, would be one more copy of the file. open_binary refuses archives.
+    # from them, would be one more copy of the file. open_binary refuses archives and images.
     columns, body = split_header(_read_bytes(path), path, (LABELLED_COLUMNS, PIXEL_COLUMNS))
     return parse_body(body, columns, path)
 
@@ -132,7 +145,7 @@ def read_kaggle_csv(path: str | Path) -> DigitSet:
 def parse_kaggle_csv(raw: bytes, name: str | Path) -> DigitSet:
     """``read_kaggle_csv`` of a file's bytes (an upload's), its errors naming it ``name``."""
     name = Path(name)
-    refuse_compressed(raw, name)
+    refuse_not_csv(raw, name)
     columns, body = split_header(raw, name, (LABELLED_COLUMNS, PIXEL_COLUMNS))
     return parse_body(body, columns, name)
 
@@ -246,12 +259,12 @@ def _read_bytes(path: Path) -> bytes:
 
 
 def open_binary(path: Path) -> BinaryIO:
-    """``path`` opened for reading bytes; a missing or unreadable file, or an archive (Kaggle's
-    downloads come zipped), is a ``DataError``."""
+    """``path`` opened for reading bytes; a missing or unreadable file, an archive (Kaggle's
+    downloads come zipped) or an image is a ``DataError``."""
     try:
         file = path.open("rb")
         try:
-            start = file.peek(max(map(len, _COMPRESSED)))
+            start = file.peek(max(map(len, _NOT_CSV)))
         except OSError:
             file.close()
             raise
@@ -265,18 +278,18 @@ def open_binary(path: Path) -> BinaryIO:
     except OSError as error:
         raise DataError(f"{path}: cannot read ({error.strerror})") from None
     try:
-        refuse_compressed(start, path)
+        refuse_not_csv(start, path)
     except DataError:
         file.close()
         raise
     return file
 
 
-def refuse_compressed(start: bytes, path: Path) -> None:
-    """``DataError`` if a file starting with ``start`` is an archive, not CSV text."""
-    for magic, (kind, how) in _COMPRESSED.items():
+def refuse_not_csv(start: bytes, path: Path) -> None:
+    """``DataError`` if a file starting with ``start`` is an archive or an image, not CSV text."""
+    for magic, problem in _NOT_CSV.items():
         if start.startswith(magic):
-            raise DataError(f"{path}: {kind}, not CSV text; {how} it first and pass the CSV")
+            raise DataError(f"{path}: {problem}")
 
 
 def split_header(
