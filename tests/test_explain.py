@@ -384,7 +384,7 @@ def test_explain_conforms_the_row_it_shows_and_a_sample_not_the_whole_file(
     model = load_net(tiny_run)[0]
     judge = Predictor.from_models([model], PredictConfig()).orientation_judge
     expected = conform_rows(foreign, PredictConfig(), foreign_csv, judge)[7]
-    monkeypatch.setattr(predict_module, "ORIENTATION_SAMPLE", 16)
+    monkeypatch.setattr(predict_module, "JUDGED_SAMPLE", 16)
     n_conformed = []
 
     def counted(images, votes=None):

@@ -17,14 +17,18 @@ from digit_recognizer.data import images
 from digit_recognizer.data.form_lines import without_lines
 from digit_recognizer.data.images import (
     MAX_IMAGE_PIXELS,
+    NARROWINGS,
+    STRETCHED_SHARE,
     check_images,
     conform_to_mnist,
     faint_to_full_ink,
     files_ink_side,
+    fills_box,
     in_mnist_format,
     ink_votes,
     is_image_name,
     load_image,
+    narrowed,
     to_mnist,
 )
 from digit_recognizer.data.kaggle_csv import DigitSet
@@ -605,6 +609,38 @@ def test_every_mnist_image_is_in_mnist_format(mnist: Mnist) -> None:
     assert in_mnist_format(mnist.images).all()
     conformed, n_redone = conform_to_mnist(mnist.images[:2000])
     assert n_redone == 0 and np.array_equal(conformed, mnist.images[:2000])
+
+
+def ink_height_and_width(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """How many rows and columns each image (N, 28, 28) has ink on, from its first to its last."""
+    rows, columns = (np.asarray(images) > 0).any(axis=2), (np.asarray(images) > 0).any(axis=1)
+    return tuple(np.where(lines.any(axis=1),
+                          lines.shape[1] - lines[:, ::-1].argmax(axis=1) - lines.argmax(axis=1), 0)
+                 for lines in (rows, columns))  # fmt: skip
+
+
+def test_narrowings_are_mnists_widths_and_few_of_its_digits_fill_the_box(mnist: Mnist) -> None:
+    """A stretched collection's digits are tried at NARROWINGS of their width, MNIST's digits'
+    width over height at their 10th-70th percentiles; a file is stretched when STRETCHED_SHARE of
+    its digits fill MNIST's box both ways, as a fifth of MNIST's own do."""
+    heights, widths = ink_height_and_width(mnist.images)
+    np.testing.assert_allclose(np.quantile(widths / heights, [0.1, 0.3, 0.5, 0.7]), NARROWINGS)
+    filling = fills_box(mnist.images)
+    np.testing.assert_array_equal(filling, np.minimum(heights, widths) >= 19)
+    assert round(filling.mean(), 2) == 0.20 < STRETCHED_SHARE
+
+
+def test_a_narrowed_digit_keeps_its_height_and_is_centred_by_mass_again(small_test) -> None:
+    images = np.concatenate([small_test.images[:50], np.zeros((1, 28, 28), np.uint8)])
+    heights, widths = ink_height_and_width(images)
+    for fraction in (0.5, 0.8):
+        narrow = narrowed(images, fraction)
+        narrow_heights, narrow_widths = ink_height_and_width(narrow)
+        np.testing.assert_array_equal(narrow_heights, heights)
+        assert np.abs(narrow_widths - np.maximum(1, np.round(widths * fraction))).max() <= 1
+        columns = (narrow[:50].sum(axis=1) * np.arange(28)).sum(axis=1) / narrow[:50].sum((1, 2))
+        assert np.abs(columns - 14).max() <= 0.5  # MNIST's centre of mass
+    assert not narrow[50].any()  # a blank image stays blank
 
 
 def frame_filling(image: np.ndarray) -> np.ndarray:

@@ -24,12 +24,16 @@ from torch import nn
 from digit_recognizer.config import check_fields
 from digit_recognizer.data import stream  # its STREAM_ROWS read at each use: one value for all
 from digit_recognizer.data.images import (
+    NARROWINGS,
+    STRETCHED_SHARE,
     check_images,
     conform_to_mnist,
     faint_to_full_ink,
+    fills_box,
     ink_votes,
     is_image_name,
     load_image,
+    narrowed,
 )
 from digit_recognizer.data.kaggle_csv import (
     DigitSet,
@@ -79,9 +83,10 @@ TTA_SHIFTS = ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1))
 # cannot see: a transposed digit is as well centred. The model can. The default model's mean top
 # probability on replica test rows was 0.91 as given and 0.53 transposed (accuracy 100 % and
 # 16 %), on the UCI digits 0.83 and 0.49, and 0.18 or more apart on any 16 of those.
-ORIENTATION_SAMPLE = 256  # rows, spread through its first piece (PieceConformer)
+JUDGED_SAMPLE = 256  # rows, spread through its first piece, judged for this and a stretch
 MIN_ORIENTATION_ROWS = 16
 ORIENTATION_MARGIN = 0.1
+MIN_STRETCHED_ROWS = 16  # digits, at least, before a file is taken to be stretched to its frame
 
 
 @dataclass
@@ -263,11 +268,12 @@ def conform_rows(
     predict_proba: Callable[[NDArray[np.uint8]], NDArray[np.float32]] | None = None,
     as_is: str = "--as-is",
 ) -> NDArray[np.uint8]:
-    """``images`` conformed to MNIST's layout if ``config.conform``, and transposed where the
-    model (``predict_proba``, for a file's rows: it costs two passes over up to
-    ORIENTATION_SAMPLE of them) reads them as digits only so; says what changed, and that
-    ``as_is`` (the caller's switch: a flag, the server's query) would have left them. In
-    pieces of STREAM_ROWS, judged as ``PieceConformer`` judges a streamed file: alike."""
+    """``images`` conformed to MNIST's layout if ``config.conform``, transposed where the
+    model (``predict_proba``, for a file's rows: it costs two passes over up to JUDGED_SAMPLE
+    of them) reads them as digits only so, and narrowed where they were stretched to fill their
+    frame (``unstretched``: five passes over every row); says what changed, and that ``as_is``
+    (the caller's switch: a flag, the server's query) would have left them. In pieces of
+    STREAM_ROWS, judged as ``PieceConformer`` judges a streamed file: alike."""
     conformer = PieceConformer(config, predict_proba)
     pieces = [conformer(images[rows]) for rows in stream.piece_slices(len(images))]
     conformer.warn(source, as_is)
@@ -276,9 +282,9 @@ def conform_rows(
 
 class PieceConformer:
     """``conform_rows`` for a file's rows in pieces of up to STREAM_ROWS, in order (under
-    torchrun, each process its share's): the file's ink votes and orientation are judged on
-    the first piece, every process's added up, and apply to every piece; a file read whole,
-    streamed or shared by processes is conformed alike. Counts what it changed."""
+    torchrun, each process its share's): the file's ink votes, orientation and stretch are
+    judged on the first piece, every process's added up, and apply to every piece; a file read
+    whole, streamed or shared by processes is conformed alike. Counts what it changed."""
 
     def __init__(
         self,
@@ -291,7 +297,8 @@ class PieceConformer:
         self.device = device  # where torchrun's collectives add up the processes' judgements
         self.votes: NDArray[np.float32] | None = None
         self.is_transposed: bool | None = None
-        self.n_rows = self.n_faint = self.n_redone = 0
+        self.is_stretched: bool | None = None
+        self.n_rows = self.n_faint = self.n_redone = self.n_narrowed = 0
 
     def __call__(self, images: NDArray[np.uint8]) -> NDArray[np.uint8]:
         """The next piece's images, conformed (N, 28, 28)."""
@@ -304,12 +311,20 @@ class PieceConformer:
             self.is_transposed = self.judge is not None and reads_transposed(
                 self._summed(orientation_evidence(images, self.judge))
             )
-        return transposed(images) if self.is_transposed else images
+        images = transposed(images) if self.is_transposed else images
+        if self.is_stretched is None:
+            self.is_stretched = self.judge is not None and reads_stretched(
+                self._summed(stretch_evidence(images))
+            )
+        if self.is_stretched:
+            images, n_narrowed = unstretched(images, self.judge)
+            self.n_narrowed += n_narrowed
+        return images
 
     def warn(self, source: str | Path, as_is: str = "--as-is") -> None:
         """``warn_conformed`` of the pieces conformed so far."""
         warn_conformed(source, self.n_rows, self.n_faint, self.n_redone,
-                       bool(self.is_transposed), as_is)  # fmt: skip
+                       bool(self.is_transposed), self.n_narrowed, as_is)  # fmt: skip
 
     def conformed(self, pieces: Iterable[DigitSet], source: str | Path) -> Iterator[DigitSet]:
         """``source``'s ``pieces`` (``read_in_pieces``'), each with its images conformed and its
@@ -337,21 +352,26 @@ def conform_row(
 ) -> NDArray[np.uint8]:
     """Row ``index`` of a file, ``image`` (28, 28), as ``conform_rows`` makes it, without
     reading or redoing every row (minutes for a large file off MNIST's layout): the file's ink
-    votes and orientation are judged on its first STREAM_ROWS rows (of ``first_rows``, its
-    first rows, as many or all), as ``PieceConformer`` judges them, its orientation on the rows
-    of them that orientation_evidence samples. Warns of what changed in that row."""
+    votes, orientation and stretch are judged on its first STREAM_ROWS rows (of
+    ``first_rows``, its first rows, as many or all), as ``PieceConformer`` judges them, its
+    orientation and stretch on the JUDGED_SAMPLE rows of them. Warns of what changed in that
+    row."""
     first_piece = first_rows[: stream.STREAM_ROWS]
     votes = None  # read only where the row is conformed
     if config.conform:
         votes = ink_votes(faint_to_full_ink(first_piece)[0])
     row, n_faint, n_redone = _conformed(image[None], config.conform, votes)
     is_transposed = False
+    n_narrowed = 0
     if config.conform and predict_proba:
-        sample = first_piece[spread_rows(len(first_piece), ORIENTATION_SAMPLE)]
-        evidence = orientation_evidence(_conformed(sample, True, votes)[0], predict_proba)
-        is_transposed = reads_transposed(evidence)
-    warn_conformed(f"{source}, row {index}", 1, n_faint, n_redone, is_transposed)
-    return (transposed(row) if is_transposed else row)[0]
+        sample = first_piece[spread_rows(len(first_piece), JUDGED_SAMPLE)]
+        conformed_sample = _conformed(sample, True, votes)[0]
+        is_transposed = reads_transposed(orientation_evidence(conformed_sample, predict_proba))
+        row = transposed(row) if is_transposed else row
+        if reads_stretched(stretch_evidence(conformed_sample)):
+            row, n_narrowed = unstretched(row, predict_proba)
+    warn_conformed(f"{source}, row {index}", 1, n_faint, n_redone, is_transposed, n_narrowed)
+    return row[0]
 
 
 def spread_rows(n_rows: int, n_picked: int) -> NDArray[np.intp]:
@@ -380,6 +400,7 @@ def warn_conformed(
     n_faint: int,
     n_redone: int = 0,
     is_transposed: bool = False,
+    n_narrowed: int = 0,
     as_is: str = "--as-is",
 ) -> None:
     """One warning per change made to a source's rows (each said once, for all its pieces);
@@ -401,6 +422,13 @@ def warn_conformed(
             "%s: the digits read as digits only transposed (rows and columns swapped, as EMNIST's "
             "CSVs store them) and were transposed; %s predicts them unchanged", source, as_is,
         )  # fmt: skip
+    if n_narrowed:
+        digits, were, them = _some_digits(n_narrowed, n_rows)
+        log.warning(
+            "%s: the digits fill their frame both ways, stretched to it as Semeion's are; %s "
+            "%s read narrower, at the width the model reads most surely; %s predicts %s "
+            "unchanged", source, digits, were, as_is, them,
+        )  # fmt: skip
 
 
 def _some_digits(n: int, n_rows: int) -> tuple[str, str, str]:
@@ -415,12 +443,12 @@ def orientation_evidence(
     images: NDArray[np.uint8], predict_proba: Callable[[NDArray[np.uint8]], NDArray[np.float32]]
 ) -> NDArray[np.float32]:
     """How surely the model reads ``images`` as given and transposed: (rows sampled, their top
-    probabilities summed as given, and transposed); up to ORIENTATION_SAMPLE rows, spread
+    probabilities summed as given, and transposed); up to JUDGED_SAMPLE rows, spread
     evenly. Sums, so that torchrun's processes can add theirs up."""
     # A process's few rows (--nproc) count too: reads_transposed applies its minimum to the sums.
     if not len(images):
         return np.zeros(3, dtype=np.float32)
-    sample = images[spread_rows(len(images), ORIENTATION_SAMPLE)]
+    sample = images[spread_rows(len(images), JUDGED_SAMPLE)]
     given = predict_proba(sample).max(axis=1).sum()
     flipped = predict_proba(transposed(sample)).max(axis=1).sum()
     return np.array([len(sample), given, flipped], dtype=np.float32)  # MPS has no float64
@@ -435,6 +463,32 @@ def reads_transposed(evidence: NDArray[np.float32]) -> bool:
 
 def transposed(images: NDArray[np.uint8]) -> NDArray[np.uint8]:
     return np.ascontiguousarray(images.transpose(0, 2, 1))
+
+
+def stretch_evidence(images: NDArray[np.uint8]) -> NDArray[np.float32]:
+    """Of up to JUDGED_SAMPLE conformed ``images``, spread evenly: (digits, digits filling
+    MNIST's box both ways). Counts, so that torchrun's processes can add theirs up."""
+    sample = images[spread_rows(len(images), JUDGED_SAMPLE)]
+    is_digit = sample.any(axis=(1, 2))
+    return np.array([is_digit.sum(), (is_digit & fills_box(sample)).sum()], dtype=np.float32)
+
+
+def reads_stretched(evidence: NDArray[np.float32]) -> bool:
+    """Whether ``stretch_evidence`` says the digits were stretched to fill their frame both ways
+    (Semeion's): STRETCHED_SHARE of them or more fill MNIST's box, of MIN_STRETCHED_ROWS or more."""
+    n_digits, n_filling = evidence
+    return bool(n_digits >= MIN_STRETCHED_ROWS and n_filling >= STRETCHED_SHARE * n_digits)
+
+
+def unstretched(
+    images: NDArray[np.uint8], predict_proba: Callable[[NDArray[np.uint8]], NDArray[np.float32]]
+) -> tuple[NDArray[np.uint8], int]:
+    """Each of a stretched collection's conformed ``images`` at the width, of its own and of
+    NARROWINGS of it, that the model reads most surely; and how many were narrowed. Semeion's
+    errors: 135 and 110 as stretched, 77 and 82 so (two default models of replica 0)."""
+    views = np.stack([images, *(narrowed(images, fraction) for fraction in NARROWINGS)])
+    surest = np.stack([predict_proba(view).max(axis=1) for view in views]).argmax(axis=0)
+    return views[surest, np.arange(len(images))], int(np.count_nonzero(surest))
 
 
 def warn_labelled(source: str | Path, has_labels: bool) -> None:
@@ -481,19 +535,19 @@ def predict_stream(
     chunks = [
         predictor.predict(conformer(piece.numpy())).astype(np.uint8) for piece, _ in shard_stream
     ]
-    n_faint, n_redone = conformer.n_faint, conformer.n_redone
+    counts = (conformer.n_faint, conformer.n_redone, conformer.n_narrowed)
     labels = np.concatenate(chunks)
     if dist.is_initialized():
         shares = [None] * dist_env.world_size if dist_env.is_main_process else None
-        dist.gather_object((labels, n_faint, n_redone), shares, dst=0)
+        dist.gather_object((labels, counts), shares, dst=0)
         if shares is not None:
             labels = np.concatenate([share[0] for share in shares])
-            n_faint = sum(share[1] for share in shares)
-            n_redone = sum(share[2] for share in shares)
+            counts = np.sum([share[1] for share in shares], axis=0)
     if dist_env.is_main_process:
         warn_labelled(source, shard_stream.manifest.has_labels)
-        # Once, for all pieces and processes.
-        warn_conformed(source, len(labels), n_faint, n_redone, bool(conformer.is_transposed))
+        n_faint, n_redone, n_narrowed = counts  # once, for all pieces and processes
+        warn_conformed(source, len(labels), n_faint, n_redone, bool(conformer.is_transposed),
+                       n_narrowed)  # fmt: skip
         write_submission(out, labels)
     return shard_stream.manifest.n_rows
 
