@@ -39,7 +39,7 @@ from digit_recognizer.estimator import build_estimator, count_parameters, save_e
 from digit_recognizer.models import build
 from digit_recognizer.models.registry import get_spec
 from digit_recognizer.models.storage import PREPROCESSING, read_meta, save_net
-from digit_recognizer.predict import PredictConfig, Predictor
+from digit_recognizer.predict import PredictConfig, Predictor, conform_rows
 from digit_recognizer.serve import ServeConfig, create_app
 from digit_recognizer.serve.app import (
     GRAD_CAM_NEEDS_TORCH,
@@ -50,7 +50,7 @@ from digit_recognizer.serve.app import (
     make_server,
 )
 from tests.conftest import free_port
-from tests.test_images import drawing, encode, frame_filling, png_header
+from tests.test_images import drawing, encode, frame_filling, png_header, semeion_like
 
 LIMITS = {"max_body_bytes": 100_000, "max_csv_bytes": 300_000, "max_batch": 4, "max_csv_rows": 50}
 
@@ -325,6 +325,22 @@ def test_csv_digits_stored_transposed_are_read_transposed(
         upload = {"file": ("transposed.csv", path.read_bytes())}
         lines = client.post(f"/predict/csv{query}", files=upload).text.splitlines()
         assert [int(line.split(",")[1]) for line in lines[1:]] == labels.tolist()
+
+
+def test_csv_digits_stretched_to_their_frame_are_read_as_digits_predict_reads_them(
+    client: TestClient, predictor: Predictor, small_test, tmp_path
+) -> None:
+    """An uploaded CSV of digits stretched to fill their frame (as Semeion's are) has each read
+    at the width the net reads most surely, as `digits predict` reads it."""
+    stretched = np.stack([semeion_like(digit) for digit in small_test.images[:40]])
+    path = tmp_path / "stretched.csv"
+    write_kaggle_csv(path, stretched)
+    read = conform_rows(stretched, PredictConfig(), "stretched.csv", predictor.orientation_judge)
+    expected = predictor.predict(read)
+    assert (expected != predictor.predict(conform_to_mnist(stretched)[0])).any()  # narrowed
+    upload = {"file": ("stretched.csv", path.read_bytes())}
+    lines = client.post("/predict/csv", files=upload).text.splitlines()
+    assert [int(line.split(",")[1]) for line in lines[1:]] == expected.tolist()
 
 
 def test_predict_csv(client: TestClient, predictor: Predictor, small_test, tmp_path) -> None:
