@@ -6,7 +6,10 @@ Two kinds of test, each printed as accuracy and error count:
   1,797 digits by 13 writers who are not in MNIST, scanned at 32 x 32 and averaged down to 8 x 8
   with 17 grey levels. Read once as `digits predict-image` reads an image (``to_mnist``), and
   once as a 28 x 28 CSV might hold them (upscaled to fill the frame), predicted as they are
-  (``--as-is``) and conformed to MNIST's layout (the default).
+  (``--as-is``) and conformed to MNIST's layout (the default); then made as Semeion made its
+  digits (stretched to fill 16 x 16 both ways, binarised), conformed alone and read as `digits
+  predict` reads such a file (each digit at the width the model reads most surely:
+  ``predict.unstretched``).
 - The replica's test images (never trained on) as other pens and scanners would have made them:
   thicker strokes (a marker: a 3 x 3 dilation, fully or half-way), thinner ones (half-way to a
   3 x 3 erosion), blurred (3 x 3 box) and faint (ink at 40 %). The stroke changes are the
@@ -41,7 +44,7 @@ from digit_recognizer.data.images import conform_to_mnist, to_mnist
 from digit_recognizer.data.kaggle_csv import read_kaggle_csv, read_submission
 from digit_recognizer.data.replica import cached_replica
 from digit_recognizer.data.tensors import to_model_input, to_uint8_images
-from digit_recognizer.predict import PredictConfig, Predictor
+from digit_recognizer.predict import PredictConfig, Predictor, conform_rows
 from script import replica_seed, run_script  # run from benchmarks/: its folder is on the path
 
 
@@ -84,6 +87,20 @@ def dusty(images: NDArray[np.uint8], specks: int = 3, seed: int = 0) -> NDArray[
     for offset in np.ndindex(2, 2):
         dirty[np.arange(len(images))[:, None], rows + offset[0], columns + offset[1]] = 255
     return dirty
+
+
+def as_semeion_made_its_own(images: NDArray[np.uint8]) -> NDArray[np.uint8]:
+    """Each image as Semeion made its digits: binarised (here at 32 x 32, the UCI scans' size),
+    its ink box stretched to fill 16 x 16 both ways (a 1 as wide as a 0); then upscaled to fill
+    28 x 28."""
+    def stretched(image: NDArray[np.uint8]) -> NDArray[np.uint8]:
+        scan = np.asarray(Image.fromarray(image).resize((32, 32), Image.Resampling.BILINEAR))
+        rows, columns = np.nonzero(scan >= 128)
+        ink = Image.fromarray(scan[rows.min() : rows.max() + 1, columns.min() : columns.max() + 1])
+        small = np.asarray(ink.resize((16, 16), Image.Resampling.NEAREST))
+        return np.where(small >= 128, 255, 0).astype(np.uint8)
+
+    return fill_frame(np.stack([stretched(image) for image in images]))
 
 
 def european_styles(
@@ -156,6 +173,10 @@ def main() -> None:
     framed = fill_frame(uci)
     score("UCI digits, 28 x 28 CSV, as-is", framed, uci_labels)
     score("UCI digits, 28 x 28 CSV, conformed", conform_to_mnist(framed)[0], uci_labels)
+    stretched = as_semeion_made_its_own(uci)
+    score("UCI digits made as Semeion's, conformed", conform_to_mnist(stretched)[0], uci_labels)
+    read = conform_rows(stretched, PredictConfig(), "stretched", predictor.orientation_judge)
+    score("UCI digits made as Semeion's, as predict reads them", read, uci_labels)
 
     files = cached_replica(args.replica_seed)
     test = read_kaggle_csv(files.test).images

@@ -17,8 +17,10 @@ import pytest
 import torch
 
 from digit_recognizer.compare import Leaderboard
+from digit_recognizer.data.images import conform_to_mnist
 from digit_recognizer.data.kaggle_csv import DigitSet, read_kaggle_csv
 from digit_recognizer.errors import ConfigError
+from digit_recognizer.predict import reads_stretched, stretch_evidence
 
 BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
 
@@ -464,3 +466,19 @@ def test_streaming_names_the_workers_its_rss_counts(
     run_main("streaming", "--dir", str(tmp_path), "--rows", "42000", "--workers", workers)
     stream, memory = capsys.readouterr().out.splitlines()[-2:]
     assert stream.endswith(f"(640 rows), {rss}") and memory.endswith("(640 rows), peak RSS 561")
+
+
+def test_uci_digits_made_as_semeions_are_read_as_a_stretched_file(
+    import_script: Callable[[str], ModuleType],
+) -> None:
+    """beyond_mnist.py's Semeion-made UCI digits fill their frame as Semeion's do, a 1 as wide
+    as a 0, so that `digits predict` takes them as stretched; upscaled keeping their shape, no."""
+    beyond_mnist = import_script("beyond_mnist")
+    images, labels = beyond_mnist.uci_digits()
+    made = beyond_mnist.as_semeion_made_its_own(images[:200])
+    assert made.shape == (200, 28, 28) and made.dtype == np.uint8
+    ink_columns = (made > 127).any(axis=1).sum(axis=1)
+    assert np.median(ink_columns[labels[:200] == 1]) == np.median(ink_columns[labels[:200] == 0])
+    assert reads_stretched(stretch_evidence(conform_to_mnist(made)[0]))
+    framed = conform_to_mnist(beyond_mnist.fill_frame(images[:200]))[0]
+    assert not reads_stretched(stretch_evidence(framed))
