@@ -93,6 +93,7 @@ def as_semeion_made_its_own(images: NDArray[np.uint8]) -> NDArray[np.uint8]:
     """Each image as Semeion made its digits: binarised (here at 32 x 32, the UCI scans' size),
     its ink box stretched to fill 16 x 16 both ways (a 1 as wide as a 0); then upscaled to fill
     28 x 28."""
+
     def stretched(image: NDArray[np.uint8]) -> NDArray[np.uint8]:
         scan = np.asarray(Image.fromarray(image).resize((32, 32), Image.Resampling.BILINEAR))
         rows, columns = np.nonzero(scan >= 128)

@@ -332,7 +332,8 @@ async def predict(
     shown = np.full(len(images), is_upload)
     if not (is_upload or as_is):
         sent = images
-        # Not judged transposed, as files are: two more passes over a batch would triple its cost.
+        # Not judged transposed or stretched, as files are: more passes over a batch would multiply
+        # its cost.
         images = await run_in_threadpool(
             conform_rows, images, PredictConfig(), "/predict", as_is=AS_IS_QUERY
         )
