@@ -176,7 +176,7 @@ def main() -> None:
     score("UCI digits, 28 x 28 CSV, conformed", conform_to_mnist(framed)[0], uci_labels)
     stretched = as_semeion_made_its_own(uci)
     score("UCI digits made as Semeion's, conformed", conform_to_mnist(stretched)[0], uci_labels)
-    read = conform_rows(stretched, PredictConfig(), "stretched", predictor.orientation_judge)
+    read = conform_rows(stretched, PredictConfig(), "stretched", predictor.layout_judge)
     score("UCI digits made as Semeion's, as predict reads them", read, uci_labels)
 
     files = cached_replica(args.replica_seed)

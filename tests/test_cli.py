@@ -374,7 +374,7 @@ def test_evaluate_scores_with_tta_and_as_is(tmp_path, tiny_run, frame_filling_cs
 
     def scores_line(config):
         predictor = Predictor.load([tiny_run], config)
-        images_seen = conform_rows(images, config, "", predictor.orientation_judge)
+        images_seen = conform_rows(images, config, "", predictor.layout_judge)
         probas = predictor.predict_proba(images_seen)
         metrics = compute_metrics(labels, probas)
         return (f"accuracy {metrics.accuracy:.4f}  macro F1 {metrics.macro_f1:.4f}  "

@@ -382,7 +382,7 @@ def test_explain_conforms_the_row_it_shows_and_a_sample_not_the_whole_file(
     foreign_csv = tmp_path / "foreign.csv"
     write_kaggle_csv(foreign_csv, foreign)
     model = load_net(tiny_run)[0]
-    judge = Predictor.from_models([model], PredictConfig()).orientation_judge
+    judge = Predictor.from_models([model], PredictConfig()).layout_judge
     expected = conform_rows(foreign, PredictConfig(), foreign_csv, judge)[7]
     monkeypatch.setattr(predict_module, "JUDGED_SAMPLE", 16)
     n_conformed = []
@@ -543,7 +543,7 @@ def test_explain_parses_the_first_rows_and_the_row_shown_not_the_whole_file(
     write_kaggle_csv(foreign_csv, foreign)
     monkeypatch.setattr(stream_module, "STREAM_ROWS", 64)  # the rows judging it, and those read
     monkeypatch.setattr(shards_module, "CHUNK_BYTES", 16 << 10)  # pieces of ~10 rows
-    judge = Predictor.load([tiny_run]).orientation_judge
+    judge = Predictor.load([tiny_run]).layout_judge
     expected = conform_rows(foreign, PredictConfig(), foreign_csv, judge)[350]
     parsed, parse_body = [], kaggle_csv_module.parse_body
 

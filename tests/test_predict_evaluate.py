@@ -223,7 +223,7 @@ def test_digits_stretched_to_fill_their_frame_are_read_at_the_width_read_most_su
     predict_stream([tiny_run], tmp_path / "stretched.csv", tmp_path / "streamed.csv")
     np.testing.assert_array_equal(read_submission(tmp_path / "streamed.csv"), read)
     rows = read_kaggle_csv(tmp_path / "stretched.csv").images
-    judge = Predictor.load([tiny_run]).orientation_judge
+    judge = Predictor.load([tiny_run]).layout_judge
     conformed = conform_rows(rows, PredictConfig(), "stretched.csv", judge)
     row = predict_module.conform_row(rows, rows[7], 7, PredictConfig(), "stretched.csv", judge)
     np.testing.assert_array_equal(row, conformed[7])
@@ -260,7 +260,7 @@ def test_a_file_is_judged_on_its_first_piece_whole_streamed_and_explained(
     assert "read as digits only transposed" in caplog.text
     predict_stream([tiny_run], tmp_path / "mixed.csv", tmp_path / "streamed.csv")
     assert (tmp_path / "streamed.csv").read_bytes() == (tmp_path / "whole.csv").read_bytes()
-    judge = Predictor.load([tiny_run]).orientation_judge
+    judge = Predictor.load([tiny_run]).layout_judge
     conformed = conform_rows(rows, PredictConfig(), "mixed.csv", judge)
     np.testing.assert_array_equal(conformed[100], images[100].T)
     row = predict_module.conform_row(rows, rows[100], 100, PredictConfig(), "mixed.csv", judge)
@@ -434,7 +434,7 @@ def test_a_streamed_files_rows_are_each_sided_once(tmp_path, tiny_run, small_tes
 def test_too_few_rows_for_one_process_are_judged_by_all_together(tiny_run, small_test):
     """Under --nproc each process reads a share of the rows; their orientation evidence is
     summed before the minimum of rows is applied, as one process judges the whole file."""
-    judge = Predictor.load([tiny_run]).orientation_judge
+    judge = Predictor.load([tiny_run]).layout_judge
     rows = transposed(small_test.images[:20])
     whole = orientation_evidence(rows, judge)
     shares = orientation_evidence(rows[:10], judge) + orientation_evidence(rows[10:], judge)
@@ -694,9 +694,9 @@ def test_classical_run_directories_predict_and_mix_with_nets(tmp_path, tiny_run,
     # No images (a filter that kept none): no rows, as of nets, not PCA's "0 sample(s)" error.
     assert Predictor.load([tmp_path]).predict_proba(images[:0]).shape == (0, 10)
     # Only nets judge whether a file is stored transposed: an SVM is surer of transposed digits.
-    assert Predictor.load([tmp_path]).orientation_judge is None
-    assert Predictor.load([tmp_path, tiny_run]).orientation_judge is None
-    assert Predictor.load([tiny_run]).orientation_judge is not None
+    assert Predictor.load([tmp_path]).layout_judge is None
+    assert Predictor.load([tmp_path, tiny_run]).layout_judge is None
+    assert Predictor.load([tiny_run]).layout_judge is not None
 
 
 def test_batch_norm_folding_follows_the_config(tiny_run):
@@ -787,7 +787,7 @@ def test_evaluate_conforms_rows_of_another_layout_by_default(
     labelled = tmp_path / "filled-labelled.csv"
     write_kaggle_csv(labelled, images, labels)
     predictor = Predictor.load([tiny_run])
-    conformed = conform_rows(images, PredictConfig(), "", predictor.orientation_judge)
+    conformed = conform_rows(images, PredictConfig(), "", predictor.layout_judge)
     expected = accuracy(predictor.predict(conformed), labels)
     assert expected != accuracy(predictor.predict(images), labels)  # else it could not be seen
     assert evaluate_run([tiny_run], labelled, tmp_path).accuracy == pytest.approx(expected)

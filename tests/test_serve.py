@@ -335,7 +335,7 @@ def test_csv_digits_stretched_to_their_frame_are_read_as_digits_predict_reads_th
     stretched = np.stack([semeion_like(digit) for digit in small_test.images[:40]])
     path = tmp_path / "stretched.csv"
     write_kaggle_csv(path, stretched)
-    read = conform_rows(stretched, PredictConfig(), "stretched.csv", predictor.orientation_judge)
+    read = conform_rows(stretched, PredictConfig(), "stretched.csv", predictor.layout_judge)
     expected = predictor.predict(read)
     assert (expected != predictor.predict(conform_to_mnist(stretched)[0])).any()  # narrowed
     upload = {"file": ("stretched.csv", path.read_bytes())}

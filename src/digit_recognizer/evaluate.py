@@ -244,7 +244,7 @@ def evaluate_run(
         solution_labels = read_submission(solution_csv, expected_rows=n_rows)
     config = config or PredictConfig()
     predictor = Predictor.load(run_dirs, config)
-    conformer = PieceConformer(config, predictor.orientation_judge)
+    conformer = PieceConformer(config, predictor.layout_judge)
     probas, piece_labels = [], []
     for piece in conformer.conformed(pieces, labelled_csv):
         probas.append(predictor.predict_proba(piece.images))

@@ -299,7 +299,7 @@ def explain_run(
         first_rows, row = _first_rows_and_row(source, index)
         model, _ = load_net(run_dir)
         config = PredictConfig(conform=conform)
-        judge = Predictor.from_models([model], config).orientation_judge
+        judge = Predictor.from_models([model], config).layout_judge
         image = conform_row(first_rows.images, row.images[0], index, config, source, judge)
         label = None if row.labels is None else int(row.labels[0])
     elif index is not None:

@@ -227,8 +227,8 @@ class OnnxPredictor:
         return cls(session, meta)
 
     @property
-    def orientation_judge(self) -> Callable[[NDArray[np.uint8]], NDArray[np.float32]]:
-        """As ``Predictor.orientation_judge``: an ONNX model is a net, so ``predict_proba``."""
+    def layout_judge(self) -> Callable[[NDArray[np.uint8]], NDArray[np.float32]]:
+        """As ``Predictor.layout_judge``: an ONNX model is a net, so ``predict_proba``."""
         return self.predict_proba
 
     def predict_proba(self, images: ArrayLike) -> NDArray[np.float32]:

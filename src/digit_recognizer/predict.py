@@ -157,11 +157,12 @@ class Predictor:
         return cls(models, device, config or PredictConfig())
 
     @property
-    def orientation_judge(self) -> Callable[[NDArray[np.uint8]], NDArray[np.float32]] | None:
-        """``predict_proba`` where it can tell whether rows are stored transposed (conform_rows):
-        nets only. A classical model can be surer of transposed digits than of upright ones (an
-        SVM fitted on a replica: mean top probability 0.98 on its test rows transposed, 0.94
-        as given)."""
+    def layout_judge(self) -> Callable[[NDArray[np.uint8]], NDArray[np.float32]] | None:
+        """``predict_proba`` where it can judge a file's layout (conform_rows): whether its rows
+        are stored transposed, and at which width to read digits stretched to their frame. Nets
+        only: a classical model can be surer of transposed digits than of upright ones (an SVM
+        fitted on a replica: mean top probability 0.98 on its test rows transposed, 0.94 as
+        given)."""
         is_all_nets = all(isinstance(model, nn.Module) for model in self.models)
         return self.predict_proba if is_all_nets else None
 
@@ -510,7 +511,7 @@ def predict_csv(
     data = read_data_source(test_csv) if data is None else data
     warn_labelled(test_csv, data.has_labels)
     predictor = Predictor.load(run_dirs, config)
-    images = conform_rows(data.images, config, test_csv, predictor.orientation_judge)
+    images = conform_rows(data.images, config, test_csv, predictor.layout_judge)
     labels = predictor.predict(images)
     write_submission(out, labels)
     return labels
@@ -531,7 +532,7 @@ def predict_stream(
     predictor = Predictor.load(run_dirs, config, device)
     shard_stream = ShardStream(source, stream.STREAM_ROWS, shuffle=False, rank=dist_env.rank,
                                world_size=dist_env.world_size)  # fmt: skip
-    conformer = PieceConformer(config, predictor.orientation_judge, device)
+    conformer = PieceConformer(config, predictor.layout_judge, device)
     chunks = [
         predictor.predict(conformer(piece.numpy())).astype(np.uint8) for piece, _ in shard_stream
     ]

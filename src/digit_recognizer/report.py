@@ -274,7 +274,7 @@ def _labelled_data(
         # other collections' layouts redone as MNIST's, piece by piece.
         n_rows, has_labels, pieces = read_in_pieces(data_csv)
         require_labels(has_labels, data_csv)
-        conformer = PieceConformer(PredictConfig(conform=conform), predictor.orientation_judge)
+        conformer = PieceConformer(PredictConfig(conform=conform), predictor.layout_judge)
         data = concat_rows(list(conformer.conformed(pieces, data_csv)))
         return data, str(data_csv), SourceRows(Path(data_csv), np.arange(n_rows))
     metrics = read_metrics(run_dir)

@@ -619,6 +619,6 @@ def _submission_csv(
         )
     config = PredictConfig(conform=conform)
     images = conform_rows(
-        digits.images, config, name, served.predictor.orientation_judge, as_is=AS_IS_QUERY
+        digits.images, config, name, served.predictor.layout_judge, as_is=AS_IS_QUERY
     )
     return "".join(submission_chunks(served.predictor.predict(images))).encode()
