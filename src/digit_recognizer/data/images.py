@@ -450,8 +450,7 @@ def in_mnist_format(images: NDArray[np.uint8]) -> NDArray[np.bool_]:
     bounding box 19 or 20 pixels on the long side, its centre of mass within a pixel of (14, 14).
     Every one of MNIST's 70,000 images is (tests/test_images.py checks the embedded copy)."""
     pixels = np.asarray(images, dtype=np.float32)
-    ink = pixels > 0
-    long_side = np.maximum(_extent(ink.any(axis=2)), _extent(ink.any(axis=1)))
+    long_side = np.maximum(*_ink_extents(pixels))
     centre_row, centre_column = _centre_of_mass(pixels)
     offset = np.maximum(np.abs(centre_row - CENTRE), np.abs(centre_column - CENTRE))
     # A blank image has no centre (NaN), and NaN <= anything is False: not in MNIST's layout.
@@ -461,9 +460,7 @@ def in_mnist_format(images: NDArray[np.uint8]) -> NDArray[np.bool_]:
 def fills_box(images: NDArray[np.uint8]) -> NDArray[np.bool_]:
     """Which conformed images (N, 28, 28) fill MNIST's box both ways: their ink 19 or 20 pixels
     tall and wide."""
-    ink = np.asarray(images) > 0
-    short_side = np.minimum(_extent(ink.any(axis=2)), _extent(ink.any(axis=1)))
-    return short_side >= min(MNIST_BOX_SIDES)
+    return np.minimum(*_ink_extents(images)) >= min(MNIST_BOX_SIDES)
 
 
 def narrowed(images: NDArray[np.uint8], fraction: float) -> NDArray[np.uint8]:
@@ -479,6 +476,12 @@ def narrowed(images: NDArray[np.uint8], fraction: float) -> NDArray[np.uint8]:
         resized = Image.fromarray(ink).resize((width, ink.shape[0]), Image.Resampling.LANCZOS)
         result[index] = _centre_by_mass(np.asarray(resized, dtype=np.float32))
     return result
+
+
+def _ink_extents(images: ArrayLike) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """How many rows and columns each image (N, H, W) has ink on, from first to last."""
+    ink = np.asarray(images) > 0
+    return _extent(ink.any(axis=2)), _extent(ink.any(axis=1))
 
 
 def _extent(occupied: NDArray[np.bool_]) -> NDArray[np.int64]:
