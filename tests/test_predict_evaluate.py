@@ -59,6 +59,7 @@ from digit_recognizer.predict import (
     predict_images,
     predict_source,
     predict_stream,
+    reads_crossing,
     reads_stretched,
     reads_transposed,
     stretch_evidence,
@@ -67,7 +68,15 @@ from digit_recognizer.predict import (
 )
 
 from .conftest import accuracy
-from .test_images import frame_filling, frame_hugging_zero, semeion_like
+from .test_images import (
+    CONTINENTAL_ONE,
+    SEVEN,
+    SEVENS_BAR,
+    drawn_digit,
+    frame_filling,
+    frame_hugging_zero,
+    semeion_like,
+)
 
 
 def test_probabilities_are_distributions(tiny_run, small_test):
@@ -268,19 +277,20 @@ def test_a_file_is_judged_on_its_first_piece_whole_streamed_and_explained(
     np.testing.assert_array_equal(Predictor.load([tiny_run]).predict(conformed), whole)
 
 
-def test_a_files_pieces_are_conformed_labels_kept_and_told_of_once_the_last_has_passed(
-    small_test, caplog
-):
+def test_a_files_pieces_are_conformed_labels_kept_and_told_of_once(small_test, caplog):
     """evaluate and report each conformed a file's pieces and warned of them, in lines of their
-    own; PieceConformer.conformed does it for both, as conform_rows does for rows in memory."""
+    own; PieceConformer.conformed and warn do it for both, as conform_rows does for rows in
+    memory."""
     images, labels = small_test.images[:100].copy(), small_test.labels[:100]
     images[:30] = np.stack([frame_filling(image) for image in images[:30]])
     pieces = [DigitSet(images[rows], labels[rows]) for rows in (slice(0, 64), slice(64, 100))]
     with caplog.at_level("WARNING"):
-        conformed = PieceConformer(PredictConfig()).conformed(pieces, "f.csv")
+        conformer = PieceConformer(PredictConfig())
+        conformed = conformer.conformed(pieces)
         first = next(conformed)
-        assert not caplog.records  # said of the whole file, not of its first piece
         rest = list(conformed)
+        assert not caplog.records  # said of the whole file once read (and reread), by warn
+        conformer.warn("f.csv")
     assert [len(piece) for piece in (first, *rest)] == [64, 36]
     np.testing.assert_array_equal(np.concatenate([first.labels, rest[0].labels]), labels)
     told = [record.getMessage() for record in caplog.records]
@@ -364,15 +374,15 @@ def test_a_file_of_faint_pixels_is_read_with_full_ink(
 
 
 def streamed_pieces_seen(monkeypatch, run: Path, csv: Path, out: Path) -> list[np.ndarray]:
-    """The images predict_stream hands its nets, piece by piece."""
+    """The images predict_stream reads its nets' probabilities of, piece by piece."""
     seen = []
-    predict = predict_module.Predictor.predict
+    read = predict_module.PieceConformer.read
 
-    def predict_seen(self, images):
+    def read_seen(self, images, probas):
         seen.append(images)
-        return predict(self, images)
+        return read(self, images, probas)
 
-    monkeypatch.setattr(predict_module.Predictor, "predict", predict_seen)
+    monkeypatch.setattr(predict_module.PieceConformer, "read", read_seen)
     predict_stream([run], csv, out)
     return seen
 
@@ -930,3 +940,79 @@ def test_rows_one_past_a_whole_piece_are_all_conformed(small_test, monkeypatch):
     images = small_test.images[:65]
     conformed = conform_rows(images, PredictConfig(), "f.csv")
     np.testing.assert_array_equal(conformed, images)
+
+
+def read_as_written(
+    images: np.ndarray, probas: np.ndarray, judge: bool = True
+) -> tuple[np.ndarray, PieceConformer]:
+    """``probas`` of ``images`` as PieceConformer conforms and reads them, in two pieces, with a
+    judge of their layout (as nets have; one sure of neither orientation) or without (as
+    classical models), and the conformer."""
+    judged = (lambda rows: np.full((len(rows), 10), 0.1, np.float32)) if judge else None
+    conformer = PieceConformer(PredictConfig(), judged)
+    read = [conformer.read(conformer(images[rows]), probas[rows])
+            for rows in np.array_split(np.arange(len(images)), 2)]  # fmt: skip
+    return conformer.reread(np.concatenate(read)), conformer
+
+
+def model_reading(n: int, sevens: float, ones: float, nines: float = 0.0) -> np.ndarray:
+    """``n`` rows of probabilities: of 7, 1 and 9 as given, the rest shared by the other digits."""
+    probas = np.full((n, 10), (1 - sevens - ones - nines) / 7, np.float32)
+    probas[:, [7, 1, 9]] = sevens, ones, nines
+    return probas
+
+
+def file_of_ones_and_sevens(
+    seven: np.ndarray, n_sevens: int, ones_read: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """A file sorted by digit: 10 continental 1s (a long flag, no foot), read as ``ones_read``
+    says, then ``n_sevens`` of ``seven``, each read as 7 surely."""
+    images = np.stack([drawn_digit(*CONTINENTAL_ONE)] * 10 + [seven] * n_sevens)
+    return images, np.concatenate([np.repeat(ones_read[None], 10, axis=0),
+                                   model_reading(n_sevens, 0.95, 0.02)])  # fmt: skip
+
+
+def test_where_the_writers_cross_their_sevens_an_uncrossed_seven_else_one_reads_as_one(caplog):
+    """The file's 1s are read as 7, else 1, and its 7s are crossed, all in its last piece:
+    judged on every piece, the 1s read as 1 and nothing else changes."""
+    crossed = drawn_digit(*SEVEN, SEVENS_BAR)
+    n_sevens = predict_module.MIN_SURE_SEVENS
+    images, probas = file_of_ones_and_sevens(crossed, n_sevens, model_reading(1, 0.6, 0.35)[0])
+    with caplog.at_level("WARNING"):
+        read, conformer = read_as_written(images, probas)
+        conformer.warn("f.csv")
+    np.testing.assert_array_equal(read.argmax(axis=1), [1] * 10 + [7] * n_sevens)
+    np.testing.assert_allclose(read.sum(axis=1), 1, rtol=1e-6)
+    np.testing.assert_array_equal(read[10:], probas[10:])
+    told = caplog.records[-1].getMessage()
+    assert told.startswith("f.csv: the writers cross their 7s, as much of Europe does; 10 of 26")
+    assert "--as-is reads them as the model does" in told
+
+
+def test_sevens_are_read_as_the_model_reads_them_unless_the_writers_cross_them():
+    """Too few sure 7s to judge, 7s not crossed, a classical model, or an uncrossed digit read
+    as 7, else 9: the model's probabilities, as they are."""
+    crossed, uncrossed = drawn_digit(*SEVEN, SEVENS_BAR), drawn_digit(*SEVEN)
+    enough = predict_module.MIN_SURE_SEVENS
+    seven_else_one, seven_else_nine = (
+        model_reading(2, 0.6, 0.35, 0.0),
+        model_reading(2, 0.6, 0.05, 0.3),
+    )
+    for seven, n_sevens, ones_read, judge in (
+        (crossed, enough - 1, seven_else_one[0], True),
+        (uncrossed, enough, seven_else_one[0], True),
+        (crossed, enough, seven_else_one[0], False),
+        (crossed, enough, seven_else_nine[0], True),
+    ):
+        images, probas = file_of_ones_and_sevens(seven, n_sevens, ones_read)
+        read, conformer = read_as_written(images, probas, judge)
+        np.testing.assert_array_equal(read, probas)
+        assert conformer.n_uncrossed == 0
+
+
+def test_writers_cross_their_sevens_from_a_share_of_their_sure_ones():
+    n_sure = predict_module.MIN_SURE_SEVENS
+    share = predict_module.CROSSED_SHARE
+    assert reads_crossing(np.array([n_sure, np.ceil(share * n_sure)], np.float32))
+    assert not reads_crossing(np.array([n_sure, np.ceil(share * n_sure) - 1], np.float32))
+    assert not reads_crossing(np.array([n_sure - 1, n_sure - 1], np.float32))

@@ -246,11 +246,13 @@ def evaluate_run(
     predictor = Predictor.load(run_dirs, config)
     conformer = PieceConformer(config, predictor.layout_judge)
     probas, piece_labels = [], []
-    for piece in conformer.conformed(pieces, labelled_csv):
-        probas.append(predictor.predict_proba(piece.images))
+    for piece in conformer.conformed(pieces):
+        probas.append(conformer.read(piece.images, predictor.predict_proba(piece.images)))
         piece_labels.append(piece.labels)
+    all_probas = conformer.reread(np.concatenate(probas))
+    conformer.warn(labelled_csv)
     labels = np.concatenate(piece_labels) if solution_labels is None else solution_labels
-    metrics = compute_metrics(labels, np.concatenate(probas))
+    metrics = compute_metrics(labels, all_probas)
     warn_untrained_digits(run_dirs, metrics, labelled_csv)
     # Together, else a full disk at the matrix leaves a new eval_metrics.json beside older others.
     write_together([

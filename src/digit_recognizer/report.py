@@ -156,10 +156,11 @@ def write_run_report(
     model = Predictor.load([run_dir], PredictConfig(fuse_batch_norm=False)).models[0]
     predictor = Predictor.from_models([inference_net(model)])
     if data is not None:
-        source = data_source
+        source, probas = data_source, predictor.predict_proba(data.images)
     else:
-        data, source, data_rows = _labelled_data(run_dir, config, data_csv, predictor, conform)
-    probas = predictor.predict_proba(data.images)
+        data, source, data_rows, probas = _labelled_data(
+            run_dir, config, data_csv, predictor, conform
+        )
     with tempfile.TemporaryDirectory() as figures:
         sections = _report_sections(run_dir, config, model, data, source, data_rows, probas,
                                     Path(figures))  # fmt: skip
@@ -266,17 +267,20 @@ def _labelled_data(
     data_csv: str | Path | None,
     predictor: Predictor,
     conform: bool,
-) -> tuple[DigitSet, str, SourceRows]:
+) -> tuple[DigitSet, str, SourceRows, NDArray[np.float32]]:
     """The images to evaluate on, from ``data_csv`` or the rebuilt validation split, a
-    description of where they came from, and the rows of that file they are."""
+    description of where they came from, the rows of that file they are, and the predictor's
+    probabilities of them (``data_csv``'s as ``digits evaluate`` reads them)."""
     if data_csv is not None:
         # Read as evaluate reads it: a file past STREAM_FILE_BYTES in pieces, never whole, and
         # other collections' layouts redone as MNIST's, piece by piece.
         n_rows, has_labels, pieces = read_in_pieces(data_csv)
         require_labels(has_labels, data_csv)
         conformer = PieceConformer(PredictConfig(conform=conform), predictor.layout_judge)
-        data = concat_rows(list(conformer.conformed(pieces, data_csv)))
-        return data, str(data_csv), SourceRows(Path(data_csv), np.arange(n_rows))
+        data = concat_rows(list(conformer.conformed(pieces)))
+        probas = conformer.reread(conformer.read(data.images, predictor.predict_proba(data.images)))
+        conformer.warn(data_csv)
+        return data, str(data_csv), SourceRows(Path(data_csv), np.arange(n_rows)), probas
     metrics = read_metrics(run_dir)
     train_csv, recorded_hash = metrics.get("train_csv"), metrics.get("train_sha256")
     valid_size = config.get("valid_size", 0)
@@ -305,7 +309,12 @@ def _labelled_data(
     )
     # Its ink as training read it (pipeline.ink_as_predicted), row by row: its rows alone.
     valid = at_full_ink(full.take(valid_rows))
-    return valid, source, SourceRows(Path(train_csv), valid_rows)
+    return (
+        valid,
+        source,
+        SourceRows(Path(train_csv), valid_rows),
+        predictor.predict_proba(valid.images),
+    )
 
 
 def _plot_roc_pr(labels: NDArray[np.int64], probas: NDArray[np.floating], path: Path) -> None:

@@ -84,6 +84,15 @@ STRETCHED_SHARE = 0.9
 # Such a digit is tried at these fractions of its width, MNIST's digits' width over height at
 # their 10th, 30th, 50th and 70th percentiles (at the 90th it is 1.0, the digit as it is).
 NARROWINGS = (0.5, 0.7, 0.8, 0.9)
+# A bar across a 7's stem (crosses_stem): in the middle of the ink's height, from 30 % to 75 % of
+# it down, a row's longest run of ink at least this many pixels longer than the stem's (the
+# median row's from 30 % down to the foot). Ink there is 40 % of the digit's brightest pixel or
+# more, so that a grey scan's thin bar counts. By this measure 82 % of CVL's 7s (Austrian
+# writers) have one, 14 % of MNIST's 7s and 1 % of its 1s, and 12 % of the CVL 1s (a long flag,
+# no foot) a net reads as 7.
+CROSSBAR_PIXELS = 4
+CROSSBAR_ROWS = (0.3, 0.75)
+CROSSBAR_INK = 0.4
 # JPEG decodes at 1/2, 1/4 or 1/8 scale for free; a digit needs far fewer than 256 pixels.
 # Other images are shrunk as much before the rest of to_mnist (_reduced).
 DRAFT_SIZE = (256, 256)
@@ -476,6 +485,31 @@ def narrowed(images: NDArray[np.uint8], fraction: float) -> NDArray[np.uint8]:
         resized = Image.fromarray(ink).resize((width, ink.shape[0]), Image.Resampling.LANCZOS)
         result[index] = _centre_by_mass(np.asarray(resized, dtype=np.float32))
     return result
+
+
+def crosses_stem(images: NDArray[np.uint8]) -> NDArray[np.bool_]:
+    """Which conformed images (N, 28, 28) have a bar across the middle of their stem, as a
+    crossed 7 has: a run of ink CROSSBAR_PIXELS longer than the stem's, within CROSSBAR_ROWS of
+    the ink's height. A 1 has none; its flag, however long, meets the stem at the top."""
+    brightest = images.max(axis=(1, 2)).astype(np.float32)
+    ink = images >= np.maximum(CROSSBAR_INK * brightest, 1)[:, None, None]
+    run = np.zeros(ink.shape[:2], np.int64)
+    longest_run = np.zeros(ink.shape[:2], np.int64)
+    for column in np.moveaxis(ink, 2, 0):
+        run = (run + 1) * column
+        longest_run = np.maximum(longest_run, run)
+    inked_rows = ink.any(axis=2)
+    top, height = inked_rows.argmax(axis=1), _extent(inked_rows)
+    middle_top, middle_bottom = (
+        top + (fraction * height).astype(np.int64) for fraction in CROSSBAR_ROWS
+    )
+    row = np.arange(ink.shape[1])
+    below_top = row >= middle_top[:, None]
+    middle = below_top & (row <= middle_bottom[:, None])
+    stem_rows = below_top & (row < (top + height)[:, None])
+    bar = np.where(middle, longest_run, 0).max(axis=1)
+    stem = np.ma.median(np.ma.masked_array(longest_run, ~stem_rows), axis=1).filled(0)
+    return bar - stem >= CROSSBAR_PIXELS
 
 
 def _ink_extents(images: ArrayLike) -> tuple[NDArray[np.int64], NDArray[np.int64]]:

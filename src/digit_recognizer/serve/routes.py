@@ -41,7 +41,7 @@ from digit_recognizer.data.kaggle_csv import (
 from digit_recognizer.data.lighting import MIN_CONTRAST
 from digit_recognizer.errors import DataError, UnknownModelError
 from digit_recognizer.models.registry import get_spec
-from digit_recognizer.predict import PredictConfig, conform_rows
+from digit_recognizer.predict import PredictConfig, conform_rows, predict_rows
 from digit_recognizer.serve.app import CSV_PATH, STATIC_DIR, ServeConfig, ServedModel
 
 api = APIRouter()
@@ -618,7 +618,5 @@ def _submission_csv(
             "(ServeConfig.max_csv_rows); split the file",
         )
     config = PredictConfig(conform=conform)
-    images = conform_rows(
-        digits.images, config, name, served.predictor.layout_judge, as_is=AS_IS_QUERY
-    )
-    return "".join(submission_chunks(served.predictor.predict(images))).encode()
+    probas = predict_rows(served.predictor, digits.images, config, name, as_is=AS_IS_QUERY)
+    return "".join(submission_chunks(probas.argmax(axis=1))).encode()
