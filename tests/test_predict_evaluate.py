@@ -1011,18 +1011,21 @@ def test_sevens_are_read_as_the_model_reads_them_unless_the_writers_cross_them()
         assert conformer.n_uncrossed == 0
 
 
+def ones_read_as_sevens_unless_crossed(_predictor: Predictor, images: np.ndarray) -> np.ndarray:
+    """A net's reading (Predictor.predict_proba's) of crossed digits as 7 surely, of the others as
+    7, else 1."""
+    crossed = crosses_stem(np.asarray(images).reshape(-1, 28, 28))[:, None]
+    return np.where(crossed, model_reading(len(crossed), 0.95, 0.02),
+                    model_reading(len(crossed), 0.6, 0.35))  # fmt: skip
+
+
 def test_predict_streamed_predict_and_evaluate_read_writers_who_cross_their_sevens_alike(
     tmp_path, tiny_run, monkeypatch
 ):
     """The sorted file again, written as a CSV and read by a net that takes its 1s for 7s, else
     1s: predict, whole and in pieces, and evaluate each read its 1s as 1."""
 
-    def reading(self, images):
-        crossed = crosses_stem(np.asarray(images).reshape(-1, 28, 28))[:, None]
-        return np.where(crossed, model_reading(len(crossed), 0.95, 0.02),
-                        model_reading(len(crossed), 0.6, 0.35))  # fmt: skip
-
-    monkeypatch.setattr(Predictor, "predict_proba", reading)
+    monkeypatch.setattr(Predictor, "predict_proba", ones_read_as_sevens_unless_crossed)
     n_sevens = predict_module.MIN_SURE_SEVENS
     images, _ = file_of_ones_and_sevens(drawn_digit(*SEVEN, SEVENS_BAR), n_sevens, np.zeros(10))
     labels = np.array([1] * 10 + [7] * n_sevens)
@@ -1033,6 +1036,26 @@ def test_predict_streamed_predict_and_evaluate_read_writers_who_cross_their_seve
     predict_stream([tiny_run], tmp_path / "sorted.csv", tmp_path / "streamed.csv")
     assert (tmp_path / "streamed.csv").read_bytes() == (tmp_path / "whole.csv").read_bytes()
     assert evaluate_run([tiny_run], tmp_path / "sorted.csv", tmp_path / "eval").accuracy == 1
+
+
+def test_images_predicted_together_are_read_as_their_writers_cross_their_sevens(
+    tmp_path, tiny_run, monkeypatch, caplog
+):
+    """predict-image's files are one writer's, or one collection's, as a CSV's rows are: with
+    their crossed 7s, the continental 1s read as 1; alone, as the net reads them."""
+    monkeypatch.setattr(Predictor, "predict_proba", ones_read_as_sevens_unless_crossed)
+    one, crossed = drawn_digit(*CONTINENTAL_ONE), drawn_digit(*SEVEN, SEVENS_BAR)
+    paths = []
+    for index, digit in enumerate([one] * 3 + [crossed] * predict_module.MIN_SURE_SEVENS):
+        paths.append(tmp_path / f"{index}.png")
+        Image.fromarray(255 - digit).save(paths[-1])  # dark ink on white paper, as scanned
+    with caplog.at_level("WARNING"):
+        together = [result.probabilities.argmax() for result in predict_images([tiny_run], paths)]
+    assert together == [1] * 3 + [7] * predict_module.MIN_SURE_SEVENS
+    assert "the 19 images: the writers cross their 7s" in caplog.text
+    assert "predicting each image alone reads them as the model does" in caplog.text
+    [alone] = predict_images([tiny_run], paths[:1])
+    assert alone.probabilities.argmax() == 7
 
 
 def test_writers_cross_their_sevens_from_a_share_of_their_sure_ones():

@@ -256,7 +256,9 @@ def predict_images(
     run_dirs: list[Path], paths: list[Path], config: PredictConfig | None = None
 ) -> list[ImagePrediction]:
     """Each image file made an MNIST digit as MNIST's were made (``load_image``) and predicted;
-    a file that cannot be read gets its error, and the others are predicted all the same."""
+    a file that cannot be read gets its error, and the others are predicted all the same. The
+    images are read together, as a file's rows are: by writers who cross their 7s, if they say
+    so (``PieceConformer.reread``)."""
     results, digits = [], []
     for path in paths:
         try:
@@ -269,7 +271,13 @@ def predict_images(
                 message += f"; a CSV of digits: digits predict {runs} {path}"
             results.append(ImagePrediction(Path(path), error=message))
     if digits:
-        probas = Predictor.load(run_dirs, config or PredictConfig()).predict_proba(np.stack(digits))
+        predictor = Predictor.load(run_dirs, config or PredictConfig())
+        images = np.stack(digits)
+        reader = PieceConformer(predictor.config, predictor.layout_judge)
+        probas = reader.reread(reader.read(images, predictor.predict_proba(images)))
+        warn_conformed(f"the {counted(len(images), 'image')}", len(images),
+                       n_faint=0, n_uncrossed=reader.n_uncrossed,
+                       as_is="predicting each image alone")  # fmt: skip
         for result, proba in zip((r for r in results if r.error is None), probas, strict=True):
             result.probabilities = proba
     return results
