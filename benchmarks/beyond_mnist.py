@@ -44,7 +44,7 @@ from digit_recognizer.data.images import conform_to_mnist, to_mnist
 from digit_recognizer.data.kaggle_csv import read_kaggle_csv, read_submission
 from digit_recognizer.data.replica import cached_replica
 from digit_recognizer.data.tensors import to_model_input, to_uint8_images
-from digit_recognizer.predict import PredictConfig, Predictor, conform_rows
+from digit_recognizer.predict import PredictConfig, Predictor, predict_rows
 from script import replica_seed, run_script  # run from benchmarks/: its folder is on the path
 
 
@@ -166,7 +166,10 @@ def main() -> None:
     rows = []
 
     def score(name: str, images: NDArray[np.uint8], labels: NDArray[np.int64]) -> None:
-        errors = int((predictor.predict(images) != labels).sum())
+        score_read(name, predictor.predict(images), labels)
+
+    def score_read(name: str, read: NDArray[np.int64], labels: NDArray[np.int64]) -> None:
+        errors = int((read != labels).sum())
         rows.append((name, len(labels), 1 - errors / len(labels), errors))
 
     uci, uci_labels = uci_digits()
@@ -176,8 +179,8 @@ def main() -> None:
     score("UCI digits, 28 x 28 CSV, conformed", conform_to_mnist(framed)[0], uci_labels)
     stretched = as_semeion_made_its_own(uci)
     score("UCI digits made as Semeion's, conformed", conform_to_mnist(stretched)[0], uci_labels)
-    read = conform_rows(stretched, PredictConfig(), "stretched", predictor.layout_judge)
-    score("UCI digits made as Semeion's, as predict reads them", read, uci_labels)
+    read = predict_rows(predictor, stretched, PredictConfig(), "stretched").argmax(axis=1)
+    score_read("UCI digits made as Semeion's, as predict reads them", read, uci_labels)
 
     files = cached_replica(args.replica_seed)
     test = read_kaggle_csv(files.test).images

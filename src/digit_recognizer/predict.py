@@ -92,7 +92,7 @@ MIN_STRETCHED_ROWS = 16  # digits, at least, before a file is taken to be stretc
 # 7 of MNIST's American writers, who seldom crossed theirs. The model reads such 1s as 7 (391 of
 # CVL's 2,178, by Austrian writers). A file whose writers cross their 7s, CROSSED_SHARE or more of
 # the MIN_SURE_SEVENS or more digits it reads as 7 with SURE_SEVEN or more (CVL 84-86 %, Semeion
-# 92-94 %; a replica's test rows 12-13 %, USPS 4 %, ARDIS 28-34 %, HwD-1000 41-42 %), has its
+# 92-94 %, UCI 86 %; a replica's test rows 12-13 %, USPS 4 %, ARDIS 28-34 %, HwD 41-42 %), has its
 # uncrossed digits read as 7, else 1, taken for 1s more readily: their 7's probability scaled by
 # UNCROSSED_SEVEN_ODDS (tuned on CVL's validation writers: 0.3, 0.1, 0.03 and 0.01 left 344, 320,
 # 312 and 319 of one model's 374 errors).
