@@ -995,15 +995,13 @@ def test_sevens_are_read_as_the_model_reads_them_unless_the_writers_cross_them()
     as 7, else 9: the model's probabilities, as they are."""
     crossed, uncrossed = drawn_digit(*SEVEN, SEVENS_BAR), drawn_digit(*SEVEN)
     enough = predict_module.MIN_SURE_SEVENS
-    seven_else_one, seven_else_nine = (
-        model_reading(2, 0.6, 0.35, 0.0),
-        model_reading(2, 0.6, 0.05, 0.3),
-    )
+    seven_else_one = model_reading(1, 0.6, 0.35)[0]
+    seven_else_nine = model_reading(1, 0.6, 0.05, 0.3)[0]
     for seven, n_sevens, ones_read, judge in (
-        (crossed, enough - 1, seven_else_one[0], True),
-        (uncrossed, enough, seven_else_one[0], True),
-        (crossed, enough, seven_else_one[0], False),
-        (crossed, enough, seven_else_nine[0], True),
+        (crossed, enough - 1, seven_else_one, True),
+        (uncrossed, enough, seven_else_one, True),
+        (crossed, enough, seven_else_one, False),
+        (crossed, enough, seven_else_nine, True),
     ):
         images, probas = file_of_ones_and_sevens(seven, n_sevens, ones_read)
         read, conformer = read_as_written(images, probas, judge)
@@ -1024,7 +1022,6 @@ def test_predict_streamed_predict_and_evaluate_read_writers_who_cross_their_seve
 ):
     """The sorted file again, written as a CSV and read by a net that takes its 1s for 7s, else
     1s: predict, whole and in pieces, and evaluate each read its 1s as 1."""
-
     monkeypatch.setattr(Predictor, "predict_proba", ones_read_as_sevens_unless_crossed)
     n_sevens = predict_module.MIN_SURE_SEVENS
     images, _ = file_of_ones_and_sevens(drawn_digit(*SEVEN, SEVENS_BAR), n_sevens, np.zeros(10))
