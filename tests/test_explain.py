@@ -13,12 +13,15 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
+from digit_recognizer import predict as predict_module
 from digit_recognizer.cli import app
+from digit_recognizer.data import stream as stream_module
 from digit_recognizer.data.augment import Augmentation, augment_batch
 from digit_recognizer.data.images import conform_to_mnist, load_image
-from digit_recognizer.data.kaggle_csv import write_kaggle_csv
+from digit_recognizer.data.kaggle_csv import DigitSet, write_kaggle_csv
 from digit_recognizer.data.tensors import to_model_input
 from digit_recognizer.explain import (
+    _as_its_file_reads_it,
     explain_image,
     explain_run,
     explanation_path,
@@ -31,7 +34,8 @@ from digit_recognizer.models.registry import build
 from digit_recognizer.models.storage import load_net
 from digit_recognizer.predict import PredictConfig, Predictor, conform_rows
 
-from .test_images import frame_filling
+from .test_images import SEVEN, SEVENS_BAR, drawn_digit, frame_filling
+from .test_predict_evaluate import file_of_ones_and_sevens, ones_read_as_sevens_unless_crossed
 
 runner = CliRunner()
 
@@ -586,3 +590,39 @@ def test_explain_keeps_a_names_dots_and_names_a_relative_glob_after_its_folder(
     folder.mkdir()
     monkeypatch.chdir(folder)
     assert explanation_path(run_dir, Path("*.csv"), 3) == run_dir / "explain-kaggle-row3.png"
+
+
+def test_explain_reads_a_row_as_predict_reads_a_file_whose_writers_cross_their_sevens(
+    model, tiny_run, tmp_path, monkeypatch, caplog
+):
+    """A continental 1 the net reads as 7, else 1, in a file sorted by digit whose crossed 7s
+    all lie past the rows that judge its layout: explained as `digits predict` reads it, a 1
+    (the heatmap of the 1; the net's 7 said), where it had been explained as the net's 7. In a
+    file of uncrossed 7s, or --as-is, as the net reads it."""
+    monkeypatch.setattr(Predictor, "predict_proba", ones_read_as_sevens_unless_crossed)
+    monkeypatch.setattr(stream_module, "STREAM_ROWS", 8)  # the 7s in the last pieces
+    n_sevens = predict_module.MIN_SURE_SEVENS
+    crossed_csv, uncrossed_csv = tmp_path / "crossed.csv", tmp_path / "uncrossed.csv"
+    for csv, seven in ((crossed_csv, drawn_digit(*SEVEN, SEVENS_BAR)),
+                       (uncrossed_csv, drawn_digit(*SEVEN))):  # fmt: skip
+        write_kaggle_csv(csv, file_of_ones_and_sevens(seven, n_sevens, np.zeros(10))[0])
+    with caplog.at_level("WARNING"):
+        reread = explain_run(tiny_run, crossed_csv, 3, tmp_path / "a.png")
+    assert (reread.predicted, reread.net_predicted) == (1, 7)
+    assert f"{crossed_csv}, row 3: the writers cross their 7s" in caplog.text
+    expected = grad_cam(model, reread.image[None], target=1)[0]
+    np.testing.assert_allclose(reread.heatmap, expected, atol=1e-5)
+    for csv, conform in ((uncrossed_csv, True), (crossed_csv, False)):
+        as_the_net = explain_run(tiny_run, csv, 3, tmp_path / "b.png", conform=conform)
+        assert (as_the_net.predicted, as_the_net.net_predicted) == (7, None)
+    result = runner.invoke(app, ["explain", str(tiny_run), str(crossed_csv), "--index", "3",
+                                 "--out", str(tmp_path / "c.png")])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "predicted 1 (" in result.output
+    assert "the net's 7, read as its file is" in result.output
+    # A pipe's rows, read once, are judged as they were read, not read again.
+    rows = file_of_ones_and_sevens(drawn_digit(*SEVEN, SEVENS_BAR), n_sevens, np.zeros(10))[0]
+    predictor = Predictor.from_models([model])
+    reading = _as_its_file_reads_it(tmp_path / "gone.csv", 3, rows[3], predictor,
+                                    PredictConfig(), DigitSet(rows, None))  # fmt: skip
+    assert reading is not None and reading.argmax() == 1

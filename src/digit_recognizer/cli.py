@@ -704,7 +704,9 @@ def explain(
     out = out or explanation_path(run_dir, source, index)
     explanation = explain_run(run_dir, source, index, out, conform=not as_is)
     known = f", true {explanation.label}" if explanation.label is not None else ""
-    confidence = f"{explanation.probas.max():.1%}{known}"
+    net = explanation.net_predicted
+    as_read = f", the net's {net}, read as its file is" if net is not None else ""
+    confidence = f"{explanation.probas.max():.1%}{known}{as_read}"
     console.print(Text.assemble("predicted ", (str(explanation.predicted), "bold"),
                                 f" ({confidence}); {explanation.method} -> {out}"))  # fmt: skip
 

@@ -16,6 +16,7 @@ heatmaps are small and bf16 gradients make them blotchy.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 from dataclasses import dataclass
@@ -53,11 +54,16 @@ from digit_recognizer.fileio import (
 )
 from digit_recognizer.models.storage import load_net
 from digit_recognizer.predict import (
+    PieceConformer,
     PredictConfig,
     Predictor,
     check_data_source,
     conform_row,
+    uncrossed_as_ones,
+    warn_conformed,
 )
+
+log = logging.getLogger(__name__)
 
 BATCH_SIZE = 256  # bounds the memory held by the graph: activations and gradients of a batch
 HEATMAP_CMAP = "jet"  # the Grad-CAM paper's colours: readable on top of a grey digit
@@ -232,6 +238,7 @@ class Explanation:
     probas: NDArray[np.float32]  # (10,)
     method: str  # "Grad-CAM" or "saliency"
     label: int | None = None  # the true digit, when known
+    net_predicted: int | None = None  # the net's own digit, where its file reads the row otherwise
 
     @property
     def predicted(self) -> int:
@@ -239,20 +246,27 @@ class Explanation:
 
 
 def explain_image(
-    model: nn.Module, image: NDArray[np.uint8], label: int | None = None
+    model: nn.Module,
+    image: NDArray[np.uint8],
+    label: int | None = None,
+    reading: NDArray[np.float32] | None = None,
 ) -> Explanation:
-    """Probabilities and a heatmap (Grad-CAM, or saliency for nets without convs) for one image."""
+    """Probabilities and a heatmap (Grad-CAM, or saliency for nets without convs) for one image.
+    ``reading``: the image's probabilities as its file reads it, where they are not the net's
+    own (``explain_run``); the heatmap is of the digit they predict."""
     images = check_images(np.asarray(image)[None])  # one image (28, 28) or row (784,)
     has_conv = any(isinstance(module, nn.Conv2d) for module in model.modules())
-    probas = Predictor.from_models([model]).predict_proba(images)
+    probas = Predictor.from_models([model]).predict_proba(images)[0]
+    shown = probas if reading is None else reading
     return Explanation(
         image=images[0],
         # The map of the digit the probabilities predict: grad_cam's own fp32 forward pass may
         # choose the other digit of a near tie than the bf16 one the prediction comes from.
-        heatmap=grad_cam(model, images, target=probas.argmax(axis=1))[0],
-        probas=probas[0],
+        heatmap=grad_cam(model, images, target=[int(shown.argmax())])[0],
+        probas=shown,
         method="Grad-CAM" if has_conv else "saliency",
         label=label,
+        net_predicted=None if shown.argmax() == probas.argmax() else int(probas.argmax()),
     )
 
 
@@ -271,7 +285,9 @@ def plot_explanation(explanation: Explanation, path: Path) -> None:
     image_ax.imshow(explanation.image, cmap="gray", vmin=0, vmax=255)
     image_ax.set_axis_off()
     known = f"true {explanation.label}, " if explanation.label is not None else ""
-    image_ax.set_title(f"image ({known}predicted {explanation.predicted})")
+    net = explanation.net_predicted
+    as_read = "" if net is None else f"\nthe net's {net}, read as its file is"
+    image_ax.set_title(f"image ({known}predicted {explanation.predicted}){as_read}")
     draw_overlay(overlay_ax, explanation.image, explanation.heatmap)
     overlay_ax.set_title(explanation.method)
     colours = ["tab:blue"] * 10
@@ -290,18 +306,24 @@ def explain_run(
 
     A CSV row is seen as ``digits predict`` sees it (conform_row): conformed to MNIST's layout
     if it is not in it (``conform``), and the file's rows transposed if the net reads them as
-    digits only so, so the explanation is of the prediction that command makes.
+    digits only so, so the explanation is of the prediction that command makes; and read as
+    that command reads it, where its file's writers cross their 7s (``_as_its_file_reads_it``).
     """
     # Swapped arguments said as such, not as the --out they imply.
     check_data_source(source, takes_images=True)
     check_explanation_path(out, source)
+    reading = None
     if is_data_source(source):
-        first_rows, row = _first_rows_and_row(source, index)
+        first_rows, row, whole = _first_rows_and_row(source, index)
         model, _ = load_net(run_dir)
         config = PredictConfig(conform=conform)
-        judge = Predictor.from_models([model], config).layout_judge
-        image = conform_row(first_rows.images, row.images[0], index, config, source, judge)
+        predictor = Predictor.from_models([model], config)
+        image = conform_row(
+            first_rows.images, row.images[0], index, config, source, predictor.layout_judge
+        )
         label = None if row.labels is None else int(row.labels[0])
+        if conform:
+            reading = _as_its_file_reads_it(source, index, image, predictor, config, whole)
     elif index is not None:
         raise DataError(f"{source}: --index picks a row of a CSV; an image file holds one digit")
     elif not conform:  # it would be redone as MNIST's all the same: say so
@@ -311,9 +333,40 @@ def explain_run(
     else:
         image, label = load_image(source), None
         model, _ = load_net(run_dir)
-    explanation = explain_image(model, image, label)
+    explanation = explain_image(model, image, label, reading)
     plot_explanation(explanation, out)
     return explanation
+
+
+def _as_its_file_reads_it(
+    source: Path,
+    index: int,
+    image: NDArray[np.uint8],
+    predictor: Predictor,
+    config: PredictConfig,
+    whole: DigitSet | None,
+) -> NDArray[np.float32] | None:
+    """Row ``index``'s probabilities as ``digits predict`` reads the file, where they are not
+    the net's own of ``image`` (the row conformed): a digit read as 7, else 1, without a bar
+    across its stem, in a file whose writers cross their 7s (``PieceConformer.rereadings``).
+    That is judged on every row, so only such a row has the file read through, as predict
+    reads it; ``whole``: its rows, where the file can be read once only (a pipe)."""
+    if not len(uncrossed_as_ones(image[None], predictor.predict_proba(image[None]))[0]):
+        return None
+    log.info("%s, row %d: read as 7, else 1, with no bar across the stem; reading every row "
+             "to judge whether the writers cross their 7s", source, index)  # fmt: skip
+    if whole is None:
+        pieces = stream.read_in_pieces(source)[2]
+    else:
+        pieces = (whole.take(rows) for rows in stream.piece_slices(len(whole)))
+    conformer = PieceConformer(config, predictor.layout_judge)
+    for piece in conformer.conformed(pieces):
+        conformer.read(piece.images, predictor.predict_proba(piece.images))
+    rows, reread = conformer.rereadings()
+    if index not in rows:
+        return None
+    warn_conformed(f"{source}, row {index}", 1, n_faint=0, n_uncrossed=1)
+    return reread[np.flatnonzero(rows == index)[0]]
 
 
 def check_explanation_path(out: Path, source: Path) -> None:
@@ -356,19 +409,21 @@ def _figure_name(name: str, tail: str = "") -> str:
     return f"explain-{cut_name(safe, room)}{digest}{tail}.png"
 
 
-def _first_rows_and_row(source: Path, index: int | None) -> tuple[DigitSet, DigitSet]:
+def _first_rows_and_row(
+    source: Path, index: int | None
+) -> tuple[DigitSet, DigitSet, DigitSet | None]:
     """The first STREAM_ROWS rows of a CSV (shard directory, glob), which judge how its rows are
     conformed (``conform_row``), and its row ``index`` (`digits explain --index`): those alone
     are parsed, a piece at a time (read whole, a 562 MB CSV took 3 GB at the peak to show one
-    row); a pipe, which can be read only once, is read whole."""
+    row); a pipe, which can be read only once, is read whole, and its rows returned too."""
     if is_read_once(source):
         data = read_data_source(source)
         _check_row_index(source, index, len(data))
-        return data.take(slice(0, stream.STREAM_ROWS)), data.take(slice(index, index + 1))
+        return data.take(slice(0, stream.STREAM_ROWS)), data.take(slice(index, index + 1)), data
     manifest = resolve_data_source(source)
     _check_row_index(source, index, manifest.n_rows)
     first_rows = concat_rows(list(read_rows(manifest, 0, stream.STREAM_ROWS)))
-    return first_rows, concat_rows(list(read_rows(manifest, index, index + 1)))
+    return first_rows, concat_rows(list(read_rows(manifest, index, index + 1))), None
 
 
 def _check_row_index(source: Path, index: int | None, n_rows: int) -> None:
