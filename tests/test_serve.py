@@ -31,14 +31,17 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from typer.testing import CliRunner
 
+from digit_recognizer import predict as predict_module
 from digit_recognizer.cli import app as cli_app
 from digit_recognizer.data.images import MAX_IMAGE_PIXELS, conform_to_mnist, load_image
 from digit_recognizer.data.kaggle_csv import DigitSet, write_kaggle_csv
+from digit_recognizer.data.tensors import to_model_input
 from digit_recognizer.errors import ConfigError, ModelFileError
 from digit_recognizer.estimator import build_estimator, count_parameters, save_estimator
+from digit_recognizer.explain import grad_cam
 from digit_recognizer.models import build
 from digit_recognizer.models.registry import get_spec
-from digit_recognizer.models.storage import PREPROCESSING, read_meta, save_net
+from digit_recognizer.models.storage import PREPROCESSING, load_net, read_meta, save_net
 from digit_recognizer.predict import PredictConfig, Predictor, conform_rows
 from digit_recognizer.serve import ServeConfig, create_app
 from digit_recognizer.serve.app import (
@@ -50,7 +53,18 @@ from digit_recognizer.serve.app import (
     make_server,
 )
 from tests.conftest import free_port
-from tests.test_images import drawing, encode, frame_filling, png_header, semeion_like
+from tests.test_images import (
+    CONTINENTAL_ONE,
+    SEVEN,
+    SEVENS_BAR,
+    drawing,
+    drawn_digit,
+    encode,
+    frame_filling,
+    png_header,
+    semeion_like,
+)
+from tests.test_predict_evaluate import ones_read_as_sevens_unless_crossed
 
 LIMITS = {"max_body_bytes": 100_000, "max_csv_bytes": 300_000, "max_batch": 4, "max_csv_rows": 50}
 
@@ -308,6 +322,44 @@ def test_json_and_csv_digits_in_another_layout_are_conformed(
     redone, untouched = client.post("/predict?explain=true", json=mixed).json()["predictions"]
     np.testing.assert_array_equal(redone["image"], conformed[0])
     assert "image" not in untouched
+
+
+def test_json_digits_sent_together_are_read_as_their_writers_cross_their_sevens(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch, caplog
+) -> None:
+    """A batch is one writer's digits, as a file's rows are: with three crossed 7s, a continental
+    1 the net reads as 7, else 1, reads as 1, as `digits predict` reads a file; alone, or
+    ?as_is=true, as the net reads it."""
+    monkeypatch.setattr(Predictor, "predict_proba", ones_read_as_sevens_unless_crossed)
+    monkeypatch.setattr(predict_module, "MIN_SURE_SEVENS", 3)
+    one, crossed = drawn_digit(*CONTINENTAL_ONE), drawn_digit(*SEVEN, SEVENS_BAR)
+    batch = [pixels_body(digit) for digit in (one, crossed, crossed, crossed)]
+    with caplog.at_level(logging.WARNING, logger="digit_recognizer"):
+        together = client.post("/predict", json=batch).json()["predictions"]
+    assert [prediction["label"] for prediction in together] == [1, 7, 7, 7]
+    assert "/predict: the writers cross their 7s" in caplog.text
+    assert "?as_is=true reads it as the model does" in caplog.text
+    assert client.post("/predict", json=batch[0]).json()["label"] == 7
+    as_is = client.post("/predict?as_is=true", json=batch).json()["predictions"]
+    assert [prediction["label"] for prediction in as_is] == [7, 7, 7, 7]
+
+
+def test_a_heatmap_is_of_the_digit_its_answer_predicts(
+    client: TestClient, run_dir: Path, digits, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the label is not the net's own fp32 reading (a near tie read in bf16, a digit read
+    as its writers write), the heatmap is still the label's, not that of Grad-CAM's own pass."""
+    net = load_net(run_dir)[0]
+    with torch.no_grad():
+        own = int(net(to_model_input(torch.as_tensor(digits[:1]))).argmax())
+    favoured = (own + 1) % 10
+    probas = np.full((1, 10), 0.01, np.float32)
+    probas[0, favoured] = 0.91
+    monkeypatch.setattr(Predictor, "predict_proba", lambda _predictor, _images: probas)
+    answer = client.post("/predict?explain=true", json=pixels_body(digits[0])).json()
+    assert answer["label"] == favoured
+    expected = grad_cam(net, digits[:1], target=favoured)[0]
+    np.testing.assert_allclose(answer["grad_cam"], expected, atol=2e-3)
 
 
 def test_csv_digits_stored_transposed_are_read_transposed(

@@ -273,14 +273,30 @@ def predict_images(
     if digits:
         predictor = Predictor.load(run_dirs, config or PredictConfig())
         images = np.stack(digits)
-        reader = PieceConformer(predictor.config, predictor.layout_judge)
-        probas = reader.reread(reader.read(images, predictor.predict_proba(images)))
-        warn_conformed(f"the {counted(len(images), 'image')}", len(images),
-                       n_faint=0, n_uncrossed=reader.n_uncrossed,
-                       as_is="predicting each image alone")  # fmt: skip
+        probas = read_together(images, predictor.predict_proba(images), predictor.layout_judge,
+                               f"the {counted(len(images), 'image')}",
+                               "predicting each image alone")  # fmt: skip
         for result, proba in zip((r for r in results if r.error is None), probas, strict=True):
             result.probabilities = proba
     return results
+
+
+def read_together(
+    images: NDArray[np.uint8],
+    probas: NDArray[np.float32],
+    judge: Callable[[NDArray[np.uint8]], NDArray[np.float32]] | None,
+    source: str | Path,
+    as_is: str,
+) -> NDArray[np.float32]:
+    """``probas``, a model's of conformed ``images`` sent together (by one writer, or one
+    collection, as a file's rows are), read as such where ``judge`` (its ``layout_judge``: a
+    net's) is given: as by writers who cross their 7s, if they say so (``PieceConformer.reread``);
+    says what that changed, and that ``as_is`` (sending them one at a time, the server's query)
+    would not have."""
+    reader = PieceConformer(PredictConfig(), judge)
+    probas = reader.reread(reader.read(images, probas))
+    warn_conformed(source, len(images), n_faint=0, n_uncrossed=reader.n_uncrossed, as_is=as_is)
+    return probas
 
 
 def conform_rows(

@@ -142,14 +142,16 @@ class ServedModel:
     def predict_proba(self, images: NDArray[np.uint8]) -> NDArray[np.float32]:
         return self.predictor.predict_proba(images)
 
-    def grad_cam(self, images: NDArray[np.uint8]) -> NDArray[np.float32]:
-        """Heatmaps (N, 28, 28) in [0, 1] for the predicted digits; where ``grad_cam_error`` is
-        None only."""
+    def grad_cam(
+        self, images: NDArray[np.uint8], predicted: NDArray[np.int64]
+    ) -> NDArray[np.float32]:
+        """Heatmaps (N, 28, 28) in [0, 1] for the ``predicted`` digits; where ``grad_cam_error``
+        is None only."""
         from digit_recognizer.explain import grad_cam
 
         assert self.explain_net is not None, self.grad_cam_error
         with self.explain_lock:  # one at a time: each adds and removes a hook on the net
-            return grad_cam(self.explain_net, images)
+            return grad_cam(self.explain_net, images, target=predicted)
 
 
 def load_served_model(run_dir: Path, config: ServeConfig) -> ServedModel:

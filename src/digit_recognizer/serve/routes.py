@@ -41,7 +41,7 @@ from digit_recognizer.data.kaggle_csv import (
 from digit_recognizer.data.lighting import MIN_CONTRAST
 from digit_recognizer.errors import DataError, UnknownModelError
 from digit_recognizer.models.registry import get_spec
-from digit_recognizer.predict import PredictConfig, conform_rows, predict_rows
+from digit_recognizer.predict import PredictConfig, conform_rows, predict_rows, read_together
 from digit_recognizer.serve.app import CSV_PATH, STATIC_DIR, ServeConfig, ServedModel
 
 api = APIRouter()
@@ -330,10 +330,11 @@ async def predict(
     # What the model sees goes back with the answer where it is not what was sent, so that a
     # Grad-CAM heatmap can be laid over the image it belongs to.
     shown = np.full(len(images), is_upload)
-    if not (is_upload or as_is):
+    together = not (is_upload or as_is)
+    if together:
         sent = images
         # Not judged transposed or stretched, as files are: more passes over a batch would multiply
-        # its cost.
+        # its cost. Whether the writers cross their 7s (read_together) costs none.
         images = await run_in_threadpool(
             conform_rows, images, PredictConfig(), "/predict", as_is=AS_IS_QUERY
         )
@@ -344,7 +345,7 @@ async def predict(
     # serialise through FastAPI's response model, which on the event loop would hold /health and
     # every other request meanwhile; pydantic's model_dump_json writes the same bytes in 0.03 s.
     answer = await run_in_threadpool(
-        _predict_answer, served, images, shown, explain, is_batch, start
+        _predict_answer, served, images, shown, together, explain, is_batch, start
     )
     return Response(answer, media_type="application/json")
 
@@ -498,16 +499,23 @@ def _predict_answer(
     served: ServedModel,
     images: NDArray[np.uint8],
     shown: NDArray[np.bool_],
+    together: bool,
     explain: bool,
     is_batch: bool,
     start: float,
 ) -> bytes:
     """The JSON answer to ``/predict``: a ``PredictResponse``, or a ``BatchResponse`` for a batch;
-    ``shown``: which images go back with their prediction, ``start``: the request's
-    ``perf_counter()``."""
+    ``shown``: which images go back with their prediction, ``together``: whether the digits are
+    read as one writer's (``read_together``), ``start``: the request's ``perf_counter()``."""
     probas = served.predict_proba(images)
+    if together:
+        probas = read_together(images, probas, served.predictor.layout_judge, "/predict",
+                               AS_IS_QUERY)  # fmt: skip
     cam_error = served.grad_cam_error if explain else None
-    heatmaps = served.grad_cam(images) if explain and cam_error is None else None
+    if explain and cam_error is None:
+        heatmaps = served.grad_cam(images, probas.argmax(axis=1))
+    else:
+        heatmaps = None
     predictions = [
         Prediction(
             label=int(proba.argmax()),
