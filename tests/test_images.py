@@ -17,6 +17,7 @@ from digit_recognizer.data import images
 from digit_recognizer.data.form_lines import without_lines
 from digit_recognizer.data.images import (
     MAX_IMAGE_PIXELS,
+    MNIST_SLANT,
     NARROWINGS,
     STRETCHED_SHARE,
     check_images,
@@ -30,6 +31,8 @@ from digit_recognizer.data.images import (
     is_image_name,
     load_image,
     narrowed,
+    sheared,
+    slants,
     to_mnist,
 )
 from digit_recognizer.data.kaggle_csv import DigitSet
@@ -642,6 +645,32 @@ def test_a_narrowed_digit_keeps_its_height_and_is_centred_by_mass_again(small_te
         columns = (narrow[:50].sum(axis=1) * np.arange(28)).sum(axis=1) / narrow[:50].sum((1, 2))
         assert np.abs(columns - 14).max() <= 0.5  # MNIST's centre of mass
     assert not narrow[50].any()  # a blank image stays blank
+
+
+def test_mnists_writers_lean_forward_by_mnist_slant(mnist: Mnist) -> None:
+    """MNIST_SLANT is the mean slant of MNIST's 70,000; its test set's two writer groups (Census
+    employees, then students) lean -0.01 and -0.18."""
+    leans = slants(mnist.images)
+    assert round(leans.mean(), 2) == MNIST_SLANT
+    census, students = leans[60000:65000].mean(), leans[65000:].mean()
+    assert (round(census, 2), round(students, 2)) == (-0.01, -0.18)
+
+
+def test_a_sheared_digit_leans_less_by_the_shear_and_keeps_its_centre(small_test) -> None:
+    images = np.concatenate([small_test.images[:50], np.zeros((1, 28, 28), np.uint8)])
+    centre_columns = (images[:50].sum(axis=1) * np.arange(28)).sum(axis=1) / images[:50].sum((1, 2))
+    for shear in (-0.4, 0.3):
+        leaning = sheared(images, shear)
+        change = slants(leaning[:50]) - slants(images[:50])
+        assert np.abs(change + shear).max() < 0.05
+        columns = (leaning[:50].sum(axis=1) * np.arange(28)).sum(axis=1) / leaning[:50].sum((1, 2))
+        assert np.abs(columns - centre_columns).max() < 0.5
+        assert not leaning[50].any()  # a blank image stays blank
+    # A digit whose ink leans forward (its top to the right) has a negative slant.
+    forward = np.zeros((1, 28, 28), np.uint8)
+    for row in range(4, 24):
+        forward[0, row, 20 - row // 2 : 22 - row // 2] = 255
+    assert slants(forward)[0] == pytest.approx(-0.5, abs=0.05)
 
 
 def frame_filling(image: np.ndarray) -> np.ndarray:

@@ -23,10 +23,13 @@ from digit_recognizer.data import shards as shards_module
 from digit_recognizer.data import stream as stream_module
 from digit_recognizer.data.images import (
     MIN_SETTLED_ROWS,
+    MNIST_SLANT,
     conform_to_mnist,
     crosses_stem,
     faint_to_full_ink,
     ink_votes,
+    sheared,
+    slants,
 )
 from digit_recognizer.data.kaggle_csv import (
     DigitSet,
@@ -54,6 +57,7 @@ from digit_recognizer.predict import (
     Predictor,
     check_probabilities,
     conform_rows,
+    file_shear,
     orientation_evidence,
     predict_csv,
     predict_distributed,
@@ -63,6 +67,7 @@ from digit_recognizer.predict import (
     reads_crossing,
     reads_stretched,
     reads_transposed,
+    slant_evidence,
     stretch_evidence,
     transposed,
     warn_conformed,
@@ -240,6 +245,54 @@ def test_digits_stretched_to_fill_their_frame_are_read_at_the_width_read_most_su
     monkeypatch.setattr(predict_module, "STRETCHED_SHARE", 1.01)  # never judged stretched
     as_stretched = predict_csv([tiny_run], tmp_path / "stretched.csv", tmp_path / "b.csv")
     assert accuracy(read, labels) >= accuracy(as_stretched, labels) + 0.04  # 0.92 against 0.85
+
+
+def test_a_file_whose_digits_lean_far_from_mnists_is_sheared_to_its_slant(
+    tmp_path, tiny_run, small_test, caplog, monkeypatch
+):
+    """ARDIS's Swedish clerks lean forward at -0.50, MNIST's writers at -0.11: sheared to
+    MNIST's slant, the two default models of replica 0 misread 99 and 101 of ARDIS's 7,600
+    digits, 132 and 145 as written. The file is judged on its first piece, whole, streamed or
+    explained; MNIST's own rows and --as-is are left as they are."""
+    images, labels = small_test.images[:300], small_test.labels[:300]
+    write_kaggle_csv(tmp_path / "leaning.csv", sheared(images, 0.45))  # forward, as ARDIS's
+    rows = read_kaggle_csv(tmp_path / "leaning.csv").images
+    with caplog.at_level("WARNING"):
+        read = predict_csv([tiny_run], tmp_path / "leaning.csv", tmp_path / "a.csv")
+    assert (
+        "leaning.csv: the digits lean 19 degrees further forward than MNIST's writers' and "
+        "were sheared to their slant; --as-is predicts them unchanged"
+    ) in caplog.text
+    judge = Predictor.load([tiny_run]).layout_judge
+    conformed = conform_rows(rows, PredictConfig(), "leaning.csv", judge)
+    assert abs(slants(conformed).mean() - MNIST_SLANT) < 0.05
+    monkeypatch.setattr(stream_module, "STREAM_ROWS", 145)  # a last piece of 10 rows
+    predict_stream([tiny_run], tmp_path / "leaning.csv", tmp_path / "streamed.csv")
+    np.testing.assert_array_equal(read_submission(tmp_path / "streamed.csv"), read)
+    row = predict_module.conform_row(rows, rows[7], 7, PredictConfig(), "leaning.csv", judge)
+    np.testing.assert_array_equal(row, conform_rows(rows, PredictConfig(), "l.csv", judge)[7])
+    as_written = conform_rows(rows, PredictConfig(conform=False), "leaning.csv", judge)
+    np.testing.assert_array_equal(as_written, rows)
+    np.testing.assert_array_equal(conform_rows(images, PredictConfig(), "mnist.csv", judge), images)
+    monkeypatch.setattr(predict_module, "SLANT_TOLERANCE", np.inf)  # never judged leaning
+    leaning = predict_csv([tiny_run], tmp_path / "leaning.csv", tmp_path / "b.csv")
+    assert accuracy(read, labels) >= accuracy(leaning, labels) + 0.02
+
+
+def test_a_file_leans_past_a_quarter_from_mnists_slant_of_sixteen_digits_or_more(mnist):
+    """MNIST's own writer groups, its test set's Census employees and students (-0.01, -0.18),
+    are within the tolerance; blank rows are no digits."""
+    for group in (mnist.images[60000:65000], mnist.images[65000:]):
+        assert file_shear(slant_evidence(group)) == 0
+    blank = np.zeros((5, 28, 28), np.uint8)
+    n_digits, _ = slant_evidence(np.concatenate([mnist.images[:40], blank]))
+    assert n_digits == 40
+    tolerance = predict_module.SLANT_TOLERANCE
+    forward = MNIST_SLANT - tolerance - 0.01
+    assert file_shear(np.array([16, 16 * forward])) == pytest.approx(-tolerance - 0.01)
+    assert file_shear(np.array([15, 15 * forward])) == 0
+    assert file_shear(np.array([16, 16 * (MNIST_SLANT + tolerance + 0.01)])) > 0
+    assert file_shear(np.array([16, 16 * (MNIST_SLANT + tolerance - 0.01)])) == 0
 
 
 def test_a_stretch_takes_nine_in_ten_digits_filling_the_box_of_sixteen_or_more(small_test):
@@ -1053,6 +1106,26 @@ def test_images_predicted_together_are_read_as_their_writers_cross_their_sevens(
     assert "predicting each image alone reads them as the model does" in caplog.text
     [alone] = predict_images([tiny_run], paths[:1])
     assert alone.probabilities.argmax() == 7
+
+
+def test_images_predicted_together_lean_as_a_file_of_leaning_digits_does(
+    tmp_path, tiny_run, small_test, caplog
+):
+    """predict-image's files, read together, are sheared to MNIST's slant where they lean far
+    from it, as a file's rows are; one alone is read as it leans."""
+    paths = []
+    for index, digit in enumerate(sheared(small_test.images[:20], 0.45)):
+        paths.append(tmp_path / f"{index}.png")
+        Image.fromarray(255 - digit).save(paths[-1])  # dark ink on white paper, as scanned
+    with caplog.at_level("WARNING"):
+        together = predict_images([tiny_run], paths)
+    assert "the 20 images: the digits lean" in caplog.text
+    assert "and were sheared to their slant; predicting each image alone" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        [alone] = predict_images([tiny_run], paths[:1])
+    assert "lean" not in caplog.text
+    assert not np.allclose(alone.probabilities, together[0].probabilities)
 
 
 def test_writers_cross_their_sevens_from_a_share_of_their_sure_ones():
