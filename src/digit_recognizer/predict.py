@@ -268,9 +268,9 @@ def predict_images(
 ) -> list[ImagePrediction]:
     """Each image file made an MNIST digit as MNIST's were made (``load_image``) and predicted;
     a file that cannot be read gets its error, and the others are predicted all the same. The
-    images are read together, as a file's rows are: leaning as their writers lean, sheared to
-    MNIST's slant where that is far from it (``file_shear``), and by writers who cross their 7s,
-    if they say so (``PieceConformer.reread``)."""
+    images are read together, as a file's rows are: sheared to MNIST's slant where they lean
+    far from it (``file_shear``), and as by writers who cross their 7s, if they say so
+    (``PieceConformer.reread``)."""
     results, digits = [], []
     for path in paths:
         try:
