@@ -268,9 +268,10 @@ def predict_images(
 ) -> list[ImagePrediction]:
     """Each image file made an MNIST digit as MNIST's were made (``load_image``) and predicted;
     a file that cannot be read gets its error, and the others are predicted all the same. The
-    images are read together, as a file's rows are: sheared to MNIST's slant where they lean
-    far from it (``file_shear``), and as by writers who cross their 7s, if they say so
-    (``PieceConformer.reread``)."""
+    images are read together, as the API reads a batch of JSON digits and a file's rows are
+    read: sheared to MNIST's slant where they lean far from it (``conform_rows``; already in
+    MNIST's layout, they are otherwise left as they are), and as by writers who cross their 7s,
+    if they say so (``read_together``)."""
     results, digits = [], []
     for path in paths:
         try:
@@ -284,12 +285,8 @@ def predict_images(
             results.append(ImagePrediction(Path(path), error=message))
     if digits:
         predictor = Predictor.load(run_dirs, config or PredictConfig())
-        images = np.stack(digits)
-        source, apart = f"the {counted(len(images), 'image')}", "predicting each image alone"
-        shear = file_shear(slant_evidence(images))
-        if shear:
-            images = sheared(images, shear)
-            warn_conformed(source, len(images), n_faint=0, shear=shear, as_is=apart)
+        source, apart = f"the {counted(len(digits), 'image')}", "predicting each image alone"
+        images = conform_rows(np.stack(digits), predictor.config, source, as_is=apart)
         probas = read_together(images, predictor.predict_proba(images), predictor.layout_judge,
                                source, apart)  # fmt: skip
         for result, proba in zip((r for r in results if r.error is None), probas, strict=True):
