@@ -16,18 +16,23 @@ import time
 from pathlib import Path
 from typing import ClassVar
 
+import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
 from typer.testing import CliRunner
 
 from digit_recognizer import distributed
+from digit_recognizer import predict as predict_module
 from digit_recognizer.cli import app
-from digit_recognizer.data.kaggle_csv import DigitSet
+from digit_recognizer.data import stream as stream_module
+from digit_recognizer.data.images import sheared
+from digit_recognizer.data.kaggle_csv import DigitSet, write_kaggle_csv
 from digit_recognizer.data.shards import shard_csv
-from digit_recognizer.distributed import Distributed, run_torchrun
+from digit_recognizer.data.stream import ShardStream, piece_slices
+from digit_recognizer.distributed import Distributed, init_distributed, run_torchrun
 from digit_recognizer.errors import ConfigError
-from digit_recognizer.predict import predict_csv
+from digit_recognizer.predict import PieceConformer, PredictConfig, predict_csv
 from digit_recognizer.train import TrainConfig, train
 
 from .conftest import free_port
@@ -192,6 +197,48 @@ def test_predict_on_two_processes_matches_one(tmp_path, capfd, tiny_run, small_c
     assert (tmp_path / "two.csv").read_bytes() == (tmp_path / "one.csv").read_bytes()
     # Said by rank 0 alone: the command had said it again ("wrote ... with 2 processes").
     assert (result.output + capfd.readouterr().out).count("wrote ") == 1
+
+
+# Pieces and samples small enough for a file of 100 rows to be judged across two processes' shares.
+SMALL_PIECE, SMALL_SAMPLE = 64, 32
+
+
+def conform_share(rank: int, port: int, csv: str, report_dir: str) -> None:
+    """Process ``rank``'s share of ``csv`` conformed as predict_stream's processes conform theirs,
+    in pieces of SMALL_PIECE rows judged on SMALL_SAMPLE; saved with the shear judged."""
+    os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})  # fmt: skip
+    torch.set_num_threads(1)
+    # This process's own interpreter: its modules' constants are its alone.
+    stream_module.STREAM_ROWS, predict_module.JUDGED_SAMPLE = SMALL_PIECE, SMALL_SAMPLE
+    _, device = init_distributed("cpu", 60)
+    try:
+        share = ShardStream(csv, SMALL_PIECE, shuffle=False)
+        conformer = PieceConformer(PredictConfig(), None, device,
+                                   (share.first_row, share.manifest.n_rows))  # fmt: skip
+        pieces = [conformer(images.numpy()) for images, _ in share]
+    finally:
+        torch.distributed.destroy_process_group()
+    np.savez(os.path.join(report_dir, f"rank{rank}.npz"), images=np.concatenate(pieces),
+             shear=conformer.shear)  # fmt: skip
+
+
+def test_processes_sharing_a_file_conform_it_as_one_process_does(tmp_path, small_test,
+                                                                  monkeypatch) -> None:  # fmt: skip
+    """Each process judges the file on its rows among the file's first piece's: each had judged
+    a sample of its own first piece, and a leaning file was sheared by another amount than one
+    process shears it (and its ink's side voted by other rows)."""
+    rows = 255 - sheared(small_test.images[:100], 0.5)  # dark on light, leaning far forward
+    write_kaggle_csv(tmp_path / "leaning.csv", rows)
+    mp.spawn(conform_share, nprocs=2, args=(free_port(), str(tmp_path / "leaning.csv"),
+                                            str(tmp_path)))  # fmt: skip
+    shares = [np.load(tmp_path / f"rank{rank}.npz") for rank in (0, 1)]
+    monkeypatch.setattr(stream_module, "STREAM_ROWS", SMALL_PIECE)
+    monkeypatch.setattr(predict_module, "JUDGED_SAMPLE", SMALL_SAMPLE)
+    conformer = PieceConformer(PredictConfig())
+    alone = np.concatenate([conformer(rows[piece]) for piece in piece_slices(len(rows))])
+    assert conformer.shear != 0 and [share["shear"] for share in shares] == [conformer.shear] * 2
+    np.testing.assert_array_equal(np.concatenate([share["images"] for share in shares]), alone)
 
 
 def test_the_main_job_trains_on_two_processes(tmp_path, small_csvs) -> None:

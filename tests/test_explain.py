@@ -391,9 +391,9 @@ def test_explain_conforms_the_row_it_shows_and_a_sample_not_the_whole_file(
     monkeypatch.setattr(predict_module, "JUDGED_SAMPLE", 16)
     n_conformed = []
 
-    def counted(images, votes=None):
+    def counted(images, votes=None, n_voting=None):
         n_conformed.append(len(images))
-        return conform_to_mnist(images, votes)
+        return conform_to_mnist(images, votes, n_voting)
 
     monkeypatch.setattr(predict_module, "conform_to_mnist", counted)
     explanation = explain_run(tiny_run, foreign_csv, 7, tmp_path / "a.png")

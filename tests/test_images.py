@@ -805,6 +805,18 @@ def test_rows_in_doubt_do_not_vote_a_files_ink_side(small_test) -> None:
     assert conformed[-1][14, 14] == 0 and conformed[-2][14, 14] == 0
 
 
+def test_only_the_rows_told_to_vote_a_files_ink_side(small_test) -> None:
+    """``n_voting``: the rows of a torchrun process's first piece that are of its file's first
+    rows vote, the rest do not (predict.judged_rows). Nine light rows vote here, and the ring in
+    doubt keeps their side; had the nine dark rows after them voted too, the file's side would
+    be undecided and the ring read by its edges, as a disc of paper."""
+    light = settled_light_rows(small_test, 9)
+    rows = np.stack([*light, *(255 - row for row in light), frame_hugging_zero()])
+    np.testing.assert_array_equal(ink_votes(rows), [9, 9])
+    assert conform_to_mnist(rows, n_voting=9)[0][-1][14, 14] == 0
+    assert conform_to_mnist(rows)[0][-1][14, 14] > 0
+
+
 def test_a_row_in_doubt_on_its_files_side_is_redone_as_it_would_be_alone(small_test) -> None:
     """The paper's level is read anew, mid-way between the extremes, only for a row whose edges
     point to the other side than its file's: one that agrees keeps its edges' level, as alone."""

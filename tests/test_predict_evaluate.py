@@ -53,12 +53,14 @@ from digit_recognizer.evaluate import (
 )
 from digit_recognizer.fileio import sha256_file
 from digit_recognizer.predict import (
+    JUDGED_SAMPLE,
     PieceConformer,
     PredictConfig,
     Predictor,
     check_probabilities,
     conform_rows,
     file_shear,
+    judged_rows,
     orientation_evidence,
     predict_csv,
     predict_distributed,
@@ -520,20 +522,41 @@ def test_rows_read_transposed_by_a_margin_on_average_not_in_all():
     assert not reads_transposed(np.array([15, 4.0, 12.0], dtype=np.float32))
 
 
-def test_a_large_pieces_orientation_is_judged_on_the_rows_it_samples():
-    """orientation_evidence counts the JUDGED_SAMPLE rows it judged, not the piece's:
-    counted as 1,000 rows, 256 rows' sums could never clear the margin."""
-    rows = np.zeros((1000, 28, 28), np.uint8)
-    rows[:, 5:20, 5] = 255  # a stroke down column 5: transposed, along row 5
+def test_a_large_piece_is_judged_on_the_rows_it_samples(small_test):
+    """A file's orientation is judged on JUDGED_SAMPLE rows spread through its first piece, and
+    counted as those: counted as the piece's 1,000, 256 rows' sums could never clear the
+    margin."""
+    judged = []
 
-    def surer_of_a_stroke_along_row_5(images: np.ndarray) -> np.ndarray:
+    def surer_transposed(images: np.ndarray) -> np.ndarray:  # on its second call, transposed
+        judged.append(len(images))
         probas = np.full((len(images), 10), 0.05, np.float32)
-        probas[:, 0] = np.where(images[:, 5, 10] > 0, 0.9, 0.2)
+        probas[:, 0] = 0.9 if len(judged) % 2 == 0 else 0.2
         return probas
 
-    evidence = orientation_evidence(rows, surer_of_a_stroke_along_row_5)
-    np.testing.assert_allclose(evidence, [256, 256 * 0.2, 256 * 0.9], rtol=1e-5)
-    assert reads_transposed(evidence)
+    conformer = PieceConformer(PredictConfig(), surer_transposed)
+    conformer(small_test.images)
+    assert judged == [JUDGED_SAMPLE] * 2 and conformer.is_transposed
+    n_voting, sample = judged_rows(len(small_test.images))
+    assert n_voting == 1000 and sample[0] == 0 and sample[-1] == 999 and len(sample) == 256
+
+
+@pytest.mark.parametrize(("n_file_rows", "n_processes"), [(9000, 3), (30000, 2)])
+def test_processes_sharing_a_file_judge_it_on_one_processs_rows(n_file_rows, n_processes):
+    """Each of torchrun's processes judges the rows of the file's first piece that its own first
+    piece holds (all, some or none): together, the rows one process judges, each once
+    (tests/test_distributed.py conforms a file so)."""
+    piece = stream_module.STREAM_ROWS
+    one_process = judged_rows(piece)
+    voting, sampled = 0, []
+    for rank in range(n_processes):
+        first_row = rank * n_file_rows // n_processes  # ShardStream's shares
+        n_first_piece = min((rank + 1) * n_file_rows // n_processes - first_row, piece)
+        n_voting, sample = judged_rows(n_first_piece, first_row, n_file_rows)
+        voting += n_voting
+        sampled.extend(sample + first_row)
+    assert voting == one_process[0] == piece
+    np.testing.assert_array_equal(sampled, one_process[1])
 
 
 def test_an_empty_out_made_for_the_submission_is_written(tmp_path, small_csvs):

@@ -88,7 +88,7 @@ TTA_SHIFTS = ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1))
 # cannot see: a transposed digit is as well centred. The model can. The default model's mean top
 # probability on replica test rows was 0.91 as given and 0.53 transposed (accuracy 100 % and
 # 16 %), on the UCI digits 0.83 and 0.49, and 0.18 or more apart on any 16 of those.
-JUDGED_SAMPLE = 256  # rows, spread through its first piece, judged for this and a stretch
+JUDGED_SAMPLE = 256  # rows, spread through a file's first piece: judge this, slant, stretch
 MIN_ORIENTATION_ROWS = 16
 ORIENTATION_MARGIN = 0.1
 MIN_STRETCHED_ROWS = 16  # digits, at least, before a file is taken to be stretched to its frame
@@ -354,21 +354,24 @@ def predict_rows(
 
 class PieceConformer:
     """``conform_rows`` for a file's rows in pieces of up to STREAM_ROWS, in order (under
-    torchrun, each process its share's): the file's ink votes, orientation, slant and stretch are
-    judged on the first piece, every process's added up, and apply to every piece; a file read
-    whole, streamed or shared by processes is conformed alike. Their probabilities are then read
-    as the writers' style says (``read``, ``reread``): whether they cross their 7s, judged on
-    every piece. Counts what it changed."""
+    torchrun, each process its share's, ``share``: its first row and the file's rows): the
+    file's ink votes, orientation, slant and stretch are judged on its first STREAM_ROWS rows
+    (``judged_rows``: every process judges those of its first piece, and their judgements are
+    added up) and apply to every piece; a file read whole, streamed or shared by processes is
+    conformed alike. Their probabilities are then read as the writers' style says (``read``,
+    ``reread``): whether they cross their 7s, judged on every piece. Counts what it changed."""
 
     def __init__(
         self,
         config: PredictConfig,
         predict_proba: Callable[[NDArray[np.uint8]], NDArray[np.float32]] | None = None,
         device: torch.device | None = None,
+        share: tuple[int, int] | None = None,
     ) -> None:
         self.conform = config.conform
         self.judge = predict_proba if config.conform else None
         self.device = device  # where torchrun's collectives add up the processes' judgements
+        self.first_row, self.n_file_rows = share or (0, None)
         self.votes: NDArray[np.float32] | None = None
         self.is_transposed: bool | None = None
         self.shear: float | None = None
@@ -380,22 +383,25 @@ class PieceConformer:
 
     def __call__(self, images: NDArray[np.uint8]) -> NDArray[np.uint8]:
         """The next piece's images, conformed (N, 28, 28)."""
+        is_first_piece = self.n_rows == 0  # the file is judged on it
+        n_voting, sample = judged_rows(len(images), self.first_row, self.n_file_rows)
         votes = self._files_votes if self.votes is None else self.votes
-        images, n_faint, n_redone = _conformed(images, self.conform, votes)
+        images, n_faint, n_redone = _conformed(images, self.conform, votes, n_voting)
         self.n_rows += len(images)
         self.n_faint += n_faint
         self.n_redone += n_redone
-        if self.is_transposed is None:
+        if is_first_piece:
             self.is_transposed = self.judge is not None and reads_transposed(
-                self._summed(orientation_evidence(images, self.judge))
+                self._summed(orientation_evidence(images[sample], self.judge))
             )
         images = transposed(images) if self.is_transposed else images
-        if self.shear is None:
-            self.shear = file_shear(self._summed(slant_evidence(images))) if self.conform else 0.0
+        if is_first_piece:
+            self.shear = (file_shear(self._summed(slant_evidence(images[sample])))
+                          if self.conform else 0.0)  # fmt: skip
         images = sheared(images, self.shear) if self.shear else images
-        if self.is_stretched is None:
+        if is_first_piece:
             self.is_stretched = self.judge is not None and reads_stretched(
-                self._summed(stretch_evidence(images))
+                self._summed(stretch_evidence(images[sample]))
             )
         if self.is_stretched:
             images, n_narrowed = unstretched(images, self.judge)
@@ -477,7 +483,7 @@ def conform_row(
     shear = 0.0
     n_narrowed = 0
     if config.conform:
-        sample = first_piece[spread_rows(len(first_piece), JUDGED_SAMPLE)]
+        sample = first_piece[judged_rows(len(first_piece))[1]]
         conformed_sample = _conformed(sample, True, votes)[0]
         if predict_proba:
             is_transposed = reads_transposed(orientation_evidence(conformed_sample, predict_proba))
@@ -493,6 +499,22 @@ def conform_row(
     return row[0]
 
 
+def judged_rows(
+    n_rows: int, first_row: int = 0, n_file_rows: int | None = None
+) -> tuple[int, NDArray[np.intp]]:
+    """Which rows of a file's first piece, ``n_rows`` from its row ``first_row`` of
+    ``n_file_rows`` (a torchrun process's share; None: the file read from its start), judge the
+    file: how many of the piece's first rows are of the file's first STREAM_ROWS (they vote on
+    the ink's side), and the piece's rows among the JUDGED_SAMPLE spread evenly through those
+    (they judge orientation, slant and stretch). Processes sharing a file judge it on the very
+    rows one process does: every share's rows among the file's first STREAM_ROWS are in its
+    first piece."""
+    judged = n_rows if n_file_rows is None else min(n_file_rows, stream.STREAM_ROWS)
+    n_voting = min(max(judged - first_row, 0), n_rows)
+    sample = spread_rows(judged, JUDGED_SAMPLE) - first_row
+    return n_voting, sample[(sample >= 0) & (sample < n_voting)]
+
+
 def spread_rows(n_rows: int, n_picked: int) -> NDArray[np.intp]:
     """The indices of up to ``n_picked`` of ``n_rows`` rows, spread evenly from first to last."""
     return np.linspace(0, n_rows - 1, min(n_rows, n_picked)).astype(np.intp)
@@ -502,14 +524,15 @@ def _conformed(
     images: NDArray[np.uint8],
     conform: bool,
     votes: NDArray[np.float32] | Callable[[NDArray[np.float32]], NDArray[np.float32]] | None = None,
+    n_voting: int | None = None,
 ) -> tuple[NDArray[np.uint8], int, int]:
     """Faint rows' ink scaled to full, then (``conform``) rows off MNIST's layout redone; the
     images, and how many rows were faint and how many redone. A file's rows, or a piece with
-    the file's ``ink_votes`` (``votes``, as conform_to_mnist takes them)."""
+    the file's ``ink_votes`` (``votes`` and ``n_voting``, as conform_to_mnist takes them)."""
     images, n_faint = faint_to_full_ink(images)
     n_redone = 0
     if conform:
-        images, n_redone = conform_to_mnist(images, votes)
+        images, n_redone = conform_to_mnist(images, votes, n_voting)
     return images, n_faint, n_redone
 
 
@@ -578,16 +601,15 @@ def _some_digits(n: int, n_rows: int) -> tuple[str, str, str]:
 def orientation_evidence(
     images: NDArray[np.uint8], predict_proba: Callable[[NDArray[np.uint8]], NDArray[np.float32]]
 ) -> NDArray[np.float32]:
-    """How surely the model reads ``images`` as given and transposed: (rows sampled, their top
-    probabilities summed as given, and transposed); up to JUDGED_SAMPLE rows, spread
-    evenly. Sums, so that torchrun's processes can add theirs up."""
+    """How surely the model reads conformed ``images`` (a file's ``judged_rows``) as given and
+    transposed: (rows, their top probabilities summed as given, and transposed). Sums, so that
+    torchrun's processes can add theirs up."""
     # A process's few rows (--nproc) count too: reads_transposed applies its minimum to the sums.
     if not len(images):
         return np.zeros(3, dtype=np.float32)
-    sample = images[spread_rows(len(images), JUDGED_SAMPLE)]
-    given = predict_proba(sample).max(axis=1).sum()
-    flipped = predict_proba(transposed(sample)).max(axis=1).sum()
-    return np.array([len(sample), given, flipped], dtype=np.float32)  # MPS has no float64
+    given = predict_proba(images).max(axis=1).sum()
+    flipped = predict_proba(transposed(images)).max(axis=1).sum()
+    return np.array([len(images), given, flipped], dtype=np.float32)  # MPS has no float64
 
 
 def reads_transposed(evidence: NDArray[np.float32]) -> bool:
@@ -602,11 +624,10 @@ def transposed(images: NDArray[np.uint8]) -> NDArray[np.uint8]:
 
 
 def stretch_evidence(images: NDArray[np.uint8]) -> NDArray[np.float32]:
-    """Of up to JUDGED_SAMPLE conformed ``images``, spread evenly: (digits, digits filling
-    MNIST's box both ways). Counts, so that torchrun's processes can add theirs up."""
-    sample = images[spread_rows(len(images), JUDGED_SAMPLE)]
-    is_digit = sample.any(axis=(1, 2))
-    return np.array([is_digit.sum(), (is_digit & fills_box(sample)).sum()], dtype=np.float32)
+    """Of conformed ``images`` (a file's ``judged_rows``): (digits, digits filling MNIST's box
+    both ways). Counts, so that torchrun's processes can add theirs up."""
+    is_digit = images.any(axis=(1, 2))
+    return np.array([is_digit.sum(), (is_digit & fills_box(images)).sum()], dtype=np.float32)
 
 
 def reads_stretched(evidence: NDArray[np.float32]) -> bool:
@@ -617,21 +638,22 @@ def reads_stretched(evidence: NDArray[np.float32]) -> bool:
 
 
 def slant_evidence(images: NDArray[np.uint8]) -> NDArray[np.float32]:
-    """Of up to JUDGED_SAMPLE conformed ``images``, spread evenly: (digits, their slants
-    summed). Sums, so that torchrun's processes can add theirs up."""
-    sample = images[spread_rows(len(images), JUDGED_SAMPLE)]
-    is_digit = sample.any(axis=(1, 2))
-    return np.array([is_digit.sum(), slants(sample[is_digit]).sum()], dtype=np.float32)
+    """Of conformed ``images`` (a file's ``judged_rows``): (digits, their slants summed). Sums,
+    so that torchrun's processes can add theirs up."""
+    is_digit = images.any(axis=(1, 2))
+    return np.array([is_digit.sum(), slants(images[is_digit]).sum()], dtype=np.float32)
 
 
 def file_shear(evidence: NDArray[np.float32]) -> float:
     """The shear (``data.images.sheared``) that brings a file's digits to MNIST_SLANT, where
     ``slant_evidence`` says they lean further than SLANT_TOLERANCE from it on average, of
-    MIN_SLANTED_ROWS or more; else 0."""
+    MIN_SLANTED_ROWS or more; else 0. To the hundredth: torchrun's processes add up their sums
+    in another order than one process does, and shears a float32's last bit apart (3e-8) gave
+    19 pixels of 8,192 MNIST digits another value."""
     n_digits, total = evidence
     if n_digits < MIN_SLANTED_ROWS:
         return 0.0
-    shear = float(total / n_digits - MNIST_SLANT)
+    shear = round(float(total / n_digits - MNIST_SLANT), 2)
     return shear if abs(shear) > SLANT_TOLERANCE else 0.0
 
 
@@ -720,7 +742,8 @@ def predict_stream(
     predictor = Predictor.load(run_dirs, config, device)
     shard_stream = ShardStream(source, stream.STREAM_ROWS, shuffle=False, rank=dist_env.rank,
                                world_size=dist_env.world_size)  # fmt: skip
-    conformer = PieceConformer(config, predictor.layout_judge, device)
+    conformer = PieceConformer(config, predictor.layout_judge, device,
+                               (shard_stream.first_row, shard_stream.manifest.n_rows))  # fmt: skip
     chunks = []
     for piece, _ in shard_stream:
         images = conformer(piece.numpy())

@@ -649,6 +649,7 @@ def at_full_ink(data: DigitSet) -> DigitSet:
 def conform_to_mnist(
     images: ArrayLike,
     votes: ArrayLike | Callable[[NDArray[np.float32]], ArrayLike] | None = None,
+    n_voting: int | None = None,
 ) -> tuple[NDArray[np.uint8], int]:
     """The images (N, 28, 28), each one not in MNIST's layout (``in_mnist_format``) redone as
     MNIST made its digits (``to_mnist``); returns them and how many were redone.
@@ -662,8 +663,9 @@ def conform_to_mnist(
     paper is read: a 0 became a disc of the paper's level. Such a row, whose edges point to a
     paper covering under half of it, takes the ink's side its file's rows agree on: ``votes``
     (``ink_votes`` of the file, or of a part of it standing for the whole, or a function that
-    makes them of the images' own: predict_stream adds up its processes' first pieces'), else
-    the images' own; where they do not agree (``files_ink_side``), its edges'.
+    makes them of the images' own: predict_stream adds up its processes' parts of their file's
+    first rows), else the images' own; where they do not agree (``files_ink_side``), its
+    edges'. ``n_voting``: of the images' own, the first so many vote (all if None).
     """
     images = np.asarray(images)
     if images.dtype != np.uint8 or images.ndim != 3:  # rows (N, 784), floats: checked
@@ -672,8 +674,10 @@ def conform_to_mnist(
     # faint_to_full_ink before they get here.
     sides = _ink_sides(images)  # read once, for the votes too
     if votes is None or callable(votes):
+        voters = {index: side for index, side in sides.items()
+                  if n_voting is None or index < n_voting}  # fmt: skip
         # Called even when no row is redone: under torchrun every process adds up its votes.
-        votes = _votes(sides) if votes is None else votes(_votes(sides))
+        votes = _votes(voters) if votes is None else votes(_votes(voters))
     if not sides:
         return images, 0
     files_dark_ink = files_ink_side(votes)

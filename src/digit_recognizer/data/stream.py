@@ -121,12 +121,16 @@ class ShardStream(IterableDataset):
         """Batches this rank yields per epoch: ``batches_per_rank``, equal on every rank."""
         return self.n_batches
 
+    @property
+    def first_row(self) -> int:
+        """The row of the epoch's sequence this rank's share starts at."""
+        return self.rank * self.manifest.n_rows // self.world_size
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
         info = get_worker_info()
         worker, n_workers = (info.id, info.num_workers) if info else (0, 1)
-        n_rows = self.manifest.n_rows
-        rank_start = self.rank * n_rows // self.world_size
-        rank_rows = (self.rank + 1) * n_rows // self.world_size - rank_start
+        rank_start = self.first_row
+        rank_rows = (self.rank + 1) * self.manifest.n_rows // self.world_size - rank_start
         sizes = [self.batch_size] * (self.n_batches - 1)
         sizes.append(rank_rows - sum(sizes))
         first = worker * self.n_batches // n_workers  # this worker's run of the rank's batches
