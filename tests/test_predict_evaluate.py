@@ -39,6 +39,8 @@ from digit_recognizer.data.kaggle_csv import (
     write_kaggle_csv,
     write_submission,
 )
+from digit_recognizer.data.shards import Manifest, Shard
+from digit_recognizer.data.stream import ShardStream
 from digit_recognizer.errors import DataError, ModelFileError, OutputError
 from digit_recognizer.evaluate import (
     EVAL_FILES,
@@ -548,11 +550,13 @@ def test_processes_sharing_a_file_judge_it_on_one_processs_rows(n_file_rows, n_p
     (tests/test_distributed.py conforms a file so)."""
     piece = stream_module.STREAM_ROWS
     one_process = judged_rows(piece)
+    manifest = Manifest((Shard(Path("rows.csv"), n_file_rows, 0, None),), has_labels=False)
+    shares = [ShardStream(manifest, piece, shuffle=False, rank=rank, world_size=n_processes)
+              for rank in range(n_processes)]  # fmt: skip
+    starts = [share.first_row for share in shares]
     voting, sampled = 0, []
-    for rank in range(n_processes):
-        first_row = rank * n_file_rows // n_processes  # ShardStream's shares
-        n_first_piece = min((rank + 1) * n_file_rows // n_processes - first_row, piece)
-        n_voting, sample = judged_rows(n_first_piece, first_row, n_file_rows)
+    for first_row, end in zip(starts, [*starts[1:], n_file_rows], strict=True):
+        n_voting, sample = judged_rows(min(end - first_row, piece), first_row, n_file_rows)
         voting += n_voting
         sampled.extend(sample + first_row)
     assert voting == one_process[0] == piece
