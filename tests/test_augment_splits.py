@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from digit_recognizer.data.augment import (
+    STYLED_DIGITS,
     Augmentation,
     add_writing_styles,
     augment_batch,
@@ -293,15 +294,17 @@ def test_scaled_multiplies_every_range_and_keeps_the_elastic_grid():
                                   styles=0.15)  # fmt: skip
 
 
-def test_writing_styles_foot_and_flag_a_one_and_bar_a_seven(small_train):
+def test_writing_styles_foot_and_flag_a_one_bar_a_seven_and_mirror_a_nine(small_train):
     x = to_model_input(torch.as_tensor(small_train.images[:300]))
     labels = torch.as_tensor(small_train.labels[:300])
     styled = add_writing_styles(x, labels, 1.0, torch.Generator().manual_seed(0))
-    ones, sevens = labels == 1, labels == 7
-    others = ~(ones | sevens)
-    assert ones.sum() > 20 and sevens.sum() > 20
+    ones, sevens, nines = labels == 1, labels == 7, labels == 9
+    others = ~(ones | sevens | nines)
+    assert ones.sum() > 20 and sevens.sum() > 20 and nines.sum() > 20
     torch.testing.assert_close(styled[others], x[others], atol=0, rtol=0)
-    assert (styled >= x).all()  # strokes are added, never erased
+    # A 9 written as a P, its loop right of the stem: the digit mirrored, nothing drawn on it.
+    torch.testing.assert_close(styled[nines], x[nines].flip(-1), atol=0, rtol=0)
+    assert (styled[~nines] >= x[~nines]).all()  # strokes are added, never erased
     added = (styled - x)[:, 0] > 0.5  # (N, H, W)
     inked_rows = (x[:, 0] > 0.5).any(dim=2).float()
     top = inked_rows.argmax(dim=1)
@@ -334,14 +337,14 @@ def test_writing_styles_foot_and_flag_a_one_and_bar_a_seven(small_train):
         assert added[i, row].sum() >= 4
 
 
-def test_writing_styles_are_drawn_on_their_share_of_the_ones_and_sevens(small_train):
+def test_writing_styles_are_drawn_on_their_share_of_the_ones_sevens_and_nines(small_train):
     x = to_model_input(torch.as_tensor(small_train.images))
     labels = torch.as_tensor(small_train.labels)
     styled = add_writing_styles(x, labels, 0.3, torch.Generator().manual_seed(0))
     changed = (styled != x).flatten(1).any(dim=1)
-    ones_and_sevens = (labels == 1) | (labels == 7)
-    assert not changed[~ones_and_sevens].any()
-    assert 0.2 < changed[ones_and_sevens].float().mean() < 0.4  # 30 %, give or take chance
+    assert not changed[~torch.isin(labels, torch.tensor(STYLED_DIGITS))].any()
+    for digit in STYLED_DIGITS:
+        assert 0.2 < changed[labels == digit].float().mean() < 0.4  # 30 %, give or take chance
 
 
 def test_writing_styles_need_labels_and_a_share(small_train):

@@ -192,8 +192,9 @@ Stroke = Annotated[
 Styles = Annotated[
     float | None,
     typer.Option(
-        help="Share of the 1s given a foot (half of them a long flag too) and of the 7s a bar "
-        "across the stem, as much of Europe writes them, in [0, 1]; 0 = off. "
+        help="Share of the 1s given a foot, a long flag or both, of the 7s a bar across the "
+        "stem and of the 9s mirrored (the loop right of the stem), as much of Europe writes "
+        "them, in [0, 1]; 0 = off. "
         "\\[default: 0.3; seed: 0]",
     ),
 ]

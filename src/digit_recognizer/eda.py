@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 from numpy.typing import NDArray
 
 from digit_recognizer.config import load_config
-from digit_recognizer.data.augment import augment_batch
+from digit_recognizer.data.augment import STYLED_DIGITS, augment_batch
 from digit_recognizer.data.images import faint_to_full_ink
 from digit_recognizer.data.kaggle_csv import DigitSet, count_classes
 from digit_recognizer.data.shards import (
@@ -328,11 +328,11 @@ def augment_preview(
 
 
 def _preview_rows(source: Path, rng: np.random.Generator, styles: bool) -> DigitSet:
-    """The rows augment-preview shows: PREVIEW_ROWS drawn from all of ``source``'s, with a 1
-    and a 7 among them where the ``styles`` are drawn on a labelled file (they draw on those
-    digits alone, which four random rows often lack).
+    """The rows augment-preview shows: PREVIEW_ROWS drawn from all of ``source``'s, with a 1, a
+    7 and a 9 among them where the ``styles`` are drawn on a labelled file (they draw on those
+    digits alone, STYLED_DIGITS, which four random rows often lack).
 
-    Read a piece at a time: every row's label where a 1 and a 7 are sought, then the images of
+    Read a piece at a time: every row's label where those digits are sought, then the images of
     the rows shown alone, rather than all of a file's held to show four. A pipe, which can be
     read only once, is read whole.
     """
@@ -351,13 +351,13 @@ def _preview_rows(source: Path, rng: np.random.Generator, styles: bool) -> Digit
 def _choose_preview_rows(
     n_rows: int, labels: NDArray[np.int64] | None, rng: np.random.Generator
 ) -> NDArray[np.int64]:
-    """PREVIEW_ROWS of ``n_rows`` at random; where ``labels`` are given, a 1 and a 7 among them
-    (each in the place of a row that is neither), where the file has them."""
+    """PREVIEW_ROWS of ``n_rows`` at random; where ``labels`` are given, each of STYLED_DIGITS
+    among them (each in the place of a row that is none of them), where the file has it."""
     shown = rng.choice(n_rows, size=min(PREVIEW_ROWS, n_rows), replace=False)
     if labels is not None:
-        for digit in (1, 7):
+        for digit in STYLED_DIGITS:
             candidates = np.flatnonzero(labels == digit)
-            free = np.flatnonzero(~np.isin(labels[shown], (1, 7)))  # slots to give up
+            free = np.flatnonzero(~np.isin(labels[shown], STYLED_DIGITS))  # slots to give up
             if len(candidates) and len(free) and digit not in labels[shown]:
                 shown[free[0]] = rng.choice(candidates)
     return shown

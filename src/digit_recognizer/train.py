@@ -125,7 +125,7 @@ class TrainConfig:
     augment: float = 1.0  # strength of the random affine + contrast (0 = off); see Augmentation
     elastic: float = 0.0  # elastic distortion, pixels of displacement (std); scaled by augment
     stroke: float = 1.0  # stroke-width change, fraction of a 3x3 dilation/erosion; scaled too
-    styles: float = 0.3  # share of 1s and 7s written as much of Europe does; scaled too
+    styles: float = 0.3  # share of 1s, 7s and 9s written as much of Europe does; scaled too
     valid_size: float = 0.05  # stratified validation fraction for model selection (0 = none)
     # Early stopping: epochs without a better validation accuracy; None or 0: no early stopping.
     patience: int | None = None
