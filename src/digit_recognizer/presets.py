@@ -62,11 +62,10 @@ class Preset:
 # With the 9s mirrored too, on unseen replica 2449489 on a slow day, fast scored 0.99425 in 60 s
 # and default 0.9961 in 300 s, and best 0.9969 on unseen 1772453 (87 errors; members alone
 # 92-101). Before, with training's shear up to 0.3 (Augmentation.shear), on unseen replica
-# 1202056 on a slow day, fast
-# scored 0.9946 in 60 s and default 0.9963 in 300 s (0.9947 and 0.9965 with 0.15), and best
-# 0.9965 on unseen 3316624 (99 errors; members alone 94-112) and 0.9974 on 1732050 (72 errors,
-# 70 allowed; members alone 74-83). Before: on
-# replica 1414213 fast scored 0.9953 in 60 s, default 0.9968 in 300 s, best 0.9971 (0.9970 and
+# 1202056 on a slow day, fast scored 0.9946 in 60 s and default 0.9963 in 300 s (0.9947 and
+# 0.9965 with 0.15), and best 0.9965 on unseen 3316624 (99 errors; members alone 94-112) and
+# 0.9974 on 1732050 (72 errors, 70 allowed; members alone 74-83). Before: on replica 1414213
+# fast scored 0.9953 in 60 s, default 0.9968 in 300 s, best 0.9971 (0.9970 and
 # 0.9974 on unseen 1123581 and 2718281; before the styles: fast 0.9950 and 0.9947 on 90210 and
 # 16180, default 0.9964 on 1618033, best 0.9967 and 0.9973 on 16180 and 141421). best's members
 # differ in seed (weights, augmentation draws and validation split), each is evaluated and saved
