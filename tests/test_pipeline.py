@@ -439,12 +439,14 @@ def test_a_second_command_on_a_training_ensemble_is_refused_before_it_writes(tmp
     assert not list((tmp_path / "ensemble").glob("member-*"))
 
 
-def test_training_reads_a_faint_file_as_predict_does_and_warns_of_rows_predict_would_redo(
+def test_training_reads_faint_and_dark_on_light_files_as_predict_does(
     tmp_path, small_train, caplog, monkeypatch
 ):
     """0/1 pixels train as full ink (as near-black digits the run had learned nothing, and its
-    report crashed), streamed too; a net trained on dark-on-light rows is told that predict
-    would conform its test rows, which it never learned to read so."""
+    report crashed), streamed too; dark-on-light rows in memory are conformed as predict
+    conforms them, so the net learns the digits predict will show it; streamed, they train as
+    they are, and a warning says that predict would conform its test rows."""
+    from digit_recognizer.data.images import in_mnist_format
     from digit_recognizer.data.shards import shard_csv
     from digit_recognizer.pipeline import train_job, training_data
 
@@ -461,10 +463,20 @@ def test_training_reads_a_faint_file_as_predict_does_and_warns_of_rows_predict_w
     write_run_report(tmp_path / "run")  # its validation split rebuilt from the file, as trained
     assert (tmp_path / "run" / "report.html").is_file()
     caplog.clear()
-    with caplog.at_level(logging.WARNING):
-        training_data(config, inverted)
+    with caplog.at_level(logging.INFO, logger="digit_recognizer"):
+        train_set, valid_set, *_ = training_data(config, inverted)
     assert "100 % of its digits are not laid out as MNIST's" in caplog.text
-    assert "--as-is" in caplog.text
+    assert "trained on as `digits predict`" in caplog.text and "--as-is" not in caplog.text
+    assert in_mnist_format(train_set.images).all() and in_mnist_format(valid_set.images).all()
+    np.testing.assert_array_equal(np.sort(np.concatenate([train_set.labels, valid_set.labels])),
+                                  np.sort(labels))  # fmt: skip
+    shard_csv(inverted, tmp_path / "inverted", parts=3)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        _, streamed_valid, *_ = training_data(replace(config, max_memory_gb=0),
+                                              tmp_path / "inverted")  # fmt: skip
+    assert "streamed rows are trained on as they are" in caplog.text and "--as-is" in caplog.text
+    assert not in_mnist_format(streamed_valid.images).any()  # as its training rows stream
     # Streamed, batch by batch, as in memory; one file to stream with a validation split is
     # read in memory, over the budget, with a warning (a shard directory is the way to stream).
     shard_csv(binarised, tmp_path / "shards", parts=3)

@@ -199,6 +199,21 @@ Styles = Annotated[
     ),
 ]
 ValidSize = Annotated[float | None, typer.Option(help="Validation fraction. \\[default: 0.05]")]
+InitFrom = Annotated[
+    Path | None,
+    typer.Option(
+        help="Fine-tune: start from this run's net (its weights, model and widths) to read "
+        "your writers' digits (--train: a labelled CSV of them); the finetune preset unless "
+        "--preset says otherwise.",
+    ),
+]
+Replay = Annotated[
+    float | None,
+    typer.Option(
+        help="With --init-from: MNIST training images mixed in per training row, so the net "
+        "keeps reading MNIST's writers; 0 = your rows alone. \\[default: 3]",
+    ),
+]
 
 
 def _parsed_or_none(text: str | None, parse: Callable[[str], Any], example: str, own: str) -> Any:
@@ -281,8 +296,9 @@ Preset = Annotated[
     str,
     typer.Option(
         help="fast | default | best (an ensemble of 5; member n trains with --seed + n) | "
-        "seed (the seed notebook's recipe; `digits run` predicts with TTA but for seed). Flags "
-        "and --config override the preset, in every member."
+        "seed (the seed notebook's recipe; `digits run` predicts with TTA but for seed) | "
+        "finetune (with --init-from: 5 epochs at lr 0.01). Flags and --config override the "
+        "preset, in every member."
     ),
 ]
 Jobs = Annotated[
@@ -482,7 +498,9 @@ def train_command(
         help="Labelled CSV (Kaggle train.csv format), a shard dir or a quoted glob.")],
     out: RunDir = None,
     resume: Resume = None,
-    preset: Preset = "default",
+    init_from: InitFrom = None,
+    replay: Replay = None,
+    preset: Annotated[str | None, Preset.__metadata__[0]] = None,
     nproc: TrainNproc = 1,
     jobs: Jobs = None,
     config: ConfigFile = None, model: Model = None, epochs: Epochs = None,
@@ -503,7 +521,9 @@ def train_command(
         elastic=elastic, stroke=stroke, styles=styles,
         valid_size=valid_size, patience=patience, seed=seed, device=device, compile=compile_model,
         max_memory_gb=max_memory, resume=resume, widths=widths, dropout=dropout,
-        ema_decay=ema_decay, amp=amp, channels_last=channels_last)  # fmt: skip
+        ema_decay=ema_decay, amp=amp, channels_last=channels_last,
+        init_from=None if init_from is None else str(init_from), replay=replay)  # fmt: skip
+    preset = preset or ("finetune" if init_from else "default")
     configs = resolve_configs(preset, resume, out, config, overrides)
     run_dir = out or default_run_dir(configs[0].model)
     is_main_process = Distributed.from_env().is_main_process

@@ -10,12 +10,14 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import torch
+from numpy.typing import NDArray
 from rich.console import Console
 from rich.progress import Progress
 
@@ -28,8 +30,9 @@ from digit_recognizer.checkpoint import (
     save_run_config,
 )
 from digit_recognizer.config import read_toml
-from digit_recognizer.data.images import faint_to_full_ink, in_mnist_format
+from digit_recognizer.data.images import faint_to_full_ink
 from digit_recognizer.data.kaggle_csv import DigitSet, count_classes
+from digit_recognizer.data.mnist import MNIST_TRAIN_ROWS, load_mnist
 from digit_recognizer.data.replica import cached_replica
 from digit_recognizer.data.shards import (
     Manifest,
@@ -52,7 +55,7 @@ from digit_recognizer.data.splits import (
 )
 from digit_recognizer.data.stream import check_rows_per_process
 from digit_recognizer.distributed import Distributed, check_nproc, run_torchrun
-from digit_recognizer.errors import ConfigError, DataError, ModelFileError
+from digit_recognizer.errors import ConfigError, DataError, ModelFileError, counted
 from digit_recognizer.evaluate import (
     Metrics,
     compute_metrics,
@@ -77,6 +80,8 @@ from digit_recognizer.predict import (
     PredictConfig,
     Predictor,
     check_submission_path,
+    conformed_for_training,
+    off_layout_share,
     predict_source,
     warn_conformed,
 )
@@ -123,8 +128,44 @@ def training_data(config: TrainConfig, source: Path) -> TrainingData:
     Streamed shards cannot be split by rows cheaply, so the last shard is the validation set;
     so it is, in memory too, for ``digits data expand``'s output, whose last shard holds the
     images it left out of its copies. With ``valid_size`` 0 nothing validates: every shard
-    trains, and the validation set is empty.
+    trains, and the validation set is empty. Fine-tuning (``init_from``), the training rows
+    take ``replay`` times as many of MNIST's (``with_replay``); the validation rows are the
+    source's own, so that its accuracy speaks of the writers fine-tuned for.
     """
+    judge = Predictor.load([config.init_from]).predict_proba if config.init_from else None
+    data = _source_data(config, source, judge)
+    if config.init_from is None or not config.replay:
+        return data
+    if isinstance(data.train, Manifest):
+        raise ConfigError(f"{source}: streamed from its files, and replay mixes MNIST's images "
+                          "into training rows held in memory: a larger --max-memory holds them, "
+                          "or --replay 0 fine-tunes on them alone")  # fmt: skip
+    return data._replace(train=with_replay(data.train, config))
+
+
+def with_replay(train_set: DigitSet, config: TrainConfig) -> DigitSet:
+    """``train_set`` and ``config.replay`` times as many of MNIST's 60,000 training images
+    (at most all of them), drawn with the run's seed: fine-tuned on other writers' digits
+    alone, a net forgets MNIST's (docs/beyond-mnist.md, *Fine-tuning*)."""
+    mnist = load_mnist()
+    n_replayed = min(MNIST_TRAIN_ROWS, round(config.replay * len(train_set)))
+    rows = np.random.default_rng(config.seed).choice(MNIST_TRAIN_ROWS, n_replayed, replace=False)
+    log.info(
+        "fine-tuning on %s and %s of MNIST's training images (replay %g)",
+        counted(len(train_set), "training row"),
+        f"{n_replayed:,}",
+        config.replay,
+    )
+    return DigitSet(np.concatenate([train_set.images, mnist.images[rows]]),
+                    np.concatenate([train_set.labels, mnist.labels[rows]]))  # fmt: skip
+
+
+def _source_data(
+    config: TrainConfig,
+    source: Path,
+    judge: Callable[[NDArray[np.uint8]], NDArray[np.float32]] | None,
+) -> TrainingData:
+    """``training_data``'s sets from ``source`` alone; ``judge`` as ``ink_as_predicted``'s."""
     manifest = resolve_data_source(source)
     require_labels(manifest.has_labels, source)
     is_expansion, held_out = manifest.is_expansion, manifest.held_out_rows
@@ -135,7 +176,7 @@ def training_data(config: TrainConfig, source: Path) -> TrainingData:
                                                np.zeros(0, np.int64)), "",
                             SourceRows(source, np.zeros(0, np.int64)))  # fmt: skip
     if in_memory and not (held_out and config.valid_size):
-        data = ink_as_predicted(read_shards(manifest), source, is_expansion)
+        data = ink_as_predicted(read_shards(manifest), source, is_expansion, judge)
         train_rows, valid_rows = stratified_split(data.labels, config.valid_size, config.seed)
         train_set, valid_set = data.take(train_rows), data.take(valid_rows)
         warn_shared_images(train_set, valid_set, f"{source}'s validation split")
@@ -152,12 +193,14 @@ def training_data(config: TrainConfig, source: Path) -> TrainingData:
     train_shards = replace(manifest, shards=manifest.shards[:-1])
     # Read before the validation shard, so that the warnings on its rows come in their order.
     train_set = (
-        ink_as_predicted(read_shards(train_shards), source, is_expansion)
+        ink_as_predicted(read_shards(train_shards), source, is_expansion, judge)
         if in_memory
         else train_shards
     )
     valid_shard = replace(manifest, shards=manifest.shards[-1:])
-    valid_set = ink_as_predicted(read_shards(valid_shard), source, is_expansion)
+    # Conformed as the training rows are: streamed rows are not (a warning says so).
+    valid_set = ink_as_predicted(read_shards(valid_shard), source, is_expansion, judge,
+                                 conform=in_memory)  # fmt: skip
     _check_digits_validated(valid_set, class_counts_of(train_set), last.path, source)
     return TrainingData(train_set, valid_set, f"last shard, {last.path}",
                         SourceRows(last.path, np.arange(len(valid_set))))  # fmt: skip
@@ -216,23 +259,34 @@ def _reads_in_memory(manifest: Manifest, config: TrainConfig, source: Path) -> b
     return True
 
 
-def ink_as_predicted(data: DigitSet, source: Path, is_expansion: bool) -> DigitSet:
-    """Training rows with their ink as `digits predict` reads it: rows whose pixels all stay
-    under 32 (0/1, UCI's 0-16) scaled to 255 (faint_to_full_ink), not trained on as near-black
-    digits. Rows that are mostly not in MNIST's layout (dark on light, filling the frame) are
-    trained on as they are, and a warning says that predict would conform such test rows.
-    (Streamed rows are scaled batch by batch in train().)"""
+def ink_as_predicted(
+    data: DigitSet,
+    source: Path,
+    is_expansion: bool,
+    judge: Callable[[NDArray[np.uint8]], NDArray[np.float32]] | None = None,
+    conform: bool = True,
+) -> DigitSet:
+    """Training rows as `digits predict` reads them: rows whose pixels all stay under 32 (0/1,
+    UCI's 0-16) scaled to 255 (faint_to_full_ink), not trained on as near-black digits; and a
+    file whose rows are mostly not in MNIST's layout (another collection's: dark on light,
+    filling the frame) conformed as predict conforms it (``conform_rows``; ``judge``, the
+    probabilities of the net fine-tuned, judges orientation and stretch too), so that the net
+    learns the digits it will be shown. Streamed rows (``conform`` False) are trained on as they
+    are, and a warning says that predict would conform such test rows. (Streamed rows are
+    scaled batch by batch in train().)"""
     images, n_faint = faint_to_full_ink(data.images)
     warn_conformed(source, len(images), n_faint)
-    sample = images[:: max(1, len(images) // 2_000)]
-    off_layout = 1 - in_mnist_format(sample).mean() if len(sample) and not is_expansion else 0.0
-    if off_layout > 0.5:
+    if is_expansion:  # `digits data expand`'s augmented copies: left as they are
+        return data if images is data.images else DigitSet(images, data.labels)
+    if conform:
+        images = conformed_for_training(images, source, judge)
+    elif (share := off_layout_share(images)) > 0.5:
         log.warning("%s: %.0f %% of its digits are not laid out as MNIST's (dark on light, "
-                    "filling the frame, off-centre); `digits predict` and `evaluate` redo such "
-                    "rows as MNIST's before a net reads them, so predict this net's test rows "
-                    "with --as-is (or conform the training rows first: "
-                    "digit_recognizer.data.images.conform_to_mnist)", source,
-                    100 * off_layout)  # fmt: skip
+                    "filling the frame, off-centre), and streamed rows are trained on as they "
+                    "are; `digits predict` and `evaluate` redo such rows as MNIST's before a net "
+                    "reads them, so predict this net's test rows with --as-is (or conform the "
+                    "training rows first: digit_recognizer.data.images.conform_to_mnist)",
+                    source, 100 * share)  # fmt: skip
     return data if images is data.images else DigitSet(images, data.labels)
 
 

@@ -33,6 +33,7 @@ from digit_recognizer.data.images import (
     crosses_stem,
     faint_to_full_ink,
     fills_box,
+    in_mnist_format,
     ink_votes,
     is_image_name,
     load_image,
@@ -63,6 +64,7 @@ from digit_recognizer.distributed import (
 )
 from digit_recognizer.errors import ConfigError, DataError, ModelFileError, OutputError, counted
 from digit_recognizer.fileio import check_can_write, is_glob
+from digit_recognizer.logs import hushed
 from digit_recognizer.models.classical import is_pipeline, load_pipeline
 from digit_recognizer.models.runtime import (
     Device,
@@ -330,6 +332,33 @@ def conform_rows(
     pieces = [conformer(images[rows]) for rows in stream.piece_slices(len(images))]
     conformer.warn(source, as_is)
     return np.concatenate(pieces) if pieces else images
+
+
+def off_layout_share(images: NDArray[np.uint8]) -> float:
+    """The share of ``images`` not in MNIST's layout (``in_mnist_format``), judged on at most
+    ~2,000 of them spread over the file."""
+    sample = images[:: max(1, len(images) // 2_000)]
+    return float(1 - in_mnist_format(sample).mean()) if len(sample) else 0.0
+
+
+def conformed_for_training(
+    images: NDArray[np.uint8],
+    source: str | Path,
+    judge: Callable[[NDArray[np.uint8]], NDArray[np.float32]] | None = None,
+) -> NDArray[np.uint8]:
+    """A training file's rows as `digits predict` reads them (``conform_rows``) where most of
+    them are not in MNIST's layout (another collection's), else as they are: a net learns the
+    digits prediction will show it. ``judge``: the probabilities of the net fine-tuned from
+    (``TrainConfig.init_from``), which judges orientation and stretch as predict's net does."""
+    share = off_layout_share(images)
+    if share <= 0.5:
+        return images
+    with hushed():  # predict's words, which name its --as-is
+        images = conform_rows(images, PredictConfig(), source, judge)
+    log.info("%s: %.0f %% of its digits are not laid out as MNIST's (dark on light, filling the "
+             "frame, off-centre): trained on as `digits predict` and `evaluate` read them, redone "
+             "as MNIST made its own", source, 100 * share)  # fmt: skip
+    return images
 
 
 def predict_rows(

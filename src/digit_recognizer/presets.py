@@ -112,6 +112,10 @@ PRESETS = {
         members=({"stroke": 0.0},) * 2 + ({},) * 3,
         tta=True,
     ),
+    # Fine-tuning a trained run on other writers' digits (TrainConfig.init_from, `digits train
+    # --init-from`): a few epochs at a fifth of the lr, replay keeping MNIST's writers read. On
+    # CVL's writers, from 500 of their digits, 9 s of training: docs/beyond-mnist.md.
+    "finetune": Preset({"epochs": 5, "lr": 0.01, "batch_size": 64, "stroke": 0.5}),
     # The seed notebook's recipe, for comparison: its Keras CNN, Adam 1e-3, batch 32, L2,
     # ReduceLROnPlateau(factor 0.5) and EarlyStopping on validation accuracy; its augmentation
     # did not change stroke widths or writing styles. Its lr is Adam's default, not set here:

@@ -47,7 +47,12 @@ from digit_recognizer.explain import draw_overlay, grad_cam
 from digit_recognizer.fileio import check_can_write, sha256_file, write_text
 from digit_recognizer.models.runtime import inference_net
 from digit_recognizer.models.storage import META_FILE, net_recipe, read_meta, refuse_ensemble
-from digit_recognizer.predict import PieceConformer, PredictConfig, Predictor
+from digit_recognizer.predict import (
+    PieceConformer,
+    PredictConfig,
+    Predictor,
+    conformed_for_training,
+)
 from digit_recognizer.train import DEFAULT_LR
 
 REPORT_FILE = "report.html"
@@ -307,8 +312,13 @@ def _labelled_data(
     source = (
         f"validation split of {train_csv} (valid_size {valid_size}, seed {config.get('seed', 0)})"
     )
-    # Its ink as training read it (pipeline.ink_as_predicted), row by row: its rows alone.
-    valid = at_full_ink(full.take(valid_rows))
+    # Its rows as training read them (pipeline.ink_as_predicted): the ink row by row, the file
+    # conformed as a whole where it is another collection's, judged by the net fine-tuned from.
+    init_from = config.get("init_from", NONE)
+    judge = None if init_from == NONE else Predictor.load([init_from]).predict_proba
+    full = at_full_ink(full)
+    valid = DigitSet(conformed_for_training(full.images, train_csv, judge)[valid_rows],
+                     full.labels[valid_rows])  # fmt: skip
     return (
         valid,
         source,

@@ -40,7 +40,7 @@ from digit_recognizer.checkpoint import (
     save_run_config,
     write_history,
 )
-from digit_recognizer.config import check_fields, zeros_as_none
+from digit_recognizer.config import NONE, check_fields, zeros_as_none
 from digit_recognizer.data.augment import MAX_DISPLACEMENT_PX, Augmentation, augment_batch
 from digit_recognizer.data.images import check_digits, faint_to_full_ink
 from digit_recognizer.data.kaggle_csv import DigitSet
@@ -67,7 +67,14 @@ from digit_recognizer.models.runtime import (
     resolve_device,
     synchronize,
 )
-from digit_recognizer.models.storage import PIPELINE_COMMANDS, save_net
+from digit_recognizer.models.storage import (
+    META_FILE,
+    PIPELINE_COMMANDS,
+    load_net,
+    net_recipe,
+    read_meta,
+    save_net,
+)
 
 log = logging.getLogger(__name__)
 
@@ -138,10 +145,20 @@ class TrainConfig:
     resume: bool = False  # continue from the run directory's last checkpoint
     ddp_timeout_s: float = 300  # torchrun jobs: a collective waiting longer than this fails
     max_memory_gb: float = 2.0  # data needing more than this streams from its files; 0: all
+    # Fine-tuning: a run directory (one net's) whose weights training starts from, to read other
+    # writers' digits; the net trained is that run's (its model and widths, whatever model says).
+    init_from: str | None = None
+    # With init_from: MNIST training images mixed in, this many per training row, so that the
+    # net keeps reading MNIST's writers (without them it forgets: docs/beyond-mnist.md).
+    replay: float = 3.0
 
     def __post_init__(self) -> None:
         check_fields(self)  # types and choices, for configs built in Python
         zeros_as_none(self, ("patience", "ema_decay"))
+        if self.init_from == NONE:  # as config.toml records no run (a run "none" is ./none)
+            self.init_from = None
+        if self.init_from is not None:  # before "auto": the run's net is the one trained
+            self._take_net_of(Path(self.init_from))
         if self.model == "auto":  # resolved here, so config.toml records the net trained
             self.model = auto_model(self.device, self.amp)
         get_spec(self.model, kind="net")  # unknown names fail here, naming the nets
@@ -216,6 +233,7 @@ class TrainConfig:
                 "must be >= 1",
             ),
             ("max_memory_gb", self.max_memory_gb >= 0, "must be >= 0 (0: always stream)"),
+            ("replay", self.replay >= 0, "must be >= 0 (0: the training rows alone)"),
         ]
         for key, holds, rule in checks:
             if not holds:
@@ -238,6 +256,21 @@ class TrainConfig:
                 raise ConfigError(f"model '{self.model}' has no '{key}' setting")
         if self.widths is not None:
             self._check_widths(settings["widths"].default)
+
+    def _take_net_of(self, run_dir: Path) -> None:
+        """The model, widths and dropout of ``run_dir``'s net, as its model.json records them;
+        widths or a dropout given otherwise are refused, not silently trained on."""
+        name, params = net_recipe(run_dir / META_FILE, read_meta(run_dir))
+        widths = params.get("widths")
+        recorded = {"widths": None if widths is None else tuple(widths),
+                    "dropout": params.get("dropout")}  # fmt: skip
+        for key, value in recorded.items():
+            given = getattr(self, key)
+            if given is not None and given != value:
+                own = "its model's own" if value is None else value
+                raise ConfigError(f"{key} {given}: fine-tuning trains the net of {run_dir}, "
+                                  f"whose {key} are {own}; leave {key} out")  # fmt: skip
+        self.model, self.widths, self.dropout = name, recorded["widths"], recorded["dropout"]
 
     def _check_widths(self, own_widths: tuple[int, ...]) -> None:
         """Build the net on the meta device (no memory, milliseconds), before the data loads: a
@@ -550,7 +583,10 @@ def train(
 
     # -- model and optimizer ---------------------------------------------------------------------
     torch.manual_seed(config.seed)  # identical initial weights on every rank
-    model = build(config.model, **config.model_args()).to(device)
+    if config.init_from is not None:  # fine-tuning: its weights, batch norm's statistics too
+        model = load_net(Path(config.init_from))[0].train().to(device)
+    else:
+        model = build(config.model, **config.model_args()).to(device)
     check_batch_rows(model, config, n_train, dist_env.world_size)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)

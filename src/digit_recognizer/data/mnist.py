@@ -25,6 +25,9 @@ FILES = {
 }
 
 
+MNIST_TRAIN_ROWS = 60_000  # its training set, first in ``Mnist``; its test set's 10,000 follow
+
+
 @dataclass(frozen=True)
 class Mnist:
     """All 70,000 images, MNIST's training set first: images uint8 (70000, 28, 28), labels int64."""
