@@ -268,8 +268,8 @@ class TrainConfig:
             given = getattr(self, key)
             if given is not None and given != value:
                 own = "its model's own" if value is None else value
-                raise ConfigError(f"{key} {given}: fine-tuning trains the net of {run_dir}, "
-                                  f"whose {key} are {own}; leave {key} out")  # fmt: skip
+                raise ConfigError(f"{key} {given}: fine-tuning trains the net of {run_dir} as it "
+                                  f"was built ({key}: {own}); leave {key} out")  # fmt: skip
         self.model, self.widths, self.dropout = name, recorded["widths"], recorded["dropout"]
 
     def _check_widths(self, own_widths: tuple[int, ...]) -> None:
