@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from digit_recognizer.data.kaggle_csv import DigitSet, write_kaggle_csv
 from digit_recognizer.data.mnist import MNIST_TRAIN_ROWS
 from digit_recognizer.data.shards import shard_csv
 from digit_recognizer.errors import ConfigError, ModelFileError
+from digit_recognizer.evaluate import evaluate_run
 from digit_recognizer.models.storage import load_net
 from digit_recognizer.pipeline import train_job, training_data
 from digit_recognizer.predict import Predictor
@@ -127,3 +129,23 @@ def test_a_report_rebuilds_the_validation_rows_as_fine_tuning_read_them(
     _, valid_set, *_ = training_data(config, other_writers_csv)
     np.testing.assert_array_equal(rebuilt.images, valid_set.images)
     np.testing.assert_array_equal(rebuilt.labels, valid_set.labels)
+
+
+def test_evaluate_warns_of_rows_that_fine_tuning_replayed(
+    source_run, other_writers_csv, small_train, small_test, tmp_path, caplog
+):
+    """A fine-tuned run has seen MNIST's training images, which a Kaggle replica's test set
+    holds: its score on them would not be an honest one, and evaluate says so."""
+    seen, unseen = tmp_path / "seen.csv", tmp_path / "unseen.csv"
+    write_kaggle_csv(seen, small_train.images[:50], small_train.labels[:50])  # MNIST's training
+    write_kaggle_csv(unseen, small_test.images[:50], small_test.labels[:50])  # its test images
+    for replay in (1.0, 0.0):
+        config = TrainConfig(init_from=str(source_run), epochs=1, replay=replay)
+        train_job(config, other_writers_csv, tmp_path / f"tuned{replay}")
+    warning = "50 of its rows are MNIST training images, which"
+    for run, data, warned in [("tuned1.0", seen, True), ("tuned1.0", unseen, False),
+                              ("tuned0.0", seen, False)]:  # fmt: skip
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            evaluate_run([tmp_path / run], data, tmp_path / "eval")
+        assert (warning in caplog.text) == warned, (run, data)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import json
 import logging
 from dataclasses import asdict, dataclass
@@ -23,6 +24,7 @@ from sklearn import metrics as skm
 
 from digit_recognizer.data.images import check_labels
 from digit_recognizer.data.kaggle_csv import read_submission
+from digit_recognizer.data.mnist import MNIST_TRAIN_ROWS, load_mnist
 from digit_recognizer.data.shards import require_labels
 from digit_recognizer.data.splits import missing_digits
 from digit_recognizer.data.stream import read_in_pieces
@@ -46,6 +48,7 @@ log = logging.getLogger(__name__)
 
 CLASSES = list(range(10))
 METRICS_FILE = "metrics.json"  # a run's figures: training, validation, and the test score
+REPLAYED_KEY = "replayed_mnist_training_images"  # metrics.json's: fine-tuned with MNIST's mixed in
 # What `digits evaluate` writes, beside the run's own files and never over them.
 EVAL_FILES = ("eval_metrics.json", "eval_per_class.csv", "eval_confusion_matrix.png")
 
@@ -246,11 +249,19 @@ def evaluate_run(
     predictor = Predictor.load(run_dirs, config)
     conformer = PieceConformer(config, predictor.layout_judge)
     probas, piece_labels = [], []
+    replayed = replayed_runs(run_dirs)
+    n_replayed_rows = 0
     for piece in conformer.conformed(pieces):
         probas.append(conformer.read(piece.images, predictor.predict_proba(piece.images)))
         piece_labels.append(piece.labels)
+        n_replayed_rows += count_mnist_training_images(piece.images) if replayed else 0
     all_probas = conformer.reread(np.concatenate(probas))
     conformer.warn(labelled_csv)
+    if n_replayed_rows:
+        log.warning("%s: %s of its rows are MNIST training images, which %s was shown when "
+                    "fine-tuned (its replay): its score on them is not an honest one (a Kaggle "
+                    "replica's test rows are MNIST's); --replay 0 fine-tunes without them",
+                    labelled_csv, f"{n_replayed_rows:,}", replayed[0])  # fmt: skip
     labels = np.concatenate(piece_labels) if solution_labels is None else solution_labels
     metrics = compute_metrics(labels, all_probas)
     warn_untrained_digits(run_dirs, metrics, labelled_csv)
@@ -305,6 +316,31 @@ def warn_if_trained_on(run_dirs: list[Path], labelled_csv: Path) -> None:
     if recorded and labelled_csv.is_file() and (digest := sha256_file(labelled_csv)) in recorded:
         log.warning("%s is the file %s trained on: this scores images it learned from (and its "
                     "validation split), not new ones", labelled_csv, recorded[digest])  # fmt: skip
+
+
+def replayed_runs(run_dirs: list[Path]) -> list[Path]:
+    """The runs, an ensemble's members among them, fine-tuned with MNIST's training images
+    replayed (metrics.json's ``REPLAYED_KEY``)."""
+    with contextlib.suppress(ModelFileError):  # a damaged ensemble.json: Predictor.load says so
+        run_dirs = [*run_dirs, *expand_ensembles(run_dirs)]
+    replayed = []
+    for run_dir in run_dirs:
+        with contextlib.suppress(ModelFileError):  # a damaged metrics.json: no warning, no stop
+            if read_metrics(Path(run_dir)).get(REPLAYED_KEY):
+                replayed.append(Path(run_dir))
+    return replayed
+
+
+@functools.cache
+def _mnist_training_keys() -> frozenset[int]:
+    return frozenset(hash(image.tobytes()) for image in load_mnist().images[:MNIST_TRAIN_ROWS])
+
+
+def count_mnist_training_images(images: NDArray[np.uint8]) -> int:
+    """How many of ``images`` (N, 28, 28) are, pixel for pixel, among MNIST's 60,000 training
+    images (by hash: ~0.1 s for the set, once)."""
+    keys = _mnist_training_keys()
+    return sum(hash(image.tobytes()) in keys for image in np.asarray(images, np.uint8))
 
 
 def score_submission(solution_csv: Path, submission_csv: Path) -> float:

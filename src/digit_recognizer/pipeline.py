@@ -29,7 +29,7 @@ from digit_recognizer.checkpoint import (
     read_history,
     save_run_config,
 )
-from digit_recognizer.config import read_toml
+from digit_recognizer.config import NONE, read_toml
 from digit_recognizer.data.images import faint_to_full_ink
 from digit_recognizer.data.kaggle_csv import DigitSet, count_classes
 from digit_recognizer.data.mnist import MNIST_TRAIN_ROWS, load_mnist
@@ -57,6 +57,7 @@ from digit_recognizer.data.stream import check_rows_per_process
 from digit_recognizer.distributed import Distributed, check_nproc, run_torchrun
 from digit_recognizer.errors import ConfigError, DataError, ModelFileError, counted
 from digit_recognizer.evaluate import (
+    REPLAYED_KEY,
     Metrics,
     compute_metrics,
     plot_confusion_matrix,
@@ -358,6 +359,9 @@ def write_training_outputs(
         "stopped_early": result.stopped_early,
         "torch_threads": torch.get_num_threads(),  # a CPU run repeats on as many threads
         "validation": asdict(valid_metrics) if valid_metrics else None,
+        # training_data's: fine-tuning mixed MNIST's training images in (evaluate warns of them)
+        REPLAYED_KEY: result.config.get("init_from", NONE) != NONE
+        and result.config.get("replay", 0) > 0,
     }, merge=not result.trained)  # fmt: skip
     if len(valid_set):
         # ~4 s for 2,100 images on 2 busy cores
