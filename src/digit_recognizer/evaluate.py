@@ -305,13 +305,9 @@ def warn_if_trained_on(run_dirs: list[Path], labelled_csv: Path) -> None:
     """Warn where ``labelled_csv`` is the very file a run trained on (metrics.json's SHA-256):
     its score says how well the run fits what it saw, not how it reads digits it has not."""
     recorded = {}
-    with contextlib.suppress(ModelFileError):  # a damaged ensemble.json: Predictor.load says so
-        # An ensemble put together by hand records no training file of its own: its members do.
-        run_dirs = [*run_dirs, *expand_ensembles(run_dirs)]
-    for run_dir in run_dirs:
-        with contextlib.suppress(ModelFileError):  # a damaged metrics.json: no warning, no stop
-            # The first to record it named: the directory given rather than its members.
-            recorded.setdefault(read_metrics(Path(run_dir)).get("train_sha256"), run_dir)
+    for run_dir, metrics in _runs_metrics(run_dirs):
+        # The first to record it named: the directory given rather than its members.
+        recorded.setdefault(metrics.get("train_sha256"), run_dir)
     recorded.pop(None, None)
     if recorded and labelled_csv.is_file() and (digest := sha256_file(labelled_csv)) in recorded:
         log.warning("%s is the file %s trained on: this scores images it learned from (and its "
@@ -321,14 +317,20 @@ def warn_if_trained_on(run_dirs: list[Path], labelled_csv: Path) -> None:
 def replayed_runs(run_dirs: list[Path]) -> list[Path]:
     """The runs, an ensemble's members among them, fine-tuned with MNIST's training images
     replayed (metrics.json's ``REPLAYED_KEY``)."""
+    return [run_dir for run_dir, metrics in _runs_metrics(run_dirs) if metrics.get(REPLAYED_KEY)]
+
+
+def _runs_metrics(run_dirs: list[Path]) -> list[tuple[Path, dict]]:
+    """Each run's metrics.json, the directories given first, then their ensembles' members (an
+    ensemble put together by hand records no training of its own: its members do). A damaged
+    file is left out: the warnings that read them neither warn nor stop of it."""
     with contextlib.suppress(ModelFileError):  # a damaged ensemble.json: Predictor.load says so
         run_dirs = [*run_dirs, *expand_ensembles(run_dirs)]
-    replayed = []
+    found = []
     for run_dir in run_dirs:
-        with contextlib.suppress(ModelFileError):  # a damaged metrics.json: no warning, no stop
-            if read_metrics(Path(run_dir)).get(REPLAYED_KEY):
-                replayed.append(Path(run_dir))
-    return replayed
+        with contextlib.suppress(ModelFileError):
+            found.append((Path(run_dir), read_metrics(Path(run_dir))))
+    return found
 
 
 @functools.cache
@@ -338,7 +340,7 @@ def _mnist_training_keys() -> frozenset[int]:
 
 def count_mnist_training_images(images: NDArray[np.uint8]) -> int:
     """How many of ``images`` (N, 28, 28) are, pixel for pixel, among MNIST's 60,000 training
-    images (by hash: ~0.1 s for the set, once)."""
+    images (by hash: ~0.4 s for the set, once)."""
     keys = _mnist_training_keys()
     return sum(hash(image.tobytes()) in keys for image in np.asarray(images, np.uint8))
 
