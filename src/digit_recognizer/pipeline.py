@@ -10,14 +10,12 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import torch
-from numpy.typing import NDArray
 from rich.console import Console
 from rich.progress import Progress
 
@@ -29,7 +27,7 @@ from digit_recognizer.checkpoint import (
     read_history,
     save_run_config,
 )
-from digit_recognizer.config import NONE, read_toml
+from digit_recognizer.config import read_toml
 from digit_recognizer.data.images import faint_to_full_ink
 from digit_recognizer.data.kaggle_csv import DigitSet, count_classes
 from digit_recognizer.data.mnist import MNIST_TRAIN_ROWS, load_mnist
@@ -133,9 +131,8 @@ def training_data(config: TrainConfig, source: Path) -> TrainingData:
     take ``replay`` times as many of MNIST's (``with_replay``); the validation rows are the
     source's own, so that its accuracy speaks of the writers fine-tuned for.
     """
-    judge = Predictor.load([config.init_from]).predict_proba if config.init_from else None
-    data = _source_data(config, source, judge)
-    if config.init_from is None or not config.replay:
+    data = _source_data(config, source)
+    if not config.replays_mnist():
         return data
     if isinstance(data.train, Manifest):
         raise ConfigError(f"{source}: streamed from its files, and replay mixes MNIST's images "
@@ -161,12 +158,8 @@ def with_replay(train_set: DigitSet, config: TrainConfig) -> DigitSet:
                     np.concatenate([train_set.labels, mnist.labels[rows]]))  # fmt: skip
 
 
-def _source_data(
-    config: TrainConfig,
-    source: Path,
-    judge: Callable[[NDArray[np.uint8]], NDArray[np.float32]] | None,
-) -> TrainingData:
-    """``training_data``'s sets from ``source`` alone; ``judge`` as ``ink_as_predicted``'s."""
+def _source_data(config: TrainConfig, source: Path) -> TrainingData:
+    """``training_data``'s sets from ``source`` alone."""
     manifest = resolve_data_source(source)
     require_labels(manifest.has_labels, source)
     is_expansion, held_out = manifest.is_expansion, manifest.held_out_rows
@@ -177,7 +170,7 @@ def _source_data(
                                                np.zeros(0, np.int64)), "",
                             SourceRows(source, np.zeros(0, np.int64)))  # fmt: skip
     if in_memory and not (held_out and config.valid_size):
-        data = ink_as_predicted(read_shards(manifest), source, is_expansion, judge)
+        data = ink_as_predicted(read_shards(manifest), source, is_expansion, config.init_from)
         train_rows, valid_rows = stratified_split(data.labels, config.valid_size, config.seed)
         train_set, valid_set = data.take(train_rows), data.take(valid_rows)
         warn_shared_images(train_set, valid_set, f"{source}'s validation split")
@@ -194,14 +187,14 @@ def _source_data(
     train_shards = replace(manifest, shards=manifest.shards[:-1])
     # Read before the validation shard, so that the warnings on its rows come in their order.
     train_set = (
-        ink_as_predicted(read_shards(train_shards), source, is_expansion, judge)
+        ink_as_predicted(read_shards(train_shards), source, is_expansion, config.init_from)
         if in_memory
         else train_shards
     )
     valid_shard = replace(manifest, shards=manifest.shards[-1:])
     # Conformed as the training rows are: streamed rows are not (a warning says so).
-    valid_set = ink_as_predicted(read_shards(valid_shard), source, is_expansion, judge,
-                                 conform=in_memory)  # fmt: skip
+    valid_set = ink_as_predicted(read_shards(valid_shard), source, is_expansion,
+                                 config.init_from, conform=in_memory)  # fmt: skip
     _check_digits_validated(valid_set, class_counts_of(train_set), last.path, source)
     return TrainingData(train_set, valid_set, f"last shard, {last.path}",
                         SourceRows(last.path, np.arange(len(valid_set))))  # fmt: skip
@@ -264,24 +257,23 @@ def ink_as_predicted(
     data: DigitSet,
     source: Path,
     is_expansion: bool,
-    judge: Callable[[NDArray[np.uint8]], NDArray[np.float32]] | None = None,
+    init_from: str | None = None,
     conform: bool = True,
 ) -> DigitSet:
     """Training rows as `digits predict` reads them: rows whose pixels all stay under 32 (0/1,
     UCI's 0-16) scaled to 255 (faint_to_full_ink), not trained on as near-black digits; and a
     file whose rows are mostly not in MNIST's layout (another collection's: dark on light,
-    filling the frame) conformed as predict conforms it (``conform_rows``; ``judge``, the
-    probabilities of the net fine-tuned, judges orientation and stretch too), so that the net
+    filling the frame) conformed as predict conforms it (``conformed_for_training``; the net of
+    ``init_from``, the run fine-tuned from, judges orientation and stretch too), so that the net
     learns the digits it will be shown. Streamed rows (``conform`` False) are trained on as they
-    are, and a warning says that predict would conform such test rows. (Streamed rows are
-    scaled batch by batch in train().)"""
+    are, and a warning says that predict would conform such test rows; so are ``digits data
+    expand``'s augmented copies (``is_expansion``). (Streamed rows are scaled batch by batch in
+    train().)"""
     images, n_faint = faint_to_full_ink(data.images)
     warn_conformed(source, len(images), n_faint)
-    if is_expansion:  # `digits data expand`'s augmented copies: left as they are
-        return data if images is data.images else DigitSet(images, data.labels)
-    if conform:
-        images = conformed_for_training(images, source, judge)
-    elif (share := off_layout_share(images)) > 0.5:
+    if conform and not is_expansion:
+        images = conformed_for_training(images, source, init_from)
+    elif not is_expansion and (share := off_layout_share(images)) > 0.5:
         log.warning("%s: %.0f %% of its digits are not laid out as MNIST's (dark on light, "
                     "filling the frame, off-centre), and streamed rows are trained on as they "
                     "are; `digits predict` and `evaluate` redo such rows as MNIST's before a net "
@@ -317,7 +309,8 @@ def train_job(
             result = train(config, train_set, valid_set, run_dir, progress, rows_name=rows_name)
             if is_main_process:
                 valid_metrics = write_training_outputs(run_dir, result, valid_set, valid_source,
-                                                       valid_rows, train_csv)  # fmt: skip
+                                                       valid_rows, train_csv,
+                                                       config.replays_mnist())  # fmt: skip
         except KeyboardInterrupt:
             if is_main_process:
                 since = ("from its last finished epoch" if (run_dir / CHECKPOINT_FILE).exists()
@@ -342,8 +335,11 @@ def write_training_outputs(
     valid_source: str,
     valid_rows: SourceRows,
     train_csv: Path,
+    replayed_mnist: bool = False,
 ) -> Metrics | None:
-    """Plots, validation metrics and report of a finished run; the validation metrics."""
+    """Plots, validation metrics and report of a finished run; the validation metrics.
+    ``replayed_mnist``: its training rows held MNIST's training images (fine-tuning's replay),
+    which metrics.json records for evaluate to warn of."""
     plot_learning_curves(result.history, run_dir / "learning_curves.png",
                          result.config.get("label_smoothing", 0.0))  # fmt: skip
     valid_metrics = None
@@ -359,9 +355,7 @@ def write_training_outputs(
         "stopped_early": result.stopped_early,
         "torch_threads": torch.get_num_threads(),  # a CPU run repeats on as many threads
         "validation": asdict(valid_metrics) if valid_metrics else None,
-        # training_data's: fine-tuning mixed MNIST's training images in (evaluate warns of them)
-        REPLAYED_KEY: result.config.get("init_from", NONE) != NONE
-        and result.config.get("replay", 0) > 0,
+        REPLAYED_KEY: replayed_mnist,
     }, merge=not result.trained)  # fmt: skip
     if len(valid_set):
         # ~4 s for 2,100 images on 2 busy cores

@@ -342,17 +342,17 @@ def off_layout_share(images: NDArray[np.uint8]) -> float:
 
 
 def conformed_for_training(
-    images: NDArray[np.uint8],
-    source: str | Path,
-    judge: Callable[[NDArray[np.uint8]], NDArray[np.float32]] | None = None,
+    images: NDArray[np.uint8], source: str | Path, init_from: str | Path | None = None
 ) -> NDArray[np.uint8]:
     """A training file's rows as `digits predict` reads them (``conform_rows``) where most of
     them are not in MNIST's layout (another collection's), else as they are: a net learns the
-    digits prediction will show it. ``judge``: the probabilities of the net fine-tuned from
-    (``TrainConfig.init_from``), which judges orientation and stretch as predict's net does."""
+    digits prediction will show it. ``init_from``: the run fine-tuned from
+    (``TrainConfig.init_from``), whose net judges orientation and stretch as predict's net
+    does; loaded only for a file to conform."""
     share = off_layout_share(images)
     if share <= 0.5:
         return images
+    judge = None if init_from is None else Predictor.load([init_from]).predict_proba
     with hushed():  # predict's words, which name its --as-is
         images = conform_rows(images, PredictConfig(), source, judge)
     log.info("%s: %.0f %% of its digits are not laid out as MNIST's (dark on light, filling the "

@@ -315,10 +315,10 @@ def _labelled_data(
     # Its rows as training read them (pipeline.ink_as_predicted): the ink row by row, the file
     # conformed as a whole where it is another collection's, judged by the net fine-tuned from.
     init_from = config.get("init_from", NONE)
-    judge = None if init_from == NONE else Predictor.load([init_from]).predict_proba
     full = at_full_ink(full)
-    valid = DigitSet(conformed_for_training(full.images, train_csv, judge)[valid_rows],
-                     full.labels[valid_rows])  # fmt: skip
+    conformed = conformed_for_training(full.images, train_csv,
+                                       None if init_from == NONE else init_from)  # fmt: skip
+    valid = DigitSet(conformed[valid_rows], full.labels[valid_rows])
     return (
         valid,
         source,

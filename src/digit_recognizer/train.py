@@ -257,6 +257,11 @@ class TrainConfig:
         if self.widths is not None:
             self._check_widths(settings["widths"].default)
 
+    def replays_mnist(self) -> bool:
+        """Fine-tuning mixes MNIST's training images into the training rows
+        (pipeline.training_data)."""
+        return self.init_from is not None and self.replay > 0
+
     def _take_net_of(self, run_dir: Path) -> None:
         """The model, widths and dropout of ``run_dir``'s net, as its model.json records them;
         widths or a dropout given otherwise are refused, not silently trained on."""
